@@ -1,0 +1,47 @@
+# Helpers for tests that run under both CPython (pytest) and MicroPython
+# (tests/mp/run.py). Plain functions only: MicroPython has no pytest.
+import os
+
+try:
+    import tempfile
+except ImportError:  # MicroPython
+    tempfile = None
+
+
+def tmpdir(tag="t"):
+    """A fresh, unique, empty directory (callers remove it with rmtree)."""
+    if tempfile:
+        return tempfile.mkdtemp(prefix="pc-" + tag + "-")
+    import binascii
+    base = os.getenv("TMPDIR") if hasattr(os, "getenv") else None
+    name = (base or "/tmp") + "/pc-mp-" + tag + "-" + binascii.hexlify(os.urandom(6)).decode()
+    os.mkdir(name)
+    return name
+
+
+def rmtree(path):
+    try:
+        entries = [e[0] for e in os.ilistdir(path)]
+    except AttributeError:
+        entries = os.listdir(path)
+    except OSError:
+        return
+    for name in entries:
+        p = path + "/" + name
+        try:
+            os.remove(p)
+        except OSError:
+            rmtree(p)
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
+def raises(exc, fn, *args, **kw):
+    """Call fn and return the exception it raised; fail unless it is an exc."""
+    try:
+        fn(*args, **kw)
+    except exc as e:
+        return e
+    raise AssertionError("%s did not raise %s" % (getattr(fn, "__name__", fn), exc.__name__))
