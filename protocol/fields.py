@@ -1,0 +1,153 @@
+# Field encodings used by YKC frames: packed BCD, CP56Time2a, zero-padded
+# ASCII and hex blobs, and the calendar arithmetic behind CP56 (wall time is
+# an int of local seconds since 2000-01-01 00:00, see docs/CONVENTIONS.md).
+import binascii
+
+from protocol.errors import FieldError
+
+
+# --- BCD: most significant digit first, value a str of 2*size digits -------
+
+def bcd_encode(buf, off, size, value, name="bcd"):
+    if not isinstance(value, str):
+        value = str(value)
+    n = len(value)
+    if n > 2 * size:
+        raise FieldError("%s: %d digits do not fit %d BCD bytes" % (name, n, size))
+    pad = 2 * size - n  # "不足补0": left-padded with zeros
+    for i in range(size):
+        hi = _digit(value, 2 * i - pad, name)
+        lo = _digit(value, 2 * i + 1 - pad, name)
+        buf[off + i] = (hi << 4) | lo
+
+
+def _digit(s, i, name):
+    if i < 0:
+        return 0
+    c = ord(s[i]) - 48
+    if c < 0 or c > 9:
+        raise FieldError("%s: %r is not a digit string" % (name, s))
+    return c
+
+
+def bcd_decode(buf, off, size, name="bcd"):
+    out = bytearray(2 * size)
+    for i in range(size):
+        b = buf[off + i]
+        hi = b >> 4
+        lo = b & 15
+        if hi > 9 or lo > 9:
+            raise FieldError("%s: byte %02X is not BCD" % (name, b))
+        out[2 * i] = 48 + hi
+        out[2 * i + 1] = 48 + lo
+    return out.decode()
+
+
+# --- ASCII, zero padded ------------------------------------------------------
+
+def ascii_encode(buf, off, size, value, name="ascii"):
+    raw = value.encode() if isinstance(value, str) else bytes(value)
+    if len(raw) > size:
+        raise FieldError("%s: %d bytes do not fit %d" % (name, len(raw), size))
+    for i in range(size):
+        buf[off + i] = raw[i] if i < len(raw) else 0
+    for b in raw:
+        if b < 32 or b > 126:
+            raise FieldError("%s: %r is not printable ASCII" % (name, value))
+
+
+def ascii_decode(buf, off, size, name="ascii"):
+    end = off + size
+    i = off
+    while i < end and buf[i]:
+        i += 1
+    raw = bytes(buf[off:i])
+    for b in raw:
+        if b < 32 or b > 126:
+            raise FieldError("%s: not printable ASCII" % name)
+    return raw.decode()
+
+
+# --- hex blobs (physical card numbers, digests): value a str of hex digits ----
+
+def hex_encode(buf, off, size, value, name="hex"):
+    if len(value) > 2 * size:
+        raise FieldError("%s: %d hex digits do not fit %d bytes" % (name, len(value), size))
+    value = "0" * (2 * size - len(value)) + value
+    try:
+        raw = binascii.unhexlify(value)
+    except ValueError:
+        raise FieldError("%s: %r is not hex" % (name, value))
+    buf[off:off + size] = raw
+
+
+def hex_decode(buf, off, size, name="hex"):
+    return binascii.hexlify(bytes(buf[off:off + size])).decode().upper()
+
+
+# --- calendar: local seconds since 2000-01-01 <-> civil date -----------------
+
+def _days_from_civil(y, m, d):
+    # Days since 2000-01-01 (proleptic Gregorian), valid for 2000..2099+.
+    if m <= 2:
+        y -= 1
+    era = y // 400
+    yoe = y - era * 400
+    mp = (m + 9) % 12
+    doy = (153 * mp + 2) // 5 + d - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 730425
+
+
+def to_secs(y, mo, d, h=0, mi=0, s=0):
+    return ((_days_from_civil(y, mo, d) * 24 + h) * 60 + mi) * 60 + s
+
+
+def to_civil(secs):
+    """(year, month, day, hour, minute, second, weekday 1=Mon..7=Sun)."""
+    days, rem = divmod(secs, 86400)
+    wd = (days + 5) % 7 + 1  # 2000-01-01 was a Saturday
+    z = days + 730425
+    era = z // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    d = doy - (153 * mp + 2) // 5 + 1
+    m = mp + 3 if mp < 10 else mp - 9
+    y = yoe + era * 400 + (1 if m <= 2 else 0)
+    return (y, m, d, rem // 3600, rem // 60 % 60, rem % 60, wd)
+
+
+def iso(secs):
+    y, mo, d, h, mi, s, _ = to_civil(secs)
+    return "%04d-%02d-%02dT%02d:%02d:%02d" % (y, mo, d, h, mi, s)
+
+
+# --- CP56Time2a (7 bytes) ----------------------------------------------------
+
+def cp56_encode(buf, off, secs, name="time"):
+    if secs < 0 or secs >= 100 * 365 * 86400:
+        raise FieldError("%s: %r is outside 2000..2099" % (name, secs))
+    y, mo, d, h, mi, s, _ = to_civil(secs)
+    ms = s * 1000
+    buf[off] = ms & 0xFF
+    buf[off + 1] = ms >> 8
+    buf[off + 2] = mi
+    buf[off + 3] = h
+    buf[off + 4] = d  # day of week left 0, as the document's samples do
+    buf[off + 5] = mo
+    buf[off + 6] = y - 2000
+
+
+def cp56_decode(buf, off, name="time"):
+    ms = buf[off] | (buf[off + 1] << 8)
+    mi = buf[off + 2] & 0x3F
+    h = buf[off + 3] & 0x1F
+    d = buf[off + 4] & 0x1F
+    mo = buf[off + 5] & 0x0F
+    y = (buf[off + 6] & 0x7F) + 2000
+    if ms >= 60000 or mi > 59 or h > 23 or not 1 <= d <= 31 or not 1 <= mo <= 12:
+        raise FieldError("%s: %s is not a valid CP56Time2a"
+                         % (name, binascii.hexlify(bytes(buf[off:off + 7])).decode()))
+    return to_secs(y, mo, d, h, mi, ms // 1000)
