@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The one test command: sets up (tools/setup.sh), then runs every pytest
+# suite on CPython and the firmware/protocol suites under the real
+# `micropython` binary, once more under a heap cap.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash tools/setup.sh
+export PATH="$PWD/.venv/bin:$PATH:/usr/sbin"
+
+echo "== pytest (CPython)"
+python -m pytest -q -p no:cacheprovider "$@"
+
+echo "== MicroPython: every dual-interpreter suite"
+micropython tests/mp/run.py
+
+echo "== MicroPython under a heap cap (see docs/benchmarks.md for the figures)"
+bash tools/mp_heapcap.sh
