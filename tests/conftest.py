@@ -1,0 +1,39 @@
+# Shared pytest fixtures. Keep this file thin: logic lives in helper modules
+# (tests/broker.py for MQTT brokers) so other suites can import it directly.
+import pytest
+
+from tests import broker as _broker
+
+
+@pytest.fixture
+def mosquitto():
+    """A started Mosquitto on a free loopback port, anonymous access allowed."""
+    if not _broker.mosquitto_available():
+        pytest.skip("mosquitto not installed (tools/setup.sh installs it)")
+    with _broker.Mosquitto() as b:
+        yield b
+
+
+@pytest.fixture
+def mosquitto_factory():
+    """make(**opts) -> a started Mosquitto (see tests.broker.Mosquitto);
+    every broker made is stopped and its temp dir removed after the test."""
+    if not _broker.mosquitto_available():
+        pytest.skip("mosquitto not installed (tools/setup.sh installs it)")
+    made = []
+
+    def make(**opts):
+        b = _broker.Mosquitto(**opts)
+        made.append(b)
+        return b.start()
+
+    yield make
+    for b in made:
+        b.close()
+
+
+@pytest.fixture
+def mqtt_broker():
+    """Any started broker: Mosquitto when installed, else the amqtt stand-in."""
+    with _broker.make_broker() as b:
+        yield b
