@@ -1,0 +1,216 @@
+# JSON shapes the bridge publishes (docs/mqtt.md is the reference), built from
+# decoded frames. Scaled values are exact decimal strings ("12.3400" kWh):
+# no float ever touches a bill. The raw protocol integers travel beside them
+# under "raw", and the pile's own frame in hex under "frame".
+import binascii
+import time
+
+from protocol import codec
+from protocol import fields as F
+from protocol.frames import FRAMES, PERIODS, PERIODS5
+
+SCHEMA_BILL = "pc.bill/1"
+SCHEMA_REALTIME = "pc.realtime/1"
+SCHEMA_STATUS = "pc.status/1"
+SCHEMA_EVENT = "pc.event/1"
+SCHEMA_RESULT = "pc.result/1"
+
+# Scales and units of every field, from the one frame table.
+_SCALES = {}
+for _c, _n, _d, _f in FRAMES:
+    _SCALES[_n] = {f[0]: (f[3], f[4]) for f in _f if len(f) > 3}
+del _c, _n, _d, _f
+
+# YKC V1.6 stop reasons (shared/context/ykc-v16.md); ranges get a generic name.
+STOP_REASONS = {
+    0x40: "remote_stop", 0x41: "soc_full", 0x42: "energy_target", 0x43: "amount_target",
+    0x44: "time_target", 0x45: "manual_stop",
+    0x4D: "start_failed_meter_comms", 0x4E: "start_failed_balance_too_low",
+    0x6D: "meter_comms_lost", 0x6E: "balance_exhausted", 0x76: "no_current",
+    0x83: "power_lost", 0x90: "unknown",
+}
+
+TRADE_FLAGS = {1: "app", 2: "card", 4: "offline_card", 5: "vin"}
+GUN_STATUS = {0: "offline", 1: "fault", 2: "idle", 3: "charging"}
+
+
+def stop_reason(code):
+    name = STOP_REASONS.get(code)
+    if name is None:
+        if 0x4A <= code <= 0x69:
+            name = "start_failed"
+        elif 0x6A <= code <= 0x8F:
+            name = "abnormal_stop"
+        else:
+            name = "unknown"
+    return {"code": code, "name": name}
+
+
+def dec(value, scale):
+    """Exact decimal string of an integer in units of 10^-scale."""
+    if not scale:
+        return str(value)
+    sign = "-" if value < 0 else ""
+    q, r = divmod(abs(value), 10 ** scale)
+    return "%s%d.%0*d" % (sign, q, scale, r)
+
+
+def hexs(b):
+    return binascii.hexlify(bytes(b)).decode().upper()
+
+
+def utc_iso(t=None):
+    t = time.time() if t is None else t
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + ".%03dZ" % int((t % 1) * 1000)
+
+
+def local_secs(t=None):
+    """The pile's wall clock unit: local seconds since 2000-01-01 00:00."""
+    lt = time.localtime(time.time() if t is None else t)
+    return F.to_secs(lt.tm_year, lt.tm_mon, lt.tm_mday, lt.tm_hour, lt.tm_min, lt.tm_sec)
+
+
+def scaled_fields(name, fields):
+    """A frame's fields with scaled values: decimal strings for scaled
+    integers, ISO local time for CP56 times, temperatures without offset."""
+    scales = _SCALES.get(name, {})
+    layout = codec.BY_NAME[name]
+    kinds = {f[0]: f[1] for f in layout.fields}
+    out = {}
+    for k, v in fields.items():
+        kind = kinds.get(k)
+        if kind == "t":
+            out[k] = F.iso(v)
+        elif kind == "v":
+            out[k] = hexs(v)
+        elif k in scales:
+            scale, unit = scales[k]
+            out[k] = v - 50 if unit == "C-50" else dec(v, scale)
+        else:
+            out[k] = v
+    return out
+
+
+# --- bills ------------------------------------------------------------------------
+
+def bill_periods(fields):
+    return PERIODS5 if "deep_energy" in fields else PERIODS
+
+
+def check_bill(fields, extra=None):
+    """Reconciliation problems of a bill (list of strings, empty when sound).
+    These are the field log's "bills that do not add up" (field-cases.md §4)."""
+    problems = []
+    periods = bill_periods(fields)
+    for what, total in (("energy", "total_energy"), ("loss", "total_loss"),
+                        ("amount", "total_amount")):
+        s = sum(fields[p + "_" + what] for p in periods)
+        if s != fields[total]:
+            problems.append("sum of period %s %d != %s %d" % (what, s, total, fields[total]))
+    metered = fields["meter_stop"] - fields["meter_start"]
+    if metered != fields["total_energy"]:
+        problems.append("meter_stop - meter_start %d != total_energy %d"
+                        % (metered, fields["total_energy"]))
+    if extra is not None:
+        for p in periods:
+            fe = extra.get(p + "_energy_fee", 0) + extra.get(p + "_service_fee", 0)
+            if fe != fields[p + "_amount"]:
+                problems.append("%s energy fee + service fee %d != %s_amount %d"
+                                % (p, fe, p, fields[p + "_amount"]))
+    return problems
+
+
+def bill_json(site, bill, frame=None, extra_frame=None):
+    """The MQTT bill document for a store.Bill (see docs/mqtt.md)."""
+    frame = frame or codec.decode(bill.frame, tolerant=True)
+    f = frame.fields
+    extra = None
+    if extra_frame is None and bill.extra is not None:
+        extra_frame = codec.decode(bill.extra, tolerant=True)
+    if extra_frame is not None:
+        extra = extra_frame.fields
+    periods = []
+    energy_fee = service_fee = 0
+    for p in bill_periods(f):
+        item = {
+            "period": p,
+            "price": dec(f[p + "_price"], 5),
+            "energy": dec(f[p + "_energy"], 4),
+            "loss": dec(f[p + "_loss"], 4),
+            "amount": dec(f[p + "_amount"], 4),
+            "energy_fee": None,
+            "service_fee": None,
+        }
+        if extra is not None:
+            ef = extra[p + "_energy_fee"]
+            sf = extra[p + "_service_fee"]
+            item["energy_fee"] = dec(ef, 4)
+            item["service_fee"] = dec(sf, 4)
+            energy_fee += ef
+            service_fee += sf
+        periods.append(item)
+    problems = check_bill(f, extra)
+    raw = dict(f)
+    if extra is not None:
+        raw["extra"] = dict(extra)
+    doc = {
+        "schema": SCHEMA_BILL,
+        "site": site,
+        "pile": f["pile"],
+        "gun": f["gun"],
+        "serial": f["serial"],
+        "pile_seq": bill.pile_seq,
+        "received_at": utc_iso(bill.received_at),
+        "start_time": F.iso(f["start_time"]),
+        "end_time": F.iso(f["end_time"]),
+        "trade_time": F.iso(f["trade_time"]),
+        "periods": periods,
+        "meter": {"start": dec(f["meter_start"], 4), "stop": dec(f["meter_stop"], 4)},
+        "total_energy": dec(f["total_energy"], 4),
+        "total_loss": dec(f["total_loss"], 4),
+        "total_amount": dec(f["total_amount"], 4),
+        "energy_fee": dec(energy_fee, 4) if extra is not None else None,
+        "service_fee": dec(service_fee, 4) if extra is not None else None,
+        "tariff_model": extra["model"] if extra is not None else None,
+        "vin": f["vin"],
+        "nameplate_vin": (extra["nameplate_vin"] or None) if extra is not None else None,
+        "vin_mismatch": bool(extra["vin_mismatch"]) if extra is not None else None,
+        "trade_flag": {"code": f["trade_flag"], "name": TRADE_FLAGS.get(f["trade_flag"], "other")},
+        "stop_reason": stop_reason(f["stop_reason"]),
+        "card": f["card"],
+        "mac": extra["mac"] if extra is not None else None,
+        "checks": {"ok": not problems, "problems": problems},
+        "crc_swapped": bool(bill.crc_swapped),
+        "frame": hexs(bill.frame),
+        "extra_frame": hexs(bill.extra) if bill.extra is not None else None,
+        "raw": raw,
+    }
+    return doc
+
+
+# --- realtime, status, events, results ------------------------------------------------
+
+def realtime_json(site, frame):
+    f = frame.fields
+    doc = {"schema": SCHEMA_REALTIME, "site": site, "pile": f["pile"], "gun": f["gun"],
+           "ts": utc_iso(), "status": GUN_STATUS.get(f["status"], "unknown")}
+    doc.update(scaled_fields(frame.name, f))
+    doc["status"] = GUN_STATUS.get(f["status"], "unknown")
+    doc["raw"] = dict(f)
+    return doc
+
+
+def event_json(site, pile, kind, message, **details):
+    doc = {"schema": SCHEMA_EVENT, "site": site, "pile": pile, "type": kind,
+           "ts": utc_iso(), "message": message}
+    doc.update(details)
+    return doc
+
+
+def result_json(site, pile, req_id, cmd, ok, code, message, reply=None, **extra):
+    doc = {"schema": SCHEMA_RESULT, "site": site, "pile": pile, "id": req_id, "cmd": cmd,
+           "ok": ok, "code": code, "message": message, "ts": utc_iso()}
+    if reply is not None:
+        doc["reply"] = reply
+    doc.update(extra)
+    return doc

@@ -1,0 +1,423 @@
+# The bridge's durable store: bills in custody, their publication and
+# confirmation state, events waiting for the broker, tariffs.
+#
+# SQLite in WAL mode with synchronous=FULL: a commit returns only after the
+# WAL is on disk, so "committed" means "survives SIGKILL and power loss".
+# Every call runs on one writer thread; calls that arrive together share one
+# transaction (group commit), and each call's result is handed back only
+# after that transaction committed. So `await store.add_bill(...)` returning
+# is the moment custody has passed and the 0x40 may go to the pile.
+#
+# The raw frame bytes are the record. JSON for MQTT is derived from them at
+# publication (host/schema.py), so a bill is never re-encoded or rounded.
+import asyncio
+import queue
+import sqlite3
+import threading
+import time
+
+_BATCH = 256          # calls per transaction at most
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS bills (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,  -- custody order
+    serial        TEXT NOT NULL UNIQUE,               -- trade serial: the identity
+    pile          TEXT NOT NULL,
+    pile_seq      INTEGER NOT NULL,                   -- 1, 2, 3 ... per pile
+    frame         BLOB NOT NULL,                      -- the pile's 0x3B, as received
+    crc_swapped   INTEGER NOT NULL DEFAULT 0,
+    received_at   REAL NOT NULL,                      -- unix time at the bridge
+    resends       INTEGER NOT NULL DEFAULT 0,         -- identical copies received again
+    conflicts     INTEGER NOT NULL DEFAULT 0,         -- byte-different copies received
+    published_at  REAL,                               -- first PUBACK
+    publish_count INTEGER NOT NULL DEFAULT 0,
+    confirmed_at  REAL,                               -- platform confirmation
+    confirm_result INTEGER,
+    settled_at    REAL                                -- pile acknowledged 0xE4 (or skipped)
+);
+CREATE INDEX IF NOT EXISTS bills_open ON bills (pile, id) WHERE confirmed_at IS NULL;
+CREATE INDEX IF NOT EXISTS bills_unsettled ON bills (pile, id)
+    WHERE confirmed_at IS NOT NULL AND settled_at IS NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS bills_pile_seq ON bills (pile, pile_seq);
+
+-- 0xEB fee split / VIN facts, keyed by the bill's trade serial; may arrive
+-- before or after its bill.
+CREATE TABLE IF NOT EXISTS extras (
+    serial      TEXT PRIMARY KEY,
+    frame       BLOB NOT NULL,
+    received_at REAL NOT NULL
+);
+
+-- Copies that were not taken into custody as bills: byte-different resends of
+-- a serial already held (the first copy wins) and refused (illegal) bills.
+CREATE TABLE IF NOT EXISTS rejected (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    serial      TEXT,
+    pile        TEXT,
+    kind        TEXT NOT NULL,        -- 'conflict' | 'illegal' | 'extra_conflict'
+    frame       BLOB NOT NULL,
+    reason      TEXT,
+    received_at REAL NOT NULL
+);
+
+-- Events are durable too: published (QoS 1) when the broker is reachable.
+CREATE TABLE IF NOT EXISTS events (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    pile         TEXT NOT NULL,
+    payload      TEXT NOT NULL,
+    created_at   REAL NOT NULL,
+    published_at REAL
+);
+CREATE INDEX IF NOT EXISTS events_open ON events (id) WHERE published_at IS NULL;
+
+CREATE TABLE IF NOT EXISTS tariffs (
+    scope      TEXT PRIMARY KEY,      -- 'site' or a pile code
+    tariff     TEXT NOT NULL,         -- JSON, see docs/bridge.md
+    updated_at REAL NOT NULL
+);
+"""
+
+BILL_COLUMNS = ("id", "serial", "pile", "pile_seq", "frame", "crc_swapped", "received_at",
+                "resends", "conflicts", "published_at", "publish_count", "confirmed_at",
+                "confirm_result", "settled_at")
+_BILL_SELECT = "SELECT " + ", ".join("b." + c for c in BILL_COLUMNS) + ", x.frame FROM bills b " \
+               "LEFT JOIN extras x ON x.serial = b.serial "
+
+
+class Bill:
+    """One row of `bills`, with its 0xEB frame when one arrived."""
+    __slots__ = BILL_COLUMNS + ("extra",)
+
+    def __init__(self, row):
+        for name, v in zip(BILL_COLUMNS + ("extra",), row):
+            setattr(self, name, v)
+        if self.frame is not None:
+            self.frame = bytes(self.frame)
+        if self.extra is not None:
+            self.extra = bytes(self.extra)
+
+    def __repr__(self):
+        return "Bill(%d %s pile=%s confirmed=%s)" % (self.id, self.serial, self.pile,
+                                                     self.confirmed_at is not None)
+
+
+class StoreError(Exception):
+    pass
+
+
+class Store:
+    """Async facade over one SQLite file, served by one thread."""
+
+    def __init__(self, path):
+        self.path = path
+        self._q = queue.Queue()
+        self._ready = threading.Event()
+        self._open_error = None
+        self._thread = threading.Thread(target=self._serve, name="store", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._open_error is not None:
+            raise StoreError("cannot open %s: %s" % (path, self._open_error))
+        self.commits = 0
+        self.calls = 0
+
+    # --- plumbing -------------------------------------------------------------
+
+    def _serve(self):
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA busy_timeout=5000")
+            db.executescript(_SCHEMA)
+        except Exception as e:  # reported to the constructor
+            self._open_error = e
+            self._ready.set()
+            return
+        self._ready.set()
+        q = self._q
+        while True:
+            item = q.get()
+            if item is None:
+                break
+            batch = [item]
+            stop = False
+            while len(batch) < _BATCH:
+                try:
+                    nxt = q.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            self._run_batch(db, batch)
+            if stop:
+                break
+        db.close()
+
+    def _run_batch(self, db, batch):
+        results = []
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for fn, args, done in batch:
+                db.execute("SAVEPOINT call")
+                try:
+                    r = fn(db, *args)
+                except Exception as e:
+                    db.execute("ROLLBACK TO call")
+                    db.execute("RELEASE call")
+                    results.append((done, None, e))
+                else:
+                    db.execute("RELEASE call")
+                    results.append((done, r, None))
+            db.execute("COMMIT")
+            self.commits += 1
+        except Exception as e:
+            # The commit failed (disk full, I/O error): nothing of this batch
+            # is durable, so every caller gets the error (no 0x40 goes out).
+            try:
+                db.execute("ROLLBACK")
+            except Exception:
+                pass
+            err = StoreError("commit failed: %s" % e)
+            results = [(done, None, err) for _, _, done in batch]
+        self.calls += len(batch)
+        for done, r, e in results:
+            done(r, e)
+
+    def _submit(self, fn, *args):
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+
+        def done(r, e):
+            try:
+                loop.call_soon_threadsafe(_resolve, fut, r, e)
+            except RuntimeError:
+                pass  # the loop is gone (shutdown); nobody waits any more
+        self._q.put((fn, args, done))
+        return fut
+
+    def call_sync(self, fn, *args):
+        """Run `fn(db, *args)` from outside an event loop (tools, tests)."""
+        out = []
+        ev = threading.Event()
+
+        def done(r, e):
+            out.append((r, e))
+            ev.set()
+        self._q.put((fn, args, done))
+        ev.wait()
+        r, e = out[0]
+        if e is not None:
+            raise e
+        return r
+
+    def close(self):
+        if self._thread.is_alive():
+            self._q.put(None)
+            self._thread.join()
+
+    # --- bills ----------------------------------------------------------------
+
+    def add_bill(self, pile, serial, frame, crc_swapped=False, now=None):
+        """Take a bill into custody. Resolves (kind, Bill) once committed:
+        kind 'new', 'same' (identical resend) or 'conflict' (same serial,
+        different bytes: the first copy is kept, this one goes to `rejected`)."""
+        return self._submit(_add_bill, pile, serial, bytes(frame), bool(crc_swapped),
+                            time.time() if now is None else now)
+
+    def add_extra(self, serial, frame, now=None):
+        """Store a 0xEB for `serial`. Resolves (kind, Bill or None): kind
+        'new', 'same' or 'conflict'; the Bill when its 0x3B is already held."""
+        return self._submit(_add_extra, serial, bytes(frame), time.time() if now is None else now)
+
+    def add_rejected(self, pile, serial, kind, frame, reason, now=None):
+        return self._submit(_add_rejected, pile, serial, kind, bytes(frame), reason,
+                            time.time() if now is None else now)
+
+    def open_bills(self, pile, limit):
+        """Unconfirmed bills of `pile`, oldest first."""
+        return self._submit(_open_bills, pile, limit)
+
+    def piles_with_open_bills(self):
+        return self._submit(_piles_with_open)
+
+    def mark_published(self, ids, now=None):
+        return self._submit(_mark_published, list(ids), time.time() if now is None else now)
+
+    def confirm(self, serial, result=0, now=None):
+        """Record the platform's confirmation. Resolves (Bill or None, new)."""
+        return self._submit(_confirm, serial, result, time.time() if now is None else now)
+
+    def mark_settled(self, serial, now=None):
+        return self._submit(_mark_settled, serial, time.time() if now is None else now)
+
+    def unsettled(self, pile, limit=64):
+        """Confirmed bills whose settlement the pile has not acknowledged."""
+        return self._submit(_unsettled, pile, limit)
+
+    def bill(self, serial):
+        return self._submit(_bill, serial)
+
+    def counts(self):
+        return self._submit(_counts)
+
+    # --- events and tariffs ------------------------------------------------------
+
+    def add_event(self, pile, payload, now=None):
+        """Resolves the event id; `payload` is a JSON string."""
+        return self._submit(_add_event, pile, payload, time.time() if now is None else now)
+
+    def open_events(self, limit=100):
+        return self._submit(_open_events, limit)
+
+    def mark_events_published(self, ids, now=None):
+        return self._submit(_mark_events, list(ids), time.time() if now is None else now)
+
+    def set_tariff(self, scope, tariff_json, now=None):
+        return self._submit(_set_tariff, scope, tariff_json, time.time() if now is None else now)
+
+    def tariffs(self):
+        return self._submit(_tariffs)
+
+
+def _resolve(fut, r, e):
+    if fut.done():
+        return
+    if e is not None:
+        fut.set_exception(e)
+    else:
+        fut.set_result(r)
+
+
+# --- functions run on the store thread, inside a transaction -------------------
+
+def _one_bill(db, serial):
+    row = db.execute(_BILL_SELECT + "WHERE b.serial = ?", (serial,)).fetchone()
+    return Bill(row) if row else None
+
+
+def _add_bill(db, pile, serial, frame, crc_swapped, now):
+    old = _one_bill(db, serial)
+    if old is not None:
+        if old.frame == frame:
+            db.execute("UPDATE bills SET resends = resends + 1 WHERE id = ?", (old.id,))
+            old.resends += 1
+            return "same", old
+        db.execute("UPDATE bills SET conflicts = conflicts + 1 WHERE id = ?", (old.id,))
+        db.execute("INSERT INTO rejected (serial, pile, kind, frame, reason, received_at) "
+                   "VALUES (?, ?, 'conflict', ?, ?, ?)",
+                   (serial, pile, frame, "same trade serial, different bytes; first copy kept", now))
+        old.conflicts += 1
+        return "conflict", old
+    seq = db.execute("SELECT COALESCE(MAX(pile_seq), 0) + 1 FROM bills WHERE pile = ?",
+                     (pile,)).fetchone()[0]
+    db.execute("INSERT INTO bills (serial, pile, pile_seq, frame, crc_swapped, received_at) "
+               "VALUES (?, ?, ?, ?, ?, ?)", (serial, pile, seq, frame, int(crc_swapped), now))
+    return "new", _one_bill(db, serial)
+
+
+def _add_extra(db, serial, frame, now):
+    old = db.execute("SELECT frame FROM extras WHERE serial = ?", (serial,)).fetchone()
+    if old is not None:
+        if bytes(old[0]) == frame:
+            return "same", _one_bill(db, serial)
+        db.execute("INSERT INTO rejected (serial, pile, kind, frame, reason, received_at) "
+                   "VALUES (?, NULL, 'extra_conflict', ?, ?, ?)",
+                   (serial, frame, "same trade serial, different 0xEB bytes; first copy kept", now))
+        return "conflict", _one_bill(db, serial)
+    db.execute("INSERT INTO extras (serial, frame, received_at) VALUES (?, ?, ?)",
+               (serial, frame, now))
+    return "new", _one_bill(db, serial)
+
+
+def _add_rejected(db, pile, serial, kind, frame, reason, now):
+    db.execute("INSERT INTO rejected (serial, pile, kind, frame, reason, received_at) "
+               "VALUES (?, ?, ?, ?, ?, ?)", (serial, pile, kind, frame, reason, now))
+
+
+def _open_bills(db, pile, limit):
+    rows = db.execute(_BILL_SELECT + "WHERE b.pile = ? AND b.confirmed_at IS NULL "
+                      "ORDER BY b.id LIMIT ?", (pile, limit)).fetchall()
+    return [Bill(r) for r in rows]
+
+
+def _piles_with_open(db):
+    return [r[0] for r in db.execute(
+        "SELECT DISTINCT pile FROM bills WHERE confirmed_at IS NULL OR settled_at IS NULL")]
+
+
+def _mark_published(db, ids, now):
+    db.executemany("UPDATE bills SET publish_count = publish_count + 1, "
+                   "published_at = COALESCE(published_at, ?) WHERE id = ?",
+                   [(now, i) for i in ids])
+
+
+def _confirm(db, serial, result, now):
+    b = _one_bill(db, serial)
+    if b is None:
+        return None, False
+    if b.confirmed_at is not None:
+        return b, False
+    db.execute("UPDATE bills SET confirmed_at = ?, confirm_result = ? WHERE id = ?",
+               (now, result, b.id))
+    b.confirmed_at = now
+    b.confirm_result = result
+    return b, True
+
+
+def _mark_settled(db, serial, now):
+    cur = db.execute("UPDATE bills SET settled_at = ? WHERE serial = ? AND settled_at IS NULL "
+                     "AND confirmed_at IS NOT NULL", (now, serial))
+    return cur.rowcount > 0
+
+
+def _unsettled(db, pile, limit):
+    rows = db.execute(_BILL_SELECT + "WHERE b.pile = ? AND b.confirmed_at IS NOT NULL "
+                      "AND b.settled_at IS NULL ORDER BY b.id LIMIT ?", (pile, limit)).fetchall()
+    return [Bill(r) for r in rows]
+
+
+def _bill(db, serial):
+    return _one_bill(db, serial)
+
+
+def _counts(db):
+    q = lambda sql: db.execute(sql).fetchone()[0]
+    return {
+        "bills": q("SELECT COUNT(*) FROM bills"),
+        "unpublished": q("SELECT COUNT(*) FROM bills WHERE published_at IS NULL"),
+        "unconfirmed": q("SELECT COUNT(*) FROM bills WHERE confirmed_at IS NULL"),
+        "unsettled": q("SELECT COUNT(*) FROM bills WHERE confirmed_at IS NOT NULL "
+                       "AND settled_at IS NULL"),
+        "rejected": q("SELECT COUNT(*) FROM rejected"),
+        "events_unpublished": q("SELECT COUNT(*) FROM events WHERE published_at IS NULL"),
+    }
+
+
+def _add_event(db, pile, payload, now):
+    cur = db.execute("INSERT INTO events (pile, payload, created_at) VALUES (?, ?, ?)",
+                     (pile, payload, now))
+    return cur.lastrowid
+
+
+def _open_events(db, limit):
+    return db.execute("SELECT id, pile, payload FROM events WHERE published_at IS NULL "
+                      "ORDER BY id LIMIT ?", (limit,)).fetchall()
+
+
+def _mark_events(db, ids, now):
+    db.executemany("UPDATE events SET published_at = ? WHERE id = ?", [(now, i) for i in ids])
+    # Published events are kept a week for the technician, then dropped.
+    db.execute("DELETE FROM events WHERE published_at < ?", (now - 7 * 86400,))
+
+
+def _set_tariff(db, scope, tariff_json, now):
+    db.execute("INSERT INTO tariffs (scope, tariff, updated_at) VALUES (?, ?, ?) "
+               "ON CONFLICT(scope) DO UPDATE SET tariff = excluded.tariff, "
+               "updated_at = excluded.updated_at", (scope, tariff_json, now))
+
+
+def _tariffs(db):
+    return dict(db.execute("SELECT scope, tariff FROM tariffs").fetchall())
