@@ -1,6 +1,7 @@
 # DL/T 645-2007 energy meter: frame codec, streaming frame reader, the
 # driver the pile uses (master), and a simulated meter (slave) that the
-# simulator and tests run the real driver against. MicroPython + CPython.
+# simulator and tests run the real driver against over an in-memory UART
+# (firmware/loopuart.py). MicroPython + CPython.
 #
 # Frame: [0..4 x FE] 68 A0..A5 68 C L D0..D(L-1) CS 16
 #   A0..A5  address, 6 bytes BCD, lowest byte first
@@ -575,7 +576,8 @@ class Dlt645Slave:
         self._more_pos = 0
 
     def attach(self, uart):
-        """Answer whatever arrives on uart (a LoopUart end), as it arrives."""
+        """Answer whatever arrives on uart (a firmware.loopuart.LoopUart end)
+        as soon as it arrives."""
         uart.on_receive = self.poll
         return self
 
@@ -685,52 +687,3 @@ class Dlt645Slave:
 
 def _clamp(v, limit):
     return limit if v > limit else -limit if v < -limit else v
-
-
-# ----------------------------------------------------------------- loop UART
-
-class LoopUart:
-    """One end of an in-memory UART link: what one end writes, the other
-    reads. `a, b = LoopUart.pair()`. A device simulated on b answers from
-    b.on_receive(b), called as soon as a's write lands. `tap`, if a list,
-    collects every write of this end (exact bytes on the wire)."""
-
-    def __init__(self):
-        self.peer = None
-        self.on_receive = None
-        self.tap = None
-        self._rx = bytearray()
-        self._pos = 0
-
-    @classmethod
-    def pair(cls):
-        a = cls()
-        b = cls()
-        a.peer = b
-        b.peer = a
-        return a, b
-
-    def write(self, data):
-        p = self.peer
-        p._rx.extend(data)
-        if self.tap is not None:
-            self.tap.append(bytes(data))
-        if p.on_receive is not None:
-            p.on_receive(p)
-        return len(data)
-
-    def any(self):
-        return len(self._rx) - self._pos
-
-    def read(self, n=-1):
-        avail = len(self._rx) - self._pos
-        if avail <= 0:
-            return None
-        if n is None or n < 0 or n > avail:
-            n = avail
-        out = bytes(self._rx[self._pos:self._pos + n])
-        self._pos += n
-        if self._pos == len(self._rx):
-            self._rx = bytearray()
-            self._pos = 0
-        return out
