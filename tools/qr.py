@@ -1,0 +1,288 @@
+"""pile-qr: interconnection QR codes for charging piles.
+
+A roaming user scans the pile's sticker in the home operator's app; the code
+holds `<prefix>?did=<pile number>&op=<operator id>` (field cases §6):
+
+    pile-qr show --prefix https://qr.example.com/c --op MA4UJLL57 4403040003000003
+    pile-qr batch piles.csv --out stickers --format svg \\
+        --prefix https://qr.example.com/c --op MA4UJLL57
+
+`did` is the operator's own pile numbering (14, 16 or 20 digits), never
+rewritten: it is what the apps look the pile up by. Each pile also gets its
+14-digit YKC wire pile code (the BCD code in every frame), from a CSV column
+`wire_code` when given, the number itself when it already has 14 digits,
+else its last 14 digits with a warning; the batch manifest records which.
+Rules and reasons: docs/qr.md.
+"""
+import argparse
+import csv
+import os
+import re
+import sys
+from urllib.parse import urlsplit
+
+import segno
+
+PILE_LENGTHS = (14, 16, 20)  # YKC wire code; platform numberings seen in the field
+WIRE_LENGTH = 14  # YKC V1.6 pile code: 7 bytes BCD
+OP_LENGTH = 9  # business-licence code fragment (GB 11714 organisation code)
+ERROR_LEVEL = "m"  # at least 15 % recovery (segno raises it when the size allows)
+_DIGITS = re.compile(r"[0-9]+\Z")
+_OP = re.compile(r"[0-9A-Z]{9}\Z")
+# GB 11714 check character: weights for the 8 body characters, mod 11.
+_OP_WEIGHTS = (3, 7, 9, 10, 5, 8, 4, 2)
+_MANIFEST = "manifest.csv"
+
+
+class QRError(ValueError):
+    """Bad input; str() is the one-line message shown to the user."""
+
+
+def check_prefix(prefix):
+    """The URL prefix, validated: http(s), a host, no fragment, no did/op yet."""
+    if not prefix or any(c.isspace() for c in prefix):
+        raise QRError("prefix %r: must be a URL without spaces" % (prefix or ""))
+    parts = urlsplit(prefix)
+    if parts.scheme not in ("http", "https"):
+        raise QRError("prefix %r: must start with http:// or https://" % prefix)
+    if not parts.hostname:
+        raise QRError("prefix %r: has no host name" % prefix)
+    if parts.fragment or "#" in prefix:
+        raise QRError("prefix %r: must not contain a #fragment" % prefix)
+    for pair in parts.query.split("&"):
+        if pair.split("=", 1)[0] in ("did", "op"):
+            raise QRError("prefix %r: already has a %s= parameter" % (prefix, pair.split("=", 1)[0]))
+    return prefix
+
+
+def check_pile(number):
+    """A pile number in the operator's numbering: 14, 16 or 20 digits."""
+    number = (number or "").strip()
+    if not _DIGITS.match(number):
+        raise QRError("pile number %r: digits only" % number)
+    if len(number) not in PILE_LENGTHS:
+        raise QRError("pile number %r: %d digits, must be 14 (YKC wire code), 16 or 20 "
+                      "(platform numbering)" % (number, len(number)))
+    return number
+
+
+def op_check_char(body):
+    """GB 11714 check character for the first 8 characters of an operator id."""
+    total = 0
+    for ch, w in zip(body, _OP_WEIGHTS):
+        total += w * (int(ch) if ch.isdigit() else ord(ch) - ord("A") + 10)
+    c = 11 - total % 11
+    return "X" if c == 10 else "0" if c == 11 else str(c)
+
+
+def check_op(op, verify=True):
+    """A 9-character operator id (uppercase letters and digits).
+
+    verify: also require the GB 11714 check character (the 9th), which
+    catches a mistyped id before it is printed on a sticker.
+    """
+    op = (op or "").strip()
+    if not _OP.match(op):
+        hint = " (use uppercase)" if _OP.match(op.upper()) else ""
+        raise QRError("operator id %r: must be %d characters, uppercase letters and digits%s"
+                      % (op, OP_LENGTH, hint))
+    if verify and op_check_char(op[:8]) != op[8]:
+        raise QRError("operator id %r: check character should be %r (mistyped? "
+                      "--no-op-check skips this)" % (op, op_check_char(op[:8])))
+    return op
+
+
+def payload(prefix, pile, op, verify_op=True):
+    """The QR payload URL for one pile (inputs validated)."""
+    prefix = check_prefix(prefix)
+    pile = check_pile(pile)
+    op = check_op(op, verify_op)
+    if prefix.endswith(("?", "&")):
+        sep = ""
+    else:
+        sep = "&" if urlsplit(prefix).query else "?"
+    return "%s%sdid=%s&op=%s" % (prefix, sep, pile, op)
+
+
+def wire_code(pile, given=None):
+    """(14-digit YKC wire code, source) for a pile number.
+
+    source is "given" (an explicit code), "same" (the number is 14 digits)
+    or "last14" (derived: the platform's 16/20-digit numbers keep the site
+    and pile sequence in their last digits; the leading region digits are
+    dropped). A derived code should be checked against what the pile sends.
+    """
+    pile = check_pile(pile)
+    if given:
+        given = given.strip()
+        if not _DIGITS.match(given) or len(given) != WIRE_LENGTH:
+            raise QRError("wire code %r: must be %d digits" % (given, WIRE_LENGTH))
+        return given, "given"
+    if len(pile) == WIRE_LENGTH:
+        return pile, "same"
+    return pile[-WIRE_LENGTH:], "last14"
+
+
+def make(data):
+    """The segno QR code for a payload (level M or better, never micro QR)."""
+    return segno.make(data, error=ERROR_LEVEL, micro=False)
+
+
+class Pile:
+    __slots__ = ("pile", "wire", "wire_source", "op", "prefix", "payload", "line")
+
+    def __init__(self, pile, wire, wire_source, op, prefix, data, line):
+        self.pile = pile
+        self.wire = wire
+        self.wire_source = wire_source
+        self.op = op
+        self.prefix = prefix
+        self.payload = data
+        self.line = line
+
+
+def read_piles(path, prefix=None, op=None, verify_op=True):
+    """Piles from a CSV with a header row.
+
+    Columns: `pile` (required), optional `wire_code`, `op` and `prefix` (a
+    row's value wins over the command-line default). Returns (piles, errors)
+    with one "file:line: message" per bad row; duplicates are errors too.
+    """
+    piles, errors = [], []
+    try:
+        f = open(path, newline="", encoding="utf-8-sig")
+    except OSError as e:
+        raise QRError("%s: %s" % (path, e.strerror or e)) from None
+    with f:
+        reader = csv.DictReader(f)
+        fields = [(h or "").strip().lower() for h in (reader.fieldnames or [])]
+        if "pile" not in fields:
+            raise QRError("%s: no 'pile' column in the header (columns: pile, "
+                          "wire_code, op, prefix)" % path)
+        reader.fieldnames = fields
+        seen_pile, seen_wire = {}, {}
+        for row in reader:
+            where = "%s:%d" % (path, reader.line_num)
+            get = lambda k: (row.get(k) or "").strip()  # noqa: E731
+            if not any(get(k) for k in fields):
+                continue  # blank line
+            try:
+                row_prefix = get("prefix") or prefix
+                row_op = get("op") or op
+                if not row_prefix:
+                    raise QRError("no prefix (give --prefix or a 'prefix' column)")
+                if not row_op:
+                    raise QRError("no operator id (give --op or an 'op' column)")
+                number = check_pile(get("pile"))
+                data = payload(row_prefix, number, row_op, verify_op)
+                wire, source = wire_code(number, get("wire_code"))
+                if number in seen_pile:
+                    raise QRError("pile %s already on line %d" % (number, seen_pile[number]))
+                if wire in seen_wire:
+                    raise QRError("wire code %s (%s) already used by pile %s"
+                                  % (wire, source, seen_wire[wire]))
+            except QRError as e:
+                errors.append("%s: %s" % (where, e))
+                continue
+            seen_pile[number] = reader.line_num
+            seen_wire[wire] = number
+            piles.append(Pile(number, wire, source, row_op, row_prefix, data, reader.line_num))
+    if not piles and not errors:
+        errors.append("%s: no piles" % path)
+    return piles, errors
+
+
+def write_batch(piles, out, fmt, scale=4, border=None):
+    """One <pile>.<fmt> per pile, plus manifest.csv; returns the file paths."""
+    os.makedirs(out, exist_ok=True)
+    paths = []
+    for p in piles:
+        path = os.path.join(out, "%s.%s" % (p.pile, fmt))
+        make(p.payload).save(path, kind=fmt, scale=scale, border=border)
+        paths.append(path)
+    with open(os.path.join(out, _MANIFEST), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["pile", "wire_code", "wire_code_source", "op", "payload", "file"])
+        for p, path in zip(piles, paths):
+            w.writerow([p.pile, p.wire, p.wire_source, p.op, p.payload, os.path.basename(path)])
+    return paths
+
+
+def _parser():
+    ap = argparse.ArgumentParser(prog="pile-qr", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    def common(p):
+        p.add_argument("--prefix", default=os.environ.get("PILE_QR_PREFIX"),
+                       help="home operator's URL prefix (or $PILE_QR_PREFIX)")
+        p.add_argument("--op", default=os.environ.get("PILE_QR_OP"),
+                       help="operator id, 9 characters, e.g. MA4UJLL57 (or $PILE_QR_OP)")
+        p.add_argument("--no-op-check", action="store_true",
+                       help="accept an operator id whose GB 11714 check character is wrong")
+
+    s = sub.add_parser("show", help="print one pile's payload and QR code in the terminal")
+    s.add_argument("pile", help="pile number: 14, 16 or 20 digits")
+    s.add_argument("--wire-code", help="the pile's 14-digit YKC code, if it differs")
+    s.add_argument("--compact", action="store_true", help="half-height code (Unicode blocks)")
+    s.add_argument("--no-code", action="store_true", help="print the payload only")
+    common(s)
+
+    b = sub.add_parser("batch", help="write one PNG or SVG per pile of a CSV")
+    b.add_argument("csv", help="CSV with a header: pile[,wire_code][,op][,prefix]")
+    b.add_argument("--out", required=True, help="output directory (created)")
+    b.add_argument("--format", choices=("svg", "png"), default="svg")
+    b.add_argument("--scale", type=int, default=4, help="pixels (PNG) or units (SVG) per module")
+    common(b)
+    return ap
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    verify = not args.no_op_check
+    try:
+        if args.cmd == "show":
+            if not args.prefix:
+                raise QRError("no prefix: give --prefix URL (or set PILE_QR_PREFIX)")
+            if not args.op:
+                raise QRError("no operator id: give --op ID (or set PILE_QR_OP)")
+            data = payload(args.prefix, args.pile, args.op, verify)
+            wire, source = wire_code(args.pile, args.wire_code)
+            print(data)
+            if source == "last14":
+                _warn("pile %s: wire code taken as its last 14 digits, %s "
+                      "(give --wire-code if the pile reports another)" % (args.pile, wire))
+            if not args.no_code:
+                make(data).terminal(out=sys.stdout, compact=args.compact)
+            return 0
+        if args.scale < 1:
+            raise QRError("--scale must be at least 1")
+        piles, errors = read_piles(args.csv, args.prefix, args.op, verify)
+        if errors:
+            for e in errors:
+                print("pile-qr: error: " + e, file=sys.stderr)
+            print("pile-qr: %d bad row(s), nothing written" % len(errors), file=sys.stderr)
+            return 2
+        derived = [p for p in piles if p.wire_source == "last14"]
+        for p in derived:
+            _warn("%s:%d: pile %s: wire code taken as its last 14 digits, %s "
+                  "(add a wire_code column if the pile reports another)"
+                  % (args.csv, p.line, p.pile, p.wire))
+        paths = write_batch(piles, args.out, args.format, args.scale)
+        print("wrote %d %s file(s) and %s to %s"
+              % (len(paths), args.format.upper(), _MANIFEST, args.out))
+        return 0
+    except QRError as e:
+        print("pile-qr: error: %s" % e, file=sys.stderr)
+        return 2
+    except OSError as e:
+        print("pile-qr: error: %s: %s" % (getattr(e, "filename", "") or "", e.strerror or e),
+              file=sys.stderr)
+        return 1
+
+
+def _warn(msg):
+    print("pile-qr: warning: " + msg, file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
