@@ -1,0 +1,838 @@
+"""Crash-safe, append-only bill journal on flash (MicroPython + CPython).
+
+The journal is the pile's only store of sessions and bills, and the retry
+queue (firmware/outbox.py is a view over it). Every change is one appended
+record that carries its own length and CRC-32, so a power cut after any byte
+leaves at worst one torn record at the tail, which recovery ignores and
+reports. Files are replaced only by writing a new file and renaming it.
+Format, write ordering, limits and figures: docs/journal.md.
+
+Record (little-endian; 24 bytes of overhead):
+
+    0   u8     magic 0xA5
+    1   u8     kind (below)
+    2   u16    payload length n (<= MAX_PAYLOAD)
+    4   16 B   trade serial, packed BCD (zeros when the kind has none)
+    20  n B    payload
+    20+n u32   CRC-32 (binascii.crc32) of bytes 0 .. 20+n
+
+Kinds and payloads (payloads are opaque unless stated):
+
+    SESSION_OPEN   1  session header bytes (from charge control)
+    CHECKPOINT     2  checkpoint bytes; only the last one per serial matters
+    BILL_SEALED    3  the bill frame body (0x3B body, 158 or 174 bytes, plus
+                      any supplement) - the bill, byte for byte
+    CONFIRMED      4  empty: the host got it (0x40, result 0)
+    ILLEGAL        5  empty: 0x40 result 1; kept, listed, never resent
+    SETTLED        6  empty: the platform settled it (our extension frame)
+    SERIAL_COUNTER 7  u32: the last pile-issued serial counter handed out
+
+A serial's life: open -> pending (sealed) -> confirmed -> settled, with
+pending/confirmed -> illegal and illegal -> settled (the platform resolved
+it). Records that do not fit the current state are not written (the call
+returns a status) and, if found on flash, are ignored by recovery.
+
+API (serials are 32-digit str; payloads bytes-like):
+
+    j = Journal(path, fs=None, limit_bytes=JOURNAL_BYTES, on_event=None)
+        fs: RealFS() (plain open/os.rename/os.remove) unless given, e.g. a
+        firmware.flashsim.FlashSim. on_event(name, detail) is called for
+        "torn_tail", "corrupt", "temp", "full", "illegal", "lost",
+        "heal_failed".
+    j.recover() -> Report   (also run lazily by the first other call)
+        .pending    [serial]  sealed, unconfirmed bills in journal order
+        .confirmed  [serial]  host-confirmed, not settled
+        .illegal    [serial]
+        .settled    int       settled bills still on flash
+        .open_sessions [(serial, header bytes, last checkpoint or None)]
+        .torn_tail  int bytes ignored at the tail (0: none); .torn_offset
+        .corrupt    [(start, end)] byte ranges skipped in the middle
+        .records, .ignored, .unknown   counts of valid / no-op / unknown-kind
+        .counter    int, .temp  None | "removed" | "adopted"
+        .healed     True when the tail was cut off by a rewrite
+        .bytes_used int, .damaged  bool
+    j.open_session(serial, header) -> "opened" | "exists";
+        raises JournalFull when can_start() is False
+    j.checkpoint(serial, payload)  -> "ok" | "no_session"
+    j.seal(serial, bill_body)      -> "sealed" | "already_sealed" | "no_session"
+    j.confirm(serial) / j.illegal(serial) / j.settle(serial)
+                                   -> "ok" | "duplicate" | "unknown" | "refused"
+    j.pending(), j.confirmed(), j.illegal_bills(), j.open_sessions()
+    j.bill(serial) -> body bytes or None;  j.status(serial) -> state or None
+    j.close_interrupted(make_bill) -> [serial]: seals every open session
+        with make_bill(serial, header, last_checkpoint) (the caller builds a
+        bill with stop reason STOP_POWER_LOSS at the last checkpoint)
+    j.next_serial_counter() -> int   persisted before it is returned
+    j.issue_serial(pile14, gun2, stamp12) -> 32-digit serial, never reused
+    j.compact(need=0) -> dict;  j.bytes_used();  j.can_start() -> bool
+        (False: j.refusal holds the reason and a "full" event is raised)
+
+Raises RecordTooLong (payload > MAX_PAYLOAD, nothing written), JournalFull,
+ValueError (malformed serial).
+"""
+import binascii
+import os
+import struct
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+    const = lambda x: x  # noqa: E731
+
+SESSION_OPEN = const(1)
+CHECKPOINT = const(2)
+BILL_SEALED = const(3)
+CONFIRMED = const(4)
+ILLEGAL = const(5)
+SETTLED = const(6)
+SERIAL_COUNTER = const(7)
+
+STOP_POWER_LOSS = const(0x83)  # YKC stop reason "pile lost power"
+
+# States (what status() returns)
+S_OPEN = "open"
+S_PENDING = "pending"
+S_CONFIRMED = "confirmed"
+S_ILLEGAL = "illegal"
+S_SETTLED = "settled"
+
+_MAGIC = const(0xA5)
+_HEAD = const(20)       # magic, kind, length, serial
+_OVERHEAD = const(24)   # head + CRC-32
+# Largest payload of any record: a 174-byte bill body plus a supplement.
+# Longer -> RecordTooLong, nothing written.
+_MAX_PAYLOAD = const(512)
+_REC_MAX = const(536)   # _OVERHEAD + _MAX_PAYLOAD
+# Default capacity of the journal file in bytes. Compaction needs room for
+# a second copy while it runs (the filesystem must hold 2x this).
+_JOURNAL_BYTES = const(65536)
+# Room a new session must be able to use: header, two checkpoints (the last
+# kept one and the next), the bill, and two status records for the bill.
+_SESSION_RESERVE = const(2192)  # 4 * _REC_MAX + 2 * _OVERHEAD
+# Working room kept free at a start, so compaction is not run per record.
+_SLACK_BYTES = const(1024)
+# Counter jump after corruption was found (a lost counter record must not
+# let a counter value be handed out twice).
+_COUNTER_SKIP = const(64)
+# Cap on the quarantine file that keeps damaged bytes for forensics.
+_BAD_BYTES = const(4096)
+
+JOURNAL_BYTES = _JOURNAL_BYTES
+MAX_PAYLOAD = _MAX_PAYLOAD
+OVERHEAD = _OVERHEAD
+SESSION_RESERVE = _SESSION_RESERVE
+SLACK_BYTES = _SLACK_BYTES
+COUNTER_SKIP = _COUNTER_SKIP
+MIN_LIMIT = _SESSION_RESERVE + _SLACK_BYTES + 2 * (_OVERHEAD + 4)
+
+_NOKEY = bytes(16)
+_COUNTER_REC = _OVERHEAD + 4
+
+
+class JournalError(Exception):
+    pass
+
+
+class JournalFull(JournalError):
+    """No room for the record even after compaction (or a start refused)."""
+
+
+class RecordTooLong(JournalError):
+    """Payload longer than MAX_PAYLOAD; nothing was written."""
+
+
+class RealFS:
+    """The small filesystem interface the journal uses, on the real fs."""
+
+    def open(self, path, mode):
+        return open(path, mode)
+
+    def rename(self, old, new):
+        os.rename(old, new)
+
+    def remove(self, path):
+        os.remove(path)
+
+    def stat(self, path):
+        return os.stat(path)
+
+    def listdir(self, path):
+        return os.listdir(path)
+
+    def sync(self, f=None, path=None):
+        # After f.flush(): make the bytes (or a rename in path's folder)
+        # durable. CPython: fsync; MicroPython: flush already commits on
+        # littlefs, and os.sync is used where the port has it.
+        fsync = getattr(os, "fsync", None)
+        if fsync is not None and (f is not None or path is not None):
+            if f is not None:
+                fsync(f.fileno())
+                return
+            d = path.rsplit("/", 1)[0] if "/" in path else "."
+            fd = os.open(d or "/", os.O_RDONLY)
+            try:
+                fsync(fd)
+            finally:
+                os.close(fd)
+            return
+        s = getattr(os, "sync", None)
+        if s is not None:
+            s()
+
+
+def pack_serial(serial):
+    """32-digit str -> 16 packed BCD bytes (ValueError otherwise)."""
+    if not isinstance(serial, str) or len(serial) != 32:
+        raise ValueError("trade serial must be 32 digits")
+    for c in serial:
+        if c < "0" or c > "9":
+            raise ValueError("trade serial must be 32 digits")
+    return binascii.unhexlify(serial)
+
+
+def unpack_serial(key):
+    return binascii.hexlify(key).decode()
+
+
+def make_serial(pile, gun, stamp, counter):
+    """Trade serial: pile BCD7 + gun BCD1 + YYMMDDhhmmss BCD6 + counter BCD2."""
+    c = "%04d" % (counter % 10000)
+    s = "%014d" % int(pile) + "%02d" % int(gun) + "%012d" % int(stamp) + c
+    pack_serial(s)
+    return s
+
+
+def _rec(n):
+    return _OVERHEAD + n
+
+
+class Report:
+    __slots__ = ("pending", "confirmed", "illegal", "settled", "open_sessions",
+                 "torn_tail", "torn_offset", "corrupt", "records", "ignored",
+                 "unknown", "counter", "temp", "healed", "bytes_used")
+
+    def __init__(self):
+        self.pending = []
+        self.confirmed = []
+        self.illegal = []
+        self.settled = 0
+        self.open_sessions = []
+        self.torn_tail = 0
+        self.torn_offset = -1
+        self.corrupt = []
+        self.records = 0
+        self.ignored = 0
+        self.unknown = 0
+        self.counter = 0
+        self.temp = None
+        self.healed = False
+        self.bytes_used = 0
+
+    @property
+    def damaged(self):
+        return bool(self.torn_tail or self.corrupt)
+
+    def __repr__(self):
+        return ("Report(pending=%d confirmed=%d illegal=%d settled=%d open=%d "
+                "torn_tail=%d corrupt=%r records=%d counter=%d temp=%r)" % (
+                    len(self.pending), len(self.confirmed), len(self.illegal),
+                    self.settled, len(self.open_sessions), self.torn_tail,
+                    self.corrupt, self.records, self.counter, self.temp))
+
+
+class Journal:
+    def __init__(self, path, fs=None, limit_bytes=_JOURNAL_BYTES, on_event=None):
+        if limit_bytes < MIN_LIMIT:
+            raise ValueError("limit_bytes below %d" % MIN_LIMIT)
+        self.path = path
+        self.tmp = path + ".tmp"
+        self.bad = path + ".bad"
+        self.fs = fs if fs is not None else RealFS()
+        self.limit = limit_bytes
+        self.on_event = on_event
+        self._buf = bytearray(_REC_MAX)
+        self._mv = memoryview(self._buf)
+        self._scan = bytearray(128)
+        self.report = None
+        self.refusal = None
+        self.written = 0       # bytes this object wrote (appends + compaction)
+        self.compactions = 0
+        self._ready = False
+        self._clear()
+
+    def _clear(self):
+        # packed serial -> [state, off, n, ck_off, ck_n]: off/n locate the
+        # primary record (header while open, bill once sealed), ck_* the
+        # last checkpoint of an open session (-1: none).
+        self._e = {}
+        self._order = None     # keys sorted by primary offset, cached
+        self._size = 0
+        self._counter = 0
+        self._damage = []      # corrupt ranges still in the file
+        self._heal = False
+
+    # ---- events -----------------------------------------------------------
+    def _event(self, name, detail):
+        if self.on_event is not None:
+            self.on_event(name, detail)
+
+    # ---- low-level record I/O ---------------------------------------------
+    def _build(self, kind, key, payload):
+        n = len(payload)
+        b = self._buf
+        struct.pack_into("<BBH", b, 0, _MAGIC, kind, n)
+        b[4:_HEAD] = key
+        if n:
+            b[_HEAD:_HEAD + n] = payload
+        crc = binascii.crc32(self._mv[0:_HEAD + n]) & 0xFFFFFFFF
+        struct.pack_into("<I", b, _HEAD + n, crc)
+        return _HEAD + n + 4
+
+    def _write_all(self, f, size):
+        mv = self._mv
+        done = 0
+        while done < size:
+            w = f.write(mv[done:size])
+            if w is None:
+                w = size - done
+            if w <= 0:
+                raise OSError(28)  # ENOSPC
+            done += w
+        self.written += size
+
+    def _read_rec(self, f, off, size):
+        """Record at off into _buf if it is complete and valid: its payload
+        length, else -1."""
+        avail = size - off
+        if avail < _OVERHEAD:
+            return -1
+        want = avail if avail < _REC_MAX else _REC_MAX
+        f.seek(off)
+        mv = self._mv
+        got = 0
+        while got < want:
+            k = f.readinto(mv[got:want])
+            if not k:
+                break
+            got += k
+        b = self._buf
+        if got < _OVERHEAD or b[0] != _MAGIC or b[1] == 0 or b[1] == 0xFF:
+            return -1
+        n = b[2] | (b[3] << 8)
+        if n > _MAX_PAYLOAD or _OVERHEAD + n > got:
+            return -1
+        crc = binascii.crc32(mv[0:_HEAD + n]) & 0xFFFFFFFF
+        if crc != struct.unpack_from("<I", b, _HEAD + n)[0]:
+            return -1
+        return n
+
+    def _resync(self, f, pos, size):
+        """First offset >= pos holding a valid record, or -1."""
+        scan = self._scan
+        while pos < size:
+            f.seek(pos)
+            k = f.readinto(scan)
+            if not k:
+                return -1
+            i = 0
+            while True:
+                i = scan.find(b"\xa5", i)
+                if i < 0 or i >= k:
+                    break
+                if self._read_rec(f, pos + i, size) >= 0:
+                    return pos + i
+                i += 1
+            pos += k
+        return -1
+
+    def _file_size(self, path):
+        try:
+            return self.fs.stat(path)[6]
+        except OSError:
+            return -1
+
+    # ---- state transitions (shared by recovery and the live API) -----------
+    def _apply(self, kind, key, off, n):
+        """Apply the record in _buf at off; False if it changes nothing."""
+        e = self._e
+        ent = e.get(key)
+        st = ent[0] if ent is not None else None
+        if kind == SESSION_OPEN:
+            if ent is not None:
+                return False
+            e[key] = [S_OPEN, off, n, -1, 0]
+            self._order = None
+        elif kind == CHECKPOINT:
+            if st != S_OPEN:
+                return False
+            ent[3] = off
+            ent[4] = n
+        elif kind == BILL_SEALED:
+            # A bill without its session record is normal after compaction;
+            # a second bill for a serial is never accepted.
+            if st is None:
+                e[key] = [S_PENDING, off, n, -1, 0]
+            elif st == S_OPEN:
+                ent[0] = S_PENDING
+                ent[1] = off
+                ent[2] = n
+                ent[3] = -1
+                ent[4] = 0
+            else:
+                return False
+            self._order = None
+        elif kind == CONFIRMED:
+            if st != S_PENDING:
+                return False
+            ent[0] = S_CONFIRMED
+        elif kind == ILLEGAL:
+            if st != S_PENDING and st != S_CONFIRMED:
+                return False
+            ent[0] = S_ILLEGAL
+        elif kind == SETTLED:
+            if st != S_PENDING and st != S_CONFIRMED and st != S_ILLEGAL:
+                return False
+            ent[0] = S_SETTLED
+        elif kind == SERIAL_COUNTER:
+            if n != 4:
+                return False
+            v = struct.unpack_from("<I", self._buf, _HEAD)[0]
+            if v <= self._counter:
+                return False
+            self._counter = v
+        else:
+            return None  # a kind this firmware does not know: skipped
+        return True
+
+    # ---- recovery -----------------------------------------------------------
+    def recover(self):
+        """Rebuild the state from flash; returns (and keeps) a Report."""
+        self._clear()
+        self._ready = True
+        rep = Report()
+        fs = self.fs
+        if self._file_size(self.tmp) >= 0:
+            # A compaction was cut. Its temp file is complete only once the
+            # rename has started, and then the old file may already be gone.
+            if self._file_size(self.path) >= 0:
+                fs.remove(self.tmp)
+                rep.temp = "removed"
+            else:
+                fs.rename(self.tmp, self.path)
+                rep.temp = "adopted"
+            fs.sync(None, self.path)
+            self._event("temp", rep.temp)
+        size = self._file_size(self.path)
+        if size > 0:
+            f = fs.open(self.path, "rb")
+            try:
+                self._parse(f, size, rep)
+            finally:
+                f.close()
+        self._size = size if size > 0 else 0
+        if rep.corrupt:
+            self._damage = rep.corrupt[:]
+            self._counter += _COUNTER_SKIP
+            self._event("corrupt", rep.corrupt)
+        if rep.torn_tail:
+            self._event("torn_tail", rep.torn_tail)
+            # Cut the torn bytes off so new records follow a clean tail.
+            try:
+                self.compact()
+                rep.healed = True
+            except OSError as ex:
+                self._event("heal_failed", ex)
+        self._fill(rep)
+        self.report = rep
+        return rep
+
+    def _parse(self, f, size, rep):
+        off = 0
+        buf = self._buf
+        while off < size:
+            n = self._read_rec(f, off, size)
+            if n >= 0:
+                key = bytes(buf[4:_HEAD])
+                r = self._apply(buf[1], key, off, n)
+                rep.records += 1
+                if r is None:
+                    rep.unknown += 1
+                elif not r:
+                    rep.ignored += 1
+                off += _OVERHEAD + n
+                continue
+            nxt = self._resync(f, off + 1, size)
+            if nxt < 0:
+                rep.torn_tail = size - off
+                rep.torn_offset = off
+                break
+            rep.corrupt.append((off, nxt))
+            off = nxt
+
+    def _fill(self, rep):
+        rep.counter = self._counter
+        rep.bytes_used = self._size
+        e = self._e
+        for k in self._ordered():
+            st = e[k][0]
+            s = unpack_serial(k)
+            if st == S_PENDING:
+                rep.pending.append(s)
+            elif st == S_CONFIRMED:
+                rep.confirmed.append(s)
+            elif st == S_ILLEGAL:
+                rep.illegal.append(s)
+            elif st == S_SETTLED:
+                rep.settled += 1
+        rep.open_sessions = self.open_sessions()
+
+    def _ensure(self):
+        if not self._ready:
+            self.recover()
+
+    def _ordered(self):
+        if self._order is None:
+            e = self._e
+            self._order = sorted(e, key=lambda k: e[k][1])
+        return self._order
+
+    # ---- appending ----------------------------------------------------------
+    def _append(self, kind, key, payload):
+        n = len(payload)
+        if n > _MAX_PAYLOAD:
+            raise RecordTooLong("payload of %d bytes > %d" % (n, _MAX_PAYLOAD))
+        size = _OVERHEAD + n
+        if self._heal:
+            self.compact()
+        if self._size + size > self.limit:
+            self.compact(size, key)
+            if self._size + size > self.limit:
+                raise JournalFull("no room for a %d-byte record (%d of %d bytes used)"
+                                  % (size, self._size, self.limit))
+        self._build(kind, key, payload)
+        off = self._size
+        f = self.fs.open(self.path, "ab")
+        try:
+            self._write_all(f, size)
+            f.flush()
+            self.fs.sync(f)
+        except OSError:
+            # Part of the record may be on flash: rewrite before the next one.
+            self._heal = True
+            s = self._file_size(self.path)
+            self._size = s if s > 0 else 0
+            raise
+        finally:
+            f.close()
+        self._size = off + size
+        self._apply(kind, key, off, n)
+        return off
+
+    def _state(self, key):
+        ent = self._e.get(key)
+        return ent[0] if ent is not None else None
+
+    # ---- public API ---------------------------------------------------------
+    def open_session(self, serial, header):
+        key = pack_serial(serial)
+        self._ensure()
+        if len(header) > _MAX_PAYLOAD:
+            raise RecordTooLong("header of %d bytes > %d" % (len(header), _MAX_PAYLOAD))
+        if key in self._e:
+            return "exists"
+        if not self.can_start():
+            raise JournalFull(self.refusal)
+        self._append(SESSION_OPEN, key, header)
+        return "opened"
+
+    def checkpoint(self, serial, payload):
+        key = pack_serial(serial)
+        self._ensure()
+        if self._state(key) != S_OPEN:
+            return "no_session"
+        self._append(CHECKPOINT, key, payload)
+        return "ok"
+
+    def seal(self, serial, bill_body):
+        key = pack_serial(serial)
+        self._ensure()
+        st = self._state(key)
+        if st is None:
+            return "no_session"
+        if st != S_OPEN:
+            return "already_sealed"
+        self._append(BILL_SEALED, key, bill_body)
+        return "sealed"
+
+    def _mark(self, serial, kind, target, allowed):
+        key = pack_serial(serial)
+        self._ensure()
+        st = self._state(key)
+        if st is None or st == S_OPEN:
+            return "unknown"
+        if st == target:
+            return "duplicate"
+        if st not in allowed:
+            return "refused"
+        self._append(kind, key, b"")
+        return "ok"
+
+    def confirm(self, serial):
+        return self._mark(serial, CONFIRMED, S_CONFIRMED, (S_PENDING,))
+
+    def illegal(self, serial):
+        r = self._mark(serial, ILLEGAL, S_ILLEGAL, (S_PENDING, S_CONFIRMED))
+        if r == "ok":
+            self._event("illegal", serial)
+        return r
+
+    def settle(self, serial):
+        return self._mark(serial, SETTLED, S_SETTLED, (S_PENDING, S_CONFIRMED, S_ILLEGAL))
+
+    def status(self, serial):
+        key = pack_serial(serial)
+        self._ensure()
+        return self._state(key)
+
+    def _list(self, state):
+        self._ensure()
+        e = self._e
+        return [unpack_serial(k) for k in self._ordered() if e[k][0] == state]
+
+    def pending(self):
+        """Sealed, unconfirmed bills in journal (seal) order."""
+        return self._list(S_PENDING)
+
+    def confirmed(self):
+        """Bills the host confirmed and the platform has not settled."""
+        return self._list(S_CONFIRMED)
+
+    def illegal_bills(self):
+        return self._list(S_ILLEGAL)
+
+    def _payload(self, off, n):
+        size = self._size
+        f = self.fs.open(self.path, "rb")
+        try:
+            got = self._read_rec(f, off, size)
+        finally:
+            f.close()
+        if got != n:
+            return None
+        return bytes(self._mv[_HEAD:_HEAD + n])
+
+    def bill(self, serial):
+        """The sealed bill body, byte for byte (None: no bill or damaged)."""
+        key = pack_serial(serial)
+        self._ensure()
+        ent = self._e.get(key)
+        if ent is None or ent[0] == S_OPEN:
+            return None
+        body = self._payload(ent[1], ent[2])
+        if body is None:
+            self._event("corrupt", [(ent[1], ent[1] + _rec(ent[2]))])
+        return body
+
+    def open_sessions(self):
+        """[(serial, header, last checkpoint or None)] in start order."""
+        self._ensure()
+        e = self._e
+        out = []
+        for k in self._ordered():
+            ent = e[k]
+            if ent[0] != S_OPEN:
+                continue
+            hdr = self._payload(ent[1], ent[2])
+            ck = self._payload(ent[3], ent[4]) if ent[3] >= 0 else None
+            out.append((unpack_serial(k), hdr, ck))
+        return out
+
+    def close_interrupted(self, make_bill):
+        """Seal every open session as a bill: make_bill(serial, header,
+        last_checkpoint) returns the body (stop reason STOP_POWER_LOSS at the
+        last checkpoint). Returns the serials sealed, in start order."""
+        done = []
+        for serial, hdr, ck in self.open_sessions():
+            if self.seal(serial, make_bill(serial, hdr, ck)) == "sealed":
+                done.append(serial)
+        return done
+
+    def next_serial_counter(self):
+        """A counter value never handed out before, persisted first."""
+        self._ensure()
+        v = self._counter + 1
+        payload = struct.pack("<I", v)
+        self._append(SERIAL_COUNTER, _NOKEY, payload)
+        return v
+
+    def issue_serial(self, pile, gun, stamp):
+        """A pile-issued trade serial no record in the journal carries."""
+        for _ in range(10000):
+            s = make_serial(pile, gun, stamp, self.next_serial_counter())
+            if pack_serial(s) not in self._e:
+                return s
+        raise JournalError("no free counter value for this stamp")
+
+    def bytes_used(self):
+        self._ensure()
+        return self._size
+
+    def _floor(self):
+        """Bytes that no compaction can free, plus what the live entries may
+        still need to append."""
+        f = 2 * _COUNTER_REC
+        for ent in self._e.values():
+            st = ent[0]
+            if st == S_OPEN:
+                f += _rec(ent[2]) + 3 * _REC_MAX + 2 * _OVERHEAD
+            elif st == S_PENDING or st == S_ILLEGAL:
+                f += _rec(ent[2]) + 2 * _OVERHEAD
+        return f
+
+    def can_start(self):
+        """True if one more session's records are sure to fit. False: the
+        journal is full of unconfirmed bills; self.refusal says why and a
+        "full" event is raised. Bills are never dropped to make room."""
+        self._ensure()
+        floor = self._floor()
+        if floor + _SESSION_RESERVE + _SLACK_BYTES <= self.limit:
+            self.refusal = None
+            return True
+        held = 0
+        for ent in self._e.values():
+            if ent[0] == S_PENDING or ent[0] == S_ILLEGAL or ent[0] == S_OPEN:
+                held += 1
+        self.refusal = ("journal full: %d unconfirmed bills/sessions need %d of %d bytes"
+                        % (held, floor, self.limit))
+        self._event("full", self.refusal)
+        return False
+
+    # ---- compaction ---------------------------------------------------------
+    def _quarantine(self, f, ranges):
+        """Append damaged bytes to <path>.bad (capped) before they go."""
+        have = self._file_size(self.bad)
+        if have < 0:
+            have = 0
+        q = None
+        try:
+            for a, b in ranges:
+                while a < b and have < _BAD_BYTES:
+                    k = b - a
+                    if k > _REC_MAX:
+                        k = _REC_MAX
+                    if k > _BAD_BYTES - have:
+                        k = _BAD_BYTES - have
+                    f.seek(a)
+                    got = f.readinto(self._mv[0:k])
+                    if not got:
+                        break
+                    if q is None:
+                        q = self.fs.open(self.bad, "ab")
+                    self._write_all(q, got)
+                    have += got
+                    a += got
+            if q is not None:
+                q.flush()
+                self.fs.sync(q)
+        finally:
+            if q is not None:
+                q.close()
+
+    def compact(self, need=0, protect=None):
+        """Rewrite the live records into <path>.tmp, flush it and rename it
+        over the journal. Drops settled bills, then (only if need bytes would
+        not fit otherwise) host-confirmed bills oldest first; never pending or
+        illegal ones. An open session keeps its header and last checkpoint.
+        Returns {"before", "after", "settled", "confirmed", "lost"}."""
+        self._ensure()
+        e = self._e
+        order = self._ordered()
+        size = _COUNTER_REC if self._counter else 0
+        confirmed = []
+        settled = 0
+        for k in order:
+            ent = e[k]
+            st = ent[0]
+            if st == S_SETTLED:
+                settled += 1
+                continue
+            size += _rec(ent[2])
+            if st == S_OPEN:
+                if ent[3] >= 0:
+                    size += _rec(ent[4])
+            elif st != S_PENDING:
+                size += _OVERHEAD
+                if st == S_CONFIRMED and k != protect:
+                    confirmed.append(k)
+        drop = {}
+        for k in confirmed:
+            if size + need + _SLACK_BYTES <= self.limit:
+                break
+            drop[k] = 1
+            size -= _rec(e[k][2]) + _OVERHEAD
+        before = self._size
+        fs = self.fs
+        new = {}
+        lost = []
+        old = fs.open(self.path, "rb") if before > 0 else None
+        try:
+            if self._damage and old is not None:
+                self._quarantine(old, self._damage)
+            if self._file_size(self.tmp) >= 0:
+                fs.remove(self.tmp)
+            t = fs.open(self.tmp, "wb")
+            try:
+                w = 0
+                if self._counter:
+                    w += self._copy_new(t, SERIAL_COUNTER, _NOKEY, struct.pack("<I", self._counter))
+                for k in order:
+                    ent = e[k]
+                    st = ent[0]
+                    if st == S_SETTLED or k in drop:
+                        continue
+                    n = self._read_rec(old, ent[1], before)
+                    if n != ent[2] or bytes(self._buf[4:_HEAD]) != k:
+                        # Flash changed under us: keep the evidence, say so.
+                        lost.append(unpack_serial(k))
+                        self._quarantine(old, [(ent[1], ent[1] + _rec(ent[2]))])
+                        continue
+                    self._write_all(t, _rec(n))
+                    ne = [st, w, n, -1, 0]
+                    w += _rec(n)
+                    if st == S_OPEN and ent[3] >= 0:
+                        m = self._read_rec(old, ent[3], before)
+                        if m == ent[4]:
+                            self._write_all(t, _rec(m))
+                            ne[3] = w
+                            ne[4] = m
+                            w += _rec(m)
+                    elif st == S_CONFIRMED:
+                        w += self._copy_new(t, CONFIRMED, k, b"")
+                    elif st == S_ILLEGAL:
+                        w += self._copy_new(t, ILLEGAL, k, b"")
+                    new[k] = ne
+                t.flush()
+                fs.sync(t)
+            finally:
+                t.close()
+        finally:
+            if old is not None:
+                old.close()
+        # The only step that changes what the journal says: atomic.
+        fs.rename(self.tmp, self.path)
+        fs.sync(None, self.path)
+        self._e = new
+        self._order = None
+        self._size = w
+        self._damage = []
+        self._heal = False
+        self.compactions += 1
+        if lost:
+            self._event("lost", lost)
+        return {"before": before, "after": w, "settled": settled,
+                "confirmed": len(drop), "lost": lost}
+
+    def _copy_new(self, f, kind, key, payload):
+        size = self._build(kind, key, payload)
+        self._write_all(f, size)
+        return size
