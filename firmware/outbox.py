@@ -1,0 +1,159 @@
+"""Bill retry schedule: a view over the journal (MicroPython + CPython).
+
+The journal is the retry queue; this module only decides *when* a stored
+bill goes out. It keeps no copy of a bill and writes nothing to flash: its
+timers live in RAM and start over at every login, which is exactly the rule
+"after login, stored bills are sent first".
+
+    ob = Outbox(journal, clock, first_ms=30000, cap_ms=600000,
+                resettle_ms=3600000, window=1, answer_ms=10000)
+    ob.on_login()              # logged in: every pending bill is due now
+    ob.on_logout()             # link down: nothing is due
+    ob.due() -> (serial, body) | None
+    ob.sent(serial)            # the bill frame went out
+    ob.confirmed(serial, result) -> journal status   # 0x40: 0 ok, 1 illegal
+    ob.settled(serial)     -> journal status         # extension frame
+    ob.illegal() -> [serial]   # for the console and the platform
+    ob.next_in(serial) -> ms until that bill is due (0: due now, None: never)
+
+Rules:
+- Pending (sealed, unconfirmed) bills are offered in journal order; a bill
+  sealed while logged in is due at once.
+- After each send an unconfirmed bill waits first_ms, then twice that, ...
+  up to cap_ms, and is resent forever: same serial, same bytes (read back
+  from the journal each time).
+- window bills at most are "in flight" (sent, no answer yet, less than
+  answer_ms ago), so a login does not flood the link, while a bill the host
+  never answers cannot hold back the others for longer than answer_ms.
+- A bill the host confirmed but the platform has not settled is offered
+  again every resettle_ms (the bridge deduplicates by trade serial).
+- Illegal bills are never resent; illegal() lists them.
+
+clock: ticks_ms() -> int; intervals are tick differences, computed with
+clock.ticks_diff(a, b) if the clock has one, else time.ticks_diff on
+MicroPython, else a - b.
+"""
+try:
+    import time
+    _tdiff = getattr(time, "ticks_diff", None)
+except ImportError:  # pragma: no cover
+    _tdiff = None
+
+
+class Outbox:
+    def __init__(self, journal, clock, first_ms=30000, cap_ms=600000,
+                 resettle_ms=3600000, window=1, answer_ms=10000):
+        self.j = journal
+        self.clock = clock
+        self.first_ms = first_ms
+        self.cap_ms = cap_ms
+        self.resettle_ms = resettle_ms
+        self.window = window
+        self.answer_ms = answer_ms
+        d = getattr(clock, "ticks_diff", None)
+        self._diff = d if d is not None else (_tdiff if _tdiff is not None else _sub)
+        self.online = False
+        self._sched = {}     # serial -> [tick of last send (or base), wait ms]
+        self._flight = {}    # serial -> tick sent, until answered / answer_ms
+        self._login = 0
+
+    def _now(self):
+        return self.clock.ticks_ms()
+
+    def on_login(self):
+        self.online = True
+        self._login = self._now()
+        self._sched = {}
+        self._flight = {}
+
+    def on_logout(self):
+        self.online = False
+        self._flight = {}
+
+    def _in_flight(self, now):
+        n = 0
+        for s in list(self._flight):
+            if self._diff(now, self._flight[s]) >= self.answer_ms:
+                del self._flight[s]
+            else:
+                n += 1
+        return n
+
+    def _wait_left(self, serial, now, confirmed):
+        e = self._sched.get(serial)
+        if e is None:
+            if not confirmed:
+                return 0
+            e = [self._login, self.resettle_ms]
+        left = e[1] - self._diff(now, e[0])
+        return left if left > 0 else 0
+
+    def due(self):
+        """The next bill to send now, or None."""
+        if not self.online:
+            return None
+        now = self._now()
+        if self._in_flight(now) >= self.window:
+            return None
+        for confirmed, serials in ((False, self.j.pending()), (True, self.j.confirmed())):
+            for s in serials:
+                if s in self._flight or self._wait_left(s, now, confirmed):
+                    continue
+                body = self.j.bill(s)
+                if body is None:  # damaged on flash: reported by the journal
+                    continue
+                return (s, body)
+        return None
+
+    def next_in(self, serial):
+        st = self.j.status(serial)
+        if st == "pending":
+            return self._wait_left(serial, self._now(), False)
+        if st == "confirmed":
+            return self._wait_left(serial, self._now(), True)
+        return None
+
+    def sent(self, serial):
+        now = self._now()
+        st = self.j.status(serial)
+        if st == "pending":
+            e = self._sched.get(serial)
+            if e is None:
+                wait = self.first_ms
+            else:
+                wait = e[1] * 2
+                if wait > self.cap_ms:
+                    wait = self.cap_ms
+            self._sched[serial] = [now, wait]
+        elif st == "confirmed":
+            self._sched[serial] = [now, self.resettle_ms]
+        else:
+            return
+        self._flight[serial] = now
+
+    def confirmed(self, serial, result):
+        """0x40 from the host: result 0 = received, 1 = illegal bill.
+        Other results leave the bill pending (it is resent)."""
+        self._flight.pop(serial, None)
+        if result == 0:
+            r = self.j.confirm(serial)
+            if r == "ok" or r == "duplicate":
+                self._sched[serial] = [self._now(), self.resettle_ms]
+            return r
+        if result == 1:
+            r = self.j.illegal(serial)
+            self._sched.pop(serial, None)
+            return r
+        return "ignored"
+
+    def settled(self, serial):
+        self._flight.pop(serial, None)
+        self._sched.pop(serial, None)
+        return self.j.settle(serial)
+
+    def illegal(self):
+        return self.j.illegal_bills()
+
+
+def _sub(a, b):
+    return a - b
