@@ -550,7 +550,9 @@ def _what(control, di):
 class Dlt645Slave:
     """A simulated meter answering 0x11 / 0x12 / 0x13 from `source`
     (energy_e4kwh floored to the 0.01 kWh register, power_w, voltage_x10,
-    current_x10, meter_number as 12 digits). Pure Python, no OS resources.
+    current_x10, meter_number as 12 digits; or, for the four readings, an
+    object with the meter interface: read_energy() ..., whose MeterError
+    makes this meter say nothing). Pure Python, no OS resources.
 
     Faults: `silent` (swallow requests), `error` (answer every request with
     this error byte), `noise` (bytes sent before each reply), `corrupt`
@@ -637,7 +639,10 @@ class Dlt645Slave:
             return self._reply(control | CTRL_REPLY | CTRL_ERROR, (ERR_OTHER,))
         di = _di_of(data)
         if control == CTRL_READ:
-            value = self.value(di)
+            try:
+                value = self.value(di)
+            except MeterError:
+                return 0  # the source has no reading: a dead meter is silent
             if value is None:
                 return self._reply(control | CTRL_REPLY | CTRL_ERROR, (ERR_NO_DATA,))
             self._more_di = di
@@ -671,18 +676,26 @@ class Dlt645Slave:
 
     def value(self, di):
         """Register bytes (wire order, before +0x33) for di, None if unknown."""
-        s = self.source
         if di == DI_ENERGY_FORWARD or di == DI_ENERGY_COMBINED:
-            return bcd_encode(s.energy_e4kwh // 100 % 100000000, 4)
+            return bcd_encode(self._get("energy_e4kwh", "read_energy") // 100 % 100000000, 4)
         if di == DI_POWER_TOTAL:
-            return bcd_encode(_clamp(s.power_w * 10, 799999), 3, True)
+            return bcd_encode(_clamp(self._get("power_w", "read_power") * 10, 799999), 3, True)
         if di == DI_VOLTAGE_A:
-            return bcd_encode(_clamp(s.voltage_x10, 9999), 2)
+            return bcd_encode(_clamp(self._get("voltage_x10", "read_voltage"), 9999), 2)
         if di == DI_CURRENT_A:
-            return bcd_encode(_clamp(s.current_x10 * 100, 799999), 3, True)
+            return bcd_encode(_clamp(self._get("current_x10", "read_current") * 100, 799999), 3, True)
         if di == DI_METER_NUMBER:
-            return address_bytes(s.meter_number)
+            return address_bytes(getattr(self.source, "meter_number", None) or self.address)
         return None
+
+    def _get(self, attr, method):
+        # A plain record (energy_e4kwh, ...) or anything with the meter
+        # interface (read_energy(), ...), e.g. the simulator's SimMeter.
+        s = self.source
+        v = getattr(s, attr, None)
+        if v is None:
+            v = getattr(s, method)()
+        return v
 
 
 def _clamp(v, limit):

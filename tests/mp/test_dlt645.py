@@ -245,6 +245,38 @@ def test_simulated_meter_saturates_power_like_the_register():
     assert meter.read_power() == 79999
 
 
+class InterfaceMeter:
+    """Anything with the meter interface can stand behind the simulated meter."""
+
+    def __init__(self):
+        self.dead = False
+
+    def read_energy(self):
+        if self.dead:
+            raise MeterTimeout("dead")
+        return 987654
+
+    def read_power(self):
+        return 11000
+
+    def read_voltage(self):
+        return 2305
+
+    def read_current(self):
+        return 477
+
+
+def test_simulated_meter_can_front_any_meter_interface_object():
+    a, b = LoopUart.pair()
+    inner = InterfaceMeter()
+    Dlt645Slave(ADDR, inner).attach(b)
+    meter = Dlt645Meter(a, ADDR, FakeClock())
+    assert (meter.read_energy(), meter.read_power(), meter.read_voltage(),
+            meter.read_current(), meter.read_meter_number()) == (987600, 11000, 2305, 477, ADDR)
+    inner.dead = True
+    raises(MeterTimeout, meter.read_energy)
+
+
 def test_discover_reads_the_address_with_the_wildcard():
     a, b = LoopUart.pair()
     Dlt645Slave(ADDR, Source()).attach(b)
