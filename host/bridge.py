@@ -1,0 +1,674 @@
+# pile-bridge: the site gateway. Piles on serial ports and TCP on one side,
+# the platform over MQTT on the other, custody of bills in between.
+#
+# A bill's life (docs/bridge.md): 0x3B received -> committed to SQLite
+# (synchronous=FULL) -> 0x40 to the pile -> published QoS 1 on
+# pc/<site>/bills/<pile> until the platform confirms on pc/<site>/confirm/<pile>
+# -> 0xE4 "settled" to our firmware -> 0xE3 from the pile.
+import asyncio
+import json
+import logging
+import random
+import signal
+import sys
+import time
+
+from protocol import codec
+from protocol import fields as F
+
+from host import commands as C
+from host import config as configmod
+from host import schema
+from host import tariff as T
+from host.links import LinkClosed, SerialLink, StreamLink
+from host.mqtt import MqttLink, NotConnected
+from host.outbox import Outbox
+from host.piles import CommandTimeout, Pile, PileConn
+from host.store import Store
+from host.topics import BRIDGE_SOURCE, SITE_TARGET, Topics
+
+log = logging.getLogger("host.bridge")
+
+VERSION = "0.1.0"
+_RECENT_COMMANDS = 1024      # request ids remembered for duplicate detection
+_PENDING_RESULTS = 1000      # results kept while the broker is away
+
+
+class Bridge:
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.site = cfg.site
+        self.topics = Topics(self.site)
+        self.store = None
+        self.piles = {}
+        self.tariffs = {}            # scope -> tariff; "site" or a pile code
+        self.outbox = None
+        self.mqtt = None
+        self.conns = set()
+        self._servers = []
+        self._tasks = []
+        self._recent = {}            # (pile, id) -> future of the result doc
+        self._results = []           # results waiting for the broker
+        self._results_wake = asyncio.Event()
+        self._serial_counter = random.randrange(10000)
+        self.started_at = time.time()
+        self.tcp_port = None
+        self.stats = {"bills_new": 0, "bills_resent": 0, "bills_conflict": 0, "bills_illegal": 0,
+                      "confirms": 0, "confirms_duplicate": 0, "confirms_unknown": 0,
+                      "commands": 0, "settled": 0}
+
+    # --- life cycle -----------------------------------------------------------------
+
+    async def start(self):
+        self.store = Store(self.cfg["database"])
+        # Tariffs: the config is the base, what the platform pushed since wins.
+        if self.cfg["tariff"]:
+            self.tariffs[SITE_TARGET] = self.cfg["tariff"]
+        for code, p in self.cfg["pile"].items():
+            if p.get("tariff"):
+                self.tariffs[code] = p["tariff"]
+        for scope, text in (await self.store.tariffs()).items():
+            self.tariffs[scope] = json.loads(text)
+        self.outbox = Outbox(self)
+        will = (self.topics.bridge, json.dumps(self._bridge_status(False, "connection lost")))
+        self.mqtt = MqttLink(self.cfg, will, [self.topics.commands, self.topics.confirms],
+                             self.on_mqtt_message, self._on_mqtt_connected)
+        self._tasks.append(asyncio.ensure_future(self.mqtt.run()))
+        self._tasks.append(asyncio.ensure_future(self._flush_results()))
+        self._tasks.append(asyncio.ensure_future(self._settle_sweeper()))
+        self.outbox.start()
+        # Bills left unconfirmed by an earlier run go out again.
+        for code in await self.store.piles_with_open_bills():
+            self.outbox.kick(code)
+        listen = self.cfg["tcp"]["listen"]
+        if listen:
+            host, port = configmod.parse_hostport(listen)
+            srv = await asyncio.start_server(self._on_tcp, host, port)
+            self.tcp_port = srv.sockets[0].getsockname()[1]
+            self._servers.append(srv)
+            log.info("listening for YKC piles on %s:%d", host, self.tcp_port)
+        for s in self.cfg["serial"]:
+            self._tasks.append(asyncio.ensure_future(self._serial_port(s)))
+        log.info("bridge for site %s started (db %s)", self.site, self.cfg["database"])
+
+    async def stop(self):
+        for srv in self._servers:
+            srv.close()
+        for c in list(self.conns):
+            await c.shutdown("bridge stopping")
+        last = [(self.topics.status(p.code), json.dumps(p.status_json(self.site)), True)
+                for p in self.piles.values()]
+        last.append((self.topics.bridge, json.dumps(self._bridge_status(False, "shutdown")), True))
+        if self.mqtt:
+            await self.mqtt.stop(last)
+        if self.outbox:
+            await self.outbox.stop()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.store:
+            self.store.close()
+        log.info("bridge stopped")
+
+    def _bridge_status(self, online, reason=None):
+        return {"schema": "pc.bridge/1", "site": self.site, "online": online, "reason": reason,
+                "version": VERSION, "started_at": schema.utc_iso(self.started_at),
+                "ts": schema.utc_iso()}
+
+    async def _on_mqtt_connected(self):
+        await self.mqtt.publish(self.topics.bridge, json.dumps(self._bridge_status(True)),
+                                qos=1, retain=True)
+        for p in list(self.piles.values()):
+            await self.mqtt.publish(self.topics.status(p.code), json.dumps(p.status_json(self.site)),
+                                    qos=1, retain=True)
+        self.outbox.kick_all()
+        self._results_wake.set()
+
+    # --- links ----------------------------------------------------------------------
+
+    async def _on_tcp(self, reader, writer):
+        link = StreamLink(reader, writer)
+        log.info("%s: connected", link.name)
+        conn = PileConn(self, link, link_ext=self.cfg["tcp"]["ext"], close_on_silence=True)
+        self.conns.add(conn)
+        try:
+            await conn.run()
+        finally:
+            self.conns.discard(conn)
+
+    async def _serial_port(self, s):
+        delay = 0.5
+        while True:
+            try:
+                link = await SerialLink.open(s["url"], s["baudrate"])
+            except Exception as e:
+                log.warning("serial %s: cannot open: %s; retry in %.1f s", s["url"], e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30)
+                continue
+            delay = 0.5
+            log.info("%s: open", link.name)
+            conn = PileConn(self, link, link_ext=s["ext"], close_on_silence=False)
+            self.conns.add(conn)
+            try:
+                await conn.run()
+            finally:
+                self.conns.discard(conn)
+            log.info("%s: closed; reopening", link.name)
+            await asyncio.sleep(delay)
+
+    # --- piles ----------------------------------------------------------------------
+
+    def pile_ext(self, code, link_ext=None):
+        p = self.piles.get(code)
+        if p is not None and link_ext is None:
+            return p.ext
+        return self.cfg.pile_ext(code, link_ext)
+
+    def pile(self, code):
+        p = self.piles.get(code)
+        if p is None:
+            p = self.piles[code] = Pile(code, self.cfg.pile_ext(code))
+        return p
+
+    def attach(self, conn, code, login_fields):
+        p = self.pile(code)
+        p.ext = self.cfg.pile_ext(code, conn.link_ext)
+        old = p.conn
+        if old is not None and old is not conn:
+            log.warning("pile %s logged in on %s while still on %s: dropping the old link",
+                        code, conn.link.name, old.link.name)
+            old.pile = None
+            asyncio.ensure_future(old.shutdown("replaced by a new login"))
+        conn.pile = p
+        p.conn = conn
+        p.login = dict(login_fields)
+        p.online_since = time.time()
+        p.last_seen = time.time()
+        p.logins += 1
+        log.info("pile %s logged in on %s (ext %s, sw %s)", code, conn.link.name, p.ext,
+                 login_fields.get("sw_version"))
+        self.publish_status(p)
+        self.outbox.kick(code)
+        return p
+
+    def detach(self, conn, reason):
+        p = conn.pile
+        if p is None or p.conn is not conn:
+            return
+        p.conn = None
+        p.offline_reason = reason
+        log.info("pile %s offline: %s", p.code, reason)
+        self.publish_status(p)
+
+    def publish_status(self, pile):
+        self._publish_soon(self.topics.status(pile.code), pile.status_json(self.site), retain=True)
+
+    def _publish_soon(self, topic, doc, qos=1, retain=False):
+        # Status and realtime are not durable: sent when connected, else
+        # dropped (status is re-sent on every reconnect).
+        if not self.mqtt.connected.is_set():
+            return
+        payload = json.dumps(doc, separators=(",", ":"))
+
+        async def go():
+            try:
+                await self.mqtt.publish(topic, payload, qos=qos, retain=retain)
+            except NotConnected:
+                pass
+        asyncio.ensure_future(go())
+
+    def event(self, pile, kind, message, **details):
+        """A durable event: stored, then published on pc/<site>/events/<pile>."""
+        doc = schema.event_json(self.site, pile, kind, message, **details)
+        doc["event_id"] = "%s-%d-%06d" % (self.site, int(time.time() * 1000), random.randrange(10**6))
+        log.info("event %s pile %s: %s", kind, pile, message)
+
+        async def go():
+            try:
+                await self.store.add_event(pile, json.dumps(doc, separators=(",", ":")))
+            except Exception:
+                log.exception("storing event %s", kind)
+                return
+            self.outbox.kick_events()
+        asyncio.ensure_future(go())
+
+    def tariff_for(self, code):
+        return self.tariffs.get(code) or self.tariffs.get(SITE_TARGET)
+
+    def on_realtime(self, pile, f):
+        v = f.fields
+        gun = v["gun"]
+        g = pile.guns.setdefault(gun, {})
+        new = {"status": schema.GUN_STATUS.get(v["status"], "unknown"), "plugged": bool(v["plugged"]),
+               "serial": v["serial"] if v["status"] == 3 else None}
+        changed = any(g.get(k) != new[k] for k in new)
+        g.update(new)
+        old_faults = pile.faults.get(gun, 0)
+        if v["faults"] != old_faults:
+            pile.faults[gun] = v["faults"]
+            if v["faults"]:
+                self.event(pile.code, "fault", "gun %s reports fault bits 0x%04X" % (gun, v["faults"]),
+                           gun=gun, faults=v["faults"])
+            else:
+                self.event(pile.code, "fault_cleared", "gun %s faults cleared" % gun, gun=gun)
+        self._publish_soon(self.topics.realtime(pile.code), schema.realtime_json(self.site, f), qos=0)
+        if changed:
+            self.publish_status(pile)
+
+    def on_status_reply(self, pile, f):
+        v = f.fields
+        old = pile.status_reply or {}
+        pile.status_reply = dict(v)
+        full = v["journal_limit"] and v["journal_used"] >= v["journal_limit"]
+        was_full = old.get("journal_limit") and old.get("journal_used", 0) >= old.get("journal_limit")
+        if full and not was_full:
+            self.event(pile.code, "journal_full",
+                       "journal full (%d of %d bytes): the pile refuses new starts until "
+                       "bills are confirmed" % (v["journal_used"], v["journal_limit"]),
+                       journal_used=v["journal_used"], journal_limit=v["journal_limit"],
+                       pending=v["pending"])
+        if v["illegal"] > old.get("illegal", 0) and old:
+            self.event(pile.code, "illegal_bill", "pile holds %d bill(s) refused as illegal"
+                       % v["illegal"], source="pile", illegal=v["illegal"])
+        self.publish_status(pile)
+
+    # --- bills ----------------------------------------------------------------------
+
+    async def on_bill(self, conn, f):
+        pile = conn.pile
+        v = f.fields
+        serial = v["serial"]
+        if v["pile"] != pile.code:
+            # Not this pile's bill: refuse (0x40 result 1), keep the bytes.
+            self.stats["bills_illegal"] += 1
+            reason = "bill names pile %s but came from pile %s" % (v["pile"], pile.code)
+            await self.store.add_rejected(pile.code, serial, "illegal", self._raw(f), reason)
+            await conn.send("bill_confirm", {"serial": serial, "result": 1}, codec.reply_seq(f))
+            self.event(pile.code, "illegal_bill", reason, serial=serial, refused=True,
+                       frame=schema.hexs(self._raw(f)))
+            return
+        frame = self._raw(f)
+        try:
+            kind, bill = await self.store.add_bill(pile.code, serial, frame, f.crc_swapped)
+        except Exception as e:
+            # Not committed: no 0x40, the pile keeps the bill and sends it again.
+            log.error("pile %s: bill %s NOT stored (%s); no 0x40 sent", pile.code, serial, e)
+            return
+        # Custody has passed: committed before the 0x40 goes out.
+        await conn.send("bill_confirm", {"serial": serial, "result": 0}, codec.reply_seq(f))
+        if kind == "new":
+            self.stats["bills_new"] += 1
+            log.info("pile %s: bill %s stored (#%d) and confirmed", pile.code, serial, bill.pile_seq)
+            problems = schema.check_bill(v)
+            if problems:
+                self.event(pile.code, "illegal_bill", "bill %s does not reconcile: %s"
+                           % (serial, "; ".join(problems)), serial=serial, refused=False,
+                           problems=problems)
+            self.outbox.kick(pile.code)
+        elif kind == "same":
+            self.stats["bills_resent"] += 1
+            log.info("pile %s: bill %s already held (resend %d): 0x40 again", pile.code, serial,
+                     bill.resends)
+            if bill.confirmed_at is not None and bill.settled_at is None and pile.ext:
+                conn.spawn(self._settle(pile, bill.serial, bill.confirm_result or 0))
+        else:
+            self.stats["bills_conflict"] += 1
+            log.warning("pile %s: bill %s sent again with different bytes: first copy kept",
+                        pile.code, serial)
+            self.event(pile.code, "serial_conflict",
+                       "bill %s received again with different content; the first copy is kept "
+                       "and the new one stored for audit" % serial, serial=serial,
+                       kept_frame=schema.hexs(bill.frame), new_frame=schema.hexs(frame))
+
+    def _raw(self, f):
+        # The frame exactly as the pile would have framed it (seq and CRC
+        # included): rebuilt from its parts, byte-identical for a good CRC.
+        raw = codec.wrap(f.code, f.body, f.seq, f.enc)
+        if f.crc_swapped:
+            raw = raw[:-2] + bytes((raw[-1], raw[-2]))
+        return raw
+
+    async def on_bill_extra(self, conn, f):
+        pile = conn.pile
+        serial = f.fields["serial"]
+        try:
+            kind, bill = await self.store.add_extra(serial, self._raw(f))
+        except Exception as e:
+            log.error("pile %s: bill_extra %s NOT stored (%s)", pile.code, serial, e)
+            return
+        if C.has_frame("bill_extra_ack"):
+            await conn.send("bill_extra_ack", {"serial": serial, "result": 0}, codec.reply_seq(f))
+        if kind == "conflict":
+            self.event(pile.code, "serial_conflict", "bill_extra %s received again with different "
+                       "content; the first copy is kept" % serial, serial=serial, frame_type="bill_extra")
+        elif kind == "new" and bill is not None:
+            if bill.published_at is not None:
+                # The bill went out without it (it came after extra_wait_s).
+                self.event(pile.code, "bill_extra_late",
+                           "fee split for bill %s arrived after the bill was published" % serial,
+                           serial=serial, extra=schema.scaled_fields("bill_extra", f.fields),
+                           frame=schema.hexs(self._raw(f)))
+            self.outbox.kick(pile.code)
+
+    def on_confirm(self, pile_code, payload):
+        try:
+            doc = json.loads(payload)
+            if isinstance(doc, dict) and "serials" in doc:
+                items = [(s, doc.get("result", 0)) for s in doc["serials"]]
+            elif isinstance(doc, dict):
+                items = [(doc["serial"], doc.get("result", 0))]
+            else:
+                raise ValueError("not an object")
+            for s, r in items:
+                if not isinstance(s, str) or not isinstance(r, int):
+                    raise ValueError("serial must be a string, result an int")
+        except (ValueError, KeyError, TypeError) as e:
+            log.warning("confirmation for pile %s ignored: %s (%r)", pile_code, e, payload[:200])
+            return
+        for serial, result in items:
+            asyncio.ensure_future(self._confirm(pile_code, serial, result))
+
+    async def _confirm(self, pile_code, serial, result):
+        bill, new = await self.store.confirm(serial, result)
+        if bill is None:
+            self.stats["confirms_unknown"] += 1
+            log.warning("confirmation of unknown bill %s (pile %s): ignored", serial, pile_code)
+            return
+        if not new:
+            self.stats["confirms_duplicate"] += 1
+            log.info("bill %s confirmed again (duplicate confirmation): ignored", serial)
+            return
+        self.stats["confirms"] += 1
+        log.info("pile %s: bill %s confirmed by the platform (result %d)", bill.pile, serial, result)
+        self.outbox.kick(bill.pile)
+        pile = self.piles.get(bill.pile)
+        ext = pile.ext if pile is not None else self.cfg.pile_ext(bill.pile)
+        if not ext:
+            await self.store.mark_settled(serial)   # third-party pile: no 0xE4
+            return
+        if pile is not None and pile.conn is not None:
+            pile.conn.spawn(self._settle(pile, serial, result))
+
+    async def _settle(self, pile, serial, result):
+        conn = pile.conn
+        if conn is None:
+            return
+        try:
+            await conn.request("settled", {"serial": serial, "result": result})
+        except (CommandTimeout, LinkClosed) as e:
+            log.info("pile %s: settled %s not acknowledged yet: %s", pile.code, serial, e)
+
+    async def on_settled_reply(self, pile, f):
+        serial = f.fields["serial"]
+        if await self.store.mark_settled(serial):
+            self.stats["settled"] += 1
+            log.info("pile %s: bill %s settled", pile.code, serial)
+
+    def settle_backlog(self, pile):
+        if pile.conn is None or not pile.ext:
+            return
+
+        async def go():
+            for bill in await self.store.unsettled(pile.code):
+                if pile.conn is None:
+                    return
+                await self._settle(pile, bill.serial, bill.confirm_result or 0)
+        pile.conn.spawn(go())
+
+    async def _settle_sweeper(self):
+        # 0xE4 that the pile did not acknowledge is sent again now and then.
+        while True:
+            await asyncio.sleep(self.cfg["bills"]["settle_retry_s"])
+            for p in list(self.piles.values()):
+                self.settle_backlog(p)
+
+    # --- MQTT in ----------------------------------------------------------------------
+
+    def on_mqtt_message(self, topic, payload):
+        kind, target = self.topics.parse(topic)
+        if kind == "confirm":
+            self.on_confirm(target, payload)
+        elif kind == "cmd":
+            asyncio.ensure_future(self.on_command(target, payload))
+        else:
+            log.debug("message on %s ignored", topic)
+
+    async def on_command(self, target, payload):
+        self.stats["commands"] += 1
+        req_id = cmd = None
+        try:
+            req_id, cmd, args = C.parse(payload, self.cfg["mqtt"]["max_command_bytes"])
+            key = (target, req_id)
+            prev = self._recent.get(key)
+            if prev is not None:
+                doc = dict(await prev)
+                doc["duplicate"] = True
+                doc["message"] = "duplicate request id: not executed again. " + doc["message"]
+                self._result(target, doc)
+                return
+            fut = asyncio.get_running_loop().create_future()
+            self._recent[key] = fut
+            if len(self._recent) > _RECENT_COMMANDS:
+                self._recent.pop(next(iter(self._recent)))
+            try:
+                doc = await self._execute(target, req_id, cmd, args)
+            except C.CommandError as e:
+                doc = schema.result_json(self.site, target, req_id, cmd, False, e.code, e.message)
+            except Exception as e:
+                log.exception("command %s %s for %s", cmd, req_id, target)
+                doc = schema.result_json(self.site, target, req_id, cmd, False, "error",
+                                         "bridge error: %s" % e)
+            fut.set_result(doc)
+        except C.CommandError as e:
+            doc = schema.result_json(self.site, target, e.req_id, e.cmd, False, e.code, e.message)
+        self._result(target, doc)
+
+    def _result(self, target, doc):
+        log.info("result %s %s for %s: %s %s", doc.get("cmd"), doc.get("id"), target, doc["code"],
+                 doc["message"])
+        self._results.append((target, json.dumps(doc, separators=(",", ":"))))
+        if len(self._results) > _PENDING_RESULTS:
+            self._results.pop(0)
+        self._results_wake.set()
+
+    async def _flush_results(self):
+        while True:
+            await self._results_wake.wait()
+            self._results_wake.clear()
+            while self._results:
+                target, payload = self._results[0]
+                try:
+                    await self.mqtt.publish(self.topics.result(target), payload, qos=1)
+                except NotConnected:
+                    break
+                self._results.pop(0)
+
+    def _ok(self, target, req_id, cmd, message, reply=None, **extra):
+        return schema.result_json(self.site, target, req_id, cmd, True, "ok", message, reply, **extra)
+
+    def _fail(self, target, req_id, cmd, code, message, reply=None, **extra):
+        return schema.result_json(self.site, target, req_id, cmd, False, code, message, reply, **extra)
+
+    async def _execute(self, target, req_id, cmd, a):
+        if target == SITE_TARGET:
+            return await self._execute_site(req_id, cmd, a)
+        if not (len(target) == 14 and target.isdigit()):
+            raise C.CommandError("unknown_pile", "%r is not a pile code (14 digits) or \"site\"" % target)
+        pile = self.piles.get(target)
+        if pile is None and target not in self.cfg["pile"]:
+            raise C.CommandError("unknown_pile", "pile %s has never logged in to this bridge and is "
+                                 "not configured" % target)
+        if pile is None:
+            pile = self.pile(target)
+        needs_online = C.SPEC[cmd][1]
+        if cmd == "status":
+            return self._ok(target, req_id, cmd, "pile status", pile.status_json(self.site))
+        if cmd == "tariff_set":
+            return await self._tariff_set(pile, req_id, a["tariff"])
+        conn = pile.conn
+        if needs_online and conn is None:
+            raise C.CommandError("offline", "pile %s is offline (%s); command not sent"
+                                 % (target, pile.offline_reason or "never logged in"))
+        try:
+            return await self._execute_on(pile, conn, req_id, cmd, a)
+        except CommandTimeout as e:
+            raise C.CommandError("timeout", str(e))
+        except LinkClosed as e:
+            raise C.CommandError("link_lost", str(e))
+
+    async def _execute_on(self, pile, conn, req_id, cmd, a):
+        code = pile.code
+        if cmd == "start":
+            serial = a["serial"] or self._new_serial(code, a["gun"])
+            name, values = C.start_frame(code, pile.ext, a, serial)
+            r = (await conn.request(name, values)).fields
+            reply = {"serial": r["serial"], "result": r["result"], "reason": r["reason"]}
+            if r["result"] == 1:
+                return self._ok(code, req_id, cmd, "started gun %s, trade serial %s (%s)"
+                                % (a["gun"], serial, name), reply, serial=serial)
+            return self._fail(code, req_id, cmd, "refused", "pile refused the start (reason %d)"
+                              % r["reason"], reply, serial=serial)
+        if cmd == "stop":
+            r = (await conn.request("remote_stop", {"pile": code, "gun": a["gun"]})).fields
+            reply = {"result": r["result"], "reason": r["reason"]}
+            if r["result"] == 1:
+                return self._ok(code, req_id, cmd, "gun %s stopping; its bill follows" % a["gun"], reply)
+            why = {1: "unknown pile", 2: "gun not charging", 3: "other"}.get(r["reason"], "reason %d"
+                                                                            % r["reason"])
+            return self._fail(code, req_id, cmd, "refused", "pile did not stop gun %s: %s"
+                              % (a["gun"], why), reply)
+        if cmd == "reboot":
+            r = (await conn.request("reboot", {"pile": code,
+                                               "when": 1 if a["when"] == "now" else 2})).fields
+            if r["result"] == 1:
+                return self._ok(code, req_id, cmd, "reboot %s accepted" % a["when"], dict(r))
+            return self._fail(code, req_id, cmd, "refused", "pile refused the reboot", dict(r))
+        if cmd == "time_sync":
+            now = schema.local_secs()
+            r = (await conn.request("time_sync", {"pile": code, "time": now})).fields
+            return self._ok(code, req_id, cmd, "pile clock set",
+                            {"sent": F.iso(now), "pile_time": F.iso(r["time"])})
+        if cmd in ("versions", "journal_status"):
+            if not pile.ext:
+                if cmd == "versions":
+                    return self._ok(code, req_id, cmd, "from the login (third-party pile)",
+                                    {"sw": (pile.login or {}).get("sw_version")})
+                raise C.CommandError("unsupported", "journal status needs our firmware (ext: false)")
+            await conn.request("status_query", {"pile": code})
+            st = pile.status_json(self.site)
+            if cmd == "versions":
+                return self._ok(code, req_id, cmd, "versions", st["versions"])
+            return self._ok(code, req_id, cmd, "journal status", dict(st["journal"] or {},
+                            state=st["state"], boot_reason=st["boot_reason"]))
+        if cmd == "read_realtime":
+            r = await conn.request("read_realtime", {"pile": code, "gun": a["gun"]})
+            return self._ok(code, req_id, cmd, "realtime data", schema.realtime_json(self.site, r))
+        if cmd == "authorize":
+            seq = pile.start_requests.pop(a["gun"], None)
+            await conn.send("start_auth", {"serial": a["serial"], "pile": code, "gun": a["gun"],
+                                           "logical_card": a["logical_card"], "balance": a["balance"],
+                                           "ok": 1 if a["ok"] else 0, "reason": a["reason"]}, seq)
+            return self._ok(code, req_id, cmd, "authorization sent (0x32)")
+        if cmd == "vin_list":
+            raise C.CommandError("unsupported", "the protocol table has no VIN-list frame yet "
+                                 "(protocol/frames.py)")
+        raise C.CommandError("unknown_command", "no handler for %s" % cmd)
+
+    async def _tariff_set(self, pile, req_id, t):
+        # Stored first, so 0x05/0x09 from the pile get it even if it is offline now.
+        await self.store.set_tariff(pile.code, json.dumps(t))
+        self.tariffs[pile.code] = t
+        if pile.conn is None:
+            return self._ok(pile.code, req_id, "tariff_set", "stored; the pile is offline and gets "
+                            "model %s when it checks its tariff after login" % t["model"],
+                            delivered=False)
+        try:
+            r = (await pile.conn.request("tariff_set", T.frame_values(t, pile.code))).fields
+        except CommandTimeout as e:
+            raise C.CommandError("timeout", "stored, but %s" % e)
+        except LinkClosed as e:
+            raise C.CommandError("link_lost", "stored, but %s" % e)
+        if r["result"] == 1:
+            return self._ok(pile.code, req_id, "tariff_set", "model %s set" % t["model"], dict(r),
+                            delivered=True)
+        return self._fail(pile.code, req_id, "tariff_set", "refused", "pile refused model %s"
+                          % t["model"], dict(r), delivered=True)
+
+    async def _execute_site(self, req_id, cmd, a):
+        if cmd == "tariff_set":
+            t = a["tariff"]
+            await self.store.set_tariff(SITE_TARGET, json.dumps(t))
+            self.tariffs[SITE_TARGET] = t
+            sent = {}
+            for p in list(self.piles.values()):
+                if p.conn is None or p.code in self.tariffs:
+                    continue
+                try:
+                    r = (await p.conn.request("tariff_set", T.frame_values(t, p.code))).fields
+                    sent[p.code] = "ok" if r["result"] == 1 else "refused"
+                except (CommandTimeout, LinkClosed) as e:
+                    sent[p.code] = "failed: %s" % e
+            return self._ok(SITE_TARGET, req_id, cmd, "site tariff model %s stored; pushed to %d "
+                            "online pile(s)" % (t["model"], len(sent)), sent)
+        if cmd == "status":
+            counts = await self.store.counts()
+            return self._ok(SITE_TARGET, req_id, cmd, "bridge status", {
+                "piles": {c: p.online for c, p in self.piles.items()}, "store": counts,
+                "stats": dict(self.stats), "mqtt": {"connects": self.mqtt.connects}})
+        raise C.CommandError("bad_request", "%s needs a pile: publish on %s" % (cmd, self.topics.command("<pile>")))
+
+    def _new_serial(self, code, gun):
+        # YKC: pile (14) + gun (2) + YYMMDDhhmmss + counter (4).
+        self._serial_counter = (self._serial_counter + 1) % 10000
+        lt = time.localtime()
+        return "%s%s%02d%02d%02d%02d%02d%02d%04d" % (code, gun, lt.tm_year % 100, lt.tm_mon, lt.tm_mday,
+                                                    lt.tm_hour, lt.tm_min, lt.tm_sec, self._serial_counter)
+
+
+# --- entry point ------------------------------------------------------------------------
+
+async def serve(cfg, ready=None):
+    bridge = Bridge(cfg)
+    await bridge.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    if ready is not None:
+        ready(bridge)
+    try:
+        await stop.wait()
+    finally:
+        await bridge.stop()
+
+
+def main(argv=None):
+    try:
+        cfg, args = configmod.from_args(argv)
+    except configmod.ConfigError as e:
+        print("pile-bridge: %s" % e, file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(configmod.dump(cfg))
+        return 0
+    logging.basicConfig(level=getattr(logging, cfg["log_level"].upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiomqtt").setLevel(logging.WARNING)
+
+    def ready(bridge):
+        # One machine-readable line, so a supervisor (or a test) learns the port.
+        print(json.dumps({"ready": True, "site": bridge.site, "tcp_port": bridge.tcp_port}),
+              flush=True)
+    try:
+        asyncio.run(serve(cfg, ready))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+# Commands from the platform (pc/<site>/cmd/<pile>), checked before anything
+# reaches a pile, translated to YKC or extension frames, and answered with
+# exactly one result (pc/<site>/result/<pile>). docs/mqtt.md lists them.
+#
+# A command is JSON: {"id": "<request id>", "cmd": "<name>", ...arguments}.
+# Anything wrong with it (not JSON, wrong types, too big, unknown pile or
+# command) gets a result with ok=false and a code saying why; nothing here
+# raises into the MQTT loop.
+import json
+import time
+
+from protocol import codec
+
+from host import tariff as T
+
+MAX_ID = 128
+
+# code, meaning
+CODES = {
+    "ok": "done; `reply` holds the pile's answer",
+    "bad_request": "malformed JSON, wrong types, missing or unknown fields",
+    "too_large": "payload over mqtt.max_command_bytes",
+    "unknown_command": "no such command",
+    "unknown_pile": "the bridge has never seen this pile and it is not configured",
+    "offline": "the pile is not logged in now",
+    "timeout": "the pile did not answer in piles.command_timeout_s",
+    "link_lost": "the link dropped while waiting for the answer",
+    "refused": "the pile answered and said no (`reply` says why)",
+    "unsupported": "this pile or protocol table cannot do it",
+    "expired": "the command's `expires` time had passed when it arrived",
+    "error": "the bridge failed (see its log)",
+}
+
+
+class CommandError(Exception):
+    def __init__(self, code, message, req_id=None, cmd=None):
+        Exception.__init__(self, message)
+        self.code = code
+        self.message = message
+        self.req_id = req_id
+        self.cmd = cmd
+
+
+def _int(args, name, lo, hi, default=None, required=False):
+    v = args.get(name, default)
+    if v is None:
+        if required:
+            raise CommandError("bad_request", "%s is required" % name)
+        return None
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise CommandError("bad_request", "%s must be an integer %d..%d, got %r" % (name, lo, hi, v))
+    return v
+
+
+def _digits(args, name, n, default=None, required=False):
+    v = args.get(name, default)
+    if v is None:
+        if required:
+            raise CommandError("bad_request", "%s is required" % name)
+        return None
+    if isinstance(v, int) and not isinstance(v, bool):
+        v = str(v)
+    if not isinstance(v, str) or not v.isdigit() or len(v) > n:
+        raise CommandError("bad_request", "%s must be a string of at most %d digits, got %r"
+                           % (name, n, v))
+    return v.zfill(n)
+
+
+def _hex(args, name, nbytes, default="0"):
+    v = args.get(name, default)
+    if not isinstance(v, str) or len(v) > 2 * nbytes:
+        raise CommandError("bad_request", "%s must be a hex string of at most %d digits"
+                           % (name, 2 * nbytes))
+    try:
+        int(v or "0", 16)
+    except ValueError:
+        raise CommandError("bad_request", "%s must be hex, got %r" % (name, v))
+    return v.upper().zfill(2 * nbytes)
+
+
+def _gun(args):
+    return _digits(args, "gun", 2, default="01")
+
+
+# name -> (allowed argument names, needs the pile online)
+SPEC = {
+    "start": ({"gun", "serial", "logical_card", "card", "balance", "targets"}, True),
+    "stop": ({"gun"}, True),
+    "reboot": ({"when"}, True),
+    "tariff_set": ({"tariff"}, False),
+    "time_sync": (set(), True),
+    "versions": (set(), True),
+    "journal_status": (set(), True),
+    "read_realtime": ({"gun"}, True),
+    "status": (set(), False),
+    "authorize": ({"gun", "serial", "logical_card", "balance", "ok", "reason"}, True),
+    "vin_list": ({"vins", "mode"}, True),
+}
+_COMMON = {"id", "cmd", "expires", "auth"}   # `auth`: reserved for signed commands
+
+
+def parse(payload, max_bytes):
+    """Check a command payload. Returns (req_id, cmd, args) or raises
+    CommandError (with the id when it could be read)."""
+    if len(payload) > max_bytes:
+        raise CommandError("too_large", "command of %d bytes, at most %d" % (len(payload), max_bytes))
+    try:
+        doc = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CommandError("bad_request", "not JSON: %s" % e)
+    if not isinstance(doc, dict):
+        raise CommandError("bad_request", "a command is a JSON object")
+    req_id = doc.get("id")
+    if not isinstance(req_id, str) or not 0 < len(req_id) <= MAX_ID:
+        raise CommandError("bad_request", "id must be a non-empty string of at most %d characters"
+                           % MAX_ID, None if not isinstance(req_id, (str, int)) else str(req_id)[:MAX_ID])
+    cmd = doc.get("cmd")
+    if not isinstance(cmd, str) or cmd not in SPEC:
+        raise CommandError("unknown_command", "unknown command %r; known: %s"
+                           % (cmd, ", ".join(sorted(SPEC))), req_id,
+                           cmd if isinstance(cmd, str) else None)
+    allowed, _ = SPEC[cmd]
+    unknown = set(doc) - allowed - _COMMON
+    if unknown:
+        raise CommandError("bad_request", "%s: unknown field(s) %s"
+                           % (cmd, ", ".join(sorted(map(str, unknown)))), req_id, cmd)
+    expires = doc.get("expires")
+    if expires is not None:
+        if not isinstance(expires, (int, float)) or isinstance(expires, bool):
+            raise CommandError("bad_request", "expires must be unix seconds", req_id, cmd)
+        if expires < time.time():
+            raise CommandError("expired", "command expired at %s" % expires, req_id, cmd)
+    try:
+        args = _check_args(cmd, doc)
+    except CommandError as e:
+        e.req_id, e.cmd = req_id, cmd
+        raise
+    return req_id, cmd, args
+
+
+def _check_args(cmd, d):
+    if cmd == "start":
+        a = {"gun": _gun(d), "serial": _digits(d, "serial", 32),
+             "logical_card": _digits(d, "logical_card", 16, default="0"),
+             "card": _hex(d, "card", 8), "balance": _int(d, "balance", 0, 2**32 - 1, default=0)}
+        t = d.get("targets")
+        if t is not None:
+            if not isinstance(t, dict):
+                raise CommandError("bad_request", "targets must be an object")
+            unknown = set(t) - {"amount", "energy", "minutes", "soc"}
+            if unknown:
+                raise CommandError("bad_request", "targets: unknown field(s) %s"
+                                   % ", ".join(sorted(unknown)))
+            a["targets"] = {
+                "amount": _int(t, "amount", 0, 2**32 - 1, default=0),    # x10^4 yuan
+                "energy": _int(t, "energy", 0, 2**32 - 1, default=0),    # x10^4 kWh
+                "minutes": _int(t, "minutes", 0, 0xFFFF, default=0),
+                "soc": _int(t, "soc", 0, 100, default=0),
+            }
+        return a
+    if cmd in ("stop", "read_realtime"):
+        return {"gun": _gun(d)}
+    if cmd == "reboot":
+        when = d.get("when", "now")
+        if when not in ("now", "idle"):
+            raise CommandError("bad_request", "when must be \"now\" or \"idle\"")
+        return {"when": when}
+    if cmd == "tariff_set":
+        try:
+            return {"tariff": T.parse(d.get("tariff"))}
+        except T.TariffError as e:
+            raise CommandError("bad_request", str(e))
+    if cmd == "authorize":
+        return {"gun": _gun(d), "serial": _digits(d, "serial", 32, required=True),
+                "logical_card": _digits(d, "logical_card", 16, default="0"),
+                "balance": _int(d, "balance", 0, 2**32 - 1, default=0),
+                "ok": bool(d.get("ok", True)), "reason": _int(d, "reason", 0, 255, default=0)}
+    if cmd == "vin_list":
+        vins = d.get("vins")
+        if not isinstance(vins, list) or not all(isinstance(v, str) and len(v) == 17 for v in vins):
+            raise CommandError("bad_request", "vins must be a list of 17-character VINs")
+        return {"vins": vins, "mode": d.get("mode", "replace")}
+    return {}
+
+
+def start_frame(pile, ext, a, serial):
+    """(frame name, values) for a start: 0xE2 with targets on our firmware,
+    the standard 0x34 otherwise."""
+    v = {"serial": serial, "pile": pile, "gun": a["gun"], "logical_card": a["logical_card"],
+         "card": a["card"], "balance": a["balance"]}
+    t = a.get("targets")
+    if t and any(t.values()):
+        if not ext:
+            raise CommandError("unsupported", "start targets need our firmware (pile has ext: false); "
+                               "send the start without targets")
+        v.update({"target_amount": t["amount"], "target_energy": t["energy"],
+                  "target_minutes": t["minutes"], "target_soc": t["soc"], "flags": 0})
+        return "ext_start", v
+    return "remote_start", v
+
+
+def has_frame(name):
+    return name in codec.BY_NAME

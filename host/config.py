@@ -1,0 +1,280 @@
+# pile-bridge configuration: a TOML file (Python's tomllib), then flags on
+# top. docs/bridge.md is the reference; every key has a default except
+# `site`. Times are seconds (floats allowed, so tests can run fast).
+import argparse
+import copy
+import json
+import os
+import tomllib
+from urllib.parse import unquote, urlsplit
+
+from host import tariff as T
+
+DEFAULTS = {
+    "site": None,
+    "database": "pile-bridge.db",
+    "log_level": "info",
+    "allow": [],                 # allow-list of pile codes; empty = any pile may log in
+    "mqtt": {
+        "url": "mqtt://127.0.0.1:1883",   # mqtts:// for TLS
+        "username": None,
+        "password": None,
+        "password_file": None,
+        "client_id": None,        # default pc-bridge-<site>
+        "ca_file": None,
+        "cert_file": None,
+        "key_file": None,
+        "tls_insecure": False,    # skip the server host name check (never in production)
+        "protocol": "3.1.1",      # or "5"
+        "keepalive": 30,
+        "reconnect_min_s": 0.2,
+        "reconnect_max_s": 30.0,
+        "publish_timeout_s": 10.0,
+        "max_command_bytes": 65536,
+    },
+    "bills": {
+        "window": 16,             # unconfirmed bills in flight per pile
+        "retry_initial_s": 10.0,  # first republication of an unconfirmed bill
+        "retry_max_s": 300.0,     # backoff cap
+        "extra_wait_s": 2.0,      # how long an ext pile's bill waits for its 0xEB
+        "settle_retry_s": 30.0,   # resend 0xE4 settled this often until the pile answers
+    },
+    "piles": {                    # defaults for every pile link
+        "heartbeat_s": 10.0,      # the pile's heartbeat period (YKC: 10 s)
+        "missed_heartbeats": 3,   # this many periods of silence = offline
+        "time_sync_s": 86400.0,   # 0x56 after login and then this often
+        "command_timeout_s": 10.0,
+        "ext": True,              # pile understands our extension frames (0xE1..0xEF)
+    },
+    "tcp": {
+        "listen": None,           # "0.0.0.0:8767": YKC piles dial in here
+        "ext": False,             # default for piles that dial in (third-party YKC)
+    },
+    "serial": [],                 # [{url, baudrate, ext}]
+    "pile": {},                   # per pile code: {ext, name, tariff}
+    "tariff": None,               # the site's default tariff model (host/tariff.py)
+}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _merge(base, over, path=""):
+    for k, v in over.items():
+        if k not in base:
+            raise ConfigError("unknown config key %s%s" % (path, k))
+        if isinstance(base[k], dict) and k not in ("pile",) and isinstance(v, dict):
+            _merge(base[k], v, path + k + ".")
+        else:
+            base[k] = v
+
+
+class Config(dict):
+    """The effective configuration (a dict with the DEFAULTS shape)."""
+
+    @property
+    def site(self):
+        return self["site"]
+
+    def pile_ext(self, code, link_ext=None):
+        p = self["pile"].get(code, {})
+        if "ext" in p:
+            return bool(p["ext"])
+        if link_ext is not None:
+            return bool(link_ext)
+        return bool(self["piles"]["ext"])
+
+    def allowed(self, code):
+        allow = self["allow"]
+        return not allow or code in allow
+
+
+def load(path=None, overrides=None):
+    cfg = copy.deepcopy(DEFAULTS)
+    if path:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError("%s: %s" % (path, e))
+        _merge(cfg, data)
+    if overrides:
+        _merge(cfg, overrides)
+    return validate(Config(cfg))
+
+
+def validate(cfg):
+    site = cfg["site"]
+    if not isinstance(site, str) or not site or any(c in site for c in "/+#$ ") or len(site) > 64:
+        raise ConfigError("site must be a non-empty id without / + # $ or spaces, got %r" % (site,))
+    for code in list(cfg["allow"]) + list(cfg["pile"]):
+        if not (isinstance(code, str) and len(code) == 14 and code.isdigit()):
+            raise ConfigError("pile codes are 14 digits (YKC BCD7), got %r" % (code,))
+    if cfg["tariff"] is not None:
+        try:
+            cfg["tariff"] = T.parse(cfg["tariff"])
+        except T.TariffError as e:
+            raise ConfigError("tariff: %s" % e)
+    for code, p in cfg["pile"].items():
+        unknown = set(p) - {"ext", "name", "tariff"}
+        if unknown:
+            raise ConfigError("pile.%s: unknown key(s) %s" % (code, ", ".join(sorted(unknown))))
+        if p.get("tariff") is not None:
+            try:
+                p["tariff"] = T.parse(p["tariff"])
+            except T.TariffError as e:
+                raise ConfigError("pile.%s.tariff: %s" % (code, e))
+    serial = []
+    for s in cfg["serial"]:
+        if isinstance(s, str):
+            s = {"url": s}
+        if not isinstance(s, dict) or not s.get("url"):
+            raise ConfigError("serial entries need a url")
+        unknown = set(s) - {"url", "baudrate", "ext"}
+        if unknown:
+            raise ConfigError("serial %s: unknown key(s) %s" % (s["url"], ", ".join(sorted(unknown))))
+        serial.append({"url": s["url"], "baudrate": int(s.get("baudrate", 115200)),
+                       "ext": s.get("ext")})
+    cfg["serial"] = serial
+    if cfg["tcp"]["listen"]:
+        parse_hostport(cfg["tcp"]["listen"])
+    m = cfg["mqtt"]
+    parse_mqtt_url(m["url"])
+    if m["protocol"] not in ("3.1.1", "5"):
+        raise ConfigError("mqtt.protocol is \"3.1.1\" or \"5\"")
+    if cfg["piles"]["missed_heartbeats"] < 1:
+        raise ConfigError("piles.missed_heartbeats must be >= 1")
+    if cfg["bills"]["window"] < 1:
+        raise ConfigError("bills.window must be >= 1")
+    if not m["client_id"]:
+        m["client_id"] = "pc-bridge-" + site
+    return cfg
+
+
+def parse_hostport(s, default_port=None):
+    host, sep, port = s.rpartition(":")
+    if not sep:
+        host, port = s, default_port
+    try:
+        port = int(port)
+    except (TypeError, ValueError):
+        raise ConfigError("expected HOST:PORT, got %r" % s)
+    return host.strip("[]") or "0.0.0.0", port
+
+
+def parse_mqtt_url(url):
+    """(tls, host, port, username, password) from mqtt[s]://[user[:pw]@]host[:port]."""
+    u = urlsplit(url)
+    if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+        raise ConfigError("mqtt.url must start with mqtt:// or mqtts://, got %r" % url)
+    tls = u.scheme in ("mqtts", "ssl")
+    try:
+        port = u.port or (8883 if tls else 1883)
+    except ValueError:
+        raise ConfigError("bad port in %r" % url)
+    if not u.hostname:
+        raise ConfigError("no host in %r" % url)
+    user = unquote(u.username) if u.username else None
+    pw = unquote(u.password) if u.password else None
+    return tls, u.hostname, port, user, pw
+
+
+def mqtt_credentials(cfg):
+    """(username, password): the URL, then keys, then password_file, then the
+    environment variable PILE_BRIDGE_MQTT_PASSWORD (keeps it off argv)."""
+    m = cfg["mqtt"]
+    _, _, _, user, pw = parse_mqtt_url(m["url"])
+    user = m["username"] or user
+    pw = m["password"] or pw
+    if m["password_file"]:
+        with open(m["password_file"]) as f:
+            pw = f.read().strip()
+    if pw is None:
+        pw = os.environ.get("PILE_BRIDGE_MQTT_PASSWORD")
+    return user, pw
+
+
+def _serial_flag(s):
+    # URL[,baudrate=N][,ext=true|false]
+    parts = s.split(",")
+    out = {"url": parts[0]}
+    for p in parts[1:]:
+        k, _, v = p.partition("=")
+        if k == "baudrate":
+            out["baudrate"] = int(v)
+        elif k == "ext":
+            out["ext"] = v.lower() in ("1", "true", "yes", "on")
+        else:
+            raise argparse.ArgumentTypeError("unknown serial option %r" % k)
+    return out
+
+
+def arg_parser():
+    p = argparse.ArgumentParser(
+        prog="pile-bridge",
+        description="Site bridge between YKC V1.6 charging piles (serial, TCP) and an MQTT "
+                    "platform: takes custody of bills in SQLite, publishes them until the "
+                    "platform confirms, relays commands. See docs/bridge.md.")
+    p.add_argument("-c", "--config", help="TOML config file (docs/bridge.md)")
+    p.add_argument("--site", help="site id: topics live under pc/<site>/")
+    p.add_argument("--db", help="SQLite database path")
+    p.add_argument("--mqtt", metavar="URL", help="broker, mqtt://[user@]host[:port] or mqtts://...")
+    p.add_argument("--mqtt-username")
+    p.add_argument("--mqtt-password-file", help="file holding the MQTT password "
+                   "(or set PILE_BRIDGE_MQTT_PASSWORD)")
+    p.add_argument("--client-id")
+    p.add_argument("--ca", help="CA file for mqtts://")
+    p.add_argument("--cert", help="client certificate (PEM) for mqtts://")
+    p.add_argument("--key", help="client key (PEM) for mqtts://")
+    p.add_argument("--tls-insecure", action="store_true", help="do not check the server host name")
+    p.add_argument("--tcp", metavar="HOST:PORT", help="listen for YKC piles dialling in")
+    p.add_argument("--serial", metavar="URL[,baudrate=N][,ext=BOOL]", action="append",
+                   type=_serial_flag, help="pile on a serial port / pyserial URL (repeatable)")
+    p.add_argument("--allow", metavar="PILE", action="append",
+                   help="allow only these pile codes to log in (repeatable)")
+    p.add_argument("--heartbeat", type=float, metavar="S", help="pile heartbeat period, s")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--print-config", action="store_true",
+                   help="print the effective configuration as JSON and exit")
+    return p
+
+
+def from_args(argv=None):
+    args = arg_parser().parse_args(argv)
+    o = {}
+    m = {}
+    if args.site:
+        o["site"] = args.site
+    if args.db:
+        o["database"] = args.db
+    if args.log_level:
+        o["log_level"] = args.log_level
+    if args.allow:
+        o["allow"] = args.allow
+    if args.mqtt:
+        m["url"] = args.mqtt
+    for flag, key in (("mqtt_username", "username"), ("mqtt_password_file", "password_file"),
+                      ("client_id", "client_id"), ("ca", "ca_file"), ("cert", "cert_file"),
+                      ("key", "key_file")):
+        if getattr(args, flag):
+            m[key] = getattr(args, flag)
+    if args.tls_insecure:
+        m["tls_insecure"] = True
+    if m:
+        o["mqtt"] = m
+    if args.tcp:
+        o["tcp"] = {"listen": args.tcp}
+    if args.serial:
+        o["serial"] = args.serial
+    if args.heartbeat:
+        o["piles"] = {"heartbeat_s": args.heartbeat}
+    cfg = load(args.config, o)
+    return cfg, args
+
+
+def dump(cfg):
+    safe = copy.deepcopy(dict(cfg))
+    if safe["mqtt"].get("password"):
+        safe["mqtt"]["password"] = "***"
+    return json.dumps(safe, indent=2, sort_keys=True)

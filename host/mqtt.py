@@ -1,0 +1,140 @@
+# The bridge's MQTT connection (aiomqtt 2.x): connect with a last will,
+# subscribe, hand every message to a callback, reconnect with backoff for
+# ever. Nothing durable lives here: bills and events wait in SQLite and are
+# published again after a reconnect; retained status is re-sent on connect.
+import asyncio
+import logging
+import random
+import ssl
+
+import aiomqtt
+
+from host.config import mqtt_credentials, parse_mqtt_url
+
+log = logging.getLogger("host.mqtt")
+
+
+class NotConnected(ConnectionError):
+    pass
+
+
+class MqttLink:
+    def __init__(self, cfg, will, subscriptions, on_message, on_connected=None):
+        self.cfg = cfg
+        self.m = cfg["mqtt"]
+        self.will = will                   # (topic, payload) retained, QoS 1
+        self.subscriptions = subscriptions
+        self.on_message = on_message       # fn(topic: str, payload: bytes), sync
+        self.on_connected = on_connected   # coroutine fn, run in its own task
+        self.connected = asyncio.Event()
+        self.gen = 0                       # bumps on every successful connect
+        self.client = None
+        self._lost = None
+        self._stopping = False
+        self.connects = 0
+        self.failures = 0
+
+    def _client(self):
+        tls, host, port, _, _ = parse_mqtt_url(self.m["url"])
+        user, pw = mqtt_credentials(self.cfg)
+        ctx = None
+        if tls:
+            ctx = ssl.create_default_context(cafile=self.m["ca_file"] or None)
+            if self.m["cert_file"]:
+                ctx.load_cert_chain(self.m["cert_file"], self.m["key_file"] or None)
+            if self.m["tls_insecure"]:
+                ctx.check_hostname = False
+        proto = aiomqtt.ProtocolVersion.V5 if self.m["protocol"] == "5" else aiomqtt.ProtocolVersion.V311
+        kw = {}
+        if proto == aiomqtt.ProtocolVersion.V311:
+            # A persistent session: confirmations and commands published
+            # while we were away are queued by the broker (QoS 1).
+            kw["clean_session"] = False
+        return aiomqtt.Client(
+            host, port, username=user, password=pw, identifier=self.m["client_id"],
+            protocol=proto, will=aiomqtt.Will(self.will[0], self.will[1], qos=1, retain=True),
+            keepalive=int(self.m["keepalive"]), tls_context=ctx, timeout=self.m["publish_timeout_s"],
+            max_inflight_messages=200, **kw)
+
+    async def run(self):
+        delay = self.m["reconnect_min_s"]
+        while not self._stopping:
+            client = None
+            try:
+                client = self._client()
+                async with client:
+                    for t in self.subscriptions:
+                        await client.subscribe(t, qos=1)
+                    self.client = client
+                    self._lost = asyncio.get_running_loop().create_future()
+                    self.gen += 1
+                    self.connects += 1
+                    self.connected.set()
+                    delay = self.m["reconnect_min_s"]
+                    log.info("connected to %s as %s", self.m["url"], self.m["client_id"])
+                    if self.on_connected:
+                        asyncio.ensure_future(self._guard(self.on_connected()))
+                    async for msg in client.messages:
+                        try:
+                            self.on_message(str(msg.topic), bytes(msg.payload or b""))
+                        except Exception:
+                            log.exception("handling a message on %s", msg.topic)
+            except aiomqtt.MqttError as e:
+                self.failures += 1
+                if not self._stopping:
+                    log.warning("broker %s: %s; retry in %.1f s", self.m["url"], e, delay)
+            except (OSError, ssl.SSLError) as e:
+                self.failures += 1
+                log.warning("broker %s: %s; retry in %.1f s", self.m["url"], e, delay)
+            finally:
+                self._drop()
+            if self._stopping:
+                break
+            # Backoff with jitter, so a site's bridges do not reconnect in step.
+            await asyncio.sleep(delay * (0.75 + random.random() / 2))
+            delay = min(delay * 2, self.m["reconnect_max_s"])
+
+    def _drop(self):
+        self.connected.clear()
+        self.client = None
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
+
+    async def _guard(self, coro):
+        try:
+            await coro
+        except NotConnected:
+            pass
+        except Exception:
+            log.exception("on_connected")
+
+    async def publish(self, topic, payload, qos=1, retain=False):
+        """Publish and, for QoS 1, wait for the PUBACK. NotConnected when the
+        broker is not reachable or the connection drops before the PUBACK."""
+        client = self.client
+        lost = self._lost
+        if client is None or lost is None or lost.done():
+            raise NotConnected("not connected to the broker")
+        if isinstance(payload, str):
+            payload = payload.encode()
+        pub = asyncio.ensure_future(client.publish(topic, payload, qos=qos, retain=retain))
+        done, _ = await asyncio.wait((pub, lost), return_when=asyncio.FIRST_COMPLETED)
+        if pub in done:
+            try:
+                pub.result()
+            except aiomqtt.MqttError as e:
+                raise NotConnected(str(e))
+            return
+        pub.cancel()
+        raise NotConnected("connection lost before PUBACK")
+
+    async def stop(self, last_words=()):
+        """Publish `last_words` [(topic, payload, retain)]; the caller then
+        cancels run(), whose `async with` sends a clean DISCONNECT (so the
+        broker does not fire the last will)."""
+        self._stopping = True
+        for topic, payload, retain in last_words:
+            try:
+                await asyncio.wait_for(self.publish(topic, payload, 1, retain), 2)
+            except (NotConnected, asyncio.TimeoutError):
+                break

@@ -1,0 +1,397 @@
+# The bridge plays the YKC platform towards each pile. A `PileConn` is one
+# link session (a TCP connection, or a serial port while it is open): it
+# reads frames, answers login / heartbeat / tariff / time, and matches
+# replies to the requests the bridge sent. A `Pile` is the pile itself, kept
+# across links (status, versions, the conn it is logged in on).
+#
+# Each conn is its own task with its own FrameReader: a pile that sends
+# garbage, stalls or drops its link touches nobody else.
+import asyncio
+import logging
+import time
+
+from protocol import codec
+from protocol.errors import FrameError
+
+from host import schema
+from host import tariff as T
+from host.links import LinkClosed
+
+log = logging.getLogger("host.piles")
+
+# Which reply answers which request, and the field that tells concurrent
+# requests apart (YKC replies echo the sequence bytes, but third-party piles
+# do not all do so: the key is the fallback).
+REPLIES = {
+    "remote_start": ("remote_start_reply", "serial"),
+    "ext_start": ("remote_start_reply", "serial"),
+    "remote_stop": ("remote_stop_reply", "gun"),
+    "reboot": ("reboot_reply", None),
+    "tariff_set": ("tariff_set_reply", None),
+    "time_sync": ("time_sync_reply", None),
+    "status_query": ("status_reply", None),
+    "read_realtime": ("realtime", "gun"),
+    "settled": ("settled_reply", "serial"),
+    "fw_control": ("fw_reply", None),
+    "fw_chunk": ("fw_reply", None),
+}
+# Replies that only ever come as answers: one nobody waits for is late or a
+# duplicate, and is logged and dropped.
+_PURE_REPLIES = {"remote_start_reply", "remote_stop_reply", "reboot_reply", "tariff_set_reply",
+                 "time_sync_reply", "status_reply", "fw_reply"}
+
+
+class CommandTimeout(Exception):
+    pass
+
+
+class Pile:
+    """A pile known to the bridge (logged in now or earlier)."""
+
+    def __init__(self, code, ext):
+        self.code = code
+        self.ext = ext
+        self.conn = None
+        self.login = None
+        self.guns = {}            # gun -> {"status": name, "plugged": bool, "serial": ...}
+        self.faults = {}          # gun -> fault bits last seen
+        self.status_reply = None  # last 0xE5 fields (ext piles)
+        self.online_since = None
+        self.last_seen = None
+        self.offline_reason = None
+        self.crc_swapped = 0
+        self.frame_errors = 0
+        self.logins = 0
+        self.start_requests = {}  # gun -> seq of the last 0x31, for the 0x32 answer
+
+    @property
+    def online(self):
+        return self.conn is not None
+
+    def status_json(self, site):
+        sr = self.status_reply or {}
+        doc = {
+            "schema": schema.SCHEMA_STATUS, "site": site, "pile": self.code,
+            "online": self.online,
+            "link": self.conn.link.name if self.conn else None,
+            "ext": self.ext,
+            "since": schema.utc_iso(self.online_since) if self.online_since else None,
+            "last_seen": schema.utc_iso(self.last_seen) if self.last_seen else None,
+            "offline_reason": None if self.online else self.offline_reason,
+            "login": dict(self.login) if self.login else None,
+            "versions": {
+                "sw": self.login.get("sw_version") if self.login else None,
+                "fw": sr.get("fw_version"), "hmi": sr.get("hmi_version"),
+            },
+            "journal": {k: sr[k] for k in ("pending", "unsettled", "illegal", "journal_used",
+                                           "journal_limit", "oldest_pending") if k in sr} or None,
+            "state": sr.get("state"),
+            "boot_reason": sr.get("boot_reason"),
+            "guns": self.guns,
+            "crc_swapped": self.crc_swapped,
+            "frame_errors": self.frame_errors,
+        }
+        return doc
+
+
+class _Waiter:
+    __slots__ = ("reply", "key", "seq", "fut")
+
+    def __init__(self, reply, key, seq, fut):
+        self.reply = reply
+        self.key = key
+        self.seq = seq
+        self.fut = fut
+
+
+class PileConn:
+    """One link session with one pile."""
+
+    def __init__(self, bridge, link, link_ext=None, close_on_silence=True):
+        self.bridge = bridge
+        self.cfg = bridge.cfg
+        self.link = link
+        self.link_ext = link_ext
+        self.close_on_silence = close_on_silence   # TCP: yes; a serial port stays open
+        self.reader = codec.FrameReader(tolerant=True)
+        self.pile = None
+        self._seq = 0
+        self._waiters = []
+        self._wlock = asyncio.Lock()
+        self._tasks = set()
+        self.last_rx = time.monotonic()
+        self.closed = False
+
+    # --- plumbing -----------------------------------------------------------------
+
+    def next_seq(self):
+        self._seq = self._seq + 1 if self._seq < 0xFFFF else 1
+        return self._seq
+
+    def spawn(self, coro):
+        t = asyncio.ensure_future(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._task_done)
+        return t
+
+    def _task_done(self, t):
+        self._tasks.discard(t)
+        if not t.cancelled() and t.exception() is not None:
+            e = t.exception()
+            if not isinstance(e, (LinkClosed, CommandTimeout)):
+                log.error("%s: background task failed: %r", self.link.name, e)
+
+    def _name(self):
+        return self.pile.code if self.pile else self.link.name
+
+    async def send(self, name, values, seq=None):
+        frame = codec.encode(name, values, self.next_seq() if seq is None else seq)
+        async with self._wlock:
+            await self.link.write(frame)
+        log.debug("%s <- %s %s", self._name(), name, schema.hexs(frame))
+        return frame
+
+    async def request(self, name, values, timeout=None):
+        """Send `name` and wait for its reply frame (REPLIES). Raises
+        CommandTimeout, or LinkClosed when the link drops meanwhile."""
+        reply, keyfield = REPLIES[name]
+        seq = self.next_seq()
+        fut = asyncio.get_running_loop().create_future()
+        w = _Waiter(reply, values.get(keyfield) if keyfield else None, seq, fut)
+        self._waiters.append(w)
+        try:
+            await self.send(name, values, seq)
+            t = self.cfg["piles"]["command_timeout_s"] if timeout is None else timeout
+            try:
+                return await asyncio.wait_for(asyncio.shield(fut), t)
+            except asyncio.TimeoutError:
+                raise CommandTimeout("no %s (0x%02X) from pile %s within %g s"
+                                     % (reply, codec.BY_NAME[reply].code, self._name(), t))
+        finally:
+            if w in self._waiters:
+                self._waiters.remove(w)
+
+    def _deliver(self, frame):
+        """Hand a reply to the request waiting for it. True when one waited."""
+        cands = [w for w in self._waiters if w.reply == frame.name and not w.fut.done()]
+        if not cands:
+            return False
+        keyfield = None
+        for req, (rep, kf) in REPLIES.items():
+            if rep == frame.name:
+                keyfield = kf
+                break
+        if keyfield and frame.fields is not None:
+            k = frame.fields.get(keyfield)
+            cands = [w for w in cands if w.key is None or w.key == k]
+            if not cands:
+                return False
+        chosen = next((w for w in cands if w.seq == frame.seq), cands[0])
+        self._waiters.remove(chosen)
+        chosen.fut.set_result(frame)
+        return True
+
+    # --- the read loop -------------------------------------------------------------
+
+    async def run(self):
+        watchdog = asyncio.ensure_future(self._watchdog())
+        try:
+            while True:
+                data = await self.link.read()
+                if not data:
+                    break
+                self.last_rx = time.monotonic()
+                for item in self.reader.push(data):
+                    if isinstance(item, FrameError):
+                        self._bad_frame(item)
+                        continue
+                    try:
+                        await self._handle(item)
+                    except LinkClosed:
+                        raise
+                    except Exception:
+                        log.exception("%s: handling %r", self._name(), item)
+        except LinkClosed as e:
+            log.info("%s: link closed: %s", self._name(), e)
+        finally:
+            watchdog.cancel()
+            await self.shutdown("link closed")
+
+    async def shutdown(self, reason):
+        if self.closed:
+            return
+        self.closed = True
+        for w in self._waiters:
+            if not w.fut.done():
+                w.fut.set_exception(LinkClosed("link to pile %s dropped (%s)" % (self._name(), reason)))
+        self._waiters.clear()
+        for t in list(self._tasks):
+            t.cancel()
+        if self.pile is not None:
+            self.bridge.detach(self, reason)
+        await self.link.close()
+
+    async def _watchdog(self):
+        pc = self.cfg["piles"]
+        limit = pc["heartbeat_s"] * pc["missed_heartbeats"]
+        while True:
+            await asyncio.sleep(min(pc["heartbeat_s"] / 2, limit / 4))
+            silent = time.monotonic() - self.last_rx
+            if silent <= limit:
+                continue
+            if self.pile is not None:
+                log.warning("pile %s: silent for %.1f s (%d heartbeats missed): offline",
+                            self.pile.code, silent, pc["missed_heartbeats"])
+                self.bridge.detach(self, "%d heartbeats missed" % pc["missed_heartbeats"])
+                self.pile = None
+            if self.close_on_silence:
+                # A TCP pile dials in again; close so its socket does not linger.
+                await self.link.close()
+                return
+
+    def _bad_frame(self, err):
+        if self.pile is not None:
+            self.pile.frame_errors += 1
+        log.warning("%s: bad frame: %s", self._name(), err)
+
+    # --- frames from the pile --------------------------------------------------------
+
+    async def _handle(self, f):
+        log.debug("%s -> %s %r", self._name(), f.name, f.fields)
+        if f.crc_swapped and self.pile is not None:
+            self.pile.crc_swapped += 1
+        if f.fields is None:
+            log.warning("%s: encrypted frame 0x%02X ignored (3DES is not supported)",
+                        self._name(), f.code)
+            return
+        if codec.BY_NAME[f.name].direction != "P":
+            # A platform-to-pile frame coming back (loop://, a misconfigured
+            # link or our own echo): never act on it.
+            log.info("%s: ignoring %s (0x%02X): a platform-to-pile frame", self._name(), f.name, f.code)
+            return
+        if f.name == "login":
+            await self._login(f)
+            return
+        if self.pile is None:
+            log.info("%s: %s before login ignored", self.link.name, f.name)
+            return
+        pile = self.pile
+        pile.last_seen = time.time()
+        code = f.fields.get("pile")
+        if code is not None and code != pile.code:
+            if f.name in ("bill", "bill5"):
+                await self.bridge.on_bill(self, f)   # refused there as illegal
+                return
+            log.warning("pile %s: %s names pile %s; ignored", pile.code, f.name, code)
+            return
+        h = getattr(self, "_on_" + f.name, None)
+        delivered = self._deliver(f)
+        if h is not None:
+            await h(f)
+        elif not delivered:
+            if f.name in _PURE_REPLIES:
+                log.info("pile %s: %s (seq %04X) nobody waits for (late or duplicate): ignored",
+                         pile.code, f.name, f.seq)
+            else:
+                log.info("pile %s: %s not handled by the bridge", pile.code, f.name)
+
+    async def _login(self, f):
+        code = f.fields["pile"]
+        if not self.cfg.allowed(code):
+            await self.send("login_reply", {"pile": code, "result": 1}, codec.reply_seq(f))
+            self.bridge.event(code, "login_refused", "pile %s is not on the allow-list" % code,
+                              link=self.link.name)
+            log.warning("pile %s on %s refused: not on the allow-list", code, self.link.name)
+            if self.close_on_silence:
+                await self.link.close()
+            return
+        await self.send("login_reply", {"pile": code, "result": 0}, codec.reply_seq(f))
+        pile = self.bridge.attach(self, code, f.fields)
+        if f.crc_swapped:
+            pile.crc_swapped += 1
+        self.spawn(self._after_login(pile))
+
+    async def _after_login(self, pile):
+        # Clock first (bills are stamped with it), then journal/versions, then
+        # settle what the platform confirmed while the pile was away.
+        await self.sync_time()
+        if pile.ext:
+            try:
+                await self.query_status()
+            except (CommandTimeout, LinkClosed) as e:
+                log.info("pile %s: status query: %s", pile.code, e)
+        self.bridge.settle_backlog(pile)
+        interval = self.cfg["piles"]["time_sync_s"]
+        while True:
+            await asyncio.sleep(interval)
+            await self.sync_time()
+
+    async def sync_time(self):
+        try:
+            return await self.request("time_sync", {"pile": self.pile.code,
+                                                    "time": schema.local_secs()})
+        except CommandTimeout as e:
+            log.info("time sync: %s", e)   # third-party piles may not answer 0x56
+
+    async def query_status(self):
+        r = await self.request("status_query", {"pile": self.pile.code})
+        return r
+
+    async def _on_heartbeat(self, f):
+        v = f.fields
+        await self.send("heartbeat_reply", {"pile": v["pile"], "gun": v["gun"], "reply": 0},
+                        codec.reply_seq(f))
+        g = self.pile.guns.setdefault(v["gun"], {})
+        fault = v["gun_status"] == 1
+        if g.get("fault") != fault:
+            g["fault"] = fault
+            self.bridge.publish_status(self.pile)
+
+    async def _on_tariff_check(self, f):
+        t = self.bridge.tariff_for(self.pile.code)
+        model = f.fields["model"]
+        # 0 = the pile's model is current; 1 = it differs (the pile then asks 0x09).
+        result = 0 if t is None or t["model"] == model else 1
+        await self.send("tariff_check_reply", {"pile": self.pile.code, "model": model,
+                                               "result": result}, codec.reply_seq(f))
+
+    async def _on_tariff_request(self, f):
+        t = self.bridge.tariff_for(self.pile.code)
+        if t is None:
+            log.warning("pile %s asks for its tariff model, none is configured", self.pile.code)
+            self.bridge.event(self.pile.code, "no_tariff",
+                              "pile asked for its tariff model (0x09) but none is configured")
+            return
+        await self.send("tariff_model", T.frame_values(t, self.pile.code), codec.reply_seq(f))
+
+    async def _on_realtime(self, f):
+        self.bridge.on_realtime(self.pile, f)
+
+    async def _on_bill(self, f):
+        await self.bridge.on_bill(self, f)
+
+    _on_bill5 = _on_bill
+
+    async def _on_bill_extra(self, f):
+        await self.bridge.on_bill_extra(self, f)
+
+    async def _on_settled_reply(self, f):
+        await self.bridge.on_settled_reply(self.pile, f)
+
+    async def _on_status_reply(self, f):
+        self.bridge.on_status_reply(self.pile, f)
+
+    async def _on_remote_start_reply(self, f):
+        v = f.fields
+        if v["result"] != 1:
+            self.bridge.event(self.pile.code, "start_refused",
+                              "pile refused the start of %s on gun %s (reason %d)"
+                              % (v["serial"], v["gun"], v["reason"]),
+                              gun=v["gun"], serial=v["serial"], reason=v["reason"])
+
+    async def _on_start_request(self, f):
+        v = f.fields
+        self.pile.start_requests[v["gun"]] = f.seq   # 0x32 echoes it
+        self.bridge.event(self.pile.code, "start_request",
+                          "pile asks to start gun %s (card or VIN); answer with the "
+                          "'authorize' command" % v["gun"], request=dict(v), seq=f.seq)

@@ -1,0 +1,375 @@
+# A scripted YKC pile for tests and benchmarks of the bridge, built on
+# protocol.codec, over TCP, a pty or any byte transport; plus a paced
+# transport that models a serial line's rate (ptys ignore the baud rate).
+#
+# The pile's interface is what the bridge tests use, so the real firmware
+# (firmware/pile.py) can stand in for it behind the same methods:
+#   await pile.start(); await pile.login()
+#   await pile.send_bill(values[, extra]) -> 0x40 result   (the pile's journal
+#       keeps it until 0x40; pile.flush_journal() resends, like our firmware)
+#   pile.confirmed {serial: [0x40 results]}, pile.settled {serial: result}
+#   await pile.wait_for(predicate, timeout)
+# It answers what a pile answers (0x55, 0xE3, 0x33, 0x35, 0x91, 0x57, 0xE5,
+# 0x13) unless told to stay silent for a frame name.
+import asyncio
+import collections
+import os
+import time
+
+from protocol import codec
+from protocol import fields as F
+from protocol.frames import PERIODS
+
+
+class TcpTransport:
+    def __init__(self, reader, writer):
+        self._r = reader
+        self._w = writer
+
+    @classmethod
+    async def connect(cls, host, port):
+        r, w = await asyncio.open_connection(host, port)
+        return cls(r, w)
+
+    async def read(self):
+        try:
+            return await self._r.read(4096)
+        except (ConnectionError, OSError):
+            return b""
+
+    async def write(self, data):
+        self._w.write(data)
+        await self._w.drain()
+
+    async def close(self):
+        self._w.close()
+        try:
+            await self._w.wait_closed()
+        except (ConnectionError, OSError):
+            pass
+
+
+class FdTransport:
+    """The master side of a pty (or any non-blocking fd), on the event loop."""
+
+    def __init__(self, fd):
+        self.fd = fd
+        os.set_blocking(fd, False)
+        self._loop = asyncio.get_running_loop()
+        self._q = asyncio.Queue()
+        self._loop.add_reader(fd, self._readable)
+        self._closed = False
+
+    def _readable(self):
+        try:
+            data = os.read(self.fd, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""   # EIO: nobody holds the other side open right now
+            self._loop.remove_reader(self.fd)
+            self._loop.call_later(0.05, self._rearm)
+            return
+        self._q.put_nowait(data)
+
+    def _rearm(self):
+        if not self._closed:
+            self._loop.add_reader(self.fd, self._readable)
+
+    async def read(self):
+        return await self._q.get()
+
+    async def write(self, data):
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(self.fd, view)
+                view = view[n:]
+            except BlockingIOError:
+                await asyncio.sleep(0.001)
+
+    async def close(self):
+        if not self._closed:
+            self._closed = True
+            self._loop.remove_reader(self.fd)
+            self._q.put_nowait(b"")
+
+
+class PacedTransport:
+    """Wraps a transport so both directions move at `baud` (8N1: 10 bits a
+    byte), as on a real UART. Bytes are delivered once their last bit would
+    have arrived."""
+
+    def __init__(self, inner, baud=115200):
+        self.inner = inner
+        self.byte_s = 10.0 / baud
+        self._tx_free = 0.0
+        self._rx_free = 0.0
+        self.tx_bytes = 0
+        self.rx_bytes = 0
+
+    async def write(self, data):
+        now = time.monotonic()
+        start = max(now, self._tx_free)
+        self._tx_free = start + len(data) * self.byte_s
+        self.tx_bytes += len(data)
+        await _sleep_until(self._tx_free)
+        await self.inner.write(data)
+
+    async def read(self):
+        data = await self.inner.read()
+        if data:
+            now = time.monotonic()
+            self._rx_free = max(now, self._rx_free) + len(data) * self.byte_s
+            self.rx_bytes += len(data)
+            await _sleep_until(self._rx_free)
+        return data
+
+    async def close(self):
+        await self.inner.close()
+
+
+async def _sleep_until(t):
+    d = t - time.monotonic()
+    if d > 0:
+        await asyncio.sleep(d)
+
+
+def make_bill(pile, n, gun="01", energy=123456, price=120000, stop_reason=0x40,
+              when=None, vin="LSVAU2180N2183294"):
+    """A sound 4-period bill (periods sum to the totals, meter delta = energy)
+    with a unique trade serial built like YKC's: pile + gun + time + counter."""
+    when = F.to_secs(2024, 5, 1, 8, 0, 0) if when is None else when
+    y, mo, d, h, mi, s, _ = F.to_civil(when)
+    serial = "%s%s%02d%02d%02d%02d%02d%02d%04d" % (pile, gun, y % 100, mo, d, h, mi, s, n % 10000)
+    v = {"serial": serial, "pile": pile, "gun": gun, "start_time": when,
+         "end_time": when + 3600, "meter_start": 1000000 + n * 1000,
+         "total_energy": energy, "total_loss": 0, "total_amount": 0, "vin": vin,
+         "trade_flag": 1, "trade_time": when + 3605, "stop_reason": stop_reason,
+         "card": "00000000D14B0A54"}
+    v["meter_stop"] = v["meter_start"] + energy
+    share = energy // 4
+    for i, p in enumerate(PERIODS):
+        e = energy - 3 * share if i == 0 else share
+        v[p + "_price"] = price
+        v[p + "_energy"] = e
+        v[p + "_loss"] = 0
+        v[p + "_amount"] = e * price // 10 ** 5
+        v["total_amount"] += v[p + "_amount"]
+    return v
+
+
+def make_extra(bill, service_share=30):
+    """The 0xEB for `bill`: each period's amount split into energy and
+    service fee (service_share %), summing exactly."""
+    x = {"serial": bill["serial"], "model": "0001", "vin_mismatch": 0, "nameplate_vin": bill["vin"],
+         "mac": "00" * 32, "deep_energy_fee": 0, "deep_service_fee": 0}
+    for p in PERIODS:
+        amt = bill[p + "_amount"]
+        svc = amt * service_share // 100
+        x[p + "_service_fee"] = svc
+        x[p + "_energy_fee"] = amt - svc
+    return x
+
+
+class ScriptedPile:
+    def __init__(self, code, transport=None, *, ext=True, swap_crc=False, guns=1,
+                 sw_version="PC-0.1", heartbeat_s=None, reply_timeout=5.0):
+        self.code = code
+        self.ext = ext
+        self.swap_crc = swap_crc
+        self.guns = guns
+        self.sw_version = sw_version
+        self.heartbeat_s = heartbeat_s
+        self.reply_timeout = reply_timeout
+        self.transport = None
+        self.reader = None
+        self.frames = []                      # every frame received, in order
+        self.confirmed = collections.defaultdict(list)   # serial -> [0x40 results]
+        self.settled = {}                     # serial -> 0xE4 result
+        self.settled_count = collections.Counter()
+        self.journal = collections.OrderedDict()   # serial -> (bill values, extra) until 0x40
+        self.silent = set()                   # frame names not to answer
+        self.start_result = (1, 0)
+        self.stop_result = (1, 0)
+        self.status = {"state": 0, "boot_reason": 0, "fw_version": "209.04.0", "hmi_version": "103"}
+        self._seq = 0
+        self._tasks = []
+        self._changed = asyncio.Event()
+        self.logged_in = False
+        self.connected = False
+        if transport is not None:
+            self.attach(transport)
+
+    # --- transport ------------------------------------------------------------------
+
+    def attach(self, transport):
+        """Use `transport` (a new TCP connection after a drop, say)."""
+        self.transport = transport
+        self.reader = codec.FrameReader(tolerant=False)
+        self.logged_in = False
+        self.connected = True
+        self._tasks.append(asyncio.ensure_future(self._read_loop(transport)))
+        if self.heartbeat_s:
+            self._tasks.append(asyncio.ensure_future(self._heartbeats(transport)))
+
+    async def close(self):
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self.transport is not None:
+            await self.transport.close()
+        self.connected = False
+
+    async def _read_loop(self, transport):
+        while True:
+            data = await transport.read()
+            if not data:
+                break
+            for f in self.reader.push(data):
+                if isinstance(f, Exception):
+                    continue
+                await self._on_frame(f)
+        if transport is self.transport:
+            self.connected = False
+            self.logged_in = False
+            self._notify()
+
+    async def _heartbeats(self, transport):
+        while transport is self.transport:
+            await asyncio.sleep(self.heartbeat_s)
+            if self.logged_in:
+                try:
+                    await self.heartbeat()
+                except (ConnectionError, OSError):
+                    return
+
+    def _notify(self):
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_for(self, pred, timeout=5.0):
+        """Wait until pred() is truthy (re-checked on every frame); returns it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            ev = self._changed
+            r = pred()
+            if r:
+                return r
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise asyncio.TimeoutError("pile %s: condition not met in %g s" % (self.code, timeout))
+            try:
+                await asyncio.wait_for(ev.wait(), left)
+            except asyncio.TimeoutError:
+                pass
+
+    # --- sending ---------------------------------------------------------------------
+
+    def next_seq(self):
+        self._seq = (self._seq + 1) & 0xFFFF
+        return self._seq
+
+    async def send(self, name, values, seq=None):
+        seq = self.next_seq() if seq is None else seq
+        raw = codec.encode(name, values, seq)
+        if self.swap_crc:
+            raw = raw[:-2] + bytes((raw[-1], raw[-2]))
+        if self.transport is None or not self.connected:
+            raise ConnectionError("pile %s: not connected" % self.code)
+        await self.transport.write(raw)
+        return seq
+
+    async def request(self, name, values, reply, timeout=None):
+        n = len(self.frames)
+        seq = await self.send(name, values)
+        f = await self.wait_for(lambda: next((x for x in self.frames[n:] if x.name == reply), None),
+                                self.reply_timeout if timeout is None else timeout)
+        return f
+
+    async def login(self, timeout=None):
+        f = await self.request("login", {
+            "pile": self.code, "pile_type": 0, "guns": self.guns, "proto_version": 0x10,
+            "sw_version": self.sw_version, "net_type": 0, "sim": "0" * 20, "carrier": 0},
+            "login_reply", timeout)
+        self.logged_in = f.fields["result"] == 0
+        return f.fields["result"]
+
+    async def heartbeat(self, gun="01"):
+        await self.send("heartbeat", {"pile": self.code, "gun": gun, "gun_status": 0})
+
+    async def realtime(self, gun="01", status=2, serial="0" * 32, energy=0, amount=0, faults=0, seq=None):
+        await self.send("realtime", self._realtime_values(gun, status, serial, energy, amount, faults), seq)
+
+    def _realtime_values(self, gun, status, serial="0" * 32, energy=0, amount=0, faults=0):
+        return {"serial": serial, "pile": self.code, "gun": gun, "status": status, "homed": 0,
+                "plugged": 1, "voltage": 3800, "current": 1200, "gun_temp": 75,
+                "cable_code": "0" * 16, "soc": 55, "battery_temp": 75, "minutes": 10,
+                "minutes_left": 30, "energy": energy, "loss_energy": 0, "amount": amount,
+                "faults": faults}
+
+    async def send_bill(self, values, extra=None, timeout=None):
+        """Journal the bill, send it (and its 0xEB), wait for its 0x40. Returns
+        the 0x40 result; raises asyncio.TimeoutError if none comes."""
+        serial = values["serial"]
+        self.journal.setdefault(serial, (values, extra))
+        n = len(self.confirmed[serial])
+        await self.send("bill", values)
+        if extra is not None and self.ext:
+            await self.send("bill_extra", extra)
+        await self.wait_for(lambda: len(self.confirmed[serial]) > n,
+                            self.reply_timeout if timeout is None else timeout)
+        return self.confirmed[serial][-1]
+
+    async def flush_journal(self, timeout=None):
+        """Send every journaled bill not yet confirmed by a 0x40, in order."""
+        for serial, (values, extra) in list(self.journal.items()):
+            if serial in self.journal:
+                await self.send_bill(values, extra, timeout)
+
+    # --- receiving ------------------------------------------------------------------------
+
+    async def _on_frame(self, f):
+        self.frames.append(f)
+        v = f.fields
+        try:
+            if f.name == "bill_confirm":
+                self.confirmed[v["serial"]].append(v["result"])
+                self.journal.pop(v["serial"], None)
+            elif f.name in self.silent:
+                pass
+            elif f.name == "settled":
+                self.settled[v["serial"]] = v["result"]
+                self.settled_count[v["serial"]] += 1
+                await self.send("settled_reply", {"serial": v["serial"], "result": 0}, f.seq)
+            elif f.name == "time_sync":
+                await self.send("time_sync_reply", {"pile": self.code, "time": v["time"]}, f.seq)
+            elif f.name in ("remote_start", "ext_start"):
+                r, why = self.start_result
+                await self.send("remote_start_reply", {"serial": v["serial"], "pile": self.code,
+                                                       "gun": v["gun"], "result": r, "reason": why}, f.seq)
+            elif f.name == "remote_stop":
+                r, why = self.stop_result
+                await self.send("remote_stop_reply", {"pile": self.code, "gun": v["gun"],
+                                                      "result": r, "reason": why}, f.seq)
+            elif f.name == "reboot":
+                await self.send("reboot_reply", {"pile": self.code, "result": 1}, f.seq)
+            elif f.name == "tariff_set":
+                await self.send("tariff_set_reply", {"pile": self.code, "result": 1}, f.seq)
+            elif f.name == "status_query":
+                s = self.status
+                await self.send("status_reply", {
+                    "pile": self.code, "pending": len(self.journal), "unsettled": 0, "illegal": 0,
+                    "journal_used": 0, "journal_limit": 65536,
+                    "oldest_pending": next(iter(self.journal), "0" * 32), "state": s["state"],
+                    "boot_reason": s["boot_reason"], "fw_version": s["fw_version"],
+                    "hmi_version": s["hmi_version"]}, f.seq)
+            elif f.name == "read_realtime":
+                await self.send("realtime", self._realtime_values(v["gun"], 2), f.seq)
+        except (ConnectionError, OSError):
+            pass
+        self._notify()
+
+    def received(self, name):
+        return [f for f in self.frames if f.name == name]

@@ -1,0 +1,303 @@
+# Helpers for the bridge suites (tests/test_bridge*.py): a bridge in this
+# process or as a child process, a minimal platform (an MQTT client that
+# takes bills and confirms them), temp dirs and bounded waits. No tests here.
+#
+# The pile is host.testkit.ScriptedPile until the real firmware app lands;
+# `connect_pile` is the one place that builds it, so swapping it is local.
+import asyncio
+import contextlib
+import json
+import os
+import pty
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import tty
+
+import aiomqtt
+
+from host import bridge as bridgemod
+from host import config as configmod
+from host.testkit import FdTransport, ScriptedPile, TcpTransport
+from host.topics import Topics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PILE_A = "55031412782305"
+PILE_B = "55031412782306"
+PILE_C = "55031412782307"
+
+
+def run(coro, timeout=60):
+    """Run a test scenario on a fresh loop, bounded."""
+    async def bounded():
+        return await asyncio.wait_for(coro, timeout)
+    return asyncio.run(bounded())
+
+
+@contextlib.contextmanager
+def tempdir(tag):
+    d = tempfile.mkdtemp(prefix="pc-bridge-%s-" % tag)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+async def until(pred, timeout=10.0, what="condition", poll=0.01):
+    """Poll a cheap condition (bounded); for state with no event to await."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = pred()
+        if r:
+            return r
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out after %g s waiting for %s" % (timeout, what))
+        await asyncio.sleep(poll)
+
+
+def fast_config(tmp, broker_url, site="t1", **over):
+    """Config dict for tests: short timers, TCP on a free port (0)."""
+    cfg = {
+        "site": site,
+        "database": os.path.join(tmp, "bridge.db"),
+        "log_level": "debug",
+        "mqtt": {"url": broker_url, "reconnect_min_s": 0.05, "reconnect_max_s": 0.5,
+                 "keepalive": 5},
+        "bills": {"retry_initial_s": 5.0, "retry_max_s": 10.0, "extra_wait_s": 0.3,
+                  "settle_retry_s": 0.5},
+        "piles": {"heartbeat_s": 5.0, "command_timeout_s": 2.0, "time_sync_s": 3600.0},
+        "tcp": {"listen": "127.0.0.1:0", "ext": True},
+    }
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(cfg.get(k), dict):
+            cfg[k].update(v)
+        else:
+            cfg[k] = v
+    return cfg
+
+
+@contextlib.asynccontextmanager
+async def bridge_running(cfg_dict):
+    b = bridgemod.Bridge(configmod.load(None, cfg_dict))
+    await b.start()
+    try:
+        yield b
+    finally:
+        await b.stop()
+
+
+async def connect_pile(code, bridge_port, ext=True, **kw):
+    """A logged-in pile on a TCP link to the bridge."""
+    t = await TcpTransport.connect("127.0.0.1", bridge_port)
+    p = ScriptedPile(code, t, ext=ext, **kw)
+    assert await p.login() == 0
+    return p
+
+
+@contextlib.contextmanager
+def pty_pair():
+    """(master fd for the pile, slave path for the bridge), raw mode."""
+    master, slave = pty.openpty()
+    tty.setraw(slave)
+    path = os.ttyname(slave)
+    try:
+        yield master, path
+    finally:
+        for fd in (master, slave):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def pty_pile(code, master_fd, **kw):
+    return ScriptedPile(code, FdTransport(master_fd), **kw)
+
+
+def url_of(broker):
+    return "mqtt://%s:%d" % (broker.host, broker.port)
+
+
+class Platform:
+    """A minimal platform: takes bills (optionally as a shared-subscription
+    member), confirms them unless told not to, sends commands and collects
+    results and events."""
+
+    def __init__(self, broker_url, site="t1", name="platform", share_group=None,
+                 confirm=True, subscribe_all=True):
+        self.url = broker_url
+        self.topics = Topics(site)
+        self.name = name
+        self.share_group = share_group
+        self.confirm = confirm
+        self.subscribe_all = subscribe_all
+        self.bills = {}                 # serial -> last bill doc
+        self.bill_count = {}            # serial -> deliveries
+        self.bill_order = []            # serials in arrival order
+        self.events = []
+        self.results = {}               # id -> result doc
+        self.status = {}                # topic -> last retained/live doc
+        self.realtime = []
+        self.connected = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._task = None
+        self.client = None
+
+    async def __aenter__(self):
+        self._task = asyncio.ensure_future(self._run())
+        await asyncio.wait_for(self.connected.wait(), 10)
+        return self
+
+    async def __aexit__(self, *exc):
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self):
+        host, port = self.url.split("//")[1].split(":")
+        while True:
+            try:
+                async with aiomqtt.Client(host, int(port), identifier="%s-%d" % (self.name, os.getpid()),
+                                          clean_session=True) as c:
+                    self.client = c
+                    bills = self.topics.base + "/bills/+"
+                    if self.share_group:
+                        bills = "$share/%s/%s" % (self.share_group, bills)
+                    await c.subscribe(bills, qos=1)
+                    if self.subscribe_all:
+                        for t in ("/events/+", "/result/+", "/pile/+/status", "/pile/+/realtime",
+                                  "/bridge"):
+                            await c.subscribe(self.topics.base + t, qos=1)
+                    self.connected.set()
+                    async for m in c.messages:
+                        await self._on(str(m.topic), m.payload)
+            except aiomqtt.MqttError:
+                self.connected.clear()
+                self.client = None
+                await asyncio.sleep(0.05)
+
+    async def _on(self, topic, payload):
+        doc = json.loads(payload)
+        kind = topic.split("/")[2]
+        if kind == "bills":
+            s = doc["serial"]
+            self.bills[s] = doc
+            self.bill_count[s] = self.bill_count.get(s, 0) + 1
+            self.bill_order.append(s)
+            if self.confirm:
+                await self.confirm_bill(doc["pile"], s)
+        elif kind == "events":
+            self.events.append(doc)
+        elif kind == "result":
+            self.results[doc["id"]] = doc
+        elif kind == "pile" and topic.endswith("/realtime"):
+            self.realtime.append(doc)
+        else:
+            self.status[topic] = doc
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def confirm_bill(self, pile, serial, result=0):
+        await self.client.publish(self.topics.confirm(pile),
+                                  json.dumps({"serial": serial, "result": result}), qos=1)
+
+    async def command(self, pile, doc, timeout=10.0):
+        """Publish a command (dict, or raw bytes) and wait for its result."""
+        payload = doc if isinstance(doc, (bytes, str)) else json.dumps(doc)
+        await self.client.publish(self.topics.command(pile), payload, qos=1)
+        if isinstance(doc, dict) and isinstance(doc.get("id"), str):
+            return await self.wait_for(lambda: self.results.get(doc["id"]), timeout)
+        return None
+
+    async def wait_for(self, pred, timeout=10.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            ev = self._changed
+            r = pred()
+            if r:
+                return r
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError("platform %s: condition not met in %g s" % (self.name, timeout))
+            try:
+                await asyncio.wait_for(ev.wait(), left)
+            except asyncio.TimeoutError:
+                pass
+
+
+def write_toml(path, cfg):
+    """A TOML file for a config dict of plain scalars / tables (tests only)."""
+    def val(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(val(x) for x in v) + "]"
+        raise TypeError(v)
+    lines = []
+    tables = []
+    for k, v in cfg.items():
+        if isinstance(v, dict):
+            tables.append((k, v))
+        else:
+            lines.append("%s = %s" % (k, val(v)))
+    for k, t in tables:
+        lines.append("\n[%s]" % k)
+        for k2, v2 in t.items():
+            lines.append("%s = %s" % (k2, val(v2)))
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+class BridgeProcess:
+    """pile-bridge as a child process (for SIGKILL), stopped by its pid."""
+
+    def __init__(self, tmp, cfg_dict):
+        self.tmp = tmp
+        self.cfg_path = write_toml(os.path.join(tmp, "bridge.toml"), cfg_dict)
+        self.proc = None
+        self.tcp_port = None
+        self.log_path = os.path.join(tmp, "bridge.log")
+        self.runs = 0
+
+    async def start(self):
+        self.runs += 1
+        log = open(self.log_path, "ab")
+        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "host.bridge", "-c", self.cfg_path,
+            stdout=asyncio.subprocess.PIPE, stderr=log, cwd=ROOT, env=env)
+        log.close()
+        line = await asyncio.wait_for(self.proc.stdout.readline(), 20)
+        if not line:
+            raise AssertionError("bridge exited early:\n" + self.log())
+        ready = json.loads(line)
+        self.tcp_port = ready["tcp_port"]
+        return self
+
+    def kill(self, sig=signal.SIGKILL):
+        if self.proc is not None and self.proc.returncode is None:
+            os.kill(self.proc.pid, sig)
+
+    async def wait(self):
+        if self.proc is not None:
+            await self.proc.wait()
+
+    async def stop(self):
+        if self.proc is not None and self.proc.returncode is None:
+            self.kill(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), 10)
+            except asyncio.TimeoutError:
+                self.kill(signal.SIGKILL)
+                await self.proc.wait()
+
+    def log(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode(errors="replace")
