@@ -176,6 +176,7 @@ class _ChildBroker:
 
     kind = "?"
     _ready_marker = "?"  # a log line the child writes once it serves
+    _reload_marker = "?"
 
     def __init__(self, host="127.0.0.1", port=None, ready_timeout=_READY_TIMEOUT, workdir=None):
         self.host = host
@@ -267,6 +268,19 @@ class _ChildBroker:
         finally:
             self._fixed_port = fixed
 
+    def reload(self):
+        """SIGHUP by pid (Mosquitto re-reads its password and ACL files);
+        returns once the broker has logged that it is reloading."""
+        if not self.running:
+            raise BrokerError("%s is not running" % self.kind)
+        start = os.path.getsize(self.log_path)
+        os.kill(self.pid, signal.SIGHUP)
+        deadline = time.monotonic() + self.ready_timeout
+        while self._reload_marker not in self.log_text(start):
+            if time.monotonic() > deadline or not self.running:
+                raise BrokerError("%s did not reload: %s" % (self.kind, self._last_log_line()))
+            time.sleep(_POLL)
+
     def close(self):
         """Stop and remove the temp dir (only if this object created it)."""
         self._finalizer()
@@ -345,7 +359,10 @@ class Mosquitto(_ChildBroker):
     """
 
     kind = "mosquitto"
-    _ready_marker = " running"  # "mosquitto version X running", after all listeners opened
+    _ready_marker = " running\n"  # "mosquitto version X running", after all listeners opened
+    # Logged from the main loop as it re-reads the files; a connection it
+    # accepts after this line is checked against the new files.
+    _reload_marker = "Reloading config"
 
     def __init__(self, host="127.0.0.1", port=None, *, anonymous=None, passwords=None,
                  password_file=None, acl=None, acl_file=None, tls=None, plain=True,
@@ -494,6 +511,9 @@ class Amqtt(_ChildBroker):
             raise BrokerUnsupported("amqtt is not installed (pip install amqtt)")
         super().__init__(host, port, ready_timeout, workdir)
         self.verbose = verbose
+
+    def reload(self):
+        raise BrokerUnsupported("amqtt has no reload (and SIGHUP would end it)")
 
     def _command(self):
         return [sys.executable, os.path.abspath(__file__), _AMQTT_SERVE,
