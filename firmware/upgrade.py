@@ -1,0 +1,606 @@
+# Safe firmware upgrade on the pile's own filesystem: chunked transfer that
+# resumes, sha256 + HMAC check, A/B slots, activation only when idle, a boot
+# counter and automatic rollback. docs/upgrade.md tells the whole story.
+#
+# Layout under `root` (the flash mount, or a test directory):
+#   fw/state.json   the state record below, replaced by temp file + rename
+#   fw/stage.img    the image being received (its size is the progress)
+#   fw/a/ fw/b/     the two slots: unpacked image files + slot.json manifest
+#
+# state.json (JSON object, "fmt": 1):
+#   active, previous  "a" / "b" (previous None on a factory board)
+#   pending           True from activation until mark_healthy()
+#   boots             boots of the pending slot so far
+#   seq               installs so far (slot.json carries it too)
+#   versions          {"a": str|None, "b": str|None}
+#   stage, version, reason   what status() reports
+#   dl                the announced image {version, size, sha256, mac, slot}
+#                     (hex strings) while downloading / verified / failed
+#
+# Image: b"PCFW" 0x01, then entries [u8 name length (1..255), name (ASCII,
+# "/"-separated, relative), u32 LE data length, data], closed by a u8 0.
+# The MAC covers the announcement, the sha256 the image: see upgrade_mac().
+import hashlib
+import json
+import struct
+
+try:
+    import binascii
+except ImportError:  # pragma: no cover
+    import ubinascii as binascii
+
+from firmware import auth
+
+try:
+    from micropython import const
+except ImportError:
+    def const(x):
+        return x
+
+_BUF = const(512)
+_MAX_SIZE = const(1048576)   # refuse an announced image larger than this
+_BOOT_LIMIT = const(3)       # boots a new slot gets before rollback
+_FMT = const(1)
+
+MAGIC = b"PCFW\x01"
+MANIFEST = "slot.json"
+SLOTS = ("a", "b")
+
+# Stages; the wire code (fw_reply.stage) is the index in STAGES.
+IDLE = "idle"
+DOWNLOADING = "downloading"
+VERIFIED = "verified"
+INSTALLING = "installing"
+INSTALLED = "installed"
+FAILED = "failed"
+ROLLED_BACK = "rolled_back"
+STAGES = (IDLE, DOWNLOADING, VERIFIED, INSTALLING, INSTALLED, FAILED, ROLLED_BACK)
+
+# Reasons; the wire code (fw_reply.result) is the index in REASONS.
+R_BAD_MAC = "bad mac"            # announcement not signed with the upgrade key
+R_BAD_SHA = "bad sha256"         # staged image differs from the announced hash
+R_TOO_BIG = "too big"            # announced size 0 or over max_size
+R_NO_SPACE = "no space"          # flash cannot hold the image and its slot
+R_BUSY = "busy"                  # activate while the pile is not idle
+R_PENDING = "pending"            # the last install is not proven healthy yet
+R_STAGE = "stage"                # operation not valid in the current stage
+R_INCOMPLETE = "incomplete"      # verify before every byte arrived
+R_PAST_END = "past end"          # a chunk would run past the announced size
+R_BAD_IMAGE = "bad image"        # the image does not parse (or unsafe names)
+R_IO = "io"                      # a filesystem call failed
+R_NOT_HEALTHY = "not healthy"    # rolled back: no mark_healthy() in time
+R_BAD_REQUEST = "bad request"    # version / sha256 / mac malformed
+R_STATE_LOST = "state lost"      # state.json unreadable, rebuilt from slots
+REASONS = (None, R_BAD_MAC, R_BAD_SHA, R_TOO_BIG, R_NO_SPACE, R_BUSY, R_PENDING,
+           R_STAGE, R_INCOMPLETE, R_PAST_END, R_BAD_IMAGE, R_IO, R_NOT_HEALTHY,
+           R_BAD_REQUEST, R_STATE_LOST)
+
+
+def stage_code(stage):
+    return STAGES.index(stage)
+
+
+def reason_code(reason):
+    return REASONS.index(reason)
+
+
+class UpgradeError(Exception):
+    """A refused begin / chunk; `reason` is one of REASONS."""
+
+    @property
+    def reason(self):
+        return self.args[0]
+
+
+def upgrade_mac(key, version, size, sha256):
+    """HMAC-SHA256 over u8 len(version) | version | u32 LE size | sha256,
+    with the site's upgrade key (derived for this purpose). Pure: the host
+    signs an announcement with it, the pile checks it."""
+    v = version.encode()
+    return auth._hmac_parts(auth.derive(key, auth.PURPOSE_UPGRADE),
+                            (bytes((len(v),)), v, struct.pack("<I", size), sha256))
+
+
+def pack_image(files):
+    """Image bytes from [(name, data), ...] (host and tests)."""
+    out = bytearray(MAGIC)
+    for name, data in files:
+        _check_name(name)
+        n = name.encode()
+        out.append(len(n))
+        out.extend(n)
+        out.extend(struct.pack("<I", len(data)))
+        out.extend(data)
+    out.append(0)
+    return bytes(out)
+
+
+def _check_name(name):
+    if not 0 < len(name) < 256 or name == MANIFEST:
+        raise UpgradeError(R_BAD_IMAGE)
+    for c in name:
+        if not (" " < c <= "~") or c == "\\":
+            raise UpgradeError(R_BAD_IMAGE)
+    for part in name.split("/"):
+        if part in ("", ".", ".."):
+            raise UpgradeError(R_BAD_IMAGE)
+
+
+def _hex(b):
+    return binascii.hexlify(b).decode()
+
+
+class _Reader:
+    """Reads the staged image once, hashing every byte it hands out."""
+
+    def __init__(self, f, buf):
+        self.f = f
+        self.buf = buf
+        self.mv = memoryview(buf)
+        self.h = hashlib.sha256()
+        self.n = 0
+
+    def take(self, k):
+        """Exactly k (<= len(buf)) bytes into buf; a memoryview of them."""
+        got = 0
+        while got < k:
+            r = self.f.readinto(self.mv[got:k])
+            if not r:
+                self.h.update(self.mv[:got])   # the sha256 still covers every byte
+                raise UpgradeError(R_BAD_IMAGE)
+            got += r
+        self.h.update(self.mv[:k])
+        self.n += k
+        return self.mv[:k]
+
+    def copy(self, size, out):
+        while size:
+            k = _BUF if size > _BUF else size
+            chunk = self.take(k)
+            if out is not None:
+                out.write(chunk)
+            size -= k
+
+    def rest(self):
+        """Hash to the end; returns how many bytes were left."""
+        left = 0
+        while True:
+            r = self.f.readinto(self.mv)
+            if not r:
+                return left
+            self.h.update(self.mv[:r])
+            left += r
+
+
+class Updater:
+    """The upgrade state machine for one pile.
+
+    root: where `fw/` lives; key: the site's upgrade key (bytes);
+    fs: an object with open(path, mode) and os-style rename, remove, mkdir,
+    rmdir, listdir, stat (statvfs optional), default the real filesystem;
+    limit: boots a new slot gets without mark_healthy() before rollback;
+    factory_version: the version running when no state exists yet;
+    hmi_version: the screen firmware version (a config value) for versions().
+    """
+
+    def __init__(self, root, key, fs=None, limit=_BOOT_LIMIT, factory_version="0",
+                 hmi_version=None, max_size=_MAX_SIZE):
+        root = root.rstrip("/")
+        self.dir = root + "/fw"
+        self.key = bytes(key)
+        self.fs = fs or auth.OS
+        self.limit = limit
+        self.factory_version = factory_version
+        self.hmi_version = hmi_version
+        self.max_size = max_size
+        self._state_path = self.dir + "/state.json"
+        self._stage_path = self.dir + "/stage.img"
+        self._buf = bytearray(_BUF)
+        self._parsed = None
+        _makedirs(self.fs, self.dir)
+        self.st = self._load()
+        self._recover()
+        self._offset = self._staged_size()
+
+    # --- state record -------------------------------------------------------
+
+    def _valid(self, raw):
+        try:
+            st = json.loads(raw.decode())
+            ok = (st["fmt"] == _FMT and st["active"] in SLOTS and st["stage"] in STAGES
+                  and isinstance(st["versions"], dict) and st["boots"] >= 0)
+        except (ValueError, KeyError, TypeError, UnicodeError):
+            return False
+        if ok:
+            self._parsed = st
+        return ok
+
+    def _load(self):
+        self._parsed = None
+        if auth.load_atomic(self.fs, self._state_path, self._valid) is not None:
+            return self._parsed
+        return self._rebuild()
+
+    def _rebuild(self):
+        """No valid record: a factory board, or a state lost to a flash fault.
+        Each installed slot has its manifest; the newest install runs again on
+        probation (pending), so it is rolled back if it does not come up."""
+        st = {"fmt": _FMT, "active": "a", "previous": None, "pending": False, "boots": 0,
+              "seq": 0, "versions": {"a": self.factory_version, "b": None},
+              "stage": IDLE, "version": self.factory_version, "reason": None, "dl": None}
+        best = None
+        for s in SLOTS:
+            m = self._manifest(s)
+            if m is not None:
+                st["versions"][s] = m["version"]
+                if best is None or m["seq"] > best[1]:
+                    best = (s, m["seq"])
+        if best is not None:
+            other = "b" if best[0] == "a" else "a"
+            st["active"] = best[0]
+            st["previous"] = other
+            st["pending"] = True
+            st["seq"] = best[1]
+            st["version"] = st["versions"][best[0]]
+            st["reason"] = R_STATE_LOST
+        return st
+
+    def _manifest(self, slot):
+        raw = auth._read(self.fs, self.slot_path(slot) + "/" + MANIFEST)
+        if raw is None:
+            return None
+        try:
+            m = json.loads(raw.decode())
+            m["version"] + ""
+            m["seq"] + 0
+            return m
+        except (ValueError, KeyError, TypeError, UnicodeError):
+            return None
+
+    def _save(self):
+        auth.save_atomic(self.fs, self._state_path, json.dumps(self.st).encode())
+
+    def _set(self, stage, reason=None, version=None):
+        self.st["stage"] = stage
+        self.st["reason"] = reason
+        if version is not None:
+            self.st["version"] = version
+        self._save()
+
+    def _recover(self):
+        st = self.st
+        if st["stage"] == INSTALLING:
+            # Power cut while unpacking: the active slot never changed, the
+            # staged image is intact; activate() may simply run again.
+            st["stage"] = VERIFIED
+            self._save()
+        if st["dl"] is None and auth.exists(self.fs, self._stage_path):
+            auth._try_remove(self.fs, self._stage_path)   # left by a cut after commit
+
+    def _staged_size(self):
+        if self.st["dl"] is None:
+            return 0
+        try:
+            n = self.fs.stat(self._stage_path)[6]
+        except OSError:
+            return 0
+        if n > self.st["dl"]["size"]:
+            auth._try_remove(self.fs, self._stage_path)
+            return 0
+        return n
+
+    def _target(self):
+        return "b" if self.st["active"] == "a" else "a"
+
+    def slot_path(self, slot):
+        return self.dir + "/" + slot
+
+    # --- transfer -----------------------------------------------------------
+
+    def begin(self, version, size, sha256, mac):
+        """Announce an image; returns the offset to send from (0, or where an
+        interrupted transfer of the same image stopped). Raises UpgradeError."""
+        try:
+            sha256 = auth.as_bytes(sha256, 32, "sha256")
+            mac = auth.as_bytes(mac, 32, "mac")
+            if not (0 < len(version.encode()) < 256 and 0 <= size <= 0xFFFFFFFF):
+                raise ValueError
+        except (ValueError, TypeError, AttributeError):
+            raise UpgradeError(R_BAD_REQUEST)
+        st = self.st
+        if st["pending"]:
+            raise UpgradeError(R_PENDING)
+        if st["stage"] == INSTALLING:
+            raise UpgradeError(R_STAGE)
+        if not auth.equal(upgrade_mac(self.key, version, size, sha256), mac):
+            self._fail(R_BAD_MAC, version)
+        if not 0 < size <= self.max_size:
+            self._fail(R_TOO_BIG, version)
+        dl = {"version": version, "size": size, "sha256": _hex(sha256), "mac": _hex(mac),
+              "slot": self._target()}
+        if st["dl"] == dl and st["stage"] in (DOWNLOADING, VERIFIED):
+            return self._offset          # the same image again: resume
+        self._discard()
+        if not self._room(size):
+            self._fail(R_NO_SPACE, version)
+        st["dl"] = dl
+        self._offset = 0
+        self._set(DOWNLOADING, None, version)
+        return 0
+
+    def chunk(self, offset, data):
+        """Stage data at offset; returns the next offset expected. An offset
+        other than that (a repeat, a gap) is ignored and gets the expected
+        offset back, so the sender resumes from there."""
+        st = self.st
+        if st["stage"] == VERIFIED:
+            return self._offset
+        if st["stage"] != DOWNLOADING:
+            raise UpgradeError(R_STAGE)
+        if offset != self._offset or not data:
+            return self._offset
+        if offset + len(data) > st["dl"]["size"]:
+            raise UpgradeError(R_PAST_END)
+        try:
+            f = self.fs.open(self._stage_path, "ab")
+            try:
+                f.write(data)
+            finally:
+                f.close()
+        except OSError:
+            self._offset = self._staged_size()
+            raise UpgradeError(R_IO)
+        self._offset += len(data)
+        return self._offset
+
+    def verify(self):
+        """(True, None) when the staged image has the announced sha256, the
+        announcement's MAC holds and the image parses; else the stage becomes
+        failed and (False, reason). Before the last byte: (False, incomplete)."""
+        st = self.st
+        if st["stage"] == VERIFIED:
+            return True, None
+        if st["stage"] != DOWNLOADING:
+            return False, R_STAGE
+        dl = st["dl"]
+        if self._offset != dl["size"]:
+            return False, R_INCOMPLETE
+        sha = binascii.unhexlify(dl["sha256"])
+        if not auth.equal(upgrade_mac(self.key, dl["version"], dl["size"], sha),
+                          binascii.unhexlify(dl["mac"])):
+            return self._failed(R_BAD_MAC)
+        reason = self._walk(None, sha)
+        if reason is not None:
+            return self._failed(reason)
+        self._set(VERIFIED)
+        return True, None
+
+    def abort(self):
+        """Drop a transfer (any stage before installing)."""
+        if self.st["stage"] == INSTALLING:
+            return False, R_STAGE
+        self._discard()
+        self.st["dl"] = None
+        if self.st["stage"] in (DOWNLOADING, VERIFIED, FAILED):
+            self._set(IDLE, None, self.running_version())
+        return True, None
+
+    # --- install, boot, rollback -------------------------------------------
+
+    def activate(self, idle):
+        """Install the verified image into the other slot and make it the one
+        to boot (pending). Only when `idle` (no session running): otherwise
+        (False, busy) and nothing changes. The caller reboots after (True, None)."""
+        st = self.st
+        if not idle:
+            return False, R_BUSY
+        if st["stage"] != VERIFIED:
+            return False, R_STAGE
+        dl = st["dl"]
+        slot = dl["slot"]
+        self._set(INSTALLING)
+        path = self.slot_path(slot)
+        try:
+            _rmtree(self.fs, path)
+            _makedirs(self.fs, path)
+            # The image is hashed again as it is unpacked: what lands in the
+            # slot is exactly what was verified, even after weeks on flash.
+            reason = self._walk(path, binascii.unhexlify(dl["sha256"]))
+            if reason is None:
+                seq = st["seq"] + 1
+                auth.save_atomic(self.fs, path + "/" + MANIFEST, json.dumps(
+                    {"version": dl["version"], "seq": seq, "sha256": dl["sha256"]}).encode())
+        except OSError:
+            reason = R_IO
+        if reason is not None:
+            return self._failed(reason)
+        st["previous"] = st["active"]
+        st["active"] = slot
+        st["pending"] = True
+        st["boots"] = 0
+        st["seq"] = seq
+        st["versions"][slot] = dl["version"]
+        st["dl"] = None
+        self._set(INSTALLED, None, dl["version"])   # the commit point
+        auth._try_remove(self.fs, self._stage_path)
+        self._offset = 0
+        return True, None
+
+    def boot_select(self):
+        """Call once per boot, before running anything from a slot: returns
+        the slot to run. A pending slot has its boot counted first; past the
+        limit the previous slot runs and the stage says rolled_back."""
+        st = self.st
+        if not st["pending"]:
+            return st["active"]
+        st["boots"] += 1
+        if st["boots"] > self.limit:
+            bad = st["active"]
+            st["active"] = st["previous"]
+            st["previous"] = bad
+            st["pending"] = False
+            st["boots"] = 0
+            st["stage"] = ROLLED_BACK
+            st["reason"] = R_NOT_HEALTHY
+            st["version"] = st["versions"][bad]
+        try:
+            self._save()
+        except OSError:
+            # A boot that cannot be counted could repeat forever: run the
+            # proven slot instead.
+            return st["previous"] if st["pending"] else st["active"]
+        return st["active"]
+
+    def mark_healthy(self):
+        """The app logged in and its journal recovered: the new slot stays.
+        Returns True if this ended a probation."""
+        st = self.st
+        if not st["pending"]:
+            return False
+        st["pending"] = False
+        st["boots"] = 0
+        self._save()
+        return True
+
+    # --- reports ------------------------------------------------------------
+
+    def running_version(self):
+        return self.st["versions"][self.st["active"]]
+
+    def status(self):
+        st = self.st
+        dl = st["dl"]
+        return {"stage": st["stage"], "version": st["version"],
+                "offset": self._offset if dl else 0, "size": dl["size"] if dl else 0,
+                "reason": st["reason"], "active": st["active"], "pending": st["pending"],
+                "boots": st["boots"]}
+
+    def versions(self):
+        st = self.st
+        prev = st["previous"]
+        return {"board": self.running_version(), "hmi": self.hmi_version,
+                "slot": st["active"], "previous": st["versions"][prev] if prev else None}
+
+    # --- helpers ------------------------------------------------------------
+
+    def _fail(self, reason, version):
+        # a refused announcement replaces whatever transfer was in progress
+        self.st["dl"] = None
+        self._failed(reason, version)
+        raise UpgradeError(reason)
+
+    def _failed(self, reason, version=None):
+        self._discard()
+        try:
+            self._set(FAILED, reason, version)
+        except OSError:
+            pass
+        return False, reason
+
+    def _discard(self):
+        auth._try_remove(self.fs, self._stage_path)
+        self._offset = 0
+
+    def _room(self, size):
+        try:
+            v = self.fs.statvfs(self.dir)
+        except (AttributeError, OSError):
+            return True
+        # the image, then its unpacked copy; the target slot's old files go first
+        return v[1] * v[4] + _tree_size(self.fs, self.slot_path(self._target())) >= 2 * size
+
+    def _walk(self, dest, sha):
+        """Parse the staged image, writing its files under dest (None: check
+        only). Returns None, or a reason (bad sha256 wins over bad image)."""
+        try:
+            f = self.fs.open(self._stage_path, "rb")
+        except OSError:
+            return R_IO
+        r = _Reader(f, self._buf)
+        reason = None
+        try:
+            try:
+                if bytes(r.take(len(MAGIC))) != MAGIC:
+                    raise UpgradeError(R_BAD_IMAGE)
+                while True:
+                    n = r.take(1)[0]
+                    if n == 0:
+                        break
+                    name = bytes(r.take(n)).decode()
+                    _check_name(name)
+                    size = struct.unpack("<I", bytes(r.take(4)))[0]
+                    out = None
+                    if dest is not None:
+                        _makedirs(self.fs, dest + "/" + name, True)
+                        out = self.fs.open(dest + "/" + name, "wb")
+                    try:
+                        r.copy(size, out)
+                    finally:
+                        if out is not None:
+                            out.close()
+                if r.rest():
+                    raise UpgradeError(R_BAD_IMAGE)     # bytes after the end mark
+            except UpgradeError as e:
+                reason = e.reason
+            except UnicodeError:
+                reason = R_BAD_IMAGE
+            r.rest()
+        finally:
+            f.close()
+        if not auth.equal(r.h.digest(), sha):
+            return R_BAD_SHA
+        return reason
+
+
+def _makedirs(fs, path, parent_only=False):
+    parts = path.split("/")
+    if parent_only:
+        parts = parts[:-1]
+    cur = ""
+    for i, p in enumerate(parts):
+        cur = p if i == 0 else cur + "/" + p
+        if not p:
+            continue
+        try:
+            fs.mkdir(cur)
+        except OSError:
+            pass
+
+
+def _is_dir(fs, path):
+    try:
+        return fs.stat(path)[0] & 0x4000 != 0
+    except OSError:
+        return False
+
+
+def _rmtree(fs, path):
+    try:
+        names = fs.listdir(path)
+    except OSError:
+        return
+    for n in names:
+        p = path + "/" + n
+        if _is_dir(fs, p):
+            _rmtree(fs, p)
+        else:
+            fs.remove(p)
+    fs.rmdir(path)
+
+
+def _tree_size(fs, path):
+    total = 0
+    try:
+        names = fs.listdir(path)
+    except OSError:
+        return 0
+    for n in names:
+        p = path + "/" + n
+        if _is_dir(fs, p):
+            total += _tree_size(fs, p)
+        else:
+            try:
+                total += fs.stat(p)[6]
+            except OSError:
+                pass
+    return total
