@@ -56,6 +56,14 @@ class Link:
         self.sent += 1
         return seq
 
+    def send_raw(self, code, body, seq=None):
+        """Send an already encoded body (a bill read back from the journal)."""
+        if seq is None:
+            seq = self.next_seq()
+        self.uart.write(codec.wrap(code, body, seq))
+        self.sent += 1
+        return seq
+
     def reply(self, request, name, values):
         return self.send(name, values, codec.reply_seq(request))
 

@@ -1,0 +1,372 @@
+# The pile application: one object that ties the link (protocol), the gun
+# (charge control), the journal (bills on flash) and the outbox (retries).
+#
+# A bill's life on the pile:
+#   sampled (Gun.tick) -> priced (tariff.Accumulator) -> sealed in the journal
+#   (_on_seal: 0x3B body + 0xEB body, one record) -> framed and sent
+#   (outbox.due) -> 0x40 from the host (journal CONFIRMED) -> 0xE4 from the
+#   platform via the bridge (journal SETTLED: space may be reclaimed).
+#
+# Main loop on a board:   while True: pile.poll(); time.sleep_ms(pile.idle_ms())
+# In the simulator the same poll() runs against firmware/sim.py hardware.
+import os
+
+from firmware import session as S
+from firmware.journal import Journal, JournalFull
+from firmware.link import Link, ticks_diff
+from firmware.outbox import Outbox
+from firmware.tariff import Tariff, TariffError
+from protocol import codec
+
+try:
+    from micropython import const
+except ImportError:
+    def const(x):
+        return x
+
+FW_VERSION = "pc0.1.0"
+_RT_CHARGING_MS = const(15000)   # YKC: realtime every 15 s while charging
+_RT_IDLE_MS = const(300000)      # every 5 min idle; at once on any change
+_EXTRA = codec.BY_NAME["bill_extra"]
+_ZERO_MAC = "0" * 64
+
+# Boot reasons (status reply, console): why this boot happened.
+BOOT_POWER_ON = const(0)
+BOOT_REBOOT_NOW = const(1)
+BOOT_REBOOT_IDLE = const(2)
+BOOT_ROLLBACK = const(3)
+BOOT_NAMES = ("power-on", "reboot-now", "reboot-when-idle", "rollback")
+
+# Pile states in the status reply (gun state names in session.STATE_NAMES).
+_PERIODS5 = ("sharp", "peak", "flat", "valley", "deep")
+
+
+def bill_payload(bill, mac_key=None):
+    """The journal record for a sealed bill: 0x3B body then 0xEB body."""
+    body = codec.encode(0x3B, bill)[6:-2]
+    x = {"serial": bill["serial"], "model": bill.get("model", "0000"),
+         "vin_mismatch": 1 if bill.get("vin_mismatch") else 0,
+         "nameplate_vin": bill.get("nameplate_vin", ""), "mac": _ZERO_MAC}
+    for p in _PERIODS5:
+        x[p + "_energy_fee"] = bill.get(p + "_energy_fee", 0)
+        x[p + "_service_fee"] = bill.get(p + "_service_fee", 0)
+    if mac_key:
+        from firmware.auth import bill_mac
+        import binascii
+        x["mac"] = binascii.hexlify(bill_mac(mac_key, body)).decode().upper()
+    return body + codec.encode_body(_EXTRA, x)
+
+
+def split_payload(payload):
+    """(0x3B body, 0xEB body) of a journal bill record."""
+    n = len(payload) - _EXTRA.size
+    return payload[:n], payload[n:]
+
+
+def _write_atomic(path, data):
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.rename(tmp, path)
+
+
+def _read(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+class Pile:
+    """cfg keys: pile (14 digits), gun ("01"), pile_type (0 DC / 1 AC),
+    hmi_version, sw_version, period_ms, journal_bytes, mac_key (bytes or
+    None), vin_policy (firmware.vinauth.VinPolicy or None)."""
+
+    def __init__(self, cfg, root, clock, uart, meter, contactor, vehicle, fs=None,
+                 log=None, reboot=None):
+        self.cfg = cfg
+        self.root = root
+        self.clock = clock
+        self.pile = cfg["pile"]
+        self.reboot_hook = reboot     # called to reset the board (sim: restart)
+        self._log = log
+        self.events = []              # recent events for the console (bounded)
+        self.journal = Journal(root + "/journal", fs, cfg.get("journal_bytes", 65536),
+                               on_event=self._journal_event)
+        self.report = self.journal.recover()
+        # Sessions cut by a power loss become bills (0x83) at their last checkpoint.
+        self.recovered = self.journal.close_interrupted(self._rebuild)
+        self.outbox = Outbox(self.journal, clock)
+        self.boot_reason = self._boot_reason()
+        tariff = self._load_tariff()
+        g = cfg.get("gun", "01")
+        self.gun = S.Gun(self.pile, g, clock, meter, contactor, vehicle, tariff,
+                         next_serial=self._next_serial, on_open=self._on_open,
+                         on_checkpoint=self._on_checkpoint, on_seal=self._on_seal,
+                         on_start_reply=self._late_start_reply,
+                         vin_policy=cfg.get("vin_policy"), log=self.log,
+                         period_ms=cfg.get("period_ms", 1000))
+        login = {"pile": self.pile, "pile_type": cfg.get("pile_type", 0), "guns": 1,
+                 "proto_version": 16, "sw_version": cfg.get("sw_version", FW_VERSION),
+                 "net_type": 3, "sim": "", "carrier": 4}
+        self.link = Link(uart, clock, login, self._handle, on_online=self._online,
+                         on_offline=self._offline, log=lambda *a: self.log(" ".join(a)))
+        self._rt_at = clock.ticks_ms()
+        self._rt_key = None
+        self._tariff_check = False
+        self._reboot_when = 0         # 0 none, 1 now, 2 when idle
+        self.send_log = None          # optional list: serials of bills sent (tests)
+        if self.recovered:
+            self.event("power_loss_bills", ",".join(self.recovered))
+        if self.report.damaged:
+            self.event("journal_damage", repr(self.report))
+
+    # --- logging and events --------------------------------------------------
+
+    def log(self, msg):
+        if self._log:
+            self._log(self.pile + " " + msg)
+
+    def event(self, kind, detail=""):
+        self.events.append((self.clock.now(), kind, detail))
+        if len(self.events) > 32:
+            self.events.pop(0)
+        self.log("event %s %s" % (kind, detail))
+
+    def _journal_event(self, name, detail):
+        self.event("journal_" + name, str(detail))
+
+    # --- journal glue (the Gun's callbacks) ----------------------------------
+
+    def _on_open(self, serial, header):
+        if self.journal.open_session(serial, header) == "exists":
+            raise ValueError("trade serial %s already in the journal" % serial)
+
+    def _on_checkpoint(self, serial, payload):
+        self.journal.checkpoint(serial, payload)
+
+    def _on_seal(self, serial, bill):
+        r = self.journal.seal(serial, bill_payload(bill, self.cfg.get("mac_key")))
+        self.log("bill %s %s: %d e4kWh, %d e4yuan, reason 0x%02X"
+                 % (serial, r, bill["total_energy"], bill["total_amount"], bill["stop_reason"]))
+
+    def _rebuild(self, serial, header, checkpoint):
+        return bill_payload(S.rebuild_bill(header, checkpoint), self.cfg.get("mac_key"))
+
+    def _next_serial(self):
+        return self.journal.next_serial_counter()
+
+    # --- persisted settings ----------------------------------------------------
+
+    def _load_tariff(self):
+        raw = _read(self.root + "/tariff.bin")
+        if raw:
+            try:
+                return Tariff.unpack_from(raw)[0]
+            except (TariffError, ValueError) as e:
+                self.event("tariff_unreadable", str(e))
+        return self.cfg.get("tariff")
+
+    def set_tariff(self, tariff):
+        _write_atomic(self.root + "/tariff.bin", tariff.pack())
+        self.gun.set_tariff(tariff)
+        self.event("tariff", tariff.model)
+
+    def _boot_reason(self):
+        path = self.root + "/boot"
+        raw = _read(path)
+        if raw:
+            try:
+                os.remove(path)
+            except OSError:
+                pass
+            return raw[0]
+        return BOOT_POWER_ON
+
+    # --- link events -----------------------------------------------------------
+
+    def _online(self):
+        # YKC: after login, stored bills first, then the tariff model check.
+        self.outbox.on_login()
+        self._tariff_check = True
+        self._rt_key = None
+
+    def _offline(self):
+        self.outbox.on_logout()
+
+    def _handle(self, f):
+        v = f.fields
+        c = f.code
+        gun = self.gun
+        link = self.link
+        if c == 0x36:
+            res, why = gun.remote_stop(v["pile"])
+            link.reply(f, "remote_stop_reply", {"pile": self.pile, "gun": gun.gun,
+                                                "result": res, "reason": why})
+        elif c == 0x34 or c == 0xE2:
+            self._start(f, v)
+        elif c == 0x40:
+            r = self.outbox.confirmed(v["serial"], v["result"])
+            if v["result"] == 1:
+                self.event("illegal_bill", v["serial"])
+            self.log("0x40 %s result %d -> %s" % (v["serial"], v["result"], r))
+        elif c == 0xE4:
+            r = self.outbox.settled(v["serial"])
+            link.reply(f, "settled_reply", {"serial": v["serial"],
+                                            "result": 0 if r in ("ok", "duplicate") else 1})
+        elif c == 0x32:
+            res, why = gun.authorised(v["serial"], v["ok"] == 1, v["reason"], v["balance"],
+                                      v["logical_card"])
+            self.log("0x32 %s ok=%d -> %d/%d" % (v["serial"], v["ok"], res, why))
+        elif c == 0x06:
+            if v["result"] != 0:
+                link.send("tariff_request", {"pile": self.pile})
+        elif c == 0x0A or c == 0x58:
+            ok = 1
+            try:
+                self.set_tariff(Tariff.from_frame(v))
+            except (TariffError, ValueError, KeyError) as e:
+                ok = 0
+                self.event("tariff_refused", str(e))
+            if c == 0x58:
+                link.reply(f, "tariff_set_reply", {"pile": self.pile, "result": ok})
+        elif c == 0x12:
+            self._send_realtime()
+        elif c == 0x56:
+            if hasattr(self.clock, "set_now"):
+                self.clock.set_now(v["time"])
+            link.reply(f, "time_sync_reply", {"pile": self.pile, "time": self.clock.now()})
+        elif c == 0x42:
+            ok = gun.balance_update(v["balance"]) if "balance" in v else False
+            if "balance_update_reply" in codec.BY_NAME:
+                link.reply(f, "balance_update_reply", self._balance_reply(v, ok))
+        elif c == 0xE6:
+            link.reply(f, "status_reply", self.status_fields())
+        elif c == 0x92:
+            self._reboot(f, v["when"])
+        else:
+            self.log("frame 0x%02X (%s) not handled" % (c, f.name))
+
+    def _balance_reply(self, v, ok):
+        out = {}
+        for name, kind, size, off in codec.BY_NAME["balance_update_reply"].fields:
+            if name in v:
+                out[name] = v[name]
+            elif name == "result":
+                out[name] = 0 if ok else 1
+            else:
+                out[name] = 0 if kind == "u" else ""
+        out["pile"] = self.pile
+        return out
+
+    def _start(self, f, v):
+        gun = self.gun
+        if self._reboot_when:
+            res, why = 0, S.START_FAULT   # a reboot is on its way
+        else:
+            kw = {}
+            if f.code == 0xE2:
+                kw = {"amount": v["target_amount"], "energy": v["target_energy"],
+                      "minutes": v["target_minutes"], "soc": v["target_soc"]}
+            try:
+                res, why = gun.remote_start(v["serial"], v["card"], v["logical_card"],
+                                            v["balance"], pile=v["pile"], **kw)
+            except JournalFull as e:
+                self.event("journal_full", str(e))
+                res, why = 0, S.START_FAULT
+        self.link.reply(f, "remote_start_reply", {"serial": v["serial"], "pile": self.pile,
+                                                  "gun": gun.gun, "result": res, "reason": why})
+        if res:
+            self._send_realtime()  # YKC: a "charging" realtime frame promptly
+
+    def _late_start_reply(self, serial, result, reason):
+        self.link.send("remote_start_reply", {"serial": serial, "pile": self.pile,
+                                              "gun": self.gun.gun, "result": result,
+                                              "reason": reason})
+
+    # --- reboot (0x92) ---------------------------------------------------------
+
+    def _reboot(self, f, when):
+        # 0x91 result: 1 accepted, 0 refused. Every request is answered.
+        ok = when in (1, 2) and self.reboot_hook is not None
+        self.link.reply(f, "reboot_reply", {"pile": self.pile, "result": 1 if ok else 0})
+        if not ok:
+            self.event("reboot_refused", "when=%d hook=%s" % (when, self.reboot_hook is not None))
+            return
+        self._reboot_when = when
+        self.event("reboot_requested", BOOT_NAMES[when])
+
+    def _maybe_reboot(self):
+        when = self._reboot_when
+        if not when:
+            return
+        if self.gun.state == S.CHARGING:
+            if when == 2:
+                return
+            # "now": end the session cleanly, its bill sealed before the reset.
+            self.gun.remote_stop()
+        _write_atomic(self.root + "/boot", bytes((when,)))
+        self._reboot_when = 0
+        self.log("rebooting (%s)" % BOOT_NAMES[when])
+        self.reboot_hook()
+
+    # --- the loop --------------------------------------------------------------
+
+    def poll(self):
+        """Do everything that is due. Returns ms until something wants to run."""
+        self.link.poll()
+        wait = self.gun.tick()
+        if self.link.online:
+            self._send_bills()
+            if self._tariff_check and self.outbox.due() is None:
+                self._tariff_check = False
+                t = self.gun.tariff
+                self.link.send("tariff_check", {"pile": self.pile,
+                                                "model": t.model if t else "0000"})
+            self._realtime_due()
+        self._maybe_reboot()
+        return wait if wait < 1000 else 1000
+
+    def _send_bills(self):
+        ob = self.outbox
+        while True:
+            d = ob.due()
+            if d is None:
+                return
+            serial, payload = d
+            bill, extra = split_payload(payload)
+            seq = self.link.send_raw(0x3B, bill)
+            self.link.send_raw(0xEB, extra)
+            ob.sent(serial)
+            if self.send_log is not None:
+                self.send_log.append(serial)
+            self.log("bill %s sent (seq %d)" % (serial, seq))
+
+    def _realtime_due(self):
+        g = self.gun
+        key = (g.state, g.vehicle.plugged, g.faults)
+        now = self.clock.ticks_ms()
+        period = _RT_CHARGING_MS if g.state == S.CHARGING else _RT_IDLE_MS
+        if key != self._rt_key or ticks_diff(now, self._rt_at) >= period:
+            self._send_realtime()
+
+    def _send_realtime(self):
+        g = self.gun
+        self._rt_key = (g.state, g.vehicle.plugged, g.faults)
+        self._rt_at = self.clock.ticks_ms()
+        if self.link.online:
+            self.link.send("realtime", g.realtime())
+
+    # --- status (0xE5, console) ---------------------------------------------------
+
+    def status_fields(self):
+        j = self.journal
+        pend = j.pending()
+        return {"pile": self.pile, "pending": len(pend), "unsettled": len(j.confirmed()),
+                "illegal": len(j.illegal_bills()), "journal_used": j.bytes_used(),
+                "journal_limit": self.cfg.get("journal_bytes", 65536),
+                "oldest_pending": pend[0] if pend else "", "state": self.gun.state,
+                "boot_reason": self.boot_reason,
+                "fw_version": self.cfg.get("sw_version", FW_VERSION)[:8],
+                "hmi_version": self.cfg.get("hmi_version", "")[:8]}

@@ -1,0 +1,135 @@
+# A pile running the real firmware on simulated hardware, wired to a scripted
+# platform end over an in-memory UART. Shared by dual-interpreter tests.
+from firmware.loopuart import LoopUart
+from firmware.pile import Pile
+from firmware.sim import SimWorld
+from firmware.tariff import Tariff
+from protocol import codec
+from protocol import fields as F
+
+PILE = "55031412782305"
+T0 = F.to_secs(2026, 11, 24, 10, 0, 0)
+
+
+def tariff4():
+    # sharp 10-12, peak 8-10 and 12-18, flat 18-22, valley otherwise.
+    slots = []
+    for i in range(48):
+        h = i // 2
+        slots.append(0 if 10 <= h < 12 else 1 if 8 <= h < 18 else 2 if 18 <= h < 22 else 3)
+    return Tariff("0100", [(120000, 40000), (100000, 40000), (70000, 40000), (30000, 40000)], slots)
+
+
+class Platform:
+    """The other end of the pile's link: answers login and heartbeats,
+    records every frame, confirms bills if told to."""
+
+    def __init__(self, uart, confirm=True, settle=True):
+        self.uart = uart
+        self.reader = codec.FrameReader()
+        self.frames = []
+        self.confirm = confirm
+        self.settle = settle
+        self.seq = 0x100
+        self.answer_login = True
+
+    def send(self, name, values, seq=None):
+        if seq is None:
+            self.seq += 1
+            seq = self.seq
+        self.uart.write(codec.encode(name, values, seq))
+
+    def pump(self):
+        data = self.uart.read(4096)
+        if not data:
+            return
+        for f in self.reader.push(data):
+            assert isinstance(f, codec.Frame), f
+            self.frames.append(f)
+            v = f.fields
+            if f.name == "login":
+                if self.answer_login:
+                        self.send("login_reply", {"pile": v["pile"], "result": 0}, f.seq)
+            elif f.name == "heartbeat":
+                self.send("heartbeat_reply", {"pile": v["pile"], "gun": v["gun"], "reply": 0}, f.seq)
+            elif f.name == "tariff_check":
+                self.send("tariff_check_reply", {"pile": v["pile"], "model": v["model"], "result": 0},
+                          f.seq)
+            elif f.name in ("bill", "bill5") and self.confirm:
+                self.send("bill_confirm", {"serial": v["serial"], "result": 0}, f.seq)
+                if self.settle:
+                    self.send("settled", {"serial": v["serial"], "result": 0})
+
+    def named(self, name):
+        return [f for f in self.frames if f.name == name]
+
+    def bills(self):
+        return [f for f in self.frames if f.name in ("bill", "bill5")]
+
+
+class Rig:
+    """One pile + world + platform; reboot() keeps the flash folder."""
+
+    def __init__(self, root, power_w=60000, soc=20, confirm=True, settle=True, vin=None, cfg=None):
+        self.root = root
+        self.world = SimWorld(now=T0, pile_max_w=power_w, soc=soc, vin=vin)
+        self.cfg = {"pile": PILE, "gun": "01", "tariff": tariff4(), "hmi_version": "103"}
+        if cfg:
+            self.cfg.update(cfg)
+        self.confirm = confirm
+        self.settle = settle
+        self.reboots = 0
+        self.boot()
+
+    def boot(self):
+        a, b = LoopUart.pair()
+        w = self.world
+        old = getattr(self, "platform", None)
+        if old is not None:
+            old.pump()  # what the pile wrote before the reset still arrives
+        self.pile = Pile(self.cfg, self.root, w.clock, a, w.meter, w.contactor, w.vehicle,
+                         reboot=self._reboot)
+        self.platform = Platform(b, self.confirm, self.settle)
+        if old is not None:  # one platform history across the pile's boots
+            self.platform.frames = old.frames
+            self.platform.confirm = old.confirm
+
+    def _reboot(self):
+        self.reboots += 1
+        self.world.contactor.open()
+        self.boot()
+
+    def run(self, ms, until=None):
+        clock = self.world.clock
+        end = clock.ticks_ms() + ms
+        while clock.ticks_ms() < end:
+            d = self.pile.poll()
+            self.platform.pump()
+            if until is not None and until():
+                return True
+            left = end - clock.ticks_ms()
+            clock.sleep_ms(max(1, min(d, left, 1000)))
+        return until is None
+
+    def online(self):
+        self.run(30000, lambda: self.pile.link.online)
+        assert self.pile.link.online
+
+    def start(self, serial, balance=100000, **targets):
+        if targets:
+            v = {"serial": serial, "pile": PILE, "gun": "01", "logical_card": "1000000573",
+                 "card": "D14B0A54", "balance": balance, "target_amount": targets.get("amount", 0),
+                 "target_energy": targets.get("energy", 0), "target_minutes": targets.get("minutes", 0),
+                 "target_soc": targets.get("soc", 0), "flags": 0}
+            self.platform.send("ext_start", v)
+        else:
+            self.platform.send("remote_start", {"serial": serial, "pile": PILE, "gun": "01",
+                                                "logical_card": "1000000573", "card": "D14B0A54",
+                                                "balance": balance})
+
+    def stop(self):
+        self.platform.send("remote_stop", {"pile": PILE, "gun": "01"})
+
+
+def serial(n):
+    return PILE + "01" + "261124100000" + "%04d" % n

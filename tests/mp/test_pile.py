@@ -1,0 +1,158 @@
+# The whole pile firmware (link + gun + journal + outbox) against a scripted
+# platform, on simulated hardware: the field cases end to end.
+from firmware import session as S
+from tests.mp.pilekit import Rig, serial
+from tests.mp.util import rmtree, tmpdir
+
+
+def _rig(**kw):
+    return Rig(tmpdir("pile"), **kw)
+
+
+def test_triple_stop_yields_one_bill_confirmed_and_settled():
+    r = _rig()
+    try:
+        r.online()
+        r.start(serial(1))
+        r.run(120000)
+        for _ in range(3):
+            r.stop()
+            r.run(2000)
+        replies = r.platform.named("remote_stop_reply")
+        assert [(f.fields["result"], f.fields["reason"]) for f in replies] == [(1, 0), (0, 2), (0, 2)]
+        r.run(60000)
+        bills = r.platform.bills()
+        assert len(bills) == 1 and bills[0].fields["serial"] == serial(1)
+        b = bills[0].fields
+        assert b["stop_reason"] == 0x40 and b["total_energy"] > 0
+        assert b["total_energy"] == b["meter_stop"] - b["meter_start"]
+        assert r.pile.journal.status(serial(1)) == "settled"
+        assert len(r.platform.named("bill_extra")) == 1
+    finally:
+        rmtree(r.root)
+
+
+def test_stop_after_auto_stop_yields_one_bill():
+    r = _rig()
+    try:
+        r.online()
+        r.start(serial(2), amount=10000)  # 1 yuan target
+        r.run(300000, lambda: r.pile.gun.state == S.FINISHED)
+        r.stop()
+        r.run(60000)
+        bills = r.platform.bills()
+        assert len(bills) == 1
+        assert bills[0].fields["stop_reason"] == 0x43
+        assert bills[0].fields["total_amount"] <= 10000
+        assert r.platform.named("remote_stop_reply")[-1].fields["reason"] == 2
+    finally:
+        rmtree(r.root)
+
+
+def test_unconfirmed_bill_is_resent_with_the_same_bytes_until_confirmed():
+    r = _rig(confirm=False)
+    try:
+        r.online()
+        r.start(serial(3))
+        r.run(60000)
+        r.stop()
+        r.run(200000)
+        bills = r.platform.bills()
+        assert len(bills) >= 3
+        assert len(set([f.body for f in bills])) == 1
+        r.platform.confirm = True
+        r.run(700000)
+        assert r.pile.journal.status(serial(3)) == "settled"
+    finally:
+        rmtree(r.root)
+
+
+def test_power_cut_mid_session_bills_at_last_checkpoint_after_boot():
+    r = _rig()
+    try:
+        r.online()
+        r.start(serial(4))
+        r.run(300000)   # 5 minutes at 60 kW: checkpoints written
+        assert r.pile.gun.state == S.CHARGING
+        r.world.contactor.open()
+        r.boot()        # power cut: a new Pile on the same flash folder
+        assert r.pile.recovered == [serial(4)]
+        r.online()
+        r.run(30000)
+        bills = r.platform.bills()
+        assert len(bills) == 1 and bills[0].fields["stop_reason"] == 0x83
+        assert bills[0].fields["total_energy"] > 0
+    finally:
+        rmtree(r.root)
+
+
+def test_bills_wait_for_the_link_and_go_first_after_login():
+    r = _rig()
+    try:
+        r.platform.answer_login = False  # the platform is unreachable
+        r.pile.gun.offline_start("D14B0A54")
+        r.run(60000)
+        r.pile.gun.manual_stop()
+        pending = r.pile.journal.pending()
+        assert len(pending) == 1 and r.platform.bills() == []
+        r.platform.answer_login = True
+        r.online()
+        r.run(20000)
+        names = [f.name for f in r.platform.frames]
+        i = names.index("login_reply") if "login_reply" in names else 0
+        after = [n for n in names[i:] if n in ("bill", "tariff_check")]
+        assert after[0] == "bill" and "tariff_check" in after
+    finally:
+        rmtree(r.root)
+
+
+def test_reboot_now_seals_the_running_session_first_and_reports_boot_reason():
+    r = _rig()
+    try:
+        r.online()
+        r.start(serial(6))
+        r.run(60000)
+        r.platform.send("reboot", {"pile": r.pile.pile, "when": 1})
+        r.run(5000, lambda: r.reboots == 1)
+        assert r.reboots == 1
+        assert r.platform.named("reboot_reply")[0].fields["result"] == 1
+        assert r.pile.boot_reason == 1
+        r.online()
+        r.run(30000)
+        bills = r.platform.bills()
+        assert len(bills) == 1 and bills[0].fields["stop_reason"] == 0x40
+    finally:
+        rmtree(r.root)
+
+
+def test_reboot_when_idle_waits_for_the_session_to_end():
+    r = _rig()
+    try:
+        r.online()
+        r.start(serial(7))
+        r.run(30000)
+        r.platform.send("reboot", {"pile": r.pile.pile, "when": 2})
+        r.run(60000)
+        assert r.reboots == 0 and r.pile.gun.state == S.CHARGING
+        r.stop()
+        r.run(5000, lambda: r.reboots == 1)
+        assert r.reboots == 1 and r.pile.boot_reason == 2
+    finally:
+        rmtree(r.root)
+
+
+def test_status_query_reports_journal_and_versions():
+    r = _rig(confirm=False)
+    try:
+        r.online()
+        r.start(serial(8))
+        r.run(30000)
+        r.stop()
+        r.run(5000)
+        r.platform.send("status_query", {"pile": r.pile.pile})
+        r.run(2000)
+        st = r.platform.named("status_reply")[-1].fields
+        assert st["pending"] == 1 and st["oldest_pending"] == serial(8)
+        assert st["hmi_version"] == "103" and st["fw_version"].startswith("pc")
+    finally:
+        rmtree(r.root)
