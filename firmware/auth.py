@@ -328,8 +328,10 @@ def verify_bill_mac(key, bill_body, mac):
 # --- atomic records on flash (shared with firmware/upgrade.py) ---------------
 
 class _OsFs:
-    """The filesystem calls we use, on the real `os` (an injected fs, e.g. a
-    power-cut simulator, offers the same names)."""
+    """The filesystem calls we use, on the real `os`. An injected fs (e.g.
+    firmware.flashsim.FlashSim, the journal's interface) needs open, rename,
+    remove, stat, listdir; sync, mkdir, rmdir and statvfs are used if it has
+    them."""
 
     def open(self, path, mode):
         return open(path, mode)
@@ -355,6 +357,23 @@ class _OsFs:
     def statvfs(self, path):
         return os.statvfs(path)
 
+    def sync(self, f=None, path=None):
+        # CPython: fsync the file (or the folder after a rename) so a host
+        # crash keeps the order; MicroPython: close() commits on littlefs.
+        fsync = getattr(os, "fsync", None)
+        if fsync is None:
+            return
+        if f is not None:
+            f.flush()
+            fsync(f.fileno())
+        elif path is not None:
+            d = path.rsplit("/", 1)[0] if "/" in path else "."
+            fd = os.open(d or "/", os.O_RDONLY)
+            try:
+                fsync(fd)
+            finally:
+                os.close(fd)
+
 
 OS = _OsFs()
 
@@ -371,12 +390,17 @@ def save_atomic(fs, path, data):
     """Write `data` to path.tmp, then rename over path. The rename is the
     commit; FAT renames by delete + rename, which load_atomic() covers."""
     tmp = path + ".tmp"
+    sync = getattr(fs, "sync", None)
     f = fs.open(tmp, "wb")
     try:
         f.write(data)
+        if sync:
+            sync(f)
     finally:
         f.close()
     fs.rename(tmp, path)
+    if sync:
+        sync(None, path)
 
 
 def load_atomic(fs, path, valid):

@@ -6,6 +6,10 @@
 #   fw/state.json   the state record below, replaced by temp file + rename
 #   fw/stage.img    the image being received (its size is the progress)
 #   fw/a/ fw/b/     the two slots: unpacked image files + slot.json manifest
+#                   {version, seq, sha256, files, complete}: written with
+#                   complete false before the first file is unpacked (so an
+#                   interrupted install can always be cleaned up, even on a
+#                   flat fs), then complete true
 #
 # state.json (JSON object, "fmt": 1):
 #   active, previous  "a" / "b" (previous None on a factory board)
@@ -231,7 +235,7 @@ class Updater:
         best = None
         for s in SLOTS:
             m = self._manifest(s)
-            if m is not None:
+            if m is not None and m["complete"]:
                 st["versions"][s] = m["version"]
                 if best is None or m["seq"] > best[1]:
                     best = (s, m["seq"])
@@ -253,6 +257,8 @@ class Updater:
             m = json.loads(raw.decode())
             m["version"] + ""
             m["seq"] + 0
+            m["files"] + []
+            m["complete"]
             return m
         except (ValueError, KeyError, TypeError, UnicodeError):
             return None
@@ -398,18 +404,22 @@ class Updater:
             return False, R_STAGE
         dl = st["dl"]
         slot = dl["slot"]
+        sha = binascii.unhexlify(dl["sha256"])
+        seq = st["seq"] + 1
         self._set(INSTALLING)
         path = self.slot_path(slot)
         try:
-            _rmtree(self.fs, path)
-            _makedirs(self.fs, path)
-            # The image is hashed again as it is unpacked: what lands in the
-            # slot is exactly what was verified, even after weeks on flash.
-            reason = self._walk(path, binascii.unhexlify(dl["sha256"]))
+            names = []
+            reason = self._walk(None, sha, names)
             if reason is None:
-                seq = st["seq"] + 1
-                auth.save_atomic(self.fs, path + "/" + MANIFEST, json.dumps(
-                    {"version": dl["version"], "seq": seq, "sha256": dl["sha256"]}).encode())
+                self._clear(slot)
+                _makedirs(self.fs, path)
+                self._manifest_write(slot, dl, seq, names, False)
+                # Hashed again as it is unpacked: what lands in the slot is
+                # exactly what was verified, even after weeks on flash.
+                reason = self._walk(path, sha)
+            if reason is None:
+                self._manifest_write(slot, dl, seq, names, True)
         except OSError:
             reason = R_IO
         if reason is not None:
@@ -509,9 +519,26 @@ class Updater:
         # the image, then its unpacked copy; the target slot's old files go first
         return v[1] * v[4] + _tree_size(self.fs, self.slot_path(self._target())) >= 2 * size
 
-    def _walk(self, dest, sha):
+    def _manifest_write(self, slot, dl, seq, names, complete):
+        auth.save_atomic(self.fs, self.slot_path(slot) + "/" + MANIFEST, json.dumps(
+            {"version": dl["version"], "seq": seq, "sha256": dl["sha256"], "files": names,
+             "complete": complete}).encode())
+
+    def _clear(self, slot):
+        """Empty a slot: the files its manifest names (a flat fs lists no
+        folders), then whatever listdir still shows."""
+        path = self.slot_path(slot)
+        m = self._manifest(slot)
+        if m is not None:
+            for n in m["files"]:
+                auth._try_remove(self.fs, path + "/" + n)
+        auth._try_remove(self.fs, path + "/" + MANIFEST)
+        _rmtree(self.fs, path)
+
+    def _walk(self, dest, sha, names=None):
         """Parse the staged image, writing its files under dest (None: check
-        only). Returns None, or a reason (bad sha256 wins over bad image)."""
+        only) and listing their names in `names`. Returns None, or a reason
+        (bad sha256 wins over bad image)."""
         try:
             f = self.fs.open(self._stage_path, "rb")
         except OSError:
@@ -528,6 +555,8 @@ class Updater:
                         break
                     name = bytes(r.take(n)).decode()
                     _check_name(name)
+                    if names is not None:
+                        names.append(name)
                     size = struct.unpack("<I", bytes(r.take(4)))[0]
                     out = None
                     if dest is not None:
@@ -553,6 +582,9 @@ class Updater:
 
 
 def _makedirs(fs, path, parent_only=False):
+    mkdir = getattr(fs, "mkdir", None)
+    if mkdir is None:
+        return          # a flat fs (FlashSim): folders are implied by names
     parts = path.split("/")
     if parent_only:
         parts = parts[:-1]
@@ -562,7 +594,7 @@ def _makedirs(fs, path, parent_only=False):
         if not p:
             continue
         try:
-            fs.mkdir(cur)
+            mkdir(cur)
         except OSError:
             pass
 
@@ -585,7 +617,9 @@ def _rmtree(fs, path):
             _rmtree(fs, p)
         else:
             fs.remove(p)
-    fs.rmdir(path)
+    rmdir = getattr(fs, "rmdir", None)
+    if rmdir is not None:
+        rmdir(path)
 
 
 def _tree_size(fs, path):

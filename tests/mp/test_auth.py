@@ -6,6 +6,7 @@ import struct
 
 from firmware import auth
 from firmware.auth import CommandAuth, CounterStore
+from firmware.flashsim import FlashSim, PowerCut
 from tests.mp.util import tmpdir, rmtree
 
 PILE = "55031412782305"
@@ -318,3 +319,26 @@ def test_key_file_in_hex_or_raw():
             pass
     finally:
         rmtree(d)
+
+
+def test_power_cut_after_every_byte_of_a_counter_write_never_reopens_a_replay():
+    base = FlashSim()
+    CounterStore("/c", base).save(5)
+    k = 0
+    while True:
+        sim = FlashSim(k)
+        sim.files = {"/c": bytearray(base.files["/c"])}
+        a = CommandAuth(KEY, CounterStore("/c", sim))
+        mac = a.sign(PILE, 6, STOP, STOP_BODY)
+        try:
+            ok = a.verify(PILE, 6, STOP, STOP_BODY, mac)
+        except PowerCut:
+            ok = None                 # the command never ran
+        sim.reboot()
+        b = CommandAuth(KEY, CounterStore("/c", sim))
+        assert b.last in (5, 6), (k, b.last)
+        if ok == (True, None):
+            assert b.last == 6        # accepted means on flash
+            break
+        k += 1
+    assert k > 8

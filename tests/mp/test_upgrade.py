@@ -6,6 +6,7 @@ import os
 
 from firmware import auth
 from firmware import upgrade as U
+from firmware.flashsim import FlashSim, PowerCut as SimCut
 from firmware.upgrade import Updater, UpgradeError
 from tests.mp.util import tmpdir, rmtree
 
@@ -591,3 +592,87 @@ def test_power_cut_at_every_write_of_a_boot_count_keeps_the_rollback():
             rmtree(d)
         if not cut:
             break
+
+
+# --- the same on the shared flash simulator (a flat fs: no folders) -------------
+
+def clone(sim, cut_after=None):
+    c = FlashSim(cut_after)
+    for k in sim.files:
+        c.files[k] = bytearray(sim.files[k])
+    return c
+
+
+TINY = U.pack_image([("main.py", b"print(2)\n"), ("lib/x.py", b"X = 1\n")])
+
+
+def test_flashsim_power_cut_after_every_byte_and_rename_of_an_activation():
+    base = FlashSim()
+    up = Updater("/p", KEY, fs=base, factory_version="1.0")
+    up.begin(*announce(TINY, "2.0"))
+    send(up, TINY, 0)
+    assert up.verify() == (True, None)
+    k = 0
+    while True:
+        sim = clone(base, k)
+        try:
+            Updater("/p", KEY, fs=sim).activate(True)
+            cut = False
+        except SimCut:
+            cut = True
+        sim.reboot()
+        up = Updater("/p", KEY, fs=sim)
+        if up.boot_select() == "b":                  # committed
+            assert up.status()["pending"] and "/p/fw/stage.img" not in sim.files
+        else:                                        # not committed: still verified, retry works
+            assert cut and up.status()["stage"] == "verified", (k, up.status())
+            assert up.activate(True) == (True, None)
+            assert Updater("/p", KEY, fs=sim).boot_select() == "b"
+        assert sim.files["/p/fw/b/main.py"] == b"print(2)\n"
+        assert sim.files["/p/fw/b/lib/x.py"] == b"X = 1\n"
+        if not cut:
+            break
+        k += 1
+    assert k > 200, k                                # every unit of the activation was cut once
+
+
+def test_flashsim_power_cuts_during_transfer_resume_from_the_bytes_kept():
+    img = image("2.0")
+    ann = announce(img, "2.0")
+    sim = FlashSim()
+    Updater("/p", KEY, fs=sim).begin(*ann)
+    torn = []
+    for k in (37, 200, 1, 300):                      # units from each reboot
+        sim.reboot(sim.units + k)
+        up = Updater("/p", KEY, fs=sim)
+        try:
+            off = up.begin(*ann)
+            send(up, img, off)
+        except SimCut:
+            torn.append(sim.partial)                 # a chunk cut mid-write
+    sim.reboot()
+    up = Updater("/p", KEY, fs=sim)
+    send(up, img, up.begin(*ann))
+    assert len(torn) == 4 and torn[0][0] == "/p/fw/stage.img" and torn[0][1] < torn[0][2]
+    assert up.verify() == (True, None)
+    assert up.activate(True) == (True, None)
+
+
+def test_flashsim_rollback_and_slot_reuse_without_folders():
+    sim = FlashSim()
+    up = Updater("/p", KEY, fs=sim, factory_version="1.0")
+    up.begin(*announce(TINY, "2.0"))
+    send(up, TINY, 0)
+    up.verify()
+    up.activate(True)
+    for _ in range(4):
+        slot = Updater("/p", KEY, fs=sim).boot_select()
+    assert slot == "a"
+    up = Updater("/p", KEY, fs=sim)
+    img = U.pack_image([("main.py", b"print(3)\n")])
+    up.begin(*announce(img, "3.0"))
+    send(up, img, 0)
+    up.verify()
+    assert up.activate(True) == (True, None)
+    assert sim.files["/p/fw/b/main.py"] == b"print(3)\n"
+    assert "/p/fw/b/lib/x.py" not in sim.files     # the old slot's files went first
