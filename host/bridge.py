@@ -310,7 +310,9 @@ class Bridge:
             self.stats["bills_resent"] += 1
             log.info("pile %s: bill %s already held (resend %d): 0x40 again", pile.code, serial,
                      bill.resends)
-            if bill.confirmed_at is not None and bill.settled_at is None and pile.ext:
+            # Already settled by the platform: tell the pile again (it resends
+            # a bill it has no settlement for, e.g. after losing its record).
+            if bill.confirmed_at is not None and pile.ext:
                 conn.spawn(self._settle(pile, bill.serial, bill.confirm_result or 0))
         else:
             self.stats["bills_conflict"] += 1
@@ -343,13 +345,19 @@ class Bridge:
             self.event(pile.code, "serial_conflict", "bill_extra %s received again with different "
                        "content; the first copy is kept" % serial, serial=serial, frame_type="bill_extra")
         elif kind == "new" and bill is not None:
-            if bill.published_at is not None:
-                # The bill went out without it (it came after extra_wait_s).
+            if bill.confirmed_at is not None:
+                # The platform already took the bill without it: say so.
                 self.event(pile.code, "bill_extra_late",
-                           "fee split for bill %s arrived after the bill was published" % serial,
-                           serial=serial, extra=schema.scaled_fields("bill_extra", f.fields),
-                           frame=schema.hexs(self._raw(f)))
-            self.outbox.kick(pile.code)
+                           "fee split for bill %s arrived after the platform confirmed the bill"
+                           % serial, serial=serial,
+                           extra=schema.scaled_fields("bill_extra", f.fields),
+                           raw=dict(f.fields), frame=schema.hexs(self._raw(f)))
+            elif bill.published_at is not None:
+                # Out without it (it came after extra_wait_s): publish the
+                # completed bill again now; same serial, "complete": true.
+                self.outbox.kick(pile.code, republish=bill.id)
+            else:
+                self.outbox.kick(pile.code)
 
     def on_confirm(self, pile_code, payload):
         try:

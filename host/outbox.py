@@ -35,12 +35,17 @@ class Outbox:
         self.cfg = bridge.cfg["bills"]
         self._wake = {}
         self._tasks = {}
+        self._force = {}
         self._events_wake = asyncio.Event()
         self._events_task = None
         self.published = 0       # bill publications (first and repeated)
         self.republished = 0
 
-    def kick(self, pile):
+    def kick(self, pile, republish=None):
+        """Wake `pile`'s publisher; `republish`: a bill id to publish again
+        now (its 0xEB came after it went out)."""
+        if republish is not None:
+            self._force.setdefault(pile, set()).add(republish)
         ev = self._wake.get(pile)
         if ev is None:
             ev = self._wake[pile] = asyncio.Event()
@@ -87,9 +92,10 @@ class Outbox:
                 wait = None
                 batch = []
                 ext = b.pile_ext(pile)
+                force = self._force.pop(pile, ())
                 for r in rows:
                     s = sent.get(r.id)
-                    if s is not None and s.gen == gen and now < s.due:
+                    if s is not None and s.gen == gen and now < s.due and r.id not in force:
                         wait = s.due - now if wait is None else min(wait, s.due - now)
                         continue
                     if ext and r.extra is None and wall < r.received_at + self.cfg["extra_wait_s"]:
@@ -105,7 +111,7 @@ class Outbox:
                     key = (r.id, r.extra is not None)
                     payload = cache.get(key)
                     if payload is None:
-                        payload = json.dumps(schema.bill_json(b.site, r), separators=(",", ":"))
+                        payload = json.dumps(schema.bill_json(b.site, r, ext=ext), separators=(",", ":"))
                         cache[key] = payload
                     await mqtt.publish(b.topics.bills(pile), payload, qos=1)
                     s = sent.get(r.id)

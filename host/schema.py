@@ -120,8 +120,10 @@ def check_bill(fields, extra=None):
     return problems
 
 
-def bill_json(site, bill, frame=None, extra_frame=None):
-    """The MQTT bill document for a store.Bill (see docs/mqtt.md)."""
+def bill_json(site, bill, frame=None, extra_frame=None, ext=True):
+    """The MQTT bill document for a store.Bill (see docs/mqtt.md). `ext`:
+    the pile sends a 0xEB fee split (our firmware); a bill from such a pile
+    without one yet is published with "complete": false."""
     frame = frame or codec.decode(bill.frame, tolerant=True)
     f = frame.fields
     extra = None
@@ -179,6 +181,7 @@ def bill_json(site, bill, frame=None, extra_frame=None):
         "stop_reason": stop_reason(f["stop_reason"]),
         "card": f["card"],
         "mac": extra["mac"] if extra is not None else None,
+        "complete": extra is not None or not ext,
         "checks": {"ok": not problems, "problems": problems},
         "crc_swapped": bool(bill.crc_swapped),
         "frame": hexs(bill.frame),

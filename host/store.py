@@ -298,10 +298,16 @@ def _one_bill(db, serial):
     return Bill(row) if row else None
 
 
+def _body(frame):
+    # A resend is the same bill when its type and body are: the sequence
+    # number (and so the CRC) of a resent frame may differ.
+    return frame[5:-2]
+
+
 def _add_bill(db, pile, serial, frame, crc_swapped, now):
     old = _one_bill(db, serial)
     if old is not None:
-        if old.frame == frame:
+        if _body(old.frame) == _body(frame):
             db.execute("UPDATE bills SET resends = resends + 1 WHERE id = ?", (old.id,))
             old.resends += 1
             return "same", old
@@ -321,7 +327,7 @@ def _add_bill(db, pile, serial, frame, crc_swapped, now):
 def _add_extra(db, serial, frame, now):
     old = db.execute("SELECT frame FROM extras WHERE serial = ?", (serial,)).fetchone()
     if old is not None:
-        if bytes(old[0]) == frame:
+        if _body(bytes(old[0])) == _body(frame):
             return "same", _one_bill(db, serial)
         db.execute("INSERT INTO rejected (serial, pile, kind, frame, reason, received_at) "
                    "VALUES (?, NULL, 'extra_conflict', ?, ?, ?)",

@@ -188,7 +188,10 @@ class ScriptedPile:
         self.confirmed = collections.defaultdict(list)   # serial -> [0x40 results]
         self.settled = {}                     # serial -> 0xE4 result
         self.settled_count = collections.Counter()
-        self.journal = collections.OrderedDict()   # serial -> (bill values, extra) until 0x40
+        self.journal = collections.OrderedDict()   # serial -> (bill, extra) until answered
+        self.extra_acked = collections.Counter()     # serial -> 0xEC received
+        self._bill_done = set()                      # serials with a 0x40
+        self._extra_done = set()                     # serials with a 0xEC
         self.silent = set()                   # frame names not to answer
         self.start_result = (1, 0)
         self.stop_result = (1, 0)
@@ -310,20 +313,41 @@ class ScriptedPile:
                 "faults": faults}
 
     async def send_bill(self, values, extra=None, timeout=None):
-        """Journal the bill, send it (and its 0xEB), wait for its 0x40. Returns
-        the 0x40 result; raises asyncio.TimeoutError if none comes."""
+        """Journal the bill, send it (and its 0xEB), wait for its 0x40 (and
+        the 0xEC for the 0xEB). Returns the 0x40 result; raises
+        asyncio.TimeoutError if the answers do not come. The bill leaves the
+        journal once both answers came, as in our firmware."""
         serial = values["serial"]
+        if not self.ext:
+            extra = None
         self.journal.setdefault(serial, (values, extra))
+        t = self.reply_timeout if timeout is None else timeout
+        need_bill = serial not in self._bill_done
+        need_extra = extra is not None and serial not in self._extra_done
+        n = len(self.confirmed[serial])
+        m = self.extra_acked[serial]
+        if need_bill:
+            await self.send("bill", values)
+        if need_extra:
+            await self.send("bill_extra", extra)
+        if need_bill:
+            await self.wait_for(lambda: len(self.confirmed[serial]) > n, t)
+        if need_extra:
+            await self.wait_for(lambda: self.extra_acked[serial] > m, t)
+        self.journal.pop(serial, None)
+        return self.confirmed[serial][-1]
+
+    async def resend_bill(self, values):
+        """Send a bill again regardless of the journal (a pile that lost
+        track of its 0x40); returns the new 0x40 result."""
+        serial = values["serial"]
         n = len(self.confirmed[serial])
         await self.send("bill", values)
-        if extra is not None and self.ext:
-            await self.send("bill_extra", extra)
-        await self.wait_for(lambda: len(self.confirmed[serial]) > n,
-                            self.reply_timeout if timeout is None else timeout)
+        await self.wait_for(lambda: len(self.confirmed[serial]) > n, self.reply_timeout)
         return self.confirmed[serial][-1]
 
     async def flush_journal(self, timeout=None):
-        """Send every journaled bill not yet confirmed by a 0x40, in order."""
+        """Send again, in order, every journaled bill (or 0xEB) not yet answered."""
         for serial, (values, extra) in list(self.journal.items()):
             if serial in self.journal:
                 await self.send_bill(values, extra, timeout)
@@ -336,7 +360,10 @@ class ScriptedPile:
         try:
             if f.name == "bill_confirm":
                 self.confirmed[v["serial"]].append(v["result"])
-                self.journal.pop(v["serial"], None)
+                self._bill_done.add(v["serial"])
+            elif f.name == "bill_extra_ack":
+                self.extra_acked[v["serial"]] += 1
+                self._extra_done.add(v["serial"])
             elif f.name in self.silent:
                 pass
             elif f.name == "settled":

@@ -1,0 +1,240 @@
+# Custody under failure: the broker restarts, the bridge is SIGKILLed, the
+# platform goes silent, confirmations come twice, piles resend. Every bill
+# must reach the platform and be settled on its pile, none stored twice.
+import asyncio
+import sqlite3
+
+from host.testkit import ScriptedPile, TcpTransport, make_bill, make_extra
+from tests.test_bridge_helpers import (
+    PILE_A, PILE_B, BridgeProcess, Platform, bridge_running, connect_pile, fast_config, run,
+    tempdir, until, url_of)
+
+
+def db_all(path, sql, args=()):
+    db = sqlite3.connect(path)
+    try:
+        return db.execute(sql, args).fetchall()
+    finally:
+        db.close()
+
+
+def test_broker_restart_mid_stream_loses_no_bill(mosquitto):
+    async def scenario(tmp):
+        cfg = fast_config(tmp, url_of(mosquitto), bills={"retry_initial_s": 1.0},
+                          pile={PILE_B: {"ext": False}})
+        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
+            pa = await connect_pile(PILE_A, b.tcp_port)
+            pb = await connect_pile(PILE_B, b.tcp_port, ext=False)
+            bills = [make_bill(PILE_A, i) for i in range(10)] + [make_bill(PILE_B, i) for i in range(10)]
+            loop = asyncio.get_running_loop()
+            restarted = None
+            for i, bill in enumerate(bills):
+                pile = pa if bill["pile"] == PILE_A else pb
+                # Piles keep sending while the broker is away: the bridge
+                # still takes custody (0x40) and holds the bills in SQLite.
+                assert await pile.send_bill(bill, make_extra(bill)) == 0
+                if i == 6:
+                    restarted = loop.run_in_executor(None, mosquitto.restart)
+            await restarted
+            serials = {x["serial"] for x in bills}
+            await plat.wait_for(lambda: serials <= set(plat.bills), timeout=20)
+            await pa.wait_for(lambda: {s for s in serials if s.startswith(PILE_A)} <= set(pa.settled),
+                              timeout=20)
+            await until(lambda: db_all(cfg["database"], "SELECT COUNT(*) FROM bills "
+                                       "WHERE confirmed_at IS NOT NULL AND settled_at IS NOT NULL")
+                        == [(20,)], timeout=20, what="all 20 confirmed and settled")
+            assert b.mqtt.connects >= 2
+            # Third-party pile (ext false): never sent a 0xE4.
+            assert pb.received("settled") == []
+            await pa.close()
+            await pb.close()
+    with tempdir("brokerrestart") as tmp:
+        run(scenario(tmp))
+
+
+def test_bridge_sigkill_mid_flight_loses_and_duplicates_nothing(mosquitto):
+    async def scenario(tmp):
+        cfg = fast_config(tmp, url_of(mosquitto), log_level="info",
+                          bills={"retry_initial_s": 1.0, "extra_wait_s": 0.2})
+        proc = BridgeProcess(tmp, cfg)
+        plat = Platform(url_of(mosquitto), confirm=False)
+        await plat.__aenter__()
+        pile = None
+        try:
+            await proc.start()
+            pile = ScriptedPile(PILE_A, await TcpTransport.connect("127.0.0.1", proc.tcp_port),
+                                reply_timeout=2.0)
+            assert await pile.login() == 0
+            bills = [make_bill(PILE_A, i) for i in range(12)]
+
+            async def reconnect():
+                # What a YKC pile does when its link drops: dial, log in, then
+                # send its journal (unconfirmed bills) first.
+                await pile.close()
+                pile.attach(await TcpTransport.connect("127.0.0.1", proc.tcp_port))
+                assert await pile.login() == 0
+                await pile.flush_journal()
+
+            # 1. Bills in custody, the platform not confirming: SIGKILL.
+            for bill in bills[:4]:
+                assert await pile.send_bill(bill, make_extra(bill)) == 0
+            proc.kill()
+            await proc.wait()
+            await proc.start()
+            await reconnect()
+            # 2. SIGKILL with a bill on the wire, maybe before its commit,
+            # maybe before its 0x40 left.
+            for bill in bills[4:6]:
+                assert await pile.send_bill(bill, make_extra(bill)) == 0
+            await pile.send("bill", bills[6])
+            proc.kill()
+            pile.journal[bills[6]["serial"]] = (bills[6], None)
+            await proc.wait()
+            await proc.start()
+            await reconnect()
+            # 3. The platform answers again; SIGKILL while confirmations and
+            # settlements are in flight.
+            plat.confirm = True
+            for s in list(plat.bills):
+                await plat.confirm_bill(PILE_A, s)
+            for bill in bills[7:10]:
+                assert await pile.send_bill(bill, make_extra(bill)) == 0
+            proc.kill()
+            await proc.wait()
+            await proc.start()
+            await reconnect()
+            for bill in bills[10:]:
+                assert await pile.send_bill(bill, make_extra(bill)) == 0
+            serials = [b_["serial"] for b_ in bills]
+            await plat.wait_for(lambda: set(serials) <= set(plat.bills), timeout=30)
+            await pile.wait_for(lambda: set(serials) <= set(pile.settled), timeout=30)
+            # The pile's 0xE3 answers reach the bridge's store.
+            await until(lambda: db_all(cfg["database"], "SELECT COUNT(*) FROM bills WHERE "
+                                       "settled_at IS NOT NULL") == [(12,)], what="12 settled")
+            await proc.stop()
+            rows = db_all(cfg["database"], "SELECT serial, pile_seq, confirmed_at IS NOT NULL, "
+                          "settled_at IS NOT NULL FROM bills ORDER BY id")
+            assert [r[0] for r in rows] == serials          # each once, in the pile's order
+            assert [r[1] for r in rows] == list(range(1, 13))
+            assert all(r[2] and r[3] for r in rows)
+            # Every fee split (0xEB) is held too, and reached the platform:
+            # in the bill, or (when it came after the confirmation) as an event.
+            assert db_all(cfg["database"], "SELECT COUNT(*) FROM extras") == [(11,)]
+            late = {e["serial"] for e in plat.events if e["type"] == "bill_extra_late"}
+            assert all(plat.bills[s]["energy_fee"] is not None or s in late for s in serials
+                       if s != bills[6]["serial"])
+            assert proc.runs == 4
+        finally:
+            if pile is not None:
+                await pile.close()
+            await plat.__aexit__(None, None, None)
+            await proc.stop()
+    with tempdir("sigkill") as tmp:
+        run(scenario(tmp), timeout=90)
+
+
+def test_platform_silent_then_back_bills_republished_with_backoff(mosquitto):
+    async def scenario(tmp):
+        cfg = fast_config(tmp, url_of(mosquitto),
+                          bills={"retry_initial_s": 0.1, "retry_max_s": 0.4})
+        async with bridge_running(cfg) as b, Platform(url_of(mosquitto), confirm=False) as plat:
+            pile = await connect_pile(PILE_A, b.tcp_port)
+            bills = [make_bill(PILE_A, i) for i in range(3)]
+            for bill in bills:
+                assert await pile.send_bill(bill, make_extra(bill)) == 0
+            serials = [x["serial"] for x in bills]
+            # Unanswered, each bill is published again and again (backoff).
+            await plat.wait_for(lambda: all(plat.bill_count.get(s, 0) >= 4 for s in serials), 10)
+            assert pile.settled == {}
+            # First publication kept the pile's order.
+            assert [s for s in plat.bill_order if s in serials][:3] == serials
+            plat.confirm = True
+            for s in serials:
+                await plat.confirm_bill(PILE_A, s)
+            await pile.wait_for(lambda: set(serials) <= set(pile.settled), 10)
+            counts = dict(plat.bill_count)
+            # Once confirmed, the republishing stops: a fresh bill goes out and
+            # is settled while the old ones stay quiet.
+            extra_bill = make_bill(PILE_A, 99)
+            await pile.send_bill(extra_bill, make_extra(extra_bill))
+            await pile.wait_for(lambda: extra_bill["serial"] in pile.settled, 10)
+            assert all(plat.bill_count[s] == counts[s] for s in serials)
+            await pile.close()
+    with tempdir("silent") as tmp:
+        run(scenario(tmp))
+
+
+def test_duplicate_confirmations_settle_once(mosquitto):
+    async def scenario(tmp):
+        cfg = fast_config(tmp, url_of(mosquitto))
+        async with bridge_running(cfg) as b, Platform(url_of(mosquitto), confirm=False) as plat:
+            pile = await connect_pile(PILE_A, b.tcp_port)
+            bill = make_bill(PILE_A, 1)
+            await pile.send_bill(bill, make_extra(bill))
+            s = bill["serial"]
+            await plat.wait_for(lambda: s in plat.bills)
+            for _ in range(3):
+                await plat.confirm_bill(PILE_A, s)
+            await plat.confirm_bill(PILE_A, "9" * 32)      # a serial nobody holds
+            await pile.wait_for(lambda: s in pile.settled)
+            await until(lambda: b.stats["confirms_duplicate"] == 2 and b.stats["confirms_unknown"] == 1,
+                        what="duplicate and unknown confirmations counted")
+            assert b.stats["confirms"] == 1
+            assert pile.settled_count[s] == 1
+            await pile.close()
+    with tempdir("dupconfirm") as tmp:
+        run(scenario(tmp))
+
+
+def test_pile_resending_a_held_bill_is_stored_once_and_confirmed_again(mosquitto):
+    async def scenario(tmp):
+        cfg = fast_config(tmp, url_of(mosquitto))
+        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
+            pile = await connect_pile(PILE_A, b.tcp_port)
+            bill = make_bill(PILE_A, 1)
+            s = bill["serial"]
+            assert await pile.send_bill(bill, make_extra(bill)) == 0
+            assert await pile.resend_bill(bill) == 0        # lost 0x40, say: sent again
+            assert pile.confirmed[s] == [0, 0]
+            await pile.wait_for(lambda: s in pile.settled)
+            # Sent again after settlement (a pile that lost its settled
+            # record): 0x40 again and the settlement repeated.
+            assert await pile.resend_bill(bill) == 0
+            await pile.wait_for(lambda: pile.settled_count[s] == 2)
+            rows = db_all(cfg["database"], "SELECT serial, resends, conflicts FROM bills")
+            assert rows == [(s, 2, 0)]
+            # Same serial, different bytes: first copy kept, the other kept
+            # for audit, an event raised, the pile still gets its 0x40.
+            forged = dict(bill, stop_reason=0x41)
+            assert await pile.resend_bill(forged) == 0
+            ev = await plat.wait_for(lambda: next((e for e in plat.events
+                                                   if e["type"] == "serial_conflict"), None))
+            assert ev["serial"] == s and ev["pile"] == PILE_A
+            rows = db_all(cfg["database"], "SELECT frame FROM bills")
+            assert len(rows) == 1 and rows[0][0][-2 - 8 - 1] == 0x40   # the stop reason kept
+            assert db_all(cfg["database"], "SELECT kind, serial FROM rejected") == [("conflict", s)]
+            assert plat.bills[s]["stop_reason"]["code"] == 0x40
+            await pile.close()
+    with tempdir("resend") as tmp:
+        run(scenario(tmp))
+
+
+def test_bills_wait_in_sqlite_while_the_broker_is_down(mosquitto):
+    async def scenario(tmp):
+        cfg = fast_config(tmp, url_of(mosquitto))
+        mosquitto.stop()
+        async with bridge_running(cfg) as b:
+            pile = await connect_pile(PILE_A, b.tcp_port)
+            bills = [make_bill(PILE_A, i) for i in range(5)]
+            for bill in bills:
+                assert await pile.send_bill(bill, make_extra(bill)) == 0
+            assert db_all(cfg["database"], "SELECT COUNT(*) FROM bills WHERE published_at IS NULL") \
+                == [(5,)]
+            await asyncio.get_running_loop().run_in_executor(None, mosquitto.start)
+            async with Platform(url_of(mosquitto)) as plat:
+                serials = {x["serial"] for x in bills}
+                await pile.wait_for(lambda: serials <= set(pile.settled), 15)
+                assert serials <= set(plat.bills)
+            await pile.close()
+    with tempdir("brokerdown") as tmp:
+        run(scenario(tmp))
