@@ -2,9 +2,12 @@
 # YKC frames carry it over sequence..body, low byte first.
 try:
     from micropython import const
+    from array import array
+    _SMALL = True
 except ImportError:
     def const(x):
         return x
+    _SMALL = False
 
 _POLY = const(0xA001)
 
@@ -16,7 +19,9 @@ def _table():
         for _ in range(8):
             c = (c >> 1) ^ _POLY if c & 1 else c >> 1
         t.append(c)
-    return tuple(t)
+    # MicroPython: array('H') is 512 bytes where a tuple costs 2 KB of heap;
+    # CPython indexes a tuple faster.
+    return array("H", t) if _SMALL else tuple(t)
 
 
 _TABLE = _table()

@@ -14,54 +14,62 @@ def bcd_encode(buf, off, size, value, name="bcd"):
     n = len(value)
     if n > 2 * size:
         raise FieldError("%s: %d digits do not fit %d BCD bytes" % (name, n, size))
-    pad = 2 * size - n  # "不足补0": left-padded with zeros
-    for i in range(size):
-        hi = _digit(value, 2 * i - pad, name)
-        lo = _digit(value, 2 * i + 1 - pad, name)
-        buf[off + i] = (hi << 4) | lo
-
-
-def _digit(s, i, name):
-    if i < 0:
-        return 0
-    c = ord(s[i]) - 48
-    if c < 0 or c > 9:
-        raise FieldError("%s: %r is not a digit string" % (name, s))
-    return c
+    if n and not value.isdigit():
+        raise FieldError("%s: %r is not a digit string" % (name, value))
+    try:
+        # "不足补0": left-padded with zeros; digits pack as their own hex nibbles.
+        buf[off:off + size] = binascii.unhexlify("0" * (2 * size - n) + value)
+    except (ValueError, TypeError):  # non-ASCII digits (CPython's isdigit accepts them)
+        raise FieldError("%s: %r is not a digit string" % (name, value))
 
 
 def bcd_decode(buf, off, size, name="bcd"):
-    out = bytearray(2 * size)
-    for i in range(size):
-        b = buf[off + i]
-        hi = b >> 4
-        lo = b & 15
-        if hi > 9 or lo > 9:
-            raise FieldError("%s: byte %02X is not BCD" % (name, b))
-        out[2 * i] = 48 + hi
-        out[2 * i + 1] = 48 + lo
-    return out.decode()
+    s = binascii.hexlify(bytes(buf[off:off + size])).decode()
+    if size and not s.isdigit():  # a nibble above 9 shows as a-f
+        for i in range(size):
+            b = buf[off + i]
+            if b >> 4 > 9 or b & 15 > 9:
+                raise FieldError("%s: byte %02X is not BCD" % (name, b))
+    return s
 
 
 # --- ASCII, zero padded ------------------------------------------------------
 
-def ascii_encode(buf, off, size, value, name="ascii"):
+def ascii_encode(buf, off, size, value, name="ascii", reverse=False):
     raw = value.encode() if isinstance(value, str) else bytes(value)
-    if len(raw) > size:
-        raise FieldError("%s: %d bytes do not fit %d" % (name, len(raw), size))
-    for i in range(size):
-        buf[off + i] = raw[i] if i < len(raw) else 0
+    n = len(raw)
+    if n > size:
+        raise FieldError("%s: %d bytes do not fit %d" % (name, n, size))
     for b in raw:
         if b < 32 or b > 126:
             raise FieldError("%s: %r is not printable ASCII" % (name, value))
+    if reverse:
+        # Sent back to front ("需反序上送"): the zero padding comes first.
+        for i in range(n):
+            buf[off + size - 1 - i] = raw[i]
+        for i in range(size - n):
+            buf[off + i] = 0
+    else:
+        buf[off:off + n] = raw
+        for i in range(n, size):
+            buf[off + i] = 0
 
 
-def ascii_decode(buf, off, size, name="ascii"):
-    end = off + size
-    i = off
-    while i < end and buf[i]:
-        i += 1
-    raw = bytes(buf[off:i])
+def ascii_decode(buf, off, size, name="ascii", reverse=False):
+    if reverse:
+        r = bytearray(size)
+        for i in range(size):
+            r[i] = buf[off + size - 1 - i]
+        raw = bytes(r)
+    else:
+        raw = bytes(buf[off:off + size])
+    # Up to the first NUL; a reversed field may also carry its padding last.
+    i = raw.find(b"\x00")
+    if i == 0 and reverse:
+        raw = raw.lstrip(b"\x00")
+        i = raw.find(b"\x00")
+    if i >= 0:
+        raw = raw[:i]
     for b in raw:
         if b < 32 or b > 126:
             raise FieldError("%s: not printable ASCII" % name)

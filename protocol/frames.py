@@ -1,23 +1,39 @@
 # Every frame type, declared once, as data. This table drives the firmware
-# codec (protocol/codec.py), the bridge (host/) and the dissector (tools/).
+# codec (protocol/codec.py), the bridge (host/), the dissector (tools/dissect.py)
+# and docs/protocol.md (tools/gen_protocol_doc.py).
 #
-# A frame: (code, name, direction, fields). direction "P" = pile to platform
-# (odd codes), "S" = platform to pile (even codes).
-# A field: (name, kind, size[, scale, unit]).
-#   kinds: "u" unsigned little-endian int (1, 2, 4 or 5 bytes)
+# TABLE holds the frames in sections (one string each), one frame per line:
+#     CODE NAME FIELD FIELD ...
+#   CODE   two hex digits. The direction follows from it: odd = pile to
+#          platform ("P"), even = platform to pile ("S").
+#   FIELD  name=KIND SIZE [:SCALE] [UNIT] [[RECORD,RECORD...]]
+#          e.g. "energy=u4:4kWh" (4-byte unsigned, units of 10^-4 kWh) or
+#          "gun_temp=u1C-50" (1 byte, degrees C sent with a +50 offset), or a
+#          macro from MACROS ("$SPG" = trade serial, pile, gun).
+#   kinds: "u" unsigned little-endian int (1..8 bytes)
 #          "b" packed BCD, value a str of 2*size digits (left zero-padded)
 #          "a" ASCII, zero-padded, value a str
+#          "r" ASCII sent in reverse byte order (the VIN in 0x31 / 0xA1)
 #          "h" binary blob, value a str of 2*size upper-case hex digits
 #          "t" CP56Time2a (7 bytes), value int local seconds since 2000-01-01
-#          "v" variable-length bytes, last field only, size = maximum, value bytes
-#   scale: the value is in units of 10^-scale of `unit` (energy 4 = x10^4 kWh).
-#   unit "C-50": a temperature sent with a +50 offset.
+#          "v" variable-length bytes, last field only, size = maximum, value
+#              bytes; "[...]" declares the record repeated inside it (fields
+#              separated by ","): codec.pack_records / unpack_records
+#   scale: the value is in units of 10^-scale of UNIT (energy 4 = x10^4 kWh).
+#   UNIT "X-N" / "X+N": physical = raw * 10^-scale - N (or + N), e.g. C-50.
 # Values in frames are always raw integers in protocol units; scales are for
 # display (dissector, MQTT, docs), never applied inside the firmware.
 #
+# Why strings and not tuples: a pile controller has a few tens of KB of heap.
+# Per-field tuples cost ~25 KB under MicroPython, a string per frame ~14 KB,
+# these few section strings ~7 KB (and nothing when frozen into flash); a
+# section is a string of its own so that no single block is large. The codec
+# compiles a frame's layout only when that frame is used. `FRAMES` (at the
+# end) still gives the classic tuple form for tools.
+#
 # The bill 0x3B has two layouts (4 periods, body 158; 5 periods with deep
-# valley, body 174): a code may appear more than once; the decoder picks the
-# layout by body length, the encoder by the fields given.
+# valley, body 174): a code may appear more than once (adjacent lines); the
+# decoder picks the layout by body length, the encoder by the fields given.
 #
 # Extension frames (ours, not in YKC V1.6) use codes 0xE1..0xEF; see
 # docs/protocol.md. No standard frame uses that range.
@@ -25,119 +41,214 @@
 EXT_FIRST = 0xE1
 EXT_LAST = 0xEF
 
-_PILE = ("pile", "b", 7)
-_GUN = ("gun", "b", 1)
-_SERIAL = ("serial", "b", 16)
-
 PERIODS = ("sharp", "peak", "flat", "valley")
 PERIODS5 = ("sharp", "peak", "flat", "valley", "deep")
 
+MACROS = {
+    "$P": "pile=b7",
+    "$PG": "pile=b7 gun=b1",
+    "$SPG": "serial=b16 pile=b7 gun=b1",
+    # Tariff model body (0x0A, 0x58): 8 rates x10^5 yuan/kWh, loss ratio and
+    # 48 half-hour slots, each 0..3 (sharp, peak, flat, valley).
+    "$TARIFF": "pile=b7 model=b2 sharp_energy_price=u4:5yuan/kWh sharp_service_price=u4:5yuan/kWh "
+               "peak_energy_price=u4:5yuan/kWh peak_service_price=u4:5yuan/kWh "
+               "flat_energy_price=u4:5yuan/kWh flat_service_price=u4:5yuan/kWh "
+               "valley_energy_price=u4:5yuan/kWh valley_service_price=u4:5yuan/kWh "
+               "loss_ratio=u1 slots=h48",
+}
 
-def _bill(periods):
-    f = [_SERIAL, _PILE, _GUN, ("start_time", "t", 7), ("end_time", "t", 7)]
-    for p in periods:
-        f.append((p + "_price", "u", 4, 5, "yuan/kWh"))
-        f.append((p + "_energy", "u", 4, 4, "kWh"))
-        f.append((p + "_loss", "u", 4, 4, "kWh"))
-        f.append((p + "_amount", "u", 4, 4, "yuan"))
-    f.extend((
-        ("meter_start", "u", 5, 4, "kWh"),
-        ("meter_stop", "u", 5, 4, "kWh"),
-        ("total_energy", "u", 4, 4, "kWh"),
-        ("total_loss", "u", 4, 4, "kWh"),
-        ("total_amount", "u", 4, 4, "yuan"),
-        ("vin", "a", 17),
-        ("trade_flag", "u", 1),
-        ("trade_time", "t", 7),
-        ("stop_reason", "u", 1),
-        ("card", "h", 8),
-    ))
-    return tuple(f)
-
-
-def _tariff_rates():
-    f = []
-    for p in PERIODS:
-        f.append((p + "_energy_price", "u", 4, 5, "yuan/kWh"))
-        f.append((p + "_service_price", "u", 4, 5, "yuan/kWh"))
-    f.append(("loss_ratio", "u", 1))
-    f.append(("slots", "h", 48))  # 48 half-hour slots, each 0..3 (sharp..valley)
-    return tuple(f)
-
-
-FRAMES = (
-    (0x01, "login", "P", (
-        _PILE, ("pile_type", "u", 1), ("guns", "u", 1), ("proto_version", "u", 1, 1, ""),
-        ("sw_version", "a", 8), ("net_type", "u", 1), ("sim", "b", 10), ("carrier", "u", 1))),
-    (0x02, "login_reply", "S", (_PILE, ("result", "u", 1))),
-    (0x03, "heartbeat", "P", (_PILE, _GUN, ("gun_status", "u", 1))),
-    (0x04, "heartbeat_reply", "S", (_PILE, _GUN, ("reply", "u", 1))),
-    (0x05, "tariff_check", "P", (_PILE, ("model", "b", 2))),
-    (0x06, "tariff_check_reply", "S", (_PILE, ("model", "b", 2), ("result", "u", 1))),
-    (0x09, "tariff_request", "P", (_PILE,)),
-    (0x0A, "tariff_model", "S", (_PILE, ("model", "b", 2)) + _tariff_rates()),
-    (0x12, "read_realtime", "S", (_PILE, _GUN)),
-    (0x13, "realtime", "P", (
-        _SERIAL, _PILE, _GUN, ("status", "u", 1), ("homed", "u", 1), ("plugged", "u", 1),
-        ("voltage", "u", 2, 1, "V"), ("current", "u", 2, 1, "A"), ("gun_temp", "u", 1, 0, "C-50"),
-        ("cable_code", "h", 8), ("soc", "u", 1, 0, "%"), ("battery_temp", "u", 1, 0, "C-50"),
-        ("minutes", "u", 2, 0, "min"), ("minutes_left", "u", 2, 0, "min"),
-        ("energy", "u", 4, 4, "kWh"), ("loss_energy", "u", 4, 4, "kWh"),
-        ("amount", "u", 4, 4, "yuan"), ("faults", "u", 2))),
-    (0x31, "start_request", "P", (
-        _PILE, _GUN, ("start_type", "u", 1), ("need_password", "u", 1), ("card", "h", 8),
-        ("password", "h", 16), ("vin", "a", 17))),
-    (0x32, "start_auth", "S", (
-        _SERIAL, _PILE, _GUN, ("logical_card", "b", 8), ("balance", "u", 4, 2, "yuan"),
-        ("ok", "u", 1), ("reason", "u", 1))),
-    (0x33, "remote_start_reply", "P", (_SERIAL, _PILE, _GUN, ("result", "u", 1), ("reason", "u", 1))),
-    (0x34, "remote_start", "S", (
-        _SERIAL, _PILE, _GUN, ("logical_card", "b", 8), ("card", "h", 8),
-        ("balance", "u", 4, 2, "yuan"))),
-    (0x35, "remote_stop_reply", "P", (_PILE, _GUN, ("result", "u", 1), ("reason", "u", 1))),
-    (0x36, "remote_stop", "S", (_PILE, _GUN)),
-    (0x3B, "bill", "P", _bill(PERIODS)),
-    (0x3B, "bill5", "P", _bill(PERIODS5)),
-    (0x40, "bill_confirm", "S", (_SERIAL, ("result", "u", 1))),
-    (0x55, "time_sync_reply", "P", (_PILE, ("time", "t", 7))),
-    (0x56, "time_sync", "S", (_PILE, ("time", "t", 7))),
-    (0x57, "tariff_set_reply", "P", (_PILE, ("result", "u", 1))),
-    (0x58, "tariff_set", "S", (_PILE, ("model", "b", 2)) + _tariff_rates()),
-    (0x91, "reboot_reply", "P", (_PILE, ("result", "u", 1))),
-    (0x92, "reboot", "S", (_PILE, ("when", "u", 1))),
-
-    # --- extension frames (0xE1..0xEF), documented in docs/protocol.md ----------
+TABLE = (
+    # --- login, heartbeat, tariff model -----------------------------------------
+    "01 login $P pile_type=u1 guns=u1 proto_version=u1:1 sw_version=a8 net_type=u1 sim=b10 "
+    "carrier=u1\n"
+    "02 login_reply $P result=u1\n"
+    "03 heartbeat $PG gun_status=u1\n"
+    "04 heartbeat_reply $PG reply=u1\n"
+    "05 tariff_check $P model=b2\n"
+    "06 tariff_check_reply $P model=b2 result=u1\n"
+    "09 tariff_request $P\n"
+    "0A tariff_model $TARIFF\n",
+    # --- realtime data and the GB/T 27930 BMS reports -----------------------------
+    "12 read_realtime $PG\n"
+    "13 realtime $SPG status=u1 homed=u1 plugged=u1 voltage=u2:1V current=u2:1A gun_temp=u1C-50 "
+    "cable_code=h8 soc=u1% battery_temp=u1C-50 minutes=u2min minutes_left=u2min "
+    "energy=u4:4kWh loss_energy=u4:4kWh amount=u4:4yuan faults=u2\n"
+    "15 bms_handshake $SPG bms_version=u3 battery_type=u1 rated_capacity=u2:1Ah "
+    "rated_voltage=u2:1V battery_maker=a4 pack_serial=h4 made_year=u1 made_month=u1 "
+    "made_day=u1 charge_count=u3 ownership=u1 reserved=u1 vin=a17 bms_sw=h8\n"
+    "17 bms_params $SPG cell_max_voltage=u2:2V max_current=u2:1A-400 nominal_energy=u2:1kWh "
+    "max_voltage=u2:1V max_temp=u1C-50 soc=u2:1% battery_voltage=u2:1V pile_max_voltage=u2:1V "
+    "pile_min_voltage=u2:1V pile_max_current=u2:1A-400 pile_min_current=u2:1A-400\n"
+    "19 bms_end $SPG soc=u1% cell_min_voltage=u2:2V cell_max_voltage=u2:2V min_temp=u1C-50 "
+    "max_temp=u1C-50 minutes=u2min energy=u2:1kWh charger_no=u4\n"
+    "1B bms_error $SPG bem_crm=u1 bem_cml_cro=u1 bem_ccs_cst=u1 bem_csd=u1 cem_brm=u1 "
+    "cem_bcp_bro=u1 cem_bcs_bcl_bst=u1 cem_bsd=u1\n"
+    "1D bms_abort $SPG abort_reason=u1 abort_fault=u2 abort_error=u1\n"
+    "21 charger_abort $SPG abort_reason=u1 abort_fault=u2 abort_error=u1\n"
+    "23 bms_demand $SPG demand_voltage=u2:1V demand_current=u2:1A-400 charge_mode=u1 "
+    "measured_voltage=u2:1V measured_current=u2:1A-400 max_cell=u2 soc=u1% minutes_left=u2min "
+    "output_voltage=u2:1V output_current=u2:1A-400 minutes=u2min\n"
+    "25 bms_info $SPG max_cell_no=u1 max_temp=u1C-50 max_temp_point=u1 min_temp=u1C-50 "
+    "min_temp_point=u1 bsm_status1=u1 bsm_status2=u1\n",
+    # --- starting, stopping, the bill ---------------------------------------------
+    "31 start_request $PG start_type=u1 need_password=u1 card=h8 password=h16 vin=r17\n"
+    "32 start_auth $SPG logical_card=b8 balance=u4:2yuan ok=u1 reason=u1\n"
+    "33 remote_start_reply $SPG result=u1 reason=u1\n"
+    "34 remote_start $SPG logical_card=b8 card=h8 balance=u4:2yuan\n"
+    "35 remote_stop_reply $PG result=u1 reason=u1\n"
+    "36 remote_stop $PG\n"
+    "3B bill $SPG start_time=t7 end_time=t7 "
+    "sharp_price=u4:5yuan/kWh sharp_energy=u4:4kWh sharp_loss=u4:4kWh sharp_amount=u4:4yuan "
+    "peak_price=u4:5yuan/kWh peak_energy=u4:4kWh peak_loss=u4:4kWh peak_amount=u4:4yuan "
+    "flat_price=u4:5yuan/kWh flat_energy=u4:4kWh flat_loss=u4:4kWh flat_amount=u4:4yuan "
+    "valley_price=u4:5yuan/kWh valley_energy=u4:4kWh valley_loss=u4:4kWh valley_amount=u4:4yuan "
+    "meter_start=u5:4kWh meter_stop=u5:4kWh total_energy=u4:4kWh total_loss=u4:4kWh "
+    "total_amount=u4:4yuan vin=a17 trade_flag=u1 trade_time=t7 stop_reason=u1 card=h8\n"
+    "3B bill5 $SPG start_time=t7 end_time=t7 "
+    "sharp_price=u4:5yuan/kWh sharp_energy=u4:4kWh sharp_loss=u4:4kWh sharp_amount=u4:4yuan "
+    "peak_price=u4:5yuan/kWh peak_energy=u4:4kWh peak_loss=u4:4kWh peak_amount=u4:4yuan "
+    "flat_price=u4:5yuan/kWh flat_energy=u4:4kWh flat_loss=u4:4kWh flat_amount=u4:4yuan "
+    "valley_price=u4:5yuan/kWh valley_energy=u4:4kWh valley_loss=u4:4kWh valley_amount=u4:4yuan "
+    "deep_price=u4:5yuan/kWh deep_energy=u4:4kWh deep_loss=u4:4kWh deep_amount=u4:4yuan "
+    "meter_start=u5:4kWh meter_stop=u5:4kWh total_energy=u4:4kWh total_loss=u4:4kWh "
+    "total_amount=u4:4yuan vin=a17 trade_flag=u1 trade_time=t7 stop_reason=u1 card=h8\n"
+    "40 bill_confirm serial=b16 result=u1\n",
+    # --- account balance, offline cards ---------------------------------------------
+    "41 balance_reply $P card=h8 result=u1\n"
+    "42 balance_update $PG card=h8 balance=u4:2yuan\n"
+    "43 card_sync_reply $P result=u1 reason=u1\n"
+    "44 card_sync $P count=u1 cards=v240[logical_card=b8,card=h8]\n"
+    "45 card_clear_reply $P results=v240[card=h8,result=u1,reason=u1]\n"
+    "46 card_clear $P count=u1 cards=v192[card=h8]\n"
+    "47 card_query_reply $P results=v234[card=h8,found=u1]\n"
+    "48 card_query $P count=u1 cards=v208[card=h8]\n",
+    # --- platform settings --------------------------------------------------------------
+    "51 work_params_reply $P result=u1\n"
+    "52 work_params $P locked=u1 max_power=u1%\n"
+    "55 time_sync_reply $P time=t7\n"
+    "56 time_sync $P time=t7\n"
+    "57 tariff_set_reply $P result=u1\n"
+    "58 tariff_set $TARIFF\n",
+    # --- parking lock (the gun number is binary here, not BCD) ---------------------------
+    "61 lock_status $P gun=u1 lock_state=u1 space=u1 lock_battery=u1% alarm=u1 reserved=h4\n"
+    "62 lock_command $P gun=u1 action=u1 reserved=h4\n"
+    "63 lock_reply $P gun=u1 result=u1 reserved=h4\n",
+    # --- remote maintenance ---------------------------------------------------------------
+    "91 reboot_reply $P result=u1\n"
+    "92 reboot $P when=u1\n"
+    "93 update_reply $P status=u1\n"
+    "94 update $P pile_model=u1 power=u2kW server=a16 port=u2 user=a16 password=a16 path=a32 "
+    "when=u1 timeout=u1min\n",
+    # --- dual-gun parallel charging -----------------------------------------------------------
+    "A1 parallel_request $PG start_type=u1 need_password=u1 card=h8 password=h16 vin=r17 "
+    "role=u1 group=b6\n"
+    "A2 parallel_auth $SPG logical_card=b8 balance=u4:2yuan ok=u1 reason=u1 group=b6\n"
+    "A3 parallel_start_reply $SPG result=u1 reason=u1 role=u1 group=b6\n"
+    "A4 parallel_start $SPG logical_card=b8 card=h8 balance=u4:2yuan group=b6\n",
+    # --- extension frames (0xE1..0xEF), documented in docs/protocol.md -------------------------
     # Remote start with targets; answered with the standard 0x33.
-    (0xE2, "ext_start", "S", (
-        _SERIAL, _PILE, _GUN, ("logical_card", "b", 8), ("card", "h", 8),
-        ("balance", "u", 4, 2, "yuan"), ("target_amount", "u", 4, 4, "yuan"),
-        ("target_energy", "u", 4, 4, "kWh"), ("target_minutes", "u", 2, 0, "min"),
-        ("target_soc", "u", 1, 0, "%"), ("flags", "u", 1))),
+    "E2 ext_start $SPG logical_card=b8 card=h8 balance=u4:2yuan target_amount=u4:4yuan "
+    "target_energy=u4:4kWh target_minutes=u2min target_soc=u1% flags=u1\n"
     # The platform settled a bill (0x40 only says "received").
-    (0xE3, "settled_reply", "P", (_SERIAL, ("result", "u", 1))),
-    (0xE4, "settled", "S", (_SERIAL, ("result", "u", 1))),
+    "E3 settled_reply serial=b16 result=u1\n"
+    "E4 settled serial=b16 result=u1\n"
     # Journal and version status, for the bridge and the technician.
-    (0xE5, "status_reply", "P", (
-        _PILE, ("pending", "u", 2), ("unsettled", "u", 2), ("illegal", "u", 2),
-        ("journal_used", "u", 4, 0, "B"), ("journal_limit", "u", 4, 0, "B"),
-        ("oldest_pending", "b", 16), ("state", "u", 1), ("boot_reason", "u", 1),
-        ("fw_version", "a", 8), ("hmi_version", "a", 8))),
-    (0xE6, "status_query", "S", (_PILE,)),
+    "E5 status_reply $P pending=u2 unsettled=u2 illegal=u2 journal_used=u4B journal_limit=u4B "
+    "oldest_pending=b16 state=u1 boot_reason=u1 fw_version=a8 hmi_version=a8\n"
+    "E6 status_query $P\n"
     # Chunked firmware transfer: control (begin / verify / activate / abort) ...
-    (0xE7, "fw_reply", "P", (
-        _PILE, ("op", "u", 1), ("result", "u", 1), ("stage", "u", 1), ("offset", "u", 4, 0, "B"))),
-    (0xE8, "fw_control", "S", (
-        _PILE, ("op", "u", 1), ("version", "a", 8), ("size", "u", 4, 0, "B"),
-        ("sha256", "h", 32), ("mac", "h", 32))),
+    "E7 fw_reply $P op=u1 result=u1 stage=u1 offset=u4B\n"
+    "E8 fw_control $P op=u1 version=a8 size=u4B sha256=h32 mac=h32\n"
     # ... and data chunks, each answered with fw_reply (op 5) giving the next offset.
-    (0xEA, "fw_chunk", "S", (_PILE, ("offset", "u", 4, 0, "B"), ("data", "v", 200))),
-    # The fee split and VIN facts a 0x3B cannot carry; same trade serial.
-    (0xEB, "bill_extra", "P", (
-        _SERIAL, ("model", "b", 2),
-        ("sharp_energy_fee", "u", 4, 4, "yuan"), ("sharp_service_fee", "u", 4, 4, "yuan"),
-        ("peak_energy_fee", "u", 4, 4, "yuan"), ("peak_service_fee", "u", 4, 4, "yuan"),
-        ("flat_energy_fee", "u", 4, 4, "yuan"), ("flat_service_fee", "u", 4, 4, "yuan"),
-        ("valley_energy_fee", "u", 4, 4, "yuan"), ("valley_service_fee", "u", 4, 4, "yuan"),
-        ("deep_energy_fee", "u", 4, 4, "yuan"), ("deep_service_fee", "u", 4, 4, "yuan"),
-        ("vin_mismatch", "u", 1), ("nameplate_vin", "a", 17), ("mac", "h", 32))),
+    "EA fw_chunk $P offset=u4B data=v200\n"
+    # The fee split and VIN facts a 0x3B cannot carry (same trade serial), and its ack.
+    "EB bill_extra serial=b16 model=b2 sharp_energy_fee=u4:4yuan sharp_service_fee=u4:4yuan "
+    "peak_energy_fee=u4:4yuan peak_service_fee=u4:4yuan flat_energy_fee=u4:4yuan "
+    "flat_service_fee=u4:4yuan valley_energy_fee=u4:4yuan valley_service_fee=u4:4yuan "
+    "deep_energy_fee=u4:4yuan deep_service_fee=u4:4yuan vin_mismatch=u1 nameplate_vin=a17 "
+    "mac=h32\n"
+    "EC bill_extra_ack serial=b16 result=u1\n"
+    # The VINs allowed to charge, each with its department: pushed by the platform.
+    "ED vin_list_reply version=u4 result=u1 stored=u2\n"
+    "EE vin_list version=u4 count=u1 records=v228[vin=a17,department=u2]\n",
+    # --- a platform addition seen in the field, not in the V1.6 document -----------------------
+    "F0 qr_prefix $P prefix_kind=u1 prefix_len=u1 prefix=v242\n"
+    "F1 qr_prefix_reply $P result=u1\n",
 )
+
+
+def direction(code):
+    """"P" (pile to platform) for odd codes, "S" (platform to pile) for even."""
+    return "P" if code & 1 else "S"
+
+
+def tokens(spec):
+    """The field tokens of a spec (macros expanded)."""
+    out = []
+    for tok in spec.split(" "):
+        if tok[:1] == "$":
+            out.extend(MACROS[tok].split(" "))
+        elif tok:
+            out.append(tok)
+    return out
+
+
+def lines():
+    """Yield (code, name, spec) for every frame, in table order."""
+    for t in TABLE:
+        i = 0
+        while i < len(t):
+            j = t.find("\n", i)
+            k = t.find(" ", i + 3)
+            yield int(t[i:i + 2], 16), t[i + 3:k], t[k + 1:j]
+            i = j + 1
+
+
+def parse(spec):
+    """The fields of a spec as tuples (name, kind, size[, scale, unit[, records]]):
+    the classic form, for tools. A "v" field with records gets a sixth item,
+    the records' fields in the same form."""
+    return tuple([_field(tok) for tok in tokens(spec)])
+
+
+def _field(tok):
+    eq = tok.find("=")
+    name = tok[:eq]
+    kind = tok[eq + 1]
+    j = eq + 2
+    n = len(tok)
+    size = 0
+    while j < n and "0" <= tok[j] <= "9":
+        size = size * 10 + ord(tok[j]) - 48
+        j += 1
+    scale = 0
+    if j < n and tok[j] == ":":
+        j += 1
+        while j < n and "0" <= tok[j] <= "9":
+            scale = scale * 10 + ord(tok[j]) - 48
+            j += 1
+    rec = tok.find("[", j)
+    if rec >= 0:
+        records = tuple([_field(t) for t in tok[rec + 1:-1].split(",")])
+        return (name, kind, size, scale, tok[j:rec], records)
+    unit = tok[j:]
+    if scale or unit:
+        return (name, kind, size, scale, unit)
+    return (name, kind, size)
+
+
+def each():
+    """Yield (code, name, direction, fields) for every frame, one at a time
+    (no table-sized allocation: fine on a small heap)."""
+    for code, name, spec in lines():
+        yield (code, name, direction(code), parse(spec))
+
+
+def __getattr__(name):
+    # FRAMES, the classic tuple form ((code, name, direction, fields), ...),
+    # built on first use and kept (tools on CPython).
+    if name == "FRAMES":
+        v = tuple(each())
+        globals()["FRAMES"] = v
+        return v
+    raise AttributeError(name)

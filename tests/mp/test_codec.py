@@ -169,12 +169,186 @@ def test_encrypted_frame_is_delivered_with_raw_body():
 
 
 def test_every_frame_in_the_table_round_trips_with_zero_values():
-    from protocol.frames import FRAMES
-    for code, name, direction, flds in FRAMES:
+    from protocol.frames import each
+    for code, name, direction, flds in each():
         v = {}
         for fl in flds:
             kind = fl[1]
-            v[fl[0]] = {"u": 0, "b": "", "a": "", "h": "", "t": 0, "v": b""}[kind]
+            v[fl[0]] = {"u": 0, "b": "", "a": "", "r": "", "h": "", "t": 0, "v": b""}[kind]
         f = codec.decode(codec.encode(name, v, seq=0x1234))
         assert f.code == code and f.name == name and f.seq == 0x1234
         assert (code & 1) == (1 if direction == "P" else 0), name
+
+
+# --- the whole V1.6 table, checked against the document ----------------------
+
+# Body bytes of every standard frame, from the document's field tables (the
+# length byte is this + 4). Frames whose length varies give their fixed part.
+V16_BODY = {
+    0x01: 30, 0x02: 8, 0x03: 9, 0x04: 9, 0x05: 9, 0x06: 10, 0x09: 7, 0x0A: 90,
+    0x12: 8, 0x13: 60, 0x15: 73, 0x17: 45, 0x19: 39, 0x1B: 32, 0x1D: 28, 0x21: 28,
+    0x23: 44, 0x25: 31, 0x31: 51, 0x32: 38, 0x33: 26, 0x34: 44, 0x35: 10, 0x36: 8,
+    0x3B: 158, 0x40: 17, 0x41: 16, 0x42: 20, 0x43: 9, 0x44: 8, 0x45: 7, 0x46: 8,
+    0x47: 7, 0x48: 8, 0x51: 8, 0x52: 9, 0x55: 14, 0x56: 14, 0x57: 8, 0x58: 90,
+    0x61: 16, 0x62: 13, 0x63: 13, 0x91: 8, 0x92: 8, 0x93: 8, 0x94: 94,
+    0xA1: 58, 0xA2: 44, 0xA3: 33, 0xA4: 50,
+}
+
+
+def test_every_standard_v16_frame_is_declared_with_the_documented_size():
+    for code, size in V16_BODY.items():
+        l = codec.layouts(code)[0]
+        assert l.size == size, (hex(code), l.name, l.size, size)
+        assert l.direction == ("P" if code & 1 else "S")
+
+
+def test_extension_frames_keep_to_their_range_and_direction_parity():
+    from protocol.frames import EXT_FIRST, EXT_LAST, each
+    ext = []
+    for code, name, direction, flds in each():
+        assert (code & 1) == (1 if direction == "P" else 0), name
+        if EXT_FIRST <= code <= EXT_LAST:
+            ext.append(code)
+        else:
+            assert code in V16_BODY or code in (0xF0, 0xF1), hex(code)
+    for code in (0xE2, 0xE3, 0xE4, 0xE5, 0xE6, 0xE7, 0xE8, 0xEA, 0xEB, 0xEC, 0xED, 0xEE):
+        assert code in ext, hex(code)
+
+
+def test_vin_in_a_start_request_is_sent_back_to_front():
+    vin = "LSVAU2180N2183294"
+    v = {"pile": "32010200000001", "gun": "01", "start_type": 3, "need_password": 0,
+         "card": "", "password": "", "vin": vin}
+    out = codec.encode("start_request", v)
+    got = out[6 + 34:6 + 51]
+    for i in range(17):
+        assert got[i] == ord(vin[16 - i])
+    assert codec.decode(out).fields["vin"] == vin
+    # The bill carries the VIN in natural order.
+    b = sample_bill()
+    assert vin.encode() in codec.encode(0x3B, b)
+
+
+def test_parking_lock_gun_number_is_binary_not_bcd():
+    out = codec.encode("lock_command", {"pile": "32010200000001", "gun": 10, "action": 0x55,
+                                        "reserved": ""})
+    assert out[13] == 0x0A and out[14] == 0x55
+    assert codec.decode(out).fields["gun"] == 10
+
+
+def test_remote_start_sample_body_decodes_to_the_documented_values():
+    # The document's sample CRC (4622) does not verify: re-wrap its body.
+    body = h("55031412782305012018061914444680" "55031412782305" "01" "0000001000000573"
+             "00000000D14B0A54" "A0860100")
+    f = codec.decode(codec.wrap(0x34, body, seq=0x7C00))
+    assert f.fields == {"serial": "55031412782305012018061914444680", "pile": "55031412782305",
+                        "gun": "01", "logical_card": "0000001000000573",
+                        "card": "00000000D14B0A54", "balance": 100000}
+
+
+def test_qr_prefix_sample_from_the_field_decodes():
+    raw = h("685E000600F03610009512403201516874747073" "3a2f2f6368617267696e672e667a63736e792e"
+            "636f6d2f636f64652f67756e44657461696c3f6f72674e6f3d4d4133383631375938266964"
+            "3d313836302663617253636f70653d31266e6f3dd8c9")
+    f = codec.decode(raw)
+    assert f.name == "qr_prefix" and f.fields["pile"] == "36100095124032"
+    assert f.fields["prefix_len"] == len(f.fields["prefix"]) == 0x51
+    assert f.fields["prefix"].startswith(b"https://")
+
+
+def test_offline_card_list_round_trips_as_records():
+    cards = [{"logical_card": "1000000573", "card": "D14B0A54"},
+             {"logical_card": "1000000574", "card": "E14C0A54"}]
+    blob = codec.pack_records("card_sync", "cards", cards)
+    assert len(blob) == 32
+    out = codec.encode("card_sync", {"pile": "32010200000001", "count": 2, "cards": blob})
+    assert out[1] == 4 + 8 + 32
+    f = codec.decode(out)
+    got = codec.unpack_records("card_sync", "cards", f.fields["cards"])
+    assert got == [{"logical_card": "0000001000000573", "card": "00000000D14B0A54"},
+                   {"logical_card": "0000001000000574", "card": "00000000E14C0A54"}]
+    raises(FieldError, codec.unpack_records, "card_sync", "cards", blob[:15])
+    raises(FieldError, codec.pack_records, "card_sync", "count", cards)
+
+
+def test_clear_reply_carries_one_result_per_card_without_a_count():
+    res = [{"card": "D14B0A54", "result": 1, "reason": 0}, {"card": "E14C0A54", "result": 0,
+                                                           "reason": 1}]
+    out = codec.encode("card_clear_reply", {"pile": "1", "results": codec.pack_records(
+        "card_clear_reply", "results", res)})
+    f = codec.decode(out)
+    assert [r["result"] for r in codec.unpack_records("card_clear_reply", "results",
+                                                      f.fields["results"])] == [1, 0]
+
+
+def test_vin_list_push_holds_at_most_twelve_records():
+    recs = [{"vin": "LSVAU2180N21832%02d" % i, "department": i} for i in range(12)]
+    blob = codec.pack_records("vin_list", "records", recs)
+    f = codec.decode(codec.encode("vin_list", {"version": 7, "count": 12, "records": blob}))
+    assert codec.unpack_records("vin_list", "records", f.fields["records"])[11] == recs[11]
+    recs.append({"vin": "X", "department": 1})
+    blob = codec.pack_records("vin_list", "records", recs)
+    e = raises(FieldError, codec.encode, "vin_list", {"version": 7, "count": 13, "records": blob})
+    assert "records" in str(e)
+
+
+def test_classic_layout_views_still_work():
+    assert len(codec.LAYOUTS[0x3B]) == 2 and 0x3B in codec.LAYOUTS
+    bill = codec.BY_NAME["bill"]
+    assert bill.fields[0] == ("serial", "b", 16, 0) and bill.fields[-1][0] == "card"
+    assert codec.BY_NAME.get("nope") is None and "bill5" in codec.BY_NAME
+    assert codec.layout_for(0x3B, 174).name == "bill5"
+    raises(BadLength, codec.layout_for, 0x3B, 170)
+
+
+def test_layout_cache_stays_within_its_size():
+    from protocol import layout
+    saved = layout.CACHE_SIZE
+    layout.CACHE_SIZE = 3
+    try:
+        layout._cache.clear()
+        for name in ("login", "bill", "bill5", "realtime", "heartbeat", "remote_stop"):
+            codec.layout_named(name)
+            assert len(layout._cache) <= 3
+        f = codec.decode(codec.encode(0x3B, sample_bill()))
+        assert f.name == "bill"
+    finally:
+        layout.CACHE_SIZE = saved
+
+
+def test_reader_finds_frames_fed_one_byte_at_a_time():
+    r = FrameReader()
+    got = []
+    for b in b"\x00" + h(LOGIN_REPLY) + b"\x68" + h(TARIFF_CHECK_REPLY):
+        got.extend(r.push(bytes([b])))
+        assert r.pending() <= codec.MAX_FRAME
+    # The stray 0x68 reads as a frame of length 0x68 + 4: the reply behind it
+    # shows once that many bytes have come and the false start failed its CRC.
+    assert [x.name for x in got if isinstance(x, codec.Frame)] == ["login_reply"]
+    for _ in range(100):
+        got.extend(r.push(b"\x00"))
+    names = [x.name for x in got if isinstance(x, codec.Frame)]
+    assert names == ["login_reply", "tariff_check_reply"]
+    assert isinstance(got[1], BadCRC)
+
+
+def test_reader_takes_many_frames_in_one_large_chunk():
+    bill = codec.encode(0x3B, sample_bill(deep=True))
+    chunk = (b"\xff" * 100 + bill) * 3 + bill[:40]  # > 3 x MAX_FRAME in one push
+    r = FrameReader()
+    got = r.push(chunk)
+    assert len(got) == 3 and got[2].name == "bill5" and r.pending() == 40
+    assert r.skipped == 300
+    got = r.push(bill[40:])
+    assert len(got) == 1 and got[0].fields["deep_energy"] == 20000
+
+
+def test_bcd_and_ascii_fields_reject_what_they_cannot_carry():
+    raises(FieldError, codec.encode, "login_reply", {"pile": "1234567890123456", "result": 0})
+    raises(FieldError, codec.encode, "login", {"pile": "1", "pile_type": 0, "guns": 1,
+                                               "proto_version": 16, "sw_version": "v\x01",
+                                               "net_type": 0, "sim": "", "carrier": 0})
+    bad = bytearray(h(LOGIN_REPLY)[6:-2])
+    bad[0] = 0x5A  # a nibble above 9 in the pile number
+    e = raises(FieldError, codec.decode, codec.wrap(0x02, bytes(bad)))
+    assert "pile" in str(e) and "5A" in str(e)
