@@ -128,6 +128,7 @@ FAULT_CONTACTOR = const(0x0800)  # bit 12 "高压接触器故障"
 _WMS_PER_E4 = const(360000)      # W*ms in 0.1 Wh
 _STEP = const(100)               # register resolution, e4kwh (0.01 kWh)
 _NO_CURRENT_W = const(50)
+_UNKNOWN_PMAX_W = const(400000)  # neither rating nor BMS limit known: assume a lot
 _ZERO_SERIAL = "0" * 32
 
 _HDR_VER = const(1)
@@ -260,7 +261,7 @@ class _Trade:
     __slots__ = ("h", "acc", "last", "amount_cap", "balance_cap", "energy_cap", "deadline",
                  "soc_target", "t0", "t_last", "u", "p", "pp", "fails", "vin", "vin_dirty",
                  "needs_vin", "vin_done", "ckpt_reg", "ckpt_t", "low_since", "reply",
-                 "backwards")
+                 "backwards", "pmax")
 
     def __init__(self, h):
         self.h = h
@@ -279,6 +280,7 @@ class _Trade:
         self.reply = (1, START_NONE)
         self.backwards = 0
         self.t0 = self.t_last = self.ckpt_t = 0
+        self.pmax = 0
 
 
 class Gun:
@@ -502,8 +504,17 @@ class Gun:
         tr.needs_vin = bool(pol and pol.needs_vin(card))
         t = clock.ticks_ms()
         tr.t0 = tr.t_last = tr.ckpt_t = t
-        # The first period: power unknown yet, assume the most the pile can give.
-        tr.pp = self.max_power_w or self.vehicle.max_power
+        # The first period: power unknown yet, assume the most the pile can
+        # give (its rating, max_power_w, or the vehicle's limit if lower).
+        pmax = self.vehicle.max_power
+        if self.max_power_w and (self.max_power_w < pmax or not pmax):
+            pmax = self.max_power_w
+        if not pmax:
+            pmax = _UNKNOWN_PMAX_W
+        tr.pp = pmax
+        # The ramp extrapolation below never predicts more than the output can
+        # give (with the measured power's own 1/16 margin).
+        tr.pmax = pmax + pmax // 16
         self.state = CHARGING
         reason, delay = self._plan(tr, now, 0)
         if reason:
@@ -664,7 +675,8 @@ class Gun:
                 u = tr.last + _STEP
             tr.u = u
             tr.p = p
-            tr.pp = p + (p - p_prev if p > p_prev else 0) + p // 16
+            pp = p + (p - p_prev if p > p_prev else 0) + p // 16
+            tr.pp = pp if pp < tr.pmax else tr.pmax
         else:
             # Blind: assume the predicted power went on flowing.
             tr.u += _cdiv(tr.pp * dt, _WMS_PER_E4)

@@ -57,7 +57,7 @@ def make(kw=60000, tariff=FLAT, now=T0, capacity_wh=300000, soc=10, **gun_kw):
 
     g = Gun(PILE, "01", w.clock, w.meter, w.contactor, w.vehicle, tariff,
             next_serial=next_serial, on_open=j.open, on_checkpoint=j.checkpoint, on_seal=j.seal,
-            on_start_reply=j.start_reply, **gun_kw)
+            on_start_reply=j.start_reply, max_power_w=kw, **gun_kw)
     return w, g, j
 
 
