@@ -11,7 +11,7 @@ Record (little-endian; 24 bytes of overhead):
 
     0   u8     magic 0xA5
     1   u8     kind (below)
-    2   u16    payload length n (<= MAX_PAYLOAD)
+    2   u16    payload length n (<= MAX_PAYLOAD, the largest per-kind cap)
     4   16 B   trade serial, packed BCD (zeros when the kind has none)
     20  n B    payload
     20+n u32   CRC-32 (binascii.crc32) of bytes 0 .. 20+n
@@ -67,8 +67,8 @@ API (serials are 32-digit str; payloads bytes-like):
     j.compact(need=0) -> dict;  j.bytes_used();  j.can_start() -> bool
         (False: j.refusal holds the reason and a "full" event is raised)
 
-Raises RecordTooLong (payload > MAX_PAYLOAD, nothing written), JournalFull,
-ValueError (malformed serial).
+Raises RecordTooLong (header > MAX_HEADER, checkpoint > MAX_CHECKPOINT, bill
+> MAX_BILL; nothing written), JournalFull, ValueError (malformed serial).
 """
 import binascii
 import os
@@ -99,16 +99,19 @@ S_SETTLED = "settled"
 _MAGIC = const(0xA5)
 _HEAD = const(20)       # magic, kind, length, serial
 _OVERHEAD = const(24)   # head + CRC-32
-# Largest payload of any record: a 174-byte bill body plus a supplement.
-# Longer -> RecordTooLong, nothing written.
-_MAX_PAYLOAD = const(512)
-_REC_MAX = const(536)   # _OVERHEAD + _MAX_PAYLOAD
+# Largest payload per kind; longer -> RecordTooLong, nothing written.
+_MAX_HEADER = const(192)       # session header (card, VIN, tariff, limits)
+_MAX_CHECKPOINT = const(128)   # meter reading + per-period energies so far
+_MAX_BILL = const(320)         # 0x3B body (158 / 174) + room for a supplement
+_MAX_PAYLOAD = const(320)      # the largest of the above: the parser's bound
+_REC_MAX = const(344)          # _OVERHEAD + _MAX_PAYLOAD
 # Default capacity of the journal file in bytes. Compaction needs room for
 # a second copy while it runs (the filesystem must hold 2x this).
 _JOURNAL_BYTES = const(65536)
-# Room a new session must be able to use: header, two checkpoints (the last
-# kept one and the next), the bill, and two status records for the bill.
-_SESSION_RESERVE = const(2192)  # 4 * _REC_MAX + 2 * _OVERHEAD
+# What one session may still append, held back from the start until its bill
+# is sealed: header, two checkpoints (the last kept one and the next), the
+# bill, and two status records for the bill.
+_SESSION_RESERVE = const(912)  # 216 + 2 * 152 + 344 + 2 * 24
 # Working room kept free at a start, so compaction is not run per record.
 _SLACK_BYTES = const(1024)
 # Counter jump after corruption was found (a lost counter record must not
@@ -118,6 +121,9 @@ _COUNTER_SKIP = const(64)
 _BAD_BYTES = const(4096)
 
 JOURNAL_BYTES = _JOURNAL_BYTES
+MAX_HEADER = _MAX_HEADER
+MAX_CHECKPOINT = _MAX_CHECKPOINT
+MAX_BILL = _MAX_BILL
 MAX_PAYLOAD = _MAX_PAYLOAD
 OVERHEAD = _OVERHEAD
 SESSION_RESERVE = _SESSION_RESERVE
@@ -138,7 +144,8 @@ class JournalFull(JournalError):
 
 
 class RecordTooLong(JournalError):
-    """Payload longer than MAX_PAYLOAD; nothing was written."""
+    """Payload longer than its kind's cap (MAX_HEADER, MAX_CHECKPOINT,
+    MAX_BILL); nothing was written."""
 
 
 class RealFS:
@@ -204,6 +211,11 @@ def make_serial(pile, gun, stamp, counter):
 
 def _rec(n):
     return _OVERHEAD + n
+
+
+def _fits(payload, cap, what):
+    if len(payload) > cap:
+        raise RecordTooLong("%s of %d bytes > %d" % (what, len(payload), cap))
 
 
 class Report:
@@ -499,8 +511,6 @@ class Journal:
     # ---- appending ----------------------------------------------------------
     def _append(self, kind, key, payload):
         n = len(payload)
-        if n > _MAX_PAYLOAD:
-            raise RecordTooLong("payload of %d bytes > %d" % (n, _MAX_PAYLOAD))
         size = _OVERHEAD + n
         if self._heal:
             self.compact()
@@ -536,8 +546,7 @@ class Journal:
     def open_session(self, serial, header):
         key = pack_serial(serial)
         self._ensure()
-        if len(header) > _MAX_PAYLOAD:
-            raise RecordTooLong("header of %d bytes > %d" % (len(header), _MAX_PAYLOAD))
+        _fits(header, _MAX_HEADER, "session header")
         if key in self._e:
             return "exists"
         if not self.can_start():
@@ -548,6 +557,7 @@ class Journal:
     def checkpoint(self, serial, payload):
         key = pack_serial(serial)
         self._ensure()
+        _fits(payload, _MAX_CHECKPOINT, "checkpoint")
         if self._state(key) != S_OPEN:
             return "no_session"
         self._append(CHECKPOINT, key, payload)
@@ -556,6 +566,7 @@ class Journal:
     def seal(self, serial, bill_body):
         key = pack_serial(serial)
         self._ensure()
+        _fits(bill_body, _MAX_BILL, "bill")
         st = self._state(key)
         if st is None:
             return "no_session"
@@ -684,7 +695,8 @@ class Journal:
         for ent in self._e.values():
             st = ent[0]
             if st == S_OPEN:
-                f += _rec(ent[2]) + 3 * _REC_MAX + 2 * _OVERHEAD
+                f += (_rec(ent[2]) + 2 * _rec(_MAX_CHECKPOINT) + _rec(_MAX_BILL)
+                      + 2 * _OVERHEAD)
             elif st == S_PENDING or st == S_ILLEGAL:
                 f += _rec(ent[2]) + 2 * _OVERHEAD
         return f

@@ -1,0 +1,497 @@
+# Bill journal and outbox, on the real filesystem, under CPython and
+# MicroPython alike (micropython tests/mp/run.py test_journal).
+import os
+
+from tests.mp.util import raises, tmpdir, rmtree
+from firmware import journal as J
+from firmware.journal import Journal, JournalFull, RecordTooLong
+from firmware.outbox import Outbox
+from firmware.flashsim import FlashSim, PowerCut
+
+
+def serial(n):
+    return "%014d" % 32010200000001 + "01" + "240101120000" + "%04d" % n
+
+
+def body(n, size=158):
+    # A stand-in for a 0x3B bill body: distinct bytes per serial.
+    b = bytearray(size)
+    for i in range(size):
+        b[i] = (n * 7 + i) & 0xFF
+    return bytes(b)
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1000
+
+    def ticks_ms(self):
+        return self.t
+
+    def ticks_diff(self, a, b):
+        return a - b
+
+
+class Events:
+    def __init__(self):
+        self.seen = []
+
+    def __call__(self, name, detail):
+        self.seen.append((name, detail))
+
+    def names(self):
+        return [n for n, _ in self.seen]
+
+
+def _fresh(tag, **kw):
+    d = tmpdir(tag)
+    return d, Journal(d + "/bills.j", **kw)
+
+
+def _session(j, n, ckpts=2, size=158):
+    s = serial(n)
+    assert j.open_session(s, b"hdr%d" % n) == "opened"
+    for i in range(ckpts):
+        assert j.checkpoint(s, b"ck%d-%d" % (n, i)) == "ok"
+    assert j.seal(s, body(n, size)) == "sealed"
+    return s
+
+
+def _read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _write(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def test_seal_confirm_settle_lifecycle():
+    d, j = _fresh("life")
+    try:
+        s = serial(1)
+        assert j.status(s) is None
+        assert j.open_session(s, b"hdr") == "opened"
+        assert j.status(s) == "open"
+        assert j.checkpoint(s, b"ck") == "ok"
+        assert j.seal(s, body(1)) == "sealed"
+        assert j.status(s) == "pending" and j.pending() == [s]
+        assert j.bill(s) == body(1)
+        assert j.confirm(s) == "ok"
+        assert j.confirm(s) == "duplicate"
+        assert j.status(s) == "confirmed" and j.pending() == [] and j.confirmed() == [s]
+        assert j.settle(s) == "ok"
+        assert j.status(s) == "settled" and j.confirmed() == []
+        assert j.checkpoint(s, b"late") == "no_session"
+        r = Journal(j.path).recover()
+        assert r.settled == 1 and r.pending == [] and not r.damaged
+    finally:
+        rmtree(d)
+
+
+def test_second_seal_is_refused_and_never_a_second_bill():
+    d, j = _fresh("dbl")
+    try:
+        s = _session(j, 2)
+        used = j.bytes_used()
+        assert j.seal(s, body(99)) == "already_sealed"
+        assert j.bytes_used() == used
+        assert j.bill(s) == body(2)
+        assert j.confirm(s) == "ok"
+        assert j.seal(s, body(99)) == "already_sealed"
+        assert j.settle(s) == "ok"
+        j.compact()
+        # the settled bill is gone from flash, and a late stop still makes no bill
+        assert j.seal(s, body(99)) == "no_session"
+        assert j.pending() == [] and j.bill(s) is None
+        assert j.seal(serial(3), body(3)) == "no_session"
+    finally:
+        rmtree(d)
+
+
+def test_open_session_after_reboot_is_reported_and_closed_with_stop_reason_0x83():
+    d, j = _fresh("open")
+    try:
+        done = _session(j, 1)
+        s = serial(2)
+        j.open_session(s, b"header-2")
+        j.checkpoint(s, b"ck-a")
+        j.checkpoint(s, b"ck-b")
+        j2 = Journal(j.path)
+        r = j2.recover()
+        assert r.pending == [done]
+        assert r.open_sessions == [(s, b"header-2", b"ck-b")]
+
+        def make_bill(ser, hdr, ck):
+            return hdr + b"|" + ck + b"|" + bytes([J.STOP_POWER_LOSS])
+
+        assert j2.close_interrupted(make_bill) == [s]
+        assert j2.pending() == [done, s]
+        assert j2.bill(s) == b"header-2|ck-b|\x83"
+        r3 = Journal(j.path).recover()
+        assert r3.open_sessions == [] and r3.pending == [done, s]
+    finally:
+        rmtree(d)
+
+
+def test_open_session_without_checkpoint_reports_none():
+    d, j = _fresh("open0")
+    try:
+        j.open_session(serial(5), b"h")
+        r = Journal(j.path).recover()
+        assert r.open_sessions == [(serial(5), b"h", None)]
+    finally:
+        rmtree(d)
+
+
+def test_serial_counter_is_unique_across_reboots():
+    d, j = _fresh("ctr")
+    try:
+        seen = []
+        for boot in range(4):
+            j = Journal(j.path)
+            j.recover()
+            for _ in range(3):
+                seen.append(j.next_serial_counter())
+            if boot == 2:
+                j.compact()
+        assert seen == list(range(1, 13))
+        s1 = j.issue_serial(32010200000001, 1, 240101120000)
+        s2 = j.issue_serial(32010200000001, 1, 240101120000)
+        assert s1 != s2 and s1.endswith("0013") and s2.endswith("0014")
+    finally:
+        rmtree(d)
+
+
+def test_issued_serial_skips_one_already_in_the_journal():
+    d, j = _fresh("iss")
+    try:
+        taken = J.make_serial(32010200000001, 1, 240101120000, 1)
+        j.open_session(taken, b"h")
+        s = j.issue_serial(32010200000001, 1, 240101120000)
+        assert s != taken and s.endswith("0002")
+    finally:
+        rmtree(d)
+
+
+def test_compaction_keeps_pending_drops_settled_and_keeps_open_session_tail():
+    d, j = _fresh("cmp")
+    try:
+        a = _session(j, 1)
+        b = _session(j, 2)
+        c = _session(j, 3)
+        j.confirm(a)
+        j.settle(a)
+        j.confirm(b)
+        o = serial(4)
+        j.open_session(o, b"hdr4")
+        for i in range(5):
+            j.checkpoint(o, b"ck4-%d" % i)
+        before = j.bytes_used()
+        res = j.compact()
+        assert res["settled"] == 1 and res["confirmed"] == 0 and res["lost"] == []
+        assert j.bytes_used() == res["after"] < before
+        assert j.pending() == [c] and j.confirmed() == [b]
+        r = Journal(j.path).recover()
+        assert r.pending == [c] and r.confirmed == [b] and r.settled == 0
+        assert r.open_sessions == [(o, b"hdr4", b"ck4-4")]
+        assert r.records == 2 + 1 + 2  # bill b + CONFIRMED, bill c, open hdr + last ck
+        assert not r.damaged and r.temp is None
+        assert Journal(j.path).bill(c) == body(3)
+    finally:
+        rmtree(d)
+
+
+def test_journal_full_of_unconfirmed_bills_refuses_starts_and_keeps_every_bill():
+    ev = Events()
+    d, j = _fresh("full", limit_bytes=J.MIN_LIMIT + 1200, on_event=ev)
+    try:
+        sealed = []
+        n = 0
+        while j.can_start():
+            n += 1
+            sealed.append(_session(j, n, ckpts=3))
+        assert j.refusal and "full" in j.refusal
+        assert "full" in ev.names()
+        e = raises(JournalFull, j.open_session, serial(900), b"h")
+        assert "full" in str(e)
+        assert j.pending() == sealed
+        # an open-then-refused start wrote nothing; the bills are all intact
+        r = Journal(j.path).recover()
+        assert r.pending == sealed
+        for i, s in enumerate(sealed):
+            assert j.bill(s) == body(i + 1)
+        # confirmed bills are reclaimed, then a start fits again
+        for s in sealed:
+            j.confirm(s)
+        assert j.can_start() and j.refusal is None
+        _session(j, 500, ckpts=40)
+        assert j.bytes_used() <= j.limit
+    finally:
+        rmtree(d)
+
+
+def test_checkpoints_of_a_long_session_never_overflow_the_limit():
+    d, j = _fresh("long", limit_bytes=J.MIN_LIMIT)
+    try:
+        s = serial(1)
+        j.open_session(s, b"h" * 40)
+        for i in range(300):
+            j.checkpoint(s, b"%040d" % i)
+            assert j.bytes_used() <= j.limit
+        assert j.seal(s, body(1, 174)) == "sealed"
+        assert j.compactions > 0
+        r = Journal(j.path).recover()
+        assert r.pending == [s] and r.open_sessions == []
+    finally:
+        rmtree(d)
+
+
+def test_record_too_long_is_refused_and_nothing_written():
+    d, j = _fresh("long2")
+    try:
+        s = serial(1)
+        raises(RecordTooLong, j.open_session, s, bytes(J.MAX_HEADER + 1))
+        assert j.bytes_used() == 0 and j.status(s) is None
+        j.open_session(s, b"h")
+        raises(RecordTooLong, j.checkpoint, s, bytes(J.MAX_CHECKPOINT + 1))
+        raises(RecordTooLong, j.seal, s, bytes(J.MAX_BILL + 1))
+        assert j.status(s) == "open" and j.bytes_used() == 24 + 1
+        assert j.seal(s, bytes(J.MAX_BILL)) == "sealed"
+        raises(ValueError, j.status, "12ab")
+    finally:
+        rmtree(d)
+
+
+def test_corrupted_middle_record_is_skipped_and_reported_neighbours_survive():
+    ev = Events()
+    d, j = _fresh("bad")
+    try:
+        a = _session(j, 1, ckpts=0)
+        mid_start = j.bytes_used()
+        b = _session(j, 2, ckpts=0)
+        mid_end = j.bytes_used()
+        c = _session(j, 3, ckpts=0)
+        data = bytearray(_read(j.path))
+        # flip bytes inside the bill of b (its session record is before it)
+        for i in range(mid_end - 60, mid_end - 50):
+            data[i] ^= 0x55
+        _write(j.path, data)
+        j2 = Journal(j.path, on_event=ev)
+        r = j2.recover()
+        assert len(r.corrupt) == 1
+        lo, hi = r.corrupt[0]
+        assert mid_start <= lo < mid_end and hi == mid_end
+        assert r.pending == [a, c] and r.torn_tail == 0
+        # b lost its bill: its session is open again, to be closed as 0x83
+        assert [x[0] for x in r.open_sessions] == [b]
+        assert j2.bill(a) == body(1) and j2.bill(c) == body(3)
+        assert "corrupt" in ev.names()
+        # the counter jumps past anything the damaged bytes may have held
+        assert j2.next_serial_counter() == J.COUNTER_SKIP + 1
+        # compaction drops the damage but keeps a copy for forensics
+        j2.compact()
+        assert len(_read(j.path + ".bad")) == hi - lo
+        r2 = Journal(j.path).recover()
+        assert not r2.damaged and r2.pending == [a, c]
+    finally:
+        rmtree(d)
+
+
+def test_corrupted_length_field_resyncs_on_the_next_record():
+    d, j = _fresh("len")
+    try:
+        a = _session(j, 1, ckpts=0)
+        off = j.bytes_used()
+        b = _session(j, 2, ckpts=0)
+        data = bytearray(_read(j.path))
+        data[off + 2] = 0xFF  # length of b's SESSION_OPEN: now past the end
+        data[off + 3] = 0x01
+        _write(j.path, data)
+        r = Journal(j.path).recover()
+        assert r.pending == [a, b]
+        assert len(r.corrupt) == 1 and r.corrupt[0][0] == off
+    finally:
+        rmtree(d)
+
+
+def test_torn_tail_is_ignored_reported_and_cut_off():
+    ev = Events()
+    d, j = _fresh("torn")
+    try:
+        a = _session(j, 1)
+        good = j.bytes_used()
+        s = serial(2)
+        j.open_session(s, b"h2")
+        whole = j.bytes_used()
+        data = _read(j.path)
+        _write(j.path, data[:whole - 5])  # the last record lost its last 5 bytes
+        j2 = Journal(j.path, on_event=ev)
+        r = j2.recover()
+        assert r.torn_tail == whole - 5 - good and r.torn_offset == good
+        assert r.corrupt == [] and r.healed
+        assert r.pending == [a] and r.open_sessions == []
+        assert ("torn_tail", whole - 5 - good) in ev.seen
+        # rewritten without the torn bytes (and compacted on the way)
+        assert len(_read(j.path)) == j2.bytes_used() <= good
+        # appending after the repair leaves a clean journal
+        _session(j2, 3)
+        r2 = Journal(j.path).recover()
+        assert not r2.damaged and r2.pending == [a, serial(3)]
+    finally:
+        rmtree(d)
+
+
+def test_left_over_compaction_temp_file_at_boot():
+    d, j = _fresh("tmp")
+    try:
+        a = _session(j, 1)
+        # cut before the rename: the old file rules, the temp file goes
+        _write(j.path + ".tmp", b"half a compaction")
+        r = Journal(j.path).recover()
+        assert r.temp == "removed" and r.pending == [a]
+        raises(OSError, os.stat, j.path + ".tmp")
+        # rename half done (old file unlinked first): the temp file is adopted
+        os.rename(j.path, j.path + ".tmp")
+        r = Journal(j.path).recover()
+        assert r.temp == "adopted" and r.pending == [a]
+    finally:
+        rmtree(d)
+
+
+def test_illegal_bill_is_kept_listed_and_never_resent():
+    ev = Events()
+    d, j = _fresh("ill", on_event=ev)
+    try:
+        a = _session(j, 1)
+        b = _session(j, 2)
+        clock = Clock()
+        ob = Outbox(j, clock)
+        ob.on_login()
+        assert ob.due()[0] == a
+        ob.sent(a)
+        assert ob.confirmed(a, 1) == "ok"
+        assert ("illegal", a) in ev.seen
+        assert ob.illegal() == [a] and j.status(a) == "illegal"
+        assert ob.due()[0] == b
+        ob.sent(b)
+        ob.confirmed(b, 0)
+        clock.t += 10 * 3600 * 1000
+        assert ob.due()[0] == b  # only b is re-offered, never a
+        j.compact()
+        r = Journal(j.path).recover()
+        assert r.illegal == [a] and Journal(j.path).bill(a) == body(1)
+        assert j.confirm(a) == "refused"
+    finally:
+        rmtree(d)
+
+
+def test_outbox_backoff_30_60_120_up_to_600_s_forever_same_bytes():
+    d, j = _fresh("bo")
+    try:
+        s = _session(j, 7, size=174)
+        clock = Clock()
+        ob = Outbox(j, clock)
+        assert ob.due() is None  # not logged in
+        ob.on_login()
+        gaps = []
+        last = None
+        for _ in range(9):
+            # step one second at a time until the bill is due again
+            while True:
+                got = ob.due()
+                if got is not None:
+                    break
+                clock.t += 1000
+            assert got == (s, body(7, 174))
+            if last is not None:
+                gaps.append((clock.t - last) // 1000)
+            last = clock.t
+            ob.sent(s)
+        assert gaps == [30, 60, 120, 240, 480, 600, 600, 600]
+        assert j.status(s) == "pending"
+    finally:
+        rmtree(d)
+
+
+def test_login_replays_stored_bills_in_journal_order_then_new_ones():
+    d, j = _fresh("login")
+    try:
+        ss = [_session(j, n) for n in (5, 3, 9)]
+        j2 = Journal(j.path)
+        clock = Clock()
+        ob = Outbox(j2, clock)
+        ob.on_login()
+        got = []
+        for _ in range(3):
+            s, b = ob.due()
+            got.append((s, b))
+            ob.sent(s)
+            assert ob.due() is None  # one in flight at a time
+            assert ob.confirmed(s, 0) == "ok"
+        assert got == [(ss[0], body(5)), (ss[1], body(3)), (ss[2], body(9))]
+        assert ob.due() is None
+        new = _session(j2, 11)
+        assert ob.due() == (new, body(11))
+    finally:
+        rmtree(d)
+
+
+def test_unanswered_bill_does_not_hold_back_the_next_one_past_answer_window():
+    d, j = _fresh("hol")
+    try:
+        a = _session(j, 1)
+        b = _session(j, 2)
+        clock = Clock()
+        ob = Outbox(j, clock, answer_ms=10000)
+        ob.on_login()
+        assert ob.due()[0] == a
+        ob.sent(a)
+        clock.t += 9999
+        assert ob.due() is None
+        clock.t += 1
+        assert ob.due()[0] == b
+    finally:
+        rmtree(d)
+
+
+def test_confirmed_but_unsettled_bill_is_offered_again_after_an_hour():
+    d, j = _fresh("reset")
+    try:
+        s = _session(j, 4)
+        clock = Clock()
+        ob = Outbox(j, clock)
+        ob.on_login()
+        ob.sent(ob.due()[0])
+        ob.confirmed(s, 0)
+        clock.t += 3600 * 1000 - 1
+        assert ob.due() is None and ob.next_in(s) == 1
+        clock.t += 1
+        assert ob.due() == (s, body(4))
+        ob.sent(s)
+        assert ob.confirmed(s, 0) == "duplicate"
+        clock.t += 3600 * 1000
+        assert ob.due() == (s, body(4))
+        assert ob.settled(s) == "ok"
+        clock.t += 10 * 3600 * 1000
+        assert ob.due() is None and ob.next_in(s) is None
+    finally:
+        rmtree(d)
+
+
+def test_power_cut_mid_seal_on_simulated_flash_leaves_session_open():
+    fs = FlashSim()
+    j = Journal("/f/bills.j", fs)
+    s = serial(1)
+    j.open_session(s, b"hdr")
+    j.checkpoint(s, b"ck")
+    fs.cut_after = fs.units + 100  # the bill record is 182 bytes
+    raises(PowerCut, j.seal, s, body(1))
+    assert fs.partial == ("/f/bills.j", 100, 182)
+    j2 = Journal("/f/bills.j", fs.reboot())
+    r = j2.recover()
+    assert r.torn_tail == 100 and r.pending == []
+    assert r.open_sessions == [(s, b"hdr", b"ck")]
+    assert j2.seal(s, body(2)) == "sealed"
+    assert Journal("/f/bills.j", fs).recover().pending == [s]
