@@ -201,6 +201,7 @@ class Updater:
         self._stage_path = self.dir + "/stage.img"
         self._buf = bytearray(_BUF)
         self._parsed = None
+        self.booted = None      # the slot boot_select() chose, on this instance
         _makedirs(self.fs, self.dir)
         self.st = self._load()
         self._recover()
@@ -279,7 +280,10 @@ class Updater:
             # Power cut while unpacking: the active slot never changed, the
             # staged image is intact; activate() may simply run again.
             st["stage"] = VERIFIED
-            self._save()
+            try:
+                self._save()
+            except OSError:
+                pass
         if st["dl"] is None and auth.exists(self.fs, self._stage_path):
             auth._try_remove(self.fs, self._stage_path)   # left by a cut after commit
 
@@ -326,12 +330,15 @@ class Updater:
               "slot": self._target()}
         if st["dl"] == dl and st["stage"] in (DOWNLOADING, VERIFIED):
             return self._offset          # the same image again: resume
-        self._discard()
-        if not self._room(size):
-            self._fail(R_NO_SPACE, version)
-        st["dl"] = dl
-        self._offset = 0
-        self._set(DOWNLOADING, None, version)
+        try:
+            self._discard()
+            if not self._room(size):
+                self._fail(R_NO_SPACE, version)
+            st["dl"] = dl
+            self._offset = 0
+            self._set(DOWNLOADING, None, version)
+        except OSError:
+            raise UpgradeError(R_IO)
         return 0
 
     def chunk(self, offset, data):
@@ -378,17 +385,24 @@ class Updater:
         reason = self._walk(None, sha)
         if reason is not None:
             return self._failed(reason)
-        self._set(VERIFIED)
+        try:
+            self._set(VERIFIED)
+        except OSError:
+            st["stage"] = DOWNLOADING
+            return False, R_IO
         return True, None
 
     def abort(self):
         """Drop a transfer (any stage before installing)."""
         if self.st["stage"] == INSTALLING:
             return False, R_STAGE
-        self._discard()
-        self.st["dl"] = None
-        if self.st["stage"] in (DOWNLOADING, VERIFIED, FAILED):
-            self._set(IDLE, None, self.running_version())
+        try:
+            self._discard()
+            self.st["dl"] = None
+            if self.st["stage"] in (DOWNLOADING, VERIFIED, FAILED):
+                self._set(IDLE, None, self.running_version())
+        except OSError:
+            return False, R_IO
         return True, None
 
     # --- install, boot, rollback -------------------------------------------
@@ -406,9 +420,9 @@ class Updater:
         slot = dl["slot"]
         sha = binascii.unhexlify(dl["sha256"])
         seq = st["seq"] + 1
-        self._set(INSTALLING)
         path = self.slot_path(slot)
         try:
+            self._set(INSTALLING)
             names = []
             reason = self._walk(None, sha, names)
             if reason is None:
@@ -431,7 +445,12 @@ class Updater:
         st["seq"] = seq
         st["versions"][slot] = dl["version"]
         st["dl"] = None
-        self._set(INSTALLED, None, dl["version"])   # the commit point
+        try:
+            self._set(INSTALLED, None, dl["version"])   # the commit point
+        except OSError:
+            self.st = self._load()      # what flash says: the old slot, installing
+            self._recover()
+            return False, R_IO
         auth._try_remove(self.fs, self._stage_path)
         self._offset = 0
         return True, None
@@ -442,6 +461,7 @@ class Updater:
         limit the previous slot runs and the stage says rolled_back."""
         st = self.st
         if not st["pending"]:
+            self.booted = st["active"]
             return st["active"]
         st["boots"] += 1
         if st["boots"] > self.limit:
@@ -455,17 +475,20 @@ class Updater:
             st["version"] = st["versions"][bad]
         try:
             self._save()
+            self.booted = st["active"]
         except OSError:
             # A boot that cannot be counted could repeat forever: run the
-            # proven slot instead.
-            return st["previous"] if st["pending"] else st["active"]
-        return st["active"]
+            # proven slot instead (and mark_healthy() will not end the
+            # probation of the slot that did not run).
+            self.booted = st["previous"] if st["pending"] else st["active"]
+        return self.booted
 
     def mark_healthy(self):
         """The app logged in and its journal recovered: the new slot stays.
-        Returns True if this ended a probation."""
+        Returns True if this ended a probation. Use the instance that ran
+        boot_select() (or one that did not run it at all)."""
         st = self.st
-        if not st["pending"]:
+        if not st["pending"] or self.booted not in (None, st["active"]):
             return False
         st["pending"] = False
         st["boots"] = 0

@@ -2,6 +2,7 @@
 # and MAC checks, A/B slots, idle-only activation, boot counter, rollback,
 # power cuts. A "reboot" is a new Updater on the same directory.
 import hashlib
+import json
 import os
 
 from firmware import auth
@@ -425,6 +426,55 @@ def test_stage_and_reason_codes_are_stable():
                                       "installed", "failed", "rolled_back")] == [0, 1, 2, 3, 4, 5, 6]
     assert U.reason_code(None) == 0 and U.reason_code("bad mac") == 1
     assert U.reason_code("bad sha256") == 2 and U.reason_code("not healthy") == 12
+
+
+class FullFs:
+    """The real filesystem, except that renames fail (flash full) after
+    `ok` of them succeeded."""
+
+    def __init__(self, ok=0):
+        self.ok = ok
+
+    def rename(self, a, b):
+        if self.ok <= 0:
+            raise OSError(28)
+        self.ok -= 1
+        auth.OS.rename(a, b)
+
+    def __getattr__(self, name):
+        return getattr(auth.OS, name)
+
+
+def test_boot_that_cannot_be_counted_runs_the_proven_slot():
+    d = tmpdir("up")
+    try:
+        upgraded(d, "2.0")
+        up = Updater(d, KEY, fs=FullFs())
+        assert up.boot_select() == "a"
+        assert not up.mark_healthy()                 # slot b never ran
+        up = boot(d)
+        assert up.boot_select() == "b" and up.status()["boots"] == 1
+    finally:
+        rmtree(d)
+
+
+def test_activation_whose_commit_cannot_be_written_reports_io_and_can_be_retried():
+    d = tmpdir("up")
+    try:
+        up = boot(d)
+        download(up, "2.0")
+        up.verify()
+        up = Updater(d, KEY, fs=FullFs(3))           # state, manifest x2, then the commit fails
+        assert up.activate(True) == (False, "io")
+        assert up.status()["active"] == "a"
+        with open(d + "/fw/b/slot.json") as f:
+            assert json.loads(f.read())["complete"]   # it was the commit that failed
+        up = boot(d)
+        assert up.boot_select() == "a" and up.status()["stage"] == "verified"
+        assert up.activate(True) == (True, None)
+        assert boot(d).boot_select() == "b"
+    finally:
+        rmtree(d)
 
 
 # --- power cuts ---------------------------------------------------------------
