@@ -579,8 +579,18 @@ class Bridge:
                                            "ok": 1 if a["ok"] else 0, "reason": a["reason"]}, seq)
             return self._ok(code, req_id, cmd, "authorization sent (0x32)")
         if cmd == "vin_list":
-            raise C.CommandError("unsupported", "the protocol table has no VIN-list frame yet "
-                                 "(protocol/frames.py)")
+            if not pile.ext:
+                raise C.CommandError("unsupported", "VIN lists need our firmware (ext: false)")
+            replies = []
+            for values in C.vin_list_frames(a["vins"], a["version"]):
+                r = (await conn.request("vin_list", values)).fields
+                replies.append(dict(r))
+                if r["result"] != 0:
+                    return self._fail(code, req_id, cmd, "refused", "pile refused VIN list version "
+                                      "%d (result %d)" % (a["version"], r["result"]),
+                                      {"frames": replies})
+            return self._ok(code, req_id, cmd, "VIN list version %d (%d VINs) sent in %d frame(s)"
+                            % (a["version"], len(a["vins"]), len(replies)), {"frames": replies})
         raise C.CommandError("unknown_command", "no handler for %s" % cmd)
 
     async def _tariff_set(self, pile, req_id, t):

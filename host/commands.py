@@ -14,6 +14,7 @@ from protocol import codec
 from host import tariff as T
 
 MAX_ID = 128
+MAX_VINS = 5000        # VINs in one vin_list command
 
 # code, meaning
 CODES = {
@@ -94,7 +95,7 @@ SPEC = {
     "read_realtime": ({"gun"}, True),
     "status": (set(), False),
     "authorize": ({"gun", "serial", "logical_card", "balance", "ok", "reason"}, True),
-    "vin_list": ({"vins", "mode"}, True),
+    "vin_list": ({"vins", "version"}, True),
 }
 _COMMON = {"id", "cmd", "expires", "auth"}   # `auth`: reserved for signed commands
 
@@ -177,9 +178,21 @@ def _check_args(cmd, d):
                 "ok": bool(d.get("ok", True)), "reason": _int(d, "reason", 0, 255, default=0)}
     if cmd == "vin_list":
         vins = d.get("vins")
-        if not isinstance(vins, list) or not all(isinstance(v, str) and len(v) == 17 for v in vins):
-            raise CommandError("bad_request", "vins must be a list of 17-character VINs")
-        return {"vins": vins, "mode": d.get("mode", "replace")}
+        if not isinstance(vins, list) or len(vins) > MAX_VINS:
+            raise CommandError("bad_request", "vins must be a list of at most %d entries" % MAX_VINS)
+        out = []
+        for v in vins:
+            if isinstance(v, str):
+                v = {"vin": v}
+            if not isinstance(v, dict) or set(v) - {"vin", "department"}:
+                raise CommandError("bad_request", "each vins entry is a VIN string or "
+                                   "{\"vin\": ..., \"department\": n}")
+            vin = v.get("vin")
+            if not isinstance(vin, str) or len(vin) != 17 or not vin.isalnum() or not vin.isascii():
+                raise CommandError("bad_request", "a VIN is 17 ASCII letters and digits, got %r" % (vin,))
+            out.append({"vin": vin.upper(), "department": _int(v, "department", 0, 0xFFFF, default=0)})
+        return {"vins": out, "version": _int(d, "version", 0, 2**32 - 1,
+                                             default=int(time.time()) & 0xFFFFFFFF)}
     return {}
 
 
@@ -201,3 +214,16 @@ def start_frame(pile, ext, a, serial):
 
 def has_frame(name):
     return name in codec.BY_NAME
+
+
+def vin_list_frames(vins, version):
+    """Values of the 0xEE frames carrying `vins` (records of vin +
+    department), as many frames as the record field needs; every frame
+    carries the list's version and its own record count."""
+    if not has_frame("vin_list") or not hasattr(codec, "pack_records"):
+        raise CommandError("unsupported", "the protocol table has no VIN-list frame")
+    rec = codec.record_layout("vin_list", "records")
+    per = codec.BY_NAME["vin_list"].sizes[-1] // rec.size
+    chunks = [vins[i:i + per] for i in range(0, len(vins), per)] or [[]]
+    return [{"version": version, "count": len(c),
+             "records": codec.pack_records("vin_list", "records", c)} for c in chunks]

@@ -34,11 +34,12 @@ REPLIES = {
     "settled": ("settled_reply", "serial"),
     "fw_control": ("fw_reply", None),
     "fw_chunk": ("fw_reply", None),
+    "vin_list": ("vin_list_reply", "version"),
 }
 # Replies that only ever come as answers: one nobody waits for is late or a
 # duplicate, and is logged and dropped.
 _PURE_REPLIES = {"remote_start_reply", "remote_stop_reply", "reboot_reply", "tariff_set_reply",
-                 "time_sync_reply", "status_reply", "fw_reply"}
+                 "time_sync_reply", "status_reply", "fw_reply", "vin_list_reply"}
 
 
 class CommandTimeout(Exception):
@@ -306,8 +307,9 @@ class PileConn:
                 await self.link.close()
             return
         await self.send("login_reply", {"pile": code, "result": 0}, codec.reply_seq(f))
+        counted = self.pile is not None and self.pile.code == code   # counted in _handle
         pile = self.bridge.attach(self, code, f.fields)
-        if f.crc_swapped:
+        if f.crc_swapped and not counted:
             pile.crc_swapped += 1
         self.spawn(self._after_login(pile))
 

@@ -193,6 +193,7 @@ class ScriptedPile:
         self._bill_done = set()                      # serials with a 0x40
         self._extra_done = set()                     # serials with a 0xEC
         self.silent = set()                   # frame names not to answer
+        self.vins = []                        # VIN records received (0xEE)
         self.start_result = (1, 0)
         self.stop_result = (1, 0)
         self.status = {"state": 0, "boot_reason": 0, "fw_version": "209.04.0", "hmi_version": "103"}
@@ -327,7 +328,7 @@ class ScriptedPile:
         n = len(self.confirmed[serial])
         m = self.extra_acked[serial]
         if need_bill:
-            await self.send("bill", values)
+            await self.send(0x3B, values)     # by code: 4 or 5 periods by the fields
         if need_extra:
             await self.send("bill_extra", extra)
         if need_bill:
@@ -342,7 +343,7 @@ class ScriptedPile:
         track of its 0x40); returns the new 0x40 result."""
         serial = values["serial"]
         n = len(self.confirmed[serial])
-        await self.send("bill", values)
+        await self.send(0x3B, values)
         await self.wait_for(lambda: len(self.confirmed[serial]) > n, self.reply_timeout)
         return self.confirmed[serial][-1]
 
@@ -392,6 +393,11 @@ class ScriptedPile:
                     "oldest_pending": next(iter(self.journal), "0" * 32), "state": s["state"],
                     "boot_reason": s["boot_reason"], "fw_version": s["fw_version"],
                     "hmi_version": s["hmi_version"]}, f.seq)
+            elif f.name == "vin_list":
+                recs = codec.unpack_records("vin_list", "records", v["records"])
+                self.vins.extend(recs)
+                await self.send("vin_list_reply", {"version": v["version"], "result": 0,
+                                                   "stored": len(self.vins)}, f.seq)
             elif f.name == "read_realtime":
                 await self.send("realtime", self._realtime_values(v["gun"], 2), f.seq)
         except (ConnectionError, OSError):

@@ -139,6 +139,7 @@ class Platform:
         self.bill_order = []            # serials in arrival order
         self.events = []
         self.results = {}               # id -> result doc
+        self.result_list = []           # every result, in arrival order
         self.status = {}                # topic -> last retained/live doc
         self.realtime = []
         self.connected = asyncio.Event()
@@ -192,6 +193,7 @@ class Platform:
             self.events.append(doc)
         elif kind == "result":
             self.results[doc["id"]] = doc
+            self.result_list.append(doc)
         elif kind == "pile" and topic.endswith("/realtime"):
             self.realtime.append(doc)
         else:

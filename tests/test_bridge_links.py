@@ -1,0 +1,256 @@
+# Pile links: third-party piles (byte-swapped CRCs), heartbeats and offline,
+# the allow-list, status and last will, realtime, isolation between piles,
+# and bills the bridge must refuse or flag.
+import asyncio
+import json
+
+import aiomqtt
+
+from protocol import codec
+from host.testkit import ScriptedPile, TcpTransport, make_bill, make_extra
+from tests.test_bridge_helpers import (
+    PILE_A, PILE_B, BridgeProcess, Platform, bridge_running, connect_pile, fast_config, run,
+    tempdir, until, url_of)
+
+
+def test_third_party_pile_with_byte_swapped_crcs_over_tcp(mosquitto):
+    async def scenario(tmp):
+        cfg = fast_config(tmp, url_of(mosquitto), tcp={"ext": False})
+        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
+            pile = await connect_pile(PILE_A, b.tcp_port, ext=False, swap_crc=True)
+            bill = make_bill(PILE_A, 3)
+            assert await pile.send_bill(bill) == 0
+            doc = await plat.wait_for(lambda: plat.bills.get(bill["serial"]))
+            assert doc["crc_swapped"] is True and doc["complete"] is True
+            # The audit copy is the pile's frame as it was on the wire.
+            raw = codec.encode("bill", bill)
+            assert bytes.fromhex(doc["frame"])[6:-2] == raw[6:-2]
+            assert codec.decode(bytes.fromhex(doc["frame"]), tolerant=True).crc_swapped
+            # Counted per frame: login, time sync reply, bill.
+            assert b.piles[PILE_A].crc_swapped == 3
+            st = await plat.wait_for(lambda: plat.status.get(plat.topics.status(PILE_A)))
+            assert st["ext"] is False
+            # Settled is never sent to a third-party pile; the bill still closes.
+            await until(lambda: b.store.path and _settled(cfg["database"]) == 1, what="closed")
+            assert pile.received("settled") == []
+            await pile.close()
+    with tempdir("swapcrc") as tmp:
+        run(scenario(tmp))
+
+
+def _settled(db_path):
+    import sqlite3
+    db = sqlite3.connect(db_path)
+    try:
+        return db.execute("SELECT COUNT(*) FROM bills WHERE settled_at IS NOT NULL").fetchone()[0]
+    finally:
+        db.close()
+
+
+def test_three_missed_heartbeats_mark_the_pile_offline(mosquitto):
+    async def scenario(tmp):
+        cfg = fast_config(tmp, url_of(mosquitto), piles={"heartbeat_s": 0.2, "missed_heartbeats": 3})
+        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
+            pile = await connect_pile(PILE_A, b.tcp_port, heartbeat_s=0.1)
+            # Alive while it beats (and every heartbeat gets its 0x04).
+            await pile.wait_for(lambda: len(pile.received("heartbeat_reply")) >= 8)
+            assert b.piles[PILE_A].online
+            # It falls silent: offline after 3 periods, its TCP link closed.
+            pile.heartbeat_s = None
+            for t in pile._tasks[1:]:
+                t.cancel()
+            st = await plat.wait_for(lambda: (lambda s: s if s and not s["online"] else None)(
+                plat.status.get(plat.topics.status(PILE_A))))
+            assert "3 heartbeats missed" in st["offline_reason"]
+            await pile.wait_for(lambda: not pile.connected)
+            await pile.close()
+    with tempdir("heartbeat") as tmp:
+        run(scenario(tmp))
+
+
+def test_allow_list_refuses_unknown_piles(mosquitto):
+    async def scenario(tmp):
+        cfg = fast_config(tmp, url_of(mosquitto), allow=[PILE_A])
+        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
+            stranger = ScriptedPile(PILE_B, await TcpTransport.connect("127.0.0.1", b.tcp_port))
+            assert await stranger.login() == 1
+            await stranger.wait_for(lambda: not stranger.connected)
+            ev = await plat.wait_for(lambda: [e for e in plat.events if e["type"] == "login_refused"])
+            assert ev[0]["pile"] == PILE_B
+            assert PILE_B not in b.piles or not b.piles[PILE_B].online
+            friend = await connect_pile(PILE_A, b.tcp_port)
+            assert b.piles[PILE_A].online
+            await friend.close()
+            await stranger.close()
+    with tempdir("allow") as tmp:
+        run(scenario(tmp))
+
+
+def test_status_is_retained_and_the_last_will_marks_a_killed_bridge_offline(mosquitto):
+    async def scenario(tmp):
+        cfg = fast_config(tmp, url_of(mosquitto), log_level="info")
+        proc = BridgeProcess(tmp, cfg)
+        await proc.start()
+        pile = None
+        try:
+            pile = await connect_pile(PILE_A, proc.tcp_port)
+            # A platform that connects later still learns both statuses.
+            async with Platform(url_of(mosquitto), name="late") as plat:
+                st = await plat.wait_for(lambda: (lambda s: s if s and s["online"] else None)(
+                    plat.status.get(plat.topics.status(PILE_A))))
+                assert st["login"]["sw_version"] == "PC-0.1" and st["link"].startswith("tcp:")
+                br = await plat.wait_for(lambda: plat.status.get(plat.topics.bridge))
+                assert br["online"] is True
+                proc.kill()
+                await proc.wait()
+                br = await plat.wait_for(lambda: (lambda s: s if not s["online"] else None)(
+                    plat.status.get(plat.topics.bridge)))
+                assert br["reason"] == "connection lost"
+                # A clean stop says "shutdown" and marks its piles offline.
+                await proc.start()
+                await pile.close()
+                pile = await connect_pile(PILE_A, proc.tcp_port)
+                await plat.wait_for(lambda: plat.status[plat.topics.bridge]["online"])
+                await proc.stop()
+                br = await plat.wait_for(lambda: (lambda s: s if not s["online"] else None)(
+                    plat.status.get(plat.topics.bridge)))
+                assert br["reason"] == "shutdown"
+                assert plat.status[plat.topics.status(PILE_A)]["online"] is False
+        finally:
+            if pile is not None:
+                await pile.close()
+            await proc.stop()
+    with tempdir("lwt") as tmp:
+        run(scenario(tmp))
+
+
+def test_realtime_is_relayed_and_faults_raise_events(mosquitto):
+    async def scenario(tmp):
+        cfg = fast_config(tmp, url_of(mosquitto))
+        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
+            pile = await connect_pile(PILE_A, b.tcp_port)
+            serial = PILE_A + "01" + "240501080000" + "0001"
+            await pile.realtime(status=3, serial=serial, energy=12345, amount=20000)
+            rt = await plat.wait_for(lambda: plat.realtime and plat.realtime[-1])
+            assert rt["status"] == "charging" and rt["energy"] == "1.2345" and rt["amount"] == "2.0000"
+            assert rt["raw"]["energy"] == 12345 and rt["gun_temp"] == 25 and rt["serial"] == serial
+            st = await plat.wait_for(lambda: (lambda s: s if s and s["guns"].get("01", {}).get(
+                "status") == "charging" else None)(plat.status.get(plat.topics.status(PILE_A))))
+            assert st["guns"]["01"]["serial"] == serial
+            await pile.realtime(status=1, faults=0x0004)
+            ev = await plat.wait_for(lambda: [e for e in plat.events if e["type"] == "fault"])
+            assert ev[0]["faults"] == 4 and ev[0]["gun"] == "01"
+            await pile.realtime(status=2, faults=0)
+            await plat.wait_for(lambda: [e for e in plat.events if e["type"] == "fault_cleared"])
+            await pile.close()
+    with tempdir("realtime") as tmp:
+        run(scenario(tmp))
+
+
+def test_a_pile_sending_garbage_or_stalling_does_not_affect_another(mosquitto):
+    async def scenario(tmp):
+        cfg = fast_config(tmp, url_of(mosquitto))
+        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
+            bad = await connect_pile(PILE_B, b.tcp_port)
+            good = await connect_pile(PILE_A, b.tcp_port)
+            # Garbage, a frame with a bad CRC, an unknown type, and half a bill
+            # that never completes: the bad pile's reader copes, alone.
+            bill_b = codec.encode("bill", make_bill(PILE_B, 1))
+            junk = (b"\x00\xff" * 300 + b"\x68\x05\x00\x00\x00\x7f\x00\x00\x00"
+                    + bill_b[:-2] + b"\x00\x00" + bill_b[:80])
+            await bad.transport.write(junk)
+            for i in range(5):
+                bill = make_bill(PILE_A, i)
+                assert await good.send_bill(bill, make_extra(bill)) == 0
+            serials = {make_bill(PILE_A, i)["serial"] for i in range(5)}
+            await good.wait_for(lambda: serials <= set(good.settled))
+            assert b.piles[PILE_B].frame_errors >= 2
+            assert _bill_count(cfg["database"], PILE_B) == 0
+            # A raw TCP client that never logs in is just closed after a while.
+            r, w = await asyncio.open_connection("127.0.0.1", b.tcp_port)
+            w.write(b"hello")
+            await good.heartbeat()
+            await good.wait_for(lambda: good.received("heartbeat_reply"))
+            w.close()
+            await bad.close()
+            await good.close()
+    with tempdir("isolation") as tmp:
+        run(scenario(tmp))
+
+
+def _bill_count(db_path, pile):
+    import sqlite3
+    db = sqlite3.connect(db_path)
+    try:
+        return db.execute("SELECT COUNT(*) FROM bills WHERE pile = ?", (pile,)).fetchone()[0]
+    finally:
+        db.close()
+
+
+def test_a_second_login_replaces_the_old_link(mosquitto):
+    async def scenario(tmp):
+        cfg = fast_config(tmp, url_of(mosquitto))
+        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)):
+            old = await connect_pile(PILE_A, b.tcp_port)
+            new = await connect_pile(PILE_A, b.tcp_port)
+            await old.wait_for(lambda: not old.connected)
+            assert b.piles[PILE_A].conn is not None and b.piles[PILE_A].logins == 2
+            bill = make_bill(PILE_A, 1)
+            assert await new.send_bill(bill, make_extra(bill)) == 0
+            await new.wait_for(lambda: bill["serial"] in new.settled)
+            await old.close()
+            await new.close()
+    with tempdir("relogin") as tmp:
+        run(scenario(tmp))
+
+
+def test_login_is_followed_by_time_sync_and_the_configured_tariff_model(mosquitto):
+    from tests.test_bridge_commands import TARIFF
+
+    async def scenario(tmp):
+        cfg = fast_config(tmp, url_of(mosquitto), tariff=TARIFF)
+        async with bridge_running(cfg) as b:
+            pile = await connect_pile(PILE_A, b.tcp_port)
+            ts = await pile.wait_for(lambda: pile.received("time_sync"))
+            assert abs(ts[0].fields["time"] - __import__("host.schema").schema.local_secs()) < 5
+            chk = await pile.request("tariff_check", {"pile": PILE_A, "model": "0000"},
+                                     "tariff_check_reply")
+            assert chk.fields["result"] == 1
+            model = await pile.request("tariff_request", {"pile": PILE_A}, "tariff_model")
+            assert model.fields["model"] == "0007"
+            await pile.close()
+    with tempdir("tariff") as tmp:
+        run(scenario(tmp))
+
+
+def test_bills_that_do_not_belong_or_do_not_add_up(mosquitto):
+    async def scenario(tmp):
+        cfg = fast_config(tmp, url_of(mosquitto))
+        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
+            pile = await connect_pile(PILE_A, b.tcp_port)
+            # Another pile's bill on this link: refused (0x40 result 1), kept for audit.
+            foreign = make_bill(PILE_B, 1)
+            assert await pile.send_bill(foreign) == 1
+            ev = await plat.wait_for(lambda: [e for e in plat.events if e["type"] == "illegal_bill"])
+            assert ev[0]["refused"] is True and ev[0]["serial"] == foreign["serial"]
+            # The field's "totals do not add up" bill (energy, no period energy):
+            # custody taken, published with its problems, and an event.
+            odd = make_bill(PILE_A, 2)
+            for p in ("sharp", "peak", "flat", "valley"):
+                odd[p + "_energy"] = 0
+            assert await pile.send_bill(odd, make_extra(odd)) == 0
+            doc = await plat.wait_for(lambda: plat.bills.get(odd["serial"]))
+            assert doc["checks"]["ok"] is False
+            assert any("period energy" in p for p in doc["checks"]["problems"])
+            await plat.wait_for(lambda: [e for e in plat.events if e["type"] == "illegal_bill"
+                                         and e.get("refused") is False])
+            # A five-period bill (deep valley) keeps its fifth period.
+            five = make_bill(PILE_A, 3)
+            for k in ("price", "energy", "loss", "amount"):
+                five["deep_" + k] = 0
+            assert await pile.send_bill(five, make_extra(five)) == 0
+            doc = await plat.wait_for(lambda: plat.bills.get(five["serial"]))
+            assert [p["period"] for p in doc["periods"]][-1] == "deep"
+            await pile.close()
+    with tempdir("illegal") as tmp:
+        run(scenario(tmp))
