@@ -134,8 +134,12 @@ def iso(secs):
 
 # --- CP56Time2a (7 bytes) ----------------------------------------------------
 
+_END = 3155760000  # 2100-01-01 00:00: the year byte carries 0..99
+_MDAYS = b"\x1f\x1c\x1f\x1e\x1f\x1e\x1f\x1f\x1e\x1f\x1e\x1f"
+
+
 def cp56_encode(buf, off, secs, name="time"):
-    if secs < 0 or secs >= 100 * 365 * 86400:
+    if secs < 0 or secs >= _END:
         raise FieldError("%s: %r is outside 2000..2099" % (name, secs))
     y, mo, d, h, mi, s, _ = to_civil(secs)
     ms = s * 1000
@@ -154,8 +158,9 @@ def cp56_decode(buf, off, name="time"):
     h = buf[off + 3] & 0x1F
     d = buf[off + 4] & 0x1F
     mo = buf[off + 5] & 0x0F
-    y = (buf[off + 6] & 0x7F) + 2000
-    if ms >= 60000 or mi > 59 or h > 23 or not 1 <= d <= 31 or not 1 <= mo <= 12:
+    y = buf[off + 6] & 0x7F
+    if (ms >= 60000 or mi > 59 or h > 23 or y > 99 or not 1 <= mo <= 12 or d < 1
+            or d > _MDAYS[mo - 1] + (1 if mo == 2 and y % 4 == 0 else 0)):
         raise FieldError("%s: %s is not a valid CP56Time2a"
                          % (name, binascii.hexlify(bytes(buf[off:off + 7])).decode()))
-    return to_secs(y, mo, d, h, mi, ms // 1000)
+    return to_secs(y + 2000, mo, d, h, mi, ms // 1000)

@@ -1,0 +1,297 @@
+"""pile-frames: decode and build YKC V1.6 frames (and our extension frames).
+
+    pile-frames decode 680C000000025503141278230500DA4C
+    pile-frames decode --json HEX [HEX ...]
+    pile-frames decode -                     hex frames from stdin, one per line
+    pile-frames decode --file capture.txt    a capture file, one hex frame per line
+    pile-frames decode --raw --file dump.bin a raw byte stream (serial capture)
+    pile-frames encode heartbeat pile=55031412782305 gun=01 gun_status=0
+    pile-frames list
+
+Decoding checks each frame with protocol.codec (the code the pile and the
+bridge run) and shows it through the construct dissector (tools/dissect.py):
+every field with its name and scaled value (kWh, yuan, V as numbers with
+their units, BCD as digit strings, times as ISO 8601, temperatures with the
+50 degree offset removed). A bad frame prints a one-line reason on stderr and
+the exit status is 1.
+
+Encoding takes raw protocol values (integers, digit strings, hex, text); a
+number written with the field's unit ("energy=12.5kWh", "gun_temp=25C",
+"sharp_price=1.3yuan/kWh") is scaled for you; times take ISO 8601 or
+seconds since 2000-01-01; a field of records takes a JSON list of objects.
+Fields left out are zero (named on stderr).
+"""
+import argparse
+import json
+import sys
+from decimal import Decimal, InvalidOperation
+
+from protocol import codec
+from protocol import fields as F
+from protocol.errors import FrameError
+from tools import dissect as D
+
+
+class UsageError(ValueError):
+    pass
+
+
+# --- decode -----------------------------------------------------------------------
+
+def _hex_bytes(text):
+    t = text.strip()
+    for ch in " \t:-":
+        t = t.replace(ch, "")
+    if t[:2].lower() == "0x":
+        t = t[2:]
+    try:
+        return bytes.fromhex(t)
+    except ValueError:
+        raise FrameError("not hex: %r" % (text.strip()[:40],))
+
+
+def _frames_in(data, tolerant):
+    """(raw frame bytes, crc_swapped) or a FrameError, for each frame in data."""
+    if len(data) >= 2 and data[0] == codec.START and data[1] + 4 == len(data):
+        # Exactly one frame: decode it as such, for the most precise reason.
+        try:
+            f = codec.decode(data, tolerant=tolerant)
+        except FrameError as e:
+            yield e
+            return
+        yield bytes(data), f.crc_swapped
+        return
+    r = codec.FrameReader(tolerant=tolerant)
+    for i in range(0, len(data), 4096):
+        for x in r.push(data[i:i + 4096]):
+            yield x if isinstance(x, FrameError) else (codec.wrap(x.code, x.body, x.seq, x.enc),
+                                                       x.crc_swapped)
+    if r.skipped and not r.frames and not r.errors:
+        yield FrameError("no frame found (%d bytes skipped)" % r.skipped)
+    if r.pending():
+        yield FrameError("incomplete frame at the end: %d bytes" % r.pending())
+
+
+def _fields_of(name, body, for_json):
+    out = []
+    for f in D.FIELDS[name]:
+        value, unit = D.display(f, body[f[0]], for_json)
+        out.append((f[0], value, unit))
+    return out
+
+
+def _as_json(c, swapped):
+    obj = {"type": c.type, "name": c.name, "seq": c.seq, "fields": None}
+    if c.enc == 0:
+        obj["fields"] = dict((k, v) for k, v, _ in _fields_of(c.name, c.body, True))
+    else:
+        obj["encrypted"] = True
+        obj["body"] = bytes(c.body).hex().upper()
+    if swapped:
+        obj["crc_swapped"] = True
+    return json.dumps(obj, ensure_ascii=False)
+
+
+def _as_text(c, swapped):
+    d = "P->S" if c.type & 1 else "S->P"
+    lines = ["0x%02X %s (%s) seq=0x%04X%s" % (c.type, c.name, d, c.seq,
+                                             ", CRC byte-swapped" if swapped else "")]
+    if c.enc:
+        lines.append("  encrypted body (flag %d): %s" % (c.enc, bytes(c.body).hex().upper()))
+        return "\n".join(lines)
+    for name, value, unit in _fields_of(c.name, c.body, False):
+        if isinstance(value, list):
+            lines.append("  %-22s %d record(s)" % (name, len(value)))
+            for i, rec in enumerate(value):
+                lines.append("    [%d] %s" % (i, "  ".join("%s=%s" % kv for kv in rec.items())))
+            continue
+        text = str(value)
+        lines.append(("  %-22s %s %s" % (name, text, unit)).rstrip())
+    return "\n".join(lines)
+
+
+def _decode_inputs(args):
+    """Yields byte strings to decode, one per frame line (or one raw stream)."""
+    if args.file:
+        with open(args.file, "rb") as fh:
+            data = fh.read()
+        if args.raw:
+            yield data
+            return
+        text = data.decode("ascii", "replace")
+    elif args.hex == ["-"]:
+        if args.raw:
+            yield sys.stdin.buffer.read()
+            return
+        text = sys.stdin.read()
+    elif args.hex:
+        text = "\n".join(args.hex)
+    else:
+        raise UsageError("decode: give HEX, '-' (stdin) or --file F")
+    for line in text.splitlines():
+        line = line.split("#", 1)[0]
+        if line.strip():
+            try:
+                yield _hex_bytes(line)
+            except FrameError as e:
+                yield e
+
+
+def cmd_decode(args, out, err):
+    bad = 0
+    count = 0
+    for data in _decode_inputs(args):
+        items = [data] if isinstance(data, FrameError) else _frames_in(data, args.tolerant)
+        for item in items:
+            if isinstance(item, FrameError):
+                bad += 1
+                err.write("error: %s\n" % item)
+                continue
+            raw, swapped = item
+            try:
+                c = D.parse(raw, check_crc=not swapped)
+            except D.DissectError as e:  # codec accepted it: a dissector bug, say so
+                bad += 1
+                err.write("error: dissector: %s\n" % e)
+                continue
+            count += 1
+            out.write((_as_json(c, swapped) if args.json else _as_text(c, swapped)) + "\n")
+    if not count and not bad:
+        err.write("error: nothing to decode\n")
+        return 1
+    return 1 if bad else 0
+
+
+# --- encode -----------------------------------------------------------------------
+
+def _parse_value(f, text):
+    kind = f[1]
+    if kind == "u":
+        scale, unit, offset = D._unit(f)
+        t = text.strip()
+        physical = False
+        if unit and t.endswith(unit):
+            t = t[:-len(unit)].strip()
+            physical = True
+        if "." in t:
+            physical = True
+        if not physical:
+            return int(t, 0)
+        try:
+            raw = (Decimal(t) - offset).scaleb(scale)
+        except InvalidOperation:
+            raise UsageError("%s: %r is not a number" % (f[0], text))
+        if raw != raw.to_integral_value():
+            raise UsageError("%s: %s has more than %d decimals" % (f[0], text, scale))
+        return int(raw)
+    if kind == "t":
+        t = text.strip()
+        if t.isdigit():
+            return int(t)
+        try:
+            return _iso_secs(t)
+        except ValueError:
+            raise UsageError("%s: %r is not ISO 8601 time (2020-03-16T17:14:47)" % (f[0], text))
+    if kind == "v":
+        if len(f) > 5:
+            items = json.loads(text)
+            recs = [dict((r[0], _parse_value(r, str(item.get(r[0], _zero_text(r)))))
+                         for r in f[5]) for item in items]
+            return recs
+        return _hex_bytes(text) if text else b""
+    return text
+
+
+def _iso_secs(t):
+    import datetime
+    d = datetime.datetime.fromisoformat(t)
+    return F.to_secs(d.year, d.month, d.day, d.hour, d.minute, d.second)
+
+
+def _zero_text(f):
+    return "0" if f[1] in "ut" else ""
+
+
+def _zero(f):
+    return {"u": 0, "t": 0, "v": b""}.get(f[1], "")
+
+
+def cmd_encode(args, out, err):
+    name = args.name
+    if name not in D.FIELDS:
+        raise UsageError("unknown frame %r (pile-frames list shows them)" % name)
+    fields = dict((f[0], f) for f in D.FIELDS[name])
+    values = {}
+    for kv in args.values:
+        if "=" not in kv:
+            raise UsageError("%r: write key=value" % kv)
+        k, v = kv.split("=", 1)
+        if k not in fields:
+            raise UsageError("%s has no field %r (fields: %s)" % (name, k, " ".join(fields)))
+        try:
+            values[k] = _parse_value(fields[k], v)
+        except ValueError as e:
+            raise UsageError("%s: %s" % (k, e))
+    missing = [k for k in fields if k not in values]
+    for k in missing:
+        values[k] = _zero(fields[k])
+    for k, f in fields.items():  # records travel as bytes in protocol.codec
+        if f[1] == "v" and len(f) > 5 and isinstance(values[k], list):
+            values[k] = codec.pack_records(name, k, values[k])
+    if missing:
+        err.write("note: zero for %s\n" % ", ".join(missing))
+    try:
+        raw = codec.encode(name, values, seq=args.seq, enc=args.enc)
+    except FrameError as e:
+        err.write("error: %s\n" % e)
+        return 1
+    out.write(raw.hex().upper() + "\n")
+    return 0
+
+
+def cmd_list(args, out, err):
+    for name, flds in D.FIELDS.items():
+        code = D.CODES[name]
+        size = sum(f[2] for f in flds if f[1] != "v")
+        var = [f for f in flds if f[1] == "v"]
+        out.write("0x%02X %-22s %s %s bytes\n" % (code, name, "P->S" if code & 1 else "S->P",
+                                                 "%d+0..%d" % (size, var[0][2]) if var else size))
+    return 0
+
+
+def _parser():
+    p = argparse.ArgumentParser(prog="pile-frames", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("decode", help="decode frames")
+    d.add_argument("hex", nargs="*", help="frame(s) in hex, or - for stdin")
+    d.add_argument("--json", action="store_true", help="one JSON object per frame")
+    d.add_argument("--file", help="capture file: one hex frame per line (or --raw bytes)")
+    d.add_argument("--raw", action="store_true", help="input is a raw byte stream")
+    d.add_argument("--tolerant", action="store_true", help="accept byte-swapped CRCs")
+    e = sub.add_parser("encode", help="build a frame")
+    e.add_argument("name", help="frame name (pile-frames list)")
+    e.add_argument("values", nargs="*", help="field=value ...")
+    e.add_argument("--seq", type=lambda s: int(s, 0), default=0, help="sequence number")
+    e.add_argument("--enc", type=int, default=0, help="encryption flag (0 plain)")
+    sub.add_parser("list", help="list every frame type")
+    return p
+
+
+def main(argv=None):
+    args = _parser().parse_args(argv)
+    out, err = sys.stdout, sys.stderr
+    try:
+        return {"decode": cmd_decode, "encode": cmd_encode, "list": cmd_list}[args.cmd](
+            args, out, err)
+    except UsageError as e:
+        err.write("error: %s\n" % e)
+        return 2
+    except OSError as e:
+        err.write("error: %s\n" % e)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
