@@ -352,3 +352,40 @@ def test_bcd_and_ascii_fields_reject_what_they_cannot_carry():
     bad[0] = 0x5A  # a nibble above 9 in the pile number
     e = raises(FieldError, codec.decode, codec.wrap(0x02, bytes(bad)))
     assert "pile" in str(e) and "5A" in str(e)
+
+
+def test_reader_survives_mutated_frames_on_this_interpreter():
+    # A small deterministic fuzz (the hypothesis one runs on CPython only): no
+    # exception but FrameError may escape, whichever interpreter runs this.
+    seed = [12345]
+
+    def rnd(n):
+        seed[0] = (seed[0] * 1103515245 + 12345) & 0x7FFFFFFF
+        return seed[0] % n
+
+    goods = [h(LOGIN_REPLY), h(TARIFF_CHECK_REPLY), codec.encode(0x3B, sample_bill(True)),
+             codec.encode("card_sync", {"pile": "1", "count": 1, "cards": b"\x00" * 16})]
+    r = FrameReader(tolerant=True)
+    seen = 0
+    for _ in range(150):
+        g = bytearray(goods[rnd(len(goods))])
+        op = rnd(4)
+        if op == 0:
+            g[rnd(len(g))] ^= 1 << rnd(8)
+        elif op == 1:
+            g = g[:rnd(len(g)) + 1]
+        elif op == 2:
+            g[1] = rnd(256)
+        else:
+            g[rnd(len(g))] = 0x68
+        for x in r.push(bytes(g)):
+            assert isinstance(x, (codec.Frame, FrameError)), x
+            seen += 1
+            if isinstance(x, codec.Frame):
+                continue
+            try:
+                codec.decode(bytes(g))
+            except FrameError:
+                pass
+        assert r.pending() <= codec.MAX_FRAME
+    assert seen > 50
