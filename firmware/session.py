@@ -450,7 +450,9 @@ class Gun:
     def _read_start(self):
         for _ in range(self.meter_fails):
             try:
-                return self.meter.read_energy()
+                r = self.meter.read_energy()
+                self.faults &= ~FAULT_METER
+                return r
             except MeterError as e:
                 self.log("meter read at start failed: %s" % e)
         return None
@@ -618,6 +620,13 @@ class Gun:
                 if self.state == CHARGING:
                     return self._due - t if self._due > t else 0
                 st = self.state
+        if self.faults & FAULT_METER:
+            # Reported as a fault (0x13 status 1) until the meter answers again.
+            try:
+                self.meter.read_energy()
+                self.faults &= ~FAULT_METER
+            except MeterError:
+                pass
         if st == IDLE:
             if plugged:
                 self.state = PLUGGED
