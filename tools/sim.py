@@ -180,7 +180,6 @@ def parse_tariff(t):
         raise ScenarioError("tariff: an object is needed")
     prices = t.get("prices")
     if isinstance(prices, dict):
-        names = [c for c in CLASSES if c in prices]
         bad = [k for k in prices if k not in CLASSES]
         if bad:
             raise ScenarioError("tariff.prices: unknown class %r" % bad[0])
@@ -188,7 +187,6 @@ def parse_tariff(t):
         plist = []
         for c in CLASSES[:n]:
             plist.append(prices.get(c))
-        del names
     elif isinstance(prices, list):
         plist = prices
         n = len(plist)
@@ -1223,6 +1221,10 @@ class SimFleet:
                 self._lock.wait(left)
 
     def stats(self):
+        with self._lock:
+            return self._stats()
+
+    def _stats(self):
         piles = []
         tot = {"piles": len(self.units), "online": 0, "bills": 0, "pending": 0,
                "confirmed": 0, "settled": 0, "executed_starts": 0, "power_cuts": 0,
@@ -1253,6 +1255,10 @@ class SimFleet:
 
     def bills(self):
         """Every bill the fleet's piles sealed, as in the scenario result."""
+        with self._lock:
+            return self._bills()
+
+    def _bills(self):
         out = []
         for u in self.units:
             for serial in u.bills:
@@ -1272,34 +1278,36 @@ class SimFleet:
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 break
+            # A round runs under the lock: wait() predicates, stats() and
+            # call() see the piles between two rounds, never in the middle.
             with self._lock:
                 calls, self._calls = self._calls, []
-            for fn in calls:
-                fn()
-            target = base + int((now - t0) * self.speed * 1000)
-            # Never run more than 5 simulated s per round: a slow host gets a
-            # slower clock, not a burst that starves the sockets.
-            target = min(target, self.sim_ms + 5000)
-            while ti < len(tl) and tl[ti]["at"] <= target:
-                a = tl[ti]
-                self.sim_ms = _advance(self.units, a["at"], self.sim_ms) \
-                    if a["at"] > self.sim_ms else self.sim_ms
-                by_code[a["pile"]].act(a)
-                ti += 1
-            if target > self.sim_ms:
-                self.sim_ms = _advance(self.units, target, self.sim_ms)
-            else:
-                for u in self.units:
-                    u.poll()
-            for m in self._plans:
-                m.step()
-            self.iterations += 1
-            with self._lock:
+                for fn in calls:
+                    fn()
+                target = base + int((now - t0) * self.speed * 1000)
+                if target > self.sim_ms + 5000:
+                    # A slow host: at most 5 simulated s per round, and the lag
+                    # is dropped (a slower clock, not a burst that starves sockets).
+                    target = self.sim_ms + 5000
+                    base, t0 = target, now
+                while ti < len(tl) and tl[ti]["at"] <= target:
+                    a = tl[ti]
+                    if a["at"] > self.sim_ms:
+                        self.sim_ms = _advance(self.units, a["at"], self.sim_ms)
+                    by_code[a["pile"]].act(a)
+                    ti += 1
+                if target > self.sim_ms:
+                    self.sim_ms = _advance(self.units, target, self.sim_ms)
+                else:
+                    for u in self.units:
+                        u.poll()
+                for m in self._plans:
+                    m.step()
+                self.iterations += 1
                 self._lock.notify_all()
-            # Wait for bytes from the bridge or the next simulated millisecond
-            # due, whichever comes first (at most 20 ms real time).
-            socks = [u.uart.sock for u in self.units
-                     if isinstance(u.uart, TcpUart) and u.uart.connected and u.uart.sock]
+                socks = [u.uart.sock for u in self.units
+                         if isinstance(u.uart, TcpUart) and u.uart.connected and u.uart.sock]
+            # Wait for bytes from the bridge or the next round, whichever is first.
             pause = min(0.02, max(0.001, 1.0 / self.speed))
             if socks:
                 try:

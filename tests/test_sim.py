@@ -1,0 +1,382 @@
+# pile-sim (tools/sim.py): every shipped scenario runs on the real firmware
+# and its bills reconcile; exact decimal parsing; clear errors for bad
+# scenario files; the TCP attach mode against a minimal YKC peer.
+import glob
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from protocol import codec
+from tools import sim
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCENARIOS = os.path.join(ROOT, "tools", "scenarios")
+
+# What each shipped scenario must produce, stated here independently of the
+# file's own "expect" block: (bill count, stop reasons in seal order, refusals).
+EXPECTED = {
+    "triple_stop": (1, ["remote"], 1),
+    "one_yuan_60kw": (1, ["amount_target"], 0),
+    "five_period_tariff": (1, ["remote"], 0),
+    "power_cut": (1, ["power_loss"], 0),
+    "midnight_three_classes": (1, ["energy_target"], 0),
+    "platform_outage": (2, ["energy_target", "time_target"], 0),
+    "vin_refusal": (2, ["vin_denied", "remote"], 1),
+}
+
+
+def _run_json(capsys, path):
+    rc = sim.main(["scenario", path, "--json"])
+    out = capsys.readouterr().out
+    return rc, json.loads(out)
+
+
+def _reconciles(b):
+    # Checked here on the raw integers, not trusting the tool's verdict.
+    p = b["periods"]
+    assert sum(x["energy"] for x in p) == b["total_energy"]
+    assert b["total_energy"] == b["meter_stop"] - b["meter_start"]
+    assert sum(x["amount"] for x in p) == b["total_amount"]
+    assert b["energy_fee"] + b["service_fee"] == b["total_amount"]
+    for x in p:
+        assert x["amount"] == x["energy_fee"] + x["service_fee"]
+    assert b["reconcile"]["ok"]
+
+
+def test_every_shipped_scenario_is_covered():
+    names = sorted(os.path.splitext(os.path.basename(f))[0]
+                   for f in glob.glob(os.path.join(SCENARIOS, "*.json")))
+    assert names == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_shipped_scenario_gives_expected_bills_that_reconcile(capsys, name):
+    rc, res = _run_json(capsys, os.path.join(SCENARIOS, name + ".json"))
+    count, reasons, refusals = EXPECTED[name]
+    assert rc == 0, res["problems"]
+    assert res["ok"] and res["problems"] == []
+    assert len(res["bills"]) == count
+    assert [b["stop_reason_name"] for b in res["bills"]] == reasons
+    assert len(res["refusals"]) == refusals
+    for b in res["bills"]:
+        _reconciles(b)
+        assert b["copies_received"] >= 1 and b["journal_status"] == "settled"
+        assert len(b["serial"]) == 32
+
+
+def test_one_yuan_at_60kw_never_bills_more_than_one_yuan(capsys):
+    _, res = _run_json(capsys, os.path.join(SCENARIOS, "one_yuan_60kw.json"))
+    b = res["bills"][0]
+    assert 0 < b["total_amount"] <= 10000
+    stops = [e for e in res["events"] if e["event"] == "stop_reply"]
+    assert [(e["result"], e["reason"]) for e in stops] == [(0, 2)]  # after the auto stop
+
+
+def test_triple_stop_replies_once_stopped_then_not_charging(capsys):
+    _, res = _run_json(capsys, os.path.join(SCENARIOS, "triple_stop.json"))
+    stops = [(e["result"], e["reason"]) for e in res["events"] if e["event"] == "stop_reply"]
+    assert stops == [(1, 0), (0, 2), (0, 2), (0, 2)]
+
+
+def test_five_period_tariff_bill_uses_all_five_classes(capsys):
+    _, res = _run_json(capsys, os.path.join(SCENARIOS, "five_period_tariff.json"))
+    p = res["bills"][0]["periods"]
+    assert [x["class"] for x in p] == ["sharp", "peak", "flat", "valley", "deep"]
+    assert all(x["energy"] > 0 for x in p)
+
+
+def test_power_cut_bill_is_rebuilt_from_the_journal(capsys):
+    _, res = _run_json(capsys, os.path.join(SCENARIOS, "power_cut.json"))
+    b = res["bills"][0]
+    assert b["sealed"] == "power_cut_rebuild" and b["stop_reason"] == 0x83
+    assert b["meter_start"] == 12345600 and b["total_energy"] > 0
+
+
+def test_platform_outage_bills_wait_and_are_delivered_once_each(capsys):
+    _, res = _run_json(capsys, os.path.join(SCENARIOS, "platform_outage.json"))
+    assert [b["copies_received"] for b in res["bills"]] == [1, 1]
+    assert res["bills"][1]["trade_flag"] == 4  # offline card: pile-issued serial
+    assert res["piles"][0]["logins"] >= 2
+
+
+def test_vin_refusal_stops_the_unknown_bus_and_flags_the_nameplate_mismatch(capsys):
+    _, res = _run_json(capsys, os.path.join(SCENARIOS, "vin_refusal.json"))
+    denied, ok = res["bills"]
+    assert denied["stop_reason"] == 0x8A and denied["vin"] == "LGHXCAE28M1009999"
+    assert ok["vin"] == "LZYTBGBW1K1000007" and ok["nameplate_vin"] == "LZYTBGBW1K1000008"
+    assert ok["vin_mismatch"] is True
+    assert res["refusals"][0]["reason_name"] == "not_plugged"
+
+
+def test_table_output_lists_bills_and_verdict(capsys):
+    rc = sim.main(["scenario", os.path.join(SCENARIOS, "triple_stop.json")])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "55031412782305012611241000000001" in out and "OK: 1 bills" in out
+
+
+# --- exact decimals -----------------------------------------------------------------
+
+def test_decimal_strings_parse_exactly_to_protocol_integers():
+    assert sim.yuan_e4("1.00") == 10000
+    assert sim.kwh_e4("0.1") == 1000
+    assert sim.yuan_e4("0.0001") == 1
+    assert sim.yuan_e4("1") == 10000 and sim.yuan_e4(1) == 10000
+    assert sim.yuan_e4("12.345") == 123450
+    assert sim.yuan_e4("2.50000") == 25000          # trailing zeros beyond resolution
+    assert sim.balance_e2("100.00") == 10000
+    assert sim.kwh_e4("0.3") * 3 == sim.kwh_e4("0.9")  # no binary fraction anywhere
+    assert sim.parse_decimal("1234567890.12345", 5, "x") == 123456789012345
+
+
+@pytest.mark.parametrize("bad", ["0.00001", "1e3", "-1", "1.2.3", "", "abc", " 1,00", 1.0,
+                                 True, None, -5])
+def test_bad_decimal_is_a_clear_error(bad):
+    with pytest.raises(sim.ScenarioError) as e:
+        sim.yuan_e4(bad, "start.amount")
+    assert "start.amount" in str(e.value)
+
+
+def test_json_numbers_with_fractions_stay_exact():
+    d = json.loads('{"a": 1.10, "b": 0.1}', parse_float=sim._JsonNumber)
+    assert sim.yuan_e4(d["a"]) == 11000 and sim.kwh_e4(d["b"]) == 1000
+
+
+def test_durations():
+    assert sim.parse_duration_ms("1h30m") == 5400000
+    assert sim.parse_duration_ms("10m") == 600000
+    assert sim.parse_duration_ms("90s") == 90000
+    assert sim.parse_duration_ms("1.5s") == 1500
+    assert sim.parse_duration_ms("500ms") == 500
+    assert sim.parse_duration_ms(45) == 45000
+    assert sim.parse_duration_ms("2.25") == 2250
+    with pytest.raises(sim.ScenarioError):
+        sim.parse_duration_ms("10 minutes")
+
+
+# --- bad scenario files ---------------------------------------------------------------
+
+def _scenario_file(tmp_path, text):
+    p = tmp_path / "s.json"
+    p.write_text(text)
+    return str(p)
+
+
+@pytest.mark.parametrize("text, words", [
+    ("{not json", "not valid JSON"),
+    ('{"tariff": {"prices": [[1,1],[1,1],[1,1]], "slots": []}}', "4 or 5"),
+    ('{"tariff": {"prices": [[1,1],[1,1],[1,1],[1,1]], "slots": [0]}}', "48"),
+    ('{"tariff": {"prices": [[1,1],[1,1],[1,1],[1,1]], "slots": ' + json.dumps([0] * 48) + '},'
+     ' "timeline": [{"at": "1m", "do": "fly"}]}', "timeline[0].do"),
+    ('{"tariff": {"prices": [[1,1],[1,1],[1,1],[1,1]], "slots": ' + json.dumps([0] * 48) + '},'
+     ' "timeline": [{"at": "1m", "do": "start", "amount": "1.00001"}]}', "timeline[0].amount"),
+    ('{"tariff": {"prices": [[1,1],[1,1],[1,1],[1,1]], "slots": ' + json.dumps([0] * 48) + '},'
+     ' "piles": [{"code": "123"}]}', "piles[0].code"),
+    ('{"tariff": {"prices": [[0,1],[1,1],[1,1],[1,1]], "slots": ' + json.dumps([0] * 48) + '}}',
+     "energy price 0"),
+])
+def test_bad_scenario_file_gives_one_line_error_and_nonzero_exit(tmp_path, capsys, text, words):
+    rc = sim.main(["scenario", _scenario_file(tmp_path, text), "--json"])
+    cap = capsys.readouterr()
+    assert rc == 2 and cap.out == ""
+    lines = cap.err.strip().split("\n")
+    assert len(lines) == 1 and lines[0].startswith("pile-sim: ") and words in lines[0]
+
+
+def test_missing_scenario_file_is_an_error(capsys):
+    assert sim.main(["scenario", "/nonexistent/pile-sim.json"]) == 2
+    assert "No such file" in capsys.readouterr().err
+
+
+def test_unmet_expectation_gives_nonzero_exit(tmp_path, capsys):
+    with open(os.path.join(SCENARIOS, "triple_stop.json")) as f:
+        d = json.load(f)
+    d["expect"]["bills"] = 2
+    rc = sim.main(["scenario", _scenario_file(tmp_path, json.dumps(d)), "--json"])
+    res = json.loads(capsys.readouterr().out)
+    assert rc == 1 and not res["ok"] and "expected 2 bills, got 1" in res["problems"]
+
+
+def test_unconfirmed_bill_is_reported_pending_not_lost(tmp_path, capsys):
+    with open(os.path.join(SCENARIOS, "triple_stop.json")) as f:
+        d = json.load(f)
+    d["platform"] = {"confirm": False}
+    d["expect"] = {"bills": 1}
+    rc = sim.main(["scenario", _scenario_file(tmp_path, json.dumps(d)), "--json"])
+    res = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    b = res["bills"][0]
+    assert b["journal_status"] == "pending" and b["copies_received"] >= 2
+
+
+# --- TCP attach mode against a minimal YKC peer ---------------------------------------------
+
+class YkcPeer:
+    """A tiny platform end on a free loopback port: answers login, heartbeat
+    and tariff check; confirms (0x40) and settles (0xE4) every bill."""
+
+    def __init__(self):
+        self.srv = socket.socket()
+        self.srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(16)
+        self.port = self.srv.getsockname()[1]
+        self.cond = threading.Condition()
+        self.logins = []
+        self.bills = []
+        self.conns = []
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.srv.accept()
+            except OSError:
+                return
+            self.conns.append(c)
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        rd = codec.FrameReader()
+        while True:
+            try:
+                data = c.recv(4096)
+            except OSError:
+                return
+            if not data:
+                return
+            for f in rd.push(data):
+                if not isinstance(f, codec.Frame):
+                    continue
+                v = f.fields
+                out = []
+                if f.name == "login":
+                    out.append(codec.encode("login_reply", {"pile": v["pile"], "result": 0},
+                                            codec.reply_seq(f)))
+                elif f.name == "heartbeat":
+                    out.append(codec.encode("heartbeat_reply", {"pile": v["pile"], "gun": v["gun"],
+                                                                "reply": 0}, codec.reply_seq(f)))
+                elif f.name == "tariff_check":
+                    out.append(codec.encode("tariff_check_reply", {"pile": v["pile"],
+                                            "model": v["model"], "result": 0}, codec.reply_seq(f)))
+                elif f.name in ("bill", "bill5"):
+                    out.append(codec.encode("bill_confirm", {"serial": v["serial"], "result": 0},
+                                            codec.reply_seq(f)))
+                    out.append(codec.encode("settled", {"serial": v["serial"], "result": 0}, 7))
+                try:
+                    for b in out:
+                        c.sendall(b)
+                except OSError:
+                    return
+                with self.cond:
+                    if f.name == "login":
+                        self.logins.append(v["pile"])
+                    elif f.name in ("bill", "bill5"):
+                        self.bills.append(v)
+                    self.cond.notify_all()
+
+    def wait(self, pred, timeout=30):
+        with self.cond:
+            return self.cond.wait_for(pred, timeout)
+
+    def close(self):
+        self.srv.close()
+        for c in self.conns:
+            try:
+                c.close()
+            except OSError:
+                pass
+
+
+@pytest.fixture
+def peer():
+    p = YkcPeer()
+    yield p
+    p.close()
+
+
+def test_fleet_attaches_over_tcp_and_its_bills_are_confirmed(peer):
+    sc = sim.parse_scenario({
+        "tariff": {"prices": [[120000, 40000], [100000, 40000], [70000, 40000],
+                              [30000, 40000]], "slots": [2] * 48},
+        "piles": [{"code": "55031412780101"}, {"code": "55031412780102", "power_w": 7000}],
+        "timeline": [{"at": "0s", "pile": 0, "do": "plug"}, {"at": "0s", "pile": 1, "do": "plug"},
+                     {"at": "20s", "pile": 0, "do": "card", "minutes": 2},
+                     {"at": "30s", "pile": 1, "do": "card", "energy": "0.5"},
+                     {"at": "1m", "pile": 1, "do": "stop", "note": "platform action: skipped"}]})
+    fleet = sim.SimFleet(("127.0.0.1", peer.port), speed=600, scenario=sc)
+    try:
+        fleet.start()
+        assert fleet.wait(lambda f: f.stats()["settled"] == 2, timeout=30), fleet.stats()
+        st = fleet.stats()
+        assert st["online"] == 2 and st["bills"] == 2 and st["pending"] == 0
+        bills = fleet.bills()
+        assert sorted(b["stop_reason_name"] for b in bills) == ["energy_target", "time_target"]
+        for b in bills:
+            _reconciles(b)
+        with peer.cond:
+            got = sorted(set(v["serial"] for v in peer.bills))
+        assert got == sorted(b["serial"] for b in bills)
+        assert sorted(set(peer.logins)) == ["55031412780101", "55031412780102"]
+        assert any(e["event"] == "skipped" and e["action"] == "stop" for e in fleet.events)
+    finally:
+        fleet.stop()
+
+
+def test_fleet_builtin_mix_runs_sessions_over_tcp(peer):
+    fleet = sim.SimFleet(("127.0.0.1", peer.port), piles=3, speed=2000, mix="cards", seed=3)
+    try:
+        fleet.start()
+        assert fleet.wait(lambda f: f.stats()["settled"] >= 3, timeout=40), fleet.stats()
+        for b in fleet.bills():
+            _reconciles(b)
+            assert b["trade_flag"] == 4
+    finally:
+        fleet.stop()
+
+
+def test_fleet_reconnects_after_the_bridge_drops_the_connection(peer):
+    fleet = sim.SimFleet(("127.0.0.1", peer.port), piles=1, speed=600, mix="idle")
+    try:
+        fleet.start()
+        assert peer.wait(lambda: len(peer.logins) >= 1, timeout=20)
+        for c in list(peer.conns):
+            c.shutdown(socket.SHUT_RDWR)
+        assert peer.wait(lambda: len(peer.logins) >= 2, timeout=20)
+        assert fleet.wait(lambda f: f.stats()["online"] == 1, timeout=20)
+    finally:
+        fleet.stop()
+
+
+def test_run_command_shuts_down_cleanly_on_sigterm(peer):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    p = subprocess.Popen([sys.executable, "-m", "tools.sim", "run", "--bridge",
+                          "127.0.0.1:%d" % peer.port, "--piles", "2", "--speed", "300", "--quiet"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                         env=env)
+    try:
+        ready = json.loads(p.stdout.readline())
+        assert ready["ready"] and len(ready["piles"]) == 2
+        assert peer.wait(lambda: len(set(peer.logins)) == 2, timeout=20)
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=20)
+        assert p.returncode == 0, err
+        last = json.loads(out.strip().split("\n")[-1])
+        assert last["stopped"] and last["stats"]["piles"] == 2
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def test_bad_bridge_address_is_a_one_line_error(capsys):
+    assert sim.main(["run", "--bridge", "nowhere", "--piles", "1"]) == 2
+    err = capsys.readouterr().err.strip().split("\n")
+    assert len(err) == 1 and "HOST:PORT" in err[0]
