@@ -60,7 +60,8 @@ import struct
 
 from firmware.errors import MeterError
 from firmware.tariff import Accumulator, Tariff, slot_of
-from firmware.vinauth import STOP_VIN_DENIED, STOP_VIN_MISSING, norm_card, norm_vin
+from firmware.vinauth import norm_card, norm_vin
+from firmware.vinauth import STOP_VIN_DENIED, STOP_VIN_MISSING  # noqa: F401 (re-exported)
 from protocol import fields as F
 
 try:

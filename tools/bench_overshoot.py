@@ -105,11 +105,11 @@ def platform_side(kw, kind, value, every_s, link_ms=LINK_DELAY_MS):
 
 def _fmt(kind, target, r):
     if kind == "amount":
-        v, unit, scale = r["amount"], "yuan", 10000
+        v, scale = r["amount"], 10000   # yuan
     elif kind == "energy":
-        v, unit, scale = r["energy"], "kWh", 10000
+        v, scale = r["energy"], 10000   # kWh
     else:
-        v, unit, scale = r["ms"] // 1000, "s", 1
+        v, scale = r["ms"] // 1000, 1   # s
         target = target * 60
     d = v - target
     sign = "+" if d > 0 else ""
