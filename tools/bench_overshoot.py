@@ -195,7 +195,7 @@ def _alloc(line):
     if not m:
         return ""
     a, e = int(m.group(1)), int(m.group(2))
-    return "%.1f KB (modules) | %.1f KB" % (a / 1024, (e - a) / 1024)
+    return "%.1f KB | %.1f KB" % (a / 1024, (e - a) / 1024)
 
 
 def report(heap=True):
