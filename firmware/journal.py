@@ -96,6 +96,15 @@ S_CONFIRMED = "confirmed"
 S_ILLEGAL = "illegal"
 S_SETTLED = "settled"
 
+# In RAM a serial's entry is one small int: offset << 12 | length << 3 | state
+# (no object per bill: a 1,000-bill journal is a dict of ints).
+_OPEN = const(1)
+_PENDING = const(2)
+_CONFIRMED = const(3)
+_ILLEGAL = const(4)
+_SETTLED = const(5)
+_NAMES = (None, S_OPEN, S_PENDING, S_CONFIRMED, S_ILLEGAL, S_SETTLED)
+
 _MAGIC = const(0xA5)
 _HEAD = const(20)       # magic, kind, length, serial
 _OVERHEAD = const(24)   # head + CRC-32
@@ -213,6 +222,18 @@ def _rec(n):
     return _OVERHEAD + n
 
 
+def _pack(off, n, st):
+    return (off << 12) | (n << 3) | st
+
+
+def _off(v):
+    return v >> 12
+
+
+def _len(v):
+    return (v >> 3) & 0x1FF
+
+
 def _fits(payload, cap, what):
     if len(payload) > cap:
         raise RecordTooLong("%s of %d bytes > %d" % (what, len(payload), cap))
@@ -273,11 +294,15 @@ class Journal:
         self._clear()
 
     def _clear(self):
-        # packed serial -> [state, off, n, ck_off, ck_n]: off/n locate the
-        # primary record (header while open, bill once sealed), ck_* the
-        # last checkpoint of an open session (-1: none).
+        # packed serial -> _pack(off, n, state) of its primary record (the
+        # header while open, the bill once sealed); _ck: open session ->
+        # _pack(off, n, 0) of its last checkpoint. _opens / _bills: keys in
+        # start order / seal order (= journal order; never sorted: offsets
+        # grow as records are appended, and compaction keeps the order).
         self._e = {}
-        self._order = None     # keys sorted by primary offset, cached
+        self._ck = {}
+        self._opens = []
+        self._bills = []
         self._size = 0
         self._counter = 0
         self._damage = []      # corrupt ranges still in the file
@@ -365,55 +390,52 @@ class Journal:
 
     # ---- state transitions (shared by recovery and the live API) -----------
     def _apply(self, kind, key, off, n):
-        """Apply the record in _buf at off; False if it changes nothing."""
+        """Apply the record in _buf at off; False if it changes nothing,
+        None for a kind this firmware does not know."""
         e = self._e
-        ent = e.get(key)
-        st = ent[0] if ent is not None else None
+        v = e.get(key)
+        st = v & 7 if v is not None else 0
         if kind == SESSION_OPEN:
-            if ent is not None:
+            if v is not None:
                 return False
-            e[key] = [S_OPEN, off, n, -1, 0]
-            self._order = None
+            e[key] = _pack(off, n, _OPEN)
+            self._opens.append(key)
         elif kind == CHECKPOINT:
-            if st != S_OPEN:
+            if st != _OPEN:
                 return False
-            ent[3] = off
-            ent[4] = n
+            self._ck[key] = _pack(off, n, 0)
         elif kind == BILL_SEALED:
             # A bill without its session record is normal after compaction;
             # a second bill for a serial is never accepted.
-            if st is None:
-                e[key] = [S_PENDING, off, n, -1, 0]
-            elif st == S_OPEN:
-                ent[0] = S_PENDING
-                ent[1] = off
-                ent[2] = n
-                ent[3] = -1
-                ent[4] = 0
-            else:
+            if st == _OPEN:
+                # keep the key object the dict already holds (one per bill)
+                key = self._opens.pop(self._opens.index(key))
+                self._ck.pop(key, None)
+            elif v is not None:
                 return False
-            self._order = None
+            e[key] = _pack(off, n, _PENDING)
+            self._bills.append(key)
         elif kind == CONFIRMED:
-            if st != S_PENDING:
+            if st != _PENDING:
                 return False
-            ent[0] = S_CONFIRMED
+            e[key] = v - st + _CONFIRMED
         elif kind == ILLEGAL:
-            if st != S_PENDING and st != S_CONFIRMED:
+            if st != _PENDING and st != _CONFIRMED:
                 return False
-            ent[0] = S_ILLEGAL
+            e[key] = v - st + _ILLEGAL
         elif kind == SETTLED:
-            if st != S_PENDING and st != S_CONFIRMED and st != S_ILLEGAL:
+            if st < _PENDING or st > _ILLEGAL:
                 return False
-            ent[0] = S_SETTLED
+            e[key] = v - st + _SETTLED
         elif kind == SERIAL_COUNTER:
             if n != 4:
                 return False
-            v = struct.unpack_from("<I", self._buf, _HEAD)[0]
-            if v <= self._counter:
+            c = struct.unpack_from("<I", self._buf, _HEAD)[0]
+            if c <= self._counter:
                 return False
-            self._counter = v
+            self._counter = c
         else:
-            return None  # a kind this firmware does not know: skipped
+            return None
         return True
 
     # ---- recovery -----------------------------------------------------------
@@ -485,28 +507,21 @@ class Journal:
         rep.counter = self._counter
         rep.bytes_used = self._size
         e = self._e
-        for k in self._ordered():
-            st = e[k][0]
-            s = unpack_serial(k)
-            if st == S_PENDING:
-                rep.pending.append(s)
-            elif st == S_CONFIRMED:
-                rep.confirmed.append(s)
-            elif st == S_ILLEGAL:
-                rep.illegal.append(s)
-            elif st == S_SETTLED:
+        for k in self._bills:
+            st = e[k] & 7
+            if st == _PENDING:
+                rep.pending.append(unpack_serial(k))
+            elif st == _CONFIRMED:
+                rep.confirmed.append(unpack_serial(k))
+            elif st == _ILLEGAL:
+                rep.illegal.append(unpack_serial(k))
+            else:
                 rep.settled += 1
         rep.open_sessions = self.open_sessions()
 
     def _ensure(self):
         if not self._ready:
             self.recover()
-
-    def _ordered(self):
-        if self._order is None:
-            e = self._e
-            self._order = sorted(e, key=lambda k: e[k][1])
-        return self._order
 
     # ---- appending ----------------------------------------------------------
     def _append(self, kind, key, payload):
@@ -539,8 +554,8 @@ class Journal:
         return off
 
     def _state(self, key):
-        ent = self._e.get(key)
-        return ent[0] if ent is not None else None
+        v = self._e.get(key)
+        return _NAMES[v & 7] if v is not None else None
 
     # ---- public API ---------------------------------------------------------
     def open_session(self, serial, header):
@@ -605,10 +620,18 @@ class Journal:
         self._ensure()
         return self._state(key)
 
-    def _list(self, state):
+    def each(self, state):
+        """Serials of the bills in `state` ("pending", "confirmed",
+        "illegal", "settled"), lazily, in journal order."""
         self._ensure()
+        st = _NAMES.index(state)
         e = self._e
-        return [unpack_serial(k) for k in self._ordered() if e[k][0] == state]
+        for k in self._bills:
+            if e[k] & 7 == st:
+                yield unpack_serial(k)
+
+    def _list(self, state):
+        return [s for s in self.each(state)]
 
     def pending(self):
         """Sealed, unconfirmed bills in journal (seal) order."""
@@ -636,25 +659,23 @@ class Journal:
         """The sealed bill body, byte for byte (None: no bill or damaged)."""
         key = pack_serial(serial)
         self._ensure()
-        ent = self._e.get(key)
-        if ent is None or ent[0] == S_OPEN:
+        v = self._e.get(key)
+        if v is None or v & 7 == _OPEN:
             return None
-        body = self._payload(ent[1], ent[2])
+        body = self._payload(_off(v), _len(v))
         if body is None:
-            self._event("corrupt", [(ent[1], ent[1] + _rec(ent[2]))])
+            self._event("corrupt", [(_off(v), _off(v) + _rec(_len(v)))])
         return body
 
     def open_sessions(self):
         """[(serial, header, last checkpoint or None)] in start order."""
         self._ensure()
-        e = self._e
         out = []
-        for k in self._ordered():
-            ent = e[k]
-            if ent[0] != S_OPEN:
-                continue
-            hdr = self._payload(ent[1], ent[2])
-            ck = self._payload(ent[3], ent[4]) if ent[3] >= 0 else None
+        for k in self._opens:
+            v = self._e[k]
+            c = self._ck.get(k)
+            hdr = self._payload(_off(v), _len(v))
+            ck = self._payload(_off(c), _len(c)) if c is not None else None
             out.append((unpack_serial(k), hdr, ck))
         return out
 
@@ -692,13 +713,13 @@ class Journal:
         """Bytes that no compaction can free, plus what the live entries may
         still need to append."""
         f = 2 * _COUNTER_REC
-        for ent in self._e.values():
-            st = ent[0]
-            if st == S_OPEN:
-                f += (_rec(ent[2]) + 2 * _rec(_MAX_CHECKPOINT) + _rec(_MAX_BILL)
+        for v in self._e.values():
+            st = v & 7
+            if st == _OPEN:
+                f += (_rec(_len(v)) + 2 * _rec(_MAX_CHECKPOINT) + _rec(_MAX_BILL)
                       + 2 * _OVERHEAD)
-            elif st == S_PENDING or st == S_ILLEGAL:
-                f += _rec(ent[2]) + 2 * _OVERHEAD
+            elif st == _PENDING or st == _ILLEGAL:
+                f += _rec(_len(v)) + 2 * _OVERHEAD
         return f
 
     def can_start(self):
@@ -711,11 +732,12 @@ class Journal:
             self.refusal = None
             return True
         held = 0
-        for ent in self._e.values():
-            if ent[0] == S_PENDING or ent[0] == S_ILLEGAL or ent[0] == S_OPEN:
+        for v in self._e.values():
+            st = v & 7
+            if st == _PENDING or st == _ILLEGAL:
                 held += 1
-        self.refusal = ("journal full: %d unconfirmed bills/sessions need %d of %d bytes"
-                        % (held, floor, self.limit))
+        self.refusal = ("journal full: %d unconfirmed bills and %d open sessions need"
+                        " %d of %d bytes" % (held, len(self._opens), floor, self.limit))
         self._event("full", self.refusal)
         return False
 
@@ -750,6 +772,21 @@ class Journal:
             if q is not None:
                 q.close()
 
+    def _merged(self):
+        """Live keys in file order: open sessions and bills merged by the
+        offset of their primary record."""
+        e = self._e
+        a = self._opens
+        b = self._bills
+        i = j = 0
+        while i < len(a) or j < len(b):
+            if j >= len(b) or (i < len(a) and e[a[i]] < e[b[j]]):
+                yield a[i]
+                i += 1
+            else:
+                yield b[j]
+                j += 1
+
     def compact(self, need=0, protect=None):
         """Rewrite the live records into <path>.tmp, flush it and rename it
         over the journal. Drops settled bills, then (only if need bytes would
@@ -758,33 +795,33 @@ class Journal:
         Returns {"before", "after", "settled", "confirmed", "lost"}."""
         self._ensure()
         e = self._e
-        order = self._ordered()
+        cks = self._ck
         size = _COUNTER_REC if self._counter else 0
-        confirmed = []
         settled = 0
-        for k in order:
-            ent = e[k]
-            st = ent[0]
-            if st == S_SETTLED:
+        for v in e.values():
+            st = v & 7
+            if st == _SETTLED:
                 settled += 1
                 continue
-            size += _rec(ent[2])
-            if st == S_OPEN:
-                if ent[3] >= 0:
-                    size += _rec(ent[4])
-            elif st != S_PENDING:
+            size += _rec(_len(v))
+            if st == _CONFIRMED or st == _ILLEGAL:
                 size += _OVERHEAD
-                if st == S_CONFIRMED and k != protect:
-                    confirmed.append(k)
+        for c in cks.values():
+            size += _rec(_len(c))
         drop = {}
-        for k in confirmed:
+        for k in self._bills:
             if size + need + _SLACK_BYTES <= self.limit:
                 break
-            drop[k] = 1
-            size -= _rec(e[k][2]) + _OVERHEAD
+            v = e[k]
+            if v & 7 == _CONFIRMED and k != protect:
+                drop[k] = 1
+                size -= _rec(_len(v)) + _OVERHEAD
         before = self._size
         fs = self.fs
         new = {}
+        nck = {}
+        opens = []
+        bills = []
         lost = []
         old = fs.open(self.path, "rb") if before > 0 else None
         try:
@@ -797,32 +834,33 @@ class Journal:
                 w = 0
                 if self._counter:
                     w += self._copy_new(t, SERIAL_COUNTER, _NOKEY, struct.pack("<I", self._counter))
-                for k in order:
-                    ent = e[k]
-                    st = ent[0]
-                    if st == S_SETTLED or k in drop:
+                for k in self._merged():
+                    v = e[k]
+                    st = v & 7
+                    if st == _SETTLED or k in drop:
                         continue
-                    n = self._read_rec(old, ent[1], before)
-                    if n != ent[2] or bytes(self._buf[4:_HEAD]) != k:
+                    n = self._read_rec(old, _off(v), before)
+                    if n != _len(v) or bytes(self._mv[4:_HEAD]) != k:
                         # Flash changed under us: keep the evidence, say so.
                         lost.append(unpack_serial(k))
-                        self._quarantine(old, [(ent[1], ent[1] + _rec(ent[2]))])
+                        self._quarantine(old, [(_off(v), _off(v) + _rec(_len(v)))])
                         continue
                     self._write_all(t, _rec(n))
-                    ne = [st, w, n, -1, 0]
+                    new[k] = _pack(w, n, st)
                     w += _rec(n)
-                    if st == S_OPEN and ent[3] >= 0:
-                        m = self._read_rec(old, ent[3], before)
-                        if m == ent[4]:
-                            self._write_all(t, _rec(m))
-                            ne[3] = w
-                            ne[4] = m
-                            w += _rec(m)
-                    elif st == S_CONFIRMED:
+                    if st == _OPEN:
+                        opens.append(k)
+                        c = cks.get(k)
+                        if c is not None and self._read_rec(old, _off(c), before) == _len(c):
+                            self._write_all(t, _rec(_len(c)))
+                            nck[k] = _pack(w, _len(c), 0)
+                            w += _rec(_len(c))
+                        continue
+                    bills.append(k)
+                    if st == _CONFIRMED:
                         w += self._copy_new(t, CONFIRMED, k, b"")
-                    elif st == S_ILLEGAL:
+                    elif st == _ILLEGAL:
                         w += self._copy_new(t, ILLEGAL, k, b"")
-                    new[k] = ne
                 t.flush()
                 fs.sync(t)
             finally:
@@ -834,7 +872,9 @@ class Journal:
         fs.rename(self.tmp, self.path)
         fs.sync(None, self.path)
         self._e = new
-        self._order = None
+        self._ck = nck
+        self._opens = opens
+        self._bills = bills
         self._size = w
         self._damage = []
         self._heal = False

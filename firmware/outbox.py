@@ -95,8 +95,8 @@ class Outbox:
         now = self._now()
         if self._in_flight(now) >= self.window:
             return None
-        for confirmed, serials in ((False, self.j.pending()), (True, self.j.confirmed())):
-            for s in serials:
+        for confirmed in (False, True):
+            for s in self.j.each("confirmed" if confirmed else "pending"):
                 if s in self._flight or self._wait_left(s, now, confirmed):
                     continue
                 body = self.j.bill(s)
