@@ -303,3 +303,91 @@ class BridgeProcess:
     def log(self):
         with open(self.log_path, "rb") as f:
             return f.read().decode(errors="replace")
+
+
+class PtyUart:
+    """The firmware's UART interface (write / read(n) -> bytes or None) on
+    the master side of a pty, non-blocking."""
+
+    def __init__(self, fd):
+        self.fd = fd
+        os.set_blocking(fd, False)
+
+    def write(self, data):
+        view = memoryview(bytes(data))
+        while view:
+            try:
+                view = view[os.write(self.fd, view):]
+            except BlockingIOError:
+                time.sleep(0.001)
+        return len(data)
+
+    def read(self, n):
+        try:
+            return os.read(self.fd, n) or None
+        except (BlockingIOError, OSError):
+            return None      # nothing yet (EIO: the bridge has not opened the port)
+
+
+class FirmwarePile:
+    """The real pile firmware (firmware.pile.Pile) on simulated hardware,
+    its UART on a pty: the same bridge-facing behaviour as on a board. Its
+    simulated clock follows real time times `speed`, so YKC's 10 s heartbeat
+    and a charging session take a fraction of a second."""
+
+    def __init__(self, root, master_fd, code, speed=60, soc=20, vin="LSVAU2180N2183294"):
+        from firmware.pile import Pile
+        from firmware.sim import SimWorld
+        from host.schema import local_secs
+        from tests.mp.pilekit import tariff4
+        self.root = root
+        self.code = code
+        self.speed = speed
+        self.world = SimWorld(now=local_secs(), pile_max_w=60000, soc=soc, vin=vin)
+        self.cfg = {"pile": code, "gun": "01", "tariff": tariff4(), "hmi_version": "103"}
+        self.uart = PtyUart(master_fd)
+        self.reboots = 0
+        self._Pile = Pile
+        self._boot()
+        self._task = None
+
+    def _boot(self):
+        w = self.world
+        self.pile = self._Pile(self.cfg, self.root, w.clock, self.uart, w.meter, w.contactor,
+                               w.vehicle, reboot=self._reboot)
+
+    def _reboot(self):
+        self.reboots += 1
+        self.world.contactor.open()
+        self._boot()
+
+    async def _run(self):
+        clock = self.world.clock
+        last = time.monotonic()
+        while True:
+            d = self.pile.poll()
+            await asyncio.sleep(max(0.002, min(d / 1000.0 / self.speed, 0.01)))
+            now = time.monotonic()
+            ms = int((now - last) * 1000 * self.speed)
+            if ms:
+                clock.sleep_ms(ms)
+                last = now
+
+    def start(self):
+        self._task = asyncio.ensure_future(self._run())
+        return self
+
+    async def close(self):
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def wait_for(self, pred, timeout=10.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            r = pred()
+            if r:
+                return r
+            if time.monotonic() > deadline:
+                raise AssertionError("firmware pile %s: condition not met in %g s" % (self.code, timeout))
+            await asyncio.sleep(0.01)

@@ -1,0 +1,66 @@
+# The bridge with the real pile firmware (firmware/pile.py on simulated
+# hardware) on a pty: a platform-started session ends in one bill that goes
+# pile -> bridge -> broker -> platform -> confirmation -> settled in the
+# pile's journal; the tariff model reaches the pile; a reboot is reported.
+import os
+
+from tests.test_bridge_commands import TARIFF
+from tests.test_bridge_helpers import (
+    PILE_A, FirmwarePile, Platform, bridge_running, fast_config, pty_pair, run, tempdir, url_of)
+
+
+def test_real_firmware_session_bill_settles_through_the_bridge(mosquitto):
+    async def scenario(tmp, master, path):
+        cfg = fast_config(tmp, url_of(mosquitto), tcp={"listen": None},
+                          serial=[{"url": path, "baudrate": 115200, "ext": True}],
+                          piles={"heartbeat_s": 1.0, "command_timeout_s": 3.0},
+                          tariff=TARIFF)
+        root = os.path.join(tmp, "flash")
+        os.mkdir(root)
+        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
+            fw = FirmwarePile(root, master, PILE_A, speed=60).start()
+            try:
+                online = lambda: (lambda s: s if s and s["online"] else None)(
+                    plat.status.get(plat.topics.status(PILE_A)))
+                await plat.wait_for(online, 15)
+                # After login the pile checks its model: the site's 0007 differs
+                # from its own 0100, so it asks for it and keeps it.
+                await fw.wait_for(lambda: fw.pile.gun.tariff and fw.pile.gun.tariff.model == "0007")
+                st = await plat.wait_for(lambda: (lambda s: s if s and s["versions"]["fw"] else None)(
+                    plat.status.get(plat.topics.status(PILE_A))))
+                assert st["versions"]["hmi"] == "103"
+                r = await plat.command(PILE_A, {"id": "go", "cmd": "start", "gun": "01",
+                                                "balance": 100000, "card": "D14B0A54"})
+                assert r["ok"], r
+                serial = r["serial"]
+                await plat.wait_for(lambda: any(x["status"] == "charging" for x in plat.realtime))
+                await fw.wait_for(lambda: fw.world.meter.read_energy() > 5000)   # 0.5 kWh
+                # The field's lost bills: a stop sent three times. One bill.
+                r1 = await plat.command(PILE_A, {"id": "stop1", "cmd": "stop"})
+                r2 = await plat.command(PILE_A, {"id": "stop2", "cmd": "stop"})
+                r3 = await plat.command(PILE_A, {"id": "stop3", "cmd": "stop"})
+                assert r1["ok"] and r2["code"] == r3["code"] == "refused"
+                doc = await plat.wait_for(lambda: plat.bills.get(serial), 15)
+                assert doc["stop_reason"]["name"] == "remote_stop"
+                assert doc["checks"]["ok"], doc["checks"]
+                assert doc["complete"] and doc["raw"]["total_energy"] > 0
+                fees = doc["raw"]["extra"]
+                assert sum(fees[p + "_energy_fee"] + fees[p + "_service_fee"]
+                           for p in ("sharp", "peak", "flat", "valley", "deep")) \
+                    == doc["raw"]["total_amount"]
+                # Confirmed by the platform -> 0xE4 -> settled on the pile's flash.
+                await fw.wait_for(lambda: fw.pile.journal.status(serial) == "settled")
+                assert fw.pile.journal.pending() == [] and fw.pile.journal.confirmed() == []
+                assert list(plat.bills) == [serial]
+                # Reboot when idle: accepted, done, and the boot reason reported.
+                r = await plat.command(PILE_A, {"id": "rb", "cmd": "reboot", "when": "idle"})
+                assert r["ok"], r
+                await fw.wait_for(lambda: fw.reboots == 1)
+                st = await plat.wait_for(lambda: (lambda s: s if s and s["online"]
+                                                  and s["boot_reason"] == 2 else None)(
+                    plat.status.get(plat.topics.status(PILE_A))), 15)
+                assert st["versions"]["fw"]
+            finally:
+                await fw.close()
+    with tempdir("firmware") as tmp, pty_pair() as (master, path):
+        run(scenario(tmp, master, path), timeout=90)
