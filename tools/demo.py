@@ -1,0 +1,277 @@
+"""pile-demo: the whole product on one machine, in about a minute.
+
+Starts a broker (Mosquitto when installed, else the embedded amqtt), the
+bridge (`pile-bridge`, a child process), the reference platform and six
+simulated piles running the real firmware over TCP, in simulated time. Then
+it replays the field cases through MQTT commands, as a platform would:
+
+  pile 1  triple stop: one start, then three stop commands
+  pile 2  "charge to 1 yuan" at 60 kW, then a stop after the automatic stop
+  pile 3  power cut mid-session (the bill comes back after boot, 0x83)
+  pile 4  VIN refusal: a fleet card, a bus whose VIN is not the fleet's (0x8A)
+  pile 5  a session across five tariff classes (deep valley .. sharp)
+  pile 6  a bill made during a platform outage (delivered when it is back)
+
+and ends with a table: sessions, bills, confirmed, lost, duplicated,
+unreconciled, worst limit overshoot. `--json` prints the same as JSON.
+"""
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+from host.broker import make_broker
+from host.platform import Platform
+from tools import sim as SIM
+
+SITE = "demo"
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _say(quiet, msg):
+    if not quiet:
+        print(msg, flush=True)
+
+
+class Demo:
+    def __init__(self, speed=120.0, quiet=False, workdir=None):
+        self.speed = speed
+        self.quiet = quiet
+        self.own = workdir is None
+        self.dir = workdir or tempfile.mkdtemp(prefix="pc-demo-")
+        self.broker = None
+        self.bridge = None
+        self.fleet = None
+        self.platform = None
+        self.targets = {}      # serial -> amount target (x10^4 yuan)
+        self.started = []      # serials the piles accepted (executed starts)
+        self.refused = []      # (pile, reply) of starts the piles refused
+
+    # --- parts ------------------------------------------------------------------
+
+    def start_broker(self):
+        self.broker = make_broker()
+        self.broker.start()
+        _say(self.quiet, "broker   %s on 127.0.0.1:%d" % (type(self.broker).__name__.lower(),
+                                                         self.broker.port))
+
+    def start_bridge(self):
+        cfg = os.path.join(self.dir, "bridge.toml")
+        with open(cfg, "w") as f:
+            f.write('site = "%s"\ndatabase = "%s"\nlog_level = "warning"\n'
+                    '[mqtt]\nurl = "mqtt://127.0.0.1:%d"\n'
+                    '[tcp]\nlisten = "127.0.0.1:0"\next = true\n'
+                    '[bills]\nretry_initial_s = 0.5\nretry_max_s = 2.0\n'
+                    % (SITE, os.path.join(self.dir, "bridge.db"), self.broker.port))
+        log = open(os.path.join(self.dir, "bridge.log"), "w")
+        self.bridge = subprocess.Popen([sys.executable, "-m", "host.bridge", "--config", cfg],
+                                       stdout=subprocess.PIPE, stderr=log, text=True)
+        line = self.bridge.stdout.readline()
+        if not line:
+            raise RuntimeError("the bridge did not start: see %s" % log.name)
+        self.tcp_port = json.loads(line)["tcp_port"]
+        _say(self.quiet, "bridge   pid %d, piles dial 127.0.0.1:%d" % (self.bridge.pid, self.tcp_port))
+
+    def start_fleet(self):
+        with open(os.path.join(_HERE, "scenarios", "demo.json")) as f:
+            sc = SIM.parse_scenario(json.load(f), "demo")
+        self.fleet = SIM.SimFleet(("127.0.0.1", self.tcp_port), speed=self.speed, scenario=sc,
+                                  root=os.path.join(self.dir, "piles"))
+        self.codes = [u.code for u in self.fleet.units]
+        self.fleet.start()
+        _say(self.quiet, "piles    %d simulated piles (real firmware), %gx simulated time"
+             % (len(self.codes), self.speed))
+
+    def stop(self):
+        if self.fleet:
+            self.fleet.stop()
+        if self.bridge and self.bridge.poll() is None:
+            self.bridge.terminate()
+            try:
+                self.bridge.wait(10)
+            except subprocess.TimeoutExpired:
+                self.bridge.kill()
+        if self.broker:
+            self.broker.close()
+        if self.own:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    # --- the script -------------------------------------------------------------
+
+    async def at(self, minutes):
+        """Wait until the piles' simulated clock reaches `minutes`."""
+        ms = int(minutes * 60000)
+        await asyncio.to_thread(self.fleet.wait, lambda f: f.sim_ms >= ms, 120)
+
+    async def cmd(self, i, cmd, **args):
+        res = await self.platform.command(SITE, self.codes[i], cmd, timeout=30, **args)
+        return res
+
+    async def start(self, i, card="D14B0A54", amount=0):
+        args = {"gun": "01", "balance": 100000, "card": card, "logical_card": "1000000573"}
+        if amount:
+            args["targets"] = {"amount": amount}
+        res = await self.cmd(i, "start", **args)
+        serial = res.get("serial") or (res.get("reply") or {}).get("serial")
+        if res.get("ok"):
+            self.started.append(serial)
+            if amount:
+                self.targets[serial] = amount
+        else:
+            self.refused.append((self.codes[i], res.get("message")))
+        _say(self.quiet, "  pile %d start: %s" % (i + 1, res.get("message")))
+        return serial
+
+    async def stop_gun(self, i):
+        res = await self.cmd(i, "stop", gun="01")
+        _say(self.quiet, "  pile %d stop: %s" % (i + 1, res.get("message")))
+        return res
+
+    async def wait_online(self):
+        await asyncio.to_thread(self.fleet.wait,
+                                lambda f: f.stats()["online"] == len(self.codes), 60)
+
+    async def script(self):
+        await self.wait_online()
+        _say(self.quiet, "all piles online; replaying the field cases")
+        await self.at(1)
+        await self.start(0)
+        await self.start(1, amount=10000)                  # "charge to 1 yuan"
+        await self.start(2)
+        await self.start(3, card="B0B0B0B0")               # fleet card, foreign bus
+        await self.start(4)
+        await self.start(5)
+        await self.at(6)
+        _say(self.quiet, "triple stop on pile 1:")
+        for _ in range(3):
+            await self.stop_gun(0)
+        await self.at(15)
+        _say(self.quiet, "platform outage begins (it stops taking bills)")
+        self.platform.silent = True
+        await self.at(18)
+        await self.stop_gun(5)
+        await self.stop_gun(2)
+        await self.at(30)
+        _say(self.quiet, "platform back")
+        self.platform.silent = False
+        _say(self.quiet, "stop after the automatic stop on pile 2:")
+        await self.stop_gun(1)
+        await self.at(100)
+        await self.stop_gun(4)
+        await self.stop_gun(3)
+
+    async def settle(self, timeout=60):
+        """Wait until every bill the piles sealed is in the platform's store."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            sealed = set(s for s, in self._sealed())
+            if sealed and sealed <= self.platform.serials() and not self._charging():
+                return True
+            self.platform.changed.clear()
+            try:
+                await asyncio.wait_for(self.platform.changed.wait(), 1.0)
+            except asyncio.TimeoutError:
+                pass
+        return False
+
+    def _sealed(self):
+        return [(b["serial"],) for b in self.fleet.bills()]
+
+    def _charging(self):
+        return any(p["state"] in ("charging", "stopping", "authorising")
+                   for p in self.fleet.stats()["per_pile"])
+
+    def summary(self):
+        sealed = self.fleet.bills()
+        got = dict((b["serial"], b) for b in self.platform.bills())
+        sealed_serials = [b["serial"] for b in sealed]
+        executed = set(self.started) | set(sealed_serials)
+        bills_per_start = {}
+        for s in sealed_serials:
+            bills_per_start[s] = bills_per_start.get(s, 0) + 1
+        overshoot = None
+        for serial, target in self.targets.items():
+            b = got.get(serial)
+            if b:
+                over = b["raw"]["total_amount"] - target
+                overshoot = over if overshoot is None or over > overshoot else overshoot
+        stops = {}
+        for b in got.values():
+            name = b["stop_reason"]["name"] if isinstance(b.get("stop_reason"), dict) else "?"
+            stops[name] = stops.get(name, 0) + 1
+        st = self.platform.summary()
+        return {
+            "sessions": len(executed),
+            "bills": len(got),
+            "confirmed": len([s for s in executed if s in got]),
+            "lost": len([s for s in executed if s not in got]),
+            "duplicated": len([s for s, n in bills_per_start.items() if n > 1]),
+            "unreconciled": st["unreconciled"],
+            "worst_limit_overshoot_yuan": None if overshoot is None else "%.4f" % (overshoot / 1e4),
+            "refused_starts": len(self.refused),
+            "stop_reasons": stops,
+            "energy_kwh": st["energy_kwh"],
+            "amount_yuan": st["amount_yuan"],
+            "platform_copies_received_again": st["duplicates_received"],
+        }
+
+    async def run(self):
+        self.start_broker()
+        self.start_bridge()
+        self.platform = Platform("mqtt://127.0.0.1:%d" % self.broker.port,
+                                 os.path.join(self.dir, "platform.db"))
+        ready = asyncio.Event()
+        ptask = asyncio.create_task(self.platform.run(ready))
+        await asyncio.wait_for(ready.wait(), 20)
+        _say(self.quiet, "platform subscribed")
+        self.start_fleet()
+        try:
+            await self.script()
+            ok = await self.settle()
+            if not ok:
+                _say(self.quiet, "warning: not every sealed bill reached the platform in time")
+            return self.summary()
+        finally:
+            ptask.cancel()
+
+
+def table(s):
+    rows = [("sessions (executed starts)", s["sessions"]), ("bills at the platform", s["bills"]),
+            ("confirmed", s["confirmed"]), ("lost", s["lost"]), ("duplicated", s["duplicated"]),
+            ("unreconciled", s["unreconciled"]),
+            ("worst limit overshoot (yuan)", s["worst_limit_overshoot_yuan"]),
+            ("refused starts", s["refused_starts"]), ("energy (kWh)", s["energy_kwh"]),
+            ("amount (yuan)", s["amount_yuan"])]
+    out = ["", "%-30s %s" % ("pile-demo", "result"), "-" * 44]
+    for k, v in rows:
+        out.append("%-30s %s" % (k, v))
+    out.append("stop reasons: " + ", ".join("%s %d" % kv for kv in sorted(s["stop_reasons"].items())))
+    return "\n".join(out)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="pile-demo", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", action="store_true", help="print the summary as JSON")
+    ap.add_argument("--speed", type=float, default=120.0, help="simulated seconds per real second")
+    ap.add_argument("--keep", metavar="DIR", help="keep logs and databases in DIR")
+    args = ap.parse_args(argv)
+    if args.keep:
+        os.makedirs(args.keep, exist_ok=True)
+    d = Demo(args.speed, quiet=args.json, workdir=args.keep)
+    try:
+        s = asyncio.run(d.run())
+    finally:
+        d.stop()
+    print(json.dumps(s, indent=2) if args.json else table(s))
+    bad = s["lost"] or s["duplicated"] or s["unreconciled"]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
