@@ -156,3 +156,23 @@ def test_status_query_reports_journal_and_versions():
         assert st["hmi_version"] == "103" and st["fw_version"].startswith("pc")
     finally:
         rmtree(r.root)
+
+
+def test_repeated_start_after_reboot_neither_restarts_nor_bills_again():
+    r = _rig()
+    try:
+        r.online()
+        r.start(serial(9))
+        r.run(60000)
+        r.stop()
+        r.run(30000)
+        r.boot()  # the gun's in-RAM memory of recent serials is gone
+        r.online()
+        r.start(serial(9))
+        r.run(30000)
+        reply = r.platform.named("remote_start_reply")[-1].fields
+        assert reply["serial"] == serial(9) and reply["result"] == 0
+        assert r.pile.gun.state != S.CHARGING
+        assert [f.fields["serial"] for f in r.platform.bills()] == [serial(9)]
+    finally:
+        rmtree(r.root)
