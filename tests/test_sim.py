@@ -383,3 +383,50 @@ def test_bad_bridge_address_is_a_one_line_error(capsys):
     assert sim.main(["run", "--bridge", "nowhere", "--piles", "1"]) == 2
     err = capsys.readouterr().err.strip().split("\n")
     assert len(err) == 1 and "HOST:PORT" in err[0]
+
+
+def _free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def test_fleet_against_the_real_bridge_gets_its_bills_confirmed(tmp_path):
+    # host.bridge as a child process; its MQTT side points at a port nobody
+    # listens on (it retries in the background): pile links and bill custody
+    # (0x40 once the bill is stored) work without a broker.
+    cfg = tmp_path / "bridge.toml"
+    cfg.write_text('site = "simtest"\ndatabase = "%s"\nlog_level = "warning"\n'
+                   '[mqtt]\nurl = "mqtt://127.0.0.1:%d"\n[tcp]\nlisten = "127.0.0.1:0"\n'
+                   'ext = true\n' % (tmp_path / "bridge.db", _free_port()))
+    br = subprocess.Popen([sys.executable, "-m", "host.bridge", "--config", str(cfg)],
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+    fleet = None
+    try:
+        line = br.stdout.readline()
+        if not line:
+            pytest.skip("host.bridge did not start here")
+        port = json.loads(line)["tcp_port"]
+        sc = sim.parse_scenario({
+            "tariff": {"prices": [[120000, 40000], [100000, 40000], [70000, 40000],
+                                  [30000, 40000]], "slots": [1] * 48},
+            "piles": [{"code": "55031412780201", "plugged": True},
+                      {"code": "55031412780202", "plugged": True}],
+            "timeline": [{"at": "1m", "pile": 0, "do": "card", "amount": "2.00"},
+                         {"at": "1m", "pile": 1, "do": "card", "minutes": 3}]})
+        fleet = sim.SimFleet(("127.0.0.1", port), speed=600, scenario=sc)
+        fleet.start()
+        assert fleet.wait(lambda f: f.stats()["confirmed"] == 2, timeout=30), fleet.stats()
+        reasons = sorted(b["stop_reason_name"] for b in fleet.bills())
+        assert reasons == ["amount_target", "time_target"]
+    finally:
+        if fleet is not None:
+            fleet.stop()
+        br.terminate()
+        try:
+            br.wait(10)
+        except subprocess.TimeoutExpired:
+            br.kill()
+            br.wait()
