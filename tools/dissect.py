@@ -253,6 +253,88 @@ def _reason(e):
 
 # --- presentation ---------------------------------------------------------------------
 
+# Stop reasons of the bill (0x3B 'stop_reason'), V1.6 appendix 13.1.
+STOP_REASONS = {
+    0x40: "finished: remote stop (app)",
+    0x41: "finished: SOC reached 100%",
+    0x42: "finished: energy target reached",
+    0x43: "finished: amount target reached",
+    0x44: "finished: time target reached",
+    0x45: "finished: stopped by hand at the pile",
+    0x4A: "start failed: pile control system fault (restart or self-recovery needed)",
+    0x4B: "start failed: control pilot disconnected",
+    0x4C: "start failed: circuit breaker tripped",
+    0x4D: "start failed: meter communication lost",
+    0x4E: "start failed: balance too low",
+    0x4F: "start failed: charging module fault",
+    0x50: "start failed: emergency stop",
+    0x51: "start failed: surge protector fault",
+    0x52: "start failed: BMS not ready",
+    0x53: "start failed: temperature fault",
+    0x54: "start failed: battery reverse connection",
+    0x55: "start failed: electronic lock fault",
+    0x56: "start failed: contactor did not close",
+    0x57: "start failed: insulation fault",
+    0x59: "start failed: BMS handshake BHM timeout",
+    0x5A: "start failed: BMS/vehicle identification BRM timeout",
+    0x5B: "start failed: battery parameters BCP timeout",
+    0x5C: "start failed: BMS ready BRO AA timeout",
+    0x5D: "start failed: battery status BCS timeout",
+    0x5E: "start failed: battery requirement BCL timeout",
+    0x5F: "start failed: battery state BSM timeout",
+    0x60: "start failed: GB2015 battery voltage present at BHM",
+    0x61: "start failed: GB2015 battery voltage differs from BCP by more than 5% at BRO AA",
+    0x62: "start failed: GB2015 BRO AA fell back to BRO 00 during precharge",
+    0x63: "start failed: host configuration timeout",
+    0x64: "start failed: charger not ready (no CRO AA, old GB/T)",
+    0x6A: "abnormal stop: system locked",
+    0x6B: "abnormal stop: control pilot disconnected",
+    0x6C: "abnormal stop: circuit breaker tripped",
+    0x6D: "abnormal stop: meter communication lost",
+    0x6E: "abnormal stop: balance exhausted",
+    0x6F: "abnormal stop: AC protection",
+    0x70: "abnormal stop: DC protection",
+    0x71: "abnormal stop: charging module fault",
+    0x72: "abnormal stop: emergency stop",
+    0x73: "abnormal stop: surge protector fault",
+    0x74: "abnormal stop: temperature fault",
+    0x75: "abnormal stop: output fault",
+    0x76: "abnormal stop: no current",
+    0x77: "abnormal stop: electronic lock fault",
+    0x79: "abnormal stop: total charging voltage fault",
+    0x7A: "abnormal stop: total charging current fault",
+    0x7B: "abnormal stop: cell charging voltage fault",
+    0x7C: "abnormal stop: battery pack over temperature",
+    0x7D: "abnormal stop: highest cell voltage fault",
+    0x7E: "abnormal stop: highest pack over temperature",
+    0x7F: "abnormal stop: BMV cell voltage fault",
+    0x80: "abnormal stop: BMT pack over temperature",
+    0x81: "abnormal stop: battery state fault",
+    0x82: "abnormal stop: vehicle forbids charging",
+    0x83: "abnormal stop: pile lost power",
+    0x84: "abnormal stop: battery status BCS timeout",
+    0x85: "abnormal stop: battery requirement BCL timeout",
+    0x86: "abnormal stop: battery state BSM timeout",
+    0x87: "abnormal stop: BMS stop BST timeout",
+    0x88: "abnormal stop: BMS statistics BSD timeout",
+    0x89: "abnormal stop: peer CCS timeout",
+    0x90: "unknown reason",
+}
+
+
+def stop_reason(code):
+    """The meaning of a bill stop reason (reserved ranges named as such)."""
+    if code in STOP_REASONS:
+        return STOP_REASONS[code]
+    if 0x46 <= code <= 0x49:
+        return "finished: other (reserved)"
+    if 0x4A <= code <= 0x69:
+        return "start failed: other (reserved)"
+    if 0x6A <= code <= 0x8F:
+        return "abnormal stop: other (reserved)"
+    return "not a V1.6 stop reason"
+
+
 def iso(secs):
     return (EPOCH + datetime.timedelta(seconds=secs)).isoformat()
 

@@ -106,6 +106,8 @@ def _as_text(c, swapped):
                 lines.append("    [%d] %s" % (i, "  ".join("%s=%s" % kv for kv in rec.items())))
             continue
         text = str(value)
+        if name == "stop_reason" and c.type == 0x3B:
+            text = "0x%02X (%s)" % (value, D.stop_reason(value))
         lines.append(("  %-22s %s %s" % (name, text, unit)).rstrip())
     return "\n".join(lines)
 
