@@ -117,6 +117,7 @@ class Pile:
         self._tariff_check = False
         self._reboot_when = 0         # 0 none, 1 now, 2 when idle
         self.send_log = None          # optional list: serials of bills sent (tests)
+        self.console = None           # optional firmware.console.Console, polled by poll()
         if self.recovered:
             self.event("power_loss_bills", ",".join(self.recovered))
         if self.report.damaged:
@@ -289,13 +290,20 @@ class Pile:
 
     def _reboot(self, f, when):
         # 0x91 result: 1 accepted, 0 refused. Every request is answered.
-        ok = when in (1, 2) and self.reboot_hook is not None
+        ok = self.request_reboot(when)
         self.link.reply(f, "reboot_reply", {"pile": self.pile, "result": 1 if ok else 0})
-        if not ok:
-            self.event("reboot_refused", "when=%d hook=%s" % (when, self.reboot_hook is not None))
-            return
+
+    def request_reboot(self, when, source="platform"):
+        """Ask for a reboot: 1 now (a running session is billed first), 2 when
+        idle. False (and an event) when it cannot be done. The 0x92 handler
+        and the technician console both come here."""
+        if when not in (1, 2) or self.reboot_hook is None:
+            self.event("reboot_refused", "%s when=%s hook=%s"
+                       % (source, when, self.reboot_hook is not None))
+            return False
         self._reboot_when = when
-        self.event("reboot_requested", BOOT_NAMES[when])
+        self.event("reboot_requested", "%s %s" % (BOOT_NAMES[when], source))
+        return True
 
     def _maybe_reboot(self):
         when = self._reboot_when
@@ -326,6 +334,9 @@ class Pile:
                                                 "model": t.model if t else "0000"})
             self._realtime_due()
         self._maybe_reboot()
+        if self.console is not None:   # firmware/console.py, optional
+            self.console.poll()
+            return wait if wait < 50 else 50   # keystrokes echo promptly
         return wait if wait < 1000 else 1000
 
     def _send_bills(self):

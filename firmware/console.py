@@ -1,0 +1,583 @@
+# The technician console: a line-based shell on a second UART, usable from
+# any terminal (miniterm, screen, PuTTY) and from tools/console.py.
+#
+#   pile> status            plain aligned text
+#   pile> json bills        the same facts as one JSON line (for tools)
+#
+# Reading commands are open to anyone holding the cable; commands that change
+# the pile (config set, reboot) need the technician PIN (cfg "pin"), compared
+# in constant time. _MAX_TRIES wrong PINs lock the console for _LOCKOUT_MS
+# (tick differences); the failure count is kept on flash, so a reboot does not
+# reset it (a lockout in force at boot starts again in full).
+#
+# Wire it to the main loop:  con = Console(pile, uart2); pile.console = con
+# (Pile.poll() then polls it), or call con.poll() from your own loop.
+import json
+
+from firmware import session as S
+from firmware.link import ticks_diff
+from firmware.pile import BOOT_NAMES, FW_VERSION, split_payload
+from protocol import codec
+from protocol.fields import iso
+
+try:
+    from micropython import const
+except ImportError:
+    def const(x):
+        return x
+
+_MAX_LINE = const(96)          # bytes of one command line; more is refused whole
+_MAX_TRIES = const(5)          # wrong PINs before the lockout
+_LOCKOUT_MS = const(300000)    # 5 minutes
+_UNLOCK_MS = const(600000)     # an unlocked console locks itself after 10 idle minutes
+_READ = const(64)              # bytes taken from the UART per read
+_BS = const(0x08)
+_DEL = const(0x7F)
+_CR = const(0x0D)
+_LF = const(0x0A)
+_ESC = const(0x1B)
+_CTRL_C = const(0x03)
+
+PROMPT = b"pile> "
+PROTOCOL = "YKC V1.6"
+
+# config keys: name -> (kind, lo, hi) ; kind "i" int in [lo, hi], "s" ASCII of
+# at most hi chars. Everything else in cfg is read-only here.
+_WRITABLE = {"period_ms": ("i", 100, 60000), "hmi_version": ("s", 0, 8)}
+_READABLE = ("pile", "gun", "pile_type", "sw_version", "hmi_version", "period_ms",
+             "journal_bytes")
+
+_STATES = ("pending", "confirmed", "illegal")
+_STATE_LABEL = {"pending": "unconfirmed", "confirmed": "unsettled", "illegal": "illegal"}
+
+
+class CommandError(Exception):
+    """A command that cannot be done; the message is shown as "error: ..."."""
+
+
+def _dec(v, places):
+    # Integer units shown as decimals without floats: 123456, 4 -> "12.3456".
+    if not isinstance(v, int):
+        return str(v)
+    p = 10 ** places
+    s = "-" if v < 0 else ""
+    v = -v if v < 0 else v
+    return "%s%d.%0*d" % (s, v // p, places, v % p) if places else str(v)
+
+
+def _show(name, v):
+    # How a bill / session field reads for a person (JSON keeps raw integers).
+    if not isinstance(v, int):
+        return str(v)
+    if name.endswith("_time") or name == "time":
+        return "%s (%d)" % (iso(v), v)
+    if name.endswith("price"):
+        return _dec(v, 5) + " yuan/kWh"
+    if name.endswith("energy") or name.endswith("loss") or name.startswith("meter_"):
+        return _dec(v, 4) + " kWh"
+    if name.endswith("amount") or name.endswith("fee"):
+        return _dec(v, 4) + " yuan"
+    if name == "stop_reason":
+        return "0x%02X" % v
+    return str(v)
+
+
+def _pairs(rows):
+    # [(label, text)] -> aligned lines.
+    w = 0
+    for k, _ in rows:
+        if len(k) > w:
+            w = len(k)
+    return ["%-*s  %s" % (w, k, v) for k, v in rows]
+
+
+def _table(head, rows):
+    w = [len(h) for h in head]
+    for r in rows:
+        for i in range(len(r)):
+            if len(r[i]) > w[i]:
+                w[i] = len(r[i])
+    out = []
+    for r in [head] + rows:
+        out.append("  ".join(["%-*s" % (w[i], r[i]) for i in range(len(r))]).rstrip())
+    return out
+
+
+def _same(a, b):
+    # Constant-time comparison: the time depends on len(b) only, never on
+    # where the first difference is.
+    if isinstance(a, str):
+        a = a.encode()
+    if isinstance(b, str):
+        b = b.encode()
+    diff = len(a) ^ len(b)
+    n = len(a)
+    for i in range(len(b)):
+        x = a[i] if i < n else 0
+        diff |= x ^ b[i]
+    return diff == 0
+
+
+def _read_file(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _write_file(path, data):
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    import os
+    os.rename(tmp, path)
+
+
+def _remove(path):
+    import os
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+class Console:
+    """Console(pile, uart, clock=None). poll() reads what the UART has,
+    runs complete lines and writes the answers; it never raises."""
+
+    def __init__(self, pile, uart, clock=None):
+        self.pile = pile
+        self.uart = uart
+        self.clock = clock or pile.clock
+        self._buf = bytearray(_MAX_LINE)
+        self._n = 0
+        self._over = False        # the current line passed _MAX_LINE
+        self._esc = 0             # inside an escape sequence (arrow keys)
+        self._last = 0            # previous byte (CR LF is one line end)
+        self._unlocked = None     # ticks of the last command while unlocked
+        self._locked_at = None    # ticks the lockout began
+        self._lock_path = pile.root + "/console.pin"
+        self._cfg_path = pile.root + "/console.cfg"
+        raw = _read_file(self._lock_path)
+        self._fails = 0
+        if raw:
+            try:
+                self._fails = int(raw)
+            except ValueError:
+                self._fails = _MAX_TRIES  # unreadable: assume the worst
+        if self._fails >= _MAX_TRIES:
+            self._locked_at = self.clock.ticks_ms()
+        self._load_cfg()
+        self.uart.write(b"\r\npile console (" + FW_VERSION.encode() + b"), 'help' lists commands\r\n"
+                        + PROMPT)
+
+    # --- input -------------------------------------------------------------------
+
+    def poll(self):
+        try:
+            while True:
+                data = self.uart.read(_READ)
+                if not data:
+                    return
+                for b in data:
+                    self._byte(b)
+        except Exception as e:  # the console must never take the pile down
+            self._w("\r\nerror: console: %s: %s\r\n" % (type(e).__name__, e))
+            self._n = 0
+            self._over = False
+
+    def _byte(self, b):
+        last = self._last
+        self._last = b
+        if self._esc:
+            # ESC [ ... final letter: swallowed (arrow keys, function keys).
+            if self._esc == 1 and b == 0x5B:
+                self._esc = 2
+            elif self._esc == 1 or 0x40 <= b <= 0x7E:
+                self._esc = 0
+            return
+        if b == _CR or b == _LF:
+            if b == _LF and last == _CR:
+                return
+            self._end_line()
+        elif b == _BS or b == _DEL:
+            if self._n and not self._over:
+                self._n -= 1
+                self.uart.write(b"\x08 \x08")
+        elif b == _CTRL_C:
+            self._n = 0
+            self._over = False
+            self.uart.write(b"^C\r\n" + PROMPT)
+        elif b == _ESC:
+            self._esc = 1
+        elif 0x20 <= b < 0x7F:
+            if self._n >= _MAX_LINE:
+                self._over = True
+            elif not self._over:
+                self._buf[self._n] = b
+                self._n += 1
+                self.uart.write(bytes((b,)))
+
+    def _end_line(self):
+        self.uart.write(b"\r\n")
+        if self._over:
+            self._w("error: line longer than %d bytes, ignored\r\n" % _MAX_LINE)
+        elif self._n:
+            line = bytes(self._buf[:self._n]).decode()
+            self.run(line)
+        self._n = 0
+        self._over = False
+        self.uart.write(PROMPT)
+
+    def _w(self, s):
+        self.uart.write(s.encode())
+
+    # --- commands ----------------------------------------------------------------
+
+    def run(self, line):
+        """Run one command line and write its answer (without the prompt)."""
+        words = line.split()
+        js = False
+        if words and words[0] == "json":
+            js = True
+            words = words[1:]
+        if not words:
+            return
+        name = words[0]
+        fn = getattr(self, "cmd_" + name, None)
+        try:
+            if fn is None:
+                raise CommandError("unknown command %r; 'help' lists commands" % name)
+            data, lines = fn(words[1:])
+        except CommandError as e:
+            data, lines = {"error": str(e)}, ["error: " + str(e)]
+        except Exception as e:
+            msg = "%s: %s: %s" % (name, type(e).__name__, e)
+            data, lines = {"error": msg}, ["error: " + msg]
+        if js:
+            self._w(json.dumps(data) + "\r\n")
+        else:
+            for s in lines:
+                self._w(s + "\r\n")
+
+    def cmd_help(self, args):
+        cmds = (("status", "state, link, boot reason, journal and bill counts"),
+                ("meter", "energy register, power, voltage, current"),
+                ("session", "the running trade: serial, energy, amount, targets"),
+                ("bills", "unconfirmed, unsettled and illegal bills"),
+                ("bill SERIAL", "every field of one bill"),
+                ("tariff", "prices and half-hour slots"),
+                ("versions", "firmware, screen (HMI) and protocol versions"),
+                ("log", "recent events"),
+                ("config get [KEY]", "settings (" + ", ".join(_READABLE) + ")"),
+                ("config set KEY VALUE", "needs unlock; keys: " + ", ".join(sorted(_WRITABLE))),
+                ("reboot now|idle", "needs unlock; 'now' seals a running bill first"),
+                ("unlock PIN / lock", "technician PIN for write commands"),
+                ("json CMD", "the answer as one JSON line"))
+        return {"commands": [c[0] for c in cmds]}, _pairs(cmds)
+
+    def cmd_status(self, args):
+        p = self.pile
+        st = p.status_fields()
+        d = {"pile": st["pile"], "state": S.STATE_NAMES[st["state"]],
+             "online": bool(p.link.online), "boot_reason": BOOT_NAMES[st["boot_reason"]],
+             "journal_used": st["journal_used"], "journal_limit": st["journal_limit"],
+             "pending": st["pending"], "unsettled": st["unsettled"], "illegal": st["illegal"],
+             "oldest_pending": st["oldest_pending"], "fw_version": st["fw_version"],
+             "hmi_version": st["hmi_version"], "locked": self._locked_left() > 0,
+             "unlocked": self._is_unlocked()}
+        pct = d["journal_used"] * 100 // d["journal_limit"] if d["journal_limit"] else 0
+        rows = [("pile", d["pile"]), ("state", d["state"]),
+                ("link", "online" if d["online"] else "offline"),
+                ("boot reason", d["boot_reason"]),
+                ("journal", "%d / %d bytes (%d%%)" % (d["journal_used"], d["journal_limit"], pct)),
+                ("unconfirmed", str(d["pending"])), ("unsettled", str(d["unsettled"])),
+                ("illegal", str(d["illegal"])),
+                ("oldest unconfirmed", d["oldest_pending"] or "-"),
+                ("firmware", d["fw_version"]), ("hmi", d["hmi_version"] or "-")]
+        return d, _pairs(rows)
+
+    def cmd_meter(self, args):
+        m = self.pile.gun.meter
+        d = {}
+        rows = []
+        for key, fn, fmt in (("energy", "read_energy", "%s kWh"), ("power", "read_power", "%s W"),
+                             ("voltage", "read_voltage", "%s V"),
+                             ("current", "read_current", "%s A")):
+            try:
+                v = getattr(m, fn)()
+                d[key] = v
+                txt = fmt % (_dec(v, 4) if key == "energy" else
+                             _dec(v, 1) if key in ("voltage", "current") else str(v))
+            except Exception as e:
+                d[key] = None
+                d[key + "_error"] = "%s: %s" % (type(e).__name__, e)
+                txt = "error: " + d[key + "_error"]
+            rows.append((key, txt))
+        return d, _pairs(rows)
+
+    def cmd_session(self, args):
+        g = self.pile.gun
+        tr = g.trade
+        d = {"state": S.STATE_NAMES[g.state], "active": tr is not None}
+        if tr is None:
+            last = g.bill["serial"] if g.bill else ""
+            d["last_bill"] = last
+            return d, _pairs((("state", d["state"]), ("session", "none"),
+                              ("last bill", last or "-")))
+        acc = tr.acc
+        d.update({"serial": tr.h["serial"], "card": tr.h["card"],
+                  "start_time": tr.h["start_time"], "meter_start": tr.h["meter_start"],
+                  "energy": acc.total(), "amount": acc.amount(),
+                  "minutes": ticks_diff(self.clock.ticks_ms(), tr.t0) // 60000
+                  if g.state == S.CHARGING else 0,
+                  "power": tr.p, "soc": g.vehicle.soc,
+                  "target_amount": tr.amount_cap or 0, "target_energy": tr.energy_cap or 0,
+                  "target_minutes": (tr.deadline or 0) // 60000,
+                  "target_soc": tr.soc_target or 0, "balance": tr.balance_cap})
+        rows = [("state", d["state"]), ("serial", d["serial"]), ("card", d["card"]),
+                ("start", _show("start_time", d["start_time"])),
+                ("energy", _show("energy", d["energy"])),
+                ("amount", _show("amount", d["amount"])),
+                ("minutes", str(d["minutes"])), ("power", "%d W" % d["power"]),
+                ("soc", "%d %%" % d["soc"])]
+        for k in ("target_amount", "target_energy", "target_minutes", "target_soc"):
+            rows.append((k.replace("_", " "), _show(k, d[k]) if d[k] else "-"))
+        rows.append(("balance", "-" if d["balance"] is None else _show("amount", d["balance"])))
+        return d, _pairs(rows)
+
+    def _decode(self, serial):
+        raw = self.pile.journal.bill(serial)
+        if raw is None:
+            raise CommandError("no bill %s in the journal" % serial)
+        body, extra = split_payload(raw)
+        lay = codec.layout_for(0x3B, len(body))
+        b = codec.decode_body(lay, body)
+        x = codec.decode_body(codec.layout_named("bill_extra"), extra)
+        return b, x, lay
+
+    def cmd_bills(self, args):
+        j = self.pile.journal
+        out = []
+        rows = []
+        for st in _STATES:
+            for serial in j.each(st):
+                try:
+                    b = self._decode(serial)[0]
+                    r = {"serial": serial, "state": _STATE_LABEL[st],
+                         "energy": b["total_energy"], "amount": b["total_amount"],
+                         "stop_reason": b["stop_reason"], "end_time": b["end_time"]}
+                except Exception as e:  # a damaged record is listed, not fatal
+                    r = {"serial": serial, "state": _STATE_LABEL[st], "error": str(e)}
+                out.append(r)
+        for r in out:
+            if "error" in r:
+                rows.append([r["serial"], r["state"], "-", "-", "-", "error: " + r["error"]])
+            else:
+                rows.append([r["serial"], r["state"], _dec(r["energy"], 4), _dec(r["amount"], 4),
+                             "0x%02X" % r["stop_reason"], iso(r["end_time"])])
+        lines = _table(["serial", "state", "kWh", "yuan", "stop", "ended"], rows)
+        lines.append("%d bill(s)" % len(out))
+        return {"bills": out}, lines
+
+    def cmd_bill(self, args):
+        if len(args) != 1:
+            raise CommandError("usage: bill SERIAL (32 digits)")
+        serial = args[0]
+        if len(serial) != 32 or not serial.isdigit():
+            raise CommandError("trade serial must be 32 digits, got %r" % serial)
+        b, x, lay = self._decode(serial)
+        st = self.pile.journal.status(serial)
+        d = {"serial": serial, "state": _STATE_LABEL.get(st, st), "bill": b, "extra": x}
+        rows = [("journal state", d["state"])]
+        for name, kind, size, off in lay.fields:
+            rows.append((name, _show(name, b[name])))
+        for name, kind, size, off in codec.layout_named("bill_extra").fields:
+            if name != "serial":
+                rows.append((name, _show(name, x[name])))
+        return d, _pairs(rows)
+
+    def cmd_tariff(self, args):
+        t = self.pile.gun.tariff
+        if t is None:
+            raise CommandError("no tariff: none received from the platform yet")
+        from firmware.tariff import CLASSES
+        classes = []
+        rows = [("model", t.model), ("loss ratio", "%d %%" % t.loss_ratio)]
+        for c in range(t.n):
+            classes.append({"class": CLASSES[c], "energy": t.energy[c], "service": t.service[c]})
+            rows.append((CLASSES[c], "energy %s + service %s yuan/kWh"
+                         % (_dec(t.energy[c], 5), _dec(t.service[c], 5))))
+        spans = []
+        i = 0
+        while i < 48:
+            k = i
+            while k < 48 and t.slots[k] == t.slots[i]:
+                k += 1
+            spans.append(["%02d:%02d" % (i // 2, 30 * (i % 2)),
+                          "%02d:%02d" % (k // 2, 30 * (k % 2)), CLASSES[t.slots[i]]])
+            i = k
+        for a, b, c in spans:
+            rows.append(("%s-%s" % (a, b), c))
+        return {"model": t.model, "loss_ratio": t.loss_ratio, "classes": classes,
+                "slots": [t.slots[i] for i in range(48)], "spans": spans}, _pairs(rows)
+
+    def cmd_versions(self, args):
+        cfg = self.pile.cfg
+        d = {"fw": cfg.get("sw_version", FW_VERSION), "hmi": cfg.get("hmi_version", ""),
+             "protocol": PROTOCOL}
+        return d, _pairs((("firmware", d["fw"]), ("hmi", d["hmi"] or "-"),
+                          ("protocol", d["protocol"])))
+
+    def cmd_log(self, args):
+        ev = [{"time": t, "kind": k, "detail": dt} for t, k, dt in self.pile.events]
+        lines = ["%s  %s  %s" % (iso(e["time"]), e["kind"], e["detail"]) for e in ev]
+        if not lines:
+            lines = ["(no events since boot)"]
+        return {"events": ev}, lines
+
+    def cmd_config(self, args):
+        cfg = self.pile.cfg
+        if args and args[0] == "get":
+            keys = args[1:] or list(_READABLE)
+            d = {}
+            for k in keys:
+                if k not in _READABLE:
+                    raise CommandError("unknown key %r; keys: %s" % (k, ", ".join(_READABLE)))
+                d[k] = self._cfg_value(k)
+            return d, _pairs([(k, str(d[k])) for k in keys])
+        if len(args) == 3 and args[0] == "set":
+            self._need_unlock()
+            k, v = args[1], args[2]
+            val = self._check(k, v)
+            self._apply(k, val)
+            self._save_cfg()
+            self.pile.event("console_config", "%s=%s" % (k, val))
+            return {"ok": True, k: val}, ["%s = %s (saved)" % (k, val)]
+        raise CommandError("usage: config get [KEY] | config set KEY VALUE")
+
+    def _cfg_value(self, k):
+        v = self.pile.cfg.get(k)
+        if v is None:
+            if k == "sw_version":
+                return FW_VERSION
+            if k == "period_ms":
+                return self.pile.gun.period_ms
+            if k == "journal_bytes":
+                return 65536
+            return ""
+        return v
+
+    def _check(self, k, v):
+        spec = _WRITABLE.get(k)
+        if spec is None:
+            raise CommandError("%r cannot be set here; settable: %s"
+                               % (k, ", ".join(sorted(_WRITABLE))))
+        kind, lo, hi = spec
+        if kind == "i":
+            try:
+                n = int(v)
+            except ValueError:
+                raise CommandError("%s: %r is not an integer" % (k, v))
+            if n < lo or n > hi:
+                raise CommandError("%s: %d outside %d..%d" % (k, n, lo, hi))
+            return n
+        if len(v) > hi:
+            raise CommandError("%s: at most %d characters" % (k, hi))
+        return v
+
+    def _apply(self, k, v):
+        self.pile.cfg[k] = v
+        if k == "period_ms":
+            self.pile.gun.period_ms = v
+
+    def _save_cfg(self):
+        lines = []
+        for k in sorted(_WRITABLE):
+            if k in self.pile.cfg:
+                lines.append("%s=%s" % (k, self.pile.cfg[k]))
+        _write_file(self._cfg_path, ("\n".join(lines) + "\n").encode())
+
+    def _load_cfg(self):
+        raw = _read_file(self._cfg_path)
+        if not raw:
+            return
+        for line in raw.decode().split("\n"):
+            if "=" not in line:
+                continue
+            k, v = line.split("=", 1)
+            try:
+                self._apply(k, self._check(k, v))
+            except CommandError as e:
+                self.pile.event("console_config_refused", str(e))
+
+    def cmd_reboot(self, args):
+        if len(args) != 1 or args[0] not in ("now", "idle"):
+            raise CommandError("usage: reboot now|idle")
+        self._need_unlock()
+        when = 1 if args[0] == "now" else 2
+        if not self.pile.request_reboot(when, "console"):
+            raise CommandError("reboot not possible: this pile has no reset hook")
+        msg = ("rebooting; a running session is stopped and billed first" if when == 1
+               else "will reboot when no session is running")
+        return {"ok": True, "when": args[0]}, [msg]
+
+    # --- PIN -------------------------------------------------------------------------
+
+    def _locked_left(self):
+        if self._locked_at is None:
+            return 0
+        left = _LOCKOUT_MS - ticks_diff(self.clock.ticks_ms(), self._locked_at)
+        if left <= 0:
+            self._locked_at = None
+            self._fails = 0
+            _remove(self._lock_path)
+            return 0
+        return left
+
+    def _is_unlocked(self):
+        u = self._unlocked
+        if u is None:
+            return False
+        if ticks_diff(self.clock.ticks_ms(), u) >= _UNLOCK_MS:
+            self._unlocked = None
+            return False
+        return True
+
+    def _need_unlock(self):
+        if not self._is_unlocked():
+            raise CommandError("locked: 'unlock PIN' first (technician PIN)")
+        self._unlocked = self.clock.ticks_ms()
+
+    def cmd_unlock(self, args):
+        if len(args) != 1:
+            raise CommandError("usage: unlock PIN")
+        left = self._locked_left()
+        if left:
+            raise CommandError("locked out after %d wrong PINs: try again in %d s"
+                               % (_MAX_TRIES, (left + 999) // 1000))
+        pin = self.pile.cfg.get("pin")
+        if not pin:
+            raise CommandError("no technician PIN configured on this pile (cfg 'pin')")
+        if _same(args[0], str(pin)):
+            self._fails = 0
+            _remove(self._lock_path)
+            self._unlocked = self.clock.ticks_ms()
+            self.pile.event("console_unlocked", "")
+            return {"ok": True}, ["unlocked (locks again after %d idle minutes or 'lock')"
+                                  % (_UNLOCK_MS // 60000)]
+        self._fails += 1
+        self._unlocked = None
+        _write_file(self._lock_path, str(self._fails).encode())
+        if self._fails >= _MAX_TRIES:
+            self._locked_at = self.clock.ticks_ms()
+            self.pile.event("console_lockout", "%d wrong PINs" % self._fails)
+            raise CommandError("wrong PIN; locked out for %d minutes" % (_LOCKOUT_MS // 60000))
+        self.pile.event("console_bad_pin", str(self._fails))
+        raise CommandError("wrong PIN (%d of %d tries left)" % (_MAX_TRIES - self._fails,
+                                                                _MAX_TRIES))
+
+    def cmd_lock(self, args):
+        self._unlocked = None
+        return {"ok": True}, ["locked"]

@@ -1,0 +1,242 @@
+# The technician console against the real pile firmware on simulated
+# hardware, typed into over an in-memory UART (both interpreters).
+import json
+
+from firmware.console import Console
+from firmware.loopuart import LoopUart
+from tests.mp.pilekit import Rig, serial
+from tests.mp.util import rmtree, tmpdir
+
+PIN = "4711"
+
+
+class Term:
+    """The technician's terminal: one end of the console UART."""
+
+    def __init__(self, rig):
+        self.rig = rig
+        self.attach()
+
+    def attach(self):
+        a, self.end = LoopUart.pair()
+        self.con = Console(self.rig.pile, a)
+        self.rig.pile.console = self.con
+        self.end.read(4096)  # the banner and first prompt
+
+    def raw(self, data):
+        self.end.write(data)
+        self.con.poll()
+        out = self.end.read(65536)
+        return (out or b"").decode()
+
+    def ask(self, line):
+        """The answer to one command line: the echo and the prompt removed."""
+        out = self.raw(line.encode() + b"\r")
+        assert out.endswith("pile> "), out
+        echo, _, rest = out.partition("\r\n")
+        return rest[:-len("pile> ")]
+
+    def js(self, line):
+        out = self.ask("json " + line).strip()
+        assert "\n" not in out, out
+        return json.loads(out)
+
+
+def _rig(**kw):
+    cfg = {"pin": PIN}
+    cfg.update(kw.pop("cfg", {}))
+    return Rig(tmpdir("con"), cfg=cfg, **kw)
+
+
+def _unconfirmed_bill(r, n=1):
+    r.online()
+    r.start(serial(n))
+    r.run(120000)
+    r.stop()
+    r.run(5000)
+    assert r.pile.journal.status(serial(n)) == "pending"
+
+
+def test_status_shows_state_link_boot_reason_and_journal_counts():
+    r = _rig(confirm=False)
+    try:
+        t = Term(r)
+        r.online()
+        text = t.ask("status")
+        assert "state" in text and "plugged" in text
+        assert "online" in text and "power-on" in text
+        d = t.js("status")
+        assert d["state"] == "plugged" and d["online"] is True
+        assert d["boot_reason"] == "power-on"
+        assert d["pending"] == 0 and d["unsettled"] == 0 and d["illegal"] == 0
+        assert 0 <= d["journal_used"] <= d["journal_limit"] == 65536
+    finally:
+        rmtree(r.root)
+
+
+def test_bills_lists_an_unconfirmed_session_and_bill_decodes_every_field():
+    r = _rig(confirm=False)
+    try:
+        t = Term(r)
+        _unconfirmed_bill(r)
+        d = t.js("bills")
+        assert len(d["bills"]) == 1
+        b = d["bills"][0]
+        assert b["serial"] == serial(1) and b["state"] == "unconfirmed"
+        assert b["energy"] > 0 and b["amount"] > 0 and b["stop_reason"] == 0x40
+        text = t.ask("bills")
+        assert serial(1) in text and "unconfirmed" in text and "1 bill(s)" in text
+        full = t.js("bill " + serial(1))
+        sealed = r.platform.bills()[0].fields
+        for k in sealed:
+            assert full["bill"][k] == sealed[k], k
+        assert full["extra"]["serial"] == serial(1)
+        text = t.ask("bill " + serial(1))
+        for name in ("meter_start", "meter_stop", "total_amount", "stop_reason", "card",
+                     "peak_service_fee", "mac"):
+            assert name in text, name
+        assert "0x40" in text and "kWh" in text and "yuan" in text
+        assert "no bill" in t.ask("bill " + serial(9))
+        assert t.js("bill 12")["error"].startswith("trade serial must be 32 digits")
+    finally:
+        rmtree(r.root)
+
+
+def test_session_shows_the_running_trade_and_its_targets():
+    r = _rig()
+    try:
+        t = Term(r)
+        assert t.js("session")["active"] is False
+        r.online()
+        r.start(serial(2), amount=500000, energy=300000)
+        r.run(60000)
+        d = t.js("session")
+        assert d["active"] is True and d["serial"] == serial(2)
+        assert d["energy"] > 0 and d["amount"] > 0
+        assert d["target_amount"] == 500000 and d["target_energy"] == 300000
+        assert serial(2) in t.ask("session")
+    finally:
+        rmtree(r.root)
+
+
+def test_meter_errors_are_shown_never_a_crash():
+    r = _rig()
+    try:
+        t = Term(r)
+        d = t.js("meter")
+        assert d["energy"] == 0 and d["power"] == 0
+        r.world.meter.silent = True
+        d = t.js("meter")
+        assert d["energy"] is None and "energy_error" in d
+        text = t.ask("meter")
+        assert text.count("error:") == 4
+        assert "pile" in t.ask("status")   # the console carries on
+    finally:
+        rmtree(r.root)
+
+
+def test_write_commands_need_the_pin():
+    r = _rig()
+    try:
+        t = Term(r)
+        assert "locked" in t.ask("config set period_ms 500")
+        assert "locked" in t.ask("reboot idle")
+        assert r.pile.cfg.get("period_ms") is None
+        assert t.js("config get period_ms") == {"period_ms": 1000}
+        assert "unlocked" in t.ask("unlock " + PIN)
+        assert t.js("config set period_ms 500")["ok"] is True
+        assert r.pile.gun.period_ms == 500
+        assert "outside" in t.ask("config set period_ms 5")
+        assert "cannot be set" in t.ask("config set pile 12345678901234")
+        assert t.js("config set hmi_version 104")["ok"] is True
+        assert t.js("versions")["hmi"] == "104"
+        # the settings survive a reboot: the next console applies them
+        r.boot()
+        Term(r)
+        assert r.pile.gun.period_ms == 500 and r.pile.cfg["hmi_version"] == "104"
+        t = Term(r)
+        t.ask("lock")
+        assert "locked" in t.ask("reboot now")
+        t.ask("unlock " + PIN)
+        assert "rebooting" in t.ask("reboot now")
+        r.run(2000)
+        assert r.reboots == 1 and r.pile.boot_reason == 1
+    finally:
+        rmtree(r.root)
+
+
+def test_five_wrong_pins_lock_out_for_five_minutes_even_across_a_reboot():
+    r = _rig()
+    try:
+        t = Term(r)
+        for i in range(4):
+            assert "wrong PIN" in t.ask("unlock 0000")
+        assert "locked out for 5 minutes" in t.ask("unlock 0000")
+        assert "locked out" in t.ask("unlock " + PIN)   # even the right PIN
+        assert t.js("status")["locked"] is True
+        r.boot()            # a reboot does not clear the lockout
+        t.attach()
+        assert "locked out" in t.ask("unlock " + PIN)
+        r.run(299000)
+        assert "locked out" in t.ask("unlock " + PIN)
+        r.run(2000)
+        assert "unlocked" in t.ask("unlock " + PIN)
+        assert "wrong PIN (4 of 5" in t.ask("unlock 1234") # the count starts again
+    finally:
+        rmtree(r.root)
+
+
+def test_no_pin_configured_refuses_unlock():
+    r = Rig(tmpdir("con"))
+    try:
+        t = Term(r)
+        assert "no technician PIN" in t.ask("unlock 1234")
+    finally:
+        rmtree(r.root)
+
+
+def test_over_long_line_is_refused_whole_with_a_clear_error():
+    r = _rig()
+    try:
+        t = Term(r)
+        out = t.raw(b"x" * 200 + b"\r")
+        assert "error: line longer than 96 bytes" in out and out.endswith("pile> ")
+        assert "pile" in t.ask("status")
+    finally:
+        rmtree(r.root)
+
+
+def test_terminal_editing_backspace_crlf_and_arrow_keys():
+    r = _rig()
+    try:
+        t = Term(r)
+        out = t.raw(b"statux\x7fs\r\n")
+        assert "boot reason" in out and out.count("pile> ") == 1
+        out = t.raw(b"\x1b[Aversions\n")
+        assert "protocol" in out and "YKC V1.6" in out
+        out = t.raw(b"help\x08\x08\x08\x08log\r")
+        assert "(no events" in out or "T" in out
+        assert "unknown command" in t.ask("frobnicate")
+        assert t.ask("") == ""
+    finally:
+        rmtree(r.root)
+
+
+def test_json_answers_parse_for_every_reading_command():
+    r = _rig(confirm=False)
+    try:
+        t = Term(r)
+        _unconfirmed_bill(r, 3)
+        for cmd in ("help", "status", "meter", "session", "bills", "tariff", "versions", "log",
+                    "config get", "bill " + serial(3), "lock", "nonsense"):
+            d = t.js(cmd)
+            assert isinstance(d, dict), cmd
+        assert t.js("tariff")["model"] == "0100"
+        assert t.js("versions")["protocol"] == "YKC V1.6"
+        t.ask("unlock 0000")
+        ev = t.js("log")["events"]
+        assert ev[-1]["kind"] == "console_bad_pin" and ev[-1]["time"] > 0
+        assert "console_bad_pin" in t.ask("log")
+        assert "error" in t.js("nonsense")
+    finally:
+        rmtree(r.root)
