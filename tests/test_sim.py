@@ -430,3 +430,39 @@ def test_fleet_against_the_real_bridge_gets_its_bills_confirmed(tmp_path):
         except subprocess.TimeoutExpired:
             br.kill()
             br.wait()
+
+
+def _tariff_flat():
+    return {"prices": [[120000, 40000], [100000, 40000], [70000, 40000], [30000, 40000]],
+            "slots": [2] * 48}
+
+
+def test_silent_meter_stops_the_session_and_a_backwards_meter_is_not_billed():
+    res = sim.run_scenario(sim.parse_scenario({
+        "tariff": _tariff_flat(),
+        "piles": [{"code": "55031412780301", "plugged": True},
+                  {"code": "55031412780302", "plugged": True}],
+        "timeline": [{"at": "10s", "pile": 0, "do": "start"},
+                     {"at": "10s", "pile": 1, "do": "start"},
+                     {"at": "3m", "pile": 0, "do": "meter_fault", "silent_reads": 10},
+                     {"at": "3m", "pile": 1, "do": "meter_fault", "backwards": "0.5"},
+                     {"at": "6m", "pile": 1, "do": "stop"}]}))
+    assert res["ok"], res["problems"]
+    assert [b["stop_reason_name"] for b in res["bills"]] == ["meter_lost", "remote"]
+    for b in res["bills"]:
+        _reconciles(b)
+
+
+def test_reboot_now_and_when_idle_each_leave_exactly_one_bill():
+    res = sim.run_scenario(sim.parse_scenario({
+        "tariff": _tariff_flat(),
+        "piles": [{"code": "55031412780401", "plugged": True},
+                  {"code": "55031412780402", "plugged": True}],
+        "timeline": [{"at": "10s", "pile": 0, "do": "start"},
+                     {"at": "10s", "pile": 1, "do": "start"},
+                     {"at": "2m", "pile": 0, "do": "reboot", "when": "now"},
+                     {"at": "2m", "pile": 1, "do": "reboot", "when": "idle"},
+                     {"at": "5m", "pile": 1, "do": "stop"}]}))
+    assert res["ok"], res["problems"]
+    assert [b["stop_reason_name"] for b in res["bills"]] == ["remote", "remote"]
+    assert [p["reboots"] for p in res["piles"]] == [1, 1]

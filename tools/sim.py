@@ -590,8 +590,8 @@ class SimUnit:
     def _reboot_hook(self):
         self.reboots += 1
         self.world.contactor.open()
-        self.record("reboot", boot_reason=self.pile._reboot_when or "requested")
         self.boot()
+        self.record("reboot", boot_reason=self.pile.boot_reason)
 
     def power_cut(self, off_ms):
         self.power_cuts += 1
