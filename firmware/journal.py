@@ -240,14 +240,17 @@ def _fits(payload, cap, what):
 
 
 class Report:
-    __slots__ = ("pending", "confirmed", "illegal", "settled", "open_sessions",
+    """What recovery found. pending / confirmed / illegal are computed on
+    access from the packed keys the journal already holds, so a boot with
+    1,000 pending bills does not build 1,000 strings unless asked to."""
+    __slots__ = ("_pending", "_confirmed", "_illegal", "settled", "open_sessions",
                  "torn_tail", "torn_offset", "corrupt", "records", "ignored",
                  "unknown", "counter", "temp", "healed", "bytes_used")
 
     def __init__(self):
-        self.pending = []
-        self.confirmed = []
-        self.illegal = []
+        self._pending = []
+        self._confirmed = []
+        self._illegal = []
         self.settled = 0
         self.open_sessions = []
         self.torn_tail = 0
@@ -262,13 +265,25 @@ class Report:
         self.bytes_used = 0
 
     @property
+    def pending(self):
+        return [unpack_serial(k) for k in self._pending]
+
+    @property
+    def confirmed(self):
+        return [unpack_serial(k) for k in self._confirmed]
+
+    @property
+    def illegal(self):
+        return [unpack_serial(k) for k in self._illegal]
+
+    @property
     def damaged(self):
         return bool(self.torn_tail or self.corrupt)
 
     def __repr__(self):
         return ("Report(pending=%d confirmed=%d illegal=%d settled=%d open=%d "
                 "torn_tail=%d corrupt=%r records=%d counter=%d temp=%r)" % (
-                    len(self.pending), len(self.confirmed), len(self.illegal),
+                    len(self._pending), len(self._confirmed), len(self._illegal),
                     self.settled, len(self.open_sessions), self.torn_tail,
                     self.corrupt, self.records, self.counter, self.temp))
 
@@ -510,11 +525,11 @@ class Journal:
         for k in self._bills:
             st = e[k] & 7
             if st == _PENDING:
-                rep.pending.append(unpack_serial(k))
+                rep._pending.append(k)
             elif st == _CONFIRMED:
-                rep.confirmed.append(unpack_serial(k))
+                rep._confirmed.append(k)
             elif st == _ILLEGAL:
-                rep.illegal.append(unpack_serial(k))
+                rep._illegal.append(k)
             else:
                 rep.settled += 1
         rep.open_sessions = self.open_sessions()
