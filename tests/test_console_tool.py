@@ -193,3 +193,11 @@ def test_spy_prints_each_frame_in_hex_and_decoded_and_errors_one_line(monkeypatc
     assert "pile=" + PILE in lines[2]
     assert "! bad frame: BadCRC" in lines[3]
     assert "0x01 login seq=1" in lines[4] and "sw_version=pc0.1.0" in lines[6]
+
+
+def test_shell_passes_typed_lines_through(served, monkeypatch):
+    r, path = served
+    monkeypatch.setattr("sys.stdin", io.StringIO("versions\nunlock 4711\n"))
+    rc, text = _main([path, "shell"])
+    assert rc == 0
+    assert "YKC V1.6" in text and "unlocked" in text and text.endswith("pile> ")

@@ -293,14 +293,21 @@ def spy(port, out, count=0, idle=0.0):
 
 # --- shell -----------------------------------------------------------------------------
 
-def shell(port, inp, out):
-    """Lines typed on `inp` go to the console; what it writes is shown."""
+def shell(port, inp, out, timeout=5.0):
+    """Lines typed on `inp` go to the console; what it writes is shown. At
+    the end of input (Ctrl-D, or a piped script) the last answer is awaited."""
     stop = threading.Event()
+    tail = bytearray()
+    prompted = threading.Event()
 
     def show():
         while not stop.is_set():
             data = port.read(4096)
             if data:
+                tail.extend(data)
+                del tail[:-len(PROMPT)]
+                if bytes(tail) == PROMPT:
+                    prompted.set()
                 out.write(data.decode("utf-8", "replace"))
                 out.flush()
 
@@ -309,7 +316,10 @@ def shell(port, inp, out):
     try:
         port.write(b"\r")
         for line in inp:
+            prompted.wait(timeout)
+            prompted.clear()
             port.write(line.rstrip("\r\n").encode() + b"\r")
+        prompted.wait(timeout)
     except KeyboardInterrupt:
         pass
     finally:
