@@ -501,7 +501,7 @@ class Journal:
         while off < size:
             n = self._read_rec(f, off, size)
             if n >= 0:
-                key = bytes(buf[4:_HEAD])
+                key = bytes(self._mv[4:_HEAD])
                 r = self._apply(buf[1], key, off, n)
                 rep.records += 1
                 if r is None:
@@ -556,6 +556,8 @@ class Journal:
             self._write_all(f, size)
             f.flush()
             self.fs.sync(f)
+            if off == 0:
+                self.fs.sync(None, self.path)  # a new file: its folder entry too
         except OSError:
             # Part of the record may be on flash: rewrite before the next one.
             self._heal = True

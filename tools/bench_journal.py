@@ -155,8 +155,9 @@ def table(rows_cp, rows_mp, heap, mp, bills):
             r["ram_bytes"] // 1024, "%d KB" % (m["ram_bytes"] // 1024) if m else "-"))
     lines.append("")
     lines.append("Best of 3 boots each; RAM is what the recovered journal keeps "
-                 "(one 16-byte key and one small int per bill, plus the order list; "
-                 "64-bit builds, about half on a 32-bit board).")
+                 "(one 16-byte key and one small int per bill, plus the order list), "
+                 "measured on 64-bit builds: a 32-bit board's pointers and object "
+                 "headers are half as wide.")
     lines.append("")
     if heap:
         lines.append("### Heap (micropython -X heapsize)")
