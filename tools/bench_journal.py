@@ -174,7 +174,7 @@ def table(rows_cp, rows_mp, heap, mp, bills):
                                               "pass" if heap["tests_64k_src"] else "fail"))
             lines.append("| boot with an empty journal, precompiled (interpreter + journal code) "
                          "| %sK |" % heap["boot0_min_mpy"])
-            lines.append("| boot with 250 pending bills (a full 64 KB journal), precompiled | %sK |"
+            lines.append("| boot with 250 pending bills (a default 64 KB journal near full), precompiled | %sK |"
                          % heap["boot250_min_mpy"])
             lines.append("| boot with %d pending bills, precompiled | %sK |"
                          % (bills, heap["boot_min_mpy"]))
