@@ -47,6 +47,7 @@ class Bridge:
         self.conns = set()
         self._servers = []
         self._tasks = []
+        self._bg = set()
         self._recent = {}            # (pile, id) -> future of the result doc
         self._results = []           # results waiting for the broker
         self._results_wake = asyncio.Event()
@@ -101,6 +102,8 @@ class Bridge:
         last.append((self.topics.bridge, json.dumps(self._bridge_status(False, "shutdown")), True))
         if self.mqtt:
             await self.mqtt.stop(last)
+        if self._bg:
+            await asyncio.wait(list(self._bg), timeout=5)
         if self.outbox:
             await self.outbox.stop()
         for t in self._tasks:
@@ -289,14 +292,26 @@ class Bridge:
                        frame=schema.hexs(self._raw(f)))
             return
         frame = self._raw(f)
+        # Submitted now, awaited in a task: the store keeps the link's order,
+        # and a pile that sends several bills back to back gets them committed
+        # together (one fsync) instead of one after another.
+        fut = self.store.add_bill(pile.code, serial, frame, f.crc_swapped)
+        self._spawn(self._bill_stored(conn, pile, f, frame, fut))
+
+    async def _bill_stored(self, conn, pile, f, frame, fut):
+        v = f.fields
+        serial = v["serial"]
         try:
-            kind, bill = await self.store.add_bill(pile.code, serial, frame, f.crc_swapped)
+            kind, bill = await fut
         except Exception as e:
             # Not committed: no 0x40, the pile keeps the bill and sends it again.
             log.error("pile %s: bill %s NOT stored (%s); no 0x40 sent", pile.code, serial, e)
             return
         # Custody has passed: committed before the 0x40 goes out.
-        await conn.send("bill_confirm", {"serial": serial, "result": 0}, codec.reply_seq(f))
+        try:
+            await conn.send("bill_confirm", {"serial": serial, "result": 0}, codec.reply_seq(f))
+        except LinkClosed as e:
+            log.info("pile %s: 0x40 for %s not sent (%s); the pile will resend", pile.code, serial, e)
         if kind == "new":
             self.stats["bills_new"] += 1
             log.info("pile %s: bill %s stored (#%d) and confirmed", pile.code, serial, bill.pile_seq)
@@ -312,7 +327,7 @@ class Bridge:
                      bill.resends)
             # Already settled by the platform: tell the pile again (it resends
             # a bill it has no settlement for, e.g. after losing its record).
-            if bill.confirmed_at is not None and pile.ext:
+            if bill.confirmed_at is not None and pile.ext and pile.conn is conn:
                 conn.spawn(self._settle(pile, bill.serial, bill.confirm_result or 0))
         else:
             self.stats["bills_conflict"] += 1
@@ -322,6 +337,14 @@ class Bridge:
                        "bill %s received again with different content; the first copy is kept "
                        "and the new one stored for audit" % serial, serial=serial,
                        kept_frame=schema.hexs(bill.frame), new_frame=schema.hexs(frame))
+
+    def _spawn(self, coro):
+        # Bridge-level tasks: they outlive a link (a bill committed just as
+        # its link drops must still reach the outbox).
+        t = asyncio.ensure_future(coro)
+        self._bg.add(t)
+        t.add_done_callback(self._bg.discard)
+        return t
 
     def _raw(self, f):
         # The frame exactly as the pile would have framed it (seq and CRC
@@ -333,14 +356,22 @@ class Bridge:
 
     async def on_bill_extra(self, conn, f):
         pile = conn.pile
+        raw = self._raw(f)
+        fut = self.store.add_extra(f.fields["serial"], raw)
+        self._spawn(self._extra_stored(conn, pile, f, raw, fut))
+
+    async def _extra_stored(self, conn, pile, f, raw, fut):
         serial = f.fields["serial"]
         try:
-            kind, bill = await self.store.add_extra(serial, self._raw(f))
+            kind, bill = await fut
         except Exception as e:
             log.error("pile %s: bill_extra %s NOT stored (%s)", pile.code, serial, e)
             return
         if C.has_frame("bill_extra_ack"):
-            await conn.send("bill_extra_ack", {"serial": serial, "result": 0}, codec.reply_seq(f))
+            try:
+                await conn.send("bill_extra_ack", {"serial": serial, "result": 0}, codec.reply_seq(f))
+            except LinkClosed:
+                pass
         if kind == "conflict":
             self.event(pile.code, "serial_conflict", "bill_extra %s received again with different "
                        "content; the first copy is kept" % serial, serial=serial, frame_type="bill_extra")
@@ -351,7 +382,7 @@ class Bridge:
                            "fee split for bill %s arrived after the platform confirmed the bill"
                            % serial, serial=serial,
                            extra=schema.scaled_fields("bill_extra", f.fields),
-                           raw=dict(f.fields), frame=schema.hexs(self._raw(f)))
+                           raw=dict(f.fields), frame=schema.hexs(raw))
             elif bill.published_at is not None:
                 # Out without it (it came after extra_wait_s): publish the
                 # completed bill again now; same serial, "complete": true.

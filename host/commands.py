@@ -213,7 +213,8 @@ def start_frame(pile, ext, a, serial):
 
 
 def has_frame(name):
-    return name in codec.BY_NAME
+    from host.schema import has_frame as _has
+    return _has(name)
 
 
 def vin_list_frames(vins, version):

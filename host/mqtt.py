@@ -5,6 +5,7 @@
 import asyncio
 import logging
 import random
+import socket
 import ssl
 
 import aiomqtt
@@ -54,7 +55,10 @@ class MqttLink:
             host, port, username=user, password=pw, identifier=self.m["client_id"],
             protocol=proto, will=aiomqtt.Will(self.will[0], self.will[1], qos=1, retain=True),
             keepalive=int(self.m["keepalive"]), tls_context=ctx, timeout=self.m["publish_timeout_s"],
-            max_inflight_messages=200, **kw)
+            max_inflight_messages=200,
+            # Small packets (PUBACKs, confirmations) must not wait for Nagle
+            # behind a delayed ACK: that alone costs ~40 ms per round trip.
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)], **kw)
 
     async def run(self):
         delay = self.m["reconnect_min_s"]

@@ -19,6 +19,8 @@ from host.mqtt import NotConnected
 
 log = logging.getLogger("host.outbox")
 
+_SWEEP_S = 30.0
+
 
 class _Sent:
     __slots__ = ("gen", "attempts", "due")
@@ -107,28 +109,48 @@ class Outbox:
                         break
                     batch.append(r)
                 published = []
+                payloads = []
                 for r in batch:
                     key = (r.id, r.extra is not None)
                     payload = cache.get(key)
                     if payload is None:
                         payload = json.dumps(schema.bill_json(b.site, r, ext=ext), separators=(",", ":"))
                         cache[key] = payload
-                    await mqtt.publish(b.topics.bills(pile), payload, qos=1)
+                    payloads.append(payload)
+                # Pipelined: the PUBLISHes go out in order, the PUBACKs are
+                # awaited together (a bill is "published" only once its own
+                # PUBACK came back).
+                topic = b.topics.bills(pile)
+                results = await asyncio.gather(*[mqtt.publish(topic, p, qos=1) for p in payloads],
+                                               return_exceptions=True)
+                lost = None
+                for r, res in zip(batch, results):
+                    if isinstance(res, BaseException):
+                        lost = res
+                        continue
                     s = sent.get(r.id)
                     attempts = s.attempts + 1 if s is not None else 1
                     if attempts > 1:
                         self.republished += 1
                         log.info("pile %s: bill %s published again (attempt %d)",
                                  pile, r.serial, attempts)
-                    due = time.monotonic() + self._backoff(attempts)
-                    sent[r.id] = _Sent(gen, attempts, due)
-                    wait = self._backoff(attempts) if wait is None else min(wait, self._backoff(attempts))
+                    back = self._backoff(attempts)
+                    sent[r.id] = _Sent(gen, attempts, time.monotonic() + back)
+                    wait = back if wait is None else min(wait, back)
                     published.append(r.id)
                     self.published += 1
+                if lost is not None:
+                    if published:
+                        await b.store.mark_published(published)
+                    if isinstance(lost, NotConnected):
+                        raise lost
+                    raise lost
                 if published:
                     await b.store.mark_published(published)
                 try:
-                    await asyncio.wait_for(ev.wait(), wait)
+                    # A sweep now and then even when idle: a wake-up lost to a
+                    # bug must not strand a bill.
+                    await asyncio.wait_for(ev.wait(), _SWEEP_S if wait is None else min(wait, _SWEEP_S))
                 except asyncio.TimeoutError:
                     pass
             except NotConnected:

@@ -146,7 +146,7 @@ class PileConn:
         return self.pile.code if self.pile else self.link.name
 
     async def send(self, name, values, seq=None):
-        frame = codec.encode(name, values, self.next_seq() if seq is None else seq)
+        frame = schema.encode(name, values, self.next_seq() if seq is None else seq)
         async with self._wlock:
             await self.link.write(frame)
         log.debug("%s <- %s %s", self._name(), name, schema.hexs(frame))
@@ -167,7 +167,7 @@ class PileConn:
                 return await asyncio.wait_for(asyncio.shield(fut), t)
             except asyncio.TimeoutError:
                 raise CommandTimeout("no %s (0x%02X) from pile %s within %g s"
-                                     % (reply, codec.BY_NAME[reply].code, self._name(), t))
+                                     % (reply, schema.CODES[reply], self._name(), t))
         finally:
             if w in self._waiters:
                 self._waiters.remove(w)
@@ -265,7 +265,7 @@ class PileConn:
             log.warning("%s: encrypted frame 0x%02X ignored (3DES is not supported)",
                         self._name(), f.code)
             return
-        if codec.BY_NAME[f.name].direction != "P":
+        if not f.code & 1:      # even codes travel platform -> pile (protocol/frames.py)
             # A platform-to-pile frame coming back (loop://, a misconfigured
             # link or our own echo): never act on it.
             log.info("%s: ignoring %s (0x%02X): a platform-to-pile frame", self._name(), f.name, f.code)

@@ -15,11 +15,27 @@ SCHEMA_STATUS = "pc.status/1"
 SCHEMA_EVENT = "pc.event/1"
 SCHEMA_RESULT = "pc.result/1"
 
-# Scales and units of every field, from the one frame table.
+# From the one frame table, once (the codec looks names up by scanning its
+# table, which suits a pile's heap, not a bridge's hot path): scales and
+# units, field kinds, and each name's type code.
 _SCALES = {}
+_KINDS = {}
+CODES = {}
 for _c, _n, _d, _f in FRAMES:
     _SCALES[_n] = {f[0]: (f[3], f[4]) for f in _f if len(f) > 3}
+    _KINDS[_n] = {f[0]: f[1] for f in _f}
+    CODES[_n] = _c
 del _c, _n, _d, _f
+
+
+def encode(name, values, seq=0):
+    """codec.encode by frame name, through the type code (fast). Names that
+    share a code (bill / bill5) are picked by their fields, as by name."""
+    return codec.encode(CODES[name] if name not in ("bill", "bill5") else name, values, seq)
+
+
+def has_frame(name):
+    return name in CODES
 
 # YKC V1.6 stop reasons (shared/context/ykc-v16.md); ranges get a generic name.
 STOP_REASONS = {
@@ -74,8 +90,7 @@ def scaled_fields(name, fields):
     """A frame's fields with scaled values: decimal strings for scaled
     integers, ISO local time for CP56 times, temperatures without offset."""
     scales = _SCALES.get(name, {})
-    layout = codec.BY_NAME[name]
-    kinds = {f[0]: f[1] for f in layout.fields}
+    kinds = _KINDS.get(name, {})
     out = {}
     for k, v in fields.items():
         kind = kinds.get(k)

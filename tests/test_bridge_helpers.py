@@ -11,6 +11,7 @@ import os
 import pty
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -161,7 +162,8 @@ class Platform:
         while True:
             try:
                 async with aiomqtt.Client(host, int(port), identifier="%s-%d" % (self.name, os.getpid()),
-                                          clean_session=True) as c:
+                                          clean_session=True, socket_options=[
+                                              (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]) as c:
                     self.client = c
                     bills = self.topics.base + "/bills/+"
                     if self.share_group:
