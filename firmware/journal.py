@@ -58,6 +58,7 @@ API (serials are 32-digit str; payloads bytes-like):
     j.confirm(serial) / j.illegal(serial) / j.settle(serial)
                                    -> "ok" | "duplicate" | "unknown" | "refused"
     j.pending(), j.confirmed(), j.illegal_bills(), j.open_sessions()
+    j.each(state) -> generator of serials in that state, journal order
     j.bill(serial) -> body bytes or None;  j.status(serial) -> state or None
     j.close_interrupted(make_bill) -> [serial]: seals every open session
         with make_bill(serial, header, last_checkpoint) (the caller builds a
@@ -66,6 +67,7 @@ API (serials are 32-digit str; payloads bytes-like):
     j.issue_serial(pile14, gun2, stamp12) -> 32-digit serial, never reused
     j.compact(need=0) -> dict;  j.bytes_used();  j.can_start() -> bool
         (False: j.refusal holds the reason and a "full" event is raised)
+    j.written, j.compactions   bytes this object wrote, compactions it ran
 
 Raises RecordTooLong (header > MAX_HEADER, checkpoint > MAX_CHECKPOINT, bill
 > MAX_BILL; nothing written), JournalFull, ValueError (malformed serial).
