@@ -95,6 +95,16 @@ def test_construct_bytes_decode_in_the_codec_to_the_same_values(code, name, dire
     assert raw == codec.encode(name, f.fields, seq=seq)  # byte-exact both ways
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300), st.integers(0, 3))
+def test_crc_agrees_with_crcmod_for_any_bytes(data, skip):
+    import crcmod.predefined
+    from protocol.crc import crc16
+    want = crcmod.predefined.mkCrcFun("modbus")(data[skip:])
+    assert crc16(data[skip:]) == want
+    assert crc16(memoryview(bytearray(data))[skip:]) == want
+
+
 def test_both_agree_on_the_official_samples():
     for hx in (LOGIN_REPLY, TARIFF_CHECK_REPLY):
         raw = bytes.fromhex(hx)

@@ -42,6 +42,21 @@ def test_crc_check_value_is_0x4b37():
     assert crc16(b"123456789") == 0x4B37
 
 
+def test_fast_crc_paths_agree_with_the_plain_byte_loop():
+    # crc16 is a viper function (MicroPython) or a two-bytes-a-step table
+    # (CPython); the byte loop is the reference.
+    from protocol.crc import _crc16_bytewise
+    data = bytearray(300)
+    for i in range(300):
+        data[i] = (i * 151 + 7) & 0xFF
+    mv = memoryview(data)
+    for n in (0, 1, 2, 3, 8, 9, 165, 166, 259):
+        assert crc16(data[:n]) == _crc16_bytewise(data[:n]), n
+        assert crc16(bytes(data[:n])) == _crc16_bytewise(data[:n]), n
+        assert crc16(mv[1:n + 1]) == _crc16_bytewise(data[1:n + 1]), n
+        assert crc16(data[:n], 0x1234) == _crc16_bytewise(data[:n], 0x1234), n
+
+
 def test_official_login_reply_sample_decodes_and_reencodes():
     f = codec.decode(h(LOGIN_REPLY))
     assert f.code == 0x02 and f.name == "login_reply"
