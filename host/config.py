@@ -44,6 +44,7 @@ DEFAULTS = {
         "missed_heartbeats": 3,   # this many periods of silence = offline
         "time_sync_s": 86400.0,   # 0x56 after login and then this often
         "command_timeout_s": 10.0,
+        "status_poll_s": 300.0,   # ext piles: 0xE6 status query this often (journal, versions)
         "ext": True,              # pile understands our extension frames (0xE1..0xEF)
     },
     "tcp": {
@@ -275,6 +276,10 @@ def from_args(argv=None):
 
 def dump(cfg):
     safe = copy.deepcopy(dict(cfg))
-    if safe["mqtt"].get("password"):
-        safe["mqtt"]["password"] = "***"
+    m = safe["mqtt"]
+    if m.get("password"):
+        m["password"] = "***"
+    u = urlsplit(m["url"])
+    if u.password:
+        m["url"] = m["url"].replace(":" + u.password + "@", ":***@", 1)
     return json.dumps(safe, indent=2, sort_keys=True)

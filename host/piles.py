@@ -315,18 +315,32 @@ class PileConn:
 
     async def _after_login(self, pile):
         # Clock first (bills are stamped with it), then journal/versions, then
-        # settle what the platform confirmed while the pile was away.
+        # settle what the platform confirmed while the pile was away; then the
+        # daily time sync and, for our firmware, a periodic status query (it
+        # is how "journal full" and version changes become visible).
+        pc = self.cfg["piles"]
         await self.sync_time()
         if pile.ext:
-            try:
-                await self.query_status()
-            except (CommandTimeout, LinkClosed) as e:
-                log.info("pile %s: status query: %s", pile.code, e)
+            await self.poll_status()
         self.bridge.settle_backlog(pile)
-        interval = self.cfg["piles"]["time_sync_s"]
+        now = time.monotonic()
+        next_sync = now + pc["time_sync_s"]
+        next_status = now + pc["status_poll_s"] if pile.ext else float("inf")
         while True:
-            await asyncio.sleep(interval)
-            await self.sync_time()
+            await asyncio.sleep(max(0.0, min(next_sync, next_status) - time.monotonic()))
+            now = time.monotonic()
+            if now >= next_sync:
+                next_sync = now + pc["time_sync_s"]
+                await self.sync_time()
+            if now >= next_status:
+                next_status = now + pc["status_poll_s"]
+                await self.poll_status()
+
+    async def poll_status(self):
+        try:
+            await self.query_status()
+        except (CommandTimeout, LinkClosed) as e:
+            log.info("pile %s: status query: %s", self._name(), e)
 
     async def sync_time(self):
         try:
@@ -386,6 +400,8 @@ class PileConn:
     async def _on_remote_start_reply(self, f):
         v = f.fields
         if v["result"] != 1:
+            if self.pile.ext:
+                self.spawn(self.poll_status())   # a full journal refuses starts: look
             self.bridge.event(self.pile.code, "start_refused",
                               "pile refused the start of %s on gun %s (reason %d)"
                               % (v["serial"], v["gun"], v["reason"]),

@@ -389,7 +389,7 @@ class ScriptedPile:
                 s = self.status
                 await self.send("status_reply", {
                     "pile": self.code, "pending": len(self.journal), "unsettled": 0, "illegal": 0,
-                    "journal_used": 0, "journal_limit": 65536,
+                    "journal_used": s.get("journal_used", 0), "journal_limit": 65536,
                     "oldest_pending": next(iter(self.journal), "0" * 32), "state": s["state"],
                     "boot_reason": s["boot_reason"], "fw_version": s["fw_version"],
                     "hmi_version": s["hmi_version"]}, f.seq)

@@ -240,3 +240,25 @@ def test_start_targets_are_refused_for_a_third_party_pile(mosquitto):
             await pile.close()
     with tempdir("thirdparty") as tmp:
         run(scenario(tmp))
+
+
+def test_a_start_refused_for_a_full_journal_raises_journal_full(mosquitto):
+    async def scenario(tmp):
+        cfg = fast_config(tmp, url_of(mosquitto))
+        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
+            pile = await connect_pile(PILE_A, b.tcp_port)
+            await pile.wait_for(lambda: pile.received("status_query"))
+            pile.status["journal_used"] = 65536          # full of unconfirmed bills
+            pile.start_result = (0, 3)
+            r = await plat.command(PILE_A, {"id": "full1", "cmd": "start"})
+            assert r["code"] == "refused"
+            ev = await plat.wait_for(lambda: [e for e in plat.events if e["type"] == "journal_full"])
+            assert ev[0]["journal_used"] == ev[0]["journal_limit"] == 65536
+            assert [e["type"] for e in plat.events].count("start_refused") == 1
+            st = await plat.wait_for(lambda: (lambda s: s if s and s["journal"] and
+                                              s["journal"]["journal_used"] == 65536 else None)(
+                plat.status.get(plat.topics.status(PILE_A))))
+            assert st["journal"]["journal_limit"] == 65536
+            await pile.close()
+    with tempdir("journalfull") as tmp:
+        run(scenario(tmp))

@@ -128,8 +128,9 @@ class Platform:
     results and events."""
 
     def __init__(self, broker_url, site="t1", name="platform", share_group=None,
-                 confirm=True, subscribe_all=True):
+                 confirm=True, subscribe_all=True, **client_kw):
         self.url = broker_url
+        self.client_kw = client_kw       # username, password, tls_context ...
         self.topics = Topics(site)
         self.name = name
         self.share_group = share_group
@@ -158,12 +159,13 @@ class Platform:
         await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self):
-        host, port = self.url.split("//")[1].split(":")
+        host, port = self.url.split("//")[1].rsplit(":", 1)
         while True:
             try:
                 async with aiomqtt.Client(host, int(port), identifier="%s-%d" % (self.name, os.getpid()),
                                           clean_session=True, socket_options=[
-                                              (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]) as c:
+                                              (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+                                          **self.client_kw) as c:
                     self.client = c
                     bills = self.topics.base + "/bills/+"
                     if self.share_group:

@@ -1,0 +1,79 @@
+# pile-bridge's configuration: the shipped example file, flags over it, and
+# clear errors for what is wrong.
+import json
+import os
+
+import pytest
+
+from host import bridge as bridgemod
+from host import config as C
+
+EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                       "host", "bridge.example.toml")
+
+
+def test_the_example_config_loads_with_every_section():
+    cfg = C.load(EXAMPLE)
+    assert cfg.site == "site-1"
+    assert cfg["mqtt"]["client_id"] == "pc-bridge-site-1"
+    assert C.parse_mqtt_url(cfg["mqtt"]["url"])[:3] == (True, "broker.example.net", 8883)
+    assert cfg["serial"] == [{"url": "/dev/ttyUSB0", "baudrate": 115200, "ext": True}]
+    assert cfg["tariff"]["model"] == "0001" and len(cfg["tariff"]["slots"]) == 48
+    assert cfg.pile_ext("55031412782305", link_ext=False) is True    # per pile wins
+    assert cfg.pile_ext("55031412782399", link_ext=False) is False   # then the link
+    assert cfg.pile_ext("55031412782399") is True                    # then the default
+
+
+def test_flags_override_the_file():
+    cfg, args = C.from_args(["-c", EXAMPLE, "--site", "s9", "--mqtt", "mqtt://u:p%40ss@10.0.0.2",
+                             "--tcp", "127.0.0.1:9000", "--serial", "socket://10.0.0.3:4001,ext=false",
+                             "--allow", "55031412782305", "--heartbeat", "5", "--db", "/tmp/x.db"])
+    assert cfg.site == "s9" and cfg["database"] == "/tmp/x.db"
+    assert C.parse_mqtt_url(cfg["mqtt"]["url"]) == (False, "10.0.0.2", 1883, "u", "p@ss")
+    assert cfg["serial"] == [{"url": "socket://10.0.0.3:4001", "baudrate": 115200, "ext": False}]
+    assert cfg["tcp"]["listen"] == "127.0.0.1:9000" and cfg["piles"]["heartbeat_s"] == 5
+    assert cfg.allowed("55031412782305") and not cfg.allowed("55031412782306")
+
+
+def test_mqtt_credentials_keys_win_over_the_url_and_the_file_over_the_environment(monkeypatch):
+    from tests.test_bridge_helpers import tempdir
+    with tempdir("cred") as d:
+        pw = os.path.join(d, "pw")
+        with open(pw, "w") as f:
+            f.write("from-file\n")
+        cfg = C.load(None, {"site": "s", "mqtt": {"url": "mqtt://u:p@h"}})
+        assert C.mqtt_credentials(cfg) == ("u", "p")
+        cfg = C.load(None, {"site": "s", "mqtt": {"url": "mqtt://u@h", "username": "k",
+                                                   "password_file": pw}})
+        assert C.mqtt_credentials(cfg) == ("k", "from-file")
+        monkeypatch.setenv("PILE_BRIDGE_MQTT_PASSWORD", "from-env")
+        cfg = C.load(None, {"site": "s", "mqtt": {"url": "mqtt://u@h"}})
+        assert C.mqtt_credentials(cfg) == ("u", "from-env")
+
+
+def test_print_config_hides_the_password(capsys):
+    assert bridgemod.main(["--site", "x", "--mqtt", "mqtt://u:secret@h", "--print-config"]) == 0
+    text = capsys.readouterr().out
+    out = json.loads(text)
+    assert out["site"] == "x" and "secret" not in text
+
+
+@pytest.mark.parametrize("over, msg", [
+    ({}, "site"),
+    ({"site": "a/b"}, "site"),
+    ({"site": "s", "mqtt": {"nope": 1}}, "unknown config key mqtt.nope"),
+    ({"site": "s", "allow": ["123"]}, "14 digits"),
+    ({"site": "s", "mqtt": {"url": "http://x"}}, "mqtt://"),
+    ({"site": "s", "tariff": {"model": "0001"}}, "tariff"),
+    ({"site": "s", "serial": [{"baud": 9600}]}, "url"),
+    ({"site": "s", "tcp": {"listen": "nohost:port"}}, "HOST:PORT"),
+])
+def test_config_errors_name_the_problem(over, msg):
+    with pytest.raises(C.ConfigError) as e:
+        C.load(None, over)
+    assert msg in str(e.value)
+
+
+def test_a_bad_config_exits_with_status_2(capsys):
+    assert bridgemod.main(["--site", "bad site"]) == 2
+    assert "site" in capsys.readouterr().err
