@@ -14,6 +14,7 @@
 # (Pile.poll() then polls it), or call con.poll() from your own loop.
 import json
 
+from firmware import fsio
 from firmware import session as S
 from firmware.link import ticks_diff
 from firmware.pile import BOOT_NAMES, FW_VERSION, split_payload
@@ -119,27 +120,15 @@ def _same(a, b):
 
 
 def _read_file(path):
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError:
-        return None
+    return fsio.read(fsio.OS, path)
 
 
 def _write_file(path, data):
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    import os
-    os.rename(tmp, path)
+    fsio.save_atomic(fsio.OS, path, data)
 
 
 def _remove(path):
-    import os
-    try:
-        os.remove(path)
-    except OSError:
-        pass
+    fsio.try_remove(fsio.OS, path)
 
 
 class Console:

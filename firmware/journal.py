@@ -73,8 +73,9 @@ Raises RecordTooLong (header > MAX_HEADER, checkpoint > MAX_CHECKPOINT, bill
 > MAX_BILL; nothing written), JournalFull, ValueError (malformed serial).
 """
 import binascii
-import os
 import struct
+
+from firmware.fsio import RealFS
 
 try:
     from micropython import const
@@ -157,45 +158,6 @@ class JournalFull(JournalError):
 class RecordTooLong(JournalError):
     """Payload longer than its kind's cap (MAX_HEADER, MAX_CHECKPOINT,
     MAX_BILL); nothing was written."""
-
-
-class RealFS:
-    """The small filesystem interface the journal uses, on the real fs."""
-
-    def open(self, path, mode):
-        return open(path, mode)
-
-    def rename(self, old, new):
-        os.rename(old, new)
-
-    def remove(self, path):
-        os.remove(path)
-
-    def stat(self, path):
-        return os.stat(path)
-
-    def listdir(self, path):
-        return os.listdir(path)
-
-    def sync(self, f=None, path=None):
-        # After f.flush(): make the bytes (or a rename in path's folder)
-        # durable. CPython: fsync; MicroPython: flush already commits on
-        # littlefs, and os.sync is used where the port has it.
-        fsync = getattr(os, "fsync", None)
-        if fsync is not None and (f is not None or path is not None):
-            if f is not None:
-                fsync(f.fileno())
-                return
-            d = path.rsplit("/", 1)[0] if "/" in path else "."
-            fd = os.open(d or "/", os.O_RDONLY)
-            try:
-                fsync(fd)
-            finally:
-                os.close(fd)
-            return
-        s = getattr(os, "sync", None)
-        if s is not None:
-            s()
 
 
 def pack_serial(serial):

@@ -11,6 +11,7 @@
 # In the simulator the same poll() runs against firmware/sim.py hardware.
 import os
 
+from firmware import fsio
 from firmware import session as S
 from firmware.journal import Journal, JournalFull
 from firmware.link import Link, ticks_diff
@@ -64,18 +65,11 @@ def split_payload(payload):
 
 
 def _write_atomic(path, data):
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.rename(tmp, path)
+    fsio.save_atomic(fsio.OS, path, data)
 
 
 def _read(path):
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError:
-        return None
+    return fsio.read(fsio.OS, path)
 
 
 class Pile:

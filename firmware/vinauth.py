@@ -40,7 +40,7 @@
 # reason to stop by itself (the field case: a bus whose BMS reported another
 # VIN than its plate): the session's bill carries the VIN read, the nameplate
 # VIN and vin_mismatch=True, so the difference is visible, never dropped.
-import os
+from firmware import fsio
 
 try:
     from micropython import const
@@ -183,10 +183,7 @@ class VinPolicy:
 
     def save(self, path):
         """Write atomically: a temp file renamed over the old one."""
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(self.dump())
-        os.rename(tmp, path)
+        fsio.save_atomic(fsio.OS, path, self.dump().encode())
 
     def load_file(self, path):
         with open(path) as f:
