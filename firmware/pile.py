@@ -14,8 +14,9 @@ import os
 from firmware import fsio
 from firmware import session as S
 from firmware.journal import Journal, JournalFull
-from firmware.link import Link, ticks_diff
+from firmware.link import Link
 from firmware.outbox import Outbox
+from firmware.realtime import Cadence
 from firmware.tariff import Tariff, TariffError
 from protocol import codec
 
@@ -26,8 +27,6 @@ except ImportError:
         return x
 
 FW_VERSION = "pc0.1.0"
-_RT_CHARGING_MS = const(15000)   # YKC: realtime every 15 s while charging
-_RT_IDLE_MS = const(300000)      # every 5 min idle; at once on any change
 _EXTRA = codec.BY_NAME["bill_extra"]
 _ZERO_MAC = "0" * 64
 
@@ -106,8 +105,7 @@ class Pile:
                  "net_type": 3, "sim": "", "carrier": 4}
         self.link = Link(uart, clock, login, self._handle, on_online=self._online,
                          on_offline=self._offline, log=lambda *a: self.log(" ".join(a)))
-        self._rt_at = clock.ticks_ms()
-        self._rt_key = None
+        self.cadence = Cadence()
         self._tariff_check = False
         self._reboot_when = 0         # 0 none, 1 now, 2 when idle
         self.send_log = None          # optional list: serials of bills sent (tests)
@@ -185,7 +183,7 @@ class Pile:
         # YKC: after login, stored bills first, then the tariff model check.
         self.outbox.on_login()
         self._tariff_check = True
-        self._rt_key = None
+        self.cadence.force()
 
     def _offline(self):
         self.outbox.on_logout()
@@ -350,18 +348,12 @@ class Pile:
 
     def _realtime_due(self):
         g = self.gun
-        key = (g.state, g.vehicle.plugged, g.faults)
-        now = self.clock.ticks_ms()
-        period = _RT_CHARGING_MS if g.state == S.CHARGING else _RT_IDLE_MS
-        if key != self._rt_key or ticks_diff(now, self._rt_at) >= period:
-            self._send_realtime()
+        if self.cadence.poll(self.clock.ticks_ms(), g.status(), g.vehicle.plugged):
+            self.link.send("realtime", g.realtime())
 
     def _send_realtime(self):
-        g = self.gun
-        self._rt_key = (g.state, g.vehicle.plugged, g.faults)
-        self._rt_at = self.clock.ticks_ms()
-        if self.link.online:
-            self.link.send("realtime", g.realtime())
+        # At once (0x12, a start): the next poll() reports.
+        self.cadence.force()
 
     # --- status (0xE5, console) ---------------------------------------------------
 

@@ -176,3 +176,23 @@ def test_repeated_start_after_reboot_neither_restarts_nor_bills_again():
         assert [f.fields["serial"] for f in r.platform.bills()] == [serial(9)]
     finally:
         rmtree(r.root)
+
+
+def test_realtime_every_15s_charging_5min_idle_and_at_once_on_change():
+    r = _rig()
+    try:
+        r.online()
+        r.run(600000)                       # 10 idle minutes
+        idle = [f for f in r.platform.named("realtime") if f.fields["status"] == 2]
+        assert 2 <= len(idle) <= 4
+        n0 = len(r.platform.named("realtime"))
+        r.start(serial(10))
+        r.run(1500)
+        first = r.platform.named("realtime")[n0:]
+        assert first and first[0].fields["status"] == 3   # at once, not after 15 s
+        assert first[0].fields["serial"] == serial(10)
+        r.run(150000)
+        charging = [f for f in r.platform.named("realtime")[n0:] if f.fields["status"] == 3]
+        assert 10 <= len(charging) <= 12
+    finally:
+        rmtree(r.root)
