@@ -290,6 +290,10 @@ def main(argv=None):
     except UsageError as e:
         err.write("error: %s\n" % e)
         return 2
+    except BrokenPipeError:  # `pile-frames list | head`: the reader has had enough
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as e:
         err.write("error: %s\n" % e)
         return 1
