@@ -178,7 +178,7 @@ TABLE = (
 
 
 def direction(code):
-    """"P" (pile to platform) for odd codes, "S" (platform to pile) for even."""
+    """'P' (pile to platform) for odd codes, 'S' (platform to pile) for even."""
     return "P" if code & 1 else "S"
 
 

@@ -4,7 +4,7 @@
 # and kept in a small cache (CACHE_SIZE layouts under MicroPython, all of them
 # on CPython). A compiled layout is a tuple of field names, two byte strings
 # (kinds, sizes) and a struct format: no per-field objects. protocol.codec
-# re-exports what callers need (Layout, LAYOUTS, BY_NAME, layout_for);
+# re-exports what callers need (Layout, layout_for, layout_named, layouts);
 # this module is split from it only to keep each module's compile-time peak
 # small on a board that imports .py files (see docs/benchmarks.md).
 from array import array
