@@ -114,7 +114,7 @@ TABLE = (
     "total_amount=u4:4yuan vin=a17 trade_flag=u1 trade_time=t7 stop_reason=u1 card=h8\n"
     "40 bill_confirm serial=b16 result=u1\n",
     # --- account balance, offline cards ---------------------------------------------
-    "41 balance_reply $P card=h8 result=u1\n"
+    "41 balance_update_reply $P card=h8 result=u1\n"
     "42 balance_update $PG card=h8 balance=u4:2yuan\n"
     "43 card_sync_reply $P result=u1 reason=u1\n"
     "44 card_sync $P count=u1 cards=v240[logical_card=b8,card=h8]\n"
