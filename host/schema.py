@@ -86,6 +86,15 @@ def local_secs(t=None):
     return F.to_secs(lt.tm_year, lt.tm_mon, lt.tm_mday, lt.tm_hour, lt.tm_min, lt.tm_sec)
 
 
+def _offset(unit):
+    # "C-50" -> 50, "X+3" -> -3, "kWh" -> 0 (protocol/frames.py: UNIT "X-N" / "X+N")
+    for sign, mult in (("-", 1), ("+", -1)):
+        i = unit.rfind(sign)
+        if i > 0 and unit[i + 1:].isdigit():
+            return mult * int(unit[i + 1:])
+    return 0
+
+
 def scaled_fields(name, fields):
     """A frame's fields with scaled values: decimal strings for scaled
     integers, ISO local time for CP56 times, temperatures without offset."""
@@ -100,7 +109,11 @@ def scaled_fields(name, fields):
             out[k] = hexs(v)
         elif k in scales:
             scale, unit = scales[k]
-            out[k] = v - 50 if unit == "C-50" else dec(v, scale)
+            off = _offset(unit)
+            if off:
+                # "C-50": sent with a +50 offset; physical = raw - 50 (in 10^-scale)
+                v = v - off * 10 ** scale
+            out[k] = dec(v, scale) if scale else v
         else:
             out[k] = v
     return out
