@@ -184,15 +184,16 @@ def test_encrypted_frame_is_delivered_with_raw_body():
 
 
 def test_every_frame_in_the_table_round_trips_with_zero_values():
-    from protocol.frames import each
-    for code, name, direction, flds in each():
+    from protocol.frames import lines
+    zero = {"u": 0, "b": "", "a": "", "r": "", "h": "", "t": 0, "v": b""}
+    for code, name, _ in lines():
+        l = codec.layout_named(name)
         v = {}
-        for fl in flds:
-            kind = fl[1]
-            v[fl[0]] = {"u": 0, "b": "", "a": "", "r": "", "h": "", "t": 0, "v": b""}[kind]
+        for i in range(len(l.names)):
+            v[l.names[i]] = zero[chr(l.kinds[i])]
         f = codec.decode(codec.encode(name, v, seq=0x1234))
         assert f.code == code and f.name == name and f.seq == 0x1234
-        assert (code & 1) == (1 if direction == "P" else 0), name
+        assert l.direction == ("P" if code & 1 else "S"), name
 
 
 # --- the whole V1.6 table, checked against the document ----------------------
@@ -218,10 +219,10 @@ def test_every_standard_v16_frame_is_declared_with_the_documented_size():
 
 
 def test_extension_frames_keep_to_their_range_and_direction_parity():
-    from protocol.frames import EXT_FIRST, EXT_LAST, each
+    from protocol.frames import EXT_FIRST, EXT_LAST, direction, lines
     ext = []
-    for code, name, direction, flds in each():
-        assert (code & 1) == (1 if direction == "P" else 0), name
+    for code, name, _ in lines():
+        assert (code & 1) == (1 if direction(code) == "P" else 0), name
         if EXT_FIRST <= code <= EXT_LAST:
             ext.append(code)
         else:
