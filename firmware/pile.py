@@ -27,7 +27,7 @@ except ImportError:
         return x
 
 FW_VERSION = "pc0.1.0"
-_EXTRA = codec.BY_NAME["bill_extra"]
+_EXTRA = codec.layout_named("bill_extra")
 _ZERO_MAC = "0" * 64
 
 # Boot reasons (status reply, console): why this boot happened.
@@ -232,8 +232,7 @@ class Pile:
             link.reply(f, "time_sync_reply", {"pile": self.pile, "time": self.clock.now()})
         elif c == 0x42:
             ok = gun.balance_update(v["balance"]) if "balance" in v else False
-            if "balance_update_reply" in codec.BY_NAME:
-                link.reply(f, "balance_update_reply", self._balance_reply(v, ok))
+            link.reply(f, "balance_update_reply", self._balance_reply(v, ok))
         elif c == 0xE6:
             link.reply(f, "status_reply", self.status_fields())
         elif c == 0x92:
@@ -243,7 +242,7 @@ class Pile:
 
     def _balance_reply(self, v, ok):
         out = {}
-        for name, kind, size, off in codec.BY_NAME["balance_update_reply"].fields:
+        for name, kind, size, off in codec.layout_named("balance_update_reply").fields:
             if name in v:
                 out[name] = v[name]
             elif name == "result":

@@ -196,3 +196,20 @@ def test_realtime_every_15s_charging_5min_idle_and_at_once_on_change():
         assert 10 <= len(charging) <= 12
     finally:
         rmtree(r.root)
+
+
+def test_balance_update_mid_session_is_enforced_on_the_pile():
+    r = _rig()
+    try:
+        r.online()
+        r.start(serial(11), balance=100000)       # 1000.00 yuan
+        r.run(30000)
+        r.platform.send("balance_update", {"pile": r.pile.pile, "gun": "01", "card": "D14B0A54",
+                                           "balance": 200})   # now 2.00 yuan
+        r.run(600000, lambda: r.pile.gun.state == S.FINISHED)
+        assert r.platform.named("balance_update_reply")[-1].fields["result"] == 0
+        r.run(30000)
+        b = r.platform.bills()[-1].fields
+        assert b["stop_reason"] == 0x6E and b["total_amount"] <= 20000
+    finally:
+        rmtree(r.root)
