@@ -136,6 +136,10 @@ class Bridge:
         self.conns.add(conn)
         try:
             await conn.run()
+        except asyncio.CancelledError:
+            # Shutdown: end quietly (asyncio's stream server would otherwise
+            # log the cancelled handler as an error on Python 3.11).
+            await conn.shutdown("bridge stopping")
         finally:
             self.conns.discard(conn)
 

@@ -97,24 +97,34 @@ class FdTransport:
 
 class PacedTransport:
     """Wraps a transport so both directions move at `baud` (8N1: 10 bits a
-    byte), as on a real UART. Bytes are delivered once their last bit would
-    have arrived."""
+    byte), as on a real UART. write() returns at once, like a write into a
+    UART driver's buffer; the bytes reach the other side once their last
+    bit would have been sent. Received bytes are handed over once their
+    last bit would have arrived."""
 
     def __init__(self, inner, baud=115200):
         self.inner = inner
         self.byte_s = 10.0 / baud
         self._tx_free = 0.0
         self._rx_free = 0.0
-        self.tx_bytes = 0
+        self._txq = asyncio.Queue()
+        self._tx_task = asyncio.ensure_future(self._tx())
+        self.tx_bytes = 0          # written by the caller
+        self.tx_sent = 0           # on the wire so far
         self.rx_bytes = 0
 
     async def write(self, data):
-        now = time.monotonic()
-        start = max(now, self._tx_free)
+        start = max(time.monotonic(), self._tx_free)
         self._tx_free = start + len(data) * self.byte_s
         self.tx_bytes += len(data)
-        await _sleep_until(self._tx_free)
-        await self.inner.write(data)
+        self._txq.put_nowait((self._tx_free, bytes(data)))
+
+    async def _tx(self):
+        while True:
+            due, data = await self._txq.get()
+            await _sleep_until(due)
+            await self.inner.write(data)
+            self.tx_sent += len(data)
 
     async def read(self):
         data = await self.inner.read()
@@ -126,6 +136,8 @@ class PacedTransport:
         return data
 
     async def close(self):
+        self._tx_task.cancel()
+        await asyncio.gather(self._tx_task, return_exceptions=True)
         await self.inner.close()
 
 
