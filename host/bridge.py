@@ -460,11 +460,23 @@ class Bridge:
         pile.conn.spawn(go())
 
     async def _settle_sweeper(self):
-        # 0xE4 that the pile did not acknowledge is sent again now and then.
+        # 0xE4 that the pile did not acknowledge is sent again now and then;
+        # once an hour, settled bills past bills.keep_days are forgotten.
+        next_prune = time.monotonic()
         while True:
             await asyncio.sleep(self.cfg["bills"]["settle_retry_s"])
             for p in list(self.piles.values()):
                 self.settle_backlog(p)
+            keep = self.cfg["bills"]["keep_days"]
+            if keep and time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + 3600
+                try:
+                    n = await self.store.prune(keep * 86400)
+                except Exception:
+                    log.exception("pruning old bills")
+                else:
+                    if n:
+                        log.info("forgot %d bill(s) settled more than %g days ago", n, keep)
 
     # --- MQTT in ----------------------------------------------------------------------
 

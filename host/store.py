@@ -40,6 +40,11 @@ CREATE INDEX IF NOT EXISTS bills_unsettled ON bills (pile, id)
     WHERE confirmed_at IS NOT NULL AND settled_at IS NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS bills_pile_seq ON bills (pile, pile_seq);
 
+CREATE TABLE IF NOT EXISTS pile_seqs (
+    pile TEXT PRIMARY KEY,
+    last INTEGER NOT NULL                             -- the last pile_seq given out
+);
+
 -- 0xEB fee split / VIN facts, keyed by the bill's trade serial; may arrive
 -- before or after its bill.
 CREATE TABLE IF NOT EXISTS extras (
@@ -281,6 +286,12 @@ class Store:
     def counts(self):
         return self._submit(_counts)
 
+    def prune(self, keep_s, now=None):
+        """Forget bills settled more than keep_s ago (and rejected copies as
+        old). Resolves the number of bills removed. A serial forgotten here
+        would be taken as new if a pile ever sent it again."""
+        return self._submit(_prune, keep_s, time.time() if now is None else now)
+
     # --- events and tariffs ------------------------------------------------------
 
     def add_event(self, pile, payload, now=None):
@@ -335,8 +346,12 @@ def _add_bill(db, pile, serial, frame, crc_swapped, now):
                    (serial, pile, frame, "same trade serial, different bytes; first copy kept", now))
         old.conflicts += 1
         return "conflict", old
-    seq = db.execute("SELECT COALESCE(MAX(pile_seq), 0) + 1 FROM bills WHERE pile = ?",
+    # A counter of its own per pile, so pruning old bills never reuses a number.
+    seq = db.execute("SELECT COALESCE(MAX(pile_seq), 0) FROM bills WHERE pile = ?",
                      (pile,)).fetchone()[0]
+    db.execute("INSERT INTO pile_seqs (pile, last) VALUES (?, ?) ON CONFLICT(pile) DO UPDATE "
+               "SET last = MAX(last + 1, excluded.last)", (pile, seq + 1))
+    seq = db.execute("SELECT last FROM pile_seqs WHERE pile = ?", (pile,)).fetchone()[0]
     db.execute("INSERT INTO bills (serial, pile, pile_seq, frame, crc_swapped, received_at) "
                "VALUES (?, ?, ?, ?, ?, ?)", (serial, pile, seq, frame, int(crc_swapped), now))
     return "new", _one_bill(db, serial)
@@ -418,6 +433,16 @@ def _counts(db):
         "rejected": q("SELECT COUNT(*) FROM rejected"),
         "events_unpublished": q("SELECT COUNT(*) FROM events WHERE published_at IS NULL"),
     }
+
+
+def _prune(db, keep_s, now):
+    cut = now - keep_s
+    n = db.execute("DELETE FROM extras WHERE serial IN (SELECT serial FROM bills "
+                   "WHERE settled_at IS NOT NULL AND settled_at < ?)", (cut,)).rowcount
+    n = db.execute("DELETE FROM bills WHERE settled_at IS NOT NULL AND settled_at < ?",
+                   (cut,)).rowcount
+    db.execute("DELETE FROM rejected WHERE received_at < ?", (cut,))
+    return n
 
 
 def _add_event(db, pile, payload, now):

@@ -77,3 +77,54 @@ def test_config_errors_name_the_problem(over, msg):
 def test_a_bad_config_exits_with_status_2(capsys):
     assert bridgemod.main(["--site", "bad site"]) == 2
     assert "site" in capsys.readouterr().err
+
+
+def test_pruning_forgets_only_old_settled_bills():
+    import asyncio
+    from host.store import Store
+    from host.testkit import make_bill
+    from protocol import codec
+    from tests.test_bridge_helpers import tempdir
+
+    async def scenario(path):
+        s = Store(path)
+        try:
+            bills = [make_bill("55031412782305", i) for i in range(3)]
+            for b in bills:
+                await s.add_bill(b["pile"], b["serial"], codec.encode("bill", b), now=1000.0)
+            await s.confirm(bills[0]["serial"], now=1000.0)
+            await s.mark_settled(bills[0]["serial"], now=1000.0)
+            await s.confirm(bills[1]["serial"], now=1000.0)        # confirmed, not settled
+            assert await s.prune(100, now=2000.0) == 1
+            assert await s.bill(bills[0]["serial"]) is None
+            assert await s.bill(bills[1]["serial"]) is not None
+            assert [b.serial for b in await s.open_bills(bills[2]["pile"], 10)] == [bills[2]["serial"]]
+        finally:
+            s.close()
+    with tempdir("prune") as d:
+        asyncio.run(scenario(d + "/b.db"))
+
+
+def test_pile_seq_keeps_counting_after_pruning():
+    import asyncio
+    from host.store import Store
+    from host.testkit import make_bill
+    from protocol import codec
+    from tests.test_bridge_helpers import tempdir
+
+    async def scenario(path):
+        s = Store(path)
+        try:
+            b1, b2, b3 = [make_bill("55031412782305", i) for i in range(3)]
+            for b in (b1, b2):
+                _, row = await s.add_bill(b["pile"], b["serial"], codec.encode("bill", b), now=1000.0)
+                await s.confirm(b["serial"], now=1000.0)
+                await s.mark_settled(b["serial"], now=1000.0)
+            assert row.pile_seq == 2
+            assert await s.prune(100, now=2000.0) == 2
+            _, row = await s.add_bill(b3["pile"], b3["serial"], codec.encode("bill", b3))
+            assert row.pile_seq == 3
+        finally:
+            s.close()
+    with tempdir("seq") as d:
+        asyncio.run(scenario(d + "/b.db"))
