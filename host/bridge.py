@@ -25,7 +25,7 @@ from host.mqtt import MqttLink, NotConnected
 from host.outbox import Outbox
 from host.piles import CommandTimeout, Pile, PileConn
 from host.store import Store
-from host.topics import BRIDGE_SOURCE, SITE_TARGET, Topics
+from host.topics import SITE_TARGET, Topics
 
 log = logging.getLogger("host.bridge")
 

@@ -299,7 +299,7 @@ class ScriptedPile:
 
     async def request(self, name, values, reply, timeout=None):
         n = len(self.frames)
-        seq = await self.send(name, values)
+        await self.send(name, values)
         f = await self.wait_for(lambda: next((x for x in self.frames[n:] if x.name == reply), None),
                                 self.reply_timeout if timeout is None else timeout)
         return f

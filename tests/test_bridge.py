@@ -1,14 +1,12 @@
 # The bill's life through the bridge, end to end, with a real Mosquitto:
 # pile -> bridge (SQLite) -> broker -> platform -> confirmation -> settled.
 import asyncio
-import json
-import os
 import sqlite3
 
 from protocol import codec
 from host.testkit import make_bill, make_extra
 from tests.test_bridge_helpers import (
-    PILE_A, PILE_B, Platform, bridge_running, connect_pile, fast_config, pty_pair, pty_pile, run,
+    PILE_A, Platform, bridge_running, connect_pile, fast_config, pty_pair, pty_pile, run,
     tempdir, until, url_of)
 
 

@@ -1,10 +1,7 @@
 # Commands down: MQTT command -> YKC / extension frame -> the pile's answer
 # -> exactly one result. Bad input never crashes the bridge.
-import asyncio
 import json
 
-from protocol import codec
-from host.testkit import make_bill
 from tests.test_bridge_helpers import (
     PILE_A, PILE_B, PILE_C, Platform, bridge_running, connect_pile, fast_config, run, tempdir,
     until, url_of)

@@ -17,7 +17,7 @@ def test_real_firmware_session_bill_settles_through_the_bridge(mosquitto):
                           tariff=TARIFF)
         root = os.path.join(tmp, "flash")
         os.mkdir(root)
-        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
+        async with bridge_running(cfg), Platform(url_of(mosquitto)) as plat:
             fw = FirmwarePile(root, master, PILE_A, speed=60).start()
             try:
                 online = lambda: (lambda s: s if s and s["online"] else None)(

@@ -12,7 +12,6 @@ import pty
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time

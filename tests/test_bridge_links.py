@@ -2,9 +2,6 @@
 # the allow-list, status and last will, realtime, isolation between piles,
 # and bills the bridge must refuse or flag.
 import asyncio
-import json
-
-import aiomqtt
 
 from protocol import codec
 from host.testkit import ScriptedPile, TcpTransport, make_bill, make_extra
@@ -190,7 +187,7 @@ def _bill_count(db_path, pile):
 def test_a_second_login_replaces_the_old_link(mosquitto):
     async def scenario(tmp):
         cfg = fast_config(tmp, url_of(mosquitto))
-        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)):
+        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)):  # confirms
             old = await connect_pile(PILE_A, b.tcp_port)
             new = await connect_pile(PILE_A, b.tcp_port)
             await old.wait_for(lambda: not old.connected)

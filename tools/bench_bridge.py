@@ -173,7 +173,7 @@ async def bench_throughput(broker, tmp, n, piles, window):
     bp = BridgeProc(tmp, broker)
     await bp.start()
     try:
-        async with Consumer(broker.host, broker.port) as plat:
+        async with Consumer(broker.host, broker.port):
             ps = [await _pile(bp.port, _pile_code(i)) for i in range(piles)]
             per = [[make_bill(p.code, k) for k in range(i, n, piles)] for i, p in enumerate(ps)]
             t0 = time.monotonic()
