@@ -73,3 +73,34 @@ def test_bill_over_pty_serial_link(mosquitto):
             await pile.close()
     with tempdir("pty") as tmp, pty_pair() as (master, path):
         run(scenario(tmp, master, path))
+
+
+def test_bill_over_a_socket_url_serial_link(mosquitto):
+    # A serial-to-Ethernet converter in front of the pile: pyserial's
+    # socket:// URL, the bridge dialling out to it.
+    from host.testkit import ScriptedPile, TcpTransport
+
+    async def scenario(tmp):
+        accepted = asyncio.get_running_loop().create_future()
+
+        async def on_conn(r, w):
+            if not accepted.done():
+                accepted.set_result(TcpTransport(r, w))
+        server = await asyncio.start_server(on_conn, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        cfg = fast_config(tmp, url_of(mosquitto), tcp={"listen": None},
+                          serial=[{"url": "socket://127.0.0.1:%d" % port}])
+        try:
+            async with bridge_running(cfg), Platform(url_of(mosquitto)) as plat:
+                pile = ScriptedPile(PILE_A, await asyncio.wait_for(accepted, 10))
+                assert await pile.login() == 0
+                bill = make_bill(PILE_A, 8)
+                assert await pile.send_bill(bill, make_extra(bill)) == 0
+                await pile.wait_for(lambda: bill["serial"] in pile.settled)
+                assert plat.bills[bill["serial"]]["complete"]
+                await pile.close()
+        finally:
+            server.close()
+            await server.wait_closed()
+    with tempdir("socketurl") as tmp:
+        run(scenario(tmp))
