@@ -15,6 +15,7 @@ from host import tariff as T
 
 MAX_ID = 128
 MAX_VINS = 5000        # VINs in one vin_list command
+_HEXDIGITS = frozenset("0123456789abcdefABCDEF")
 
 # code, meaning
 CODES = {
@@ -61,7 +62,9 @@ def _digits(args, name, n, default=None, required=False):
         return None
     if isinstance(v, int) and not isinstance(v, bool):
         v = str(v)
-    if not isinstance(v, str) or not v.isdigit() or len(v) > n:
+    # isascii: str.isdigit() also takes other scripts' digits and superscripts,
+    # which BCD cannot carry.
+    if not isinstance(v, str) or not v.isdigit() or not v.isascii() or len(v) > n:
         raise CommandError("bad_request", "%s must be a string of at most %d digits, got %r"
                            % (name, n, v))
     return v.zfill(n)
@@ -72,9 +75,9 @@ def _hex(args, name, nbytes, default="0"):
     if not isinstance(v, str) or len(v) > 2 * nbytes:
         raise CommandError("bad_request", "%s must be a hex string of at most %d digits"
                            % (name, 2 * nbytes))
-    try:
-        int(v or "0", 16)
-    except ValueError:
+    # Hex digits only: int(v, 16) would also take "0x", "_", spaces and
+    # non-ASCII digits, which the frame's hex field cannot carry.
+    if any(c not in _HEXDIGITS for c in v):
         raise CommandError("bad_request", "%s must be hex, got %r" % (name, v))
     return v.upper().zfill(2 * nbytes)
 
@@ -109,6 +112,9 @@ def parse(payload, max_bytes):
         doc = json.loads(payload)
     except (ValueError, UnicodeDecodeError) as e:
         raise CommandError("bad_request", "not JSON: %s" % e)
+    except RecursionError:
+        # Nesting past the parser's recursion limit (~1000 levels).
+        raise CommandError("bad_request", "not JSON: nested too deeply")
     if not isinstance(doc, dict):
         raise CommandError("bad_request", "a command is a JSON object")
     req_id = doc.get("id")
