@@ -171,6 +171,10 @@ class PileConn:
         finally:
             if w in self._waiters:
                 self._waiters.remove(w)
+            if fut.done() and not fut.cancelled():
+                # shutdown() may have failed it while we were still in send():
+                # read it, or asyncio logs "Future exception was never retrieved".
+                fut.exception()
 
     def _deliver(self, frame):
         """Hand a reply to the request waiting for it. True when one waited."""
@@ -337,12 +341,16 @@ class PileConn:
                 await self.poll_status()
 
     async def poll_status(self):
+        if self.pile is None:     # replaced by a newer login, or gone silent
+            return
         try:
             await self.query_status()
         except (CommandTimeout, LinkClosed) as e:
             log.info("pile %s: status query: %s", self._name(), e)
 
     async def sync_time(self):
+        if self.pile is None:     # replaced by a newer login, or gone silent
+            return None
         try:
             return await self.request("time_sync", {"pile": self.pile.code,
                                                     "time": schema.local_secs()})

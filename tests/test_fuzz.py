@@ -1,10 +1,19 @@
 """Fuzzing (tools/fuzz.py, docs/fuzzing.md): bounded runs of each target, and
 the regressions for what the fuzzer found in the bridge."""
+import asyncio
+import gc
 import json
 
 import pytest
 
 from host import commands as C
+from host.piles import PileConn
+
+
+def _run(coro, timeout=60):
+    async def bounded():
+        return await asyncio.wait_for(coro, timeout)
+    return asyncio.run(bounded())
 
 
 # --- regressions: what the fuzzer found ---------------------------------------------------
@@ -30,3 +39,56 @@ def test_digits_and_hex_outside_ascii_are_bad_requests(field, value):
     with pytest.raises(C.CommandError) as e:
         C.parse(json.dumps(doc).encode(), 65536)
     assert e.value.code == "bad_request" and e.value.req_id == "r1"
+
+
+class _StubBridge:
+    cfg = {"piles": {"command_timeout_s": 1.0, "heartbeat_s": 10.0, "missed_heartbeats": 3}}
+
+
+class _StuckLink:
+    """A link whose writes never complete (a peer that stopped reading)."""
+    name = "stuck"
+
+    def __init__(self):
+        self.release = asyncio.Event()
+
+    async def write(self, data):
+        await self.release.wait()
+
+    async def read(self):
+        return b""
+
+    async def close(self):
+        self.release.set()
+
+
+def test_a_conn_whose_pile_was_replaced_skips_its_time_sync():
+    # A second login with the same code sets the old conn's pile to None
+    # while its after-login task is about to sync the clock.
+    async def go():
+        conn = PileConn(_StubBridge(), _StuckLink())
+        assert conn.pile is None
+        assert await conn.sync_time() is None
+        await conn.poll_status()
+    _run(go())
+
+
+def test_a_request_cut_by_shutdown_while_sending_leaves_no_unretrieved_error():
+    # shutdown() fails the request's future and cancels the task that is
+    # still inside send(): nobody read the future's LinkClosed, and asyncio
+    # logged "Future exception was never retrieved" at ERROR level.
+    async def go():
+        loop = asyncio.get_running_loop()
+        errors = []
+        loop.set_exception_handler(lambda lp, ctx: errors.append(ctx.get("message")))
+        conn = PileConn(_StubBridge(), _StuckLink())
+        t = conn.spawn(conn.request("time_sync", {"pile": "55031412782305", "time": 0}))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        await conn.shutdown("test")
+        await asyncio.gather(t, return_exceptions=True)
+        del t
+        gc.collect()
+        await asyncio.sleep(0)
+        return errors
+    assert _run(go()) == []
