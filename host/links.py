@@ -11,12 +11,15 @@
 # the event loop or another pile.
 import asyncio
 import logging
+import socket
+import struct
 import threading
 
 log = logging.getLogger("host.links")
 
 _READ_CHUNK = 4096
 _SERIAL_POLL = 0.05     # s a serial read blocks before it checks for close
+_CLOSE_S = 5.0          # s a closing TCP link may take to flush; then it is aborted
 
 
 class LinkClosed(ConnectionError):
@@ -58,7 +61,16 @@ class StreamLink:
         self.closed = True
         self._w.close()
         try:
-            await self._w.wait_closed()
+            await asyncio.wait_for(self._w.wait_closed(), _CLOSE_S)
+        except asyncio.TimeoutError:
+            # The peer does not read what is still buffered for it: a FIN
+            # would wait for ever (with the socket and its buffers). Reset it
+            # (linger 0: the kernel drops the unsent bytes too).
+            log.info("%s: peer not reading; connection reset", self.name)
+            sock = self._w.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self._w.transport.abort()
         except (ConnectionError, OSError):
             pass
 

@@ -3,10 +3,12 @@ the regressions for what the fuzzer found in the bridge."""
 import asyncio
 import gc
 import json
+import socket
 
 import pytest
 
 from host import commands as C
+from host import links
 from host.piles import PileConn
 
 
@@ -39,6 +41,11 @@ def test_digits_and_hex_outside_ascii_are_bad_requests(field, value):
     with pytest.raises(C.CommandError) as e:
         C.parse(json.dumps(doc).encode(), 65536)
     assert e.value.code == "bad_request" and e.value.req_id == "r1"
+
+
+def _peer_gone(sock):
+    """True once the peer reset or closed the connection (TCP state left ESTABLISHED)."""
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] != 1
 
 
 class _StubBridge:
@@ -92,3 +99,34 @@ def test_a_request_cut_by_shutdown_while_sending_leaves_no_unretrieved_error():
         await asyncio.sleep(0)
         return errors
     assert _run(go()) == []
+
+
+def test_closing_a_tcp_link_to_a_peer_that_never_reads_does_not_hang(monkeypatch):
+    # With unsent data buffered, StreamWriter.close() waits for the peer to
+    # read it: for ever if it never does (the socket and its buffers were
+    # never released). The close now gives up after links._CLOSE_S and aborts.
+    monkeypatch.setattr(links, "_CLOSE_S", 0.3, raising=False)
+
+    async def go():
+        got = asyncio.get_running_loop().create_future()
+
+        async def on_conn(r, w):
+            got.set_result(links.StreamLink(r, w))
+        srv = await asyncio.start_server(on_conn, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        deaf = socket.socket()
+        deaf.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        deaf.connect(("127.0.0.1", port))
+        link = await got
+        writer = asyncio.ensure_future(link.write(b"\x00" * (16 << 20)))   # more than buffers hold
+        done, _ = await asyncio.wait([writer], timeout=0.5)
+        assert not done, "the write should be stuck on a peer that does not read"
+        await asyncio.wait_for(link.close(), 10)    # hung here for ever before
+        # The stuck write ends (its data is dropped) and the peer sees the
+        # connection go (RST): the socket is released.
+        await asyncio.wait_for(asyncio.gather(writer, return_exceptions=True), 10)
+        while not _peer_gone(deaf):
+            await asyncio.sleep(0.01)
+        deaf.close()
+        srv.close()
+    _run(go())
