@@ -517,7 +517,9 @@ class Amqtt(_ChildBroker):
         raise BrokerUnsupported("amqtt has no reload (and SIGHUP would end it)")
 
     def _command(self):
-        return [sys.executable, os.path.abspath(__file__), _AMQTT_SERVE,
+        # -m, not the file path: run as a script from host/, host/platform.py
+        # would shadow the standard library's `platform` in the child.
+        return [sys.executable, "-m", "host.broker", _AMQTT_SERVE,
                 json.dumps({"host": self.host, "port": self.port, "verbose": self.verbose})]
 
 

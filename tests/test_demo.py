@@ -2,11 +2,17 @@
 # reference platform and six simulated piles on the real firmware.
 import json
 
+import pytest
+
+from host.broker import amqtt_available, mosquitto_available
 from tools import demo
 
 
-def test_demo_loses_duplicates_and_misreconciles_nothing(capsys):
-    rc = demo.main(["--json", "--speed", "240"])
+@pytest.mark.parametrize("broker", ["mosquitto", "amqtt"])
+def test_demo_loses_duplicates_and_misreconciles_nothing(capsys, broker):
+    if not {"mosquitto": mosquitto_available, "amqtt": amqtt_available}[broker]():
+        pytest.skip("%s is not installed" % broker)
+    rc = demo.main(["--json", "--speed", "240", "--broker", broker])
     s = json.loads(capsys.readouterr().out)
     assert rc == 0
     assert s["sessions"] == 6 and s["bills"] == 6 and s["confirmed"] == 6

@@ -39,7 +39,8 @@ def _say(quiet, msg):
 
 
 class Demo:
-    def __init__(self, speed=120.0, quiet=False, workdir=None):
+    def __init__(self, speed=120.0, quiet=False, workdir=None, broker="mosquitto"):
+        self.prefer = broker
         self.speed = speed
         self.quiet = quiet
         self.own = workdir is None
@@ -55,7 +56,7 @@ class Demo:
     # --- parts ------------------------------------------------------------------
 
     def start_broker(self):
-        self.broker = make_broker()
+        self.broker = make_broker(self.prefer)
         self.broker.start()
         _say(self.quiet, "broker   %s on 127.0.0.1:%d" % (type(self.broker).__name__.lower(),
                                                          self.broker.port))
@@ -260,10 +261,12 @@ def main(argv=None):
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
     ap.add_argument("--speed", type=float, default=120.0, help="simulated seconds per real second")
     ap.add_argument("--keep", metavar="DIR", help="keep logs and databases in DIR")
+    ap.add_argument("--broker", choices=("mosquitto", "amqtt"), default="mosquitto",
+                    help="broker to start (amqtt, embedded, is used when Mosquitto is missing)")
     args = ap.parse_args(argv)
     if args.keep:
         os.makedirs(args.keep, exist_ok=True)
-    d = Demo(args.speed, quiet=args.json, workdir=args.keep)
+    d = Demo(args.speed, quiet=args.json, workdir=args.keep, broker=args.broker)
     try:
         s = asyncio.run(d.run())
     finally:
