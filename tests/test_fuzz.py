@@ -130,3 +130,98 @@ def test_closing_a_tcp_link_to_a_peer_that_never_reads_does_not_hang(monkeypatch
         deaf.close()
         srv.close()
     _run(go())
+
+
+# --- bounded fuzz runs (the documented run is in docs/fuzzing.md) -----------------------------
+
+from host import broker as _broker            # noqa: E402
+from protocol import codec                    # noqa: E402
+from tools import fuzz                        # noqa: E402
+
+needs_mosquitto = pytest.mark.skipif(not _broker.mosquitto_available(),
+                                     reason="mosquitto not installed (tools/setup.sh installs it)")
+
+
+def test_reader_fuzz_yields_only_frames_and_frame_errors_and_finds_good_frames():
+    rep = fuzz.fuzz_reader(20000, seed=11)
+    d = rep.as_dict()
+    assert d["violations"] == [] and d["verdict"] == "pass"
+    assert d["inputs"] == 20000
+    # Every kind of input was tried and every path of the reader was taken.
+    assert set(d["kinds"]) == {k for k, _ in fuzz._READER_KINDS}
+    for cls in ("Frame", "BadCRC", "BadLength", "FieldError", "UnknownType"):
+        assert d["outcomes"].get(cls), cls
+
+
+def test_reader_fuzz_is_reproducible_from_its_seed():
+    a = fuzz.fuzz_reader(2000, seed=5).as_dict()
+    b = fuzz.fuzz_reader(2000, seed=5).as_dict()
+    assert (a["kinds"], a["outcomes"]) == (b["kinds"], b["outcomes"])
+    c = fuzz.fuzz_reader(2000, seed=6).as_dict()
+    assert c["outcomes"] != a["outcomes"]
+
+
+class _LeakyReader(codec.FrameReader):
+    """A broken reader: a ValueError escapes on a 0x68 0x05 pair."""
+
+    def push(self, data):
+        if b"\x68\x05" in bytes(data):
+            raise ValueError("boom")
+        return super().push(data)
+
+
+class _BlindReader(codec.FrameReader):
+    """A broken reader: never finds a frame behind garbage."""
+
+    def push(self, data):
+        return [x for x in super().push(data)
+                if not (isinstance(x, codec.Frame) and self.skipped)]
+
+
+@pytest.mark.parametrize("broken,what", [(_LeakyReader, "push raised"), (_BlindReader, "not found")])
+def test_reader_fuzz_reports_a_broken_reader_and_replays_its_case(monkeypatch, capsys, broken, what):
+    monkeypatch.setattr(codec, "FrameReader", broken)
+    d = fuzz.fuzz_reader(3000, seed=2).as_dict()
+    assert d["verdict"] == "FAIL" and d["violation_count"] > 0
+    v = next(v for v in d["violations"] if what in v["what"])
+    # --case replays that one input, with the same finding; exit status 1.
+    assert fuzz.main(["reader", "--seed", "2", "--case", str(v["case"]), "--json"]) == 1
+    again = json.loads(capsys.readouterr().out)
+    assert again["inputs"] == 1 and again["violations"][0]["what"] == v["what"]
+
+
+@needs_mosquitto
+def test_bridge_tcp_fuzz_hostile_clients_beside_a_charging_pile():
+    # Every kind of hostile client (random and mutated frames, frames before
+    # login, login then garbage, valid-CRC random bodies, oversized lengths,
+    # slowloris, abrupt resets, forged bills, bursts of connections, a
+    # silent client, a client that never reads) while the good pile logs in
+    # again and again and has every bill taken: the bridge lives, keeps
+    # serving it, stays within 64 MB of its RSS, releases every socket and
+    # logs no error.
+    rep = fuzz.fuzz_bridge_tcp(300, seed=7)
+    d = rep.as_dict()
+    assert d["violations"] == [] and d["verdict"] == "pass", d["violations"]
+    assert set(d["kinds"]) == {k for k, _ in fuzz._TCP_KINDS}
+    assert d["inputs"] >= 300
+    g = d["good_pile"]
+    assert g["bills"] > 0 and g["on_platform"] == g["bills"] and g["logins"] > 1
+    assert d["rss_kb"]["peak"] <= d["rss_kb"]["baseline"] + 64 * 1024
+    assert d["fds"]["after"] <= d["fds"]["before"] + 4
+
+
+@needs_mosquitto
+def test_mqtt_command_fuzz_every_bad_command_gets_one_clear_failure():
+    # Malformed JSON, wrong types, over max_command_bytes, unknown piles and
+    # commands, missing ids, deep nesting, unicode, random bytes: each
+    # command message gets exactly one result, ok=false with a documented
+    # code (never "error"); valid commands between them and after them work.
+    rep = fuzz.fuzz_mqtt_commands(400, seed=7)
+    d = rep.as_dict()
+    assert d["violations"] == [] and d["verdict"] == "pass", d["violations"]
+    assert set(fuzz._FIRST_KINDS) - {"bad_argument"} <= set(d["kinds"])
+    m = d["messages"]
+    assert m["results"] == m["sent"] and m["controls"] >= 3
+    for code in ("bad_request", "too_large", "unknown_command", "unknown_pile", "offline", "expired"):
+        assert d["outcomes"].get(code), code
+    assert "error" not in d["outcomes"]

@@ -763,7 +763,8 @@ class TcpFuzz:
     async def run_case(self, i):
         rng = case_rng(self.seed, i)
         rng.case = i              # for violation records
-        kind = _pick(rng, _TCP_KINDS)
+        # The first cases take every kind once (a short run still tries them all).
+        kind = _TCP_KINDS[i][0] if i < len(_TCP_KINDS) else _pick(rng, _TCP_KINDS)
         self.r.kinds[kind] += 1
         try:
             n, outcome = await getattr(self, "_" + kind)(rng)
@@ -1239,9 +1240,16 @@ class CommandCase:
         self.codes = codes              # acceptable result codes, None = any failure code
 
 
+_FIRST_KINDS = ["random_bytes", "mutated_json", "unknown_pile", "offline_pile"] + [k for k, _ in _DEFECTS]
+
+
 def make_command_case(seed, i):
     rng = case_rng(seed, i)
     r = rng.random()
+    # The first cases take every kind once (a short run still tries them all).
+    first = _FIRST_KINDS[i] if i < len(_FIRST_KINDS) else None
+    if first is not None:
+        r = {"random_bytes": 0.0, "mutated_json": 0.2, "unknown_pile": 0.3, "offline_pile": 0.34}.get(first, 0.5)
     uid = "fz-%d-%d" % (seed, i)
     if r < 0.12:        # random bytes
         return CommandCase("random_bytes", rng.choice(_NOWHERE), garbage(rng, [], 1500)
@@ -1282,7 +1290,7 @@ def make_command_case(seed, i):
     target = rng.choice([GOOD_PILE, GOOD_PILE, OFFLINE_PILE, UNKNOWN_PILE, "site", "x\u00e9"])
     cmd = rng.choice(sorted(_GOOD_ARGS))
     doc = dict(_GOOD_ARGS[cmd], id=uid, cmd=cmd)
-    defect = _pick(rng, _DEFECTS)
+    defect = first or _pick(rng, _DEFECTS)
     rid = uid
     codes = None
     if defect == "bad_argument":
