@@ -284,6 +284,32 @@ class Pile:
         ok = self.request_reboot(when)
         self.link.reply(f, "reboot_reply", {"pile": self.pile, "result": 1 if ok else 0})
 
+    # --- card swipe at the pile (0x31 / 0x32, offline list) ------------------
+
+    def card_swiped(self, card, vin=None):
+        """A card (or a VIN start) at the pile. Online: ask the platform
+        (0x31; its 0x32 starts or refuses). Offline: start at once with a
+        pile-issued serial if the card is allowed offline (cfg
+        "offline_cards": None = any card, a list = only those, [] = none).
+        Returns what happened: "asked", "started", "refused", "busy"."""
+        gun = self.gun
+        if self.link.online:
+            fields = gun.request_start(card, vin)
+            if fields is None:
+                return "busy"
+            self.link.send("start_request", fields)
+            return "asked"
+        allowed = self.cfg.get("offline_cards")
+        if allowed is not None and card.upper() not in [c.upper() for c in allowed]:
+            self.event("offline_card_refused", card)
+            return "refused"
+        try:
+            res, why = gun.offline_start(card)
+        except JournalFull as e:
+            self.event("journal_full", str(e))
+            return "refused"
+        return "started" if res else "refused"
+
     def request_reboot(self, when, source="platform"):
         """Ask for a reboot: 1 now (a running session is billed first), 2 when
         idle. False (and an event) when it cannot be done. The 0x92 handler

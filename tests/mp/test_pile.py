@@ -213,3 +213,54 @@ def test_balance_update_mid_session_is_enforced_on_the_pile():
         assert b["stop_reason"] == 0x6E and b["total_amount"] <= 20000
     finally:
         rmtree(r.root)
+
+
+def test_card_swipe_online_asks_the_platform_and_its_serial_bills():
+    r = _rig()
+    try:
+        r.online()
+        assert r.pile.card_swiped("D14B0A54") == "asked"
+        r.run(2000)
+        ask = r.platform.named("start_request")[-1].fields
+        assert ask["card"] == "00000000D14B0A54" and ask["start_type"] == 1
+        r.platform.send("start_auth", {"serial": serial(12), "pile": r.pile.pile, "gun": "01",
+                                       "logical_card": "1000000573", "balance": 100000,
+                                       "ok": 1, "reason": 0})
+        r.run(60000)
+        assert r.pile.gun.state == S.CHARGING
+        r.stop()
+        r.run(30000)
+        b = r.platform.bills()[-1].fields
+        assert b["serial"] == serial(12) and b["trade_flag"] == 2
+    finally:
+        rmtree(r.root)
+
+
+def test_card_refused_by_the_platform_starts_and_bills_nothing():
+    r = _rig()
+    try:
+        r.online()
+        r.pile.card_swiped("D14B0A54")
+        r.run(2000)
+        r.platform.send("start_auth", {"serial": "0" * 32, "pile": r.pile.pile, "gun": "01",
+                                       "logical_card": "1000000573", "balance": 0,
+                                       "ok": 0, "reason": 2})   # account frozen
+        r.run(30000)
+        assert r.pile.gun.state != S.CHARGING and r.platform.bills() == []
+        assert r.pile.gun.refusal == 2
+    finally:
+        rmtree(r.root)
+
+
+def test_offline_card_start_only_for_listed_cards_and_bills_with_a_pile_serial():
+    r = _rig(cfg={"offline_cards": ["D14B0A54"]})
+    try:
+        assert not r.pile.link.online
+        assert r.pile.card_swiped("DEADBEEF") == "refused"
+        assert r.pile.card_swiped("D14B0A54") == "started"
+        r.run(30000)
+        r.pile.gun.manual_stop()
+        pend = r.pile.journal.pending()
+        assert len(pend) == 1 and pend[0].startswith(r.pile.pile + "01")
+    finally:
+        rmtree(r.root)
