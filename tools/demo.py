@@ -20,14 +20,12 @@ import asyncio
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 
-from host.broker import make_broker
-from host.platform import Platform
 from tools import sim as SIM
+from tools import stack
 
 SITE = "demo"
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -56,26 +54,13 @@ class Demo:
     # --- parts ------------------------------------------------------------------
 
     def start_broker(self):
-        self.broker = make_broker(self.prefer)
-        self.broker.start()
+        self.broker = stack.start_broker(self.prefer)
         _say(self.quiet, "broker   %s on 127.0.0.1:%d" % (type(self.broker).__name__.lower(),
                                                          self.broker.port))
 
     def start_bridge(self):
-        cfg = os.path.join(self.dir, "bridge.toml")
-        with open(cfg, "w") as f:
-            f.write('site = "%s"\ndatabase = "%s"\nlog_level = "warning"\n'
-                    '[mqtt]\nurl = "mqtt://127.0.0.1:%d"\n'
-                    '[tcp]\nlisten = "127.0.0.1:0"\next = true\n'
-                    '[bills]\nretry_initial_s = 0.5\nretry_max_s = 2.0\n'
-                    % (SITE, os.path.join(self.dir, "bridge.db"), self.broker.port))
-        log = open(os.path.join(self.dir, "bridge.log"), "w")
-        self.bridge = subprocess.Popen([sys.executable, "-m", "host.bridge", "--config", cfg],
-                                       stdout=subprocess.PIPE, stderr=log, text=True)
-        line = self.bridge.stdout.readline()
-        if not line:
-            raise RuntimeError("the bridge did not start: see %s" % log.name)
-        self.tcp_port = json.loads(line)["tcp_port"]
+        self.bridge = stack.BridgeProcess(self.dir, SITE, self.broker.port)
+        self.tcp_port = self.bridge.start()
         _say(self.quiet, "bridge   pid %d, piles dial 127.0.0.1:%d" % (self.bridge.pid, self.tcp_port))
 
     def start_fleet(self):
@@ -91,12 +76,8 @@ class Demo:
     def stop(self):
         if self.fleet:
             self.fleet.stop()
-        if self.bridge and self.bridge.poll() is None:
-            self.bridge.terminate()
-            try:
-                self.bridge.wait(10)
-            except subprocess.TimeoutExpired:
-                self.bridge.kill()
+        if self.bridge:
+            self.bridge.stop()
         if self.broker:
             self.broker.close()
         if self.own:
@@ -224,11 +205,8 @@ class Demo:
     async def run(self):
         self.start_broker()
         self.start_bridge()
-        self.platform = Platform("mqtt://127.0.0.1:%d" % self.broker.port,
-                                 os.path.join(self.dir, "platform.db"))
-        ready = asyncio.Event()
-        ptask = asyncio.create_task(self.platform.run(ready))
-        await asyncio.wait_for(ready.wait(), 20)
+        self.platform, ptask = await stack.start_platform(self.broker.port,
+                                                          os.path.join(self.dir, "platform.db"))
         _say(self.quiet, "platform subscribed")
         self.start_fleet()
         try:

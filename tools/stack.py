@@ -1,0 +1,160 @@
+"""The whole product on one machine, for pile-demo and pile-chaos.
+
+    broker = start_broker("mosquitto")            # host/broker.py, started
+    bridge = BridgeProcess(workdir, "demo", broker.port)
+    bridge.start()                                # a child: python -m host.bridge
+    platform, task = await start_platform(broker.port, workdir + "/platform.db")
+    ... piles dial 127.0.0.1:bridge.tcp_port ...
+    bridge.kill(); bridge.start()                 # SIGKILL, same database, same port
+    task.cancel(); bridge.stop(); broker.close()
+
+Every process is a child started here and stopped by its pid; ports are the
+kernel's choice at run time (the bridge's TCP port is kept across restarts
+so piles dial the same address again).
+"""
+import asyncio
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+
+from host.broker import make_broker
+from host.platform import Platform
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_READY_S = 30.0      # a bridge gets this long to print its ready line
+_STOP_S = 10.0       # SIGTERM, then SIGKILL after this long
+
+
+def start_broker(prefer="mosquitto", **opts):
+    """A started broker (Mosquitto when installed, else amqtt)."""
+    b = make_broker(prefer, **opts)
+    b.start()
+    return b
+
+
+class BridgeProcess:
+    """`pile-bridge` as a child process on one config and one database.
+
+    start() writes the config, starts the child and reads its JSON ready
+    line (tcp_port). The first start listens on a port the kernel picks;
+    later starts listen on that same port, so a restart after kill() keeps
+    the address the piles dial. extra: TOML sections appended to the
+    config (e.g. "[piles]\\ncommand_timeout_s = 2\\n")."""
+
+    def __init__(self, workdir, site, mqtt_port, extra="", retry_initial_s=0.5,
+                 retry_max_s=2.0, log_level="warning"):
+        self.dir = workdir
+        self.site = site
+        self.mqtt_port = mqtt_port
+        self.extra = extra
+        self.retry = (retry_initial_s, retry_max_s)
+        self.log_level = log_level
+        self.config_path = os.path.join(workdir, "bridge.toml")
+        self.database = os.path.join(workdir, "bridge.db")
+        self.log_path = os.path.join(workdir, "bridge.log")
+        self.tcp_port = None
+        self.proc = None
+        self.starts = 0
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc else None
+
+    @property
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def _write_config(self):
+        listen = "127.0.0.1:%d" % (self.tcp_port or 0)
+        with open(self.config_path, "w") as f:
+            f.write('site = "%s"\ndatabase = "%s"\nlog_level = "%s"\n'
+                    '[mqtt]\nurl = "mqtt://127.0.0.1:%d"\n'
+                    '[tcp]\nlisten = "%s"\next = true\n'
+                    % (self.site, self.database, self.log_level, self.mqtt_port, listen))
+            extra = self.extra
+            if "[bills]" not in extra:
+                f.write("[bills]\nretry_initial_s = %s\nretry_max_s = %s\n" % self.retry)
+            f.write(extra)
+
+    def start(self):
+        """Start the child; returns its TCP port once it listens."""
+        if self.running:
+            return self.tcp_port
+        self._write_config()
+        log = open(self.log_path, "a")
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-m", "host.bridge", "--config",
+                                          self.config_path], stdout=subprocess.PIPE,
+                                         stderr=log, stdin=subprocess.DEVNULL, text=True,
+                                         env=_env())
+        finally:
+            log.close()
+        line = self._ready_line()
+        if not line:
+            self.kill()
+            raise RuntimeError("the bridge did not start: see %s" % self.log_path)
+        self.tcp_port = json.loads(line)["tcp_port"]
+        self.starts += 1
+        return self.tcp_port
+
+    def _ready_line(self):
+        end = time.monotonic() + _READY_S
+        out = self.proc.stdout
+        while time.monotonic() < end:
+            r, _, _ = select.select([out], [], [], 0.2)
+            if r:
+                return out.readline()
+            if self.proc.poll() is not None:
+                return ""
+        return ""
+
+    def kill(self):
+        """SIGKILL by pid: a crash, nothing flushed or said goodbye."""
+        self._end(signal.SIGKILL)
+
+    def stop(self):
+        """SIGTERM (clean stop), SIGKILL if it does not end in time."""
+        self._end(signal.SIGTERM)
+
+    def _end(self, sig):
+        p, self.proc = self.proc, None
+        if p is None:
+            return
+        if p.poll() is None:
+            try:
+                os.kill(p.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                p.wait(_STOP_S)
+            except subprocess.TimeoutExpired:
+                os.kill(p.pid, signal.SIGKILL)
+                p.wait()
+        if p.stdout:
+            p.stdout.close()
+
+
+def _env():
+    # The child imports host.bridge from this checkout whatever the cwd.
+    env = dict(os.environ)
+    path = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = _ROOT + (os.pathsep + path if path else "")
+    return env
+
+
+async def start_platform(mqtt_port, db, timeout=20.0):
+    """The reference platform, consuming in a task; (platform, task) once
+    it has subscribed."""
+    platform = Platform("mqtt://127.0.0.1:%d" % mqtt_port, db)
+    ready = asyncio.Event()
+    task = asyncio.create_task(platform.run(ready))
+    try:
+        await asyncio.wait_for(ready.wait(), timeout)
+    except asyncio.TimeoutError:
+        task.cancel()
+        raise
+    return platform, task
