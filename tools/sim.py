@@ -528,7 +528,7 @@ class SimUnit:
 
     def __init__(self, code, root, start_secs, tariff, power_w=60000, vehicle=None,
                  meter_start=0, plugged=False, vin_policy=None, link="loop", confirm=True,
-                 settle=True, tcp=None, record=None):
+                 settle=True, tcp=None, record=None, fs=None):
         veh = vehicle or {}
         self.code = code
         self.root = root
@@ -541,6 +541,7 @@ class SimUnit:
                     "vin_policy": vin_policy}
         self.link_kind = link
         self.tcp = tcp
+        self.fs = fs              # the journal's flash (None: files under root)
         self._record = record
         self.platform = None
         self.pile = None
@@ -579,9 +580,14 @@ class SimUnit:
         else:
             if self.uart is not None:
                 self.uart.close()
-            self.uart = TcpUart(self.tcp[0], self.tcp[1], on_change=self._link_changed)
+            self.uart = self.new_uart()
         self.pile = _SimPile(self, self.cfg, self.root, self.clock, self.uart, self.world.meter,
-                             self.world.contactor, self.world.vehicle, reboot=self._reboot_hook)
+                             self.world.contactor, self.world.vehicle, fs=self.fs,
+                             reboot=self._reboot_hook)
+
+    def new_uart(self):
+        """The TCP link of a fresh boot (tools/chaos.py puts faults in it)."""
+        return TcpUart(self.tcp[0], self.tcp[1], on_change=self._link_changed)
 
     def _link_changed(self, up):
         if self.pile is not None:
