@@ -35,10 +35,11 @@
 # valley, body 174): a code may appear more than once (adjacent lines); the
 # decoder picks the layout by body length, the encoder by the fields given.
 #
-# Extension frames (ours, not in YKC V1.6) use codes 0xE1..0xEF; see
-# docs/protocol.md. No standard frame uses that range.
+# Extension frames (ours, not in YKC V1.6) use codes 0xD0..0xEF; see
+# docs/protocol.md. No standard frame uses that range (V1.6 stops at 0xA4;
+# 0xF0/0xF1 belong to a field addition, the QR prefix, and stay outside it).
 
-EXT_FIRST = 0xE1
+EXT_FIRST = 0xD0
 EXT_LAST = 0xEF
 
 PERIODS = ("sharp", "peak", "flat", "valley")
@@ -55,6 +56,13 @@ MACROS = {
                "flat_energy_price=u4:5yuan/kWh flat_service_price=u4:5yuan/kWh "
                "valley_energy_price=u4:5yuan/kWh valley_service_price=u4:5yuan/kWh "
                "loss_ratio=u1 slots=h48",
+    # The same with the fifth, deep-valley class (0xD4): slots 0..4.
+    "$TARIFF5": "pile=b7 model=b2 sharp_energy_price=u4:5yuan/kWh sharp_service_price=u4:5yuan/kWh "
+                "peak_energy_price=u4:5yuan/kWh peak_service_price=u4:5yuan/kWh "
+                "flat_energy_price=u4:5yuan/kWh flat_service_price=u4:5yuan/kWh "
+                "valley_energy_price=u4:5yuan/kWh valley_service_price=u4:5yuan/kWh "
+                "deep_energy_price=u4:5yuan/kWh deep_service_price=u4:5yuan/kWh "
+                "loss_ratio=u1 slots=h48",
 }
 
 TABLE = (
@@ -145,7 +153,23 @@ TABLE = (
     "A2 parallel_auth $SPG logical_card=b8 balance=u4:2yuan ok=u1 reason=u1 group=b6\n"
     "A3 parallel_start_reply $SPG result=u1 reason=u1 role=u1 group=b6\n"
     "A4 parallel_start $SPG logical_card=b8 card=h8 balance=u4:2yuan group=b6\n",
-    # --- extension frames (0xE1..0xEF), documented in docs/protocol.md -------------------------
+    # --- extension frames (0xD0..0xEF), documented in docs/protocol.md -------------------------
+    # Signed command envelope (firmware/auth.py): the inner frame's code and
+    # body, exactly as they would travel bare, under an HMAC-SHA256 with the
+    # pile's command key and a counter > the last one accepted. body: at most
+    # MAX_BODY 251 - 37 header bytes. A pile that holds a command key acts on
+    # the protected frames (start, stop, tariffs, reboot, fw_control, VIN
+    # list, balance, start_auth) only inside one; the inner frame's reply
+    # echoes the envelope's sequence.
+    # signed_reject.reason: 1 bad mac, 2 replay, 3 malformed, 4 store (counter
+    # record unreadable / unwritable), 5 unsigned (a protected frame arrived
+    # bare), 6 no key (this pile holds no command key). counter: the refused
+    # envelope's, 0 when there was none.
+    "D1 signed_reject counter=u4 reason=u1\n"
+    "D2 signed counter=u4 mac=h32 code=u1 body=v214\n"
+    # A 5-class (deep valley) tariff model: slots 0..4; answered with 0x57.
+    "D4 tariff5_set $TARIFF5\n",
+    # --- extension frames, continued ------------------------------------------------------------
     # Remote start with targets; answered with the standard 0x33.
     "E2 ext_start $SPG logical_card=b8 card=h8 balance=u4:2yuan target_amount=u4:4yuan "
     "target_energy=u4:4kWh target_minutes=u2min target_soc=u1% flags=u1\n"
@@ -156,10 +180,25 @@ TABLE = (
     "E5 status_reply $P pending=u2 unsettled=u2 illegal=u2 journal_used=u4B journal_limit=u4B "
     "oldest_pending=b16 state=u1 boot_reason=u1 fw_version=a8 hmi_version=a8\n"
     "E6 status_query $P\n"
-    # Chunked firmware transfer: control (begin / verify / activate / abort) ...
+    # Chunked firmware transfer (firmware/upgrade.py, firmware/remote.py).
+    # fw_control.op: 1 begin (version, size, sha256, mac announce the image;
+    # the reply's offset is where to send from: 0, or where an interrupted
+    # transfer of the same image stopped), 2 verify, 3 activate (only when
+    # the gun is idle; the pile then reboots into the new slot), 4 abort,
+    # 5 status (changes nothing; its result is the reason the current stage
+    # was reached with). Only begin reads version..mac (zero them otherwise).
+    # fw_reply answers every fw_control and every fw_chunk: op (the request's;
+    # 5 for a chunk), result (0 ok; 1..14 upgrade.REASONS: 1 bad mac,
+    # 2 bad sha256, 3 too big, 4 no space, 5 busy, 6 pending, 7 stage,
+    # 8 incomplete, 9 past end, 10 bad image, 11 io, 12 not healthy,
+    # 13 bad request, 14 state lost; 0x80 no upgrade key on this pile,
+    # 0x81 the pile cannot reboot itself), stage (upgrade.STAGES: 0 idle,
+    # 1 downloading, 2 verified, 3 installing, 4 installed, 5 failed,
+    # 6 rolled_back) and offset (the next byte the pile expects).
     "E7 fw_reply $P op=u1 result=u1 stage=u1 offset=u4B\n"
     "E8 fw_control $P op=u1 version=a8 size=u4B sha256=h32 mac=h32\n"
-    # ... and data chunks, each answered with fw_reply (op 5) giving the next offset.
+    # A data chunk: appended only at the offset the pile expects; any other
+    # offset changes nothing and fw_reply says which one to send.
     "EA fw_chunk $P offset=u4B data=v200\n"
     # The fee split and VIN facts a 0x3B cannot carry (same trade serial), and its ack.
     "EB bill_extra serial=b16 model=b2 sharp_energy_fee=u4:4yuan sharp_service_fee=u4:4yuan "
@@ -169,6 +208,9 @@ TABLE = (
     "mac=h32\n"
     "EC bill_extra_ack serial=b16 result=u1\n"
     # The VINs allowed to charge, each with its department: pushed by the platform.
+    # A new version replaces the pile's list, more frames with the same version
+    # add to it (at most 12 records a frame bare, 11 inside `signed`);
+    # vin_list_reply.stored = VINs the pile now holds.
     "ED vin_list_reply version=u4 result=u1 stored=u2\n"
     "EE vin_list version=u4 count=u1 records=v228[vin=a17,department=u2]\n",
     # --- a platform addition seen in the field, not in the V1.6 document -----------------------

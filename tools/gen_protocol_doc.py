@@ -91,6 +91,12 @@ TITLES = {
                       "every gun is authorised."),
     "parallel_start_reply": ("远程并充启机命令回复", "Answer to 0xA4, per gun."),
     "parallel_start": ("运营平台远程控制并充启机", "Remote parallel start, one frame per gun."),
+    "signed_reject": ("ours", "The pile refused a signed envelope (or a protected frame that "
+                      "arrived bare): nothing was executed."),
+    "signed": ("ours", "A command under the pile's HMAC-SHA256 and a replay counter; the inner "
+               "frame is handled as if it had arrived bare (see Signed commands)."),
+    "tariff5_set": ("ours", "A 5-class tariff model (deep valley); the pile answers with the "
+                    "standard 0x57."),
     "ext_start": ("ours", "Remote start with targets (amount, energy, time, SOC); the pile "
                   "answers with the standard 0x33."),
     "settled_reply": ("ours", "The pile acknowledges 0xE4."),
@@ -99,9 +105,10 @@ TITLES = {
     "status_reply": ("ours", "Journal and version status (semantics: firmware/journal.py, "
                      "firmware/pile.py)."),
     "status_query": ("ours", "The bridge or a technician asks for 0xE5."),
-    "fw_reply": ("ours", "Firmware transfer progress and result (codes: firmware/upgrade.py)."),
-    "fw_control": ("ours", "Firmware transfer control: begin / verify / activate / abort "
-                   "(firmware/upgrade.py)."),
+    "fw_reply": ("ours", "Answer to every 0xE8 and 0xEA: result, stage and the next offset "
+                 "(see Firmware upgrade)."),
+    "fw_control": ("ours", "Firmware transfer control: begin / verify / activate / abort / "
+                   "status (see Firmware upgrade)."),
     "fw_chunk": ("ours", "A firmware data chunk at `offset`; answered with 0xE7 giving the next "
                  "offset."),
     "bill_extra": ("ours", "The fee split and VIN facts a 0x3B cannot carry; same trade "
@@ -141,7 +148,8 @@ NOTES = {
     "login.pile_type": "0 DC, 1 AC",
     "login.guns": "number of guns",
     "login.proto_version": "protocol version x10: 0x10 = V1.6",
-    "login.sw_version": "program version, zero-padded",
+    "login.sw_version": ("program version, zero-padded; ours: the running board firmware "
+                         "(see Versions)"),
     "login.net_type": "0 SIM, 1 LAN, 2 WAN, 3 other",
     "login.sim": "SIM card number, zero when unknown",
     "login.carrier": "0 China Mobile, 2 China Telecom, 3 China Unicom, 4 other",
@@ -286,16 +294,41 @@ NOTES = {
     "ext_start.target_minutes": "0 = no time target",
     "ext_start.target_soc": "0 = no SOC target",
     "settled.result": "see firmware/journal.py",
-    "fw_reply.stage": "index in firmware/upgrade.py STAGES",
-    "fw_reply.result": "index in firmware/upgrade.py REASONS (0 = ok)",
-    "fw_control.sha256": "SHA-256 of the image",
-    "fw_control.mac": "HMAC-SHA256 over the announcement (firmware/auth.py)",
+    "signed_reject.counter": "the refused envelope's counter; 0 when there was none",
+    "signed_reject.reason": ("1 bad mac, 2 replay, 3 malformed, 4 store, 5 unsigned, 6 no key "
+                             "(see Signed commands)"),
+    "signed.counter": "greater than the last counter the pile accepted",
+    "signed.mac": "HMAC-SHA256 (see Signed commands)",
+    "signed.code": "the inner frame's type (0x34, 0x92, ...)",
+    "signed.body": "the inner frame's body, exactly as it would travel bare",
+    "tariff5_set.slots": ("48 half-hour slots from 00:00, each 0 sharp, 1 peak, 2 flat, "
+                          "3 valley, 4 deep valley"),
+    "tariff5_set.deep_energy_price": "deep-valley energy price",
+    "tariff5_set.deep_service_price": "deep-valley service price",
+    "status_reply.state": ("gun state: 0 idle, 1 plugged, 2 authorising, 3 charging, "
+                           "4 stopping, 5 finished"),
+    "status_reply.boot_reason": ("why this boot: 0 power-on, 1 reboot now, 2 reboot when idle, "
+                                 "3 rollback (a new firmware never became healthy), "
+                                 "4 upgrade (booted into a newly activated firmware)"),
+    "status_reply.fw_version": "board firmware of the running slot (see Versions)",
+    "status_reply.hmi_version": "screen (HMI) firmware (see Versions)",
+    "fw_reply.op": "the request's op; 5 for a chunk",
+    "fw_reply.stage": ("0 idle, 1 downloading, 2 verified, 3 installing, 4 installed, "
+                       "5 failed, 6 rolled_back"),
+    "fw_reply.result": "0 ok, else see Firmware upgrade",
+    "fw_reply.offset": "the next byte the pile expects (send from here)",
+    "fw_control.op": "1 begin, 2 verify, 3 activate, 4 abort, 5 status",
+    "fw_control.version": "begin only: the image's version (at most 8 characters)",
+    "fw_control.size": "begin only: image bytes",
+    "fw_control.sha256": "begin only: SHA-256 of the image",
+    "fw_control.mac": "begin only: HMAC-SHA256 over the announcement (docs/upgrade.md)",
     "fw_chunk.data": "up to 200 bytes at `offset`",
     "bill_extra.vin_mismatch": "1 if the vehicle's VIN differs from the nameplate VIN",
-    "bill_extra.mac": "HMAC-SHA256 of the bill (firmware/auth.py)",
-    "vin_list.version": "list version; the pile replies with it",
-    "vin_list.count": "number of records, at most 12 per frame",
-    "vin_list_reply.result": "0 stored, 1 refused",
+    "bill_extra.mac": ("HMAC-SHA256 of the 0x3B body (see Bill MAC); zero when the pile has no "
+                       "bill key"),
+    "vin_list.version": "list version: a new one replaces the list, the same one adds to it",
+    "vin_list.count": "number of records, at most 12 per frame (11 inside 0xD2)",
+    "vin_list_reply.result": "0 stored, 1 refused (nothing of the frame stored)",
     "vin_list_reply.stored": "records the pile now holds",
     "qr_prefix.prefix_kind": "0 prefix + pile number, 1 prefix + organisation + pile number",
     "qr_prefix.prefix_len": "length of `prefix`",
