@@ -9,6 +9,10 @@
 #
 # Main loop on a board:   while True: pile.poll(); time.sleep_ms(pile.idle_ms())
 # In the simulator the same poll() runs against firmware/sim.py hardware.
+#
+# Remote operations (signed commands, firmware upgrade over the link, the VIN
+# list, versions on the wire) live in firmware/remote.py: every frame passes
+# Remote.screen() before dispatch().
 import os
 
 from firmware import fsio
@@ -17,6 +21,7 @@ from firmware.journal import Journal, JournalFull
 from firmware.link import Link
 from firmware.outbox import Outbox
 from firmware.realtime import Cadence
+from firmware.remote import Remote
 from firmware.tariff import Tariff, TariffError
 from protocol import codec
 
@@ -34,15 +39,19 @@ _ZERO_MAC = "0" * 64
 BOOT_POWER_ON = const(0)
 BOOT_REBOOT_NOW = const(1)
 BOOT_REBOOT_IDLE = const(2)
-BOOT_ROLLBACK = const(3)
-BOOT_NAMES = ("power-on", "reboot-now", "reboot-when-idle", "rollback")
+BOOT_ROLLBACK = const(3)        # a new firmware never became healthy: the old one runs
+BOOT_UPGRADE = const(4)         # rebooted into a newly activated firmware
+BOOT_NAMES = ("power-on", "reboot-now", "reboot-when-idle", "rollback", "upgrade")
 
 # Pile states in the status reply (gun state names in session.STATE_NAMES).
 _PERIODS5 = ("sharp", "peak", "flat", "valley", "deep")
 
 
 def bill_payload(bill, mac_key=None):
-    """The journal record for a sealed bill: 0x3B body then 0xEB body."""
+    """The journal record for a sealed bill: 0x3B body then 0xEB body. With a
+    key, bill_extra.mac = auth.bill_mac(key, 0x3B body): HMAC-SHA256 under
+    HMAC-SHA256(key, b"pc/bill") of the body bytes exactly as sent (either
+    layout); docs/protocol.md "Bill MAC" tells the platform how to check it."""
     body = codec.encode(0x3B, bill)[6:-2]
     x = {"serial": bill["serial"], "model": bill.get("model", "0000"),
          "vin_mismatch": 1 if bill.get("vin_mismatch") else 0,
@@ -73,8 +82,11 @@ def _read(path):
 
 class Pile:
     """cfg keys: pile (14 digits), gun ("01"), pile_type (0 DC / 1 AC),
-    hmi_version, sw_version, period_ms, journal_bytes, mac_key (bytes or
-    None), vin_policy (firmware.vinauth.VinPolicy or None)."""
+    hmi_version, sw_version (the factory firmware version), period_ms,
+    journal_bytes, mac_key (bytes or None: the bill MAC), vin_policy
+    (firmware.vinauth.VinPolicy or None), offline_cards; for remote
+    operations cmd_key, upgrade_key, upgrade_boots, updater, vin_max
+    (firmware/remote.py)."""
 
     def __init__(self, cfg, root, clock, uart, meter, contactor, vehicle, fs=None,
                  log=None, reboot=None):
@@ -85,6 +97,9 @@ class Pile:
         self.reboot_hook = reboot     # called to reset the board (sim: restart)
         self._log = log
         self.events = []              # recent events for the console (bounded)
+        # First: with an upgrade key this counts the boot of a new firmware
+        # slot (or rolls it back) before anything else can fail.
+        self.remote = Remote(self, cfg, root, fs, FW_VERSION)
         self.journal = Journal(root + "/journal", fs, cfg.get("journal_bytes", 65536),
                                on_event=self._journal_event)
         self.report = self.journal.recover()
@@ -98,22 +113,25 @@ class Pile:
                          next_serial=self._next_serial, on_open=self._on_open,
                          on_checkpoint=self._on_checkpoint, on_seal=self._on_seal,
                          on_start_reply=self._late_start_reply,
-                         vin_policy=cfg.get("vin_policy"), log=self.log,
+                         vin_policy=self.remote.vins, log=self.log,
                          period_ms=cfg.get("period_ms", 1000))
         login = {"pile": self.pile, "pile_type": cfg.get("pile_type", 0), "guns": 1,
-                 "proto_version": 16, "sw_version": cfg.get("sw_version", FW_VERSION),
+                 "proto_version": 16, "sw_version": self.remote.board_version(),
                  "net_type": 3, "sim": "", "carrier": 4}
         self.link = Link(uart, clock, login, self._handle, on_online=self._online,
                          on_offline=self._offline, log=lambda *a: self.log(" ".join(a)))
         self.cadence = Cadence()
         self._tariff_check = False
         self._reboot_when = 0         # 0 none, 1 now, 2 when idle
+        self._reboot_reason = 0       # the boot reason the reboot will report
         self.send_log = None          # optional list: serials of bills sent (tests)
         self.console = None           # optional firmware.console.Console, polled by poll()
         if self.recovered:
             self.event("power_loss_bills", ",".join(self.recovered))
         if self.report.damaged:
             self.event("journal_damage", repr(self.report))
+        if self.remote.rolled_back:
+            self.event("firmware_rolled_back", self.remote.board_version())
 
     # --- logging and events --------------------------------------------------
 
@@ -174,8 +192,9 @@ class Pile:
                 os.remove(path)
             except OSError:
                 pass
-            return raw[0]
-        return BOOT_POWER_ON
+        if self.remote.rolled_back:
+            return BOOT_ROLLBACK      # whatever reboot led here, this is the news
+        return raw[0] if raw else BOOT_POWER_ON
 
     # --- link events -----------------------------------------------------------
 
@@ -184,11 +203,18 @@ class Pile:
         self.outbox.on_login()
         self._tariff_check = True
         self.cadence.force()
+        self.remote.on_login()        # logged in, journal recovered: firmware healthy
 
     def _offline(self):
         self.outbox.on_logout()
 
     def _handle(self, f):
+        if not self.remote.screen(f):   # envelopes; bare protected frames refused
+            self.dispatch(f)
+
+    def dispatch(self, f):
+        """Act on one frame from the platform (bare, or the inner frame of a
+        valid signed envelope: the same code path either way)."""
         v = f.fields
         c = f.code
         gun = self.gun
@@ -215,14 +241,15 @@ class Pile:
         elif c == 0x06:
             if v["result"] != 0:
                 link.send("tariff_request", {"pile": self.pile})
-        elif c == 0x0A or c == 0x58:
+        elif c == 0x0A or c == 0x58 or c == 0xD4:
+            # 0xD4 carries the deep-valley prices: Tariff.from_frame makes it 5-class
             ok = 1
             try:
                 self.set_tariff(Tariff.from_frame(v))
             except (TariffError, ValueError, KeyError) as e:
                 ok = 0
                 self.event("tariff_refused", str(e))
-            if c == 0x58:
+            if c != 0x0A:
                 link.reply(f, "tariff_set_reply", {"pile": self.pile, "result": ok})
         elif c == 0x12:
             self._send_realtime()
@@ -237,6 +264,12 @@ class Pile:
             link.reply(f, "status_reply", self.status_fields())
         elif c == 0x92:
             self._reboot(f, v["when"])
+        elif c == 0xE8:
+            self.remote.fw_control(f)
+        elif c == 0xEA:
+            self.remote.fw_chunk(f)
+        elif c == 0xEE:
+            self.remote.vin_list(f)
         else:
             self.log("frame 0x%02X (%s) not handled" % (c, f.name))
 
@@ -310,17 +343,24 @@ class Pile:
             return "refused"
         return "started" if res else "refused"
 
-    def request_reboot(self, when, source="platform"):
+    def request_reboot(self, when, source="platform", reason=None):
         """Ask for a reboot: 1 now (a running session is billed first), 2 when
-        idle. False (and an event) when it cannot be done. The 0x92 handler
-        and the technician console both come here."""
+        idle. False (and an event) when it cannot be done. The 0x92 handler,
+        the technician console and a firmware activation (reason
+        BOOT_UPGRADE) all come here. `reason`: the boot reason reported
+        after it (default: the `when`)."""
         if when not in (1, 2) or self.reboot_hook is None:
             self.event("reboot_refused", "%s when=%s hook=%s"
                        % (source, when, self.reboot_hook is not None))
             return False
         self._reboot_when = when
+        self._reboot_reason = when if reason is None else reason
         self.event("reboot_requested", "%s %s" % (BOOT_NAMES[when], source))
         return True
+
+    def idle(self):
+        """No session running or being set up (a firmware may be activated)."""
+        return self.gun.state not in (S.AUTHORISING, S.CHARGING, S.STOPPING)
 
     def _maybe_reboot(self):
         when = self._reboot_when
@@ -331,7 +371,7 @@ class Pile:
                 return
             # "now": end the session cleanly, its bill sealed before the reset.
             self.gun.remote_stop()
-        _write_atomic(self.root + "/boot", bytes((when,)))
+        _write_atomic(self.root + "/boot", bytes((self._reboot_reason or when,)))
         self._reboot_when = 0
         self.log("rebooting (%s)" % BOOT_NAMES[when])
         self.reboot_hook()
@@ -390,5 +430,5 @@ class Pile:
                 "journal_limit": self.cfg.get("journal_bytes", 65536),
                 "oldest_pending": pend[0] if pend else "", "state": self.gun.state,
                 "boot_reason": self.boot_reason,
-                "fw_version": self.cfg.get("sw_version", FW_VERSION)[:8],
-                "hmi_version": self.cfg.get("hmi_version", "")[:8]}
+                "fw_version": self.remote.board_version(),
+                "hmi_version": self.remote.hmi_version()}
