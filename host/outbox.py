@@ -88,7 +88,10 @@ class Outbox:
                 live = {r.id for r in rows}
                 for i in [i for i in sent if i not in live]:
                     del sent[i]        # confirmed meanwhile
-                    cache.pop(i, None)
+                # Cache keys are (id, has 0xEB): prune by the id in them, or
+                # every bill ever published stays in memory.
+                for k in [k for k in cache if k[0] not in live]:
+                    del cache[k]
                 now = time.monotonic()
                 wall = time.time()
                 wait = None

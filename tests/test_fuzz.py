@@ -132,6 +132,36 @@ def test_closing_a_tcp_link_to_a_peer_that_never_reads_does_not_hang(monkeypatch
     _run(go())
 
 
+def _outbox_cache(bridge, pile):
+    # The per-pile publisher keeps its payload cache in a local of its
+    # coroutine (suspended at an await): read it from the frame.
+    return bridge.outbox._tasks[pile].get_coro().cr_frame.f_locals["cache"]
+
+
+def test_the_outbox_forgets_the_payloads_of_confirmed_bills(mosquitto):
+    # The cache of published JSON payloads was keyed by (bill id, has 0xEB)
+    # but pruned by bill id alone: every bill a pile ever sent stayed in
+    # memory (~3 KB each), the bridge's RSS grew for ever (fuzz bridge-tcp).
+    from host.testkit import make_bill, make_extra
+    from tests.test_bridge_helpers import (PILE_A, Platform, bridge_running, connect_pile,
+                                           fast_config, tempdir, until, url_of)
+
+    async def scenario(tmp):
+        cfg = fast_config(tmp, url_of(mosquitto))
+        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
+            pile = await connect_pile(PILE_A, b.tcp_port)
+            bills = [make_bill(PILE_A, n) for n in range(30)]
+            for v in bills:
+                assert await pile.send_bill(v, make_extra(v)) == 0
+            await plat.wait_for(lambda: all(v["serial"] in plat.bills for v in bills), 30)
+            await pile.wait_for(lambda: all(v["serial"] in pile.settled for v in bills), 30)
+            await until(lambda: not _outbox_cache(b, PILE_A), timeout=10,
+                        what="the outbox cache emptied once every bill is confirmed")
+            await pile.close()
+    with tempdir("outbox-cache") as tmp:
+        _run(scenario(tmp), 90)
+
+
 # --- bounded fuzz runs (the documented run is in docs/fuzzing.md) -----------------------------
 
 from host import broker as _broker            # noqa: E402
