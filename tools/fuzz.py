@@ -24,6 +24,7 @@ import collections
 import json
 import os
 import random
+import re
 import resource
 import shutil
 import signal
@@ -577,6 +578,11 @@ class RssWatch:
     def peak(self):
         return max((kb for _, kb in self.samples), default=0)
 
+    def trend(self, points=10):
+        """RSS (KB) at the end of each tenth of the run: flat = bounded."""
+        n = len(self.samples)
+        return [self.samples[min(n - 1, (k + 1) * n // points)][1] for k in range(points)] if n else []
+
 
 class Platform:
     """The platform's side of MQTT for the fuzz runs: confirms every bill it
@@ -717,6 +723,12 @@ class TcpFuzz:
         self.connections = 0
         self.slow = asyncio.Semaphore(8)    # slowloris / idle cases at once
         self.forged = set()                 # serials of bills naming the good pile, sent by others
+        # Codes lent to one forger at a time: another login with the same
+        # code would (rightly) close its link before the 0x40 comes.
+        self.forge_s = 0.0                  # slowest 0x40 for a forged bill
+        self.forgers = asyncio.Queue()
+        for k in range(16):
+            self.forgers.put_nowait("670000000000%02d" % k)
 
     def login_frame(self, rng, code=None):
         code = code or rng.choice(HOSTILE_CODES)
@@ -759,6 +771,13 @@ class TcpFuzz:
                 await w.wait_closed()
             except (ConnectionError, OSError):
                 pass
+
+    SLOW = ("slowloris", "idle_until_closed", "deaf_reader")
+
+    def is_slow(self, i):
+        rng = case_rng(self.seed, i)
+        kind = _TCP_KINDS[i][0] if i < len(_TCP_KINDS) else _pick(rng, _TCP_KINDS)
+        return kind in self.SLOW
 
     async def run_case(self, i):
         rng = case_rng(self.seed, i)
@@ -865,30 +884,45 @@ class TcpFuzz:
         # A hostile pile logs in and sends a well-formed bill naming the good
         # pile: the bridge must refuse it (0x40 result 1), never file it
         # under the good pile.
+        code = await self.forgers.get()
+        try:
+            return await self._forge(rng, code)
+        finally:
+            self.forgers.put_nowait(code)
+
+    async def _forge(self, rng, code):
         from host.testkit import make_bill
         r, w = await self._connect()
-        code = rng.choice(HOSTILE_CODES)
         await self._send(w, self.login_frame(rng, code))
         v = make_bill(GOOD_PILE, rng.randrange(10000), when=1 + rng.randrange(10 ** 8))
         v["serial"] = "9" * 16 + v["serial"][16:]     # never one of the good pile's serials
         await self._send(w, codec.encode("bill", v, seq=rng.getrandbits(16)))
         reader = codec.FrameReader()
         result = None
-        deadline = time.monotonic() + 10
+        t0 = time.monotonic()
+        deadline = t0 + 30
+        why = "no answer in 30 s"
         while result is None and time.monotonic() < deadline:
             try:
                 data = await asyncio.wait_for(r.read(4096), max(0.01, deadline - time.monotonic()))
-            except (asyncio.TimeoutError, ConnectionError, OSError):
+            except asyncio.TimeoutError:
+                break
+            except (ConnectionError, OSError) as e:
+                why = "link reset by the bridge (%s)" % type(e).__name__
                 break
             if not data:
+                why = "link closed by the bridge"
                 break
             for f in reader.push(data):
                 if isinstance(f, codec.Frame) and f.name == "bill_confirm" and f.fields["serial"] == v["serial"]:
                     result = f.fields["result"]
+        took = time.monotonic() - t0
+        self.forge_s = max(self.forge_s, took)
         await self._close(rng, w)
         if result != 1:
             self.r.violation(rng.case, "bill_for_another_pile", "bill naming pile %s sent by pile %s got "
-                             "0x40 result %r, want 1 (refused)" % (GOOD_PILE, code, result))
+                             "0x40 result %r, want 1 (refused): %s after %.1f s"
+                             % (GOOD_PILE, code, result, why, took))
         self.forged.add(v["serial"])
         return 1, "bill_for_another_pile:refused" if result == 1 else "bill_for_another_pile:%r" % result
 
@@ -1005,6 +1039,7 @@ class GoodPile:
         self.code = code
         self.bills_per_link = bills_per_link
         self.sent = []
+        self.latency = []         # s from a bill's 0x3B to its 0x40 (and 0xEC)
         self.logins = 0
         self.stop = asyncio.Event()
         self._task = None
@@ -1040,7 +1075,9 @@ class GoodPile:
                     await p.realtime(status=3, energy=n * 10, amount=n * 12)
                     v = make_bill(self.code, n, when=base + n * 61)
                     n += 1
+                    t0 = time.monotonic()
                     result = await p.send_bill(v, make_extra(v))
+                    self.latency.append(time.monotonic() - t0)
                     self.sent.append(v["serial"])
                     if result != 0:
                         self.r.violation(None, "good_pile", "bill %s got 0x40 result %d" % (v["serial"], result))
@@ -1081,16 +1118,26 @@ async def _fuzz_bridge_tcp(count, seed, case=None, workers=16, rss_limit_mb=64, 
             fz = TcpFuzz(seed, rep, bridge.tcp_port, bridge.pid, slow_s=slow_s, idle_limit_s=limit)
             cases = [case] if case is not None else range(count)
             it = iter(cases)
-            done = 0
+
+            background = set()
 
             async def worker():
-                nonlocal done
+                # Cases that take seconds (slowloris, silent, deaf clients)
+                # run beside the others, at most 8 at once.
                 for i in it:
                     if watch.died:
                         return
-                    await fz.run_case(i)
-                    done += 1
+                    if fz.is_slow(i):
+                        while len(background) >= 64:
+                            await asyncio.wait(list(background), return_when=asyncio.FIRST_COMPLETED)
+                        t = asyncio.ensure_future(fz.run_case(i))
+                        background.add(t)
+                        t.add_done_callback(background.discard)
+                    else:
+                        await fz.run_case(i)
             await asyncio.gather(*[worker() for _ in range(max(1, min(workers, len(cases))))])
+            if background:
+                await asyncio.gather(*list(background))
             hostile_s = time.monotonic() - rep.t0
             await good.finish()
             if watch.died or not bridge.alive:
@@ -1122,14 +1169,19 @@ async def _fuzz_bridge_tcp(count, seed, case=None, workers=16, rss_limit_mb=64, 
             peak = watch.peak()
             end_rss = watch.samples[-1][1] if watch.samples else 0
             rep.extra["rss_kb"] = {"baseline": base_rss, "peak": peak, "end": end_rss,
-                                   "limit_growth": rss_limit_mb * 1024}
+                                   "limit_growth": rss_limit_mb * 1024, "trend": watch.trend()}
             if peak > base_rss + rss_limit_mb * 1024:
                 rep.violation(None, "bridge", "RSS peaked at %d KB, %d KB over the %d KB baseline "
                               "(limit %d MB)" % (peak, peak - base_rss, base_rss, rss_limit_mb))
             for line in bridge.log_problems():
                 rep.violation(None, "bridge_log", line)
+            lat = sorted(good.latency) or [0.0]
             rep.extra["good_pile"] = {"bills": len(good.sent), "logins": good.logins,
-                                      "on_platform": len(set(good.sent) & plat.bills[GOOD_PILE])}
+                                      "on_platform": len(set(good.sent) & plat.bills[GOOD_PILE]),
+                                      "bill_to_0x40_s": {"p50": round(lat[len(lat) // 2], 3),
+                                                         "p99": round(lat[len(lat) * 99 // 100], 3),
+                                                         "max": round(lat[-1], 3)},
+                                      "forged_bill_0x40_max_s": round(fz.forge_s, 3)}
             rep.extra["hostile"] = {"connections": fz.connections, "bytes": fz.bytes_sent,
                                     "seconds": round(hostile_s, 1),
                                     "inputs_per_s": round(rep.inputs / max(1e-9, hostile_s))}
@@ -1226,6 +1278,11 @@ def _dumps(doc, rng):
         except UnicodeEncodeError:   # a lone surrogate: only the escaped form is valid UTF-8
             pass
     return json.dumps(doc).encode()
+
+
+def _id_in(payload):
+    m = re.search(rb'"id": ?"((?:mx-)?fz-[0-9]+-[0-9]+)"', payload)
+    return m.group(1).decode() if m else None
 
 
 class CommandCase:
@@ -1410,6 +1467,7 @@ async def _fuzz_mqtt_commands(count, seed, case=None, window=100, rss_limit_mb=6
             sent = 0
             expect = {}                       # (target, rid) -> (case, CommandCase)
             blind = collections.Counter()     # target -> messages whose id is unreadable/unknown
+            blind_cases = collections.defaultdict(list)
             controls = {}                     # rid -> what a valid command must give
             ctl_n = 0
 
@@ -1435,6 +1493,7 @@ async def _fuzz_mqtt_commands(count, seed, case=None, window=100, rss_limit_mb=6
                     expect[(c.target, c.rid)] = (i, c)
                 else:
                     blind[c.target] += 1
+                    blind_cases[c.target].append((i, c))
                 await plat.publish(topics.command(c.target), c.payload)
                 sent += 1
                 if n % 500 == 499:            # a valid command now and then still works
@@ -1489,9 +1548,14 @@ async def _fuzz_mqtt_commands(count, seed, case=None, window=100, rss_limit_mb=6
                                   % (seen[rid], rid))
             for target in set(blind) | set(per_target_other):
                 if blind[target] != per_target_other[target]:
+                    # Name the likely culprits: messages whose id, still
+                    # readable in their text, is on no result.
+                    ids = {d.get("id") for t, d in plat.results if t == target}
+                    suspects = [i for i, c in blind_cases[target]
+                                if _id_in(c.payload) and _id_in(c.payload) not in ids]
                     rep.violation(None, "count", "target %r: %d messages without a predictable id, "
-                                  "%d results not matched to one" % (target, blind[target],
-                                                                     per_target_other[target]))
+                                  "%d results not matched to one; no result for the ids of cases %s"
+                                  % (target, blind[target], per_target_other[target], suspects[:10]))
             if not pile.connected:
                 rep.violation(None, "good_pile", "the good pile was disconnected")
             await watch.stop()
