@@ -159,6 +159,8 @@ class Platform:
                 async with aiomqtt.Client(self.host, self.port, identifier=self.client_id,
                                           username=self.username, password=self.password,
                                           clean_session=False) as client:
+                    # Commands to many piles are in flight at once by design.
+                    client.pending_calls_threshold = 1 << 30
                     self._client = client
                     for t in self._subscriptions():
                         await client.subscribe(t, qos=1)

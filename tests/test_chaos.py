@@ -1,0 +1,105 @@
+"""pile-chaos (tools/chaos.py, docs/chaos.md): the bounded CI run (1,000
+sessions under every fault kind through the real bridge, Mosquitto and the
+reference platform), and proof that its verdict fails when a bill is lost,
+sealed twice, garbled on the way or left unconfirmed."""
+import json
+
+import pytest
+
+from firmware import journal as J
+from host.broker import mosquitto_available
+from host.platform import Platform
+from tools import chaos
+
+needs_mosquitto = pytest.mark.skipif(not mosquitto_available(),
+                                     reason="mosquitto not installed (tools/setup.sh installs it)")
+
+VERDICT = ("lost", "duplicated", "unreconciled", "phantom", "mismatched", "unconfirmed")
+
+
+def _run(capsys, *args):
+    rc = chaos.main(list(args) + ["--json"])
+    return rc, json.loads(capsys.readouterr().out)
+
+
+@needs_mosquitto
+def test_a_thousand_sessions_under_every_fault_lose_duplicate_and_misreconcile_nothing(capsys):
+    rc, s = _run(capsys, "--piles", "20", "--sessions", "50", "--seed", "7")
+    assert {k: s[k] for k in VERDICT} == dict.fromkeys(VERDICT, 0), s.get("examples")
+    assert rc == 0 and s["recovered"] and not s["stalled"] and s["tap_missed"] == 0
+    assert s["sessions"] >= 1000 and s["bills"] == s["sessions"]
+    # Every kind of fault really happened in this run, or it proved nothing.
+    f = s["faults"]
+    for k in ("bridge_kills", "broker_restarts", "platform_outages", "power_cuts_mid_session",
+              "flash_cuts_torn_record", "corrupted_to_bridge", "corrupted_to_pile",
+              "duplicated_to_bridge", "duplicated_to_pile", "reboots",
+              "stops_after_session_ended"):
+        assert f.get(k, 0) > 0, "no %s in this run: %s" % (k, f)
+    assert f["stop_commands"] >= 2 * s["sessions"]
+    assert s["executed_starts_by"].get("card", 0) > 0
+    assert s["executed_starts_by"].get("platform", 0) > 0
+    assert s["stop_reasons"].get("power_loss", 0) > 0
+
+
+@needs_mosquitto
+def test_the_verdict_fails_when_a_pile_forgets_a_bill(capsys, monkeypatch):
+    # A firmware bug: the first bill is reported sealed but never written.
+    seal = J.Journal.seal
+    dropped = []
+
+    def forgetful(self, serial, body):
+        if not dropped:
+            dropped.append(serial)
+            return "sealed"
+        return seal(self, serial, body)
+    monkeypatch.setattr(J.Journal, "seal", forgetful)
+    rc, s = _run(capsys, "--piles", "2", "--sessions", "2", "--seed", "3", "--faults", "none",
+                 "--recovery", "8")
+    assert rc == 1 and not s["recovered"]
+    assert s["lost"] == 1 and s["examples"]["lost"] == dropped
+
+
+@needs_mosquitto
+def test_the_verdict_fails_when_a_bill_is_changed_on_its_way(capsys, monkeypatch):
+    # Between the pile and the platform's database a field of the bill changes.
+    take = Platform.take_bill
+    changed = []
+
+    def tamper(self, doc):
+        if not changed:
+            changed.append(doc["serial"])
+            doc["raw"]["stop_reason"] ^= 1
+        return take(self, doc)
+    monkeypatch.setattr(Platform, "take_bill", tamper)
+    rc, s = _run(capsys, "--piles", "2", "--sessions", "2", "--seed", "4", "--faults", "none")
+    assert rc == 1 and s["recovered"] and s["lost"] == 0
+    assert s["mismatched"] == 1 and s["examples"]["mismatched"] == changed
+
+
+def test_tally_names_lost_duplicated_phantom_and_unreconciled_bills():
+    executed = {"A": b"h", "B": b"h", "C": b"h", "D": b"h"}
+    sealed = {"C": [b"one", b"two"]}                          # C: two different bills
+    rows = {"B": (1, 1, {}), "C": (1, 1, {}), "D": (0, 2, {}), "X": (1, 1, {})}
+    t = chaos.tally(executed, {}, rows, conflicts={"D"})
+    assert t["lost"] == ["A"] and t["phantom"] == ["X"] and t["unreconciled"] == ["D"]
+    assert t["duplicated"] == ["D"]                          # the bridge saw two bills for D
+    t = chaos.tally(executed, {"C": sealed["C"]}, {})       # sealed twice on the flash
+    assert t["duplicated"] == ["C"] and t["lost"] == ["A", "B", "C", "D"]
+
+
+def test_failed_on_anything_left_undone():
+    ok = dict.fromkeys(VERDICT, 0)
+    ok.update(recovered=True, tap_missed=0)
+    assert not chaos.failed(ok)
+    for k in VERDICT + ("tap_missed",):
+        assert chaos.failed(dict(ok, **{k: 1})), k
+    assert chaos.failed(dict(ok, recovered=False))
+
+
+def test_bad_arguments_get_a_clear_error(capsys):
+    for args in (["--faults", "meteor"], ["--piles", "0"]):
+        with pytest.raises(SystemExit) as e:
+            chaos.main(args)
+        assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown fault kind 'meteor'" in err and "--piles and --sessions" in err

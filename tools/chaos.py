@@ -1,0 +1,966 @@
+"""pile-chaos: try to lose, duplicate or garble a bill, and count.
+
+N simulated piles (the real firmware, tools/sim.py) x M sessions each,
+through the real bridge (a child process), a real broker (Mosquitto) and the
+reference platform (host/platform.py), with seeded random faults:
+
+  power_cut        a pile loses power (mid-session or idle), back after a while
+  flash_cut        the power goes while the journal writes: a PowerCut at a
+                   random byte of the pile's flash (firmware/flashsim.py),
+                   sometimes again during the recovery at the next boot
+  reboot           the platform asks for a reboot (now / when idle) mid-session
+  bridge_kill      the bridge is SIGKILLed and started again on its database
+  broker_restart   Mosquitto is restarted (SIGTERM or SIGKILL) on its port
+  platform_outage  the platform takes nothing and confirms nothing for a while
+  corrupt          1 % of the frames on each pile link get one byte changed
+  duplicate        1 % of the frames on each pile link arrive twice
+and in every session 2 or 3 stop commands, often after an automatic stop.
+
+Sessions are started by the platform (MQTT `start` through the bridge) and
+by card swipes at the pile (an offline start, the serial issued by the pile).
+When every pile has run its sessions the faults stop, everything reconnects,
+and the harness waits (bounded) until nothing is in flight. Then it counts,
+from the piles' flash and the platform's database (docs/chaos.md):
+
+  sessions      executed starts: trade serials whose session-open record
+                landed complete on a pile's flash journal
+  bills         bills in the platform's database
+  lost          executed starts with no bill at the platform
+  duplicated    executed starts billed twice (two different bills sealed on
+                the flash or held by the bridge for one serial)
+  unreconciled  platform bills whose parts do not add up to their totals
+  phantom       platform bills for no executed start
+  mismatched    platform bills whose figures differ from the pile's sealed bill
+  unconfirmed   bills still pending on a pile or unconfirmed at the bridge
+
+    pile-chaos --piles 20 --sessions 50 --seed 1 --json
+
+exits 1 when any of lost .. unconfirmed is not 0 (or recovery timed out).
+"""
+import argparse
+import asyncio
+import binascii
+import json
+import os
+import random
+import shutil
+import sqlite3
+import struct
+import sys
+import tempfile
+import time
+
+from firmware import journal as J
+from firmware import session as S
+from firmware.flashsim import FlashSim, PowerCut, SimFile
+from firmware.pile import split_payload
+from host.broker import mosquitto_available
+from protocol import codec
+from protocol import fields as F
+from tools import sim as SIM
+from tools import stack
+
+SITE = "chaos"
+
+KINDS = ("power_cut", "flash_cut", "reboot", "bridge_kill", "broker_restart",
+         "platform_outage", "corrupt", "duplicate")
+
+# Pile faults: chance per session (times --intensity, at most 1).
+_P_POWER_CUT = 0.03
+_P_FLASH_CUT = 0.03
+_P_REBOOT = 0.03
+_P_FLICKER = 0.25          # a flash cut hits again during the next boot's recovery
+# Frame faults: chance per frame, each direction of each pile link.
+_P_CORRUPT = 0.01
+_P_DUPLICATE = 0.01
+# Process faults: how many per 1,000 sessions (times --intensity, at least 1).
+_PER_1000 = {"bridge_kill": 3, "broker_restart": 2, "platform_outage": 3}
+_P_CARD = 0.5              # a session started by a card at the pile (else by the platform)
+_FLASH_SPAN = 6000         # a flash cut lands within this many bytes of journal writes
+_CMD_TIMEOUT_S = 8.0       # the platform waits this long for a command's result
+_POWER_OFF_S = (5, 120)    # simulated seconds a pile stays off
+_STALL_S = 120.0           # no new session for this long (real seconds): the run failed
+_REC_HEAD = 20             # journal record: magic, kind, length, serial (docs/journal.md)
+
+
+# --- the flash, watched ----------------------------------------------------------
+
+def parse_records(data, resync=False):
+    """(kind, serial, payload) of each complete, CRC-valid journal record in
+    data, read with the documented format (docs/journal.md), independently
+    of firmware/journal.py. resync: skip damaged bytes instead of stopping."""
+    out = []
+    off = 0
+    n = len(data)
+    while off + J.OVERHEAD <= n:
+        magic, kind, ln = struct.unpack_from("<BBH", data, off)
+        ok = magic == 0xA5 and ln <= J.MAX_PAYLOAD and off + J.OVERHEAD + ln <= n
+        if ok:
+            crc = struct.unpack_from("<I", data, off + _REC_HEAD + ln)[0]
+            ok = binascii.crc32(bytes(data[off:off + _REC_HEAD + ln])) & 0xFFFFFFFF == crc
+        if not ok:
+            if not resync:
+                break
+            off += 1
+            continue
+        serial = binascii.hexlify(bytes(data[off + 4:off + _REC_HEAD])).decode()
+        out.append((kind, serial, bytes(data[off + _REC_HEAD:off + _REC_HEAD + ln])))
+        off += J.OVERHEAD + ln
+    return out
+
+
+class TapFlash(FlashSim):
+    """A FlashSim that reports each journal record appended complete: what
+    the pile has durably written, seen at the flash, not told by firmware.
+    (Compaction copies records into a temp file; copies are not new facts.)"""
+
+    def __init__(self, journal_path):
+        FlashSim.__init__(self)
+        self.journal_path = journal_path
+        self.opened = {}       # serial -> session header (SESSION_OPEN landed)
+        self.sealed = {}       # serial -> [distinct bill payloads] (BILL_SEALED landed)
+        self.confirmed = set()
+        self.settled = set()
+
+    def open(self, path, mode):
+        f = FlashSim.open(self, path, mode)
+        if path == self.journal_path and "a" in mode:
+            return _TapFile(self, path, mode)
+        return f
+
+    def landed(self, data):
+        for kind, serial, payload in parse_records(data):
+            if kind == J.SESSION_OPEN:
+                self.opened.setdefault(serial, payload)
+            elif kind == J.BILL_SEALED:
+                got = self.sealed.setdefault(serial, [])
+                if payload not in got:
+                    got.append(payload)
+            elif kind == J.CONFIRMED:
+                self.confirmed.add(serial)
+            elif kind == J.SETTLED:
+                self.settled.add(serial)
+
+
+class _TapFile(SimFile):
+    def write(self, data):
+        n = SimFile.write(self, data)   # a cut mid-way raises: the record is torn
+        self.sim.landed(bytes(data))
+        return n
+
+
+# --- the pile link, with noise ---------------------------------------------------
+
+class ChaosUart(SIM.TcpUart):
+    """The pile's TCP link with frame faults in both directions: a frame is
+    corrupted (one byte XORed: CRC-16 always catches it) or delivered twice.
+    Nothing leaves a pile whose power is cut."""
+
+    def __init__(self, unit, host, port, on_change):
+        SIM.TcpUart.__init__(self, host, port, on_change=on_change, retry_s=0.25)
+        self.unit = unit
+        self._in = bytearray()
+        self._out = bytearray()
+
+    def _fault(self, frame, way):
+        h = self.unit.h
+        r = self.unit.rnd.random()
+        if r < h.p_corrupt:
+            b = bytearray(frame)
+            i = self.unit.rnd.randrange(1, len(b))
+            b[i] ^= self.unit.rnd.randrange(1, 256)
+            h.count("corrupted_frames")
+            h.count("corrupted_" + way)
+            return bytes(b)
+        if r < h.p_corrupt + h.p_duplicate:
+            h.count("duplicated_frames")
+            h.count("duplicated_" + way)
+            return frame + frame
+        return frame
+
+    def write(self, b):
+        if self.unit.flash.cut:
+            return len(b)              # the power is off: nothing is sent
+        # The firmware writes one frame per call (firmware/link.py).
+        SIM.TcpUart.write(self, self._fault(bytes(b), "to_bridge"))
+        return len(b)
+
+    def read(self, n=256):
+        if not self._out:
+            data = SIM.TcpUart.read(self, 4096)
+            if data:
+                self._in.extend(data)
+                self._split()
+        if not self._out:
+            return None
+        out = bytes(self._out[:n])
+        del self._out[:n]
+        return out
+
+    def _split(self):
+        buf = self._in
+        while buf:
+            if buf[0] != 0x68:
+                i = buf.find(b"\x68")
+                i = len(buf) if i < 0 else i
+                self._out.extend(buf[:i])
+                del buf[:i]
+                continue
+            if len(buf) < 2 or len(buf) < buf[1] + 4:
+                return
+            n = buf[1] + 4
+            frame = bytes(buf[:n])
+            del buf[:n]
+            self._out.extend(self._fault(frame, "to_pile"))
+
+    def _down(self):
+        self._in = bytearray()
+        self._out = bytearray()
+        SIM.TcpUart._down(self)
+
+    def cut(self):
+        """Power cut: the bytes not yet on the wire are gone."""
+        self._tx = bytearray()
+        self.close()
+
+
+# --- one pile ---------------------------------------------------------------------------
+
+class ChaosUnit(SIM.SimUnit):
+    """A simulated pile whose journal lives on a TapFlash and whose link is a
+    ChaosUart; a PowerCut from the flash powers the whole pile down."""
+
+    def __init__(self, h, code, root, start, tariff, vehicle, meter_start, rnd):
+        self.h = h
+        self.rnd = rnd
+        self.flash = TapFlash(root + "/journal")
+        self.booting = False
+        self.flash_cuts = 0
+        SIM.SimUnit.__init__(self, code, root, start, tariff, 60000, vehicle, meter_start,
+                             True, None, "tcp", tcp=h.bridge_addr, fs=self.flash)
+
+    def new_uart(self):
+        return ChaosUart(self, self.tcp[0], self.tcp[1], self._link_changed)
+
+    def boot(self):
+        was_cut = self.flash.cut
+        self.flash.reboot()
+        if was_cut and self.h.on("flash_cut") and self.rnd.random() < _P_FLICKER:
+            # The power flickers: cut again while the boot recovers the journal.
+            self.arm_flash_cut(self.rnd.randrange(1, 400))
+        self.booting = True
+        try:
+            SIM.SimUnit.boot(self)
+        except PowerCut:
+            pass
+        finally:
+            self.booting = False
+        self._check_power()
+
+    def _reboot_hook(self):
+        # 0x92 accepted: the board resets (the session was billed first).
+        self.reboots += 1
+        self.h.count("reboots")
+        self.world.contactor.open()
+        self.boot()
+
+    def arm_flash_cut(self, k):
+        self.flash.cut_after = self.flash.units + k
+        self.h.count("flash_cuts_armed")
+
+    def power_down(self, off_ms, why="power_cut"):
+        if why == "power_cut":
+            self.h.count("power_cuts")
+            if self.pile is not None and self.pile.gun.state == S.CHARGING:
+                self.h.count("power_cuts_mid_session")
+        self.power_cuts += 1
+        self.world.contactor.open()      # the relay drops with the power
+        if isinstance(self.uart, ChaosUart):
+            self.uart.cut()
+        self.pile = None
+        self.down_until = self.clock.ticks_ms() + off_ms
+
+    def _check_power(self):
+        fl = self.flash
+        if not fl.cut or (self.pile is None and self.down_until is not None):
+            return
+        self.flash_cuts += 1
+        h = self.h
+        h.count("flash_cuts")
+        if self.booting:
+            h.count("flash_cuts_in_recovery")
+        if fl.partial is not None:
+            path = fl.partial[0]
+            h.count("flash_cuts_torn_record" if path == fl.journal_path
+                    else "flash_cuts_torn_compaction" if path.endswith(".tmp")
+                    else "flash_cuts_torn_other")
+        else:
+            h.count("flash_cuts_metadata")
+        self.power_down(self.rnd.randrange(*_POWER_OFF_S) * 1000, "flash_cut")
+
+    def poll(self):
+        if self.pile is None:
+            now = self.clock.ticks_ms()
+            if now < self.down_until:
+                return self.down_until - now
+            self.down_until = None
+            self.boot()
+            if self.pile is None:
+                return 0
+        try:
+            d = self.pile.poll()
+        except PowerCut:
+            d = 0
+        self._check_power()
+        return d
+
+    def act(self, a):
+        try:
+            SIM.SimUnit.act(self, a)
+        except PowerCut:
+            pass
+        self._check_power()
+
+
+# --- sessions ------------------------------------------------------------------------
+
+class Driver:
+    """One pile's sessions, stepped in the fleet's thread in simulated time:
+    plug, start (card at the pile, or the platform's start command), stop it
+    with 2-3 stop commands at a planned time or soon after it stopped by
+    itself, sometimes unplug; with the pile faults of the session drawn at
+    its start. Runs until the pile's flash holds `goal` executed starts."""
+
+    def __init__(self, h, unit, rnd, goal):
+        self.h = h
+        self.u = unit
+        self.rnd = rnd
+        self.goal = goal
+        self.phase = "gap"
+        self.at = rnd.randrange(2000, 20000)
+        self.fut = None
+        self.kind = None
+        self.stop_at = 0
+        self.cut_at = None
+        self.reboot_at = None
+        self.stop_rounds = 0
+        self.counter = 0
+        self.done = False
+
+    def step(self):
+        u = self.u
+        t = u.clock.ticks_ms()
+        p = u.pile
+        if self.cut_at is not None and t >= self.cut_at:
+            self.cut_at = None
+            if p is not None and not self.h.recovering:
+                u.power_down(self.rnd.randrange(*_POWER_OFF_S) * 1000)
+                return
+        charging = p is not None and p.gun.state == S.CHARGING
+        ph = self.phase
+        if ph == "gap" or ph == "done":
+            if p is None or t < self.at:
+                return
+            if charging:                 # a start we did not see the end of
+                self._running(t, "late")
+            elif len(u.flash.opened) >= self.goal or self.h.recovering:
+                self.phase = "done"
+                self.done = True
+            else:
+                self._begin(t, p)
+        elif ph == "starting":
+            if not self.fut.done():
+                return
+            res = self.fut.result()
+            self.fut = None
+            if res.get("ok") or charging:
+                self._running(t, "platform")
+            else:
+                self._gap(t, 5000, 30000)
+        elif ph == "running":
+            if self.reboot_at is not None and t >= self.reboot_at:
+                self.reboot_at = None
+                if charging:
+                    when = "now" if self.rnd.random() < 0.7 else "idle"
+                    self.h.submit(self.h.reboot(u.code, when))
+            if charging and t < self.stop_at:
+                return
+            # The planned stop, or the session already ended by itself
+            # (target, full, power cut, reboot): stops all the same.
+            if charging and self.kind == "card" and self.rnd.random() < 0.3:
+                u.act({"do": "stop_button"})
+            self.fut = self.h.submit(self.h.stops(u.code, self.rnd.choice((2, 3)), charging))
+            self.phase = "stopping"
+        elif ph == "stopping":
+            if not self.fut.done():
+                return
+            self.fut = None
+            if charging:
+                # Every stop failed (bridge or broker down, pile offline).
+                self.stop_rounds += 1
+                if self.stop_rounds >= 3:
+                    u.act({"do": "stop_button"})
+                self.stop_at = t + 20000
+                self.phase = "running"
+                return
+            self.stop_rounds = 0
+            if p is not None and self.rnd.random() < 0.3:
+                u.act({"do": "unplug"})
+            self._gap(t, 10000, 90000)
+
+    def _gap(self, t, lo, hi):
+        self.phase = "gap"
+        self.at = t + self.rnd.randrange(lo, hi)
+
+    def _running(self, t, kind):
+        self.kind = kind
+        self.phase = "running"
+        self.done = False
+        self.stop_at = t + self.rnd.randrange(20000, self.h.max_ms)
+
+    def _targets(self):
+        r = self.rnd
+        m = self.h.minutes
+        kind = r.choice(("none", "amount", "energy", "minutes", "soc"))
+        if kind == "amount":         # about 1.4 yuan per kWh, 1 kWh per minute at 60 kW
+            return {"amount": r.randrange(2000, max(3000, 14000 * m)) // 100 * 100}
+        if kind == "energy":
+            return {"energy": r.randrange(1000, max(2000, 10000 * m)) // 100 * 100}
+        if kind == "minutes":
+            return {"minutes": r.randrange(1, m + 1)}
+        if kind == "soc":
+            return {"soc": r.randrange(30, 101)}
+        return {}
+
+    def _begin(self, t, p):
+        u = self.u
+        r = self.rnd
+        h = self.h
+        if p.gun.state in (S.AUTHORISING, S.STOPPING):
+            self._gap(t, 1000, 3000)
+            return
+        if not u.world.vehicle.plugged:
+            u.act({"do": "plug", "vehicle": {"soc": r.randrange(10, 90)}})
+            self._gap(t, 1000, 5000)
+            return
+        # This session's pile faults.
+        self.cut_at = None
+        self.reboot_at = None
+        if h.on("power_cut") and r.random() < h.p("power_cut"):
+            self.cut_at = t + r.randrange(1000, h.max_ms)
+        if h.on("flash_cut") and r.random() < h.p("flash_cut"):
+            u.arm_flash_cut(r.randrange(1, _FLASH_SPAN))
+        if h.on("reboot") and r.random() < h.p("reboot"):
+            self.reboot_at = t + r.randrange(5000, h.max_ms)
+        targets = self._targets()
+        if r.random() < _P_CARD:
+            u.act({"do": "card", "card": "%08X" % r.randrange(1 << 32), "targets": targets})
+            p = u.pile
+            if p is not None and p.gun.state == S.CHARGING:
+                h.count_start("card")
+                self._running(t, "card")
+            else:
+                self._gap(t, 5000, 30000)
+            return
+        self.counter += 1
+        y, mo, d, hh, mi, s, _ = F.to_civil(u.clock.now())
+        # Platform serials end in 9xxx: pile-issued ones count up from 0001.
+        serial = "%s01%02d%02d%02d%02d%02d%02d9%03d" % (u.code, y % 100, mo, d, hh, mi, s,
+                                                        self.counter % 1000)
+        h.count_start("platform")
+        self.fut = h.submit(h.start(u.code, serial, targets))
+        self.phase = "starting"
+
+
+class ChaosFleet(SIM.SimFleet):
+    """SimFleet's loop (simulated time, one thread) over ChaosUnits, with a
+    Driver per pile in place of the built-in session mix."""
+
+    def __init__(self, h, piles, sessions, speed, root, seed):
+        SIM.SimFleet.__init__(self, h.bridge_addr, piles=0, speed=speed, mix="idle", root=root,
+                              seed=seed)
+        start = SIM._local_now()
+        tariff = SIM.default_tariff()
+        rnd = random.Random(seed)
+        self.drivers = []
+        for i in range(piles):
+            code = "%014d" % (55031400000001 + i)
+            veh = {"capacity_wh": rnd.choice((40000, 60000, 80000)), "soc": rnd.randrange(10, 60),
+                   "vin": None, "max_power_w": 250000}
+            prnd = random.Random("%d/%d" % (seed, i))
+            u = ChaosUnit(h, code, os.path.join(self.root, code), start, tariff, veh,
+                          rnd.randrange(0, 5000000, 100), prnd)
+            self.units.append(u)
+            self.drivers.append(Driver(h, u, random.Random("%d/%d/d" % (seed, i)), sessions))
+        self._plans = self.drivers
+
+
+# --- the harness --------------------------------------------------------------------------
+
+class Chaos:
+    def __init__(self, piles=20, sessions=50, seed=1, speed=600.0, minutes=6, faults=KINDS,
+                 intensity=1.0, workdir=None, recovery_s=180.0, quiet=True):
+        self.piles = piles
+        self.sessions = sessions
+        self.seed = seed
+        self.speed = speed
+        self.minutes = max(1, int(minutes))
+        self.max_ms = self.minutes * 60000
+        self.kinds = set(faults)
+        bad = self.kinds - set(KINDS)
+        if bad:
+            raise ValueError("unknown fault kind %s (known: %s)" % (sorted(bad)[0], ", ".join(KINDS)))
+        self.intensity = intensity
+        self.recovery_s = recovery_s
+        self.quiet = quiet
+        self.own = workdir is None
+        self.dir = workdir or tempfile.mkdtemp(prefix="pc-chaos-")
+        self.p_corrupt = _P_CORRUPT if self.on("corrupt") else 0.0
+        self.p_duplicate = _P_DUPLICATE if self.on("duplicate") else 0.0
+        self.recovering = False
+        self.faults = {}
+        self.starts = {"platform": 0, "card": 0}
+        self.commands = {}
+        self.broker = self.bridge = self.platform = self.fleet = None
+        self.bridge_addr = None
+        self.loop = None
+
+    # --- bookkeeping --------------------------------------------------------------------
+
+    def on(self, kind):
+        return kind in self.kinds
+
+    def p(self, kind):
+        base = {"power_cut": _P_POWER_CUT, "flash_cut": _P_FLASH_CUT, "reboot": _P_REBOOT}[kind]
+        return min(1.0, base * self.intensity)
+
+    def count(self, key, n=1):
+        self.faults[key] = self.faults.get(key, 0) + n
+
+    def count_start(self, kind):
+        self.starts[kind] += 1
+
+    def _cmd_count(self, key):
+        self.commands[key] = self.commands.get(key, 0) + 1
+
+    def say(self, msg):
+        if not self.quiet:
+            print("pile-chaos: " + msg, file=sys.stderr, flush=True)
+
+    # --- platform commands (coroutines run on the asyncio loop) --------------------------
+
+    def submit(self, coro):
+        """From the fleet's thread: run coro on the loop; a concurrent future."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    async def _command(self, code, cmd, **args):
+        try:
+            return await self.platform.command(SITE, code, cmd, timeout=_CMD_TIMEOUT_S, **args)
+        except asyncio.TimeoutError:
+            return {"ok": False, "code": "no_result"}
+        except Exception as e:          # not connected, connection lost mid-publish
+            return {"ok": False, "code": "not_sent", "message": str(e)}
+
+    async def start(self, code, serial, targets):
+        args = {"gun": "01", "serial": serial, "card": "D14B0A54", "logical_card": "1000000573",
+                "balance": 100000, "expires": int(time.time() + _CMD_TIMEOUT_S)}
+        if targets:
+            args["targets"] = targets
+        res = await self._command(code, "start", **args)
+        self._cmd_count("start_ok" if res.get("ok") else "start_" + str(res.get("code")))
+        return res
+
+    async def stops(self, code, n, charging):
+        """n stop commands for the gun, one after the other (the field case:
+        a stop sent 2 or 3 times, or after the pile stopped by itself)."""
+        if not charging:
+            self.count("stops_after_session_ended", n)
+        last = None
+        for _ in range(n):
+            res = await self._command(code, "stop", gun="01")
+            self.count("stop_commands")
+            self._cmd_count("stop_ok" if res.get("ok") else "stop_" + str(res.get("code")))
+            last = res
+        return last
+
+    async def reboot(self, code, when):
+        self.count("reboot_requests")
+        res = await self._command(code, "reboot", when=when)
+        self._cmd_count("reboot_ok" if res.get("ok") else "reboot_" + str(res.get("code")))
+        return res
+
+    # --- process faults --------------------------------------------------------------------
+
+    def executed(self):
+        return sum(len(u.flash.opened) for u in self.fleet.units)
+
+    def _plan_process_faults(self):
+        rnd = random.Random("%d/process" % self.seed)
+        total = self.piles * self.sessions
+        plan = []
+        for kind, per in sorted(_PER_1000.items()):
+            if not self.on(kind):
+                continue
+            n = max(1, int(round(per * total / 1000.0 * self.intensity)))
+            for _ in range(n):
+                plan.append((rnd.uniform(0.03, 0.9), kind, rnd.random()))
+        plan.sort()
+        return plan
+
+    async def process_faults(self, plan):
+        goal = self.piles * self.sessions
+        for frac, kind, x in plan:
+            while self.executed() < frac * goal:
+                if self.recovering:
+                    return
+                await asyncio.sleep(0.05)
+            if self.recovering:
+                return
+            if kind == "bridge_kill":
+                self.say("SIGKILL bridge pid %d at %d sessions" % (self.bridge.pid, self.executed()))
+                await asyncio.to_thread(self.bridge.kill)
+                self.count("bridge_kills")
+                await asyncio.sleep(x)             # down for up to a second
+                await asyncio.to_thread(self.bridge.start)
+            elif kind == "broker_restart":
+                kill = x < 0.5
+                self.say("broker restart (%s) at %d sessions"
+                         % ("SIGKILL" if kill else "SIGTERM", self.executed()))
+                await asyncio.to_thread(self.broker.restart, kill)
+                self.count("broker_restarts")
+            elif kind == "platform_outage":
+                self.say("platform silent at %d sessions" % self.executed())
+                self.platform.silent = True
+                self.count("platform_outages")
+                try:
+                    await asyncio.sleep(0.5 + 2.5 * x)
+                finally:
+                    self.platform.silent = False
+
+    # --- the run ---------------------------------------------------------------------------------
+
+    def _bridge_extra(self):
+        return ("[bills]\nretry_initial_s = 0.5\nretry_max_s = 2.0\nsettle_retry_s = 1.0\n"
+                "[piles]\ncommand_timeout_s = 3.0\nstatus_poll_s = 3600.0\n")
+
+    async def run(self):
+        t0 = time.monotonic()
+        self.loop = asyncio.get_running_loop()
+        if not mosquitto_available():
+            raise RuntimeError("pile-chaos needs Mosquitto (apt-get install mosquitto)")
+        self.broker = stack.start_broker("mosquitto", persistence=True, verbose=False)
+        self.bridge = stack.BridgeProcess(self.dir, SITE, self.broker.port,
+                                          extra=self._bridge_extra())
+        port = self.bridge.start()
+        self.bridge_addr = ("127.0.0.1", port)
+        self.platform, ptask = await stack.start_platform(
+            self.broker.port, os.path.join(self.dir, "platform.db"))
+        self.fleet = ChaosFleet(self, self.piles, self.sessions, self.speed,
+                                os.path.join(self.dir, "piles"), self.seed)
+        self.say("%d piles x %d sessions, seed %d, bridge pid %d, broker port %d, dir %s"
+                 % (self.piles, self.sessions, self.seed, self.bridge.pid, self.broker.port,
+                    self.dir))
+        self.fleet.start()
+        ftask = asyncio.create_task(self.process_faults(self._plan_process_faults()))
+        try:
+            last, moved = -1, time.monotonic()
+            stalled = False
+            while not all(d.done for d in self.fleet.drivers):
+                if ftask.done() and ftask.exception():
+                    raise ftask.exception()
+                n = self.executed()
+                if n != last:
+                    if n // 500 != last // 500:
+                        self.say("%d sessions, sim %.1f h" % (n, self.fleet.sim_ms / 3.6e6))
+                    last, moved = n, time.monotonic()
+                elif time.monotonic() - moved > _STALL_S:
+                    stalled = True       # no session started for this long: give up
+                    break
+                await asyncio.sleep(0.2)
+            ok = await self.recover(ftask)
+            s = self.summary(ok and not stalled)
+            s["stalled"] = stalled
+        finally:
+            ptask.cancel()
+            await asyncio.gather(ptask, return_exceptions=True)
+        s["seconds"] = round(time.monotonic() - t0, 1)
+        return s
+
+    async def recover(self, ftask):
+        """Faults stop; wait (bounded) until every pile is up and online,
+        no gun charges, every bill is confirmed and settled on the piles,
+        confirmed at the bridge and held by the platform."""
+        self.recovering = True
+        await ftask
+        self.p_corrupt = self.p_duplicate = 0.0
+        self.platform.silent = False
+
+        def calm(fleet):
+            for u in fleet.units:
+                u.flash.cut_after = None         # no cut armed any more
+            for d in fleet.drivers:
+                d.cut_at = None
+        self.fleet.call(lambda: calm(self.fleet))
+        if not self.bridge.running:
+            await asyncio.to_thread(self.bridge.start)
+        if not self.broker.running:
+            await asyncio.to_thread(self.broker.start)
+        end = time.monotonic() + self.recovery_s
+        while time.monotonic() < end:
+            if await asyncio.to_thread(self.fleet.wait, self._piles_quiet, 0.5):
+                if self._platform_has_all() and self._bridge_open() == (0, 0):
+                    return True
+            await asyncio.sleep(0.2)
+        return False
+
+    def _piles_quiet(self, fleet):
+        # In the fleet's thread, between two rounds.
+        quiet = True
+        for u in fleet.units:
+            p = u.pile
+            if p is None or not p.link.online:
+                quiet = False
+                continue
+            if p.gun.state == S.CHARGING:
+                u.act({"do": "stop_button"})    # a late start: end it
+                quiet = False
+            elif p.gun.state in (S.STOPPING, S.AUTHORISING):
+                quiet = False
+            elif p.journal.pending() or p.journal.confirmed():
+                quiet = False
+        return quiet
+
+    def _platform_has_all(self):
+        have = self.platform.serials()
+        return all(s in have for u in self.fleet.units for s in u.flash.opened)
+
+    def _bridge_db(self):
+        db = sqlite3.connect(self.bridge.database, timeout=10)
+        return db
+
+    def _bridge_open(self):
+        """(unconfirmed, unsettled) bills in the bridge's database."""
+        db = self._bridge_db()
+        try:
+            a = db.execute("SELECT COUNT(*) FROM bills WHERE confirmed_at IS NULL").fetchone()[0]
+            b = db.execute("SELECT COUNT(*) FROM bills WHERE settled_at IS NULL").fetchone()[0]
+            return a, b
+        finally:
+            db.close()
+
+    # --- counting ------------------------------------------------------------------------
+
+    def summary(self, recovered):
+        units = self.fleet.units
+        with self.fleet._lock:
+            executed = {}
+            sealed = {}
+            pending_on_piles = 0
+            unsettled_on_piles = 0
+            tap_missed = 0
+            for u in units:
+                fl = u.flash
+                for s, hdr in fl.opened.items():
+                    executed[s] = (u.code, hdr)
+                for s, bodies in fl.sealed.items():
+                    sealed.setdefault(s, []).extend(bodies)
+                if u.pile is not None:
+                    pending_on_piles += len(u.pile.journal.pending())
+                    unsettled_on_piles += len(u.pile.journal.confirmed())
+                else:
+                    pending_on_piles += 1          # a pile still off counts as not done
+                # The watch at the flash must have seen every record of the final journal.
+                for kind, s, _ in parse_records(fl.files.get(fl.journal_path, b""), True):
+                    if kind == J.SESSION_OPEN and s not in fl.opened:
+                        tap_missed += 1
+                    if kind == J.BILL_SEALED and s not in fl.sealed:
+                        tap_missed += 1
+            reboots = sum(u.reboots for u in units)
+            sim_s = self.fleet.sim_ms // 1000
+        rows = {}
+        for serial, reconciled, copies, doc in self.platform.db.execute(
+                "SELECT serial, reconciled, copies, doc FROM bills"):
+            rows[serial] = (reconciled, copies, json.loads(doc))
+        db = self._bridge_db()
+        try:
+            conflicts = set(r[0] for r in db.execute(
+                "SELECT serial FROM rejected WHERE kind = 'conflict'"))
+            unconfirmed_bridge = db.execute(
+                "SELECT COUNT(*) FROM bills WHERE confirmed_at IS NULL").fetchone()[0]
+            resends = db.execute("SELECT COALESCE(SUM(resends), 0) FROM bills").fetchone()[0]
+        finally:
+            db.close()
+        t = tally(executed, sealed, rows, conflicts)
+        lost, twice, phantom = t["lost"], t["duplicated"], t["phantom"]
+        unreconciled, mismatched = t["unreconciled"], t["mismatched"]
+        stops = {}
+        flags = {}
+        for s, bodies in sealed.items():
+            b = _decode_bill(bodies[0])[0]
+            name = SIM.STOP_NAMES.get(b["stop_reason"], "0x%02X" % b["stop_reason"])
+            stops[name] = stops.get(name, 0) + 1
+        for s, (code, hdr) in executed.items():
+            try:
+                f = S.decode_header(hdr)["trade_flag"]
+            except ValueError:
+                f = -1
+            name = {S.TRADE_APP: "platform", S.TRADE_OFFLINE_CARD: "card"}.get(f, str(f))
+            flags[name] = flags.get(name, 0) + 1
+        faults = dict(self.faults)
+        faults["reboots"] = reboots
+        faults.setdefault("power_cuts", 0)
+        faults.setdefault("flash_cuts", 0)
+        no_split = len([1 for r in rows.values() if "extra" not in r[2].get("raw", {})])
+        out = {
+            "sessions": len(executed),
+            "bills": len(rows),
+            "lost": len(lost),
+            "duplicated": len(twice),
+            "unreconciled": len(unreconciled),
+            "phantom": len(phantom),
+            "mismatched": len(mismatched),
+            "unconfirmed": pending_on_piles + unconfirmed_bridge,
+            "recovered": recovered,
+            "faults": dict(sorted(faults.items())),
+            "seconds": None,
+            "piles": self.piles,
+            "sessions_per_pile": self.sessions,
+            "seed": self.seed,
+            "executed_starts_by": dict(sorted(flags.items())),
+            "start_attempts": dict(self.starts),
+            "commands": dict(sorted(self.commands.items())),
+            "stop_reasons": dict(sorted(stops.items())),
+            "unsettled_on_piles": unsettled_on_piles,
+            "bridge_resends_absorbed": resends,
+            "platform_copies_absorbed": sum(r[1] - 1 for r in rows.values()),
+            "bills_without_fee_split": no_split,
+            "tap_missed": tap_missed,
+            "sim_hours": round(sim_s / 3600.0, 1),
+        }
+        out["examples"] = {k: v[:5] for k, v in (("lost", lost), ("duplicated", twice),
+                                                  ("unreconciled", unreconciled),
+                                                  ("phantom", phantom),
+                                                  ("mismatched", mismatched)) if v}
+        return out
+
+    def close(self):
+        if self.fleet is not None:
+            self.fleet.stop()
+        if self.bridge is not None:
+            self.bridge.stop()
+        if self.broker is not None:
+            self.broker.close()
+        if self.own:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def tally(executed, sealed, rows, conflicts=()):
+    """The verdict's lists, from what the piles' flash saw and what the
+    platform holds. executed: serial -> session header landed on flash;
+    sealed: serial -> distinct bill payloads sealed on flash; rows: serial
+    -> (reconciled, copies, platform bill doc); conflicts: serials the
+    bridge refused as a second, different bill for a serial it held."""
+    twice = set(s for s in executed if len(sealed.get(s, ())) > 1)
+    twice |= set(s for s in conflicts if s in executed)
+    return {
+        "lost": sorted(s for s in executed if s not in rows),
+        "duplicated": sorted(twice),
+        "phantom": sorted(s for s in rows if s not in executed),
+        "unreconciled": sorted(s for s, r in rows.items() if not r[0]),
+        "mismatched": sorted(s for s, r in rows.items()
+                             if s in sealed and not _same_bill(sealed[s][0], r[2])),
+    }
+
+
+def _decode_bill(payload):
+    """The journal's bill record -> (0x3B fields, 0xEB fields)."""
+    bill, extra = split_payload(payload)
+    b = codec.decode_body(codec.layout_for(0x3B, len(bill)), bill)
+    x = codec.decode_body(codec.layout_named("bill_extra"), extra)
+    return b, x
+
+
+def _same_bill(payload, doc):
+    """Does the platform's bill carry the figures the pile sealed?"""
+    b, x = _decode_bill(payload)
+    raw = doc.get("raw") or {}
+    if any(raw.get(k) != v for k, v in b.items()):
+        return False
+    got = raw.get("extra")
+    if got is not None:
+        for k, v in x.items():
+            if k != "mac" and got.get(k) != v:
+                return False
+    return True
+
+
+def failed(s):
+    return bool(s["lost"] or s["duplicated"] or s["unreconciled"] or s["phantom"]
+                or s["mismatched"] or s["unconfirmed"] or s["tap_missed"] or not s["recovered"])
+
+
+def table(s):
+    out = ["", "pile-chaos: %d piles x %d sessions, seed %d, %.1f s (%.1f simulated hours)"
+           % (s["piles"], s["sessions_per_pile"], s["seed"], s["seconds"], s["sim_hours"]),
+           "-" * 60]
+    for k in ("sessions", "bills", "lost", "duplicated", "unreconciled", "phantom", "mismatched",
+              "unconfirmed", "recovered"):
+        out.append("%-28s %s" % (k, s[k]))
+    out.append("faults: " + ", ".join("%s %d" % kv for kv in s["faults"].items()))
+    out.append("stop reasons: " + ", ".join("%s %d" % kv for kv in s["stop_reasons"].items()))
+    out.append("FAILED" if failed(s) else "OK: every executed start billed exactly once, "
+               "reconciled and confirmed")
+    return "\n".join(out)
+
+
+def _kinds(text):
+    if text in ("all", ""):
+        return KINDS
+    if text == "none":
+        return ()
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    bad = [k for k in kinds if k not in KINDS]
+    if bad:
+        raise argparse.ArgumentTypeError("unknown fault kind %r (known: %s)"
+                                         % (bad[0], ", ".join(KINDS)))
+    return kinds
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="pile-chaos", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--piles", type=int, default=20, help="simulated piles (default 20)")
+    ap.add_argument("--sessions", type=int, default=50,
+                    help="executed starts per pile (default 50)")
+    ap.add_argument("--seed", type=int, default=1, help="the fault and session plan (default 1)")
+    ap.add_argument("--json", action="store_true", help="print the result as JSON")
+    ap.add_argument("--speed", type=float, default=600.0,
+                    help="simulated seconds per real second, at most (default 600)")
+    ap.add_argument("--minutes", type=int, default=6,
+                    help="longest planned session, simulated minutes (default 6)")
+    ap.add_argument("--faults", type=_kinds, default=KINDS, metavar="KIND,...",
+                    help="fault kinds to inject: all (default), none, or a list of "
+                    + ", ".join(KINDS))
+    ap.add_argument("--intensity", type=float, default=1.0,
+                    help="multiply the pile and process fault rates (default 1)")
+    ap.add_argument("--recovery", type=float, default=180.0, metavar="S",
+                    help="seconds to wait for everything to settle at the end (default 180)")
+    ap.add_argument("--keep", metavar="DIR", help="keep logs and databases in DIR")
+    ap.add_argument("--verbose", action="store_true", help="progress and faults on stderr")
+    args = ap.parse_args(argv)
+    if args.piles < 1 or args.sessions < 1:
+        ap.error("--piles and --sessions must be at least 1")
+    if args.keep:
+        os.makedirs(args.keep, exist_ok=True)
+    c = Chaos(args.piles, args.sessions, args.seed, args.speed, args.minutes, args.faults,
+              args.intensity, args.keep, args.recovery, quiet=not args.verbose)
+    try:
+        s = asyncio.run(c.run())
+    finally:
+        c.close()
+    print(json.dumps(s, indent=2) if args.json else table(s))
+    return 1 if failed(s) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
