@@ -3,7 +3,7 @@
 # Runs on MicroPython (no `hmac` module on the unix port) and on CPython, so
 # the bridge signs with the very code the pile verifies with.
 #
-# Signed command envelope: extension frame `signed` (0xF0, S->P), body
+# Signed command envelope: extension frame `signed` (0xD2, S->P), body
 #
 #     offset size  field
 #     0      4     counter   u32 little-endian, > the last accepted counter
@@ -14,7 +14,7 @@
 #   mac = HMAC-SHA256(K_cmd, pile(7 BCD bytes) | counter(u32 LE) | code(u8) | body)
 #   K_cmd = HMAC-SHA256(K_pile, b"pc/cmd")
 #
-# A refusal goes back in frame `signed_reject` (0xF1, P->S): counter u32
+# A refusal goes back in frame `signed_reject` (0xD1, P->S): counter u32
 # (the refused envelope's; 0 when the envelope was too short to carry one)
 # and reason u8:
 #
@@ -52,8 +52,8 @@ MAC_LEN = const(32)
 HEADER_LEN = const(37)   # counter 4 + mac 32 + code 1
 COUNTER_MAX = const(0xFFFFFFFF)
 
-CODE_SIGNED = const(0xF0)
-CODE_REJECT = const(0xF1)
+CODE_SIGNED = const(0xD2)   # protocol/frames.py `signed`
+CODE_REJECT = const(0xD1)   # protocol/frames.py `signed_reject`
 
 R_BAD_MAC = "bad mac"
 R_REPLAY = "replay"
@@ -189,7 +189,7 @@ def command_mac(key, pile, counter, code, body):
 
 
 def pack_envelope(counter, mac, code, body):
-    """Body of a 0xF0 `signed` frame."""
+    """Body of a 0xD2 `signed` frame."""
     out = bytearray(HEADER_LEN + len(body))
     struct.pack_into("<I", out, 0, counter)
     out[4:36] = mac
@@ -299,7 +299,7 @@ class CommandAuth:
         return None
 
     def open(self, pile, envelope):
-        """Check a 0xF0 body: (ok, reason, counter, code, inner_body)."""
+        """Check a 0xD2 body: (ok, reason, counter, code, inner_body)."""
         parts = unpack_envelope(envelope)
         if parts is None:
             self.rejected += 1

@@ -45,3 +45,21 @@ def test_a_stale_doc_is_reported(tmp_path):
     assert gen.main(["--check", "--doc", str(stale)]) == 1
     assert gen.main(["--doc", str(stale)]) == 0
     assert gen.main(["--check", "--doc", str(stale)]) == 0
+
+
+def test_doc_and_readme_state_the_extension_range_of_the_frame_table():
+    from protocol.frames import EXT_FIRST, EXT_LAST
+    rng = "0x%02X..0x%02X" % (EXT_FIRST, EXT_LAST)
+    with open(gen.DOC.replace("docs/protocol.md", "README.md"), encoding="utf-8") as fh:
+        readme = fh.read()
+    for text in (_doc().split("\n## ", 1)[0], readme):
+        assert rng in text
+        assert "0xE1..0xEF" not in text  # the range before it grew down to 0xD0
+
+
+def test_firmware_auth_envelope_codes_are_the_frame_table_codes():
+    from firmware import auth
+    from protocol import frames as T
+    codes = {name: code for code, name, direction, fields in T.each()}
+    assert auth.CODE_SIGNED == codes["signed"]
+    assert auth.CODE_REJECT == codes["signed_reject"]
