@@ -268,3 +268,34 @@ def test_installed_console_script_decodes_the_login_reply():
     r = subprocess.run(cmd + ["decode", LOGIN_REPLY[:-2] + "00"], cwd=ROOT, capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 1 and r.stderr.startswith("error: CRC")
+
+
+def _cli_cmd():
+    exe = shutil.which("pile-frames")
+    return [exe] if exe else [sys.executable, "-m", "tools.frames"]
+
+
+def test_piped_hex_with_no_argument_is_read_from_stdin():
+    r = subprocess.run(_cli_cmd() + ["decode", "--json"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60, input=LOGIN_REPLY + "\n" + TARIFF_CHECK_REPLY + "\n")
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(x)["name"] for x in r.stdout.splitlines()] == ["login_reply",
+                                                                     "tariff_check_reply"]
+    raw = bytes.fromhex(LOGIN_REPLY) + b"\x00\xff" + bytes.fromhex(TARIFF_CHECK_REPLY)
+    r = subprocess.run(_cli_cmd() + ["decode", "--json", "--raw"], cwd=ROOT, capture_output=True,
+                       timeout=60, input=raw)
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.splitlines()) == 2
+
+
+def test_no_hex_and_a_terminal_on_stdin_is_a_usage_error():
+    import pty
+    master, slave = pty.openpty()
+    try:
+        r = subprocess.run(_cli_cmd() + ["decode"], cwd=ROOT, stdin=slave, capture_output=True,
+                           text=True, timeout=60)
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert r.returncode == 2
+    assert r.stderr.startswith("error: decode: give HEX")

@@ -3,6 +3,7 @@
     pile-frames decode 680C000000025503141278230500DA4C
     pile-frames decode --json HEX [HEX ...]
     pile-frames decode -                     hex frames from stdin, one per line
+    echo HEX | pile-frames decode            the same: no HEX and stdin not a terminal
     pile-frames decode --file capture.txt    a capture file, one hex frame per line
     pile-frames decode --raw --file dump.bin a raw byte stream (serial capture)
     pile-frames encode heartbeat pile=55031412782305 gun=01 gun_status=0
@@ -112,6 +113,14 @@ def _as_text(c, swapped):
     return "\n".join(lines)
 
 
+def _stdin_is_piped():
+    """True when stdin is a pipe or file (`echo HEX | pile-frames decode`), not a terminal."""
+    try:
+        return sys.stdin is not None and not sys.stdin.isatty()
+    except (AttributeError, ValueError, OSError):  # closed or detached stdin
+        return False
+
+
 def _decode_inputs(args):
     """Yields byte strings to decode, one per frame line (or one raw stream)."""
     if args.file:
@@ -121,7 +130,7 @@ def _decode_inputs(args):
             yield data
             return
         text = data.decode("ascii", "replace")
-    elif args.hex == ["-"]:
+    elif args.hex == ["-"] or (not args.hex and _stdin_is_piped()):
         if args.raw:
             yield sys.stdin.buffer.read()
             return
@@ -129,7 +138,7 @@ def _decode_inputs(args):
     elif args.hex:
         text = "\n".join(args.hex)
     else:
-        raise UsageError("decode: give HEX, '-' (stdin) or --file F")
+        raise UsageError("decode: give HEX, '-' (stdin), --file F, or pipe frames in")
     for line in text.splitlines():
         line = line.split("#", 1)[0]
         if line.strip():
@@ -267,7 +276,7 @@ def _parser():
                                 epilog=__doc__.split("\n\n", 1)[1])
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("decode", help="decode frames")
-    d.add_argument("hex", nargs="*", help="frame(s) in hex, or - for stdin")
+    d.add_argument("hex", nargs="*", help="frame(s) in hex, or - for stdin (the default when stdin is not a terminal)")
     d.add_argument("--json", action="store_true", help="one JSON object per frame")
     d.add_argument("--file", help="capture file: one hex frame per line (or --raw bytes)")
     d.add_argument("--raw", action="store_true", help="input is a raw byte stream")
