@@ -6,6 +6,7 @@ import io
 import json
 import os
 import pty
+import re
 import select
 import threading
 import tty
@@ -50,19 +51,23 @@ def _pty():
     return master, slave, os.ttyname(slave)
 
 
-@pytest.fixture
-def served():
-    """A pile with one unconfirmed bill and its console on a pty; the pile's
-    loop runs in a thread for the test's duration."""
+def _serve(charging):
+    """A pile with its console on a pty; the pile's loop runs in a thread for
+    the test's duration. charging=False: one unconfirmed bill; True: a
+    session with targets still running."""
     r = Rig(tmpdir("contool"), confirm=False, cfg={"pin": "4711"})
     master, slave, path = _pty()
     stop = threading.Event()
     try:
         r.online()
-        r.start(serial(1))
-        r.run(120000)
-        r.stop()
-        r.run(5000)
+        if charging:
+            r.start(serial(2), amount=500000, energy=800000, minutes=240)
+            r.run(120000)
+        else:
+            r.start(serial(1))
+            r.run(120000)
+            r.stop()
+            r.run(5000)
         r.pile.console = Console(r.pile, PtyUart(master))
 
         def loop():
@@ -82,6 +87,16 @@ def served():
         os.close(slave)
         os.close(master)
         rmtree(r.root)
+
+
+@pytest.fixture
+def served():
+    yield from _serve(charging=False)
+
+
+@pytest.fixture
+def charging():
+    yield from _serve(charging=True)
 
 
 def _main(argv):
@@ -201,3 +216,21 @@ def test_shell_passes_typed_lines_through(served, monkeypatch):
     rc, text = _main([path, "shell"])
     assert rc == 0
     assert "YKC V1.6" in text and "unlocked" in text and text.endswith("pile> ")
+
+
+def test_session_table_shows_scaled_values_with_units(charging):
+    r, path = charging
+    rc, text = _main([path, "session"])
+    assert rc == 0, text
+    rows = dict(re.match(r"(.*?)\s{2,}(.*)$", line).groups() for line in text.splitlines())
+    assert rows["serial"] == serial(2)
+    assert rows["balance"] == "1000.0000 yuan"      # 0x34 balance 100000 x100 yuan
+    assert rows["target amount"] == "50.0000 yuan"
+    assert rows["target energy"] == "80.0000 kWh"
+    assert rows["target minutes"] == "240 min"
+    assert rows["target soc"] == "-"
+    assert rows["meter start"] == "0.0000 kWh"
+    assert re.fullmatch(r"\d+\.\d{4} kWh", rows["energy"]), rows["energy"]
+    assert re.fullmatch(r"\d+\.\d{4} yuan", rows["amount"]), rows["amount"]
+    assert re.fullmatch(r"\d+ W", rows["power"]) and re.fullmatch(r"\d+ %", rows["soc"])
+    assert rows["start time"].startswith("2026-11-24T")

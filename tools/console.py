@@ -195,12 +195,35 @@ def show_meter(d, out):
     _pairs(rows, out)
 
 
+# The running session's integers (firmware/console.py cmd_session) in the
+# wire's units: energy x10^4 kWh, amounts and the balance x10^4 yuan. A
+# target of 0 is "no target"; a balance of None is "not enforced" (postpaid).
+_SESSION_UNITS = {"meter_start": (4, "kWh"), "energy": (4, "kWh"), "amount": (4, "yuan"),
+                  "minutes": (0, "min"), "power": (0, "W"), "soc": (0, "%"),
+                  "target_amount": (4, "yuan"), "target_energy": (4, "kWh"),
+                  "target_minutes": (0, "min"), "target_soc": (0, "%"), "balance": (4, "yuan")}
+
+
+def _session_value(k, v):
+    if k == "balance" and v is None:
+        return "- (not enforced)"
+    if k.startswith("target_") and not v:
+        return "-"
+    if k.endswith("_time") and isinstance(v, int):
+        return F.iso(v)
+    if k in _SESSION_UNITS and isinstance(v, int):
+        places, unit = _SESSION_UNITS[k]
+        return "%s %s" % (_dec(v, places) if places else v, unit)
+    return _field(k, v)
+
+
 def show_session(d, out):
     if not d["active"]:
         _pairs([("state", d["state"]), ("session", "none"), ("last bill", d["last_bill"] or "-")],
                out)
         return
-    _pairs([(k.replace("_", " "), _field(k, v)) for k, v in d.items()], out)
+    _pairs([(k.replace("_", " "), _session_value(k, v)) for k, v in d.items() if k != "active"],
+           out)
 
 
 _SHOW = {"status": show_status, "versions": show_versions, "bills": show_bills,
