@@ -11,6 +11,8 @@ import os
 import re
 import shutil
 import struct
+import subprocess
+import sys
 import tempfile
 import zlib
 
@@ -346,3 +348,23 @@ def test_readers_detect_a_code_for_another_payload(tmp):
     buf = io.StringIO()
     qr.make("A").terminal(out=buf)
     assert terminal_matrix(buf.getvalue()) == matrix_of("A")
+
+
+def test_each_derived_wire_code_is_warned_about_once(tmp):
+    # Run as the installed command so the count covers everything that
+    # reaches the technician's terminal, not just what qr.main() prints.
+    src = write_csv(tmp, ["pile", "44200100250000200002", "32010600213534",
+                          "4403040003000003"])
+    exe = shutil.which("pile-qr")
+    cmd = [exe] if exe else [sys.executable, "-m", "tools.qr"]
+    r = subprocess.run(cmd + ["batch", src, "--out", os.path.join(tmp, "out"),
+                              "--prefix", PREFIX, "--op", OP],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    warnings = [line for line in r.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 2, r.stderr
+    assert sum("pile 44200100250000200002: wire code" in w for w in warnings) == 1
+    assert sum("pile 4403040003000003: wire code" in w for w in warnings) == 1
+    r = subprocess.run(cmd + ["show", "44200100250000200002", "--no-code", "--prefix", PREFIX,
+                              "--op", OP], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stderr.count("warning") == 1, r.stderr
