@@ -234,7 +234,6 @@ class ChaosUnit(SIM.SimUnit):
         self.h = h
         self.rnd = rnd
         self.flash = TapFlash(root + "/journal")
-        self.booting = False
         self.flash_cuts = 0
         SIM.SimUnit.__init__(self, code, root, start, tariff, 60000, vehicle, meter_start,
                              True, None, "tcp", tcp=h.bridge_addr, fs=self.flash)
@@ -248,13 +247,10 @@ class ChaosUnit(SIM.SimUnit):
         if was_cut and self.h.on("flash_cut") and self.rnd.random() < _P_FLICKER:
             # The power flickers: cut again while the boot recovers the journal.
             self.arm_flash_cut(self.rnd.randrange(1, 400))
-        self.booting = True
         try:
             SIM.SimUnit.boot(self)
         except PowerCut:
-            pass
-        finally:
-            self.booting = False
+            self.h.count("flash_cuts_in_recovery")
         self._check_power()
 
     def _reboot_hook(self):
@@ -287,8 +283,6 @@ class ChaosUnit(SIM.SimUnit):
         self.flash_cuts += 1
         h = self.h
         h.count("flash_cuts")
-        if self.booting:
-            h.count("flash_cuts_in_recovery")
         if fl.partial is not None:
             path = fl.partial[0]
             h.count("flash_cuts_torn_record" if path == fl.journal_path
