@@ -16,8 +16,8 @@ import json
 
 from firmware import fsio
 from firmware import session as S
-from firmware.link import ticks_diff
 from firmware.pile import BOOT_NAMES, FW_VERSION, split_payload
+from firmware.ticks import diff_of
 from protocol import codec
 from protocol.fields import iso
 
@@ -139,6 +139,7 @@ class Console:
         self.pile = pile
         self.uart = uart
         self.clock = clock or pile.clock
+        self._diff = diff_of(self.clock)
         self._buf = bytearray(_MAX_LINE)
         self._n = 0
         self._over = False        # the current line passed _MAX_LINE
@@ -319,7 +320,7 @@ class Console:
         d.update({"serial": tr.h["serial"], "card": tr.h["card"],
                   "start_time": tr.h["start_time"], "meter_start": tr.h["meter_start"],
                   "energy": acc.total(), "amount": acc.amount(),
-                  "minutes": ticks_diff(self.clock.ticks_ms(), tr.t0) // 60000
+                  "minutes": self._diff(self.clock.ticks_ms(), tr.t0) // 60000
                   if g.state == S.CHARGING else 0,
                   "power": tr.p, "soc": g.vehicle.soc,
                   "target_amount": tr.amount_cap or 0, "target_energy": tr.energy_cap or 0,
@@ -517,7 +518,7 @@ class Console:
     def _locked_left(self):
         if self._locked_at is None:
             return 0
-        left = _LOCKOUT_MS - ticks_diff(self.clock.ticks_ms(), self._locked_at)
+        left = _LOCKOUT_MS - self._diff(self.clock.ticks_ms(), self._locked_at)
         if left <= 0:
             self._locked_at = None
             self._fails = 0
@@ -529,7 +530,7 @@ class Console:
         u = self._unlocked
         if u is None:
             return False
-        if ticks_diff(self.clock.ticks_ms(), u) >= _UNLOCK_MS:
+        if self._diff(self.clock.ticks_ms(), u) >= _UNLOCK_MS:
             self._unlocked = None
             return False
         return True

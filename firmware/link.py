@@ -5,6 +5,7 @@
 #
 # YKC rules kept here: heartbeat every 10 s; 3 heartbeats without a reply =
 # link down, log in again; replies echo the request's sequence bytes.
+from firmware.ticks import diff_of
 from protocol import codec
 from protocol.errors import FrameError
 
@@ -37,8 +38,12 @@ class Link:
         self.online = False
         self.gun_status = 0
         self._seq = 0
-        self._next_login = clock.ticks_ms()
-        self._next_beat = 0
+        # timers: (tick started, ms): kept as a start and a wait, compared by
+        # a wrap-safe difference (firmware/ticks.py), never as a sum
+        self._diff = diff_of(clock)
+        self._login_at = clock.ticks_ms()
+        self._login_wait = 0
+        self._beat_at = 0
         self._missed = 0
         self.sent = 0
         self.bad_frames = 0
@@ -73,7 +78,8 @@ class Link:
             self.online = False
             if self.on_offline:
                 self.on_offline()
-        self._next_login = self.clock.ticks_ms()
+        self._login_at = self.clock.ticks_ms()
+        self._login_wait = 0
 
     def poll(self):
         """Read what arrived, handle it, and run the link timers. Call often."""
@@ -89,16 +95,17 @@ class Link:
                     self._dispatch(item)
         now = self.clock.ticks_ms()
         if not self.online:
-            if _due(now, self._next_login):
+            if self._diff(now, self._login_at) >= self._login_wait:
                 self.send("login", self.login)
-                self._next_login = now + self.login_retry_ms
-        elif _due(now, self._next_beat):
+                self._login_at = now
+                self._login_wait = self.login_retry_ms
+        elif self._diff(now, self._beat_at) >= self.heartbeat_ms:
             if self._missed >= _MISSED_MAX:
                 self.go_offline("%d heartbeats unanswered" % self._missed)
                 return
             self.send("heartbeat", {"pile": self.pile, "gun": "01", "gun_status": self.gun_status})
             self._missed += 1
-            self._next_beat = now + self.heartbeat_ms
+            self._beat_at = now
 
     def _dispatch(self, f):
         if f.fields is None:
@@ -109,7 +116,7 @@ class Link:
                 self.online = True
                 self.logins += 1
                 self._missed = 0
-                self._next_beat = self.clock.ticks_ms() + self.heartbeat_ms
+                self._beat_at = self.clock.ticks_ms()
                 self.log("link", "logged in")
                 if self.on_online:
                     self.on_online()
@@ -124,14 +131,3 @@ class Link:
             # commands still reach the handler: a stop must never be dropped.
             pass
         self.handler(f)
-
-
-try:
-    from time import ticks_diff  # survives the 30-bit tick wrap on boards
-except ImportError:
-    def ticks_diff(a, b):
-        return a - b
-
-
-def _due(now, at):
-    return ticks_diff(now, at) >= 0

@@ -22,6 +22,7 @@ from firmware.link import Link
 from firmware.outbox import Outbox
 from firmware.realtime import Cadence
 from firmware.remote import Remote
+from firmware.ticks import diff_of
 from firmware.tariff import Tariff, TariffError
 from protocol import codec
 
@@ -120,7 +121,7 @@ class Pile:
                  "net_type": 3, "sim": "", "carrier": 4}
         self.link = Link(uart, clock, login, self._handle, on_online=self._online,
                          on_offline=self._offline, log=lambda *a: self.log(" ".join(a)))
-        self.cadence = Cadence()
+        self.cadence = Cadence(diff=diff_of(clock))
         self._tariff_check = False
         self._reboot_when = 0         # 0 none, 1 now, 2 when idle
         self._reboot_reason = 0       # the boot reason the reboot will report

@@ -3,12 +3,16 @@
 # the platform asks (0x12). The field values come from Gun.realtime()
 # (firmware/session.py).
 #
-#   cad = Cadence()
+#   cad = Cadence(diff=firmware.ticks.diff_of(clock))
 #   if cad.poll(clock.ticks_ms(), gun.status(), plugged):
 #       link.send(0x13, gun.realtime())
 #
 # Intervals are measured in ticks, never wall time (a time sync must not
-# delay or burst reports).
+# delay or burst reports), as wrap-safe differences from the last report's
+# tick (diff: the clock's ticks_diff, firmware/ticks.py), so the cadence
+# keeps going across a board's tick wrap.
+from firmware.ticks import diff_of
+
 try:
     from micropython import const
 except ImportError:  # CPython
@@ -21,11 +25,12 @@ _CHARGING = const(3)
 
 
 class Cadence:
-    __slots__ = ("charging_ms", "idle_ms", "_last", "_status", "_plugged", "_forced")
+    __slots__ = ("charging_ms", "idle_ms", "_diff", "_last", "_status", "_plugged", "_forced")
 
-    def __init__(self, charging_ms=CHARGING_MS, idle_ms=IDLE_MS):
+    def __init__(self, charging_ms=CHARGING_MS, idle_ms=IDLE_MS, diff=None):
         self.charging_ms = charging_ms
         self.idle_ms = idle_ms
+        self._diff = diff if diff is not None else diff_of()
         self._last = None
         self._status = None
         self._plugged = None
@@ -40,7 +45,7 @@ class Cadence:
         if self._last is None or self._forced:
             return 0
         every = self.charging_ms if self._status == _CHARGING else self.idle_ms
-        left = self._last + every - now_ms
+        left = every - self._diff(now_ms, self._last)
         return left if left > 0 else 0
 
     def poll(self, now_ms, status, plugged):
@@ -49,7 +54,7 @@ class Cadence:
                or plugged != self._plugged)
         if not due:
             every = self.charging_ms if status == _CHARGING else self.idle_ms
-            due = now_ms - self._last >= every
+            due = self._diff(now_ms, self._last) >= every
         if due:
             self._last = now_ms
             self._status = status

@@ -22,6 +22,8 @@
 # Main loop: `d = gun.tick(); clock.sleep_ms(d)`; tick() samples the meter
 # when due (period_ms, default 1 s) and returns the ms until it wants to run
 # again; commands (remote_start, remote_stop, ...) may come in between.
+# Every interval is a wrap-safe tick difference from the tick it started at
+# (firmware/ticks.py): a board's ticks wrap every ~12.4 days, mid-session too.
 #
 # Predictive stop: the bill comes from the 0.01 kWh register (legal for
 # trade); control keeps an upper bound U on the true register value,
@@ -60,6 +62,7 @@ import struct
 
 from firmware.errors import MeterError
 from firmware.tariff import Accumulator, Tariff, slot_of
+from firmware.ticks import diff_of
 from firmware.vinauth import norm_card, norm_vin
 from firmware.vinauth import STOP_VIN_DENIED, STOP_VIN_MISSING  # noqa: F401 (re-exported)
 from protocol import fields as F
@@ -329,10 +332,12 @@ class Gun:
         self.refusal = 0          # last 0x32 refusal reason
         self._recent = {}         # serial -> the 0x33 reply it got
         self._recent_order = []
-        self._pending = None      # (spec, deadline ticks): 0x34 waiting for the plug
+        self._pending = None      # (spec, ticks received): 0x34 waiting for the plug
         self._auth = None         # (card, vin, ticks): 0x31 sent, waiting for 0x32
         self._unsealed = []       # bills on_seal refused, retried by tick()
-        self._due = clock.ticks_ms()
+        self._diff = diff_of(clock)
+        self._at = clock.ticks_ms()  # the next sample is due _wait ms after _at
+        self._wait = 0
 
     def log(self, msg):
         if self._log:
@@ -371,7 +376,7 @@ class Gun:
             return (0, START_FAULT)
         spec = (serial, card, balance, amount, energy, minutes, soc, trade_flag)
         if not self.vehicle.plugged:
-            self._pending = (spec, self.clock.ticks_ms() + self.plug_wait_ms)
+            self._pending = (spec, self.clock.ticks_ms())
             return (0, START_NOT_PLUGGED)
         return self._execute(spec)
 
@@ -523,7 +528,8 @@ class Gun:
         if reason:
             self._stop(reason)
         else:
-            self._due = t + delay
+            self._at = t
+            self._wait = delay
         return tr.reply
 
     # --- stops -------------------------------------------------------------------
@@ -606,20 +612,22 @@ class Gun:
                 self._hand_over(serial, b)
         st = self.state
         if st == CHARGING:
-            if t < self._due:
-                return self._due - t
+            left = self._wait - self._diff(t, self._at)
+            if left > 0:
+                return left
             return self._sample(self.trade, t)
         plugged = self.vehicle.plugged
         if self._pending is not None:
-            spec, deadline = self._pending
-            if t > deadline:
+            spec, since = self._pending
+            if self._diff(t, since) > self.plug_wait_ms:
                 self._pending = None
             elif plugged and st in (IDLE, PLUGGED, FINISHED):
                 rep = self._execute(spec)
                 if self.on_start_reply is not None:
                     self.on_start_reply(spec[0], rep[0], rep[1])
                 if self.state == CHARGING:
-                    return self._due - t if self._due > t else 0
+                    left = self._wait - self._diff(t, self._at)
+                    return left if left > 0 else 0
                 st = self.state
         if self.faults & FAULT_METER:
             # Reported as a fault (0x13 status 1) until the meter answers again.
@@ -635,7 +643,7 @@ class Gun:
             if not plugged:
                 self.state = IDLE
         elif st == AUTHORISING and self._auth is not None:
-            if not plugged or t - self._auth[2] >= self.auth_timeout_ms:
+            if not plugged or self._diff(t, self._auth[2]) >= self.auth_timeout_ms:
                 self.log("card start: no 0x32 in time or unplugged")
                 self._auth = None
                 self.state = PLUGGED if plugged else IDLE
@@ -652,9 +660,10 @@ class Gun:
 
     def _sample(self, tr, t):
         now = self.clock.now()
-        dt = t - tr.t_last
+        diff = self._diff
+        dt = diff(t, tr.t_last)
         tr.t_last = t
-        elapsed = t - tr.t0
+        elapsed = diff(t, tr.t0)
         if not self.vehicle.plugged:
             self._stop(ABORT_PILOT)
             return self.period_ms
@@ -722,19 +731,20 @@ class Gun:
                 tr.low_since = None
             elif tr.low_since is None:
                 tr.low_since = t
-            elif t - tr.low_since >= self.no_current_ms:
+            elif diff(t, tr.low_since) >= self.no_current_ms:
                 self._stop(ABORT_NO_CURRENT)
                 return self.period_ms
         if self.on_checkpoint is not None and (
                 tr.vin_dirty or tr.last - tr.ckpt_reg >= self.ckpt_energy
-                or t - tr.ckpt_t >= self.ckpt_ms):
+                or diff(t, tr.ckpt_t) >= self.ckpt_ms):
             self.on_checkpoint(tr.h["serial"],
                                encode_checkpoint(tr.h["serial"], now, tr.last, tr.acc.energy,
                                                  tr.vin))
             tr.ckpt_reg = tr.last
             tr.ckpt_t = t
             tr.vin_dirty = False
-        self._due = t + delay
+        self._at = t
+        self._wait = delay
         return delay
 
     def _plan(self, tr, now, elapsed):
@@ -805,7 +815,7 @@ class Gun:
             d["current"] = self.meter.read_current()
         except MeterError:
             d["faults"] = self.faults | FAULT_METER
-        elapsed = self.clock.ticks_ms() - tr.t0
+        elapsed = self._diff(self.clock.ticks_ms(), tr.t0)
         acc = tr.acc
         e = acc.total()
         amount = acc.amount()

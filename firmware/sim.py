@@ -24,10 +24,19 @@ _REGISTER_STEP = const(100)  # 0.01 kWh in e4kwh
 
 class SimClock:
     """ticks_ms() monotonic; now() wall seconds, settable (may jump back);
-    sleep_ms() advances time and every attached part, in sub-steps."""
+    sleep_ms() advances time and every attached part, in sub-steps.
 
-    def __init__(self, now=0, ticks=0, step_ms=100):
-        self._ticks = ticks
+    wrap: 0 (ticks never wrap) or the tick period, as a board's: with
+    wrap=2**30 ticks_ms() counts modulo 2**30 like MicroPython's, so a test
+    can start `ticks` just before the wrap. ticks_diff(a, b) is the signed
+    difference in that period (time.ticks_diff's rule), for
+    firmware/ticks.diff_of()."""
+
+    def __init__(self, now=0, ticks=0, step_ms=100, wrap=0):
+        if wrap and (wrap & (wrap - 1)):
+            raise ValueError("SimClock: wrap must be a power of two")
+        self.wrap = wrap
+        self._ticks = ticks   # never wrapped here; ticks_ms() does it
         self._wall = now
         self._wall_at = ticks
         self.step_ms = step_ms
@@ -38,7 +47,15 @@ class SimClock:
         self._parts.append(part)
 
     def ticks_ms(self):
-        return self._ticks
+        w = self.wrap
+        return self._ticks & (w - 1) if w else self._ticks
+
+    def ticks_diff(self, a, b):
+        w = self.wrap
+        if not w:
+            return a - b
+        half = w >> 1
+        return ((a - b + half) & (w - 1)) - half
 
     def now(self):
         return self._wall + (self._ticks - self._wall_at) // 1000
@@ -206,12 +223,15 @@ class SimMeter:
 
 class SimWorld:
     """Clock, contactor, vehicle and meter wired together; step(ms) (or
-    clock.sleep_ms) advances all of them."""
+    clock.sleep_ms) advances all of them. ticks / wrap: the clock's first
+    tick and its period (SimClock), e.g. ticks=2**30 - 20000, wrap=2**30 for
+    a session across a board's tick wrap."""
 
     def __init__(self, now=0, pile_max_w=60000, capacity_wh=60000, soc=20, vin=None,
                  vehicle_max_w=250000, meter_start=0, ramp_ms=3000, taper_soc=80,
-                 vin_delay_ms=2000, voltage_x10=4000, plugged=True, step_ms=100):
-        self.clock = SimClock(now, 0, step_ms)
+                 vin_delay_ms=2000, voltage_x10=4000, plugged=True, step_ms=100, ticks=0,
+                 wrap=0):
+        self.clock = SimClock(now, ticks, step_ms, wrap)
         self.contactor = SimContactor()
         self.vehicle = SimVehicle(self.contactor, capacity_wh, soc, vin, vehicle_max_w,
                                   pile_max_w, ramp_ms, taper_soc, vin_delay_ms, voltage_x10,
@@ -227,18 +247,18 @@ class SimWorld:
         """Tick `gun` as its main loop would, for `ms` of simulated time or
         until until() is true (checked after each tick). Returns elapsed ms."""
         clock = self.clock
+        diff = clock.ticks_diff
         t0 = clock.ticks_ms()
-        end = t0 + ms
         while True:
             d = gun.tick()
             if until is not None and until():
                 break
-            now = clock.ticks_ms()
-            if now >= end:
+            left = ms - diff(clock.ticks_ms(), t0)
+            if left <= 0:
                 break
             if d < 1:
                 d = 1
-            if d > end - now:
-                d = end - now
+            if d > left:
+                d = left
             clock.sleep_ms(d)
-        return clock.ticks_ms() - t0
+        return diff(clock.ticks_ms(), t0)

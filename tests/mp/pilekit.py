@@ -70,9 +70,10 @@ class Platform:
 class Rig:
     """One pile + world + platform; reboot() keeps the flash folder."""
 
-    def __init__(self, root, power_w=60000, soc=20, confirm=True, settle=True, vin=None, cfg=None):
+    def __init__(self, root, power_w=60000, soc=20, confirm=True, settle=True, vin=None, cfg=None,
+                 ticks=0, wrap=0):
         self.root = root
-        self.world = SimWorld(now=T0, pile_max_w=power_w, soc=soc, vin=vin)
+        self.world = SimWorld(now=T0, pile_max_w=power_w, soc=soc, vin=vin, ticks=ticks, wrap=wrap)
         self.cfg = {"pile": PILE, "gun": "01", "tariff": tariff4(), "hmi_version": "103"}
         if cfg:
             self.cfg.update(cfg)
@@ -101,13 +102,13 @@ class Rig:
 
     def run(self, ms, until=None):
         clock = self.world.clock
-        end = clock.ticks_ms() + ms
-        while clock.ticks_ms() < end:
+        t0 = clock.ticks_ms()
+        while clock.ticks_diff(clock.ticks_ms(), t0) < ms:
             d = self.pile.poll()
             self.platform.pump()
             if until is not None and until():
                 return True
-            left = end - clock.ticks_ms()
+            left = ms - clock.ticks_diff(clock.ticks_ms(), t0)
             clock.sleep_ms(max(1, min(d, left, 1000)))
         return until is None
 

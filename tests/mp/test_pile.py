@@ -178,6 +178,35 @@ def test_repeated_start_after_reboot_neither_restarts_nor_bills_again():
         rmtree(r.root)
 
 
+def test_one_yuan_session_across_the_tick_wrap_stops_at_the_target_with_the_link_alive():
+    # A board's 30-bit tick wraps 20 s into this session: sampling, the 0x13
+    # cadence and the heartbeats all keep going.
+    wrap = 2 ** 30
+    r = _rig(ticks=wrap - 30000, wrap=wrap)
+    try:
+        r.online()
+        clock = r.world.clock
+        n0 = len(r.platform.frames)
+        t0 = clock.ticks_ms()
+        r.start(serial(13), amount=10000)
+        r.run(600000, lambda: r.pile.gun.state == S.FINISHED)
+        assert clock.ticks_ms() < wrap - 30000          # it did wrap
+        r.run(60000)
+        b = r.platform.bills()[0].fields
+        assert b["stop_reason"] == 0x43 and 9000 <= b["total_amount"] <= 10000
+        delivered = r.world.meter.true_e4kwh() - b["meter_start"]
+        assert 0 <= delivered - b["total_energy"] < 100
+        after = r.platform.frames[n0:]
+        beats = [f for f in after if f.name == "heartbeat"]
+        took = clock.ticks_diff(clock.ticks_ms(), t0)
+        assert took > 90000 and len(beats) >= took // 10000 - 1   # every 10 s, wrap or not
+        charging = [f for f in after if f.name == "realtime" and f.fields["status"] == 3]
+        assert len(charging) >= 3                        # every 15 s while charging
+        assert r.pile.link.online and r.pile.journal.status(serial(13)) == "settled"
+    finally:
+        rmtree(r.root)
+
+
 def test_realtime_every_15s_charging_5min_idle_and_at_once_on_change():
     r = _rig()
     try:

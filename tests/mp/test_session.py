@@ -55,9 +55,9 @@ class Journal:
         return [b for b in self.bills if b["serial"] == s]
 
 
-def make(kw=60000, tariff=FLAT, now=T0, capacity_wh=300000, soc=10, **gun_kw):
+def make(kw=60000, tariff=FLAT, now=T0, capacity_wh=300000, soc=10, ticks=0, wrap=0, **gun_kw):
     w = SimWorld(now=now, pile_max_w=kw, capacity_wh=capacity_wh, soc=soc,
-                 vin="LSVAU2180N2183294", meter_start=12345600)
+                 vin="LSVAU2180N2183294", meter_start=12345600, ticks=ticks, wrap=wrap)
     j = Journal()
     counter = [0]
 
@@ -290,6 +290,65 @@ def test_time_target_counts_ticks_not_the_wall_clock():
     b = j.bills[0]
     assert b["stop_reason"] == S.STOP_TIME and adds_up(b)
     assert g.trade is None and b["end_time"] < b["start_time"]  # the wall clock says so
+
+
+# --- a board's 30-bit tick wraps every ~12.4 days, mid-session too ------------------
+
+WRAP = 2 ** 30
+
+
+def test_one_yuan_session_across_the_tick_wrap_stops_at_the_target():
+    # Started 20 s before the wrap: before the fix the pile stopped sampling
+    # at the wrap and charged on (~6 yuan delivered, 0.35 yuan accounted).
+    w, g, j = make(kw=60000, ticks=WRAP - 20000, wrap=WRAP)
+    t0 = w.clock.ticks_ms()
+    assert g.remote_start(serial(25), balance=1000000, amount=10000) == (1, 0)
+    took = w.run(g, 3600000, until=finished(g))
+    assert w.clock.ticks_ms() < t0  # the clock did wrap during the session
+    assert took > 20000
+    b = j.bills[0]
+    assert b["stop_reason"] == S.STOP_AMOUNT and adds_up(b)
+    assert b["total_amount"] <= 10000
+    assert 10000 - b["total_amount"] <= one_period_money(60000)
+    # what flowed is what was billed (the register floors at most one step)
+    delivered = w.meter.true_e4kwh() - b["meter_start"]
+    assert 0 <= delivered - b["total_energy"] < 100, (delivered, b["total_energy"])
+    # and the same session with no wrap gives the same bill after the same time
+    w2, g2, j2 = make(kw=60000)
+    g2.remote_start(serial(25), balance=1000000, amount=10000)
+    assert w2.run(g2, 3600000, until=finished(g2)) == took
+    assert j2.bills[0] == b
+
+
+def test_time_target_and_checkpoints_across_the_tick_wrap():
+    w, g, j = make(kw=60000, ticks=WRAP - 60000, wrap=WRAP)
+    g.remote_start(serial(26), balance=1000000, minutes=10)
+    w.run(g, 300000)
+    rt = g.realtime()
+    assert rt["minutes"] == 5 and rt["minutes_left"] == 5
+    took = w.run(g, 3600000, until=finished(g))
+    b = j.bills[0]
+    assert b["stop_reason"] == S.STOP_TIME and adds_up(b)
+    assert 300000 + took == 600000 and b["end_time"] - b["start_time"] == 600
+    assert j.count[serial(26)] >= 9 and j.gap[serial(26)][1] <= 60
+
+
+def test_plug_wait_and_card_answer_timeouts_run_across_the_tick_wrap():
+    w, g, j = make(ticks=WRAP - 10000, wrap=WRAP)
+    w.vehicle.plugged = False
+    w.run(g, 1000)
+    assert g.remote_start(serial(27), balance=100000) == (0, S.START_NOT_PLUGGED)
+    w.run(g, 61000)          # the 60 s plug wait ends after the wrap
+    w.vehicle.plugged = True
+    w.run(g, 3000)
+    assert g.state == S.PLUGGED and j.bills == [] and j.late == []
+    w, g, j = make(ticks=WRAP - 25000, wrap=WRAP)
+    w.run(g, 1000)
+    assert g.request_start("D14B0A54") is not None
+    w.run(g, 29000)
+    assert g.state == S.AUTHORISING  # not timed out before its 30 s
+    w.run(g, 2000)
+    assert g.state == S.PLUGGED and j.bills == []
 
 
 def test_balance_exhausted_stops_0x6e_before_the_balance_is_crossed():
@@ -607,6 +666,30 @@ def test_realtime_cadence_15s_charging_5min_idle_and_at_once_on_change():
     assert not c.poll(318000, S.RT_IDLE, 1)
     c.force()                                      # 0x12 read realtime
     assert c.poll(318001, S.RT_IDLE, 1)
+
+
+def test_realtime_cadence_across_the_tick_wrap():
+    from firmware.sim import SimClock
+    clock = SimClock(0, WRAP - 1000, 100, WRAP)
+    c = Cadence(diff=clock.ticks_diff)
+    t0 = clock.ticks_ms()
+    assert c.poll(t0, S.RT_CHARGING, 1)
+    clock.sleep_ms(14999)                          # past the wrap
+    t = clock.ticks_ms()
+    assert t < t0 and c.next_due(t) == 1
+    assert not c.poll(t, S.RT_CHARGING, 1)
+    clock.sleep_ms(1)
+    assert c.next_due(clock.ticks_ms()) == 0
+    assert c.poll(clock.ticks_ms(), S.RT_CHARGING, 1)  # every 15 s, wrap or not
+    clock.sleep_ms(15000)
+    assert c.poll(clock.ticks_ms(), S.RT_CHARGING, 1)
+    clock = SimClock(0, WRAP - 20000, 100, WRAP)   # 20 s before the wrap, idle
+    c2 = Cadence(diff=clock.ticks_diff)
+    assert c2.poll(clock.ticks_ms(), S.RT_IDLE, 0)
+    clock.sleep_ms(299999)
+    assert not c2.poll(clock.ticks_ms(), S.RT_IDLE, 0)
+    clock.sleep_ms(1)
+    assert c2.poll(clock.ticks_ms(), S.RT_IDLE, 0)     # every 5 min idle
 
 
 def test_realtime_values_follow_the_session():
