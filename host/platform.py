@@ -1,25 +1,32 @@
 # The reference platform (`pile-platform`): an MQTT consumer that takes bills
 # from one or more bridges, stores each trade serial once in SQLite, confirms
 # (again, when a bill it holds arrives again), checks that every bill
-# reconciles, sends commands, and prints a summary. It is what a platform
-# engineer reads to learn the contract in docs/mqtt.md, and what the demo and
-# the chaos harness count bills with.
+# reconciles and, for piles whose key it holds, that the bill's MAC verifies;
+# sends commands, and prints a summary. It is what a platform engineer reads
+# to learn the contract in docs/mqtt.md (platform side: docs/platform.md), and
+# what the demo and the chaos harness count bills with.
 #
 # Reconciliation is done on the raw integers (protocol units), never on the
 # scaled decimals: Σ period energy == total energy == meter stop - meter start,
 # Σ period amount == total amount == energy fee + service fee.
 import argparse
 import asyncio
+import binascii
 import json
 import logging
+import os
 import sqlite3
+import ssl
+import stat
 import sys
 import time
 import uuid
 
 import aiomqtt
 
+from firmware import auth
 from host.topics import ROOT, shared_bills
+from protocol import codec
 
 log = logging.getLogger("pile-platform")
 
@@ -40,9 +47,51 @@ CREATE TABLE IF NOT EXISTS bills (
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, site TEXT, pile TEXT, kind TEXT, doc TEXT, at REAL
 );
+-- Copies of a serial that were not kept as the bill (a differing copy) or
+-- that a better copy replaced (an incomplete one, a tampered one): nothing
+-- received is ever thrown away.
+CREATE TABLE IF NOT EXISTS copies (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, serial TEXT NOT NULL, why TEXT NOT NULL,
+    doc TEXT NOT NULL, at REAL NOT NULL
+);
 """
 
+# Columns added after the first release: added in place to an older file.
+_COLUMNS = (
+    ("complete", "INTEGER NOT NULL DEFAULT 1"),
+    ("mac", "TEXT NOT NULL DEFAULT 'not_checked'"),
+    ("conflicts", "INTEGER NOT NULL DEFAULT 0"),
+    ("confirm_result", "INTEGER"),
+)
+
 _PERIODS = ("sharp", "peak", "flat", "valley", "deep")
+
+# The bill MAC's state (column bills.mac).
+MAC_VERIFIED = "verified"        # the pile's key verifies it
+MAC_FAILED = "failed"            # it does not: the bill changed after the pile (tampered)
+MAC_MISSING = "missing"          # a keyed pile's bill without a MAC (zero, or none came)
+MAC_PENDING = "pending"          # incomplete copy: the MAC travels in the 0xEB, not here yet
+MAC_NOT_CHECKED = "not_checked"  # no key for this pile: accepted as it is
+MAC_STATES = (MAC_VERIFIED, MAC_FAILED, MAC_MISSING, MAC_PENDING, MAC_NOT_CHECKED)
+
+# Confirmation results (docs/mqtt.md: 0 settled, other values the platform's
+# own refusal codes; docs/platform.md). A refusal still ends republication
+# and settles the pile (the bridge passes the code in 0xE4, our firmware
+# releases the bill either way): the refused copy is kept here, marked.
+CONFIRM_OK = 0
+CONFIRM_REFUSED_MAC = 1          # the MAC does not verify: tampered between pile and platform
+CONFIRM_REFUSED_UNSIGNED = 2     # a keyed pile's bill with no MAC
+
+# How long an incomplete copy from a keyed pile is left unconfirmed waiting
+# for the completed copy (with the MAC): the bridge republishes it completed
+# as soon as its 0xEB arrives, and republishes the incomplete one meanwhile.
+MAC_WAIT_S = 120.0
+
+_ZERO_MAC = "0" * 64
+
+
+class PlatformError(Exception):
+    """A bad option, key file or database: the message says which and why."""
 
 
 def reconcile(doc):
@@ -77,69 +126,402 @@ def reconcile(doc):
     return out
 
 
+# --- bill keys -----------------------------------------------------------------
+
+def _hex_key(text, where):
+    text = text.strip()
+    if len(text) != 64:
+        raise PlatformError("%s: a key is 64 hex digits, got %d characters" % (where, len(text)))
+    try:
+        return binascii.unhexlify(text)
+    except (ValueError, binascii.Error):
+        raise PlatformError("%s: a key is 64 hex digits" % where)
+
+
+class BillKeys:
+    """The piles' keys K_pile (docs/security.md "Keys"): per pile, or derived
+    from a site key with auth.pile_key for every pile not listed."""
+
+    def __init__(self, piles=None, site_key=None):
+        self.piles = dict(piles or {})
+        self.site_key = site_key
+
+    def __len__(self):
+        return len(self.piles) + (1 if self.site_key else 0)
+
+    def get(self, pile):
+        k = self.piles.get(pile)
+        if k is None and self.site_key is not None and isinstance(pile, str) \
+                and len(pile) == 14 and pile.isdigit():
+            k = auth.pile_key(self.site_key, pile)
+        return k
+
+    def add_file(self, path):
+        """A keys file: `<14-digit pile code> <64 hex digits>` per line, or
+        `* <64 hex digits>` for a site key; `#` starts a comment."""
+        try:
+            st = os.stat(path)
+            with open(path) as f:
+                lines = f.read().splitlines()
+        except OSError as e:
+            raise PlatformError("keys file %s: %s" % (path, e.strerror or e))
+        except UnicodeDecodeError:
+            raise PlatformError("keys file %s: not text" % path)
+        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            log.warning("keys file %s is readable by others (mode %o): chmod 600 it",
+                        path, stat.S_IMODE(st.st_mode))
+        for n, line in enumerate(lines, 1):
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            where = "keys file %s line %d" % (path, n)
+            parts = line.split()
+            if len(parts) != 2:
+                raise PlatformError("%s: expected `PILE KEY` or `* KEY`" % where)
+            who, key = parts
+            key = _hex_key(key, where)
+            if who == "*":
+                if self.site_key is not None:
+                    raise PlatformError("%s: a second site key" % where)
+                self.site_key = key
+            elif len(who) == 14 and who.isdigit() and who.isascii():
+                if who in self.piles:
+                    raise PlatformError("%s: pile %s listed twice" % (where, who))
+                self.piles[who] = key
+            else:
+                raise PlatformError("%s: %r is not a 14-digit pile code or *" % (where, who))
+        return self
+
+    def add_option(self, spec):
+        """--bill-key PILE=PATH: one pile's key from a key file (auth.load_key:
+        64 hex digits or 32 raw bytes), so the key never sits on argv."""
+        pile, sep, path = spec.partition("=")
+        if not sep or not (len(pile) == 14 and pile.isdigit() and pile.isascii()) or not path:
+            raise PlatformError("--bill-key %r: expected PILE=PATH (14-digit pile code)" % spec)
+        try:
+            self.piles[pile] = auth.load_key(path)
+        except OSError as e:
+            raise PlatformError("--bill-key %s: %s" % (pile, e.strerror or e))
+        except ValueError as e:
+            raise PlatformError("--bill-key %s: %s: %s" % (pile, path, e))
+        return self
+
+
+def _norm(v):
+    # Field values as they look after a JSON round trip (what the doc holds).
+    return json.loads(json.dumps(v))
+
+
+def check_mac(doc, key):
+    """(state, problems) of a bill document's MAC under the pile's key (None:
+    no key). The MAC covers the 0x3B body (`frame`); the doc's `raw` fields,
+    which the platform stores and reconciles, must be that frame's fields,
+    and `mac` / `raw.extra` those of the 0xEB (`extra_frame`)."""
+    if key is None:
+        return MAC_NOT_CHECKED, []
+    if doc.get("complete") is False:
+        return MAC_PENDING, []
+    try:
+        f = codec.decode(binascii.unhexlify(doc["frame"]), tolerant=True)
+        if f.code != 0x3B or f.fields is None:
+            raise ValueError("type 0x%02X, not a bill (0x3B)" % f.code)
+    except (KeyError, TypeError, ValueError, binascii.Error, codec.FrameError) as e:
+        return MAC_FAILED, ["bill frame unreadable: %s" % (e,)]
+    mac = doc.get("mac")
+    if mac is None or mac == _ZERO_MAC:
+        return MAC_MISSING, ["no MAC from a pile whose key the platform holds"]
+    if not auth.verify_bill_mac(key, f.body, mac):
+        return MAC_FAILED, ["MAC does not verify: the bill changed after it left the pile"]
+    raw = doc.get("raw")
+    fields = _norm(f.fields)
+    if not isinstance(raw, dict):
+        return MAC_FAILED, ["no raw fields beside the signed frame"]
+    differ = sorted(k for k in set(fields) | (set(raw) - {"extra"}) if raw.get(k) != fields.get(k))
+    if differ:
+        return MAC_FAILED, ["raw fields differ from the signed frame: %s" % ", ".join(differ)]
+    for k in ("serial", "pile"):
+        if doc.get(k) != fields[k]:
+            return MAC_FAILED, ["%s differs from the signed frame" % k]
+    # The 0xEB (fee split) is not under the MAC; its MAC field must be the one
+    # in the doc, and raw.extra its fields, so no part of the doc says
+    # something else than the frames.
+    try:
+        x = codec.decode(binascii.unhexlify(doc["extra_frame"]), tolerant=True)
+        xf = _norm(x.fields)
+    except (KeyError, TypeError, ValueError, binascii.Error, codec.FrameError, AttributeError) as e:
+        return MAC_FAILED, ["fee split frame unreadable: %s" % (e,)]
+    if x.code != 0xEB or xf.get("mac") != mac or xf.get("serial") != fields["serial"] \
+            or raw.get("extra") != xf:
+        return MAC_FAILED, ["fee split differs from its frame (0xEB)"]
+    return MAC_VERIFIED, []
+
+
+def _bill_part(doc):
+    # What a bill is apart from its 0xEB: an incomplete copy and the completed
+    # one agree on it.
+    raw = doc.get("raw") if isinstance(doc.get("raw"), dict) else {}
+    return json.dumps([doc.get("pile"), doc.get("frame"),
+                       {k: v for k, v in raw.items() if k != "extra"}], sort_keys=True)
+
+
+def _content(doc):
+    raw = doc.get("raw") if isinstance(doc.get("raw"), dict) else {}
+    return json.dumps([_bill_part(doc), doc.get("extra_frame"), raw.get("extra"), doc.get("mac")],
+                      sort_keys=True)
+
+
+def open_db(path, create=True):
+    """The platform's SQLite file. create=False (the summary): it must exist
+    and be a platform database, opened read-only."""
+    if path == ":memory:":
+        create = True
+    try:
+        if create:
+            d = os.path.dirname(os.path.abspath(path)) if path != ":memory:" else "."
+            if not os.path.isdir(d):
+                raise PlatformError("database %s: directory %s does not exist" % (path, d))
+            if os.path.isdir(path):
+                raise PlatformError("database %s is a directory" % path)
+            db = sqlite3.connect(path)
+            db.executescript(_SCHEMA)
+            have = set(r[1] for r in db.execute("PRAGMA table_info(bills)"))
+            for name, decl in _COLUMNS:
+                if name not in have:
+                    db.execute("ALTER TABLE bills ADD COLUMN %s %s" % (name, decl))
+            db.commit()
+            db.execute("PRAGMA journal_mode=WAL")
+            return db
+        if not os.path.exists(path):
+            raise PlatformError("database %s does not exist (give --db the platform's file)" % path)
+        if os.path.isdir(path):
+            raise PlatformError("database %s is a directory" % path)
+        from urllib.parse import quote
+        db = sqlite3.connect("file:%s?mode=ro" % quote(os.path.abspath(path)), uri=True)
+        tables = set(r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'"))
+        if "bills" not in tables:
+            db.close()
+            raise PlatformError("%s is an SQLite file but not a pile-platform database "
+                                "(no bills table)" % path)
+        return db
+    except sqlite3.DatabaseError as e:
+        raise PlatformError("database %s: %s" % (path, e))
+
+
+def summarize(db, stats=None):
+    """The summary of a platform database (dict, JSON-ready)."""
+    q = db.execute
+    cols = set(r[1] for r in q("PRAGMA table_info(bills)"))
+    n, energy, amount = q("SELECT COUNT(*), COALESCE(SUM(energy),0), COALESCE(SUM(amount),0)"
+                          " FROM bills").fetchone()
+    bad = q("SELECT COUNT(*) FROM bills WHERE reconciled=0").fetchone()[0]
+    dup = q("SELECT COUNT(*) FROM bills WHERE copies > 1").fetchone()[0]
+    mac = dict((s, 0) for s in MAC_STATES)
+    incomplete = conflicts = 0
+    if "mac" in cols:
+        for state, k in q("SELECT mac, COUNT(*) FROM bills GROUP BY mac"):
+            mac[state] = k
+        incomplete = q("SELECT COUNT(*) FROM bills WHERE complete=0").fetchone()[0]
+        conflicts = q("SELECT COUNT(*) FROM bills WHERE conflicts > 0").fetchone()[0]
+    else:
+        mac[MAC_NOT_CHECKED] = n
+    stats = stats or {}
+    return {"bills": n, "unreconciled": bad, "received_more_than_once": dup,
+            "energy_kwh": "%d.%04d" % divmod(energy, 10000),
+            "amount_yuan": "%d.%04d" % divmod(amount, 10000),
+            # A tampered bill (MAC fails) is also unreconciled; "mac not
+            # checked": piles whose key the platform does not hold.
+            "tampered": mac[MAC_FAILED], "unsigned": mac[MAC_MISSING],
+            "mac_verified": mac[MAC_VERIFIED], "mac_pending": mac[MAC_PENDING],
+            "mac_not_checked": mac[MAC_NOT_CHECKED],
+            "incomplete": incomplete, "conflicting_copies": conflicts,
+            "duplicates_received": stats.get("duplicates", 0),
+            "confirms_sent": stats.get("confirms_sent", 0),
+            "refusals_sent": stats.get("refusals_sent", 0), "events": stats.get("events", 0)}
+
+
+def tls_context(ca_file=None, cert_file=None, key_file=None, insecure=False):
+    """Client TLS as the shipped broker wants it (docs/mqtt-security.md):
+    the site CA, and our client certificate."""
+    try:
+        ctx = ssl.create_default_context(cafile=ca_file or None)
+        if cert_file:
+            ctx.load_cert_chain(cert_file, key_file or None)
+    except (OSError, ssl.SSLError) as e:
+        raise PlatformError("TLS files (--ca %s, --cert %s, --key %s): %s"
+                            % (ca_file, cert_file, key_file, e))
+    if insecure:
+        ctx.check_hostname = False
+    return ctx
+
+
 class Platform:
     """Consumes bills and events; confirms; sends commands and awaits results."""
 
     def __init__(self, url="mqtt://127.0.0.1:1883", db=":memory:", group=None, site="+",
-                 username=None, password=None, client_id=None):
-        from urllib.parse import urlsplit
-        u = urlsplit(url)
-        self.host = u.hostname or "127.0.0.1"
-        self.port = u.port or 1883
-        self.username = username
-        self.password = password
+                 username=None, password=None, client_id=None, keys=None, tls_context=None,
+                 mac_wait_s=MAC_WAIT_S, consume=True):
+        from host.config import ConfigError, parse_mqtt_url
+        try:
+            tls, self.host, self.port, u_user, u_pw = parse_mqtt_url(url)
+        except ConfigError as e:
+            raise PlatformError(str(e).replace("mqtt.url", "the broker URL"))
+        if tls and tls_context is None:
+            # mqtts:// is never quietly plain: the system's CAs at least.
+            tls_context = ssl.create_default_context()
+        elif tls_context is not None and not tls:
+            raise PlatformError("TLS files given but %s is plain MQTT: use mqtts://" % url)
+        self.url = url
+        self.tls_context = tls_context
+        self.username = username or u_user
+        self.password = password or u_pw
         self.client_id = client_id or "pc-platform-" + uuid.uuid4().hex[:8]
         self.group = group
         self.site = site
-        self.db = sqlite3.connect(db)
-        self.db.executescript(_SCHEMA)
-        self.db.execute("PRAGMA journal_mode=WAL")
+        self.keys = keys if keys is not None else BillKeys()
+        self.mac_wait_s = mac_wait_s
+        # consume=False (a one-off --cmd): results only, in a clean session,
+        # so it never takes bills queued for the running platform's session.
+        self.consume = consume
+        self.db = open_db(db)
         self.silent = False            # an outage: take nothing, confirm nothing
         self.confirming = True
         self.changed = asyncio.Event()
+        self.last_error = None         # why the last connection attempt failed
         self._client = None
         self._waiting = {}             # request id -> future of the result
         self.stats = {"bill_messages": 0, "duplicates": 0, "confirms_sent": 0, "events": 0,
-                      "bad_messages": 0}
+                      "bad_messages": 0, "refusals_sent": 0, "held": 0, "completed": 0,
+                      "conflicts": 0}
 
     # --- storage -----------------------------------------------------------
 
+    def _row(self, serial):
+        return self.db.execute("SELECT doc, complete, mac, problems FROM bills WHERE serial=?",
+                               (serial,)).fetchone()
+
+    def _keep_copy(self, serial, why, doc):
+        self.db.execute("INSERT INTO copies (serial, why, doc, at) VALUES (?,?,?,?)",
+                        (serial, why, json.dumps(doc), time.time()))
+
+    def _write(self, doc, problems, mac, insert, extra_problems=()):
+        raw = doc.get("raw") if isinstance(doc.get("raw"), dict) else {}
+        problems = list(problems) + list(extra_problems)
+        vals = (doc.get("site", ""), doc.get("pile", ""), raw.get("stop_reason", -1),
+                raw.get("total_energy", 0), raw.get("total_amount", 0), 0 if problems else 1,
+                json.dumps(problems), json.dumps(doc), 0 if doc.get("complete") is False else 1,
+                mac)
+        if insert:
+            self.db.execute(
+                "INSERT INTO bills (site, pile, stop_code, energy, amount, reconciled, problems,"
+                " doc, complete, mac, serial, received_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                vals + (doc["serial"], time.time()))
+        else:
+            self.db.execute(
+                "UPDATE bills SET site=?, pile=?, stop_code=?, energy=?, amount=?, reconciled=?,"
+                " problems=?, doc=?, complete=?, mac=?, copies = copies + 1 WHERE serial=?",
+                vals + (doc["serial"],))
+        return problems
+
     def take_bill(self, doc):
-        """Store a bill once; returns (new, problems)."""
+        """Store a bill once; returns (new, problems). A later copy of a
+        serial replaces the stored one only when it completes it (the
+        incomplete copy's 0x3B part with the 0xEB added) or when the pile's
+        key verifies it and not the stored one; any other copy that differs
+        is kept in `copies` and flags the bill."""
         serial = doc["serial"]
-        problems = reconcile(doc)
-        raw = doc.get("raw", {})
-        cur = self.db.execute("SELECT 1 FROM bills WHERE serial=?", (serial,))
-        if cur.fetchone():
+        mac, mac_problems = check_mac(doc, self.keys.get(doc.get("pile")))
+        problems = reconcile(doc) + mac_problems
+        row = self._row(serial)
+        if row is None:
+            problems = self._write(doc, problems, mac, True)
+            self.db.commit()
+            if problems:
+                log.warning("bill %s: %s", serial, "; ".join(problems))
+            return True, problems
+        self.stats["duplicates"] += 1
+        old = json.loads(row[0])
+        old_complete, old_mac, old_problems = row[1], row[2], json.loads(row[3])
+        new_complete = doc.get("complete") is not False
+        if _content(old) == _content(doc):
             self.db.execute("UPDATE bills SET copies = copies + 1 WHERE serial=?", (serial,))
             self.db.commit()
-            self.stats["duplicates"] += 1
+            return False, old_problems
+        same_bill = _bill_part(old) == _bill_part(doc)
+        if same_bill and not old_complete and new_complete:
+            # The completed copy (fee split, MAC) of a bill published before
+            # its 0xEB arrived: it replaces the incomplete one.
+            self._keep_copy(serial, "incomplete copy, replaced by the completed one", old)
+            problems = self._write(doc, problems, mac, False)
+            self.stats["completed"] += 1
+            self.db.commit()
+            if problems:
+                log.warning("bill %s (completed): %s", serial, "; ".join(problems))
             return False, problems
-        self.db.execute(
-            "INSERT INTO bills (serial, site, pile, stop_code, energy, amount, reconciled, problems,"
-            " doc, received_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            (serial, doc.get("site", ""), doc.get("pile", ""), raw.get("stop_reason", -1),
-             raw.get("total_energy", 0), raw.get("total_amount", 0), 0 if problems else 1,
-             json.dumps(problems), json.dumps(doc), time.time()))
+        if same_bill and old_complete and not new_complete:
+            # An incomplete copy of a bill held complete: nothing to learn.
+            self._keep_copy(serial, "incomplete copy of a bill held complete", doc)
+            self.db.execute("UPDATE bills SET copies = copies + 1 WHERE serial=?", (serial,))
+            self.db.commit()
+            return False, old_problems
+        # A copy that says something else than the stored one.
+        self.stats["conflicts"] += 1
+        note = "a copy that differs from the stored one arrived (kept in copies)"
+        if mac == MAC_VERIFIED and old_mac in (MAC_FAILED, MAC_MISSING):
+            # The pile's key vouches for this copy, not for the stored one.
+            self._keep_copy(serial, "replaced by a copy the pile's key verifies", old)
+            problems = self._write(doc, problems, mac, False, [note])
+        else:
+            self._keep_copy(serial, "differs from the stored copy (mac %s)" % mac, doc)
+            problems = old_problems + ([note] if note not in old_problems else [])
+            self.db.execute("UPDATE bills SET copies = copies + 1, reconciled = 0, problems = ?"
+                            " WHERE serial=?", (json.dumps(problems), serial))
+        self.db.execute("UPDATE bills SET conflicts = conflicts + 1 WHERE serial=?", (serial,))
         self.db.commit()
-        if problems:
-            log.warning("bill %s does not reconcile: %s", serial, "; ".join(problems))
-        return True, problems
+        log.warning("bill %s: %s", serial, note)
+        return False, problems
+
+    def confirm_result(self, serial, now=None):
+        """The result to confirm `serial` with (CONFIRM_*), or None: not yet
+        (an incomplete copy from a keyed pile, within mac_wait_s)."""
+        row = self.db.execute("SELECT mac, received_at FROM bills WHERE serial=?",
+                              (serial,)).fetchone()
+        if row is None:
+            return None
+        mac, first = row
+        if mac == MAC_FAILED:
+            return CONFIRM_REFUSED_MAC
+        if mac == MAC_MISSING:
+            return CONFIRM_REFUSED_UNSIGNED
+        if mac == MAC_PENDING:
+            now = time.time() if now is None else now
+            if now - first < self.mac_wait_s:
+                return None
+            # The 0xEB never came (lost after the pile had its 0x40): the
+            # bill cannot be verified; refuse it as unsigned, keep it marked.
+            probs = json.loads(self.db.execute("SELECT problems FROM bills WHERE serial=?",
+                                               (serial,)).fetchone()[0])
+            probs.append("no MAC arrived within %g s" % self.mac_wait_s)
+            self.db.execute("UPDATE bills SET mac=?, reconciled=0, problems=? WHERE serial=?",
+                            (MAC_MISSING, json.dumps(probs), serial))
+            self.db.commit()
+            return CONFIRM_REFUSED_UNSIGNED
+        return CONFIRM_OK
 
     def summary(self):
-        q = self.db.execute
-        n, energy, amount = q("SELECT COUNT(*), COALESCE(SUM(energy),0), COALESCE(SUM(amount),0)"
-                              " FROM bills").fetchone()
-        bad = q("SELECT COUNT(*) FROM bills WHERE reconciled=0").fetchone()[0]
-        dup = q("SELECT COUNT(*) FROM bills WHERE copies > 1").fetchone()[0]
-        return {"bills": n, "unreconciled": bad, "received_more_than_once": dup,
-                "energy_kwh": "%d.%04d" % divmod(energy, 10000),
-                "amount_yuan": "%d.%04d" % divmod(amount, 10000),
-                "duplicates_received": self.stats["duplicates"],
-                "confirms_sent": self.stats["confirms_sent"], "events": self.stats["events"]}
+        return summarize(self.db, self.stats)
 
     def bills(self):
         return [json.loads(r[0]) for r in self.db.execute("SELECT doc FROM bills ORDER BY rowid")]
+
+    def bill(self, serial):
+        """The stored state of one bill (dict) or None."""
+        r = self.db.execute("SELECT doc, reconciled, problems, copies, complete, mac, conflicts,"
+                            " confirm_result FROM bills WHERE serial=?", (serial,)).fetchone()
+        if r is None:
+            return None
+        return {"doc": json.loads(r[0]), "reconciled": bool(r[1]), "problems": json.loads(r[2]),
+                "copies": r[3], "complete": bool(r[4]), "mac": r[5], "conflicts": r[6],
+                "confirm_result": r[7]}
 
     def serials(self):
         return set(r[0] for r in self.db.execute("SELECT serial FROM bills"))
@@ -147,6 +529,8 @@ class Platform:
     # --- MQTT --------------------------------------------------------------
 
     def _subscriptions(self):
+        if not self.consume:
+            return ["%s/%s/result/+" % (ROOT, self.site)]
         bills = (shared_bills(self.group, self.site) if self.group
                  else "%s/%s/bills/+" % (ROOT, self.site))
         return [bills, "%s/%s/events/+" % (ROOT, self.site), "%s/%s/result/+" % (ROOT, self.site)]
@@ -158,20 +542,23 @@ class Platform:
             try:
                 async with aiomqtt.Client(self.host, self.port, identifier=self.client_id,
                                           username=self.username, password=self.password,
-                                          clean_session=False) as client:
+                                          tls_context=self.tls_context,
+                                          clean_session=not self.consume) as client:
                     # Commands to many piles are in flight at once by design.
                     client.pending_calls_threshold = 1 << 30
                     self._client = client
                     for t in self._subscriptions():
                         await client.subscribe(t, qos=1)
                     delay = 0.2
+                    self.last_error = None
                     if ready is not None:
                         ready.set()
                     async for m in client.messages:
                         await self._on_message(client, str(m.topic), m.payload)
-            except aiomqtt.MqttError as e:
+            except (aiomqtt.MqttError, OSError, ssl.SSLError) as e:
                 self._client = None
-                log.info("platform: broker connection lost (%s); retry in %.1fs", e, delay)
+                self.last_error = str(e) or type(e).__name__
+                log.info("platform: broker %s: %s; retry in %.1fs", self.url, self.last_error, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -189,15 +576,26 @@ class Platform:
             if self.silent:
                 return  # an outage: the bridge keeps it and sends it again
             self.stats["bill_messages"] += 1
-            if not isinstance(doc, dict) or "serial" not in doc:
+            if not isinstance(doc, dict) or not isinstance(doc.get("serial"), str):
                 self.stats["bad_messages"] += 1
                 return
             self.take_bill(doc)
             if self.confirming:
-                # Confirm every copy: a resend means the bridge did not see our answer.
-                await client.publish("%s/%s/confirm/%s" % (ROOT, site, pile),
-                                     json.dumps({"serial": doc["serial"], "result": 0}), qos=1)
-                self.stats["confirms_sent"] += 1
+                result = self.confirm_result(doc["serial"])
+                if result is None:
+                    # Incomplete, from a keyed pile: the completed copy follows.
+                    self.stats["held"] += 1
+                else:
+                    # Confirm every copy: a resend means the bridge did not see our answer.
+                    await client.publish("%s/%s/confirm/%s" % (ROOT, site, pile),
+                                         json.dumps({"serial": doc["serial"], "result": result}),
+                                         qos=1)
+                    self.db.execute("UPDATE bills SET confirm_result=? WHERE serial=?",
+                                    (result, doc["serial"]))
+                    self.db.commit()
+                    self.stats["confirms_sent"] += 1
+                    if result != CONFIRM_OK:
+                        self.stats["refusals_sent"] += 1
             self.changed.set()
         elif kind == "events":
             self.stats["events"] += 1
@@ -227,47 +625,117 @@ class Platform:
             self._waiting.pop(req, None)
 
 
+def _read_secret(path, what):
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError as e:
+        raise PlatformError("%s %s: %s" % (what, path, e.strerror or e))
+
+
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="pile-platform", description=__doc__)
-    ap.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="mqtt://host:port")
+    ap = argparse.ArgumentParser(
+        prog="pile-platform", description="The reference platform: takes bills from bridges over "
+        "MQTT, stores, checks and confirms them; sends commands (docs/platform.md).")
+    ap.add_argument("--broker", default="mqtt://127.0.0.1:1883",
+                    help="mqtt://host:port or mqtts://host:port (TLS)")
     ap.add_argument("--db", default="platform.db", help="SQLite file for bills")
     ap.add_argument("--site", default="+", help="site id, or + for every site")
     ap.add_argument("--group", help="share the bill stream: $share/<group>/...")
-    ap.add_argument("--username")
-    ap.add_argument("--password")
+    ap.add_argument("--username", "--user", dest="username",
+                    help="MQTT user (the platform's, e.g. platform)")
+    ap.add_argument("--password", help="MQTT password (visible in ps: prefer --password-file or "
+                    "PILE_PLATFORM_MQTT_PASSWORD)")
+    ap.add_argument("--password-file", help="file holding the MQTT password (pile-mqtt-site's "
+                    "clients/<user>/password)")
+    ap.add_argument("--ca", help="CA certificate to trust (pile-mqtt-site's ca.crt); mqtts:// only")
+    ap.add_argument("--cert", help="client certificate (clients/<user>/<user>.crt)")
+    ap.add_argument("--key", help="client private key (clients/<user>/<user>.key)")
+    ap.add_argument("--tls-insecure", action="store_true",
+                    help="do not check the broker's host name (tests only)")
+    ap.add_argument("--bill-keys", metavar="FILE", action="append", default=[],
+                    help="piles' keys for the bill MAC: `PILE HEX` or `* SITEKEYHEX` lines")
+    ap.add_argument("--bill-key", metavar="PILE=PATH", action="append", default=[],
+                    help="one pile's key from a key file (64 hex digits or 32 bytes)")
+    ap.add_argument("--mac-wait", type=float, default=MAC_WAIT_S, metavar="S",
+                    help="hold an incomplete bill of a keyed pile this long for its MAC")
+    ap.add_argument("--connect-timeout", type=float, default=15.0, metavar="S",
+                    help="--cmd: give up when the broker is not reached in S seconds")
+    ap.add_argument("--timeout", type=float, default=30.0, metavar="S",
+                    help="--cmd: how long to wait for the command's result")
     ap.add_argument("--summary", action="store_true", help="print the summary of --db and exit")
     ap.add_argument("--cmd", nargs="+", metavar=("SITE PILE CMD", "k=v"),
                     help="send one command, e.g. --cmd demo 55031412782305 stop gun=01")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    if args.summary:
-        print(json.dumps(Platform(db=args.db).summary(), indent=2))
-        return 0
-    p = Platform(args.broker, args.db, args.group, args.site, args.username, args.password)
+
+    def fail(msg, code=2):
+        print("pile-platform: %s" % msg, file=sys.stderr)
+        return code
+    if args.cmd and len(args.cmd) < 3:
+        return fail("--cmd needs SITE PILE CMD [key=value ...]")
+    try:
+        if args.summary:
+            db = open_db(args.db, create=False)
+            try:
+                print(json.dumps(summarize(db), indent=2))
+            except sqlite3.DatabaseError as e:
+                raise PlatformError("database %s: %s" % (args.db, e))
+            finally:
+                db.close()
+            return 0
+        keys = BillKeys()
+        for path in args.bill_keys:
+            keys.add_file(path)
+        for spec in args.bill_key:
+            keys.add_option(spec)
+        password = args.password
+        if args.password_file:
+            password = _read_secret(args.password_file, "--password-file")
+        if password is None:
+            password = os.environ.get("PILE_PLATFORM_MQTT_PASSWORD")
+        ctx = None
+        if args.ca or args.cert or args.key or args.tls_insecure:
+            if args.key and not args.cert:
+                raise PlatformError("--key needs --cert")
+            ctx = tls_context(args.ca, args.cert, args.key, args.tls_insecure)
+        p = Platform(args.broker, ":memory:" if args.cmd else args.db, args.group, args.site,
+                     args.username, password, keys=keys, tls_context=ctx,
+                     mac_wait_s=args.mac_wait, consume=not args.cmd)
+    except PlatformError as e:
+        return fail(e)
+    if len(keys):
+        log.info("bill MAC checked for %s", "every pile (site key)" if keys.site_key
+                 else "%d pile(s); others: mac not checked" % len(keys.piles))
 
     async def go():
         ready = asyncio.Event()
         task = asyncio.create_task(p.run(ready))
-        await ready.wait()
-        if args.cmd:
-            if len(args.cmd) < 3:
-                print("pile-platform: --cmd needs SITE PILE CMD [key=value ...]", file=sys.stderr)
-                return 2
-            site, pile, cmd = args.cmd[:3]
-            kw = {}
-            for kv in args.cmd[3:]:
-                k, _, v = kv.partition("=")
-                kw[k] = int(v) if v.isdigit() and k not in ("gun", "serial") else v
-            res = await p.command(site, pile, cmd, **kw)
-            print(json.dumps(res, indent=2))
-            task.cancel()
-            return 0 if res.get("ok") else 1
         try:
+            if args.cmd:
+                try:
+                    await asyncio.wait_for(ready.wait(), args.connect_timeout)
+                except asyncio.TimeoutError:
+                    return fail("broker %s not reached in %g s: %s" % (
+                        args.broker, args.connect_timeout, p.last_error or "no answer"), 1)
+                site, pile, cmd = args.cmd[:3]
+                kw = {}
+                for kv in args.cmd[3:]:
+                    k, _, v = kv.partition("=")
+                    kw[k] = int(v) if v.isdigit() and k not in ("gun", "serial") else v
+                try:
+                    res = await p.command(site, pile, cmd, timeout=args.timeout, **kw)
+                except asyncio.TimeoutError:
+                    return fail("no result for %s to %s/%s in %g s (is the site's bridge up?)"
+                                % (cmd, site, pile, args.timeout), 1)
+                print(json.dumps(res, indent=2))
+                return 0 if res.get("ok") else 1
             while True:
                 await asyncio.sleep(10)
                 print(json.dumps(p.summary()), flush=True)
         finally:
             task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
     try:
         return asyncio.run(go())
     except KeyboardInterrupt:
