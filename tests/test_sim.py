@@ -432,6 +432,112 @@ def test_fleet_against_the_real_bridge_gets_its_bills_confirmed(tmp_path):
             br.wait()
 
 
+def _bridge_child(tmp_path, extra):
+    """host.bridge as a child process (MQTT pointed at a port nobody listens
+    on, as above); returns (process, its ready line as a dict)."""
+    cfg = tmp_path / "bridge.toml"
+    cfg.write_text('site = "simtest"\ndatabase = "%s"\nlog_level = "warning"\n'
+                   '[mqtt]\nurl = "mqtt://127.0.0.1:%d"\n%s'
+                   % (tmp_path / "bridge.db", _free_port(), extra))
+    br = subprocess.Popen([sys.executable, "-m", "host.bridge", "--config", str(cfg)],
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+    line = br.stdout.readline()
+    if not line:
+        _stop_child(br)
+        pytest.skip("host.bridge did not start here")
+    return br, json.loads(line)
+
+
+def _stop_child(p):
+    p.terminate()
+    try:
+        p.wait(10)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+
+
+def test_fleet_on_ptys_gets_its_bills_confirmed_by_the_real_bridge_on_serial_links(tmp_path):
+    # Each simulated pile's UART is a pty; the bridge opens the other ends as
+    # [[serial]] links, as it would /dev/ttyUSB0 on a site gateway.
+    sc = sim.parse_scenario({
+        "tariff": {"prices": [[120000, 40000], [100000, 40000], [70000, 40000],
+                              [30000, 40000]], "slots": [1] * 48},
+        "piles": [{"code": "55031412780301", "plugged": True},
+                  {"code": "55031412780302", "plugged": True}],
+        "timeline": [{"at": "1m", "pile": 0, "do": "card", "amount": "2.00"},
+                     {"at": "1m", "pile": 1, "do": "card", "minutes": 3},
+                     {"at": "2m", "pile": 1, "do": "power_cut", "off": "30s"}]})
+    fleet = sim.SimFleet(None, speed=600, scenario=sc, link="pty",
+                         root=str(tmp_path / "piles"))
+    br = None
+    try:
+        ptys = fleet.ptys()
+        assert sorted(ptys) == ["55031412780301", "55031412780302"]
+        links = "".join('[[serial]]\nurl = "%s"\nbaudrate = 115200\next = true\n' % p
+                        for p in ptys.values())
+        br, ready = _bridge_child(tmp_path, links)
+        fleet.start()
+        assert fleet.wait(lambda f: f.stats()["confirmed"] == 2 and f.stats()["online"] == 2,
+                          timeout=60), fleet.stats()
+        reasons = sorted(b["stop_reason_name"] for b in fleet.bills())
+        assert reasons == ["amount_target", "power_loss"]
+        st = fleet.stats()
+        assert st["power_cuts"] == 1
+        assert [p["pty"] for p in st["per_pile"]] == list(ptys.values())
+        # the power cut kept the line: same pty, the pile logged in on it again
+        assert fleet.units[1].uart.path == ptys["55031412780302"]
+    finally:
+        fleet.stop()
+        if br is not None:
+            _stop_child(br)
+
+
+def test_run_pty_prints_one_pty_per_pile_and_the_pile_logs_in_on_it():
+    import serial
+    p = subprocess.Popen([sys.executable, "-m", "tools.sim", "run", "--pty", "--piles", "2",
+                          "--mix", "idle", "--speed", "60", "--quiet"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    port = None
+    try:
+        ready = json.loads(p.stdout.readline())
+        assert ready["ready"] and len(ready["piles"]) == 2
+        assert sorted(ready["ptys"]) == sorted(ready["piles"])
+        hint = p.stderr.readline()
+        assert hint.startswith("pile-bridge serial links: --serial ")
+        code, path = sorted(ready["ptys"].items())[0]
+        assert os.path.realpath(path).startswith("/dev/pts/")
+        # Play the bridge: open the pty as a serial port and read the pile's 0x01.
+        port = serial.serial_for_url(path, baudrate=115200, timeout=0.5)
+        reader = codec.FrameReader()
+        login = None
+        for _ in range(60):
+            for item in reader.push(port.read(4096) or b""):
+                if isinstance(item, codec.Frame) and item.name == "login":
+                    login = item
+            if login:
+                break
+        assert login is not None, "no login frame on %s" % path
+        assert login.fields["pile"] == code
+    finally:
+        if port is not None:
+            port.close()
+        p.send_signal(signal.SIGTERM)
+        out, _ = p.communicate(timeout=20)
+    assert p.returncode == 0
+    assert json.loads(out.splitlines()[-1])["stopped"]
+
+
+def test_run_needs_a_bridge_or_ptys_and_not_both(capsys):
+    with pytest.raises(SystemExit) as e:
+        sim.main(["run", "--piles", "1"])
+    assert e.value.code == 2
+    assert "--bridge" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        sim.main(["run", "--pty", "--bridge", "127.0.0.1:1"])
+    assert "not allowed with" in capsys.readouterr().err
+
+
 def _tariff_flat():
     return {"prices": [[120000, 40000], [100000, 40000], [70000, 40000], [30000, 40000]],
             "slots": [2] * 48}

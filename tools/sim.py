@@ -8,6 +8,8 @@
 #   pile-sim run --bridge HOST:PORT --piles N [--speed X] [--scenario FILE]
 #                                        piles dial in to a bridge over TCP, as
 #                                        YKC piles do; time runs X times faster
+#   pile-sim run --pty --piles N ...     one pty per pile instead; the ready line
+#                                        names them: pile-bridge --serial PATH
 #
 # Library use (the demo drives the same code):
 #   result = run_scenario(load_scenario("tools/scenarios/triple_stop.json"))
@@ -524,7 +526,7 @@ class _SimPile(Pile):
 class SimUnit:
     """One pile: world (clock, meter, vehicle, contactor), flash folder, a
     Pile on it (replaced on a power cut or reboot), and its link: a scripted
-    platform (scenario mode) or a TCP connection (fleet mode)."""
+    platform (scenario mode), a TCP connection or a pty (fleet mode)."""
 
     def __init__(self, code, root, start_secs, tariff, power_w=60000, vehicle=None,
                  meter_start=0, plugged=False, vin_policy=None, link="loop", confirm=True,
@@ -577,6 +579,13 @@ class SimUnit:
                 self.platform.pump()  # what the pile wrote before the reset still arrives
                 self.platform.new_link(b)
             self.uart = a
+        elif self.link_kind == "pty":
+            # The line outlives the pile: a reboot or power cut keeps the
+            # pty (the bridge holds its path open); what the bridge sent
+            # while the pile was off is not there for the new boot to read.
+            if self.uart is None:
+                self.uart = PtyUart()
+            self.uart.drain()
         else:
             if self.uart is not None:
                 self.uart.close()
@@ -1101,10 +1110,90 @@ class TcpUart:
         self.connected = False
 
 
+class PtyUart:
+    """The injected-uart interface on the master side of a pty, as a
+    USB-serial cable on the bridge's side would see it: the bridge opens
+    `path` (the slave) as a serial link. The slave is also held open here,
+    so the master never reads EIO while the bridge has not opened it yet or
+    is reopening it. Ptys ignore the baud rate (no line-rate pacing).
+
+    Bytes the bridge does not read stay in the pty (a few KB), then in a
+    queue of up to _TX_MAX bytes; beyond that they are dropped and counted,
+    as on a line nobody listens to."""
+
+    _TX_MAX = 65536
+
+    def __init__(self):
+        import pty
+        import tty
+        self.fd, self._slave = pty.openpty()
+        tty.setraw(self._slave)          # no echo, no line editing, 8 bits
+        os.set_blocking(self.fd, False)
+        self.path = os.ttyname(self._slave)
+        self.connected = True
+        self.connects = 0
+        self.dropped = 0
+        self.closed = False
+        self._tx = bytearray()
+
+    def fileno(self):
+        return self.fd
+
+    def drain(self):
+        """Throw away whatever arrived while nobody was reading (a power cut)."""
+        while self.read(4096):
+            pass
+
+    def _flush(self):
+        while self._tx:
+            try:
+                n = os.write(self.fd, self._tx)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            del self._tx[:n]
+
+    def read(self, n=256):
+        if self.closed:
+            return None
+        self._flush()
+        try:
+            return os.read(self.fd, n) or None
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:   # EIO: no slave open (not while we hold ours)
+            return None
+
+    def write(self, b):
+        if self.closed:
+            return len(b)
+        room = self._TX_MAX - len(self._tx)
+        if len(b) > room:
+            self.dropped += len(b) - room
+            b = b[:room]
+        self._tx.extend(b)
+        self._flush()
+        return len(b)
+
+    def close(self):
+        if self.closed:
+            return
+        self.closed = True
+        self.connected = False
+        for fd in (self.fd, self._slave):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
 class SimFleet:
     """Many simulated piles, each a real firmware Pile whose UART is a TCP
-    connection to the bridge's pile port, in simulated time running `speed`
-    times faster than real time.
+    connection to the bridge's pile port (link="tcp", bridge=(host, port)) or
+    a pty the bridge opens as a serial link (link="pty", bridge=None; the
+    paths are `fleet.ptys()`), in simulated time running `speed` times faster
+    than real time.
 
       fleet = SimFleet(("127.0.0.1", 8767), piles=4, speed=60, mix="cards")
       fleet.start()                 # a background thread runs the piles
@@ -1121,8 +1210,13 @@ class SimFleet:
 
     def __init__(self, bridge, piles=1, speed=60.0, mix="cards", scenario=None, root=None,
                  seed=1, start_secs=None, tariff=None, power_w=60000, first_code=55031412780001,
-                 log=None):
+                 log=None, link="tcp"):
+        if link not in ("tcp", "pty"):
+            raise ValueError('link: "tcp" or "pty"')
+        if (link == "tcp") != (bridge is not None):
+            raise ValueError("bridge: (host, port) for a TCP link, None for ptys")
         self.bridge = bridge
+        self.link = link
         self.speed = float(speed)
         if self.speed <= 0:
             raise ValueError("speed must be > 0")
@@ -1162,10 +1256,14 @@ class SimFleet:
         for i, p in enumerate(specs):
             self.units.append(SimUnit(p["code"], os.path.join(self.root, p["code"]), start,
                                       tariff, p["power_w"], p["vehicle"], p["meter_start"],
-                                      p["plugged"], parse_vin_policy(pol), "tcp",
+                                      p["plugged"], parse_vin_policy(pol), link,
                                       tcp=self.bridge, record=self._rec))
         self._plans = [_CardMix(u, random.Random(seed * 7919 + i))
                        for i, u in enumerate(self.units)] if self.mix == "cards" else []
+
+    def ptys(self):
+        """{pile code: pty path} of a pty fleet (the bridge's serial URLs)."""
+        return dict((u.code, u.uart.path) for u in self.units if isinstance(u.uart, PtyUart))
 
     def _rec(self, unit, kind, kw):
         e = {"t": F.iso(unit.clock.now()), "pile": unit.code, "event": kind}
@@ -1242,6 +1340,9 @@ class SimFleet:
                   "executed_starts": len(u.executed), "power_cuts": u.power_cuts,
                   "reboots": u.reboots,
                   "connects": u.uart.connects if isinstance(u.uart, TcpUart) else 0}
+            if isinstance(u.uart, PtyUart):
+                st["pty"] = u.uart.path
+                st["dropped_bytes"] = u.uart.dropped
             if p:
                 j = p.journal
                 st["pending"] = len(j.pending())
@@ -1313,6 +1414,8 @@ class SimFleet:
                 self._lock.notify_all()
                 socks = [u.uart.sock for u in self.units
                          if isinstance(u.uart, TcpUart) and u.uart.connected and u.uart.sock]
+                socks += [u.uart.fd for u in self.units
+                          if isinstance(u.uart, PtyUart) and not u.uart.closed and u.pile]
             # Wait for bytes from the bridge or the next round, whichever is first.
             pause = min(0.02, max(0.001, 1.0 / self.speed))
             if socks:
@@ -1414,10 +1517,14 @@ def _parser():
     a.add_argument("--json", action="store_true", help="print the result as JSON")
     a.add_argument("--keep", metavar="DIR", help="keep the piles' flash folders in DIR")
     for name in ("run", "attach"):
-        r = sub.add_parser(name, help="piles dial in to a bridge over TCP"
+        r = sub.add_parser(name, help="piles attached to a bridge over TCP or ptys"
                            if name == "run" else "same as run")
-        r.add_argument("--bridge", required=True, metavar="HOST:PORT",
-                       help="the bridge's TCP pile port")
+        how = r.add_mutually_exclusive_group(required=True)
+        how.add_argument("--bridge", metavar="HOST:PORT",
+                         help="the bridge's TCP pile port: each pile dials in")
+        how.add_argument("--pty", action="store_true",
+                         help="one pty per pile, paths printed in the ready line: give them "
+                         "to pile-bridge as serial links (--serial PATH)")
         r.add_argument("--piles", type=int, default=1, help="number of piles (built-in mix)")
         r.add_argument("--speed", type=float, default=60.0,
                        help="simulated seconds per real second (default 60)")
@@ -1453,7 +1560,7 @@ def main(argv=None):
 
 
 def _run_fleet(args):
-    bridge = parse_hostport(args.bridge)
+    bridge = None if args.pty else parse_hostport(args.bridge)
     if args.piles < 1:
         raise ScenarioError("--piles: at least 1")
     if args.speed <= 0:
@@ -1464,14 +1571,22 @@ def _run_fleet(args):
         if not args.quiet and e["event"] not in ("login", "pile_event"):
             print(json.dumps(e), file=sys.stderr, flush=True)
     fleet = SimFleet(bridge, piles=args.piles, speed=args.speed, mix=args.mix, scenario=sc,
-                     seed=args.seed, log=log)
+                     seed=args.seed, log=log, link="pty" if args.pty else "tcp")
 
     def on_signal(signum, frame):
         fleet._stop.set()
     old = [(s, signal.signal(s, on_signal)) for s in (signal.SIGINT, signal.SIGTERM)]
     try:
-        print(json.dumps({"ready": True, "piles": [u.code for u in fleet.units],
-                          "bridge": "%s:%d" % bridge, "speed": fleet.speed}), flush=True)
+        ready = {"ready": True, "piles": [u.code for u in fleet.units], "speed": fleet.speed}
+        if args.pty:
+            ready["ptys"] = fleet.ptys()
+            print(json.dumps(ready), flush=True)
+            # The line to paste: pile-bridge --config site.toml --serial P --serial P ...
+            print("pile-bridge serial links: " + " ".join(
+                "--serial %s" % p for p in ready["ptys"].values()), file=sys.stderr, flush=True)
+        else:
+            ready["bridge"] = "%s:%d" % bridge
+            print(json.dumps(ready), flush=True)
         fleet.run_for(args.duration if args.duration else float("inf"))
     finally:
         for s, h in old:
