@@ -37,13 +37,15 @@ class RealFS:
         return os.statvfs(path)
 
     def sync(self, f=None, path=None):
-        # Make the bytes of f (or a rename in path's folder) durable.
-        # CPython: fsync; MicroPython: flush commits on littlefs, and os.sync
-        # is used where the port has it.
+        # Make the bytes of f (or a rename in path's folder) durable: the one
+        # call that commits on every target. CPython: flush + fsync;
+        # MicroPython: flush (the commit on littlefs and FAT), then os.sync
+        # where the port has it.
         fsync = getattr(os, "fsync", None)
+        if f is not None:
+            f.flush()
         if fsync is not None and (f is not None or path is not None):
             if f is not None:
-                f.flush()
                 fsync(f.fileno())
                 return
             d = path.rsplit("/", 1)[0] if "/" in path else "."
