@@ -24,6 +24,8 @@ import sys
 import tempfile
 import time
 
+from firmware.vinauth import STOP_VIN_DENIED
+from protocol.frames import PERIODS5
 from tools import sim as SIM
 from tools import stack
 
@@ -186,6 +188,12 @@ class Demo:
         for b in got.values():
             name = b["stop_reason"]["name"] if isinstance(b.get("stop_reason"), dict) else "?"
             stops[name] = stops.get(name, 0) + 1
+        # The field cases the summary can vouch for by the bills themselves:
+        # a VIN refusal is a bill stopped with 0x8A (firmware/vinauth.py), a
+        # five-class session a bill with energy in every one of the five periods.
+        vin_refused = [s for s, b in got.items() if b["raw"].get("stop_reason") == STOP_VIN_DENIED]
+        five = [s for s, b in got.items()
+                if all(b["raw"].get(c + "_energy", 0) > 0 for c in PERIODS5)]
         st = self.platform.summary()
         return {
             "sessions": len(executed),
@@ -196,6 +204,8 @@ class Demo:
             "unreconciled": st["unreconciled"],
             "worst_limit_overshoot_yuan": None if overshoot is None else "%.4f" % (overshoot / 1e4),
             "refused_starts": len(self.refused),
+            "vin_refused_bills": len(vin_refused),
+            "five_class_bills": len(five),
             "stop_reasons": stops,
             "energy_kwh": st["energy_kwh"],
             "amount_yuan": st["amount_yuan"],
@@ -224,7 +234,9 @@ def table(s):
             ("confirmed", s["confirmed"]), ("lost", s["lost"]), ("duplicated", s["duplicated"]),
             ("unreconciled", s["unreconciled"]),
             ("worst limit overshoot (yuan)", s["worst_limit_overshoot_yuan"]),
-            ("refused starts", s["refused_starts"]), ("energy (kWh)", s["energy_kwh"]),
+            ("refused starts", s["refused_starts"]),
+            ("VIN refusals (0x8A bills)", s["vin_refused_bills"]),
+            ("bills over five classes", s["five_class_bills"]), ("energy (kWh)", s["energy_kwh"]),
             ("amount (yuan)", s["amount_yuan"])]
     out = ["", "%-30s %s" % ("pile-demo", "result"), "-" * 44]
     for k, v in rows:
