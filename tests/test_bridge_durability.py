@@ -2,7 +2,13 @@
 # platform goes silent, confirmations come twice, piles resend. Every bill
 # must reach the platform and be settled on its pile, none stored twice.
 import asyncio
+import contextlib
 import sqlite3
+import threading
+
+import pytest
+
+from host import store as storemod
 
 from host.testkit import ScriptedPile, TcpTransport, make_bill, make_extra
 from tests.test_bridge_helpers import (
@@ -238,3 +244,121 @@ def test_bills_wait_in_sqlite_while_the_broker_is_down(mosquitto):
             await pile.close()
     with tempdir("brokerdown") as tmp:
         run(scenario(tmp))
+
+
+# --- the store's commit fails or hangs -----------------------------------------------
+# The fault is put where a full disk or a dying SD card puts it: SQLite's
+# COMMIT of the bridge's database raises (and the store rolls back), or it
+# does not return. Everything else (the bridge, the store's thread, Mosquitto,
+# the platform) is real.
+
+class Disk:
+    """What the bridge database's COMMIT does: None (works), an error message
+    to raise as sqlite3.OperationalError, or "hang" (until released)."""
+
+    def __init__(self):
+        self.fault = None
+        self.failed = 0
+        self.failed_once = threading.Event()
+        self.hung = threading.Event()
+        self.release = threading.Event()
+
+
+@contextlib.contextmanager
+def faulty_disk(monkeypatch, path):
+    disk = Disk()
+    real_connect = sqlite3.connect
+
+    class Conn(sqlite3.Connection):
+        def execute(self, sql, *args):
+            if sql == "COMMIT" and disk.fault == "hang":
+                disk.hung.set()
+                disk.release.wait(30)
+            elif sql == "COMMIT" and disk.fault is not None:
+                disk.failed += 1
+                disk.failed_once.set()
+                raise sqlite3.OperationalError(disk.fault)
+            return super().execute(sql, *args)
+
+    def connect(database, *args, **kw):
+        if database == path:
+            kw["factory"] = Conn
+        return real_connect(database, *args, **kw)
+    monkeypatch.setattr(storemod.sqlite3, "connect", connect)
+    try:
+        yield disk
+    finally:
+        disk.fault = None
+        disk.release.set()       # never leave the store's thread blocked
+
+
+async def in_thread(fn, *args):
+    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
+@pytest.mark.parametrize("error", ["database or disk is full", "disk I/O error"])
+def test_a_bill_whose_commit_fails_gets_no_0x40_and_its_resend_is_taken_once(
+        mosquitto, monkeypatch, error):
+    async def scenario(tmp, disk):
+        cfg = fast_config(tmp, url_of(mosquitto))
+        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
+            pile = await connect_pile(PILE_A, b.tcp_port)
+            lost, later = make_bill(PILE_A, 1), make_bill(PILE_A, 2)
+            s = lost["serial"]
+            disk.fault = error
+            pile.journal[s] = (lost, make_extra(lost))
+            await pile.send("bill", lost)
+            await pile.send("bill_extra", make_extra(lost))
+            assert await in_thread(disk.failed_once.wait, 10)
+            disk.fault = None
+            # The store works again: the next bill is taken. By then the
+            # failed one would have had its 0x40 if one were coming (the store
+            # answers in order, and the bridge sends in that order).
+            assert await pile.send_bill(later, make_extra(later)) == 0
+            assert pile.confirmed[s] == []
+            assert pile.received("bill_extra_ack")[0].fields["serial"] == later["serial"]
+            assert db_all(cfg["database"], "SELECT serial FROM bills") == [(later["serial"],)]
+            # The pile sends its unanswered bill again: taken, confirmed once.
+            await pile.flush_journal()
+            assert pile.confirmed[s] == [0]
+            await pile.wait_for(lambda: s in pile.settled and later["serial"] in pile.settled, 10)
+            await until(lambda: db_all(cfg["database"], "SELECT COUNT(*) FROM bills WHERE "
+                                       "settled_at IS NOT NULL") == [(2,)], what="both settled")
+            assert db_all(cfg["database"], "SELECT serial, resends, conflicts FROM bills ORDER BY id") \
+                == [(later["serial"], 0, 0), (s, 0, 0)]
+            assert plat.bills[s]["complete"] and plat.bills[s]["energy_fee"] is not None
+            assert b.stats["confirms"] == 2 and b.stats["confirms_duplicate"] == 0
+            assert pile.settled_count[s] == 1
+            assert disk.failed >= 1
+            await pile.close()
+    with tempdir("commitfail") as tmp:
+        with faulty_disk(monkeypatch, fast_config(tmp, "")["database"]) as disk:
+            run(scenario(tmp, disk))
+
+
+def test_a_commit_that_hangs_holds_the_0x40_back_until_it_completes(mosquitto, monkeypatch):
+    async def scenario(tmp, disk):
+        cfg = fast_config(tmp, url_of(mosquitto))
+        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
+            pile = await connect_pile(PILE_A, b.tcp_port)
+            bill = make_bill(PILE_A, 1)
+            s = bill["serial"]
+            disk.fault = "hang"
+            await pile.send("bill", bill)
+            assert await in_thread(disk.hung.wait, 10)
+            # The bridge is alive (it answers a heartbeat) but holds the 0x40:
+            # the bill is not on disk yet.
+            n = len(pile.received("heartbeat_reply"))
+            await pile.heartbeat()
+            await pile.wait_for(lambda: len(pile.received("heartbeat_reply")) > n)
+            assert pile.confirmed[s] == []
+            assert s not in plat.bills
+            disk.fault = None
+            disk.release.set()
+            await pile.wait_for(lambda: pile.confirmed[s] == [0], 10)
+            assert db_all(cfg["database"], "SELECT serial FROM bills") == [(s,)]
+            await plat.wait_for(lambda: s in plat.bills, 10)
+            await pile.close()
+    with tempdir("commithang") as tmp:
+        with faulty_disk(monkeypatch, fast_config(tmp, "")["database"]) as disk:
+            run(scenario(tmp, disk))
