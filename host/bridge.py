@@ -18,12 +18,13 @@ from protocol import fields as F
 
 from host import commands as C
 from host import config as configmod
+from host import push as pushmod
 from host import schema
 from host import tariff as T
 from host.links import LinkClosed, SerialLink, StreamLink
 from host.mqtt import MqttLink, NotConnected
 from host.outbox import Outbox
-from host.piles import CommandTimeout, Pile, PileConn
+from host.piles import CommandTimeout, Pile, PileConn, SignedReject, SignError
 from host.store import Store
 from host.topics import SITE_TARGET, Topics
 
@@ -38,6 +39,9 @@ class Bridge:
     def __init__(self, cfg):
         self.cfg = cfg
         self.site = cfg.site
+        # Command and upgrade keys (docs/security.md): read now, so a bad key
+        # file stops the bridge at start with a clear error.
+        self.keys = configmod.KeyRing(cfg)
         self.topics = Topics(self.site)
         self.store = None
         self.piles = {}
@@ -195,7 +199,12 @@ class Bridge:
         p.logins += 1
         log.info("pile %s logged in on %s (ext %s, sw %s)", code, conn.link.name, p.ext,
                  login_fields.get("sw_version"))
+        p.flagged = set()
+        self.check_versions(p)
         self.publish_status(p)
+        # Wake whoever waits for this pile to log in (a firmware push).
+        ev, p.login_event = p.login_event, asyncio.Event()
+        ev.set()
         self.outbox.kick(code)
         return p
 
@@ -207,6 +216,22 @@ class Bridge:
         p.offline_reason = reason
         log.info("pile %s offline: %s", p.code, reason)
         self.publish_status(p)
+
+    def check_versions(self, pile):
+        """Minimum versions (config `versions`): flag the pile in its status
+        and raise one `version_below_minimum` event per outdated part and login."""
+        pile.required = self.cfg.min_versions(pile.code, pile.login)
+        for part in pile.outdated():
+            if part in pile.flagged:
+                continue
+            pile.flagged.add(part)
+            have = pile.board_version() if part == "board" \
+                else (pile.status_reply or {}).get("hmi_version")
+            model = self.cfg.model(pile.code, pile.login)
+            self.event(pile.code, "version_below_minimum",
+                       "pile %s runs %s firmware %r, below the minimum %s for model %s: it must "
+                       "be upgraded" % (pile.code, part, have, pile.required[part], model or "*"),
+                       part=part, version=have, minimum=pile.required[part], model=model)
 
     def publish_status(self, pile):
         self._publish_soon(self.topics.status(pile.code), pile.status_json(self.site), retain=True)
@@ -264,17 +289,23 @@ class Bridge:
             self.publish_status(pile)
 
     def on_status_reply(self, pile, f):
+        def _journal_full(s):
+            return bool(s.get("refusing_starts")) or bool(
+                s.get("journal_limit") and s.get("journal_used", 0) >= s["journal_limit"])
+
         v = f.fields
         old = pile.status_reply or {}
         pile.status_reply = dict(v)
-        full = v["journal_limit"] and v["journal_used"] >= v["journal_limit"]
-        was_full = old.get("journal_limit") and old.get("journal_used", 0) >= old.get("journal_limit")
-        if full and not was_full:
+        # The pile refuses starts well below journal_limit (it keeps room for
+        # open sessions' bills): its refusing_starts flag says when. A journal
+        # at its limit refuses too. Raised when it becomes full, once.
+        if _journal_full(v) and not (old and _journal_full(old)):
             self.event(pile.code, "journal_full",
-                       "journal full (%d of %d bytes): the pile refuses new starts until "
-                       "bills are confirmed" % (v["journal_used"], v["journal_limit"]),
+                       "journal full of unconfirmed bills (%d pending, %d illegal, %d of %d "
+                       "bytes): the pile refuses new starts until bills are confirmed"
+                       % (v["pending"], v["illegal"], v["journal_used"], v["journal_limit"]),
                        journal_used=v["journal_used"], journal_limit=v["journal_limit"],
-                       pending=v["pending"])
+                       pending=v["pending"], illegal=v["illegal"])
         if v["illegal"] > old.get("illegal", 0) and old:
             self.event(pile.code, "illegal_bill", "pile holds %d bill(s) refused as illegal"
                        % v["illegal"], source="pile", illegal=v["illegal"])
@@ -571,6 +602,11 @@ class Bridge:
             raise C.CommandError("timeout", str(e))
         except LinkClosed as e:
             raise C.CommandError("link_lost", str(e))
+        except SignedReject as e:
+            # The pile's 0xD1: a clear failure now, not a timeout later.
+            return self._fail(target, req_id, cmd, "signed_reject", str(e), e.reply())
+        except SignError as e:
+            raise C.CommandError("bad_request", str(e))
 
     async def _execute_on(self, pile, conn, req_id, cmd, a):
         code = pile.code
@@ -629,7 +665,7 @@ class Bridge:
             if not pile.ext:
                 raise C.CommandError("unsupported", "VIN lists need our firmware (ext: false)")
             replies = []
-            for values in C.vin_list_frames(a["vins"], a["version"]):
+            for values in C.vin_list_frames(a["vins"], a["version"], conn.signs("vin_list")):
                 r = (await conn.request("vin_list", values)).fields
                 replies.append(dict(r))
                 if r["result"] != 0:
@@ -638,6 +674,8 @@ class Bridge:
                                       {"frames": replies})
             return self._ok(code, req_id, cmd, "VIN list version %d (%d VINs) sent in %d frame(s)"
                             % (a["version"], len(a["vins"]), len(replies)), {"frames": replies})
+        if cmd == "upgrade":
+            return await pushmod.run_command(self, pile, req_id, a)
         raise C.CommandError("unknown_command", "no handler for %s" % cmd)
 
     async def _tariff_set(self, pile, req_id, t):
@@ -654,6 +692,9 @@ class Bridge:
             raise C.CommandError("timeout", "stored, but %s" % e)
         except LinkClosed as e:
             raise C.CommandError("link_lost", "stored, but %s" % e)
+        except SignedReject as e:
+            return self._fail(pile.code, req_id, "tariff_set", "signed_reject", "stored, but %s" % e,
+                              e.reply(), delivered=False)
         if r["result"] == 1:
             return self._ok(pile.code, req_id, "tariff_set", "model %s set" % t["model"], dict(r),
                             delivered=True)
@@ -672,7 +713,7 @@ class Bridge:
                 try:
                     r = (await p.conn.request("tariff_set", T.frame_values(t, p.code))).fields
                     sent[p.code] = "ok" if r["result"] == 1 else "refused"
-                except (CommandTimeout, LinkClosed) as e:
+                except (CommandTimeout, LinkClosed, SignedReject) as e:
                     sent[p.code] = "failed: %s" % e
             return self._ok(SITE_TARGET, req_id, cmd, "site tariff model %s stored; pushed to %d "
                             "online pile(s)" % (t["model"], len(sent)), sent)
@@ -712,6 +753,10 @@ async def serve(cfg, ready=None):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "push":
+        # pile-bridge push -c site.toml --pile CODE --version V IMAGE (host/push.py)
+        return pushmod.main(argv[1:])
     try:
         cfg, args = configmod.from_args(argv)
     except configmod.ConfigError as e:
@@ -732,6 +777,9 @@ def main(argv=None):
         asyncio.run(serve(cfg, ready))
     except KeyboardInterrupt:
         pass
+    except configmod.ConfigError as e:      # a key file found unusable at start
+        print("pile-bridge: %s" % e, file=sys.stderr)
+        return 2
     return 0
 
 

@@ -30,6 +30,11 @@ CODES = {
     "refused": "the pile answered and said no (`reply` says why)",
     "unsupported": "this pile or protocol table cannot do it",
     "expired": "the command's `expires` time had passed when it arrived",
+    "signed_reject": "the pile refused the signed (or unsigned) command: `reply.reason` says why "
+                     "(bad mac, replay, malformed, store, unsigned, no key)",
+    "busy": "the pile is already being upgraded, or stayed busy charging past upgrade.activate_wait_s",
+    "rolled_back": "the new firmware never became healthy: the pile went back to the old one",
+    "failed": "the upgrade did not end with the new version running",
     "error": "the bridge failed (see its log)",
 }
 
@@ -99,6 +104,7 @@ SPEC = {
     "status": (set(), False),
     "authorize": ({"gun", "serial", "logical_card", "balance", "ok", "reason"}, True),
     "vin_list": ({"vins", "version"}, True),
+    "upgrade": ({"image", "image_b64", "version", "activate"}, True),
 }
 _COMMON = {"id", "cmd", "expires", "auth"}   # `auth`: reserved for signed commands
 
@@ -199,7 +205,42 @@ def _check_args(cmd, d):
             out.append({"vin": vin.upper(), "department": _int(v, "department", 0, 0xFFFF, default=0)})
         return {"vins": out, "version": _int(d, "version", 0, 2**32 - 1,
                                              default=int(time.time()) & 0xFFFFFFFF)}
+    if cmd == "upgrade":
+        return _upgrade_args(d)
     return {}
+
+
+def _upgrade_args(d):
+    import base64
+    import binascii
+    version = d.get("version")
+    if not isinstance(version, str) or not 0 < len(version) <= 32 or not version.isascii() \
+            or not version.isprintable():
+        raise CommandError("bad_request", "version must be a printable ASCII string (at most 32; "
+                           "it travels shortened to 8 characters by the wire rule)")
+    image, inline = d.get("image"), d.get("image_b64")
+    if (image is None) == (inline is None):
+        raise CommandError("bad_request", "give exactly one of image (a file name in "
+                           "upgrade.image_dir) and image_b64 (the image, base64)")
+    a = {"version": version, "image": None, "image_b64": None}
+    if image is not None:
+        if not isinstance(image, str) or not image or "/" in image or "\\" in image \
+                or image.startswith(".") or not image.isprintable():
+            raise CommandError("bad_request", "image is a plain file name inside "
+                               "upgrade.image_dir (no folders, not starting with '.')")
+        a["image"] = image
+    else:
+        if not isinstance(inline, str):
+            raise CommandError("bad_request", "image_b64 must be a base64 string")
+        try:
+            a["image_b64"] = base64.b64decode(inline, validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise CommandError("bad_request", "image_b64 is not base64: %s" % e)
+    act = d.get("activate", True)
+    if not isinstance(act, bool):
+        raise CommandError("bad_request", "activate must be true or false")
+    a["activate"] = act
+    return a
 
 
 def start_frame(pile, ext, a, serial):
@@ -223,14 +264,21 @@ def has_frame(name):
     return _has(name)
 
 
-def vin_list_frames(vins, version):
+_SIGNED_BODY = 214      # what a 0xD2 envelope carries of the inner body
+
+
+def vin_list_frames(vins, version, signed=False):
     """Values of the 0xEE frames carrying `vins` (records of vin +
     department), as many frames as the record field needs; every frame
-    carries the list's version and its own record count."""
+    carries the list's version and its own record count. `signed`: each
+    frame must fit a 0xD2 envelope (11 records instead of 12)."""
     if not has_frame("vin_list") or not hasattr(codec, "pack_records"):
         raise CommandError("unsupported", "the protocol table has no VIN-list frame")
     rec = codec.record_layout("vin_list", "records")
     per = codec.BY_NAME["vin_list"].sizes[-1] // rec.size
+    if signed:
+        head = codec.layout_named("vin_list").size   # version + count, records empty
+        per = min(per, (_SIGNED_BODY - head) // rec.size)
     chunks = [vins[i:i + per] for i in range(0, len(vins), per)] or [[]]
     return [{"version": version, "count": len(c),
              "records": codec.pack_records("vin_list", "records", c)} for c in chunks]

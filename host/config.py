@@ -53,9 +53,30 @@ DEFAULTS = {
         "ext": False,             # default for piles that dial in (third-party YKC)
     },
     "serial": [],                 # [{url, baudrate, ext}]
-    "pile": {},                   # per pile code: {ext, name, tariff}
+    "pile": {},                   # per pile code: {ext, name, tariff, model, cmd_key_file, signed}
     "tariff": None,               # the site's default tariff model (host/tariff.py)
+    "keys": {                     # docs/security.md "Keys on the bridge"
+        "dir": None,              # <dir>/<pile code>.key: that pile's command key (0600)
+        "site_key_file": None,    # derive every pile's key (auth.pile_key) from one site key
+        "upgrade_key_file": None,  # the site's upgrade key: signs firmware announcements
+    },
+    "upgrade": {                  # firmware push (docs/upgrade.md "Pushing from the bridge")
+        "image_dir": None,        # `upgrade` commands name images in this folder
+        "chunk_bytes": 200,       # fw_chunk data per frame (the frame holds at most 200)
+        "max_image_bytes": 1048576,
+        "reconnect_wait_s": 600.0,   # a broken transfer waits this long for the pile to return
+        "activate_retry_s": 30.0,    # activation refused as busy: ask again this often
+        "activate_wait_s": 3600.0,   # ... for at most this long
+        "reboot_wait_s": 600.0,      # after activation: wait this long for the new login
+    },
+    "versions": {                 # minimum versions, by pile model ("*": any model)
+        "min_board": {},          # e.g. {"*" = "209.04.00", "ac" = "3.1"}
+        "min_hmi": {},            # e.g. {"*" = "103"}
+    },
 }
+
+_FREE_TABLES = ("pile", "min_board", "min_hmi")   # tables whose keys are data, not config keys
+_EPOCH_2000 = 946684800       # 2000-01-01T00:00:00Z in unix seconds
 
 
 class ConfigError(ValueError):
@@ -66,7 +87,7 @@ def _merge(base, over, path=""):
     for k, v in over.items():
         if k not in base:
             raise ConfigError("unknown config key %s%s" % (path, k))
-        if isinstance(base[k], dict) and k not in ("pile",) and isinstance(v, dict):
+        if isinstance(base[k], dict) and k not in _FREE_TABLES and isinstance(v, dict):
             _merge(base[k], v, path + k + ".")
         else:
             base[k] = v
@@ -90,6 +111,24 @@ class Config(dict):
     def allowed(self, code):
         allow = self["allow"]
         return not allow or code in allow
+
+    def model(self, code, login=None):
+        """The pile's model for minimum versions: `pile.<code>.model`, else
+        "dc" / "ac" from the login's pile_type, else None."""
+        m = self["pile"].get(code, {}).get("model")
+        if m:
+            return m
+        t = (login or {}).get("pile_type")
+        return {0: "dc", 1: "ac"}.get(t)
+
+    def min_versions(self, code, login=None):
+        """{"board": version or None, "hmi": version or None} this pile must run."""
+        model = self.model(code, login)
+        out = {}
+        for what in ("board", "hmi"):
+            table = self["versions"]["min_" + what]
+            out[what] = table.get(model) if model in table else table.get("*")
+        return out
 
 
 def load(path=None, overrides=None):
@@ -119,7 +158,7 @@ def validate(cfg):
         except T.TariffError as e:
             raise ConfigError("tariff: %s" % e)
     for code, p in cfg["pile"].items():
-        unknown = set(p) - {"ext", "name", "tariff"}
+        unknown = set(p) - {"ext", "name", "tariff", "model", "cmd_key_file", "signed"}
         if unknown:
             raise ConfigError("pile.%s: unknown key(s) %s" % (code, ", ".join(sorted(unknown))))
         if p.get("tariff") is not None:
@@ -127,6 +166,26 @@ def validate(cfg):
                 p["tariff"] = T.parse(p["tariff"])
             except T.TariffError as e:
                 raise ConfigError("pile.%s.tariff: %s" % (code, e))
+        if p.get("cmd_key_file") is not None:
+            load_key_file(p["cmd_key_file"], "pile.%s.cmd_key_file" % code)
+        if "signed" in p and not isinstance(p["signed"], bool):
+            raise ConfigError("pile.%s.signed must be true or false" % code)
+    k = cfg["keys"]
+    for name in ("site_key_file", "upgrade_key_file"):
+        if k[name] is not None:
+            load_key_file(k[name], "keys." + name)
+    if k["dir"] is not None and not os.path.isdir(k["dir"]):
+        raise ConfigError("keys.dir %s is not a folder" % k["dir"])
+    u = cfg["upgrade"]
+    if u["image_dir"] is not None and not os.path.isdir(u["image_dir"]):
+        raise ConfigError("upgrade.image_dir %s is not a folder" % u["image_dir"])
+    if not (isinstance(u["chunk_bytes"], int) and 1 <= u["chunk_bytes"] <= 200):
+        raise ConfigError("upgrade.chunk_bytes must be an integer 1..200 (fw_chunk holds 200)")
+    for what in ("min_board", "min_hmi"):
+        for model, v in cfg["versions"][what].items():
+            if not isinstance(v, str) or version_key(v) is None:
+                raise ConfigError("versions.%s.%s: %r is not a version with numbers "
+                                  "(e.g. \"209.04.00\")" % (what, model, v))
     serial = []
     for s in cfg["serial"]:
         if isinstance(s, str):
@@ -152,6 +211,105 @@ def validate(cfg):
     if not m["client_id"]:
         m["client_id"] = "pc-bridge-" + site
     return cfg
+
+
+# --- keys --------------------------------------------------------------------------
+
+def load_key_file(path, what="key file"):
+    """A 32-byte key from `path` (64 hex digits or 32 raw bytes, as
+    firmware/auth.load_key reads them). Refused when the file is readable or
+    writable by group or others: keys are the bridge user's alone (0600)."""
+    from firmware import auth
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise ConfigError("%s: %s" % (what, e))
+    if st.st_mode & 0o077:
+        raise ConfigError("%s %s has mode %04o: a key file must be readable by the bridge's "
+                          "user only (chmod 600 %s)" % (what, path, st.st_mode & 0o777, path))
+    try:
+        return auth.load_key(path)
+    except (OSError, ValueError) as e:
+        raise ConfigError("%s %s: %s" % (what, path, e))
+
+
+class KeyRing:
+    """The bridge's keys (never in the config dump, the MQTT traffic or the
+    log). A pile's command key, first found wins: `pile.<code>.cmd_key_file`;
+    `<keys.dir>/<code>.key`; derived from `keys.site_key_file` (unless the pile
+    has `signed = false`). No key: the pile gets its commands bare."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        k = cfg["keys"]
+        self._site = load_key_file(k["site_key_file"], "keys.site_key_file") \
+            if k["site_key_file"] else None
+        self._upgrade = load_key_file(k["upgrade_key_file"], "keys.upgrade_key_file") \
+            if k["upgrade_key_file"] else None
+        self._cache = {}
+
+    def cmd_key(self, code):
+        """The pile's command key (bytes) or None. A key file that appears in
+        keys.dir later is picked up at the pile's next command."""
+        key = self._cache.get(code)
+        if key is not None:
+            return key
+        p = self.cfg["pile"].get(code, {})
+        if p.get("signed") is False:
+            return None
+        if p.get("cmd_key_file"):
+            key = load_key_file(p["cmd_key_file"], "pile.%s.cmd_key_file" % code)
+        elif self.cfg["keys"]["dir"] and os.path.exists(os.path.join(self.cfg["keys"]["dir"],
+                                                                      code + ".key")):
+            key = load_key_file(os.path.join(self.cfg["keys"]["dir"], code + ".key"),
+                                "keys.dir key")
+        elif self._site is not None:
+            from firmware import auth
+            key = auth.pile_key(self._site, code)
+        if key is not None:
+            self._cache[code] = key
+        return key
+
+    def upgrade_key(self):
+        return self._upgrade
+
+
+def version_key(v):
+    """A version as a tuple of its numbers, for comparing: "209.04.00" and
+    the wire's "209.4.0" are both (209, 4, 0); "pc0.1.0" is (0, 1, 0). None
+    when it holds no digits (unknown)."""
+    if not isinstance(v, str):
+        return None
+    nums = []
+    cur = ""
+    for ch in v:
+        if "0" <= ch <= "9":
+            cur += ch
+        elif cur:
+            nums.append(int(cur))
+            cur = ""
+    if cur:
+        nums.append(int(cur))
+    return tuple(nums) if nums else None
+
+
+def below(version, minimum):
+    """True when `version` is older than `minimum`, or cannot be read."""
+    if minimum is None:
+        return False
+    v = version_key(version)
+    m = version_key(minimum)
+    if v is None:
+        return True
+    n = max(len(v), len(m))
+    return v + (0,) * (n - len(v)) < m + (0,) * (n - len(m))
+
+
+def counter_floor(now=None):
+    """The command counter's time floor: seconds since 2000-01-01 UTC
+    (docs/security.md host policy: counter = max(last + 1, now))."""
+    import time
+    return int((time.time() if now is None else now) - _EPOCH_2000)
 
 
 def parse_hostport(s, default_port=None):

@@ -10,9 +10,12 @@ import asyncio
 import logging
 import time
 
+from firmware import auth
+from firmware.remote import EXTRA_PROTECTED
 from protocol import codec
 from protocol.errors import FrameError
 
+from host import config as configmod
 from host import schema
 from host import tariff as T
 from host.links import LinkClosed
@@ -42,7 +45,50 @@ _PURE_REPLIES = {"remote_start_reply", "remote_stop_reply", "reboot_reply", "tar
                  "time_sync_reply", "status_reply", "fw_reply", "vin_list_reply"}
 
 
+# Frames a pile holding a command key acts on only inside a 0xD2 envelope
+# (firmware/auth.py PROTECTED + firmware/remote.py EXTRA_PROTECTED: the pile's
+# own list, so the bridge signs exactly what the pile demands).
+PROTECTED = frozenset(auth.PROTECTED + EXTRA_PROTECTED)
+SIGNED_CODE = 0xD2
+MAX_SIGNED_BODY = 214            # signed.body = v214 (251 - 37 envelope bytes)
+
+# 0xD1 signed_reject.reason -> (name, what it means for the operator)
+REJECT_REASONS = {
+    1: ("bad mac", "the bridge's command key for this pile is not the pile's key "
+                   "(or the command was altered on the way)"),
+    2: ("replay", "the counter is not above the highest the pile accepted: another sender "
+                  "with this pile's key used higher counters"),
+    3: ("malformed", "the pile could not read the envelope or its inner frame"),
+    4: ("store", "the pile cannot read or write its counter record (a technician must "
+                 "repair it); it refuses every signed command"),
+    5: ("unsigned", "the pile holds a command key and the bridge sent the command bare: "
+                    "configure this pile's key on the bridge (docs/security.md)"),
+    6: ("no key", "the bridge signed the command but the pile holds no command key: "
+                  "provision the pile or remove its key from the bridge"),
+}
+
+
 class CommandTimeout(Exception):
+    pass
+
+
+class SignedReject(Exception):
+    """The pile answered 0xD1 signed_reject instead of executing."""
+
+    def __init__(self, frame, counter, reason):
+        self.frame = frame
+        self.counter = counter
+        self.reason = reason
+        self.name, self.meaning = REJECT_REASONS.get(reason, ("reason %d" % reason, "unknown reason"))
+        Exception.__init__(self, "pile refused %s (signed counter %d): %s: %s"
+                           % (frame, counter, self.name, self.meaning))
+
+    def reply(self):
+        return {"counter": self.counter, "reason": self.name, "reason_code": self.reason,
+                "frame": self.frame}
+
+
+class SignError(ValueError):
     pass
 
 
@@ -64,6 +110,28 @@ class Pile:
         self.frame_errors = 0
         self.logins = 0
         self.start_requests = {}  # gun -> seq of the last 0x31, for the 0x32 answer
+        self.sign_lock = asyncio.Lock()   # one signed command in flight (docs/security.md)
+        self.login_event = asyncio.Event()   # set (and replaced) at every login
+        self.required = {"board": None, "hmi": None}   # minimum versions (config)
+        self.flagged = set()      # outdated versions already reported since the login
+        self.upgrade = None       # the firmware push in progress or last done (host/push.py)
+        self.upgrade_task = None
+
+    def board_version(self):
+        sr = self.status_reply or {}
+        return sr.get("fw_version") or (self.login or {}).get("sw_version")
+
+    def outdated(self):
+        """Which versions are below the configured minimum: "board", "hmi"."""
+        out = []
+        sr = self.status_reply or {}
+        if self.login is not None and configmod.below(self.board_version(), self.required["board"]):
+            out.append("board")
+        # The screen version comes with our firmware's 0xE5 only.
+        if self.required["hmi"] and self.status_reply is not None \
+                and configmod.below(sr.get("hmi_version"), self.required["hmi"]):
+            out.append("hmi")
+        return out
 
     @property
     def online(self):
@@ -83,7 +151,11 @@ class Pile:
             "versions": {
                 "sw": self.login.get("sw_version") if self.login else None,
                 "fw": sr.get("fw_version"), "hmi": sr.get("hmi_version"),
+                "min_board": self.required["board"], "min_hmi": self.required["hmi"],
+                "outdated": self.outdated(),
             },
+            "upgrade_required": bool(self.outdated()),
+            "upgrade": dict(self.upgrade) if self.upgrade else None,
             "journal": {k: sr[k] for k in ("pending", "unsettled", "illegal", "journal_used",
                                            "journal_limit", "oldest_pending") if k in sr} or None,
             "state": sr.get("state"),
@@ -96,13 +168,14 @@ class Pile:
 
 
 class _Waiter:
-    __slots__ = ("reply", "key", "seq", "fut")
+    __slots__ = ("reply", "key", "seq", "fut", "name")
 
-    def __init__(self, reply, key, seq, fut):
+    def __init__(self, reply, key, seq, fut, name=None):
         self.reply = reply
         self.key = key
         self.seq = seq
         self.fut = fut
+        self.name = name
 
 
 class PileConn:
@@ -145,23 +218,65 @@ class PileConn:
     def _name(self):
         return self.pile.code if self.pile else self.link.name
 
+    def signs(self, name):
+        """True when `name` goes to this pile inside a 0xD2 envelope: a
+        protected frame, and the bridge holds the pile's command key."""
+        pile = self.pile
+        if pile is None or schema.CODES.get(name) not in PROTECTED:
+            return False
+        return self.bridge.keys.cmd_key(pile.code) is not None
+
     async def send(self, name, values, seq=None):
-        frame = schema.encode(name, values, self.next_seq() if seq is None else seq)
+        """Send one frame (signed when signs(name)); returns its bytes."""
+        if self.signs(name):
+            async with self.pile.sign_lock:
+                return await self._send(name, values, seq, True)
+        return await self._send(name, values, seq, False)
+
+    async def _send(self, name, values, seq, signed):
+        seq = self.next_seq() if seq is None else seq
+        if signed:
+            frame = await self._sealed(name, values, seq)
+        else:
+            frame = schema.encode(name, values, seq)
         async with self._wlock:
             await self.link.write(frame)
-        log.debug("%s <- %s %s", self._name(), name, schema.hexs(frame))
+        log.debug("%s <- %s%s %s", self._name(), name, " (signed)" if signed else "",
+                  schema.hexs(frame))
         return frame
+
+    async def _sealed(self, name, values, seq):
+        # The counter is committed to SQLite before the envelope exists, so
+        # it never repeats, even after a crash right after sending.
+        code = self.pile.code
+        layout = codec.layout_named(name)
+        body = bytes(codec.encode_body(layout, values))
+        if len(body) > MAX_SIGNED_BODY:
+            raise SignError("%s body of %d bytes does not fit a signed envelope (at most %d)"
+                            % (name, len(body), MAX_SIGNED_BODY))
+        key = self.bridge.keys.cmd_key(code)
+        counter = await self.bridge.store.next_counter(code, configmod.counter_floor())
+        env = auth.seal(key, code, counter, layout.code, body)
+        return codec.wrap(SIGNED_CODE, env, seq)
 
     async def request(self, name, values, timeout=None):
         """Send `name` and wait for its reply frame (REPLIES). Raises
-        CommandTimeout, or LinkClosed when the link drops meanwhile."""
+        CommandTimeout, SignedReject when the pile answers 0xD1, or LinkClosed
+        when the link drops meanwhile. Signed requests to one pile go one at
+        a time (a second would overtake the first's counter)."""
+        if self.signs(name):
+            async with self.pile.sign_lock:
+                return await self._request(name, values, timeout, True)
+        return await self._request(name, values, timeout, False)
+
+    async def _request(self, name, values, timeout, signed):
         reply, keyfield = REPLIES[name]
         seq = self.next_seq()
         fut = asyncio.get_running_loop().create_future()
-        w = _Waiter(reply, values.get(keyfield) if keyfield else None, seq, fut)
+        w = _Waiter(reply, values.get(keyfield) if keyfield else None, seq, fut, name)
         self._waiters.append(w)
         try:
-            await self.send(name, values, seq)
+            await self._send(name, values, seq, signed)
             t = self.cfg["piles"]["command_timeout_s"] if timeout is None else timeout
             try:
                 return await asyncio.wait_for(asyncio.shield(fut), t)
@@ -403,7 +518,26 @@ class PileConn:
         await self.bridge.on_settled_reply(self.pile, f)
 
     async def _on_status_reply(self, f):
+        old = (self.pile.status_reply or {}).get("boot_reason")
         self.bridge.on_status_reply(self.pile, f)
+        self.bridge.check_versions(self.pile)
+        if f.fields["boot_reason"] == 3 and old != 3:     # pile.BOOT_ROLLBACK
+            self.bridge.event(self.pile.code, "firmware", "the pile rolled back to %s: the new "
+                              "firmware never became healthy" % f.fields["fw_version"],
+                              stage="rolled_back", version=f.fields["fw_version"])
+
+    async def _on_signed_reject(self, f):
+        # The reply echoes the refused frame's sequence bytes: fail the
+        # request waiting for it now, rather than let it time out.
+        v = f.fields
+        w = next((w for w in self._waiters if w.seq == f.seq and not w.fut.done()), None)
+        name = w.name if w is not None else "a command (seq %04X)" % f.seq
+        err = SignedReject(name, v["counter"], v["reason"])
+        if w is not None:
+            self._waiters.remove(w)
+            w.fut.set_exception(err)
+        log.warning("pile %s: %s", self.pile.code, err)
+        self.bridge.event(self.pile.code, "signed_reject", str(err), **err.reply())
 
     async def _on_remote_start_reply(self, f):
         v = f.fields

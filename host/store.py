@@ -75,6 +75,14 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_open ON events (id) WHERE published_at IS NULL;
 
+-- The last signed-command counter used per pile (docs/security.md): it only
+-- goes up, across restarts; committed (FULL) before the envelope is sent.
+CREATE TABLE IF NOT EXISTS cmd_counters (
+    pile       TEXT PRIMARY KEY,
+    last       INTEGER NOT NULL,
+    updated_at REAL NOT NULL
+);
+
 CREATE TABLE IF NOT EXISTS tariffs (
     scope      TEXT PRIMARY KEY,      -- 'site' or a pile code
     tariff     TEXT NOT NULL,         -- JSON, see docs/bridge.md
@@ -310,6 +318,16 @@ class Store:
     def tariffs(self):
         return self._submit(_tariffs)
 
+    # --- signed-command counters ----------------------------------------------------
+
+    def next_counter(self, pile, floor, now=None):
+        """The counter for the next signed command to `pile`: max(last + 1,
+        floor), committed before it resolves. Raises StoreError past u32."""
+        return self._submit(_next_counter, pile, int(floor), time.time() if now is None else now)
+
+    def last_counter(self, pile):
+        return self._submit(_last_counter, pile)
+
 
 def _resolve(fut, r, e):
     if fut.done():
@@ -468,9 +486,26 @@ def _set_tariff(db, scope, tariff_json, now):
                "updated_at = excluded.updated_at", (scope, tariff_json, now))
 
 
+def _next_counter(db, pile, floor, now):
+    row = db.execute("SELECT last FROM cmd_counters WHERE pile = ?", (pile,)).fetchone()
+    c = max((row[0] if row else 0) + 1, floor, 1)
+    if c > 0xFFFFFFFF:
+        raise StoreError("signed-command counter of pile %s exhausted: rotate its key" % pile)
+    db.execute("INSERT INTO cmd_counters (pile, last, updated_at) VALUES (?, ?, ?) "
+               "ON CONFLICT(pile) DO UPDATE SET last = excluded.last, "
+               "updated_at = excluded.updated_at", (pile, c, now))
+    return c
+
+
+def _last_counter(db, pile):
+    row = db.execute("SELECT last FROM cmd_counters WHERE pile = ?", (pile,)).fetchone()
+    return row[0] if row else None
+
+
 def _tariffs(db):
     return dict(db.execute("SELECT scope, tariff FROM tariffs").fetchall())
 
 
-_DURABLE = {_add_bill, _add_extra, _add_rejected, _add_event, _set_tariff}
-_READS = {_open_bills, _piles_with_open, _unsettled, _bill, _counts, _open_events, _tariffs}
+_DURABLE = {_add_bill, _add_extra, _add_rejected, _add_event, _set_tariff, _next_counter}
+_READS = {_open_bills, _piles_with_open, _unsettled, _bill, _counts, _open_events, _tariffs,
+          _last_counter}
