@@ -4,6 +4,7 @@
 import asyncio
 
 from protocol import codec
+from protocol.reader import FrameReader
 from host.testkit import ScriptedPile, TcpTransport, make_bill, make_extra
 from tests.test_bridge_helpers import (
     PILE_A, PILE_B, BridgeProcess, Platform, bridge_running, connect_pile, fast_config, run,
@@ -250,4 +251,47 @@ def test_bills_that_do_not_belong_or_do_not_add_up(mosquitto):
             assert [p["period"] for p in doc["periods"]][-1] == "deep"
             await pile.close()
     with tempdir("illegal") as tmp:
+        run(scenario(tmp))
+
+
+def test_a_pile_on_a_loop_url_serial_line_that_echoes_the_bridges_own_frames(mosquitto):
+    # pyserial's loop:// returns every byte written, like an RS485 adapter
+    # that echoes its own transmission: the bridge must take the pile's frames
+    # (written into the line here) and ignore its own frames coming back.
+    async def scenario(tmp):
+        cfg = fast_config(tmp, url_of(mosquitto), tcp={"listen": None}, serial=[{"url": "loop://"}])
+        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
+            conn = await until(lambda: next(iter(b.conns), None), what="the loop:// link open")
+            assert conn.link.name == "serial:loop://"
+            port = conn.link._port
+            sent = []                   # every frame written into the line
+            write = port.write
+            reader = FrameReader()
+
+            def spy(data):
+                sent.extend(reader.push(bytes(data)))
+                return write(data)
+            port.write = spy
+            port.write(codec.encode("login", {
+                "pile": PILE_A, "pile_type": 0, "guns": 1, "proto_version": 0x10,
+                "sw_version": "PC-0.1", "net_type": 0, "sim": "0" * 20, "carrier": 0}, 1))
+            await until(lambda: PILE_A in b.piles and b.piles[PILE_A].online, what="login")
+            bill = make_bill(PILE_A, 5)
+            port.write(codec.encode("bill", bill, 2))
+            port.write(codec.encode("bill_extra", make_extra(bill), 3))
+            doc = await plat.wait_for(lambda: plat.bills.get(bill["serial"]), 10)
+            assert doc["complete"] and doc["checks"]["ok"]
+            # The platform confirmed: 0xE4 settled goes down the line (and
+            # comes back, ignored). Our own frames went out once each.
+            await until(lambda: any(f.name == "settled" for f in sent), what="0xE4 sent")
+            names = [f.name for f in sent]
+            assert "login_reply" in names
+            confirms = [f.fields for f in sent if f.name == "bill_confirm"]
+            assert confirms == [{"serial": bill["serial"], "result": 0}]
+            # Nothing the bridge heard back from itself became a bill, an
+            # event or a second pile.
+            assert b.stats["bills_new"] == 1 and b.stats["bills_illegal"] == 0
+            assert list(b.piles) == [PILE_A] and b.piles[PILE_A].online
+            assert [e for e in plat.events if e["type"] == "illegal_bill"] == []
+    with tempdir("loopurl") as tmp:
         run(scenario(tmp))
