@@ -128,3 +128,86 @@ def test_pile_seq_keeps_counting_after_pruning():
             s.close()
     with tempdir("seq") as d:
         asyncio.run(scenario(d + "/b.db"))
+
+
+# --- keys and minimum versions (issue 8) ----------------------------------------------------
+
+def _key(d, name, key, mode=0o600):
+    path = os.path.join(d, name)
+    with open(path, "w") as f:
+        f.write(key.hex() + "\n")
+    os.chmod(path, mode)
+    return path
+
+
+def test_a_key_file_readable_by_others_is_refused_with_the_fix_in_the_message():
+    from tests.test_bridge_helpers import tempdir
+    with tempdir("keys") as d:
+        path = _key(d, "a.key", bytes(32), mode=0o644)
+        with pytest.raises(C.ConfigError, match="chmod 600"):
+            C.load(None, {"site": "s", "pile": {"55031412782305": {"cmd_key_file": path}}})
+        os.chmod(path, 0o600)
+        C.load(None, {"site": "s", "pile": {"55031412782305": {"cmd_key_file": path}}})
+        with open(path, "w") as f:
+            f.write("not a key\n")
+        with pytest.raises(C.ConfigError, match="64 hex digits"):
+            C.load(None, {"site": "s", "keys": {"upgrade_key_file": path}})
+
+
+def test_pile_keys_come_from_the_pile_table_then_the_keys_folder_then_the_site_key():
+    from firmware import auth
+    from tests.test_bridge_helpers import tempdir
+    own, in_dir, site = bytes(range(32)), bytes(range(1, 33)), bytes(range(2, 34))
+    with tempdir("keys") as d:
+        kd = os.path.join(d, "keys")
+        os.mkdir(kd)
+        _key(kd, "55031412782306.key", in_dir)
+        cfg = C.load(None, {"site": "s", "keys": {"dir": kd,
+                                                  "site_key_file": _key(d, "site.key", site)},
+                            "pile": {"55031412782305": {"cmd_key_file": _key(d, "a.key", own)},
+                                     "55031412782308": {"signed": False}}})
+        ring = C.KeyRing(cfg)
+        assert ring.cmd_key("55031412782305") == own
+        assert ring.cmd_key("55031412782306") == in_dir
+        assert ring.cmd_key("55031412782307") == auth.pile_key(site, "55031412782307")
+        assert ring.cmd_key("55031412782308") is None        # a third-party pile, bare commands
+        assert ring.upgrade_key() is None
+        assert own.hex() not in C.dump(cfg) and site.hex() not in C.dump(cfg)   # paths only
+        # without any key source every pile gets its commands bare
+        assert C.KeyRing(C.load(None, {"site": "s"})).cmd_key("55031412782305") is None
+
+
+def test_minimum_versions_compare_numbers_per_model_not_strings():
+    assert C.version_key("209.04.00") == C.version_key("209.4.0") == (209, 4, 0)
+    assert C.below("209.3.12", "209.04.00") and not C.below("209.10.0", "209.9")
+    assert not C.below("209.4.0", "209.04.00") and C.below("pc0.1.0", "1")
+    assert C.below("unknown", "1") and not C.below("anything", None)
+    cfg = C.load(None, {"site": "s", "versions": {"min_board": {"*": "209.04.00", "ac": "3.1",
+                                                                "ACME-60": "5"},
+                                                  "min_hmi": {"*": "103"}},
+                        "pile": {"55031412782305": {"model": "ACME-60"}}})
+    assert cfg.min_versions("55031412782305") == {"board": "5", "hmi": "103"}
+    assert cfg.min_versions("55031412782306", {"pile_type": 1}) == {"board": "3.1", "hmi": "103"}
+    assert cfg.min_versions("55031412782306", {"pile_type": 0})["board"] == "209.04.00"
+    with pytest.raises(C.ConfigError, match="versions.min_board.ac"):
+        C.load(None, {"site": "s", "versions": {"min_board": {"ac": "new"}}})
+
+
+def test_the_signed_command_counter_is_stored_and_only_goes_up():
+    from host.store import Store
+    from tests.test_bridge_helpers import tempdir
+    with tempdir("ctr") as d:
+        s = Store(os.path.join(d, "b.db"))
+        try:
+            from host import store as st
+            assert s.call_sync(st._next_counter, "p", 500, 0.0) == 500      # the time floor
+            assert s.call_sync(st._next_counter, "p", 10, 0.0) == 501       # clock went back
+            assert s.call_sync(st._next_counter, "p", 900, 0.0) == 900
+        finally:
+            s.close()
+        s = Store(os.path.join(d, "b.db"))
+        try:
+            assert s.call_sync(st._last_counter, "p") == 900
+            assert s.call_sync(st._next_counter, "p", 1, 0.0) == 901
+        finally:
+            s.close()
