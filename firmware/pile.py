@@ -98,6 +98,7 @@ class Pile:
         self.reboot_hook = reboot     # called to reset the board (sim: restart)
         self._log = log
         self.events = []              # recent events for the console (bounded)
+        self._quiet_full = False      # status query asking Journal.can_start()
         # First: with an upgrade key this counts the boot of a new firmware
         # slot (or rolls it back) before anything else can fail.
         self.remote = Remote(self, cfg, root, fs, FW_VERSION)
@@ -147,12 +148,20 @@ class Pile:
         self.log("event %s %s" % (kind, detail))
 
     def _journal_event(self, name, detail):
+        if name == "full" and self._quiet_full:
+            return
         self.event("journal_" + name, str(detail))
 
     # --- journal glue (the Gun's callbacks) ----------------------------------
 
     def _on_open(self, serial, header):
-        if self.journal.open_session(serial, header) == "exists":
+        try:
+            r = self.journal.open_session(serial, header)
+        except JournalFull as e:
+            # the journal raised its "full" event (journal_full); the 0x33
+            # says why and 0xE5 refusing_starts tells the bridge
+            raise S.StartRefused(S.START_JOURNAL_FULL, str(e))
+        if r == "exists":
             raise ValueError("trade serial %s already in the journal" % serial)
 
     def _on_checkpoint(self, serial, payload):
@@ -295,12 +304,9 @@ class Pile:
             if f.code == 0xE2:
                 kw = {"amount": v["target_amount"], "energy": v["target_energy"],
                       "minutes": v["target_minutes"], "soc": v["target_soc"]}
-            try:
-                res, why = gun.remote_start(v["serial"], v["card"], v["logical_card"],
-                                            v["balance"], pile=v["pile"], **kw)
-            except JournalFull as e:
-                self.event("journal_full", str(e))
-                res, why = 0, S.START_FAULT
+            # a full journal: (0, START_JOURNAL_FULL), from _on_open
+            res, why = gun.remote_start(v["serial"], v["card"], v["logical_card"],
+                                        v["balance"], pile=v["pile"], **kw)
         self.link.reply(f, "remote_start_reply", {"serial": v["serial"], "pile": self.pile,
                                                   "gun": gun.gun, "result": res, "reason": why})
         if res:
@@ -337,11 +343,7 @@ class Pile:
         if allowed is not None and card.upper() not in [c.upper() for c in allowed]:
             self.event("offline_card_refused", card)
             return "refused"
-        try:
-            res, why = gun.offline_start(card)
-        except JournalFull as e:
-            self.event("journal_full", str(e))
-            return "refused"
+        res, why = gun.offline_start(card)   # a full journal: (0, START_JOURNAL_FULL)
         return "started" if res else "refused"
 
     def request_reboot(self, when, source="platform", reason=None):
@@ -432,4 +434,15 @@ class Pile:
                 "oldest_pending": pend[0] if pend else "", "state": self.gun.state,
                 "boot_reason": self.boot_reason,
                 "fw_version": self.remote.board_version(),
-                "hmi_version": self.remote.hmi_version()}
+                "hmi_version": self.remote.hmi_version(),
+                "refusing_starts": 1 if self.refusing_starts() else 0}
+
+    def refusing_starts(self):
+        """True while the journal is too full of unconfirmed bills to take
+        one more session (Journal.can_start), so starts are refused. Asking
+        raises no event: the journal raised its "full" one at the refusal."""
+        self._quiet_full = True
+        try:
+            return not self.journal.can_start()
+        finally:
+            self._quiet_full = False

@@ -110,6 +110,10 @@ START_BUSY = const(2)
 START_FAULT = const(3)
 START_OFFLINE = const(4)
 START_NOT_PLUGGED = const(5)
+# Ours, beyond V1.6's 0..5, with the meaning 0x32 gives 0x0A ("unsettled
+# record on the pile"): the journal is full of unconfirmed bills, so no new
+# session can be recorded; starts are refused until bills are confirmed.
+START_JOURNAL_FULL = const(0x0A)
 # 0x35 (remote stop reply) reasons
 STOPR_NONE = const(0)
 STOPR_UNKNOWN_PILE = const(1)
@@ -145,6 +149,15 @@ _HDR_SIZE = const(67)
 # one u32 per class.
 _CKP = "<B16sIQ17sB"
 _CKP_SIZE = const(47)
+
+
+class StartRefused(Exception):
+    """Raised by on_open to refuse a start with a stated 0x33 reason
+    (nothing executed, nothing billed): e.g. START_JOURNAL_FULL."""
+
+    def __init__(self, reason, msg=""):
+        super().__init__(msg)
+        self.reason = reason
 
 
 def is_start_failure(reason):
@@ -480,6 +493,9 @@ class Gun:
         if self.on_open is not None:
             try:
                 self.on_open(serial, encode_header(h))
+            except StartRefused as e:  # nothing executed: nothing to bill
+                self.log("start %s refused (reason %d): %s" % (serial, e.reason, e))
+                return (0, e.reason)
             except Exception as e:  # nothing executed: nothing to bill
                 self.log("start %s refused: journal: %s" % (serial, e))
                 return (0, START_FAULT)

@@ -404,7 +404,8 @@ class ScriptedPile:
                     "journal_used": s.get("journal_used", 0), "journal_limit": 65536,
                     "oldest_pending": next(iter(self.journal), "0" * 32), "state": s["state"],
                     "boot_reason": s["boot_reason"], "fw_version": s["fw_version"],
-                    "hmi_version": s["hmi_version"]}, f.seq)
+                    "hmi_version": s["hmi_version"],
+                    "refusing_starts": s.get("refusing_starts", 0)}, f.seq)
             elif f.name == "vin_list":
                 recs = codec.unpack_records("vin_list", "records", v["records"])
                 self.vins.extend(recs)

@@ -177,8 +177,11 @@ TABLE = (
     "E3 settled_reply serial=b16 result=u1\n"
     "E4 settled serial=b16 result=u1\n"
     # Journal and version status, for the bridge and the technician.
+    # refusing_starts: 1 while the journal is too full of unconfirmed bills
+    # to take one more session (the pile answers starts with 0x33 reason
+    # 0x0A), well before journal_used reaches journal_limit.
     "E5 status_reply $P pending=u2 unsettled=u2 illegal=u2 journal_used=u4B journal_limit=u4B "
-    "oldest_pending=b16 state=u1 boot_reason=u1 fw_version=a8 hmi_version=a8\n"
+    "oldest_pending=b16 state=u1 boot_reason=u1 fw_version=a8 hmi_version=a8 refusing_starts=u1\n"
     "E6 status_query $P\n"
     # Chunked firmware transfer (firmware/upgrade.py, firmware/remote.py).
     # fw_control.op: 1 begin (version, size, sha256, mac announce the image;

@@ -64,3 +64,69 @@ def test_real_firmware_session_bill_settles_through_the_bridge(mosquitto):
                 await fw.close()
     with tempdir("firmware") as tmp, pty_pair() as (master, path):
         run(scenario(tmp, master, path), timeout=90)
+
+
+def _journal_full_of_refused_bills(root, limit):
+    """The pile's flash as an earlier platform left it: offline sessions until
+    the journal refused a start, every bill refused as illegal (0x40 result
+    1): kept for the technician, never dropped, never confirmed."""
+    from firmware import session as S
+    from tests.mp.pilekit import Rig
+    r = Rig(root, cfg={"pile": PILE_A, "journal_bytes": limit})
+    r.platform.answer_login = False
+    n = 0
+    while True:
+        res, why = r.pile.gun.offline_start("D14B0A54")
+        if not res:
+            assert why == S.START_JOURNAL_FULL, why
+            break
+        r.run(5000)
+        assert r.pile.gun.manual_stop()
+        n += 1
+        assert n < 50, "the journal never filled"
+    held = r.pile.journal.pending()
+    assert len(held) == n
+    for s in held:
+        assert r.pile.outbox.confirmed(s, 1) == "ok"
+    return held
+
+
+def test_real_firmware_journal_full_of_unconfirmed_bills_makes_the_bridge_publish_journal_full(mosquitto):
+    from firmware.journal import MIN_LIMIT
+    limit = MIN_LIMIT + 1200
+
+    class SmallJournalPile(FirmwarePile):
+        def _boot(self):
+            self.cfg["journal_bytes"] = limit
+            FirmwarePile._boot(self)
+
+    async def scenario(tmp, master, path):
+        cfg = fast_config(tmp, url_of(mosquitto), tcp={"listen": None},
+                          serial=[{"url": path, "baudrate": 115200, "ext": True}],
+                          piles={"heartbeat_s": 1.0, "command_timeout_s": 3.0},
+                          tariff=TARIFF)
+        root = os.path.join(tmp, "flash")
+        os.mkdir(root)
+        held = _journal_full_of_refused_bills(root, limit)
+        async with bridge_running(cfg), Platform(url_of(mosquitto)) as plat:
+            fw = SmallJournalPile(root, master, PILE_A, speed=60).start()
+            try:
+                # the status poll after login: refusing_starts, far below the limit
+                ev = await plat.wait_for(
+                    lambda: [e for e in plat.events if e["type"] == "journal_full"], 15)
+                assert ev[0]["journal_used"] < ev[0]["journal_limit"] == limit
+                assert ev[0]["pending"] == 0 and fw.pile.journal.illegal_bills() == held
+                # a start is refused with its own reason, and nothing is billed
+                r = await plat.command(PILE_A, {"id": "full", "cmd": "start", "gun": "01",
+                                                "balance": 100000, "card": "D14B0A54"})
+                assert r["code"] == "refused", r
+                refused = await plat.wait_for(
+                    lambda: [e for e in plat.events if e["type"] == "start_refused"])
+                assert refused[0]["reason"] == 0x0A
+                assert fw.pile.gun.state != 3 and fw.pile.journal.illegal_bills() == held
+                # one event for one full journal, however often the bridge looks
+                assert [e["type"] for e in plat.events].count("journal_full") == 1
+            finally:
+                await fw.close()
+    with tempdir("fwfull") as tmp, pty_pair() as (master, path):
+        run(scenario(tmp, master, path), timeout=90)

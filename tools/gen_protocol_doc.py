@@ -229,7 +229,9 @@ NOTES = {
     "start_auth.reason": _AUTH_REASON,
     "remote_start.balance": "account balance",
     "remote_start_reply.result": _RESULT01,
-    "remote_start_reply.reason": _START_REASON,
+    "remote_start_reply.reason": _START_REASON + (
+        "; ours: 0x0A journal full of unconfirmed bills (0x32's \"unsettled record on the "
+        "pile\"): nothing started, refused until bills are confirmed (0xE5 refusing_starts)"),
     "remote_stop_reply.result": _RESULT01,
     "remote_stop_reply.reason": "0 none, 1 pile number mismatch, 2 gun not charging, 3 other",
     "bill_confirm.result": "0 received, 1 illegal bill; neither means settled",
@@ -312,6 +314,11 @@ NOTES = {
                                  "4 upgrade (booted into a newly activated firmware)"),
     "status_reply.fw_version": "board firmware of the running slot (see Versions)",
     "status_reply.hmi_version": "screen (HMI) firmware (see Versions)",
+    "status_reply.refusing_starts": ("1: the journal is too full of unconfirmed bills to take "
+                                     "one more session, so starts are refused (0x33 reason "
+                                     "0x0A); it refuses well before journal_used reaches "
+                                     "journal_limit (room is kept for the open sessions' "
+                                     "checkpoints and bills)"),
     "fw_reply.op": "the request's op; 5 for a chunk",
     "fw_reply.stage": ("0 idle, 1 downloading, 2 verified, 3 installing, 4 installed, "
                        "5 failed, 6 rolled_back"),

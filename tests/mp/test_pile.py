@@ -158,6 +158,57 @@ def test_status_query_reports_journal_and_versions():
         rmtree(r.root)
 
 
+def _fill_journal(r, first):
+    """Sessions until the pile refuses a start; returns (serials billed, refused serial)."""
+    billed = []
+    n = first
+    while True:
+        r.start(serial(n))
+        r.run(3000)
+        rep = r.platform.named("remote_start_reply")[-1].fields
+        assert rep["serial"] == serial(n)
+        if not rep["result"]:
+            return billed, serial(n), rep["reason"]
+        r.run(10000)
+        r.stop()
+        r.run(3000)
+        billed.append(serial(n))
+        n += 1
+        assert n < first + 50, "the journal never filled"
+
+
+def _status(r):
+    k = len(r.platform.named("status_reply"))
+    r.platform.send("status_query", {"pile": r.pile.pile})
+    r.run(2000, lambda: len(r.platform.named("status_reply")) > k)
+    return r.platform.named("status_reply")[-1].fields
+
+
+def test_journal_full_of_unconfirmed_bills_refuses_starts_with_reason_0x0a_and_says_so_in_0xe5():
+    from firmware.journal import MIN_LIMIT
+    r = _rig(confirm=False, cfg={"journal_bytes": MIN_LIMIT + 1200})
+    try:
+        r.online()
+        assert _status(r)["refusing_starts"] == 0
+        billed, refused, reason = _fill_journal(r, 40)
+        assert billed and reason == S.START_JOURNAL_FULL == 0x0A
+        assert r.pile.gun.state != S.CHARGING and r.pile.journal.status(refused) is None
+        st = _status(r)
+        assert st["refusing_starts"] == 1 and st["pending"] == len(billed)
+        assert st["journal_used"] < st["journal_limit"]   # refused well before the limit
+        assert r.pile.journal.pending() == billed         # not one bill given up
+        # the platform confirms: the flag drops and the same start is accepted
+        r.platform.confirm = True
+        r.run(700000, lambda: r.pile.journal.pending() == [])
+        assert _status(r)["refusing_starts"] == 0
+        r.start(refused)
+        r.run(3000)
+        assert r.platform.named("remote_start_reply")[-1].fields["result"] == 1
+        assert r.pile.gun.state == S.CHARGING
+    finally:
+        rmtree(r.root)
+
+
 def test_repeated_start_after_reboot_neither_restarts_nor_bills_again():
     r = _rig()
     try:
