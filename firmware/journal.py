@@ -26,6 +26,9 @@ Kinds and payloads (payloads are opaque unless stated):
     ILLEGAL        5  empty: 0x40 result 1; kept, listed, never resent
     SETTLED        6  empty: the platform settled it (our extension frame)
     SERIAL_COUNTER 7  u32: the last pile-issued serial counter handed out
+    FORGOTTEN      8  k x 16 B: serials compaction dropped, still remembered
+                      (the last RING_KEYS = 40); its serial field: the floor
+                      (newest-stamped serial forgotten for good) or zeros
 
 A serial's life: open -> pending (sealed) -> confirmed -> settled, with
 pending/confirmed -> illegal and illegal -> settled (the platform resolved
@@ -51,8 +54,11 @@ API (serials are 32-digit str; payloads bytes-like):
         .counter    int, .temp  None | "removed" | "adopted"
         .healed     True when the tail was cut off by a rewrite
         .bytes_used int, .damaged  bool
-    j.open_session(serial, header) -> "opened" | "exists";
-        raises JournalFull when can_start() is False
+        .remembered int (forgotten serials still known), .floor serial|None
+    j.open_session(serial, header) -> "opened" | "exists" (also for a
+        serial settled and compacted away that the ring remembers);
+        raises JournalFull when can_start() is False, SerialTooOld when the
+        serial is unknown and its YYMMDDhhmmss is not after the floor
     j.checkpoint(serial, payload)  -> "ok" | "no_session"
     j.seal(serial, bill_body)      -> "sealed" | "already_sealed" | "no_session"
     j.confirm(serial) / j.illegal(serial) / j.settle(serial)
@@ -70,7 +76,8 @@ API (serials are 32-digit str; payloads bytes-like):
     j.written, j.compactions   bytes this object wrote, compactions it ran
 
 Raises RecordTooLong (header > MAX_HEADER, checkpoint > MAX_CHECKPOINT, bill
-> MAX_BILL; nothing written), JournalFull, ValueError (malformed serial).
+> MAX_BILL; nothing written), JournalFull, SerialTooOld, ValueError
+(malformed serial).
 """
 import binascii
 import struct
@@ -89,6 +96,7 @@ CONFIRMED = const(4)
 ILLEGAL = const(5)
 SETTLED = const(6)
 SERIAL_COUNTER = const(7)
+FORGOTTEN = const(8)
 
 STOP_POWER_LOSS = const(0x83)  # YKC stop reason "pile lost power"
 
@@ -131,6 +139,14 @@ _SLACK_BYTES = const(1024)
 _COUNTER_SKIP = const(64)
 # Cap on the quarantine file that keeps damaged bytes for forensics.
 _BAD_BYTES = const(4096)
+# Serials compaction dropped (settled, or confirmed under pressure) that the
+# journal still remembers, so that a repeated start for one of them is not a
+# second bill: the last _RING_KEYS keys, _RING_PER_REC per FORGOTTEN record
+# (at most 2 * 24 + 40 * 16 = 688 bytes on flash, 640 in RAM). Older ones
+# are summed up by the floor: the newest-stamped serial forgotten, below
+# which (by its YYMMDDhhmmss) no unknown serial is opened.
+_RING_KEYS = const(40)
+_RING_PER_REC = const(20)
 
 JOURNAL_BYTES = _JOURNAL_BYTES
 MAX_HEADER = _MAX_HEADER
@@ -141,7 +157,9 @@ OVERHEAD = _OVERHEAD
 SESSION_RESERVE = _SESSION_RESERVE
 SLACK_BYTES = _SLACK_BYTES
 COUNTER_SKIP = _COUNTER_SKIP
-MIN_LIMIT = _SESSION_RESERVE + _SLACK_BYTES + 2 * (_OVERHEAD + 4)
+RING_KEYS = _RING_KEYS
+# reserve + slack + two counter records + the floor (a FORGOTTEN record)
+MIN_LIMIT = _SESSION_RESERVE + _SLACK_BYTES + 2 * (_OVERHEAD + 4) + _OVERHEAD
 
 _NOKEY = bytes(16)
 _COUNTER_REC = _OVERHEAD + 4
@@ -153,6 +171,13 @@ class JournalError(Exception):
 
 class JournalFull(JournalError):
     """No room for the record even after compaction (or a start refused)."""
+
+
+class SerialTooOld(JournalError):
+    """A start whose trade serial the journal does not know and whose
+    YYMMDDhhmmss is not after the floor (the newest stamp among the serials
+    it has forgotten): it might repeat a bill already settled and compacted
+    away. Nothing was written."""
 
 
 class RecordTooLong(JournalError):
@@ -186,6 +211,37 @@ def _rec(n):
     return _OVERHEAD + n
 
 
+_DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def _second_after(stamp):
+    """YYMMDDhhmmss + 1 s, with the calendar's carries (20YY)."""
+    t = "%012d" % stamp
+    y, mo, d = int(t[0:2]), int(t[2:4]), int(t[4:6])
+    h, mi, se = int(t[6:8]), int(t[8:10]), int(t[10:12]) + 1
+    if se > 59:
+        se, mi = 0, mi + 1
+    if mi > 59:
+        mi, h = 0, h + 1
+    if h > 23:
+        h, d = 0, d + 1
+    dim = _DAYS[mo - 1] if 1 <= mo <= 12 else 31
+    if mo == 2 and y % 4:
+        dim = 28
+    if d > dim:
+        d, mo = 1, mo + 1
+    if mo > 12:
+        mo, y = 1, (y + 1) % 100
+    return ((((y * 100 + mo) * 100 + d) * 100 + h) * 100 + mi) * 100 + se
+
+
+def _ring_bytes(keys, floor):
+    """Bytes of the FORGOTTEN records holding `keys` keys (and the floor)."""
+    if keys == 0:
+        return _OVERHEAD if floor else 0
+    return (keys + _RING_PER_REC - 1) // _RING_PER_REC * _OVERHEAD + 16 * keys
+
+
 def _pack(off, n, st):
     return (off << 12) | (n << 3) | st
 
@@ -209,7 +265,8 @@ class Report:
     1,000 pending bills does not build 1,000 strings unless asked to."""
     __slots__ = ("_pending", "_confirmed", "_illegal", "settled", "open_sessions",
                  "torn_tail", "torn_offset", "corrupt", "records", "ignored",
-                 "unknown", "counter", "temp", "healed", "bytes_used")
+                 "unknown", "counter", "temp", "healed", "bytes_used", "remembered",
+                 "floor")
 
     def __init__(self):
         self._pending = []
@@ -227,6 +284,8 @@ class Report:
         self.temp = None
         self.healed = False
         self.bytes_used = 0
+        self.remembered = 0
+        self.floor = None
 
     @property
     def pending(self):
@@ -286,6 +345,8 @@ class Journal:
         self._counter = 0
         self._damage = []      # corrupt ranges still in the file
         self._heal = False
+        self._ring = bytearray()   # forgotten keys still remembered, oldest first
+        self._floorkey = _NOKEY    # newest-stamped key forgotten for good
 
     # ---- events -----------------------------------------------------------
     def _event(self, name, detail):
@@ -413,9 +474,39 @@ class Journal:
             if c <= self._counter:
                 return False
             self._counter = c
+        elif kind == FORGOTTEN:
+            if n % 16:
+                return False
+            if key != _NOKEY:
+                self._lower(key)
+            ring = self._ring
+            ring.extend(self._mv[_HEAD:_HEAD + n])
+            while len(ring) > 16 * _RING_KEYS:
+                self._lower(bytes(ring[0:16]))
+                ring[0:16] = b""
         else:
             return None
         return True
+
+    # ---- what compaction forgot ---------------------------------------------
+    def _lower(self, key):
+        """key leaves the ring: the floor rises to its stamp if later."""
+        f = self._floorkey
+        if f == _NOKEY or key[8:14] > f[8:14]:
+            self._floorkey = key
+
+    def _remembered(self, key):
+        ring = self._ring
+        i = ring.find(key)
+        while i >= 0:
+            if i % 16 == 0:
+                return True
+            i = ring.find(key, i + 1)
+        return False
+
+    def _below_floor(self, key):
+        f = self._floorkey
+        return f != _NOKEY and key[8:14] <= f[8:14]
 
     # ---- recovery -----------------------------------------------------------
     def recover(self):
@@ -485,6 +576,9 @@ class Journal:
     def _fill(self, rep):
         rep.counter = self._counter
         rep.bytes_used = self._size
+        rep.remembered = len(self._ring) // 16
+        f = self._floorkey
+        rep.floor = unpack_serial(f) if f != _NOKEY else None
         e = self._e
         for k in self._bills:
             st = e[k] & 7
@@ -543,8 +637,11 @@ class Journal:
         key = pack_serial(serial)
         self._ensure()
         _fits(header, _MAX_HEADER, "session header")
-        if key in self._e:
+        if key in self._e or self._remembered(key):
             return "exists"
+        if self._below_floor(key):
+            raise SerialTooOld("trade serial %s: stamp not after %s, the newest serial"
+                               " the journal forgot" % (serial, unpack_serial(self._floorkey)))
         if not self.can_start():
             raise JournalFull(self.refusal)
         self._append(SESSION_OPEN, key, header)
@@ -679,10 +776,21 @@ class Journal:
         return v
 
     def issue_serial(self, pile, gun, stamp):
-        """A pile-issued trade serial no record in the journal carries."""
+        """A pile-issued trade serial (stamp: YYMMDDhhmmss as an int) that
+        no record carries, the journal does not remember, and open_session
+        accepts: a stamp not after the floor (a clock set back) is replaced
+        by the second after the floor, which no forgotten serial can carry."""
+        self._ensure()
         for _ in range(10000):
-            s = make_serial(pile, gun, stamp, self.next_serial_counter())
-            if pack_serial(s) not in self._e:
+            c = self.next_serial_counter()   # may compact: the floor may rise
+            f = self._floorkey
+            if f != _NOKEY:
+                low = int(unpack_serial(f)[16:28])
+                if int(stamp) <= low:
+                    stamp = _second_after(low)
+            s = make_serial(pile, gun, stamp, c)
+            k = pack_serial(s)
+            if k not in self._e and not self._remembered(k):
                 return s
         raise JournalError("no free counter value for this stamp")
 
@@ -693,7 +801,7 @@ class Journal:
     def _floor(self):
         """Bytes that no compaction can free, plus what the live entries may
         still need to append."""
-        f = 2 * _COUNTER_REC
+        f = 2 * _COUNTER_REC + _OVERHEAD  # counters, and the floor record
         for v in self._e.values():
             st = v & 7
             if st == _OPEN:
@@ -789,14 +897,42 @@ class Journal:
                 size += _OVERHEAD
         for c in cks.values():
             size += _rec(_len(c))
+        # The ring takes the settled serials; it gives up its oldest keys
+        # (to the floor) before a host-confirmed bill is dropped.
+        had = len(self._ring) // 16
+        keys = had + settled
+        floor = self._floorkey != _NOKEY or keys > _RING_KEYS
+        if keys > _RING_KEYS:
+            keys = _RING_KEYS
+        room = self.limit - need - _SLACK_BYTES
+        while keys and size + _ring_bytes(keys, floor) > room:
+            keys -= 1
+            floor = True
         drop = {}
         for k in self._bills:
-            if size + need + _SLACK_BYTES <= self.limit:
+            if size + _ring_bytes(keys, floor) <= room:
                 break
             v = e[k]
             if v & 7 == _CONFIRMED and k != protect:
                 drop[k] = 1
+                floor = True   # a dropped confirmed bill goes to the floor
                 size -= _rec(_len(v)) + _OVERHEAD
+        # The new ring: the last `keys` of (old ring + forgotten, journal
+        # order); what falls off raises the floor.
+        ring = bytearray(self._ring)
+        for k in self._bills:
+            if e[k] & 7 == _SETTLED or k in drop:
+                ring.extend(k)
+        floorkey = self._floorkey
+        cut = len(ring) - 16 * keys
+        i = 0
+        while i < cut:
+            k = bytes(ring[i:i + 16])
+            if floorkey == _NOKEY or k[8:14] > floorkey[8:14]:
+                floorkey = k
+            i += 16
+        if cut > 0:
+            ring = ring[cut:]
         before = self._size
         fs = self.fs
         new = {}
@@ -822,8 +958,11 @@ class Journal:
                         continue
                     n = self._read_rec(old, _off(v), before)
                     if n != _len(v) or bytes(self._mv[4:_HEAD]) != k:
-                        # Flash changed under us: keep the evidence, say so.
+                        # Flash changed under us: keep the evidence, say so;
+                        # its serial goes to the floor.
                         lost.append(unpack_serial(k))
+                        if floorkey == _NOKEY or k[8:14] > floorkey[8:14]:
+                            floorkey = k
                         self._quarantine(old, [(_off(v), _off(v) + _rec(_len(v)))])
                         continue
                     self._write_all(t, _rec(n))
@@ -842,6 +981,15 @@ class Journal:
                         w += self._copy_new(t, CONFIRMED, k, b"")
                     elif st == _ILLEGAL:
                         w += self._copy_new(t, ILLEGAL, k, b"")
+                # What this file forgets, last: FORGOTTEN records, the first
+                # carrying the floor key.
+                fk = floorkey
+                i = 0
+                while i < len(ring) or (i == 0 and fk != _NOKEY):
+                    j = i + 16 * _RING_PER_REC
+                    w += self._copy_new(t, FORGOTTEN, fk, ring[i:j])
+                    fk = _NOKEY
+                    i = j
                 t.flush()
                 fs.sync(t)
             finally:
@@ -857,6 +1005,8 @@ class Journal:
         self._opens = opens
         self._bills = bills
         self._size = w
+        self._ring = ring
+        self._floorkey = floorkey
         self._damage = []
         self._heal = False
         self.compactions += 1

@@ -10,7 +10,8 @@ from firmware.flashsim import FlashSim, PowerCut
 
 
 def serial(n):
-    return "%014d" % 32010200000001 + "01" + "240101120000" + "%04d" % n
+    # a platform-style serial: YYMMDDhhmmss grows with n (2024-01-01 12:mm:ss)
+    return "%014d" % 32010200000001 + "01" + "24010112%02d%02d" % (n // 60 % 60, n % 60) + "%04d" % n
 
 
 def body(n, size=158):
@@ -196,7 +197,8 @@ def test_compaction_keeps_pending_drops_settled_and_keeps_open_session_tail():
         r = Journal(j.path).recover()
         assert r.pending == [c] and r.confirmed == [b] and r.settled == 0
         assert r.open_sessions == [(o, b"hdr4", b"ck4-4")]
-        assert r.records == 2 + 1 + 2  # bill b + CONFIRMED, bill c, open hdr + last ck
+        # bill b + CONFIRMED, bill c, open hdr + last ck, FORGOTTEN (a's serial)
+        assert r.records == 2 + 1 + 2 + 1 and r.remembered == 1 and r.floor is None
         assert not r.damaged and r.temp is None
         assert Journal(j.path).bill(c) == body(3)
     finally:
