@@ -414,9 +414,10 @@ class Console:
                 "slots": [t.slots[i] for i in range(48)], "spans": spans}, _pairs(rows)
 
     def cmd_versions(self, args):
-        cfg = self.pile.cfg
-        d = {"fw": cfg.get("sw_version", FW_VERSION), "hmi": cfg.get("hmi_version", ""),
-             "protocol": PROTOCOL}
+        # what the pile reports on the wire (login sw_version, 0xE5): the
+        # running slot's firmware after an upgrade, not cfg's factory version
+        rem = self.pile.remote
+        d = {"fw": rem.board_version(), "hmi": rem.hmi_version(), "protocol": PROTOCOL}
         return d, _pairs((("firmware", d["fw"]), ("hmi", d["hmi"] or "-"),
                           ("protocol", d["protocol"])))
 

@@ -84,6 +84,7 @@ def _read(path):
 class Pile:
     """cfg keys: pile (14 digits), gun ("01"), pile_type (0 DC / 1 AC),
     hmi_version, sw_version (the factory firmware version), period_ms,
+    ckpt_energy / ckpt_ms (checkpoint bounds, e4kWh / ms: docs/journal.md),
     journal_bytes, mac_key (bytes or None: the bill MAC), vin_policy
     (firmware.vinauth.VinPolicy or None), offline_cards; for remote
     operations cmd_key, upgrade_key, upgrade_boots, updater, vin_max
@@ -116,7 +117,9 @@ class Pile:
                          on_checkpoint=self._on_checkpoint, on_seal=self._on_seal,
                          on_start_reply=self._late_start_reply,
                          vin_policy=self.remote.vins, log=self.log,
-                         period_ms=cfg.get("period_ms", 1000))
+                         period_ms=cfg.get("period_ms", 1000),
+                         ckpt_energy=cfg.get("ckpt_energy", 1000),
+                         ckpt_ms=cfg.get("ckpt_ms", 60000))
         login = {"pile": self.pile, "pile_type": cfg.get("pile_type", 0), "guns": 1,
                  "proto_version": 16, "sw_version": self.remote.board_version(),
                  "net_type": 3, "sim": "", "carrier": 4}
@@ -369,11 +372,15 @@ class Pile:
         when = self._reboot_when
         if not when:
             return
-        if self.gun.state == S.CHARGING:
+        if not self.idle():
             if when == 2:
-                return
-            # "now": end the session cleanly, its bill sealed before the reset.
-            self.gun.remote_stop()
+                return        # when idle: not while a session runs or is being set up
+            # "now": end the session cleanly, its bill sealed before the reset
+            # (a card start still waiting for its 0x32 is dropped: nothing ran).
+            if self.gun.state == S.CHARGING:
+                self.gun.remote_stop()
+            else:
+                self.gun.manual_stop()
         _write_atomic(self.root + "/boot", bytes((self._reboot_reason or when,)))
         self._reboot_when = 0
         self.log("rebooting (%s)" % BOOT_NAMES[when])
@@ -387,7 +394,7 @@ class Pile:
         wait = self.gun.tick()
         if self.link.online:
             self._send_bills()
-            if self._tariff_check and self.outbox.due() is None:
+            if self._tariff_check and self._stored_bills_done():
                 self._tariff_check = False
                 t = self.gun.tariff
                 self.link.send("tariff_check", {"pile": self.pile,
@@ -398,6 +405,14 @@ class Pile:
             self.console.poll()
             return wait if wait < 50 else 50   # keystrokes echo promptly
         return wait if wait < 1000 else 1000
+
+    def _stored_bills_done(self):
+        # YKC: after login every stored bill goes first, each answered (0x40)
+        # before the tariff check. Nothing due and nothing in flight: each
+        # was sent and answered, or its answer_ms ran out (a platform that
+        # never answers does not hold the tariff check back for ever).
+        ob = self.outbox
+        return ob.due() is None and not ob._flight   # due() dropped the expired
 
     def _send_bills(self):
         ob = self.outbox

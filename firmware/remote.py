@@ -119,6 +119,7 @@ class Remote:
             self._protected = auth.PROTECTED + EXTRA_PROTECTED
         # the version a board runs before its first upgrade (no fw/state.json)
         self.factory_version = cfg.get("sw_version") or factory_version
+        self.cfg = cfg   # hmi_version is read from it when asked: one source of truth
         self.hmi = cfg.get("hmi_version") or ""
         up = cfg.get("updater")
         if up is None and cfg.get("upgrade_key"):
@@ -146,7 +147,9 @@ class Remote:
         return wire_version(ver or self.factory_version)
 
     def hmi_version(self):
-        return wire_version(self.hmi)
+        """The screen firmware (cfg hmi_version, as the console may set it
+        after boot), as it goes on the wire (8 bytes)."""
+        return wire_version(self.cfg.get("hmi_version") or "")
 
     def on_login(self):
         """Logged in, journal recovered (Pile.__init__): a new slot is healthy."""

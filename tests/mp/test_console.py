@@ -57,6 +57,13 @@ def _unconfirmed_bill(r, n=1):
     assert r.pile.journal.status(serial(n)) == "pending"
 
 
+def _status(r):
+    k = len(r.platform.named("status_reply"))
+    r.platform.send("status_query", {"pile": r.pile.pile})
+    r.run(2000, lambda: len(r.platform.named("status_reply")) > k)
+    return r.platform.named("status_reply")[-1].fields
+
+
 def test_status_shows_state_link_boot_reason_and_journal_counts():
     r = _rig(confirm=False)
     try:
@@ -150,10 +157,19 @@ def test_write_commands_need_the_pin():
         assert "cannot be set" in t.ask("config set pile 12345678901234")
         assert t.js("config set hmi_version 104")["ok"] is True
         assert t.js("versions")["hmi"] == "104"
-        # the settings survive a reboot: the next console applies them
+        # what the pile says on the wire agrees with the console
+        r.online()
+        st = _status(r)
+        v = t.js("versions")
+        assert (st["hmi_version"], st["fw_version"]) == ("104", v["fw"])
+        assert r.platform.named("login")[-1].fields["sw_version"] == v["fw"]
+        # the settings survive a reboot: the next console applies them, and the
+        # pile reports them too
         r.boot()
-        Term(r)
+        t = Term(r)
         assert r.pile.gun.period_ms == 500 and r.pile.cfg["hmi_version"] == "104"
+        r.online()
+        assert t.js("versions")["hmi"] == _status(r)["hmi_version"] == "104"
         t = Term(r)
         t.ask("lock")
         assert "locked" in t.ask("reboot now")

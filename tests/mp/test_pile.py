@@ -106,6 +106,32 @@ def test_bills_wait_for_the_link_and_go_first_after_login():
         rmtree(r.root)
 
 
+def test_three_stored_bills_each_get_their_0x40_before_the_tariff_check():
+    r = _rig()
+    try:
+        r.platform.answer_login = False  # the platform is unreachable
+        r.run(1000)
+        stored = []
+        for _ in range(3):
+            assert r.pile.gun.offline_start("D14B0A54")[0] == 1
+            r.run(20000)
+            assert r.pile.gun.manual_stop()
+            r.run(1000)
+            stored.append(r.pile.gun.bill["serial"])
+        assert r.pile.journal.pending() == stored and r.platform.bills() == []
+        n0 = len(r.platform.frames)
+        r.platform.answer_login = True
+        r.online()
+        r.run(30000, lambda: r.platform.named("tariff_check"))
+        after = [f for f in r.platform.frames[n0:] if f.name in ("bill", "tariff_check")]
+        assert [f.name for f in after] == ["bill", "bill", "bill", "tariff_check"]
+        assert [f.fields["serial"] for f in after[:3]] == stored
+        # each was answered before the check went out: none pending by then
+        assert r.pile.journal.pending() == []
+    finally:
+        rmtree(r.root)
+
+
 def test_reboot_now_seals_the_running_session_first_and_reports_boot_reason():
     r = _rig()
     try:
@@ -137,6 +163,60 @@ def test_reboot_when_idle_waits_for_the_session_to_end():
         r.stop()
         r.run(5000, lambda: r.reboots == 1)
         assert r.reboots == 1 and r.pile.boot_reason == 2
+    finally:
+        rmtree(r.root)
+
+
+def test_reboot_when_idle_waits_while_a_card_start_is_authorising():
+    r = _rig()
+    try:
+        r.online()
+        assert r.pile.card_swiped("D14B0A54") == "asked"   # the platform never answers
+        assert r.pile.gun.state == S.AUTHORISING
+        r.platform.send("reboot", {"pile": r.pile.pile, "when": 2})
+        r.run(20000)
+        assert r.reboots == 0 and r.pile.gun.state == S.AUTHORISING
+        r.run(20000, lambda: r.reboots == 1)   # the 0x31 timed out: idle, then reboot
+        assert r.reboots == 1 and r.pile.boot_reason == 2
+    finally:
+        rmtree(r.root)
+
+
+def test_reboot_when_idle_waits_while_a_session_is_stopping():
+    r = _rig()
+    try:
+        r.online()
+        r.start(serial(14))
+        r.run(10000)
+        r.pile.gun.state = S.STOPPING    # between the contactor opening and the seal
+        assert not r.pile.idle()
+        r.pile.request_reboot(2, "test")
+        r.pile.poll()
+        assert r.reboots == 0
+        r.pile.gun.state = S.FINISHED
+        r.run(2000, lambda: r.reboots == 1)
+        assert r.reboots == 1
+    finally:
+        rmtree(r.root)
+
+
+def test_checkpoint_bounds_come_from_the_pile_config():
+    # every 10 s and never by energy: a power cut at 25 s bills up to the 20 s checkpoint
+    r = _rig(cfg={"ckpt_ms": 10000, "ckpt_energy": 10 ** 7})
+    try:
+        assert (r.pile.gun.ckpt_ms, r.pile.gun.ckpt_energy) == (10000, 10 ** 7)
+        r.online()
+        r.start(serial(15))
+        r.run(25000)
+        assert r.pile.gun.state == S.CHARGING
+        r.world.contactor.open()
+        r.boot()
+        assert r.pile.recovered == [serial(15)]
+        r.online()
+        r.run(30000, lambda: r.platform.bills())
+        b = r.platform.bills()[0].fields
+        assert b["stop_reason"] == 0x83 and b["total_energy"] > 0
+        assert b["end_time"] - b["start_time"] in (20, 21)
     finally:
         rmtree(r.root)
 

@@ -328,6 +328,11 @@ def test_upgrade_over_the_link_resumes_after_a_reboot_and_runs_the_new_version()
         assert _logins(r)[-1] == "209.5.0"
         st = _status(r)
         assert (st["fw_version"], st["hmi_version"], st["boot_reason"]) == ("209.5.0", "103", 4)
+        # the technician console shows what the pile reports, not the factory version
+        from firmware.console import Console
+        from firmware.loopuart import LoopUart
+        v = Console(r.pile, LoopUart.pair()[0]).cmd_versions([])[0]
+        assert (v["fw"], v["hmi"]) == ("209.5.0", "103")
         up = r.pile.remote.updater
         assert up.status()["pending"] is False and up.versions()["previous"] == OLD
         with open(up.slot_path(up.status()["active"]) + "/firmware/extra.py", "rb") as fh:
