@@ -256,6 +256,11 @@ def check_mac(doc, key):
     return MAC_VERIFIED, []
 
 
+def _dec4(v):
+    sign = "-" if v < 0 else ""
+    return "%s%d.%04d" % ((sign,) + divmod(abs(v), 10000))
+
+
 def _bill_part(doc):
     # What a bill is apart from its 0xEB: an incomplete copy and the completed
     # one agree on it.
@@ -480,6 +485,35 @@ class Platform:
         log.warning("bill %s: %s", serial, note)
         return False, problems
 
+    def take_late_extra(self, event):
+        """A `bill_extra_late` event (the 0xEB came after the bill was
+        confirmed without it): complete the stored incomplete copy from it,
+        as if the completed bill had been published. Returns the problems, or
+        None when there is nothing to complete."""
+        x, frame = event.get("raw"), event.get("frame")
+        serial = event.get("serial")
+        if not isinstance(x, dict) or not isinstance(frame, str) or not isinstance(serial, str):
+            return None
+        row = self._row(serial)
+        if row is None or row[1]:
+            return None
+        doc = json.loads(row[0])
+        raw = doc.get("raw")
+        if not isinstance(raw, dict) or x.get("serial") != serial:
+            return None
+        raw["extra"] = x
+        energy_fee = service_fee = 0
+        for item in doc.get("periods") or ():
+            p = item.get("period")
+            ef, sf = x.get("%s_energy_fee" % p, 0), x.get("%s_service_fee" % p, 0)
+            item["energy_fee"], item["service_fee"] = _dec4(ef), _dec4(sf)
+            energy_fee += ef
+            service_fee += sf
+        doc.update({"complete": True, "mac": x.get("mac"), "extra_frame": frame,
+                    "energy_fee": _dec4(energy_fee), "service_fee": _dec4(service_fee),
+                    "tariff_model": x.get("model")})
+        return self.take_bill(doc)[1]
+
     def confirm_result(self, serial, now=None):
         """The result to confirm `serial` with (CONFIRM_*), or None: not yet
         (an incomplete copy from a keyed pile, within mac_wait_s)."""
@@ -600,9 +634,11 @@ class Platform:
         elif kind == "events":
             self.stats["events"] += 1
             self.db.execute("INSERT INTO events (site, pile, kind, doc, at) VALUES (?,?,?,?,?)",
-                            (site, pile, doc.get("kind", "") if isinstance(doc, dict) else "",
+                            (site, pile, (doc.get("type") or doc.get("kind", "")) if isinstance(doc, dict) else "",
                              payload.decode(errors="replace"), time.time()))
             self.db.commit()
+            if isinstance(doc, dict) and doc.get("type") == "bill_extra_late":
+                self.take_late_extra(doc)
             self.changed.set()
         elif kind == "result" and isinstance(doc, dict):
             fut = self._waiting.pop(doc.get("id"), None)

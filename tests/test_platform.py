@@ -21,7 +21,7 @@ from host.testkit import make_bill, make_extra
 from protocol import codec
 from tests import broker as brokers
 from tests.test_bridge_helpers import PILE_A, PILE_B, bridge_running, connect_pile, fast_config, \
-    run, tempdir, url_of
+    run, tempdir, until, url_of
 
 KEY_A = bytes(range(32))
 KEY_OTHER = bytes(range(1, 33))
@@ -273,6 +273,38 @@ def test_a_verified_copy_replaces_a_stored_tampered_one():
     b = p.bill(good["serial"])
     assert b["doc"] == good and b["mac"] == P.MAC_VERIFIED and b["conflicts"] == 1
     assert [json.loads(r[0]) for r in p.db.execute("SELECT doc FROM copies")] == [bad]
+
+
+def test_a_fee_split_that_comes_after_the_confirmation_completes_the_bill(mosquitto):
+    # The bridge published the bill without its 0xEB (extra_wait_s), the
+    # platform confirmed it, then the 0xEB came: the bridge says so in a
+    # bill_extra_late event, from which the platform completes the bill.
+    async def scenario(tmp):
+        cfg = fast_config(tmp, url_of(mosquitto), site="s1", bills={"extra_wait_s": 0.05})
+        p = Platform(url_of(mosquitto))
+        task = await started(p)
+        try:
+            async with bridge_running(cfg) as b:
+                pile = await connect_pile(PILE_A, b.tcp_port)
+                bill = make_bill(PILE_A, 1)
+                s = bill["serial"]
+                assert await pile.send_bill(bill) == 0
+                await until(lambda: (p.bill(s) or {}).get("confirm_result") == 0, what="confirmed")
+                assert p.bill(s)["complete"] is False
+                x = make_extra(bill)
+                x["sharp_service_fee"] += 1          # a fee split that does not add up
+                assert await pile.send_bill(bill, x) == 0
+                await until(lambda: p.bill(s)["complete"], what="completed from the event")
+                await pile.close()
+            assert [r[0] for r in p.db.execute("SELECT kind FROM events")] == ["bill_extra_late"]
+            return p.bill(s), p.summary()
+        finally:
+            await stopped(task)
+    with tempdir("lateextra") as tmp:
+        b, s = run(scenario(tmp))
+    assert b["doc"]["extra_frame"] and b["doc"]["energy_fee"] is not None
+    assert any("sharp fees" in x for x in b["problems"]) and not b["reconciled"]
+    assert s["incomplete"] == 0 and s["unreconciled"] == 1
 
 
 # --- the database and the command line ---------------------------------------------------
