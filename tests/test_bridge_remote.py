@@ -6,6 +6,7 @@
 # (resuming after a dropped link), and minimum versions flagged.
 import asyncio
 import base64
+import json
 import os
 import socket
 import sys
@@ -333,7 +334,6 @@ def test_a_push_from_the_cli_resumes_from_the_offset_the_pile_reports_after_a_dr
                 assert 0 < staged < len(img)
                 out, err = await asyncio.wait_for(cli.communicate(), 60)
                 assert cli.returncode == 0, (out, err)
-                import json
                 res = json.loads(out.decode().strip().splitlines()[-1])
                 assert res["ok"] and res["reply"]["running"] == NEW, res
                 # announced again after the drop, the pile said where it stood
