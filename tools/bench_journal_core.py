@@ -38,7 +38,10 @@ except AttributeError:  # CPython
 
 
 def serial(n):
-    return "32010200000001" + "01" + "240101120000" + "%04d" % (n % 10000)
+    # YYMMDDhhmmss grows with n, as a platform's serials do (the journal
+    # refuses an unknown serial stamped before what it forgot)
+    return ("32010200000001" + "01" + "240101%02d%02d%02d" % (n // 3600 % 24, n // 60 % 60, n % 60)
+            + "%04d" % (n % 10000))
 
 
 def checkpoints_for(kwh_e4, power_w):
