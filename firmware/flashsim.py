@@ -123,7 +123,17 @@ class FlashSim:
         self._dur = dur
 
     def _track(self, buf):
-        self._dur.append([buf, 0])
+        # forget contents no name holds any more (replaced or removed), so a
+        # long run of compactions does not keep every old copy alive
+        live = list(self.files.values())
+        keep = []
+        for d in self._dur:
+            for v in live:
+                if v is d[0]:
+                    keep.append(d)
+                    break
+        keep.append([buf, 0])
+        self._dur = keep
 
     def _commit(self, buf):
         for d in self._dur:
