@@ -43,7 +43,7 @@ DEFAULTS = {
     "piles": {                    # defaults for every pile link
         "heartbeat_s": 10.0,      # the pile's heartbeat period (YKC: 10 s)
         "missed_heartbeats": 3,   # this many periods of silence = offline
-        "time_sync_s": 86400.0,   # 0x56 after login and then this often
+        "time_sync_s": 86400.0,   # 0x56 after login and then this often; 0: never
         "command_timeout_s": 10.0,
         "status_poll_s": 300.0,   # ext piles: 0xE6 status query this often (journal, versions)
         "ext": True,              # pile understands our extension frames (0xE1..0xEF)
@@ -204,6 +204,8 @@ def validate(cfg):
     parse_mqtt_url(m["url"])
     if m["protocol"] not in ("3.1.1", "5"):
         raise ConfigError("mqtt.protocol is \"3.1.1\" or \"5\"")
+    if cfg["piles"]["time_sync_s"] < 0:
+        raise ConfigError("piles.time_sync_s must be >= 0 (0: never set the piles' clocks)")
     if cfg["piles"]["missed_heartbeats"] < 1:
         raise ConfigError("piles.missed_heartbeats must be >= 1")
     if cfg["bills"]["window"] < 1:

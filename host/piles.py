@@ -438,12 +438,14 @@ class PileConn:
         # daily time sync and, for our firmware, a periodic status query (it
         # is how "journal full" and version changes become visible).
         pc = self.cfg["piles"]
-        await self.sync_time()
+        sync = pc["time_sync_s"] > 0        # 0: the piles keep their own clock
+        if sync:
+            await self.sync_time()
         if pile.ext:
             await self.poll_status()
         self.bridge.settle_backlog(pile)
         now = time.monotonic()
-        next_sync = now + pc["time_sync_s"]
+        next_sync = now + pc["time_sync_s"] if sync else float("inf")
         next_status = now + pc["status_poll_s"] if pile.ext else float("inf")
         while True:
             await asyncio.sleep(max(0.0, min(next_sync, next_status) - time.monotonic()))

@@ -221,6 +221,21 @@ def test_login_is_followed_by_time_sync_and_the_configured_tariff_model(mosquitt
         run(scenario(tmp))
 
 
+def test_time_sync_0_leaves_the_piles_clock_alone(mosquitto):
+    # piles.time_sync_s = 0: piles with a clock of their own get no 0x56.
+    async def scenario(tmp):
+        cfg = fast_config(tmp, url_of(mosquitto))
+        cfg["piles"]["time_sync_s"] = 0
+        async with bridge_running(cfg) as b:
+            pile = await connect_pile(PILE_A, b.tcp_port)
+            # The status query comes after the (skipped) sync: by then a 0x56 would be here.
+            await pile.wait_for(lambda: pile.received("status_query"))
+            assert not pile.received("time_sync")
+            await pile.close()
+    with tempdir("nosync") as tmp:
+        run(scenario(tmp))
+
+
 def test_bills_that_do_not_belong_or_do_not_add_up(mosquitto):
     async def scenario(tmp):
         cfg = fast_config(tmp, url_of(mosquitto))

@@ -31,11 +31,7 @@ def test_demo_loses_duplicates_and_misreconciles_nothing(capsys, broker):
     assert s["stop_reasons"].get("power_lost") == 1
     assert s["stop_reasons"].get("amount_target") == 1
     assert s["vin_refused_bills"] == 1            # pile 4: fleet card, foreign bus (0x8A)
-    # Counted, not asserted: the bridge sets the piles' clocks to the real
-    # time after login (0x56), so which tariff classes pile 5's 100 simulated
-    # minutes cross depends on the time of day the demo runs (and none of
-    # them reaches the deep-valley class, which ends at 06:00).
-    assert isinstance(s["five_class_bills"], int)
+    assert s["five_class_bills"] == 1             # pile 5: deep valley 05:46 .. sharp 07:35
 
     # The table pile-demo prints without --json, from this same run's summary.
     rows = _table_rows(demo.table(s))
