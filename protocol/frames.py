@@ -32,8 +32,10 @@
 # end) still gives the classic tuple form for tools.
 #
 # The bill 0x3B has two layouts (4 periods, body 158; 5 periods with deep
-# valley, body 174): a code may appear more than once (adjacent lines); the
-# decoder picks the layout by body length, the encoder by the fields given.
+# valley, body 174), and so has 0xE5 (56 bytes, and 55 from firmware before
+# refusing_starts): a code may appear more than once (adjacent lines); the
+# decoder picks the layout by body length, the encoder by the fields given
+# (or by the name given).
 #
 # Extension frames (ours, not in YKC V1.6) use codes 0xD0..0xEF; see
 # docs/protocol.md. No standard frame uses that range (V1.6 stops at 0xA4;
@@ -180,8 +182,14 @@ TABLE = (
     # refusing_starts: 1 while the journal is too full of unconfirmed bills
     # to take one more session (the pile answers starts with 0x33 reason
     # 0x0A), well before journal_used reaches journal_limit.
+    # status_reply55: the same without refusing_starts (body 55), as sent by
+    # piles still on firmware from before that field; kept so that a bridge
+    # reads both halves of a fleet in mid-upgrade (the decoder picks by body
+    # length; a missing refusing_starts means "unknown").
     "E5 status_reply $P pending=u2 unsettled=u2 illegal=u2 journal_used=u4B journal_limit=u4B "
     "oldest_pending=b16 state=u1 boot_reason=u1 fw_version=a8 hmi_version=a8 refusing_starts=u1\n"
+    "E5 status_reply55 $P pending=u2 unsettled=u2 illegal=u2 journal_used=u4B journal_limit=u4B "
+    "oldest_pending=b16 state=u1 boot_reason=u1 fw_version=a8 hmi_version=a8\n"
     "E6 status_query $P\n"
     # Chunked firmware transfer (firmware/upgrade.py, firmware/remote.py).
     # fw_control.op: 1 begin (version, size, sha256, mac announce the image;

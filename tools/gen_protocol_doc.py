@@ -104,6 +104,11 @@ TITLES = {
                 "received)."),
     "status_reply": ("ours", "Journal and version status (semantics: firmware/journal.py, "
                      "firmware/pile.py)."),
+    "status_reply55": ("ours", "The 0xE5 of piles still on firmware from before "
+                       "`refusing_starts`: the same fields without it. The decoder "
+                       "picks the form by body length; the bridge reads the missing flag as "
+                       "unknown and judges the journal full from `journal_used` >= "
+                       "`journal_limit` alone."),
     "status_query": ("ours", "The bridge or a technician asks for 0xE5."),
     "fw_reply": ("ours", "Answer to every 0xE8 and 0xEA: result, stage and the next offset "
                  "(see Firmware upgrade)."),
@@ -461,8 +466,13 @@ def _check_notes():
             raise ValueError("title for unknown frame %s" % n)
 
 
+# An older form of a frame shares its notes with the current one.
+NOTES_OF = {"status_reply55": "status_reply"}
+
+
 def _note(frame, field):
-    return NOTES.get(frame + "." + field) or NOTES.get("*." + field, "")
+    return (NOTES.get(frame + "." + field) or NOTES.get(NOTES_OF.get(frame, "") + "." + field)
+            or NOTES.get("*." + field, ""))
 
 
 def _kind(f):

@@ -112,6 +112,44 @@ def test_bill_with_deep_valley_is_0xb2_and_round_trips():
     assert f.name == "bill5" and f.fields["deep_energy"] == v["deep_energy"]
 
 
+def sample_status(refusing=None):
+    # A 0xE5 as our firmware sends it; refusing=None: the form of firmware from
+    # before refusing_starts.
+    v = {"pile": "55031412782305", "pending": 3, "unsettled": 1, "illegal": 0,
+         "journal_used": 40960, "journal_limit": 65536,
+         "oldest_pending": "55031412782305012405010800000042", "state": 3, "boot_reason": 2,
+         "fw_version": "209.04.0", "hmi_version": "103"}
+    if refusing is not None:
+        v["refusing_starts"] = refusing
+    return v
+
+
+def test_status_reply_of_current_firmware_is_56_bytes_and_round_trips():
+    v = sample_status(refusing=1)
+    out = codec.encode(0xE5, v, seq=0x0203)
+    assert out[1] == 56 + 4 and len(out) == 56 + 8
+    f = codec.decode(out)
+    assert f.name == "status_reply" and f.fields == v and f.seq == 0x0203
+    assert codec.encode("status_reply", f.fields, seq=0x0203) == out
+
+
+def test_status_reply_of_firmware_before_refusing_starts_decodes_by_its_55_byte_length():
+    v = sample_status()
+    out = codec.encode(0xE5, v, seq=0x0203)          # no refusing_starts: the old form
+    assert out[1] == 55 + 4 and len(out) == 55 + 8
+    f = codec.decode(out)
+    assert f.name == "status_reply55" and f.fields == v and "refusing_starts" not in f.fields
+    assert codec.encode("status_reply55", f.fields, seq=0x0203) == out
+    # the same 55 bytes are the new form's first 55: only the flag is missing
+    new = codec.encode(0xE5, sample_status(refusing=0))
+    assert new[6:6 + 55] == out[6:6 + 55]
+    # by the stream reader too, old and new forms back to back
+    r = FrameReader()
+    got = r.push(out + new)
+    assert [x.name for x in got] == ["status_reply55", "status_reply"]
+    raises(BadLength, codec.layout_for, 0xE5, 54)
+
+
 def test_meter_reading_uses_five_bytes():
     v = sample_bill()
     v["meter_stop"] = (1 << 40) - 1
