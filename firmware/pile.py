@@ -25,6 +25,7 @@ from firmware.remote import Remote
 from firmware.ticks import diff_of
 from firmware.tariff import Tariff, TariffError
 from protocol import codec
+from protocol import fields as F
 
 try:
     from micropython import const
@@ -179,7 +180,13 @@ class Pile:
         return bill_payload(S.rebuild_bill(header, checkpoint), self.cfg.get("mac_key"))
 
     def _next_serial(self):
-        return self.journal.next_serial_counter()
+        # A pile-issued trade serial (card start authorised without one,
+        # offline start): Journal.issue_serial skips serials the journal holds
+        # or remembers and moves a stamp at or before its floor (a clock set
+        # back) past it, so the start is never refused as SerialTooOld.
+        y, mo, d, h, mi, s, _ = F.to_civil(self.clock.now())
+        stamp = ((((y % 100 * 100 + mo) * 100 + d) * 100 + h) * 100 + mi) * 100 + s
+        return self.journal.issue_serial(self.pile, self.gun.gun, stamp)
 
     # --- persisted settings ----------------------------------------------------
 

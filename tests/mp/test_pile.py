@@ -424,3 +424,112 @@ def test_offline_card_start_only_for_listed_cards_and_bills_with_a_pile_serial()
         assert len(pend) == 1 and pend[0].startswith(r.pile.pile + "01")
     finally:
         rmtree(r.root)
+
+
+# ---- pile-issued serials: Journal.issue_serial, a clock set back -------------
+
+def _settled_history(root, n=45):
+    # What the pile's journal holds after n platform starts (their serials
+    # stamped 2026-11-24 10:00:00, the rig's T0), each billed and settled:
+    # compacted away, the last 40 remembered, the rest summed up by the floor.
+    from firmware.journal import Journal
+    j = Journal(root + "/journal")
+    for k in range(n):
+        s = serial(100 + k)
+        j.open_session(s, b"h")
+        j.seal(s, b"bill")
+        j.confirm(s)
+        j.settle(s)
+    j.compact()
+    rep = Journal(root + "/journal").recover()
+    assert rep.floor is not None and rep.floor[16:28] == "261124100000"
+    return rep.floor
+
+
+def _offline_start(r, took):
+    r.platform.answer_login = False      # the platform out of reach
+    assert not r.pile.link.online
+    assert r.pile.card_swiped("D14B0A54") == "started"
+    took.append(r.pile.gun.trade.h["serial"])
+
+
+def test_pile_serials_unique_and_starting_with_the_clock_set_back_across_reboots_and_a_power_cut():
+    from tests.mp.pilekit import T0
+    from tests.mp.util import tmpdir
+    root = tmpdir("pile")
+    floor = _settled_history(root)
+    r = Rig(root)
+    clock = r.world.clock
+    took = []
+    try:
+        # offline, the clock at the floor's own second: moved past the floor
+        clock.set_now(T0)
+        _offline_start(r, took)
+        assert took[0][16:28] == "261124100001"     # the second after the floor
+        r.run(20000)
+        assert r.pile.gun.state == S.CHARGING
+        r.pile.gun.manual_stop()
+        # the clock set back a day: starts all the same, a new serial
+        clock.set_now(T0 - 86400)
+        _offline_start(r, took)
+        r.run(20000)
+        r.pile.gun.manual_stop()
+        r.boot()                                     # a reboot
+        clock.set_now(T0)                            # the same second again
+        _offline_start(r, took)
+        r.run(90000)
+        r.world.contactor.open()
+        r.boot()                                     # a power cut mid-session
+        assert r.pile.recovered == [took[2]]
+        clock.set_now(T0 - 86400)
+        _offline_start(r, took)
+        r.run(20000)
+        r.pile.gun.manual_stop()
+        r.boot()
+        # online: a card start the platform authorises without a serial
+        clock.set_now(T0)
+        r.online()
+        r.run(120000, lambda: r.pile.journal.pending() == [] and r.pile.journal.confirmed() == [])
+        assert r.pile.card_swiped("D14B0A54") == "asked"
+        r.run(2000)
+        r.platform.send("start_auth", {"serial": "0" * 32, "pile": r.pile.pile, "gun": "01",
+                                       "logical_card": "1000000573", "balance": 100000,
+                                       "ok": 1, "reason": 0})
+        r.run(3000, lambda: r.pile.gun.trade is not None)
+        assert r.pile.gun.state == S.CHARGING
+        took.append(r.pile.gun.trade.h["serial"])
+        r.run(20000)
+        r.stop()
+        r.run(60000, lambda: r.pile.journal.status(took[-1]) == "settled")
+        assert len(took) == 5 and len(set(took)) == 5, took
+        for s in took:
+            assert s[16:28] > floor[16:28], (s, floor)
+            assert r.pile.journal.status(s) == "settled"
+        # one bill for each start, each under its own serial
+        assert sorted(set([f.fields["serial"] for f in r.platform.bills()])) == sorted(took)
+    finally:
+        rmtree(root)
+
+
+def test_offline_start_skips_a_serial_the_journal_already_holds():
+    # A platform start whose serial happens to be the one the pile would
+    # issue next (same pile, gun, second and counter) is still pending: the
+    # pile's own start takes the next free serial instead of failing.
+    from firmware.journal import Journal, make_serial
+    from tests.mp.pilekit import PILE, T0
+    from tests.mp.util import tmpdir
+    root = tmpdir("pile")
+    j = Journal(root + "/journal")
+    c = j.next_serial_counter()
+    held = make_serial(PILE, "01", 261124100000, c + 1)
+    j.open_session(held, b"h")
+    j.seal(held, b"bill")
+    r = Rig(root)
+    try:
+        r.world.clock.set_now(T0)
+        assert r.pile.card_swiped("D14B0A54") == "started"
+        mine = r.pile.gun.trade.h["serial"]
+        assert mine != held and mine.startswith(PILE + "01")
+        assert r.pile.journal.status(held) == "pending"
+    finally:
+        rmtree(root)
