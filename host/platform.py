@@ -89,6 +89,13 @@ MAC_WAIT_S = 120.0
 
 _ZERO_MAC = "0" * 64
 
+# A database write that fails (disk full, I/O error, a locked file) is
+# retried for the same message after DB_RETRY_MIN_S, doubling up to
+# DB_RETRY_MAX_S, for as long as it fails: nothing is confirmed before it is
+# stored, and the bridge republishes what stays unconfirmed anyway.
+DB_RETRY_MIN_S = 0.2
+DB_RETRY_MAX_S = 30.0
+
 
 class PlatformError(Exception):
     """A bad option, key file or database: the message says which and why."""
@@ -392,11 +399,12 @@ class Platform:
         self.confirming = True
         self.changed = asyncio.Event()
         self.last_error = None         # why the last connection attempt failed
+        self.last_db_error = None      # the last database write that failed (str)
         self._client = None
         self._waiting = {}             # request id -> future of the result
         self.stats = {"bill_messages": 0, "duplicates": 0, "confirms_sent": 0, "events": 0,
                       "bad_messages": 0, "refusals_sent": 0, "held": 0, "completed": 0,
-                      "conflicts": 0}
+                      "conflicts": 0, "db_errors": 0}
 
     # --- storage -----------------------------------------------------------
 
@@ -588,7 +596,7 @@ class Platform:
                     if ready is not None:
                         ready.set()
                     async for m in client.messages:
-                        await self._on_message(client, str(m.topic), m.payload)
+                        await self._take_message(client, str(m.topic), m.payload)
             except (aiomqtt.MqttError, OSError, ssl.SSLError) as e:
                 self._client = None
                 self.last_error = str(e) or type(e).__name__
@@ -596,7 +604,35 @@ class Platform:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def _on_message(self, client, topic, payload):
+    async def _take_message(self, client, topic, payload):
+        """Handle one message, retrying it while the database fails. `done`
+        carries the steps already through across attempts, so a retry
+        neither stores, counts nor confirms anything twice."""
+        done = {}
+        delay = DB_RETRY_MIN_S
+        while True:
+            stats = dict(self.stats)
+            try:
+                return await self._on_message(client, topic, payload, done)
+            except sqlite3.Error as e:
+                # The failed step's transaction is undone; so are the counters
+                # of a copy that is not stored yet (it is counted when it is).
+                try:
+                    self.db.rollback()
+                except sqlite3.Error:
+                    pass
+                if "stored" not in done:
+                    self.stats.update(stats)
+                self.stats["db_errors"] += 1
+                self.last_db_error = str(e) or type(e).__name__
+                log.warning("platform: database write failed (%s) on %s: the message is "
+                            "taken again in %.1fs (a bill is confirmed only once stored)",
+                            self.last_db_error, topic, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, DB_RETRY_MAX_S)
+
+    async def _on_message(self, client, topic, payload, done=None):
+        done = {} if done is None else done
         parts = topic.split("/")
         if len(parts) != 4:
             return
@@ -609,34 +645,44 @@ class Platform:
         if kind == "bills":
             if self.silent:
                 return  # an outage: the bridge keeps it and sends it again
-            self.stats["bill_messages"] += 1
             if not isinstance(doc, dict) or not isinstance(doc.get("serial"), str):
+                self.stats["bill_messages"] += 1
                 self.stats["bad_messages"] += 1
                 return
-            self.take_bill(doc)
+            if "stored" not in done:
+                self.stats["bill_messages"] += 1
+                self.take_bill(doc)
+                done["stored"] = True
             if self.confirming:
-                result = self.confirm_result(doc["serial"])
+                if "result" not in done:
+                    done["result"] = self.confirm_result(doc["serial"])
+                result = done["result"]
                 if result is None:
                     # Incomplete, from a keyed pile: the completed copy follows.
                     self.stats["held"] += 1
                 else:
-                    # Confirm every copy: a resend means the bridge did not see our answer.
-                    await client.publish("%s/%s/confirm/%s" % (ROOT, site, pile),
-                                         json.dumps({"serial": doc["serial"], "result": result}),
-                                         qos=1)
+                    if "confirmed" not in done:
+                        # Confirm every copy: a resend means the bridge did not see our answer.
+                        await client.publish("%s/%s/confirm/%s" % (ROOT, site, pile),
+                                             json.dumps({"serial": doc["serial"],
+                                                         "result": result}), qos=1)
+                        done["confirmed"] = True
+                        self.stats["confirms_sent"] += 1
+                        if result != CONFIRM_OK:
+                            self.stats["refusals_sent"] += 1
                     self.db.execute("UPDATE bills SET confirm_result=? WHERE serial=?",
                                     (result, doc["serial"]))
                     self.db.commit()
-                    self.stats["confirms_sent"] += 1
-                    if result != CONFIRM_OK:
-                        self.stats["refusals_sent"] += 1
             self.changed.set()
         elif kind == "events":
-            self.stats["events"] += 1
-            self.db.execute("INSERT INTO events (site, pile, kind, doc, at) VALUES (?,?,?,?,?)",
-                            (site, pile, (doc.get("type") or doc.get("kind", "")) if isinstance(doc, dict) else "",
-                             payload.decode(errors="replace"), time.time()))
-            self.db.commit()
+            if "stored" not in done:
+                self.stats["events"] += 1
+                self.db.execute("INSERT INTO events (site, pile, kind, doc, at) VALUES (?,?,?,?,?)",
+                                (site, pile, (doc.get("type") or doc.get("kind", ""))
+                                 if isinstance(doc, dict) else "",
+                                 payload.decode(errors="replace"), time.time()))
+                self.db.commit()
+                done["stored"] = True
             if isinstance(doc, dict) and doc.get("type") == "bill_extra_late":
                 self.take_late_extra(doc)
             self.changed.set()

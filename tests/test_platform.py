@@ -467,6 +467,52 @@ def test_through_the_bridge_a_refused_bill_is_closed_with_the_refusal_and_kept(m
         assert s["bills"] == 2 and s["tampered"] == 1 and s["unreconciled"] == 1
 
 
+def test_a_platform_whose_database_fills_up_once_retries_and_stores_the_bill_once_confirmed(
+        mosquitto):
+    # The platform's own SQLite refuses a write (SQLITE_FULL: its page limit
+    # pinned to what the file holds, as a full disk would): the platform
+    # logs, backs off and takes the same message again once space is back,
+    # instead of ending run(). The bridge's republication is 30 s away, so
+    # the bill reaching the pile settled proves the platform's own retry.
+    async def scenario(tmp):
+        cfg = fast_config(tmp, url_of(mosquitto), site="s1",
+                          bills={"retry_initial_s": 30.0, "retry_max_s": 60.0})
+        path = os.path.join(tmp, "platform.db")
+        pre = sqlite3.connect(path)
+        pre.execute("PRAGMA page_size=512")     # small pages: a bill needs new ones
+        pre.executescript(P._SCHEMA)
+        pre.close()
+        p = Platform(url_of(mosquitto), db=path)
+        pages = p.db.execute("PRAGMA page_count").fetchone()[0]
+        p.db.execute("PRAGMA max_page_count=%d" % pages)      # full from here on
+        task = await started(p)
+        try:
+            async with bridge_running(cfg) as b:
+                pile = await connect_pile(PILE_A, b.tcp_port)
+                bill = make_bill(PILE_A, 1)
+                s = bill["serial"]
+                assert await pile.send_bill(bill, make_extra(bill)) == 0
+                await until(lambda: p.stats["db_errors"] >= 1 or task.done(), 10, "a failed write")
+                assert not task.done(), task.exception()   # run() did not end on it
+                assert "full" in p.last_db_error and p.serials() == set()
+                p.db.execute("PRAGMA max_page_count=1073741823")   # space again
+                await pile.wait_for(lambda: s in pile.settled, 10)
+                row = await b.store.bill(s)
+                await pile.close()
+            assert not task.done()                  # run() went on through the failure
+            return s, pile.settled, row
+        finally:
+            await stopped(task)
+    with tempdir("platfull") as tmp:
+        s, settled, row = run(scenario(tmp))
+        p = Platform(db=os.path.join(tmp, "platform.db"))
+        assert settled == {s: 0} and row.confirmed_at is not None and row.confirm_result == 0
+        assert row.publish_count == 1                 # no republication was needed
+        b = p.bill(s)
+        assert b["copies"] == 1 and b["confirm_result"] == 0 and b["reconciled"]
+        assert p.summary()["bills"] == 1
+
+
 # --- TLS and credentials against the shipped, locked-down Mosquitto ------------------------------
 
 needs_tls = pytest.mark.skipif(
