@@ -290,6 +290,8 @@ class Bridge:
 
     def on_status_reply(self, pile, f):
         def _journal_full(s):
+            # No refusing_starts (status_reply55, firmware from before it):
+            # unknown, so only a journal at its limit counts as full.
             return bool(s.get("refusing_starts")) or bool(
                 s.get("journal_limit") and s.get("journal_used", 0) >= s["journal_limit"])
 

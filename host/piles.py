@@ -42,7 +42,9 @@ REPLIES = {
 # Replies that only ever come as answers: one nobody waits for is late or a
 # duplicate, and is logged and dropped.
 _PURE_REPLIES = {"remote_start_reply", "remote_stop_reply", "reboot_reply", "tariff_set_reply",
-                 "time_sync_reply", "status_reply", "fw_reply", "vin_list_reply"}
+                 "time_sync_reply", "status_reply", "status_reply55", "fw_reply", "vin_list_reply"}
+# A reply's older form (protocol/frames.py) answers what the current form answers.
+_REPLY_FORMS = {"status_reply55": "status_reply"}
 
 
 # Frames a pile holding a command key acts on only inside a 0xD2 envelope
@@ -293,12 +295,13 @@ class PileConn:
 
     def _deliver(self, frame):
         """Hand a reply to the request waiting for it. True when one waited."""
-        cands = [w for w in self._waiters if w.reply == frame.name and not w.fut.done()]
+        name = _REPLY_FORMS.get(frame.name, frame.name)
+        cands = [w for w in self._waiters if w.reply == name and not w.fut.done()]
         if not cands:
             return False
         keyfield = None
         for req, (rep, kf) in REPLIES.items():
-            if rep == frame.name:
+            if rep == name:
                 keyfield = kf
                 break
         if keyfield and frame.fields is not None:
@@ -527,6 +530,8 @@ class PileConn:
             self.bridge.event(self.pile.code, "firmware", "the pile rolled back to %s: the new "
                               "firmware never became healthy" % f.fields["fw_version"],
                               stage="rolled_back", version=f.fields["fw_version"])
+
+    _on_status_reply55 = _on_status_reply
 
     async def _on_signed_reject(self, f):
         # The reply echoes the refused frame's sequence bytes: fail the

@@ -186,7 +186,8 @@ def make_extra(bill, service_share=30):
 
 class ScriptedPile:
     def __init__(self, code, transport=None, *, ext=True, swap_crc=False, guns=1,
-                 sw_version="PC-0.1", heartbeat_s=None, reply_timeout=5.0):
+                 sw_version="PC-0.1", heartbeat_s=None, reply_timeout=5.0,
+                 status_frame="status_reply"):
         self.code = code
         self.ext = ext
         self.swap_crc = swap_crc
@@ -209,6 +210,8 @@ class ScriptedPile:
         self.start_result = (1, 0)
         self.stop_result = (1, 0)
         self.status = {"state": 0, "boot_reason": 0, "fw_version": "209.04.0", "hmi_version": "103"}
+        # "status_reply55": answer 0xE5 as firmware from before refusing_starts did
+        self.status_frame = status_frame
         self._seq = 0
         self._tasks = []
         self._changed = asyncio.Event()
@@ -399,7 +402,7 @@ class ScriptedPile:
                 await self.send("tariff_set_reply", {"pile": self.code, "result": 1}, f.seq)
             elif f.name == "status_query":
                 s = self.status
-                await self.send("status_reply", {
+                await self.send(self.status_frame, {
                     "pile": self.code, "pending": len(self.journal), "unsettled": 0, "illegal": 0,
                     "journal_used": s.get("journal_used", 0), "journal_limit": 65536,
                     "oldest_pending": next(iter(self.journal), "0" * 32), "state": s["state"],

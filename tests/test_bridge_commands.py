@@ -259,3 +259,32 @@ def test_a_start_refused_for_a_full_journal_raises_journal_full(mosquitto):
             await pile.close()
     with tempdir("journalfull") as tmp:
         run(scenario(tmp))
+
+
+def test_a_pile_on_firmware_before_refusing_starts_is_read_and_its_journal_judged_by_size(mosquitto):
+    # A fleet in mid-upgrade: this pile's 0xE5 is the 55-byte form without
+    # refusing_starts. Its status is published, journal_status answers, and a
+    # full journal is still seen (journal_used at journal_limit).
+    async def scenario(tmp):
+        cfg = fast_config(tmp, url_of(mosquitto))
+        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
+            pile = await connect_pile(PILE_A, b.tcp_port, status_frame="status_reply55")
+            pile.status["journal_used"] = 1024
+            r = await plat.command(PILE_A, {"id": "old1", "cmd": "journal_status"})
+            assert r["ok"] and r["reply"]["journal_limit"] == 65536, r
+            assert r["reply"]["journal_used"] == 1024
+            assert b.piles[PILE_A].status_reply["fw_version"] == "209.04.0"
+            assert "refusing_starts" not in b.piles[PILE_A].status_reply
+            st = await plat.wait_for(lambda: (lambda s: s if s and s["journal"] and
+                                              s["journal"]["journal_used"] == 1024 else None)(
+                plat.status.get(plat.topics.status(PILE_A))))
+            assert st["online"] and st["versions"]["fw"] == "209.04.0"
+            assert not [e for e in plat.events if e["type"] == "journal_full"]
+            pile.status["journal_used"] = 65536
+            r = await plat.command(PILE_A, {"id": "old2", "cmd": "journal_status"})
+            assert r["ok"] and r["reply"]["journal_used"] == 65536
+            ev = await plat.wait_for(lambda: [e for e in plat.events if e["type"] == "journal_full"])
+            assert ev[0]["journal_used"] == ev[0]["journal_limit"] == 65536
+            await pile.close()
+    with tempdir("oldstatus") as tmp:
+        run(scenario(tmp))
