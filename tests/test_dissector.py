@@ -121,6 +121,17 @@ def test_both_reject_a_bad_crc_and_an_unknown_type():
             codec.decode(raw)
 
 
+def test_both_0xE5_forms_are_told_apart_by_length_in_construct_as_in_the_codec():
+    from tests.mp.test_codec import sample_status
+    for refusing, name, size in ((None, "status_reply55", 55), (1, "status_reply", 56)):
+        v = sample_status(refusing)
+        raw = codec.encode(0xE5, v)
+        c = D.parse(raw)
+        assert (c.name, len(raw) - 8) == (name, size)
+        assert _plain(c.body) == codec.decode(raw).fields == v
+        assert D.build(name, v) == raw
+
+
 def test_scaled_display_of_units_offsets_and_times():
     f = dict((x[0], x) for x in D.FIELDS["bms_params"])
     assert D.display(f["max_current"], 4001, for_json=True) == (0.1, "A")
