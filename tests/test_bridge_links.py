@@ -2,6 +2,7 @@
 # the allow-list, status and last will, realtime, isolation between piles,
 # and bills the bridge must refuse or flag.
 import asyncio
+import os
 
 from protocol import codec
 from protocol.reader import FrameReader
@@ -310,3 +311,47 @@ def test_a_pile_on_a_loop_url_serial_line_that_echoes_the_bridges_own_frames(mos
             assert [e for e in plat.events if e["type"] == "illegal_bill"] == []
     with tempdir("loopurl") as tmp:
         run(scenario(tmp))
+
+
+async def _login_when_open(pile):
+    # The bridge opens (and reopens) a serial port in a thread: log in once it answers.
+    for _ in range(100):
+        try:
+            assert await pile.login(timeout=0.2) == 0
+            return
+        except asyncio.TimeoutError:
+            continue
+    raise AssertionError("the bridge never answered the login on its serial port")
+
+
+def test_a_serial_adapter_unplugged_and_plugged_in_again_is_reopened(mosquitto):
+    # The bridge names the port by a stable link (as /dev/serial/by-id/... is):
+    # the adapter goes away (its tty closes under the bridge), comes back as
+    # another tty behind the same link, and the pile's next bill goes through.
+    from tests.test_bridge_helpers import pty_pair, pty_pile
+
+    async def scenario(tmp):
+        link = os.path.join(tmp, "ttyUSB-pile")
+        cfg = fast_config(tmp, url_of(mosquitto), tcp={"listen": None},
+                          serial=[{"url": link, "baudrate": 115200}])
+        async with bridge_running(cfg), Platform(url_of(mosquitto)) as plat:
+            with pty_pair() as (master, path):
+                os.symlink(path, link)
+                pile = pty_pile(PILE_A, master)
+                await _login_when_open(pile)
+                first = make_bill(PILE_A, 1)
+                assert await pile.send_bill(first, make_extra(first)) == 0
+                await pile.close()
+                os.remove(link)
+            # Unplugged: both ends of that tty are gone. Plugged in again:
+            with pty_pair() as (master, path):
+                os.symlink(path, link)
+                pile = pty_pile(PILE_A, master)
+                await _login_when_open(pile)
+                second = make_bill(PILE_A, 2)
+                assert await pile.send_bill(second, make_extra(second)) == 0
+                await pile.wait_for(lambda: second["serial"] in pile.settled)
+                await plat.wait_for(lambda: first["serial"] in plat.bills and second["serial"] in plat.bills)
+                await pile.close()
+    with tempdir("reopen") as tmp:
+        run(scenario(tmp), 60)
