@@ -23,7 +23,9 @@ Kinds and payloads (payloads are opaque unless stated):
     BILL_SEALED    3  the bill frame body (0x3B body, 158 or 174 bytes, plus
                       any supplement) - the bill, byte for byte
     CONFIRMED      4  empty: the host got it (0x40, result 0)
-    ILLEGAL        5  empty: 0x40 result 1; kept, listed, never resent
+    ILLEGAL        5  empty: 0x40 result 1; or u8: the platform refused the
+                      bill (0xE4 result, e.g. 1 MAC, 2 unsigned). Kept,
+                      listed, never resent, never compacted away
     SETTLED        6  empty: the platform settled it (our extension frame)
     SERIAL_COUNTER 7  u32: the last pile-issued serial counter handed out
     FORGOTTEN      8  k x 16 B: serials compaction dropped, still remembered
@@ -31,8 +33,8 @@ Kinds and payloads (payloads are opaque unless stated):
                       (newest-stamped serial forgotten for good) or zeros
 
 A serial's life: open -> pending (sealed) -> confirmed -> settled, with
-pending/confirmed -> illegal and illegal -> settled (the platform resolved
-it). Records that do not fit the current state are not written (the call
+pending/confirmed -> illegal (0x40 result 1, or refused by the platform)
+and illegal -> settled (resolved: the platform, or a technician's release). Records that do not fit the current state are not written (the call
 returns a status) and, if found on flash, are ignored by recovery.
 
 API (serials are 32-digit str; payloads bytes-like):
@@ -63,6 +65,10 @@ API (serials are 32-digit str; payloads bytes-like):
     j.seal(serial, bill_body)      -> "sealed" | "already_sealed" | "no_session"
     j.confirm(serial) / j.illegal(serial) / j.settle(serial)
                                    -> "ok" | "duplicate" | "unknown" | "refused"
+    j.refuse(serial, result)       -> the same, or "full": the platform refused
+        the bill (0xE4 result 1..255): ILLEGAL with the result; "full" (nothing
+        written) when a confirmed bill kept for good would not fit the limit
+    j.platform_result(serial) -> the 0xE4 result of a refused bill, or None
     j.pending(), j.confirmed(), j.illegal_bills(), j.open_sessions()
     j.each(state) -> generator of serials in that state, journal order
     j.bill(serial) -> body bytes or None;  j.status(serial) -> state or None
@@ -163,6 +169,8 @@ MIN_LIMIT = _SESSION_RESERVE + _SLACK_BYTES + 2 * (_OVERHEAD + 4) + _OVERHEAD
 
 _NOKEY = bytes(16)
 _COUNTER_REC = _OVERHEAD + 4
+# The largest status record: ILLEGAL carrying the platform's 0xE4 result.
+_MARK = const(25)
 
 
 class JournalError(Exception):
@@ -347,6 +355,7 @@ class Journal:
         self._heal = False
         self._ring = bytearray()   # forgotten keys still remembered, oldest first
         self._floorkey = _NOKEY    # newest-stamped key forgotten for good
+        self._code = {}            # refused bill's key -> the platform's 0xE4 result
 
     # ---- events -----------------------------------------------------------
     def _event(self, name, detail):
@@ -463,10 +472,13 @@ class Journal:
             if st != _PENDING and st != _CONFIRMED:
                 return False
             e[key] = v - st + _ILLEGAL
+            if n:
+                self._code[key] = self._buf[_HEAD]
         elif kind == SETTLED:
             if st < _PENDING or st > _ILLEGAL:
                 return False
             e[key] = v - st + _SETTLED
+            self._code.pop(key, None)
         elif kind == SERIAL_COUNTER:
             if n != 4:
                 return False
@@ -668,7 +680,7 @@ class Journal:
         self._append(BILL_SEALED, key, bill_body)
         return "sealed"
 
-    def _mark(self, serial, kind, target, allowed):
+    def _mark(self, serial, kind, target, allowed, payload=b""):
         key = pack_serial(serial)
         self._ensure()
         st = self._state(key)
@@ -678,7 +690,13 @@ class Journal:
             return "duplicate"
         if st not in allowed:
             return "refused"
-        self._append(kind, key, b"")
+        if payload and st == S_CONFIRMED:
+            # A confirmed bill may be dropped under pressure; kept as refused
+            # it never is, so it must fit beside what no compaction can free.
+            if self._floor() + _rec(_len(self._e[key])) + 2 * _MARK > self.limit:
+                self._event("full", "no room to keep refused bill %s" % serial)
+                return "full"
+        self._append(kind, key, payload)
         return "ok"
 
     def confirm(self, serial):
@@ -692,6 +710,22 @@ class Journal:
 
     def settle(self, serial):
         return self._mark(serial, SETTLED, S_SETTLED, (S_PENDING, S_CONFIRMED, S_ILLEGAL))
+
+    def refuse(self, serial, result):
+        """The platform refused the bill (0xE4 result 1..255, docs/platform.md):
+        kept as illegal with that result, never resent, never compacted away,
+        until settle() (a technician's release). "full": nothing written."""
+        if result < 1 or result > 255:
+            raise ValueError("refusal result must be 1..255")
+        return self._mark(serial, ILLEGAL, S_ILLEGAL, (S_PENDING, S_CONFIRMED),
+                          bytes((result,)))
+
+    def platform_result(self, serial):
+        """The 0xE4 result a refused bill was kept with; None for any other
+        bill (a 0x40 illegal one included)."""
+        key = pack_serial(serial)
+        self._ensure()
+        return self._code.get(key)
 
     def status(self, serial):
         key = pack_serial(serial)
@@ -806,9 +840,9 @@ class Journal:
             st = v & 7
             if st == _OPEN:
                 f += (_rec(_len(v)) + 2 * _rec(_MAX_CHECKPOINT) + _rec(_MAX_BILL)
-                      + 2 * _OVERHEAD)
+                      + 2 * _MARK)
             elif st == _PENDING or st == _ILLEGAL:
-                f += _rec(_len(v)) + 2 * _OVERHEAD
+                f += _rec(_len(v)) + 2 * _MARK
         return f
 
     def can_start(self):
@@ -887,14 +921,14 @@ class Journal:
         cks = self._ck
         size = _COUNTER_REC if self._counter else 0
         settled = 0
-        for v in e.values():
+        for k, v in e.items():
             st = v & 7
             if st == _SETTLED:
                 settled += 1
                 continue
             size += _rec(_len(v))
             if st == _CONFIRMED or st == _ILLEGAL:
-                size += _OVERHEAD
+                size += _MARK if st == _ILLEGAL and k in self._code else _OVERHEAD
         for c in cks.values():
             size += _rec(_len(c))
         # The ring takes the settled serials; it gives up its oldest keys
@@ -980,7 +1014,8 @@ class Journal:
                     if st == _CONFIRMED:
                         w += self._copy_new(t, CONFIRMED, k, b"")
                     elif st == _ILLEGAL:
-                        w += self._copy_new(t, ILLEGAL, k, b"")
+                        c = self._code.get(k)
+                        w += self._copy_new(t, ILLEGAL, k, b"" if c is None else bytes((c,)))
                 # What this file forgets, last: FORGOTTEN records, the first
                 # carrying the floor key.
                 fk = floorkey
@@ -1000,6 +1035,9 @@ class Journal:
         # The only step that changes what the journal says: atomic.
         fs.rename(self.tmp, self.path)
         fs.sync(None, self.path)
+        for k in list(self._code):
+            if k not in new:       # lost to corruption: its result goes too
+                del self._code[k]
         self._e = new
         self._ck = nck
         self._opens = opens

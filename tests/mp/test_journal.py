@@ -389,6 +389,93 @@ def test_illegal_bill_is_kept_listed_and_never_resent():
         rmtree(d)
 
 
+def test_bill_the_platform_refused_is_kept_with_its_result_until_released():
+    # 0xE4 result 1 (MAC does not verify): the confirmed bill turns illegal
+    # with the result, on flash; it survives compaction under pressure and
+    # reboots, is never re-offered, and goes only once settled (released).
+    d, j = _fresh("refuse", limit_bytes=J.MIN_LIMIT + 600)
+    try:
+        a = _session(j, 1)
+        b = _session(j, 2)
+        assert j.confirm(a) == "ok" and j.confirm(b) == "ok"
+        assert j.refuse(a, 1) == "ok"
+        assert j.refuse(a, 1) == "duplicate"
+        assert j.refuse(b, 2) == "ok"
+        assert j.status(a) == "illegal" and j.platform_result(a) == 1
+        assert j.platform_result(b) == 2
+        assert j.illegal_bills() == [a, b] and j.confirmed() == []
+        clock = Clock()
+        ob = Outbox(j, clock)
+        ob.on_login()
+        clock.t += 10 * 3600 * 1000
+        assert ob.due() is None                     # never resent
+        # many settled sessions press the small journal: refused bills stay
+        for n in range(3, 12):
+            s = _session(j, n)
+            assert j.confirm(s) == "ok" and j.settle(s) == "ok"
+        assert j.compactions > 0
+        j2 = Journal(j.path)
+        r = j2.recover()
+        assert r.illegal == [a, b] and j2.bill(a) == body(1) and j2.bill(b) == body(2)
+        assert j2.platform_result(a) == 1 and j2.platform_result(b) == 2
+        # the technician's release: settled, then reclaimed by compaction
+        assert j2.settle(a) == "ok" and j2.platform_result(a) is None
+        j2.compact()
+        j3 = Journal(j.path)
+        assert j3.recover().illegal == [b] and j3.status(a) is None
+        assert j3.platform_result(b) == 2
+        assert j3.open_session(a, b"again") == "exists"  # remembered, not re-billed
+    finally:
+        rmtree(d)
+
+
+def test_refusal_of_a_bill_0x40_called_illegal_keeps_no_result():
+    # An ILLEGAL record with no payload (0x40 result 1, or older firmware)
+    # reads as before: illegal, no platform result.
+    d, j = _fresh("refuse0")
+    try:
+        a = _session(j, 1)
+        assert j.illegal(a) == "ok" and j.platform_result(a) is None
+        assert j.refuse(a, 1) == "duplicate" and j.platform_result(a) is None
+        assert j.refuse(serial(9), 1) == "unknown"
+        assert raises(ValueError, j.refuse, a, 0)
+    finally:
+        rmtree(d)
+
+
+def test_refusals_that_no_longer_fit_write_nothing_and_say_full():
+    # Confirmed bills may be dropped under pressure, refused ones never: a
+    # refusal is recorded only while every refused bill (and its release)
+    # still fits the limit. Past that, "full": nothing written, the bill
+    # stays confirmed (the pile does not answer, the bridge sends 0xE4 again).
+    ev = Events()
+    j = Journal("/f/bills.j", FlashSim(), limit_bytes=8192, on_event=ev)
+    for n in range(1, 300):     # tiny bills: the most a refusal adds per byte held
+        s = _session(j, n, ckpts=0, size=1)
+        assert j.confirm(s) == "ok"
+    held = j.confirmed()
+    assert j.compactions and len(held) < 299  # compaction dropped confirmed bills
+    refused = []
+    for s in held:
+        if j.status(s) != "confirmed":
+            continue   # dropped by a compaction a refusal ran: it was droppable
+        r = j.refuse(s, 1)
+        if r == "full":
+            break
+        assert r == "ok"
+        refused.append(s)
+    assert len(refused) > 50 and "full" in ev.names()
+    used = j.bytes_used()
+    assert j.refuse(s, 1) == "full" and j.bytes_used() == used
+    assert j.status(s) == "confirmed" and j.platform_result(s) is None
+    assert j.illegal_bills() == refused and j._floor() <= j.limit
+    # a release makes room for the next refusal
+    assert j.settle(refused[0]) == "ok" and j.settle(refused[1]) == "ok"
+    assert j.refuse(s, 1) == "ok" and j.platform_result(s) == 1
+    r = Journal("/f/bills.j", j.fs.reboot(), limit_bytes=8192).recover()
+    assert r.illegal == refused[2:] + [s]
+
+
 def test_outbox_backoff_30_60_120_up_to_600_s_forever_same_bytes():
     d, j = _fresh("bo")
     try:
