@@ -55,7 +55,8 @@ class Journal:
         return [b for b in self.bills if b["serial"] == s]
 
 
-def make(kw=60000, tariff=FLAT, now=T0, capacity_wh=300000, soc=10, ticks=0, wrap=0, **gun_kw):
+def make(kw=60000, tariff=FLAT, now=T0, capacity_wh=300000, soc=10, ticks=0, wrap=0,
+         meter=None, **gun_kw):
     w = SimWorld(now=now, pile_max_w=kw, capacity_wh=capacity_wh, soc=soc,
                  vin="LSVAU2180N2183294", meter_start=12345600, ticks=ticks, wrap=wrap)
     j = Journal()
@@ -65,7 +66,9 @@ def make(kw=60000, tariff=FLAT, now=T0, capacity_wh=300000, soc=10, ticks=0, wra
         counter[0] += 1
         return counter[0]
 
-    g = Gun(PILE, "01", w.clock, w.meter, w.contactor, w.vehicle, tariff,
+    if meter is not None:
+        meter = meter(w)
+    g = Gun(PILE, "01", w.clock, meter or w.meter, w.contactor, w.vehicle, tariff,
             next_serial=next_serial, on_open=j.open, on_checkpoint=j.checkpoint, on_seal=j.seal,
             on_start_reply=j.start_reply, max_power_w=kw, **gun_kw)
     return w, g, j
@@ -520,6 +523,137 @@ def test_meter_backwards_never_billed():
     b = j.bills[0]
     assert adds_up(b) and b["meter_stop"] == w.meter.read_energy()
     # The 0.5 kWh the register "lost" was never billed, and nothing twice.
+    delivered = w.meter._wms // 360000
+    assert delivered - 5000 - 200 <= b["total_energy"] <= delivered - 5000 + 100
+
+
+# --- the same on the real DL/T 645 driver (firmware/dlt645.py) over a LoopUart -------
+
+METER = "000000000001"
+
+
+class Dlt645Responder:
+    """A DL/T 645-2007 meter in a few lines, on the driver module's own frame
+    functions (FrameReader, build_frame, bcd_encode), not its Dlt645Slave:
+    answers 0x11 reads of forward active energy, power, voltage and current
+    from the world's SimMeter (the 0.01 kWh register), until `silent`.
+    `energy_sent`: every energy register value it put on the wire (e4kwh)."""
+
+    def __init__(self, sim):
+        from firmware import dlt645 as D
+        self.D = D
+        self.sim = sim
+        self.silent = False
+        self.energy_sent = []
+        self.unanswered = 0
+        self._rx = D.FrameReader()
+
+    def on_receive(self, uart):
+        data = uart.read()
+        pos = 0
+        while data and pos < len(data):
+            pos += self._rx.feed(data, pos)
+            if self._rx.ready:
+                reply = self._answer(self._rx.control, bytes(self._rx.data()))
+                self._rx.next()
+                if reply is not None:
+                    uart.write(reply)
+
+    def _answer(self, control, data):
+        D = self.D
+        if control != D.CTRL_READ or len(data) != 4:
+            return None
+        if self.silent:
+            self.unanswered += 1
+            return None
+        di = int.from_bytes(data, "little")
+        m = self.sim
+        if di == D.DI_ENERGY_FORWARD:
+            reg = m.read_energy() // 100                 # XXXXXX.XX kWh
+            self.energy_sent.append(reg * 100)
+            value = D.bcd_encode(reg, 4)
+        elif di == D.DI_POWER_TOTAL:
+            value = D.bcd_encode(m.read_power() * 10, 3, True)      # XX.XXXX kW
+        elif di == D.DI_VOLTAGE_A:
+            value = D.bcd_encode(m.read_voltage(), 2)                # XXX.X V
+        elif di == D.DI_CURRENT_A:
+            value = D.bcd_encode(m.read_current() * 100, 3, True)   # XXX.XXX A
+        else:
+            return D.build_frame(METER, control | D.CTRL_REPLY | D.CTRL_ERROR, b"\x02")
+        return D.build_frame(METER, control | D.CTRL_REPLY, data + value, 4)
+
+
+def make_on_dlt645(**kw):
+    """make() with the gun reading its meter through Dlt645Meter over a
+    LoopUart pair, the responder on the far end; the driver waits in the
+    world's clock, so a silent meter costs simulated time, not real time."""
+    from firmware.dlt645 import Dlt645Meter
+    from firmware.loopuart import LoopUart
+    rig = []
+
+    def meter(w):
+        a, b = LoopUart.pair()
+        m = Dlt645Responder(w.meter)
+        b.on_receive = m.on_receive
+        rig.append(m)
+        return Dlt645Meter(a, METER, w.clock, timeout_ms=500)
+
+    w, g, j = make(meter=meter, **kw)
+    return w, g, j, rig[0]
+
+
+def test_dlt645_meter_going_silent_mid_session_stops_0x6d_billed_from_its_last_register():
+    w, g, j, m = make_on_dlt645(meter_fails=3)
+    g.remote_start(serial(56), balance=1000000)
+    w.run(g, 60000)
+    assert g.state == S.CHARGING and g.realtime()["voltage"] == 4000
+    assert m.energy_sent[-1] > m.energy_sent[0]     # it charged, read over the bus
+    last = m.energy_sent[-1]
+    m.silent = True
+    took = w.run(g, 20000, until=finished(g))
+    b = j.bills[0]
+    assert b["stop_reason"] == S.ABORT_METER == 0x6D and adds_up(b)
+    # billed from the register: the start and the last reading that came back
+    assert b["meter_start"] == m.energy_sent[0] == 12345600
+    assert b["meter_stop"] == last and b["total_energy"] == last - m.energy_sent[0] > 0
+    # three unanswered samples (meter_fails), each a 500 ms timeout: not sooner
+    assert m.unanswered == 3 and 3 * 500 <= took <= 3 * (1000 + 500)
+    assert not w.contactor.closed and g.faults & S.FAULT_METER
+    assert g.realtime()["status"] == S.RT_FAULT
+    w.run(g, 5000)
+    assert g.status() == S.RT_FAULT and len(j.bills) == 1     # still silent: still a fault
+    m.silent = False
+    w.run(g, 2000)
+    assert g.status() == S.RT_IDLE and len(j.bills) == 1
+
+
+def test_dlt645_register_going_backwards_is_never_billed():
+    logs = []
+    w, g, j, m = make_on_dlt645(log=logs.append)
+    g.remote_start(serial(57), balance=1000000)
+    w.run(g, 60000)
+    high = g.trade.last
+    assert high == m.energy_sent[-1]
+    w.meter.go_backwards(5000)  # the register drops by 0.5 kWh
+    n = len(m.energy_sent)
+    w.run(g, 10000)
+    assert max(m.energy_sent[n:]) < high         # the wire carried the lower readings
+    assert g.trade.last == high and g.meter_backwards > 0
+    assert [x for x in logs if "went back" in x]
+    w.run(g, 120000)  # counts on from the lower value, past the old high
+    g.remote_stop()
+    b = j.bills[0]
+    assert b["stop_reason"] == S.STOP_REMOTE and adds_up(b)
+    assert b["meter_stop"] == m.energy_sent[-1] == max(m.energy_sent)
+    # Only the rises above the highest reading so far are billed: the 0.5 kWh
+    # the register "lost" is never billed, and nothing is billed twice.
+    rises = 0
+    top = m.energy_sent[0]
+    for r in m.energy_sent:
+        if r > top:
+            rises += r - top
+            top = r
+    assert b["total_energy"] == rises == b["meter_stop"] - b["meter_start"]
     delivered = w.meter._wms // 360000
     assert delivered - 5000 - 200 <= b["total_energy"] <= delivered - 5000 + 100
 
