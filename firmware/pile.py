@@ -5,7 +5,8 @@
 #   sampled (Gun.tick) -> priced (tariff.Accumulator) -> sealed in the journal
 #   (_on_seal: 0x3B body + 0xEB body, one record) -> framed and sent
 #   (outbox.due) -> 0x40 from the host (journal CONFIRMED) -> 0xE4 from the
-#   platform via the bridge (journal SETTLED: space may be reclaimed).
+#   platform via the bridge (journal SETTLED: space may be reclaimed; or, with
+#   a non-zero result, ILLEGAL: refused, kept until the console's 'release').
 #
 # Main loop on a board:   while True: pile.poll(); time.sleep_ms(pile.idle_ms())
 # In the simulator the same poll() runs against firmware/sim.py hardware.
@@ -251,9 +252,7 @@ class Pile:
                 self.event("illegal_bill", v["serial"])
             self.log("0x40 %s result %d -> %s" % (v["serial"], v["result"], r))
         elif c == 0xE4:
-            r = self.outbox.settled(v["serial"])
-            link.reply(f, "settled_reply", {"serial": v["serial"],
-                                            "result": 0 if r in ("ok", "duplicate") else 1})
+            self._settled(f, v["serial"], v["result"])
         elif c == 0x32:
             res, why = gun.authorised(v["serial"], v["ok"] == 1, v["reason"], v["balance"],
                                       v["logical_card"])
@@ -292,6 +291,29 @@ class Pile:
             self.remote.vin_list(f)
         else:
             self.log("frame 0x%02X (%s) not handled" % (c, f.name))
+
+    def _settled(self, f, serial, result):
+        # 0xE4: result 0 settles the bill (its space may be reclaimed). A
+        # non-zero result is the platform refusing it (1: the MAC does not
+        # verify, 2: unsigned from a keyed pile; docs/platform.md): kept as
+        # refused, never resent, never reclaimed until a technician's
+        # 'release' (firmware/console.py). Either way 0xE3 says "done", so
+        # the bridge stops sending the 0xE4.
+        if result == 0:
+            r = self.outbox.settled(serial)
+        else:
+            self.outbox._flight.pop(serial, None)   # no answer due for it any more
+            r = self.journal.refuse(serial, result)
+            if r == "full":
+                # nothing written (journal_full event): no 0xE3, so the
+                # bridge sends this 0xE4 again later
+                self.log("0xE4 %s result %d not kept: journal full" % (serial, result))
+                return
+            if r == "ok":
+                self.event("bill_refused", "%s result %d" % (serial, result))
+        self.log("0xE4 %s result %d -> %s" % (serial, result, r))
+        self.link.reply(f, "settled_reply", {"serial": serial,
+                                             "result": 0 if r in ("ok", "duplicate") else 1})
 
     def _balance_reply(self, v, ok):
         out = {}

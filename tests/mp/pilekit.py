@@ -30,6 +30,7 @@ class Platform:
         self.frames = []
         self.confirm = confirm
         self.settle = settle
+        self.settle_result = 0      # 0xE4 result: 1 MAC refused, 2 unsigned (docs/platform.md)
         self.seq = 0x100
         self.answer_login = True
 
@@ -58,7 +59,7 @@ class Platform:
             elif f.name in ("bill", "bill5") and self.confirm:
                 self.send("bill_confirm", {"serial": v["serial"], "result": 0}, f.seq)
                 if self.settle:
-                    self.send("settled", {"serial": v["serial"], "result": 0})
+                    self.send("settled", {"serial": v["serial"], "result": self.settle_result})
 
     def named(self, name):
         return [f for f in self.frames if f.name == name]
@@ -94,6 +95,7 @@ class Rig:
         if old is not None:  # one platform history across the pile's boots
             self.platform.frames = old.frames
             self.platform.confirm = old.confirm
+            self.platform.settle_result = old.settle_result
 
     def _reboot(self):
         self.reboots += 1

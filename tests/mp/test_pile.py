@@ -533,3 +533,56 @@ def test_offline_start_skips_a_serial_the_journal_already_holds():
         assert r.pile.journal.status(held) == "pending"
     finally:
         rmtree(root)
+
+
+# ---- 0xE4 with a non-zero result: the platform refused the bill --------------
+
+def _bill_session(r, s):
+    r.start(s)
+    r.run(60000)
+    r.stop()
+    r.run(30000, lambda: r.pile.journal.status(s) in ("illegal", "settled"))
+
+
+def test_bill_the_platform_refused_stays_on_the_pile_never_resent_nor_reclaimed():
+    r = _rig(cfg={"journal_bytes": 4096})
+    try:
+        r.online()
+        r.platform.settle_result = 1           # its MAC does not verify
+        _bill_session(r, serial(20))
+        j = r.pile.journal
+        assert j.status(serial(20)) == "illegal" and j.platform_result(serial(20)) == 1
+        ack = r.platform.named("settled_reply")[-1].fields
+        assert ack["serial"] == serial(20) and ack["result"] == 0   # the bridge stops the 0xE4
+        assert [e[2] for e in r.pile.events if e[1] == "bill_refused"] == [serial(20) + " result 1"]
+        r.platform.settle_result = 0
+        n0 = j.compactions
+        for k in range(21, 26):                # settled bills press the small journal
+            _bill_session(r, serial(k))
+            assert j.status(serial(k)) == "settled"
+        assert j.compactions > n0
+        assert [f.fields["serial"] for f in r.platform.bills()].count(serial(20)) == 1
+        r.boot()
+        r.platform.frames = []
+        r.online()
+        r.run(65 * 60 * 1000)                  # past the hourly re-offer of unsettled bills
+        j = r.pile.journal
+        assert j.status(serial(20)) == "illegal" and j.platform_result(serial(20)) == 1
+        assert r.platform.bills() == []        # stored bills after login: not this one
+        assert r.pile.status_fields()["illegal"] == 1
+    finally:
+        rmtree(r.root)
+
+
+def test_refused_bill_unsigned_from_a_keyed_pile_keeps_result_2_across_a_power_cut():
+    r = _rig()
+    try:
+        r.online()
+        r.platform.settle_result = 2
+        _bill_session(r, serial(30))
+        r.world.contactor.open()
+        r.boot()                               # a power cut
+        assert r.pile.journal.platform_result(serial(30)) == 2
+        assert r.pile.journal.illegal_bills() == [serial(30)]
+    finally:
+        rmtree(r.root)
