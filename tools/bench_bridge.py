@@ -10,9 +10,11 @@
 #     the pile sending its bill to the platform's confirmation arriving back
 #     at the pile as 0xE4 (p50 / p99), and to the platform holding the bill.
 #  3. backlog drain after an outage over a pile link paced at 115200 baud
-#     (8N1): a pile reconnects holding N journaled bills and sends them back
-#     to back (as our firmware does) or one at a time waiting for each 0x40
-#     (as a YKC pile does); the drain rate as a fraction of line rate.
+#     (8N1): a pile reconnects holding N journaled bills and sends them all
+#     without waiting for answers (window N: the line's ceiling) or one at a
+#     time waiting for each 0x40 and 0xEC (window 1: close to our firmware's
+#     outbox, which waits for the 0x40 only); the drain rate as a fraction of
+#     line rate.
 #     And the bridge's own backlog (bills held in SQLite while the broker was
 #     down) drained to the platform after the broker comes back.
 #
@@ -350,15 +352,20 @@ def report(r):
         "the pile's answers to the bridge: 0xE3 settled, 0x55, 0xE5) x 10 bits / %d / drain "
         "time; bill fraction counts only the 0x3B + 0xEB frames (%d bytes a bill). A pile that "
         "sends its journal back to back keeps the line full; one that waits for each answer "
-        "loses the answers' transit and the bridge's commit per bill."
+        "loses the answers' transit and the bridge's commit per bill. Our firmware's outbox "
+        "has window 1 (firmware/outbox.py): it sends a bill and its 0xEB, then waits for that "
+        "bill's 0x40 (not the 0xEC) before the next, so the second row is the closer model of "
+        "it; the first is the ceiling, a pile that does not wait."
         % (d["back_to_back"]["bills"], BAUD, BAUD,
            d["back_to_back"]["bill_bytes"] // d["back_to_back"]["bills"]),
         "",
         "| pile sends | bills | drain time | bills/s | bytes up | line fraction | bill fraction |",
         "|---|---|---|---|---|---|---|",
     ]
-    for mode, label in (("back_to_back", "back to back (our firmware)"),
-                        ("stop_and_wait", "one at a time, waiting for each 0x40 and 0xEC")):
+    for mode, label in (("back_to_back", "all at once, no answer awaited (window %d)"
+                         % d["back_to_back"]["bills"]),
+                        ("stop_and_wait", "one at a time, waiting for each 0x40 and 0xEC "
+                         "(window 1)")):
         x = d[mode]
         lines.append("| %s | %d | %.2f s | %.1f | %d | %.2f | %.2f |"
                      % (label, x["bills"], x["seconds"], x["bills_per_s"], x["bytes_up"],
