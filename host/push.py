@@ -119,9 +119,11 @@ class Push:
                      version=self.version, size=len(self.image), **kw)
 
     def _stage_seen(self, f):
-        # Every stage the pile reports, once per change, as an event.
+        # Every stage the pile reports, once per change, as an event. The
+        # end of a push (failed, rolled_back) is one event, from run_command,
+        # with the result's code and message.
         name = stage_name(f["stage"])
-        if name != self._last_stage:
+        if name != self._last_stage and name not in (U.FAILED, U.ROLLED_BACK):
             self._event(name, "pile %s: firmware %s %s" % (self.code, self.version, name),
                         offset=f["offset"], result=f["result"], reason=reason_name(f["result"])
                         if f["result"] else None)
@@ -245,7 +247,7 @@ class Push:
                     raise PushFailed("link_lost", "activation on pile %s: %s" % (self.code, e))
                 await self._online()
                 f = await self._control(OP_STATUS)
-                if stage_name(f["stage"]) == U.INSTALLED:
+                if stage_name(f["stage"]) in (U.INSTALLED, U.ROLLED_BACK):
                     return await self._check_running(f)
                 continue
             if f["result"] == _R_BUSY:
@@ -284,14 +286,17 @@ class Push:
     async def _check_running(self, f):
         stage = stage_name(f["stage"])
         running = (self.pile.login or {}).get("sw_version")
+        # named like _refused's reply, with the version the pile logged in with
+        reply = dict(f, stage_name=stage, reason=reason_name(f["result"]) if f["result"] else None,
+                     running=running)
         if stage == U.ROLLED_BACK:
             self._state("rolled_back")
             raise PushFailed("rolled_back", "firmware %s never became healthy on pile %s: it "
-                             "rolled back to %s" % (self.version, self.code, running), dict(f))
+                             "rolled back to %s" % (self.version, self.code, running), reply)
         if stage != U.INSTALLED or running != self.version:
             self._state("failed")
             raise PushFailed("failed", "pile %s runs %s after the upgrade to %s (stage %s)"
-                             % (self.code, running, self.version, stage), dict(f))
+                             % (self.code, running, self.version, stage), reply)
         self._state("running")
         self._event("running", "pile %s runs firmware %s" % (self.code, self.version))
         return running
@@ -335,7 +340,12 @@ async def run_command(bridge, pile, req_id, a):
     try:
         stage, running = await asyncio.shield(pile.upgrade_task)
     except PushFailed as e:
-        p._event("failed" if e.code != "rolled_back" else "rolled_back", e.message, code=e.code)
+        kw = {}
+        if e.reply and "stage_name" in e.reply:     # what the pile last reported
+            kw = {"result": e.reply.get("result"), "reason": e.reply.get("reason"),
+                  "offset": e.reply.get("offset")}
+        p._event("failed" if e.code != "rolled_back" else "rolled_back", e.message, code=e.code,
+                 **kw)
         return bridge._fail(pile.code, req_id, "upgrade", e.code, e.message, e.reply,
                             **p.summary())
     if stage == "verified":
