@@ -24,6 +24,7 @@ CMD_KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
 UP_KEY = bytes(range(32, 64))
 NEW = "209.5.0"
+OLD = "209.4.0"
 
 
 def key_file(tmp, name, key):
@@ -351,6 +352,165 @@ def test_a_push_from_the_cli_resumes_from_the_offset_the_pile_reports_after_a_dr
                 await fw.close()
     with tempdir("remote-resume") as tmp:
         run(scenario(tmp), timeout=120)
+
+
+def firmware_events(plat, req_id):
+    return [e for e in plat.events if e["type"] == "firmware" and e.get("id") == req_id]
+
+
+def test_an_upgrade_requested_while_charging_waits_for_the_session_then_activates(mosquitto):
+    # Activation is refused (busy) while the pile charges: the bridge says it
+    # waits (event waiting_idle, status verified) and asks again every
+    # activate_retry_s; the session ends, its bill goes out, then the pile
+    # activates, reboots and logs in with the new version.
+    async def scenario(tmp, master, path):
+        cfg, root = pty_setup(tmp, path, mosquitto, keys={
+            "upgrade_key_file": key_file(tmp, "upgrade.key", UP_KEY)},
+            upgrade={"activate_retry_s": 0.2})
+        img = image()
+        async with bridge_running(cfg), Platform(url_of(mosquitto)) as plat:
+            fw = KeyedPile(root, master, PILE_A, {"cmd_key": CMD_KEY, "upgrade_key": UP_KEY,
+                                                  "sw_version": OLD}).start()
+            at_reboot = []
+            reboot = fw._reboot
+
+            def watched_reboot():
+                # what the pile held when it went down for the new version
+                at_reboot.append((fw.pile.gun.state, fw.pile.journal.status(serial),
+                                  list(fw.pile.send_log)))
+                reboot()
+            fw.pile.reboot_hook = watched_reboot
+            try:
+                await plat.wait_for(online_status(plat), 15)
+                r = await plat.command(PILE_A, {"id": "go", "cmd": "start", "gun": "01",
+                                                "balance": 100000, "card": "D14B0A54"})
+                assert r["ok"], r
+                serial = r["serial"]
+                await fw.wait_for(lambda: fw.world.meter.read_energy() > 1000)
+                fw.pile.send_log = []
+                await plat.client.publish(plat.topics.command(PILE_A), json.dumps(
+                    {"id": "up", "cmd": "upgrade", "version": NEW,
+                     "image_b64": base64.b64encode(img).decode()}), qos=1)
+                await plat.wait_for(lambda: "waiting_idle" in [e["stage"] for e in
+                                                               firmware_events(plat, "up")], 30)
+                st = await plat.wait_for(online_status(
+                    plat, pred=lambda s: (s.get("upgrade") or {}).get("stage") == "verified"))
+                assert st["versions"]["fw"] == OLD
+                # several refusals later: still charging, nothing activated
+                await fw.wait_for(lambda: fw.pile.remote.updater.status()["stage"] == "verified"
+                                  and len([e for e in fw.pile.events
+                                           if e[1] == "firmware_refused"]) >= 3)
+                assert fw.pile.gun.state == S.CHARGING and fw.world.contactor.closed
+                assert fw.reboots == 0 and fw.pile.remote.board_version() == OLD
+                assert "up" not in plat.results
+                r = await plat.command(PILE_A, {"id": "halt", "cmd": "stop"})
+                assert r["ok"], r
+                r = await plat.wait_for(lambda: plat.results.get("up"), 30)
+                assert r["ok"] and r["reply"]["running"] == NEW, r
+                # the session was over, its bill sealed and sent, before the reboot
+                assert len(at_reboot) == 1, at_reboot
+                state, billed, sent = at_reboot[0]
+                assert state not in (S.AUTHORISING, S.CHARGING, S.STOPPING), at_reboot
+                assert billed in ("pending", "confirmed", "settled") and serial in sent, at_reboot
+                assert fw.reboots == 1 and fw.pile.boot_reason == 4
+                assert fw.pile.remote.board_version() == NEW
+                doc = await plat.wait_for(lambda: plat.bills.get(serial), 15)
+                assert doc["checks"]["ok"] and plat.bill_count[serial] == 1
+                await fw.wait_for(lambda: fw.pile.journal.status(serial) == "settled", 15)
+                stages = await plat.wait_for(lambda: (lambda st: "running" in st and st)(
+                    [e["stage"] for e in firmware_events(plat, "up")]))
+                assert stages.count("waiting_idle") == 1, stages
+                assert stages.index("verified") < stages.index("waiting_idle") \
+                    < stages.index("installed") < stages.index("running"), stages
+                st = await plat.wait_for(online_status(plat, pred=lambda s: s["versions"]["fw"] == NEW))
+                assert st["upgrade"]["stage"] == "running" and st["boot_reason"] == 4
+            finally:
+                await fw.close()
+    with tempdir("remote-busy") as tmp, pty_pair() as (master, path):
+        run(scenario(tmp, master, path), timeout=90)
+
+
+class NeverHealthyPile(KeyedPile):
+    """The real firmware whose new image never gets online: booted on
+    version `broken` the pile's link is deaf (what it sends goes nowhere,
+    nothing reaches it), so it never logs in and never marks the slot
+    healthy, and a watchdog resets the board after WATCHDOG_MS of its time.
+    The firmware's boot counter does the rest (upgrade_boots, default 3)."""
+
+    WATCHDOG_MS = 30000
+
+    def __init__(self, root, fd, code, extra, broken, **kw):
+        self.broken = broken
+        self.deaf_boots = 0
+        KeyedPile.__init__(self, root, fd, code, extra, **kw)
+
+    def _boot(self):
+        KeyedPile._boot(self)
+        if self.pile.remote.board_version() != self.broken:
+            return
+        self.deaf_boots += 1
+        pile, clock = self.pile, self.world.clock
+        pile.link.uart = DeafUart()
+        booted = clock.ticks_ms()
+        poll = pile.poll
+
+        def poll_until_the_watchdog():
+            if clock.ticks_ms() - booted >= self.WATCHDOG_MS:
+                self._reboot()          # the next boot, counted by boot_select
+                return 0
+            return poll()
+        pile.poll = poll_until_the_watchdog
+
+
+class DeafUart:
+    def write(self, data):
+        return len(data)
+
+    def read(self, n):
+        return None
+
+
+def test_an_image_that_never_comes_up_healthy_rolls_back_and_the_bridge_says_rolled_back(mosquitto):
+    async def scenario(tmp, master, path):
+        cfg, root = pty_setup(tmp, path, mosquitto, keys={
+            "upgrade_key_file": key_file(tmp, "upgrade.key", UP_KEY)})
+        img = image(b"broken")
+        async with bridge_running(cfg), Platform(url_of(mosquitto)) as plat:
+            fw = NeverHealthyPile(root, master, PILE_A, {"cmd_key": CMD_KEY, "upgrade_key": UP_KEY,
+                                                         "sw_version": OLD}, broken=NEW).start()
+            try:
+                await plat.wait_for(online_status(plat), 15)
+                r = await plat.command(PILE_A, {"id": "up", "cmd": "upgrade", "version": NEW,
+                                                "image_b64": base64.b64encode(img).decode()},
+                                       timeout=60)
+                assert not r["ok"] and r["code"] == "rolled_back", r
+                assert r["reply"]["stage_name"] == "rolled_back", r
+                assert r["reply"]["reason"] == "not healthy" and r["reply"]["running"] == OLD, r
+                assert OLD in r["message"] and r["bytes_sent"] == len(img)
+                # three boots of the new image, none online, then the old slot
+                assert fw.deaf_boots == 3 and fw.reboots == 4
+                assert fw.pile.remote.board_version() == OLD and fw.pile.boot_reason == 3
+                up = fw.pile.remote.updater.status()
+                assert (up["stage"], up["pending"], up["version"]) == ("rolled_back", False, NEW)
+                stages = await plat.wait_for(lambda: (lambda st: "rolled_back" in st and st)(
+                    [e["stage"] for e in firmware_events(plat, "up")]))
+                # one event says how it ended, with the result's code and the pile's reason
+                assert stages[-1] == "rolled_back" and stages.count("rolled_back") == 1, stages
+                assert "installed" in stages and "running" not in stages, stages
+                assert "failed" not in stages, stages
+                ev = firmware_events(plat, "up")[-1]
+                assert (ev["code"], ev["reason"], ev["result"]) == ("rolled_back", "not healthy", 12)
+                assert OLD in ev["message"]
+                # the status after the 0xE5 that follows the login: the old version, booted
+                # by a rollback
+                st = await plat.wait_for(online_status(
+                    plat, pred=lambda s: (s.get("upgrade") or {}).get("stage") == "rolled_back"
+                    and s["boot_reason"] == 3), 15)
+                assert st["versions"]["fw"] == st["versions"]["sw"] == OLD
+            finally:
+                await fw.close()
+    with tempdir("remote-rollback") as tmp, pty_pair() as (master, path):
+        run(scenario(tmp, master, path), timeout=90)
 
 
 # --- minimum versions -----------------------------------------------------------------------
