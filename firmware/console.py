@@ -5,7 +5,7 @@
 #   pile> json bills        the same facts as one JSON line (for tools)
 #
 # Reading commands are open to anyone holding the cable; commands that change
-# the pile (config set, reboot) need the technician PIN (cfg "pin"), compared
+# the pile (config set, reboot, release) need the technician PIN (cfg "pin"), compared
 # in constant time. _MAX_TRIES wrong PINs lock the console for _LOCKOUT_MS
 # (tick differences); the failure count is kept on flash, so a reboot does not
 # reset it (a lockout in force at boot starts again in full).
@@ -50,6 +50,8 @@ _READABLE = ("pile", "gun", "pile_type", "sw_version", "hmi_version", "period_ms
 
 _STATES = ("pending", "confirmed", "illegal")
 _STATE_LABEL = {"pending": "unconfirmed", "confirmed": "unsettled", "illegal": "illegal"}
+# 0xE4 results of a bill the platform refused (docs/platform.md)
+_RESULTS = {1: "MAC", 2: "unsigned"}
 
 
 class CommandError(Exception):
@@ -81,6 +83,13 @@ def _show(name, v):
     if name == "stop_reason":
         return "0x%02X" % v
     return str(v)
+
+
+def _result(res):
+    # The platform's 0xE4 result as a technician reads it.
+    if res is None:
+        return "-"
+    return "%d (%s)" % (res, _RESULTS.get(res, "refused"))
 
 
 def _pairs(rows):
@@ -255,7 +264,7 @@ class Console:
         cmds = (("status", "state, link, boot reason, journal and bill counts"),
                 ("meter", "energy register, power, voltage, current"),
                 ("session", "the running trade: serial, energy, amount, targets"),
-                ("bills", "unconfirmed, unsettled and illegal bills"),
+                ("bills", "unconfirmed, unsettled, refused and illegal bills"),
                 ("bill SERIAL", "every field of one bill"),
                 ("tariff", "prices and half-hour slots"),
                 ("versions", "firmware, screen (HMI) and protocol versions"),
@@ -263,6 +272,8 @@ class Console:
                 ("config get [KEY]", "settings (" + ", ".join(_READABLE) + ")"),
                 ("config set KEY VALUE", "needs unlock; keys: " + ", ".join(sorted(_WRITABLE))),
                 ("reboot now|idle", "needs unlock; 'now' seals a running bill first"),
+                ("release SERIAL", "needs unlock; a refused or illegal bill, resolved with the"
+                 " operator, settled (its space may be reclaimed)"),
                 ("unlock PIN / lock", "technician PIN for write commands"),
                 ("json CMD", "the answer as one JSON line"))
         return {"commands": [c[0] for c in cmds]}, _pairs(cmds)
@@ -347,27 +358,37 @@ class Console:
         x = codec.decode_body(codec.layout_named("bill_extra"), extra)
         return b, x, lay
 
+    def _label(self, serial, st):
+        # (state label, the platform's 0xE4 result or None): an illegal bill
+        # with a result is one the platform refused
+        res = self.pile.journal.platform_result(serial) if st == "illegal" else None
+        return ("refused" if res is not None else _STATE_LABEL.get(st, st)), res
+
     def cmd_bills(self, args):
         j = self.pile.journal
         out = []
         rows = []
         for st in _STATES:
             for serial in j.each(st):
+                label, res = self._label(serial, st)
                 try:
                     b = self._decode(serial)[0]
-                    r = {"serial": serial, "state": _STATE_LABEL[st],
+                    r = {"serial": serial, "state": label,
                          "energy": b["total_energy"], "amount": b["total_amount"],
                          "stop_reason": b["stop_reason"], "end_time": b["end_time"]}
                 except Exception as e:  # a damaged record is listed, not fatal
-                    r = {"serial": serial, "state": _STATE_LABEL[st], "error": str(e)}
+                    r = {"serial": serial, "state": label, "error": str(e)}
+                if res is not None:
+                    r["result"] = res
                 out.append(r)
         for r in out:
+            res = _result(r.get("result"))
             if "error" in r:
-                rows.append([r["serial"], r["state"], "-", "-", "-", "error: " + r["error"]])
+                rows.append([r["serial"], r["state"], "-", "-", "-", "error: " + r["error"], res])
             else:
                 rows.append([r["serial"], r["state"], _dec(r["energy"], 4), _dec(r["amount"], 4),
-                             "0x%02X" % r["stop_reason"], iso(r["end_time"])])
-        lines = _table(["serial", "state", "kWh", "yuan", "stop", "ended"], rows)
+                             "0x%02X" % r["stop_reason"], iso(r["end_time"]), res])
+        lines = _table(["serial", "state", "kWh", "yuan", "stop", "ended", "result"], rows)
         lines.append("%d bill(s)" % len(out))
         return {"bills": out}, lines
 
@@ -378,9 +399,12 @@ class Console:
         if len(serial) != 32 or not serial.isdigit():
             raise CommandError("trade serial must be 32 digits, got %r" % serial)
         b, x, lay = self._decode(serial)
-        st = self.pile.journal.status(serial)
-        d = {"serial": serial, "state": _STATE_LABEL.get(st, st), "bill": b, "extra": x}
+        label, res = self._label(serial, self.pile.journal.status(serial))
+        d = {"serial": serial, "state": label, "bill": b, "extra": x}
         rows = [("journal state", d["state"])]
+        if res is not None:
+            d["result"] = res
+            rows.append(("platform result", _result(res)))
         for name, kind, size, off in lay.fields:
             rows.append((name, _show(name, b[name])))
         for name, kind, size, off in codec.layout_named("bill_extra").fields:
@@ -513,6 +537,31 @@ class Console:
         msg = ("rebooting; a running session is stopped and billed first" if when == 1
                else "will reboot when no session is running")
         return {"ok": True, "when": args[0]}, [msg]
+
+    def cmd_release(self, args):
+        # After the case of a refused (0xE4 result) or illegal (0x40) bill was
+        # resolved with the operator: settled, so compaction may reclaim it.
+        # Only those: a pending or unsettled bill is still on its way.
+        if len(args) != 1:
+            raise CommandError("usage: release SERIAL (32 digits)")
+        serial = args[0]
+        if len(serial) != 32 or not serial.isdigit():
+            raise CommandError("trade serial must be 32 digits, got %r" % serial)
+        self._need_unlock()
+        j = self.pile.journal
+        st = j.status(serial)
+        if st != "illegal":
+            raise CommandError("bill %s is %s: only refused or illegal bills are released"
+                               % (serial, _STATE_LABEL.get(st, st) if st else "not in the journal"))
+        label, res = self._label(serial, st)
+        r = j.settle(serial)
+        if r != "ok":
+            raise CommandError("release %s: journal says %s" % (serial, r))
+        self.pile.event("console_release", "%s %s result %s"
+                        % (serial, label, "-" if res is None else res))
+        return ({"ok": True, "serial": serial, "state": label, "result": res},
+                ["released %s (%s, platform result %s): settled, its space may be reclaimed"
+                 % (serial, label, _result(res))])
 
     # --- PIN -------------------------------------------------------------------------
 

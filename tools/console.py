@@ -152,12 +152,20 @@ def show_versions(d, out):
     _pairs([("firmware", d["fw"]), ("hmi", d["hmi"] or "-"), ("protocol", d["protocol"])], out)
 
 
+_RESULTS = {1: "MAC", 2: "unsigned"}   # 0xE4 results of a refused bill (docs/platform.md)
+
+
+def _result(res):
+    return "-" if res is None else "%d (%s)" % (res, _RESULTS.get(res, "refused"))
+
+
 def show_bills(d, out):
     rows = [[b["serial"], b["state"], _dec(b.get("energy"), 4), _dec(b.get("amount"), 4),
              "0x%02X" % b["stop_reason"] if "stop_reason" in b else "-",
-             F.iso(b["end_time"]) if "end_time" in b else "error: " + b.get("error", "")]
+             F.iso(b["end_time"]) if "end_time" in b else "error: " + b.get("error", ""),
+             _result(b.get("result"))]
             for b in d["bills"]]
-    _table(["trade serial", "state", "kWh", "yuan", "stop", "ended"], rows, out)
+    _table(["trade serial", "state", "kWh", "yuan", "stop", "ended", "result"], rows, out)
     out.write("%d bill(s)\n" % len(rows))
 
 
@@ -244,7 +252,7 @@ def collect_bills(client, every=False):
 
 
 def write_csv(bills, path):
-    cols = ["serial", "state"]
+    cols = ["serial", "state", "result"]   # result: the platform's 0xE4 refusal, if any
     for b in bills:
         for k in list(b["bill"]) + ["extra_" + k for k in b["extra"] if k != "serial"]:
             if k not in cols:
@@ -253,7 +261,7 @@ def write_csv(bills, path):
         w = csv.writer(f)
         w.writerow(cols)
         for b in bills:
-            row = {"serial": b["serial"], "state": b["state"]}
+            row = {"serial": b["serial"], "state": b["state"], "result": b.get("result", "")}
             for k, v in b["bill"].items():
                 row[k] = F.iso(v) if k.endswith("_time") else v
             for k, v in b["extra"].items():

@@ -2,6 +2,7 @@
 # hardware, typed into over an in-memory UART (both interpreters).
 import json
 
+from firmware import session as S
 from firmware.console import Console
 from firmware.loopuart import LoopUart
 from tests.mp.pilekit import Rig, serial
@@ -254,5 +255,74 @@ def test_json_answers_parse_for_every_reading_command():
         assert ev[-1]["kind"] == "console_bad_pin" and ev[-1]["time"] > 0
         assert "console_bad_pin" in t.ask("log")
         assert "error" in t.js("nonsense")
+    finally:
+        rmtree(r.root)
+
+
+def _refused_bill(r, n, result):
+    r.online()
+    r.platform.settle_result = result
+    r.start(serial(n))
+    r.run(60000)
+    r.stop()
+    r.run(30000, lambda: r.pile.journal.status(serial(n)) == "illegal")
+    assert r.pile.journal.platform_result(serial(n)) == result
+
+
+def test_bills_show_a_refused_bill_with_the_platform_result_and_release_needs_the_pin():
+    r = _rig()
+    try:
+        t = Term(r)
+        _refused_bill(r, 1, 1)              # MAC does not verify
+        d = t.js("bills")
+        assert [(b["serial"], b["state"], b.get("result")) for b in d["bills"]] == \
+            [(serial(1), "refused", 1)]
+        text = t.ask("bills")
+        assert "refused" in text and "result" in text and "1 (MAC)" in text
+        full = t.js("bill " + serial(1))
+        assert full["state"] == "refused" and full["result"] == 1
+        line = [k for k in t.ask("bill " + serial(1)).split("\r\n") if k.startswith("platform")]
+        assert line and line[0].split() == ["platform", "result", "1", "(MAC)"]
+        assert t.js("status")["illegal"] == 1
+        # release needs the PIN, and only takes refused or illegal bills
+        assert "locked" in t.ask("release " + serial(1))
+        assert r.pile.journal.status(serial(1)) == "illegal"
+        t.ask("unlock " + PIN)
+        assert "32 digits" in t.ask("release 12")
+        assert "not in the journal" in t.ask("release " + serial(9))
+        d = t.js("release " + serial(1))
+        assert d == {"ok": True, "serial": serial(1), "state": "refused", "result": 1}
+        assert r.pile.journal.status(serial(1)) == "settled"
+        assert t.js("bills")["bills"] == [] and t.js("status")["illegal"] == 0
+        log = t.js("log")["events"]
+        assert [e["detail"] for e in log if e["kind"] == "console_release"] == \
+            [serial(1) + " refused result 1"]
+        assert "console_release" in t.ask("log")
+        # its space may now be reclaimed; the serial stays remembered
+        r.pile.journal.compact()
+        assert r.pile.journal.status(serial(1)) is None
+        r.start(serial(1))                  # a repeated start: no second session
+        r.run(3000)
+        assert r.pile.gun.state != S.CHARGING and r.pile.journal.status(serial(1)) is None
+    finally:
+        rmtree(r.root)
+
+
+def test_release_refuses_a_bill_still_on_its_way_and_takes_a_0x40_illegal_one():
+    r = _rig(confirm=False)
+    try:
+        t = Term(r)
+        _unconfirmed_bill(r, 2)
+        t.ask("unlock " + PIN)
+        text = t.ask("release " + serial(2))
+        assert "unconfirmed" in text and "only refused or illegal" in text
+        assert r.pile.journal.status(serial(2)) == "pending"
+        # the host calls it illegal (0x40 result 1): no platform result
+        r.platform.send("bill_confirm", {"serial": serial(2), "result": 1})
+        r.run(2000)
+        row = t.js("bills")["bills"][0]
+        assert row["state"] == "illegal" and "result" not in row
+        assert t.js("release " + serial(2))["result"] is None
+        assert r.pile.journal.status(serial(2)) == "settled"
     finally:
         rmtree(r.root)
