@@ -449,31 +449,36 @@ def test_refusals_that_no_longer_fit_write_nothing_and_say_full():
     # still fits the limit. Past that, "full": nothing written, the bill
     # stays confirmed (the pile does not answer, the bridge sends 0xE4 again).
     ev = Events()
-    j = Journal("/f/bills.j", FlashSim(), limit_bytes=8192, on_event=ev)
-    for n in range(1, 300):     # tiny bills: the most a refusal adds per byte held
-        s = _session(j, n, ckpts=0, size=1)
-        assert j.confirm(s) == "ok"
-    held = j.confirmed()
-    assert j.compactions and len(held) < 299  # compaction dropped confirmed bills
-    refused = []
-    for s in held:
-        if j.status(s) != "confirmed":
-            continue   # dropped by a compaction a refusal ran: it was droppable
-        r = j.refuse(s, 1)
-        if r == "full":
-            break
-        assert r == "ok"
-        refused.append(s)
-    assert len(refused) > 50 and "full" in ev.names()
-    used = j.bytes_used()
-    assert j.refuse(s, 1) == "full" and j.bytes_used() == used
-    assert j.status(s) == "confirmed" and j.platform_result(s) is None
-    assert j.illegal_bills() == refused and j._floor() <= j.limit
-    # a release makes room for the next refusal
-    assert j.settle(refused[0]) == "ok" and j.settle(refused[1]) == "ok"
-    assert j.refuse(s, 1) == "ok" and j.platform_result(s) == 1
-    r = Journal("/f/bills.j", j.fs.reboot(), limit_bytes=8192).recover()
-    assert r.illegal == refused[2:] + [s]
+    d, j = _fresh("refull", limit_bytes=4096, on_event=ev)
+    try:
+        for n in range(1, 150):     # tiny bills: the most a refusal adds per byte held
+            s = _session(j, n, ckpts=0, size=1)
+            assert j.confirm(s) == "ok"
+        held = j.confirmed()
+        assert j.compactions and len(held) < 149  # compaction dropped confirmed bills
+        last = held.pop()                         # the newest: dropped last
+        refused = []
+        for s in held:
+            if j.status(s) != "confirmed":
+                continue   # dropped by a compaction a refusal ran: it was droppable
+            r = j.refuse(s, 1)
+            if r == "full":
+                break
+            assert r == "ok"
+            refused.append(s)
+        assert len(refused) > 40 and "full" in ev.names()
+        used = j.bytes_used()
+        assert j.refuse(s, 1) == "full" and j.bytes_used() == used
+        assert j.status(s) == "confirmed" and j.platform_result(s) is None
+        assert j.illegal_bills() == refused and j._floor() <= j.limit
+        # releases make room for the next refusal
+        assert j.settle(refused[0]) == "ok" and j.settle(refused[1]) == "ok"
+        assert j.status(last) == "confirmed"
+        assert j.refuse(last, 2) == "ok" and j.platform_result(last) == 2
+        r = Journal(j.path, limit_bytes=4096).recover()
+        assert r.illegal == refused[2:] + [last]
+    finally:
+        rmtree(d)
 
 
 def test_outbox_backoff_30_60_120_up_to_600_s_forever_same_bytes():
