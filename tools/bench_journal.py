@@ -26,8 +26,9 @@ from tools import bench_journal_core as core
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC = os.path.join(ROOT, "docs", "benchmarks.md")
 HEADING = "## Journal"
+CI_CAP = "160K"      # test_journal's line in tools/mp_heapcap.sh
 # What the dual-interpreter journal tests import, precompiled for heap runs.
-MPY_SOURCES = ["firmware/__init__.py", "firmware/journal.py", "firmware/outbox.py",
+MPY_SOURCES = ["firmware/__init__.py", "firmware/journal.py", "firmware/fsio.py", "firmware/outbox.py",
                "firmware/flashsim.py", "tests/__init__.py", "tests/mp/__init__.py",
                "tests/mp/util.py", "tests/mp/test_journal.py",
                "tools/__init__.py", "tools/bench_journal_core.py"]
@@ -87,9 +88,10 @@ def heap_figures(mp, workdir, bills):
     build_mpy_tree(tree)
     out = {}
     tests = ["tests/mp/run.py", "test_journal"]
-    out["tests_64k_mpy"] = passes(mp, tests, "64K", tree)
+    # The cap tools/mp_heapcap.sh runs the suite under in CI.
+    out["tests_cap_mpy"] = passes(mp, tests, CI_CAP, tree)
     out["tests_min_mpy"] = min_heap(mp, tests, tree)
-    out["tests_64k_src"] = passes(mp, tests, "64K", ROOT)
+    out["tests_cap_src"] = passes(mp, tests, CI_CAP, ROOT)
     out["tests_min_src"] = min_heap(mp, tests, ROOT)
     # boot a journal of `bills` pending bills under a heap cap
     path = os.path.join(workdir, "boot.j")
@@ -119,7 +121,9 @@ def table(rows_cp, rows_mp, heap, mp, bills):
     lines.append("")
     lines.append("Session header %d B, checkpoint payload %d B every 0.1 kWh or 60 s, "
                  "bill %s B, then host confirm and platform settle; steady state over "
-                 "20 sessions in a 64 KB journal, compactions included."
+                 "20 sessions in a 64 KB journal, compactions included (they carry the "
+                 "memory of the last settled serials, docs/journal.md, so a repeated "
+                 "start can never make a second bill)."
                  % (core.HEADER_BYTES, core.CHECKPOINT_BYTES, "158 / 174"))
     lines.append("")
     lines.append("| session | minutes | checkpoints | bytes written / session | "
@@ -166,11 +170,11 @@ def table(rows_cp, rows_mp, heap, mp, bills):
         else:
             lines.append("| what | minimum heap |")
             lines.append("|---|---|")
-            lines.append("| tests/mp/test_journal.py, precompiled (.mpy) | %sK (64K: %s) |"
-                         % (heap["tests_min_mpy"], "pass" if heap["tests_64k_mpy"] else "FAIL"))
+            lines.append("| tests/mp/test_journal.py, precompiled (.mpy) | %%sK (%s: %%s) |" % CI_CAP
+                         % (heap["tests_min_mpy"], "pass" if heap["tests_cap_mpy"] else "FAIL"))
             lines.append("| tests/mp/test_journal.py, compiled from source on the target | "
-                         "%sK (64K: %s) |" % (heap["tests_min_src"],
-                                              "pass" if heap["tests_64k_src"] else "fail"))
+                         "%%sK (%s: %%s) |" % CI_CAP % (heap["tests_min_src"],
+                                              "pass" if heap["tests_cap_src"] else "fail"))
             lines.append("| boot with an empty journal, precompiled (interpreter + journal code) "
                          "| %sK |" % heap["boot0_min_mpy"])
             lines.append("| boot with 250 pending bills (a default 64 KB journal near full), precompiled | %sK |"

@@ -26,7 +26,7 @@ done <<'LIST'
 test_codec 96K
 test_link 96K
 test_pile 256K
-test_journal 128K
+test_journal 160K
 test_session 128K
 test_tariff 96K
 test_dlt645 96K
