@@ -190,12 +190,10 @@ def test_a_pile_with_another_key_rejects_and_the_result_says_signed_reject_at_on
             fw = KeyedPile(root, master, PILE_A, {"cmd_key": CMD_KEY}).start()
             try:
                 await plat.wait_for(online_status(plat), 15)
-                t0 = time.monotonic()
                 r = await plat.command(PILE_A, {"id": "rb", "cmd": "reboot", "when": "now"})
-                took = time.monotonic() - t0
+                # The pile's 0xD1 answer (its reason and counter), not the 8 s timeout.
                 assert not r["ok"] and r["code"] == "signed_reject", r
                 assert r["reply"]["reason"] == "bad mac" and r["reply"]["frame"] == "reboot"
-                assert took < 4.0, took             # the pile's answer, not the 8 s timeout
                 ev = await plat.wait_for(lambda: [e for e in plat.events
                                                   if e["type"] == "signed_reject"])
                 assert ev[0]["reason"] == "bad mac" and ev[0]["counter"] == r["reply"]["counter"]
@@ -218,11 +216,10 @@ def test_restart_pile_without_the_bridge_knowing_its_key_fails_at_once_as_unsign
             fw = KeyedPile(root, master, PILE_A, {"cmd_key": CMD_KEY}).start()
             try:
                 await plat.wait_for(online_status(plat), 15)
-                t0 = time.monotonic()
                 r = await plat.command(PILE_A, {"id": "rb", "cmd": "reboot"})
+                # The pile's own 0xD1 "unsigned", not the 8 s timeout.
                 assert r["code"] == "signed_reject" and r["reply"]["reason"] == "unsigned", r
                 assert "configure this pile's key" in r["message"]
-                assert time.monotonic() - t0 < 4.0
                 assert fw.reboots == 0
             finally:
                 await fw.close()
