@@ -298,6 +298,7 @@ class Bridge:
         v = f.fields
         old = pile.status_reply or {}
         pile.status_reply = dict(v)
+        pile.status_at = time.time()
         # The pile refuses starts well below journal_limit (it keeps room for
         # open sessions' bills): its refusing_starts flag says when. A journal
         # at its limit refuses too. Raised when it becomes full, once.

@@ -105,6 +105,7 @@ class Pile:
         self.guns = {}            # gun -> {"status": name, "plugged": bool, "serial": ...}
         self.faults = {}          # gun -> fault bits last seen
         self.status_reply = None  # last 0xE5 fields (ext piles)
+        self.status_at = 0.0      # when it came (state and boot_reason are this boot's only after login)
         self.online_since = None
         self.last_seen = None
         self.offline_reason = None
@@ -141,6 +142,7 @@ class Pile:
 
     def status_json(self, site):
         sr = self.status_reply or {}
+        fresh = self.status_reply is not None and self.status_at >= (self.online_since or 0)
         doc = {
             "schema": schema.SCHEMA_STATUS, "site": site, "pile": self.code,
             "online": self.online,
@@ -160,8 +162,10 @@ class Pile:
             "upgrade": dict(self.upgrade) if self.upgrade else None,
             "journal": {k: sr[k] for k in ("pending", "unsettled", "illegal", "journal_used",
                                            "journal_limit", "oldest_pending") if k in sr} or None,
-            "state": sr.get("state"),
-            "boot_reason": sr.get("boot_reason"),
+            # The last boot's state and boot reason are stale once the pile
+            # logs in again: null until this login's 0xE5 answers.
+            "state": sr.get("state") if fresh else None,
+            "boot_reason": sr.get("boot_reason") if fresh else None,
             "guns": self.guns,
             "crc_swapped": self.crc_swapped,
             "frame_errors": self.frame_errors,

@@ -60,6 +60,10 @@ def test_real_firmware_session_bill_settles_through_the_bridge(mosquitto):
                                                   and s["boot_reason"] == 2 else None)(
                     plat.status.get(plat.topics.status(PILE_A))), 15)
                 assert st["versions"]["fw"]
+                # No status of this login carried the boot before's reason (0, power-on).
+                this_boot = [s for s in plat.status_log if s.get("pile") == PILE_A
+                             and s.get("online") and s.get("since") == st["since"]]
+                assert {s["boot_reason"] for s in this_boot} <= {None, 2}, this_boot
             finally:
                 await fw.close()
     with tempdir("firmware") as tmp, pty_pair() as (master, path):

@@ -142,6 +142,7 @@ class Platform:
         self.results = {}               # id -> result doc
         self.result_list = []           # every result, in arrival order
         self.status = {}                # topic -> last retained/live doc
+        self.status_log = []            # every status doc, in arrival order
         self.realtime = []
         self.connected = asyncio.Event()
         self._changed = asyncio.Event()
@@ -201,6 +202,7 @@ class Platform:
             self.realtime.append(doc)
         else:
             self.status[topic] = doc
+            self.status_log.append(doc)
         self._changed.set()
         self._changed = asyncio.Event()
 
