@@ -151,6 +151,17 @@ class Outbox:
         self._sched.pop(serial, None)
         return self.j.settle(serial)
 
+    def refused(self, serial, result):
+        """0xE4 with a non-zero result: the platform refused the bill. Kept
+        on flash as refused (never resent, never reclaimed), no answer due."""
+        self._flight.pop(serial, None)
+        return self.j.refuse(serial, result)
+
+    def idle(self):
+        """Nothing due now and no bill waiting for its answer (expired
+        answers count as none)."""
+        return self.due() is None and not self._in_flight(self._now())
+
     def illegal(self):
         return self.j.illegal_bills()
 

@@ -302,8 +302,7 @@ class Pile:
         if result == 0:
             r = self.outbox.settled(serial)
         else:
-            self.outbox._flight.pop(serial, None)   # no answer due for it any more
-            r = self.journal.refuse(serial, result)
+            r = self.outbox.refused(serial, result)
             if r == "full":
                 # nothing written (journal_full event): no 0xE3, so the
                 # bridge sends this 0xE4 again later
@@ -440,8 +439,7 @@ class Pile:
         # before the tariff check. Nothing due and nothing in flight: each
         # was sent and answered, or its answer_ms ran out (a platform that
         # never answers does not hold the tariff check back for ever).
-        ob = self.outbox
-        return ob.due() is None and not ob._flight   # due() dropped the expired
+        return self.outbox.idle()
 
     def _send_bills(self):
         ob = self.outbox
