@@ -15,6 +15,9 @@ timers live in RAM and start over at every login, which is exactly the rule
     ob.settled(serial)     -> journal status         # extension frame
     ob.illegal() -> [serial]   # for the console and the platform
     ob.next_in(serial) -> ms until that bill is due (0: due now, None: never)
+    ob.extra_acked(serial)     # 0xEC: the host has the bill's fee split
+    ob.extra_due() -> (serial, body) | None   # resend that bill's 0xEB alone
+    ob.extra_sent(serial)
 
 Rules:
 - Pending (sealed, unconfirmed) bills are offered in journal order; a bill
@@ -28,6 +31,12 @@ Rules:
 - A bill the host confirmed but the platform has not settled is offered
   again every resettle_ms (the bridge deduplicates by trade serial).
 - Illegal bills are never resent; illegal() lists them.
+- The fee split (0xEB) goes out right after each 0x3B; a bill whose 0x3B
+  the host confirmed (0x40) but whose 0xEB it has not acknowledged (0xEC:
+  corrupted or lost on the way) gets its 0xEB again, alone, after
+  answer_ms, then twice that, EXTRA_TRIES times at most (a host that never
+  sends 0xEC, one without our extension frames, is not flooded). RAM only:
+  a reboot forgets it, and a pending bill's resends carry both frames.
 
 clock: ticks_ms() -> int; intervals are tick differences, computed with
 clock.ticks_diff(a, b) if the clock has one, else time.ticks_diff on
@@ -38,6 +47,9 @@ try:
     _tdiff = getattr(time, "ticks_diff", None)
 except ImportError:  # pragma: no cover
     _tdiff = None
+
+
+EXTRA_TRIES = 6
 
 
 class Outbox:
@@ -55,6 +67,7 @@ class Outbox:
         self.online = False
         self._sched = {}     # serial -> [tick of last send (or base), wait ms]
         self._flight = {}    # serial -> tick sent, until answered / answer_ms
+        self._extra = {}     # serial -> [tick sent, wait ms, resends]: no 0xEC yet
         self._login = 0
 
     def _now(self):
@@ -130,6 +143,8 @@ class Outbox:
         else:
             return
         self._flight[serial] = now
+        if serial not in self._extra:
+            self._extra[serial] = [now, self.answer_ms, 0]
 
     def confirmed(self, serial, result):
         """0x40 from the host: result 0 = received, 1 = illegal bill.
@@ -164,6 +179,37 @@ class Outbox:
 
     def illegal(self):
         return self.j.illegal_bills()
+
+    def extra_acked(self, serial):
+        self._extra.pop(serial, None)
+
+    def extra_due(self):
+        """A bill whose 0x3B the host confirmed but whose 0xEB it has not
+        acknowledged, due for its 0xEB again: (serial, body) or None."""
+        if not self.online:
+            return None
+        now = self._now()
+        for s in list(self._extra):
+            e = self._extra[s]
+            st = self.j.status(s)
+            if st is None or e[2] >= EXTRA_TRIES:
+                del self._extra[s]   # compacted away, or a host without 0xEC
+                continue
+            if st == "pending" or self._diff(now, e[0]) < e[1]:
+                continue             # a pending bill goes again whole
+            body = self.j.bill(s)
+            if body is None:
+                del self._extra[s]
+                continue
+            return (s, body)
+        return None
+
+    def extra_sent(self, serial):
+        e = self._extra.get(serial)
+        if e is not None:
+            e[0] = self._now()
+            e[1] *= 2
+            e[2] += 1
 
 
 def _sub(a, b):

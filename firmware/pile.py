@@ -18,7 +18,7 @@ import os
 
 from firmware import fsio
 from firmware import session as S
-from firmware.journal import Journal, JournalFull
+from firmware.journal import Journal, JournalFull, SerialTooOld
 from firmware.link import Link
 from firmware.outbox import Outbox
 from firmware.realtime import Cadence
@@ -166,8 +166,13 @@ class Pile:
             # the journal raised its "full" event (journal_full); the 0x33
             # says why and 0xE5 refusing_starts tells the bridge
             raise S.StartRefused(S.START_JOURNAL_FULL, str(e))
+        except SerialTooOld as e:
+            self.event("start_serial_used", str(e))
+            raise S.StartRefused(S.START_SERIAL_USED, str(e))
         if r == "exists":
-            raise ValueError("trade serial %s already in the journal" % serial)
+            self.event("start_serial_used", serial)
+            raise S.StartRefused(S.START_SERIAL_USED, "trade serial %s already in the journal"
+                                 % serial)
 
     def _on_checkpoint(self, serial, payload):
         self.journal.checkpoint(serial, payload)
@@ -253,6 +258,8 @@ class Pile:
             self.log("0x40 %s result %d -> %s" % (v["serial"], v["result"], r))
         elif c == 0xE4:
             self._settled(f, v["serial"], v["result"])
+        elif c == 0xEC:
+            self.outbox.extra_acked(v["serial"])
         elif c == 0x32:
             res, why = gun.authorised(v["serial"], v["ok"] == 1, v["reason"], v["balance"],
                                       v["logical_card"])
@@ -446,7 +453,7 @@ class Pile:
         while True:
             d = ob.due()
             if d is None:
-                return
+                break
             serial, payload = d
             bill, extra = split_payload(payload)
             seq = self.link.send_raw(0x3B, bill)
@@ -455,6 +462,15 @@ class Pile:
             if self.send_log is not None:
                 self.send_log.append(serial)
             self.log("bill %s sent (seq %d)" % (serial, seq))
+        # A confirmed bill whose fee split got no 0xEC: the 0xEB again, alone.
+        while True:
+            d = ob.extra_due()
+            if d is None:
+                return
+            serial, payload = d
+            self.link.send_raw(0xEB, split_payload(payload)[1])
+            ob.extra_sent(serial)
+            self.log("bill %s: fee split sent again" % serial)
 
     def _realtime_due(self):
         g = self.gun

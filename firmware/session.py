@@ -114,6 +114,10 @@ START_NOT_PLUGGED = const(5)
 # record on the pile"): the journal is full of unconfirmed bills, so no new
 # session can be recorded; starts are refused until bills are confirmed.
 START_JOURNAL_FULL = const(0x0A)
+# Ours: the trade serial was used on this pile already, or is stamped no
+# later than the newest serial the journal forgot (docs/journal.md): a
+# repeated start, refused so that no serial ever gets a second bill.
+START_SERIAL_USED = const(0x0C)
 # 0x35 (remote stop reply) reasons
 STOPR_NONE = const(0)
 STOPR_UNKNOWN_PILE = const(1)

@@ -635,8 +635,11 @@ class Chaos:
     # --- the run ---------------------------------------------------------------------------------
 
     def _bridge_extra(self):
+        # time_sync_s = 0: the piles keep their simulated clocks, the time base
+        # of the serials this platform stamps (the bridge's 0x56 would set
+        # them back to the real time of day, hours behind simulated time).
         return ("[bills]\nretry_initial_s = 0.5\nretry_max_s = 2.0\nsettle_retry_s = 1.0\n"
-                "[piles]\ncommand_timeout_s = 3.0\nstatus_poll_s = 3600.0\n")
+                "[piles]\ncommand_timeout_s = 3.0\nstatus_poll_s = 3600.0\ntime_sync_s = 0\n")
 
     async def run(self):
         t0 = time.monotonic()

@@ -236,7 +236,9 @@ NOTES = {
     "remote_start_reply.result": _RESULT01,
     "remote_start_reply.reason": _START_REASON + (
         "; ours: 0x0A journal full of unconfirmed bills (0x32's \"unsettled record on the "
-        "pile\"): nothing started, refused until bills are confirmed (0xE5 refusing_starts)"),
+        "pile\"): nothing started, refused until bills are confirmed (0xE5 refusing_starts); "
+        "0x0C trade serial already used on this pile, or stamped no later than the newest "
+        "serial its journal forgot (a repeated start): nothing started, no second bill"),
     "remote_stop_reply.result": _RESULT01,
     "remote_stop_reply.reason": "0 none, 1 pile number mismatch, 2 gun not charging, 3 other",
     "bill_confirm.result": "0 received, 1 illegal bill; neither means settled",

@@ -494,6 +494,8 @@ class ScriptedPlatform:
             self.send("bill_confirm", {"serial": v["serial"], "result": 0}, codec.reply_seq(f))
             if self.settle:
                 self.send("settled", {"serial": v["serial"], "result": 0})
+        elif n == "bill_extra" and self.confirm:
+            self.send("bill_extra_ack", {"serial": v["serial"], "result": 0}, codec.reply_seq(f))
 
     def named(self, *names):
         return [f for _, f in self.frames if f.name in names]

@@ -33,6 +33,7 @@ class Platform:
         self.settle_result = 0      # 0xE4 result: 1 MAC refused, 2 unsigned (docs/platform.md)
         self.seq = 0x100
         self.answer_login = True
+        self.ack_extra = True       # 0xEC for each 0xEB, as the bridge does
 
     def send(self, name, values, seq=None):
         if seq is None:
@@ -60,6 +61,8 @@ class Platform:
                 self.send("bill_confirm", {"serial": v["serial"], "result": 0}, f.seq)
                 if self.settle:
                     self.send("settled", {"serial": v["serial"], "result": self.settle_result})
+            elif f.name == "bill_extra" and self.ack_extra:
+                self.send("bill_extra_ack", {"serial": v["serial"], "result": 0}, f.seq)
 
     def named(self, name):
         return [f for f in self.frames if f.name == name]

@@ -303,8 +303,80 @@ def test_repeated_start_after_reboot_neither_restarts_nor_bills_again():
         r.run(30000)
         reply = r.platform.named("remote_start_reply")[-1].fields
         assert reply["serial"] == serial(9) and reply["result"] == 0
+        assert reply["reason"] == S.START_SERIAL_USED == 0x0C   # said, not a generic fault
         assert r.pile.gun.state != S.CHARGING
         assert [f.fields["serial"] for f in r.platform.bills()] == [serial(9)]
+        assert [e for e in r.pile.events if e[1] == "start_serial_used"]
+    finally:
+        rmtree(r.root)
+
+
+def test_a_start_stamped_before_what_the_journal_forgot_is_refused_0x0c_and_not_billed():
+    from firmware.journal import SerialTooOld
+    r = _rig()
+    try:
+        r.online()
+
+        def too_old(serial_, header):
+            raise SerialTooOld("trade serial %s: stamp not after the floor" % serial_)
+        r.pile.journal.open_session = too_old
+        r.start(serial(21))
+        r.run(30000)
+        reply = r.platform.named("remote_start_reply")[-1].fields
+        assert reply["result"] == 0 and reply["reason"] == S.START_SERIAL_USED
+        assert r.pile.gun.state != S.CHARGING and r.platform.bills() == []
+        assert [e for e in r.pile.events if e[1] == "start_serial_used"]
+    finally:
+        rmtree(r.root)
+
+
+def _extras(r, serial_):
+    return [f for f in r.platform.named("bill_extra") if f.fields["serial"] == serial_]
+
+
+def test_a_fee_split_lost_on_the_way_goes_again_alone_until_the_host_acknowledges_it():
+    # The 0x3B arrived and was confirmed (0x40); its 0xEB did not (a corrupted
+    # frame: no 0xEC). The pile sends the 0xEB again, not the bill.
+    r = _rig(settle=False)
+    try:
+        r.online()
+        r.platform.ack_extra = False
+        r.start(serial(31))
+        r.run(60000)
+        r.stop()
+        r.run(5000)
+        assert r.pile.journal.status(serial(31)) == "confirmed"
+        assert len(_extras(r, serial(31))) == 1
+        r.run(12000)                                      # answer_ms (10 s) later
+        assert len(_extras(r, serial(31))) == 2
+        r.platform.ack_extra = True
+        r.run(25000)                                      # then 20 s: acknowledged
+        n = len(_extras(r, serial(31)))
+        assert n == 3
+        r.run(600000)
+        assert len(_extras(r, serial(31))) == n           # nothing more once 0xEC came
+        assert [f.fields["serial"] for f in r.platform.bills()] == [serial(31)]
+        assert _extras(r, serial(31))[-1].body == _extras(r, serial(31))[0].body  # same bytes
+    finally:
+        rmtree(r.root)
+
+
+def test_a_host_that_never_acknowledges_fee_splits_gets_a_bounded_number_of_them():
+    from firmware.outbox import EXTRA_TRIES
+    r = _rig(settle=False)
+    try:
+        r.online()
+        r.platform.ack_extra = False                      # a host without our 0xEC
+        r.start(serial(32))
+        r.run(60000)
+        r.stop()
+        extras = bills = 0
+        for _ in range(55):                               # short of the hourly re-offer
+            r.run(60000)
+            extras += len(_extras(r, serial(32)))
+            bills += len(r.platform.bills())
+            r.platform.frames = []                        # the test's record: a small heap
+        assert extras == 1 + EXTRA_TRIES and bills == 1
     finally:
         rmtree(r.root)
 
