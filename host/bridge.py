@@ -22,7 +22,7 @@ from host import push as pushmod
 from host import schema
 from host import tariff as T
 from host.links import LinkClosed, SerialLink, StreamLink
-from host.mqtt import MqttLink, NotConnected
+from host.mqtt import MqttLink, NotConnected, stop_tasks
 from host.outbox import Outbox
 from host.piles import CommandTimeout, Pile, PileConn, SignedReject, SignError
 from host.store import Store
@@ -110,9 +110,7 @@ class Bridge:
             await asyncio.wait(list(self._bg), timeout=5)
         if self.outbox:
             await self.outbox.stop()
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await stop_tasks(self._tasks)    # never hangs on a broker that does not close
         if self.store:
             self.store.close()
         log.info("bridge stopped")

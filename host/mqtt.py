@@ -15,6 +15,32 @@ from host.config import mqtt_credentials, parse_mqtt_url
 log = logging.getLogger("host.mqtt")
 
 
+
+STOP_GRACE_S = 3.0
+
+
+async def stop_tasks(tasks, grace_s=STOP_GRACE_S):
+    """Cancel tasks and wait until they end. A task running an aiomqtt
+    client enters the client's clean exit on the first cancel, and that exit
+    waits for the broker to close its side without a bound: one still
+    running grace_s later is cancelled again. Returns the tasks that outlived
+    both (logged)."""
+    tasks = [t for t in tasks if t is not None]
+    for t in tasks:
+        t.cancel()
+    pending = [t for t in tasks if not t.done()]
+    for _ in range(2):
+        if not pending:
+            break
+        _, pending = await asyncio.wait(pending, timeout=grace_s)
+        for t in pending:
+            log.warning("%r still running %g s after its cancel: cancelled again",
+                        t.get_coro(), grace_s)
+            t.cancel()
+    await asyncio.gather(*[t for t in tasks if t.done()], return_exceptions=True)
+    return list(pending)
+
+
 class NotConnected(ConnectionError):
     pass
 

@@ -25,6 +25,7 @@ import uuid
 import aiomqtt
 
 from firmware import auth
+from host.mqtt import stop_tasks
 from host.topics import ROOT, shared_bills
 from protocol import codec
 
@@ -816,8 +817,7 @@ def main(argv=None):
                 await asyncio.sleep(10)
                 print(json.dumps(p.summary()), flush=True)
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await stop_tasks([task])
     try:
         return asyncio.run(go())
     except KeyboardInterrupt:

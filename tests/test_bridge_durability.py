@@ -254,7 +254,10 @@ def test_bills_wait_in_sqlite_while_the_broker_is_down(mosquitto):
 
 class Disk:
     """What the bridge database's COMMIT does: None (works), an error message
-    to raise as sqlite3.OperationalError, or "hang" (until released)."""
+    to raise as sqlite3.OperationalError, or "hang" (until released). Only
+    a transaction that takes a bill into custody (INSERT INTO bills) is hit:
+    other commits (marks, events) between the test's steps go through, so the
+    fault lands on the bill's own commit and nowhere else."""
 
     def __init__(self):
         self.fault = None
@@ -262,6 +265,7 @@ class Disk:
         self.failed_once = threading.Event()
         self.hung = threading.Event()
         self.release = threading.Event()
+        self.bill_in_tx = False
 
 
 @contextlib.contextmanager
@@ -271,10 +275,14 @@ def faulty_disk(monkeypatch, path):
 
     class Conn(sqlite3.Connection):
         def execute(self, sql, *args):
-            if sql == "COMMIT" and disk.fault == "hang":
+            if sql.startswith("BEGIN"):
+                disk.bill_in_tx = False
+            elif sql.startswith("INSERT INTO bills"):
+                disk.bill_in_tx = True
+            elif sql == "COMMIT" and disk.bill_in_tx and disk.fault == "hang":
                 disk.hung.set()
                 disk.release.wait(30)
-            elif sql == "COMMIT" and disk.fault is not None:
+            elif sql == "COMMIT" and disk.bill_in_tx and disk.fault is not None:
                 disk.failed += 1
                 disk.failed_once.set()
                 raise sqlite3.OperationalError(disk.fault)
@@ -362,3 +370,30 @@ def test_a_commit_that_hangs_holds_the_0x40_back_until_it_completes(mosquitto, m
     with tempdir("commithang") as tmp:
         with faulty_disk(monkeypatch, fast_config(tmp, "")["database"]) as disk:
             run(scenario(tmp, disk))
+
+
+def test_a_broker_that_never_acknowledges_the_disconnect_does_not_hang_the_bridges_stop(
+        mosquitto, monkeypatch):
+    # aiomqtt's clean exit waits for the broker to close its side, without a
+    # bound. A broker that never does must not hold the bridge's stop for ever
+    # (the service would hang on SIGTERM with its database open).
+    import aiomqtt
+    exits = []
+
+    async def never_closes(self, *exc):
+        exits.append(1)
+        await asyncio.get_running_loop().create_future()     # until cancelled again
+    monkeypatch.setattr(aiomqtt.Client, "__aexit__", never_closes)
+
+    async def scenario(tmp):
+        cfg = fast_config(tmp, url_of(mosquitto))
+        async with bridge_running(cfg) as b:
+            pile = await connect_pile(PILE_A, b.tcp_port)
+            bill = make_bill(PILE_A, 1)
+            assert await pile.send_bill(bill, make_extra(bill)) == 0
+            await pile.close()
+        # bridge_running's exit is b.stop(): it came back, within the run's bound
+        assert exits and b.store is not None
+        assert db_all(cfg["database"], "SELECT serial FROM bills") == [(bill["serial"],)]
+    with tempdir("stop-hang") as tmp:
+        run(scenario(tmp), 30)

@@ -21,6 +21,7 @@ import aiomqtt
 
 from host import bridge as bridgemod
 from host import config as configmod
+from host.mqtt import stop_tasks
 from host.testkit import FdTransport, ScriptedPile, TcpTransport
 from host.topics import Topics
 
@@ -155,8 +156,7 @@ class Platform:
         return self
 
     async def __aexit__(self, *exc):
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+        await stop_tasks([self._task])
 
     async def _run(self):
         host, port = self.url.split("//")[1].rsplit(":", 1)

@@ -56,6 +56,7 @@ from firmware import session as S
 from firmware.flashsim import FlashSim, PowerCut, SimFile
 from firmware.pile import split_payload
 from host.broker import mosquitto_available
+from host.mqtt import stop_tasks
 from protocol import codec
 from protocol import fields as F
 from tools import sim as SIM
@@ -679,8 +680,7 @@ class Chaos:
             s = self.summary(ok and not stalled)
             s["stalled"] = stalled
         finally:
-            ptask.cancel()
-            await asyncio.gather(ptask, return_exceptions=True)
+            await stop_tasks([ptask])
         s["seconds"] = round(time.monotonic() - t0, 1)
         return s
 

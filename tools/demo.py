@@ -25,6 +25,7 @@ import tempfile
 import time
 
 from firmware.vinauth import STOP_VIN_DENIED
+from host.mqtt import stop_tasks
 from protocol.frames import PERIODS5
 from tools import sim as SIM
 from tools import stack
@@ -229,7 +230,7 @@ class Demo:
                 _say(self.quiet, "warning: not every sealed bill reached the platform in time")
             return self.summary()
         finally:
-            ptask.cancel()
+            await stop_tasks([ptask])
 
 
 def table(s):
