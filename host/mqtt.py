@@ -41,6 +41,27 @@ async def stop_tasks(tasks, grace_s=STOP_GRACE_S):
     return list(pending)
 
 
+class Background:
+    """An MQTT client task between `async with` enter and exit: enter starts
+    self._run() and returns once self.ready (an asyncio.Event the subclass
+    sets when subscribed) is set, within READY_S; exit stops it with
+    stop_tasks. For the platforms and subscribers of tests, benches and
+    fuzzers."""
+    READY_S = 15.0
+
+    async def __aenter__(self):
+        self._task = asyncio.ensure_future(self._run())
+        try:
+            await asyncio.wait_for(self.ready.wait(), self.READY_S)
+        except BaseException:
+            await stop_tasks([self._task])
+            raise
+        return self
+
+    async def __aexit__(self, *exc):
+        await stop_tasks([self._task])
+
+
 class NotConnected(ConnectionError):
     pass
 

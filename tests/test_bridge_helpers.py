@@ -21,7 +21,7 @@ import aiomqtt
 
 from host import bridge as bridgemod
 from host import config as configmod
-from host.mqtt import stop_tasks
+from host.mqtt import Background, stop_tasks
 from host.testkit import FdTransport, ScriptedPile, TcpTransport
 from host.topics import Topics
 
@@ -122,7 +122,7 @@ def url_of(broker):
     return "mqtt://%s:%d" % (broker.host, broker.port)
 
 
-class Platform:
+class Platform(Background):
     """A minimal platform: takes bills (optionally as a shared-subscription
     member), confirms them unless told not to, sends commands and collects
     results and events."""
@@ -150,13 +150,9 @@ class Platform:
         self._task = None
         self.client = None
 
-    async def __aenter__(self):
-        self._task = asyncio.ensure_future(self._run())
-        await asyncio.wait_for(self.connected.wait(), 10)
-        return self
-
-    async def __aexit__(self, *exc):
-        await stop_tasks([self._task])
+    @property
+    def ready(self):                    # Background: entered once connected
+        return self.connected
 
     async def _run(self):
         host, port = self.url.split("//")[1].rsplit(":", 1)

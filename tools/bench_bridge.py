@@ -35,6 +35,7 @@ import aiomqtt
 
 from host import schema
 from host.broker import Mosquitto
+from host.mqtt import Background
 from host.store import Bill
 from host.testkit import PacedTransport, ScriptedPile, TcpTransport, make_bill, make_extra
 from host.topics import Topics
@@ -49,7 +50,7 @@ def _pile_code(i):
     return "550314127%05d" % i
 
 
-class Consumer:
+class Consumer(Background):
     """A platform: takes bills, confirms each once, notes arrival times."""
 
     def __init__(self, host, port, confirm=True, persistent=False):
@@ -63,15 +64,6 @@ class Consumer:
         self.ready = asyncio.Event()
         self._task = None
         self._client = None
-
-    async def __aenter__(self):
-        self._task = asyncio.ensure_future(self._run())
-        await asyncio.wait_for(self.ready.wait(), 10)
-        return self
-
-    async def __aexit__(self, *exc):
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self):
         while True:

@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 
+from host.mqtt import Background
 from protocol import codec
 from tools.fuzz import BridgeChild, bridge_config, proc_cpu_s
 
@@ -132,7 +133,7 @@ class LoadPile(asyncio.Protocol):
             self.transport.close()
 
 
-class RealtimeCounter:
+class RealtimeCounter(Background):
     """A platform subscriber counting relayed realtime messages."""
 
     def __init__(self, host, port):
@@ -140,15 +141,6 @@ class RealtimeCounter:
         self.count = 0
         self.ready = asyncio.Event()
         self._task = None
-
-    async def __aenter__(self):
-        self._task = asyncio.ensure_future(self._run())
-        await asyncio.wait_for(self.ready.wait(), 15)
-        return self
-
-    async def __aexit__(self, *exc):
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self):
         import aiomqtt

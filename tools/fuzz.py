@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 
+from host.mqtt import Background
 from protocol import codec
 from protocol.crc import crc16
 from protocol.errors import FrameError
@@ -584,7 +585,7 @@ class RssWatch:
         return [self.samples[min(n - 1, (k + 1) * n // points)][1] for k in range(points)] if n else []
 
 
-class Platform:
+class Platform(Background):
     """The platform's side of MQTT for the fuzz runs: confirms every bill it
     sees (as a platform would), notes bill serials per pile, and collects
     command results."""
@@ -603,15 +604,6 @@ class Platform:
         self.client = None
         self.errors = collections.Counter()
         self._task = None
-
-    async def __aenter__(self):
-        self._task = asyncio.ensure_future(self._run())
-        await asyncio.wait_for(self.ready.wait(), 15)
-        return self
-
-    async def __aexit__(self, *exc):
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
 
     def _notify(self):
         self.changed.set()
