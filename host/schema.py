@@ -44,6 +44,9 @@ STOP_REASONS = {
     0x4D: "start_failed_meter_comms", 0x4E: "start_failed_balance_too_low",
     0x6D: "meter_comms_lost", 0x6E: "balance_exhausted", 0x76: "no_current",
     0x83: "power_lost", 0x90: "unknown",
+    # Ours, in V1.6's reserved 0x8A..0x8F (firmware/vinauth.py): a platform
+    # that knows only the range still sees an abnormal stop.
+    0x8A: "vin_not_authorised", 0x8B: "vin_missing",
 }
 
 TRADE_FLAGS = {1: "app", 2: "card", 4: "offline_card", 5: "vin"}

@@ -30,6 +30,7 @@ def test_demo_loses_duplicates_and_misreconciles_nothing(capsys, broker):
     assert float(s["worst_limit_overshoot_yuan"]) <= 0
     assert s["stop_reasons"].get("power_lost") == 1
     assert s["stop_reasons"].get("amount_target") == 1
+    assert s["stop_reasons"].get("vin_not_authorised") == 1    # 0x8A by its name
     assert s["vin_refused_bills"] == 1            # pile 4: fleet card, foreign bus (0x8A)
     assert s["five_class_bills"] == 1             # pile 5: deep valley 05:46 .. sharp 07:35
 
