@@ -619,8 +619,9 @@ class Bridge:
             if r["result"] == 1:
                 return self._ok(code, req_id, cmd, "started gun %s, trade serial %s (%s)"
                                 % (a["gun"], serial, name), reply, serial=serial)
-            return self._fail(code, req_id, cmd, "refused", "pile refused the start (reason %d)"
-                              % r["reason"], reply, serial=serial)
+            why = schema.start_refusal(r["reason"])
+            return self._fail(code, req_id, cmd, "refused", "pile refused the start: %s (reason %d)"
+                              % (why, r["reason"]), reply, serial=serial)
         if cmd == "stop":
             r = (await conn.request("remote_stop", {"pile": code, "gun": a["gun"]})).fields
             reply = {"result": r["result"], "reason": r["reason"]}

@@ -556,8 +556,9 @@ class PileConn:
             if self.pile.ext:
                 self.spawn(self.poll_status())   # a full journal refuses starts: look
             self.bridge.event(self.pile.code, "start_refused",
-                              "pile refused the start of %s on gun %s (reason %d)"
-                              % (v["serial"], v["gun"], v["reason"]),
+                              "pile refused the start of %s on gun %s: %s (reason %d)"
+                              % (v["serial"], v["gun"], schema.start_refusal(v["reason"]),
+                                 v["reason"]),
                               gun=v["gun"], serial=v["serial"], reason=v["reason"])
 
     async def _on_start_request(self, f):

@@ -49,6 +49,17 @@ STOP_REASONS = {
     0x8A: "vin_not_authorised", 0x8B: "vin_missing",
 }
 
+# 0x33 start refusal reasons: YKC V1.6 0..5; 0x0A and 0x0C ours (docs/protocol.md).
+START_REFUSALS = {1: "pile number mismatch", 2: "gun already charging", 3: "fault",
+                  4: "offline", 5: "not plugged in",
+                  0x0A: "journal full of unconfirmed bills",
+                  0x0C: "trade serial already used on this pile (a repeated start)"}
+
+
+def start_refusal(code):
+    return START_REFUSALS.get(code, "reason %d" % code)
+
+
 TRADE_FLAGS = {1: "app", 2: "card", 4: "offline_card", 5: "vin"}
 GUN_STATUS = {0: "offline", 1: "fault", 2: "idle", 3: "charging"}
 

@@ -124,6 +124,7 @@ def test_real_firmware_journal_full_of_unconfirmed_bills_makes_the_bridge_publis
                 r = await plat.command(PILE_A, {"id": "full", "cmd": "start", "gun": "01",
                                                 "balance": 100000, "card": "D14B0A54"})
                 assert r["code"] == "refused", r
+                assert "journal full of unconfirmed bills (reason 10)" in r["message"], r
                 refused = await plat.wait_for(
                     lambda: [e for e in plat.events if e["type"] == "start_refused"])
                 assert refused[0]["reason"] == 0x0A
