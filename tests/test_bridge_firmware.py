@@ -9,14 +9,21 @@ from tests.test_bridge_helpers import (
     PILE_A, FirmwarePile, Platform, bridge_running, fast_config, pty_pair, run, tempdir, url_of)
 
 
+def _pty_site(tmp, path, broker):
+    """A bridge config with the pile on the pty at `path` (our firmware, fast
+    heartbeats) and the pile's flash folder."""
+    cfg = fast_config(tmp, url_of(broker), tcp={"listen": None},
+                      serial=[{"url": path, "baudrate": 115200, "ext": True}],
+                      piles={"heartbeat_s": 1.0, "command_timeout_s": 3.0},
+                      tariff=TARIFF)
+    root = os.path.join(tmp, "flash")
+    os.mkdir(root)
+    return cfg, root
+
+
 def test_real_firmware_session_bill_settles_through_the_bridge(mosquitto):
     async def scenario(tmp, master, path):
-        cfg = fast_config(tmp, url_of(mosquitto), tcp={"listen": None},
-                          serial=[{"url": path, "baudrate": 115200, "ext": True}],
-                          piles={"heartbeat_s": 1.0, "command_timeout_s": 3.0},
-                          tariff=TARIFF)
-        root = os.path.join(tmp, "flash")
-        os.mkdir(root)
+        cfg, root = _pty_site(tmp, path, mosquitto)
         async with bridge_running(cfg), Platform(url_of(mosquitto)) as plat:
             fw = FirmwarePile(root, master, PILE_A, speed=60).start()
             try:
@@ -105,12 +112,7 @@ def test_real_firmware_journal_full_of_unconfirmed_bills_makes_the_bridge_publis
             FirmwarePile._boot(self)
 
     async def scenario(tmp, master, path):
-        cfg = fast_config(tmp, url_of(mosquitto), tcp={"listen": None},
-                          serial=[{"url": path, "baudrate": 115200, "ext": True}],
-                          piles={"heartbeat_s": 1.0, "command_timeout_s": 3.0},
-                          tariff=TARIFF)
-        root = os.path.join(tmp, "flash")
-        os.mkdir(root)
+        cfg, root = _pty_site(tmp, path, mosquitto)
         held = _journal_full_of_refused_bills(root, limit)
         async with bridge_running(cfg), Platform(url_of(mosquitto)) as plat:
             fw = SmallJournalPile(root, master, PILE_A, speed=60).start()

@@ -6,6 +6,7 @@
 # (resuming after a dropped link), and minimum versions flagged.
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import socket
@@ -149,15 +150,25 @@ def pile_counter(root):
     return auth.CounterStore(root + "/cmd.ctr").load()
 
 
+@contextlib.asynccontextmanager
+async def keyed_pile_online(root, master, plat):
+    """A KeyedPile with cmd_key CMD_KEY started on the pty and online at the
+    platform; closed on the way out."""
+    fw = KeyedPile(root, master, PILE_A, {"cmd_key": CMD_KEY}).start()
+    try:
+        await plat.wait_for(online_status(plat), 15)
+        yield fw
+    finally:
+        await fw.close()
+
+
 # --- signed commands ----------------------------------------------------------------------
 
 def test_signed_start_stop_and_reboot_to_a_keyed_pile_succeed_through_mqtt(mosquitto):
     async def scenario(tmp, master, path):
         cfg, root = pty_setup(tmp, path, mosquitto)
         async with bridge_running(cfg) as bridge, Platform(url_of(mosquitto)) as plat:
-            fw = KeyedPile(root, master, PILE_A, {"cmd_key": CMD_KEY}).start()
-            try:
-                await plat.wait_for(online_status(plat), 15)
+            async with keyed_pile_online(root, master, plat) as fw:
                 r = await plat.command(PILE_A, {"id": "go", "cmd": "start", "gun": "01",
                                                 "balance": 100000, "card": "D14B0A54"})
                 assert r["ok"], r
@@ -176,8 +187,6 @@ def test_signed_start_stop_and_reboot_to_a_keyed_pile_succeed_through_mqtt(mosqu
                 assert last is not None and last >= configmod.counter_floor() - 120
                 assert pile_counter(root) == last
                 assert not [e for e in plat.events if e["type"] == "signed_reject"]
-            finally:
-                await fw.close()
     with tempdir("remote-signed") as tmp, pty_pair() as (master, path):
         run(scenario(tmp, master, path), timeout=90)
 
@@ -187,9 +196,7 @@ def test_a_pile_with_another_key_rejects_and_the_result_says_signed_reject_at_on
         cfg, root = pty_setup(tmp, path, mosquitto, bridge_key=OTHER_KEY,
                               piles={"command_timeout_s": 8.0})
         async with bridge_running(cfg), Platform(url_of(mosquitto)) as plat:
-            fw = KeyedPile(root, master, PILE_A, {"cmd_key": CMD_KEY}).start()
-            try:
-                await plat.wait_for(online_status(plat), 15)
+            async with keyed_pile_online(root, master, plat) as fw:
                 r = await plat.command(PILE_A, {"id": "rb", "cmd": "reboot", "when": "now"})
                 # The pile's 0xD1 answer (its reason and counter), not the 8 s timeout.
                 assert not r["ok"] and r["code"] == "signed_reject", r
@@ -201,8 +208,6 @@ def test_a_pile_with_another_key_rejects_and_the_result_says_signed_reject_at_on
                 r = await plat.command(PILE_A, {"id": "go", "cmd": "start", "gun": "01"})
                 assert r["code"] == "signed_reject", r
                 assert fw.pile.gun.state != S.CHARGING and not fw.world.contactor.closed
-            finally:
-                await fw.close()
     with tempdir("remote-otherkey") as tmp, pty_pair() as (master, path):
         run(scenario(tmp, master, path), timeout=60)
 
@@ -213,16 +218,12 @@ def test_restart_pile_without_the_bridge_knowing_its_key_fails_at_once_as_unsign
         cfg, root = pty_setup(tmp, path, mosquitto, bridge_key=None,
                               piles={"command_timeout_s": 8.0})
         async with bridge_running(cfg), Platform(url_of(mosquitto)) as plat:
-            fw = KeyedPile(root, master, PILE_A, {"cmd_key": CMD_KEY}).start()
-            try:
-                await plat.wait_for(online_status(plat), 15)
+            async with keyed_pile_online(root, master, plat) as fw:
                 r = await plat.command(PILE_A, {"id": "rb", "cmd": "reboot"})
                 # The pile's own 0xD1 "unsigned", not the 8 s timeout.
                 assert r["code"] == "signed_reject" and r["reply"]["reason"] == "unsigned", r
                 assert "configure this pile's key" in r["message"]
                 assert fw.reboots == 0
-            finally:
-                await fw.close()
     with tempdir("remote-unsigned") as tmp, pty_pair() as (master, path):
         run(scenario(tmp, master, path), timeout=60)
 
