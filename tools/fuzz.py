@@ -233,7 +233,7 @@ def chunks(rng, data):
 # --- target: reader -------------------------------------------------------------------
 
 _READER_KINDS = (("random", 20), ("mutated", 30), ("valid_crc", 20), ("garbage_then_good", 15),
-                 ("clean", 7), ("oversized_length", 8))
+                 ("clean", 7), ("oversized_length", 8), ("frames_in_noise", 15))
 _FILLER = b"\x00" * codec.MAX_FRAME     # an idle line after the good frame
 
 
@@ -338,6 +338,20 @@ class ReaderFuzz:
             junk = bytes((codec.START, rng.choice((0xFF, 0xFE, 0xFD, rng.randint(4, 0xFF))))) + filler
             data = junk + good[0] + _FILLER
             pos = len(junk)
+        elif kind == "frames_in_noise":
+            # Intact frames with noise before, between and after them: every
+            # one must come out, in order (a line that picks up noise between
+            # bills must never lose a bill).
+            picks, spans = [], []
+            buf = bytearray()
+            for _ in range(rng.randint(2, 6)):
+                buf += garbage(rng, pool, 300)
+                p = rng.choice(pool)
+                picks.append(p)
+                spans.append(len(buf))
+                buf += p[0]
+            buf += garbage(rng, pool, 300) + _FILLER
+            data = bytes(buf)
         else:  # clean: good frames back to back, nothing else
             picks = [rng.choice(pool) for _ in range(rng.randint(1, 8))]
             data = b"".join(p[0] for p in picks)
@@ -351,6 +365,20 @@ class ReaderFuzz:
             if seen != want or reader.pending():
                 self.r.violation(i, kind, "clean stream of %d frames read as %r (pending %d)"
                                  % (len(want), seen[:10], reader.pending()), data)
+        elif kind == "frames_in_noise":
+            frames = [(x.code, x.seq, x.body) for x in got if isinstance(x, codec.Frame)]
+            at = 0
+            for p, pos in zip(picks, spans):
+                try:
+                    at = frames.index(p[1:], at) + 1
+                except ValueError:
+                    if _crc_span_covers(data, pos, reader.tolerant):
+                        self.r.outcomes["good_frame_taken_by_crc_valid_false_start"] += 1
+                    else:
+                        self.r.violation(i, kind, "intact frame 0x%02X at byte %d of %d (noise around it) "
+                                         "not recovered in order" % (p[1], pos, len(data)), data)
+                        return
+            self.r.outcomes["intact_frames_recovered"] += len(picks)
         elif good is not None:
             found = any(isinstance(x, codec.Frame) and (x.code, x.seq, x.body) == good[1:]
                         for x in got)
