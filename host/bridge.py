@@ -773,8 +773,10 @@ def main(argv=None):
 
     def ready(bridge):
         # One machine-readable line, so a supervisor (or a test) learns the port.
-        print(json.dumps({"ready": True, "site": bridge.site, "tcp_port": bridge.tcp_port}),
-              flush=True)
+        # started_at names this run: its retained pc.bridge/1 status carries
+        # the same value once it is connected and subscribed to commands.
+        print(json.dumps({"ready": True, "site": bridge.site, "tcp_port": bridge.tcp_port,
+                          "started_at": schema.utc_iso(bridge.started_at)}), flush=True)
     try:
         asyncio.run(serve(cfg, ready))
     except KeyboardInterrupt:
