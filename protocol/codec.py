@@ -103,6 +103,31 @@ def _fill(layout, values, buf, off):
         off += size
 
 
+def fit(name, values):
+    """Clamp, in place, the unsigned int fields of frame `name` whose value
+    is out of the field's range (below 0: 0; past its bytes: the largest
+    value). Returns the names clamped, [] if none. For reports whose fields
+    are measurements or estimates (0x13), so that a value no field can hold
+    never stops the loop that drives the contactor; never for money fields
+    of a bill, which the encoder refuses instead."""
+    layout = layout_named(name)
+    names = layout.names
+    kinds = layout.kinds
+    sizes = layout.sizes
+    out = []
+    for i in range(len(names)):
+        if kinds[i] != _U:
+            continue
+        v = values.get(names[i])
+        if not isinstance(v, int):
+            continue
+        top = (1 << (8 * sizes[i])) - 1
+        if v < 0 or v > top:
+            values[names[i]] = 0 if v < 0 else top
+            out.append(names[i])
+    return out
+
+
 def encode_body(layout, values):
     buf = bytearray(_body_size(layout, values))
     _fill(layout, values, buf, 0)

@@ -447,3 +447,18 @@ def test_reader_survives_mutated_frames_on_this_interpreter():
                 pass
         assert r.pending() <= codec.MAX_FRAME
     assert seen > 50
+
+
+def test_fit_clamps_only_report_fields_out_of_range_and_names_them():
+    v = {"serial": "0" * 32, "pile": "55031412782305", "gun": "01", "status": 3, "homed": 0,
+         "plugged": 1, "voltage": 2200, "current": 300, "gun_temp": 0, "cable_code": "0" * 16,
+         "soc": 0, "battery_temp": 0, "minutes": 12, "minutes_left": 107000, "energy": 5,
+         "loss_energy": 0, "amount": 7, "faults": 0}
+    raises(FieldError, codec.encode, "realtime", v)
+    assert codec.fit("realtime", v) == ["minutes_left"]
+    assert v["minutes_left"] == 0xFFFF and v["minutes"] == 12 and v["voltage"] == 2200
+    v["voltage"] = -3
+    assert codec.fit("realtime", v) == ["voltage"] and v["voltage"] == 0
+    assert codec.fit("realtime", v) == []
+    f = codec.decode(codec.encode("realtime", v))
+    assert f.fields["minutes_left"] == 0xFFFF
