@@ -218,10 +218,18 @@ def _decode(mv, i, n, tolerant):
             raise BadCRC("CRC %04X, computed %04X (type 0x%02X)" % (got, want, mv[i + 5]))
     code = mv[i + 5]
     body = bytes(mv[i + _HEADER:i + n - 2])
-    layout = layout_for(code, len(body))
+    seq = mv[i + 2] | (mv[i + 3] << 8)
     enc = mv[i + 4]
-    values = None if enc else decode_body(layout, body)
-    return Frame(code, layout.name, mv[i + 2] | (mv[i + 3] << 8), enc, body, values, swapped)
+    try:
+        layout = layout_for(code, len(body))
+        values = None if enc else decode_body(layout, body)
+    except FrameError as e:
+        # The CRC is good: the bytes are what the pile sent, only our reading
+        # of them failed (a length or a field we do not expect). The error
+        # carries the frame (fields None) so that a bill is still kept raw.
+        e.frame = Frame(code, "0x%02X" % code, seq, enc, body, None, swapped)
+        raise
+    return Frame(code, layout.name, seq, enc, body, values, swapped)
 
 
 def reply_seq(request):

@@ -462,3 +462,27 @@ def test_fit_clamps_only_report_fields_out_of_range_and_names_them():
     assert codec.fit("realtime", v) == []
     f = codec.decode(codec.encode("realtime", v))
     assert f.fields["minutes_left"] == 0xFFFF
+
+
+def test_an_error_after_a_good_crc_carries_the_frame_as_received():
+    # A bill with a good CRC that we cannot read (a field out of its
+    # encoding, an unexpected length) must still be kept raw by the bridge:
+    # the error carries code, seq and body exactly as received.
+    good = codec.encode("bill_confirm", {"serial": "1" * 32, "result": 0}, 0x1234)
+    body = bytearray(good[6:-2])
+    body[0] = 0xAB                                   # not BCD
+    raw = codec.wrap(0x40, body, 0x1234)
+    e = raises(FieldError, codec.decode, raw)
+    assert e.frame.code == 0x40 and e.frame.seq == 0x1234 and e.frame.body == bytes(body)
+    assert e.frame.fields is None
+    longer = codec.wrap(0x40, bytes(good[6:-2]) + b"\x00\x00", 7)   # two bytes more than the table
+    e = raises(BadLength, codec.decode, longer)
+    assert e.frame.code == 0x40 and len(e.frame.body) == 19
+    r = FrameReader()
+    got = r.push(b"\x00" + raw + longer)
+    assert [type(x).__name__ for x in got] == ["FieldError", "BadLength"]
+    assert got[0].frame.body == bytes(body)
+    bad_crc = bytearray(raw)
+    bad_crc[-1] ^= 1
+    e = raises(BadCRC, codec.decode, bytes(bad_crc))
+    assert getattr(e, "frame", None) is None         # bytes in doubt: nothing to keep as a frame
