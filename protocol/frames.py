@@ -73,7 +73,7 @@ MACROS = {
 
 TABLE = (
     # --- login, heartbeat, tariff model -----------------------------------------
-    "01 login $P pile_type=u1 guns=u1 proto_version=u1:1 sw_version=a8 net_type=u1 sim=b10 "
+    "01 login $P pile_type=u1 guns=u1 proto_version=u1:1 sw_version=a8 net_type=u1 sim=h10 "
     "carrier=u1\n"
     "02 login_reply $P result=u1\n"
     "03 heartbeat $PG gun_status=u1\n"

@@ -188,3 +188,25 @@ def test_bills_from_no_login_or_for_another_pile_are_quarantined_never_acknowled
             await stranger.close()
     with tempdir("quarantine") as tmp:
         run(scenario(tmp))
+
+
+def test_a_pile_whose_login_carries_a_hex_iccid_logs_in_and_its_bill_goes_through(mosquitto):
+    # Real piles (JCPP class) send the SIM's ICCID as 20 hex digits, A-F
+    # included; the table declared it BCD, the login was refused and every
+    # later frame ignored ("bill before login ignored"). It is hex now.
+    async def scenario(tmp):
+        cfg = fast_config(tmp, url_of(mosquitto), tcp={"listen": "127.0.0.1:0", "ext": False})
+        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
+            p = await RawPile.connect(b.tcp_port)
+            login = codec.encode("login", dict(_LOGIN, pile=PILE_A, sim="89860B1F2C3D4E5F6A7B"), 1)
+            await p.write(login)
+            await p.wait(lambda: p.named("login_reply"))
+            assert p.named("login_reply")[0].fields["result"] == 0
+            bill = make_bill(PILE_A, 1)
+            await p.write(_bill_frame(bill, 2))
+            doc = await plat.wait_for(lambda: plat.bills.get(bill["serial"]))
+            assert doc["decoded"] is True
+            assert p.confirms() == [(bytes.fromhex(bill["serial"]), 0)]
+            await p.close()
+    with tempdir("iccid") as tmp:
+        run(scenario(tmp))
