@@ -46,6 +46,7 @@ _PURE_REPLIES = {"remote_start_reply", "remote_stop_reply", "reboot_reply", "tar
                  "time_sync_reply", "status_reply", "status_reply55", "fw_reply", "vin_list_reply"}
 # A reply's older form (protocol/frames.py) answers what the current form answers.
 _REPLY_FORMS = {"status_reply55": "status_reply"}
+_BAD_EVENT_S = 60.0       # one bad_frames event per link at most this often
 
 
 # Frames a pile holding a command key acts on only inside a 0xD2 envelope
@@ -202,6 +203,8 @@ class PileConn:
         self._tasks = set()
         self.last_rx = time.monotonic()
         self.closed = False
+        self.bad_crc = 0                  # bad-CRC frames since the last bad_frames event
+        self._bad_event_at = -_BAD_EVENT_S
 
     # --- plumbing -----------------------------------------------------------------
 
@@ -396,6 +399,23 @@ class PileConn:
         if self.pile is not None:
             self.pile.frame_errors += 1
         log.warning("%s: bad frame: %s", self._name(), err)
+        raw = getattr(err, "raw", None)
+        if raw is None:
+            return
+        # A frame that failed its CRC: kept for diagnosis within the store's
+        # caps; one bad_frames event per link and minute at most, with the
+        # count since the last one (a noisy line yields many false starts).
+        code = self.pile.code if self.pile is not None else None
+        self.bad_crc += 1
+        self.spawn(self.bridge.store.add_bad_frame(self.link.name, code, raw, str(err)))
+        now = time.monotonic()
+        if now - self._bad_event_at >= _BAD_EVENT_S:
+            self._bad_event_at = now
+            n, self.bad_crc = self.bad_crc, 0
+            self.bridge.event(code or "unknown", "bad_frames",
+                              "%d frame(s) with a bad CRC on %s; the latest kept for diagnosis"
+                              % (n, self.link.name), link=self.link.name, count=n, reason=str(err),
+                              frame=schema.hexs(raw))
 
     # --- frames from the pile --------------------------------------------------------
 

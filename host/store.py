@@ -90,6 +90,53 @@ CREATE TABLE IF NOT EXISTS tariffs (
 );
 """
 
+# The store's schema version (PRAGMA user_version). A store written before
+# versions existed reads 0 and holds version 1's tables. Each step upgrades
+# from the version before it, inside one transaction with the version bump;
+# tests/test_store_migration.py upgrades a store that holds unconfirmed
+# bills and checks nothing is lost.
+SCHEMA_VERSION = 2
+_MIGRATIONS = (
+    # 2: frames that failed their CRC, kept for diagnosis within caps (per
+    # link and in total, oldest dropped first, the drops counted).
+    (2, ("CREATE TABLE IF NOT EXISTS bad_frames ("
+         " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+         " link TEXT NOT NULL,"
+         " pile TEXT,"                    # the link's logged-in pile, if any
+         " frame BLOB NOT NULL,"          # the bytes from the 0x68 on, as received
+         " reason TEXT NOT NULL,"
+         " received_at REAL NOT NULL)",
+         "CREATE INDEX IF NOT EXISTS bad_frames_link ON bad_frames (link, id)",
+         "CREATE TABLE IF NOT EXISTS bad_frame_drops (link TEXT PRIMARY KEY, dropped INTEGER NOT NULL)")),
+)
+BAD_FRAMES_PER_LINK = 100     # kept per link, oldest dropped first
+BAD_FRAMES_TOTAL = 10000      # kept in all
+
+
+def _migrate(db):
+    """Bring the store to SCHEMA_VERSION; refuse one written by a newer bridge."""
+    v = db.execute("PRAGMA user_version").fetchone()[0]
+    if v > SCHEMA_VERSION:
+        raise StoreError("store schema version %d is newer than this bridge's %d: "
+                         "run the bridge version that wrote it" % (v, SCHEMA_VERSION))
+    if v == 0:
+        db.executescript(_SCHEMA)         # new, or written before versions: version 1
+        v = 1
+    for to, sql in _MIGRATIONS:
+        if to <= v:
+            continue
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for stmt in sql:
+                db.execute(stmt)
+            db.execute("PRAGMA user_version=%d" % to)
+            db.execute("COMMIT")
+        except Exception:
+            db.execute("ROLLBACK")
+            raise
+        v = to
+    return v
+
 BILL_COLUMNS = ("id", "serial", "pile", "pile_seq", "frame", "crc_swapped", "received_at",
                 "resends", "conflicts", "published_at", "publish_count", "confirmed_at",
                 "confirm_result", "settled_at")
@@ -145,7 +192,7 @@ class Store:
             db.execute("PRAGMA synchronous=FULL")
             self._sync = "FULL"
             db.execute("PRAGMA busy_timeout=5000")
-            db.executescript(_SCHEMA)
+            self.schema_version = _migrate(db)
         except Exception as e:  # reported to the constructor
             self._open_error = e
             self._ready.set()
@@ -266,6 +313,18 @@ class Store:
     def add_rejected(self, pile, serial, kind, frame, reason, now=None):
         return self._submit(_add_rejected, pile, serial, kind, bytes(frame), reason,
                             time.time() if now is None else now)
+
+    def add_bad_frame(self, link, pile, frame, reason, now=None):
+        """Keep a frame that failed its CRC, for diagnosis: at most
+        BAD_FRAMES_PER_LINK per link and BAD_FRAMES_TOTAL in all, the oldest
+        dropped first and counted. Resolves the number dropped by this call."""
+        return self._submit(_add_bad_frame, link, pile, bytes(frame), reason,
+                            time.time() if now is None else now)
+
+    def bad_frames(self, link=None):
+        """(link, pile, frame, reason, received_at) kept, oldest first, and
+        {link: dropped} counts."""
+        return self._submit(_bad_frames, link)
 
     def open_bills(self, pile, limit):
         """Unconfirmed bills of `pile`, oldest first."""
@@ -394,6 +453,37 @@ def _add_rejected(db, pile, serial, kind, frame, reason, now):
                "VALUES (?, ?, ?, ?, ?, ?)", (serial, pile, kind, frame, reason, now))
 
 
+def _add_bad_frame(db, link, pile, frame, reason, now):
+    db.execute("INSERT INTO bad_frames (link, pile, frame, reason, received_at) VALUES (?,?,?,?,?)",
+               (link, pile, frame, reason, now))
+    dropped = 0
+    n = db.execute("SELECT COUNT(*) FROM bad_frames WHERE link=?", (link,)).fetchone()[0]
+    if n > BAD_FRAMES_PER_LINK:
+        dropped += _drop_bad(db, "WHERE link=?", (link,), n - BAD_FRAMES_PER_LINK)
+    n = db.execute("SELECT COUNT(*) FROM bad_frames").fetchone()[0]
+    if n > BAD_FRAMES_TOTAL:
+        dropped += _drop_bad(db, "", (), n - BAD_FRAMES_TOTAL)
+    return dropped
+
+
+def _drop_bad(db, where, args, n):
+    rows = db.execute("SELECT id, link FROM bad_frames %s ORDER BY id LIMIT ?" % where,
+                      args + (n,)).fetchall()
+    for rid, link in rows:
+        db.execute("DELETE FROM bad_frames WHERE id=?", (rid,))
+        db.execute("INSERT INTO bad_frame_drops (link, dropped) VALUES (?, 1) "
+                   "ON CONFLICT(link) DO UPDATE SET dropped = dropped + 1", (link,))
+    return len(rows)
+
+
+def _bad_frames(db, link):
+    q = "SELECT link, pile, frame, reason, received_at FROM bad_frames"
+    rows = db.execute(q + (" WHERE link=? ORDER BY id" if link else " ORDER BY id"),
+                      (link,) if link else ()).fetchall()
+    drops = dict(db.execute("SELECT link, dropped FROM bad_frame_drops").fetchall())
+    return [(r[0], r[1], bytes(r[2]), r[3], r[4]) for r in rows], drops
+
+
 def _open_bills(db, pile, limit):
     rows = db.execute(_BILL_SELECT + "WHERE b.pile = ? AND b.confirmed_at IS NULL "
                       "ORDER BY b.id LIMIT ?", (pile, limit)).fetchall()
@@ -508,4 +598,4 @@ def _tariffs(db):
 
 _DURABLE = {_add_bill, _add_extra, _add_rejected, _add_event, _set_tariff, _next_counter}
 _READS = {_open_bills, _piles_with_open, _unsettled, _bill, _counts, _open_events, _tariffs,
-          _last_counter}
+          _last_counter, _bad_frames}

@@ -215,7 +215,9 @@ def _decode(mv, i, n, tolerant):
         if tolerant and got == ((want >> 8) | ((want & 0xFF) << 8)):
             swapped = True
         else:
-            raise BadCRC("CRC %04X, computed %04X (type 0x%02X)" % (got, want, mv[i + 5]))
+            e = BadCRC("CRC %04X, computed %04X (type 0x%02X)" % (got, want, mv[i + 5]))
+            e.raw = bytes(mv[i:i + n])      # the bytes as received, for diagnosis
+            raise e
     code = mv[i + 5]
     body = bytes(mv[i + _HEADER:i + n - 2])
     seq = mv[i + 2] | (mv[i + 3] << 8)

@@ -7,7 +7,8 @@ class FrameError(ValueError):
     An error found after the frame's CRC checked out (its length does not
     fit a layout, a field does not decode) has `frame`: a codec.Frame with
     the code, seq and body as received and fields None; other errors have
-    no such attribute (getattr(e, "frame", None))."""
+    no such attribute (getattr(e, "frame", None)). A BadCRC has `raw`: the
+    candidate frame's bytes as received (its boundary is in doubt)."""
 
 
 class BadCRC(FrameError):

@@ -210,3 +210,26 @@ def test_a_pile_whose_login_carries_a_hex_iccid_logs_in_and_its_bill_goes_throug
             await p.close()
     with tempdir("iccid") as tmp:
         run(scenario(tmp))
+
+
+def test_frames_with_a_bad_crc_are_kept_for_diagnosis_with_an_event(mosquitto):
+    async def scenario(tmp):
+        cfg = fast_config(tmp, url_of(mosquitto))
+        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
+            p = await RawPile.connect(b.tcp_port)
+            await p.login(PILE_A)
+            bill = make_bill(PILE_A, 1)
+            raw = bytearray(_bill_frame(bill, 2))
+            raw[-1] ^= 0x5A                              # the CRC no longer matches
+            await p.write(bytes(raw))
+            ev = await plat.wait_for(lambda: [e for e in plat.events if e["type"] == "bad_frames"])
+            assert ev[0]["frame"] == bytes(raw).hex().upper() and ev[0]["count"] == 1
+            rows, drops = await b.store.bad_frames()
+            # The frame as received first; after it, any 0x68 inside it the
+            # reader tried as a start (a bad CRC makes the boundary doubtful).
+            assert (rows[0][1], rows[0][2]) == (PILE_A, bytes(raw)) and drops == {}
+            assert all(r[2] in bytes(raw) for r in rows)
+            assert p.confirms() == [] and bill["serial"] not in plat.bills   # no 0x40, no bill
+            await p.close()
+    with tempdir("badcrc") as tmp:
+        run(scenario(tmp))

@@ -1,0 +1,102 @@
+# The bridge store's schema version (decisions.md: "every change to it comes
+# with a migration and a test that upgrades a store holding unconfirmed
+# bills, with nothing lost"), and the bad-CRC frames it keeps within caps.
+import asyncio
+import os
+import shutil
+import sqlite3
+import tempfile
+
+import pytest
+
+from host import store as S
+from host.testkit import make_bill
+from protocol import codec
+
+PILE = "55031412782305"
+_V1 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "store_v1.sql")
+
+
+@pytest.fixture
+def tmp():
+    d = tempfile.mkdtemp(prefix="pc-store-")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _legacy_store(path, n_open=3, n_confirmed=2):
+    """A store as a bridge before schema versions wrote it, holding bills."""
+    db = sqlite3.connect(path)
+    with open(_V1) as f:
+        db.executescript(f.read())
+    frames = []
+    for i in range(n_open + n_confirmed):
+        v = make_bill(PILE, i)
+        raw = codec.encode("bill", v, i + 1)
+        frames.append((v["serial"], raw))
+        db.execute("INSERT INTO bills (serial, pile, pile_seq, frame, received_at, confirmed_at) "
+                   "VALUES (?,?,?,?,?,?)", (v["serial"], PILE, i + 1, raw, 1000.0 + i,
+                                             2000.0 if i >= n_open else None))
+    db.execute("INSERT INTO pile_seqs (pile, last) VALUES (?, ?)", (PILE, n_open + n_confirmed))
+    db.commit()
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 0
+    db.close()
+    return frames
+
+
+def test_a_store_from_before_schema_versions_is_upgraded_with_every_unconfirmed_bill(tmp):
+    path = os.path.join(tmp, "bridge.db")
+    frames = _legacy_store(path)
+    st = S.Store(path)
+    try:
+        assert st.schema_version == S.SCHEMA_VERSION == 2
+        rows = st.call_sync(S._open_bills, PILE, 100)
+        assert [(b.serial, bytes(b.frame)) for b in rows] == frames[:3]
+        assert st.call_sync(S._unsettled, PILE, 100) != []          # confirmed ones kept too
+        # The new table works, and the next bill continues the pile's numbering.
+        assert st.call_sync(S._add_bad_frame, "tcp:x", PILE, b"\x68\x05", "bad CRC", 1.0) == 0
+        kind, bill = st.call_sync(S._add_bill, PILE, make_bill(PILE, 99)["serial"],
+                                  codec.encode("bill", make_bill(PILE, 99), 9), False, 3000.0)
+        assert kind == "new" and bill.pile_seq == 6
+    finally:
+        st.close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    db.close()
+    # Opening again changes nothing.
+    st = S.Store(path)
+    try:
+        assert len(st.call_sync(S._open_bills, PILE, 100)) == 4
+    finally:
+        st.close()
+
+
+def test_a_store_written_by_a_newer_bridge_is_refused_by_name(tmp):
+    path = os.path.join(tmp, "bridge.db")
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version=99")
+    db.close()
+    with pytest.raises(S.StoreError) as e:
+        S.Store(path)
+    assert "schema version 99 is newer" in str(e.value)
+
+
+def test_bad_crc_frames_are_kept_within_caps_oldest_dropped_and_counted(tmp, monkeypatch):
+    monkeypatch.setattr(S, "BAD_FRAMES_PER_LINK", 5)
+    monkeypatch.setattr(S, "BAD_FRAMES_TOTAL", 8)
+    st = S.Store(os.path.join(tmp, "bridge.db"))
+    try:
+        async def go():
+            dropped = 0
+            for i in range(7):
+                dropped += await st.add_bad_frame("serial:/dev/ttyUSB0", PILE, bytes([0x68, i]), "crc")
+            for i in range(4):
+                dropped += await st.add_bad_frame("tcp:1.2.3.4", None, bytes([0x68, 0x80 + i]), "crc")
+            return dropped, await st.bad_frames()
+        dropped, (rows, drops) = asyncio.run(go())
+        # 7 on one link, cap 5: the 2 oldest go; then 5 + 4 = 9 > 8: one more.
+        assert dropped == 3 and drops == {"serial:/dev/ttyUSB0": 3}
+        assert [r[2][1] for r in rows] == [3, 4, 5, 6, 0x80, 0x81, 0x82, 0x83]
+        assert rows[0][0] == "serial:/dev/ttyUSB0" and rows[0][1] == PILE
+    finally:
+        st.close()
