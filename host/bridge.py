@@ -430,7 +430,7 @@ class Bridge:
     async def on_bill_extra(self, conn, f):
         pile = conn.pile
         raw = self._raw(f)
-        fut = self.store.add_extra(f.fields["serial"], raw)
+        fut = self.store.add_extra(f.fields["serial"], raw, pile=pile.code)
         self._spawn(self._extra_stored(conn, pile, f, raw, fut))
 
     async def _extra_stored(self, conn, pile, f, raw, fut):
@@ -439,6 +439,14 @@ class Bridge:
             kind, bill = await fut
         except Exception as e:
             log.error("pile %s: bill_extra %s NOT stored (%s)", pile.code, serial, e)
+            return
+        if kind == "foreign":
+            # Another pile's bill: kept in quarantine, no 0xEC, never joined to it.
+            self.stats["bills_quarantined"] += 1
+            self.event(pile.code, "bill_quarantined", "fee split (0xEB) for bill %s, which is not "
+                       "pile %s's: quarantined" % (serial, pile.code), serial=serial,
+                       link=conn.link.name, frame_type="bill_extra", decoded=True, error=None,
+                       frame=schema.hexs(raw))
             return
         if C.has_frame("bill_extra_ack"):
             try:

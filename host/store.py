@@ -305,10 +305,12 @@ class Store:
         return self._submit(_add_bill, pile, serial, bytes(frame), bool(crc_swapped),
                             time.time() if now is None else now)
 
-    def add_extra(self, serial, frame, now=None):
-        """Store a 0xEB for `serial`. Resolves (kind, Bill or None): kind
-        'new', 'same' or 'conflict'; the Bill when its 0x3B is already held."""
-        return self._submit(_add_extra, serial, bytes(frame), time.time() if now is None else now)
+    def add_extra(self, serial, frame, now=None, pile=None):
+        """Store a 0xEB for `serial` sent by `pile`. Resolves (kind, Bill or
+        None): kind 'new', 'same', 'conflict', or 'foreign' (the bill is
+        another pile's: kept in `rejected` as extra_quarantine, nothing
+        else); the Bill when its 0x3B is already held."""
+        return self._submit(_add_extra, pile, serial, bytes(frame), time.time() if now is None else now)
 
     def add_rejected(self, pile, serial, kind, frame, reason, now=None):
         return self._submit(_add_rejected, pile, serial, kind, bytes(frame), reason,
@@ -434,7 +436,18 @@ def _add_bill(db, pile, serial, frame, crc_swapped, now):
     return "new", _one_bill(db, serial)
 
 
-def _add_extra(db, serial, frame, now):
+def _add_extra(db, pile, serial, frame, now):
+    # Ownership: a fee split belongs to the pile of the bill it completes
+    # (held: its row says; not yet held: the serial starts with the pile
+    # code, as YKC builds it). Any other copy is quarantined.
+    bill = _one_bill(db, serial)
+    owner = bill.pile if bill is not None else serial[:14]
+    if pile is not None and owner != pile:
+        db.execute("INSERT INTO rejected (serial, pile, kind, frame, reason, received_at) "
+                   "VALUES (?, ?, 'extra_quarantine', ?, ?, ?)",
+                   (serial, pile, frame, "fee split for a bill of pile %s sent by pile %s"
+                    % (owner, pile), now))
+        return "foreign", None
     old = db.execute("SELECT frame FROM extras WHERE serial = ?", (serial,)).fetchone()
     if old is not None:
         if _body(bytes(old[0])) == _body(frame):

@@ -233,3 +233,40 @@ def test_frames_with_a_bad_crc_are_kept_for_diagnosis_with_an_event(mosquitto):
             await p.close()
     with tempdir("badcrc") as tmp:
         run(scenario(tmp))
+
+
+def test_a_fee_split_for_another_piles_bill_is_quarantined_never_joined_to_it(mosquitto):
+    # Issue 17: the fee split (0xEB) had no owner check: any logged-in pile
+    # could complete (or pre-empt) another pile's bill with its own split.
+    async def scenario(tmp):
+        cfg = fast_config(tmp, url_of(mosquitto))
+        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
+            a = await RawPile.connect(b.tcp_port)
+            await a.login(PILE_A)
+            bpile = await RawPile.connect(b.tcp_port)
+            await bpile.login(PILE_B)
+            bill = make_bill(PILE_B, 1)
+            forged = make_extra(bill, service_share=90)
+            # Before the true bill arrives (its serial says pile B) ...
+            await a.write(codec.encode("bill_extra", forged, 5))
+            # ... and after it is held.
+            await bpile.write(_bill_frame(bill, 2))
+            await bpile.wait(lambda: bpile.confirms())
+            await a.write(codec.encode("bill_extra", forged, 6))
+            ev = await plat.wait_for(lambda: [e for e in plat.events if e["type"] == "bill_quarantined"]
+                                     if len([e for e in plat.events
+                                             if e["type"] == "bill_quarantined"]) == 2 else None)
+            assert all(e["frame_type"] == "bill_extra" and e["serial"] == bill["serial"] for e in ev)
+            assert a.named("bill_extra_ack") == []
+            # The true split completes the bill; the forged one never shows.
+            true = make_extra(bill)
+            await bpile.write(codec.encode("bill_extra", true, 3))
+            doc = await plat.wait_for(lambda: (plat.bills.get(bill["serial"]) or {}).get("extra_frame")
+                                      and plat.bills[bill["serial"]])
+            assert doc["extra_frame"] == codec.encode("bill_extra", true, 3).hex().upper()
+            rows = _rows(cfg["database"], "SELECT kind, pile FROM rejected")
+            assert rows == [("extra_quarantine", PILE_A)] * 2
+            await a.close()
+            await bpile.close()
+    with tempdir("extraowner") as tmp:
+        run(scenario(tmp))
