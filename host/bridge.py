@@ -25,7 +25,7 @@ from host.links import LinkClosed, SerialLink, StreamLink
 from host.mqtt import MqttLink, NotConnected, stop_tasks
 from host.outbox import Outbox
 from host.piles import CommandTimeout, Pile, PileConn, SignedReject, SignError
-from host.store import Store
+from host.store import Store, StoreError
 from host.topics import SITE_TARGET, Topics
 
 log = logging.getLogger("host.bridge")
@@ -826,7 +826,7 @@ def main(argv=None):
         asyncio.run(serve(cfg, ready))
     except KeyboardInterrupt:
         pass
-    except configmod.ConfigError as e:      # a key file found unusable at start
+    except (configmod.ConfigError, StoreError) as e:   # a key file or the store unusable at start
         print("pile-bridge: %s" % e, file=sys.stderr)
         return 2
     return 0

@@ -11,6 +11,8 @@
 # The raw frame bytes are the record. JSON for MQTT is derived from them at
 # publication (host/schema.py), so a bill is never re-encoded or rounded.
 import asyncio
+import fcntl
+import os
 import queue
 import sqlite3
 import threading
@@ -170,6 +172,11 @@ class Store:
 
     def __init__(self, path):
         self.path = path
+        self._lock_fd = None
+        self._identity = None          # (st_dev, st_ino) of the file opened
+        self.unsound = None            # why the store stopped taking custody, or None
+        if path != ":memory:":
+            self._lock(path)
         self._q = queue.Queue()
         self._ready = threading.Event()
         self._open_error = None
@@ -181,7 +188,49 @@ class Store:
         self._thread.start()
         self._ready.wait()
         if self._open_error is not None:
+            self._unlock()
+            if isinstance(self._open_error, StoreError):
+                raise StoreError("%s: %s" % (path, self._open_error))
             raise StoreError("cannot open %s: %s" % (path, self._open_error))
+
+    def _lock(self, path):
+        # One bridge per store: a second one on the same file would fight the
+        # first over MQTT and the piles. flock on PATH.lock, held until close.
+        lp = path + ".lock"
+        try:
+            fd = os.open(lp, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise StoreError("cannot open the store's lock file %s: %s" % (lp, e))
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            try:
+                other = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            except OSError:
+                other = ""
+            os.close(fd)
+            raise StoreError("%s is in use by another bridge (pid %s, lock %s): one store, one "
+                             "bridge" % (path, other or "?", lp))
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, b"%d\n" % os.getpid(), 0)
+        self._lock_fd = fd
+
+    def _unlock(self):
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _same_file(self):
+        """True while the path still names the file this store opened: a
+        database deleted or replaced underneath a running bridge would take
+        bills into a file nobody will ever read again."""
+        if self._identity is None:
+            return True
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self._identity
 
     # --- plumbing -------------------------------------------------------------
 
@@ -192,7 +241,15 @@ class Store:
             db.execute("PRAGMA synchronous=FULL")
             self._sync = "FULL"
             db.execute("PRAGMA busy_timeout=5000")
+            bad = [r[0] for r in db.execute("PRAGMA integrity_check(20)")]
+            if bad != ["ok"]:
+                raise StoreError("the database fails its integrity check (%s); restore it from a "
+                                 "backup or move it aside (the piles keep their unconfirmed "
+                                 "bills and send them again to a new store)" % "; ".join(bad))
             self.schema_version = _migrate(db)
+            if self.path != ":memory:":
+                st = os.stat(self.path)
+                self._identity = (st.st_dev, st.st_ino)
         except Exception as e:  # reported to the constructor
             self._open_error = e
             self._ready.set()
@@ -230,6 +287,17 @@ class Store:
         # Reads take no write lock.
         durable = any(fn in _DURABLE for fn, _, _ in batch)
         writes = durable or any(fn not in _READS for fn, _, _ in batch)
+        if writes and (self.unsound or not self._same_file()):
+            # Checked before every write: once the file has gone, nothing is
+            # acknowledged again (no 0x40) until the bridge restarts on a
+            # sound store; the piles keep their bills meanwhile.
+            if not self.unsound:
+                self.unsound = "the database file %s was deleted or replaced while in use" % self.path
+            err = StoreError(self.unsound)
+            self.calls += len(batch)
+            for _, _, done in batch:
+                done(None, err)
+            return
         mode = "FULL" if durable else "NORMAL"
         if mode != self._sync:
             db.execute("PRAGMA synchronous=" + mode)
@@ -295,6 +363,7 @@ class Store:
         if self._thread.is_alive():
             self._q.put(None)
             self._thread.join()
+        self._unlock()
 
     # --- bills ----------------------------------------------------------------
 
