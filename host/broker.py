@@ -55,6 +55,30 @@ def free_port(host="127.0.0.1"):
         return s.getsockname()[1]
 
 
+class RefusedPort:
+    """A loopback port held bound but not listening, for a client that must
+    find nobody there (a bridge whose broker is down): connections to it are
+    refused, and while it is held no other process can bind it. Binding 0
+    and closing would hand out a number anybody may take next.
+
+        with RefusedPort() as port: ... "mqtt://127.0.0.1:%d" % port ...
+    """
+
+    def __init__(self, host="127.0.0.1"):
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.bind((host, 0))
+        self.port = self._sock.getsockname()[1]
+
+    def close(self):
+        self._sock.close()
+
+    def __enter__(self):
+        return self.port
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 def find_mosquitto():
     """Path of the mosquitto binary, or None. $PC_MOSQUITTO overrides."""
     env = os.environ.get("PC_MOSQUITTO")

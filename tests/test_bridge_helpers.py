@@ -277,9 +277,21 @@ class BridgeProcess:
             sys.executable, "-m", "host.bridge", "-c", self.cfg_path,
             stdout=asyncio.subprocess.PIPE, stderr=log, cwd=ROOT, env=env)
         log.close()
-        line = await asyncio.wait_for(self.proc.stdout.readline(), 20)
+        try:
+            line = await asyncio.wait_for(self.proc.stdout.readline(), 20)
+        except asyncio.TimeoutError:
+            line = None
         if not line:
-            raise AssertionError("bridge exited early:\n" + self.log())
+            if line is not None:            # its stdout closed: it is exiting
+                try:
+                    await asyncio.wait_for(self.proc.wait(), 10)
+                except asyncio.TimeoutError:
+                    pass
+            why = ("no ready line in 20 s" if self.proc.returncode is None else
+                   "exited with code %s" % self.proc.returncode)
+            await self.stop()
+            raise AssertionError("the bridge (python -m host.bridge -c %s) did not start: %s\n"
+                                 "--- its log ---\n%s" % (self.cfg_path, why, self.log()))
         ready = json.loads(line)
         self.tcp_port = ready["tcp_port"]
         return self
