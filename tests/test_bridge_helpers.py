@@ -118,6 +118,21 @@ def pty_pile(code, master_fd, **kw):
     return ScriptedPile(code, FdTransport(master_fd), **kw)
 
 
+async def login_when_open(pile, tries=100):
+    """Log a pile in on a serial link the bridge opens in a thread (and
+    reopens after an unplug): nothing tells the pile when the port is open,
+    so the login is sent again after each 0.2 s without a reply. Fails,
+    never gives up silently, if the bridge never answers."""
+    for _ in range(tries):
+        try:
+            assert await pile.login(timeout=0.2) == 0
+            return
+        except asyncio.TimeoutError:
+            continue
+    raise AssertionError("the bridge never answered the login of %s on its serial port "
+                         "(%d tries, 0.2 s each)" % (pile.code, tries))
+
+
 def url_of(broker):
     return "mqtt://%s:%d" % (broker.host, broker.port)
 
