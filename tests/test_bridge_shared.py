@@ -5,7 +5,6 @@ import pytest
 
 from host.testkit import make_bill, make_extra
 from host.topics import shared_bills
-from tests import broker as brokers
 from tests.test_bridge_helpers import (
     PILE_A, PILE_B, PILE_C, Platform, bridge_running, connect_pile, fast_config, run, tempdir,
     url_of)
@@ -50,16 +49,18 @@ def test_bridge_works_against_an_embedded_amqtt_broker():
 
     class _Url:
         host = "127.0.0.1"
-        port = brokers.free_port()
+        port = None
 
     async def scenario(tmp):
-        # amqtt inside this process, on this event loop: the zero-install broker.
+        # amqtt inside this process, on this event loop: the zero-install broker,
+        # on port 0 (the port it got is read back, as host/broker.py's child does).
         broker = Broker({
-            "listeners": {"default": {"type": "tcp", "bind": "127.0.0.1:%d" % _Url.port}},
+            "listeners": {"default": {"type": "tcp", "bind": "127.0.0.1:0"}},
             "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
         })
         await broker.start()
         try:
+            _Url.port = broker._servers["default"].instance.sockets[0].getsockname()[1]
             cfg = fast_config(tmp, url_of(_Url))
             async with bridge_running(cfg) as b, Platform(url_of(_Url)) as plat:
                 pile = await connect_pile(PILE_A, b.tcp_port)
