@@ -5,6 +5,7 @@ import contextlib
 import glob
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -360,6 +361,23 @@ def test_fleet_reconnects_after_the_bridge_drops_the_connection(peer):
         fleet.stop()
 
 
+def _ready_line(p, what, timeout=30):
+    """The JSON ready line child p prints first. A child that exits, hangs
+    or prints something else fails the test, named, with its stderr."""
+    line = ""
+    if select.select([p.stdout], [], [], timeout)[0]:
+        line = p.stdout.readline()
+    try:
+        return json.loads(line)
+    except ValueError:
+        pass
+    if p.poll() is None:
+        p.kill()
+    _, err = p.communicate(timeout=10)
+    raise AssertionError("%s did not start: exit status %s, ready line %r\n--- its stderr ---\n%s"
+                         % (what, p.returncode, line, (err or "")[-3000:]))
+
+
 def test_run_command_shuts_down_cleanly_on_sigterm(peer):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     p = subprocess.Popen([sys.executable, "-m", "tools.sim", "run", "--bridge",
@@ -367,7 +385,7 @@ def test_run_command_shuts_down_cleanly_on_sigterm(peer):
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
                          env=env)
     try:
-        ready = json.loads(p.stdout.readline())
+        ready = _ready_line(p, "pile-sim run --bridge")
         assert ready["ready"] and len(ready["piles"]) == 2
         assert peer.wait(lambda: len(set(peer.logins)) == 2, timeout=20)
         p.send_signal(signal.SIGTERM)
@@ -480,7 +498,7 @@ def test_run_pty_prints_one_pty_per_pile_and_the_pile_logs_in_on_it():
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     port = None
     try:
-        ready = json.loads(p.stdout.readline())
+        ready = _ready_line(p, "pile-sim run --pty")
         assert ready["ready"] and len(ready["piles"]) == 2
         assert sorted(ready["ptys"]) == sorted(ready["piles"])
         hint = p.stderr.readline()
