@@ -12,8 +12,8 @@ from host import store as storemod
 
 from host.testkit import ScriptedPile, TcpTransport, make_bill, make_extra
 from tests.test_bridge_helpers import (
-    PILE_A, PILE_B, BridgeProcess, Platform, bridge_running, connect_pile, fast_config, run,
-    tempdir, until, url_of)
+    PILE_A, PILE_B, BridgeProcess, Platform, bridge_running, connect_pile, fast_config, fees_yuan,
+    run, tempdir, until, url_of)
 
 
 def db_all(path, sql, args=()):
@@ -334,7 +334,9 @@ def test_a_bill_whose_commit_fails_gets_no_0x40_and_its_resend_is_taken_once(
                                        "settled_at IS NOT NULL") == [(2,)], what="both settled")
             assert db_all(cfg["database"], "SELECT serial, resends, conflicts FROM bills ORDER BY id") \
                 == [(later["serial"], 0, 0), (s, 0, 0)]
-            assert plat.bills[s]["complete"] and plat.bills[s]["energy_fee"] is not None
+            assert plat.bills[s]["complete"]
+            assert (plat.bills[s]["energy_fee"], plat.bills[s]["service_fee"]) \
+                == fees_yuan(make_extra(lost))
             assert b.stats["confirms"] == 2 and b.stats["confirms_duplicate"] == 0
             assert pile.settled_count[s] == 1
             assert disk.failed >= 1

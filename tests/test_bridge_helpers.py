@@ -133,6 +133,14 @@ async def login_when_open(pile, tries=100):
                          "(%d tries, 0.2 s each)" % (pile.code, tries))
 
 
+def fees_yuan(extra):
+    """(energy_fee, service_fee) a bill document shows for 0xEB `extra`:
+    the sums of the period fees, x10^4 yuan written as yuan."""
+    periods = ("sharp", "peak", "flat", "valley", "deep")
+    return tuple("%d.%04d" % divmod(sum(extra.get(p + kind, 0) for p in periods), 10000)
+                 for kind in ("_energy_fee", "_service_fee"))
+
+
 def url_of(broker):
     return "mqtt://%s:%d" % (broker.host, broker.port)
 
