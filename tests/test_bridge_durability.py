@@ -3,6 +3,7 @@
 # must reach the platform and be settled on its pile, none stored twice.
 import asyncio
 import contextlib
+import os
 import sqlite3
 import threading
 
@@ -56,6 +57,23 @@ def test_broker_restart_mid_stream_loses_no_bill(mosquitto):
             await pb.close()
     with tempdir("brokerrestart") as tmp:
         run(scenario(tmp))
+
+
+def test_a_bridge_child_that_crashes_at_start_up_fails_the_test_naming_it():
+    # Its database path is a folder: the store raises as the bridge starts.
+    with tempdir("crash") as tmp:
+        cfg = fast_config(tmp, "mqtt://127.0.0.1:1")
+        os.mkdir(cfg["database"])
+        proc = BridgeProcess(tmp, cfg)
+        try:
+            run(proc.start())
+        except AssertionError as e:
+            msg = str(e)
+        else:
+            raise AssertionError("a bridge with no database started")
+        assert msg.startswith("the bridge (python -m host.bridge -c %s) did not start: "
+                              "exited with code 1" % proc.cfg_path), msg
+        assert "StoreError: cannot open %s" % cfg["database"] in msg
 
 
 def test_bridge_sigkill_mid_flight_loses_and_duplicates_nothing(mosquitto):
