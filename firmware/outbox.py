@@ -21,7 +21,9 @@ timers live in RAM and start over at every login, which is exactly the rule
 
 Rules:
 - Pending (sealed, unconfirmed) bills are offered in journal order; a bill
-  sealed while logged in is due at once.
+  sealed while logged in is due at once. Of several bills due at once, the
+  one sent longest ago goes first (round-robin), so a host that answers
+  nothing still gets every bill in turn.
 - After each send an unconfirmed bill waits first_ms, then twice that, ...
   up to cap_ms, and is resent forever: same serial, same bytes (read back
   from the journal each time).
@@ -50,6 +52,7 @@ except ImportError:  # pragma: no cover
 
 
 EXTRA_TRIES = 6
+_NEVER = 0x3FFFFFFF        # "age" of a bill not sent since login: before any sent one
 
 
 class Outbox:
@@ -69,6 +72,7 @@ class Outbox:
         self._flight = {}    # serial -> tick sent, until answered / answer_ms
         self._extra = {}     # serial -> [tick sent, wait ms, resends]: no 0xEC yet
         self._login = 0
+        self._damaged = {}   # serials whose stored bill does not read back (until login)
 
     def _now(self):
         return self.clock.ticks_ms()
@@ -78,6 +82,7 @@ class Outbox:
         self._login = self._now()
         self._sched = {}
         self._flight = {}
+        self._damaged = {}
 
     def on_logout(self):
         self.online = False
@@ -109,13 +114,27 @@ class Outbox:
         if self._in_flight(now) >= self.window:
             return None
         for confirmed in (False, True):
+            # Of the bills due now, the one sent longest ago (never sent
+            # since login first, then journal order): a host that answers
+            # nothing holds the window answer_ms per send, and oldest-first
+            # let the oldest bills, due again every cap_ms, take every turn.
+            best = None
+            best_age = -1
             for s in self.j.each("confirmed" if confirmed else "pending"):
-                if s in self._flight or self._wait_left(s, now, confirmed):
+                if s in self._flight or s in self._damaged or self._wait_left(s, now, confirmed):
                     continue
-                body = self.j.bill(s)
+                e = self._sched.get(s)
+                age = _NEVER if e is None else self._diff(now, e[0])
+                if age > best_age:
+                    best, best_age = s, age
+                    if e is None:
+                        break            # journal order among the never sent
+            if best is not None:
+                body = self.j.bill(best)
                 if body is None:  # damaged on flash: reported by the journal
-                    continue
-                return (s, body)
+                    self._damaged[best] = 1
+                    return self.due()
+                return (best, body)
         return None
 
     def next_in(self, serial):

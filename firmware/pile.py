@@ -37,6 +37,7 @@ except ImportError:
 FW_VERSION = "pc0.1.0"
 _EXTRA = codec.layout_named("bill_extra")
 _ZERO_MAC = "0" * 64
+_FAULT_RETRY_MS = const(100)    # poll() again this soon after a caught fault
 
 # Boot reasons (status reply, console): why this boot happened.
 BOOT_POWER_ON = const(0)
@@ -128,6 +129,8 @@ class Pile:
         self.link = Link(uart, clock, login, self._handle, on_online=self._online,
                          on_offline=self._offline, log=lambda *a: self.log(" ".join(a)))
         self.cadence = Cadence(diff=diff_of(clock))
+        self._clamped = []            # 0x13 fields last sent clamped (logged on change)
+        self.loop_faults = 0          # faults caught by poll() since boot
         self._tariff_check = False
         self._reboot_when = 0         # 0 none, 1 now, 2 when idle
         self._reboot_reason = 0       # the boot reason the reboot will report
@@ -424,7 +427,33 @@ class Pile:
     # --- the loop --------------------------------------------------------------
 
     def poll(self):
-        """Do everything that is due. Returns ms until something wants to run."""
+        """Do everything that is due. Returns ms until something wants to run.
+        Never raises: the firmware must not die with power on (_survive)."""
+        try:
+            return self._poll()
+        except Exception as e:
+            return self._survive(e)
+
+    def _survive(self, e):
+        # A fault anywhere in the loop (a driver, a handler, an encoder):
+        # log it, open the contactor and seal the running session with the
+        # last reading (Gun.abort), and go on with the next poll.
+        self.loop_faults += 1
+        try:
+            self.log("fault in the main loop (%d): %s %s" % (self.loop_faults, type(e).__name__, e))
+        except Exception:
+            pass
+        try:
+            sealed = self.gun.abort(S.ABORT_FIRMWARE)
+            self.event("loop_fault", type(e).__name__ + (" (session sealed)" if sealed else ""))
+        except Exception:
+            try:
+                self.gun.contactor.open()
+            except Exception:
+                pass
+        return _FAULT_RETRY_MS
+
+    def _poll(self):
         self.link.poll()
         wait = self.gun.tick()
         if self.link.online:
@@ -475,7 +504,16 @@ class Pile:
     def _realtime_due(self):
         g = self.gun
         if self.cadence.poll(self.clock.ticks_ms(), g.status(), g.vehicle.plugged):
-            self.link.send("realtime", g.realtime())
+            d = g.realtime()
+            # Measurements and estimates past a field's range (10,000 yuan
+            # at 7 kW is ~85,000 minutes left, 0x13 has 2 bytes) are sent
+            # clamped, said once per change, never refused.
+            clamped = codec.fit("realtime", d)
+            if clamped != self._clamped:
+                self._clamped = clamped
+                if clamped:
+                    self.log("0x13: %s clamped to the field's range" % ", ".join(clamped))
+            self.link.send("realtime", d)
 
     def _send_realtime(self):
         # At once (0x12, a start): the next poll() reports.

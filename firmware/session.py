@@ -101,6 +101,7 @@ ABORT_NO_CURRENT = const(0x76)  # contactor closed, no current
 ABORT_POWER_LOSS = const(0x83)  # pile lost power (rebuild_bill)
 # 0x8A / 0x8B: VIN not authorised / no VIN read (ours; see firmware/vinauth.py)
 STOP_UNKNOWN = const(0x90)
+ABORT_FIRMWARE = const(0x90)    # the main loop caught a fault: the document's "unknown" reason
 
 # --- replies -------------------------------------------------------------------
 # 0x33 (remote start reply) reasons
@@ -580,6 +581,26 @@ class Gun:
             self._stop(STOP_MANUAL)
             return True
         return False
+
+    def abort(self, reason):
+        """The main loop caught a fault (Pile.poll): the contactor opens now
+        and a running session is sealed, billed at the last good reading if
+        the final read fails too. True if it sealed a session."""
+        self.contactor.open()
+        self._pending = None
+        if self.trade is None:
+            if self.state == CHARGING or self.state == STOPPING:
+                self.state = FINISHED
+            return False
+        if self.state == CHARGING:
+            try:
+                self._stop(reason)
+                return True
+            except Exception as e:
+                self.log("abort: final read failed (%s): billed at the last reading" % e)
+        if self.trade is not None:
+            self._seal(reason)
+        return True
 
     def balance_update(self, balance):
         """0x42 for the running session: the new balance, x100 yuan."""

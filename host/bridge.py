@@ -59,6 +59,7 @@ class Bridge:
         self.started_at = time.time()
         self.tcp_port = None
         self.stats = {"bills_new": 0, "bills_resent": 0, "bills_conflict": 0, "bills_illegal": 0,
+                      "bills_quarantined": 0, "bills_undecodable": 0,
                       "confirms": 0, "confirms_duplicate": 0, "confirms_unknown": 0,
                       "commands": 0, "settled": 0}
 
@@ -317,26 +318,54 @@ class Bridge:
     async def on_bill(self, conn, f):
         pile = conn.pile
         v = f.fields
-        serial = v["serial"]
         if v["pile"] != pile.code:
-            # Not this pile's bill: refuse (0x40 result 1), keep the bytes.
-            self.stats["bills_illegal"] += 1
-            reason = "bill names pile %s but came from pile %s" % (v["pile"], pile.code)
-            await self.store.add_rejected(pile.code, serial, "illegal", self._raw(f), reason)
-            await conn.send("bill_confirm", {"serial": serial, "result": 1}, codec.reply_seq(f))
-            self.event(pile.code, "illegal_bill", reason, serial=serial, refused=True,
-                       frame=schema.hexs(self._raw(f)))
+            # Not this link's pile: kept in quarantine, no 0x40 (on_raw_bill).
+            await self.on_raw_bill(conn, f, None)
             return
+        serial = v["serial"]
         frame = self._raw(f)
         # Submitted now, awaited in a task: the store keeps the link's order,
         # and a pile that sends several bills back to back gets them committed
         # together (one fsync) instead of one after another.
         fut = self.store.add_bill(pile.code, serial, frame, f.crc_swapped)
-        self._spawn(self._bill_stored(conn, pile, f, frame, fut))
+        self._spawn(self._bill_stored(conn, pile, f, serial, frame, fut))
 
-    async def _bill_stored(self, conn, pile, f, frame, fut):
+    async def on_raw_bill(self, conn, f, err):
+        """A bill frame with a good CRC that the decoded path cannot take:
+        one we cannot read (err: the decoder's error, f.fields None), or one
+        from a link with no login or naming another pile. Raw bytes first,
+        whatever happens next: a bill of the link's own pile is taken into
+        custody like any other (stored, 0x40, published with decoded false);
+        any other copy is kept in quarantine with its reason, an event, and
+        no 0x40 (the true pile resends it after its login)."""
+        raw = self._raw(f)
+        body = f.body
+        serial = F.hex_decode(body, 0, 16, "serial") if len(body) >= 16 else None
+        code = F.hex_decode(body, 16, 7, "pile") if len(body) >= 23 else None
+        pile = conn.pile
+        error = str(err) if err is not None else None
+        if pile is None or code != pile.code or serial is None:
+            if pile is None:
+                reason = "bill on a link with no login (%s)" % conn.link.name
+            elif serial is None:
+                reason = "a %d-byte bill body names no trade serial" % len(body)
+            else:
+                reason = "bill names pile %s but came from pile %s" % (code, pile.code)
+            self.stats["bills_quarantined"] += 1
+            await self.store.add_rejected(code or (pile.code if pile else None), serial, "quarantine",
+                                          raw, reason)
+            log.warning("%s: bill %s quarantined: %s", conn.link.name, serial, reason)
+            self.event(code or (pile.code if pile else "unknown"), "bill_quarantined", reason,
+                       serial=serial, link=conn.link.name, decoded=f.fields is not None,
+                       error=error, frame=schema.hexs(raw))
+            return
+        self.stats["bills_undecodable"] += 1
+        log.warning("pile %s: bill %s does not decode (%s): kept raw", pile.code, serial, error)
+        fut = self.store.add_bill(pile.code, serial, raw, f.crc_swapped)
+        self._spawn(self._bill_stored(conn, pile, f, serial, raw, fut, error))
+
+    async def _bill_stored(self, conn, pile, f, serial, frame, fut, error=None):
         v = f.fields
-        serial = v["serial"]
         try:
             kind, bill = await fut
         except Exception as e:
@@ -345,17 +374,25 @@ class Bridge:
             return
         # Custody has passed: committed before the 0x40 goes out.
         try:
-            await conn.send("bill_confirm", {"serial": serial, "result": 0}, codec.reply_seq(f))
+            if v is not None:
+                await conn.send("bill_confirm", {"serial": serial, "result": 0}, codec.reply_seq(f))
+            else:
+                # The serial's 16 bytes as the pile sent them (they may not be BCD).
+                await conn.send_raw(0x40, f.body[:16] + b"\x00", codec.reply_seq(f))
         except LinkClosed as e:
             log.info("pile %s: 0x40 for %s not sent (%s); the pile will resend", pile.code, serial, e)
         if kind == "new":
             self.stats["bills_new"] += 1
             log.info("pile %s: bill %s stored (#%d) and confirmed", pile.code, serial, bill.pile_seq)
-            problems = schema.check_bill(v)
-            if problems:
-                self.event(pile.code, "illegal_bill", "bill %s does not reconcile: %s"
-                           % (serial, "; ".join(problems)), serial=serial, refused=False,
-                           problems=problems)
+            if v is None:
+                self.event(pile.code, "undecodable_bill", "bill %s kept raw: it does not decode (%s)"
+                           % (serial, error), serial=serial, error=error, frame=schema.hexs(frame))
+            else:
+                problems = schema.check_bill(v)
+                if problems:
+                    self.event(pile.code, "illegal_bill", "bill %s does not reconcile: %s"
+                               % (serial, "; ".join(problems)), serial=serial, refused=False,
+                               problems=problems)
             self.outbox.kick(pile.code)
         elif kind == "same":
             self.stats["bills_resent"] += 1
@@ -773,8 +810,10 @@ def main(argv=None):
 
     def ready(bridge):
         # One machine-readable line, so a supervisor (or a test) learns the port.
-        print(json.dumps({"ready": True, "site": bridge.site, "tcp_port": bridge.tcp_port}),
-              flush=True)
+        # started_at names this run: its retained pc.bridge/1 status carries
+        # the same value once it is connected and subscribed to commands.
+        print(json.dumps({"ready": True, "site": bridge.site, "tcp_port": bridge.tcp_port,
+                          "started_at": schema.utc_iso(bridge.started_at)}), flush=True)
     try:
         asyncio.run(serve(cfg, ready))
     except KeyboardInterrupt:

@@ -14,6 +14,7 @@ from firmware import auth
 from firmware.remote import EXTRA_PROTECTED
 from protocol import codec
 from protocol.errors import FrameError
+from protocol.frames import BILL_CODES
 
 from host import config as configmod
 from host import schema
@@ -239,6 +240,15 @@ class PileConn:
                 return await self._send(name, values, seq, True)
         return await self._send(name, values, seq, False)
 
+    async def send_raw(self, code, body, seq):
+        """Send a frame from its body bytes, as they are (a 0x40 for a bill
+        whose serial is not BCD). Never signed."""
+        frame = codec.wrap(code, body, seq)
+        async with self._wlock:
+            await self.link.write(frame)
+        log.debug("%s <- 0x%02X %s", self._name(), code, schema.hexs(frame))
+        return frame
+
     async def _send(self, name, values, seq, signed):
         seq = self.next_seq() if seq is None else seq
         if signed:
@@ -330,7 +340,13 @@ class PileConn:
                 self.last_rx = time.monotonic()
                 for item in self.reader.push(data):
                     if isinstance(item, FrameError):
-                        self._bad_frame(item)
+                        raw = getattr(item, "frame", None)
+                        if raw is not None and raw.code in BILL_CODES:
+                            # A bill with a good CRC that we cannot read:
+                            # kept raw all the same (bridge.on_raw_bill).
+                            await self.bridge.on_raw_bill(self, raw, item)
+                        else:
+                            self._bad_frame(item)
                         continue
                     try:
                         await self._handle(item)
@@ -400,6 +416,11 @@ class PileConn:
             await self._login(f)
             return
         if self.pile is None:
+            if f.code in BILL_CODES:
+                # Never dropped: kept in quarantine, no 0x40 (the pile sends
+                # it again after its login, and that copy takes the normal path).
+                await self.bridge.on_raw_bill(self, f, None)
+                return
             log.info("%s: %s before login ignored", self.link.name, f.name)
             return
         pile = self.pile

@@ -166,7 +166,11 @@ def bill_json(site, bill, frame=None, extra_frame=None, ext=True):
     """The MQTT bill document for a store.Bill (see docs/mqtt.md). `ext`:
     the pile sends a 0xEB fee split (our firmware); a bill from such a pile
     without one yet is published with "complete": false."""
-    frame = frame or codec.decode(bill.frame, tolerant=True)
+    if frame is None:
+        try:
+            frame = codec.decode(bill.frame, tolerant=True)
+        except codec.FrameError as e:
+            return undecodable_bill_json(site, bill, e, ext)
     f = frame.fields
     extra = None
     if extra_frame is None and bill.extra is not None:
@@ -224,6 +228,7 @@ def bill_json(site, bill, frame=None, extra_frame=None, ext=True):
         "card": f["card"],
         "mac": extra["mac"] if extra is not None else None,
         "complete": extra is not None or not ext,
+        "decoded": True,
         "checks": {"ok": not problems, "problems": problems},
         "crc_swapped": bool(bill.crc_swapped),
         "frame": hexs(bill.frame),
@@ -231,6 +236,34 @@ def bill_json(site, bill, frame=None, extra_frame=None, ext=True):
         "raw": raw,
     }
     return doc
+
+
+def undecodable_bill_json(site, bill, err, ext=True):
+    """The MQTT document of a bill kept raw because it does not decode
+    (docs/bridge.md "Custody"): its identity from the store, the frame as
+    received, the decoder's error; every figure null, checks not ok. The
+    platform keeps and confirms it like any bill, so the pile is released
+    and the bytes are never lost."""
+    body = bill.frame[6:-2]
+    msg = "does not decode: %s" % (err,)
+    return {
+        "schema": SCHEMA_BILL, "site": site, "pile": bill.pile,
+        "gun": hexs(body[23:24]) if len(body) > 23 else None,
+        "serial": bill.serial, "pile_seq": bill.pile_seq,
+        "received_at": utc_iso(bill.received_at),
+        "decoded": False, "error": str(err),
+        "frame_type": "0x%02X" % bill.frame[5],
+        "start_time": None, "end_time": None, "trade_time": None, "periods": [],
+        "meter": None, "total_energy": None, "total_loss": None, "total_amount": None,
+        "energy_fee": None, "service_fee": None, "tariff_model": None, "vin": None,
+        "nameplate_vin": None, "vin_mismatch": None, "trade_flag": None, "stop_reason": None,
+        "card": None, "mac": None, "complete": True,
+        "checks": {"ok": False, "problems": [msg]},
+        "crc_swapped": bool(bill.crc_swapped),
+        "frame": hexs(bill.frame),
+        "extra_frame": hexs(bill.extra) if bill.extra is not None else None,
+        "raw": None,
+    }
 
 
 # --- realtime, status, events, results ------------------------------------------------

@@ -103,6 +103,31 @@ def _fill(layout, values, buf, off):
         off += size
 
 
+def fit(name, values):
+    """Clamp, in place, the unsigned int fields of frame `name` whose value
+    is out of the field's range (below 0: 0; past its bytes: the largest
+    value). Returns the names clamped, [] if none. For reports whose fields
+    are measurements or estimates (0x13), so that a value no field can hold
+    never stops the loop that drives the contactor; never for money fields
+    of a bill, which the encoder refuses instead."""
+    layout = layout_named(name)
+    names = layout.names
+    kinds = layout.kinds
+    sizes = layout.sizes
+    out = []
+    for i in range(len(names)):
+        if kinds[i] != _U:
+            continue
+        v = values.get(names[i])
+        if not isinstance(v, int):
+            continue
+        top = (1 << (8 * sizes[i])) - 1
+        if v < 0 or v > top:
+            values[names[i]] = 0 if v < 0 else top
+            out.append(names[i])
+    return out
+
+
 def encode_body(layout, values):
     buf = bytearray(_body_size(layout, values))
     _fill(layout, values, buf, 0)
@@ -193,10 +218,18 @@ def _decode(mv, i, n, tolerant):
             raise BadCRC("CRC %04X, computed %04X (type 0x%02X)" % (got, want, mv[i + 5]))
     code = mv[i + 5]
     body = bytes(mv[i + _HEADER:i + n - 2])
-    layout = layout_for(code, len(body))
+    seq = mv[i + 2] | (mv[i + 3] << 8)
     enc = mv[i + 4]
-    values = None if enc else decode_body(layout, body)
-    return Frame(code, layout.name, mv[i + 2] | (mv[i + 3] << 8), enc, body, values, swapped)
+    try:
+        layout = layout_for(code, len(body))
+        values = None if enc else decode_body(layout, body)
+    except FrameError as e:
+        # The CRC is good: the bytes are what the pile sent, only our reading
+        # of them failed (a length or a field we do not expect). The error
+        # carries the frame (fields None) so that a bill is still kept raw.
+        e.frame = Frame(code, "0x%02X" % code, seq, enc, body, None, swapped)
+        raise
+    return Frame(code, layout.name, seq, enc, body, values, swapped)
 
 
 def reply_seq(request):

@@ -44,6 +44,10 @@
 EXT_FIRST = 0xD0
 EXT_LAST = 0xEF
 
+# Frame codes that carry a bill: the bridge keeps any of them with a good
+# CRC raw, before decoding (docs/bridge.md "Custody"). 0x3D is V1.7's bill.
+BILL_CODES = (0x3B, 0x3D)
+
 PERIODS = ("sharp", "peak", "flat", "valley")
 PERIODS5 = ("sharp", "peak", "flat", "valley", "deep")
 

@@ -247,7 +247,7 @@ def test_bills_wait_in_sqlite_while_the_broker_is_down(mosquitto):
     async def scenario(tmp):
         cfg = fast_config(tmp, url_of(mosquitto))
         mosquitto.stop()
-        async with bridge_running(cfg) as b:
+        async with bridge_running(cfg, mqtt_up=False) as b:
             pile = await connect_pile(PILE_A, b.tcp_port)
             bills = [make_bill(PILE_A, i) for i in range(5)]
             for bill in bills:

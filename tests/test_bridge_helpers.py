@@ -81,10 +81,21 @@ def fast_config(tmp, broker_url, site="t1", **over):
 
 
 @contextlib.asynccontextmanager
-async def bridge_running(cfg_dict):
+async def bridge_running(cfg_dict, mqtt_up=True):
+    """A started in-process bridge. With `mqtt_up` (the default) it is also
+    connected and subscribed to commands and confirmations before the test
+    goes on: a command published before the bridge subscribed is never
+    delivered to it (a race a loaded machine loses). Tests that start it
+    without a reachable broker pass mqtt_up=False."""
     b = bridgemod.Bridge(configmod.load(None, cfg_dict))
     await b.start()
     try:
+        if mqtt_up:
+            try:
+                await asyncio.wait_for(b.mqtt.connected.wait(), 30)
+            except asyncio.TimeoutError:
+                raise AssertionError("the bridge did not connect to its broker %s within 30 s"
+                                     % b.cfg["mqtt"]["url"]) from None
         yield b
     finally:
         await b.stop()

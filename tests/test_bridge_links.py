@@ -242,11 +242,13 @@ def test_bills_that_do_not_belong_or_do_not_add_up(mosquitto):
         cfg = fast_config(tmp, url_of(mosquitto))
         async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
             pile = await connect_pile(PILE_A, b.tcp_port)
-            # Another pile's bill on this link: refused (0x40 result 1), kept for audit.
+            # Another pile's bill on this link: quarantined (no 0x40: the pile
+            # it names sends it itself), kept with its reason and an event
+            # (tests/test_bridge_custody.py has the whole rule).
             foreign = make_bill(PILE_B, 1)
-            assert await pile.send_bill(foreign) == 1
-            ev = await plat.wait_for(lambda: [e for e in plat.events if e["type"] == "illegal_bill"])
-            assert ev[0]["refused"] is True and ev[0]["serial"] == foreign["serial"]
+            await pile.send(0x3B, foreign)
+            ev = await plat.wait_for(lambda: [e for e in plat.events if e["type"] == "bill_quarantined"])
+            assert ev[0]["serial"] == foreign["serial"] and not pile.confirmed[foreign["serial"]]
             # The field's "totals do not add up" bill (energy, no period energy):
             # custody taken, published with its problems, and an event.
             odd = make_bill(PILE_A, 2)

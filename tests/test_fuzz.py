@@ -181,6 +181,8 @@ def test_reader_fuzz_yields_only_frames_and_frame_errors_and_finds_good_frames()
     assert set(d["kinds"]) == {k for k, _ in fuzz._READER_KINDS}
     for cls in ("Frame", "BadCRC", "BadLength", "FieldError", "UnknownType"):
         assert d["outcomes"].get(cls), cls
+    # Intact frames placed in noise were recovered, each one, in order.
+    assert d["outcomes"]["intact_frames_recovered"] >= 2 * d["kinds"]["frames_in_noise"]
 
 
 def test_reader_fuzz_is_reproducible_from_its_seed():
@@ -208,7 +210,23 @@ class _BlindReader(codec.FrameReader):
                 if not (isinstance(x, codec.Frame) and self.skipped)]
 
 
-@pytest.mark.parametrize("broken,what", [(_LeakyReader, "push raised"), (_BlindReader, "not found")])
+class _FirstOnlyReader(codec.FrameReader):
+    """A broken reader: of the frames one push completes, only the first
+    comes out (a bill behind another in the same read is lost)."""
+
+    def push(self, data):
+        out, seen = [], False
+        for x in super().push(data):
+            if isinstance(x, codec.Frame):
+                if seen:
+                    continue
+                seen = True
+            out.append(x)
+        return out
+
+
+@pytest.mark.parametrize("broken,what", [(_LeakyReader, "push raised"), (_BlindReader, "not found"),
+                                         (_FirstOnlyReader, "not recovered in order")])
 def test_reader_fuzz_reports_a_broken_reader_and_replays_its_case(monkeypatch, capsys, broken, what):
     monkeypatch.setattr(codec, "FrameReader", broken)
     d = fuzz.fuzz_reader(3000, seed=2).as_dict()
@@ -255,3 +273,16 @@ def test_mqtt_command_fuzz_every_bad_command_gets_one_clear_failure():
     for code in ("bad_request", "too_large", "unknown_command", "unknown_pile", "offline", "expired"):
         assert d["outcomes"].get(code), code
     assert "error" not in d["outcomes"]
+
+
+@needs_mosquitto
+def test_mqtt_command_fuzz_waits_for_a_bridge_slow_to_reach_its_broker():
+    # The ready line comes before the bridge has subscribed to commands; a
+    # command published in between is never delivered (no session for it
+    # yet). The fuzz lost its first input that way about one run in four on
+    # a loaded machine ("32 messages without a predictable id, 31 results").
+    # Here the bridge's CONNECT is held for 1 s: every input still gets its
+    # one result, because the platform waits for the bridge's online status.
+    d = fuzz.fuzz_mqtt_commands(40, seed=7, bridge_mqtt_delay_s=1.0).as_dict()
+    assert d["violations"] == [] and d["verdict"] == "pass", d["violations"]
+    assert d["messages"]["results"] == d["messages"]["sent"] == 43

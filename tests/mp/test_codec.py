@@ -474,3 +474,42 @@ def test_reader_survives_mutated_frames_and_finds_the_intact_frame_behind_each()
         want = ([_ident(f)] if f is not None else []) + [_ident(marker)]
         assert frames == want, (i, op, hx(g), frames)
     assert refused > 100 and intact > 20, (refused, intact)
+
+
+def test_fit_clamps_only_report_fields_out_of_range_and_names_them():
+    v = {"serial": "0" * 32, "pile": "55031412782305", "gun": "01", "status": 3, "homed": 0,
+         "plugged": 1, "voltage": 2200, "current": 300, "gun_temp": 0, "cable_code": "0" * 16,
+         "soc": 0, "battery_temp": 0, "minutes": 12, "minutes_left": 107000, "energy": 5,
+         "loss_energy": 0, "amount": 7, "faults": 0}
+    raises(FieldError, codec.encode, "realtime", v)
+    assert codec.fit("realtime", v) == ["minutes_left"]
+    assert v["minutes_left"] == 0xFFFF and v["minutes"] == 12 and v["voltage"] == 2200
+    v["voltage"] = -3
+    assert codec.fit("realtime", v) == ["voltage"] and v["voltage"] == 0
+    assert codec.fit("realtime", v) == []
+    f = codec.decode(codec.encode("realtime", v))
+    assert f.fields["minutes_left"] == 0xFFFF
+
+
+def test_an_error_after_a_good_crc_carries_the_frame_as_received():
+    # A bill with a good CRC that we cannot read (a field out of its
+    # encoding, an unexpected length) must still be kept raw by the bridge:
+    # the error carries code, seq and body exactly as received.
+    good = codec.encode("bill_confirm", {"serial": "1" * 32, "result": 0}, 0x1234)
+    body = bytearray(good[6:-2])
+    body[0] = 0xAB                                   # not BCD
+    raw = codec.wrap(0x40, body, 0x1234)
+    e = raises(FieldError, codec.decode, raw)
+    assert e.frame.code == 0x40 and e.frame.seq == 0x1234 and e.frame.body == bytes(body)
+    assert e.frame.fields is None
+    longer = codec.wrap(0x40, bytes(good[6:-2]) + b"\x00\x00", 7)   # two bytes more than the table
+    e = raises(BadLength, codec.decode, longer)
+    assert e.frame.code == 0x40 and len(e.frame.body) == 19
+    r = FrameReader()
+    got = r.push(b"\x00" + raw + longer)
+    assert [type(x).__name__ for x in got] == ["FieldError", "BadLength"]
+    assert got[0].frame.body == bytes(body)
+    bad_crc = bytearray(raw)
+    bad_crc[-1] ^= 1
+    e = raises(BadCRC, codec.decode, bytes(bad_crc))
+    assert getattr(e, "frame", None) is None         # bytes in doubt: nothing to keep as a frame

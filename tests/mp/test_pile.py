@@ -662,3 +662,4 @@ def test_refused_bill_unsigned_from_a_keyed_pile_keeps_result_2_across_a_power_c
         assert r.pile.journal.illegal_bills() == [serial(30)]
     finally:
         rmtree(r.root)
+

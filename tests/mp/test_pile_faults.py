@@ -1,0 +1,99 @@
+# The pile's main loop never dies with power on (issue 17): fields past
+# their range are clamped in reports, and a fault anywhere in poll() opens
+# the contactor, seals the running session and goes on. A suite of its own
+# so that test_pile's heap-capped run keeps its margin.
+from firmware import session as S
+from tests.mp.pilekit import Rig, serial
+from tests.mp.util import rmtree, tmpdir
+
+
+def _rig(**kw):
+    return Rig(tmpdir("pilefault"), **kw)
+
+
+def test_a_20000_yuan_balance_on_7_kw_reports_minutes_left_clamped_and_keeps_charging():
+    # 20,000 yuan at 7 kW is over 100,000 minutes: past 0x13's 2-byte
+    # minutes_left. The encoder refused it, poll() raised and the firmware
+    # died with the contactor closed (issue 17). Now the field is clamped
+    # to its largest value, named in the log, and the session goes on.
+    r = _rig(power_w=7000)
+    logs = []
+    r.pile.log = logs.append
+    try:
+        r.online()
+        r.start(serial(21), balance=2000000)      # 20,000.00 yuan (x100)
+        r.run(60000)
+        assert r.pile.gun.state == S.CHARGING and r.world.contactor.closed
+        rt = [f.fields for f in r.platform.named("realtime") if f.fields["status"] == 3]
+        assert rt and rt[-1]["minutes_left"] == 0xFFFF
+        assert any("minutes_left" in str(m) for m in logs), logs
+        r.stop()
+        r.run(30000, lambda: r.platform.bills())
+        assert len(r.platform.bills()) == 1
+    finally:
+        rmtree(r.root)
+
+
+class _Boom(Exception):
+    pass
+
+
+def test_an_exception_anywhere_in_the_loop_opens_the_contactor_seals_the_bill_and_goes_on():
+    # The watchdog test: a fault injected at points of poll() while
+    # charging (the meter, the link's send, the realtime report). The loop
+    # never raises; the contactor is open at once; the session's bill is
+    # sealed, sent and confirmed; the pile takes the next start.
+    points = [(1, "meter"), (13, "send"), (27, "realtime"), (40, "meter"), (5, "realtime"), (33, "send")]
+    for round_ in range(len(points)):
+        after_s, where = points[round_]
+        r = _rig()
+        logs = []
+        r.pile.log = logs.append
+        try:
+            r.online()
+            r.start(serial(30 + round_))
+            r.run(after_s * 1000)
+            assert r.pile.gun.state == S.CHARGING
+            armed = [True]
+            if where == "meter":
+                real = r.world.meter.read_energy
+
+                def read_energy():
+                    if armed[0]:
+                        armed[0] = False
+                        raise _Boom("meter driver bug")
+                    return real()
+                r.world.meter.read_energy = read_energy
+            elif where == "send":
+                real = r.pile.link.send
+
+                def send(name, values, seq=None):
+                    if armed[0]:
+                        armed[0] = False
+                        raise _Boom("link bug")
+                    return real(name, values, seq)
+                r.pile.link.send = send
+                r.pile.cadence.force()
+            else:
+                real = r.pile.gun.realtime
+
+                def realtime():
+                    if armed[0]:
+                        armed[0] = False
+                        raise _Boom("report bug")
+                    return real()
+                r.pile.gun.realtime = realtime
+                r.pile.cadence.force()
+            r.run(20000, lambda: not armed[0])
+            assert not armed[0], where
+            assert not r.world.contactor.closed, where
+            r.run(60000, lambda: r.platform.bills())
+            bills = r.platform.bills()
+            assert len(bills) == 1 and bills[0].fields["serial"] == serial(30 + round_), where
+            assert bills[0].fields["stop_reason"] == S.ABORT_FIRMWARE
+            assert any("main loop" in str(m) for m in logs), logs
+            r.start(serial(40 + round_))
+            r.run(30000, lambda: r.pile.gun.state == S.CHARGING)
+            assert r.pile.gun.state == S.CHARGING
+        finally:
+            rmtree(r.root)

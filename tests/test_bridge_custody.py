@@ -1,0 +1,190 @@
+# Raw-first custody (issue 12 item 1, shared/context/decisions.md "Custody and
+# ownership"): every bill frame with a good CRC is kept as raw bytes before
+# anything else. A bill of the link's own pile that we cannot decode is
+# taken into custody like any other (stored, 0x40, published decoded=false,
+# confirmed by the platform); a copy from a link with no login or naming
+# another pile is quarantined: stored with its reason, an event, no 0x40.
+# Real bridge (in this process), Mosquitto, a raw TCP pile.
+import asyncio
+import sqlite3
+
+from host.testkit import make_bill, make_extra
+from protocol import codec
+from protocol.codec import FrameReader
+from tests.test_bridge_helpers import (PILE_A, PILE_B, Platform, bridge_running, fast_config, run,
+                                       tempdir, until, url_of)
+
+_LOGIN = {"pile_type": 0, "guns": 1, "proto_version": 0x10, "sw_version": "V1.5",
+          "net_type": 3, "sim": "0" * 20, "carrier": 4}
+
+
+class RawPile:
+    """A third-party pile reduced to bytes: it writes frames as given and
+    reads whatever comes back, decodable or not."""
+
+    def __init__(self, reader, writer):
+        self.r, self.w = reader, writer
+        self.frames = FrameReader()
+        self.got = []                       # Frame, or FrameError (with .frame when CRC good)
+        self._task = asyncio.ensure_future(self._read())
+        self._changed = asyncio.Event()
+
+    @classmethod
+    async def connect(cls, port):
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        return cls(r, w)
+
+    async def _read(self):
+        while True:
+            data = await self.r.read(4096)
+            if not data:
+                return
+            self.got.extend(self.frames.push(data))
+            self._changed.set()
+
+    async def write(self, raw):
+        self.w.write(raw)
+        await self.w.drain()
+
+    async def login(self, code):
+        await self.write(codec.encode("login", dict(_LOGIN, pile=code), 1))
+        await self.wait(lambda: self.named("login_reply"))
+
+    def named(self, name):
+        return [f for f in self.got if isinstance(f, codec.Frame) and f.name == name]
+
+    def confirms(self):
+        """(serial bytes, result) of every 0x40 received, decodable or not."""
+        out = []
+        for f in self.got:
+            f = getattr(f, "frame", f)
+            if isinstance(f, codec.Frame) and f.code == 0x40:
+                out.append((bytes(f.body[:16]), f.body[16]))
+        return out
+
+    async def wait(self, pred, timeout=10):
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not pred():
+            self._changed.clear()
+            left = deadline - asyncio.get_running_loop().time()
+            assert left > 0, "timed out"
+            try:
+                await asyncio.wait_for(self._changed.wait(), left)
+            except asyncio.TimeoutError:
+                pass
+
+    async def close(self):
+        self._task.cancel()
+        self.w.close()
+
+
+def _bill_frame(v, seq):
+    return codec.encode("bill", v, seq)
+
+
+def _not_bcd(raw):
+    """The frame with its serial's last byte made 0xAB (not BCD), CRC right."""
+    body = bytearray(raw[6:-2])
+    body[15] = 0xAB
+    return codec.wrap(raw[5], body, raw[2] | raw[3] << 8)
+
+
+def _rows(db, sql, *args):
+    c = sqlite3.connect(db)
+    try:
+        return c.execute(sql, args).fetchall()
+    finally:
+        c.close()
+
+
+def test_bills_we_cannot_decode_are_kept_raw_published_and_confirmed(mosquitto):
+    async def scenario(tmp):
+        cfg = fast_config(tmp, url_of(mosquitto), tcp={"listen": "127.0.0.1:0", "ext": False})
+        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
+            p = await RawPile.connect(b.tcp_port)
+            await p.login(PILE_A)
+            # 1. a serial that is not BCD; 2. two bytes more than the table's
+            # 158; 3. V1.7's 0x3D, a type our table does not hold. Each has a
+            # good CRC.
+            one = _not_bcd(_bill_frame(make_bill(PILE_A, 1), 11))
+            two_body = _bill_frame(make_bill(PILE_A, 2), 12)[6:-2] + b"\x01\x02"
+            two = codec.wrap(0x3B, two_body, 12)
+            three = codec.wrap(0x3D, _bill_frame(make_bill(PILE_A, 3), 13)[6:-2] + b"\x00" * 8, 13)
+            for raw in (one, two, three):
+                await p.write(raw)
+            await p.wait(lambda: len(p.confirms()) == 3)
+            serials = [raw[6:22] for raw in (one, two, three)]
+            assert p.confirms() == [(s, 0) for s in serials]
+            hexserials = [s.hex().upper() for s in serials]
+            docs = await plat.wait_for(lambda: [plat.bills.get(s) for s in hexserials]
+                                       if all(s in plat.bills for s in hexserials) else None)
+            for doc, raw in zip(docs, (one, two, three)):
+                assert doc["decoded"] is False and doc["raw"] is None
+                assert doc["frame"] == raw.hex().upper()
+                assert doc["pile"] == PILE_A and doc["checks"]["ok"] is False
+                assert doc["error"]
+            ev = await plat.wait_for(lambda: [e for e in plat.events if e["type"] == "undecodable_bill"]
+                                     if len([e for e in plat.events
+                                             if e["type"] == "undecodable_bill"]) == 3 else None)
+            assert sorted(e["serial"] for e in ev) == sorted(hexserials)
+            # Stored as received, and confirmed by the platform.
+            await until(lambda: _rows(cfg["database"], "SELECT COUNT(*) FROM bills WHERE "
+                                      "confirmed_at IS NOT NULL")[0][0] == 3, what="3 confirmed")
+            stored = _rows(cfg["database"], "SELECT serial, frame FROM bills ORDER BY id")
+            assert [(s, bytes(f)) for s, f in stored] == list(zip(hexserials, (one, two, three)))
+            # A bill that decodes still takes the normal path beside them.
+            good = make_bill(PILE_A, 4)
+            await p.write(_bill_frame(good, 14))
+            doc = await plat.wait_for(lambda: plat.bills.get(good["serial"]))
+            assert doc["decoded"] is True and doc["checks"]["ok"]
+            await p.close()
+    with tempdir("undecodable") as tmp:
+        run(scenario(tmp))
+
+
+def test_bills_from_no_login_or_for_another_pile_are_quarantined_never_acknowledged(mosquitto):
+    async def scenario(tmp):
+        cfg = fast_config(tmp, url_of(mosquitto))
+        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
+            # A bill on a link that never logged in.
+            stranger = await RawPile.connect(b.tcp_port)
+            early = make_bill(PILE_B, 1)
+            early_raw = _bill_frame(early, 3)
+            await stranger.write(early_raw)
+            # A logged-in pile sending another pile's bill (decodable, and not).
+            p = await RawPile.connect(b.tcp_port)
+            await p.login(PILE_A)
+            foreign = make_bill(PILE_B, 2)
+            foreign_raw = _bill_frame(foreign, 4)
+            await p.write(foreign_raw)
+            foreign_bad = _not_bcd(_bill_frame(make_bill(PILE_B, 3), 5))
+            await p.write(foreign_bad)
+            ev = await plat.wait_for(lambda: [e for e in plat.events if e["type"] == "bill_quarantined"]
+                                     if len([e for e in plat.events
+                                             if e["type"] == "bill_quarantined"]) == 3 else None)
+            assert {e["frame"] for e in ev} == {r.hex().upper() for r in (early_raw, foreign_raw, foreign_bad)}
+            assert any("no login" in e["message"] for e in ev)
+            assert sum("names pile %s but came from pile %s" % (PILE_B, PILE_A) in e["message"]
+                       for e in ev) == 2
+            rows = _rows(cfg["database"], "SELECT kind, frame FROM rejected ORDER BY id")
+            assert sorted(bytes(f) for k, f in rows if k == "quarantine") == \
+                sorted((early_raw, foreign_raw, foreign_bad))
+            # No 0x40 to anyone, nothing published as a bill, nothing in custody.
+            good = make_bill(PILE_A, 9)
+            await p.write(_bill_frame(good, 6))
+            await plat.wait_for(lambda: plat.bills.get(good["serial"]))
+            assert [c for c in p.confirms() if c[0] != bytes.fromhex(good["serial"])] == []
+            assert stranger.confirms() == []
+            assert set(plat.bills) == {good["serial"]}
+            assert _rows(cfg["database"], "SELECT serial FROM bills") == [(good["serial"],)]
+            # The true pile sends its bill after its login: the normal path.
+            await stranger.login(PILE_B)
+            await stranger.write(early_raw)
+            await stranger.write(codec.encode("bill_extra", make_extra(early), 7))
+            doc = await plat.wait_for(lambda: plat.bills.get(early["serial"]))
+            assert doc["decoded"] is True and doc["pile"] == PILE_B
+            assert stranger.confirms() == [(bytes.fromhex(early["serial"]), 0)]
+            await p.close()
+            await stranger.close()
+    with tempdir("quarantine") as tmp:
+        run(scenario(tmp))
