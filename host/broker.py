@@ -1,9 +1,16 @@
 """Local MQTT brokers for tests, the demo and the chaos harness: Mosquitto as
 a child process, or amqtt.
 
-Every broker here is a child process on a free loopback port, configured
-from a unique temp dir, awaited until it answers an MQTT CONNECT (bounded
-poll, no fixed sleep), stopped by its pid and restartable on the same port.
+Every broker here is a child process on a loopback port, configured from a
+unique temp dir, awaited until it answers an MQTT CONNECT (bounded poll, no
+fixed sleep), stopped by its pid and restartable on the same port.
+
+Ports: amqtt (our own child) binds port 0 and reports the port the kernel
+gave it. Mosquitto cannot: 2.0 refuses `port 0` and reads `listener 0 ADDR`
+as a unix socket at path ADDR. So its port is picked before it starts (the
+kernel's choice for a moment-bound socket), and when another process takes
+that number first Mosquitto exits logging "Address already in use": we pick
+again, at most _START_TRIES times, then raise BrokerError saying so.
 
     from host.broker import Mosquitto, TLS   (tests: tests.broker)
     with Mosquitto(passwords={"site-1": "pw"}, acl="topic readwrite pc/#\\n") as b:
@@ -38,7 +45,7 @@ import weakref
 _READY_TIMEOUT = 10.0  # seconds a broker gets to answer its first CONNECT
 _STOP_TIMEOUT = 5.0  # seconds between SIGTERM and SIGKILL
 _POLL = 0.02  # seconds between readiness probes
-_START_TRIES = 5  # fresh ports tried when another process took ours
+_START_TRIES = 5  # ports tried when another process took ours (Mosquitto)
 
 class BrokerError(RuntimeError):
     """The broker could not be started or did not become ready."""
@@ -49,10 +56,36 @@ class BrokerUnsupported(BrokerError):
 
 
 def free_port(host="127.0.0.1"):
-    """A TCP port nobody listens on right now (the kernel's choice)."""
+    """A TCP port nobody listens on right now (the kernel's choice). Racy:
+    another process may take it before ours binds it. Only for a server
+    that cannot bind 0 itself (Mosquitto), with a retry on "in use"."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+class RefusedPort:
+    """A loopback port held bound but not listening, for a client that must
+    find nobody there (a bridge whose broker is down): connections to it are
+    refused, and while it is held no other process can bind it. Binding 0
+    and closing would hand out a number anybody may take next.
+
+        with RefusedPort() as port: ... "mqtt://127.0.0.1:%d" % port ...
+    """
+
+    def __init__(self, host="127.0.0.1"):
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.bind((host, 0))
+        self.port = self._sock.getsockname()[1]
+
+    def close(self):
+        self._sock.close()
+
+    def __enter__(self):
+        return self.port
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def find_mosquitto():
@@ -178,11 +211,14 @@ class _ChildBroker:
     kind = "?"
     _ready_marker = "?"  # a log line the child writes once it serves
     _reload_marker = "?"
+    # True: the child binds port 0 and its ready line ends with the port it
+    # got. False: the port is picked here beforehand (free_port, with retry).
+    _binds_zero = False
 
     def __init__(self, host="127.0.0.1", port=None, ready_timeout=_READY_TIMEOUT, workdir=None):
         self.host = host
         self._fixed_port = port is not None
-        self.port = port or free_port(host)
+        self.port = port or (0 if self._binds_zero else free_port(host))
         self.tls_port = None
         self.ready_timeout = ready_timeout
         self._own_workdir = workdir is None
@@ -230,7 +266,7 @@ class _ChildBroker:
         """Start the child and return once it answers; BrokerError otherwise."""
         if self.running:
             return self
-        tries = 1 if self._fixed_port else _START_TRIES
+        tries = 1 if self._fixed_port or self.port == 0 else _START_TRIES
         for attempt in range(tries):
             self._write_config()
             self._spawn()
@@ -238,11 +274,15 @@ class _ChildBroker:
             if err is None:
                 return self
             self.stop()
-            # Ports are chosen before the broker binds them, so another process
-            # on this shared machine may win the race: pick new ones and retry.
+            # A port chosen before the broker binds it (Mosquitto cannot bind
+            # 0): another process on this shared machine may take it first.
+            # Pick new ones and retry, a bounded number of times.
             if _in_use(err) and attempt + 1 < tries:
                 self._repick_ports()
                 continue
+            if _in_use(err) and tries > 1:
+                err += (" (%d ports tried, each taken by another process before %s bound it)"
+                        % (tries, self.kind))
             raise BrokerError("%s did not start: %s\n--- log %s ---\n%s"
                               % (self.kind, err, self.log_path, self.log_text()[-4000:]))
         raise BrokerError("unreachable")
@@ -318,7 +358,7 @@ class _ChildBroker:
     def _await_ready(self):
         """None when every probe succeeds before the deadline, else a reason."""
         deadline = time.monotonic() + self.ready_timeout
-        pending = list(self._probes())
+        pending = None
         announced = False
         while True:
             if self._proc.poll() is not None:
@@ -328,14 +368,30 @@ class _ChildBroker:
             # said in its log that it is serving, and keep checking it lives.
             if not announced:
                 announced = self._ready_marker in self.log_text(self._log_start)
+                if announced and self.port == 0:
+                    self.port = self._reported_port()
+                    announced = self.port != 0
+                if announced:
+                    pending = list(self._probes())
             if announced:
                 pending = [p for p in pending if not p[2](p[0], p[1])]
                 if not pending and self._proc.poll() is None:
                     return None
             if time.monotonic() > deadline:
+                if pending is None:
+                    return "no %r line in its log within %.0f s" % (
+                        self._ready_marker.strip(), self.ready_timeout)
                 return "no answer on %s within %.0f s" % (
                     ", ".join("%s:%d" % (h, p) for h, p, _ in pending), self.ready_timeout)
             time.sleep(_POLL)
+
+    def _reported_port(self):
+        # "<ready marker> on HOST:PORT\n": the port the child's bind(0) got;
+        # 0 while that line is not complete in the log yet.
+        for line in self.log_text(self._log_start).splitlines(True):
+            if self._ready_marker in line and line.endswith("\n"):
+                return int(line.rsplit(":", 1)[1])
+        return 0
 
     def _last_log_line(self):
         lines = [l for l in self.log_text(self._log_start).splitlines() if l.strip()]
@@ -493,6 +549,7 @@ class Amqtt(_ChildBroker):
 
     kind = "amqtt"
     _ready_marker = "amqtt: running"
+    _binds_zero = True      # it binds port 0 and prints the port it got
 
     def __init__(self, host="127.0.0.1", port=None, *, anonymous=None, passwords=None,
                  password_file=None, acl=None, acl_file=None, tls=None, plain=True,
@@ -590,7 +647,10 @@ def _serve_amqtt(args):
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        print("amqtt: running on %s:%d" % (opts["host"], opts["port"]), file=sys.stderr, flush=True)
+        # Port 0 asked: the port the listener got. amqtt keeps its asyncio
+        # server per listener in _servers (no public accessor in 0.11/0.12).
+        port = broker._servers["default"].instance.sockets[0].getsockname()[1]
+        print("amqtt: running on %s:%d" % (opts["host"], port), file=sys.stderr, flush=True)
         await stop.wait()
         await broker.shutdown()
         return 0

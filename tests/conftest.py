@@ -3,6 +3,7 @@
 import pytest
 
 from tests import broker as _broker
+from tests.skipgate import pytest_configure  # noqa: F401  (CI=true: unlisted skips fail)
 
 
 @pytest.fixture

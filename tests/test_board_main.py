@@ -10,8 +10,10 @@ import tempfile
 
 import pytest
 
+from tools.programs import find_program
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MP = shutil.which("micropython")
+MP = find_program("micropython")
 needs_mp = pytest.mark.skipif(MP is None, reason="micropython is not installed")
 
 FAKE_MACHINE = '''
@@ -70,9 +72,8 @@ print("clock", pile.clock.now() - t0)
 '''
 
 
+@needs_mp
 def test_main_compiles_under_micropython():
-    if MP is None:
-        pytest.skip("micropython is not installed")
     r = subprocess.run([MP, "-X", "compile-only", "firmware/main.py"], cwd=ROOT,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr

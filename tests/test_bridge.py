@@ -6,8 +6,8 @@ import sqlite3
 from protocol import codec
 from host.testkit import make_bill, make_extra
 from tests.test_bridge_helpers import (
-    PILE_A, Platform, bridge_running, connect_pile, fast_config, pty_pair, pty_pile, run,
-    tempdir, until, url_of)
+    PILE_A, Platform, bridge_running, connect_pile, fast_config, login_when_open, pty_pair,
+    pty_pile, run, tempdir, until, url_of)
 
 
 def db_rows(path, sql, args=()):
@@ -59,13 +59,7 @@ def test_bill_over_pty_serial_link(mosquitto):
                           serial=[{"url": path, "baudrate": 115200}])
         async with bridge_running(cfg), Platform(url_of(mosquitto)) as plat:
             pile = pty_pile(PILE_A, master)
-            # The port opens in a thread: log in once the bridge answers.
-            for _ in range(50):
-                try:
-                    assert await pile.login(timeout=0.2) == 0
-                    break
-                except asyncio.TimeoutError:
-                    continue
+            await login_when_open(pile)
             bill = make_bill(PILE_A, 7)
             assert await pile.send_bill(bill, make_extra(bill)) == 0
             await pile.wait_for(lambda: bill["serial"] in pile.settled)

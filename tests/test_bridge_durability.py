@@ -3,6 +3,7 @@
 # must reach the platform and be settled on its pile, none stored twice.
 import asyncio
 import contextlib
+import os
 import sqlite3
 import threading
 
@@ -12,8 +13,8 @@ from host import store as storemod
 
 from host.testkit import ScriptedPile, TcpTransport, make_bill, make_extra
 from tests.test_bridge_helpers import (
-    PILE_A, PILE_B, BridgeProcess, Platform, bridge_running, connect_pile, fast_config, run,
-    tempdir, until, url_of)
+    PILE_A, PILE_B, BridgeProcess, Platform, bridge_running, connect_pile, fast_config, fees_yuan,
+    run, tempdir, until, url_of)
 
 
 def db_all(path, sql, args=()):
@@ -56,6 +57,23 @@ def test_broker_restart_mid_stream_loses_no_bill(mosquitto):
             await pb.close()
     with tempdir("brokerrestart") as tmp:
         run(scenario(tmp))
+
+
+def test_a_bridge_child_that_crashes_at_start_up_fails_the_test_naming_it():
+    # Its database path is a folder: the store raises as the bridge starts.
+    with tempdir("crash") as tmp:
+        cfg = fast_config(tmp, "mqtt://127.0.0.1:1")
+        os.mkdir(cfg["database"])
+        proc = BridgeProcess(tmp, cfg)
+        try:
+            run(proc.start())
+        except AssertionError as e:
+            msg = str(e)
+        else:
+            raise AssertionError("a bridge with no database started")
+        assert msg.startswith("the bridge (python -m host.bridge -c %s) did not start: "
+                              "exited with code 1" % proc.cfg_path), msg
+        assert "StoreError: cannot open %s" % cfg["database"] in msg
 
 
 def test_bridge_sigkill_mid_flight_loses_and_duplicates_nothing(mosquitto):
@@ -334,7 +352,9 @@ def test_a_bill_whose_commit_fails_gets_no_0x40_and_its_resend_is_taken_once(
                                        "settled_at IS NOT NULL") == [(2,)], what="both settled")
             assert db_all(cfg["database"], "SELECT serial, resends, conflicts FROM bills ORDER BY id") \
                 == [(later["serial"], 0, 0), (s, 0, 0)]
-            assert plat.bills[s]["complete"] and plat.bills[s]["energy_fee"] is not None
+            assert plat.bills[s]["complete"]
+            assert (plat.bills[s]["energy_fee"], plat.bills[s]["service_fee"]) \
+                == fees_yuan(make_extra(lost))
             assert b.stats["confirms"] == 2 and b.stats["confirms_duplicate"] == 0
             assert pile.settled_count[s] == 1
             assert disk.failed >= 1

@@ -129,6 +129,29 @@ def pty_pile(code, master_fd, **kw):
     return ScriptedPile(code, FdTransport(master_fd), **kw)
 
 
+async def login_when_open(pile, tries=100):
+    """Log a pile in on a serial link the bridge opens in a thread (and
+    reopens after an unplug): nothing tells the pile when the port is open,
+    so the login is sent again after each 0.2 s without a reply. Fails,
+    never gives up silently, if the bridge never answers."""
+    for _ in range(tries):
+        try:
+            assert await pile.login(timeout=0.2) == 0
+            return
+        except asyncio.TimeoutError:
+            continue
+    raise AssertionError("the bridge never answered the login of %s on its serial port "
+                         "(%d tries, 0.2 s each)" % (pile.code, tries))
+
+
+def fees_yuan(extra):
+    """(energy_fee, service_fee) a bill document shows for 0xEB `extra`:
+    the sums of the period fees, x10^4 yuan written as yuan."""
+    periods = ("sharp", "peak", "flat", "valley", "deep")
+    return tuple("%d.%04d" % divmod(sum(extra.get(p + kind, 0) for p in periods), 10000)
+                 for kind in ("_energy_fee", "_service_fee"))
+
+
 def url_of(broker):
     return "mqtt://%s:%d" % (broker.host, broker.port)
 
@@ -288,9 +311,21 @@ class BridgeProcess:
             sys.executable, "-m", "host.bridge", "-c", self.cfg_path,
             stdout=asyncio.subprocess.PIPE, stderr=log, cwd=ROOT, env=env)
         log.close()
-        line = await asyncio.wait_for(self.proc.stdout.readline(), 20)
+        try:
+            line = await asyncio.wait_for(self.proc.stdout.readline(), 20)
+        except asyncio.TimeoutError:
+            line = None
         if not line:
-            raise AssertionError("bridge exited early:\n" + self.log())
+            if line is not None:            # its stdout closed: it is exiting
+                try:
+                    await asyncio.wait_for(self.proc.wait(), 10)
+                except asyncio.TimeoutError:
+                    pass
+            why = ("no ready line in 20 s" if self.proc.returncode is None else
+                   "exited with code %s" % self.proc.returncode)
+            await self.stop()
+            raise AssertionError("the bridge (python -m host.bridge -c %s) did not start: %s\n"
+                                 "--- its log ---\n%s" % (self.cfg_path, why, self.log()))
         ready = json.loads(line)
         self.tcp_port = ready["tcp_port"]
         return self

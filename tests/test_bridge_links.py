@@ -315,22 +315,11 @@ def test_a_pile_on_a_loop_url_serial_line_that_echoes_the_bridges_own_frames(mos
         run(scenario(tmp))
 
 
-async def _login_when_open(pile):
-    # The bridge opens (and reopens) a serial port in a thread: log in once it answers.
-    for _ in range(100):
-        try:
-            assert await pile.login(timeout=0.2) == 0
-            return
-        except asyncio.TimeoutError:
-            continue
-    raise AssertionError("the bridge never answered the login on its serial port")
-
-
 def test_a_serial_adapter_unplugged_and_plugged_in_again_is_reopened(mosquitto):
     # The bridge names the port by a stable link (as /dev/serial/by-id/... is):
     # the adapter goes away (its tty closes under the bridge), comes back as
     # another tty behind the same link, and the pile's next bill goes through.
-    from tests.test_bridge_helpers import pty_pair, pty_pile
+    from tests.test_bridge_helpers import login_when_open, pty_pair, pty_pile
 
     async def scenario(tmp):
         link = os.path.join(tmp, "ttyUSB-pile")
@@ -340,7 +329,7 @@ def test_a_serial_adapter_unplugged_and_plugged_in_again_is_reopened(mosquitto):
             with pty_pair() as (master, path):
                 os.symlink(path, link)
                 pile = pty_pile(PILE_A, master)
-                await _login_when_open(pile)
+                await login_when_open(pile)
                 first = make_bill(PILE_A, 1)
                 assert await pile.send_bill(first, make_extra(first)) == 0
                 await pile.close()
@@ -349,7 +338,7 @@ def test_a_serial_adapter_unplugged_and_plugged_in_again_is_reopened(mosquitto):
             with pty_pair() as (master, path):
                 os.symlink(path, link)
                 pile = pty_pile(PILE_A, master)
-                await _login_when_open(pile)
+                await login_when_open(pile)
                 second = make_bill(PILE_A, 2)
                 assert await pile.send_bill(second, make_extra(second)) == 0
                 await pile.wait_for(lambda: second["serial"] in pile.settled)

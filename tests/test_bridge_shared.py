@@ -5,10 +5,9 @@ import pytest
 
 from host.testkit import make_bill, make_extra
 from host.topics import shared_bills
-from tests import broker as brokers
 from tests.test_bridge_helpers import (
-    PILE_A, PILE_B, PILE_C, Platform, bridge_running, connect_pile, fast_config, run, tempdir,
-    url_of)
+    PILE_A, PILE_B, PILE_C, Platform, bridge_running, connect_pile, fast_config, fees_yuan, run,
+    tempdir, url_of)
 
 
 def test_two_shared_subscription_consumers_handle_every_bill_once(mosquitto):
@@ -50,23 +49,27 @@ def test_bridge_works_against_an_embedded_amqtt_broker():
 
     class _Url:
         host = "127.0.0.1"
-        port = brokers.free_port()
+        port = None
 
     async def scenario(tmp):
-        # amqtt inside this process, on this event loop: the zero-install broker.
+        # amqtt inside this process, on this event loop: the zero-install broker,
+        # on port 0 (the port it got is read back, as host/broker.py's child does).
         broker = Broker({
-            "listeners": {"default": {"type": "tcp", "bind": "127.0.0.1:%d" % _Url.port}},
+            "listeners": {"default": {"type": "tcp", "bind": "127.0.0.1:0"}},
             "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
         })
         await broker.start()
         try:
+            _Url.port = broker._servers["default"].instance.sockets[0].getsockname()[1]
             cfg = fast_config(tmp, url_of(_Url))
             async with bridge_running(cfg) as b, Platform(url_of(_Url)) as plat:
                 pile = await connect_pile(PILE_A, b.tcp_port)
                 bill = make_bill(PILE_A, 1)
-                assert await pile.send_bill(bill, make_extra(bill)) == 0
+                extra = make_extra(bill)
+                assert await pile.send_bill(bill, extra) == 0
                 await pile.wait_for(lambda: bill["serial"] in pile.settled, timeout=10)
-                assert plat.bills[bill["serial"]]["energy_fee"] is not None
+                doc = plat.bills[bill["serial"]]
+                assert (doc["energy_fee"], doc["service_fee"]) == fees_yuan(extra)
                 r = await plat.command(PILE_A, {"id": "a1", "cmd": "stop"})
                 assert r["ok"]
                 await pile.close()

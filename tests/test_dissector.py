@@ -2,7 +2,6 @@
 frame type in both directions, and the pile-frames command line."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -14,6 +13,7 @@ from protocol import fields as F
 from protocol.frames import each
 from tools import dissect as D
 from tools import frames as cli
+from tools.programs import find_program
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOGIN_REPLY = "680C000000025503141278230500DA4C"
@@ -270,7 +270,7 @@ def test_cli_lists_every_frame(capsys):
 
 
 def test_installed_console_script_decodes_the_login_reply():
-    exe = shutil.which("pile-frames")
+    exe = find_program("pile-frames")
     cmd = [exe] if exe else [sys.executable, "-m", "tools.frames"]
     r = subprocess.run(cmd + ["decode", "--json", LOGIN_REPLY], cwd=ROOT, capture_output=True,
                        text=True, timeout=60)
@@ -282,7 +282,7 @@ def test_installed_console_script_decodes_the_login_reply():
 
 
 def _cli_cmd():
-    exe = shutil.which("pile-frames")
+    exe = find_program("pile-frames")
     return [exe] if exe else [sys.executable, "-m", "tools.frames"]
 
 

@@ -21,7 +21,7 @@ from host.testkit import make_bill, make_extra
 from protocol import codec
 from tests import broker as brokers
 from tests.test_bridge_helpers import PILE_A, PILE_B, bridge_running, connect_pile, fast_config, \
-    run, tempdir, until, url_of
+    fees_yuan, run, tempdir, until, url_of
 
 KEY_A = bytes(range(32))
 KEY_OTHER = bytes(range(1, 33))
@@ -297,12 +297,13 @@ def test_a_fee_split_that_comes_after_the_confirmation_completes_the_bill(mosqui
                 await until(lambda: p.bill(s)["complete"], what="completed from the event")
                 await pile.close()
             assert [r[0] for r in p.db.execute("SELECT kind FROM events")] == ["bill_extra_late"]
-            return p.bill(s), p.summary()
+            return p.bill(s), p.summary(), x
         finally:
             await stopped(task)
     with tempdir("lateextra") as tmp:
-        b, s = run(scenario(tmp))
-    assert b["doc"]["extra_frame"] and b["doc"]["energy_fee"] is not None
+        b, s, x = run(scenario(tmp))
+    assert b["doc"]["extra_frame"]
+    assert (b["doc"]["energy_fee"], b["doc"]["service_fee"]) == fees_yuan(x)
     assert any("sharp fees" in x for x in b["problems"]) and not b["reconciled"]
     assert s["incomplete"] == 0 and s["unreconciled"] == 1
 

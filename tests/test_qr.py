@@ -19,6 +19,7 @@ import zlib
 import pytest
 
 from tools import qr
+from tools.programs import find_program
 
 PREFIX = "https://qr.example.com/c"
 OP = "MA4UJLL57"  # the log's operator id; its GB 11714 check character is right
@@ -355,7 +356,7 @@ def test_each_derived_wire_code_is_warned_about_once(tmp):
     # reaches the technician's terminal, not just what qr.main() prints.
     src = write_csv(tmp, ["pile", "44200100250000200002", "32010600213534",
                           "4403040003000003"])
-    exe = shutil.which("pile-qr")
+    exe = find_program("pile-qr")
     cmd = [exe] if exe else [sys.executable, "-m", "tools.qr"]
     r = subprocess.run(cmd + ["batch", src, "--out", os.path.join(tmp, "out"),
                               "--prefix", PREFIX, "--op", OP],

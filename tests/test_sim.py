@@ -1,9 +1,11 @@
 # pile-sim (tools/sim.py): every shipped scenario runs on the real firmware
 # and its bills reconcile; exact decimal parsing; clear errors for bad
 # scenario files; the TCP attach mode against a minimal YKC peer.
+import contextlib
 import glob
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -12,8 +14,9 @@ import threading
 
 import pytest
 
+from host.broker import RefusedPort
 from protocol import codec
-from tools import sim
+from tools import sim, stack
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCENARIOS = os.path.join(ROOT, "tools", "scenarios")
@@ -358,6 +361,23 @@ def test_fleet_reconnects_after_the_bridge_drops_the_connection(peer):
         fleet.stop()
 
 
+def _ready_line(p, what, timeout=30):
+    """The JSON ready line child p prints first. A child that exits, hangs
+    or prints something else fails the test, named, with its stderr."""
+    line = ""
+    if select.select([p.stdout], [], [], timeout)[0]:
+        line = p.stdout.readline()
+    try:
+        return json.loads(line)
+    except ValueError:
+        pass
+    if p.poll() is None:
+        p.kill()
+    _, err = p.communicate(timeout=10)
+    raise AssertionError("%s did not start: exit status %s, ready line %r\n--- its stderr ---\n%s"
+                         % (what, p.returncode, line, (err or "")[-3000:]))
+
+
 def test_run_command_shuts_down_cleanly_on_sigterm(peer):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     p = subprocess.Popen([sys.executable, "-m", "tools.sim", "run", "--bridge",
@@ -365,7 +385,7 @@ def test_run_command_shuts_down_cleanly_on_sigterm(peer):
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
                          env=env)
     try:
-        ready = json.loads(p.stdout.readline())
+        ready = _ready_line(p, "pile-sim run --bridge")
         assert ready["ready"] and len(ready["piles"]) == 2
         assert peer.wait(lambda: len(set(peer.logins)) == 2, timeout=20)
         p.send_signal(signal.SIGTERM)
@@ -385,76 +405,57 @@ def test_bad_bridge_address_is_a_one_line_error(capsys):
     assert len(err) == 1 and "HOST:PORT" in err[0]
 
 
-def _free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+@contextlib.contextmanager
+def _bridge_child(tmp_path, extra=""):
+    """host.bridge as a child process (tools/stack.py), its MQTT side pointed
+    at a port held refused (it retries in the background): pile links and
+    bill custody (0x40 once the bill is stored) work without a broker.
+    Yields the started BridgeProcess; one that does not start fails the test
+    with its exit status and log (BridgeDidNotStart), never skips it."""
+    with RefusedPort() as mqtt_port:
+        br = stack.BridgeProcess(str(tmp_path), "simtest", mqtt_port, extra=extra)
+        try:
+            br.start()
+            yield br
+        finally:
+            br.stop()
 
 
 def test_fleet_against_the_real_bridge_gets_its_bills_confirmed(tmp_path):
-    # host.bridge as a child process; its MQTT side points at a port nobody
-    # listens on (it retries in the background): pile links and bill custody
-    # (0x40 once the bill is stored) work without a broker.
-    cfg = tmp_path / "bridge.toml"
-    cfg.write_text('site = "simtest"\ndatabase = "%s"\nlog_level = "warning"\n'
-                   '[mqtt]\nurl = "mqtt://127.0.0.1:%d"\n[tcp]\nlisten = "127.0.0.1:0"\n'
-                   'ext = true\n' % (tmp_path / "bridge.db", _free_port()))
-    br = subprocess.Popen([sys.executable, "-m", "host.bridge", "--config", str(cfg)],
-                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
     fleet = None
-    try:
-        line = br.stdout.readline()
-        if not line:
-            pytest.skip("host.bridge did not start here")
-        port = json.loads(line)["tcp_port"]
-        sc = sim.parse_scenario({
-            "tariff": {"prices": [[120000, 40000], [100000, 40000], [70000, 40000],
-                                  [30000, 40000]], "slots": [1] * 48},
-            "piles": [{"code": "55031412780201", "plugged": True},
-                      {"code": "55031412780202", "plugged": True}],
-            "timeline": [{"at": "1m", "pile": 0, "do": "card", "amount": "2.00"},
-                         {"at": "1m", "pile": 1, "do": "card", "minutes": 3}]})
-        fleet = sim.SimFleet(("127.0.0.1", port), speed=600, scenario=sc)
-        fleet.start()
-        assert fleet.wait(lambda f: f.stats()["confirmed"] == 2, timeout=30), fleet.stats()
-        reasons = sorted(b["stop_reason_name"] for b in fleet.bills())
-        assert reasons == ["amount_target", "time_target"]
-    finally:
-        if fleet is not None:
-            fleet.stop()
-        br.terminate()
+    with _bridge_child(tmp_path) as br:
         try:
-            br.wait(10)
-        except subprocess.TimeoutExpired:
-            br.kill()
-            br.wait()
+            sc = sim.parse_scenario({
+                "tariff": {"prices": [[120000, 40000], [100000, 40000], [70000, 40000],
+                                      [30000, 40000]], "slots": [1] * 48},
+                "piles": [{"code": "55031412780201", "plugged": True},
+                          {"code": "55031412780202", "plugged": True}],
+                "timeline": [{"at": "1m", "pile": 0, "do": "card", "amount": "2.00"},
+                             {"at": "1m", "pile": 1, "do": "card", "minutes": 3}]})
+            fleet = sim.SimFleet(("127.0.0.1", br.tcp_port), speed=600, scenario=sc)
+            fleet.start()
+            assert fleet.wait(lambda f: f.stats()["confirmed"] == 2, timeout=30), fleet.stats()
+            reasons = sorted(b["stop_reason_name"] for b in fleet.bills())
+            assert reasons == ["amount_target", "time_target"]
+        finally:
+            if fleet is not None:
+                fleet.stop()
 
 
-def _bridge_child(tmp_path, extra):
-    """host.bridge as a child process (MQTT pointed at a port nobody listens
-    on, as above); returns (process, its ready line as a dict)."""
-    cfg = tmp_path / "bridge.toml"
-    cfg.write_text('site = "simtest"\ndatabase = "%s"\nlog_level = "warning"\n'
-                   '[mqtt]\nurl = "mqtt://127.0.0.1:%d"\n%s'
-                   % (tmp_path / "bridge.db", _free_port(), extra))
-    br = subprocess.Popen([sys.executable, "-m", "host.bridge", "--config", str(cfg)],
-                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
-    line = br.stdout.readline()
-    if not line:
-        _stop_child(br)
-        pytest.skip("host.bridge did not start here")
-    return br, json.loads(line)
-
-
-def _stop_child(p):
-    p.terminate()
-    try:
-        p.wait(10)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.wait()
+def test_a_bridge_that_crashes_at_start_up_fails_the_test_naming_it(tmp_path):
+    # What the end-to-end tests around this one meet when the bridge cannot
+    # start (here its database path is a folder: the store raises as it
+    # opens): an error naming the bridge, its exit status and the end of its
+    # log, so the test fails. They once skipped instead ("48 passed,
+    # 2 skipped", exit status 0).
+    (tmp_path / "bridge.db").mkdir()
+    with pytest.raises(stack.BridgeDidNotStart) as e:
+        with _bridge_child(tmp_path):
+            pass
+    msg = str(e.value)
+    assert "the bridge (python -m host.bridge" in msg
+    assert "exited with code 1 before its ready line" in msg
+    assert "StoreError: cannot open %s" % (tmp_path / "bridge.db") in msg
 
 
 def test_fleet_on_ptys_gets_its_bills_confirmed_by_the_real_bridge_on_serial_links(tmp_path):
@@ -470,27 +471,24 @@ def test_fleet_on_ptys_gets_its_bills_confirmed_by_the_real_bridge_on_serial_lin
                      {"at": "2m", "pile": 1, "do": "power_cut", "off": "30s"}]})
     fleet = sim.SimFleet(None, speed=600, scenario=sc, link="pty",
                          root=str(tmp_path / "piles"))
-    br = None
     try:
         ptys = fleet.ptys()
         assert sorted(ptys) == ["55031412780301", "55031412780302"]
         links = "".join('[[serial]]\nurl = "%s"\nbaudrate = 115200\next = true\n' % p
                         for p in ptys.values())
-        br, ready = _bridge_child(tmp_path, links)
-        fleet.start()
-        assert fleet.wait(lambda f: f.stats()["confirmed"] == 2 and f.stats()["online"] == 2,
-                          timeout=60), fleet.stats()
-        reasons = sorted(b["stop_reason_name"] for b in fleet.bills())
-        assert reasons == ["amount_target", "power_loss"]
-        st = fleet.stats()
-        assert st["power_cuts"] == 1
-        assert [p["pty"] for p in st["per_pile"]] == list(ptys.values())
-        # the power cut kept the line: same pty, the pile logged in on it again
-        assert fleet.units[1].uart.path == ptys["55031412780302"]
+        with _bridge_child(tmp_path, links):
+            fleet.start()
+            assert fleet.wait(lambda f: f.stats()["confirmed"] == 2 and f.stats()["online"] == 2,
+                              timeout=60), fleet.stats()
+            reasons = sorted(b["stop_reason_name"] for b in fleet.bills())
+            assert reasons == ["amount_target", "power_loss"]
+            st = fleet.stats()
+            assert st["power_cuts"] == 1
+            assert [p["pty"] for p in st["per_pile"]] == list(ptys.values())
+            # the power cut kept the line: same pty, the pile logged in on it again
+            assert fleet.units[1].uart.path == ptys["55031412780302"]
     finally:
         fleet.stop()
-        if br is not None:
-            _stop_child(br)
 
 
 def test_run_pty_prints_one_pty_per_pile_and_the_pile_logs_in_on_it():
@@ -500,7 +498,7 @@ def test_run_pty_prints_one_pty_per_pile_and_the_pile_logs_in_on_it():
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     port = None
     try:
-        ready = json.loads(p.stdout.readline())
+        ready = _ready_line(p, "pile-sim run --pty")
         assert ready["ready"] and len(ready["piles"]) == 2
         assert sorted(ready["ptys"]) == sorted(ready["piles"])
         hint = p.stderr.readline()

@@ -14,7 +14,6 @@ compare runs made on the same machine.
 import argparse
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ import time
 
 from protocol import codec
 from tools import dissect as D
+from tools.programs import find_program
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -66,7 +66,7 @@ def cpython_rates(seconds):
 
 
 def micropython_rate(seconds):
-    mp = shutil.which("micropython")
+    mp = find_program("micropython")
     if not mp:
         return None
     r = subprocess.run([mp, os.path.join(ROOT, "tests", "mp", "bench_codec_mp.py"),
@@ -100,7 +100,7 @@ def _retained(mp, path):
 
 def _mpy_tree(d):
     """protocol/*.py compiled by mpy-cross into d/protocol/*.mpy (or None)."""
-    cross = shutil.which("mpy-cross")
+    cross = find_program("mpy-cross")
     if not cross:
         return None
     os.mkdir(os.path.join(d, "protocol"))
@@ -131,7 +131,7 @@ def _min_heap(mp, args, cwd, lo=8, hi=512):
 
 
 def heap_figures():
-    mp = shutil.which("micropython")
+    mp = find_program("micropython")
     if not mp:
         return None
     out = {"retained_py": _retained(mp, ROOT)}

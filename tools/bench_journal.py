@@ -22,6 +22,7 @@ import sys
 import tempfile
 
 from tools import bench_journal_core as core
+from tools.programs import find_program
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC = os.path.join(ROOT, "docs", "benchmarks.md")
@@ -230,8 +231,8 @@ def write_section(text, path=DOC):
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="bench_journal", description=__doc__.split("\n")[0])
     ap.add_argument("--bills", type=int, default=1000)
-    ap.add_argument("--micropython", default=shutil.which("micropython"),
-                    help="path of the micropython binary (default: on PATH)")
+    ap.add_argument("--micropython", default=find_program("micropython"),
+                    help="path of the micropython binary (default: the venv's, else on PATH)")
     ap.add_argument("--no-heap", action="store_true", help="skip the heap bisection")
     ap.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     a = ap.parse_args(argv)

