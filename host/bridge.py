@@ -82,6 +82,7 @@ class Bridge:
         self._tasks.append(asyncio.ensure_future(self.mqtt.run()))
         self._tasks.append(asyncio.ensure_future(self._flush_results()))
         self._tasks.append(asyncio.ensure_future(self._settle_sweeper()))
+        self._tasks.append(asyncio.ensure_future(self._overdue_sweeper()))
         self.outbox.start()
         # Bills left unconfirmed by an earlier run go out again.
         for code in await self.store.piles_with_open_bills():
@@ -267,9 +268,55 @@ class Bridge:
     def tariff_for(self, code):
         return self.tariffs.get(code) or self.tariffs.get(SITE_TARGET)
 
+    # --- sessions and overdue bills (issue 12 item 4) -------------------------------
+
+    def session_started(self, pile, gun, serial):
+        s = pile.sessions.get(gun)
+        if s is None or s[0] != serial:
+            pile.sessions[gun] = [serial, None, False]
+
+    def session_ended(self, pile, gun):
+        s = pile.sessions.get(gun)
+        if s is not None and s[1] is None:
+            s[1] = time.monotonic()
+
+    def session_stopped(self, pile, gun):
+        """0x35 result 1: the pile stopped the gun's session. Its status stops
+        saying charging now (the next 0x13 confirms), and its bill is due."""
+        self.session_ended(pile, gun)
+        g = pile.guns.get(gun)
+        if g is not None and g.get("status") == "charging":
+            g.update(status="idle", serial=None)
+            self.publish_status(pile)
+
+    def bill_seen(self, pile, serial):
+        for gun, s in list(pile.sessions.items()):
+            if s[0] == serial:
+                del pile.sessions[gun]
+
+    async def _overdue_sweeper(self):
+        # YKC: a pile sends its bill within 30 s of a session's end. A session
+        # the bridge saw end (0x35 result 1, or its gun leaving "charging")
+        # with no bill after bills.overdue_s is reported once, by serial.
+        limit = self.cfg["bills"]["overdue_s"]
+        while True:
+            await asyncio.sleep(max(0.05, min(5.0, limit / 4)))
+            now = time.monotonic()
+            for p in list(self.piles.values()):
+                for gun, s in list(p.sessions.items()):
+                    if s[1] is not None and not s[2] and now - s[1] >= limit:
+                        s[2] = True
+                        self.event(p.code, "bill_overdue", "no bill for %s (gun %s) %d s after the "
+                                   "session ended" % (s[0], gun, now - s[1]), serial=s[0], gun=gun,
+                                   overdue_s=limit)
+
     def on_realtime(self, pile, f):
         v = f.fields
         gun = v["gun"]
+        if v["status"] == 3:
+            self.session_started(pile, gun, v["serial"])
+        else:
+            self.session_ended(pile, gun)
         g = pile.guns.setdefault(gun, {})
         new = {"status": schema.GUN_STATUS.get(v["status"], "unknown"), "plugged": bool(v["plugged"]),
                "serial": v["serial"] if v["status"] == 3 else None}
@@ -381,6 +428,7 @@ class Bridge:
                 await conn.send_raw(0x40, f.body[:16] + b"\x00", codec.reply_seq(f))
         except LinkClosed as e:
             log.info("pile %s: 0x40 for %s not sent (%s); the pile will resend", pile.code, serial, e)
+        self.bill_seen(pile, serial)
         if kind == "new":
             self.stats["bills_new"] += 1
             log.info("pile %s: bill %s stored (#%d) and confirmed", pile.code, serial, bill.pile_seq)

@@ -39,6 +39,7 @@ DEFAULTS = {
         "extra_wait_s": 2.0,      # how long an ext pile's bill waits for its 0xEB
         "settle_retry_s": 30.0,   # resend 0xE4 settled this often until the pile answers
         "keep_days": 180.0,       # settled bills are forgotten after this (0: keep for ever)
+        "overdue_s": 60.0,        # a session seen ending with no bill this long after: bill_overdue
     },
     "piles": {                    # defaults for every pile link
         "heartbeat_s": 10.0,      # the pile's heartbeat period (YKC: 10 s)

@@ -115,6 +115,7 @@ class Pile:
         self.frame_errors = 0
         self.logins = 0
         self.start_requests = {}  # gun -> seq of the last 0x31, for the 0x32 answer
+        self.sessions = {}        # gun -> [serial, monotonic end seen or None, overdue reported]
         self.sign_lock = asyncio.Lock()   # one signed command in flight (docs/security.md)
         self.login_event = asyncio.Event()   # set (and replaced) at every login
         self.required = {"board": None, "hmi": None}   # minimum versions (config)
@@ -591,8 +592,15 @@ class PileConn:
         log.warning("pile %s: %s", self.pile.code, err)
         self.bridge.event(self.pile.code, "signed_reject", str(err), **err.reply())
 
+    async def _on_remote_stop_reply(self, f):
+        v = f.fields
+        if v["result"] == 1:
+            self.bridge.session_stopped(self.pile, v["gun"])
+
     async def _on_remote_start_reply(self, f):
         v = f.fields
+        if v["result"] == 1:
+            self.bridge.session_started(self.pile, v["gun"], v["serial"])
         if v["result"] != 1:
             if self.pile.ext:
                 self.spawn(self.poll_status())   # a full journal refuses starts: look
