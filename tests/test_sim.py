@@ -454,8 +454,8 @@ def test_a_bridge_that_crashes_at_start_up_fails_the_test_naming_it(tmp_path):
             pass
     msg = str(e.value)
     assert "the bridge (python -m host.bridge" in msg
-    assert "exited with code 1 before its ready line" in msg
-    assert "StoreError: cannot open %s" % (tmp_path / "bridge.db") in msg
+    assert "exited with code 2 before its ready line" in msg
+    assert "pile-bridge: cannot open %s" % (tmp_path / "bridge.db") in msg
 
 
 def test_fleet_on_ptys_gets_its_bills_confirmed_by_the_real_bridge_on_serial_links(tmp_path):
