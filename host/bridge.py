@@ -61,6 +61,7 @@ class Bridge:
         self.stats = {"bills_new": 0, "bills_resent": 0, "bills_conflict": 0, "bills_illegal": 0,
                       "bills_quarantined": 0, "bills_undecodable": 0,
                       "confirms": 0, "confirms_duplicate": 0, "confirms_unknown": 0,
+                      "confirms_refused": 0, "confirms_malformed": 0,
                       "commands": 0, "settled": 0}
 
     # --- life cycle -----------------------------------------------------------------
@@ -522,22 +523,36 @@ class Bridge:
     def on_confirm(self, pile_code, payload):
         try:
             doc = json.loads(payload)
-            if isinstance(doc, dict) and "serials" in doc:
-                items = [(s, doc.get("result", 0)) for s in doc["serials"]]
+            if isinstance(doc, dict) and "bills" in doc:
+                items = [(b["serial"], b.get("result", doc.get("result", 0)), b.get("hash"))
+                         for b in doc["bills"]]
             elif isinstance(doc, dict):
-                items = [(doc["serial"], doc.get("result", 0))]
+                items = [(doc["serial"], doc.get("result", 0), doc.get("hash"))]
             else:
                 raise ValueError("not an object")
-            for s, r in items:
-                if not isinstance(s, str) or not isinstance(r, int):
+            for s, r, h in items:
+                if not isinstance(s, str) or not isinstance(r, int) or isinstance(r, bool):
                     raise ValueError("serial must be a string, result an int")
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
             log.warning("confirmation for pile %s ignored: %s (%r)", pile_code, e, payload[:200])
+            self.stats["confirms_malformed"] += 1
             return
-        for serial, result in items:
-            asyncio.ensure_future(self._confirm(pile_code, serial, result))
+        for serial, result, h in items:
+            asyncio.ensure_future(self._confirm(pile_code, serial, result, h))
 
-    async def _confirm(self, pile_code, serial, result):
+    async def _confirm(self, pile_code, serial, result, content_hash=None):
+        # Honoured only if it names the exact bill held (its content hash):
+        # a confirmation by serial alone could come from anyone who can
+        # publish on the topic, for a bill the platform never received.
+        held = await self.store.bill(serial)
+        if held is not None and content_hash != schema.bill_hash(held.frame):
+            self.stats["confirms_refused"] += 1
+            why = "names no content hash" if content_hash is None else "names another content hash"
+            log.warning("confirmation of bill %s (pile %s) ignored: it %s", serial, held.pile, why)
+            self.event(held.pile, "confirm_refused", "a confirmation of bill %s was ignored: it %s "
+                       "(the bill stays unconfirmed and is published again)" % (serial, why),
+                       serial=serial, hash=content_hash if isinstance(content_hash, str) else None)
+            return
         bill, new = await self.store.confirm(serial, result)
         if bill is None:
             self.stats["confirms_unknown"] += 1

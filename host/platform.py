@@ -25,6 +25,7 @@ import uuid
 import aiomqtt
 
 from firmware import auth
+from host import schema
 from host.mqtt import stop_tasks
 from host.topics import ROOT, shared_bills
 from protocol import codec
@@ -262,6 +263,15 @@ def check_mac(doc, key):
             or raw.get("extra") != xf:
         return MAC_FAILED, ["fee split differs from its frame (0xEB)"]
     return MAC_VERIFIED, []
+
+
+def content_hash(doc):
+    """The hash a confirmation names: of the frame this platform stored
+    (docs/mqtt.md), computed here, not taken from the document."""
+    try:
+        return schema.bill_hash(binascii.unhexlify(doc["frame"]))
+    except (KeyError, TypeError, ValueError, binascii.Error):
+        return None
 
 
 def _dec4(v):
@@ -665,8 +675,8 @@ class Platform:
                     if "confirmed" not in done:
                         # Confirm every copy: a resend means the bridge did not see our answer.
                         await client.publish("%s/%s/confirm/%s" % (ROOT, site, pile),
-                                             json.dumps({"serial": doc["serial"],
-                                                         "result": result}), qos=1)
+                                             json.dumps({"serial": doc["serial"], "result": result,
+                                                         "hash": content_hash(doc)}), qos=1)
                         done["confirmed"] = True
                         self.stats["confirms_sent"] += 1
                         if result != CONFIRM_OK:

@@ -232,10 +232,20 @@ def bill_json(site, bill, frame=None, extra_frame=None, ext=True):
         "checks": {"ok": not problems, "problems": problems},
         "crc_swapped": bool(bill.crc_swapped),
         "frame": hexs(bill.frame),
+        "content_hash": bill_hash(bill.frame),
         "extra_frame": hexs(bill.extra) if bill.extra is not None else None,
         "raw": raw,
     }
     return doc
+
+
+def bill_hash(frame):
+    """The content hash a confirmation must name (docs/mqtt.md): SHA-256 of
+    the bill's frame (0x3B, or whatever bill frame was kept) exactly as the
+    bridge holds it, in hex. A confirmation proves the platform has that
+    exact bill, not just its serial."""
+    import hashlib
+    return hashlib.sha256(bytes(frame)).hexdigest()
 
 
 def undecodable_bill_json(site, bill, err, ext=True):
@@ -261,6 +271,7 @@ def undecodable_bill_json(site, bill, err, ext=True):
         "checks": {"ok": False, "problems": [msg]},
         "crc_swapped": bool(bill.crc_swapped),
         "frame": hexs(bill.frame),
+        "content_hash": bill_hash(bill.frame),
         "extra_frame": hexs(bill.extra) if bill.extra is not None else None,
         "raw": None,
     }

@@ -236,9 +236,14 @@ class Platform(Background):
         self._changed.set()
         self._changed = asyncio.Event()
 
-    async def confirm_bill(self, pile, serial, result=0):
+    async def confirm_bill(self, pile, serial, result=0, content_hash=None):
+        """Confirm a bill, naming the content hash of the copy received (or
+        the one given)."""
+        if content_hash is None:
+            content_hash = (self.bills.get(serial) or {}).get("content_hash")
         await self.client.publish(self.topics.confirm(pile),
-                                  json.dumps({"serial": serial, "result": result}), qos=1)
+                                  json.dumps({"serial": serial, "result": result,
+                                              "hash": content_hash}), qos=1)
 
     async def command(self, pile, doc, timeout=10.0):
         """Publish a command (dict, or raw bytes) and wait for its result."""

@@ -81,7 +81,8 @@ class Consumer(Background):
                             self.seen[s] = time.monotonic()
                         if self.confirm:
                             await c.publish(self.topics.confirm(doc["pile"]),
-                                            json.dumps({"serial": s, "result": 0}), qos=1)
+                                            json.dumps({"serial": s, "result": 0,
+                                                        "hash": doc["content_hash"]}), qos=1)
             except aiomqtt.MqttError:
                 await asyncio.sleep(0.05)
 

@@ -671,7 +671,7 @@ class Platform(Background):
             return
         if parts[2] == "bills":
             self.bills[doc["pile"]].add(doc["serial"])
-            asyncio.ensure_future(self._confirm(c, doc["pile"], doc["serial"]))
+            asyncio.ensure_future(self._confirm(c, doc["pile"], doc["serial"], doc.get("content_hash")))
         elif parts[2] == "result":
             self.results.append(("/".join(parts[3:]), doc))
             self.result_count += 1
@@ -691,9 +691,10 @@ class Platform(Background):
             raise RuntimeError("the bridge did not come online on MQTT within %g s (last status %r):\n%s"
                                % (timeout, self.bridge_status, bridge.log_tail()))
 
-    async def _confirm(self, c, pile, serial):
+    async def _confirm(self, c, pile, serial, content_hash):
         try:
-            await c.publish(self.topics.confirm(pile), json.dumps({"serial": serial, "result": 0}), qos=1)
+            await c.publish(self.topics.confirm(pile), json.dumps({"serial": serial, "result": 0,
+                                                                   "hash": content_hash}), qos=1)
         except self._aiomqtt.MqttError:
             pass
 
