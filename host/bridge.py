@@ -49,6 +49,7 @@ class Bridge:
         self.outbox = None
         self.mqtt = None
         self.conns = set()
+        self._unauth = {}             # remote address -> TCP connections without a login
         self._servers = []
         self._tasks = []
         self._bg = set()
@@ -61,7 +62,8 @@ class Bridge:
         self.stats = {"bills_new": 0, "bills_resent": 0, "bills_conflict": 0, "bills_illegal": 0,
                       "bills_quarantined": 0, "bills_undecodable": 0,
                       "confirms": 0, "confirms_duplicate": 0, "confirms_unknown": 0,
-                      "confirms_refused": 0, "confirms_malformed": 0,
+                      "confirms_refused": 0, "confirms_malformed": 0, "tcp_refused": 0,
+                      "tcp_no_login": 0,
                       "commands": 0, "settled": 0}
 
     # --- life cycle -----------------------------------------------------------------
@@ -135,10 +137,29 @@ class Bridge:
     # --- links ----------------------------------------------------------------------
 
     async def _on_tcp(self, reader, writer):
+        tc = self.cfg["tcp"]
+        peer = writer.get_extra_info("peername")
+        addr = peer[0] if peer else "?"
+        total = sum(self._unauth.values())
+        if total >= tc["max_unauthenticated"] or self._unauth.get(addr, 0) >= tc["max_per_address"]:
+            # One line, no traceback, and the socket closed at once: a flood
+            # of connections that never log in cannot exhaust the bridge's
+            # file descriptors and lock real piles out.
+            self.stats["tcp_refused"] += 1
+            log.warning("tcp %s refused: %s connections without a login (cap %d)", addr,
+                        "%d from it" % self._unauth.get(addr, 0)
+                        if self._unauth.get(addr, 0) >= tc["max_per_address"] else "%d in all" % total,
+                        tc["max_per_address"] if self._unauth.get(addr, 0) >= tc["max_per_address"]
+                        else tc["max_unauthenticated"])
+            writer.transport.abort()
+            return
         link = StreamLink(reader, writer)
         log.info("%s: connected", link.name)
-        conn = PileConn(self, link, link_ext=self.cfg["tcp"]["ext"], close_on_silence=True)
+        conn = PileConn(self, link, link_ext=tc["ext"], close_on_silence=True)
+        conn.unauth_addr = addr
+        self._unauth[addr] = self._unauth.get(addr, 0) + 1
         self.conns.add(conn)
+        conn.spawn(self._login_deadline(conn, tc["login_s"]))
         try:
             await conn.run()
         except asyncio.CancelledError:
@@ -146,7 +167,28 @@ class Bridge:
             # log the cancelled handler as an error on Python 3.11).
             await conn.shutdown("bridge stopping")
         finally:
+            self._authenticated(conn)
             self.conns.discard(conn)
+
+    def _authenticated(self, conn):
+        # The connection logged in (or ended): it no longer counts against
+        # the limits on connections without a login.
+        addr = conn.unauth_addr
+        if addr is not None:
+            conn.unauth_addr = None
+            n = self._unauth.get(addr, 0) - 1
+            if n > 0:
+                self._unauth[addr] = n
+            else:
+                self._unauth.pop(addr, None)
+
+    async def _login_deadline(self, conn, limit):
+        # Any byte keeps a link's watchdog happy; only a login keeps it open.
+        await asyncio.sleep(limit)
+        if conn.pile is None and not conn.closed and conn.unauth_addr is not None:
+            self.stats["tcp_no_login"] += 1
+            log.warning("%s: no login within %g s: closed", conn.link.name, limit)
+            await conn.link.close()
 
     async def _serial_port(self, s):
         delay = 0.5
@@ -193,6 +235,7 @@ class Bridge:
             old.pile = None
             asyncio.ensure_future(old.shutdown("replaced by a new login"))
         conn.pile = p
+        self._authenticated(conn)
         p.conn = conn
         p.login = dict(login_fields)
         p.online_since = time.time()
@@ -862,6 +905,21 @@ async def serve(cfg, ready=None):
         await bridge.stop()
 
 
+def _raise_nofile():
+    # One descriptor per pile link, up to tcp.max_unauthenticated more for
+    # connections that have not logged in yet, and a handful for the store,
+    # the broker and serial ports (docs/bridge.md "Connection limits"): take
+    # the hard limit, the soft default (often 1,024) is too low for a site.
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or hard > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY
+                                                        else max(soft, 65536), hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "push":
@@ -875,6 +933,7 @@ def main(argv=None):
     if args.print_config:
         print(configmod.dump(cfg))
         return 0
+    _raise_nofile()
     logging.basicConfig(level=getattr(logging, cfg["log_level"].upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiomqtt").setLevel(logging.WARNING)

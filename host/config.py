@@ -52,6 +52,10 @@ DEFAULTS = {
     "tcp": {
         "listen": None,           # "0.0.0.0:8767": YKC piles dial in here
         "ext": False,             # default for piles that dial in (third-party YKC)
+        # Connections that have not logged in (docs/bridge.md "Connection limits"):
+        "login_s": 30.0,          # closed if no login within this
+        "max_unauthenticated": 256,   # at once, in all; more are closed at once
+        "max_per_address": 64,    # at once, per remote address (piles behind one NAT share one)
     },
     "serial": [],                 # [{url, baudrate, ext}]
     "pile": {},                   # per pile code: {ext, name, tariff, model, cmd_key_file, signed}

@@ -205,6 +205,7 @@ class PileConn:
         self.last_rx = time.monotonic()
         self.closed = False
         self.bad_crc = 0                  # bad-CRC frames since the last bad_frames event
+        self.unauth_addr = None           # TCP: its remote address until it logs in (bridge limits)
         self._bad_event_at = -_BAD_EVENT_S
 
     # --- plumbing -----------------------------------------------------------------

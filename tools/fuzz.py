@@ -567,7 +567,11 @@ def bridge_config(tmp, broker, site, **over):
                   "settle_retry_s": 2.0},
         "piles": {"heartbeat_s": 2.0, "missed_heartbeats": 3, "command_timeout_s": 5.0,
                   "time_sync_s": 3600.0},
-        "tcp": {"listen": "127.0.0.1:0", "ext": True},
+        # Every hostile client dials from 127.0.0.1, like the good pile: the
+        # limits on connections without a login (tested in
+        # tests/test_bridge_limits.py) are sized above the fuzz's own bursts.
+        "tcp": {"listen": "127.0.0.1:0", "ext": True, "max_unauthenticated": 4096,
+                "max_per_address": 4096},
     }
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(cfg.get(k), dict):

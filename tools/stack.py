@@ -78,7 +78,9 @@ class BridgeProcess:
         with open(self.config_path, "w") as f:
             f.write('site = "%s"\ndatabase = "%s"\nlog_level = "%s"\n'
                     '[mqtt]\nurl = "mqtt://127.0.0.1:%d"\n'
-                    '[tcp]\nlisten = "%s"\next = true\n'
+                    # every simulated pile dials from 127.0.0.1: per-address cap raised
+                    '[tcp]\nlisten = "%s"\next = true\nmax_per_address = 1024\n'
+                    'max_unauthenticated = 1024\n'
                     % (self.site, self.database, self.log_level, self.mqtt_port, listen))
             extra = self.extra
             if "[bills]" not in extra:
