@@ -63,7 +63,7 @@ def bill_payload(bill, mac_key=None):
         x[p + "_energy_fee"] = bill.get(p + "_energy_fee", 0)
         x[p + "_service_fee"] = bill.get(p + "_service_fee", 0)
     if mac_key:
-        from firmware.auth import bill_mac
+        from protocol.sign import bill_mac
         import binascii
         x["mac"] = binascii.hexlify(bill_mac(mac_key, body)).decode().upper()
     return body + codec.encode_body(_EXTRA, x)

@@ -10,9 +10,8 @@ import asyncio
 import logging
 import time
 
-from firmware import auth
-from firmware.remote import EXTRA_PROTECTED
 from protocol import codec
+from protocol import sign
 from protocol.errors import FrameError
 
 from host import config as configmod
@@ -48,9 +47,9 @@ _REPLY_FORMS = {"status_reply55": "status_reply"}
 
 
 # Frames a pile holding a command key acts on only inside a 0xD2 envelope
-# (firmware/auth.py PROTECTED + firmware/remote.py EXTRA_PROTECTED: the pile's
-# own list, so the bridge signs exactly what the pile demands).
-PROTECTED = frozenset(auth.PROTECTED + EXTRA_PROTECTED)
+# (protocol/sign.py PROTECTED: the pile's own list, so the bridge signs
+# exactly what the pile demands).
+PROTECTED = frozenset(sign.PROTECTED)
 SIGNED_CODE = 0xD2
 MAX_SIGNED_BODY = 214            # signed.body = v214 (251 - 37 envelope bytes)
 
@@ -262,7 +261,7 @@ class PileConn:
                             % (name, len(body), MAX_SIGNED_BODY))
         key = self.bridge.keys.cmd_key(code)
         counter = await self.bridge.store.next_counter(code, configmod.counter_floor())
-        env = auth.seal(key, code, counter, layout.code, body)
+        env = sign.seal(key, code, counter, layout.code, body)
         return codec.wrap(SIGNED_CODE, env, seq)
 
     async def request(self, name, values, timeout=None):

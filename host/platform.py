@@ -24,7 +24,7 @@ import uuid
 
 import aiomqtt
 
-from firmware import auth
+from protocol import sign
 from host.mqtt import stop_tasks
 from host.topics import ROOT, shared_bills
 from protocol import codec
@@ -148,7 +148,7 @@ def _hex_key(text, where):
 
 class BillKeys:
     """The piles' keys K_pile (docs/security.md "Keys"): per pile, or derived
-    from a site key with auth.pile_key for every pile not listed."""
+    from a site key with sign.pile_key for every pile not listed."""
 
     def __init__(self, piles=None, site_key=None):
         self.piles = dict(piles or {})
@@ -161,7 +161,7 @@ class BillKeys:
         k = self.piles.get(pile)
         if k is None and self.site_key is not None and isinstance(pile, str) \
                 and len(pile) == 14 and pile.isdigit():
-            k = auth.pile_key(self.site_key, pile)
+            k = sign.pile_key(self.site_key, pile)
         return k
 
     def add_file(self, path):
@@ -201,13 +201,13 @@ class BillKeys:
         return self
 
     def add_option(self, spec):
-        """--bill-key PILE=PATH: one pile's key from a key file (auth.load_key:
+        """--bill-key PILE=PATH: one pile's key from a key file (sign.load_key:
         64 hex digits or 32 raw bytes), so the key never sits on argv."""
         pile, sep, path = spec.partition("=")
         if not sep or not (len(pile) == 14 and pile.isdigit() and pile.isascii()) or not path:
             raise PlatformError("--bill-key %r: expected PILE=PATH (14-digit pile code)" % spec)
         try:
-            self.piles[pile] = auth.load_key(path)
+            self.piles[pile] = sign.load_key(path)
         except OSError as e:
             raise PlatformError("--bill-key %s: %s" % (pile, e.strerror or e))
         except ValueError as e:
@@ -238,7 +238,7 @@ def check_mac(doc, key):
     mac = doc.get("mac")
     if mac is None or mac == _ZERO_MAC:
         return MAC_MISSING, ["no MAC from a pile whose key the platform holds"]
-    if not auth.verify_bill_mac(key, f.body, mac):
+    if not sign.verify_bill_mac(key, f.body, mac):
         return MAC_FAILED, ["MAC does not verify: the bill changed after it left the pile"]
     raw = doc.get("raw")
     fields = _norm(f.fields)

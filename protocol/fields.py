@@ -78,6 +78,36 @@ def ascii_decode(buf, off, size, name="ascii", reverse=False):
 
 # --- hex blobs (physical card numbers, digests): value a str of hex digits ----
 
+# login.sw_version, status_reply.fw_version / hmi_version: 8 ASCII bytes
+_VERSION_BYTES = 8
+
+
+def wire_version(v):
+    """A version for an 8-byte ASCII field. The rule: as is when it fits;
+    else leading zeros of each dot-separated number dropped ("209.04.00" ->
+    "209.4.0"); else the dots dropped too ("2090400"); else the first 8
+    characters. Characters outside printable ASCII become "?"."""
+    if not v:
+        return ""
+    out = []
+    for ch in str(v):
+        out.append(ch if " " <= ch <= "~" else "?")
+    v = "".join(out)
+    if len(v) <= _VERSION_BYTES:
+        return v
+    parts = []
+    for p in v.split("."):
+        q = p
+        while len(q) > 1 and q[0] == "0" and "0" <= q[1] <= "9":
+            q = q[1:]
+        parts.append(q)
+    v = ".".join(parts)
+    if len(v) <= _VERSION_BYTES:
+        return v
+    v = "".join(parts)
+    return v[:_VERSION_BYTES]
+
+
 def hex_encode(buf, off, size, value, name="hex"):
     if len(value) > 2 * size:
         raise FieldError("%s: %d hex digits do not fit %d bytes" % (name, len(value), size))

@@ -156,7 +156,7 @@ TABLE = (
     "A3 parallel_start_reply $SPG result=u1 reason=u1 role=u1 group=b6\n"
     "A4 parallel_start $SPG logical_card=b8 card=h8 balance=u4:2yuan group=b6\n",
     # --- extension frames (0xD0..0xEF), documented in docs/protocol.md -------------------------
-    # Signed command envelope (firmware/auth.py): the inner frame's code and
+    # Signed command envelope (protocol/sign.py): the inner frame's code and
     # body, exactly as they would travel bare, under an HMAC-SHA256 with the
     # pile's command key and a counter > the last one accepted. body: at most
     # MAX_BODY 251 - 37 header bytes. A pile that holds a command key acts on

@@ -12,13 +12,13 @@ import types
 import aiomqtt
 import pytest
 
-from firmware import auth
 from firmware.pile import bill_payload, split_payload
 from host import platform as P
 from host import schema
 from host.platform import BillKeys, Platform, PlatformError, reconcile
 from host.testkit import make_bill, make_extra
 from protocol import codec
+from protocol import sign
 from tests import broker as brokers
 from tests.test_bridge_helpers import PILE_A, PILE_B, bridge_running, connect_pile, fast_config, \
     run, tempdir, until, url_of
@@ -171,7 +171,7 @@ def test_a_site_key_verifies_every_pile_by_its_derived_key(tmp_path):
     f.chmod(0o600)
     p = Platform(keys=BillKeys().add_file(str(f)))
     for n, pile in enumerate((PILE_A, PILE_B)):
-        doc = pile_doc(n, key=auth.pile_key(site, pile), pile=pile)
+        doc = pile_doc(n, key=sign.pile_key(site, pile), pile=pile)
         p.take_bill(doc)
         assert p.bill(doc["serial"])["mac"] == P.MAC_VERIFIED
 
@@ -446,7 +446,7 @@ def test_through_the_bridge_a_refused_bill_is_closed_with_the_refusal_and_kept(m
                     # The pile signs `signed`; for `bad` the bytes that arrive
                     # are not what it signed (changed on the link).
                     body = codec.encode("bill", signed)[6:-2]
-                    x = dict(make_extra(bill), mac=auth.bill_mac(KEY_A, body).hex().upper())
+                    x = dict(make_extra(bill), mac=sign.bill_mac(KEY_A, body).hex().upper())
                     assert await pile.send_bill(bill, x) == 0
                 await pile.wait_for(lambda: {good["serial"], bad["serial"]} <= set(pile.settled), 15)
                 row = await b.store.bill(bad["serial"])
