@@ -15,6 +15,7 @@ import time
 
 from protocol import codec
 from protocol import fields as F
+from protocol.reconcile import reconcile
 
 from host import commands as C
 from host import config as configmod
@@ -351,7 +352,7 @@ class Bridge:
         if kind == "new":
             self.stats["bills_new"] += 1
             log.info("pile %s: bill %s stored (#%d) and confirmed", pile.code, serial, bill.pile_seq)
-            problems = schema.check_bill(v)
+            problems = reconcile(v)
             if problems:
                 self.event(pile.code, "illegal_bill", "bill %s does not reconcile: %s"
                            % (serial, "; ".join(problems)), serial=serial, refused=False,

@@ -7,8 +7,8 @@
 # what the demo and the chaos harness count bills with.
 #
 # Reconciliation is done on the raw integers (protocol units), never on the
-# scaled decimals: Σ period energy == total energy == meter stop - meter start,
-# Σ period amount == total amount == energy fee + service fee.
+# scaled decimals, by protocol/reconcile.py: the bridge publishes the very
+# same problem list in each bill's `checks`.
 import argparse
 import asyncio
 import binascii
@@ -24,6 +24,7 @@ import uuid
 
 import aiomqtt
 
+from protocol import reconcile as R
 from protocol import sign
 from host.mqtt import stop_tasks
 from host.topics import ROOT, shared_bills
@@ -65,8 +66,6 @@ _COLUMNS = (
     ("confirm_result", "INTEGER"),
 )
 
-_PERIODS = ("sharp", "peak", "flat", "valley", "deep")
-
 # The bill MAC's state (column bills.mac).
 MAC_VERIFIED = "verified"        # the pile's key verifies it
 MAC_FAILED = "failed"            # it does not: the bill changed after the pile (tampered)
@@ -103,35 +102,13 @@ class PlatformError(Exception):
 
 
 def reconcile(doc):
-    """Problems (list of str) with a bill document, from its raw integers."""
+    """Problems (list of str) with a bill document, from its raw integers:
+    protocol/reconcile.py's, on the 0x3B fields and the 0xEB fee split."""
     raw = doc.get("raw")
     if not isinstance(raw, dict):
-        return ["no raw fields"]
-    periods = [p for p in _PERIODS if p + "_energy" in raw]
-    out = []
-    try:
-        e = sum(raw[p + "_energy"] for p in periods)
-        a = sum(raw[p + "_amount"] for p in periods)
-        if e != raw["total_energy"]:
-            out.append("period energy %d != total %d" % (e, raw["total_energy"]))
-        if a != raw["total_amount"]:
-            out.append("period amount %d != total %d" % (a, raw["total_amount"]))
-        if raw["meter_stop"] - raw["meter_start"] != raw["total_energy"]:
-            out.append("meter %d - %d != total %d" % (raw["meter_stop"], raw["meter_start"],
-                                                     raw["total_energy"]))
-        x = raw.get("extra")
-        if isinstance(x, dict):
-            fees = 0
-            for p in periods:
-                pf = x.get(p + "_energy_fee", 0) + x.get(p + "_service_fee", 0)
-                if pf != raw[p + "_amount"]:
-                    out.append("%s fees %d != amount %d" % (p, pf, raw[p + "_amount"]))
-                fees += pf
-            if fees != raw["total_amount"]:
-                out.append("energy fee + service fee %d != total %d" % (fees, raw["total_amount"]))
-    except (KeyError, TypeError) as err:
-        out.append("missing or bad field: %s" % err)
-    return out
+        return ["field_missing: raw"]
+    x = raw.get("extra")
+    return R.reconcile(raw, x if isinstance(x, dict) else None)
 
 
 # --- bill keys -----------------------------------------------------------------

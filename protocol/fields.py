@@ -5,6 +5,13 @@ import binascii
 
 from protocol.errors import FieldError
 
+# A bill's periods, the tariff classes 0..4: the prefixes of the fields of
+# each period block (0x3B "sharp_energy", 0x58 "sharp_energy_price", 0xEB
+# "sharp_energy_fee"), in block order. Deep valley only in the five-period
+# layouts. Here because every firmware module loads this one.
+PERIODS5 = ("sharp", "peak", "flat", "valley", "deep")
+PERIODS = PERIODS5[:4]
+
 
 # --- BCD: most significant digit first, value a str of 2*size digits -------
 

@@ -44,9 +44,6 @@
 EXT_FIRST = 0xD0
 EXT_LAST = 0xEF
 
-PERIODS = ("sharp", "peak", "flat", "valley")
-PERIODS5 = ("sharp", "peak", "flat", "valley", "deep")
-
 MACROS = {
     "$P": "pile=b7",
     "$PG": "pile=b7 gun=b1",
