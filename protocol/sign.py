@@ -38,6 +38,8 @@ try:
 except ImportError:  # pragma: no cover
     import ubinascii as binascii
 
+from protocol.frames import signed_codes
+
 try:
     from micropython import const
 except ImportError:
@@ -61,26 +63,14 @@ R_NO_KEY = "no key"
 # wire code = index (0 = accepted, never sent)
 REASONS = (None, R_BAD_MAC, R_REPLAY, R_MALFORMED, R_STORE, R_UNSIGNED, R_NO_KEY)
 
-# Frames that move money or power: the pile acts on them only inside a valid
-# envelope. 0x0A (tariff model reply) and 0x32 (start authorisation, carries
-# the balance) set money figures just like 0x58 and 0x34; 0x42 (balance
-# update) caps what a session may cost; 0xD4 (5-class tariff) and 0xEE (VIN
-# list: who may charge) too. fw_chunk (0xEA) is left out on purpose: the
-# image is authenticated as a whole (upgrade_mac), and a per-chunk counter
-# write would wear the flash.
-PROTECTED = (
-    0x0A,  # tariff_model (reply to the pile's tariff request)
-    0x32,  # start_auth
-    0x34,  # remote_start
-    0x36,  # remote_stop
-    0x42,  # balance_update
-    0x58,  # tariff_set
-    0x92,  # reboot
-    0xD4,  # tariff5_set
-    0xE2,  # ext_start
-    0xE8,  # fw_control (begin / verify / activate / abort an upgrade)
-    0xEE,  # vin_list
-)
+# Frames that move money or power, marked "!" in the frame table: the pile
+# acts on them only inside a valid envelope. 0x0A (tariff model reply) and
+# 0x32 (start authorisation, carries the balance) set money figures just like
+# 0x58 and 0x34; 0x42 (balance update) caps what a session may cost; 0xD4
+# (5-class tariff) and 0xEE (VIN list: who may charge) too. fw_chunk (0xEA) is
+# left out on purpose: the image is authenticated as a whole (upgrade_mac),
+# and a per-chunk counter write would wear the flash.
+PROTECTED = signed_codes()
 
 PURPOSE_CMD = b"pc/cmd"
 PURPOSE_BILL = b"pc/bill"
