@@ -268,18 +268,6 @@ def lines():
             i = j + 1
 
 
-def signed_codes():
-    """The codes of the signed commands ("!"), in table order."""
-    out = []
-    for t in TABLE:
-        i = t.find(" ! ")
-        while i >= 0:
-            j = t.rfind("\n", 0, i) + 1
-            out.append(int(t[j:j + 2], 16))
-            i = t.find(" ! ", i + 3)
-    return tuple(out)
-
-
 def parse(spec):
     """The fields of a spec as tuples (name, kind, size[, scale, unit[, records]]):
     the classic form, for tools. A "v" field with records gets a sixth item,

@@ -38,7 +38,7 @@ try:
 except ImportError:  # pragma: no cover
     import ubinascii as binascii
 
-from protocol.frames import signed_codes
+from protocol.frames import TABLE
 
 try:
     from micropython import const
@@ -63,6 +63,19 @@ R_NO_KEY = "no key"
 # wire code = index (0 = accepted, never sent)
 REASONS = (None, R_BAD_MAC, R_REPLAY, R_MALFORMED, R_STORE, R_UNSIGNED, R_NO_KEY)
 
+
+def _signed_codes():
+    """The codes of the signed commands ("!"), in table order."""
+    out = []
+    for t in TABLE:
+        i = t.find(" ! ")
+        while i >= 0:
+            j = t.rfind("\n", 0, i) + 1
+            out.append(int(t[j:j + 2], 16))
+            i = t.find(" ! ", i + 3)
+    return tuple(out)
+
+
 # Frames that move money or power, marked "!" in the frame table: the pile
 # acts on them only inside a valid envelope. 0x0A (tariff model reply) and
 # 0x32 (start authorisation, carries the balance) set money figures just like
@@ -70,7 +83,8 @@ REASONS = (None, R_BAD_MAC, R_REPLAY, R_MALFORMED, R_STORE, R_UNSIGNED, R_NO_KEY
 # (5-class tariff) and 0xEE (VIN list: who may charge) too. fw_chunk (0xEA) is
 # left out on purpose: the image is authenticated as a whole (upgrade_mac),
 # and a per-chunk counter write would wear the flash.
-PROTECTED = signed_codes()
+PROTECTED = _signed_codes()
+del _signed_codes              # run once: no need to keep it on the heap
 
 PURPOSE_CMD = b"pc/cmd"
 PURPOSE_BILL = b"pc/bill"
