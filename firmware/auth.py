@@ -1,34 +1,6 @@
-# HMAC-SHA256 (RFC 2104) on hashlib.sha256, authenticated commands with a
-# persisted replay counter, and the MAC each bill carries to the platform.
-# Runs on MicroPython (no `hmac` module on the unix port) and on CPython, so
-# the bridge signs with the very code the pile verifies with.
-#
-# Signed command envelope: extension frame `signed` (0xD2, S->P), body
-#
-#     offset size  field
-#     0      4     counter   u32 little-endian, > the last accepted counter
-#     4      32    mac       HMAC-SHA256, see command_mac()
-#     36     1     code      inner frame type (0x34 remote_start, 0x92 reboot...)
-#     37     n     body      inner frame body, exactly as it would travel bare
-#
-#   mac = HMAC-SHA256(K_cmd, pile(7 BCD bytes) | counter(u32 LE) | code(u8) | body)
-#   K_cmd = HMAC-SHA256(K_pile, b"pc/cmd")
-#
-# A refusal goes back in frame `signed_reject` (0xD1, P->S): counter u32
-# (the refused envelope's; 0 when the envelope was too short to carry one)
-# and reason u8:
-#
-#     1 bad mac     the MAC does not match: forged, altered, or wrong key
-#     2 replay      authentic, but counter <= highest accepted counter
-#     3 malformed   envelope shorter than 37 bytes
-#     4 store       the counter record cannot be read or written: the pile
-#                   refuses every signed command rather than risk a replay
-#     5 unsigned    a protected command (PROTECTED) arrived bare
-#
-# Every MAC uses a key derived for its purpose (b"pc/cmd", b"pc/bill",
-# b"pc/upgrade"): a bill body whose first bytes are the pile code (they are:
-# the trade serial starts with it) must never double as a command MAC.
-import hashlib
+# The pile's side of signed commands: the replay counter on flash and the
+# check of each envelope against it. The envelope, the MACs and the list of
+# protected frames are shared with the bridge: protocol/sign.py.
 import struct
 
 try:
@@ -36,180 +8,7 @@ try:
 except ImportError:  # pragma: no cover
     import ubinascii as binascii
 
-try:
-    import os
-except ImportError:  # pragma: no cover
-    import uos as os
-
-try:
-    from micropython import const
-except ImportError:
-    def const(x):
-        return x
-
-_BLOCK = const(64)
-MAC_LEN = const(32)
-HEADER_LEN = const(37)   # counter 4 + mac 32 + code 1
-COUNTER_MAX = const(0xFFFFFFFF)
-
-CODE_SIGNED = const(0xD2)   # protocol/frames.py `signed`
-CODE_REJECT = const(0xD1)   # protocol/frames.py `signed_reject`
-
-R_BAD_MAC = "bad mac"
-R_REPLAY = "replay"
-R_MALFORMED = "malformed"
-R_STORE = "store"
-R_UNSIGNED = "unsigned"
-# wire code = index (0 = accepted, never sent)
-REASONS = (None, R_BAD_MAC, R_REPLAY, R_MALFORMED, R_STORE, R_UNSIGNED)
-
-# Frames that move money or power: the pile acts on them only inside a valid
-# envelope. 0x0A (tariff model reply) and 0x32 (start authorisation, carries
-# the balance) set money figures just like 0x58 and 0x34. fw_chunk (0xEA) is
-# left out on purpose: the image is authenticated as a whole by
-# firmware/upgrade.py, and a per-chunk counter write would wear the flash.
-# The VIN list frame joins this list when its code is assigned.
-PROTECTED = (
-    0x0A,  # tariff_model (reply to the pile's tariff request)
-    0x32,  # start_auth
-    0x34,  # remote_start
-    0x36,  # remote_stop
-    0x58,  # tariff_set
-    0x92,  # reboot
-    0xE2,  # ext_start
-    0xE8,  # fw_control (begin / verify / activate / abort an upgrade)
-)
-
-PURPOSE_CMD = b"pc/cmd"
-PURPOSE_BILL = b"pc/bill"
-PURPOSE_UPGRADE = b"pc/upgrade"
-PURPOSE_PILE = b"pc/pile"
-
-
-def reason_code(reason):
-    """The u8 a reason string travels as (0 for None / accepted)."""
-    return REASONS.index(reason)
-
-
-def needs_auth(code):
-    return code in PROTECTED
-
-
-# --- HMAC-SHA256 -------------------------------------------------------------
-
-def _hmac_parts(key, parts):
-    # RFC 2104: H((K ^ opad) | H((K ^ ipad) | msg)), K padded to the block.
-    if len(key) > _BLOCK:
-        key = hashlib.sha256(key).digest()
-    pad = bytearray(_BLOCK)
-    for i in range(len(key)):
-        pad[i] = key[i] ^ 0x36
-    for i in range(len(key), _BLOCK):
-        pad[i] = 0x36
-    h = hashlib.sha256(pad)
-    for p in parts:
-        h.update(p)
-    inner = h.digest()
-    for i in range(_BLOCK):
-        pad[i] ^= 0x36 ^ 0x5C   # ipad -> opad in place
-    h = hashlib.sha256(pad)
-    h.update(inner)
-    return h.digest()
-
-
-def hmac_sha256(key, msg):
-    """HMAC-SHA256(key, msg) -> 32 bytes (RFC 2104 / RFC 4231)."""
-    return _hmac_parts(bytes(key), (msg,))
-
-
-def derive(key, purpose):
-    """A subkey for one purpose, so no MAC can be replayed as another kind."""
-    return _hmac_parts(bytes(key), (purpose,))
-
-
-def pile_key(site_key, pile):
-    """The per-pile command key the host derives from its site key; the pile
-    stores only its own (provisioned at manufacturing)."""
-    return _hmac_parts(bytes(site_key), (PURPOSE_PILE, pile_bytes(pile)))
-
-
-def equal(a, b):
-    """Constant-time comparison (the length is not secret)."""
-    if len(a) != len(b):
-        return False
-    d = 0
-    for i in range(len(a)):
-        d |= a[i] ^ b[i]
-    return d == 0
-
-
-def pile_bytes(pile):
-    """The 7-byte BCD pile code, from its 14-digit string or as given."""
-    if isinstance(pile, str):
-        if len(pile) > 14 or not pile.isdigit():
-            raise ValueError("pile code: up to 14 digits")
-        # left zero-padded like the codec's "b" fields; BCD of digits is hex
-        return binascii.unhexlify("0" * (14 - len(pile)) + pile)
-    if len(pile) != 7:
-        raise ValueError("pile code: 7 BCD bytes")
-    return bytes(pile)
-
-
-def as_bytes(v, n, name):
-    """32-byte values arrive as bytes or as the hex strings codec "h" fields
-    decode to; both are accepted."""
-    if isinstance(v, str):
-        v = binascii.unhexlify(v)
-    if len(v) != n:
-        raise ValueError("%s: %d bytes expected" % (name, n))
-    return bytes(v)
-
-
-def load_key(path):
-    """A key file: 64 hex digits (a trailing newline allowed) or 32 raw bytes."""
-    with open(path, "rb") as f:
-        raw = f.read()
-    text = raw.strip()
-    if len(text) == 64:
-        try:
-            return binascii.unhexlify(text)
-        except ValueError:
-            pass
-    if len(raw) == 32:
-        return bytes(raw)
-    raise ValueError("key file: 64 hex digits or 32 bytes")
-
-
-# --- signed commands ---------------------------------------------------------
-
-def command_mac(key, pile, counter, code, body):
-    """The envelope's MAC. Pure: the bridge signs with it, the pile checks it."""
-    return _hmac_parts(derive(key, PURPOSE_CMD),
-                       (pile_bytes(pile), struct.pack("<IB", counter, code), body))
-
-
-def pack_envelope(counter, mac, code, body):
-    """Body of a 0xD2 `signed` frame."""
-    out = bytearray(HEADER_LEN + len(body))
-    struct.pack_into("<I", out, 0, counter)
-    out[4:36] = mac
-    out[36] = code
-    out[HEADER_LEN:] = body
-    return bytes(out)
-
-
-def seal(key, pile, counter, code, body):
-    """Host side: the whole envelope for one inner frame."""
-    return pack_envelope(counter, command_mac(key, pile, counter, code, body), code, body)
-
-
-def unpack_envelope(env):
-    """(counter, mac, code, body), or None if too short to be an envelope."""
-    if len(env) < HEADER_LEN:
-        return None
-    mv = memoryview(env)
-    return (struct.unpack_from("<I", env, 0)[0], bytes(mv[4:36]), env[36],
-            bytes(mv[HEADER_LEN:]))
+from protocol import sign
 
 
 class CounterStore:
@@ -254,7 +53,7 @@ class CommandAuth:
 
     def __init__(self, key, store=None):
         self.key = bytes(key)
-        self._k = derive(self.key, PURPOSE_CMD)
+        self._k = sign.derive(self.key, sign.PURPOSE_CMD)
         if isinstance(store, str):
             store = CounterStore(store)
         self.store = store
@@ -267,7 +66,7 @@ class CommandAuth:
         self.rejected = 0
 
     def sign(self, pile, counter, code, body):
-        return _hmac_parts(self._k, (pile_bytes(pile), struct.pack("<IB", counter, code), body))
+        return sign.hmac_parts(self._k, (sign.pile_bytes(pile), struct.pack("<IB", counter, code), body))
 
     def verify(self, pile, counter, code, body, mac):
         """(True, None) once the counter is persisted, else (False, reason)."""
@@ -278,51 +77,35 @@ class CommandAuth:
         return True, None
 
     def _check(self, pile, counter, code, body, mac):
-        if not 0 <= counter <= COUNTER_MAX or len(mac) != MAC_LEN:
-            return R_MALFORMED
-        if not equal(self.sign(pile, counter, code, body), mac):
-            return R_BAD_MAC
+        if not 0 <= counter <= sign.COUNTER_MAX or len(mac) != sign.MAC_LEN:
+            return sign.R_MALFORMED
+        if not sign.equal(self.sign(pile, counter, code, body), mac):
+            return sign.R_BAD_MAC
         if self.last is None and self.store is not None:
             try:  # the record may have been unreadable at start only
                 self.last = self.store.load()
             except OSError:
                 pass
         if self.last is None:
-            return R_STORE
+            return sign.R_STORE
         if counter <= self.last:
-            return R_REPLAY
+            return sign.R_REPLAY
         try:
             self.store.save(counter)
         except OSError:
-            return R_STORE
+            return sign.R_STORE
         self.last = counter
         return None
 
     def open(self, pile, envelope):
         """Check a 0xD2 body: (ok, reason, counter, code, inner_body)."""
-        parts = unpack_envelope(envelope)
+        parts = sign.unpack_envelope(envelope)
         if parts is None:
             self.rejected += 1
-            return False, R_MALFORMED, 0, None, None
+            return False, sign.R_MALFORMED, 0, None, None
         counter, mac, code, body = parts
         ok, reason = self.verify(pile, counter, code, body, mac)
         return ok, reason, counter, code, body
-
-
-# --- bills -------------------------------------------------------------------
-
-def bill_mac(key, bill_body):
-    """MAC of an encoded 0x3B body (either layout), sent beside the bill
-    (0xEB bill_extra.mac) so the platform sees any change made on the way."""
-    return _hmac_parts(derive(bytes(key), PURPOSE_BILL), (bill_body,))
-
-
-def verify_bill_mac(key, bill_body, mac):
-    try:
-        mac = as_bytes(mac, MAC_LEN, "mac")
-    except ValueError:
-        return False
-    return equal(bill_mac(key, bill_body), mac)
 
 
 # Atomic records on flash: firmware/fsio.py (shared with upgrade, pile, console).

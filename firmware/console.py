@@ -16,9 +16,10 @@ import json
 
 from firmware import fsio
 from firmware import session as S
-from firmware.pile import BOOT_NAMES, FW_VERSION, split_payload
+from firmware.pile import BOOT_NAMES, FW_VERSION
 from firmware.ticks import diff_of
 from protocol import codec
+from protocol.bill import split as split_payload
 from protocol.fields import iso
 
 try:

@@ -25,6 +25,7 @@ from firmware.realtime import Cadence
 from firmware.remote import Remote
 from firmware.ticks import diff_of
 from firmware.tariff import Tariff, TariffError
+from protocol import bill as B
 from protocol import codec
 from protocol import fields as F
 
@@ -35,8 +36,6 @@ except ImportError:
         return x
 
 FW_VERSION = "pc0.1.0"
-_EXTRA = codec.layout_named("bill_extra")
-_ZERO_MAC = "0" * 64
 _FAULT_RETRY_MS = const(100)    # poll() again this soon after a caught fault
 
 # Boot reasons (status reply, console): why this boot happened.
@@ -46,34 +45,6 @@ BOOT_REBOOT_IDLE = const(2)
 BOOT_ROLLBACK = const(3)        # a new firmware never became healthy: the old one runs
 BOOT_UPGRADE = const(4)         # rebooted into a newly activated firmware
 BOOT_NAMES = ("power-on", "reboot-now", "reboot-when-idle", "rollback", "upgrade")
-
-# Pile states in the status reply (gun state names in session.STATE_NAMES).
-_PERIODS5 = ("sharp", "peak", "flat", "valley", "deep")
-
-
-def bill_payload(bill, mac_key=None):
-    """The journal record for a sealed bill: 0x3B body then 0xEB body. With a
-    key, bill_extra.mac = auth.bill_mac(key, 0x3B body): HMAC-SHA256 under
-    HMAC-SHA256(key, b"pc/bill") of the body bytes exactly as sent (either
-    layout); docs/protocol.md "Bill MAC" tells the platform how to check it."""
-    body = codec.encode(0x3B, bill)[6:-2]
-    x = {"serial": bill["serial"], "model": bill.get("model", "0000"),
-         "vin_mismatch": 1 if bill.get("vin_mismatch") else 0,
-         "nameplate_vin": bill.get("nameplate_vin", ""), "mac": _ZERO_MAC}
-    for p in _PERIODS5:
-        x[p + "_energy_fee"] = bill.get(p + "_energy_fee", 0)
-        x[p + "_service_fee"] = bill.get(p + "_service_fee", 0)
-    if mac_key:
-        from firmware.auth import bill_mac
-        import binascii
-        x["mac"] = binascii.hexlify(bill_mac(mac_key, body)).decode().upper()
-    return body + codec.encode_body(_EXTRA, x)
-
-
-def split_payload(payload):
-    """(0x3B body, 0xEB body) of a journal bill record."""
-    n = len(payload) - _EXTRA.size
-    return payload[:n], payload[n:]
 
 
 def _write_atomic(path, data):
@@ -181,12 +152,12 @@ class Pile:
         self.journal.checkpoint(serial, payload)
 
     def _on_seal(self, serial, bill):
-        r = self.journal.seal(serial, bill_payload(bill, self.cfg.get("mac_key")))
+        r = self.journal.seal(serial, B.payload(bill, self.cfg.get("mac_key")))
         self.log("bill %s %s: %d e4kWh, %d e4yuan, reason 0x%02X"
                  % (serial, r, bill["total_energy"], bill["total_amount"], bill["stop_reason"]))
 
     def _rebuild(self, serial, header, checkpoint):
-        return bill_payload(S.rebuild_bill(header, checkpoint), self.cfg.get("mac_key"))
+        return B.payload(S.rebuild_bill(header, checkpoint), self.cfg.get("mac_key"))
 
     def _next_serial(self):
         # A pile-issued trade serial (card start authorised without one,
@@ -484,7 +455,7 @@ class Pile:
             if d is None:
                 break
             serial, payload = d
-            bill, extra = split_payload(payload)
+            bill, extra = B.split(payload)
             seq = self.link.send_raw(0x3B, bill)
             self.link.send_raw(0xEB, extra)
             ob.sent(serial)
@@ -497,7 +468,7 @@ class Pile:
             if d is None:
                 return
             serial, payload = d
-            self.link.send_raw(0xEB, split_payload(payload)[1])
+            self.link.send_raw(0xEB, B.split(payload)[1])
             ob.extra_sent(serial)
             self.log("bill %s: fee split sent again" % serial)
 

@@ -22,6 +22,7 @@
 from firmware import fsio
 from firmware.vinauth import VinPolicy, norm_vin
 from protocol import codec
+from protocol import fields as F
 
 try:
     from micropython import const
@@ -29,57 +30,10 @@ except ImportError:
     def const(x):
         return x
 
-# fw_control.op (fw_reply.op echoes it; a chunk is answered with op 5)
-FW_BEGIN = const(1)
-FW_VERIFY = const(2)
-FW_ACTIVATE = const(3)
-FW_ABORT = const(4)
-FW_STATUS = const(5)
-# fw_reply.result beyond firmware/upgrade.py REASONS (0..14): the pile's own
-FW_NO_KEY = const(0x80)       # no upgrade_key: this pile takes no images
-FW_NO_REBOOT = const(0x81)    # activate refused: the pile cannot reboot itself
-_R_BAD_REQUEST = const(13)    # upgrade.REASONS.index("bad request")
-
-# signed_reject.reason beyond firmware/auth.py REASONS (1..5)
-REJECT_MALFORMED = const(3)
-REJECT_UNSIGNED = const(5)
-REJECT_NO_KEY = const(6)      # an envelope reached a pile without cmd_key
-
 CODE_SIGNED = const(0xD2)
-# Protected frames beyond auth.PROTECTED (which predates their codes): the
-# 5-class tariff, the VIN list (decides who may charge) and the balance
-# update (0x42 caps what a session may cost).
-EXTRA_PROTECTED = (0x42, 0xD4, 0xEE)
 
-_VERSION_BYTES = const(8)     # login.sw_version, status_reply.fw/hmi_version
 _VIN_MAX = const(500)         # a VIN costs ~100 bytes of heap on a board
 _VIN_FILE = "/vinlist"
-
-
-def wire_version(v):
-    """A version for an 8-byte ASCII field. The rule: as is when it fits;
-    else leading zeros of each dot-separated number dropped ("209.04.00" ->
-    "209.4.0"); else the dots dropped too ("2090400"); else the first 8
-    characters. Characters outside printable ASCII become "?"."""
-    if not v:
-        return ""
-    out = []
-    for ch in str(v):
-        out.append(ch if " " <= ch <= "~" else "?")
-    v = "".join(out)
-    if len(v) <= _VERSION_BYTES:
-        return v
-    parts = []
-    for p in v.split("."):
-        q = p
-        while len(q) > 1 and q[0] == "0" and "0" <= q[1] <= "9":
-            q = q[1:]
-        parts.append(q)
-    v = ".".join(parts)
-    if len(v) <= _VERSION_BYTES:
-        return v
-    v = "".join(parts)
-    return v[:_VERSION_BYTES]
 
 
 def boot(root, key, fs=None, limit=3, factory_version="0", hmi_version=None):
@@ -115,8 +69,9 @@ class Remote:
         key = cfg.get("cmd_key")
         if key:
             from firmware import auth
+            from protocol.sign import PROTECTED
             self.auth = auth.CommandAuth(key, auth.CounterStore(root + "/cmd.ctr", fs))
-            self._protected = auth.PROTECTED + EXTRA_PROTECTED
+            self._protected = PROTECTED
         # the version a board runs before its first upgrade (no fw/state.json)
         self.factory_version = cfg.get("sw_version") or factory_version
         self.cfg = cfg   # hmi_version is read from it when asked: one source of truth
@@ -140,16 +95,16 @@ class Remote:
         """The running board firmware, as it goes on the wire (8 bytes)."""
         up = self.updater
         if up is None:
-            return wire_version(self.factory_version)
+            return F.wire_version(self.factory_version)
         v = up.versions()
         # booted != active only when the boot could not be counted (upgrade.py)
         ver = v["board"] if up.booted in (None, up.status()["active"]) else v["previous"]
-        return wire_version(ver or self.factory_version)
+        return F.wire_version(ver or self.factory_version)
 
     def hmi_version(self):
         """The screen firmware (cfg hmi_version, as the console may set it
         after boot), as it goes on the wire (8 bytes)."""
-        return wire_version(self.cfg.get("hmi_version") or "")
+        return F.wire_version(self.cfg.get("hmi_version") or "")
 
     def on_login(self):
         """Logged in, journal recovered (Pile.__init__): a new slot is healthy."""
@@ -173,7 +128,8 @@ class Remote:
             self._signed(f)
             return True
         if c in self._protected:
-            self._reject(f, 0, REJECT_UNSIGNED, c)
+            from protocol import sign
+            self._reject(f, 0, sign.reason_code(sign.R_UNSIGNED), c)
             return True
         return False
 
@@ -182,24 +138,25 @@ class Remote:
         counter = 0
         if len(env) >= 4:
             counter = env[0] | env[1] << 8 | env[2] << 16 | env[3] << 24
+        from protocol import sign
         if self.auth is None:
-            self._reject(f, counter, REJECT_NO_KEY, env[36] if len(env) > 36 else 0)
+            self._reject(f, counter, sign.reason_code(sign.R_NO_KEY), env[36] if len(env) > 36 else 0)
             return
-        from firmware import auth
-        parts = auth.unpack_envelope(env)
+        parts = sign.unpack_envelope(env)
+        malformed = sign.reason_code(sign.R_MALFORMED)
         if parts is None:
-            self._reject(f, counter, REJECT_MALFORMED, 0)
+            self._reject(f, counter, malformed, 0)
             return
         counter, mac, code, body = parts
         inner = _inner(f, code, body)
         if inner is None:
             # Checked before the MAC: a body we could not act on must not
             # use up a counter.
-            self._reject(f, counter, REJECT_MALFORMED, code)
+            self._reject(f, counter, malformed, code)
             return
         ok, reason = self.auth.verify(self.pile.pile, counter, code, body, mac)
         if not ok:
-            self._reject(f, counter, auth.reason_code(reason), code)
+            self._reject(f, counter, sign.reason_code(reason), code)
             return
         self.pile.log("signed 0x%02X counter %d" % (code, counter))
         self.pile.dispatch(inner)
@@ -211,65 +168,65 @@ class Remote:
     # --- firmware upgrade (0xE8 / 0xEA) ----------------------------------------------
 
     def fw_control(self, f):
+        from protocol import image as I
         v = f.fields
         op = v["op"]
         up = self.updater
         if up is None:
-            self._fw_reply(f, op, FW_NO_KEY)
+            self._fw_reply(f, op, I.FW_NO_KEY)
             return
-        from firmware.upgrade import UpgradeError, reason_code
         result = 0
         reason = None
-        if op == FW_BEGIN:
+        if op == I.FW_BEGIN:
             try:
                 up.begin(v["version"], v["size"], v["sha256"], v["mac"])
-            except UpgradeError as e:
+            except I.UpgradeError as e:
                 reason = e.reason
-        elif op == FW_VERIFY:
+        elif op == I.FW_VERIFY:
             reason = up.verify()[1]
-        elif op == FW_ACTIVATE:
+        elif op == I.FW_ACTIVATE:
             if self.pile.reboot_hook is None:
-                result = FW_NO_REBOOT
+                result = I.FW_NO_REBOOT
             else:
                 reason = up.activate(self.pile.idle())[1]
                 if reason is None:
                     self.pile.event("firmware_installed", up.status()["version"])
                     self.pile.request_reboot(1, "upgrade", 4)   # pile.BOOT_UPGRADE
-        elif op == FW_ABORT:
+        elif op == I.FW_ABORT:
             reason = up.abort()[1]
-        elif op == FW_STATUS:
+        elif op == I.FW_STATUS:
             # the reason the current stage was reached with (0 none): why a
             # transfer failed, or "not healthy" after a rollback
-            result = reason_code(up.status()["reason"])
+            result = I.reason_code(up.status()["reason"])
         else:
-            result = _R_BAD_REQUEST
+            result = I.reason_code(I.R_BAD_REQUEST)
         if reason is not None:
-            result = reason_code(reason)
+            result = I.reason_code(reason)
             self.pile.event("firmware_refused", "op %d: %s" % (op, reason))
         self._fw_reply(f, op, result)
 
     def fw_chunk(self, f):
+        from protocol import image as I
         up = self.updater
         if up is None:
-            self._fw_reply(f, FW_STATUS, FW_NO_KEY)
+            self._fw_reply(f, I.FW_STATUS, I.FW_NO_KEY)
             return
-        from firmware.upgrade import UpgradeError, reason_code
         v = f.fields
         result = 0
         if v["pile"] != self.pile.pile:
-            result = _R_BAD_REQUEST
+            result = I.reason_code(I.R_BAD_REQUEST)
         else:
             try:
                 up.chunk(v["offset"], v["data"])
-            except UpgradeError as e:
-                result = reason_code(e.reason)
-        self._fw_reply(f, FW_STATUS, result)
+            except I.UpgradeError as e:
+                result = I.reason_code(e.reason)
+        self._fw_reply(f, I.FW_STATUS, result)
 
     def _fw_reply(self, f, op, result):
         stage = offset = 0
         up = self.updater
         if up is not None:
-            from firmware.upgrade import stage_code
+            from protocol.image import stage_code
             st = up.status()
             stage = stage_code(st["stage"])
             offset = st["offset"]

@@ -16,6 +16,8 @@
 #   that arrives mid-session applies from the next session.
 import struct
 
+from protocol.fields import PERIODS5
+
 try:
     from micropython import const
 except ImportError:  # CPython
@@ -27,7 +29,7 @@ PEAK = const(1)
 FLAT = const(2)
 VALLEY = const(3)
 DEEP = const(4)
-CLASSES = ("sharp", "peak", "flat", "valley", "deep")
+CLASSES = PERIODS5                 # the class names (protocol/fields.py)
 SLOTS = const(48)
 
 _SLOT_SECS = const(1800)

@@ -21,9 +21,9 @@
 #   dl                the announced image {version, size, sha256, mac, slot}
 #                     (hex strings) while downloading / verified / failed
 #
-# Image: b"PCFW" 0x01, then entries [u8 name length (1..255), name (ASCII,
-# "/"-separated, relative), u32 LE data length, data], closed by a u8 0.
-# The MAC covers the announcement, the sha256 the image: see upgrade_mac().
+# The image format, stages and reasons are protocol/image.py (shared with
+# the bridge); the MAC covers the announcement (protocol/sign.upgrade_mac),
+# the sha256 the image.
 import hashlib
 import json
 import struct
@@ -33,7 +33,9 @@ try:
 except ImportError:  # pragma: no cover
     import ubinascii as binascii
 
-from firmware import auth
+from firmware import fsio
+from protocol import image as I
+from protocol import sign
 
 try:
     from micropython import const
@@ -45,89 +47,7 @@ _BUF = const(512)
 _MAX_SIZE = const(1048576)   # refuse an announced image larger than this
 _BOOT_LIMIT = const(3)       # boots a new slot gets before rollback
 _FMT = const(1)
-
-MAGIC = b"PCFW\x01"
-MANIFEST = "slot.json"
 SLOTS = ("a", "b")
-
-# Stages; the wire code (fw_reply.stage) is the index in STAGES.
-IDLE = "idle"
-DOWNLOADING = "downloading"
-VERIFIED = "verified"
-INSTALLING = "installing"
-INSTALLED = "installed"
-FAILED = "failed"
-ROLLED_BACK = "rolled_back"
-STAGES = (IDLE, DOWNLOADING, VERIFIED, INSTALLING, INSTALLED, FAILED, ROLLED_BACK)
-
-# Reasons; the wire code (fw_reply.result) is the index in REASONS.
-R_BAD_MAC = "bad mac"            # announcement not signed with the upgrade key
-R_BAD_SHA = "bad sha256"         # staged image differs from the announced hash
-R_TOO_BIG = "too big"            # announced size 0 or over max_size
-R_NO_SPACE = "no space"          # flash cannot hold the image and its slot
-R_BUSY = "busy"                  # activate while the pile is not idle
-R_PENDING = "pending"            # the last install is not proven healthy yet
-R_STAGE = "stage"                # operation not valid in the current stage
-R_INCOMPLETE = "incomplete"      # verify before every byte arrived
-R_PAST_END = "past end"          # a chunk would run past the announced size
-R_BAD_IMAGE = "bad image"        # the image does not parse (or unsafe names)
-R_IO = "io"                      # a filesystem call failed
-R_NOT_HEALTHY = "not healthy"    # rolled back: no mark_healthy() in time
-R_BAD_REQUEST = "bad request"    # version / sha256 / mac malformed
-R_STATE_LOST = "state lost"      # state.json unreadable, rebuilt from slots
-REASONS = (None, R_BAD_MAC, R_BAD_SHA, R_TOO_BIG, R_NO_SPACE, R_BUSY, R_PENDING,
-           R_STAGE, R_INCOMPLETE, R_PAST_END, R_BAD_IMAGE, R_IO, R_NOT_HEALTHY,
-           R_BAD_REQUEST, R_STATE_LOST)
-
-
-def stage_code(stage):
-    return STAGES.index(stage)
-
-
-def reason_code(reason):
-    return REASONS.index(reason)
-
-
-class UpgradeError(Exception):
-    """A refused begin / chunk; `reason` is one of REASONS."""
-
-    @property
-    def reason(self):
-        return self.args[0]
-
-
-def upgrade_mac(key, version, size, sha256):
-    """HMAC-SHA256 over u8 len(version) | version | u32 LE size | sha256,
-    with the site's upgrade key (derived for this purpose). Pure: the host
-    signs an announcement with it, the pile checks it."""
-    v = version.encode()
-    return auth._hmac_parts(auth.derive(key, auth.PURPOSE_UPGRADE),
-                            (bytes((len(v),)), v, struct.pack("<I", size), sha256))
-
-
-def pack_image(files):
-    """Image bytes from [(name, data), ...] (host and tests)."""
-    out = bytearray(MAGIC)
-    for name, data in files:
-        _check_name(name)
-        n = name.encode()
-        out.append(len(n))
-        out.extend(n)
-        out.extend(struct.pack("<I", len(data)))
-        out.extend(data)
-    out.append(0)
-    return bytes(out)
-
-
-def _check_name(name):
-    if not 0 < len(name) < 256 or name == MANIFEST:
-        raise UpgradeError(R_BAD_IMAGE)
-    for c in name:
-        if not (" " < c <= "~") or c == "\\":
-            raise UpgradeError(R_BAD_IMAGE)
-    for part in name.split("/"):
-        if part in ("", ".", ".."):
-            raise UpgradeError(R_BAD_IMAGE)
 
 
 def _hex(b):
@@ -151,7 +71,7 @@ class _Reader:
             r = self.f.readinto(self.mv[got:k])
             if not r:
                 self.h.update(self.mv[:got])   # the sha256 still covers every byte
-                raise UpgradeError(R_BAD_IMAGE)
+                raise I.UpgradeError(I.R_BAD_IMAGE)
             got += r
         self.h.update(self.mv[:k])
         self.n += k
@@ -192,7 +112,7 @@ class Updater:
         root = root.rstrip("/")
         self.dir = root + "/fw"
         self.key = bytes(key)
-        self.fs = fs or auth.OS
+        self.fs = fs or fsio.OS
         self.limit = limit
         self.factory_version = factory_version
         self.hmi_version = hmi_version
@@ -212,7 +132,7 @@ class Updater:
     def _valid(self, raw):
         try:
             st = json.loads(raw.decode())
-            ok = (st["fmt"] == _FMT and st["active"] in SLOTS and st["stage"] in STAGES
+            ok = (st["fmt"] == _FMT and st["active"] in SLOTS and st["stage"] in I.STAGES
                   and isinstance(st["versions"], dict) and st["boots"] >= 0)
         except (ValueError, KeyError, TypeError, UnicodeError):
             return False
@@ -222,7 +142,7 @@ class Updater:
 
     def _load(self):
         self._parsed = None
-        if auth.load_atomic(self.fs, self._state_path, self._valid) is not None:
+        if fsio.load_atomic(self.fs, self._state_path, self._valid) is not None:
             return self._parsed
         return self._rebuild()
 
@@ -232,7 +152,7 @@ class Updater:
         probation (pending), so it is rolled back if it does not come up."""
         st = {"fmt": _FMT, "active": "a", "previous": None, "pending": False, "boots": 0,
               "seq": 0, "versions": {"a": self.factory_version, "b": None},
-              "stage": IDLE, "version": self.factory_version, "reason": None, "dl": None}
+              "stage": I.IDLE, "version": self.factory_version, "reason": None, "dl": None}
         best = None
         for s in SLOTS:
             m = self._manifest(s)
@@ -247,11 +167,11 @@ class Updater:
             st["pending"] = True
             st["seq"] = best[1]
             st["version"] = st["versions"][best[0]]
-            st["reason"] = R_STATE_LOST
+            st["reason"] = I.R_STATE_LOST
         return st
 
     def _manifest(self, slot):
-        raw = auth._read(self.fs, self.slot_path(slot) + "/" + MANIFEST)
+        raw = fsio.read(self.fs, self.slot_path(slot) + "/" + I.MANIFEST)
         if raw is None:
             return None
         try:
@@ -265,7 +185,7 @@ class Updater:
             return None
 
     def _save(self):
-        auth.save_atomic(self.fs, self._state_path, json.dumps(self.st).encode())
+        fsio.save_atomic(self.fs, self._state_path, json.dumps(self.st).encode())
 
     def _set(self, stage, reason=None, version=None):
         self.st["stage"] = stage
@@ -276,16 +196,16 @@ class Updater:
 
     def _recover(self):
         st = self.st
-        if st["stage"] == INSTALLING:
+        if st["stage"] == I.INSTALLING:
             # Power cut while unpacking: the active slot never changed, the
             # staged image is intact; activate() may simply run again.
-            st["stage"] = VERIFIED
+            st["stage"] = I.VERIFIED
             try:
                 self._save()
             except OSError:
                 pass
-        if st["dl"] is None and auth.exists(self.fs, self._stage_path):
-            auth._try_remove(self.fs, self._stage_path)   # left by a cut after commit
+        if st["dl"] is None and fsio.exists(self.fs, self._stage_path):
+            fsio.try_remove(self.fs, self._stage_path)   # left by a cut after commit
 
     def _staged_size(self):
         if self.st["dl"] is None:
@@ -295,7 +215,7 @@ class Updater:
         except OSError:
             return 0
         if n > self.st["dl"]["size"]:
-            auth._try_remove(self.fs, self._stage_path)
+            fsio.try_remove(self.fs, self._stage_path)
             return 0
         return n
 
@@ -311,34 +231,34 @@ class Updater:
         """Announce an image; returns the offset to send from (0, or where an
         interrupted transfer of the same image stopped). Raises UpgradeError."""
         try:
-            sha256 = auth.as_bytes(sha256, 32, "sha256")
-            mac = auth.as_bytes(mac, 32, "mac")
+            sha256 = sign.as_bytes(sha256, 32, "sha256")
+            mac = sign.as_bytes(mac, 32, "mac")
             if not (0 < len(version.encode()) < 256 and 0 <= size <= 0xFFFFFFFF):
                 raise ValueError
         except (ValueError, TypeError, AttributeError):
-            raise UpgradeError(R_BAD_REQUEST)
+            raise I.UpgradeError(I.R_BAD_REQUEST)
         st = self.st
         if st["pending"]:
-            raise UpgradeError(R_PENDING)
-        if st["stage"] == INSTALLING:
-            raise UpgradeError(R_STAGE)
-        if not auth.equal(upgrade_mac(self.key, version, size, sha256), mac):
-            self._fail(R_BAD_MAC, version)
+            raise I.UpgradeError(I.R_PENDING)
+        if st["stage"] == I.INSTALLING:
+            raise I.UpgradeError(I.R_STAGE)
+        if not sign.equal(sign.upgrade_mac(self.key, version, size, sha256), mac):
+            self._fail(I.R_BAD_MAC, version)
         if not 0 < size <= self.max_size:
-            self._fail(R_TOO_BIG, version)
+            self._fail(I.R_TOO_BIG, version)
         dl = {"version": version, "size": size, "sha256": _hex(sha256), "mac": _hex(mac),
               "slot": self._target()}
-        if st["dl"] == dl and st["stage"] in (DOWNLOADING, VERIFIED):
+        if st["dl"] == dl and st["stage"] in (I.DOWNLOADING, I.VERIFIED):
             return self._offset          # the same image again: resume
         try:
             self._discard()
             if not self._room(size):
-                self._fail(R_NO_SPACE, version)
+                self._fail(I.R_NO_SPACE, version)
             st["dl"] = dl
             self._offset = 0
-            self._set(DOWNLOADING, None, version)
+            self._set(I.DOWNLOADING, None, version)
         except OSError:
-            raise UpgradeError(R_IO)
+            raise I.UpgradeError(I.R_IO)
         return 0
 
     def chunk(self, offset, data):
@@ -346,14 +266,14 @@ class Updater:
         other than that (a repeat, a gap) is ignored and gets the expected
         offset back, so the sender resumes from there."""
         st = self.st
-        if st["stage"] == VERIFIED:
+        if st["stage"] == I.VERIFIED:
             return self._offset
-        if st["stage"] != DOWNLOADING:
-            raise UpgradeError(R_STAGE)
+        if st["stage"] != I.DOWNLOADING:
+            raise I.UpgradeError(I.R_STAGE)
         if offset != self._offset or not data:
             return self._offset
         if offset + len(data) > st["dl"]["size"]:
-            raise UpgradeError(R_PAST_END)
+            raise I.UpgradeError(I.R_PAST_END)
         try:
             f = self.fs.open(self._stage_path, "ab")
             try:
@@ -362,7 +282,7 @@ class Updater:
                 f.close()
         except OSError:
             self._offset = self._staged_size()
-            raise UpgradeError(R_IO)
+            raise I.UpgradeError(I.R_IO)
         self._offset += len(data)
         return self._offset
 
@@ -371,38 +291,38 @@ class Updater:
         announcement's MAC holds and the image parses; else the stage becomes
         failed and (False, reason). Before the last byte: (False, incomplete)."""
         st = self.st
-        if st["stage"] == VERIFIED:
+        if st["stage"] == I.VERIFIED:
             return True, None
-        if st["stage"] != DOWNLOADING:
-            return False, R_STAGE
+        if st["stage"] != I.DOWNLOADING:
+            return False, I.R_STAGE
         dl = st["dl"]
         if self._offset != dl["size"]:
-            return False, R_INCOMPLETE
+            return False, I.R_INCOMPLETE
         sha = binascii.unhexlify(dl["sha256"])
-        if not auth.equal(upgrade_mac(self.key, dl["version"], dl["size"], sha),
+        if not sign.equal(sign.upgrade_mac(self.key, dl["version"], dl["size"], sha),
                           binascii.unhexlify(dl["mac"])):
-            return self._failed(R_BAD_MAC)
+            return self._failed(I.R_BAD_MAC)
         reason = self._walk(None, sha)
         if reason is not None:
             return self._failed(reason)
         try:
-            self._set(VERIFIED)
+            self._set(I.VERIFIED)
         except OSError:
-            st["stage"] = DOWNLOADING
-            return False, R_IO
+            st["stage"] = I.DOWNLOADING
+            return False, I.R_IO
         return True, None
 
     def abort(self):
         """Drop a transfer (any stage before installing)."""
-        if self.st["stage"] == INSTALLING:
-            return False, R_STAGE
+        if self.st["stage"] == I.INSTALLING:
+            return False, I.R_STAGE
         try:
             self._discard()
             self.st["dl"] = None
-            if self.st["stage"] in (DOWNLOADING, VERIFIED, FAILED):
-                self._set(IDLE, None, self.running_version())
+            if self.st["stage"] in (I.DOWNLOADING, I.VERIFIED, I.FAILED):
+                self._set(I.IDLE, None, self.running_version())
         except OSError:
-            return False, R_IO
+            return False, I.R_IO
         return True, None
 
     # --- install, boot, rollback -------------------------------------------
@@ -413,16 +333,16 @@ class Updater:
         (False, busy) and nothing changes. The caller reboots after (True, None)."""
         st = self.st
         if not idle:
-            return False, R_BUSY
-        if st["stage"] != VERIFIED:
-            return False, R_STAGE
+            return False, I.R_BUSY
+        if st["stage"] != I.VERIFIED:
+            return False, I.R_STAGE
         dl = st["dl"]
         slot = dl["slot"]
         sha = binascii.unhexlify(dl["sha256"])
         seq = st["seq"] + 1
         path = self.slot_path(slot)
         try:
-            self._set(INSTALLING)
+            self._set(I.INSTALLING)
             names = []
             reason = self._walk(None, sha, names)
             if reason is None:
@@ -435,7 +355,7 @@ class Updater:
             if reason is None:
                 self._manifest_write(slot, dl, seq, names, True)
         except OSError:
-            reason = R_IO
+            reason = I.R_IO
         if reason is not None:
             return self._failed(reason)
         st["previous"] = st["active"]
@@ -446,12 +366,12 @@ class Updater:
         st["versions"][slot] = dl["version"]
         st["dl"] = None
         try:
-            self._set(INSTALLED, None, dl["version"])   # the commit point
+            self._set(I.INSTALLED, None, dl["version"])   # the commit point
         except OSError:
             self.st = self._load()      # what flash says: the old slot, installing
             self._recover()
-            return False, R_IO
-        auth._try_remove(self.fs, self._stage_path)
+            return False, I.R_IO
+        fsio.try_remove(self.fs, self._stage_path)
         self._offset = 0
         return True, None
 
@@ -470,8 +390,8 @@ class Updater:
             st["previous"] = bad
             st["pending"] = False
             st["boots"] = 0
-            st["stage"] = ROLLED_BACK
-            st["reason"] = R_NOT_HEALTHY
+            st["stage"] = I.ROLLED_BACK
+            st["reason"] = I.R_NOT_HEALTHY
             st["version"] = st["versions"][bad]
         try:
             self._save()
@@ -520,18 +440,18 @@ class Updater:
         # a refused announcement replaces whatever transfer was in progress
         self.st["dl"] = None
         self._failed(reason, version)
-        raise UpgradeError(reason)
+        raise I.UpgradeError(reason)
 
     def _failed(self, reason, version=None):
         self._discard()
         try:
-            self._set(FAILED, reason, version)
+            self._set(I.FAILED, reason, version)
         except OSError:
             pass
         return False, reason
 
     def _discard(self):
-        auth._try_remove(self.fs, self._stage_path)
+        fsio.try_remove(self.fs, self._stage_path)
         self._offset = 0
 
     def _room(self, size):
@@ -543,7 +463,7 @@ class Updater:
         return v[1] * v[4] + _tree_size(self.fs, self.slot_path(self._target())) >= 2 * size
 
     def _manifest_write(self, slot, dl, seq, names, complete):
-        auth.save_atomic(self.fs, self.slot_path(slot) + "/" + MANIFEST, json.dumps(
+        fsio.save_atomic(self.fs, self.slot_path(slot) + "/" + I.MANIFEST, json.dumps(
             {"version": dl["version"], "seq": seq, "sha256": dl["sha256"], "files": names,
              "complete": complete}).encode())
 
@@ -554,8 +474,8 @@ class Updater:
         m = self._manifest(slot)
         if m is not None:
             for n in m["files"]:
-                auth._try_remove(self.fs, path + "/" + n)
-        auth._try_remove(self.fs, path + "/" + MANIFEST)
+                fsio.try_remove(self.fs, path + "/" + n)
+        fsio.try_remove(self.fs, path + "/" + I.MANIFEST)
         _rmtree(self.fs, path)
 
     def _walk(self, dest, sha, names=None):
@@ -565,19 +485,19 @@ class Updater:
         try:
             f = self.fs.open(self._stage_path, "rb")
         except OSError:
-            return R_IO
+            return I.R_IO
         r = _Reader(f, self._buf)
         reason = None
         try:
             try:
-                if bytes(r.take(len(MAGIC))) != MAGIC:
-                    raise UpgradeError(R_BAD_IMAGE)
+                if bytes(r.take(len(I.MAGIC))) != I.MAGIC:
+                    raise I.UpgradeError(I.R_BAD_IMAGE)
                 while True:
                     n = r.take(1)[0]
                     if n == 0:
                         break
                     name = bytes(r.take(n)).decode()
-                    _check_name(name)
+                    I.check_name(name)
                     if names is not None:
                         names.append(name)
                     size = struct.unpack("<I", bytes(r.take(4)))[0]
@@ -591,16 +511,16 @@ class Updater:
                         if out is not None:
                             out.close()
                 if r.rest():
-                    raise UpgradeError(R_BAD_IMAGE)     # bytes after the end mark
-            except UpgradeError as e:
+                    raise I.UpgradeError(I.R_BAD_IMAGE)     # bytes after the end mark
+            except I.UpgradeError as e:
                 reason = e.reason
             except UnicodeError:
-                reason = R_BAD_IMAGE
+                reason = I.R_BAD_IMAGE
             r.rest()
         finally:
             f.close()
-        if not auth.equal(r.h.digest(), sha):
-            return R_BAD_SHA
+        if not sign.equal(r.h.digest(), sha):
+            return I.R_BAD_SHA
         return reason
 
 

@@ -15,6 +15,7 @@ import time
 
 from protocol import codec
 from protocol import fields as F
+from protocol.reconcile import reconcile
 
 from host import commands as C
 from host import config as configmod
@@ -480,7 +481,7 @@ class Bridge:
                 self.event(pile.code, "undecodable_bill", "bill %s kept raw: it does not decode (%s)"
                            % (serial, error), serial=serial, error=error, frame=schema.hexs(frame))
             else:
-                problems = schema.check_bill(v)
+                problems = reconcile(v)
                 if problems:
                     self.event(pile.code, "illegal_bill", "bill %s does not reconcile: %s"
                                % (serial, "; ".join(problems)), serial=serial, refused=False,

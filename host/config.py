@@ -62,7 +62,7 @@ DEFAULTS = {
     "tariff": None,               # the site's default tariff model (host/tariff.py)
     "keys": {                     # docs/security.md "Keys on the bridge"
         "dir": None,              # <dir>/<pile code>.key: that pile's command key (0600)
-        "site_key_file": None,    # derive every pile's key (auth.pile_key) from one site key
+        "site_key_file": None,    # derive every pile's key (sign.pile_key) from one site key
         "upgrade_key_file": None,  # the site's upgrade key: signs firmware announcements
     },
     "upgrade": {                  # firmware push (docs/upgrade.md "Pushing from the bridge")
@@ -224,9 +224,9 @@ def validate(cfg):
 
 def load_key_file(path, what="key file"):
     """A 32-byte key from `path` (64 hex digits or 32 raw bytes, as
-    firmware/auth.load_key reads them). Refused when the file is readable or
+    protocol/sign.load_key reads them). Refused when the file is readable or
     writable by group or others: keys are the bridge user's alone (0600)."""
-    from firmware import auth
+    from protocol import sign
     try:
         st = os.stat(path)
     except OSError as e:
@@ -235,7 +235,7 @@ def load_key_file(path, what="key file"):
         raise ConfigError("%s %s has mode %04o: a key file must be readable by the bridge's "
                           "user only (chmod 600 %s)" % (what, path, st.st_mode & 0o777, path))
     try:
-        return auth.load_key(path)
+        return sign.load_key(path)
     except (OSError, ValueError) as e:
         raise ConfigError("%s %s: %s" % (what, path, e))
 
@@ -271,8 +271,8 @@ class KeyRing:
             key = load_key_file(os.path.join(self.cfg["keys"]["dir"], code + ".key"),
                                 "keys.dir key")
         elif self._site is not None:
-            from firmware import auth
-            key = auth.pile_key(self._site, code)
+            from protocol import sign
+            key = sign.pile_key(self._site, code)
         if key is not None:
             self._cache[code] = key
         return key

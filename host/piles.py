@@ -10,9 +10,10 @@ import asyncio
 import logging
 import time
 
-from firmware import auth
-from firmware.remote import EXTRA_PROTECTED
 from protocol import codec
+from protocol import extras
+from protocol import frames
+from protocol import sign
 from protocol.errors import FrameError
 from protocol.frames import BILL_CODES
 
@@ -23,23 +24,19 @@ from host.links import LinkClosed
 
 log = logging.getLogger("host.piles")
 
-# Which reply answers which request, and the field that tells concurrent
-# requests apart (YKC replies echo the sequence bytes, but third-party piles
-# do not all do so: the key is the fallback).
-REPLIES = {
-    "remote_start": ("remote_start_reply", "serial"),
-    "ext_start": ("remote_start_reply", "serial"),
-    "remote_stop": ("remote_stop_reply", "gun"),
-    "reboot": ("reboot_reply", None),
-    "tariff_set": ("tariff_set_reply", None),
-    "time_sync": ("time_sync_reply", None),
-    "status_query": ("status_reply", None),
-    "read_realtime": ("realtime", "gun"),
-    "settled": ("settled_reply", "serial"),
-    "fw_control": ("fw_reply", None),
-    "fw_chunk": ("fw_reply", None),
-    "vin_list": ("vin_list_reply", "version"),
-}
+def _replies():
+    """Which reply answers which request the bridge sends, and the field that
+    tells concurrent requests apart (YKC replies echo the sequence bytes, but
+    third-party piles do not all do so: the key is the fallback): the frame
+    table's reply column (protocol/frames.py), by frame name."""
+    first = {}
+    for code, name, _spec in frames.lines():
+        first.setdefault(code, name)       # status_reply, not its older form
+    return dict((name, (first[reply], key)) for code, name, reply, key, _signed in extras.columns()
+                if reply is not None and code % 2 == 0)
+
+
+REPLIES = _replies()
 # Replies that only ever come as answers: one nobody waits for is late or a
 # duplicate, and is logged and dropped.
 _PURE_REPLIES = {"remote_start_reply", "remote_stop_reply", "reboot_reply", "tariff_set_reply",
@@ -50,10 +47,10 @@ _BAD_EVENT_S = 60.0       # one bad_frames event per link at most this often
 
 
 # Frames a pile holding a command key acts on only inside a 0xD2 envelope
-# (firmware/auth.py PROTECTED + firmware/remote.py EXTRA_PROTECTED: the pile's
-# own list, so the bridge signs exactly what the pile demands).
-PROTECTED = frozenset(auth.PROTECTED + EXTRA_PROTECTED)
-SIGNED_CODE = 0xD2
+# (protocol/sign.py PROTECTED: the pile's own list, so the bridge signs
+# exactly what the pile demands).
+PROTECTED = frozenset(sign.PROTECTED)
+SIGNED_CODE = sign.CODE_SIGNED
 MAX_SIGNED_BODY = 214            # signed.body = v214 (251 - 37 envelope bytes)
 
 # 0xD1 signed_reject.reason -> (name, what it means for the operator)
@@ -277,7 +274,7 @@ class PileConn:
                             % (name, len(body), MAX_SIGNED_BODY))
         key = self.bridge.keys.cmd_key(code)
         counter = await self.bridge.store.next_counter(code, configmod.counter_floor())
-        env = auth.seal(key, code, counter, layout.code, body)
+        env = sign.seal(key, code, counter, layout.code, body)
         return codec.wrap(SIGNED_CODE, env, seq)
 
     async def request(self, name, values, timeout=None):

@@ -7,8 +7,8 @@
 # what the demo and the chaos harness count bills with.
 #
 # Reconciliation is done on the raw integers (protocol units), never on the
-# scaled decimals: Σ period energy == total energy == meter stop - meter start,
-# Σ period amount == total amount == energy fee + service fee.
+# scaled decimals, by protocol/reconcile.py: the bridge publishes the very
+# same problem list in each bill's `checks`.
 import argparse
 import asyncio
 import binascii
@@ -24,8 +24,9 @@ import uuid
 
 import aiomqtt
 
-from firmware import auth
 from host import schema
+from protocol import reconcile as R
+from protocol import sign
 from host.mqtt import stop_tasks
 from host.topics import ROOT, shared_bills
 from protocol import codec
@@ -66,8 +67,6 @@ _COLUMNS = (
     ("confirm_result", "INTEGER"),
 )
 
-_PERIODS = ("sharp", "peak", "flat", "valley", "deep")
-
 # The bill MAC's state (column bills.mac).
 MAC_VERIFIED = "verified"        # the pile's key verifies it
 MAC_FAILED = "failed"            # it does not: the bill changed after the pile (tampered)
@@ -104,35 +103,13 @@ class PlatformError(Exception):
 
 
 def reconcile(doc):
-    """Problems (list of str) with a bill document, from its raw integers."""
+    """Problems (list of str) with a bill document, from its raw integers:
+    protocol/reconcile.py's, on the 0x3B fields and the 0xEB fee split."""
     raw = doc.get("raw")
     if not isinstance(raw, dict):
-        return ["no raw fields"]
-    periods = [p for p in _PERIODS if p + "_energy" in raw]
-    out = []
-    try:
-        e = sum(raw[p + "_energy"] for p in periods)
-        a = sum(raw[p + "_amount"] for p in periods)
-        if e != raw["total_energy"]:
-            out.append("period energy %d != total %d" % (e, raw["total_energy"]))
-        if a != raw["total_amount"]:
-            out.append("period amount %d != total %d" % (a, raw["total_amount"]))
-        if raw["meter_stop"] - raw["meter_start"] != raw["total_energy"]:
-            out.append("meter %d - %d != total %d" % (raw["meter_stop"], raw["meter_start"],
-                                                     raw["total_energy"]))
-        x = raw.get("extra")
-        if isinstance(x, dict):
-            fees = 0
-            for p in periods:
-                pf = x.get(p + "_energy_fee", 0) + x.get(p + "_service_fee", 0)
-                if pf != raw[p + "_amount"]:
-                    out.append("%s fees %d != amount %d" % (p, pf, raw[p + "_amount"]))
-                fees += pf
-            if fees != raw["total_amount"]:
-                out.append("energy fee + service fee %d != total %d" % (fees, raw["total_amount"]))
-    except (KeyError, TypeError) as err:
-        out.append("missing or bad field: %s" % err)
-    return out
+        return ["field_missing: raw"]
+    x = raw.get("extra")
+    return R.reconcile(raw, x if isinstance(x, dict) else None)
 
 
 # --- bill keys -----------------------------------------------------------------
@@ -149,7 +126,7 @@ def _hex_key(text, where):
 
 class BillKeys:
     """The piles' keys K_pile (docs/security.md "Keys"): per pile, or derived
-    from a site key with auth.pile_key for every pile not listed."""
+    from a site key with sign.pile_key for every pile not listed."""
 
     def __init__(self, piles=None, site_key=None):
         self.piles = dict(piles or {})
@@ -162,7 +139,7 @@ class BillKeys:
         k = self.piles.get(pile)
         if k is None and self.site_key is not None and isinstance(pile, str) \
                 and len(pile) == 14 and pile.isdigit():
-            k = auth.pile_key(self.site_key, pile)
+            k = sign.pile_key(self.site_key, pile)
         return k
 
     def add_file(self, path):
@@ -202,13 +179,13 @@ class BillKeys:
         return self
 
     def add_option(self, spec):
-        """--bill-key PILE=PATH: one pile's key from a key file (auth.load_key:
+        """--bill-key PILE=PATH: one pile's key from a key file (sign.load_key:
         64 hex digits or 32 raw bytes), so the key never sits on argv."""
         pile, sep, path = spec.partition("=")
         if not sep or not (len(pile) == 14 and pile.isdigit() and pile.isascii()) or not path:
             raise PlatformError("--bill-key %r: expected PILE=PATH (14-digit pile code)" % spec)
         try:
-            self.piles[pile] = auth.load_key(path)
+            self.piles[pile] = sign.load_key(path)
         except OSError as e:
             raise PlatformError("--bill-key %s: %s" % (pile, e.strerror or e))
         except ValueError as e:
@@ -239,7 +216,7 @@ def check_mac(doc, key):
     mac = doc.get("mac")
     if mac is None or mac == _ZERO_MAC:
         return MAC_MISSING, ["no MAC from a pile whose key the platform holds"]
-    if not auth.verify_bill_mac(key, f.body, mac):
+    if not sign.verify_bill_mac(key, f.body, mac):
         return MAC_FAILED, ["MAC does not verify: the bill changed after it left the pile"]
     raw = doc.get("raw")
     fields = _norm(f.fields)

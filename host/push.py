@@ -1,5 +1,6 @@
 # Firmware push from the bridge (issue 8): the `upgrade` MQTT command and the
-# `pile-bridge push` CLI. The pile side is firmware/remote.py + upgrade.py;
+# `pile-bridge push` CLI. The pile side is firmware/remote.py + upgrade.py,
+# the image format and codes protocol/image.py;
 # the frames are fw_control 0xE8 (signed on a keyed pile), fw_chunk 0xEA
 # (never signed: the image is authenticated as a whole) and fw_reply 0xE7.
 # docs/upgrade.md "Pushing from the bridge" is the reference.
@@ -25,8 +26,10 @@ import ssl
 import sys
 import time
 
-from firmware import upgrade as U
-from firmware.remote import FW_NO_KEY, FW_NO_REBOOT, wire_version
+from protocol import image as U
+from protocol.fields import wire_version
+from protocol.image import FW_NO_KEY, FW_NO_REBOOT
+from protocol.sign import upgrade_mac
 
 from host import commands as C
 from host import config as configmod
@@ -34,7 +37,8 @@ from host.links import LinkClosed
 from host.piles import CommandTimeout, SignedReject
 from host.topics import Topics
 
-OP_BEGIN, OP_VERIFY, OP_ACTIVATE, OP_ABORT, OP_STATUS = 1, 2, 3, 4, 5
+OP_BEGIN, OP_VERIFY, OP_ACTIVATE, OP_ABORT, OP_STATUS = (U.FW_BEGIN, U.FW_VERIFY, U.FW_ACTIVATE,
+                                                      U.FW_ABORT, U.FW_STATUS)
 _R_BUSY = U.REASONS.index(U.R_BUSY)
 _MAX_STALLS = 5          # consecutive broken attempts without progress before giving up
 
@@ -160,7 +164,7 @@ class Push:
             raise LinkClosed("pile %s offline" % self.code)
         v = {"pile": self.code, "op": op, "version": "", "size": 0, "sha256": "", "mac": ""}
         if op == OP_BEGIN:
-            mac = U.upgrade_mac(self.b.keys.upgrade_key(), self.version, len(self.image), self.sha)
+            mac = upgrade_mac(self.b.keys.upgrade_key(), self.version, len(self.image), self.sha)
             v.update({"version": self.version, "size": len(self.image),
                       "sha256": _hex(self.sha), "mac": _hex(mac)})
         f = (await conn.request("fw_control", v)).fields
@@ -369,7 +373,7 @@ def arg_parser():
                     "an `upgrade` command on the site's MQTT broker, prints every stage the "
                     "pile reports and the final result. Exit 0 when the pile runs the new "
                     "version. See docs/upgrade.md.")
-    p.add_argument("image", help="image file (tools: firmware.upgrade.pack_image); inside "
+    p.add_argument("image", help="image file (tools: protocol.image.pack_image); inside "
                    "upgrade.image_dir it is sent by name, elsewhere inline (base64)")
     p.add_argument("-c", "--config", required=True, help="the bridge's TOML config (site, broker)")
     p.add_argument("--pile", required=True, help="pile code (14 digits)")

@@ -7,7 +7,8 @@ import time
 
 from protocol import codec
 from protocol import fields as F
-from protocol.frames import FRAMES, PERIODS, PERIODS5
+from protocol.frames import FRAMES
+from protocol.reconcile import periods_of, reconcile
 
 SCHEMA_BILL = "pc.bill/1"
 SCHEMA_REALTIME = "pc.realtime/1"
@@ -135,33 +136,6 @@ def scaled_fields(name, fields):
 
 # --- bills ------------------------------------------------------------------------
 
-def bill_periods(fields):
-    return PERIODS5 if "deep_energy" in fields else PERIODS
-
-
-def check_bill(fields, extra=None):
-    """Reconciliation problems of a bill (list of strings, empty when sound).
-    These are the field log's "bills that do not add up" (field-cases.md §4)."""
-    problems = []
-    periods = bill_periods(fields)
-    for what, total in (("energy", "total_energy"), ("loss", "total_loss"),
-                        ("amount", "total_amount")):
-        s = sum(fields[p + "_" + what] for p in periods)
-        if s != fields[total]:
-            problems.append("sum of period %s %d != %s %d" % (what, s, total, fields[total]))
-    metered = fields["meter_stop"] - fields["meter_start"]
-    if metered != fields["total_energy"]:
-        problems.append("meter_stop - meter_start %d != total_energy %d"
-                        % (metered, fields["total_energy"]))
-    if extra is not None:
-        for p in periods:
-            fe = extra.get(p + "_energy_fee", 0) + extra.get(p + "_service_fee", 0)
-            if fe != fields[p + "_amount"]:
-                problems.append("%s energy fee + service fee %d != %s_amount %d"
-                                % (p, fe, p, fields[p + "_amount"]))
-    return problems
-
-
 def bill_json(site, bill, frame=None, extra_frame=None, ext=True):
     """The MQTT bill document for a store.Bill (see docs/mqtt.md). `ext`:
     the pile sends a 0xEB fee split (our firmware); a bill from such a pile
@@ -179,7 +153,7 @@ def bill_json(site, bill, frame=None, extra_frame=None, ext=True):
         extra = extra_frame.fields
     periods = []
     energy_fee = service_fee = 0
-    for p in bill_periods(f):
+    for p in periods_of(f):
         item = {
             "period": p,
             "price": dec(f[p + "_price"], 5),
@@ -197,7 +171,8 @@ def bill_json(site, bill, frame=None, extra_frame=None, ext=True):
             energy_fee += ef
             service_fee += sf
         periods.append(item)
-    problems = check_bill(f, extra)
+    # the field log's "bills that do not add up" (field-cases.md §4)
+    problems = reconcile(f, extra)
     raw = dict(f)
     if extra is not None:
         raw["extra"] = dict(extra)

@@ -8,7 +8,7 @@
 #    "slots": "333333333333333322222222..."}   # 48 half-hours, 0 sharp .. 3 valley
 #
 # `slots` may also be a list of 48 ints. Prices are raw integers, as on the wire.
-from protocol.frames import PERIODS
+from protocol.fields import PERIODS
 
 _U32 = 1 << 32
 

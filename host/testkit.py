@@ -18,7 +18,7 @@ import time
 
 from protocol import codec
 from protocol import fields as F
-from protocol.frames import PERIODS
+from protocol.fields import PERIODS
 
 
 class TcpTransport:

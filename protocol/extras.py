@@ -1,9 +1,11 @@
 # Less-used helpers, loaded on first use so that a pile that never needs them
 # never compiles them: repeated records inside a "v" field (offline card
 # lists, the VIN list) and the classic whole-table mappings LAYOUTS and
-# BY_NAME. Use them through protocol.codec.
+# BY_NAME. Use them through protocol.codec. And the frame table's reply and
+# signed columns for tools and the bridge (columns()).
 from protocol.codec import _fill, decode_body
 from protocol.errors import FieldError, UnknownType
+from protocol import frames
 from protocol.frames import direction, tokens
 from protocol.layout import Layout, _POS, _line, _number_of, layout_named, layouts
 
@@ -91,3 +93,25 @@ class _Map:
 
 LAYOUTS = _Map(False)  # code -> tuple of Layout (most have one)
 BY_NAME = _Map(True)   # name -> Layout
+
+
+def columns():
+    """Yield (code, name, reply, key, signed) for every frame: the code of the
+    frame that answers it (None when none does) and the reply's key field
+    (None), and whether it is a signed command."""
+    for t in frames.TABLE:
+        i = 0
+        while i < len(t):
+            j = t.find("\n", i)
+            k = t.find(" ", i + 3)
+            reply = key = None
+            signed = False
+            for tok in t[k + 1:frames.skip_columns(t, k)].split():
+                if tok == "!":
+                    signed = True
+                else:
+                    reply = int(tok[1:3], 16)
+                    if len(tok) > 4:
+                        key = tok[4:]
+            yield int(t[i:i + 2], 16), t[i + 3:k], reply, key, signed
+            i = j + 1

@@ -5,6 +5,13 @@ import binascii
 
 from protocol.errors import FieldError
 
+# A bill's periods, the tariff classes 0..4: the prefixes of the fields of
+# each period block (0x3B "sharp_energy", 0x58 "sharp_energy_price", 0xEB
+# "sharp_energy_fee"), in block order. Deep valley only in the five-period
+# layouts. Here because every firmware module loads this one.
+PERIODS5 = ("sharp", "peak", "flat", "valley", "deep")
+PERIODS = PERIODS5[:4]
+
 
 # --- BCD: most significant digit first, value a str of 2*size digits -------
 
@@ -77,6 +84,36 @@ def ascii_decode(buf, off, size, name="ascii", reverse=False):
 
 
 # --- hex blobs (physical card numbers, digests): value a str of hex digits ----
+
+# login.sw_version, status_reply.fw_version / hmi_version: 8 ASCII bytes
+_VERSION_BYTES = 8
+
+
+def wire_version(v):
+    """A version for an 8-byte ASCII field. The rule: as is when it fits;
+    else leading zeros of each dot-separated number dropped ("209.04.00" ->
+    "209.4.0"); else the dots dropped too ("2090400"); else the first 8
+    characters. Characters outside printable ASCII become "?"."""
+    if not v:
+        return ""
+    out = []
+    for ch in str(v):
+        out.append(ch if " " <= ch <= "~" else "?")
+    v = "".join(out)
+    if len(v) <= _VERSION_BYTES:
+        return v
+    parts = []
+    for p in v.split("."):
+        q = p
+        while len(q) > 1 and q[0] == "0" and "0" <= q[1] <= "9":
+            q = q[1:]
+        parts.append(q)
+    v = ".".join(parts)
+    if len(v) <= _VERSION_BYTES:
+        return v
+    v = "".join(parts)
+    return v[:_VERSION_BYTES]
+
 
 def hex_encode(buf, off, size, value, name="hex"):
     if len(value) > 2 * size:

@@ -3,9 +3,14 @@
 # and docs/protocol.md (tools/gen_protocol_doc.py).
 #
 # TABLE holds the frames in sections (one string each), one frame per line:
-#     CODE NAME FIELD FIELD ...
+#     CODE NAME [>REPLY[/KEY]] [!] FIELD FIELD ...
 #   CODE   two hex digits. The direction follows from it: odd = pile to
 #          platform ("P"), even = platform to pile ("S").
+#   >REPLY the code of the frame that answers this one (it echoes the
+#          sequence); /KEY the reply's field that also names the request, for
+#          peers that do not echo the sequence (">33/serial")
+#   !      signed: a pile holding a command key acts on this frame only
+#          inside a 0xD2 `signed` envelope (protocol/sign.py PROTECTED)
 #   FIELD  name=KIND SIZE [:SCALE] [UNIT] [[RECORD,RECORD...]]
 #          e.g. "energy=u4:4kWh" (4-byte unsigned, units of 10^-4 kWh) or
 #          "gun_temp=u1C-50" (1 byte, degrees C sent with a +50 offset), or a
@@ -48,9 +53,6 @@ EXT_LAST = 0xEF
 # CRC raw, before decoding (docs/bridge.md "Custody"). 0x3D is V1.7's bill.
 BILL_CODES = (0x3B, 0x3D)
 
-PERIODS = ("sharp", "peak", "flat", "valley")
-PERIODS5 = ("sharp", "peak", "flat", "valley", "deep")
-
 MACROS = {
     "$P": "pile=b7",
     "$PG": "pile=b7 gun=b1",
@@ -73,17 +75,17 @@ MACROS = {
 
 TABLE = (
     # --- login, heartbeat, tariff model -----------------------------------------
-    "01 login $P pile_type=u1 guns=u1 proto_version=u1:1 sw_version=a8 net_type=u1 sim=h10 "
+    "01 login >02 $P pile_type=u1 guns=u1 proto_version=u1:1 sw_version=a8 net_type=u1 sim=h10 "
     "carrier=u1\n"
     "02 login_reply $P result=u1\n"
-    "03 heartbeat $PG gun_status=u1\n"
+    "03 heartbeat >04 $PG gun_status=u1\n"
     "04 heartbeat_reply $PG reply=u1\n"
-    "05 tariff_check $P model=b2\n"
+    "05 tariff_check >06 $P model=b2\n"
     "06 tariff_check_reply $P model=b2 result=u1\n"
-    "09 tariff_request $P\n"
-    "0A tariff_model $TARIFF\n",
+    "09 tariff_request >0A $P\n"
+    "0A tariff_model ! $TARIFF\n",
     # --- realtime data and the GB/T 27930 BMS reports -----------------------------
-    "12 read_realtime $PG\n"
+    "12 read_realtime >13/gun $PG\n"
     "13 realtime $SPG status=u1 homed=u1 plugged=u1 voltage=u2:1V current=u2:1A gun_temp=u1C-50 "
     "cable_code=h8 soc=u1% battery_temp=u1C-50 minutes=u2min minutes_left=u2min "
     "energy=u4:4kWh loss_energy=u4:4kWh amount=u4:4yuan faults=u2\n"
@@ -105,20 +107,20 @@ TABLE = (
     "25 bms_info $SPG max_cell_no=u1 max_temp=u1C-50 max_temp_point=u1 min_temp=u1C-50 "
     "min_temp_point=u1 bsm_status1=u1 bsm_status2=u1\n",
     # --- starting, stopping, the bill ---------------------------------------------
-    "31 start_request $PG start_type=u1 need_password=u1 card=h8 password=h16 vin=r17\n"
-    "32 start_auth $SPG logical_card=b8 balance=u4:2yuan ok=u1 reason=u1\n"
+    "31 start_request >32 $PG start_type=u1 need_password=u1 card=h8 password=h16 vin=r17\n"
+    "32 start_auth ! $SPG logical_card=b8 balance=u4:2yuan ok=u1 reason=u1\n"
     "33 remote_start_reply $SPG result=u1 reason=u1\n"
-    "34 remote_start $SPG logical_card=b8 card=h8 balance=u4:2yuan\n"
+    "34 remote_start >33/serial ! $SPG logical_card=b8 card=h8 balance=u4:2yuan\n"
     "35 remote_stop_reply $PG result=u1 reason=u1\n"
-    "36 remote_stop $PG\n"
-    "3B bill $SPG start_time=t7 end_time=t7 "
+    "36 remote_stop >35/gun ! $PG\n"
+    "3B bill >40 $SPG start_time=t7 end_time=t7 "
     "sharp_price=u4:5yuan/kWh sharp_energy=u4:4kWh sharp_loss=u4:4kWh sharp_amount=u4:4yuan "
     "peak_price=u4:5yuan/kWh peak_energy=u4:4kWh peak_loss=u4:4kWh peak_amount=u4:4yuan "
     "flat_price=u4:5yuan/kWh flat_energy=u4:4kWh flat_loss=u4:4kWh flat_amount=u4:4yuan "
     "valley_price=u4:5yuan/kWh valley_energy=u4:4kWh valley_loss=u4:4kWh valley_amount=u4:4yuan "
     "meter_start=u5:4kWh meter_stop=u5:4kWh total_energy=u4:4kWh total_loss=u4:4kWh "
     "total_amount=u4:4yuan vin=a17 trade_flag=u1 trade_time=t7 stop_reason=u1 card=h8\n"
-    "3B bill5 $SPG start_time=t7 end_time=t7 "
+    "3B bill5 >40 $SPG start_time=t7 end_time=t7 "
     "sharp_price=u4:5yuan/kWh sharp_energy=u4:4kWh sharp_loss=u4:4kWh sharp_amount=u4:4yuan "
     "peak_price=u4:5yuan/kWh peak_energy=u4:4kWh peak_loss=u4:4kWh peak_amount=u4:4yuan "
     "flat_price=u4:5yuan/kWh flat_energy=u4:4kWh flat_loss=u4:4kWh flat_amount=u4:4yuan "
@@ -129,38 +131,38 @@ TABLE = (
     "40 bill_confirm serial=b16 result=u1\n",
     # --- account balance, offline cards ---------------------------------------------
     "41 balance_update_reply $P card=h8 result=u1\n"
-    "42 balance_update $PG card=h8 balance=u4:2yuan\n"
+    "42 balance_update >41 ! $PG card=h8 balance=u4:2yuan\n"
     "43 card_sync_reply $P result=u1 reason=u1\n"
-    "44 card_sync $P count=u1 cards=v240[logical_card=b8,card=h8]\n"
+    "44 card_sync >43 $P count=u1 cards=v240[logical_card=b8,card=h8]\n"
     "45 card_clear_reply $P results=v240[card=h8,result=u1,reason=u1]\n"
-    "46 card_clear $P count=u1 cards=v192[card=h8]\n"
+    "46 card_clear >45 $P count=u1 cards=v192[card=h8]\n"
     "47 card_query_reply $P results=v234[card=h8,found=u1]\n"
-    "48 card_query $P count=u1 cards=v208[card=h8]\n",
+    "48 card_query >47 $P count=u1 cards=v208[card=h8]\n",
     # --- platform settings --------------------------------------------------------------
     "51 work_params_reply $P result=u1\n"
-    "52 work_params $P locked=u1 max_power=u1%\n"
+    "52 work_params >51 $P locked=u1 max_power=u1%\n"
     "55 time_sync_reply $P time=t7\n"
-    "56 time_sync $P time=t7\n"
+    "56 time_sync >55 $P time=t7\n"
     "57 tariff_set_reply $P result=u1\n"
-    "58 tariff_set $TARIFF\n",
+    "58 tariff_set >57 ! $TARIFF\n",
     # --- parking lock (the gun number is binary here, not BCD) ---------------------------
     "61 lock_status $P gun=u1 lock_state=u1 space=u1 lock_battery=u1% alarm=u1 reserved=h4\n"
-    "62 lock_command $P gun=u1 action=u1 reserved=h4\n"
+    "62 lock_command >63 $P gun=u1 action=u1 reserved=h4\n"
     "63 lock_reply $P gun=u1 result=u1 reserved=h4\n",
     # --- remote maintenance ---------------------------------------------------------------
     "91 reboot_reply $P result=u1\n"
-    "92 reboot $P when=u1\n"
+    "92 reboot >91 ! $P when=u1\n"
     "93 update_reply $P status=u1\n"
-    "94 update $P pile_model=u1 power=u2kW server=a16 port=u2 user=a16 password=a16 path=a32 "
+    "94 update >93 $P pile_model=u1 power=u2kW server=a16 port=u2 user=a16 password=a16 path=a32 "
     "when=u1 timeout=u1min\n",
     # --- dual-gun parallel charging -----------------------------------------------------------
-    "A1 parallel_request $PG start_type=u1 need_password=u1 card=h8 password=h16 vin=r17 "
+    "A1 parallel_request >A2 $PG start_type=u1 need_password=u1 card=h8 password=h16 vin=r17 "
     "role=u1 group=b6\n"
     "A2 parallel_auth $SPG logical_card=b8 balance=u4:2yuan ok=u1 reason=u1 group=b6\n"
     "A3 parallel_start_reply $SPG result=u1 reason=u1 role=u1 group=b6\n"
-    "A4 parallel_start $SPG logical_card=b8 card=h8 balance=u4:2yuan group=b6\n",
+    "A4 parallel_start >A3 $SPG logical_card=b8 card=h8 balance=u4:2yuan group=b6\n",
     # --- extension frames (0xD0..0xEF), documented in docs/protocol.md -------------------------
-    # Signed command envelope (firmware/auth.py): the inner frame's code and
+    # Signed command envelope (protocol/sign.py): the inner frame's code and
     # body, exactly as they would travel bare, under an HMAC-SHA256 with the
     # pile's command key and a counter > the last one accepted. body: at most
     # MAX_BODY 251 - 37 header bytes. A pile that holds a command key acts on
@@ -174,14 +176,14 @@ TABLE = (
     "D1 signed_reject counter=u4 reason=u1\n"
     "D2 signed counter=u4 mac=h32 code=u1 body=v214\n"
     # A 5-class (deep valley) tariff model: slots 0..4; answered with 0x57.
-    "D4 tariff5_set $TARIFF5\n",
+    "D4 tariff5_set >57 ! $TARIFF5\n",
     # --- extension frames, continued ------------------------------------------------------------
     # Remote start with targets; answered with the standard 0x33.
-    "E2 ext_start $SPG logical_card=b8 card=h8 balance=u4:2yuan target_amount=u4:4yuan "
+    "E2 ext_start >33/serial ! $SPG logical_card=b8 card=h8 balance=u4:2yuan target_amount=u4:4yuan "
     "target_energy=u4:4kWh target_minutes=u2min target_soc=u1% flags=u1\n"
     # The platform settled a bill (0x40 only says "received").
     "E3 settled_reply serial=b16 result=u1\n"
-    "E4 settled serial=b16 result=u1\n"
+    "E4 settled >E3/serial serial=b16 result=u1\n"
     # Journal and version status, for the bridge and the technician.
     # refusing_starts: 1 while the journal is too full of unconfirmed bills
     # to take one more session (the pile answers starts with 0x33 reason
@@ -194,7 +196,7 @@ TABLE = (
     "oldest_pending=b16 state=u1 boot_reason=u1 fw_version=a8 hmi_version=a8 refusing_starts=u1\n"
     "E5 status_reply55 $P pending=u2 unsettled=u2 illegal=u2 journal_used=u4B journal_limit=u4B "
     "oldest_pending=b16 state=u1 boot_reason=u1 fw_version=a8 hmi_version=a8\n"
-    "E6 status_query $P\n"
+    "E6 status_query >E5 $P\n"
     # Chunked firmware transfer (firmware/upgrade.py, firmware/remote.py).
     # fw_control.op: 1 begin (version, size, sha256, mac announce the image;
     # the reply's offset is where to send from: 0, or where an interrupted
@@ -211,12 +213,12 @@ TABLE = (
     # 1 downloading, 2 verified, 3 installing, 4 installed, 5 failed,
     # 6 rolled_back) and offset (the next byte the pile expects).
     "E7 fw_reply $P op=u1 result=u1 stage=u1 offset=u4B\n"
-    "E8 fw_control $P op=u1 version=a8 size=u4B sha256=h32 mac=h32\n"
+    "E8 fw_control >E7 ! $P op=u1 version=a8 size=u4B sha256=h32 mac=h32\n"
     # A data chunk: appended only at the offset the pile expects; any other
     # offset changes nothing and fw_reply says which one to send.
-    "EA fw_chunk $P offset=u4B data=v200\n"
+    "EA fw_chunk >E7 $P offset=u4B data=v200\n"
     # The fee split and VIN facts a 0x3B cannot carry (same trade serial), and its ack.
-    "EB bill_extra serial=b16 model=b2 sharp_energy_fee=u4:4yuan sharp_service_fee=u4:4yuan "
+    "EB bill_extra >EC serial=b16 model=b2 sharp_energy_fee=u4:4yuan sharp_service_fee=u4:4yuan "
     "peak_energy_fee=u4:4yuan peak_service_fee=u4:4yuan flat_energy_fee=u4:4yuan "
     "flat_service_fee=u4:4yuan valley_energy_fee=u4:4yuan valley_service_fee=u4:4yuan "
     "deep_energy_fee=u4:4yuan deep_service_fee=u4:4yuan vin_mismatch=u1 nameplate_vin=a17 "
@@ -227,9 +229,9 @@ TABLE = (
     # add to it (at most 12 records a frame bare, 11 inside `signed`);
     # vin_list_reply.stored = VINs the pile now holds.
     "ED vin_list_reply version=u4 result=u1 stored=u2\n"
-    "EE vin_list version=u4 count=u1 records=v228[vin=a17,department=u2]\n",
+    "EE vin_list >ED/version ! version=u4 count=u1 records=v228[vin=a17,department=u2]\n",
     # --- a platform addition seen in the field, not in the V1.6 document -----------------------
-    "F0 qr_prefix $P prefix_kind=u1 prefix_len=u1 prefix=v242\n"
+    "F0 qr_prefix >F1 $P prefix_kind=u1 prefix_len=u1 prefix=v242\n"
     "F1 qr_prefix_reply $P result=u1\n",
 )
 
@@ -250,6 +252,15 @@ def tokens(spec):
     return out
 
 
+def skip_columns(t, k):
+    """Where the fields of the line whose name ends at t[k] start: past the
+    reply and signed columns (">..." and "!")."""
+    k += 1
+    while t[k] == ">" or t[k] == "!":
+        k = t.find(" ", k) + 1
+    return k
+
+
 def lines():
     """Yield (code, name, spec) for every frame, in table order."""
     for t in TABLE:
@@ -257,7 +268,7 @@ def lines():
         while i < len(t):
             j = t.find("\n", i)
             k = t.find(" ", i + 3)
-            yield int(t[i:i + 2], 16), t[i + 3:k], t[k + 1:j]
+            yield int(t[i:i + 2], 16), t[i + 3:k], t[skip_columns(t, k):j]
             i = j + 1
 
 

@@ -10,7 +10,7 @@
 from array import array
 
 from protocol.errors import BadLength, UnknownType
-from protocol.frames import TABLE, direction, tokens
+from protocol.frames import TABLE, direction, skip_columns, tokens
 
 try:
     from micropython import const
@@ -136,7 +136,7 @@ def _line(k):
     t = TABLE[_POS[k] >> 12]
     p = _POS[k] & 0xFFF
     e = t.find(" ", p + 3)
-    return _CODE[k], t[p + 3:e], t[e + 1:t.find("\n", e)]
+    return _CODE[k], t[p + 3:e], t[skip_columns(t, e):t.find("\n", e)]
 
 
 def _compiled(k):

@@ -155,7 +155,7 @@ def test_a_key_file_readable_by_others_is_refused_with_the_fix_in_the_message():
 
 
 def test_pile_keys_come_from_the_pile_table_then_the_keys_folder_then_the_site_key():
-    from firmware import auth
+    from protocol import sign
     from tests.test_bridge_helpers import tempdir
     own, in_dir, site = bytes(range(32)), bytes(range(1, 33)), bytes(range(2, 34))
     with tempdir("keys") as d:
@@ -169,7 +169,7 @@ def test_pile_keys_come_from_the_pile_table_then_the_keys_folder_then_the_site_k
         ring = C.KeyRing(cfg)
         assert ring.cmd_key("55031412782305") == own
         assert ring.cmd_key("55031412782306") == in_dir
-        assert ring.cmd_key("55031412782307") == auth.pile_key(site, "55031412782307")
+        assert ring.cmd_key("55031412782307") == sign.pile_key(site, "55031412782307")
         assert ring.cmd_key("55031412782308") is None        # a third-party pile, bare commands
         assert ring.upgrade_key() is None
         assert own.hex() not in C.dump(cfg) and site.hex() not in C.dump(cfg)   # paths only

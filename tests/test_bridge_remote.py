@@ -15,8 +15,8 @@ import time
 
 from firmware import auth
 from firmware import session as S
-from firmware import upgrade as U
 from host import config as configmod
+from protocol import image as fwimage
 from tests.test_bridge_helpers import (
     PILE_A, ROOT, FirmwarePile, Platform, bridge_running, fast_config, pty_pair, run, tempdir,
     url_of)
@@ -37,7 +37,7 @@ def key_file(tmp, name, key):
 
 
 def image(tag=b"new", size=3000):
-    return U.pack_image([("main.py", b"# main " + tag + b"\n"),
+    return fwimage.pack_image([("main.py", b"# main " + tag + b"\n"),
                          ("firmware/big.py", bytes(i & 0xFF for i in range(size)))])
 
 

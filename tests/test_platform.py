@@ -13,13 +13,13 @@ import types
 import aiomqtt
 import pytest
 
-from firmware import auth
-from firmware.pile import bill_payload, split_payload
 from host import platform as P
 from host import schema
 from host.platform import BillKeys, Platform, PlatformError, reconcile
 from host.testkit import make_bill, make_extra
 from protocol import codec
+from protocol.bill import payload as bill_payload, split as split_payload
+from protocol import sign
 from tests import broker as brokers
 from tests.test_bridge_helpers import PILE_A, PILE_B, bridge_running, connect_pile, fast_config, \
     fees_yuan, run, tempdir, until, url_of
@@ -31,11 +31,13 @@ KEY_OTHER = bytes(range(1, 33))
 def bill_doc(serial="1" * 32, energies=(100, 200, 300, 400), price=100000):
     raw = {"serial": serial, "pile": "55031412782305", "meter_start": 1000,
            "meter_stop": 1000 + sum(energies), "total_energy": sum(energies),
+           "total_loss": sum(energies), "start_time": 770000000, "end_time": 770003600,
            "stop_reason": 0x40, "extra": {}}
     amount = 0
     for p, e in zip(("sharp", "peak", "flat", "valley"), energies):
         a = e * price // 100000
         raw[p + "_energy"] = e
+        raw[p + "_loss"] = e
         raw[p + "_amount"] = a
         raw["extra"][p + "_energy_fee"] = a
         raw["extra"][p + "_service_fee"] = 0
@@ -46,7 +48,7 @@ def bill_doc(serial="1" * 32, energies=(100, 200, 300, 400), price=100000):
 
 def pile_doc(n=1, key=KEY_A, pile=PILE_A, complete=True, body_hook=None, extra_hook=None):
     """A bill document exactly as the bridge publishes it (host.schema.bill_json)
-    for a bill the real firmware sealed (firmware.pile.bill_payload, MAC under
+    for a bill the real firmware sealed (protocol.bill.payload, MAC under
     `key`). body_hook(bytes) -> bytes changes the 0x3B body after the pile."""
     values = make_bill(pile, n)
     values.update(make_extra(values))
@@ -172,7 +174,7 @@ def test_a_site_key_verifies_every_pile_by_its_derived_key(tmp_path):
     f.chmod(0o600)
     p = Platform(keys=BillKeys().add_file(str(f)))
     for n, pile in enumerate((PILE_A, PILE_B)):
-        doc = pile_doc(n, key=auth.pile_key(site, pile), pile=pile)
+        doc = pile_doc(n, key=sign.pile_key(site, pile), pile=pile)
         p.take_bill(doc)
         assert p.bill(doc["serial"])["mac"] == P.MAC_VERIFIED
 
@@ -452,7 +454,7 @@ def test_through_the_bridge_a_refused_bill_is_closed_with_the_refusal_and_kept(m
                     # The pile signs `signed`; for `bad` the bytes that arrive
                     # are not what it signed (changed on the link).
                     body = codec.encode("bill", signed)[6:-2]
-                    x = dict(make_extra(bill), mac=auth.bill_mac(KEY_A, body).hex().upper())
+                    x = dict(make_extra(bill), mac=sign.bill_mac(KEY_A, body).hex().upper())
                     assert await pile.send_bill(bill, x) == 0
                 await pile.wait_for(lambda: {good["serial"], bad["serial"]} <= set(pile.settled), 15)
                 row = await b.store.bill(bad["serial"])

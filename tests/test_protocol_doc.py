@@ -58,8 +58,8 @@ def test_doc_and_readme_state_the_extension_range_of_the_frame_table():
 
 
 def test_firmware_auth_envelope_codes_are_the_frame_table_codes():
-    from firmware import auth
+    from protocol import sign
     from protocol import frames as T
     codes = {name: code for code, name, direction, fields in T.each()}
-    assert auth.CODE_SIGNED == codes["signed"]
-    assert auth.CODE_REJECT == codes["signed_reject"]
+    assert sign.CODE_SIGNED == codes["signed"]
+    assert sign.CODE_REJECT == codes["signed_reject"]

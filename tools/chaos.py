@@ -54,11 +54,11 @@ import time
 from firmware import journal as J
 from firmware import session as S
 from firmware.flashsim import FlashSim, PowerCut, SimFile
-from firmware.pile import split_payload
 from host.broker import mosquitto_available
 from host.mqtt import stop_tasks
 from protocol import codec
 from protocol import fields as F
+from protocol.bill import split as split_payload
 from tools import sim as SIM
 from tools import stack
 

@@ -26,7 +26,7 @@ import time
 
 from firmware.vinauth import STOP_VIN_DENIED
 from host.mqtt import stop_tasks
-from protocol.frames import PERIODS5
+from protocol.fields import PERIODS5
 from tools import sim as SIM
 from tools import stack
 

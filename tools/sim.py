@@ -41,6 +41,7 @@ from firmware.tariff import CLASSES, Tariff, TariffError
 from firmware.vinauth import CARD_FLEET, CARD_SITE_ADMIN, VinPolicy
 from protocol import codec
 from protocol import fields as F
+from protocol import reconcile as R
 
 DEFAULT_PILE = "55031412782305"
 DEFAULT_CARD = "D14B0A54"
@@ -823,34 +824,11 @@ def run_scenario(sc, root=None, keep=False):
 
 
 def reconcile(b):
-    """The checks a bill must pass, in integers: (ok, {check: bool}, errors)."""
-    n = 5 if "deep_energy" in b else 4
-    cls = CLASSES[:n]
-    e = sum(b[c + "_energy"] for c in cls)
-    amt = sum(b[c + "_amount"] for c in cls)
-    fees = sum(b[c + "_energy_fee"] + b[c + "_service_fee"] for c in cls)
-    meter = b["meter_stop"] - b["meter_start"]
-    checks = {
-        "period_energy_eq_total": e == b["total_energy"],
-        "total_eq_meter_delta": b["total_energy"] == meter,
-        "period_amounts_eq_total": amt == b["total_amount"],
-        "fees_eq_total": fees == b["total_amount"]
-        and b["energy_fee"] + b["service_fee"] == b["total_amount"],
-        "period_amount_eq_its_fees": all(
-            b[c + "_amount"] == b[c + "_energy_fee"] + b[c + "_service_fee"] for c in cls),
-    }
-    errors = []
-    if not checks["period_energy_eq_total"]:
-        errors.append("sum of period energy %d != total %d" % (e, b["total_energy"]))
-    if not checks["total_eq_meter_delta"]:
-        errors.append("total energy %d != meter stop - start %d" % (b["total_energy"], meter))
-    if not checks["period_amounts_eq_total"]:
-        errors.append("sum of period amounts %d != total amount %d" % (amt, b["total_amount"]))
-    if not checks["fees_eq_total"]:
-        errors.append("energy fee + service fee != total amount")
-    if not checks["period_amount_eq_its_fees"]:
-        errors.append("a period amount != its energy fee + service fee")
-    return not errors, checks, errors
+    """protocol/reconcile.py on a sealed bill (its fee split included):
+    (ok, {problem class: passed}, problems)."""
+    problems = R.reconcile(b, b)
+    bad = R.problem_classes(problems)
+    return not problems, dict((c, c not in bad) for c in R.CLASSES), problems
 
 
 def _e4(v):
@@ -858,10 +836,9 @@ def _e4(v):
 
 
 def bill_json(b, how, unit):
-    n = 5 if "deep_energy" in b else 4
     ok, checks, errors = reconcile(b)
     periods = []
-    for c in CLASSES[:n]:
+    for c in R.periods_of(b):
         periods.append({"class": c, "price": b[c + "_price"], "energy": b[c + "_energy"],
                         "loss": b[c + "_loss"], "amount": b[c + "_amount"],
                         "energy_fee": b[c + "_energy_fee"], "service_fee": b[c + "_service_fee"]})

@@ -7,6 +7,7 @@ import struct
 from firmware import auth
 from firmware.auth import CommandAuth, CounterStore
 from firmware.flashsim import FlashSim, PowerCut
+from protocol import sign
 from tests.mp.util import tmpdir, rmtree
 
 PILE = "55031412782305"
@@ -46,14 +47,14 @@ def fresh(tag="auth"):
 
 def test_hmac_sha256_matches_rfc4231_vectors():
     for key, msg, want in RFC4231:
-        got = hx(auth.hmac_sha256(key, msg))
+        got = hx(sign.hmac_sha256(key, msg))
         assert got[:len(want)] == want, (key[:4], got)
 
 
 def test_hmac_sha256_accepts_bytearray_and_empty_inputs():
-    assert auth.hmac_sha256(bytearray(b"Jefe"), bytearray(b"what do ya want for nothing?")) == \
+    assert sign.hmac_sha256(bytearray(b"Jefe"), bytearray(b"what do ya want for nothing?")) == \
         binascii.unhexlify(RFC4231[1][2])
-    assert len(auth.hmac_sha256(b"", b"")) == 32
+    assert len(sign.hmac_sha256(b"", b"")) == 32
 
 
 def test_signed_stop_accepted_once_then_replay_rejected():
@@ -207,32 +208,32 @@ def test_stale_tmp_beside_a_good_record_is_dropped():
 
 
 def test_envelope_bytes_follow_the_documented_layout():
-    mac = auth.command_mac(KEY, PILE, 0x01020304, STOP, STOP_BODY)
-    env = auth.seal(KEY, PILE, 0x01020304, STOP, STOP_BODY)
+    mac = sign.command_mac(KEY, PILE, 0x01020304, STOP, STOP_BODY)
+    env = sign.seal(KEY, PILE, 0x01020304, STOP, STOP_BODY)
     assert env[:4] == b"\x04\x03\x02\x01"
     assert env[4:36] == mac
     assert env[36] == STOP
     assert env[37:] == STOP_BODY
-    assert len(env) == auth.HEADER_LEN + len(STOP_BODY)
-    assert auth.unpack_envelope(env) == (0x01020304, mac, STOP, STOP_BODY)
+    assert len(env) == sign.HEADER_LEN + len(STOP_BODY)
+    assert sign.unpack_envelope(env) == (0x01020304, mac, STOP, STOP_BODY)
 
 
 def test_mac_input_is_pile_counter_code_body_under_the_command_subkey():
-    k = auth.derive(KEY, b"pc/cmd")
+    k = sign.derive(KEY, b"pc/cmd")
     msg = binascii.unhexlify("55031412782305") + b"\x07\x00\x00\x00" + bytes((STOP,)) + STOP_BODY
-    assert auth.command_mac(KEY, PILE, 7, STOP, STOP_BODY) == auth.hmac_sha256(k, msg)
-    assert CommandAuth(KEY).sign(binascii.unhexlify(PILE), 7, STOP, STOP_BODY) == auth.hmac_sha256(k, msg)
+    assert sign.command_mac(KEY, PILE, 7, STOP, STOP_BODY) == sign.hmac_sha256(k, msg)
+    assert CommandAuth(KEY).sign(binascii.unhexlify(PILE), 7, STOP, STOP_BODY) == sign.hmac_sha256(k, msg)
 
 
 def test_open_checks_a_whole_envelope():
     d, path = fresh()
     try:
         a = CommandAuth(KEY, path)
-        env = auth.seal(KEY, PILE, 3, STOP, STOP_BODY)
+        env = sign.seal(KEY, PILE, 3, STOP, STOP_BODY)
         assert a.open(PILE, env) == (True, None, 3, STOP, STOP_BODY)
         assert a.open(PILE, env)[:3] == (False, "replay", 3)
         assert a.open(PILE, env[:20])[:3] == (False, "malformed", 0)
-        tampered = bytearray(auth.seal(KEY, PILE, 4, STOP, STOP_BODY))
+        tampered = bytearray(sign.seal(KEY, PILE, 4, STOP, STOP_BODY))
         tampered[-1] ^= 0x03
         assert a.open(PILE, bytes(tampered))[:3] == (False, "bad mac", 4)
     finally:
@@ -240,13 +241,13 @@ def test_open_checks_a_whole_envelope():
 
 
 def test_reason_codes_are_stable():
-    assert [auth.reason_code(r) for r in ("bad mac", "replay", "malformed", "store", "unsigned")] == \
+    assert [sign.reason_code(r) for r in ("bad mac", "replay", "malformed", "store", "unsigned")] == \
         [1, 2, 3, 4, 5]
-    assert auth.reason_code(None) == 0
+    assert sign.reason_code(None) == 0
     for code in (0x34, 0x36, 0x58, 0x92, 0xE8):
-        assert auth.needs_auth(code)
-    assert not auth.needs_auth(0x03)       # heartbeat
-    assert not auth.needs_auth(0xEA)       # fw_chunk: the image carries its own MAC
+        assert sign.needs_auth(code)
+    assert not sign.needs_auth(0x03)       # heartbeat
+    assert not sign.needs_auth(0xEA)       # fw_chunk: the image carries its own MAC
 
 
 def _bill_body():
@@ -267,15 +268,15 @@ def _bill_body():
 
 def test_bill_mac_detects_any_changed_byte():
     body = _bill_body()
-    mac = auth.bill_mac(KEY, body)
-    assert auth.verify_bill_mac(KEY, body, mac)
-    assert auth.verify_bill_mac(KEY, body, hx(mac).upper())   # as 0xEB's "h" field
+    mac = sign.bill_mac(KEY, body)
+    assert sign.verify_bill_mac(KEY, body, mac)
+    assert sign.verify_bill_mac(KEY, body, hx(mac).upper())   # as 0xEB's "h" field
     for i in (0, 30, 60, len(body) - 30, len(body) - 1):    # serial, prices, total, vin, card
         t = bytearray(body)
         t[i] ^= 0x01
-        assert not auth.verify_bill_mac(KEY, bytes(t), mac), i
-    assert not auth.verify_bill_mac(OTHER_KEY, body, mac)
-    assert not auth.verify_bill_mac(KEY, body, mac[:31])
+        assert not sign.verify_bill_mac(KEY, bytes(t), mac), i
+    assert not sign.verify_bill_mac(OTHER_KEY, body, mac)
+    assert not sign.verify_bill_mac(KEY, body, mac[:31])
 
 
 def test_bill_mac_cannot_pass_as_a_command_mac():
@@ -283,7 +284,7 @@ def test_bill_mac_cannot_pass_as_a_command_mac():
     # code: without a subkey per purpose, a bill's MAC read off the wire would
     # sign "pile | counter | code | body" cut from the same bytes.
     body = _bill_body()
-    mac = auth.bill_mac(KEY, body)
+    mac = sign.bill_mac(KEY, body)
     counter = struct.unpack("<I", body[7:11])[0]
     d, path = fresh()
     try:
@@ -295,10 +296,10 @@ def test_bill_mac_cannot_pass_as_a_command_mac():
 
 def test_pile_keys_derived_from_a_site_key_differ_per_pile():
     site = b"\x33" * 32
-    k1 = auth.pile_key(site, PILE)
-    k2 = auth.pile_key(site, "55031412782306")
+    k1 = sign.pile_key(site, PILE)
+    k2 = sign.pile_key(site, "55031412782306")
     assert len(k1) == 32 and k1 != k2 and k1 != site
-    assert auth.pile_key(site, PILE) == k1
+    assert sign.pile_key(site, PILE) == k1
 
 
 def test_key_file_in_hex_or_raw():
@@ -310,10 +311,10 @@ def test_key_file_in_hex_or_raw():
             f.write(KEY)
         with open(d + "/bad.key", "wb") as f:
             f.write(b"short")
-        assert auth.load_key(d + "/hex.key") == KEY
-        assert auth.load_key(d + "/raw.key") == KEY
+        assert sign.load_key(d + "/hex.key") == KEY
+        assert sign.load_key(d + "/raw.key") == KEY
         try:
-            auth.load_key(d + "/bad.key")
+            sign.load_key(d + "/bad.key")
             assert False, "short key accepted"
         except ValueError:
             pass

@@ -9,13 +9,13 @@ try:
 except ImportError:  # pragma: no cover
     import ubinascii as binascii
 
-from firmware import auth
 from firmware import session as S
-from firmware import upgrade as U
-from firmware.remote import wire_version
 from firmware.tariff import fee
 from firmware.vinauth import CARD_FLEET, STOP_VIN_DENIED, VinPolicy
 from protocol import codec
+from protocol import image as U
+from protocol import sign
+from protocol.fields import wire_version
 from tests.mp.pilekit import PILE, Rig, serial
 from tests.mp.util import rmtree, tmpdir
 
@@ -45,7 +45,7 @@ def _rig(**cfg):
 
 
 class Signer:
-    """The platform's signing side (what the bridge does with auth.seal)."""
+    """The platform's signing side (what the bridge does with sign.seal)."""
 
     def __init__(self, rig, key=CMD_KEY):
         self.rig = rig
@@ -58,7 +58,7 @@ class Signer:
             counter = self.counter
         layout = codec.layout_named(name)
         body = bytes(codec.encode_body(layout, values))
-        return auth.seal(key or self.key, PILE, counter, layout.code, body)
+        return sign.seal(key or self.key, PILE, counter, layout.code, body)
 
     def send_raw(self, env):
         p = self.rig.platform
@@ -249,7 +249,7 @@ class Pusher:
         n = self._next()
         v = {"pile": PILE, "op": op, "version": "", "size": 0, "sha256": "", "mac": ""}
         if begin:
-            mac = U.upgrade_mac(UP_KEY, self.version, len(self.image), self.sha)
+            mac = sign.upgrade_mac(UP_KEY, self.version, len(self.image), self.sha)
             v.update({"version": self.version, "size": len(self.image),
                       "sha256": _hex(self.sha), "mac": _hex(mac)})
         self.s.send("fw_control", v)
@@ -543,10 +543,10 @@ def test_bill_mac_lets_the_platform_detect_a_changed_bill():
         bill = r.platform.bills()[0]
         mac = r.platform.named("bill_extra")[0].fields["mac"]
         assert mac != "0" * 64
-        assert auth.verify_bill_mac(BILL_KEY, bill.body, mac)
+        assert sign.verify_bill_mac(BILL_KEY, bill.body, mac)
         forged = bytearray(bill.body)
         forged[-20] ^= 1
-        assert not auth.verify_bill_mac(BILL_KEY, bytes(forged), mac)
-        assert not auth.verify_bill_mac(bytes(32), bill.body, mac)
+        assert not sign.verify_bill_mac(BILL_KEY, bytes(forged), mac)
+        assert not sign.verify_bill_mac(bytes(32), bill.body, mac)
     finally:
         rmtree(r.root)

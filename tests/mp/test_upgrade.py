@@ -5,10 +5,17 @@ import hashlib
 import json
 import os
 
+try:
+    import binascii
+except ImportError:  # pragma: no cover
+    import ubinascii as binascii
+
 from firmware import auth
-from firmware import upgrade as U
 from firmware.flashsim import FlashSim, PowerCut as SimCut
-from firmware.upgrade import Updater, UpgradeError
+from firmware.upgrade import Updater
+from protocol import image as U
+from protocol import sign
+from protocol.image import UpgradeError
 from tests.mp.util import tmpdir, rmtree
 
 KEY = b"\x5a" * 32
@@ -30,7 +37,7 @@ def image(version, n=3):
 
 def announce(img, version, key=KEY):
     sha = hashlib.sha256(img).digest()
-    return version, len(img), sha, U.upgrade_mac(key, version, len(img), sha)
+    return version, len(img), sha, sign.upgrade_mac(key, version, len(img), sha)
 
 
 def send(up, img, start, stop=None, size=CHUNK):
@@ -184,7 +191,7 @@ def test_wrong_sha256_fails_verification():
         up = boot(d)
         img = image("2.0")
         wrong = hashlib.sha256(img + b"x").digest()     # signed, but not this image
-        assert up.begin("2.0", len(img), wrong, U.upgrade_mac(KEY, "2.0", len(img), wrong)) == 0
+        assert up.begin("2.0", len(img), wrong, sign.upgrade_mac(KEY, "2.0", len(img), wrong)) == 0
         send(up, img, 0)
         assert up.verify() == (False, "bad sha256")
         st = up.status()
@@ -239,8 +246,8 @@ def test_wrong_mac_fails_before_any_byte_is_staged():
 def test_mac_binds_version_and_size():
     img = image("2.0")
     v, n, sha, mac = announce(img, "2.0")
-    assert U.upgrade_mac(KEY, "2.1", n, sha) != mac
-    assert U.upgrade_mac(KEY, v, n + 1, sha) != mac
+    assert sign.upgrade_mac(KEY, "2.1", n, sha) != mac
+    assert sign.upgrade_mac(KEY, v, n + 1, sha) != mac
     d = tmpdir("up")
     try:
         up = boot(d)
@@ -249,8 +256,8 @@ def test_mac_binds_version_and_size():
             assert False, "relabelled image accepted"
         except UpgradeError as e:
             assert e.reason == "bad mac"
-        assert up.begin(v, n, auth.binascii.hexlify(sha).decode().upper(),
-                        auth.binascii.hexlify(mac).decode().upper()) == 0   # hex, as fw_control decodes
+        assert up.begin(v, n, binascii.hexlify(sha).decode().upper(),
+                        binascii.hexlify(mac).decode().upper()) == 0   # hex, as fw_control decodes
     finally:
         rmtree(d)
 

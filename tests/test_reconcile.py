@@ -1,0 +1,213 @@
+# The one reconciliation (protocol/reconcile.py): a bill whose figures obey
+# docs/pricing.md has no problem, any single figure changed is named by its
+# class, and the bridge and the platform name the same problems for the same
+# bill (field-cases.md §4: reports whose totals were not their periods' sum).
+import types
+
+from hypothesis import given, settings, strategies as st
+
+from host import platform as P
+from host import schema
+from host.testkit import make_bill, make_extra
+from protocol import codec
+from protocol import reconcile as R
+from protocol.bill import payload, split
+from protocol.fields import PERIODS, PERIODS5
+
+PILE = "55031412782305"
+
+
+@st.composite
+def sound_bills(draw):
+    """(0x3B fields, 0xEB fields) that add up: loss-adjusted energy at a
+    loss ratio, each period's amount its energy fee + service fee."""
+    periods = PERIODS5 if draw(st.booleans()) else PERIODS
+    ratio = draw(st.integers(0, 100))
+    start = draw(st.integers(0, 3000000000))
+    meter = draw(st.integers(1, 10 ** 9))
+    b = {"start_time": start, "end_time": start + draw(st.integers(0, 10 ** 6)),
+         "meter_start": meter, "total_energy": 0, "total_loss": 0, "total_amount": 0}
+    x = {}
+    for p in periods:
+        e = draw(st.integers(0, 10 ** 7))
+        ef = draw(st.integers(0, 10 ** 7))
+        sf = draw(st.integers(0, 10 ** 7))
+        b[p + "_energy"] = e
+        b[p + "_loss"] = e + (e * ratio + 50) // 100
+        b[p + "_amount"] = ef + sf
+        x[p + "_energy_fee"] = ef
+        x[p + "_service_fee"] = sf
+        b["total_energy"] += e
+        b["total_loss"] += b[p + "_loss"]
+        b["total_amount"] += ef + sf
+    b["meter_stop"] = meter + b["total_energy"]
+    return b, x
+
+
+def classes(bill, extra=None):
+    return R.problem_classes(R.reconcile(bill, extra))
+
+
+@given(sound_bills())
+def test_a_bill_that_follows_the_pricing_rules_has_no_problem(bx):
+    b, x = bx
+    assert R.reconcile(b, x) == []
+    assert R.reconcile(b) == []
+
+
+@settings(max_examples=300)
+@given(sound_bills(), st.integers(1, 10 ** 6), st.sampled_from(("total_energy", "total_loss",
+       "total_amount", "meter_start", "meter_stop", "period_energy", "period_loss",
+       "period_amount", "fee", "end_time")), st.data())
+def test_one_figure_changed_is_named_by_its_class(bx, d, what, data):
+    b, x = bx
+    periods = PERIODS5 if "deep_energy" in b else PERIODS
+    p = data.draw(st.sampled_from(periods))
+    if what == "total_energy":
+        b["total_energy"] += d
+        c = classes(b, x)
+        assert c[-1] == R.METER_MISMATCH and c[0] in (R.ENERGY_MISMATCH, R.SEGMENTS_MISSING)
+        assert len(c) == 2
+    elif what == "total_loss":
+        b["total_loss"] += d
+        assert classes(b, x) == [R.LOSS_MISMATCH]
+    elif what == "total_amount":
+        b["total_amount"] += d
+        assert classes(b, x) == [R.AMOUNT_MISMATCH]
+    elif what in ("meter_start", "meter_stop"):
+        b[what] += d
+        assert classes(b, x) == [R.METER_MISMATCH]
+    elif what == "period_energy":
+        b[p + "_energy"] += d
+        assert classes(b, x) == [R.ENERGY_MISMATCH]
+    elif what == "period_loss":
+        b[p + "_loss"] += d
+        assert classes(b, x) == [R.LOSS_MISMATCH]
+    elif what == "period_amount":
+        b[p + "_amount"] += d
+        assert classes(b, x) == [R.AMOUNT_MISMATCH, R.FEE_MISMATCH]
+        assert classes(b) == [R.AMOUNT_MISMATCH]         # no fee split: nothing to compare
+    elif what == "fee":
+        x[p + "_service_fee"] += d
+        assert classes(b, x) == [R.FEE_MISMATCH]
+        assert any(p + " fees" in s for s in R.reconcile(b, x))
+    else:
+        b["end_time"] = b["start_time"] - d
+        assert classes(b, x) == [R.END_BEFORE_START]
+
+
+@given(sound_bills())
+def test_every_problem_is_one_of_the_named_classes(bx):
+    b, x = bx
+    b["total_energy"] += 1
+    b["sharp_amount"] += 1
+    b["start_time"] = None
+    del b["valley_loss"]
+    x["deep_service_fee"] = x.get("deep_service_fee", 0) + 1
+    c = classes(b, x)
+    assert set(c) <= set(R.CLASSES)
+    assert R.TIME_MISSING in c and R.FIELD_MISSING in c and R.FEE_MISMATCH in c
+
+
+def test_the_fields_total_without_segments_bill_is_segments_missing_not_a_mere_mismatch():
+    b = make_bill(PILE, 1)
+    for p in PERIODS:
+        b[p + "_energy"] = 0
+        b[p + "_loss"] = 0
+    assert classes(b) == [R.SEGMENTS_MISSING]
+
+
+def test_a_pile_without_meter_readings_is_meter_absent():
+    b = make_bill(PILE, 1)
+    b["meter_start"] = b["meter_stop"] = 0
+    assert classes(b) == [R.METER_ABSENT]
+    b["total_energy"] = 0
+    for p in PERIODS:
+        b[p + "_energy"] = b[p + "_loss"] = 0
+    assert R.METER_ABSENT not in classes(b)        # an empty session: 0 -> 0 is right
+
+
+def test_loss_energy_that_does_not_add_up_is_a_problem_for_every_caller():
+    # The three old copies disagreed: only the bridge summed loss energy.
+    b = make_bill(PILE, 1)
+    b["peak_loss"] += 7
+    assert classes(b) == [R.LOSS_MISMATCH]
+
+
+def test_fees_in_a_period_the_bill_does_not_have_do_not_add_up():
+    b = make_bill(PILE, 1)
+    x = make_extra(b)
+    x["deep_energy_fee"] = 5
+    assert classes(b, x) == [R.FEE_MISMATCH]
+
+
+# --- bridge and platform ----------------------------------------------------------
+
+def _five(b):
+    b = dict(b)
+    for k in ("price", "energy", "loss", "amount"):
+        b["deep_" + k] = 0
+    return b
+
+
+def _corpus():
+    """(name, 0x3B fields, 0xEB fields or None): sound bills and one of
+    every problem the bridge can receive in an encodable frame."""
+    def bill(**kw):
+        b = make_bill(PILE, len(out) + 1)
+        for k, v in kw.items():
+            b[k] = v(b) if callable(v) else v
+        return b
+    out = []
+    out.append(("sound", bill(), None))
+    b = bill()
+    out.append(("sound with fees", b, make_extra(b)))
+    b = _five(bill())
+    b["deep_energy"] = 100
+    b["deep_loss"] = 100
+    b["total_energy"] += 100
+    b["total_loss"] += 100
+    b["meter_stop"] += 100
+    out.append(("sound, five periods", b, None))
+    out.append(("no segments", bill(sharp_energy=0, peak_energy=0, flat_energy=0, valley_energy=0),
+                None))
+    out.append(("energy", bill(total_energy=lambda b: b["total_energy"] + 1), None))
+    out.append(("loss", bill(total_loss=lambda b: b["total_loss"] + 3), None))
+    out.append(("amount", bill(total_amount=lambda b: b["total_amount"] - 1), None))
+    out.append(("meter", bill(meter_stop=lambda b: b["meter_stop"] + 100), None))
+    out.append(("meter absent", bill(meter_start=0, meter_stop=0), None))
+    out.append(("end before start", bill(end_time=lambda b: b["start_time"] - 60), None))
+    b = bill()
+    x = make_extra(b)
+    x["flat_service_fee"] += 1
+    out.append(("fees", b, x))
+    return out
+
+
+def _bridge_doc(b, x):
+    bill = types.SimpleNamespace(frame=codec.encode(0x3B, b, 7), pile_seq=1,
+                                 extra=codec.encode(0xEB, x, 8) if x is not None else None,
+                                 received_at=1700000000.0, crc_swapped=False)
+    return schema.bill_json("s1", bill, ext=x is not None)
+
+
+def test_bridge_and_platform_name_the_same_problems_for_every_bill_of_the_corpus():
+    seen = set()
+    for name, b, x in _corpus():
+        doc = _bridge_doc(b, x)
+        bridge = doc["checks"]["problems"]
+        assert bridge == P.reconcile(doc), name
+        assert doc["checks"]["ok"] == (not bridge)
+        assert (not bridge) == name.startswith("sound"), (name, bridge)
+        seen.update(R.problem_classes(bridge))
+    assert seen >= {R.SEGMENTS_MISSING, R.ENERGY_MISMATCH, R.LOSS_MISMATCH, R.AMOUNT_MISMATCH,
+                    R.METER_MISMATCH, R.METER_ABSENT, R.END_BEFORE_START, R.FEE_MISMATCH}
+
+
+def test_the_firmware_payload_reconciles_the_same_on_both_ends():
+    b = make_bill(PILE, 1)
+    b.update(make_extra(b))
+    body, extra = split(payload(b, bytes(32)))
+    f = codec.decode(codec.wrap(0x3B, body, 1)).fields
+    x = codec.decode(codec.wrap(0xEB, extra, 2)).fields
+    assert R.reconcile(f, x) == [] == R.reconcile(b, b)
