@@ -105,6 +105,10 @@ class PlatformError(Exception):
 def reconcile(doc):
     """Problems (list of str) with a bill document, from its raw integers:
     protocol/reconcile.py's, on the 0x3B fields and the 0xEB fee split."""
+    if doc.get("decoded") is False:
+        # Kept raw by the bridge (docs/bridge.md "Custody"): stored and
+        # confirmed like any bill, flagged for an operator to read by hand.
+        return ["undecodable: %s" % doc.get("error")]
     raw = doc.get("raw")
     if not isinstance(raw, dict):
         return ["field_missing: raw"]

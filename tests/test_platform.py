@@ -614,3 +614,29 @@ def test_mqtts_never_falls_back_to_plain_and_bad_credentials_are_named(site_brok
     assert P.main(tls_args(pki, broker, **{"--broker": "mqtt://127.0.0.1:%d" % broker.tls_port})
                   + cmd) == 2
     assert "use mqtts://" in capsys.readouterr().err
+
+
+def test_a_bill_kept_raw_is_stored_flagged_and_confirmed_with_its_hash(mosquitto):
+    # decoded=false (the bridge could not read it): the platform keeps it,
+    # says why, and confirms it naming the hash of the frame it stored, so
+    # the bridge releases the pile.
+    frame = codec.wrap(0x3D, b"\x55\x03\x14\x12\x78\x23\x05" * 4, 9)
+    doc = {"schema": "pc.bill/1", "site": "s1", "pile": "55031412782305", "serial": "AB" * 16,
+           "decoded": False, "error": "UnknownType: 0x3D", "raw": None, "complete": True,
+           "frame": frame.hex().upper(), "extra_frame": None, "mac": None}
+
+    async def scenario():
+        p = Platform("mqtt://%s:%d" % (mosquitto.host, mosquitto.port))
+        task = await started(p)
+        async with aiomqtt.Client(mosquitto.host, mosquitto.port) as c:
+            await c.subscribe("pc/s1/confirm/+", qos=1)
+            await c.publish("pc/s1/bills/55031412782305", json.dumps(doc), qos=1)
+            async for m in c.messages:
+                got = json.loads(m.payload)
+                break
+        await stopped(task)
+        return p, got
+    p, got = asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert got == {"serial": "AB" * 16, "result": 0, "hash": hashlib.sha256(frame).hexdigest()}
+    assert P.reconcile(doc) == ["undecodable: UnknownType: 0x3D"]
+    assert p.summary()["bills"] == 1
