@@ -6,9 +6,12 @@
 #
 # Reading commands are open to anyone holding the cable; commands that change
 # the pile (config set, reboot, release) need the technician PIN (cfg "pin"), compared
-# in constant time. _MAX_TRIES wrong PINs lock the console for _LOCKOUT_MS
-# (tick differences); the failure count is kept on flash, so a reboot does not
-# reset it (a lockout in force at boot starts again in full).
+# in constant time. _MAX_TRIES wrong PINs lock the console for _LOCKOUT_MS,
+# each further lockout before a right PIN for twice as long, up to
+# _LOCKOUT_MAX_MS (5, 10, 20 ... minutes, then a day: a few dozen guesses a
+# day, not 1,440); tick differences. The failure and lockout counts are kept
+# on flash, so a reboot does not reset them (a lockout in force at boot
+# starts again in full).
 #
 # Wire it to the main loop:  con = Console(pile, uart2); pile.console = con
 # (Pile.poll() then polls it), or call con.poll() from your own loop.
@@ -30,7 +33,8 @@ except ImportError:
 
 _MAX_LINE = const(96)          # bytes of one command line; more is refused whole
 _MAX_TRIES = const(5)          # wrong PINs before the lockout
-_LOCKOUT_MS = const(300000)    # 5 minutes
+_LOCKOUT_MS = const(300000)    # 5 minutes: the first lockout
+_LOCKOUT_MAX_MS = const(86400000)   # a day: the longest
 _UNLOCK_MS = const(600000)     # an unlocked console locks itself after 10 idle minutes
 _READ = const(64)              # bytes taken from the UART per read
 _BS = const(0x08)
@@ -161,13 +165,20 @@ class Console:
         self._cfg_path = pile.root + "/console.cfg"
         raw = _read_file(self._lock_path)
         self._fails = 0
+        self._lockouts = 0        # lockouts since the last right PIN
         if raw:
             try:
-                self._fails = int(raw)
+                parts = raw.split(b",")   # "fails" (older firmware) or "fails,lockouts"
+                self._fails = int(parts[0])
+                if len(parts) > 1:
+                    self._lockouts = int(parts[1])
             except ValueError:
                 self._fails = _MAX_TRIES  # unreadable: assume the worst
+                self._lockouts = 1
         if self._fails >= _MAX_TRIES:
             self._locked_at = self.clock.ticks_ms()
+            if self._lockouts < 1:
+                self._lockouts = 1
         self._load_cfg()
         self.uart.write(b"\r\npile console (" + FW_VERSION.encode() + b"), 'help' lists commands\r\n"
                         + PROMPT)
@@ -566,14 +577,27 @@ class Console:
 
     # --- PIN -------------------------------------------------------------------------
 
+    def _lockout_ms(self):
+        ms = _LOCKOUT_MS
+        n = 1
+        while n < self._lockouts and ms < _LOCKOUT_MAX_MS:
+            ms *= 2
+            n += 1
+        return ms if ms < _LOCKOUT_MAX_MS else _LOCKOUT_MAX_MS
+
+    def _save_fails(self):
+        _write_file(self._lock_path, ("%d,%d" % (self._fails, self._lockouts)).encode())
+
     def _locked_left(self):
         if self._locked_at is None:
             return 0
-        left = _LOCKOUT_MS - self._diff(self.clock.ticks_ms(), self._locked_at)
+        left = self._lockout_ms() - self._diff(self.clock.ticks_ms(), self._locked_at)
         if left <= 0:
+            # Over: another _MAX_TRIES tries; the lockout count stays until
+            # a right PIN, so the next lockout is longer.
             self._locked_at = None
             self._fails = 0
-            _remove(self._lock_path)
+            self._save_fails()
             return 0
         return left
 
@@ -603,6 +627,7 @@ class Console:
             raise CommandError("no technician PIN configured on this pile (cfg 'pin')")
         if _same(args[0], str(pin)):
             self._fails = 0
+            self._lockouts = 0
             _remove(self._lock_path)
             self._unlocked = self.clock.ticks_ms()
             self.pile.event("console_unlocked", "")
@@ -610,11 +635,13 @@ class Console:
                                   % (_UNLOCK_MS // 60000)]
         self._fails += 1
         self._unlocked = None
-        _write_file(self._lock_path, str(self._fails).encode())
         if self._fails >= _MAX_TRIES:
+            self._lockouts += 1
+            self._save_fails()
             self._locked_at = self.clock.ticks_ms()
-            self.pile.event("console_lockout", "%d wrong PINs" % self._fails)
-            raise CommandError("wrong PIN; locked out for %d minutes" % (_LOCKOUT_MS // 60000))
+            self.pile.event("console_lockout", "%d wrong PINs, lockout %d" % (self._fails, self._lockouts))
+            raise CommandError("wrong PIN; locked out for %d minutes" % (self._lockout_ms() // 60000))
+        self._save_fails()
         self.pile.event("console_bad_pin", str(self._fails))
         raise CommandError("wrong PIN (%d of %d tries left)" % (_MAX_TRIES - self._fails,
                                                                 _MAX_TRIES))

@@ -203,6 +203,31 @@ def test_five_wrong_pins_lock_out_for_five_minutes_even_across_a_reboot():
         rmtree(r.root)
 
 
+def test_each_lockout_before_a_right_pin_lasts_twice_as_long_up_to_a_day():
+    # 5 tries every 5 minutes was 1,440 guesses a day (issue 17). Now each
+    # lockout doubles (5, 10, 20 ... minutes, at most a day), also across a
+    # reboot, and only a right PIN starts the count again.
+    r = _rig()
+    try:
+        t = Term(r)
+        for minutes in (5, 10, 20, 40):
+            for i in range(4):
+                assert "wrong PIN" in t.ask("unlock 0000")
+            assert "locked out for %d minutes" % minutes in t.ask("unlock 0000")
+            if minutes == 20:
+                r.boot()                # the count survives a reboot
+                t.attach()
+            r.run(minutes * 60000 - 2000)
+            assert "locked out" in t.ask("unlock 0000")
+            r.run(3000)
+        assert "unlocked" in t.ask("unlock " + PIN)
+        for i in range(4):
+            assert "wrong PIN" in t.ask("unlock 0000")
+        assert "locked out for 5 minutes" in t.ask("unlock 0000")   # back to the first
+    finally:
+        rmtree(r.root)
+
+
 def test_no_pin_configured_refuses_unlock():
     r = Rig(tmpdir("con"))
     try:
