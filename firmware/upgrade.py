@@ -244,6 +244,11 @@ class Updater:
             raise I.UpgradeError(I.R_STAGE)
         if not sign.equal(sign.upgrade_mac(self.key, version, size, sha256), mac):
             self._fail(I.R_BAD_MAC, version)
+        if I.older(version, self.running_version()):
+            # Signed, but older than what runs: an old image with a known
+            # flaw must not be installable again (a bad release is fixed by
+            # a newer version number, never by going back).
+            self._fail(I.R_DOWNGRADE, version)
         if not 0 < size <= self.max_size:
             self._fail(I.R_TOO_BIG, version)
         dl = {"version": version, "size": size, "sha256": _hex(sha256), "mac": _hex(mac),

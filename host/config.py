@@ -282,22 +282,9 @@ class KeyRing:
 
 
 def version_key(v):
-    """A version as a tuple of its numbers, for comparing: "209.04.00" and
-    the wire's "209.4.0" are both (209, 4, 0); "pc0.1.0" is (0, 1, 0). None
-    when it holds no digits (unknown)."""
-    if not isinstance(v, str):
-        return None
-    nums = []
-    cur = ""
-    for ch in v:
-        if "0" <= ch <= "9":
-            cur += ch
-        elif cur:
-            nums.append(int(cur))
-            cur = ""
-    if cur:
-        nums.append(int(cur))
-    return tuple(nums) if nums else None
+    """protocol.image.version_key: the one version rule."""
+    from protocol.image import version_key as vk
+    return vk(v)
 
 
 def below(version, minimum):

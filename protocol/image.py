@@ -51,9 +51,41 @@ R_IO = "io"                      # a filesystem call failed
 R_NOT_HEALTHY = "not healthy"    # rolled back: no mark_healthy() in time
 R_BAD_REQUEST = "bad request"    # version / sha256 / mac malformed
 R_STATE_LOST = "state lost"      # state.json unreadable, rebuilt from slots
+R_DOWNGRADE = "downgrade"        # a validly signed image older than the one running
 REASONS = (None, R_BAD_MAC, R_BAD_SHA, R_TOO_BIG, R_NO_SPACE, R_BUSY, R_PENDING,
            R_STAGE, R_INCOMPLETE, R_PAST_END, R_BAD_IMAGE, R_IO, R_NOT_HEALTHY,
-           R_BAD_REQUEST, R_STATE_LOST)
+           R_BAD_REQUEST, R_STATE_LOST, R_DOWNGRADE)
+
+
+def version_key(v):
+    """A version as a tuple of its numbers, for comparing: "209.04.00" and
+    the wire's "209.4.0" are both (209, 4, 0); "pc0.1.0" is (0, 1, 0). None
+    when it holds no digits (unknown). The one version rule: the bridge's
+    minimum versions and the pile's downgrade refusal both use it."""
+    if not isinstance(v, str):
+        return None
+    nums = []
+    cur = -1
+    for ch in v:
+        if "0" <= ch <= "9":
+            cur = (0 if cur < 0 else cur * 10) + ord(ch) - 48
+        elif cur >= 0:
+            nums.append(cur)
+            cur = -1
+    if cur >= 0:
+        nums.append(cur)
+    return tuple(nums) if nums else None
+
+
+def older(version, than):
+    """True when `version` is older than `than` by version_key (missing
+    numbers count as 0: "2.0" is not older than "2")."""
+    v = version_key(version)
+    t = version_key(than)
+    if v is None or t is None:
+        return False
+    n = len(v) if len(v) > len(t) else len(t)
+    return v + (0,) * (n - len(v)) < t + (0,) * (n - len(t))
 # fw_reply.result beyond REASONS: the pile's own
 FW_NO_KEY = const(0x80)       # no upgrade_key: this pile takes no images
 FW_NO_REBOOT = const(0x81)    # activate refused: the pile cannot reboot itself

@@ -243,6 +243,35 @@ def test_wrong_mac_fails_before_any_byte_is_staged():
         rmtree(d)
 
 
+def test_a_validly_signed_older_image_is_refused_as_a_downgrade():
+    # Issue 17: any image signed with the upgrade key was taken, an old one
+    # with a known flaw too. Now older than the running version is refused
+    # before a byte is staged; the same or a newer version is taken.
+    d = tmpdir("up")
+    try:
+        up = upgraded(d, "2.1")
+        up = boot(d)
+        up.boot_select()
+        up.mark_healthy()
+        assert up.running_version() == "2.1"
+        for old in ("2.0", "1.9.9", "2.0.99"):
+            img = image(old)
+            e = None
+            try:
+                up.begin(*announce(img, old))
+            except UpgradeError as x:
+                e = x
+            assert e is not None and e.reason == "downgrade", old
+            assert up.status()["reason"] == "downgrade"
+            assert "stage.img" not in os.listdir(d + "/fw")
+        for ok in ("2.1", "2.1.0", "2.2"):
+            assert up.begin(*announce(image(ok), ok)) == 0, ok
+        assert U.older("2.0", "2.1") and not U.older("2.1.0", "2.1") and not U.older("x", "2.1")
+        assert U.reason_code("downgrade") == 15
+    finally:
+        rmtree(d)
+
+
 def test_mac_binds_version_and_size():
     img = image("2.0")
     v, n, sha, mac = announce(img, "2.0")
