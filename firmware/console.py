@@ -284,6 +284,7 @@ class Console:
                 ("config get [KEY]", "settings (" + ", ".join(_READABLE) + ")"),
                 ("config set KEY VALUE", "needs unlock; keys: " + ", ".join(sorted(_WRITABLE))),
                 ("reboot now|idle", "needs unlock; 'now' seals a running bill first"),
+                ("clock [set YYYY-MM-DD HH:MM:SS]", "the pile's time; set needs unlock"),
                 ("release SERIAL", "needs unlock; a refused or illegal bill, resolved with the"
                  " operator, settled (its space may be reclaimed)"),
                 ("unlock PIN / lock", "technician PIN for write commands"),
@@ -538,6 +539,31 @@ class Console:
                 self._apply(k, self._check(k, v))
             except CommandError as e:
                 self.pile.event("console_config_refused", str(e))
+
+    def cmd_clock(self, args):
+        # 'clock': the pile's time. 'clock set YYYY-MM-DD HH:MM:SS' (needs
+        # unlock): the technician's way back from a clock that ran ahead,
+        # past the bound a time sync (0x56) may step it.
+        if not args:
+            return {"time": iso(self.clock.now())}, [iso(self.clock.now())]
+        if args[0] != "set" or len(args) != 3:
+            raise CommandError("usage: clock | clock set YYYY-MM-DD HH:MM:SS")
+        try:
+            d = [int(x) for x in args[1].split("-")]
+            t = [int(x) for x in args[2].split(":")]
+            if len(d) != 3 or len(t) != 3 or not (2000 <= d[0] <= 2099 and 1 <= d[1] <= 12
+                                                  and 1 <= d[2] <= 31 and 0 <= t[0] < 24
+                                                  and 0 <= t[1] < 60 and 0 <= t[2] < 60):
+                raise ValueError
+        except ValueError:
+            raise CommandError("clock set: a date YYYY-MM-DD and a time HH:MM:SS (2000..2099)")
+        self._need_unlock()
+        from protocol.fields import to_secs
+        secs = to_secs(d[0], d[1], d[2], t[0], t[1], t[2])
+        if not self.pile.set_clock(secs, "console", force=True):
+            raise CommandError("this pile's clock cannot be set")
+        self.pile.event("console_clock_set", iso(secs))
+        return {"ok": True, "time": iso(secs)}, ["clock set to " + iso(secs)]
 
     def cmd_reboot(self, args):
         if len(args) != 1 or args[0] not in ("now", "idle"):

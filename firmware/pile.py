@@ -37,6 +37,7 @@ except ImportError:
 
 FW_VERSION = "pc0.1.0"
 _FAULT_RETRY_MS = const(100)    # poll() again this soon after a caught fault
+_CLOCK_VALID = const(757382400) # 2024-01-01 00:00 in local seconds since 2000: before, any sync is taken
 
 # Boot reasons (status reply, console): why this boot happened.
 BOOT_POWER_ON = const(0)
@@ -254,8 +255,7 @@ class Pile:
         elif c == 0x12:
             self._send_realtime()
         elif c == 0x56:
-            if hasattr(self.clock, "set_now"):
-                self.clock.set_now(v["time"])
+            self.set_clock(v["time"], "0x56")
             link.reply(f, "time_sync_reply", {"pile": self.pile, "time": self.clock.now()})
         elif c == 0x42:
             ok = gun.balance_update(v["balance"]) if "balance" in v else False
@@ -394,6 +394,24 @@ class Pile:
         self._reboot_when = 0
         self.log("rebooting (%s)" % BOOT_NAMES[when])
         self.reboot_hook()
+
+    # --- the clock -------------------------------------------------------------
+
+    def set_clock(self, t, source, force=False):
+        """Set the wall clock to t (local seconds since 2000). A step of more
+        than cfg max_clock_step_s (a day) is refused unless the clock is not
+        valid yet (before 2024: a board whose RTC lost power) or `force` (the
+        technician's console 'clock set'): a clock moved a year ahead and
+        back made the journal refuse every later start. True if it was set."""
+        if not hasattr(self.clock, "set_now"):
+            return False
+        now = self.clock.now()
+        limit = self.cfg.get("max_clock_step_s", 86400)
+        if not force and limit and now >= _CLOCK_VALID and (t - now > limit or now - t > limit):
+            self.event("clock_step_refused", "%s %+d s" % (source, t - now))
+            return False
+        self.clock.set_now(t)
+        return True
 
     # --- the loop --------------------------------------------------------------
 

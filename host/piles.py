@@ -44,6 +44,7 @@ _PURE_REPLIES = {"remote_start_reply", "remote_stop_reply", "reboot_reply", "tar
 # A reply's older form (protocol/frames.py) answers what the current form answers.
 _REPLY_FORMS = {"status_reply55": "status_reply"}
 _BAD_EVENT_S = 60.0       # one bad_frames event per link at most this often
+_CLOCK_SLACK_S = 120      # a pile's answer to 0x56 this far from the time sent: not taken
 
 
 # Frames a pile holding a command key acts on only inside a 0xD2 envelope
@@ -515,11 +516,23 @@ class PileConn:
     async def sync_time(self):
         if self.pile is None:     # replaced by a newer login, or gone silent
             return None
+        sent = schema.local_secs()
         try:
-            return await self.request("time_sync", {"pile": self.pile.code,
-                                                    "time": schema.local_secs()})
+            r = await self.request("time_sync", {"pile": self.pile.code, "time": sent})
         except CommandTimeout as e:
             log.info("time sync: %s", e)   # third-party piles may not answer 0x56
+            return None
+        except SignedReject as e:          # reported by _on_signed_reject (an event)
+            log.info("time sync: %s", e)
+            return None
+        got = r.fields.get("time") if r.fields else None
+        if isinstance(got, int) and abs(got - sent) > _CLOCK_SLACK_S and self.pile is not None:
+            # Our firmware refuses a step past its bound (a day) and answers
+            # with the time it kept: a technician must look (console 'clock').
+            self.bridge.event(self.pile.code, "clock_sync_refused",
+                              "the pile kept its clock %+d s away from the bridge's after a time sync"
+                              % (got - sent), pile_time=got, bridge_time=sent)
+        return r
 
     async def query_status(self):
         r = await self.request("status_query", {"pile": self.pile.code})

@@ -142,7 +142,7 @@ TABLE = (
     "51 work_params_reply $P result=u1\n"
     "52 work_params >51 $P locked=u1 max_power=u1%\n"
     "55 time_sync_reply $P time=t7\n"
-    "56 time_sync >55 $P time=t7\n"
+    "56 time_sync >55 ! $P time=t7\n"
     "57 tariff_set_reply $P result=u1\n"
     "58 tariff_set >57 ! $TARIFF\n",
     # --- parking lock (the gun number is binary here, not BCD) ---------------------------
