@@ -130,16 +130,16 @@ def test_site_bridge_with_its_certificate_and_password_reaches_the_platform(brok
         async with client(broker, pki, "platform") as plat, client(broker, pki, "A") as a:
             await plat.subscribe("pc/#", qos=1)
             await a.subscribe("pc/A/cmd/#", qos=1)
-            await a.publish("pc/A/status", b"online", qos=1)
+            await a.publish("pc/A/bridge", b"online", qos=1)
             from_a = []
-            await take_until(plat, "pc/A/status", from_a)
+            await take_until(plat, "pc/A/bridge", from_a)
             await plat.publish("pc/A/cmd/reboot", b"now", qos=1)
             to_a = []
             await take_until(a, "pc/A/cmd/reboot", to_a)
             return from_a, to_a
 
     from_a, to_a = run(scenario())
-    assert from_a == [("pc/A/status", "online")]
+    assert from_a == [("pc/A/bridge", "online")]
     assert to_a == [("pc/A/cmd/reboot", "now")]
 
 
@@ -206,18 +206,18 @@ def test_site_subscribing_to_another_sites_topics_receives_nothing(broker, pki):
             await plat.subscribe("pc/#", qos=1)
             for f in ("pc/B/#", "pc/+/status", "pc/#", "#", "pc/A/#"):
                 await a.subscribe(f, qos=1)
-            await b.publish("pc/B/status", b"secret of B", qos=1)
+            await b.publish("pc/B/events/bridge", b"secret of B", qos=1)
             # Control: sent after B's message, to a topic A may read. The
             # broker routes in order, so B's message would be ahead of it.
-            await plat.publish("pc/A/ctl", b"control", qos=1)
+            await plat.publish("pc/A/cmd/site", b"control", qos=1)
             got_a, got_plat = [], []
-            await take_until(a, "pc/A/ctl", got_a)
-            await take_until(plat, "pc/A/ctl", got_plat)
+            await take_until(a, "pc/A/cmd/site", got_a)
+            await take_until(plat, "pc/A/cmd/site", got_plat)
             return got_a, got_plat
 
     got_a, got_plat = run(scenario())
-    assert ("pc/B/status", "secret of B") in got_plat  # it was published and delivered
-    assert got_a and all(t == "pc/A/ctl" for t, _ in got_a)  # A saw only its own
+    assert ("pc/B/events/bridge", "secret of B") in got_plat  # it was published and delivered
+    assert got_a and all(t == "pc/A/cmd/site" for t, _ in got_a)  # A saw only its own
 
 
 def test_site_publishing_into_another_site_is_dropped(broker, pki):
@@ -227,17 +227,17 @@ def test_site_publishing_into_another_site_is_dropped(broker, pki):
             await plat.subscribe("pc/#", qos=1)
             await b.subscribe("pc/B/#", qos=1)
             await a.publish("pc/B/cmd/stop", b"forged by A", qos=1)  # acknowledged, dropped
-            await a.publish("pc/A/ctl", b"after the forgery", qos=1)
-            await plat.publish("pc/B/ctl", b"control", qos=1)
+            await a.publish("pc/A/events/bridge", b"after the forgery", qos=1)
+            await plat.publish("pc/B/cmd/site", b"control", qos=1)
             got_plat, got_b = [], []
-            await take_until(plat, "pc/B/ctl", got_plat)
-            await take_until(b, "pc/B/ctl", got_b)
+            await take_until(plat, "pc/B/cmd/site", got_plat)
+            await take_until(b, "pc/B/cmd/site", got_b)
             return got_plat, got_b
 
     got_plat, got_b = run(scenario())
-    assert ("pc/A/ctl", "after the forgery") in got_plat  # A's publishes do get through
+    assert ("pc/A/events/bridge", "after the forgery") in got_plat  # A's publishes do get through
     assert not [m for m in got_plat + got_b if m[1] == "forged by A"]
-    assert got_b == [("pc/B/ctl", "control")]
+    assert got_b == [("pc/B/cmd/site", "control")]
 
 
 def test_shared_bill_subscription_gives_the_platform_every_site_and_a_site_only_its_own(
@@ -248,17 +248,20 @@ def test_shared_bill_subscription_gives_the_platform_every_site_and_a_site_only_
                 client(broker, pki, "A") as a, client(broker, pki, "B") as b:
             await plat.subscribe("$share/platform/pc/+/bills/+", qos=1)
             await a.subscribe("$share/sneaky/pc/+/bills/+", qos=1)
+            await a.subscribe("pc/A/cmd/#", qos=1)
             await b.publish("pc/B/bills/32010600213533", b"bill of B", qos=1)
             await a.publish("pc/A/bills/32010600213534", b"bill of A", qos=1)
             got_plat, got_a = [], []
             await take_until(plat, "pc/A/bills/32010600213534", got_plat)
-            await take_until(a, "pc/A/bills/32010600213534", got_a)
+            await plat.publish("pc/A/cmd/site", b"control", qos=1)   # after both bills
+            await take_until(a, "pc/A/cmd/site", got_a)
             return got_plat, got_a
 
     got_plat, got_a = run(scenario())
     assert got_plat == [("pc/B/bills/32010600213533", "bill of B"),
                         ("pc/A/bills/32010600213534", "bill of A")]
-    assert got_a == [("pc/A/bills/32010600213534", "bill of A")]
+    # A site reads no bills at all, not even its own: only what is addressed to it.
+    assert got_a == [("pc/A/cmd/site", "control")]
 
 
 def test_site_cannot_take_over_another_sites_session_by_client_id(broker, pki):
@@ -269,12 +272,12 @@ def test_site_cannot_take_over_another_sites_session_by_client_id(broker, pki):
             # Without use_username_as_clientid this would disconnect B.
             async with client(broker, pki, "A", identifier="B") as a:
                 await a.publish("pc/A/hello", b"x", qos=1)
-                await plat.publish("pc/B/ctl", b"still there", qos=1)
+                await plat.publish("pc/B/cmd/site", b"still there", qos=1)
                 got_b = []
-                await take_until(b, "pc/B/ctl", got_b)
+                await take_until(b, "pc/B/cmd/site", got_b)
                 return got_b
 
-    assert run(scenario()) == [("pc/B/ctl", "still there")]
+    assert run(scenario()) == [("pc/B/cmd/site", "still there")]
 
 
 def test_removed_site_is_locked_out_after_reload(broker, pki):
@@ -319,3 +322,29 @@ def test_site_ids_that_are_not_one_topic_level_are_refused(pki, capsys):
 def test_init_never_overwrites_a_ca(pki, capsys):
     assert mqtt_site.main(["init", "--dir", pki.root, "--server-name", "x"]) == 2
     assert "already holds a CA" in capsys.readouterr().err
+
+
+def test_a_site_user_can_neither_confirm_bills_nor_send_commands_even_on_its_own_site(broker, pki):
+    # Issue 17: the ACL gave a site user read-write on its whole tree; a
+    # forged "confirmed" made the bridge settle bills the platform never
+    # got. A site's user writes only what a bridge says, reads only what is
+    # addressed to it; confirmations and commands come from the platform.
+    async def scenario():
+        async with client(broker, pki, "platform") as plat, client(broker, pki, "A") as a:
+            await plat.subscribe("pc/#", qos=1)
+            await a.subscribe("pc/A/#", qos=1)
+            await a.publish("pc/A/confirm/55031412782305", b"forged confirmation", qos=1)
+            await a.publish("pc/A/cmd/55031412782305", b"forged command", qos=1)
+            await a.publish("pc/A/bills/55031412782305", b"a bill", qos=1)
+            await plat.publish("pc/A/confirm/55031412782305", b"real confirmation", qos=1)
+            got_plat, got_a = [], []
+            await take_until(a, "pc/A/confirm/55031412782305", got_a)
+            await take_until(plat, "pc/A/confirm/55031412782305", got_plat)
+            return got_plat, got_a
+
+    got_plat, got_a = run(scenario())
+    assert ("pc/A/bills/55031412782305", "a bill") in got_plat       # what a bridge says goes
+    everything = got_plat + got_a
+    assert not [m for m in everything if m[1] in ("forged confirmation", "forged command")]
+    # A reads what is addressed to it (the real confirmation), not its own bills.
+    assert got_a == [("pc/A/confirm/55031412782305", "real confirmation")]

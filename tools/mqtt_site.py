@@ -158,13 +158,15 @@ class Pki:
         return files
 
     def add_platform(self, user, renew=False):
-        """Another platform user: a certificate, a password and ACL rights on pc/#."""
+        """Another platform user: a certificate, a password and the platform's
+        ACL rights (read pc/#, write commands and confirmations)."""
         files = self.add_user(user, renew)
         with open(self.acl) as f:
             acl = f.read()
         if ("\nuser %s\n" % user) not in acl:
             with open(self.acl, "a") as f:
-                f.write("\nuser %s\ntopic readwrite pc/#\n" % user)
+                f.write("\nuser %s\ntopic read pc/#\ntopic write pc/+/cmd/#\n"
+                        "topic write pc/+/confirm/#\n" % user)
         return files
 
     def remove(self, user):
