@@ -235,6 +235,10 @@ class Pile:
             self._settled(f, v["serial"], v["result"])
         elif c == 0xEC:
             self.outbox.extra_acked(v["serial"])
+        elif c == 0xD6:
+            mac = self.remote.login_proof(self.pile, v["nonce"])
+            if mac is not None:
+                link.reply(f, "login_proof", {"pile": self.pile, "nonce": v["nonce"], "mac": mac})
         elif c == 0x32:
             res, why = gun.authorised(v["serial"], v["ok"] == 1, v["reason"], v["balance"],
                                       v["logical_card"])

@@ -89,6 +89,16 @@ class Remote:
         self._vin_pairs = []
         self._load_vins()
 
+    def login_proof(self, pile, nonce_hex):
+        """The 0xD7 mac (hex) for the bridge's login challenge, or None
+        without a command key (an unkeyed pile does not answer)."""
+        key = self.cfg.get("cmd_key")
+        if not key:
+            return None
+        import binascii
+        from protocol.sign import login_mac
+        return binascii.hexlify(login_mac(key, pile, binascii.unhexlify(nonce_hex))).decode().upper()
+
     # --- versions ----------------------------------------------------------------
 
     def board_version(self):

@@ -7,6 +7,7 @@
 # Each conn is its own task with its own FrameReader: a pile that sends
 # garbage, stalls or drops its link touches nobody else.
 import asyncio
+import os
 import logging
 import time
 
@@ -148,6 +149,8 @@ class Pile:
             "schema": schema.SCHEMA_STATUS, "site": site, "pile": self.code,
             "online": self.online,
             "link": self.conn.link.name if self.conn else None,
+            # True: the pile proved its key at this login; False: an unkeyed pile
+            "authenticated": self.conn.authenticated if self.conn else None,
             "ext": self.ext,
             "since": schema.utc_iso(self.online_since) if self.online_since else None,
             "last_seen": schema.utc_iso(self.last_seen) if self.last_seen else None,
@@ -204,6 +207,8 @@ class PileConn:
         self.closed = False
         self.bad_crc = 0                  # bad-CRC frames since the last bad_frames event
         self.unauth_addr = None           # TCP: its remote address until it logs in (bridge limits)
+        self.authenticated = False        # the pile proved its key at login (keyed piles)
+        self._proving = False             # a login challenge is out
         self._bad_event_at = -_BAD_EVENT_S
 
     # --- plumbing -----------------------------------------------------------------
@@ -436,6 +441,8 @@ class PileConn:
             await self._login(f)
             return
         if self.pile is None:
+            if f.name == "login_proof" and self._deliver(f):
+                return
             if f.code in BILL_CODES:
                 # Never dropped: kept in quarantine, no 0x40 (the pile sends
                 # it again after its login, and that copy takes the normal path).
@@ -473,12 +480,57 @@ class PileConn:
             if self.close_on_silence:
                 await self.link.close()
             return
+        key = self.bridge.keys.cmd_key(code)
+        if key is not None and not (self.pile is not None and self.pile.code == code
+                                    and self.authenticated):
+            # A keyed pile proves who it is before anything is attached to
+            # it: a client with another pile's code can neither take that
+            # pile's link nor receive its commands (docs/security.md). In a
+            # task: the proof arrives through this same read loop.
+            if not self._proving:
+                self._proving = True
+                self.spawn(self._prove_login(f, code, key))
+            return
+        await self._accept_login(f, code, False)
+
+    async def _accept_login(self, f, code, authenticated):
         await self.send("login_reply", {"pile": code, "result": 0}, codec.reply_seq(f))
         counted = self.pile is not None and self.pile.code == code   # counted in _handle
+        self.authenticated = authenticated
         pile = self.bridge.attach(self, code, f.fields)
         if f.crc_swapped and not counted:
             pile.crc_swapped += 1
         self.spawn(self._after_login(pile))
+
+    async def _prove_login(self, f, code, key):
+        nonce = os.urandom(16)
+        why = None
+        try:
+            r = await self.request("login_challenge", {"pile": code, "nonce": nonce.hex().upper()})
+            v = r.fields
+            if v["pile"] != code or v["nonce"] != nonce.hex().upper():
+                why = "its proof answers another challenge"
+            elif not sign.equal(sign.login_mac(key, code, nonce), bytes.fromhex(v["mac"])):
+                why = "its proof does not verify with the pile's key"
+        except CommandTimeout:
+            why = "no proof within %g s" % self.cfg["piles"]["command_timeout_s"]
+        except LinkClosed:
+            return
+        finally:
+            self._proving = False
+        if why is None:
+            await self._accept_login(f, code, True)
+            return
+        self.bridge.stats["logins_unproven"] = self.bridge.stats.get("logins_unproven", 0) + 1
+        log.warning("pile %s on %s refused: %s", code, self.link.name, why)
+        self.bridge.event(code, "login_refused", "a login as pile %s on %s was refused: %s"
+                          % (code, self.link.name, why), link=self.link.name)
+        try:
+            await self.send("login_reply", {"pile": code, "result": 1}, codec.reply_seq(f))
+        except LinkClosed:
+            return
+        if self.close_on_silence:
+            await self.link.close()
 
     async def _after_login(self, pile):
         # Clock first (bills are stamped with it), then journal/versions, then

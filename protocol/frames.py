@@ -176,7 +176,11 @@ TABLE = (
     "D1 signed_reject counter=u4 reason=u1\n"
     "D2 signed counter=u4 mac=h32 code=u1 body=v214\n"
     # A 5-class (deep valley) tariff model: slots 0..4; answered with 0x57.
-    "D4 tariff5_set >57 ! $TARIFF5\n",
+    "D4 tariff5_set >57 ! $TARIFF5\n"
+    # Login proof (docs/security.md): the bridge challenges a keyed pile's
+    # login; mac = HMAC(derive(K_pile, "pc/login"), pile (7 bytes BCD) | nonce).
+    "D6 login_challenge >D7 $P nonce=h16\n"
+    "D7 login_proof $P nonce=h16 mac=h32\n",
     # --- extension frames, continued ------------------------------------------------------------
     # Remote start with targets; answered with the standard 0x33.
     "E2 ext_start >33/serial ! $SPG logical_card=b8 card=h8 balance=u4:2yuan target_amount=u4:4yuan "

@@ -90,6 +90,7 @@ PURPOSE_CMD = b"pc/cmd"
 PURPOSE_BILL = b"pc/bill"
 PURPOSE_UPGRADE = b"pc/upgrade"
 PURPOSE_PILE = b"pc/pile"
+PURPOSE_LOGIN = b"pc/login"
 
 
 def reason_code(reason):
@@ -216,6 +217,15 @@ def unpack_envelope(env):
     mv = memoryview(env)
     return (struct.unpack_from("<I", env, 0)[0], bytes(mv[4:36]), env[36],
             bytes(mv[HEADER_LEN:]))
+
+
+# --- login proof -------------------------------------------------------------
+
+def login_mac(key, pile, nonce):
+    """A keyed pile's answer to the bridge's login challenge (0xD6 -> 0xD7):
+    proves it holds K_pile without sending it; the nonce is fresh per login,
+    so a recorded proof is worth nothing."""
+    return hmac_parts(derive(bytes(key), PURPOSE_LOGIN), (pile_bytes(pile), bytes(nonce)))
 
 
 # --- bills -------------------------------------------------------------------

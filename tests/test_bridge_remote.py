@@ -191,25 +191,27 @@ def test_signed_start_stop_and_reboot_to_a_keyed_pile_succeed_through_mqtt(mosqu
         run(scenario(tmp, master, path), timeout=90)
 
 
-def test_a_pile_with_another_key_rejects_and_the_result_says_signed_reject_at_once(mosquitto):
+def test_a_pile_with_another_key_cannot_log_in_and_nothing_reaches_it(mosquitto):
+    # The bridge holds another key than the pile: the pile's login proof
+    # (0xD7) does not verify, so its login is refused with an event naming
+    # why, and no command reaches it (it was answered 0xD1 "bad mac" per
+    # command before the login proof; now it never gets that far).
     async def scenario(tmp, master, path):
         cfg, root = pty_setup(tmp, path, mosquitto, bridge_key=OTHER_KEY,
-                              piles={"command_timeout_s": 8.0})
-        async with bridge_running(cfg), Platform(url_of(mosquitto)) as plat:
-            async with keyed_pile_online(root, master, plat) as fw:
-                r = await plat.command(PILE_A, {"id": "rb", "cmd": "reboot", "when": "now"})
-                # The pile's 0xD1 answer (its reason and counter), not the 8 s timeout.
-                assert not r["ok"] and r["code"] == "signed_reject", r
-                assert r["reply"]["reason"] == "bad mac" and r["reply"]["frame"] == "reboot"
-                # (the time sync after the login, signed too, was refused first)
+                              piles={"command_timeout_s": 2.0})
+        async with bridge_running(cfg) as bridge, Platform(url_of(mosquitto)) as plat:
+            fw = KeyedPile(root, master, PILE_A, {"cmd_key": CMD_KEY}).start()
+            try:
                 ev = await plat.wait_for(lambda: [e for e in plat.events
-                                                  if e["type"] == "signed_reject"
-                                                  and e.get("frame") == "reboot"])
-                assert ev[0]["reason"] == "bad mac" and ev[0]["counter"] == r["reply"]["counter"]
-                assert fw.reboots == 0
+                                                  if e["type"] == "login_refused"], 15)
+                assert "does not verify" in ev[0]["message"]
+                assert not fw.pile.link.online
                 r = await plat.command(PILE_A, {"id": "go", "cmd": "start", "gun": "01"})
-                assert r["code"] == "signed_reject", r
+                assert r["code"] in ("offline", "unknown_pile"), r
                 assert fw.pile.gun.state != S.CHARGING and not fw.world.contactor.closed
+                assert PILE_A not in bridge.piles or not bridge.piles[PILE_A].online
+            finally:
+                await fw.close()
     with tempdir("remote-otherkey") as tmp, pty_pair() as (master, path):
         run(scenario(tmp, master, path), timeout=60)
 
@@ -538,4 +540,34 @@ def test_a_pile_below_the_minimum_version_is_flagged_in_its_status_and_by_an_eve
             finally:
                 await fw.close()
     with tempdir("remote-versions") as tmp, pty_pair() as (master, path):
+        run(scenario(tmp, master, path), timeout=60)
+
+
+# --- login proof (issue 17 item 2) -------------------------------------------------------
+
+def test_an_impostor_with_a_keyed_piles_code_neither_logs_in_nor_displaces_it(mosquitto):
+    # Before: a TCP client with someone else's pile code was accepted, dropped
+    # the real pile's link and received its commands. A keyed pile now proves
+    # its key at login (0xD6 challenge, 0xD7 proof); the impostor cannot, is
+    # refused and closed, and the real pile keeps its link and its commands.
+    from host.testkit import ScriptedPile, TcpTransport
+
+    async def scenario(tmp, master, path):
+        cfg, root = pty_setup(tmp, path, mosquitto, tcp={"listen": "127.0.0.1:0"},
+                              piles={"command_timeout_s": 2.0})
+        async with bridge_running(cfg) as bridge, Platform(url_of(mosquitto)) as plat:
+            async with keyed_pile_online(root, master, plat) as fw:
+                st = plat.status[plat.topics.status(PILE_A)]
+                assert st["authenticated"] is True and st["link"].startswith("serial:")
+                imp = ScriptedPile(PILE_A, await TcpTransport.connect("127.0.0.1", bridge.tcp_port),
+                                   reply_timeout=10.0)
+                assert await imp.login() == 1
+                ev = await plat.wait_for(lambda: [e for e in plat.events if e["type"] == "login_refused"])
+                assert "no proof" in ev[0]["message"] and ev[0]["link"].startswith("tcp:")
+                assert bridge.piles[PILE_A].conn.link.name.startswith("serial:")
+                r = await plat.command(PILE_A, {"id": "halt", "cmd": "stop"})
+                assert r["code"] == "refused", r       # reached the real pile: nothing charging
+                assert not imp.received("remote_stop")
+                await imp.close()
+    with tempdir("remote-impostor") as tmp, pty_pair() as (master, path):
         run(scenario(tmp, master, path), timeout=60)

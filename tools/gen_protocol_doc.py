@@ -97,6 +97,9 @@ TITLES = {
                "frame is handled as if it had arrived bare (see Signed commands)."),
     "tariff5_set": ("ours", "A 5-class tariff model (deep valley); the pile answers with the "
                     "standard 0x57."),
+    "login_challenge": ("ours", "The bridge's challenge to a keyed pile's login, before the "
+                        "0x02 answer: prove you hold your key (docs/security.md)."),
+    "login_proof": ("ours", "A keyed pile's answer to 0xD6; an unkeyed pile does not answer."),
     "ext_start": ("ours", "Remote start with targets (amount, energy, time, SOC); the pile "
                   "answers with the standard 0x33."),
     "settled_reply": ("ours", "The pile acknowledges 0xE4."),
@@ -307,6 +310,9 @@ NOTES = {
     "signed_reject.reason": ("1 bad mac, 2 replay, 3 malformed, 4 store, 5 unsigned, 6 no key "
                              "(see Signed commands)"),
     "signed.counter": "greater than the last counter the pile accepted",
+    "login_challenge.nonce": "16 random bytes, new for every login",
+    "login_proof.nonce": "the challenge's nonce, echoed",
+    "login_proof.mac": "HMAC-SHA256(derive(K_pile, \"pc/login\"), pile (7 bytes BCD) | nonce)",
     "signed.mac": "HMAC-SHA256 (see Signed commands)",
     "signed.code": "the inner frame's type (0x34, 0x92, ...)",
     "signed.body": "the inner frame's body, exactly as it would travel bare",
