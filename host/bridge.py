@@ -691,14 +691,35 @@ class Bridge:
             if len(self._recent) > _RECENT_COMMANDS:
                 self._recent.pop(next(iter(self._recent)))
             try:
-                doc = await self._execute(target, req_id, cmd, args)
+                # Durable too: recorded before it runs, so a restart (or a
+                # second bridge run) never executes the same id again.
+                seen = await self.store.command_seen(target, req_id)
+                if seen is not None:
+                    if seen[0]:
+                        doc = dict(json.loads(seen[0]))
+                        doc["message"] = "duplicate request id: not executed again. " + doc["message"]
+                    else:
+                        doc = schema.result_json(self.site, target, req_id, cmd, False, "duplicate",
+                                                 "duplicate request id: it was taken before the bridge "
+                                                 "restarted and its result was lost; not executed again")
+                    doc["duplicate"] = True
+                else:
+                    doc = await self._execute(target, req_id, cmd, args)
             except C.CommandError as e:
                 doc = schema.result_json(self.site, target, req_id, cmd, False, e.code, e.message)
+            except StoreError as e:
+                doc = schema.result_json(self.site, target, req_id, cmd, False, "error",
+                                         "not executed: the bridge cannot record the command (%s)" % e)
             except Exception as e:
                 log.exception("command %s %s for %s", cmd, req_id, target)
                 doc = schema.result_json(self.site, target, req_id, cmd, False, "error",
                                          "bridge error: %s" % e)
             fut.set_result(doc)
+            if not doc.get("duplicate"):
+                try:
+                    await self.store.command_result(target, req_id, json.dumps(doc, separators=(",", ":")))
+                except StoreError:
+                    pass
         except C.CommandError as e:
             doc = schema.result_json(self.site, target, e.req_id, e.cmd, False, e.code, e.message)
         self._result(target, doc)

@@ -35,6 +35,9 @@ CODES = {
     "busy": "the pile is already being upgraded, or stayed busy charging past upgrade.activate_wait_s",
     "rolled_back": "the new firmware never became healthy: the pile went back to the old one",
     "failed": "the upgrade did not end with the new version running",
+    "duplicate": "this request id was taken before a bridge restart and its result was lost: "
+                 "not executed again (a repeat whose result is known gets that result, "
+                 "`duplicate: true`)",
     "error": "the bridge failed (see its log)",
 }
 

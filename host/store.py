@@ -97,7 +97,7 @@ CREATE TABLE IF NOT EXISTS tariffs (
 # from the version before it, inside one transaction with the version bump;
 # tests/test_store_migration.py upgrades a store that holds unconfirmed
 # bills and checks nothing is lost.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _MIGRATIONS = (
     # 2: frames that failed their CRC, kept for diagnosis within caps (per
     # link and in total, oldest dropped first, the drops counted).
@@ -110,7 +110,17 @@ _MIGRATIONS = (
          " received_at REAL NOT NULL)",
          "CREATE INDEX IF NOT EXISTS bad_frames_link ON bad_frames (link, id)",
          "CREATE TABLE IF NOT EXISTS bad_frame_drops (link TEXT PRIMARY KEY, dropped INTEGER NOT NULL)")),
+    # 3: platform command ids, so a command is never executed twice, across
+    # restarts too (RAM alone forgot them: the same command ran again).
+    (3, ("CREATE TABLE IF NOT EXISTS commands_seen ("
+         " target TEXT NOT NULL,"
+         " id TEXT NOT NULL,"
+         " result TEXT,"                  # the result document once there is one
+         " at REAL NOT NULL,"
+         " PRIMARY KEY (target, id))",
+         "CREATE INDEX IF NOT EXISTS commands_seen_at ON commands_seen (at)")),
 )
+COMMANDS_KEEP_S = 7 * 86400   # command ids remembered this long (a command's expires should be shorter)
 BAD_FRAMES_PER_LINK = 100     # kept per link, oldest dropped first
 BAD_FRAMES_TOTAL = 10000      # kept in all
 
@@ -397,6 +407,14 @@ class Store:
         {link: dropped} counts."""
         return self._submit(_bad_frames, link)
 
+    def command_seen(self, target, req_id, now=None):
+        """Record a command id before it runs. Resolves None when it is new,
+        else (result JSON or None while it is still running): a repeat."""
+        return self._submit(_command_seen, target, req_id, time.time() if now is None else now)
+
+    def command_result(self, target, req_id, result_json):
+        return self._submit(_command_result, target, req_id, result_json)
+
     def open_bills(self, pile, limit):
         """Unconfirmed bills of `pile`, oldest first."""
         return self._submit(_open_bills, pile, limit)
@@ -566,6 +584,22 @@ def _bad_frames(db, link):
     return [(r[0], r[1], bytes(r[2]), r[3], r[4]) for r in rows], drops
 
 
+def _command_seen(db, target, req_id, now):
+    row = db.execute("SELECT result FROM commands_seen WHERE target=? AND id=?",
+                     (target, req_id)).fetchone()
+    if row is not None:
+        return (row[0],)
+    db.execute("DELETE FROM commands_seen WHERE at < ?", (now - COMMANDS_KEEP_S,))
+    db.execute("INSERT INTO commands_seen (target, id, result, at) VALUES (?,?,NULL,?)",
+               (target, req_id, now))
+    return None
+
+
+def _command_result(db, target, req_id, result_json):
+    db.execute("UPDATE commands_seen SET result=? WHERE target=? AND id=?",
+               (result_json, target, req_id))
+
+
 def _open_bills(db, pile, limit):
     rows = db.execute(_BILL_SELECT + "WHERE b.pile = ? AND b.confirmed_at IS NULL "
                       "ORDER BY b.id LIMIT ?", (pile, limit)).fetchall()
@@ -678,6 +712,7 @@ def _tariffs(db):
     return dict(db.execute("SELECT scope, tariff FROM tariffs").fetchall())
 
 
-_DURABLE = {_add_bill, _add_extra, _add_rejected, _add_event, _set_tariff, _next_counter}
+_DURABLE = {_add_bill, _add_extra, _add_rejected, _add_event, _set_tariff, _next_counter,
+            _command_seen}
 _READS = {_open_bills, _piles_with_open, _unsettled, _bill, _counts, _open_events, _tariffs,
           _last_counter, _bad_frames}

@@ -288,3 +288,29 @@ def test_a_pile_on_firmware_before_refusing_starts_is_read_and_its_journal_judge
             await pile.close()
     with tempdir("oldstatus") as tmp:
         run(scenario(tmp))
+
+
+def test_a_command_id_seen_before_a_bridge_restart_is_never_executed_again(mosquitto):
+    # Issue 17: duplicate ids were remembered in RAM only: the same command
+    # ran again after a bridge restart. They are in the store now.
+    async def scenario(tmp):
+        cfg = fast_config(tmp, url_of(mosquitto))
+        async with Platform(url_of(mosquitto)) as plat:
+            async with bridge_running(cfg) as b:
+                pile = await connect_pile(PILE_A, b.tcp_port)
+                r = await plat.command(PILE_A, {"id": "stop-1", "cmd": "stop", "gun": "01"})
+                assert r["ok"] and not r.get("duplicate")
+                assert len(pile.received("remote_stop")) == 1
+                await pile.close()
+            async with bridge_running(cfg) as b:
+                pile = await connect_pile(PILE_A, b.tcp_port)
+                plat.results.pop("stop-1", None)
+                r = await plat.command(PILE_A, {"id": "stop-1", "cmd": "stop", "gun": "01"})
+                assert r["duplicate"] is True and r["ok"] is True, r
+                assert "not executed again" in r["message"]
+                assert pile.received("remote_stop") == []          # the pile saw nothing
+                r = await plat.command(PILE_A, {"id": "stop-2", "cmd": "stop", "gun": "01"})
+                assert r["ok"] and len(pile.received("remote_stop")) == 1
+                await pile.close()
+    with tempdir("cmd-restart") as tmp:
+        run(scenario(tmp), 60)
