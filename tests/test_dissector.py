@@ -223,9 +223,25 @@ def test_cli_tolerant_mode_accepts_a_swapped_crc(capsys):
     b = bytearray.fromhex(LOGIN_REPLY)
     b[-2], b[-1] = b[-1], b[-2]
     assert cli.main(["decode", b.hex()]) == 1
-    capsys.readouterr()
+    # It says what is wrong and what to do (issue 12 item 7), not just "CRC".
+    err = capsys.readouterr().err
+    assert "two bytes are swapped" in err and "--tolerant" in err
     assert cli.main(["decode", "--tolerant", "--json", b.hex()]) == 0
     assert json.loads(capsys.readouterr().out)["crc_swapped"] is True
+
+
+def test_cli_says_when_the_length_byte_disagrees_with_the_frame(capsys):
+    # It was reported as a CRC error or an incomplete frame.
+    for ln, size in ((0x0D, 17), (0x0B, 15)):
+        b = bytearray.fromhex(LOGIN_REPLY)
+        b[1] = ln
+        assert cli.main(["decode", b.hex()]) == 1
+        err = capsys.readouterr().err
+        assert "length byte 0x%02X says a %d-byte frame, but 16 bytes were given" % (ln, size) in err
+        assert "the length byte is wrong" in err
+    b = bytearray.fromhex(LOGIN_REPLY)[:12]
+    assert cli.main(["decode", b.hex()]) == 1
+    assert "only 12 bytes were given" in capsys.readouterr().err
 
 
 def test_cli_encode_builds_what_decode_reads(capsys):

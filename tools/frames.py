@@ -28,6 +28,7 @@ import sys
 from decimal import Decimal, InvalidOperation
 
 from protocol import codec
+from protocol.crc import crc16
 from protocol import fields as F
 from protocol.errors import FrameError
 from tools import dissect as D
@@ -51,6 +52,34 @@ def _hex_bytes(text):
         raise FrameError("not hex: %r" % (text.strip()[:40],))
 
 
+def _explain(data, e):
+    """A FrameError for one frame given whole, said as precisely as the
+    bytes allow: a byte-swapped CRC, a length byte that disagrees."""
+    if isinstance(e, codec.BadCRC) and len(data) >= 8:
+        got = data[-2] | (data[-1] << 8)
+        want = crc16(data[2:-2])
+        if got == ((want >> 8) | ((want & 0xFF) << 8)):
+            return FrameError("%s: the CRC's two bytes are swapped (some piles send it high byte "
+                              "first); decode with --tolerant" % e)
+    return e
+
+
+def _length_disagrees(data):
+    """A FrameError when data looks like one frame whose length byte says
+    another size (the CRC then fails only because the span is wrong)."""
+    if len(data) < 8 or data[0] != codec.START or data[1] + 4 == len(data):
+        return None
+    said = data[1] + 4
+    if crc16(data[2:-2]) == (data[-2] | (data[-1] << 8)) or \
+            crc16(data[2:-2]) == ((data[-2] << 8) | data[-1]):
+        return FrameError("the length byte 0x%02X says a %d-byte frame, but %d bytes were given "
+                          "and their CRC is right: the length byte is wrong" % (data[1], said, len(data)))
+    if said > len(data):
+        return FrameError("the length byte 0x%02X says a %d-byte frame, only %d bytes were given"
+                          % (data[1], said, len(data)))
+    return None
+
+
 def _frames_in(data, tolerant):
     """(raw frame bytes, crc_swapped) or a FrameError, for each frame in data."""
     if len(data) >= 2 and data[0] == codec.START and data[1] + 4 == len(data):
@@ -58,9 +87,13 @@ def _frames_in(data, tolerant):
         try:
             f = codec.decode(data, tolerant=tolerant)
         except FrameError as e:
-            yield e
+            yield _explain(data, e)
             return
         yield bytes(data), f.crc_swapped
+        return
+    wrong = _length_disagrees(data)
+    if wrong is not None:
+        yield wrong
         return
     r = codec.FrameReader(tolerant=tolerant)
     for i in range(0, len(data), 4096):
