@@ -570,3 +570,14 @@ def test_reboot_now_and_when_idle_each_leave_exactly_one_bill():
     assert res["ok"], res["problems"]
     assert [b["stop_reason_name"] for b in res["bills"]] == ["remote", "remote"]
     assert [p["reboots"] for p in res["piles"]] == [1, 1]
+
+
+def test_every_start_refusal_reason_the_firmware_gives_has_a_name():
+    # journal_full showed as code_10 (issue 12 item 7).
+    from firmware import session as S
+    from tools import sim
+    codes = [getattr(S, n) for n in dir(S) if n.startswith("START_") and isinstance(getattr(S, n), int)]
+    assert codes and all(not sim._start_reason(c).startswith("code_") for c in codes)
+    assert sim._start_reason(S.START_JOURNAL_FULL) == "journal_full"
+    assert sim._start_reason(S.START_SERIAL_USED) == "serial_used"
+    assert sim._start_reason(0x77) == "code_119"

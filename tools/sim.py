@@ -58,7 +58,10 @@ STOP_NAMES = {
     0x6E: "balance_exhausted", 0x76: "no_current", 0x83: "power_loss",
     0x8A: "vin_denied", 0x8B: "vin_missing", 0x90: "unknown",
 }
-START_REASONS = ("none", "wrong_pile", "busy", "fault", "offline", "not_plugged")
+# 0x33 refusal reasons by name: YKC's 0..5 and ours (firmware/session.py
+# START_JOURNAL_FULL 0x0A, START_SERIAL_USED 0x0C); docs/scenarios.md.
+START_REASONS = {0: "none", 1: "wrong_pile", 2: "busy", 3: "fault", 4: "offline", 5: "not_plugged",
+                 0x0A: "journal_full", 0x0C: "serial_used"}
 
 
 class ScenarioError(ValueError):
@@ -756,7 +759,7 @@ def set_vehicle(v, capacity_wh=None, soc=None, vin=None, max_power_w=None):
 
 
 def _start_reason(r):
-    return START_REASONS[r] if 0 <= r < len(START_REASONS) else "code_%d" % r
+    return START_REASONS.get(r, "code_%d" % r)
 
 
 # --- scenario runner ---------------------------------------------------------------------
