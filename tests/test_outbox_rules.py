@@ -1,0 +1,125 @@
+# The bill retry schedule's rules at their edges (firmware/outbox.py), under
+# CPython with a real journal: the answer window's exact length, the window
+# when more bills are in flight than it allows, clocks with and without their
+# own ticks_diff (wrapping ticks), a resend of one bill's fee split not held
+# back by another's pending bill. Killers of cosmic-ray survivors
+# (docs/testing.md).
+from firmware.journal import Journal
+from firmware.outbox import Outbox
+
+_WRAP = 1 << 30
+
+
+def serial(n):
+    return "%014d" % 32010200000001 + "01" + "24010112%02d%02d" % (n // 60 % 60, n % 60) + "%04d" % n
+
+
+def body(n):
+    return bytes((n * 7 + i) & 0xFF for i in range(158))
+
+
+class Clock:
+    def __init__(self, t=1000):
+        self.t = t
+
+    def ticks_ms(self):
+        return self.t
+
+
+class WrappingClock(Clock):
+    """A board's ticks: they wrap at 2**30 and only ticks_diff knows it."""
+
+    def ticks_ms(self):
+        return self.t % _WRAP
+
+    def ticks_diff(self, a, b):
+        d = (a - b) % _WRAP
+        return d - _WRAP if d >= _WRAP // 2 else d
+
+
+def journal(tmp_path, n):
+    j = Journal(str(tmp_path / "bills.j"))
+    for i in range(1, n + 1):
+        assert j.open_session(serial(i), b"h") == "opened"
+        assert j.seal(serial(i), body(i)) == "sealed"
+    return j
+
+
+def test_the_default_answer_window_is_exactly_ten_seconds(tmp_path):
+    j = journal(tmp_path, 2)
+    c = Clock()
+    ob = Outbox(j, c)                      # window=1, answer_ms=10000
+    ob.on_login()
+    assert ob.due()[0] == serial(1)
+    ob.sent(serial(1))
+    c.t += 9999
+    assert ob.due() is None                # still waiting for its answer
+    c.t += 1
+    assert ob.due()[0] == serial(2)        # 10 s without an answer: the next one goes
+
+
+def test_more_bills_in_flight_than_the_window_hold_back_the_rest(tmp_path):
+    j = journal(tmp_path, 3)
+    c = Clock()
+    ob = Outbox(j, c, window=1)
+    ob.on_login()
+    ob.sent(serial(1))                     # the pile sent two at once (sealed while online)
+    ob.sent(serial(2))
+    assert ob.due() is None
+    assert not ob.idle()
+
+
+def test_a_clock_without_ticks_diff_uses_plain_differences(tmp_path):
+    j = journal(tmp_path, 1)
+    c = Clock(t=5000)
+    ob = Outbox(j, c, first_ms=30000)
+    ob.on_login()
+    ob.sent(serial(1))
+    assert ob.next_in(serial(1)) == 30000
+    c.t += 12000
+    assert ob.next_in(serial(1)) == 18000
+    c.t += 18000
+    assert ob.due() == (serial(1), body(1))
+
+
+def test_backoff_across_the_tick_wrap_uses_the_clocks_own_ticks_diff(tmp_path):
+    j = journal(tmp_path, 1)
+    c = WrappingClock(t=_WRAP - 10000)
+    ob = Outbox(j, c, first_ms=30000)
+    ob.on_login()
+    assert ob.due()[0] == serial(1)
+    ob.sent(serial(1))
+    c.t += 29999                           # past the wrap
+    assert ob.due() is None
+    assert ob.next_in(serial(1)) == 1
+    c.t += 1
+    assert ob.due() == (serial(1), body(1))
+
+
+def test_next_in_is_none_for_a_serial_the_journal_does_not_hold(tmp_path):
+    j = journal(tmp_path, 1)
+    ob = Outbox(j, Clock())
+    assert ob.next_in("9" * 32) is None
+    assert j.confirm(serial(1)) == "ok"
+    assert j.settle(serial(1)) == "ok"
+    assert ob.next_in(serial(1)) is None
+
+
+def test_a_confirmed_bill_before_any_login_waits_resettle_ms_from_tick_zero(tmp_path):
+    j = journal(tmp_path, 1)
+    c = Clock(t=1000)
+    ob = Outbox(j, c, resettle_ms=3600000)
+    assert j.confirm(serial(1)) == "ok"
+    assert ob.next_in(serial(1)) == 3600000 - 1000
+
+
+def test_a_pending_bills_fee_split_does_not_hold_back_another_bills(tmp_path):
+    j = journal(tmp_path, 2)
+    c = Clock()
+    ob = Outbox(j, c, window=2, answer_ms=1000)
+    ob.on_login()
+    ob.sent(serial(1))                     # 0x3B + 0xEB out, no 0x40 yet: stays pending
+    ob.sent(serial(2))
+    assert ob.confirmed(serial(2), 0) == "ok"   # 0x40 for the second, but no 0xEC
+    c.t += 1000
+    assert ob.extra_due() == (serial(2), body(2))
