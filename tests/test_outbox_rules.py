@@ -123,3 +123,127 @@ def test_a_pending_bills_fee_split_does_not_hold_back_another_bills(tmp_path):
     assert ob.confirmed(serial(2), 0) == "ok"   # 0x40 for the second, but no 0xEC
     c.t += 1000
     assert ob.extra_due() == (serial(2), body(2))
+
+
+def test_a_confirmed_bill_offered_again_is_in_flight_and_waits_resettle_ms(tmp_path):
+    j = journal(tmp_path, 2)
+    assert j.confirm(serial(1)) == "ok"     # host-confirmed, platform not yet
+    c = Clock()
+    ob = Outbox(j, c, window=1, resettle_ms=3600000, first_ms=30000)
+    ob.on_login()
+    assert ob.due()[0] == serial(2)          # pending bills first
+    ob.sent(serial(2))
+    assert ob.confirmed(serial(2), 0) == "ok"
+    c.t += 3600000
+    assert ob.due() == (serial(1), body(1))  # offered again after an hour
+    ob.sent(serial(1))
+    assert ob.next_in(serial(1)) == 3600000  # not the pending backoff
+    assert ob.due() is None                  # in flight: the window is full
+
+
+def test_with_a_window_of_two_the_second_bill_goes_while_the_first_waits(tmp_path):
+    j = journal(tmp_path, 3)
+    c = Clock()
+    ob = Outbox(j, c, window=2)
+    ob.on_login()
+    assert ob.due()[0] == serial(1)
+    ob.sent(serial(1))
+    assert ob.due()[0] == serial(2)
+    ob.sent(serial(2))
+    assert ob.due() is None
+
+
+def test_a_fee_split_the_host_never_acknowledges_is_resent_six_times(tmp_path):
+    j = journal(tmp_path, 1)
+    c = Clock()
+    ob = Outbox(j, c, answer_ms=1000)
+    ob.on_login()
+    ob.sent(serial(1))
+    assert ob.confirmed(serial(1), 0) == "ok"
+    resends = 0
+    for _ in range(200):
+        c.t += 1000
+        got = ob.extra_due()
+        if got is not None:
+            assert got == (serial(1), body(1))
+            ob.extra_sent(serial(1))
+            resends += 1
+    assert resends == 6                      # docs/journal.md: 6 times at most
+
+
+def test_after_logout_nothing_is_due(tmp_path):
+    j = journal(tmp_path, 1)
+    ob = Outbox(j, Clock())
+    ob.on_login()
+    assert ob.due()[0] == serial(1)
+    ob.on_logout()
+    assert ob.due() is None
+    assert ob.extra_due() is None
+
+
+def test_a_pending_bill_never_sent_is_due_now_even_long_after_login(tmp_path):
+    j = journal(tmp_path, 1)
+    c = Clock()
+    ob = Outbox(j, c)
+    ob.on_login()
+    c.t += 5000
+    assert ob.next_in(serial(1)) == 0
+
+
+def test_default_backoff_starts_at_exactly_30_s_and_caps_at_exactly_600_s(tmp_path):
+    j = journal(tmp_path, 1)
+    c = Clock()
+    ob = Outbox(j, c)
+    ob.on_login()
+    waits = []
+    for _ in range(7):
+        assert ob.due()[0] == serial(1)
+        ob.sent(serial(1))
+        waits.append(ob.next_in(serial(1)))
+        c.t += waits[-1]
+    assert waits == [30000, 60000, 120000, 240000, 480000, 600000, 600000]
+
+
+def _extra_resend_times(tmp_path, step):
+    tmp_path.mkdir()
+    j = journal(tmp_path, 1)
+    c = Clock(t=0)
+    ob = Outbox(j, c, answer_ms=1000)
+    ob.on_login()
+    ob.sent(serial(1))
+    assert ob.confirmed(serial(1), 0) == "ok"
+    times = []
+    for _ in range(200000 // step):
+        c.t += step
+        if ob.extra_due() is not None:
+            ob.extra_sent(serial(1))
+            times.append(c.t)
+    return times
+
+
+def test_fee_split_resends_back_off_doubling_from_answer_ms(tmp_path):
+    assert _extra_resend_times(tmp_path / "a", 100) == [1000, 3000, 7000, 15000, 31000, 63000]
+    # Steps that never land on a wait exactly: each wait is a lower bound.
+    t = _extra_resend_times(tmp_path / "b", 700)
+    assert len(t) == 6
+    assert [b - a for a, b in zip([0] + t, t)] == [1400, 2100, 4200, 8400, 16100, 32200]
+
+
+def test_an_exhausted_fee_split_does_not_hide_another_bills_due_one(tmp_path):
+    j = journal(tmp_path, 2)
+    c = Clock(t=0)
+    ob = Outbox(j, c, window=2, answer_ms=1000)
+    ob.on_login()
+    ob.sent(serial(1))
+    ob.sent(serial(2))                       # no 0x40 yet: pending, its 0xEB goes with it
+    assert ob.confirmed(serial(1), 0) == "ok"
+    resends = 0
+    while resends < 6:                       # serial 1: its 6 resends
+        c.t += 1000
+        if ob.extra_due() is not None:
+            ob.extra_sent(serial(1))
+            resends += 1
+    assert ob.confirmed(serial(2), 0) == "ok"
+    c.t += 200000
+    # serial 1 is given up now; serial 2's fee split is due all the same
+    assert ob.extra_due() == (serial(2), body(2))
