@@ -247,3 +247,59 @@ def test_an_exhausted_fee_split_does_not_hide_another_bills_due_one(tmp_path):
     c.t += 200000
     # serial 1 is given up now; serial 2's fee split is due all the same
     assert ob.extra_due() == (serial(2), body(2))
+
+
+def test_sending_a_settled_or_illegal_bill_takes_no_place_in_the_window(tmp_path):
+    j = journal(tmp_path, 3)
+    c = Clock()
+    ob = Outbox(j, c, window=1)
+    ob.on_login()
+    assert j.confirm(serial(1)) == "ok" and j.settle(serial(1)) == "ok"
+    assert j.illegal(serial(2)) == "ok"
+    ob.sent(serial(1))                       # gone out just before its 0xE4 came back
+    ob.sent(serial(2))
+    assert ob.due() == (serial(3), body(3))
+    assert ob.extra_due() is None
+
+
+def test_sending_a_serial_the_journal_no_longer_holds_changes_nothing(tmp_path):
+    j = journal(tmp_path, 1)
+    ob = Outbox(j, Clock(), window=1)
+    ob.on_login()
+    ob.sent("9" * 32)                        # compacted away meanwhile, say
+    assert ob.due() == (serial(1), body(1))
+
+
+def _damage(j, n):
+    # Flip bytes of bill n's body on flash, behind the open journal's back.
+    with open(j.path, "rb") as f:
+        data = bytearray(f.read())
+    i = data.find(body(n))
+    assert i > 0
+    for k in range(i + 10, i + 20):
+        data[k] ^= 0x55
+    with open(j.path, "wb") as f:
+        f.write(data)
+
+
+def test_a_bill_damaged_on_flash_does_not_hold_back_the_next_one(tmp_path):
+    j = journal(tmp_path, 2)
+    c = Clock()
+    ob = Outbox(j, c, window=2, answer_ms=1000)
+    ob.on_login()
+    _damage(j, 1)
+    assert j.bill(serial(1)) is None
+    assert ob.due() == (serial(2), body(2))
+
+
+def test_a_damaged_bills_fee_split_does_not_hold_back_another_bills(tmp_path):
+    j = journal(tmp_path, 2)
+    c = Clock()
+    ob = Outbox(j, c, window=2, answer_ms=1000)
+    ob.on_login()
+    ob.sent(serial(1))
+    ob.sent(serial(2))
+    assert ob.confirmed(serial(1), 0) == "ok" and ob.confirmed(serial(2), 0) == "ok"
+    _damage(j, 1)
+    c.t += 1000
+    assert ob.extra_due() == (serial(2), body(2))

@@ -32,9 +32,12 @@ def env_for(copy):
 def check_imports_from(copy, modules):
     """Raise RuntimeError unless each module (dotted name) is imported from
     the copy, not from the working tree."""
-    code = ("import importlib, sys\n"
+    # find_spec: where the import system would load each module from,
+    # without running it (importing protocol.reader alone first trips over
+    # the codec <-> reader cycle).
+    code = ("import importlib.util, sys\n"
             "for m in sys.argv[1:]:\n"
-            "    print(m, importlib.import_module(m).__file__)\n")
+            "    print(m, importlib.util.find_spec(m).origin)\n")
     out = subprocess.run([sys.executable, "-c", code] + list(modules), cwd=copy,
                          env=env_for(copy), capture_output=True, text=True, timeout=60)
     if out.returncode != 0:
