@@ -33,3 +33,21 @@ def test_a_start_byte_at_the_end_of_a_push_waits_for_its_length_byte():
     out = r.push(LOGIN_REPLY[1:])
     assert len(out) == 1 and out[0].name == "login_reply"
     assert r.errors == 0
+
+
+def test_counters_count_frames_errors_and_skipped_bytes_exactly():
+    r = FrameReader()
+    assert (r.frames, r.errors, r.skipped) == (0, 0, 0)
+    bad = bytearray(LOGIN_REPLY)
+    bad[-1] ^= 0xFF                                 # a bad CRC
+    out = r.push(b"\x01\x02\x03" + LOGIN_REPLY + bytes((0x68, 2)) + LOGIN_REPLY)
+    assert [type(x).__name__ for x in out] == ["Frame", "BadLength", "Frame"]
+    assert (r.frames, r.errors, r.skipped) == (2, 1, 4)   # 3 garbage bytes + the bad length byte
+    r.push(bytes(bad))
+    assert r.errors == 2 and r.frames == 2
+
+
+def test_a_start_and_a_bad_length_byte_alone_are_reported_at_once():
+    r = FrameReader()
+    out = r.push(b"\x68\x02")
+    assert len(out) == 1 and isinstance(out[0], BadLength)
