@@ -25,7 +25,8 @@ from tools.mutants.copytree import check_imports_from, copy_tree, env_for, modul
 
 _PYTEST = "python -m pytest -x -q -p no:cacheprovider --no-header -o addopts="
 
-_CODEC = ["tests/mp/test_codec.py", "tests/test_custody_rules.py", "tests/test_reader_fuzz.py"]
+_CODEC = ["tests/mp/test_codec.py", "tests/test_custody_rules.py", "tests/test_reader_edges.py",
+          "tests/test_reader_fuzz.py"]
 _NO_BROKER = "-k 'not resent_bill'"   # the one custody-rules test that needs Mosquitto
 
 # module -> (pytest arguments), the suites where a bug in it must show.
@@ -34,7 +35,8 @@ MODULES = {
                         "tests/test_dissector.py::test_crc_agrees_with_crcmod_for_any_bytes",
                         "tests/test_dissector.py::test_both_agree_on_the_official_samples"],
     "protocol/codec.py": _CODEC,
-    "protocol/reader.py": ["tests/mp/test_codec.py", "tests/test_reader_fuzz.py"],
+    "protocol/reader.py": ["tests/test_reader_edges.py", "tests/mp/test_codec.py",
+                           "tests/test_reader_fuzz.py"],
     "protocol/layout.py": _CODEC,
     "protocol/fields.py": _CODEC,
     "protocol/frames.py": _CODEC + ["tests/test_dissector.py"],
