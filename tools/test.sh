@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one test command: sets up (tools/setup.sh), then runs every pytest
-# suite on CPython and the firmware/protocol suites under the real
-# `micropython` binary, once more under a heap cap.
+# suite on CPython, the fixed mutant set (about half a minute), and the
+# firmware/protocol suites under the real `micropython` binary, once more
+# under a heap cap.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh
@@ -9,6 +10,9 @@ export PATH="$PWD/.venv/bin:$PATH:/usr/sbin"
 
 echo "== pytest (CPython)"
 python -m pytest -q -p no:cacheprovider "$@"
+
+echo "== fixed mutants (tools/mutants/fixed.py: each planted bug must fail its tests; docs/testing.md)"
+python -m tools.mutants --jobs 2
 
 echo "== MicroPython: every dual-interpreter suite"
 micropython tests/mp/run.py
