@@ -10,6 +10,7 @@ from firmware.journal import Journal
 from firmware.outbox import Outbox
 from host import schema
 from host.platform import reconcile
+from protocol.reconcile import reconcile as check_bill
 from host.store import Store
 from host.testkit import make_bill, make_extra
 from protocol import codec
@@ -133,17 +134,18 @@ def test_a_resent_bill_the_platform_has_not_confirmed_gets_no_settled(mosquitto)
 # --- every period, the fifth included, adds up to the totals ------------------------------
 
 def test_a_five_period_bill_adds_up_and_a_wrong_deep_period_is_named():
+    # The one reconciliation (protocol/reconcile.py) the bridge runs on each bill.
     v, x = five_period_bill()
     assert v["deep_energy"] and v["deep_amount"]
-    assert schema.check_bill(v) == []
-    assert schema.check_bill(v, x) == []
+    assert check_bill(v) == []
+    assert check_bill(v, x) == []
     bad = dict(v, deep_energy=v["deep_energy"] + 1)
-    problems = schema.check_bill(bad)
-    assert len(problems) == 1 and "energy" in problems[0]
+    problems = check_bill(bad)
+    assert len(problems) == 1 and problems[0].startswith("energy_mismatch:")
     bad = dict(v, deep_amount=v["deep_amount"] + 1, total_amount=v["total_amount"] + 1)
-    problems = schema.check_bill(bad, x)
-    assert problems == ["deep energy fee + service fee %d != deep_amount %d"
-                        % (v["deep_amount"], v["deep_amount"] + 1)]
+    problems = check_bill(bad, x)
+    assert problems == ["fee_mismatch: deep fees %d + %d != deep_amount %d"
+                        % (x["deep_energy_fee"], x["deep_service_fee"], v["deep_amount"] + 1)]
 
 
 def test_the_platform_reconciles_a_five_period_bill_on_all_five_periods():
@@ -152,8 +154,8 @@ def test_the_platform_reconciles_a_five_period_bill_on_all_five_periods():
     assert reconcile({"raw": raw}) == []
     bad = dict(raw, deep_amount=v["deep_amount"] + 5)
     problems = reconcile({"raw": bad})
-    assert any("period amount" in p for p in problems), problems
-    assert any(p.startswith("deep fees") for p in problems), problems
+    assert any(p.startswith("amount_mismatch:") for p in problems), problems
+    assert any(p.startswith("fee_mismatch: deep fees") for p in problems), problems
 
 
 # --- price, energy and amount scales ------------------------------------------------------
