@@ -71,6 +71,11 @@ class Bridge:
 
     async def start(self):
         self.store = Store(self.cfg["database"])
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.store.bind_site, self.site)
+        except StoreError:
+            self.store.close()
+            raise
         # Tariffs: the config is the base, what the platform pushed since wins.
         if self.cfg["tariff"]:
             self.tariffs[SITE_TARGET] = self.cfg["tariff"]
@@ -927,6 +932,35 @@ async def serve(cfg, ready=None):
         await bridge.stop()
 
 
+def migrate_site_main(argv):
+    """pile-bridge migrate-site -c CONFIG --from OLD: the store now belongs to
+    the config's site; its unconfirmed bills are published under it at the
+    next start. Run with the bridge stopped (the store's lock says if not)."""
+    import argparse
+    p = argparse.ArgumentParser(prog="pile-bridge migrate-site",
+                                description="Move a bridge's store to the site id in its config "
+                                            "(after renaming a site).")
+    p.add_argument("-c", "--config", required=True)
+    p.add_argument("--from", dest="old", required=True, help="the site id the store belongs to now")
+    a = p.parse_args(argv)
+    try:
+        cfg = configmod.load(a.config)
+        st = Store(cfg["database"])
+    except (configmod.ConfigError, StoreError) as e:
+        print("pile-bridge migrate-site: %s" % e, file=sys.stderr)
+        return 2
+    try:
+        n = st.migrate_site(a.old, cfg["site"])
+    except StoreError as e:
+        print("pile-bridge migrate-site: %s" % e, file=sys.stderr)
+        return 1
+    finally:
+        st.close()
+    print("store %s: site %s -> %s; %d unconfirmed bill(s) will be published under %s"
+          % (cfg["database"], a.old, cfg["site"], n, cfg["site"]))
+    return 0
+
+
 def _raise_nofile():
     # One descriptor per pile link, up to tcp.max_unauthenticated more for
     # connections that have not logged in yet, and a handful for the store,
@@ -947,6 +981,8 @@ def main(argv=None):
     if argv and argv[0] == "push":
         # pile-bridge push -c site.toml --pile CODE --version V IMAGE (host/push.py)
         return pushmod.main(argv[1:])
+    if argv and argv[0] == "migrate-site":
+        return migrate_site_main(argv[1:])
     try:
         cfg, args = configmod.from_args(argv)
     except configmod.ConfigError as e:

@@ -97,7 +97,7 @@ CREATE TABLE IF NOT EXISTS tariffs (
 # from the version before it, inside one transaction with the version bump;
 # tests/test_store_migration.py upgrades a store that holds unconfirmed
 # bills and checks nothing is lost.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _MIGRATIONS = (
     # 2: frames that failed their CRC, kept for diagnosis within caps (per
     # link and in total, oldest dropped first, the drops counted).
@@ -119,6 +119,9 @@ _MIGRATIONS = (
          " at REAL NOT NULL,"
          " PRIMARY KEY (target, id))",
          "CREATE INDEX IF NOT EXISTS commands_seen_at ON commands_seen (at)")),
+    # 4: the site the store belongs to: a bridge started with another site id
+    # must not republish its bills under that id (pile-bridge migrate-site).
+    (4, ("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",)),
 )
 COMMANDS_KEEP_S = 7 * 86400   # command ids remembered this long (a command's expires should be shorter)
 BAD_FRAMES_PER_LINK = 100     # kept per link, oldest dropped first
@@ -407,6 +410,16 @@ class Store:
         {link: dropped} counts."""
         return self._submit(_bad_frames, link)
 
+    def bind_site(self, site):
+        """The store's site: bound at the first start; another one is
+        refused by name (StoreError). Call from outside an event loop or
+        with call_sync semantics: it runs at once."""
+        return self.call_sync(_bind_site, site)
+
+    def migrate_site(self, old, new):
+        """pile-bridge migrate-site: the store's site from `old` to `new`."""
+        return self.call_sync(_migrate_site, old, new)
+
     def command_seen(self, target, req_id, now=None):
         """Record a command id before it runs. Resolves None when it is new,
         else (result JSON or None while it is still running): a repeat."""
@@ -584,6 +597,27 @@ def _bad_frames(db, link):
     return [(r[0], r[1], bytes(r[2]), r[3], r[4]) for r in rows], drops
 
 
+def _bind_site(db, site):
+    row = db.execute("SELECT value FROM meta WHERE key='site'").fetchone()
+    if row is None:
+        db.execute("INSERT INTO meta (key, value) VALUES ('site', ?)", (site,))
+        return site
+    if row[0] != site:
+        raise StoreError("this store belongs to site %r, the config says %r: its bills would be "
+                         "published again under the wrong site. If the site was renamed, run "
+                         "'pile-bridge migrate-site -c CONFIG --from %s' once" % (row[0], site, row[0]))
+    return site
+
+
+def _migrate_site(db, old, new):
+    row = db.execute("SELECT value FROM meta WHERE key='site'").fetchone()
+    if row is not None and row[0] != old:
+        raise StoreError("this store belongs to site %r, not %r: nothing changed" % (row[0], old))
+    db.execute("INSERT INTO meta (key, value) VALUES ('site', ?) ON CONFLICT(key) DO UPDATE "
+               "SET value=excluded.value", (new,))
+    return db.execute("SELECT COUNT(*) FROM bills WHERE confirmed_at IS NULL").fetchone()[0]
+
+
 def _command_seen(db, target, req_id, now):
     row = db.execute("SELECT result FROM commands_seen WHERE target=? AND id=?",
                      (target, req_id)).fetchone()
@@ -713,6 +747,6 @@ def _tariffs(db):
 
 
 _DURABLE = {_add_bill, _add_extra, _add_rejected, _add_event, _set_tariff, _next_counter,
-            _command_seen}
+            _command_seen, _bind_site, _migrate_site}
 _READS = {_open_bills, _piles_with_open, _unsettled, _bill, _counts, _open_events, _tariffs,
           _last_counter, _bad_frames}

@@ -92,3 +92,37 @@ def test_a_database_deleted_underneath_a_running_bridge_stops_the_0x40s(mosquitt
             await pile.close()
     with tempdir("deleted") as tmp:
         run(scenario(tmp))
+
+
+def test_a_store_is_bound_to_its_site_and_moves_only_by_migrate_site(mosquitto):
+    # Issue 17: a restart with another site id republished the old bills
+    # under it. The store is bound to its site at the first start; another
+    # site is refused by name until 'pile-bridge migrate-site --from OLD'.
+    from host.testkit import make_extra
+    from tests.test_bridge_helpers import Platform
+
+    async def scenario(tmp):
+        cfg = fast_config(tmp, url_of(mosquitto), site="old-site")
+        async with bridge_running(cfg) as b:
+            pile = await connect_pile(PILE_A, b.tcp_port)
+            bill = make_bill(PILE_A, 1)
+            assert await pile.send_bill(bill, make_extra(bill)) == 0     # unconfirmed: no platform
+            await pile.close()
+        renamed = dict(cfg, site="new-site")
+        try:
+            async with bridge_running(renamed):
+                raise AssertionError("a bridge of another site started on this store")
+        except S.StoreError as e:
+            assert "belongs to site 'old-site'" in str(e) and "migrate-site" in str(e)
+        path = write_toml(os.path.join(tmp, "new.toml"), renamed)
+        p = subprocess.run([sys.executable, "-m", "host.bridge", "migrate-site", "-c", path,
+                            "--from", "wrong-site"], cwd=ROOT, capture_output=True, text=True)
+        assert p.returncode == 1 and "nothing changed" in p.stderr
+        p = subprocess.run([sys.executable, "-m", "host.bridge", "migrate-site", "-c", path,
+                            "--from", "old-site"], cwd=ROOT, capture_output=True, text=True)
+        assert p.returncode == 0 and "1 unconfirmed bill(s) will be published under new-site" in p.stdout
+        async with bridge_running(renamed), Platform(url_of(mosquitto), site="new-site") as plat:
+            doc = await plat.wait_for(lambda: plat.bills.get(bill["serial"]))
+            assert doc["site"] == "new-site"
+    with tempdir("site-bound") as tmp:
+        run(scenario(tmp), 60)

@@ -49,7 +49,7 @@ def test_a_store_from_before_schema_versions_is_upgraded_with_every_unconfirmed_
     frames = _legacy_store(path)
     st = S.Store(path)
     try:
-        assert st.schema_version == S.SCHEMA_VERSION == 3
+        assert st.schema_version == S.SCHEMA_VERSION == 4
         rows = st.call_sync(S._open_bills, PILE, 100)
         assert [(b.serial, bytes(b.frame)) for b in rows] == frames[:3]
         assert st.call_sync(S._unsettled, PILE, 100) != []          # confirmed ones kept too
@@ -61,7 +61,7 @@ def test_a_store_from_before_schema_versions_is_upgraded_with_every_unconfirmed_
     finally:
         st.close()
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 4
     db.close()
     # Opening again changes nothing.
     st = S.Store(path)
