@@ -40,6 +40,7 @@ MODULES = {
     "protocol/layout.py": _CODEC,
     "protocol/fields.py": _CODEC,
     "protocol/frames.py": _CODEC + ["tests/test_dissector.py"],
+    "protocol/reconcile.py": ["tests/test_reconcile.py", "tests/test_custody_rules.py", _NO_BROKER],
     "firmware/outbox.py": ["tests/test_outbox_rules.py", "tests/mp/test_journal.py", "tests/mp/test_pile.py",
                            "tests/test_custody_rules.py", _NO_BROKER],
     "firmware/journal.py": ["tests/mp/test_journal.py", "tests/test_custody_rules.py",
