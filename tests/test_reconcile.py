@@ -211,3 +211,53 @@ def test_the_firmware_payload_reconciles_the_same_on_both_ends():
     f = codec.decode(codec.wrap(0x3B, body, 1)).fields
     x = codec.decode(codec.wrap(0xEB, extra, 2)).fields
     assert R.reconcile(f, x) == [] == R.reconcile(b, b)
+
+
+def test_each_problem_says_exactly_what_does_not_add_up():
+    # Exact messages, one bad figure at a time (the class and the figures a
+    # reader needs), and the fee-split totals check: cosmic-ray survivors of
+    # protocol/reconcile.py (docs/testing.md).
+    v = make_bill("55031412782305", 1)
+    x = make_extra(v)
+    E, A = v["total_energy"], v["total_amount"]
+    assert R.reconcile(v, x) == []
+
+    def one(**ch):
+        return R.reconcile(dict(v, **ch))
+    assert one(sharp_energy=v["sharp_energy"] + 1) == [
+        "energy_mismatch: sum of period energy %d != total_energy %d" % (E + 1, E)]
+    assert one(**{p + "_energy": 0 for p in PERIODS}) == [
+        "segments_missing: no period energy, total_energy %d" % E]
+    assert one(sharp_loss=5) == ["loss_mismatch: sum of period loss 5 != total_loss 0"]
+    assert one(peak_amount=v["peak_amount"] + 2) == [
+        "amount_mismatch: sum of period amount %d != total_amount %d" % (A + 2, A)]
+    assert one(meter_start=0, meter_stop=0) == [
+        "meter_absent: meter_start and meter_stop 0, total_energy %d" % E]
+    assert one(meter_stop=v["meter_stop"] + 3) == [
+        "meter_mismatch: meter_stop - meter_start %d != total_energy %d" % (E + 3, E)]
+    assert one(start_time=None) == ["time_missing: start_time"]
+    assert one(end_time=None) == ["time_missing: end_time"]
+    assert one(end_time=v["start_time"] - 1) == [
+        "end_before_start: end_time %d < start_time %d" % (v["start_time"] - 1, v["start_time"])]
+    assert one(end_time=v["start_time"]) == []                     # equal is in order
+    assert one(total_energy="12") == ["field_missing: total_energy"]
+    assert one(total_loss=True) == ["field_missing: total_loss"]
+    assert one(flat_amount=None) == ["field_missing: flat_amount"]
+    assert one(meter_start="0") == ["field_missing: meter_start"]
+    assert one(start_time="noon") == ["field_missing: start_time"]
+    # The fee split, per period and in total.
+    bad = dict(x, sharp_energy_fee=x["sharp_energy_fee"] + 1)
+    assert R.reconcile(v, bad) == ["fee_mismatch: sharp fees %d + %d != sharp_amount %d"
+                                   % (x["sharp_energy_fee"] + 1, x["sharp_service_fee"], v["sharp_amount"])]
+    assert R.reconcile(v, dict(x, peak_service_fee="1")) == [
+        "field_missing: peak_energy_fee / peak_service_fee"]
+    ef = sum(x[p + "_energy_fee"] for p in PERIODS)
+    sf = sum(x[p + "_service_fee"] for p in PERIODS)
+    assert ef + sf == A and ef and sf
+    assert R.reconcile(v, dict(x, energy_fee=ef, service_fee=sf)) == []
+    assert R.reconcile(v, dict(x, energy_fee=ef + 1, service_fee=sf)) == [
+        "fee_mismatch: energy_fee %d + service_fee %d != total_amount %d" % (ef + 1, sf, A)]
+    assert R.reconcile(v, dict(x, energy_fee=ef, service_fee=sf - 2)) == [
+        "fee_mismatch: energy_fee %d + service_fee %d != total_amount %d" % (ef, sf - 2, A)]
+    assert R.reconcile(v, dict(x, energy_fee=ef, service_fee=None)) == []   # no totals given
+    assert R.problem_classes(["a: x", "b: y", "a: z", "c"]) == ["a", "b", "c"]
