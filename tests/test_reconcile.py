@@ -261,3 +261,28 @@ def test_each_problem_says_exactly_what_does_not_add_up():
         "fee_mismatch: energy_fee %d + service_fee %d != total_amount %d" % (ef, sf - 2, A)]
     assert R.reconcile(v, dict(x, energy_fee=ef, service_fee=None)) == []   # no totals given
     assert R.problem_classes(["a: x", "b: y", "a: z", "c"]) == ["a", "b", "c"]
+
+
+def test_meter_and_segment_edges_and_every_fee_problem_named():
+    # Cosmic-ray run 2 survivors of protocol/reconcile.py (docs/testing.md).
+    v = make_bill("55031412782305", 2)
+    E = v["total_energy"]
+    zeros = {p + "_energy": 0 for p in PERIODS}
+    # A meter start small enough that stop % start differs from stop - start.
+    assert R.reconcile(dict(v, meter_start=100, meter_stop=100 + E + 3)) == [
+        "meter_mismatch: meter_stop - meter_start %d != total_energy %d" % (E + 3, E)]
+    # One of the two readings 0 is a mismatch, not an absent meter.
+    assert R.reconcile(dict(v, meter_start=5, meter_stop=0)) == [
+        "meter_mismatch: meter_stop - meter_start -5 != total_energy %d" % E]
+    assert R.reconcile(dict(v, meter_start=0, meter_stop=E + 7)) == [
+        "meter_mismatch: meter_stop - meter_start %d != total_energy %d" % (E + 7, E)]
+    # The smallest total with no period energy is still segments_missing.
+    got = R.reconcile(dict(v, total_energy=1, **zeros))
+    assert "segments_missing: no period energy, total_energy 1" in got
+    # A malformed fee in one period does not hide a wrong fee in a later one.
+    x = make_extra(v)
+    bad = dict(x, sharp_energy_fee="1", flat_service_fee=x["flat_service_fee"] + 1)
+    assert R.reconcile(v, bad) == [
+        "field_missing: sharp_energy_fee / sharp_service_fee",
+        "fee_mismatch: flat fees %d + %d != flat_amount %d"
+        % (x["flat_energy_fee"], x["flat_service_fee"] + 1, v["flat_amount"])]
