@@ -78,6 +78,14 @@ class RawPile:
         self.w.close()
 
 
+async def _events(plat, kind, n):
+    """The platform's events of `kind`, once there are exactly n of them."""
+    def got():
+        ev = [e for e in plat.events if e["type"] == kind]
+        return ev if len(ev) == n else None
+    return await plat.wait_for(got)
+
+
 def _bill_frame(v, seq):
     return codec.encode("bill", v, seq)
 
@@ -123,9 +131,7 @@ def test_bills_we_cannot_decode_are_kept_raw_published_and_confirmed(mosquitto):
                 assert doc["frame"] == raw.hex().upper()
                 assert doc["pile"] == PILE_A and doc["checks"]["ok"] is False
                 assert doc["error"]
-            ev = await plat.wait_for(lambda: [e for e in plat.events if e["type"] == "undecodable_bill"]
-                                     if len([e for e in plat.events
-                                             if e["type"] == "undecodable_bill"]) == 3 else None)
+            ev = await _events(plat, "undecodable_bill", 3)
             assert sorted(e["serial"] for e in ev) == sorted(hexserials)
             # Stored as received, and confirmed by the platform.
             await until(lambda: _rows(cfg["database"], "SELECT COUNT(*) FROM bills WHERE "
@@ -159,9 +165,7 @@ def test_bills_from_no_login_or_for_another_pile_are_quarantined_never_acknowled
             await p.write(foreign_raw)
             foreign_bad = _not_bcd(_bill_frame(make_bill(PILE_B, 3), 5))
             await p.write(foreign_bad)
-            ev = await plat.wait_for(lambda: [e for e in plat.events if e["type"] == "bill_quarantined"]
-                                     if len([e for e in plat.events
-                                             if e["type"] == "bill_quarantined"]) == 3 else None)
+            ev = await _events(plat, "bill_quarantined", 3)
             assert {e["frame"] for e in ev} == {r.hex().upper() for r in (early_raw, foreign_raw, foreign_bad)}
             assert any("no login" in e["message"] for e in ev)
             assert sum("names pile %s but came from pile %s" % (PILE_B, PILE_A) in e["message"]
@@ -253,9 +257,7 @@ def test_a_fee_split_for_another_piles_bill_is_quarantined_never_joined_to_it(mo
             await bpile.write(_bill_frame(bill, 2))
             await bpile.wait(lambda: bpile.confirms())
             await a.write(codec.encode("bill_extra", forged, 6))
-            ev = await plat.wait_for(lambda: [e for e in plat.events if e["type"] == "bill_quarantined"]
-                                     if len([e for e in plat.events
-                                             if e["type"] == "bill_quarantined"]) == 2 else None)
+            ev = await _events(plat, "bill_quarantined", 2)
             assert all(e["frame_type"] == "bill_extra" and e["serial"] == bill["serial"] for e in ev)
             assert a.named("bill_extra_ack") == []
             # The true split completes the bill; the forged one never shows.

@@ -38,6 +38,18 @@ class _Boom(Exception):
     pass
 
 
+def _fail_once(obj, name, armed, why):
+    """obj.name raises _Boom on its next call, then behaves as before."""
+    real = getattr(obj, name)
+
+    def wrapper(*a):
+        if armed[0]:
+            armed[0] = False
+            raise _Boom(why)
+        return real(*a)
+    setattr(obj, name, wrapper)
+
+
 def test_an_exception_anywhere_in_the_loop_opens_the_contactor_seals_the_bill_and_goes_on():
     # The watchdog test: a fault injected at points of poll() while
     # charging (the meter, the link's send, the realtime report). The loop
@@ -56,33 +68,12 @@ def test_an_exception_anywhere_in_the_loop_opens_the_contactor_seals_the_bill_an
             assert r.pile.gun.state == S.CHARGING
             armed = [True]
             if where == "meter":
-                real = r.world.meter.read_energy
-
-                def read_energy():
-                    if armed[0]:
-                        armed[0] = False
-                        raise _Boom("meter driver bug")
-                    return real()
-                r.world.meter.read_energy = read_energy
+                _fail_once(r.world.meter, "read_energy", armed, "meter driver bug")
             elif where == "send":
-                real = r.pile.link.send
-
-                def send(name, values, seq=None):
-                    if armed[0]:
-                        armed[0] = False
-                        raise _Boom("link bug")
-                    return real(name, values, seq)
-                r.pile.link.send = send
+                _fail_once(r.pile.link, "send", armed, "link bug")
                 r.pile.cadence.force()
             else:
-                real = r.pile.gun.realtime
-
-                def realtime():
-                    if armed[0]:
-                        armed[0] = False
-                        raise _Boom("report bug")
-                    return real()
-                r.pile.gun.realtime = realtime
+                _fail_once(r.pile.gun, "realtime", armed, "report bug")
                 r.pile.cadence.force()
             r.run(20000, lambda: not armed[0])
             assert not armed[0], where
