@@ -31,6 +31,7 @@ DEFAULTS = {
         "reconnect_max_s": 30.0,
         "publish_timeout_s": 10.0,
         "max_command_bytes": 65536,
+        "command_max_life_s": 86400.0,  # a signed command's `expires` at most this far ahead
     },
     "bills": {
         "window": 16,             # unconfirmed bills in flight per pile
@@ -40,6 +41,7 @@ DEFAULTS = {
         "settle_retry_s": 30.0,   # resend 0xE4 settled this often until the pile answers
         "keep_days": 180.0,       # settled bills are forgotten after this (0: keep for ever)
         "overdue_s": 60.0,        # a session seen ending with no bill this long after: bill_overdue
+        "mac_wait_s": 10.0,       # a keyed pile's bill waits this long for the 0xEB with its MAC
     },
     "piles": {                    # defaults for every pile link
         "heartbeat_s": 10.0,      # the pile's heartbeat period (YKC: 10 s)
@@ -64,6 +66,7 @@ DEFAULTS = {
         "dir": None,              # <dir>/<pile code>.key: that pile's command key (0600)
         "site_key_file": None,    # derive every pile's key (sign.pile_key) from one site key
         "upgrade_key_file": None,  # the site's upgrade key: signs firmware announcements
+        "platform_key_file": None,  # set: every platform command must carry its `auth` MAC
     },
     "upgrade": {                  # firmware push (docs/upgrade.md "Pushing from the bridge")
         "image_dir": None,        # `upgrade` commands name images in this folder
@@ -176,7 +179,7 @@ def validate(cfg):
         if "signed" in p and not isinstance(p["signed"], bool):
             raise ConfigError("pile.%s.signed must be true or false" % code)
     k = cfg["keys"]
-    for name in ("site_key_file", "upgrade_key_file"):
+    for name in ("site_key_file", "upgrade_key_file", "platform_key_file"):
         if k[name] is not None:
             load_key_file(k[name], "keys." + name)
     if k["dir"] is not None and not os.path.isdir(k["dir"]):
@@ -215,6 +218,11 @@ def validate(cfg):
         raise ConfigError("piles.missed_heartbeats must be >= 1")
     if cfg["bills"]["window"] < 1:
         raise ConfigError("bills.window must be >= 1")
+    from host.store import COMMANDS_KEEP_S
+    life = m["command_max_life_s"]
+    if not (isinstance(life, (int, float)) and 0 < life <= COMMANDS_KEEP_S):
+        raise ConfigError("mqtt.command_max_life_s must be > 0 and at most %d s (command ids are "
+                          "remembered that long: the replay window)" % COMMANDS_KEEP_S)
     if not m["client_id"]:
         m["client_id"] = "pc-bridge-" + site
     return cfg
@@ -253,6 +261,8 @@ class KeyRing:
             if k["site_key_file"] else None
         self._upgrade = load_key_file(k["upgrade_key_file"], "keys.upgrade_key_file") \
             if k["upgrade_key_file"] else None
+        self._platform = load_key_file(k["platform_key_file"], "keys.platform_key_file") \
+            if k["platform_key_file"] else None
         self._cache = {}
 
     def cmd_key(self, code):
@@ -279,6 +289,10 @@ class KeyRing:
 
     def upgrade_key(self):
         return self._upgrade
+
+    def platform_key(self):
+        """The key platform commands are checked with (None: not checked)."""
+        return self._platform
 
 
 def version_key(v):

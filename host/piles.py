@@ -209,6 +209,7 @@ class PileConn:
         self.unauth_addr = None           # TCP: its remote address until it logs in (bridge limits)
         self.authenticated = False        # the pile proved its key at login (keyed piles)
         self._proving = False             # a login challenge is out
+        self.held = {}                    # serial -> 0x3B frame waiting for its MAC (keyed piles)
         self._bad_event_at = -_BAD_EVENT_S
 
     # --- plumbing -----------------------------------------------------------------
