@@ -645,6 +645,18 @@ class Bridge:
                 items = [(doc["serial"], doc.get("result", 0), doc.get("hash"))]
             else:
                 raise ValueError("not an object")
+            pkey = self.keys.platform_key()
+            if pkey is not None and not C.auth_ok(pkey, self.site, pile_code, doc):
+                # Only the platform holds the key: anyone else who can publish
+                # here (and read the bill's content hash) confirms nothing.
+                self.stats["confirms_refused"] += 1
+                why = "no `auth`" if "auth" not in doc else "an `auth` that does not match"
+                log.warning("confirmation for pile %s ignored: %s", pile_code, why)
+                self.event(pile_code, "confirm_refused", "a confirmation for pile %s was ignored: "
+                           "it carries %s (the bills stay unconfirmed and are published again)"
+                           % (pile_code, why), reason="unauthenticated",
+                           serials=[i[0] for i in items if isinstance(i[0], str)][:64])
+                return
             for s, r, h in items:
                 if not isinstance(s, str) or not isinstance(r, int) or isinstance(r, bool):
                     raise ValueError("serial must be a string, result an int")

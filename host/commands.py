@@ -149,11 +149,27 @@ def sign_command(key, site, target, doc, life_s=300.0, now=None):
     return d
 
 
+def sign_confirmation(key, site, pile, doc):
+    """A confirmation for pc/<site>/confirm/<pile> with its `auth` (the same
+    MAC as a command's; a confirmation has no expiry: confirming a bill
+    twice changes nothing)."""
+    d = dict(doc)
+    d.pop("auth", None)
+    d["auth"] = command_auth(key, site, pile, d)
+    return d
+
+
+def auth_ok(key, site, target, doc):
+    """True when doc's `auth` is the MAC of doc for pc/<site>/.../<target>."""
+    a = doc.get("auth")
+    return isinstance(a, str) and len(a) == 64 and sign.equal(
+        a.lower().encode(), command_auth(key, site, target, doc).encode())
+
+
 def _check_auth(doc, req_id, cmd, auth, now):
     key, site, target, max_life = auth
     a = doc.get("auth")
-    if not isinstance(a, str) or len(a) != 64 or not sign.equal(
-            a.lower().encode(), command_auth(key, site, target, doc).encode()):
+    if not auth_ok(key, site, target, doc):
         raise CommandError("unauthenticated", "no `auth`" if a is None else
                            "`auth` does not match the command, its site and its pile: "
                            "not executed", req_id, cmd)

@@ -166,7 +166,7 @@ def validate(cfg):
         except T.TariffError as e:
             raise ConfigError("tariff: %s" % e)
     for code, p in cfg["pile"].items():
-        unknown = set(p) - {"ext", "name", "tariff", "model", "cmd_key_file", "signed"}
+        unknown = set(p) - {"ext", "name", "tariff", "model", "cmd_key_file", "signed", "bind"}
         if unknown:
             raise ConfigError("pile.%s: unknown key(s) %s" % (code, ", ".join(sorted(unknown))))
         if p.get("tariff") is not None:
@@ -178,6 +178,8 @@ def validate(cfg):
             load_key_file(p["cmd_key_file"], "pile.%s.cmd_key_file" % code)
         if "signed" in p and not isinstance(p["signed"], bool):
             raise ConfigError("pile.%s.signed must be true or false" % code)
+        if "bind" in p:
+            p["bind"] = parse_bind(p["bind"], "pile.%s.bind" % code)
     k = cfg["keys"]
     for name in ("site_key_file", "upgrade_key_file", "platform_key_file"):
         if k[name] is not None:
@@ -226,6 +228,47 @@ def validate(cfg):
     if not m["client_id"]:
         m["client_id"] = "pc-bridge-" + site
     return cfg
+
+
+# --- binding a pile to its links ---------------------------------------------------
+
+def parse_bind(v, what):
+    """`bind`: the links a pile may log in on: IP addresses or networks (its
+    TCP peer's address) and "serial:URL" (a serial port of the bridge).
+    Returns a tuple of ipaddress networks and "serial:" strings."""
+    import ipaddress
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list) or not v:
+        raise ConfigError("%s: a list of addresses, networks or \"serial:URL\"" % what)
+    out = []
+    for e in v:
+        if isinstance(e, str) and e.startswith("serial:") and len(e) > 7:
+            out.append(e)
+            continue
+        try:
+            out.append(ipaddress.ip_network(e, strict=False))
+        except (TypeError, ValueError):
+            raise ConfigError("%s: %r is neither an IP address or network nor \"serial:URL\""
+                              % (what, e))
+    return tuple(out)
+
+
+def bind_allows(bind, link):
+    """True when `link` (its name, "tcp:IP:PORT" or "serial:URL") is one of
+    the pile's bound links."""
+    import ipaddress
+    name = link.name
+    if name.startswith("serial:"):
+        return name in bind
+    ip = getattr(link, "peer_ip", None)
+    try:
+        addr = ipaddress.ip_address(ip)
+    except (TypeError, ValueError):
+        return False
+    if getattr(addr, "ipv4_mapped", None) is not None:
+        addr = addr.ipv4_mapped
+    return any(not isinstance(b, str) and addr.version == b.version and addr in b for b in bind)
 
 
 # --- keys --------------------------------------------------------------------------

@@ -382,7 +382,7 @@ class Platform:
         self.group = group
         self.site = site
         self.keys = keys if keys is not None else BillKeys()
-        self.cmd_key = cmd_key         # the site's platform key: commands carry `auth`
+        self.cmd_key = cmd_key         # the site's platform key: commands and confirmations carry `auth`
         self.mac_wait_s = mac_wait_s
         # consume=False (a one-off --cmd): results only, in a clean session,
         # so it never takes bills queued for the running platform's session.
@@ -656,9 +656,13 @@ class Platform:
                 else:
                     if "confirmed" not in done:
                         # Confirm every copy: a resend means the bridge did not see our answer.
+                        conf = {"serial": doc["serial"], "result": result,
+                                "hash": content_hash(doc)}
+                        if self.cmd_key is not None:
+                            from host.commands import sign_confirmation
+                            conf = sign_confirmation(self.cmd_key, site, pile, conf)
                         await client.publish("%s/%s/confirm/%s" % (ROOT, site, pile),
-                                             json.dumps({"serial": doc["serial"], "result": result,
-                                                         "hash": content_hash(doc)}), qos=1)
+                                             json.dumps(conf), qos=1)
                         done["confirmed"] = True
                         self.stats["confirms_sent"] += 1
                         if result != CONFIRM_OK:
@@ -737,7 +741,7 @@ def main(argv=None):
                     help="one pile's key from a key file (64 hex digits or 32 bytes)")
     ap.add_argument("--platform-key", metavar="FILE",
                     help="the site's platform key (the bridge's keys.platform_key_file): "
-                    "--cmd commands carry its `auth` MAC")
+                    "commands and confirmations carry its `auth` MAC")
     ap.add_argument("--mac-wait", type=float, default=MAC_WAIT_S, metavar="S",
                     help="hold an incomplete bill of a keyed pile this long for its MAC")
     ap.add_argument("--connect-timeout", type=float, default=15.0, metavar="S",

@@ -15,7 +15,7 @@ import time
 from host import commands as C
 from host import platform as P
 from tests.test_bridge_helpers import (PILE_A, PILE_B, Platform, bridge_running, fast_config, run,
-                                       tempdir, url_of)
+                                       tempdir, until, url_of)
 
 KEY = bytes(range(100, 132))
 
@@ -127,3 +127,53 @@ def test_the_command_mac_covers_every_field_the_site_and_the_pile():
     assert check(doc, site="t2") == "unauthenticated"
     assert check(dict(doc, auth=doc["auth"].upper())) == "ok"        # hex case is not the MAC
     assert check({k: v for k, v in doc.items() if k != "auth"}) == "unauthenticated"
+
+
+def test_with_a_platform_key_only_a_signed_confirmation_confirms_a_bill(mosquitto):
+    # The bill's content hash is no secret (it is in the bill document):
+    # anyone who can read the bills and publish a confirmation could settle
+    # a bill the platform never stored. With a platform key a confirmation
+    # must carry its `auth` too.
+    import json
+    import sqlite3
+    from host.testkit import make_bill
+    from protocol import codec
+    from tests.test_bridge_custody import RawPile
+
+    async def scenario(tmp):
+        cfg = _cfg(tmp, mosquitto)
+        async with bridge_running(cfg) as b, Platform(url_of(mosquitto), confirm=False) as plat:
+            p = await RawPile.connect(b.tcp_port)
+            await p.login(PILE_B)
+            bill = make_bill(PILE_B, 1)
+            await p.write(codec.encode("bill", bill, 3))
+            doc = await plat.wait_for(lambda: plat.bills.get(bill["serial"]))
+            conf = {"serial": bill["serial"], "result": 0, "hash": doc["content_hash"]}
+            topic = plat.topics.confirm(PILE_B)
+
+            def confirmed():
+                db = sqlite3.connect(cfg["database"])
+                try:
+                    return db.execute("SELECT confirmed_at IS NOT NULL FROM bills WHERE serial = ?",
+                                      (bill["serial"],)).fetchone()[0] == 1
+                finally:
+                    db.close()
+            # Right hash, no auth; right hash, auth for another pile or key.
+            await plat.client.publish(topic, json.dumps(conf), qos=1)
+            await plat.client.publish(topic, json.dumps(C.sign_confirmation(KEY, "t1", PILE_A, conf)),
+                                      qos=1)
+            await plat.client.publish(topic, json.dumps(C.sign_confirmation(bytes(32), "t1", PILE_B,
+                                                                            conf)), qos=1)
+            ev = await plat.wait_for(lambda: [e for e in plat.events if e["type"] == "confirm_refused"]
+                                     if len([e for e in plat.events
+                                             if e["type"] == "confirm_refused"]) == 3 else None)
+            assert all(e["reason"] == "unauthenticated" and e["serials"] == [bill["serial"]]
+                       for e in ev)
+            assert not confirmed()
+            # Signed by the platform: confirmed.
+            await plat.client.publish(topic, json.dumps(C.sign_confirmation(KEY, "t1", PILE_B, conf)),
+                                      qos=1)
+            await until(confirmed, what="the signed confirmation taken")
+            await p.close()
+    with tempdir("confauth") as tmp:
+        run(scenario(tmp))
