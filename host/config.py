@@ -68,6 +68,13 @@ DEFAULTS = {
         "upgrade_key_file": None,  # the site's upgrade key: signs firmware announcements
         "platform_key_file": None,  # set: every platform command must carry its `auth` MAC
     },
+    "status": {                   # the site status page (docs/status.md)
+        "listen": None,           # "127.0.0.1:8080" (port 0: any free port, printed in the ready line)
+        "password_file": None,    # HTTP Basic password (any user name)
+        "tls_cert_file": None,    # serve HTTPS with this certificate ...
+        "tls_key_file": None,     # ... and key
+        "client_ca_file": None,   # HTTPS: require a client certificate signed by this CA
+    },
     "upgrade": {                  # firmware push (docs/upgrade.md "Pushing from the bridge")
         "image_dir": None,        # `upgrade` commands name images in this folder
         "chunk_bytes": 200,       # fw_chunk data per frame (the frame holds at most 200)
@@ -220,6 +227,20 @@ def validate(cfg):
         raise ConfigError("piles.missed_heartbeats must be >= 1")
     if cfg["bills"]["window"] < 1:
         raise ConfigError("bills.window must be >= 1")
+    st = cfg["status"]
+    if st["listen"]:
+        host, _ = parse_hostport(st["listen"])
+        for k in ("password_file", "tls_cert_file", "tls_key_file", "client_ca_file"):
+            if st[k] is not None and not os.path.isfile(st[k]):
+                raise ConfigError("status.%s: no such file: %s" % (k, st[k]))
+        if bool(st["tls_cert_file"]) != bool(st["tls_key_file"]):
+            raise ConfigError("status.tls_cert_file and status.tls_key_file go together")
+        if st["client_ca_file"] and not st["tls_cert_file"]:
+            raise ConfigError("status.client_ca_file needs status.tls_cert_file (HTTPS)")
+        if host not in ("127.0.0.1", "::1", "localhost") and not (
+                st["password_file"] or st["client_ca_file"]):
+            raise ConfigError("status.listen %s is reachable beyond this machine: set "
+                              "status.password_file or status.client_ca_file" % st["listen"])
     from host.store import COMMANDS_KEEP_S
     life = m["command_max_life_s"]
     if not (isinstance(life, (int, float)) and 0 < life <= COMMANDS_KEEP_S):
@@ -228,6 +249,18 @@ def validate(cfg):
     if not m["client_id"]:
         m["client_id"] = "pc-bridge-" + site
     return cfg
+
+
+def read_secret_file(path, what):
+    """The first line of a secret file, stripped (ConfigError naming it)."""
+    try:
+        with open(path) as f:
+            v = f.readline().strip()
+    except OSError as e:
+        raise ConfigError("%s %s: %s" % (what, path, e.strerror or e))
+    if not v:
+        raise ConfigError("%s %s is empty" % (what, path))
+    return v
 
 
 # --- binding a pile to its links ---------------------------------------------------

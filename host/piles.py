@@ -104,6 +104,7 @@ class Pile:
         self.conn = None
         self.login = None
         self.guns = {}            # gun -> {"status": name, "plugged": bool, "serial": ...}
+        self.live = {}            # gun -> {"power_w", "energy_kwh", "amount_yuan"}: the last 0x13
         self.faults = {}          # gun -> fault bits last seen
         self.status_reply = None  # last 0xE5 fields (ext piles)
         self.status_at = 0.0      # when it came (state and boot_reason are this boot's only after login)
