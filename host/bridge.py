@@ -15,7 +15,7 @@ import time
 
 from protocol import codec
 from protocol import fields as F
-from protocol.reconcile import reconcile
+from protocol.reconcile import bill_problems
 
 from host import commands as C
 from host import config as configmod
@@ -471,7 +471,7 @@ class Bridge:
             return
         # Custody has passed: committed before the 0x40 goes out.
         try:
-            if v is not None:
+            if v is not None and serial.isdigit():
                 await conn.send("bill_confirm", {"serial": serial, "result": 0}, codec.reply_seq(f))
             else:
                 # The serial's 16 bytes as the pile sent them (they may not be BCD).
@@ -486,7 +486,7 @@ class Bridge:
                 self.event(pile.code, "undecodable_bill", "bill %s kept raw: it does not decode (%s)"
                            % (serial, error), serial=serial, error=error, frame=schema.hexs(frame))
             else:
-                problems = reconcile(v)
+                problems = bill_problems(f.problems, v)
                 if problems:
                     self.event(pile.code, "illegal_bill", "bill %s does not reconcile: %s"
                                % (serial, "; ".join(problems)), serial=serial, refused=False,

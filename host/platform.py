@@ -108,12 +108,16 @@ def reconcile(doc):
     if doc.get("decoded") is False:
         # Kept raw by the bridge (docs/bridge.md "Custody"): stored and
         # confirmed like any bill, flagged for an operator to read by hand.
-        return ["undecodable: %s" % doc.get("error")]
+        return [R.undecodable(doc.get("error"))]
     raw = doc.get("raw")
     if not isinstance(raw, dict):
         return ["field_missing: raw"]
     x = raw.get("extra")
-    return R.reconcile(raw, x if isinstance(x, dict) else None)
+    # A bill read leniently (a pile not ours) names what its reading gave
+    # way on (protocol/lenient.py): those first, as the bridge lists them.
+    dp = doc.get("decode_problems")
+    dp = [p for p in dp if isinstance(p, str)] if isinstance(dp, list) else []
+    return R.bill_problems(dp, raw, x if isinstance(x, dict) else None)
 
 
 # --- bill keys -----------------------------------------------------------------
