@@ -61,6 +61,7 @@ class Bridge:
         self.started_at = time.time()
         self.tcp_port = None
         self.stats = {"bills_new": 0, "bills_resent": 0, "bills_conflict": 0, "bills_illegal": 0,
+                      "bills_unreconciled": 0,
                       "bills_quarantined": 0, "bills_undecodable": 0,
                       "confirms": 0, "confirms_duplicate": 0, "confirms_unknown": 0,
                       "confirms_refused": 0, "confirms_malformed": 0, "tcp_refused": 0,
@@ -488,9 +489,12 @@ class Bridge:
             else:
                 problems = bill_problems(f.problems, v)
                 if problems:
-                    self.event(pile.code, "illegal_bill", "bill %s does not reconcile: %s"
+                    # Not "illegal_bill": YKC keeps that word for a bill refused
+                    # with 0x40 result 1; this one is taken and delivered.
+                    self.stats["bills_unreconciled"] += 1
+                    self.event(pile.code, "unreconciled_bill", "bill %s does not reconcile: %s"
                                % (serial, "; ".join(problems)), serial=serial, refused=False,
-                               problems=problems)
+                               problems=problems, pile_kind=schema.pile_kind(pile.ext))
             self.outbox.kick(pile.code)
         elif kind == "same":
             self.stats["bills_resent"] += 1

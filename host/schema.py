@@ -136,6 +136,18 @@ def scaled_fields(name, fields):
 
 # --- bills ------------------------------------------------------------------------
 
+# Whose pile a bill comes from, in every bill document and report: "ours"
+# (our firmware, it speaks the extension frames: `ext`) or "third_party".
+# Reports measure "0 unreconciled" on ours and count third-party bills by
+# problem class (host/platform.py summarize, tools/chaos.py).
+PILE_OURS = "ours"
+PILE_THIRD_PARTY = "third_party"
+
+
+def pile_kind(ext):
+    return PILE_OURS if ext else PILE_THIRD_PARTY
+
+
 def bill_json(site, bill, frame=None, extra_frame=None, ext=True):
     """The MQTT bill document for a store.Bill (see docs/mqtt.md). `ext`:
     the pile sends a 0xEB fee split (our firmware); a bill from such a pile
@@ -207,6 +219,7 @@ def bill_json(site, bill, frame=None, extra_frame=None, ext=True):
         "mac": extra["mac"] if extra is not None else None,
         "complete": extra is not None or not ext,
         "decoded": True,
+        "pile_kind": pile_kind(ext),
         "frame_type": "0x%02X" % frame.code,
         "layout": frame.name,
         "decode_problems": decode_problems,
@@ -247,7 +260,7 @@ def undecodable_bill_json(site, bill, err, ext=True):
         "gun": hexs(body[23:24]) if len(body) > 23 else None,
         "serial": bill.serial, "pile_seq": bill.pile_seq,
         "received_at": utc_iso(bill.received_at),
-        "decoded": False, "error": str(err),
+        "decoded": False, "error": str(err), "pile_kind": pile_kind(ext),
         "frame_type": "0x%02X" % bill.frame[5], "layout": None, "decode_problems": [],
         "start_time": None, "end_time": None, "trade_time": None, "periods": [],
         "meter": None, "total_energy": None, "total_loss": None, "total_amount": None,
