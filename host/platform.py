@@ -847,6 +847,10 @@ def main(argv=None):
                                 % (cmd, site, pile, args.timeout), 1)
                 print(json.dumps(res, indent=2))
                 return 0 if res.get("ok") else 1
+            # One machine-readable line once subscribed (as pile-bridge's), so a
+            # supervisor or a test knows bills published from now on reach it.
+            await ready.wait()
+            print(json.dumps({"ready": True, "broker": args.broker, "db": args.db}), flush=True)
             while True:
                 await asyncio.sleep(10)
                 print(json.dumps(p.summary()), flush=True)
