@@ -152,3 +152,29 @@ def test_every_third_party_bill_variant_is_kept_published_once_and_confirmed(mos
             await bridge.stop()
     with tempdir("thirdparty") as tmp:
         run(scenario(tmp), timeout=120)
+
+
+def test_pile_sim_third_party_sends_the_variants_and_gives_up_the_bad_crc_bill(mosquitto):
+    # The same piles from the command line (tools/sim.py third-party).
+    async def scenario(tmp):
+        cfg = fast_config(tmp, url_of(mosquitto), tcp={"listen": "127.0.0.1:0", "ext": False})
+        bridge = await BridgeProcess(tmp, cfg).start()
+        try:
+            env = dict(os.environ, PYTHONPATH=ROOT)
+            p = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "tools.sim", "third-party", "--bridge",
+                "127.0.0.1:%d" % bridge.tcp_port, "--variants", "bill17,not_bcd_gun,bad_crc",
+                "--resend-s", "0.3", stdout=asyncio.subprocess.PIPE, cwd=ROOT, env=env)
+            out, _ = await asyncio.wait_for(p.communicate(), 60)
+            assert p.returncode == 0
+            lines = [json.loads(x) for x in out.decode().splitlines()]
+            assert [(x["variant"], x["sent"], x["result"]) for x in lines[:3]] == [
+                ("bill17", 1, "confirmed (0x40)"), ("not_bcd_gun", 1, "confirmed (0x40)"),
+                ("bad_crc", 4, "given up after 3 resends")]
+            assert lines[3] == {"done": True, "bills": 3, "confirmed": 2, "given_up": 1}
+            stored = [s for (s,) in _rows(cfg["database"], "SELECT serial FROM bills ORDER BY id")]
+            assert stored == [x["serial"] for x in lines[:2]]
+        finally:
+            await bridge.stop()
+    with tempdir("thirdpartycli") as tmp:
+        run(scenario(tmp), timeout=90)
