@@ -151,6 +151,10 @@ class Pile:
             "link": self.conn.link.name if self.conn else None,
             # True: the pile proved its key at this login; False: an unkeyed pile
             "authenticated": self.conn.authenticated if self.conn else None,
+            # How the bridge knows this link is the pile: "key" (it proved its
+            # key), "bound" (a link its config binds it to), "none" (its code)
+            "trust": (None if not self.conn else "key" if self.conn.authenticated
+                      else "bound" if self.conn.bound else "none"),
             "ext": self.ext,
             "since": schema.utc_iso(self.online_since) if self.online_since else None,
             "last_seen": schema.utc_iso(self.last_seen) if self.last_seen else None,
@@ -209,6 +213,8 @@ class PileConn:
         self.unauth_addr = None           # TCP: its remote address until it logs in (bridge limits)
         self.authenticated = False        # the pile proved its key at login (keyed piles)
         self._proving = False             # a login challenge is out
+        self.held = {}                    # serial -> 0x3B frame waiting for its MAC (keyed piles)
+        self.bound = False                # the pile's config binds it to links and this is one
         self._bad_event_at = -_BAD_EVENT_S
 
     # --- plumbing -----------------------------------------------------------------
@@ -491,6 +497,19 @@ class PileConn:
             if self.close_on_silence:
                 await self.link.close()
             return
+        bind = self.cfg["pile"].get(code, {}).get("bind")
+        if bind and not configmod.bind_allows(bind, self.link):
+            # Bound by configuration (a pile without a key has nothing else to
+            # prove itself with): a login on another link is not this pile.
+            await self.send("login_reply", {"pile": code, "result": 1}, codec.reply_seq(f))
+            why = "pile %s is bound to %s; this login came on %s" % (
+                code, ", ".join(map(str, bind)), self.link.name)
+            self.bridge.event(code, "login_refused", why, link=self.link.name)
+            log.warning("pile %s on %s refused: %s", code, self.link.name, why)
+            if self.close_on_silence:
+                await self.link.close()
+            return
+        self.bound = bool(bind)
         key = self.bridge.keys.cmd_key(code)
         if key is not None and not (self.pile is not None and self.pile.code == code
                                     and self.authenticated):

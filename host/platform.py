@@ -407,7 +407,7 @@ class Platform:
 
     def __init__(self, url="mqtt://127.0.0.1:1883", db=":memory:", group=None, site="+",
                  username=None, password=None, client_id=None, keys=None, tls_context=None,
-                 mac_wait_s=MAC_WAIT_S, consume=True):
+                 mac_wait_s=MAC_WAIT_S, consume=True, cmd_key=None):
         from host.config import ConfigError, parse_mqtt_url
         try:
             tls, self.host, self.port, u_user, u_pw = parse_mqtt_url(url)
@@ -426,6 +426,7 @@ class Platform:
         self.group = group
         self.site = site
         self.keys = keys if keys is not None else BillKeys()
+        self.cmd_key = cmd_key         # the site's platform key: commands and confirmations carry `auth`
         self.mac_wait_s = mac_wait_s
         # consume=False (a one-off --cmd): results only, in a clean session,
         # so it never takes bills queued for the running platform's session.
@@ -699,9 +700,13 @@ class Platform:
                 else:
                     if "confirmed" not in done:
                         # Confirm every copy: a resend means the bridge did not see our answer.
+                        conf = {"serial": doc["serial"], "result": result,
+                                "hash": content_hash(doc)}
+                        if self.cmd_key is not None:
+                            from host.commands import sign_confirmation
+                            conf = sign_confirmation(self.cmd_key, site, pile, conf)
                         await client.publish("%s/%s/confirm/%s" % (ROOT, site, pile),
-                                             json.dumps({"serial": doc["serial"], "result": result,
-                                                         "hash": content_hash(doc)}), qos=1)
+                                             json.dumps(conf), qos=1)
                         done["confirmed"] = True
                         self.stats["confirms_sent"] += 1
                         if result != CONFIRM_OK:
@@ -733,6 +738,9 @@ class Platform:
         req = uuid.uuid4().hex[:12]
         doc = {"id": req, "cmd": cmd}
         doc.update(args)
+        if self.cmd_key is not None:
+            from host.commands import sign_command
+            doc = sign_command(self.cmd_key, site, pile, doc, life_s=timeout + 60)
         fut = asyncio.get_running_loop().create_future()
         self._waiting[req] = fut
         await self._client.publish("%s/%s/cmd/%s" % (ROOT, site, pile), json.dumps(doc), qos=1)
@@ -774,6 +782,9 @@ def main(argv=None):
                     help="piles' keys for the bill MAC: `PILE HEX` or `* SITEKEYHEX` lines")
     ap.add_argument("--bill-key", metavar="PILE=PATH", action="append", default=[],
                     help="one pile's key from a key file (64 hex digits or 32 bytes)")
+    ap.add_argument("--platform-key", metavar="FILE",
+                    help="the site's platform key (the bridge's keys.platform_key_file): "
+                    "commands and confirmations carry its `auth` MAC")
     ap.add_argument("--mac-wait", type=float, default=MAC_WAIT_S, metavar="S",
                     help="hold an incomplete bill of a keyed pile this long for its MAC")
     ap.add_argument("--connect-timeout", type=float, default=15.0, metavar="S",
@@ -816,9 +827,15 @@ def main(argv=None):
             if args.key and not args.cert:
                 raise PlatformError("--key needs --cert")
             ctx = tls_context(args.ca, args.cert, args.key, args.tls_insecure)
+        cmd_key = None
+        if args.platform_key:
+            try:
+                cmd_key = sign.load_key(args.platform_key)
+            except (OSError, ValueError) as e:
+                raise PlatformError("--platform-key %s: %s" % (args.platform_key, e))
         p = Platform(args.broker, ":memory:" if args.cmd else args.db, args.group, args.site,
                      args.username, password, keys=keys, tls_context=ctx,
-                     mac_wait_s=args.mac_wait, consume=not args.cmd)
+                     mac_wait_s=args.mac_wait, consume=not args.cmd, cmd_key=cmd_key)
     except PlatformError as e:
         return fail(e)
     if len(keys):

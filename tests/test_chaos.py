@@ -46,6 +46,15 @@ def test_a_thousand_sessions_under_every_fault_lose_duplicate_and_misreconcile_n
               "stops_after_session_ended"):
         assert f.get(k, 0) > 0, "no %s in this run: %s" % (k, f)
     assert f["stop_commands"] >= 2 * s["sessions"]
+    # The intruders came (a rogue pile forging bills, fake logins, forged
+    # confirmations on the broker), got nothing, and the bridge kept their
+    # frames in quarantine and refused their logins and confirmations.
+    for k in ("forge_bill", "fake_login", "forged_confirms"):
+        assert f.get(k, 0) > 0, "no %s in this run: %s" % (k, f)
+    assert s["intruder_wins"] == []
+    assert s["quarantined"]["bills"] >= f["forge_bill"] and s["quarantined"]["fee_splits"] > 0
+    assert s["logins_refused"] >= f["fake_login"]
+    assert s["confirms_refused_unauthenticated"] > 0
     assert s["executed_starts_by"].get("card", 0) > 0
     assert s["executed_starts_by"].get("platform", 0) > 0
     assert s["stop_reasons"].get("power_loss", 0) > 0
@@ -84,6 +93,17 @@ def test_the_verdict_fails_when_a_bill_is_changed_on_its_way(capsys, monkeypatch
     rc, s = _run(capsys, "--piles", "2", "--sessions", "2", "--seed", "4", "--faults", "none")
     assert rc == 1 and s["recovered"] and s["lost"] == 0
     assert s["mismatched"] == 1 and s["examples"]["mismatched"] == changed
+
+
+@needs_mosquitto
+def test_the_verdict_fails_when_an_intruder_gets_in(capsys):
+    # Piles without keys: nothing tells the fake login from the pile, and
+    # the bill it sends under the victim's code is acknowledged.
+    rc, s = _run(capsys, "--piles", "2", "--sessions", "4", "--seed", "5", "--faults", "fake_login",
+                 "--unkeyed", "--recovery", "30")
+    assert rc == 1 and s["faults"]["fake_login"] == 1
+    assert any(w.startswith("fake login as") for w in s["intruder_wins"]), s["intruder_wins"]
+    assert any(w.startswith("forged bill") for w in s["intruder_wins"]), s["intruder_wins"]
 
 
 def test_tally_names_lost_duplicated_phantom_and_unreconciled_bills():

@@ -180,10 +180,11 @@ def _env():
     return env
 
 
-async def start_platform(mqtt_port, db, timeout=20.0):
+async def start_platform(mqtt_port, db, timeout=20.0, cmd_key=None):
     """The reference platform, consuming in a task; (platform, task) once
-    it has subscribed."""
-    platform = Platform("mqtt://127.0.0.1:%d" % mqtt_port, db)
+    it has subscribed. cmd_key: the site's platform key (signed commands
+    and confirmations)."""
+    platform = Platform("mqtt://127.0.0.1:%d" % mqtt_port, db, cmd_key=cmd_key)
     ready = asyncio.Event()
     task = asyncio.create_task(platform.run(ready))
     try:
