@@ -17,7 +17,7 @@ import time
 from protocol import codec
 from protocol import fields as F
 from protocol import sign
-from protocol.reconcile import reconcile
+from protocol.reconcile import bill_problems
 
 from host import commands as C
 from host import config as configmod
@@ -66,6 +66,7 @@ class Bridge:
         self.status_server = None
         self.recent_events = collections.deque(maxlen=50)   # the status page's "last errors"
         self.stats = {"bills_new": 0, "bills_resent": 0, "bills_conflict": 0, "bills_illegal": 0,
+                      "bills_unreconciled": 0,
                       "bills_quarantined": 0, "bills_undecodable": 0, "bills_bad_mac": 0,
                       "confirms": 0, "confirms_duplicate": 0, "confirms_unknown": 0,
                       "confirms_refused": 0, "confirms_malformed": 0, "tcp_refused": 0,
@@ -500,7 +501,7 @@ class Bridge:
             return
         # Custody has passed: committed before the 0x40 goes out.
         try:
-            if v is not None:
+            if v is not None and serial.isdigit():
                 await conn.send("bill_confirm", {"serial": serial, "result": 0}, codec.reply_seq(f))
             else:
                 # The serial's 16 bytes as the pile sent them (they may not be BCD).
@@ -515,11 +516,14 @@ class Bridge:
                 self.event(pile.code, "undecodable_bill", "bill %s kept raw: it does not decode (%s)"
                            % (serial, error), serial=serial, error=error, frame=schema.hexs(frame))
             else:
-                problems = reconcile(v)
+                problems = bill_problems(f.problems, v)
                 if problems:
-                    self.event(pile.code, "illegal_bill", "bill %s does not reconcile: %s"
+                    # Not "illegal_bill": YKC keeps that word for a bill refused
+                    # with 0x40 result 1; this one is taken and delivered.
+                    self.stats["bills_unreconciled"] += 1
+                    self.event(pile.code, "unreconciled_bill", "bill %s does not reconcile: %s"
                                % (serial, "; ".join(problems)), serial=serial, refused=False,
-                               problems=problems)
+                               problems=problems, pile_kind=schema.pile_kind(pile.ext))
             self.outbox.kick(pile.code)
         elif kind == "same":
             self.stats["bills_resent"] += 1

@@ -24,8 +24,18 @@ def _run(capsys, *args):
 
 @needs_mosquitto
 def test_a_thousand_sessions_under_every_fault_lose_duplicate_and_misreconcile_nothing(capsys):
-    rc, s = _run(capsys, "--piles", "20", "--sessions", "50", "--seed", "7")
+    rc, s = _run(capsys, "--piles", "20", "--sessions", "50", "--seed", "7", "--third-party", "2")
     assert {k: s[k] for k in VERDICT} == dict.fromkeys(VERDICT, 0), s.get("examples")
+    # Vendor piles ran beside ours through the same faults: their bills are
+    # reported apart (none counted phantom or unreconciled above), none they
+    # got a 0x40 for is missing, and their problems are counted by class.
+    tp = s["third_party"]
+    assert tp["piles"] == 2 and tp["bills_sent"] == 22 and tp["lost"] == []
+    assert tp["bills"] == tp["bills_sent"] - tp["given_up_never_received"]
+    assert tp["bills"] >= 11
+    for c in ("meter_absent", "segments_missing", "not_bcd", "time_blank", "extra_bytes",
+              "undecodable"):
+        assert tp["by_class"].get(c, 0) >= 1, (c, tp["by_class"])
     assert rc == 0 and s["recovered"] and not s["stalled"] and s["tap_missed"] == 0
     assert s["sessions"] >= 1000 and s["bills"] == s["sessions"]
     # Every kind of fault really happened in this run, or it proved nothing.
