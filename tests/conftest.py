@@ -6,6 +6,24 @@ from tests import broker as _broker
 from tests.skipgate import pytest_configure  # noqa: F401  (CI=true: unlisted skips fail)
 
 
+def pytest_collection_modifyitems(config, items):
+    # The slow lane (tests marked `slow`, tens of seconds each) first, each
+    # followed by one quick test: tools/test.sh runs pytest-xdist with
+    # `--maxschedchunk 1`, which hands each worker two tests to start with,
+    # so the slow tests start at once on different workers and end with the
+    # rest instead of after it.
+    slow = [i for i in items if i.get_closest_marker("slow") is not None]
+    if not slow:
+        return
+    rest = [i for i in items if i.get_closest_marker("slow") is None]
+    out = []
+    for i in slow:
+        out.append(i)
+        if rest:
+            out.append(rest.pop(0))
+    items[:] = out + rest
+
+
 @pytest.fixture
 def mosquitto():
     """A started Mosquitto on a free loopback port, anonymous access allowed."""
