@@ -51,6 +51,8 @@ lane() {  # lane NAME COMMAND...: run in the background, output to a log
   set +m
 }
 
+py=(python -m pytest -q -p no:cacheprovider -n "$jobs" --dist load --maxschedchunk 1 --durations=20)
+lane "pytest (CPython, $jobs workers)" "${py[@]}" "$@"
 firmware() {  # every step runs; the lane fails if any did
   local rc=0
   echo "-- fixed mutants (tools/mutants/fixed.py: each planted bug must fail its tests; docs/testing.md)"
@@ -62,8 +64,6 @@ firmware() {  # every step runs; the lane fails if any did
   return $rc
 }
 lane "firmware: fixed mutants, MicroPython suites, heap cap" firmware
-py=(python -m pytest -q -p no:cacheprovider -n "$jobs" --dist load --maxschedchunk 1 --durations=20)
-lane "pytest (CPython, $jobs workers)" "${py[@]}" "$@"
 
 failed=0
 summary=()
