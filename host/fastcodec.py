@@ -9,17 +9,20 @@ and direction, so that decoding or encoding a frame is one `unpack_from` /
 per field (a few C string methods for the ASCII fields remain).
 
 It handles only the plain, strict case: a frame with a good CRC, no
-encryption, BCD digits, printable ASCII, valid CP56Time2a; values of the
-types and full lengths the bridge uses. Anything else -- any frame or value
-the fast path is not sure of -- goes to protocol.codec, which then decides
-(decodes leniently, or raises its own error with its own message). So the
+encryption, a body one layout fits, BCD digits, printable ASCII then NULs,
+valid CP56Time2a; values of the types and full lengths the bridge uses.
+Such a frame reads the same strictly and leniently (protocol/lenient.py),
+but for Frame.problems ([] when lenient). Anything else -- any frame or
+value the fast path is not sure of -- goes to protocol.codec, which then
+decides (reads it leniently, or raises its own error with its own message). So the
 result is always the shared codec's, byte for byte; tests/test_fastcodec.py
 checks that with hypothesis over every frame type, and that the fast path
 really handled the plain cases (no silent fallback).
 
-    decode(frame, tolerant=False)   as protocol.codec.decode
-    encode(code, values, seq=0, enc=0)  as protocol.codec.encode
-    FrameReader(tolerant=False)     protocol.codec.FrameReader on this decoder
+    decode(frame, tolerant=False, lenient=False)  as protocol.codec.decode
+    encode(code, values, seq=0, enc=0)            as protocol.codec.encode
+    FrameReader(tolerant=False, lenient=False)    protocol.codec.FrameReader
+                                                  on this decoder
 
 CRC: crcmod's C extension (a dependency already) when it is there and agrees
 with the table CRC of protocol.crc on the check vectors; else protocol.crc.
@@ -100,7 +103,8 @@ del _y, _m
 # Any slot of protocol.codec.Frame besides the seven set by the decoders
 # below gets the value Frame.__init__ gives it by default (a slot added to
 # the shared Frame later is filled the same way here).
-_SET = ("code", "name", "seq", "enc", "body", "fields", "crc_swapped")
+_SET = ("code", "name", "seq", "enc", "body", "fields", "crc_swapped", "problems")
+_PROBLEMS = "problems" in Frame.__slots__
 _TEMPLATE = Frame(0, "", 0, 0, b"", None)
 _MORE_SLOTS = tuple(k for k in Frame.__slots__ if k not in _SET and hasattr(_TEMPLATE, k))
 _MORE_VALUES = tuple(getattr(_TEMPLATE, k) for k in _MORE_SLOTS)
@@ -135,13 +139,16 @@ def _runs(layout, kinds):
 
 
 def _compile_decoder(layout):
-    """def dec(buf, i): the Frame of the plain frame at buf[i:], or None."""
+    """def dec(buf, i, lenient): the Frame of the plain frame at buf[i:], or
+    None. A plain frame reads the same strictly and leniently (but for
+    Frame.problems: None, or [] when lenient)."""
     names, kinds, sizes = layout.names, layout.kinds, layout.sizes
     variable = layout.variable
     fmt = "<BBHBB"
     src = []
     vals = []       # (name, expression)
     ascii_parts = []
+    lenient_checks = []
     times = []
     j = 5           # index in the unpacked tuple
     off = 0         # offset in the body
@@ -171,11 +178,18 @@ def _compile_decoder(layout):
         elif k == "a" or k == "r":
             fmt += "%ds" % n
             p = "p%d" % idx
+            w = "w%d" % idx
             if k == "a":
-                src.append("%s = v[%d].split(b'\\0', 1)[0]" % (p, j))
+                src.append("%s = v[%d]; %s = %s.split(b'\\0', 1)[0]" % (w, j, p, w))
             else:
-                src.append("%s = v[%d][::-1].lstrip(b'\\0').split(b'\\0', 1)[0]" % (p, j))
+                src.append("%s = v[%d][::-1]; %s = %s.lstrip(b'\\0').split(b'\\0', 1)[0]"
+                           % (w, j, p, w))
             ascii_parts.append(p)
+            # A lenient reading (protocol/lenient.py) also skips padding at
+            # the front and spaces at either end: the same text only when the
+            # field is the text, then NULs, and the text has no edge space.
+            lenient_checks.append("%s.strip(b'\\0') == %s and %s[:1] != b' ' and %s[-1:] != b' '"
+                                  % (w, p, p, p))
             vals.append((name, "%s.decode()" % p))
             j += 1
         elif k == "t":
@@ -217,6 +231,8 @@ def _compile_decoder(layout):
     body.extend(src)
     if ascii_parts:
         body.append("if (%s).translate(None, _PR): return None" % " + ".join(ascii_parts))
+    if lenient_checks:
+        body.append("if lenient and not (%s): return None" % " and ".join(lenient_checks))
     for t in times:
         body.append("if not (%sm < 60000 and %si < 60 and %sh < 24 and 0 < %sd <= _ML[%sk]): return None"
                     % (t, t, t, t, t))
@@ -229,8 +245,11 @@ def _compile_decoder(layout):
     body.append("f.fields = {%s}" % ", ".join("%r: %s" % nv for nv in vals))
     for k in range(len(_MORE_SLOTS)):
         body.append("f.%s = _more[%d]" % (_MORE_SLOTS[k], k))
+    if _PROBLEMS:
+        # what a lenient reading gave way on: nothing, for a plain frame
+        body.append("f.problems = [] if lenient else None")
     body.append("return f")
-    code = "def dec(buf, i):\n" + "".join("    %s\n" % line for line in body)
+    code = "def dec(buf, i, lenient):\n" + "".join("    %s\n" % line for line in body)
     env = {"_S": S, "_crc": _CFN, "_T": _CTAB, "_PR": _PRINTABLE, "_ML": _ML, "_D0": _D0,
            "_new": Frame.__new__, "_Frame": Frame, "_more": _MORE_VALUES}
     exec(compile(code, "<fastcodec %s decode>" % layout.name, "exec"), env)
@@ -404,23 +423,23 @@ def compile_all():
 
 # --- the API -------------------------------------------------------------------------
 
-def decode_at(buf, i, n, tolerant=False):
+def decode_at(buf, i, n, tolerant=False, lenient=False):
     """As protocol.codec._decode: the frame buf[i:i+n] (envelope length
     checked by the caller), through the fast path when it is plain."""
     key = buf[i + 5] << 9 | n
     d = _DEC.get(key) or _decoder(key)
     if d is not None:
         try:
-            f = d(buf, i)
+            f = d(buf, i, lenient)
         except Exception:
             f = None
         if f is not None:
             return f
     stats["fallback"] += 1
-    return codec._decode(memoryview(buf), i, n, tolerant)
+    return codec._decode(memoryview(buf), i, n, tolerant, lenient)
 
 
-def decode(frame, tolerant=False):
+def decode(frame, tolerant=False, lenient=False):
     """As protocol.codec.decode (same Frame, same errors)."""
     n = len(frame)
     if n >= 8 and frame[0] == 0x68 and frame[1] + 4 == n:
@@ -428,13 +447,13 @@ def decode(frame, tolerant=False):
         d = _DEC.get(key) or _decoder(key)
         if d is not None:
             try:
-                f = d(frame, 0)
+                f = d(frame, 0, lenient)
             except Exception:
                 f = None
             if f is not None:
                 return f
     stats["fallback"] += 1
-    return codec.decode(frame, tolerant)
+    return codec.decode(frame, tolerant, lenient)
 
 
 def encode(code, values, seq=0, enc=0):
@@ -458,5 +477,5 @@ class FrameReader(_SharedReader):
     """protocol.codec.FrameReader whose frames are decoded by this module
     (the same stream handling: resync, errors, swapped CRCs)."""
 
-    def __init__(self, tolerant=False):
-        super().__init__(tolerant, decode=decode_at)
+    def __init__(self, tolerant=False, lenient=False):
+        super().__init__(tolerant, lenient, decode=decode_at)

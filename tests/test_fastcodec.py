@@ -54,12 +54,10 @@ def values_of(layout, full=True):
 
 
 def same_frame(a, b):
-    for attr in Frame_ATTRS:
+    assert type(a) is type(b)
+    for attr in codec.Frame.__slots__:
         assert getattr(a, attr) == getattr(b, attr), attr
         assert type(getattr(a, attr)) is type(getattr(b, attr)), attr
-
-
-Frame_ATTRS = ("code", "name", "seq", "enc", "body", "fields", "crc_swapped")
 
 
 def outcome(fn, *args):
@@ -96,10 +94,11 @@ def test_every_frame_type_encodes_and_decodes_byte_for_byte_as_the_shared_codec(
     assert got == want and type(got) is bytes
     # and by code (the bill: the layout picked from the fields given)
     assert X.encode(layout.code, values, seq) == codec.encode(layout.code, values, seq)
-    f = X.decode(want)
-    same_frame(f, codec.decode(want))
+    same_frame(X.decode(want), codec.decode(want))
     # the plain case went through the fast path, not to the shared codec
     assert X.stats["fallback"] == before["fallback"]
+    # read leniently: the same (a text with an edge space goes to the shared codec)
+    same_frame(X.decode(want, lenient=True), codec.decode(want, lenient=True))
 
 
 @pytest.mark.parametrize("name", _NAMES)
@@ -132,11 +131,12 @@ def test_altered_bodies_with_a_good_crc_decode_or_fail_as_the_shared_codec(name,
     for pos, val in flips:
         body[pos % len(body)] = val
     bad = _reframe(frame, bytes(body))
-    same_outcome(outcome(X.decode, bad), outcome(codec.decode, bad))
+    for lenient in (False, True):
+        same_outcome(outcome(X.decode, bad, False, lenient), outcome(codec.decode, bad, False, lenient))
     # the same bytes inside a stream
-    for tolerant in (False, True):
-        a = X.FrameReader(tolerant).push(b"\x00" + bad + bad[:3])
-        b = codec.FrameReader(tolerant).push(b"\x00" + bad + bad[:3])
+    for tolerant, lenient in ((False, False), (True, True)):
+        a = X.FrameReader(tolerant, lenient).push(b"\x00" + bad + bad[:3])
+        b = codec.FrameReader(tolerant, lenient).push(b"\x00" + bad + bad[:3])
         assert len(a) == len(b)
         for x, y in zip(a, b):
             same_outcome(("err", x) if isinstance(x, Exception) else ("ok", x),
@@ -146,8 +146,9 @@ def test_altered_bodies_with_a_good_crc_decode_or_fail_as_the_shared_codec(name,
 @pytest.mark.parametrize("code", _CODES)
 @_SETTINGS
 @given(data=st.data(), cut=st.integers(-3, 3), enc=st.integers(0, 3), swap=st.booleans(),
-       tolerant=st.booleans())
-def test_odd_envelopes_decode_or_fail_as_the_shared_codec(code, data, cut, enc, swap, tolerant):
+       tolerant=st.booleans(), lenient=st.booleans())
+def test_odd_envelopes_decode_or_fail_as_the_shared_codec(code, data, cut, enc, swap, tolerant,
+                                                          lenient):
     # Wrong lengths, encrypted bodies, byte-swapped and bad CRCs.
     layout = L.layouts(code)[0]
     frame = bytearray(codec.encode(layout.name, data.draw(values_of(layout))))
@@ -160,9 +161,10 @@ def test_odd_envelopes_decode_or_fail_as_the_shared_codec(code, data, cut, enc, 
     if swap:
         frame[-2], frame[-1] = frame[-1], frame[-2]
     frame = bytes(frame)
-    same_outcome(outcome(X.decode, frame, tolerant), outcome(codec.decode, frame, tolerant))
-    a = X.FrameReader(tolerant)
-    b = codec.FrameReader(tolerant)
+    same_outcome(outcome(X.decode, frame, tolerant, lenient),
+                 outcome(codec.decode, frame, tolerant, lenient))
+    a = X.FrameReader(tolerant, lenient)
+    b = codec.FrameReader(tolerant, lenient)
     ra, rb = a.push(frame), b.push(frame)
     assert len(ra) == len(rb) and a.swapped_crc == b.swapped_crc and a.errors == b.errors
 
@@ -211,6 +213,33 @@ def _plain(layout, rnd):
     return out
 
 
+@pytest.mark.parametrize("vin", ["  LSVAU2180N21832", "LSVAU2180N21832  ", "\x00LSVAU2180N2183",
+                                 "LSVAU\x00180N2183294", "LSVAU2180N2183\xff\xff", " ", ""])
+def test_ascii_padding_a_lenient_reading_gives_way_on_reads_as_the_shared_codec(vin):
+    # Spaces at either end, padding in front, bytes after the first NUL, FF
+    # padding: read the same as protocol/lenient.py reads them (or fail the
+    # same when strict), in the bill's VIN and in the start request's
+    # reversed one.
+    from tests.mp.bench_codec_mp import sample_values
+    for name, field in (("bill", "vin"), ("start_request", "vin")):
+        layout = L.layout_named(name)
+        frame = codec.encode(name, sample_values(layout))
+        off = dict((f[0], f[3]) for f in layout.fields)[field]
+        raw = vin.encode("latin-1").ljust(17, b"\x00")
+        if chr(layout.kinds[layout.names.index(field)]) == "r":
+            raw = raw[::-1]
+        body = bytearray(frame[6:-2])
+        body[off:off + 17] = raw
+        bad = _reframe(frame, bytes(body))
+        for tolerant, lenient in ((False, False), (True, True), (False, True)):
+            same_outcome(outcome(X.decode, bad, tolerant, lenient),
+                         outcome(codec.decode, bad, tolerant, lenient))
+            a = X.FrameReader(tolerant, lenient).push(bad)
+            b = codec.FrameReader(tolerant, lenient).push(bad)
+            same_outcome(("err", a[0]) if isinstance(a[0], Exception) else ("ok", a[0]),
+                         ("err", b[0]) if isinstance(b[0], Exception) else ("ok", b[0]))
+
+
 def test_unknown_codes_and_names_fail_as_the_shared_codec():
     for code in (0x00, 0x02 + 0x100, "no_such_frame", 0xFF, -1, 1.0, True, None, b"login", [1]):
         same_outcome(outcome(X.encode, code, {}), outcome(codec.encode, code, {}))
@@ -246,15 +275,17 @@ def test_the_bridges_reader_and_encoder_are_the_fast_ones():
     assert piles.FrameReader is X.FrameReader
     before = X.stats["fallback"]
     raw = schema.encode("heartbeat_reply", {"pile": "55031412782305", "gun": "01", "reply": 0}, 9)
-    frames = piles.FrameReader(tolerant=True).push(raw)
+    frames = piles.FrameReader(tolerant=True, lenient=True).push(raw)
     assert frames[0].fields["pile"] == "55031412782305" and X.stats["fallback"] == before
+    assert frames[0].problems == []
     # and what the fast path cannot take still arrives, through the shared codec
-    frames = piles.FrameReader(tolerant=True).push(raw[:-2] + raw[-1:] + raw[-2:-1])
+    frames = piles.FrameReader(tolerant=True, lenient=True).push(raw[:-2] + raw[-1:] + raw[-2:-1])
     assert frames[0].crc_swapped and X.stats["fallback"] == before + 1
 
 
 def test_a_fast_frame_has_every_slot_of_the_shared_frame():
     raw = codec.encode("heartbeat", {"pile": "55031412782305", "gun": "01", "gun_status": 2})
-    f, g = X.decode(raw), codec.decode(raw)
-    for slot in codec.Frame.__slots__:
-        assert getattr(f, slot) == getattr(g, slot), slot
+    for lenient in (False, True):
+        f, g = X.decode(raw, lenient=lenient), codec.decode(raw, lenient=lenient)
+        for slot in codec.Frame.__slots__:
+            assert getattr(f, slot) == getattr(g, slot), slot
