@@ -14,8 +14,8 @@ valid CP56Time2a; values of the types and full lengths the bridge uses.
 Such a frame reads the same strictly and leniently (protocol/lenient.py),
 but for Frame.problems ([] when lenient). Anything else -- any frame or
 value the fast path is not sure of -- goes to protocol.codec, which then
-decides (reads it leniently, or raises its own error with its own message). So the
-result is always the shared codec's, byte for byte; tests/test_fastcodec.py
+decides (reads it leniently, or raises its own error with its own message).
+So the result is always the shared codec's, byte for byte; tests/test_fastcodec.py
 checks that with hypothesis over every frame type, and that the fast path
 really handled the plain cases (no silent fallback).
 
