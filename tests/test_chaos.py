@@ -22,6 +22,7 @@ def _run(capsys, *args):
     return rc, json.loads(capsys.readouterr().out)
 
 
+@pytest.mark.slow
 @needs_mosquitto
 def test_a_thousand_sessions_under_every_fault_lose_duplicate_and_misreconcile_nothing(capsys):
     rc, s = _run(capsys, "--piles", "20", "--sessions", "50", "--seed", "7", "--third-party", "2")
@@ -60,6 +61,7 @@ def test_a_thousand_sessions_under_every_fault_lose_duplicate_and_misreconcile_n
     assert s["stop_reasons"].get("power_loss", 0) > 0
 
 
+@pytest.mark.slow
 @needs_mosquitto
 def test_the_verdict_fails_when_a_pile_forgets_a_bill(capsys, monkeypatch):
     # A firmware bug: the first bill is reported sealed but never written.
