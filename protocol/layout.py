@@ -129,6 +129,7 @@ def _index():
 
 _index()
 _cache = {}  # frame number -> Layout
+_order = []  # the cached frame numbers, oldest first: MicroPython's dict has no order
 
 
 def _line(k):
@@ -139,14 +140,24 @@ def _line(k):
     return _CODE[k], t[p + 3:e], t[skip_columns(t, e):t.find("\n", e)]
 
 
+def clear_cache():
+    _cache.clear()
+    del _order[:]
+
+
 def _compiled(k):
     l = _cache.get(k)
     if l is None:
         if CACHE_SIZE and len(_cache) >= CACHE_SIZE:
-            del _cache[next(iter(_cache))]
+            # The oldest goes: evicting whatever the dict yields first threw
+            # out layouts still in use on MicroPython (a bill's layouts were
+            # compiled again on every call once 8 were cached).
+            _cache.pop(_order.pop(0), None)
         c, name, spec = _line(k)
         l = Layout(c, name, direction(c), spec)
         _cache[k] = l
+        if CACHE_SIZE:
+            _order.append(k)
     return l
 
 

@@ -378,14 +378,23 @@ def test_layout_cache_stays_within_its_size():
     saved = layout.CACHE_SIZE
     layout.CACHE_SIZE = 3
     try:
-        layout._cache.clear()
+        layout.clear_cache()
         for name in ("login", "bill", "bill5", "realtime", "heartbeat", "remote_stop"):
             codec.layout_named(name)
             assert len(layout._cache) <= 3
         f = codec.decode(codec.encode(0x3B, sample_bill()))
         assert f.name == "bill"
+        # The oldest layout goes first, whatever order the dict keeps its
+        # keys in (MicroPython's keeps none): the three newest stay.
+        layout.clear_cache()
+        names = ("remote_stop", "realtime", "heartbeat", "login")   # frame numbers falling
+        for name in names:
+            codec.layout_named(name)
+        kept = sorted(l.name for l in layout._cache.values())
+        assert kept == sorted(names[1:]), kept
     finally:
         layout.CACHE_SIZE = saved
+        layout.clear_cache()
 
 
 def test_reader_finds_frames_fed_one_byte_at_a_time():
