@@ -19,3 +19,8 @@ micropython tests/mp/run.py
 
 echo "== MicroPython under a heap cap (see docs/benchmarks.md for the figures)"
 bash tools/mp_heapcap.sh
+
+# --- board lane (issue 14): the suites inside qemu, from frozen bytecode ---
+echo "== Board: every dual-interpreter suite on an emulated Cortex-M3 (tools/board_test.py; docs/board.md)"
+python tools/board_test.py
+# --- end board lane ---
