@@ -13,11 +13,14 @@ a suite that crashes or never prints its closing line, or a board that does
 not answer within the timeout fails the run (exit status 1).
 """
 import argparse
+import atexit
 import os
 import queue
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -37,16 +40,22 @@ def build(manifest="tests/board/manifest.py", heap=TEST_HEAP):
                        cwd=ROOT, stdout=subprocess.PIPE, text=True)
     if r.returncode != 0:
         raise BoardError("tools/board.sh failed (exit %d)" % r.returncode)
-    return r.stdout.strip().splitlines()[-1]
+    # A private copy: a build started meanwhile replaces the cached image.
+    tmp = tempfile.mkdtemp(prefix="pc-board-")
+    atexit.register(shutil.rmtree, tmp, True)
+    elf = os.path.join(tmp, "firmware.elf")
+    shutil.copy(r.stdout.strip().splitlines()[-1], elf)
+    return elf
 
 
 class Board:
     """One emulated board: qemu-system-arm with the UART on its stdio,
     stopped by its pid when done."""
 
-    def __init__(self, elf, icount=None):
+    def __init__(self, elf, icount=None, extra=()):
         cmd = ["qemu-system-arm", "-machine", "mps2-an385", "-display", "none",
                "-monitor", "none", "-serial", "stdio", "-semihosting", "-kernel", elf]
+        cmd += list(extra)
         if icount is not None:
             cmd[1:1] = ["-icount", "shift=%d" % icount]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,

@@ -7,3 +7,5 @@ package("firmware", files=("sim.py", "flashsim.py", "loopuart.py"), base_path=".
 package("tests", files=("__init__.py",), base_path="../..")
 package("tests/mp", base_path="../..")
 module("boardfs.py")
+module("heapbench.py")
+module("boardbench.py")
