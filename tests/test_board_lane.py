@@ -49,3 +49,39 @@ def test_board_verdict_fails_an_exception_after_the_closing_line():
 
 def test_board_verdict_fails_a_suite_with_no_tests():
     assert not board_test.verdict("0 passed, 0 failed\n", "")[0]
+
+
+def _manifest_files(path, found):
+    """(package, file) pairs a MicroPython manifest freezes, read by running
+    it with stand-ins for the manifest functions."""
+    here = os.path.dirname(path)
+
+    def package(name, files=None, base_path="."):
+        base = os.path.normpath(os.path.join(here, base_path, name))
+        if files is None:
+            files = [os.path.relpath(os.path.join(d, f), base)
+                     for d, _, fs in os.walk(base) for f in fs if f.endswith(".py")]
+        for f in files:
+            found.add((name, f))
+
+    def include(p):
+        _manifest_files(os.path.normpath(os.path.join(here, p)), found)
+
+    env = {"package": package, "include": include, "module": lambda *a, **k: None,
+           "c_module": lambda *a, **k: None}
+    with open(path) as f:
+        exec(f.read(), env)
+    return found
+
+
+def test_board_manifest_carries_every_firmware_module_but_the_named_ones():
+    # A new firmware module must be added to the board's manifest (or to the
+    # modules a board does not carry, named in its header), never forgotten.
+    not_carried = {"main.py", "sim.py", "flashsim.py", "loopuart.py"}
+    carried = {f for p, f in _manifest_files(os.path.join(ROOT, "firmware", "board", "manifest.py"), set())
+               if p == "firmware"}
+    every = {f for f in os.listdir(os.path.join(ROOT, "firmware")) if f.endswith(".py")}
+    assert carried == every - not_carried
+    protocol = {f for p, f in _manifest_files(os.path.join(ROOT, "firmware", "board", "manifest.py"), set())
+                if p == "protocol"}
+    assert protocol == {f for f in os.listdir(os.path.join(ROOT, "protocol")) if f.endswith(".py")}
