@@ -9,7 +9,8 @@
 #   firmware    one after the other: the fixed mutant set
 #               (tools/mutants/fixed.py), the firmware/protocol suites under
 #               the real `micropython`, the same from mpy-cross bytecode under
-#               a heap cap
+#               a heap cap, then inside qemu on an emulated Cortex-M3 from
+#               frozen bytecode (tools/board_test.py, docs/board.md)
 # The tests share nothing between processes: unique temp folders, loopback
 # port 0 (or a checked free port for Mosquitto), no fixed paths. Any lane
 # failing fails the command; its output is printed either way, and the
@@ -63,9 +64,13 @@ firmware() {  # every step runs; the lane fails if any did
   micropython tests/mp/run.py || rc=1
   echo "-- MicroPython under a heap cap (see docs/benchmarks.md for the figures)"
   bash tools/mp_heapcap.sh || rc=1
+  # --- board lane (issue 14): the suites inside qemu, from frozen bytecode ---
+  echo "-- Board: every dual-interpreter suite on an emulated Cortex-M3 (tools/board_test.py; docs/board.md)"
+  python tools/board_test.py || rc=1
+  # --- end board lane ---
   return $rc
 }
-lane "firmware: fixed mutants, MicroPython suites, heap cap" firmware
+lane "firmware: fixed mutants, MicroPython suites, heap cap, emulated board" firmware
 
 failed=0
 summary=()

@@ -7,6 +7,8 @@ try:
 except ImportError:  # MicroPython
     tempfile = None
 
+_seq = 0
+
 
 def tmpdir(tag="t"):
     """A fresh, unique, empty directory (callers remove it with rmtree)."""
@@ -14,9 +16,21 @@ def tmpdir(tag="t"):
         return tempfile.mkdtemp(prefix="pc-" + tag + "-")
     import binascii
     base = os.getenv("TMPDIR") if hasattr(os, "getenv") else None
-    name = (base or "/tmp") + "/pc-mp-" + tag + "-" + binascii.hexlify(os.urandom(6)).decode()
-    os.mkdir(name)
-    return name
+    if hasattr(os, "urandom"):
+        name = (base or "/tmp") + "/pc-mp-" + tag + "-" + binascii.hexlify(os.urandom(6)).decode()
+        os.mkdir(name)
+        return name
+    # A board (the qemu lane) has no os.urandom: its filesystem is fresh at
+    # each boot, so a counter is unique.
+    global _seq
+    while True:
+        _seq += 1
+        name = (base or "/tmp") + "/pc-mp-" + tag + "-%d" % _seq
+        try:
+            os.mkdir(name)
+            return name
+        except OSError:
+            pass
 
 
 def rmtree(path):

@@ -1,0 +1,35 @@
+# What a pile controller board carries in flash, frozen as bytecode by
+# tools/board.sh (MicroPython manifest syntax; paths are relative to this
+# file). One list, used by every board build: add a module here when the
+# board needs it, never in the build script.
+#
+# Not carried: firmware/main.py (the board's editable main.py with its
+# CONFIG, copied as source, README "A real board"), firmware/sim.py,
+# firmware/flashsim.py and firmware/loopuart.py (simulated hardware for
+# tests and tools).
+# littlefs needs mp_hal_time_ns, which the qemu port lacks: a few lines of C.
+c_module("cmod/boardhal")
+package("protocol", base_path="../..")
+package(
+    "firmware",
+    files=(
+        "__init__.py",
+        "auth.py",
+        "console.py",
+        "dlt645.py",
+        "errors.py",
+        "fsio.py",
+        "journal.py",
+        "link.py",
+        "outbox.py",
+        "pile.py",
+        "realtime.py",
+        "remote.py",
+        "session.py",
+        "tariff.py",
+        "ticks.py",
+        "upgrade.py",
+        "vinauth.py",
+    ),
+    base_path="../..",
+)

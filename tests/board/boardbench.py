@@ -1,0 +1,115 @@
+# Flash wear and time per control tick on the emulated board, for
+# tools/board_bench.py. The whole pile (tests/mp/pilekit.Rig: the real
+# firmware on simulated hardware, a scripted platform) on littlefs over
+# tests/board/boardfs.RamBlocks, which counts erases per block.
+import time
+
+from tests.mp.pilekit import Rig, serial
+
+
+BALANCE = 20000000      # 2,000 yuan: the balance never ends a session here
+
+
+def new_car(r):
+    # Every session a car at 20 % SOC, so that 30 minutes at 60 kW never
+    # reach the taper.
+    v = r.world.vehicle
+    v._e = v._cap * 20 // 100
+
+
+def keep_bills(r):
+    # The platform end keeps only the bills (it is not part of the pile).
+    r.platform.frames = r.platform.bills()
+
+
+def _session(r, n, minutes, settle=True):
+    new_car(r)
+    r.start(serial(n), balance=BALANCE)
+    t = 0
+    while t < minutes * 60000:
+        r.run(10000)
+        keep_bills(r)
+        t += 10000
+    assert not r.platform.bills(), "the session ended before the stop"
+    r.stop()
+    j = r.pile.journal
+    if settle:
+        r.run(120000, lambda: bool(r.platform.bills()) and not j.pending() and not j.confirmed()
+              and not j.open_sessions())
+        assert not j.pending() and not j.confirmed(), "bill not settled"
+    else:
+        r.run(30000, lambda: bool(r.platform.bills()) and not j.open_sessions())
+    b = r.platform.bills()
+    assert b, "no bill"
+    r.platform.frames = []
+    return b[-1].fields["total_energy"]
+
+
+def wear(bd, sessions, minutes=30, warmup=2, settle=True, root="/p", journal_bytes=65536):
+    """Erases per block over `sessions` sessions after `warmup` ones. With
+    settle=False the platform confirms nothing (the backlog grows)."""
+    import os
+    try:
+        os.mkdir(root)
+    except OSError:
+        pass
+    r = Rig(root, confirm=settle, settle=settle, cfg={"journal_bytes": journal_bytes})
+    r.online()
+    for i in range(warmup):
+        _session(r, 9000 + i, minutes, settle)
+    for i in range(bd.n):
+        bd.wear[i] = 0
+    e0, p0 = bd.erases, bd.progs
+    energy = 0
+    w0 = r.pile.journal.written
+    for i in range(sessions):
+        energy += _session(r, i + 1, minutes, settle)
+    w = bd.wear
+    top = max(w)
+    touched = sum(1 for x in w if x)
+    print("ok sessions=%d erases=%d progs=%d max_block=%d blocks_erased=%d blocks=%d pending=%d"
+          " kwh_x10k=%d journal_bytes=%d compactions=%d"
+          % (sessions, bd.erases - e0, bd.progs - p0, top, touched, bd.n, len(r.pile.journal.pending()),
+             energy, r.pile.journal.written - w0, r.pile.journal.compactions))
+
+
+def ticks(bd, minutes=10):
+    """Microseconds of emulated time per pile.poll() while charging (run
+    qemu with -icount shift=0: one instruction per nanosecond)."""
+    import os
+    os.mkdir("/p")
+    r = Rig("/p")
+    r.online()
+    new_car(r)
+    r.start(serial(1), balance=BALANCE)
+    r.run(5000)
+    clock = r.world.clock
+    pile = r.pile
+    n = 0
+    total = 0
+    worst = 0
+    end = clock.ticks_ms() + minutes * 60000
+    samples0 = r.world.meter.reads if hasattr(r.world.meter, "reads") else None
+    fs_us = 0
+    worst_fs = 0
+    while clock.ticks_diff(end, clock.ticks_ms()) > 0:
+        b0 = bd.us
+        t0 = time.ticks_us()
+        d = pile.poll()
+        dt = time.ticks_diff(time.ticks_us(), t0)
+        dfs = bd.us - b0
+        fs_us += dfs
+        dt -= dfs       # the Python block driver is not the board's (C) flash driver
+        if dfs > worst_fs:
+            worst_fs = dfs
+        n += 1
+        total += dt
+        if dt > worst:
+            worst = dt
+        r.platform.pump()
+        keep_bills(r)
+        clock.sleep_ms(max(1, min(d, 1000)))
+    assert not r.platform.bills(), "the session ended early"
+    print("ok polls=%d mean_us=%d worst_us=%d total_us=%d fs_driver_us=%d worst_fs_us=%d sim_minutes=%d%s"
+          % (n, total // n, worst, total, fs_us, worst_fs, minutes,
+             "" if samples0 is None else " meter_reads=%d" % (r.world.meter.reads - samples0)))

@@ -1,0 +1,11 @@
+# The test image for the board lane (tools/board_test.py): what a board
+# carries (firmware/board/manifest.py) plus the simulated hardware and the
+# dual-interpreter suites, all frozen, and the RAM block device the suites'
+# filesystem lives on.
+include("../../firmware/board/manifest.py")
+package("firmware", files=("sim.py", "flashsim.py", "loopuart.py"), base_path="../..")
+package("tests", files=("__init__.py",), base_path="../..")
+package("tests/mp", base_path="../..")
+module("boardfs.py")
+module("heapbench.py")
+module("boardbench.py")
