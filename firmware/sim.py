@@ -225,13 +225,16 @@ class SimWorld:
     """Clock, contactor, vehicle and meter wired together; step(ms) (or
     clock.sleep_ms) advances all of them. ticks / wrap: the clock's first
     tick and its period (SimClock), e.g. ticks=2**30 - 20000, wrap=2**30 for
-    a session across a board's tick wrap."""
+    a session across a board's tick wrap. clock: an existing SimClock (now,
+    ticks, step_ms and wrap are then the clock's own)."""
 
     def __init__(self, now=0, pile_max_w=60000, capacity_wh=60000, soc=20, vin=None,
                  vehicle_max_w=250000, meter_start=0, ramp_ms=3000, taper_soc=80,
                  vin_delay_ms=2000, voltage_x10=4000, plugged=True, step_ms=100, ticks=0,
-                 wrap=0):
-        self.clock = SimClock(now, ticks, step_ms, wrap)
+                 wrap=0, clock=None):
+        # clock: share another world's SimClock (one pile, several guns:
+        # each gun its own contactor, vehicle and meter on the pile's clock)
+        self.clock = clock if clock is not None else SimClock(now, ticks, step_ms, wrap)
         self.contactor = SimContactor()
         self.vehicle = SimVehicle(self.contactor, capacity_wh, soc, vin, vehicle_max_w,
                                   pile_max_w, ramp_ms, taper_soc, vin_delay_ms, voltage_x10,

@@ -27,6 +27,7 @@ test_codec 96K
 test_link 96K
 test_pile 272K
 test_pile_faults 256K
+test_guns 320K
 test_journal 160K
 test_session 128K
 test_tariff 96K
