@@ -68,13 +68,17 @@ class Pile:
     are sequences with one part per gun; docs/guns.md), pile_type (0 DC / 1 AC),
     hmi_version, sw_version (the factory firmware version), period_ms,
     ckpt_energy / ckpt_ms (checkpoint bounds, e4kWh / ms: docs/journal.md),
-    journal_bytes, mac_key (bytes or None: the bill MAC; default cmd_key), vin_policy
+    journal_bytes, mac_key (bytes or None: the bill MAC; default cmd_key); power
+    sharing (with `outputs`, one power output per gun: firmware/sharing.py)
+    power_w (the pile's rating, W), modules and module_w (its rectifier
+    modules), gun_max_w (one gun's most, default power_w), prios (per gun);
+    vin_policy
     (firmware.vinauth.VinPolicy or None), offline_cards; for remote
     operations cmd_key, upgrade_key, upgrade_boots, updater, vin_max
     (firmware/remote.py)."""
 
     def __init__(self, cfg, root, clock, uart, meter, contactor, vehicle, fs=None,
-                 log=None, reboot=None):
+                 log=None, reboot=None, outputs=None):
         self.cfg = cfg
         self.root = root
         self.clock = clock
@@ -113,8 +117,20 @@ class Pile:
                                    vin_policy=self.remote.vins, log=self.log,
                                    period_ms=cfg.get("period_ms", 1000),
                                    ckpt_energy=cfg.get("ckpt_energy", 1000),
-                                   ckpt_ms=cfg.get("ckpt_ms", 60000)))
+                                   ckpt_ms=cfg.get("ckpt_ms", 60000),
+                                   max_power_w=cfg.get("gun_max_w", cfg.get("power_w", 0))
+                                   if outputs is not None else 0))
         self.gun = self.guns[0]       # gun 1 (the only one on a single-gun pile)
+        # Power sharing: with one power output per gun, every control tick
+        # divides the pile's cap among the charging guns (docs/guns.md).
+        self.sharing = None
+        if outputs is not None:
+            if len(outputs) != n or not cfg.get("power_w"):
+                raise ValueError("power sharing: one output per gun and cfg power_w are needed")
+            from firmware.sharing import Sharing   # only a sharing pile carries its code
+            self.sharing = Sharing(self.guns, outputs, cfg["power_w"], cfg.get("modules", 0),
+                                   cfg.get("module_w", 0), cfg.get("prios"), log=self.log)
+            self._share_at = clock.ticks_ms()
         login = {"pile": self.pile, "pile_type": cfg.get("pile_type", 0), "guns": n,
                  "proto_version": 16, "sw_version": self.remote.board_version(),
                  "net_type": 3, "sim": "", "carrier": 4}
@@ -325,6 +341,14 @@ class Pile:
             link.reply(f, "status_reply", self.status_fields())
         elif c == 0x92:
             self._reboot(f, v["when"])
+        elif c == 0x52 and self.sharing is not None:
+            # YKC work parameters: max_power 30..100 % of the rated power,
+            # applied at the next control tick. Locking the pile (locked 1)
+            # is not supported here: answered 0 (failed), nothing changes.
+            ok = v["locked"] == 0 and self.sharing.set_percent(v["max_power"])
+            if ok:
+                self.event("power_percent", str(v["max_power"]))
+            link.reply(f, "work_params_reply", {"pile": self.pile, "result": 1 if ok else 0})
         elif c == 0xE8:
             self.remote.fw_control(f)
         elif c == 0xEA:
@@ -533,14 +557,37 @@ class Pile:
             pass
         return _FAULT_RETRY_MS
 
+    def set_site_cap(self, w):
+        """The site's cap on this pile (W; 0 lifts it), applied at the next
+        control tick. False on a pile without power sharing."""
+        if self.sharing is None:
+            return False
+        self.sharing.set_site_cap(w)
+        self.event("site_cap", str(w))
+        return True
+
+    def _share(self):
+        # The control tick: ms until the next one.
+        sh = self.sharing
+        t = self.clock.ticks_ms()
+        left = sh.tick_ms - self.link._diff(t, self._share_at)
+        if left <= 0:
+            sh.tick()
+            self._share_at = t
+            left = sh.tick_ms
+        return left
+
     def _poll(self):
         self.link.poll()
+        share = self._share() if self.sharing is not None else 1000
         wait = self.gun.tick()
         for g in self.guns:
             if g is not self.gun:
                 w = g.tick()
                 if w < wait:
                     wait = w
+        if share < wait:
+            wait = share
         if self.link.online:
             self._send_bills()
             if self._tariff_check and self._stored_bills_done():

@@ -120,6 +120,7 @@ class SimVehicle:
         self._on_ms = 0
         self._vin_seen = False
         self.delivered_wms = 0
+        self.shared = False   # behind a SimOutput (power sharing): see advance()
 
     @property
     def soc(self):
@@ -129,8 +130,15 @@ class SimVehicle:
     def vin(self):
         return self._vin if self._vin_seen else None
 
-    def _target(self):
-        pmax = self.max_power if self.max_power < self.pile_max_w else self.pile_max_w
+    @property
+    def demand(self):
+        """W the BMS asks for now (its BCL): its own limit and taper, the
+        pile's limit left out (what power sharing divides)."""
+        return self._target(self.max_power)
+
+    def _target(self, pmax=None):
+        if pmax is None:
+            pmax = self.max_power if self.max_power < self.pile_max_w else self.pile_max_w
         left = self._cap - self._e
         if left <= 0:
             return 0
@@ -147,7 +155,14 @@ class SimVehicle:
             self.power = 0
             self._on_ms = 0
             return
-        p = self._target()
+        if self.shared:
+            # behind a shared output the BMS asks for its own demand and the
+            # charger gives no more than it is commanded
+            p = self._target(self.max_power)
+            if p > self.pile_max_w:
+                p = self.pile_max_w
+        else:
+            p = self._target()
         if self._on_ms < self.ramp_ms:
             p = p * self._on_ms // self.ramp_ms
         self.power = p
@@ -159,6 +174,22 @@ class SimVehicle:
         if self._e > self._cap:
             self._e = self._cap
         self.delivered_wms += e
+
+
+class SimOutput:
+    """A gun's power output (its rectifier modules) as power sharing
+    commands it: set_limit(w) caps what the vehicle is given from now on."""
+
+    def __init__(self, vehicle):
+        self._vehicle = vehicle
+        vehicle.shared = True
+        self.limit = vehicle.pile_max_w
+        self.commands = 0
+
+    def set_limit(self, w):
+        self.commands += 1
+        self.limit = w
+        self._vehicle.pile_max_w = w
 
 
 class SimMeter:

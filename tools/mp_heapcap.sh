@@ -28,8 +28,9 @@ test_link 96K
 test_pile 272K
 test_pile_faults 256K
 test_guns 320K
+test_sharing 336K
 test_journal 160K
-test_session 128K
+test_session 136K
 test_tariff 96K
 test_dlt645 96K
 test_auth 96K

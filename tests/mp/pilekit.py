@@ -2,7 +2,7 @@
 # platform end over an in-memory UART. Shared by dual-interpreter tests.
 from firmware.loopuart import LoopUart
 from firmware.pile import Pile
-from firmware.sim import SimWorld
+from firmware.sim import SimOutput, SimWorld
 from firmware.tariff import Tariff
 from protocol import codec
 from protocol import fields as F
@@ -75,7 +75,7 @@ class Rig:
     """One pile + world + platform; reboot() keeps the flash folder."""
 
     def __init__(self, root, power_w=60000, soc=20, confirm=True, settle=True, vin=None, cfg=None,
-                 ticks=0, wrap=0, guns=1):
+                 ticks=0, wrap=0, guns=1, sharing=False):
         self.root = root
         self.world = SimWorld(now=T0, pile_max_w=power_w, soc=soc, vin=vin, ticks=ticks, wrap=wrap)
         # guns > 1: one world (contactor, vehicle, meter) per gun on one clock
@@ -83,6 +83,8 @@ class Rig:
         for _ in range(guns - 1):
             self.worlds.append(SimWorld(pile_max_w=power_w, soc=soc, vin=vin,
                                         clock=self.world.clock))
+        # sharing: one power output per gun (firmware/sharing.py), cfg power_w
+        self.outputs = [SimOutput(x.vehicle) for x in self.worlds] if sharing else None
         self.cfg = {"pile": PILE, "gun": "01", "tariff": tariff4(), "hmi_version": "103"}
         if guns > 1:
             self.cfg["guns"] = guns
@@ -105,7 +107,7 @@ class Rig:
             ws = self.worlds
             hw = ([x.meter for x in ws], [x.contactor for x in ws], [x.vehicle for x in ws])
         self.pile = Pile(self.cfg, self.root, w.clock, a, hw[0], hw[1], hw[2],
-                         reboot=self._reboot)
+                         reboot=self._reboot, outputs=self.outputs)
         self.platform = Platform(b, self.confirm, self.settle)
         if old is not None:  # one platform history across the pile's boots
             self.platform.frames = old.frames
