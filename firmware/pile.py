@@ -341,6 +341,10 @@ class Pile:
             link.reply(f, "status_reply", self.status_fields())
         elif c == 0x92:
             self._reboot(f, v["when"])
+        elif c == 0xDE:
+            ok = self.set_site_cap(v["cap"])
+            link.reply(f, "site_cap_reply", {"pile": self.pile, "result": 1 if ok else 0,
+                                             "cap": self.sharing.site_cap if ok else 0})
         elif c == 0x52 and self.sharing is not None:
             # YKC work parameters: max_power 30..100 % of the rated power,
             # applied at the next control tick. Locking the pile (locked 1)
