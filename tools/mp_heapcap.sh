@@ -24,6 +24,7 @@ while read -r suite heap; do
   (cd "$out" && micropython -X heapsize="$heap" tests/mp/run.py "$suite") || fail=1
 done <<'LIST'
 test_codec 96K
+test_gbt27930 64K
 test_link 96K
 test_pile 272K
 test_pile_faults 256K
