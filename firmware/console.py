@@ -274,8 +274,8 @@ class Console:
 
     def cmd_help(self, args):
         cmds = (("status", "state, link, boot reason, journal and bill counts"),
-                ("meter", "energy register, power, voltage, current"),
-                ("session", "the running trade: serial, energy, amount, targets"),
+                ("meter [GUN]", "energy register, power, voltage, current"),
+                ("session [GUN]", "the running trade: serial, energy, amount, targets"),
                 ("bills", "unconfirmed, unsettled, refused and illegal bills"),
                 ("bill SERIAL", "every field of one bill"),
                 ("tariff", "prices and half-hour slots"),
@@ -310,10 +310,29 @@ class Console:
                 ("illegal", str(d["illegal"])),
                 ("oldest unconfirmed", d["oldest_pending"] or "-"),
                 ("firmware", d["fw_version"]), ("hmi", d["hmi_version"] or "-")]
+        if len(p.guns) > 1:
+            # each gun's state and running trade (a single-gun pile's answer
+            # is unchanged: its one state is the "state" above)
+            d["guns"] = []
+            for g in p.guns:
+                tr = g.trade
+                gd = {"gun": g.gun, "state": S.STATE_NAMES[g.state],
+                      "serial": tr.h["serial"] if tr is not None else ""}
+                d["guns"].append(gd)
+                rows.append(("gun " + g.gun, gd["state"] + (" " + gd["serial"] if gd["serial"] else "")))
         return d, _pairs(rows)
 
+    def _gun(self, args):
+        # "session 02" / "meter 02": that gun; default gun 1
+        if not args:
+            return self.pile.gun
+        g = self.pile.gun_named(args[0]) if len(self.pile.guns) > 1 or args[0] == "01" else None
+        if g is None:
+            raise CommandError("no gun %s on this pile" % args[0])
+        return g
+
     def cmd_meter(self, args):
-        m = self.pile.gun.meter
+        m = self._gun(args).meter
         d = {}
         rows = []
         for key, fn, fmt in (("energy", "read_energy", "%s kWh"), ("power", "read_power", "%s W"),
@@ -332,7 +351,7 @@ class Console:
         return d, _pairs(rows)
 
     def cmd_session(self, args):
-        g = self.pile.gun
+        g = self._gun(args)
         tr = g.trade
         d = {"state": S.STATE_NAMES[g.state], "active": tr is not None}
         if tr is None:

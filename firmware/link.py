@@ -23,7 +23,8 @@ _READ_CHUNK = const(256)
 
 class Link:
     def __init__(self, uart, clock, login, handler, on_online=None, on_offline=None,
-                 heartbeat_ms=_HEARTBEAT_MS, login_retry_ms=_LOGIN_RETRY_MS, log=None):
+                 heartbeat_ms=_HEARTBEAT_MS, login_retry_ms=_LOGIN_RETRY_MS, log=None,
+                 beats=None):
         self.uart = uart
         self.clock = clock
         self.login = login          # 0x01 field values (pile, versions, ...)
@@ -37,6 +38,9 @@ class Link:
         self.reader = codec.FrameReader()
         self.online = False
         self.gun_status = 0
+        # beats() -> [(gun, gun_status)]: one heartbeat per gun each period
+        # (a multi-gun pile); None: one heartbeat for gun "01" as always.
+        self.beats = beats
         self._seq = 0
         # timers: (tick started, ms): kept as a start and a wait, compared by
         # a wrap-safe difference (firmware/ticks.py), never as a sum
@@ -103,7 +107,13 @@ class Link:
             if self._missed >= _MISSED_MAX:
                 self.go_offline("%d heartbeats unanswered" % self._missed)
                 return
-            self.send("heartbeat", {"pile": self.pile, "gun": "01", "gun_status": self.gun_status})
+            if self.beats is None:
+                self.send("heartbeat", {"pile": self.pile, "gun": "01",
+                                        "gun_status": self.gun_status})
+            else:
+                # one round of heartbeats counts once: any reply clears it
+                for gun, st in self.beats():
+                    self.send("heartbeat", {"pile": self.pile, "gun": gun, "gun_status": st})
             self._missed += 1
             self._beat_at = now
 

@@ -38,6 +38,12 @@ except ImportError:
 FW_VERSION = "pc0.1.0"
 _FAULT_RETRY_MS = const(100)    # poll() again this soon after a caught fault
 _CLOCK_VALID = const(757382400) # 2024-01-01 00:00 in local seconds since 2000: before, any sync is taken
+_MAX_GUNS = const(4)            # guns per pile (cfg "guns"): docs/guns.md
+
+# The 0xE5 status has one state byte: a pile of several guns reports its
+# busiest gun's (charging before stopping, authorising, finished, plugged,
+# idle); each gun's own state travels in its heartbeat and 0x13.
+_BUSY_ORDER = (S.IDLE, S.PLUGGED, S.FINISHED, S.AUTHORISING, S.STOPPING, S.CHARGING)
 
 # Boot reasons (status reply, console): why this boot happened.
 BOOT_POWER_ON = const(0)
@@ -57,16 +63,22 @@ def _read(path):
 
 
 class Pile:
-    """cfg keys: pile (14 digits), gun ("01"), pile_type (0 DC / 1 AC),
+    """cfg keys: pile (14 digits), gun ("01"), guns (1..4, default 1: with
+    more than one, the guns are "01".."0N" and meter, contactor and vehicle
+    are sequences with one part per gun; docs/guns.md), pile_type (0 DC / 1 AC),
     hmi_version, sw_version (the factory firmware version), period_ms,
     ckpt_energy / ckpt_ms (checkpoint bounds, e4kWh / ms: docs/journal.md),
-    journal_bytes, mac_key (bytes or None: the bill MAC; default cmd_key), vin_policy
+    journal_bytes, mac_key (bytes or None: the bill MAC; default cmd_key); power
+    sharing (with `outputs`, one power output per gun: firmware/sharing.py)
+    power_w (the pile's rating, W), modules and module_w (its rectifier
+    modules), gun_max_w (one gun's most, default power_w), prios (per gun);
+    vin_policy
     (firmware.vinauth.VinPolicy or None), offline_cards; for remote
     operations cmd_key, upgrade_key, upgrade_boots, updater, vin_max
     (firmware/remote.py)."""
 
     def __init__(self, cfg, root, clock, uart, meter, contactor, vehicle, fs=None,
-                 log=None, reboot=None):
+                 log=None, reboot=None, outputs=None):
         self.cfg = cfg
         self.root = root
         self.clock = clock
@@ -86,21 +98,47 @@ class Pile:
         self.outbox = Outbox(self.journal, clock)
         self.boot_reason = self._boot_reason()
         tariff = self._load_tariff()
-        g = cfg.get("gun", "01")
-        self.gun = S.Gun(self.pile, g, clock, meter, contactor, vehicle, tariff,
-                         next_serial=self._next_serial, on_open=self._on_open,
-                         on_checkpoint=self._on_checkpoint, on_seal=self._on_seal,
-                         on_start_reply=self._late_start_reply,
-                         vin_policy=self.remote.vins, log=self.log,
-                         period_ms=cfg.get("period_ms", 1000),
-                         ckpt_energy=cfg.get("ckpt_energy", 1000),
-                         ckpt_ms=cfg.get("ckpt_ms", 60000))
-        login = {"pile": self.pile, "pile_type": cfg.get("pile_type", 0), "guns": 1,
+        n = cfg.get("guns", 1)
+        if not isinstance(n, int) or n < 1 or n > _MAX_GUNS:
+            raise ValueError("cfg guns: %r is not 1..%d" % (n, _MAX_GUNS))
+        if n == 1:
+            meter, contactor, vehicle = [meter], [contactor], [vehicle]
+        elif len(meter) != n or len(contactor) != n or len(vehicle) != n:
+            raise ValueError("cfg guns %d: one meter, contactor and vehicle per gun" % n)
+        # One Gun (session state machine) per gun; every gun writes its own
+        # sessions into the one journal, keyed by trade serial (docs/guns.md).
+        self.guns = []
+        for i in range(n):
+            g = cfg.get("gun", "01") if n == 1 else "%02d" % (i + 1)
+            self.guns.append(S.Gun(self.pile, g, clock, meter[i], contactor[i], vehicle[i], tariff,
+                                   next_serial=self._serial_for(g), on_open=self._on_open,
+                                   on_checkpoint=self._on_checkpoint, on_seal=self._on_seal,
+                                   on_start_reply=self._late_reply_for(g),
+                                   vin_policy=self.remote.vins, log=self.log,
+                                   period_ms=cfg.get("period_ms", 1000),
+                                   ckpt_energy=cfg.get("ckpt_energy", 1000),
+                                   ckpt_ms=cfg.get("ckpt_ms", 60000),
+                                   max_power_w=cfg.get("gun_max_w", cfg.get("power_w", 0))
+                                   if outputs is not None else 0))
+        self.gun = self.guns[0]       # gun 1 (the only one on a single-gun pile)
+        # Power sharing: with one power output per gun, every control tick
+        # divides the pile's cap among the charging guns (docs/guns.md).
+        self.sharing = None
+        if outputs is not None:
+            if len(outputs) != n or not cfg.get("power_w"):
+                raise ValueError("power sharing: one output per gun and cfg power_w are needed")
+            from firmware.sharing import Sharing   # only a sharing pile carries its code
+            self.sharing = Sharing(self.guns, outputs, cfg["power_w"], cfg.get("modules", 0),
+                                   cfg.get("module_w", 0), cfg.get("prios"), log=self.log)
+            self._share_at = clock.ticks_ms()
+        login = {"pile": self.pile, "pile_type": cfg.get("pile_type", 0), "guns": n,
                  "proto_version": 16, "sw_version": self.remote.board_version(),
                  "net_type": 3, "sim": "", "carrier": 4}
         self.link = Link(uart, clock, login, self._handle, on_online=self._online,
-                         on_offline=self._offline, log=lambda *a: self.log(" ".join(a)))
-        self.cadence = Cadence(diff=diff_of(clock))
+                         on_offline=self._offline, log=lambda *a: self.log(" ".join(a)),
+                         beats=self._beats if n > 1 else None)
+        self.cadences = [Cadence(diff=diff_of(clock)) for _ in range(n)]
+        self.cadence = self.cadences[0]
         self._clamped = []            # 0x13 fields last sent clamped (logged on change)
         self.loop_faults = 0          # faults caught by poll() since boot
         self._tariff_check = False
@@ -165,14 +203,36 @@ class Pile:
         # cmd_key (a keyed pile's bridge checks the MAC before its 0x40).
         return self.cfg.get("mac_key") or self.cfg.get("cmd_key")
 
-    def _next_serial(self):
+    def _serial_for(self, gun):
+        return lambda: self._next_serial(gun)
+
+    def _next_serial(self, gun="01"):
         # A pile-issued trade serial (card start authorised without one,
         # offline start): Journal.issue_serial skips serials the journal holds
         # or remembers and moves a stamp at or before its floor (a clock set
-        # back) past it, so the start is never refused as SerialTooOld.
+        # back) past it, so the start is never refused as SerialTooOld. The
+        # gun's number is in the serial, and the counter is the journal's
+        # one, so two guns never issue the same serial.
         y, mo, d, h, mi, s, _ = F.to_civil(self.clock.now())
         stamp = ((((y % 100 * 100 + mo) * 100 + d) * 100 + h) * 100 + mi) * 100 + s
-        return self.journal.issue_serial(self.pile, self.gun.gun, stamp)
+        return self.journal.issue_serial(self.pile, gun, stamp)
+
+    def gun_named(self, gun):
+        """The Gun numbered `gun` ("01".."04"), or None. A single-gun pile
+        answers every number with its one gun, as it always has (the wire
+        behaviour of piles that ignore the gun byte is kept)."""
+        gs = self.guns
+        if len(gs) == 1:
+            return gs[0]
+        for g in gs:
+            if g.gun == gun:
+                return g
+        return None
+
+    def _beats(self):
+        # One heartbeat per gun (YKC 0x03 carries a gun and its status:
+        # 0 normal, 1 fault).
+        return [(g.gun, 1 if g.faults else 0) for g in self.guns]
 
     # --- persisted settings ----------------------------------------------------
 
@@ -187,7 +247,8 @@ class Pile:
 
     def set_tariff(self, tariff):
         _write_atomic(self.root + "/tariff.bin", tariff.pack())
-        self.gun.set_tariff(tariff)
+        for g in self.guns:
+            g.set_tariff(tariff)
         self.event("tariff", tariff.model)
 
     def _boot_reason(self):
@@ -208,7 +269,8 @@ class Pile:
         # YKC: after login, stored bills first, then the tariff model check.
         self.outbox.on_login()
         self._tariff_check = True
-        self.cadence.force()
+        for c in self.cadences:
+            c.force()
         self.remote.on_login()        # logged in, journal recovered: firmware healthy
 
     def _offline(self):
@@ -223,11 +285,14 @@ class Pile:
         valid signed envelope: the same code path either way)."""
         v = f.fields
         c = f.code
-        gun = self.gun
         link = self.link
+        gun = self.gun_named(v["gun"]) if "gun" in v else self.gun
         if c == 0x36:
-            res, why = gun.remote_stop(v["pile"])
-            link.reply(f, "remote_stop_reply", {"pile": self.pile, "gun": gun.gun,
+            # a stop for one gun never touches another: an unknown gun is
+            # refused (0x35 reason 3), nothing stops
+            res, why = gun.remote_stop(v["pile"]) if gun else (0, S.STOPR_OTHER)
+            link.reply(f, "remote_stop_reply", {"pile": self.pile,
+                                                "gun": gun.gun if gun else v["gun"],
                                                 "result": res, "reason": why})
         elif c == 0x34 or c == 0xE2:
             self._start(f, v)
@@ -245,6 +310,9 @@ class Pile:
             if mac is not None:
                 link.reply(f, "login_proof", {"pile": self.pile, "nonce": v["nonce"], "mac": mac})
         elif c == 0x32:
+            if gun is None:
+                self.log("0x32 %s for unknown gun %s" % (v["serial"], v["gun"]))
+                return
             res, why = gun.authorised(v["serial"], v["ok"] == 1, v["reason"], v["balance"],
                                       v["logical_card"])
             self.log("0x32 %s ok=%d -> %d/%d" % (v["serial"], v["ok"], res, why))
@@ -262,17 +330,29 @@ class Pile:
             if c != 0x0A:
                 link.reply(f, "tariff_set_reply", {"pile": self.pile, "result": ok})
         elif c == 0x12:
-            self._send_realtime()
+            self._send_realtime(gun)
         elif c == 0x56:
             self.set_clock(v["time"], "0x56")
             link.reply(f, "time_sync_reply", {"pile": self.pile, "time": self.clock.now()})
         elif c == 0x42:
-            ok = gun.balance_update(v["balance"]) if "balance" in v else False
+            ok = self._balance_update(v)
             link.reply(f, "balance_update_reply", self._balance_reply(v, ok))
         elif c == 0xE6:
             link.reply(f, "status_reply", self.status_fields())
         elif c == 0x92:
             self._reboot(f, v["when"])
+        elif c == 0xDE:
+            ok = self.set_site_cap(v["cap"])
+            link.reply(f, "site_cap_reply", {"pile": self.pile, "result": 1 if ok else 0,
+                                             "cap": self.sharing.site_cap if ok else 0})
+        elif c == 0x52 and self.sharing is not None:
+            # YKC work parameters: max_power 30..100 % of the rated power,
+            # applied at the next control tick. Locking the pile (locked 1)
+            # is not supported here: answered 0 (failed), nothing changes.
+            ok = v["locked"] == 0 and self.sharing.set_percent(v["max_power"])
+            if ok:
+                self.event("power_percent", str(v["max_power"]))
+            link.reply(f, "work_params_reply", {"pile": self.pile, "result": 1 if ok else 0})
         elif c == 0xE8:
             self.remote.fw_control(f)
         elif c == 0xEA:
@@ -304,6 +384,13 @@ class Pile:
         self.link.reply(f, "settled_reply", {"serial": serial,
                                              "result": 0 if r in ("ok", "duplicate") else 1})
 
+    def _balance_update(self, v):
+        # 0x42 names the gun whose running session gets the new balance.
+        if "balance" not in v:
+            return False
+        g = self.gun_named(v["gun"]) if "gun" in v else self.gun
+        return g.balance_update(v["balance"]) if g is not None else False
+
     def _balance_reply(self, v, ok):
         out = {}
         for name, kind, size, off in codec.layout_named("balance_update_reply").fields:
@@ -317,7 +404,13 @@ class Pile:
         return out
 
     def _start(self, f, v):
-        gun = self.gun
+        gun = self.gun_named(v["gun"])
+        if gun is None:
+            # no such gun on this pile: refused, nothing executed
+            self.link.reply(f, "remote_start_reply", {"serial": v["serial"], "pile": self.pile,
+                                                      "gun": v["gun"], "result": 0,
+                                                      "reason": S.START_FAULT})
+            return
         if self._reboot_when:
             res, why = 0, S.START_FAULT   # a reboot is on its way
         else:
@@ -331,11 +424,14 @@ class Pile:
         self.link.reply(f, "remote_start_reply", {"serial": v["serial"], "pile": self.pile,
                                                   "gun": gun.gun, "result": res, "reason": why})
         if res:
-            self._send_realtime()  # YKC: a "charging" realtime frame promptly
+            self._send_realtime(gun)  # YKC: a "charging" realtime frame promptly
 
-    def _late_start_reply(self, serial, result, reason):
+    def _late_reply_for(self, gun):
+        return lambda serial, result, reason: self._late_start_reply(serial, result, reason, gun)
+
+    def _late_start_reply(self, serial, result, reason, gun="01"):
         self.link.send("remote_start_reply", {"serial": serial, "pile": self.pile,
-                                              "gun": self.gun.gun, "result": result,
+                                              "gun": gun, "result": result,
                                               "reason": reason})
 
     # --- reboot (0x92) ---------------------------------------------------------
@@ -347,13 +443,16 @@ class Pile:
 
     # --- card swipe at the pile (0x31 / 0x32, offline list) ------------------
 
-    def card_swiped(self, card, vin=None):
+    def card_swiped(self, card, vin=None, gun=None):
         """A card (or a VIN start) at the pile. Online: ask the platform
         (0x31; its 0x32 starts or refuses). Offline: start at once with a
         pile-issued serial if the card is allowed offline (cfg
         "offline_cards": None = any card, a list = only those, [] = none).
-        Returns what happened: "asked", "started", "refused", "busy"."""
-        gun = self.gun
+        Returns what happened: "asked", "started", "refused", "busy".
+        gun: the gun number swiped at ("01".., default gun 1)."""
+        gun = self.gun if gun is None else self.gun_named(gun)
+        if gun is None:
+            return "refused"
         if self.link.online:
             fields = gun.request_start(card, vin)
             if fields is None:
@@ -383,8 +482,12 @@ class Pile:
         return True
 
     def idle(self):
-        """No session running or being set up (a firmware may be activated)."""
-        return self.gun.state not in (S.AUTHORISING, S.CHARGING, S.STOPPING)
+        """No session running or being set up on any gun (a firmware may be
+        activated)."""
+        for g in self.guns:
+            if g.state in (S.AUTHORISING, S.CHARGING, S.STOPPING):
+                return False
+        return True
 
     def _maybe_reboot(self):
         when = self._reboot_when
@@ -393,12 +496,14 @@ class Pile:
         if not self.idle():
             if when == 2:
                 return        # when idle: not while a session runs or is being set up
-            # "now": end the session cleanly, its bill sealed before the reset
-            # (a card start still waiting for its 0x32 is dropped: nothing ran).
-            if self.gun.state == S.CHARGING:
-                self.gun.remote_stop()
-            else:
-                self.gun.manual_stop()
+            # "now": end the sessions cleanly, their bills sealed before the
+            # reset (a card start still waiting for its 0x32 is dropped:
+            # nothing ran).
+            for g in self.guns:
+                if g.state == S.CHARGING:
+                    g.remote_stop()
+                else:
+                    g.manual_stop()
         _write_atomic(self.root + "/boot", bytes((self._reboot_reason or when,)))
         self._reboot_when = 0
         self.log("rebooting (%s)" % BOOT_NAMES[when])
@@ -441,19 +546,52 @@ class Pile:
             self.log("fault in the main loop (%d): %s %s" % (self.loop_faults, type(e).__name__, e))
         except Exception:
             pass
+        sealed = False
+        for g in self.guns:
+            try:
+                sealed = g.abort(S.ABORT_FIRMWARE) or sealed
+            except Exception:
+                try:
+                    g.contactor.open()
+                except Exception:
+                    pass
         try:
-            sealed = self.gun.abort(S.ABORT_FIRMWARE)
             self.event("loop_fault", type(e).__name__ + (" (session sealed)" if sealed else ""))
         except Exception:
-            try:
-                self.gun.contactor.open()
-            except Exception:
-                pass
+            pass
         return _FAULT_RETRY_MS
+
+    def set_site_cap(self, w):
+        """The site's cap on this pile (W; 0 lifts it), applied at the next
+        control tick. False on a pile without power sharing."""
+        if self.sharing is None:
+            return False
+        self.sharing.set_site_cap(w)
+        self.event("site_cap", str(w))
+        return True
+
+    def _share(self):
+        # The control tick: ms until the next one.
+        sh = self.sharing
+        t = self.clock.ticks_ms()
+        left = sh.tick_ms - self.link._diff(t, self._share_at)
+        if left <= 0:
+            sh.tick()
+            self._share_at = t
+            left = sh.tick_ms
+        return left
 
     def _poll(self):
         self.link.poll()
+        share = self._share() if self.sharing is not None else 1000
         wait = self.gun.tick()
+        for g in self.guns:
+            if g is not self.gun:
+                w = g.tick()
+                if w < wait:
+                    wait = w
+        if share < wait:
+            wait = share
         if self.link.online:
             self._send_bills()
             if self._tariff_check and self._stored_bills_done():
@@ -500,8 +638,12 @@ class Pile:
             self.log("bill %s: fee split sent again" % serial)
 
     def _realtime_due(self):
-        g = self.gun
-        if self.cadence.poll(self.clock.ticks_ms(), g.status(), g.vehicle.plugged):
+        gs = self.guns
+        for i in range(len(gs)):
+            self._realtime_gun(gs[i], self.cadences[i])
+
+    def _realtime_gun(self, g, cadence):
+        if cadence.poll(self.clock.ticks_ms(), g.status(), g.vehicle.plugged):
             d = g.realtime()
             # Measurements and estimates past a field's range (10,000 yuan
             # at 7 kW is ~85,000 minutes left, 0x13 has 2 bytes) are sent
@@ -513,9 +655,13 @@ class Pile:
                     self.log("0x13: %s clamped to the field's range" % ", ".join(clamped))
             self.link.send("realtime", d)
 
-    def _send_realtime(self):
-        # At once (0x12, a start): the next poll() reports.
-        self.cadence.force()
+    def _send_realtime(self, gun=None):
+        # At once (0x12, a start): the next poll() reports (that gun's 0x13;
+        # every gun's when no gun is named or it is not ours).
+        gs = self.guns
+        for i in range(len(gs)):
+            if gun is None or gs[i] is gun:
+                self.cadences[i].force()
 
     # --- status (0xE5, console) ---------------------------------------------------
 
@@ -525,11 +671,20 @@ class Pile:
         return {"pile": self.pile, "pending": len(pend), "unsettled": len(j.confirmed()),
                 "illegal": len(j.illegal_bills()), "journal_used": j.bytes_used(),
                 "journal_limit": self.cfg.get("journal_bytes", 65536),
-                "oldest_pending": pend[0] if pend else "", "state": self.gun.state,
+                "oldest_pending": pend[0] if pend else "", "state": self.busiest_state(),
                 "boot_reason": self.boot_reason,
                 "fw_version": self.remote.board_version(),
                 "hmi_version": self.remote.hmi_version(),
                 "refusing_starts": 1 if self.refusing_starts() else 0}
+
+    def busiest_state(self):
+        """The state 0xE5 reports: the only gun's, or the busiest gun's."""
+        best = 0
+        for g in self.guns:
+            r = _BUSY_ORDER.index(g.state)
+            if r > best:
+                best = r
+        return _BUSY_ORDER[best]
 
     def refusing_starts(self):
         """True while the journal is too full of unconfirmed bills to take

@@ -283,7 +283,7 @@ class _Trade:
     __slots__ = ("h", "acc", "last", "amount_cap", "balance_cap", "energy_cap", "deadline",
                  "soc_target", "t0", "t_last", "u", "p", "pp", "fails", "vin", "vin_dirty",
                  "needs_vin", "vin_done", "ckpt_reg", "ckpt_t", "low_since", "reply",
-                 "backwards", "pmax")
+                 "backwards", "pmax", "rise")
 
     def __init__(self, h):
         self.h = h
@@ -303,6 +303,7 @@ class _Trade:
         self.backwards = 0
         self.t0 = self.t_last = self.ckpt_t = 0
         self.pmax = 0
+        self.rise = False   # the power limit rose: plan the next period at pmax
 
 
 class Gun:
@@ -353,6 +354,9 @@ class Gun:
         self._pending = None      # (spec, ticks received): 0x34 waiting for the plug
         self._auth = None         # (card, vin, ticks): 0x31 sent, waiting for 0x32
         self._unsealed = []       # bills on_seal refused, retried by tick()
+        # W this gun's output may deliver, None: unshared. Set with the
+        # trade's prediction by firmware/sharing.py (set_gun_limit).
+        self.power_limit = None
         self._diff = diff_of(clock)
         self._at = clock.ticks_ms()  # the next sample is due _wait ms after _at
         self._wait = 0
@@ -540,6 +544,9 @@ class Gun:
             pmax = self.max_power_w
         if not pmax:
             pmax = _UNKNOWN_PMAX_W
+        lim = self.power_limit      # shared power: what this gun's output may give now
+        if lim is not None and lim < pmax:
+            pmax = lim
         tr.pp = pmax
         # The ramp extrapolation below never predicts more than the output can
         # give (with the measured power's own 1/16 margin).
@@ -736,6 +743,9 @@ class Gun:
             tr.u = u
             tr.p = p
             pp = p + (p - p_prev if p > p_prev else 0) + p // 16
+            if tr.rise:             # the limit just rose: the power may reach it
+                pp = tr.pmax
+                tr.rise = False
             tr.pp = pp if pp < tr.pmax else tr.pmax
         else:
             # Blind: assume the predicted power went on flowing.
@@ -768,7 +778,10 @@ class Gun:
             self._stop(reason)
             return self.period_ms
         if ok:
-            if tr.p >= _NO_CURRENT_W:
+            lim = self.power_limit
+            if tr.p >= _NO_CURRENT_W or (lim is not None and lim < _NO_CURRENT_W):
+                # (power sharing holding this gun at ~0 W is not "no current":
+                # a module fault lowers power, it never ends a session)
                 tr.low_since = None
             elif tr.low_since is None:
                 tr.low_since = t

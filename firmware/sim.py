@@ -120,6 +120,7 @@ class SimVehicle:
         self._on_ms = 0
         self._vin_seen = False
         self.delivered_wms = 0
+        self.shared = False   # behind a SimOutput (power sharing): see advance()
 
     @property
     def soc(self):
@@ -129,8 +130,15 @@ class SimVehicle:
     def vin(self):
         return self._vin if self._vin_seen else None
 
-    def _target(self):
-        pmax = self.max_power if self.max_power < self.pile_max_w else self.pile_max_w
+    @property
+    def demand(self):
+        """W the BMS asks for now (its BCL): its own limit and taper, the
+        pile's limit left out (what power sharing divides)."""
+        return self._target(self.max_power)
+
+    def _target(self, pmax=None):
+        if pmax is None:
+            pmax = self.max_power if self.max_power < self.pile_max_w else self.pile_max_w
         left = self._cap - self._e
         if left <= 0:
             return 0
@@ -147,7 +155,14 @@ class SimVehicle:
             self.power = 0
             self._on_ms = 0
             return
-        p = self._target()
+        if self.shared:
+            # behind a shared output the BMS asks for its own demand and the
+            # charger gives no more than it is commanded
+            p = self._target(self.max_power)
+            if p > self.pile_max_w:
+                p = self.pile_max_w
+        else:
+            p = self._target()
         if self._on_ms < self.ramp_ms:
             p = p * self._on_ms // self.ramp_ms
         self.power = p
@@ -159,6 +174,22 @@ class SimVehicle:
         if self._e > self._cap:
             self._e = self._cap
         self.delivered_wms += e
+
+
+class SimOutput:
+    """A gun's power output (its rectifier modules) as power sharing
+    commands it: set_limit(w) caps what the vehicle is given from now on."""
+
+    def __init__(self, vehicle):
+        self._vehicle = vehicle
+        vehicle.shared = True
+        self.limit = vehicle.pile_max_w
+        self.commands = 0
+
+    def set_limit(self, w):
+        self.commands += 1
+        self.limit = w
+        self._vehicle.pile_max_w = w
 
 
 class SimMeter:
@@ -225,13 +256,16 @@ class SimWorld:
     """Clock, contactor, vehicle and meter wired together; step(ms) (or
     clock.sleep_ms) advances all of them. ticks / wrap: the clock's first
     tick and its period (SimClock), e.g. ticks=2**30 - 20000, wrap=2**30 for
-    a session across a board's tick wrap."""
+    a session across a board's tick wrap. clock: an existing SimClock (now,
+    ticks, step_ms and wrap are then the clock's own)."""
 
     def __init__(self, now=0, pile_max_w=60000, capacity_wh=60000, soc=20, vin=None,
                  vehicle_max_w=250000, meter_start=0, ramp_ms=3000, taper_soc=80,
                  vin_delay_ms=2000, voltage_x10=4000, plugged=True, step_ms=100, ticks=0,
-                 wrap=0):
-        self.clock = SimClock(now, ticks, step_ms, wrap)
+                 wrap=0, clock=None):
+        # clock: share another world's SimClock (one pile, several guns:
+        # each gun its own contactor, vehicle and meter on the pile's clock)
+        self.clock = clock if clock is not None else SimClock(now, ticks, step_ms, wrap)
         self.contactor = SimContactor()
         self.vehicle = SimVehicle(self.contactor, capacity_wh, soc, vin, vehicle_max_w,
                                   pile_max_w, ramp_ms, taper_soc, vin_delay_ms, voltage_x10,

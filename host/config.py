@@ -60,7 +60,8 @@ DEFAULTS = {
         "max_per_address": 64,    # at once, per remote address (piles behind one NAT share one)
     },
     "serial": [],                 # [{url, baudrate, ext}]
-    "pile": {},                   # per pile code: {ext, name, tariff, model, cmd_key_file, signed}
+    "pile": {},                   # per pile code: {ext, name, tariff, model, cmd_key_file, signed,
+                                  # power_cap_kw: the site's cap on it, pushed after login (0xDE)}
     "tariff": None,               # the site's default tariff model (host/tariff.py)
     "keys": {                     # docs/security.md "Keys on the bridge"
         "dir": None,              # <dir>/<pile code>.key: that pile's command key (0600)
@@ -173,7 +174,8 @@ def validate(cfg):
         except T.TariffError as e:
             raise ConfigError("tariff: %s" % e)
     for code, p in cfg["pile"].items():
-        unknown = set(p) - {"ext", "name", "tariff", "model", "cmd_key_file", "signed", "bind"}
+        unknown = set(p) - {"ext", "name", "tariff", "model", "cmd_key_file", "signed", "bind",
+                            "power_cap_kw"}
         if unknown:
             raise ConfigError("pile.%s: unknown key(s) %s" % (code, ", ".join(sorted(unknown))))
         if p.get("tariff") is not None:
@@ -183,6 +185,10 @@ def validate(cfg):
                 raise ConfigError("pile.%s.tariff: %s" % (code, e))
         if p.get("cmd_key_file") is not None:
             load_key_file(p["cmd_key_file"], "pile.%s.cmd_key_file" % code)
+        cap = p.get("power_cap_kw")
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float))
+                                or not 0 < cap < 4294967):
+            raise ConfigError("pile.%s.power_cap_kw: a number of kW above 0, got %r" % (code, cap))
         if "signed" in p and not isinstance(p["signed"], bool):
             raise ConfigError("pile.%s.signed must be true or false" % code)
         if "bind" in p:

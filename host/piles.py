@@ -575,6 +575,7 @@ class PileConn:
             await self.sync_time()
         if pile.ext:
             await self.poll_status()
+            await self.push_site_cap()
         self.bridge.settle_backlog(pile)
         now = time.monotonic()
         next_sync = now + pc["time_sync_s"] if sync else float("inf")
@@ -588,6 +589,30 @@ class PileConn:
             if now >= next_status:
                 next_status = now + pc["status_poll_s"]
                 await self.poll_status()
+
+    async def push_site_cap(self):
+        """pile.<code>.power_cap_kw, if configured, to an ext pile (0xDE):
+        its power sharing keeps all its guns under it. A pile that does not
+        share power answers result 0: an event says the cap is not held."""
+        if self.pile is None:
+            return
+        kw = self.cfg["pile"].get(self.pile.code, {}).get("power_cap_kw")
+        if kw is None:
+            return
+        w = int(round(kw * 1000))
+        try:
+            r = await self.request("site_cap", {"pile": self.pile.code, "cap": w})
+        except (CommandTimeout, LinkClosed, SignedReject) as e:
+            log.info("pile %s: site cap: %s", self._name(), e)
+            return
+        if self.pile is None:
+            return
+        ok = bool(r.fields) and r.fields.get("result") == 1
+        self.pile.site_cap_w = w if ok else None
+        if not ok:
+            self.bridge.event(self.pile.code, "site_cap_refused",
+                              "the pile does not hold the site's power cap of %d W (it does not "
+                              "share power)" % w, cap=w)
 
     async def poll_status(self):
         if self.pile is None:     # replaced by a newer login, or gone silent

@@ -190,7 +190,13 @@ TABLE = (
     # Login proof (docs/security.md): the bridge challenges a keyed pile's
     # login; mac = HMAC(derive(K_pile, "pc/login"), pile (7 bytes BCD) | nonce).
     "D6 login_challenge >D7 $P nonce=h16\n"
-    "D7 login_proof $P nonce=h16 mac=h32\n",
+    "D7 login_proof $P nonce=h16 mac=h32\n"
+    # The site's power cap on this pile, W (0 lifts it), pushed by the bridge
+    # after each login from its config (pile.<code>.power_cap_kw; docs/guns.md).
+    # site_cap_reply: the cap the pile now holds, result 1 applied at its next
+    # control tick, 0 the pile does not share power (nothing applied).
+    "DE site_cap >DF ! $P cap=u4W\n"
+    "DF site_cap_reply $P cap=u4W result=u1\n",
     # --- extension frames, continued ------------------------------------------------------------
     # Remote start with targets; answered with the standard 0x33.
     "E2 ext_start >33/serial ! $SPG logical_card=b8 card=h8 balance=u4:2yuan target_amount=u4:4yuan "

@@ -109,6 +109,9 @@ TITLES = {
     "login_challenge": ("ours", "The bridge's challenge to a keyed pile's login, before the "
                         "0x02 answer: prove you hold your key (docs/security.md)."),
     "login_proof": ("ours", "A keyed pile's answer to 0xD6; an unkeyed pile does not answer."),
+    "site_cap": ("ours", "The site's power cap on this pile, pushed by the bridge after login; "
+                 "the pile's power sharing keeps every gun together under it (docs/guns.md)."),
+    "site_cap_reply": ("ours", "Answer to 0xDE."),
     "ext_start": ("ours", "Remote start with targets (amount, energy, time, SOC); the pile "
                   "answers with the standard 0x33."),
     "settled_reply": ("ours", "The pile acknowledges 0xE4."),
@@ -328,6 +331,9 @@ NOTES = {
     "signed.counter": "greater than the last counter the pile accepted",
     "login_challenge.nonce": "16 random bytes, new for every login",
     "login_proof.nonce": "the challenge's nonce, echoed",
+    "site_cap.cap": "W; 0 lifts the cap",
+    "site_cap_reply.cap": "the cap the pile holds now, W (0: none)",
+    "site_cap_reply.result": "1 applied at the next control tick, 0 the pile does not share power",
     "login_proof.mac": "HMAC-SHA256(derive(K_pile, \"pc/login\"), pile (7 bytes BCD) | nonce)",
     "signed.mac": "HMAC-SHA256 (see Signed commands)",
     "signed.code": "the inner frame's type (0x34, 0x92, ...)",

@@ -2,7 +2,7 @@
 # platform end over an in-memory UART. Shared by dual-interpreter tests.
 from firmware.loopuart import LoopUart
 from firmware.pile import Pile
-from firmware.sim import SimWorld
+from firmware.sim import SimOutput, SimWorld
 from firmware.tariff import Tariff
 from protocol import codec
 from protocol import fields as F
@@ -75,10 +75,19 @@ class Rig:
     """One pile + world + platform; reboot() keeps the flash folder."""
 
     def __init__(self, root, power_w=60000, soc=20, confirm=True, settle=True, vin=None, cfg=None,
-                 ticks=0, wrap=0):
+                 ticks=0, wrap=0, guns=1, sharing=False):
         self.root = root
         self.world = SimWorld(now=T0, pile_max_w=power_w, soc=soc, vin=vin, ticks=ticks, wrap=wrap)
+        # guns > 1: one world (contactor, vehicle, meter) per gun on one clock
+        self.worlds = [self.world]
+        for _ in range(guns - 1):
+            self.worlds.append(SimWorld(pile_max_w=power_w, soc=soc, vin=vin,
+                                        clock=self.world.clock))
+        # sharing: one power output per gun (firmware/sharing.py), cfg power_w
+        self.outputs = [SimOutput(x.vehicle) for x in self.worlds] if sharing else None
         self.cfg = {"pile": PILE, "gun": "01", "tariff": tariff4(), "hmi_version": "103"}
+        if guns > 1:
+            self.cfg["guns"] = guns
         if cfg:
             self.cfg.update(cfg)
         self.confirm = confirm
@@ -92,8 +101,13 @@ class Rig:
         old = getattr(self, "platform", None)
         if old is not None:
             old.pump()  # what the pile wrote before the reset still arrives
-        self.pile = Pile(self.cfg, self.root, w.clock, a, w.meter, w.contactor, w.vehicle,
-                         reboot=self._reboot)
+        if len(self.worlds) == 1:
+            hw = (w.meter, w.contactor, w.vehicle)
+        else:
+            ws = self.worlds
+            hw = ([x.meter for x in ws], [x.contactor for x in ws], [x.vehicle for x in ws])
+        self.pile = Pile(self.cfg, self.root, w.clock, a, hw[0], hw[1], hw[2],
+                         reboot=self._reboot, outputs=self.outputs)
         self.platform = Platform(b, self.confirm, self.settle)
         if old is not None:  # one platform history across the pile's boots
             self.platform.frames = old.frames
@@ -102,7 +116,12 @@ class Rig:
 
     def _reboot(self):
         self.reboots += 1
-        self.world.contactor.open()
+        self.power_cut()
+
+    def power_cut(self):
+        """Every contactor drops out and the pile boots again on its flash."""
+        for x in self.worlds:
+            x.contactor.open()
         self.boot()
 
     def run(self, ms, until=None):
@@ -121,21 +140,21 @@ class Rig:
         self.run(30000, lambda: self.pile.link.online)
         assert self.pile.link.online
 
-    def start(self, serial, balance=100000, **targets):
+    def start(self, serial, balance=100000, gun="01", **targets):
         if targets:
-            v = {"serial": serial, "pile": PILE, "gun": "01", "logical_card": "1000000573",
+            v = {"serial": serial, "pile": PILE, "gun": gun, "logical_card": "1000000573",
                  "card": "D14B0A54", "balance": balance, "target_amount": targets.get("amount", 0),
                  "target_energy": targets.get("energy", 0), "target_minutes": targets.get("minutes", 0),
                  "target_soc": targets.get("soc", 0), "flags": 0}
             self.platform.send("ext_start", v)
         else:
-            self.platform.send("remote_start", {"serial": serial, "pile": PILE, "gun": "01",
+            self.platform.send("remote_start", {"serial": serial, "pile": PILE, "gun": gun,
                                                 "logical_card": "1000000573", "card": "D14B0A54",
                                                 "balance": balance})
 
-    def stop(self):
-        self.platform.send("remote_stop", {"pile": PILE, "gun": "01"})
+    def stop(self, gun="01"):
+        self.platform.send("remote_stop", {"pile": PILE, "gun": gun})
 
 
-def serial(n):
-    return PILE + "01" + "261124100000" + "%04d" % n
+def serial(n, gun="01"):
+    return PILE + gun + "261124100000" + "%04d" % n

@@ -1,0 +1,106 @@
+# A two-gun pile running the real firmware (firmware/pile.py, cfg guns 2)
+# behind the bridge: the MQTT status shows each gun, a start and a stop for
+# gun 2 reach gun 2 only, and its bill names gun 2 and settles on the pile.
+import os
+
+from firmware.sim import SimWorld
+from tests.test_bridge_commands import TARIFF
+from tests.test_bridge_helpers import (
+    PILE_A, FirmwarePile, Platform, bridge_running, fast_config, pty_pair, run, tempdir, url_of)
+
+
+class TwoGunPile(FirmwarePile):
+    def _boot(self):
+        if not hasattr(self, "worlds"):
+            self.worlds = [self.world, SimWorld(pile_max_w=60000, soc=30, clock=self.world.clock)]
+            self.cfg["guns"] = 2
+        ws = self.worlds
+        self.pile = self._Pile(self.cfg, self.root, self.world.clock, self.uart,
+                               [w.meter for w in ws], [w.contactor for w in ws],
+                               [w.vehicle for w in ws], reboot=self._reboot)
+
+
+def _gun_status(plat, gun, status):
+    s = plat.status.get(plat.topics.status(PILE_A))
+    g = s and s["guns"].get(gun)
+    return s if g and g.get("status") == status else None
+
+
+def test_two_gun_firmware_pile_shows_each_gun_and_gun_2_bills_alone(mosquitto):
+    async def scenario(tmp, master, path):
+        cfg = fast_config(tmp, url_of(mosquitto), tcp={"listen": None},
+                          serial=[{"url": path, "baudrate": 115200, "ext": True}],
+                          piles={"heartbeat_s": 1.0, "command_timeout_s": 3.0}, tariff=TARIFF)
+        root = os.path.join(tmp, "flash")
+        os.mkdir(root)
+        async with bridge_running(cfg), Platform(url_of(mosquitto)) as plat:
+            fw = TwoGunPile(root, master, PILE_A, speed=60).start()
+            try:
+                st = await plat.wait_for(lambda: _gun_status(plat, "02", "idle"), 15)
+                assert st["login"]["guns"] == 2 and st["guns"]["01"]["status"] == "idle"
+                r = await plat.command(PILE_A, {"id": "g2", "cmd": "start", "gun": "02",
+                                                "balance": 100000, "card": "D14B0A54"})
+                assert r["ok"], r
+                serial = r["serial"]
+                st = await plat.wait_for(lambda: _gun_status(plat, "02", "charging"), 15)
+                assert st["guns"]["02"]["serial"] == serial
+                assert st["guns"]["01"]["status"] == "idle"
+                g1, g2 = fw.pile.guns
+                await fw.wait_for(lambda: fw.worlds[1].meter.read_energy() > 2000)
+                assert g1.trade is None and not fw.worlds[0].contactor.closed
+                r = await plat.command(PILE_A, {"id": "s2", "cmd": "stop", "gun": "02"})
+                assert r["ok"], r
+                doc = await plat.wait_for(lambda: plat.bills.get(serial), 15)
+                assert doc["raw"]["gun"] == "02" and doc["checks"]["ok"], doc["checks"]
+                await fw.wait_for(lambda: fw.pile.journal.status(serial) == "settled")
+                await plat.wait_for(lambda: _gun_status(plat, "02", "idle"), 15)
+            finally:
+                await fw.close()
+    with tempdir("guns2") as tmp, pty_pair() as (master, path):
+        run(scenario(tmp, master, path), timeout=90)
+
+
+class SharingTwoGunPile(TwoGunPile):
+    # power sharing on: one output per gun, a 60 kW pile
+    def _boot(self):
+        from firmware.sim import SimOutput
+        if not hasattr(self, "worlds"):
+            self.worlds = [self.world, SimWorld(pile_max_w=60000, soc=30, clock=self.world.clock)]
+            self.cfg["guns"] = 2
+            self.cfg["power_w"] = 60000
+            self.outputs = [SimOutput(w.vehicle) for w in self.worlds]
+        ws = self.worlds
+        self.pile = self._Pile(self.cfg, self.root, self.world.clock, self.uart,
+                               [w.meter for w in ws], [w.contactor for w in ws],
+                               [w.vehicle for w in ws], reboot=self._reboot,
+                               outputs=self.outputs)
+
+
+def test_the_bridge_pushes_the_site_cap_after_login_and_a_pile_without_sharing_raises_an_event(
+        mosquitto):
+    async def scenario(tmp, master, path, cls, event):
+        cfg = fast_config(tmp, url_of(mosquitto), tcp={"listen": None},
+                          serial=[{"url": path, "baudrate": 115200, "ext": True}],
+                          piles={"heartbeat_s": 1.0, "command_timeout_s": 3.0}, tariff=TARIFF,
+                          pile={PILE_A: {"power_cap_kw": 22.5}})
+        root = os.path.join(tmp, "flash")
+        os.mkdir(root)
+        async with bridge_running(cfg), Platform(url_of(mosquitto)) as plat:
+            fw = cls(root, master, PILE_A, speed=60).start()
+            try:
+                if event:
+                    ev = await plat.wait_for(
+                        lambda: [e for e in plat.events if e["type"] == "site_cap_refused"], 15)
+                    assert ev[0]["cap"] == 22500
+                else:
+                    await fw.wait_for(lambda: fw.pile.sharing.site_cap == 22500, 15)
+                    r = await plat.command(PILE_A, {"id": "g1", "cmd": "start", "gun": "01",
+                                                    "balance": 100000, "card": "D14B0A54"})
+                    assert r["ok"], r
+                    await fw.wait_for(lambda: fw.worlds[0].vehicle.power == 22500, 15)
+                    assert [e for e in plat.events if e["type"] == "site_cap_refused"] == []
+            finally:
+                await fw.close()
+    for cls, event in ((SharingTwoGunPile, False), (TwoGunPile, True)):
+        with tempdir("sitecap") as tmp, pty_pair() as (master, path):
+            run(scenario(tmp, master, path, cls, event), timeout=90)
