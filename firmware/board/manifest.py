@@ -26,6 +26,7 @@ package(
         "realtime.py",
         "remote.py",
         "session.py",
+        "sharing.py",
         "tariff.py",
         "ticks.py",
         "upgrade.py",
