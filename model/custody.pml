@@ -112,7 +112,8 @@ byte pj[3];         /* pile journal */
 byte sealedn[3];    /* bills sealed per trade serial */
 byte gun;           /* 0 idle, i+1: session of bill i open */
 byte nstart;        /* bills started so far (in order) */
-byte lastsent = 2;  /* outbox: the bill sent last (RAM) */
+byte ls1 = 3;       /* outbox (RAM): the bill sent last (3: none since login) */
+byte ls2 = 3;       /* ... and the one sent before it */
 byte up[3];         /* 0x3B+0xEB frames in flight pile -> bridge (0..2) */
 byte dack[3];       /* 0x40 in flight bridge -> pile */
 byte ds[3];         /* 0xE4 in flight bridge -> pile */
@@ -155,18 +156,21 @@ byte losses, reoffers, stops;  /* -DLIVE, -DMUTE only */
 #define T_P_stop_idle(i) (gun == 0 && STOPS) -> STOPPED
 /* power cut / reboot: RAM lost; an open session is sealed at boot as a
    0x83 bill (Journal.close_interrupted) */
-#define T_P_crash(i) (gun == 0 && CAN(faults, MAXFAULT)) -> USE(faults); lastsent = 2
-#define T_P_crash_open(i) (gun == i + 1 && CAN(faults, MAXFAULT)) -> USE(faults); lastsent = 2; \
+#define T_P_crash(i) (gun == 0 && CAN(faults, MAXFAULT)) -> USE(faults); ls1 = 3; ls2 = 3
+#define T_P_crash_open(i) (gun == i + 1 && CAN(faults, MAXFAULT)) -> USE(faults); ls1 = 3; ls2 = 3; \
                      pj[i] = P_SEALED; gun = 0; sealedn[i]++; assert(sealedn[i] == 1)
 /* Outbox.due: a pending bill goes out (0x3B + 0xEB); of the bills due, the
-   one sent longest ago: never the same bill twice while another waits */
+   one sent longest ago (RANK: 0 not sent since login or before the last
+   two, 1 sent the time before last, 2 sent last; ties in any order) */
+#define RANK(k)     ((k == ls1) * 2 + (k == ls2 && k != ls1))
+#define OLDER(k, i) (pj[k] == P_SEALED && RANK(k) < RANK(i))
 #ifdef BUG_OLDEST
 #define TURN(i)     !(i > 0 && pj[0] == P_SEALED) && !(i > 1 && pj[1] == P_SEALED)
 #else
-#define TURN(i)     !(lastsent == i && NSEALED > 1)
+#define TURN(i)     !OLDER(0, i) && !OLDER(1, i) && !OLDER(2, i)
 #endif
 #define T_P_send(i) (pj[i] == P_SEALED && TURN(i) && up[i] == 0 && QUIET_P(i)) -> \
-                     up[i] = 1; lastsent = i
+                     ls2 = ls1 * (ls1 != i) + ls2 * (ls1 == i); ls1 = i; up[i] = 1
 /* a host-confirmed bill is offered again (hourly) until settled */
 #define T_P_reoffer(i) (pj[i] == P_CONFIRMED && up[i] == 0 && QUIET_P(i) && REOFFER) -> \
                      REOFFERED; up[i] = 1
@@ -334,6 +338,8 @@ active proctype custody()
 /* liveness with faults bounded (-DLIVE): every started bill ends stored
    once at the platform, settled at the bridge and released on the pile */
 ltl settles { <> ALLDONE }
-/* outbox turns (-DMUTE: the host never answers): a pending bill is sent
-   while another one is pending too */
-ltl turns { [] ((pj[1] == P_SEALED) -> <> (lastsent == 1 || pj[1] != P_SEALED)) }
+/* outbox turns (-DMUTE: the host never answers, the link loses every
+   bill): each pending bill is sent again and again, however many others
+   wait */
+#define WAITS(k)    [] ((pj[k] == P_SEALED) -> <> (ls1 == k || pj[k] != P_SEALED))
+ltl turns { WAITS(0) && WAITS(1) && WAITS(2) }

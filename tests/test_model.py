@@ -49,3 +49,96 @@ def test_seeded_bug_switches_are_all_tested():
     text = open(M.MODEL).read()
     in_model = set(re.findall(r"#ifdef (BUG_\w+)", text))
     assert in_model == {b[0] for b in M.BUGS} == set(EXPECTED)
+
+
+# --- the transition table and the chaos replay (tools/model_table.py,
+# tools/model_replay.py) ---------------------------------------------------
+
+from tools import model_table as MT          # noqa: E402
+from tools import model_replay as MR         # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def replayer():
+    return MR.Replayer()
+
+
+def test_table_is_generated_from_every_step_of_the_model():
+    t = MT.Table()
+    assert t.listed and set(t.listed) == set(t.names)
+    assert set(n for names in MR.OBSERVED.values() for n in names) <= set(t.names)
+    # a seeded bug changes the generated step: the table reads the model
+    plain, bug = MT.Table(), MT.Table(["-DBUG_SERIAL_ONLY"])
+    s = plain.thaw(plain.initial())
+    s.update(bs=[1, 0, 0], cq=[2, 0, 0], pc=[2, 0, 0], pcount=[1, 0, 0])
+    s = plain.freeze(s)
+    assert plain.step(s, "T_B_confirm", 0) is None
+    with pytest.raises(MT.PropertyViolated):
+        bug.step(s, "T_B_confirm", 0)
+
+
+@pytest.mark.parametrize("bug", ["BUG_EVICT_ON_ACK", "BUG_ANY_SENDER", "BUG_RAM_DEDUP"])
+def test_table_finds_the_seeded_bugs_spin_finds(bug):
+    # the Python table explores the same small configuration spin does and
+    # breaks the same assertion: it follows the model, not a copy of it
+    flags = ["-DNB=1", "-DMAXFAULT=2"]
+    MT.Table(flags, replay=False).graph()
+    with pytest.raises(MT.PropertyViolated):
+        MT.Table(flags + ["-D" + bug], replay=False).graph()
+
+
+GOOD = [(1, "pile", "opened"), (2, "pile", "sealed"), (3, "bridge", "stored"),
+        (4, "pile", "confirmed"), (5, "platform", "stored"), (6, "bridge", "confirmed"),
+        (7, "pile", "settled"), (8, "bridge", "settled"), (9, "platform", "copy"),
+        (10, "bridge", "confirm_again")]
+
+
+def test_replay_takes_a_bill_through_the_chain(replayer):
+    assert replayer.replay(GOOD) is None
+    # a resend, a duplicate at the platform, a refused confirmation
+    assert replayer.replay(GOOD[:3] + [(3.5, "bridge", "resent")] + GOOD[3:]) is None
+
+
+@pytest.mark.parametrize("events,step,names", [
+    # the pile settles before the bridge had the platform's confirmation
+    (GOOD[:4] + [(4.5, "pile", "settled")], (4.5, "pile", "settled"), "T_P_settle"),
+    # the bridge takes the platform's confirmation before the platform stored it
+    (GOOD[:4] + [(4.5, "bridge", "confirmed")], (4.5, "bridge", "confirmed"), "T_B_confirm"),
+    # two first commits of one bill
+    (GOOD[:3] + [(3.5, "bridge", "stored")], (3.5, "bridge", "stored"), "T_B_take_new"),
+    # the platform stores a second row
+    (GOOD[:5] + [(5.5, "platform", "stored")], (5.5, "platform", "stored"), "T_M_take_new"),
+    # a second bill sealed for one start
+    (GOOD[:2] + [(2.5, "pile", "sealed")], (2.5, "pile", "sealed"), "T_P_stop"),
+])
+def test_replay_refuses_a_step_the_model_does_not_allow_naming_it(replayer, events, step, names):
+    res = replayer.replay(events)
+    assert res is not None
+    n, e, why = res
+    assert e == step and names in why
+
+
+needs_mosquitto = pytest.mark.skipif(
+    not __import__("host.broker", fromlist=["x"]).mosquitto_available(),
+    reason="mosquitto not installed (tools/setup.sh installs it)")
+
+
+@needs_mosquitto
+def test_chaos_event_logs_replay_through_the_model_with_no_step_refused(tmp_path, capsys,
+                                                                         replayer):
+    from tools import chaos
+    ev = str(tmp_path / "ev.jsonl")
+    rc = chaos.main(["--piles", "3", "--sessions", "6", "--seed", "5", "--json", "--events", ev])
+    out = capsys.readouterr().out
+    assert rc == 0, out[-2000:]
+    by = MR.load(ev, ev + ".bridge.log")
+    res = MR.replay_all(by, replayer)
+    assert res["bills"] >= 18 and res["events"] >= 8 * 18
+    assert res["refused"] == []
+    # the same pile and platform events without the bridge's: refused, each
+    # at the first step that needs the bridge to have committed the bill (the
+    # pile's host-confirmed record or the platform's first copy)
+    res = MR.replay_all(MR.load(ev), replayer)
+    assert len(res["refused"]) == res["bills"]
+    assert all(r[2][1:] in (("pile", "confirmed"), ("platform", "stored"))
+               for r in res["refused"]), res["refused"][:3]
