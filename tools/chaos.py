@@ -558,15 +558,14 @@ class Chaos:
         # --events FILE: custody events as JSON lines for tools/model_replay.py (the
         # piles' journal records, the platform's takes), the bridge's log beside it
         self.events_path = events
-        self.events = open(events, "w") if events else None
+        self.events = [] if events else None     # written out at close()
 
     def trace(self, actor, kind, serial):
         if actor == "pile":
             kind = {1: "opened", 3: "sealed", 4: "confirmed", 5: "illegal", 6: "settled"}.get(kind)
             if kind is None:
                 return
-        self.events.write(json.dumps({"t": time.time(), "actor": actor, "kind": kind,
-                                      "serial": serial}) + "\n")
+        self.events.append({"t": time.time(), "actor": actor, "kind": kind, "serial": serial})
 
     # --- bookkeeping --------------------------------------------------------------------
 
@@ -1037,7 +1036,9 @@ class Chaos:
         if self.broker is not None:
             self.broker.close()
         if self.events is not None:
-            self.events.close()
+            with open(self.events_path, "w") as f:
+                for e in self.events:
+                    f.write(json.dumps(e) + "\n")
             if self.bridge is not None and os.path.exists(self.bridge.log_path):
                 shutil.copy(self.bridge.log_path, self.events_path + ".bridge.log")
         if self.own:

@@ -91,7 +91,7 @@ def bridge_events(lines):
 def load(events_path, bridge_log=None):
     """{serial: [(t, actor, kind)...]} from the harness's JSON lines and the bridge log."""
     by = {}
-    with open(events_path) as f:
+    with open(events_path, "rb") as f:
         for line in f:
             if line.strip():
                 e = json.loads(line)
