@@ -814,7 +814,7 @@ class Chaos:
         self.broker = stack.start_broker("mosquitto", persistence=True, verbose=False)
         self.bridge = stack.BridgeProcess(self.dir, SITE, self.broker.port,
                                           extra=self._bridge_extra(),
-                                          log_level="info" if self.events else "warning")
+                                          log_level="info" if self.events is not None else "warning")
         port = self.bridge.start()
         self.bridge_addr = ("127.0.0.1", port)
         self.platform, ptask = await stack.start_platform(

@@ -29,7 +29,7 @@ import re
 import sys
 import time
 
-from tools.model_table import Table, PropertyViolated
+from tools.model_table import Table
 
 TOLERANCE_S = 1.0
 
@@ -113,7 +113,6 @@ class Replayer:
         n = len(self.states)
         silent = [[] for _ in range(n)]
         self.obs = {}          # step name -> [(from, to)]
-        self.violations = {}   # (from, step) -> text: a step whose assertion fails
         for s, outs in g.items():
             a = idx[s]
             for name, i, s2 in outs:
@@ -121,8 +120,7 @@ class Replayer:
                     self.obs.setdefault(name, []).append((a, idx[s2]))
                 else:
                     silent[a].append(idx[s2])
-        # assertions are checked in graph(): a failing step raises there, so
-        # the table only holds steps whose assertions hold
+        # graph() runs every step's assertions: a failing one raises there
         self.closure = self._closures(silent)
         self.init = self.closure[idx[self.t.initial()]]
 
