@@ -229,6 +229,13 @@ byte losses, reoffers, stops;  /* -DLIVE, -DMUTE only */
 #endif
 #define T_B_confirm(i) (cq[i] != C_NONE && HASH_OK(i) && bs[i] == B_STORED) -> cq[i] = 0; \
                      assert(pc[i] == C_TRUE); bs[i] = B_CONF; ds[i] = 1
+/* the broker delivers a confirmation again (its PUBACK lost to a
+   reconnect or a killed bridge): the same step, the copy still queued */
+#define T_B_confirm_dup(i) (cq[i] != C_NONE && HASH_OK(i) && bs[i] == B_STORED && \
+                     CAN(faults, MAXFAULT)) -> USE(faults); \
+                     assert(pc[i] == C_TRUE); bs[i] = B_CONF; ds[i] = 1
+#define T_B_confirm_again_dup(i) (cq[i] != C_NONE && HASH_OK(i) && bs[i] != B_STORED && \
+                     CAN(faults, MAXFAULT)) -> USE(faults)
 #define T_B_confirm_refused(i) (cq[i] != C_NONE && !HASH_OK(i)) -> cq[i] = 0
 #define T_B_confirm_again(i) (cq[i] != C_NONE && HASH_OK(i) && bs[i] != B_STORED) -> cq[i] = 0
 /* a confirmation without the platform's `auth` */
@@ -313,6 +320,8 @@ active proctype custody()
 	STEPS(T_B_take_settled)
 	STEPS(T_B_publish)
 	STEPS(T_B_confirm)
+	STEPS(T_B_confirm_dup)
+	STEPS(T_B_confirm_again_dup)
 	STEPS(T_B_confirm_refused)
 	STEPS(T_B_confirm_again)
 	STEPS(T_B_iconfirm)

@@ -36,7 +36,6 @@ LARGE = [
     ("safety", ["-DNB=2", "-DMAXFAULT=2"], "safety", None),
     ("settles", ["-DNB=2", "-DMAXFAULT=2", "-DLIVE", "-DMAXLOSS=2"], "ltl", "settles"),
     ("turns", ["-DNB=3", "-DJCAP=3", "-DMAXFAULT=1", "-DMUTE"], "ltl", "turns"),
-    ("safety-3", ["-DNB=3", "-DJCAP=2", "-DMAXFAULT=0"], "safety", None),
 ]
 # seeded bug: (flags, kind, claim); each must give a counterexample trail
 BUGS = [

@@ -9,8 +9,10 @@ the fault budgets lifted):
 
 - pile events: its journal records as they land on the flash (session
   open, sealed, host-confirmed, settled), from tools/chaos.py's TapFlash;
-- bridge events: its own log, in the bridge's order (committed and 0x40
-  sent, resend, confirmation taken / refused / repeated, 0xE3 received);
+- bridge events: each bill's commit, from its store (`received_at`: a
+  SIGKILL can come between a commit and its log line), and its own log in
+  its order (resend, confirmation taken / refused / repeated, 0xE3
+  received);
 - platform events: each copy it takes (stored new, or a copy of a bill
   held).
 
@@ -38,11 +40,11 @@ OBSERVED = {
     ("pile", "sealed"): ("T_P_stop", "T_P_autostop", "T_P_crash_open"),
     ("pile", "confirmed"): ("T_P_ack",),
     ("pile", "settled"): ("T_P_settle",),
-    ("bridge", "stored"): ("T_B_take_new",),
+    ("bridge", "committed"): ("T_B_take_new",),
     ("bridge", "resent"): ("T_B_take_resend", "T_B_take_settled"),
-    ("bridge", "confirmed"): ("T_B_confirm",),
+    ("bridge", "confirmed"): ("T_B_confirm", "T_B_confirm_dup"),
     ("bridge", "confirm_refused"): ("T_B_confirm_refused",),
-    ("bridge", "confirm_again"): ("T_B_confirm_again",),
+    ("bridge", "confirm_again"): ("T_B_confirm_again", "T_B_confirm_again_dup"),
     ("bridge", "settled"): ("T_B_settled",),
     ("platform", "stored"): ("T_M_take_new", "T_M_take_replace"),
     ("platform", "copy"): ("T_M_take_dup",),
@@ -56,7 +58,6 @@ NOT_SILENT = {n for v in OBSERVED.values() for n in v} | {
 _PILE_KINDS = {1: "opened", 3: "sealed", 4: "confirmed", 5: "illegal", 6: "settled"}
 
 _BRIDGE_LINES = [
-    (re.compile(r"pile \d+: bill (\d{32}) stored \(#\d+\) and confirmed"), "stored"),
     (re.compile(r"pile \d+: bill (\d{32}) already held \(resend \d+\): 0x40 again"), "resent"),
     (re.compile(r"pile \d+: bill (\d{32}) confirmed by the platform"), "confirmed"),
     (re.compile(r"confirmation of bill (\d{32}) \(pile \d+\) ignored"), "confirm_refused"),
