@@ -62,7 +62,7 @@ def _num(pattern, text, cast=int):
 
 
 def run(flags, kind="safety", claim=None, timeout=300, memlim=MEMLIM_MB, model=MODEL,
-        keep=None):
+        keep=None, opt="-O2"):
     """One check; returns a dict: errors, states, depth, seconds (pan's own
     elapsed time), trail (the trail's first steps when errors), output."""
     if not tools_present():
@@ -73,7 +73,7 @@ def run(flags, kind="safety", claim=None, timeout=300, memlim=MEMLIM_MB, model=M
         t0 = time.monotonic()
         subprocess.run(["spin", "-a"] + flags + ["custody.pml"], cwd=d, check=True,
                        capture_output=True, text=True, timeout=timeout)
-        cflags = ["-O2", "-DMEMLIM=%d" % memlim] + flags
+        cflags = [opt, "-DMEMLIM=%d" % memlim] + flags
         if kind == "safety":
             cflags += ["-DSAFETY", "-DNOCLAIM"]
         subprocess.run(["gcc"] + cflags + ["-o", "pan", "pan.c"], cwd=d, check=True,
