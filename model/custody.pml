@@ -13,8 +13,10 @@
    the CAN()/USE() fault budget (the replay lifts the budgets).
 
    Bounds (-D to change): NB bills started one after the other, JCAP
-   bills the journal takes before it refuses a start, crashes per actor,
-   duplicated deliveries, stop commands, intruder forgeries.
+   unconfirmed bills the journal takes before it refuses a start,
+   MAXFAULT faults in all (a crash of any actor, a duplicated delivery,
+   a forged bill or confirmation); losses and stops unbounded (bounded
+   by MAXLOSS, MAXSTOP under -DLIVE / -DMUTE).
    Modes: default = safety (retries whenever the guard allows, losses
    unbounded); -DLIVE = faults bounded and a retry only when nothing of
    that bill is in flight (timers outlast round trips), so every run ends
