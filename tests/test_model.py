@@ -143,3 +143,24 @@ def test_chaos_event_logs_replay_through_the_model_with_no_step_refused(tmp_path
     assert len(res["refused"]) == res["bills"]
     assert all(r[2][1:] in (("pile", "confirmed"), ("platform", "stored"))
                for r in res["refused"]), res["refused"][:3]
+
+
+@pytest.mark.parametrize("faults", [0, 1])
+def test_table_reaches_exactly_the_states_spin_stores(faults):
+    # The generated table, explored in Python, against pan's own count for
+    # the same configuration: pan stores each state at the loop's head, and
+    # each ALLDONE state twice more (after the break, and at the process's
+    # end), so pan's "states stored" = valuations + 2 x ALLDONE valuations.
+    flags = ["-DNB=1", "-DMAXFAULT=%d" % faults]
+    t = MT.Table(flags, replay=False)
+    g = t.graph()
+    done = compile(MT.to_python(MT.expand("ALLDONE", {k: v for k, v in t.macros.items()
+                                                      if not k.startswith("T_")})), "ALLDONE", "eval")
+    n_done = 0
+    for s in g:
+        env = dict(t.consts)
+        env.update(t.thaw(s))
+        n_done += bool(eval(done, {}, env))
+    r = M.run(flags, "safety", None, timeout=120, opt="-O0")
+    assert r["errors"] == 0 and n_done > 0
+    assert r["states"] == len(g) + 2 * n_done
