@@ -6,6 +6,7 @@
 # pc/<site>/bills/<pile> until the platform confirms on pc/<site>/confirm/<pile>
 # -> 0xE4 "settled" to our firmware -> 0xE3 from the pile.
 import asyncio
+import collections
 import json
 import logging
 import random
@@ -16,7 +17,7 @@ import time
 from protocol import codec
 from protocol import fields as F
 from protocol import sign
-from protocol.reconcile import reconcile
+from protocol.reconcile import bill_problems
 
 from host import commands as C
 from host import config as configmod
@@ -61,7 +62,11 @@ class Bridge:
         self._serial_counter = random.randrange(10000)
         self.started_at = time.time()
         self.tcp_port = None
+        self.status_port = None
+        self.status_server = None
+        self.recent_events = collections.deque(maxlen=50)   # the status page's "last errors"
         self.stats = {"bills_new": 0, "bills_resent": 0, "bills_conflict": 0, "bills_illegal": 0,
+                      "bills_unreconciled": 0,
                       "bills_quarantined": 0, "bills_undecodable": 0, "bills_bad_mac": 0,
                       "confirms": 0, "confirms_duplicate": 0, "confirms_unknown": 0,
                       "confirms_refused": 0, "confirms_malformed": 0, "tcp_refused": 0,
@@ -106,9 +111,15 @@ class Bridge:
             log.info("listening for YKC piles on %s:%d", host, self.tcp_port)
         for s in self.cfg["serial"]:
             self._tasks.append(asyncio.ensure_future(self._serial_port(s)))
+        if self.cfg["status"]["listen"]:
+            from host.status import StatusServer
+            self.status_server = StatusServer(self)
+            self.status_port = await self.status_server.start()
         log.info("bridge for site %s started (db %s)", self.site, self.cfg["database"])
 
     async def stop(self):
+        if self.status_server is not None:
+            await self.status_server.stop()
         for srv in self._servers:
             srv.close()
         for c in list(self.conns):
@@ -306,6 +317,8 @@ class Bridge:
         doc = schema.event_json(self.site, pile, kind, message, **details)
         doc["event_id"] = "%s-%d-%06d" % (self.site, int(time.time() * 1000), random.randrange(10**6))
         log.info("event %s pile %s: %s", kind, pile, message)
+        self.recent_events.appendleft({"ts": doc.get("ts"), "pile": pile, "type": kind,
+                                       "message": message})
 
         async def go():
             try:
@@ -373,6 +386,13 @@ class Bridge:
                "serial": v["serial"] if v["status"] == 3 else None}
         changed = any(g.get(k) != new[k] for k in new)
         g.update(new)
+        # Live figures for the status page (pile.live, not in the retained
+        # status: they change every report): power from 0.1 V x 0.1 A, the session's
+        # energy and amount at the protocol's scales as decimal strings.
+        charging = v["status"] == 3
+        pile.live[gun] = {"power_w": v["voltage"] * v["current"] // 100 if charging else 0,
+                          "energy_kwh": schema.dec(v["energy"], 4) if charging else None,
+                          "amount_yuan": schema.dec(v["amount"], 4) if charging else None}
         old_faults = pile.faults.get(gun, 0)
         if v["faults"] != old_faults:
             pile.faults[gun] = v["faults"]
@@ -481,7 +501,7 @@ class Bridge:
             return
         # Custody has passed: committed before the 0x40 goes out.
         try:
-            if v is not None:
+            if v is not None and serial.isdigit():
                 await conn.send("bill_confirm", {"serial": serial, "result": 0}, codec.reply_seq(f))
             else:
                 # The serial's 16 bytes as the pile sent them (they may not be BCD).
@@ -496,11 +516,14 @@ class Bridge:
                 self.event(pile.code, "undecodable_bill", "bill %s kept raw: it does not decode (%s)"
                            % (serial, error), serial=serial, error=error, frame=schema.hexs(frame))
             else:
-                problems = reconcile(v)
+                problems = bill_problems(f.problems, v)
                 if problems:
-                    self.event(pile.code, "illegal_bill", "bill %s does not reconcile: %s"
+                    # Not "illegal_bill": YKC keeps that word for a bill refused
+                    # with 0x40 result 1; this one is taken and delivered.
+                    self.stats["bills_unreconciled"] += 1
+                    self.event(pile.code, "unreconciled_bill", "bill %s does not reconcile: %s"
                                % (serial, "; ".join(problems)), serial=serial, refused=False,
-                               problems=problems)
+                               problems=problems, pile_kind=schema.pile_kind(pile.ext))
             self.outbox.kick(pile.code)
         elif kind == "same":
             self.stats["bills_resent"] += 1
@@ -1087,6 +1110,7 @@ def main(argv=None):
         # started_at names this run: its retained pc.bridge/1 status carries
         # the same value once it is connected and subscribed to commands.
         print(json.dumps({"ready": True, "site": bridge.site, "tcp_port": bridge.tcp_port,
+                          "status_port": bridge.status_port,
                           "started_at": schema.utc_iso(bridge.started_at)}), flush=True)
     try:
         asyncio.run(serve(cfg, ready))

@@ -16,7 +16,7 @@ DEFAULTS = {
     "log_level": "info",
     "allow": [],                 # allow-list of pile codes; empty = any pile may log in
     "mqtt": {
-        "url": "mqtt://127.0.0.1:1883",   # mqtts:// for TLS
+        "url": "mqtt://127.0.0.1:1883",   # mqtts:// for TLS; a list: a broker cluster's nodes, tried in turn
         "username": None,
         "password": None,
         "password_file": None,
@@ -67,6 +67,13 @@ DEFAULTS = {
         "site_key_file": None,    # derive every pile's key (sign.pile_key) from one site key
         "upgrade_key_file": None,  # the site's upgrade key: signs firmware announcements
         "platform_key_file": None,  # set: every platform command must carry its `auth` MAC
+    },
+    "status": {                   # the site status page (docs/status.md)
+        "listen": None,           # "127.0.0.1:8080" (port 0: any free port, printed in the ready line)
+        "password_file": None,    # HTTP Basic password (any user name)
+        "tls_cert_file": None,    # serve HTTPS with this certificate ...
+        "tls_key_file": None,     # ... and key
+        "client_ca_file": None,   # HTTPS: require a client certificate signed by this CA
     },
     "upgrade": {                  # firmware push (docs/upgrade.md "Pushing from the bridge")
         "image_dir": None,        # `upgrade` commands name images in this folder
@@ -211,7 +218,13 @@ def validate(cfg):
     if cfg["tcp"]["listen"]:
         parse_hostport(cfg["tcp"]["listen"])
     m = cfg["mqtt"]
-    parse_mqtt_url(m["url"])
+    urls = m["url"] if isinstance(m["url"], list) else [m["url"]]
+    if not urls or not all(isinstance(u, str) for u in urls):
+        raise ConfigError("mqtt.url is a broker URL or a list of them (a cluster's nodes)")
+    for u in urls:
+        parse_mqtt_url(u)
+    m["urls"] = urls              # the failover order (host/mqtt.py)
+    m["url"] = urls[0]
     if m["protocol"] not in ("3.1.1", "5"):
         raise ConfigError("mqtt.protocol is \"3.1.1\" or \"5\"")
     if cfg["piles"]["time_sync_s"] < 0:
@@ -220,6 +233,20 @@ def validate(cfg):
         raise ConfigError("piles.missed_heartbeats must be >= 1")
     if cfg["bills"]["window"] < 1:
         raise ConfigError("bills.window must be >= 1")
+    st = cfg["status"]
+    if st["listen"]:
+        host, _ = parse_hostport(st["listen"])
+        for k in ("password_file", "tls_cert_file", "tls_key_file", "client_ca_file"):
+            if st[k] is not None and not os.path.isfile(st[k]):
+                raise ConfigError("status.%s: no such file: %s" % (k, st[k]))
+        if bool(st["tls_cert_file"]) != bool(st["tls_key_file"]):
+            raise ConfigError("status.tls_cert_file and status.tls_key_file go together")
+        if st["client_ca_file"] and not st["tls_cert_file"]:
+            raise ConfigError("status.client_ca_file needs status.tls_cert_file (HTTPS)")
+        if host not in ("127.0.0.1", "::1", "localhost") and not (
+                st["password_file"] or st["client_ca_file"]):
+            raise ConfigError("status.listen %s is reachable beyond this machine: set "
+                              "status.password_file or status.client_ca_file" % st["listen"])
     from host.store import COMMANDS_KEEP_S
     life = m["command_max_life_s"]
     if not (isinstance(life, (int, float)) and 0 < life <= COMMANDS_KEEP_S):
@@ -228,6 +255,18 @@ def validate(cfg):
     if not m["client_id"]:
         m["client_id"] = "pc-bridge-" + site
     return cfg
+
+
+def read_secret_file(path, what):
+    """The first line of a secret file, stripped (ConfigError naming it)."""
+    try:
+        with open(path) as f:
+            v = f.readline().strip()
+    except OSError as e:
+        raise ConfigError("%s %s: %s" % (what, path, e.strerror or e))
+    if not v:
+        raise ConfigError("%s %s is empty" % (what, path))
+    return v
 
 
 # --- binding a pile to its links ---------------------------------------------------
@@ -464,7 +503,8 @@ def from_args(argv=None):
     if args.allow:
         o["allow"] = args.allow
     if args.mqtt:
-        m["url"] = args.mqtt
+        # --mqtt URL[,URL...]: a cluster's nodes, tried in turn
+        m["url"] = args.mqtt.split(",") if "," in args.mqtt else args.mqtt
     for flag, key in (("mqtt_username", "username"), ("mqtt_password_file", "password_file"),
                       ("client_id", "client_id"), ("ca", "ca_file"), ("cert", "cert_file"),
                       ("key", "key_file")):
@@ -489,7 +529,9 @@ def dump(cfg):
     m = safe["mqtt"]
     if m.get("password"):
         m["password"] = "***"
-    u = urlsplit(m["url"])
-    if u.password:
-        m["url"] = m["url"].replace(":" + u.password + "@", ":***@", 1)
+    def masked(url):
+        u = urlsplit(url)
+        return url.replace(":" + u.password + "@", ":***@", 1) if u.password else url
+    m["url"] = masked(m["url"])
+    m["urls"] = [masked(u) for u in m.get("urls") or []]
     return json.dumps(safe, indent=2, sort_keys=True)

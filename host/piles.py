@@ -104,6 +104,7 @@ class Pile:
         self.conn = None
         self.login = None
         self.guns = {}            # gun -> {"status": name, "plugged": bool, "serial": ...}
+        self.live = {}            # gun -> {"power_w", "energy_kwh", "amount_yuan"}: the last 0x13
         self.faults = {}          # gun -> fault bits last seen
         self.status_reply = None  # last 0xE5 fields (ext piles)
         self.status_at = 0.0      # when it came (state and boot_reason are this boot's only after login)
@@ -201,7 +202,7 @@ class PileConn:
         self.link = link
         self.link_ext = link_ext
         self.close_on_silence = close_on_silence   # TCP: yes; a serial port stays open
-        self.reader = codec.FrameReader(tolerant=True)
+        self.reader = codec.FrameReader(tolerant=True, lenient=True)   # piles not ours: protocol/lenient.py
         self.pile = None
         self._seq = 0
         self._waiters = []
@@ -460,8 +461,8 @@ class PileConn:
         pile.last_seen = time.time()
         code = f.fields.get("pile")
         if code is not None and code != pile.code:
-            if f.name in ("bill", "bill5"):
-                await self.bridge.on_bill(self, f)   # refused there as illegal
+            if f.code in BILL_CODES:
+                await self.bridge.on_bill(self, f)   # quarantined there
                 return
             log.warning("pile %s: %s names pile %s; ignored", pile.code, f.name, code)
             return
@@ -478,6 +479,17 @@ class PileConn:
 
     async def _login(self, f):
         code = f.fields["pile"]
+        if not code.isdigit():
+            # Read leniently (protocol/lenient.py: not BCD): no reply or command
+            # of ours could name this pile, so the login is refused, echoing
+            # its 7 bytes as sent. Its bills are still kept (quarantined).
+            await self.send_raw(0x02, bytes(f.body[:7]) + b"\x01", codec.reply_seq(f))
+            self.bridge.event("unknown", "login_refused", "a login names pile %s, which is not a "
+                              "BCD pile code" % code, link=self.link.name, pile_code=code)
+            log.warning("login on %s refused: pile code %s is not BCD", self.link.name, code)
+            if self.close_on_silence:
+                await self.link.close()
+            return
         if not self.cfg.allowed(code):
             await self.send("login_reply", {"pile": code, "result": 1}, codec.reply_seq(f))
             self.bridge.event(code, "login_refused", "pile %s is not on the allow-list" % code,
@@ -611,8 +623,11 @@ class PileConn:
 
     async def _on_heartbeat(self, f):
         v = f.fields
-        await self.send("heartbeat_reply", {"pile": v["pile"], "gun": v["gun"], "reply": 0},
-                        codec.reply_seq(f))
+        if v["gun"].isdigit():
+            await self.send("heartbeat_reply", {"pile": v["pile"], "gun": v["gun"], "reply": 0},
+                            codec.reply_seq(f))
+        else:   # a gun read as hex (not BCD): echoed as sent
+            await self.send_raw(0x04, bytes(f.body[:8]) + b"\x00", codec.reply_seq(f))
         g = self.pile.guns.setdefault(v["gun"], {})
         fault = v["gun_status"] == 1
         if g.get("fault") != fault:
@@ -624,6 +639,9 @@ class PileConn:
         model = f.fields["model"]
         # 0 = the pile's model is current; 1 = it differs (the pile then asks 0x09).
         result = 0 if t is None or t["model"] == model else 1
+        if not model.isdigit():    # read as hex (not BCD): echoed as sent, "differs"
+            await self.send_raw(0x06, bytes(f.body[:9]) + b"\x01", codec.reply_seq(f))
+            return
         await self.send("tariff_check_reply", {"pile": self.pile.code, "model": model,
                                                "result": result}, codec.reply_seq(f))
 
@@ -642,7 +660,7 @@ class PileConn:
     async def _on_bill(self, f):
         await self.bridge.on_bill(self, f)
 
-    _on_bill5 = _on_bill
+    _on_bill5 = _on_bill156 = _on_bill17 = _on_bill    # every bill layout (protocol/frames.py)
 
     async def _on_bill_extra(self, f):
         await self.bridge.on_bill_extra(self, f)

@@ -488,6 +488,12 @@ class Store:
     def counts(self):
         return self._submit(_counts)
 
+    def custody(self, limit=500):
+        """Every bill not yet settled on its pile, oldest first (at most
+        `limit`), as (serial, pile, received_at, published_at, confirmed_at),
+        with the bills held for their MAC: the status page's custody view."""
+        return self._submit(_custody, limit)
+
     def prune(self, keep_s, now=None):
         """Forget bills settled more than keep_s ago (and rejected copies as
         old). Resolves the number of bills removed. A serial forgotten here
@@ -766,6 +772,15 @@ def _counts(db):
     }
 
 
+def _custody(db, limit):
+    rows = [tuple(r) for r in db.execute(
+        "SELECT serial, pile, received_at, published_at, confirmed_at FROM bills "
+        "WHERE settled_at IS NULL ORDER BY id LIMIT ?", (limit,))]
+    held = [tuple(r) for r in db.execute(
+        "SELECT serial, pile, received_at FROM held_bills ORDER BY received_at LIMIT ?", (limit,))]
+    return rows, held
+
+
 def _prune(db, keep_s, now):
     cut = now - keep_s
     n = db.execute("DELETE FROM extras WHERE serial IN (SELECT serial FROM bills "
@@ -822,4 +837,4 @@ def _tariffs(db):
 _DURABLE = {_add_bill, _add_extra, _add_rejected, _add_event, _set_tariff, _next_counter,
             _command_seen, _bind_site, _migrate_site, _hold_bill, _release_held, _quarantine_held}
 _READS = {_open_bills, _piles_with_open, _unsettled, _bill, _counts, _open_events, _tariffs,
-          _last_counter, _bad_frames, _held}
+          _last_counter, _bad_frames, _held, _custody}

@@ -10,7 +10,10 @@ reference platform (host/platform.py), with seeded random faults:
                    sometimes again during the recovery at the next boot
   reboot           the platform asks for a reboot (now / when idle) mid-session
   bridge_kill      the bridge is SIGKILLed and started again on its database
-  broker_restart   Mosquitto is restarted (SIGTERM or SIGKILL) on its port
+  broker_restart   Mosquitto is restarted (SIGTERM or SIGKILL) on its port;
+                   with --cluster, a rolling restart of every node in turn
+  node_kill        (--cluster) one node of the NATS cluster is SIGKILLed and
+                   started again a moment later
   platform_outage  the platform takes nothing and confirms nothing for a while
   corrupt          1 % of the frames on each pile link get one byte changed
   duplicate        1 % of the frames on each pile link arrive twice
@@ -41,7 +44,17 @@ from the piles' flash and the platform's database (docs/chaos.md):
   mismatched    platform bills whose figures differ from the pile's sealed bill
   unconfirmed   bills still pending on a pile or unconfirmed at the bridge
 
+With --third-party N, N vendor piles (host.testkit.ThirdPartyPile: hex SIM,
+swapped CRCs, V1.5, YKC's give-up-after-3-resends rule) run next to ours
+through the same faults, each sending the third-party bill corpus (every
+variant: 156-byte, V1.7 0x3D, meter 0 -> 0, non-BCD gun, ...). Their bills
+are reported apart ("third_party"): none of them counts as phantom or
+unreconciled against ours; "lost" there is a bill the pile got a 0x40 for
+that the platform does not hold; bills the pile gave up without a 0x40 are
+counted, by YKC's rule not ours.
+
     pile-chaos --piles 20 --sessions 50 --seed 1 --json
+    pile-chaos --piles 4 --sessions 20 --third-party 2
 
 exits 1 when any of lost .. unconfirmed is not 0 (or recovery timed out).
 """
@@ -62,10 +75,10 @@ import time
 from firmware import journal as J
 from firmware import session as S
 from firmware.flashsim import FlashSim, PowerCut, SimFile
-from host.broker import mosquitto_available
+from host.broker import NatsCluster, mosquitto_available
 from host.mqtt import stop_tasks
 from host import commands as CMD
-from host.testkit import make_bill, make_extra
+from host.testkit import TcpTransport, ThirdPartyPile, make_bill, make_extra, third_party_corpus
 from protocol import codec
 from protocol import fields as F
 from protocol import sign
@@ -76,7 +89,8 @@ from tools import stack
 SITE = "chaos"
 
 KINDS = ("power_cut", "flash_cut", "reboot", "bridge_kill", "broker_restart",
-         "platform_outage", "corrupt", "duplicate", "forge_bill", "fake_login", "forged_confirm")
+         "platform_outage", "corrupt", "duplicate", "forge_bill", "fake_login", "forged_confirm",
+         "node_kill")
 INTRUDER = "55031499999999"     # the code a forge_bill intruder logs in with
 
 # Pile faults: chance per session (times --intensity, at most 1).
@@ -88,7 +102,7 @@ _P_FLICKER = 0.25          # a flash cut hits again during the next boot's recov
 _P_CORRUPT = 0.01
 _P_DUPLICATE = 0.01
 # Process faults: how many per 1,000 sessions (times --intensity, at least 1).
-_PER_1000 = {"bridge_kill": 3, "broker_restart": 2, "platform_outage": 3,
+_PER_1000 = {"bridge_kill": 3, "broker_restart": 2, "platform_outage": 3, "node_kill": 4,
              "forge_bill": 3, "fake_login": 3, "forged_confirm": 2}
 _P_CARD = 0.5              # a session started by a card at the pile (else by the platform)
 _FLASH_SPAN = 6000         # a flash cut lands within this many bytes of journal writes
@@ -514,10 +528,135 @@ class ChaosFleet(SIM.SimFleet):
 
 # --- the harness --------------------------------------------------------------------------
 
+class _ClusterBroker:
+    """A NatsCluster seen as the one broker the harness restarts: restart()
+    is a rolling restart of every node in turn (each back before the next
+    goes), port is the first node's (the intruders' way in)."""
+
+    def __init__(self, cluster):
+        self.c = cluster
+
+    @property
+    def port(self):
+        return self.c.nodes[0].port
+
+    @property
+    def running(self):
+        return all(n.running for n in self.c.nodes)
+
+    def restart(self, kill=False):
+        for i, n in enumerate(self.c.nodes):
+            n.stop(kill=kill)
+            self.c.start_node(i)
+
+    def start(self):
+        for i, n in enumerate(self.c.nodes):
+            if not n.running:
+                self.c.start_node(i)
+
+    def close(self):
+        self.c.close()
+
+
+THIRD_PARTY_FIRST = 55990000000001      # pile codes of the vendor piles
+
+
+class ThirdPartyFleet:
+    """Vendor piles (host.testkit.ThirdPartyPile) beside our firmware piles,
+    each sending the third-party bill corpus over TCP to the bridge; after a
+    dropped link (a killed bridge) a pile dials in again, logs in and goes
+    on. A bill without a 0x40 after 3 resends is given up, as YKC says."""
+
+    def __init__(self, h, n, resend_s=2.0):
+        self.h = h
+        self.codes = ["%014d" % (THIRD_PARTY_FIRST + i) for i in range(n)]
+        self.resend_s = resend_s
+        self.bills = {}            # serial -> corpus entry, every bill sent
+        self.acked = set()         # serials the pile got a 0x40 for
+        self.given_up = set()      # serials given up without one
+        self.reconnects = 0
+        self.tasks = []
+
+    def start(self):
+        self.tasks = [asyncio.create_task(self._one(c)) for c in self.codes]
+
+    @property
+    def done(self):
+        return all(t.done() for t in self.tasks)
+
+    async def _paced(self, k, n):
+        # Bill k of n goes out once that share of the run's sessions started,
+        # so the vendor piles meet the same faults as ours.
+        goal = self.h.piles * self.h.sessions
+        while not self.h.recovering and self.h.executed() < goal * k // (n + 1):
+            await asyncio.sleep(0.2)
+
+    async def _one(self, code):
+        pending = list(third_party_corpus(code))
+        n = len(pending)
+        pile = None
+        while pending:
+            await self._paced(n - len(pending), n)
+            try:
+                if pile is None or not pile.connected:
+                    if pile is not None:
+                        await pile.close()
+                        self.reconnects += 1
+                    pile = None
+                    t = await TcpTransport.connect(*self.h.bridge_addr)
+                    pile = ThirdPartyPile(code, t, resend_s=self.resend_s, heartbeat_s=2.0)
+                    if await pile.login(timeout=5.0) != 0:
+                        raise ConnectionError("login refused")
+                b = pending[0]
+                self.bills[b["serial"]] = b
+                if await pile.send_raw_bill(b):
+                    self.acked.add(b["serial"])
+                else:
+                    self.given_up.add(b["serial"])
+                pending.pop(0)
+            except (ConnectionError, OSError, asyncio.TimeoutError):
+                await asyncio.sleep(0.3)       # the bridge is down: dial again
+        if pile is not None:
+            await pile.close()
+
+    async def stop(self):
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    def report(self, rows):
+        """The third-party part of the summary, from the platform's rows
+        (serial -> (reconciled, copies, doc))."""
+        good = [s for s, b in self.bills.items() if not b["bad_crc"]]
+        by_class = {}
+        for s in good:
+            r = rows.get(s)
+            if r is None:
+                continue
+            for p in r[2].get("checks", {}).get("problems", []):
+                c = p.split(":", 1)[0]
+                by_class[c] = by_class.get(c, 0) + 1
+        return {
+            "piles": len(self.codes),
+            "bills_sent": len(good),
+            "bad_crc_bills_sent": len(self.bills) - len(good),
+            "bills": len([s for s in good if s in rows]),
+            "lost": sorted(s for s in self.acked if s not in rows),
+            "given_up_by_piles": len([s for s in good if s in self.given_up]),
+            "given_up_never_received": len([s for s in good if s in self.given_up
+                                            and s not in rows]),
+            "unreconciled": len([s for s in good if s in rows and not rows[s][0]]),
+            "by_class": dict(sorted(by_class.items())),
+            "reconnects": self.reconnects,
+        }
+
+
 class Chaos:
     def __init__(self, piles=20, sessions=50, seed=1, speed=600.0, minutes=6, faults=KINDS,
                  intensity=1.0, workdir=None, recovery_s=180.0, quiet=True, keyed=True,
-                 events=None):
+                 third_party=0, cluster=False, events=None):
+        self.third_party = third_party
+        self.tp = None
         self.piles = piles
         self.sessions = sessions
         self.seed = seed
@@ -540,6 +679,9 @@ class Chaos:
         self.starts = {"platform": 0, "card": 0}
         self.commands = {}
         self.broker = self.bridge = self.platform = self.fleet = None
+        self.cluster = cluster        # a 3-node NATS cluster instead of one Mosquitto
+        if not cluster:
+            self.kinds.discard("node_kill")
         self.bridge_addr = None
         self.loop = None
         # One site key (every pile's key derived from it) and the platform's
@@ -673,6 +815,13 @@ class Chaos:
                          % ("SIGKILL" if kill else "SIGTERM", self.executed()))
                 await asyncio.to_thread(self.broker.restart, kill)
                 self.count("broker_restarts")
+            elif kind == "node_kill":
+                i = int(x * len(self.broker.c.nodes)) % len(self.broker.c.nodes)
+                self.say("SIGKILL broker node %d at %d sessions" % (i + 1, self.executed()))
+                await asyncio.to_thread(self.broker.c.kill, i)
+                self.count("node_kills")
+                await asyncio.sleep(0.5 + 2 * x)     # down for a while
+                await asyncio.to_thread(self.broker.c.start_node, i)
             elif kind in ("forge_bill", "fake_login"):
                 await self._intrude(kind, x)
             elif kind == "forged_confirm":
@@ -800,25 +949,33 @@ class Chaos:
         # time_sync_s = 0: the piles keep their simulated clocks, the time base
         # of the serials this platform stamps (the bridge's 0x56 would set
         # them back to the real time of day, hours behind simulated time).
+        # Vendor piles speak no extension frames: ext false for their codes.
+        tp = "".join('[pile."%014d"]\next = false\nsigned = false\n' % (THIRD_PARTY_FIRST + i)
+                     for i in range(self.third_party))
         return ("[bills]\nretry_initial_s = 0.5\nretry_max_s = 2.0\nsettle_retry_s = 1.0\n"
                 "[piles]\ncommand_timeout_s = 3.0\nstatus_poll_s = 3600.0\ntime_sync_s = 0\n"
                 + ("[keys]\nsite_key_file = \"%s\"\n" % self._key_files["site"]
                    if self.keyed else "[keys]\n")
-                + "platform_key_file = \"%s\"\n" % self._key_files["platform"])
+                + "platform_key_file = \"%s\"\n" % self._key_files["platform"] + tp)
 
     async def run(self):
         t0 = time.monotonic()
         self.loop = asyncio.get_running_loop()
-        if not mosquitto_available():
-            raise RuntimeError("pile-chaos needs Mosquitto (apt-get install mosquitto)")
-        self.broker = stack.start_broker("mosquitto", persistence=True, verbose=False)
+        if self.cluster:
+            self.broker = _ClusterBroker(await asyncio.to_thread(NatsCluster().start))
+        else:
+            if not mosquitto_available():
+                raise RuntimeError("pile-chaos needs Mosquitto (apt-get install mosquitto)")
+            self.broker = stack.start_broker("mosquitto", persistence=True, verbose=False)
+        urls = self.broker.c.urls if self.cluster else None
         self.bridge = stack.BridgeProcess(self.dir, SITE, self.broker.port,
-                                          extra=self._bridge_extra(),
+                                          extra=self._bridge_extra(), mqtt_urls=urls,
                                           log_level="info" if self.events is not None else "warning")
         port = self.bridge.start()
         self.bridge_addr = ("127.0.0.1", port)
         self.platform, ptask = await stack.start_platform(
-            self.broker.port, os.path.join(self.dir, "platform.db"), cmd_key=self.platform_key)
+            self.broker.port, os.path.join(self.dir, "platform.db"), cmd_key=self.platform_key,
+            url=",".join(reversed(urls)) if urls else None)
         if self.events is not None:
             take = self.platform.take_bill
 
@@ -833,6 +990,9 @@ class Chaos:
                  % (self.piles, self.sessions, self.seed, self.bridge.pid, self.broker.port,
                     self.dir))
         self.fleet.start()
+        if self.third_party:
+            self.tp = ThirdPartyFleet(self, self.third_party)
+            self.tp.start()
         ftask = asyncio.create_task(self.process_faults(self._plan_process_faults()))
         try:
             last, moved = -1, time.monotonic()
@@ -853,6 +1013,8 @@ class Chaos:
             s = self.summary(ok and not stalled)
             s["stalled"] = stalled
         finally:
+            if self.tp is not None:
+                await self.tp.stop()
             await stop_tasks([ptask])
         s["seconds"] = round(time.monotonic() - t0, 1)
         return s
@@ -879,7 +1041,8 @@ class Chaos:
         end = time.monotonic() + self.recovery_s
         while time.monotonic() < end:
             if await asyncio.to_thread(self.fleet.wait, self._piles_quiet, 0.5):
-                if self._platform_has_all() and self._bridge_open() == (0, 0):
+                if self._platform_has_all() and self._bridge_open() == (0, 0) and \
+                        (self.tp is None or self.tp.done):
                     return True
             await asyncio.sleep(0.2)
         return False
@@ -949,9 +1112,12 @@ class Chaos:
             reboots = sum(u.reboots for u in units)
             sim_s = self.fleet.sim_ms // 1000
         rows = {}
+        theirs = {}                 # third-party piles' bills: reported apart
         for serial, reconciled, copies, doc in self.platform.db.execute(
                 "SELECT serial, reconciled, copies, doc FROM bills"):
-            rows[serial] = (reconciled, copies, json.loads(doc))
+            d = json.loads(doc)
+            (theirs if d.get("pile_kind") == "third_party" else rows)[serial] = \
+                (reconciled, copies, d)
         db = self._bridge_db()
         try:
             conflicts = set(r[0] for r in db.execute(
@@ -1004,6 +1170,7 @@ class Chaos:
             "piles": self.piles,
             "sessions_per_pile": self.sessions,
             "seed": self.seed,
+            "broker": "nats cluster, 3 nodes" if self.cluster else "mosquitto",
             "executed_starts_by": dict(sorted(flags.items())),
             "start_attempts": dict(self.starts),
             "commands": dict(sorted(self.commands.items())),
@@ -1022,6 +1189,8 @@ class Chaos:
             "logins_refused": logins_refused,
             "intruder_wins": list(self.intruder_wins),
         }
+        if self.tp is not None:
+            out["third_party"] = self.tp.report(theirs)
         out["examples"] = {k: v[:5] for k, v in (("lost", lost), ("duplicated", twice),
                                                   ("unreconciled", unreconciled),
                                                   ("phantom", phantom),
@@ -1096,9 +1265,12 @@ def _same_bill(payload, doc):
 
 
 def failed(s):
+    # Third-party piles: only a bill they got a 0x40 for and the platform
+    # lacks is ours to answer for; their arithmetic is counted, not failed.
+    tp = s.get("third_party") or {}
     return bool(s["lost"] or s["duplicated"] or s["unreconciled"] or s["phantom"]
                 or s["mismatched"] or s["unconfirmed"] or s["tap_missed"] or not s["recovered"]
-                or s.get("intruder_wins"))
+                or s.get("intruder_wins") or tp.get("lost"))
 
 
 def table(s):
@@ -1108,6 +1280,13 @@ def table(s):
     for k in ("sessions", "bills", "lost", "duplicated", "unreconciled", "phantom", "mismatched",
               "unconfirmed", "recovered", "intruder_wins"):
         out.append("%-28s %s" % (k, s.get(k)))
+    tp = s.get("third_party")
+    if tp:
+        out.append("third-party piles (reported apart): %d piles, %d bills sent, %d at the "
+                   "platform, %d lost, %d given up by the piles (%d never received), by class: %s"
+                   % (tp["piles"], tp["bills_sent"], tp["bills"], len(tp["lost"]),
+                      tp["given_up_by_piles"], tp["given_up_never_received"],
+                      ", ".join("%s %d" % kv for kv in tp["by_class"].items()) or "none"))
     out.append("faults: " + ", ".join("%s %d" % kv for kv in s["faults"].items()))
     out.append("stop reasons: " + ", ".join("%s %d" % kv for kv in s["stop_reasons"].items()))
     out.append("FAILED" if failed(s) else "OK: every executed start billed exactly once, "
@@ -1152,6 +1331,12 @@ def main(argv=None):
                     help="piles without keys (no login proof, no bill MAC): shows what the "
                     "intruders get then; the run fails")
     ap.add_argument("--verbose", action="store_true", help="progress and faults on stderr")
+    ap.add_argument("--cluster", action="store_true",
+                    help="a 3-node NATS cluster (MQTT listeners, JetStream replicas 3) instead of "
+                    "one Mosquitto; adds the node_kill fault, and broker_restart is a rolling "
+                    "restart (docs/scaling.md)")
+    ap.add_argument("--third-party", type=int, default=0, metavar="N",
+                    help="vendor piles beside ours, their bills reported apart (default 0)")
     ap.add_argument("--events", metavar="FILE", help="write custody events (JSON lines) to FILE "
                     "and the bridge's log to FILE.bridge.log, for tools/model_replay.py")
     args = ap.parse_args(argv)
@@ -1165,7 +1350,8 @@ def main(argv=None):
         os.makedirs(args.keep, exist_ok=True)
     c = Chaos(args.piles, args.sessions, args.seed, args.speed, args.minutes, args.faults,
               args.intensity, args.keep, args.recovery, quiet=not args.verbose,
-              keyed=not args.unkeyed, events=args.events)
+              keyed=not args.unkeyed, third_party=args.third_party, cluster=args.cluster,
+              events=args.events)
     try:
         s = asyncio.run(c.run())
     finally:
