@@ -1205,13 +1205,16 @@ class Chaos:
         if self.broker is not None:
             self.broker.close()
         if self.events is not None:
-            # the bridge's commits from its store (a SIGKILL can come between
-            # a commit and its log line): the time each bill was taken
+            # the bridge's commits, confirmations and 0xE3s from its store (a
+            # SIGKILL can come between a step's commit and its log line)
             try:
                 db = sqlite3.connect(self.bridge.database)
-                for serial, t in db.execute("SELECT serial, received_at FROM bills"):
-                    self.events.append({"t": t, "actor": "bridge", "kind": "committed",
-                                        "serial": serial})
+                for row in db.execute("SELECT serial, received_at, confirmed_at, settled_at "
+                                      "FROM bills"):
+                    for kind, t in zip(("committed", "confirmed", "settled"), row[1:]):
+                        if t is not None:
+                            self.events.append({"t": t, "actor": "bridge", "kind": kind,
+                                                "serial": row[0]})
                 db.close()
             except (sqlite3.Error, AttributeError):
                 pass

@@ -9,10 +9,10 @@ the fault budgets lifted):
 
 - pile events: its journal records as they land on the flash (session
   open, sealed, host-confirmed, settled), from tools/chaos.py's TapFlash;
-- bridge events: each bill's commit, from its store (`received_at`: a
-  SIGKILL can come between a commit and its log line), and its own log in
-  its order (resend, confirmation taken / refused / repeated, 0xE3
-  received);
+- bridge events: each bill's commit, confirmation and 0xE3, from its
+  store (`received_at`, `confirmed_at`, `settled_at`: a SIGKILL can come
+  between a step's commit and its log line), and its own log in its order
+  (resends, confirmations refused or repeated);
 - platform events: each copy it takes (stored new, or a copy of a bill
   held).
 
@@ -59,11 +59,9 @@ _PILE_KINDS = {1: "opened", 3: "sealed", 4: "confirmed", 5: "illegal", 6: "settl
 
 _BRIDGE_LINES = [
     (re.compile(r"pile \d+: bill (\d{32}) already held \(resend \d+\): 0x40 again"), "resent"),
-    (re.compile(r"pile \d+: bill (\d{32}) confirmed by the platform"), "confirmed"),
     (re.compile(r"confirmation of bill (\d{32}) \(pile \d+\) ignored"), "confirm_refused"),
     (re.compile(r"bill (\d{32}) confirmed again \(duplicate confirmation\)"), "confirm_again"),
     (re.compile(r"confirmation of unknown bill (\d{32})"), "confirm_again"),
-    (re.compile(r"pile \d+: bill (\d{32}) settled$"), "settled"),
     (re.compile(r"pile \d+: bill (\d{32}) sent again with different bytes"), "conflict"),
 ]
 _STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ")
