@@ -150,6 +150,7 @@ class TapFlash(FlashSim):
         self.sealed = {}       # serial -> [distinct bill payloads] (BILL_SEALED landed)
         self.confirmed = set()
         self.settled = set()
+        self.trace = None      # trace(kind, serial) per record landed (--events)
 
     def open(self, path, mode):
         f = FlashSim.open(self, path, mode)
@@ -159,6 +160,8 @@ class TapFlash(FlashSim):
 
     def landed(self, data):
         for kind, serial, payload in parse_records(data):
+            if self.trace is not None:
+                self.trace(kind, serial)
             if kind == J.SESSION_OPEN:
                 self.opened.setdefault(serial, payload)
             elif kind == J.BILL_SEALED:
@@ -263,6 +266,8 @@ class ChaosUnit(SIM.SimUnit):
         self.h = h
         self.rnd = rnd
         self.flash = TapFlash(root + "/journal")
+        if h.events is not None:
+            self.flash.trace = lambda kind, serial: h.trace("pile", kind, serial)
         self.flash_cuts = 0
         SIM.SimUnit.__init__(self, code, root, start, tariff, 60000, vehicle, meter_start,
                              True, None, "tcp", tcp=h.bridge_addr, fs=self.flash)
@@ -649,7 +654,7 @@ class ThirdPartyFleet:
 class Chaos:
     def __init__(self, piles=20, sessions=50, seed=1, speed=600.0, minutes=6, faults=KINDS,
                  intensity=1.0, workdir=None, recovery_s=180.0, quiet=True, keyed=True,
-                 third_party=0, cluster=False):
+                 third_party=0, cluster=False, events=None):
         self.third_party = third_party
         self.tp = None
         self.piles = piles
@@ -692,6 +697,17 @@ class Chaos:
             self._key_files[name] = path
         self.intruder_wins = []      # anything an intruder got that it must not
         self.keyed = keyed           # False (--unkeyed): no site key, to show what intruders get
+        # --events FILE: custody events as JSON lines for tools/model_replay.py (the
+        # piles' journal records, the platform's takes), the bridge's log beside it
+        self.events_path = events
+        self.events = [] if events else None     # written out at close()
+
+    def trace(self, actor, kind, serial):
+        if actor == "pile":
+            kind = {1: "opened", 3: "sealed", 4: "confirmed", 5: "illegal", 6: "settled"}.get(kind)
+            if kind is None:
+                return
+        self.events.append({"t": time.time(), "actor": actor, "kind": kind, "serial": serial})
 
     # --- bookkeeping --------------------------------------------------------------------
 
@@ -953,12 +969,21 @@ class Chaos:
             self.broker = stack.start_broker("mosquitto", persistence=True, verbose=False)
         urls = self.broker.c.urls if self.cluster else None
         self.bridge = stack.BridgeProcess(self.dir, SITE, self.broker.port,
-                                          extra=self._bridge_extra(), mqtt_urls=urls)
+                                          extra=self._bridge_extra(), mqtt_urls=urls,
+                                          log_level="info" if self.events is not None else "warning")
         port = self.bridge.start()
         self.bridge_addr = ("127.0.0.1", port)
         self.platform, ptask = await stack.start_platform(
             self.broker.port, os.path.join(self.dir, "platform.db"), cmd_key=self.platform_key,
             url=",".join(reversed(urls)) if urls else None)
+        if self.events is not None:
+            take = self.platform.take_bill
+
+            def traced(doc):
+                new, problems = take(doc)
+                self.trace("platform", "stored" if new else "copy", doc.get("serial"))
+                return new, problems
+            self.platform.take_bill = traced
         self.fleet = ChaosFleet(self, self.piles, self.sessions, self.speed,
                                 os.path.join(self.dir, "piles"), self.seed)
         self.say("%d piles x %d sessions, seed %d, bridge pid %d, broker port %d, dir %s"
@@ -1179,6 +1204,25 @@ class Chaos:
             self.bridge.stop()
         if self.broker is not None:
             self.broker.close()
+        if self.events is not None:
+            # the bridge's commits, confirmations and 0xE3s from its store (a
+            # SIGKILL can come between a step's commit and its log line)
+            try:
+                db = sqlite3.connect(self.bridge.database)
+                for row in db.execute("SELECT serial, received_at, confirmed_at, settled_at "
+                                      "FROM bills"):
+                    for kind, t in zip(("committed", "confirmed", "settled"), row[1:]):
+                        if t is not None:
+                            self.events.append({"t": t, "actor": "bridge", "kind": kind,
+                                                "serial": row[0]})
+                db.close()
+            except (sqlite3.Error, AttributeError):
+                pass
+            with open(self.events_path, "w") as f:
+                for e in self.events:
+                    f.write(json.dumps(e) + "\n")
+            if self.bridge is not None and os.path.exists(self.bridge.log_path):
+                shutil.copy(self.bridge.log_path, self.events_path + ".bridge.log")
         if self.own:
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -1296,6 +1340,8 @@ def main(argv=None):
                     "restart (docs/scaling.md)")
     ap.add_argument("--third-party", type=int, default=0, metavar="N",
                     help="vendor piles beside ours, their bills reported apart (default 0)")
+    ap.add_argument("--events", metavar="FILE", help="write custody events (JSON lines) to FILE "
+                    "and the bridge's log to FILE.bridge.log, for tools/model_replay.py")
     args = ap.parse_args(argv)
     if not args.verbose:
         # The broker is killed on purpose: its clients' "failed to receive on
@@ -1307,7 +1353,8 @@ def main(argv=None):
         os.makedirs(args.keep, exist_ok=True)
     c = Chaos(args.piles, args.sessions, args.seed, args.speed, args.minutes, args.faults,
               args.intensity, args.keep, args.recovery, quiet=not args.verbose,
-              keyed=not args.unkeyed, third_party=args.third_party, cluster=args.cluster)
+              keyed=not args.unkeyed, third_party=args.third_party, cluster=args.cluster,
+              events=args.events)
     try:
         s = asyncio.run(c.run())
     finally:

@@ -27,6 +27,20 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 
+# spin and a C compiler for the custody model (model/custody.pml, docs/model.md)
+mc=()
+command -v spin >/dev/null 2>&1 || mc+=(spin)
+command -v gcc >/dev/null 2>&1 || mc+=(gcc)
+if [ ${#mc[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing ${mc[*]} (model checking, docs/model.md)"
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq "${mc[@]}" >/dev/null \
+      || { apt-get -o DPkg::Lock::Timeout=300 update -qq >/dev/null; DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq "${mc[@]}" >/dev/null; }
+  else
+    echo "setup: please install ${mc[*]} (the model-checking tests need them)" >&2
+  fi
+fi
+
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
