@@ -29,10 +29,10 @@ test_gbt27930 64K
 test_link 96K
 test_pile 272K
 test_pile_faults 256K
-test_guns 320K
+test_guns 352K
 test_sharing 336K
 test_journal 160K
-test_session 136K
+test_session 152K
 test_tariff 96K
 test_dlt645 96K
 test_auth 96K
