@@ -17,6 +17,7 @@ from protocol import codec, frames
     ("soc=u1%", ("soc", "u", 1, 0, "%")),
     ("x=u2:12", ("x", "u", 2, 12, "")),            # a scale of two digits
     ("z=u4:10kWh", ("z", "u", 4, 10, "kWh")),      # a 0 digit in the scale
+    ("w=u2:9V", ("w", "u", 2, 9, "V")),             # and a 9
     ("y=u3:25C+7", ("y", "u", 3, 25, "C+7")),
     ("prefix=v242", ("prefix", "v", 242)),          # a size of three digits
     ("slots=h48", ("slots", "h", 48)),

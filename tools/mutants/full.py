@@ -44,7 +44,7 @@ MODULES = {
                            "tests/test_reader_edges.py",
                            "tests/test_frame_columns.py", "tests/test_layout.py",
                            "tests/test_custody_rules.py", "tests/test_reader_fuzz.py",
-                           "tests/test_dissector.py"],
+                           "tests/test_dissector.py", "tests/test_bridge_custody.py"],
     "protocol/reconcile.py": ["tests/test_reconcile.py", "tests/test_custody_rules.py", _NO_BROKER],
     "firmware/outbox.py": ["tests/test_outbox_rules.py", "tests/mp/test_journal.py", "tests/mp/test_pile.py",
                            "tests/test_custody_rules.py", _NO_BROKER],
