@@ -165,9 +165,9 @@ def test_an_undecodable_bill_names_its_gun_only_when_the_body_reaches_it():
 def test_decimal_strings_are_exact_at_every_scale_and_sign():
     d = schema.dec
     assert [d(0, 4), d(5, 4), d(10000, 4), d(123456, 5), d(-12345, 4), d(-5, 2), d(7, 0),
-            d(-7, 0), d(99, 1), d(1000, 3)] == \
+            d(-7, 0), d(99, 1), d(1000, 3), d(-1, 4)] == \
         ["0.0000", "0.0005", "1.0000", "1.23456", "-1.2345", "-0.05", "7",
-         "-7", "9.9", "1.000"]
+         "-7", "9.9", "1.000", "-0.0001"]
 
 
 def test_the_content_hash_is_the_sha256_of_the_frame_as_held():
