@@ -175,3 +175,14 @@ def test_the_content_hash_is_the_sha256_of_the_frame_as_held():
     assert schema.bill_hash(frame) == hashlib.sha256(frame).hexdigest()
     assert schema.bill_hash(bytearray(frame)) == schema.bill_hash(frame)
     assert schema.bill_hash(memoryview(frame)) == schema.bill_hash(frame)
+
+
+def test_a_fee_split_kept_with_its_crc_bytes_swapped_still_completes_the_document():
+    # Piles that send the CRC high byte first are accepted (tolerant) and
+    # their frames kept as sent (bridge._raw): the document reads them so.
+    v, x = five_period_bill()
+    frame, extra = codec.encode(0x3B, v, 7), schema.encode("bill_extra", x, 8)
+    swapped = extra[:-2] + bytes((extra[-1], extra[-2]))
+    assert swapped != extra
+    doc = schema.bill_json("t1", _row(frame, swapped))
+    assert doc == _expected(v, x, frame, swapped)
