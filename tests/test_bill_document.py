@@ -160,6 +160,7 @@ def test_an_undecodable_bill_names_its_gun_only_when_the_body_reaches_it():
     body = codec.encode(0x3B, v, 7)[6:-2]
     assert _undecodable(body[:24])[2]["gun"] == "01"       # serial 16 + pile 7 + gun 1
     assert _undecodable(body[:23])[2]["gun"] is None
+    assert _undecodable(body[:10])[2]["gun"] is None
 
 
 def test_decimal_strings_are_exact_at_every_scale_and_sign():
