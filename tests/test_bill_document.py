@@ -187,3 +187,7 @@ def test_a_fee_split_kept_with_its_crc_bytes_swapped_still_completes_the_documen
     assert swapped != extra
     doc = schema.bill_json("t1", _row(frame, swapped))
     assert doc == _expected(v, x, frame, swapped)
+    # and a bill frame kept so (crc_swapped): decoded, not published raw
+    bswapped = frame[:-2] + bytes((frame[-1], frame[-2]))
+    doc = schema.bill_json("t1", _row(bswapped, swapped, crc_swapped=1))
+    assert doc == _expected(v, x, bswapped, swapped, crc_swapped=True)
