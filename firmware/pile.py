@@ -60,7 +60,7 @@ class Pile:
     """cfg keys: pile (14 digits), gun ("01"), pile_type (0 DC / 1 AC),
     hmi_version, sw_version (the factory firmware version), period_ms,
     ckpt_energy / ckpt_ms (checkpoint bounds, e4kWh / ms: docs/journal.md),
-    journal_bytes, mac_key (bytes or None: the bill MAC), vin_policy
+    journal_bytes, mac_key (bytes or None: the bill MAC; default cmd_key), vin_policy
     (firmware.vinauth.VinPolicy or None), offline_cards; for remote
     operations cmd_key, upgrade_key, upgrade_boots, updater, vin_max
     (firmware/remote.py)."""
@@ -153,12 +153,17 @@ class Pile:
         self.journal.checkpoint(serial, payload)
 
     def _on_seal(self, serial, bill):
-        r = self.journal.seal(serial, B.payload(bill, self.cfg.get("mac_key")))
+        r = self.journal.seal(serial, B.payload(bill, self._mac_key()))
         self.log("bill %s %s: %d e4kWh, %d e4yuan, reason 0x%02X"
                  % (serial, r, bill["total_energy"], bill["total_amount"], bill["stop_reason"]))
 
     def _rebuild(self, serial, header, checkpoint):
-        return B.payload(S.rebuild_bill(header, checkpoint), self.cfg.get("mac_key"))
+        return B.payload(S.rebuild_bill(header, checkpoint), self._mac_key())
+
+    def _mac_key(self):
+        # The bill MAC's key is the pile's key: mac_key if set apart, else
+        # cmd_key (a keyed pile's bridge checks the MAC before its 0x40).
+        return self.cfg.get("mac_key") or self.cfg.get("cmd_key")
 
     def _next_serial(self):
         # A pile-issued trade serial (card start authorised without one,

@@ -6,6 +6,7 @@
 # pc/<site>/bills/<pile> until the platform confirms on pc/<site>/confirm/<pile>
 # -> 0xE4 "settled" to our firmware -> 0xE3 from the pile.
 import asyncio
+import collections
 import json
 import logging
 import random
@@ -15,7 +16,8 @@ import time
 
 from protocol import codec
 from protocol import fields as F
-from protocol.reconcile import reconcile
+from protocol import sign
+from protocol.reconcile import bill_problems
 
 from host import commands as C
 from host import config as configmod
@@ -60,12 +62,16 @@ class Bridge:
         self._serial_counter = random.randrange(10000)
         self.started_at = time.time()
         self.tcp_port = None
+        self.status_port = None
+        self.status_server = None
+        self.recent_events = collections.deque(maxlen=50)   # the status page's "last errors"
         self.stats = {"bills_new": 0, "bills_resent": 0, "bills_conflict": 0, "bills_illegal": 0,
-                      "bills_quarantined": 0, "bills_undecodable": 0,
+                      "bills_unreconciled": 0,
+                      "bills_quarantined": 0, "bills_undecodable": 0, "bills_bad_mac": 0,
                       "confirms": 0, "confirms_duplicate": 0, "confirms_unknown": 0,
                       "confirms_refused": 0, "confirms_malformed": 0, "tcp_refused": 0,
                       "tcp_no_login": 0,
-                      "commands": 0, "settled": 0}
+                      "commands": 0, "commands_refused": 0, "settled": 0}
 
     # --- life cycle -----------------------------------------------------------------
 
@@ -105,9 +111,15 @@ class Bridge:
             log.info("listening for YKC piles on %s:%d", host, self.tcp_port)
         for s in self.cfg["serial"]:
             self._tasks.append(asyncio.ensure_future(self._serial_port(s)))
+        if self.cfg["status"]["listen"]:
+            from host.status import StatusServer
+            self.status_server = StatusServer(self)
+            self.status_port = await self.status_server.start()
         log.info("bridge for site %s started (db %s)", self.site, self.cfg["database"])
 
     async def stop(self):
+        if self.status_server is not None:
+            await self.status_server.stop()
         for srv in self._servers:
             srv.close()
         for c in list(self.conns):
@@ -305,6 +317,8 @@ class Bridge:
         doc = schema.event_json(self.site, pile, kind, message, **details)
         doc["event_id"] = "%s-%d-%06d" % (self.site, int(time.time() * 1000), random.randrange(10**6))
         log.info("event %s pile %s: %s", kind, pile, message)
+        self.recent_events.appendleft({"ts": doc.get("ts"), "pile": pile, "type": kind,
+                                       "message": message})
 
         async def go():
             try:
@@ -372,6 +386,13 @@ class Bridge:
                "serial": v["serial"] if v["status"] == 3 else None}
         changed = any(g.get(k) != new[k] for k in new)
         g.update(new)
+        # Live figures for the status page (pile.live, not in the retained
+        # status: they change every report): power from 0.1 V x 0.1 A, the session's
+        # energy and amount at the protocol's scales as decimal strings.
+        charging = v["status"] == 3
+        pile.live[gun] = {"power_w": v["voltage"] * v["current"] // 100 if charging else 0,
+                          "energy_kwh": schema.dec(v["energy"], 4) if charging else None,
+                          "amount_yuan": schema.dec(v["amount"], 4) if charging else None}
         old_faults = pile.faults.get(gun, 0)
         if v["faults"] != old_faults:
             pile.faults[gun] = v["faults"]
@@ -421,6 +442,12 @@ class Bridge:
             return
         serial = v["serial"]
         frame = self._raw(f)
+        if conn.authenticated:
+            # A keyed pile: its bill is committed raw at once, but the 0x40
+            # waits for the fee split (0xEB, sent right after it) whose MAC
+            # must check (docs/security.md "Bill MAC at the bridge").
+            await self._hold(conn, pile, f, serial, frame, None)
+            return
         # Submitted now, awaited in a task: the store keeps the link's order,
         # and a pile that sends several bills back to back gets them committed
         # together (one fsync) instead of one after another.
@@ -458,6 +485,9 @@ class Bridge:
             return
         self.stats["bills_undecodable"] += 1
         log.warning("pile %s: bill %s does not decode (%s): kept raw", pile.code, serial, error)
+        if conn.authenticated:
+            await self._hold(conn, pile, f, serial, raw, error)   # its MAC first, as on_bill
+            return
         fut = self.store.add_bill(pile.code, serial, raw, f.crc_swapped)
         self._spawn(self._bill_stored(conn, pile, f, serial, raw, fut, error))
 
@@ -471,7 +501,7 @@ class Bridge:
             return
         # Custody has passed: committed before the 0x40 goes out.
         try:
-            if v is not None:
+            if v is not None and serial.isdigit():
                 await conn.send("bill_confirm", {"serial": serial, "result": 0}, codec.reply_seq(f))
             else:
                 # The serial's 16 bytes as the pile sent them (they may not be BCD).
@@ -486,11 +516,14 @@ class Bridge:
                 self.event(pile.code, "undecodable_bill", "bill %s kept raw: it does not decode (%s)"
                            % (serial, error), serial=serial, error=error, frame=schema.hexs(frame))
             else:
-                problems = reconcile(v)
+                problems = bill_problems(f.problems, v)
                 if problems:
-                    self.event(pile.code, "illegal_bill", "bill %s does not reconcile: %s"
+                    # Not "illegal_bill": YKC keeps that word for a bill refused
+                    # with 0x40 result 1; this one is taken and delivered.
+                    self.stats["bills_unreconciled"] += 1
+                    self.event(pile.code, "unreconciled_bill", "bill %s does not reconcile: %s"
                                % (serial, "; ".join(problems)), serial=serial, refused=False,
-                               problems=problems)
+                               problems=problems, pile_kind=schema.pile_kind(pile.ext))
             self.outbox.kick(pile.code)
         elif kind == "same":
             self.stats["bills_resent"] += 1
@@ -525,9 +558,65 @@ class Bridge:
             raw = raw[:-2] + bytes((raw[-1], raw[-2]))
         return raw
 
+    async def _hold(self, conn, pile, f, serial, frame, error):
+        held = conn.held[serial] = (f, error)
+        await self.store.hold_bill(pile.code, serial, frame)
+        self._spawn(self._mac_deadline(conn, pile, serial, held))
+
+    async def _mac_deadline(self, conn, pile, serial, held):
+        await asyncio.sleep(self.cfg["bills"]["mac_wait_s"])
+        if conn.held.get(serial) is held:
+            del conn.held[serial]
+            await self._bad_mac(conn, pile, serial, None, "no fee split (0xEB) with the bill's MAC "
+                                "within %g s" % self.cfg["bills"]["mac_wait_s"])
+
+    async def _bad_mac(self, conn, pile, serial, extra_raw, reason):
+        # Not the pile's bill as it left the pile (or no proof that it is):
+        # quarantined with its fee split, no 0x40, no 0xEC; the pile keeps
+        # its bill and sends it again.
+        self.stats["bills_bad_mac"] += 1
+        self.stats["bills_quarantined"] += 1
+        await self.store.quarantine_held(pile.code, serial, reason, extra_raw)
+        log.warning("pile %s: bill %s quarantined: %s", pile.code, serial, reason)
+        self.event(pile.code, "bill_quarantined", "bill %s: %s" % (serial, reason), serial=serial,
+                   link=conn.link.name, reason="bad_mac", decoded=True, error=None)
+
+    async def _check_mac(self, conn, pile, f, raw):
+        """A keyed pile's fee split: the MAC it carries against the bill held
+        for it (or, for a lone 0xEB, the bill already in custody). True: go
+        on as for any fee split (a held bill is released into custody first,
+        then its 0x40 goes out)."""
+        serial = f.fields["serial"]
+        key = self.keys.cmd_key(pile.code)
+        held, error = conn.held.pop(serial, (None, None))
+        if held is not None:
+            if key is None or not sign.verify_bill_mac(key, held.body, f.fields["mac"]):
+                await self._bad_mac(conn, pile, serial, raw, "the bill's MAC does not match: it "
+                                    "changed on the way or is not this pile's")
+                return False
+            frame = self._raw(held)
+            fut = self.store.release_held(pile.code, serial, frame, held.crc_swapped)
+            self._spawn(self._bill_stored(conn, pile, held, serial, frame, fut, error))
+            return True
+        bill = await self.store.bill(serial)
+        if bill is not None and key is not None and \
+                sign.verify_bill_mac(key, bill.frame[6:-2], f.fields["mac"]):
+            return True
+        reason = ("a fee split whose MAC does not match bill %s" % serial) if bill is not None \
+            else "a fee split with no bill to check its MAC against"
+        self.stats["bills_quarantined"] += 1
+        await self.store.add_rejected(pile.code, serial, "extra_quarantine", raw, reason)
+        log.warning("pile %s: fee split %s quarantined: %s", pile.code, serial, reason)
+        self.event(pile.code, "bill_quarantined", reason, serial=serial, link=conn.link.name,
+                   reason="bad_mac", frame_type="bill_extra", decoded=True, error=None,
+                   frame=schema.hexs(raw))
+        return False
+
     async def on_bill_extra(self, conn, f):
         pile = conn.pile
         raw = self._raw(f)
+        if conn.authenticated and not await self._check_mac(conn, pile, f, raw):
+            return
         fut = self.store.add_extra(f.fields["serial"], raw, pile=pile.code)
         self._spawn(self._extra_stored(conn, pile, f, raw, fut))
 
@@ -579,6 +668,18 @@ class Bridge:
                 items = [(doc["serial"], doc.get("result", 0), doc.get("hash"))]
             else:
                 raise ValueError("not an object")
+            pkey = self.keys.platform_key()
+            if pkey is not None and not C.auth_ok(pkey, self.site, pile_code, doc):
+                # Only the platform holds the key: anyone else who can publish
+                # here (and read the bill's content hash) confirms nothing.
+                self.stats["confirms_refused"] += 1
+                why = "no `auth`" if "auth" not in doc else "an `auth` that does not match"
+                log.warning("confirmation for pile %s ignored: %s", pile_code, why)
+                self.event(pile_code, "confirm_refused", "a confirmation for pile %s was ignored: "
+                           "it carries %s (the bills stay unconfirmed and are published again)"
+                           % (pile_code, why), reason="unauthenticated",
+                           serials=[i[0] for i in items if isinstance(i[0], str)][:64])
+                return
             for s, r, h in items:
                 if not isinstance(s, str) or not isinstance(r, int) or isinstance(r, bool):
                     raise ValueError("serial must be a string, result an int")
@@ -682,7 +783,10 @@ class Bridge:
         self.stats["commands"] += 1
         req_id = cmd = None
         try:
-            req_id, cmd, args = C.parse(payload, self.cfg["mqtt"]["max_command_bytes"])
+            pkey = self.keys.platform_key()
+            auth = None if pkey is None else (pkey, self.site, target,
+                                              self.cfg["mqtt"]["command_max_life_s"])
+            req_id, cmd, args = C.parse(payload, self.cfg["mqtt"]["max_command_bytes"], auth)
             key = (target, req_id)
             prev = self._recent.get(key)
             if prev is not None:
@@ -727,6 +831,11 @@ class Bridge:
                     pass
         except C.CommandError as e:
             doc = schema.result_json(self.site, target, e.req_id, e.cmd, False, e.code, e.message)
+            if e.code == "unauthenticated":
+                self.stats["commands_refused"] += 1
+                log.warning("command %s for %s refused: %s", e.req_id, target, e.message)
+                self.event(target, "command_refused", "command %s (%s) refused: %s"
+                           % (e.req_id, e.cmd, e.message), id=e.req_id, cmd=e.cmd, code=e.code)
         self._result(target, doc)
 
     def _result(self, target, doc):
@@ -1001,6 +1110,7 @@ def main(argv=None):
         # started_at names this run: its retained pc.bridge/1 status carries
         # the same value once it is connected and subscribed to commands.
         print(json.dumps({"ready": True, "site": bridge.site, "tcp_port": bridge.tcp_port,
+                          "status_port": bridge.status_port,
                           "started_at": schema.utc_iso(bridge.started_at)}), flush=True)
     try:
         asyncio.run(serve(cfg, ready))

@@ -10,6 +10,7 @@ import json
 import time
 
 from protocol import codec
+from protocol import sign
 
 from host import tariff as T
 
@@ -30,6 +31,8 @@ CODES = {
     "refused": "the pile answered and said no (`reply` says why)",
     "unsupported": "this pile or protocol table cannot do it",
     "expired": "the command's `expires` time had passed when it arrived",
+    "unauthenticated": "the site checks platform commands (keys.platform_key_file) and this one "
+                       "has no `auth`, or its `auth` does not match its content, site and pile",
     "signed_reject": "the pile refused the signed (or unsigned) command: `reply.reason` says why "
                      "(bad mac, replay, malformed, store, unsigned, no key)",
     "busy": "the pile is already being upgraded, or stayed busy charging past upgrade.activate_wait_s",
@@ -109,12 +112,80 @@ SPEC = {
     "vin_list": ({"vins", "version"}, True),
     "upgrade": ({"image", "image_b64", "version", "activate"}, True),
 }
-_COMMON = {"id", "cmd", "expires", "auth"}   # `auth`: reserved for signed commands
+_COMMON = {"id", "cmd", "expires", "auth"}   # `auth`: the command's MAC (command_auth)
+
+# Signed platform commands (docs/mqtt.md "Signed commands"): with a platform
+# key on the bridge every command carries
+#     auth = hex HMAC-SHA256(derive(K_platform, "pc/platform-cmd"),
+#                            site | "\n" | target | "\n" | canonical(doc))
+# where canonical(doc) is the command without `auth` as JSON, keys sorted, no
+# spaces, UTF-8; and `expires` (unix seconds) at most
+# mqtt.command_max_life_s ahead. A changed id, target, argument or expires
+# breaks the MAC; a replay within its life meets its id in the store (kept 7
+# days), a later one is expired: the replay window is persisted.
+PURPOSE_PLATFORM = b"pc/platform-cmd"
 
 
-def parse(payload, max_bytes):
+def canonical(doc):
+    return json.dumps({k: v for k, v in doc.items() if k != "auth"}, sort_keys=True,
+                      separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def command_auth(key, site, target, doc):
+    """The `auth` of a command document for pc/<site>/cmd/<target>."""
+    mac = sign.hmac_parts(sign.derive(bytes(key), PURPOSE_PLATFORM),
+                          (site.encode("utf-8"), b"\n", target.encode("utf-8"), b"\n",
+                           canonical(doc)))
+    return mac.hex()
+
+
+def sign_command(key, site, target, doc, life_s=300.0, now=None):
+    """`doc` with `expires` (now + life_s unless it has one) and `auth`."""
+    d = dict(doc)
+    d.pop("auth", None)
+    if d.get("expires") is None:
+        d["expires"] = int((time.time() if now is None else now) + life_s)
+    d["auth"] = command_auth(key, site, target, d)
+    return d
+
+
+def sign_confirmation(key, site, pile, doc):
+    """A confirmation for pc/<site>/confirm/<pile> with its `auth` (the same
+    MAC as a command's; a confirmation has no expiry: confirming a bill
+    twice changes nothing)."""
+    d = dict(doc)
+    d.pop("auth", None)
+    d["auth"] = command_auth(key, site, pile, d)
+    return d
+
+
+def auth_ok(key, site, target, doc):
+    """True when doc's `auth` is the MAC of doc for pc/<site>/.../<target>."""
+    a = doc.get("auth")
+    return isinstance(a, str) and len(a) == 64 and sign.equal(
+        a.lower().encode(), command_auth(key, site, target, doc).encode())
+
+
+def _check_auth(doc, req_id, cmd, auth, now):
+    key, site, target, max_life = auth
+    a = doc.get("auth")
+    if not auth_ok(key, site, target, doc):
+        raise CommandError("unauthenticated", "no `auth`" if a is None else
+                           "`auth` does not match the command, its site and its pile: "
+                           "not executed", req_id, cmd)
+    e = doc.get("expires")
+    if not isinstance(e, (int, float)) or isinstance(e, bool):
+        raise CommandError("bad_request", "a signed command needs `expires` (unix seconds)",
+                           req_id, cmd)
+    if e > now + max_life:
+        raise CommandError("bad_request", "expires is %d s ahead; at most %d s (the replay window)"
+                           % (e - now, max_life), req_id, cmd)
+
+
+def parse(payload, max_bytes, auth=None):
     """Check a command payload. Returns (req_id, cmd, args) or raises
-    CommandError (with the id when it could be read)."""
+    CommandError (with the id when it could be read). auth: (key, site,
+    target, max_life_s) when the site checks platform commands."""
     if len(payload) > max_bytes:
         raise CommandError("too_large", "command of %d bytes, at most %d" % (len(payload), max_bytes))
     try:
@@ -131,6 +202,8 @@ def parse(payload, max_bytes):
         raise CommandError("bad_request", "id must be a non-empty string of at most %d characters"
                            % MAX_ID, None if not isinstance(req_id, (str, int)) else str(req_id)[:MAX_ID])
     cmd = doc.get("cmd")
+    if auth is not None:
+        _check_auth(doc, req_id, cmd if isinstance(cmd, str) else None, auth, time.time())
     if not isinstance(cmd, str) or cmd not in SPEC:
         raise CommandError("unknown_command", "unknown command %r; known: %s"
                            % (cmd, ", ".join(sorted(SPEC))), req_id,

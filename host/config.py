@@ -16,7 +16,7 @@ DEFAULTS = {
     "log_level": "info",
     "allow": [],                 # allow-list of pile codes; empty = any pile may log in
     "mqtt": {
-        "url": "mqtt://127.0.0.1:1883",   # mqtts:// for TLS
+        "url": "mqtt://127.0.0.1:1883",   # mqtts:// for TLS; a list: a broker cluster's nodes, tried in turn
         "username": None,
         "password": None,
         "password_file": None,
@@ -31,6 +31,7 @@ DEFAULTS = {
         "reconnect_max_s": 30.0,
         "publish_timeout_s": 10.0,
         "max_command_bytes": 65536,
+        "command_max_life_s": 86400.0,  # a signed command's `expires` at most this far ahead
     },
     "bills": {
         "window": 16,             # unconfirmed bills in flight per pile
@@ -40,6 +41,7 @@ DEFAULTS = {
         "settle_retry_s": 30.0,   # resend 0xE4 settled this often until the pile answers
         "keep_days": 180.0,       # settled bills are forgotten after this (0: keep for ever)
         "overdue_s": 60.0,        # a session seen ending with no bill this long after: bill_overdue
+        "mac_wait_s": 10.0,       # a keyed pile's bill waits this long for the 0xEB with its MAC
     },
     "piles": {                    # defaults for every pile link
         "heartbeat_s": 10.0,      # the pile's heartbeat period (YKC: 10 s)
@@ -64,6 +66,14 @@ DEFAULTS = {
         "dir": None,              # <dir>/<pile code>.key: that pile's command key (0600)
         "site_key_file": None,    # derive every pile's key (sign.pile_key) from one site key
         "upgrade_key_file": None,  # the site's upgrade key: signs firmware announcements
+        "platform_key_file": None,  # set: every platform command must carry its `auth` MAC
+    },
+    "status": {                   # the site status page (docs/status.md)
+        "listen": None,           # "127.0.0.1:8080" (port 0: any free port, printed in the ready line)
+        "password_file": None,    # HTTP Basic password (any user name)
+        "tls_cert_file": None,    # serve HTTPS with this certificate ...
+        "tls_key_file": None,     # ... and key
+        "client_ca_file": None,   # HTTPS: require a client certificate signed by this CA
     },
     "upgrade": {                  # firmware push (docs/upgrade.md "Pushing from the bridge")
         "image_dir": None,        # `upgrade` commands name images in this folder
@@ -163,7 +173,7 @@ def validate(cfg):
         except T.TariffError as e:
             raise ConfigError("tariff: %s" % e)
     for code, p in cfg["pile"].items():
-        unknown = set(p) - {"ext", "name", "tariff", "model", "cmd_key_file", "signed"}
+        unknown = set(p) - {"ext", "name", "tariff", "model", "cmd_key_file", "signed", "bind"}
         if unknown:
             raise ConfigError("pile.%s: unknown key(s) %s" % (code, ", ".join(sorted(unknown))))
         if p.get("tariff") is not None:
@@ -175,8 +185,10 @@ def validate(cfg):
             load_key_file(p["cmd_key_file"], "pile.%s.cmd_key_file" % code)
         if "signed" in p and not isinstance(p["signed"], bool):
             raise ConfigError("pile.%s.signed must be true or false" % code)
+        if "bind" in p:
+            p["bind"] = parse_bind(p["bind"], "pile.%s.bind" % code)
     k = cfg["keys"]
-    for name in ("site_key_file", "upgrade_key_file"):
+    for name in ("site_key_file", "upgrade_key_file", "platform_key_file"):
         if k[name] is not None:
             load_key_file(k[name], "keys." + name)
     if k["dir"] is not None and not os.path.isdir(k["dir"]):
@@ -206,7 +218,13 @@ def validate(cfg):
     if cfg["tcp"]["listen"]:
         parse_hostport(cfg["tcp"]["listen"])
     m = cfg["mqtt"]
-    parse_mqtt_url(m["url"])
+    urls = m["url"] if isinstance(m["url"], list) else [m["url"]]
+    if not urls or not all(isinstance(u, str) for u in urls):
+        raise ConfigError("mqtt.url is a broker URL or a list of them (a cluster's nodes)")
+    for u in urls:
+        parse_mqtt_url(u)
+    m["urls"] = urls              # the failover order (host/mqtt.py)
+    m["url"] = urls[0]
     if m["protocol"] not in ("3.1.1", "5"):
         raise ConfigError("mqtt.protocol is \"3.1.1\" or \"5\"")
     if cfg["piles"]["time_sync_s"] < 0:
@@ -215,9 +233,81 @@ def validate(cfg):
         raise ConfigError("piles.missed_heartbeats must be >= 1")
     if cfg["bills"]["window"] < 1:
         raise ConfigError("bills.window must be >= 1")
+    st = cfg["status"]
+    if st["listen"]:
+        host, _ = parse_hostport(st["listen"])
+        for k in ("password_file", "tls_cert_file", "tls_key_file", "client_ca_file"):
+            if st[k] is not None and not os.path.isfile(st[k]):
+                raise ConfigError("status.%s: no such file: %s" % (k, st[k]))
+        if bool(st["tls_cert_file"]) != bool(st["tls_key_file"]):
+            raise ConfigError("status.tls_cert_file and status.tls_key_file go together")
+        if st["client_ca_file"] and not st["tls_cert_file"]:
+            raise ConfigError("status.client_ca_file needs status.tls_cert_file (HTTPS)")
+        if host not in ("127.0.0.1", "::1", "localhost") and not (
+                st["password_file"] or st["client_ca_file"]):
+            raise ConfigError("status.listen %s is reachable beyond this machine: set "
+                              "status.password_file or status.client_ca_file" % st["listen"])
+    from host.store import COMMANDS_KEEP_S
+    life = m["command_max_life_s"]
+    if not (isinstance(life, (int, float)) and 0 < life <= COMMANDS_KEEP_S):
+        raise ConfigError("mqtt.command_max_life_s must be > 0 and at most %d s (command ids are "
+                          "remembered that long: the replay window)" % COMMANDS_KEEP_S)
     if not m["client_id"]:
         m["client_id"] = "pc-bridge-" + site
     return cfg
+
+
+def read_secret_file(path, what):
+    """The first line of a secret file, stripped (ConfigError naming it)."""
+    try:
+        with open(path) as f:
+            v = f.readline().strip()
+    except OSError as e:
+        raise ConfigError("%s %s: %s" % (what, path, e.strerror or e))
+    if not v:
+        raise ConfigError("%s %s is empty" % (what, path))
+    return v
+
+
+# --- binding a pile to its links ---------------------------------------------------
+
+def parse_bind(v, what):
+    """`bind`: the links a pile may log in on: IP addresses or networks (its
+    TCP peer's address) and "serial:URL" (a serial port of the bridge).
+    Returns a tuple of ipaddress networks and "serial:" strings."""
+    import ipaddress
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, list) or not v:
+        raise ConfigError("%s: a list of addresses, networks or \"serial:URL\"" % what)
+    out = []
+    for e in v:
+        if isinstance(e, str) and e.startswith("serial:") and len(e) > 7:
+            out.append(e)
+            continue
+        try:
+            out.append(ipaddress.ip_network(e, strict=False))
+        except (TypeError, ValueError):
+            raise ConfigError("%s: %r is neither an IP address or network nor \"serial:URL\""
+                              % (what, e))
+    return tuple(out)
+
+
+def bind_allows(bind, link):
+    """True when `link` (its name, "tcp:IP:PORT" or "serial:URL") is one of
+    the pile's bound links."""
+    import ipaddress
+    name = link.name
+    if name.startswith("serial:"):
+        return name in bind
+    ip = getattr(link, "peer_ip", None)
+    try:
+        addr = ipaddress.ip_address(ip)
+    except (TypeError, ValueError):
+        return False
+    if getattr(addr, "ipv4_mapped", None) is not None:
+        addr = addr.ipv4_mapped
+    return any(not isinstance(b, str) and addr.version == b.version and addr in b for b in bind)
 
 
 # --- keys --------------------------------------------------------------------------
@@ -253,6 +343,8 @@ class KeyRing:
             if k["site_key_file"] else None
         self._upgrade = load_key_file(k["upgrade_key_file"], "keys.upgrade_key_file") \
             if k["upgrade_key_file"] else None
+        self._platform = load_key_file(k["platform_key_file"], "keys.platform_key_file") \
+            if k["platform_key_file"] else None
         self._cache = {}
 
     def cmd_key(self, code):
@@ -279,6 +371,10 @@ class KeyRing:
 
     def upgrade_key(self):
         return self._upgrade
+
+    def platform_key(self):
+        """The key platform commands are checked with (None: not checked)."""
+        return self._platform
 
 
 def version_key(v):
@@ -407,7 +503,8 @@ def from_args(argv=None):
     if args.allow:
         o["allow"] = args.allow
     if args.mqtt:
-        m["url"] = args.mqtt
+        # --mqtt URL[,URL...]: a cluster's nodes, tried in turn
+        m["url"] = args.mqtt.split(",") if "," in args.mqtt else args.mqtt
     for flag, key in (("mqtt_username", "username"), ("mqtt_password_file", "password_file"),
                       ("client_id", "client_id"), ("ca", "ca_file"), ("cert", "cert_file"),
                       ("key", "key_file")):
@@ -432,7 +529,9 @@ def dump(cfg):
     m = safe["mqtt"]
     if m.get("password"):
         m["password"] = "***"
-    u = urlsplit(m["url"])
-    if u.password:
-        m["url"] = m["url"].replace(":" + u.password + "@", ":***@", 1)
+    def masked(url):
+        u = urlsplit(url)
+        return url.replace(":" + u.password + "@", ":***@", 1) if u.password else url
+    m["url"] = masked(m["url"])
+    m["urls"] = [masked(u) for u in m.get("urls") or []]
     return json.dumps(safe, indent=2, sort_keys=True)

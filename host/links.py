@@ -34,6 +34,7 @@ class StreamLink:
         self._w = writer
         peer = writer.get_extra_info("peername") or ("?", 0)
         self.name = "tcp:%s:%s" % (peer[0], peer[1])
+        self.peer_ip = peer[0]
         self.closed = False
 
     async def read(self):

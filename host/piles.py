@@ -104,6 +104,7 @@ class Pile:
         self.conn = None
         self.login = None
         self.guns = {}            # gun -> {"status": name, "plugged": bool, "serial": ...}
+        self.live = {}            # gun -> {"power_w", "energy_kwh", "amount_yuan"}: the last 0x13
         self.faults = {}          # gun -> fault bits last seen
         self.status_reply = None  # last 0xE5 fields (ext piles)
         self.status_at = 0.0      # when it came (state and boot_reason are this boot's only after login)
@@ -151,6 +152,10 @@ class Pile:
             "link": self.conn.link.name if self.conn else None,
             # True: the pile proved its key at this login; False: an unkeyed pile
             "authenticated": self.conn.authenticated if self.conn else None,
+            # How the bridge knows this link is the pile: "key" (it proved its
+            # key), "bound" (a link its config binds it to), "none" (its code)
+            "trust": (None if not self.conn else "key" if self.conn.authenticated
+                      else "bound" if self.conn.bound else "none"),
             "ext": self.ext,
             "since": schema.utc_iso(self.online_since) if self.online_since else None,
             "last_seen": schema.utc_iso(self.last_seen) if self.last_seen else None,
@@ -197,7 +202,7 @@ class PileConn:
         self.link = link
         self.link_ext = link_ext
         self.close_on_silence = close_on_silence   # TCP: yes; a serial port stays open
-        self.reader = codec.FrameReader(tolerant=True)
+        self.reader = codec.FrameReader(tolerant=True, lenient=True)   # piles not ours: protocol/lenient.py
         self.pile = None
         self._seq = 0
         self._waiters = []
@@ -209,6 +214,8 @@ class PileConn:
         self.unauth_addr = None           # TCP: its remote address until it logs in (bridge limits)
         self.authenticated = False        # the pile proved its key at login (keyed piles)
         self._proving = False             # a login challenge is out
+        self.held = {}                    # serial -> 0x3B frame waiting for its MAC (keyed piles)
+        self.bound = False                # the pile's config binds it to links and this is one
         self._bad_event_at = -_BAD_EVENT_S
 
     # --- plumbing -----------------------------------------------------------------
@@ -454,8 +461,8 @@ class PileConn:
         pile.last_seen = time.time()
         code = f.fields.get("pile")
         if code is not None and code != pile.code:
-            if f.name in ("bill", "bill5"):
-                await self.bridge.on_bill(self, f)   # refused there as illegal
+            if f.code in BILL_CODES:
+                await self.bridge.on_bill(self, f)   # quarantined there
                 return
             log.warning("pile %s: %s names pile %s; ignored", pile.code, f.name, code)
             return
@@ -472,6 +479,17 @@ class PileConn:
 
     async def _login(self, f):
         code = f.fields["pile"]
+        if not code.isdigit():
+            # Read leniently (protocol/lenient.py: not BCD): no reply or command
+            # of ours could name this pile, so the login is refused, echoing
+            # its 7 bytes as sent. Its bills are still kept (quarantined).
+            await self.send_raw(0x02, bytes(f.body[:7]) + b"\x01", codec.reply_seq(f))
+            self.bridge.event("unknown", "login_refused", "a login names pile %s, which is not a "
+                              "BCD pile code" % code, link=self.link.name, pile_code=code)
+            log.warning("login on %s refused: pile code %s is not BCD", self.link.name, code)
+            if self.close_on_silence:
+                await self.link.close()
+            return
         if not self.cfg.allowed(code):
             await self.send("login_reply", {"pile": code, "result": 1}, codec.reply_seq(f))
             self.bridge.event(code, "login_refused", "pile %s is not on the allow-list" % code,
@@ -480,6 +498,19 @@ class PileConn:
             if self.close_on_silence:
                 await self.link.close()
             return
+        bind = self.cfg["pile"].get(code, {}).get("bind")
+        if bind and not configmod.bind_allows(bind, self.link):
+            # Bound by configuration (a pile without a key has nothing else to
+            # prove itself with): a login on another link is not this pile.
+            await self.send("login_reply", {"pile": code, "result": 1}, codec.reply_seq(f))
+            why = "pile %s is bound to %s; this login came on %s" % (
+                code, ", ".join(map(str, bind)), self.link.name)
+            self.bridge.event(code, "login_refused", why, link=self.link.name)
+            log.warning("pile %s on %s refused: %s", code, self.link.name, why)
+            if self.close_on_silence:
+                await self.link.close()
+            return
+        self.bound = bool(bind)
         key = self.bridge.keys.cmd_key(code)
         if key is not None and not (self.pile is not None and self.pile.code == code
                                     and self.authenticated):
@@ -592,8 +623,11 @@ class PileConn:
 
     async def _on_heartbeat(self, f):
         v = f.fields
-        await self.send("heartbeat_reply", {"pile": v["pile"], "gun": v["gun"], "reply": 0},
-                        codec.reply_seq(f))
+        if v["gun"].isdigit():
+            await self.send("heartbeat_reply", {"pile": v["pile"], "gun": v["gun"], "reply": 0},
+                            codec.reply_seq(f))
+        else:   # a gun read as hex (not BCD): echoed as sent
+            await self.send_raw(0x04, bytes(f.body[:8]) + b"\x00", codec.reply_seq(f))
         g = self.pile.guns.setdefault(v["gun"], {})
         fault = v["gun_status"] == 1
         if g.get("fault") != fault:
@@ -605,6 +639,9 @@ class PileConn:
         model = f.fields["model"]
         # 0 = the pile's model is current; 1 = it differs (the pile then asks 0x09).
         result = 0 if t is None or t["model"] == model else 1
+        if not model.isdigit():    # read as hex (not BCD): echoed as sent, "differs"
+            await self.send_raw(0x06, bytes(f.body[:9]) + b"\x01", codec.reply_seq(f))
+            return
         await self.send("tariff_check_reply", {"pile": self.pile.code, "model": model,
                                                "result": result}, codec.reply_seq(f))
 
@@ -623,7 +660,7 @@ class PileConn:
     async def _on_bill(self, f):
         await self.bridge.on_bill(self, f)
 
-    _on_bill5 = _on_bill
+    _on_bill5 = _on_bill156 = _on_bill17 = _on_bill    # every bill layout (protocol/frames.py)
 
     async def _on_bill_extra(self, f):
         await self.bridge.on_bill_extra(self, f)

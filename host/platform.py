@@ -108,12 +108,16 @@ def reconcile(doc):
     if doc.get("decoded") is False:
         # Kept raw by the bridge (docs/bridge.md "Custody"): stored and
         # confirmed like any bill, flagged for an operator to read by hand.
-        return ["undecodable: %s" % doc.get("error")]
+        return [R.undecodable(doc.get("error"))]
     raw = doc.get("raw")
     if not isinstance(raw, dict):
         return ["field_missing: raw"]
     x = raw.get("extra")
-    return R.reconcile(raw, x if isinstance(x, dict) else None)
+    # A bill read leniently (a pile not ours) names what its reading gave
+    # way on (protocol/lenient.py): those first, as the bridge lists them.
+    dp = doc.get("decode_problems")
+    dp = [p for p in dp if isinstance(p, str)] if isinstance(dp, list) else []
+    return R.bill_problems(dp, raw, x if isinstance(x, dict) else None)
 
 
 # --- bill keys -----------------------------------------------------------------
@@ -311,14 +315,51 @@ def open_db(path, create=True):
         raise PlatformError("database %s: %s" % (path, e))
 
 
+def event_kind(doc):
+    """An event document's kind as stored. A bridge from before the rename
+    called a bill that does not reconcile `illegal_bill` (with `refused`
+    false and its `problems`): stored as `unreconciled_bill`, its name now.
+    `illegal_bill` stays for what YKC means by it (the pile's own count of
+    bills refused with 0x40 result 1, `source: "pile"`)."""
+    if not isinstance(doc, dict):
+        return ""
+    kind = doc.get("type") or doc.get("kind", "")
+    if kind == "illegal_bill" and doc.get("refused") is False and doc.get("source") != "pile":
+        return "unreconciled_bill"
+    return kind
+
+
+def split_by_kind(rows):
+    """Bills split by whose pile sent them (the bill document's `pile_kind`;
+    a document from a bridge before it counts as ours): rows of (doc JSON,
+    reconciled, problems JSON). Ours: bills and unreconciled; third party:
+    the same and, per problem class, how many bills have it."""
+    out = {schema.PILE_OURS: {"bills": 0, "unreconciled": 0},
+           schema.PILE_THIRD_PARTY: {"bills": 0, "unreconciled": 0, "by_class": {}}}
+    for doc, ok, problems in rows:
+        try:
+            kind = json.loads(doc).get("pile_kind")
+        except (ValueError, AttributeError):
+            kind = None
+        part = out[schema.PILE_THIRD_PARTY if kind == schema.PILE_THIRD_PARTY else schema.PILE_OURS]
+        part["bills"] += 1
+        if not ok:
+            part["unreconciled"] += 1
+            if "by_class" in part:
+                for c in R.problem_classes(json.loads(problems)):
+                    part["by_class"][c] = part["by_class"].get(c, 0) + 1
+    return out
+
+
 def summarize(db, stats=None):
     """The summary of a platform database (dict, JSON-ready)."""
     q = db.execute
     cols = set(r[1] for r in q("PRAGMA table_info(bills)"))
     n, energy, amount = q("SELECT COUNT(*), COALESCE(SUM(energy),0), COALESCE(SUM(amount),0)"
                           " FROM bills").fetchone()
-    bad = q("SELECT COUNT(*) FROM bills WHERE reconciled=0").fetchone()[0]
     dup = q("SELECT COUNT(*) FROM bills WHERE copies > 1").fetchone()[0]
+    split = split_by_kind(q("SELECT doc, reconciled, problems FROM bills"))
+    bad = split["ours"]["unreconciled"]
     mac = dict((s, 0) for s in MAC_STATES)
     incomplete = conflicts = 0
     if "mac" in cols:
@@ -330,6 +371,9 @@ def summarize(db, stats=None):
         mac[MAC_NOT_CHECKED] = n
     stats = stats or {}
     return {"bills": n, "unreconciled": bad, "received_more_than_once": dup,
+            # "unreconciled" is measured on our piles; third-party piles'
+            # bills are counted by problem class (docs/platform.md).
+            "ours": split["ours"], "third_party": split["third_party"],
             "energy_kwh": "%d.%04d" % divmod(energy, 10000),
             "amount_yuan": "%d.%04d" % divmod(amount, 10000),
             # A tampered bill (MAC fails) is also unreconciled; "mac not
@@ -363,12 +407,17 @@ class Platform:
 
     def __init__(self, url="mqtt://127.0.0.1:1883", db=":memory:", group=None, site="+",
                  username=None, password=None, client_id=None, keys=None, tls_context=None,
-                 mac_wait_s=MAC_WAIT_S, consume=True):
+                 mac_wait_s=MAC_WAIT_S, consume=True, cmd_key=None):
         from host.config import ConfigError, parse_mqtt_url
+        # "URL,URL,...": a cluster's nodes, tried in turn (host/mqtt.py's rule)
+        self.nodes = []
         try:
-            tls, self.host, self.port, u_user, u_pw = parse_mqtt_url(url)
+            for u in url.split(","):
+                self.nodes.append(parse_mqtt_url(u.strip())[1:3])
+            tls, self.host, self.port, u_user, u_pw = parse_mqtt_url(url.split(",")[0].strip())
         except ConfigError as e:
             raise PlatformError(str(e).replace("mqtt.url", "the broker URL"))
+        self.node = 0
         if tls and tls_context is None:
             # mqtts:// is never quietly plain: the system's CAs at least.
             tls_context = ssl.create_default_context()
@@ -382,6 +431,7 @@ class Platform:
         self.group = group
         self.site = site
         self.keys = keys if keys is not None else BillKeys()
+        self.cmd_key = cmd_key         # the site's platform key: commands and confirmations carry `auth`
         self.mac_wait_s = mac_wait_s
         # consume=False (a one-off --cmd): results only, in a clean session,
         # so it never takes bills queued for the running platform's session.
@@ -570,8 +620,10 @@ class Platform:
         return [bills, "%s/%s/events/+" % (ROOT, self.site), "%s/%s/result/+" % (ROOT, self.site)]
 
     async def run(self, ready=None):
-        """Consume until cancelled; reconnects with backoff."""
+        """Consume until cancelled; reconnects with backoff (a cluster: the
+        next node at once, the backoff after a whole round)."""
         delay = 0.2
+        tried = 0
         while True:
             try:
                 async with aiomqtt.Client(self.host, self.port, identifier=self.client_id,
@@ -584,6 +636,7 @@ class Platform:
                     for t in self._subscriptions():
                         await client.subscribe(t, qos=1)
                     delay = 0.2
+                    tried = 0
                     self.last_error = None
                     if ready is not None:
                         ready.set()
@@ -592,7 +645,16 @@ class Platform:
             except (aiomqtt.MqttError, OSError, ssl.SSLError) as e:
                 self._client = None
                 self.last_error = str(e) or type(e).__name__
-                log.info("platform: broker %s: %s; retry in %.1fs", self.url, self.last_error, delay)
+                log.info("platform: broker %s:%d: %s", self.host, self.port, self.last_error)
+                if len(self.nodes) > 1:
+                    # The next node at once, the same client id: the
+                    # persistent session (bills queued meanwhile) follows.
+                    self.node = (self.node + 1) % len(self.nodes)
+                    self.host, self.port = self.nodes[self.node]
+                    tried += 1
+                    if tried < len(self.nodes):
+                        continue
+                tried = 0
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -655,9 +717,13 @@ class Platform:
                 else:
                     if "confirmed" not in done:
                         # Confirm every copy: a resend means the bridge did not see our answer.
+                        conf = {"serial": doc["serial"], "result": result,
+                                "hash": content_hash(doc)}
+                        if self.cmd_key is not None:
+                            from host.commands import sign_confirmation
+                            conf = sign_confirmation(self.cmd_key, site, pile, conf)
                         await client.publish("%s/%s/confirm/%s" % (ROOT, site, pile),
-                                             json.dumps({"serial": doc["serial"], "result": result,
-                                                         "hash": content_hash(doc)}), qos=1)
+                                             json.dumps(conf), qos=1)
                         done["confirmed"] = True
                         self.stats["confirms_sent"] += 1
                         if result != CONFIRM_OK:
@@ -670,9 +736,8 @@ class Platform:
             if "stored" not in done:
                 self.stats["events"] += 1
                 self.db.execute("INSERT INTO events (site, pile, kind, doc, at) VALUES (?,?,?,?,?)",
-                                (site, pile, (doc.get("type") or doc.get("kind", ""))
-                                 if isinstance(doc, dict) else "",
-                                 payload.decode(errors="replace"), time.time()))
+                                (site, pile, event_kind(doc), payload.decode(errors="replace"),
+                                 time.time()))
                 self.db.commit()
                 done["stored"] = True
             if isinstance(doc, dict) and doc.get("type") == "bill_extra_late":
@@ -690,6 +755,9 @@ class Platform:
         req = uuid.uuid4().hex[:12]
         doc = {"id": req, "cmd": cmd}
         doc.update(args)
+        if self.cmd_key is not None:
+            from host.commands import sign_command
+            doc = sign_command(self.cmd_key, site, pile, doc, life_s=timeout + 60)
         fut = asyncio.get_running_loop().create_future()
         self._waiting[req] = fut
         await self._client.publish("%s/%s/cmd/%s" % (ROOT, site, pile), json.dumps(doc), qos=1)
@@ -712,7 +780,8 @@ def main(argv=None):
         prog="pile-platform", description="The reference platform: takes bills from bridges over "
         "MQTT, stores, checks and confirms them; sends commands (docs/platform.md).")
     ap.add_argument("--broker", default="mqtt://127.0.0.1:1883",
-                    help="mqtt://host:port or mqtts://host:port (TLS)")
+                    help="mqtt://host:port or mqtts://host:port (TLS); URL,URL,...: a broker "
+                    "cluster's nodes, tried in turn (docs/scaling.md)")
     ap.add_argument("--db", default="platform.db", help="SQLite file for bills")
     ap.add_argument("--site", default="+", help="site id, or + for every site")
     ap.add_argument("--group", help="share the bill stream: $share/<group>/...")
@@ -731,6 +800,9 @@ def main(argv=None):
                     help="piles' keys for the bill MAC: `PILE HEX` or `* SITEKEYHEX` lines")
     ap.add_argument("--bill-key", metavar="PILE=PATH", action="append", default=[],
                     help="one pile's key from a key file (64 hex digits or 32 bytes)")
+    ap.add_argument("--platform-key", metavar="FILE",
+                    help="the site's platform key (the bridge's keys.platform_key_file): "
+                    "commands and confirmations carry its `auth` MAC")
     ap.add_argument("--mac-wait", type=float, default=MAC_WAIT_S, metavar="S",
                     help="hold an incomplete bill of a keyed pile this long for its MAC")
     ap.add_argument("--connect-timeout", type=float, default=15.0, metavar="S",
@@ -773,9 +845,15 @@ def main(argv=None):
             if args.key and not args.cert:
                 raise PlatformError("--key needs --cert")
             ctx = tls_context(args.ca, args.cert, args.key, args.tls_insecure)
+        cmd_key = None
+        if args.platform_key:
+            try:
+                cmd_key = sign.load_key(args.platform_key)
+            except (OSError, ValueError) as e:
+                raise PlatformError("--platform-key %s: %s" % (args.platform_key, e))
         p = Platform(args.broker, ":memory:" if args.cmd else args.db, args.group, args.site,
                      args.username, password, keys=keys, tls_context=ctx,
-                     mac_wait_s=args.mac_wait, consume=not args.cmd)
+                     mac_wait_s=args.mac_wait, consume=not args.cmd, cmd_key=cmd_key)
     except PlatformError as e:
         return fail(e)
     if len(keys):
@@ -804,6 +882,10 @@ def main(argv=None):
                                 % (cmd, site, pile, args.timeout), 1)
                 print(json.dumps(res, indent=2))
                 return 0 if res.get("ok") else 1
+            # One machine-readable line once subscribed (as pile-bridge's), so a
+            # supervisor or a test knows bills published from now on reach it.
+            await ready.wait()
+            print(json.dumps({"ready": True, "broker": args.broker, "db": args.db}), flush=True)
             while True:
                 await asyncio.sleep(10)
                 print(json.dumps(p.summary()), flush=True)

@@ -8,7 +8,7 @@ import time
 from protocol import codec
 from protocol import fields as F
 from protocol.frames import FRAMES
-from protocol.reconcile import periods_of, reconcile
+from protocol.reconcile import bill_problems, periods_of, undecodable
 
 SCHEMA_BILL = "pc.bill/1"
 SCHEMA_REALTIME = "pc.realtime/1"
@@ -136,16 +136,30 @@ def scaled_fields(name, fields):
 
 # --- bills ------------------------------------------------------------------------
 
+# Whose pile a bill comes from, in every bill document and report: "ours"
+# (our firmware, it speaks the extension frames: `ext`) or "third_party".
+# Reports measure "0 unreconciled" on ours and count third-party bills by
+# problem class (host/platform.py summarize, tools/chaos.py).
+PILE_OURS = "ours"
+PILE_THIRD_PARTY = "third_party"
+
+
+def pile_kind(ext):
+    return PILE_OURS if ext else PILE_THIRD_PARTY
+
+
 def bill_json(site, bill, frame=None, extra_frame=None, ext=True):
     """The MQTT bill document for a store.Bill (see docs/mqtt.md). `ext`:
     the pile sends a 0xEB fee split (our firmware); a bill from such a pile
     without one yet is published with "complete": false."""
     if frame is None:
         try:
-            frame = codec.decode(bill.frame, tolerant=True)
+            # Read as the bridge reads the link: leniently (protocol/lenient.py).
+            frame = codec.decode(bill.frame, tolerant=True, lenient=True)
         except codec.FrameError as e:
             return undecodable_bill_json(site, bill, e, ext)
     f = frame.fields
+    decode_problems = list(frame.problems or ())
     extra = None
     if extra_frame is None and bill.extra is not None:
         extra_frame = codec.decode(bill.extra, tolerant=True)
@@ -171,8 +185,9 @@ def bill_json(site, bill, frame=None, extra_frame=None, ext=True):
             energy_fee += ef
             service_fee += sf
         periods.append(item)
-    # the field log's "bills that do not add up" (field-cases.md §4)
-    problems = reconcile(f, extra)
+    # the field log's "bills that do not add up" (field-cases.md §4), after
+    # whatever the lenient reading gave way on
+    problems = bill_problems(decode_problems, f, extra)
     raw = dict(f)
     if extra is not None:
         raw["extra"] = dict(extra)
@@ -184,9 +199,9 @@ def bill_json(site, bill, frame=None, extra_frame=None, ext=True):
         "serial": f["serial"],
         "pile_seq": bill.pile_seq,
         "received_at": utc_iso(bill.received_at),
-        "start_time": F.iso(f["start_time"]),
-        "end_time": F.iso(f["end_time"]),
-        "trade_time": F.iso(f["trade_time"]),
+        "start_time": _iso(f["start_time"]),
+        "end_time": _iso(f["end_time"]),
+        "trade_time": _iso(f["trade_time"]),
         "periods": periods,
         "meter": {"start": dec(f["meter_start"], 4), "stop": dec(f["meter_stop"], 4)},
         "total_energy": dec(f["total_energy"], 4),
@@ -204,6 +219,10 @@ def bill_json(site, bill, frame=None, extra_frame=None, ext=True):
         "mac": extra["mac"] if extra is not None else None,
         "complete": extra is not None or not ext,
         "decoded": True,
+        "pile_kind": pile_kind(ext),
+        "frame_type": "0x%02X" % frame.code,
+        "layout": frame.name,
+        "decode_problems": decode_problems,
         "checks": {"ok": not problems, "problems": problems},
         "crc_swapped": bool(bill.crc_swapped),
         "frame": hexs(bill.frame),
@@ -212,6 +231,11 @@ def bill_json(site, bill, frame=None, extra_frame=None, ext=True):
         "raw": raw,
     }
     return doc
+
+
+def _iso(secs):
+    # A blank CP56 time reads as None (protocol/lenient.py "time_blank").
+    return None if secs is None else F.iso(secs)
 
 
 def bill_hash(frame):
@@ -230,14 +254,14 @@ def undecodable_bill_json(site, bill, err, ext=True):
     platform keeps and confirms it like any bill, so the pile is released
     and the bytes are never lost."""
     body = bill.frame[6:-2]
-    msg = "does not decode: %s" % (err,)
+    msg = undecodable(err)
     return {
         "schema": SCHEMA_BILL, "site": site, "pile": bill.pile,
         "gun": hexs(body[23:24]) if len(body) > 23 else None,
         "serial": bill.serial, "pile_seq": bill.pile_seq,
         "received_at": utc_iso(bill.received_at),
-        "decoded": False, "error": str(err),
-        "frame_type": "0x%02X" % bill.frame[5],
+        "decoded": False, "error": str(err), "pile_kind": pile_kind(ext),
+        "frame_type": "0x%02X" % bill.frame[5], "layout": None, "decode_problems": [],
         "start_time": None, "end_time": None, "trade_time": None, "periods": [],
         "meter": None, "total_energy": None, "total_loss": None, "total_amount": None,
         "energy_fee": None, "service_fee": None, "tariff_model": None, "vin": None,

@@ -97,7 +97,7 @@ CREATE TABLE IF NOT EXISTS tariffs (
 # from the version before it, inside one transaction with the version bump;
 # tests/test_store_migration.py upgrades a store that holds unconfirmed
 # bills and checks nothing is lost.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _MIGRATIONS = (
     # 2: frames that failed their CRC, kept for diagnosis within caps (per
     # link and in total, oldest dropped first, the drops counted).
@@ -122,6 +122,16 @@ _MIGRATIONS = (
     # 4: the site the store belongs to: a bridge started with another site id
     # must not republish its bills under that id (pile-bridge migrate-site).
     (4, ("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",)),
+    # 5: a keyed pile's bill, committed raw while it waits for the fee split
+    # (0xEB) that carries its MAC: no 0x40 before the MAC checks (issue 17).
+    # Released into `bills` (good MAC) or moved to `rejected` (bad or no MAC)
+    # in one transaction; a row left by a crash is quarantined at the next
+    # start (the pile got no 0x40 and sends the bill again).
+    (5, ("CREATE TABLE IF NOT EXISTS held_bills ("
+         " serial TEXT PRIMARY KEY,"
+         " pile TEXT NOT NULL,"
+         " frame BLOB NOT NULL,"          # the 0x3B as received
+         " received_at REAL NOT NULL)",)),
 )
 COMMANDS_KEEP_S = 7 * 86400   # command ids remembered this long (a command's expires should be shorter)
 BAD_FRAMES_PER_LINK = 100     # kept per link, oldest dropped first
@@ -260,6 +270,7 @@ class Store:
                                  "backup or move it aside (the piles keep their unconfirmed "
                                  "bills and send them again to a new store)" % "; ".join(bad))
             self.schema_version = _migrate(db)
+            self.stale_held = _quarantine_stale_held(db, time.time())
             if self.path != ":memory:":
                 st = os.stat(self.path)
                 self._identity = (st.st_dev, st.st_ino)
@@ -394,6 +405,28 @@ class Store:
         else); the Bill when its 0x3B is already held."""
         return self._submit(_add_extra, pile, serial, bytes(frame), time.time() if now is None else now)
 
+    def hold_bill(self, pile, serial, frame, now=None):
+        """A keyed pile's bill, committed raw while its MAC is awaited (no
+        0x40 yet). A copy already held for the serial is replaced: the pile
+        sends the same bill again with its fee split."""
+        return self._submit(_hold_bill, pile, serial, bytes(frame), time.time() if now is None else now)
+
+    def release_held(self, pile, serial, frame, crc_swapped=False, now=None):
+        """The held bill's MAC checked: into custody like add_bill, and the
+        held row gone, in one transaction. Resolves like add_bill."""
+        return self._submit(_release_held, pile, serial, bytes(frame), bool(crc_swapped),
+                            time.time() if now is None else now)
+
+    def quarantine_held(self, pile, serial, reason, extra=None, now=None):
+        """The held bill (and the fee split that came with it) to `rejected`
+        as quarantine, with the reason. Resolves True if a bill was held."""
+        return self._submit(_quarantine_held, pile, serial, reason,
+                            None if extra is None else bytes(extra), time.time() if now is None else now)
+
+    def held(self):
+        """(serial, pile, received_at) of the bills waiting for their MAC."""
+        return self._submit(_held)
+
     def add_rejected(self, pile, serial, kind, frame, reason, now=None):
         return self._submit(_add_rejected, pile, serial, kind, bytes(frame), reason,
                             time.time() if now is None else now)
@@ -454,6 +487,12 @@ class Store:
 
     def counts(self):
         return self._submit(_counts)
+
+    def custody(self, limit=500):
+        """Every bill not yet settled on its pile, oldest first (at most
+        `limit`), as (serial, pile, received_at, published_at, confirmed_at),
+        with the bills held for their MAC: the status page's custody view."""
+        return self._submit(_custody, limit)
 
     def prune(self, keep_s, now=None):
         """Forget bills settled more than keep_s ago (and rejected copies as
@@ -559,6 +598,45 @@ def _add_extra(db, pile, serial, frame, now):
     db.execute("INSERT INTO extras (serial, frame, received_at) VALUES (?, ?, ?)",
                (serial, frame, now))
     return "new", _one_bill(db, serial)
+
+
+def _hold_bill(db, pile, serial, frame, now):
+    db.execute("INSERT OR REPLACE INTO held_bills (serial, pile, frame, received_at) "
+               "VALUES (?, ?, ?, ?)", (serial, pile, frame, now))
+
+
+def _release_held(db, pile, serial, frame, crc_swapped, now):
+    db.execute("DELETE FROM held_bills WHERE serial = ?", (serial,))
+    return _add_bill(db, pile, serial, frame, crc_swapped, now)
+
+
+def _quarantine_held(db, pile, serial, reason, extra, now):
+    row = db.execute("SELECT pile, frame, received_at FROM held_bills WHERE serial = ?",
+                     (serial,)).fetchone()
+    if row is not None:
+        db.execute("DELETE FROM held_bills WHERE serial = ?", (serial,))
+        _add_rejected(db, row[0], serial, "quarantine", bytes(row[1]), reason, row[2])
+    if extra is not None:
+        _add_rejected(db, pile, serial, "extra_quarantine", extra, reason, now)
+    return row is not None
+
+
+def _quarantine_stale_held(db, now):
+    # Bills held by a bridge that stopped before their MAC came: the piles
+    # got no 0x40 and send them again; the raw copies stay as a trace.
+    rows = db.execute("SELECT serial FROM held_bills").fetchall()
+    if rows:
+        db.execute("BEGIN IMMEDIATE")
+        for (serial,) in rows:
+            _quarantine_held(db, None, serial, "the bridge stopped while this bill waited for its "
+                             "MAC; the pile sends it again", None, now)
+        db.execute("COMMIT")
+    return len(rows)
+
+
+def _held(db):
+    return [tuple(r) for r in db.execute("SELECT serial, pile, received_at FROM held_bills "
+                                         "ORDER BY received_at")]
 
 
 def _add_rejected(db, pile, serial, kind, frame, reason, now):
@@ -689,8 +767,18 @@ def _counts(db):
         "unsettled": q("SELECT COUNT(*) FROM bills WHERE confirmed_at IS NOT NULL "
                        "AND settled_at IS NULL"),
         "rejected": q("SELECT COUNT(*) FROM rejected"),
+        "held": q("SELECT COUNT(*) FROM held_bills"),
         "events_unpublished": q("SELECT COUNT(*) FROM events WHERE published_at IS NULL"),
     }
+
+
+def _custody(db, limit):
+    rows = [tuple(r) for r in db.execute(
+        "SELECT serial, pile, received_at, published_at, confirmed_at FROM bills "
+        "WHERE settled_at IS NULL ORDER BY id LIMIT ?", (limit,))]
+    held = [tuple(r) for r in db.execute(
+        "SELECT serial, pile, received_at FROM held_bills ORDER BY received_at LIMIT ?", (limit,))]
+    return rows, held
 
 
 def _prune(db, keep_s, now):
@@ -747,6 +835,6 @@ def _tariffs(db):
 
 
 _DURABLE = {_add_bill, _add_extra, _add_rejected, _add_event, _set_tariff, _next_counter,
-            _command_seen, _bind_site, _migrate_site}
+            _command_seen, _bind_site, _migrate_site, _hold_bill, _release_held, _quarantine_held}
 _READS = {_open_bills, _piles_with_open, _unsettled, _bill, _counts, _open_events, _tariffs,
-          _last_counter, _bad_frames}
+          _last_counter, _bad_frames, _held, _custody}

@@ -422,3 +422,124 @@ class ScriptedPile:
 
     def received(self, name):
         return [f for f in self.frames if f.name == name]
+
+
+# --- a third-party pile ------------------------------------------------------------------
+
+# What a vendor pile (not ours) sends, bill by bill: the corpus the live test
+# (tests/test_third_party_live.py) and pile-chaos use. Each entry's
+# `expect` is the problem classes the bridge and the platform must both name.
+THIRD_PARTY_VARIANTS = ("sound_gun1", "sound_gun2", "meter_zero", "no_segments", "bill156",
+                        "bill17", "bill5", "padded_blank_time", "not_bcd_gun", "extra_bytes",
+                        "undecodable", "bad_crc")
+
+
+def _put(body, layout, field, raw):
+    at = dict((f[0], f[3]) for f in codec.layout_named(layout).fields)[field]
+    body[at:at + len(raw)] = raw
+
+
+def third_party_bill(pile, n, variant):
+    """One third-party bill: {"variant", "code", "body" (bytes), "serial"
+    (as the bridge keys it: the body's first 16 bytes in hex), "expect"
+    (problem classes), "bad_crc" (bool)}. n makes the serial unique."""
+    gun = "02" if variant == "sound_gun2" else "01"
+    v = make_bill(pile, n, gun=gun)
+    code, layout, expect = 0x3B, "bill", []
+    if variant == "meter_zero":            # the vendor's meter 0 -> 0
+        v["meter_start"] = v["meter_stop"] = 0
+        expect = ["meter_absent"]
+    elif variant == "no_segments":         # total energy, no period energy
+        for p in PERIODS:
+            v[p + "_energy"] = 0
+        expect = ["segments_missing"]
+    elif variant == "bill156":
+        layout = "bill156"
+    elif variant == "bill17":
+        code, layout = 0x3D, "bill17"
+        v.update({"meter_no": "000000012345", "meter_cipher": "5A" * 34, "meter_proto": 0x0100,
+                  "meter_enc": 0})
+    elif variant == "bill5":
+        layout = "bill5"
+        for k in ("price", "energy", "loss", "amount"):
+            v["deep_" + k] = 0
+    body = bytearray(codec.encode_body(codec.layout_named(layout), v))
+    if variant == "padded_blank_time":     # VIN padded with FF and spaces, no trade time
+        _put(body, "bill", "vin", b"LSVAU2180N" + b"\xff" * 4 + b"   ")
+        _put(body, "bill", "trade_time", b"\xff" * 7)
+        expect = ["time_blank"]
+    elif variant == "not_bcd_gun":
+        body[23] = 0x0A
+        expect = ["not_bcd"]
+    elif variant == "extra_bytes":
+        body += b"\x00\x00\x00\x01"
+        expect = ["extra_bytes"]
+    elif variant == "undecodable":         # end time in month 13: no reading gives way on it
+        body[16 + 7 + 1 + 7 + 5] = 13
+        expect = ["undecodable"]
+    return {"variant": variant, "code": code, "body": bytes(body),
+            "serial": F.hex_decode(body, 0, 16), "expect": expect, "bad_crc": variant == "bad_crc"}
+
+
+def third_party_corpus(pile, start=1, variants=THIRD_PARTY_VARIANTS):
+    return [third_party_bill(pile, start + i, var) for i, var in enumerate(variants)]
+
+
+class ThirdPartyPile(ScriptedPile):
+    """A vendor pile, as the field has them (issue 12 item 6): a hex SIM
+    (ICCID with A-F) in its login, protocol version byte 0x0F (V1.5), two
+    guns, every frame with its CRC byte-swapped, no extension frames, and
+    YKC's resend rule: a bill with no 0x40 after `resend_s` is sent again,
+    at most `resends` times (3), then given up (`given_up`): the way bills
+    get lost. `send_raw_bill` takes any of third_party_bill()'s entries,
+    including bodies our encoder would refuse; a `bad_crc` one goes out with
+    a CRC that is wrong in either byte order."""
+
+    SIM = "89860A1B2C3D4E5F6071"
+
+    def __init__(self, code, transport=None, *, resend_s=30.0, resends=3, **kw):
+        kw.setdefault("guns", 2)
+        kw.setdefault("sw_version", "V3.2.1  ")
+        super().__init__(code, transport, ext=False, swap_crc=True, **kw)
+        self.resend_s = resend_s
+        self.resends = resends
+        self.sent = collections.Counter()     # serial -> times sent
+        self.frame_sent = {}                  # serial -> the frame's bytes, as sent
+        self.given_up = []                    # serials dropped after the last resend
+
+    def attach(self, transport):
+        super().attach(transport)
+        # A 0x40 for a serial that is not BCD echoes its bytes: read leniently.
+        self.reader = codec.FrameReader(tolerant=True, lenient=True)
+
+    async def login(self, timeout=None):
+        f = await self.request("login", {
+            "pile": self.code, "pile_type": 0, "guns": self.guns, "proto_version": 0x0F,
+            "sw_version": self.sw_version, "net_type": 0, "sim": self.SIM, "carrier": 4},
+            "login_reply", timeout)
+        self.logged_in = f.fields["result"] == 0
+        return f.fields["result"]
+
+    def frame_of(self, bill, seq):
+        raw = codec.wrap(bill["code"], bill["body"], seq)
+        if bill["bad_crc"]:
+            return raw[:-2] + bytes((raw[-2] ^ 0x5A, raw[-1] ^ 0xA5))
+        return raw[:-2] + bytes((raw[-1], raw[-2]))      # the vendor's byte order
+
+    async def send_raw_bill(self, bill):
+        """Send a bill YKC's way; True when a 0x40 came, False when given up."""
+        serial = bill["serial"]
+        n = len(self.confirmed[serial])
+        seq = self.next_seq()
+        raw = self.frame_of(bill, seq)
+        self.frame_sent[serial] = raw
+        for _ in range(1 + self.resends):
+            self.sent[serial] += 1
+            await self.transport.write(raw)
+            try:
+                await self.wait_for(lambda: len(self.confirmed[serial]) > n, self.resend_s)
+                return True
+            except asyncio.TimeoutError:
+                continue
+        self.given_up.append(serial)
+        return False

@@ -39,10 +39,12 @@ _T = const(0x74)  # t
 
 
 class Frame:
-    """A decoded frame. `fields` is None for an encrypted (3DES) body."""
-    __slots__ = ("code", "name", "seq", "enc", "body", "fields", "crc_swapped")
+    """A decoded frame. `fields` is None for an encrypted (3DES) body.
+    `problems`: what a lenient reading gave way on (protocol/lenient.py,
+    "class: detail" strings), None for a strict reading."""
+    __slots__ = ("code", "name", "seq", "enc", "body", "fields", "crc_swapped", "problems")
 
-    def __init__(self, code, name, seq, enc, body, fields, crc_swapped=False):
+    def __init__(self, code, name, seq, enc, body, fields, crc_swapped=False, problems=None):
         self.code = code
         self.name = name
         self.seq = seq
@@ -50,6 +52,7 @@ class Frame:
         self.body = body
         self.fields = fields
         self.crc_swapped = crc_swapped
+        self.problems = problems
 
     def __repr__(self):
         return "Frame(0x%02X %s seq=%04X %r)" % (self.code, self.name, self.seq, self.fields)
@@ -195,18 +198,21 @@ def _envelope(buf, code, n, seq, enc):
     return bytes(buf)
 
 
-def decode(frame, tolerant=False):
-    """Decode one complete frame (bytes). Raises a FrameError subclass."""
+def decode(frame, tolerant=False, lenient=False):
+    """Decode one complete frame (bytes). Raises a FrameError subclass.
+    tolerant: a byte-swapped CRC is accepted (Frame.crc_swapped).
+    lenient: fields that do not identify money are read as protocol/lenient.py
+    says, with Frame.problems naming what was given way on."""
     n = len(frame)
     if n < 8 or frame[0] != START:
         raise FrameError("not a frame: %d bytes, first byte %s"
                          % (n, "%02X" % frame[0] if n else "none"))
     if frame[1] + 4 != n or frame[1] < 4:
         raise BadLength("length byte %d does not match a %d-byte frame" % (frame[1], n))
-    return _decode(memoryview(frame), 0, n, tolerant)
+    return _decode(memoryview(frame), 0, n, tolerant, lenient)
 
 
-def _decode(mv, i, n, tolerant):
+def _decode(mv, i, n, tolerant, lenient=False):
     # mv[i:i+n] is one frame whose envelope length is already checked.
     got = mv[i + n - 2] | (mv[i + n - 1] << 8)
     want = crc16(mv[i + 2:i + n - 2])
@@ -222,16 +228,23 @@ def _decode(mv, i, n, tolerant):
     body = bytes(mv[i + _HEADER:i + n - 2])
     seq = mv[i + 2] | (mv[i + 3] << 8)
     enc = mv[i + 4]
+    problems = None
     try:
-        layout = layout_for(code, len(body))
-        values = None if enc else decode_body(layout, body)
+        if lenient:
+            from protocol.lenient import decode_body as lenient_body, layout_for as lenient_layout
+            problems = []
+            layout = lenient_layout(code, len(body))
+            values = None if enc else lenient_body(layout, body, problems)
+        else:
+            layout = layout_for(code, len(body))
+            values = None if enc else decode_body(layout, body)
     except FrameError as e:
         # The CRC is good: the bytes are what the pile sent, only our reading
         # of them failed (a length or a field we do not expect). The error
         # carries the frame (fields None) so that a bill is still kept raw.
         e.frame = Frame(code, "0x%02X" % code, seq, enc, body, None, swapped)
         raise
-    return Frame(code, layout.name, seq, enc, body, values, swapped)
+    return Frame(code, layout.name, seq, enc, body, values, swapped, problems)
 
 
 def reply_seq(request):

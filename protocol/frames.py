@@ -36,11 +36,12 @@
 # compiles a frame's layout only when that frame is used. `FRAMES` (at the
 # end) still gives the classic tuple form for tools.
 #
-# The bill 0x3B has two layouts (4 periods, body 158; 5 periods with deep
-# valley, body 174), and so has 0xE5 (56 bytes, and 55 from firmware before
-# refusing_starts): a code may appear more than once (adjacent lines); the
-# decoder picks the layout by body length, the encoder by the fields given
-# (or by the name given).
+# The bill 0x3B has three layouts (4 periods, body 158; 5 periods with deep
+# valley, body 174; the pre-V1.5 156-byte one with 4-byte meter readings),
+# 0x92 two (8 and 11 bytes), and 0xE5 two (56 bytes, and 55 from firmware
+# before refusing_starts): a code may appear more than once (adjacent lines);
+# the decoder picks the layout by body length, the encoder by the fields
+# given (or by the name given). V1.7's bill is 0x3D, a layout of its own.
 #
 # Extension frames (ours, not in YKC V1.6) use codes 0xD0..0xEF; see
 # docs/protocol.md. No standard frame uses that range (V1.6 stops at 0xA4;
@@ -57,6 +58,15 @@ MACROS = {
     "$P": "pile=b7",
     "$PG": "pile=b7 gun=b1",
     "$SPG": "serial=b16 pile=b7 gun=b1",
+    # The bill's four period blocks (unit price, energy, loss-adjusted
+    # energy, amount) and its closing fields, shared by every bill layout.
+    "$BP4": "sharp_price=u4:5yuan/kWh sharp_energy=u4:4kWh sharp_loss=u4:4kWh sharp_amount=u4:4yuan "
+            "peak_price=u4:5yuan/kWh peak_energy=u4:4kWh peak_loss=u4:4kWh peak_amount=u4:4yuan "
+            "flat_price=u4:5yuan/kWh flat_energy=u4:4kWh flat_loss=u4:4kWh flat_amount=u4:4yuan "
+            "valley_price=u4:5yuan/kWh valley_energy=u4:4kWh valley_loss=u4:4kWh "
+            "valley_amount=u4:4yuan",
+    "$BEND": "total_energy=u4:4kWh total_loss=u4:4kWh total_amount=u4:4yuan vin=a17 trade_flag=u1 "
+             "trade_time=t7 stop_reason=u1 card=h8",
     # Tariff model body (0x0A, 0x58): 8 rates x10^5 yuan/kWh, loss ratio and
     # 48 half-hour slots, each 0..3 (sharp, peak, flat, valley).
     "$TARIFF": "pile=b7 model=b2 sharp_energy_price=u4:5yuan/kWh sharp_service_price=u4:5yuan/kWh "
@@ -113,21 +123,18 @@ TABLE = (
     "34 remote_start >33/serial ! $SPG logical_card=b8 card=h8 balance=u4:2yuan\n"
     "35 remote_stop_reply $PG result=u1 reason=u1\n"
     "36 remote_stop >35/gun ! $PG\n"
-    "3B bill >40 $SPG start_time=t7 end_time=t7 "
-    "sharp_price=u4:5yuan/kWh sharp_energy=u4:4kWh sharp_loss=u4:4kWh sharp_amount=u4:4yuan "
-    "peak_price=u4:5yuan/kWh peak_energy=u4:4kWh peak_loss=u4:4kWh peak_amount=u4:4yuan "
-    "flat_price=u4:5yuan/kWh flat_energy=u4:4kWh flat_loss=u4:4kWh flat_amount=u4:4yuan "
-    "valley_price=u4:5yuan/kWh valley_energy=u4:4kWh valley_loss=u4:4kWh valley_amount=u4:4yuan "
-    "meter_start=u5:4kWh meter_stop=u5:4kWh total_energy=u4:4kWh total_loss=u4:4kWh "
-    "total_amount=u4:4yuan vin=a17 trade_flag=u1 trade_time=t7 stop_reason=u1 card=h8\n"
-    "3B bill5 >40 $SPG start_time=t7 end_time=t7 "
-    "sharp_price=u4:5yuan/kWh sharp_energy=u4:4kWh sharp_loss=u4:4kWh sharp_amount=u4:4yuan "
-    "peak_price=u4:5yuan/kWh peak_energy=u4:4kWh peak_loss=u4:4kWh peak_amount=u4:4yuan "
-    "flat_price=u4:5yuan/kWh flat_energy=u4:4kWh flat_loss=u4:4kWh flat_amount=u4:4yuan "
-    "valley_price=u4:5yuan/kWh valley_energy=u4:4kWh valley_loss=u4:4kWh valley_amount=u4:4yuan "
+    "3B bill >40 $SPG start_time=t7 end_time=t7 $BP4 meter_start=u5:4kWh meter_stop=u5:4kWh $BEND\n"
+    "3B bill5 >40 $SPG start_time=t7 end_time=t7 $BP4 "
     "deep_price=u4:5yuan/kWh deep_energy=u4:4kWh deep_loss=u4:4kWh deep_amount=u4:4yuan "
-    "meter_start=u5:4kWh meter_stop=u5:4kWh total_energy=u4:4kWh total_loss=u4:4kWh "
-    "total_amount=u4:4yuan vin=a17 trade_flag=u1 trade_time=t7 stop_reason=u1 card=h8\n"
+    "meter_start=u5:4kWh meter_stop=u5:4kWh $BEND\n"
+    # Piles from before V1.5: 4-byte meter readings (body 156). Read only:
+    # the encoder picks the longest layout whose fields are given, bill.
+    "3B bill156 >40 $SPG start_time=t7 end_time=t7 $BP4 meter_start=u4:4kWh meter_stop=u4:4kWh "
+    "$BEND\n"
+    # V1.7's bill (body 201): the meter's number, ciphertext, protocol
+    # version and encryption after the times (docs/protocol.md cites the source).
+    "3D bill17 >40 $SPG start_time=t7 end_time=t7 meter_no=b6 meter_cipher=h34 meter_proto=u2 "
+    "meter_enc=u1 $BP4 meter_start=u5:4kWh meter_stop=u5:4kWh $BEND\n"
     "40 bill_confirm serial=b16 result=u1\n",
     # --- account balance, offline cards ---------------------------------------------
     "41 balance_update_reply $P card=h8 result=u1\n"
@@ -152,6 +159,9 @@ TABLE = (
     # --- remote maintenance ---------------------------------------------------------------
     "91 reboot_reply $P result=u1\n"
     "92 reboot >91 ! $P when=u1\n"
+    # An 11-byte reboot seen from some platforms: the documented 8 bytes,
+    # then 3 more our table cannot name (kept opaque; docs/protocol.md).
+    "92 reboot11 >91 ! $P when=u1 reserved=h3\n"
     "93 update_reply $P status=u1\n"
     "94 update >93 $P pile_model=u1 power=u2kW server=a16 port=u2 user=a16 password=a16 path=a32 "
     "when=u1 timeout=u1min\n",

@@ -11,11 +11,14 @@ class FrameReader:
     FrameError instance for each bad one; the reader resynchronises on the
     next 0x68 and keeps going. It holds at most one frame (MAX_FRAME bytes,
     preallocated) between calls. `tolerant=True` accepts byte-swapped CRCs
-    (some real piles send them) and counts them in `swapped_crc`.
+    (some real piles send them) and counts them in `swapped_crc`;
+    `lenient=True` reads fields as protocol/lenient.py says (piles that are
+    not ours), each Frame's `problems` naming what was given way on.
     """
 
-    def __init__(self, tolerant=False):
+    def __init__(self, tolerant=False, lenient=False):
         self.tolerant = tolerant
+        self.lenient = lenient
         self._buf = bytearray(MAX_FRAME)
         self._mv = memoryview(self._buf)
         self._n = 0
@@ -68,7 +71,7 @@ class FrameReader:
             if end - i < n:
                 break
             try:
-                f = _decode(self._mv, i, n, self.tolerant)
+                f = _decode(self._mv, i, n, self.tolerant, self.lenient)
             except FrameError as e:
                 self.errors += 1
                 out.append(e)

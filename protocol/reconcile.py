@@ -28,8 +28,11 @@ METER_MISMATCH = "meter_mismatch"       # meter_stop - meter_start != total_ener
 TIME_MISSING = "time_missing"           # start or end time absent (None)
 END_BEFORE_START = "end_before_start"   # end_time < start_time
 FIELD_MISSING = "field_missing"         # a figure the checks need is absent or not an int
+UNDECODABLE = "undecodable"             # the bill frame does not decode: kept raw, no figures
 CLASSES = (SEGMENTS_MISSING, ENERGY_MISMATCH, LOSS_MISMATCH, AMOUNT_MISMATCH, FEE_MISMATCH,
-           METER_ABSENT, METER_MISMATCH, TIME_MISSING, END_BEFORE_START, FIELD_MISSING)
+           METER_ABSENT, METER_MISMATCH, TIME_MISSING, END_BEFORE_START, FIELD_MISSING, UNDECODABLE)
+# A bill read leniently (protocol/lenient.py) also carries that reading's
+# problems, first: not_bcd, time_blank, ascii_escaped, extra_bytes.
 
 
 def periods_of(fields):
@@ -121,6 +124,17 @@ def _fees(bill, extra, periods, out):
     if isinstance(ef, int) and isinstance(sf, int) and isinstance(total, int) and ef + sf != total:
         out.append("%s: energy_fee %d + service_fee %d != total_amount %d"
                    % (FEE_MISMATCH, ef, sf, total))
+
+
+def undecodable(error):
+    """The one problem of a bill kept raw because it does not decode."""
+    return "%s: %s" % (UNDECODABLE, error)
+
+
+def bill_problems(decode_problems, bill, extra=None):
+    """Everything wrong with a bill, as the bridge publishes it and the
+    platform stores it: its lenient reading's problems, then reconcile()'s."""
+    return list(decode_problems or ()) + reconcile(bill, extra)
 
 
 def problem_classes(problems):

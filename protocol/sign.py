@@ -71,7 +71,9 @@ def _signed_codes():
         i = t.find(" ! ")
         while i >= 0:
             j = t.rfind("\n", 0, i) + 1
-            out.append(int(t[j:j + 2], 16))
+            c = int(t[j:j + 2], 16)
+            if c not in out:      # a code with two layouts (0x92) is listed once
+                out.append(c)
             i = t.find(" ! ", i + 3)
     return tuple(out)
 

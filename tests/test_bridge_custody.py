@@ -105,42 +105,58 @@ def _rows(db, sql, *args):
         c.close()
 
 
+def _bad_month(raw):
+    """The frame with its end time's month made 13 (no valid CP56), CRC right."""
+    body = bytearray(raw[6:-2])
+    body[16 + 7 + 1 + 7 + 5] = 13
+    return codec.wrap(raw[5], body, raw[2] | raw[3] << 8)
+
+
 def test_bills_we_cannot_decode_are_kept_raw_published_and_confirmed(mosquitto):
     async def scenario(tmp):
         cfg = fast_config(tmp, url_of(mosquitto), tcp={"listen": "127.0.0.1:0", "ext": False})
         async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
             p = await RawPile.connect(b.tcp_port)
             await p.login(PILE_A)
+            # Read leniently, with their problems named (protocol/lenient.py):
             # 1. a serial that is not BCD; 2. two bytes more than the table's
-            # 158; 3. V1.7's 0x3D, a type our table does not hold. Each has a
-            # good CRC.
+            # 158. Not readable at all: 3. a 0x3D shorter than V1.7's 201
+            # bytes; 4. an end time in month 13. Each has a good CRC.
             one = _not_bcd(_bill_frame(make_bill(PILE_A, 1), 11))
             two_body = _bill_frame(make_bill(PILE_A, 2), 12)[6:-2] + b"\x01\x02"
             two = codec.wrap(0x3B, two_body, 12)
             three = codec.wrap(0x3D, _bill_frame(make_bill(PILE_A, 3), 13)[6:-2] + b"\x00" * 8, 13)
-            for raw in (one, two, three):
+            four = _bad_month(_bill_frame(make_bill(PILE_A, 4), 14))
+            frames = (one, two, three, four)
+            for raw in frames:
                 await p.write(raw)
-            await p.wait(lambda: len(p.confirms()) == 3)
-            serials = [raw[6:22] for raw in (one, two, three)]
+            await p.wait(lambda: len(p.confirms()) == 4)
+            serials = [raw[6:22] for raw in frames]
             assert p.confirms() == [(s, 0) for s in serials]
             hexserials = [s.hex().upper() for s in serials]
             docs = await plat.wait_for(lambda: [plat.bills.get(s) for s in hexserials]
                                        if all(s in plat.bills for s in hexserials) else None)
-            for doc, raw in zip(docs, (one, two, three)):
-                assert doc["decoded"] is False and doc["raw"] is None
+            for doc, raw in zip(docs, frames):
                 assert doc["frame"] == raw.hex().upper()
                 assert doc["pile"] == PILE_A and doc["checks"]["ok"] is False
-                assert doc["error"]
-            ev = await _events(plat, "undecodable_bill", 3)
-            assert sorted(e["serial"] for e in ev) == sorted(hexserials)
+            assert docs[0]["decoded"] is True and docs[0]["serial"] == hexserials[0]
+            assert docs[0]["checks"]["problems"] == ["not_bcd: serial %s" % hexserials[0]]
+            assert docs[1]["decoded"] is True and docs[1]["raw"]["tail"] == "0102"
+            assert docs[1]["decode_problems"] == [
+                "extra_bytes: 2 byte(s) past the 158-byte bill layout, kept in tail"]
+            for doc in docs[2:]:
+                assert doc["decoded"] is False and doc["raw"] is None and doc["error"]
+                assert doc["checks"]["problems"] == ["undecodable: %s" % doc["error"]]
+            ev = await _events(plat, "undecodable_bill", 2)
+            assert sorted(e["serial"] for e in ev) == sorted(hexserials[2:])
             # Stored as received, and confirmed by the platform.
             await until(lambda: _rows(cfg["database"], "SELECT COUNT(*) FROM bills WHERE "
-                                      "confirmed_at IS NOT NULL")[0][0] == 3, what="3 confirmed")
+                                      "confirmed_at IS NOT NULL")[0][0] == 4, what="4 confirmed")
             stored = _rows(cfg["database"], "SELECT serial, frame FROM bills ORDER BY id")
-            assert [(s, bytes(f)) for s, f in stored] == list(zip(hexserials, (one, two, three)))
+            assert [(s, bytes(f)) for s, f in stored] == list(zip(hexserials, frames))
             # A bill that decodes still takes the normal path beside them.
-            good = make_bill(PILE_A, 4)
-            await p.write(_bill_frame(good, 14))
+            good = make_bill(PILE_A, 5)
+            await p.write(_bill_frame(good, 15))
             doc = await plat.wait_for(lambda: plat.bills.get(good["serial"]))
             assert doc["decoded"] is True and doc["checks"]["ok"]
             await p.close()

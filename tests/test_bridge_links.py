@@ -258,8 +258,12 @@ def test_bills_that_do_not_belong_or_do_not_add_up(mosquitto):
             doc = await plat.wait_for(lambda: plat.bills.get(odd["serial"]))
             assert doc["checks"]["ok"] is False
             assert any("period energy" in p for p in doc["checks"]["problems"])
-            await plat.wait_for(lambda: [e for e in plat.events if e["type"] == "illegal_bill"
-                                         and e.get("refused") is False])
+            ev = await plat.wait_for(lambda: [e for e in plat.events
+                                              if e["type"] == "unreconciled_bill"])
+            assert ev[0]["refused"] is False and ev[0]["pile_kind"] == "ours"
+            assert ev[0]["problems"] == doc["checks"]["problems"]
+            assert b.stats["bills_unreconciled"] == 1 and b.stats["bills_illegal"] == 0
+            assert not [e for e in plat.events if e["type"] == "illegal_bill"]
             # A five-period bill (deep valley) keeps its fifth period.
             five = make_bill(PILE_A, 3)
             for k in ("price", "energy", "loss", "amount"):
@@ -310,7 +314,7 @@ def test_a_pile_on_a_loop_url_serial_line_that_echoes_the_bridges_own_frames(mos
             # event or a second pile.
             assert b.stats["bills_new"] == 1 and b.stats["bills_illegal"] == 0
             assert list(b.piles) == [PILE_A] and b.piles[PILE_A].online
-            assert [e for e in plat.events if e["type"] == "illegal_bill"] == []
+            assert [e for e in plat.events if e["type"] in ("illegal_bill", "unreconciled_bill")] == []
     with tempdir("loopurl") as tmp:
         run(scenario(tmp))
 

@@ -24,8 +24,18 @@ def _run(capsys, *args):
 
 @needs_mosquitto
 def test_a_thousand_sessions_under_every_fault_lose_duplicate_and_misreconcile_nothing(capsys):
-    rc, s = _run(capsys, "--piles", "20", "--sessions", "50", "--seed", "7")
+    rc, s = _run(capsys, "--piles", "20", "--sessions", "50", "--seed", "7", "--third-party", "2")
     assert {k: s[k] for k in VERDICT} == dict.fromkeys(VERDICT, 0), s.get("examples")
+    # Vendor piles ran beside ours through the same faults: their bills are
+    # reported apart (none counted phantom or unreconciled above), none they
+    # got a 0x40 for is missing, and their problems are counted by class.
+    tp = s["third_party"]
+    assert tp["piles"] == 2 and tp["bills_sent"] == 22 and tp["lost"] == []
+    assert tp["bills"] == tp["bills_sent"] - tp["given_up_never_received"]
+    assert tp["bills"] >= 11
+    for c in ("meter_absent", "segments_missing", "not_bcd", "time_blank", "extra_bytes",
+              "undecodable"):
+        assert tp["by_class"].get(c, 0) >= 1, (c, tp["by_class"])
     assert rc == 0 and s["recovered"] and not s["stalled"] and s["tap_missed"] == 0
     assert s["sessions"] >= 1000 and s["bills"] == s["sessions"]
     # Every kind of fault really happened in this run, or it proved nothing.
@@ -36,6 +46,15 @@ def test_a_thousand_sessions_under_every_fault_lose_duplicate_and_misreconcile_n
               "stops_after_session_ended"):
         assert f.get(k, 0) > 0, "no %s in this run: %s" % (k, f)
     assert f["stop_commands"] >= 2 * s["sessions"]
+    # The intruders came (a rogue pile forging bills, fake logins, forged
+    # confirmations on the broker), got nothing, and the bridge kept their
+    # frames in quarantine and refused their logins and confirmations.
+    for k in ("forge_bill", "fake_login", "forged_confirms"):
+        assert f.get(k, 0) > 0, "no %s in this run: %s" % (k, f)
+    assert s["intruder_wins"] == []
+    assert s["quarantined"]["bills"] >= f["forge_bill"] and s["quarantined"]["fee_splits"] > 0
+    assert s["logins_refused"] >= f["fake_login"]
+    assert s["confirms_refused_unauthenticated"] > 0
     assert s["executed_starts_by"].get("card", 0) > 0
     assert s["executed_starts_by"].get("platform", 0) > 0
     assert s["stop_reasons"].get("power_loss", 0) > 0
@@ -74,6 +93,29 @@ def test_the_verdict_fails_when_a_bill_is_changed_on_its_way(capsys, monkeypatch
     rc, s = _run(capsys, "--piles", "2", "--sessions", "2", "--seed", "4", "--faults", "none")
     assert rc == 1 and s["recovered"] and s["lost"] == 0
     assert s["mismatched"] == 1 and s["examples"]["mismatched"] == changed
+
+
+@needs_mosquitto
+def test_the_verdict_fails_when_an_intruder_gets_in(capsys):
+    # Piles without keys: nothing tells the fake login from the pile, and
+    # the bill it sends under the victim's code is acknowledged.
+    rc, s = _run(capsys, "--piles", "2", "--sessions", "4", "--seed", "5", "--faults", "fake_login",
+                 "--unkeyed", "--recovery", "30")
+    assert rc == 1 and s["faults"]["fake_login"] == 1
+    assert any(w.startswith("fake login as") for w in s["intruder_wins"]), s["intruder_wins"]
+    assert any(w.startswith("forged bill") for w in s["intruder_wins"]), s["intruder_wins"]
+
+
+def test_a_nats_cluster_loses_nothing_while_its_nodes_are_killed_and_restarted(capsys):
+    # Issue 22: the same verdict through a 3-node NATS cluster (the bridge
+    # and the platform fail over between nodes), with node kills and a
+    # rolling restart during the run.
+    rc, s = _run(capsys, "--piles", "4", "--sessions", "15", "--seed", "9", "--cluster",
+                 "--faults", "node_kill,broker_restart,power_cut", "--intensity", "12")
+    assert {k: s[k] for k in VERDICT} == dict.fromkeys(VERDICT, 0), s.get("examples")
+    assert rc == 0 and s["recovered"] and s["broker"] == "nats cluster, 3 nodes"
+    assert s["faults"].get("node_kills", 0) > 0 and s["faults"].get("broker_restarts", 0) > 0
+    assert s["bills"] == s["sessions"] >= 60
 
 
 def test_tally_names_lost_duplicated_phantom_and_unreconciled_bills():

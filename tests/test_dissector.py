@@ -326,3 +326,42 @@ def test_no_hex_and_a_terminal_on_stdin_is_a_usage_error():
         os.close(master)
     assert r.returncode == 2
     assert r.stderr.startswith("error: decode: give HEX")
+
+
+# --- DL/T 645 meter frames, and frames only the lenient reading takes ------------------
+
+def test_cli_decodes_a_dlt645_read_and_its_reply_with_the_firmwares_driver(capsys):
+    from firmware import dlt645 as M
+    # DL/T 645's worked example: read forward active total from meter 000000000001
+    req = "6801000000000068110433333433B316"
+    reply = M.build_frame("000000000001", 0x91, (0x00010000).to_bytes(4, "little")
+                          + M.bcd_encode(1234567, 4), preamble=4).hex().upper()
+    err_reply = M.build_frame("000000000001", 0xD1, b"\x02").hex().upper()
+    assert cli.main(["decode", req, reply, err_reply]) == 0
+    out = capsys.readouterr().out
+    assert "DL/T 645 read data (master -> meter) address 000000000001" in out
+    assert "DI           00010000 (forward active energy, total)" in out
+    assert "value        12345.67 kWh" in out
+    assert "error        0x02: no requested data" in out
+    assert cli.main(["decode", "--json", reply]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert (d["protocol"], d["di"], d["value"], d["unit"]) == ("dlt645", "00010000", "12345.67", "kWh")
+
+
+def test_cli_names_a_dlt645_frame_with_a_bad_checksum(capsys):
+    assert cli.main(["decode", "6801000000000068110433333433B416"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: DL/T 645:") and "checksum" in err
+
+
+def test_cli_shows_a_third_party_bill_read_leniently_with_its_problems(capsys):
+    from host.testkit import third_party_bill
+    b = third_party_bill("55031412782399", 9, "not_bcd_gun")
+    raw = codec.wrap(b["code"], b["body"]).hex().upper()
+    assert cli.main(["decode", raw]) == 0
+    out = capsys.readouterr().out
+    assert "read leniently" in out and "problem: not_bcd: gun 0A" in out
+    assert cli.main(["decode", "--json", raw]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["lenient"] is True and d["problems"] == ["not_bcd: gun 0A"]
+    assert d["fields"]["gun"] == "0A" and d["fields"]["total_energy"] == 12.3456

@@ -93,6 +93,35 @@ def test_same_serial_is_stored_once():
     assert s["bills"] == 1 and s["received_more_than_once"] == 1 and s["unreconciled"] == 0
 
 
+def test_unreconciled_is_measured_on_our_piles_and_third_party_bills_are_counted_by_class():
+    p = Platform()
+    ours_bad = bill_doc("1" * 32)
+    ours_bad["raw"]["total_energy"] += 1                 # energy_mismatch, meter_mismatch
+    third_ok = dict(bill_doc("2" * 32), pile_kind="third_party")
+    third_bad = dict(bill_doc("3" * 32), pile_kind="third_party")
+    third_bad["raw"]["meter_start"] = third_bad["raw"]["meter_stop"] = 0    # meter_absent
+    third_bad["decode_problems"] = ["not_bcd: gun 0A"]
+    third_raw = {"serial": "4" * 32, "site": "s1", "pile": PILE_A, "decoded": False,
+                 "error": "BadLength: short", "pile_kind": "third_party", "raw": None}
+    for d in (ours_bad, bill_doc("5" * 32), third_ok, third_bad, third_raw):
+        p.take_bill(d)
+    s = p.summary()
+    assert s["unreconciled"] == 1 and s["ours"] == {"bills": 2, "unreconciled": 1}
+    assert s["third_party"] == {"bills": 3, "unreconciled": 2, "by_class": {
+        "not_bcd": 1, "meter_absent": 1, "undecodable": 1}}
+    assert p.bill("3" * 32)["problems"] == [
+        "not_bcd: gun 0A", "meter_absent: meter_start and meter_stop 0, total_energy 1000"]
+
+
+def test_an_older_bridges_illegal_bill_event_is_stored_as_unreconciled_bill():
+    assert P.event_kind({"type": "illegal_bill", "refused": False, "problems": ["x: y"]}) \
+        == "unreconciled_bill"
+    # YKC's own meaning (the pile's count of bills refused 0x40 result 1) keeps its name
+    assert P.event_kind({"type": "illegal_bill", "source": "pile", "illegal": 2}) == "illegal_bill"
+    assert P.event_kind({"type": "unreconciled_bill"}) == "unreconciled_bill"
+    assert P.event_kind("not a dict") == ""
+
+
 # --- bill MAC ------------------------------------------------------------------------
 
 def keyed(**kw):

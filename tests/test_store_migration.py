@@ -49,7 +49,7 @@ def test_a_store_from_before_schema_versions_is_upgraded_with_every_unconfirmed_
     frames = _legacy_store(path)
     st = S.Store(path)
     try:
-        assert st.schema_version == S.SCHEMA_VERSION == 4
+        assert st.schema_version == S.SCHEMA_VERSION == 5
         rows = st.call_sync(S._open_bills, PILE, 100)
         assert [(b.serial, bytes(b.frame)) for b in rows] == frames[:3]
         assert st.call_sync(S._unsettled, PILE, 100) != []          # confirmed ones kept too
@@ -58,15 +58,22 @@ def test_a_store_from_before_schema_versions_is_upgraded_with_every_unconfirmed_
         kind, bill = st.call_sync(S._add_bill, PILE, make_bill(PILE, 99)["serial"],
                                   codec.encode("bill", make_bill(PILE, 99), 9), False, 3000.0)
         assert kind == "new" and bill.pile_seq == 6
+        # Version 5's held bills: one held, then released into custody.
+        b = make_bill(PILE, 98)
+        st.call_sync(S._hold_bill, PILE, b["serial"], codec.encode("bill", b, 10), 3001.0)
+        assert [h[0] for h in st.call_sync(S._held)] == [b["serial"]]
+        kind, bill = st.call_sync(S._release_held, PILE, b["serial"], codec.encode("bill", b, 10),
+                                  False, 3002.0)
+        assert kind == "new" and bill.pile_seq == 7 and st.call_sync(S._held) == []
     finally:
         st.close()
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 4
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 5
     db.close()
     # Opening again changes nothing.
     st = S.Store(path)
     try:
-        assert len(st.call_sync(S._open_bills, PILE, 100)) == 4
+        assert len(st.call_sync(S._open_bills, PILE, 100)) == 5
     finally:
         st.close()
 

@@ -10,11 +10,22 @@ reference platform (host/platform.py), with seeded random faults:
                    sometimes again during the recovery at the next boot
   reboot           the platform asks for a reboot (now / when idle) mid-session
   bridge_kill      the bridge is SIGKILLed and started again on its database
-  broker_restart   Mosquitto is restarted (SIGTERM or SIGKILL) on its port
+  broker_restart   Mosquitto is restarted (SIGTERM or SIGKILL) on its port;
+                   with --cluster, a rolling restart of every node in turn
+  node_kill        (--cluster) one node of the NATS cluster is SIGKILLed and
+                   started again a moment later
   platform_outage  the platform takes nothing and confirms nothing for a while
   corrupt          1 % of the frames on each pile link get one byte changed
   duplicate        1 % of the frames on each pile link arrive twice
+  forge_bill       a rogue pile of the site (its own code and key) logs in and
+                   sends a bill and a fee split under a victim's open serial
+  fake_login       an intruder logs in with a victim pile's code (it cannot
+                   answer the login challenge) and sends a bill under it
+  forged_confirm   an intruder on the broker confirms every bill it sees, with
+                   the right content hash but without the platform's `auth`
 and in every session 2 or 3 stop commands, often after an automatic stop.
+The piles are keyed (one site key: login proof, signed commands, bill MAC)
+and the platform signs its commands and confirmations (a platform key).
 
 Sessions are started by the platform (MQTT `start` through the bridge) and
 by card swipes at the pile (an offline start, the serial issued by the pile).
@@ -33,7 +44,17 @@ from the piles' flash and the platform's database (docs/chaos.md):
   mismatched    platform bills whose figures differ from the pile's sealed bill
   unconfirmed   bills still pending on a pile or unconfirmed at the bridge
 
+With --third-party N, N vendor piles (host.testkit.ThirdPartyPile: hex SIM,
+swapped CRCs, V1.5, YKC's give-up-after-3-resends rule) run next to ours
+through the same faults, each sending the third-party bill corpus (every
+variant: 156-byte, V1.7 0x3D, meter 0 -> 0, non-BCD gun, ...). Their bills
+are reported apart ("third_party"): none of them counts as phantom or
+unreconciled against ours; "lost" there is a bill the pile got a 0x40 for
+that the platform does not hold; bills the pile gave up without a 0x40 are
+counted, by YKC's rule not ours.
+
     pile-chaos --piles 20 --sessions 50 --seed 1 --json
+    pile-chaos --piles 4 --sessions 20 --third-party 2
 
 exits 1 when any of lost .. unconfirmed is not 0 (or recovery timed out).
 """
@@ -54,10 +75,13 @@ import time
 from firmware import journal as J
 from firmware import session as S
 from firmware.flashsim import FlashSim, PowerCut, SimFile
-from host.broker import mosquitto_available
+from host.broker import NatsCluster, mosquitto_available
 from host.mqtt import stop_tasks
+from host import commands as CMD
+from host.testkit import TcpTransport, ThirdPartyPile, make_bill, make_extra, third_party_corpus
 from protocol import codec
 from protocol import fields as F
+from protocol import sign
 from protocol.bill import split as split_payload
 from tools import sim as SIM
 from tools import stack
@@ -65,7 +89,9 @@ from tools import stack
 SITE = "chaos"
 
 KINDS = ("power_cut", "flash_cut", "reboot", "bridge_kill", "broker_restart",
-         "platform_outage", "corrupt", "duplicate")
+         "platform_outage", "corrupt", "duplicate", "forge_bill", "fake_login", "forged_confirm",
+         "node_kill")
+INTRUDER = "55031499999999"     # the code a forge_bill intruder logs in with
 
 # Pile faults: chance per session (times --intensity, at most 1).
 _P_POWER_CUT = 0.03
@@ -76,7 +102,8 @@ _P_FLICKER = 0.25          # a flash cut hits again during the next boot's recov
 _P_CORRUPT = 0.01
 _P_DUPLICATE = 0.01
 # Process faults: how many per 1,000 sessions (times --intensity, at least 1).
-_PER_1000 = {"bridge_kill": 3, "broker_restart": 2, "platform_outage": 3}
+_PER_1000 = {"bridge_kill": 3, "broker_restart": 2, "platform_outage": 3, "node_kill": 4,
+             "forge_bill": 3, "fake_login": 3, "forged_confirm": 2}
 _P_CARD = 0.5              # a session started by a card at the pile (else by the platform)
 _FLASH_SPAN = 6000         # a flash cut lands within this many bytes of journal writes
 _CMD_TIMEOUT_S = 8.0       # the platform waits this long for a command's result
@@ -244,6 +271,9 @@ class ChaosUnit(SIM.SimUnit):
         return ChaosUart(self, self.tcp[0], self.tcp[1], self._link_changed)
 
     def boot(self):
+        key = self.h.pile_key(self.code)
+        if key is not None:
+            self.cfg["cmd_key"] = key     # keyed: login proof, signed commands, bill MAC
         was_cut = self.flash.cut
         self.flash.reboot()
         if was_cut and self.h.on("flash_cut") and self.rnd.random() < _P_FLICKER:
@@ -493,9 +523,135 @@ class ChaosFleet(SIM.SimFleet):
 
 # --- the harness --------------------------------------------------------------------------
 
+class _ClusterBroker:
+    """A NatsCluster seen as the one broker the harness restarts: restart()
+    is a rolling restart of every node in turn (each back before the next
+    goes), port is the first node's (the intruders' way in)."""
+
+    def __init__(self, cluster):
+        self.c = cluster
+
+    @property
+    def port(self):
+        return self.c.nodes[0].port
+
+    @property
+    def running(self):
+        return all(n.running for n in self.c.nodes)
+
+    def restart(self, kill=False):
+        for i, n in enumerate(self.c.nodes):
+            n.stop(kill=kill)
+            self.c.start_node(i)
+
+    def start(self):
+        for i, n in enumerate(self.c.nodes):
+            if not n.running:
+                self.c.start_node(i)
+
+    def close(self):
+        self.c.close()
+
+
+THIRD_PARTY_FIRST = 55990000000001      # pile codes of the vendor piles
+
+
+class ThirdPartyFleet:
+    """Vendor piles (host.testkit.ThirdPartyPile) beside our firmware piles,
+    each sending the third-party bill corpus over TCP to the bridge; after a
+    dropped link (a killed bridge) a pile dials in again, logs in and goes
+    on. A bill without a 0x40 after 3 resends is given up, as YKC says."""
+
+    def __init__(self, h, n, resend_s=2.0):
+        self.h = h
+        self.codes = ["%014d" % (THIRD_PARTY_FIRST + i) for i in range(n)]
+        self.resend_s = resend_s
+        self.bills = {}            # serial -> corpus entry, every bill sent
+        self.acked = set()         # serials the pile got a 0x40 for
+        self.given_up = set()      # serials given up without one
+        self.reconnects = 0
+        self.tasks = []
+
+    def start(self):
+        self.tasks = [asyncio.create_task(self._one(c)) for c in self.codes]
+
+    @property
+    def done(self):
+        return all(t.done() for t in self.tasks)
+
+    async def _paced(self, k, n):
+        # Bill k of n goes out once that share of the run's sessions started,
+        # so the vendor piles meet the same faults as ours.
+        goal = self.h.piles * self.h.sessions
+        while not self.h.recovering and self.h.executed() < goal * k // (n + 1):
+            await asyncio.sleep(0.2)
+
+    async def _one(self, code):
+        pending = list(third_party_corpus(code))
+        n = len(pending)
+        pile = None
+        while pending:
+            await self._paced(n - len(pending), n)
+            try:
+                if pile is None or not pile.connected:
+                    if pile is not None:
+                        await pile.close()
+                        self.reconnects += 1
+                    pile = None
+                    t = await TcpTransport.connect(*self.h.bridge_addr)
+                    pile = ThirdPartyPile(code, t, resend_s=self.resend_s, heartbeat_s=2.0)
+                    if await pile.login(timeout=5.0) != 0:
+                        raise ConnectionError("login refused")
+                b = pending[0]
+                self.bills[b["serial"]] = b
+                if await pile.send_raw_bill(b):
+                    self.acked.add(b["serial"])
+                else:
+                    self.given_up.add(b["serial"])
+                pending.pop(0)
+            except (ConnectionError, OSError, asyncio.TimeoutError):
+                await asyncio.sleep(0.3)       # the bridge is down: dial again
+        if pile is not None:
+            await pile.close()
+
+    async def stop(self):
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+    def report(self, rows):
+        """The third-party part of the summary, from the platform's rows
+        (serial -> (reconciled, copies, doc))."""
+        good = [s for s, b in self.bills.items() if not b["bad_crc"]]
+        by_class = {}
+        for s in good:
+            r = rows.get(s)
+            if r is None:
+                continue
+            for p in r[2].get("checks", {}).get("problems", []):
+                c = p.split(":", 1)[0]
+                by_class[c] = by_class.get(c, 0) + 1
+        return {
+            "piles": len(self.codes),
+            "bills_sent": len(good),
+            "bad_crc_bills_sent": len(self.bills) - len(good),
+            "bills": len([s for s in good if s in rows]),
+            "lost": sorted(s for s in self.acked if s not in rows),
+            "given_up_by_piles": len([s for s in good if s in self.given_up]),
+            "given_up_never_received": len([s for s in good if s in self.given_up
+                                            and s not in rows]),
+            "unreconciled": len([s for s in good if s in rows and not rows[s][0]]),
+            "by_class": dict(sorted(by_class.items())),
+            "reconnects": self.reconnects,
+        }
+
+
 class Chaos:
     def __init__(self, piles=20, sessions=50, seed=1, speed=600.0, minutes=6, faults=KINDS,
-                 intensity=1.0, workdir=None, recovery_s=180.0, quiet=True):
+                 intensity=1.0, workdir=None, recovery_s=180.0, quiet=True, keyed=True,
+                 third_party=0, cluster=False):
+        self.third_party = third_party
+        self.tp = None
         self.piles = piles
         self.sessions = sessions
         self.seed = seed
@@ -518,13 +674,32 @@ class Chaos:
         self.starts = {"platform": 0, "card": 0}
         self.commands = {}
         self.broker = self.bridge = self.platform = self.fleet = None
+        self.cluster = cluster        # a 3-node NATS cluster instead of one Mosquitto
+        if not cluster:
+            self.kinds.discard("node_kill")
         self.bridge_addr = None
         self.loop = None
+        # One site key (every pile's key derived from it) and the platform's
+        # command key, in files the bridge reads (0600).
+        self.site_key = os.urandom(32)
+        self.platform_key = os.urandom(32)
+        self._key_files = {}
+        for name, key in (("site", self.site_key), ("platform", self.platform_key)):
+            path = os.path.join(self.dir, name + ".key")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(key.hex() + "\n")
+            self._key_files[name] = path
+        self.intruder_wins = []      # anything an intruder got that it must not
+        self.keyed = keyed           # False (--unkeyed): no site key, to show what intruders get
 
     # --- bookkeeping --------------------------------------------------------------------
 
     def on(self, kind):
         return kind in self.kinds
+
+    def pile_key(self, code):
+        return sign.pile_key(self.site_key, code) if self.keyed else None
 
     def p(self, kind):
         base = {"power_cut": _P_POWER_CUT, "flash_cut": _P_FLASH_CUT, "reboot": _P_REBOOT}[kind]
@@ -624,6 +799,17 @@ class Chaos:
                          % ("SIGKILL" if kill else "SIGTERM", self.executed()))
                 await asyncio.to_thread(self.broker.restart, kill)
                 self.count("broker_restarts")
+            elif kind == "node_kill":
+                i = int(x * len(self.broker.c.nodes)) % len(self.broker.c.nodes)
+                self.say("SIGKILL broker node %d at %d sessions" % (i + 1, self.executed()))
+                await asyncio.to_thread(self.broker.c.kill, i)
+                self.count("node_kills")
+                await asyncio.sleep(0.5 + 2 * x)     # down for a while
+                await asyncio.to_thread(self.broker.c.start_node, i)
+            elif kind in ("forge_bill", "fake_login"):
+                await self._intrude(kind, x)
+            elif kind == "forged_confirm":
+                await self._forge_confirms(0.5 + 2.5 * x)
             elif kind == "platform_outage":
                 self.say("platform silent at %d sessions" % self.executed())
                 self.platform.silent = True
@@ -633,33 +819,155 @@ class Chaos:
                 finally:
                     self.platform.silent = False
 
+    # --- intruders --------------------------------------------------------------------------
+
+    def _victim(self, x):
+        """(pile code, a trade serial its flash has opened), or None."""
+        with self.fleet._lock:
+            units = [u for u in self.fleet.units if u.flash.opened]
+            if not units:
+                return None
+            u = units[int(x * len(units)) % len(units)]
+            return u.code, list(u.flash.opened)[-1]
+
+    async def _intrude(self, kind, x):
+        """A TCP client on the piles' port: forge_bill is a pile of the site
+        gone rogue (INTRUDER, with its own key: it logs in) that sends a bill
+        and a fee split under the victim's serial; fake_login logs in with
+        the victim's code, answers the login challenge with a made-up proof,
+        and sends the bill meanwhile. Every forged frame must be quarantined, the login
+        refused; the verdict then shows nothing of the victim's changed."""
+        v = self._victim(x)
+        if v is None:
+            return
+        victim, serial = v
+        bill = dict(make_bill(victim, 1), serial=serial)   # tiny, and it adds up
+        login = {"pile_type": 0, "guns": 1, "proto_version": 0x10, "sw_version": "X1",
+                 "net_type": 3, "sim": "0" * 20, "carrier": 4}
+        me = INTRUDER if kind == "forge_bill" else victim
+        try:
+            r, w = await asyncio.wait_for(asyncio.open_connection(*self.bridge_addr), 5)
+        except (OSError, asyncio.TimeoutError):
+            self.count(kind + "_no_bridge")     # the bridge was down: tried nothing
+            return
+        reader = codec.FrameReader(tolerant=True)
+        got = []
+
+        async def read_for(seconds):
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                try:
+                    data = await asyncio.wait_for(r.read(4096), max(0.01, end - time.monotonic()))
+                except (asyncio.TimeoutError, OSError):
+                    continue
+                if not data:
+                    return False              # closed by the bridge
+                for f in reader.push(data):
+                    if isinstance(f, codec.Frame):
+                        got.append(f)
+                        if f.name == "login_challenge":
+                            # The intruder's own pile proves its own key; a
+                            # fake login as the victim can only make one up.
+                            nonce = f.fields["nonce"]
+                            mac = sign.login_mac(self.pile_key(me), me, bytes.fromhex(nonce)) \
+                                if me == INTRUDER else os.urandom(32)
+                            w.write(codec.encode("login_proof", {"pile": me, "nonce": nonce,
+                                                                 "mac": mac.hex()}, 3))
+            return True
+        try:
+            w.write(codec.encode("login", dict(login, pile=me), 1))
+            if kind == "fake_login":
+                # At once, on a link whose login is not (and will not be) given.
+                w.write(codec.encode("bill", bill, 2))
+            await w.drain()
+            await read_for(0.5)
+            w.write(codec.encode("bill", bill, 5))
+            w.write(codec.encode("bill_extra", make_extra(bill), 6))
+            await w.drain()
+            await read_for(1.0)
+        except OSError:
+            pass
+        finally:
+            w.close()
+        self.count(kind)
+        for f in got:
+            if f.name == "login_reply" and f.fields["result"] == 0 and me == victim:
+                self.intruder_wins.append("fake login as %s accepted" % victim)
+            if f.name == "bill_confirm" and f.fields["serial"] == serial:
+                self.intruder_wins.append("forged bill %s acknowledged (0x40)" % serial)
+            if f.name == "bill_extra_ack" and f.fields["serial"] == serial:
+                self.intruder_wins.append("forged fee split %s acknowledged (0xEC)" % serial)
+
+    async def _forge_confirms(self, seconds):
+        """An MQTT client that reads the bills and confirms each one it sees,
+        naming its content hash (no secret) but without the platform's auth,
+        half with a made-up auth."""
+        import aiomqtt
+        end = time.monotonic() + seconds
+        n = 0
+        try:
+            async with aiomqtt.Client("127.0.0.1", self.broker.port,
+                                      identifier="pc-intruder-%d" % os.getpid()) as c:
+                await c.subscribe("pc/%s/bills/+" % SITE, qos=1)
+                while time.monotonic() < end:
+                    try:
+                        msg = await asyncio.wait_for(c.messages.__anext__(),
+                                                     max(0.01, end - time.monotonic()))
+                    except asyncio.TimeoutError:
+                        break
+                    doc = json.loads(msg.payload)
+                    conf = {"serial": doc["serial"], "result": 0, "hash": doc.get("content_hash")}
+                    if n % 2:
+                        conf["auth"] = os.urandom(32).hex()
+                    await c.publish("pc/%s/confirm/%s" % (SITE, doc["pile"]), json.dumps(conf),
+                                    qos=1)
+                    n += 1
+        except (aiomqtt.MqttError, OSError):
+            pass              # the broker restarted under it: it forged what it could
+        self.count("forged_confirms", n)
+        self.count("forged_confirm_windows")
+
     # --- the run ---------------------------------------------------------------------------------
 
     def _bridge_extra(self):
         # time_sync_s = 0: the piles keep their simulated clocks, the time base
         # of the serials this platform stamps (the bridge's 0x56 would set
         # them back to the real time of day, hours behind simulated time).
+        # Vendor piles speak no extension frames: ext false for their codes.
+        tp = "".join('[pile."%014d"]\next = false\nsigned = false\n' % (THIRD_PARTY_FIRST + i)
+                     for i in range(self.third_party))
         return ("[bills]\nretry_initial_s = 0.5\nretry_max_s = 2.0\nsettle_retry_s = 1.0\n"
-                "[piles]\ncommand_timeout_s = 3.0\nstatus_poll_s = 3600.0\ntime_sync_s = 0\n")
+                "[piles]\ncommand_timeout_s = 3.0\nstatus_poll_s = 3600.0\ntime_sync_s = 0\n"
+                + ("[keys]\nsite_key_file = \"%s\"\n" % self._key_files["site"]
+                   if self.keyed else "[keys]\n")
+                + "platform_key_file = \"%s\"\n" % self._key_files["platform"] + tp)
 
     async def run(self):
         t0 = time.monotonic()
         self.loop = asyncio.get_running_loop()
-        if not mosquitto_available():
-            raise RuntimeError("pile-chaos needs Mosquitto (apt-get install mosquitto)")
-        self.broker = stack.start_broker("mosquitto", persistence=True, verbose=False)
+        if self.cluster:
+            self.broker = _ClusterBroker(await asyncio.to_thread(NatsCluster().start))
+        else:
+            if not mosquitto_available():
+                raise RuntimeError("pile-chaos needs Mosquitto (apt-get install mosquitto)")
+            self.broker = stack.start_broker("mosquitto", persistence=True, verbose=False)
+        urls = self.broker.c.urls if self.cluster else None
         self.bridge = stack.BridgeProcess(self.dir, SITE, self.broker.port,
-                                          extra=self._bridge_extra())
+                                          extra=self._bridge_extra(), mqtt_urls=urls)
         port = self.bridge.start()
         self.bridge_addr = ("127.0.0.1", port)
         self.platform, ptask = await stack.start_platform(
-            self.broker.port, os.path.join(self.dir, "platform.db"))
+            self.broker.port, os.path.join(self.dir, "platform.db"), cmd_key=self.platform_key,
+            url=",".join(reversed(urls)) if urls else None)
         self.fleet = ChaosFleet(self, self.piles, self.sessions, self.speed,
                                 os.path.join(self.dir, "piles"), self.seed)
         self.say("%d piles x %d sessions, seed %d, bridge pid %d, broker port %d, dir %s"
                  % (self.piles, self.sessions, self.seed, self.bridge.pid, self.broker.port,
                     self.dir))
         self.fleet.start()
+        if self.third_party:
+            self.tp = ThirdPartyFleet(self, self.third_party)
+            self.tp.start()
         ftask = asyncio.create_task(self.process_faults(self._plan_process_faults()))
         try:
             last, moved = -1, time.monotonic()
@@ -680,6 +988,8 @@ class Chaos:
             s = self.summary(ok and not stalled)
             s["stalled"] = stalled
         finally:
+            if self.tp is not None:
+                await self.tp.stop()
             await stop_tasks([ptask])
         s["seconds"] = round(time.monotonic() - t0, 1)
         return s
@@ -706,7 +1016,8 @@ class Chaos:
         end = time.monotonic() + self.recovery_s
         while time.monotonic() < end:
             if await asyncio.to_thread(self.fleet.wait, self._piles_quiet, 0.5):
-                if self._platform_has_all() and self._bridge_open() == (0, 0):
+                if self._platform_has_all() and self._bridge_open() == (0, 0) and \
+                        (self.tp is None or self.tp.done):
                     return True
             await asyncio.sleep(0.2)
         return False
@@ -776,9 +1087,12 @@ class Chaos:
             reboots = sum(u.reboots for u in units)
             sim_s = self.fleet.sim_ms // 1000
         rows = {}
+        theirs = {}                 # third-party piles' bills: reported apart
         for serial, reconciled, copies, doc in self.platform.db.execute(
                 "SELECT serial, reconciled, copies, doc FROM bills"):
-            rows[serial] = (reconciled, copies, json.loads(doc))
+            d = json.loads(doc)
+            (theirs if d.get("pile_kind") == "third_party" else rows)[serial] = \
+                (reconciled, copies, d)
         db = self._bridge_db()
         try:
             conflicts = set(r[0] for r in db.execute(
@@ -786,6 +1100,13 @@ class Chaos:
             unconfirmed_bridge = db.execute(
                 "SELECT COUNT(*) FROM bills WHERE confirmed_at IS NULL").fetchone()[0]
             resends = db.execute("SELECT COALESCE(SUM(resends), 0) FROM bills").fetchone()[0]
+            quarantined = dict(db.execute("SELECT kind, COUNT(*) FROM rejected WHERE kind IN "
+                                          "('quarantine', 'extra_quarantine') GROUP BY kind"))
+            refused = db.execute("SELECT COUNT(*) FROM events WHERE payload LIKE "
+                                 "'%\"type\":\"confirm_refused\"%' AND payload LIKE "
+                                 "'%\"reason\":\"unauthenticated\"%'").fetchone()[0]
+            logins_refused = db.execute("SELECT COUNT(*) FROM events WHERE payload LIKE "
+                                        "'%\"type\":\"login_refused\"%'").fetchone()[0]
         finally:
             db.close()
         t = tally(executed, sealed, rows, conflicts)
@@ -824,6 +1145,7 @@ class Chaos:
             "piles": self.piles,
             "sessions_per_pile": self.sessions,
             "seed": self.seed,
+            "broker": "nats cluster, 3 nodes" if self.cluster else "mosquitto",
             "executed_starts_by": dict(sorted(flags.items())),
             "start_attempts": dict(self.starts),
             "commands": dict(sorted(self.commands.items())),
@@ -834,7 +1156,16 @@ class Chaos:
             "bills_without_fee_split": no_split,
             "tap_missed": tap_missed,
             "sim_hours": round(sim_s / 3600.0, 1),
+            # Intruders (forge_bill, fake_login, forged_confirm): what the
+            # bridge did with them, and anything they got (must be empty).
+            "quarantined": {"bills": quarantined.get("quarantine", 0),
+                            "fee_splits": quarantined.get("extra_quarantine", 0)},
+            "confirms_refused_unauthenticated": refused,
+            "logins_refused": logins_refused,
+            "intruder_wins": list(self.intruder_wins),
         }
+        if self.tp is not None:
+            out["third_party"] = self.tp.report(theirs)
         out["examples"] = {k: v[:5] for k, v in (("lost", lost), ("duplicated", twice),
                                                   ("unreconciled", unreconciled),
                                                   ("phantom", phantom),
@@ -893,8 +1224,12 @@ def _same_bill(payload, doc):
 
 
 def failed(s):
+    # Third-party piles: only a bill they got a 0x40 for and the platform
+    # lacks is ours to answer for; their arithmetic is counted, not failed.
+    tp = s.get("third_party") or {}
     return bool(s["lost"] or s["duplicated"] or s["unreconciled"] or s["phantom"]
-                or s["mismatched"] or s["unconfirmed"] or s["tap_missed"] or not s["recovered"])
+                or s["mismatched"] or s["unconfirmed"] or s["tap_missed"] or not s["recovered"]
+                or s.get("intruder_wins") or tp.get("lost"))
 
 
 def table(s):
@@ -902,8 +1237,15 @@ def table(s):
            % (s["piles"], s["sessions_per_pile"], s["seed"], s["seconds"], s["sim_hours"]),
            "-" * 60]
     for k in ("sessions", "bills", "lost", "duplicated", "unreconciled", "phantom", "mismatched",
-              "unconfirmed", "recovered"):
-        out.append("%-28s %s" % (k, s[k]))
+              "unconfirmed", "recovered", "intruder_wins"):
+        out.append("%-28s %s" % (k, s.get(k)))
+    tp = s.get("third_party")
+    if tp:
+        out.append("third-party piles (reported apart): %d piles, %d bills sent, %d at the "
+                   "platform, %d lost, %d given up by the piles (%d never received), by class: %s"
+                   % (tp["piles"], tp["bills_sent"], tp["bills"], len(tp["lost"]),
+                      tp["given_up_by_piles"], tp["given_up_never_received"],
+                      ", ".join("%s %d" % kv for kv in tp["by_class"].items()) or "none"))
     out.append("faults: " + ", ".join("%s %d" % kv for kv in s["faults"].items()))
     out.append("stop reasons: " + ", ".join("%s %d" % kv for kv in s["stop_reasons"].items()))
     out.append("FAILED" if failed(s) else "OK: every executed start billed exactly once, "
@@ -944,7 +1286,16 @@ def main(argv=None):
     ap.add_argument("--recovery", type=float, default=180.0, metavar="S",
                     help="seconds to wait for everything to settle at the end (default 180)")
     ap.add_argument("--keep", metavar="DIR", help="keep logs and databases in DIR")
+    ap.add_argument("--unkeyed", action="store_true",
+                    help="piles without keys (no login proof, no bill MAC): shows what the "
+                    "intruders get then; the run fails")
     ap.add_argument("--verbose", action="store_true", help="progress and faults on stderr")
+    ap.add_argument("--cluster", action="store_true",
+                    help="a 3-node NATS cluster (MQTT listeners, JetStream replicas 3) instead of "
+                    "one Mosquitto; adds the node_kill fault, and broker_restart is a rolling "
+                    "restart (docs/scaling.md)")
+    ap.add_argument("--third-party", type=int, default=0, metavar="N",
+                    help="vendor piles beside ours, their bills reported apart (default 0)")
     args = ap.parse_args(argv)
     if not args.verbose:
         # The broker is killed on purpose: its clients' "failed to receive on
@@ -955,7 +1306,8 @@ def main(argv=None):
     if args.keep:
         os.makedirs(args.keep, exist_ok=True)
     c = Chaos(args.piles, args.sessions, args.seed, args.speed, args.minutes, args.faults,
-              args.intensity, args.keep, args.recovery, quiet=not args.verbose)
+              args.intensity, args.keep, args.recovery, quiet=not args.verbose,
+              keyed=not args.unkeyed, third_party=args.third_party, cluster=args.cluster)
     try:
         s = asyncio.run(c.run())
     finally:

@@ -189,7 +189,7 @@ BODY = C.Switch(C.this.type, {code: _body_of(names) for code, names in _BY_CODE.
                 default=C.Error)
 
 
-def _frame(crc):
+def _frame(crc, body=BODY):
     return C.Struct(
         "start" / C.Const(b"\x68"),
         # The length byte counts sequence + encryption flag + type + body.
@@ -197,7 +197,7 @@ def _frame(crc):
             "seq" / C.Int16ul,
             "enc" / C.Int8ul,
             "type" / C.Int8ul,
-            "body" / C.IfThenElse(C.this.enc == 0, BODY, C.GreedyBytes),  # 3DES: raw
+            "body" / C.IfThenElse(C.this.enc == 0, body, C.GreedyBytes),  # 3DES: raw
         ))),
         "crc" / crc,
     )
@@ -210,15 +210,35 @@ FRAME = _frame(C.Checksum(C.Int16ul, _crc16, lambda ctx: ctx.frame.data[1:]))
 FRAME_UNCHECKED = _frame(C.Int16ul)
 
 
-def name_of(code, body):
-    """The frame name a parsed body belongs to (the bill has two)."""
+def _size(name):
+    return sum(f[2] for f in FIELDS[name] if f[1] != "v")
+
+
+def name_of(code, body, n=None):
+    """The frame name a parsed body belongs to (the bill has several): the
+    one with its fields and, when `n` (the body's length) is given, its size
+    (bill and bill156 share their field names)."""
     names = _BY_CODE[code]
     if len(names) > 1:
         keys = set(k for k in body if not k.startswith("_"))
-        for n in names:
-            if keys == set(f[0] for f in FIELDS[n]):
-                return n
+        same = [m for m in names if keys == set(f[0] for f in FIELDS[m])]
+        for m in same:
+            if n is None or _size(m) == n:
+                return m
+        if same:
+            return same[0]
     return names[0]
+
+
+_BY_NAME_FRAME = {}  # frame name -> a FRAME whose body is that layout only (build)
+
+
+def _frame_named(name):
+    f = _BY_NAME_FRAME.get(name)
+    if f is None:
+        f = _BY_NAME_FRAME[name] = _frame(C.Checksum(
+            C.Int16ul, _crc16, lambda ctx: ctx.frame.data[1:]), STRUCTS[name])
+    return f
 
 
 def parse(raw, check_crc=True):
@@ -229,7 +249,7 @@ def parse(raw, check_crc=True):
     except C.ConstructError as e:
         raise DissectError(_reason(e))
     f = c.frame.value
-    name = name_of(f.type, f.body) if f.enc == 0 else _BY_CODE[f.type][0]
+    name = name_of(f.type, f.body, len(c.frame.data) - 5) if f.enc == 0 else _BY_CODE[f.type][0]
     body = f.body
     if f.enc == 0:
         body = C.Container((k, v) for k, v in f.body.items() if not k.startswith("_"))
@@ -239,7 +259,9 @@ def parse(raw, check_crc=True):
 def build(name, values, seq=0, enc=0):
     """The frame called `name` with field `values` (bytes)."""
     try:
-        return FRAME.build(dict(frame=dict(value=dict(seq=seq, enc=enc, type=CODES[name],
+        # A code with several layouts (the bill, 0x92) builds the one named.
+        frame = _frame_named(name) if len(_BY_CODE[CODES[name]]) > 1 else FRAME
+        return frame.build(dict(frame=dict(value=dict(seq=seq, enc=enc, type=CODES[name],
                                                       body=values))))
     except KeyError:
         raise DissectError("unknown frame name %r" % (name,))

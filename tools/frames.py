@@ -6,6 +6,7 @@
     echo HEX | pile-frames decode            the same: no HEX and stdin not a terminal
     pile-frames decode --file capture.txt    a capture file, one hex frame per line
     pile-frames decode --raw --file dump.bin a raw byte stream (serial capture)
+    pile-frames decode 6801000000000068110433333433B316   a DL/T 645 meter frame
     pile-frames encode heartbeat pile=55031412782305 gun=01 gun_status=0
     pile-frames list
 
@@ -13,8 +14,13 @@ Decoding checks each frame with protocol.codec (the code the pile and the
 bridge run) and shows it through the construct dissector (tools/dissect.py):
 every field with its name and scaled value (kWh, yuan, V as numbers with
 their units, BCD as digit strings, times as ISO 8601, temperatures with the
-50 degree offset removed). A bad frame prints a one-line reason on stderr and
-the exit status is 1.
+50 degree offset removed). A frame from a pile that is not ours that only
+the lenient reading takes (protocol/lenient.py: a code that is not BCD, a
+blank time, escaped ASCII, extra bytes) is shown with the codec's values and
+its problems. A DL/T 645 meter frame (the pile's RS485 meter line) is
+recognised and read with the firmware's own driver (firmware/dlt645.py):
+address, control, DI and value. A bad frame prints a one-line reason on
+stderr and the exit status is 1.
 
 Encoding takes raw protocol values (integers, digit strings, hex, text); a
 number written with the field's unit ("energy=12.5kWh", "gun_temp=25C",
@@ -32,6 +38,7 @@ from protocol.crc import crc16
 from protocol import fields as F
 from protocol.errors import FrameError
 from tools import dissect as D
+from tools import dlt645_frames as DLT
 
 
 class UsageError(ValueError):
@@ -87,7 +94,8 @@ def _frames_in(data, tolerant):
         try:
             f = codec.decode(data, tolerant=tolerant)
         except FrameError as e:
-            yield _explain(data, e)
+            lf = _lenient(data, e, tolerant)
+            yield lf if lf is not None else _explain(data, e)
             return
         yield bytes(data), f.crc_swapped
         return
@@ -98,12 +106,65 @@ def _frames_in(data, tolerant):
     r = codec.FrameReader(tolerant=tolerant)
     for i in range(0, len(data), 4096):
         for x in r.push(data[i:i + 4096]):
-            yield x if isinstance(x, FrameError) else (codec.wrap(x.code, x.body, x.seq, x.enc),
-                                                       x.crc_swapped)
+            if isinstance(x, FrameError):
+                g = getattr(x, "frame", None)
+                lf = None if g is None else _lenient(codec.wrap(g.code, g.body, g.seq, g.enc), x,
+                                                      True)
+                yield lf if lf is not None else x
+            else:
+                yield codec.wrap(x.code, x.body, x.seq, x.enc), x.crc_swapped
     if r.skipped and not r.frames and not r.errors:
         yield FrameError("no frame found (%d bytes skipped)" % r.skipped)
     if r.pending():
         yield FrameError("incomplete frame at the end: %d bytes" % r.pending())
+
+
+def _lenient(data, err, tolerant):
+    """The frame read leniently (a pile not ours), when its CRC is good and
+    only the strict reading failed; else None."""
+    if getattr(err, "frame", None) is None:
+        return None
+    try:
+        return codec.decode(data, tolerant=tolerant, lenient=True)
+    except FrameError:
+        return None
+
+
+def _lenient_fields(f, for_json):
+    out = []
+    for fd in D.FIELDS[f.name]:
+        v = f.fields.get(fd[0])
+        if v is None:
+            out.append((fd[0], None, ""))
+            continue
+        try:
+            value, unit = D.display(fd, v, for_json)
+        except (TypeError, ValueError):
+            value, unit = v, ""
+        if isinstance(value, bytes):
+            value = value.hex().upper()
+        out.append((fd[0], value, unit))
+    if "tail" in f.fields:
+        out.append(("tail", f.fields["tail"], ""))
+    return out
+
+
+def _lenient_json(f):
+    return json.dumps({"type": f.code, "name": f.name, "seq": f.seq, "lenient": True,
+                       "problems": f.problems, "crc_swapped": f.crc_swapped or None,
+                       "fields": dict((k, v) for k, v, _ in _lenient_fields(f, True))},
+                      ensure_ascii=False, default=str)
+
+
+def _lenient_text(f):
+    d = "P->S" if f.code & 1 else "S->P"
+    lines = ["0x%02X %s (%s) seq=0x%04X%s, read leniently (a pile not ours)"
+             % (f.code, f.name, d, f.seq, ", CRC byte-swapped" if f.crc_swapped else "")]
+    for p in f.problems:
+        lines.append("  problem: %s" % p)
+    for name, value, unit in _lenient_fields(f, False):
+        lines.append(("  %-22s %s %s" % (name, "null" if value is None else value, unit)).rstrip())
+    return "\n".join(lines)
 
 
 def _fields_of(name, body, for_json):
@@ -185,11 +246,26 @@ def cmd_decode(args, out, err):
     bad = 0
     count = 0
     for data in _decode_inputs(args):
+        if not isinstance(data, FrameError) and not args.raw and DLT.looks_like(data):
+            # A DL/T 645 meter frame (firmware/dlt645.py reads it).
+            try:
+                d = DLT.decode(data)
+            except DLT.MeterError as e:
+                bad += 1
+                err.write("error: DL/T 645: %s\n" % e)
+                continue
+            count += 1
+            out.write((json.dumps(d, ensure_ascii=False) if args.json else DLT.as_text(d)) + "\n")
+            continue
         items = [data] if isinstance(data, FrameError) else _frames_in(data, args.tolerant)
         for item in items:
             if isinstance(item, FrameError):
                 bad += 1
                 err.write("error: %s\n" % item)
+                continue
+            if isinstance(item, codec.Frame):      # read leniently
+                count += 1
+                out.write((_lenient_json(item) if args.json else _lenient_text(item)) + "\n")
                 continue
             raw, swapped = item
             try:

@@ -62,6 +62,12 @@ TITLES = {
     "bill": ("交易记录", "The bill (transaction record), 4 periods: body 158, length byte 0xA2."),
     "bill5": ("交易记录 (5 periods)", "The same bill with a fifth, deep-valley block, as seen in "
               "the field: body 174, length byte 0xB2."),
+    "bill156": ("交易记录 (before V1.5)", "The bill of piles from before V1.5: meter readings in 4 "
+                "bytes, body 156, length byte 0xA0. Read only: the encoder sends `bill`."),
+    "bill17": ("交易记录 (V1.7)", "V1.7's bill: the 0x3B fields with the meter's number, "
+               "ciphertext, protocol version and encryption after the times; body 201, length "
+               "byte 0xCD. Layout from the V1.7 field table (see \"V1.7's bill\" above). "
+               "Answered with 0x40 like 0x3B."),
     "bill_confirm": ("交易记录确认", "The platform received the bill (not: settled it)."),
     "balance_update_reply": ("余额更新应答", "Answer to 0x42."),
     "balance_update": ("远程账户余额更新", "New balance of the user charging now."),
@@ -82,6 +88,9 @@ TITLES = {
     "lock_reply": ("充电桩返回数据", "Answer to 0x62."),
     "reboot_reply": ("远程重启应答", "Answer to 0x92."),
     "reboot": ("远程重启", "Reboot now or when idle."),
+    "reboot11": ("远程重启 (11 bytes)", "An 11-byte reboot some platforms send: the documented "
+                 "8 bytes, then 3 our table cannot name, kept as `reserved` (a best reading, "
+                 "see \"What is read leniently\" above)."),
     "update_reply": ("远程更新应答", "Answer to 0x94."),
     "update": ("远程更新", "Upgrade by FTP download (our serial link uses 0xE7/0xE8/0xEA "
                "instead)."),
@@ -270,6 +279,13 @@ NOTES = {
     "lock_reply.gun": "gun number, binary here",
     "lock_reply.result": "1 done, 0 refused",
     "reboot.when": "1 now, 2 when idle",
+    "reboot11.reserved": "not in the document: kept opaque",
+    "bill17.meter_no": "the meter's number (电表表号)",
+    "bill17.meter_cipher": "the meter's ciphertext (电表密文), kept as sent",
+    "bill17.meter_proto": "the meter's protocol version (电表协议版本号)",
+    "bill17.meter_enc": "encryption method (加密方式)",
+    "bill156.meter_start": "meter reading, 4 bytes (before V1.5)",
+    "bill156.meter_stop": "meter reading, 4 bytes (before V1.5)",
     "reboot_reply.result": _RESULT01,
     "update.pile_model": "1 DC, 2 AC",
     "update.power": "rated power",
@@ -475,7 +491,8 @@ def _check_notes():
 
 
 # An older form of a frame shares its notes with the current one.
-NOTES_OF = {"status_reply55": "status_reply"}
+NOTES_OF = {"status_reply55": "status_reply", "bill156": "bill", "bill17": "bill",
+            "reboot11": "reboot"}
 
 
 def _note(frame, field):

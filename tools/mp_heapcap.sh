@@ -23,7 +23,8 @@ while read -r suite heap; do
   echo "-- $suite under -X heapsize=$heap (mpy)"
   (cd "$out" && micropython -X heapsize="$heap" tests/mp/run.py "$suite") || fail=1
 done <<'LIST'
-test_codec 96K
+test_codec 104K
+test_lenient 96K
 test_link 96K
 test_pile 272K
 test_pile_faults 256K
@@ -33,5 +34,6 @@ test_tariff 96K
 test_dlt645 96K
 test_auth 96K
 test_upgrade 128K
+test_ocmf 64K
 LIST
 exit $fail

@@ -39,6 +39,7 @@ from firmware.pile import Pile
 from firmware.sim import SimWorld
 from firmware.tariff import CLASSES, Tariff, TariffError
 from firmware.vinauth import CARD_FLEET, CARD_SITE_ADMIN, VinPolicy
+from host.testkit import THIRD_PARTY_VARIANTS, TcpTransport, ThirdPartyPile, third_party_corpus
 from protocol import codec
 from protocol import fields as F
 from protocol import reconcile as R
@@ -1517,7 +1518,60 @@ def _parser():
         r.add_argument("--duration", type=float, metavar="S", help="stop after S real seconds")
         r.add_argument("--seed", type=int, default=1)
         r.add_argument("--quiet", action="store_true", help="no event lines on stderr")
+    t = sub.add_parser("third-party", help="vendor piles (not our firmware) sending every "
+                       "third-party bill variant to a bridge over TCP")
+    t.add_argument("--bridge", metavar="HOST:PORT", required=True)
+    t.add_argument("--piles", type=int, default=1, help="number of vendor piles")
+    t.add_argument("--first", default="55990000000001", help="the first pile code (14 digits)")
+    t.add_argument("--variants", default="all", metavar="V,...",
+                   help="which bills (default all): " + ",".join(THIRD_PARTY_VARIANTS))
+    t.add_argument("--resend-s", type=float, default=30.0,
+                   help="seconds to wait for a 0x40 before each of the 3 resends (YKC: 30)")
     return ap
+
+
+def _third_party(args):
+    """pile-sim third-party: one JSON line per bill (variant, serial, 0x40 or given up)."""
+    import asyncio
+    host, port = parse_hostport(args.bridge)
+    if args.piles < 1 or not (len(args.first) == 14 and args.first.isdigit()):
+        raise ScenarioError("--piles at least 1, --first 14 digits")
+    variants = THIRD_PARTY_VARIANTS if args.variants == "all" else tuple(
+        v.strip() for v in args.variants.split(",") if v.strip())
+    bad = [v for v in variants if v not in THIRD_PARTY_VARIANTS]
+    if bad:
+        raise ScenarioError("--variants: unknown %r (known: %s)" % (bad[0], ", ".join(
+            THIRD_PARTY_VARIANTS)))
+
+    async def one(code):
+        try:
+            t = await TcpTransport.connect(host, port)
+        except OSError as e:
+            raise ScenarioError("--bridge %s:%d: %s" % (host, port, e))
+        pile = ThirdPartyPile(code, t, resend_s=args.resend_s)
+        try:
+            if await pile.login() != 0:
+                raise ScenarioError("pile %s: login refused" % code)
+            out = []
+            for b in third_party_corpus(code, variants=variants):
+                ok = await pile.send_raw_bill(b)
+                line = {"pile": code, "variant": b["variant"], "serial": b["serial"],
+                        "sent": pile.sent[b["serial"]],
+                        "result": "confirmed (0x40)" if ok else "given up after %d resends"
+                        % pile.resends}
+                print(json.dumps(line), flush=True)
+                out.append(ok)
+            return out
+        finally:
+            await pile.close()
+
+    async def go():
+        codes = ["%014d" % (int(args.first) + i) for i in range(args.piles)]
+        res = await asyncio.gather(*[one(c) for c in codes])
+        return sum(len([x for x in r if x]) for r in res), sum(len(r) for r in res)
+    ok, n = asyncio.run(go())
+    print(json.dumps({"done": True, "bills": n, "confirmed": ok, "given_up": n - ok}), flush=True)
+    return 0
 
 
 def main(argv=None):
@@ -1535,6 +1589,8 @@ def main(argv=None):
             else:
                 print(format_table(res))
             return 0 if res["ok"] else 1
+        if args.cmd == "third-party":
+            return _third_party(args)
         return _run_fleet(args)
     except ScenarioError as e:
         print("pile-sim: %s" % e, file=sys.stderr)

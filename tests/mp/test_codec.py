@@ -248,12 +248,26 @@ V16_BODY = {
     0xA1: 58, 0xA2: 44, 0xA3: 33, 0xA4: 50,
 }
 
+# V1.7's own bill (the 0x3D field table, cited in docs/protocol.md): the 0x3B
+# body with the meter's number (6), ciphertext (34), protocol version (2) and
+# encryption (1) after the times. Its sample's length byte is 0xCD (205).
+V17_BODY = {0x3D: 201}
+
 
 def test_every_standard_v16_frame_is_declared_with_the_documented_size():
     for code, size in V16_BODY.items():
         l = codec.layouts(code)[0]
         assert l.size == size, (hex(code), l.name, l.size, size)
         assert l.direction == ("P" if code & 1 else "S")
+
+
+def test_the_v17_bill_is_declared_with_the_documented_size():
+    for code, size in V17_BODY.items():
+        l = codec.layouts(code)[0]
+        assert l.size == size and l.size + 4 == 0xCD, (hex(code), l.name, l.size)
+        assert l.names[:5] == ("serial", "pile", "gun", "start_time", "end_time")
+        assert l.names[5:9] == ("meter_no", "meter_cipher", "meter_proto", "meter_enc")
+        assert l.names[9] == "sharp_price" and l.names[-1] == "card"
 
 
 def test_extension_frames_keep_to_their_range_and_direction_parity():
@@ -264,7 +278,7 @@ def test_extension_frames_keep_to_their_range_and_direction_parity():
         if EXT_FIRST <= code <= EXT_LAST:
             ext.append(code)
         else:
-            assert code in V16_BODY or code in (0xF0, 0xF1), hex(code)
+            assert code in V16_BODY or code in V17_BODY or code in (0xF0, 0xF1), hex(code)
     assert EXT_FIRST == 0xD0 and EXT_LAST == 0xEF
     for code in (0xD1, 0xD2, 0xD4, 0xE2, 0xE3, 0xE4, 0xE5, 0xE6, 0xE7, 0xE8, 0xEA, 0xEB, 0xEC,
                  0xED, 0xEE):
@@ -351,7 +365,7 @@ def test_vin_list_push_holds_at_most_twelve_records():
 
 
 def test_classic_layout_views_still_work():
-    assert len(codec.LAYOUTS[0x3B]) == 2 and 0x3B in codec.LAYOUTS
+    assert len(codec.LAYOUTS[0x3B]) == 3 and 0x3B in codec.LAYOUTS
     bill = codec.BY_NAME["bill"]
     assert bill.fields[0] == ("serial", "b", 16, 0) and bill.fields[-1][0] == "card"
     assert codec.BY_NAME.get("nope") is None and "bill5" in codec.BY_NAME

@@ -1,6 +1,7 @@
 # The whole pile firmware (link + gun + journal + outbox) against a scripted
 # platform, on simulated hardware: the field cases end to end.
 from firmware import session as S
+from protocol import codec
 from tests.mp.pilekit import Rig, serial
 from tests.mp.util import rmtree, tmpdir
 
@@ -147,6 +148,19 @@ def test_reboot_now_seals_the_running_session_first_and_reports_boot_reason():
         r.run(30000)
         bills = r.platform.bills()
         assert len(bills) == 1 and bills[0].fields["stop_reason"] == 0x40
+    finally:
+        rmtree(r.root)
+
+
+def test_an_11_byte_reboot_from_a_platform_is_acted_on_too():
+    # 0x92 with 3 bytes past the documented 8 (docs/protocol.md): its `when`.
+    r = _rig()
+    try:
+        r.online()
+        body = codec.encode("reboot", {"pile": r.pile.pile, "when": 1})[6:-2] + b"\x00\x00\x01"
+        r.platform.uart.write(codec.wrap(0x92, body, 0x0301))
+        r.run(5000, lambda: r.reboots == 1)
+        assert r.reboots == 1 and r.platform.named("reboot_reply")[0].fields["result"] == 1
     finally:
         rmtree(r.root)
 

@@ -88,3 +88,70 @@ def test_an_exception_anywhere_in_the_loop_opens_the_contactor_seals_the_bill_an
             assert r.pile.gun.state == S.CHARGING
         finally:
             rmtree(r.root)
+
+
+# Where a seeded fault may strike: (what, method) on the running pile. Each
+# is called while a session charges (the meter every sample, the link and
+# the session every poll, the journal at each checkpoint, the outbox and
+# the realtime report on their cadence).
+_TARGETS = (("meter", "read_energy"), ("link", "send"), ("link", "poll"), ("gun", "tick"),
+            ("gun", "realtime"), ("journal", "checkpoint"), ("outbox", "due"))
+
+
+def _target(r, what):
+    return {"meter": r.world.meter, "link": r.pile.link, "gun": r.pile.gun,
+            "journal": r.pile.journal, "outbox": r.pile.outbox}[what]
+
+
+def _fail_at(obj, name, nth, armed, why):
+    """obj.name raises _Boom on its nth call from now, once."""
+    real = getattr(obj, name)
+    calls = [0]
+
+    def wrapper(*a):
+        if armed[0]:
+            calls[0] += 1
+            if calls[0] == nth:
+                armed[0] = False
+                raise _Boom(why)
+        return real(*a)
+    setattr(obj, name, wrapper)
+
+
+def test_seeded_faults_at_random_points_of_the_loop_never_leave_the_contactor_closed():
+    # The watchdog test at random points: 16 seeded rounds, each a fault in
+    # one of _TARGETS at its 1st..6th call after a random 1..50 s of
+    # charging. Whatever breaks, the loop goes on, the contactor opens, the
+    # session's bill is sealed, sent and confirmed, the next start charges.
+    seed = 20261207
+    for round_ in range(16):
+        seed = (seed * 1103515245 + 12345) & 0x7FFFFFFF
+        what, name = _TARGETS[seed % len(_TARGETS)]
+        nth = 1 + (seed >> 8) % 6
+        after_s = 1 + (seed >> 12) % 50
+        tag = "round %d: %s.%s call %d after %d s" % (round_, what, name, nth, after_s)
+        r = _rig()
+        r.pile.log = lambda m: None
+        try:
+            if not hasattr(_target(r, what), name):
+                raise AssertionError("%s: no such method" % tag)
+            r.online()
+            r.start(serial(60 + round_))
+            r.run(after_s * 1000)
+            assert r.pile.gun.state == S.CHARGING, tag
+            armed = [True]
+            _fail_at(_target(r, what), name, nth, armed, tag)
+            r.pile.cadence.force()
+            r.run(120000, lambda: not armed[0])
+            assert not armed[0], tag + ": never called"
+            assert not r.world.contactor.closed, tag
+            assert r.pile.loop_faults == 1, tag
+            r.run(60000, lambda: r.platform.bills())
+            bills = r.platform.bills()
+            assert len(bills) == 1 and bills[0].fields["serial"] == serial(60 + round_), tag
+            assert bills[0].fields["stop_reason"] == S.ABORT_FIRMWARE, tag
+            r.start(serial(80 + round_))
+            r.run(30000, lambda: r.pile.gun.state == S.CHARGING)
+            assert r.pile.gun.state == S.CHARGING, tag
+        finally:
+            rmtree(r.root)
