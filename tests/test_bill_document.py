@@ -32,7 +32,7 @@ _PERIODS = [
 ]
 
 
-def _expected(v, x, frame, extra, complete=True, crc_swapped=False):
+def _expected(v, x, frame, extra, complete=True, crc_swapped=False, ext=True):
     periods = [{"period": p, "price": price, "energy": e, "loss": "0.0000", "amount": a,
                 "energy_fee": ef if x else None, "service_fee": sf if x else None}
                for p, price, e, a, ef, sf in _PERIODS]
@@ -59,6 +59,8 @@ def _expected(v, x, frame, extra, complete=True, crc_swapped=False):
         "card": "00000000D14B0A54",
         "mac": x["mac"] if x else None,
         "complete": complete, "decoded": True,
+        "pile_kind": "ours" if ext else "third_party", "frame_type": "0x3B", "layout": "bill5",
+        "decode_problems": [],
         "checks": {"ok": True, "problems": []},
         "crc_swapped": crc_swapped,
         "frame": _hex(frame), "content_hash": hashlib.sha256(frame).hexdigest(),
@@ -83,7 +85,7 @@ def test_a_bill_waiting_for_its_fee_split_is_published_incomplete_with_no_fee_fi
     assert doc == _expected(v, None, frame, None, complete=False)
     # a pile that never sends a 0xEB (not our firmware): complete as it is
     doc = schema.bill_json("t1", _row(frame), ext=False)
-    assert doc == _expected(v, None, frame, None, complete=True)
+    assert doc == _expected(v, None, frame, None, complete=True, ext=False)
 
 
 def test_vin_mismatch_an_empty_nameplate_a_swapped_crc_and_an_unknown_trade_flag():
@@ -143,13 +145,13 @@ def test_a_bill_that_does_not_decode_is_published_raw_with_every_figure_null():
         "schema": "pc.bill/1", "site": "t1", "pile": "55031412782305", "gun": "01",
         "serial": "55031412782305012405010800000007", "pile_seq": 4,
         "received_at": "2023-11-14T22:13:20.000Z", "decoded": False, "error": str(err),
-        "frame_type": "0x3B",
+        "pile_kind": "ours", "frame_type": "0x3B", "layout": None, "decode_problems": [],
         "start_time": None, "end_time": None, "trade_time": None, "periods": [],
         "meter": None, "total_energy": None, "total_loss": None, "total_amount": None,
         "energy_fee": None, "service_fee": None, "tariff_model": None, "vin": None,
         "nameplate_vin": None, "vin_mismatch": None, "trade_flag": None, "stop_reason": None,
         "card": None, "mac": None, "complete": True,
-        "checks": {"ok": False, "problems": ["does not decode: %s" % err]},
+        "checks": {"ok": False, "problems": ["undecodable: %s" % err]},
         "crc_swapped": True, "frame": _hex(frame),
         "content_hash": hashlib.sha256(frame).hexdigest(), "extra_frame": None, "raw": None,
     }
