@@ -22,6 +22,7 @@ import tempfile
 import time
 
 from tools.mutants.copytree import check_imports_from, copy_tree, env_for, module_name, ROOT
+from tools.mutants.scope import skip_outside
 
 _PYTEST = "python -m pytest -x -q -p no:cacheprovider --no-header -o addopts="
 
@@ -39,7 +40,11 @@ MODULES = {
                            "tests/test_reader_fuzz.py"],
     "protocol/layout.py": _CODEC,
     "protocol/fields.py": _CODEC,
-    "protocol/frames.py": _CODEC + ["tests/test_dissector.py"],
+    "protocol/frames.py": ["tests/test_frame_table_parse.py", "tests/mp/test_codec.py",
+                           "tests/test_reader_edges.py",
+                           "tests/test_frame_columns.py", "tests/test_layout.py",
+                           "tests/test_custody_rules.py", "tests/test_reader_fuzz.py",
+                           "tests/test_dissector.py", "tests/test_bridge_custody.py"],
     "protocol/reconcile.py": ["tests/test_reconcile.py", "tests/test_custody_rules.py", _NO_BROKER],
     "firmware/outbox.py": ["tests/test_outbox_rules.py", "tests/mp/test_journal.py", "tests/mp/test_pile.py",
                            "tests/test_custody_rules.py", _NO_BROKER],
@@ -48,15 +53,39 @@ MODULES = {
     "firmware/tariff.py": ["tests/mp/test_tariff.py", "tests/mp/test_session.py",
                            "tests/test_pricing_properties.py"],
     "firmware/session.py": ["tests/mp/test_session.py", "tests/test_limit_stop_lag.py",
-                            "tests/test_pricing_properties.py", "tests/mp/test_pile.py"],
-    "host/schema.py": ["tests/test_custody_rules.py", "tests/test_platform.py",
+                            "tests/mp/test_pile.py", "tests/test_pricing_properties.py"],
+    "host/schema.py": ["tests/test_bill_document.py", "tests/test_custody_rules.py",
+                       "tests/test_reconcile.py", "tests/test_platform.py",
                        "tests/test_bridge_commands.py"],
-    "host/platform.py": ["tests/test_custody_rules.py", "tests/test_platform.py"],
-    "host/store.py": ["tests/test_custody_rules.py", "tests/test_bridge_durability.py",
-                      "tests/test_bridge.py"],
-    "host/bridge.py": ["tests/test_custody_rules.py", "tests/test_bridge.py",
-                       "tests/test_bridge_durability.py", "tests/test_bridge_recovery.py",
+    "host/platform.py": ["tests/test_platform_confirm.py", "tests/test_custody_rules.py",
+                         "tests/test_platform.py"],
+    "host/store.py": ["tests/test_custody_rules.py", "tests/test_store_migration.py",
+                      "tests/test_bridge.py", "tests/test_bridge_durability.py",
+                      "tests/test_store_integrity.py"],
+    "host/bridge.py": ["tests/test_custody_rules.py", "tests/test_bridge_confirm.py",
+                       "tests/test_bridge.py", "tests/test_bridge_custody.py",
+                       "tests/test_bridge_recovery.py", "tests/test_bridge_durability.py",
                        "tests/test_platform.py"],
+}
+
+# module -> the functions mutated (tools/mutants/scope.py; docs/testing.md
+# "Scope"): in these modules only the part the issue names is custody or
+# money. Every other module is mutated whole.
+SCOPE = {
+    # the session's limit enforcement: each sample, the stop decision, the
+    # prediction of the register at the next chance to act
+    "firmware/session.py": ["_cdiv", "Gun._sample", "Gun._plan", "Gun._crosses"],
+    # the bridge's custody: store before the 0x40, confirm, settle, prune
+    "host/bridge.py": ["Bridge.on_bill", "Bridge.on_raw_bill", "Bridge._bill_stored",
+                       "Bridge._raw", "Bridge.on_bill_extra", "Bridge._extra_stored",
+                       "Bridge.on_confirm", "Bridge._confirm", "Bridge._settle",
+                       "Bridge.on_settled_reply", "Bridge.settle_backlog",
+                       "Bridge._settle_sweeper"],
+    # the platform's confirmation: stored before confirmed, the result, the hash
+    "host/platform.py": ["content_hash", "Platform.confirm_result", "Platform._take_message",
+                         "Platform._on_message"],
+    # the bill document: figures, scales, completeness, the content hash
+    "host/schema.py": ["dec", "bill_json", "bill_hash", "undecodable_bill_json"],
 }
 
 _CONFIG = """[cosmic-ray]
@@ -80,12 +109,17 @@ def _cr(args, copy, log):
 def _counts(session):
     from cosmic_ray.work_db import WorkDB, use_db
     from cosmic_ray.work_item import TestOutcome
-    c = {"mutants": 0, "killed": 0, "survived": 0, "timeout": 0, "incompetent": 0, "pending": 0}
+    from cosmic_ray.work_item import WorkerOutcome
+    c = {"mutants": 0, "killed": 0, "survived": 0, "timeout": 0, "incompetent": 0, "pending": 0,
+         "out_of_scope": 0}
     survivors = []
     with use_db(session, WorkDB.Mode.open) as db:
-        c["mutants"] = db.num_work_items
+        total = db.num_work_items
         done = 0
         for item, result in db.completed_work_items:
+            if result.worker_outcome == WorkerOutcome.SKIPPED:
+                c["out_of_scope"] += 1
+                continue
             done += 1
             if result.test_outcome == TestOutcome.SURVIVED:
                 c["survived"] += 1
@@ -97,6 +131,7 @@ def _counts(session):
                     c["killed"] += 1
             else:
                 c["incompetent"] += 1
+        c["mutants"] = total - c["out_of_scope"]   # the mutants in scope
         c["pending"] = c["mutants"] - done
     return c, survivors
 
@@ -126,6 +161,11 @@ def run_module(module, out_dir, timeout=None):
         session = os.path.join(copy, "session.sqlite")
         with open(os.path.join(out_dir, name + ".log"), "w") as log:
             _cr(["init", cfg, session], copy, log)
+            if module in SCOPE:
+                kept, skipped = skip_outside(session, os.path.join(copy, module), SCOPE[module])
+                log.write("scope %s: %d mutants kept, %d outside skipped\n"
+                          % (", ".join(SCOPE[module]), kept, skipped))
+                log.flush()
             _cr(["exec", cfg, session], copy, log)
         c, survivors = _counts(session)
         shutil.copy(session, os.path.join(out_dir, name + ".sqlite"))
@@ -134,7 +174,10 @@ def run_module(module, out_dir, timeout=None):
         c["timeout_s"] = timeout
         with open(os.path.join(out_dir, name + ".txt"), "w") as f:
             f.write("%s: %s\n" % (module, c))
-            f.write("test command: %s %s\n\n" % (_PYTEST, tests))
+            f.write("test command: %s %s\n" % (_PYTEST, tests))
+            if module in SCOPE:
+                f.write("scope: %s\n" % ", ".join(SCOPE[module]))
+            f.write("\n")
             for item, result in survivors:
                 for m in item.mutations:
                     f.write("== %s line %d %s #%d\n" % (m.module_path, m.start_pos[0],
@@ -171,6 +214,8 @@ def main(argv=None):
     if a.list:
         for m in mods:
             print("%-22s %s" % (m, " ".join(MODULES[m])))
+            if m in SCOPE:
+                print("%-22s scope: %s" % ("", ", ".join(SCOPE[m])))
         return 0
     print("%-22s %7s %7s %8s %7s %11s %7s %8s" % ("module", "mutants", "killed", "survived",
                                                   "timeout", "incompetent", "score", "time"))
