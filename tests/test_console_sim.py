@@ -18,7 +18,7 @@ from firmware import console as fw_console
 from host.schema import stop_reason
 from protocol import codec
 from tests.mp.pilekit import PILE
-from tools import cli
+from host import cli
 from tools import console as tool
 from tools.sim import SimFleet
 

@@ -72,6 +72,7 @@ import time
 from firmware import journal as J
 from firmware import session as S
 from firmware.flashsim import FlashSim, PowerCut, SimFile
+from host import cli
 from host.broker import mosquitto_available
 from host.mqtt import stop_tasks
 from host import commands as CMD
@@ -1242,7 +1243,9 @@ def main(argv=None):
     ap.add_argument("--verbose", action="store_true", help="progress and faults on stderr")
     ap.add_argument("--third-party", type=int, default=0, metavar="N",
                     help="vendor piles beside ours, their bills reported apart (default 0)")
+    cli.common(ap, log_level="warning")
     args = ap.parse_args(argv)
+    cli.setup_logging(args)
     if not args.verbose:
         # The broker is killed on purpose: its clients' "failed to receive on
         # socket" is the fault working, not news.

@@ -36,7 +36,7 @@ import time
 from host.schema import stop_reason as _stop_name
 from protocol import codec
 from protocol import fields as F
-from tools import cli
+from host import cli
 
 PROMPT = b"pile> "
 _BAUD = 115200

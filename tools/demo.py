@@ -25,6 +25,7 @@ import tempfile
 import time
 
 from firmware.vinauth import STOP_VIN_DENIED
+from host import cli
 from host.mqtt import stop_tasks
 from protocol.fields import PERIODS5
 from tools import sim as SIM
@@ -257,7 +258,9 @@ def main(argv=None):
     ap.add_argument("--keep", metavar="DIR", help="keep logs and databases in DIR")
     ap.add_argument("--broker", choices=("mosquitto", "amqtt"), default="mosquitto",
                     help="broker to start (amqtt, embedded, is used when Mosquitto is missing)")
+    cli.common(ap, log_level="warning")
     args = ap.parse_args(argv)
+    cli.setup_logging(args)
     if args.keep:
         os.makedirs(args.keep, exist_ok=True)
     d = Demo(args.speed, quiet=args.json, workdir=args.keep, broker=args.broker)

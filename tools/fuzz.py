@@ -39,6 +39,7 @@ from protocol import codec
 from protocol.crc import crc16
 from protocol.errors import FrameError
 from protocol.frames import each
+from host import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGETS = ("reader", "bridge-tcp", "mqtt-commands")
@@ -1733,7 +1734,9 @@ def main(argv=None):
     p.add_argument("--keep", action="store_true",
                    help="bridge targets: keep the temp dir (bridge log, database, config)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    cli.common(p, log_level="warning")
     a = p.parse_args(argv)
+    cli.setup_logging(a)
     if a.target == "reader":
         if a.case is not None:
             rep = fuzz_reader(1, a.seed, first=a.case)

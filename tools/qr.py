@@ -22,6 +22,7 @@ import sys
 from urllib.parse import urlsplit
 
 import segno
+from host import cli
 
 PILE_LENGTHS = (14, 16, 20)  # YKC wire code; platform numberings seen in the field
 WIRE_LENGTH = 14  # YKC V1.6 pile code: 7 bytes BCD
@@ -233,11 +234,13 @@ def _parser():
     b.add_argument("--format", choices=("svg", "png"), default="svg")
     b.add_argument("--scale", type=int, default=4, help="pixels (PNG) or units (SVG) per module")
     common(b)
+    cli.common(ap, log_level="warning")
     return ap
 
 
 def main(argv=None):
     args = _parser().parse_args(argv)
+    cli.setup_logging(args)
     verify = not args.no_op_check
     try:
         if args.cmd == "show":

@@ -41,6 +41,7 @@ from firmware.pile import Pile
 from firmware.sim import SimWorld
 from firmware.tariff import CLASSES, Tariff, TariffError
 from firmware.vinauth import CARD_FLEET, CARD_SITE_ADMIN, VinPolicy
+from host import cli
 from host.testkit import THIRD_PARTY_VARIANTS, TcpTransport, ThirdPartyPile, third_party_corpus
 from protocol import codec
 from protocol import fields as F
@@ -1517,6 +1518,7 @@ def parse_hostport(s):
 def _parser():
     ap = argparse.ArgumentParser(prog="pile-sim", description="Simulated charging piles running "
                                  "the real firmware, in simulated time.")
+    cli.common(ap, log_level="warning")
     sub = ap.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("scenario", help="run one scenario file without a bridge")
     a.add_argument("file")
@@ -1604,6 +1606,7 @@ def _third_party(args):
 
 def main(argv=None):
     args = _parser().parse_args(argv)
+    cli.setup_logging(args)
     try:
         if args.cmd == "scenario":
             sc = load_scenario(args.file)

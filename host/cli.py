@@ -52,12 +52,14 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def common(ap, log_level="info"):
-    """Add --version, --log-format and --log-level to an ArgumentParser."""
+    """Add --version, --log-format and --log-level to an ArgumentParser
+    (log_level=None: the tool has its own --log-level)."""
     ap.add_argument("--version", action="version", version="%s %s" % (ap.prog, version()))
     ap.add_argument("--log-format", choices=("text", "json"), default="text",
                     help="logs on stderr as text lines or one JSON object a line")
-    ap.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
-                    default=log_level, help="the least level logged (default %s)" % log_level)
+    if log_level is not None:
+        ap.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                        default=log_level, help="the least level logged (default %s)" % log_level)
     return ap
 
 
