@@ -632,6 +632,7 @@ class Chaos:
         self.intensity = intensity
         self.recovery_s = recovery_s
         self.quiet = quiet
+        self.progress = None      # advance(n, note): the CLI's progress bar
         self.own = workdir is None
         self.dir = workdir or tempfile.mkdtemp(prefix="pc-chaos-")
         self.p_corrupt = _P_CORRUPT if self.on("corrupt") else 0.0
@@ -929,6 +930,8 @@ class Chaos:
                     raise ftask.exception()
                 n = self.executed()
                 if n != last:
+                    if self.progress is not None:
+                        self.progress(n - max(last, 0), "sim %.1f h" % (self.fleet.sim_ms / 3.6e6))
                     if n // 500 != last // 500:
                         self.say("%d sessions, sim %.1f h" % (n, self.fleet.sim_ms / 3.6e6))
                     last, moved = n, time.monotonic()
@@ -1258,7 +1261,11 @@ def main(argv=None):
               args.intensity, args.keep, args.recovery, quiet=not args.verbose,
               keyed=not args.unkeyed, third_party=args.third_party)
     try:
-        s = asyncio.run(c.run())
+        with cli.progress("pile-chaos sessions", total=args.piles * args.sessions,
+                          enabled=cli.progress_enabled(args.json)) as tick:
+            if cli.progress_enabled(args.json):
+                c.progress = tick
+            s = asyncio.run(c.run())
     finally:
         c.close()
     print(json.dumps(s, indent=2) if args.json else table(s))
