@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 
+from host import cli
 from protocol import codec
 from tools import dissect as D
 from tools.programs import find_program
@@ -154,9 +155,13 @@ def main(argv=None):
     p.add_argument("--no-heap", action="store_true", help="skip the heap figures")
     args = p.parse_args(argv)
 
-    ours, theirs = cpython_rates(args.seconds)
-    mp = None if args.no_micropython else micropython_rate(args.seconds)
-    heap = None if args.no_heap or args.no_micropython else heap_figures()
+    with cli.progress("bench_codec", total=3, enabled=cli.progress_enabled()) as tick:
+        tick(0, "CPython")
+        ours, theirs = cpython_rates(args.seconds)
+        tick(1, "micropython")
+        mp = None if args.no_micropython else micropython_rate(args.seconds)
+        tick(1, "heap")
+        heap = None if args.no_heap or args.no_micropython else heap_figures()
 
     print("Machine: %s, %s %s, %d CPUs" % (platform.machine(), platform.python_implementation(),
                                            platform.python_version(), os.cpu_count() or 0))
