@@ -591,6 +591,127 @@ def make_broker(prefer="mosquitto", **opts):
     raise BrokerUnsupported("no MQTT broker: install mosquitto or amqtt")
 
 
+def find_nats_server():
+    """Path of nats-server (Debian installs it in /usr/sbin), or None."""
+    return shutil.which("nats-server") or next(
+        (p for p in ("/usr/sbin/nats-server", "/usr/local/bin/nats-server") if os.access(p, os.X_OK)),
+        None)
+
+
+class NatsNode(_ChildBroker):
+    """One nats-server of a NatsCluster: its MQTT listener (the port this
+    class probes), a cluster route port, JetStream in its own folder (MQTT
+    sessions and QoS 1 messages live there, replicated on every node)."""
+
+    kind = "nats"
+    _ready_marker = "Server is ready"
+
+    def __init__(self, name, port, route_port, peers, workdir):
+        _ChildBroker.__init__(self, port=port, workdir=workdir)
+        self.name = name
+        self.route_port = route_port
+        self.peers = peers                  # the other nodes' route ports
+        self.conf = os.path.join(self.workdir, "nats.conf")
+
+    def _command(self):
+        return [find_nats_server(), "-c", self.conf]
+
+    def _write_config(self):
+        routes = ", ".join("nats-route://127.0.0.1:%d" % p for p in self.peers)
+        with open(self.conf, "w") as f:
+            f.write("server_name: %s\n"
+                    "listen: 127.0.0.1:-1\n"            # NATS clients: not used here
+                    "jetstream { store_dir: \"%s\", max_memory_store: 64MB, "
+                    "max_file_store: 256MB }\n"
+                    "cluster { name: pc, listen: 127.0.0.1:%d, routes: [%s] }\n"
+                    "mqtt { listen: 127.0.0.1:%d, stream_replicas: %d }\n"
+                    % (self.name, os.path.join(self.workdir, "js"), self.route_port, routes,
+                       self.port, len(self.peers) + 1))
+
+
+class NatsCluster:
+    """A 3-node (by default) NATS cluster with its MQTT listeners, on
+    loopback ports, each node a child process stopped by its pid. nats-server
+    binds the ports it is given (the nodes must know each other's route
+    ports beforehand): they are picked here, and the whole cluster is tried
+    again on new ports when one was taken meanwhile (bounded).
+
+        with NatsCluster() as c:
+            c.urls            # ["mqtt://127.0.0.1:P1", ...]: mqtt.url as a list
+            c.kill(1); c.start_node(1)
+    """
+
+    def __init__(self, nodes=3, ready_timeout=30.0):
+        if find_nats_server() is None:
+            raise BrokerUnsupported("nats-server is not installed (apt-get install nats-server; "
+                                    "tools/setup.sh does)")
+        self.n = nodes
+        self.ready_timeout = ready_timeout
+        self.workdir = tempfile.mkdtemp(prefix="pc-nats-")
+        self.nodes = []
+
+    @property
+    def urls(self):
+        return [n.url for n in self.nodes]
+
+    def start(self):
+        for attempt in range(_START_TRIES):
+            ports = [free_port() for _ in range(2 * self.n)]
+            if len(set(ports)) < len(ports):
+                continue
+            mqtt, routes = ports[:self.n], ports[self.n:]
+            self.nodes = []
+            for i in range(self.n):
+                d = os.path.join(self.workdir, "n%d" % (i + 1))
+                os.makedirs(d, exist_ok=True)
+                self.nodes.append(NatsNode("n%d" % (i + 1), mqtt[i], routes[i],
+                                           [p for j, p in enumerate(routes) if j != i], d))
+            # All spawned before any is awaited: JetStream needs a quorum
+            # before a node serves MQTT.
+            for node in self.nodes:
+                node.ready_timeout = self.ready_timeout
+                node._write_config()
+                node._spawn()
+            errs = [node._await_ready() for node in self.nodes]
+            if not any(errs):
+                return self
+            for node in self.nodes:
+                node.stop(kill=True)
+            if any(_in_use(e) for e in errs if e) and attempt + 1 < _START_TRIES:
+                continue
+            raise BrokerError("nats cluster did not start: %s\n--- logs ---\n%s" % (
+                "; ".join("%s: %s" % (n.name, e) for n, e in zip(self.nodes, errs) if e),
+                "\n".join(n.log_text()[-1500:] for n in self.nodes)))
+        raise BrokerError("nats cluster did not start: ports kept being taken")
+
+    def kill(self, i):
+        """SIGKILL node i by its pid (a crash)."""
+        self.nodes[i].stop(kill=True)
+
+    def start_node(self, i):
+        """Start node i again on its ports and files; returns once it serves."""
+        node = self.nodes[i]
+        node._write_config()
+        node._spawn()
+        err = node._await_ready()
+        if err:
+            raise BrokerError("nats node %s did not restart: %s" % (node.name, err))
+
+    def index_of(self, url):
+        return self.urls.index(url)
+
+    def close(self):
+        for node in self.nodes:
+            node.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 def _in_use(text):
     return "already in use" in text.lower()
 

@@ -16,7 +16,7 @@ DEFAULTS = {
     "log_level": "info",
     "allow": [],                 # allow-list of pile codes; empty = any pile may log in
     "mqtt": {
-        "url": "mqtt://127.0.0.1:1883",   # mqtts:// for TLS
+        "url": "mqtt://127.0.0.1:1883",   # mqtts:// for TLS; a list: a broker cluster's nodes, tried in turn
         "username": None,
         "password": None,
         "password_file": None,
@@ -246,7 +246,13 @@ def validate(cfg):
     if cfg["tcp"]["listen"]:
         parse_hostport(cfg["tcp"]["listen"])
     m = cfg["mqtt"]
-    parse_mqtt_url(m["url"])
+    urls = m["url"] if isinstance(m["url"], list) else [m["url"]]
+    if not urls or not all(isinstance(u, str) for u in urls):
+        raise ConfigError("mqtt.url is a broker URL or a list of them (a cluster's nodes)")
+    for u in urls:
+        parse_mqtt_url(u)
+    m["urls"] = urls              # the failover order (host/mqtt.py)
+    m["url"] = urls[0]
     if m["protocol"] not in ("3.1.1", "5"):
         raise ConfigError("mqtt.protocol is \"3.1.1\" or \"5\"")
     if cfg["piles"]["time_sync_s"] < 0:
@@ -536,7 +542,8 @@ def from_args(argv=None):
     if args.allow:
         o["allow"] = args.allow
     if args.mqtt:
-        m["url"] = args.mqtt
+        # --mqtt URL[,URL...]: a cluster's nodes, tried in turn
+        m["url"] = args.mqtt.split(",") if "," in args.mqtt else args.mqtt
     for flag, key in (("mqtt_username", "username"), ("mqtt_password_file", "password_file"),
                       ("client_id", "client_id"), ("ca", "ca_file"), ("cert", "cert_file"),
                       ("key", "key_file")):
@@ -561,7 +568,9 @@ def dump(cfg):
     m = safe["mqtt"]
     if m.get("password"):
         m["password"] = "***"
-    u = urlsplit(m["url"])
-    if u.password:
-        m["url"] = m["url"].replace(":" + u.password + "@", ":***@", 1)
+    def masked(url):
+        u = urlsplit(url)
+        return url.replace(":" + u.password + "@", ":***@", 1) if u.password else url
+    m["url"] = masked(m["url"])
+    m["urls"] = [masked(u) for u in m.get("urls") or []]
     return json.dumps(safe, indent=2, sort_keys=True)

@@ -81,9 +81,20 @@ class MqttLink:
         self._stopping = False
         self.connects = 0
         self.failures = 0
+        # A cluster's nodes (mqtt.url as a list): on a lost or failed
+        # connection the next node is tried at once with the same client id,
+        # so the persistent session (QoS 1 commands and confirmations queued
+        # while away) follows; after a whole round, the backoff applies.
+        self.urls = list(self.m.get("urls") or [self.m["url"]])
+        self.node = 0
+        self.failovers = 0
+
+    @property
+    def url(self):
+        return self.urls[self.node]
 
     def _client(self):
-        tls, host, port, _, _ = parse_mqtt_url(self.m["url"])
+        tls, host, port, _, _ = parse_mqtt_url(self.url)
         user, pw = mqtt_credentials(self.cfg)
         ctx = None
         if tls:
@@ -112,6 +123,7 @@ class MqttLink:
 
     async def run(self):
         delay = self.m["reconnect_min_s"]
+        tried = 0                          # nodes failed in a row
         while not self._stopping:
             client = None
             try:
@@ -125,7 +137,8 @@ class MqttLink:
                     self.connects += 1
                     self.connected.set()
                     delay = self.m["reconnect_min_s"]
-                    log.info("connected to %s as %s", self.m["url"], self.m["client_id"])
+                    tried = 0
+                    log.info("connected to %s as %s", self.url, self.m["client_id"])
                     if self.on_connected:
                         asyncio.ensure_future(self._guard(self.on_connected()))
                     async for msg in client.messages:
@@ -136,15 +149,24 @@ class MqttLink:
             except aiomqtt.MqttError as e:
                 self.failures += 1
                 if not self._stopping:
-                    log.warning("broker %s: %s; retry in %.1f s", self.m["url"], e, delay)
+                    log.warning("broker %s: %s", self.url, e)
             except (OSError, ssl.SSLError) as e:
                 self.failures += 1
-                log.warning("broker %s: %s; retry in %.1f s", self.m["url"], e, delay)
+                log.warning("broker %s: %s", self.url, e)
             finally:
                 self._drop()
             if self._stopping:
                 break
+            tried += 1
+            if len(self.urls) > 1:
+                self.node = (self.node + 1) % len(self.urls)
+                self.failovers += 1
+                if tried < len(self.urls):
+                    log.warning("trying the next broker node, %s", self.url)
+                    continue
             # Backoff with jitter, so a site's bridges do not reconnect in step.
+            log.warning("no broker reached; retry %s in %.1f s", self.url, delay)
+            tried = 0
             await asyncio.sleep(delay * (0.75 + random.random() / 2))
             delay = min(delay * 2, self.m["reconnect_max_s"])
 

@@ -21,6 +21,7 @@ from protocol.frames import BILL_CODES
 from host import config as configmod
 from host import schema
 from host import tariff as T
+from host.fastcodec import FrameReader
 from host.links import LinkClosed
 
 log = logging.getLogger("host.piles")
@@ -202,7 +203,7 @@ class PileConn:
         self.link = link
         self.link_ext = link_ext
         self.close_on_silence = close_on_silence   # TCP: yes; a serial port stays open
-        self.reader = codec.FrameReader(tolerant=True, lenient=True)   # piles not ours: protocol/lenient.py
+        self.reader = FrameReader(tolerant=True, lenient=True)   # host/fastcodec.py; piles not ours: protocol/lenient.py
         self.pile = None
         self._seq = 0
         self._waiters = []

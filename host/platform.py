@@ -410,10 +410,15 @@ class Platform:
                  username=None, password=None, client_id=None, keys=None, tls_context=None,
                  mac_wait_s=MAC_WAIT_S, consume=True, cmd_key=None):
         from host.config import ConfigError, parse_mqtt_url
+        # "URL,URL,...": a cluster's nodes, tried in turn (host/mqtt.py's rule)
+        self.nodes = []
         try:
-            tls, self.host, self.port, u_user, u_pw = parse_mqtt_url(url)
+            for u in url.split(","):
+                self.nodes.append(parse_mqtt_url(u.strip())[1:3])
+            tls, self.host, self.port, u_user, u_pw = parse_mqtt_url(url.split(",")[0].strip())
         except ConfigError as e:
             raise PlatformError(str(e).replace("mqtt.url", "the broker URL"))
+        self.node = 0
         if tls and tls_context is None:
             # mqtts:// is never quietly plain: the system's CAs at least.
             tls_context = ssl.create_default_context()
@@ -616,8 +621,10 @@ class Platform:
         return [bills, "%s/%s/events/+" % (ROOT, self.site), "%s/%s/result/+" % (ROOT, self.site)]
 
     async def run(self, ready=None):
-        """Consume until cancelled; reconnects with backoff."""
+        """Consume until cancelled; reconnects with backoff (a cluster: the
+        next node at once, the backoff after a whole round)."""
         delay = 0.2
+        tried = 0
         while True:
             try:
                 async with aiomqtt.Client(self.host, self.port, identifier=self.client_id,
@@ -630,6 +637,7 @@ class Platform:
                     for t in self._subscriptions():
                         await client.subscribe(t, qos=1)
                     delay = 0.2
+                    tried = 0
                     self.last_error = None
                     if ready is not None:
                         ready.set()
@@ -638,7 +646,16 @@ class Platform:
             except (aiomqtt.MqttError, OSError, ssl.SSLError) as e:
                 self._client = None
                 self.last_error = str(e) or type(e).__name__
-                log.info("platform: broker %s: %s; retry in %.1fs", self.url, self.last_error, delay)
+                log.info("platform: broker %s:%d: %s", self.host, self.port, self.last_error)
+                if len(self.nodes) > 1:
+                    # The next node at once, the same client id: the
+                    # persistent session (bills queued meanwhile) follows.
+                    self.node = (self.node + 1) % len(self.nodes)
+                    self.host, self.port = self.nodes[self.node]
+                    tried += 1
+                    if tried < len(self.nodes):
+                        continue
+                tried = 0
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -820,7 +837,8 @@ def main(argv=None):
         prog="pile-platform", description="The reference platform: takes bills from bridges over "
         "MQTT, stores, checks and confirms them; sends commands (docs/platform.md).")
     ap.add_argument("--broker", default="mqtt://127.0.0.1:1883",
-                    help="mqtt://host:port or mqtts://host:port (TLS)")
+                    help="mqtt://host:port or mqtts://host:port (TLS); URL,URL,...: a broker "
+                    "cluster's nodes, tried in turn (docs/scaling.md)")
     ap.add_argument("--db", default="platform.db", help="SQLite file for bills")
     ap.add_argument("--site", default="+", help="site id, or + for every site")
     ap.add_argument("--group", help="share the bill stream: $share/<group>/...")

@@ -14,11 +14,14 @@ class FrameReader:
     (some real piles send them) and counts them in `swapped_crc`;
     `lenient=True` reads fields as protocol/lenient.py says (piles that are
     not ours), each Frame's `problems` naming what was given way on.
+    `decode` replaces codec._decode (same arguments and results): the
+    host's fast path, host/fastcodec.py.
     """
 
-    def __init__(self, tolerant=False, lenient=False):
+    def __init__(self, tolerant=False, lenient=False, decode=None):
         self.tolerant = tolerant
         self.lenient = lenient
+        self._decode = decode or _decode
         self._buf = bytearray(MAX_FRAME)
         self._mv = memoryview(self._buf)
         self._n = 0
@@ -71,7 +74,7 @@ class FrameReader:
             if end - i < n:
                 break
             try:
-                f = _decode(self._mv, i, n, self.tolerant, self.lenient)
+                f = self._decode(self._mv, i, n, self.tolerant, self.lenient)
             except FrameError as e:
                 self.errors += 1
                 out.append(e)

@@ -22,6 +22,7 @@ def _run(capsys, *args):
     return rc, json.loads(capsys.readouterr().out)
 
 
+@pytest.mark.slow
 @needs_mosquitto
 def test_a_thousand_sessions_under_every_fault_lose_duplicate_and_misreconcile_nothing(capsys):
     rc, s = _run(capsys, "--piles", "20", "--sessions", "50", "--seed", "7", "--third-party", "2")
@@ -60,6 +61,7 @@ def test_a_thousand_sessions_under_every_fault_lose_duplicate_and_misreconcile_n
     assert s["stop_reasons"].get("power_loss", 0) > 0
 
 
+@pytest.mark.slow
 @needs_mosquitto
 def test_the_verdict_fails_when_a_pile_forgets_a_bill(capsys, monkeypatch):
     # A firmware bug: the first bill is reported sealed but never written.
@@ -104,6 +106,18 @@ def test_the_verdict_fails_when_an_intruder_gets_in(capsys):
     assert rc == 1 and s["faults"]["fake_login"] == 1
     assert any(w.startswith("fake login as") for w in s["intruder_wins"]), s["intruder_wins"]
     assert any(w.startswith("forged bill") for w in s["intruder_wins"]), s["intruder_wins"]
+
+
+def test_a_nats_cluster_loses_nothing_while_its_nodes_are_killed_and_restarted(capsys):
+    # Issue 22: the same verdict through a 3-node NATS cluster (the bridge
+    # and the platform fail over between nodes), with node kills and a
+    # rolling restart during the run.
+    rc, s = _run(capsys, "--piles", "4", "--sessions", "15", "--seed", "9", "--cluster",
+                 "--faults", "node_kill,broker_restart,power_cut", "--intensity", "12")
+    assert {k: s[k] for k in VERDICT} == dict.fromkeys(VERDICT, 0), s.get("examples")
+    assert rc == 0 and s["recovered"] and s["broker"] == "nats cluster, 3 nodes"
+    assert s["faults"].get("node_kills", 0) > 0 and s["faults"].get("broker_restarts", 0) > 0
+    assert s["bills"] == s["sessions"] >= 60
 
 
 def test_tally_names_lost_duplicated_phantom_and_unreconciled_bills():

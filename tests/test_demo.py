@@ -18,6 +18,7 @@ def _table_rows(text):
     return rows
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("broker", ["mosquitto", "amqtt"])
 def test_demo_loses_duplicates_and_misreconciles_nothing(capsys, broker):
     if not {"mosquitto": mosquitto_available, "amqtt": amqtt_available}[broker]():

@@ -238,6 +238,7 @@ def test_reader_fuzz_reports_a_broken_reader_and_replays_its_case(monkeypatch, c
     assert again["inputs"] == 1 and again["violations"][0]["what"] == v["what"]
 
 
+@pytest.mark.slow
 @needs_mosquitto
 def test_bridge_tcp_fuzz_hostile_clients_beside_a_charging_pile():
     # Every kind of hostile client (random and mutated frames, frames before

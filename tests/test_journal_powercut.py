@@ -317,7 +317,8 @@ def cut_and_check(ops, limit, cut, after=AFTER, keep="all"):
     return h
 
 
-@pytest.mark.parametrize("ops,limit", [(SMALL, J.JOURNAL_BYTES), (PRESSED, PRESSURE_LIMIT)],
+@pytest.mark.parametrize("ops,limit", [(SMALL, J.JOURNAL_BYTES),
+                                       pytest.param(PRESSED, PRESSURE_LIMIT, marks=pytest.mark.slow)],
                          ids=["roomy", "pressed"])
 def test_power_cut_at_every_byte_of_a_scripted_day(ops, limit):
     total = units_of(ops, limit)

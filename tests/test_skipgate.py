@@ -73,6 +73,16 @@ def test_under_ci_an_unlisted_skip_fails_the_run_and_is_named(suite):
     assert "1 passed, 3 skipped" in out
 
 
+def test_under_ci_an_unlisted_skip_fails_a_run_on_xdist_workers_too(suite):
+    # tools/test.sh runs pytest on pytest-xdist workers: the skips reach the
+    # gate from the workers' reports.
+    r = _pytest(suite, "true", "-n", "2")
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out
+    assert "2 skip(s) not listed in tests/allowed_skips.py" in out
+    assert "test_gate.py::test_unlisted_mark: marked off" in out
+
+
 def test_under_ci_listed_skips_alone_pass(suite):
     r = _pytest(suite, "true", "test_gate.py::test_runs", "test_gate.py::test_listed")
     assert r.returncode == 0, r.stdout + r.stderr

@@ -78,8 +78,10 @@ def test_a_bill_is_followed_through_its_custody_states_on_the_page_and_in_metric
             async def state_of(serial):
                 s = await snap()
                 return [x["state"] for x in s["bills"] if x["serial"] == serial]
-            # Published, the platform has not confirmed it yet.
-            s = await snap()
+            # Published, the platform has not confirmed it yet (the bridge
+            # marks it published on the PUBACK, which may come after the
+            # platform already has it).
+            s = await _poll(snap, lambda s: [x["state"] for x in s["bills"]] == ["published"])
             assert s["site"] == "t1" and [x["pile"] for x in s["piles"]] == [PILE_A]
             assert s["piles"][0]["online"] is True and s["piles"][0]["trust"] == "none"
             assert await state_of(bill["serial"]) == ["published"]

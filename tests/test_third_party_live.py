@@ -8,23 +8,15 @@
 import asyncio
 import json
 import os
-import sqlite3
 import sys
 
 from host.testkit import TcpTransport, ThirdPartyPile, third_party_corpus
 from protocol.reconcile import problem_classes
+from tests.test_bridge_custody import _rows
 from tests.test_bridge_helpers import (ROOT, BridgeProcess, Platform, fast_config, run, tempdir,
                                        until, url_of)
 
 PILE = "55031412782399"
-
-
-def _rows(db, sql, *args):
-    c = sqlite3.connect(db)
-    try:
-        return c.execute(sql, args).fetchall()
-    finally:
-        c.close()
 
 
 class PlatformProcess:

@@ -1,15 +1,28 @@
-"""Codec benchmark: the bill 0x3B, decoded and encoded, per second.
+"""Codec benchmark: every frame type decoded and encoded, per second.
 
-    python3 -m tools.bench_codec [--seconds S] [--no-micropython] [--no-heap]
+    python3 -m tools.bench_codec [--seconds S] [--frame-seconds S]
+                                 [--no-micropython] [--no-heap]
 
-In one run: protocol.codec (decode + encode) and construct (tools/dissect
-FRAME.parse + FRAME.build) on the same frame under CPython, with their ratio;
-the same codec under the real `micropython` binary (tests/mp/bench_codec_mp.py);
-and the MicroPython heap figures: what importing protocol.codec retains (from
-.py, and from .mpy made by mpy-cross), and the smallest -X heapsize under
-which `tests/mp/run.py test_codec` passes. Prints Markdown for the "## Codec"
-section of docs/benchmarks.md. Figures vary with the machine and its load:
-compare runs made on the same machine.
+In one run, on the same frames, measured in turns (construct, shared codec,
+fast path, again and again; the best turn of each kept, so that a burst of
+load from elsewhere hits all three alike):
+
+- the bill 0x3B of tests/mp/test_codec.py (the figure docs/benchmarks.md has
+  tracked since the start): protocol.codec, construct (tools/dissect
+  FRAME.parse + FRAME.build) and the host's fast path (host/fastcodec.py);
+- every layout of the frame table, with the values of
+  tests/mp/bench_codec_mp.samples(): the same three, their ratios, and the
+  same codec under the real `micropython` binary;
+- the MicroPython heap figures: what importing protocol.codec retains (from
+  .py, and from .mpy made by mpy-cross), and the smallest -X heapsize under
+  which `tests/mp/run.py test_codec` passes.
+
+Decode + encode = decode (CRC check, every field) then encode of the decoded
+fields (every field, CRC), by type code. The fast path is checked to have
+handled every frame itself (host/fastcodec.stats: no fallback to the shared
+codec), and construct to rebuild each frame byte for byte. Prints Markdown
+for the "## Codec" section of docs/benchmarks.md. Figures vary with the
+machine and its load: compare ratios, and runs made on the same machine.
 """
 import argparse
 import os
@@ -20,6 +33,7 @@ import tempfile
 import time
 
 from host import cli
+from host import fastcodec as X
 from protocol import codec
 from tools import dissect as D
 from tools.programs import find_program
@@ -33,37 +47,93 @@ def _bill():
     return codec.encode(0x3B, sample_bill(), seq=0x0180)
 
 
-def _rate(fn, seconds):
-    """Best of three runs of `seconds`/3 each: calls per second."""
-    best = 0.0
-    for _ in range(3):
-        n = 0
-        t0 = time.perf_counter()
-        end = t0 + seconds / 3
-        while True:
-            for _ in range(20):
-                fn()
-            n += 20
-            t = time.perf_counter()
-            if t >= end:
-                break
-        best = max(best, n / (t - t0))
+def _once(fn, seconds):
+    """Calls per second of fn over about `seconds`."""
+    n = 0
+    t0 = time.perf_counter()
+    end = t0 + seconds
+    while True:
+        for _ in range(20):
+            fn()
+        n += 20
+        t = time.perf_counter()
+        if t >= end:
+            return n / (t - t0)
+
+
+def side_by_side(fns, seconds, turn=0.02):
+    """Best calls/s of each fn over `seconds`, measured in turns of about
+    `turn` s (fn 1, fn 2, ..., again): on a shared machine the best short
+    turn is the one least disturbed, and each fn gets as many chances."""
+    best = [0.0] * len(fns)
+    turns = max(5, int(seconds / turn))
+    for _ in range(turns):
+        for k, fn in enumerate(fns):
+            best[k] = max(best[k], _once(fn, seconds / turns))
     return best
 
 
-def cpython_rates(seconds):
-    raw = _bill()
-
-    def ours():
-        f = codec.decode(raw)
-        codec.encode(0x3B, f.fields, f.seq)
+def _three(raw):
+    code = raw[5]
 
     def theirs():
-        c = D.FRAME.parse(raw)
-        D.FRAME.build(c)
+        D.FRAME.build(D.FRAME.parse(raw))
 
-    assert D.FRAME.build(D.FRAME.parse(raw)) == raw
-    return _rate(ours, seconds), _rate(theirs, seconds)
+    def shared():
+        f = codec.decode(raw)
+        codec.encode(code, f.fields, f.seq)
+
+    def fast():
+        f = X.decode(raw)
+        X.encode(code, f.fields, f.seq)
+
+    if D.FRAME.build(D.FRAME.parse(raw)) != raw:
+        raise RuntimeError("construct does not rebuild %s" % raw.hex())
+    f = X.decode(raw)
+    if X.encode(code, f.fields, f.seq) != raw or codec.encode(code, f.fields, f.seq) != raw:
+        raise RuntimeError("the codecs do not rebuild %s" % raw.hex())
+    return theirs, shared, fast
+
+
+def cpython_rates(seconds):
+    """(codec, construct, fast) for the bill of tests/mp/test_codec.py."""
+    theirs, shared, fast = _three(_bill())
+    before = X.stats["fallback"]
+    c, s, f = side_by_side((theirs, shared, fast), seconds)
+    if X.stats["fallback"] != before:
+        raise RuntimeError("the fast path passed the bill on to the shared codec")
+    return s, c, f
+
+
+def frame_rates(seconds):
+    """Per layout: (name, code, bytes, construct, codec, fast) per second."""
+    sys.path.insert(0, ROOT)
+    from tests.mp.bench_codec_mp import samples
+    rows = []
+    for name, raw in samples():
+        theirs, shared, fast = _three(raw)
+        before = X.stats["fallback"]
+        c, s, f = side_by_side((theirs, shared, fast), seconds)
+        if X.stats["fallback"] != before:
+            raise RuntimeError("the fast path passed %s on to the shared codec" % name)
+        rows.append((name, raw[5], len(raw), c, s, f))
+    return rows
+
+
+def micropython_frame_rates(seconds):
+    """{name: decode+encode per second} under `micropython`, or None."""
+    mp = find_program("micropython")
+    if not mp:
+        return None
+    r = subprocess.run([mp, os.path.join(ROOT, "tests", "mp", "bench_codec_mp.py"), "all",
+                        str(seconds)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    if r.returncode:
+        raise RuntimeError("micropython bench failed: " + r.stderr.strip()[-300:])
+    out = {}
+    for line in r.stdout.splitlines():
+        name, rest = line.split(" decode+encode: ")
+        out[name] = int(rest.split()[0])
+    return out
 
 
 def micropython_rate(seconds):
@@ -150,29 +220,60 @@ def heap_figures():
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="bench_codec", description=__doc__.split("\n\n")[0])
-    p.add_argument("--seconds", type=float, default=3.0, help="per measurement (default 3)")
+    p.add_argument("--seconds", type=float, default=3.0,
+                   help="per codec for the bill (default 3)")
+    p.add_argument("--frame-seconds", type=float, default=0.5,
+                   help="per codec and frame type (default 0.5; 0: skip the per-frame table)")
     p.add_argument("--no-micropython", action="store_true", help="CPython figures only")
     p.add_argument("--no-heap", action="store_true", help="skip the heap figures")
     args = p.parse_args(argv)
 
-    with cli.progress("bench_codec", total=3, enabled=cli.progress_enabled()) as tick:
+    with cli.progress("bench_codec", total=5, enabled=cli.progress_enabled()) as tick:
+        X.compile_all()
         tick(0, "CPython")
-        ours, theirs = cpython_rates(args.seconds)
+        ours, theirs, fast = cpython_rates(args.seconds)
+        tick(1, "CPython per frame")
+        rows = frame_rates(args.frame_seconds) if args.frame_seconds else []
         tick(1, "micropython")
         mp = None if args.no_micropython else micropython_rate(args.seconds)
+        tick(1, "micropython per frame")
+        mp_frames = None if args.no_micropython or not rows else \
+            micropython_frame_rates(args.frame_seconds)
         tick(1, "heap")
         heap = None if args.no_heap or args.no_micropython else heap_figures()
 
-    print("Machine: %s, %s %s, %d CPUs" % (platform.machine(), platform.python_implementation(),
-                                           platform.python_version(), os.cpu_count() or 0))
+    try:
+        load = "%.2f %.2f %.2f" % os.getloadavg()
+    except OSError:
+        load = "?"
+    print("Machine: %s, %s %s, %d CPUs, load average at the end %s; C CRC (crcmod): %s"
+          % (platform.machine(), platform.python_implementation(), platform.python_version(),
+             os.cpu_count() or 0, load, "yes" if X.C_CRC else "no"))
     print()
-    print("| bill 0x3B (166 bytes), decode + encode | per second |")
-    print("|---|---|")
-    print("| protocol.codec, CPython | %.0f |" % ours)
-    print("| construct 2.10 (tools/dissect FRAME.parse + build), CPython | %.0f |" % theirs)
-    print("| ratio codec / construct | %.1f x |" % (ours / theirs))
+    print("| bill 0x3B (166 bytes), decode + encode | per second | / construct |")
+    print("|---|---|---|")
+    print("| construct 2.10 (tools/dissect FRAME.parse + build), CPython | %.0f | 1.0 x |" % theirs)
+    print("| protocol.codec, CPython | %.0f | %.1f x |" % (ours, ours / theirs))
+    print("| host fast path (host/fastcodec.py), CPython | %.0f | %.1f x |" % (fast, fast / theirs))
     if mp is not None:
-        print("| protocol.codec, micropython (unix port) | %d |" % mp)
+        print("| protocol.codec, micropython (unix port) | %d | |" % mp)
+    if rows:
+        fr = sorted(r[5] / r[3] for r in rows)
+        cr = sorted(r[4] / r[3] for r in rows)
+        low = min(rows, key=lambda r: r[5] / r[3])
+        print()
+        print("Every layout (%d), decode + encode per second; ratios to construct. Fast path / "
+              "construct: lowest %.1f x (%s), median %.1f x; shared codec / construct: lowest "
+              "%.1f x, median %.1f x."
+              % (len(rows), fr[0], low[0], fr[len(fr) // 2], cr[0], cr[len(cr) // 2]))
+        print()
+        print("| frame | code | bytes | construct | protocol.codec | fast path | fast / construct "
+              "| codec / construct | micropython codec |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for name, code, n, c, s_, f in rows:
+            m = mp_frames.get(name) if mp_frames else None
+            print("| %s | 0x%02X | %d | %.0f | %.0f | %.0f | %.1f x | %.1f x | %s |"
+                  % (name, code, n, c, s_, f, f / c, s_ / c, "" if m is None else m))
     if heap:
         print()
         print("| MicroPython heap | KB |")

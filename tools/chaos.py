@@ -10,7 +10,10 @@ reference platform (host/platform.py), with seeded random faults:
                    sometimes again during the recovery at the next boot
   reboot           the platform asks for a reboot (now / when idle) mid-session
   bridge_kill      the bridge is SIGKILLed and started again on its database
-  broker_restart   Mosquitto is restarted (SIGTERM or SIGKILL) on its port
+  broker_restart   Mosquitto is restarted (SIGTERM or SIGKILL) on its port;
+                   with --cluster, a rolling restart of every node in turn
+  node_kill        (--cluster) one node of the NATS cluster is SIGKILLed and
+                   started again a moment later
   platform_outage  the platform takes nothing and confirms nothing for a while
   corrupt          1 % of the frames on each pile link get one byte changed
   duplicate        1 % of the frames on each pile link arrive twice
@@ -73,7 +76,7 @@ from firmware import journal as J
 from firmware import session as S
 from firmware.flashsim import FlashSim, PowerCut, SimFile
 from host import cli
-from host.broker import mosquitto_available
+from host.broker import NatsCluster, mosquitto_available
 from host.mqtt import stop_tasks
 from host import commands as CMD
 from host.testkit import TcpTransport, ThirdPartyPile, make_bill, make_extra, third_party_corpus
@@ -87,7 +90,8 @@ from tools import stack
 SITE = "chaos"
 
 KINDS = ("power_cut", "flash_cut", "reboot", "bridge_kill", "broker_restart",
-         "platform_outage", "corrupt", "duplicate", "forge_bill", "fake_login", "forged_confirm")
+         "platform_outage", "corrupt", "duplicate", "forge_bill", "fake_login", "forged_confirm",
+         "node_kill")
 INTRUDER = "55031499999999"     # the code a forge_bill intruder logs in with
 
 # Pile faults: chance per session (times --intensity, at most 1).
@@ -99,7 +103,7 @@ _P_FLICKER = 0.25          # a flash cut hits again during the next boot's recov
 _P_CORRUPT = 0.01
 _P_DUPLICATE = 0.01
 # Process faults: how many per 1,000 sessions (times --intensity, at least 1).
-_PER_1000 = {"bridge_kill": 3, "broker_restart": 2, "platform_outage": 3,
+_PER_1000 = {"bridge_kill": 3, "broker_restart": 2, "platform_outage": 3, "node_kill": 4,
              "forge_bill": 3, "fake_login": 3, "forged_confirm": 2}
 _P_CARD = 0.5              # a session started by a card at the pile (else by the platform)
 _FLASH_SPAN = 6000         # a flash cut lands within this many bytes of journal writes
@@ -520,6 +524,36 @@ class ChaosFleet(SIM.SimFleet):
 
 # --- the harness --------------------------------------------------------------------------
 
+class _ClusterBroker:
+    """A NatsCluster seen as the one broker the harness restarts: restart()
+    is a rolling restart of every node in turn (each back before the next
+    goes), port is the first node's (the intruders' way in)."""
+
+    def __init__(self, cluster):
+        self.c = cluster
+
+    @property
+    def port(self):
+        return self.c.nodes[0].port
+
+    @property
+    def running(self):
+        return all(n.running for n in self.c.nodes)
+
+    def restart(self, kill=False):
+        for i, n in enumerate(self.c.nodes):
+            n.stop(kill=kill)
+            self.c.start_node(i)
+
+    def start(self):
+        for i, n in enumerate(self.c.nodes):
+            if not n.running:
+                self.c.start_node(i)
+
+    def close(self):
+        self.c.close()
+
+
 THIRD_PARTY_FIRST = 55990000000001      # pile codes of the vendor piles
 
 
@@ -616,7 +650,7 @@ class ThirdPartyFleet:
 class Chaos:
     def __init__(self, piles=20, sessions=50, seed=1, speed=600.0, minutes=6, faults=KINDS,
                  intensity=1.0, workdir=None, recovery_s=180.0, quiet=True, keyed=True,
-                 third_party=0):
+                 third_party=0, cluster=False):
         self.third_party = third_party
         self.tp = None
         self.piles = piles
@@ -642,6 +676,9 @@ class Chaos:
         self.starts = {"platform": 0, "card": 0}
         self.commands = {}
         self.broker = self.bridge = self.platform = self.fleet = None
+        self.cluster = cluster        # a 3-node NATS cluster instead of one Mosquitto
+        if not cluster:
+            self.kinds.discard("node_kill")
         self.bridge_addr = None
         self.loop = None
         # One site key (every pile's key derived from it) and the platform's
@@ -764,6 +801,13 @@ class Chaos:
                          % ("SIGKILL" if kill else "SIGTERM", self.executed()))
                 await asyncio.to_thread(self.broker.restart, kill)
                 self.count("broker_restarts")
+            elif kind == "node_kill":
+                i = int(x * len(self.broker.c.nodes)) % len(self.broker.c.nodes)
+                self.say("SIGKILL broker node %d at %d sessions" % (i + 1, self.executed()))
+                await asyncio.to_thread(self.broker.c.kill, i)
+                self.count("node_kills")
+                await asyncio.sleep(0.5 + 2 * x)     # down for a while
+                await asyncio.to_thread(self.broker.c.start_node, i)
             elif kind in ("forge_bill", "fake_login"):
                 await self._intrude(kind, x)
             elif kind == "forged_confirm":
@@ -903,15 +947,20 @@ class Chaos:
     async def run(self):
         t0 = time.monotonic()
         self.loop = asyncio.get_running_loop()
-        if not mosquitto_available():
-            raise RuntimeError("pile-chaos needs Mosquitto (apt-get install mosquitto)")
-        self.broker = stack.start_broker("mosquitto", persistence=True, verbose=False)
+        if self.cluster:
+            self.broker = _ClusterBroker(await asyncio.to_thread(NatsCluster().start))
+        else:
+            if not mosquitto_available():
+                raise RuntimeError("pile-chaos needs Mosquitto (apt-get install mosquitto)")
+            self.broker = stack.start_broker("mosquitto", persistence=True, verbose=False)
+        urls = self.broker.c.urls if self.cluster else None
         self.bridge = stack.BridgeProcess(self.dir, SITE, self.broker.port,
-                                          extra=self._bridge_extra())
+                                          extra=self._bridge_extra(), mqtt_urls=urls)
         port = self.bridge.start()
         self.bridge_addr = ("127.0.0.1", port)
         self.platform, ptask = await stack.start_platform(
-            self.broker.port, os.path.join(self.dir, "platform.db"), cmd_key=self.platform_key)
+            self.broker.port, os.path.join(self.dir, "platform.db"), cmd_key=self.platform_key,
+            url=",".join(reversed(urls)) if urls else None)
         self.fleet = ChaosFleet(self, self.piles, self.sessions, self.speed,
                                 os.path.join(self.dir, "piles"), self.seed)
         self.say("%d piles x %d sessions, seed %d, bridge pid %d, broker port %d, dir %s"
@@ -1100,6 +1149,7 @@ class Chaos:
             "piles": self.piles,
             "sessions_per_pile": self.sessions,
             "seed": self.seed,
+            "broker": "nats cluster, 3 nodes" if self.cluster else "mosquitto",
             "executed_starts_by": dict(sorted(flags.items())),
             "start_attempts": dict(self.starts),
             "commands": dict(sorted(self.commands.items())),
@@ -1244,6 +1294,10 @@ def main(argv=None):
                     help="piles without keys (no login proof, no bill MAC): shows what the "
                     "intruders get then; the run fails")
     ap.add_argument("--verbose", action="store_true", help="progress and faults on stderr")
+    ap.add_argument("--cluster", action="store_true",
+                    help="a 3-node NATS cluster (MQTT listeners, JetStream replicas 3) instead of "
+                    "one Mosquitto; adds the node_kill fault, and broker_restart is a rolling "
+                    "restart (docs/scaling.md)")
     ap.add_argument("--third-party", type=int, default=0, metavar="N",
                     help="vendor piles beside ours, their bills reported apart (default 0)")
     cli.common(ap, log_level="warning")
@@ -1259,7 +1313,7 @@ def main(argv=None):
         os.makedirs(args.keep, exist_ok=True)
     c = Chaos(args.piles, args.sessions, args.seed, args.speed, args.minutes, args.faults,
               args.intensity, args.keep, args.recovery, quiet=not args.verbose,
-              keyed=not args.unkeyed, third_party=args.third_party)
+              keyed=not args.unkeyed, third_party=args.third_party, cluster=args.cluster)
     try:
         with cli.progress("pile-chaos sessions", total=args.piles * args.sessions,
                           enabled=cli.progress_enabled(args.json)) as tick:

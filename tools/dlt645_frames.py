@@ -8,6 +8,7 @@ shows is what the pile reads. Only the presentation lives here.
 """
 from firmware import dlt645 as M
 from firmware.errors import MeterError
+from host.schema import dec
 
 # Data identifiers the pile reads (firmware/dlt645.py), and the forward
 # energy of each tariff: (name, value bytes, decimals, signed, unit).
@@ -39,14 +40,6 @@ def looks_like(data):
         i += 1
     d = data[i:]
     return len(d) >= 12 and d[0] == 0x68 and d[7] == 0x68 and d[-1] == 0x16 and len(d) == 12 + d[9]
-
-
-def _dec(v, decimals):
-    if not decimals:
-        return str(v)
-    sign = "-" if v < 0 else ""
-    q, r = divmod(abs(v), 10 ** decimals)
-    return "%s%d.%0*d" % (sign, q, decimals, r)
 
 
 def decode(data):
@@ -92,7 +85,7 @@ def decode(data):
                 out["value"] = M._hex_reversed(rest, 0, size)
             else:
                 try:
-                    out["value"] = _dec(M.bcd_decode(rest, signed), decimals)
+                    out["value"] = dec(M.bcd_decode(rest, signed), decimals)
                 except ValueError as e:
                     out["value_error"] = str(e)
             out["unit"] = unit

@@ -34,5 +34,6 @@ test_tariff 96K
 test_dlt645 96K
 test_auth 96K
 test_upgrade 128K
+test_ocmf 64K
 LIST
 exit $fail

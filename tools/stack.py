@@ -51,7 +51,7 @@ class BridgeProcess:
     config (e.g. "[piles]\\ncommand_timeout_s = 2\\n")."""
 
     def __init__(self, workdir, site, mqtt_port, extra="", retry_initial_s=0.5,
-                 retry_max_s=2.0, log_level="warning", status=False):
+                 retry_max_s=2.0, log_level="warning", status=False, mqtt_urls=None):
         self.dir = workdir
         self.site = site
         self.mqtt_port = mqtt_port
@@ -62,6 +62,7 @@ class BridgeProcess:
         self.database = os.path.join(workdir, "bridge.db")
         self.log_path = os.path.join(workdir, "bridge.log")
         self.tcp_port = None
+        self.mqtt_urls = mqtt_urls    # a broker cluster's nodes (mqtt.url as a list)
         self.status = status          # serve the status page (True, or {key: value} of [status])
         self.status_port = None
         self.proc = None
@@ -77,13 +78,16 @@ class BridgeProcess:
 
     def _write_config(self):
         listen = "127.0.0.1:%d" % (self.tcp_port or 0)
+        # One broker, or a cluster's nodes tried in turn (mqtt_urls).
+        url = json.dumps(list(self.mqtt_urls)) if self.mqtt_urls else \
+            '"mqtt://127.0.0.1:%d"' % self.mqtt_port
         with open(self.config_path, "w") as f:
             f.write('site = "%s"\ndatabase = "%s"\nlog_level = "%s"\n'
-                    '[mqtt]\nurl = "mqtt://127.0.0.1:%d"\n'
+                    '[mqtt]\nurl = %s\n'
                     # every simulated pile dials from 127.0.0.1: per-address cap raised
                     '[tcp]\nlisten = "%s"\next = true\nmax_per_address = 1024\n'
                     'max_unauthenticated = 1024\n'
-                    % (self.site, self.database, self.log_level, self.mqtt_port, listen))
+                    % (self.site, self.database, self.log_level, url, listen))
             if self.status:
                 f.write('[status]\nlisten = "127.0.0.1:%d"\n' % (self.status_port or 0))
                 for k, v in (self.status.items() if isinstance(self.status, dict) else ()):
@@ -188,11 +192,12 @@ def _env():
     return env
 
 
-async def start_platform(mqtt_port, db, timeout=20.0, cmd_key=None):
+async def start_platform(mqtt_port, db, timeout=20.0, cmd_key=None, url=None):
     """The reference platform, consuming in a task; (platform, task) once
     it has subscribed. cmd_key: the site's platform key (signed commands
-    and confirmations)."""
-    platform = Platform("mqtt://127.0.0.1:%d" % mqtt_port, db, cmd_key=cmd_key)
+    and confirmations); url: instead of the port, e.g. a cluster's
+    "URL,URL,..."."""
+    platform = Platform(url or "mqtt://127.0.0.1:%d" % mqtt_port, db, cmd_key=cmd_key)
     ready = asyncio.Event()
     task = asyncio.create_task(platform.run(ready))
     try:
