@@ -19,6 +19,7 @@ from protocol import fields as F
 from protocol import sign
 from protocol.reconcile import bill_problems
 
+from host import cli
 from host import commands as C
 from host import config as configmod
 from host import push as pushmod
@@ -876,6 +877,13 @@ class Bridge:
         if pile is None:
             pile = self.pile(target)
         needs_online = C.SPEC[cmd][1]
+        if "gun" in C.SPEC[cmd][0] and a.get("gun") is None:
+            # No silent default: "01" only where it is the only gun.
+            guns = (pile.login or {}).get("guns") or 1
+            if guns > 1:
+                raise C.CommandError("bad_request", "gun is required: pile %s has %d guns"
+                                     % (target, guns))
+            a = dict(a, gun="01")
         if cmd == "status":
             return self._ok(target, req_id, cmd, "pile status", pile.status_json(self.site))
         if cmd == "tariff_set":
@@ -1024,6 +1032,7 @@ class Bridge:
 # --- entry point ------------------------------------------------------------------------
 
 async def serve(cfg, ready=None):
+    configmod.check_files(cfg)
     bridge = Bridge(cfg)
     await bridge.start()
     stop = asyncio.Event()
@@ -1051,6 +1060,7 @@ def migrate_site_main(argv):
                                             "(after renaming a site).")
     p.add_argument("-c", "--config", required=True)
     p.add_argument("--from", dest="old", required=True, help="the site id the store belongs to now")
+    cli.common(p, log_level=None)
     a = p.parse_args(argv)
     try:
         cfg = configmod.load(a.config)
@@ -1101,8 +1111,7 @@ def main(argv=None):
         print(configmod.dump(cfg))
         return 0
     _raise_nofile()
-    logging.basicConfig(level=getattr(logging, cfg["log_level"].upper()),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cli.setup_logging(level=cfg["log_level"], fmt=args.log_format)
     logging.getLogger("aiomqtt").setLevel(logging.WARNING)
 
     def ready(bridge):

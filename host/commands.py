@@ -11,6 +11,7 @@ import time
 
 from protocol import codec
 from protocol import sign
+from protocol import units
 
 from host import tariff as T
 
@@ -94,12 +95,44 @@ def _hex(args, name, nbytes, default="0"):
 
 
 def _gun(args):
-    return _digits(args, "gun", 2, default="01")
+    # No silent default here: the bridge fills in "01" for a one-gun pile
+    # and refuses a command without `gun` to a pile with more
+    # (Bridge._execute; docs/mqtt.md "Commands").
+    return _digits(args, "gun", 2)
+
+
+def _quantity(args, name, places, unit, hi=2**32 - 1, default=0):
+    """A money or energy argument: `name` as a decimal string in `unit`
+    ("1.00" yuan, "0.5" kWh), or `name_eN` as an integer in the protocol's
+    x10^-N units (the only place an integer is read as protocol units).
+    A bare integer in `name` is the older form, read in protocol units too
+    (docs/mqtt.md "Changes to the documents"). Returns the protocol integer."""
+    named = "%s_e%d" % (name, places)
+    v, raw = args.get(name), args.get(named)
+    if v is not None and raw is not None:
+        raise CommandError("bad_request", "give %s or %s, not both" % (name, named))
+    if raw is not None:
+        return _int(args, named, 0, hi)
+    if v is None:
+        return default
+    if isinstance(v, bool) or isinstance(v, float):
+        raise CommandError("bad_request", "%s is a decimal string in %s like \"1.00\" (or %s, an "
+                           "integer x10^-%d %s), got %r" % (name, unit, named, places, unit, v))
+    if isinstance(v, int):
+        return _int(args, name, 0, hi)          # the older form: protocol units
+    try:
+        n = units.parse(v, places, "%s (%s)" % (name, unit))
+    except units.UnitError as e:
+        raise CommandError("bad_request", str(e))
+    if n > hi:
+        raise CommandError("bad_request", "%s: %s %s is more than the frame holds (%s)"
+                           % (name, v, unit, units.text(hi, places)))
+    return n
 
 
 # name -> (allowed argument names, needs the pile online)
 SPEC = {
-    "start": ({"gun", "serial", "logical_card", "card", "balance", "targets"}, True),
+    "start": ({"gun", "serial", "logical_card", "card", "balance", "balance_e2", "targets"}, True),
     "stop": ({"gun"}, True),
     "reboot": ({"when"}, True),
     "tariff_set": ({"tariff"}, False),
@@ -108,7 +141,8 @@ SPEC = {
     "journal_status": (set(), True),
     "read_realtime": ({"gun"}, True),
     "status": (set(), False),
-    "authorize": ({"gun", "serial", "logical_card", "balance", "ok", "reason"}, True),
+    "authorize": ({"gun", "serial", "logical_card", "balance", "balance_e2", "ok", "reason"},
+                  True),
     "vin_list": ({"vins", "version"}, True),
     "upgrade": ({"image", "image_b64", "version", "activate"}, True),
 }
@@ -231,18 +265,19 @@ def _check_args(cmd, d):
     if cmd == "start":
         a = {"gun": _gun(d), "serial": _digits(d, "serial", 32),
              "logical_card": _digits(d, "logical_card", 16, default="0"),
-             "card": _hex(d, "card", 8), "balance": _int(d, "balance", 0, 2**32 - 1, default=0)}
+             "card": _hex(d, "card", 8),
+             "balance": _quantity(d, "balance", 2, "yuan")}      # 0x34: x10^2 yuan
         t = d.get("targets")
         if t is not None:
             if not isinstance(t, dict):
                 raise CommandError("bad_request", "targets must be an object")
-            unknown = set(t) - {"amount", "energy", "minutes", "soc"}
+            unknown = set(t) - {"amount", "amount_e4", "energy", "energy_e4", "minutes", "soc"}
             if unknown:
                 raise CommandError("bad_request", "targets: unknown field(s) %s"
                                    % ", ".join(sorted(unknown)))
             a["targets"] = {
-                "amount": _int(t, "amount", 0, 2**32 - 1, default=0),    # x10^4 yuan
-                "energy": _int(t, "energy", 0, 2**32 - 1, default=0),    # x10^4 kWh
+                "amount": _quantity(t, "amount", 4, "yuan"),     # 0xE2: x10^4 yuan
+                "energy": _quantity(t, "energy", 4, "kWh"),      # 0xE2: x10^4 kWh
                 "minutes": _int(t, "minutes", 0, 0xFFFF, default=0),
                 "soc": _int(t, "soc", 0, 100, default=0),
             }
@@ -262,7 +297,7 @@ def _check_args(cmd, d):
     if cmd == "authorize":
         return {"gun": _gun(d), "serial": _digits(d, "serial", 32, required=True),
                 "logical_card": _digits(d, "logical_card", 16, default="0"),
-                "balance": _int(d, "balance", 0, 2**32 - 1, default=0),
+                "balance": _quantity(d, "balance", 2, "yuan"),
                 "ok": bool(d.get("ok", True)), "reason": _int(d, "reason", 0, 255, default=0)}
     if cmd == "vin_list":
         vins = d.get("vins")

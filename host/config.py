@@ -110,7 +110,10 @@ def _merge(base, over, path=""):
 
 
 class Config(dict):
-    """The effective configuration (a dict with the DEFAULTS shape)."""
+    """The effective configuration (a dict with the DEFAULTS shape);
+    `source` is the file it was read from (None: defaults and flags)."""
+
+    source = None
 
     @property
     def site(self):
@@ -155,10 +158,35 @@ def load(path=None, overrides=None):
                 data = tomllib.load(f)
         except (OSError, tomllib.TOMLDecodeError) as e:
             raise ConfigError("%s: %s" % (path, e))
-        _merge(cfg, data)
+        try:
+            _merge(cfg, data)
+        except ConfigError as e:
+            raise ConfigError("%s: %s" % (path, e))
     if overrides:
         _merge(cfg, overrides)
-    return validate(Config(cfg))
+    try:
+        c = validate(Config(cfg))
+    except ConfigError as e:
+        # Every config error names the file (and, in its message, the key).
+        if path and not str(e).startswith(str(path)):
+            raise ConfigError("%s: %s" % (path, e))
+        raise
+    c.source = path
+    return c
+
+
+def check_files(cfg):
+    """The files the MQTT link needs, checked once at start: a missing CA,
+    certificate or key is a config error naming the key and the config
+    file, not a connect retried forever ("[Errno 2]")."""
+    m = cfg["mqtt"]
+    where = getattr(cfg, "source", None)
+    for k in ("ca_file", "cert_file", "key_file", "password_file"):
+        f = m.get(k)
+        if f and not os.access(f, os.R_OK):
+            raise ConfigError("%smqtt.%s: %s: %s" % (
+                where + ": " if where else "", k,
+                "cannot be read" if os.path.exists(f) else "no such file", f))
 
 
 def validate(cfg):
@@ -469,9 +497,18 @@ def _serial_flag(s):
 def arg_parser():
     p = argparse.ArgumentParser(
         prog="pile-bridge",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Site bridge between YKC V1.6 charging piles (serial, TCP) and an MQTT "
                     "platform: takes custody of bills in SQLite, publishes them until the "
-                    "platform confirms, relays commands. See docs/bridge.md.")
+                    "platform confirms, relays commands. See docs/bridge.md.",
+        epilog="subcommands:\n"
+               "  pile-bridge push -c site.toml --pile CODE --version V IMAGE\n"
+               "        a firmware image to a pile through the running bridge (docs/upgrade.md)\n"
+               "  pile-bridge migrate-site -c site.toml --from OLD\n"
+               "        move the store to the config's site id (after renaming a site)\n"
+               "each has its own --help.\n\n"
+               "exit status: 0 ok, 1 refused or failed, 2 usage or config error (one line naming "
+               "the key and the file), 3 cannot reach")
     p.add_argument("-c", "--config", help="TOML config file (docs/bridge.md)")
     p.add_argument("--site", help="site id: topics live under pc/<site>/")
     p.add_argument("--db", help="SQLite database path")
@@ -493,6 +530,8 @@ def arg_parser():
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     p.add_argument("--print-config", action="store_true",
                    help="print the effective configuration as JSON and exit")
+    from host import cli
+    cli.common(p, log_level=None)
     return p
 
 

@@ -24,6 +24,7 @@ import uuid
 
 import aiomqtt
 
+from host import cli
 from host import schema
 from protocol import reconcile as R
 from protocol import sign
@@ -767,6 +768,62 @@ class Platform:
             self._waiting.pop(req, None)
 
 
+# pile-platform --cmd SITE PILE CMD key=value ...: how a value is read.
+# Money and energy stay decimal text ("balance=1000.00" yuan,
+# "targets.amount=1.00"); the command schema reads them exactly
+# (docs/mqtt.md "Commands"). Integers only for fields named so.
+_CMD_INTS = {"minutes", "soc", "reason", "version", "department"}
+_CMD_BOOLS = {"ok", "activate"}
+
+
+class UsageError(ValueError):
+    pass
+
+
+def cmd_args(words):
+    """The arguments of --cmd: `key=value` words (dotted keys build objects:
+    targets.amount=1.00), `key={json}` / `key=[json]` for object and list
+    arguments (targets, tariff, vins), or one JSON object holding them all."""
+    out = {}
+    for w in words:
+        if w.startswith("{"):
+            try:
+                d = json.loads(w)
+            except ValueError as e:
+                raise UsageError("--cmd: %r is not a JSON object: %s" % (w, e))
+            if not isinstance(d, dict):
+                raise UsageError("--cmd: %r is not a JSON object" % w)
+            out.update(d)
+            continue
+        k, eq, v = w.partition("=")
+        if not eq or not k:
+            raise UsageError("--cmd: %r is not key=value (or a JSON object)" % w)
+        leaf = k.rsplit(".", 1)[-1]
+        if v[:1] in ("{", "["):
+            try:
+                val = json.loads(v)
+            except ValueError as e:
+                raise UsageError("--cmd: %s: not JSON: %s" % (k, e))
+        elif leaf in _CMD_INTS or leaf.rsplit("_e", 1)[-1].isdigit() and "_e" in leaf:
+            if not v.isdigit():
+                raise UsageError("--cmd: %s is a whole number, got %r" % (k, v))
+            val = int(v)
+        elif leaf in _CMD_BOOLS:
+            if v not in ("true", "false"):
+                raise UsageError("--cmd: %s is true or false, got %r" % (k, v))
+            val = v == "true"
+        else:
+            val = v
+        node = out
+        parts = k.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise UsageError("--cmd: %s: %s is not an object" % (k, p))
+        node[parts[-1]] = val
+    return out
+
+
 def _read_secret(path, what):
     try:
         with open(path) as f:
@@ -811,15 +868,25 @@ def main(argv=None):
                     help="--cmd: how long to wait for the command's result")
     ap.add_argument("--summary", action="store_true", help="print the summary of --db and exit")
     ap.add_argument("--cmd", nargs="+", metavar=("SITE PILE CMD", "k=v"),
-                    help="send one command, e.g. --cmd demo 55031412782305 stop gun=01")
+                    help="send one command and print its result as JSON, e.g. --cmd demo "
+                    "55031412782305 start gun=01 balance=100.00 targets.amount=1.00 "
+                    "(money and energy in decimal yuan / kWh; key={json} or one JSON object "
+                    "for object arguments: targets, tariff, vins)")
+    cli.common(ap)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    cli.setup_logging(args)
 
-    def fail(msg, code=2):
+    def fail(msg, code=cli.USAGE):
         print("pile-platform: %s" % msg, file=sys.stderr)
         return code
     if args.cmd and len(args.cmd) < 3:
         return fail("--cmd needs SITE PILE CMD [key=value ...]")
+    cmd_kw = {}
+    if args.cmd:
+        try:
+            cmd_kw = cmd_args(args.cmd[3:])
+        except UsageError as e:
+            return fail(e)
     try:
         if args.summary:
             db = open_db(args.db, create=False)
@@ -841,6 +908,12 @@ def main(argv=None):
         if password is None:
             password = os.environ.get("PILE_PLATFORM_MQTT_PASSWORD")
         ctx = None
+        for flag, path in (("--ca", args.ca), ("--cert", args.cert), ("--key", args.key),
+                           ("--password-file", args.password_file)):
+            # a config error naming the file, at once: never a retried connect
+            if path and not os.access(path, os.R_OK):
+                raise PlatformError("%s %s: %s" % (flag, path, "cannot be read"
+                                                   if os.path.exists(path) else "no such file"))
         if args.ca or args.cert or args.key or args.tls_insecure:
             if args.key and not args.cert:
                 raise PlatformError("--key needs --cert")
@@ -869,19 +942,16 @@ def main(argv=None):
                     await asyncio.wait_for(ready.wait(), args.connect_timeout)
                 except asyncio.TimeoutError:
                     return fail("broker %s not reached in %g s: %s" % (
-                        args.broker, args.connect_timeout, p.last_error or "no answer"), 1)
+                        args.broker, args.connect_timeout, p.last_error or "no answer"),
+                        cli.UNREACHABLE)
                 site, pile, cmd = args.cmd[:3]
-                kw = {}
-                for kv in args.cmd[3:]:
-                    k, _, v = kv.partition("=")
-                    kw[k] = int(v) if v.isdigit() and k not in ("gun", "serial") else v
                 try:
-                    res = await p.command(site, pile, cmd, timeout=args.timeout, **kw)
+                    res = await p.command(site, pile, cmd, timeout=args.timeout, **cmd_kw)
                 except asyncio.TimeoutError:
                     return fail("no result for %s to %s/%s in %g s (is the site's bridge up?)"
-                                % (cmd, site, pile, args.timeout), 1)
+                                % (cmd, site, pile, args.timeout), cli.UNREACHABLE)
                 print(json.dumps(res, indent=2))
-                return 0 if res.get("ok") else 1
+                return cli.OK if res.get("ok") else cli.NO
             # One machine-readable line once subscribed (as pile-bridge's), so a
             # supervisor or a test knows bills published from now on reach it.
             await ready.wait()

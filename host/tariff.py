@@ -7,7 +7,9 @@
 #    "loss_ratio": 0,
 #    "slots": "333333333333333322222222..."}   # 48 half-hours, 0 sharp .. 3 valley
 #
-# `slots` may also be a list of 48 ints. Prices are raw integers, as on the wire.
+# `slots` may also be a list of 48 ints. Prices are raw integers, as on the
+# wire, or decimal strings in yuan/kWh ("1.20000"), read exactly.
+from protocol import units
 from protocol.fields import PERIODS
 
 _U32 = 1 << 32
@@ -38,9 +40,16 @@ def parse(obj):
         pair = {}
         for k in ("energy", "service"):
             v = r.get(k)
+            if isinstance(v, str):
+                # "1.20000" yuan/kWh (decimal, exact to the wire's x10^5)
+                try:
+                    v = units.parse(v, 5, "tariff.rates.%s.%s (yuan/kWh)" % (p, k))
+                except units.UnitError as e:
+                    raise TariffError(str(e))
             if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < _U32:
-                raise TariffError("tariff.rates.%s.%s must be an int 0..2^32-1 (x10^5 yuan/kWh),"
-                                  " got %r" % (p, k, v))
+                raise TariffError("tariff.rates.%s.%s must be a decimal string in yuan/kWh "
+                                  "(\"1.20000\") or an int 0..2^32-1 x10^5 yuan/kWh, got %r"
+                                  % (p, k, v))
             pair[k] = v
         out_rates[p] = pair
     extra = set(rates) - set(PERIODS)

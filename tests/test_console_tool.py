@@ -140,7 +140,7 @@ def test_export_unconfirmed_bills_to_csv_and_json(served):
     r, path = served
     d = tmpdir("export")
     try:
-        rc, text = _main([path, "export", "--csv", d + "/b.csv", "--json", d + "/b.json"])
+        rc, text = _main([path, "export", "--csv", d + "/b.csv", "--json-file", d + "/b.json"])
         assert rc == 0 and "1 bill(s) exported" in text
         sealed = r.platform.bills()[0].fields
         with open(d + "/b.json") as f:
@@ -163,7 +163,7 @@ def test_no_console_on_the_port_is_a_clear_error(capsys):
     master, slave, path = _pty()
     try:
         rc = tool.main([path, "status", "--timeout", "0.3"], out=io.StringIO())
-        assert rc == 2
+        assert rc == 3
         assert "no answer from a pile console" in capsys.readouterr().err
     finally:
         os.close(slave)

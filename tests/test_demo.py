@@ -35,15 +35,42 @@ def test_demo_loses_duplicates_and_misreconciles_nothing(capsys, broker):
     assert s["vin_refused_bills"] == 1            # pile 4: fleet card, foreign bus (0x8A)
     assert s["five_class_bills"] == 1             # pile 5: deep valley 05:46 .. sharp 07:35
 
+    # the story: each field case with its verdict, the limit case with its
+    # target and result, each bill
+    assert [c["case"] for c in s["cases"]] == [c[0] for c in demo.CASES]
+    assert all(c["pass"] for c in s["cases"]), s["cases"]
+    lim = [c for c in s["cases"] if c["case"] == "amount_target"][0]
+    assert "target 1.0000 yuan, result 0." in lim["result"] and "under by" in lim["result"]
+    assert s["limit_cases"][0]["target_yuan"] == "1.0000"
+    assert s["limit_cases"][0]["within_target"] is True
+    assert len(s["bills_detail"]) == 6
+    assert {b["case"] for b in s["bills_detail"]} == {c[0] for c in demo.CASES}
+    assert all(b["reconciled"] and b["stop_reason"] for b in s["bills_detail"])
+
     # The table pile-demo prints without --json, from this same run's summary.
     rows = _table_rows(demo.table(s))
     assert rows["sessions (executed starts)"] == "6"
     assert rows["bills at the platform"] == "6" and rows["confirmed"] == "6"
     assert rows["lost"] == "0" and rows["duplicated"] == "0" and rows["unreconciled"] == "0"
-    assert rows["worst limit overshoot (yuan)"] == s["worst_limit_overshoot_yuan"]
+    # an undershoot is never called an overshoot
+    assert rows["limit: result - target (yuan)"] == (s["worst_limit_overshoot_yuan"]
+                                                      + " (within the target)")
     assert rows["VIN refusals (0x8A bills)"] == "1"
     assert rows["bills over five classes"] == str(s["five_class_bills"])
     assert rows["energy (kWh)"] == str(s["energy_kwh"])
     reasons = [line for line in demo.table(s).splitlines() if line.startswith("stop reasons: ")]
     assert len(reasons) == 1
     assert "power_lost 1" in reasons[0] and "amount_target 1" in reasons[0]
+    text = demo.table(s)
+    assert text.count("PASS") == 6 and "FAIL" not in text and "overshoot" not in text.lower()
+
+
+def test_a_failed_case_is_fail_in_the_table_and_exit_1():
+    s = {"cases": [{"title": "charge to 1 yuan", "pass": False,
+                    "result": "target 1.0000 yuan, result 1.2000 yuan (OVERSHOOT by 0.2000 yuan)"}],
+         "sessions": 1, "bills": 1, "confirmed": 1, "lost": 0, "duplicated": 0,
+         "unreconciled": 0, "worst_limit_overshoot_yuan": "0.2000", "refused_starts": 0,
+         "vin_refused_bills": 0, "five_class_bills": 0, "energy_kwh": "1", "amount_yuan": "1.2",
+         "stop_reasons": {}}
+    text = demo.table(s)
+    assert "FAIL" in text and "0.2000 (overshoot)" in text

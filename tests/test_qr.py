@@ -369,3 +369,57 @@ def test_each_derived_wire_code_is_warned_about_once(tmp):
     r = subprocess.run(cmd + ["show", "44200100250000200002", "--no-code", "--prefix", PREFIX,
                               "--op", OP], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stderr.count("warning") == 1, r.stderr
+
+
+# --- printable sheets (issue 19 item 7)
+
+def sheet_stickers(path):
+    """[(pile, payload, matrix, label texts, rect)] of one sheet SVG."""
+    import xml.etree.ElementTree as ET
+    ns = "{http://www.w3.org/2000/svg}"
+    root = ET.parse(path).getroot()
+    assert root.get("width") == "210mm" and root.get("height") == "297mm"
+    out = []
+    for g in root.iter(ns + "g"):
+        cells = [tuple(map(int, m)) for m in
+                 re.findall(r"M(\d+) (\d+)h1v1h-1z", g.find(ns + "path").get("d"))]
+        n = max(max(c, r) for c, r in cells) - 3          # 4-module quiet zone each side
+        m = [[False] * n for _ in range(n)]
+        for c, r in cells:
+            m[r - 4][c - 4] = True
+        rect = g.find(ns + "rect")
+        unit = float(re.search(r"scale\(([\d.]+)\)", g.find(ns + "path").get("transform"))
+                     .group(1))
+        out.append((g.get("data-pile"), g.get("data-payload"), m,
+                    [t.text for t in g.iter(ns + "text")], float(rect.get("width")), unit, n))
+    return out
+
+
+def test_sheet_has_each_pile_as_a_labelled_sticker_of_the_given_size(tmp, capsys):
+    rows = ["pile,wire_code", "4403040003000003,32010600213533"] + \
+        ["320106002135%02d," % i for i in range(13)]
+    src = write_csv(tmp, rows)
+    out = os.path.join(tmp, "sheet")
+    assert qr.main(["sheet", src, "--out", out, "--size", "40", "--prefix", PREFIX,
+                    "--op", OP]) == 0
+    cols, per_col = qr.sticker_layout(40)
+    assert "14 sticker(s) of 40 mm" in capsys.readouterr().out
+    pages = sorted(os.listdir(out))
+    assert len(pages) == -(-14 // (cols * per_col)) >= 1
+    got = []
+    for p in pages:
+        got += sheet_stickers(os.path.join(out, p))
+    assert [s[0] for s in got] == ["4403040003000003"] + ["320106002135%02d" % i for i in range(13)]
+    for pile, data, m, labels, width, unit, n in got:
+        assert data == "%s?did=%s&op=%s" % (PREFIX, pile, OP)
+        assert m == matrix_of(data), pile                   # the code is that payload
+        assert labels[0] == pile                            # the label names the pile
+        assert width == 40 and abs(unit * (n + 8) - 40) < 1e-3 and unit >= 0.5
+    assert got[0][3] == ["4403040003000003", "YKC 32010600213533"]
+
+
+def test_sheet_too_small_for_a_phone_is_refused(tmp, capsys):
+    src = write_csv(tmp, ["pile", "4403040003000003"])
+    assert qr.main(["sheet", src, "--out", os.path.join(tmp, "s"), "--size", "10",
+                    "--prefix", PREFIX, "--op", OP]) == 2
+    assert "--size must be" in capsys.readouterr().err

@@ -39,6 +39,7 @@ from host.mqtt import Background
 from host.store import Bill
 from host.testkit import PacedTransport, ScriptedPile, TcpTransport, make_bill, make_extra
 from host.topics import Topics
+from host import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SITE = "bench"
@@ -449,7 +450,8 @@ def main(argv=None):
     ap.add_argument("--json", action="store_true", help="print the raw figures as JSON")
     ap.add_argument("--write", action="store_true", help="update docs/benchmarks.md (## Bridge)")
     args = ap.parse_args(argv)
-    r = asyncio.run(_main(args))
+    with cli.progress("bench_bridge", enabled=cli.progress_enabled(args.json)):
+        r = asyncio.run(_main(args))
     text = report(r)
     print(json.dumps(r, indent=2) if args.json else text)
     if args.write:

@@ -29,6 +29,7 @@ import time
 from host.mqtt import Background
 from protocol import codec
 from tools.fuzz import BridgeChild, bridge_config, proc_cpu_s
+from host import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SITE = "load"
@@ -349,7 +350,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=1, help="pile phases")
     p.add_argument("--write", action="store_true", help="write the section into docs/benchmarks.md")
     a = p.parse_args(argv)
-    runs = asyncio.run(_main(a))
+    with cli.progress("bench_bridge_load", enabled=cli.progress_enabled(getattr(a, "json", False))):
+        runs = asyncio.run(_main(a))
     if len(runs) > 1:
         cmd = "python3 -m tools.bench_bridge_load --piles %d --compare %d --window %g --write" % (
             a.piles, a.compare, a.window)

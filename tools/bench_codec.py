@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 
+from host import cli
 from host import fastcodec as X
 from protocol import codec
 from tools import dissect as D
@@ -227,13 +228,19 @@ def main(argv=None):
     p.add_argument("--no-heap", action="store_true", help="skip the heap figures")
     args = p.parse_args(argv)
 
-    X.compile_all()
-    ours, theirs, fast = cpython_rates(args.seconds)
-    rows = frame_rates(args.frame_seconds) if args.frame_seconds else []
-    mp = None if args.no_micropython else micropython_rate(args.seconds)
-    mp_frames = None if args.no_micropython or not rows else \
-        micropython_frame_rates(args.frame_seconds)
-    heap = None if args.no_heap or args.no_micropython else heap_figures()
+    with cli.progress("bench_codec", total=5, enabled=cli.progress_enabled()) as tick:
+        X.compile_all()
+        tick(0, "CPython")
+        ours, theirs, fast = cpython_rates(args.seconds)
+        tick(1, "CPython per frame")
+        rows = frame_rates(args.frame_seconds) if args.frame_seconds else []
+        tick(1, "micropython")
+        mp = None if args.no_micropython else micropython_rate(args.seconds)
+        tick(1, "micropython per frame")
+        mp_frames = None if args.no_micropython or not rows else \
+            micropython_frame_rates(args.frame_seconds)
+        tick(1, "heap")
+        heap = None if args.no_heap or args.no_micropython else heap_figures()
 
     try:
         load = "%.2f %.2f %.2f" % os.getloadavg()

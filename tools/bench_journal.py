@@ -23,6 +23,7 @@ import tempfile
 
 from tools import bench_journal_core as core
 from tools.programs import find_program
+from host import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC = os.path.join(ROOT, "docs", "benchmarks.md")
@@ -238,13 +239,17 @@ def main(argv=None):
     a = ap.parse_args(argv)
     work = tempfile.mkdtemp(prefix="pc-bench-journal-")
     try:
-        rows_cp = core.run_all(work, a.bills)
-        rows_mp = []
-        heap = None
-        if a.micropython:
-            rows_mp = micropython_core(a.micropython, work, a.bills)
-            if not a.no_heap:
-                heap = heap_figures(a.micropython, work, a.bills)
+        with cli.progress("bench_journal", total=3, enabled=cli.progress_enabled()) as tick:
+            tick(0, "CPython")
+            rows_cp = core.run_all(work, a.bills)
+            rows_mp = []
+            heap = None
+            tick(1, "micropython")
+            if a.micropython:
+                rows_mp = micropython_core(a.micropython, work, a.bills)
+                tick(1, "heap bisection")
+                if not a.no_heap:
+                    heap = heap_figures(a.micropython, work, a.bills)
         text = table(rows_cp, rows_mp, heap, a.micropython, a.bills)
         print(text)
         if a.write:

@@ -38,6 +38,7 @@ from firmware.sim import SimWorld
 from firmware.tariff import Tariff
 from protocol import fields as F
 from tools.programs import find_program
+from host import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PILE = "55031412782305"
@@ -255,7 +256,8 @@ def main(argv=None):
     ap.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
     ap.add_argument("--no-heap", action="store_true", help="skip the MicroPython heap bisection")
     a = ap.parse_args(argv)
-    text = report(heap=not a.no_heap)
+    with cli.progress("bench_overshoot", enabled=cli.progress_enabled()):
+        text = report(heap=not a.no_heap)
     print(text)
     if a.write:
         write_section(os.path.join(ROOT, "docs", "benchmarks.md"), text)

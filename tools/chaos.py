@@ -75,6 +75,7 @@ import time
 from firmware import journal as J
 from firmware import session as S
 from firmware.flashsim import FlashSim, PowerCut, SimFile
+from host import cli
 from host.broker import NatsCluster, mosquitto_available
 from host.mqtt import stop_tasks
 from host import commands as CMD
@@ -670,6 +671,7 @@ class Chaos:
         self.intensity = intensity
         self.recovery_s = recovery_s
         self.quiet = quiet
+        self.progress = None      # advance(n, note): the CLI's progress bar
         self.own = workdir is None
         self.dir = workdir or tempfile.mkdtemp(prefix="pc-chaos-")
         self.p_corrupt = _P_CORRUPT if self.on("corrupt") else 0.0
@@ -1002,6 +1004,8 @@ class Chaos:
                     raise ftask.exception()
                 n = self.executed()
                 if n != last:
+                    if self.progress is not None:
+                        self.progress(n - max(last, 0), "sim %.1f h" % (self.fleet.sim_ms / 3.6e6))
                     if n // 500 != last // 500:
                         self.say("%d sessions, sim %.1f h" % (n, self.fleet.sim_ms / 3.6e6))
                     last, moved = n, time.monotonic()
@@ -1342,7 +1346,9 @@ def main(argv=None):
                     help="vendor piles beside ours, their bills reported apart (default 0)")
     ap.add_argument("--events", metavar="FILE", help="write custody events (JSON lines) to FILE "
                     "and the bridge's log to FILE.bridge.log, for tools/model_replay.py")
+    cli.common(ap, log_level="warning")
     args = ap.parse_args(argv)
+    cli.setup_logging(args)
     if not args.verbose:
         # The broker is killed on purpose: its clients' "failed to receive on
         # socket" is the fault working, not news.
@@ -1356,7 +1362,11 @@ def main(argv=None):
               keyed=not args.unkeyed, third_party=args.third_party, cluster=args.cluster,
               events=args.events)
     try:
-        s = asyncio.run(c.run())
+        with cli.progress("pile-chaos sessions", total=args.piles * args.sessions,
+                          enabled=cli.progress_enabled(args.json)) as tick:
+            if cli.progress_enabled(args.json):
+                c.progress = tick
+            s = asyncio.run(c.run())
     finally:
         c.close()
     print(json.dumps(s, indent=2) if args.json else table(s))

@@ -2,28 +2,41 @@
 
     pile-console /dev/ttyUSB0                  state, versions, unconfirmed bills
     pile-console URL status|bills|versions|log|tariff|meter|session
-    pile-console URL bill SERIAL               every field of one bill
-    pile-console URL export --csv bills.csv    unconfirmed bills (--all: every listed bill)
-    pile-console URL export --json bills.json
+    pile-console URL bill SERIAL               every field of one bill, with units
+    pile-console URL export --csv F --json-file F   unconfirmed bills (--all: every listed bill)
     pile-console URL shell                     type console commands yourself
-    pile-console spy URL                       the pile link (YKC side): each frame in
-                                               hex and decoded, bad frames one line each
+    pile-console URL unlock [--pin PIN]        write commands need the technician PIN
+    pile-console URL reboot now|idle [--pin PIN]
+    pile-console URL config get [KEY]  |  config set KEY VALUE [--pin PIN]
+    pile-console URL release SERIAL [--pin PIN]  |  clock [set YYYY-MM-DD HH:MM:SS]
+    pile-console URL spy [--count N] [--idle S]    the pile link (YKC side): each
+                                               frame in hex and decoded, bad frames
+                                               one line each (also: spy URL)
 
 URL is anything pyserial opens: /dev/ttyUSB0, COM3, socket://host:port,
-loop://. The console on the pile (firmware/console.py) answers every
-command as one JSON line when asked with a `json` prefix; this tool asks
-that way and lays the answer out as tables. Exit status: 0 ok, 1 the pile
-refused the command, 2 no console answering on URL.
+loop://, or a simulated pile's console pty (pile-sim run --pty). Ports are
+opened exclusively. --json prints the pile's own JSON answer on stdout.
+
+Exit status: 0 ok; 1 the pile refused the command (its message on stderr);
+2 usage (a bad flag or argument); 3 cannot reach the pile: the port cannot
+be opened or is busy, nothing answers like a pile console, or the link was
+lost (cable pulled) during the command. Every failure is one line on stderr.
 """
 import argparse
 import csv
+import getpass
 import json
+import logging
+import os
+import signal
 import sys
 import threading
 import time
 
+from host.schema import stop_reason as _stop_name
 from protocol import codec
 from protocol import fields as F
+from host import cli
 
 PROMPT = b"pile> "
 _BAUD = 115200
@@ -37,9 +50,37 @@ class NoConsole(Exception):
     """Nothing answering like a pile console on the port."""
 
 
+class LinkLost(Exception):
+    """The port went away under an open session (a pulled USB cable, the
+    simulator stopped): reads or writes fail."""
+
+
+class PortBusy(Exception):
+    """Another program holds the port (exclusive lock)."""
+
+
 def open_port(url, baud=_BAUD, timeout=0.05):
+    """The port, opened exclusively (a second pile-console or a terminal on
+    the same cable is refused, not interleaved). PortBusy / serial errors."""
     import serial
-    return serial.serial_for_url(url, baudrate=baud, timeout=timeout)
+    try:
+        return serial.serial_for_url(url, baudrate=baud, timeout=timeout, exclusive=True)
+    except serial.SerialException as e:
+        if "exclusively lock" in str(e):
+            raise PortBusy("%s is busy: another program has it open (%s)"
+                           % (url, getattr(e, "__context__", None) or e))
+        raise
+
+
+def _io(fn, *a):
+    """A port read or write; a failing port is LinkLost (one error class for
+    pyserial's SerialException and the OSError a vanished device gives)."""
+    import serial
+    try:
+        return fn(*a)
+    except (serial.SerialException, OSError, TypeError, AttributeError) as e:
+        # TypeError / AttributeError: pyserial closing the fd under a reader
+        raise LinkLost(str(e) or type(e).__name__)
 
 
 class ConsoleClient:
@@ -60,20 +101,20 @@ class ConsoleClient:
             if time.monotonic() > end:
                 raise NoConsole("no answer from a pile console on %s within %.0f s "
                                 "(wrong port, baud rate or cable?)" % (self.url, self.timeout))
-            chunk = self.port.read(4096)
+            chunk = _io(self.port.read, 4096)
             if chunk:
                 buf += chunk
         return bytes(buf)
 
     def sync(self):
         # Ctrl-C drops whatever half line the console holds and prompts again.
-        self.port.write(b"\x03")
+        _io(self.port.write, b"\x03")
         self._read_until(lambda b: b.endswith(PROMPT))
 
     def command(self, line):
         """The console's text answer to one line (echo and prompt removed)."""
         cmd = line.encode()
-        self.port.write(cmd + b"\r")
+        _io(self.port.write, cmd + b"\r")
         echo = cmd + b"\r\n"
 
         def done(b):
@@ -122,19 +163,26 @@ def _table(head, rows, out):
         out.write("  ".join(c.ljust(w[i]) for i, c in enumerate(r)).rstrip() + "\n")
 
 
+def stop_text(code):
+    """0x43 amount_target: the code as on the wire and its name."""
+    if not isinstance(code, int):
+        return "-"
+    return "0x%02X %s" % (code, _stop_name(code)["name"])
+
+
 def _field(name, v):
     if not isinstance(v, int):
         return str(v)
     if name.endswith("_time") or name == "time":
         return F.iso(v)
     if name.endswith("price"):
-        return _dec(v, 5)
+        return _dec(v, 5) + " yuan/kWh"
     if name.endswith("energy") or name.endswith("loss") or name.startswith("meter_"):
-        return _dec(v, 4)
+        return _dec(v, 4) + " kWh"
     if name.endswith("amount") or name.endswith("fee"):
-        return _dec(v, 4)
+        return _dec(v, 4) + " yuan"
     if name == "stop_reason":
-        return "0x%02X" % v
+        return stop_text(v)
     return str(v)
 
 
@@ -161,11 +209,12 @@ def _result(res):
 
 def show_bills(d, out):
     rows = [[b["serial"], b["state"], _dec(b.get("energy"), 4), _dec(b.get("amount"), 4),
-             "0x%02X" % b["stop_reason"] if "stop_reason" in b else "-",
+             stop_text(b.get("stop_reason")),
              F.iso(b["end_time"]) if "end_time" in b else "error: " + b.get("error", ""),
              _result(b.get("result"))]
             for b in d["bills"]]
-    _table(["trade serial", "state", "kWh", "yuan", "stop", "ended", "result"], rows, out)
+    _table(["trade serial", "state", "energy kWh", "amount yuan", "stop reason", "ended",
+            "result"], rows, out)
     out.write("%d bill(s)\n" % len(rows))
 
 
@@ -305,7 +354,7 @@ def spy(port, out, count=0, idle=0.0):
     seen = 0
     quiet_since = time.monotonic()
     while True:
-        data = port.read(4096)
+        data = _io(port.read, 4096)
         if data:
             quiet_since = time.monotonic()
             for item in reader.push(data):
@@ -326,14 +375,28 @@ def spy(port, out, count=0, idle=0.0):
 
 def shell(port, inp, out, timeout=5.0):
     """Lines typed on `inp` go to the console; what it writes is shown. At
-    the end of input (Ctrl-D, or a piped script) the last answer is awaited."""
+    the end of input (Ctrl-D, or a piped script) the last answer is awaited.
+    A link lost meanwhile (cable pulled) raises LinkLost, also while the
+    technician is typing: the reader interrupts the main thread's read."""
     stop = threading.Event()
     tail = bytearray()
     prompted = threading.Event()
+    lost = []
+    main_thread = threading.current_thread() is threading.main_thread()
 
     def show():
         while not stop.is_set():
-            data = port.read(4096)
+            try:
+                data = _io(port.read, 4096)
+            except LinkLost as e:
+                if stop.is_set():
+                    return
+                lost.append(e)
+                prompted.set()
+                if main_thread and inp is sys.stdin:
+                    # the main thread is blocked reading the keyboard
+                    os.kill(os.getpid(), signal.SIGINT)
+                return
             if data:
                 tail.extend(data)
                 del tail[:-len(PROMPT)]
@@ -345,119 +408,193 @@ def shell(port, inp, out, timeout=5.0):
     t = threading.Thread(target=show, daemon=True)
     t.start()
     try:
-        port.write(b"\r")
+        _io(port.write, b"\r")
         for line in inp:
             prompted.wait(timeout)
             prompted.clear()
-            port.write(line.rstrip("\r\n").encode() + b"\r")
-        prompted.wait(timeout)
+            if lost:
+                break
+            _io(port.write, line.rstrip("\r\n").encode() + b"\r")
+        if not lost:
+            prompted.wait(timeout)
     except KeyboardInterrupt:
         pass
     finally:
         stop.set()
         t.join()
+    if lost:
+        raise lost[0]
 
 
 # --- main --------------------------------------------------------------------------------
+
+_READS = ("summary", "status", "bills", "bill", "versions", "log", "tariff", "meter",
+          "session")
+_WRITES = ("unlock", "lock", "reboot", "config", "release", "clock")
+COMMANDS = _READS + ("export", "shell", "spy") + _WRITES
+
 
 def _parser():
     p = argparse.ArgumentParser(prog="pile-console", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n", 2)[2])
-    p.add_argument("url", help="pyserial URL of the console port")
-    p.add_argument("command", nargs="?", default="summary",
-                   choices=["summary", "status", "bills", "bill", "versions", "log", "tariff",
-                            "meter", "session", "export", "shell"])
-    p.add_argument("serial", nargs="?", help="trade serial (bill)")
+    p.add_argument("url", help="pyserial URL of the console port (spy: of the pile link)")
+    p.add_argument("command", nargs="?", default="summary", metavar="COMMAND",
+                   help="one of: " + ", ".join(COMMANDS) + " (default summary)")
+    p.add_argument("words", nargs="*", metavar="ARG",
+                   help="the command's arguments: bill SERIAL, reboot now|idle, config set "
+                        "KEY VALUE, release SERIAL, clock set DATE TIME")
+    p.add_argument("--json", action="store_true",
+                   help="JSON on stdout: the pile's own answer (raw protocol integers)")
     p.add_argument("--csv", metavar="FILE", help="export: write a CSV file")
-    p.add_argument("--json", metavar="FILE", help="export: write a JSON file")
+    p.add_argument("--json-file", metavar="FILE", help="export: write a JSON file")
     p.add_argument("--all", action="store_true", help="export unsettled and illegal bills too")
+    p.add_argument("--pin", help="write commands: the technician PIN (or PILE_CONSOLE_PIN; "
+                                 "asked for on a terminal); unlocks first")
     p.add_argument("--baud", type=int, default=_BAUD)
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for an answer")
+    p.add_argument("--count", type=int, default=0, help="spy: stop after N frames / errors")
+    p.add_argument("--idle", type=float, default=0.0, help="spy: stop after S quiet seconds")
+    cli.common(p, log_level="warning")
     return p
 
 
-def _spy_parser():
-    p = argparse.ArgumentParser(prog="pile-console spy",
-                                description="print the pile link's frames, hex and decoded")
-    p.add_argument("url", help="pyserial URL of the pile link (a tap on the YKC side)")
-    p.add_argument("--baud", type=int, default=_BAUD)
-    p.add_argument("--count", type=int, default=0, help="stop after N frames / errors")
-    p.add_argument("--idle", type=float, default=0.0, help="stop after S quiet seconds")
-    return p
+def _parse(argv):
+    p = _parser()
+    a = p.parse_intermixed_args(argv)
+    if a.url == "spy":            # the older order: pile-console spy URL
+        if a.command == "summary" or a.words:
+            p.error("spy needs a URL: pile-console URL spy")
+        a.url, a.command = a.command, "spy"
+    if a.command not in COMMANDS:
+        p.error("unknown command %r (one of: %s)" % (a.command, ", ".join(COMMANDS)))
+    n = len(a.words)
+    c, w = a.command, a.words
+    want = {"bill": n == 1, "release": n == 1, "reboot": n == 1 and w[0] in ("now", "idle"),
+            "config": (n in (1, 2) and w[0] == "get") or (n == 3 and w[0] == "set"),
+            "clock": n == 0 or (n == 3 and w[0] == "set"), "unlock": n <= 1}
+    usage = {"bill": "bill SERIAL", "release": "release SERIAL", "reboot": "reboot now|idle",
+             "config": "config get [KEY] | config set KEY VALUE",
+             "clock": "clock [set YYYY-MM-DD HH:MM:SS]", "unlock": "unlock [--pin PIN]"}
+    if c in want and not want[c]:
+        p.error("usage: pile-console URL " + usage[c])
+    if c not in want and w:
+        p.error("%s takes no arguments, got %s" % (c, " ".join(w)))
+    if c == "export" and not (a.csv or a.json_file or a.json):
+        p.error("export needs --csv FILE, --json-file FILE and/or --json (stdout)")
+    return a
+
+
+def _needs_pin(a):
+    c = a.command
+    return (c == "unlock" or c in ("reboot", "release")
+            or (c == "config" and a.words[0] == "set") or (c == "clock" and a.words))
+
+
+def _pin(a):
+    if a.words and a.command == "unlock":
+        return a.words[0]
+    pin = a.pin or os.environ.get("PILE_CONSOLE_PIN")
+    if pin is None and a.command == "unlock" and sys.stdin.isatty():
+        pin = getpass.getpass("technician PIN: ")
+    return pin
 
 
 def main(argv=None, out=None):
     out = out or sys.stdout
     argv = list(sys.argv[1:] if argv is None else argv)
+    a = _parse(argv)              # usage errors: argparse's exit 2
+    cli.setup_logging(a)
     import serial
-    if argv and argv[0] == "spy":
-        a = _spy_parser().parse_args(argv[1:])
-        try:
-            port = open_port(a.url, a.baud)
-        except serial.SerialException as e:
-            sys.stderr.write("pile-console: cannot open %s: %s\n" % (a.url, e))
-            return 2
-        try:
-            spy(port, out, a.count, a.idle)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            port.close()
-        return 0
-    a = _parser().parse_args(argv)
-    if a.command == "bill" and not a.serial:
-        sys.stderr.write("pile-console: bill needs a trade serial\n")
-        return 2
-    if a.command == "export" and not (a.csv or a.json):
-        sys.stderr.write("pile-console: export needs --csv FILE and/or --json FILE\n")
-        return 2
     try:
         port = open_port(a.url, a.baud)
-    except serial.SerialException as e:
-        sys.stderr.write("pile-console: cannot open %s: %s\n" % (a.url, e))
-        return 2
+    except PortBusy as e:
+        return cli.fail("pile-console", str(e), cli.UNREACHABLE)
+    except (serial.SerialException, OSError, ValueError) as e:
+        return cli.fail("pile-console", "cannot open %s: %s" % (a.url, e), cli.UNREACHABLE)
     client = ConsoleClient(port, a.timeout, a.url)
     try:
+        if a.command == "spy":
+            sys.stderr.write("pile-console: spying on %s (Ctrl-C ends)\n" % a.url)
+            sys.stderr.flush()
+            try:
+                spy(port, out, a.count, a.idle)
+            except KeyboardInterrupt:
+                pass
+            return cli.OK
         if a.command == "shell":
-            shell(port, sys.stdin, out)
-            return 0
+            shell(port, sys.stdin, out, a.timeout)
+            return cli.OK
         client.sync()
         return _run(client, a, out)
+    except LinkLost as e:
+        out.flush()
+        return cli.fail("pile-console", "lost the link to %s (cable pulled or device gone): %s"
+                        % (a.url, e), cli.UNREACHABLE)
     except NoConsole as e:
-        sys.stderr.write("pile-console: %s\n" % e)
-        return 2
+        return cli.fail("pile-console", str(e), cli.UNREACHABLE)
     except ConsoleError as e:
-        sys.stderr.write("pile-console: the pile says: %s\n" % e)
-        return 1
+        return cli.fail("pile-console", "the pile says: %s" % e, cli.NO)
+    except OSError as e:          # export files
+        return cli.fail("pile-console", str(e), cli.NO)
     finally:
-        client.close()
+        try:
+            client.close()
+        except Exception:
+            pass
+
+
+def _dump(d, out):
+    out.write(json.dumps(d, sort_keys=True) + "\n")
 
 
 def _run(client, a, out):
     c = a.command
+    if _needs_pin(a):
+        pin = _pin(a)
+        if pin is not None:
+            client.json("unlock " + pin)
+        elif c == "unlock":
+            raise ConsoleError("unlock needs a PIN: --pin PIN or PILE_CONSOLE_PIN")
     if c == "summary":
-        show_status(client.json("status"), out)
-        out.write("\n")
-        show_versions(client.json("versions"), out)
-        out.write("\n")
-        d = client.json("bills")
+        st, ver, d = client.json("status"), client.json("versions"), client.json("bills")
         d["bills"] = [b for b in d["bills"] if b["state"] == "unconfirmed"]
+        if a.json:
+            _dump({"status": st, "versions": ver, "unconfirmed": d["bills"]}, out)
+            return cli.OK
+        show_status(st, out)
+        out.write("\n")
+        show_versions(ver, out)
+        out.write("\n")
         out.write("unconfirmed bills:\n")
         show_bills(d, out)
     elif c == "bill":
-        show_bill(client.json("bill " + a.serial), out)
+        d = client.json("bill " + a.words[0])
+        _dump(d, out) if a.json else show_bill(d, out)
     elif c == "export":
         bills = collect_bills(client, a.all)
         if a.csv:
             write_csv(bills, a.csv)
+        if a.json_file:
+            write_json(bills, a.json_file)
         if a.json:
-            write_json(bills, a.json)
-        out.write("%d bill(s) exported to %s\n"
-                  % (len(bills), " and ".join(p for p in (a.csv, a.json) if p)))
+            _dump({"bills": bills}, out)
+        else:
+            out.write("%d bill(s) exported to %s\n"
+                      % (len(bills), " and ".join(p for p in (a.csv, a.json_file) if p)))
+    elif c in _WRITES:
+        if c == "unlock":
+            d = {"ok": True}
+        else:
+            d = client.json(" ".join([c] + a.words))
+        if a.json:
+            _dump(d, out)
+        else:
+            _pairs([(k, str(v)) for k, v in d.items()], out)
     else:
-        _SHOW[c](client.json(c), out)
-    return 0
+        d = client.json(c)
+        _dump(d, out) if a.json else _SHOW[c](d, out)
+    return cli.OK
 
 
 if __name__ == "__main__":

@@ -12,8 +12,15 @@ it replays the field cases through MQTT commands, as a platform would:
   pile 5  a session across five tariff classes (deep valley .. sharp)
   pile 6  a bill made during a platform outage (delivered when it is back)
 
-and ends with a table: sessions, bills, confirmed, lost, duplicated,
-unreconciled, worst limit overshoot. `--json` prints the same as JSON.
+Each case is announced as it begins; stop commands the piles refuse
+because the session had already ended are shown as expected. It ends with a
+table per case (what should happen, what happened, PASS or FAIL: the limit
+case with its target and result) and the totals: sessions, bills,
+confirmed, lost, duplicated, unreconciled. `--json` prints the same as JSON,
+with each case and each bill. A progress bar on stderr follows the
+simulated clock when stderr is a terminal (never with --json); otherwise a
+line every 10 simulated minutes. Exit status 1 if a case failed or anything
+was lost, duplicated or does not add up.
 """
 import argparse
 import asyncio
@@ -25,6 +32,7 @@ import tempfile
 import time
 
 from firmware.vinauth import STOP_VIN_DENIED
+from host import cli
 from host.mqtt import stop_tasks
 from protocol.fields import PERIODS5
 from tools import sim as SIM
@@ -32,6 +40,29 @@ from tools import stack
 
 SITE = "demo"
 _HERE = os.path.dirname(os.path.abspath(__file__))
+_END_MIN = 110           # the script's last step, simulated minutes after 05:45
+
+# The field cases: (key, pile index, title, what should happen). Checked
+# from the bills the platform stored (Demo.cases()).
+CASES = (
+    ("triple_stop", 0, "triple stop", "one start, three stop commands: exactly one bill"),
+    ("amount_target", 1, "charge to 1 yuan",
+     "60 kW, amount target 1.00 yuan: the pile stops at or below it (amount_target), "
+     "a stop after the automatic stop changes nothing"),
+    ("power_cut", 2, "power cut mid-session",
+     "the bill comes back after boot, stopped power_lost (0x83)"),
+    ("vin_refusal", 3, "VIN refusal",
+     "a fleet card, a bus whose VIN is not the fleet's: stopped vin_not_authorised (0x8A)"),
+    ("five_classes", 4, "five tariff classes",
+     "05:46 .. 07:35, deep valley to sharp: energy in all five classes, totals add up"),
+    ("outage", 5, "platform outage", "a bill made while the platform is away is delivered "
+     "and confirmed when it is back"),
+)
+_TARGET_E4 = 10000       # "charge to 1 yuan": x10^4 yuan
+
+
+def _yuan(e4):
+    return "%s%d.%04d" % ("-" if e4 < 0 else "", abs(e4) // 10000, abs(e4) % 10000)
 
 
 def _say(quiet, msg):
@@ -53,6 +84,10 @@ class Demo:
         self.targets = {}      # serial -> amount target (x10^4 yuan)
         self.started = []      # serials the piles accepted (executed starts)
         self.refused = []      # (pile, reply) of starts the piles refused
+        self.serial_of = {}    # pile index -> the serial of its start
+        self.stops = {}        # pile index -> [result codes of its stop commands]
+        self._tick = None      # progress: advance(n, note) or None
+        self._shown_min = 0
 
     # --- parts ------------------------------------------------------------------
 
@@ -91,10 +126,35 @@ class Demo:
 
     # --- the script -------------------------------------------------------------
 
+    def _clock(self, minutes):
+        h, m = divmod(5 * 60 + 45 + int(minutes), 60)
+        return "%02d:%02d" % (h, m)
+
     async def at(self, minutes):
-        """Wait until the piles' simulated clock reaches `minutes`."""
-        ms = int(minutes * 60000)
-        await asyncio.to_thread(self.fleet.wait, lambda f: f.sim_ms >= ms, 120)
+        """Wait until the piles' simulated clock reaches `minutes`, showing
+        the simulated clock meanwhile (the bar, or a line each 10 minutes)."""
+        step = 10
+        while True:
+            now = self.fleet.sim_ms // 60000
+            nxt = min(minutes, (now // step + 1) * step)
+            ms = int(nxt * 60000)
+            await asyncio.to_thread(self.fleet.wait, lambda f: f.sim_ms >= ms, 120)
+            done = min(self.fleet.sim_ms // 60000, _END_MIN)
+            charging = len([p for p in self.fleet.stats()["per_pile"]
+                            if p["state"] == "charging"])
+            note = "%s simulated, %d charging" % (self._clock(done), charging)
+            if self._tick is not None:
+                self._tick(max(0, done - self._shown_min), note)
+            elif done // step > self._shown_min // step:
+                _say(self.quiet, "  ... %s" % note)
+            self._shown_min = max(self._shown_min, done)
+            if nxt >= minutes:
+                return
+
+    def case(self, key):
+        n = [c[0] for c in CASES].index(key)
+        _, i, title, what = CASES[n]
+        _say(self.quiet, "case %d/%d  %s (pile %d): %s" % (n + 1, len(CASES), title, i + 1, what))
 
     async def cmd(self, i, cmd, **args):
         res = await self.platform.command(SITE, self.codes[i], cmd, timeout=30, **args)
@@ -108,6 +168,7 @@ class Demo:
         serial = res.get("serial") or (res.get("reply") or {}).get("serial")
         if res.get("ok"):
             self.started.append(serial)
+            self.serial_of[i] = serial
             if amount:
                 self.targets[serial] = amount
         else:
@@ -115,9 +176,19 @@ class Demo:
         _say(self.quiet, "  pile %d start: %s" % (i + 1, res.get("message")))
         return serial
 
-    async def stop_gun(self, i):
+    async def stop_gun(self, i, ended=False):
+        """A stop command; ended=True: the session has already ended (a
+        repeated stop, a stop after the automatic stop): the pile's "not
+        charging" is the expected answer, and no second bill follows."""
         res = await self.cmd(i, "stop", gun="01")
-        _say(self.quiet, "  pile %d stop: %s" % (i + 1, res.get("message")))
+        self.stops.setdefault(i, []).append(res.get("code"))
+        if res.get("ok"):
+            msg = "stopping; its bill follows"
+        elif ended and res.get("code") == "refused":
+            msg = "not charging any more, as expected: no second bill"
+        else:
+            msg = res.get("message")
+        _say(self.quiet, "  pile %d stop: %s" % (i + 1, msg))
         return res
 
     async def wait_online(self):
@@ -126,32 +197,44 @@ class Demo:
 
     async def script(self):
         await self.wait_online()
-        _say(self.quiet, "all piles online; replaying the field cases")
+        _say(self.quiet, "all piles online; replaying the field cases (simulated clock from %s)"
+             % self._clock(0))
         await self.at(1)
+        self.case("triple_stop")
         await self.start(0)
-        await self.start(1, amount=10000)                  # "charge to 1 yuan"
-        await self.start(2)
+        self.case("amount_target")
+        await self.start(1, amount=_TARGET_E4)             # "charge to 1 yuan"
+        self.case("power_cut")
+        await self.start(2)                                # the power cut comes at 12 min
+        self.case("vin_refusal")
         await self.start(3, card="B0B0B0B0")               # fleet card, foreign bus
+        self.case("five_classes")
         await self.start(4)
+        self.case("outage")
         await self.start(5)
         await self.at(6)
         _say(self.quiet, "triple stop on pile 1:")
-        for _ in range(3):
-            await self.stop_gun(0)
+        await self.stop_gun(0)
+        await self.stop_gun(0, ended=True)
+        await self.stop_gun(0, ended=True)
         await self.at(15)
         _say(self.quiet, "platform outage begins (it stops taking bills)")
         self.platform.silent = True
         await self.at(18)
         await self.stop_gun(5)
-        await self.stop_gun(2)
+        _say(self.quiet, "pile 3 lost power at %s; its bill is rebuilt at boot:"
+             % self._clock(12))
+        await self.stop_gun(2, ended=True)
         await self.at(30)
         _say(self.quiet, "platform back")
         self.platform.silent = False
         _say(self.quiet, "stop after the automatic stop on pile 2:")
-        await self.stop_gun(1)
-        await self.at(110)                                 # 07:35: into the sharp class
+        await self.stop_gun(1, ended=True)
+        _say(self.quiet, "pile 5 charges on into the sharp class (07:30)")
+        await self.at(_END_MIN)                            # 07:35: into the sharp class
         await self.stop_gun(4)
-        await self.stop_gun(3)
+        _say(self.quiet, "pile 4's session was stopped by the VIN check at its start:")
+        await self.stop_gun(3, ended=True)
 
     async def settle(self, timeout=60):
         """Wait until every bill the piles sealed is in the platform's store."""
@@ -199,6 +282,15 @@ class Demo:
         five = [s for s, b in got.items()
                 if all(b["raw"].get(c + "_energy", 0) > 0 for c in PERIODS5)]
         st = self.platform.summary()
+        limits = []
+        for serial, target in self.targets.items():
+            b = got.get(serial)
+            if b:
+                d = b["raw"]["total_amount"] - target
+                limits.append({"serial": serial, "target_yuan": _yuan(target),
+                               "result_yuan": _yuan(b["raw"]["total_amount"]),
+                               "difference_yuan": _yuan(d),
+                               "within_target": d <= 0})
         return {
             "sessions": len(executed),
             "bills": len(got),
@@ -206,7 +298,7 @@ class Demo:
             "lost": len([s for s in executed if s not in got]),
             "duplicated": len([s for s, n in bills_per_start.items() if n > 1]),
             "unreconciled": st["unreconciled"],
-            "worst_limit_overshoot_yuan": None if overshoot is None else "%.4f" % (overshoot / 1e4),
+            "worst_limit_overshoot_yuan": None if overshoot is None else _yuan(overshoot),
             "refused_starts": len(self.refused),
             "vin_refused_bills": len(vin_refused),
             "five_class_bills": len(five),
@@ -214,7 +306,64 @@ class Demo:
             "energy_kwh": st["energy_kwh"],
             "amount_yuan": st["amount_yuan"],
             "platform_copies_received_again": st["duplicates_received"],
+            "limit_cases": limits,
+            "cases": self.cases(got, bills_per_start),
+            "bills_detail": [self._bill_row(b) for b in got.values()],
         }
+
+    def _bill_row(self, b):
+        pile = self.codes.index(b["pile"]) if b.get("pile") in self.codes else None
+        case = [c[0] for c in CASES if c[1] == pile]
+        sr = b.get("stop_reason") if isinstance(b.get("stop_reason"), dict) else {}
+        row = self.platform.bill(b["serial"]) or {}
+        return {"serial": b["serial"], "pile": b.get("pile"), "case": case[0] if case else None,
+                "energy_kwh": b.get("total_energy"), "amount_yuan": b.get("total_amount"),
+                "stop_reason": sr.get("name"), "stop_code": sr.get("code"),
+                "start_time": b.get("start_time"), "end_time": b.get("end_time"),
+                "periods": {p["period"]: p["energy"] for p in b.get("periods") or []},
+                "reconciled": (b.get("checks") or {}).get("ok"),
+                "confirm_result": row.get("confirm_result") if isinstance(row, dict) else None}
+
+    def cases(self, got, per_start):
+        """[{case, title, pile, expected, result, pass}] from the stored bills."""
+        out = []
+        for key, i, title, what in CASES:
+            serial = self.serial_of.get(i)
+            b = got.get(serial)
+            sr = (b or {}).get("stop_reason") or {}
+            name = sr.get("name") if isinstance(sr, dict) else None
+            raw = (b or {}).get("raw") or {}
+            ok = b is not None and per_start.get(serial, 0) == 1 and \
+                bool((b.get("checks") or {}).get("ok"))
+            if b is None:
+                result = "no bill at the platform"
+            elif key == "triple_stop":
+                stops = self.stops.get(i, [])
+                ok = ok and stops[:1] == ["ok"] and all(c == "refused" for c in stops[1:])
+                result = "%d bill for %d stop commands (%s)" % (per_start.get(serial, 0),
+                                                               len(stops), name)
+            elif key == "amount_target":
+                d = raw.get("total_amount", 0) - _TARGET_E4
+                ok = ok and name == "amount_target" and d <= 0
+                result = "target %s yuan, result %s yuan (%s %s yuan), %s" % (
+                    _yuan(_TARGET_E4), _yuan(raw.get("total_amount", 0)),
+                    "under by" if d <= 0 else "OVERSHOOT by", _yuan(abs(d)), name)
+            elif key == "power_cut":
+                ok = ok and name == "power_lost"
+                result = "stopped %s, %s kWh" % (name, b.get("total_energy"))
+            elif key == "vin_refusal":
+                ok = ok and raw.get("stop_reason") == STOP_VIN_DENIED
+                result = "stopped %s (0x%02X)" % (name, raw.get("stop_reason", 0))
+            elif key == "five_classes":
+                five = all(raw.get(c + "_energy", 0) > 0 for c in PERIODS5)
+                ok = ok and five
+                result = "energy in %d of 5 classes, reconciled" % len(
+                    [c for c in PERIODS5 if raw.get(c + "_energy", 0) > 0])
+            else:
+                result = "delivered and confirmed after the outage (%s)" % name
+            out.append({"case": key, "title": title, "pile": self.codes[i], "serial": serial,
+                        "expected": what, "result": result, "pass": bool(ok)})
+        return out
 
     async def run(self):
         self.start_broker()
@@ -224,7 +373,12 @@ class Demo:
         _say(self.quiet, "platform subscribed")
         self.start_fleet()
         try:
-            await self.script()
+            with cli.progress("demo", total=_END_MIN,
+                              enabled=not self.quiet and cli.progress_enabled()) as tick:
+                self._tick = tick if cli.progress_enabled() and not self.quiet else None
+                await self.script()
+                self._tick = None
+            _say(self.quiet, "waiting for every bill to reach the platform")
             ok = await self.settle()
             if not ok:
                 _say(self.quiet, "warning: not every sealed bill reached the platform in time")
@@ -233,16 +387,33 @@ class Demo:
             await stop_tasks([ptask])
 
 
+def _limit_text(s):
+    v = s["worst_limit_overshoot_yuan"]
+    if v is None:
+        return "-"
+    return "%s (%s)" % (v, "overshoot" if float(v) > 0 else "within the target")
+
+
 def table(s):
     rows = [("sessions (executed starts)", s["sessions"]), ("bills at the platform", s["bills"]),
             ("confirmed", s["confirmed"]), ("lost", s["lost"]), ("duplicated", s["duplicated"]),
             ("unreconciled", s["unreconciled"]),
-            ("worst limit overshoot (yuan)", s["worst_limit_overshoot_yuan"]),
+            ("limit: result - target (yuan)", _limit_text(s)),
             ("refused starts", s["refused_starts"]),
             ("VIN refusals (0x8A bills)", s["vin_refused_bills"]),
             ("bills over five classes", s["five_class_bills"]), ("energy (kWh)", s["energy_kwh"]),
             ("amount (yuan)", s["amount_yuan"])]
-    out = ["", "%-30s %s" % ("pile-demo", "result"), "-" * 44]
+    out = [""]
+    cases = s.get("cases") or []
+    if cases:
+        w = max(len(c["title"]) for c in cases)
+        out.append("%-4s  %-*s  %-7s  %s" % ("case", w, "field case", "verdict", "result"))
+        out.append("-" * 78)
+        for n, c in enumerate(cases, 1):
+            out.append("%-4d  %-*s  %-7s  %s" % (n, w, c["title"], "PASS" if c["pass"] else "FAIL",
+                                                 c["result"]))
+        out.append("")
+    out += ["%-30s %s" % ("pile-demo", "result"), "-" * 44]
     for k, v in rows:
         out.append("%-30s %s" % (k, v))
     out.append("stop reasons: " + ", ".join("%s %d" % kv for kv in sorted(s["stop_reasons"].items())))
@@ -257,7 +428,9 @@ def main(argv=None):
     ap.add_argument("--keep", metavar="DIR", help="keep logs and databases in DIR")
     ap.add_argument("--broker", choices=("mosquitto", "amqtt"), default="mosquitto",
                     help="broker to start (amqtt, embedded, is used when Mosquitto is missing)")
+    cli.common(ap, log_level="warning")
     args = ap.parse_args(argv)
+    cli.setup_logging(args)
     if args.keep:
         os.makedirs(args.keep, exist_ok=True)
     d = Demo(args.speed, quiet=args.json, workdir=args.keep, broker=args.broker)
@@ -266,7 +439,8 @@ def main(argv=None):
     finally:
         d.stop()
     print(json.dumps(s, indent=2) if args.json else table(s))
-    bad = s["lost"] or s["duplicated"] or s["unreconciled"]
+    bad = s["lost"] or s["duplicated"] or s["unreconciled"] or \
+        not all(c["pass"] for c in s["cases"])
     return 1 if bad else 0
 
 

@@ -39,6 +39,7 @@ from protocol import fields as F
 from protocol.errors import FrameError
 from tools import dissect as D
 from tools import dlt645_frames as DLT
+from host import cli
 
 
 class UsageError(ValueError):
@@ -396,11 +397,13 @@ def _parser():
     e.add_argument("--seq", type=lambda s: int(s, 0), default=0, help="sequence number")
     e.add_argument("--enc", type=int, default=0, help="encryption flag (0 plain)")
     sub.add_parser("list", help="list every frame type")
+    cli.common(p, log_level="warning")
     return p
 
 
 def main(argv=None):
     args = _parser().parse_args(argv)
+    cli.setup_logging(args)
     out, err = sys.stdout, sys.stderr
     try:
         return {"decode": cmd_decode, "encode": cmd_encode, "list": cmd_list}[args.cmd](

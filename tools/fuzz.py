@@ -39,6 +39,7 @@ from protocol import codec
 from protocol.crc import crc16
 from protocol.errors import FrameError
 from protocol.frames import each
+from host import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGETS = ("reader", "bridge-tcp", "mqtt-commands")
@@ -55,19 +56,34 @@ def case_rng(seed, i):
     return random.Random((seed << 32) | i)
 
 
+# Progress: called with the number of new inputs as they are counted (the
+# CLI's progress bar; None in tests and library use).
+PROGRESS = None
+
+
 class Report:
     """Counts and violations of one target's run."""
 
     def __init__(self, target, seed):
         self.target = target
         self.seed = seed
-        self.inputs = 0
+        self._inputs = 0
         self.kinds = collections.Counter()      # inputs by kind
         self.outcomes = collections.Counter()   # what came out, by class
         self.violations = []
         self.violation_count = 0
         self.extra = {}
         self.t0 = time.monotonic()
+
+    @property
+    def inputs(self):
+        return self._inputs
+
+    @inputs.setter
+    def inputs(self, n):
+        if PROGRESS is not None and n > self._inputs:
+            PROGRESS(n - self._inputs)
+        self._inputs = n
 
     def violation(self, case, kind, what, data=None):
         self.violation_count += 1
@@ -1733,17 +1749,27 @@ def main(argv=None):
     p.add_argument("--keep", action="store_true",
                    help="bridge targets: keep the temp dir (bridge log, database, config)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    cli.common(p, log_level="warning")
     a = p.parse_args(argv)
-    if a.target == "reader":
-        if a.case is not None:
-            rep = fuzz_reader(1, a.seed, first=a.case)
-        else:
-            rep = fuzz_reader(a.count, a.seed, a.jobs)
-    elif a.target == "bridge-tcp":
-        rep = fuzz_bridge_tcp(a.count, a.seed, a.case, workers=a.workers, rss_limit_mb=a.rss_limit_mb,
-                              keep=a.keep)
-    else:
-        rep = fuzz_mqtt_commands(a.count, a.seed, a.case, rss_limit_mb=a.rss_limit_mb, keep=a.keep)
+    cli.setup_logging(a)
+    global PROGRESS
+    with cli.progress("pile-fuzz " + a.target, total=1 if a.case is not None else a.count,
+                      enabled=cli.progress_enabled(a.json)) as tick:
+        PROGRESS = (lambda n: tick(n)) if cli.progress_enabled(a.json) else None
+        try:
+            if a.target == "reader":
+                if a.case is not None:
+                    rep = fuzz_reader(1, a.seed, first=a.case)
+                else:
+                    rep = fuzz_reader(a.count, a.seed, a.jobs)
+            elif a.target == "bridge-tcp":
+                rep = fuzz_bridge_tcp(a.count, a.seed, a.case, workers=a.workers,
+                                      rss_limit_mb=a.rss_limit_mb, keep=a.keep)
+            else:
+                rep = fuzz_mqtt_commands(a.count, a.seed, a.case, rss_limit_mb=a.rss_limit_mb,
+                                         keep=a.keep)
+        finally:
+            PROGRESS = None
     d = rep.as_dict()
     print(json.dumps(d, indent=1) if a.json else format_report(d))
     return 0 if d["verdict"] == "pass" else 1

@@ -7,7 +7,9 @@ docs/protocol.md is prose written by hand with generated blocks between
 `<!-- BEGIN generated:NAME -->` and `<!-- END generated:NAME -->` markers:
 `frames` (every frame as a table of fields, bytes, kind, units and scales,
 from protocol/frames.py), `stop-reasons` (tools/dissect.STOP_REASONS) and
-`samples` (the document's own sample frames, their CRCs recomputed). Only the
+`samples` (the document's own sample frames, their CRCs recomputed),
+`examples` (whole frames built by the codec from the values below, each
+with its decoded fields: tests/test_doc_frames.py decodes every one). Only the
 blocks are rewritten; tests/test_protocol_doc.py fails when they drift.
 
 The titles and field notes below are presentation: every note must name a
@@ -618,7 +620,69 @@ def samples_block():
     return "\n".join(out) + "\n"
 
 
-BLOCKS = {"frames": frames_block, "stop-reasons": stop_reasons_block, "samples": samples_block}
+# Example frames: (name, seq, values). One pile, one trade: a valley-only
+# bill of 10 kWh at 0.75 yuan/kWh = 7.50 yuan, so its totals reconcile.
+_PILE = "55031412782305"
+_SERIAL = _PILE + "01" + "261124080000" + "0007"
+_T0 = 848304000          # 2026-11-24T08:00:00, seconds since 2000-01-01
+EXAMPLES = (
+    ("login", 1, {"pile": _PILE, "pile_type": 0, "guns": 1, "proto_version": 0x10,
+                  "sw_version": "pc0.1.0", "net_type": 3, "sim": "", "carrier": 4}),
+    ("login_reply", 1, {"pile": _PILE, "result": 0}),
+    ("heartbeat", 7, {"pile": _PILE, "gun": "01", "gun_status": 0}),
+    ("heartbeat_reply", 7, {"pile": _PILE, "gun": "01", "reply": 0}),
+    ("remote_start", 12, {"serial": _SERIAL, "pile": _PILE, "gun": "01",
+                          "logical_card": "1000000573", "card": "D14B0A54", "balance": 10000}),
+    ("remote_start_reply", 12, {"serial": _SERIAL, "pile": _PILE, "gun": "01", "result": 1,
+                                "reason": 0}),
+    ("remote_stop", 13, {"pile": _PILE, "gun": "01"}),
+    ("remote_stop_reply", 13, {"pile": _PILE, "gun": "01", "result": 1, "reason": 0}),
+    ("bill", 21, dict({"serial": _SERIAL, "pile": _PILE, "gun": "01", "start_time": _T0,
+                       "end_time": _T0 + 1800, "meter_start": 1007000, "meter_stop": 1107000,
+                       "total_energy": 100000, "total_loss": 0, "total_amount": 75000,
+                       "vin": "", "trade_flag": 1, "trade_time": _T0 + 1805, "stop_reason": 0x40,
+                       "card": "D14B0A54", "valley_price": 75000, "valley_energy": 100000,
+                       "valley_loss": 0, "valley_amount": 75000},
+                      **{p + "_" + k: 0 for p in ("sharp", "peak", "flat")
+                         for k in ("price", "energy", "loss", "amount")})),
+    ("bill_confirm", 21, {"serial": _SERIAL, "result": 0}),
+)
+
+
+def field_text(k, v):
+    """How an example (and pile-console spy) shows a decoded field."""
+    if k.endswith("time") and isinstance(v, int):
+        from protocol.fields import iso
+        return "%s=%s" % (k, iso(v))
+    return "%s=%s" % (k, v)
+
+
+def examples_block():
+    out = ["Whole frames as they go on the wire, built by the codec from the frame",
+           "table; below each, its fields as `pile-frames decode` and `pile-console spy`",
+           "read them (times in ISO 8601). tests/test_doc_frames.py decodes every",
+           "one, and every other frame quoted in the docs.", ""]
+    for name, seq, values in EXAMPLES:
+        spec = codec.BY_NAME[name]
+        raw = codec.encode(name, values, seq)
+        out.append("**0x%02X %s**, seq %d, %d bytes:" % (spec.code, name, seq, len(raw)))
+        out.append("")
+        hx = raw.hex(" ").upper()
+        # 24 bytes a line, so a bill stays readable
+        step = 24 * 3
+        for i in range(0, len(hx), step):
+            out.append("    " + hx[i:i + step].strip())
+        fields = codec.decode(raw).fields
+        out.append("")
+        out.append("    " + " ".join(field_text(k, v) for k, v in fields.items()
+                                     if not (name == "bill" and v == 0 and "_" in k
+                                             and k.split("_")[0] in ("sharp", "peak", "flat"))))
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+BLOCKS = {"frames": frames_block, "stop-reasons": stop_reasons_block, "samples": samples_block,
+          "examples": examples_block}
 
 
 def render(text):

@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from host import cli
 
 TEMPLATE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                             "host", "mosquitto")
@@ -286,11 +287,13 @@ def _parser():
     common(p)
     p.add_argument("--port", type=int, default=8883)
     p.add_argument("--bind", help="listen on this address only")
+    cli.common(ap, log_level="warning")
     return ap
 
 
 def main(argv=None):
     args = _parser().parse_args(argv)
+    cli.setup_logging(args)
     pki = Pki(args.dir, args.ca_key)
     try:
         if args.cmd == "init":

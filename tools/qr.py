@@ -6,6 +6,8 @@ holds `<prefix>?did=<pile number>&op=<operator id>` (field cases §6):
     pile-qr show --prefix https://qr.example.com/c --op MA4UJLL57 4403040003000003
     pile-qr batch piles.csv --out stickers --format svg \\
         --prefix https://qr.example.com/c --op MA4UJLL57
+    pile-qr sheet piles.csv --out sheet --size 50 \\
+        --prefix https://qr.example.com/c --op MA4UJLL57   # A4 pages of labelled stickers
 
 `did` is the operator's own pile numbering (14, 16 or 20 digits), never
 rewritten: it is what the apps look the pile up by. Each pile also gets its
@@ -22,6 +24,7 @@ import sys
 from urllib.parse import urlsplit
 
 import segno
+from host import cli
 
 PILE_LENGTHS = (14, 16, 20)  # YKC wire code; platform numberings seen in the field
 WIRE_LENGTH = 14  # YKC V1.6 pile code: 7 bytes BCD
@@ -208,6 +211,79 @@ def write_batch(piles, out, fmt, scale=4, border=None):
     return paths
 
 
+# Printable sheets: A4 pages of stickers, each a QR code `size` mm wide
+# (quiet zone included) over a label with the pile number and its wire
+# code, laid out in mm so that a browser or `rsvg-convert` prints them at
+# size. Below _MIN_MODULE_MM a phone camera at arm's length misses modules.
+_PAGE_MM = (210, 297)        # A4 portrait
+_MARGIN_MM = 10
+_GAP_MM = 5
+_LABEL_MM = 12               # the label under each code
+_MIN_MODULE_MM = 0.5
+_MIN_SIZE_MM, _MAX_SIZE_MM = 20, 180
+
+
+def _esc(s):
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+
+
+def sticker_layout(size):
+    """(columns, rows) of stickers of `size` mm on a page."""
+    w = _PAGE_MM[0] - 2 * _MARGIN_MM
+    h = _PAGE_MM[1] - 2 * _MARGIN_MM
+    return max(1, int((w + _GAP_MM) // (size + _GAP_MM))), \
+        max(1, int((h + _GAP_MM) // (size + _LABEL_MM + _GAP_MM)))
+
+
+def sticker_svg(p, x, y, size):
+    """One sticker at (x, y) mm: the code as one path of unit squares,
+    scaled to `size` mm with a 4-module quiet zone, and its label."""
+    m = make(p.payload).matrix
+    n = len(m) + 8
+    unit = size / float(n)
+    if unit < _MIN_MODULE_MM:
+        raise QRError("pile %s: %d modules in %g mm is %.2f mm a module, under %.1f mm: "
+                      "use a larger --size" % (p.pile, len(m), size, unit, _MIN_MODULE_MM))
+    d = "".join("M%d %dh1v1h-1z" % (c + 4, r + 4)
+                for r, row in enumerate(m) for c, v in enumerate(row) if v)
+    label = [p.pile] + (["YKC " + p.wire] if p.wire != p.pile else [])
+    out = ['<g class="sticker" data-pile="%s" data-payload="%s">' % (p.pile, _esc(p.payload)),
+           '<rect x="%g" y="%g" width="%g" height="%g" fill="#fff" stroke="#bbb" '
+           'stroke-width="0.2" stroke-dasharray="1 1"/>' % (x, y, size, size + _LABEL_MM),
+           '<path class="qr" transform="translate(%g %g) scale(%.6f)" d="%s" fill="#000"/>'
+           % (x, y, unit, d)]
+    for i, text in enumerate(label):
+        out.append('<text x="%g" y="%g" font-family="DejaVu Sans Mono, monospace" '
+                   'font-size="%g" text-anchor="middle">%s</text>'
+                   % (x + size / 2.0, y + size + 5 + 4.5 * i, 4.2 if i == 0 else 3.2, _esc(text)))
+    out.append("</g>")
+    return "\n".join(out)
+
+
+def write_sheets(piles, out, size=50):
+    """A4 SVG pages of stickers (sheet-1.svg, ...); returns their paths."""
+    if not _MIN_SIZE_MM <= size <= _MAX_SIZE_MM:
+        raise QRError("--size must be %d..%d mm, got %g" % (_MIN_SIZE_MM, _MAX_SIZE_MM, size))
+    cols, rows = sticker_layout(size)
+    per = cols * rows
+    os.makedirs(out, exist_ok=True)
+    paths = []
+    for k in range(0, len(piles), per):
+        body = []
+        for j, p in enumerate(piles[k:k + per]):
+            c, r = j % cols, j // cols
+            body.append(sticker_svg(p, _MARGIN_MM + c * (size + _GAP_MM),
+                                    _MARGIN_MM + r * (size + _LABEL_MM + _GAP_MM), size))
+        path = os.path.join(out, "sheet-%d.svg" % (len(paths) + 1))
+        with open(path, "w", encoding="utf-8") as f:
+            f.write('<?xml version="1.0" encoding="UTF-8"?>\n'
+                    '<svg xmlns="http://www.w3.org/2000/svg" width="%dmm" height="%dmm" '
+                    'viewBox="0 0 %d %d">\n%s\n</svg>\n'
+                    % (_PAGE_MM + _PAGE_MM + ("\n".join(body),)))
+        paths.append(path)
+    return paths
+
+
 def _parser():
     ap = argparse.ArgumentParser(prog="pile-qr", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -231,13 +307,23 @@ def _parser():
     b.add_argument("csv", help="CSV with a header: pile[,wire_code][,op][,prefix]")
     b.add_argument("--out", required=True, help="output directory (created)")
     b.add_argument("--format", choices=("svg", "png"), default="svg")
-    b.add_argument("--scale", type=int, default=4, help="pixels (PNG) or units (SVG) per module")
+    b.add_argument("--scale", type=int, default=10,
+                   help="pixels (PNG) or units (SVG) per module (default 10: about 400 px)")
     common(b)
+
+    h = sub.add_parser("sheet", help="printable A4 SVG pages of labelled stickers for a CSV")
+    h.add_argument("csv", help="CSV with a header: pile[,wire_code][,op][,prefix]")
+    h.add_argument("--out", required=True, help="output directory (created): sheet-N.svg")
+    h.add_argument("--size", type=float, default=50.0,
+                   help="sticker code size in mm, quiet zone included (default 50)")
+    common(h)
+    cli.common(ap, log_level="warning")
     return ap
 
 
 def main(argv=None):
     args = _parser().parse_args(argv)
+    cli.setup_logging(args)
     verify = not args.no_op_check
     try:
         if args.cmd == "show":
@@ -254,7 +340,7 @@ def main(argv=None):
             if not args.no_code:
                 make(data).terminal(out=sys.stdout, compact=args.compact)
             return 0
-        if args.scale < 1:
+        if args.cmd == "batch" and args.scale < 1:
             raise QRError("--scale must be at least 1")
         piles, errors = read_piles(args.csv, args.prefix, args.op, verify)
         if errors:
@@ -267,6 +353,12 @@ def main(argv=None):
             _warn("%s:%d: pile %s: wire code taken as its last 14 digits, %s "
                   "(add a wire_code column if the pile reports another)"
                   % (args.csv, p.line, p.pile, p.wire))
+        if args.cmd == "sheet":
+            paths = write_sheets(piles, args.out, args.size)
+            cols, rows = sticker_layout(args.size)
+            print("wrote %d sticker(s) of %g mm on %d A4 page(s) (%d x %d a page) to %s"
+                  % (len(piles), args.size, len(paths), cols, rows, args.out))
+            return 0
         paths = write_batch(piles, args.out, args.format, args.scale)
         print("wrote %d %s file(s) and %s to %s"
               % (len(paths), args.format.upper(), _MANIFEST, args.out))

@@ -45,5 +45,13 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[test]'
+# pip's and setuptools' notices (the editable-install banner) go to a log,
+# shown only when the install fails: the demo and the tests start quietly.
+log=$(mktemp "${TMPDIR:-/tmp}/pc-setup-XXXXXX")
+trap 'rm -f "$log"' EXIT
+if ! { .venv/bin/python -m pip install -q --upgrade pip && \
+       .venv/bin/python -m pip install -q -e '.[test]'; } >"$log" 2>&1; then
+  cat "$log" >&2
+  echo "setup: pip install failed (above)" >&2
+  exit 1
+fi

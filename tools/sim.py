@@ -9,7 +9,9 @@
 #                                        piles dial in to a bridge over TCP, as
 #                                        YKC piles do; time runs X times faster
 #   pile-sim run --pty --piles N ...     one pty per pile instead; the ready line
-#                                        names them: pile-bridge --serial PATH
+#                                        names them: pile-bridge --serial PATH;
+#                                        and each pile's technician console on a
+#                                        pty of its own: pile-console PATH
 #
 # Library use (the demo drives the same code):
 #   result = run_scenario(load_scenario("tools/scenarios/triple_stop.json"))
@@ -39,6 +41,7 @@ from firmware.pile import Pile
 from firmware.sim import SimWorld
 from firmware.tariff import CLASSES, Tariff, TariffError
 from firmware.vinauth import CARD_FLEET, CARD_SITE_ADMIN, VinPolicy
+from host import cli
 from host.testkit import THIRD_PARTY_VARIANTS, TcpTransport, ThirdPartyPile, third_party_corpus
 from protocol import codec
 from protocol import fields as F
@@ -537,7 +540,7 @@ class SimUnit:
 
     def __init__(self, code, root, start_secs, tariff, power_w=60000, vehicle=None,
                  meter_start=0, plugged=False, vin_policy=None, link="loop", confirm=True,
-                 settle=True, tcp=None, record=None, fs=None):
+                 settle=True, tcp=None, record=None, fs=None, console=False, pin=None):
         veh = vehicle or {}
         self.code = code
         self.root = root
@@ -548,6 +551,12 @@ class SimUnit:
                               meter_start=meter_start, plugged=plugged)
         self.cfg = {"pile": code, "gun": "01", "tariff": tariff, "hmi_version": "sim",
                     "vin_policy": vin_policy}
+        if pin:
+            self.cfg["pin"] = pin
+        # The technician console (firmware/console.py) on a pty of its own:
+        # the USB-serial cable's end for pile-console. It outlives reboots
+        # and power cuts, as the cable does; a new boot prints a new banner.
+        self.console_uart = PtyUart() if console else None
         self.link_kind = link
         self.tcp = tcp
         self.fs = fs              # the journal's flash (None: files under root)
@@ -600,6 +609,9 @@ class SimUnit:
         self.pile = _SimPile(self, self.cfg, self.root, self.clock, self.uart, self.world.meter,
                              self.world.contactor, self.world.vehicle, fs=self.fs,
                              reboot=self._reboot_hook)
+        if self.console_uart is not None:
+            from firmware.console import Console
+            self.pile.console = Console(self.pile, self.console_uart)
 
     def new_uart(self):
         """The TCP link of a fresh boot (tools/chaos.py puts faults in it)."""
@@ -1193,7 +1205,7 @@ class SimFleet:
 
     def __init__(self, bridge, piles=1, speed=60.0, mix="cards", scenario=None, root=None,
                  seed=1, start_secs=None, tariff=None, power_w=60000, first_code=55031412780001,
-                 log=None, link="tcp"):
+                 log=None, link="tcp", console=None, pin="0000"):
         if link not in ("tcp", "pty"):
             raise ValueError('link: "tcp" or "pty"')
         if (link == "tcp") != (bridge is not None):
@@ -1240,13 +1252,20 @@ class SimFleet:
             self.units.append(SimUnit(p["code"], os.path.join(self.root, p["code"]), start,
                                       tariff, p["power_w"], p["vehicle"], p["meter_start"],
                                       p["plugged"], parse_vin_policy(pol), link,
-                                      tcp=self.bridge, record=self._rec))
+                                      tcp=self.bridge, record=self._rec,
+                                      console=(link == "pty") if console is None else console,
+                                      pin=pin))
         self._plans = [_CardMix(u, random.Random(seed * 7919 + i))
                        for i, u in enumerate(self.units)] if self.mix == "cards" else []
 
     def ptys(self):
         """{pile code: pty path} of a pty fleet (the bridge's serial URLs)."""
         return dict((u.code, u.uart.path) for u in self.units if isinstance(u.uart, PtyUart))
+
+    def consoles(self):
+        """{pile code: pty path} of each pile's technician console (pile-console URL)."""
+        return dict((u.code, u.console_uart.path) for u in self.units
+                    if u.console_uart is not None)
 
     def _rec(self, unit, kind, kw):
         e = {"t": F.iso(unit.clock.now()), "pile": unit.code, "event": kind}
@@ -1277,6 +1296,8 @@ class SimFleet:
         for u in self.units:
             if u.uart is not None:
                 u.uart.close()
+            if u.console_uart is not None:
+                u.console_uart.close()
         if self._own_root:
             shutil.rmtree(self.root, ignore_errors=True)
         return st
@@ -1399,6 +1420,9 @@ class SimFleet:
                          if isinstance(u.uart, TcpUart) and u.uart.connected and u.uart.sock]
                 socks += [u.uart.fd for u in self.units
                           if isinstance(u.uart, PtyUart) and not u.uart.closed and u.pile]
+                socks += [u.console_uart.fd for u in self.units   # a keystroke wakes us
+                          if u.console_uart is not None and not u.console_uart.closed
+                          and u.pile]
             # Wait for bytes from the bridge or the next round, whichever is first.
             pause = min(0.02, max(0.001, 1.0 / self.speed))
             if socks:
@@ -1494,6 +1518,7 @@ def parse_hostport(s):
 def _parser():
     ap = argparse.ArgumentParser(prog="pile-sim", description="Simulated charging piles running "
                                  "the real firmware, in simulated time.")
+    cli.common(ap, log_level="warning")
     sub = ap.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("scenario", help="run one scenario file without a bridge")
     a.add_argument("file")
@@ -1507,7 +1532,12 @@ def _parser():
                          help="the bridge's TCP pile port: each pile dials in")
         how.add_argument("--pty", action="store_true",
                          help="one pty per pile, paths printed in the ready line: give them "
-                         "to pile-bridge as serial links (--serial PATH)")
+                         "to pile-bridge as serial links (--serial PATH); each pile's "
+                         "technician console on a pty too (pile-console PATH)")
+        r.add_argument("--console", action="store_true",
+                       help="with --bridge: open each pile's console pty too (--pty always does)")
+        r.add_argument("--pin", default="0000",
+                       help="the simulated piles' technician PIN (default 0000)")
         r.add_argument("--piles", type=int, default=1, help="number of piles (built-in mix)")
         r.add_argument("--speed", type=float, default=60.0,
                        help="simulated seconds per real second (default 60)")
@@ -1576,6 +1606,7 @@ def _third_party(args):
 
 def main(argv=None):
     args = _parser().parse_args(argv)
+    cli.setup_logging(args)
     try:
         if args.cmd == "scenario":
             sc = load_scenario(args.file)
@@ -1609,7 +1640,8 @@ def _run_fleet(args):
         if not args.quiet and e["event"] not in ("login", "pile_event"):
             print(json.dumps(e), file=sys.stderr, flush=True)
     fleet = SimFleet(bridge, piles=args.piles, speed=args.speed, mix=args.mix, scenario=sc,
-                     seed=args.seed, log=log, link="pty" if args.pty else "tcp")
+                     seed=args.seed, log=log, link="pty" if args.pty else "tcp",
+                     console=bool(args.pty or args.console), pin=args.pin)
 
     def on_signal(signum, frame):
         fleet._stop.set()
@@ -1618,13 +1650,20 @@ def _run_fleet(args):
         ready = {"ready": True, "piles": [u.code for u in fleet.units], "speed": fleet.speed}
         if args.pty:
             ready["ptys"] = fleet.ptys()
+        else:
+            ready["bridge"] = "%s:%d" % bridge
+        if fleet.consoles():
+            ready["consoles"] = fleet.consoles()
+        if args.pty:
             print(json.dumps(ready), flush=True)
             # The line to paste: pile-bridge --config site.toml --serial P --serial P ...
             print("pile-bridge serial links: " + " ".join(
                 "--serial %s" % p for p in ready["ptys"].values()), file=sys.stderr, flush=True)
         else:
-            ready["bridge"] = "%s:%d" % bridge
             print(json.dumps(ready), flush=True)
+        for code, path in sorted(ready.get("consoles", {}).items()):
+            print("pile %s console: pile-console %s  (PIN %s)" % (code, path, args.pin),
+                  file=sys.stderr, flush=True)
         fleet.run_for(args.duration if args.duration else float("inf"))
     finally:
         for s, h in old:
