@@ -374,13 +374,18 @@ class Station:
     async def call(self, cp, msg):
         """One call, raced against the link: a dropped link ends it at once
         (the library would wait out its response timeout)."""
+        from websockets.exceptions import ConnectionClosed
         t = asyncio.ensure_future(cp.call(msg, suppress=False))
         done, _ = await asyncio.wait({t, self._reader}, return_when=asyncio.FIRST_COMPLETED)
         if t not in done:
             t.cancel()
             await asyncio.gather(t, return_exceptions=True)
             raise _Lost("the CSMS link closed")
-        return t.result()
+        try:
+            return t.result()
+        except ConnectionClosed as e:
+            # Not the CSMS's answer: the message was not delivered (no attempt counted).
+            raise _Lost("the CSMS link closed: %s" % e)
 
     async def _boot(self, cp):
         pile = self.up.b.piles.get(self.code)
@@ -453,11 +458,14 @@ class Station:
                 await self._statuses(cp)
             rows = await store.ocpp_open(self.code, 64)
             wait = None
+            again = False
             for row_id, serial, kind, seq_no, payload, attempts, tx_id in rows:
                 msg = self._message(serial, kind, seq_no, json.loads(payload), tx_id)
                 if msg is None:
-                    # 1.6: no transactionId yet (its StartTransaction is not
-                    # answered): later messages of the pile wait, in order.
+                    # 1.6: no transactionId read yet: its StartTransaction was
+                    # answered in this pass (read again) or gave up (strict:
+                    # later messages of the pile wait, in order).
+                    again = row_id != rows[0][0]
                     break
                 self.up.stats["sent"] += 1
                 try:
@@ -487,6 +495,8 @@ class Station:
             else:
                 if len(rows) == 64:
                     continue
+            if again:
+                continue
             try:
                 await asyncio.wait_for(self._wake.wait(), wait)
             except asyncio.TimeoutError:

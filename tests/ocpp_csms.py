@@ -22,6 +22,7 @@ class Csms:
         self.password = password        # basic auth (security profile 1) when set
         self.delay_s = delay_s          # answer every transaction message this late
         self.refuse = False             # answer transaction messages with a CallError
+        self.refused = 0                # transaction messages answered with a CallError
         self.host = host
         self.port = port
         self.server = None
@@ -127,6 +128,8 @@ class Csms:
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         if self.refuse:
+            self.refused += 1
+            self._notify()
             raise RuntimeError("refused by the test CSMS")
 
     # --- per version ---------------------------------------------------------------------------
