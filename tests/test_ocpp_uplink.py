@@ -14,7 +14,7 @@ import pytest
 
 from host.testkit import make_bill, make_extra
 from protocol import fields as F
-from tests.ocpp_csms import Csms
+from tools.ocpp_csms import Csms
 from tests.test_bridge_helpers import (
     PILE_A, PILE_B, BridgeProcess, Platform, bridge_running, connect_pile, fast_config, run,
     tempdir, until, url_of)

@@ -14,6 +14,13 @@ it replays the field cases through MQTT commands, as a platform would:
 
 and ends with a table: sessions, bills, confirmed, lost, duplicated,
 unreconciled, worst limit overshoot. `--json` prints the same as JSON.
+
+`--ocpp` (issue 15, docs/ocpp.md): the bridge also runs its OCPP 2.0.1
+uplink (`--ocpp-version 1.6` for 1.6J) to a CSMS built on the `ocpp`
+library (tools/ocpp_csms.py), side by side with MQTT. The CSMS goes down
+with the platform's outage and comes back; the table adds the transactions
+that reached the CSMS, lost and duplicated there, and piles are settled only
+once both uplinks acknowledged.
 """
 import argparse
 import asyncio
@@ -40,7 +47,9 @@ def _say(quiet, msg):
 
 
 class Demo:
-    def __init__(self, speed=120.0, quiet=False, workdir=None, broker="mosquitto"):
+    def __init__(self, speed=120.0, quiet=False, workdir=None, broker="mosquitto", ocpp=None):
+        self.ocpp = ocpp       # None, "2.0.1" or "1.6"
+        self.csms = None
         self.prefer = broker
         self.speed = speed
         self.quiet = quiet
@@ -64,8 +73,12 @@ class Demo:
     def start_bridge(self):
         # The piles live in simulated time (the scenario's 05:45 start, so pile
         # 5 crosses all five tariff classes): the bridge leaves their clocks.
-        self.bridge = stack.BridgeProcess(self.dir, SITE, self.broker.port,
-                                          extra="[piles]\ntime_sync_s = 0\n")
+        extra = "[piles]\ntime_sync_s = 0\n"
+        if self.csms is not None:
+            extra += ("[ocpp]\ncsms_url = %s\nversion = %s\nretry_initial_s = 0.2\n"
+                      "retry_max_s = 2.0\nreconnect_min_s = 0.1\nreconnect_max_s = 1.0\n"
+                      % (json.dumps(self.csms.url), json.dumps(self.ocpp)))
+        self.bridge = stack.BridgeProcess(self.dir, SITE, self.broker.port, extra=extra)
         self.tcp_port = self.bridge.start()
         _say(self.quiet, "bridge   pid %d, piles dial 127.0.0.1:%d" % (self.bridge.pid, self.tcp_port))
 
@@ -141,12 +154,18 @@ class Demo:
         await self.at(15)
         _say(self.quiet, "platform outage begins (it stops taking bills)")
         self.platform.silent = True
+        if self.csms is not None:
+            _say(self.quiet, "CSMS down")
+            await self.csms.stop()
         await self.at(18)
         await self.stop_gun(5)
         await self.stop_gun(2)
         await self.at(30)
         _say(self.quiet, "platform back")
         self.platform.silent = False
+        if self.csms is not None:
+            await self.csms.start()
+            _say(self.quiet, "CSMS back on 127.0.0.1:%d" % self.csms.port)
         _say(self.quiet, "stop after the automatic stop on pile 2:")
         await self.stop_gun(1)
         await self.at(110)                                 # 07:35: into the sharp class
@@ -158,7 +177,8 @@ class Demo:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             sealed = set(s for s, in self._sealed())
-            if sealed and sealed <= self.platform.serials() and not self._charging():
+            if sealed and sealed <= self.platform.serials() and not self._charging() and (
+                    self.csms is None or len(self.csms.ended) >= len(sealed)):
                 return True
             self.platform.changed.clear()
             try:
@@ -214,9 +234,32 @@ class Demo:
             "energy_kwh": st["energy_kwh"],
             "amount_yuan": st["amount_yuan"],
             "platform_copies_received_again": st["duplicates_received"],
+            **self._ocpp_summary(executed, sealed_serials),
         }
 
+    def _ocpp_summary(self, executed, sealed):
+        if self.csms is None:
+            return {}
+        if self.ocpp == "1.6":
+            # 1.6: the CSMS numbers transactions itself; count Stops by
+            # their meter and time, matched to the sealed bills by count.
+            ended = sum(self.csms.ended.values())
+            return {"ocpp": self.ocpp, "csms_transactions_ended": ended,
+                    "csms_lost": max(0, len(sealed) - ended),
+                    "csms_duplicated": len([n for n in self.csms.ended.values() if n > 1]),
+                    "csms_messages_received_again": len(self.csms.events) - len(self.csms.unique)}
+        ended = self.csms.ended
+        return {"ocpp": self.ocpp, "csms_transactions_ended": len(ended),
+                "csms_lost": len([s for s in executed if s not in ended]),
+                "csms_duplicated": len([s for s, n in ended.items() if n > 1]),
+                "csms_messages_received_again": len(self.csms.events) - len(self.csms.unique)}
+
     async def run(self):
+        if self.ocpp:
+            from tools.ocpp_csms import Csms
+            self.csms = await Csms(version=self.ocpp).start()
+            _say(self.quiet, "CSMS     OCPP %s on 127.0.0.1:%d (the ocpp library)"
+                 % (self.ocpp, self.csms.port))
         self.start_broker()
         self.start_bridge()
         self.platform, ptask = await stack.start_platform(self.broker.port,
@@ -231,6 +274,8 @@ class Demo:
             return self.summary()
         finally:
             await stop_tasks([ptask])
+            if self.csms is not None:
+                await self.csms.stop()
 
 
 def table(s):
@@ -245,6 +290,11 @@ def table(s):
     out = ["", "%-30s %s" % ("pile-demo", "result"), "-" * 44]
     for k, v in rows:
         out.append("%-30s %s" % (k, v))
+    if "ocpp" in s:
+        for k, v in (("OCPP %s: ended at the CSMS" % s["ocpp"], s["csms_transactions_ended"]),
+                     ("CSMS lost", s["csms_lost"]), ("CSMS duplicated", s["csms_duplicated"]),
+                     ("CSMS messages resent", s["csms_messages_received_again"])):
+            out.append("%-30s %s" % (k, v))
     out.append("stop reasons: " + ", ".join("%s %d" % kv for kv in sorted(s["stop_reasons"].items())))
     return "\n".join(out)
 
@@ -257,16 +307,21 @@ def main(argv=None):
     ap.add_argument("--keep", metavar="DIR", help="keep logs and databases in DIR")
     ap.add_argument("--broker", choices=("mosquitto", "amqtt"), default="mosquitto",
                     help="broker to start (amqtt, embedded, is used when Mosquitto is missing)")
+    ap.add_argument("--ocpp", action="store_true",
+                    help="also run the OCPP uplink to a CSMS (the ocpp library), down during the outage")
+    ap.add_argument("--ocpp-version", choices=("2.0.1", "1.6"), default="2.0.1")
     args = ap.parse_args(argv)
     if args.keep:
         os.makedirs(args.keep, exist_ok=True)
-    d = Demo(args.speed, quiet=args.json, workdir=args.keep, broker=args.broker)
+    d = Demo(args.speed, quiet=args.json, workdir=args.keep, broker=args.broker,
+             ocpp=args.ocpp_version if args.ocpp else None)
     try:
         s = asyncio.run(d.run())
     finally:
         d.stop()
     print(json.dumps(s, indent=2) if args.json else table(s))
-    bad = s["lost"] or s["duplicated"] or s["unreconciled"]
+    bad = s["lost"] or s["duplicated"] or s["unreconciled"] or s.get("csms_lost") or \
+        s.get("csms_duplicated")
     return 1 if bad else 0
 
 

@@ -1,4 +1,4 @@
-# A real CSMS for the OCPP suites and the demo: the `ocpp` library's own
+# A real CSMS for the OCPP suites, pile-demo --ocpp and the benchmark: the `ocpp` library's own
 # classes on a `websockets` server bound to port 0 (it reports its port).
 # It records what reaches it, deduplicates transaction messages by
 # (transactionId, seqNo) as a CSMS should, and can be taken down, slowed
