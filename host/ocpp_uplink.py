@@ -29,6 +29,20 @@ from host import schema
 log = logging.getLogger("host.ocpp")
 logging.getLogger("ocpp").setLevel(logging.WARNING)   # it logs every message at INFO
 
+
+def _inline_validation():
+    # The library validates every message against its JSON schema in a
+    # thread pool by default; in line is faster here (shared/context/tooling.md)
+    # and keeps the station's order trivially.
+    try:
+        import ocpp.messages
+        ocpp.messages.ASYNC_VALIDATION = False
+    except (ImportError, AttributeError):
+        pass
+
+
+_inline_validation()
+
 _VENDOR_ID = "pile-companion"
 _MAX_CUSTOMDATA_PERIODS = 5
 

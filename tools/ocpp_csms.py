@@ -8,6 +8,7 @@ import base64
 import collections
 import itertools
 import logging
+import time
 from http import HTTPStatus
 
 from ocpp.routing import on
@@ -33,6 +34,7 @@ class Csms:
         self.events = []                # every transaction message received, with repeats
         self.unique = {}                # (tx id, seq) -> payload: what a deduplicating CSMS keeps
         self.ended = collections.Counter()   # tx id -> distinct Ended received
+        self.ended_at = {}              # tx id -> time.monotonic() of its first Ended
         self.auth_refused = 0
         self._tx16 = itertools.count(1000)
         self._tx16_of = {}              # (station, connector, timestamp) -> id (1.6 start dedup)
@@ -122,6 +124,7 @@ class Csms:
             self.unique[key] = (station, kind, payload)
             if kind == "Ended":
                 self.ended[tx_id] += 1
+                self.ended_at[tx_id] = time.monotonic()
         self._notify()
 
     async def _slow(self):
@@ -223,5 +226,4 @@ class Csms:
 
 
 def _now():
-    import time
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
