@@ -389,3 +389,46 @@ def test_security_profile_1_basic_auth_wrong_password_is_refused_right_one_deliv
                 await p.close()
     with tempdir("ocpp-auth") as tmp:
         run(scenario(tmp))
+
+
+def test_A00_security_profiles_2_and_3_tls_with_the_site_ca_and_a_client_certificate():
+    # Profile 2: wss:// checked against the site CA (made with pile-mqtt-site's
+    # PKI code) plus basic auth; profile 3: wss:// with the station's client
+    # certificate, which the CSMS requires.
+    import ssl
+    from tools.mqtt_site import Pki
+
+    async def scenario(tmp):
+        pki = Pki(os.path.join(tmp, "pki"))
+        os.makedirs(os.path.dirname(pki.ca_key), mode=0o700)
+        pki._make_ca("test OCPP CA")
+        pki.make_server(ips=["127.0.0.1"])
+        ckey, ccrt = os.path.join(tmp, "pki", "station.key"), os.path.join(tmp, "pki", "station.crt")
+        pki._issue(ckey, ccrt, PILE_A, "clientAuth")
+        pw = os.path.join(tmp, "pw")
+        with open(pw, "w") as f:
+            f.write("tls-site-pw\n")
+        os.chmod(pw, 0o600)
+        for profile in (2, 3):
+            sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            sctx.load_cert_chain(pki.server_crt, pki.server_key)
+            if profile == 3:
+                sctx.verify_mode = ssl.CERT_REQUIRED
+                sctx.load_verify_locations(pki.ca_crt)
+            async with Csms(password="tls-site-pw" if profile == 2 else None, ssl=sctx) as csms:
+                o = {"security_profile": profile, "ca_file": pki.ca_crt}
+                if profile == 2:
+                    o["password_file"] = pw
+                else:
+                    o.update(cert_file=ccrt, key_file=ckey)
+                cfg = ocpp_config(tmp, csms, **o)
+                cfg["database"] = os.path.join(tmp, "bridge%d.db" % profile)
+                async with bridge_running(cfg, mqtt_up=False) as b:
+                    p = await connect_pile(PILE_A, b.tcp_port)
+                    bill = make_bill(PILE_A, 20 + profile)
+                    assert await p.send_bill(bill, make_extra(bill)) == 0
+                    await p.wait_for(lambda: bill["serial"] in p.settled, timeout=10)
+                    check_exactly_once(csms, [bill["serial"]])
+                    await p.close()
+    with tempdir("ocpp-tls") as tmp:
+        run(scenario(tmp))

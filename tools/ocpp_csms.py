@@ -18,8 +18,10 @@ logging.getLogger("websockets").setLevel(logging.CRITICAL)
 
 
 class Csms:
-    def __init__(self, version="2.0.1", password=None, delay_s=0.0, port=0, host="127.0.0.1"):
+    def __init__(self, version="2.0.1", password=None, delay_s=0.0, port=0, host="127.0.0.1",
+                 ssl=None):
         self.version = version
+        self.ssl = ssl                  # an ssl.SSLContext: wss:// (security profiles 2 and 3)
         self.password = password        # basic auth (security profile 1) when set
         self.delay_s = delay_s          # answer every transaction message this late
         self.refuse = False             # answer transaction messages with a CallError
@@ -48,7 +50,7 @@ class Csms:
         from websockets.asyncio.server import serve
         sub = "ocpp1.6" if self.version == "1.6" else "ocpp2.0.1"
         self.server = await serve(self._handler, self.host, self.port, subprotocols=[sub],
-                                  process_request=self._check_auth)
+                                  process_request=self._check_auth, ssl=self.ssl)
         self.port = self.server.sockets[0].getsockname()[1]   # the same port after a restart
         return self
 
@@ -62,7 +64,7 @@ class Csms:
 
     @property
     def url(self):
-        return "ws://%s:%d/ocpp" % (self.host, self.port)
+        return "%s://%s:%d/ocpp" % ("wss" if self.ssl else "ws", self.host, self.port)
 
     async def __aenter__(self):
         return await self.start()
