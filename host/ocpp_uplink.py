@@ -281,6 +281,7 @@ class OcppUplink:
         await self.b.store.ocpp_enqueue(code, serial, gun_no(gun), "started", sp, True)
         await self.b.store.ocpp_enqueue(code, serial, gun_no(gun), "ended", ep, offline)
         self._last_update.pop(serial, None)
+        self._started.discard(serial)     # a late 0x13 finds the store's copy
         self.station(code).wake()
 
     # --- from the CSMS ---------------------------------------------------------------------

@@ -854,6 +854,9 @@ def _ocpp_enqueue(db, pile, serial, evse, kind, payload, offline, now):
     if kind in ("started", "ended") and db.execute(
             "SELECT 1 FROM ocpp_out WHERE serial = ? AND kind = ?", (serial, kind)).fetchone():
         return None
+    if kind == "updated" and db.execute(
+            "SELECT 1 FROM ocpp_out WHERE serial = ? AND kind = 'ended'", (serial,)).fetchone():
+        return None           # a late 0x13 after the bill: nothing after Ended
     db.execute("INSERT INTO ocpp_tx (serial, pile, evse, created_at) VALUES (?, ?, ?, ?) "
                "ON CONFLICT(serial) DO NOTHING", (serial, pile, evse, now))
     seq = db.execute("SELECT next_seq FROM ocpp_tx WHERE serial = ?", (serial,)).fetchone()[0]
