@@ -969,6 +969,12 @@ def _prune(db, keep_s, now):
                    "WHERE settled_at IS NOT NULL AND settled_at < ?)", (cut,)).rowcount
     n = db.execute("DELETE FROM bills WHERE settled_at IS NOT NULL AND settled_at < ?",
                    (cut,)).rowcount
+    # OCPP messages of transactions whose bill is gone, answered long ago;
+    # a message the CSMS has not answered is never removed (never-drop).
+    db.execute("DELETE FROM ocpp_out WHERE acked_at IS NOT NULL AND acked_at < ? AND serial NOT IN "
+               "(SELECT serial FROM bills)", (cut,))
+    db.execute("DELETE FROM ocpp_tx WHERE created_at < ? AND serial NOT IN (SELECT serial FROM bills) "
+               "AND NOT EXISTS (SELECT 1 FROM ocpp_out o WHERE o.serial = ocpp_tx.serial)", (cut,))
     db.execute("DELETE FROM rejected WHERE received_at < ?", (cut,))
     return n
 

@@ -145,5 +145,13 @@ def test_a_version_5_store_holding_unconfirmed_bills_is_upgraded_for_the_ocpp_up
         assert st.call_sync(S._ocpp_enqueue, PILE, missing[0].serial, 1, "ended", {"x": 1}, True, 3.0) is None
         st.call_sync(S._ocpp_ack, r[0], "{}", None, 4.0)
         assert st.call_sync(S._mark_settled, missing[0].serial, 5.0, ("mqtt", "ocpp")) is True
+        # Pruning: the settled bill's answered messages go with it; an
+        # unanswered message of another transaction stays (never-drop).
+        other = missing[1].serial
+        st.call_sync(S._ocpp_enqueue, PILE, other, 1, "ended", {"x": 2}, True, 3.0)
+        assert st.call_sync(S._prune, 0, 10.0) == 1
+        left = st.call_sync(lambda db: db.execute("SELECT serial, acked_at FROM ocpp_out").fetchall())
+        assert left == [(other, None)]
+        assert st.call_sync(lambda db: db.execute("SELECT serial FROM ocpp_tx").fetchall()) == [(other,)]
     finally:
         st.close()
