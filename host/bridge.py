@@ -39,6 +39,25 @@ _RECENT_COMMANDS = 1024      # request ids remembered for duplicate detection
 _PENDING_RESULTS = 1000      # results kept while the broker is away
 
 
+class NoMqtt:
+    """mqtt.enabled = false (an OCPP-only site): never connected."""
+
+    def __init__(self):
+        self.connected = asyncio.Event()
+        self.gen = 0
+        self.connects = 0
+        self.failures = 0
+
+    async def run(self):
+        await asyncio.Event().wait()
+
+    async def publish(self, *a, **kw):
+        raise NotConnected("MQTT is disabled (mqtt.enabled = false)")
+
+    async def stop(self, last=None):
+        pass
+
+
 class Bridge:
     def __init__(self, cfg):
         self.cfg = cfg
@@ -52,6 +71,7 @@ class Bridge:
         self.tariffs = {}            # scope -> tariff; "site" or a pile code
         self.outbox = None
         self.mqtt = None
+        self.ocpp = None             # host/ocpp_uplink.OcppUplink when ocpp.csms_url is set
         self.conns = set()
         self._unauth = {}             # remote address -> TCP connections without a login
         self._servers = []
@@ -91,10 +111,18 @@ class Bridge:
                 self.tariffs[code] = p["tariff"]
         for scope, text in (await self.store.tariffs()).items():
             self.tariffs[scope] = json.loads(text)
+        # A bill is settled on its pile once every configured uplink has
+        # acknowledged it (decisions.md "Uplinks").
+        use_mqtt = bool(self.cfg["mqtt"]["enabled"])
+        use_ocpp = self.cfg["ocpp"]["csms_url"] is not None
+        self.store.need = tuple(n for n, on in (("mqtt", use_mqtt), ("ocpp", use_ocpp)) if on)
         self.outbox = Outbox(self)
         will = (self.topics.bridge, json.dumps(self._bridge_status(False, "connection lost")))
-        self.mqtt = MqttLink(self.cfg, will, [self.topics.commands, self.topics.confirms],
-                             self.on_mqtt_message, self._on_mqtt_connected)
+        if use_mqtt:
+            self.mqtt = MqttLink(self.cfg, will, [self.topics.commands, self.topics.confirms],
+                                 self.on_mqtt_message, self._on_mqtt_connected)
+        else:
+            self.mqtt = NoMqtt()
         self._tasks.append(asyncio.ensure_future(self.mqtt.run()))
         self._tasks.append(asyncio.ensure_future(self._flush_results()))
         self._tasks.append(asyncio.ensure_future(self._settle_sweeper()))
@@ -103,6 +131,10 @@ class Bridge:
         # Bills left unconfirmed by an earlier run go out again.
         for code in await self.store.piles_with_open_bills():
             self.outbox.kick(code)
+        if use_ocpp:
+            from host.ocpp_uplink import OcppUplink
+            self.ocpp = OcppUplink(self)
+            await self.ocpp.start()
         listen = self.cfg["tcp"]["listen"]
         if listen:
             host, port = configmod.parse_hostport(listen)
@@ -132,6 +164,8 @@ class Bridge:
             await self.mqtt.stop(last)
         if self._bg:
             await asyncio.wait(list(self._bg), timeout=5)
+        if self.ocpp:
+            await self.ocpp.stop()
         if self.outbox:
             await self.outbox.stop()
         await stop_tasks(self._tasks)    # never hangs on a broker that does not close
@@ -265,6 +299,8 @@ class Bridge:
         p.flagged = set()
         self.check_versions(p)
         self.publish_status(p)
+        if self.ocpp is not None:
+            self.ocpp.on_pile_seen(p)
         # Wake whoever waits for this pile to log in (a firmware push).
         ev, p.login_event = p.login_event, asyncio.Event()
         ev.set()
@@ -279,6 +315,8 @@ class Bridge:
         p.offline_reason = reason
         log.info("pile %s offline: %s", p.code, reason)
         self.publish_status(p)
+        if self.ocpp is not None:
+            self.ocpp.on_pile_seen(p)
 
     def check_versions(self, pile):
         """Minimum versions (config `versions`): flag the pile in its status
@@ -403,6 +441,8 @@ class Bridge:
             else:
                 self.event(pile.code, "fault_cleared", "gun %s faults cleared" % gun, gun=gun)
         self._publish_soon(self.topics.realtime(pile.code), schema.realtime_json(self.site, f), qos=0)
+        if self.ocpp is not None:
+            self.ocpp.on_realtime(pile, v)
         if changed:
             self.publish_status(pile)
 
@@ -526,13 +566,19 @@ class Bridge:
                                % (serial, "; ".join(problems)), serial=serial, refused=False,
                                problems=problems, pile_kind=schema.pile_kind(pile.ext))
             self.outbox.kick(pile.code)
+            if self.ocpp is not None:
+                try:
+                    await self.ocpp.on_bill(pile.code, bill)
+                except Exception:
+                    # Queued at the next start (OcppUplink.start's sweep).
+                    log.exception("pile %s: bill %s not queued for the CSMS yet", pile.code, serial)
         elif kind == "same":
             self.stats["bills_resent"] += 1
             log.info("pile %s: bill %s already held (resend %d): 0x40 again", pile.code, serial,
                      bill.resends)
             # Already settled by the platform: tell the pile again (it resends
             # a bill it has no settlement for, e.g. after losing its record).
-            if bill.confirmed_at is not None and pile.ext and pile.conn is conn:
+            if self.store.acked_all(bill) and pile.ext and pile.conn is conn:
                 conn.spawn(self._settle(pile, bill.serial, bill.confirm_result or 0))
         else:
             self.stats["bills_conflict"] += 1
@@ -716,13 +762,80 @@ class Bridge:
         self.stats["confirms"] += 1
         log.info("pile %s: bill %s confirmed by the platform (result %d)", bill.pile, serial, result)
         self.outbox.kick(bill.pile)
+        await self._settle_when_acked(bill)
+
+    async def uplink_acked(self, serial):
+        """The CSMS answered a bill's Ended event (recorded in the store)."""
+        bill = await self.store.bill(serial)
+        if bill is not None:
+            await self._settle_when_acked(bill)
+
+    async def _settle_when_acked(self, bill):
+        # Settled (0xE4) only once every configured uplink has acknowledged
+        # the bill: the MQTT platform and the CSMS, each recorded in the store.
+        if not self.store.acked_all(bill) or bill.settled_at is not None:
+            return
         pile = self.piles.get(bill.pile)
         ext = pile.ext if pile is not None else self.cfg.pile_ext(bill.pile)
         if not ext:
-            await self.store.mark_settled(serial)   # third-party pile: no 0xE4
+            await self.store.mark_settled(bill.serial)   # third-party pile: no 0xE4
             return
         if pile is not None and pile.conn is not None:
-            pile.conn.spawn(self._settle(pile, serial, result))
+            pile.conn.spawn(self._settle(pile, bill.serial, bill.confirm_result or 0))
+
+    # --- the CSMS's commands (host/ocpp_uplink.py) -------------------------------------
+
+    async def ocpp_start(self, code, evse, id_token):
+        """RequestStartTransaction / RemoteStartTransaction: 0x34 (or 0xE2)
+        on gun `evse`. Returns (accepted, trade serial)."""
+        pile = self.piles.get(code)
+        if pile is None or pile.conn is None:
+            return False, None
+        gun = "%02d" % int(evse)
+        card = "".join(c for c in (id_token or "") if c in "0123456789abcdefABCDEF")[-16:].upper()
+        a = {"gun": gun, "serial": None, "logical_card": "0", "card": card.rjust(16, "0"),
+             "balance": 0, "targets": None}
+        try:
+            doc = await self._execute_on(pile, pile.conn, "ocpp-%d" % time.time_ns(), "start", a)
+        except Exception as e:
+            log.info("pile %s: CSMS start on gun %s failed: %s", code, gun, e)
+            return False, None
+        return bool(doc.get("ok")), doc.get("serial")
+
+    async def ocpp_stop(self, code, serial):
+        """RequestStopTransaction: 0x36 on the gun charging `serial`; an
+        unknown or finished transaction is refused."""
+        pile = self.piles.get(code)
+        if pile is None or pile.conn is None:
+            return False
+        gun = None
+        for g, s in pile.sessions.items():
+            if s[0] == serial and s[1] is None:
+                gun = g
+        for g, info in pile.guns.items():
+            if info.get("serial") == serial and info.get("status") == "charging":
+                gun = g
+        if gun is None:
+            return False
+        await self.store.ocpp_mark_remote_stop(serial)
+        try:
+            doc = await self._execute_on(pile, pile.conn, "ocpp-%d" % time.time_ns(), "stop",
+                                         {"gun": gun})
+        except Exception as e:
+            log.info("pile %s: CSMS stop of %s failed: %s", code, serial, e)
+            return False
+        return bool(doc.get("ok"))
+
+    async def ocpp_reset(self, code, now):
+        pile = self.piles.get(code)
+        if pile is None or pile.conn is None:
+            return False
+        try:
+            doc = await self._execute_on(pile, pile.conn, "ocpp-%d" % time.time_ns(), "reboot",
+                                         {"when": "now" if now else "idle"})
+        except Exception:
+            return False
+        return bool(doc.get("ok"))
 
     async def _settle(self, pile, serial, result):
         conn = pile.conn

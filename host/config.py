@@ -16,6 +16,7 @@ DEFAULTS = {
     "log_level": "info",
     "allow": [],                 # allow-list of pile codes; empty = any pile may log in
     "mqtt": {
+        "enabled": True,          # false: no MQTT platform (an OCPP-only site, docs/ocpp.md)
         "url": "mqtt://127.0.0.1:1883",   # mqtts:// for TLS; a list: a broker cluster's nodes, tried in turn
         "username": None,
         "password": None,
@@ -84,6 +85,25 @@ DEFAULTS = {
         "activate_retry_s": 30.0,    # activation refused as busy: ask again this often
         "activate_wait_s": 3600.0,   # ... for at most this long
         "reboot_wait_s": 600.0,      # after activation: wait this long for the new login
+    },
+    "ocpp": {                     # the OCPP uplink (docs/ocpp.md); off while csms_url is unset
+        "csms_url": None,         # ws://host:port/path or wss://...; the station id (pile code) is appended
+        "version": "2.0.1",       # or "1.6" (1.6J)
+        "security_profile": 0,    # 0 none, 1 basic auth, 2 TLS + basic auth, 3 TLS + client cert
+        "password_file": None,    # profiles 1-2: the basic-auth password (user: the station id)
+        "ca_file": None,          # profiles 2-3: the CSMS's CA
+        "cert_file": None,        # profile 3: the station's certificate ...
+        "key_file": None,         # ... and key
+        "mode": "never-drop",     # or "strict": at most message_attempts tries per message
+        "message_attempts": 3,    # strict mode (OCPP 2.0.1 MessageAttempts)
+        "retry_initial_s": 1.0,   # a message not answered is sent again after this, doubling ...
+        "retry_max_s": 60.0,      # ... up to this
+        "response_timeout_s": 30.0,
+        "reconnect_min_s": 0.5,
+        "reconnect_max_s": 30.0,
+        "heartbeat_s": 300.0,     # until the CSMS's BootNotification answer says otherwise
+        "meter_interval_s": 60.0,  # TransactionEvent(Updated) / MeterValues at most this often per gun
+        "vendor": "pile-companion",
     },
     "versions": {                 # minimum versions, by pile model ("*": any model)
         "min_board": {},          # e.g. {"*" = "209.04.00", "ac" = "3.1"}
@@ -259,6 +279,28 @@ def validate(cfg):
         parse_mqtt_url(u)
     m["urls"] = urls              # the failover order (host/mqtt.py)
     m["url"] = urls[0]
+    o = cfg["ocpp"]
+    if o["csms_url"] is not None:
+        if not (isinstance(o["csms_url"], str) and o["csms_url"].startswith(("ws://", "wss://"))):
+            raise ConfigError("ocpp.csms_url must start with ws:// or wss://, got %r" % (o["csms_url"],))
+        if o["version"] not in ("2.0.1", "1.6"):
+            raise ConfigError("ocpp.version is \"2.0.1\" or \"1.6\"")
+        if o["mode"] not in ("never-drop", "strict"):
+            raise ConfigError("ocpp.mode is \"never-drop\" or \"strict\"")
+        if o["security_profile"] not in (0, 1, 2, 3):
+            raise ConfigError("ocpp.security_profile is 0, 1, 2 or 3")
+        if o["security_profile"] in (1, 2) and not o["password_file"]:
+            raise ConfigError("ocpp.security_profile %d needs ocpp.password_file" % o["security_profile"])
+        if o["security_profile"] >= 2 and not o["csms_url"].startswith("wss://"):
+            raise ConfigError("ocpp.security_profile %d needs a wss:// csms_url" % o["security_profile"])
+        if o["security_profile"] == 3 and not (o["cert_file"] and o["key_file"]):
+            raise ConfigError("ocpp.security_profile 3 needs ocpp.cert_file and ocpp.key_file")
+        if o["password_file"]:
+            read_secret_file(o["password_file"], "ocpp.password_file")
+        if not (isinstance(o["message_attempts"], int) and o["message_attempts"] >= 1):
+            raise ConfigError("ocpp.message_attempts must be an integer >= 1")
+    elif not m["enabled"]:
+        raise ConfigError("no uplink: mqtt.enabled is false and ocpp.csms_url is unset")
     if m["protocol"] not in ("3.1.1", "5"):
         raise ConfigError("mqtt.protocol is \"3.1.1\" or \"5\"")
     if cfg["piles"]["time_sync_s"] < 0:

@@ -97,7 +97,7 @@ CREATE TABLE IF NOT EXISTS tariffs (
 # from the version before it, inside one transaction with the version bump;
 # tests/test_store_migration.py upgrades a store that holds unconfirmed
 # bills and checks nothing is lost.
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 _MIGRATIONS = (
     # 2: frames that failed their CRC, kept for diagnosis within caps (per
     # link and in total, oldest dropped first, the drops counted).
@@ -132,6 +132,37 @@ _MIGRATIONS = (
          " pile TEXT NOT NULL,"
          " frame BLOB NOT NULL,"          # the 0x3B as received
          " received_at REAL NOT NULL)",)),
+    # 6: the OCPP uplink (docs/ocpp.md). The CSMS's answer to a bill's
+    # TransactionEvent(Ended) (1.6: StopTransaction) is recorded on the
+    # bill: a pile's bill is settled only when every configured uplink has
+    # acknowledged it. Every OCPP transaction message is queued durably, in
+    # order per pile, its seqNo given once; `strict` mode stops retrying a
+    # message after its attempts (gave_up_at) but never deletes it.
+    (6, ("ALTER TABLE bills ADD COLUMN ocpp_acked_at REAL",
+         "CREATE TABLE IF NOT EXISTS ocpp_tx ("
+         " serial TEXT PRIMARY KEY,"      # the YKC trade serial = 2.0.1 transactionId
+         " pile TEXT NOT NULL,"
+         " evse INTEGER NOT NULL,"
+         " next_seq INTEGER NOT NULL DEFAULT 0,"
+         " tx_id TEXT,"                   # 1.6: the CSMS's transactionId from StartTransaction
+         " remote_stop INTEGER NOT NULL DEFAULT 0,"
+         " created_at REAL NOT NULL)",
+         "CREATE TABLE IF NOT EXISTS ocpp_out ("
+         " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+         " pile TEXT NOT NULL,"
+         " serial TEXT NOT NULL,"
+         " kind TEXT NOT NULL,"           # 'started' | 'updated' | 'ended'
+         " seq_no INTEGER NOT NULL,"
+         " payload TEXT NOT NULL,"        # JSON, version-specific (host/ocpp_uplink.py)
+         " created_at REAL NOT NULL,"
+         " attempts INTEGER NOT NULL DEFAULT 0,"
+         " last_error TEXT,"
+         " acked_at REAL,"
+         " response TEXT,"
+         " gave_up_at REAL)",
+         "CREATE UNIQUE INDEX IF NOT EXISTS ocpp_out_once ON ocpp_out (serial, kind) "
+         "WHERE kind IN ('started', 'ended')",
+         "CREATE INDEX IF NOT EXISTS ocpp_out_open ON ocpp_out (pile, id) WHERE acked_at IS NULL")),
 )
 COMMANDS_KEEP_S = 7 * 86400   # command ids remembered this long (a command's expires should be shorter)
 BAD_FRAMES_PER_LINK = 100     # kept per link, oldest dropped first
@@ -164,7 +195,7 @@ def _migrate(db):
 
 BILL_COLUMNS = ("id", "serial", "pile", "pile_seq", "frame", "crc_swapped", "received_at",
                 "resends", "conflicts", "published_at", "publish_count", "confirmed_at",
-                "confirm_result", "settled_at")
+                "confirm_result", "settled_at", "ocpp_acked_at")
 _BILL_SELECT = "SELECT " + ", ".join("b." + c for c in BILL_COLUMNS) + ", x.frame FROM bills b " \
                "LEFT JOIN extras x ON x.serial = b.serial "
 
@@ -206,6 +237,10 @@ class Store:
         self.commits = 0
         self.full_commits = 0
         self.calls = 0
+        # The uplinks whose acknowledgement a bill needs before it is settled
+        # on its pile (the bridge sets them from its config): the MQTT
+        # platform's confirmation, the CSMS's answer to the Ended event.
+        self.need = ("mqtt",)
         self._sync = None
         self._thread = threading.Thread(target=self._serve, name="store", daemon=True)
         self._thread.start()
@@ -476,11 +511,61 @@ class Store:
         return self._submit(_confirm, serial, result, time.time() if now is None else now)
 
     def mark_settled(self, serial, now=None):
-        return self._submit(_mark_settled, serial, time.time() if now is None else now)
+        """Settled on its pile; only a bill every uplink in `need` has acknowledged."""
+        return self._submit(_mark_settled, serial, time.time() if now is None else now, self.need)
 
     def unsettled(self, pile, limit=64):
-        """Confirmed bills whose settlement the pile has not acknowledged."""
-        return self._submit(_unsettled, pile, limit)
+        """Bills every uplink acknowledged whose settlement the pile has not."""
+        return self._submit(_unsettled, pile, limit, self.need)
+
+    def acked_all(self, bill):
+        """True when every uplink in `need` has acknowledged `bill`."""
+        return ((("mqtt" not in self.need) or bill.confirmed_at is not None) and
+                (("ocpp" not in self.need) or bill.ocpp_acked_at is not None))
+
+    # --- the OCPP uplink's durable queue (docs/ocpp.md) ----------------------------
+
+    def ocpp_enqueue(self, pile, serial, evse, kind, payload, offline, now=None):
+        """Queue one transaction message for the CSMS, committed (FULL)
+        before it resolves. `payload`: a dict; its seqNo is given here, once.
+        'started' and 'ended' are queued at most once per serial: resolves
+        (id, seq_no), or None when the message was already queued."""
+        return self._submit(_ocpp_enqueue, pile, serial, int(evse), kind, payload, bool(offline),
+                            time.time() if now is None else now)
+
+    def ocpp_open(self, pile, limit=64):
+        """(id, serial, kind, seq_no, payload, attempts, tx_id) not yet
+        acknowledged nor given up, oldest first."""
+        return self._submit(_ocpp_open, pile, limit)
+
+    def ocpp_ack(self, row_id, response, tx_id=None, now=None):
+        """The CSMS answered message `row_id`: recorded (an Ended's on its
+        bill too; 1.6: a StartTransaction's transactionId on its serial).
+        Resolves (serial, kind)."""
+        return self._submit(_ocpp_ack, row_id, response, tx_id, time.time() if now is None else now)
+
+    def ocpp_failed(self, row_id, error, give_up=False, now=None):
+        return self._submit(_ocpp_failed, row_id, error, bool(give_up),
+                            time.time() if now is None else now)
+
+    def ocpp_missing_ended(self, limit=1000):
+        """Bills not settled whose Ended is not queued (a bridge that stopped
+        between custody and queueing, or a store from before OCPP)."""
+        return self._submit(_ocpp_missing_ended, limit)
+
+    def ocpp_piles(self):
+        """Piles with OCPP messages not yet acknowledged."""
+        return self._submit(_ocpp_piles)
+
+    def ocpp_tx(self, serial=None, tx_id=None):
+        """(serial, pile, evse, tx_id, remote_stop, open messages, ended acked) or None."""
+        return self._submit(_ocpp_tx, serial, tx_id)
+
+    def ocpp_mark_remote_stop(self, serial):
+        return self._submit(_ocpp_mark_remote_stop, serial)
+
+    def ocpp_open_count(self, pile=None):
+        return self._submit(_ocpp_open_count, pile)
 
     def bill(self, serial):
         return self._submit(_bill, serial)
@@ -742,16 +827,113 @@ def _confirm(db, serial, result, now):
     return b, True
 
 
-def _mark_settled(db, serial, now):
+def _acked_sql(need):
+    # A bill is ready to settle when every configured uplink acknowledged it.
+    conds = []
+    if "mqtt" in need:
+        conds.append("b.confirmed_at IS NOT NULL")
+    if "ocpp" in need:
+        conds.append("b.ocpp_acked_at IS NOT NULL")
+    return " AND ".join(conds) or "1"
+
+
+def _mark_settled(db, serial, now, need=("mqtt",)):
     cur = db.execute("UPDATE bills SET settled_at = ? WHERE serial = ? AND settled_at IS NULL "
-                     "AND confirmed_at IS NOT NULL", (now, serial))
+                     "AND " + _acked_sql(need).replace("b.", ""), (now, serial))
     return cur.rowcount > 0
 
 
-def _unsettled(db, pile, limit):
-    rows = db.execute(_BILL_SELECT + "WHERE b.pile = ? AND b.confirmed_at IS NOT NULL "
-                      "AND b.settled_at IS NULL ORDER BY b.id LIMIT ?", (pile, limit)).fetchall()
+def _unsettled(db, pile, limit, need=("mqtt",)):
+    rows = db.execute(_BILL_SELECT + "WHERE b.pile = ? AND " + _acked_sql(need) +
+                      " AND b.settled_at IS NULL ORDER BY b.id LIMIT ?", (pile, limit)).fetchall()
     return [Bill(r) for r in rows]
+
+
+def _ocpp_enqueue(db, pile, serial, evse, kind, payload, offline, now):
+    import json
+    if kind in ("started", "ended") and db.execute(
+            "SELECT 1 FROM ocpp_out WHERE serial = ? AND kind = ?", (serial, kind)).fetchone():
+        return None
+    if kind == "updated" and db.execute(
+            "SELECT 1 FROM ocpp_out WHERE serial = ? AND kind = 'ended'", (serial,)).fetchone():
+        return None           # a late 0x13 after the bill: nothing after Ended
+    db.execute("INSERT INTO ocpp_tx (serial, pile, evse, created_at) VALUES (?, ?, ?, ?) "
+               "ON CONFLICT(serial) DO NOTHING", (serial, pile, evse, now))
+    seq = db.execute("SELECT next_seq FROM ocpp_tx WHERE serial = ?", (serial,)).fetchone()[0]
+    db.execute("UPDATE ocpp_tx SET next_seq = next_seq + 1 WHERE serial = ?", (serial,))
+    doc = dict(payload)
+    doc["_offline"] = offline
+    cur = db.execute("INSERT INTO ocpp_out (pile, serial, kind, seq_no, payload, created_at) "
+                     "VALUES (?, ?, ?, ?, ?, ?)", (pile, serial, kind, seq, json.dumps(doc), now))
+    return cur.lastrowid, seq
+
+
+def _ocpp_open(db, pile, limit):
+    return [tuple(r) for r in db.execute(
+        "SELECT o.id, o.serial, o.kind, o.seq_no, o.payload, o.attempts, t.tx_id FROM ocpp_out o "
+        "LEFT JOIN ocpp_tx t ON t.serial = o.serial WHERE o.pile = ? AND o.acked_at IS NULL "
+        "AND o.gave_up_at IS NULL ORDER BY o.id LIMIT ?", (pile, limit))]
+
+
+def _ocpp_ack(db, row_id, response, tx_id, now):
+    row = db.execute("SELECT serial, kind FROM ocpp_out WHERE id = ?", (row_id,)).fetchone()
+    if row is None:
+        return None
+    serial, kind = row
+    if tx_id is not None:
+        db.execute("UPDATE ocpp_tx SET tx_id = ? WHERE serial = ?", (str(tx_id), serial))
+    db.execute("UPDATE ocpp_out SET acked_at = COALESCE(acked_at, ?), response = ? WHERE id = ?",
+               (now, response, row_id))
+    if kind == "ended":
+        db.execute("UPDATE bills SET ocpp_acked_at = COALESCE(ocpp_acked_at, ?) WHERE serial = ?",
+                   (now, serial))
+    return serial, kind
+
+
+def _ocpp_failed(db, row_id, error, give_up, now):
+    db.execute("UPDATE ocpp_out SET attempts = attempts + 1, last_error = ?, "
+               "gave_up_at = CASE WHEN ? THEN ? ELSE gave_up_at END WHERE id = ?",
+               (error, give_up, now, row_id))
+
+
+def _ocpp_missing_ended(db, limit):
+    rows = db.execute(_BILL_SELECT + "WHERE b.settled_at IS NULL AND b.ocpp_acked_at IS NULL AND "
+                      "NOT EXISTS (SELECT 1 FROM ocpp_out o WHERE o.serial = b.serial AND "
+                      "o.kind = 'ended') ORDER BY b.id LIMIT ?", (limit,)).fetchall()
+    return [Bill(r) for r in rows]
+
+
+def _ocpp_piles(db):
+    return [r[0] for r in db.execute("SELECT DISTINCT pile FROM ocpp_out WHERE acked_at IS NULL "
+                                     "AND gave_up_at IS NULL")]
+
+
+def _ocpp_tx(db, serial, tx_id):
+    if serial is None:
+        row = db.execute("SELECT serial FROM ocpp_tx WHERE tx_id = ?", (tx_id,)).fetchone()
+        if row is None:
+            return None
+        serial = row[0]
+    row = db.execute("SELECT serial, pile, evse, tx_id, remote_stop FROM ocpp_tx WHERE serial = ?",
+                     (serial,)).fetchone()
+    if row is None:
+        return None
+    n = db.execute("SELECT COUNT(*) FROM ocpp_out WHERE serial = ? AND acked_at IS NULL",
+                   (serial,)).fetchone()[0]
+    ended = db.execute("SELECT acked_at FROM ocpp_out WHERE serial = ? AND kind = 'ended'",
+                       (serial,)).fetchone()
+    return tuple(row) + (n, ended is not None and ended[0] is not None, ended is not None)
+
+
+def _ocpp_mark_remote_stop(db, serial):
+    db.execute("UPDATE ocpp_tx SET remote_stop = 1 WHERE serial = ?", (serial,))
+
+
+def _ocpp_open_count(db, pile):
+    if pile is None:
+        return db.execute("SELECT COUNT(*) FROM ocpp_out WHERE acked_at IS NULL").fetchone()[0]
+    return db.execute("SELECT COUNT(*) FROM ocpp_out WHERE acked_at IS NULL AND pile = ?",
+                      (pile,)).fetchone()[0]
 
 
 def _bill(db, serial):
@@ -787,6 +969,12 @@ def _prune(db, keep_s, now):
                    "WHERE settled_at IS NOT NULL AND settled_at < ?)", (cut,)).rowcount
     n = db.execute("DELETE FROM bills WHERE settled_at IS NOT NULL AND settled_at < ?",
                    (cut,)).rowcount
+    # OCPP messages of transactions whose bill is gone, answered long ago;
+    # a message the CSMS has not answered is never removed (never-drop).
+    db.execute("DELETE FROM ocpp_out WHERE acked_at IS NOT NULL AND acked_at < ? AND serial NOT IN "
+               "(SELECT serial FROM bills)", (cut,))
+    db.execute("DELETE FROM ocpp_tx WHERE created_at < ? AND serial NOT IN (SELECT serial FROM bills) "
+               "AND NOT EXISTS (SELECT 1 FROM ocpp_out o WHERE o.serial = ocpp_tx.serial)", (cut,))
     db.execute("DELETE FROM rejected WHERE received_at < ?", (cut,))
     return n
 
@@ -834,7 +1022,8 @@ def _tariffs(db):
     return dict(db.execute("SELECT scope, tariff FROM tariffs").fetchall())
 
 
-_DURABLE = {_add_bill, _add_extra, _add_rejected, _add_event, _set_tariff, _next_counter,
+_DURABLE = {_ocpp_enqueue, _add_bill, _add_extra, _add_rejected, _add_event, _set_tariff, _next_counter,
             _command_seen, _bind_site, _migrate_site, _hold_bill, _release_held, _quarantine_held}
 _READS = {_open_bills, _piles_with_open, _unsettled, _bill, _counts, _open_events, _tariffs,
-          _last_counter, _bad_frames, _held, _custody}
+          _last_counter, _bad_frames, _held, _custody, _ocpp_open, _ocpp_missing_ended,
+          _ocpp_piles, _ocpp_tx, _ocpp_open_count}

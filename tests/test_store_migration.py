@@ -49,7 +49,7 @@ def test_a_store_from_before_schema_versions_is_upgraded_with_every_unconfirmed_
     frames = _legacy_store(path)
     st = S.Store(path)
     try:
-        assert st.schema_version == S.SCHEMA_VERSION == 5
+        assert st.schema_version == S.SCHEMA_VERSION == 6
         rows = st.call_sync(S._open_bills, PILE, 100)
         assert [(b.serial, bytes(b.frame)) for b in rows] == frames[:3]
         assert st.call_sync(S._unsettled, PILE, 100) != []          # confirmed ones kept too
@@ -68,7 +68,7 @@ def test_a_store_from_before_schema_versions_is_upgraded_with_every_unconfirmed_
     finally:
         st.close()
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 5
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 6
     db.close()
     # Opening again changes nothing.
     st = S.Store(path)
@@ -105,5 +105,53 @@ def test_bad_crc_frames_are_kept_within_caps_oldest_dropped_and_counted(tmp, mon
         assert dropped == 3 and drops == {"serial:/dev/ttyUSB0": 3}
         assert [r[2][1] for r in rows] == [3, 4, 5, 6, 0x80, 0x81, 0x82, 0x83]
         assert rows[0][0] == "serial:/dev/ttyUSB0" and rows[0][1] == PILE
+    finally:
+        st.close()
+
+
+def test_a_version_5_store_holding_unconfirmed_bills_is_upgraded_for_the_ocpp_uplink(tmp, monkeypatch):
+    # Version 6 (issue 15): the CSMS's acknowledgement on each bill and the
+    # OCPP message queue. A store written by a version-5 bridge keeps every
+    # bill; none counts as acknowledged by the CSMS; each is found by the
+    # uplink's sweep, which queues its Ended at the first start.
+    path = os.path.join(tmp, "bridge.db")
+    with monkeypatch.context() as m:
+        m.setattr(S, "SCHEMA_VERSION", 5)
+        m.setattr(S, "_MIGRATIONS", tuple(x for x in S._MIGRATIONS if x[0] <= 5))
+        st = S.Store(path)
+        assert st.schema_version == 5
+        st.close()
+    # Bills as a version-5 bridge writes them (its SQL: no version-6 column).
+    db = sqlite3.connect(path)
+    for i in range(4):
+        v = make_bill(PILE, i)
+        db.execute("INSERT INTO bills (serial, pile, pile_seq, frame, received_at, confirmed_at) "
+                   "VALUES (?,?,?,?,?,?)", (v["serial"], PILE, i + 1, codec.encode("bill", v, i + 1),
+                                             1.0, 2.0 if i == 0 else None))   # MQTT confirmed one
+    db.commit()
+    db.close()
+    st = S.Store(path)
+    try:
+        assert st.schema_version == 6
+        rows = st.call_sync(S._open_bills, PILE, 100)
+        assert [b.serial for b in rows] == [make_bill(PILE, i)["serial"] for i in range(1, 4)]
+        missing = st.call_sync(S._ocpp_missing_ended, 100)
+        assert [b.serial for b in missing] == [make_bill(PILE, i)["serial"] for i in range(4)]
+        assert all(b.ocpp_acked_at is None for b in missing)
+        # With OCPP configured, the MQTT-confirmed bill is not settled yet.
+        assert st.call_sync(S._mark_settled, missing[0].serial, 3.0, ("mqtt", "ocpp")) is False
+        r = st.call_sync(S._ocpp_enqueue, PILE, missing[0].serial, 1, "ended", {"x": 1}, True, 3.0)
+        assert r[1] == 0
+        assert st.call_sync(S._ocpp_enqueue, PILE, missing[0].serial, 1, "ended", {"x": 1}, True, 3.0) is None
+        st.call_sync(S._ocpp_ack, r[0], "{}", None, 4.0)
+        assert st.call_sync(S._mark_settled, missing[0].serial, 5.0, ("mqtt", "ocpp")) is True
+        # Pruning: the settled bill's answered messages go with it; an
+        # unanswered message of another transaction stays (never-drop).
+        other = missing[1].serial
+        st.call_sync(S._ocpp_enqueue, PILE, other, 1, "ended", {"x": 2}, True, 3.0)
+        assert st.call_sync(S._prune, 0, 10.0) == 1
+        left = st.call_sync(lambda db: db.execute("SELECT serial, acked_at FROM ocpp_out").fetchall())
+        assert left == [(other, None)]
+        assert st.call_sync(lambda db: db.execute("SELECT serial FROM ocpp_tx").fetchall()) == [(other,)]
     finally:
         st.close()

@@ -160,7 +160,7 @@ def _payloads(n):
         frame = codec.encode("bill", v)
         extra = codec.encode("bill_extra", make_extra(v))
         row = Bill((i + 1, v["serial"], v["pile"], i + 1, frame, 0, time.time(), 0, 0, None, 0,
-                    None, None, None, extra))
+                    None, None, None, None, extra))
         out.append((v["pile"], json.dumps(schema.bill_json(SITE, row), separators=(",", ":"))))
     return out
 

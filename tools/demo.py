@@ -21,6 +21,13 @@ with each case and each bill. A progress bar on stderr follows the
 simulated clock when stderr is a terminal (never with --json); otherwise a
 line every 10 simulated minutes. Exit status 1 if a case failed or anything
 was lost, duplicated or does not add up.
+
+`--ocpp` (issue 15, docs/ocpp.md): the bridge also runs its OCPP 2.0.1
+uplink (`--ocpp-version 1.6` for 1.6J) to a CSMS built on the `ocpp`
+library (tools/ocpp_csms.py), side by side with MQTT. The CSMS goes down
+with the platform's outage and comes back; the table adds the transactions
+that reached the CSMS, lost and duplicated there, and piles are settled only
+once both uplinks acknowledged.
 """
 import argparse
 import asyncio
@@ -71,7 +78,9 @@ def _say(quiet, msg):
 
 
 class Demo:
-    def __init__(self, speed=120.0, quiet=False, workdir=None, broker="mosquitto"):
+    def __init__(self, speed=120.0, quiet=False, workdir=None, broker="mosquitto", ocpp=None):
+        self.ocpp = ocpp       # None, "2.0.1" or "1.6"
+        self.csms = None
         self.prefer = broker
         self.speed = speed
         self.quiet = quiet
@@ -99,8 +108,12 @@ class Demo:
     def start_bridge(self):
         # The piles live in simulated time (the scenario's 05:45 start, so pile
         # 5 crosses all five tariff classes): the bridge leaves their clocks.
-        self.bridge = stack.BridgeProcess(self.dir, SITE, self.broker.port,
-                                          extra="[piles]\ntime_sync_s = 0\n")
+        extra = "[piles]\ntime_sync_s = 0\n"
+        if self.csms is not None:
+            extra += ("[ocpp]\ncsms_url = %s\nversion = %s\nretry_initial_s = 0.2\n"
+                      "retry_max_s = 2.0\nreconnect_min_s = 0.1\nreconnect_max_s = 1.0\n"
+                      % (json.dumps(self.csms.url), json.dumps(self.ocpp)))
+        self.bridge = stack.BridgeProcess(self.dir, SITE, self.broker.port, extra=extra)
         self.tcp_port = self.bridge.start()
         _say(self.quiet, "bridge   pid %d, piles dial 127.0.0.1:%d" % (self.bridge.pid, self.tcp_port))
 
@@ -220,6 +233,9 @@ class Demo:
         await self.at(15)
         _say(self.quiet, "platform outage begins (it stops taking bills)")
         self.platform.silent = True
+        if self.csms is not None:
+            _say(self.quiet, "CSMS down")
+            await self.csms.stop()
         await self.at(18)
         await self.stop_gun(5)
         _say(self.quiet, "pile 3 lost power at %s; its bill is rebuilt at boot:"
@@ -228,6 +244,9 @@ class Demo:
         await self.at(30)
         _say(self.quiet, "platform back")
         self.platform.silent = False
+        if self.csms is not None:
+            await self.csms.start()
+            _say(self.quiet, "CSMS back on 127.0.0.1:%d" % self.csms.port)
         _say(self.quiet, "stop after the automatic stop on pile 2:")
         await self.stop_gun(1, ended=True)
         _say(self.quiet, "pile 5 charges on into the sharp class (07:30)")
@@ -241,7 +260,8 @@ class Demo:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             sealed = set(s for s, in self._sealed())
-            if sealed and sealed <= self.platform.serials() and not self._charging():
+            if sealed and sealed <= self.platform.serials() and not self._charging() and (
+                    self.csms is None or len(self.csms.ended) >= len(sealed)):
                 return True
             self.platform.changed.clear()
             try:
@@ -309,7 +329,25 @@ class Demo:
             "limit_cases": limits,
             "cases": self.cases(got, bills_per_start),
             "bills_detail": [self._bill_row(b) for b in got.values()],
+            **self._ocpp_summary(executed, sealed_serials),
         }
+
+    def _ocpp_summary(self, executed, sealed):
+        if self.csms is None:
+            return {}
+        if self.ocpp == "1.6":
+            # 1.6: the CSMS numbers transactions itself; count Stops by
+            # their meter and time, matched to the sealed bills by count.
+            ended = sum(self.csms.ended.values())
+            return {"ocpp": self.ocpp, "csms_transactions_ended": ended,
+                    "csms_lost": max(0, len(sealed) - ended),
+                    "csms_duplicated": len([n for n in self.csms.ended.values() if n > 1]),
+                    "csms_messages_received_again": len(self.csms.events) - len(self.csms.unique)}
+        ended = self.csms.ended
+        return {"ocpp": self.ocpp, "csms_transactions_ended": len(ended),
+                "csms_lost": len([s for s in executed if s not in ended]),
+                "csms_duplicated": len([s for s, n in ended.items() if n > 1]),
+                "csms_messages_received_again": len(self.csms.events) - len(self.csms.unique)}
 
     def _bill_row(self, b):
         pile = self.codes.index(b["pile"]) if b.get("pile") in self.codes else None
@@ -366,6 +404,11 @@ class Demo:
         return out
 
     async def run(self):
+        if self.ocpp:
+            from tools.ocpp_csms import Csms
+            self.csms = await Csms(version=self.ocpp).start()
+            _say(self.quiet, "CSMS     OCPP %s on 127.0.0.1:%d (the ocpp library)"
+                 % (self.ocpp, self.csms.port))
         self.start_broker()
         self.start_bridge()
         self.platform, ptask = await stack.start_platform(self.broker.port,
@@ -385,6 +428,8 @@ class Demo:
             return self.summary()
         finally:
             await stop_tasks([ptask])
+            if self.csms is not None:
+                await self.csms.stop()
 
 
 def _limit_text(s):
@@ -416,6 +461,11 @@ def table(s):
     out += ["%-30s %s" % ("pile-demo", "result"), "-" * 44]
     for k, v in rows:
         out.append("%-30s %s" % (k, v))
+    if "ocpp" in s:
+        for k, v in (("OCPP %s: ended at the CSMS" % s["ocpp"], s["csms_transactions_ended"]),
+                     ("CSMS lost", s["csms_lost"]), ("CSMS duplicated", s["csms_duplicated"]),
+                     ("CSMS messages resent", s["csms_messages_received_again"])):
+            out.append("%-30s %s" % (k, v))
     out.append("stop reasons: " + ", ".join("%s %d" % kv for kv in sorted(s["stop_reasons"].items())))
     return "\n".join(out)
 
@@ -428,19 +478,23 @@ def main(argv=None):
     ap.add_argument("--keep", metavar="DIR", help="keep logs and databases in DIR")
     ap.add_argument("--broker", choices=("mosquitto", "amqtt"), default="mosquitto",
                     help="broker to start (amqtt, embedded, is used when Mosquitto is missing)")
+    ap.add_argument("--ocpp", action="store_true",
+                    help="also run the OCPP uplink to a CSMS (the ocpp library), down during the outage")
+    ap.add_argument("--ocpp-version", choices=("2.0.1", "1.6"), default="2.0.1")
     cli.common(ap, log_level="warning")
     args = ap.parse_args(argv)
     cli.setup_logging(args)
     if args.keep:
         os.makedirs(args.keep, exist_ok=True)
-    d = Demo(args.speed, quiet=args.json, workdir=args.keep, broker=args.broker)
+    d = Demo(args.speed, quiet=args.json, workdir=args.keep, broker=args.broker,
+             ocpp=args.ocpp_version if args.ocpp else None)
     try:
         s = asyncio.run(d.run())
     finally:
         d.stop()
     print(json.dumps(s, indent=2) if args.json else table(s))
     bad = s["lost"] or s["duplicated"] or s["unreconciled"] or \
-        not all(c["pass"] for c in s["cases"])
+        not all(c["pass"] for c in s["cases"]) or s.get("csms_lost") or s.get("csms_duplicated")
     return 1 if bad else 0
 
 
