@@ -8,13 +8,13 @@
 # and a pile is settled only when every configured uplink acknowledged.
 import asyncio
 import os
-import sqlite3
 
 import pytest
 
 from host.testkit import make_bill, make_extra
 from protocol import fields as F
 from tools.ocpp_csms import Csms
+from tests.test_bridge_durability import db_all
 from tests.test_bridge_helpers import (
     PILE_A, PILE_B, BridgeProcess, Platform, bridge_running, connect_pile, fast_config, run,
     tempdir, until, url_of)
@@ -32,12 +32,6 @@ def ocpp_config(tmp, csms, mqtt_url=None, **ocpp):
     return cfg
 
 
-def db_all(path, sql, args=()):
-    db = sqlite3.connect(path)
-    try:
-        return db.execute(sql, args).fetchall()
-    finally:
-        db.close()
 
 
 def check_exactly_once(csms, serials, version="2.0.1"):
