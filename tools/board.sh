@@ -85,7 +85,8 @@ if ! nice make -C "$src/micropython/ports/qemu" -j2 BOARD=MPS2_AN385 BUILD="$obj
   echo "board: build failed (log: $log)" >&2
   exit 1
 fi
-ls -t "$cache"/img-"$name"-"$heap"-*.elf 2>/dev/null | tail -n +3 | xargs -r rm -f   # keep the last two
+# keep the last two (none yet on a first build: ls fails, which pipefail must not turn into an exit)
+{ ls -t "$cache"/img-"$name"-"$heap"-*.elf 2>/dev/null || true; } | tail -n +3 | xargs -r rm -f
 cp "$obj/firmware.elf" "$elf.tmp" && mv "$elf.tmp" "$elf"
 echo "board: built in $(( $(date +%s) - start )) s" >&2
 echo "$elf"

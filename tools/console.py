@@ -28,7 +28,6 @@ import getpass
 import json
 import logging
 import os
-import signal
 import sys
 import threading
 import time
@@ -377,25 +376,24 @@ def shell(port, inp, out, timeout=5.0):
     """Lines typed on `inp` go to the console; what it writes is shown. At
     the end of input (Ctrl-D, or a piped script) the last answer is awaited.
     A link lost meanwhile (cable pulled) raises LinkLost, also while the
-    technician is typing: the reader interrupts the main thread's read."""
+    technician is typing: the keyboard is read by a thread of its own, so
+    the main loop never blocks on it and sees the loss at once (no signal
+    racing the end of the input)."""
+    import queue
     stop = threading.Event()
     tail = bytearray()
     prompted = threading.Event()
     lost = []
-    main_thread = threading.current_thread() is threading.main_thread()
+    lines = queue.Queue()
 
     def show():
         while not stop.is_set():
             try:
                 data = _io(port.read, 4096)
             except LinkLost as e:
-                if stop.is_set():
-                    return
-                lost.append(e)
-                prompted.set()
-                if main_thread and inp is sys.stdin:
-                    # the main thread is blocked reading the keyboard
-                    os.kill(os.getpid(), signal.SIGINT)
+                if not stop.is_set():
+                    lost.append(e)
+                    prompted.set()
                 return
             if data:
                 tail.extend(data)
@@ -405,11 +403,25 @@ def shell(port, inp, out, timeout=5.0):
                 out.write(data.decode("utf-8", "replace"))
                 out.flush()
 
+    def feed():
+        try:
+            for line in inp:
+                lines.put(line)
+        finally:
+            lines.put(None)
+
     t = threading.Thread(target=show, daemon=True)
     t.start()
+    threading.Thread(target=feed, daemon=True).start()
     try:
         _io(port.write, b"\r")
-        for line in inp:
+        while not lost:
+            try:
+                line = lines.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if line is None:
+                break
             prompted.wait(timeout)
             prompted.clear()
             if lost:
