@@ -343,7 +343,10 @@ def test_a_bill_whose_commit_fails_gets_no_0x40_and_its_resend_is_taken_once(
             # answers in order, and the bridge sends in that order).
             assert await pile.send_bill(later, make_extra(later)) == 0
             assert pile.confirmed[s] == []
-            assert pile.received("bill_extra_ack")[0].fields["serial"] == later["serial"]
+            # The failed bill's fee split may have been committed in a later
+            # batch, once the disk was back (then it has its 0xEC; the bill
+            # itself still has no 0x40): only the later bill's ack is sure.
+            assert later["serial"] in [f.fields["serial"] for f in pile.received("bill_extra_ack")]
             assert db_all(cfg["database"], "SELECT serial FROM bills") == [(later["serial"],)]
             # The pile sends its unanswered bill again: taken, confirmed once.
             await pile.flush_journal()
