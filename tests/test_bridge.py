@@ -86,7 +86,10 @@ def test_bill_over_a_socket_url_serial_link(mosquitto):
                           serial=[{"url": "socket://127.0.0.1:%d" % port}])
         try:
             async with bridge_running(cfg), Platform(url_of(mosquitto)) as plat:
-                pile = ScriptedPile(PILE_A, await asyncio.wait_for(accepted, 10))
+                # 20 s for each answer, as the fuzz's good pile: with the
+                # test command's lanes side by side on 2 cores a 5 s login
+                # answer was missed once (it takes 0.7 s alone).
+                pile = ScriptedPile(PILE_A, await asyncio.wait_for(accepted, 10), reply_timeout=20.0)
                 assert await pile.login() == 0
                 bill = make_bill(PILE_A, 8)
                 assert await pile.send_bill(bill, make_extra(bill)) == 0
