@@ -121,8 +121,11 @@ def test_a_store_is_bound_to_its_site_and_moves_only_by_migrate_site(mosquitto):
         p = subprocess.run([sys.executable, "-m", "host.bridge", "migrate-site", "-c", path,
                             "--from", "old-site"], cwd=ROOT, capture_output=True, text=True)
         assert p.returncode == 0 and "1 unconfirmed bill(s) will be published under new-site" in p.stdout
-        async with bridge_running(renamed), Platform(url_of(mosquitto), site="new-site") as plat:
+        # The platform subscribes first: a bill the bridge publishes at start
+        # before anyone listens waits for the next retry (seconds, under load
+        # longer than this test's bound).
+        async with Platform(url_of(mosquitto), site="new-site") as plat, bridge_running(renamed):
             doc = await plat.wait_for(lambda: plat.bills.get(bill["serial"]))
             assert doc["site"] == "new-site"
     with tempdir("site-bound") as tmp:
-        run(scenario(tmp), 60)
+        run(scenario(tmp), 120)
