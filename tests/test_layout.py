@@ -5,7 +5,7 @@ import ast
 import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACKAGES = ("protocol", "firmware", "host", "tools")
+PACKAGES = ("protocol", "firmware", "host", "sim", "tools")
 TOTALS = {"total_energy", "total_loss", "total_amount"}
 RECONCILIATION = ("protocol", "reconcile.py")
 
