@@ -21,6 +21,7 @@ import stat
 import sys
 import time
 import uuid
+import zlib
 
 import aiomqtt
 
@@ -57,6 +58,13 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE TABLE IF NOT EXISTS copies (
     id INTEGER PRIMARY KEY AUTOINCREMENT, serial TEXT NOT NULL, why TEXT NOT NULL,
     doc TEXT NOT NULL, at REAL NOT NULL
+);
+-- Which worker owns a site (docs/scaling.md "Platform workers"): owner ''
+-- is free since `expires`; `token` (the fencing token) grows with every
+-- new owner and rides in every confirmation.
+CREATE TABLE IF NOT EXISTS leases (
+    site TEXT PRIMARY KEY, owner TEXT NOT NULL, token INTEGER NOT NULL,
+    expires REAL NOT NULL, since REAL NOT NULL
 );
 """
 
@@ -97,6 +105,15 @@ _ZERO_MAC = "0" * 64
 # stored, and the bridge republishes what stays unconfirmed anyway.
 DB_RETRY_MIN_S = 0.2
 DB_RETRY_MAX_S = 30.0
+DB_LOCK_WAIT_S = 10.0
+
+# Site leases (docs/scaling.md "Platform workers"): a worker confirms a
+# site's bills only while it holds the site's lease, renewed every
+# LEASE_S / 3. A worker that is not a site's preferred one (stable hash of
+# the site over the workers) takes a lease only LEASE_GRACE of LEASE_S after
+# it expired, so the preferred worker gets it first.
+LEASE_S = 15.0
+LEASE_GRACE = 0.5
 
 
 class PlatformError(Exception):
@@ -291,12 +308,17 @@ def open_db(path, create=True):
                 raise PlatformError("database %s: directory %s does not exist" % (path, d))
             if os.path.isdir(path):
                 raise PlatformError("database %s is a directory" % path)
-            db = sqlite3.connect(path)
+            # Several workers share one file: a writer waits for the lock.
+            db = sqlite3.connect(path, timeout=DB_LOCK_WAIT_S)
             db.executescript(_SCHEMA)
             have = set(r[1] for r in db.execute("PRAGMA table_info(bills)"))
             for name, decl in _COLUMNS:
                 if name not in have:
                     db.execute("ALTER TABLE bills ADD COLUMN %s %s" % (name, decl))
+            # A new owner confirms what its site's last owner stored and did
+            # not confirm: found by this index, not a scan.
+            db.execute("CREATE INDEX IF NOT EXISTS bills_unconfirmed ON bills(site) "
+                       "WHERE confirm_result IS NULL")
             db.commit()
             db.execute("PRAGMA journal_mode=WAL")
             return db
@@ -403,12 +425,120 @@ def tls_context(ca_file=None, cert_file=None, key_file=None, insecure=False):
     return ctx
 
 
+class Leases:
+    """The site leases of one worker, kept in the platform's database (table
+    `leases`), which every worker shares and which outlives any of them: a
+    crashed owner's lease simply runs out there. Each step is one UPDATE,
+    atomic under SQLite's write lock, so two workers never both take a site.
+
+    `worker`: this incarnation's id (a restart is a new owner, with a new
+    token). `index` of `workers`: the sites this worker takes first
+    (crc32(site) % workers == index); any worker takes a site whose lease
+    ran out `grace * ttl` ago, so a dead worker's sites move on."""
+
+    def __init__(self, db, worker, ttl=LEASE_S, index=0, workers=1, clock=time.time,
+                 grace=LEASE_GRACE):
+        if workers < 1 or not 0 <= index < workers:
+            raise PlatformError("worker index %d of %d workers: must be 0..%d"
+                                % (index, workers, workers - 1))
+        if ttl <= 0:
+            raise PlatformError("lease time must be positive, got %g s" % ttl)
+        self.db = db
+        self.worker = worker
+        self.ttl = ttl
+        self.index = index
+        self.workers = workers
+        self.clock = clock
+        self.grace = grace * ttl
+        self.held = {}        # site -> (token, expires) of the leases this worker holds
+        self._busy = {}       # site -> expiry of another worker's lease: no DB read before
+        self.taken = []       # (site, token) taken since the caller last looked
+
+    def preferred(self, site):
+        return zlib.crc32(site.encode()) % self.workers == self.index
+
+    def token(self, site):
+        """This worker's fencing token for `site`, taking or renewing the
+        lease as needed; None when another worker holds it."""
+        now = self.clock()
+        mine = self.held.get(site)
+        if mine is not None and now < mine[1] - self.ttl / 2:
+            return mine[0]
+        if mine is None and now < self._busy.get(site, 0):
+            return None
+        return self._take(site, now)
+
+    def _take(self, site, now):
+        db = self.db
+        if db.in_transaction:
+            db.commit()
+        try:
+            mine = self.held.get(site)
+            if mine is not None and db.execute(
+                    "UPDATE leases SET expires=? WHERE site=? AND owner=? AND token=?",
+                    (now + self.ttl, site, self.worker, mine[0])).rowcount:
+                # Nobody took it meanwhile (the token would have grown).
+                db.commit()
+                self.held[site] = (mine[0], now + self.ttl)
+                return mine[0]
+            self.held.pop(site, None)
+            # Never seen: free from now on (the preferred worker takes it at
+            # once; the others only after the grace).
+            db.execute("INSERT OR IGNORE INTO leases (site, owner, token, expires, since) "
+                       "VALUES (?, '', 0, ?, ?)", (site, now, now))
+            limit = now if self.preferred(site) else now - self.grace
+            if db.execute("UPDATE leases SET owner=?, token=token+1, expires=?, since=? "
+                          "WHERE site=? AND expires<=?",
+                          (self.worker, now + self.ttl, now, site, limit)).rowcount:
+                tok = db.execute("SELECT token FROM leases WHERE site=?", (site,)).fetchone()[0]
+                db.commit()
+                self.held[site] = (tok, now + self.ttl)
+                self._busy.pop(site, None)
+                self.taken.append((site, tok))
+                log.info("worker %s: took site %s (fencing token %d)", self.worker, site, tok)
+                return tok
+            exp = db.execute("SELECT expires FROM leases WHERE site=?", (site,)).fetchone()[0]
+            db.commit()
+            self._busy[site] = exp if self.preferred(site) else exp + self.grace
+            return None
+        except sqlite3.Error:
+            db.rollback()
+            raise
+
+    def renew(self):
+        """Renew every lease held and take the ones that ran out (a dead
+        worker's). Returns the sites lost (another worker has them now)."""
+        now = self.clock()
+        lost = []
+        for site in list(self.held):
+            if self._take(site, now) is None:
+                lost.append(site)
+                log.warning("worker %s: lost site %s to another worker: its bills are no "
+                            "longer confirmed here", self.worker, site)
+        for (site,) in self.db.execute("SELECT site FROM leases WHERE expires<=? AND owner!=?",
+                                       (now, self.worker)).fetchall():
+            self._busy.pop(site, None)
+            self._take(site, now)
+        if self.db.in_transaction:
+            self.db.commit()
+        return lost
+
+    def release(self):
+        """A clean stop: every lease held runs out now, for another worker."""
+        for site, (tok, _) in list(self.held.items()):
+            self.db.execute("UPDATE leases SET expires=? WHERE site=? AND owner=? AND token=?",
+                            (self.clock(), site, self.worker, tok))
+        self.db.commit()
+        self.held.clear()
+
+
 class Platform:
     """Consumes bills and events; confirms; sends commands and awaits results."""
 
     def __init__(self, url="mqtt://127.0.0.1:1883", db=":memory:", group=None, site="+",
                  username=None, password=None, client_id=None, keys=None, tls_context=None,
-                 mac_wait_s=MAC_WAIT_S, consume=True, cmd_key=None):
+                 mac_wait_s=MAC_WAIT_S, consume=True, cmd_key=None, workers=1, worker_index=0,
+                 lease_s=LEASE_S, clock=time.time):
         from host.config import ConfigError, parse_mqtt_url
         # "URL,URL,...": a cluster's nodes, tried in turn (host/mqtt.py's rule)
         self.nodes = []
@@ -438,6 +568,14 @@ class Platform:
         # so it never takes bills queued for the running platform's session.
         self.consume = consume
         self.db = open_db(db)
+        # This worker's site leases (a one-off --cmd confirms nothing: none).
+        self.leases = Leases(self.db, "%s#%s" % (self.client_id, uuid.uuid4().hex[:6]), lease_s,
+                             worker_index, workers, clock) if consume else None
+        # Awaited just before a confirmation is published (after the lease
+        # check): where a stalled worker (GC pause, slow disk) would stop.
+        self.before_confirm = None
+        self._gate = asyncio.Event()   # cleared: the worker is paused (pause())
+        self._gate.set()
         self.silent = False            # an outage: take nothing, confirm nothing
         self.confirming = True
         self.changed = asyncio.Event()
@@ -447,7 +585,7 @@ class Platform:
         self._waiting = {}             # request id -> future of the result
         self.stats = {"bill_messages": 0, "duplicates": 0, "confirms_sent": 0, "events": 0,
                       "bad_messages": 0, "refusals_sent": 0, "held": 0, "completed": 0,
-                      "conflicts": 0, "db_errors": 0}
+                      "conflicts": 0, "db_errors": 0, "not_owner": 0, "not_confirmed_lease": 0}
 
     # --- storage -----------------------------------------------------------
 
@@ -623,6 +761,19 @@ class Platform:
     async def run(self, ready=None):
         """Consume until cancelled; reconnects with backoff (a cluster: the
         next node at once, the backoff after a whole round)."""
+        lease_task = (asyncio.ensure_future(self._lease_loop())
+                      if self.leases is not None else None)
+        try:
+            await self._connect_loop(ready)
+        finally:
+            if lease_task is not None:
+                await stop_tasks([lease_task])
+                try:
+                    self.leases.release()   # a clean stop: another worker takes over at once
+                except sqlite3.Error as e:
+                    log.warning("platform: leases not released (%s): they run out", e)
+
+    async def _connect_loop(self, ready):
         delay = 0.2
         tried = 0
         while True:
@@ -665,6 +816,7 @@ class Platform:
         neither stores, counts nor confirms anything twice."""
         done = {}
         delay = DB_RETRY_MIN_S
+        await self._gate.wait()
         while True:
             stats = dict(self.stats)
             try:
@@ -704,6 +856,17 @@ class Platform:
                 self.stats["bill_messages"] += 1
                 self.stats["bad_messages"] += 1
                 return
+            if "stored" not in done and self._fence(site) is None:
+                self.stats["not_owner"] += 1
+                if self.group is None:
+                    return   # the site's owner takes its own copy
+                # $share/: this copy came to this worker alone. Stored (the
+                # database deduplicates by serial), confirmed by the owner
+                # from the store (_confirm_stored).
+                self.take_bill(doc)
+                self.stats["bill_messages"] += 1
+                self.changed.set()
+                return
             if "stored" not in done:
                 self.stats["bill_messages"] += 1
                 self.take_bill(doc)
@@ -718,22 +881,18 @@ class Platform:
                 else:
                     if "confirmed" not in done:
                         # Confirm every copy: a resend means the bridge did not see our answer.
-                        conf = {"serial": doc["serial"], "result": result,
-                                "hash": content_hash(doc)}
-                        if self.cmd_key is not None:
-                            from host.commands import sign_confirmation
-                            conf = sign_confirmation(self.cmd_key, site, pile, conf)
-                        await client.publish("%s/%s/confirm/%s" % (ROOT, site, pile),
-                                             json.dumps(conf), qos=1)
+                        if not await self._send_confirm(client, site, pile, doc, result):
+                            self.changed.set()
+                            return
                         done["confirmed"] = True
-                        self.stats["confirms_sent"] += 1
-                        if result != CONFIRM_OK:
-                            self.stats["refusals_sent"] += 1
                     self.db.execute("UPDATE bills SET confirm_result=? WHERE serial=?",
                                     (result, doc["serial"]))
                     self.db.commit()
             self.changed.set()
         elif kind == "events":
+            if self.leases is not None and self._fence(site) is None:
+                self.stats["not_owner"] += 1
+                return   # the site's owner stores it
             if "stored" not in done:
                 self.stats["events"] += 1
                 self.db.execute("INSERT INTO events (site, pile, kind, doc, at) VALUES (?,?,?,?,?)",
@@ -748,6 +907,75 @@ class Platform:
             fut = self._waiting.pop(doc.get("id"), None)
             if fut is not None and not fut.done():
                 fut.set_result(doc)
+
+    def _fence(self, site):
+        # This worker's fencing token for the site, or None: not its owner.
+        return self.leases.token(site) if self.leases is not None else 0
+
+    async def _send_confirm(self, client, site, pile, doc, result):
+        """Publish the confirmation of a stored bill, with this worker's
+        fencing token; False (nothing sent) when it does not own the site."""
+        fence = self._fence(site)
+        if fence is None:
+            self.stats["not_confirmed_lease"] += 1
+            return False
+        if self.before_confirm is not None:
+            await self.before_confirm(site, pile, doc["serial"])
+        await self._gate.wait()
+        conf = {"serial": doc["serial"], "result": result, "hash": content_hash(doc)}
+        if fence:
+            conf["fence"] = fence
+        if self.cmd_key is not None:
+            from host.commands import sign_confirmation
+            conf = sign_confirmation(self.cmd_key, site, pile, conf)
+        await client.publish("%s/%s/confirm/%s" % (ROOT, site, pile), json.dumps(conf), qos=1)
+        self.stats["confirms_sent"] += 1
+        if result != CONFIRM_OK:
+            self.stats["refusals_sent"] += 1
+        return True
+
+    async def _confirm_stored(self, client, site):
+        """Confirm the site's stored bills that no confirmation went out for
+        (its last owner died or paused between storing and confirming; a
+        copy a peer stored under $share/; a keyed pile's bill whose MAC
+        wait ran out)."""
+        rows = self.db.execute("SELECT serial, pile, doc FROM bills WHERE site=? AND "
+                               "confirm_result IS NULL", (site,)).fetchall()
+        for serial, pile, doc in rows:
+            result = self.confirm_result(serial)
+            if result is None:
+                continue
+            if not await self._send_confirm(client, site, pile, json.loads(doc), result):
+                return
+            self.db.execute("UPDATE bills SET confirm_result=? WHERE serial=?", (result, serial))
+            self.db.commit()
+            self.changed.set()
+
+    async def _lease_loop(self):
+        # Every third of the lease time: renew, take the leases that ran out,
+        # confirm what the sites' stores hold unconfirmed.
+        while True:
+            await self._gate.wait()
+            try:
+                self.leases.renew()
+                client = self._client
+                if client is not None and self.confirming and not self.silent:
+                    for site in list(self.leases.held):
+                        await self._confirm_stored(client, site)
+            except sqlite3.Error as e:
+                self.db.rollback()
+                log.warning("platform: lease renewal: database: %s (tried again)", e)
+            except aiomqtt.MqttError:
+                pass     # the reconnect loop deals with the broker
+            await asyncio.sleep(self.leases.ttl / 3)
+
+    def pause(self):
+        """Stop taking messages, renewing leases and confirming (an
+        in-process SIGSTOP, for tests), until resume()."""
+        self._gate.clear()
+
+    def resume(self):
+        self._gate.set()
 
     async def command(self, site, pile, cmd, timeout=30.0, **args):
         """Send one command and return its result document."""
@@ -860,6 +1088,13 @@ def main(argv=None):
     ap.add_argument("--platform-key", metavar="FILE",
                     help="the site's platform key (the bridge's keys.platform_key_file): "
                     "commands and confirmations carry its `auth` MAC")
+    ap.add_argument("--workers", type=int, default=1, metavar="N",
+                    help="platform workers sharing --db: each site is owned by one of them "
+                    "through a lease (docs/scaling.md)")
+    ap.add_argument("--worker-index", type=int, default=0, metavar="I",
+                    help="this worker's index, 0..N-1: the sites it takes first")
+    ap.add_argument("--lease", type=float, default=LEASE_S, metavar="S",
+                    help="site lease time: a dead worker's sites move on after about 1.5 S")
     ap.add_argument("--mac-wait", type=float, default=MAC_WAIT_S, metavar="S",
                     help="hold an incomplete bill of a keyed pile this long for its MAC")
     ap.add_argument("--connect-timeout", type=float, default=15.0, metavar="S",
@@ -926,7 +1161,8 @@ def main(argv=None):
                 raise PlatformError("--platform-key %s: %s" % (args.platform_key, e))
         p = Platform(args.broker, ":memory:" if args.cmd else args.db, args.group, args.site,
                      args.username, password, keys=keys, tls_context=ctx,
-                     mac_wait_s=args.mac_wait, consume=not args.cmd, cmd_key=cmd_key)
+                     mac_wait_s=args.mac_wait, consume=not args.cmd, cmd_key=cmd_key,
+                     workers=args.workers, worker_index=args.worker_index, lease_s=args.lease)
     except PlatformError as e:
         return fail(e)
     if len(keys):

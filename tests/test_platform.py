@@ -433,7 +433,7 @@ def test_platform_confirms_every_copy_over_real_mosquitto(mosquitto):
     p, got = asyncio.run(asyncio.wait_for(scenario(), 30))
     # This hand-made document has no frame: nothing to hash, and a bridge
     # would ignore such a confirmation (tests/test_bridge_confirm.py).
-    assert got == [{"serial": "1" * 32, "result": 0, "hash": None}] * 2
+    assert got == [{"serial": "1" * 32, "result": 0, "hash": None, "fence": 1}] * 2
     assert p.summary()["bills"] == 1
 
 
@@ -459,8 +459,8 @@ def test_tampered_bill_is_confirmed_refused_and_an_incomplete_one_held_over_mosq
     bad, good = tampered["serial"], completed["serial"]
     # In order: the tampered one refused; the incomplete one not answered; the
     # completed one confirmed. Each names the hash of the frame the platform holds.
-    assert got == [{"serial": bad, "result": P.CONFIRM_REFUSED_MAC, "hash": P.content_hash(tampered)},
-                   {"serial": good, "result": P.CONFIRM_OK, "hash": P.content_hash(completed)}]
+    assert got == [{"serial": bad, "result": P.CONFIRM_REFUSED_MAC, "hash": P.content_hash(tampered), "fence": 1},
+                   {"serial": good, "result": P.CONFIRM_OK, "hash": P.content_hash(completed), "fence": 1}]
     assert got[1]["hash"] == hashlib.sha256(bytes.fromhex(completed["frame"])).hexdigest()
     assert p.stats["held"] == 1 and p.stats["refusals_sent"] == 1
     assert p.bill(bad)["confirm_result"] == P.CONFIRM_REFUSED_MAC
@@ -668,6 +668,7 @@ def test_a_bill_kept_raw_is_stored_flagged_and_confirmed_with_its_hash(mosquitto
         await stopped(task)
         return p, got
     p, got = asyncio.run(asyncio.wait_for(scenario(), 30))
-    assert got == {"serial": "AB" * 16, "result": 0, "hash": hashlib.sha256(frame).hexdigest()}
+    assert got == {"serial": "AB" * 16, "result": 0, "hash": hashlib.sha256(frame).hexdigest(),
+                   "fence": 1}
     assert P.reconcile(doc) == ["undecodable: UnknownType: 0x3D"]
     assert p.summary()["bills"] == 1

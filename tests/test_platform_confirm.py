@@ -44,7 +44,7 @@ def test_a_bill_is_stored_then_confirmed_with_the_hash_of_its_stored_frame():
     doc = pile_doc()
     sent = _take(p, _topic(doc), doc)
     assert sent == [("pc/s1/confirm/%s" % PILE_A,
-                     {"serial": doc["serial"], "result": 0, "hash": _hash(doc)}, 1)]
+                     {"serial": doc["serial"], "result": 0, "hash": _hash(doc), "fence": 1}, 1)]
     assert p.bill(doc["serial"])["confirm_result"] == 0
     assert p.changed.is_set()
     assert (p.stats["bill_messages"], p.stats["confirms_sent"], p.stats["refusals_sent"],
