@@ -93,3 +93,144 @@ def test_every_bill_is_stored_once_and_confirmed_while_broker_nodes_are_killed()
 
     with tempdir("nats") as tmp, NatsCluster() as c:
         run(scenario(c, tmp))
+
+
+# --- site security on the cluster (decisions.md: NATS accounts and
+# permissions mirroring the shipped Mosquitto ACL, host/mosquitto/acl).
+# A denied NATS subscription is acknowledged and delivers nothing, a denied
+# publish is acknowledged and dropped: tested by what is delivered, each
+# time beside a control sent after it on a path that is allowed.
+
+_ACL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                    "host", "mosquitto", "acl")
+_USERS = {"A": "pw-of-A", "B": "pw-of-B", "platform": "pw-of-platform"}
+
+
+def _client(c, user, node=0, **kw):
+    import aiomqtt
+    return aiomqtt.Client("127.0.0.1", c.nodes[node].port, username=user,
+                          password=kw.pop("password", _USERS.get(user)),
+                          identifier=kw.pop("identifier", "t-%s-%d" % (user, node)), **kw)
+
+
+async def _take_until(cl, topic, into):
+    async def go():
+        async for m in cl.messages:
+            into.append((m.topic.value, m.payload.decode()))
+            if m.topic.value == topic:
+                return
+    try:
+        await asyncio.wait_for(go(), 30)
+    except asyncio.TimeoutError:
+        raise AssertionError("no %s within 30 s; got %r" % (topic, into)) from None
+
+
+def _nats_port(node):
+    # nats-server logs the (random) port of its NATS-protocol listener.
+    for line in node.log_text().splitlines():
+        if "Listening for client connections on" in line:
+            return int(line.rsplit(":", 1)[1])
+    raise AssertionError("no client port in the log of %s" % node.name)
+
+
+def _nats_protocol_login(port, user, password):
+    import socket
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.recv(4096)                                    # INFO
+        s.sendall(b'CONNECT {"user":"%s","pass":"%s","verbose":true}\r\nPING\r\n'
+                  % (user.encode(), password.encode()))
+        return s.recv(4096).decode()
+
+
+def test_on_the_cluster_a_site_reads_and_writes_only_its_own_topics_and_forges_nothing():
+    import aiomqtt
+    from host.broker import acl_rules
+
+    async def scenario(c):
+        async with _client(c, "platform") as plat, _client(c, "A", 1) as a, \
+                _client(c, "B", 2) as b:
+            await plat.subscribe("pc/#", qos=1)
+            # (NATS refuses a filter wider than the permissions as a whole:
+            # "pc/B/#" would give B nothing at all; Mosquitto filters per message.)
+            for f in ("pc/B/confirm/#", "pc/B/cmd/#"):
+                await b.subscribe(f, qos=1)
+            for f in ("pc/A/cmd/#", "pc/A/confirm/#", "pc/B/#", "pc/+/bills/+", "pc/#", "#",
+                      "$MQTT/sub/#"):
+                await a.subscribe(f, qos=1)
+            # B's bridge: a bill and an event (A must not read them).
+            await b.publish("pc/B/bills/55031412782306", b"bill of B", qos=1)
+            await b.publish("pc/B/events/bridge", b"secret of B", qos=1)
+            # A forges: B's confirmation and command, a bill in B's name, its
+            # own confirmation; then a message it may send (the control).
+            for t in ("pc/B/confirm/55031412782306", "pc/B/cmd/55031412782306",
+                      "pc/B/bills/55031412782306", "pc/A/confirm/55031412782305",
+                      "pc/A/cmd/55031412782305"):
+                await a.publish(t, b"forged by A", qos=1)
+            await a.publish("pc/A/events/bridge", b"after the forgery", qos=1)
+            # The platform confirms for both sites: each gets its own only.
+            await plat.publish("pc/B/confirm/55031412782306", b"platform to B", qos=1)
+            await plat.publish("pc/A/confirm/55031412782305", b"platform to A", qos=1)
+            got_plat, got_a, got_b = [], [], []
+            await _take_until(plat, "pc/A/events/bridge", got_plat)
+            await _take_until(b, "pc/B/confirm/55031412782306", got_b)
+            await _take_until(a, "pc/A/confirm/55031412782305", got_a)
+            return got_plat, got_a, got_b
+
+    async def refused(**kw):
+        try:
+            async with _client(c, **kw):
+                return None
+        except aiomqtt.MqttError as e:
+            return e
+
+    with NatsCluster(users=_USERS, acl=open(_ACL).read()) as c:
+        got_plat, got_a, got_b = run(scenario(c))
+        assert run(refused(user="A", password="wrong")) is not None
+        assert run(refused(user="C", password="x")) is not None
+        # The site's credentials open no door beside MQTT (on the NATS
+        # protocol, $MQTT.sub.> would show other sessions' deliveries).
+        assert "Authorization Violation" in _nats_protocol_login(_nats_port(c.nodes[0]), "A",
+                                                                 _USERS["A"])
+    assert ("pc/B/bills/55031412782306", "bill of B") in got_plat      # published, delivered
+    assert ("pc/A/events/bridge", "after the forgery") in got_plat     # A does get through
+    assert not [m for m in got_plat + got_b if m[1] == "forged by A"]
+    assert got_a == [("pc/A/confirm/55031412782305", "platform to A")]
+    assert ("pc/B/confirm/55031412782306", "platform to B") in got_b
+    assert not [m for m in got_b if m[0].startswith("pc/A/")]
+    # The rules are the ACL's, read from the shipped file.
+    pub, sub = acl_rules(open(_ACL).read(), "A")
+    assert "pc.A.bills.>" in pub and not [s for s in pub if "confirm" in s or "cmd" in s]
+    assert sorted(sub) == ["pc.A.cmd", "pc.A.cmd.>", "pc.A.confirm", "pc.A.confirm.>"]
+
+
+def test_a_site_bridge_and_the_platform_work_as_their_own_users_on_the_cluster():
+    # The permissions are enough for the product: the bridge logs in as its
+    # site, the platform as `platform`; a bill goes out and is confirmed.
+    async def scenario(c, tmp):
+        cfg = fast_config(tmp, c.urls[0], site="A", tcp={"listen": "127.0.0.1:0", "ext": False},
+                          mqtt={"url": list(c.urls), "username": "A", "password": _USERS["A"]})
+        plat = P.Platform(",".join(c.urls), os.path.join(tmp, "platform.db"),
+                          username="platform", password=_USERS["platform"])
+        ready = asyncio.Event()
+        ptask = asyncio.ensure_future(plat.run(ready))
+        try:
+            await asyncio.wait_for(ready.wait(), 30)
+            async with bridge_running(cfg) as b:
+                pile = await RawPile.connect(b.tcp_port)
+                await pile.login(PILE_A)
+                bill = make_bill(PILE_A, 1)
+                await pile.write(codec.encode("bill", bill, 1))
+                end = asyncio.get_running_loop().time() + 60
+                while not _rows(cfg["database"], "SELECT COUNT(*) FROM bills WHERE confirmed_at "
+                                "IS NOT NULL")[0][0]:
+                    assert asyncio.get_running_loop().time() < end, "bill not confirmed"
+                    await asyncio.sleep(0.05)
+                assert plat.serials() == {bill["serial"]}
+                await pile.close()
+        finally:
+            ptask.cancel()
+            await asyncio.gather(ptask, return_exceptions=True)
+            plat.db.close()
+
+    with tempdir("nats-users") as tmp, NatsCluster(users=_USERS, acl=open(_ACL).read()) as c:
+        run(scenario(c, tmp))
