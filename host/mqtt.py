@@ -19,6 +19,19 @@ log = logging.getLogger("host.mqtt")
 STOP_GRACE_S = 3.0
 
 
+async def subscribe_all(client, topics):
+    """Subscribe (QoS 1) and check the broker's answer: a refused filter
+    (SUBACK 0x80, e.g. NATS failing to create the subscription's JetStream
+    consumer under load) raises MqttError, so the caller reconnects (the
+    next node) instead of running on without, say, its confirmations."""
+    for t in topics:
+        granted = await client.subscribe(t, qos=1)
+        for g in granted or ():
+            if getattr(g, "value", g) >= 0x80:
+                raise aiomqtt.MqttError("the broker refused the subscription to %s (%r)"
+                                        % (t, g))
+
+
 async def stop_tasks(tasks, grace_s=STOP_GRACE_S):
     """Cancel tasks and wait until they end. A task running an aiomqtt
     client enters the client's clean exit on the first cancel, and that exit
@@ -129,8 +142,7 @@ class MqttLink:
             try:
                 client = self._client()
                 async with client:
-                    for t in self.subscriptions:
-                        await client.subscribe(t, qos=1)
+                    await subscribe_all(client, self.subscriptions)
                     self.client = client
                     self._lost = asyncio.get_running_loop().create_future()
                     self.gen += 1

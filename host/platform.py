@@ -30,7 +30,7 @@ from host import cli
 from host import schema
 from protocol import reconcile as R
 from protocol import sign
-from host.mqtt import stop_tasks
+from host.mqtt import stop_tasks, subscribe_all
 from host.topics import ROOT, shared_bills
 from protocol import codec
 
@@ -487,10 +487,14 @@ class Leases:
             # once; the others only after the grace).
             db.execute("INSERT OR IGNORE INTO leases (site, owner, token, expires, since) "
                        "VALUES (?, '', 0, ?, ?)", (site, now, now))
-            limit = now if self.preferred(site) else now - self.grace
+            pref = self.preferred(site)
+            # A free site (owner '') is the preferred worker's at once, whatever
+            # its `expires` says: another worker may have marked it free a moment
+            # after our `now` was read, while we waited for the write lock.
             if db.execute("UPDATE leases SET owner=?, token=token+1, expires=?, since=? "
-                          "WHERE site=? AND expires<=?",
-                          (self.worker, now + self.ttl, now, site, limit)).rowcount:
+                          "WHERE site=? AND (expires<=? OR (owner='' AND ?))",
+                          (self.worker, now + self.ttl, now, site,
+                           now if pref else now - self.grace, pref)).rowcount:
                 tok = db.execute("SELECT token FROM leases WHERE site=?", (site,)).fetchone()[0]
                 db.commit()
                 self.held[site] = (tok, now + self.ttl)
@@ -786,8 +790,7 @@ class Platform:
                     # Commands to many piles are in flight at once by design.
                     client.pending_calls_threshold = 1 << 30
                     self._client = client
-                    for t in self._subscriptions():
-                        await client.subscribe(t, qos=1)
+                    await subscribe_all(client, self._subscriptions())
                     delay = 0.2
                     tried = 0
                     self.last_error = None
@@ -858,6 +861,7 @@ class Platform:
                 self.stats["bad_messages"] += 1
                 return
             if "stored" not in done and self._fence(site) is None:
+                log.debug("bill %s of site %s: not this worker's site", doc["serial"], site)
                 self.stats["not_owner"] += 1
                 if self.group is None:
                     return   # the site's owner takes its own copy
@@ -869,6 +873,7 @@ class Platform:
                 self.changed.set()
                 return
             if "stored" not in done:
+                log.debug("bill %s of site %s: taken", doc["serial"], site)
                 self.stats["bill_messages"] += 1
                 self.take_bill(doc)
                 done["stored"] = True
@@ -1174,8 +1179,11 @@ def main(argv=None):
         ready = asyncio.Event()
         # SIGTERM (systemd's stop) is a clean stop: the leases are released
         # for the other workers at once instead of running out.
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM,
-                                                       asyncio.current_task().cancel)
+        try:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM,
+                                                           asyncio.current_task().cancel)
+        except (RuntimeError, ValueError):
+            pass     # not the main thread (a caller embedding main()): its own stop
         task = asyncio.create_task(p.run(ready))
         try:
             if args.cmd:

@@ -234,3 +234,25 @@ def test_a_site_bridge_and_the_platform_work_as_their_own_users_on_the_cluster()
 
     with tempdir("nats-users") as tmp, NatsCluster(users=_USERS, acl=open(_ACL).read()) as c:
         run(scenario(c, tmp))
+
+
+def test_a_bridge_whose_subscriptions_the_broker_refuses_does_not_run_on_without_them():
+    # NATS answers a subscription it cannot make (no permission here; under
+    # load, a JetStream consumer not created in time) with SUBACK 0x80. A
+    # bridge that ran on would never see a confirmation: its bills would be
+    # published for ever. It treats the refusal as a lost connection: the
+    # next node, backoff, and it is never `connected` meanwhile.
+    async def scenario(c, tmp):
+        # Site A's bridge with site B's credentials: pc/A/cmd, pc/A/confirm refused.
+        cfg = fast_config(tmp, c.urls[0], site="A",
+                          mqtt={"url": list(c.urls), "username": "B", "password": _USERS["B"]})
+        async with bridge_running(cfg, mqtt_up=False) as b:
+            end = asyncio.get_running_loop().time() + 60
+            while b.mqtt.failures < 3:
+                assert asyncio.get_running_loop().time() < end, "no refusal seen"
+                assert not b.mqtt.connected.is_set(), "ran on without its subscriptions"
+                await asyncio.sleep(0.05)
+            assert not b.mqtt.connected.is_set() and b.mqtt.failovers >= 2
+
+    with tempdir("nats-suback") as tmp, NatsCluster(users=_USERS, acl=open(_ACL).read()) as c:
+        run(scenario(c, tmp))

@@ -21,6 +21,7 @@ import asyncio
 import json
 import logging
 import os
+import resource
 import shutil
 import signal
 import sqlite3
@@ -50,6 +51,19 @@ def _rss_kb(pid):
     return 0
 
 
+def _cpu_s(pid=None):
+    # utime + stime of a process (ours when pid is None), in seconds.
+    if pid is None:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return 0.0
+
+
 def _pct(xs, p):
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(p / 100.0 * (len(xs) - 1))))] if xs else None
@@ -60,7 +74,9 @@ async def _start_workers(urls, db, workers, logdir):
     for i in range(workers):
         log = open(os.path.join(logdir, "platform-%d.log" % i), "ab")
         p = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "host.platform", "--broker", ",".join(urls), "--db", db,
+            # Spread over the nodes: each worker starts on another one.
+            sys.executable, "-m", "host.platform", "--broker",
+            ",".join(urls[i % len(urls):] + urls[:i % len(urls)]), "--db", db,
             "--workers", str(workers), "--worker-index", str(i), cwd=ROOT,
             stdout=asyncio.subprocess.PIPE, stderr=log)
         log.close()
@@ -132,6 +148,9 @@ async def run_fleet(name, urls, broker_pids, args, tmp, kill=None):
             kill()
             killed["at"] = time.time()
 
+        pids = {"brokers": broker_pids, "workers": lambda: [w.pid for w in workers]}
+        cpu0 = {k: sum(_cpu_s(p) for p in f()) for k, f in pids.items()}
+        cpu0["bridges"] = _cpu_s()
         t0 = time.time()
         tasks = [asyncio.ensure_future(pile_run(p)) for p in piles]
         if kill is not None:
@@ -144,6 +163,9 @@ async def run_fleet(name, urls, broker_pids, args, tmp, kill=None):
                     name, sum(b.stats["confirms"] for b in bridges), total, _BOUND_S))
             await asyncio.sleep(0.02)
         elapsed = time.time() - t0
+        # CPU seconds per part over the run: what bounds the figures.
+        cpu = {k: sum(_cpu_s(p) for p in f()) - cpu0[k] for k, f in pids.items()}
+        cpu["bridges"] = _cpu_s() - cpu0["bridges"]
         rss = sum(_rss_kb(pid) for pid in broker_pids())
         lat = []
         for b in bridges:
@@ -161,7 +183,8 @@ async def run_fleet(name, urls, broker_pids, args, tmp, kill=None):
                "confirm_p99_ms": round(_pct(lat, 99) * 1000, 1),
                "confirm_max_ms": round(max(lat) * 1000, 1), "broker_rss_mb": round(rss / 1024, 1),
                "stored_at_platform": stored, "stored_twice": stored - distinct,
-               "lost": total - distinct}
+               "lost": total - distinct,
+               "cpu_s": {k: round(v, 1) for k, v in cpu.items()}}
         if killed:
             # Bridges on the dead node: their bills confirmed after the kill.
             out["node_killed_bridges"] = killed["victims"]
@@ -189,7 +212,7 @@ async def bench(args, tmp):
 def table(results):
     cols = ("broker", "bridges", "piles", "bills", "platform_workers", "bills_per_s",
             "confirm_p50_ms", "confirm_p99_ms", "confirm_max_ms", "broker_rss_mb", "lost",
-            "stored_twice")
+            "stored_twice", "cpu_s")
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in results:
         lines.append("| " + " | ".join(str(r.get(k)) for k in cols) + " |")
@@ -206,16 +229,18 @@ def main(argv=None):
     ap.add_argument("--kill-node", action="store_true",
                     help="SIGKILL the cluster's first node halfway through")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--keep", metavar="DIR", help="keep the databases and worker logs in DIR")
     cli.common(ap, log_level=None)
     args = ap.parse_args(argv)
     if min(args.bridges, args.piles, args.bills, args.workers) < 1 or args.piles > 99:
         ap.error("--bridges, --piles (at most 99), --bills and --workers are at least 1")
     logging.basicConfig(level=logging.ERROR)
-    tmp = tempfile.mkdtemp(prefix="pc-fleet-")
+    tmp = args.keep or tempfile.mkdtemp(prefix="pc-fleet-")
     try:
         results = asyncio.run(asyncio.wait_for(bench(args, tmp), 2 * _BOUND_S))
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(results, indent=2) if args.json else table(results))
     return 1 if any(r["lost"] or r["stored_twice"] for r in results) else 0
 
