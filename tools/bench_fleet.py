@@ -6,7 +6,8 @@
 # (pile-platform --workers W, one shared database, site leases), N bridges
 # in this process (host.bridge.Bridge, one SQLite store each, the broker's
 # node list as mqtt.url) and P scripted piles per bridge on TCP, each
-# sending K bills (0x3B + 0xEB) one after the other. Measured: bills/s from
+# sending K bills (0x3B + 0xEB) one after the other (a burst, or paced by
+# --interval). Measured: bills/s from
 # the first bill sent until the last one is confirmed at its bridge; bill
 # -> confirm latency per bill from the bridge's own store (received_at ->
 # confirmed_at); the brokers' memory (VmRSS of every broker process at the
@@ -15,7 +16,7 @@
 # through (and not restarted): what its bridges pay for the failover.
 #
 #   python3 -m tools.bench_fleet [--bridges 20] [--piles 2] [--bills 10] [--workers 2]
-#                                [--kill-node] [--json]
+#                                [--interval S] [--kill-node] [--json] [--keep DIR]
 import argparse
 import asyncio
 import json
@@ -131,8 +132,13 @@ async def run_fleet(name, urls, broker_pids, args, tmp, kill=None):
         half = asyncio.Event()
         sent = [0]
 
-        async def pile_run(p):
+        async def pile_run(p, k):
+            # --interval: paced piles (an offered load of piles / interval
+            # bills/s), phases spread; without it, a burst.
+            await asyncio.sleep(args.interval * k / len(piles))
             for n in range(1, args.bills + 1):
+                if n > 1:
+                    await asyncio.sleep(args.interval)
                 bill = make_bill(p.code, n)
                 if await p.send_bill(bill, make_extra(bill), timeout=60) != 0:
                     raise RuntimeError("bill %s not acknowledged" % bill["serial"])
@@ -152,7 +158,7 @@ async def run_fleet(name, urls, broker_pids, args, tmp, kill=None):
         cpu0 = {k: sum(_cpu_s(p) for p in f()) for k, f in pids.items()}
         cpu0["bridges"] = _cpu_s()
         t0 = time.time()
-        tasks = [asyncio.ensure_future(pile_run(p)) for p in piles]
+        tasks = [asyncio.ensure_future(pile_run(p, k)) for k, p in enumerate(piles)]
         if kill is not None:
             tasks.append(asyncio.ensure_future(killer()))
         await asyncio.gather(*tasks)
@@ -177,6 +183,7 @@ async def run_fleet(name, urls, broker_pids, args, tmp, kill=None):
         stored, distinct = db.execute("SELECT COUNT(*), COUNT(DISTINCT serial) FROM bills").fetchone()
         db.close()
         out = {"broker": name, "bridges": len(bridges), "piles": len(piles), "bills": total,
+               "interval_s": args.interval,
                "platform_workers": args.workers, "seconds": round(elapsed, 2),
                "bills_per_s": round(total / elapsed, 1),
                "confirm_p50_ms": round(_pct(lat, 50) * 1000, 1),
@@ -210,7 +217,7 @@ async def bench(args, tmp):
 
 
 def table(results):
-    cols = ("broker", "bridges", "piles", "bills", "platform_workers", "bills_per_s",
+    cols = ("broker", "bridges", "piles", "bills", "interval_s", "platform_workers", "bills_per_s",
             "confirm_p50_ms", "confirm_p99_ms", "confirm_max_ms", "broker_rss_mb", "lost",
             "stored_twice", "cpu_s")
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -225,6 +232,8 @@ def main(argv=None):
     ap.add_argument("--bridges", type=int, default=20, help="site bridges (in this process)")
     ap.add_argument("--piles", type=int, default=2, help="piles per bridge")
     ap.add_argument("--bills", type=int, default=10, help="bills per pile, one after the other")
+    ap.add_argument("--interval", type=float, default=0.0, metavar="S",
+                    help="each pile waits S seconds between its bills (default: a burst)")
     ap.add_argument("--workers", type=int, default=2, help="platform worker processes")
     ap.add_argument("--kill-node", action="store_true",
                     help="SIGKILL the cluster's first node halfway through")
