@@ -316,6 +316,10 @@ def open_db(path, create=True):
             for name, decl in _COLUMNS:
                 if name not in have:
                     db.execute("ALTER TABLE bills ADD COLUMN %s %s" % (name, decl))
+            if "event_id" not in set(r[1] for r in db.execute("PRAGMA table_info(events)")):
+                db.execute("ALTER TABLE events ADD COLUMN event_id TEXT")
+            db.execute("CREATE UNIQUE INDEX IF NOT EXISTS events_once ON events(event_id) "
+                       "WHERE event_id IS NOT NULL")
             # A new owner confirms what its site's last owner stored and did
             # not confirm: found by this index, not a scan.
             db.execute("CREATE INDEX IF NOT EXISTS bills_unconfirmed ON bills(site) "
@@ -590,7 +594,8 @@ class Platform:
         self._waiting = {}             # request id -> future of the result
         self.stats = {"bill_messages": 0, "duplicates": 0, "confirms_sent": 0, "events": 0,
                       "bad_messages": 0, "refusals_sent": 0, "held": 0, "completed": 0,
-                      "conflicts": 0, "db_errors": 0, "not_owner": 0, "not_confirmed_lease": 0}
+                      "conflicts": 0, "db_errors": 0, "not_owner": 0, "not_confirmed_lease": 0,
+                      "duplicate_events": 0}
 
     # --- storage -----------------------------------------------------------
 
@@ -900,10 +905,17 @@ class Platform:
                 self.stats["not_owner"] += 1
                 return   # the site's owner stores it
             if "stored" not in done:
-                self.stats["events"] += 1
-                self.db.execute("INSERT INTO events (site, pile, kind, doc, at) VALUES (?,?,?,?,?)",
-                                (site, pile, event_kind(doc), payload.decode(errors="replace"),
-                                 time.time()))
+                # A copy of an event already stored (its PUBACK was lost, the
+                # bridge sent it again) is known by its event_id, in the
+                # database: across restarts and workers.
+                eid = doc.get("event_id") if isinstance(doc, dict) else None
+                if self.db.execute("INSERT OR IGNORE INTO events (site, pile, kind, doc, at, "
+                                   "event_id) VALUES (?,?,?,?,?,?)",
+                                   (site, pile, event_kind(doc), payload.decode(errors="replace"),
+                                    time.time(), eid if isinstance(eid, str) else None)).rowcount:
+                    self.stats["events"] += 1
+                else:
+                    self.stats["duplicate_events"] += 1
                 self.db.commit()
                 done["stored"] = True
             if isinstance(doc, dict) and doc.get("type") == "bill_extra_late":

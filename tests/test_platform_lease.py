@@ -252,3 +252,19 @@ def test_a_site_marked_free_by_another_worker_is_the_preferred_workers_at_once(t
     site = next(s for s in ("s%d" % i for i in range(50)) if a.preferred(s))
     assert b.token(site) is None
     assert a.token(site) == 1
+
+
+def test_an_event_sent_again_is_stored_once_even_by_another_worker(tmp_path):
+    # Duplicate detection in the database, not in a worker's memory: the
+    # bridge's event id names a copy whichever worker (or incarnation) gets it.
+    path = str(tmp_path / "p.db")
+    ev = {"type": "pile_online", "event_id": "t1-1796669000000-000001", "pile": PILE_A}
+    for worker in (P.Platform(db=path), P.Platform(db=path), P.Platform(db=path)):
+        asyncio.run(worker._on_message(None, "pc/t1/events/%s" % PILE_A, json.dumps(ev).encode()))
+        worker.leases.release()
+    c = sqlite3.connect(path)
+    try:
+        assert c.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 1
+    finally:
+        c.close()
+    assert worker.stats["duplicate_events"] == 1
