@@ -1,7 +1,7 @@
 # DL/T 645-2007 energy meter: frame codec, streaming frame reader, the
 # driver the pile uses (master), and a simulated meter (slave) that the
 # simulator and tests run the real driver against over an in-memory UART
-# (firmware/loopuart.py). MicroPython + CPython.
+# (sim/loopuart.py). MicroPython + CPython.
 #
 # Frame: [0..4 x FE] 68 A0..A5 68 C L D0..D(L-1) CS 16
 #   A0..A5  address, 6 bytes BCD, lowest byte first
@@ -578,7 +578,7 @@ class Dlt645Slave:
         self._more_pos = 0
 
     def attach(self, uart):
-        """Answer whatever arrives on uart (a firmware.loopuart.LoopUart end)
+        """Answer whatever arrives on uart (a sim.loopuart.LoopUart end)
         as soon as it arrives."""
         uart.on_receive = self.poll
         return self

@@ -389,7 +389,7 @@ class FirmwarePile:
 
     def __init__(self, root, master_fd, code, speed=60, soc=20, vin="LSVAU2180N2183294"):
         from firmware.pile import Pile
-        from firmware.sim import SimWorld
+        from sim.hardware import SimWorld
         from host.schema import local_secs
         from tests.mp.pilekit import tariff4
         self.root = root

@@ -6,7 +6,7 @@ import io
 import json
 
 from firmware.console import Console
-from firmware.loopuart import LoopUart
+from sim.loopuart import LoopUart
 from tests.mp.pilekit import Rig, serial
 from tests.mp.util import rmtree, tmpdir
 from tools import console as tool

@@ -31,7 +31,7 @@ HEADING = "## Journal"
 CI_CAP = "160K"      # test_journal's line in tools/mp_heapcap.sh
 # What the dual-interpreter journal tests import, precompiled for heap runs.
 MPY_SOURCES = ["firmware/__init__.py", "firmware/journal.py", "firmware/fsio.py", "firmware/outbox.py",
-               "firmware/flashsim.py", "tests/__init__.py", "tests/mp/__init__.py",
+               "sim/__init__.py", "sim/flash.py", "tests/__init__.py", "tests/mp/__init__.py",
                "tests/mp/util.py", "tests/mp/test_journal.py",
                "tools/__init__.py", "tools/bench_journal_core.py"]
 

@@ -15,7 +15,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from firmware.journal import Journal, RealFS, OVERHEAD  # noqa: E402
-from firmware.flashsim import FlashSim  # noqa: E402
+from sim.flash import FlashSim  # noqa: E402
 
 HEADER_BYTES = 64       # session header payload the charge control stores
 CHECKPOINT_BYTES = 32   # meter u40 + 5 period energies u32 + ticks u32 + 3

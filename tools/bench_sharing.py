@@ -1,6 +1,6 @@
 """Power-sharing benchmark: the firmware's allocator (firmware/sharing.py)
 and charge control (firmware/session.py Gun, one per gun) on simulated
-vehicles, meters and power outputs (firmware/sim.py), over thousands of
+vehicles, meters and power outputs (sim/hardware.py), over thousands of
 randomised arrivals and departures and randomised cap changes (the
 platform's 0x52 percentage, the site cap, module faults and repairs).
 
@@ -31,7 +31,7 @@ import time
 
 from firmware import session as S
 from firmware.sharing import Sharing, TICK_MS, allocate, gun_demand
-from firmware.sim import SimOutput, SimWorld
+from sim.hardware import SimOutput, SimWorld
 from firmware.tariff import Tariff
 from protocol import fields as F
 from protocol.reconcile import reconcile

@@ -6,7 +6,7 @@ reference platform (host/platform.py), with seeded random faults:
 
   power_cut        a pile loses power (mid-session or idle), back after a while
   flash_cut        the power goes while the journal writes: a PowerCut at a
-                   random byte of the pile's flash (firmware/flashsim.py),
+                   random byte of the pile's flash (sim/flash.py),
                    sometimes again during the recovery at the next boot
   reboot           the platform asks for a reboot (now / when idle) mid-session
   bridge_kill      the bridge is SIGKILLed and started again on its database
@@ -74,7 +74,7 @@ import time
 
 from firmware import journal as J
 from firmware import session as S
-from firmware.flashsim import FlashSim, PowerCut, SimFile
+from sim.flash import FlashSim, PowerCut, SimFile
 from host import cli
 from host.broker import NatsCluster, mosquitto_available
 from host.mqtt import stop_tasks

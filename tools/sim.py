@@ -1,5 +1,5 @@
 # pile-sim: the real pile firmware (firmware/pile.py) on simulated hardware
-# (firmware/sim.py), in simulated time, many piles in one process.
+# (sim/hardware.py), in simulated time, many piles in one process.
 #
 #   pile-sim scenario FILE [--json]      one scenario, no bridge: each pile talks
 #                                        to a built-in scripted platform over an
@@ -36,9 +36,9 @@ import threading
 import time
 
 from firmware import session as S
-from firmware.loopuart import LoopUart
+from sim.loopuart import LoopUart
 from firmware.pile import Pile
-from firmware.sim import SimWorld
+from sim.hardware import SimWorld
 from firmware.tariff import CLASSES, Tariff, TariffError
 from firmware.vinauth import CARD_FLEET, CARD_SITE_ADMIN, VinPolicy
 from host import cli

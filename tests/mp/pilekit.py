@@ -1,8 +1,8 @@
 # A pile running the real firmware on simulated hardware, wired to a scripted
 # platform end over an in-memory UART. Shared by dual-interpreter tests.
-from firmware.loopuart import LoopUart
+from sim.loopuart import LoopUart
 from firmware.pile import Pile
-from firmware.sim import SimOutput, SimWorld
+from sim.hardware import SimOutput, SimWorld
 from firmware.tariff import Tariff
 from protocol import codec
 from protocol import fields as F

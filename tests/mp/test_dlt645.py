@@ -5,7 +5,7 @@ import binascii
 
 from firmware import dlt645 as D
 from firmware.dlt645 import Dlt645Meter, Dlt645Slave, FrameReader
-from firmware.loopuart import LoopUart
+from sim.loopuart import LoopUart
 from firmware.errors import MeterError, MeterTimeout
 from tests.mp.util import raises
 
