@@ -53,7 +53,7 @@ def test_bridge_works_against_an_embedded_amqtt_broker():
 
     async def scenario(tmp):
         # amqtt inside this process, on this event loop: the zero-install broker,
-        # on port 0 (the port it got is read back, as host/broker.py's child does).
+        # on port 0 (the port it got is read back, as sim/brokers.py's child does).
         broker = Broker({
             "listeners": {"default": {"type": "tcp", "bind": "127.0.0.1:0"}},
             "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from firmware import journal as J
-from host.broker import mosquitto_available
+from sim.brokers import mosquitto_available
 from host.platform import Platform
 from tools import chaos
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from host.broker import amqtt_available, mosquitto_available
+from sim.brokers import amqtt_available, mosquitto_available
 from tools import demo
 
 

@@ -164,7 +164,7 @@ def test_the_outbox_forgets_the_payloads_of_confirmed_bills(mosquitto):
 
 # --- bounded fuzz runs (the documented run is in docs/fuzzing.md) -----------------------------
 
-from host import broker as _broker            # noqa: E402
+from sim import brokers as _broker            # noqa: E402
 from protocol import codec                    # noqa: E402
 from tools import fuzz                        # noqa: E402
 

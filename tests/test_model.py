@@ -119,7 +119,7 @@ def test_replay_refuses_a_step_the_model_does_not_allow_naming_it(replayer, even
 
 
 needs_mosquitto = pytest.mark.skipif(
-    not __import__("host.broker", fromlist=["x"]).mosquitto_available(),
+    not __import__("sim.brokers", fromlist=["x"]).mosquitto_available(),
     reason="mosquitto not installed (tools/setup.sh installs it)")
 
 

@@ -12,7 +12,7 @@ import os
 import sqlite3
 
 from host import platform as P
-from host.broker import NatsCluster
+from sim.brokers import NatsCluster
 from host.testkit import make_bill
 from protocol import codec
 from tests.test_bridge_custody import RawPile, _rows

@@ -14,7 +14,7 @@ import threading
 
 import pytest
 
-from host.broker import RefusedPort
+from sim.brokers import RefusedPort
 from protocol import codec
 from tools import sim, stack
 

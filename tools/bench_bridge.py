@@ -34,7 +34,7 @@ import time
 import aiomqtt
 
 from host import schema
-from host.broker import Mosquitto
+from sim.brokers import Mosquitto
 from host.mqtt import Background
 from host.store import Bill
 from host.testkit import PacedTransport, ScriptedPile, TcpTransport, make_bill, make_extra

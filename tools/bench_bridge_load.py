@@ -325,7 +325,7 @@ def write_section(path, text):
 
 
 async def _main(args):
-    from host.broker import Mosquitto
+    from sim.brokers import Mosquitto
     sizes = sorted({args.compare, args.piles}) if args.compare else [args.piles]
     raise_nofile(2 * max(sizes) + 256)     # this process's piles; the bridge inherits it
     broker = Mosquitto(verbose=False)

@@ -76,7 +76,7 @@ from firmware import journal as J
 from firmware import session as S
 from sim.flash import FlashSim, PowerCut, SimFile
 from host import cli
-from host.broker import NatsCluster, mosquitto_available
+from sim.brokers import NatsCluster, mosquitto_available
 from host.mqtt import stop_tasks
 from host import commands as CMD
 from host.testkit import TcpTransport, ThirdPartyPile, make_bill, make_extra, third_party_corpus

@@ -745,7 +745,7 @@ def _raise_nofile(want):
 
 
 def _start_broker():
-    from host.broker import Mosquitto
+    from sim.brokers import Mosquitto
     return Mosquitto(verbose=False).start()
 
 
