@@ -11,7 +11,7 @@ import pytest
 
 from host import store as storemod
 
-from host.testkit import ScriptedPile, TcpTransport, make_bill, make_extra
+from sim.testkit import ScriptedPile, TcpTransport, make_bill, make_extra
 from tests.test_bridge_helpers import (
     PILE_A, PILE_B, BridgeProcess, Platform, bridge_running, connect_pile, fast_config, fees_yuan,
     run, tempdir, until, url_of)

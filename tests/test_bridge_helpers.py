@@ -2,7 +2,7 @@
 # process or as a child process, a minimal platform (an MQTT client that
 # takes bills and confirms them), temp dirs and bounded waits. No tests here.
 #
-# The pile is host.testkit.ScriptedPile until the real firmware app lands;
+# The pile is sim.testkit.ScriptedPile until the real firmware app lands;
 # `connect_pile` is the one place that builds it, so swapping it is local.
 import asyncio
 import contextlib
@@ -22,7 +22,7 @@ import aiomqtt
 from host import bridge as bridgemod
 from host import config as configmod
 from host.mqtt import Background, stop_tasks
-from host.testkit import FdTransport, ScriptedPile, TcpTransport
+from sim.testkit import FdTransport, ScriptedPile, TcpTransport
 from host.topics import Topics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -6,7 +6,7 @@ import os
 
 from protocol import codec
 from protocol.reader import FrameReader
-from host.testkit import ScriptedPile, TcpTransport, make_bill, make_extra
+from sim.testkit import ScriptedPile, TcpTransport, make_bill, make_extra
 from tests.test_bridge_helpers import (
     PILE_A, PILE_B, BridgeProcess, Platform, bridge_running, connect_pile, fast_config, run,
     tempdir, until, url_of)

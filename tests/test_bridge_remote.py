@@ -550,7 +550,7 @@ def test_an_impostor_with_a_keyed_piles_code_neither_logs_in_nor_displaces_it(mo
     # the real pile's link and received its commands. A keyed pile now proves
     # its key at login (0xD6 challenge, 0xD7 proof); the impostor cannot, is
     # refused and closed, and the real pile keeps its link and its commands.
-    from host.testkit import ScriptedPile, TcpTransport
+    from sim.testkit import ScriptedPile, TcpTransport
 
     async def scenario(tmp, master, path):
         cfg, root = pty_setup(tmp, path, mosquitto, tcp={"listen": "127.0.0.1:0"},

@@ -3,7 +3,7 @@
 # one of them. And the bridge also runs against a pure-Python broker.
 import pytest
 
-from host.testkit import make_bill, make_extra
+from sim.testkit import make_bill, make_extra
 from host.topics import shared_bills
 from tests.test_bridge_helpers import (
     PILE_A, PILE_B, PILE_C, Platform, bridge_running, connect_pile, fast_config, fees_yuan, run,

@@ -355,7 +355,7 @@ def test_cli_names_a_dlt645_frame_with_a_bad_checksum(capsys):
 
 
 def test_cli_shows_a_third_party_bill_read_leniently_with_its_problems(capsys):
-    from host.testkit import third_party_bill
+    from sim.testkit import third_party_bill
     b = third_party_bill("55031412782399", 9, "not_bcd_gun")
     raw = codec.wrap(b["code"], b["body"]).hex().upper()
     assert cli.main(["decode", raw]) == 0

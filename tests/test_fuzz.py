@@ -142,7 +142,7 @@ def test_the_outbox_forgets_the_payloads_of_confirmed_bills(mosquitto):
     # The cache of published JSON payloads was keyed by (bill id, has 0xEB)
     # but pruned by bill id alone: every bill a pile ever sent stayed in
     # memory (~3 KB each), the bridge's RSS grew for ever (fuzz bridge-tcp).
-    from host.testkit import make_bill, make_extra
+    from sim.testkit import make_bill, make_extra
     from tests.test_bridge_helpers import (PILE_A, Platform, bridge_running, connect_pile,
                                            fast_config, tempdir, until, url_of)
 

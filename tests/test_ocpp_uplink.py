@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from host.testkit import make_bill, make_extra
+from sim.testkit import make_bill, make_extra
 from protocol import fields as F
 from tools.ocpp_csms import Csms
 from tests.test_bridge_durability import db_all

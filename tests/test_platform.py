@@ -16,7 +16,7 @@ import pytest
 from host import platform as P
 from host import schema
 from host.platform import BillKeys, Platform, PlatformError, reconcile
-from host.testkit import make_bill, make_extra
+from sim.testkit import make_bill, make_extra
 from protocol import codec
 from protocol.bill import payload as bill_payload, split as split_payload
 from protocol import sign

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from host.testkit import make_bill
+from sim.testkit import make_bill
 from protocol import codec
 from tests.test_bridge_custody import RawPile
 from tests.test_bridge_helpers import (PILE_A, Platform, bridge_running, fast_config, run, tempdir,

@@ -37,7 +37,7 @@ from host import schema
 from sim.brokers import Mosquitto
 from host.mqtt import Background
 from host.store import Bill
-from host.testkit import PacedTransport, ScriptedPile, TcpTransport, make_bill, make_extra
+from sim.testkit import PacedTransport, ScriptedPile, TcpTransport, make_bill, make_extra
 from host.topics import Topics
 from host import cli
 
@@ -295,7 +295,7 @@ def report(r):
         "",
         "Rerun: `python3 -m tools.bench_bridge --write` (tools/bench_bridge.py). Mosquitto %s on "
         "loopback, the bridge as its own process (SQLite WAL, synchronous=FULL), scripted piles "
-        "(host/testkit.py) and a platform consumer in the bench process; %s, %d CPU(s)."
+        "(sim/testkit.py) and a platform consumer in the bench process; %s, %d CPU(s)."
         % (r["mosquitto"], r["python"], r["cpus"]),
         "",
         "### Durable bills relayed",

@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 
-from host.testkit import ScriptedPile, TcpTransport, make_bill
+from sim.testkit import ScriptedPile, TcpTransport, make_bill
 from protocol import fields as F
 from tools.ocpp_csms import Csms
 

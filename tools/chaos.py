@@ -44,7 +44,7 @@ from the piles' flash and the platform's database (docs/chaos.md):
   mismatched    platform bills whose figures differ from the pile's sealed bill
   unconfirmed   bills still pending on a pile or unconfirmed at the bridge
 
-With --third-party N, N vendor piles (host.testkit.ThirdPartyPile: hex SIM,
+With --third-party N, N vendor piles (sim.testkit.ThirdPartyPile: hex SIM,
 swapped CRCs, V1.5, YKC's give-up-after-3-resends rule) run next to ours
 through the same faults, each sending the third-party bill corpus (every
 variant: 156-byte, V1.7 0x3D, meter 0 -> 0, non-BCD gun, ...). Their bills
@@ -79,7 +79,7 @@ from host import cli
 from sim.brokers import NatsCluster, mosquitto_available
 from host.mqtt import stop_tasks
 from host import commands as CMD
-from host.testkit import TcpTransport, ThirdPartyPile, make_bill, make_extra, third_party_corpus
+from sim.testkit import TcpTransport, ThirdPartyPile, make_bill, make_extra, third_party_corpus
 from protocol import codec
 from protocol import fields as F
 from protocol import sign
@@ -563,7 +563,7 @@ THIRD_PARTY_FIRST = 55990000000001      # pile codes of the vendor piles
 
 
 class ThirdPartyFleet:
-    """Vendor piles (host.testkit.ThirdPartyPile) beside our firmware piles,
+    """Vendor piles (sim.testkit.ThirdPartyPile) beside our firmware piles,
     each sending the third-party bill corpus over TCP to the bridge; after a
     dropped link (a killed bridge) a pile dials in again, logs in and goes
     on. A bill without a 0x40 after 3 resends is given up, as YKC says."""

@@ -1003,7 +1003,7 @@ class TcpFuzz:
             self.forgers.put_nowait(code)
 
     async def _forge(self, rng, code):
-        from host.testkit import make_bill
+        from sim.testkit import make_bill
         r, w = await self._connect()
         await self._send(w, self.login_frame(rng, code))
         v = make_bill(GOOD_PILE, rng.randrange(10000), when=1 + rng.randrange(10 ** 8))
@@ -1173,7 +1173,7 @@ class GoodPile:
         await self._task
 
     async def _run(self):
-        from host.testkit import ScriptedPile, TcpTransport, make_bill, make_extra
+        from sim.testkit import ScriptedPile, TcpTransport, make_bill, make_extra
         n = 0
         base = 800000000
         while not self.stop.is_set():
@@ -1565,7 +1565,7 @@ _ARGS_OF = {
 async def _fuzz_mqtt_commands(count, seed, case=None, window=100, rss_limit_mb=64, keep=False,
                               bridge_mqtt_delay_s=0):
     from host.commands import CODES
-    from host.testkit import ScriptedPile, TcpTransport
+    from sim.testkit import ScriptedPile, TcpTransport
     rep = Report("mqtt-commands", seed)
     tmp = tempfile.mkdtemp(prefix="pc-fuzz-mqtt-")
     broker = await asyncio.get_running_loop().run_in_executor(None, _start_broker)

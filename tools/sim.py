@@ -42,7 +42,7 @@ from sim.hardware import SimWorld
 from firmware.tariff import CLASSES, Tariff, TariffError
 from firmware.vinauth import CARD_FLEET, CARD_SITE_ADMIN, VinPolicy
 from host import cli
-from host.testkit import THIRD_PARTY_VARIANTS, TcpTransport, ThirdPartyPile, third_party_corpus
+from sim.testkit import THIRD_PARTY_VARIANTS, TcpTransport, ThirdPartyPile, third_party_corpus
 from protocol import codec
 from protocol import fields as F
 from protocol import reconcile as R
