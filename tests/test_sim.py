@@ -16,7 +16,9 @@ import pytest
 
 from sim.brokers import RefusedPort
 from protocol import codec
-from tools import sim, stack
+from sim import fleet as sim_fleet
+from sim import scenario as sim
+from tools import sim as sim_cli, stack
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCENARIOS = os.path.join(ROOT, "tools", "scenarios")
@@ -35,7 +37,7 @@ EXPECTED = {
 
 
 def _run_json(capsys, path):
-    rc = sim.main(["scenario", path, "--json"])
+    rc = sim_cli.main(["scenario", path, "--json"])
     out = capsys.readouterr().out
     return rc, json.loads(out)
 
@@ -121,7 +123,7 @@ def test_vin_refusal_stops_the_unknown_bus_and_flags_the_nameplate_mismatch(caps
 
 
 def test_table_output_lists_bills_and_verdict(capsys):
-    rc = sim.main(["scenario", os.path.join(SCENARIOS, "triple_stop.json")])
+    rc = sim_cli.main(["scenario", os.path.join(SCENARIOS, "triple_stop.json")])
     out = capsys.readouterr().out
     assert rc == 0
     assert "55031412782305012611241000000001" in out and "OK: 1 bills" in out
@@ -188,7 +190,7 @@ def _scenario_file(tmp_path, text):
      "energy price 0"),
 ])
 def test_bad_scenario_file_gives_one_line_error_and_nonzero_exit(tmp_path, capsys, text, words):
-    rc = sim.main(["scenario", _scenario_file(tmp_path, text), "--json"])
+    rc = sim_cli.main(["scenario", _scenario_file(tmp_path, text), "--json"])
     cap = capsys.readouterr()
     assert rc == 2 and cap.out == ""
     lines = cap.err.strip().split("\n")
@@ -196,7 +198,7 @@ def test_bad_scenario_file_gives_one_line_error_and_nonzero_exit(tmp_path, capsy
 
 
 def test_missing_scenario_file_is_an_error(capsys):
-    assert sim.main(["scenario", "/nonexistent/pile-sim.json"]) == 2
+    assert sim_cli.main(["scenario", "/nonexistent/pile-sim.json"]) == 2
     assert "No such file" in capsys.readouterr().err
 
 
@@ -204,7 +206,7 @@ def test_unmet_expectation_gives_nonzero_exit(tmp_path, capsys):
     with open(os.path.join(SCENARIOS, "triple_stop.json")) as f:
         d = json.load(f)
     d["expect"]["bills"] = 2
-    rc = sim.main(["scenario", _scenario_file(tmp_path, json.dumps(d)), "--json"])
+    rc = sim_cli.main(["scenario", _scenario_file(tmp_path, json.dumps(d)), "--json"])
     res = json.loads(capsys.readouterr().out)
     assert rc == 1 and not res["ok"] and "expected 2 bills, got 1" in res["problems"]
 
@@ -214,7 +216,7 @@ def test_unconfirmed_bill_is_reported_pending_not_lost(tmp_path, capsys):
         d = json.load(f)
     d["platform"] = {"confirm": False}
     d["expect"] = {"bills": 1}
-    rc = sim.main(["scenario", _scenario_file(tmp_path, json.dumps(d)), "--json"])
+    rc = sim_cli.main(["scenario", _scenario_file(tmp_path, json.dumps(d)), "--json"])
     res = json.loads(capsys.readouterr().out)
     assert rc == 0
     b = res["bills"][0]
@@ -317,7 +319,7 @@ def test_fleet_attaches_over_tcp_and_its_bills_are_confirmed(peer):
                      {"at": "20s", "pile": 0, "do": "card", "minutes": 2},
                      {"at": "30s", "pile": 1, "do": "card", "energy": "0.5"},
                      {"at": "1m", "pile": 1, "do": "stop", "note": "platform action: skipped"}]})
-    fleet = sim.SimFleet(("127.0.0.1", peer.port), speed=600, scenario=sc)
+    fleet = sim_fleet.SimFleet(("127.0.0.1", peer.port), speed=600, scenario=sc)
     try:
         fleet.start()
         assert fleet.wait(lambda f: f.stats()["settled"] == 2, timeout=30), fleet.stats()
@@ -337,7 +339,7 @@ def test_fleet_attaches_over_tcp_and_its_bills_are_confirmed(peer):
 
 
 def test_fleet_builtin_mix_runs_sessions_over_tcp(peer):
-    fleet = sim.SimFleet(("127.0.0.1", peer.port), piles=3, speed=2000, mix="cards", seed=3)
+    fleet = sim_fleet.SimFleet(("127.0.0.1", peer.port), piles=3, speed=2000, mix="cards", seed=3)
     try:
         fleet.start()
         assert fleet.wait(lambda f: f.stats()["settled"] >= 3, timeout=40), fleet.stats()
@@ -349,7 +351,7 @@ def test_fleet_builtin_mix_runs_sessions_over_tcp(peer):
 
 
 def test_fleet_reconnects_after_the_bridge_drops_the_connection(peer):
-    fleet = sim.SimFleet(("127.0.0.1", peer.port), piles=1, speed=600, mix="idle")
+    fleet = sim_fleet.SimFleet(("127.0.0.1", peer.port), piles=1, speed=600, mix="idle")
     try:
         fleet.start()
         assert peer.wait(lambda: len(peer.logins) >= 1, timeout=20)
@@ -400,7 +402,7 @@ def test_run_command_shuts_down_cleanly_on_sigterm(peer):
 
 
 def test_bad_bridge_address_is_a_one_line_error(capsys):
-    assert sim.main(["run", "--bridge", "nowhere", "--piles", "1"]) == 2
+    assert sim_cli.main(["run", "--bridge", "nowhere", "--piles", "1"]) == 2
     err = capsys.readouterr().err.strip().split("\n")
     assert len(err) == 1 and "HOST:PORT" in err[0]
 
@@ -432,7 +434,7 @@ def test_fleet_against_the_real_bridge_gets_its_bills_confirmed(tmp_path):
                           {"code": "55031412780202", "plugged": True}],
                 "timeline": [{"at": "1m", "pile": 0, "do": "card", "amount": "2.00"},
                              {"at": "1m", "pile": 1, "do": "card", "minutes": 3}]})
-            fleet = sim.SimFleet(("127.0.0.1", br.tcp_port), speed=600, scenario=sc)
+            fleet = sim_fleet.SimFleet(("127.0.0.1", br.tcp_port), speed=600, scenario=sc)
             fleet.start()
             assert fleet.wait(lambda f: f.stats()["confirmed"] == 2, timeout=30), fleet.stats()
             reasons = sorted(b["stop_reason_name"] for b in fleet.bills())
@@ -469,7 +471,7 @@ def test_fleet_on_ptys_gets_its_bills_confirmed_by_the_real_bridge_on_serial_lin
         "timeline": [{"at": "1m", "pile": 0, "do": "card", "amount": "2.00"},
                      {"at": "1m", "pile": 1, "do": "card", "minutes": 3},
                      {"at": "2m", "pile": 1, "do": "power_cut", "off": "30s"}]})
-    fleet = sim.SimFleet(None, speed=600, scenario=sc, link="pty",
+    fleet = sim_fleet.SimFleet(None, speed=600, scenario=sc, link="pty",
                          root=str(tmp_path / "piles"))
     try:
         ptys = fleet.ptys()
@@ -528,11 +530,11 @@ def test_run_pty_prints_one_pty_per_pile_and_the_pile_logs_in_on_it():
 
 def test_run_needs_a_bridge_or_ptys_and_not_both(capsys):
     with pytest.raises(SystemExit) as e:
-        sim.main(["run", "--piles", "1"])
+        sim_cli.main(["run", "--piles", "1"])
     assert e.value.code == 2
     assert "--bridge" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        sim.main(["run", "--pty", "--bridge", "127.0.0.1:1"])
+        sim_cli.main(["run", "--pty", "--bridge", "127.0.0.1:1"])
     assert "not allowed with" in capsys.readouterr().err
 
 
@@ -575,7 +577,7 @@ def test_reboot_now_and_when_idle_each_leave_exactly_one_bill():
 def test_every_start_refusal_reason_the_firmware_gives_has_a_name():
     # journal_full showed as code_10 (issue 12 item 7).
     from firmware import session as S
-    from tools import sim
+    from sim import scenario as sim
     codes = [getattr(S, n) for n in dir(S) if n.startswith("START_") and isinstance(getattr(S, n), int)]
     assert codes and all(not sim._start_reason(c).startswith("code_") for c in codes)
     assert sim._start_reason(S.START_JOURNAL_FULL) == "journal_full"

@@ -1,6 +1,6 @@
 """pile-chaos: try to lose, duplicate or garble a bill, and count.
 
-N simulated piles (the real firmware, tools/sim.py) x M sessions each,
+N simulated piles (the real firmware, sim/fleet.py) x M sessions each,
 through the real bridge (a child process), a real broker (Mosquitto) and the
 reference platform (host/platform.py), with seeded random faults:
 
@@ -84,7 +84,9 @@ from protocol import codec
 from protocol import fields as F
 from protocol import sign
 from protocol.bill import split as split_payload
-from tools import sim as SIM
+from sim import fleet as FLEET
+from sim import scenario as SIM
+from sim.links import TcpUart
 from tools import stack
 
 SITE = "chaos"
@@ -184,13 +186,13 @@ class _TapFile(SimFile):
 
 # --- the pile link, with noise ---------------------------------------------------
 
-class ChaosUart(SIM.TcpUart):
+class ChaosUart(TcpUart):
     """The pile's TCP link with frame faults in both directions: a frame is
     corrupted (one byte XORed: CRC-16 always catches it) or delivered twice.
     Nothing leaves a pile whose power is cut."""
 
     def __init__(self, unit, host, port, on_change):
-        SIM.TcpUart.__init__(self, host, port, on_change=on_change, retry_s=0.25)
+        TcpUart.__init__(self, host, port, on_change=on_change, retry_s=0.25)
         self.unit = unit
         self._in = bytearray()
         self._out = bytearray()
@@ -215,12 +217,12 @@ class ChaosUart(SIM.TcpUart):
         if self.unit.flash.cut:
             return len(b)              # the power is off: nothing is sent
         # The firmware writes one frame per call (firmware/link.py).
-        SIM.TcpUart.write(self, self._fault(bytes(b), "to_bridge"))
+        TcpUart.write(self, self._fault(bytes(b), "to_bridge"))
         return len(b)
 
     def read(self, n=256):
         if not self._out:
-            data = SIM.TcpUart.read(self, 4096)
+            data = TcpUart.read(self, 4096)
             if data:
                 self._in.extend(data)
                 self._split()
@@ -249,7 +251,7 @@ class ChaosUart(SIM.TcpUart):
     def _down(self):
         self._in = bytearray()
         self._out = bytearray()
-        SIM.TcpUart._down(self)
+        TcpUart._down(self)
 
     def cut(self):
         """Power cut: the bytes not yet on the wire are gone."""
@@ -504,15 +506,15 @@ class Driver:
         self.phase = "starting"
 
 
-class ChaosFleet(SIM.SimFleet):
+class ChaosFleet(FLEET.SimFleet):
     """SimFleet's loop (simulated time, one thread) over ChaosUnits, with a
     Driver per pile in place of the built-in session mix."""
 
     def __init__(self, h, piles, sessions, speed, root, seed):
-        SIM.SimFleet.__init__(self, h.bridge_addr, piles=0, speed=speed, mix="idle", root=root,
+        FLEET.SimFleet.__init__(self, h.bridge_addr, piles=0, speed=speed, mix="idle", root=root,
                               seed=seed)
-        start = SIM._local_now()
-        tariff = SIM.default_tariff()
+        start = FLEET._local_now()
+        tariff = FLEET.default_tariff()
         rnd = random.Random(seed)
         self.drivers = []
         for i in range(piles):

@@ -42,7 +42,8 @@ from firmware.vinauth import STOP_VIN_DENIED
 from host import cli
 from host.mqtt import stop_tasks
 from protocol.fields import PERIODS5
-from tools import sim as SIM
+from sim.fleet import SimFleet
+from sim.scenario import parse_scenario
 from tools import stack
 
 SITE = "demo"
@@ -119,8 +120,8 @@ class Demo:
 
     def start_fleet(self):
         with open(os.path.join(_HERE, "scenarios", "demo.json")) as f:
-            sc = SIM.parse_scenario(json.load(f), "demo")
-        self.fleet = SIM.SimFleet(("127.0.0.1", self.tcp_port), speed=self.speed, scenario=sc,
+            sc = parse_scenario(json.load(f), "demo")
+        self.fleet = SimFleet(("127.0.0.1", self.tcp_port), speed=self.speed, scenario=sc,
                                   root=os.path.join(self.dir, "piles"))
         self.codes = [u.code for u in self.fleet.units]
         self.fleet.start()

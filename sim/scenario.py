@@ -1,0 +1,970 @@
+# Scenarios for simulated piles (docs/scenarios.md): the real pile firmware
+# (firmware/pile.py) on simulated hardware (sim/hardware.py), in simulated
+# time, many piles in one process, each talking to a built-in scripted
+# platform over an in-memory UART. The front end is `pile-sim scenario FILE`
+# (tools/sim.py); the fleet that dials in to a bridge is sim/fleet.py.
+#
+#   result = run_scenario(load_scenario("tools/scenarios/triple_stop.json"))
+#
+# Scenario files are JSON (docs/scenarios.md). Money and energy in them are
+# decimal strings ("1.00" yuan, "0.1" kWh) parsed exactly to the protocol's
+# integers: no float ever touches a figure (docs/CONVENTIONS.md).
+import json
+import os
+import re
+import shutil
+import tempfile
+
+from firmware import session as S
+from firmware.pile import Pile
+from firmware.tariff import CLASSES, Tariff, TariffError
+from firmware.vinauth import CARD_FLEET, CARD_SITE_ADMIN, VinPolicy
+from protocol import codec
+from protocol import fields as F
+from protocol import reconcile as R
+from sim.hardware import SimWorld
+from sim.links import PtyUart, TcpUart
+from sim.loopuart import LoopUart
+
+DEFAULT_PILE = "55031412782305"
+DEFAULT_CARD = "D14B0A54"
+DEFAULT_LOGICAL = "1000000573"
+_SETTLE_CAP_MS = 4 * 3600 * 1000   # after the timeline: at most this long to go quiet
+_DEFAULT_TAIL_MS = 10 * 60 * 1000  # simulated after the last action by default
+_STEP_CAP_MS = 1000
+
+STOP_NAMES = {
+    0x40: "remote", 0x41: "soc", 0x42: "energy_target", 0x43: "amount_target",
+    0x44: "time_target", 0x45: "manual", 0x4A: "start_failed_control",
+    0x4B: "start_failed_pilot", 0x4D: "start_failed_meter", 0x4E: "start_failed_balance",
+    0x56: "start_failed_contactor", 0x6B: "unplugged", 0x6D: "meter_lost",
+    0x6E: "balance_exhausted", 0x76: "no_current", 0x83: "power_loss",
+    0x8A: "vin_denied", 0x8B: "vin_missing", 0x90: "unknown",
+}
+# 0x33 refusal reasons by name: YKC's 0..5 and ours (firmware/session.py
+# START_JOURNAL_FULL 0x0A, START_SERIAL_USED 0x0C); docs/scenarios.md.
+START_REASONS = {0: "none", 1: "wrong_pile", 2: "busy", 3: "fault", 4: "offline", 5: "not_plugged",
+                 0x0A: "journal_full", 0x0C: "serial_used"}
+
+
+class ScenarioError(ValueError):
+    """A scenario that cannot be run; the message names the field at fault."""
+
+
+# --- exact parsing ---------------------------------------------------------------
+
+class _JsonNumber(str):
+    """A JSON number with a fraction, kept as its literal text (never a float)."""
+
+
+_DEC = re.compile(r"^(\d+)(?:\.(\d*))?$")
+_DUR = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+)ms)?$")
+
+
+def parse_decimal(value, places, what):
+    """Exact decimal -> integer in units of 10^-places: ("1.00", 4) -> 10000,
+    ("0.1", 4) -> 1000. Accepts int, decimal str; refuses floats, negative
+    numbers, exponents and more fractional digits than the unit resolves."""
+    if isinstance(value, bool) or isinstance(value, float):
+        raise ScenarioError("%s: %r: give money and energy as a decimal string (\"1.00\")"
+                            % (what, value))
+    if isinstance(value, int):
+        if value < 0:
+            raise ScenarioError("%s: %d is negative" % (what, value))
+        return value * 10 ** places
+    if not isinstance(value, str):
+        raise ScenarioError("%s: %r is not a decimal number" % (what, value))
+    m = _DEC.match(value.strip())
+    if not m:
+        raise ScenarioError("%s: %r is not a decimal number like \"1.00\"" % (what, str(value)))
+    whole, frac = m.group(1), (m.group(2) or "")
+    if len(frac) > places:
+        if frac[places:].strip("0"):
+            raise ScenarioError("%s: %r has more than %d decimal places (the unit's resolution)"
+                                % (what, str(value), places))
+        frac = frac[:places]
+    return int(whole) * 10 ** places + int(frac.ljust(places, "0") or "0")
+
+
+def yuan_e4(v, what="amount"):
+    return parse_decimal(v, 4, what + " (yuan)")
+
+
+def kwh_e4(v, what="energy"):
+    return parse_decimal(v, 4, what + " (kWh)")
+
+
+def balance_e2(v, what="balance"):
+    return parse_decimal(v, 2, what + " (yuan)")
+
+
+def parse_int(v, what, lo=0, hi=None):
+    if isinstance(v, str) and v.strip().isdigit():
+        v = int(v.strip())
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ScenarioError("%s: %r is not a whole number" % (what, v))
+    if v < lo or (hi is not None and v > hi):
+        raise ScenarioError("%s: %d is outside %d..%s" % (what, v, lo, hi if hi is not None else "")
+                            )
+    return v
+
+
+def parse_duration_ms(v, what="at"):
+    """Seconds (int or decimal string) or "1h30m", "10m", "90s", "1.5s", "500ms"."""
+    if isinstance(v, bool):
+        raise ScenarioError("%s: %r is not a duration" % (what, v))
+    if isinstance(v, int) or (isinstance(v, str) and _DEC.match(v.strip())):
+        return parse_decimal(v, 3, what + " (seconds)")
+    if isinstance(v, str):
+        s = v.strip().replace(" ", "")
+        m = _DUR.match(s)
+        if s and m and any(m.groups()):
+            h, mi, sec, ms = m.groups()
+            return ((int(h or 0) * 60 + int(mi or 0)) * 60000
+                    + parse_decimal(sec or "0", 3, what) + int(ms or 0))
+    raise ScenarioError("%s: %r is not a duration (seconds, or like \"1h30m\", \"10m\", \"90s\")"
+                        % (what, v))
+
+
+_WALL = re.compile(r"^(\d{4})-(\d\d)-(\d\d)[T ](\d\d):(\d\d)(?::(\d\d))?$")
+
+
+def parse_wall(v, what="start"):
+    """"2026-11-24T10:00[:00]" local time -> seconds since 2000-01-01."""
+    m = _WALL.match(str(v).strip()) if isinstance(v, str) else None
+    if not m:
+        raise ScenarioError("%s: %r is not a local time like \"2026-11-24T10:00:00\"" % (what, v))
+    y, mo, d, h, mi = [int(x) for x in m.groups()[:5]]
+    s = int(m.group(6) or 0)
+    if not (2000 <= y <= 2099 and 1 <= mo <= 12 and 1 <= d <= 31 and h < 24 and mi < 60 and s < 60):
+        raise ScenarioError("%s: %r is out of range" % (what, v))
+    return F.to_secs(y, mo, d, h, mi, s)
+
+
+def _digits(v, n, what):
+    if not isinstance(v, str) or len(v) != n or not v.isdigit():
+        raise ScenarioError("%s: %r is not %d digits" % (what, v, n))
+    return v
+
+
+def _class_no(v, n, what):
+    if isinstance(v, str) and v in CLASSES[:n]:
+        return CLASSES.index(v)
+    if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < n:
+        return v
+    raise ScenarioError("%s: %r is not a price class (%s or 0..%d)"
+                        % (what, v, ", ".join(CLASSES[:n]), n - 1))
+
+
+def _hhmm_slot(v, what):
+    m = re.match(r"^(\d\d):(00|30)$", str(v))
+    if not m or int(m.group(1)) > 24 or (m.group(1) == "24" and m.group(2) != "00"):
+        raise ScenarioError("%s: %r is not a half-hour boundary like \"07:30\"" % (what, v))
+    return int(m.group(1)) * 2 + (1 if m.group(2) == "30" else 0)
+
+
+def parse_tariff(t):
+    """The scenario's tariff object -> firmware.tariff.Tariff."""
+    if not isinstance(t, dict):
+        raise ScenarioError("tariff: an object is needed")
+    prices = t.get("prices")
+    if isinstance(prices, dict):
+        bad = [k for k in prices if k not in CLASSES]
+        if bad:
+            raise ScenarioError("tariff.prices: unknown class %r" % bad[0])
+        n = 5 if "deep" in prices else 4
+        plist = []
+        for c in CLASSES[:n]:
+            plist.append(prices.get(c))
+    elif isinstance(prices, list):
+        plist = prices
+        n = len(plist)
+    else:
+        raise ScenarioError("tariff.prices: a list of 4 or 5 [energy, service] pairs, or an "
+                            "object by class name, is needed")
+    if n not in (4, 5):
+        raise ScenarioError("tariff.prices: %d classes given, 4 or 5 expected" % n)
+    out = []
+    for i, p in enumerate(plist):
+        what = "tariff.prices.%s" % CLASSES[i]
+        if p is None:
+            out.append(None)
+            continue
+        if not isinstance(p, list) or len(p) != 2:
+            raise ScenarioError("%s: [energy price, service price] expected" % what)
+        # Prices are integers in x10^5 yuan/kWh; a decimal string is read as yuan/kWh.
+        out.append(tuple(parse_decimal(x, 5, what + " (yuan/kWh)") if isinstance(x, str)
+                         else parse_int(x, what + " (x10^5 yuan/kWh)") for x in p))
+    slots = t.get("slots")
+    if isinstance(slots, list) and slots and isinstance(slots[0], dict):
+        cls = [None] * 48
+        for j, r in enumerate(slots):
+            w = "tariff.slots[%d]" % j
+            a, b = _hhmm_slot(r.get("from"), w + ".from"), _hhmm_slot(r.get("to"), w + ".to")
+            c = _class_no(r.get("class"), n, w + ".class")
+            # [from, to), wrapping past midnight when to <= from ("24:00" is 48)
+            for k in range((b - a) % 48 or 48):
+                cls[(a + k) % 48] = c
+        if None in cls:
+            i = cls.index(None)
+            raise ScenarioError("tariff.slots: the half hour from %02d:%02d has no class"
+                                % (i // 2, 30 * (i % 2)))
+        slots = cls
+    elif isinstance(slots, list):
+        if len(slots) != 48:
+            raise ScenarioError("tariff.slots: %d given, 48 half-hour slots expected" % len(slots))
+        slots = [_class_no(c, n, "tariff.slots[%d]" % i) for i, c in enumerate(slots)]
+    else:
+        raise ScenarioError("tariff.slots: 48 classes, or ranges "
+                            "[{\"from\": \"00:00\", \"to\": \"08:00\", \"class\": \"valley\"}]")
+    try:
+        return Tariff(str(t.get("model", "0001")), out, slots,
+                      parse_int(t.get("loss_ratio", 0), "tariff.loss_ratio", 0, 100),
+                      bool(t.get("free", False)))
+    except TariffError as e:
+        raise ScenarioError("tariff: %s" % e)
+
+
+def parse_vin_policy(v):
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        raise ScenarioError("vin_policy: an object is needed")
+    pol = VinPolicy()
+    try:
+        for vin, dept in (v.get("vins") or {}).items():
+            pol.add_vin(vin, dept)
+        for dept, on in (v.get("departments") or {}).items():
+            pol.set_department(dept, bool(on))
+        for card, c in (v.get("cards") or {}).items():
+            kind = {"fleet": CARD_FLEET, "site_admin": CARD_SITE_ADMIN}.get(c.get("kind"))
+            if kind is None:
+                raise ScenarioError("vin_policy.cards.%s.kind: \"fleet\" or \"site_admin\"" % card)
+            pol.set_card(card, kind, c.get("department", ""), c.get("nameplate", ""))
+    except (ValueError, AttributeError) as e:
+        if isinstance(e, ScenarioError):
+            raise
+        raise ScenarioError("vin_policy: %s" % e)
+    return pol
+
+
+# --- the scenario model --------------------------------------------------------------
+
+ACTIONS = ("plug", "unplug", "start", "stop", "stop_button", "card", "power_cut",
+           "meter_fault", "reboot", "outage")
+PLATFORM_ACTIONS = ("start", "stop", "reboot", "outage")  # need the scripted platform
+
+
+def _targets(a, what):
+    t = {}
+    if "amount" in a:
+        t["amount"] = yuan_e4(a["amount"], what + ".amount")
+    if "energy" in a:
+        t["energy"] = kwh_e4(a["energy"], what + ".energy")
+    if "minutes" in a:
+        t["minutes"] = parse_int(a["minutes"], what + ".minutes", 1, 65535)
+    if "soc" in a:
+        t["soc"] = parse_int(a["soc"], what + ".soc", 1, 100)
+    return t
+
+
+def _action(a, i, piles):
+    what = "timeline[%d]" % i
+    if not isinstance(a, dict):
+        raise ScenarioError("%s: an object is needed" % what)
+    do = a.get("do")
+    if do not in ACTIONS:
+        raise ScenarioError("%s.do: %r is not one of %s" % (what, do, ", ".join(ACTIONS)))
+    known = {"at", "do", "pile", "note", "serial", "card", "logical_card", "balance", "amount",
+             "energy", "minutes", "soc", "times", "when", "for", "off", "silent_reads",
+             "backwards", "vehicle"}
+    extra = [k for k in a if k not in known]
+    if extra:
+        raise ScenarioError("%s: unknown key %r" % (what, extra[0]))
+    p = a.get("pile", piles[0]["code"])
+    codes = [x["code"] for x in piles]
+    if isinstance(p, int) and not isinstance(p, bool) and 0 <= p < len(piles):
+        p = codes[p]
+    if p not in codes:
+        raise ScenarioError("%s.pile: %r is not a pile of the scenario" % (what, p))
+    out = {"at": parse_duration_ms(a.get("at", 0), what + ".at"), "do": do, "pile": p,
+           "note": a.get("note", ""), "index": i}
+    if do == "start":
+        if "serial" in a:
+            out["serial"] = _digits(a["serial"], 32, what + ".serial")
+        out["card"] = a.get("card", DEFAULT_CARD)
+        lc = a.get("logical_card", DEFAULT_LOGICAL)
+        if not isinstance(lc, str) or not lc.isdigit() or len(lc) > 16:
+            raise ScenarioError("%s.logical_card: %r is not up to 16 digits" % (what, lc))
+        out["logical_card"] = lc
+        card = out["card"]
+        if not isinstance(card, str) or not re.match(r"^[0-9A-Fa-f]{1,16}$", card):
+            raise ScenarioError("%s.card: %r is not up to 16 hex digits" % (what, card))
+        out["balance"] = balance_e2(a.get("balance", "1000.00"), what + ".balance")
+        out["targets"] = _targets(a, what)
+    elif do == "card":
+        out["card"] = a.get("card", DEFAULT_CARD)
+        out["balance"] = balance_e2(a["balance"], what + ".balance") if "balance" in a else None
+        out["targets"] = _targets(a, what)
+    elif do == "stop":
+        out["times"] = parse_int(a.get("times", 1), what + ".times", 1, 100)
+    elif do == "power_cut":
+        out["off"] = parse_duration_ms(a.get("off", "30s"), what + ".off")
+    elif do == "meter_fault":
+        if "silent_reads" in a:
+            out["silent_reads"] = parse_int(a["silent_reads"], what + ".silent_reads", 1)
+        elif "backwards" in a:
+            out["backwards"] = kwh_e4(a["backwards"], what + ".backwards")
+        else:
+            raise ScenarioError("%s: meter_fault needs \"silent_reads\": N or "
+                                "\"backwards\": \"0.05\" (kWh)" % what)
+    elif do == "reboot":
+        w = a.get("when", "now")
+        if w not in ("now", "idle"):
+            raise ScenarioError("%s.when: \"now\" or \"idle\"" % what)
+        out["when"] = 1 if w == "now" else 2
+    elif do == "outage":
+        out["for"] = parse_duration_ms(a.get("for"), what + ".for")
+    elif do == "plug" and "vehicle" in a:
+        out["vehicle"] = _vehicle(a["vehicle"], what + ".vehicle")
+    return out
+
+
+def _vehicle(v, what):
+    if not isinstance(v, dict):
+        raise ScenarioError("%s: an object is needed" % what)
+    out = {}
+    if "capacity" in v:
+        out["capacity_wh"] = kwh_e4(v["capacity"], what + ".capacity") // 10  # e4kWh -> Wh
+    if "soc" in v:
+        out["soc"] = parse_int(v["soc"], what + ".soc", 0, 100)
+    if "vin" in v:
+        vin = v["vin"]
+        if vin is not None and (not isinstance(vin, str) or len(vin) != 17):
+            raise ScenarioError("%s.vin: %r is not 17 characters" % (what, vin))
+        out["vin"] = vin
+    if "max_power_w" in v:
+        out["max_power_w"] = parse_int(v["max_power_w"], what + ".max_power_w", 1)
+    return out
+
+
+def parse_scenario(d, name="scenario"):
+    """A scenario dict (as loaded from JSON) -> the runnable form. Raises
+    ScenarioError naming the first field at fault."""
+    if not isinstance(d, dict):
+        raise ScenarioError("the scenario must be a JSON object")
+    known = {"name", "description", "start", "tariff", "piles", "platform", "vin_policy",
+             "timeline", "end", "expect"}
+    extra = [k for k in d if k not in known]
+    if extra:
+        raise ScenarioError("unknown key %r (known: %s)" % (extra[0], ", ".join(sorted(known))))
+    sc = {"name": d.get("name", name), "description": d.get("description", "")}
+    sc["start"] = parse_wall(d.get("start", "2026-11-24T10:00:00"))
+    sc["tariff"] = parse_tariff(d.get("tariff"))
+    raw = d.get("piles") or [{}]
+    if not isinstance(raw, list):
+        raise ScenarioError("piles: a list is needed")
+    piles = []
+    for i, p in enumerate(raw):
+        what = "piles[%d]" % i
+        if not isinstance(p, dict):
+            raise ScenarioError("%s: an object is needed" % what)
+        code = _digits(p.get("code", DEFAULT_PILE if i == 0 else "%014d" % (55031412782305 + i)),
+                       14, what + ".code")
+        veh = {"capacity_wh": 60000, "soc": 20, "vin": None, "max_power_w": 250000}
+        veh.update(_vehicle(p.get("vehicle", {}), what + ".vehicle"))
+        piles.append({"code": code,
+                      "power_w": parse_int(p.get("power_w", 60000), what + ".power_w", 1),
+                      "meter_start": kwh_e4(p.get("meter_start", "0"), what + ".meter_start"),
+                      "plugged": bool(p.get("plugged", False)), "vehicle": veh})
+    if len(set(p["code"] for p in piles)) != len(piles):
+        raise ScenarioError("piles: two piles have the same code")
+    sc["piles"] = piles
+    plat = d.get("platform", {}) or {}
+    sc["confirm"] = bool(plat.get("confirm", True))
+    sc["settle"] = bool(plat.get("settle", True))
+    sc["vin_policy"] = d.get("vin_policy")
+    parse_vin_policy(sc["vin_policy"])  # validated now; built per pile (each keeps its own)
+    tl = d.get("timeline", [])
+    if not isinstance(tl, list):
+        raise ScenarioError("timeline: a list of actions is needed")
+    acts = [_action(a, i, piles) for i, a in enumerate(tl)]
+    acts.sort(key=lambda a: (a["at"], a["index"]))
+    sc["timeline"] = acts
+    last = acts[-1]["at"] if acts else 0
+    sc["end"] = parse_duration_ms(d["end"], "end") if "end" in d else last + _DEFAULT_TAIL_MS
+    sc["expect"] = d.get("expect", {})
+    return sc
+
+
+def load_scenario(path):
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as e:
+        raise ScenarioError("%s: %s" % (path, e.strerror or e))
+    try:
+        d = json.loads(text, parse_float=_JsonNumber)
+    except ValueError as e:
+        raise ScenarioError("%s: not valid JSON: %s" % (path, e))
+    return parse_scenario(d, os.path.splitext(os.path.basename(path))[0])
+
+
+# --- the scripted platform ---------------------------------------------------------------
+
+class ScriptedPlatform:
+    """The platform end of one pile's link: answers login, heartbeats and the
+    tariff check; confirms (0x40) and settles (0xE4) every bill; sends what the
+    timeline asks. During an outage it reads nothing and answers nothing."""
+
+    def __init__(self, uart, clock, confirm=True, settle=True):
+        self.uart = uart
+        self.clock = clock
+        self.reader = codec.FrameReader()
+        self.frames = []          # (ticks, frame) received
+        self.confirm = confirm
+        self.settle = settle
+        self.seq = 0x100
+        self.outage_until = None  # ticks
+        self.lost = 0             # frames dropped by an outage
+
+    def new_link(self, uart):
+        """The pile rebooted: a fresh connection (its half-read frame is gone)."""
+        self.uart = uart
+        self.reader = codec.FrameReader()
+
+    def in_outage(self):
+        if self.outage_until is None:
+            return False
+        if self.clock.ticks_ms() >= self.outage_until:
+            self.outage_until = None
+            return False
+        return True
+
+    def send(self, name, values, seq=None):
+        if self.in_outage():
+            return False
+        if seq is None:
+            self.seq = (self.seq + 1) & 0xFFFF
+            seq = self.seq
+        self.uart.write(codec.encode(name, values, seq))
+        return True
+
+    def pump(self):
+        data = self.uart.read(4096)
+        if not data:
+            return []
+        if self.in_outage():
+            self.lost += 1
+            return []
+        out = []
+        for f in self.reader.push(data):
+            if not isinstance(f, codec.Frame):
+                continue
+            self.frames.append((self.clock.ticks_ms(), f))
+            out.append(f)
+            self._answer(f)
+        return out
+
+    def _answer(self, f):
+        v = f.fields
+        n = f.name
+        if n == "login":
+            self.send("login_reply", {"pile": v["pile"], "result": 0}, codec.reply_seq(f))
+        elif n == "heartbeat":
+            self.send("heartbeat_reply", {"pile": v["pile"], "gun": v["gun"], "reply": 0},
+                      codec.reply_seq(f))
+        elif n == "tariff_check":
+            self.send("tariff_check_reply", {"pile": v["pile"], "model": v["model"], "result": 0},
+                      codec.reply_seq(f))
+        elif n in ("bill", "bill5") and self.confirm:
+            self.send("bill_confirm", {"serial": v["serial"], "result": 0}, codec.reply_seq(f))
+            if self.settle:
+                self.send("settled", {"serial": v["serial"], "result": 0})
+        elif n == "bill_extra" and self.confirm:
+            self.send("bill_extra_ack", {"serial": v["serial"], "result": 0}, codec.reply_seq(f))
+
+    def named(self, *names):
+        return [f for _, f in self.frames if f.name in names]
+
+
+# --- one simulated pile ----------------------------------------------------------------------
+
+class _SimPile(Pile):
+    """The firmware's Pile, unchanged, with its bills and events copied out as
+    they are sealed (the result lists what the pile sealed, not what arrived)."""
+
+    def __init__(self, unit, *a, **kw):
+        self._unit = unit
+        Pile.__init__(self, *a, **kw)
+
+    def event(self, kind, detail=""):
+        Pile.event(self, kind, detail)
+        self._unit.record("pile_event", name=kind, detail=str(detail))
+
+    def _on_seal(self, serial, bill):
+        Pile._on_seal(self, serial, bill)
+        self._unit.sealed(serial, bill, "live")
+
+    def _rebuild(self, serial, header, checkpoint):
+        bill = S.rebuild_bill(header, checkpoint)
+        self._unit.sealed(serial, bill, "power_cut_rebuild")
+        return Pile._rebuild(self, serial, header, checkpoint)
+
+
+class SimUnit:
+    """One pile: world (clock, meter, vehicle, contactor), flash folder, a
+    Pile on it (replaced on a power cut or reboot), and its link: a scripted
+    platform (scenario mode), a TCP connection or a pty (fleet mode)."""
+
+    def __init__(self, code, root, start_secs, tariff, power_w=60000, vehicle=None,
+                 meter_start=0, plugged=False, vin_policy=None, link="loop", confirm=True,
+                 settle=True, tcp=None, record=None, fs=None, console=False, pin=None):
+        veh = vehicle or {}
+        self.code = code
+        self.root = root
+        os.makedirs(root, exist_ok=True)
+        self.world = SimWorld(now=start_secs, pile_max_w=power_w,
+                              capacity_wh=veh.get("capacity_wh", 60000), soc=veh.get("soc", 20),
+                              vin=veh.get("vin"), vehicle_max_w=veh.get("max_power_w", 250000),
+                              meter_start=meter_start, plugged=plugged)
+        self.cfg = {"pile": code, "gun": "01", "tariff": tariff, "hmi_version": "sim",
+                    "vin_policy": vin_policy}
+        if pin:
+            self.cfg["pin"] = pin
+        # The technician console (firmware/console.py) on a pty of its own:
+        # the USB-serial cable's end for pile-console. It outlives reboots
+        # and power cuts, as the cable does; a new boot prints a new banner.
+        self.console_uart = PtyUart() if console else None
+        self.link_kind = link
+        self.tcp = tcp
+        self.fs = fs              # the journal's flash (None: files under root)
+        self._record = record
+        self.platform = None
+        self.pile = None
+        self.uart = None
+        self.down_until = None    # ticks: powered off until then
+        self.bills = {}           # serial -> (bill dict, how)
+        self.executed = []        # serials of executed starts
+        self.reboots = 0
+        self.power_cuts = 0
+        self.counter = 0
+        self._confirm = confirm
+        self._settle = settle
+        self.boot()
+
+    @property
+    def clock(self):
+        return self.world.clock
+
+    def record(self, what, **kw):
+        if self._record is not None:
+            self._record(self, what, kw)
+
+    def sealed(self, serial, bill, how):
+        if serial not in self.bills:
+            self.bills[serial] = (dict(bill), how)
+
+    def boot(self):
+        if self.link_kind == "loop":
+            a, b = LoopUart.pair()
+            if self.platform is None:
+                self.platform = ScriptedPlatform(b, self.clock, self._confirm, self._settle)
+            else:
+                self.platform.pump()  # what the pile wrote before the reset still arrives
+                self.platform.new_link(b)
+            self.uart = a
+        elif self.link_kind == "pty":
+            # The line outlives the pile: a reboot or power cut keeps the
+            # pty (the bridge holds its path open); what the bridge sent
+            # while the pile was off is not there for the new boot to read.
+            if self.uart is None:
+                self.uart = PtyUart()
+            self.uart.drain()
+        else:
+            if self.uart is not None:
+                self.uart.close()
+            self.uart = self.new_uart()
+        self.pile = _SimPile(self, self.cfg, self.root, self.clock, self.uart, self.world.meter,
+                             self.world.contactor, self.world.vehicle, fs=self.fs,
+                             reboot=self._reboot_hook)
+        if self.console_uart is not None:
+            from firmware.console import Console
+            self.pile.console = Console(self.pile, self.console_uart)
+
+    def new_uart(self):
+        """The TCP link of a fresh boot (tools/chaos.py puts faults in it)."""
+        return TcpUart(self.tcp[0], self.tcp[1], on_change=self._link_changed)
+
+    def _link_changed(self, up):
+        if self.pile is not None:
+            self.pile.link.go_offline("tcp connected" if up else "tcp connection lost")
+
+    def _reboot_hook(self):
+        self.reboots += 1
+        self.world.contactor.open()
+        self.boot()
+        self.record("reboot", boot_reason=self.pile.boot_reason)
+
+    def power_cut(self, off_ms):
+        self.power_cuts += 1
+        self.world.contactor.open()   # the relay drops with the power
+        if self.platform is not None:
+            self.platform.pump()
+        if self.uart is not None and self.link_kind == "tcp":
+            self.uart.close()
+        self.pile = None
+        self.down_until = self.clock.ticks_ms() + off_ms
+
+    def poll(self):
+        """Run the pile (and its scripted platform); ms until it wants to run."""
+        if self.pile is None:
+            if self.clock.ticks_ms() < self.down_until:
+                return self.down_until - self.clock.ticks_ms()
+            self.down_until = None
+            self.boot()
+            self.record("power_on", recovered=list(self.pile.recovered))
+        d = self.pile.poll()
+        if self.platform is not None:
+            for f in self.platform.pump():
+                self._watch(f)
+        return d
+
+    def _watch(self, f):
+        v = f.fields
+        if f.name == "remote_start_reply":
+            ok = v["result"] == 1
+            if ok:
+                if v["serial"] not in self.executed:
+                    self.executed.append(v["serial"])
+            self.record("start_reply", serial=v["serial"], result=v["result"], reason=v["reason"],
+                        reason_name=_start_reason(v["reason"]))
+        elif f.name == "remote_stop_reply":
+            self.record("stop_reply", result=v["result"], reason=v["reason"])
+        elif f.name == "reboot_reply":
+            self.record("reboot_reply", result=v["result"])
+        elif f.name == "login":
+            self.record("login")
+
+    # --- actions (the timeline's verbs) -----------------------------------------
+
+    def new_serial(self):
+        self.counter += 1
+        y, mo, d, h, mi, s, _ = F.to_civil(self.clock.now())
+        return "%s01%02d%02d%02d%02d%02d%02d%04d" % (self.code, y % 100, mo, d, h, mi, s,
+                                                     self.counter % 10000)
+
+    def act(self, a):
+        do = a["do"]
+        if self.pile is None and do not in ("plug", "unplug"):
+            self.record("skipped", action=do, why="the pile is powered off")
+            return
+        w = self.world
+        if do == "plug":
+            veh = a.get("vehicle")
+            if veh:
+                set_vehicle(w.vehicle, **veh)
+            w.vehicle.plugged = True
+        elif do == "unplug":
+            w.vehicle.plugged = False
+        elif do == "stop_button":
+            self.record("stop_button", stopped=self.pile.gun.manual_stop())
+        elif do == "card":
+            t = a.get("targets", {})
+            gun = self.pile.gun
+            res, why = gun.offline_start(a.get("card", DEFAULT_CARD), a.get("balance"), **t)
+            serial = gun.trade.h["serial"] if gun.trade is not None else (
+                gun.bill["serial"] if gun.bill and res else "")
+            if res:
+                self.executed.append(serial)
+            self.record("card_start", serial=serial, result=res, reason=why,
+                        reason_name=_start_reason(why))
+        elif do == "power_cut":
+            self.power_cut(a["off"])
+        elif do == "meter_fault":
+            if "silent_reads" in a:
+                w.meter.fail_next(a["silent_reads"])
+            else:
+                w.meter.go_backwards(a["backwards"])
+        elif do in PLATFORM_ACTIONS:
+            if self.platform is None:
+                self.record("skipped", action=do, why="attached to a bridge: the platform decides")
+                return
+            self._platform_act(a)
+
+    def _platform_act(self, a):
+        do = a["do"]
+        p = self.platform
+        if do == "outage":
+            p.outage_until = self.clock.ticks_ms() + a["for"]
+            return
+        if p.in_outage():
+            self.record("skipped", action=do, why="platform outage")
+            return
+        if do == "start":
+            serial = a.get("serial") or self.new_serial()
+            t = a.get("targets") or {}
+            v = {"serial": serial, "pile": self.code, "gun": "01",
+                 "logical_card": a.get("logical_card", DEFAULT_LOGICAL),
+                 "card": a.get("card", DEFAULT_CARD), "balance": a.get("balance", 100000)}
+            if t:
+                v.update({"target_amount": t.get("amount", 0), "target_energy": t.get("energy", 0),
+                          "target_minutes": t.get("minutes", 0), "target_soc": t.get("soc", 0),
+                          "flags": 0})
+                p.send("ext_start", v)
+            else:
+                p.send("remote_start", v)
+            self.record("start_sent", serial=serial, frame="0xE2" if t else "0x34",
+                        targets=dict(t))
+        elif do == "stop":
+            for _ in range(a.get("times", 1)):
+                p.send("remote_stop", {"pile": self.code, "gun": "01"})
+        elif do == "reboot":
+            p.send("reboot", {"pile": self.code, "when": a["when"]})
+
+    def quiet(self):
+        """Nothing left to happen: not charging, no bill waiting for the platform."""
+        if self.pile is None:
+            return False
+        j = self.pile.journal
+        if self.pile.gun.state in (S.CHARGING, S.STOPPING, S.AUTHORISING):
+            return False
+        if self.platform is not None:
+            if self.platform.in_outage():
+                return False   # the scenario runs until the platform is back
+            if not self.platform.confirm:
+                return True    # bills can never be confirmed: not charging is enough
+        return not j.pending() and (not self._settle or not j.confirmed())
+
+
+def set_vehicle(v, capacity_wh=None, soc=None, vin=None, max_power_w=None):
+    """A different vehicle arrives at the gun (the sim's vehicle is reused)."""
+    if capacity_wh is not None:
+        v._cap = capacity_wh * 3600000
+    if soc is not None:
+        v._e = v._cap * soc // 100
+    if vin is not None or soc is not None:
+        v._vin = vin
+        v._vin_seen = False
+    if max_power_w is not None:
+        v.max_power = max_power_w
+
+
+def _start_reason(r):
+    return START_REASONS.get(r, "code_%d" % r)
+
+
+# --- scenario runner ---------------------------------------------------------------------
+
+def _advance(units, target_ms, t_ms, until=None):
+    """Poll every unit and move all clocks together up to target_ms (sim ms
+    since the scenario start). Returns the new sim time."""
+    while t_ms < target_ms:
+        wait = _STEP_CAP_MS
+        for u in units:
+            d = u.poll()
+            if d < wait:
+                wait = d
+        if until is not None and until():
+            return t_ms
+        dt = min(max(1, wait), target_ms - t_ms)
+        for u in units:
+            u.clock.sleep_ms(dt)
+        t_ms += dt
+    for u in units:
+        u.poll()
+    return t_ms
+
+
+def run_scenario(sc, root=None, keep=False):
+    """Run a parsed scenario (parse_scenario / load_scenario) and return the
+    result dict (see docs/scenarios.md). root: the flash folders' parent
+    (a fresh temp dir by default, removed unless keep)."""
+    own = root is None
+    if own:
+        root = tempfile.mkdtemp(prefix="pile-sim-")
+    events = []
+    start = sc["start"]
+
+    def rec(unit, kind, kw):
+        e = {"t": F.iso(unit.clock.now()), "at_s": unit.clock.ticks_ms() // 1000,
+             "pile": unit.code, "event": kind}
+        e.update(kw)
+        events.append(e)
+    try:
+        units = []
+        for i, p in enumerate(sc["piles"]):
+            units.append(SimUnit(p["code"], os.path.join(root, "pile%d-%s" % (i, p["code"])),
+                                 start, sc["tariff"], p["power_w"], p["vehicle"],
+                                 p["meter_start"], p["plugged"], parse_vin_policy(sc["vin_policy"]),
+                                 "loop", sc["confirm"], sc["settle"], record=rec))
+        by_code = dict((u.code, u) for u in units)
+        t = 0
+        for a in sc["timeline"]:
+            t = _advance(units, a["at"], t)
+            u = by_code[a["pile"]]
+            ev = {"t": F.iso(u.clock.now()), "at_s": t // 1000, "pile": u.code,
+                  "event": "action", "do": a["do"]}
+            if a.get("note"):
+                ev["note"] = a["note"]
+            events.append(ev)
+            u.act(a)
+        t = _advance(units, max(t, sc["end"]), t)
+        # Then until every session has ended and every bill is settled (or cap).
+        t = _advance(units, t + _SETTLE_CAP_MS, t, lambda: all(u.quiet() for u in units))
+        return _result(sc, units, events, t)
+    finally:
+        if own and not keep:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def reconcile(b):
+    """protocol/reconcile.py on a sealed bill (its fee split included):
+    (ok, {problem class: passed}, problems)."""
+    problems = R.reconcile(b, b)
+    bad = R.problem_classes(problems)
+    return not problems, dict((c, c not in bad) for c in R.CLASSES), problems
+
+
+def _e4(v):
+    return "%d.%04d" % (v // 10000, v % 10000)
+
+
+def bill_json(b, how, unit):
+    ok, checks, errors = reconcile(b)
+    periods = []
+    for c in R.periods_of(b):
+        periods.append({"class": c, "price": b[c + "_price"], "energy": b[c + "_energy"],
+                        "loss": b[c + "_loss"], "amount": b[c + "_amount"],
+                        "energy_fee": b[c + "_energy_fee"], "service_fee": b[c + "_service_fee"]})
+    serial = b["serial"]
+    copies = 0
+    status = None
+    if unit.platform is not None:
+        copies = len([f for f in unit.platform.named("bill", "bill5")
+                      if f.fields["serial"] == serial])
+    if unit.pile is not None:
+        status = unit.pile.journal.status(serial)
+    r = b["stop_reason"]
+    return {"serial": serial, "pile": b["pile"], "gun": b["gun"],
+            "stop_reason": r, "stop_reason_hex": "0x%02X" % r,
+            "stop_reason_name": STOP_NAMES.get(r, "code_0x%02X" % r),
+            "sealed": how, "start_time": F.iso(b["start_time"]), "end_time": F.iso(b["end_time"]),
+            "meter_start": b["meter_start"], "meter_stop": b["meter_stop"], "periods": periods,
+            "total_energy": b["total_energy"], "total_loss": b["total_loss"],
+            "total_amount": b["total_amount"], "energy_fee": b["energy_fee"],
+            "service_fee": b["service_fee"], "kwh": _e4(b["total_energy"]),
+            "yuan": _e4(b["total_amount"]), "vin": b["vin"], "nameplate_vin": b["nameplate_vin"],
+            "vin_mismatch": bool(b["vin_mismatch"]), "trade_flag": b["trade_flag"],
+            "card": b["card"], "model": b["model"], "copies_received": copies,
+            "journal_status": status,
+            "reconcile": {"ok": ok, "checks": checks, "errors": errors}}
+
+
+def _result(sc, units, events, t):
+    bills = []
+    problems = []
+    for u in units:
+        for serial in sorted(u.bills, key=lambda s: u.bills[s][0]["end_time"]):
+            b, how = u.bills[serial]
+            j = bill_json(b, how, u)
+            bills.append(j)
+            if not j["reconcile"]["ok"]:
+                problems.append("bill %s does not reconcile: %s"
+                                % (serial, "; ".join(j["reconcile"]["errors"])))
+        for serial in u.executed:
+            if serial not in u.bills:
+                problems.append("start %s was executed but has no bill" % serial)
+    refusals = [dict((k, e[k]) for k in e if k != "event")
+                for e in events if e["event"] in ("start_reply", "card_start")
+                and e["result"] == 0]
+    piles = []
+    for u in units:
+        j = u.pile.journal if u.pile is not None else None
+        piles.append({"pile": u.code, "bills": len(u.bills), "executed_starts": len(u.executed),
+                      "reboots": u.reboots, "power_cuts": u.power_cuts,
+                      "logins": len(u.platform.named("login")),
+                      "pending": len(j.pending()) if j else None,
+                      "unsettled": len(j.confirmed()) if j else None,
+                      "frames_lost_in_outage": u.platform.lost})
+    res = {"scenario": sc["name"], "description": sc["description"],
+           "start": F.iso(sc["start"]), "end": F.iso(sc["start"] + t // 1000),
+           "sim_seconds": t // 1000, "piles": piles, "bills": bills, "refusals": refusals,
+           "events": events}
+    exp = check_expect(sc.get("expect") or {}, res)
+    res["expect"] = exp
+    problems.extend(exp["failed"])
+    res["problems"] = problems
+    res["ok"] = not problems
+    return res
+
+
+def check_expect(exp, res):
+    """The scenario's own expectations ("expect"): bills, stop_reasons (names
+    or codes, in seal order), refusals, max_total_amount (yuan),
+    vin_mismatch (count)."""
+    failed = []
+    bills = res["bills"]
+    if "bills" in exp and len(bills) != exp["bills"]:
+        failed.append("expected %d bills, got %d" % (exp["bills"], len(bills)))
+    if "stop_reasons" in exp:
+        got = [b["stop_reason_name"] for b in bills]
+        want = [STOP_NAMES.get(x, x) if isinstance(x, int) else x for x in exp["stop_reasons"]]
+        if got != want:
+            failed.append("expected stop reasons %s, got %s" % (want, got))
+    if "refusals" in exp and len(res["refusals"]) != exp["refusals"]:
+        failed.append("expected %d refusals, got %d" % (exp["refusals"], len(res["refusals"])))
+    if "max_total_amount" in exp:
+        cap = yuan_e4(exp["max_total_amount"], "expect.max_total_amount")
+        for b in bills:
+            if b["total_amount"] > cap:
+                failed.append("bill %s: %s yuan > %s" % (b["serial"], b["yuan"], _e4(cap)))
+    if "min_periods_used" in exp:
+        for b in bills:
+            used = len([p for p in b["periods"] if p["energy"]])
+            if used < exp["min_periods_used"]:
+                failed.append("bill %s uses %d price periods, expected >= %d"
+                              % (b["serial"], used, exp["min_periods_used"]))
+    if "vin_mismatch" in exp:
+        n = len([b for b in bills if b["vin_mismatch"]])
+        if n != exp["vin_mismatch"]:
+            failed.append("expected %d bills flagged vin_mismatch, got %d" % (exp["vin_mismatch"], n))
+    if exp.get("all_delivered"):
+        for b in bills:
+            if not b["copies_received"] or b["journal_status"] not in ("confirmed", "settled"):
+                failed.append("bill %s not delivered and confirmed (%s)"
+                              % (b["serial"], b["journal_status"]))
+    return {"checked": sorted(exp), "failed": failed}
+
+
+def format_table(res):
+    out = ["scenario %s: %s .. %s (%d s simulated)" % (res["scenario"], res["start"], res["end"],
+                                                      res["sim_seconds"])]
+    if res["description"]:
+        out.append("  " + res["description"])
+    out.append("")
+    hdr = "%-32s %-6s %-18s %10s %10s %-16s %-9s %s" % (
+        "trade serial", "stop", "reason", "kWh", "yuan", "periods (kWh)", "status", "reconciles")
+    out.append(hdr)
+    out.append("-" * len(hdr))
+    for b in res["bills"]:
+        per = "/".join(_e4(p["energy"]).rstrip("0").rstrip(".") for p in b["periods"])
+        out.append("%-32s %-6s %-18s %10s %10s %-16s %-9s %s" % (
+            b["serial"], b["stop_reason_hex"], b["stop_reason_name"], b["kwh"], b["yuan"], per,
+            b["journal_status"], "yes" if b["reconcile"]["ok"] else
+            "NO: " + "; ".join(b["reconcile"]["errors"])))
+    if not res["bills"]:
+        out.append("(no bills)")
+    out.append("")
+    for r in res["refusals"]:
+        out.append("refused: %s %s at %s: reason %d (%s)" % (
+            r["pile"], r.get("serial", ""), r["t"], r["reason"], r["reason_name"]))
+    for p in res["problems"]:
+        out.append("PROBLEM: " + p)
+    out.append("%s: %d bills, %d refusals, %d problems"
+               % ("OK" if res["ok"] else "FAILED", len(res["bills"]), len(res["refusals"]),
+                  len(res["problems"])))
+    return "\n".join(out)
+
+
+# --- TCP mode ------------------------------------------------------------------------
