@@ -18,7 +18,8 @@ from sim.brokers import RefusedPort
 from protocol import codec
 from sim import fleet as sim_fleet
 from sim import scenario as sim
-from tools import sim as sim_cli, stack
+from sim import stack
+from tools import sim as sim_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCENARIOS = os.path.join(ROOT, "tools", "scenarios")
@@ -409,7 +410,7 @@ def test_bad_bridge_address_is_a_one_line_error(capsys):
 
 @contextlib.contextmanager
 def _bridge_child(tmp_path, extra=""):
-    """host.bridge as a child process (tools/stack.py), its MQTT side pointed
+    """host.bridge as a child process (sim/stack.py), its MQTT side pointed
     at a port held refused (it retries in the background): pile links and
     bill custody (0x40 once the bill is stored) work without a broker.
     Yields the started BridgeProcess; one that does not start fails the test

@@ -87,7 +87,7 @@ from protocol.bill import split as split_payload
 from sim import fleet as FLEET
 from sim import scenario as SIM
 from sim.links import TcpUart
-from tools import stack
+from sim import stack
 
 SITE = "chaos"
 

@@ -44,7 +44,7 @@ from host.mqtt import stop_tasks
 from protocol.fields import PERIODS5
 from sim.fleet import SimFleet
 from sim.scenario import parse_scenario
-from tools import stack
+from sim import stack
 
 SITE = "demo"
 _HERE = os.path.dirname(os.path.abspath(__file__))
