@@ -593,7 +593,7 @@ class SimUnit:
             self.pile.console = Console(self.pile, self.console_uart)
 
     def new_uart(self):
-        """The TCP link of a fresh boot (tools/chaos.py puts faults in it)."""
+        """The TCP link of a fresh boot (sim/chaos_fleet.py puts faults in it)."""
         return TcpUart(self.tcp[0], self.tcp[1], on_change=self._link_changed)
 
     def _link_changed(self, up):

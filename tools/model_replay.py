@@ -8,7 +8,7 @@ table generated from model/custody.pml (tools/model_table.py, one bill,
 the fault budgets lifted):
 
 - pile events: its journal records as they land on the flash (session
-  open, sealed, host-confirmed, settled), from tools/chaos.py's TapFlash;
+  open, sealed, host-confirmed, settled), from sim/chaos_fleet.py's TapFlash;
 - bridge events: each bill's commit, confirmation and 0xE3, from its
   store (`received_at`, `confirmed_at`, `settled_at`: a SIGKILL can come
   between a step's commit and its log line), and its own log in its order
