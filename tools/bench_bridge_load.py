@@ -28,7 +28,7 @@ import time
 
 from host.mqtt import Background
 from protocol import codec
-from tools.fuzz import BridgeChild, bridge_config, proc_cpu_s
+from sim.bridge_child import BridgeChild, bridge_config, proc_cpu_s
 from host import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
