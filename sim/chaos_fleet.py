@@ -11,7 +11,8 @@ import struct
 from firmware import journal as J
 from firmware import session as S
 from sim.flash import FlashSim, PowerCut, SimFile
-from sim.testkit import TcpTransport, ThirdPartyPile, third_party_corpus
+from sim.testkit import ThirdPartyPile, third_party_corpus
+from sim.links import TcpTransport
 from protocol import fields as F
 from sim import fleet as FLEET
 from sim import scenario as SIM

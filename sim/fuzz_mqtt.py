@@ -255,7 +255,8 @@ _ARGS_OF = {
 async def _fuzz_mqtt_commands(count, seed, case=None, window=100, rss_limit_mb=64, keep=False,
                               bridge_mqtt_delay_s=0):
     from host.commands import CODES
-    from sim.testkit import ScriptedPile, TcpTransport
+    from sim.testkit import ScriptedPile
+    from sim.links import TcpTransport
     rep = Report("mqtt-commands", seed)
     tmp = tempfile.mkdtemp(prefix="pc-fuzz-mqtt-")
     broker = await asyncio.get_running_loop().run_in_executor(None, _start_broker)

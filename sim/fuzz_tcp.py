@@ -393,7 +393,8 @@ class GoodPile:
         await self._task
 
     async def _run(self):
-        from sim.testkit import ScriptedPile, TcpTransport, make_bill, make_extra
+        from sim.testkit import ScriptedPile, make_bill, make_extra
+        from sim.links import TcpTransport
         n = 0
         base = 800000000
         while not self.stop.is_set():

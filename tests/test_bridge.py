@@ -72,7 +72,8 @@ def test_bill_over_pty_serial_link(mosquitto):
 def test_bill_over_a_socket_url_serial_link(mosquitto):
     # A serial-to-Ethernet converter in front of the pile: pyserial's
     # socket:// URL, the bridge dialling out to it.
-    from sim.testkit import ScriptedPile, TcpTransport
+    from sim.testkit import ScriptedPile
+    from sim.links import TcpTransport
 
     async def scenario(tmp):
         accepted = asyncio.get_running_loop().create_future()

@@ -22,7 +22,8 @@ import aiomqtt
 from host import bridge as bridgemod
 from host import config as configmod
 from host.mqtt import Background, stop_tasks
-from sim.testkit import FdTransport, ScriptedPile, TcpTransport
+from sim.testkit import ScriptedPile
+from sim.links import FdTransport, FdUart, TcpTransport
 from host.topics import Topics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -357,30 +358,6 @@ class BridgeProcess:
             return f.read().decode(errors="replace")
 
 
-class PtyUart:
-    """The firmware's UART interface (write / read(n) -> bytes or None) on
-    the master side of a pty, non-blocking."""
-
-    def __init__(self, fd):
-        self.fd = fd
-        os.set_blocking(fd, False)
-
-    def write(self, data):
-        view = memoryview(bytes(data))
-        while view:
-            try:
-                view = view[os.write(self.fd, view):]
-            except BlockingIOError:
-                time.sleep(0.001)
-        return len(data)
-
-    def read(self, n):
-        try:
-            return os.read(self.fd, n) or None
-        except (BlockingIOError, OSError):
-            return None      # nothing yet (EIO: the bridge has not opened the port)
-
-
 class FirmwarePile:
     """The real pile firmware (firmware.pile.Pile) on simulated hardware,
     its UART on a pty: the same bridge-facing behaviour as on a board. Its
@@ -397,7 +374,7 @@ class FirmwarePile:
         self.speed = speed
         self.world = SimWorld(now=local_secs(), pile_max_w=60000, soc=soc, vin=vin)
         self.cfg = {"pile": code, "gun": "01", "tariff": tariff4(), "hmi_version": "103"}
-        self.uart = PtyUart(master_fd)
+        self.uart = FdUart(master_fd)
         self.reboots = 0
         self._Pile = Pile
         self._boot()

@@ -10,7 +10,8 @@ import json
 import os
 import sys
 
-from sim.testkit import TcpTransport, ThirdPartyPile, third_party_corpus
+from sim.testkit import ThirdPartyPile, third_party_corpus
+from sim.links import TcpTransport
 from protocol.reconcile import problem_classes
 from tests.test_bridge_custody import _rows
 from tests.test_bridge_helpers import (ROOT, BridgeProcess, Platform, fast_config, run, tempdir,

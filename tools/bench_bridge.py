@@ -37,7 +37,8 @@ from host import schema
 from sim.brokers import Mosquitto
 from host.mqtt import Background
 from host.store import Bill
-from sim.testkit import PacedTransport, ScriptedPile, TcpTransport, make_bill, make_extra
+from sim.testkit import ScriptedPile, make_bill, make_extra
+from sim.links import PacedTransport, TcpTransport
 from host.topics import Topics
 from host import cli
 
