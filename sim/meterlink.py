@@ -7,14 +7,13 @@
 #   meter, uart = open_meter("/dev/ttyUSB0", "000000000001")
 #   meter.read_energy()        # x10^4 kWh
 #   uart.close()
-import errno
-import os
 import time
 
 import serial
 
 from firmware.dlt645 import Dlt645Meter
 from firmware.errors import MeterError
+from sim import links
 
 # DL/T 645-2007's usual line: 2400 baud, 8 data bits, even parity, 1 stop.
 DEFAULT_BAUD = 2400
@@ -31,70 +30,22 @@ class HostClock:
         time.sleep(ms / 1000)
 
 
-class SerialUart:
-    """A pyserial port as the firmware's uart: read(n) never blocks.
-    A broken port raises MeterError (the meter is then unreachable)."""
-
-    def __init__(self, port):
-        self.port = port
-        port.timeout = 0
+class SerialUart(links.SerialUart):
+    """A pyserial port (sim/links.py) on the meter's line: 2400 baud, even
+    parity by default; a broken port raises MeterError (the meter is then
+    unreachable)."""
 
     @classmethod
     def open(cls, url, baudrate=DEFAULT_BAUD, parity=DEFAULT_PARITY):
-        # Ptys and sockets ignore the line settings; pass parity "N" on a
-        # pty (the tooling notes: even parity breaks pty clients).
-        try:
-            port = serial.serial_for_url(url, baudrate=baudrate, bytesize=8, parity=parity,
-                                         stopbits=1, timeout=0)
-        except (OSError, serial.SerialException) as e:
-            raise MeterError("cannot open %s: %s" % (url, e))
-        return cls(port)
-
-    def write(self, data):
-        try:
-            return self.port.write(bytes(data))
-        except (OSError, serial.SerialException) as e:
-            raise MeterError("%s: write failed: %s" % (self.port.name, e))
-
-    def read(self, n):
-        try:
-            return self.port.read(n) or None
-        except (OSError, serial.SerialException) as e:
-            raise MeterError("%s: read failed: %s" % (self.port.name, e))
-
-    def close(self):
-        self.port.close()
+        return super().open(url, baudrate, parity, error=MeterError)
 
 
-class FdUart:
-    """A file descriptor (e.g. the master side of pty.openpty()) as the
-    firmware's uart. The descriptor is made non-blocking; the caller owns it."""
+class FdUart(links.FdUart):
+    """A file descriptor (the master side of a pty) as the meter's uart
+    (sim/links.py); a broken descriptor raises MeterError."""
 
     def __init__(self, fd):
-        self.fd = fd
-        os.set_blocking(fd, False)
-
-    def write(self, data):
-        view = memoryview(bytes(data))
-        done = 0
-        while done < len(view):
-            try:
-                done += os.write(self.fd, view[done:])
-            except BlockingIOError:
-                time.sleep(0.001)  # the pty's buffer is full: it drains at once
-            except OSError as e:
-                raise MeterError("fd %d: write failed: %s" % (self.fd, e))
-        return done
-
-    def read(self, n):
-        try:
-            return os.read(self.fd, n) or None
-        except BlockingIOError:
-            return None
-        except OSError as e:
-            if e.errno == errno.EIO:  # pty master with no slave open: no data
-                return None
-            raise MeterError("fd %d: read failed: %s" % (self.fd, e))
+        links.FdUart.__init__(self, fd, error=MeterError)
 
 
 def open_meter(url, address=None, baudrate=DEFAULT_BAUD, parity=DEFAULT_PARITY,
