@@ -534,7 +534,7 @@ METER = "000000000001"
 
 class Dlt645Responder:
     """A DL/T 645-2007 meter in a few lines, on the driver module's own frame
-    functions (FrameReader, build_frame, bcd_encode), not its Dlt645Slave:
+    functions (FrameReader, build_frame, bcd_encode), not its Dlt645Slave (sim/meter.py):
     answers 0x11 reads of forward active energy, power, voltage and current
     from the world's SimMeter (the 0.01 kWh register), until `silent`.
     `energy_sent`: every energy register value it put on the wire (e4kwh)."""
