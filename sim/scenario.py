@@ -19,12 +19,12 @@ from firmware import session as S
 from firmware.pile import Pile
 from firmware.tariff import CLASSES, Tariff, TariffError
 from firmware.vinauth import CARD_FLEET, CARD_SITE_ADMIN, VinPolicy
-from protocol import codec
 from protocol import fields as F
 from protocol import reconcile as R
 from sim.hardware import SimWorld
 from sim.links import PtyUart, TcpUart
 from sim.loopuart import LoopUart
+from sim.platform import ScriptedPlatform
 
 DEFAULT_PILE = "55031412782305"
 DEFAULT_CARD = "D14B0A54"
@@ -410,84 +410,6 @@ def load_scenario(path):
     return parse_scenario(d, os.path.splitext(os.path.basename(path))[0])
 
 
-# --- the scripted platform ---------------------------------------------------------------
-
-class ScriptedPlatform:
-    """The platform end of one pile's link: answers login, heartbeats and the
-    tariff check; confirms (0x40) and settles (0xE4) every bill; sends what the
-    timeline asks. During an outage it reads nothing and answers nothing."""
-
-    def __init__(self, uart, clock, confirm=True, settle=True):
-        self.uart = uart
-        self.clock = clock
-        self.reader = codec.FrameReader()
-        self.frames = []          # (ticks, frame) received
-        self.confirm = confirm
-        self.settle = settle
-        self.seq = 0x100
-        self.outage_until = None  # ticks
-        self.lost = 0             # frames dropped by an outage
-
-    def new_link(self, uart):
-        """The pile rebooted: a fresh connection (its half-read frame is gone)."""
-        self.uart = uart
-        self.reader = codec.FrameReader()
-
-    def in_outage(self):
-        if self.outage_until is None:
-            return False
-        if self.clock.ticks_ms() >= self.outage_until:
-            self.outage_until = None
-            return False
-        return True
-
-    def send(self, name, values, seq=None):
-        if self.in_outage():
-            return False
-        if seq is None:
-            self.seq = (self.seq + 1) & 0xFFFF
-            seq = self.seq
-        self.uart.write(codec.encode(name, values, seq))
-        return True
-
-    def pump(self):
-        data = self.uart.read(4096)
-        if not data:
-            return []
-        if self.in_outage():
-            self.lost += 1
-            return []
-        out = []
-        for f in self.reader.push(data):
-            if not isinstance(f, codec.Frame):
-                continue
-            self.frames.append((self.clock.ticks_ms(), f))
-            out.append(f)
-            self._answer(f)
-        return out
-
-    def _answer(self, f):
-        v = f.fields
-        n = f.name
-        if n == "login":
-            self.send("login_reply", {"pile": v["pile"], "result": 0}, codec.reply_seq(f))
-        elif n == "heartbeat":
-            self.send("heartbeat_reply", {"pile": v["pile"], "gun": v["gun"], "reply": 0},
-                      codec.reply_seq(f))
-        elif n == "tariff_check":
-            self.send("tariff_check_reply", {"pile": v["pile"], "model": v["model"], "result": 0},
-                      codec.reply_seq(f))
-        elif n in ("bill", "bill5") and self.confirm:
-            self.send("bill_confirm", {"serial": v["serial"], "result": 0}, codec.reply_seq(f))
-            if self.settle:
-                self.send("settled", {"serial": v["serial"], "result": 0})
-        elif n == "bill_extra" and self.confirm:
-            self.send("bill_extra_ack", {"serial": v["serial"], "result": 0}, codec.reply_seq(f))
-
-    def named(self, *names):
-        return [f for _, f in self.frames if f.name in names]
-
-
 # --- one simulated pile ----------------------------------------------------------------------
 
 class _SimPile(Pile):
@@ -569,7 +491,7 @@ class SimUnit:
         if self.link_kind == "loop":
             a, b = LoopUart.pair()
             if self.platform is None:
-                self.platform = ScriptedPlatform(b, self.clock, self._confirm, self._settle)
+                self.platform = ScriptedPlatform(b, self._confirm, self._settle, clock=self.clock)
             else:
                 self.platform.pump()  # what the pile wrote before the reset still arrives
                 self.platform.new_link(b)
@@ -965,6 +887,3 @@ def format_table(res):
                % ("OK" if res["ok"] else "FAILED", len(res["bills"]), len(res["refusals"]),
                   len(res["problems"])))
     return "\n".join(out)
-
-
-# --- TCP mode ------------------------------------------------------------------------
