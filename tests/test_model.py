@@ -51,10 +51,10 @@ def test_seeded_bug_switches_are_all_tested():
     assert in_model == {b[0] for b in M.BUGS} == set(EXPECTED)
 
 
-# --- the transition table and the chaos replay (tools/model_table.py,
+# --- the transition table and the chaos replay (sim/model_table.py,
 # tools/model_replay.py) ---------------------------------------------------
 
-from tools import model_table as MT          # noqa: E402
+from sim import model_table as MT          # noqa: E402
 from tools import model_replay as MR         # noqa: E402
 
 

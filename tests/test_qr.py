@@ -19,7 +19,7 @@ import zlib
 import pytest
 
 from tools import qr
-from tools.programs import find_program
+from sim.programs import find_program
 
 PREFIX = "https://qr.example.com/c"
 OP = "MA4UJLL57"  # the log's operator id; its GB 11714 check character is right

@@ -37,7 +37,7 @@ from firmware.realtime import Cadence
 from sim.hardware import SimWorld
 from firmware.tariff import Tariff
 from protocol import fields as F
-from tools.programs import find_program
+from sim.programs import find_program
 from host import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -11,7 +11,7 @@
     pile-frames list
 
 Decoding checks each frame with protocol.codec (the code the pile and the
-bridge run) and shows it through the construct dissector (tools/dissect.py):
+bridge run) and shows it through the construct dissector (host/dissect.py):
 every field with its name and scaled value (kWh, yuan, V as numbers with
 their units, BCD as digit strings, times as ISO 8601, temperatures with the
 50 degree offset removed). A frame from a pile that is not ours that only
@@ -37,8 +37,8 @@ from protocol import codec
 from protocol.crc import crc16
 from protocol import fields as F
 from protocol.errors import FrameError
-from tools import dissect as D
-from tools import dlt645_frames as DLT
+from host import dissect as D
+from sim import dlt645_frames as DLT
 from host import cli
 
 

@@ -4,7 +4,7 @@
     pile-chaos --piles 20 --sessions 50 --events /tmp/ev.jsonl   # writes both
 
 Each bill's events (its trade serial) are replayed through the transition
-table generated from model/custody.pml (tools/model_table.py, one bill,
+table generated from model/custody.pml (sim/model_table.py, one bill,
 the fault budgets lifted):
 
 - pile events: its journal records as they land on the flash (session
@@ -31,7 +31,7 @@ import re
 import sys
 import time
 
-from tools.model_table import Table
+from sim.model_table import Table
 
 TOLERANCE_S = 1.0
 

@@ -1,7 +1,7 @@
 # Measuring core of the journal benchmark. Runs under CPython (imported by
 # tools/bench_journal.py) and under MicroPython:
 #
-#   micropython tools/bench_journal_core.py WORKDIR [BILLS]
+#   micropython sim/journal_bench.py WORKDIR [BILLS]
 #
 # prints one JSON object per figure. Stays in the MicroPython subset.
 import sys
