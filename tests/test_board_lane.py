@@ -5,8 +5,7 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tools"))
-import board_test  # noqa: E402
+from sim import board as board_test  # noqa: E402
 
 
 def test_board_build_without_vendor_fails_in_one_line_naming_it(tmp_path):
