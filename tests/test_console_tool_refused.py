@@ -9,7 +9,7 @@ from firmware.console import Console
 from sim.loopuart import LoopUart
 from tests.mp.pilekit import Rig, serial
 from tests.mp.util import rmtree, tmpdir
-from tools import console as tool
+from host import console as tool
 
 
 class Client:
