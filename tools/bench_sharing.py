@@ -26,15 +26,19 @@ tick. Reported:
 """
 import argparse
 import json
+import os
 import sys
 import time
 
-from firmware import session as S
-from firmware.sharing import Sharing, TICK_MS, allocate, gun_demand
-from sim.hardware import SimOutput, SimWorld
-from firmware.tariff import Tariff
-from protocol import fields as F
-from protocol.reconcile import reconcile
+# Run as a script, tools/ comes first on sys.path, where tools/sim.py would
+# hide the sim package: the repository root goes first.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from firmware import session as S  # noqa: E402
+from firmware.sharing import Sharing, TICK_MS, allocate, gun_demand  # noqa: E402
+from firmware.tariff import Tariff  # noqa: E402
+from protocol import fields as F  # noqa: E402
+from protocol.reconcile import reconcile  # noqa: E402
+from sim.hardware import SimOutput, SimWorld  # noqa: E402
 
 _PILE = "55031412782305"
 
