@@ -46,6 +46,24 @@ def _split_query(url, key):
     return (base, val) if sep else (url, None)
 
 
+def _open_pty():
+    """(master, slave, slave's path) of a new raw pty: no echo, no line
+    editing, 8 bits."""
+    import pty
+    import tty
+    master, slave = pty.openpty()
+    tty.setraw(slave)
+    return master, slave, os.ttyname(slave)
+
+
+def _close(*fds):
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
 def open_uart(url, **kw):
     """A uart (read(n) -> bytes | None, write(b) -> int, close()) on url;
     kw go to the link's class (TcpUart: on_change, retry_s, wait_s;
@@ -284,12 +302,9 @@ class PtyUart(FdUart):
     _TX_MAX = 65536
 
     def __init__(self):
-        import pty
-        import tty
-        self.fd, self._slave = pty.openpty()
-        tty.setraw(self._slave)          # no echo, no line editing, 8 bits
+        self.fd, self._slave, self.path = _open_pty()
         os.set_blocking(self.fd, False)
-        self.path = os.ttyname(self._slave)
+        self.error = None
         self.connected = True
         self.connects = 0
         self.dropped = 0
@@ -338,11 +353,7 @@ class PtyUart(FdUart):
             return
         self.closed = True
         self.connected = False
-        for fd in (self.fd, self._slave):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        _close(self.fd, self._slave)
 
 
 class SpyUart:
@@ -554,20 +565,12 @@ class PtyTransport(FdTransport):
     The slave is held open here too, so the master never reads EIO."""
 
     def __init__(self):
-        import pty
-        import tty
-        master, self._slave = pty.openpty()
-        tty.setraw(self._slave)
-        self.path = os.ttyname(self._slave)
+        master, self._slave, self.path = _open_pty()
         FdTransport.__init__(self, master)
 
     async def close(self):
         await FdTransport.close(self)
-        for fd in (self.fd, self._slave):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        _close(self.fd, self._slave)
 
 
 class SpyTransport:

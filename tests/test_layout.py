@@ -206,17 +206,16 @@ def tools_importing_tools(root=ROOT, allowed=TOOL_IMPORTS_ALLOWED):
 
 
 def _imports_of(packages, prefix, root=ROOT):
+    """(path, line, module) of each import of `prefix` or below in packages."""
+    import glob
+    paths = sorted(p for pkg in packages
+                   for p in glob.glob(os.path.join(root, pkg, "**", "*.py"), recursive=True))
     out = []
-    for pkg in packages:
-        for dirpath, _dirs, files in os.walk(os.path.join(root, pkg)):
-            for name in sorted(files):
-                if name.endswith(".py"):
-                    path = os.path.join(dirpath, name)
-                    with open(path, encoding="utf-8") as f:
-                        tree = ast.parse(f.read(), path)
-                    rel = os.path.relpath(path, root)
-                    out += [(rel, line, mod) for line, mod in imported_modules(tree)
-                            if mod == prefix or mod.startswith(prefix + ".")]
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            imports = imported_modules(ast.parse(f.read(), path))
+        out += [(os.path.relpath(path, root), line, mod) for line, mod in imports
+                if mod == prefix or mod.startswith(prefix + ".")]
     return out
 
 
