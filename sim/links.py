@@ -356,6 +356,40 @@ class PtyUart(FdUart):
         _close(self.fd, self._slave)
 
 
+class SocketUart:
+    """A connected socket (the accepted end of a pile's TCP link, on a
+    platform double) as a uart. read(n) waits for data unless blocking=False;
+    `closed` once the other end has gone."""
+
+    def __init__(self, sock, blocking=True):
+        self.sock = sock
+        sock.setblocking(blocking)
+        self.closed = False
+
+    def read(self, n=256):
+        try:
+            data = self.sock.recv(n)
+        except BlockingIOError:
+            return None
+        except OSError:
+            data = b""
+        if not data:
+            self.closed = True
+            return None
+        return data
+
+    def write(self, data):
+        try:
+            self.sock.sendall(data)
+        except OSError:
+            self.closed = True
+        return len(data)
+
+    def close(self):
+        self.closed = True
+        self.sock.close()
+
+
 class SpyUart:
     """Another uart with every byte hex-dumped (pyserial's spy://): one line
     per read or write, "rx 68 0c ..." / "tx ...", to stderr or to `path`."""

@@ -19,6 +19,8 @@ from protocol import codec
 from sim import fleet as sim_fleet
 from sim import scenario as sim
 from sim import stack
+from sim.links import SocketUart
+from sim.platform import ScriptedPlatform
 from tools import sim as sim_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -227,8 +229,9 @@ def test_unconfirmed_bill_is_reported_pending_not_lost(tmp_path, capsys):
 # --- TCP attach mode against a minimal YKC peer ---------------------------------------------
 
 class YkcPeer:
-    """A tiny platform end on a free loopback port: answers login, heartbeat
-    and tariff check; confirms (0x40) and settles (0xE4) every bill."""
+    """The scripted platform (sim/platform.py) on a free loopback port, one
+    thread per pile connection: answers login, heartbeat and tariff check;
+    confirms (0x40) and settles (0xE4) every bill."""
 
     def __init__(self):
         self.srv = socket.socket()
@@ -253,42 +256,15 @@ class YkcPeer:
             threading.Thread(target=self._serve, args=(c,), daemon=True).start()
 
     def _serve(self, c):
-        rd = codec.FrameReader()
-        while True:
-            try:
-                data = c.recv(4096)
-            except OSError:
-                return
-            if not data:
-                return
-            for f in rd.push(data):
-                if not isinstance(f, codec.Frame):
-                    continue
-                v = f.fields
-                out = []
-                if f.name == "login":
-                    out.append(codec.encode("login_reply", {"pile": v["pile"], "result": 0},
-                                            codec.reply_seq(f)))
-                elif f.name == "heartbeat":
-                    out.append(codec.encode("heartbeat_reply", {"pile": v["pile"], "gun": v["gun"],
-                                                                "reply": 0}, codec.reply_seq(f)))
-                elif f.name == "tariff_check":
-                    out.append(codec.encode("tariff_check_reply", {"pile": v["pile"],
-                                            "model": v["model"], "result": 0}, codec.reply_seq(f)))
-                elif f.name in ("bill", "bill5"):
-                    out.append(codec.encode("bill_confirm", {"serial": v["serial"], "result": 0},
-                                            codec.reply_seq(f)))
-                    out.append(codec.encode("settled", {"serial": v["serial"], "result": 0}, 7))
-                try:
-                    for b in out:
-                        c.sendall(b)
-                except OSError:
-                    return
+        uart = SocketUart(c)
+        plat = ScriptedPlatform(uart)
+        while not uart.closed:
+            for f in plat.pump():
                 with self.cond:
                     if f.name == "login":
-                        self.logins.append(v["pile"])
+                        self.logins.append(f.fields["pile"])
                     elif f.name in ("bill", "bill5"):
-                        self.bills.append(v)
+                        self.bills.append(f.fields)
                     self.cond.notify_all()
 
     def wait(self, pred, timeout=30):
