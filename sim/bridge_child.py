@@ -2,16 +2,13 @@
 # config, resource watch (RSS, fds, CPU), a minimal MQTT platform and a slow
 # relay (docs/fuzzing.md).
 import asyncio
-import collections
 import json
 import os
 import resource
 import signal
-import socket
 import sys
 import time
 
-from host.mqtt import Background
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -218,107 +215,6 @@ class RssWatch:
         """RSS (KB) at the end of each tenth of the run: flat = bounded."""
         n = len(self.samples)
         return [self.samples[min(n - 1, (k + 1) * n // points)][1] for k in range(points)] if n else []
-
-
-class Platform(Background):
-    """The platform's side of MQTT for the fuzz runs: confirms every bill it
-    sees (as a platform would), notes bill serials per pile, and collects
-    command results."""
-
-    def __init__(self, host, port, site):
-        import aiomqtt
-        from host.topics import Topics
-        self._aiomqtt = aiomqtt
-        self.host, self.port = host, port
-        self.topics = Topics(site)
-        self.bills = collections.defaultdict(set)     # pile -> serials
-        self.results = []                              # (target, doc)
-        self.result_count = 0
-        self.bridge_status = None                      # the latest retained pc.bridge/1 document
-        self.changed = asyncio.Event()
-        self.ready = asyncio.Event()
-        self.client = None
-        self.errors = collections.Counter()
-        self._task = None
-
-    def _notify(self):
-        self.changed.set()
-        self.changed = asyncio.Event()
-
-    async def _run(self):
-        aiomqtt = self._aiomqtt
-        base = self.topics.base
-        while True:
-            try:
-                async with aiomqtt.Client(self.host, self.port, identifier="pc-fuzz-platform-%d" % os.getpid(),
-                                          max_inflight_messages=200, max_queued_outgoing_messages=100000,
-                                          socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]) as c:
-                    c.pending_calls_threshold = 10 ** 9
-                    self.client = c
-                    await c.subscribe(base + "/bills/+", qos=1)
-                    await c.subscribe(base + "/result/#", qos=1)
-                    await c.subscribe(self.topics.bridge, qos=1)
-                    self.ready.set()
-                    async for m in c.messages:
-                        self._on_message(c, str(m.topic), bytes(m.payload))
-            except aiomqtt.MqttError as e:
-                self.client = None
-                self.errors[type(e).__name__] += 1
-                await asyncio.sleep(0.1)
-
-    def _on_message(self, c, topic, payload):
-        parts = topic.split("/")
-        try:
-            doc = json.loads(payload)
-        except ValueError:
-            self.errors["unparsable " + parts[2]] += 1
-            return
-        if parts[2] == "bills":
-            self.bills[doc["pile"]].add(doc["serial"])
-            asyncio.ensure_future(self._confirm(c, doc["pile"], doc["serial"], doc.get("content_hash")))
-        elif parts[2] == "result":
-            self.results.append(("/".join(parts[3:]), doc))
-            self.result_count += 1
-        elif topic == self.topics.bridge:
-            self.bridge_status = doc
-        self._notify()
-
-    async def bridge_online(self, bridge, timeout=30):
-        """Wait until `bridge` (a started BridgeChild) says it is online: it
-        publishes that status once it has subscribed to commands. A command
-        published before then is never delivered to it (its session does not
-        exist yet): the mqtt-commands fuzz lost its first input that way
-        about one run in four on a loaded machine."""
-        ok = await self.wait_for(lambda: (self.bridge_status or {}).get("online") is True and
-                                 self.bridge_status.get("started_at") == bridge.started_at, timeout)
-        if not ok:
-            raise RuntimeError("the bridge did not come online on MQTT within %g s (last status %r):\n%s"
-                               % (timeout, self.bridge_status, bridge.log_tail()))
-
-    async def _confirm(self, c, pile, serial, content_hash):
-        try:
-            await c.publish(self.topics.confirm(pile), json.dumps({"serial": serial, "result": 0,
-                                                                   "hash": content_hash}), qos=1)
-        except self._aiomqtt.MqttError:
-            pass
-
-    async def publish(self, topic, payload, qos=1):
-        await self.client.publish(topic, payload, qos=qos)
-
-    async def wait_for(self, pred, timeout):
-        deadline = time.monotonic() + timeout
-        while True:
-            ev = self.changed
-            r = pred()
-            if r:
-                return r
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return r
-            try:
-                await asyncio.wait_for(ev.wait(), left)
-            except asyncio.TimeoutError:
-                pass
 
 
 def _raise_nofile(want):

@@ -8,8 +8,9 @@ import shutil
 import tempfile
 import time
 
-from sim.bridge_child import (GOOD_PILE, GOOD_TARIFF, BridgeChild, Platform, RssWatch, SlowRelay,
+from sim.bridge_child import (GOOD_PILE, GOOD_TARIFF, BridgeChild, RssWatch, SlowRelay,
                               _start_broker, bridge_config)
+from sim.mqtt_platform import MqttPlatform
 from sim.fuzz import Report, _pick, case_rng, garbage
 
 
@@ -271,7 +272,8 @@ async def _fuzz_mqtt_commands(count, seed, case=None, window=100, rss_limit_mb=6
             cfg["mqtt"]["url"] = "mqtt://127.0.0.1:%d" % relay.listen_port
         cfg["piles"]["heartbeat_s"] = 30.0
         bridge = await BridgeChild(tmp, cfg).start()
-        async with Platform(broker.host, broker.port, "fuzz") as plat:
+        async with MqttPlatform("mqtt://%s:%d" % (broker.host, broker.port), "fuzz",
+                                name="pc-fuzz-platform", fast=True) as plat:
             await plat.bridge_online(bridge)
             topics = plat.topics
             pile = ScriptedPile(GOOD_PILE, await TcpTransport.connect("127.0.0.1", bridge.tcp_port),
@@ -316,17 +318,17 @@ async def _fuzz_mqtt_commands(count, seed, case=None, window=100, rss_limit_mb=6
                     await control("site", "status")
                     await control(GOOD_PILE, "read_realtime", gun="01")
                 if sent - plat.result_count > window:
-                    await plat.wait_for(lambda: sent - plat.result_count <= window // 2, 30)
+                    await plat.poll_for(lambda: sent - plat.result_count <= window // 2, 30)
             # The barrier: valid commands sent after everything else.
             last = [await control("site", "status"), await control(GOOD_PILE, "status"),
                     await control(GOOD_PILE, "read_realtime", gun="01")]
-            await plat.wait_for(lambda: plat.result_count >= sent and
-                                {d.get("id") for _, d in plat.results} >= set(last), 60)
+            await plat.poll_for(lambda: plat.result_count >= sent and
+                                {d.get("id") for _, d in plat.result_log} >= set(last), 60)
             fuzz_s = time.monotonic() - rep.t0
             # Judge every result.
             seen = collections.Counter()
             per_target_other = collections.Counter()
-            for target, d in plat.results:
+            for target, d in plat.result_log:
                 rid = d.get("id")
                 code = d.get("code")
                 rep.outcomes[str(code)] += 1
@@ -366,7 +368,7 @@ async def _fuzz_mqtt_commands(count, seed, case=None, window=100, rss_limit_mb=6
                 if blind[target] != per_target_other[target]:
                     # Name the likely culprits: messages whose id, still
                     # readable in their text, is on no result.
-                    ids = {d.get("id") for t, d in plat.results if t == target}
+                    ids = {d.get("id") for t, d in plat.result_log if t == target}
                     suspects = [i for i, c in blind_cases[target]
                                 if _id_in(c.payload) and _id_in(c.payload) not in ids]
                     rep.violation(None, "count", "target %r: %d messages without a predictable id, "

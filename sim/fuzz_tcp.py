@@ -10,8 +10,9 @@ import tempfile
 import time
 
 from protocol import codec
-from sim.bridge_child import (GOOD_PILE, GOOD_TARIFF, BridgeChild, Platform, RssWatch,
+from sim.bridge_child import (GOOD_PILE, GOOD_TARIFF, BridgeChild, RssWatch,
                               _raise_nofile, _start_broker, bridge_config)
+from sim.mqtt_platform import MqttPlatform
 from sim.fuzz import (PILE_FRAMES, Report, _pick, case_rng, chunks, frame_pool, garbage, mutate,
                       valid_crc_frame)
 
@@ -448,10 +449,11 @@ async def _fuzz_bridge_tcp(count, seed, case=None, workers=16, rss_limit_mb=64, 
         cfg = bridge_config(tmp, broker, "fuzz", tariff=GOOD_TARIFF)
         bridge = await BridgeChild(tmp, cfg).start()
         limit = cfg["piles"]["heartbeat_s"] * cfg["piles"]["missed_heartbeats"]
-        async with Platform(broker.host, broker.port, "fuzz") as plat:
+        async with MqttPlatform("mqtt://%s:%d" % (broker.host, broker.port), "fuzz",
+                                name="pc-fuzz-platform", fast=True) as plat:
             good = GoodPile(bridge.tcp_port, rep).start()
             # Baseline: the good pile has logged in and had a bill taken.
-            await plat.wait_for(lambda: plat.bills[GOOD_PILE], 30)
+            await plat.poll_for(lambda: plat.by_pile[GOOD_PILE], 30)
             base_rss = bridge.rss_kb()
             base_fds = bridge.fds()
             watch = RssWatch(bridge).start()
@@ -486,12 +488,12 @@ async def _fuzz_bridge_tcp(count, seed, case=None, workers=16, rss_limit_mb=64, 
                 # Every good bill reaches the platform; no forged bill is filed
                 # under the good pile.
                 want = set(good.sent)
-                got = await plat.wait_for(lambda: want <= plat.bills[GOOD_PILE], 60)
+                got = await plat.poll_for(lambda: want <= plat.by_pile[GOOD_PILE], 60)
                 if not got:
-                    missing = sorted(want - plat.bills[GOOD_PILE])
+                    missing = sorted(want - plat.by_pile[GOOD_PILE])
                     rep.violation(None, "good_pile", "%d of %d bills never reached the platform: %s"
                                   % (len(missing), len(want), missing[:5]))
-                forged = plat.bills[GOOD_PILE] & fz.forged
+                forged = plat.by_pile[GOOD_PILE] & fz.forged
                 if forged:
                     rep.violation(None, "bill_for_another_pile", "forged bills published under the "
                                   "good pile: %s" % sorted(forged)[:5])
@@ -517,7 +519,7 @@ async def _fuzz_bridge_tcp(count, seed, case=None, workers=16, rss_limit_mb=64, 
                 rep.violation(None, "bridge_log", line)
             lat = sorted(good.latency) or [0.0]
             rep.extra["good_pile"] = {"bills": len(good.sent), "logins": good.logins,
-                                      "on_platform": len(set(good.sent) & plat.bills[GOOD_PILE]),
+                                      "on_platform": len(set(good.sent) & plat.by_pile[GOOD_PILE]),
                                       "bill_to_0x40_s": {"p50": round(lat[len(lat) // 2], 3),
                                                          "p99": round(lat[len(lat) * 99 // 100], 3),
                                                          "max": round(lat[-1], 3)},
@@ -525,7 +527,7 @@ async def _fuzz_bridge_tcp(count, seed, case=None, workers=16, rss_limit_mb=64, 
             rep.extra["hostile"] = {"connections": fz.connections, "bytes": fz.bytes_sent,
                                     "seconds": round(hostile_s, 1),
                                     "inputs_per_s": round(rep.inputs / max(1e-9, hostile_s))}
-            rep.extra["hostile_piles_billed"] = sum(1 for k in plat.bills if k != GOOD_PILE)
+            rep.extra["hostile_piles_billed"] = sum(1 for k in plat.by_pile if k != GOOD_PILE)
     finally:
         if bridge is not None:
             await bridge.stop()
