@@ -5,10 +5,8 @@
 import asyncio
 import json
 import os
-import signal
 import socket
 import statistics
-import sys
 import time
 
 import aiomqtt
@@ -16,6 +14,7 @@ import aiomqtt
 from host import schema
 from sim.brokers import Mosquitto
 from host.mqtt import Background
+from sim.bridge_child import BridgeChild
 from host.store import Bill
 from sim.testkit import ScriptedPile, make_bill, make_extra
 from sim.links import PacedTransport, TcpTransport
@@ -69,50 +68,19 @@ class Consumer(Background):
                 await asyncio.sleep(0.05)
 
 
-class BridgeProc:
-    def __init__(self, tmp, broker, **over):
-        cfg = {"site": SITE, "database": os.path.join(tmp, "bridge.db"), "log_level": "warning",
-               "mqtt": {"url": "mqtt://%s:%d" % (broker.host, broker.port), "reconnect_min_s": 0.05,
-                        "reconnect_max_s": 0.5},
-               "bills": {"retry_initial_s": 30.0, "extra_wait_s": 1.0},
-               "piles": {"heartbeat_s": 30.0, "command_timeout_s": 5.0},
-               "tcp": {"listen": "127.0.0.1:0", "ext": True}}
-        for k, v in over.items():
-            cfg[k].update(v)
-        self.path = os.path.join(tmp, "bridge.toml")
-        with open(self.path, "w") as f:
-            for k, v in cfg.items():
-                if not isinstance(v, dict):
-                    f.write("%s = %s\n" % (k, json.dumps(v)))
-            for k, v in cfg.items():
-                if isinstance(v, dict):
-                    f.write("[%s]\n" % k)
-                    for k2, v2 in v.items():
-                        f.write("%s = %s\n" % (k2, json.dumps(v2)))
-        self.log = os.path.join(tmp, "bridge.log")
-        self.proc = None
-        self.port = None
-
-    async def start(self):
-        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        with open(self.log, "ab") as log:
-            prof = os.environ.get("BENCH_BRIDGE_PROFILE")   # a path: profile the bridge
-            pre = ["-m", "cProfile", "-o", prof] if prof else []
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, *pre, "-m", "host.bridge", "-c", self.path,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=log, cwd=ROOT, env=env)
-        line = await asyncio.wait_for(self.proc.stdout.readline(), 20)
-        self.port = json.loads(line)["tcp_port"]
-
-    async def stop(self):
-        if self.proc and self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), 10)
-            except asyncio.TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
+def BridgeProc(tmp, broker, **over):
+    """The bridge as a child process (sim/bridge_child.py) with the benchmark's
+    config; BENCH_BRIDGE_PROFILE=PATH profiles it with cProfile."""
+    cfg = {"site": SITE, "database": os.path.join(tmp, "bridge.db"), "log_level": "warning",
+           "mqtt": {"url": "mqtt://%s:%d" % (broker.host, broker.port), "reconnect_min_s": 0.05,
+                    "reconnect_max_s": 0.5},
+           "bills": {"retry_initial_s": 30.0, "extra_wait_s": 1.0},
+           "piles": {"heartbeat_s": 30.0, "command_timeout_s": 5.0},
+           "tcp": {"listen": "127.0.0.1:0", "ext": True}}
+    for k, v in over.items():
+        cfg[k].update(v)
+    prof = os.environ.get("BENCH_BRIDGE_PROFILE")
+    return BridgeChild(tmp, cfg, ["-m", "cProfile", "-o", prof] if prof else [])
 
 
 async def _pile(port, code, transport=None):
@@ -151,7 +119,7 @@ async def bench_throughput(broker, tmp, n, piles, window):
     await bp.start()
     try:
         async with Consumer(broker.host, broker.port):
-            ps = [await _pile(bp.port, _pile_code(i)) for i in range(piles)]
+            ps = [await _pile(bp.tcp_port, _pile_code(i)) for i in range(piles)]
             per = [[make_bill(p.code, k) for k in range(i, n, piles)] for i, p in enumerate(ps)]
             t0 = time.monotonic()
             await asyncio.gather(*[_send_pipelined(p, b, window) for p, b in zip(ps, per)])
@@ -186,7 +154,7 @@ async def bench_latency(broker, tmp, samples):
     lat_platform = []
     try:
         async with Consumer(broker.host, broker.port) as plat:
-            p = await _pile(bp.port, _pile_code(90))
+            p = await _pile(bp.tcp_port, _pile_code(90))
             for k in range(samples):
                 b = make_bill(p.code, k)
                 s = b["serial"]
@@ -217,8 +185,8 @@ async def bench_drain(broker, tmp, n):
         async with Consumer(broker.host, broker.port):
             for mode, window in (("back_to_back", n), ("stop_and_wait", 1)):
                 code = _pile_code(70 if mode == "back_to_back" else 71)
-                paced = PacedTransport(await TcpTransport.connect("127.0.0.1", bp.port), BAUD)
-                p = await _pile(bp.port, code, paced)
+                paced = PacedTransport(await TcpTransport.connect("127.0.0.1", bp.tcp_port), BAUD)
+                p = await _pile(bp.tcp_port, code, paced)
                 bills = [make_bill(code, k) for k in range(n)]
                 up0, down0 = paced.tx_sent, paced.rx_bytes
                 t0 = time.monotonic()
@@ -249,7 +217,7 @@ async def bench_broker_backlog(broker, tmp, n):
     loop = asyncio.get_running_loop()
     try:
         async with Consumer(broker.host, broker.port, persistent=True) as plat:
-            p = await _pile(bp.port, _pile_code(80))
+            p = await _pile(bp.tcp_port, _pile_code(80))
             await loop.run_in_executor(None, broker.stop)
             bills = [make_bill(p.code, k) for k in range(n)]
             await _send_pipelined(p, bills, 16)        # custody taken while the broker is down

@@ -66,10 +66,12 @@ def proc_fds(pid):
 
 
 class BridgeChild:
-    """host.bridge run as `python -m host.bridge --config FILE`, stopped by its pid."""
+    """host.bridge run as `python -m host.bridge --config FILE`, stopped by its pid.
+    python_args go before `-m host.bridge` (e.g. -m cProfile -o FILE)."""
 
-    def __init__(self, tmp, cfg):
+    def __init__(self, tmp, cfg, python_args=()):
         self.tmp = tmp
+        self.python_args = list(python_args)
         self.cfg = cfg
         self.cfg_path = write_toml(os.path.join(tmp, "bridge.toml"), cfg)
         self.log_path = os.path.join(tmp, "bridge.log")
@@ -82,7 +84,7 @@ class BridgeChild:
         env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
         with open(self.log_path, "ab") as log:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "host.bridge", "--config", self.cfg_path,
+                sys.executable, *self.python_args, "-m", "host.bridge", "--config", self.cfg_path,
                 stdout=asyncio.subprocess.PIPE, stderr=log, stdin=asyncio.subprocess.DEVNULL,
                 cwd=ROOT, env=env)
         self.pid = self.proc.pid

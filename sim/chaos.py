@@ -21,7 +21,7 @@ from sim.testkit import make_bill, make_extra
 from protocol import codec
 from protocol import sign
 from protocol.bill import split as split_payload
-from sim import scenario as SIM
+from sim.scenario_file import STOP_NAMES
 from sim import stack
 from sim.chaos_fleet import (ChaosFleet, INTRUDER, KINDS, SITE, THIRD_PARTY_FIRST, ThirdPartyFleet,
                              _CMD_TIMEOUT_S, _ClusterBroker, _PER_1000, _P_CORRUPT, _P_DUPLICATE,
@@ -521,7 +521,7 @@ class Chaos:
         flags = {}
         for s, bodies in sealed.items():
             b = _decode_bill(bodies[0])[0]
-            name = SIM.STOP_NAMES.get(b["stop_reason"], "0x%02X" % b["stop_reason"])
+            name = STOP_NAMES.get(b["stop_reason"], "0x%02X" % b["stop_reason"])
             stops[name] = stops.get(name, 0) + 1
         for s, (code, hdr) in executed.items():
             try:

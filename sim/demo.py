@@ -14,7 +14,7 @@ from host import cli
 from host.mqtt import stop_tasks
 from protocol.fields import PERIODS5
 from sim.fleet import SimFleet
-from sim.scenario import parse_scenario
+from sim.scenario_file import parse_scenario
 from sim import stack
 
 SITE = "demo"

@@ -17,7 +17,8 @@ from firmware import session as S
 from firmware.tariff import Tariff
 from protocol import fields as F
 from sim.links import PtyUart, TcpUart
-from sim.scenario import ScenarioError, SimUnit, _advance, bill_json, parse_vin_policy
+from sim.scenario import SimUnit, _advance, bill_json
+from sim.scenario_file import ScenarioError, parse_vin_policy
 
 
 class SimFleet:

@@ -1,5 +1,5 @@
 # Byte links for simulated piles, tools and tests, opened by URL as pyserial
-# opens its ports (docs/testing.md "Byte links"). Two shapes:
+# opens its ports (docs/sim.md "Byte links"). Two shapes:
 #
 #   open_uart(url)              the firmware's injected-uart interface:
 #                               read(n) -> bytes | None (never blocks),

@@ -18,6 +18,7 @@ from sim.brokers import RefusedPort
 from protocol import codec
 from sim import fleet as sim_fleet
 from sim import scenario as sim
+from sim import scenario_file as scen_file
 from sim import stack
 from sim.links import SocketUart
 from sim.platform import ScriptedPlatform
@@ -62,7 +63,7 @@ def test_field_case_scenarios_are_shipped_and_every_scenario_file_parses():
     names = set(os.path.splitext(os.path.basename(f))[0] for f in files)
     assert set(EXPECTED) <= names
     for f in files:  # others' scenarios (the demo's) must at least be valid
-        sc = sim.load_scenario(f)
+        sc = scen_file.load_scenario(f)
         assert sc["piles"] and sc["tariff"] is not None
 
 
@@ -135,40 +136,40 @@ def test_table_output_lists_bills_and_verdict(capsys):
 # --- exact decimals -----------------------------------------------------------------
 
 def test_decimal_strings_parse_exactly_to_protocol_integers():
-    assert sim.yuan_e4("1.00") == 10000
-    assert sim.kwh_e4("0.1") == 1000
-    assert sim.yuan_e4("0.0001") == 1
-    assert sim.yuan_e4("1") == 10000 and sim.yuan_e4(1) == 10000
-    assert sim.yuan_e4("12.345") == 123450
-    assert sim.yuan_e4("2.50000") == 25000          # trailing zeros beyond resolution
-    assert sim.balance_e2("100.00") == 10000
-    assert sim.kwh_e4("0.3") * 3 == sim.kwh_e4("0.9")  # no binary fraction anywhere
-    assert sim.parse_decimal("1234567890.12345", 5, "x") == 123456789012345
+    assert scen_file.yuan_e4("1.00") == 10000
+    assert scen_file.kwh_e4("0.1") == 1000
+    assert scen_file.yuan_e4("0.0001") == 1
+    assert scen_file.yuan_e4("1") == 10000 and scen_file.yuan_e4(1) == 10000
+    assert scen_file.yuan_e4("12.345") == 123450
+    assert scen_file.yuan_e4("2.50000") == 25000          # trailing zeros beyond resolution
+    assert scen_file.balance_e2("100.00") == 10000
+    assert scen_file.kwh_e4("0.3") * 3 == scen_file.kwh_e4("0.9")  # no binary fraction anywhere
+    assert scen_file.parse_decimal("1234567890.12345", 5, "x") == 123456789012345
 
 
 @pytest.mark.parametrize("bad", ["0.00001", "1e3", "-1", "1.2.3", "", "abc", " 1,00", 1.0,
                                  True, None, -5])
 def test_bad_decimal_is_a_clear_error(bad):
-    with pytest.raises(sim.ScenarioError) as e:
-        sim.yuan_e4(bad, "start.amount")
+    with pytest.raises(scen_file.ScenarioError) as e:
+        scen_file.yuan_e4(bad, "start.amount")
     assert "start.amount" in str(e.value)
 
 
 def test_json_numbers_with_fractions_stay_exact():
-    d = json.loads('{"a": 1.10, "b": 0.1}', parse_float=sim._JsonNumber)
-    assert sim.yuan_e4(d["a"]) == 11000 and sim.kwh_e4(d["b"]) == 1000
+    d = json.loads('{"a": 1.10, "b": 0.1}', parse_float=scen_file._JsonNumber)
+    assert scen_file.yuan_e4(d["a"]) == 11000 and scen_file.kwh_e4(d["b"]) == 1000
 
 
 def test_durations():
-    assert sim.parse_duration_ms("1h30m") == 5400000
-    assert sim.parse_duration_ms("10m") == 600000
-    assert sim.parse_duration_ms("90s") == 90000
-    assert sim.parse_duration_ms("1.5s") == 1500
-    assert sim.parse_duration_ms("500ms") == 500
-    assert sim.parse_duration_ms(45) == 45000
-    assert sim.parse_duration_ms("2.25") == 2250
-    with pytest.raises(sim.ScenarioError):
-        sim.parse_duration_ms("10 minutes")
+    assert scen_file.parse_duration_ms("1h30m") == 5400000
+    assert scen_file.parse_duration_ms("10m") == 600000
+    assert scen_file.parse_duration_ms("90s") == 90000
+    assert scen_file.parse_duration_ms("1.5s") == 1500
+    assert scen_file.parse_duration_ms("500ms") == 500
+    assert scen_file.parse_duration_ms(45) == 45000
+    assert scen_file.parse_duration_ms("2.25") == 2250
+    with pytest.raises(scen_file.ScenarioError):
+        scen_file.parse_duration_ms("10 minutes")
 
 
 # --- bad scenario files ---------------------------------------------------------------
@@ -288,7 +289,7 @@ def peer():
 
 
 def test_fleet_attaches_over_tcp_and_its_bills_are_confirmed(peer):
-    sc = sim.parse_scenario({
+    sc = scen_file.parse_scenario({
         "tariff": {"prices": [[120000, 40000], [100000, 40000], [70000, 40000],
                               [30000, 40000]], "slots": [2] * 48},
         "piles": [{"code": "55031412780101"}, {"code": "55031412780102", "power_w": 7000}],
@@ -404,7 +405,7 @@ def test_fleet_against_the_real_bridge_gets_its_bills_confirmed(tmp_path):
     fleet = None
     with _bridge_child(tmp_path) as br:
         try:
-            sc = sim.parse_scenario({
+            sc = scen_file.parse_scenario({
                 "tariff": {"prices": [[120000, 40000], [100000, 40000], [70000, 40000],
                                       [30000, 40000]], "slots": [1] * 48},
                 "piles": [{"code": "55031412780201", "plugged": True},
@@ -440,7 +441,7 @@ def test_a_bridge_that_crashes_at_start_up_fails_the_test_naming_it(tmp_path):
 def test_fleet_on_ptys_gets_its_bills_confirmed_by_the_real_bridge_on_serial_links(tmp_path):
     # Each simulated pile's UART is a pty; the bridge opens the other ends as
     # [[serial]] links, as it would /dev/ttyUSB0 on a site gateway.
-    sc = sim.parse_scenario({
+    sc = scen_file.parse_scenario({
         "tariff": {"prices": [[120000, 40000], [100000, 40000], [70000, 40000],
                               [30000, 40000]], "slots": [1] * 48},
         "piles": [{"code": "55031412780301", "plugged": True},
@@ -521,7 +522,7 @@ def _tariff_flat():
 
 
 def test_silent_meter_stops_the_session_and_a_backwards_meter_is_not_billed():
-    res = sim.run_scenario(sim.parse_scenario({
+    res = sim.run_scenario(scen_file.parse_scenario({
         "tariff": _tariff_flat(),
         "piles": [{"code": "55031412780301", "plugged": True},
                   {"code": "55031412780302", "plugged": True}],
@@ -537,7 +538,7 @@ def test_silent_meter_stops_the_session_and_a_backwards_meter_is_not_billed():
 
 
 def test_reboot_now_and_when_idle_each_leave_exactly_one_bill():
-    res = sim.run_scenario(sim.parse_scenario({
+    res = sim.run_scenario(scen_file.parse_scenario({
         "tariff": _tariff_flat(),
         "piles": [{"code": "55031412780401", "plugged": True},
                   {"code": "55031412780402", "plugged": True}],

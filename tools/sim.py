@@ -24,7 +24,8 @@ import sys
 
 from host import cli
 from sim.fleet import SimFleet, parse_hostport
-from sim.scenario import ScenarioError, format_table, load_scenario, run_scenario
+from sim.scenario import format_table, run_scenario
+from sim.scenario_file import ScenarioError, load_scenario
 from sim.testkit import THIRD_PARTY_VARIANTS, ThirdPartyPile, third_party_corpus
 from sim.links import TcpTransport
 
