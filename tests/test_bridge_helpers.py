@@ -22,6 +22,7 @@ from host import bridge as bridgemod
 from host import config as configmod
 from sim.testkit import ScriptedPile
 from sim.links import FdTransport, FdUart, TcpTransport
+from sim.bridge_child import write_toml
 from sim.mqtt_platform import MqttPlatform as Platform  # noqa: F401 (the suites' platform)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -153,34 +154,6 @@ def fees_yuan(extra):
 
 def url_of(broker):
     return "mqtt://%s:%d" % (broker.host, broker.port)
-
-
-def write_toml(path, cfg):
-    """A TOML file for a config dict of plain scalars / tables (tests only)."""
-    def val(v):
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, list):
-            return "[" + ", ".join(val(x) for x in v) + "]"
-        raise TypeError(v)
-    lines = []
-    tables = []
-    for k, v in cfg.items():
-        if isinstance(v, dict):
-            tables.append((k, v))
-        else:
-            lines.append("%s = %s" % (k, val(v)))
-    for k, t in tables:
-        lines.append("\n[%s]" % k)
-        for k2, v2 in t.items():
-            lines.append("%s = %s" % (k2, val(v2)))
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    return path
 
 
 class BridgeProcess:
