@@ -57,14 +57,6 @@ BOOT_UPGRADE = const(4)         # rebooted into a newly activated firmware
 BOOT_NAMES = ("power-on", "reboot-now", "reboot-when-idle", "rollback", "upgrade")
 
 
-def _write_atomic(path, data):
-    fsio.save_atomic(fsio.OS, path, data)
-
-
-def _read(path):
-    return fsio.read(fsio.OS, path)
-
-
 class Pile:
     """cfg keys: pile (14 digits), gun ("01"), guns (1..4, default 1: with
     more than one, the guns are "01".."0N" and meter, contactor and vehicle
@@ -115,7 +107,7 @@ class Pile:
             g = cfg.get("gun", "01") if n == 1 else "%02d" % (i + 1)
             self.guns.append(S.Gun(self.pile, g, clock, meter[i], contactor[i], vehicle[i], tariff,
                                    next_serial=self._serial_for(g), on_open=self._on_open,
-                                   on_checkpoint=self._on_checkpoint, on_seal=self._on_seal,
+                                   on_checkpoint=self.journal.checkpoint, on_seal=self._on_seal,
                                    on_start_reply=self._late_reply_for(g),
                                    vin_policy=self.remote.vins, log=self.log,
                                    period_ms=cfg.get("period_ms", 1000),
@@ -139,7 +131,7 @@ class Pile:
                  "net_type": 3, "sim": "", "carrier": 4}
         self.router = Router(HANDLERS, unhandled, self.remote.auth, self.pile, Pile._signed_reject)
         self.link = Link(uart, clock, login, self._handle, on_online=self._online,
-                         on_offline=self._offline, log=lambda *a: self.log(" ".join(a)),
+                         on_offline=self.outbox.on_logout, log=lambda *a: self.log(" ".join(a)),
                          beats=self._beats if n > 1 else None)
         self.cadences = [Cadence(diff=diff_of(clock)) for _ in range(n)]
         self.cadence = self.cadences[0]
@@ -191,9 +183,6 @@ class Pile:
             raise S.StartRefused(S.START_SERIAL_USED, "trade serial %s already in the journal"
                                  % serial)
 
-    def _on_checkpoint(self, serial, payload):
-        self.journal.checkpoint(serial, payload)
-
     def _on_seal(self, serial, bill):
         r = self.journal.seal(serial, B.payload(bill, self._mac_key()))
         self.log("bill %s %s: %d e4kWh, %d e4yuan, reason 0x%02X"
@@ -241,7 +230,7 @@ class Pile:
     # --- persisted settings ----------------------------------------------------
 
     def _load_tariff(self):
-        raw = _read(self.root + "/tariff.bin")
+        raw = fsio.read(fsio.OS, self.root + "/tariff.bin")
         if raw:
             try:
                 return Tariff.unpack_from(raw)[0]
@@ -250,14 +239,14 @@ class Pile:
         return self.cfg.get("tariff")
 
     def set_tariff(self, tariff):
-        _write_atomic(self.root + "/tariff.bin", tariff.pack())
+        fsio.save_atomic(fsio.OS, self.root + "/tariff.bin", tariff.pack())
         for g in self.guns:
             g.set_tariff(tariff)
         self.event("tariff", tariff.model)
 
     def _boot_reason(self):
         path = self.root + "/boot"
-        raw = _read(path)
+        raw = fsio.read(fsio.OS, path)
         if raw:
             try:
                 os.remove(path)
@@ -276,9 +265,6 @@ class Pile:
         for c in self.cadences:
             c.force()
         self.remote.on_login()        # logged in, journal recovered: firmware healthy
-
-    def _offline(self):
-        self.outbox.on_logout()
 
     def _handle(self, f):
         # protocol/router.py: envelopes opened, bare protected frames refused,
@@ -361,7 +347,7 @@ class Pile:
                     g.remote_stop()
                 else:
                     g.manual_stop()
-        _write_atomic(self.root + "/boot", bytes((self._reboot_reason or when,)))
+        fsio.save_atomic(fsio.OS, self.root + "/boot", bytes((self._reboot_reason or when,)))
         self._reboot_when = 0
         self.log("rebooting (%s)" % BOOT_NAMES[when])
         self.reboot_hook()
@@ -451,7 +437,11 @@ class Pile:
             wait = share
         if self.link.online:
             self._send_bills()
-            if self._tariff_check and self._stored_bills_done():
+            # YKC: after login every stored bill goes first, each answered
+            # (0x40) before the tariff check. Outbox idle: each was sent and
+            # answered, or its answer_ms ran out (a platform that never
+            # answers does not hold the tariff check back for ever).
+            if self._tariff_check and self.outbox.idle():
                 self._tariff_check = False
                 t = self.gun.tariff
                 self.link.send("tariff_check", {"pile": self.pile,
@@ -462,13 +452,6 @@ class Pile:
             self.console.poll()
             return wait if wait < 50 else 50   # keystrokes echo promptly
         return wait if wait < 1000 else 1000
-
-    def _stored_bills_done(self):
-        # YKC: after login every stored bill goes first, each answered (0x40)
-        # before the tariff check. Nothing due and nothing in flight: each
-        # was sent and answered, or its answer_ms ran out (a platform that
-        # never answers does not hold the tariff check back for ever).
-        return self.outbox.idle()
 
     def _send_bills(self):
         ob = self.outbox
