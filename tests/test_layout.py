@@ -321,27 +321,20 @@ def test_no_frame_code_if_chains_in_firmware_and_host():
 
 def test_the_chain_check_finds_a_planted_dispatch():
     codes, names = _frame_facts()
-    by_code = ast.parse(
-        "def dispatch(self, f):\n"
-        "    c = f.code\n"
-        "    if c == 0x36:\n"
-        "        stop()\n"
-        "    elif c == 0x34 or c == 0xE2:\n"
-        "        start()\n"
-        "    elif c in (0x0A, 0x58):\n"
-        "        tariff()\n")
-    assert frame_chains(by_code, codes, names) == [(3, "c", 3)]
-    by_name = ast.parse(
-        "if f.name == 'login':\n    a()\n"
-        "elif f.name == 'heartbeat':\n    b()\n"
-        "elif f.name in ('bill', 'bill5'):\n    c()\n"
-        "else:\n    d()\n")
-    assert frame_chains(by_name, codes, names) == [(1, "f.name", 3)]
-    # two comparisons, or a chain over something that is not a frame, pass
-    ok = ast.parse(
-        "if f.code == 0x02:\n    a()\nelif f.code == 0x04:\n    b()\n"
-        "if op == 1:\n    a()\nelif op == 2:\n    b()\nelif op == 3:\n    c()\n")
-    assert frame_chains(ok, codes, names) == []
+    planted = (
+        # (source, what the check must find)
+        ("def dispatch(self, f):\n    c = f.code\n"
+         "    if c == 0x36:\n        stop()\n"
+         "    elif c == 0x34 or c == 0xE2:\n        start()\n"
+         "    elif c in (0x0A, 0x58):\n        tariff()\n", [(3, "c", 3)]),
+        ("if f.name == 'login':\n    a()\nelif f.name == 'heartbeat':\n    b()\n"
+         "elif f.name in ('bill', 'bill5'):\n    c()\nelse:\n    d()\n", [(1, "f.name", 3)]),
+        # two comparisons, or a chain over something that is not a frame, pass
+        ("if f.code == 0x02:\n    a()\nelif f.code == 0x04:\n    b()\n", []),
+        ("if op == 1:\n    a()\nelif op == 2:\n    b()\nelif op == 3:\n    c()\n", []),
+    )
+    for src, found in planted:
+        assert frame_chains(ast.parse(src), codes, names) == found, src
 
 
 # --- module size limits -------------------------------------------------------

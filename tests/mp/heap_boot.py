@@ -2,18 +2,12 @@
 # router and firmware/handlers.py may add at most 1 KB). Runs under
 # MicroPython (from .mpy, as tools/mp_heapcap.sh builds them) and CPython:
 #
-#   micropython tests/mp/heap_boot.py
+#   micropython -m tests.mp.heap_boot        (from the repository's root)
 #
 # prints "modules N" (gc.mem_alloc after importing the pile and its test
 # rig), "boot N" (a Pile built and logged in, beyond the imports) and
 # "session N" (one start, stop, bill, confirm and settle, beyond the boot).
-import sys
 import gc
-
-_HERE = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
-_ROOT = _HERE + "/../.."
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
 
 
 def _alloc():
