@@ -12,11 +12,8 @@ from protocol import codec
 from protocol.router import on
 
 HANDLERS = {}
-
-
-def _gun(p, v):
-    # The gun a frame names (gun 1 for frames without one), None if unknown.
-    return p.gun_named(v["gun"]) if "gun" in v else p.gun
+# Every frame here that concerns a gun names it ($PG / $SPG): Pile.gun_named
+# gives that Gun, or None for a gun this pile does not have.
 
 
 def unhandled(p, f):
@@ -28,7 +25,7 @@ def remote_stop(p, f):
     # A stop for one gun never touches another: an unknown gun is refused
     # (0x35 reason 3), nothing stops.
     v = f.fields
-    gun = _gun(p, v)
+    gun = p.gun_named(v["gun"])
     res, why = gun.remote_stop(v["pile"]) if gun else (0, S.STOPR_OTHER)
     return {"pile": p.pile, "gun": gun.gun if gun else v["gun"], "result": res, "reason": why}
 
@@ -61,7 +58,7 @@ def remote_start(p, f):
 def start_auth(p, f):
     # The platform's answer to our 0x31 (a card or VIN at the pile).
     v = f.fields
-    gun = _gun(p, v)
+    gun = p.gun_named(v["gun"])
     if gun is None:
         p.log("0x32 %s for unknown gun %s" % (v["serial"], v["gun"]))
         return None
@@ -150,7 +147,7 @@ def tariff_set(p, f):
 @on(HANDLERS, 0x12)
 def read_realtime(p, f):
     # Answered by the next poll()'s 0x13, with a sequence of its own.
-    p._send_realtime(_gun(p, f.fields))
+    p._send_realtime(p.gun_named(f.fields["gun"]))
     return None
 
 
@@ -164,7 +161,7 @@ def time_sync(p, f):
 def balance_update(p, f):
     # 0x42 names the gun whose running session gets the new balance.
     v = f.fields
-    g = _gun(p, v)
+    g = p.gun_named(v["gun"])
     ok = g.balance_update(v["balance"]) if g is not None and "balance" in v else False
     out = {}
     for name, kind, _size, _off in codec.layout_named("balance_update_reply").fields:
