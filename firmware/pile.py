@@ -30,7 +30,7 @@ from firmware.tariff import Tariff, TariffError
 from protocol import bill as B
 from protocol import codec
 from protocol import fields as F
-from protocol.router import Router
+from protocol.router import route
 
 try:
     from micropython import const
@@ -129,7 +129,6 @@ class Pile:
         login = {"pile": self.pile, "pile_type": cfg.get("pile_type", 0), "guns": n,
                  "proto_version": 16, "sw_version": self.remote.board_version(),
                  "net_type": 3, "sim": "", "carrier": 4}
-        self.router = Router(HANDLERS, unhandled, self.remote.auth, self.pile, Pile._signed_reject)
         self.link = Link(uart, clock, login, self._handle, on_online=self._online,
                          on_offline=self._offline, log=lambda *a: self.log(" ".join(a)),
                          beats=self._beats if n > 1 else None)
@@ -277,7 +276,7 @@ class Pile:
     def _handle(self, f):
         # protocol/router.py: envelopes opened, bare protected frames refused,
         # each frame to its firmware/handlers.py function, its reply sent.
-        r = self.router.route(self, f)
+        r = route(HANDLERS, self, f, unhandled, self.remote.auth, self.pile, Pile._signed_reject)
         if r is not None:
             self.link.send(r[0], r[1], r[2])
 

@@ -17,7 +17,7 @@ from protocol import frames
 from protocol import sign
 from protocol.errors import FrameError
 from protocol.frames import BILL_CODES
-from protocol.router import Router, on
+from protocol.router import on, reply
 
 from host import config as configmod
 from host import schema
@@ -43,8 +43,8 @@ NAMES = _names()
 REPLIES = dict((name, (NAMES[reply], key)) for code, name, reply, key, _signed in extras.columns()
                if reply is not None and code % 2 == 0)
 # What the bridge does with each frame a pile sends: PileConn methods
-# registered with @on(HANDLERS, code), run by ROUTER (protocol/router.py),
-# which answers with the frame the table names and the request's sequence.
+# registered with @on(HANDLERS, code); protocol/router.py's reply() gives the
+# frame the table names to answer with, and the request's sequence.
 HANDLERS = {}
 # Replies that only ever come as answers: one nobody waits for is late or a
 # duplicate, and is logged and dropped.
@@ -474,10 +474,12 @@ class PileConn:
                 return
             log.warning("pile %s: %s names pile %s; ignored", pile.code, f.name, code)
             return
-        h = ROUTER.handlers.get(f.code)
+        h = HANDLERS.get(f.code)
         delivered = self._deliver(f)
         if h is not None:
-            await self.answer(ROUTER.reply(f, await h(self, f)))
+            # Not route(): the handlers are coroutines; a pile sends no
+            # signed frames, so there is nothing to screen.
+            await self.answer(reply(f, await h(self, f)))
         elif not delivered:
             if f.name in _PURE_REPLIES:
                 log.info("pile %s: %s (seq %04X) nobody waits for (late or duplicate): ignored",
@@ -769,6 +771,3 @@ class PileConn:
         self.bridge.event(self.pile.code, "start_request",
                           "pile asks to start gun %s (card or VIN); answer with the "
                           "'authorize' command" % v["gun"], request=dict(v), seq=f.seq)
-
-
-ROUTER = Router(HANDLERS)

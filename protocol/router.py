@@ -39,61 +39,54 @@ def on(handlers, *codes):
     return register
 
 
-class Router:
-    """handlers: {code: handler(ctx, frame)}. default(ctx, frame): called for
-    a frame no handler takes (a log line; never answered). auth: the end's
-    command-key check (firmware/auth.CommandAuth: verify(pile, counter,
-    code, body, mac) -> (ok, reason)), None for an end without a key: then
-    no bare frame is refused and every envelope is (reason "no key").
-    on_reject(ctx, code, counter, reason): told of each refusal (an event)."""
+def route(handlers, ctx, f, default=None, auth=None, pile=None, on_reject=None):
+    """Screen, handle and answer frame f. Returns the reply as (code, values
+    or body bytes, seq), or None.
 
-    def __init__(self, handlers, default=None, auth=None, pile=None, on_reject=None):
-        self.handlers = handlers
-        self.default = default
-        self.auth = auth
-        self.pile = pile
-        self.on_reject = on_reject
-        self.protected = ()
-        if auth is not None:
-            from protocol.sign import PROTECTED
-            self.protected = PROTECTED
-
-    def route(self, ctx, f):
-        """Screen, handle and answer one frame. Returns the reply as
-        (code, values or body bytes, seq), or None."""
-        c = f.code
-        refused = None
-        if c == _SIGNED:
-            from protocol.sign import open_signed
-            inner = open_signed(f, self.auth, self.pile)
-            if isinstance(inner, tuple):
-                refused = inner
-            else:
-                f = inner
-                c = f.code
-        elif c in self.protected:
+    handlers: {code: handler(ctx, frame)}; default(ctx, frame): called for a
+    frame no handler takes (a log line; never answered). auth: the
+    receiver's command-key check (firmware/auth.CommandAuth: verify(pile,
+    counter, code, body, mac) -> (ok, reason)) and pile its code; None for
+    a receiver without a key: then no bare frame is refused and every
+    envelope is (reason "no key"). on_reject(ctx, code, counter, reason):
+    told of each refusal (an event). A function, not an object: a pile
+    keeps no router state on its heap."""
+    c = f.code
+    refused = None
+    if c == _SIGNED:
+        from protocol.sign import open_signed
+        inner = open_signed(f, auth, pile)
+        if isinstance(inner, tuple):
+            refused = inner
+        else:
+            f = inner
+            c = f.code
+    elif auth is not None:
+        from protocol.sign import PROTECTED
+        if c in PROTECTED:
             refused = (0, 5, c)          # reason 5: unsigned (protocol/sign.py)
-        if refused is not None:
-            counter, reason, code = refused
-            if self.on_reject is not None:
-                self.on_reject(ctx, code, counter, reason)
-            return (_REJECT, {"counter": counter, "reason": reason}, f.seq)
-        h = self.handlers.get(c)
-        if h is None:
-            if self.default is not None:
-                self.default(ctx, f)
-            return None
-        return self.reply(f, h(ctx, f))
+    if refused is not None:
+        counter, reason, code = refused
+        if on_reject is not None:
+            on_reject(ctx, code, counter, reason)
+        return (_REJECT, {"counter": counter, "reason": reason}, f.seq)
+    h = handlers.get(c)
+    if h is None:
+        if default is not None:
+            default(ctx, f)
+        return None
+    return reply(f, h(ctx, f))
 
-    def reply(self, f, values):
-        """(reply code, values, the request's seq) for a handler's result on
-        frame f: the reply code is the table's ">REPLY" column. None when
-        there is no result or nothing answers f."""
-        if values is None or not _FIRST[f.code]:
-            return None
-        k = _FIRST[f.code] - 1
-        t = TABLE[_POS[k] >> 12]
-        e = t.find(" ", (_POS[k] & 0xFFF) + 3)     # the end of the frame's name
-        if t[e + 1] != ">":
-            return None
-        return (int(t[e + 2:e + 4], 16), values, f.seq)
+
+def reply(f, values):
+    """(reply code, values, the request's seq) for a handler's result on
+    frame f: the reply code is the table's ">REPLY" column. None when there
+    is no result or nothing answers f."""
+    if values is None or not _FIRST[f.code]:
+        return None
+    k = _FIRST[f.code] - 1
+    t = TABLE[_POS[k] >> 12]
+    e = t.find(" ", (_POS[k] & 0xFFF) + 3)     # the end of the frame's name
+    if t[e + 1] != ">":
+        return None
+    return (int(t[e + 2:e + 4], 16), values, f.seq)
