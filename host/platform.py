@@ -15,14 +15,12 @@ import binascii
 import json
 import logging
 import os
-import signal
 import sqlite3
 import ssl
 import stat
 import sys
 import time
 import uuid
-import zlib
 
 import aiomqtt
 
@@ -30,6 +28,7 @@ from host import cli
 from host import schema
 from protocol import reconcile as R
 from protocol import sign
+from host.leases import LEASE_S, FencedWorker, Leases, stop_on_sigterm, worker_args
 from host.mqtt import stop_tasks, subscribe_all
 from host.topics import ROOT, shared_bills
 from protocol import codec
@@ -59,13 +58,6 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE TABLE IF NOT EXISTS copies (
     id INTEGER PRIMARY KEY AUTOINCREMENT, serial TEXT NOT NULL, why TEXT NOT NULL,
     doc TEXT NOT NULL, at REAL NOT NULL
-);
--- Which worker owns a site (docs/scaling.md "Platform workers"): owner ''
--- is free since `expires`; `token` (the fencing token) grows with every
--- new owner and rides in every confirmation.
-CREATE TABLE IF NOT EXISTS leases (
-    site TEXT PRIMARY KEY, owner TEXT NOT NULL, token INTEGER NOT NULL,
-    expires REAL NOT NULL, since REAL NOT NULL
 );
 """
 
@@ -108,13 +100,6 @@ DB_RETRY_MIN_S = 0.2
 DB_RETRY_MAX_S = 30.0
 DB_LOCK_WAIT_S = 10.0
 
-# Site leases (docs/scaling.md "Platform workers"): a worker confirms a
-# site's bills only while it holds the site's lease, renewed every
-# LEASE_S / 3. A worker that is not a site's preferred one (stable hash of
-# the site over the workers) takes a lease only LEASE_GRACE of LEASE_S after
-# it expired, so the preferred worker gets it first.
-LEASE_S = 15.0
-LEASE_GRACE = 0.5
 
 
 class PlatformError(Exception):
@@ -309,8 +294,7 @@ def open_db(path, create=True):
                 raise PlatformError("database %s: directory %s does not exist" % (path, d))
             if os.path.isdir(path):
                 raise PlatformError("database %s is a directory" % path)
-            # Several workers share one file: a writer waits for the lock.
-            db = sqlite3.connect(path, timeout=DB_LOCK_WAIT_S)
+            db = sqlite3.connect(path, timeout=DB_LOCK_WAIT_S)   # workers share the file
             db.executescript(_SCHEMA)
             have = set(r[1] for r in db.execute("PRAGMA table_info(bills)"))
             for name, decl in _COLUMNS:
@@ -320,10 +304,6 @@ def open_db(path, create=True):
                 db.execute("ALTER TABLE events ADD COLUMN event_id TEXT")
             db.execute("CREATE UNIQUE INDEX IF NOT EXISTS events_once ON events(event_id) "
                        "WHERE event_id IS NOT NULL")
-            # A new owner confirms what its site's last owner stored and did
-            # not confirm: found by this index, not a scan.
-            db.execute("CREATE INDEX IF NOT EXISTS bills_unconfirmed ON bills(site) "
-                       "WHERE confirm_result IS NULL")
             db.commit()
             db.execute("PRAGMA journal_mode=WAL")
             return db
@@ -430,119 +410,11 @@ def tls_context(ca_file=None, cert_file=None, key_file=None, insecure=False):
     return ctx
 
 
-class Leases:
-    """The site leases of one worker, kept in the platform's database (table
-    `leases`), which every worker shares and which outlives any of them: a
-    crashed owner's lease simply runs out there. Each step is one UPDATE,
-    atomic under SQLite's write lock, so two workers never both take a site.
+class Platform(FencedWorker):
+    """Consumes bills and events; confirms (under a site lease: FencedWorker);
+    sends commands and awaits results."""
 
-    `worker`: this incarnation's id (a restart is a new owner, with a new
-    token). `index` of `workers`: the sites this worker takes first
-    (crc32(site) % workers == index); any worker takes a site whose lease
-    ran out `grace * ttl` ago, so a dead worker's sites move on."""
-
-    def __init__(self, db, worker, ttl=LEASE_S, index=0, workers=1, clock=time.time,
-                 grace=LEASE_GRACE):
-        if workers < 1 or not 0 <= index < workers:
-            raise PlatformError("worker index %d of %d workers: must be 0..%d"
-                                % (index, workers, workers - 1))
-        if ttl <= 0:
-            raise PlatformError("lease time must be positive, got %g s" % ttl)
-        self.db = db
-        self.worker = worker
-        self.ttl = ttl
-        self.index = index
-        self.workers = workers
-        self.clock = clock
-        self.grace = grace * ttl
-        self.held = {}        # site -> (token, expires) of the leases this worker holds
-        self._busy = {}       # site -> expiry of another worker's lease: no DB read before
-        self.taken = []       # (site, token) taken since the caller last looked
-
-    def preferred(self, site):
-        return zlib.crc32(site.encode()) % self.workers == self.index
-
-    def token(self, site):
-        """This worker's fencing token for `site`, taking or renewing the
-        lease as needed; None when another worker holds it."""
-        now = self.clock()
-        mine = self.held.get(site)
-        if mine is not None and now < mine[1] - self.ttl / 2:
-            return mine[0]
-        if mine is None and now < self._busy.get(site, 0):
-            return None
-        return self._take(site, now)
-
-    def _take(self, site, now):
-        db = self.db
-        if db.in_transaction:
-            db.commit()
-        try:
-            mine = self.held.get(site)
-            if mine is not None and db.execute(
-                    "UPDATE leases SET expires=? WHERE site=? AND owner=? AND token=?",
-                    (now + self.ttl, site, self.worker, mine[0])).rowcount:
-                # Nobody took it meanwhile (the token would have grown).
-                db.commit()
-                self.held[site] = (mine[0], now + self.ttl)
-                return mine[0]
-            self.held.pop(site, None)
-            # Never seen: free from now on (the preferred worker takes it at
-            # once; the others only after the grace).
-            db.execute("INSERT OR IGNORE INTO leases (site, owner, token, expires, since) "
-                       "VALUES (?, '', 0, ?, ?)", (site, now, now))
-            pref = self.preferred(site)
-            # A free site (owner '') is the preferred worker's at once, whatever
-            # its `expires` says: another worker may have marked it free a moment
-            # after our `now` was read, while we waited for the write lock.
-            if db.execute("UPDATE leases SET owner=?, token=token+1, expires=?, since=? "
-                          "WHERE site=? AND (expires<=? OR (owner='' AND ?))",
-                          (self.worker, now + self.ttl, now, site,
-                           now if pref else now - self.grace, pref)).rowcount:
-                tok = db.execute("SELECT token FROM leases WHERE site=?", (site,)).fetchone()[0]
-                db.commit()
-                self.held[site] = (tok, now + self.ttl)
-                self._busy.pop(site, None)
-                self.taken.append((site, tok))
-                log.info("worker %s: took site %s (fencing token %d)", self.worker, site, tok)
-                return tok
-            exp = db.execute("SELECT expires FROM leases WHERE site=?", (site,)).fetchone()[0]
-            db.commit()
-            self._busy[site] = exp if self.preferred(site) else exp + self.grace
-            return None
-        except sqlite3.Error:
-            db.rollback()
-            raise
-
-    def renew(self):
-        """Renew every lease held and take the ones that ran out (a dead
-        worker's). Returns the sites lost (another worker has them now)."""
-        now = self.clock()
-        lost = []
-        for site in list(self.held):
-            if self._take(site, now) is None:
-                lost.append(site)
-                log.warning("worker %s: lost site %s to another worker: its bills are no "
-                            "longer confirmed here", self.worker, site)
-        for (site,) in self.db.execute("SELECT site FROM leases WHERE expires<=? AND owner!=?",
-                                       (now, self.worker)).fetchall():
-            self._busy.pop(site, None)
-            self._take(site, now)
-        if self.db.in_transaction:
-            self.db.commit()
-        return lost
-
-    def release(self):
-        """A clean stop: every lease held runs out now, for another worker."""
-        for site, (tok, _) in list(self.held.items()):
-            self.db.execute("UPDATE leases SET expires=? WHERE site=? AND owner=? AND token=?",
-                            (self.clock(), site, self.worker, tok))
-        self.db.commit()
-        self.held.clear()
-
-
-class Platform:
-    """Consumes bills and events; confirms; sends commands and awaits results."""
+    _hash = staticmethod(content_hash)
 
     def __init__(self, url="mqtt://127.0.0.1:1883", db=":memory:", group=None, site="+",
                  username=None, password=None, client_id=None, keys=None, tls_context=None,
@@ -577,14 +449,12 @@ class Platform:
         # so it never takes bills queued for the running platform's session.
         self.consume = consume
         self.db = open_db(db)
-        # This worker's site leases (a one-off --cmd confirms nothing: none).
-        self.leases = Leases(self.db, "%s#%s" % (self.client_id, uuid.uuid4().hex[:6]), lease_s,
-                             worker_index, workers, clock) if consume else None
-        # Awaited just before a confirmation is published (after the lease
-        # check): where a stalled worker (GC pause, slow disk) would stop.
-        self.before_confirm = None
-        self._gate = asyncio.Event()   # cleared: the worker is paused (pause())
-        self._gate.set()
+        try:   # this worker's site leases (a one-off --cmd confirms nothing: none)
+            self.leases = Leases(self.db, "%s#%s" % (self.client_id, uuid.uuid4().hex[:6]),
+                                 lease_s, worker_index, workers, clock) if consume else None
+        except ValueError as e:
+            raise PlatformError(str(e))
+        self._init_worker()
         self.silent = False            # an outage: take nothing, confirm nothing
         self.confirming = True
         self.changed = asyncio.Event()
@@ -771,17 +641,7 @@ class Platform:
     async def run(self, ready=None):
         """Consume until cancelled; reconnects with backoff (a cluster: the
         next node at once, the backoff after a whole round)."""
-        lease_task = (asyncio.ensure_future(self._lease_loop())
-                      if self.leases is not None else None)
-        try:
-            await self._connect_loop(ready)
-        finally:
-            if lease_task is not None:
-                await stop_tasks([lease_task])
-                try:
-                    self.leases.release()   # a clean stop: another worker takes over at once
-                except sqlite3.Error as e:
-                    log.warning("platform: leases not released (%s): they run out", e)
+        await self._leased(self._connect_loop(ready))
 
     async def _connect_loop(self, ready):
         delay = 0.2
@@ -865,17 +725,7 @@ class Platform:
                 self.stats["bill_messages"] += 1
                 self.stats["bad_messages"] += 1
                 return
-            if "stored" not in done and self._fence(site) is None:
-                log.debug("bill %s of site %s: not this worker's site", doc["serial"], site)
-                self.stats["not_owner"] += 1
-                if self.group is None:
-                    return   # the site's owner takes its own copy
-                # $share/: this copy came to this worker alone. Stored (the
-                # database deduplicates by serial), confirmed by the owner
-                # from the store (_confirm_stored).
-                self.take_bill(doc)
-                self.stats["bill_messages"] += 1
-                self.changed.set()
+            if "stored" not in done and self._not_mine(site, doc):
                 return
             if "stored" not in done:
                 log.debug("bill %s of site %s: taken", doc["serial"], site)
@@ -905,9 +755,7 @@ class Platform:
                 self.stats["not_owner"] += 1
                 return   # the site's owner stores it
             if "stored" not in done:
-                # A copy of an event already stored (its PUBACK was lost, the
-                # bridge sent it again) is known by its event_id, in the
-                # database: across restarts and workers.
+                # A copy (the bridge sent it again) is known by its event_id.
                 eid = doc.get("event_id") if isinstance(doc, dict) else None
                 if self.db.execute("INSERT OR IGNORE INTO events (site, pile, kind, doc, at, "
                                    "event_id) VALUES (?,?,?,?,?,?)",
@@ -925,75 +773,6 @@ class Platform:
             fut = self._waiting.pop(doc.get("id"), None)
             if fut is not None and not fut.done():
                 fut.set_result(doc)
-
-    def _fence(self, site):
-        # This worker's fencing token for the site, or None: not its owner.
-        return self.leases.token(site) if self.leases is not None else 0
-
-    async def _send_confirm(self, client, site, pile, doc, result):
-        """Publish the confirmation of a stored bill, with this worker's
-        fencing token; False (nothing sent) when it does not own the site."""
-        fence = self._fence(site)
-        if fence is None:
-            self.stats["not_confirmed_lease"] += 1
-            return False
-        if self.before_confirm is not None:
-            await self.before_confirm(site, pile, doc["serial"])
-        await self._gate.wait()
-        conf = {"serial": doc["serial"], "result": result, "hash": content_hash(doc)}
-        if fence:
-            conf["fence"] = fence
-        if self.cmd_key is not None:
-            from host.commands import sign_confirmation
-            conf = sign_confirmation(self.cmd_key, site, pile, conf)
-        await client.publish("%s/%s/confirm/%s" % (ROOT, site, pile), json.dumps(conf), qos=1)
-        self.stats["confirms_sent"] += 1
-        if result != CONFIRM_OK:
-            self.stats["refusals_sent"] += 1
-        return True
-
-    async def _confirm_stored(self, client, site):
-        """Confirm the site's stored bills that no confirmation went out for
-        (its last owner died or paused between storing and confirming; a
-        copy a peer stored under $share/; a keyed pile's bill whose MAC
-        wait ran out)."""
-        rows = self.db.execute("SELECT serial, pile, doc FROM bills WHERE site=? AND "
-                               "confirm_result IS NULL", (site,)).fetchall()
-        for serial, pile, doc in rows:
-            result = self.confirm_result(serial)
-            if result is None:
-                continue
-            if not await self._send_confirm(client, site, pile, json.loads(doc), result):
-                return
-            self.db.execute("UPDATE bills SET confirm_result=? WHERE serial=?", (result, serial))
-            self.db.commit()
-            self.changed.set()
-
-    async def _lease_loop(self):
-        # Every third of the lease time: renew, take the leases that ran out,
-        # confirm what the sites' stores hold unconfirmed.
-        while True:
-            await self._gate.wait()
-            try:
-                self.leases.renew()
-                client = self._client
-                if client is not None and self.confirming and not self.silent:
-                    for site in list(self.leases.held):
-                        await self._confirm_stored(client, site)
-            except sqlite3.Error as e:
-                self.db.rollback()
-                log.warning("platform: lease renewal: database: %s (tried again)", e)
-            except aiomqtt.MqttError:
-                pass     # the reconnect loop deals with the broker
-            await asyncio.sleep(self.leases.ttl / 3)
-
-    def pause(self):
-        """Stop taking messages, renewing leases and confirming (an
-        in-process SIGSTOP, for tests), until resume()."""
-        self._gate.clear()
-
-    def resume(self):
-        self._gate.set()
 
     async def command(self, site, pile, cmd, timeout=30.0, **args):
         """Send one command and return its result document."""
@@ -1106,13 +885,7 @@ def main(argv=None):
     ap.add_argument("--platform-key", metavar="FILE",
                     help="the site's platform key (the bridge's keys.platform_key_file): "
                     "commands and confirmations carry its `auth` MAC")
-    ap.add_argument("--workers", type=int, default=1, metavar="N",
-                    help="platform workers sharing --db: each site is owned by one of them "
-                    "through a lease (docs/scaling.md)")
-    ap.add_argument("--worker-index", type=int, default=0, metavar="I",
-                    help="this worker's index, 0..N-1: the sites it takes first")
-    ap.add_argument("--lease", type=float, default=LEASE_S, metavar="S",
-                    help="site lease time: a dead worker's sites move on after about 1.5 S")
+    worker_args(ap)
     ap.add_argument("--mac-wait", type=float, default=MAC_WAIT_S, metavar="S",
                     help="hold an incomplete bill of a keyed pile this long for its MAC")
     ap.add_argument("--connect-timeout", type=float, default=15.0, metavar="S",
@@ -1189,13 +962,7 @@ def main(argv=None):
 
     async def go():
         ready = asyncio.Event()
-        # SIGTERM (systemd's stop) is a clean stop: the leases are released
-        # for the other workers at once instead of running out.
-        try:
-            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM,
-                                                           asyncio.current_task().cancel)
-        except (RuntimeError, ValueError):
-            pass     # not the main thread (a caller embedding main()): its own stop
+        stop_on_sigterm()
         task = asyncio.create_task(p.run(ready))
         try:
             if args.cmd:

@@ -15,7 +15,8 @@ import time
 
 from firmware import journal as J
 from firmware import session as S
-from sim.brokers import NatsCluster, mosquitto_available
+from sim.brokers import mosquitto_available
+from sim.nats import NatsCluster
 from host.mqtt import stop_tasks
 from sim.testkit import make_bill, make_extra
 from protocol import codec

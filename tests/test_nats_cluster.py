@@ -12,7 +12,7 @@ import os
 import sqlite3
 
 from host import platform as P
-from sim.brokers import NatsCluster
+from sim.nats import NatsCluster
 from sim.testkit import make_bill
 from protocol import codec
 from tests.test_bridge_custody import RawPile, _rows
@@ -144,7 +144,7 @@ def _nats_protocol_login(port, user, password):
 
 def test_on_the_cluster_a_site_reads_and_writes_only_its_own_topics_and_forges_nothing():
     import aiomqtt
-    from host.broker import acl_rules
+    from sim.nats import acl_rules
 
     async def scenario(c):
         async with _client(c, "platform") as plat, _client(c, "A", 1) as a, \

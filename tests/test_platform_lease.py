@@ -21,7 +21,7 @@ import pytest
 
 from host import bridge as B
 from host import platform as P
-from host.testkit import make_bill, make_extra
+from sim.testkit import make_bill, make_extra
 from tests.test_bridge_helpers import (PILE_A, ROOT, bridge_running, connect_pile, fast_config, run,
                                        tempdir, until, url_of)
 
@@ -235,8 +235,10 @@ def test_a_lease_goes_to_one_worker_and_its_token_grows_with_each_new_owner(tmp_
     assert a.token(site) is None and a.renew() == []
     b.release()                             # a clean stop: the next renewal round takes it
     assert a.renew() == [] and a.token(site) == 3
-    with pytest.raises(P.PlatformError):
+    with pytest.raises(ValueError):
         P.Leases(P.open_db(path), "c", 10, 2, 2)
+    with pytest.raises(P.PlatformError):
+        P.Platform(db=path, workers=2, worker_index=2)
 
 
 def test_a_site_marked_free_by_another_worker_is_the_preferred_workers_at_once(tmp_path):

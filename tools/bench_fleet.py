@@ -34,8 +34,10 @@ import time
 from host import bridge as bridgemod
 from host import cli
 from host import config as configmod
-from host.broker import Mosquitto, NatsCluster
-from host.testkit import ScriptedPile, TcpTransport, make_bill, make_extra
+from sim.brokers import Mosquitto
+from sim.nats import NatsCluster
+from sim.links import TcpTransport
+from sim.testkit import ScriptedPile, make_bill, make_extra
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _BOUND_S = 600.0          # a run that has not finished by then failed
