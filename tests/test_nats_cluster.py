@@ -11,6 +11,8 @@ import asyncio
 import os
 import sqlite3
 
+import pytest
+
 from host import platform as P
 from sim.nats import NatsCluster
 from sim.testkit import make_bill
@@ -106,6 +108,14 @@ _ACL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 _USERS = {"A": "pw-of-A", "B": "pw-of-B", "platform": "pw-of-platform"}
 
 
+@pytest.fixture(scope="module")
+def secured():
+    """One cluster with the site users for this module's security tests
+    (each start creates the account's replicated session streams: seconds)."""
+    with NatsCluster(users=_USERS, acl=open(_ACL).read()) as c:
+        yield c
+
+
 def _client(c, user, node=0, **kw):
     import aiomqtt
     return aiomqtt.Client("127.0.0.1", c.nodes[node].port, username=user,
@@ -142,7 +152,7 @@ def _nats_protocol_login(port, user, password):
         return s.recv(4096).decode()
 
 
-def test_on_the_cluster_a_site_reads_and_writes_only_its_own_topics_and_forges_nothing():
+def test_on_the_cluster_a_site_reads_and_writes_only_its_own_topics_and_forges_nothing(secured):
     import aiomqtt
     from sim.nats import acl_rules
 
@@ -183,14 +193,14 @@ def test_on_the_cluster_a_site_reads_and_writes_only_its_own_topics_and_forges_n
         except aiomqtt.MqttError as e:
             return e
 
-    with NatsCluster(users=_USERS, acl=open(_ACL).read()) as c:
-        got_plat, got_a, got_b = run(scenario(c))
-        assert run(refused(user="A", password="wrong")) is not None
-        assert run(refused(user="C", password="x")) is not None
-        # The site's credentials open no door beside MQTT (on the NATS
-        # protocol, $MQTT.sub.> would show other sessions' deliveries).
-        assert "Authorization Violation" in _nats_protocol_login(_nats_port(c.nodes[0]), "A",
-                                                                 _USERS["A"])
+    c = secured
+    got_plat, got_a, got_b = run(scenario(c))
+    assert run(refused(user="A", password="wrong")) is not None
+    assert run(refused(user="C", password="x")) is not None
+    # The site's credentials open no door beside MQTT (on the NATS
+    # protocol, $MQTT.sub.> would show other sessions' deliveries).
+    assert "Authorization Violation" in _nats_protocol_login(_nats_port(c.nodes[0]), "A",
+                                                             _USERS["A"])
     assert ("pc/B/bills/55031412782306", "bill of B") in got_plat      # published, delivered
     assert ("pc/A/events/bridge", "after the forgery") in got_plat     # A does get through
     assert not [m for m in got_plat + got_b if m[1] == "forged by A"]
@@ -203,7 +213,7 @@ def test_on_the_cluster_a_site_reads_and_writes_only_its_own_topics_and_forges_n
     assert sorted(sub) == ["pc.A.cmd", "pc.A.cmd.>", "pc.A.confirm", "pc.A.confirm.>"]
 
 
-def test_a_site_bridge_and_the_platform_work_as_their_own_users_on_the_cluster():
+def test_a_site_bridge_and_the_platform_work_as_their_own_users_on_the_cluster(secured):
     # The permissions are enough for the product: the bridge logs in as its
     # site, the platform as `platform`; a bill goes out and is confirmed.
     async def scenario(c, tmp):
@@ -232,11 +242,11 @@ def test_a_site_bridge_and_the_platform_work_as_their_own_users_on_the_cluster()
             await asyncio.gather(ptask, return_exceptions=True)
             plat.db.close()
 
-    with tempdir("nats-users") as tmp, NatsCluster(users=_USERS, acl=open(_ACL).read()) as c:
-        run(scenario(c, tmp))
+    with tempdir("nats-users") as tmp:
+        run(scenario(secured, tmp))
 
 
-def test_a_bridge_whose_subscriptions_the_broker_refuses_does_not_run_on_without_them():
+def test_a_bridge_whose_subscriptions_the_broker_refuses_does_not_run_on_without_them(secured):
     # NATS answers a subscription it cannot make (no permission here; under
     # load, a JetStream consumer not created in time) with SUBACK 0x80. A
     # bridge that ran on would never see a confirmation: its bills would be
@@ -254,5 +264,5 @@ def test_a_bridge_whose_subscriptions_the_broker_refuses_does_not_run_on_without
                 await asyncio.sleep(0.05)
             assert not b.mqtt.connected.is_set() and b.mqtt.failovers >= 2
 
-    with tempdir("nats-suback") as tmp, NatsCluster(users=_USERS, acl=open(_ACL).read()) as c:
-        run(scenario(c, tmp))
+    with tempdir("nats-suback") as tmp:
+        run(scenario(secured, tmp))
