@@ -39,7 +39,6 @@ _RECENT_COMMANDS = 1024      # request ids remembered for duplicate detection
 _PENDING_RESULTS = 1000      # results kept while the broker is away
 
 
-
 def _fence_seen(db, fence):
     """(honoured, highest token seen before) for a confirmation's fencing
     token (None: it has none), raising the highest kept in `meta`."""
@@ -53,6 +52,7 @@ def _fence_seen(db, fence):
         db.execute("INSERT INTO meta (key, value) VALUES ('confirm_fence', ?) ON CONFLICT(key) "
                    "DO UPDATE SET value=excluded.value", (str(fence),))
     return True, highest
+
 
 class NoMqtt:
     """mqtt.enabled = false (an OCPP-only site): never connected."""
