@@ -270,3 +270,34 @@ def test_an_event_sent_again_is_stored_once_even_by_another_worker(tmp_path):
     finally:
         c.close()
     assert worker.stats["duplicate_events"] == 1
+
+
+def test_under_share_a_copy_taken_by_a_worker_that_does_not_own_the_site_is_confirmed_by_the_owner(
+        tmp_path):
+    # $share/ (Mosquitto 2): the broker gives a bill to one worker only. Not
+    # the site's owner: it stores the bill and leaves the confirmation to the
+    # owner, which confirms it from the store, with its own token.
+    from tests.test_platform import pile_doc
+
+    class Client:
+        def __init__(self):
+            self.sent = []
+
+        async def publish(self, topic, payload, qos=0):
+            self.sent.append((topic, json.loads(payload)))
+
+    path = str(tmp_path / "p.db")
+    doc = pile_doc()
+    site = doc["site"]
+    first = zlib.crc32(site.encode()) % 2
+    owner = P.Platform(db=path, group="g", workers=2, worker_index=first)
+    other = P.Platform(db=path, group="g", workers=2, worker_index=1 - first)
+    assert owner._fence(site) == 1
+    topic = "pc/%s/bills/%s" % (site, doc["pile"])
+    c = Client()
+    asyncio.run(other._on_message(c, topic, json.dumps(doc).encode()))
+    assert c.sent == [] and other.bill(doc["serial"])["confirm_result"] is None
+    asyncio.run(owner._confirm_stored(c, site))
+    assert [(t, d["serial"], d["fence"]) for t, d in c.sent] == [
+        ("pc/%s/confirm/%s" % (site, doc["pile"]), doc["serial"], 1)]
+    assert owner.bill(doc["serial"])["confirm_result"] == 0 and len(owner.serials()) == 1
