@@ -97,6 +97,60 @@ def test_every_bill_is_stored_once_and_confirmed_while_broker_nodes_are_killed()
         run(scenario(c, tmp))
 
 
+def test_two_platform_workers_on_the_cluster_lose_no_bill_when_the_owners_node_dies():
+    # Platform workers sharing one database (site leases, host/leases.py),
+    # each on another node; the node of the site's owner is SIGKILLed while
+    # bills flow: the owner moves to another node with its session, every
+    # bill is stored once and confirmed.
+    async def scenario(c, tmp):
+        cfg = fast_config(tmp, c.urls[0], mqtt={"url": list(c.urls)},
+                          tcp={"listen": "127.0.0.1:0", "ext": False})
+        db = os.path.join(tmp, "platform.db")
+        workers = [P.Platform(",".join(c.urls[i:] + c.urls[:i]), db, workers=2, worker_index=i,
+                              lease_s=5.0) for i in (0, 1)]
+        tasks = []
+        try:
+            for w in workers:
+                ready = asyncio.Event()
+                tasks.append(asyncio.ensure_future(w.run(ready)))
+                await asyncio.wait_for(ready.wait(), 30)
+            async with bridge_running(cfg) as b:
+                pile = await RawPile.connect(b.tcp_port)
+                await pile.login(PILE_A)
+                sent = []
+
+                async def send(n0, n):
+                    for i in range(n0, n0 + n):
+                        bill = make_bill(PILE_A, i)
+                        sent.append(bill["serial"])
+                        await pile.write(codec.encode("bill", bill, i))
+
+                async def all_confirmed():
+                    end = asyncio.get_running_loop().time() + 90
+                    while _rows(cfg["database"], "SELECT COUNT(*) FROM bills WHERE confirmed_at "
+                                "IS NOT NULL")[0][0] < len(sent):
+                        assert asyncio.get_running_loop().time() < end, "bills left unconfirmed"
+                        await asyncio.sleep(0.05)
+
+                await send(1, 10)
+                await all_confirmed()
+                owner = next(w for w in workers if b.cfg["site"] in w.leases.held)
+                c.kill(c.index_of("mqtt://%s:%d" % (owner.host, owner.port)))
+                await send(11, 10)
+                await all_confirmed()
+                await pile.close()
+            rows = workers[0].db.execute("SELECT serial FROM bills").fetchall()
+            assert sorted(r[0] for r in rows) == sorted(sent) and len(rows) == 20
+            assert sum(w.stats["confirms_sent"] for w in workers) >= 20
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    with tempdir("nats-workers") as tmp, NatsCluster() as c:
+        run(scenario(c, tmp), 180)
+
+
 # --- site security on the cluster (decisions.md: NATS accounts and
 # permissions mirroring the shipped Mosquitto ACL, host/mosquitto/acl).
 # A denied NATS subscription is acknowledged and delivers nothing, a denied
