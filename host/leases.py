@@ -51,6 +51,9 @@ def worker_args(ap):
                     help="this worker's index, 0..N-1: the sites it takes first")
     ap.add_argument("--lease", type=float, default=LEASE_S, metavar="S",
                     help="site lease time: a dead worker's sites move on after about 1.5 S")
+    ap.add_argument("--client-id", metavar="ID",
+                    help="MQTT client id (default: a new one each start); a fixed one per "
+                    "worker resumes its persistent session after a restart")
 
 
 def stop_on_sigterm():

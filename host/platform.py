@@ -951,7 +951,7 @@ def main(argv=None):
             except (OSError, ValueError) as e:
                 raise PlatformError("--platform-key %s: %s" % (args.platform_key, e))
         p = Platform(args.broker, ":memory:" if args.cmd else args.db, args.group, args.site,
-                     args.username, password, keys=keys, tls_context=ctx,
+                     args.username, password, args.client_id, keys=keys, tls_context=ctx,
                      mac_wait_s=args.mac_wait, consume=not args.cmd, cmd_key=cmd_key,
                      workers=args.workers, worker_index=args.worker_index, lease_s=args.lease)
     except PlatformError as e:
