@@ -92,15 +92,18 @@ def bill_custom(f):
             "periods": periods[:_MAX_CUSTOMDATA_PERIODS]}
 
 
-def started_201(serial, gun, when_utc, meter_wh=None, card=None, remote=False):
+def started_201(serial, gun, when_utc, meter_wh=None, card=None, remote=False, id_token=None):
     p = {"event_type": "Started", "timestamp": when_utc,
-         "trigger_reason": "RemoteStart" if remote else ("Authorized" if card else "CablePluggedIn"),
+         "trigger_reason": "RemoteStart" if remote else (
+             "Authorized" if card or id_token else "CablePluggedIn"),
          "transaction_info": {"transaction_id": serial, "charging_state": "Charging"},
          "evse": {"id": gun_no(gun), "connector_id": 1}}
     if meter_wh is not None:
         p["meter_value"] = [{"timestamp": when_utc,
                              "sampled_value": [_sampled(meter_wh, "Transaction.Begin")]}]
-    if card and card.strip("0"):
+    if id_token:
+        p["id_token"] = id_token
+    elif card and card.strip("0"):
         p["id_token"] = {"id_token": card, "type": "ISO14443"}
     return p
 
@@ -140,8 +143,8 @@ def id_tag_16(card):
     return (card or "").strip("0")[:20] or "ykc"
 
 
-def started_16(gun, when_utc, meter_wh, card=None):
-    return {"connector_id": gun_no(gun), "id_tag": id_tag_16(card),
+def started_16(gun, when_utc, meter_wh, card=None, id_tag=None):
+    return {"connector_id": gun_no(gun), "id_tag": id_tag or id_tag_16(card),
             "meter_start": int(meter_wh or 0), "timestamp": when_utc}
 
 
@@ -169,6 +172,91 @@ def decode_bill(frame):
         return None
 
 
+# --- what the CSMS sets, kept per pile in the store's `meta` table ---------------------
+# Charging profiles, the local authorisation list and changed configuration
+# variables are small JSON values under "ocpp.<what>.<pile code>" (no schema
+# change): they survive a bridge restart, as OCPP asks of all three.
+
+def _meta_rows(db, prefix):
+    return db.execute("SELECT key, value FROM meta WHERE key >= ? AND key < ?",
+                      (prefix, prefix + "\x7f")).fetchall()
+
+
+def _meta_put(db, key, value):
+    db.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE "
+               "SET value = excluded.value", (key, value))
+
+
+# Configuration: 1.6 key -> (2.0.1 component, variable, instance, type, writable).
+_VARS = {
+    "HeartbeatInterval": ("OCPPCommCtrlr", "HeartbeatInterval", None, int, True),
+    "MeterValueSampleInterval": ("SampledDataCtrlr", "TxUpdatedInterval", None, int, True),
+    "LocalAuthorizeOffline": ("AuthCtrlr", "LocalAuthorizeOffline", None, bool, True),
+    "AllowOfflineTxForUnknownId": ("AuthCtrlr", "OfflineTxForUnknownIdEnabled", None, bool, True),
+    "LocalAuthListEnabled": ("LocalAuthListCtrlr", "Enabled", None, bool, False),
+    "TransactionMessageAttempts": ("OCPPCommCtrlr", "MessageAttempts", "TransactionEvent", int, False),
+    "TransactionMessageRetryInterval": ("OCPPCommCtrlr", "MessageAttemptInterval",
+                                        "TransactionEvent", int, False),
+    "ChargingScheduleAllowedChargingRateUnit": ("SmartChargingCtrlr", "RateUnit", None, str, False),
+    "NumberOfConnectors": (None, None, None, int, False),                       # 1.6 only
+    "SupportedFeatureProfiles": (None, None, None, str, False),                 # 1.6 only
+}
+_VAR_OF_201 = {(c, v, i): k for k, (c, v, i, _, _) in _VARS.items() if c}
+_COMPONENTS = {c for c, _, _, _, _ in _VARS.values() if c}
+_MAX_LIST = 5000        # local authorisation list entries per pile (the VIN list's own cap)
+
+# OCPP authorisation status -> YKC 0x32 refusal reason (V1.6: 1 no such account,
+# 2 account frozen, 3 balance too low, 4 card has an unsettled bill, 6 not
+# allowed at this pile, 9 VIN unknown).
+_AUTH_REASON = {"Invalid": 1, "Unknown": 1, "Blocked": 2, "Expired": 2, "NoCredit": 3,
+                "ConcurrentTx": 4, "NotAllowedTypeEVSE": 6, "NotAtThisLocation": 6,
+                "NotAtThisTime": 6}
+# The balance a CSMS-authorised start carries in 0x32 / 0x34 (0.01 yuan): OCPP
+# has none and the CSMS bills, so the pile is given no balance limit (below
+# its min_balance the pile refuses the start, firmware/session.py).
+START_BALANCE = 0xFFFFFFFF
+
+_PURPOSE = {"ChargingStationMaxProfile": "max", "ChargePointMaxProfile": "max",
+            "TxDefaultProfile": "default", "TxProfile": "tx"}
+
+
+def _utc_secs(s):
+    import datetime
+    return datetime.datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
+
+
+def profile_limit_w(schedule, kind, volts, now=None):
+    """The limit a charging schedule puts in force now, W (an int >= 1: 0 W
+    on the wire lifts the cap). Amperes count per phase: A x volts x phases
+    (number_phases, 3 when absent)."""
+    periods = sorted(schedule.get("charging_schedule_period") or [], key=lambda p: p["start_period"])
+    if not periods:
+        raise ValueError("no chargingSchedulePeriod")
+    elapsed = 0.0
+    if schedule.get("start_schedule") and kind != "Relative":
+        elapsed = (time.time() if now is None else now) - _utc_secs(schedule["start_schedule"])
+        if kind == "Recurring":
+            elapsed %= 604800 if schedule.get("recurrency_kind") == "Weekly" else 86400
+    cur = periods[0]
+    for p in periods:
+        if p["start_period"] <= elapsed:
+            cur = p
+    unit = schedule.get("charging_rate_unit")
+    if unit == "W":
+        w = cur["limit"]
+    elif unit == "A":
+        w = cur["limit"] * volts * (cur.get("number_phases") or 3)
+    else:
+        raise ValueError("chargingRateUnit %r" % (unit,))
+    if w < 0:
+        raise ValueError("a negative limit")
+    return max(1, int(round(w)))
+
+
+def is_vin(token):
+    return isinstance(token, str) and len(token) == 17 and token.isalnum() and token.isascii()
+
+
 # --- the uplink -------------------------------------------------------------------------
 
 class OcppUplink:
@@ -182,12 +270,20 @@ class OcppUplink:
         self.stats = {"sent": 0, "acked": 0, "failed": 0, "gave_up": 0, "connects": 0}
         self._last_update = {}          # serial -> monotonic time of the last Updated queued
         self._started = set()           # serials whose Started is queued (a cache of the store)
+        self._auth_of = {}              # serial -> the idToken the CSMS authorised it with
+        self.profiles = {}              # pile -> [charging profile entries] (meta "ocpp.profiles.")
+        self.lists = {}                 # pile -> {"version", "ids": {token: status}} ("ocpp.list.")
+        self.vars = {}                  # pile -> {1.6 key: value} changed by the CSMS ("ocpp.vars.")
         self._password = None
         if self.cfg["password_file"]:
             self._password = configmod.read_secret_file(self.cfg["password_file"],
                                                         "ocpp.password_file")
 
     async def start(self):
+        for what, into in (("profiles", self.profiles), ("list", self.lists), ("vars", self.vars)):
+            prefix = "ocpp.%s." % what
+            for key, value in await self.b.store._submit(_meta_rows, prefix):
+                into[key[len(prefix):]] = json.loads(value)
         # Bills taken into custody by a bridge that stopped before queueing
         # their Ended (or before OCPP was configured) are queued now.
         for bill in await self.b.store.ocpp_missing_ended():
@@ -230,11 +326,13 @@ class OcppUplink:
         if serial not in self._started:
             self._started.add(serial)
             self._last_update[serial] = now
-            p = started_16(gun, when, None) if self.v16 else started_201(serial, gun, when)
+            tok = self._auth_of.get(serial)
+            p = started_16(gun, when, None, id_tag=tok and tok["id_token"]) if self.v16 else \
+                started_201(serial, gun, when, id_token=tok)
             self._spawn_queue(pile.code, serial, gun, "started", p)
             return
         last = self._last_update.get(serial, 0)
-        if now - last >= self.cfg["meter_interval_s"]:
+        if now - last >= self.var(pile.code, "MeterValueSampleInterval"):
             self._last_update[serial] = now
             p = updated_16(gun, when, v["energy"], power) if self.v16 else \
                 updated_201(serial, gun, when, v["energy"], power)
@@ -282,7 +380,307 @@ class OcppUplink:
         await self.b.store.ocpp_enqueue(code, serial, gun_no(gun), "ended", ep, offline)
         self._last_update.pop(serial, None)
         self._started.discard(serial)     # a late 0x13 finds the store's copy
+        self._auth_of.pop(serial, None)
         self.station(code).wake()
+        await self._end_tx_profiles(code, serial)
+
+    # --- configuration variables (1.6 Get/ChangeConfiguration, 2.0.1 Get/SetVariables) ----
+
+    def var(self, code, key):
+        """A configuration variable's value for pile `code`: what the CSMS set,
+        else the site config's."""
+        c = self.cfg
+        st = self.stations.get(code)
+        if key == "HeartbeatInterval" and st is not None:
+            return int(st.heartbeat_s)      # the boot answer's, or the CSMS's since
+        v = self.vars.get(code, {}).get(key)
+        if v is not None:
+            return v
+        return {"HeartbeatInterval": int(st.heartbeat_s if st else c["heartbeat_s"]),
+                "MeterValueSampleInterval": c["meter_interval_s"],
+                "LocalAuthorizeOffline": c["local_authorize_offline"],
+                "AllowOfflineTxForUnknownId": c["offline_unknown_ids"],
+                "LocalAuthListEnabled": True,
+                "TransactionMessageAttempts": c["message_attempts"],
+                "TransactionMessageRetryInterval": int(c["retry_initial_s"]),
+                "ChargingScheduleAllowedChargingRateUnit": "Current,Power" if self.v16 else "A,W",
+                "NumberOfConnectors": self.guns(code),
+                "SupportedFeatureProfiles": "Core,LocalAuthListManagement,SmartCharging"}[key]
+
+    @staticmethod
+    def var_text(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, float) and v == int(v):
+            v = int(v)
+        return str(v)
+
+    async def set_var(self, code, key, text):
+        """Accepted / Rejected (read-only, or a value of the wrong type);
+        None for a key we do not know."""
+        spec = _VARS.get(key)
+        if spec is None:
+            return None
+        kind, writable = spec[3], spec[4]
+        if not writable:
+            return "Rejected"
+        try:
+            if kind is bool:
+                if text.lower() not in ("true", "false"):
+                    raise ValueError(text)
+                v = text.lower() == "true"
+            else:
+                v = kind(text)
+                if v < 0 or (key == "HeartbeatInterval" and v == 0):
+                    raise ValueError(text)
+        except (TypeError, ValueError):
+            return "Rejected"
+        new = dict(self.vars.get(code, {}), **{key: v})
+        await self.b.store._submit(_meta_put, "ocpp.vars." + code, json.dumps(new))
+        self.vars[code] = new
+        st = self.stations.get(code)
+        if key == "HeartbeatInterval" and st is not None:
+            st.set_heartbeat(v)
+        return "Accepted"
+
+    def guns(self, code):
+        pile = self.b.piles.get(code)
+        if pile is None:
+            return 1
+        n = int((pile.login or {}).get("guns") or 0)
+        return max(n, len(pile.guns), 1)
+
+    # --- authorisation (0x31 -> Authorize -> 0x32) and the local list -----------------
+
+    def id_token(self, token, vin):
+        """The idToken a card or a VIN goes to the CSMS as: a card as ISO14443
+        (its 16 hex digits, as in the bill); a VIN as type Local with an
+        additionalInfo of type "VIN" (2.0.1 has no VIN type). 1.6: the idTag."""
+        if self.v16:
+            return {"id_token": token if vin else id_tag_16(token)}
+        if vin:
+            return {"id_token": token, "type": "Local",
+                    "additional_info": [{"additional_id_token": token, "type": "VIN"}]}
+        return {"id_token": token, "type": "ISO14443"}
+
+    def on_start_request(self, code, req):
+        """0x31: a card or VIN start at the pile, authorised by the CSMS."""
+        self.b._spawn(self._authorize_start(code, req))
+
+    async def _authorize_start(self, code, req):
+        gun = req["gun"]
+        card = req.get("card") or ""
+        vin = (req.get("vin") or "").strip("\x00 ")
+        use_vin = req.get("start_type") == 3 or bool(vin and not card.strip("0"))
+        tok = self.id_token(vin if use_vin else card, use_vin)
+        status, how = await self.authorize(code, tok)
+        ok = status == "Accepted"
+        reason = 0 if ok else (9 if use_vin and status in ("Invalid", "Unknown")
+                               else _AUTH_REASON.get(status, 1))
+        pile = self.b.piles.get(code)
+        if pile is None or pile.conn is None:
+            return
+        serial = self.b._new_serial(code, gun) if ok else "0" * 32
+        if ok:
+            self._auth_of[serial] = tok
+        a = {"gun": gun, "serial": serial, "logical_card": "0", "balance": START_BALANCE if ok else 0,
+             "ok": ok, "reason": reason}
+        try:
+            await self.b._execute_on(pile, pile.conn, "ocpp-auth-%d" % time.time_ns(), "authorize", a)
+        except Exception as e:
+            log.info("pile %s: 0x32 for gun %s not sent: %s", code, gun, e)
+            return
+        self.b.event(code, "ocpp_authorize", "%s %s on gun %s: %s (%s)" % (
+            "VIN" if use_vin else "card", tok["id_token"], gun, status, how),
+            gun=gun, status=status, by=how, serial=serial if ok else None)
+
+    async def authorize(self, code, tok):
+        """(status, how): the CSMS's Authorize answer; without a CSMS (link
+        down, no answer in response_timeout_s) the local list if
+        LocalAuthorizeOffline, then AllowOfflineTxForUnknownId."""
+        st = self.station(code)
+        cp = st.cp
+        if cp is not None:
+            try:
+                if self.v16:
+                    from ocpp.v16 import call
+                    r = await asyncio.wait_for(st.call(cp, call.Authorize(id_tag=tok["id_token"])),
+                                               self.cfg["response_timeout_s"])
+                    return r.id_tag_info["status"], "csms"
+                from ocpp.v201 import call
+                r = await asyncio.wait_for(st.call(cp, call.Authorize(id_token=tok)),
+                                           self.cfg["response_timeout_s"])
+                return r.id_token_info["status"], "csms"
+            except Exception as e:
+                log.info("pile %s: Authorize: %s: offline rules", code, e or type(e).__name__)
+        if self.var(code, "LocalAuthorizeOffline"):
+            s = self.local_list(code)["ids"].get(tok["id_token"])
+            if s is not None:
+                return s, "local list"
+        if self.var(code, "AllowOfflineTxForUnknownId"):
+            return "Accepted", "offline, unknown ids allowed"
+        return "Unknown", "offline"
+
+    def local_list(self, code):
+        return self.lists.get(code) or {"version": 0, "ids": {}}
+
+    async def send_local_list(self, code, version, full, entries):
+        """SendLocalList: entries [(token, status or None)] (None: removed, in
+        a Differential update). Returns Accepted / VersionMismatch / Failed.
+        The Accepted VINs go to our firmware's VIN list (0xEE), so the pile
+        itself can start them while the bridge is away."""
+        cur = self.local_list(code)
+        if not full and version <= cur["version"]:
+            return "VersionMismatch"
+        ids = {} if full else dict(cur["ids"])
+        for token, status in entries:
+            if status is None:
+                ids.pop(token, None)
+            else:
+                ids[token] = status
+        if len(ids) > _MAX_LIST:
+            return "Failed"
+        new = {"version": version, "ids": ids}
+        await self.b.store._submit(_meta_put, "ocpp.list." + code, json.dumps(new))
+        self.lists[code] = new
+        await self.push_vins(code)
+        return "Accepted"
+
+    async def push_vins(self, code):
+        pile = self.b.piles.get(code)
+        if pile is None or pile.conn is None or not pile.ext:
+            return
+        lst = self.local_list(code)
+        vins = sorted(t.upper() for t, s in lst["ids"].items() if s == "Accepted" and is_vin(t))
+        a = {"vins": [{"vin": v, "department": 0} for v in vins], "version": lst["version"]}
+        try:
+            await self.b._execute_on(pile, pile.conn, "ocpp-list-%d" % time.time_ns(), "vin_list", a)
+        except Exception as e:
+            log.info("pile %s: VIN list from the local list not sent: %s", code, e)
+
+    # --- smart charging: charging profiles -> the pile's power cap (0xDE / 0x52) --------
+
+    def cap_w(self, code):
+        """The power cap the CSMS's profiles put on pile `code`, W, or None:
+        the station maximum and the transaction's limit (TxProfile, else
+        TxDefaultProfile), the highest stack level of each, the lower of them."""
+        ps = self.profiles.get(code) or []
+
+        def top(purpose):
+            c = [p for p in ps if p["purpose"] == purpose]
+            return max(c, key=lambda p: p["stack"]) if c else None
+        caps = [p["w"] for p in (top("max"), top("tx") or top("default")) if p]
+        return min(caps) if caps else None
+
+    async def set_profile(self, code, evse, prof):
+        """SetChargingProfile: (status, reason or None)."""
+        purpose = _PURPOSE.get(prof.get("charging_profile_purpose"))
+        guns = self.guns(code)
+        if purpose is None:
+            return "Rejected", "purpose %s is not supported" % prof.get("charging_profile_purpose")
+        if purpose == "max" and evse != 0:
+            return "Rejected", "a station maximum profile goes on EVSE 0"
+        if evse > guns or evse < 0:
+            return "Rejected", "no EVSE %d" % evse
+        if evse > 0 and guns > 1:
+            # 0xDE caps the whole pile; YKC has no per-gun cap frame.
+            return "Rejected", "per-gun caps are not in the YKC protocol: set it on EVSE 0"
+        serial = None
+        if purpose == "tx":
+            serial = await self._running_tx(code, evse or 1, prof.get("transaction_id"))
+            if serial is None:
+                return "Rejected", "no such transaction running on EVSE %d" % evse
+        sched = prof.get("charging_schedule")
+        if isinstance(sched, list):
+            sched = sched[0] if sched else {}
+        try:
+            w = profile_limit_w(sched or {}, prof.get("charging_profile_kind"), self.cfg["volts"])
+        except (KeyError, TypeError, ValueError) as e:
+            return "Rejected", "bad charging schedule: %s" % e
+        pid = prof.get("id", prof.get("charging_profile_id"))
+        entry = {"id": pid, "evse": evse, "purpose": purpose, "stack": prof.get("stack_level", 0),
+                 "w": w, "serial": serial}
+        old = self.profiles.get(code) or []
+        new = [p for p in old if p["id"] != pid and not (
+            p["purpose"] == purpose and p["stack"] == entry["stack"] and p["evse"] == evse)]
+        new.append(entry)
+        if not await self._apply_profiles(code, old, new):
+            return "Rejected", "the pile did not take the cap"
+        return "Accepted", None
+
+    async def clear_profiles(self, code, pid=None, evse=None, purpose=None, stack=None):
+        """ClearChargingProfile: Accepted when one or more went, else Unknown."""
+        old = self.profiles.get(code) or []
+        want = _PURPOSE.get(purpose) if purpose else None
+
+        def match(p):
+            if pid is not None:
+                return p["id"] == pid
+            return ((evse is None or p["evse"] == evse) and (want is None or p["purpose"] == want)
+                    and (stack is None or p["stack"] == stack))
+        new = [p for p in old if not match(p)]
+        if len(new) == len(old):
+            return "Unknown"
+        await self._apply_profiles(code, old, new)
+        return "Accepted"
+
+    async def _end_tx_profiles(self, code, serial):
+        # A TxProfile lives as long as its transaction.
+        old = self.profiles.get(code) or []
+        new = [p for p in old if p.get("serial") != serial]
+        if len(new) != len(old):
+            await self._apply_profiles(code, old, new)
+
+    async def _apply_profiles(self, code, old, new):
+        """Keep `new` and send the pile its cap; back to `old` if the pile
+        refuses. A pile that is away gets it at its next login (piles.py
+        push_site_cap asks Bridge.power_cap_w)."""
+        self.profiles[code] = new
+        ok = await self.push_cap(code)
+        if not ok:
+            self.profiles[code] = old
+            return False
+        await self.b.store._submit(_meta_put, "ocpp.profiles." + code, json.dumps(new))
+        return True
+
+    async def push_cap(self, code):
+        pile = self.b.piles.get(code)
+        if pile is None or pile.conn is None:
+            return True
+        w = self.b.power_cap_w(code)
+        try:
+            if pile.ext:
+                r = await pile.conn.request("site_cap", {"pile": code, "cap": w or 0})
+                ok = r.fields.get("result") == 1
+                pile.site_cap_w = w if ok else None
+                return ok
+            # A third-party pile: 0x52 max_power, in % of ocpp.rated_kw (30..100).
+            rated = self.cfg["rated_kw"]
+            if not rated:
+                return w is None
+            pct = 100 if w is None else min(100, w * 100 // int(rated * 1000))
+            if pct < 30:
+                return False
+            r = await pile.conn.request("work_params", {"pile": code, "locked": 0, "max_power": pct})
+            return r.fields.get("result") == 1
+        except Exception as e:
+            log.info("pile %s: power cap %s W not sent: %s", code, w, e)
+            return False
+
+    async def _running_tx(self, code, evse, tx_id):
+        # 2.0.1: the transactionId is the trade serial; 1.6: the CSMS's int.
+        if tx_id is not None and self.v16:
+            tx = await self.b.store.ocpp_tx(tx_id=str(tx_id))
+            tx_id = tx[0] if tx else None
+            if tx_id is None:
+                return None
+        pile = self.b.piles.get(code)
+        g = (pile.guns.get("%02d" % evse) if pile is not None else None) or {}
+        if g.get("status") != "charging" or not g.get("serial"):
+            return None
+        if tx_id is not None and tx_id != g["serial"]:
+            return None
+        return g["serial"]
 
     # --- from the CSMS ---------------------------------------------------------------------
 
@@ -321,11 +719,13 @@ class Station:
         self.up = up
         self.code = code
         self.cp = None
+        self.boot_status = None
         self._wake = asyncio.Event()
         self._status_dirty = asyncio.Event()
         self._task = None
         self._sent_status = {}
-        self.heartbeat_s = up.cfg["heartbeat_s"]
+        self.heartbeat_s = up.vars.get(code, {}).get("HeartbeatInterval") or up.cfg["heartbeat_s"]
+        self._hb_changed = asyncio.Event()
 
     def start(self):
         self._task = asyncio.ensure_future(self._run())
@@ -337,6 +737,10 @@ class Station:
 
     def wake(self):
         self._wake.set()
+
+    def set_heartbeat(self, s):
+        self.heartbeat_s = s
+        self._hb_changed.set()
 
     def status_changed(self):
         self._status_dirty.set()
@@ -421,13 +825,24 @@ class Station:
                 r = await self.call(cp, call.BootNotification(charging_station=cs, reason="PowerUp"))
             if r.interval:
                 self.heartbeat_s = r.interval
+            self.boot_status = r.status
             if r.status == "Accepted":
                 return
+            # B02 Pending / B03 Rejected: no transaction message goes until
+            # a BootNotification is Accepted (the CSMS's calls are answered
+            # meanwhile); asked again after the interval it gave.
+            log.info("pile %s: BootNotification %s; again in %s s", self.code, r.status,
+                     r.interval or 10)
             await asyncio.sleep(r.interval or 10)
 
     async def _heartbeats(self, cp):
         while True:
-            await asyncio.sleep(self.heartbeat_s)
+            self._hb_changed.clear()
+            try:
+                await asyncio.wait_for(self._hb_changed.wait(), self.heartbeat_s)
+                continue        # a new interval: counted from now
+            except asyncio.TimeoutError:
+                pass
             try:
                 if self.up.v16:
                     from ocpp.v16 import call
@@ -512,10 +927,14 @@ class Station:
                     continue
             if again:
                 continue
-            try:
-                await asyncio.wait_for(self._wake.wait(), wait)
-            except asyncio.TimeoutError:
-                pass
+            # Idle: woken by new work, the backoff's end, or the link closing
+            # (so that `connected` and the offline rules see an outage at once).
+            waiter = asyncio.ensure_future(self._wake.wait())
+            done, _ = await asyncio.wait({waiter, self._reader}, timeout=wait,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            if self._reader in done:
+                raise _Lost("the CSMS link closed")
 
     def _message(self, serial, kind, seq_no, p, tx_id):
         offline = p.pop("_offline", False)
@@ -573,7 +992,42 @@ def make_charge_point(station, ws):
 
             @on("SetChargingProfile")
             async def set_profile(self, connector_id, cs_charging_profiles, **kw):
-                return call_result.SetChargingProfile(status="Rejected")
+                st, why = await up.set_profile(code, connector_id, cs_charging_profiles)
+                if why:
+                    log.info("pile %s: SetChargingProfile %s: %s", code, st, why)
+                return call_result.SetChargingProfile(status=st)
+
+            @on("ClearChargingProfile")
+            async def clear_profile(self, id=None, connector_id=None, charging_profile_purpose=None,
+                                    stack_level=None, **kw):
+                return call_result.ClearChargingProfile(status=await up.clear_profiles(
+                    code, id, connector_id, charging_profile_purpose, stack_level))
+
+            @on("GetConfiguration")
+            async def get_configuration(self, key=None, **kw):
+                keys = list(_VARS) if not key else key
+                known = [k for k in keys if k in _VARS]
+                return call_result.GetConfiguration(
+                    configuration_key=[{"key": k, "readonly": not _VARS[k][4],
+                                        "value": up.var_text(up.var(code, k))} for k in known],
+                    unknown_key=[k for k in keys if k not in _VARS] or None)
+
+            @on("ChangeConfiguration")
+            async def change_configuration(self, key, value, **kw):
+                st = await up.set_var(code, key, value)
+                return call_result.ChangeConfiguration(status=st or "NotSupported")
+
+            @on("SendLocalList")
+            async def send_local_list(self, list_version, update_type, local_authorization_list=None,
+                                      **kw):
+                entries = [(e["id_tag"], (e.get("id_tag_info") or {}).get("status"))
+                           for e in local_authorization_list or []]
+                return call_result.SendLocalList(status=await up.send_local_list(
+                    code, list_version, update_type == "Full", entries))
+
+            @on("GetLocalListVersion")
+            async def get_local_list_version(self, **kw):
+                return call_result.GetLocalListVersion(list_version=up.local_list(code)["version"])
 
         return CP(code, ws, response_timeout=up.cfg["response_timeout_s"])
 
@@ -612,10 +1066,62 @@ def make_charge_point(station, ws):
 
         @on("SetChargingProfile")
         async def set_profile(self, evse_id, charging_profile, **kw):
-            # The bridge has no per-gun or per-pile power cap command yet
-            # (docs/ocpp.md "Not mapped"): refused, with the reason.
-            return call_result.SetChargingProfile(
-                status="Rejected", status_info={"reason_code": "UnsupportedRequest",
-                                                "additional_info": "no power cap on this bridge yet"})
+            st, why = await up.set_profile(code, evse_id, charging_profile)
+            info = {"reason_code": "UnsupportedRequest" if "not" in why else "InvalidProfile",
+                    "additional_info": why[:512]} if why else None
+            return call_result.SetChargingProfile(status=st, status_info=info)
+
+        @on("ClearChargingProfile")
+        async def clear_profile(self, charging_profile_id=None, charging_profile_criteria=None, **kw):
+            c = charging_profile_criteria or {}
+            return call_result.ClearChargingProfile(status=await up.clear_profiles(
+                code, charging_profile_id, c.get("evse_id"), c.get("charging_profile_purpose"),
+                c.get("stack_level")))
+
+        @on("GetVariables")
+        async def get_variables(self, get_variable_data, **kw):
+            out = []
+            for d in get_variable_data:
+                comp, var = d["component"], d["variable"]
+                r = {"component": comp, "variable": var}
+                key = _VAR_OF_201.get((comp["name"], var["name"], var.get("instance")))
+                if d.get("attribute_type", "Actual") != "Actual":
+                    r["attribute_status"] = "NotSupportedAttributeType"
+                elif key is None:
+                    r["attribute_status"] = ("UnknownVariable" if comp["name"] in _COMPONENTS
+                                             else "UnknownComponent")
+                else:
+                    r.update(attribute_status="Accepted", attribute_type="Actual",
+                             attribute_value=up.var_text(up.var(code, key)))
+                out.append(r)
+            return call_result.GetVariables(get_variable_result=out)
+
+        @on("SetVariables")
+        async def set_variables(self, set_variable_data, **kw):
+            out = []
+            for d in set_variable_data:
+                comp, var = d["component"], d["variable"]
+                key = _VAR_OF_201.get((comp["name"], var["name"], var.get("instance")))
+                if d.get("attribute_type", "Actual") != "Actual":
+                    st = "NotSupportedAttributeType"
+                elif key is None:
+                    st = "UnknownVariable" if comp["name"] in _COMPONENTS else "UnknownComponent"
+                else:
+                    st = await up.set_var(code, key, d["attribute_value"])
+                out.append({"attribute_status": st, "component": comp, "variable": var,
+                            "attribute_type": d.get("attribute_type", "Actual")})
+            return call_result.SetVariables(set_variable_result=out)
+
+        @on("SendLocalList")
+        async def send_local_list(self, version_number, update_type, local_authorization_list=None,
+                                  **kw):
+            entries = [(e["id_token"]["id_token"], (e.get("id_token_info") or {}).get("status"))
+                       for e in local_authorization_list or []]
+            return call_result.SendLocalList(status=await up.send_local_list(
+                code, version_number, update_type == "Full", entries))
+
+        @on("GetLocalListVersion")
+        async def get_local_list_version(self, **kw):
+            return call_result.GetLocalListVersion(version_number=up.local_list(code)["version"])
 
     return CP(code, ws, response_timeout=up.cfg["response_timeout_s"])

@@ -1,0 +1,423 @@
+# What a CSMS controls through the OCPP uplink, against the real CSMS
+# (tools/ocpp_csms.py, the `ocpp` library's own classes): C01 Authorize of a
+# card or VIN start at the pile (0x31 -> Authorize -> 0x32) with the offline
+# rules, K01/K10 charging profiles down to the power the pile's sharing
+# commands (0xDE), B05/B06 (2.0.1 Get/SetVariables) and 1.6 Get/Change-
+# Configuration, D01/D02 the local list (-> the pile's VIN list), B02/B03
+# boot Pending / Rejected. Named after the use cases (docs/ocpp.md lists them).
+import asyncio
+import os
+
+from host.testkit import ScriptedPile, TcpTransport, make_bill, make_extra
+from tools.ocpp_csms import Csms
+from tests.test_bridge_durability import db_all
+from tests.test_bridge_helpers import (
+    PILE_A, FirmwarePile, bridge_running, connect_pile, fast_config, pty_pair, run, tempdir, until)
+
+CARD = "00000000D14B0A54"
+VIN = "LSVAU2180N2183294"
+
+
+def control_config(tmp, csms, ocpp=None, **over):
+    o = {"csms_url": csms.url, "retry_initial_s": 0.05, "retry_max_s": 0.5,
+         "reconnect_min_s": 0.05, "reconnect_max_s": 0.3, "response_timeout_s": 5.0,
+         "meter_interval_s": 0.0}
+    o.update(ocpp or {})
+    cfg = fast_config(tmp, "mqtt://127.0.0.1:1", ocpp=o, **over)
+    cfg["mqtt"]["enabled"] = False
+    return cfg
+
+
+async def up(csms, timeout=20):
+    """The station is accepted and has sent its statuses (its link is in use)."""
+    await csms.wait_for(lambda: PILE_A in csms.stations and any(
+        s[0] == PILE_A for s in csms.statuses), timeout=timeout, what="station up")
+
+
+def start_request(card=CARD, vin="0" * 17, start_type=1, gun="01"):
+    return {"pile": PILE_A, "gun": gun, "start_type": start_type, "need_password": 0,
+            "card": card, "password": "0" * 32, "vin": vin}
+
+
+async def ask(p, **kw):
+    """0x31 from the pile; the bridge's 0x32 answer."""
+    return (await p.request("start_request", start_request(**kw), "start_auth", timeout=10)).fields
+
+
+def test_C01_a_card_and_a_vin_start_at_the_pile_are_authorised_by_the_csms():
+    async def scenario(tmp):
+        async with Csms() as csms:
+            csms.id_tokens = {CARD: "Accepted", VIN: "Blocked"}
+            cfg = control_config(tmp, csms)
+            async with bridge_running(cfg, mqtt_up=False) as b:
+                p = await connect_pile(PILE_A, b.tcp_port)
+                await csms.wait_for(lambda: (PILE_A, 1, "Available") in csms.statuses, what="up")
+                # A known card: Accepted -> 0x32 ok with a new trade serial
+                # and no balance limit at the pile (the CSMS bills).
+                a = await ask(p)
+                assert a["ok"] == 1 and a["serial"].startswith(PILE_A + "01"), a
+                assert a["balance"] == 0xFFFFFFFF
+                assert csms.authorized[-1] == (PILE_A, CARD, "ISO14443", "Accepted")
+                # Its transaction starts at the CSMS with that idToken.
+                serial = a["serial"]
+                await p.realtime(status=3, serial=serial, energy=100)
+                await csms.wait_for(lambda: (serial, 0) in csms.unique, what="Started")
+                started = csms.unique[(serial, 0)][2]
+                assert started["trigger_reason"] == "Authorized"
+                assert started["id_token"] == {"id_token": CARD, "type": "ISO14443"}
+                # An unknown card: refused, YKC reason 1 (no such account).
+                a = await ask(p, card="0000000011223344")
+                assert (a["ok"], a["reason"], a["serial"]) == (0, 1, "0" * 32)
+                # A VIN start: the VIN as an idToken of its own (type Local,
+                # additionalInfo VIN); Blocked -> reason 2.
+                a = await ask(p, card="0" * 16, vin=VIN, start_type=3)
+                assert (a["ok"], a["reason"]) == (0, 2)
+                assert csms.authorized[-1] == (PILE_A, VIN, "Local", "Blocked")
+                await p.close()
+    with tempdir("ocpp-auth-card") as tmp:
+        run(scenario(tmp))
+
+
+def test_C01_offline_the_local_list_decides_and_unknown_ids_only_when_allowed():
+    from ocpp.v201 import call
+
+    async def scenario(tmp):
+        csms = await Csms().start()
+        cfg = control_config(tmp, csms)
+        try:
+            async with bridge_running(cfg, mqtt_up=False) as b:
+                p = await connect_pile(PILE_A, b.tcp_port)
+                await up(csms)
+                cp = csms.stations[PILE_A]
+                # D01: the CSMS sends a local list: a card and a VIN.
+                r = await cp.call(call.SendLocalList(version_number=3, update_type="Full",
+                                                     local_authorization_list=[
+                    {"id_token": {"id_token": CARD, "type": "ISO14443"},
+                     "id_token_info": {"status": "Accepted"}},
+                    {"id_token": {"id_token": VIN, "type": "Local"},
+                     "id_token_info": {"status": "Accepted"}}]))
+                assert r.status == "Accepted"
+                # Its VINs reach our firmware's VIN list (0xEE).
+                await p.wait_for(lambda: [v["vin"] for v in p.vins] == [VIN])
+                r = await cp.call(call.GetLocalListVersion())
+                assert r.version_number == 3
+                # The CSMS goes away: the local list authorises, unknown ids are refused.
+                await csms.stop()
+                await until(lambda: not b.ocpp.connected(PILE_A), what="link down")
+                a = await ask(p)
+                assert a["ok"] == 1, a
+                a = await ask(p, card="0000000011223344")
+                assert (a["ok"], a["reason"]) == (0, 1)
+                assert [e for e in csms.authorized] == []
+                await p.close()
+            # After a restart the list is still there (stored), and with
+            # offline_unknown_ids an unknown card may start too.
+            cfg["ocpp"]["offline_unknown_ids"] = True
+            async with bridge_running(cfg, mqtt_up=False) as b:
+                assert b.ocpp.local_list(PILE_A)["version"] == 3
+                p = await connect_pile(PILE_A, b.tcp_port)
+                a = await ask(p, card="0000000011223344")
+                assert a["ok"] == 1, a
+                await p.close()
+        finally:
+            await csms.stop()
+    with tempdir("ocpp-auth-offline") as tmp:
+        run(scenario(tmp))
+
+
+def test_C01_16_authorize_and_D01_local_list_on_16():
+    from ocpp.v16 import call
+
+    async def scenario(tmp):
+        async with Csms(version="1.6") as csms:
+            csms.id_tokens = {"D14B0A54": "Accepted"}
+            cfg = control_config(tmp, csms, {"version": "1.6"})
+            async with bridge_running(cfg, mqtt_up=False) as b:
+                p = await connect_pile(PILE_A, b.tcp_port)
+                await up(csms)
+                a = await ask(p)
+                assert a["ok"] == 1 and csms.authorized[-1] == (PILE_A, "D14B0A54", None, "Accepted")
+                a = await ask(p, card="0000000011223344")
+                assert (a["ok"], a["reason"]) == (0, 1)
+                cp = csms.stations[PILE_A]
+                r = await cp.call(call.SendLocalList(list_version=1, update_type="Full",
+                                                     local_authorization_list=[
+                    {"id_tag": "11223344", "id_tag_info": {"status": "Accepted"}}]))
+                assert r.status == "Accepted"
+                # A differential update older than the list: VersionMismatch.
+                r = await cp.call(call.SendLocalList(list_version=1, update_type="Differential",
+                                                     local_authorization_list=[{"id_tag": "11223344"}]))
+                assert r.status == "VersionMismatch"
+                r = await cp.call(call.GetLocalListVersion())
+                assert r.list_version == 1
+                await p.close()
+    with tempdir("ocpp-auth-16") as tmp:
+        run(scenario(tmp))
+
+
+def test_B05_B06_get_and_set_variables_change_the_heartbeat_and_unknown_ones_are_named():
+    from ocpp.v201 import call
+
+    async def scenario(tmp):
+        async with Csms() as csms:
+            cfg = control_config(tmp, csms)
+            async with bridge_running(cfg, mqtt_up=False) as b:
+                p = await connect_pile(PILE_A, b.tcp_port)
+                await up(csms)
+                cp = csms.stations[PILE_A]
+                r = await cp.call(call.GetVariables(get_variable_data=[
+                    {"component": {"name": "OCPPCommCtrlr"}, "variable": {"name": "HeartbeatInterval"}},
+                    {"component": {"name": "OCPPCommCtrlr"}, "variable": {"name": "NoSuchVariable"}},
+                    {"component": {"name": "NoSuchCtrlr"}, "variable": {"name": "Enabled"}},
+                    {"component": {"name": "LocalAuthListCtrlr"}, "variable": {"name": "Enabled"},
+                     "attribute_type": "Target"}]))
+                res = r.get_variable_result
+                assert (res[0]["attribute_status"], res[0]["attribute_value"]) == ("Accepted", "300")
+                assert [x["attribute_status"] for x in res[1:]] == [
+                    "UnknownVariable", "UnknownComponent", "NotSupportedAttributeType"]
+                assert csms.heartbeats[PILE_A] == 0
+                r = await cp.call(call.SetVariables(set_variable_data=[
+                    {"component": {"name": "OCPPCommCtrlr"}, "variable": {"name": "HeartbeatInterval"},
+                     "attribute_value": "1"},
+                    {"component": {"name": "LocalAuthListCtrlr"}, "variable": {"name": "Enabled"},
+                     "attribute_value": "false"},
+                    {"component": {"name": "SampledDataCtrlr"}, "variable": {"name": "TxUpdatedInterval"},
+                     "attribute_value": "soon"},
+                    {"component": {"name": "OCPPCommCtrlr"}, "variable": {"name": "Nope"},
+                     "attribute_value": "1"}]))
+                assert [x["attribute_status"] for x in r.set_variable_result] == [
+                    "Accepted", "Rejected", "Rejected", "UnknownVariable"]
+                # The new interval is used at once (the CSMS gave 300 s at boot).
+                await csms.wait_for(lambda: csms.heartbeats[PILE_A] >= 2, what="heartbeats")
+                await p.close()
+    with tempdir("ocpp-vars") as tmp:
+        run(scenario(tmp))
+
+
+def test_16_get_and_change_configuration_the_sample_interval_and_unknown_keys():
+    from ocpp.v16 import call
+
+    async def scenario(tmp):
+        async with Csms(version="1.6") as csms:
+            cfg = control_config(tmp, csms, {"version": "1.6"})
+            async with bridge_running(cfg, mqtt_up=False) as b:
+                p = await connect_pile(PILE_A, b.tcp_port)
+                await up(csms)
+                cp = csms.stations[PILE_A]
+                r = await cp.call(call.GetConfiguration(key=["MeterValueSampleInterval", "NoSuchKey"]))
+                assert r.configuration_key == [{"key": "MeterValueSampleInterval", "readonly": False,
+                                                "value": "0"}]
+                assert r.unknown_key == ["NoSuchKey"]
+                r = await cp.call(call.GetConfiguration())
+                keys = {k["key"] for k in r.configuration_key}
+                assert {"HeartbeatInterval", "NumberOfConnectors", "LocalAuthListEnabled"} <= keys
+                assert (await cp.call(call.ChangeConfiguration(key="NoSuchKey", value="1"))).status \
+                    == "NotSupported"
+                assert (await cp.call(call.ChangeConfiguration(key="NumberOfConnectors", value="4"))
+                        ).status == "Rejected"
+                assert (await cp.call(call.ChangeConfiguration(key="MeterValueSampleInterval",
+                                                               value="x"))).status == "Rejected"
+                # MeterValues every 0 s -> every hour: a charge with three
+                # reports sends none (its Stop comes after, in order).
+                r = await cp.call(call.ChangeConfiguration(key="MeterValueSampleInterval", value="3600"))
+                assert r.status == "Accepted"
+                bill = make_bill(PILE_A, 1)
+                for e in (100, 200, 300):
+                    await p.realtime(status=3, serial=bill["serial"], energy=e)
+                assert await p.send_bill(bill, make_extra(bill)) == 0
+                await p.wait_for(lambda: bill["serial"] in p.settled, timeout=10)
+                assert [e[3] for e in csms.events] == ["Started", "Ended"]
+                await p.close()
+            # Kept across a restart.
+            async with bridge_running(cfg, mqtt_up=False) as b:
+                assert b.ocpp.var(PILE_A, "MeterValueSampleInterval") == 3600
+    with tempdir("ocpp-conf16") as tmp:
+        run(scenario(tmp))
+
+
+def test_B02_B03_boot_pending_then_rejected_no_transaction_message_before_accepted():
+    from ocpp.v201 import call
+
+    async def scenario(tmp):
+        async with Csms() as csms:
+            csms.boot_status, csms.boot_interval = "Pending", 1
+            cfg = control_config(tmp, csms)
+            async with bridge_running(cfg, mqtt_up=False) as b:
+                p = await connect_pile(PILE_A, b.tcp_port)
+                bill = make_bill(PILE_A, 2)
+                # Custody passes (0x40) while the CSMS has not accepted the station.
+                assert await p.send_bill(bill, make_extra(bill)) == 0
+                await csms.wait_for(lambda: csms.boots[PILE_A] >= 2, what="boot asked again (Pending)")
+                # Pending: the CSMS may configure the station before accepting it.
+                r = await csms.stations[PILE_A].call(call.GetVariables(get_variable_data=[
+                    {"component": {"name": "AuthCtrlr"}, "variable": {"name": "LocalAuthorizeOffline"}}]))
+                assert r.get_variable_result[0]["attribute_value"] == "true"
+                csms.boot_status = "Rejected"
+                await until(lambda: b.ocpp.stations[PILE_A].boot_status == "Rejected",
+                            what="boot asked again (Rejected)")
+                # Nothing but boots (no status, no transaction) and no 0xE4.
+                assert csms.events == [] and csms.statuses == []
+                assert bill["serial"] not in p.settled
+                csms.boot_status = "Accepted"
+                await p.wait_for(lambda: bill["serial"] in p.settled, timeout=15)
+                assert [e[3] for e in csms.events] == ["Started", "Ended"]
+                await p.close()
+    with tempdir("ocpp-boot") as tmp:
+        run(scenario(tmp))
+
+
+class SharingPile(FirmwarePile):
+    """Our firmware with power sharing on (one output, a 60 kW pile)."""
+
+    def _boot(self):
+        from firmware.sim import SimOutput
+        w = self.world
+        if not hasattr(self, "outputs"):
+            self.cfg["power_w"] = 60000
+            self.outputs = [SimOutput(w.vehicle)]
+        self.pile = self._Pile(self.cfg, self.root, w.clock, self.uart, w.meter, w.contactor,
+                               w.vehicle, reboot=self._reboot, outputs=self.outputs)
+
+
+def _profile_201(pid, evse_limit, unit="W", purpose="ChargingStationMaxProfile", stack=0, tx=None):
+    p = {"id": pid, "stack_level": stack, "charging_profile_purpose": purpose,
+         "charging_profile_kind": "Relative", "charging_schedule": [{
+             "id": pid, "charging_rate_unit": unit,
+             "charging_schedule_period": [{"start_period": 0, "limit": evse_limit}]}]}
+    if tx:
+        p["transaction_id"] = tx
+    return p
+
+
+def _profile_16(pid, limit, unit="A", purpose="ChargePointMaxProfile", stack=0):
+    return {"charging_profile_id": pid, "stack_level": stack, "charging_profile_purpose": purpose,
+            "charging_profile_kind": "Relative", "charging_schedule": {
+                "charging_rate_unit": unit,
+                "charging_schedule_period": [{"start_period": 0, "limit": limit, "number_phases": 3}]}}
+
+
+def test_K01_K10_charging_profiles_cap_the_power_the_firmware_commands_201_and_16():
+    # The real firmware with power sharing behind the bridge: a profile on
+    # EVSE 0 becomes the pile's cap (0xDE) and the power its output is
+    # commanded; clearing it lifts the cap. 2.0.1 in W, 1.6 in A (x 230 V x 3).
+    async def scenario(tmp, master, path, version):
+        if version == "1.6":
+            from ocpp.v16 import call
+        else:
+            from ocpp.v201 import call
+        async with Csms(version=version) as csms:
+            cfg = control_config(tmp, csms, {"version": version}, tcp={"listen": None},
+                                 serial=[{"url": path, "baudrate": 115200, "ext": True}],
+                                 piles={"heartbeat_s": 1.0, "command_timeout_s": 3.0})
+            root = os.path.join(tmp, "flash")
+            os.mkdir(root)
+            async with bridge_running(cfg, mqtt_up=False) as b:
+                fw = SharingPile(root, master, PILE_A, speed=60).start()
+                try:
+                    await up(csms)
+                    cp = csms.stations[PILE_A]
+                    if version == "1.6":
+                        cap = 32 * 230 * 3          # 22080 W
+                        r = await cp.call(call.SetChargingProfile(
+                            connector_id=0, cs_charging_profiles=_profile_16(5, 32)))
+                    else:
+                        cap = 22000
+                        r = await cp.call(call.SetChargingProfile(
+                            evse_id=0, charging_profile=_profile_201(5, cap)))
+                    assert r.status == "Accepted"
+                    await fw.wait_for(lambda: fw.pile.sharing.site_cap == cap, 15)
+                    # A start from the CSMS (0x34 with no balance limit): the gun
+                    # draws the capped power, no more.
+                    if version == "1.6":
+                        r = await cp.call(call.RemoteStartTransaction(id_tag="D14B0A54", connector_id=1))
+                    else:
+                        r = await cp.call(call.RequestStartTransaction(
+                            id_token={"id_token": "D14B0A54", "type": "ISO14443"}, remote_start_id=1,
+                            evse_id=1))
+                    assert r.status == "Accepted"
+                    await fw.wait_for(lambda: fw.world.vehicle.power == cap, 15)
+                    assert fw.outputs[0].limit == cap
+                    # A lower TxDefault profile on EVSE 1 (a one-gun pile: the pile).
+                    if version == "1.6":
+                        r = await cp.call(call.SetChargingProfile(connector_id=1, cs_charging_profiles=
+                                                                  _profile_16(6, 10000, "W",
+                                                                              "TxDefaultProfile")))
+                    else:
+                        r = await cp.call(call.SetChargingProfile(evse_id=1, charging_profile=
+                                                                  _profile_201(6, 10000,
+                                                                               purpose="TxDefaultProfile")))
+                    assert r.status == "Accepted"
+                    await fw.wait_for(lambda: fw.world.vehicle.power == 10000, 15)
+                    # Cleared: back to the station maximum, then no cap at all.
+                    if version == "1.6":
+                        r = await cp.call(call.ClearChargingProfile(id=6))
+                    else:
+                        r = await cp.call(call.ClearChargingProfile(charging_profile_id=6))
+                    assert r.status == "Accepted"
+                    await fw.wait_for(lambda: fw.world.vehicle.power == cap, 15)
+                    if version == "1.6":
+                        r = await cp.call(call.ClearChargingProfile())
+                    else:
+                        r = await cp.call(call.ClearChargingProfile(
+                            charging_profile_criteria={"charging_profile_purpose":
+                                                       "ChargingStationMaxProfile"}))
+                    assert r.status == "Accepted"
+                    await fw.wait_for(lambda: fw.pile.sharing.site_cap == 0, 15)
+                    await fw.wait_for(lambda: fw.world.vehicle.power > cap, 15)
+                    r = await cp.call(call.ClearChargingProfile(id=99) if version == "1.6" else
+                                      call.ClearChargingProfile(charging_profile_id=99))
+                    assert r.status == "Unknown"
+                finally:
+                    await fw.close()
+    for version in ("2.0.1", "1.6"):
+        with tempdir("ocpp-cap") as tmp, pty_pair() as (master, path):
+            run(scenario(tmp, master, path, version), timeout=90)
+
+
+class CapPile(ScriptedPile):
+    """A scripted pile that holds the site cap it is sent (0xDE -> 0xDF)."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.caps = []
+
+    async def _on_frame(self, f):
+        if f.name == "site_cap":
+            self.caps.append(f.fields["cap"])
+            await self.send("site_cap_reply", {"pile": self.code, "cap": f.fields["cap"], "result": 1},
+                            f.seq)
+        await super()._on_frame(f)
+
+
+def test_K01_profiles_are_kept_across_a_restart_and_sent_at_login_and_bad_ones_refused():
+    from ocpp.v201 import call
+
+    async def scenario(tmp):
+        async with Csms() as csms:
+            cfg = control_config(tmp, csms, pile={PILE_A: {"power_cap_kw": 50}})
+            async with bridge_running(cfg, mqtt_up=False) as b:
+                p = CapPile(PILE_A, await TcpTransport.connect("127.0.0.1", b.tcp_port))
+                assert await p.login() == 0
+                await p.wait_for(lambda: p.caps == [50000])        # the config's cap at login
+                await up(csms)
+                cp = csms.stations[PILE_A]
+                r = await cp.call(call.SetChargingProfile(evse_id=0, charging_profile=_profile_201(
+                    1, 16, unit="A")))              # 16 A x 230 V x 3 phases
+                assert r.status == "Accepted" and p.caps[-1] == 11040
+                # Refused, with the reason: a station maximum on an EVSE, a
+                # TxProfile with no such transaction, EVSE 2 of a one-gun pile.
+                for evse, prof in ((1, _profile_201(2, 5000)),
+                                   (1, _profile_201(3, 5000, purpose="TxProfile", tx="1" * 32)),
+                                   (2, _profile_201(4, 5000, purpose="TxDefaultProfile"))):
+                    r = await cp.call(call.SetChargingProfile(evse_id=evse, charging_profile=prof))
+                    assert r.status == "Rejected" and r.status_info["additional_info"], r
+                assert p.caps[-1] == 11040
+                await p.close()
+            async with bridge_running(cfg, mqtt_up=False) as b:
+                p = CapPile(PILE_A, await TcpTransport.connect("127.0.0.1", b.tcp_port))
+                assert await p.login() == 0
+                # The profile came back from the store: the lower of the two at login.
+                await p.wait_for(lambda: p.caps == [11040])
+                await p.close()
+    with tempdir("ocpp-cap-keep") as tmp:
+        run(scenario(tmp))
