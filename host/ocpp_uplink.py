@@ -682,6 +682,82 @@ class OcppUplink:
             return None
         return g["serial"]
 
+    # --- firmware: UpdateFirmware -> the signed push (host/push.py, docs/upgrade.md) -----
+
+    def update_firmware(self, code, location, request_id=None, version=None, when=None):
+        """UpdateFirmware: None when accepted (the push runs, reported by
+        FirmwareStatusNotification), else why not. The image is the file the
+        location's last path segment names in upgrade.image_dir: the CSMS
+        picks among images the operator put there, the bridge downloads no
+        code. Its version: customData `version`, else the last dotted number
+        in the file name (fw-209.5.0.img -> 209.5.0)."""
+        import re
+        import urllib.parse
+        pile = self.b.piles.get(code)
+        if self.b.keys.upgrade_key() is None:
+            return "no upgrade key on the bridge (keys.upgrade_key_file)"
+        if not self.b.cfg["upgrade"]["image_dir"]:
+            return "no upgrade.image_dir on the bridge"
+        if pile is None or not pile.ext:
+            return "firmware push needs our firmware (ext)"
+        if pile.upgrade_task is not None and not pile.upgrade_task.done():
+            return "an upgrade is already running"
+        name = urllib.parse.urlsplit(location or "").path.rsplit("/", 1)[-1]
+        if not version:
+            found = re.findall(r"\d+(?:\.\d+)+", name)
+            version = found[-1] if found else None
+        self.b._spawn(self._update_firmware(code, pile, name, version, request_id, when))
+        return None
+
+    async def _update_firmware(self, code, pile, name, version, request_id, when):
+        from host import commands as C
+        from host import push as pushmod
+        if when:
+            try:
+                await asyncio.sleep(max(0.0, _utc_secs(when) - time.time()))
+            except ValueError:
+                pass
+        await self.firmware_status(code, "Downloading", request_id)
+        a = {"image": name, "image_b64": None, "version": version, "activate": True}
+        try:
+            if not name or name.startswith("."):
+                raise C.CommandError("bad_request", "no image name in the location")
+            if not version:
+                raise C.CommandError("bad_request", "no version in %r (customData version, or a "
+                                     "name like fw-209.5.0.img)" % name)
+            pushmod.load_image(self.b.cfg, a)
+        except C.CommandError as e:
+            log.warning("pile %s: UpdateFirmware %s: %s", code, name, e)
+            await self.firmware_status(code, "DownloadFailed", request_id)
+            return
+        await self.firmware_status(code, "Downloaded", request_id)
+        await self.firmware_status(code, "Installing", request_id)
+        try:
+            doc = await pushmod.run_command(self.b, pile, "ocpp-fw-%s" % (request_id or name), a)
+            ok = bool(doc.get("ok"))
+        except Exception as e:
+            log.warning("pile %s: UpdateFirmware %s: %s", code, name, e)
+            ok = False
+        await self.firmware_status(code, "Installed" if ok else "InstallationFailed", request_id)
+
+    async def firmware_status(self, code, status, request_id=None):
+        # State, not custody: sent when the CSMS link is up (the push's own
+        # stages are events and in the pile's status either way).
+        st = self.station(code)
+        if st.cp is None:
+            log.info("pile %s: FirmwareStatusNotification %s not sent: CSMS link down", code, status)
+            return
+        if self.v16:
+            from ocpp.v16 import call
+            msg = call.FirmwareStatusNotification(status=status)
+        else:
+            from ocpp.v201 import call
+            msg = call.FirmwareStatusNotification(status=status, request_id=request_id)
+        try:
+            await st.call(st.cp, msg)
+        except Exception as e:
+            log.info("pile %s: FirmwareStatusNotification %s: %s", code, status, e)
+
     # --- from the CSMS ---------------------------------------------------------------------
 
     async def acked(self, serial, kind):
@@ -1029,6 +1105,14 @@ def make_charge_point(station, ws):
             async def get_local_list_version(self, **kw):
                 return call_result.GetLocalListVersion(list_version=up.local_list(code)["version"])
 
+            @on("UpdateFirmware")
+            async def update_firmware(self, location, retrieve_date, **kw):
+                why = up.update_firmware(code, location, when=retrieve_date)
+                if why:     # 1.6 has no refusal: the CSMS hears DownloadFailed
+                    log.warning("pile %s: UpdateFirmware refused: %s", code, why)
+                    b._spawn(up.firmware_status(code, "DownloadFailed"))
+                return call_result.UpdateFirmware()
+
         return CP(code, ws, response_timeout=up.cfg["response_timeout_s"])
 
     from ocpp.v201 import ChargePoint, call_result
@@ -1123,5 +1207,15 @@ def make_charge_point(station, ws):
         @on("GetLocalListVersion")
         async def get_local_list_version(self, **kw):
             return call_result.GetLocalListVersion(version_number=up.local_list(code)["version"])
+
+        @on("UpdateFirmware")
+        async def update_firmware(self, request_id, firmware, custom_data=None, **kw):
+            why = up.update_firmware(code, firmware["location"], request_id,
+                                     (custom_data or {}).get("version"),
+                                     firmware.get("retrieve_date_time"))
+            if why:
+                return call_result.UpdateFirmware(status="Rejected", status_info={
+                    "reason_code": "UnsupportedRequest", "additional_info": why[:512]})
+            return call_result.UpdateFirmware(status="Accepted")
 
     return CP(code, ws, response_timeout=up.cfg["response_timeout_s"])

@@ -421,3 +421,63 @@ def test_K01_profiles_are_kept_across_a_restart_and_sent_at_login_and_bad_ones_r
                 await p.close()
     with tempdir("ocpp-cap-keep") as tmp:
         run(scenario(tmp))
+
+
+def test_L01_update_firmware_runs_the_signed_push_and_reports_each_stage_201_and_16():
+    # UpdateFirmware names an image the operator put in upgrade.image_dir (by
+    # the location's file name); the bridge pushes it signed (host/push.py)
+    # to our firmware, which installs it and comes back with the new version;
+    # the CSMS hears Downloading .. Installed. An image that is not there:
+    # DownloadFailed, nothing sent to the pile.
+    from tests.test_bridge_remote import CMD_KEY, NEW, UP_KEY, KeyedPile, image, key_file
+
+    async def scenario(tmp, master, path, version):
+        if version == "1.6":
+            from ocpp.v16 import call
+        else:
+            from ocpp.v201 import call
+        images = os.path.join(tmp, "images")
+        os.mkdir(images)
+        with open(os.path.join(images, "fw-%s.img" % NEW), "wb") as f:
+            f.write(image())
+        async with Csms(version=version) as csms:
+            cfg = control_config(tmp, csms, {"version": version}, tcp={"listen": None},
+                                 serial=[{"url": path, "baudrate": 115200, "ext": True}],
+                                 piles={"heartbeat_s": 1.0, "command_timeout_s": 3.0},
+                                 pile={PILE_A: {"cmd_key_file": key_file(tmp, "pile-a.key", CMD_KEY)}},
+                                 keys={"upgrade_key_file": key_file(tmp, "upgrade.key", UP_KEY)},
+                                 upgrade={"image_dir": images})
+            root = os.path.join(tmp, "flash")
+            os.mkdir(root)
+            async with bridge_running(cfg, mqtt_up=False):
+                fw = KeyedPile(root, master, PILE_A, {"cmd_key": CMD_KEY, "upgrade_key": UP_KEY,
+                                                      "sw_version": "209.03.00"}).start()
+                try:
+                    await up(csms)
+                    cp = csms.stations[PILE_A]
+
+                    def update(name, rid):
+                        loc = "https://fw.example/images/" + name
+                        if version == "1.6":
+                            return call.UpdateFirmware(location=loc, retrieve_date="2020-01-01T00:00:00Z")
+                        return call.UpdateFirmware(request_id=rid, firmware={
+                            "location": loc, "retrieve_date_time": "2020-01-01T00:00:00Z"})
+                    r = await cp.call(update("fw-%s.img" % NEW, 4))
+                    assert version == "1.6" or r.status == "Accepted"
+                    await csms.wait_for(lambda: csms.firmware and csms.firmware[-1][1] in (
+                        "Installed", "InstallationFailed", "DownloadFailed"), timeout=60, what="done")
+                    rid = None if version == "1.6" else 4
+                    assert csms.firmware == [(PILE_A, s, rid) for s in (
+                        "Downloading", "Downloaded", "Installing", "Installed")]
+                    assert fw.reboots == 1 and fw.pile.remote.board_version() == NEW
+                    del csms.firmware[:]
+                    r = await cp.call(update("fw-209.6.0.img", 5))
+                    await csms.wait_for(lambda: csms.firmware and csms.firmware[-1][1] in (
+                        "Installed", "InstallationFailed", "DownloadFailed"), what="done")
+                    assert [x[1] for x in csms.firmware] == ["Downloading", "DownloadFailed"]
+                    assert fw.pile.remote.board_version() == NEW
+                finally:
+                    await fw.close()
+    for version in ("2.0.1", "1.6"):
+        with tempdir("ocpp-fw") as tmp, pty_pair() as (master, path):
+            run(scenario(tmp, master, path, version), timeout=120)

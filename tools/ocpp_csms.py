@@ -43,6 +43,7 @@ class Csms:
         self.id_tokens = {}             # Authorize: id token -> status; others get unknown_token
         self.unknown_token = "Invalid"
         self.authorized = []            # (station, id token, type or None, status)
+        self.firmware = []              # FirmwareStatusNotification: (station, status, request id)
         self._tx16 = itertools.count(1000)
         self._tx16_of = {}              # (station, connector, timestamp) -> id (1.6 start dedup)
         self.tx16_serial = {}           # 1.6 transactionId -> station
@@ -130,6 +131,10 @@ class Csms:
         self._notify()
         return st
 
+    def _firmware(self, station, status, request_id):
+        self.firmware.append((station, status, request_id))
+        self._notify()
+
     def _boot(self, station):
         self.boots[station] += 1
         self._notify()
@@ -163,6 +168,11 @@ class Csms:
             @on("BootNotification")
             async def boot(self, charging_station, reason, **kw):
                 return call_result.BootNotification(**csms._boot(station))
+
+            @on("FirmwareStatusNotification")
+            async def firmware_status(self, status, request_id=None, **kw):
+                csms._firmware(station, status, request_id)
+                return call_result.FirmwareStatusNotification()
 
             @on("Authorize")
             async def authorize(self, id_token, **kw):
@@ -199,6 +209,11 @@ class Csms:
             @on("BootNotification")
             async def boot(self, charge_point_model, charge_point_vendor, **kw):
                 return call_result.BootNotification(**csms._boot(station))
+
+            @on("FirmwareStatusNotification")
+            async def firmware_status(self, status, **kw):
+                csms._firmware(station, status, None)
+                return call_result.FirmwareStatusNotification()
 
             @on("Authorize")
             async def authorize(self, id_tag, **kw):
