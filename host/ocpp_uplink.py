@@ -310,6 +310,10 @@ class OcppUplink:
 
     def on_pile_seen(self, pile):
         self.station(pile.code).status_changed()
+        if pile.conn is not None and not pile.ext and self.cap_w(pile.code) is not None:
+            # A third-party pile's 0x52 again at each login (ours get the cap
+            # in 0xDE from piles.py push_site_cap).
+            self.b._spawn(self.push_cap(pile.code))
 
     def on_realtime(self, pile, v):
         """0x13: Started when a gun starts charging with a serial, Updated at

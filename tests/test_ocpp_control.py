@@ -375,18 +375,60 @@ def test_K01_K10_charging_profiles_cap_the_power_the_firmware_commands_201_and_1
 
 
 class CapPile(ScriptedPile):
-    """A scripted pile that holds the site cap it is sent (0xDE -> 0xDF)."""
+    """A scripted pile that holds the site cap it is sent (0xDE -> 0xDF) and
+    the 0x52 max_power % (30..100) of a third-party pile."""
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
         self.caps = []
+        self.percents = []
 
     async def _on_frame(self, f):
         if f.name == "site_cap":
             self.caps.append(f.fields["cap"])
             await self.send("site_cap_reply", {"pile": self.code, "cap": f.fields["cap"], "result": 1},
                             f.seq)
+        elif f.name == "work_params":
+            ok = 30 <= f.fields["max_power"] <= 100
+            if ok:
+                self.percents.append(f.fields["max_power"])
+            await self.send("work_params_reply", {"pile": self.code, "result": int(ok)}, f.seq)
         await super()._on_frame(f)
+
+
+def test_K01_16_a_third_party_pile_is_capped_by_0x52_as_a_percentage_of_its_rating():
+    from ocpp.v16 import call
+
+    async def scenario(tmp):
+        async with Csms(version="1.6") as csms:
+            cfg = control_config(tmp, csms, {"version": "1.6", "rated_kw": 60},
+                                 pile={PILE_A: {"ext": False}})
+            async with bridge_running(cfg, mqtt_up=False) as b:
+                p = CapPile(PILE_A, await TcpTransport.connect("127.0.0.1", b.tcp_port), ext=False)
+                assert await p.login() == 0
+                await up(csms)
+                cp = csms.stations[PILE_A]
+                r = await cp.call(call.SetChargingProfile(connector_id=0, cs_charging_profiles=
+                                                          _profile_16(1, 45000, "W")))
+                assert r.status == "Accepted" and p.percents == [75]
+                # Below the 30 % 0x52 allows: refused, the cap before kept.
+                r = await cp.call(call.SetChargingProfile(connector_id=0, cs_charging_profiles=
+                                                          _profile_16(2, 10000, "W", stack=1)))
+                assert r.status == "Rejected" and p.percents == [75]
+                assert b.ocpp.cap_w(PILE_A) == 45000
+                await p.close()
+            async with bridge_running(cfg, mqtt_up=False) as b:
+                # Sent again at the next login (kept in the store).
+                p = CapPile(PILE_A, await TcpTransport.connect("127.0.0.1", b.tcp_port), ext=False)
+                assert await p.login() == 0
+                await p.wait_for(lambda: p.percents == [75])
+                await up(csms)
+                cp = csms.stations[PILE_A]
+                assert (await cp.call(call.ClearChargingProfile())).status == "Accepted"
+                assert p.percents == [75, 100] and p.caps == []
+                await p.close()
+    with tempdir("ocpp-cap-52") as tmp:
+        run(scenario(tmp))
 
 
 def test_K01_profiles_are_kept_across_a_restart_and_sent_at_login_and_bad_ones_refused():
