@@ -112,6 +112,7 @@ DEFAULTS = {
         "offline_unknown_ids": False,
         "volts": 230,             # charging profiles in A: W = A x volts x phases
         "rated_kw": None,         # third-party piles: a profile's cap as 0x52 % of this
+        "max_queued": 10000,      # per pile: this many messages unanswered -> new starts refused (0: no cap)
     },
     "versions": {                 # minimum versions, by pile model ("*": any model)
         "min_board": {},          # e.g. {"*" = "209.04.00", "ac" = "3.1"}
@@ -314,6 +315,9 @@ def validate(cfg):
                 or not 0 < o["volts"] <= 1500:
             raise ConfigError("ocpp.volts must be a voltage above 0 (at most 1500), got %r"
                               % (o["volts"],))
+        if isinstance(o["max_queued"], bool) or not isinstance(o["max_queued"], int) \
+                or o["max_queued"] < 0:
+            raise ConfigError("ocpp.max_queued must be an integer >= 0 (0: no cap)")
         r = o["rated_kw"]
         if r is not None and (isinstance(r, bool) or not isinstance(r, (int, float)) or r <= 0):
             raise ConfigError("ocpp.rated_kw must be a power in kW above 0, got %r" % (r,))

@@ -207,8 +207,9 @@ _MAX_LIST = 5000        # local authorisation list entries per pile (the VIN lis
 
 # OCPP authorisation status -> YKC 0x32 refusal reason (V1.6: 1 no such account,
 # 2 account frozen, 3 balance too low, 4 card has an unsettled bill, 6 not
-# allowed at this pile, 9 VIN unknown).
-_AUTH_REASON = {"Invalid": 1, "Unknown": 1, "Blocked": 2, "Expired": 2, "NoCredit": 3,
+# allowed at this pile, 9 VIN unknown, 0x0A the pile has unsettled bills:
+# the bridge's OCPP queue is full).
+_AUTH_REASON = {"CustodyFull": 0x0A, "Invalid": 1, "Unknown": 1, "Blocked": 2, "Expired": 2, "NoCredit": 3,
                 "ConcurrentTx": 4, "NotAllowedTypeEVSE": 6, "NotAtThisLocation": 6,
                 "NotAtThisTime": 6}
 # The balance a CSMS-authorised start carries in 0x32 / 0x34 (0.01 yuan): OCPP
@@ -467,6 +468,14 @@ class OcppUplink:
                     "additional_info": [{"additional_id_token": token, "type": "VIN"}]}
         return {"id_token": token, "type": "ISO14443"}
 
+    async def custody_full(self, code):
+        """True when pile `code` has ocpp.max_queued messages or more the
+        CSMS has not answered: new starts through the bridge are refused
+        (RequestStart / RemoteStart, 0x31) until the queue drains, so a CSMS
+        that is away for long cannot make the store grow without end."""
+        cap = self.cfg["max_queued"]
+        return bool(cap) and await self.b.store.ocpp_open_count(code) >= cap
+
     def on_start_request(self, code, req):
         """0x31: a card or VIN start at the pile, authorised by the CSMS."""
         self.b._spawn(self._authorize_start(code, req))
@@ -477,7 +486,10 @@ class OcppUplink:
         vin = (req.get("vin") or "").strip("\x00 ")
         use_vin = req.get("start_type") == 3 or bool(vin and not card.strip("0"))
         tok = self.id_token(vin if use_vin else card, use_vin)
-        status, how = await self.authorize(code, tok)
+        if await self.custody_full(code):
+            status, how = "CustodyFull", "the bridge: %d messages queued" % self.cfg["max_queued"]
+        else:
+            status, how = await self.authorize(code, tok)
         ok = status == "Accepted"
         reason = 0 if ok else (9 if use_vin and status in ("Invalid", "Unknown")
                                else _AUTH_REASON.get(status, 1))
@@ -1056,6 +1068,8 @@ def make_charge_point(station, ws):
         class CP(ChargePoint):
             @on("RemoteStartTransaction")
             async def remote_start(self, id_tag, connector_id=None, **kw):
+                if await up.custody_full(code):
+                    return call_result.RemoteStartTransaction(status="Rejected")
                 ok, _ = await b.ocpp_start(code, connector_id or 1, id_tag)
                 return call_result.RemoteStartTransaction(status="Accepted" if ok else "Rejected")
 
@@ -1124,6 +1138,11 @@ def make_charge_point(station, ws):
     class CP(ChargePoint):
         @on("RequestStartTransaction")
         async def request_start(self, id_token, remote_start_id, evse_id=None, **kw):
+            if await up.custody_full(code):
+                return call_result.RequestStartTransaction(status="Rejected", status_info={
+                    "reason_code": "Busy",
+                    "additional_info": "%d messages for the CSMS not answered yet (ocpp.max_queued)"
+                                       % up.cfg["max_queued"]})
             ok, serial = await b.ocpp_start(code, evse_id or 1, (id_token or {}).get("id_token"))
             if ok:
                 return call_result.RequestStartTransaction(status="Accepted", transaction_id=serial)

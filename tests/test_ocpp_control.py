@@ -523,3 +523,41 @@ def test_L01_update_firmware_runs_the_signed_push_and_reports_each_stage_201_and
     for version in ("2.0.1", "1.6"):
         with tempdir("ocpp-fw") as tmp, pty_pair() as (master, path):
             run(scenario(tmp, master, path, version), timeout=120)
+
+
+def test_never_drop_a_full_queue_refuses_new_starts_until_the_csms_takes_it():
+    # Issue 15 item 4: never-drop retries for ever and refuses new starts
+    # while the pile's queue for the CSMS is full (ocpp.max_queued).
+    from ocpp.v201 import call
+
+    async def scenario(tmp):
+        async with Csms() as csms:
+            csms.id_tokens = {CARD: "Accepted"}
+            csms.refuse = True
+            cfg = control_config(tmp, csms, {"max_queued": 2})
+            async with bridge_running(cfg, mqtt_up=False) as b:
+                p = await connect_pile(PILE_A, b.tcp_port)
+                await up(csms)
+                bill = make_bill(PILE_A, 7)
+                assert await p.send_bill(bill, make_extra(bill)) == 0   # Started + Ended queued
+                await csms.wait_for(lambda: csms.refused >= 1, what="a refused try")
+                cp = csms.stations[PILE_A]
+                r = await cp.call(call.RequestStartTransaction(
+                    id_token={"id_token": CARD, "type": "ISO14443"}, remote_start_id=1, evse_id=1))
+                assert r.status == "Rejected" and "max_queued" in r.status_info["additional_info"]
+                assert p.received("remote_start") == []
+                a = await ask(p)
+                assert (a["ok"], a["reason"]) == (0, 0x0A)
+                assert csms.authorized == []
+                # The CSMS takes the queue: starts go again, nothing was dropped.
+                csms.refuse = False
+                await p.wait_for(lambda: bill["serial"] in p.settled, timeout=15)
+                assert [e[3] for e in csms.events] == ["Started", "Ended"]
+                r = await cp.call(call.RequestStartTransaction(
+                    id_token={"id_token": CARD, "type": "ISO14443"}, remote_start_id=2, evse_id=1))
+                assert r.status == "Accepted"
+                a = await ask(p)
+                assert a["ok"] == 1
+                await p.close()
+    with tempdir("ocpp-full") as tmp:
+        run(scenario(tmp))
