@@ -561,3 +561,46 @@ def test_never_drop_a_full_queue_refuses_new_starts_until_the_csms_takes_it():
                 await p.close()
     with tempdir("ocpp-full") as tmp:
         run(scenario(tmp))
+
+
+def test_the_ocpp_control_settings_are_checked_with_a_clear_error():
+    import pytest
+    from host import config as configmod
+    base = {"site": "t1", "mqtt": {"enabled": False}}
+    ok = configmod.load(None, dict(base, ocpp={"csms_url": "ws://127.0.0.1:1/ocpp"}))
+    o = ok["ocpp"]
+    assert (o["local_authorize_offline"], o["offline_unknown_ids"], o["volts"], o["rated_kw"],
+            o["max_queued"]) == (True, False, 230, None, 10000)
+    for bad, what in (({"offline_unknown_ids": "yes"}, "offline_unknown_ids"),
+                      ({"volts": 0}, "ocpp.volts"), ({"volts": True}, "ocpp.volts"),
+                      ({"rated_kw": -5}, "ocpp.rated_kw"), ({"max_queued": -1}, "ocpp.max_queued"),
+                      ({"max_queued": 1.5}, "ocpp.max_queued")):
+        with pytest.raises(configmod.ConfigError, match=what):
+            configmod.load(None, dict(base, ocpp=dict({"csms_url": "ws://127.0.0.1:1/ocpp"}, **bad)))
+
+
+def test_the_limit_in_force_now_of_a_charging_schedule():
+    import pytest
+    from host.ocpp_uplink import profile_limit_w
+    sched = {"charging_rate_unit": "W", "start_schedule": "2026-01-01T00:00:00Z",
+             "charging_schedule_period": [{"start_period": 3600, "limit": 7000},
+                                          {"start_period": 0, "limit": 11000}]}
+    t0 = 1767225600     # 2026-01-01T00:00:00Z
+    assert profile_limit_w(sched, "Absolute", 230, now=t0 + 10) == 11000
+    assert profile_limit_w(sched, "Absolute", 230, now=t0 + 3600) == 7000
+    # Recurring daily: a day later, the same hour -> the same period.
+    assert profile_limit_w(sched, "Recurring", 230, now=t0 + 86400 + 30) == 11000
+    # Relative: from the start, whatever start_schedule says.
+    assert profile_limit_w(sched, "Relative", 230, now=t0 + 7200) == 11000
+    amps = {"charging_rate_unit": "A", "charging_schedule_period": [
+        {"start_period": 0, "limit": 16.5, "number_phases": 1}]}
+    assert profile_limit_w(amps, "Relative", 230) == 3795
+    zero = {"charging_rate_unit": "W", "charging_schedule_period": [{"start_period": 0, "limit": 0}]}
+    assert profile_limit_w(zero, "Relative", 230) == 1      # 0 W on the wire lifts the cap
+    for bad in ({"charging_rate_unit": "kW", "charging_schedule_period": [{"start_period": 0,
+                                                                          "limit": 1}]},
+                {"charging_rate_unit": "W", "charging_schedule_period": []},
+                {"charging_rate_unit": "W", "charging_schedule_period": [{"start_period": 0,
+                                                                         "limit": -1}]}):
+        with pytest.raises(ValueError):
+            profile_limit_w(bad, "Relative", 230)
