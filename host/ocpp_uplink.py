@@ -864,6 +864,7 @@ class Station:
     async def _session(self, ws):
         cp = make_charge_point(self, ws)
         reader = asyncio.ensure_future(cp.start())
+        reader.add_done_callback(lambda _t: self._wake.set())
         self._reader = reader
         self._cp_pending = cp
         self.up.stats["connects"] += 1
@@ -1020,12 +1021,13 @@ class Station:
             if again:
                 continue
             # Idle: woken by new work, the backoff's end, or the link closing
-            # (so that `connected` and the offline rules see an outage at once).
-            waiter = asyncio.ensure_future(self._wake.wait())
-            done, _ = await asyncio.wait({waiter, self._reader}, timeout=wait,
-                                         return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            if self._reader in done:
+            # (the reader's done callback: `connected` and the offline rules
+            # see an outage at once).
+            try:
+                await asyncio.wait_for(self._wake.wait(), wait)
+            except asyncio.TimeoutError:
+                pass
+            if self._reader.done():
                 raise _Lost("the CSMS link closed")
 
     def _message(self, serial, kind, seq_no, p, tx_id):
