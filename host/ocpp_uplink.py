@@ -226,6 +226,36 @@ def _utc_secs(s):
     return datetime.datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
 
 
+def _elapsed(schedule, kind, now):
+    # Seconds into the schedule (Relative: its start, always 0 here) and the
+    # recurrence length (Recurring) or None.
+    if not schedule.get("start_schedule") or kind == "Relative":
+        return 0.0, None
+    e = (time.time() if now is None else now) - _utc_secs(schedule["start_schedule"])
+    if kind == "Recurring":
+        cycle = 604800 if schedule.get("recurrency_kind") == "Weekly" else 86400
+        return e % cycle, cycle
+    return e, None
+
+
+def next_period_in(schedule, kind, now=None):
+    """Seconds until the schedule's next period starts, or None (no later
+    period: the limit holds until the profile is cleared or replaced)."""
+    if not schedule.get("start_schedule") or kind == "Relative":
+        return None         # no start to count from: the first period holds
+    try:
+        e, cycle = _elapsed(schedule, kind, now)
+        starts = sorted(p["start_period"] for p in schedule.get("charging_schedule_period") or [])
+    except (KeyError, TypeError, ValueError):
+        return None
+    later = [t - e for t in starts if t > e]
+    if later:
+        return later[0]
+    if cycle and starts:
+        return cycle - e + starts[0]
+    return None
+
+
 def profile_limit_w(schedule, kind, volts, now=None):
     """The limit a charging schedule puts in force now, W (an int >= 1: 0 W
     on the wire lifts the cap). Amperes count per phase: A x volts x phases
@@ -233,11 +263,7 @@ def profile_limit_w(schedule, kind, volts, now=None):
     periods = sorted(schedule.get("charging_schedule_period") or [], key=lambda p: p["start_period"])
     if not periods:
         raise ValueError("no chargingSchedulePeriod")
-    elapsed = 0.0
-    if schedule.get("start_schedule") and kind != "Relative":
-        elapsed = (time.time() if now is None else now) - _utc_secs(schedule["start_schedule"])
-        if kind == "Recurring":
-            elapsed %= 604800 if schedule.get("recurrency_kind") == "Weekly" else 86400
+    elapsed, _ = _elapsed(schedule, kind, now)
     cur = periods[0]
     for p in periods:
         if p["start_period"] <= elapsed:
@@ -275,6 +301,7 @@ class OcppUplink:
         self.profiles = {}              # pile -> [charging profile entries] (meta "ocpp.profiles.")
         self.lists = {}                 # pile -> {"version", "ids": {token: status}} ("ocpp.list.")
         self.vars = {}                  # pile -> {1.6 key: value} changed by the CSMS ("ocpp.vars.")
+        self._schedule_tasks = {}       # pile -> the task that sends the cap at the next period
         self._password = None
         if self.cfg["password_file"]:
             self._password = configmod.read_secret_file(self.cfg["password_file"],
@@ -291,8 +318,12 @@ class OcppUplink:
             await self._queue_bill(bill.pile, bill.serial, bill.frame, offline=True)
         for code in await self.b.store.ocpp_piles():
             self.station(code)
+        for code in self.profiles:
+            self._follow_schedules(code)
 
     async def stop(self):
+        for t in list(self._schedule_tasks.values()):
+            t.cancel()
         for st in list(self.stations.values()):
             await st.stop()
 
@@ -585,8 +616,33 @@ class OcppUplink:
         def top(purpose):
             c = [p for p in ps if p["purpose"] == purpose]
             return max(c, key=lambda p: p["stack"]) if c else None
-        caps = [p["w"] for p in (top("max"), top("tx") or top("default")) if p]
+        caps = [self._limit(p) for p in (top("max"), top("tx") or top("default")) if p]
         return min(caps) if caps else None
+
+    def _limit(self, p):
+        # The entry's limit in force now (its schedule's current period).
+        try:
+            return profile_limit_w(p["schedule"], p["kind"], self.cfg["volts"])
+        except (KeyError, TypeError, ValueError):
+            return p["w"]
+
+    def _follow_schedules(self, code):
+        """Send the pile its cap again whenever a period of one of its
+        profiles' schedules starts (the next one, then again)."""
+        t = self._schedule_tasks.pop(code, None)
+        if t is not None:
+            t.cancel()
+        waits = [w for w in (next_period_in(p.get("schedule") or {}, p.get("kind"))
+                             for p in self.profiles.get(code) or []) if w is not None]
+        if not waits:
+            return
+
+        async def later(delay):
+            await asyncio.sleep(delay + 0.001)
+            self._schedule_tasks.pop(code, None)
+            await self.push_cap(code)
+            self._follow_schedules(code)
+        self._schedule_tasks[code] = asyncio.ensure_future(later(max(0.0, min(waits))))
 
     async def set_profile(self, code, evse, prof):
         """SetChargingProfile: (status, reason or None)."""
@@ -615,7 +671,8 @@ class OcppUplink:
             return "Rejected", "bad charging schedule: %s" % e
         pid = prof.get("id", prof.get("charging_profile_id"))
         entry = {"id": pid, "evse": evse, "purpose": purpose, "stack": prof.get("stack_level", 0),
-                 "w": w, "serial": serial}
+                 "w": w, "serial": serial, "kind": prof.get("charging_profile_kind"),
+                 "schedule": sched}
         old = self.profiles.get(code) or []
         new = [p for p in old if p["id"] != pid and not (
             p["purpose"] == purpose and p["stack"] == entry["stack"] and p["evse"] == evse)]
@@ -657,6 +714,7 @@ class OcppUplink:
             self.profiles[code] = old
             return False
         await self.b.store._submit(_meta_put, "ocpp.profiles." + code, json.dumps(new))
+        self._follow_schedules(code)
         return True
 
     async def push_cap(self, code):

@@ -581,7 +581,7 @@ def test_the_ocpp_control_settings_are_checked_with_a_clear_error():
 
 def test_the_limit_in_force_now_of_a_charging_schedule():
     import pytest
-    from host.ocpp_uplink import profile_limit_w
+    from host.ocpp_uplink import next_period_in, profile_limit_w
     sched = {"charging_rate_unit": "W", "start_schedule": "2026-01-01T00:00:00Z",
              "charging_schedule_period": [{"start_period": 3600, "limit": 7000},
                                           {"start_period": 0, "limit": 11000}]}
@@ -592,6 +592,11 @@ def test_the_limit_in_force_now_of_a_charging_schedule():
     assert profile_limit_w(sched, "Recurring", 230, now=t0 + 86400 + 30) == 11000
     # Relative: from the start, whatever start_schedule says.
     assert profile_limit_w(sched, "Relative", 230, now=t0 + 7200) == 11000
+    # When the next period starts (the bridge sends the cap again then).
+    assert next_period_in(sched, "Absolute", now=t0 + 10) == 3590
+    assert next_period_in(sched, "Absolute", now=t0 + 3600) is None
+    assert next_period_in(sched, "Recurring", now=t0 + 3600) == 86400 - 3600
+    assert next_period_in(sched, "Relative", now=t0 + 10) is None
     amps = {"charging_rate_unit": "A", "charging_schedule_period": [
         {"start_period": 0, "limit": 16.5, "number_phases": 1}]}
     assert profile_limit_w(amps, "Relative", 230) == 3795
@@ -604,3 +609,30 @@ def test_the_limit_in_force_now_of_a_charging_schedule():
                                                                          "limit": -1}]}):
         with pytest.raises(ValueError):
             profile_limit_w(bad, "Relative", 230)
+
+
+def test_K01_a_schedule_with_a_later_period_changes_the_cap_when_that_period_starts():
+    import time
+    from ocpp.v201 import call
+
+    async def scenario(tmp):
+        async with Csms() as csms:
+            cfg = control_config(tmp, csms)
+            async with bridge_running(cfg, mqtt_up=False) as b:
+                p = CapPile(PILE_A, await TcpTransport.connect("127.0.0.1", b.tcp_port))
+                assert await p.login() == 0
+                await up(csms)
+                prof = _profile_201(1, 5000)
+                prof["charging_profile_kind"] = "Absolute"
+                prof["charging_schedule"][0].update(
+                    start_schedule=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    charging_schedule_period=[{"start_period": 0, "limit": 5000},
+                                              {"start_period": 2, "limit": 8000}])
+                r = await csms.stations[PILE_A].call(call.SetChargingProfile(evse_id=0,
+                                                                             charging_profile=prof))
+                assert r.status == "Accepted"
+                await p.wait_for(lambda: p.caps and p.caps[-1] == 8000, timeout=10)
+                assert p.caps == [5000, 8000]
+                await p.close()
+    with tempdir("ocpp-cap-sched") as tmp:
+        run(scenario(tmp))
