@@ -5,33 +5,46 @@
 # commands (0xDE), B05/B06 (2.0.1 Get/SetVariables) and 1.6 Get/Change-
 # Configuration, D01/D02 the local list (-> the pile's VIN list), B02/B03
 # boot Pending / Rejected. Named after the use cases (docs/ocpp.md lists them).
-import asyncio
+import contextlib
 import os
+import types
 
 from host.testkit import ScriptedPile, TcpTransport, make_bill, make_extra
 from tools.ocpp_csms import Csms
-from tests.test_bridge_durability import db_all
 from tests.test_bridge_helpers import (
-    PILE_A, FirmwarePile, bridge_running, connect_pile, fast_config, pty_pair, run, tempdir, until)
+    PILE_A, FirmwarePile, bridge_running, connect_pile, pty_pair, run, tempdir, until)
+from tests.test_ocpp_uplink import ocpp_config
 
 CARD = "00000000D14B0A54"
 VIN = "LSVAU2180N2183294"
 
 
 def control_config(tmp, csms, ocpp=None, **over):
-    o = {"csms_url": csms.url, "retry_initial_s": 0.05, "retry_max_s": 0.5,
-         "reconnect_min_s": 0.05, "reconnect_max_s": 0.3, "response_timeout_s": 5.0,
-         "meter_interval_s": 0.0}
-    o.update(ocpp or {})
-    cfg = fast_config(tmp, "mqtt://127.0.0.1:1", ocpp=o, **over)
-    cfg["mqtt"]["enabled"] = False
-    return cfg
+    return ocpp_config(tmp, csms, over=over, **(ocpp or {}))
 
 
 async def up(csms, timeout=20):
     """The station is accepted and has sent its statuses (its link is in use)."""
     await csms.wait_for(lambda: PILE_A in csms.stations and any(
         s[0] == PILE_A for s in csms.statuses), timeout=timeout, what="station up")
+
+
+@contextlib.asynccontextmanager
+async def station_up(tmp, version="2.0.1", pile_cls=ScriptedPile, pile_kw=None, over=None, **ocpp):
+    """The CSMS, an OCPP-only bridge and a scripted pile logged in, its
+    station accepted: .csms, .bridge, .pile, .cp (the CSMS's side), .cfg."""
+    async with Csms(version=version) as csms:
+        cfg = ocpp_config(tmp, csms, over=over, version=version, **ocpp)
+        async with bridge_running(cfg, mqtt_up=False) as b:
+            p = pile_cls(PILE_A, await TcpTransport.connect("127.0.0.1", b.tcp_port),
+                         **(pile_kw or {}))
+            assert await p.login() == 0
+            try:
+                await up(csms)
+                yield types.SimpleNamespace(csms=csms, bridge=b, pile=p, cp=csms.stations[PILE_A],
+                                            cfg=cfg)
+            finally:
+                await p.close()
 
 
 def start_request(card=CARD, vin="0" * 17, start_type=1, gun="01"):
@@ -46,34 +59,30 @@ async def ask(p, **kw):
 
 def test_C01_a_card_and_a_vin_start_at_the_pile_are_authorised_by_the_csms():
     async def scenario(tmp):
-        async with Csms() as csms:
+        async with station_up(tmp) as s:
+            csms, p = s.csms, s.pile
             csms.id_tokens = {CARD: "Accepted", VIN: "Blocked"}
-            cfg = control_config(tmp, csms)
-            async with bridge_running(cfg, mqtt_up=False) as b:
-                p = await connect_pile(PILE_A, b.tcp_port)
-                await csms.wait_for(lambda: (PILE_A, 1, "Available") in csms.statuses, what="up")
-                # A known card: Accepted -> 0x32 ok with a new trade serial
-                # and no balance limit at the pile (the CSMS bills).
-                a = await ask(p)
-                assert a["ok"] == 1 and a["serial"].startswith(PILE_A + "01"), a
-                assert a["balance"] == 0xFFFFFFFF
-                assert csms.authorized[-1] == (PILE_A, CARD, "ISO14443", "Accepted")
-                # Its transaction starts at the CSMS with that idToken.
-                serial = a["serial"]
-                await p.realtime(status=3, serial=serial, energy=100)
-                await csms.wait_for(lambda: (serial, 0) in csms.unique, what="Started")
-                started = csms.unique[(serial, 0)][2]
-                assert started["trigger_reason"] == "Authorized"
-                assert started["id_token"] == {"id_token": CARD, "type": "ISO14443"}
-                # An unknown card: refused, YKC reason 1 (no such account).
-                a = await ask(p, card="0000000011223344")
-                assert (a["ok"], a["reason"], a["serial"]) == (0, 1, "0" * 32)
-                # A VIN start: the VIN as an idToken of its own (type Local,
-                # additionalInfo VIN); Blocked -> reason 2.
-                a = await ask(p, card="0" * 16, vin=VIN, start_type=3)
-                assert (a["ok"], a["reason"]) == (0, 2)
-                assert csms.authorized[-1] == (PILE_A, VIN, "Local", "Blocked")
-                await p.close()
+            # A known card: Accepted -> 0x32 ok with a new trade serial
+            # and no balance limit at the pile (the CSMS bills).
+            a = await ask(p)
+            assert a["ok"] == 1 and a["serial"].startswith(PILE_A + "01"), a
+            assert a["balance"] == 0xFFFFFFFF
+            assert csms.authorized[-1] == (PILE_A, CARD, "ISO14443", "Accepted")
+            # Its transaction starts at the CSMS with that idToken.
+            serial = a["serial"]
+            await p.realtime(status=3, serial=serial, energy=100)
+            await csms.wait_for(lambda: (serial, 0) in csms.unique, what="Started")
+            started = csms.unique[(serial, 0)][2]
+            assert started["trigger_reason"] == "Authorized"
+            assert started["id_token"] == {"id_token": CARD, "type": "ISO14443"}
+            # An unknown card: refused, YKC reason 1 (no such account).
+            a = await ask(p, card="0000000011223344")
+            assert (a["ok"], a["reason"], a["serial"]) == (0, 1, "0" * 32)
+            # A VIN start: the VIN as an idToken of its own (type Local,
+            # additionalInfo VIN); Blocked -> reason 2.
+            a = await ask(p, card="0" * 16, vin=VIN, start_type=3)
+            assert (a["ok"], a["reason"]) == (0, 2)
+            assert csms.authorized[-1] == (PILE_A, VIN, "Local", "Blocked")
     with tempdir("ocpp-auth-card") as tmp:
         run(scenario(tmp))
 
@@ -129,28 +138,23 @@ def test_C01_16_authorize_and_D01_local_list_on_16():
     from ocpp.v16 import call
 
     async def scenario(tmp):
-        async with Csms(version="1.6") as csms:
+        async with station_up(tmp, "1.6") as s:
+            csms, p, cp = s.csms, s.pile, s.cp
             csms.id_tokens = {"D14B0A54": "Accepted"}
-            cfg = control_config(tmp, csms, {"version": "1.6"})
-            async with bridge_running(cfg, mqtt_up=False) as b:
-                p = await connect_pile(PILE_A, b.tcp_port)
-                await up(csms)
-                a = await ask(p)
-                assert a["ok"] == 1 and csms.authorized[-1] == (PILE_A, "D14B0A54", None, "Accepted")
-                a = await ask(p, card="0000000011223344")
-                assert (a["ok"], a["reason"]) == (0, 1)
-                cp = csms.stations[PILE_A]
-                r = await cp.call(call.SendLocalList(list_version=1, update_type="Full",
-                                                     local_authorization_list=[
-                    {"id_tag": "11223344", "id_tag_info": {"status": "Accepted"}}]))
-                assert r.status == "Accepted"
-                # A differential update older than the list: VersionMismatch.
-                r = await cp.call(call.SendLocalList(list_version=1, update_type="Differential",
-                                                     local_authorization_list=[{"id_tag": "11223344"}]))
-                assert r.status == "VersionMismatch"
-                r = await cp.call(call.GetLocalListVersion())
-                assert r.list_version == 1
-                await p.close()
+            a = await ask(p)
+            assert a["ok"] == 1 and csms.authorized[-1] == (PILE_A, "D14B0A54", None, "Accepted")
+            a = await ask(p, card="0000000011223344")
+            assert (a["ok"], a["reason"]) == (0, 1)
+            r = await cp.call(call.SendLocalList(list_version=1, update_type="Full",
+                                                 local_authorization_list=[
+                {"id_tag": "11223344", "id_tag_info": {"status": "Accepted"}}]))
+            assert r.status == "Accepted"
+            # A differential update older than the list: VersionMismatch.
+            r = await cp.call(call.SendLocalList(list_version=1, update_type="Differential",
+                                                 local_authorization_list=[{"id_tag": "11223344"}]))
+            assert r.status == "VersionMismatch"
+            r = await cp.call(call.GetLocalListVersion())
+            assert r.list_version == 1
     with tempdir("ocpp-auth-16") as tmp:
         run(scenario(tmp))
 
@@ -159,37 +163,32 @@ def test_B05_B06_get_and_set_variables_change_the_heartbeat_and_unknown_ones_are
     from ocpp.v201 import call
 
     async def scenario(tmp):
-        async with Csms() as csms:
-            cfg = control_config(tmp, csms)
-            async with bridge_running(cfg, mqtt_up=False) as b:
-                p = await connect_pile(PILE_A, b.tcp_port)
-                await up(csms)
-                cp = csms.stations[PILE_A]
-                r = await cp.call(call.GetVariables(get_variable_data=[
-                    {"component": {"name": "OCPPCommCtrlr"}, "variable": {"name": "HeartbeatInterval"}},
-                    {"component": {"name": "OCPPCommCtrlr"}, "variable": {"name": "NoSuchVariable"}},
-                    {"component": {"name": "NoSuchCtrlr"}, "variable": {"name": "Enabled"}},
-                    {"component": {"name": "LocalAuthListCtrlr"}, "variable": {"name": "Enabled"},
-                     "attribute_type": "Target"}]))
-                res = r.get_variable_result
-                assert (res[0]["attribute_status"], res[0]["attribute_value"]) == ("Accepted", "300")
-                assert [x["attribute_status"] for x in res[1:]] == [
-                    "UnknownVariable", "UnknownComponent", "NotSupportedAttributeType"]
-                assert csms.heartbeats[PILE_A] == 0
-                r = await cp.call(call.SetVariables(set_variable_data=[
-                    {"component": {"name": "OCPPCommCtrlr"}, "variable": {"name": "HeartbeatInterval"},
-                     "attribute_value": "1"},
-                    {"component": {"name": "LocalAuthListCtrlr"}, "variable": {"name": "Enabled"},
-                     "attribute_value": "false"},
-                    {"component": {"name": "SampledDataCtrlr"}, "variable": {"name": "TxUpdatedInterval"},
-                     "attribute_value": "soon"},
-                    {"component": {"name": "OCPPCommCtrlr"}, "variable": {"name": "Nope"},
-                     "attribute_value": "1"}]))
-                assert [x["attribute_status"] for x in r.set_variable_result] == [
-                    "Accepted", "Rejected", "Rejected", "UnknownVariable"]
-                # The new interval is used at once (the CSMS gave 300 s at boot).
-                await csms.wait_for(lambda: csms.heartbeats[PILE_A] >= 2, what="heartbeats")
-                await p.close()
+        async with station_up(tmp) as s:
+            csms, cp = s.csms, s.cp
+            r = await cp.call(call.GetVariables(get_variable_data=[
+                {"component": {"name": "OCPPCommCtrlr"}, "variable": {"name": "HeartbeatInterval"}},
+                {"component": {"name": "OCPPCommCtrlr"}, "variable": {"name": "NoSuchVariable"}},
+                {"component": {"name": "NoSuchCtrlr"}, "variable": {"name": "Enabled"}},
+                {"component": {"name": "LocalAuthListCtrlr"}, "variable": {"name": "Enabled"},
+                 "attribute_type": "Target"}]))
+            res = r.get_variable_result
+            assert (res[0]["attribute_status"], res[0]["attribute_value"]) == ("Accepted", "300")
+            assert [x["attribute_status"] for x in res[1:]] == [
+                "UnknownVariable", "UnknownComponent", "NotSupportedAttributeType"]
+            assert csms.heartbeats[PILE_A] == 0
+            r = await cp.call(call.SetVariables(set_variable_data=[
+                {"component": {"name": "OCPPCommCtrlr"}, "variable": {"name": "HeartbeatInterval"},
+                 "attribute_value": "1"},
+                {"component": {"name": "LocalAuthListCtrlr"}, "variable": {"name": "Enabled"},
+                 "attribute_value": "false"},
+                {"component": {"name": "SampledDataCtrlr"}, "variable": {"name": "TxUpdatedInterval"},
+                 "attribute_value": "soon"},
+                {"component": {"name": "OCPPCommCtrlr"}, "variable": {"name": "Nope"},
+                 "attribute_value": "1"}]))
+            assert [x["attribute_status"] for x in r.set_variable_result] == [
+                "Accepted", "Rejected", "Rejected", "UnknownVariable"]
+            # The new interval is used at once (the CSMS gave 300 s at boot).
+            await csms.wait_for(lambda: csms.heartbeats[PILE_A] >= 2, what="heartbeats")
     with tempdir("ocpp-vars") as tmp:
         run(scenario(tmp))
 
@@ -198,39 +197,34 @@ def test_16_get_and_change_configuration_the_sample_interval_and_unknown_keys():
     from ocpp.v16 import call
 
     async def scenario(tmp):
-        async with Csms(version="1.6") as csms:
-            cfg = control_config(tmp, csms, {"version": "1.6"})
-            async with bridge_running(cfg, mqtt_up=False) as b:
-                p = await connect_pile(PILE_A, b.tcp_port)
-                await up(csms)
-                cp = csms.stations[PILE_A]
-                r = await cp.call(call.GetConfiguration(key=["MeterValueSampleInterval", "NoSuchKey"]))
-                assert r.configuration_key == [{"key": "MeterValueSampleInterval", "readonly": False,
-                                                "value": "0"}]
-                assert r.unknown_key == ["NoSuchKey"]
-                r = await cp.call(call.GetConfiguration())
-                keys = {k["key"] for k in r.configuration_key}
-                assert {"HeartbeatInterval", "NumberOfConnectors", "LocalAuthListEnabled"} <= keys
-                assert (await cp.call(call.ChangeConfiguration(key="NoSuchKey", value="1"))).status \
-                    == "NotSupported"
-                assert (await cp.call(call.ChangeConfiguration(key="NumberOfConnectors", value="4"))
-                        ).status == "Rejected"
-                assert (await cp.call(call.ChangeConfiguration(key="MeterValueSampleInterval",
-                                                               value="x"))).status == "Rejected"
-                # MeterValues every 0 s -> every hour: a charge with three
-                # reports sends none (its Stop comes after, in order).
-                r = await cp.call(call.ChangeConfiguration(key="MeterValueSampleInterval", value="3600"))
-                assert r.status == "Accepted"
-                bill = make_bill(PILE_A, 1)
-                for e in (100, 200, 300):
-                    await p.realtime(status=3, serial=bill["serial"], energy=e)
-                assert await p.send_bill(bill, make_extra(bill)) == 0
-                await p.wait_for(lambda: bill["serial"] in p.settled, timeout=10)
-                assert [e[3] for e in csms.events] == ["Started", "Ended"]
-                await p.close()
-            # Kept across a restart.
-            async with bridge_running(cfg, mqtt_up=False) as b:
-                assert b.ocpp.var(PILE_A, "MeterValueSampleInterval") == 3600
+        async with station_up(tmp, "1.6") as s:
+            csms, p, cp, cfg = s.csms, s.pile, s.cp, s.cfg
+            r = await cp.call(call.GetConfiguration(key=["MeterValueSampleInterval", "NoSuchKey"]))
+            assert r.configuration_key == [{"key": "MeterValueSampleInterval", "readonly": False,
+                                            "value": "0"}]
+            assert r.unknown_key == ["NoSuchKey"]
+            r = await cp.call(call.GetConfiguration())
+            keys = {k["key"] for k in r.configuration_key}
+            assert {"HeartbeatInterval", "NumberOfConnectors", "LocalAuthListEnabled"} <= keys
+            assert (await cp.call(call.ChangeConfiguration(key="NoSuchKey", value="1"))).status \
+                == "NotSupported"
+            assert (await cp.call(call.ChangeConfiguration(key="NumberOfConnectors", value="4"))
+                    ).status == "Rejected"
+            assert (await cp.call(call.ChangeConfiguration(key="MeterValueSampleInterval",
+                                                           value="x"))).status == "Rejected"
+            # MeterValues every 0 s -> every hour: a charge with three
+            # reports sends none (its Stop comes after, in order).
+            r = await cp.call(call.ChangeConfiguration(key="MeterValueSampleInterval", value="3600"))
+            assert r.status == "Accepted"
+            bill = make_bill(PILE_A, 1)
+            for e in (100, 200, 300):
+                await p.realtime(status=3, serial=bill["serial"], energy=e)
+            assert await p.send_bill(bill, make_extra(bill)) == 0
+            await p.wait_for(lambda: bill["serial"] in p.settled, timeout=10)
+            assert [e[3] for e in csms.events] == ["Started", "Ended"]
+        # Kept across a restart.
+        async with bridge_running(cfg, mqtt_up=False) as b:
+            assert b.ocpp.var(PILE_A, "MeterValueSampleInterval") == 3600
     with tempdir("ocpp-conf16") as tmp:
         run(scenario(tmp))
 
@@ -531,34 +525,29 @@ def test_never_drop_a_full_queue_refuses_new_starts_until_the_csms_takes_it():
     from ocpp.v201 import call
 
     async def scenario(tmp):
-        async with Csms() as csms:
+        async with station_up(tmp, max_queued=2) as s:
+            csms, p, cp = s.csms, s.pile, s.cp
             csms.id_tokens = {CARD: "Accepted"}
             csms.refuse = True
-            cfg = control_config(tmp, csms, {"max_queued": 2})
-            async with bridge_running(cfg, mqtt_up=False) as b:
-                p = await connect_pile(PILE_A, b.tcp_port)
-                await up(csms)
-                bill = make_bill(PILE_A, 7)
-                assert await p.send_bill(bill, make_extra(bill)) == 0   # Started + Ended queued
-                await csms.wait_for(lambda: csms.refused >= 1, what="a refused try")
-                cp = csms.stations[PILE_A]
-                r = await cp.call(call.RequestStartTransaction(
-                    id_token={"id_token": CARD, "type": "ISO14443"}, remote_start_id=1, evse_id=1))
-                assert r.status == "Rejected" and "max_queued" in r.status_info["additional_info"]
-                assert p.received("remote_start") == []
-                a = await ask(p)
-                assert (a["ok"], a["reason"]) == (0, 0x0A)
-                assert csms.authorized == []
-                # The CSMS takes the queue: starts go again, nothing was dropped.
-                csms.refuse = False
-                await p.wait_for(lambda: bill["serial"] in p.settled, timeout=15)
-                assert [e[3] for e in csms.events] == ["Started", "Ended"]
-                r = await cp.call(call.RequestStartTransaction(
-                    id_token={"id_token": CARD, "type": "ISO14443"}, remote_start_id=2, evse_id=1))
-                assert r.status == "Accepted"
-                a = await ask(p)
-                assert a["ok"] == 1
-                await p.close()
+            bill = make_bill(PILE_A, 7)
+            assert await p.send_bill(bill, make_extra(bill)) == 0   # Started + Ended queued
+            await csms.wait_for(lambda: csms.refused >= 1, what="a refused try")
+            r = await cp.call(call.RequestStartTransaction(
+                id_token={"id_token": CARD, "type": "ISO14443"}, remote_start_id=1, evse_id=1))
+            assert r.status == "Rejected" and "max_queued" in r.status_info["additional_info"]
+            assert p.received("remote_start") == []
+            a = await ask(p)
+            assert (a["ok"], a["reason"]) == (0, 0x0A)
+            assert csms.authorized == []
+            # The CSMS takes the queue: starts go again, nothing was dropped.
+            csms.refuse = False
+            await p.wait_for(lambda: bill["serial"] in p.settled, timeout=15)
+            assert [e[3] for e in csms.events] == ["Started", "Ended"]
+            r = await cp.call(call.RequestStartTransaction(
+                id_token={"id_token": CARD, "type": "ISO14443"}, remote_start_id=2, evse_id=1))
+            assert r.status == "Accepted"
+            a = await ask(p)
+            assert a["ok"] == 1
     with tempdir("ocpp-full") as tmp:
         run(scenario(tmp))
 
@@ -616,23 +605,17 @@ def test_K01_a_schedule_with_a_later_period_changes_the_cap_when_that_period_sta
     from ocpp.v201 import call
 
     async def scenario(tmp):
-        async with Csms() as csms:
-            cfg = control_config(tmp, csms)
-            async with bridge_running(cfg, mqtt_up=False) as b:
-                p = CapPile(PILE_A, await TcpTransport.connect("127.0.0.1", b.tcp_port))
-                assert await p.login() == 0
-                await up(csms)
-                prof = _profile_201(1, 5000)
-                prof["charging_profile_kind"] = "Absolute"
-                prof["charging_schedule"][0].update(
-                    start_schedule=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    charging_schedule_period=[{"start_period": 0, "limit": 5000},
-                                              {"start_period": 2, "limit": 8000}])
-                r = await csms.stations[PILE_A].call(call.SetChargingProfile(evse_id=0,
-                                                                             charging_profile=prof))
-                assert r.status == "Accepted"
-                await p.wait_for(lambda: p.caps and p.caps[-1] == 8000, timeout=10)
-                assert p.caps == [5000, 8000]
-                await p.close()
+        async with station_up(tmp, pile_cls=CapPile) as s:
+            p = s.pile
+            prof = _profile_201(1, 5000)
+            prof["charging_profile_kind"] = "Absolute"
+            prof["charging_schedule"][0].update(
+                start_schedule=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                charging_schedule_period=[{"start_period": 0, "limit": 5000},
+                                          {"start_period": 2, "limit": 8000}])
+            r = await s.cp.call(call.SetChargingProfile(evse_id=0, charging_profile=prof))
+            assert r.status == "Accepted"
+            await p.wait_for(lambda: p.caps and p.caps[-1] == 8000, timeout=10)
+            assert p.caps == [5000, 8000]
     with tempdir("ocpp-cap-sched") as tmp:
         run(scenario(tmp))

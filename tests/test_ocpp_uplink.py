@@ -21,12 +21,13 @@ from tests.test_bridge_helpers import (
 
 
 
-def ocpp_config(tmp, csms, mqtt_url=None, **ocpp):
+def ocpp_config(tmp, csms, mqtt_url=None, over=None, **ocpp):
+    """Test config with fast OCPP timers; `over`: other sections, as fast_config takes them."""
     o = {"csms_url": csms.url, "retry_initial_s": 0.05, "retry_max_s": 0.5,
          "reconnect_min_s": 0.05, "reconnect_max_s": 0.3, "response_timeout_s": 5.0,
          "meter_interval_s": 0.0}
     o.update(ocpp)
-    cfg = fast_config(tmp, mqtt_url or "mqtt://127.0.0.1:1", ocpp=o)
+    cfg = fast_config(tmp, mqtt_url or "mqtt://127.0.0.1:1", ocpp=o, **(over or {}))
     if mqtt_url is None:
         cfg["mqtt"]["enabled"] = False
     return cfg
