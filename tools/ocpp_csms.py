@@ -182,6 +182,7 @@ class Csms:
             @on("Heartbeat")
             async def heartbeat(self, **kw):
                 csms.heartbeats[station] += 1
+                csms._notify()
                 return call_result.Heartbeat(current_time=_now())
 
             @on("StatusNotification")
@@ -222,6 +223,7 @@ class Csms:
             @on("Heartbeat")
             async def heartbeat(self, **kw):
                 csms.heartbeats[station] += 1
+                csms._notify()
                 return call_result.Heartbeat(current_time=_now())
 
             @on("StatusNotification")
