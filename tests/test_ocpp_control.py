@@ -143,6 +143,11 @@ def test_C01_16_authorize_and_D01_local_list_on_16():
             csms.id_tokens = {"D14B0A54": "Accepted"}
             a = await ask(p)
             assert a["ok"] == 1 and csms.authorized[-1] == (PILE_A, "D14B0A54", None, "Accepted")
+            # Its StartTransaction carries the idTag the CSMS authorised.
+            await p.realtime(status=3, serial=a["serial"], energy=100)
+            await csms.wait_for(lambda: [v for v in csms.unique.values() if v[1] == "Started"],
+                                what="StartTransaction")
+            assert [v[2]["id_tag"] for v in csms.unique.values()] == ["D14B0A54"]
             a = await ask(p, card="0000000011223344")
             assert (a["ok"], a["reason"]) == (0, 1)
             r = await cp.call(call.SendLocalList(list_version=1, update_type="Full",

@@ -242,7 +242,7 @@ class Csms:
                 if tx is None:
                     tx = csms._tx16_of[key] = next(csms._tx16)
                     csms.tx16_serial[tx] = station
-                csms._record(station, str(tx), 0, "Started", dict(kw, meter_start=meter_start))
+                csms._record(station, str(tx), 0, "Started", dict(kw, meter_start=meter_start, id_tag=id_tag))
                 return call_result.StartTransaction(transaction_id=tx,
                                                     id_tag_info={"status": "Accepted"})
 
