@@ -209,8 +209,8 @@ _MAX_LIST = 5000        # local authorisation list entries per pile (the VIN lis
 # 2 account frozen, 3 balance too low, 4 card has an unsettled bill, 6 not
 # allowed at this pile, 9 VIN unknown, 0x0A the pile has unsettled bills:
 # the bridge's OCPP queue is full).
-_AUTH_REASON = {"CustodyFull": 0x0A, "Invalid": 1, "Unknown": 1, "Blocked": 2, "Expired": 2, "NoCredit": 3,
-                "ConcurrentTx": 4, "NotAllowedTypeEVSE": 6, "NotAtThisLocation": 6,
+_AUTH_REASON = {"CustodyFull": 0x0A, "Invalid": 1, "Unknown": 1, "Blocked": 2, "Expired": 2,
+                "NoCredit": 3, "ConcurrentTx": 4, "NotAllowedTypeEVSE": 6, "NotAtThisLocation": 6,
                 "NotAtThisTime": 6}
 # The balance a CSMS-authorised start carries in 0x32 / 0x34 (0.01 yuan): OCPP
 # has none and the CSMS bills, so the pile is given no balance limit (below
@@ -665,6 +665,8 @@ class OcppUplink:
         sched = prof.get("charging_schedule")
         if isinstance(sched, list):
             sched = sched[0] if sched else {}
+        if isinstance(sched, dict) and prof.get("recurrency_kind"):
+            sched = dict(sched, recurrency_kind=prof["recurrency_kind"])   # a profile field
         try:
             w = profile_limit_w(sched or {}, prof.get("charging_profile_kind"), self.cfg["volts"])
         except (KeyError, TypeError, ValueError) as e:

@@ -590,6 +590,9 @@ def test_the_limit_in_force_now_of_a_charging_schedule():
     assert next_period_in(sched, "Absolute", now=t0 + 10) == 3590
     assert next_period_in(sched, "Absolute", now=t0 + 3600) is None
     assert next_period_in(sched, "Recurring", now=t0 + 3600) == 86400 - 3600
+    weekly = dict(sched, recurrency_kind="Weekly")      # copied from the profile by set_profile
+    assert next_period_in(weekly, "Recurring", now=t0 + 3600) == 7 * 86400 - 3600
+    assert profile_limit_w(weekly, "Recurring", 230, now=t0 + 86400 + 3600) == 7000
     assert next_period_in(sched, "Relative", now=t0 + 10) is None
     amps = {"charging_rate_unit": "A", "charging_schedule_period": [
         {"start_period": 0, "limit": 16.5, "number_phases": 1}]}
