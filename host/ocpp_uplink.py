@@ -103,8 +103,8 @@ def started_201(serial, gun, when_utc, meter_wh=None, card=None, remote=False, i
                              "sampled_value": [_sampled(meter_wh, "Transaction.Begin")]}]
     if id_token:
         p["id_token"] = id_token
-    elif card and card.strip("0"):
-        p["id_token"] = {"id_token": card, "type": "ISO14443"}
+    elif card_token(card):
+        p["id_token"] = {"id_token": card_token(card), "type": "ISO14443"}
     return p
 
 
@@ -139,8 +139,14 @@ def ended_201_raw(serial, gun, when_utc):
             "evse": {"id": gun_no(gun), "connector_id": 1}}
 
 
+def card_token(card):
+    """A YKC card number (16 hex digits, zero-padded on the left) as the card
+    reader shows its UID: D14B0A54. Empty for no card."""
+    return (card or "").upper().lstrip("0")
+
+
 def id_tag_16(card):
-    return (card or "").strip("0")[:20] or "ykc"
+    return card_token(card)[:20] or "ykc"
 
 
 def started_16(gun, when_utc, meter_wh, card=None, id_tag=None):
@@ -490,14 +496,14 @@ class OcppUplink:
 
     def id_token(self, token, vin):
         """The idToken a card or a VIN goes to the CSMS as: a card as ISO14443
-        (its 16 hex digits, as in the bill); a VIN as type Local with an
+        (its UID, the card number without the zero padding); a VIN as type Local with an
         additionalInfo of type "VIN" (2.0.1 has no VIN type). 1.6: the idTag."""
         if self.v16:
             return {"id_token": token if vin else id_tag_16(token)}
         if vin:
             return {"id_token": token, "type": "Local",
                     "additional_info": [{"additional_id_token": token, "type": "VIN"}]}
-        return {"id_token": token, "type": "ISO14443"}
+        return {"id_token": card_token(token), "type": "ISO14443"}
 
     async def custody_full(self, code):
         """True when pile `code` has ocpp.max_queued messages or more the
@@ -561,7 +567,10 @@ class OcppUplink:
             except Exception as e:
                 log.info("pile %s: Authorize: %s: offline rules", code, e or type(e).__name__)
         if self.var(code, "LocalAuthorizeOffline"):
-            s = self.local_list(code)["ids"].get(tok["id_token"])
+            # Cards compared without their zero padding, letters in either case.
+            want = card_token(tok["id_token"])
+            s = next((v for k, v in self.local_list(code)["ids"].items() if card_token(k) == want),
+                     None)
             if s is not None:
                 return s, "local list"
         if self.var(code, "AllowOfflineTxForUnknownId"):
@@ -645,23 +654,25 @@ class OcppUplink:
         self._schedule_tasks[code] = asyncio.ensure_future(later(max(0.0, min(waits))))
 
     async def set_profile(self, code, evse, prof):
-        """SetChargingProfile: (status, reason or None)."""
+        """SetChargingProfile: (status, why or None); `why` starts with the
+        2.0.1 reasonCode (UnsupportedRequest / InvalidProfile / TxNotFound)."""
         purpose = _PURPOSE.get(prof.get("charging_profile_purpose"))
         guns = self.guns(code)
         if purpose is None:
-            return "Rejected", "purpose %s is not supported" % prof.get("charging_profile_purpose")
+            return "Rejected", "UnsupportedRequest: purpose %s" % prof.get("charging_profile_purpose")
         if purpose == "max" and evse != 0:
-            return "Rejected", "a station maximum profile goes on EVSE 0"
+            return "Rejected", "InvalidProfile: a station maximum profile goes on EVSE 0"
         if evse > guns or evse < 0:
-            return "Rejected", "no EVSE %d" % evse
+            return "Rejected", "InvalidProfile: no EVSE %d" % evse
         if evse > 0 and guns > 1:
             # 0xDE caps the whole pile; YKC has no per-gun cap frame.
-            return "Rejected", "per-gun caps are not in the YKC protocol: set it on EVSE 0"
+            return "Rejected", ("UnsupportedRequest: per-gun caps are not in the YKC protocol (0xDE "
+                                "caps the pile): set it on EVSE 0")
         serial = None
         if purpose == "tx":
             serial = await self._running_tx(code, evse or 1, prof.get("transaction_id"))
             if serial is None:
-                return "Rejected", "no such transaction running on EVSE %d" % evse
+                return "Rejected", "TxNotFound: no such transaction running on EVSE %d" % evse
         sched = prof.get("charging_schedule")
         if isinstance(sched, list):
             sched = sched[0] if sched else {}
@@ -670,7 +681,7 @@ class OcppUplink:
         try:
             w = profile_limit_w(sched or {}, prof.get("charging_profile_kind"), self.cfg["volts"])
         except (KeyError, TypeError, ValueError) as e:
-            return "Rejected", "bad charging schedule: %s" % e
+            return "Rejected", "InvalidProfile: bad charging schedule: %s" % e
         pid = prof.get("id", prof.get("charging_profile_id"))
         entry = {"id": pid, "evse": evse, "purpose": purpose, "stack": prof.get("stack_level", 0),
                  "w": w, "serial": serial, "kind": prof.get("charging_profile_kind"),
@@ -680,7 +691,7 @@ class OcppUplink:
             p["purpose"] == purpose and p["stack"] == entry["stack"] and p["evse"] == evse)]
         new.append(entry)
         if not await self._apply_profiles(code, old, new):
-            return "Rejected", "the pile did not take the cap"
+            return "Rejected", "UnsupportedRequest: the pile did not take the cap"
         return "Accepted", None
 
     async def clear_profiles(self, code, pid=None, evse=None, purpose=None, stack=None):
@@ -1236,8 +1247,10 @@ def make_charge_point(station, ws):
         @on("SetChargingProfile")
         async def set_profile(self, evse_id, charging_profile, **kw):
             st, why = await up.set_profile(code, evse_id, charging_profile)
-            info = {"reason_code": "UnsupportedRequest" if "not" in why else "InvalidProfile",
-                    "additional_info": why[:512]} if why else None
+            info = None
+            if why:
+                code_, _, text = why.partition(": ")
+                info = {"reason_code": code_, "additional_info": text[:512]}
             return call_result.SetChargingProfile(status=st, status_info=info)
 
         @on("ClearChargingProfile")

@@ -15,7 +15,8 @@ from tests.test_bridge_helpers import (
     PILE_A, FirmwarePile, bridge_running, connect_pile, pty_pair, run, tempdir, until)
 from tests.test_ocpp_uplink import ocpp_config
 
-CARD = "00000000D14B0A54"
+CARD = "00000000D14B0A54"       # the card number in 0x31 and the bill (8 bytes)
+UID = "D14B0A54"                # the card's UID, as the CSMS knows it
 VIN = "LSVAU2180N2183294"
 
 
@@ -61,20 +62,20 @@ def test_C01_a_card_and_a_vin_start_at_the_pile_are_authorised_by_the_csms():
     async def scenario(tmp):
         async with station_up(tmp) as s:
             csms, p = s.csms, s.pile
-            csms.id_tokens = {CARD: "Accepted", VIN: "Blocked"}
+            csms.id_tokens = {UID: "Accepted", VIN: "Blocked"}
             # A known card: Accepted -> 0x32 ok with a new trade serial
             # and no balance limit at the pile (the CSMS bills).
             a = await ask(p)
             assert a["ok"] == 1 and a["serial"].startswith(PILE_A + "01"), a
             assert a["balance"] == 0xFFFFFFFF
-            assert csms.authorized[-1] == (PILE_A, CARD, "ISO14443", "Accepted")
+            assert csms.authorized[-1] == (PILE_A, UID, "ISO14443", "Accepted")
             # Its transaction starts at the CSMS with that idToken.
             serial = a["serial"]
             await p.realtime(status=3, serial=serial, energy=100)
             await csms.wait_for(lambda: (serial, 0) in csms.unique, what="Started")
             started = csms.unique[(serial, 0)][2]
             assert started["trigger_reason"] == "Authorized"
-            assert started["id_token"] == {"id_token": CARD, "type": "ISO14443"}
+            assert started["id_token"] == {"id_token": UID, "type": "ISO14443"}
             # An unknown card: refused, YKC reason 1 (no such account).
             a = await ask(p, card="0000000011223344")
             assert (a["ok"], a["reason"], a["serial"]) == (0, 1, "0" * 32)
@@ -101,7 +102,7 @@ def test_C01_offline_the_local_list_decides_and_unknown_ids_only_when_allowed():
                 # D01: the CSMS sends a local list: a card and a VIN.
                 r = await cp.call(call.SendLocalList(version_number=3, update_type="Full",
                                                      local_authorization_list=[
-                    {"id_token": {"id_token": CARD, "type": "ISO14443"},
+                    {"id_token": {"id_token": UID, "type": "ISO14443"},
                      "id_token_info": {"status": "Accepted"}},
                     {"id_token": {"id_token": VIN, "type": "Local"},
                      "id_token_info": {"status": "Accepted"}}]))
@@ -447,11 +448,13 @@ def test_K01_profiles_are_kept_across_a_restart_and_sent_at_login_and_bad_ones_r
                 assert r.status == "Accepted" and p.caps[-1] == 11040
                 # Refused, with the reason: a station maximum on an EVSE, a
                 # TxProfile with no such transaction, EVSE 2 of a one-gun pile.
-                for evse, prof in ((1, _profile_201(2, 5000)),
-                                   (1, _profile_201(3, 5000, purpose="TxProfile", tx="1" * 32)),
-                                   (2, _profile_201(4, 5000, purpose="TxDefaultProfile"))):
+                for evse, prof, code in (
+                        (1, _profile_201(2, 5000), "InvalidProfile"),
+                        (1, _profile_201(3, 5000, purpose="TxProfile", tx="1" * 32), "TxNotFound"),
+                        (2, _profile_201(4, 5000, purpose="TxDefaultProfile"), "InvalidProfile")):
                     r = await cp.call(call.SetChargingProfile(evse_id=evse, charging_profile=prof))
-                    assert r.status == "Rejected" and r.status_info["additional_info"], r
+                    assert r.status == "Rejected" and r.status_info["reason_code"] == code, r
+                    assert r.status_info["additional_info"]
                 assert p.caps[-1] == 11040
                 await p.close()
             async with bridge_running(cfg, mqtt_up=False) as b:
@@ -532,13 +535,13 @@ def test_never_drop_a_full_queue_refuses_new_starts_until_the_csms_takes_it():
     async def scenario(tmp):
         async with station_up(tmp, max_queued=2) as s:
             csms, p, cp = s.csms, s.pile, s.cp
-            csms.id_tokens = {CARD: "Accepted"}
+            csms.id_tokens = {UID: "Accepted"}
             csms.refuse = True
             bill = make_bill(PILE_A, 7)
             assert await p.send_bill(bill, make_extra(bill)) == 0   # Started + Ended queued
             await csms.wait_for(lambda: csms.refused >= 1, what="a refused try")
             r = await cp.call(call.RequestStartTransaction(
-                id_token={"id_token": CARD, "type": "ISO14443"}, remote_start_id=1, evse_id=1))
+                id_token={"id_token": UID, "type": "ISO14443"}, remote_start_id=1, evse_id=1))
             assert r.status == "Rejected" and "max_queued" in r.status_info["additional_info"]
             assert p.received("remote_start") == []
             a = await ask(p)
@@ -549,7 +552,7 @@ def test_never_drop_a_full_queue_refuses_new_starts_until_the_csms_takes_it():
             await p.wait_for(lambda: bill["serial"] in p.settled, timeout=15)
             assert [e[3] for e in csms.events] == ["Started", "Ended"]
             r = await cp.call(call.RequestStartTransaction(
-                id_token={"id_token": CARD, "type": "ISO14443"}, remote_start_id=2, evse_id=1))
+                id_token={"id_token": UID, "type": "ISO14443"}, remote_start_id=2, evse_id=1))
             assert r.status == "Accepted"
             a = await ask(p)
             assert a["ok"] == 1
