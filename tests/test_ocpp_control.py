@@ -630,3 +630,38 @@ def test_K01_a_schedule_with_a_later_period_changes_the_cap_when_that_period_sta
             assert p.caps == [5000, 8000]
     with tempdir("ocpp-cap-sched") as tmp:
         run(scenario(tmp))
+
+
+def test_C01_a_card_swiped_at_our_firmware_charges_once_the_csms_authorised_it():
+    # End to end on the real firmware: the swipe's 0x31 -> Authorize ->
+    # 0x32 (no balance limit) -> the gun charges; its Started carries the
+    # card's UID. An unknown card first: refused, nothing charges.
+    from firmware import session as S
+
+    async def scenario(tmp, master, path):
+        async with Csms() as csms:
+            csms.id_tokens = {UID: "Accepted"}
+            cfg = control_config(tmp, csms, tcp={"listen": None},
+                                 serial=[{"url": path, "baudrate": 115200, "ext": True}],
+                                 piles={"heartbeat_s": 1.0, "command_timeout_s": 3.0})
+            root = os.path.join(tmp, "flash")
+            os.mkdir(root)
+            async with bridge_running(cfg, mqtt_up=False):
+                fw = FirmwarePile(root, master, PILE_A, speed=60).start()
+                try:
+                    await up(csms)
+                    gun = fw.pile.gun
+                    await fw.wait_for(lambda: fw.pile.link.online and gun.state == S.PLUGGED, 15)
+                    assert fw.pile.card_swiped("0000000011223344") == "asked"
+                    await fw.wait_for(lambda: gun.state == S.PLUGGED and gun.refusal == 1, 15)
+                    assert csms.authorized[-1][1:] == ("11223344", "ISO14443", "Invalid")
+                    assert fw.pile.card_swiped(CARD) == "asked"
+                    started = await csms.wait_for(lambda: [v for v in csms.unique.values()
+                                                           if v[1] == "Started"], what="Started")
+                    assert started[0][2]["id_token"] == {"id_token": UID, "type": "ISO14443"}
+                    await fw.wait_for(lambda: fw.world.meter.read_energy() > 1000, 15)
+                    assert gun.state == S.CHARGING
+                finally:
+                    await fw.close()
+    with tempdir("ocpp-swipe") as tmp, pty_pair() as (master, path):
+        run(scenario(tmp, master, path), timeout=90)
