@@ -424,7 +424,8 @@ class OcppUplink:
         self._started.discard(serial)     # a late 0x13 finds the store's copy
         self._auth_of.pop(serial, None)
         self.station(code).wake()
-        await self._end_tx_profiles(code, serial)
+        if any(p.get("serial") == serial for p in self.profiles.get(code) or []):
+            self.b._spawn(self._end_tx_profiles(code, serial))    # not in the bill's path
 
     # --- configuration variables (1.6 Get/ChangeConfiguration, 2.0.1 Get/SetVariables) ----
 

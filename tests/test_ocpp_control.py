@@ -665,3 +665,22 @@ def test_C01_a_card_swiped_at_our_firmware_charges_once_the_csms_authorised_it()
                     await fw.close()
     with tempdir("ocpp-swipe") as tmp, pty_pair() as (master, path):
         run(scenario(tmp, master, path), timeout=90)
+
+
+def test_K01_a_tx_profile_caps_its_transaction_and_goes_with_its_bill():
+    from ocpp.v201 import call
+
+    async def scenario(tmp):
+        async with station_up(tmp, pile_cls=CapPile) as s:
+            p = s.pile
+            bill = make_bill(PILE_A, 3)
+            await p.realtime(status=3, serial=bill["serial"], energy=100)
+            await s.csms.wait_for(lambda: (bill["serial"], 0) in s.csms.unique, what="Started")
+            r = await s.cp.call(call.SetChargingProfile(evse_id=1, charging_profile=_profile_201(
+                9, 6000, purpose="TxProfile", tx=bill["serial"])))
+            assert r.status == "Accepted" and p.caps == [6000]
+            assert await p.send_bill(bill, make_extra(bill)) == 0
+            await p.wait_for(lambda: p.caps == [6000, 0])      # the transaction ended: lifted
+            assert s.bridge.ocpp.cap_w(PILE_A) is None
+    with tempdir("ocpp-cap-tx") as tmp:
+        run(scenario(tmp))
