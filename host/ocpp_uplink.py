@@ -308,6 +308,7 @@ class OcppUplink:
         self.lists = {}                 # pile -> {"version", "ids": {token: status}} ("ocpp.list.")
         self.vars = {}                  # pile -> {1.6 key: value} changed by the CSMS ("ocpp.vars.")
         self._schedule_tasks = {}       # pile -> the task that sends the cap at the next period
+        self._fw_last = {}              # pile -> (last FirmwareStatusNotification, request id)
         self._password = None
         if self.cfg["password_file"]:
             self._password = configmod.read_secret_file(self.cfg["password_file"],
@@ -831,6 +832,7 @@ class OcppUplink:
     async def firmware_status(self, code, status, request_id=None):
         # State, not custody: sent when the CSMS link is up (the push's own
         # stages are events and in the pile's status either way).
+        self._fw_last[code] = (status, request_id)
         st = self.station(code)
         if st.cp is None:
             log.info("pile %s: FirmwareStatusNotification %s not sent: CSMS link down", code, status)
@@ -845,6 +847,31 @@ class OcppUplink:
             await st.call(st.cp, msg)
         except Exception as e:
             log.info("pile %s: FirmwareStatusNotification %s: %s", code, status, e)
+
+    # --- TriggerMessage (F06) ------------------------------------------------------------
+
+    TRIGGERS = ("Heartbeat", "StatusNotification", "FirmwareStatusNotification")
+
+    def trigger(self, code, what, evse=None):
+        """Send `what` now (after the TriggerMessage answer went): a
+        Heartbeat, the StatusNotification of every EVSE (or `evse`), the
+        firmware status (Idle unless an update is under way)."""
+        st = self.stations.get(code)
+        if st is None or st.cp is None:
+            return
+        if what == "Heartbeat":
+            self.b._spawn(st.beat(st.cp))
+        elif what == "StatusNotification":
+            if evse:
+                st._sent_status.pop(evse, None)
+            else:
+                st._sent_status.clear()
+            st.status_changed()
+        elif what == "FirmwareStatusNotification":
+            status, rid = self._fw_last.get(code, ("Idle", None))
+            if status in ("Installed", "DownloadFailed", "InstallationFailed"):
+                status, rid = "Idle", None
+            self.b._spawn(self.firmware_status(code, status, rid))
 
     # --- from the CSMS ---------------------------------------------------------------------
 
@@ -1009,13 +1036,16 @@ class Station:
             except asyncio.TimeoutError:
                 pass
             try:
-                if self.up.v16:
-                    from ocpp.v16 import call
-                else:
-                    from ocpp.v201 import call
-                await cp.call(call.Heartbeat())
+                await self.beat(cp)
             except Exception:
                 return
+
+    async def beat(self, cp):
+        if self.up.v16:
+            from ocpp.v16 import call
+        else:
+            from ocpp.v201 import call
+        await cp.call(call.Heartbeat())
 
     async def _statuses(self, cp):
         self._status_dirty.clear()
@@ -1131,7 +1161,7 @@ def _as_dict(r):
 def make_charge_point(station, ws):
     """The station side's ChargePoint, with the CSMS's calls mapped onto the
     bridge (docs/ocpp.md has the table)."""
-    from ocpp.routing import on
+    from ocpp.routing import after, on
     up = station.up
     b = up.b
     code = station.code
@@ -1196,6 +1226,16 @@ def make_charge_point(station, ws):
             @on("GetLocalListVersion")
             async def get_local_list_version(self, **kw):
                 return call_result.GetLocalListVersion(list_version=up.local_list(code)["version"])
+
+            @on("TriggerMessage")
+            async def trigger_message(self, requested_message, connector_id=None, **kw):
+                return call_result.TriggerMessage(
+                    status="Accepted" if requested_message in up.TRIGGERS else "NotImplemented")
+
+            @after("TriggerMessage")
+            async def triggered(self, requested_message, connector_id=None, **kw):
+                if requested_message in up.TRIGGERS:
+                    up.trigger(code, requested_message, connector_id)
 
             @on("UpdateFirmware")
             async def update_firmware(self, location, retrieve_date, **kw):
@@ -1306,6 +1346,16 @@ def make_charge_point(station, ws):
         @on("GetLocalListVersion")
         async def get_local_list_version(self, **kw):
             return call_result.GetLocalListVersion(version_number=up.local_list(code)["version"])
+
+        @on("TriggerMessage")
+        async def trigger_message(self, requested_message, evse=None, **kw):
+            return call_result.TriggerMessage(
+                status="Accepted" if requested_message in up.TRIGGERS else "NotImplemented")
+
+        @after("TriggerMessage")
+        async def triggered(self, requested_message, evse=None, **kw):
+            if requested_message in up.TRIGGERS:
+                up.trigger(code, requested_message, (evse or {}).get("id"))
 
         @on("UpdateFirmware")
         async def update_firmware(self, request_id, firmware, custom_data=None, **kw):

@@ -684,3 +684,27 @@ def test_K01_a_tx_profile_caps_its_transaction_and_goes_with_its_bill():
             assert s.bridge.ocpp.cap_w(PILE_A) is None
     with tempdir("ocpp-cap-tx") as tmp:
         run(scenario(tmp))
+
+
+def test_F06_trigger_message_heartbeat_status_and_firmware_status_201_and_16():
+    async def scenario(tmp, version):
+        if version == "1.6":
+            from ocpp.v16 import call
+        else:
+            from ocpp.v201 import call
+        async with station_up(tmp, version) as s:
+            csms = s.csms
+            n = len(csms.statuses)
+            assert csms.heartbeats[PILE_A] == 0
+            for what in ("Heartbeat", "StatusNotification", "FirmwareStatusNotification"):
+                r = await s.cp.call(call.TriggerMessage(requested_message=what))
+                assert r.status == "Accepted", what
+            await csms.wait_for(lambda: csms.heartbeats[PILE_A] == 1 and len(csms.statuses) == n + 1
+                                and csms.firmware, what="the three triggered messages")
+            assert csms.statuses[-1] == (PILE_A, 1, "Available")
+            assert csms.firmware == [(PILE_A, "Idle", None)]
+            r = await s.cp.call(call.TriggerMessage(requested_message="MeterValues"))
+            assert r.status == "NotImplemented"
+    for version in ("2.0.1", "1.6"):
+        with tempdir("ocpp-trigger") as tmp:
+            run(scenario(tmp, version))
