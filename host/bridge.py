@@ -807,7 +807,7 @@ class Bridge:
         gun = "%02d" % int(evse)
         card = "".join(c for c in (id_token or "") if c in "0123456789abcdefABCDEF")[-16:].upper()
         # OCPP has no balance (the CSMS bills): no balance limit at the pile.
-        from host.ocpp_uplink import START_BALANCE
+        from host.ocpp_control import START_BALANCE
         a = {"gun": gun, "serial": None, "logical_card": "0", "card": card.rjust(16, "0"),
              "balance": START_BALANCE, "targets": None}
         try:

@@ -9,7 +9,8 @@ import contextlib
 import os
 import types
 
-from host.testkit import ScriptedPile, TcpTransport, make_bill, make_extra
+from sim.links import TcpTransport
+from sim.testkit import ScriptedPile, make_bill, make_extra
 from tools.ocpp_csms import Csms
 from tests.test_bridge_helpers import (
     PILE_A, FirmwarePile, bridge_running, connect_pile, pty_pair, run, tempdir, until)
@@ -270,7 +271,7 @@ class SharingPile(FirmwarePile):
     """Our firmware with power sharing on (one output, a 60 kW pile)."""
 
     def _boot(self):
-        from firmware.sim import SimOutput
+        from sim.hardware import SimOutput
         w = self.world
         if not hasattr(self, "outputs"):
             self.cfg["power_w"] = 60000
@@ -578,7 +579,7 @@ def test_the_ocpp_control_settings_are_checked_with_a_clear_error():
 
 def test_the_limit_in_force_now_of_a_charging_schedule():
     import pytest
-    from host.ocpp_uplink import next_period_in, profile_limit_w
+    from host.ocpp_control import next_period_in, profile_limit_w
     sched = {"charging_rate_unit": "W", "start_schedule": "2026-01-01T00:00:00Z",
              "charging_schedule_period": [{"start_period": 3600, "limit": 7000},
                                           {"start_period": 0, "limit": 11000}]}
