@@ -9,6 +9,7 @@ import contextlib
 import os
 import types
 
+from protocol.router import on, reply
 from sim.links import TcpTransport
 from sim.testkit import ScriptedPile, make_bill, make_extra
 from tools.ocpp_csms import Csms
@@ -375,6 +376,9 @@ def test_K01_K10_charging_profiles_cap_the_power_the_firmware_commands_201_and_1
             run(scenario(tmp, master, path, version), timeout=90)
 
 
+_CAP_HANDLERS = {}      # protocol/router.py: the frames CapPile adds to ScriptedPile's
+
+
 class CapPile(ScriptedPile):
     """A scripted pile that holds the site cap it is sent (0xDE -> 0xDF) and
     the 0x52 max_power % (30..100) of a third-party pile."""
@@ -385,16 +389,22 @@ class CapPile(ScriptedPile):
         self.percents = []
 
     async def _on_frame(self, f):
-        if f.name == "site_cap":
-            self.caps.append(f.fields["cap"])
-            await self.send("site_cap_reply", {"pile": self.code, "cap": f.fields["cap"], "result": 1},
-                            f.seq)
-        elif f.name == "work_params":
-            ok = 30 <= f.fields["max_power"] <= 100
-            if ok:
-                self.percents.append(f.fields["max_power"])
-            await self.send("work_params_reply", {"pile": self.code, "result": int(ok)}, f.seq)
+        h = _CAP_HANDLERS.get(f.code)
+        if h is not None:
+            await self.send(*reply(f, await h(self, f)))
         await super()._on_frame(f)
+
+    @on(_CAP_HANDLERS, 0xDE)
+    async def _site_cap(self, f):
+        self.caps.append(f.fields["cap"])
+        return {"pile": self.code, "cap": f.fields["cap"], "result": 1}
+
+    @on(_CAP_HANDLERS, 0x52)
+    async def _work_params(self, f):
+        ok = 30 <= f.fields["max_power"] <= 100
+        if ok:
+            self.percents.append(f.fields["max_power"])
+        return {"pile": self.code, "result": int(ok)}
 
 
 def test_K01_16_a_third_party_pile_is_capped_by_0x52_as_a_percentage_of_its_rating():
