@@ -21,6 +21,7 @@ package(
         "fsio.py",
         "journal.py",
         "link.py",
+        "ocmfsign.py",
         "outbox.py",
         "pile.py",
         "realtime.py",
