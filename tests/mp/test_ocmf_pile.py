@@ -127,7 +127,7 @@ def test_signing_runs_one_step_per_poll_and_the_bill_does_not_wait_for_it():
                 break
             assert w == 0                              # poll again at once while signing
         assert r.pile.ocmf.steps - s0 == polls           # one step per poll
-        assert r.pile.ocmf.steps - steps == 257            # 256 bits of k, then s
+        assert r.pile.ocmf.steps - steps == 289            # 288 steps, then the one that ends it
         r.pile.poll()
         r.platform.pump()
         assert [s.fields["serial"] for s in r.platform.named("bill_sig")] == [serial(3)]
