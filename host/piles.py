@@ -691,6 +691,12 @@ class PileConn:
     async def _on_bill_extra(self, f):
         await self.bridge.on_bill_extra(self, f)
 
+    async def _on_pile_key(self, f):
+        self.bridge.on_pile_key(self.pile, f)
+
+    async def _on_bill_sig(self, f):
+        await self.bridge.on_bill_sig(self, f)
+
     async def _on_settled_reply(self, f):
         await self.bridge.on_settled_reply(self.pile, f)
 

@@ -6,6 +6,7 @@ import binascii
 import time
 
 from host import fastcodec
+from host import ocmf_check
 from protocol import codec
 from protocol import fields as F
 from protocol.frames import FRAMES
@@ -230,6 +231,9 @@ def bill_json(site, bill, frame=None, extra_frame=None, ext=True):
         "frame": hexs(bill.frame),
         "content_hash": bill_hash(bill.frame),
         "extra_frame": hexs(bill.extra) if bill.extra is not None else None,
+        # The pile's OCMF record and its verdict (docs/ocmf.md); null until
+        # the signature (0xDB) came.
+        "ocmf": ocmf_check.document(bill),
         "raw": raw,
     }
     return doc
@@ -274,6 +278,7 @@ def undecodable_bill_json(site, bill, err, ext=True):
         "frame": hexs(bill.frame),
         "content_hash": bill_hash(bill.frame),
         "extra_frame": hexs(bill.extra) if bill.extra is not None else None,
+        "ocmf": None,
         "raw": None,
     }
 

@@ -97,7 +97,7 @@ CREATE TABLE IF NOT EXISTS tariffs (
 # from the version before it, inside one transaction with the version bump;
 # tests/test_store_migration.py upgrades a store that holds unconfirmed
 # bills and checks nothing is lost.
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 _MIGRATIONS = (
     # 2: frames that failed their CRC, kept for diagnosis within caps (per
     # link and in total, oldest dropped first, the drops counted).
@@ -163,6 +163,19 @@ _MIGRATIONS = (
          "CREATE UNIQUE INDEX IF NOT EXISTS ocpp_out_once ON ocpp_out (serial, kind) "
          "WHERE kind IN ('started', 'ended')",
          "CREATE INDEX IF NOT EXISTS ocpp_out_open ON ocpp_out (pile, id) WHERE acked_at IS NULL")),
+    # 7: a bill's OCMF signature (0xDB, docs/ocmf.md), kept beside the bill:
+    # the frame as received, the OCMF record rebuilt from the bill, the key
+    # it was checked against and the verdict. A bill's custody never waits
+    # for it; a signature whose bill is not held yet is kept too
+    # (verdict 'no_bill') and checked when it comes again.
+    (7, ("CREATE TABLE IF NOT EXISTS bill_sigs ("
+         " serial TEXT PRIMARY KEY,"
+         " pile TEXT NOT NULL,"
+         " frame BLOB NOT NULL,"          # the 0xDB as received
+         " record TEXT,"                  # OCMF|payload|signature; null without its bill
+         " public_key TEXT,"              # the registered key checked against (DER hex), or null
+         " verdict TEXT NOT NULL,"        # verified | bad_signature | unregistered_key | no_bill
+         " received_at REAL NOT NULL)",)),
 )
 COMMANDS_KEEP_S = 7 * 86400   # command ids remembered this long (a command's expires should be shorter)
 BAD_FRAMES_PER_LINK = 100     # kept per link, oldest dropped first
@@ -196,16 +209,20 @@ def _migrate(db):
 BILL_COLUMNS = ("id", "serial", "pile", "pile_seq", "frame", "crc_swapped", "received_at",
                 "resends", "conflicts", "published_at", "publish_count", "confirmed_at",
                 "confirm_result", "settled_at", "ocpp_acked_at")
-_BILL_SELECT = "SELECT " + ", ".join("b." + c for c in BILL_COLUMNS) + ", x.frame FROM bills b " \
-               "LEFT JOIN extras x ON x.serial = b.serial "
+_JOINED = ("extra", "ocmf_record", "ocmf_verdict", "ocmf_key")
+_BILL_SELECT = "SELECT " + ", ".join("b." + c for c in BILL_COLUMNS) + \
+               ", x.frame, s.record, s.verdict, s.public_key FROM bills b " \
+               "LEFT JOIN extras x ON x.serial = b.serial " \
+               "LEFT JOIN bill_sigs s ON s.serial = b.serial "
 
 
 class Bill:
-    """One row of `bills`, with its 0xEB frame when one arrived."""
-    __slots__ = BILL_COLUMNS + ("extra",)
+    """One row of `bills`, with its 0xEB frame when one arrived and its OCMF
+    record (ocmf_record, ocmf_verdict, ocmf_key) when its signature did."""
+    __slots__ = BILL_COLUMNS + _JOINED
 
     def __init__(self, row):
-        for name, v in zip(BILL_COLUMNS + ("extra",), row):
+        for name, v in zip(BILL_COLUMNS + _JOINED, row):
             setattr(self, name, v)
         if self.frame is not None:
             self.frame = bytes(self.frame)
@@ -439,6 +456,15 @@ class Store:
         another pile's: kept in `rejected` as extra_quarantine, nothing
         else); the Bill when its 0x3B is already held."""
         return self._submit(_add_extra, pile, serial, bytes(frame), time.time() if now is None else now)
+
+    def add_sig(self, pile, serial, frame, record, public_key, verdict, now=None):
+        """A bill's OCMF signature (0xDB) with the record rebuilt from the
+        bill and its verdict: ("new" | "same" | "updated" | "conflict" |
+        "foreign", Bill or None). The first copy is kept; a copy that came
+        before its bill ('no_bill') is replaced by one checked against it.
+        Another pile's bill's signature is kept in `rejected`."""
+        return self._submit(_add_sig, pile, serial, bytes(frame), record, public_key, verdict,
+                            time.time() if now is None else now)
 
     def hold_bill(self, pile, serial, frame, now=None):
         """A keyed pile's bill, committed raw while its MAC is awaited (no
@@ -683,6 +709,30 @@ def _add_extra(db, pile, serial, frame, now):
     db.execute("INSERT INTO extras (serial, frame, received_at) VALUES (?, ?, ?)",
                (serial, frame, now))
     return "new", _one_bill(db, serial)
+
+
+def _add_sig(db, pile, serial, frame, record, public_key, verdict, now):
+    bill = _one_bill(db, serial)
+    owner = bill.pile if bill is not None else serial[:14]
+    if owner != pile:
+        db.execute("INSERT INTO rejected (serial, pile, kind, frame, reason, received_at) "
+                   "VALUES (?, ?, 'sig_quarantine', ?, ?, ?)",
+                   (serial, pile, frame, "OCMF signature for a bill of pile %s sent by pile %s"
+                    % (owner, pile), now))
+        return "foreign", None
+    old = db.execute("SELECT frame, verdict FROM bill_sigs WHERE serial = ?", (serial,)).fetchone()
+    if old is not None and old[1] != "no_bill":
+        if _body(bytes(old[0])) == _body(frame):
+            return "same", bill
+        db.execute("INSERT INTO rejected (serial, pile, kind, frame, reason, received_at) "
+                   "VALUES (?, ?, 'sig_conflict', ?, ?, ?)",
+                   (serial, pile, frame, "same trade serial, different 0xDB bytes; first copy kept",
+                    now))
+        return "conflict", bill
+    db.execute("INSERT OR REPLACE INTO bill_sigs (serial, pile, frame, record, public_key, verdict, "
+               "received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+               (serial, pile, frame, record, public_key, verdict, now))
+    return ("updated" if old is not None else "new"), _one_bill(db, serial)
 
 
 def _hold_bill(db, pile, serial, frame, now):
@@ -967,6 +1017,9 @@ def _prune(db, keep_s, now):
     cut = now - keep_s
     n = db.execute("DELETE FROM extras WHERE serial IN (SELECT serial FROM bills "
                    "WHERE settled_at IS NOT NULL AND settled_at < ?)", (cut,)).rowcount
+    db.execute("DELETE FROM bill_sigs WHERE serial IN (SELECT serial FROM bills "
+               "WHERE settled_at IS NOT NULL AND settled_at < ?) OR (verdict = 'no_bill' "
+               "AND received_at < ?)", (cut, cut))
     n = db.execute("DELETE FROM bills WHERE settled_at IS NOT NULL AND settled_at < ?",
                    (cut,)).rowcount
     # OCPP messages of transactions whose bill is gone, answered long ago;
@@ -1022,8 +1075,8 @@ def _tariffs(db):
     return dict(db.execute("SELECT scope, tariff FROM tariffs").fetchall())
 
 
-_DURABLE = {_ocpp_enqueue, _add_bill, _add_extra, _add_rejected, _add_event, _set_tariff, _next_counter,
-            _command_seen, _bind_site, _migrate_site, _hold_bill, _release_held, _quarantine_held}
+_DURABLE = {_ocpp_enqueue, _add_bill, _add_extra, _add_sig, _add_rejected, _add_event, _set_tariff,
+            _next_counter, _command_seen, _bind_site, _migrate_site, _hold_bill, _release_held, _quarantine_held}
 _READS = {_open_bills, _piles_with_open, _unsettled, _bill, _counts, _open_events, _tariffs,
           _last_counter, _bad_frames, _held, _custody, _ocpp_open, _ocpp_missing_ended,
           _ocpp_piles, _ocpp_tx, _ocpp_open_count}

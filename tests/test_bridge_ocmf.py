@@ -1,0 +1,122 @@
+# OCMF-signed bills through the bridge (issue 19 item 6): the real pile
+# firmware on a pty signs each bill after sealing it; the bridge keeps the
+# signature beside the bill, checks it against the key the site config
+# registers for the pile and publishes the OCMF record in the bill document.
+# pyocmf (PyPI) verifies the published record with the registered key and
+# refuses it tampered. A pile whose key is not registered, or another key:
+# an event, and the bill is still kept, confirmed and relayed.
+import os
+
+import pytest
+from pyocmf import OCMF
+
+from host import ocmf_check
+from protocol import p256
+from tests.test_bridge_commands import TARIFF
+from tests.test_bridge_helpers import (
+    PILE_A, FirmwarePile, Platform, bridge_running, fast_config, pty_pair, run, tempdir, url_of)
+
+
+def _verifies(record, key_hex):
+    try:
+        return OCMF.from_string(record, strict=True).verify_signature(key_hex) is True
+    except Exception:
+        return False
+
+
+async def _one_bill(plat, fw):
+    online = lambda: (lambda s: s if s and s["online"] else None)(
+        plat.status.get(plat.topics.status(PILE_A)))
+    await plat.wait_for(online, 15)
+    r = await plat.command(PILE_A, {"id": "go", "cmd": "start", "gun": "01",
+                                    "balance": "1000.00", "card": "D14B0A54"})
+    assert r["ok"], r
+    await fw.wait_for(lambda: fw.world.meter.read_energy() > 5000)
+    assert (await plat.command(PILE_A, {"id": "stop", "cmd": "stop"}))["ok"]
+    return r["serial"]
+
+
+def _site(tmp, path, broker, key_hex):
+    pile = {PILE_A: {"ocmf_key": key_hex}} if key_hex else {}
+    return fast_config(tmp, url_of(broker), tcp={"listen": None},
+                       serial=[{"url": path, "baudrate": 115200, "ext": True}],
+                       piles={"heartbeat_s": 1.0, "command_timeout_s": 3.0},
+                       bills={"sig_wait_s": 10.0}, pile=pile, tariff=TARIFF)
+
+
+def test_a_signed_bill_is_published_with_its_ocmf_record_that_pyocmf_verifies(mosquitto):
+    async def scenario(tmp, master, path):
+        root = os.path.join(tmp, "flash")
+        os.mkdir(root)
+        fw = FirmwarePile(root, master, PILE_A, speed=60)      # first boot: its key is made
+        key = ocmf_check.spki_hex(p256.public_key(fw.pile.ocmf._d))
+        cfg = _site(tmp, path, mosquitto, key)
+        async with bridge_running(cfg) as bridge, Platform(url_of(mosquitto)) as plat:
+            fw.start()
+            try:
+                serial = await _one_bill(plat, fw)
+                doc = await plat.wait_for(lambda: plat.bills.get(serial), 20)
+                o = doc["ocmf"]
+                # Published once, signed: the publication waited for the signature.
+                assert o is not None, doc
+                assert o["verdict"] == "verified" and o["verified"] is True
+                assert o["public_key"] == key
+                rec = o["record"]
+                assert rec.startswith("OCMF|{") and serial in rec
+                assert _verifies(rec, key)
+                # A flipped digit of the meter reading: refused.
+                i = rec.index('"RV":') + 6
+                bad = rec[:i] + ("1" if rec[i] != "1" else "2") + rec[i + 1:]
+                assert not _verifies(bad, key)
+                # Custody as before: confirmed and settled on the pile.
+                await fw.wait_for(lambda: fw.pile.journal.status(serial) == "settled")
+                held = await bridge.store.bill(serial)
+                assert held.ocmf_verdict == "verified" and held.ocmf_record == rec
+                assert not [e for e in plat.events if e["type"].startswith("ocmf_key")]
+            finally:
+                await fw.close()
+    with tempdir("ocmf") as tmp, pty_pair() as (master, path):
+        run(scenario(tmp, master, path), timeout=90)
+
+
+@pytest.mark.parametrize("registered", ["none", "other"])
+def test_an_unregistered_or_other_key_raises_an_event_and_the_bill_is_still_relayed(mosquitto,
+                                                                                      registered):
+    async def scenario(tmp, master, path):
+        root = os.path.join(tmp, "flash")
+        os.mkdir(root)
+        fw = FirmwarePile(root, master, PILE_A, speed=60)
+        other = ocmf_check.spki_hex(p256.public_key(12345)) if registered == "other" else None
+        cfg = _site(tmp, path, mosquitto, other)
+        async with bridge_running(cfg), Platform(url_of(mosquitto)) as plat:
+            fw.start()
+            try:
+                kind = "ocmf_key_unregistered" if registered == "none" else "ocmf_key_mismatch"
+                ev = await plat.wait_for(lambda: [e for e in plat.events if e["type"] == kind], 20)
+                assert ev[0]["key"] == ocmf_check.spki_hex(p256.public_key(fw.pile.ocmf._d))
+                serial = await _one_bill(plat, fw)
+                await fw.wait_for(lambda: fw.pile.journal.status(serial) == "settled")
+                doc = plat.bills[serial]
+                assert doc["checks"]["ok"]
+                if registered == "other":
+                    bad = await plat.wait_for(lambda: [e for e in plat.events
+                                                       if e["type"] == "ocmf_bad_signature"], 20)
+                    assert bad[0]["serial"] == serial
+                    assert doc["ocmf"] is None or doc["ocmf"]["verdict"] == "bad_signature"
+            finally:
+                await fw.close()
+    with tempdir("ocmfk") as tmp, pty_pair() as (master, path):
+        run(scenario(tmp, master, path), timeout=90)
+
+
+def test_the_site_config_takes_the_key_as_the_console_shows_it_and_names_a_bad_one():
+    from host import config as configmod
+    point = p256.public_key(777)
+    for given in (ocmf_check.spki_hex(point), point.hex(), ocmf_check.spki_hex(point).lower()):
+        cfg = configmod.load(None, {"site": "t1", "pile": {PILE_A: {"ocmf_key": given}}})
+        assert cfg["pile"][PILE_A]["ocmf_key"] == point
+    off_curve = b"\x04" + point[1:64] + bytes([point[64] ^ 1])
+    for bad in ("3059", off_curve.hex(), 42, "zz"):
+        with pytest.raises(configmod.ConfigError) as e:
+            configmod.load(None, {"site": "t1", "pile": {PILE_A: {"ocmf_key": bad}}})
+        assert "pile.%s.ocmf_key" % PILE_A in str(e.value)
