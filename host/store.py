@@ -605,6 +605,15 @@ class Store:
         with the bills held for their MAC: the status page's custody view."""
         return self._submit(_custody, limit)
 
+    def recent_bills(self, limit=20):
+        """[(serial, pile, received_at, published_at, confirmed_at, settled_at,
+        OCMF verdict or None)], newest first, settled ones included."""
+        return self._submit(_recent_bills, limit)
+
+    def ocmf_record(self, serial):
+        """(record, verdict, public_key) of a bill's OCMF signature, or None."""
+        return self._submit(_ocmf_record, serial)
+
     def prune(self, keep_s, now=None):
         """Forget bills settled more than keep_s ago (and rejected copies as
         old). Resolves the number of bills removed. A serial forgotten here
@@ -1006,11 +1015,25 @@ def _counts(db):
 
 def _custody(db, limit):
     rows = [tuple(r) for r in db.execute(
-        "SELECT serial, pile, received_at, published_at, confirmed_at FROM bills "
-        "WHERE settled_at IS NULL ORDER BY id LIMIT ?", (limit,))]
+        "SELECT b.serial, b.pile, b.received_at, b.published_at, b.confirmed_at, s.verdict "
+        "FROM bills b LEFT JOIN bill_sigs s ON s.serial = b.serial "
+        "WHERE b.settled_at IS NULL ORDER BY b.id LIMIT ?", (limit,))]
     held = [tuple(r) for r in db.execute(
         "SELECT serial, pile, received_at FROM held_bills ORDER BY received_at LIMIT ?", (limit,))]
     return rows, held
+
+
+def _recent_bills(db, limit):
+    return [tuple(r) for r in db.execute(
+        "SELECT b.serial, b.pile, b.received_at, b.published_at, b.confirmed_at, b.settled_at, "
+        "s.verdict FROM bills b LEFT JOIN bill_sigs s ON s.serial = b.serial "
+        "ORDER BY b.id DESC LIMIT ?", (limit,))]
+
+
+def _ocmf_record(db, serial):
+    row = db.execute("SELECT record, verdict, public_key FROM bill_sigs WHERE serial = ?",
+                     (serial,)).fetchone()
+    return tuple(row) if row else None
 
 
 def _prune(db, keep_s, now):
@@ -1078,5 +1101,5 @@ def _tariffs(db):
 _DURABLE = {_ocpp_enqueue, _add_bill, _add_extra, _add_sig, _add_rejected, _add_event, _set_tariff,
             _next_counter, _command_seen, _bind_site, _migrate_site, _hold_bill, _release_held, _quarantine_held}
 _READS = {_open_bills, _piles_with_open, _unsettled, _bill, _counts, _open_events, _tariffs,
-          _last_counter, _bad_frames, _held, _custody, _ocpp_open, _ocpp_missing_ended,
+          _last_counter, _bad_frames, _held, _custody, _recent_bills, _ocmf_record, _ocpp_open, _ocpp_missing_ended,
           _ocpp_piles, _ocpp_tx, _ocpp_open_count}

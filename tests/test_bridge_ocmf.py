@@ -41,7 +41,15 @@ def _site(tmp, path, broker, key_hex):
     return fast_config(tmp, url_of(broker), tcp={"listen": None},
                        serial=[{"url": path, "baudrate": 115200, "ext": True}],
                        piles={"heartbeat_s": 1.0, "command_timeout_s": 3.0},
-                       bills={"sig_wait_s": 10.0}, pile=pile, tariff=TARIFF)
+                       bills={"sig_wait_s": 10.0}, pile=pile, tariff=TARIFF,
+                       status={"listen": "127.0.0.1:0"})
+
+
+async def _get(port, path):
+    import aiohttp
+    async with aiohttp.ClientSession() as s:
+        async with s.get("http://127.0.0.1:%d%s" % (port, path)) as r:
+            return r.status, await r.text(), r.headers
 
 
 def test_a_signed_bill_is_published_with_its_ocmf_record_that_pyocmf_verifies(mosquitto):
@@ -73,6 +81,20 @@ def test_a_signed_bill_is_published_with_its_ocmf_record_that_pyocmf_verifies(mo
                 held = await bridge.store.bill(serial)
                 assert held.ocmf_verdict == "verified" and held.ocmf_record == rec
                 assert not [e for e in plat.events if e["type"].startswith("ocmf_key")]
+                # The status page: the bill, settled, signed and verified; its
+                # record offered as text to copy, the same record.
+                import json
+                st, text, _ = await _get(bridge.status_port, "/status.json")
+                recent = json.loads(text)["recent_bills"]
+                assert [(x["serial"], x["state"], x["ocmf"]) for x in recent] == \
+                    [(serial, "settled", "verified")]
+                st, text, h = await _get(bridge.status_port, "/ocmf/" + serial)
+                assert st == 200 and text == rec and h["X-OCMF-Verdict"] == "verified"
+                assert h["X-OCMF-Public-Key"] == key and _verifies(text, h["X-OCMF-Public-Key"])
+                st, _, _ = await _get(bridge.status_port, "/ocmf/" + serial[:-1] + "9")
+                assert st == 404
+                st, page, _ = await _get(bridge.status_port, "/")
+                assert "OCMF record" in page and "ocmf/" in page
             finally:
                 await fw.close()
     with tempdir("ocmf") as tmp, pty_pair() as (master, path):
@@ -88,7 +110,7 @@ def test_an_unregistered_or_other_key_raises_an_event_and_the_bill_is_still_rela
         fw = FirmwarePile(root, master, PILE_A, speed=60)
         other = ocmf_check.spki_hex(p256.public_key(12345)) if registered == "other" else None
         cfg = _site(tmp, path, mosquitto, other)
-        async with bridge_running(cfg), Platform(url_of(mosquitto)) as plat:
+        async with bridge_running(cfg) as bridge, Platform(url_of(mosquitto)) as plat:
             fw.start()
             try:
                 kind = "ocmf_key_unregistered" if registered == "none" else "ocmf_key_mismatch"
@@ -98,6 +120,11 @@ def test_an_unregistered_or_other_key_raises_an_event_and_the_bill_is_still_rela
                 await fw.wait_for(lambda: fw.pile.journal.status(serial) == "settled")
                 doc = plat.bills[serial]
                 assert doc["checks"]["ok"]
+                import json
+                st, text, _ = await _get(bridge.status_port, "/status.json")
+                shown = {x["serial"]: x["ocmf"] for x in json.loads(text)["recent_bills"]}
+                assert shown[serial] in (None, "unregistered_key" if registered == "none"
+                                         else "bad_signature")
                 if registered == "other":
                     bad = await plat.wait_for(lambda: [e for e in plat.events
                                                        if e["type"] == "ocmf_bad_signature"], 20)
