@@ -669,6 +669,14 @@ class Bridge:
         fut = self.store.add_extra(f.fields["serial"], raw, pile=pile.code)
         self._spawn(self._extra_stored(conn, pile, f, raw, fut))
 
+    def _foreign(self, conn, pile, serial, what, frame_type, raw):
+        # A frame completing another pile's bill: kept in quarantine (the
+        # store did), never joined to it.
+        self.stats["bills_quarantined"] += 1
+        self.event(pile.code, "bill_quarantined", "%s for bill %s, which is not pile %s's: "
+                   "quarantined" % (what, serial, pile.code), serial=serial, link=conn.link.name,
+                   frame_type=frame_type, decoded=True, error=None, frame=schema.hexs(raw))
+
     async def _extra_stored(self, conn, pile, f, raw, fut):
         serial = f.fields["serial"]
         try:
@@ -678,11 +686,7 @@ class Bridge:
             return
         if kind == "foreign":
             # Another pile's bill: kept in quarantine, no 0xEC, never joined to it.
-            self.stats["bills_quarantined"] += 1
-            self.event(pile.code, "bill_quarantined", "fee split (0xEB) for bill %s, which is not "
-                       "pile %s's: quarantined" % (serial, pile.code), serial=serial,
-                       link=conn.link.name, frame_type="bill_extra", decoded=True, error=None,
-                       frame=schema.hexs(raw))
+            self._foreign(conn, pile, serial, "fee split (0xEB)", "bill_extra", raw)
             return
         if C.has_frame("bill_extra_ack"):
             try:
@@ -752,11 +756,7 @@ class Bridge:
             log.error("pile %s: OCMF signature of %s NOT stored (%s)", pile.code, serial, e)
             return
         if kind == "foreign":
-            self.stats["bills_quarantined"] += 1
-            self.event(pile.code, "bill_quarantined", "OCMF signature (0xDB) for bill %s, which is "
-                       "not pile %s's: quarantined" % (serial, pile.code), serial=serial,
-                       link=conn.link.name, frame_type="bill_sig", decoded=True, error=None,
-                       frame=schema.hexs(raw))
+            self._foreign(conn, pile, serial, "OCMF signature (0xDB)", "bill_sig", raw)
             return
         if kind == "conflict":
             self.event(pile.code, "serial_conflict", "OCMF signature of %s received again with "

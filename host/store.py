@@ -699,13 +699,7 @@ def _add_extra(db, pile, serial, frame, now):
     # Ownership: a fee split belongs to the pile of the bill it completes
     # (held: its row says; not yet held: the serial starts with the pile
     # code, as YKC builds it). Any other copy is quarantined.
-    bill = _one_bill(db, serial)
-    owner = bill.pile if bill is not None else serial[:14]
-    if pile is not None and owner != pile:
-        db.execute("INSERT INTO rejected (serial, pile, kind, frame, reason, received_at) "
-                   "VALUES (?, ?, 'extra_quarantine', ?, ?, ?)",
-                   (serial, pile, frame, "fee split for a bill of pile %s sent by pile %s"
-                    % (owner, pile), now))
+    if pile is not None and _foreign(db, pile, serial, "extra_quarantine", frame, "fee split", now):
         return "foreign", None
     old = db.execute("SELECT frame FROM extras WHERE serial = ?", (serial,)).fetchone()
     if old is not None:
@@ -720,15 +714,25 @@ def _add_extra(db, pile, serial, frame, now):
     return "new", _one_bill(db, serial)
 
 
-def _add_sig(db, pile, serial, frame, record, public_key, verdict, now):
+def _foreign(db, pile, serial, kind, frame, what, now):
+    """True (and the frame kept in `rejected` as `kind`) when the bill
+    `serial` is not `pile`'s: held, its row says; not yet held, the serial
+    starts with the pile code, as YKC builds it."""
     bill = _one_bill(db, serial)
     owner = bill.pile if bill is not None else serial[:14]
-    if owner != pile:
-        db.execute("INSERT INTO rejected (serial, pile, kind, frame, reason, received_at) "
-                   "VALUES (?, ?, 'sig_quarantine', ?, ?, ?)",
-                   (serial, pile, frame, "OCMF signature for a bill of pile %s sent by pile %s"
-                    % (owner, pile), now))
+    if owner == pile:
+        return False
+    db.execute("INSERT INTO rejected (serial, pile, kind, frame, reason, received_at) "
+               "VALUES (?, ?, ?, ?, ?, ?)",
+               (serial, pile, kind, frame, "%s for a bill of pile %s sent by pile %s"
+                % (what, owner, pile), now))
+    return True
+
+
+def _add_sig(db, pile, serial, frame, record, public_key, verdict, now):
+    if _foreign(db, pile, serial, "sig_quarantine", frame, "OCMF signature", now):
         return "foreign", None
+    bill = _one_bill(db, serial)
     old = db.execute("SELECT frame, verdict FROM bill_sigs WHERE serial = ?", (serial,)).fetchone()
     if old is not None and old[1] != "no_bill":
         if _body(bytes(old[0])) == _body(frame):

@@ -109,18 +109,23 @@ def test_bad_crc_frames_are_kept_within_caps_oldest_dropped_and_counted(tmp, mon
         st.close()
 
 
+def _store_at(path, version, monkeypatch):
+    """An empty store as a bridge of schema `version` writes it."""
+    with monkeypatch.context() as m:
+        m.setattr(S, "SCHEMA_VERSION", version)
+        m.setattr(S, "_MIGRATIONS", tuple(x for x in S._MIGRATIONS if x[0] <= version))
+        st = S.Store(path)
+        assert st.schema_version == version
+        st.close()
+
+
 def test_a_version_5_store_holding_unconfirmed_bills_is_upgraded_for_the_ocpp_uplink(tmp, monkeypatch):
     # Version 6 (issue 15): the CSMS's acknowledgement on each bill and the
     # OCPP message queue. A store written by a version-5 bridge keeps every
     # bill; none counts as acknowledged by the CSMS; each is found by the
     # uplink's sweep, which queues its Ended at the first start.
     path = os.path.join(tmp, "bridge.db")
-    with monkeypatch.context() as m:
-        m.setattr(S, "SCHEMA_VERSION", 5)
-        m.setattr(S, "_MIGRATIONS", tuple(x for x in S._MIGRATIONS if x[0] <= 5))
-        st = S.Store(path)
-        assert st.schema_version == 5
-        st.close()
+    _store_at(path, 5, monkeypatch)
     # Bills as a version-5 bridge writes them (its SQL: no version-6 column).
     db = sqlite3.connect(path)
     for i in range(4):
@@ -169,12 +174,7 @@ def test_a_version_6_store_holding_unconfirmed_bills_is_upgraded_for_ocmf_signat
     # join their bills, the first copy kept, one that came before its bill
     # replaced once it can be checked, another pile's quarantined.
     path = os.path.join(tmp, "bridge.db")
-    with monkeypatch.context() as m:
-        m.setattr(S, "SCHEMA_VERSION", 6)
-        m.setattr(S, "_MIGRATIONS", tuple(x for x in S._MIGRATIONS if x[0] <= 6))
-        st = S.Store(path)
-        assert st.schema_version == 6
-        st.close()
+    _store_at(path, 6, monkeypatch)
     db = sqlite3.connect(path)
     frames = []
     for i in range(5):
