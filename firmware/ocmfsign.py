@@ -7,6 +7,7 @@
 #   s = OcmfSigner(root, fs, entropy, fw)     loads or makes the key
 #   s.queue(serial, body)                      a sealed bill (its 0x3B body) to sign
 #   s.sent(serial, body)                       the bill went out: its signature follows it
+#                                              (once per login; after a reconnect, again)
 #   s.poll(link)                               one step; sends 0xD9 / 0xDB when due;
 #                                              True while there is work (poll again soon)
 #
@@ -16,8 +17,8 @@
 # written beside d so that later boots cost nothing.
 #
 # Signatures are RFC 6979 (deterministic): a signature lost with the link or
-# a reboot is made again, the same, the next time the bill is sent. None is
-# kept on flash.
+# a reboot is made again, the same, when the bill is sent after the next
+# login. None is kept on flash.
 import hashlib
 
 from firmware import fsio
@@ -135,12 +136,11 @@ class OcmfSigner:
     def sent(self, serial, body):
         """The bill went out on this login: its signature follows it (now,
         if made; else once made)."""
-        if self._d is None:
-            return
-        if serial not in self._sent:
-            self._sent.append(serial)
-            if len(self._sent) > _MAX_JOBS + _MAX_DONE:
-                self._sent.pop(0)
+        if self._d is None or serial in self._sent:
+            return                # once per login: a resend within it does not repeat it
+        self._sent.append(serial)
+        if len(self._sent) > _MAX_JOBS + _MAX_DONE:
+            self._sent.pop(0)
         for s, v in self._done:
             if s == serial:
                 self._due.append(v)

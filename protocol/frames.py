@@ -198,7 +198,7 @@ TABLE = (
     # (protocol/ocmf.py), sent after the bill; fw is the firmware version
     # and flags bit 0 "card id in the payload", the two inputs of that text
     # the bill does not hold. Unanswered: a bill's custody never waits for
-    # its signature (the pile sends it again with every resend of the bill).
+    # its signature (the pile sends it once per login in which it sends the bill).
     "D9 pile_key $P key=h65\n"
     "DB bill_sig serial=b16 fw=a8 flags=u1 r=h32 s=h32\n"
     # The site's power cap on this pile, W (0 lifts it), pushed by the bridge
