@@ -711,75 +711,14 @@ class Bridge:
             else:
                 self.outbox.kick(pile.code)
 
-    # --- OCMF signatures (docs/ocmf.md) ----------------------------------------------
+    # --- OCMF signatures (docs/ocmf.md; host/ocmf_check.py) ----------------------------
 
     def ocmf_key(self, code):
         """The pile's registered OCMF key (pile.<code>.ocmf_key), a 65-byte point, or None."""
         return self.cfg["pile"].get(code, {}).get("ocmf_key")
 
-    def on_pile_key(self, pile, f):
-        # 0xD9 after login: the key the pile signs with. Compared with the
-        # registered one; any difference is for a person to look at (the
-        # bills are kept and relayed all the same, marked by their verdict).
-        got = bytes.fromhex(f.fields["key"])
-        self.ocmf_announced[pile.code] = got
-        reg = self.ocmf_key(pile.code)
-        try:
-            shown = ocmf_check.spki_hex(got)
-        except ValueError:
-            shown = f.fields["key"]
-        if reg is None:
-            self.event(pile.code, "ocmf_key_unregistered",
-                       "pile %s signs its bills with a key the site config does not register: "
-                       "its signatures are not checked; register it as pile.%s.ocmf_key after "
-                       "comparing it with the pile's console ('key')" % (pile.code, pile.code),
-                       key=shown)
-        elif reg != got:
-            self.event(pile.code, "ocmf_key_mismatch",
-                       "pile %s announces a signing key other than the one registered: its bills' "
-                       "signatures will not verify (a replaced controller, or not this pile)"
-                       % pile.code, key=shown, registered=ocmf_check.spki_hex(reg))
-
-    async def on_bill_sig(self, conn, f):
-        pile = conn.pile
-        v = f.fields
-        serial = v["serial"]
-        raw = self._raw(f)
-        bill = await self.store.bill(serial)
-        frame = bill.frame if bill is not None and bill.pile == pile.code else None
-        key = self.ocmf_key(pile.code)
-        record, verdict = ocmf_check.check(v, frame, key)
-        try:
-            kind, b = await self.store.add_sig(pile.code, serial, raw, record,
-                                               ocmf_check.spki_hex(key) if key else None, verdict)
-        except Exception as e:
-            log.error("pile %s: OCMF signature of %s NOT stored (%s)", pile.code, serial, e)
-            return
-        if kind == "foreign":
-            self._foreign(conn, pile, serial, "OCMF signature (0xDB)", "bill_sig", raw)
-            return
-        if kind == "conflict":
-            self.event(pile.code, "serial_conflict", "OCMF signature of %s received again with "
-                       "different content; the first copy is kept" % serial, serial=serial,
-                       frame_type="bill_sig")
-            return
-        if kind == "same":
-            return
-        self.stats["ocmf_" + verdict] = self.stats.get("ocmf_" + verdict, 0) + 1
-        if verdict == ocmf_check.BAD_SIGNATURE:
-            self.event(pile.code, "ocmf_bad_signature",
-                       "bill %s: its OCMF signature does not verify with the pile's registered key; "
-                       "the bill is kept and relayed as it is" % serial, serial=serial, record=record)
-        if b is None:
-            return
-        if b.confirmed_at is None:
-            # Published without it (after bills.sig_wait_s): again now, signed.
-            self.outbox.kick(pile.code, republish=b.id if b.published_at is not None else None)
-        else:
-            # The platform already took the bill: the record comes as an event.
-            self.event(pile.code, "ocmf_record", "bill %s's OCMF record came after the platform "
-                       "confirmed the bill" % serial, serial=serial,
-                       ocmf=ocmf_check.document(b))
+    on_pile_key = ocmf_check.on_pile_key
+    on_bill_sig = ocmf_check.on_bill_sig
 
     def on_confirm(self, pile_code, payload):
         try:

@@ -6,7 +6,6 @@ import binascii
 import time
 
 from host import fastcodec
-from host import ocmf_check
 from protocol import codec
 from protocol import fields as F
 from protocol.frames import FRAMES
@@ -233,10 +232,22 @@ def bill_json(site, bill, frame=None, extra_frame=None, ext=True):
         "extra_frame": hexs(bill.extra) if bill.extra is not None else None,
         # The pile's OCMF record and its verdict (docs/ocmf.md); null until
         # the signature (0xDB) came.
-        "ocmf": ocmf_check.document(bill),
+        "ocmf": ocmf_json(bill),
         "raw": raw,
     }
     return doc
+
+
+OCMF_VERIFIED = "verified"    # host/ocmf_check.py: the verdicts
+
+
+def ocmf_json(bill):
+    """The bill document's `ocmf` member (docs/mqtt.md, docs/ocmf.md) for a
+    store.Bill: null until its signature came."""
+    if getattr(bill, "ocmf_verdict", None) is None:
+        return None
+    return {"record": bill.ocmf_record, "verdict": bill.ocmf_verdict,
+            "verified": bill.ocmf_verdict == OCMF_VERIFIED, "public_key": bill.ocmf_key}
 
 
 def _iso(secs):

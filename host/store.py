@@ -210,10 +210,11 @@ BILL_COLUMNS = ("id", "serial", "pile", "pile_seq", "frame", "crc_swapped", "rec
                 "resends", "conflicts", "published_at", "publish_count", "confirmed_at",
                 "confirm_result", "settled_at", "ocpp_acked_at")
 _JOINED = ("extra", "ocmf_record", "ocmf_verdict", "ocmf_key")
+# A signature kept before its bill ('no_bill': not checked) is not the bill's yet.
+_SIG_JOIN = "LEFT JOIN bill_sigs s ON s.serial = b.serial AND s.verdict != 'no_bill' "
 _BILL_SELECT = "SELECT " + ", ".join("b." + c for c in BILL_COLUMNS) + \
                ", x.frame, s.record, s.verdict, s.public_key FROM bills b " \
-               "LEFT JOIN extras x ON x.serial = b.serial " \
-               "LEFT JOIN bill_sigs s ON s.serial = b.serial "
+               "LEFT JOIN extras x ON x.serial = b.serial " + _SIG_JOIN
 
 
 class Bill:
@@ -1020,8 +1021,7 @@ def _counts(db):
 def _custody(db, limit):
     rows = [tuple(r) for r in db.execute(
         "SELECT b.serial, b.pile, b.received_at, b.published_at, b.confirmed_at, s.verdict "
-        "FROM bills b LEFT JOIN bill_sigs s ON s.serial = b.serial "
-        "WHERE b.settled_at IS NULL ORDER BY b.id LIMIT ?", (limit,))]
+        "FROM bills b " + _SIG_JOIN + "WHERE b.settled_at IS NULL ORDER BY b.id LIMIT ?", (limit,))]
     held = [tuple(r) for r in db.execute(
         "SELECT serial, pile, received_at FROM held_bills ORDER BY received_at LIMIT ?", (limit,))]
     return rows, held
@@ -1030,8 +1030,7 @@ def _custody(db, limit):
 def _recent_bills(db, limit):
     return [tuple(r) for r in db.execute(
         "SELECT b.serial, b.pile, b.received_at, b.published_at, b.confirmed_at, b.settled_at, "
-        "s.verdict FROM bills b LEFT JOIN bill_sigs s ON s.serial = b.serial "
-        "ORDER BY b.id DESC LIMIT ?", (limit,))]
+        "s.verdict FROM bills b " + _SIG_JOIN + "ORDER BY b.id DESC LIMIT ?", (limit,))]
 
 
 def _ocmf_record(db, serial):

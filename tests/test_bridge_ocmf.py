@@ -5,6 +5,7 @@
 # pyocmf (PyPI) verifies the published record with the registered key and
 # refuses it tampered. A pile whose key is not registered, or another key:
 # an event, and the bill is still kept, confirmed and relayed.
+import asyncio
 import os
 
 import pytest
@@ -147,3 +148,69 @@ def test_the_site_config_takes_the_key_as_the_console_shows_it_and_names_a_bad_o
         with pytest.raises(configmod.ConfigError) as e:
             configmod.load(None, {"site": "t1", "pile": {PILE_A: {"ocmf_key": bad}}})
         assert "pile.%s.ocmf_key" % PILE_A in str(e.value)
+
+
+def _raw_sig(d, frame, seq, fw="pc0.1.0"):
+    from protocol import codec, ocmf
+    text = ocmf.payload(codec.decode(frame).fields, fw=fw)
+    r, s = p256.sign(d, text.encode())
+    return codec.encode("bill_sig", {"serial": codec.decode(frame).fields["serial"], "fw": fw,
+                                     "flags": 0, "r": "%064X" % r, "s": "%064X" % s}, seq), text
+
+
+def test_a_late_signature_republishes_an_unconfirmed_bill_and_is_an_event_for_a_confirmed_one(
+        mosquitto):
+    # Custody never waits: with sig_wait_s 0 the bill goes out unsigned; its
+    # signature then republishes it signed, or, once the platform confirmed
+    # it, comes as an ocmf_record event. A signature before its bill is kept
+    # and checked when it comes again after the bill.
+    from host.testkit import make_bill
+    from protocol import codec
+    from tests.test_bridge_custody import RawPile
+    d = p256.keygen(bytes(range(3, 35)))
+    key = ocmf_check.spki_hex(p256.public_key(d))
+
+    async def scenario(tmp):
+        cfg = fast_config(tmp, url_of(mosquitto), bills={"sig_wait_s": 0.0},
+                          pile={PILE_A: {"ocmf_key": key}})
+        async with bridge_running(cfg) as b, Platform(url_of(mosquitto), confirm=False) as plat:
+            p = await RawPile.connect(b.tcp_port)
+            await p.login(PILE_A)
+            f1 = codec.encode("bill", make_bill(PILE_A, 1), 3)
+            s1 = make_bill(PILE_A, 1)["serial"]
+            await p.write(f1)
+            doc = await plat.wait_for(lambda: plat.bills.get(s1))
+            assert doc["ocmf"] is None                     # out unsigned, not held back
+            sig, _ = _raw_sig(d, f1, 4)
+            await p.write(sig)
+            doc = await plat.wait_for(lambda: (plat.bills.get(s1) or {}).get("ocmf"))
+            assert doc["verdict"] == "verified" and _verifies(doc["record"], key)
+            # Confirmed first, signed after: an event with the record.
+            f2 = codec.encode("bill", make_bill(PILE_A, 2), 5)
+            s2 = make_bill(PILE_A, 2)["serial"]
+            await p.write(f2)
+            await plat.wait_for(lambda: plat.bills.get(s2))
+            await plat.confirm_bill(PILE_A, s2)
+            while (await b.store.bill(s2)).confirmed_at is None:
+                await asyncio.sleep(0.05)
+            sig2, _ = _raw_sig(d, f2, 6)
+            await p.write(sig2)
+            ev = await plat.wait_for(lambda: [e for e in plat.events if e["type"] == "ocmf_record"])
+            assert ev[0]["serial"] == s2 and ev[0]["ocmf"]["verdict"] == "verified"
+            assert _verifies(ev[0]["ocmf"]["record"], key)
+            # A signature before its bill: kept, checked once it comes after it.
+            f3 = codec.encode("bill", make_bill(PILE_A, 3), 7)
+            s3 = make_bill(PILE_A, 3)["serial"]
+            sig3, _ = _raw_sig(d, f3, 8)
+            await p.write(sig3)
+            while (await b.store.ocmf_record(s3)) is None:
+                await asyncio.sleep(0.05)
+            assert (await b.store.ocmf_record(s3))[1] == "no_bill"
+            await p.write(f3)
+            await plat.wait_for(lambda: plat.bills.get(s3))
+            await p.write(sig3)
+            doc = await plat.wait_for(lambda: (plat.bills.get(s3) or {}).get("ocmf"))
+            assert doc["verdict"] == "verified"
+            await p.close()
+    with tempdir("ocmf-late") as tmp:
+        run(scenario(tmp))
