@@ -68,7 +68,7 @@ class OcmfSigner:
     def __init__(self, root, fs=None, entropy=None, fw="", ids=False, event=None):
         self.fs = fs or fsio.OS
         self.path = root + "/ocmf.key"
-        self.fw = fw
+        self.fw = fw[:8]          # bill_sig.fw is 8 characters: the signed text holds the same
         self.ids = bool(ids)
         self._event = event
         self.pub = None           # 65-byte point once known
@@ -170,11 +170,15 @@ class OcmfSigner:
             self._say("ocmf_error", "%s: %s %s" % (self._what, type(e).__name__, e))
             self._what = None
         if link.online:
-            if self._key_due and self.pub is not None:
-                self._key_due = False
-                link.send("pile_key", {"pile": link.login["pile"], "key": hexs(self.pub)})
-            while self._due:
-                link.send("bill_sig", self._due.pop(0))
+            try:
+                if self._key_due and self.pub is not None:
+                    self._key_due = False
+                    link.send("pile_key", {"pile": link.login["pile"], "key": hexs(self.pub)})
+                while self._due:
+                    link.send("bill_sig", self._due.pop(0))
+            except Exception as e:
+                # Not sent (goes again after the next login): never a fault of the loop.
+                self._say("ocmf_error", "send: %s %s" % (type(e).__name__, e))
         return self.busy()
 
     def _begin(self, serial, body):

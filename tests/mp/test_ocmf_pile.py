@@ -202,3 +202,21 @@ def test_the_console_shows_the_public_key():
         assert "pile." + r.pile.pile + ".ocmf_key" in out
     finally:
         rmtree(r.root)
+
+
+def test_a_signing_fault_leaves_the_bill_unsigned_and_the_session_untouched():
+    r = _rig()
+    try:
+        r.online()
+        r.run(2000, lambda: not r.pile.ocmf.busy())
+
+        def broken(*a):
+            raise OSError("flash")
+        r.pile.ocmf._begin = broken           # a job that cannot even start
+        _session(r, 7)
+        assert r.pile.journal.status(serial(7)) == "settled"
+        assert not r.platform.named("bill_sig") and r.pile.loop_faults == 0
+        assert any(e[1] == "ocmf_error" for e in r.pile.events)
+        assert not r.pile.ocmf.busy()
+    finally:
+        rmtree(r.root)
