@@ -15,7 +15,7 @@ from hypothesis import given, settings, strategies as st
 from pyocmf import OCMF
 import pytest
 
-from host.testkit import make_bill
+from sim.testkit import make_bill
 from protocol import ocmf, p256
 
 
@@ -88,7 +88,7 @@ def test_the_demos_bills_verify_with_pyocmf_end_to_end_and_a_tampered_one_does_n
     # pile; with any meter reading changed it does not.
     from host.broker import mosquitto_available
     from tools import demo
-    from tools.sim import sim_ocmf_key
+    from sim.scenario import sim_ocmf_key
     rc = demo.main(["--json", "--speed", "240", "--broker",
                     "mosquitto" if mosquitto_available() else "amqtt"])
     s = json.loads(capsys.readouterr().out)

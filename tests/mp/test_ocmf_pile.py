@@ -4,7 +4,7 @@
 # after its seal, one point operation per poll, its signature (0xDB) sent
 # after the bill, which is confirmed as before without waiting for it.
 from firmware.console import Console
-from firmware.loopuart import LoopUart
+from sim.loopuart import LoopUart
 from protocol import ocmf, p256
 from tests.mp.pilekit import Rig, serial
 from tests.mp.util import rmtree, tmpdir
