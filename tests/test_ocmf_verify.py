@@ -86,7 +86,7 @@ def test_the_demos_bills_verify_with_pyocmf_end_to_end_and_a_tampered_one_does_n
     # platform stores the document. Each record, as the platform received
     # it, verifies with pyocmf against the key the site registered for its
     # pile; with any meter reading changed it does not.
-    from host.broker import mosquitto_available
+    from sim.brokers import mosquitto_available
     from tools import demo
     from sim.scenario import sim_ocmf_key
     rc = demo.main(["--json", "--speed", "240", "--broker",
