@@ -47,6 +47,23 @@ class _SimPile(Pile):
         return Pile._rebuild(self, serial, header, checkpoint)
 
 
+def sim_ocmf_entropy(code):
+    """A simulated pile's OCMF key from its code (docs/ocmf.md), so that a
+    demo can register it before the pile first boots. Simulators only: a
+    real pile's key comes from its own random source and is known nowhere
+    else."""
+    import hashlib
+    seed = hashlib.sha256(b"pile-sim ocmf key " + code.encode()).digest()
+    return lambda n: seed[:n]
+
+
+def sim_ocmf_key(code):
+    """The OCMF public key a simulated pile makes at its first boot, as the
+    site config registers it (DER hex)."""
+    from protocol import p256
+    return p256.spki_der(p256.public_key(p256.keygen(sim_ocmf_entropy(code)(32)))).hex().upper()
+
+
 class SimUnit:
     """One pile: world (clock, meter, vehicle, contactor), flash folder, a
     Pile on it (replaced on a power cut or reboot), and its link: a scripted
@@ -64,7 +81,7 @@ class SimUnit:
                               vin=veh.get("vin"), vehicle_max_w=veh.get("max_power_w", 250000),
                               meter_start=meter_start, plugged=plugged)
         self.cfg = {"pile": code, "gun": "01", "tariff": tariff, "hmi_version": "sim",
-                    "vin_policy": vin_policy}
+                    "vin_policy": vin_policy, "ocmf_entropy": sim_ocmf_entropy(code)}
         if pin:
             self.cfg["pin"] = pin
         # The technician console (firmware/console.py) on a pty of its own:

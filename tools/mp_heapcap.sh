@@ -27,10 +27,10 @@ test_codec 104K
 test_lenient 96K
 test_gbt27930 64K
 test_link 96K
-test_pile 272K
-test_pile_faults 256K
+test_pile 352K
+test_pile_faults 304K
 test_guns 352K
-test_sharing 336K
+test_sharing 368K
 test_journal 160K
 test_session 152K
 test_tariff 96K
@@ -38,5 +38,6 @@ test_dlt645 96K
 test_auth 96K
 test_upgrade 128K
 test_ocmf 64K
+test_ocmf_pile 336K
 LIST
 exit $fail
