@@ -20,6 +20,7 @@ package(
         "dlt645.py",
         "errors.py",
         "fsio.py",
+        "handlers.py",
         "journal.py",
         "link.py",
         "outbox.py",
