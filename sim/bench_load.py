@@ -13,6 +13,7 @@ import time
 
 from host.mqtt import Background
 from protocol import codec
+from protocol.router import on, route
 from sim.bridge_child import BridgeChild, bridge_config, proc_cpu_s
 
 
@@ -71,16 +72,9 @@ class LoadPile(asyncio.Protocol):
             if not isinstance(f, codec.Frame):
                 self.stats.frame_errors += 1
                 continue
-            if f.name == "login_reply":
-                if not self.logged_in.done():
-                    self.logged_in.set_result(f.fields["result"])
-            elif f.name == "heartbeat_reply":
-                self.stats.heartbeat_replies += 1
-            elif f.name == "time_sync":
-                self.stats.time_syncs += 1
-                self.send("time_sync_reply", {"pile": self.code, "time": f.fields["time"]}, f.seq)
-            elif f.name == "read_realtime":
-                self.send("realtime", self.realtime_values(), f.seq)
+            r = route(HANDLERS, self, f)
+            if r is not None:
+                self.send(r[0], r[1], r[2])
 
     def login(self):
         self.send("login", {"pile": self.code, "pile_type": 0, "guns": 1, "proto_version": 0x10,
@@ -117,6 +111,33 @@ class LoadPile(asyncio.Protocol):
         self.closing = True
         if self.transport is not None:
             self.transport.close()
+
+
+# What a load pile does with each frame the bridge sends (protocol/router.py):
+# functions by frame code; each returns its reply's values, or None.
+HANDLERS = {}
+
+
+@on(HANDLERS, 0x02)             # login_reply
+def _login_reply(p, f):
+    if not p.logged_in.done():
+        p.logged_in.set_result(f.fields["result"])
+
+
+@on(HANDLERS, 0x04)             # heartbeat_reply
+def _heartbeat_reply(p, f):
+    p.stats.heartbeat_replies += 1
+
+
+@on(HANDLERS, 0x56)             # time_sync -> 0x55
+def _time_sync(p, f):
+    p.stats.time_syncs += 1
+    return {"pile": p.code, "time": f.fields["time"]}
+
+
+@on(HANDLERS, 0x12)             # read_realtime -> 0x13
+def _read_realtime(p, f):
+    return p.realtime_values()
 
 
 class RealtimeCounter(Background):

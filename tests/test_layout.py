@@ -582,3 +582,14 @@ def test_the_manifest_check_finds_a_missing_an_extra_and_a_simulated_module():
         "handlers.py is in firmware/ but not in the manifest",
         "gone.py is in the manifest but not in firmware/",
         "sim.py is simulation / source only and must not be flashed"]
+
+
+def test_no_frame_code_if_chains_in_the_doubles_and_tools():
+    # The doubles answer through the router too (sim/testkit.py,
+    # sim/platform.py HANDLERS; sim/scenario.py WATCH), as the firmware and
+    # the bridge do; the chain check above, over sim/ and tools/.
+    codes, names = _frame_facts()
+    found = ["%s:%d: %d comparisons of %s" % (path, line, n, subject)
+             for path, tree in sources("sim", "tools")
+             for line, subject, n in frame_chains(tree, codes, names)]
+    assert found == [], "dispatch frames through protocol/router.py:\n" + "\n".join(found)
