@@ -5,6 +5,7 @@ import asyncio
 import json
 import os
 import resource
+import shutil
 import signal
 import sys
 import time
@@ -310,3 +311,17 @@ GOOD_PILE = "55031412782305"
 GOOD_TARIFF = {"model": "0001", "loss_ratio": 0, "slots": "3" * 16 + "2" * 32,
                 "rates": {p: {"energy": 100000, "service": 20000}
                           for p in ("sharp", "peak", "flat", "valley")}}
+
+
+async def wind_up(rep, tmp, keep, broker, bridge, relay=None):
+    """The end of a bridge fuzz run: the bridge stopped, the relay and the
+    broker closed, the temp dir kept (named in the report) or removed."""
+    if bridge is not None:
+        await bridge.stop()
+    if relay is not None:
+        await relay.close()
+    broker.close()
+    if keep:
+        rep.extra["kept"] = tmp
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
