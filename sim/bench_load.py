@@ -39,6 +39,10 @@ class Stats:
         self.lost = 0
 
 
+# What a load pile does with each frame from the bridge (LoadPile methods).
+HANDLERS = {}
+
+
 class LoadPile(asyncio.Protocol):
     """One pile: login, then heartbeats and realtime frames on a timer."""
 
@@ -72,9 +76,27 @@ class LoadPile(asyncio.Protocol):
             if not isinstance(f, codec.Frame):
                 self.stats.frame_errors += 1
                 continue
-            r = route(HANDLERS, self, f)
+            r = route(HANDLERS, self, f)      # protocol/router.py
             if r is not None:
                 self.send(r[0], r[1], r[2])
+
+    @on(HANDLERS, 0x02)
+    def _login_reply(self, f):
+        if not self.logged_in.done():
+            self.logged_in.set_result(f.fields["result"])
+
+    @on(HANDLERS, 0x04)
+    def _heartbeat_reply(self, f):
+        self.stats.heartbeat_replies += 1
+
+    @on(HANDLERS, 0x56)
+    def _time_sync(self, f):
+        self.stats.time_syncs += 1
+        return {"pile": self.code, "time": f.fields["time"]}
+
+    @on(HANDLERS, 0x12)
+    def _read_realtime(self, f):
+        return self.realtime_values()
 
     def login(self):
         self.send("login", {"pile": self.code, "pile_type": 0, "guns": 1, "proto_version": 0x10,
@@ -111,33 +133,6 @@ class LoadPile(asyncio.Protocol):
         self.closing = True
         if self.transport is not None:
             self.transport.close()
-
-
-# What a load pile does with each frame the bridge sends (protocol/router.py):
-# functions by frame code; each returns its reply's values, or None.
-HANDLERS = {}
-
-
-@on(HANDLERS, 0x02)             # login_reply
-def _login_reply(p, f):
-    if not p.logged_in.done():
-        p.logged_in.set_result(f.fields["result"])
-
-
-@on(HANDLERS, 0x04)             # heartbeat_reply
-def _heartbeat_reply(p, f):
-    p.stats.heartbeat_replies += 1
-
-
-@on(HANDLERS, 0x56)             # time_sync -> 0x55
-def _time_sync(p, f):
-    p.stats.time_syncs += 1
-    return {"pile": p.code, "time": f.fields["time"]}
-
-
-@on(HANDLERS, 0x12)             # read_realtime -> 0x13
-def _read_realtime(p, f):
-    return p.realtime_values()
 
 
 class RealtimeCounter(Background):

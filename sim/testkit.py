@@ -18,7 +18,7 @@ import time
 from protocol import codec
 from protocol import fields as F
 from protocol.fields import PERIODS
-from protocol.router import on, route
+from protocol.router import on, reply
 
 
 async def poll(pred, changed, timeout):
@@ -75,6 +75,11 @@ def make_extra(bill, service_share=30):
         x[p + "_service_fee"] = svc
         x[p + "_energy_fee"] = amt - svc
     return x
+
+
+# What the scripted pile does with each frame from the bridge
+# (ScriptedPile methods registered with @on; protocol/router.py).
+HANDLERS = {}
 
 
 class ScriptedPile:
@@ -255,96 +260,86 @@ class ScriptedPile:
     # --- receiving ------------------------------------------------------------------------
 
     async def _on_frame(self, f):
-        # protocol/router.py: each frame to its HANDLERS function, the reply
-        # frame the table names sent with the request's sequence. A frame
-        # told to stay silent is neither handled nor answered (but a 0x40 or
-        # 0xEC is always recorded); an envelope (0xD2) is not known to a
-        # pile without a key, as on a vendor pile: ignored.
+        # protocol/router.py: each frame to its handler below; reply() names
+        # the answer (the table's reply column) and echoes the sequence. A
+        # name in `silent` is neither acted on nor answered (frames nothing
+        # answers, 0x40 and 0xEC, are always taken).
         self.frames.append(f)
-        try:
-            if f.code != 0xD2 and (f.name not in self.silent or f.code in (0x40, 0xEC)):
-                r = route(HANDLERS, self, f)
+        h = HANDLERS.get(f.code)
+        if h is not None and not (f.name in self.silent and reply(f, {}) is not None):
+            try:
+                r = reply(f, await h(self, f))
                 if r is not None:
-                    name = self.status_frame if f.code == 0xE6 else r[0]
-                    await self.send(name, r[1], r[2])
-        except (ConnectionError, OSError):
-            pass
+                    await self.send(r[0], r[1], r[2])
+            except (ConnectionError, OSError):
+                pass
         self._notify()
+
+    @on(HANDLERS, 0x40)
+    async def _bill_confirm(self, f):
+        v = f.fields
+        self.confirmed[v["serial"]].append(v["result"])
+        self._bill_done.add(v["serial"])
+
+    @on(HANDLERS, 0xEC)
+    async def _bill_extra_ack(self, f):
+        self.extra_acked[f.fields["serial"]] += 1
+        self._extra_done.add(f.fields["serial"])
+
+    @on(HANDLERS, 0xE4)
+    async def _settled(self, f):
+        v = f.fields
+        self.settled[v["serial"]] = v["result"]
+        self.settled_count[v["serial"]] += 1
+        return {"serial": v["serial"], "result": 0}
+
+    @on(HANDLERS, 0x56)
+    async def _time_sync(self, f):
+        return {"pile": self.code, "time": f.fields["time"]}
+
+    @on(HANDLERS, 0x34, 0xE2)
+    async def _remote_start(self, f):
+        r, why = self.start_result
+        return {"serial": f.fields["serial"], "pile": self.code, "gun": f.fields["gun"],
+                "result": r, "reason": why}
+
+    @on(HANDLERS, 0x36)
+    async def _remote_stop(self, f):
+        r, why = self.stop_result
+        return {"pile": self.code, "gun": f.fields["gun"], "result": r, "reason": why}
+
+    @on(HANDLERS, 0x92)
+    async def _reboot(self, f):
+        return {"pile": self.code, "result": 1}
+
+    @on(HANDLERS, 0x58)
+    async def _tariff_set(self, f):
+        return {"pile": self.code, "result": 1}
+
+    @on(HANDLERS, 0xE6)
+    async def _status_query(self, f):
+        s = self.status
+        v = {"pile": self.code, "pending": len(self.journal), "unsettled": 0, "illegal": 0,
+             "journal_used": s.get("journal_used", 0), "journal_limit": 65536,
+             "oldest_pending": next(iter(self.journal), "0" * 32), "state": s["state"],
+             "boot_reason": s["boot_reason"], "fw_version": s["fw_version"],
+             "hmi_version": s["hmi_version"]}
+        if self.status_frame == "status_reply":
+            v["refusing_starts"] = s.get("refusing_starts", 0)
+        return v    # without refusing_starts the codec takes the 55-byte layout
+
+    @on(HANDLERS, 0xEE)
+    async def _vin_list(self, f):
+        v = f.fields
+        self.vins.extend(codec.unpack_records("vin_list", "records", v["records"]))
+        return {"version": v["version"], "result": 0, "stored": len(self.vins)}
+
+    @on(HANDLERS, 0x12)
+    async def _read_realtime(self, f):
+        return self._realtime_values(f.fields["gun"], 2)
 
     def received(self, name):
         return [f for f in self.frames if f.name == name]
-
-
-# What a scripted pile does with each frame the platform side sends:
-# functions by frame code (protocol/router.py); each returns its reply's
-# values, or None.
-HANDLERS = {}
-
-
-@on(HANDLERS, 0x40)             # bill_confirm
-def _bill_confirm(p, f):
-    v = f.fields
-    p.confirmed[v["serial"]].append(v["result"])
-    p._bill_done.add(v["serial"])
-
-
-@on(HANDLERS, 0xEC)             # bill_extra_ack
-def _bill_extra_ack(p, f):
-    p.extra_acked[f.fields["serial"]] += 1
-    p._extra_done.add(f.fields["serial"])
-
-
-@on(HANDLERS, 0xE4)             # settled -> 0xE3
-def _settled(p, f):
-    v = f.fields
-    p.settled[v["serial"]] = v["result"]
-    p.settled_count[v["serial"]] += 1
-    return {"serial": v["serial"], "result": 0}
-
-
-@on(HANDLERS, 0x56)             # time_sync -> 0x55
-def _time_sync(p, f):
-    return {"pile": p.code, "time": f.fields["time"]}
-
-
-@on(HANDLERS, 0x34, 0xE2)       # remote_start, ext_start -> 0x33
-def _remote_start(p, f):
-    v = f.fields
-    r, why = p.start_result
-    return {"serial": v["serial"], "pile": p.code, "gun": v["gun"], "result": r, "reason": why}
-
-
-@on(HANDLERS, 0x36)             # remote_stop -> 0x35
-def _remote_stop(p, f):
-    r, why = p.stop_result
-    return {"pile": p.code, "gun": f.fields["gun"], "result": r, "reason": why}
-
-
-@on(HANDLERS, 0x92, 0x58)       # reboot -> 0x91, tariff_set -> 0x57
-def _accepted(p, f):
-    return {"pile": p.code, "result": 1}
-
-
-@on(HANDLERS, 0xE6)             # status_query -> 0xE5 (as status_frame)
-def _status_query(p, f):
-    s = p.status
-    return {"pile": p.code, "pending": len(p.journal), "unsettled": 0, "illegal": 0,
-            "journal_used": s.get("journal_used", 0), "journal_limit": 65536,
-            "oldest_pending": next(iter(p.journal), "0" * 32), "state": s["state"],
-            "boot_reason": s["boot_reason"], "fw_version": s["fw_version"],
-            "hmi_version": s["hmi_version"], "refusing_starts": s.get("refusing_starts", 0)}
-
-
-@on(HANDLERS, 0xEE)             # vin_list -> 0xED
-def _vin_list(p, f):
-    v = f.fields
-    p.vins.extend(codec.unpack_records("vin_list", "records", v["records"]))
-    return {"version": v["version"], "result": 0, "stored": len(p.vins)}
-
-
-@on(HANDLERS, 0x12)             # read_realtime -> 0x13
-def _read_realtime(p, f):
-    return p._realtime_values(f.fields["gun"], 2)
 
 
 # --- a third-party pile ------------------------------------------------------------------
