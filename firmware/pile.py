@@ -9,7 +9,7 @@
 #   a non-zero result, ILLEGAL: refused, kept until the console's 'release').
 #
 # Main loop on a board:   while True: pile.poll(); time.sleep_ms(pile.idle_ms())
-# In the simulator the same poll() runs against firmware/sim.py hardware.
+# In the simulator the same poll() runs against sim/hardware.py (the simulated hardware).
 #
 # Frames from the platform: protocol/router.py screens signed frames and hands
 # each to its function in firmware/handlers.py, whose return value is the
