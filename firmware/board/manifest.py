@@ -23,6 +23,7 @@ package(
         "handlers.py",
         "journal.py",
         "link.py",
+        "ocmfsign.py",
         "outbox.py",
         "pile.py",
         "realtime.py",
