@@ -26,6 +26,7 @@ from host import ocmf_check
 from host import push as pushmod
 from host import schema
 from host import tariff as T
+from host.leases import fence_check
 from host.links import LinkClosed, SerialLink, StreamLink
 from host.mqtt import MqttLink, NotConnected, stop_tasks
 from host.outbox import Outbox
@@ -38,21 +39,6 @@ log = logging.getLogger("host.bridge")
 VERSION = "0.1.0"
 _RECENT_COMMANDS = 1024      # request ids remembered for duplicate detection
 _PENDING_RESULTS = 1000      # results kept while the broker is away
-
-
-def _fence_seen(db, fence):
-    """(honoured, highest token seen before) for a confirmation's fencing
-    token (None: it has none), raising the highest kept in `meta`."""
-    row = db.execute("SELECT value FROM meta WHERE key='confirm_fence'").fetchone()
-    highest = int(row[0]) if row else 0
-    if fence is None:
-        return highest == 0, highest
-    if fence < highest:
-        return False, highest
-    if fence > highest:
-        db.execute("INSERT INTO meta (key, value) VALUES ('confirm_fence', ?) ON CONFLICT(key) "
-                   "DO UPDATE SET value=excluded.value", (str(fence),))
-    return True, highest
 
 
 class NoMqtt:
@@ -763,8 +749,7 @@ class Bridge:
                 if not isinstance(s, str) or not isinstance(r, int) or isinstance(r, bool):
                     raise ValueError("serial must be a string, result an int")
             fence = doc.get("fence")
-            if fence is not None and (not isinstance(fence, int) or isinstance(fence, bool)
-                                      or fence < 1):
+            if fence is not None and (type(fence) is not int or fence < 1):
                 raise ValueError("fence must be a positive integer")
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             log.warning("confirmation for pile %s ignored: %s (%r)", pile_code, e, payload[:200])
@@ -773,26 +758,16 @@ class Bridge:
         asyncio.ensure_future(self._confirm_fenced(pile_code, fence, items))
 
     async def _confirm_fenced(self, pile_code, fence, items):
-        # A platform worker's fencing token (docs/mqtt.md "Confirmation"):
-        # one lower than the highest seen comes from a worker that lost its
-        # site lease; none at all, once tokens were seen, from a platform
-        # that takes no leases. The highest is kept in the store (meta).
-        try:
-            ok, highest = await self.store._submit(_fence_seen, fence)
-        except StoreError as e:
-            log.warning("confirmation for pile %s not taken: %s (the bills stay unconfirmed and "
-                        "are published again)", pile_code, e)
-            return
+        # A platform worker's fencing token (host/leases.py, docs/mqtt.md):
+        # one below the highest seen comes from a worker that lost the site.
+        ok, highest = await fence_check(self.store, fence)
         if not ok:
-            self.stats["confirms_refused"] += 1
-            serials = [i[0] for i in items][:64]
-            log.warning("confirmation for pile %s ignored: fencing token %s, the highest seen is "
-                        "%d (from a platform worker that lost the site)", pile_code, fence, highest)
-            self.event(pile_code, "confirm_refused", "a confirmation for pile %s was ignored: "
-                       "fencing token %s, %d seen before (a platform worker without the site's "
-                       "lease; the bills stay unconfirmed and are published again)"
-                       % (pile_code, fence, highest), reason="stale_fence", fence=fence,
-                       highest=highest, serials=serials)
+            if highest is not None:
+                self.stats["confirms_refused"] += 1
+                self.event(pile_code, "confirm_refused", "a confirmation for pile %s was ignored: "
+                           "fencing token %s, %d seen before (a platform worker without the "
+                           "site's lease)" % (pile_code, fence, highest), reason="stale_fence",
+                           fence=fence, highest=highest, serials=[i[0] for i in items][:64])
             return
         for serial, result, h in items:
             asyncio.ensure_future(self._confirm(pile_code, serial, result, h))

@@ -16,6 +16,7 @@ import zlib
 import aiomqtt
 
 from host.mqtt import stop_tasks
+from host.store import StoreError
 from host.topics import ROOT
 
 log = logging.getLogger("pile-platform")
@@ -54,6 +55,33 @@ def worker_args(ap):
     ap.add_argument("--client-id", metavar="ID",
                     help="MQTT client id (default: a new one each start); a fixed one per "
                     "worker resumes its persistent session after a restart")
+
+
+def fence_seen(db, fence):
+    """(honoured, highest token seen before) for a confirmation's fencing
+    token (None: it has none), raising the highest kept in `meta`."""
+    row = db.execute("SELECT value FROM meta WHERE key='confirm_fence'").fetchone()
+    highest = int(row[0]) if row else 0
+    if fence is None:
+        return highest == 0, highest
+    if fence < highest:
+        return False, highest
+    if fence > highest:
+        db.execute("INSERT INTO meta (key, value) VALUES ('confirm_fence', ?) ON CONFLICT(key) "
+                   "DO UPDATE SET value=excluded.value", (str(fence),))
+    return True, highest
+
+
+async def fence_check(store, fence):
+    """The bridge's side (host/bridge.py): (honoured, highest token seen
+    before) for a confirmation's `fence`, the highest kept in the store's
+    `meta` table; (False, None) when the store failed (nothing confirmed:
+    the bills are published again)."""
+    try:
+        return await store._submit(fence_seen, fence)
+    except StoreError as e:
+        log.warning("confirmation not taken: %s (the bills are published again)", e)
+        return False, None
 
 
 def stop_on_sigterm():

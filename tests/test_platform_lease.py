@@ -19,7 +19,7 @@ import zlib
 
 import pytest
 
-from host import bridge as B
+from host import leases as L
 from host import platform as P
 from sim.testkit import make_bill, make_extra
 from tests.test_bridge_helpers import (PILE_A, ROOT, bridge_running, connect_pile, fast_config, run,
@@ -206,14 +206,14 @@ def test_a_bridge_keeps_the_highest_fencing_token_and_refuses_lower_ones():
     db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
     # No token seen yet: a confirmation without one (a platform from before
     # leases) is honoured ...
-    assert B._fence_seen(db, None) == (True, 0)
-    assert B._fence_seen(db, 3) == (True, 0)
-    assert B._fence_seen(db, 3) == (True, 3)
-    assert B._fence_seen(db, 2) == (False, 3)
+    assert L.fence_seen(db, None) == (True, 0)
+    assert L.fence_seen(db, 3) == (True, 0)
+    assert L.fence_seen(db, 3) == (True, 3)
+    assert L.fence_seen(db, 2) == (False, 3)
     # ... and refused once a token was seen: it cannot prove it holds the lease.
-    assert B._fence_seen(db, None) == (False, 3)
-    assert B._fence_seen(db, 5) == (True, 3)
-    assert B._fence_seen(db, 4) == (False, 5)
+    assert L.fence_seen(db, None) == (False, 3)
+    assert L.fence_seen(db, 5) == (True, 3)
+    assert L.fence_seen(db, 4) == (False, 5)
 
 
 def test_a_lease_goes_to_one_worker_and_its_token_grows_with_each_new_owner(tmp_path):
