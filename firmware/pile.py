@@ -667,11 +667,12 @@ class Pile:
 
     def status_fields(self):
         j = self.journal
-        pend = j.pending()
-        return {"pile": self.pile, "pending": len(pend), "unsettled": len(j.confirmed()),
-                "illegal": len(j.illegal_bills()), "journal_used": j.bytes_used(),
+        first = j.first("pending")   # counts, not lists: 10,000 bills may wait
+        return {"pile": self.pile, "pending": j.count("pending"),
+                "unsettled": j.count("confirmed"),
+                "illegal": j.count("illegal"), "journal_used": j.bytes_used(),
                 "journal_limit": self.cfg.get("journal_bytes", 65536),
-                "oldest_pending": pend[0] if pend else "", "state": self.busiest_state(),
+                "oldest_pending": first or "", "state": self.busiest_state(),
                 "boot_reason": self.boot_reason,
                 "fw_version": self.remote.board_version(),
                 "hmi_version": self.remote.hmi_version(),
