@@ -393,6 +393,7 @@ class Journal:
         self._ncode = 0
         self._hit = None       # last entry looked up: [key, i, off, n, st, code]
         self._sus = []         # entries that may repeat a bill (recovery)
+        self._dups = 0         # repeated bill records found by _verify
         self._gen += 1
         b = self._bloom
         for i in range(len(b)):
@@ -635,6 +636,7 @@ class Journal:
                 off, n, st, code = struct.unpack_from("<IHBB", e, 16)
                 self._setst([e[0:16], s, off, n, st, code], 0, 0)
                 self._hit = None
+                self._dups += 1
 
     # ---- state transitions (shared by recovery and the live API) -----------
     def _apply(self, kind, key, off, n):
@@ -765,6 +767,7 @@ class Journal:
                 finally:
                     f.close()
             self._verify()
+            rep.ignored += self._dups
         except:  # noqa: E722
             self._ready = False
             raise
