@@ -146,6 +146,13 @@ def verdict(out, err):
     return ok, text
 
 
+# Power cuts on littlefs at block operations of a journal's life
+# (tests/board/lfscut.py; docs/board.md): the lane runs every LFSCUT_STEP-th
+# cut point, tools/board_cutsweep.py all of them.
+CUT_SCRIPT = "import lfscut\nlfscut.main(%d, %d, %r, True)\n"
+LFSCUT_STEP = 16
+
+
 def run_suite(elf, suite, verbose=False, timeout=600, before=""):
     """(ok, seconds, text) for one suite on a fresh board; before is code
     run on the board first."""
@@ -153,7 +160,11 @@ def run_suite(elf, suite, verbose=False, timeout=600, before=""):
     b = Board(elf)
     try:
         args = [suite] + (["-v"] if verbose else [])
-        out, err = b.raw_exec(SUITE_SCRIPT % (FS_BLOCKS, before, args), timeout)
+        if suite == "lfscut":
+            code = CUT_SCRIPT % (LFSCUT_STEP, 0, False)
+        else:
+            code = SUITE_SCRIPT % (FS_BLOCKS, before, args)
+        out, err = b.raw_exec(code, timeout)
     except BoardError as e:
         return False, time.monotonic() - t0, "board: %s\n" % e
     finally:
@@ -170,6 +181,7 @@ SLOW_FIRST = ("test_upgrade", "test_journal", "test_session", "test_console", "t
 def suites():
     d = os.path.join(ROOT, "tests", "mp")
     found = sorted(n[:-3] for n in os.listdir(d) if n.startswith("test_") and n.endswith(".py"))
+    found.append("lfscut")
     return [n for n in SLOW_FIRST if n in found] + [n for n in found if n not in SLOW_FIRST]
 
 
