@@ -11,8 +11,9 @@
 # is torn instead (the first half of its bytes programmed, or half the
 # block erased). The journal's life: sessions opened, checkpointed and
 # sealed, bills confirmed, released (settled), refused by the platform and
-# released by a technician, compactions (automatic and called), a session
-# left open. After each cut the image is mounted again from scratch, the
+# released by a technician, a firmware upgrade received, verified and
+# installed into its slot on the same partition, compactions (automatic
+# and called), a session left open. After each cut the image is mounted again from scratch, the
 # journal recovered and checked against what the API had acknowledged:
 # every acknowledged bill there, byte for byte, in its state (the call the
 # power cut may have gone either way), never two bill records for one
@@ -123,6 +124,7 @@ def ck(n, k):
 LIFE = (
     [("open", 1, 0)] + [("ck", 1, k) for k in range(6)] + [("seal", 1, 0), ("confirm", 1, 0)]
     + [("open", 2, 0), ("ck", 2, 0), ("seal", 2, 0), ("settle", 1, 0), ("refuse", 2, 1)]
+    + [("fw_begin", 0, 0), ("fw_chunks", 0, 0), ("fw_verify", 0, 0), ("fw_activate", 0, 0)]
     + [("open", 3, 0)] + [("ck", 3, k) for k in range(60)] + [("seal", 3, 0)]
     + [("settle", 2, 0), ("compact", 0, 0), ("open", 4, 0), ("ck", 4, 0), ("seal", 4, 0),
        ("confirm", 4, 0), ("open", 5, 0), ("ck", 5, 1)]
@@ -146,6 +148,67 @@ def _umount():
         vfs.umount("/cut")
     except OSError:
         pass
+
+
+# A firmware upgrade on the same partition (firmware/upgrade.py): the image
+# received in chunks, verified, installed into the other slot (its files
+# and slot.json written), activated. Its life is interleaved with the
+# journal's: its writes must never cost a bill.
+KEY = b"\x5a" * 32
+FW = "2.0"
+
+
+def fw_files():
+    return [("VERSION", FW.encode())] + [
+        ("firmware/m%d.py" % i, (("# %s module %d\n" % (FW, i)) * (20 + 7 * i)).encode())
+        for i in range(3)]
+
+
+def _fw(name, up):
+    import hashlib
+    from protocol import image as I
+    from protocol import sign
+    img = I.pack_image(fw_files())
+    if name == "fw_begin":
+        sha = hashlib.sha256(img).digest()
+        assert up.begin(FW, len(img), sha, sign.upgrade_mac(KEY, FW, len(img), sha)) == 0
+    elif name == "fw_chunks":
+        off = 0
+        while off < len(img):
+            off = up.chunk(off, img[off:off + 200])
+    elif name == "fw_verify":
+        r = tuple(up.verify())
+        if r == (False, "io"):
+            raise OSError(5)
+        assert r == (True, None), r
+    else:
+        r = tuple(up.activate(True))
+        if r == (False, "io"):
+            raise OSError(5)      # the slot write failed: the power went
+        assert r == (True, None), r
+
+
+def _updater():
+    from firmware.upgrade import Updater
+    return Updater("/cut", KEY)
+
+
+def _check_fw(model, cut_op):
+    """The upgrade after a cut: the updater boots, and an acknowledged
+    activation left the new slot active (pending) with every file in it."""
+    up = _updater()
+    done = model.get("fw") == "fw_activate"
+    maybe = cut_op is not None and cut_op[0] == "fw_activate"
+    v = up.running_version()
+    if done or (maybe and v == FW):
+        assert v == FW and up.st["pending"], up.st
+        for name, data in fw_files():
+            f = open("/cut/fw/" + up.st["active"] + "/" + name, "rb")
+            got = f.read()
+            f.close()
+            assert got == data, name
+    else:
+        assert v == "0", up.st
 
 
 def _run(j, model, ops):
@@ -174,8 +237,18 @@ def _run(j, model, ops):
                 model[n] = "illegal"
             elif name == "compact":
                 j.compact()
+            elif name.startswith("fw_"):
+                if name == "fw_begin":
+                    model["up"] = _updater()
+                _fw(name, model["up"])
+                model["fw"] = name
         except OSError:
             return op
+        except Exception as e:  # noqa: BLE001
+            # the updater reports a failed write as UpgradeError("io")
+            if type(e).__name__ == "UpgradeError" and e.args[:1] == ("io",):
+                return op
+            raise
     return None
 
 
@@ -219,6 +292,8 @@ def _check(j, model, cut_op):
     opens = [s for s, h, c in rep.open_sessions]
     total = 0
     for n, st in model.items():
+        if not isinstance(n, int):
+            continue
         s = serial(n)
         ok = [st]
         if cut_op is not None and cut_op[1] == n and cut_op[0] in _NEXT:
@@ -241,7 +316,7 @@ def _check(j, model, cut_op):
 def _expected_total(j, model):
     t = 0
     for n in model:
-        if j.status(serial(n)) in ("pending", "confirmed", "illegal"):
+        if isinstance(n, int) and j.status(serial(n)) in ("pending", "confirmed", "illegal"):
             t += amount(body(n))
     return t
 
@@ -308,6 +383,7 @@ def one(mem, spare, cut, twice):
         mem[:] = spare
     j = _boot(mem)
     total = _check(j, model, cut_op)
+    _check_fw(model, cut_op)
     assert total == _expected_total(j, model)
     _finish(j)
     _umount()
