@@ -5,7 +5,9 @@ queue (firmware/outbox.py is a view over it). Every change is one appended
 record that carries its own length and CRC-32, so a power cut after any byte
 leaves at worst one torn record at the tail, which recovery ignores and
 reports. Files are replaced only by writing a new file and renaming it.
-Format, write ordering, limits and figures: docs/journal.md.
+Format, write ordering, limits and figures: docs/journal.md. RAM holds
+nothing per bill: each bill is a 24-byte entry of the index file
+<path>.idx, a cache rebuilt from the journal at every boot.
 
 Record (little-endian; 24 bytes of overhead):
 
@@ -70,6 +72,7 @@ API (serials are 32-digit str; payloads bytes-like):
         written) when a confirmed bill kept for good would not fit the limit
     j.platform_result(serial) -> the 0xE4 result of a refused bill, or None
     j.pending(), j.confirmed(), j.illegal_bills(), j.open_sessions()
+    j.count(state), j.first(state)   how many / the oldest, without a list
     j.each(state) -> generator of serials in that state, journal order
     j.bill(serial) -> body bytes or None;  j.status(serial) -> state or None
     j.close_interrupted(make_bill) -> [serial]: seals every open session
