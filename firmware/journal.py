@@ -273,6 +273,14 @@ def _len(v):
     return (v >> 3) & 0x1FF
 
 
+_Z = bytes(256)
+
+
+def _zero(b):
+    for i in range(0, len(b), 256):
+        b[i:i + 256] = _Z
+
+
 def _put(f, data):
     done = 0
     size = len(data)
@@ -398,9 +406,7 @@ class Journal:
         self._sus = []         # entries that may repeat a bill (recovery)
         self._dups = 0         # repeated bill records found by _verify
         self._gen += 1
-        b = self._bloom
-        for i in range(len(b)):
-            b[i] = 0
+        _zero(self._bloom)
         self._size = 0
         self._counter = 0
         self._damage = []      # corrupt ranges still in the file
@@ -1308,9 +1314,7 @@ class Journal:
                 "confirmed": dropped, "lost": lost}
 
     def _rebloom(self):
-        b = self._bloom
-        for i in range(len(b)):
-            b[i] = 0
+        _zero(self._bloom)
         for r in self._entries():
             self._maybe(r[0], True)
 

@@ -148,6 +148,8 @@ def main(argv=None):
                    help="imports, session, bootN, journalN; a trailing t sets gc.threshold(32768) first "
                         "(default: all but those)")
     p.add_argument("--unix", action="store_true", help="on the unix port (micropython -X heapsize)")
+    p.add_argument("--at", type=int, metavar="KB",
+                   help="run each case once under a heap of KB (pass / fail), no bisection")
     a = p.parse_args(argv)
     if a.unix:
         return unix(a.pending)
@@ -169,6 +171,13 @@ def main(argv=None):
         cases = a.cases or (["imports", "session"] + ["boot%d" % n for n in a.pending]
                             + ["journal%d" % n for n in a.pending])
         for case in cases:
+            if a.at:
+                ok, out = run(elf, case, a.at * 1024, images)
+                line = [ln for ln in out.splitlines() if ln.startswith("ok ")]
+                print("| %s | %s under a %d KB heap | %s |" % (
+                    case, "runs" if ok else "FAILS", a.at, line[-1] if ok and line else out[-300:]))
+                sys.stdout.flush()
+                continue
             ok, out = run(elf, case, None, images)
             line = [ln for ln in out.splitlines() if ln.startswith("ok ")]
             live = line[-1] if ok and line else "FAILED: " + out[-300:]
