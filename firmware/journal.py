@@ -585,7 +585,7 @@ class Journal:
 
     def _entries(self):
         """Every applied entry, in journal order: [key, i, off, n, st, code]."""
-        buf = bytearray(_IX * 8)
+        buf = bytearray(_IX * _IX_CHUNK)
         for i, k in self._chunks(buf):
             for p in range(0, k * _IX, _IX):
                 st = buf[p + 22]
