@@ -403,6 +403,8 @@ class Journal:
         self._lb = [0, 0, 0, 0, 0, 0]
         self._ncode = 0
         self._hit = None       # last entry looked up: [key, i, off, n, st, code]
+        self._ibi = -1         # first entry of the chunk cached in _ib (-1: none)
+        self._ibk = 0          # entries of it cached
         self._sus = []         # entries that may repeat a bill (recovery)
         self._dups = 0         # repeated bill records found by _verify
         self._gen += 1
@@ -493,20 +495,24 @@ class Journal:
     # is never synced and a cut inside it costs nothing.
     def _iwrite(self, pos, data):
         f = self._ix
+        ibi, ibk = self._ibi, self._ibk
+        self._ibi = -1      # until the write is done
         try:
             if f is not None:
                 f.seek(pos)
                 _put(f, data)
-                return
-            f = self.fs.open(self.ipath, "r+b")
-            try:
-                f.seek(pos)
-                _put(f, data)
-            finally:
-                f.close()
+            else:
+                f = self.fs.open(self.ipath, "r+b")
+                try:
+                    f.seek(pos)
+                    _put(f, data)
+                finally:
+                    f.close()
         except:  # noqa: E722 - the index is rebuilt by the next call
             self._ready = False
             raise
+        self._ibi, self._ibk = ibi, ibk
+        self._cache(pos, data)
 
     def _maybe(self, key, add=False):
         """The key filter: False means the index holds no entry for key."""
@@ -553,14 +559,23 @@ class Journal:
 
     def _chunks(self, buf):
         """(first entry, entries) chunk by chunk into buf; stops when a
-        compaction renumbers the entries."""
+        compaction renumbers the entries. The last chunk read stays in
+        _ib (kept up to date by _iwrite): a journal of up to _IX_CHUNK
+        bills is read from flash once."""
         gen = self._gen
         per = len(buf) // _IX
+        ib = self._ib
         i = 0
         while i < self._nb and gen == self._gen:
             k = self._nb - i
             if k > per:
                 k = per
+            if self._ibi == i and self._ibk >= k:
+                if buf is not ib:
+                    buf[0:k * _IX] = ib[0:k * _IX]
+                yield i, k
+                i += k
+                continue
             f = self._ix
             if f is None:
                 f = self.fs.open(self.ipath, "rb")
@@ -580,8 +595,23 @@ class Journal:
             k = got // _IX
             if not k:
                 return
+            if buf is not ib:
+                ib[0:k * _IX] = buf[0:k * _IX]
+            self._ibi = i
+            self._ibk = k
             yield i, k
             i += k
+
+    def _cache(self, pos, data):
+        """Keep the cached chunk in step with a write to the index."""
+        a = pos - self._ibi * _IX
+        n = len(data)
+        if self._ibi >= 0 and 0 <= a <= self._ibk * _IX and a + n <= len(self._ib):
+            self._ib[a:a + n] = data
+            if a + n > self._ibk * _IX:
+                self._ibk = (a + n) // _IX
+        else:
+            self._ibi = -1
 
     def _entries(self):
         """Every applied entry, in journal order: [key, i, off, n, st, code]."""
@@ -1300,6 +1330,7 @@ class Journal:
         self._lb = nlb
         self._ncode = ncode
         self._hit = None
+        self._ibi = -1
         self._gen += 1
         self._size = w
         self._ring = ring
