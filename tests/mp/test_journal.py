@@ -841,11 +841,12 @@ def test_a_repeated_bill_record_on_flash_is_never_a_second_bill():
     # bulk at boot), the confirm applies to the first bill.
     d = tmpdir()
     try:
-        data = _raw(J.BILL_SEALED, serial(1), body(1))
+        f = open(d + "/bills.j", "wb")
+        f.write(_raw(J.BILL_SEALED, serial(1), body(1)))
         for n in range(2, 42):
-            data += _raw(J.BILL_SEALED, serial(n), body(n))
-        data += _raw(J.BILL_SEALED, serial(1), body(99)) + _raw(J.CONFIRMED, serial(1))
-        _write(d + "/bills.j", data)
+            f.write(_raw(J.BILL_SEALED, serial(n), body(n)))
+        f.write(_raw(J.BILL_SEALED, serial(1), body(99)) + _raw(J.CONFIRMED, serial(1)))
+        f.close()
         j = Journal(d + "/bills.j")
         r = j.recover()
         assert r.ignored == 1 and r.records == 43
@@ -929,10 +930,10 @@ def test_boot_ram_does_not_grow_with_the_backlog():
         kept = []
         for n in (30, 300):
             p = d + "/b%d.j" % n
-            data = bytearray()
+            f = open(p, "wb")
             for i in range(1, n + 1):
-                data += _raw(J.BILL_SEALED, serial(i), body(i))
-            _write(p, data)
+                f.write(_raw(J.BILL_SEALED, serial(i), body(i)))
+            f.close()
             k, j, r = _kept_by_recovery(p)
             assert j.count("pending") == n
             assert j.first("pending") == serial(1) and j.status(serial(n)) == "pending"
