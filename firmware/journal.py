@@ -18,21 +18,11 @@ Record (little-endian; 24 bytes of overhead):
     20  n B    payload
     20+n u32   CRC-32 (binascii.crc32) of bytes 0 .. 20+n
 
-Kinds and payloads (payloads are opaque unless stated):
-
-    SESSION_OPEN   1  session header bytes (from charge control)
-    CHECKPOINT     2  checkpoint bytes; only the last one per serial matters
-    BILL_SEALED    3  the bill frame body (0x3B body, 158 or 174 bytes, plus
-                      any supplement) - the bill, byte for byte
-    CONFIRMED      4  empty: the host got it (0x40, result 0)
-    ILLEGAL        5  empty: 0x40 result 1; or u8: the platform refused the
-                      bill (0xE4 result, e.g. 1 MAC, 2 unsigned). Kept,
-                      listed, never resent, never compacted away
-    SETTLED        6  empty: the platform settled it (our extension frame)
-    SERIAL_COUNTER 7  u32: the last pile-issued serial counter handed out
-    FORGOTTEN      8  k x 16 B: serials compaction dropped, still remembered
-                      (the last RING_KEYS = 40); its serial field: the floor
-                      (newest-stamped serial forgotten for good) or zeros
+Kinds (the table of payloads: docs/journal.md): SESSION_OPEN 1, CHECKPOINT
+2 (only the last per serial matters), BILL_SEALED 3 (the bill, byte for
+byte), CONFIRMED 4, ILLEGAL 5 (empty, or the platform's u8 0xE4 result),
+SETTLED 6, SERIAL_COUNTER 7 (u32), FORGOTTEN 8 (k x 16 B serials compaction
+dropped, still remembered; its serial field: the floor or zeros).
 
 A serial's life: open -> pending (sealed) -> confirmed -> settled, with
 pending/confirmed -> illegal (0x40 result 1, or refused by the platform)
@@ -43,7 +33,7 @@ API (serials are 32-digit str; payloads bytes-like):
 
     j = Journal(path, fs=None, limit_bytes=JOURNAL_BYTES, on_event=None)
         fs: RealFS() (plain open/os.rename/os.remove) unless given, e.g. a
-        firmware.flashsim.FlashSim. on_event(name, detail) is called for
+        sim.flash.FlashSim. on_event(name, detail) is called for
         "torn_tail", "corrupt", "temp", "full", "illegal", "lost",
         "heal_failed".
     j.recover() -> Report   (also run lazily by the first other call)
@@ -84,13 +74,13 @@ API (serials are 32-digit str; payloads bytes-like):
         (False: j.refusal holds the reason and a "full" event is raised)
     j.written, j.compactions   bytes this object wrote, compactions it ran
 
-Raises RecordTooLong (header > MAX_HEADER, checkpoint > MAX_CHECKPOINT, bill
-> MAX_BILL; nothing written), JournalFull, SerialTooOld, ValueError
-(malformed serial).
+Raises RecordTooLong (a payload over its cap; nothing written), JournalFull,
+SerialTooOld, ValueError (malformed serial).
 """
 import binascii
 import struct
 
+from firmware.billindex import SUSPECTS, BillIndex, INDEX_ENTRY_BYTES, _put
 from firmware.fsio import RealFS
 
 try:
@@ -156,13 +146,6 @@ _BAD_BYTES = const(4096)
 # which (by its YYMMDDhhmmss) no unknown serial is opened.
 _RING_KEYS = const(40)
 _RING_PER_REC = const(20)
-# The index of bills on flash (<path>.idx): 24 bytes an entry; entries read
-# _IX_CHUNK at a time; the key filter's largest size in bytes; bill records
-# checked for repeats in bulk at recovery, _SUSPECTS at a time.
-_IX = const(24)
-_IX_CHUNK = const(42)
-_BLOOM_MAX = const(8192)
-_SUSPECTS = const(32)
 
 JOURNAL_BYTES = _JOURNAL_BYTES
 MAX_HEADER = _MAX_HEADER
@@ -174,7 +157,7 @@ SESSION_RESERVE = _SESSION_RESERVE
 SLACK_BYTES = _SLACK_BYTES
 COUNTER_SKIP = _COUNTER_SKIP
 RING_KEYS = _RING_KEYS
-INDEX_ENTRY = _IX
+INDEX_ENTRY = INDEX_ENTRY_BYTES
 # reserve + slack + two counter records + the floor (a FORGOTTEN record)
 MIN_LIMIT = _SESSION_RESERVE + _SLACK_BYTES + 2 * (_OVERHEAD + 4) + _OVERHEAD
 
@@ -273,26 +256,6 @@ def _len(v):
     return (v >> 3) & 0x1FF
 
 
-_Z = bytes(256)
-
-
-def _zero(b):
-    for i in range(0, len(b), 256):
-        b[i:i + 256] = _Z
-
-
-def _put(f, data):
-    done = 0
-    size = len(data)
-    while done < size:
-        w = f.write(data[done:size])
-        if w is None:
-            w = size - done
-        if w <= 0:
-            raise OSError(28)  # ENOSPC
-        done += w
-
-
 def _fits(payload, cap, what):
     if len(payload) > cap:
         raise RecordTooLong("%s of %d bytes > %d" % (what, len(payload), cap))
@@ -353,7 +316,7 @@ class Report:
                     self.corrupt, self.records, self.counter, self.temp))
 
 
-class Journal:
+class Journal(BillIndex):
     def __init__(self, path, fs=None, limit_bytes=_JOURNAL_BYTES, on_event=None):
         if limit_bytes < MIN_LIMIT:
             raise ValueError("limit_bytes below %d" % MIN_LIMIT)
@@ -368,18 +331,7 @@ class Journal:
         self._buf = bytearray(_REC_MAX)
         self._mv = memoryview(self._buf)
         self._scan = bytearray(128)
-        # The index's fixed RAM: one chunk of entries, one entry, and the
-        # filter of keys the index may hold, sized by the limit (not by
-        # how many bills there are): 1 bit per 16 bytes of journal limit,
-        # 256 bytes .. 8 KB.
-        self._ib = bytearray(_IX * _IX_CHUNK)
-        self._ie = bytearray(_IX)
-        self._iemv = memoryview(self._ie)
-        nb = 256
-        while nb < _BLOOM_MAX and nb * 128 < limit_bytes:
-            nb *= 2
-        self._bloom = bytearray(nb)
-        self._ix = None
+        self._index_init(limit_bytes)
         self._gen = 0
         self.report = None
         self.refusal = None
@@ -398,17 +350,7 @@ class Journal:
         self._oe = {}
         self._ck = {}
         self._opens = []
-        self._nb = 0
-        self._cnt = [0, 0, 0, 0, 0, 0]
-        self._lb = [0, 0, 0, 0, 0, 0]
-        self._ncode = 0
-        self._hit = None       # last entry looked up: [key, i, off, n, st, code]
-        self._ibi = -1         # first entry of the chunk cached in _ib (-1: none)
-        self._ibk = 0          # entries of it cached
-        self._sus = []         # entries that may repeat a bill (recovery)
-        self._dups = 0         # repeated bill records found by _verify
-        self._gen += 1
-        _zero(self._bloom)
+        self._index_clear()
         self._size = 0
         self._counter = 0
         self._damage = []      # corrupt ranges still in the file
@@ -487,196 +429,6 @@ class Journal:
         except OSError:
             return -1
 
-    # ---- the index of bills on flash (<path>.idx) ------------------------------
-    # Entry i (24 bytes at 24 * i): key 16 | offset u32 | length u16 | state
-    # u8 (0: a repeated bill record, never applied) | 0xE4 result u8. The
-    # file is a cache: recovery writes it again from the journal at every
-    # boot, and compaction writes it afresh beside the new journal, so it
-    # is never synced and a cut inside it costs nothing.
-    def _iwrite(self, pos, data):
-        f = self._ix
-        ibi, ibk = self._ibi, self._ibk
-        self._ibi = -1      # until the write is done
-        try:
-            if f is not None:
-                f.seek(pos)
-                _put(f, data)
-            else:
-                f = self.fs.open(self.ipath, "r+b")
-                try:
-                    f.seek(pos)
-                    _put(f, data)
-                finally:
-                    f.close()
-        except:  # noqa: E722 - the index is rebuilt by the next call
-            self._ready = False
-            raise
-        self._ibi, self._ibk = ibi, ibk
-        self._cache(pos, data)
-
-    def _maybe(self, key, add=False):
-        """The key filter: False means the index holds no entry for key."""
-        b = self._bloom
-        m = len(b) * 8 - 1
-        h = binascii.crc32(key)
-        g = binascii.crc32(key, 0x2545F49)
-        for x in (h & m, (h >> 16) & m, g & m, (g >> 16) & m):
-            bit = 1 << (x & 7)
-            if add:
-                b[x >> 3] |= bit
-            elif not b[x >> 3] & bit:
-                return False
-        return True
-
-    def _iadd(self, key, off, n, st, hit=True):
-        i = self._nb
-        e = self._ie
-        e[0:16] = key
-        struct.pack_into("<IHBB", e, 16, off, n, st, 0)
-        self._iwrite(i * _IX, self._iemv)
-        self._nb = i + 1
-        self._cnt[st] += 1
-        self._lb[st] += _rec(n)
-        self._maybe(key, True)
-        self._hit = [key, i, off, n, st, 0] if hit else None
-
-    def _setst(self, r, st, code):
-        """Entry r ([key, i, off, n, st, code]) moves to state st."""
-        old = r[4]
-        self._cnt[old] -= 1
-        self._lb[old] -= _rec(r[3])
-        if old == _ILLEGAL and r[5]:
-            self._ncode -= 1
-        self._cnt[st] += 1
-        self._lb[st] += _rec(r[3])
-        if st == _ILLEGAL and code:
-            self._ncode += 1
-        r[4] = st
-        r[5] = code
-        self._ie[0] = st
-        self._ie[1] = code
-        self._iwrite(r[1] * _IX + 22, self._iemv[0:2])
-
-    def _chunks(self, buf):
-        """(first entry, entries) chunk by chunk into buf; stops when a
-        compaction renumbers the entries. The last chunk read stays in
-        _ib (kept up to date by _iwrite): a journal of up to _IX_CHUNK
-        bills is read from flash once."""
-        gen = self._gen
-        per = len(buf) // _IX
-        ib = self._ib
-        i = 0
-        while i < self._nb and gen == self._gen:
-            k = self._nb - i
-            if k > per:
-                k = per
-            if self._ibi == i and self._ibk >= k:
-                if buf is not ib:
-                    buf[0:k * _IX] = ib[0:k * _IX]
-                yield i, k
-                i += k
-                continue
-            f = self._ix
-            if f is None:
-                f = self.fs.open(self.ipath, "rb")
-            try:
-                f.seek(i * _IX)
-                got = 0
-                want = k * _IX
-                mv = memoryview(buf)
-                while got < want:
-                    r = f.readinto(mv[got:want])
-                    if not r:
-                        break
-                    got += r
-            finally:
-                if f is not self._ix:
-                    f.close()
-            k = got // _IX
-            if not k:
-                return
-            if buf is not ib:
-                ib[0:k * _IX] = buf[0:k * _IX]
-            self._ibi = i
-            self._ibk = k
-            yield i, k
-            i += k
-
-    def _cache(self, pos, data):
-        """Keep the cached chunk in step with a write to the index."""
-        a = pos - self._ibi * _IX
-        n = len(data)
-        if self._ibi >= 0 and 0 <= a <= self._ibk * _IX and a + n <= len(self._ib):
-            self._ib[a:a + n] = data
-            if a + n > self._ibk * _IX:
-                self._ibk = (a + n) // _IX
-        else:
-            self._ibi = -1
-
-    def _entries(self):
-        """Every applied entry, in journal order: [key, i, off, n, st, code]."""
-        buf = bytearray(_IX * _IX_CHUNK)
-        for i, k in self._chunks(buf):
-            for p in range(0, k * _IX, _IX):
-                st = buf[p + 22]
-                if st:
-                    off, n = struct.unpack_from("<IH", buf, p + 16)
-                    yield [bytes(buf[p:p + 16]), i + p // _IX, off, n, st, buf[p + 23]]
-
-    def _scanfor(self, keys):
-        """{key: the first applied entry holding it} for keys in `keys`."""
-        out = {}
-        b = self._ib
-        for i, k in self._chunks(b):
-            lim = k * _IX
-            for key in keys:
-                if key in out:
-                    continue
-                p = b.find(key, 0, lim)
-                while p >= 0:
-                    if p % _IX == 0 and b[p + 22]:
-                        off, n, st, code = struct.unpack_from("<IHBB", b, p + 16)
-                        out[key] = [key, i + p // _IX, off, n, st, code]
-                        break
-                    p = b.find(key, p + 1, lim)
-            if len(out) == len(keys):
-                break
-        return out
-
-    def _find(self, key):
-        """The applied entry for key ([key, i, off, n, st, code]) or None."""
-        h = self._hit
-        if h is not None and h[0] == key:
-            return h
-        if not self._maybe(key):
-            return None
-        r = self._scanfor((key,)).get(key)
-        if r is not None:
-            self._hit = r
-        return r
-
-    def _verify(self):
-        """Recovery: bill records whose key the filter may already hold are
-        checked in bulk (one pass over the index per _SUSPECTS); a repeated
-        one is never applied."""
-        sus = self._sus
-        if not sus:
-            return
-        self._sus = []
-        f = self._ix
-        mine = []
-        for s in sus:
-            f.seek(s * _IX)
-            mine.append((s, f.read(_IX)))
-        first = self._scanfor([e[0:16] for s, e in mine])
-        for s, e in mine:
-            r = first.get(e[0:16])
-            if r is not None and r[1] < s:
-                off, n, st, code = struct.unpack_from("<IHBB", e, 16)
-                self._setst([e[0:16], s, off, n, st, code], 0, 0)
-                self._hit = None
-                self._dups += 1
-
     # ---- state transitions (shared by recovery and the live API) -----------
     def _apply(self, kind, key, off, n):
         """Apply the record in _buf at off; False if it changes nothing,
@@ -708,7 +460,7 @@ class Journal:
                         return False
                     self._sus.append(self._nb)
                     self._iadd(key, off, n, _PENDING, False)
-                    if len(self._sus) >= _SUSPECTS:
+                    if len(self._sus) >= SUSPECTS:
                         self._verify()
             elif self._find(key) is not None:
                 return False
@@ -881,10 +633,8 @@ class Journal:
                                   % (size, self._size, self.limit))
         self._build(kind, key, payload)
         off = self._size
-        # RAM and the index change first (the index is a cache, written
-        # again at every boot); the record's commit below is the one step
-        # that changes what the journal says. If it fails, the next call
-        # recovers from flash (a torn record is cut off then).
+        # RAM and the index (a cache) first; the commit below is what counts.
+        # If it fails, the next call recovers from flash.
         self._apply(kind, key, off, n)
         f = None
         try:
@@ -1343,12 +1093,6 @@ class Journal:
             self._event("lost", lost)
         return {"before": before, "after": w, "settled": settled,
                 "confirmed": dropped, "lost": lost}
-
-    def _rebloom(self):
-        _zero(self._bloom)
-        for r in self._entries():
-            self._maybe(r[0], True)
-
 
     def _copy_new(self, f, kind, key, payload):
         size = self._build(kind, key, payload)

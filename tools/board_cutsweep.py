@@ -16,9 +16,11 @@ import shutil
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import board_test  # noqa: E402
-from board_test import ROOT, Board, BoardError  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from sim.board import ROOT, Board, BoardError, build, verdict  # noqa: E402
+
+# the same call as the board lane's "lfscut" suite (tools/board_test.py)
+CUT_SCRIPT = "import lfscut\nlfscut.main(%d, %d, %r, True)\n"
 
 
 def main(argv=None):
@@ -37,18 +39,18 @@ def main(argv=None):
         out, err = r.stdout, r.stderr
     else:
         try:
-            elf = board_test.build()
+            elf = build()
         except BoardError:
             return 1
         b = Board(elf)
         try:
-            out, err = b.raw_exec(board_test.CUT_SCRIPT % (a.step, a.offset, a.twice), a.timeout)
+            out, err = b.raw_exec(CUT_SCRIPT % (a.step, a.offset, a.twice), a.timeout)
         except BoardError as e:
             print("board:", e)
             return 1
         finally:
             b.close()
-    ok, text = board_test.verdict(out, err)
+    ok, text = verdict(out, err)
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
     print("%s, %.0f s" % ("ok" if ok else "FAILED", time.monotonic() - t0))
     return 0 if ok else 1
