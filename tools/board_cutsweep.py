@@ -1,5 +1,5 @@
 """Power cuts on real littlefs at every block operation of a journal's life
-(tests/board/lfscut.py), on the emulated board or on the unix port.
+(tests/mp/lfscut.py), on the emulated board or on the unix port.
 
     python3 tools/board_cutsweep.py                 # every cut point, on the board (qemu)
     python3 tools/board_cutsweep.py --step 16       # every 16th (the board lane's sample)
@@ -19,8 +19,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from sim.board import ROOT, Board, BoardError, build, verdict  # noqa: E402
 
-# the same call as the board lane's "lfscut" suite (tools/board_test.py)
-CUT_SCRIPT = "import lfscut\nlfscut.main(%d, %d, %r, True)\n"
+CUT_SCRIPT = "from tests.mp import lfscut\nlfscut.main(%d, %d, %r, True)\n"
 
 
 def main(argv=None):
@@ -34,7 +33,7 @@ def main(argv=None):
     t0 = time.monotonic()
     if a.unix:
         mp = shutil.which("micropython") or os.path.join(ROOT, ".venv", "bin", "micropython")
-        cmd = [mp, "tests/board/lfscut.py", str(a.step), str(a.offset)] + (["--twice"] if a.twice else [])
+        cmd = [mp, "tests/mp/lfscut.py", str(a.step), str(a.offset)] + (["--twice"] if a.twice else [])
         r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=a.timeout)
         out, err = r.stdout, r.stderr
     else:

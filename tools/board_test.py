@@ -20,29 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from sim import board as _board  # noqa: E402
-from sim.board import _SUMMARY, CANARY, Board, BoardError, build, verdict  # noqa: E402
+from sim.board import _SUMMARY, CANARY, BoardError, build, run_suite  # noqa: E402
 
-# Power cuts on littlefs at block operations of a journal's life
-# (tests/board/lfscut.py; docs/board.md): the lane runs every LFSCUT_STEP-th
-# cut point as the suite "lfscut", tools/board_cutsweep.py all of them.
-CUT_SCRIPT = "import lfscut\nlfscut.main(%d, %d, %r, True)\n"
-LFSCUT_STEP = 16
-
-
-def run_suite(elf, suite, verbose=False, timeout=600, before=""):
-    """sim.board.run_suite, and the littlefs power-cut sample as "lfscut"."""
-    if suite != "lfscut":
-        return _board.run_suite(elf, suite, verbose, timeout, before)
-    t0 = time.monotonic()
-    b = Board(elf)
-    try:
-        out, err = b.raw_exec(CUT_SCRIPT % (LFSCUT_STEP, 0, False), timeout)
-    except BoardError as e:
-        return False, time.monotonic() - t0, "board: %s\n" % e
-    finally:
-        b.close()
-    ok, text = verdict(out, err)
-    return ok, time.monotonic() - t0, text
+# The littlefs power-cut sample (tests/mp/lfscut.py, docs/board.md) runs
+# as one more suite: every 16th cut point; tools/board_cutsweep.py runs all.
 
 
 def suites():

@@ -2,9 +2,13 @@
 # at every block operation of a journal's life, on the emulated board or
 # the unix port:
 #
-#   micropython tests/board/lfscut.py [STEP [OFFSET]] [--twice]
+#   micropython tests/mp/lfscut.py [STEP [OFFSET]] [--twice]
 #   python3 tools/board_cutsweep.py [--step N] [--twice] [--unix]
 #
+# Not a dual-interpreter suite (CPython has no littlefs): the board lane
+# runs it by name (tools/board_test.py "lfscut": every 16th cut point,
+# test_power_cuts_every_16th below), tests/test_board_lane.py on the unix
+# port.
 # A block device that counts every program and erase "loses power" at
 # operation N: that operation and every one after it fail (EIO) and change
 # nothing, so nothing after N reaches flash; with odd N the cut operation
@@ -33,7 +37,7 @@ from firmware.journal import Journal  # noqa: E402
 _BLOCK = 4096
 NBLOCKS = 32            # a 128 KB partition
 LIMIT = 8192            # a small journal, so that compaction runs
-_BASE = 0x20000000      # the board's SSRAM (outside the Python heap)
+_BASE = 0x20200000      # the board's SSRAM past the suites' 2 MB (boardfs.py)
 
 
 class PowerGone(Exception):
@@ -443,6 +447,11 @@ def main(step=1, offset=0, twice=False, board=None):
              time.ticks_diff(time.ticks_ms(), t0)))
     print("%d passed, %d failed" % (passed, failed))
     return failed
+
+
+def test_power_cuts_every_16th():
+    # the board lane's sample (tools/board_test.py "lfscut")
+    assert main(16) == 0
 
 
 if __name__ == "__main__":
