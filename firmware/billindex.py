@@ -20,7 +20,7 @@ except ImportError:  # CPython
 # largest size in bytes; bill records checked for repeats in bulk at
 # recovery, _SUSPECTS at a time.
 _IX = const(24)
-_IX_CHUNK = const(42)
+_IX_CHUNK = const(16)
 _BLOOM_MAX = const(8192)
 _SUSPECTS = const(32)
 _OVERHEAD = const(24)   # a journal record's head + CRC (firmware/journal.py)
@@ -64,6 +64,8 @@ class BillIndex:
             nb *= 2
         self._bloom = bytearray(nb)
         self._ix = None
+        self._wb = None        # the walks' chunk buffer (each(), compaction), made once
+        self._wown = 0         # which walk last filled it
 
     def _index_clear(self):
         self._nb = 0           # entries (repeated ones included)
@@ -142,48 +144,53 @@ class BillIndex:
         self._ie[1] = code
         self._iwrite(r[1] * _IX + 22, self._iemv[0:2])
 
-    def _chunks(self, buf):
-        """(first entry, entries) chunk by chunk into buf; stops when a
-        compaction renumbers the entries. The last chunk read stays in
-        _ib (kept up to date by _iwrite): a journal of up to _IX_CHUNK
-        bills is read from flash once."""
-        gen = self._gen
-        per = len(buf) // _IX
+    def _load(self, buf, i):
+        """Entries i.. into buf (one chunk at most): how many. The last
+        chunk read stays in _ib (kept up to date by _iwrite): a journal of
+        up to _IX_CHUNK bills is read from flash once."""
         ib = self._ib
-        i = 0
-        while i < self._nb and gen == self._gen:
-            k = self._nb - i
-            if k > per:
-                k = per
-            if self._ibi == i and self._ibk >= k:
-                if buf is not ib:
-                    buf[0:k * _IX] = ib[0:k * _IX]
-                yield i, k
-                i += k
-                continue
-            f = self._ix
-            if f is None:
-                f = self.fs.open(self.ipath, "rb")
-            try:
-                f.seek(i * _IX)
-                got = 0
-                want = k * _IX
-                mv = memoryview(buf)
-                while got < want:
-                    r = f.readinto(mv[got:want])
-                    if not r:
-                        break
-                    got += r
-            finally:
-                if f is not self._ix:
-                    f.close()
-            k = got // _IX
-            if not k:
-                return
+        k = self._nb - i
+        if k > _IX_CHUNK:
+            k = _IX_CHUNK
+        if k <= 0:
+            return 0
+        if self._ibi == i and self._ibk >= k:
+            if buf is not ib:
+                buf[0:k * _IX] = ib[0:k * _IX]
+            return k
+        f = self._ix
+        if f is None:
+            f = self.fs.open(self.ipath, "rb")
+        try:
+            f.seek(i * _IX)
+            got = 0
+            want = k * _IX
+            mv = memoryview(buf)
+            while got < want:
+                r = f.readinto(mv[got:want])
+                if not r:
+                    break
+                got += r
+        finally:
+            if f is not self._ix:
+                f.close()
+        k = got // _IX
+        if k:
             if buf is not ib:
                 ib[0:k * _IX] = buf[0:k * _IX]
             self._ibi = i
             self._ibk = k
+        return k
+
+    def _chunks(self, buf):
+        """(first entry, entries) chunk by chunk into buf; stops when a
+        compaction renumbers the entries."""
+        gen = self._gen
+        i = 0
+        while i < self._nb and gen == self._gen:
+            k = self._load(buf, i)
+            if not k:
+                return
             yield i, k
             i += k
 
@@ -199,14 +206,34 @@ class BillIndex:
             self._ibi = -1
 
     def _entries(self):
-        """Every applied entry, in journal order: [key, i, off, n, st, code]."""
-        buf = bytearray(_IX * _IX_CHUNK)
-        for i, k in self._chunks(buf):
-            for p in range(0, k * _IX, _IX):
-                st = buf[p + 22]
+        """Every applied entry, in journal order: [key, i, off, n, st, code].
+        Walks share one buffer (no allocation per walk): a walk resumed after
+        another used it reads its chunk again."""
+        if self._wb is None:
+            self._wb = bytearray(_IX * _IX_CHUNK)
+        b = self._wb
+        gen = self._gen
+        self._wown += 1
+        me = self._wown
+        i = 0
+        while i < self._nb and gen == self._gen:
+            k = self._load(b, i)
+            if not k:
+                return
+            p = 0
+            while p < k * _IX:
+                st = b[p + 22]
                 if st:
-                    off, n = struct.unpack_from("<IH", buf, p + 16)
-                    yield [bytes(buf[p:p + 16]), i + p // _IX, off, n, st, buf[p + 23]]
+                    off, n = struct.unpack_from("<IH", b, p + 16)
+                    yield [bytes(b[p:p + 16]), i + p // _IX, off, n, st, b[p + 23]]
+                    if gen != self._gen:
+                        return
+                    if self._wown != me:
+                        self._wown += 1
+                        me = self._wown
+                        k = self._load(b, i)
+                p += _IX
+            i += k
 
     def _scanfor(self, keys):
         """{key: the first applied entry holding it} for keys in `keys`."""
