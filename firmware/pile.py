@@ -433,6 +433,18 @@ class Pile:
         self.event("site_cap", str(w))
         return True
 
+    def set_gun_cap(self, gun, w):
+        """A cap on gun `gun` ("01".."04"; W, 0 lifts it), applied at the
+        next control tick. False without power sharing or without that gun."""
+        if self.sharing is None:
+            return False
+        for i in range(len(self.guns)):
+            if self.guns[i].gun == gun:
+                self.sharing.set_gun_cap(i, w)
+                self.event("gun_cap", gun + " " + str(w))
+                return True
+        return False
+
     def _share(self):
         # The control tick: ms until the next one.
         sh = self.sharing
