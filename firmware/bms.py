@@ -1,0 +1,463 @@
+# The charger side of GB/T 27930-2015 for one gun: the dialogue with the
+# vehicle's BMS over CAN (docs/bms.md), non-blocking: poll() is called from
+# the pile's control loop and returns the ms until it wants to run again.
+#
+#   handshake    CHM (250 ms)            <- BHM
+#   recognition  CRM 0x00 (250 ms)       <- BRM (49 bytes, J1939 TP: the VIN)
+#                CRM 0xAA (250 ms)       <- BCP (13 bytes, TP)
+#   parameters   CTS (500) + CML (250)   <- BRO 0x00 ... 0xAA
+#                CRO 0xAA (250 ms)       <- BCL (50) + BCS (250, TP)
+#   charging     CCS (50 ms)             <- BCL, BCS, BSM
+#   ending       CST (10 ms)             <- BST, then BSD;  CSD (250 ms)
+#   errors       CEM (250 ms) when a BMS message is late; BEM from the BMS
+#
+# The session (firmware/session.py) sees this object as its vehicle: plugged,
+# vin (BRM), soc (BCS, else BCP), max_power (BCP), demand (BCL, W: what power
+# sharing divides) and stop_reason (the YKC stop reason of a BMS stop or a
+# timeout; the pile ends the gun's session with it). The dialogue starts
+# when the gun's contactor closes (a start executed) and ends with a CST
+# when it opens (the session stopped, whatever the cause).
+#
+# CAN port: shaped like MicroPython's pyb.CAN / machine.CAN in extended-id
+# mode: send(data, id), any(0), recv(0) -> a tuple whose first item is the
+# 29-bit id and last the data (pyb.CAN: (id, rtr, fmi, data); newer ports
+# add the extended flag). The simulated BMS and its two adapters are in
+# sim/bms.py.
+from firmware.ticks import diff_of
+from protocol import fields as F
+from protocol import gbt27930 as G
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+    def const(x):
+        return x
+
+# stages
+IDLE = const(0)
+HANDSHAKE = const(1)     # CHM, waiting for BHM
+RECOGNITION = const(2)   # CRM 0x00, waiting for BRM
+RECOGNISED = const(3)    # CRM 0xAA, waiting for BCP
+PARAMETERS = const(4)    # CTS + CML, waiting for BRO 0xAA
+READY = const(5)         # CRO 0xAA, waiting for the first BCL and BCS
+CHARGING = const(6)      # CCS; BCL, BCS, BSM watched
+ENDING = const(7)        # CST, waiting for BST and then BSD
+STATISTICS = const(8)    # CSD
+ERROR = const(9)         # CEM: a BMS message did not come in time
+DONE = const(10)
+STAGE_NAMES = ("idle", "handshake", "recognition", "recognised", "parameters", "ready",
+               "charging", "ending", "statistics", "error", "done")
+
+# The standard's timeouts (clause 8 and its tables), ms
+T_DEFAULT = const(5000)  # BHM*, BRM, BCP, first BRO, BST, BSM
+T_BRO_READY = const(60000)  # BRO 0x00 ... 0xAA
+T_BCL = const(1000)
+T_BCS = const(5000)
+T_BSD = const(10000)     # after CST
+_CEM_MS = const(1000)    # CEM sent this long before the dialogue is over
+_CSD_MS = const(1000)    # CSD sent this long
+_PAUSE_MS = const(600000)  # BSM "not permitted" for 10 minutes: the vehicle stops the charge
+
+# YKC V1.6 stop reasons (0x3B) for what ends a charge on the BMS side
+# (docs/bms.md has the table and where the codes come from).
+YKC_SOC = const(0x41)            # BST: SOC target / total or cell voltage set point reached
+YKC_FAIL_BHM = const(0x59)       # start failures: BHM, BRM, BCP, BRO, BCS, BCL timeouts
+YKC_FAIL_BRM = const(0x5A)
+YKC_FAIL_BCP = const(0x5B)
+YKC_FAIL_BRO = const(0x5C)
+YKC_FAIL_BCS = const(0x5D)
+YKC_FAIL_BCL = const(0x5E)
+YKC_FAIL_CONTROL = const(0x4A)   # BEM before charging, or the BMS refused our CML
+YKC_TEMP = const(0x74)           # BST connector over-temperature
+YKC_VOLTAGE = const(0x79)        # BST voltage error
+YKC_CURRENT = const(0x7A)        # BST / BSM over-current
+YKC_CELL = const(0x7B)           # BSM cell voltage high
+YKC_PACK_TEMP = const(0x7C)      # BST / BSM battery over-temperature
+YKC_BATTERY = const(0x81)        # BST insulation, connector, relay, CC2, other fault
+YKC_FORBIDDEN = const(0x82)      # BSM "not permitted" for 10 minutes
+YKC_BCS = const(0x84)            # timeouts while charging
+YKC_BCL = const(0x85)
+YKC_BSM = const(0x86)
+YKC_CCS = const(0x89)            # BEM: the BMS lost our CCS (or another of ours)
+
+# BST flag -> YKC stop reason, first match wins (faults before the normal ends)
+_BST_MAP = (("insulation", YKC_BATTERY), ("battery_temp", YKC_PACK_TEMP),
+            ("bms_temp", YKC_PACK_TEMP), ("connector_temp", YKC_TEMP),
+            ("connector", YKC_BATTERY), ("relay", YKC_BATTERY), ("cc2", YKC_BATTERY),
+            ("other", YKC_BATTERY), ("overcurrent", YKC_CURRENT),
+            ("voltage_error", YKC_VOLTAGE), ("soc", YKC_SOC), ("voltage", YKC_SOC),
+            ("cell_voltage", YKC_SOC))
+_BSM_MAP = (("insulation", YKC_BATTERY), ("overtemp", YKC_PACK_TEMP),
+            ("cell_high", YKC_CELL), ("overcurrent", YKC_CURRENT),
+            ("connector", YKC_BATTERY))
+
+
+def bst_reason(flags):
+    """The YKC stop reason of a BST's flags (0x90 unknown when none is set)."""
+    for f, r in _BST_MAP:
+        if f in flags:
+            return r
+    return 0x90
+
+
+class Charger:
+    """One gun's charger side. can: the CAN port; clock: ticks_ms() (and
+    now() for CTS); contactor: the gun's (closed = a session runs); plug: an
+    object with .plugged (CC1 sense), None: always plugged; measure():
+    (output voltage 0.1 V, current 0.1 A) for CCS; energy(): 0.1 kWh of
+    the session for CSD. max_dv / min_dv / max_da / min_da: what CML
+    offers; charger_no: CRM's charger number."""
+
+    def __init__(self, can, clock, contactor, plug=None, measure=None, energy=None,
+                 max_dv=7500, min_dv=2000, max_da=2500, min_da=0, charger_no=1, log=None):
+        self.can = can
+        self.clock = clock
+        self.contactor = contactor
+        self.plug = plug
+        self.measure = measure
+        self.energy = energy
+        self.cml = G.encode("CML", max_dv=max_dv, min_dv=min_dv, max_da=max_da, min_da=min_da)
+        self.max_da = max_da
+        self.charger_no = charger_no
+        self._log = log
+        self._diff = diff_of(clock)
+        self._tp = G.TpReceiver()
+        self.stage = IDLE
+        self.stages = 0           # dialogues begun since boot
+        self._reset()
+
+    def _reset(self):
+        self.brm = None           # decoded BRM
+        self.bcp = None
+        self.bcl = None
+        self.bcs = None
+        self.bsm = None
+        self.bst = None           # BST flags once received
+        self.bem = None           # BEM flags once received
+        self.cem = None           # CEM flags we sent
+        self.cst = None           # CST flags we sent
+        self.stop_reason = 0      # YKC: why the BMS side ended the charge
+        self.paused = False
+        self._t0 = 0              # ticks the stage began
+        self._seen = {}           # message name -> ticks last received
+        self._sent = {}           # message name -> ticks last sent
+        self._start_t = 0
+        self._pause_t = 0
+        self._bro = False         # any BRO seen
+
+    def log(self, msg):
+        if self._log:
+            self._log("bms: " + msg)
+
+    # --- what the session reads -------------------------------------------------
+
+    @property
+    def plugged(self):
+        return True if self.plug is None else self.plug.plugged
+
+    @property
+    def vin(self):
+        return self.brm["vin"] if self.brm and self.brm["vin"] else None
+
+    @property
+    def soc(self):
+        if self.bcs is not None:
+            return self.bcs["soc"]
+        if self.bcp is not None and self.bcp["soc_dpct"] <= 1000:
+            return self.bcp["soc_dpct"] // 10
+        return 0
+
+    @property
+    def max_power(self):
+        """W the battery takes at most (BCP), 0 unknown."""
+        p = self.bcp
+        if p is None:
+            return 0
+        da = p["max_da"] if p["max_da"] < self.max_da else self.max_da
+        return p["max_dv"] * da // 100
+
+    @property
+    def demand(self):
+        """W the BMS asks for now (BCL voltage x current, within our CML
+        maximum), 0 outside charging or while the BMS pauses."""
+        d = self.bcl
+        if self.stage != CHARGING or d is None or self.paused:
+            return 0
+        da = d["current_da"]
+        if da > self.max_da:
+            da = self.max_da
+        if da <= 0:
+            return 0
+        return d["voltage_dv"] * da // 100
+
+    def stage_name(self):
+        return STAGE_NAMES[self.stage]
+
+    # --- the loop ------------------------------------------------------------------
+
+    def poll(self):
+        """Read what came in, act on timeouts, send what is due. Returns ms
+        until the next call is wanted."""
+        t = self.clock.ticks_ms()
+        if not self.plugged:
+            if self.stage != IDLE:
+                self.log("unplugged in %s" % self.stage_name())
+            self.stage = IDLE
+            self._drain(t)
+            return 100
+        st = self.stage
+        closed = self.contactor.closed
+        if st == IDLE or st == DONE:
+            if not closed:
+                self._drain(t)
+                return 100
+            self._reset()
+            self.stages += 1
+            self._enter(HANDSHAKE, t)
+            self._start_t = t
+        elif not closed and HANDSHAKE <= st <= CHARGING:
+            # the session ended on the pile (target, stop, fault, VIN refused)
+            self._stop(t, ("condition",), 0)
+        self._drain(t)
+        self._timeouts(t)
+        return self._send_due(t)
+
+    def _enter(self, stage, t):
+        self.stage = stage
+        self._t0 = t
+        self._sent = {}
+
+    def _since(self, t, name):
+        s = self._seen.get(name)
+        return self._diff(t, s if s is not None else self._t0)
+
+    def _drain(self, t):
+        can = self.can
+        n = 0
+        while can.any(0) and n < 32:   # a bounded batch per poll
+            m = can.recv(0)
+            n += 1
+            try:
+                self._frame(m[0], m[-1], t)
+            except (ValueError, IndexError) as e:
+                self.log("bad frame %08X: %s" % (m[0], e))
+        for what, v in self._tp.poll(t, self._diff):
+            self._tp_out(what, v, t)
+
+    def _frame(self, cid, data, t):
+        _, pgn, da, sa = G.split_id(cid)
+        if da != G.CHARGER or sa != G.BMS:
+            return
+        if pgn == G.TP_CM or pgn == G.TP_DT:
+            for what, v in self._tp.feed("cm" if pgn == G.TP_CM else "dt", data, t):
+                self._tp_out(what, v, t)
+            return
+        m = G.BY_PGN.get(pgn)
+        if m is not None and m.sender == "B" and self.stage != IDLE:
+            self._message(m.name, data, t)
+
+    def _tp_out(self, what, v, t):
+        if what == "send":
+            self.can.send(v, G.make_id(7, G.TP_CM, G.BMS, G.CHARGER))
+        elif what == "done":
+            m = G.BY_PGN.get(v[0])
+            if m is not None and m.sender == "B" and self.stage != IDLE:
+                self._message(m.name, v[1], t)
+
+    def _message(self, name, data, t):
+        self._seen[name] = t
+        st = self.stage
+        if name == "BEM":
+            self.bem = G.decode_flags("BEM", data)
+            if st < ENDING:
+                self.log("BEM %s in %s" % (",".join(self.bem), self.stage_name()))
+                self._stop(t, ("fault",), YKC_CCS if st == CHARGING else YKC_FAIL_CONTROL)
+            return
+        if name == "BST":
+            if self.bst is None:
+                self.bst = G.decode_flags("BST", data)
+            if HANDSHAKE <= st <= CHARGING:
+                self._stop(t, ("bms",), bst_reason(self.bst))
+            elif st == ENDING:
+                self._seen["BST"] = t
+            return
+        if name == "BSD":
+            if st == ENDING or st == ERROR:
+                self._enter(STATISTICS, t)
+            return
+        if st == HANDSHAKE and name == "BHM":
+            self._enter(RECOGNITION, t)
+        elif st == HANDSHAKE and name == "BRM":
+            # a GB/T 27930-2011 vehicle skips BHM
+            self._enter(RECOGNITION, t)
+            self._message(name, data, t)
+        elif st == RECOGNITION and name == "BRM":
+            self.brm = G.decode_brm(data)
+            self.log("BRM: VIN %s" % (self.brm["vin"] or "none"))
+            self._enter(RECOGNISED, t)
+        elif st == RECOGNISED and name == "BCP":
+            self.bcp = G.decode("BCP", data)
+            self._enter(PARAMETERS, t)
+        elif st == PARAMETERS and name == "BRO":
+            self._bro = True
+            if data[0] == G.READY:
+                self._enter(READY, t)
+        elif name == "BCL" and (st == READY or st == CHARGING):
+            self.bcl = G.decode_bcl(data)
+            self._ready_to_charge(t)
+        elif name == "BCS" and (st == READY or st == CHARGING):
+            self.bcs = G.decode("BCS", data)
+            self._ready_to_charge(t)
+        elif name == "BSM" and st == CHARGING:
+            d = G.decode("BSM", data)
+            self.bsm = d
+            for f, r in _BSM_MAP:
+                if f in G.bsm_alarms(d):
+                    self.log("BSM alarm %s" % f)
+                    self._stop(t, ("fault",), r)
+                    return
+            permit = G.bsm_permit(d)
+            if not permit and not self.paused:
+                self._pause_t = t
+            self.paused = not permit
+
+    def _ready_to_charge(self, t):
+        if self.stage == READY and self.bcl is not None and self.bcs is not None:
+            self._enter(CHARGING, t)
+            self._seen["BSM"] = t
+
+    def _stop(self, t, cst, reason):
+        """End the dialogue from our side: CST with `cst` flags; `reason`
+        (0: the pile's own stop) is what the session is ended with."""
+        if reason and not self.stop_reason:
+            self.stop_reason = reason
+            self.log("stop 0x%02X in %s" % (reason, self.stage_name()))
+        self.cst = cst
+        bst_in = self.bst is not None
+        self._enter(ENDING, t)
+        if bst_in:
+            self._seen["BST"] = t
+
+    def _timeout(self, t, flag, reason):
+        self.cem = (flag,)
+        if not self.stop_reason:
+            self.stop_reason = reason
+        self.log("CEM: %s timeout, stop 0x%02X" % (flag, reason))
+        self._enter(ERROR, t)
+
+    def _timeouts(self, t):
+        st = self.stage
+        d = self._diff(t, self._t0)
+        if st == HANDSHAKE:
+            if d > T_DEFAULT:       # no BHM: go on (2011 vehicles send none)
+                self._enter(RECOGNITION, t)
+        elif st == RECOGNITION:
+            if d > T_DEFAULT:
+                self._timeout(t, "BRM", YKC_FAIL_BRM)
+        elif st == RECOGNISED:
+            if d > T_DEFAULT:
+                self._timeout(t, "BCP", YKC_FAIL_BCP)
+        elif st == PARAMETERS:
+            if d > (T_BRO_READY if self._bro else T_DEFAULT):
+                self._timeout(t, "BRO", YKC_FAIL_BRO)
+        elif st == READY:
+            if self.bcl is None and d > T_BCL:
+                self._timeout(t, "BCL", YKC_FAIL_BCL)
+            elif self.bcs is None and d > T_BCS:
+                self._timeout(t, "BCS", YKC_FAIL_BCS)
+        elif st == CHARGING:
+            if self._since(t, "BCL") > T_BCL:
+                self._timeout(t, "BCL", YKC_BCL)
+            elif self._since(t, "BCS") > T_BCS:
+                self._timeout(t, "BCS", YKC_BCS)
+            elif self._since(t, "BSM") > T_DEFAULT:
+                self._timeout(t, "BSM", YKC_BSM)
+            elif self.paused and self._diff(t, self._pause_t) > _PAUSE_MS:
+                self._stop(t, ("fault",), YKC_FORBIDDEN)
+        elif st == ENDING:
+            if self.bst is None and d > T_DEFAULT:
+                self._timeout(t, "BST", 0)
+            elif d > T_BSD:
+                self._timeout(t, "BSD", 0)
+        elif st == ERROR:
+            if d >= _CEM_MS:
+                self.stage = DONE
+        elif st == STATISTICS:
+            if d >= _CSD_MS:
+                self.stage = DONE
+
+    # --- sending -------------------------------------------------------------------
+
+    def _due(self, t, name, period=None):
+        s = self._sent.get(name)
+        if period is None:
+            period = G.BY_NAME[name].period_ms
+        if s is not None and self._diff(t, s) < period:
+            return period - self._diff(t, s)
+        self._sent[name] = t
+        return 0
+
+    def _send(self, name, data):
+        self.can.send(data, G.id_of(name))
+
+    def _send_due(self, t):
+        st = self.stage
+        if st == HANDSHAKE:
+            w = self._due(t, "CHM")
+            if not w:
+                self._send("CHM", G.encode("CHM", ver0=1, ver1=1, ver2=0))
+                w = 250
+        elif st == RECOGNITION or st == RECOGNISED:
+            w = self._due(t, "CRM")
+            if not w:
+                self._send("CRM", G.encode("CRM", result=G.READY if st == RECOGNISED
+                                           else G.NOT_READY, charger_no=self.charger_no))
+                w = 250
+        elif st == PARAMETERS:
+            w = self._due(t, "CTS")
+            if not w:
+                y, mo, d, h, mi, s, _ = F.to_civil(self.clock.now())
+                self._send("CTS", G.encode_cts(y, mo, d, h, mi, s))
+                w = 500
+            w2 = self._due(t, "CML")
+            if not w2:
+                self._send("CML", self.cml)
+                w2 = 250
+            w = w if w < w2 else w2
+        elif st == READY:
+            w = self._due(t, "CRO")
+            if not w:
+                self._send("CRO", bytes((G.READY,)))
+                w = 250
+        elif st == CHARGING:
+            w = self._due(t, "CCS")
+            if not w:
+                dv, da = self.measure() if self.measure else (0, 0)
+                mins = self._diff(t, self._start_t) // 60000
+                self._send("CCS", G.encode("CCS", voltage_dv=dv, current_da=da, minutes=mins,
+                                           permit=0xFC if self.paused else 0xFD, fill=0xFF))
+                w = 50
+        elif st == ENDING:
+            w = self._due(t, "CST")
+            if not w:
+                self._send("CST", G.encode_flags("CST", self.cst or ()))
+                w = 10
+        elif st == STATISTICS:
+            w = self._due(t, "CSD")
+            if not w:
+                mins = self._diff(t, self._start_t) // 60000
+                e = self.energy() if self.energy else 0
+                self._send("CSD", G.encode("CSD", minutes=mins, energy_dkwh=e,
+                                           charger_no=self.charger_no))
+                w = 250
+        elif st == ERROR:
+            w = self._due(t, "CEM")
+            if not w:
+                self._send("CEM", G.encode_flags("CEM", self.cem or ()))
+                w = 250
+        else:
+            w = 100
+        # J1939 TP: a transfer in progress is watched at T1 granularity at least
+        if self._tp.busy() and w > 50:
+            w = 50
+        return w
