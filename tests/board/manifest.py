@@ -4,6 +4,8 @@
 # filesystem lives on.
 include("../../firmware/board/manifest.py")
 package("firmware", files=("sim.py", "flashsim.py", "loopuart.py"), base_path="../..")
+# the simulated BMS (test_bms runs the charger side against it)
+package("sim", files=("__init__.py", "bms.py"), base_path="../..")
 package("tests", files=("__init__.py",), base_path="../..")
 package("tests/mp", base_path="../..")
 module("boardfs.py")

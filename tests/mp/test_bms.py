@@ -1,0 +1,273 @@
+# The charger side of GB/T 27930-2015 (firmware/bms.py) against the one
+# simulated BMS (sim/bms.py) on the in-process queue bus, inside a pile
+# running the real firmware (both interpreters, and on the board). Each
+# scenario takes the bus as a parameter: tests/test_bms_can.py runs the same
+# ones over python-can's virtual bus.
+from firmware import bms as C
+from firmware import session as S
+from firmware.vinauth import CARD_FLEET, STOP_VIN_DENIED, VinPolicy, norm_card
+from protocol import gbt27930 as G
+from protocol.reconcile import reconcile
+from sim.bms import QueueBus, SimBms
+from tests.mp.bmskit import BmsRig
+from tests.mp.pilekit import serial
+from tests.mp.util import rmtree, tmpdir
+
+BUS_VIN = "LGBUS000000000001"
+TAXI_VIN = "LTAXI000000000001"
+
+
+def _rig(bus=None, **kw):
+    return BmsRig(tmpdir("bms"), bus=bus, **kw)
+
+
+def _one_bill(r, serial_):
+    bills = r.platform.bills()
+    assert len(bills) == 1, [b.fields["serial"] for b in bills]
+    v = bills[0].fields
+    assert v["serial"] == serial_
+    extra = [f.fields for f in r.platform.named("bill_extra") if f.fields["serial"] == serial_]
+    assert reconcile(v, extra[0] if extra else None) == []
+    return v
+
+
+def _charging(r, i=0):
+    ch = r.charger(i)
+    assert r.run(30000, lambda: ch.stage == C.CHARGING and r.bms(i).power > 0)
+    return ch
+
+
+def _ids(port):
+    return [cid for cid, _ in port.sent]
+
+
+# --- scenarios (also run over python-can by tests/test_bms_can.py) -------------------
+
+def scenario_full_dialogue_to_charging_to_a_full_battery(bus=None):
+    """The whole dialogue: CHM/BHM, CRM/BRM (the VIN through J1939 TP),
+    BCP/CML, BRO/CRO, charging (BCL demand, BCS SOC, CCS), the BMS full (BST
+    soc) -> CST, BSD, CSD; the bill sealed with stop reason 0x41 (SOC),
+    its energy the battery's, reconciled."""
+    r = _rig(bus, profile={"capacity_wh": 2000, "soc": 50, "vin": BUS_VIN})
+    try:
+        r.online()
+        r.start(serial(1))
+        ch = _charging(r)
+        assert ch.vin == BUS_VIN and ch.soc == 50
+        assert ch.bcp["max_dv"] == 7500 and ch.max_power > 0
+        assert ch.demand == G.bcl_watts(ch.bcl) > 0
+        b = r.bms()
+        assert [e for _, e in b.log[:5]] == ["handshake", "recognition", "parameters", "ready",
+                                             "charging"]
+        assert r.run(600000, lambda: r.platform.bills())
+        v = _one_bill(r, serial(1))
+        assert v["stop_reason"] == S.STOP_SOC and v["vin"] == BUS_VIN
+        assert b.soc == 100 and v["total_energy"] >= 9800   # 1 kWh (50 % of 2 kWh), to 0.02 kWh
+        assert r.run(15000, lambda: ch.stage == C.DONE and b.stage == 8)   # CSD answered BSD
+        assert ch.bst == ["soc"] and b.cst == ["bms"]
+        return r, ch, b
+    finally:
+        rmtree(r.root)
+
+
+def scenario_a_silent_bms_ends_the_session_with_the_cem_and_a_bill(bus=None):
+    """Charging, then the BMS stops answering: BCL lost for 1 s -> CEM
+    (BCL timeout) on the bus, the session ended with YKC 0x85 within one
+    BCL timeout (+ one CCS period), the energy delivered billed, reconciled."""
+    r = _rig(bus, profile={"capacity_wh": 20000, "soc": 20})
+    try:
+        r.online()
+        r.start(serial(2))
+        ch = _charging(r)
+        r.run(5000)
+        b = r.bms()
+        b.silent = True
+        t0 = r.clock.ticks_ms()
+        assert r.run(10000, lambda: r.pile.gun.state == S.FINISHED)
+        took = r.clock.ticks_ms() - t0
+        assert 1000 < took <= 1100, took         # the standard: BCL lost for 1 s
+        assert ch.cem == ("BCL",) and ch.stop_reason == C.YKC_BCL
+        assert r.run(5000, lambda: r.platform.bills())
+        v = _one_bill(r, serial(2))
+        assert v["stop_reason"] == C.YKC_BCL and v["total_energy"] > 0
+        r.run(2000)
+        cem = G.encode_flags("CEM", ("BCL",))
+        return r, cem
+    finally:
+        rmtree(r.root)
+
+
+def scenario_the_soc_target_stops_on_the_bms_soc(bus=None):
+    """A start with an SOC target of 60 %: the session stops on the SOC the
+    BMS reports in BCS (not on a fake), the charger sends CST."""
+    r = _rig(bus, profile={"capacity_wh": 20000, "soc": 50})
+    try:
+        r.online()
+        r.start(serial(3), soc=60)
+        ch = _charging(r)
+        assert r.run(600000, lambda: r.platform.bills())
+        v = _one_bill(r, serial(3))
+        assert v["stop_reason"] == S.STOP_SOC
+        assert ch.bcs["soc"] == 60 and r.bms().soc == 60
+        assert r.run(15000, lambda: ch.stage == C.DONE)
+        assert ch.cst == ("condition",) and ch.stop_reason == 0   # the pile stopped, not the BMS
+        return r
+    finally:
+        rmtree(r.root)
+
+
+def scenario_a_vin_rule_refuses_on_the_vin_from_brm(bus=None):
+    """A fleet card bound to BUS_VIN, the vehicle's BRM says TAXI_VIN: the
+    VIN rule of firmware/vinauth.py refuses (0x8A) on the VIN from BRM."""
+    p = VinPolicy()
+    p.set_vins([(BUS_VIN, "bus"), (TAXI_VIN, "taxi")])
+    p.set_card(norm_card("D14B0A54"), CARD_FLEET, "bus", nameplate=BUS_VIN)
+    r = _rig(bus, profile={"vin": TAXI_VIN}, cfg={"vin_policy": p})
+    try:
+        r.online()
+        r.start(serial(4))
+        assert r.run(30000, lambda: r.platform.bills())
+        v = _one_bill(r, serial(4))
+        assert v["stop_reason"] == STOP_VIN_DENIED and v["vin"] == TAXI_VIN
+        assert r.charger().brm["vin"] == TAXI_VIN
+        return r
+    finally:
+        rmtree(r.root)
+
+
+# --- the queue bus -----------------------------------------------------------------
+
+def test_full_dialogue_to_charging_to_a_full_battery():
+    r, ch, b = scenario_full_dialogue_to_charging_to_a_full_battery()
+    ids = _ids(r.world.bus.charger)
+    for name in ("CSD",):
+        assert G.id_of(name) in ids
+    assert G.make_id(7, G.TP_CM, G.BMS, G.CHARGER) in ids        # our CTS for BRM / BCS
+
+
+def test_a_silent_bms_ends_the_session_with_the_cem_and_a_bill():
+    r, cem = scenario_a_silent_bms_ends_the_session_with_the_cem_and_a_bill()
+    assert (G.id_of("CEM"), cem) in r.world.bus.charger.sent
+
+
+def test_the_soc_target_stops_on_the_bms_soc():
+    scenario_the_soc_target_stops_on_the_bms_soc()
+
+
+def test_a_vin_rule_refuses_on_the_vin_from_brm():
+    scenario_a_vin_rule_refuses_on_the_vin_from_brm()
+
+
+def _ends_with(profile, fault, reason, stage=None):
+    r = _rig(profile=profile)
+    try:
+        r.online()
+        r.start(serial(5))
+        if stage is None:
+            _charging(r)
+            fault(r.bms())
+        else:
+            fault(r.bms())
+        assert r.run(60000, lambda: r.platform.bills())
+        v = _one_bill(r, serial(5))
+        assert v["stop_reason"] == reason, hex(v["stop_reason"])
+        return r, v
+    finally:
+        rmtree(r.root)
+
+
+def test_every_bms_stop_and_timeout_maps_to_its_ykc_stop_reason():
+    # BST faults while charging
+    _ends_with({}, lambda b: b.stop(("insulation",)), C.YKC_BATTERY)
+    _ends_with({}, lambda b: b.stop(("battery_temp",)), C.YKC_PACK_TEMP)
+    _ends_with({}, lambda b: b.stop(("connector_temp",)), C.YKC_TEMP)
+    _ends_with({}, lambda b: b.stop(("overcurrent",)), C.YKC_CURRENT)
+    _ends_with({}, lambda b: b.stop(("voltage",)), S.STOP_SOC)
+    # BSM alarms
+    _ends_with({}, lambda b: b.alarm("overtemp"), C.YKC_PACK_TEMP)
+    _ends_with({}, lambda b: b.alarm("cell_high"), C.YKC_CELL)
+    # silent from a stage on: the timeout of what it no longer sends
+    for at, reason in (("BRM", C.YKC_FAIL_BRM), ("BCP", C.YKC_FAIL_BCP),
+                       ("BRO", C.YKC_FAIL_BRO), ("BCL", C.YKC_FAIL_BCL)):
+        r, v = _ends_with({}, lambda b: setattr(b, "silent_at", at), reason, stage=at)
+        assert v["total_energy"] == 0      # nothing flowed before charging
+
+
+def test_a_bms_stop_is_acted_on_within_one_poll():
+    r = _rig()
+    try:
+        r.online()
+        r.start(serial(6))
+        ch = _charging(r)
+        r.bms().stop(("insulation",))
+        t0 = r.clock.ticks_ms()
+        assert r.run(2000, lambda: r.pile.gun.state == S.FINISHED)
+        assert r.clock.ticks_ms() - t0 <= 150    # the BST's period (10 ms) + one CCS poll
+        assert not r.world.contactor.closed and ch.stop_reason == C.YKC_BATTERY
+    finally:
+        rmtree(r.root)
+
+
+def test_a_remote_stop_sends_cst_and_the_dialogue_ends_with_the_statistics():
+    r = _rig()
+    try:
+        r.online()
+        r.start(serial(7))
+        ch = _charging(r)
+        r.stop()
+        assert r.run(15000, lambda: ch.stage == C.DONE)
+        assert ch.cst == ("condition",) and ch.bst == ["charger"] and ch.stop_reason == 0
+        assert r.bms().stage == 8                 # BSD sent, CSD received
+        v = _one_bill(r, serial(7))
+        assert v["stop_reason"] == S.STOP_REMOTE
+        # a second session on the same plug-in starts a new dialogue
+        r.start(serial(8))
+        _charging(r)
+        assert ch.stages == 2
+    finally:
+        rmtree(r.root)
+
+
+def test_the_bcl_is_the_demand_power_sharing_divides():
+    # two guns, 60 kW: a BMS asking for 20 kW gets it, the other the rest
+    r = _rig(guns=2, sharing=True, power_w=60000,
+             profile=[{"max_power": 20000}, {"max_power": 100000}])
+    try:
+        r.online()
+        r.start(serial(9, "01"), gun="01")
+        r.start(serial(10, "02"), gun="02")
+        _charging(r, 0)
+        _charging(r, 1)
+        r.run(3000)
+        sh = r.pile.sharing
+        # each gun's demand is its BMS's BCL (W), within the gun's rating
+        assert sh.demand == [r.charger(0).demand, min(r.charger(1).demand, 60000)]
+        assert 19000 <= sh.demand[0] <= 20000 and r.charger(1).demand > 60000
+        assert sh.share[0] == sh.demand[0] and sh.share[0] + sh.share[1] == 60000
+        assert r.bms(1).power <= sh.share[1]
+    finally:
+        rmtree(r.root)
+
+
+def test_the_bms_side_answers_a_scripted_charger():
+    # the model alone, driven frame by frame over the queue bus
+    bus = QueueBus()
+
+    class K:
+        closed = False
+
+    b = SimBms(bus.bms, K(), vin=BUS_VIN)
+    ch = bus.charger
+    ch.send(G.encode("CHM", ver0=1, ver1=1, ver2=0), G.id_of("CHM"))
+    b.advance(10)
+    assert ch.recv(0)[0] == G.id_of("BHM")
+    ch.send(G.encode("CRM", result=0), G.id_of("CRM"))
+    b.advance(10)
+    m = ch.recv(0)
+    assert m[0] == 0x1CEC56F4 and m[3][:4] == bytes((0x10, 49, 0, 7))   # BRM's RTS
+    ch.send(G.tp_cts(0x0200, 7, 1), G.make_id(7, G.TP_CM, G.BMS, G.CHARGER))
+    b.advance(10)
+    data = b""
+    while ch.any(0):
+        data += ch.recv(0)[3][1:]
+    assert G.decode_brm(data[:49])["vin"] == BUS_VIN

@@ -1,0 +1,128 @@
+# The GB/T 27930 charger side (firmware/bms.py) and the simulated BMS
+# (sim/bms.py) on python-can's virtual bus: the scenarios of
+# tests/mp/test_bms.py over a real python-can bus, with a third python-can
+# listener on the same channel checking the ids, bytes and periods that
+# went over it (what a CAN logger on the gun's cable would see).
+import itertools
+
+import can
+
+from protocol import gbt27930 as G
+from sim.bms import VirtualBus, open_bus
+from tests.mp import test_bms as T
+
+_n = itertools.count()
+
+
+class _Listener:
+    """Every frame on `channel`, in the order sent."""
+
+    def __init__(self, channel):
+        self.bus = can.Bus(interface="virtual", channel=channel)
+        self.frames = []
+
+    def drain(self):
+        while True:
+            m = self.bus.recv(timeout=0)
+            if m is None:
+                return self.frames
+            self.frames.append((m.arbitration_id, bytes(m.data)))
+
+
+def _virtual(tag):
+    channel = "pile-bms-%s-%d" % (tag, next(_n))
+    made = []
+
+    def bus():
+        b = VirtualBus(channel)
+        made.append(b)
+        return b
+    return channel, bus, made
+
+
+def _close(made, listener):
+    for b in made:
+        b.close()
+    listener.bus.shutdown()
+
+
+def _ids(frames):
+    return set(cid for cid, _ in frames)
+
+
+def test_full_dialogue_to_charging_to_a_full_battery_over_the_virtual_bus():
+    channel, bus, made = _virtual("full")
+    spy = _Listener(channel)
+    try:
+        T.scenario_full_dialogue_to_charging_to_a_full_battery(bus)
+        frames = spy.drain()
+        ids = _ids(frames)
+        for name in ("CHM", "BHM", "CRM", "CTS", "CML", "BRO", "CRO", "BCL", "CCS", "BSM",
+                     "BST", "CST", "BSD", "CSD"):
+            assert G.id_of(name) in ids, name
+        # BRM and BCS went through J1939 TP: the captured ids
+        assert {0x1CEC56F4, 0x1CECF456, 0x1CEB56F4} <= ids
+        # recognition: CRM 0x00 before CRM 0xAA, and the BRM's RTS is 49 bytes in 7 packets
+        crm = [d[0] for cid, d in frames if cid == G.id_of("CRM")]
+        assert crm[0] == 0x00 and crm[-1] == 0xAA
+        assert any(cid == 0x1CEC56F4 and d[:4] == bytes((0x10, 49, 0, 7)) for cid, d in frames)
+        # the BMS's stop was "SOC reached"; the charger answered "BMS stopped"
+        bst = [d for cid, d in frames if cid == G.id_of("BST")]
+        cst = [d for cid, d in frames if cid == G.id_of("CST")]
+        assert G.decode_flags("BST", bst[0]) == ["soc"] and G.decode_flags("CST", cst[0]) == ["bms"]
+    finally:
+        _close(made, spy)
+
+
+def test_a_bms_that_stops_answering_gets_a_cem_and_the_session_ends_with_a_bill():
+    channel, bus, made = _virtual("silent")
+    spy = _Listener(channel)
+    try:
+        r, cem = T.scenario_a_silent_bms_ends_the_session_with_the_cem_and_a_bill(bus)
+        frames = spy.drain()
+        assert (G.id_of("CEM"), cem) in frames              # 0x081FF456: charger to BMS, BCL timeout
+        assert G.id_of("CEM") == 0x081FF456
+        # after the CEM no more CCS: the output is off
+        last_cem = max(i for i, f in enumerate(frames) if f[0] == G.id_of("CEM"))
+        first_cem = min(i for i, f in enumerate(frames) if f[0] == G.id_of("CEM"))
+        assert not [f for f in frames[first_cem:last_cem] if f[0] == G.id_of("CCS")]
+    finally:
+        _close(made, spy)
+
+
+def test_the_soc_target_stops_on_the_bms_soc_over_the_virtual_bus():
+    channel, bus, made = _virtual("soc")
+    spy = _Listener(channel)
+    try:
+        T.scenario_the_soc_target_stops_on_the_bms_soc(bus)
+        frames = spy.drain()
+        bcs = [d for cid, d in frames if cid == 0x1CEB56F4]     # BCS rides TP (9 bytes)
+        assert bcs
+        cst = [d for cid, d in frames if cid == G.id_of("CST")]
+        assert G.decode_flags("CST", cst[0]) == ["condition"]
+    finally:
+        _close(made, spy)
+
+
+def test_a_vin_rule_refuses_on_the_vin_from_brm_over_the_virtual_bus():
+    channel, bus, made = _virtual("vin")
+    spy = _Listener(channel)
+    try:
+        T.scenario_a_vin_rule_refuses_on_the_vin_from_brm(bus)
+        frames = spy.drain()
+        # the VIN travelled in BRM's TP.DT packets 4..6 (bytes 25..41)
+        dt = b"".join(d[1:] for cid, d in frames if cid == 0x1CEB56F4 and 1 <= d[0] <= 7)
+        assert T.TAXI_VIN.encode() in dt
+    finally:
+        _close(made, spy)
+
+
+def test_buses_open_by_url():
+    b = open_bus("virtual://pile-bms-url")
+    try:
+        b.charger.send(G.encode("CHM", ver0=1, ver1=1, ver2=0), G.id_of("CHM"))
+        assert b.bms.any(0) and b.bms.recv(0)[0] == 0x1826F456
+        assert not b.bms.any(0)
+    finally:
+        b.close()
+    assert open_bus("queue://").bms.any(0) is False
