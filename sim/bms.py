@@ -17,7 +17,7 @@
 # Faults on demand: silent (stops answering, from now or when it reaches a
 # stage: silent_at="BRM" / "BCP" / "BRO" / "charging"), stop(flags) (a BST
 # with those flags: "soc", "insulation", "battery_temp", ...), alarm(flag)
-# (a BSM alarm), forbid (BSM "not permitted": a pause), stop_soc (the BMS
+# (a BSM alarm), bem(flags) (it reports a timeout on us), forbid (BSM "not permitted": a pause), stop_soc (the BMS
 # ends the charge there with BST "soc"), no VIN (vin="").
 from protocol import gbt27930 as G
 
@@ -165,6 +165,7 @@ class SimBms:
         self.forbid = False
         self._alarms = ()
         self._stop_flags = None
+        self._bem = None
         # dialogue
         self.stage = WAIT
         self.log = []            # (ms, event) for tests
@@ -203,6 +204,11 @@ class SimBms:
     def stop(self, flags=("soc",)):
         """Make the BMS end the charge now with a BST of these flags."""
         self._stop_flags = tuple(flags)
+
+    def bem(self, flags=("CCS",)):
+        """The BMS reports it timed out waiting for the charger (BEM), from
+        now until bem(()) (like silent, it outlasts a new dialogue)."""
+        self._bem = tuple(flags) if flags else None
 
     def alarm(self, flag):
         """A BSM alarm (FLAGS["BSM"]: cell_high, overtemp, insulation, ...)."""
@@ -285,6 +291,10 @@ class SimBms:
         if self.silent:
             return
         st = self.stage
+        if self._bem is not None and st != ENDED:
+            if self._due("BEM"):
+                self._send("BEM", G.encode_flags("BEM", self._bem))
+            return
         if st == HANDSHAKE:
             if self._due("BHM"):
                 self._send("BHM", G.encode("BHM", max_dv=self.max_dv))

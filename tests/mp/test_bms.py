@@ -186,6 +186,9 @@ def test_every_bms_stop_and_timeout_maps_to_its_ykc_stop_reason():
     # BSM alarms
     _ends_with({}, lambda b: b.alarm("overtemp"), C.YKC_PACK_TEMP)
     _ends_with({}, lambda b: b.alarm("cell_high"), C.YKC_CELL)
+    # the BMS reports a timeout on us (BEM), while charging and before
+    _ends_with({}, lambda b: b.bem(("CCS",)), C.YKC_CCS)
+    _ends_with({}, lambda b: b.bem(("CRMAA",)), C.YKC_FAIL_CONTROL, stage="BEM")
     # silent from a stage on: the timeout of what it no longer sends
     for at, reason in (("BRM", C.YKC_FAIL_BRM), ("BCP", C.YKC_FAIL_BCP),
                        ("BRO", C.YKC_FAIL_BRO), ("BCL", C.YKC_FAIL_BCL)):
@@ -271,3 +274,38 @@ def test_the_bms_side_answers_a_scripted_charger():
     while ch.any(0):
         data += ch.recv(0)[3][1:]
     assert G.decode_brm(data[:49])["vin"] == BUS_VIN
+
+
+def test_a_power_cut_while_charging_bills_0x83_and_the_next_start_has_a_new_dialogue():
+    r = _rig(profile={"capacity_wh": 20000})
+    try:
+        r.online()
+        r.start(serial(11))
+        ch = _charging(r)
+        r.run(70000)                       # past a checkpoint
+        r.power_cut()
+        r.online()
+        assert r.run(30000, lambda: r.platform.bills())
+        v = _one_bill(r, serial(11))
+        assert v["stop_reason"] == S.ABORT_POWER_LOSS and v["total_energy"] > 0
+        # the charger saw its contactor drop: CST, then the dialogue ends
+        assert r.run(15000, lambda: ch.stage == C.DONE) and ch.cst == ("condition",)
+        r.start(serial(12))
+        _charging(r)
+        assert ch.stages == 2 and ch.stop_reason == 0
+    finally:
+        rmtree(r.root)
+
+
+def test_unplugging_ends_the_dialogue_and_the_session():
+    r = _rig()
+    try:
+        r.online()
+        r.start(serial(13))
+        ch = _charging(r)
+        r.bms().plugged = False
+        assert r.run(5000, lambda: r.platform.bills())
+        assert _one_bill(r, serial(13))["stop_reason"] == S.ABORT_PILOT
+        assert ch.stage == C.IDLE and r.bms().power == 0
+    finally:
+        rmtree(r.root)
