@@ -18,7 +18,8 @@
 # stage: silent_at="BRM" / "BCP" / "BRO" / "charging"), stop(flags) (a BST
 # with those flags: "soc", "insulation", "battery_temp", ...), alarm(flag)
 # (a BSM alarm), bem(flags) (it reports a timeout on us), forbid (BSM "not permitted": a pause), stop_soc (the BMS
-# ends the charge there with BST "soc"), no VIN (vin="").
+# ends the charge there with BST "soc"), no VIN (vin=""). Unplugging clears
+# every fault: the next car plugged in is a new one.
 from protocol import gbt27930 as G
 
 # stages of the BMS side
@@ -217,6 +218,11 @@ class SimBms:
     def advance(self, dt):
         self._t += dt
         if not self.plugged:
+            if self.stage != WAIT or self.silent:
+                # unplugged: the next car plugged in has none of this one's faults
+                self.silent = self.forbid = False
+                self.silent_at = self._stop_flags = self._bem = None
+                self._alarms = ()
             self.power = 0
             self.stage = WAIT
             while self.port.any(0):

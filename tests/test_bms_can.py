@@ -126,3 +126,41 @@ def test_buses_open_by_url():
     finally:
         b.close()
     assert open_bus("queue://").bms.any(0) is False
+
+
+def test_pile_sim_runs_two_guns_each_with_its_bms_on_the_virtual_bus():
+    # tools/scenarios/two_guns_bms.json: an SOC target on BCS, a silent BMS
+    # (CEM, 0x85), a BST insulation fault (0x81) and a power cut (0x83), one
+    # reconciling bill per executed start, on the gun that started it
+    from tools import sim
+    res = sim.run_scenario(sim.load_scenario("tools/scenarios/two_guns_bms.json"))
+    assert res["ok"], res["problems"]
+    got = [(b["gun"], b["stop_reason_hex"]) for b in res["bills"]]
+    assert got == [("01", "0x41"), ("02", "0x85"), ("02", "0x81"), ("01", "0x83")]
+    assert all(b["reconcile"]["ok"] for b in res["bills"])
+    assert [b["vin"] for b in res["bills"][1:3]] == ["LSVAU2180N2183294", "LGBUS000000000001"]
+    faults = [e for e in res["events"] if e["event"] == "bms_fault"]
+    assert [(e["gun"], e["fault"]) for e in faults] == [("02", "silent"), ("02", "stop")]
+
+
+def test_a_bms_action_needs_a_bms_pile_and_a_known_fault():
+    from tools import sim
+    base = {"piles": [{"guns": 2}], "tariff": {"model": "0001", "prices": {"flat": [70000, 40000]},
+                                              "slots": [{"from": "00:00", "to": "24:00",
+                                                         "class": "flat"}]}}
+    for tl, msg in (([{"do": "bms", "fault": "silent"}], "needs a pile with"),
+                    ([{"do": "start", "gun": 3}], "timeline[0].gun")):
+        d = dict(base, timeline=tl)
+        try:
+            sim.parse_scenario(d)
+        except sim.ScenarioError as e:
+            assert msg in str(e), e
+        else:
+            raise AssertionError("accepted %r" % tl)
+    d = dict(base, timeline=[{"do": "bms", "fault": "melt"}])
+    d["piles"] = [{"bms": True}]
+    try:
+        sim.parse_scenario(d)
+        raise AssertionError("accepted fault melt")
+    except sim.ScenarioError as e:
+        assert "fault" in str(e)
