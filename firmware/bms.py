@@ -57,6 +57,7 @@ T_BSD = const(10000)     # after CST
 _CEM_MS = const(1000)    # CEM sent this long before the dialogue is over
 _CSD_MS = const(1000)    # CSD sent this long
 _PAUSE_MS = const(600000)  # BSM "not permitted" for 10 minutes: the vehicle stops the charge
+_REPORTS = const(8)      # YKC BMS frames waiting for the pile to send (oldest dropped)
 
 # YKC V1.6 stop reasons (0x3B) for what ends a charge on the BMS side
 # (docs/bms.md has the table and where the codes come from).
@@ -109,7 +110,8 @@ class Charger:
     offers; charger_no: CRM's charger number."""
 
     def __init__(self, can, clock, contactor, plug=None, measure=None, energy=None,
-                 max_dv=7500, min_dv=2000, max_da=2500, min_da=0, charger_no=1, log=None):
+                 max_dv=7500, min_dv=2000, max_da=2500, min_da=0, charger_no=1, log=None,
+                 report_ms=15000):
         self.can = can
         self.clock = clock
         self.contactor = contactor
@@ -120,6 +122,10 @@ class Charger:
         self.max_da = max_da
         self.charger_no = charger_no
         self._log = log
+        self.report_ms = report_ms
+        # YKC BMS frames (0x15..0x25) for the pile to send: (frame name,
+        # field values without serial/pile/gun), taken by the pile each poll
+        self.reports = []
         self._diff = diff_of(clock)
         self._tp = G.TpReceiver()
         self.stage = IDLE
@@ -144,6 +150,8 @@ class Charger:
         self._start_t = 0
         self._pause_t = 0
         self._bro = False         # any BRO seen
+        self._raw = {}            # message name -> last payload (for the YKC reports)
+        self._report_t = None
 
     def log(self, msg):
         if self._log:
@@ -266,9 +274,11 @@ class Charger:
 
     def _message(self, name, data, t):
         self._seen[name] = t
+        self._raw[name] = data
         st = self.stage
         if name == "BEM":
             self.bem = G.decode_flags("BEM", data)
+            self._report_errors()
             if st < ENDING:
                 self.log("BEM %s in %s" % (",".join(self.bem), self.stage_name()))
                 self._stop(t, ("fault",), YKC_CCS if st == CHARGING else YKC_FAIL_CONTROL)
@@ -276,6 +286,7 @@ class Charger:
         if name == "BST":
             if self.bst is None:
                 self.bst = G.decode_flags("BST", data)
+                self._report("bms_abort", _abort_fields(data))
             if HANDSHAKE <= st <= CHARGING:
                 self._stop(t, ("bms",), bst_reason(self.bst))
             elif st == ENDING:
@@ -284,6 +295,7 @@ class Charger:
         if name == "BSD":
             if st == ENDING or st == ERROR:
                 self._enter(STATISTICS, t)
+                self._report_end(t)
             return
         if st == HANDSHAKE and name == "BHM":
             self._enter(RECOGNITION, t)
@@ -293,6 +305,7 @@ class Charger:
             self._message(name, data, t)
         elif st == RECOGNITION and name == "BRM":
             self.brm = G.decode_brm(data)
+            self._report("bms_handshake", _handshake_fields(data))
             self.log("BRM: VIN %s" % (self.brm["vin"] or "none"))
             self._enter(RECOGNISED, t)
         elif st == RECOGNISED and name == "BCP":
@@ -302,6 +315,13 @@ class Charger:
             self._bro = True
             if data[0] == G.READY:
                 self._enter(READY, t)
+                v = G.raw("BCP", self._raw.get("BCP", b""))
+                c = G.raw("CML", self.cml)
+                self._report("bms_params", {
+                    "cell_max_voltage": v[0], "max_current": v[1], "nominal_energy": v[2],
+                    "max_voltage": v[3], "max_temp": v[4], "soc": v[5], "battery_voltage": v[6],
+                    "pile_max_voltage": c[0], "pile_min_voltage": c[1], "pile_max_current": c[2],
+                    "pile_min_current": c[3]})
         elif name == "BCL" and (st == READY or st == CHARGING):
             self.bcl = G.decode_bcl(data)
             self._ready_to_charge(t)
@@ -333,6 +353,7 @@ class Charger:
             self.stop_reason = reason
             self.log("stop 0x%02X in %s" % (reason, self.stage_name()))
         self.cst = cst
+        self._report("charger_abort", _abort_fields(G.encode_flags("CST", cst)))
         bst_in = self.bst is not None
         self._enter(ENDING, t)
         if bst_in:
@@ -340,6 +361,7 @@ class Charger:
 
     def _timeout(self, t, flag, reason):
         self.cem = (flag,)
+        self._report_errors()
         if not self.stop_reason:
             self.stop_reason = reason
         self.log("CEM: %s timeout, stop 0x%02X" % (flag, reason))
@@ -385,6 +407,47 @@ class Charger:
         elif st == STATISTICS:
             if d >= _CSD_MS:
                 self.stage = DONE
+
+    # --- YKC BMS frames (0x15..0x25) ----------------------------------------------
+
+    def _report(self, name, values):
+        r = self.reports
+        r.append((name, values))
+        if len(r) > _REPORTS:
+            r.pop(0)
+
+    def _report_errors(self):
+        bem = G.encode_flags("BEM", self.bem or ())
+        cem = G.encode_flags("CEM", self.cem or ())
+        self._report("bms_error", {"bem_crm": bem[0], "bem_cml_cro": bem[1], "bem_ccs_cst": bem[2],
+                                   "bem_csd": bem[3], "cem_brm": cem[0], "cem_bcp_bro": cem[1],
+                                   "cem_bcs_bcl_bst": cem[2], "cem_bsd": cem[3]})
+
+    def _report_end(self, t):
+        v = G.raw("BSD", self._raw.get("BSD", b""))
+        self._report("bms_end", {"soc": v[0], "cell_min_voltage": v[1], "cell_max_voltage": v[2],
+                                 "min_temp": v[3], "max_temp": v[4],
+                                 "minutes": self._diff(t, self._start_t) // 60000,
+                                 "energy": self.energy() if self.energy else 0,
+                                 "charger_no": self.charger_no})
+
+    def _report_charging(self, t, dv, da, mins):
+        # while charging, every report_ms: demand and output (0x23), BSM (0x25)
+        if self._report_t is not None and self._diff(t, self._report_t) < self.report_ms:
+            return
+        self._report_t = t
+        raw = self._raw
+        bcl = raw.get("BCL", b"\xff" * 5)
+        s = G.raw("BCS", raw.get("BCS", b""))
+        self._report("bms_demand", {
+            "demand_voltage": bcl[0] | bcl[1] << 8, "demand_current": bcl[2] | bcl[3] << 8,
+            "charge_mode": bcl[4], "measured_voltage": s[0], "measured_current": s[1],
+            "max_cell": s[2], "soc": s[3], "minutes_left": s[4], "output_voltage": dv,
+            "output_current": G.current_raw(da), "minutes": mins})
+        m = G.raw("BSM", raw.get("BSM", b""))
+        self._report("bms_info", {"max_cell_no": m[0], "max_temp": m[1], "max_temp_point": m[2],
+                                  "min_temp": m[3], "min_temp_point": m[4], "bsm_status1": m[5],
+                                  "bsm_status2": m[6]})
 
     # --- sending -------------------------------------------------------------------
 
@@ -436,6 +499,7 @@ class Charger:
                 mins = self._diff(t, self._start_t) // 60000
                 self._send("CCS", G.encode("CCS", voltage_dv=dv, current_da=da, minutes=mins,
                                            permit=0xFC if self.paused else 0xFD, fill=0xFF))
+                self._report_charging(t, dv, da, mins)
                 w = 50
         elif st == ENDING:
             w = self._due(t, "CST")
@@ -461,3 +525,30 @@ class Charger:
         if self._tp.busy() and w > 50:
             w = 50
         return w
+
+
+def _abort_fields(b):
+    # BST / CST as YKC 0x1D / 0x21 carry them: reason byte, fault word, error byte
+    return {"abort_reason": b[0], "abort_fault": b[1] | b[2] << 8, "abort_error": b[3]}
+
+
+def _ascii(b):
+    for ch in b:
+        if ch < 0x20 or ch > 0x7E:
+            return ""
+    return bytes(b).decode()
+
+
+def _hex(b):
+    return "".join("%02X" % x for x in b)
+
+
+def _handshake_fields(b):
+    # BRM's 49 bytes as YKC 0x15 names them
+    b = bytes(b) + b"\xff" * (49 - len(b)) if len(b) < 49 else b
+    return {"bms_version": b[0] | b[1] << 8 | b[2] << 16, "battery_type": b[3],
+            "rated_capacity": b[4] | b[5] << 8, "rated_voltage": b[6] | b[7] << 8,
+            "battery_maker": _ascii(b[8:12]), "pack_serial": _hex(b[12:16]),
+            "made_year": b[16], "made_month": b[17], "made_day": b[18],
+            "charge_count": b[19] | b[20] << 8 | b[21] << 16, "ownership": b[22],
+            "reserved": b[23], "vin": _ascii(b[24:41]), "bms_sw": _hex(b[41:49])}

@@ -591,12 +591,29 @@ class Pile:
         for g in self._bms:
             ch = g.vehicle
             w = ch.poll()
+            if ch.reports:
+                self._bms_reports(g, ch)
             if ch.stop_reason and g.state == S.CHARGING:
                 self.event("bms_stop", "%s 0x%02X" % (g.gun, ch.stop_reason))
                 g.abort(ch.stop_reason)
             if w < wait:
                 wait = w
         return wait
+
+    def _bms_reports(self, g, ch):
+        # GB/T 27930 data up in YKC's BMS frames 0x15..0x25 under the gun's
+        # trade serial (informational: sent while online, never stored)
+        reps = ch.reports
+        ch.reports = []
+        if not self.link.online:
+            return
+        tr = g.trade
+        serial = tr.h["serial"] if tr is not None else g.bill["serial"] if g.bill else "0" * 32
+        for name, v in reps:
+            v["serial"] = serial
+            v["pile"] = self.pile
+            v["gun"] = g.gun
+            self.link.send(name, v)
 
     def _poll(self):
         self.link.poll()

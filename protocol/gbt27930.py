@@ -384,6 +384,16 @@ def decode(name, b):
     return d
 
 
+def raw(name, b):
+    """The raw integers of fixed-layout message `name`, in LAYOUT order, no
+    scale or offset applied (what YKC's BMS frames 0x15..0x25 carry)."""
+    fmt = LAYOUT[name][0]
+    size = struct.calcsize(fmt)
+    if len(b) < size:
+        b = bytes(b) + b"\xff" * (size - len(b))
+    return struct.unpack_from(fmt, b, 0)
+
+
 # CTS: the charger's clock, BCD: second, minute, hour, day, month, year (2 bytes)
 def encode_cts(y, mo, d, h, mi, s):
     def bcd(n):

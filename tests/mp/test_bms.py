@@ -65,6 +65,19 @@ def scenario_full_dialogue_to_charging_to_a_full_battery(bus=None):
         assert b.soc == 100 and v["total_energy"] >= 9800   # 1 kWh (50 % of 2 kWh), to 0.02 kWh
         assert r.run(15000, lambda: ch.stage == C.DONE and b.stage == 8)   # CSD answered BSD
         assert ch.bst == ["soc"] and b.cst == ["bms"]
+        # the BMS data went up in YKC's BMS frames, under the trade serial
+        up = [f for f in r.platform.frames if 0x15 <= f.code <= 0x25]
+        names = [f.name for f in up]
+        for n in ("bms_handshake", "bms_params", "bms_demand", "bms_info", "bms_abort",
+                  "charger_abort", "bms_end"):
+            assert n in names, (n, names)
+        assert names.index("bms_handshake") < names.index("bms_params") < names.index("bms_demand")
+        assert names.index("bms_abort") < names.index("charger_abort") < names.index("bms_end")
+        assert all(f.fields["serial"] == serial(1) for f in up)
+        hs = r.platform.named("bms_handshake")[0].fields
+        assert hs["vin"] == BUS_VIN and hs["rated_voltage"] == 4000
+        assert r.platform.named("bms_abort")[0].fields["abort_reason"] == 0x01     # BST: SOC
+        assert r.platform.named("bms_end")[0].fields["soc"] == 100
         return r, ch, b
     finally:
         rmtree(r.root)
@@ -92,6 +105,8 @@ def scenario_a_silent_bms_ends_the_session_with_the_cem_and_a_bill(bus=None):
         assert v["stop_reason"] == C.YKC_BCL and v["total_energy"] > 0
         r.run(2000)
         cem = G.encode_flags("CEM", ("BCL",))
+        err = r.platform.named("bms_error")[0].fields                  # YKC 0x1B
+        assert err["cem_bcs_bcl_bst"] == cem[2] == 0xC4    # BCL (bits 3-4) 01 and err["cem_brm"] == cem[0]
         return r, cem
     finally:
         rmtree(r.root)
