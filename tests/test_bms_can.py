@@ -29,7 +29,9 @@ class _Listener:
             self.frames.append((m.arbitration_id, bytes(m.data)))
 
 
-def _virtual(tag):
+def _over_virtual_bus(scenario, tag):
+    """Run a tests/mp/test_bms.py scenario with every gun on a python-can
+    virtual bus; returns (its result, every frame a listener saw)."""
     channel = "pile-bms-%s-%d" % (tag, next(_n))
     made = []
 
@@ -37,13 +39,14 @@ def _virtual(tag):
         b = VirtualBus(channel)
         made.append(b)
         return b
-    return channel, bus, made
-
-
-def _close(made, listener):
-    for b in made:
-        b.close()
-    listener.bus.shutdown()
+    spy = _Listener(channel)
+    try:
+        out = scenario(bus)
+        return out, spy.drain()
+    finally:
+        for b in made:
+            b.close()
+        spy.bus.shutdown()
 
 
 def _ids(frames):
@@ -51,70 +54,45 @@ def _ids(frames):
 
 
 def test_full_dialogue_to_charging_to_a_full_battery_over_the_virtual_bus():
-    channel, bus, made = _virtual("full")
-    spy = _Listener(channel)
-    try:
-        T.scenario_full_dialogue_to_charging_to_a_full_battery(bus)
-        frames = spy.drain()
-        ids = _ids(frames)
-        for name in ("CHM", "BHM", "CRM", "CTS", "CML", "BRO", "CRO", "BCL", "CCS", "BSM",
-                     "BST", "CST", "BSD", "CSD"):
-            assert G.id_of(name) in ids, name
-        # BRM and BCS went through J1939 TP: the captured ids
-        assert {0x1CEC56F4, 0x1CECF456, 0x1CEB56F4} <= ids
-        # recognition: CRM 0x00 before CRM 0xAA, and the BRM's RTS is 49 bytes in 7 packets
-        crm = [d[0] for cid, d in frames if cid == G.id_of("CRM")]
-        assert crm[0] == 0x00 and crm[-1] == 0xAA
-        assert any(cid == 0x1CEC56F4 and d[:4] == bytes((0x10, 49, 0, 7)) for cid, d in frames)
-        # the BMS's stop was "SOC reached"; the charger answered "BMS stopped"
-        bst = [d for cid, d in frames if cid == G.id_of("BST")]
-        cst = [d for cid, d in frames if cid == G.id_of("CST")]
-        assert G.decode_flags("BST", bst[0]) == ["soc"] and G.decode_flags("CST", cst[0]) == ["bms"]
-    finally:
-        _close(made, spy)
+    _, frames = _over_virtual_bus(T.scenario_full_dialogue_to_charging_to_a_full_battery, "full")
+    ids = _ids(frames)
+    for name in ("CHM", "BHM", "CRM", "CTS", "CML", "BRO", "CRO", "BCL", "CCS", "BSM",
+                 "BST", "CST", "BSD", "CSD"):
+        assert G.id_of(name) in ids, name
+    # BRM and BCS went through J1939 TP: the captured ids
+    assert {0x1CEC56F4, 0x1CECF456, 0x1CEB56F4} <= ids
+    # recognition: CRM 0x00 before CRM 0xAA, and the BRM's RTS is 49 bytes in 7 packets
+    crm = [d[0] for cid, d in frames if cid == G.id_of("CRM")]
+    assert crm[0] == 0x00 and crm[-1] == 0xAA
+    assert any(cid == 0x1CEC56F4 and d[:4] == bytes((0x10, 49, 0, 7)) for cid, d in frames)
+    # the BMS's stop was "SOC reached"; the charger answered "BMS stopped"
+    bst = [d for cid, d in frames if cid == G.id_of("BST")]
+    cst = [d for cid, d in frames if cid == G.id_of("CST")]
+    assert G.decode_flags("BST", bst[0]) == ["soc"] and G.decode_flags("CST", cst[0]) == ["bms"]
 
 
 def test_a_bms_that_stops_answering_gets_a_cem_and_the_session_ends_with_a_bill():
-    channel, bus, made = _virtual("silent")
-    spy = _Listener(channel)
-    try:
-        r, cem = T.scenario_a_silent_bms_ends_the_session_with_the_cem_and_a_bill(bus)
-        frames = spy.drain()
-        assert (G.id_of("CEM"), cem) in frames              # 0x081FF456: charger to BMS, BCL timeout
-        assert G.id_of("CEM") == 0x081FF456
-        # after the CEM no more CCS: the output is off
-        last_cem = max(i for i, f in enumerate(frames) if f[0] == G.id_of("CEM"))
-        first_cem = min(i for i, f in enumerate(frames) if f[0] == G.id_of("CEM"))
-        assert not [f for f in frames[first_cem:last_cem] if f[0] == G.id_of("CCS")]
-    finally:
-        _close(made, spy)
+    (r, cem), frames = _over_virtual_bus(
+        T.scenario_a_silent_bms_ends_the_session_with_the_cem_and_a_bill, "silent")
+    assert G.id_of("CEM") == 0x081FF456                     # charger to BMS
+    assert (G.id_of("CEM"), cem) in frames                  # BCL timeout
+    # after the first CEM no more CCS: the output is off
+    first_cem = min(i for i, f in enumerate(frames) if f[0] == G.id_of("CEM"))
+    assert not [f for f in frames[first_cem:] if f[0] == G.id_of("CCS")]
 
 
 def test_the_soc_target_stops_on_the_bms_soc_over_the_virtual_bus():
-    channel, bus, made = _virtual("soc")
-    spy = _Listener(channel)
-    try:
-        T.scenario_the_soc_target_stops_on_the_bms_soc(bus)
-        frames = spy.drain()
-        bcs = [d for cid, d in frames if cid == 0x1CEB56F4]     # BCS rides TP (9 bytes)
-        assert bcs
-        cst = [d for cid, d in frames if cid == G.id_of("CST")]
-        assert G.decode_flags("CST", cst[0]) == ["condition"]
-    finally:
-        _close(made, spy)
+    _, frames = _over_virtual_bus(T.scenario_the_soc_target_stops_on_the_bms_soc, "soc")
+    assert [d for cid, d in frames if cid == 0x1CEB56F4]     # BCS rides TP (9 bytes)
+    cst = [d for cid, d in frames if cid == G.id_of("CST")]
+    assert G.decode_flags("CST", cst[0]) == ["condition"]
 
 
 def test_a_vin_rule_refuses_on_the_vin_from_brm_over_the_virtual_bus():
-    channel, bus, made = _virtual("vin")
-    spy = _Listener(channel)
-    try:
-        T.scenario_a_vin_rule_refuses_on_the_vin_from_brm(bus)
-        frames = spy.drain()
-        # the VIN travelled in BRM's TP.DT packets 4..6 (bytes 25..41)
-        dt = b"".join(d[1:] for cid, d in frames if cid == 0x1CEB56F4 and 1 <= d[0] <= 7)
-        assert T.TAXI_VIN.encode() in dt
-    finally:
-        _close(made, spy)
+    _, frames = _over_virtual_bus(T.scenario_a_vin_rule_refuses_on_the_vin_from_brm, "vin")
+    # the VIN travelled in BRM's TP.DT packets 4..6 (bytes 25..41)
+    dt = b"".join(d[1:] for cid, d in frames if cid == 0x1CEB56F4 and 1 <= d[0] <= 7)
+    assert T.TAXI_VIN.encode() in dt
 
 
 def test_buses_open_by_url():

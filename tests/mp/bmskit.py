@@ -3,7 +3,7 @@
 # vehicle being the GB/T 27930 charger side (firmware/bms.py).
 from firmware.sim import SimClock, SimOutput
 from sim.bms import BmsGun, QueueBus
-from tests.mp.pilekit import PILE, T0, Rig, tariff4
+from tests.mp.pilekit import T0, Rig
 
 
 class BmsRig(Rig):
@@ -22,17 +22,9 @@ class BmsRig(Rig):
                                       charger=charger, **p))
         self.world = self.worlds[0]
         self.outputs = [SimOutput(x.bms) for x in self.worlds] if sharing else None
-        self.cfg = {"pile": PILE, "gun": "01", "tariff": tariff4(), "hmi_version": "103"}
-        if guns > 1:
-            self.cfg["guns"] = guns
-        if sharing:
-            self.cfg["power_w"] = power_w
-        if cfg:
-            self.cfg.update(cfg)
-        self.confirm = confirm
-        self.settle = settle
-        self.reboots = 0
-        self.boot()
+        c = {"power_w": power_w} if sharing else {}
+        c.update(cfg or {})
+        self.setup(guns, c, confirm, settle)
 
     def charger(self, i=0):
         return self.worlds[i].vehicle
