@@ -324,3 +324,27 @@ def test_unplugging_ends_the_dialogue_and_the_session():
         assert ch.stage == C.IDLE and r.bms().power == 0
     finally:
         rmtree(r.root)
+
+
+def test_a_bms_pause_holds_the_power_at_zero_and_ten_minutes_of_it_end_the_charge():
+    r = _rig(profile={"capacity_wh": 200000})
+    try:
+        r.online()
+        r.start(serial(14))
+        ch = _charging(r)
+        b = r.bms()
+        b.forbid = True                       # BSM: charging not permitted
+        r.run(2000)
+        assert ch.paused and ch.demand == 0 and b.power == 0
+        r.run(120000)                         # 2 min at 0 W: not "no current" (0x76)
+        assert r.pile.gun.state == S.CHARGING
+        b.forbid = False
+        r.run(3000)
+        assert not ch.paused and b.power > 0 and ch.demand > 0
+        b.forbid = True
+        assert r.run(700000, lambda: r.platform.bills())
+        v = _one_bill(r, serial(14))
+        assert v["stop_reason"] == C.YKC_FORBIDDEN
+        assert r.clock.ticks_ms() - ch._pause_t >= 600000
+    finally:
+        rmtree(r.root)
