@@ -54,6 +54,7 @@ T_BRO_READY = const(60000)  # BRO 0x00 ... 0xAA
 T_BCL = const(1000)
 T_BCS = const(5000)
 T_BSD = const(10000)     # after CST
+T_IMD = const(10000)     # the insulation check's result (ours: a board's IMD answers in seconds)
 _CEM_MS = const(1000)    # CEM sent this long before the dialogue is over
 _CSD_MS = const(1000)    # CSD sent this long
 _PAUSE_MS = const(600000)  # BSM "not permitted" for 10 minutes: the vehicle stops the charge
@@ -69,6 +70,7 @@ YKC_FAIL_BRO = const(0x5C)
 YKC_FAIL_BCS = const(0x5D)
 YKC_FAIL_BCL = const(0x5E)
 YKC_FAIL_CONTROL = const(0x4A)   # BEM before charging, or the BMS refused our CML
+YKC_FAIL_INSULATION = const(0x57)  # the insulation check failed (or gave no result)
 YKC_TEMP = const(0x74)           # BST connector over-temperature
 YKC_VOLTAGE = const(0x79)        # BST voltage error
 YKC_CURRENT = const(0x7A)        # BST / BSM over-current
@@ -107,11 +109,14 @@ class Charger:
     object with .plugged (CC1 sense), None: always plugged; measure():
     (output voltage 0.1 V, current 0.1 A) for CCS; energy(): 0.1 kWh of
     the session for CSD. max_dv / min_dv / max_da / min_da: what CML
-    offers; charger_no: CRM's charger number."""
+    offers; charger_no: CRM's charger number. insulation: the gun's
+    insulation monitor (IMD), start() then result() -> None (measuring),
+    True (good), False (fault), checked after BHM and before CRM; None: no
+    check here (done elsewhere)."""
 
     def __init__(self, can, clock, contactor, plug=None, measure=None, energy=None,
                  max_dv=7500, min_dv=2000, max_da=2500, min_da=0, charger_no=1, log=None,
-                 report_ms=15000):
+                 report_ms=15000, insulation=None):
         self.can = can
         self.clock = clock
         self.contactor = contactor
@@ -123,6 +128,7 @@ class Charger:
         self.charger_no = charger_no
         self._log = log
         self.report_ms = report_ms
+        self.insulation = insulation
         # YKC BMS frames (0x15..0x25) for the pile to send: (frame name,
         # field values without serial/pile/gun), taken by the pile each poll
         self.reports = []
@@ -152,6 +158,7 @@ class Charger:
         self._bro = False         # any BRO seen
         self._raw = {}            # message name -> last payload (for the YKC reports)
         self._report_t = None
+        self._imd_t = None        # ticks the insulation check began
 
     def log(self, msg):
         if self._log:
@@ -298,8 +305,8 @@ class Charger:
                 self._report_end(t)
             return
         if st == HANDSHAKE and name == "BHM":
-            self._enter(RECOGNITION, t)
-        elif st == HANDSHAKE and name == "BRM":
+            self._handshake_done(t)
+        elif st == HANDSHAKE and name == "BRM" and self.insulation is None:
             # a GB/T 27930-2011 vehicle skips BHM
             self._enter(RECOGNITION, t)
             self._message(name, data, t)
@@ -341,6 +348,14 @@ class Charger:
                 self._pause_t = t
             self.paused = not permit
 
+    def _handshake_done(self, t):
+        # BHM (or none in 5 s): the insulation check, then recognition
+        if self.insulation is None:
+            self._enter(RECOGNITION, t)
+        elif self._imd_t is None:
+            self._imd_t = t
+            self.insulation.start()
+
     def _ready_to_charge(self, t):
         if self.stage == READY and self.bcl is not None and self.bcs is not None:
             self._enter(CHARGING, t)
@@ -371,8 +386,15 @@ class Charger:
         st = self.stage
         d = self._diff(t, self._t0)
         if st == HANDSHAKE:
-            if d > T_DEFAULT:       # no BHM: go on (2011 vehicles send none)
-                self._enter(RECOGNITION, t)
+            if self._imd_t is not None:
+                ok = self.insulation.result()
+                if ok:
+                    self._enter(RECOGNITION, t)
+                elif ok is not None or self._diff(t, self._imd_t) > T_IMD:
+                    self.log("insulation check failed")
+                    self._stop(t, ("fault",), YKC_FAIL_INSULATION)
+            elif d > T_DEFAULT:     # no BHM: go on (2011 vehicles send none)
+                self._handshake_done(t)
         elif st == RECOGNITION:
             if d > T_DEFAULT:
                 self._timeout(t, "BRM", YKC_FAIL_BRM)

@@ -400,17 +400,43 @@ class SimBms:
                 self._enter(ENDED)   # after a CEM the BMS stops and waits
 
 
+class SimImd:
+    """A gun's insulation monitor: start() begins a check that gives its
+    result() after ms (None until then): True, or False with fault=True.
+    Attach to the SimClock."""
+
+    def __init__(self, ms=500, fault=False):
+        self.ms = ms
+        self.fault = fault
+        self.checks = 0
+        self._left = None
+
+    def start(self):
+        self.checks += 1
+        self._left = self.ms
+
+    def advance(self, dt):
+        if self._left is not None and self._left > 0:
+            self._left -= dt
+
+    def result(self):
+        if self._left is None or self._left > 0:
+            return None
+        return not self.fault
+
+
 class BmsGun:
     """One gun's simulated hardware with a BMS vehicle, on `clock`: the
     contactor, the vehicle (SimBms on the bus's BMS end), the meter that
     measures it and the firmware's charger side (firmware/bms.py Charger)
-    on the charger end as `.vehicle`, the part the pile's Gun reads. Same
+    on the charger end as `.vehicle`, the part the pile's Gun reads, with
+    its insulation monitor (`.imd`, SimImd: imd_ms to a result). Same
     attribute names as firmware/sim.py SimWorld (.contactor, .meter,
     .vehicle), so a rig built for SimWorlds takes it. bus: a QueueBus or
     VirtualBus (default: a new QueueBus); profile: SimBms's arguments;
     charger: the Charger's (max_da, ...)."""
 
-    def __init__(self, clock, bus=None, charger=None, meter_start=0, **profile):
+    def __init__(self, clock, bus=None, charger=None, meter_start=0, imd_ms=500, **profile):
         from firmware.bms import Charger
         from firmware.sim import SimContactor, SimMeter
         self.clock = clock
@@ -419,8 +445,10 @@ class BmsGun:
         self.bms = SimBms(self.bus.bms, self.contactor, **profile)
         self.meter = SimMeter(self.bms, self.contactor, meter_start)
         b = self.bms
+        self.imd = SimImd(imd_ms)
         self.vehicle = Charger(self.bus.charger, clock, self.contactor, plug=b,
-                               measure=self._measure, **(charger or {}))
+                               measure=self._measure, insulation=self.imd, **(charger or {}))
+        clock.attach(self.imd)
         clock.attach(b)            # power for the sub-step first,
         clock.attach(self.meter)   # then the meter integrates it
 

@@ -211,6 +211,22 @@ def test_every_bms_stop_and_timeout_maps_to_its_ykc_stop_reason():
         assert v["total_energy"] == 0      # nothing flowed before charging
 
 
+def test_an_insulation_fault_fails_the_start_before_recognition():
+    r = _rig()
+    try:
+        r.world.imd.fault = True
+        r.online()
+        r.start(serial(15))
+        assert r.run(10000, lambda: r.platform.bills())
+        v = _one_bill(r, serial(15))
+        assert v["stop_reason"] == C.YKC_FAIL_INSULATION and v["total_energy"] == 0
+        ch = r.charger()
+        assert ch.brm is None and r.world.imd.checks == 1     # no CRM was sent
+        assert "recognition" not in [e for _, e in r.bms().log]
+    finally:
+        rmtree(r.root)
+
+
 def test_a_bms_stop_is_acted_on_within_one_poll():
     r = _rig()
     try:
