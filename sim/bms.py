@@ -47,14 +47,14 @@ class _Port:
         self._bus = bus
         self._side = side
         self.inbox = []
-        self.sent = []          # (id, data) this end sent, for tests (bounded)
+        self.sent = []          # (id, data) this end sent last, for tests (16 kept)
 
     def send(self, data, can_id, timeout=0):
         data = bytes(data)
         if len(data) > 8:
             raise ValueError("CAN: %d data bytes, 8 at most" % len(data))
         self.sent.append((can_id, data))
-        if len(self.sent) > 64:
+        if len(self.sent) > 16:
             self.sent.pop(0)
         if not self._bus.cut:
             self._bus.ports[1 - self._side].inbox.append((can_id, False, 0, data))
