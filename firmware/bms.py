@@ -518,6 +518,9 @@ class Charger:
             w = self._due(t, "CCS")
             if not w:
                 dv, da = self.measure() if self.measure else (0, 0)
+                # what the hardware reports, within what CCS can carry
+                dv = 0 if dv < 0 else 0xFFFF if dv > 0xFFFF else dv
+                da = 0 if da < 0 else 4000 if da > 4000 else da
                 mins = self._diff(t, self._start_t) // 60000
                 self._send("CCS", G.encode("CCS", voltage_dv=dv, current_da=da, minutes=mins,
                                            permit=0xFC if self.paused else 0xFD, fill=0xFF))

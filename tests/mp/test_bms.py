@@ -364,3 +364,33 @@ def test_a_bms_pause_holds_the_power_at_zero_and_ten_minutes_of_it_end_the_charg
         assert r.clock.ticks_ms() - ch._pause_t >= 600000
     finally:
         rmtree(r.root)
+
+
+def test_garbage_on_the_bus_never_faults_the_pile():
+    # random frames from the BMS's address (every PGN of the table, TP, short
+    # and empty payloads) and a meter reading out of CCS's range: the pile's
+    # main loop never faults (a fault would seal the session with 0x90)
+    r = _rig(profile={"capacity_wh": 200000})
+    try:
+        r.online()
+        r.start(serial(16))
+        ch = _charging(r)
+        port = r.world.bus.charger
+        pgns = [m.pgn for m in G.BY_NAME.values()] + [G.TP_CM, G.TP_DT]
+        x = 12345
+        for i in range(400):
+            x = (x * 1103515245 + 12345) & 0x7FFFFFFF
+            pgn = pgns[x % len(pgns)]
+            n = (x >> 8) % 10
+            data = bytes(((x >> (3 * k)) & 0xFF for k in range(n)))
+            port.inbox.append((G.make_id(6, pgn, G.CHARGER, G.BMS), False, 0, data))
+            r.run(20)
+        r.world._measure = lambda: (70000, 9000)
+        ch.measure = r.world._measure
+        r.run(1000)
+        assert r.pile.loop_faults == 0
+        assert r.run(60000, lambda: r.platform.bills())    # whatever it ended with
+        v = _one_bill(r, serial(16))
+        assert v["stop_reason"] != 0x90
+    finally:
+        rmtree(r.root)
