@@ -183,7 +183,9 @@ def _ends_with(profile, fault, reason, stage=None):
             fault(r.bms())
         else:
             fault(r.bms())
-        assert r.run(60000, lambda: r.platform.bills())
+        assert r.run(60000, lambda: r.pile.gun.state == S.FINISHED)
+        r.stopped_at = r.clock.ticks_ms()
+        assert r.run(5000, lambda: r.platform.bills())
         v = _one_bill(r, serial(5))
         assert v["stop_reason"] == reason, hex(v["stop_reason"])
         return r, v
@@ -205,10 +207,18 @@ def test_every_bms_stop_and_timeout_maps_to_its_ykc_stop_reason():
     _ends_with({}, lambda b: b.bem(("CCS",)), C.YKC_CCS)
     _ends_with({}, lambda b: b.bem(("CRMAA",)), C.YKC_FAIL_CONTROL, stage="BEM")
     # silent from a stage on: the timeout of what it no longer sends
-    for at, reason in (("BRM", C.YKC_FAIL_BRM), ("BCP", C.YKC_FAIL_BCP),
-                       ("BRO", C.YKC_FAIL_BRO), ("BCL", C.YKC_FAIL_BCL)):
+    # (the standard's timeout from the stage the BMS fell silent in, acted on
+    # within one period of the message waited for: 250 ms, BCL 50 ms)
+    for at, reason, stage, limit, period in (
+            ("BRM", C.YKC_FAIL_BRM, "recognition", 5000, 250),
+            ("BCP", C.YKC_FAIL_BCP, "parameters", 5000, 250),
+            ("BRO", C.YKC_FAIL_BRO, "ready", 5000, 250),
+            ("BCL", C.YKC_FAIL_BCL, "charging", 1000, 50)):
         r, v = _ends_with({}, lambda b: setattr(b, "silent_at", at), reason, stage=at)
         assert v["total_energy"] == 0      # nothing flowed before charging
+        since = [ms for ms, e in r.bms().log if e == stage][0]
+        took = r.stopped_at - since
+        assert limit < took <= limit + period + 50, (at, took)
 
 
 def test_an_insulation_fault_fails_the_start_before_recognition():
