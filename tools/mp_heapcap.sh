@@ -26,7 +26,7 @@ done <<'LIST'
 test_codec 104K
 test_lenient 96K
 test_gbt27930 64K
-test_bms 448K
+test_bms 416K
 test_link 96K
 test_pile 272K
 test_pile_faults 256K
