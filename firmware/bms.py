@@ -71,6 +71,8 @@ YKC_FAIL_BCS = const(0x5D)
 YKC_FAIL_BCL = const(0x5E)
 YKC_FAIL_CONTROL = const(0x4A)   # BEM before charging, or the BMS refused our CML
 YKC_FAIL_INSULATION = const(0x57)  # the insulation check failed (or gave no result)
+YKC_FAIL_BMS = const(0x52)       # a BST before charging: "BMS not ready"
+YKC_FAIL_TEMP = const(0x53)      # a BST before charging for a temperature
 YKC_TEMP = const(0x74)           # BST connector over-temperature
 YKC_VOLTAGE = const(0x79)        # BST voltage error
 YKC_CURRENT = const(0x7A)        # BST / BSM over-current
@@ -95,8 +97,21 @@ _BSM_MAP = (("insulation", YKC_BATTERY), ("overtemp", YKC_PACK_TEMP),
             ("connector", YKC_BATTERY))
 
 
-def bst_reason(flags):
-    """The YKC stop reason of a BST's flags (0x90 unknown when none is set)."""
+def bst_reason(flags, charging=True):
+    """The YKC stop reason of a BST's flags (0x90 unknown when none is set).
+    Before charging, a BST is a start failure: insulation 0x57, a
+    temperature 0x53, the battery full 0x41, anything else "BMS not ready"
+    0x52."""
+    if not charging:
+        for f in flags:
+            if f == "insulation":
+                return YKC_FAIL_INSULATION
+            if f.endswith("temp"):
+                return YKC_FAIL_TEMP
+        for f in flags:
+            if f in ("soc", "voltage", "cell_voltage"):
+                return YKC_SOC
+        return YKC_FAIL_BMS
     for f, r in _BST_MAP:
         if f in flags:
             return r
@@ -295,7 +310,7 @@ class Charger:
                 self.bst = G.decode_flags("BST", data)
                 self._report("bms_abort", _abort_fields(data))
             if HANDSHAKE <= st <= CHARGING:
-                self._stop(t, ("bms",), bst_reason(self.bst))
+                self._stop(t, ("bms",), bst_reason(self.bst, st == CHARGING))
             elif st == ENDING:
                 self._seen["BST"] = t
             return

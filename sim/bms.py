@@ -166,6 +166,7 @@ class SimBms:
         self.forbid = False
         self._alarms = ()
         self._stop_flags = None
+        self._stop_at = None
         self._bem = None
         # dialogue
         self.stage = WAIT
@@ -202,9 +203,15 @@ class SimBms:
             return floor + (pmax - floor) * left // band
         return pmax
 
-    def stop(self, flags=("soc",)):
-        """Make the BMS end the charge now with a BST of these flags."""
-        self._stop_flags = tuple(flags)
+    def stop(self, flags=("soc",), at=None):
+        """Make the BMS end the charge with a BST of these flags: now, or
+        when it reaches stage `at` (as silent_at: "BHM", "BRM", "BCP",
+        "BRO", "BCL"): an abort in any stage of the dialogue."""
+        if at is None:
+            self._stop_flags = tuple(flags)
+            self._stop_at = None
+        else:
+            self._stop_at = (at, tuple(flags))
 
     def bem(self, flags=("CCS",)):
         """The BMS reports it timed out waiting for the charger (BEM), from
@@ -221,7 +228,7 @@ class SimBms:
             if self.stage != WAIT or self.silent:
                 # unplugged: the next car plugged in has none of this one's faults
                 self.silent = self.forbid = False
-                self.silent_at = self._stop_flags = self._bem = None
+                self.silent_at = self._stop_flags = self._bem = self._stop_at = None
                 self._alarms = ()
             self.power = 0
             self.stage = WAIT
@@ -263,6 +270,9 @@ class SimBms:
             self._stop_flags = None
             self._tx = None
             self.cst = self.cem = None
+        sa = self._stop_at
+        if sa is not None and _SILENT_AT.get(sa[0]) == stage:
+            self._stop_flags = sa[1]
         self.stage = stage
         self._t0 = self._t
         self._sent = {}
@@ -297,6 +307,9 @@ class SimBms:
         if self.silent:
             return
         st = self.stage
+        if self._stop_flags is not None and HANDSHAKE <= st < CHARGING:
+            self._enter(STOPPING)           # an abort before charging
+            st = STOPPING
         if self._bem is not None and st != ENDED:
             if self._due("BEM"):
                 self._send("BEM", G.encode_flags("BEM", self._bem))

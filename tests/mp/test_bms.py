@@ -203,6 +203,14 @@ def test_every_bms_stop_and_timeout_maps_to_its_ykc_stop_reason():
     # BSM alarms
     _ends_with({}, lambda b: b.alarm("overtemp"), C.YKC_PACK_TEMP)
     _ends_with({}, lambda b: b.alarm("cell_high"), C.YKC_CELL)
+    # a BST in each stage before charging: a start failure, nothing billed
+    # (at "BCL": on CRO 0xAA, before its first BCL: still the start)
+    for at in ("BHM", "BRM", "BCP", "BRO", "BCL"):
+        r, v = _ends_with({}, lambda b: b.stop(("insulation",), at=at), C.YKC_FAIL_INSULATION,
+                          stage=at)
+        assert v["total_energy"] == 0
+    _ends_with({}, lambda b: b.stop(("battery_temp",), at="BRO"), C.YKC_FAIL_TEMP, stage="BRO")
+    _ends_with({}, lambda b: b.stop(("relay",), at="BCP"), C.YKC_FAIL_BMS, stage="BCP")
     # the BMS reports a timeout on us (BEM), while charging and before
     _ends_with({}, lambda b: b.bem(("CCS",)), C.YKC_CCS)
     _ends_with({}, lambda b: b.bem(("CRMAA",)), C.YKC_FAIL_CONTROL, stage="BEM")
