@@ -206,7 +206,7 @@ class SimBms:
     def stop(self, flags=("soc",), at=None):
         """Make the BMS end the charge with a BST of these flags: now, or
         when it reaches stage `at` (as silent_at: "BHM", "BRM", "BCP",
-        "BRO", "BCL"): an abort in any stage of the dialogue."""
+        "BRO", "BCL"): an abort in any stage of the dialogue (once)."""
         if at is None:
             self._stop_flags = tuple(flags)
             self._stop_at = None
@@ -273,6 +273,7 @@ class SimBms:
         sa = self._stop_at
         if sa is not None and _SILENT_AT.get(sa[0]) == stage:
             self._stop_flags = sa[1]
+            self._stop_at = None        # once: the next dialogue goes through
         self.stage = stage
         self._t0 = self._t
         self._sent = {}

@@ -108,17 +108,20 @@ def test_buses_open_by_url():
 
 def test_pile_sim_runs_two_guns_each_with_its_bms_on_the_virtual_bus():
     # tools/scenarios/two_guns_bms.json: an SOC target on BCS, a silent BMS
-    # (CEM, 0x85), a BST insulation fault (0x81) and a power cut (0x83), one
+    # (CEM, 0x85), a BST insulation fault (0x81), a BMS abort in the
+    # parameter stage (0x57) and a power cut (0x83), one
     # reconciling bill per executed start, on the gun that started it
     from tools import sim
     res = sim.run_scenario(sim.load_scenario("tools/scenarios/two_guns_bms.json"))
     assert res["ok"], res["problems"]
     got = [(b["gun"], b["stop_reason_hex"]) for b in res["bills"]]
-    assert got == [("01", "0x41"), ("02", "0x85"), ("02", "0x81"), ("01", "0x83")]
+    assert got == [("01", "0x41"), ("02", "0x85"), ("02", "0x81"), ("01", "0x57"), ("01", "0x83")]
     assert all(b["reconcile"]["ok"] for b in res["bills"])
     assert [b["vin"] for b in res["bills"][1:3]] == ["LSVAU2180N2183294", "LGBUS000000000001"]
     faults = [e for e in res["events"] if e["event"] == "bms_fault"]
-    assert [(e["gun"], e["fault"]) for e in faults] == [("02", "silent"), ("02", "stop")]
+    assert [(e["gun"], e["fault"]) for e in faults] == [("02", "silent"), ("02", "stop"),
+                                                        ("01", "stop")]
+    assert res["bills"][3]["total_energy"] == 0      # the abort before charging
 
 
 def test_a_bms_action_needs_a_bms_pile_and_a_known_fault():

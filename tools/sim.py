@@ -62,9 +62,11 @@ STOP_NAMES = {
     0x6E: "balance_exhausted", 0x76: "no_current", 0x83: "power_loss",
     0x8A: "vin_denied", 0x8B: "vin_missing", 0x90: "unknown",
     # the BMS side (firmware/bms.py, docs/bms.md)
-    0x59: "start_failed_bhm_timeout", 0x5A: "start_failed_brm_timeout",
-    0x5B: "start_failed_bcp_timeout", 0x5C: "start_failed_bro_timeout",
-    0x5D: "start_failed_bcs_timeout", 0x5E: "start_failed_bcl_timeout",
+    0x52: "start_failed_bms_not_ready", 0x53: "start_failed_temperature",
+    0x57: "start_failed_insulation", 0x59: "start_failed_bhm_timeout",
+    0x5A: "start_failed_brm_timeout", 0x5B: "start_failed_bcp_timeout",
+    0x5C: "start_failed_bro_timeout", 0x5D: "start_failed_bcs_timeout",
+    0x5E: "start_failed_bcl_timeout",
     0x74: "temperature", 0x79: "bms_voltage", 0x7A: "bms_current", 0x7B: "bms_cell_voltage",
     0x7C: "bms_battery_temp", 0x81: "bms_battery_fault", 0x82: "bms_forbids",
     0x84: "bcs_timeout", 0x85: "bcl_timeout", 0x86: "bsm_timeout", 0x89: "bms_bem",
@@ -307,7 +309,7 @@ def _action(a, i, piles):
         raise ScenarioError("%s.do: %r is not one of %s" % (what, do, ", ".join(ACTIONS)))
     known = {"at", "do", "pile", "note", "serial", "card", "logical_card", "balance", "amount",
              "energy", "minutes", "soc", "times", "when", "for", "off", "silent_reads",
-             "backwards", "vehicle", "gun", "fault", "flags"}
+             "backwards", "vehicle", "gun", "fault", "flags", "stage"}
     extra = [k for k in a if k not in known]
     if extra:
         raise ScenarioError("%s: unknown key %r" % (what, extra[0]))
@@ -334,6 +336,11 @@ def _action(a, i, piles):
         if not isinstance(flags, list) or not all(isinstance(x, str) for x in flags):
             raise ScenarioError("%s.flags: a list of flag names is needed" % what)
         out["flags"] = flags
+        st = a.get("stage")
+        if st is not None and (f != "stop" or st not in ("BHM", "BRM", "BCP", "BRO", "BCL")):
+            raise ScenarioError("%s.stage: only for \"stop\", one of BHM, BRM, BCP, BRO, BCL"
+                                % what)
+        out["stage"] = st
     if do == "start":
         if "serial" in a:
             out["serial"] = _digits(a["serial"], 32, what + ".serial")
@@ -785,7 +792,7 @@ class SimUnit:
         if f == "silent":
             b.silent = True
         elif f == "stop":
-            b.stop(a["flags"])
+            b.stop(a["flags"], at=a.get("stage"))
         elif f == "alarm":
             b.alarm(a["flags"][0] if a["flags"] else "overtemp")
         elif f == "forbid":
