@@ -26,6 +26,7 @@
 from firmware.ticks import diff_of
 from protocol import fields as F
 from protocol import gbt27930 as G
+from protocol import gbt27930_msgs as M
 
 try:
     from micropython import const
@@ -138,7 +139,7 @@ class Charger:
         self.plug = plug
         self.measure = measure
         self.energy = energy
-        self.cml = G.encode("CML", max_dv=max_dv, min_dv=min_dv, max_da=max_da, min_da=min_da)
+        self.cml = M.encode("CML", max_dv=max_dv, min_dv=min_dv, max_da=max_da, min_da=min_da)
         self.max_da = max_da
         self.charger_no = charger_no
         self._log = log
@@ -299,7 +300,7 @@ class Charger:
         self._raw[name] = data
         st = self.stage
         if name == "BEM":
-            self.bem = G.decode_flags("BEM", data)
+            self.bem = M.decode_flags("BEM", data)
             self._report_errors()
             if st < ENDING:
                 self.log("BEM %s in %s" % (",".join(self.bem), self.stage_name()))
@@ -307,7 +308,7 @@ class Charger:
             return
         if name == "BST":
             if self.bst is None:
-                self.bst = G.decode_flags("BST", data)
+                self.bst = M.decode_flags("BST", data)
                 self._report("bms_abort", _abort_fields(data))
             if HANDSHAKE <= st <= CHARGING:
                 self._stop(t, ("bms",), bst_reason(self.bst, st == CHARGING))
@@ -331,14 +332,14 @@ class Charger:
             self.log("BRM: VIN %s" % (self.brm["vin"] or "none"))
             self._enter(RECOGNISED, t)
         elif st == RECOGNISED and name == "BCP":
-            self.bcp = G.decode("BCP", data)
+            self.bcp = M.decode("BCP", data)
             self._enter(PARAMETERS, t)
         elif st == PARAMETERS and name == "BRO":
             self._bro = True
-            if data[0] == G.READY:
+            if data[0] == M.READY:
                 self._enter(READY, t)
-                v = G.raw("BCP", self._raw.get("BCP", b""))
-                c = G.raw("CML", self.cml)
+                v = M.raw("BCP", self._raw.get("BCP", b""))
+                c = M.raw("CML", self.cml)
                 self._report("bms_params", {
                     "cell_max_voltage": v[0], "max_current": v[1], "nominal_energy": v[2],
                     "max_voltage": v[3], "max_temp": v[4], "soc": v[5], "battery_voltage": v[6],
@@ -348,17 +349,17 @@ class Charger:
             self.bcl = G.decode_bcl(data)
             self._ready_to_charge(t)
         elif name == "BCS" and (st == READY or st == CHARGING):
-            self.bcs = G.decode("BCS", data)
+            self.bcs = M.decode("BCS", data)
             self._ready_to_charge(t)
         elif name == "BSM" and st == CHARGING:
-            d = G.decode("BSM", data)
+            d = M.decode("BSM", data)
             self.bsm = d
             for f, r in _BSM_MAP:
-                if f in G.bsm_alarms(d):
+                if f in M.bsm_alarms(d):
                     self.log("BSM alarm %s" % f)
                     self._stop(t, ("fault",), r)
                     return
-            permit = G.bsm_permit(d)
+            permit = M.bsm_permit(d)
             if not permit and not self.paused:
                 self._pause_t = t
             self.paused = not permit
@@ -383,7 +384,7 @@ class Charger:
             self.stop_reason = reason
             self.log("stop 0x%02X in %s" % (reason, self.stage_name()))
         self.cst = cst
-        self._report("charger_abort", _abort_fields(G.encode_flags("CST", cst)))
+        self._report("charger_abort", _abort_fields(M.encode_flags("CST", cst)))
         bst_in = self.bst is not None
         self._enter(ENDING, t)
         if bst_in:
@@ -454,14 +455,14 @@ class Charger:
             r.pop(0)
 
     def _report_errors(self):
-        bem = G.encode_flags("BEM", self.bem or ())
-        cem = G.encode_flags("CEM", self.cem or ())
+        bem = M.encode_flags("BEM", self.bem or ())
+        cem = M.encode_flags("CEM", self.cem or ())
         self._report("bms_error", {"bem_crm": bem[0], "bem_cml_cro": bem[1], "bem_ccs_cst": bem[2],
                                    "bem_csd": bem[3], "cem_brm": cem[0], "cem_bcp_bro": cem[1],
                                    "cem_bcs_bcl_bst": cem[2], "cem_bsd": cem[3]})
 
     def _report_end(self, t):
-        v = G.raw("BSD", self._raw.get("BSD", b""))
+        v = M.raw("BSD", self._raw.get("BSD", b""))
         self._report("bms_end", {"soc": v[0], "cell_min_voltage": v[1], "cell_max_voltage": v[2],
                                  "min_temp": v[3], "max_temp": v[4],
                                  "minutes": self._diff(t, self._start_t) // 60000,
@@ -475,13 +476,13 @@ class Charger:
         self._report_t = t
         raw = self._raw
         bcl = raw.get("BCL", b"\xff" * 5)
-        s = G.raw("BCS", raw.get("BCS", b""))
+        s = M.raw("BCS", raw.get("BCS", b""))
         self._report("bms_demand", {
             "demand_voltage": bcl[0] | bcl[1] << 8, "demand_current": bcl[2] | bcl[3] << 8,
             "charge_mode": bcl[4], "measured_voltage": s[0], "measured_current": s[1],
             "max_cell": s[2], "soc": s[3], "minutes_left": s[4], "output_voltage": dv,
             "output_current": G.current_raw(da), "minutes": mins})
-        m = G.raw("BSM", raw.get("BSM", b""))
+        m = M.raw("BSM", raw.get("BSM", b""))
         self._report("bms_info", {"max_cell_no": m[0], "max_temp": m[1], "max_temp_point": m[2],
                                   "min_temp": m[3], "min_temp_point": m[4], "bsm_status1": m[5],
                                   "bsm_status2": m[6]})
@@ -505,19 +506,19 @@ class Charger:
         if st == HANDSHAKE:
             w = self._due(t, "CHM")
             if not w:
-                self._send("CHM", G.encode("CHM", ver0=1, ver1=1, ver2=0))
+                self._send("CHM", M.encode("CHM", ver0=1, ver1=1, ver2=0))
                 w = 250
         elif st == RECOGNITION or st == RECOGNISED:
             w = self._due(t, "CRM")
             if not w:
-                self._send("CRM", G.encode("CRM", result=G.READY if st == RECOGNISED
-                                           else G.NOT_READY, charger_no=self.charger_no))
+                self._send("CRM", M.encode("CRM", result=M.READY if st == RECOGNISED
+                                           else M.NOT_READY, charger_no=self.charger_no))
                 w = 250
         elif st == PARAMETERS:
             w = self._due(t, "CTS")
             if not w:
                 y, mo, d, h, mi, s, _ = F.to_civil(self.clock.now())
-                self._send("CTS", G.encode_cts(y, mo, d, h, mi, s))
+                self._send("CTS", M.encode_cts(y, mo, d, h, mi, s))
                 w = 500
             w2 = self._due(t, "CML")
             if not w2:
@@ -527,7 +528,7 @@ class Charger:
         elif st == READY:
             w = self._due(t, "CRO")
             if not w:
-                self._send("CRO", bytes((G.READY,)))
+                self._send("CRO", bytes((M.READY,)))
                 w = 250
         elif st == CHARGING:
             w = self._due(t, "CCS")
@@ -537,27 +538,27 @@ class Charger:
                 dv = 0 if dv < 0 else 0xFFFF if dv > 0xFFFF else dv
                 da = 0 if da < 0 else 4000 if da > 4000 else da
                 mins = self._diff(t, self._start_t) // 60000
-                self._send("CCS", G.encode("CCS", voltage_dv=dv, current_da=da, minutes=mins,
+                self._send("CCS", M.encode("CCS", voltage_dv=dv, current_da=da, minutes=mins,
                                            permit=0xFC if self.paused else 0xFD, fill=0xFF))
                 self._report_charging(t, dv, da, mins)
                 w = 50
         elif st == ENDING:
             w = self._due(t, "CST")
             if not w:
-                self._send("CST", G.encode_flags("CST", self.cst or ()))
+                self._send("CST", M.encode_flags("CST", self.cst or ()))
                 w = 10
         elif st == STATISTICS:
             w = self._due(t, "CSD")
             if not w:
                 mins = self._diff(t, self._start_t) // 60000
                 e = self.energy() if self.energy else 0
-                self._send("CSD", G.encode("CSD", minutes=mins, energy_dkwh=e,
+                self._send("CSD", M.encode("CSD", minutes=mins, energy_dkwh=e,
                                            charger_no=self.charger_no))
                 w = 250
         elif st == ERROR:
             w = self._due(t, "CEM")
             if not w:
-                self._send("CEM", G.encode_flags("CEM", self.cem or ()))
+                self._send("CEM", M.encode_flags("CEM", self.cem or ()))
                 w = 250
         else:
             w = 100

@@ -1,6 +1,6 @@
 # The filesystem calls firmware modules use, on the real `os` (MicroPython
 # and CPython), and atomic records: write a temp file, rename it over the old
-# one. An injected fs (firmware.flashsim.FlashSim) offers the same methods,
+# one. An injected fs (sim.flash.FlashSim) offers the same methods,
 # so power cuts can be simulated at any byte.
 try:
     import os

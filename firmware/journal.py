@@ -41,7 +41,7 @@ API (serials are 32-digit str; payloads bytes-like):
 
     j = Journal(path, fs=None, limit_bytes=JOURNAL_BYTES, on_event=None)
         fs: RealFS() (plain open/os.rename/os.remove) unless given, e.g. a
-        firmware.flashsim.FlashSim. on_event(name, detail) is called for
+        sim.flash.FlashSim. on_event(name, detail) is called for
         "torn_tail", "corrupt", "temp", "full", "illegal", "lost",
         "heal_failed".
     j.recover() -> Report   (also run lazily by the first other call)

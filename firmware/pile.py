@@ -11,13 +11,15 @@
 # Main loop on a board:   while True: pile.poll(); time.sleep_ms(pile.idle_ms())
 # In the simulator the same poll() runs against firmware/sim.py hardware.
 #
-# Remote operations (signed commands, firmware upgrade over the link, the VIN
-# list, versions on the wire) live in firmware/remote.py: every frame passes
-# Remote.screen() before dispatch().
+# Frames from the platform: protocol/router.py screens signed frames and hands
+# each to its function in firmware/handlers.py, whose return value is the
+# reply. Remote operations (firmware upgrade over the link, the VIN list,
+# versions on the wire, the command key) live in firmware/remote.py.
 import os
 
 from firmware import fsio
 from firmware import session as S
+from firmware.handlers import HANDLERS, unhandled
 from firmware.journal import Journal, JournalFull, SerialTooOld
 from firmware.link import Link
 from firmware.outbox import Outbox
@@ -28,6 +30,7 @@ from firmware.tariff import Tariff, TariffError
 from protocol import bill as B
 from protocol import codec
 from protocol import fields as F
+from protocol.router import route
 
 try:
     from micropython import const
@@ -52,14 +55,6 @@ BOOT_REBOOT_IDLE = const(2)
 BOOT_ROLLBACK = const(3)        # a new firmware never became healthy: the old one runs
 BOOT_UPGRADE = const(4)         # rebooted into a newly activated firmware
 BOOT_NAMES = ("power-on", "reboot-now", "reboot-when-idle", "rollback", "upgrade")
-
-
-def _write_atomic(path, data):
-    fsio.save_atomic(fsio.OS, path, data)
-
-
-def _read(path):
-    return fsio.read(fsio.OS, path)
 
 
 class Pile:
@@ -191,6 +186,8 @@ class Pile:
                                  % serial)
 
     def _on_checkpoint(self, serial, payload):
+        # self.journal looked up at each call (tests/mp/test_pile_faults.py
+        # replaces its methods on a running pile)
         self.journal.checkpoint(serial, payload)
 
     def _on_seal(self, serial, bill):
@@ -240,7 +237,7 @@ class Pile:
     # --- persisted settings ----------------------------------------------------
 
     def _load_tariff(self):
-        raw = _read(self.root + "/tariff.bin")
+        raw = fsio.read(fsio.OS, self.root + "/tariff.bin")
         if raw:
             try:
                 return Tariff.unpack_from(raw)[0]
@@ -249,14 +246,14 @@ class Pile:
         return self.cfg.get("tariff")
 
     def set_tariff(self, tariff):
-        _write_atomic(self.root + "/tariff.bin", tariff.pack())
+        fsio.save_atomic(fsio.OS, self.root + "/tariff.bin", tariff.pack())
         for g in self.guns:
             g.set_tariff(tariff)
         self.event("tariff", tariff.model)
 
     def _boot_reason(self):
         path = self.root + "/boot"
-        raw = _read(path)
+        raw = fsio.read(fsio.OS, path)
         if raw:
             try:
                 os.remove(path)
@@ -280,154 +277,14 @@ class Pile:
         self.outbox.on_logout()
 
     def _handle(self, f):
-        if not self.remote.screen(f):   # envelopes; bare protected frames refused
-            self.dispatch(f)
+        # protocol/router.py: envelopes opened, bare protected frames refused,
+        # each frame to its firmware/handlers.py function, its reply sent.
+        r = route(HANDLERS, self, f, unhandled, self.remote.auth, self.pile, Pile._signed_reject)
+        if r is not None:
+            self.link.send(r[0], r[1], r[2])
 
-    def dispatch(self, f):
-        """Act on one frame from the platform (bare, or the inner frame of a
-        valid signed envelope: the same code path either way)."""
-        v = f.fields
-        c = f.code
-        link = self.link
-        gun = self.gun_named(v["gun"]) if "gun" in v else self.gun
-        if c == 0x36:
-            # a stop for one gun never touches another: an unknown gun is
-            # refused (0x35 reason 3), nothing stops
-            res, why = gun.remote_stop(v["pile"]) if gun else (0, S.STOPR_OTHER)
-            link.reply(f, "remote_stop_reply", {"pile": self.pile,
-                                                "gun": gun.gun if gun else v["gun"],
-                                                "result": res, "reason": why})
-        elif c == 0x34 or c == 0xE2:
-            self._start(f, v)
-        elif c == 0x40:
-            r = self.outbox.confirmed(v["serial"], v["result"])
-            if v["result"] == 1:
-                self.event("illegal_bill", v["serial"])
-            self.log("0x40 %s result %d -> %s" % (v["serial"], v["result"], r))
-        elif c == 0xE4:
-            self._settled(f, v["serial"], v["result"])
-        elif c == 0xEC:
-            self.outbox.extra_acked(v["serial"])
-        elif c == 0xD6:
-            mac = self.remote.login_proof(self.pile, v["nonce"])
-            if mac is not None:
-                link.reply(f, "login_proof", {"pile": self.pile, "nonce": v["nonce"], "mac": mac})
-        elif c == 0x32:
-            if gun is None:
-                self.log("0x32 %s for unknown gun %s" % (v["serial"], v["gun"]))
-                return
-            res, why = gun.authorised(v["serial"], v["ok"] == 1, v["reason"], v["balance"],
-                                      v["logical_card"])
-            self.log("0x32 %s ok=%d -> %d/%d" % (v["serial"], v["ok"], res, why))
-        elif c == 0x06:
-            if v["result"] != 0:
-                link.send("tariff_request", {"pile": self.pile})
-        elif c == 0x0A or c == 0x58 or c == 0xD4:
-            # 0xD4 carries the deep-valley prices: Tariff.from_frame makes it 5-class
-            ok = 1
-            try:
-                self.set_tariff(Tariff.from_frame(v))
-            except (TariffError, ValueError, KeyError) as e:
-                ok = 0
-                self.event("tariff_refused", str(e))
-            if c != 0x0A:
-                link.reply(f, "tariff_set_reply", {"pile": self.pile, "result": ok})
-        elif c == 0x12:
-            self._send_realtime(gun)
-        elif c == 0x56:
-            self.set_clock(v["time"], "0x56")
-            link.reply(f, "time_sync_reply", {"pile": self.pile, "time": self.clock.now()})
-        elif c == 0x42:
-            ok = self._balance_update(v)
-            link.reply(f, "balance_update_reply", self._balance_reply(v, ok))
-        elif c == 0xE6:
-            link.reply(f, "status_reply", self.status_fields())
-        elif c == 0x92:
-            self._reboot(f, v["when"])
-        elif c == 0xDE:
-            ok = self.set_site_cap(v["cap"])
-            link.reply(f, "site_cap_reply", {"pile": self.pile, "result": 1 if ok else 0,
-                                             "cap": self.sharing.site_cap if ok else 0})
-        elif c == 0x52 and self.sharing is not None:
-            # YKC work parameters: max_power 30..100 % of the rated power,
-            # applied at the next control tick. Locking the pile (locked 1)
-            # is not supported here: answered 0 (failed), nothing changes.
-            ok = v["locked"] == 0 and self.sharing.set_percent(v["max_power"])
-            if ok:
-                self.event("power_percent", str(v["max_power"]))
-            link.reply(f, "work_params_reply", {"pile": self.pile, "result": 1 if ok else 0})
-        elif c == 0xE8:
-            self.remote.fw_control(f)
-        elif c == 0xEA:
-            self.remote.fw_chunk(f)
-        elif c == 0xEE:
-            self.remote.vin_list(f)
-        else:
-            self.log("frame 0x%02X (%s) not handled" % (c, f.name))
-
-    def _settled(self, f, serial, result):
-        # 0xE4: result 0 settles the bill (its space may be reclaimed). A
-        # non-zero result is the platform refusing it (1: the MAC does not
-        # verify, 2: unsigned from a keyed pile; docs/platform.md): kept as
-        # refused, never resent, never reclaimed until a technician's
-        # 'release' (firmware/console.py). Either way 0xE3 says "done", so
-        # the bridge stops sending the 0xE4.
-        if result == 0:
-            r = self.outbox.settled(serial)
-        else:
-            r = self.outbox.refused(serial, result)
-            if r == "full":
-                # nothing written (journal_full event): no 0xE3, so the
-                # bridge sends this 0xE4 again later
-                self.log("0xE4 %s result %d not kept: journal full" % (serial, result))
-                return
-            if r == "ok":
-                self.event("bill_refused", "%s result %d" % (serial, result))
-        self.log("0xE4 %s result %d -> %s" % (serial, result, r))
-        self.link.reply(f, "settled_reply", {"serial": serial,
-                                             "result": 0 if r in ("ok", "duplicate") else 1})
-
-    def _balance_update(self, v):
-        # 0x42 names the gun whose running session gets the new balance.
-        if "balance" not in v:
-            return False
-        g = self.gun_named(v["gun"]) if "gun" in v else self.gun
-        return g.balance_update(v["balance"]) if g is not None else False
-
-    def _balance_reply(self, v, ok):
-        out = {}
-        for name, kind, size, off in codec.layout_named("balance_update_reply").fields:
-            if name in v:
-                out[name] = v[name]
-            elif name == "result":
-                out[name] = 0 if ok else 1
-            else:
-                out[name] = 0 if kind == "u" else ""
-        out["pile"] = self.pile
-        return out
-
-    def _start(self, f, v):
-        gun = self.gun_named(v["gun"])
-        if gun is None:
-            # no such gun on this pile: refused, nothing executed
-            self.link.reply(f, "remote_start_reply", {"serial": v["serial"], "pile": self.pile,
-                                                      "gun": v["gun"], "result": 0,
-                                                      "reason": S.START_FAULT})
-            return
-        if self._reboot_when:
-            res, why = 0, S.START_FAULT   # a reboot is on its way
-        else:
-            kw = {}
-            if f.code == 0xE2:
-                kw = {"amount": v["target_amount"], "energy": v["target_energy"],
-                      "minutes": v["target_minutes"], "soc": v["target_soc"]}
-            # a full journal: (0, START_JOURNAL_FULL), from _on_open
-            res, why = gun.remote_start(v["serial"], v["card"], v["logical_card"],
-                                        v["balance"], pile=v["pile"], **kw)
-        self.link.reply(f, "remote_start_reply", {"serial": v["serial"], "pile": self.pile,
-                                                  "gun": gun.gun, "result": res, "reason": why})
-        if res:
-            self._send_realtime(gun)  # YKC: a "charging" realtime frame promptly
+    def _signed_reject(self, code, counter, reason):
+        self.event("signed_reject", "0x%02X counter %d reason %d" % (code, counter, reason))
 
     def _late_reply_for(self, gun):
         return lambda serial, result, reason: self._late_start_reply(serial, result, reason, gun)
@@ -436,13 +293,6 @@ class Pile:
         self.link.send("remote_start_reply", {"serial": serial, "pile": self.pile,
                                               "gun": gun, "result": result,
                                               "reason": reason})
-
-    # --- reboot (0x92) ---------------------------------------------------------
-
-    def _reboot(self, f, when):
-        # 0x91 result: 1 accepted, 0 refused. Every request is answered.
-        ok = self.request_reboot(when)
-        self.link.reply(f, "reboot_reply", {"pile": self.pile, "result": 1 if ok else 0})
 
     # --- card swipe at the pile (0x31 / 0x32, offline list) ------------------
 
@@ -507,7 +357,7 @@ class Pile:
                     g.remote_stop()
                 else:
                     g.manual_stop()
-        _write_atomic(self.root + "/boot", bytes((self._reboot_reason or when,)))
+        fsio.save_atomic(fsio.OS, self.root + "/boot", bytes((self._reboot_reason or when,)))
         self._reboot_when = 0
         self.log("rebooting (%s)" % BOOT_NAMES[when])
         self.reboot_hook()
@@ -632,7 +482,11 @@ class Pile:
             wait = share
         if self.link.online:
             self._send_bills()
-            if self._tariff_check and self._stored_bills_done():
+            # YKC: after login every stored bill goes first, each answered
+            # (0x40) before the tariff check. Outbox idle: each was sent and
+            # answered, or its answer_ms ran out (a platform that never
+            # answers does not hold the tariff check back for ever).
+            if self._tariff_check and self.outbox.idle():
                 self._tariff_check = False
                 t = self.gun.tariff
                 self.link.send("tariff_check", {"pile": self.pile,
@@ -643,13 +497,6 @@ class Pile:
             self.console.poll()
             return wait if wait < 50 else 50   # keystrokes echo promptly
         return wait if wait < 1000 else 1000
-
-    def _stored_bills_done(self):
-        # YKC: after login every stored bill goes first, each answered (0x40)
-        # before the tariff check. Nothing due and nothing in flight: each
-        # was sent and answered, or its answer_ms ran out (a platform that
-        # never answers does not hold the tariff check back for ever).
-        return self.outbox.idle()
 
     def _send_bills(self):
         ob = self.outbox

@@ -1,8 +1,10 @@
-# Remote operations on the pile (field cases §1 and §5): signed commands,
-# firmware upgrade over the link, the VIN list the platform pushes, and the
-# versions the pile reports. firmware/pile.py owns one Remote and sends every
-# frame through screen() first; the rest of the pile does not change whether
-# a command arrived bare or signed.
+# The state behind remote operations on the pile (field cases §1 and §5):
+# the command key's check, the firmware updater, the VIN list the platform
+# pushes, and the versions the pile reports. firmware/pile.py owns one
+# Remote; protocol/router.py screens signed frames with its command-key check
+# (self.auth), so the rest of the pile does not change whether a command
+# arrived bare or signed. The frames themselves (0xD6, 0xE8, 0xEA, 0xEE) are
+# handled in firmware/handlers.py.
 #
 # cfg keys (all optional; without them the pile behaves as a plain YKC pile,
 # as third-party platforms expect):
@@ -21,7 +23,6 @@
 # list, Versions); keys and counters: docs/security.md; slots: docs/upgrade.md.
 from firmware import fsio
 from firmware.vinauth import VinPolicy, norm_vin
-from protocol import codec
 from protocol import fields as F
 
 try:
@@ -29,8 +30,6 @@ try:
 except ImportError:
     def const(x):
         return x
-
-CODE_SIGNED = const(0xD2)
 
 _VIN_MAX = const(500)         # a VIN costs ~100 bytes of heap on a board
 _VIN_FILE = "/vinlist"
@@ -50,7 +49,7 @@ def boot(root, key, fs=None, limit=3, factory_version="0", hmi_version=None):
     return up
 
 
-def _valid_vin(vin):
+def valid_vin(vin):
     v = norm_vin(vin)
     if v is None or len(v) != 17:
         return None
@@ -65,13 +64,10 @@ class Remote:
         self.pile = pile
         self.fs = fs
         self.auth = None
-        self._protected = ()
         key = cfg.get("cmd_key")
         if key:
             from firmware import auth
-            from protocol.sign import PROTECTED
             self.auth = auth.CommandAuth(key, auth.CounterStore(root + "/cmd.ctr", fs))
-            self._protected = PROTECTED
         # the version a board runs before its first upgrade (no fw/state.json)
         self.factory_version = cfg.get("sw_version") or factory_version
         self.cfg = cfg   # hmi_version is read from it when asked: one source of truth
@@ -88,16 +84,6 @@ class Remote:
         self._vin_path = root + _VIN_FILE
         self._vin_pairs = []
         self._load_vins()
-
-    def login_proof(self, pile, nonce_hex):
-        """The 0xD7 mac (hex) for the bridge's login challenge, or None
-        without a command key (an unkeyed pile does not answer)."""
-        key = self.cfg.get("cmd_key")
-        if not key:
-            return None
-        import binascii
-        from protocol.sign import login_mac
-        return binascii.hexlify(login_mac(key, pile, binascii.unhexlify(nonce_hex))).decode().upper()
 
     # --- versions ----------------------------------------------------------------
 
@@ -127,122 +113,6 @@ class Remote:
         except OSError as e:
             self.pile.event("firmware_healthy_io", str(e))
 
-    # --- signed commands ---------------------------------------------------------
-
-    def screen(self, f):
-        """True when the frame was dealt with here: an envelope (opened and its
-        inner frame dispatched, or refused), or a protected frame that arrived
-        bare on a pile holding a command key (refused, never executed)."""
-        c = f.code
-        if c == CODE_SIGNED:
-            self._signed(f)
-            return True
-        if c in self._protected:
-            from protocol import sign
-            self._reject(f, 0, sign.reason_code(sign.R_UNSIGNED), c)
-            return True
-        return False
-
-    def _signed(self, f):
-        env = f.body
-        counter = 0
-        if len(env) >= 4:
-            counter = env[0] | env[1] << 8 | env[2] << 16 | env[3] << 24
-        from protocol import sign
-        if self.auth is None:
-            self._reject(f, counter, sign.reason_code(sign.R_NO_KEY), env[36] if len(env) > 36 else 0)
-            return
-        parts = sign.unpack_envelope(env)
-        malformed = sign.reason_code(sign.R_MALFORMED)
-        if parts is None:
-            self._reject(f, counter, malformed, 0)
-            return
-        counter, mac, code, body = parts
-        inner = _inner(f, code, body)
-        if inner is None:
-            # Checked before the MAC: a body we could not act on must not
-            # use up a counter.
-            self._reject(f, counter, malformed, code)
-            return
-        ok, reason = self.auth.verify(self.pile.pile, counter, code, body, mac)
-        if not ok:
-            self._reject(f, counter, sign.reason_code(reason), code)
-            return
-        self.pile.log("signed 0x%02X counter %d" % (code, counter))
-        self.pile.dispatch(inner)
-
-    def _reject(self, f, counter, reason, code):
-        self.pile.event("signed_reject", "0x%02X counter %d reason %d" % (code, counter, reason))
-        self.pile.link.reply(f, "signed_reject", {"counter": counter, "reason": reason})
-
-    # --- firmware upgrade (0xE8 / 0xEA) ----------------------------------------------
-
-    def fw_control(self, f):
-        from protocol import image as I
-        v = f.fields
-        op = v["op"]
-        up = self.updater
-        if up is None:
-            self._fw_reply(f, op, I.FW_NO_KEY)
-            return
-        result = 0
-        reason = None
-        if op == I.FW_BEGIN:
-            try:
-                up.begin(v["version"], v["size"], v["sha256"], v["mac"])
-            except I.UpgradeError as e:
-                reason = e.reason
-        elif op == I.FW_VERIFY:
-            reason = up.verify()[1]
-        elif op == I.FW_ACTIVATE:
-            if self.pile.reboot_hook is None:
-                result = I.FW_NO_REBOOT
-            else:
-                reason = up.activate(self.pile.idle())[1]
-                if reason is None:
-                    self.pile.event("firmware_installed", up.status()["version"])
-                    self.pile.request_reboot(1, "upgrade", 4)   # pile.BOOT_UPGRADE
-        elif op == I.FW_ABORT:
-            reason = up.abort()[1]
-        elif op == I.FW_STATUS:
-            # the reason the current stage was reached with (0 none): why a
-            # transfer failed, or "not healthy" after a rollback
-            result = I.reason_code(up.status()["reason"])
-        else:
-            result = I.reason_code(I.R_BAD_REQUEST)
-        if reason is not None:
-            result = I.reason_code(reason)
-            self.pile.event("firmware_refused", "op %d: %s" % (op, reason))
-        self._fw_reply(f, op, result)
-
-    def fw_chunk(self, f):
-        from protocol import image as I
-        up = self.updater
-        if up is None:
-            self._fw_reply(f, I.FW_STATUS, I.FW_NO_KEY)
-            return
-        v = f.fields
-        result = 0
-        if v["pile"] != self.pile.pile:
-            result = I.reason_code(I.R_BAD_REQUEST)
-        else:
-            try:
-                up.chunk(v["offset"], v["data"])
-            except I.UpgradeError as e:
-                result = I.reason_code(e.reason)
-        self._fw_reply(f, I.FW_STATUS, result)
-
-    def _fw_reply(self, f, op, result):
-        stage = offset = 0
-        up = self.updater
-        if up is not None:
-            from protocol.image import stage_code
-            st = up.status()
-            stage = stage_code(st["stage"])
-            offset = st["offset"]
-        self.pile.link.reply(f, "fw_reply", {"pile": self.pile.pile, "op": op & 0xFF,
-                                             "result": result, "stage": stage, "offset": offset})
-
     # --- VIN list (0xEE) ----------------------------------------------------------------
     # <root>/vinlist holds "n VERSION" and one "v VIN DEPARTMENT" line per VIN:
     # the list and its version are committed by one rename (fsio.save_atomic),
@@ -261,7 +131,7 @@ class Remote:
                     continue
                 if w[0] == "n" and len(w) == 2:
                     ver = int(w[1])
-                elif w[0] == "v" and len(w) == 3 and _valid_vin(w[1]):
+                elif w[0] == "v" and len(w) == 3 and valid_vin(w[1]):
                     pairs.append((w[1], int(w[2])))
                 else:
                     raise ValueError(line)
@@ -272,53 +142,13 @@ class Remote:
         self.vin_version = ver
         self._vin_pairs = pairs
 
-    def vin_list(self, f):
-        v = f.fields
-        ver = v["version"]
-        result = 1
-        pairs = self._vin_pairs
-        try:
-            recs = codec.unpack_records("vin_list", "records", v["records"])
-            if len(recs) != v["count"]:
-                raise ValueError("count %d, %d records" % (v["count"], len(recs)))
-            # A new version replaces the list, the same version adds to it
-            # (a list longer than one frame); a VIN listed twice keeps the
-            # last department.
-            new = [] if ver != self.vin_version else list(pairs)
-            for r in recs:
-                vin = _valid_vin(r["vin"])
-                if vin is None:
-                    raise ValueError("VIN %r" % (r["vin"],))
-                for i in range(len(new)):
-                    if new[i][0] == vin:
-                        new.pop(i)
-                        break
-                new.append((vin, r["department"]))
-            if len(new) > self.vin_max:
-                raise ValueError("%d VINs, at most %d" % (len(new), self.vin_max))
-            out = ["n %d\n" % ver]
-            for vin, d in new:
-                out.append("v %s %d\n" % (vin, d))
-            fsio.save_atomic(self.fs or fsio.OS, self._vin_path, "".join(out).encode())
-            self.vins.set_vins(new)
-            self.vin_version = ver
-            self._vin_pairs = pairs = new
-            result = 0
-            self.pile.event("vin_list", "version %d: %d VINs" % (ver, len(new)))
-        except (ValueError, OSError) as e:
-            self.pile.event("vin_list_refused", "version %d: %s" % (ver, e))
-        self.pile.link.reply(f, "vin_list_reply", {"version": ver, "result": result,
-                                                   "stored": len(pairs)})
-
-
-def _inner(f, code, body):
-    """The inner frame of an envelope as the codec would have decoded it bare
-    (same sequence, so its reply echoes the envelope's), or None if it is not
-    a platform-to-pile frame we can decode."""
-    if code & 1 or code == CODE_SIGNED:
-        return None
-    try:
-        layout = codec.layout_for(code, len(body))
-        return codec.Frame(code, layout.name, f.seq, 0, body, codec.decode_body(layout, body))
-    except ValueError:   # FrameError (unknown type, bad length, bad field)
-        return None
+    def save_vins(self, version, pairs):
+        """Keep the VIN list `pairs` [(VIN, department)] as `version`: on
+        flash first (one rename), then in force (0xEE, firmware/handlers.py)."""
+        out = ["n %d\n" % version]
+        for vin, d in pairs:
+            out.append("v %s %d\n" % (vin, d))
+        fsio.save_atomic(self.fs or fsio.OS, self._vin_path, "".join(out).encode())
+        self.vins.set_vins(pairs)
+        self.vin_version = version
+        self._vin_pairs = pairs

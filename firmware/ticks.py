@@ -13,7 +13,7 @@
 #   if diff(clock.ticks_ms(), started) >= wait_ms: ...
 #
 # diff_of(clock) is the clock's own ticks_diff(a, b) when it has one (a
-# simulated clock that wraps, firmware/sim.py), else MicroPython's
+# simulated clock that wraps, sim/hardware.py), else MicroPython's
 # time.ticks_diff (the board's period), else a - b (CPython: ticks from a
 # simulated clock that does not wrap).
 try:

@@ -17,6 +17,7 @@ from protocol import frames
 from protocol import sign
 from protocol.errors import FrameError
 from protocol.frames import BILL_CODES
+from protocol.router import on, reply
 
 from host import config as configmod
 from host import schema
@@ -26,19 +27,25 @@ from host.links import LinkClosed
 
 log = logging.getLogger("host.piles")
 
-def _replies():
-    """Which reply answers which request the bridge sends, and the field that
-    tells concurrent requests apart (YKC replies echo the sequence bytes, but
-    third-party piles do not all do so: the key is the fallback): the frame
-    table's reply column (protocol/frames.py), by frame name."""
+def _names():
+    """code -> frame name (a code's first layout: status_reply, not its older form)."""
     first = {}
     for code, name, _spec in frames.lines():
-        first.setdefault(code, name)       # status_reply, not its older form
-    return dict((name, (first[reply], key)) for code, name, reply, key, _signed in extras.columns()
-                if reply is not None and code % 2 == 0)
+        first.setdefault(code, name)
+    return first
 
 
-REPLIES = _replies()
+NAMES = _names()
+# Which reply answers which request the bridge sends, and the field that
+# tells concurrent requests apart (YKC replies echo the sequence bytes, but
+# third-party piles do not all do so: the key is the fallback): the frame
+# table's reply column (protocol/frames.py), by frame name.
+REPLIES = dict((name, (NAMES[reply], key)) for code, name, reply, key, _signed in extras.columns()
+               if reply is not None and code % 2 == 0)
+# What the bridge does with each frame a pile sends: PileConn methods
+# registered with @on(HANDLERS, code); protocol/router.py's reply() gives the
+# frame the table names to answer with, and the request's sequence.
+HANDLERS = {}
 # Replies that only ever come as answers: one nobody waits for is late or a
 # duplicate, and is logged and dropped.
 _PURE_REPLIES = {"remote_start_reply", "remote_stop_reply", "reboot_reply", "tariff_set_reply",
@@ -467,16 +474,31 @@ class PileConn:
                 return
             log.warning("pile %s: %s names pile %s; ignored", pile.code, f.name, code)
             return
-        h = getattr(self, "_on_" + f.name, None)
+        h = HANDLERS.get(f.code)
         delivered = self._deliver(f)
         if h is not None:
-            await h(f)
+            # Not route(): the handlers are coroutines; a pile sends no
+            # signed frames, so there is nothing to screen.
+            await self.answer(reply(f, await h(self, f)))
         elif not delivered:
             if f.name in _PURE_REPLIES:
                 log.info("pile %s: %s (seq %04X) nobody waits for (late or duplicate): ignored",
                          pile.code, f.name, f.seq)
             else:
                 log.info("pile %s: %s not handled by the bridge", pile.code, f.name)
+
+    async def answer(self, reply):
+        """Send a handler's reply (protocol/router.py: (code, values, seq)):
+        values a dict, encoded (and signed when the frame is protected and
+        the bridge holds the pile's key), or the body's bytes, sent as they
+        are (a field the pile sent that is not BCD, echoed)."""
+        if reply is None:
+            return
+        code, v, seq = reply
+        if isinstance(v, (bytes, bytearray)):
+            await self.send_raw(code, v, seq)
+        else:
+            await self.send(NAMES[code], v, seq)
 
     async def _login(self, f):
         code = f.fields["pile"]
@@ -647,53 +669,58 @@ class PileConn:
         r = await self.request("status_query", {"pile": self.pile.code})
         return r
 
+    # --- frames from a logged-in pile (HANDLERS; each returns its reply) ----------
+
+    @on(HANDLERS, 0x03)
     async def _on_heartbeat(self, f):
         v = f.fields
-        if v["gun"].isdigit():
-            await self.send("heartbeat_reply", {"pile": v["pile"], "gun": v["gun"], "reply": 0},
-                            codec.reply_seq(f))
-        else:   # a gun read as hex (not BCD): echoed as sent
-            await self.send_raw(0x04, bytes(f.body[:8]) + b"\x00", codec.reply_seq(f))
         g = self.pile.guns.setdefault(v["gun"], {})
         fault = v["gun_status"] == 1
         if g.get("fault") != fault:
             g["fault"] = fault
             self.bridge.publish_status(self.pile)
+        if not v["gun"].isdigit():   # a gun read as hex (not BCD): echoed as sent
+            return bytes(f.body[:8]) + b"\x00"
+        return {"pile": v["pile"], "gun": v["gun"], "reply": 0}
 
+    @on(HANDLERS, 0x05)
     async def _on_tariff_check(self, f):
         t = self.bridge.tariff_for(self.pile.code)
         model = f.fields["model"]
         # 0 = the pile's model is current; 1 = it differs (the pile then asks 0x09).
         result = 0 if t is None or t["model"] == model else 1
         if not model.isdigit():    # read as hex (not BCD): echoed as sent, "differs"
-            await self.send_raw(0x06, bytes(f.body[:9]) + b"\x01", codec.reply_seq(f))
-            return
-        await self.send("tariff_check_reply", {"pile": self.pile.code, "model": model,
-                                               "result": result}, codec.reply_seq(f))
+            return bytes(f.body[:9]) + b"\x01"
+        return {"pile": self.pile.code, "model": model, "result": result}
 
+    @on(HANDLERS, 0x09)
     async def _on_tariff_request(self, f):
         t = self.bridge.tariff_for(self.pile.code)
         if t is None:
             log.warning("pile %s asks for its tariff model, none is configured", self.pile.code)
             self.bridge.event(self.pile.code, "no_tariff",
                               "pile asked for its tariff model (0x09) but none is configured")
-            return
-        await self.send("tariff_model", T.frame_values(t, self.pile.code), codec.reply_seq(f))
+            return None
+        return T.frame_values(t, self.pile.code)     # 0x0A, signed for a keyed pile
 
+    @on(HANDLERS, 0x13)
     async def _on_realtime(self, f):
         self.bridge.on_realtime(self.pile, f)
 
+    @on(HANDLERS, *BILL_CODES)      # every bill layout (protocol/frames.py)
     async def _on_bill(self, f):
+        # The 0x40 is the bridge's to send, once the bill is in its store.
         await self.bridge.on_bill(self, f)
 
-    _on_bill5 = _on_bill156 = _on_bill17 = _on_bill    # every bill layout (protocol/frames.py)
-
+    @on(HANDLERS, 0xEB)
     async def _on_bill_extra(self, f):
         await self.bridge.on_bill_extra(self, f)
 
+    @on(HANDLERS, 0xE3)
     async def _on_settled_reply(self, f):
         await self.bridge.on_settled_reply(self.pile, f)
 
+    @on(HANDLERS, 0xE5)             # both layouts (status_reply, status_reply55)
     async def _on_status_reply(self, f):
         old = (self.pile.status_reply or {}).get("boot_reason")
         self.bridge.on_status_reply(self.pile, f)
@@ -703,8 +730,7 @@ class PileConn:
                               "firmware never became healthy" % f.fields["fw_version"],
                               stage="rolled_back", version=f.fields["fw_version"])
 
-    _on_status_reply55 = _on_status_reply
-
+    @on(HANDLERS, 0xD1)
     async def _on_signed_reject(self, f):
         # The reply echoes the refused frame's sequence bytes: fail the
         # request waiting for it now, rather than let it time out.
@@ -718,11 +744,13 @@ class PileConn:
         log.warning("pile %s: %s", self.pile.code, err)
         self.bridge.event(self.pile.code, "signed_reject", str(err), **err.reply())
 
+    @on(HANDLERS, 0x35)
     async def _on_remote_stop_reply(self, f):
         v = f.fields
         if v["result"] == 1:
             self.bridge.session_stopped(self.pile, v["gun"])
 
+    @on(HANDLERS, 0x33)
     async def _on_remote_start_reply(self, f):
         v = f.fields
         if v["result"] == 1:
@@ -736,6 +764,7 @@ class PileConn:
                                  v["reason"]),
                               gun=v["gun"], serial=v["serial"], reason=v["reason"])
 
+    @on(HANDLERS, 0x31)
     async def _on_start_request(self, f):
         v = f.fields
         self.pile.start_requests[v["gun"]] = f.seq   # 0x32 echoes it

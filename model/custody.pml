@@ -6,7 +6,7 @@
 
    One process, one loop of guarded steps. Every step is a macro
    T_<name>(i) of the form "guard -> actions" over bill i; the loop runs
-   each of them for every bill. tools/model_table.py reads these macros
+   each of them for every bill. sim/model_table.py reads these macros
    (default configuration, no -D flags) into the transition table the
    chaos replay walks (tests/test_model.py), so there is one model.
    Inside a T_ macro: only guards, assignments, ++/--, assert(), and
@@ -59,7 +59,7 @@
 #define C_TRUE      1   /* the bill the pile sealed */
 #define C_FORGED    2   /* another body under the same serial */
 
-/* fault budgets; the replay (tools/model_table.py) reads CAN as true
+/* fault budgets; the replay (sim/model_table.py) reads CAN as true
    and USE as nothing */
 #define CAN(c, m)   (c < m)
 #define USE(c)      c++

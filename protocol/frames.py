@@ -1,5 +1,5 @@
 # Every frame type, declared once, as data. This table drives the firmware
-# codec (protocol/codec.py), the bridge (host/), the dissector (tools/dissect.py)
+# codec (protocol/codec.py), the bridge (host/), the dissector (host/dissect.py)
 # and docs/protocol.md (tools/gen_protocol_doc.py).
 #
 # TABLE holds the frames in sections (one string each), one frame per line:

@@ -221,6 +221,40 @@ def unpack_envelope(env):
             bytes(mv[HEADER_LEN:]))
 
 
+def open_signed(f, auth, pile):
+    """The inner frame of a 0xD2 `signed` frame f, decoded as it would have
+    been bare (same sequence, so its reply echoes the envelope's), or, when
+    it is refused, (counter, reason code, inner code) for its signed_reject.
+    auth: the receiver's check (firmware/auth.CommandAuth.verify), None for
+    a receiver without a command key. protocol/router.py calls this."""
+    env = f.body
+    counter = 0
+    if len(env) >= 4:
+        counter = env[0] | env[1] << 8 | env[2] << 16 | env[3] << 24
+    if auth is None:
+        return counter, reason_code(R_NO_KEY), env[36] if len(env) > 36 else 0
+    parts = unpack_envelope(env)
+    if parts is None:
+        return counter, reason_code(R_MALFORMED), 0
+    counter, mac, code, body = parts
+    inner = None
+    if not code & 1 and code != CODE_SIGNED:    # a platform-to-pile frame, not nested
+        from protocol import codec
+        try:
+            layout = codec.layout_for(code, len(body))
+            inner = codec.Frame(code, layout.name, f.seq, 0, body, codec.decode_body(layout, body))
+        except ValueError:   # FrameError (unknown type, bad length, bad field)
+            pass
+    if inner is None:
+        # Checked before the MAC: a body we could not act on must not use up
+        # a counter.
+        return counter, reason_code(R_MALFORMED), code
+    ok, reason = auth.verify(pile, counter, code, body, mac)
+    if not ok:
+        return counter, reason_code(reason), code
+    return inner
+
+
 # --- login proof -------------------------------------------------------------
 
 def login_mac(key, pile, nonce):

@@ -10,7 +10,7 @@
 # any(0), recv(0) -> (id, rtr, fmi, data)), the shape firmware/bms.py takes.
 #
 # The model is also the "vehicle" the simulated meter measures
-# (firmware/sim.py SimMeter: .power, .voltage_x10) and the one a shared
+# (sim/hardware.py SimMeter: .power, .voltage_x10) and the one a shared
 # output commands (SimOutput: .pile_max_w, .shared): attach it to the
 # SimClock and it advances with simulated time.
 #
@@ -21,6 +21,7 @@
 # ends the charge there with BST "soc"), no VIN (vin=""). Unplugging clears
 # every fault: the next car plugged in is a new one.
 from protocol import gbt27930 as G
+from protocol import gbt27930_msgs as M
 
 # stages of the BMS side
 WAIT = 0        # plugged, waiting for CHM
@@ -313,11 +314,11 @@ class SimBms:
             st = STOPPING
         if self._bem is not None and st != ENDED:
             if self._due("BEM"):
-                self._send("BEM", G.encode_flags("BEM", self._bem))
+                self._send("BEM", M.encode_flags("BEM", self._bem))
             return
         if st == HANDSHAKE:
             if self._due("BHM"):
-                self._send("BHM", G.encode("BHM", max_dv=self.max_dv))
+                self._send("BHM", M.encode("BHM", max_dv=self.max_dv))
         elif st == RECOGNITION:
             if self._due("BRM"):
                 wh = self._cap // _WMS_PER_WH
@@ -326,7 +327,7 @@ class SimBms:
                                                vin=self.vin or ""))
         elif st == PARAMETERS:
             if self._due("BCP"):
-                self._send("BCP", G.encode("BCP", cell_max_cv=425, max_da=self.max_da,
+                self._send("BCP", M.encode("BCP", cell_max_cv=425, max_da=self.max_da,
                                            energy_dkwh=self._cap // (_WMS_PER_WH * 100),
                                            max_dv=self.max_dv, max_temp_c=60,
                                            soc_dpct=self._e * 1000 // self._cap,
@@ -334,7 +335,7 @@ class SimBms:
         elif st == READY:
             if self._due("BRO"):
                 ok = self._t - self._t0 >= self.bro_wait_ms
-                self._send("BRO", bytes((G.READY if ok else G.NOT_READY,)))
+                self._send("BRO", bytes((M.READY if ok else M.NOT_READY,)))
         elif st == CHARGING:
             if self._stop_flags is None and self.soc >= self.stop_soc:
                 self._stop_flags = ("soc",)
@@ -351,23 +352,23 @@ class SimBms:
                 cur = self.power * 100 // self.voltage_x10 if self.voltage_x10 else 0
                 left = self._cap - self._e
                 mins = left // (self.power * 60000) if self.power else 0
-                self._send("BCS", G.encode("BCS", voltage_dv=self.voltage_x10, current_da=cur,
+                self._send("BCS", M.encode("BCS", voltage_dv=self.voltage_x10, current_da=cur,
                                            cell=0x1000 | 380, soc=self.soc,
                                            minutes_left=mins if mins < 600 else 600))
             if self._due("BSM"):
-                self._send("BSM", G.encode_bsm(self._alarms, not self.forbid, cell_no=1,
+                self._send("BSM", M.encode_bsm(self._alarms, not self.forbid, cell_no=1,
                                                max_temp_c=30, max_probe=1, min_temp_c=25,
                                                min_probe=2))
         elif st == STOPPING:
             self._dialogue_stopping()
         elif st == STATS:
             if self._due("BSD"):
-                self._send("BSD", G.encode("BSD", soc=self.soc, cell_min_cv=370, cell_max_cv=390,
+                self._send("BSD", M.encode("BSD", soc=self.soc, cell_min_cv=370, cell_max_cv=390,
                                            min_temp_c=25, max_temp_c=30))
 
     def _dialogue_stopping(self):
         if self._due("BST"):
-            self._send("BST", G.encode_flags("BST", self._stop_flags or ("charger",)))
+            self._send("BST", M.encode_flags("BST", self._stop_flags or ("charger",)))
 
     def _frame(self, cid, data):
         _, pgn, da, sa = G.split_id(cid)
@@ -388,19 +389,19 @@ class SimBms:
         if n == "CHM" and (st == WAIT or st == ENDED):
             self._enter(HANDSHAKE)
         elif n == "CRM":
-            if data[0] == G.NOT_READY and st in (WAIT, HANDSHAKE):
+            if data[0] == M.NOT_READY and st in (WAIT, HANDSHAKE):
                 self._enter(RECOGNITION)
-            elif data[0] == G.READY and st in (WAIT, HANDSHAKE, RECOGNITION):
+            elif data[0] == M.READY and st in (WAIT, HANDSHAKE, RECOGNITION):
                 self._enter(PARAMETERS)
         elif n == "CML" and st == PARAMETERS:
-            self._cml = G.decode("CML", data)
+            self._cml = M.decode("CML", data)
             self._enter(READY)
-        elif n == "CRO" and st == READY and data[0] == G.READY:
+        elif n == "CRO" and st == READY and data[0] == M.READY:
             self._enter(CHARGING)
         elif n == "CCS":
-            self.ccs = G.decode("CCS", data)
+            self.ccs = M.decode("CCS", data)
         elif n == "CST":
-            self.cst = G.decode_flags("CST", data)
+            self.cst = M.decode_flags("CST", data)
             if st in (HANDSHAKE, RECOGNITION, PARAMETERS, READY, CHARGING):
                 self._stop_flags = ("charger",)
                 self._enter(STOPPING)
@@ -409,7 +410,7 @@ class SimBms:
         elif n == "CSD" and st == STATS:
             self._enter(ENDED)
         elif n == "CEM":
-            self.cem = G.decode_flags("CEM", data)
+            self.cem = M.decode_flags("CEM", data)
             if st != ENDED:
                 self._enter(ENDED)   # after a CEM the BMS stops and waits
 
@@ -445,14 +446,14 @@ class BmsGun:
     measures it and the firmware's charger side (firmware/bms.py Charger)
     on the charger end as `.vehicle`, the part the pile's Gun reads, with
     its insulation monitor (`.imd`, SimImd: imd_ms to a result). Same
-    attribute names as firmware/sim.py SimWorld (.contactor, .meter,
+    attribute names as sim/hardware.py SimWorld (.contactor, .meter,
     .vehicle), so a rig built for SimWorlds takes it. bus: a QueueBus or
     VirtualBus (default: a new QueueBus); profile: SimBms's arguments;
     charger: the Charger's (max_da, ...)."""
 
     def __init__(self, clock, bus=None, charger=None, meter_start=0, imd_ms=500, **profile):
         from firmware.bms import Charger
-        from firmware.sim import SimContactor, SimMeter
+        from sim.hardware import SimContactor, SimMeter
         self.clock = clock
         self.bus = bus if bus is not None else QueueBus()
         self.contactor = SimContactor()

@@ -1,7 +1,7 @@
-# The broker helper lives in host/broker.py (the demo and the chaos harness
+# The broker helper lives in sim/brokers.py (the demo and the chaos harness
 # start brokers too); tests import it under its old name.
 import sys
 
-from host import broker as _broker
+from sim import brokers as _broker
 
 sys.modules[__name__] = _broker

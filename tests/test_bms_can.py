@@ -8,7 +8,10 @@ import itertools
 import can
 
 from protocol import gbt27930 as G
+from protocol import gbt27930_msgs as M
 from sim.bms import VirtualBus, open_bus
+from sim.scenario import run_scenario
+from sim.scenario_file import ScenarioError, load_scenario, parse_scenario
 from tests.mp import test_bms as T
 
 _n = itertools.count()
@@ -68,7 +71,7 @@ def test_full_dialogue_to_charging_to_a_full_battery_over_the_virtual_bus():
     # the BMS's stop was "SOC reached"; the charger answered "BMS stopped"
     bst = [d for cid, d in frames if cid == G.id_of("BST")]
     cst = [d for cid, d in frames if cid == G.id_of("CST")]
-    assert G.decode_flags("BST", bst[0]) == ["soc"] and G.decode_flags("CST", cst[0]) == ["bms"]
+    assert M.decode_flags("BST", bst[0]) == ["soc"] and M.decode_flags("CST", cst[0]) == ["bms"]
 
 
 def test_a_bms_that_stops_answering_gets_a_cem_and_the_session_ends_with_a_bill():
@@ -85,7 +88,7 @@ def test_the_soc_target_stops_on_the_bms_soc_over_the_virtual_bus():
     _, frames = _over_virtual_bus(T.scenario_the_soc_target_stops_on_the_bms_soc, "soc")
     assert [d for cid, d in frames if cid == 0x1CEB56F4]     # BCS rides TP (9 bytes)
     cst = [d for cid, d in frames if cid == G.id_of("CST")]
-    assert G.decode_flags("CST", cst[0]) == ["condition"]
+    assert M.decode_flags("CST", cst[0]) == ["condition"]
 
 
 def test_a_vin_rule_refuses_on_the_vin_from_brm_over_the_virtual_bus():
@@ -98,7 +101,7 @@ def test_a_vin_rule_refuses_on_the_vin_from_brm_over_the_virtual_bus():
 def test_buses_open_by_url():
     b = open_bus("virtual://pile-bms-url")
     try:
-        b.charger.send(G.encode("CHM", ver0=1, ver1=1, ver2=0), G.id_of("CHM"))
+        b.charger.send(M.encode("CHM", ver0=1, ver1=1, ver2=0), G.id_of("CHM"))
         assert b.bms.any(0) and b.bms.recv(0)[0] == 0x1826F456
         assert not b.bms.any(0)
     finally:
@@ -111,8 +114,7 @@ def test_pile_sim_runs_two_guns_each_with_its_bms_on_the_virtual_bus():
     # (CEM, 0x85), a BST insulation fault (0x81), a BMS abort in the
     # parameter stage (0x57) and a power cut (0x83), one
     # reconciling bill per executed start, on the gun that started it
-    from tools import sim
-    res = sim.run_scenario(sim.load_scenario("tools/scenarios/two_guns_bms.json"))
+    res = run_scenario(load_scenario("tools/scenarios/two_guns_bms.json"))
     assert res["ok"], res["problems"]
     got = [(b["gun"], b["stop_reason_hex"]) for b in res["bills"]]
     assert got == [("01", "0x41"), ("02", "0x85"), ("02", "0x81"), ("01", "0x57"), ("01", "0x83")]
@@ -125,7 +127,6 @@ def test_pile_sim_runs_two_guns_each_with_its_bms_on_the_virtual_bus():
 
 
 def test_a_bms_action_needs_a_bms_pile_and_a_known_fault():
-    from tools import sim
     base = {"piles": [{"guns": 2}], "tariff": {"model": "0001", "prices": {"flat": [70000, 40000]},
                                               "slots": [{"from": "00:00", "to": "24:00",
                                                          "class": "flat"}]}}
@@ -133,15 +134,15 @@ def test_a_bms_action_needs_a_bms_pile_and_a_known_fault():
                     ([{"do": "start", "gun": 3}], "timeline[0].gun")):
         d = dict(base, timeline=tl)
         try:
-            sim.parse_scenario(d)
-        except sim.ScenarioError as e:
+            parse_scenario(d)
+        except ScenarioError as e:
             assert msg in str(e), e
         else:
             raise AssertionError("accepted %r" % tl)
     d = dict(base, timeline=[{"do": "bms", "fault": "melt"}])
     d["piles"] = [{"bms": True}]
     try:
-        sim.parse_scenario(d)
+        parse_scenario(d)
         raise AssertionError("accepted fault melt")
-    except sim.ScenarioError as e:
+    except ScenarioError as e:
         assert "fault" in str(e)

@@ -10,7 +10,7 @@ import tempfile
 
 import pytest
 
-from tools.programs import find_program
+from sim.programs import find_program
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MP = find_program("micropython")

@@ -4,7 +4,7 @@ import asyncio
 import sqlite3
 
 from protocol import codec
-from host.testkit import make_bill, make_extra
+from sim.testkit import make_bill, make_extra
 from tests.test_bridge_helpers import (
     PILE_A, Platform, bridge_running, connect_pile, fast_config, login_when_open, pty_pair,
     pty_pile, run, tempdir, until, url_of)
@@ -72,7 +72,8 @@ def test_bill_over_pty_serial_link(mosquitto):
 def test_bill_over_a_socket_url_serial_link(mosquitto):
     # A serial-to-Ethernet converter in front of the pile: pyserial's
     # socket:// URL, the bridge dialling out to it.
-    from host.testkit import ScriptedPile, TcpTransport
+    from sim.testkit import ScriptedPile
+    from sim.links import TcpTransport
 
     async def scenario(tmp):
         accepted = asyncio.get_running_loop().create_future()

@@ -11,7 +11,7 @@ import os
 import sqlite3
 
 from host import store as S
-from host.testkit import make_bill, make_extra
+from sim.testkit import make_bill, make_extra
 from protocol import codec, sign
 from tests.test_bridge_custody import RawPile, _LOGIN, _events, _rows
 from tests.test_bridge_helpers import (PILE_A, PILE_B, Platform, bridge_running, fast_config, run,

@@ -136,7 +136,7 @@ def test_with_a_platform_key_only_a_signed_confirmation_confirms_a_bill(mosquitt
     # must carry its `auth` too.
     import json
     import sqlite3
-    from host.testkit import make_bill
+    from sim.testkit import make_bill
     from protocol import codec
     from tests.test_bridge_custody import RawPile
 

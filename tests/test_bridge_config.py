@@ -82,7 +82,7 @@ def test_a_bad_config_exits_with_status_2(capsys):
 def test_pruning_forgets_only_old_settled_bills():
     import asyncio
     from host.store import Store
-    from host.testkit import make_bill
+    from sim.testkit import make_bill
     from protocol import codec
     from tests.test_bridge_helpers import tempdir
 
@@ -108,7 +108,7 @@ def test_pruning_forgets_only_old_settled_bills():
 def test_pile_seq_keeps_counting_after_pruning():
     import asyncio
     from host.store import Store
-    from host.testkit import make_bill
+    from sim.testkit import make_bill
     from protocol import codec
     from tests.test_bridge_helpers import tempdir
 

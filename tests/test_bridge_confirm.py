@@ -7,7 +7,7 @@ import hashlib
 import json
 import sqlite3
 
-from host.testkit import make_bill, make_extra
+from sim.testkit import make_bill, make_extra
 from tests.test_bridge_helpers import (PILE_A, Platform, bridge_running, connect_pile, fast_config,
                                        run, tempdir, until, url_of)
 

@@ -8,7 +8,7 @@
 import asyncio
 import sqlite3
 
-from host.testkit import make_bill, make_extra
+from sim.testkit import make_bill, make_extra
 from protocol import codec
 from protocol.codec import FrameReader
 from tests.test_bridge_helpers import (PILE_A, PILE_B, Platform, bridge_running, fast_config, run,

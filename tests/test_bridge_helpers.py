@@ -1,8 +1,9 @@
 # Helpers for the bridge suites (tests/test_bridge*.py): a bridge in this
-# process or as a child process, a minimal platform (an MQTT client that
-# takes bills and confirms them), temp dirs and bounded waits. No tests here.
+# process or as a child process, the platform double (sim/mqtt_platform.py:
+# an MQTT client that takes bills and confirms them), temp dirs and bounded
+# waits. No tests here.
 #
-# The pile is host.testkit.ScriptedPile until the real firmware app lands;
+# The pile is sim.testkit.ScriptedPile until the real firmware app lands;
 # `connect_pile` is the one place that builds it, so swapping it is local.
 import asyncio
 import contextlib
@@ -11,19 +12,18 @@ import os
 import pty
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
 import tty
 
-import aiomqtt
 
 from host import bridge as bridgemod
 from host import config as configmod
-from host.mqtt import Background, stop_tasks
-from host.testkit import FdTransport, ScriptedPile, TcpTransport
-from host.topics import Topics
+from sim.testkit import ScriptedPile
+from sim.links import FdTransport, FdUart, TcpTransport
+from sim.bridge_child import write_toml
+from sim.mqtt_platform import MqttPlatform as Platform  # noqa: F401 (the suites' platform)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PILE_A = "55031412782305"
@@ -156,147 +156,6 @@ def url_of(broker):
     return "mqtt://%s:%d" % (broker.host, broker.port)
 
 
-class Platform(Background):
-    """A minimal platform: takes bills (optionally as a shared-subscription
-    member), confirms them unless told not to, sends commands and collects
-    results and events."""
-
-    def __init__(self, broker_url, site="t1", name="platform", share_group=None,
-                 confirm=True, subscribe_all=True, **client_kw):
-        self.url = broker_url
-        self.client_kw = client_kw       # username, password, tls_context ...
-        self.topics = Topics(site)
-        self.name = name
-        self.share_group = share_group
-        self.confirm = confirm
-        self.subscribe_all = subscribe_all
-        self.bills = {}                 # serial -> last bill doc
-        self.bill_count = {}            # serial -> deliveries
-        self.bill_order = []            # serials in arrival order
-        self.events = []
-        self.results = {}               # id -> result doc
-        self.result_list = []           # every result, in arrival order
-        self.status = {}                # topic -> last retained/live doc
-        self.status_log = []            # every status doc, in arrival order
-        self.realtime = []
-        self.connected = asyncio.Event()
-        self._changed = asyncio.Event()
-        self._task = None
-        self.client = None
-
-    @property
-    def ready(self):                    # Background: entered once connected
-        return self.connected
-
-    async def _run(self):
-        host, port = self.url.split("//")[1].rsplit(":", 1)
-        while True:
-            try:
-                async with aiomqtt.Client(host, int(port), identifier="%s-%d" % (self.name, os.getpid()),
-                                          clean_session=True, socket_options=[
-                                              (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-                                          **self.client_kw) as c:
-                    self.client = c
-                    bills = self.topics.base + "/bills/+"
-                    if self.share_group:
-                        bills = "$share/%s/%s" % (self.share_group, bills)
-                    await c.subscribe(bills, qos=1)
-                    if self.subscribe_all:
-                        for t in ("/events/+", "/result/+", "/pile/+/status", "/pile/+/realtime",
-                                  "/bridge"):
-                            await c.subscribe(self.topics.base + t, qos=1)
-                    self.connected.set()
-                    async for m in c.messages:
-                        await self._on(str(m.topic), m.payload)
-            except aiomqtt.MqttError:
-                self.connected.clear()
-                self.client = None
-                await asyncio.sleep(0.05)
-
-    async def _on(self, topic, payload):
-        doc = json.loads(payload)
-        kind = topic.split("/")[2]
-        if kind == "bills":
-            s = doc["serial"]
-            self.bills[s] = doc
-            self.bill_count[s] = self.bill_count.get(s, 0) + 1
-            self.bill_order.append(s)
-            if self.confirm:
-                await self.confirm_bill(doc["pile"], s)
-        elif kind == "events":
-            self.events.append(doc)
-        elif kind == "result":
-            self.results[doc["id"]] = doc
-            self.result_list.append(doc)
-        elif kind == "pile" and topic.endswith("/realtime"):
-            self.realtime.append(doc)
-        else:
-            self.status[topic] = doc
-            self.status_log.append(doc)
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    async def confirm_bill(self, pile, serial, result=0, content_hash=None):
-        """Confirm a bill, naming the content hash of the copy received (or
-        the one given)."""
-        if content_hash is None:
-            content_hash = (self.bills.get(serial) or {}).get("content_hash")
-        await self.client.publish(self.topics.confirm(pile),
-                                  json.dumps({"serial": serial, "result": result,
-                                              "hash": content_hash}), qos=1)
-
-    async def command(self, pile, doc, timeout=10.0):
-        """Publish a command (dict, or raw bytes) and wait for its result."""
-        payload = doc if isinstance(doc, (bytes, str)) else json.dumps(doc)
-        await self.client.publish(self.topics.command(pile), payload, qos=1)
-        if isinstance(doc, dict) and isinstance(doc.get("id"), str):
-            return await self.wait_for(lambda: self.results.get(doc["id"]), timeout)
-        return None
-
-    async def wait_for(self, pred, timeout=10.0):
-        deadline = time.monotonic() + timeout
-        while True:
-            ev = self._changed
-            r = pred()
-            if r:
-                return r
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError("platform %s: condition not met in %g s" % (self.name, timeout))
-            try:
-                await asyncio.wait_for(ev.wait(), left)
-            except asyncio.TimeoutError:
-                pass
-
-
-def write_toml(path, cfg):
-    """A TOML file for a config dict of plain scalars / tables (tests only)."""
-    def val(v):
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, list):
-            return "[" + ", ".join(val(x) for x in v) + "]"
-        raise TypeError(v)
-    lines = []
-    tables = []
-    for k, v in cfg.items():
-        if isinstance(v, dict):
-            tables.append((k, v))
-        else:
-            lines.append("%s = %s" % (k, val(v)))
-    for k, t in tables:
-        lines.append("\n[%s]" % k)
-        for k2, v2 in t.items():
-            lines.append("%s = %s" % (k2, val(v2)))
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    return path
-
-
 class BridgeProcess:
     """pile-bridge as a child process (for SIGKILL), stopped by its pid."""
 
@@ -357,30 +216,6 @@ class BridgeProcess:
             return f.read().decode(errors="replace")
 
 
-class PtyUart:
-    """The firmware's UART interface (write / read(n) -> bytes or None) on
-    the master side of a pty, non-blocking."""
-
-    def __init__(self, fd):
-        self.fd = fd
-        os.set_blocking(fd, False)
-
-    def write(self, data):
-        view = memoryview(bytes(data))
-        while view:
-            try:
-                view = view[os.write(self.fd, view):]
-            except BlockingIOError:
-                time.sleep(0.001)
-        return len(data)
-
-    def read(self, n):
-        try:
-            return os.read(self.fd, n) or None
-        except (BlockingIOError, OSError):
-            return None      # nothing yet (EIO: the bridge has not opened the port)
-
-
 class FirmwarePile:
     """The real pile firmware (firmware.pile.Pile) on simulated hardware,
     its UART on a pty: the same bridge-facing behaviour as on a board. Its
@@ -389,7 +224,7 @@ class FirmwarePile:
 
     def __init__(self, root, master_fd, code, speed=60, soc=20, vin="LSVAU2180N2183294"):
         from firmware.pile import Pile
-        from firmware.sim import SimWorld
+        from sim.hardware import SimWorld
         from host.schema import local_secs
         from tests.mp.pilekit import tariff4
         self.root = root
@@ -397,7 +232,7 @@ class FirmwarePile:
         self.speed = speed
         self.world = SimWorld(now=local_secs(), pile_max_w=60000, soc=soc, vin=vin)
         self.cfg = {"pile": code, "gun": "01", "tariff": tariff4(), "hmi_version": "103"}
-        self.uart = PtyUart(master_fd)
+        self.uart = FdUart(master_fd)
         self.reboots = 0
         self._Pile = Pile
         self._boot()

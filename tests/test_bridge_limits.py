@@ -6,7 +6,7 @@ import asyncio
 import logging
 import socket
 
-from host.testkit import make_bill, make_extra
+from sim.testkit import make_bill, make_extra
 from protocol import codec
 from tests.test_bridge_helpers import (PILE_A, Platform, bridge_running, connect_pile, fast_config,
                                        run, tempdir, until, url_of)

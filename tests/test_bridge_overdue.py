@@ -4,7 +4,7 @@
 # stopped stops saying "charging" at once. Real bridge, Mosquitto.
 import asyncio
 
-from host.testkit import make_bill, make_extra
+from sim.testkit import make_bill, make_extra
 from tests.test_bridge_helpers import (PILE_A, Platform, bridge_running, connect_pile, fast_config,
                                        run, tempdir, url_of)
 

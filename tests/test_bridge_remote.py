@@ -9,14 +9,13 @@ import base64
 import contextlib
 import json
 import os
-import socket
 import sys
-import time
 
 from firmware import auth
 from firmware import session as S
 from host import config as configmod
 from protocol import image as fwimage
+from sim.links import TcpUart
 from tests.test_bridge_helpers import (
     PILE_A, ROOT, FirmwarePile, Platform, bridge_running, fast_config, pty_pair, run, tempdir,
     url_of)
@@ -53,44 +52,6 @@ class KeyedPile(FirmwarePile):
         FirmwarePile._boot(self)
 
 
-class TcpUart:
-    """The firmware's UART on a TCP socket to the bridge, as a pile's modem
-    dials in. drop() closes it and dials again: a broken link."""
-
-    def __init__(self, port):
-        self.port = port
-        self.drops = 0
-        self._connect()
-
-    def _connect(self):
-        self.sock = socket.create_connection(("127.0.0.1", self.port))
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock.setblocking(False)
-
-    def drop(self):
-        self.drops += 1
-        self.sock.close()
-        self._connect()
-
-    def write(self, data):
-        view = memoryview(bytes(data))
-        while view:
-            try:
-                view = view[self.sock.send(view):]
-            except BlockingIOError:
-                time.sleep(0.001)
-        return len(data)
-
-    def read(self, n):
-        try:
-            return self.sock.recv(n) or None
-        except (BlockingIOError, OSError):
-            return None
-
-    def close(self):
-        self.sock.close()
-
-
 class TcpPile(KeyedPile):
     def __init__(self, root, port, code, extra, **kw):
         self._port = port
@@ -103,7 +64,7 @@ class TcpPile(KeyedPile):
 
     def _boot(self):
         if self._uart is None:
-            self._uart = TcpUart(self._port)
+            self._uart = TcpUart("127.0.0.1", self._port, wait_s=5.0)
         self.uart = self._uart
         KeyedPile._boot(self)
 
@@ -550,7 +511,8 @@ def test_an_impostor_with_a_keyed_piles_code_neither_logs_in_nor_displaces_it(mo
     # the real pile's link and received its commands. A keyed pile now proves
     # its key at login (0xD6 challenge, 0xD7 proof); the impostor cannot, is
     # refused and closed, and the real pile keeps its link and its commands.
-    from host.testkit import ScriptedPile, TcpTransport
+    from sim.testkit import ScriptedPile
+    from sim.links import TcpTransport
 
     async def scenario(tmp, master, path):
         cfg, root = pty_setup(tmp, path, mosquitto, tcp={"listen": "127.0.0.1:0"},

@@ -3,7 +3,7 @@
 # one of them. And the bridge also runs against a pure-Python broker.
 import pytest
 
-from host.testkit import make_bill, make_extra
+from sim.testkit import make_bill, make_extra
 from host.topics import shared_bills
 from tests.test_bridge_helpers import (
     PILE_A, PILE_B, PILE_C, Platform, bridge_running, connect_pile, fast_config, fees_yuan, run,
@@ -53,7 +53,7 @@ def test_bridge_works_against_an_embedded_amqtt_broker():
 
     async def scenario(tmp):
         # amqtt inside this process, on this event loop: the zero-install broker,
-        # on port 0 (the port it got is read back, as host/broker.py's child does).
+        # on port 0 (the port it got is read back, as sim/brokers.py's child does).
         broker = Broker({
             "listeners": {"default": {"type": "tcp", "bind": "127.0.0.1:0"}},
             "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},

@@ -7,7 +7,7 @@ import ssl
 
 import pytest
 
-from host.testkit import make_bill, make_extra
+from sim.testkit import make_bill, make_extra
 from tests import broker as brokers
 from tests.test_bridge_helpers import (
     PILE_A, Platform, bridge_running, connect_pile, fast_config, run, tempdir)
@@ -19,7 +19,8 @@ pytestmark = pytest.mark.skipif(
 
 
 def test_bridge_over_tls_with_certificate_and_password_relays_a_bill():
-    from tools import mqtt_site
+    from host import mqtt_site
+    from tools import mqtt_site as mqtt_site_cli
 
     async def scenario(tmp, pki, broker):
         site = pki.client_files("t1")
@@ -44,9 +45,9 @@ def test_bridge_over_tls_with_certificate_and_password_relays_a_bill():
 
     with tempdir("tls") as tmp:
         root = os.path.join(tmp, "pki")
-        assert mqtt_site.main(["init", "--dir", root, "--server-name", "localhost",
+        assert mqtt_site_cli.main(["init", "--dir", root, "--server-name", "localhost",
                                "--server-ip", "127.0.0.1"]) == 0
-        assert mqtt_site.main(["add-site", "t1", "--dir", root]) == 0
+        assert mqtt_site_cli.main(["add-site", "t1", "--dir", root]) == 0
         pki = mqtt_site.Pki(root)
         conf = mqtt_site.render_conf(pki.root, port="{tls_port}", bind="{host}")
         with brokers.Mosquitto(config=conf) as broker:

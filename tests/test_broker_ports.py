@@ -1,4 +1,4 @@
-# Ports of the local test brokers (host/broker.py) without the race: amqtt
+# Ports of the local test brokers (sim/brokers.py) without the race: amqtt
 # binds port 0 itself and reports the port it got; Mosquitto, which cannot,
 # gets a port picked beforehand and picks again (bounded) when another
 # process took it first.
@@ -6,8 +6,8 @@ import socket
 
 import pytest
 
-from host import broker
-from host.broker import Amqtt, BrokerError, Mosquitto, RefusedPort, mqtt_ping
+from sim import brokers as broker
+from sim.brokers import Amqtt, BrokerError, Mosquitto, RefusedPort, mqtt_ping
 
 needs_mosquitto = pytest.mark.skipif(not broker.mosquitto_available(),
                                      reason="mosquitto not installed (tools/setup.sh installs it)")

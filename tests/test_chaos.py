@@ -1,4 +1,4 @@
-"""pile-chaos (tools/chaos.py, docs/chaos.md): the bounded CI run (1,000
+"""pile-chaos (tools/chaos.py, sim/chaos.py, docs/chaos.md): the bounded CI run (1,000
 sessions under every fault kind through the real bridge, Mosquitto and the
 reference platform), and proof that its verdict fails when a bill is lost,
 sealed twice, garbled on the way or left unconfirmed."""
@@ -7,8 +7,9 @@ import json
 import pytest
 
 from firmware import journal as J
-from host.broker import mosquitto_available
+from sim.brokers import mosquitto_available
 from host.platform import Platform
+from sim.chaos import failed, tally
 from tools import chaos
 
 needs_mosquitto = pytest.mark.skipif(not mosquitto_available(),
@@ -126,20 +127,20 @@ def test_tally_names_lost_duplicated_phantom_and_unreconciled_bills():
     executed = {"A": b"h", "B": b"h", "C": b"h", "D": b"h"}
     sealed = {"C": [b"one", b"two"]}                          # C: two different bills
     rows = {"B": (1, 1, {}), "C": (1, 1, {}), "D": (0, 2, {}), "X": (1, 1, {})}
-    t = chaos.tally(executed, {}, rows, conflicts={"D"})
+    t = tally(executed, {}, rows, conflicts={"D"})
     assert t["lost"] == ["A"] and t["phantom"] == ["X"] and t["unreconciled"] == ["D"]
     assert t["duplicated"] == ["D"]                          # the bridge saw two bills for D
-    t = chaos.tally(executed, {"C": sealed["C"]}, {})       # sealed twice on the flash
+    t = tally(executed, {"C": sealed["C"]}, {})       # sealed twice on the flash
     assert t["duplicated"] == ["C"] and t["lost"] == ["A", "B", "C", "D"]
 
 
 def test_failed_on_anything_left_undone():
     ok = dict.fromkeys(VERDICT, 0)
     ok.update(recovered=True, tap_missed=0)
-    assert not chaos.failed(ok)
+    assert not failed(ok)
     for k in VERDICT + ("tap_missed",):
-        assert chaos.failed(dict(ok, **{k: 1})), k
-    assert chaos.failed(dict(ok, recovered=False))
+        assert failed(dict(ok, **{k: 1})), k
+    assert failed(dict(ok, recovered=False))
 
 
 def test_bad_arguments_get_a_clear_error(capsys):

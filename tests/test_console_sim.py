@@ -20,7 +20,7 @@ from protocol import codec
 from tests.mp.pilekit import PILE
 from host import cli
 from tools import console as tool
-from tools.sim import SimFleet
+from sim.fleet import SimFleet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -16,33 +16,9 @@ import pytest
 from firmware.console import Console
 from protocol import codec
 from tests.mp.pilekit import PILE, Rig, serial
+from sim.links import FdUart
 from tests.mp.util import rmtree, tmpdir
 from tools import console as tool
-
-
-class PtyUart:
-    """The console's UART on a pty master (non-blocking)."""
-
-    def __init__(self, fd):
-        self.fd = fd
-        os.set_blocking(fd, False)
-
-    def read(self, n):
-        try:
-            return os.read(self.fd, n)
-        except (BlockingIOError, OSError):
-            return None
-
-    def write(self, data):
-        view = memoryview(bytes(data))
-        while view:
-            try:
-                k = os.write(self.fd, view)
-            except BlockingIOError:
-                select.select([], [self.fd], [], 1.0)
-                continue
-            view = view[k:]
-        return len(data)
 
 
 def _pty():
@@ -68,7 +44,7 @@ def _serve(charging):
             r.run(120000)
             r.stop()
             r.run(5000)
-        r.pile.console = Console(r.pile, PtyUart(master))
+        r.pile.console = Console(r.pile, FdUart(master))
 
         def loop():
             while not stop.is_set():

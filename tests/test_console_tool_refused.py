@@ -6,10 +6,10 @@ import io
 import json
 
 from firmware.console import Console
-from firmware.loopuart import LoopUart
+from sim.loopuart import LoopUart
 from tests.mp.pilekit import Rig, serial
 from tests.mp.util import rmtree, tmpdir
-from tools import console as tool
+from host import console as tool
 
 
 class Client:

@@ -12,7 +12,7 @@ from host import schema
 from host.platform import reconcile
 from protocol.reconcile import reconcile as check_bill
 from host.store import Store
-from host.testkit import make_bill, make_extra
+from sim.testkit import make_bill, make_extra
 from protocol import codec
 from protocol import fields as F
 from tests.test_bridge_helpers import (

@@ -1,4 +1,4 @@
-"""The construct dissector (tools/dissect.py) against protocol.codec, for every
+"""The construct dissector (host/dissect.py) against protocol.codec, for every
 frame type in both directions, and the pile-frames command line."""
 import json
 import os
@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from protocol import codec
 from protocol import fields as F
 from protocol.frames import each
-from tools import dissect as D
+from host import dissect as D
 from tools import frames as cli
-from tools.programs import find_program
+from sim.programs import find_program
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOGIN_REPLY = "680C000000025503141278230500DA4C"
@@ -355,7 +355,7 @@ def test_cli_names_a_dlt645_frame_with_a_bad_checksum(capsys):
 
 
 def test_cli_shows_a_third_party_bill_read_leniently_with_its_problems(capsys):
-    from host.testkit import third_party_bill
+    from sim.testkit import third_party_bill
     b = third_party_bill("55031412782399", 9, "not_bcd_gun")
     raw = codec.wrap(b["code"], b["body"]).hex().upper()
     assert cli.main(["decode", raw]) == 0

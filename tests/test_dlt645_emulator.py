@@ -1,7 +1,7 @@
 # Our DL/T 645 driver (firmware/dlt645.py, unchanged) against a peer no one
 # here wrote: the PyPI `dlt645` package's meter emulator, over TCP on a free
 # loopback port and over a pty. Values are set in the emulator and read back
-# through tools/meterlink.py's uart adapters.
+# through sim/meterlink.py's uart adapters.
 import os
 import pty
 
@@ -10,7 +10,7 @@ from dlt645 import MeterServerService
 
 from firmware.dlt645 import Dlt645Meter
 from firmware.errors import MeterError, MeterTimeout
-from tools.meterlink import FdUart, HostClock, SerialUart
+from sim.meterlink import FdUart, HostClock, SerialUart
 
 ADDRESS = "202312345678"  # as on the nameplate
 WIRE_ORDER = "785634122320"  # the emulator takes address strings in wire order

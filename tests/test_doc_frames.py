@@ -9,7 +9,7 @@ import re
 
 from protocol import codec
 from protocol import reconcile
-from tools import dlt645_frames as DLT
+from sim import dlt645_frames as DLT
 from tools import gen_protocol_doc as gen
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

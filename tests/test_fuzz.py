@@ -142,7 +142,7 @@ def test_the_outbox_forgets_the_payloads_of_confirmed_bills(mosquitto):
     # The cache of published JSON payloads was keyed by (bill id, has 0xEB)
     # but pruned by bill id alone: every bill a pile ever sent stayed in
     # memory (~3 KB each), the bridge's RSS grew for ever (fuzz bridge-tcp).
-    from host.testkit import make_bill, make_extra
+    from sim.testkit import make_bill, make_extra
     from tests.test_bridge_helpers import (PILE_A, Platform, bridge_running, connect_pile,
                                            fast_config, tempdir, until, url_of)
 
@@ -164,9 +164,11 @@ def test_the_outbox_forgets_the_payloads_of_confirmed_bills(mosquitto):
 
 # --- bounded fuzz runs (the documented run is in docs/fuzzing.md) -----------------------------
 
-from host import broker as _broker            # noqa: E402
+from sim import brokers as _broker            # noqa: E402
 from protocol import codec                    # noqa: E402
-from tools import fuzz                        # noqa: E402
+from sim import fuzz                          # noqa: E402
+from sim import fuzz_mqtt, fuzz_tcp           # noqa: E402
+from tools import fuzz as fuzz_cli            # noqa: E402
 
 needs_mosquitto = pytest.mark.skipif(not _broker.mosquitto_available(),
                                      reason="mosquitto not installed (tools/setup.sh installs it)")
@@ -233,7 +235,7 @@ def test_reader_fuzz_reports_a_broken_reader_and_replays_its_case(monkeypatch, c
     assert d["verdict"] == "FAIL" and d["violation_count"] > 0
     v = next(v for v in d["violations"] if what in v["what"])
     # --case replays that one input, with the same finding; exit status 1.
-    assert fuzz.main(["reader", "--seed", "2", "--case", str(v["case"]), "--json"]) == 1
+    assert fuzz_cli.main(["reader", "--seed", "2", "--case", str(v["case"]), "--json"]) == 1
     again = json.loads(capsys.readouterr().out)
     assert again["inputs"] == 1 and again["violations"][0]["what"] == v["what"]
 
@@ -248,10 +250,10 @@ def test_bridge_tcp_fuzz_hostile_clients_beside_a_charging_pile():
     # again and again and has every bill taken: the bridge lives, keeps
     # serving it, stays within 64 MB of its RSS, releases every socket and
     # logs no error.
-    rep = fuzz.fuzz_bridge_tcp(300, seed=7)
+    rep = fuzz_tcp.fuzz_bridge_tcp(300, seed=7)
     d = rep.as_dict()
     assert d["violations"] == [] and d["verdict"] == "pass", d["violations"]
-    assert set(d["kinds"]) == {k for k, _ in fuzz._TCP_KINDS}
+    assert set(d["kinds"]) == {k for k, _ in fuzz_tcp._TCP_KINDS}
     assert d["inputs"] >= 300
     g = d["good_pile"]
     assert g["bills"] > 0 and g["on_platform"] == g["bills"] and g["logins"] > 1
@@ -265,10 +267,10 @@ def test_mqtt_command_fuzz_every_bad_command_gets_one_clear_failure():
     # commands, missing ids, deep nesting, unicode, random bytes: each
     # command message gets exactly one result, ok=false with a documented
     # code (never "error"); valid commands between them and after them work.
-    rep = fuzz.fuzz_mqtt_commands(400, seed=7)
+    rep = fuzz_mqtt.fuzz_mqtt_commands(400, seed=7)
     d = rep.as_dict()
     assert d["violations"] == [] and d["verdict"] == "pass", d["violations"]
-    assert set(fuzz._FIRST_KINDS) - {"bad_argument"} <= set(d["kinds"])
+    assert set(fuzz_mqtt._FIRST_KINDS) - {"bad_argument"} <= set(d["kinds"])
     m = d["messages"]
     assert m["results"] == m["sent"] and m["controls"] >= 3
     for code in ("bad_request", "too_large", "unknown_command", "unknown_pile", "offline", "expired"):
@@ -284,6 +286,6 @@ def test_mqtt_command_fuzz_waits_for_a_bridge_slow_to_reach_its_broker():
     # a loaded machine ("32 messages without a predictable id, 31 results").
     # Here the bridge's CONNECT is held for 1 s: every input still gets its
     # one result, because the platform waits for the bridge's online status.
-    d = fuzz.fuzz_mqtt_commands(40, seed=7, bridge_mqtt_delay_s=1.0).as_dict()
+    d = fuzz_mqtt.fuzz_mqtt_commands(40, seed=7, bridge_mqtt_delay_s=1.0).as_dict()
     assert d["violations"] == [] and d["verdict"] == "pass", d["violations"]
     assert d["messages"]["results"] == d["messages"]["sent"] == 43

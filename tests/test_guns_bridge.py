@@ -3,7 +3,7 @@
 # gun 2 reach gun 2 only, and its bill names gun 2 and settles on the pile.
 import os
 
-from firmware.sim import SimWorld
+from sim.hardware import SimWorld
 from tests.test_bridge_commands import TARIFF
 from tests.test_bridge_helpers import (
     PILE_A, FirmwarePile, Platform, bridge_running, fast_config, pty_pair, run, tempdir, url_of)
@@ -63,7 +63,7 @@ def test_two_gun_firmware_pile_shows_each_gun_and_gun_2_bills_alone(mosquitto):
 class SharingTwoGunPile(TwoGunPile):
     # power sharing on: one output per gun, a 60 kW pile
     def _boot(self):
-        from firmware.sim import SimOutput
+        from sim.hardware import SimOutput
         if not hasattr(self, "worlds"):
             self.worlds = [self.world, SimWorld(pile_max_w=60000, soc=30, clock=self.world.clock)]
             self.cfg["guns"] = 2

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from firmware import journal as J
-from firmware.flashsim import FlashSim, PowerCut
+from sim.flash import FlashSim, PowerCut
 from firmware.journal import Journal, JournalFull
 
 PATH = "/flash/bills.j"

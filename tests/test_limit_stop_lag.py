@@ -6,7 +6,7 @@
 # amount-stop-ignores-the-stop-lag).
 from firmware import session as S
 from firmware.session import Gun
-from firmware.sim import SimContactor, SimWorld
+from sim.hardware import SimContactor, SimWorld
 from firmware.tariff import Tariff
 
 PILE = "55031412782305"

@@ -51,10 +51,10 @@ def test_seeded_bug_switches_are_all_tested():
     assert in_model == {b[0] for b in M.BUGS} == set(EXPECTED)
 
 
-# --- the transition table and the chaos replay (tools/model_table.py,
+# --- the transition table and the chaos replay (sim/model_table.py,
 # tools/model_replay.py) ---------------------------------------------------
 
-from tools import model_table as MT          # noqa: E402
+from sim import model_table as MT          # noqa: E402
 from tools import model_replay as MR         # noqa: E402
 
 
@@ -119,7 +119,7 @@ def test_replay_refuses_a_step_the_model_does_not_allow_naming_it(replayer, even
 
 
 needs_mosquitto = pytest.mark.skipif(
-    not __import__("host.broker", fromlist=["x"]).mosquitto_available(),
+    not __import__("sim.brokers", fromlist=["x"]).mosquitto_available(),
     reason="mosquitto not installed (tools/setup.sh installs it)")
 
 

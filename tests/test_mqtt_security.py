@@ -17,7 +17,8 @@ import aiomqtt
 import pytest
 
 from tests import broker as brokers
-from tools import mqtt_site
+from host import mqtt_site
+from tools import mqtt_site as mqtt_site_cli
 
 pytestmark = pytest.mark.skipif(
     not brokers.mosquitto_available() or shutil.which("openssl") is None
@@ -29,10 +30,10 @@ _BOUND = 15  # seconds: a bound against hanging, never a measured duration
 
 def make_pki(root, sites):
     pki = mqtt_site.Pki(root)
-    assert mqtt_site.main(["init", "--dir", root, "--server-name", "localhost",
+    assert mqtt_site_cli.main(["init", "--dir", root, "--server-name", "localhost",
                            "--server-ip", "127.0.0.1"]) == 0
     for site in sites:
-        assert mqtt_site.main(["add-site", site, "--dir", root]) == 0
+        assert mqtt_site_cli.main(["add-site", site, "--dir", root]) == 0
     return pki
 
 
@@ -281,7 +282,7 @@ def test_site_cannot_take_over_another_sites_session_by_client_id(broker, pki):
 
 
 def test_removed_site_is_locked_out_after_reload(broker, pki):
-    assert mqtt_site.main(["add-site", "C", "--dir", pki.root]) == 0
+    assert mqtt_site_cli.main(["add-site", "C", "--dir", pki.root]) == 0
     broker.reload()
 
     async def publish_as_c():
@@ -289,7 +290,7 @@ def test_removed_site_is_locked_out_after_reload(broker, pki):
             await c.publish("pc/C/status", b"online", qos=1)
 
     run(publish_as_c())  # control: C gets in once its password is loaded
-    assert mqtt_site.main(["remove", "C", "--dir", pki.root]) == 0
+    assert mqtt_site_cli.main(["remove", "C", "--dir", pki.root]) == 0
     broker.reload()
     e = run(refused(lambda: client(broker, pki, "C")))
     assert "Not authorized" in str(e)
@@ -308,19 +309,19 @@ def test_keys_are_private_and_the_ca_key_stays_apart(pki):
 
 def test_signing_without_the_ca_key_says_where_it_is_expected(pki, tmp, capsys):
     missing = os.path.join(tmp, "offline", "ca.key")
-    assert mqtt_site.main(["add-site", "D", "--dir", pki.root, "--ca-key", missing]) == 2
+    assert mqtt_site_cli.main(["add-site", "D", "--dir", pki.root, "--ca-key", missing]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "CA key not found at " + missing in err
 
 
 def test_site_ids_that_are_not_one_topic_level_are_refused(pki, capsys):
     for bad in ("a/b", "+", "#", "", "_x", "a b", "x" * 65):
-        assert mqtt_site.main(["add-site", bad, "--dir", pki.root]) == 2
+        assert mqtt_site_cli.main(["add-site", bad, "--dir", pki.root]) == 2
     assert "becomes a topic level" in capsys.readouterr().err
 
 
 def test_init_never_overwrites_a_ca(pki, capsys):
-    assert mqtt_site.main(["init", "--dir", pki.root, "--server-name", "x"]) == 2
+    assert mqtt_site_cli.main(["init", "--dir", pki.root, "--server-name", "x"]) == 2
     assert "already holds a CA" in capsys.readouterr().err
 
 

@@ -12,8 +12,8 @@ import os
 import sqlite3
 
 from host import platform as P
-from host.broker import NatsCluster
-from host.testkit import make_bill
+from sim.brokers import NatsCluster
+from sim.testkit import make_bill
 from protocol import codec
 from tests.test_bridge_custody import RawPile, _rows
 from tests.test_bridge_helpers import PILE_A, PILE_B, bridge_running, fast_config, run, tempdir

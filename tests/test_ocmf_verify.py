@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.serialization import load_der_public_key
 from hypothesis import given, settings, strategies as st
 from pyocmf import OCMF
 
-from host.testkit import make_bill
+from sim.testkit import make_bill
 from protocol import ocmf, p256
 
 

@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from host.testkit import make_bill, make_extra
+from sim.testkit import make_bill, make_extra
 from protocol import fields as F
 from tools.ocpp_csms import Csms
 from tests.test_bridge_durability import db_all
@@ -390,7 +390,7 @@ def test_A00_security_profiles_2_and_3_tls_with_the_site_ca_and_a_client_certifi
     # PKI code) plus basic auth; profile 3: wss:// with the station's client
     # certificate, which the CSMS requires.
     import ssl
-    from tools.mqtt_site import Pki
+    from host.mqtt_site import Pki
 
     async def scenario(tmp):
         pki = Pki(os.path.join(tmp, "pki"))

@@ -16,7 +16,7 @@ import pytest
 from host import platform as P
 from host import schema
 from host.platform import BillKeys, Platform, PlatformError, reconcile
-from host.testkit import make_bill, make_extra
+from sim.testkit import make_bill, make_extra
 from protocol import codec
 from protocol.bill import payload as bill_payload, split as split_payload
 from protocol import sign
@@ -561,13 +561,14 @@ needs_tls = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def site_broker():
-    from tools import mqtt_site
+    from host import mqtt_site
+    from tools import mqtt_site as mqtt_site_cli
     with tempdir("platls") as tmp:
         root = os.path.join(tmp, "pki")
-        assert mqtt_site.main(["init", "--dir", root, "--server-name", "localhost",
+        assert mqtt_site_cli.main(["init", "--dir", root, "--server-name", "localhost",
                                "--server-ip", "127.0.0.1"]) == 0
-        assert mqtt_site.main(["add-site", "s1", "--dir", root]) == 0
-        assert mqtt_site.main(["add-platform", "platform-cmd", "--dir", root]) == 0
+        assert mqtt_site_cli.main(["add-site", "s1", "--dir", root]) == 0
+        assert mqtt_site_cli.main(["add-platform", "platform-cmd", "--dir", root]) == 0
         pki = mqtt_site.Pki(root)
         conf = mqtt_site.render_conf(pki.root, port="{tls_port}", bind="{host}")
         with brokers.Mosquitto(config=conf) as broker:

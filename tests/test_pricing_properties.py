@@ -6,7 +6,7 @@ from hypothesis import given, settings, strategies as st, HealthCheck
 from firmware import session as S
 from firmware import tariff as T
 from firmware.session import Gun
-from firmware.sim import SimWorld
+from sim.hardware import SimWorld
 from firmware.tariff import Accumulator, Tariff, fee
 from protocol import fields as F
 

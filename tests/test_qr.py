@@ -18,8 +18,9 @@ import zlib
 
 import pytest
 
-from tools import qr
-from tools.programs import find_program
+from host import qr
+from tools import qr as qr_cli
+from sim.programs import find_program
 
 PREFIX = "https://qr.example.com/c"
 OP = "MA4UJLL57"  # the log's operator id; its GB 11714 check character is right
@@ -215,7 +216,7 @@ def test_operator_check_can_be_skipped_for_ids_outside_gb11714():
 
 
 def test_cli_bad_input_is_one_line_on_stderr_with_nonzero_exit(capsys):
-    assert qr.main(["show", "--prefix", PREFIX, "--op", OP, "12345"]) == 2
+    assert qr_cli.main(["show", "--prefix", PREFIX, "--op", OP, "12345"]) == 2
     out, err = capsys.readouterr()
     assert out == ""
     assert err.count("\n") == 1 and err.startswith("pile-qr: error: pile number '12345'")
@@ -223,7 +224,7 @@ def test_cli_bad_input_is_one_line_on_stderr_with_nonzero_exit(capsys):
 
 def test_cli_without_prefix_says_how_to_give_one(capsys, monkeypatch):
     monkeypatch.delenv("PILE_QR_PREFIX", raising=False)
-    assert qr.main(["show", "--op", OP, "4403040003000003"]) == 2
+    assert qr_cli.main(["show", "--op", OP, "4403040003000003"]) == 2
     assert "--prefix" in capsys.readouterr().err
 
 
@@ -254,7 +255,7 @@ def test_batch_from_csv_writes_one_readable_code_per_pile(tmp, fmt, capsys):
     src = write_csv(tmp, ["pile,wire_code", "4403040003000003,32010600213533",
                           "44200100250000200002,", "32010600213534,"])
     out = os.path.join(tmp, "out")
-    assert qr.main(["batch", src, "--out", out, "--format", fmt, "--scale", "3",
+    assert qr_cli.main(["batch", src, "--out", out, "--format", fmt, "--scale", "3",
                     "--prefix", PREFIX, "--op", OP]) == 0
     for number in ("4403040003000003", "44200100250000200002", "32010600213534"):
         path = os.path.join(out, number + "." + fmt)
@@ -277,7 +278,7 @@ def test_batch_from_csv_writes_one_readable_code_per_pile(tmp, fmt, capsys):
 def test_batch_rows_may_carry_their_own_operator_and_prefix(tmp):
     src = write_csv(tmp, ["Pile,Op,Prefix", "4403040003000003,MA4UJLL57,http://b.example/q?x=1"])
     out = os.path.join(tmp, "out")
-    assert qr.main(["batch", src, "--out", out, "--format", "svg"]) == 0
+    assert qr_cli.main(["batch", src, "--out", out, "--format", "svg"]) == 0
     assert svg_matrix(os.path.join(out, "4403040003000003.svg")) == matrix_of(
         "http://b.example/q?x=1&did=4403040003000003&op=MA4UJLL57")
 
@@ -285,7 +286,7 @@ def test_batch_rows_may_carry_their_own_operator_and_prefix(tmp):
 def test_batch_with_a_bad_row_reports_each_by_line_and_writes_nothing(tmp, capsys):
     src = write_csv(tmp, ["pile", "4403040003000003", "12345", "4403040003000003", "abc"])
     out = os.path.join(tmp, "out")
-    assert qr.main(["batch", src, "--out", out, "--prefix", PREFIX, "--op", OP]) == 2
+    assert qr_cli.main(["batch", src, "--out", out, "--prefix", PREFIX, "--op", OP]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("pile-qr: error: %s:3: pile number '12345'" % src)
     assert err[1] == "pile-qr: error: %s:4: pile 4403040003000003 already on line 2" % src
@@ -297,7 +298,7 @@ def test_batch_with_a_bad_row_reports_each_by_line_and_writes_nothing(tmp, capsy
 def test_batch_refuses_two_piles_mapping_to_one_wire_code(tmp, capsys):
     # Different regions, same last 14 digits: the derivation would collide.
     src = write_csv(tmp, ["pile", "4403040003000003", "4503040003000003"])
-    assert qr.main(["batch", src, "--out", os.path.join(tmp, "o"),
+    assert qr_cli.main(["batch", src, "--out", os.path.join(tmp, "o"),
                     "--prefix", PREFIX, "--op", OP]) == 2
     assert "wire code 03040003000003 (last14) already used by pile 4403040003000003" in \
         capsys.readouterr().err
@@ -305,12 +306,12 @@ def test_batch_refuses_two_piles_mapping_to_one_wire_code(tmp, capsys):
 
 def test_batch_csv_without_pile_column_is_refused(tmp, capsys):
     src = write_csv(tmp, ["number", "4403040003000003"])
-    assert qr.main(["batch", src, "--out", tmp, "--prefix", PREFIX, "--op", OP]) == 2
+    assert qr_cli.main(["batch", src, "--out", tmp, "--prefix", PREFIX, "--op", OP]) == 2
     assert "no 'pile' column" in capsys.readouterr().err
 
 
 def test_batch_missing_csv_is_one_line_error(tmp, capsys):
-    assert qr.main(["batch", os.path.join(tmp, "nope.csv"), "--out", tmp,
+    assert qr_cli.main(["batch", os.path.join(tmp, "nope.csv"), "--out", tmp,
                     "--prefix", PREFIX, "--op", OP]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "nope.csv" in err
@@ -319,7 +320,7 @@ def test_batch_missing_csv_is_one_line_error(tmp, capsys):
 # --- terminal output
 
 def test_show_prints_payload_then_the_code_in_the_terminal(capsys):
-    assert qr.main(["show", "--prefix", PREFIX, "--op", OP, "4403040003000003"]) == 0
+    assert qr_cli.main(["show", "--prefix", PREFIX, "--op", OP, "4403040003000003"]) == 0
     out = capsys.readouterr().out
     first, rest = out.split("\n", 1)
     assert first == PREFIX + "?did=4403040003000003&op=" + OP
@@ -327,7 +328,7 @@ def test_show_prints_payload_then_the_code_in_the_terminal(capsys):
 
 
 def test_show_compact_prints_half_height_code(capsys):
-    assert qr.main(["show", "--compact", "--prefix", PREFIX, "--op", OP,
+    assert qr_cli.main(["show", "--compact", "--prefix", PREFIX, "--op", OP,
                     "44200100250000200002", "--wire-code", "32010600213533"]) == 0
     captured = capsys.readouterr()
     first, rest = captured.out.split("\n", 1)
@@ -337,7 +338,7 @@ def test_show_compact_prints_half_height_code(capsys):
 
 
 def test_show_no_code_prints_only_the_payload(capsys):
-    assert qr.main(["show", "--no-code", "--prefix", PREFIX, "--op", OP, "32010600213533"]) == 0
+    assert qr_cli.main(["show", "--no-code", "--prefix", PREFIX, "--op", OP, "32010600213533"]) == 0
     assert capsys.readouterr().out == PREFIX + "?did=32010600213533&op=" + OP + "\n"
 
 
@@ -353,7 +354,7 @@ def test_readers_detect_a_code_for_another_payload(tmp):
 
 def test_each_derived_wire_code_is_warned_about_once(tmp):
     # Run as the installed command so the count covers everything that
-    # reaches the technician's terminal, not just what qr.main() prints.
+    # reaches the technician's terminal, not just what qr_cli.main() prints.
     src = write_csv(tmp, ["pile", "44200100250000200002", "32010600213534",
                           "4403040003000003"])
     exe = find_program("pile-qr")
@@ -400,7 +401,7 @@ def test_sheet_has_each_pile_as_a_labelled_sticker_of_the_given_size(tmp, capsys
         ["320106002135%02d," % i for i in range(13)]
     src = write_csv(tmp, rows)
     out = os.path.join(tmp, "sheet")
-    assert qr.main(["sheet", src, "--out", out, "--size", "40", "--prefix", PREFIX,
+    assert qr_cli.main(["sheet", src, "--out", out, "--size", "40", "--prefix", PREFIX,
                     "--op", OP]) == 0
     cols, per_col = qr.sticker_layout(40)
     assert "14 sticker(s) of 40 mm" in capsys.readouterr().out
@@ -420,6 +421,6 @@ def test_sheet_has_each_pile_as_a_labelled_sticker_of_the_given_size(tmp, capsys
 
 def test_sheet_too_small_for_a_phone_is_refused(tmp, capsys):
     src = write_csv(tmp, ["pile", "4403040003000003"])
-    assert qr.main(["sheet", src, "--out", os.path.join(tmp, "s"), "--size", "10",
+    assert qr_cli.main(["sheet", src, "--out", os.path.join(tmp, "s"), "--size", "10",
                     "--prefix", PREFIX, "--op", OP]) == 2
     assert "--size must be" in capsys.readouterr().err

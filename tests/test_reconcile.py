@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 from host import platform as P
 from host import schema
-from host.testkit import make_bill, make_extra
+from sim.testkit import make_bill, make_extra
 from protocol import codec
 from protocol import reconcile as R
 from protocol.bill import payload, split

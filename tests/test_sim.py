@@ -14,9 +14,15 @@ import threading
 
 import pytest
 
-from host.broker import RefusedPort
+from sim.brokers import RefusedPort
 from protocol import codec
-from tools import sim, stack
+from sim import fleet as sim_fleet
+from sim import scenario as sim
+from sim import scenario_file as scen_file
+from sim import stack
+from sim.links import SocketUart
+from sim.platform import ScriptedPlatform
+from tools import sim as sim_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCENARIOS = os.path.join(ROOT, "tools", "scenarios")
@@ -35,7 +41,7 @@ EXPECTED = {
 
 
 def _run_json(capsys, path):
-    rc = sim.main(["scenario", path, "--json"])
+    rc = sim_cli.main(["scenario", path, "--json"])
     out = capsys.readouterr().out
     return rc, json.loads(out)
 
@@ -57,7 +63,7 @@ def test_field_case_scenarios_are_shipped_and_every_scenario_file_parses():
     names = set(os.path.splitext(os.path.basename(f))[0] for f in files)
     assert set(EXPECTED) <= names
     for f in files:  # others' scenarios (the demo's) must at least be valid
-        sc = sim.load_scenario(f)
+        sc = scen_file.load_scenario(f)
         assert sc["piles"] and sc["tariff"] is not None
 
 
@@ -121,7 +127,7 @@ def test_vin_refusal_stops_the_unknown_bus_and_flags_the_nameplate_mismatch(caps
 
 
 def test_table_output_lists_bills_and_verdict(capsys):
-    rc = sim.main(["scenario", os.path.join(SCENARIOS, "triple_stop.json")])
+    rc = sim_cli.main(["scenario", os.path.join(SCENARIOS, "triple_stop.json")])
     out = capsys.readouterr().out
     assert rc == 0
     assert "55031412782305012611241000000001" in out and "OK: 1 bills" in out
@@ -130,40 +136,40 @@ def test_table_output_lists_bills_and_verdict(capsys):
 # --- exact decimals -----------------------------------------------------------------
 
 def test_decimal_strings_parse_exactly_to_protocol_integers():
-    assert sim.yuan_e4("1.00") == 10000
-    assert sim.kwh_e4("0.1") == 1000
-    assert sim.yuan_e4("0.0001") == 1
-    assert sim.yuan_e4("1") == 10000 and sim.yuan_e4(1) == 10000
-    assert sim.yuan_e4("12.345") == 123450
-    assert sim.yuan_e4("2.50000") == 25000          # trailing zeros beyond resolution
-    assert sim.balance_e2("100.00") == 10000
-    assert sim.kwh_e4("0.3") * 3 == sim.kwh_e4("0.9")  # no binary fraction anywhere
-    assert sim.parse_decimal("1234567890.12345", 5, "x") == 123456789012345
+    assert scen_file.yuan_e4("1.00") == 10000
+    assert scen_file.kwh_e4("0.1") == 1000
+    assert scen_file.yuan_e4("0.0001") == 1
+    assert scen_file.yuan_e4("1") == 10000 and scen_file.yuan_e4(1) == 10000
+    assert scen_file.yuan_e4("12.345") == 123450
+    assert scen_file.yuan_e4("2.50000") == 25000          # trailing zeros beyond resolution
+    assert scen_file.balance_e2("100.00") == 10000
+    assert scen_file.kwh_e4("0.3") * 3 == scen_file.kwh_e4("0.9")  # no binary fraction anywhere
+    assert scen_file.parse_decimal("1234567890.12345", 5, "x") == 123456789012345
 
 
 @pytest.mark.parametrize("bad", ["0.00001", "1e3", "-1", "1.2.3", "", "abc", " 1,00", 1.0,
                                  True, None, -5])
 def test_bad_decimal_is_a_clear_error(bad):
-    with pytest.raises(sim.ScenarioError) as e:
-        sim.yuan_e4(bad, "start.amount")
+    with pytest.raises(scen_file.ScenarioError) as e:
+        scen_file.yuan_e4(bad, "start.amount")
     assert "start.amount" in str(e.value)
 
 
 def test_json_numbers_with_fractions_stay_exact():
-    d = json.loads('{"a": 1.10, "b": 0.1}', parse_float=sim._JsonNumber)
-    assert sim.yuan_e4(d["a"]) == 11000 and sim.kwh_e4(d["b"]) == 1000
+    d = json.loads('{"a": 1.10, "b": 0.1}', parse_float=scen_file._JsonNumber)
+    assert scen_file.yuan_e4(d["a"]) == 11000 and scen_file.kwh_e4(d["b"]) == 1000
 
 
 def test_durations():
-    assert sim.parse_duration_ms("1h30m") == 5400000
-    assert sim.parse_duration_ms("10m") == 600000
-    assert sim.parse_duration_ms("90s") == 90000
-    assert sim.parse_duration_ms("1.5s") == 1500
-    assert sim.parse_duration_ms("500ms") == 500
-    assert sim.parse_duration_ms(45) == 45000
-    assert sim.parse_duration_ms("2.25") == 2250
-    with pytest.raises(sim.ScenarioError):
-        sim.parse_duration_ms("10 minutes")
+    assert scen_file.parse_duration_ms("1h30m") == 5400000
+    assert scen_file.parse_duration_ms("10m") == 600000
+    assert scen_file.parse_duration_ms("90s") == 90000
+    assert scen_file.parse_duration_ms("1.5s") == 1500
+    assert scen_file.parse_duration_ms("500ms") == 500
+    assert scen_file.parse_duration_ms(45) == 45000
+    assert scen_file.parse_duration_ms("2.25") == 2250
+    with pytest.raises(scen_file.ScenarioError):
+        scen_file.parse_duration_ms("10 minutes")
 
 
 # --- bad scenario files ---------------------------------------------------------------
@@ -188,7 +194,7 @@ def _scenario_file(tmp_path, text):
      "energy price 0"),
 ])
 def test_bad_scenario_file_gives_one_line_error_and_nonzero_exit(tmp_path, capsys, text, words):
-    rc = sim.main(["scenario", _scenario_file(tmp_path, text), "--json"])
+    rc = sim_cli.main(["scenario", _scenario_file(tmp_path, text), "--json"])
     cap = capsys.readouterr()
     assert rc == 2 and cap.out == ""
     lines = cap.err.strip().split("\n")
@@ -196,7 +202,7 @@ def test_bad_scenario_file_gives_one_line_error_and_nonzero_exit(tmp_path, capsy
 
 
 def test_missing_scenario_file_is_an_error(capsys):
-    assert sim.main(["scenario", "/nonexistent/pile-sim.json"]) == 2
+    assert sim_cli.main(["scenario", "/nonexistent/pile-sim.json"]) == 2
     assert "No such file" in capsys.readouterr().err
 
 
@@ -204,7 +210,7 @@ def test_unmet_expectation_gives_nonzero_exit(tmp_path, capsys):
     with open(os.path.join(SCENARIOS, "triple_stop.json")) as f:
         d = json.load(f)
     d["expect"]["bills"] = 2
-    rc = sim.main(["scenario", _scenario_file(tmp_path, json.dumps(d)), "--json"])
+    rc = sim_cli.main(["scenario", _scenario_file(tmp_path, json.dumps(d)), "--json"])
     res = json.loads(capsys.readouterr().out)
     assert rc == 1 and not res["ok"] and "expected 2 bills, got 1" in res["problems"]
 
@@ -214,7 +220,7 @@ def test_unconfirmed_bill_is_reported_pending_not_lost(tmp_path, capsys):
         d = json.load(f)
     d["platform"] = {"confirm": False}
     d["expect"] = {"bills": 1}
-    rc = sim.main(["scenario", _scenario_file(tmp_path, json.dumps(d)), "--json"])
+    rc = sim_cli.main(["scenario", _scenario_file(tmp_path, json.dumps(d)), "--json"])
     res = json.loads(capsys.readouterr().out)
     assert rc == 0
     b = res["bills"][0]
@@ -224,8 +230,9 @@ def test_unconfirmed_bill_is_reported_pending_not_lost(tmp_path, capsys):
 # --- TCP attach mode against a minimal YKC peer ---------------------------------------------
 
 class YkcPeer:
-    """A tiny platform end on a free loopback port: answers login, heartbeat
-    and tariff check; confirms (0x40) and settles (0xE4) every bill."""
+    """The scripted platform (sim/platform.py) on a free loopback port, one
+    thread per pile connection: answers login, heartbeat and tariff check;
+    confirms (0x40) and settles (0xE4) every bill."""
 
     def __init__(self):
         self.srv = socket.socket()
@@ -250,42 +257,15 @@ class YkcPeer:
             threading.Thread(target=self._serve, args=(c,), daemon=True).start()
 
     def _serve(self, c):
-        rd = codec.FrameReader()
-        while True:
-            try:
-                data = c.recv(4096)
-            except OSError:
-                return
-            if not data:
-                return
-            for f in rd.push(data):
-                if not isinstance(f, codec.Frame):
-                    continue
-                v = f.fields
-                out = []
-                if f.name == "login":
-                    out.append(codec.encode("login_reply", {"pile": v["pile"], "result": 0},
-                                            codec.reply_seq(f)))
-                elif f.name == "heartbeat":
-                    out.append(codec.encode("heartbeat_reply", {"pile": v["pile"], "gun": v["gun"],
-                                                                "reply": 0}, codec.reply_seq(f)))
-                elif f.name == "tariff_check":
-                    out.append(codec.encode("tariff_check_reply", {"pile": v["pile"],
-                                            "model": v["model"], "result": 0}, codec.reply_seq(f)))
-                elif f.name in ("bill", "bill5"):
-                    out.append(codec.encode("bill_confirm", {"serial": v["serial"], "result": 0},
-                                            codec.reply_seq(f)))
-                    out.append(codec.encode("settled", {"serial": v["serial"], "result": 0}, 7))
-                try:
-                    for b in out:
-                        c.sendall(b)
-                except OSError:
-                    return
+        uart = SocketUart(c)
+        plat = ScriptedPlatform(uart)
+        while not uart.closed:
+            for f in plat.pump():
                 with self.cond:
                     if f.name == "login":
-                        self.logins.append(v["pile"])
+                        self.logins.append(f.fields["pile"])
                     elif f.name in ("bill", "bill5"):
-                        self.bills.append(v)
+                        self.bills.append(f.fields)
                     self.cond.notify_all()
 
     def wait(self, pred, timeout=30):
@@ -309,7 +289,7 @@ def peer():
 
 
 def test_fleet_attaches_over_tcp_and_its_bills_are_confirmed(peer):
-    sc = sim.parse_scenario({
+    sc = scen_file.parse_scenario({
         "tariff": {"prices": [[120000, 40000], [100000, 40000], [70000, 40000],
                               [30000, 40000]], "slots": [2] * 48},
         "piles": [{"code": "55031412780101"}, {"code": "55031412780102", "power_w": 7000}],
@@ -317,7 +297,7 @@ def test_fleet_attaches_over_tcp_and_its_bills_are_confirmed(peer):
                      {"at": "20s", "pile": 0, "do": "card", "minutes": 2},
                      {"at": "30s", "pile": 1, "do": "card", "energy": "0.5"},
                      {"at": "1m", "pile": 1, "do": "stop", "note": "platform action: skipped"}]})
-    fleet = sim.SimFleet(("127.0.0.1", peer.port), speed=600, scenario=sc)
+    fleet = sim_fleet.SimFleet(("127.0.0.1", peer.port), speed=600, scenario=sc)
     try:
         fleet.start()
         assert fleet.wait(lambda f: f.stats()["settled"] == 2, timeout=30), fleet.stats()
@@ -337,7 +317,7 @@ def test_fleet_attaches_over_tcp_and_its_bills_are_confirmed(peer):
 
 
 def test_fleet_builtin_mix_runs_sessions_over_tcp(peer):
-    fleet = sim.SimFleet(("127.0.0.1", peer.port), piles=3, speed=2000, mix="cards", seed=3)
+    fleet = sim_fleet.SimFleet(("127.0.0.1", peer.port), piles=3, speed=2000, mix="cards", seed=3)
     try:
         fleet.start()
         assert fleet.wait(lambda f: f.stats()["settled"] >= 3, timeout=40), fleet.stats()
@@ -349,7 +329,7 @@ def test_fleet_builtin_mix_runs_sessions_over_tcp(peer):
 
 
 def test_fleet_reconnects_after_the_bridge_drops_the_connection(peer):
-    fleet = sim.SimFleet(("127.0.0.1", peer.port), piles=1, speed=600, mix="idle")
+    fleet = sim_fleet.SimFleet(("127.0.0.1", peer.port), piles=1, speed=600, mix="idle")
     try:
         fleet.start()
         assert peer.wait(lambda: len(peer.logins) >= 1, timeout=20)
@@ -400,14 +380,14 @@ def test_run_command_shuts_down_cleanly_on_sigterm(peer):
 
 
 def test_bad_bridge_address_is_a_one_line_error(capsys):
-    assert sim.main(["run", "--bridge", "nowhere", "--piles", "1"]) == 2
+    assert sim_cli.main(["run", "--bridge", "nowhere", "--piles", "1"]) == 2
     err = capsys.readouterr().err.strip().split("\n")
     assert len(err) == 1 and "HOST:PORT" in err[0]
 
 
 @contextlib.contextmanager
 def _bridge_child(tmp_path, extra=""):
-    """host.bridge as a child process (tools/stack.py), its MQTT side pointed
+    """host.bridge as a child process (sim/stack.py), its MQTT side pointed
     at a port held refused (it retries in the background): pile links and
     bill custody (0x40 once the bill is stored) work without a broker.
     Yields the started BridgeProcess; one that does not start fails the test
@@ -425,14 +405,14 @@ def test_fleet_against_the_real_bridge_gets_its_bills_confirmed(tmp_path):
     fleet = None
     with _bridge_child(tmp_path) as br:
         try:
-            sc = sim.parse_scenario({
+            sc = scen_file.parse_scenario({
                 "tariff": {"prices": [[120000, 40000], [100000, 40000], [70000, 40000],
                                       [30000, 40000]], "slots": [1] * 48},
                 "piles": [{"code": "55031412780201", "plugged": True},
                           {"code": "55031412780202", "plugged": True}],
                 "timeline": [{"at": "1m", "pile": 0, "do": "card", "amount": "2.00"},
                              {"at": "1m", "pile": 1, "do": "card", "minutes": 3}]})
-            fleet = sim.SimFleet(("127.0.0.1", br.tcp_port), speed=600, scenario=sc)
+            fleet = sim_fleet.SimFleet(("127.0.0.1", br.tcp_port), speed=600, scenario=sc)
             fleet.start()
             assert fleet.wait(lambda f: f.stats()["confirmed"] == 2, timeout=30), fleet.stats()
             reasons = sorted(b["stop_reason_name"] for b in fleet.bills())
@@ -461,7 +441,7 @@ def test_a_bridge_that_crashes_at_start_up_fails_the_test_naming_it(tmp_path):
 def test_fleet_on_ptys_gets_its_bills_confirmed_by_the_real_bridge_on_serial_links(tmp_path):
     # Each simulated pile's UART is a pty; the bridge opens the other ends as
     # [[serial]] links, as it would /dev/ttyUSB0 on a site gateway.
-    sc = sim.parse_scenario({
+    sc = scen_file.parse_scenario({
         "tariff": {"prices": [[120000, 40000], [100000, 40000], [70000, 40000],
                               [30000, 40000]], "slots": [1] * 48},
         "piles": [{"code": "55031412780301", "plugged": True},
@@ -469,7 +449,7 @@ def test_fleet_on_ptys_gets_its_bills_confirmed_by_the_real_bridge_on_serial_lin
         "timeline": [{"at": "1m", "pile": 0, "do": "card", "amount": "2.00"},
                      {"at": "1m", "pile": 1, "do": "card", "minutes": 3},
                      {"at": "2m", "pile": 1, "do": "power_cut", "off": "30s"}]})
-    fleet = sim.SimFleet(None, speed=600, scenario=sc, link="pty",
+    fleet = sim_fleet.SimFleet(None, speed=600, scenario=sc, link="pty",
                          root=str(tmp_path / "piles"))
     try:
         ptys = fleet.ptys()
@@ -528,11 +508,11 @@ def test_run_pty_prints_one_pty_per_pile_and_the_pile_logs_in_on_it():
 
 def test_run_needs_a_bridge_or_ptys_and_not_both(capsys):
     with pytest.raises(SystemExit) as e:
-        sim.main(["run", "--piles", "1"])
+        sim_cli.main(["run", "--piles", "1"])
     assert e.value.code == 2
     assert "--bridge" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        sim.main(["run", "--pty", "--bridge", "127.0.0.1:1"])
+        sim_cli.main(["run", "--pty", "--bridge", "127.0.0.1:1"])
     assert "not allowed with" in capsys.readouterr().err
 
 
@@ -542,7 +522,7 @@ def _tariff_flat():
 
 
 def test_silent_meter_stops_the_session_and_a_backwards_meter_is_not_billed():
-    res = sim.run_scenario(sim.parse_scenario({
+    res = sim.run_scenario(scen_file.parse_scenario({
         "tariff": _tariff_flat(),
         "piles": [{"code": "55031412780301", "plugged": True},
                   {"code": "55031412780302", "plugged": True}],
@@ -558,7 +538,7 @@ def test_silent_meter_stops_the_session_and_a_backwards_meter_is_not_billed():
 
 
 def test_reboot_now_and_when_idle_each_leave_exactly_one_bill():
-    res = sim.run_scenario(sim.parse_scenario({
+    res = sim.run_scenario(scen_file.parse_scenario({
         "tariff": _tariff_flat(),
         "piles": [{"code": "55031412780401", "plugged": True},
                   {"code": "55031412780402", "plugged": True}],
@@ -575,7 +555,7 @@ def test_reboot_now_and_when_idle_each_leave_exactly_one_bill():
 def test_every_start_refusal_reason_the_firmware_gives_has_a_name():
     # journal_full showed as code_10 (issue 12 item 7).
     from firmware import session as S
-    from tools import sim
+    from sim import scenario as sim
     codes = [getattr(S, n) for n in dir(S) if n.startswith("START_") and isinstance(getattr(S, n), int)]
     assert codes and all(not sim._start_reason(c).startswith("code_") for c in codes)
     assert sim._start_reason(S.START_JOURNAL_FULL) == "journal_full"

@@ -3,7 +3,7 @@
 # loaded once; it must show the pile and its bill live, say plainly when
 # the bridge stops answering (SIGKILL) and come back by itself when the
 # bridge restarts on its store, the bill still listed; and render 500 piles.
-# The bridge is a child process (tools/stack.BridgeProcess) with a password
+# The bridge is a child process (sim/stack.BridgeProcess) with a password
 # (what happens without it: tests/test_status_page.py).
 import asyncio
 import base64
@@ -12,12 +12,12 @@ import time
 
 import pytest
 
-from host.testkit import make_bill
+from sim.testkit import make_bill
 from protocol import codec
 from tests.test_bridge_custody import RawPile
 from tests.test_bridge_helpers import (PILE_A, Platform, bridge_running, fast_config, run, tempdir,
                                        url_of)
-from tools import stack
+from sim import stack
 
 CHROMIUM = "/usr/bin/chromium"
 DRIVER = "/usr/bin/chromedriver"

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from host import config as configmod
-from host.testkit import make_bill
+from sim.testkit import make_bill
 from protocol import codec
 from tests.test_bridge_custody import RawPile
 from tests.test_bridge_helpers import (PILE_A, Platform, bridge_running, fast_config, run, tempdir,

@@ -11,7 +11,7 @@ import tempfile
 import pytest
 
 from host import store as S
-from host.testkit import make_bill
+from sim.testkit import make_bill
 from protocol import codec
 from tests.test_bridge_helpers import (PILE_A, ROOT, bridge_running, connect_pile, fast_config, run,
                                        tempdir, url_of, write_toml)
@@ -98,7 +98,7 @@ def test_a_store_is_bound_to_its_site_and_moves_only_by_migrate_site(mosquitto):
     # Issue 17: a restart with another site id republished the old bills
     # under it. The store is bound to its site at the first start; another
     # site is refused by name until 'pile-bridge migrate-site --from OLD'.
-    from host.testkit import make_extra
+    from sim.testkit import make_extra
     from tests.test_bridge_helpers import Platform
 
     async def scenario(tmp):

@@ -10,7 +10,7 @@ import tempfile
 import pytest
 
 from host import store as S
-from host.testkit import make_bill
+from sim.testkit import make_bill
 from protocol import codec
 
 PILE = "55031412782305"

@@ -1,5 +1,5 @@
 # Issue 12's "done when", live: a real bridge process, real Mosquitto, the
-# real `pile-platform` process and a third-party pile (host.testkit.
+# real `pile-platform` process and a third-party pile (sim.testkit.
 # ThirdPartyPile: hex SIM, swapped CRCs, V1.5 version byte, two guns, meter
 # 0 -> 0, bills that do not reconcile, 156-byte and 0x3D bills, gives a bill
 # up after 3 resends). Every good-CRC bill of every variant is stored once,
@@ -10,7 +10,8 @@ import json
 import os
 import sys
 
-from host.testkit import TcpTransport, ThirdPartyPile, third_party_corpus
+from sim.testkit import ThirdPartyPile, third_party_corpus
+from sim.links import TcpTransport
 from protocol.reconcile import problem_classes
 from tests.test_bridge_custody import _rows
 from tests.test_bridge_helpers import (ROOT, BridgeProcess, Platform, fast_config, run, tempdir,

@@ -8,7 +8,7 @@ fast path, again and again; the best turn of each kept, so that a burst of
 load from elsewhere hits all three alike):
 
 - the bill 0x3B of tests/mp/test_codec.py (the figure docs/benchmarks.md has
-  tracked since the start): protocol.codec, construct (tools/dissect
+  tracked since the start): protocol.codec, construct (host/dissect
   FRAME.parse + FRAME.build) and the host's fast path (host/fastcodec.py);
 - every layout of the frame table, with the values of
   tests/mp/bench_codec_mp.samples(): the same three, their ratios, and the
@@ -35,8 +35,8 @@ import time
 from host import cli
 from host import fastcodec as X
 from protocol import codec
-from tools import dissect as D
-from tools.programs import find_program
+from host import dissect as D
+from sim.programs import find_program
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -252,7 +252,7 @@ def main(argv=None):
     print()
     print("| bill 0x3B (166 bytes), decode + encode | per second | / construct |")
     print("|---|---|---|")
-    print("| construct 2.10 (tools/dissect FRAME.parse + build), CPython | %.0f | 1.0 x |" % theirs)
+    print("| construct 2.10 (host/dissect FRAME.parse + build), CPython | %.0f | 1.0 x |" % theirs)
     print("| protocol.codec, CPython | %.0f | %.1f x |" % (ours, ours / theirs))
     print("| host fast path (host/fastcodec.py), CPython | %.0f | %.1f x |" % (fast, fast / theirs))
     if mp is not None:

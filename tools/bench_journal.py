@@ -5,7 +5,7 @@ the `micropython` binary.
     python3 -m tools.bench_journal            # print the figures (Markdown)
     python3 -m tools.bench_journal --write    # and update docs/benchmarks.md
 
-The measuring core is tools/bench_journal_core.py, the same file on both
+The measuring core is sim/journal_bench.py, the same file on both
 interpreters (MicroPython runs it as a script). Heap figures use the
 firmware precompiled with mpy-cross, as a board runs it (frozen or .mpy):
 compiling journal.py from source needs a parse tree several times the
@@ -21,8 +21,8 @@ import subprocess
 import sys
 import tempfile
 
-from tools import bench_journal_core as core
-from tools.programs import find_program
+from sim import journal_bench as core
+from sim.programs import find_program
 from host import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,9 +31,9 @@ HEADING = "## Journal"
 CI_CAP = "160K"      # test_journal's line in tools/mp_heapcap.sh
 # What the dual-interpreter journal tests import, precompiled for heap runs.
 MPY_SOURCES = ["firmware/__init__.py", "firmware/journal.py", "firmware/fsio.py", "firmware/outbox.py",
-               "firmware/flashsim.py", "tests/__init__.py", "tests/mp/__init__.py",
+               "sim/__init__.py", "sim/flash.py", "tests/__init__.py", "tests/mp/__init__.py",
                "tests/mp/util.py", "tests/mp/test_journal.py",
-               "tools/__init__.py", "tools/bench_journal_core.py"]
+               "sim/journal_bench.py"]
 
 
 def run_mp(mp, args, heap=None, cwd=ROOT):
@@ -47,7 +47,7 @@ def mp_version(mp):
 
 
 def micropython_core(mp, workdir, bills):
-    r = run_mp(mp, ["tools/bench_journal_core.py", workdir, str(bills)])
+    r = run_mp(mp, ["sim/journal_bench.py", workdir, str(bills)])
     if r.returncode:
         raise RuntimeError("micropython core failed:\n" + r.stdout + r.stderr)
     return [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]

@@ -24,7 +24,8 @@ import sys
 import tempfile
 import time
 
-from host.testkit import ScriptedPile, TcpTransport, make_bill
+from sim.testkit import ScriptedPile, make_bill
+from sim.links import TcpTransport
 from protocol import fields as F
 from tools.ocpp_csms import Csms
 

@@ -6,7 +6,7 @@ the smallest MicroPython heap that runs a full session.
 
 Overshoot (field case shared/context/field-cases.md §2): targets amount
 1 yuan, energy 1 kWh and time 10 min at 7, 60, 120 and 250 kW, on the
-simulated vehicle of firmware/sim.py (3 s ramp, no taper in range) and a flat
+simulated vehicle of sim/hardware.py (3 s ramp, no taper in range) and a flat
 1.20 yuan/kWh tariff:
   - pile-side: the target is given to the pile (firmware/session.py), which
     samples the meter every 1 s and stops predictively; a second column with
@@ -34,10 +34,10 @@ import tempfile
 
 from firmware import session as S
 from firmware.realtime import Cadence
-from firmware.sim import SimWorld
+from sim.hardware import SimWorld
 from firmware.tariff import Tariff
 from protocol import fields as F
-from tools.programs import find_program
+from sim.programs import find_program
 from host import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -207,7 +207,7 @@ def _alloc(line):
 def report(heap=True):
     out = ["## Charge control", "",
            "Rerun: `python3 -m tools.bench_overshoot --write` (tools/bench_overshoot.py; "
-           "simulated vehicle and meter of firmware/sim.py, flat tariff 1.20 yuan/kWh, "
+           "simulated vehicle and meter of sim/hardware.py, flat tariff 1.20 yuan/kWh, "
            "3 s power ramp; platform link delay 1 s each way).", "",
            "### Limit overshoot: billed figure (difference to the target)", "",
            "Pile-side never exceeds the target; it stops short by at most one sample "

@@ -1,6 +1,6 @@
 """Power-sharing benchmark: the firmware's allocator (firmware/sharing.py)
 and charge control (firmware/session.py Gun, one per gun) on simulated
-vehicles, meters and power outputs (firmware/sim.py), over thousands of
+vehicles, meters and power outputs (sim/hardware.py), over thousands of
 randomised arrivals and departures and randomised cap changes (the
 platform's 0x52 percentage, the site cap, module faults and repairs).
 
@@ -26,15 +26,19 @@ tick. Reported:
 """
 import argparse
 import json
+import os
 import sys
 import time
 
-from firmware import session as S
-from firmware.sharing import Sharing, TICK_MS, allocate, gun_demand
-from firmware.sim import SimOutput, SimWorld
-from firmware.tariff import Tariff
-from protocol import fields as F
-from protocol.reconcile import reconcile
+# Run as a script, tools/ comes first on sys.path, where tools/sim.py would
+# hide the sim package: the repository root goes first.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from firmware import session as S  # noqa: E402
+from firmware.sharing import Sharing, TICK_MS, allocate, gun_demand  # noqa: E402
+from firmware.tariff import Tariff  # noqa: E402
+from protocol import fields as F  # noqa: E402
+from protocol.reconcile import reconcile  # noqa: E402
+from sim.hardware import SimOutput, SimWorld  # noqa: E402
 
 _PILE = "55031412782305"
 

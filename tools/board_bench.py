@@ -20,9 +20,9 @@ import subprocess
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import board_test  # noqa: E402
-from board_test import ROOT, Board  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from sim import board as board_test  # noqa: E402
+from sim.board import ROOT, Board  # noqa: E402
 
 PSRAM = 0x21000000
 

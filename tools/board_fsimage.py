@@ -19,7 +19,7 @@ import vfs
 import os
 
 sys.path.insert(0, ".")
-from tools.bench_journal_core import build_journal  # noqa: E402
+from sim.journal_bench import build_journal  # noqa: E402
 
 _BLOCK = 4096
 

@@ -6,7 +6,7 @@
 docs/protocol.md is prose written by hand with generated blocks between
 `<!-- BEGIN generated:NAME -->` and `<!-- END generated:NAME -->` markers:
 `frames` (every frame as a table of fields, bytes, kind, units and scales,
-from protocol/frames.py), `stop-reasons` (tools/dissect.STOP_REASONS) and
+from protocol/frames.py), `stop-reasons` (host/dissect.STOP_REASONS) and
 `samples` (the document's own sample frames, their CRCs recomputed),
 `examples` (whole frames built by the codec from the values below, each
 with its decoded fields: tests/test_doc_frames.py decodes every one). Only the
@@ -23,7 +23,7 @@ import sys
 from protocol import codec
 from protocol import frames as T
 from protocol.crc import crc16
-from tools import dissect as D
+from host import dissect as D
 
 DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
                    "protocol.md")

@@ -4,11 +4,11 @@
     pile-chaos --piles 20 --sessions 50 --events /tmp/ev.jsonl   # writes both
 
 Each bill's events (its trade serial) are replayed through the transition
-table generated from model/custody.pml (tools/model_table.py, one bill,
+table generated from model/custody.pml (sim/model_table.py, one bill,
 the fault budgets lifted):
 
 - pile events: its journal records as they land on the flash (session
-  open, sealed, host-confirmed, settled), from tools/chaos.py's TapFlash;
+  open, sealed, host-confirmed, settled), from sim/chaos_fleet.py's TapFlash;
 - bridge events: each bill's commit, confirmation and 0xE3, from its
   store (`received_at`, `confirmed_at`, `settled_at`: a SIGKILL can come
   between a step's commit and its log line), and its own log in its order
@@ -31,7 +31,7 @@ import re
 import sys
 import time
 
-from tools.model_table import Table
+from sim.model_table import Table
 
 TOLERANCE_S = 1.0
 

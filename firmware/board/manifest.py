@@ -4,9 +4,10 @@
 # board needs it, never in the build script.
 #
 # Not carried: firmware/main.py (the board's editable main.py with its
-# CONFIG, copied as source, README "A real board"), firmware/sim.py,
-# firmware/flashsim.py and firmware/loopuart.py (simulated hardware for
-# tests and tools).
+# CONFIG, copied as source, README "A real board"). The simulated hardware
+# for tests and tools (sim/hardware.py, sim/flash.py, sim/loopuart.py and
+# the meter peer sim/meter.py) lives outside firmware/;
+# tests/board/manifest.py adds it to the test image.
 # littlefs needs mp_hal_time_ns, which the qemu port lacks: a few lines of C.
 c_module("cmod/boardhal")
 package("protocol", base_path="../..")
@@ -20,6 +21,7 @@ package(
         "dlt645.py",
         "errors.py",
         "fsio.py",
+        "handlers.py",
         "journal.py",
         "link.py",
         "outbox.py",

@@ -1,7 +1,7 @@
 # A pile running the real firmware with a simulated BMS per gun over CAN
 # (sim/bms.py BmsGun): the rig of tests/mp/pilekit.py with each gun's
 # vehicle being the GB/T 27930 charger side (firmware/bms.py).
-from firmware.sim import SimClock, SimOutput
+from sim.hardware import SimClock, SimOutput
 from sim.bms import BmsGun, QueueBus
 from tests.mp.pilekit import T0, Rig
 

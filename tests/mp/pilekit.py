@@ -1,10 +1,11 @@
-# A pile running the real firmware on simulated hardware, wired to a scripted
-# platform end over an in-memory UART. Shared by dual-interpreter tests.
-from firmware.loopuart import LoopUart
+# A pile running the real firmware on simulated hardware, wired to the
+# scripted platform end (sim/platform.py) over an in-memory UART. Shared by
+# dual-interpreter tests.
+from sim.loopuart import LoopUart
 from firmware.pile import Pile
-from firmware.sim import SimOutput, SimWorld
+from sim.hardware import SimOutput, SimWorld
+from sim.platform import ScriptedPlatform
 from firmware.tariff import Tariff
-from protocol import codec
 from protocol import fields as F
 
 PILE = "55031412782305"
@@ -18,57 +19,6 @@ def tariff4():
         h = i // 2
         slots.append(0 if 10 <= h < 12 else 1 if 8 <= h < 18 else 2 if 18 <= h < 22 else 3)
     return Tariff("0100", [(120000, 40000), (100000, 40000), (70000, 40000), (30000, 40000)], slots)
-
-
-class Platform:
-    """The other end of the pile's link: answers login and heartbeats,
-    records every frame, confirms bills if told to."""
-
-    def __init__(self, uart, confirm=True, settle=True):
-        self.uart = uart
-        self.reader = codec.FrameReader()
-        self.frames = []
-        self.confirm = confirm
-        self.settle = settle
-        self.settle_result = 0      # 0xE4 result: 1 MAC refused, 2 unsigned (docs/platform.md)
-        self.seq = 0x100
-        self.answer_login = True
-        self.ack_extra = True       # 0xEC for each 0xEB, as the bridge does
-
-    def send(self, name, values, seq=None):
-        if seq is None:
-            self.seq += 1
-            seq = self.seq
-        self.uart.write(codec.encode(name, values, seq))
-
-    def pump(self):
-        data = self.uart.read(4096)
-        if not data:
-            return
-        for f in self.reader.push(data):
-            assert isinstance(f, codec.Frame), f
-            self.frames.append(f)
-            v = f.fields
-            if f.name == "login":
-                if self.answer_login:
-                        self.send("login_reply", {"pile": v["pile"], "result": 0}, f.seq)
-            elif f.name == "heartbeat":
-                self.send("heartbeat_reply", {"pile": v["pile"], "gun": v["gun"], "reply": 0}, f.seq)
-            elif f.name == "tariff_check":
-                self.send("tariff_check_reply", {"pile": v["pile"], "model": v["model"], "result": 0},
-                          f.seq)
-            elif f.name in ("bill", "bill5") and self.confirm:
-                self.send("bill_confirm", {"serial": v["serial"], "result": 0}, f.seq)
-                if self.settle:
-                    self.send("settled", {"serial": v["serial"], "result": self.settle_result})
-            elif f.name == "bill_extra" and self.ack_extra:
-                self.send("bill_extra_ack", {"serial": v["serial"], "result": 0}, f.seq)
-
-    def named(self, name):
-        return [f for f in self.frames if f.name == name]
-
-    def bills(self):
-        return [f for f in self.frames if f.name in ("bill", "bill5")]
 
 
 class Rig:
@@ -112,7 +62,7 @@ class Rig:
             hw = ([x.meter for x in ws], [x.contactor for x in ws], [x.vehicle for x in ws])
         self.pile = Pile(self.cfg, self.root, w.clock, a, hw[0], hw[1], hw[2],
                          reboot=self._reboot, outputs=self.outputs)
-        self.platform = Platform(b, self.confirm, self.settle)
+        self.platform = ScriptedPlatform(b, self.confirm, self.settle, ack_extra=True, strict=True)
         if old is not None:  # one platform history across the pile's boots
             self.platform.frames = old.frames
             self.platform.confirm = old.confirm

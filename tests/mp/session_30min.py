@@ -14,7 +14,7 @@ if _ROOT not in sys.path:
 
 def main():
     from firmware import session as S
-    from firmware.sim import SimWorld
+    from sim.hardware import SimWorld
     from firmware.tariff import Tariff
     gc.collect()
     after_import = gc.mem_alloc() if hasattr(gc, "mem_alloc") else 0

@@ -6,7 +6,7 @@ import struct
 
 from firmware import auth
 from firmware.auth import CommandAuth, CounterStore
-from firmware.flashsim import FlashSim, PowerCut
+from sim.flash import FlashSim, PowerCut
 from protocol import sign
 from tests.mp.util import tmpdir, rmtree
 

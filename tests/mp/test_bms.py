@@ -7,6 +7,7 @@ from firmware import bms as C
 from firmware import session as S
 from firmware.vinauth import CARD_FLEET, STOP_VIN_DENIED, VinPolicy, norm_card
 from protocol import gbt27930 as G
+from protocol import gbt27930_msgs as M
 from protocol.reconcile import reconcile
 from sim.bms import QueueBus, SimBms
 from tests.mp.bmskit import BmsRig
@@ -104,7 +105,7 @@ def scenario_a_silent_bms_ends_the_session_with_the_cem_and_a_bill(bus=None):
         v = _one_bill(r, serial(2))
         assert v["stop_reason"] == C.YKC_BCL and v["total_energy"] > 0
         r.run(2000)
-        cem = G.encode_flags("CEM", ("BCL",))
+        cem = M.encode_flags("CEM", ("BCL",))
         err = r.platform.named("bms_error")[0].fields                  # YKC 0x1B
         assert err["cem_bcs_bcl_bst"] == cem[2] == 0xC4    # BCL (bits 3-4) 01 and err["cem_brm"] == cem[0]
         return r, cem
@@ -310,10 +311,10 @@ def test_the_bms_side_answers_a_scripted_charger():
 
     b = SimBms(bus.bms, K(), vin=BUS_VIN)
     ch = bus.charger
-    ch.send(G.encode("CHM", ver0=1, ver1=1, ver2=0), G.id_of("CHM"))
+    ch.send(M.encode("CHM", ver0=1, ver1=1, ver2=0), G.id_of("CHM"))
     b.advance(10)
     assert ch.recv(0)[0] == G.id_of("BHM")
-    ch.send(G.encode("CRM", result=0), G.id_of("CRM"))
+    ch.send(M.encode("CRM", result=0), G.id_of("CRM"))
     b.advance(10)
     m = ch.recv(0)
     assert m[0] == 0x1CEC56F4 and m[3][:4] == bytes((0x10, 49, 0, 7))   # BRM's RTS

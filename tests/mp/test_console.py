@@ -4,7 +4,7 @@ import json
 
 from firmware import session as S
 from firmware.console import Console
-from firmware.loopuart import LoopUart
+from sim.loopuart import LoopUart
 from tests.mp.pilekit import Rig, serial
 from tests.mp.util import rmtree, tmpdir
 

@@ -4,8 +4,9 @@
 import binascii
 
 from firmware import dlt645 as D
-from firmware.dlt645 import Dlt645Meter, Dlt645Slave, FrameReader
-from firmware.loopuart import LoopUart
+from firmware.dlt645 import Dlt645Meter, FrameReader
+from sim.meter import Dlt645Slave
+from sim.loopuart import LoopUart
 from firmware.errors import MeterError, MeterTimeout
 from tests.mp.util import raises
 

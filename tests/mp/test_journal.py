@@ -6,7 +6,7 @@ from tests.mp.util import raises, tmpdir, rmtree
 from firmware import journal as J
 from firmware.journal import Journal, JournalFull, RecordTooLong
 from firmware.outbox import Outbox
-from firmware.flashsim import FlashSim, PowerCut
+from sim.flash import FlashSim, PowerCut
 
 
 def serial(n):

@@ -330,7 +330,7 @@ def test_upgrade_over_the_link_resumes_after_a_reboot_and_runs_the_new_version()
         assert (st["fw_version"], st["hmi_version"], st["boot_reason"]) == ("209.5.0", "103", 4)
         # the technician console shows what the pile reports, not the factory version
         from firmware.console import Console
-        from firmware.loopuart import LoopUart
+        from sim.loopuart import LoopUart
         v = Console(r.pile, LoopUart.pair()[0]).cmd_versions([])[0]
         assert (v["fw"], v["hmi"]) == ("209.5.0", "103")
         up = r.pile.remote.updater

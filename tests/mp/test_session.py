@@ -1,10 +1,10 @@
-# Charge sessions (firmware/session.py) on simulated hardware (firmware/sim.py),
+# Charge sessions (firmware/session.py) on simulated hardware (sim/hardware.py),
 # under CPython and MicroPython. Named after shared/context/field-cases.md.
 from firmware import session as S
 from firmware import tariff as T
 from firmware.realtime import Cadence
 from firmware.session import Gun, rebuild_bill
-from firmware.sim import SimWorld
+from sim.hardware import SimWorld
 from firmware.tariff import Tariff, fee
 from protocol import fields as F
 from tests.mp.util import raises
@@ -534,7 +534,7 @@ METER = "000000000001"
 
 class Dlt645Responder:
     """A DL/T 645-2007 meter in a few lines, on the driver module's own frame
-    functions (FrameReader, build_frame, bcd_encode), not its Dlt645Slave:
+    functions (FrameReader, build_frame, bcd_encode), not its Dlt645Slave (sim/meter.py):
     answers 0x11 reads of forward active energy, power, voltage and current
     from the world's SimMeter (the 0.01 kWh register), until `silent`.
     `energy_sent`: every energy register value it put on the wire (e4kwh)."""
@@ -588,7 +588,7 @@ def make_on_dlt645(**kw):
     LoopUart pair, the responder on the far end; the driver waits in the
     world's clock, so a silent meter costs simulated time, not real time."""
     from firmware.dlt645 import Dlt645Meter
-    from firmware.loopuart import LoopUart
+    from sim.loopuart import LoopUart
     rig = []
 
     def meter(w):
@@ -803,7 +803,7 @@ def test_realtime_cadence_15s_charging_5min_idle_and_at_once_on_change():
 
 
 def test_realtime_cadence_across_the_tick_wrap():
-    from firmware.sim import SimClock
+    from sim.hardware import SimClock
     clock = SimClock(0, WRAP - 1000, 100, WRAP)
     c = Cadence(diff=clock.ticks_diff)
     t0 = clock.ticks_ms()

@@ -11,7 +11,7 @@ except ImportError:  # pragma: no cover
     import ubinascii as binascii
 
 from firmware import auth
-from firmware.flashsim import FlashSim, PowerCut as SimCut
+from sim.flash import FlashSim, PowerCut as SimCut
 from firmware.upgrade import Updater
 from protocol import image as U
 from protocol import sign

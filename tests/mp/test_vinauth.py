@@ -3,7 +3,7 @@
 # session (GB/T DC: the VIN arrives after the start).
 from firmware import session as S
 from firmware.session import Gun
-from firmware.sim import SimWorld
+from sim.hardware import SimWorld
 from firmware.tariff import Tariff
 from firmware.vinauth import (ALLOW, CARD_FLEET, CARD_SITE_ADMIN, STOP_VIN_DENIED,
                               STOP_VIN_MISSING, VinPolicy)

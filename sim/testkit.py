@@ -1,6 +1,6 @@
 # A scripted YKC pile for tests and benchmarks of the bridge, built on
-# protocol.codec, over TCP, a pty or any byte transport; plus a paced
-# transport that models a serial line's rate (ptys ignore the baud rate).
+# protocol.codec, over any byte transport of sim/links.py (TCP, a pty, paced
+# at a serial line's rate: open_transport(url)).
 #
 # The pile's interface is what the bridge tests use, so the real firmware
 # (firmware/pile.py) can stand in for it behind the same methods:
@@ -13,138 +13,11 @@
 # 0x13) unless told to stay silent for a frame name.
 import asyncio
 import collections
-import os
 import time
 
 from protocol import codec
 from protocol import fields as F
 from protocol.fields import PERIODS
-
-
-class TcpTransport:
-    def __init__(self, reader, writer):
-        self._r = reader
-        self._w = writer
-
-    @classmethod
-    async def connect(cls, host, port):
-        r, w = await asyncio.open_connection(host, port)
-        return cls(r, w)
-
-    async def read(self):
-        try:
-            return await self._r.read(4096)
-        except (ConnectionError, OSError):
-            return b""
-
-    async def write(self, data):
-        self._w.write(data)
-        await self._w.drain()
-
-    async def close(self):
-        self._w.close()
-        try:
-            await self._w.wait_closed()
-        except (ConnectionError, OSError):
-            pass
-
-
-class FdTransport:
-    """The master side of a pty (or any non-blocking fd), on the event loop."""
-
-    def __init__(self, fd):
-        self.fd = fd
-        os.set_blocking(fd, False)
-        self._loop = asyncio.get_running_loop()
-        self._q = asyncio.Queue()
-        self._loop.add_reader(fd, self._readable)
-        self._closed = False
-
-    def _readable(self):
-        try:
-            data = os.read(self.fd, 4096)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""   # EIO: nobody holds the other side open right now
-            self._loop.remove_reader(self.fd)
-            self._loop.call_later(0.05, self._rearm)
-            return
-        self._q.put_nowait(data)
-
-    def _rearm(self):
-        if not self._closed:
-            self._loop.add_reader(self.fd, self._readable)
-
-    async def read(self):
-        return await self._q.get()
-
-    async def write(self, data):
-        view = memoryview(data)
-        while view:
-            try:
-                n = os.write(self.fd, view)
-                view = view[n:]
-            except BlockingIOError:
-                await asyncio.sleep(0.001)
-
-    async def close(self):
-        if not self._closed:
-            self._closed = True
-            self._loop.remove_reader(self.fd)
-            self._q.put_nowait(b"")
-
-
-class PacedTransport:
-    """Wraps a transport so both directions move at `baud` (8N1: 10 bits a
-    byte), as on a real UART. write() returns at once, like a write into a
-    UART driver's buffer; the bytes reach the other side once their last
-    bit would have been sent. Received bytes are handed over once their
-    last bit would have arrived."""
-
-    def __init__(self, inner, baud=115200):
-        self.inner = inner
-        self.byte_s = 10.0 / baud
-        self._tx_free = 0.0
-        self._rx_free = 0.0
-        self._txq = asyncio.Queue()
-        self._tx_task = asyncio.ensure_future(self._tx())
-        self.tx_bytes = 0          # written by the caller
-        self.tx_sent = 0           # on the wire so far
-        self.rx_bytes = 0
-
-    async def write(self, data):
-        start = max(time.monotonic(), self._tx_free)
-        self._tx_free = start + len(data) * self.byte_s
-        self.tx_bytes += len(data)
-        self._txq.put_nowait((self._tx_free, bytes(data)))
-
-    async def _tx(self):
-        while True:
-            due, data = await self._txq.get()
-            await _sleep_until(due)
-            await self.inner.write(data)
-            self.tx_sent += len(data)
-
-    async def read(self):
-        data = await self.inner.read()
-        if data:
-            now = time.monotonic()
-            self._rx_free = max(now, self._rx_free) + len(data) * self.byte_s
-            self.rx_bytes += len(data)
-            await _sleep_until(self._rx_free)
-        return data
-
-    async def close(self):
-        self._tx_task.cancel()
-        await asyncio.gather(self._tx_task, return_exceptions=True)
-        await self.inner.close()
-
-
-async def _sleep_until(t):
-    d = t - time.monotonic()
-    if d > 0:
-        await asyncio.sleep(d)
 
 
 def make_bill(pile, n, gun="01", energy=123456, price=120000, stop_reason=0x40,

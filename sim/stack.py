@@ -1,6 +1,6 @@
 """The whole product on one machine, for pile-demo and pile-chaos.
 
-    broker = start_broker("mosquitto")            # host/broker.py, started
+    broker = start_broker("mosquitto")            # sim/brokers.py, started
     bridge = BridgeProcess(workdir, "demo", broker.port)
     bridge.start()                                # a child: python -m host.bridge
     platform, task = await start_platform(broker.port, workdir + "/platform.db")
@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 
-from host.broker import make_broker
+from sim.brokers import make_broker
 from host.platform import Platform
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

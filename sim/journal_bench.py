@@ -1,7 +1,7 @@
 # Measuring core of the journal benchmark. Runs under CPython (imported by
 # tools/bench_journal.py) and under MicroPython:
 #
-#   micropython tools/bench_journal_core.py WORKDIR [BILLS]
+#   micropython sim/journal_bench.py WORKDIR [BILLS]
 #
 # prints one JSON object per figure. Stays in the MicroPython subset.
 import sys
@@ -15,7 +15,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from firmware.journal import Journal, RealFS, OVERHEAD  # noqa: E402
-from firmware.flashsim import FlashSim  # noqa: E402
+from sim.flash import FlashSim  # noqa: E402
 
 HEADER_BYTES = 64       # session header payload the charge control stores
 CHECKPOINT_BYTES = 32   # meter u40 + 5 period energies u32 + ticks u32 + 3
