@@ -60,6 +60,7 @@ _CEM_MS = const(1000)    # CEM sent this long before the dialogue is over
 _CSD_MS = const(1000)    # CSD sent this long
 _PAUSE_MS = const(600000)  # BSM "not permitted" for 10 minutes: the vehicle stops the charge
 _REPORTS = const(8)      # YKC BMS frames waiting for the pile to send (oldest dropped)
+_BEM_RESTARTS = const(3)  # a BEM before charging restarts recognition this often
 
 # YKC V1.6 stop reasons (0x3B) for what ends a charge on the BMS side
 # (docs/bms.md has the table and where the codes come from).
@@ -175,6 +176,7 @@ class Charger:
         self._raw = {}            # message name -> last payload (for the YKC reports)
         self._report_t = None
         self._imd_t = None        # ticks the insulation check began
+        self._restarts = 0        # recognitions restarted after a BEM
 
     def log(self, msg):
         if self._log:
@@ -304,6 +306,13 @@ class Charger:
             self._report_errors()
             if st < ENDING:
                 self.log("BEM %s in %s" % (",".join(self.bem), self.stage_name()))
+                if RECOGNITION <= st <= READY and self._restarts < _BEM_RESTARTS:
+                    # before charging: recognition again (CRM 0x00), up to 3 times
+                    self._restarts += 1
+                    self.brm = self.bcp = self.bcl = self.bcs = None
+                    self._bro = False
+                    self._enter(RECOGNITION, t)
+                    return
                 self._stop(t, ("fault",), YKC_CCS if st == CHARGING else YKC_FAIL_CONTROL)
             return
         if name == "BST":

@@ -169,6 +169,7 @@ class SimBms:
         self._stop_flags = None
         self._stop_at = None
         self._bem = None
+        self._bem_once = False
         # dialogue
         self.stage = WAIT
         self.log = []            # (ms, event) for tests
@@ -214,10 +215,12 @@ class SimBms:
         else:
             self._stop_at = (at, tuple(flags))
 
-    def bem(self, flags=("CCS",)):
+    def bem(self, flags=("CCS",), once=False):
         """The BMS reports it timed out waiting for the charger (BEM), from
-        now until bem(()) (like silent, it outlasts a new dialogue)."""
+        now until bem(()) (like silent, it outlasts a new dialogue); once:
+        one BEM, then it answers a new recognition (CRM 0x00) as usual."""
         self._bem = tuple(flags) if flags else None
+        self._bem_once = once
 
     def alarm(self, flag):
         """A BSM alarm (FLAGS["BSM"]: cell_high, overtemp, insulation, ...)."""
@@ -315,6 +318,8 @@ class SimBms:
         if self._bem is not None and st != ENDED:
             if self._due("BEM"):
                 self._send("BEM", M.encode_flags("BEM", self._bem))
+                if self._bem_once:
+                    self._bem = None
             return
         if st == HANDSHAKE:
             if self._due("BHM"):
@@ -389,8 +394,8 @@ class SimBms:
         if n == "CHM" and (st == WAIT or st == ENDED):
             self._enter(HANDSHAKE)
         elif n == "CRM":
-            if data[0] == M.NOT_READY and st in (WAIT, HANDSHAKE):
-                self._enter(RECOGNITION)
+            if data[0] == M.NOT_READY and st in (WAIT, HANDSHAKE, PARAMETERS, READY):
+                self._enter(RECOGNITION)    # (after a BEM: recognition again)
             elif data[0] == M.READY and st in (WAIT, HANDSHAKE, RECOGNITION):
                 self._enter(PARAMETERS)
         elif n == "CML" and st == PARAMETERS:

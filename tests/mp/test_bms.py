@@ -416,3 +416,41 @@ def test_garbage_on_the_bus_never_faults_the_pile():
         assert v["stop_reason"] != 0x90
     finally:
         rmtree(r.root)
+
+
+def test_one_bem_before_charging_restarts_recognition_and_the_charge_goes_on():
+    r = _rig(profile={"bro_wait_ms": 3000})
+    try:
+        r.online()
+        r.start(serial(17))
+        ch = r.charger()
+        b = r.bms()
+        assert r.run(10000, lambda: b.stage == 4)          # the BMS in BRO (ready)
+        b.bem(("CRO",), once=True)                          # it timed out on our CRO
+        _charging(r)
+        assert ch._restarts == 1 and ch.bem == ["CRO"] and ch.stop_reason == 0
+        stages = [e for _, e in b.log]
+        assert stages.count("recognition") == 2             # CRM 0x00 again, BRM again
+        r.stop()
+        assert r.run(10000, lambda: r.platform.bills())
+        assert _one_bill(r, serial(17))["stop_reason"] == S.STOP_REMOTE
+        # the BMS data of the restart went up too (0x1B)
+        assert r.platform.named("bms_error")
+    finally:
+        rmtree(r.root)
+
+
+def test_a_bem_that_keeps_coming_ends_the_start_after_three_recognitions():
+    r = _rig(profile={"bro_wait_ms": 3000})
+    try:
+        r.online()
+        r.start(serial(18))
+        b = r.bms()
+        assert r.run(10000, lambda: b.stage == 4)
+        b.bem(("CRO",))                                     # for good
+        assert r.run(30000, lambda: r.platform.bills())
+        v = _one_bill(r, serial(18))
+        assert v["stop_reason"] == C.YKC_FAIL_CONTROL and v["total_energy"] == 0
+        assert r.charger()._restarts == 3
+    finally:
+        rmtree(r.root)
