@@ -75,6 +75,7 @@ YKC_FAIL_CONTROL = const(0x4A)   # BEM before charging, or the BMS refused our C
 YKC_FAIL_INSULATION = const(0x57)  # the insulation check failed (or gave no result)
 YKC_FAIL_BMS = const(0x52)       # a BST before charging: "BMS not ready"
 YKC_FAIL_TEMP = const(0x53)      # a BST before charging for a temperature
+YKC_FAIL_BRO_BACK = const(0x62)  # BRO fell back from 0xAA to 0x00 before charging
 YKC_TEMP = const(0x74)           # BST connector over-temperature
 YKC_VOLTAGE = const(0x79)        # BST voltage error
 YKC_CURRENT = const(0x7A)        # BST / BSM over-current
@@ -343,6 +344,9 @@ class Charger:
         elif st == RECOGNISED and name == "BCP":
             self.bcp = M.decode("BCP", data)
             self._enter(PARAMETERS, t)
+        elif st == READY and name == "BRO" and data and data[0] == M.NOT_READY:
+            # the BMS took its "ready" back during our precharge (GB/T 2015)
+            self._stop(t, ("fault",), YKC_FAIL_BRO_BACK)
         elif st == PARAMETERS and name == "BRO":
             self._bro = True
             if data[0] == M.READY:

@@ -165,6 +165,8 @@ class SimBms:
         self.silent = False
         self.silent_at = None
         self.forbid = False
+        self.bro_back = False    # BRO 0xAA, then 0x00 (a BMS taking back "ready")
+        self._bro_sent = False
         self._alarms = ()
         self._stop_flags = None
         self._stop_at = None
@@ -231,7 +233,7 @@ class SimBms:
         if not self.plugged:
             if self.stage != WAIT or self.silent:
                 # unplugged: the next car plugged in has none of this one's faults
-                self.silent = self.forbid = False
+                self.silent = self.forbid = self.bro_back = False
                 self.silent_at = self._stop_flags = self._bem = self._stop_at = None
                 self._alarms = ()
             self.power = 0
@@ -273,6 +275,7 @@ class SimBms:
         if stage == HANDSHAKE:          # a new charge: the last one's stop is over
             self._stop_flags = None
             self._tx = None
+            self._bro_sent = False
             self.cst = self.cem = None
         sa = self._stop_at
         if sa is not None and _SILENT_AT.get(sa[0]) == stage:
@@ -340,7 +343,11 @@ class SimBms:
         elif st == READY:
             if self._due("BRO"):
                 ok = self._t - self._t0 >= self.bro_wait_ms
-                self._send("BRO", bytes((M.READY if ok else M.NOT_READY,)))
+                if ok and self.bro_back:      # fault: "ready" taken back once sent
+                    self._send("BRO", bytes((M.READY if not self._bro_sent else M.NOT_READY,)))
+                    self._bro_sent = True
+                else:
+                    self._send("BRO", bytes((M.READY if ok else M.NOT_READY,)))
         elif st == CHARGING:
             if self._stop_flags is None and self.soc >= self.stop_soc:
                 self._stop_flags = ("soc",)
@@ -401,7 +408,7 @@ class SimBms:
         elif n == "CML" and st == PARAMETERS:
             self._cml = M.decode("CML", data)
             self._enter(READY)
-        elif n == "CRO" and st == READY and data[0] == M.READY:
+        elif n == "CRO" and st == READY and data[0] == M.READY and not self.bro_back:
             self._enter(CHARGING)
         elif n == "CCS":
             self.ccs = M.decode("CCS", data)

@@ -212,6 +212,8 @@ def test_every_bms_stop_and_timeout_maps_to_its_ykc_stop_reason():
         assert v["total_energy"] == 0
     _ends_with({}, lambda b: b.stop(("battery_temp",), at="BRO"), C.YKC_FAIL_TEMP, stage="BRO")
     _ends_with({}, lambda b: b.stop(("relay",), at="BCP"), C.YKC_FAIL_BMS, stage="BCP")
+    # BRO 0xAA taken back (0x00) while we precharge: 0x62
+    _ends_with({}, lambda b: setattr(b, "bro_back", True), C.YKC_FAIL_BRO_BACK, stage="BRO")
     # the BMS reports a timeout on us (BEM), while charging and before
     _ends_with({}, lambda b: b.bem(("CCS",)), C.YKC_CCS)
     _ends_with({}, lambda b: b.bem(("CRMAA",)), C.YKC_FAIL_CONTROL, stage="BEM")
