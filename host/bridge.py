@@ -356,6 +356,8 @@ class Bridge:
         doc = schema.event_json(self.site, pile, kind, message, **details)
         doc["event_id"] = "%s-%d-%06d" % (self.site, int(time.time() * 1000), random.randrange(10**6))
         log.info("event %s pile %s: %s", kind, pile, message)
+        if kind == "start_request" and self.ocpp is not None:
+            self.ocpp.on_start_request(pile, details["request"])   # the CSMS authorises (0x32)
         self.recent_events.appendleft({"ts": doc.get("ts"), "pile": pile, "type": kind,
                                        "message": message})
 
@@ -785,6 +787,17 @@ class Bridge:
 
     # --- the CSMS's commands (host/ocpp_uplink.py) -------------------------------------
 
+    def power_cap_w(self, code):
+        """The cap pushed to pile `code` (0xDE, after each login and on every
+        charging profile change), W: the lower of pile.<code>.power_cap_kw and
+        the CSMS's charging profiles; None: neither sets one."""
+        kw = self.cfg["pile"].get(code, {}).get("power_cap_kw")
+        caps = [int(round(kw * 1000))] if kw is not None else []
+        w = self.ocpp.cap_w(code) if self.ocpp is not None else None
+        if w is not None:
+            caps.append(w)
+        return min(caps) if caps else None
+
     async def ocpp_start(self, code, evse, id_token):
         """RequestStartTransaction / RemoteStartTransaction: 0x34 (or 0xE2)
         on gun `evse`. Returns (accepted, trade serial)."""
@@ -793,8 +806,10 @@ class Bridge:
             return False, None
         gun = "%02d" % int(evse)
         card = "".join(c for c in (id_token or "") if c in "0123456789abcdefABCDEF")[-16:].upper()
+        # OCPP has no balance (the CSMS bills): no balance limit at the pile.
+        from host.ocpp_control import START_BALANCE
         a = {"gun": gun, "serial": None, "logical_card": "0", "card": card.rjust(16, "0"),
-             "balance": 0, "targets": None}
+             "balance": START_BALANCE, "targets": None}
         try:
             doc = await self._execute_on(pile, pile.conn, "ocpp-%d" % time.time_ns(), "start", a)
         except Exception as e:

@@ -104,6 +104,15 @@ DEFAULTS = {
         "heartbeat_s": 300.0,     # until the CSMS's BootNotification answer says otherwise
         "meter_interval_s": 60.0,  # TransactionEvent(Updated) / MeterValues at most this often per gun
         "vendor": "pile-companion",
+        # A card / VIN start (0x31) is authorised by the CSMS (Authorize); with
+        # the CSMS unreachable: the local list if local_authorize_offline, then
+        # any id if offline_unknown_ids (OCPP LocalAuthorizeOffline /
+        # AllowOfflineTxForUnknownId; the CSMS can change both per station).
+        "local_authorize_offline": True,
+        "offline_unknown_ids": False,
+        "volts": 230,             # charging profiles in A: W = A x volts x phases
+        "rated_kw": None,         # third-party piles: a profile's cap as 0x52 % of this
+        "max_queued": 10000,      # per pile: this many messages unanswered -> new starts refused (0: no cap)
     },
     "versions": {                 # minimum versions, by pile model ("*": any model)
         "min_board": {},          # e.g. {"*" = "209.04.00", "ac" = "3.1"}
@@ -299,6 +308,19 @@ def validate(cfg):
             read_secret_file(o["password_file"], "ocpp.password_file")
         if not (isinstance(o["message_attempts"], int) and o["message_attempts"] >= 1):
             raise ConfigError("ocpp.message_attempts must be an integer >= 1")
+        for name in ("local_authorize_offline", "offline_unknown_ids"):
+            if not isinstance(o[name], bool):
+                raise ConfigError("ocpp.%s must be true or false" % name)
+        if isinstance(o["volts"], bool) or not isinstance(o["volts"], (int, float)) \
+                or not 0 < o["volts"] <= 1500:
+            raise ConfigError("ocpp.volts must be a voltage above 0 (at most 1500), got %r"
+                              % (o["volts"],))
+        if isinstance(o["max_queued"], bool) or not isinstance(o["max_queued"], int) \
+                or o["max_queued"] < 0:
+            raise ConfigError("ocpp.max_queued must be an integer >= 0 (0: no cap)")
+        r = o["rated_kw"]
+        if r is not None and (isinstance(r, bool) or not isinstance(r, (int, float)) or r <= 0):
+            raise ConfigError("ocpp.rated_kw must be a power in kW above 0, got %r" % (r,))
     elif not m["enabled"]:
         raise ConfigError("no uplink: mqtt.enabled is false and ocpp.csms_url is unset")
     if m["protocol"] not in ("3.1.1", "5"):

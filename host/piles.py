@@ -618,10 +618,9 @@ class PileConn:
         share power answers result 0: an event says the cap is not held."""
         if self.pile is None:
             return
-        kw = self.cfg["pile"].get(self.pile.code, {}).get("power_cap_kw")
-        if kw is None:
+        w = self.bridge.power_cap_w(self.pile.code)    # config and OCPP charging profiles
+        if w is None:
             return
-        w = int(round(kw * 1000))
         try:
             r = await self.request("site_cap", {"pile": self.pile.code, "cap": w})
         except (CommandTimeout, LinkClosed, SignedReject) as e:

@@ -13,6 +13,7 @@ import time
 
 from host.mqtt import Background
 from protocol import codec
+from protocol.router import on, route
 from sim.bridge_child import BridgeChild, bridge_config, proc_cpu_s
 
 
@@ -36,6 +37,10 @@ class Stats:
         self.time_syncs = 0
         self.frame_errors = 0
         self.lost = 0
+
+
+# What a load pile does with each frame from the bridge (LoadPile methods).
+HANDLERS = {}
 
 
 class LoadPile(asyncio.Protocol):
@@ -71,16 +76,27 @@ class LoadPile(asyncio.Protocol):
             if not isinstance(f, codec.Frame):
                 self.stats.frame_errors += 1
                 continue
-            if f.name == "login_reply":
-                if not self.logged_in.done():
-                    self.logged_in.set_result(f.fields["result"])
-            elif f.name == "heartbeat_reply":
-                self.stats.heartbeat_replies += 1
-            elif f.name == "time_sync":
-                self.stats.time_syncs += 1
-                self.send("time_sync_reply", {"pile": self.code, "time": f.fields["time"]}, f.seq)
-            elif f.name == "read_realtime":
-                self.send("realtime", self.realtime_values(), f.seq)
+            r = route(HANDLERS, self, f)      # protocol/router.py
+            if r is not None:
+                self.send(r[0], r[1], r[2])
+
+    @on(HANDLERS, 0x02)
+    def _login_reply(self, f):
+        if not self.logged_in.done():
+            self.logged_in.set_result(f.fields["result"])
+
+    @on(HANDLERS, 0x04)
+    def _heartbeat_reply(self, f):
+        self.stats.heartbeat_replies += 1
+
+    @on(HANDLERS, 0x56)
+    def _time_sync(self, f):
+        self.stats.time_syncs += 1
+        return {"pile": self.code, "time": f.fields["time"]}
+
+    @on(HANDLERS, 0x12)
+    def _read_realtime(self, f):
+        return self.realtime_values()
 
     def login(self):
         self.send("login", {"pile": self.code, "pile_type": 0, "guns": 1, "proto_version": 0x10,

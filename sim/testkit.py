@@ -18,6 +18,7 @@ import time
 from protocol import codec
 from protocol import fields as F
 from protocol.fields import PERIODS
+from protocol.router import on, reply
 
 
 def make_bill(pile, n, gun="01", energy=123456, price=120000, stop_reason=0x40,
@@ -55,6 +56,11 @@ def make_extra(bill, service_share=30):
         x[p + "_service_fee"] = svc
         x[p + "_energy_fee"] = amt - svc
     return x
+
+
+# What the scripted pile does with each frame from the bridge
+# (ScriptedPile methods registered with @on; protocol/router.py).
+HANDLERS = {}
 
 
 class ScriptedPile:
@@ -244,54 +250,83 @@ class ScriptedPile:
     # --- receiving ------------------------------------------------------------------------
 
     async def _on_frame(self, f):
+        # protocol/router.py: each frame to its handler below; reply() names
+        # the answer (the table's reply column) and echoes the sequence. A
+        # name in `silent` is neither acted on nor answered (frames nothing
+        # answers, 0x40 and 0xEC, are always taken).
         self.frames.append(f)
-        v = f.fields
-        try:
-            if f.name == "bill_confirm":
-                self.confirmed[v["serial"]].append(v["result"])
-                self._bill_done.add(v["serial"])
-            elif f.name == "bill_extra_ack":
-                self.extra_acked[v["serial"]] += 1
-                self._extra_done.add(v["serial"])
-            elif f.name in self.silent:
+        h = HANDLERS.get(f.code)
+        if h is not None and not (f.name in self.silent and reply(f, {}) is not None):
+            try:
+                r = reply(f, await h(self, f))
+                if r is not None:
+                    await self.send(r[0], r[1], r[2])
+            except (ConnectionError, OSError):
                 pass
-            elif f.name == "settled":
-                self.settled[v["serial"]] = v["result"]
-                self.settled_count[v["serial"]] += 1
-                await self.send("settled_reply", {"serial": v["serial"], "result": 0}, f.seq)
-            elif f.name == "time_sync":
-                await self.send("time_sync_reply", {"pile": self.code, "time": v["time"]}, f.seq)
-            elif f.name in ("remote_start", "ext_start"):
-                r, why = self.start_result
-                await self.send("remote_start_reply", {"serial": v["serial"], "pile": self.code,
-                                                       "gun": v["gun"], "result": r, "reason": why}, f.seq)
-            elif f.name == "remote_stop":
-                r, why = self.stop_result
-                await self.send("remote_stop_reply", {"pile": self.code, "gun": v["gun"],
-                                                      "result": r, "reason": why}, f.seq)
-            elif f.name == "reboot":
-                await self.send("reboot_reply", {"pile": self.code, "result": 1}, f.seq)
-            elif f.name == "tariff_set":
-                await self.send("tariff_set_reply", {"pile": self.code, "result": 1}, f.seq)
-            elif f.name == "status_query":
-                s = self.status
-                await self.send(self.status_frame, {
-                    "pile": self.code, "pending": len(self.journal), "unsettled": 0, "illegal": 0,
-                    "journal_used": s.get("journal_used", 0), "journal_limit": 65536,
-                    "oldest_pending": next(iter(self.journal), "0" * 32), "state": s["state"],
-                    "boot_reason": s["boot_reason"], "fw_version": s["fw_version"],
-                    "hmi_version": s["hmi_version"],
-                    "refusing_starts": s.get("refusing_starts", 0)}, f.seq)
-            elif f.name == "vin_list":
-                recs = codec.unpack_records("vin_list", "records", v["records"])
-                self.vins.extend(recs)
-                await self.send("vin_list_reply", {"version": v["version"], "result": 0,
-                                                   "stored": len(self.vins)}, f.seq)
-            elif f.name == "read_realtime":
-                await self.send("realtime", self._realtime_values(v["gun"], 2), f.seq)
-        except (ConnectionError, OSError):
-            pass
         self._notify()
+
+    @on(HANDLERS, 0x40)
+    async def _bill_confirm(self, f):
+        v = f.fields
+        self.confirmed[v["serial"]].append(v["result"])
+        self._bill_done.add(v["serial"])
+
+    @on(HANDLERS, 0xEC)
+    async def _bill_extra_ack(self, f):
+        self.extra_acked[f.fields["serial"]] += 1
+        self._extra_done.add(f.fields["serial"])
+
+    @on(HANDLERS, 0xE4)
+    async def _settled(self, f):
+        v = f.fields
+        self.settled[v["serial"]] = v["result"]
+        self.settled_count[v["serial"]] += 1
+        return {"serial": v["serial"], "result": 0}
+
+    @on(HANDLERS, 0x56)
+    async def _time_sync(self, f):
+        return {"pile": self.code, "time": f.fields["time"]}
+
+    @on(HANDLERS, 0x34, 0xE2)
+    async def _remote_start(self, f):
+        r, why = self.start_result
+        return {"serial": f.fields["serial"], "pile": self.code, "gun": f.fields["gun"],
+                "result": r, "reason": why}
+
+    @on(HANDLERS, 0x36)
+    async def _remote_stop(self, f):
+        r, why = self.stop_result
+        return {"pile": self.code, "gun": f.fields["gun"], "result": r, "reason": why}
+
+    @on(HANDLERS, 0x92)
+    async def _reboot(self, f):
+        return {"pile": self.code, "result": 1}
+
+    @on(HANDLERS, 0x58)
+    async def _tariff_set(self, f):
+        return {"pile": self.code, "result": 1}
+
+    @on(HANDLERS, 0xE6)
+    async def _status_query(self, f):
+        s = self.status
+        v = {"pile": self.code, "pending": len(self.journal), "unsettled": 0, "illegal": 0,
+             "journal_used": s.get("journal_used", 0), "journal_limit": 65536,
+             "oldest_pending": next(iter(self.journal), "0" * 32), "state": s["state"],
+             "boot_reason": s["boot_reason"], "fw_version": s["fw_version"],
+             "hmi_version": s["hmi_version"]}
+        if self.status_frame == "status_reply":
+            v["refusing_starts"] = s.get("refusing_starts", 0)
+        return v    # without refusing_starts the codec takes the 55-byte layout
+
+    @on(HANDLERS, 0xEE)
+    async def _vin_list(self, f):
+        v = f.fields
+        self.vins.extend(codec.unpack_records("vin_list", "records", v["records"]))
+        return {"version": v["version"], "result": 0, "stored": len(self.vins)}
+
+    @on(HANDLERS, 0x12)
+    async def _read_realtime(self, f):
+        return self._realtime_values(f.fields["gun"], 2)
 
     def received(self, name):
         return [f for f in self.frames if f.name == name]
