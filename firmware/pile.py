@@ -9,7 +9,7 @@
 #   a non-zero result, ILLEGAL: refused, kept until the console's 'release').
 #
 # Main loop on a board:   while True: pile.poll(); time.sleep_ms(pile.idle_ms())
-# In the simulator the same poll() runs against firmware/sim.py hardware.
+# In the simulator the same poll() runs against sim/hardware.py (the simulated hardware).
 #
 # Frames from the platform: protocol/router.py screens signed frames and hands
 # each to its function in firmware/handlers.py, whose return value is the
@@ -22,6 +22,7 @@ from firmware import session as S
 from firmware.handlers import HANDLERS, unhandled
 from firmware.journal import Journal, JournalFull, SerialTooOld
 from firmware.link import Link
+from firmware.ocmfsign import OcmfSigner
 from firmware.outbox import Outbox
 from firmware.realtime import Cadence
 from firmware.remote import Remote
@@ -144,6 +145,13 @@ class Pile:
         self._reboot_reason = 0       # the boot reason the reboot will report
         self.send_log = None          # optional list: serials of bills sent (tests)
         self.console = None           # optional firmware.console.Console, polled by poll()
+        # OCMF: the pile's P-256 key (made at first boot) signs each sealed
+        # bill in steps between polls (firmware/ocmfsign.py, docs/ocmf.md).
+        # cfg ocmf False: none; ocmf_entropy(n): the board's random source;
+        # ocmf_ids: the card id in the signed record.
+        self.ocmf = OcmfSigner(root, fs, cfg.get("ocmf_entropy"), self.remote.board_version(),
+                               cfg.get("ocmf_ids", False), self.event) \
+            if cfg.get("ocmf", True) else None
         if self.recovered:
             self.event("power_loss_bills", ",".join(self.recovered))
         if self.report.damaged:
@@ -191,7 +199,10 @@ class Pile:
         self.journal.checkpoint(serial, payload)
 
     def _on_seal(self, serial, bill):
-        r = self.journal.seal(serial, B.payload(bill, self._mac_key()))
+        payload = B.payload(bill, self._mac_key())
+        r = self.journal.seal(serial, payload)
+        if self.ocmf is not None:
+            self.ocmf.queue(serial, B.split(payload)[0])
         self.log("bill %s %s: %d e4kWh, %d e4yuan, reason 0x%02X"
                  % (serial, r, bill["total_energy"], bill["total_amount"], bill["stop_reason"]))
 
@@ -272,6 +283,8 @@ class Pile:
         for c in self.cadences:
             c.force()
         self.remote.on_login()        # logged in, journal recovered: firmware healthy
+        if self.ocmf is not None:
+            self.ocmf.on_login()
 
     def _offline(self):
         self.outbox.on_logout()
@@ -493,6 +506,8 @@ class Pile:
                                                 "model": t.model if t else "0000"})
             self._realtime_due()
         self._maybe_reboot()
+        if self.ocmf is not None and self.ocmf.poll(self.link):
+            wait = 0                   # one signing step per poll: come back at once
         if self.console is not None:   # firmware/console.py, optional
             self.console.poll()
             return wait if wait < 50 else 50   # keystrokes echo promptly
@@ -509,6 +524,8 @@ class Pile:
             seq = self.link.send_raw(0x3B, bill)
             self.link.send_raw(0xEB, extra)
             ob.sent(serial)
+            if self.ocmf is not None:
+                self.ocmf.sent(serial, bill)
             if self.send_log is not None:
                 self.send_log.append(serial)
             self.log("bill %s sent (seq %d)" % (serial, seq))

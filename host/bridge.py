@@ -22,6 +22,7 @@ from protocol.reconcile import bill_problems
 from host import cli
 from host import commands as C
 from host import config as configmod
+from host import ocmf_check
 from host import push as pushmod
 from host import schema
 from host import tariff as T
@@ -86,6 +87,7 @@ class Bridge:
         self.status_port = None
         self.status_server = None
         self.recent_events = collections.deque(maxlen=50)   # the status page's "last errors"
+        self.ocmf_announced = {}     # pile code -> the OCMF key (point) its last 0xD9 announced
         self.stats = {"bills_new": 0, "bills_resent": 0, "bills_conflict": 0, "bills_illegal": 0,
                       "bills_unreconciled": 0,
                       "bills_quarantined": 0, "bills_undecodable": 0, "bills_bad_mac": 0,
@@ -669,6 +671,14 @@ class Bridge:
         fut = self.store.add_extra(f.fields["serial"], raw, pile=pile.code)
         self._spawn(self._extra_stored(conn, pile, f, raw, fut))
 
+    def _foreign(self, conn, pile, serial, what, frame_type, raw):
+        # A frame completing another pile's bill: kept in quarantine (the
+        # store did), never joined to it.
+        self.stats["bills_quarantined"] += 1
+        self.event(pile.code, "bill_quarantined", "%s for bill %s, which is not pile %s's: "
+                   "quarantined" % (what, serial, pile.code), serial=serial, link=conn.link.name,
+                   frame_type=frame_type, decoded=True, error=None, frame=schema.hexs(raw))
+
     async def _extra_stored(self, conn, pile, f, raw, fut):
         serial = f.fields["serial"]
         try:
@@ -678,11 +688,7 @@ class Bridge:
             return
         if kind == "foreign":
             # Another pile's bill: kept in quarantine, no 0xEC, never joined to it.
-            self.stats["bills_quarantined"] += 1
-            self.event(pile.code, "bill_quarantined", "fee split (0xEB) for bill %s, which is not "
-                       "pile %s's: quarantined" % (serial, pile.code), serial=serial,
-                       link=conn.link.name, frame_type="bill_extra", decoded=True, error=None,
-                       frame=schema.hexs(raw))
+            self._foreign(conn, pile, serial, "fee split (0xEB)", "bill_extra", raw)
             return
         if C.has_frame("bill_extra_ack"):
             try:
@@ -706,6 +712,15 @@ class Bridge:
                 self.outbox.kick(pile.code, republish=bill.id)
             else:
                 self.outbox.kick(pile.code)
+
+    # --- OCMF signatures (docs/ocmf.md; host/ocmf_check.py) ----------------------------
+
+    def ocmf_key(self, code):
+        """The pile's registered OCMF key (pile.<code>.ocmf_key), a 65-byte point, or None."""
+        return self.cfg["pile"].get(code, {}).get("ocmf_key")
+
+    on_pile_key = ocmf_check.on_pile_key
+    on_bill_sig = ocmf_check.on_bill_sig
 
     def on_confirm(self, pile_code, payload):
         try:

@@ -9,6 +9,7 @@ import tomllib
 from urllib.parse import unquote, urlsplit
 
 from host import tariff as T
+from protocol import p256
 
 DEFAULTS = {
     "site": None,
@@ -43,6 +44,8 @@ DEFAULTS = {
         "keep_days": 180.0,       # settled bills are forgotten after this (0: keep for ever)
         "overdue_s": 60.0,        # a session seen ending with no bill this long after: bill_overdue
         "mac_wait_s": 10.0,       # a keyed pile's bill waits this long for the 0xEB with its MAC
+        "sig_wait_s": 10.0,       # a pile with an ocmf_key: its bill's publication waits this
+                                  # long for the OCMF signature (0xDB; custody never waits)
     },
     "piles": {                    # defaults for every pile link
         "heartbeat_s": 10.0,      # the pile's heartbeat period (YKC: 10 s)
@@ -62,7 +65,8 @@ DEFAULTS = {
     },
     "serial": [],                 # [{url, baudrate, ext}]
     "pile": {},                   # per pile code: {ext, name, tariff, model, cmd_key_file, signed,
-                                  # power_cap_kw: the site's cap on it, pushed after login (0xDE)}
+                                  # power_cap_kw: the site's cap on it, pushed after login (0xDE),
+                                  # ocmf_key: its OCMF public key, hex (docs/ocmf.md)}
     "tariff": None,               # the site's default tariff model (host/tariff.py)
     "keys": {                     # docs/security.md "Keys on the bridge"
         "dir": None,              # <dir>/<pile code>.key: that pile's command key (0600)
@@ -232,7 +236,7 @@ def validate(cfg):
             raise ConfigError("tariff: %s" % e)
     for code, p in cfg["pile"].items():
         unknown = set(p) - {"ext", "name", "tariff", "model", "cmd_key_file", "signed", "bind",
-                            "power_cap_kw"}
+                            "power_cap_kw", "ocmf_key"}
         if unknown:
             raise ConfigError("pile.%s: unknown key(s) %s" % (code, ", ".join(sorted(unknown))))
         if p.get("tariff") is not None:
@@ -250,6 +254,8 @@ def validate(cfg):
             raise ConfigError("pile.%s.signed must be true or false" % code)
         if "bind" in p:
             p["bind"] = parse_bind(p["bind"], "pile.%s.bind" % code)
+        if p.get("ocmf_key") is not None:
+            p["ocmf_key"] = parse_ocmf_key(p["ocmf_key"], "pile.%s.ocmf_key" % code)
     k = cfg["keys"]
     for name in ("site_key_file", "upgrade_key_file", "platform_key_file"):
         if k[name] is not None:
@@ -365,6 +371,18 @@ def read_secret_file(path, what):
     if not v:
         raise ConfigError("%s %s is empty" % (what, path))
     return v
+
+
+def parse_ocmf_key(v, what):
+    """A pile's OCMF public key (the console's `key`: DER SubjectPublicKeyInfo
+    in hex, or the bare point 04|X|Y): the 65-byte point."""
+    try:
+        if not isinstance(v, str):
+            raise ValueError("a hex string")
+        return p256.point_from_der_or_raw(bytes.fromhex(v.replace(" ", "").replace(":", "")))
+    except ValueError as e:
+        raise ConfigError("%s: %s (the pile's console shows it: pile-console URL key), got %r"
+                          % (what, e, v))
 
 
 # --- binding a pile to its links ---------------------------------------------------

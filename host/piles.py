@@ -715,6 +715,14 @@ class PileConn:
     async def _on_bill_extra(self, f):
         await self.bridge.on_bill_extra(self, f)
 
+    @on(HANDLERS, 0xD9)
+    async def _on_pile_key(self, f):
+        self.bridge.on_pile_key(self.pile, f)
+
+    @on(HANDLERS, 0xDB)
+    async def _on_bill_sig(self, f):
+        await self.bridge.on_bill_sig(self, f)
+
     @on(HANDLERS, 0xE3)
     async def _on_settled_reply(self, f):
         await self.bridge.on_settled_reply(self.pile, f)

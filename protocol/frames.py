@@ -191,6 +191,16 @@ TABLE = (
     # login; mac = HMAC(derive(K_pile, "pc/login"), pile (7 bytes BCD) | nonce).
     "D6 login_challenge >D7 $P nonce=h16\n"
     "D7 login_proof $P nonce=h16 mac=h32\n"
+    # OCMF (docs/ocmf.md): the pile's P-256 public key (the uncompressed
+    # point 04|X|Y), sent after each login once the key exists; the site
+    # config registers it (pile.<code>.ocmf_key). bill_sig: the ECDSA-P256-
+    # SHA256 signature (r, s) of a sealed bill's canonical OCMF payload
+    # (protocol/ocmf.py), sent after the bill; fw is the firmware version
+    # and flags bit 0 "card id in the payload", the two inputs of that text
+    # the bill does not hold. Unanswered: a bill's custody never waits for
+    # its signature (the pile sends it once per login in which it sends the bill).
+    "D9 pile_key $P key=h65\n"
+    "DB bill_sig serial=b16 fw=a8 flags=u1 r=h32 s=h32\n"
     # The site's power cap on this pile, W (0 lifts it), pushed by the bridge
     # after each login from its config (pile.<code>.power_cap_kw; docs/guns.md).
     # site_cap_reply: the cap the pile now holds, result 1 applied at its next

@@ -15,6 +15,7 @@ from firmware import session as S
 from firmware.pile import Pile
 from protocol import fields as F
 from protocol import reconcile as R
+from protocol.router import on, route
 from sim.hardware import SimWorld
 from sim.links import PtyUart, TcpUart
 from sim.loopuart import LoopUart
@@ -45,6 +46,23 @@ class _SimPile(Pile):
         bill = S.rebuild_bill(header, checkpoint)
         self._unit.sealed(serial, bill, "power_cut_rebuild")
         return Pile._rebuild(self, serial, header, checkpoint)
+
+
+def sim_ocmf_entropy(code):
+    """A simulated pile's OCMF key from its code (docs/ocmf.md), so that a
+    demo can register it before the pile first boots. Simulators only: a
+    real pile's key comes from its own random source and is known nowhere
+    else."""
+    import hashlib
+    seed = hashlib.sha256(b"pile-sim ocmf key " + code.encode()).digest()
+    return lambda n: seed[:n]
+
+
+def sim_ocmf_key(code):
+    """The OCMF public key a simulated pile makes at its first boot, as the
+    site config registers it (DER hex)."""
+    from protocol import p256
+    return p256.spki_der(p256.public_key(p256.keygen(sim_ocmf_entropy(code)(32)))).hex().upper()
 
 
 class SimUnit:
@@ -86,7 +104,7 @@ class SimUnit:
                                             meter_start=meter_start, plugged=plugged,
                                             clock=self.world.clock))
         self.cfg = {"pile": code, "gun": "01", "tariff": tariff, "hmi_version": "sim",
-                    "vin_policy": vin_policy}
+                    "vin_policy": vin_policy, "ocmf_entropy": sim_ocmf_entropy(code)}
         if guns > 1:
             self.cfg["guns"] = guns
         if pin:
@@ -196,20 +214,7 @@ class SimUnit:
         return d
 
     def _watch(self, f):
-        v = f.fields
-        if f.name == "remote_start_reply":
-            ok = v["result"] == 1
-            if ok:
-                if v["serial"] not in self.executed:
-                    self.executed.append(v["serial"])
-            self.record("start_reply", serial=v["serial"], result=v["result"], reason=v["reason"],
-                        reason_name=_start_reason(v["reason"]))
-        elif f.name == "remote_stop_reply":
-            self.record("stop_reply", result=v["result"], reason=v["reason"])
-        elif f.name == "reboot_reply":
-            self.record("reboot_reply", result=v["result"])
-        elif f.name == "login":
-            self.record("login")
+        route(WATCH, self, f)       # what the unit records of the frames the pile sends
 
     # --- actions (the timeline's verbs) -----------------------------------------
 
@@ -356,6 +361,35 @@ def set_vehicle(v, capacity_wh=None, soc=None, vin=None, max_power_w=None):
 
 def _start_reason(r):
     return START_REASONS.get(r, "code_%d" % r)
+
+
+# What a unit records of the frames its pile sends the platform: functions by
+# frame code (protocol/router.py; they answer nothing, the platform does).
+WATCH = {}
+
+
+@on(WATCH, 0x33)                # remote_start_reply
+def _start_reply(u, f):
+    v = f.fields
+    if v["result"] == 1 and v["serial"] not in u.executed:
+        u.executed.append(v["serial"])
+    u.record("start_reply", serial=v["serial"], result=v["result"], reason=v["reason"],
+             reason_name=_start_reason(v["reason"]))
+
+
+@on(WATCH, 0x35)                # remote_stop_reply
+def _stop_reply(u, f):
+    u.record("stop_reply", result=f.fields["result"], reason=f.fields["reason"])
+
+
+@on(WATCH, 0x91)                # reboot_reply
+def _reboot_reply(u, f):
+    u.record("reboot_reply", result=f.fields["result"])
+
+
+@on(WATCH, 0x01)                # login
+def _login(u, f):
+    u.record("login")
 
 
 # --- scenario runner ---------------------------------------------------------------------

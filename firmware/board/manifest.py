@@ -24,6 +24,7 @@ package(
         "handlers.py",
         "journal.py",
         "link.py",
+        "ocmfsign.py",
         "outbox.py",
         "pile.py",
         "realtime.py",
