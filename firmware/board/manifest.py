@@ -16,6 +16,7 @@ package(
     files=(
         "__init__.py",
         "auth.py",
+        "bms.py",
         "console.py",
         "dlt645.py",
         "errors.py",
