@@ -304,6 +304,7 @@ class Console:
                 ("bill SERIAL", "every field of one bill"),
                 ("tariff", "prices and half-hour slots"),
                 ("versions", "firmware, screen (HMI) and protocol versions"),
+                ("key", "the pile's OCMF public key, to register in the site config"),
                 ("log", "recent events"),
                 ("config get [KEY]", "settings (" + ", ".join(_READABLE) + ")"),
                 ("config set KEY VALUE", "needs unlock; keys: " + ", ".join(sorted(_WRITABLE))),
@@ -500,6 +501,19 @@ class Console:
         d = {"fw": rem.board_version(), "hmi": rem.hmi_version(), "protocol": PROTOCOL}
         return d, _pairs((("firmware", d["fw"]), ("hmi", d["hmi"] or "-"),
                           ("protocol", d["protocol"])))
+
+    def cmd_key(self, args):
+        # The OCMF public key (docs/ocmf.md) as the site config takes it
+        # (pile.<code>.ocmf_key): DER SubjectPublicKeyInfo, hex. The private
+        # key has no command: it never leaves the pile.
+        o = self.pile.ocmf
+        k = o.spki_hex() if o is not None else None
+        if k is None:
+            why = "OCMF signing is off (cfg ocmf)" if o is None else \
+                "no key yet (being made, or no entropy source: see 'log')"
+            return {"ocmf_key": None, "why": why}, ["ocmf key: none (%s)" % why]
+        return {"ocmf_key": k, "algorithm": "ECDSA-secp256r1-SHA256"}, \
+            ["ocmf key (P-256, DER hex; register as pile.%s.ocmf_key):" % self.pile.pile, k]
 
     def cmd_log(self, args):
         ev = [{"time": t, "kind": k, "detail": dt} for t, k, dt in self.pile.events]

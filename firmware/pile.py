@@ -9,7 +9,7 @@
 #   a non-zero result, ILLEGAL: refused, kept until the console's 'release').
 #
 # Main loop on a board:   while True: pile.poll(); time.sleep_ms(pile.idle_ms())
-# In the simulator the same poll() runs against firmware/sim.py hardware.
+# In the simulator the same poll() runs against sim/hardware.py (the simulated hardware).
 #
 # Frames from the platform: protocol/router.py screens signed frames and hands
 # each to its function in firmware/handlers.py, whose return value is the
@@ -22,6 +22,7 @@ from firmware import session as S
 from firmware.handlers import HANDLERS, unhandled
 from firmware.journal import Journal, JournalFull, SerialTooOld
 from firmware.link import Link
+from firmware.ocmfsign import OcmfSigner
 from firmware.outbox import Outbox
 from firmware.realtime import Cadence
 from firmware.remote import Remote
@@ -116,6 +117,9 @@ class Pile:
                                    max_power_w=cfg.get("gun_max_w", cfg.get("power_w", 0))
                                    if outputs is not None else 0))
         self.gun = self.guns[0]       # gun 1 (the only one on a single-gun pile)
+        # A vehicle that is a GB/T 27930 charger side (firmware/bms.py) is
+        # polled every loop: its SOC, VIN and BCL feed the gun and sharing.
+        self._bms = [g for g in self.guns if hasattr(g.vehicle, "stop_reason")]
         # Power sharing: with one power output per gun, every control tick
         # divides the pile's cap among the charging guns (docs/guns.md).
         self.sharing = None
@@ -141,6 +145,13 @@ class Pile:
         self._reboot_reason = 0       # the boot reason the reboot will report
         self.send_log = None          # optional list: serials of bills sent (tests)
         self.console = None           # optional firmware.console.Console, polled by poll()
+        # OCMF: the pile's P-256 key (made at first boot) signs each sealed
+        # bill in steps between polls (firmware/ocmfsign.py, docs/ocmf.md).
+        # cfg ocmf False: none; ocmf_entropy(n): the board's random source;
+        # ocmf_ids: the card id in the signed record.
+        self.ocmf = OcmfSigner(root, fs, cfg.get("ocmf_entropy"), self.remote.board_version(),
+                               cfg.get("ocmf_ids", False), self.event) \
+            if cfg.get("ocmf", True) else None
         if self.recovered:
             self.event("power_loss_bills", ",".join(self.recovered))
         if self.report.damaged:
@@ -188,7 +199,10 @@ class Pile:
         self.journal.checkpoint(serial, payload)
 
     def _on_seal(self, serial, bill):
-        r = self.journal.seal(serial, B.payload(bill, self._mac_key()))
+        payload = B.payload(bill, self._mac_key())
+        r = self.journal.seal(serial, payload)
+        if self.ocmf is not None:
+            self.ocmf.queue(serial, B.split(payload)[0])
         self.log("bill %s %s: %d e4kWh, %d e4yuan, reason 0x%02X"
                  % (serial, r, bill["total_energy"], bill["total_amount"], bill["stop_reason"]))
 
@@ -269,6 +283,8 @@ class Pile:
         for c in self.cadences:
             c.force()
         self.remote.on_login()        # logged in, journal recovered: firmware healthy
+        if self.ocmf is not None:
+            self.ocmf.on_login()
 
     def _offline(self):
         self.outbox.on_logout()
@@ -420,6 +436,18 @@ class Pile:
         self.event("site_cap", str(w))
         return True
 
+    def set_gun_cap(self, gun, w):
+        """A cap on gun `gun` ("01".."04"; W, 0 lifts it), applied at the
+        next control tick. False without power sharing or without that gun."""
+        if self.sharing is None:
+            return False
+        for i in range(len(self.guns)):
+            if self.guns[i].gun == gun:
+                self.sharing.set_gun_cap(i, w)
+                self.event("gun_cap", gun + " " + str(w))
+                return True
+        return False
+
     def _share(self):
         # The control tick: ms until the next one.
         sh = self.sharing
@@ -431,9 +459,44 @@ class Pile:
             left = sh.tick_ms
         return left
 
+    def _bms_poll(self):
+        # Each gun's BMS dialogue (docs/bms.md); a BMS stop or timeout ends
+        # that gun's session with its YKC stop reason, the bill sealed.
+        wait = 1000
+        for g in self._bms:
+            ch = g.vehicle
+            w = ch.poll()
+            if ch.reports:
+                self._bms_reports(g, ch)
+            if ch.stop_reason and g.state == S.CHARGING:
+                self.event("bms_stop", "%s 0x%02X" % (g.gun, ch.stop_reason))
+                g.abort(ch.stop_reason)
+            if w < wait:
+                wait = w
+        return wait
+
+    def _bms_reports(self, g, ch):
+        # GB/T 27930 data up in YKC's BMS frames 0x15..0x25 under the gun's
+        # trade serial (informational: sent while online, never stored)
+        reps = ch.reports
+        ch.reports = []
+        if not self.link.online:
+            return
+        tr = g.trade
+        serial = tr.h["serial"] if tr is not None else g.bill["serial"] if g.bill else "0" * 32
+        for name, v in reps:
+            v["serial"] = serial
+            v["pile"] = self.pile
+            v["gun"] = g.gun
+            self.link.send(name, v)
+
     def _poll(self):
         self.link.poll()
         share = self._share() if self.sharing is not None else 1000
+        if self._bms:
+            b = self._bms_poll()
+            if b < share:
+                share = b
         wait = self.gun.tick()
         for g in self.guns:
             if g is not self.gun:
@@ -455,6 +518,8 @@ class Pile:
                                                 "model": t.model if t else "0000"})
             self._realtime_due()
         self._maybe_reboot()
+        if self.ocmf is not None and self.ocmf.poll(self.link):
+            wait = 0                   # one signing step per poll: come back at once
         if self.console is not None:   # firmware/console.py, optional
             self.console.poll()
             return wait if wait < 50 else 50   # keystrokes echo promptly
@@ -471,6 +536,8 @@ class Pile:
             seq = self.link.send_raw(0x3B, bill)
             self.link.send_raw(0xEB, extra)
             ob.sent(serial)
+            if self.ocmf is not None:
+                self.ocmf.sent(serial, bill)
             if self.send_log is not None:
                 self.send_log.append(serial)
             self.log("bill %s sent (seq %d)" % (serial, seq))

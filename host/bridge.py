@@ -22,6 +22,7 @@ from protocol.reconcile import bill_problems
 from host import cli
 from host import commands as C
 from host import config as configmod
+from host import ocmf_check
 from host import push as pushmod
 from host import schema
 from host import tariff as T
@@ -86,6 +87,7 @@ class Bridge:
         self.status_port = None
         self.status_server = None
         self.recent_events = collections.deque(maxlen=50)   # the status page's "last errors"
+        self.ocmf_announced = {}     # pile code -> the OCMF key (point) its last 0xD9 announced
         self.stats = {"bills_new": 0, "bills_resent": 0, "bills_conflict": 0, "bills_illegal": 0,
                       "bills_unreconciled": 0,
                       "bills_quarantined": 0, "bills_undecodable": 0, "bills_bad_mac": 0,
@@ -356,6 +358,8 @@ class Bridge:
         doc = schema.event_json(self.site, pile, kind, message, **details)
         doc["event_id"] = "%s-%d-%06d" % (self.site, int(time.time() * 1000), random.randrange(10**6))
         log.info("event %s pile %s: %s", kind, pile, message)
+        if kind == "start_request" and self.ocpp is not None:
+            self.ocpp.on_start_request(pile, details["request"])   # the CSMS authorises (0x32)
         self.recent_events.appendleft({"ts": doc.get("ts"), "pile": pile, "type": kind,
                                        "message": message})
 
@@ -667,6 +671,14 @@ class Bridge:
         fut = self.store.add_extra(f.fields["serial"], raw, pile=pile.code)
         self._spawn(self._extra_stored(conn, pile, f, raw, fut))
 
+    def _foreign(self, conn, pile, serial, what, frame_type, raw):
+        # A frame completing another pile's bill: kept in quarantine (the
+        # store did), never joined to it.
+        self.stats["bills_quarantined"] += 1
+        self.event(pile.code, "bill_quarantined", "%s for bill %s, which is not pile %s's: "
+                   "quarantined" % (what, serial, pile.code), serial=serial, link=conn.link.name,
+                   frame_type=frame_type, decoded=True, error=None, frame=schema.hexs(raw))
+
     async def _extra_stored(self, conn, pile, f, raw, fut):
         serial = f.fields["serial"]
         try:
@@ -676,11 +688,7 @@ class Bridge:
             return
         if kind == "foreign":
             # Another pile's bill: kept in quarantine, no 0xEC, never joined to it.
-            self.stats["bills_quarantined"] += 1
-            self.event(pile.code, "bill_quarantined", "fee split (0xEB) for bill %s, which is not "
-                       "pile %s's: quarantined" % (serial, pile.code), serial=serial,
-                       link=conn.link.name, frame_type="bill_extra", decoded=True, error=None,
-                       frame=schema.hexs(raw))
+            self._foreign(conn, pile, serial, "fee split (0xEB)", "bill_extra", raw)
             return
         if C.has_frame("bill_extra_ack"):
             try:
@@ -704,6 +712,15 @@ class Bridge:
                 self.outbox.kick(pile.code, republish=bill.id)
             else:
                 self.outbox.kick(pile.code)
+
+    # --- OCMF signatures (docs/ocmf.md; host/ocmf_check.py) ----------------------------
+
+    def ocmf_key(self, code):
+        """The pile's registered OCMF key (pile.<code>.ocmf_key), a 65-byte point, or None."""
+        return self.cfg["pile"].get(code, {}).get("ocmf_key")
+
+    on_pile_key = ocmf_check.on_pile_key
+    on_bill_sig = ocmf_check.on_bill_sig
 
     def on_confirm(self, pile_code, payload):
         try:
@@ -785,6 +802,22 @@ class Bridge:
 
     # --- the CSMS's commands (host/ocpp_uplink.py) -------------------------------------
 
+    def power_cap_w(self, code):
+        """The cap pushed to pile `code` (0xDE, after each login and on every
+        charging profile change), W: the lower of pile.<code>.power_cap_kw and
+        the CSMS's charging profiles; None: neither sets one."""
+        kw = self.cfg["pile"].get(code, {}).get("power_cap_kw")
+        caps = [int(round(kw * 1000))] if kw is not None else []
+        w = self.ocpp.cap_w(code) if self.ocpp is not None else None
+        if w is not None:
+            caps.append(w)
+        return min(caps) if caps else None
+
+    def gun_cap_w(self, code, gun):
+        """The cap on gun `gun` (int) of pile `code` (0xDC), W: the CSMS's
+        charging profiles on that EVSE of a pile with several guns; None: none."""
+        return self.ocpp.gun_cap_w(code, gun) if self.ocpp is not None else None
+
     async def ocpp_start(self, code, evse, id_token):
         """RequestStartTransaction / RemoteStartTransaction: 0x34 (or 0xE2)
         on gun `evse`. Returns (accepted, trade serial)."""
@@ -793,8 +826,10 @@ class Bridge:
             return False, None
         gun = "%02d" % int(evse)
         card = "".join(c for c in (id_token or "") if c in "0123456789abcdefABCDEF")[-16:].upper()
+        # OCPP has no balance (the CSMS bills): no balance limit at the pile.
+        from host.ocpp_control import START_BALANCE
         a = {"gun": gun, "serial": None, "logical_card": "0", "card": card.rjust(16, "0"),
-             "balance": 0, "targets": None}
+             "balance": START_BALANCE, "targets": None}
         try:
             doc = await self._execute_on(pile, pile.conn, "ocpp-%d" % time.time_ns(), "start", a)
         except Exception as e:

@@ -9,6 +9,7 @@ import tomllib
 from urllib.parse import unquote, urlsplit
 
 from host import tariff as T
+from protocol import p256
 
 DEFAULTS = {
     "site": None,
@@ -43,6 +44,8 @@ DEFAULTS = {
         "keep_days": 180.0,       # settled bills are forgotten after this (0: keep for ever)
         "overdue_s": 60.0,        # a session seen ending with no bill this long after: bill_overdue
         "mac_wait_s": 10.0,       # a keyed pile's bill waits this long for the 0xEB with its MAC
+        "sig_wait_s": 10.0,       # a pile with an ocmf_key: its bill's publication waits this
+                                  # long for the OCMF signature (0xDB; custody never waits)
     },
     "piles": {                    # defaults for every pile link
         "heartbeat_s": 10.0,      # the pile's heartbeat period (YKC: 10 s)
@@ -62,7 +65,8 @@ DEFAULTS = {
     },
     "serial": [],                 # [{url, baudrate, ext}]
     "pile": {},                   # per pile code: {ext, name, tariff, model, cmd_key_file, signed,
-                                  # power_cap_kw: the site's cap on it, pushed after login (0xDE)}
+                                  # power_cap_kw: the site's cap on it, pushed after login (0xDE),
+                                  # ocmf_key: its OCMF public key, hex (docs/ocmf.md)}
     "tariff": None,               # the site's default tariff model (host/tariff.py)
     "keys": {                     # docs/security.md "Keys on the bridge"
         "dir": None,              # <dir>/<pile code>.key: that pile's command key (0600)
@@ -104,6 +108,15 @@ DEFAULTS = {
         "heartbeat_s": 300.0,     # until the CSMS's BootNotification answer says otherwise
         "meter_interval_s": 60.0,  # TransactionEvent(Updated) / MeterValues at most this often per gun
         "vendor": "pile-companion",
+        # A card / VIN start (0x31) is authorised by the CSMS (Authorize); with
+        # the CSMS unreachable: the local list if local_authorize_offline, then
+        # any id if offline_unknown_ids (OCPP LocalAuthorizeOffline /
+        # AllowOfflineTxForUnknownId; the CSMS can change both per station).
+        "local_authorize_offline": True,
+        "offline_unknown_ids": False,
+        "volts": 230,             # charging profiles in A: W = A x volts x phases
+        "rated_kw": None,         # third-party piles: a profile's cap as 0x52 % of this
+        "max_queued": 10000,      # per pile: this many messages unanswered -> new starts refused (0: no cap)
     },
     "versions": {                 # minimum versions, by pile model ("*": any model)
         "min_board": {},          # e.g. {"*" = "209.04.00", "ac" = "3.1"}
@@ -223,7 +236,7 @@ def validate(cfg):
             raise ConfigError("tariff: %s" % e)
     for code, p in cfg["pile"].items():
         unknown = set(p) - {"ext", "name", "tariff", "model", "cmd_key_file", "signed", "bind",
-                            "power_cap_kw"}
+                            "power_cap_kw", "ocmf_key"}
         if unknown:
             raise ConfigError("pile.%s: unknown key(s) %s" % (code, ", ".join(sorted(unknown))))
         if p.get("tariff") is not None:
@@ -241,6 +254,8 @@ def validate(cfg):
             raise ConfigError("pile.%s.signed must be true or false" % code)
         if "bind" in p:
             p["bind"] = parse_bind(p["bind"], "pile.%s.bind" % code)
+        if p.get("ocmf_key") is not None:
+            p["ocmf_key"] = parse_ocmf_key(p["ocmf_key"], "pile.%s.ocmf_key" % code)
     k = cfg["keys"]
     for name in ("site_key_file", "upgrade_key_file", "platform_key_file"):
         if k[name] is not None:
@@ -299,6 +314,19 @@ def validate(cfg):
             read_secret_file(o["password_file"], "ocpp.password_file")
         if not (isinstance(o["message_attempts"], int) and o["message_attempts"] >= 1):
             raise ConfigError("ocpp.message_attempts must be an integer >= 1")
+        for name in ("local_authorize_offline", "offline_unknown_ids"):
+            if not isinstance(o[name], bool):
+                raise ConfigError("ocpp.%s must be true or false" % name)
+        if isinstance(o["volts"], bool) or not isinstance(o["volts"], (int, float)) \
+                or not 0 < o["volts"] <= 1500:
+            raise ConfigError("ocpp.volts must be a voltage above 0 (at most 1500), got %r"
+                              % (o["volts"],))
+        if isinstance(o["max_queued"], bool) or not isinstance(o["max_queued"], int) \
+                or o["max_queued"] < 0:
+            raise ConfigError("ocpp.max_queued must be an integer >= 0 (0: no cap)")
+        r = o["rated_kw"]
+        if r is not None and (isinstance(r, bool) or not isinstance(r, (int, float)) or r <= 0):
+            raise ConfigError("ocpp.rated_kw must be a power in kW above 0, got %r" % (r,))
     elif not m["enabled"]:
         raise ConfigError("no uplink: mqtt.enabled is false and ocpp.csms_url is unset")
     if m["protocol"] not in ("3.1.1", "5"):
@@ -343,6 +371,18 @@ def read_secret_file(path, what):
     if not v:
         raise ConfigError("%s %s is empty" % (what, path))
     return v
+
+
+def parse_ocmf_key(v, what):
+    """A pile's OCMF public key (the console's `key`: DER SubjectPublicKeyInfo
+    in hex, or the bare point 04|X|Y): the 65-byte point."""
+    try:
+        if not isinstance(v, str):
+            raise ValueError("a hex string")
+        return p256.point_from_der_or_raw(bytes.fromhex(v.replace(" ", "").replace(":", "")))
+    except ValueError as e:
+        raise ConfigError("%s: %s (the pile's console shows it: pile-console URL key), got %r"
+                          % (what, e, v))
 
 
 # --- binding a pile to its links ---------------------------------------------------

@@ -256,8 +256,18 @@ def show_session(d, out):
            out)
 
 
+def show_key(d, out):
+    # The pile's OCMF public key (docs/ocmf.md), to register in the site
+    # config as pile.<code>.ocmf_key: one line, easy to copy.
+    if d.get("ocmf_key"):
+        out.write(d["ocmf_key"] + "\n")
+    else:
+        out.write("no OCMF key: %s\n" % d.get("why", "unknown"))
+
+
 _SHOW = {"status": show_status, "versions": show_versions, "bills": show_bills,
-         "log": show_log, "tariff": show_tariff, "meter": show_meter, "session": show_session}
+         "log": show_log, "tariff": show_tariff, "meter": show_meter, "session": show_session,
+         "key": show_key}
 
 
 # --- export --------------------------------------------------------------------------

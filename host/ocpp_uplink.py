@@ -25,6 +25,8 @@ from protocol import fields as F
 
 from host import config as configmod
 from host import schema
+from host.ocpp_control import Control, card_token, id_tag_16
+from host.ocpp_handlers import make_charge_point
 
 log = logging.getLogger("host.ocpp")
 logging.getLogger("ocpp").setLevel(logging.WARNING)   # it logs every message at INFO
@@ -92,16 +94,19 @@ def bill_custom(f):
             "periods": periods[:_MAX_CUSTOMDATA_PERIODS]}
 
 
-def started_201(serial, gun, when_utc, meter_wh=None, card=None, remote=False):
+def started_201(serial, gun, when_utc, meter_wh=None, card=None, remote=False, id_token=None):
     p = {"event_type": "Started", "timestamp": when_utc,
-         "trigger_reason": "RemoteStart" if remote else ("Authorized" if card else "CablePluggedIn"),
+         "trigger_reason": "RemoteStart" if remote else (
+             "Authorized" if card or id_token else "CablePluggedIn"),
          "transaction_info": {"transaction_id": serial, "charging_state": "Charging"},
          "evse": {"id": gun_no(gun), "connector_id": 1}}
     if meter_wh is not None:
         p["meter_value"] = [{"timestamp": when_utc,
                              "sampled_value": [_sampled(meter_wh, "Transaction.Begin")]}]
-    if card and card.strip("0"):
-        p["id_token"] = {"id_token": card, "type": "ISO14443"}
+    if id_token:
+        p["id_token"] = id_token
+    elif card_token(card):
+        p["id_token"] = {"id_token": card_token(card), "type": "ISO14443"}
     return p
 
 
@@ -136,12 +141,8 @@ def ended_201_raw(serial, gun, when_utc):
             "evse": {"id": gun_no(gun), "connector_id": 1}}
 
 
-def id_tag_16(card):
-    return (card or "").strip("0")[:20] or "ykc"
-
-
-def started_16(gun, when_utc, meter_wh, card=None):
-    return {"connector_id": gun_no(gun), "id_tag": id_tag_16(card),
+def started_16(gun, when_utc, meter_wh, card=None, id_tag=None):
+    return {"connector_id": gun_no(gun), "id_tag": id_tag or id_tag_16(card),
             "meter_start": int(meter_wh or 0), "timestamp": when_utc}
 
 
@@ -171,8 +172,9 @@ def decode_bill(frame):
 
 # --- the uplink -------------------------------------------------------------------------
 
-class OcppUplink:
-    """One Station per pile; the bridge calls on_* as YKC frames arrive."""
+class OcppUplink(Control):
+    """One Station per pile; the bridge calls on_* as YKC frames arrive.
+    What the CSMS controls besides transactions: host/ocpp_control.py."""
 
     def __init__(self, bridge):
         self.b = bridge
@@ -182,20 +184,25 @@ class OcppUplink:
         self.stats = {"sent": 0, "acked": 0, "failed": 0, "gave_up": 0, "connects": 0}
         self._last_update = {}          # serial -> monotonic time of the last Updated queued
         self._started = set()           # serials whose Started is queued (a cache of the store)
+        self._control_init()
         self._password = None
         if self.cfg["password_file"]:
             self._password = configmod.read_secret_file(self.cfg["password_file"],
                                                         "ocpp.password_file")
 
     async def start(self):
+        await self._control_load()
         # Bills taken into custody by a bridge that stopped before queueing
         # their Ended (or before OCPP was configured) are queued now.
         for bill in await self.b.store.ocpp_missing_ended():
             await self._queue_bill(bill.pile, bill.serial, bill.frame, offline=True)
         for code in await self.b.store.ocpp_piles():
             self.station(code)
+        for code in self.profiles:
+            self._follow_schedules(code)
 
     async def stop(self):
+        self._control_stop()
         for st in list(self.stations.values()):
             await st.stop()
 
@@ -214,6 +221,10 @@ class OcppUplink:
 
     def on_pile_seen(self, pile):
         self.station(pile.code).status_changed()
+        if pile.conn is not None and not pile.ext and self.cap_w(pile.code) is not None:
+            # A third-party pile's 0x52 again at each login (ours get the cap
+            # in 0xDE from piles.py push_site_cap).
+            self.b._spawn(self.push_cap(pile.code))
 
     def on_realtime(self, pile, v):
         """0x13: Started when a gun starts charging with a serial, Updated at
@@ -230,11 +241,13 @@ class OcppUplink:
         if serial not in self._started:
             self._started.add(serial)
             self._last_update[serial] = now
-            p = started_16(gun, when, None) if self.v16 else started_201(serial, gun, when)
+            tok = self._auth_of.get(serial)
+            p = started_16(gun, when, None, id_tag=tok and tok["id_token"]) if self.v16 else \
+                started_201(serial, gun, when, id_token=tok)
             self._spawn_queue(pile.code, serial, gun, "started", p)
             return
         last = self._last_update.get(serial, 0)
-        if now - last >= self.cfg["meter_interval_s"]:
+        if now - last >= self.var(pile.code, "MeterValueSampleInterval"):
             self._last_update[serial] = now
             p = updated_16(gun, when, v["energy"], power) if self.v16 else \
                 updated_201(serial, gun, when, v["energy"], power)
@@ -282,7 +295,10 @@ class OcppUplink:
         await self.b.store.ocpp_enqueue(code, serial, gun_no(gun), "ended", ep, offline)
         self._last_update.pop(serial, None)
         self._started.discard(serial)     # a late 0x13 finds the store's copy
+        self._auth_of.pop(serial, None)
         self.station(code).wake()
+        if any(p.get("serial") == serial for p in self.profiles.get(code) or []):
+            self.b._spawn(self._end_tx_profiles(code, serial))    # not in the bill's path
 
     # --- from the CSMS ---------------------------------------------------------------------
 
@@ -321,11 +337,13 @@ class Station:
         self.up = up
         self.code = code
         self.cp = None
+        self.boot_status = None
         self._wake = asyncio.Event()
         self._status_dirty = asyncio.Event()
         self._task = None
         self._sent_status = {}
-        self.heartbeat_s = up.cfg["heartbeat_s"]
+        self.heartbeat_s = up.vars.get(code, {}).get("HeartbeatInterval") or up.cfg["heartbeat_s"]
+        self._hb_changed = asyncio.Event()
 
     def start(self):
         self._task = asyncio.ensure_future(self._run())
@@ -337,6 +355,10 @@ class Station:
 
     def wake(self):
         self._wake.set()
+
+    def set_heartbeat(self, s):
+        self.heartbeat_s = s
+        self._hb_changed.set()
 
     def status_changed(self):
         self._status_dirty.set()
@@ -368,6 +390,7 @@ class Station:
     async def _session(self, ws):
         cp = make_charge_point(self, ws)
         reader = asyncio.ensure_future(cp.start())
+        reader.add_done_callback(lambda _t: self._wake.set())
         self._reader = reader
         self._cp_pending = cp
         self.up.stats["connects"] += 1
@@ -421,21 +444,35 @@ class Station:
                 r = await self.call(cp, call.BootNotification(charging_station=cs, reason="PowerUp"))
             if r.interval:
                 self.heartbeat_s = r.interval
+            self.boot_status = r.status
             if r.status == "Accepted":
                 return
+            # B02 Pending / B03 Rejected: no transaction message goes until
+            # a BootNotification is Accepted (the CSMS's calls are answered
+            # meanwhile); asked again after the interval it gave.
+            log.info("pile %s: BootNotification %s; again in %s s", self.code, r.status,
+                     r.interval or 10)
             await asyncio.sleep(r.interval or 10)
 
     async def _heartbeats(self, cp):
         while True:
-            await asyncio.sleep(self.heartbeat_s)
+            self._hb_changed.clear()
             try:
-                if self.up.v16:
-                    from ocpp.v16 import call
-                else:
-                    from ocpp.v201 import call
-                await cp.call(call.Heartbeat())
+                await asyncio.wait_for(self._hb_changed.wait(), self.heartbeat_s)
+                continue        # a new interval: counted from now
+            except asyncio.TimeoutError:
+                pass
+            try:
+                await self.beat(cp)
             except Exception:
                 return
+
+    async def beat(self, cp):
+        if self.up.v16:
+            from ocpp.v16 import call
+        else:
+            from ocpp.v201 import call
+        await cp.call(call.Heartbeat())
 
     async def _statuses(self, cp):
         self._status_dirty.clear()
@@ -512,10 +549,15 @@ class Station:
                     continue
             if again:
                 continue
+            # Idle: woken by new work, the backoff's end, or the link closing
+            # (the reader's done callback: `connected` and the offline rules
+            # see an outage at once).
             try:
                 await asyncio.wait_for(self._wake.wait(), wait)
             except asyncio.TimeoutError:
                 pass
+            if self._reader.done():
+                raise _Lost("the CSMS link closed")
 
     def _message(self, serial, kind, seq_no, p, tx_id):
         offline = p.pop("_offline", False)
@@ -541,81 +583,3 @@ def _as_dict(r):
         return dataclasses.asdict(r)
     except TypeError:
         return None
-
-
-def make_charge_point(station, ws):
-    """The station side's ChargePoint, with the CSMS's calls mapped onto the
-    bridge (docs/ocpp.md has the table)."""
-    from ocpp.routing import on
-    up = station.up
-    b = up.b
-    code = station.code
-
-    if up.v16:
-        from ocpp.v16 import ChargePoint, call_result
-
-        class CP(ChargePoint):
-            @on("RemoteStartTransaction")
-            async def remote_start(self, id_tag, connector_id=None, **kw):
-                ok, _ = await b.ocpp_start(code, connector_id or 1, id_tag)
-                return call_result.RemoteStartTransaction(status="Accepted" if ok else "Rejected")
-
-            @on("RemoteStopTransaction")
-            async def remote_stop(self, transaction_id, **kw):
-                tx = await b.store.ocpp_tx(tx_id=str(transaction_id))
-                ok = tx is not None and await b.ocpp_stop(code, tx[0])
-                return call_result.RemoteStopTransaction(status="Accepted" if ok else "Rejected")
-
-            @on("Reset")
-            async def reset(self, type, **kw):
-                ok = await b.ocpp_reset(code, type == "Hard")
-                return call_result.Reset(status="Accepted" if ok else "Rejected")
-
-            @on("SetChargingProfile")
-            async def set_profile(self, connector_id, cs_charging_profiles, **kw):
-                return call_result.SetChargingProfile(status="Rejected")
-
-        return CP(code, ws, response_timeout=up.cfg["response_timeout_s"])
-
-    from ocpp.v201 import ChargePoint, call_result
-
-    class CP(ChargePoint):
-        @on("RequestStartTransaction")
-        async def request_start(self, id_token, remote_start_id, evse_id=None, **kw):
-            ok, serial = await b.ocpp_start(code, evse_id or 1, (id_token or {}).get("id_token"))
-            if ok:
-                return call_result.RequestStartTransaction(status="Accepted", transaction_id=serial)
-            return call_result.RequestStartTransaction(status="Rejected")
-
-        @on("RequestStopTransaction")
-        async def request_stop(self, transaction_id, **kw):
-            ok = await b.ocpp_stop(code, transaction_id)
-            return call_result.RequestStopTransaction(status="Accepted" if ok else "Rejected")
-
-        @on("GetTransactionStatus")
-        async def get_status(self, transaction_id=None, **kw):
-            # Answered from the SQLite custody, not from memory.
-            if transaction_id is None:
-                n = await b.store.ocpp_open_count(code)
-                return call_result.GetTransactionStatus(messages_in_queue=n > 0)
-            tx = await b.store.ocpp_tx(transaction_id)
-            if tx is None:
-                return call_result.GetTransactionStatus(messages_in_queue=False)
-            ongoing = not tx[7]
-            return call_result.GetTransactionStatus(messages_in_queue=tx[5] > 0,
-                                                    ongoing_indicator=ongoing)
-
-        @on("Reset")
-        async def reset(self, type, evse_id=None, **kw):
-            ok = await b.ocpp_reset(code, type == "Immediate")
-            return call_result.Reset(status="Accepted" if ok else "Rejected")
-
-        @on("SetChargingProfile")
-        async def set_profile(self, evse_id, charging_profile, **kw):
-            # The bridge has no per-gun or per-pile power cap command yet
-            # (docs/ocpp.md "Not mapped"): refused, with the reason.
-            return call_result.SetChargingProfile(
-                status="Rejected", status_info={"reason_code": "UnsupportedRequest",
-                                                "additional_info": "no power cap on this bridge yet"})
-
-    return CP(code, ws, response_timeout=up.cfg["response_timeout_s"])

@@ -88,7 +88,7 @@ class Outbox:
                 live = {r.id for r in rows}
                 for i in [i for i in sent if i not in live]:
                     del sent[i]        # confirmed meanwhile
-                # Cache keys are (id, has 0xEB): prune by the id in them, or
+                # Cache keys are (id, has 0xEB, OCMF verdict): prune by the id in them, or
                 # every bill ever published stays in memory.
                 for k in [k for k in cache if k[0] not in live]:
                     del cache[k]
@@ -97,6 +97,7 @@ class Outbox:
                 wait = None
                 batch = []
                 ext = b.pile_ext(pile)
+                signs = ext and b.ocmf_key(pile) is not None
                 force = self._force.pop(pile, ())
                 for r in rows:
                     s = sent.get(r.id)
@@ -110,11 +111,20 @@ class Outbox:
                         left = r.received_at + self.cfg["extra_wait_s"] - wall
                         wait = left if wait is None else min(wait, left)
                         break
+                    if signs and r.ocmf_verdict is None and \
+                            wall < r.received_at + self.cfg["sig_wait_s"]:
+                        # A pile with a registered OCMF key signs each bill
+                        # after sealing it (docs/ocmf.md): give the signature
+                        # a moment so the bill goes out with its record. The
+                        # 0x40 went long ago: custody never waits for it.
+                        left = r.received_at + self.cfg["sig_wait_s"] - wall
+                        wait = left if wait is None else min(wait, left)
+                        break
                     batch.append(r)
                 published = []
                 payloads = []
                 for r in batch:
-                    key = (r.id, r.extra is not None)
+                    key = (r.id, r.extra is not None, r.ocmf_verdict)
                     payload = cache.get(key)
                     if payload is None:
                         payload = json.dumps(schema.bill_json(b.site, r, ext=ext), separators=(",", ":"))

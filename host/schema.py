@@ -230,9 +230,24 @@ def bill_json(site, bill, frame=None, extra_frame=None, ext=True):
         "frame": hexs(bill.frame),
         "content_hash": bill_hash(bill.frame),
         "extra_frame": hexs(bill.extra) if bill.extra is not None else None,
+        # The pile's OCMF record and its verdict (docs/ocmf.md); null until
+        # the signature (0xDB) came.
+        "ocmf": ocmf_json(bill),
         "raw": raw,
     }
     return doc
+
+
+OCMF_VERIFIED = "verified"    # host/ocmf_check.py: the verdicts
+
+
+def ocmf_json(bill):
+    """The bill document's `ocmf` member (docs/mqtt.md, docs/ocmf.md) for a
+    store.Bill: null until its signature came."""
+    if getattr(bill, "ocmf_verdict", None) is None:
+        return None
+    return {"record": bill.ocmf_record, "verdict": bill.ocmf_verdict,
+            "verified": bill.ocmf_verdict == OCMF_VERIFIED, "public_key": bill.ocmf_key}
 
 
 def _iso(secs):
@@ -274,6 +289,7 @@ def undecodable_bill_json(site, bill, err, ext=True):
         "frame": hexs(bill.frame),
         "content_hash": bill_hash(bill.frame),
         "extra_frame": hexs(bill.extra) if bill.extra is not None else None,
+        "ocmf": None,
         "raw": None,
     }
 

@@ -8,6 +8,8 @@
 #   GET /metrics      Prometheus text (prometheus_client): bills by custody
 #                     state, the oldest unconfirmed bill's age, overdue
 #                     sessions, piles online, link errors, store size
+#   GET /ocmf/SERIAL  a bill's OCMF record as text, for copying into a
+#                     verifier (docs/ocmf.md); 404 while it has none
 #
 # Access: HTTP Basic with the password in [status] password_file (any user
 # name), and/or TLS with a client certificate from [status] client_ca_file.
@@ -40,6 +42,7 @@ log = logging.getLogger("host.status")
 
 STATES = ("pile", "held", "stored", "published", "confirmed")
 BILLS_SHOWN = 500           # bills listed in the snapshot (the counts cover all)
+RECENT_SHOWN = 20           # newest bills listed with their OCMF verdict, settled ones too
 
 
 async def snapshot(bridge, now=None):
@@ -49,14 +52,23 @@ async def snapshot(bridge, now=None):
     rows, held = await store.custody(BILLS_SHOWN)
     counts = await store.counts()
     bills = []
-    for serial, pile, received, published, confirmed in rows:
+    for serial, pile, received, published, confirmed, verdict in rows:
         state = "confirmed" if confirmed is not None else \
             "published" if published is not None else "stored"
         bills.append({"serial": serial, "pile": pile, "state": state,
-                      "age_s": round(now - received, 1)})
+                      "age_s": round(now - received, 1), "ocmf": verdict})
     for serial, pile, received in held:
         bills.append({"serial": serial, "pile": pile, "state": "held",
-                      "age_s": round(now - received, 1)})
+                      "age_s": round(now - received, 1), "ocmf": None})
+    # The newest bills, settled too, each with its OCMF verdict (null:
+    # unsigned); the record itself is at /ocmf/SERIAL.
+    recent = []
+    for serial, pile, received, published, confirmed, settled, verdict in \
+            await store.recent_bills(RECENT_SHOWN):
+        state = "settled" if settled is not None else "confirmed" if confirmed is not None else \
+            "published" if published is not None else "stored"
+        recent.append({"serial": serial, "pile": pile, "state": state,
+                       "age_s": round(now - received, 1), "ocmf": verdict})
     bills.sort(key=lambda b: -b["age_s"])
     piles = []
     on_piles = 0
@@ -99,6 +111,7 @@ async def snapshot(bridge, now=None):
         "quarantined": counts["rejected"],
         "bills": bills,
         "bills_listed": len(bills),
+        "recent_bills": recent,
         "piles": piles,
         "errors": list(bridge.recent_events),
         "store_bytes": _store_bytes(bridge.cfg["database"]),
@@ -181,6 +194,7 @@ class StatusServer:
         app.router.add_get("/", self._page)
         app.router.add_get("/status.json", self._json)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/ocmf/{serial}", self._ocmf)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl)
@@ -221,6 +235,15 @@ class StatusServer:
         snap = await snapshot(self.bridge)
         self._collector.snap = snap
         return web.json_response(snap, headers={"Cache-Control": "no-store"})
+
+    async def _ocmf(self, request):
+        serial = request.match_info["serial"]
+        row = await self.bridge.store.ocmf_record(serial) if serial.isdigit() else None
+        if row is None or row[0] is None:
+            return web.Response(status=404, text="bill %s has no OCMF record (yet)\n" % serial[:32])
+        return web.Response(text=row[0], content_type="text/plain",
+                            headers={"Cache-Control": "no-store", "X-OCMF-Verdict": row[1],
+                                     "X-OCMF-Public-Key": row[2] or ""})
 
     async def _metrics(self, request):
         self._collector.snap = await snapshot(self.bridge)

@@ -27,8 +27,18 @@ th{background:#f4f4f4} .num{text-align:right;font-variant-numeric:tabular-nums}
 <th class="num">on pile</th><th>versions</th><th>overdue</th><th class="num">frame errors</th></tr></thead>
 <tbody></tbody></table>
 <h2>Bills not yet settled <span id="listed"></span></h2>
-<table id="bills"><thead><tr><th>serial</th><th>pile</th><th>where</th><th class="num">age</th></tr></thead>
+<table id="bills"><thead><tr><th>serial</th><th>pile</th><th>where</th><th class="num">age</th>
+<th>OCMF</th></tr></thead>
 <tbody></tbody></table>
+<h2>Newest bills and their OCMF records</h2>
+<table id="recent"><thead><tr><th>serial</th><th>pile</th><th>where</th><th class="num">age</th>
+<th>OCMF</th><th></th></tr></thead>
+<tbody></tbody></table>
+<div id="ocmf-box" hidden><p>OCMF record of <span id="ocmf-serial"></span> (<span id="ocmf-verdict"></span>);
+copy it into any OCMF verifier with the pile's public key <span id="ocmf-key" class="off"></span>.
+A pile signature is not a calibrated meter's.</p>
+<textarea id="ocmf-record" readonly rows="6" style="width:100%;font-family:monospace"></textarea>
+<button id="ocmf-copy" type="button">copy</button></div>
 <h2>Last events</h2>
 <table id="errors"><thead><tr><th>time</th><th>pile</th><th>event</th><th>message</th></tr></thead>
 <tbody></tbody></table>
@@ -37,6 +47,23 @@ th{background:#f4f4f4} .num{text-align:right;font-variant-numeric:tabular-nums}
 const STATES = {pile: "on the pile", held: "at the bridge, MAC awaited",
   stored: "in the bridge's store", published: "published, awaiting the platform",
   confirmed: "confirmed, awaiting the pile's settle"};
+const OCMF = {verified: "signed, verified", bad_signature: "signed, DOES NOT VERIFY",
+  unregistered_key: "signed, key not registered", no_bill: "signed, bill not held"};
+function ocmfText(v) { return v ? (OCMF[v] || v) : "unsigned"; }
+async function showRecord(serial) {
+  const r = await fetch("ocmf/" + encodeURIComponent(serial), {cache: "no-store"});
+  const box = document.getElementById("ocmf-box");
+  const ta = document.getElementById("ocmf-record");
+  document.getElementById("ocmf-serial").textContent = serial;
+  if (!r.ok) {
+    ta.value = ""; document.getElementById("ocmf-verdict").textContent = "no record yet";
+    box.hidden = false; return;
+  }
+  ta.value = await r.text();
+  document.getElementById("ocmf-verdict").textContent = ocmfText(r.headers.get("X-OCMF-Verdict"));
+  document.getElementById("ocmf-key").textContent = r.headers.get("X-OCMF-Public-Key") || "(none registered)";
+  box.hidden = false; ta.focus(); ta.select();
+}
 function el(tag, text, cls) {
   const e = document.createElement(tag);
   if (text !== undefined && text !== null) e.textContent = String(text);
@@ -96,8 +123,20 @@ function render(s) {
   const bt = document.querySelector("#bills tbody");
   bt.replaceChildren();
   for (const x of s.bills) {
-    const tr = row(bt, [x.serial, x.pile, STATES[x.state] || x.state, age(x.age_s)]);
-    tr.dataset.serial = x.serial; tr.dataset.state = x.state;
+    const tr = row(bt, [x.serial, x.pile, STATES[x.state] || x.state, age(x.age_s),
+      el("td", ocmfText(x.ocmf), x.ocmf && x.ocmf !== "verified" ? "warn" : "")]);
+    tr.dataset.serial = x.serial; tr.dataset.state = x.state; tr.dataset.ocmf = x.ocmf || "";
+  }
+  const rt = document.querySelector("#recent tbody");
+  rt.replaceChildren();
+  for (const x of s.recent_bills || []) {
+    const btn = el("button", "OCMF record");
+    btn.type = "button"; btn.disabled = !x.ocmf || x.ocmf === "no_bill";
+    btn.addEventListener("click", () => showRecord(x.serial));
+    const td = el("td"); td.appendChild(btn);
+    const tr = row(rt, [x.serial, x.pile, STATES[x.state] || x.state, age(x.age_s),
+      el("td", ocmfText(x.ocmf), x.ocmf && x.ocmf !== "verified" ? "warn" : ""), td]);
+    tr.dataset.serial = x.serial; tr.dataset.ocmf = x.ocmf || "";
   }
   document.getElementById("listed").textContent = "(" + s.bills_listed + " listed)";
   const et = document.querySelector("#errors tbody");
@@ -119,6 +158,12 @@ async function tick() {
   }
   setTimeout(tick, 2000);
 }
+document.getElementById("ocmf-copy").addEventListener("click", () => {
+  const ta = document.getElementById("ocmf-record");
+  ta.select();
+  if (navigator.clipboard) navigator.clipboard.writeText(ta.value).catch(() => document.execCommand("copy"));
+  else document.execCommand("copy");
+});
 tick();
 </script>
 </body></html>

@@ -97,7 +97,7 @@ CREATE TABLE IF NOT EXISTS tariffs (
 # from the version before it, inside one transaction with the version bump;
 # tests/test_store_migration.py upgrades a store that holds unconfirmed
 # bills and checks nothing is lost.
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 _MIGRATIONS = (
     # 2: frames that failed their CRC, kept for diagnosis within caps (per
     # link and in total, oldest dropped first, the drops counted).
@@ -163,6 +163,19 @@ _MIGRATIONS = (
          "CREATE UNIQUE INDEX IF NOT EXISTS ocpp_out_once ON ocpp_out (serial, kind) "
          "WHERE kind IN ('started', 'ended')",
          "CREATE INDEX IF NOT EXISTS ocpp_out_open ON ocpp_out (pile, id) WHERE acked_at IS NULL")),
+    # 7: a bill's OCMF signature (0xDB, docs/ocmf.md), kept beside the bill:
+    # the frame as received, the OCMF record rebuilt from the bill, the key
+    # it was checked against and the verdict. A bill's custody never waits
+    # for it; a signature whose bill is not held yet is kept too
+    # (verdict 'no_bill') and checked when it comes again.
+    (7, ("CREATE TABLE IF NOT EXISTS bill_sigs ("
+         " serial TEXT PRIMARY KEY,"
+         " pile TEXT NOT NULL,"
+         " frame BLOB NOT NULL,"          # the 0xDB as received
+         " record TEXT,"                  # OCMF|payload|signature; null without its bill
+         " public_key TEXT,"              # the registered key checked against (DER hex), or null
+         " verdict TEXT NOT NULL,"        # verified | bad_signature | unregistered_key | no_bill
+         " received_at REAL NOT NULL)",)),
 )
 COMMANDS_KEEP_S = 7 * 86400   # command ids remembered this long (a command's expires should be shorter)
 BAD_FRAMES_PER_LINK = 100     # kept per link, oldest dropped first
@@ -196,16 +209,21 @@ def _migrate(db):
 BILL_COLUMNS = ("id", "serial", "pile", "pile_seq", "frame", "crc_swapped", "received_at",
                 "resends", "conflicts", "published_at", "publish_count", "confirmed_at",
                 "confirm_result", "settled_at", "ocpp_acked_at")
-_BILL_SELECT = "SELECT " + ", ".join("b." + c for c in BILL_COLUMNS) + ", x.frame FROM bills b " \
-               "LEFT JOIN extras x ON x.serial = b.serial "
+_JOINED = ("extra", "ocmf_record", "ocmf_verdict", "ocmf_key")
+# A signature kept before its bill ('no_bill': not checked) is not the bill's yet.
+_SIG_JOIN = "LEFT JOIN bill_sigs s ON s.serial = b.serial AND s.verdict != 'no_bill' "
+_BILL_SELECT = "SELECT " + ", ".join("b." + c for c in BILL_COLUMNS) + \
+               ", x.frame, s.record, s.verdict, s.public_key FROM bills b " \
+               "LEFT JOIN extras x ON x.serial = b.serial " + _SIG_JOIN
 
 
 class Bill:
-    """One row of `bills`, with its 0xEB frame when one arrived."""
-    __slots__ = BILL_COLUMNS + ("extra",)
+    """One row of `bills`, with its 0xEB frame when one arrived and its OCMF
+    record (ocmf_record, ocmf_verdict, ocmf_key) when its signature did."""
+    __slots__ = BILL_COLUMNS + _JOINED
 
     def __init__(self, row):
-        for name, v in zip(BILL_COLUMNS + ("extra",), row):
+        for name, v in zip(BILL_COLUMNS + _JOINED, row):
             setattr(self, name, v)
         if self.frame is not None:
             self.frame = bytes(self.frame)
@@ -440,6 +458,15 @@ class Store:
         else); the Bill when its 0x3B is already held."""
         return self._submit(_add_extra, pile, serial, bytes(frame), time.time() if now is None else now)
 
+    def add_sig(self, pile, serial, frame, record, public_key, verdict, now=None):
+        """A bill's OCMF signature (0xDB) with the record rebuilt from the
+        bill and its verdict: ("new" | "same" | "updated" | "conflict" |
+        "foreign", Bill or None). The first copy is kept; a copy that came
+        before its bill ('no_bill') is replaced by one checked against it.
+        Another pile's bill's signature is kept in `rejected`."""
+        return self._submit(_add_sig, pile, serial, bytes(frame), record, public_key, verdict,
+                            time.time() if now is None else now)
+
     def hold_bill(self, pile, serial, frame, now=None):
         """A keyed pile's bill, committed raw while its MAC is awaited (no
         0x40 yet). A copy already held for the serial is replaced: the pile
@@ -579,6 +606,15 @@ class Store:
         with the bills held for their MAC: the status page's custody view."""
         return self._submit(_custody, limit)
 
+    def recent_bills(self, limit=20):
+        """[(serial, pile, received_at, published_at, confirmed_at, settled_at,
+        OCMF verdict or None)], newest first, settled ones included."""
+        return self._submit(_recent_bills, limit)
+
+    def ocmf_record(self, serial):
+        """(record, verdict, public_key) of a bill's OCMF signature, or None."""
+        return self._submit(_ocmf_record, serial)
+
     def prune(self, keep_s, now=None):
         """Forget bills settled more than keep_s ago (and rejected copies as
         old). Resolves the number of bills removed. A serial forgotten here
@@ -664,13 +700,7 @@ def _add_extra(db, pile, serial, frame, now):
     # Ownership: a fee split belongs to the pile of the bill it completes
     # (held: its row says; not yet held: the serial starts with the pile
     # code, as YKC builds it). Any other copy is quarantined.
-    bill = _one_bill(db, serial)
-    owner = bill.pile if bill is not None else serial[:14]
-    if pile is not None and owner != pile:
-        db.execute("INSERT INTO rejected (serial, pile, kind, frame, reason, received_at) "
-                   "VALUES (?, ?, 'extra_quarantine', ?, ?, ?)",
-                   (serial, pile, frame, "fee split for a bill of pile %s sent by pile %s"
-                    % (owner, pile), now))
+    if pile is not None and _foreign(db, pile, serial, "extra_quarantine", frame, "fee split", now):
         return "foreign", None
     old = db.execute("SELECT frame FROM extras WHERE serial = ?", (serial,)).fetchone()
     if old is not None:
@@ -683,6 +713,40 @@ def _add_extra(db, pile, serial, frame, now):
     db.execute("INSERT INTO extras (serial, frame, received_at) VALUES (?, ?, ?)",
                (serial, frame, now))
     return "new", _one_bill(db, serial)
+
+
+def _foreign(db, pile, serial, kind, frame, what, now):
+    """True (and the frame kept in `rejected` as `kind`) when the bill
+    `serial` is not `pile`'s: held, its row says; not yet held, the serial
+    starts with the pile code, as YKC builds it."""
+    bill = _one_bill(db, serial)
+    owner = bill.pile if bill is not None else serial[:14]
+    if owner == pile:
+        return False
+    db.execute("INSERT INTO rejected (serial, pile, kind, frame, reason, received_at) "
+               "VALUES (?, ?, ?, ?, ?, ?)",
+               (serial, pile, kind, frame, "%s for a bill of pile %s sent by pile %s"
+                % (what, owner, pile), now))
+    return True
+
+
+def _add_sig(db, pile, serial, frame, record, public_key, verdict, now):
+    if _foreign(db, pile, serial, "sig_quarantine", frame, "OCMF signature", now):
+        return "foreign", None
+    bill = _one_bill(db, serial)
+    old = db.execute("SELECT frame, verdict FROM bill_sigs WHERE serial = ?", (serial,)).fetchone()
+    if old is not None and old[1] != "no_bill":
+        if _body(bytes(old[0])) == _body(frame):
+            return "same", bill
+        db.execute("INSERT INTO rejected (serial, pile, kind, frame, reason, received_at) "
+                   "VALUES (?, ?, 'sig_conflict', ?, ?, ?)",
+                   (serial, pile, frame, "same trade serial, different 0xDB bytes; first copy kept",
+                    now))
+        return "conflict", bill
+    db.execute("INSERT OR REPLACE INTO bill_sigs (serial, pile, frame, record, public_key, verdict, "
+               "received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+               (serial, pile, frame, record, public_key, verdict, now))
+    return ("updated" if old is not None else "new"), _one_bill(db, serial)
 
 
 def _hold_bill(db, pile, serial, frame, now):
@@ -956,17 +1020,32 @@ def _counts(db):
 
 def _custody(db, limit):
     rows = [tuple(r) for r in db.execute(
-        "SELECT serial, pile, received_at, published_at, confirmed_at FROM bills "
-        "WHERE settled_at IS NULL ORDER BY id LIMIT ?", (limit,))]
+        "SELECT b.serial, b.pile, b.received_at, b.published_at, b.confirmed_at, s.verdict "
+        "FROM bills b " + _SIG_JOIN + "WHERE b.settled_at IS NULL ORDER BY b.id LIMIT ?", (limit,))]
     held = [tuple(r) for r in db.execute(
         "SELECT serial, pile, received_at FROM held_bills ORDER BY received_at LIMIT ?", (limit,))]
     return rows, held
+
+
+def _recent_bills(db, limit):
+    return [tuple(r) for r in db.execute(
+        "SELECT b.serial, b.pile, b.received_at, b.published_at, b.confirmed_at, b.settled_at, "
+        "s.verdict FROM bills b " + _SIG_JOIN + "ORDER BY b.id DESC LIMIT ?", (limit,))]
+
+
+def _ocmf_record(db, serial):
+    row = db.execute("SELECT record, verdict, public_key FROM bill_sigs WHERE serial = ?",
+                     (serial,)).fetchone()
+    return tuple(row) if row else None
 
 
 def _prune(db, keep_s, now):
     cut = now - keep_s
     n = db.execute("DELETE FROM extras WHERE serial IN (SELECT serial FROM bills "
                    "WHERE settled_at IS NOT NULL AND settled_at < ?)", (cut,)).rowcount
+    db.execute("DELETE FROM bill_sigs WHERE serial IN (SELECT serial FROM bills "
+               "WHERE settled_at IS NOT NULL AND settled_at < ?) OR (verdict = 'no_bill' "
+               "AND received_at < ?)", (cut, cut))
     n = db.execute("DELETE FROM bills WHERE settled_at IS NOT NULL AND settled_at < ?",
                    (cut,)).rowcount
     # OCPP messages of transactions whose bill is gone, answered long ago;
@@ -1022,8 +1101,8 @@ def _tariffs(db):
     return dict(db.execute("SELECT scope, tariff FROM tariffs").fetchall())
 
 
-_DURABLE = {_ocpp_enqueue, _add_bill, _add_extra, _add_rejected, _add_event, _set_tariff, _next_counter,
-            _command_seen, _bind_site, _migrate_site, _hold_bill, _release_held, _quarantine_held}
+_DURABLE = {_ocpp_enqueue, _add_bill, _add_extra, _add_sig, _add_rejected, _add_event, _set_tariff,
+            _next_counter, _command_seen, _bind_site, _migrate_site, _hold_bill, _release_held, _quarantine_held}
 _READS = {_open_bills, _piles_with_open, _unsettled, _bill, _counts, _open_events, _tariffs,
-          _last_counter, _bad_frames, _held, _custody, _ocpp_open, _ocpp_missing_ended,
+          _last_counter, _bad_frames, _held, _custody, _recent_bills, _ocmf_record, _ocpp_open, _ocpp_missing_ended,
           _ocpp_piles, _ocpp_tx, _ocpp_open_count}

@@ -191,12 +191,29 @@ TABLE = (
     # login; mac = HMAC(derive(K_pile, "pc/login"), pile (7 bytes BCD) | nonce).
     "D6 login_challenge >D7 $P nonce=h16\n"
     "D7 login_proof $P nonce=h16 mac=h32\n"
+    # OCMF (docs/ocmf.md): the pile's P-256 public key (the uncompressed
+    # point 04|X|Y), sent after each login once the key exists; the site
+    # config registers it (pile.<code>.ocmf_key). bill_sig: the ECDSA-P256-
+    # SHA256 signature (r, s) of a sealed bill's canonical OCMF payload
+    # (protocol/ocmf.py), sent after the bill; fw is the firmware version
+    # and flags bit 0 "card id in the payload", the two inputs of that text
+    # the bill does not hold. Unanswered: a bill's custody never waits for
+    # its signature (the pile sends it once per login in which it sends the bill).
+    "D9 pile_key $P key=h65\n"
+    "DB bill_sig serial=b16 fw=a8 flags=u1 r=h32 s=h32\n"
     # The site's power cap on this pile, W (0 lifts it), pushed by the bridge
     # after each login from its config (pile.<code>.power_cap_kw; docs/guns.md).
     # site_cap_reply: the cap the pile now holds, result 1 applied at its next
     # control tick, 0 the pile does not share power (nothing applied).
     "DE site_cap >DF ! $P cap=u4W\n"
-    "DF site_cap_reply $P cap=u4W result=u1\n",
+    "DF site_cap_reply $P cap=u4W result=u1\n"
+    # A cap on one gun, W (0 lifts it): OCPP's charging profile on that
+    # EVSE (docs/ocpp.md). The gun's demand is clamped to it before the
+    # pile's power is shared; the pile's own cap still holds. gun_cap_reply:
+    # as site_cap_reply (result 0: the pile does not share power, or no
+    # such gun).
+    "DC gun_cap >DD ! $PG cap=u4W\n"
+    "DD gun_cap_reply $PG cap=u4W result=u1\n",
     # --- extension frames, continued ------------------------------------------------------------
     # Remote start with targets; answered with the standard 0x33.
     "E2 ext_start >33/serial ! $SPG logical_card=b8 card=h8 balance=u4:2yuan target_amount=u4:4yuan "

@@ -10,6 +10,7 @@
 #   r, s = sign(d, msg)                 RFC 6979 deterministic k
 #   der_signature(r, s)                 DER SEQUENCE{INTEGER r, INTEGER s}
 #   for _ in sign_steps(d, msg, out): pass   the same, one point operation per step
+#                                       (288: 256 bits, 2 x 16 for the two inverses)
 #
 # Deterministic k (RFC 6979) means the same bill always gets the same
 # signature: the pile need not store it, it can sign again at any time.
@@ -91,15 +92,41 @@ def _affine(X, Y, Z):
     return X * zi2 % P, Y * zi2 * zi % P
 
 
+_INV_BITS = 16      # exponent bits per step of a step-wise inverse (~ one point operation)
+
+
+def _inv_steps(a, m, out):
+    """a^-1 mod m (m prime) as a^(m-2), square and multiply, a yield every
+    _INV_BITS bits: the builtin pow() would make one step some 30 point
+    operations long. out[0] = the inverse."""
+    e = m - 2
+    r = 1
+    for i in range(255, -1, -1):
+        r = r * r % m
+        if (e >> i) & 1:
+            r = r * a % m
+        if i % _INV_BITS == 0:
+            yield
+    out[0] = r
+
+
 def _mul_steps(k, x, y, out):
-    """k * (x, y), one doubling (and add) per step; out[0] = the affine point."""
+    """k * (x, y), one doubling (and add) per step, then the inverse of Z in
+    steps; out[0] = the affine point."""
     X, Y, Z = 0, 1, 0
     for i in range(255, -1, -1):
         X, Y, Z = _double(X, Y, Z)
         if (k >> i) & 1:
             X, Y, Z = _add(X, Y, Z, x, y, 1)
         yield
-    out[0] = _affine(X, Y, Z)
+    if Z == 0:
+        raise ValueError("point at infinity")
+    zi = [None]
+    for _ in _inv_steps(Z, P, zi):
+        yield
+    zi = zi[0]
+    zi2 = zi * zi % P
+    out[0] = (X * zi2 % P, Y * zi2 * zi % P)
 
 
 def _mul(k, x, y):
@@ -119,6 +146,26 @@ def keygen(entropy):
 def public_key(d):
     x, y = _mul(d, GX, GY)
     return b"\x04" + _i2b(x) + _i2b(y)
+
+
+def on_curve(pub):
+    """True if pub (65 bytes 04|X|Y) is a point of P-256."""
+    if len(pub) != 65 or pub[0] != 4:
+        return False
+    x, y = _b2i(pub[1:33]), _b2i(pub[33:65])
+    return x < P and y < P and (y * y - (x * x * x - 3 * x + B)) % P == 0
+
+
+def point_from_der_or_raw(b):
+    """The 65-byte point of a public key given as DER SubjectPublicKeyInfo
+    (OCMF's form, what the pile's console shows) or as the bare point;
+    ValueError unless it is a P-256 point."""
+    b = bytes(b)
+    if len(b) == len(_SPKI) + 65 and b[:len(_SPKI)] == _SPKI:
+        b = b[len(_SPKI):]
+    if not on_curve(b):
+        raise ValueError("not a P-256 public key (DER SubjectPublicKeyInfo or 04|X|Y, on the curve)")
+    return b
 
 
 def spki_der(pub):
@@ -158,7 +205,10 @@ def sign_steps(d, msg, out):
         r = pt[0][0] % N
         if r == 0:
             continue
-        s = pow(k, N - 2, N) * (z + r * d) % N
+        ki = [None]
+        for _ in _inv_steps(k, N, ki):
+            yield
+        s = ki[0] * (z + r * d) % N
         if s == 0:
             continue
         out[0] = (r, s)

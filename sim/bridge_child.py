@@ -5,6 +5,7 @@ import asyncio
 import json
 import os
 import resource
+import shutil
 import signal
 import sys
 import time
@@ -66,7 +67,8 @@ def proc_fds(pid):
 
 
 class BridgeChild:
-    """host.bridge run as `python -m host.bridge --config FILE`, stopped by its pid.
+    """host.bridge run as `python -m host.bridge -c FILE` (for SIGKILL, RSS and
+    fd counts), stopped by its pid.
     python_args go before `-m host.bridge` (e.g. -m cProfile -o FILE)."""
 
     def __init__(self, tmp, cfg, python_args=()):
@@ -79,23 +81,54 @@ class BridgeChild:
         self.pid = None
         self.tcp_port = None
         self.started_at = None
+        self.runs = 0
 
     async def start(self):
+        """Start it and read its JSON ready line (tcp_port, started_at). A
+        bridge that exits or says nothing in 30 s is an AssertionError naming
+        why, with its log: a test whose bridge does not start fails."""
+        self.runs += 1
         env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
         with open(self.log_path, "ab") as log:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, *self.python_args, "-m", "host.bridge", "--config", self.cfg_path,
+                sys.executable, *self.python_args, "-m", "host.bridge", "-c", self.cfg_path,
                 stdout=asyncio.subprocess.PIPE, stderr=log, stdin=asyncio.subprocess.DEVNULL,
                 cwd=ROOT, env=env)
         self.pid = self.proc.pid
-        line = await asyncio.wait_for(self.proc.stdout.readline(), 30)
+        try:
+            line = await asyncio.wait_for(self.proc.stdout.readline(), 30)
+        except asyncio.TimeoutError:
+            line = None
         if not line:
-            await self.proc.wait()
-            raise RuntimeError("bridge exited before its ready line:\n" + self.log_tail())
+            if line is not None:            # its stdout closed: it is exiting
+                try:
+                    await asyncio.wait_for(self.proc.wait(), 10)
+                except asyncio.TimeoutError:
+                    pass
+            why = ("no ready line in 30 s" if self.proc.returncode is None else
+                   "exited with code %s" % self.proc.returncode)
+            await self.stop()
+            raise AssertionError("the bridge (python -m host.bridge -c %s) did not start: %s\n"
+                                 "--- its log ---\n%s" % (self.cfg_path, why, self.log()))
         ready = json.loads(line)
         self.tcp_port = ready["tcp_port"]
-        self.started_at = ready["started_at"]
+        self.started_at = ready.get("started_at")
         return self
+
+    def kill(self, sig=signal.SIGKILL):
+        if self.proc is not None and self.proc.returncode is None:
+            os.kill(self.proc.pid, sig)
+
+    async def wait(self):
+        if self.proc is not None:
+            await self.proc.wait()
+
+    def log(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
 
     @property
     def alive(self):
@@ -125,11 +158,7 @@ class BridgeChild:
             await self.proc.wait()
 
     def log_tail(self, n=4000):
-        try:
-            with open(self.log_path, "rb") as f:
-                return f.read().decode(errors="replace")[-n:]
-        except OSError:
-            return ""
+        return self.log()[-n:]
 
     def log_problems(self, limit=10):
         """Error lines and tracebacks in the bridge's log (none expected)."""
@@ -282,3 +311,17 @@ GOOD_PILE = "55031412782305"
 GOOD_TARIFF = {"model": "0001", "loss_ratio": 0, "slots": "3" * 16 + "2" * 32,
                 "rates": {p: {"energy": 100000, "service": 20000}
                           for p in ("sharp", "peak", "flat", "valley")}}
+
+
+async def wind_up(rep, tmp, keep, broker, bridge, relay=None):
+    """The end of a bridge fuzz run: the bridge stopped, the relay and the
+    broker closed, the temp dir kept (named in the report) or removed."""
+    if bridge is not None:
+        await bridge.stop()
+    if relay is not None:
+        await relay.close()
+    broker.close()
+    if keep:
+        rep.extra["kept"] = tmp
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)

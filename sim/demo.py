@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 
@@ -14,6 +15,7 @@ from host import cli
 from host.mqtt import stop_tasks
 from protocol.fields import PERIODS5
 from sim.fleet import SimFleet
+from sim.scenario import sim_ocmf_key
 from sim.scenario_file import parse_scenario
 from sim import stack
 
@@ -50,7 +52,10 @@ def _say(quiet, msg):
 
 
 class Demo:
-    def __init__(self, speed=120.0, quiet=False, workdir=None, broker="mosquitto", ocpp=None):
+    def __init__(self, speed=120.0, quiet=False, workdir=None, broker="mosquitto", ocpp=None,
+                 status=False):
+        self.status = status   # serve the bridge's status page (docs/status.md)
+        self.status_url = None
         self.ocpp = ocpp       # None, "2.0.1" or "1.6"
         self.csms = None
         self.prefer = broker
@@ -81,17 +86,32 @@ class Demo:
         # The piles live in simulated time (the scenario's 05:45 start, so pile
         # 5 crosses all five tariff classes): the bridge leaves their clocks.
         extra = "[piles]\ntime_sync_s = 0\n"
+        # Each pile's OCMF key registered, as a site does from the console's
+        # 'key' (docs/ocmf.md): the bills go out with records that verify.
+        for code in self._codes():
+            extra += '[pile."%s"]\nocmf_key = "%s"\n' % (code, sim_ocmf_key(code))
         if self.csms is not None:
             extra += ("[ocpp]\ncsms_url = %s\nversion = %s\nretry_initial_s = 0.2\n"
                       "retry_max_s = 2.0\nreconnect_min_s = 0.1\nreconnect_max_s = 1.0\n"
                       % (json.dumps(self.csms.url), json.dumps(self.ocpp)))
-        self.bridge = stack.BridgeProcess(self.dir, SITE, self.broker.port, extra=extra)
+        self.bridge = stack.BridgeProcess(self.dir, SITE, self.broker.port, extra=extra,
+                                          status=self.status)
         self.tcp_port = self.bridge.start()
         _say(self.quiet, "bridge   pid %d, piles dial 127.0.0.1:%d" % (self.bridge.pid, self.tcp_port))
+        if self.status:
+            self.status_url = "http://127.0.0.1:%d/" % self.bridge.status_port
+            print("status   %s" % self.status_url, file=sys.stderr if self.quiet else sys.stdout,
+                  flush=True)
+
+    def _scenario(self):
+        with open(os.path.join(_SCENARIOS, "demo.json")) as f:
+            return parse_scenario(json.load(f), "demo")
+
+    def _codes(self):
+        return [p["code"] for p in self._scenario()["piles"]]
 
     def start_fleet(self):
-        with open(os.path.join(_SCENARIOS, "demo.json")) as f:
-            sc = parse_scenario(json.load(f), "demo")
+        sc = self._scenario()
         self.fleet = SimFleet(("127.0.0.1", self.tcp_port), speed=self.speed, scenario=sc,
                                   root=os.path.join(self.dir, "piles"))
         self.codes = [u.code for u in self.fleet.units]
@@ -301,6 +321,9 @@ class Demo:
             "limit_cases": limits,
             "cases": self.cases(got, bills_per_start),
             "bills_detail": [self._bill_row(b) for b in got.values()],
+            # OCMF (docs/ocmf.md): bills whose record checks with the pile's registered key
+            "ocmf_verified": len([b for b in got.values()
+                                  if (b.get("ocmf") or {}).get("verdict") == "verified"]),
             **self._ocpp_summary(executed, sealed_serials),
         }
 
@@ -332,6 +355,7 @@ class Demo:
                 "start_time": b.get("start_time"), "end_time": b.get("end_time"),
                 "periods": {p["period"]: p["energy"] for p in b.get("periods") or []},
                 "reconciled": (b.get("checks") or {}).get("ok"),
+                "ocmf": b.get("ocmf"),
                 "confirm_result": row.get("confirm_result") if isinstance(row, dict) else None}
 
     def cases(self, got, per_start):
@@ -418,7 +442,8 @@ def table(s):
             ("limit: result - target (yuan)", _limit_text(s)),
             ("refused starts", s["refused_starts"]),
             ("VIN refusals (0x8A bills)", s["vin_refused_bills"]),
-            ("bills over five classes", s["five_class_bills"]), ("energy (kWh)", s["energy_kwh"]),
+            ("bills over five classes", s["five_class_bills"]),
+            ("OCMF-signed, verified", s.get("ocmf_verified", 0)), ("energy (kWh)", s["energy_kwh"]),
             ("amount (yuan)", s["amount_yuan"])]
     out = [""]
     cases = s.get("cases") or []

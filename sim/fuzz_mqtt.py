@@ -4,11 +4,10 @@ import asyncio
 import collections
 import json
 import re
-import shutil
 import tempfile
 import time
 
-from sim.bridge_child import (GOOD_PILE, GOOD_TARIFF, BridgeChild, RssWatch, SlowRelay,
+from sim.bridge_child import (GOOD_PILE, GOOD_TARIFF, BridgeChild, RssWatch, SlowRelay, wind_up,
                               _start_broker, bridge_config)
 from sim.mqtt_platform import MqttPlatform
 from sim.fuzz import Report, _pick, case_rng, garbage
@@ -392,15 +391,7 @@ async def _fuzz_mqtt_commands(count, seed, case=None, window=100, rss_limit_mb=6
     finally:
         if pile is not None:
             await pile.close()
-        if bridge is not None:
-            await bridge.stop()
-        if relay is not None:
-            await relay.close()
-        broker.close()
-        if keep:
-            rep.extra["kept"] = tmp
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        await wind_up(rep, tmp, keep, broker, bridge, relay)
     return rep
 
 

@@ -3,14 +3,13 @@
 # charging.
 import asyncio
 import os
-import shutil
 import socket
 import struct
 import tempfile
 import time
 
 from protocol import codec
-from sim.bridge_child import (GOOD_PILE, GOOD_TARIFF, BridgeChild, RssWatch,
+from sim.bridge_child import (GOOD_PILE, GOOD_TARIFF, BridgeChild, RssWatch, wind_up,
                               _raise_nofile, _start_broker, bridge_config)
 from sim.mqtt_platform import MqttPlatform
 from sim.fuzz import (PILE_FRAMES, Report, _pick, case_rng, chunks, frame_pool, garbage, mutate,
@@ -529,13 +528,7 @@ async def _fuzz_bridge_tcp(count, seed, case=None, workers=16, rss_limit_mb=64, 
                                     "inputs_per_s": round(rep.inputs / max(1e-9, hostile_s))}
             rep.extra["hostile_piles_billed"] = sum(1 for k in plat.by_pile if k != GOOD_PILE)
     finally:
-        if bridge is not None:
-            await bridge.stop()
-        broker.close()
-        if keep:
-            rep.extra["kept"] = tmp
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        await wind_up(rep, tmp, keep, broker, bridge)
     return rep
 
 

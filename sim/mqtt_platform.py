@@ -13,12 +13,12 @@ import collections.abc
 import json
 import os
 import socket
-import time
 
 import aiomqtt
 
 from host.mqtt import Background
 from host.topics import Topics
+from sim.testkit import poll
 
 
 class MqttPlatform(Background):
@@ -151,19 +151,7 @@ class MqttPlatform(Background):
     async def poll_for(self, pred, timeout=10.0):
         """pred()'s value once truthy (re-checked on every document), or its
         last falsy value after timeout s."""
-        deadline = time.monotonic() + timeout
-        while True:
-            ev = self._changed
-            r = pred()
-            if r:
-                return r
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return r
-            try:
-                await asyncio.wait_for(ev.wait(), left)
-            except asyncio.TimeoutError:
-                pass
+        return await poll(pred, lambda: self._changed, timeout)
 
     async def wait_for(self, pred, timeout=10.0):
         """As poll_for, but a timeout is an AssertionError."""

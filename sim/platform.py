@@ -4,6 +4,43 @@
 # confirms (0x40) and settles (0xE4) every bill; acknowledges fee splits
 # (0xEC); records every frame. MicroPython + CPython.
 from protocol import codec
+from protocol.router import on, route
+
+# What the platform end does with each frame a pile sends: functions by frame
+# code, run by protocol/router.py, which answers with the frame the table
+# names and the request's sequence.
+HANDLERS = {}
+
+
+@on(HANDLERS, 0x01)             # login -> 0x02
+def _login(p, f):
+    if p.answer_login:
+        return {"pile": f.fields["pile"], "result": 0}
+
+
+@on(HANDLERS, 0x03)             # heartbeat -> 0x04
+def _heartbeat(p, f):
+    v = f.fields
+    return {"pile": v["pile"], "gun": v["gun"], "reply": 0}
+
+
+@on(HANDLERS, 0x05)             # tariff_check -> 0x06
+def _tariff_check(p, f):
+    v = f.fields
+    return {"pile": v["pile"], "model": v["model"], "result": 0}
+
+
+@on(HANDLERS, 0x3B)             # bill (4 or 5 periods) -> 0x40, then 0xE4
+def _bill(p, f):
+    if p.confirm:
+        p.settle_next = f.fields["serial"] if p.settle else None
+        return {"serial": f.fields["serial"], "result": 0}
+
+
+@on(HANDLERS, 0xEB)             # bill_extra -> 0xEC
+def _bill_extra(p, f):
+    if p.ack_extra:
+        return {"serial": f.fields["serial"], "result": 0}
 
 
 class ScriptedPlatform:
@@ -26,6 +63,7 @@ class ScriptedPlatform:
         self.answer_login = True
         self.strict = strict
         self.seq = 0x100
+        self.settle_next = None   # a bill's serial to settle once its 0x40 is sent
         self.outage_until = None  # ticks
         self.lost = 0             # reads dropped by an outage
 
@@ -71,23 +109,12 @@ class ScriptedPlatform:
         return out
 
     def _answer(self, f):
-        v = f.fields
-        n = f.name
-        seq = codec.reply_seq(f)
-        if n == "login":
-            if self.answer_login:
-                self.send("login_reply", {"pile": v["pile"], "result": 0}, seq)
-        elif n == "heartbeat":
-            self.send("heartbeat_reply", {"pile": v["pile"], "gun": v["gun"], "reply": 0}, seq)
-        elif n == "tariff_check":
-            self.send("tariff_check_reply", {"pile": v["pile"], "model": v["model"], "result": 0},
-                      seq)
-        elif n in ("bill", "bill5") and self.confirm:
-            self.send("bill_confirm", {"serial": v["serial"], "result": 0}, seq)
-            if self.settle:
-                self.send("settled", {"serial": v["serial"], "result": self.settle_result})
-        elif n == "bill_extra" and self.ack_extra:
-            self.send("bill_extra_ack", {"serial": v["serial"], "result": 0}, seq)
+        r = route(HANDLERS, self, f)
+        if r is not None:
+            self.send(r[0], r[1], r[2])
+        if self.settle_next is not None:
+            serial, self.settle_next = self.settle_next, None
+            self.send("settled", {"serial": serial, "result": self.settle_result})
 
     def named(self, *names):
         return [f for f in self.frames if f.name in names]

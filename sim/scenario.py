@@ -15,6 +15,7 @@ from firmware import session as S
 from firmware.pile import Pile
 from protocol import fields as F
 from protocol import reconcile as R
+from protocol.router import on, route
 from sim.hardware import SimWorld
 from sim.links import PtyUart, TcpUart
 from sim.loopuart import LoopUart
@@ -47,6 +48,23 @@ class _SimPile(Pile):
         return Pile._rebuild(self, serial, header, checkpoint)
 
 
+def sim_ocmf_entropy(code):
+    """A simulated pile's OCMF key from its code (docs/ocmf.md), so that a
+    demo can register it before the pile first boots. Simulators only: a
+    real pile's key comes from its own random source and is known nowhere
+    else."""
+    import hashlib
+    seed = hashlib.sha256(b"pile-sim ocmf key " + code.encode()).digest()
+    return lambda n: seed[:n]
+
+
+def sim_ocmf_key(code):
+    """The OCMF public key a simulated pile makes at its first boot, as the
+    site config registers it (DER hex)."""
+    from protocol import p256
+    return p256.spki_der(p256.public_key(p256.keygen(sim_ocmf_entropy(code)(32)))).hex().upper()
+
+
 class SimUnit:
     """One pile: world (clock, meter, vehicle, contactor), flash folder, a
     Pile on it (replaced on a power cut or reboot), and its link: a scripted
@@ -54,7 +72,8 @@ class SimUnit:
 
     def __init__(self, code, root, start_secs, tariff, power_w=60000, vehicle=None,
                  meter_start=0, plugged=False, vin_policy=None, link="loop", confirm=True,
-                 settle=True, tcp=None, record=None, fs=None, console=False, pin=None):
+                 settle=True, tcp=None, record=None, fs=None, console=False, pin=None,
+                 guns=1, bms=False):
         veh = vehicle or {}
         self.code = code
         self.root = root
@@ -63,8 +82,31 @@ class SimUnit:
                               capacity_wh=veh.get("capacity_wh", 60000), soc=veh.get("soc", 20),
                               vin=veh.get("vin"), vehicle_max_w=veh.get("max_power_w", 250000),
                               meter_start=meter_start, plugged=plugged)
+        # One world per gun on one clock; with bms, each gun's vehicle is the
+        # simulated BMS on python-can's virtual bus and the gun talks GB/T
+        # 27930 to it (sim/bms.py BmsGun, firmware/bms.py).
+        self.worlds = [self.world]
+        self.bms = bms
+        if bms:
+            from sim.bms import BmsGun, VirtualBus
+            prof = {"capacity_wh": veh.get("capacity_wh", 60000), "soc": veh.get("soc", 20),
+                    "vin": veh.get("vin") or "", "max_power": veh.get("max_power_w", 250000),
+                    "plugged": plugged}
+            clock = self.world.clock
+            self.worlds = [BmsGun(clock, VirtualBus("pile-sim-%s-%s-%d" % (code, id(self), g + 1)),
+                                  meter_start=meter_start, **prof) for g in range(guns)]
+        else:
+            for _ in range(guns - 1):
+                self.worlds.append(SimWorld(pile_max_w=power_w, capacity_wh=veh.get("capacity_wh",
+                                                                                    60000),
+                                            soc=veh.get("soc", 20), vin=veh.get("vin"),
+                                            vehicle_max_w=veh.get("max_power_w", 250000),
+                                            meter_start=meter_start, plugged=plugged,
+                                            clock=self.world.clock))
         self.cfg = {"pile": code, "gun": "01", "tariff": tariff, "hmi_version": "sim",
-                    "vin_policy": vin_policy}
+                    "vin_policy": vin_policy, "ocmf_entropy": sim_ocmf_entropy(code)}
+        if guns > 1:
+            self.cfg["guns"] = guns
         if pin:
             self.cfg["pin"] = pin
         # The technician console (firmware/console.py) on a pty of its own:
@@ -120,9 +162,13 @@ class SimUnit:
             if self.uart is not None:
                 self.uart.close()
             self.uart = self.new_uart()
-        self.pile = _SimPile(self, self.cfg, self.root, self.clock, self.uart, self.world.meter,
-                             self.world.contactor, self.world.vehicle, fs=self.fs,
-                             reboot=self._reboot_hook)
+        ws = self.worlds
+        if len(ws) == 1:
+            hw = (ws[0].meter, ws[0].contactor, ws[0].vehicle)
+        else:
+            hw = ([x.meter for x in ws], [x.contactor for x in ws], [x.vehicle for x in ws])
+        self.pile = _SimPile(self, self.cfg, self.root, self.clock, self.uart, hw[0], hw[1], hw[2],
+                             fs=self.fs, reboot=self._reboot_hook)
         if self.console_uart is not None:
             from firmware.console import Console
             self.pile.console = Console(self.pile, self.console_uart)
@@ -137,13 +183,15 @@ class SimUnit:
 
     def _reboot_hook(self):
         self.reboots += 1
-        self.world.contactor.open()
+        for w in self.worlds:
+            w.contactor.open()
         self.boot()
         self.record("reboot", boot_reason=self.pile.boot_reason)
 
     def power_cut(self, off_ms):
         self.power_cuts += 1
-        self.world.contactor.open()   # the relay drops with the power
+        for w in self.worlds:
+            w.contactor.open()        # the relays drop with the power
         if self.platform is not None:
             self.platform.pump()
         if self.uart is not None and self.link_kind == "tcp":
@@ -166,47 +214,45 @@ class SimUnit:
         return d
 
     def _watch(self, f):
-        v = f.fields
-        if f.name == "remote_start_reply":
-            ok = v["result"] == 1
-            if ok:
-                if v["serial"] not in self.executed:
-                    self.executed.append(v["serial"])
-            self.record("start_reply", serial=v["serial"], result=v["result"], reason=v["reason"],
-                        reason_name=_start_reason(v["reason"]))
-        elif f.name == "remote_stop_reply":
-            self.record("stop_reply", result=v["result"], reason=v["reason"])
-        elif f.name == "reboot_reply":
-            self.record("reboot_reply", result=v["result"])
-        elif f.name == "login":
-            self.record("login")
+        route(WATCH, self, f)       # what the unit records of the frames the pile sends
 
     # --- actions (the timeline's verbs) -----------------------------------------
 
-    def new_serial(self):
+    def new_serial(self, gun="01"):
         self.counter += 1
         y, mo, d, h, mi, s, _ = F.to_civil(self.clock.now())
-        return "%s01%02d%02d%02d%02d%02d%02d%04d" % (self.code, y % 100, mo, d, h, mi, s,
+        return "%s%s%02d%02d%02d%02d%02d%02d%04d" % (self.code, gun, y % 100, mo, d, h, mi, s,
                                                      self.counter % 10000)
+
+    def close(self):
+        """Release the simulated BMSs' buses."""
+        for w in self.worlds:
+            b = getattr(w, "bus", None)
+            if b is not None and hasattr(b, "close"):
+                b.close()
 
     def act(self, a):
         do = a["do"]
         if self.pile is None and do not in ("plug", "unplug"):
             self.record("skipped", action=do, why="the pile is powered off")
             return
-        w = self.world
+        gi = int(a.get("gun", "01")) - 1
+        w = self.worlds[gi]
+        car = w.bms if self.bms else w.vehicle     # what is plugged in
         if do == "plug":
             veh = a.get("vehicle")
             if veh:
-                set_vehicle(w.vehicle, **veh)
-            w.vehicle.plugged = True
+                set_vehicle(car, **veh)
+            car.plugged = True
         elif do == "unplug":
-            w.vehicle.plugged = False
+            car.plugged = False
+        elif do == "bms":
+            self._bms_fault(w.bms, a)
         elif do == "stop_button":
-            self.record("stop_button", stopped=self.pile.gun.manual_stop())
+            self.record("stop_button", stopped=self.pile.guns[gi].manual_stop())
         elif do == "card":
             t = a.get("targets", {})
-            gun = self.pile.gun
+            gun = self.pile.guns[gi]
             res, why = gun.offline_start(a.get("card", DEFAULT_CARD), a.get("balance"), **t)
             serial = gun.trade.h["serial"] if gun.trade is not None else (
                 gun.bill["serial"] if gun.bill and res else "")
@@ -227,6 +273,22 @@ class SimUnit:
                 return
             self._platform_act(a)
 
+    def _bms_fault(self, b, a):
+        f = a["fault"]
+        if f == "silent":
+            b.silent = True
+        elif f == "stop":
+            b.stop(a["flags"], at=a.get("stage"))
+        elif f == "alarm":
+            b.alarm(a["flags"][0] if a["flags"] else "overtemp")
+        elif f == "forbid":
+            b.forbid = True
+        elif f == "permit":
+            b.forbid = False
+        elif f == "bem":
+            b.bem(a["flags"])
+        self.record("bms_fault", gun=a.get("gun", "01"), fault=f, flags=a.get("flags", []))
+
     def _platform_act(self, a):
         do = a["do"]
         p = self.platform
@@ -236,10 +298,11 @@ class SimUnit:
         if p.in_outage():
             self.record("skipped", action=do, why="platform outage")
             return
+        gun = a.get("gun", "01")
         if do == "start":
-            serial = a.get("serial") or self.new_serial()
+            serial = a.get("serial") or self.new_serial(gun)
             t = a.get("targets") or {}
-            v = {"serial": serial, "pile": self.code, "gun": "01",
+            v = {"serial": serial, "pile": self.code, "gun": gun,
                  "logical_card": a.get("logical_card", DEFAULT_LOGICAL),
                  "card": a.get("card", DEFAULT_CARD), "balance": a.get("balance", 100000)}
             if t:
@@ -253,7 +316,7 @@ class SimUnit:
                         targets=dict(t))
         elif do == "stop":
             for _ in range(a.get("times", 1)):
-                p.send("remote_stop", {"pile": self.code, "gun": "01"})
+                p.send("remote_stop", {"pile": self.code, "gun": gun})
         elif do == "reboot":
             p.send("reboot", {"pile": self.code, "when": a["when"]})
 
@@ -262,8 +325,9 @@ class SimUnit:
         if self.pile is None:
             return False
         j = self.pile.journal
-        if self.pile.gun.state in (S.CHARGING, S.STOPPING, S.AUTHORISING):
-            return False
+        for g in self.pile.guns:
+            if g.state in (S.CHARGING, S.STOPPING, S.AUTHORISING):
+                return False
         if self.platform is not None:
             if self.platform.in_outage():
                 return False   # the scenario runs until the platform is back
@@ -274,6 +338,16 @@ class SimUnit:
 
 def set_vehicle(v, capacity_wh=None, soc=None, vin=None, max_power_w=None):
     """A different vehicle arrives at the gun (the sim's vehicle is reused)."""
+    if hasattr(v, "stage"):      # a simulated BMS (sim/bms.py SimBms)
+        if capacity_wh is not None:
+            v._cap = capacity_wh * 3600000
+        if soc is not None:
+            v._e = v._cap * soc // 100
+        if vin is not None or soc is not None:
+            v.vin = vin or ""
+        if max_power_w is not None:
+            v.max_power = max_power_w
+        return
     if capacity_wh is not None:
         v._cap = capacity_wh * 3600000
     if soc is not None:
@@ -287,6 +361,35 @@ def set_vehicle(v, capacity_wh=None, soc=None, vin=None, max_power_w=None):
 
 def _start_reason(r):
     return START_REASONS.get(r, "code_%d" % r)
+
+
+# What a unit records of the frames its pile sends the platform: functions by
+# frame code (protocol/router.py; they answer nothing, the platform does).
+WATCH = {}
+
+
+@on(WATCH, 0x33)                # remote_start_reply
+def _start_reply(u, f):
+    v = f.fields
+    if v["result"] == 1 and v["serial"] not in u.executed:
+        u.executed.append(v["serial"])
+    u.record("start_reply", serial=v["serial"], result=v["result"], reason=v["reason"],
+             reason_name=_start_reason(v["reason"]))
+
+
+@on(WATCH, 0x35)                # remote_stop_reply
+def _stop_reply(u, f):
+    u.record("stop_reply", result=f.fields["result"], reason=f.fields["reason"])
+
+
+@on(WATCH, 0x91)                # reboot_reply
+def _reboot_reply(u, f):
+    u.record("reboot_reply", result=f.fields["result"])
+
+
+@on(WATCH, 0x01)                # login
+def _login(u, f):
+    u.record("login")
 
 
 # --- scenario runner ---------------------------------------------------------------------
@@ -326,13 +429,14 @@ def run_scenario(sc, root=None, keep=False):
              "pile": unit.code, "event": kind}
         e.update(kw)
         events.append(e)
+    units = []
     try:
-        units = []
         for i, p in enumerate(sc["piles"]):
             units.append(SimUnit(p["code"], os.path.join(root, "pile%d-%s" % (i, p["code"])),
                                  start, sc["tariff"], p["power_w"], p["vehicle"],
                                  p["meter_start"], p["plugged"], parse_vin_policy(sc["vin_policy"]),
-                                 "loop", sc["confirm"], sc["settle"], record=rec))
+                                 "loop", sc["confirm"], sc["settle"], record=rec,
+                                 guns=p["guns"], bms=p["bms"]))
         by_code = dict((u.code, u) for u in units)
         t = 0
         for a in sc["timeline"]:
@@ -349,6 +453,8 @@ def run_scenario(sc, root=None, keep=False):
         t = _advance(units, t + _SETTLE_CAP_MS, t, lambda: all(u.quiet() for u in units))
         return _result(sc, units, events, t)
     finally:
+        for u in units:
+            u.close()
         if own and not keep:
             shutil.rmtree(root, ignore_errors=True)
 

@@ -21,6 +21,25 @@ from protocol.fields import PERIODS
 from protocol.router import on, reply
 
 
+async def poll(pred, changed, timeout):
+    """pred()'s value once truthy, re-checked each time the event changed()
+    returns (replaced on every change) is set; its last falsy value after
+    timeout s. The test kit's piles and platforms wait with it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        ev = changed()
+        r = pred()
+        if r:
+            return r
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return r
+        try:
+            await asyncio.wait_for(ev.wait(), left)
+        except asyncio.TimeoutError:
+            pass
+
+
 def make_bill(pile, n, gun="01", energy=123456, price=120000, stop_reason=0x40,
               when=None, vin="LSVAU2180N2183294"):
     """A sound 4-period bill (periods sum to the totals, meter delta = energy)
@@ -149,19 +168,10 @@ class ScriptedPile:
 
     async def wait_for(self, pred, timeout=5.0):
         """Wait until pred() is truthy (re-checked on every frame); returns it."""
-        deadline = time.monotonic() + timeout
-        while True:
-            ev = self._changed
-            r = pred()
-            if r:
-                return r
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise asyncio.TimeoutError("pile %s: condition not met in %g s" % (self.code, timeout))
-            try:
-                await asyncio.wait_for(ev.wait(), left)
-            except asyncio.TimeoutError:
-                pass
+        r = await poll(pred, lambda: self._changed, timeout)
+        if not r:
+            raise asyncio.TimeoutError("pile %s: condition not met in %g s" % (self.code, timeout))
+        return r
 
     # --- sending ---------------------------------------------------------------------
 

@@ -65,6 +65,7 @@ def _expected(v, x, frame, extra, complete=True, crc_swapped=False, ext=True):
         "crc_swapped": crc_swapped,
         "frame": _hex(frame), "content_hash": hashlib.sha256(frame).hexdigest(),
         "extra_frame": _hex(extra) if extra is not None else None,
+        "ocmf": None,
         "raw": raw,
     }
 
@@ -153,7 +154,7 @@ def test_a_bill_that_does_not_decode_is_published_raw_with_every_figure_null():
         "card": None, "mac": None, "complete": True,
         "checks": {"ok": False, "problems": ["undecodable: %s" % err]},
         "crc_swapped": True, "frame": _hex(frame),
-        "content_hash": hashlib.sha256(frame).hexdigest(), "extra_frame": None, "raw": None,
+        "content_hash": hashlib.sha256(frame).hexdigest(), "extra_frame": None, "ocmf": None, "raw": None,
     }
 
 
@@ -193,3 +194,20 @@ def test_a_fee_split_kept_with_its_crc_bytes_swapped_still_completes_the_documen
     bswapped = frame[:-2] + bytes((frame[-1], frame[-2]))
     doc = schema.bill_json("t1", _row(bswapped, swapped, crc_swapped=1))
     assert doc == _expected(v, x, bswapped, swapped, crc_swapped=True)
+
+
+def test_a_signed_bill_carries_its_ocmf_record_and_verdict():
+    # The record the bridge rebuilt and checked (host/ocmf_check.py), as the
+    # store joins it to the bill; null before the signature came.
+    v, x = five_period_bill()
+    frame, extra = codec.encode(0x3B, v, 7), schema.encode("bill_extra", x, 8)
+    row = _row(frame, extra)
+    row.ocmf_record, row.ocmf_verdict, row.ocmf_key = "OCMF|{}|{}", "verified", "3059AB"
+    doc = schema.bill_json("t1", row)
+    assert doc["ocmf"] == {"record": "OCMF|{}|{}", "verdict": "verified", "verified": True,
+                           "public_key": "3059AB"}
+    row.ocmf_verdict = "bad_signature"
+    assert schema.bill_json("t1", row)["ocmf"]["verified"] is False
+    expect = _expected(v, x, frame, extra)
+    del expect["ocmf"], doc["ocmf"]
+    assert doc == expect

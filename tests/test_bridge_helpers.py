@@ -7,12 +7,9 @@
 # `connect_pile` is the one place that builds it, so swapping it is local.
 import asyncio
 import contextlib
-import json
 import os
 import pty
 import shutil
-import signal
-import sys
 import tempfile
 import time
 import tty
@@ -22,7 +19,7 @@ from host import bridge as bridgemod
 from host import config as configmod
 from sim.testkit import ScriptedPile
 from sim.links import FdTransport, FdUart, TcpTransport
-from sim.bridge_child import write_toml
+from sim.bridge_child import BridgeChild as BridgeProcess, write_toml  # noqa: F401
 from sim.mqtt_platform import MqttPlatform as Platform  # noqa: F401 (the suites' platform)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -154,66 +151,6 @@ def fees_yuan(extra):
 
 def url_of(broker):
     return "mqtt://%s:%d" % (broker.host, broker.port)
-
-
-class BridgeProcess:
-    """pile-bridge as a child process (for SIGKILL), stopped by its pid."""
-
-    def __init__(self, tmp, cfg_dict):
-        self.tmp = tmp
-        self.cfg_path = write_toml(os.path.join(tmp, "bridge.toml"), cfg_dict)
-        self.proc = None
-        self.tcp_port = None
-        self.log_path = os.path.join(tmp, "bridge.log")
-        self.runs = 0
-
-    async def start(self):
-        self.runs += 1
-        log = open(self.log_path, "ab")
-        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "host.bridge", "-c", self.cfg_path,
-            stdout=asyncio.subprocess.PIPE, stderr=log, cwd=ROOT, env=env)
-        log.close()
-        try:
-            line = await asyncio.wait_for(self.proc.stdout.readline(), 20)
-        except asyncio.TimeoutError:
-            line = None
-        if not line:
-            if line is not None:            # its stdout closed: it is exiting
-                try:
-                    await asyncio.wait_for(self.proc.wait(), 10)
-                except asyncio.TimeoutError:
-                    pass
-            why = ("no ready line in 20 s" if self.proc.returncode is None else
-                   "exited with code %s" % self.proc.returncode)
-            await self.stop()
-            raise AssertionError("the bridge (python -m host.bridge -c %s) did not start: %s\n"
-                                 "--- its log ---\n%s" % (self.cfg_path, why, self.log()))
-        ready = json.loads(line)
-        self.tcp_port = ready["tcp_port"]
-        return self
-
-    def kill(self, sig=signal.SIGKILL):
-        if self.proc is not None and self.proc.returncode is None:
-            os.kill(self.proc.pid, sig)
-
-    async def wait(self):
-        if self.proc is not None:
-            await self.proc.wait()
-
-    async def stop(self):
-        if self.proc is not None and self.proc.returncode is None:
-            self.kill(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), 10)
-            except asyncio.TimeoutError:
-                self.kill(signal.SIGKILL)
-                await self.proc.wait()
-
-    def log(self):
-        with open(self.log_path, "rb") as f:
-            return f.read().decode(errors="replace")
 
 
 class FirmwarePile:

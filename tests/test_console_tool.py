@@ -210,3 +210,12 @@ def test_session_table_shows_scaled_values_with_units(charging):
     assert re.fullmatch(r"\d+\.\d{4} yuan", rows["amount"]), rows["amount"]
     assert re.fullmatch(r"\d+ W", rows["power"]) and re.fullmatch(r"\d+ %", rows["soc"])
     assert rows["start time"].startswith("2026-11-24T")
+
+
+def test_key_prints_the_piles_ocmf_public_key_on_one_line(served):
+    # docs/ocmf.md: what the site config registers as pile.<code>.ocmf_key.
+    r, path = served
+    rc, text = _main([path, "key"])
+    assert rc == 0 and r.pile.ocmf.spki_hex() and text == r.pile.ocmf.spki_hex() + "\n"
+    rc, text = _main([path, "key", "--json"])
+    assert rc == 0 and '"ocmf_key": "%s"' % r.pile.ocmf.spki_hex() in text

@@ -21,12 +21,13 @@ from tests.test_bridge_helpers import (
 
 
 
-def ocpp_config(tmp, csms, mqtt_url=None, **ocpp):
+def ocpp_config(tmp, csms, mqtt_url=None, over=None, **ocpp):
+    """Test config with fast OCPP timers; `over`: other sections, as fast_config takes them."""
     o = {"csms_url": csms.url, "retry_initial_s": 0.05, "retry_max_s": 0.5,
          "reconnect_min_s": 0.05, "reconnect_max_s": 0.3, "response_timeout_s": 5.0,
          "meter_interval_s": 0.0}
     o.update(ocpp)
-    cfg = fast_config(tmp, mqtt_url or "mqtt://127.0.0.1:1", ocpp=o)
+    cfg = fast_config(tmp, mqtt_url or "mqtt://127.0.0.1:1", ocpp=o, **(over or {}))
     if mqtt_url is None:
         cfg["mqtt"]["enabled"] = False
     return cfg
@@ -274,8 +275,9 @@ def test_F01_F03_E14_K01_csms_commands_reach_the_pile_and_an_unknown_transaction
                 assert ended["trigger_reason"] == "RemoteStop"
                 st = await cp.call(call.GetTransactionStatus(transaction_id=serial))
                 assert st.ongoing_indicator is False and st.messages_in_queue is False
-                # K01: SetChargingProfile is refused (no power cap in the bridge yet).
-                r = await cp.call(call.SetChargingProfile(evse_id=1, charging_profile={
+                # K01: a profile for an EVSE the pile does not have is refused
+                # (the caps themselves: tests/test_ocpp_control.py).
+                r = await cp.call(call.SetChargingProfile(evse_id=2, charging_profile={
                     "id": 1, "stack_level": 0, "charging_profile_purpose": "TxDefaultProfile",
                     "charging_profile_kind": "Absolute", "charging_schedule": [{
                         "id": 1, "charging_rate_unit": "W", "start_schedule": "2026-01-01T00:00:00Z",

@@ -131,3 +131,49 @@ def test_the_page_renders_500_piles(mosquitto, browser):
             await p.close()
     with tempdir("status-500") as tmp:
         run(scenario(tmp))
+
+
+def test_the_page_shows_a_bill_signed_and_verified_and_gives_its_ocmf_record_to_copy(mosquitto,
+                                                                                     browser):
+    # Issue 19 item 6: a bill and its OCMF signature (0xDB) from a pile
+    # whose key the site registers; the page says "signed, verified" and
+    # its button puts the record in the text box, selected for copying:
+    # the record pyocmf verifies with the pile's key.
+    from pyocmf import OCMF
+
+    from host import ocmf_check
+    from protocol import ocmf, p256
+    d = p256.keygen(bytes(range(40, 72)))
+    key = ocmf_check.spki_hex(p256.public_key(d))
+
+    async def scenario(tmp):
+        cfg = fast_config(tmp, url_of(mosquitto), status={"listen": "127.0.0.1:0"},
+                          pile={PILE_A: {"ocmf_key": key}})
+        async with bridge_running(cfg) as b:
+            p = await RawPile.connect(b.tcp_port)
+            await p.login(PILE_A)
+            bill = make_bill(PILE_A, 1)
+            frame = codec.encode("bill", bill, 3)
+            await p.write(frame)
+            await p.wait(lambda: p.confirms())
+            text = ocmf.payload(codec.decode(frame).fields, fw="pc0.1.0")
+            r, s = p256.sign(d, text.encode())
+            await p.write(codec.encode("bill_sig", {"serial": bill["serial"], "fw": "pc0.1.0",
+                                                    "flags": 0, "r": "%064X" % r,
+                                                    "s": "%064X" % s}, 4))
+            await asyncio.to_thread(browser.get, "http://127.0.0.1:%d/" % b.status_port)
+            row = "document.querySelector('#recent tr[data-serial=\"%s\"]')" % bill["serial"]
+            await asyncio.to_thread(_wait, browser, row + " && " + row + ".dataset.ocmf == 'verified'")
+            shown = await asyncio.to_thread(browser.execute_script, "return " + row + ".textContent")
+            assert "signed, verified" in shown
+            await asyncio.to_thread(browser.execute_script, row + ".querySelector('button').click()")
+            await asyncio.to_thread(_wait, browser, "document.getElementById('ocmf-record').value")
+            got = await asyncio.to_thread(browser.execute_script, "return [document.getElementById("
+                                          "'ocmf-record').value, document.getElementById("
+                                          "'ocmf-verdict').textContent]")
+            assert got[0] == ocmf.record(text, p256.der_signature(r, s))
+            assert got[1] == "signed, verified"
+            assert OCMF.from_string(got[0], strict=True).verify_signature(key) is True
+            await p.close()
+    with tempdir("status-ocmf") as tmp:
+        run(scenario(tmp))

@@ -49,7 +49,7 @@ def test_a_store_from_before_schema_versions_is_upgraded_with_every_unconfirmed_
     frames = _legacy_store(path)
     st = S.Store(path)
     try:
-        assert st.schema_version == S.SCHEMA_VERSION == 6
+        assert st.schema_version == S.SCHEMA_VERSION == 7
         rows = st.call_sync(S._open_bills, PILE, 100)
         assert [(b.serial, bytes(b.frame)) for b in rows] == frames[:3]
         assert st.call_sync(S._unsettled, PILE, 100) != []          # confirmed ones kept too
@@ -68,7 +68,7 @@ def test_a_store_from_before_schema_versions_is_upgraded_with_every_unconfirmed_
     finally:
         st.close()
     db = sqlite3.connect(path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 6
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 7
     db.close()
     # Opening again changes nothing.
     st = S.Store(path)
@@ -109,18 +109,23 @@ def test_bad_crc_frames_are_kept_within_caps_oldest_dropped_and_counted(tmp, mon
         st.close()
 
 
+def _store_at(path, version, monkeypatch):
+    """An empty store as a bridge of schema `version` writes it."""
+    with monkeypatch.context() as m:
+        m.setattr(S, "SCHEMA_VERSION", version)
+        m.setattr(S, "_MIGRATIONS", tuple(x for x in S._MIGRATIONS if x[0] <= version))
+        st = S.Store(path)
+        assert st.schema_version == version
+        st.close()
+
+
 def test_a_version_5_store_holding_unconfirmed_bills_is_upgraded_for_the_ocpp_uplink(tmp, monkeypatch):
     # Version 6 (issue 15): the CSMS's acknowledgement on each bill and the
     # OCPP message queue. A store written by a version-5 bridge keeps every
     # bill; none counts as acknowledged by the CSMS; each is found by the
     # uplink's sweep, which queues its Ended at the first start.
     path = os.path.join(tmp, "bridge.db")
-    with monkeypatch.context() as m:
-        m.setattr(S, "SCHEMA_VERSION", 5)
-        m.setattr(S, "_MIGRATIONS", tuple(x for x in S._MIGRATIONS if x[0] <= 5))
-        st = S.Store(path)
-        assert st.schema_version == 5
-        st.close()
+    _store_at(path, 5, monkeypatch)
     # Bills as a version-5 bridge writes them (its SQL: no version-6 column).
     db = sqlite3.connect(path)
     for i in range(4):
@@ -132,7 +137,7 @@ def test_a_version_5_store_holding_unconfirmed_bills_is_upgraded_for_the_ocpp_up
     db.close()
     st = S.Store(path)
     try:
-        assert st.schema_version == 6
+        assert st.schema_version == 7
         rows = st.call_sync(S._open_bills, PILE, 100)
         assert [b.serial for b in rows] == [make_bill(PILE, i)["serial"] for i in range(1, 4)]
         missing = st.call_sync(S._ocpp_missing_ended, 100)
@@ -153,5 +158,70 @@ def test_a_version_5_store_holding_unconfirmed_bills_is_upgraded_for_the_ocpp_up
         left = st.call_sync(lambda db: db.execute("SELECT serial, acked_at FROM ocpp_out").fetchall())
         assert left == [(other, None)]
         assert st.call_sync(lambda db: db.execute("SELECT serial FROM ocpp_tx").fetchall()) == [(other,)]
+    finally:
+        st.close()
+
+
+def _sig_frame(serial, r="11", seq=1):
+    return codec.encode("bill_sig", {"serial": serial, "fw": "pc0.1.0", "flags": 0,
+                                     "r": r * 32, "s": "22" * 32}, seq)
+
+
+def test_a_version_6_store_holding_unconfirmed_bills_is_upgraded_for_ocmf_signatures(tmp, monkeypatch):
+    # Version 7 (issue 19 item 6): each bill's OCMF signature beside it. A
+    # store written by a version-6 bridge keeps every bill, unconfirmed and
+    # confirmed, with its fee split; none has a signature; signatures then
+    # join their bills, the first copy kept, one that came before its bill
+    # replaced once it can be checked, another pile's quarantined.
+    path = os.path.join(tmp, "bridge.db")
+    _store_at(path, 6, monkeypatch)
+    db = sqlite3.connect(path)
+    frames = []
+    for i in range(5):
+        v = make_bill(PILE, i)
+        raw = codec.encode("bill", v, i + 1)
+        frames.append((v["serial"], raw))
+        db.execute("INSERT INTO bills (serial, pile, pile_seq, frame, received_at, confirmed_at) "
+                   "VALUES (?,?,?,?,?,?)", (v["serial"], PILE, i + 1, raw, 1.0,
+                                             2.0 if i >= 3 else None))
+    db.execute("INSERT INTO extras (serial, frame, received_at) VALUES (?, ?, ?)",
+               (frames[0][0], b"\x68extra", 1.5))
+    db.commit()
+    db.close()
+    st = S.Store(path)
+    try:
+        assert st.schema_version == S.SCHEMA_VERSION == 7
+        rows = st.call_sync(S._open_bills, PILE, 100)
+        assert [(b.serial, bytes(b.frame)) for b in rows] == frames[:3]
+        assert rows[0].extra == b"\x68extra"
+        assert all(b.ocmf_record is None and b.ocmf_verdict is None for b in rows)
+        assert len(st.call_sync(S._unsettled, PILE, 100)) == 2
+        s0 = frames[0][0]
+        kind, bill = st.call_sync(S._add_sig, PILE, s0, _sig_frame(s0), "OCMF|{}|{}", "3059",
+                                  "verified", 3.0)
+        assert kind == "new" and bill.ocmf_record == "OCMF|{}|{}" and bill.ocmf_verdict == "verified"
+        assert bill.ocmf_key == "3059" and bytes(bill.frame) == frames[0][1]
+        # A resend (another sequence number) is the same; other bytes are kept apart.
+        assert st.call_sync(S._add_sig, PILE, s0, _sig_frame(s0, seq=9), "x", None, "verified",
+                            4.0)[0] == "same"
+        assert st.call_sync(S._add_sig, PILE, s0, _sig_frame(s0, r="33"), "y", None, "bad_signature",
+                            4.0)[0] == "conflict"
+        assert st.call_sync(S._bill, s0).ocmf_verdict == "verified"
+        # Before its bill: kept, then replaced by the copy checked against it.
+        later = make_bill(PILE, 50)["serial"]
+        assert st.call_sync(S._add_sig, PILE, later, _sig_frame(later), None, None, "no_bill",
+                            5.0) == ("new", None)
+        st.call_sync(S._add_bill, PILE, later, codec.encode("bill", make_bill(PILE, 50), 7), False, 6.0)
+        assert st.call_sync(S._bill, later).ocmf_verdict is None      # not checked: not its yet
+        kind, bill = st.call_sync(S._add_sig, PILE, later, _sig_frame(later), "OCMF|a|b", "3059",
+                                  "verified", 7.0)
+        assert kind == "updated" and bill.ocmf_record == "OCMF|a|b"
+        # Another pile's bill: quarantined, never joined.
+        assert st.call_sync(S._add_sig, "55031412780001", s0, _sig_frame(s0), "z", None, "verified",
+                            8.0) == ("foreign", None)
+        kinds = st.call_sync(lambda db: [r[0] for r in db.execute("SELECT kind FROM rejected")])
+        assert sorted(kinds) == ["sig_conflict", "sig_quarantine"]
+        # Every bill is still there, in custody order.
+        assert len(st.call_sync(S._open_bills, PILE, 100)) == 4
     finally:
         st.close()

@@ -90,7 +90,7 @@ def report(r):
         "### Backlog drain after an outage, pile link at %d baud" % BAUD,
         "",
         "A pile reconnects holding %d journaled bills; both directions paced at %d baud 8N1 "
-        "(ptys ignore the baud rate, so the line rate is modelled: host/testkit.PacedTransport). "
+        "(ptys ignore the baud rate, so the line rate is modelled: sim/links.PacedTransport). "
         "Drain time: from the first byte of the first bill to the last 0x40 / 0xEC back on the "
         "pile. Line fraction = upstream bytes on the wire during the drain (bills, fee splits and "
         "the pile's answers to the bridge: 0xE3 settled, 0x55, 0xE5) x 10 bits / %d / drain "

@@ -35,23 +35,12 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from firmware import session as S  # noqa: E402
 from firmware.sharing import Sharing, TICK_MS, allocate, gun_demand  # noqa: E402
-from firmware.tariff import Tariff  # noqa: E402
 from protocol import fields as F  # noqa: E402
 from protocol.reconcile import reconcile  # noqa: E402
+from sim.fleet import default_tariff  # noqa: E402
 from sim.hardware import SimOutput, SimWorld  # noqa: E402
 
 _PILE = "55031412782305"
-
-
-def _tariff():
-    # four classes across the day (sharp 10-12, peak 8-10 and 12-18, flat
-    # 18-22, valley otherwise), prices x10^5 yuan/kWh: energy, service
-    slots = []
-    for i in range(48):
-        h = i // 2
-        slots.append(0 if 10 <= h < 12 else 1 if 8 <= h < 18 else 2 if 18 <= h < 22 else 3)
-    return Tariff("0100", [(120000, 40000), (100000, 40000), (70000, 40000), (30000, 40000)],
-                  slots)
 
 
 class _Rnd:
@@ -77,7 +66,7 @@ def run(sessions=2000, guns=4, seed=1, modules=8, module_w=20000, rating_w=16000
     w0 = SimWorld(now=now, pile_max_w=0, step_ms=TICK_MS, plugged=False)
     worlds = [w0] + [SimWorld(pile_max_w=0, plugged=False, clock=w0.clock) for _ in range(guns - 1)]
     clock = w0.clock
-    tariff = _tariff()
+    tariff = default_tariff()
     gl = [S.Gun(_PILE, "%02d" % (i + 1), clock, w.meter, w.contactor, w.vehicle, tariff,
                 max_power_w=rating_w) for i, w in enumerate(worlds)]
     outs = [SimOutput(w.vehicle) for w in worlds]

@@ -5,6 +5,7 @@ real littlefs (4 KB blocks) over a RAM block device that counts erases.
     python3 tools/board_bench.py wear --sessions 10      # 1 MB partition, every bill settled
     python3 tools/board_bench.py wear --backlog 1000     # 1,000 pending bills kept, platform silent
     python3 tools/board_bench.py ticks                   # qemu -icount shift=0: instructions per poll
+    python3 tools/board_bench.py ocmf                    # the same clock: instructions per OCMF signing step
 
 wear: after two warm-up sessions, N sessions of 30 minutes at 60 kW (one
 checkpoint every 0.1 kWh, bill, confirm, settle), erases counted per block;
@@ -80,6 +81,20 @@ def ticks(elf, minutes):
     return r
 
 
+def ocmf(elf):
+    code = "import boardfs\nbd = boardfs.mount(512)\nimport boardbench\nboardbench.ocmf(bd)\n"
+    r = _run(elf, code, icount=0)
+    for tag, what in (("key", "the key's public point (first boot)"), ("sign", "one bill's signature")):
+        n = int(r[tag + "_steps"])
+        worst = int(r[tag + "_worst_us"]) * 1000
+        total = int(r[tag + "_total_us"]) * 1000
+        print("| %s | %d | %d | %d | %.1f | %.0f |" % (what, n, total // n, worst, worst / 168e3,
+                                                     total / 168e3))
+    w = int(r["charging_worst_poll_us"]) * 1000
+    print("| a poll while charging, worst (for comparison) | | | %d | %.1f | |" % (w, w / 168e3))
+    return r
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="what", required=True)
@@ -88,12 +103,17 @@ def main(argv=None):
     w.add_argument("--backlog", type=int, default=0)
     t = sub.add_parser("ticks")
     t.add_argument("--minutes", type=int, default=10)
+    sub.add_parser("ocmf")
     a = p.parse_args(argv)
     elf = board_test.build()
     if a.what == "wear":
         print("| case | partition | sessions | erases | most-erased block, erases / session "
               "| mean erases / block / session | years at 20 sessions/day, 100k cycles |")
         wear(elf, a.sessions, a.backlog)
+    elif a.what == "ocmf":
+        print("| work | steps (polls) | instructions / step, mean | worst step | worst step, ms at "
+              "168 MHz | all steps, ms at 168 MHz |")
+        ocmf(elf)
     else:
         print("| run | instructions / poll, mean | worst | ms at 168 MHz, mean | worst "
               "| Python block driver, instructions / poll (left out) |")

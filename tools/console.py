@@ -35,7 +35,7 @@ from host.console import (ConsoleClient, ConsoleError, LinkLost, NoConsole, Port
 
 
 _READS = ("summary", "status", "bills", "bill", "versions", "log", "tariff", "meter",
-          "session")
+          "session", "key")
 _WRITES = ("unlock", "lock", "reboot", "config", "release", "clock")
 COMMANDS = _READS + ("export", "shell", "spy") + _WRITES
 

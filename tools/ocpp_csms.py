@@ -38,6 +38,12 @@ class Csms:
         self.ended = collections.Counter()   # tx id -> distinct Ended received
         self.ended_at = {}              # tx id -> time.monotonic() of its first Ended
         self.auth_refused = 0
+        self.boot_status = "Accepted"   # B02 / B03: "Pending" or "Rejected" ...
+        self.boot_interval = 300        # ... asked again after this many seconds
+        self.id_tokens = {}             # Authorize: id token -> status; others get unknown_token
+        self.unknown_token = "Invalid"
+        self.authorized = []            # (station, id token, type or None, status)
+        self.firmware = []              # FirmwareStatusNotification: (station, status, request id)
         self._tx16 = itertools.count(1000)
         self._tx16_of = {}              # (station, connector, timestamp) -> id (1.6 start dedup)
         self.tx16_serial = {}           # 1.6 transactionId -> station
@@ -119,6 +125,21 @@ class Csms:
                 del self.stations[station]
             self._notify()
 
+    def _authorize(self, station, token, kind=None):
+        st = self.id_tokens.get(token, self.unknown_token)
+        self.authorized.append((station, token, kind, st))
+        self._notify()
+        return st
+
+    def _firmware(self, station, status, request_id):
+        self.firmware.append((station, status, request_id))
+        self._notify()
+
+    def _boot(self, station):
+        self.boots[station] += 1
+        self._notify()
+        return dict(current_time=_now(), interval=self.boot_interval, status=self.boot_status)
+
     def _record(self, station, tx_id, seq, kind, payload):
         self.events.append((station, tx_id, seq, kind))
         key = (tx_id, seq)
@@ -146,14 +167,22 @@ class Csms:
         class CP(ChargePoint):
             @on("BootNotification")
             async def boot(self, charging_station, reason, **kw):
-                csms.boots[station] += 1
-                csms._notify()
-                return call_result.BootNotification(current_time=_now(), interval=300,
-                                                    status="Accepted")
+                return call_result.BootNotification(**csms._boot(station))
+
+            @on("FirmwareStatusNotification")
+            async def firmware_status(self, status, request_id=None, **kw):
+                csms._firmware(station, status, request_id)
+                return call_result.FirmwareStatusNotification()
+
+            @on("Authorize")
+            async def authorize(self, id_token, **kw):
+                st = csms._authorize(station, id_token["id_token"], id_token["type"])
+                return call_result.Authorize(id_token_info={"status": st})
 
             @on("Heartbeat")
             async def heartbeat(self, **kw):
                 csms.heartbeats[station] += 1
+                csms._notify()
                 return call_result.Heartbeat(current_time=_now())
 
             @on("StatusNotification")
@@ -180,14 +209,21 @@ class Csms:
         class CP(ChargePoint):
             @on("BootNotification")
             async def boot(self, charge_point_model, charge_point_vendor, **kw):
-                csms.boots[station] += 1
-                csms._notify()
-                return call_result.BootNotification(current_time=_now(), interval=300,
-                                                    status="Accepted")
+                return call_result.BootNotification(**csms._boot(station))
+
+            @on("FirmwareStatusNotification")
+            async def firmware_status(self, status, **kw):
+                csms._firmware(station, status, None)
+                return call_result.FirmwareStatusNotification()
+
+            @on("Authorize")
+            async def authorize(self, id_tag, **kw):
+                return call_result.Authorize(id_tag_info={"status": csms._authorize(station, id_tag)})
 
             @on("Heartbeat")
             async def heartbeat(self, **kw):
                 csms.heartbeats[station] += 1
+                csms._notify()
                 return call_result.Heartbeat(current_time=_now())
 
             @on("StatusNotification")
@@ -206,7 +242,7 @@ class Csms:
                 if tx is None:
                     tx = csms._tx16_of[key] = next(csms._tx16)
                     csms.tx16_serial[tx] = station
-                csms._record(station, str(tx), 0, "Started", dict(kw, meter_start=meter_start))
+                csms._record(station, str(tx), 0, "Started", dict(kw, meter_start=meter_start, id_tag=id_tag))
                 return call_result.StartTransaction(transaction_id=tx,
                                                     id_tag_info={"status": "Accepted"})
 

@@ -113,3 +113,58 @@ def ticks(bd, minutes=10):
     print("ok polls=%d mean_us=%d worst_us=%d total_us=%d fs_driver_us=%d worst_fs_us=%d sim_minutes=%d%s"
           % (n, total // n, worst, total, fs_us, worst_fs, minutes,
              "" if samples0 is None else " meter_reads=%d" % (r.world.meter.reads - samples0)))
+
+
+def ocmf(bd):
+    """Emulated microseconds per OCMF signing step (run qemu with -icount
+    shift=0): each pile.poll() while the pile's key point is computed at
+    first boot and while a sealed bill is signed (docs/ocmf.md), the
+    signer's step alone and the whole poll around it, and the polls of
+    the same pile while charging, for comparison."""
+    import os
+    os.mkdir("/p")
+    r = Rig("/p", cfg={"ocmf_entropy": lambda n: bytes(range(1, n + 1))})
+    pile = r.pile
+    o = pile.ocmf
+    link = pile.link
+    out = {}
+
+    def measure(tag):
+        n = 0
+        worst = 0
+        total = 0
+        while o.busy():
+            b0 = bd.us
+            t0 = time.ticks_us()
+            o.poll(link)
+            dt = time.ticks_diff(time.ticks_us(), t0) - (bd.us - b0)   # as ticks(): no Python block driver
+            n += 1
+            total += dt
+            if dt > worst:
+                worst = dt
+        out[tag] = (n, worst, total)
+
+    measure("key")            # first boot: the public point, in steps
+    r.online()
+    new_car(r)
+    r.start(serial(1), balance=BALANCE)
+    clock = r.world.clock
+    worst_poll = 0
+    for _ in range(60):       # a minute of charging, one poll a second
+        b0 = bd.us
+        t0 = time.ticks_us()
+        d = pile.poll()
+        dt = time.ticks_diff(time.ticks_us(), t0) - (bd.us - b0)
+        if dt > worst_poll:
+            worst_poll = dt
+        r.platform.pump()
+        clock.sleep_ms(max(1, min(d, 1000)))
+    r.stop()
+    r.run(5000, lambda: bool(r.platform.bills()))
+    assert o.busy(), "no signing after the seal"
+    measure("sign")
+    r.run(1000, lambda: bool(r.platform.named("bill_sig")))
+    assert r.platform.named("bill_sig"), "no signature sent"
+    print("ok key_steps=%d key_worst_us=%d key_total_us=%d sign_steps=%d sign_worst_us=%d "
+          "sign_total_us=%d charging_worst_poll_us=%d"
+          % (out["key"] + out["sign"] + (worst_poll,)))

@@ -34,7 +34,7 @@ def test_signing_in_steps_gives_the_same_signature_one_point_operation_at_a_time
     for _ in p256.sign_steps(_D, b"sample", out):
         steps += 1
     assert out[0] == (_R, _S)
-    assert steps == 256          # one per bit of k: the loop runs between them
+    assert steps == 288          # one per bit of k, 16 per inverse: the loop runs between them
 
 
 def test_der_forms():
