@@ -192,6 +192,13 @@ def site_cap(p, f):
     return {"pile": p.pile, "result": 1 if ok else 0, "cap": p.sharing.site_cap if ok else 0}
 
 
+@on(HANDLERS, 0xDC)
+def gun_cap(p, f):
+    gun = f.fields["gun"]
+    ok = p.set_gun_cap(gun, f.fields["cap"])
+    return {"pile": p.pile, "gun": gun, "result": 1 if ok else 0, "cap": f.fields["cap"] if ok else 0}
+
+
 @on(HANDLERS, 0x52)
 def work_params(p, f):
     # YKC work parameters: max_power 30..100 % of the rated power, applied at

@@ -5,7 +5,9 @@ queue (firmware/outbox.py is a view over it). Every change is one appended
 record that carries its own length and CRC-32, so a power cut after any byte
 leaves at worst one torn record at the tail, which recovery ignores and
 reports. Files are replaced only by writing a new file and renaming it.
-Format, write ordering, limits and figures: docs/journal.md.
+Format, write ordering, limits and figures: docs/journal.md. RAM holds
+nothing per bill: each bill is a 24-byte entry of the index file
+<path>.idx, a cache rebuilt from the journal at every boot.
 
 Record (little-endian; 24 bytes of overhead):
 
@@ -16,21 +18,11 @@ Record (little-endian; 24 bytes of overhead):
     20  n B    payload
     20+n u32   CRC-32 (binascii.crc32) of bytes 0 .. 20+n
 
-Kinds and payloads (payloads are opaque unless stated):
-
-    SESSION_OPEN   1  session header bytes (from charge control)
-    CHECKPOINT     2  checkpoint bytes; only the last one per serial matters
-    BILL_SEALED    3  the bill frame body (0x3B body, 158 or 174 bytes, plus
-                      any supplement) - the bill, byte for byte
-    CONFIRMED      4  empty: the host got it (0x40, result 0)
-    ILLEGAL        5  empty: 0x40 result 1; or u8: the platform refused the
-                      bill (0xE4 result, e.g. 1 MAC, 2 unsigned). Kept,
-                      listed, never resent, never compacted away
-    SETTLED        6  empty: the platform settled it (our extension frame)
-    SERIAL_COUNTER 7  u32: the last pile-issued serial counter handed out
-    FORGOTTEN      8  k x 16 B: serials compaction dropped, still remembered
-                      (the last RING_KEYS = 40); its serial field: the floor
-                      (newest-stamped serial forgotten for good) or zeros
+Kinds (the table of payloads: docs/journal.md): SESSION_OPEN 1, CHECKPOINT
+2 (only the last per serial matters), BILL_SEALED 3 (the bill, byte for
+byte), CONFIRMED 4, ILLEGAL 5 (empty, or the platform's u8 0xE4 result),
+SETTLED 6, SERIAL_COUNTER 7 (u32), FORGOTTEN 8 (k x 16 B serials compaction
+dropped, still remembered; its serial field: the floor or zeros).
 
 A serial's life: open -> pending (sealed) -> confirmed -> settled, with
 pending/confirmed -> illegal (0x40 result 1, or refused by the platform)
@@ -70,6 +62,7 @@ API (serials are 32-digit str; payloads bytes-like):
         written) when a confirmed bill kept for good would not fit the limit
     j.platform_result(serial) -> the 0xE4 result of a refused bill, or None
     j.pending(), j.confirmed(), j.illegal_bills(), j.open_sessions()
+    j.count(state), j.first(state)   how many / the oldest, without a list
     j.each(state) -> generator of serials in that state, journal order
     j.bill(serial) -> body bytes or None;  j.status(serial) -> state or None
     j.close_interrupted(make_bill) -> [serial]: seals every open session
@@ -81,13 +74,13 @@ API (serials are 32-digit str; payloads bytes-like):
         (False: j.refusal holds the reason and a "full" event is raised)
     j.written, j.compactions   bytes this object wrote, compactions it ran
 
-Raises RecordTooLong (header > MAX_HEADER, checkpoint > MAX_CHECKPOINT, bill
-> MAX_BILL; nothing written), JournalFull, SerialTooOld, ValueError
-(malformed serial).
+Raises RecordTooLong (a payload over its cap; nothing written), JournalFull,
+SerialTooOld, ValueError (malformed serial).
 """
 import binascii
 import struct
 
+from firmware.billindex import SUSPECTS, BillIndex, INDEX_ENTRY_BYTES, _put
 from firmware.fsio import RealFS
 
 try:
@@ -113,8 +106,8 @@ S_CONFIRMED = "confirmed"
 S_ILLEGAL = "illegal"
 S_SETTLED = "settled"
 
-# In RAM a serial's entry is one small int: offset << 12 | length << 3 | state
-# (no object per bill: a 1,000-bill journal is a dict of ints).
+# A serial's state; in RAM an open session is one small int,
+# offset << 12 | length << 3 | state; a bill is an entry of the index file.
 _OPEN = const(1)
 _PENDING = const(2)
 _CONFIRMED = const(3)
@@ -164,6 +157,7 @@ SESSION_RESERVE = _SESSION_RESERVE
 SLACK_BYTES = _SLACK_BYTES
 COUNTER_SKIP = _COUNTER_SKIP
 RING_KEYS = _RING_KEYS
+INDEX_ENTRY = INDEX_ENTRY_BYTES
 # reserve + slack + two counter records + the floor (a FORGOTTEN record)
 MIN_LIMIT = _SESSION_RESERVE + _SLACK_BYTES + 2 * (_OVERHEAD + 4) + _OVERHEAD
 
@@ -267,19 +261,19 @@ def _fits(payload, cap, what):
         raise RecordTooLong("%s of %d bytes > %d" % (what, len(payload), cap))
 
 
+
 class Report:
-    """What recovery found. pending / confirmed / illegal are computed on
-    access from the packed keys the journal already holds, so a boot with
-    1,000 pending bills does not build 1,000 strings unless asked to."""
-    __slots__ = ("_pending", "_confirmed", "_illegal", "settled", "open_sessions",
+    """What recovery found. pending / confirmed / illegal are read from the
+    journal's index on flash when asked (its state then), so a boot with
+    10,000 pending bills builds no list of them."""
+    __slots__ = ("_j", "_n", "settled", "open_sessions",
                  "torn_tail", "torn_offset", "corrupt", "records", "ignored",
                  "unknown", "counter", "temp", "healed", "bytes_used", "remembered",
                  "floor")
 
     def __init__(self):
-        self._pending = []
-        self._confirmed = []
-        self._illegal = []
+        self._j = None
+        self._n = (0, 0, 0)
         self.settled = 0
         self.open_sessions = []
         self.torn_tail = 0
@@ -295,17 +289,20 @@ class Report:
         self.remembered = 0
         self.floor = None
 
+    def _get(self, st):
+        return self._j._list(st) if self._j is not None else []
+
     @property
     def pending(self):
-        return [unpack_serial(k) for k in self._pending]
+        return self._get(S_PENDING)
 
     @property
     def confirmed(self):
-        return [unpack_serial(k) for k in self._confirmed]
+        return self._get(S_CONFIRMED)
 
     @property
     def illegal(self):
-        return [unpack_serial(k) for k in self._illegal]
+        return self._get(S_ILLEGAL)
 
     @property
     def damaged(self):
@@ -314,24 +311,28 @@ class Report:
     def __repr__(self):
         return ("Report(pending=%d confirmed=%d illegal=%d settled=%d open=%d "
                 "torn_tail=%d corrupt=%r records=%d counter=%d temp=%r)" % (
-                    len(self._pending), len(self._confirmed), len(self._illegal),
+                    self._n[0], self._n[1], self._n[2],
                     self.settled, len(self.open_sessions), self.torn_tail,
                     self.corrupt, self.records, self.counter, self.temp))
 
 
-class Journal:
+class Journal(BillIndex):
     def __init__(self, path, fs=None, limit_bytes=_JOURNAL_BYTES, on_event=None):
         if limit_bytes < MIN_LIMIT:
             raise ValueError("limit_bytes below %d" % MIN_LIMIT)
         self.path = path
         self.tmp = path + ".tmp"
         self.bad = path + ".bad"
+        self.ipath = path + ".idx"
+        self.inew = path + ".idn"
         self.fs = fs if fs is not None else RealFS()
         self.limit = limit_bytes
         self.on_event = on_event
         self._buf = bytearray(_REC_MAX)
         self._mv = memoryview(self._buf)
         self._scan = bytearray(128)
+        self._index_init(limit_bytes)
+        self._gen = 0
         self.report = None
         self.refusal = None
         self.written = 0       # bytes this object wrote (appends + compaction)
@@ -340,22 +341,22 @@ class Journal:
         self._clear()
 
     def _clear(self):
-        # packed serial -> _pack(off, n, state) of its primary record (the
-        # header while open, the bill once sealed); _ck: open session ->
-        # _pack(off, n, 0) of its last checkpoint. _opens / _bills: keys in
-        # start order / seal order (= journal order; never sorted: offsets
-        # grow as records are appended, and compaction keeps the order).
-        self._e = {}
+        # In RAM, only what does not grow with the bills kept: the open
+        # sessions (packed serial -> _pack(off, n, _OPEN) of the header; _ck:
+        # -> _pack(off, n, 0) of the last checkpoint; _opens: start order),
+        # counts and bytes per state, the key filter. Every bill is one
+        # 24-byte entry of the index file <path>.idx, in seal order (=
+        # journal order): key, offset, length, state, 0xE4 result.
+        self._oe = {}
         self._ck = {}
         self._opens = []
-        self._bills = []
+        self._index_clear()
         self._size = 0
         self._counter = 0
         self._damage = []      # corrupt ranges still in the file
         self._heal = False
         self._ring = bytearray()   # forgotten keys still remembered, oldest first
         self._floorkey = _NOKEY    # newest-stamped key forgotten for good
-        self._code = {}            # refused bill's key -> the platform's 0xE4 result
 
     # ---- events -----------------------------------------------------------
     def _event(self, name, detail):
@@ -375,17 +376,8 @@ class Journal:
         return _HEAD + n + 4
 
     def _write_all(self, f, size):
-        mv = self._mv
-        done = 0
-        while done < size:
-            w = f.write(mv[done:size])
-            if w is None:
-                w = size - done
-            if w <= 0:
-                raise OSError(28)  # ENOSPC
-            done += w
+        _put(f, self._mv[0:size])
         self.written += size
-
     def _read_rec(self, f, off, size):
         """Record at off into _buf if it is complete and valid: its payload
         length, else -1."""
@@ -441,44 +433,58 @@ class Journal:
     def _apply(self, kind, key, off, n):
         """Apply the record in _buf at off; False if it changes nothing,
         None for a kind this firmware does not know."""
-        e = self._e
-        v = e.get(key)
-        st = v & 7 if v is not None else 0
+        oe = self._oe
         if kind == SESSION_OPEN:
-            if v is not None:
+            if key in oe or self._find(key) is not None:
                 return False
-            e[key] = _pack(off, n, _OPEN)
+            oe[key] = _pack(off, n, _OPEN)
             self._opens.append(key)
         elif kind == CHECKPOINT:
-            if st != _OPEN:
+            if key not in oe:
                 return False
             self._ck[key] = _pack(off, n, 0)
         elif kind == BILL_SEALED:
             # A bill without its session record is normal after compaction;
             # a second bill for a serial is never accepted.
-            if st == _OPEN:
-                # keep the key object the dict already holds (one per bill)
-                key = self._opens.pop(self._opens.index(key))
+            if key in oe:
+                self._opens.remove(key)
+                del oe[key]
                 self._ck.pop(key, None)
-            elif v is not None:
+                self._iadd(key, off, n, _PENDING)
+            elif self._ix is not None:
+                if not self._maybe(key):
+                    self._iadd(key, off, n, _PENDING)
+                else:
+                    h = self._hit
+                    if h is not None and h[0] == key:
+                        return False
+                    self._sus.append(self._nb)
+                    self._iadd(key, off, n, _PENDING, False)
+                    if len(self._sus) >= SUSPECTS:
+                        self._verify()
+            elif self._find(key) is not None:
                 return False
-            e[key] = _pack(off, n, _PENDING)
-            self._bills.append(key)
-        elif kind == CONFIRMED:
-            if st != _PENDING:
+            else:
+                self._iadd(key, off, n, _PENDING)
+        elif kind == CONFIRMED or kind == ILLEGAL or kind == SETTLED:
+            if key in oe:
                 return False
-            e[key] = v - st + _CONFIRMED
-        elif kind == ILLEGAL:
-            if st != _PENDING and st != _CONFIRMED:
+            r = self._find(key)
+            if r is None:
                 return False
-            e[key] = v - st + _ILLEGAL
-            if n:
-                self._code[key] = self._buf[_HEAD]
-        elif kind == SETTLED:
-            if st < _PENDING or st > _ILLEGAL:
-                return False
-            e[key] = v - st + _SETTLED
-            self._code.pop(key, None)
+            st = r[4]
+            if kind == CONFIRMED:
+                if st != _PENDING:
+                    return False
+                self._setst(r, _CONFIRMED, 0)
+            elif kind == ILLEGAL:
+                if st != _PENDING and st != _CONFIRMED:
+                    return False
+                self._setst(r, _ILLEGAL, self._buf[_HEAD] if n else 0)
+            else:
+                if st < _PENDING or st > _ILLEGAL:
+                    return False
+                self._setst(r, _SETTLED, 0)
         elif kind == SERIAL_COUNTER:
             if n != 4:
                 return False
@@ -520,6 +526,7 @@ class Journal:
         f = self._floorkey
         return f != _NOKEY and key[8:14] <= f[8:14]
 
+
     # ---- recovery -----------------------------------------------------------
     def recover(self):
         """Rebuild the state from flash; returns (and keeps) a Report."""
@@ -539,12 +546,25 @@ class Journal:
             fs.sync(None, self.path)
             self._event("temp", rep.temp)
         size = self._file_size(self.path)
-        if size > 0:
-            f = fs.open(self.path, "rb")
-            try:
-                self._parse(f, size, rep)
-            finally:
-                f.close()
+        # The index is written again from the journal, through one handle
+        # kept open (one commit at its close).
+        ix = fs.open(self.ipath, "w+b")
+        self._ix = ix
+        try:
+            if size > 0:
+                f = fs.open(self.path, "rb")
+                try:
+                    self._parse(f, size, rep)
+                finally:
+                    f.close()
+            self._verify()
+            rep.ignored += self._dups
+        except:  # noqa: E722
+            self._ready = False
+            raise
+        finally:
+            self._ix = None
+            ix.close()
         self._size = size if size > 0 else 0
         if rep.corrupt:
             self._damage = rep.corrupt[:]
@@ -561,7 +581,6 @@ class Journal:
         self._fill(rep)
         self.report = rep
         return rep
-
     def _parse(self, f, size, rep):
         off = 0
         buf = self._buf
@@ -591,17 +610,10 @@ class Journal:
         rep.remembered = len(self._ring) // 16
         f = self._floorkey
         rep.floor = unpack_serial(f) if f != _NOKEY else None
-        e = self._e
-        for k in self._bills:
-            st = e[k] & 7
-            if st == _PENDING:
-                rep._pending.append(k)
-            elif st == _CONFIRMED:
-                rep._confirmed.append(k)
-            elif st == _ILLEGAL:
-                rep._illegal.append(k)
-            else:
-                rep.settled += 1
+        c = self._cnt
+        rep._j = self
+        rep._n = (c[_PENDING], c[_CONFIRMED], c[_ILLEGAL])
+        rep.settled = c[_SETTLED]
         rep.open_sessions = self.open_sessions()
 
     def _ensure(self):
@@ -621,35 +633,38 @@ class Journal:
                                   % (size, self._size, self.limit))
         self._build(kind, key, payload)
         off = self._size
-        f = self.fs.open(self.path, "ab")
+        # RAM and the index (a cache) first; the commit below is what counts.
+        # If it fails, the next call recovers from flash.
+        self._apply(kind, key, off, n)
+        f = None
         try:
+            f = self.fs.open(self.path, "ab")
             self._write_all(f, size)
             f.flush()
             self.fs.sync(f)
             if off == 0:
                 self.fs.sync(None, self.path)  # a new file: its folder entry too
-        except OSError:
-            # Part of the record may be on flash: rewrite before the next one.
-            self._heal = True
-            s = self._file_size(self.path)
-            self._size = s if s > 0 else 0
+        except:  # noqa: E722
+            self._ready = False
             raise
         finally:
-            f.close()
+            if f is not None:
+                f.close()
         self._size = off + size
-        self._apply(kind, key, off, n)
         return off
 
     def _state(self, key):
-        v = self._e.get(key)
-        return _NAMES[v & 7] if v is not None else None
+        if key in self._oe:
+            return S_OPEN
+        r = self._find(key)
+        return _NAMES[r[4]] if r is not None else None
 
     # ---- public API ---------------------------------------------------------
     def open_session(self, serial, header):
         key = pack_serial(serial)
         self._ensure()
         _fits(header, _MAX_HEADER, "session header")
-        if key in self._e or self._remembered(key):
+        if self._state(key) is not None or self._remembered(key):
             return "exists"
         if self._below_floor(key):
             raise SerialTooOld("trade serial %s: stamp not after %s, the newest serial"
@@ -663,7 +678,7 @@ class Journal:
         key = pack_serial(serial)
         self._ensure()
         _fits(payload, _MAX_CHECKPOINT, "checkpoint")
-        if self._state(key) != S_OPEN:
+        if key not in self._oe:
             return "no_session"
         self._append(CHECKPOINT, key, payload)
         return "ok"
@@ -693,7 +708,7 @@ class Journal:
         if payload and st == S_CONFIRMED:
             # A confirmed bill may be dropped under pressure; kept as refused
             # it never is, so it must fit beside what no compaction can free.
-            if self._floor() + _rec(_len(self._e[key])) + 2 * _MARK > self.limit:
+            if self._floor() + _rec(self._find(key)[3]) + 2 * _MARK > self.limit:
                 self._event("full", "no room to keep refused bill %s" % serial)
                 return "full"
         self._append(kind, key, payload)
@@ -725,7 +740,10 @@ class Journal:
         bill (a 0x40 illegal one included)."""
         key = pack_serial(serial)
         self._ensure()
-        return self._code.get(key)
+        r = self._find(key) if key not in self._oe else None
+        if r is None or r[4] != _ILLEGAL or not r[5]:
+            return None
+        return r[5]
 
     def status(self, serial):
         key = pack_serial(serial)
@@ -734,13 +752,24 @@ class Journal:
 
     def each(self, state):
         """Serials of the bills in `state` ("pending", "confirmed",
-        "illegal", "settled"), lazily, in journal order."""
+        "illegal", "settled"), lazily, in journal order, read from the
+        index on flash (a compaction meanwhile ends the walk)."""
         self._ensure()
         st = _NAMES.index(state)
-        e = self._e
-        for k in self._bills:
-            if e[k] & 7 == st:
-                yield unpack_serial(k)
+        for r in self._entries():
+            if r[4] == st:
+                yield unpack_serial(r[0])
+
+    def count(self, state):
+        """How many bills are in `state`, without reading them."""
+        self._ensure()
+        return self._cnt[_NAMES.index(state)]
+
+    def first(self, state):
+        """The oldest bill in `state`, or None."""
+        for s in self.each(state):
+            return s
+        return None
 
     def _list(self, state):
         return [s for s in self.each(state)]
@@ -771,12 +800,14 @@ class Journal:
         """The sealed bill body, byte for byte (None: no bill or damaged)."""
         key = pack_serial(serial)
         self._ensure()
-        v = self._e.get(key)
-        if v is None or v & 7 == _OPEN:
+        if key in self._oe:
             return None
-        body = self._payload(_off(v), _len(v))
+        r = self._find(key)
+        if r is None:
+            return None
+        body = self._payload(r[2], r[3])
         if body is None:
-            self._event("corrupt", [(_off(v), _off(v) + _rec(_len(v)))])
+            self._event("corrupt", [(r[2], r[2] + _rec(r[3]))])
         return body
 
     def open_sessions(self):
@@ -784,11 +815,12 @@ class Journal:
         self._ensure()
         out = []
         for k in self._opens:
-            v = self._e[k]
+            v = self._oe[k]
             c = self._ck.get(k)
             hdr = self._payload(_off(v), _len(v))
             ck = self._payload(_off(c), _len(c)) if c is not None else None
             out.append((unpack_serial(k), hdr, ck))
+        return out
         return out
 
     def close_interrupted(self, make_bill):
@@ -824,7 +856,7 @@ class Journal:
                     stamp = _second_after(low)
             s = make_serial(pile, gun, stamp, c)
             k = pack_serial(s)
-            if k not in self._e and not self._remembered(k):
+            if self._state(k) is None and not self._remembered(k):
                 return s
         raise JournalError("no free counter value for this stamp")
 
@@ -836,14 +868,11 @@ class Journal:
         """Bytes that no compaction can free, plus what the live entries may
         still need to append."""
         f = 2 * _COUNTER_REC + _OVERHEAD  # counters, and the floor record
-        for v in self._e.values():
-            st = v & 7
-            if st == _OPEN:
-                f += (_rec(_len(v)) + 2 * _rec(_MAX_CHECKPOINT) + _rec(_MAX_BILL)
-                      + 2 * _MARK)
-            elif st == _PENDING or st == _ILLEGAL:
-                f += _rec(_len(v)) + 2 * _MARK
-        return f
+        for k in self._opens:
+            f += (_rec(_len(self._oe[k])) + 2 * _rec(_MAX_CHECKPOINT) + _rec(_MAX_BILL)
+                  + 2 * _MARK)
+        c = self._cnt
+        return f + self._lb[_PENDING] + self._lb[_ILLEGAL] + (c[_PENDING] + c[_ILLEGAL]) * 2 * _MARK
 
     def can_start(self):
         """True if one more session's records are sure to fit. False: the
@@ -854,16 +883,11 @@ class Journal:
         if floor + _SESSION_RESERVE + _SLACK_BYTES <= self.limit:
             self.refusal = None
             return True
-        held = 0
-        for v in self._e.values():
-            st = v & 7
-            if st == _PENDING or st == _ILLEGAL:
-                held += 1
+        held = self._cnt[_PENDING] + self._cnt[_ILLEGAL]
         self.refusal = ("journal full: %d unconfirmed bills and %d open sessions need"
                         " %d of %d bytes" % (held, len(self._opens), floor, self.limit))
         self._event("full", self.refusal)
         return False
-
     # ---- compaction ---------------------------------------------------------
     def _quarantine(self, f, ranges):
         """Append damaged bytes to <path>.bad (capped) before they go."""
@@ -895,42 +919,26 @@ class Journal:
             if q is not None:
                 q.close()
 
-    def _merged(self):
-        """Live keys in file order: open sessions and bills merged by the
-        offset of their primary record."""
-        e = self._e
-        a = self._opens
-        b = self._bills
-        i = j = 0
-        while i < len(a) or j < len(b):
-            if j >= len(b) or (i < len(a) and e[a[i]] < e[b[j]]):
-                yield a[i]
-                i += 1
-            else:
-                yield b[j]
-                j += 1
-
     def compact(self, need=0, protect=None):
         """Rewrite the live records into <path>.tmp, flush it and rename it
         over the journal. Drops settled bills, then (only if need bytes would
         not fit otherwise) host-confirmed bills oldest first; never pending or
         illegal ones. An open session keeps its header and last checkpoint.
+        The index is written beside it (<path>.idn, renamed over <path>.idx).
         Returns {"before", "after", "settled", "confirmed", "lost"}."""
         self._ensure()
-        e = self._e
-        cks = self._ck
+        cnt = self._cnt
+        lb = self._lb
+        oe = self._oe
         size = _COUNTER_REC if self._counter else 0
-        settled = 0
-        for k, v in e.items():
-            st = v & 7
-            if st == _SETTLED:
-                settled += 1
-                continue
-            size += _rec(_len(v))
-            if st == _CONFIRMED or st == _ILLEGAL:
-                size += _MARK if st == _ILLEGAL and k in self._code else _OVERHEAD
-        for c in cks.values():
+        for k in self._opens:
+            size += _rec(_len(oe[k]))
+        for c in self._ck.values():
             size += _rec(_len(c))
+        size += (lb[_PENDING] + lb[_CONFIRMED] + lb[_ILLEGAL]
+                 + (cnt[_CONFIRMED] + cnt[_ILLEGAL] - self._ncode) * _OVERHEAD
+                 + self._ncode * _MARK)
+        settled = cnt[_SETTLED]
         # The ring takes the settled serials; it gives up its oldest keys
         # (to the floor) before a host-confirmed bill is dropped.
         had = len(self._ring) // 16
@@ -942,38 +950,29 @@ class Journal:
         while keys and size + _ring_bytes(keys, floor) > room:
             keys -= 1
             floor = True
-        drop = {}
-        for k in self._bills:
-            if size + _ring_bytes(keys, floor) <= room:
-                break
-            v = e[k]
-            if v & 7 == _CONFIRMED and k != protect:
-                drop[k] = 1
-                floor = True   # a dropped confirmed bill goes to the floor
-                size -= _rec(_len(v)) + _OVERHEAD
-        # The new ring: the last `keys` of (old ring + forgotten, journal
-        # order); what falls off raises the floor.
+        # Host-confirmed bills to drop: the first `drop` of them (oldest).
+        drop = 0
+        if size + _ring_bytes(keys, floor) > room:
+            for r in self._entries():
+                if size + _ring_bytes(keys, floor) <= room:
+                    break
+                if r[4] == _CONFIRMED and r[0] != protect:
+                    drop += 1
+                    floor = True   # a dropped confirmed bill goes to the floor
+                    size -= _rec(r[3]) + _OVERHEAD
+        dropped = drop
         ring = bytearray(self._ring)
-        for k in self._bills:
-            if e[k] & 7 == _SETTLED or k in drop:
-                ring.extend(k)
         floorkey = self._floorkey
-        cut = len(ring) - 16 * keys
-        i = 0
-        while i < cut:
-            k = bytes(ring[i:i + 16])
-            if floorkey == _NOKEY or k[8:14] > floorkey[8:14]:
-                floorkey = k
-            i += 16
-        if cut > 0:
-            ring = ring[cut:]
         before = self._size
         fs = self.fs
-        new = {}
         nck = {}
-        opens = []
-        bills = []
+        noe = {}
+        ncnt = [0, 0, 0, 0, 0, 0]
+        nlb = [0, 0, 0, 0, 0, 0]
+        ncode = 0
+        nb = 0
         lost = []
+        ie = self._ie
         old = fs.open(self.path, "rb") if before > 0 else None
         try:
             if self._damage and old is not None:
@@ -981,41 +980,73 @@ class Journal:
             if self._file_size(self.tmp) >= 0:
                 fs.remove(self.tmp)
             t = fs.open(self.tmp, "wb")
+            x = fs.open(self.inew, "wb")
             try:
                 w = 0
                 if self._counter:
                     w += self._copy_new(t, SERIAL_COUNTER, _NOKEY, struct.pack("<I", self._counter))
-                for k in self._merged():
-                    v = e[k]
-                    st = v & 7
-                    if st == _SETTLED or k in drop:
-                        continue
-                    n = self._read_rec(old, _off(v), before)
-                    if n != _len(v) or bytes(self._mv[4:_HEAD]) != k:
+                opens = self._opens
+                oi = 0
+                bills = self._entries()
+                r = None
+                while True:
+                    if r is None:
+                        for r in bills:
+                            break
+                        else:
+                            r = False
+                    if oi < len(opens) and (not r or _off(oe[opens[oi]]) < r[2]):
+                        k = opens[oi]
+                        oi += 1
+                        v = oe[k]
+                        off, n0, st = _off(v), _len(v), _OPEN
+                    elif r:
+                        k, off, n0, st, code = r[0], r[2], r[3], r[4], r[5]
+                        r = None
+                        if st == _SETTLED or (st == _CONFIRMED and drop and k != protect):
+                            if st == _CONFIRMED:
+                                drop -= 1
+                            ring.extend(k)
+                            while len(ring) > 16 * keys:
+                                f0 = bytes(ring[0:16])
+                                if floorkey == _NOKEY or f0[8:14] > floorkey[8:14]:
+                                    floorkey = f0
+                                ring[0:16] = b""
+                            continue
+                    else:
+                        break
+                    n = self._read_rec(old, off, before)
+                    if n != n0 or bytes(self._mv[4:_HEAD]) != k:
                         # Flash changed under us: keep the evidence, say so;
                         # its serial goes to the floor.
                         lost.append(unpack_serial(k))
                         if floorkey == _NOKEY or k[8:14] > floorkey[8:14]:
                             floorkey = k
-                        self._quarantine(old, [(_off(v), _off(v) + _rec(_len(v)))])
+                        self._quarantine(old, [(off, off + _rec(n0))])
                         continue
                     self._write_all(t, _rec(n))
-                    new[k] = _pack(w, n, st)
-                    w += _rec(n)
                     if st == _OPEN:
-                        opens.append(k)
-                        c = cks.get(k)
+                        noe[k] = _pack(w, n, _OPEN)
+                        w += _rec(n)
+                        c = self._ck.get(k)
                         if c is not None and self._read_rec(old, _off(c), before) == _len(c):
                             self._write_all(t, _rec(_len(c)))
                             nck[k] = _pack(w, _len(c), 0)
                             w += _rec(_len(c))
                         continue
-                    bills.append(k)
+                    ie[0:16] = k
+                    struct.pack_into("<IHBB", ie, 16, w, n, st, code)
+                    _put(x, self._iemv)
+                    nb += 1
+                    ncnt[st] += 1
+                    nlb[st] += _rec(n)
+                    w += _rec(n)
                     if st == _CONFIRMED:
                         w += self._copy_new(t, CONFIRMED, k, b"")
                     elif st == _ILLEGAL:
-                        c = self._code.get(k)
-                        w += self._copy_new(t, ILLEGAL, k, b"" if c is None else bytes((c,)))
+                        if code:
+                            ncode += 1
+                        w += self._copy_new(t, ILLEGAL, k, bytes((code,)) if code else b"")
                 # What this file forgets, last: FORGOTTEN records, the first
                 # carrying the floor key.
                 fk = floorkey
@@ -1029,29 +1060,39 @@ class Journal:
                 fs.sync(t)
             finally:
                 t.close()
+                x.close()
         finally:
             if old is not None:
                 old.close()
         # The only step that changes what the journal says: atomic.
         fs.rename(self.tmp, self.path)
-        fs.sync(None, self.path)
-        for k in list(self._code):
-            if k not in new:       # lost to corruption: its result goes too
-                del self._code[k]
-        self._e = new
+        try:
+            fs.sync(None, self.path)
+            fs.rename(self.inew, self.ipath)
+        except:  # noqa: E722 - the next call rebuilds the index
+            self._ready = False
+            raise
+        self._oe = noe
         self._ck = nck
-        self._opens = opens
-        self._bills = bills
+        self._opens = [k for k in opens if k in noe]
+        self._nb = nb
+        self._cnt = ncnt
+        self._lb = nlb
+        self._ncode = ncode
+        self._hit = None
+        self._ibi = -1
+        self._gen += 1
         self._size = w
         self._ring = ring
         self._floorkey = floorkey
         self._damage = []
         self._heal = False
         self.compactions += 1
+        self._rebloom()
         if lost:
             self._event("lost", lost)
         return {"before": before, "after": w, "settled": settled,
-                "confirmed": len(drop), "lost": lost}
+                "confirmed": dropped, "lost": lost}
 
     def _copy_new(self, f, kind, key, payload):
         size = self._build(kind, key, payload)

@@ -117,6 +117,9 @@ class Pile:
                                    max_power_w=cfg.get("gun_max_w", cfg.get("power_w", 0))
                                    if outputs is not None else 0))
         self.gun = self.guns[0]       # gun 1 (the only one on a single-gun pile)
+        # A vehicle that is a GB/T 27930 charger side (firmware/bms.py) is
+        # polled every loop: its SOC, VIN and BCL feed the gun and sharing.
+        self._bms = [g for g in self.guns if hasattr(g.vehicle, "stop_reason")]
         # Power sharing: with one power output per gun, every control tick
         # divides the pile's cap among the charging guns (docs/guns.md).
         self.sharing = None
@@ -433,6 +436,18 @@ class Pile:
         self.event("site_cap", str(w))
         return True
 
+    def set_gun_cap(self, gun, w):
+        """A cap on gun `gun` ("01".."04"; W, 0 lifts it), applied at the
+        next control tick. False without power sharing or without that gun."""
+        if self.sharing is None:
+            return False
+        for i in range(len(self.guns)):
+            if self.guns[i].gun == gun:
+                self.sharing.set_gun_cap(i, w)
+                self.event("gun_cap", gun + " " + str(w))
+                return True
+        return False
+
     def _share(self):
         # The control tick: ms until the next one.
         sh = self.sharing
@@ -444,9 +459,44 @@ class Pile:
             left = sh.tick_ms
         return left
 
+    def _bms_poll(self):
+        # Each gun's BMS dialogue (docs/bms.md); a BMS stop or timeout ends
+        # that gun's session with its YKC stop reason, the bill sealed.
+        wait = 1000
+        for g in self._bms:
+            ch = g.vehicle
+            w = ch.poll()
+            if ch.reports:
+                self._bms_reports(g, ch)
+            if ch.stop_reason and g.state == S.CHARGING:
+                self.event("bms_stop", "%s 0x%02X" % (g.gun, ch.stop_reason))
+                g.abort(ch.stop_reason)
+            if w < wait:
+                wait = w
+        return wait
+
+    def _bms_reports(self, g, ch):
+        # GB/T 27930 data up in YKC's BMS frames 0x15..0x25 under the gun's
+        # trade serial (informational: sent while online, never stored)
+        reps = ch.reports
+        ch.reports = []
+        if not self.link.online:
+            return
+        tr = g.trade
+        serial = tr.h["serial"] if tr is not None else g.bill["serial"] if g.bill else "0" * 32
+        for name, v in reps:
+            v["serial"] = serial
+            v["pile"] = self.pile
+            v["gun"] = g.gun
+            self.link.send(name, v)
+
     def _poll(self):
         self.link.poll()
         share = self._share() if self.sharing is not None else 1000
+        if self._bms:
+            b = self._bms_poll()
+            if b < share:
+                share = b
         wait = self.gun.tick()
         for g in self.guns:
             if g is not self.gun:
@@ -531,11 +581,12 @@ class Pile:
 
     def status_fields(self):
         j = self.journal
-        pend = j.pending()
-        return {"pile": self.pile, "pending": len(pend), "unsettled": len(j.confirmed()),
-                "illegal": len(j.illegal_bills()), "journal_used": j.bytes_used(),
+        first = j.first("pending")   # counts, not lists: 10,000 bills may wait
+        return {"pile": self.pile, "pending": j.count("pending"),
+                "unsettled": j.count("confirmed"),
+                "illegal": j.count("illegal"), "journal_used": j.bytes_used(),
                 "journal_limit": self.cfg.get("journal_bytes", 65536),
-                "oldest_pending": pend[0] if pend else "", "state": self.busiest_state(),
+                "oldest_pending": first or "", "state": self.busiest_state(),
                 "boot_reason": self.boot_reason,
                 "fw_version": self.remote.board_version(),
                 "hmi_version": self.remote.hmi_version(),

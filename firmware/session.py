@@ -779,9 +779,12 @@ class Gun:
             return self.period_ms
         if ok:
             lim = self.power_limit
-            if tr.p >= _NO_CURRENT_W or (lim is not None and lim < _NO_CURRENT_W):
+            if (tr.p >= _NO_CURRENT_W or (lim is not None and lim < _NO_CURRENT_W)
+                    or getattr(self.vehicle, "paused", False)):
                 # (power sharing holding this gun at ~0 W is not "no current":
-                # a module fault lowers power, it never ends a session)
+                # a module fault lowers power, it never ends a session; nor
+                # is a BMS pausing the charge, BSM "not permitted": its own
+                # limit is firmware/bms.py's, 10 minutes)
                 tr.low_since = None
             elif tr.low_since is None:
                 tr.low_since = t

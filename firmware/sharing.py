@@ -133,6 +133,7 @@ class Sharing:
         self.faulted = 0            # modules out of service
         self.percent = _MAX_PCT     # the platform's 0x52 max_power
         self.site_cap = 0           # W, pushed by the bridge; 0 = none
+        self.gun_cap = [0] * n      # W per gun (0xDC, OCPP per-EVSE profiles); 0 = none
         self.prios = list(prios) if prios else [0] * n
         self.tick_ms = tick_ms
         self._log = log
@@ -165,6 +166,9 @@ class Sharing:
     def set_site_cap(self, w):
         self.site_cap = w if w > 0 else 0
 
+    def set_gun_cap(self, i, w):
+        self.gun_cap[i] = w if w > 0 else 0
+
     def module_fault(self, faulted):
         """How many modules are out of service now (0..modules)."""
         if faulted < 0:
@@ -182,7 +186,9 @@ class Sharing:
         dem = self.demand
         for i in range(n):
             g = guns[i]
-            dem[i] = gun_demand(g) if g.state == CHARGING else 0
+            d = gun_demand(g) if g.state == CHARGING else 0
+            gc = self.gun_cap[i]
+            dem[i] = gc if gc and d > gc else d
         new = self._new
         allocate(self.cap(), dem, self.prios, new)
         old = self.share

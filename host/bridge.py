@@ -831,6 +831,11 @@ class Bridge:
             caps.append(w)
         return min(caps) if caps else None
 
+    def gun_cap_w(self, code, gun):
+        """The cap on gun `gun` (int) of pile `code` (0xDC), W: the CSMS's
+        charging profiles on that EVSE of a pile with several guns; None: none."""
+        return self.ocpp.gun_cap_w(code, gun) if self.ocpp is not None else None
+
     async def ocpp_start(self, code, evse, id_token):
         """RequestStartTransaction / RemoteStartTransaction: 0x34 (or 0xE2)
         on gun `evse`. Returns (accepted, trade serial)."""

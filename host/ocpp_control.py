@@ -348,12 +348,24 @@ class Control:
 
     # --- smart charging: charging profiles -> the pile's power cap (0xDE / 0x52) --------
 
+    def _pile_wide(self, code, p):
+        # EVSE 0 caps the pile; on a one-gun pile EVSE 1 is the same thing.
+        return p["evse"] == 0 or self.guns(code) == 1
+
     def cap_w(self, code):
         """The power cap the CSMS's profiles put on pile `code`, W, or None:
         the station maximum and the transaction's limit (TxProfile, else
         TxDefaultProfile), the highest stack level of each, the lower of them."""
-        ps = self.profiles.get(code) or []
+        return self._cap_of([p for p in self.profiles.get(code) or [] if self._pile_wide(code, p)])
 
+    def gun_cap_w(self, code, gun):
+        """The cap the CSMS's profiles on EVSE `gun` put on that gun of a pile
+        with several guns (0xDC), W, or None."""
+        if self.guns(code) == 1:
+            return None
+        return self._cap_of([p for p in self.profiles.get(code) or [] if p["evse"] == gun])
+
+    def _cap_of(self, ps):
         def top(purpose):
             c = [p for p in ps if p["purpose"] == purpose]
             return max(c, key=lambda p: p["stack"]) if c else None
@@ -396,10 +408,10 @@ class Control:
             return "Rejected", "InvalidProfile: a station maximum profile goes on EVSE 0"
         if evse > guns or evse < 0:
             return "Rejected", "InvalidProfile: no EVSE %d" % evse
-        if evse > 0 and guns > 1:
-            # 0xDE caps the whole pile; YKC has no per-gun cap frame.
-            return "Rejected", ("UnsupportedRequest: per-gun caps are not in the YKC protocol (0xDE "
-                                "caps the pile): set it on EVSE 0")
+        if evse > 0 and guns > 1 and not self.b.pile_ext(code):
+            # A third-party pile takes one cap for all its guns (0x52).
+            return "Rejected", ("UnsupportedRequest: this pile takes one power cap for all its guns "
+                                "(0x52): set it on EVSE 0")
         serial = None
         if purpose == "tx":
             serial = await self._running_tx(code, evse or 1, prof.get("transaction_id"))
@@ -472,6 +484,12 @@ class Control:
                 r = await pile.conn.request("site_cap", {"pile": code, "cap": w or 0})
                 ok = r.fields.get("result") == 1
                 pile.site_cap_w = w if ok else None
+                guns = self.guns(code)
+                for g in range(1, guns + 1) if guns > 1 else ():
+                    gw = self.gun_cap_w(code, g)
+                    r = await pile.conn.request("gun_cap", {"pile": code, "gun": "%02d" % g,
+                                                            "cap": gw or 0})
+                    ok = ok and r.fields.get("result") == 1
                 return ok
             # A third-party pile: 0x52 max_power, in % of ocpp.rated_kw (30..100).
             rated = self.cfg["rated_kw"]

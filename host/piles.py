@@ -618,6 +618,7 @@ class PileConn:
         share power answers result 0: an event says the cap is not held."""
         if self.pile is None:
             return
+        await self._push_gun_caps()
         w = self.bridge.power_cap_w(self.pile.code)    # config and OCPP charging profiles
         if w is None:
             return
@@ -634,6 +635,22 @@ class PileConn:
             self.bridge.event(self.pile.code, "site_cap_refused",
                               "the pile does not hold the site's power cap of %d W (it does not "
                               "share power)" % w, cap=w)
+
+    async def _push_gun_caps(self):
+        # Per-gun caps (OCPP profiles on one EVSE, 0xDC): the pile keeps them
+        # in RAM only, so they go again at every login.
+        code = self.pile.code
+        n = int((self.pile.login or {}).get("guns") or 1)
+        for g in range(1, n + 1) if n > 1 else ():
+            w = self.bridge.gun_cap_w(code, g)
+            if w is None:
+                continue
+            try:
+                await self.request("gun_cap", {"pile": code, "gun": "%02d" % g, "cap": w})
+            except (CommandTimeout, LinkClosed, SignedReject) as e:
+                log.info("pile %s: gun %02d cap: %s", self._name(), g, e)
+            if self.pile is None:
+                return
 
     async def poll_status(self):
         if self.pile is None:     # replaced by a newer login, or gone silent

@@ -206,7 +206,14 @@ TABLE = (
     # site_cap_reply: the cap the pile now holds, result 1 applied at its next
     # control tick, 0 the pile does not share power (nothing applied).
     "DE site_cap >DF ! $P cap=u4W\n"
-    "DF site_cap_reply $P cap=u4W result=u1\n",
+    "DF site_cap_reply $P cap=u4W result=u1\n"
+    # A cap on one gun, W (0 lifts it): OCPP's charging profile on that
+    # EVSE (docs/ocpp.md). The gun's demand is clamped to it before the
+    # pile's power is shared; the pile's own cap still holds. gun_cap_reply:
+    # as site_cap_reply (result 0: the pile does not share power, or no
+    # such gun).
+    "DC gun_cap >DD ! $PG cap=u4W\n"
+    "DD gun_cap_reply $PG cap=u4W result=u1\n",
     # --- extension frames, continued ------------------------------------------------------------
     # Remote start with targets; answered with the standard 0x33.
     "E2 ext_start >33/serial ! $SPG logical_card=b8 card=h8 balance=u4:2yuan target_amount=u4:4yuan "

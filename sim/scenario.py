@@ -72,7 +72,8 @@ class SimUnit:
 
     def __init__(self, code, root, start_secs, tariff, power_w=60000, vehicle=None,
                  meter_start=0, plugged=False, vin_policy=None, link="loop", confirm=True,
-                 settle=True, tcp=None, record=None, fs=None, console=False, pin=None):
+                 settle=True, tcp=None, record=None, fs=None, console=False, pin=None,
+                 guns=1, bms=False):
         veh = vehicle or {}
         self.code = code
         self.root = root
@@ -81,8 +82,31 @@ class SimUnit:
                               capacity_wh=veh.get("capacity_wh", 60000), soc=veh.get("soc", 20),
                               vin=veh.get("vin"), vehicle_max_w=veh.get("max_power_w", 250000),
                               meter_start=meter_start, plugged=plugged)
+        # One world per gun on one clock; with bms, each gun's vehicle is the
+        # simulated BMS on python-can's virtual bus and the gun talks GB/T
+        # 27930 to it (sim/bms.py BmsGun, firmware/bms.py).
+        self.worlds = [self.world]
+        self.bms = bms
+        if bms:
+            from sim.bms import BmsGun, VirtualBus
+            prof = {"capacity_wh": veh.get("capacity_wh", 60000), "soc": veh.get("soc", 20),
+                    "vin": veh.get("vin") or "", "max_power": veh.get("max_power_w", 250000),
+                    "plugged": plugged}
+            clock = self.world.clock
+            self.worlds = [BmsGun(clock, VirtualBus("pile-sim-%s-%s-%d" % (code, id(self), g + 1)),
+                                  meter_start=meter_start, **prof) for g in range(guns)]
+        else:
+            for _ in range(guns - 1):
+                self.worlds.append(SimWorld(pile_max_w=power_w, capacity_wh=veh.get("capacity_wh",
+                                                                                    60000),
+                                            soc=veh.get("soc", 20), vin=veh.get("vin"),
+                                            vehicle_max_w=veh.get("max_power_w", 250000),
+                                            meter_start=meter_start, plugged=plugged,
+                                            clock=self.world.clock))
         self.cfg = {"pile": code, "gun": "01", "tariff": tariff, "hmi_version": "sim",
                     "vin_policy": vin_policy, "ocmf_entropy": sim_ocmf_entropy(code)}
+        if guns > 1:
+            self.cfg["guns"] = guns
         if pin:
             self.cfg["pin"] = pin
         # The technician console (firmware/console.py) on a pty of its own:
@@ -138,9 +162,13 @@ class SimUnit:
             if self.uart is not None:
                 self.uart.close()
             self.uart = self.new_uart()
-        self.pile = _SimPile(self, self.cfg, self.root, self.clock, self.uart, self.world.meter,
-                             self.world.contactor, self.world.vehicle, fs=self.fs,
-                             reboot=self._reboot_hook)
+        ws = self.worlds
+        if len(ws) == 1:
+            hw = (ws[0].meter, ws[0].contactor, ws[0].vehicle)
+        else:
+            hw = ([x.meter for x in ws], [x.contactor for x in ws], [x.vehicle for x in ws])
+        self.pile = _SimPile(self, self.cfg, self.root, self.clock, self.uart, hw[0], hw[1], hw[2],
+                             fs=self.fs, reboot=self._reboot_hook)
         if self.console_uart is not None:
             from firmware.console import Console
             self.pile.console = Console(self.pile, self.console_uart)
@@ -155,13 +183,15 @@ class SimUnit:
 
     def _reboot_hook(self):
         self.reboots += 1
-        self.world.contactor.open()
+        for w in self.worlds:
+            w.contactor.open()
         self.boot()
         self.record("reboot", boot_reason=self.pile.boot_reason)
 
     def power_cut(self, off_ms):
         self.power_cuts += 1
-        self.world.contactor.open()   # the relay drops with the power
+        for w in self.worlds:
+            w.contactor.open()        # the relays drop with the power
         if self.platform is not None:
             self.platform.pump()
         if self.uart is not None and self.link_kind == "tcp":
@@ -188,30 +218,41 @@ class SimUnit:
 
     # --- actions (the timeline's verbs) -----------------------------------------
 
-    def new_serial(self):
+    def new_serial(self, gun="01"):
         self.counter += 1
         y, mo, d, h, mi, s, _ = F.to_civil(self.clock.now())
-        return "%s01%02d%02d%02d%02d%02d%02d%04d" % (self.code, y % 100, mo, d, h, mi, s,
+        return "%s%s%02d%02d%02d%02d%02d%02d%04d" % (self.code, gun, y % 100, mo, d, h, mi, s,
                                                      self.counter % 10000)
+
+    def close(self):
+        """Release the simulated BMSs' buses."""
+        for w in self.worlds:
+            b = getattr(w, "bus", None)
+            if b is not None and hasattr(b, "close"):
+                b.close()
 
     def act(self, a):
         do = a["do"]
         if self.pile is None and do not in ("plug", "unplug"):
             self.record("skipped", action=do, why="the pile is powered off")
             return
-        w = self.world
+        gi = int(a.get("gun", "01")) - 1
+        w = self.worlds[gi]
+        car = w.bms if self.bms else w.vehicle     # what is plugged in
         if do == "plug":
             veh = a.get("vehicle")
             if veh:
-                set_vehicle(w.vehicle, **veh)
-            w.vehicle.plugged = True
+                set_vehicle(car, **veh)
+            car.plugged = True
         elif do == "unplug":
-            w.vehicle.plugged = False
+            car.plugged = False
+        elif do == "bms":
+            self._bms_fault(w.bms, a)
         elif do == "stop_button":
-            self.record("stop_button", stopped=self.pile.gun.manual_stop())
+            self.record("stop_button", stopped=self.pile.guns[gi].manual_stop())
         elif do == "card":
             t = a.get("targets", {})
-            gun = self.pile.gun
+            gun = self.pile.guns[gi]
             res, why = gun.offline_start(a.get("card", DEFAULT_CARD), a.get("balance"), **t)
             serial = gun.trade.h["serial"] if gun.trade is not None else (
                 gun.bill["serial"] if gun.bill and res else "")
@@ -232,6 +273,22 @@ class SimUnit:
                 return
             self._platform_act(a)
 
+    def _bms_fault(self, b, a):
+        f = a["fault"]
+        if f == "silent":
+            b.silent = True
+        elif f == "stop":
+            b.stop(a["flags"], at=a.get("stage"))
+        elif f == "alarm":
+            b.alarm(a["flags"][0] if a["flags"] else "overtemp")
+        elif f == "forbid":
+            b.forbid = True
+        elif f == "permit":
+            b.forbid = False
+        elif f == "bem":
+            b.bem(a["flags"])
+        self.record("bms_fault", gun=a.get("gun", "01"), fault=f, flags=a.get("flags", []))
+
     def _platform_act(self, a):
         do = a["do"]
         p = self.platform
@@ -241,10 +298,11 @@ class SimUnit:
         if p.in_outage():
             self.record("skipped", action=do, why="platform outage")
             return
+        gun = a.get("gun", "01")
         if do == "start":
-            serial = a.get("serial") or self.new_serial()
+            serial = a.get("serial") or self.new_serial(gun)
             t = a.get("targets") or {}
-            v = {"serial": serial, "pile": self.code, "gun": "01",
+            v = {"serial": serial, "pile": self.code, "gun": gun,
                  "logical_card": a.get("logical_card", DEFAULT_LOGICAL),
                  "card": a.get("card", DEFAULT_CARD), "balance": a.get("balance", 100000)}
             if t:
@@ -258,7 +316,7 @@ class SimUnit:
                         targets=dict(t))
         elif do == "stop":
             for _ in range(a.get("times", 1)):
-                p.send("remote_stop", {"pile": self.code, "gun": "01"})
+                p.send("remote_stop", {"pile": self.code, "gun": gun})
         elif do == "reboot":
             p.send("reboot", {"pile": self.code, "when": a["when"]})
 
@@ -267,8 +325,9 @@ class SimUnit:
         if self.pile is None:
             return False
         j = self.pile.journal
-        if self.pile.gun.state in (S.CHARGING, S.STOPPING, S.AUTHORISING):
-            return False
+        for g in self.pile.guns:
+            if g.state in (S.CHARGING, S.STOPPING, S.AUTHORISING):
+                return False
         if self.platform is not None:
             if self.platform.in_outage():
                 return False   # the scenario runs until the platform is back
@@ -279,6 +338,16 @@ class SimUnit:
 
 def set_vehicle(v, capacity_wh=None, soc=None, vin=None, max_power_w=None):
     """A different vehicle arrives at the gun (the sim's vehicle is reused)."""
+    if hasattr(v, "stage"):      # a simulated BMS (sim/bms.py SimBms)
+        if capacity_wh is not None:
+            v._cap = capacity_wh * 3600000
+        if soc is not None:
+            v._e = v._cap * soc // 100
+        if vin is not None or soc is not None:
+            v.vin = vin or ""
+        if max_power_w is not None:
+            v.max_power = max_power_w
+        return
     if capacity_wh is not None:
         v._cap = capacity_wh * 3600000
     if soc is not None:
@@ -360,13 +429,14 @@ def run_scenario(sc, root=None, keep=False):
              "pile": unit.code, "event": kind}
         e.update(kw)
         events.append(e)
+    units = []
     try:
-        units = []
         for i, p in enumerate(sc["piles"]):
             units.append(SimUnit(p["code"], os.path.join(root, "pile%d-%s" % (i, p["code"])),
                                  start, sc["tariff"], p["power_w"], p["vehicle"],
                                  p["meter_start"], p["plugged"], parse_vin_policy(sc["vin_policy"]),
-                                 "loop", sc["confirm"], sc["settle"], record=rec))
+                                 "loop", sc["confirm"], sc["settle"], record=rec,
+                                 guns=p["guns"], bms=p["bms"]))
         by_code = dict((u.code, u) for u in units)
         t = 0
         for a in sc["timeline"]:
@@ -383,6 +453,8 @@ def run_scenario(sc, root=None, keep=False):
         t = _advance(units, t + _SETTLE_CAP_MS, t, lambda: all(u.quiet() for u in units))
         return _result(sc, units, events, t)
     finally:
+        for u in units:
+            u.close()
         if own and not keep:
             shutil.rmtree(root, ignore_errors=True)
 

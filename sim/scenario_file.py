@@ -26,6 +26,15 @@ STOP_NAMES = {
     0x56: "start_failed_contactor", 0x6B: "unplugged", 0x6D: "meter_lost",
     0x6E: "balance_exhausted", 0x76: "no_current", 0x83: "power_loss",
     0x8A: "vin_denied", 0x8B: "vin_missing", 0x90: "unknown",
+    # the BMS side (firmware/bms.py, docs/bms.md)
+    0x52: "start_failed_bms_not_ready", 0x53: "start_failed_temperature",
+    0x57: "start_failed_insulation", 0x59: "start_failed_bhm_timeout",
+    0x5A: "start_failed_brm_timeout", 0x5B: "start_failed_bcp_timeout",
+    0x5C: "start_failed_bro_timeout", 0x5D: "start_failed_bcs_timeout",
+    0x5E: "start_failed_bcl_timeout",
+    0x74: "temperature", 0x79: "bms_voltage", 0x7A: "bms_current", 0x7B: "bms_cell_voltage",
+    0x7C: "bms_battery_temp", 0x81: "bms_battery_fault", 0x82: "bms_forbids",
+    0x84: "bcs_timeout", 0x85: "bcl_timeout", 0x86: "bsm_timeout", 0x89: "bms_bem",
 }
 # 0x33 refusal reasons by name: YKC's 0..5 and ours (firmware/session.py
 # START_JOURNAL_FULL 0x0A, START_SERIAL_USED 0x0C); docs/scenarios.md.
@@ -237,7 +246,9 @@ def parse_vin_policy(v):
 # --- the scenario model --------------------------------------------------------------
 
 ACTIONS = ("plug", "unplug", "start", "stop", "stop_button", "card", "power_cut",
-           "meter_fault", "reboot", "outage")
+           "meter_fault", "reboot", "outage", "bms")
+# "bms" faults on demand (a pile with "bms": true; sim/bms.py SimBms)
+BMS_FAULTS = ("silent", "stop", "alarm", "forbid", "permit", "bem")
 PLATFORM_ACTIONS = ("start", "stop", "reboot", "outage")  # need the scripted platform
 
 
@@ -263,7 +274,7 @@ def _action(a, i, piles):
         raise ScenarioError("%s.do: %r is not one of %s" % (what, do, ", ".join(ACTIONS)))
     known = {"at", "do", "pile", "note", "serial", "card", "logical_card", "balance", "amount",
              "energy", "minutes", "soc", "times", "when", "for", "off", "silent_reads",
-             "backwards", "vehicle"}
+             "backwards", "vehicle", "gun", "fault", "flags", "stage"}
     extra = [k for k in a if k not in known]
     if extra:
         raise ScenarioError("%s: unknown key %r" % (what, extra[0]))
@@ -275,6 +286,26 @@ def _action(a, i, piles):
         raise ScenarioError("%s.pile: %r is not a pile of the scenario" % (what, p))
     out = {"at": parse_duration_ms(a.get("at", 0), what + ".at"), "do": do, "pile": p,
            "note": a.get("note", ""), "index": i}
+    # the gun it is for: 1..the pile's guns (default 1)
+    pile = piles[codes.index(p)]
+    out["gun"] = "%02d" % parse_int(a.get("gun", 1), what + ".gun", 1, pile["guns"])
+    if do == "bms":
+        if not pile["bms"]:
+            raise ScenarioError("%s: a \"bms\" action needs a pile with \"bms\": true" % what)
+        f = a.get("fault")
+        if f not in BMS_FAULTS:
+            raise ScenarioError("%s.fault: %r is not one of %s" % (what, f, ", ".join(BMS_FAULTS)))
+        out["fault"] = f
+        flags = a.get("flags", ["soc"] if f == "stop" else ["CCS"] if f == "bem"
+                      else ["overtemp"] if f == "alarm" else [])
+        if not isinstance(flags, list) or not all(isinstance(x, str) for x in flags):
+            raise ScenarioError("%s.flags: a list of flag names is needed" % what)
+        out["flags"] = flags
+        st = a.get("stage")
+        if st is not None and (f != "stop" or st not in ("BHM", "BRM", "BCP", "BRO", "BCL")):
+            raise ScenarioError("%s.stage: only for \"stop\", one of BHM, BRM, BCP, BRO, BCL"
+                                % what)
+        out["stage"] = st
     if do == "start":
         if "serial" in a:
             out["serial"] = _digits(a["serial"], 32, what + ".serial")
@@ -360,6 +391,8 @@ def parse_scenario(d, name="scenario"):
         veh = {"capacity_wh": 60000, "soc": 20, "vin": None, "max_power_w": 250000}
         veh.update(_vehicle(p.get("vehicle", {}), what + ".vehicle"))
         piles.append({"code": code,
+                      "guns": parse_int(p.get("guns", 1), what + ".guns", 1, 4),
+                      "bms": bool(p.get("bms", False)),
                       "power_w": parse_int(p.get("power_w", 60000), what + ".power_w", 1),
                       "meter_start": kwh_e4(p.get("meter_start", "0"), what + ".meter_start"),
                       "plugged": bool(p.get("plugged", False)), "vehicle": veh})

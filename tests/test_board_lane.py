@@ -84,3 +84,16 @@ def test_board_manifest_carries_every_firmware_module_but_the_named_ones():
     protocol = {f for p, f in _manifest_files(os.path.join(ROOT, "firmware", "board", "manifest.py"), set())
                 if p == "protocol"}
     assert protocol == {f for f in os.listdir(os.path.join(ROOT, "protocol")) if f.endswith(".py")}
+
+
+def test_littlefs_power_cut_sample_on_the_unix_port():
+    # tests/mp/lfscut.py on the unix port's littlefs (the same C library
+    # as the board's): every 13th block operation of a journal's life, each
+    # boot checked; the full sweep is tools/board_cutsweep.py (docs/board.md).
+    from sim.programs import find_program
+    mp = find_program("micropython")
+    r = subprocess.run([mp, "tests/mp/lfscut.py", "13", "5"], cwd=ROOT,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=600)
+    ok, text = board_test.verdict(r.stdout, r.stderr)
+    assert ok and r.returncode == 0, text
+    assert "block operations in the life" in r.stdout and " 0 failed" in r.stdout

@@ -376,6 +376,79 @@ def test_K01_K10_charging_profiles_cap_the_power_the_firmware_commands_201_and_1
             run(scenario(tmp, master, path, version), timeout=90)
 
 
+def test_K01_a_profile_on_one_evse_of_a_two_gun_pile_caps_that_gun_only_201_and_16():
+    # decisions.md: "SetChargingProfile on an EVSE caps that gun; on EVSE 0
+    # the pile." Our two-gun firmware with power sharing: a TxDefault profile
+    # on EVSE 2 reaches the pile as 0xDC; gun 2 draws its cap, gun 1 the rest
+    # of the pile's 60 kW; cleared, the guns share equally again.
+    from tests.test_guns_bridge import SharingTwoGunPile
+
+    async def scenario(tmp, master, path, version):
+        if version == "1.6":
+            from ocpp.v16 import call
+        else:
+            from ocpp.v201 import call
+        async with Csms(version=version) as csms:
+            cfg = control_config(tmp, csms, {"version": version}, tcp={"listen": None},
+                                 serial=[{"url": path, "baudrate": 115200, "ext": True}],
+                                 piles={"heartbeat_s": 1.0, "command_timeout_s": 3.0})
+            root = os.path.join(tmp, "flash")
+            os.mkdir(root)
+            async with bridge_running(cfg, mqtt_up=False) as b:
+                fw = SharingTwoGunPile(root, master, PILE_A, speed=60).start()
+                try:
+                    await up(csms)
+                    cp = csms.stations[PILE_A]
+                    for evse in (1, 2):
+                        if version == "1.6":
+                            r = await cp.call(call.RemoteStartTransaction(id_tag="D14B0A54",
+                                                                          connector_id=evse))
+                        else:
+                            r = await cp.call(call.RequestStartTransaction(
+                                id_token={"id_token": "D14B0A54", "type": "ISO14443"},
+                                remote_start_id=evse, evse_id=evse))
+                        assert r.status == "Accepted"
+                    powers = lambda: [w.vehicle.power for w in fw.worlds]   # noqa: E731
+                    await fw.wait_for(lambda: powers() == [30000, 30000], 15)
+                    if version == "1.6":
+                        r = await cp.call(call.SetChargingProfile(connector_id=2, cs_charging_profiles=
+                                                                  _profile_16(7, 7000, "W",
+                                                                              "TxDefaultProfile")))
+                    else:
+                        r = await cp.call(call.SetChargingProfile(evse_id=2, charging_profile=
+                                                                  _profile_201(7, 7000,
+                                                                               purpose="TxDefaultProfile")))
+                    assert r.status == "Accepted", r
+                    await fw.wait_for(lambda: powers() == [53000, 7000], 15)
+                    assert fw.pile.sharing.gun_cap == [0, 7000] and fw.pile.sharing.site_cap == 0
+                    r = await cp.call(call.ClearChargingProfile(id=7) if version == "1.6" else
+                                      call.ClearChargingProfile(charging_profile_id=7))
+                    assert r.status == "Accepted"
+                    await fw.wait_for(lambda: powers() == [30000, 30000], 15)
+                    assert fw.pile.sharing.gun_cap == [0, 0]
+                    # The pile keeps a gun's cap in RAM: after a restart the
+                    # bridge sends it again at login.
+                    if version == "1.6":
+                        r = await cp.call(call.SetChargingProfile(connector_id=2, cs_charging_profiles=
+                                                                  _profile_16(8, 9000, "W",
+                                                                              "TxDefaultProfile")))
+                    else:
+                        r = await cp.call(call.SetChargingProfile(evse_id=2, charging_profile=
+                                                                  _profile_201(8, 9000,
+                                                                               purpose="TxDefaultProfile")))
+                    assert r.status == "Accepted", r
+                    await fw.wait_for(lambda: fw.pile.sharing.gun_cap == [0, 9000], 15)
+                    first = fw.pile
+                    fw._reboot()
+                    assert fw.pile is not first and fw.pile.sharing.gun_cap == [0, 0]
+                    await fw.wait_for(lambda: fw.pile.sharing.gun_cap == [0, 9000], 15)
+                finally:
+                    await fw.close()
+    for version in ("2.0.1", "1.6"):
+        with tempdir("ocpp-guncap") as tmp, pty_pair() as (master, path):
+            run(scenario(tmp, master, path, version), timeout=90)
+
+
 _CAP_HANDLERS = {}      # protocol/router.py: the frames CapPile adds to ScriptedPile's
 
 

@@ -19,7 +19,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from sim.board import _SUMMARY, CANARY, BoardError, build, run_suite, suites  # noqa: E402
+from sim import board as _board  # noqa: E402
+from sim.board import _SUMMARY, CANARY, BoardError, build, run_suite  # noqa: E402
+
+# The littlefs power-cut sample (tests/mp/lfscut.py, docs/board.md) runs
+# as one more suite: every 16th cut point; tools/board_cutsweep.py runs all.
+
+
+def suites():
+    """Every tests/mp suite (the slowest first), then the power-cut sample."""
+    return _board.suites() + ["lfscut"]
 
 
 def main(argv=None):

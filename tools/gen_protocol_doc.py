@@ -114,6 +114,9 @@ TITLES = {
     "site_cap": ("ours", "The site's power cap on this pile, pushed by the bridge after login; "
                  "the pile's power sharing keeps every gun together under it (docs/guns.md)."),
     "site_cap_reply": ("ours", "Answer to 0xDE."),
+    "gun_cap": ("ours", "A power cap on one gun (an OCPP charging profile on that EVSE), "
+                        "pushed by the bridge; the pile's own cap still holds (docs/ocpp.md)."),
+    "gun_cap_reply": ("ours", "Answer to 0xDC."),
     "pile_key": ("ours", "The pile's OCMF public key (P-256), after each login once it exists "
                  "(docs/ocmf.md); unanswered."),
     "bill_sig": ("ours", "The pile's ECDSA-P256 signature of a bill's OCMF payload, after the "
@@ -345,6 +348,10 @@ NOTES = {
     "bill_sig.s": "ECDSA s, 32 bytes big-endian",
     "site_cap_reply.cap": "the cap the pile holds now, W (0: none)",
     "site_cap_reply.result": "1 applied at the next control tick, 0 the pile does not share power",
+    "gun_cap.cap": "W; 0 lifts the gun's cap",
+    "gun_cap_reply.cap": "the cap the gun holds now, W (0: none)",
+    "gun_cap_reply.result": "1 applied at the next control tick, 0 the pile does not share power "
+                            "or has no such gun",
     "login_proof.mac": "HMAC-SHA256(derive(K_pile, \"pc/login\"), pile (7 bytes BCD) | nonce)",
     "signed.mac": "HMAC-SHA256 (see Signed commands)",
     "signed.code": "the inner frame's type (0x34, 0x92, ...)",

@@ -30,6 +30,7 @@ done <<'LIST'
 test_codec 104K
 test_lenient 96K
 test_gbt27930 64K
+test_bms 416K
 test_link 96K
 test_pile 352K
 test_pile_faults 304K

@@ -16,6 +16,8 @@ package(
     files=(
         "__init__.py",
         "auth.py",
+        "billindex.py",
+        "bms.py",
         "console.py",
         "dlt645.py",
         "errors.py",

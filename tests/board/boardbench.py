@@ -69,7 +69,7 @@ def wear(bd, sessions, minutes=30, warmup=2, settle=True, root="/p", journal_byt
     touched = sum(1 for x in w if x)
     print("ok sessions=%d erases=%d progs=%d max_block=%d blocks_erased=%d blocks=%d pending=%d"
           " kwh_x10k=%d journal_bytes=%d compactions=%d"
-          % (sessions, bd.erases - e0, bd.progs - p0, top, touched, bd.n, len(r.pile.journal.pending()),
+          % (sessions, bd.erases - e0, bd.progs - p0, top, touched, bd.n, r.pile.journal.count("pending"),
              energy, r.pile.journal.written - w0, r.pile.journal.compactions))
 
 

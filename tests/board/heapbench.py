@@ -70,24 +70,24 @@ def session(minutes=30):
     print("ok boot=%d end=%d" % (after_boot, _used() - before))
 
 
-def boot(pending, limit):
+def boot(pending, limit, root="/p"):
     """The pile's boot over a journal of `pending` pending bills on the
     mounted littlefs (/p/journal, built by tools/board_heap.py)."""
     before = _used()
-    r = _rig("/p", {"journal_bytes": limit})
-    n = len(r.pile.journal.pending())
+    r = _rig(root, {"journal_bytes": limit})
+    n = r.pile.journal.count("pending")
     assert n == pending, (n, pending)
     r.pile.report = r.pile.journal.report = None    # the boot report is dropped once shown
     print("ok pending=%d retained=%d" % (n, _used() - before))
 
 
-def journal(pending, limit):
+def journal(pending, limit, root="/p"):
     """The journal alone recovering the same file (what the unix-port rows
     of docs/benchmarks.md measure), to split the pile's boot figure."""
     from firmware.journal import Journal
     before = _used()
-    j = Journal("/p/journal", limit_bytes=limit)
+    j = Journal(root + "/journal", limit_bytes=limit)
     j.recover()
-    assert len(j.pending()) == pending
+    assert j.count("pending") == pending
     j.report = None
     print("ok pending=%d retained=%d" % (pending, _used() - before))

@@ -3,7 +3,8 @@
 # dual-interpreter suites, all frozen, and the RAM block device the suites'
 # filesystem lives on.
 include("../../firmware/board/manifest.py")
-package("sim", files=("__init__.py", "hardware.py", "flash.py", "loopuart.py", "meter.py", "platform.py"), base_path="../..")
+package("sim", files=("__init__.py", "hardware.py", "flash.py", "loopuart.py", "meter.py", "platform.py",
+                "bms.py"), base_path="../..")
 package("tests", files=("__init__.py",), base_path="../..")
 package("tests/mp", base_path="../..")
 module("boardfs.py")

@@ -35,6 +35,10 @@ class Rig:
                                         clock=self.world.clock))
         # sharing: one power output per gun (firmware/sharing.py), cfg power_w
         self.outputs = [SimOutput(x.vehicle) for x in self.worlds] if sharing else None
+        self.setup(guns, cfg, confirm, settle)
+
+    def setup(self, guns, cfg, confirm, settle):
+        """The pile's cfg (guns, extra cfg) and its first boot."""
         self.cfg = {"pile": PILE, "gun": "01", "tariff": tariff4(), "hmi_version": "103"}
         if guns > 1:
             self.cfg["guns"] = guns

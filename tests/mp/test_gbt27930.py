@@ -2,6 +2,7 @@
 # the J1939-21 transport carrying BRM's 49 bytes, BRM and BCL fields, checked
 # against the public captures in shared/context/gbt27930.md (both interpreters).
 from protocol import gbt27930 as G
+from protocol import gbt27930_msgs as M
 from tests.mp.util import raises
 
 
@@ -82,3 +83,38 @@ def test_transport_aborts_on_a_timeout_and_on_a_skipped_packet():
     bad = bytearray(G.tp_rts(0x0200, 49))
     bad[3] = 9
     assert rx.feed("cm", bytes(bad), 0) == [("send", G.tp_abort(0x0200, G.ABORT_RESOURCES))]
+
+
+def test_flag_messages_are_the_captured_bytes():
+    # BEM "CRM 0xAA timeout" as captured: F4 F0 F0 FC (undefined bits 1)
+    assert M.encode_flags("BEM", ("CRMAA",)) == bytes((0xF4, 0xF0, 0xF0, 0xFC))
+    assert M.decode_flags("BEM", bytes((0xF4, 0xF0, 0xF0, 0xFC))) == ["CRMAA"]
+    assert M.decode_flags("CEM", M.encode_flags("CEM", ("BCL",))) == ["BCL"]
+    assert M.decode_flags("BST", M.encode_flags("BST", ("soc", "insulation"))) == ["soc",
+                                                                                  "insulation"]
+    # BSM byte 7 "D0": charging permitted, nothing else set
+    bsm = M.encode_bsm(cell_no=1, max_temp_c=30, max_probe=1, min_temp_c=20, min_probe=2)
+    assert bsm[6] == 0xD0 and len(bsm) == 7
+    d = M.decode("BSM", bsm)
+    assert M.bsm_permit(d) and M.bsm_alarms(d) == [] and d["max_temp_c"] == 30
+    d = M.decode("BSM", M.encode_bsm(("overtemp",), False, cell_no=1))
+    assert not M.bsm_permit(d) and M.bsm_alarms(d) == ["overtemp"]
+
+
+def test_fixed_layouts_round_trip_with_the_standards_scales():
+    bcp = M.encode("BCP", cell_max_cv=420, max_da=2000, energy_dkwh=600, max_dv=4500,
+                   max_temp_c=60, soc_dpct=200, voltage_dv=3800)
+    assert len(bcp) == 13 and bcp[2:4] == bytes((0xD0, 0x07))   # 200 A: raw 2000
+    assert M.decode("BCP", bcp)["max_temp_c"] == 60 and bcp[8] == 110
+    cml = M.encode("CML", max_dv=7500, min_dv=2000, max_da=1200, min_da=0)
+    assert cml[4:6] == bytes((0xF0, 0x0A))                      # 120 A: raw 2800 (capture)
+    for name, n in (("CHM", 3), ("BHM", 2), ("CRM", 8), ("BCS", 9), ("CCS", 8), ("BSD", 7),
+                    ("CSD", 8)):
+        assert len(M.encode(name)) == n                         # all "not available"
+    ccs = M.encode("CCS", voltage_dv=4000, current_da=1500, minutes=3, permit=0xFD)
+    assert M.decode("CCS", ccs[:7])["current_da"] == 1500       # 7 bytes seen on the wire
+    assert M.encode("CRM", result=M.READY, charger_no=1) == bytes((0xAA, 1, 0, 0, 0, 0xFF, 0xFF,
+                                                                   0xFF))
+    assert M.encode_cts(2026, 12, 7, 18, 5, 9) == bytes((0x09, 0x05, 0x18, 0x07, 0x12, 0x26,
+                                                         0x20))
+    raises(ValueError, M.decode, "BCS", b"\x00" * 5)

@@ -272,3 +272,36 @@ def test_site_cap_frame_to_a_pile_without_power_sharing_is_answered_0():
         assert [(f.fields["cap"], f.fields["result"]) for f in rep] == [(0, 0)]
     finally:
         rmtree(r.root)
+
+
+def test_gun_cap_frame_caps_that_gun_only_and_the_other_takes_the_rest():
+    # An OCPP charging profile on EVSE 2 (docs/ocpp.md) reaches the pile as
+    # 0xDC: gun 02 is held under its cap, gun 01 gets what is left of the
+    # pile's power; lifted, both share equally again; bills still reconcile.
+    r = _rig()
+    try:
+        r.online()
+        r.start(serial(40, "01"), gun="01")
+        r.start(serial(41, "02"), gun="02")
+        r.run(30000)
+        assert _powers(r) == [30000, 30000]
+        r.platform.send("gun_cap", {"pile": PILE, "gun": "02", "cap": 7000})
+        r.run(TICK_MS + 20)
+        assert r.pile.sharing.share == [53000, 7000]
+        top, over = _watch(r, 20000)
+        assert over == 0 and _powers(r) == [53000, 7000]
+        rep = r.platform.named("gun_cap_reply")
+        assert [(f.fields["gun"], f.fields["cap"], f.fields["result"]) for f in rep] == [("02", 7000, 1)]
+        r.platform.send("gun_cap", {"pile": PILE, "gun": "02", "cap": 0})      # lifted
+        r.run(5000)
+        assert _powers(r) == [30000, 30000]
+        r.platform.send("gun_cap", {"pile": PILE, "gun": "04", "cap": 5000})   # no such gun
+        r.run(2000)
+        assert [(f.fields["gun"], f.fields["result"]) for f in r.platform.named("gun_cap_reply")][-1] == ("04", 0)
+        assert _powers(r) == [30000, 30000]
+        r.stop("01")
+        r.stop("02")
+        r.run(20000)
+        _bills_reconcile(r, 2)
+    finally:
+        rmtree(r.root)

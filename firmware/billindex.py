@@ -1,0 +1,295 @@
+# The journal's index of bills on flash (<path>.idx; docs/journal.md, "The
+# index of bills on flash"), MicroPython + CPython. Journal (firmware/
+# journal.py) inherits it: these methods keep the journal's bill entries
+# on flash so that RAM holds nothing per bill.
+#
+# Entry i (24 bytes at 24 * i): key 16 | offset u32 | length u16 | state
+# u8 (0: a repeated bill record, never applied) | 0xE4 result u8. The file
+# is a cache: recovery writes it again from the journal at every boot,
+# and compaction writes it afresh beside the new journal, so it is never
+# synced and a cut inside it costs nothing.
+import binascii
+import struct
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+    const = lambda x: x  # noqa: E731
+
+# 24 bytes an entry; entries read _IX_CHUNK at a time; the key filter's
+# largest size in bytes; bill records checked for repeats in bulk at
+# recovery, _SUSPECTS at a time.
+_IX = const(24)
+_IX_CHUNK = const(16)
+_BLOOM_MAX = const(8192)
+_SUSPECTS = const(32)
+_OVERHEAD = const(24)   # a journal record's head + CRC (firmware/journal.py)
+_ILLEGAL = const(4)     # the journal's state numbers
+INDEX_ENTRY_BYTES = _IX
+SUSPECTS = _SUSPECTS
+
+_Z = bytes(256)
+
+
+def _zero(b):
+    for i in range(0, len(b), 256):
+        b[i:i + 256] = _Z
+
+
+def _put(f, data):
+    done = 0
+    size = len(data)
+    while done < size:
+        w = f.write(data[done:size])
+        if w is None:
+            w = size - done
+        if w <= 0:
+            raise OSError(28)  # ENOSPC
+        done += w
+
+
+class BillIndex:
+    """Mixed into Journal: expects self.fs, self.ipath, self._gen,
+    self._ready."""
+
+    def _index_init(self, limit):
+        # Fixed RAM: one chunk of entries, one entry, and the filter of keys
+        # the index may hold, sized by the limit (not by how many bills
+        # there are): 1 bit per 16 bytes of journal limit, 256 bytes .. 8 KB.
+        self._ib = bytearray(_IX * _IX_CHUNK)
+        self._ie = bytearray(_IX)
+        self._iemv = memoryview(self._ie)
+        nb = 256
+        while nb < _BLOOM_MAX and nb * 128 < limit:
+            nb *= 2
+        self._bloom = bytearray(nb)
+        self._ix = None
+        self._wb = None        # the walks' chunk buffer (each(), compaction), made once
+        self._wown = 0         # which walk last filled it
+
+    def _index_clear(self):
+        self._nb = 0           # entries (repeated ones included)
+        self._cnt = [0, 0, 0, 0, 0, 0]   # entries per state
+        self._lb = [0, 0, 0, 0, 0, 0]    # their records' bytes per state
+        self._ncode = 0        # refused bills (illegal with a 0xE4 result)
+        self._hit = None       # last entry looked up: [key, i, off, n, st, code]
+        self._ibi = -1         # first entry of the chunk cached in _ib (-1: none)
+        self._ibk = 0          # entries of it cached
+        self._sus = []         # entries that may repeat a bill (recovery)
+        self._dups = 0         # repeated bill records found by _verify
+        self._gen += 1
+        _zero(self._bloom)
+
+    def _iwrite(self, pos, data):
+        f = self._ix
+        ibi, ibk = self._ibi, self._ibk
+        self._ibi = -1      # until the write is done
+        try:
+            if f is not None:
+                f.seek(pos)
+                _put(f, data)
+            else:
+                f = self.fs.open(self.ipath, "r+b")
+                try:
+                    f.seek(pos)
+                    _put(f, data)
+                finally:
+                    f.close()
+        except:  # noqa: E722 - the index is rebuilt by the next call
+            self._ready = False
+            raise
+        self._ibi, self._ibk = ibi, ibk
+        self._cache(pos, data)
+
+    def _maybe(self, key, add=False):
+        """The key filter: False means the index holds no entry for key."""
+        b = self._bloom
+        m = len(b) * 8 - 1
+        h = binascii.crc32(key)
+        g = binascii.crc32(key, 0x2545F49)
+        for x in (h & m, (h >> 16) & m, g & m, (g >> 16) & m):
+            bit = 1 << (x & 7)
+            if add:
+                b[x >> 3] |= bit
+            elif not b[x >> 3] & bit:
+                return False
+        return True
+
+    def _iadd(self, key, off, n, st, hit=True):
+        i = self._nb
+        e = self._ie
+        e[0:16] = key
+        struct.pack_into("<IHBB", e, 16, off, n, st, 0)
+        self._iwrite(i * _IX, self._iemv)
+        self._nb = i + 1
+        self._cnt[st] += 1
+        self._lb[st] += (_OVERHEAD + n)
+        self._maybe(key, True)
+        self._hit = [key, i, off, n, st, 0] if hit else None
+
+    def _setst(self, r, st, code):
+        """Entry r ([key, i, off, n, st, code]) moves to state st."""
+        old = r[4]
+        self._cnt[old] -= 1
+        self._lb[old] -= (_OVERHEAD + r[3])
+        if old == _ILLEGAL and r[5]:
+            self._ncode -= 1
+        self._cnt[st] += 1
+        self._lb[st] += (_OVERHEAD + r[3])
+        if st == _ILLEGAL and code:
+            self._ncode += 1
+        r[4] = st
+        r[5] = code
+        self._ie[0] = st
+        self._ie[1] = code
+        self._iwrite(r[1] * _IX + 22, self._iemv[0:2])
+
+    def _load(self, buf, i):
+        """Entries i.. into buf (one chunk at most): how many. The last
+        chunk read stays in _ib (kept up to date by _iwrite): a journal of
+        up to _IX_CHUNK bills is read from flash once."""
+        ib = self._ib
+        k = self._nb - i
+        if k > _IX_CHUNK:
+            k = _IX_CHUNK
+        if k <= 0:
+            return 0
+        if self._ibi == i and self._ibk >= k:
+            if buf is not ib:
+                buf[0:k * _IX] = ib[0:k * _IX]
+            return k
+        f = self._ix
+        if f is None:
+            f = self.fs.open(self.ipath, "rb")
+        try:
+            f.seek(i * _IX)
+            got = 0
+            want = k * _IX
+            mv = memoryview(buf)
+            while got < want:
+                r = f.readinto(mv[got:want])
+                if not r:
+                    break
+                got += r
+        finally:
+            if f is not self._ix:
+                f.close()
+        k = got // _IX
+        if k:
+            if buf is not ib:
+                ib[0:k * _IX] = buf[0:k * _IX]
+            self._ibi = i
+            self._ibk = k
+        return k
+
+    def _chunks(self, buf):
+        """(first entry, entries) chunk by chunk into buf; stops when a
+        compaction renumbers the entries."""
+        gen = self._gen
+        i = 0
+        while i < self._nb and gen == self._gen:
+            k = self._load(buf, i)
+            if not k:
+                return
+            yield i, k
+            i += k
+
+    def _cache(self, pos, data):
+        """Keep the cached chunk in step with a write to the index."""
+        a = pos - self._ibi * _IX
+        n = len(data)
+        if self._ibi >= 0 and 0 <= a <= self._ibk * _IX and a + n <= len(self._ib):
+            self._ib[a:a + n] = data
+            if a + n > self._ibk * _IX:
+                self._ibk = (a + n) // _IX
+        else:
+            self._ibi = -1
+
+    def _entries(self):
+        """Every applied entry, in journal order: [key, i, off, n, st, code].
+        Walks share one buffer (no allocation per walk): a walk resumed after
+        another used it reads its chunk again."""
+        if self._wb is None:
+            self._wb = bytearray(_IX * _IX_CHUNK)
+        b = self._wb
+        gen = self._gen
+        self._wown += 1
+        me = self._wown
+        i = 0
+        while i < self._nb and gen == self._gen:
+            k = self._load(b, i)
+            if not k:
+                return
+            p = 0
+            while p < k * _IX:
+                st = b[p + 22]
+                if st:
+                    off, n = struct.unpack_from("<IH", b, p + 16)
+                    yield [bytes(b[p:p + 16]), i + p // _IX, off, n, st, b[p + 23]]
+                    if gen != self._gen:
+                        return
+                    if self._wown != me:
+                        self._wown += 1
+                        me = self._wown
+                        k = self._load(b, i)
+                p += _IX
+            i += k
+
+    def _scanfor(self, keys):
+        """{key: the first applied entry holding it} for keys in `keys`."""
+        out = {}
+        b = self._ib
+        for i, k in self._chunks(b):
+            lim = k * _IX
+            for key in keys:
+                if key in out:
+                    continue
+                p = b.find(key, 0, lim)
+                while p >= 0:
+                    if p % _IX == 0 and b[p + 22]:
+                        off, n, st, code = struct.unpack_from("<IHBB", b, p + 16)
+                        out[key] = [key, i + p // _IX, off, n, st, code]
+                        break
+                    p = b.find(key, p + 1, lim)
+            if len(out) == len(keys):
+                break
+        return out
+
+    def _find(self, key):
+        """The applied entry for key ([key, i, off, n, st, code]) or None."""
+        h = self._hit
+        if h is not None and h[0] == key:
+            return h
+        if not self._maybe(key):
+            return None
+        r = self._scanfor((key,)).get(key)
+        if r is not None:
+            self._hit = r
+        return r
+
+    def _verify(self):
+        """Recovery: bill records whose key the filter may already hold are
+        checked in bulk (one pass over the index per _SUSPECTS); a repeated
+        one is never applied."""
+        sus = self._sus
+        if not sus:
+            return
+        self._sus = []
+        f = self._ix
+        mine = []
+        for s in sus:
+            f.seek(s * _IX)
+            mine.append((s, f.read(_IX)))
+        first = self._scanfor([e[0:16] for s, e in mine])
+        for s, e in mine:
+            r = first.get(e[0:16])
+            if r is not None and r[1] < s:
+                off, n, st, code = struct.unpack_from("<IHBB", e, 16)
+                self._setst([e[0:16], s, off, n, st, code], 0, 0)
+                self._hit = None
+                self._dups += 1
+
+    def _rebloom(self):
+        _zero(self._bloom)
+        for r in self._entries():
+            self._maybe(r[0], True)
