@@ -758,8 +758,7 @@ class Bridge:
         asyncio.ensure_future(self._confirm_fenced(pile_code, fence, items))
 
     async def _confirm_fenced(self, pile_code, fence, items):
-        # A platform worker's fencing token (host/leases.py, docs/mqtt.md):
-        # one below the highest seen comes from a worker that lost the site.
+        # A fencing token below the highest seen: a platform worker that lost the site.
         ok, highest = await fence_check(self.store, fence)
         if not ok:
             if highest is not None:
