@@ -75,7 +75,7 @@ def test_protected_codes_name_the_frames_that_move_money_or_power():
     names = {0x0A: "tariff_model", 0x32: "start_auth", 0x34: "remote_start", 0x36: "remote_stop",
              0x42: "balance_update", 0x58: "tariff_set", 0x92: "reboot", 0xD4: "tariff5_set",
              0xE2: "ext_start", 0xE8: "fw_control", 0xEE: "vin_list", 0x56: "time_sync",
-             0xDE: "site_cap"}
+             0xDE: "site_cap", 0xDC: "gun_cap"}
     assert sorted(names) == sorted(sign.PROTECTED)
     for code, name in names.items():
         assert codec.BY_NAME[name].code == code, name
