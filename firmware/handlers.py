@@ -54,6 +54,15 @@ def remote_start(p, f):
     return {"serial": v["serial"], "pile": p.pile, "gun": gun.gun, "result": res, "reason": why}
 
 
+@on(HANDLERS, 0xA4)
+def parallel_start(p, f):
+    # One 0xA4 per gun of a parallel group (docs/guns.md), answered 0xA3.
+    v = f.fields
+    res, why, role = p.parallel_start(v)
+    return {"serial": v["serial"], "pile": p.pile, "gun": v["gun"], "result": res,
+            "reason": why, "role": role, "group": v["group"]}
+
+
 @on(HANDLERS, 0x32)
 def start_auth(p, f):
     # The platform's answer to our 0x31 (a card or VIN at the pile).

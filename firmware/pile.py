@@ -136,6 +136,8 @@ class Pile:
         self.link = Link(uart, clock, login, self._handle, on_online=self._online,
                          on_offline=self._offline, log=lambda *a: self.log(" ".join(a)),
                          beats=self._beats if n > 1 else None)
+        self.groups = {}              # parallel charging: group id -> its guns, main first
+        self._ended = []              # the last groups ended (an 0xA4 for one is refused)
         self.cadences = [Cadence(diff=diff_of(clock)) for _ in range(n)]
         self.cadence = self.cadences[0]
         self._clamped = []            # 0x13 fields last sent clamped (logged on change)
@@ -306,6 +308,67 @@ class Pile:
         self.link.send("remote_start_reply", {"serial": serial, "pile": self.pile,
                                               "gun": gun, "result": result,
                                               "reason": reason})
+
+    # --- parallel charging (0xA4 / 0xA3; docs/guns.md) -------------------------
+
+    def parallel_start(self, v):
+        """0xA4 for one gun of a group (its own trade serial). Returns the
+        0xA3 (result, reason, role): role 1 main for the group's first gun,
+        2 auxiliary for its second; a refusal executes nothing."""
+        g = self.gun_named(v["gun"])
+        grp = v["group"]
+        if g is None or len(self.guns) < 2:
+            return 0, S.START_FAULT, 0
+        rep = g._known(v["serial"])   # the same 0xA4 again: the same answer
+        if rep is not None:
+            return rep[0], rep[1], g.role if rep[0] and g.group == grp else 0
+        ms = self.groups.get(grp)
+        if ms is None and grp in self._ended or ms is not None and (
+                len(ms) > 1 or ms[0].state != S.CHARGING):
+            return 0, S.START_GROUP, 0
+        if g.state in (S.AUTHORISING, S.CHARGING, S.STOPPING):
+            return 0, S.START_BUSY, 0
+        if g.faults:
+            return 0, S.START_FAULT, 0
+        if not g.vehicle.plugged:     # refused, not held for the plug as a 0x34 is
+            return 0, S.START_NOT_PLUGGED, 0
+        res, why = g.remote_start(v["serial"], v["card"], v["logical_card"], v["balance"],
+                                  pile=v["pile"])
+        if not res:
+            return 0, why, 0
+        g.group = grp
+        g.role = 1 if ms is None else 2
+        if ms is None:
+            self.groups[grp] = [g]
+        else:
+            ms.append(g)
+        self.event("parallel_start", "%s gun %s role %d" % (grp, g.gun, g.role))
+        self._send_realtime(g)
+        return 1, S.START_NONE, g.role
+
+    def _group_sync(self):
+        # One vehicle on a group's guns: when one gun's session ends (a
+        # platform stop, the vehicle full, a fault), the others stop at once
+        # with its stop reason; each gun seals its own bill.
+        for grp in list(self.groups):
+            ms = self.groups[grp]
+            end = None
+            for g in ms:
+                if g.state != S.CHARGING:
+                    end = g
+            if end is None:
+                continue
+            why = end.bill["stop_reason"] if end.bill else S.STOP_UNKNOWN
+            for g in ms:
+                if g.state == S.CHARGING:
+                    self.event("parallel_stop", "%s gun %s 0x%02X" % (grp, g.gun, why))
+                    g.abort(why)
+                g.group = None
+                g.role = 0
+            del self.groups[grp]
+            self._ended.append(grp)
+            if len(self._ended) > 4:
+                self._ended.pop(0)
 
     # --- card swipe at the pile (0x31 / 0x32, offline list) ------------------
 
@@ -503,6 +566,8 @@ class Pile:
                 w = g.tick()
                 if w < wait:
                     wait = w
+        if self.groups:
+            self._group_sync()
         if share < wait:
             wait = share
         if self.link.online:
