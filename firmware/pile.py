@@ -326,12 +326,11 @@ class Pile:
         if ms is None and grp in self._ended or ms is not None and (
                 len(ms) > 1 or ms[0].state != S.CHARGING):
             return 0, S.START_GROUP, 0
-        if g.state in (S.AUTHORISING, S.CHARGING, S.STOPPING):
-            return 0, S.START_BUSY, 0
         if g.faults:
             return 0, S.START_FAULT, 0
         if not g.vehicle.plugged:     # refused, not held for the plug as a 0x34 is
             return 0, S.START_NOT_PLUGGED, 0
+        # a busy gun: remote_start's 0x33 reason 2
         res, why = g.remote_start(v["serial"], v["card"], v["logical_card"], v["balance"],
                                   pile=v["pile"])
         if not res:
