@@ -63,6 +63,16 @@ def parallel_start(p, f):
             "reason": why, "role": role, "group": v["group"]}
 
 
+@on(HANDLERS, 0xA2)
+def parallel_auth(p, f):
+    # The platform's answer to one gun's 0xA1 (Pile.parallel_swiped).
+    v = f.fields
+    res, why, role = p.parallel_authorised(v)
+    p.log("0xA2 %s gun %s ok=%d -> %d/%d role %d" % (v["serial"], v["gun"], v["ok"], res, why,
+                                                      role))
+    return None
+
+
 @on(HANDLERS, 0x32)
 def start_auth(p, f):
     # The platform's answer to our 0x31 (a card or VIN at the pile).

@@ -226,9 +226,12 @@ class Pile:
         # back) past it, so the start is never refused as SerialTooOld. The
         # gun's number is in the serial, and the counter is the journal's
         # one, so two guns never issue the same serial.
+        return self.journal.issue_serial(self.pile, gun, self._stamp())
+
+    def _stamp(self):
+        # the clock as the number YYMMDDhhmmss
         y, mo, d, h, mi, s, _ = F.to_civil(self.clock.now())
-        stamp = ((((y % 100 * 100 + mo) * 100 + d) * 100 + h) * 100 + mi) * 100 + s
-        return self.journal.issue_serial(self.pile, gun, stamp)
+        return ((((y % 100 * 100 + mo) * 100 + d) * 100 + h) * 100 + mi) * 100 + s
 
     def gun_named(self, gun):
         """The Gun numbered `gun` ("01".."04"), or None. A single-gun pile
@@ -322,9 +325,7 @@ class Pile:
         rep = g._known(v["serial"])   # the same 0xA4 again: the same answer
         if rep is not None:
             return rep[0], rep[1], g.role if rep[0] and g.group == grp else 0
-        ms = self.groups.get(grp)
-        if ms is None and grp in self._ended or ms is not None and (
-                len(ms) > 1 or ms[0].state != S.CHARGING):
+        if self._group_refusal(grp):
             return 0, S.START_GROUP, 0
         if g.faults:
             return 0, S.START_FAULT, 0
@@ -335,6 +336,55 @@ class Pile:
                                   pile=v["pile"])
         if not res:
             return 0, why, 0
+        return self._join(g, grp)
+
+    def parallel_swiped(self, card, guns=("01", "02"), vin=None):
+        """A card (or a VIN start) for one vehicle on two guns: 0xA1 for
+        each gun, under one group id the pile makes (its clock,
+        YYMMDDhhmmss), roles 1 and 2; each gun starts on its 0xA2. Returns
+        "asked", or "refused" (offline, a gun missing or not ready)."""
+        gs = [self.gun_named(x) for x in guns]
+        if not self.link.online or len(self.guns) < 2 or len(gs) != 2 or None in gs \
+                or gs[0] is gs[1]:
+            return "refused"
+        for g in gs:
+            if g.state not in (S.PLUGGED, S.FINISHED) or not g.vehicle.plugged or g.faults:
+                return "refused"
+        grp = "%012d" % self._stamp()
+        for i in range(2):
+            v = gs[i].request_start(card, vin)
+            v["role"] = i + 1
+            v["group"] = grp
+            self.link.send("parallel_request", v)
+        return "asked"
+
+    def parallel_authorised(self, v):
+        """0xA2: the platform's answer to one gun's 0xA1. Returns (result,
+        reason, role); the gun starts in the group, or goes back to plugged."""
+        g = self.gun_named(v["gun"])
+        if g is None:
+            return 0, S.START_FAULT, 0
+        grp = v["group"]
+        ok = v["ok"] == 1
+        if ok and g.state == S.AUTHORISING and self._group_refusal(grp):
+            g.authorised(v["serial"], False, S.START_GROUP)
+            return 0, S.START_GROUP, 0
+        res, why = g.authorised(v["serial"], ok, v["reason"], v["balance"], v["logical_card"])
+        if res and g.group is None:
+            return self._join(g, grp)
+        return res, why, g.role
+
+    def _group_refusal(self, grp):
+        # True: a start in group grp does not fit (its main no longer
+        # charging, two guns in it already, or it ended).
+        ms = self.groups.get(grp)
+        if ms is None:
+            return grp in self._ended
+        return len(ms) > 1 or ms[0].state != S.CHARGING
+
+    def _join(self, g, grp):
+        # g's session, just started, joins group grp: the 0xA3 values.
+        ms = self.groups.get(grp)
         g.group = grp
         g.role = 1 if ms is None else 2
         if ms is None:

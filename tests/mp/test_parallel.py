@@ -199,3 +199,51 @@ def test_a_power_cut_between_the_two_a4_bills_the_main_alone():
         assert bills[a]["stop_reason"] == S.ABORT_POWER_LOSS
     finally:
         rmtree(r.root)
+
+
+def _a2(r, s, gun, group, ok=1, reason=0):
+    r.platform.send("parallel_auth", {"serial": s, "pile": PILE, "gun": gun,
+                                      "logical_card": "1000000573", "balance": 100000,
+                                      "ok": ok, "reason": reason, "group": group})
+    r.run(300)
+
+
+def test_a_card_for_two_guns_asks_with_0xa1_and_each_0xa2_starts_its_gun_in_the_group():
+    r = _rig()
+    try:
+        r.online()
+        g1, g2 = r.pile.guns
+        assert r.pile.parallel_swiped("D14B0A54") == "asked"
+        r.run(300)
+        reqs = [f.fields for f in r.platform.named("parallel_request")]
+        assert [(q["gun"], q["role"]) for q in reqs] == [("01", 1), ("02", 2)]
+        grp = reqs[0]["group"]
+        assert reqs[1]["group"] == grp and reqs[0]["card"].endswith("D14B0A54")
+        assert g1.state == S.AUTHORISING and g2.state == S.AUTHORISING
+        a, b = serial(23, "01"), serial(24, "02")
+        _a2(r, a, "01", grp)
+        _a2(r, b, "02", grp)
+        assert (g1.state, g2.state) == (S.CHARGING, S.CHARGING)
+        assert (g1.group, g1.role, g2.group, g2.role) == (grp, 1, grp, 2)
+        r.run(45678)
+        g2.manual_stop()                            # the stop button at gun 2
+        r.run(1000)
+        assert g1.state == S.FINISHED
+        r.run(30000)
+        bills = _bills(r, {a: "01", b: "02"})
+        assert bills[a]["stop_reason"] == bills[b]["stop_reason"] == S.STOP_MANUAL
+        assert bills[a]["trade_flag"] == bills[b]["trade_flag"] == S.TRADE_CARD
+        # refused by the platform: nothing starts, nothing is billed; an
+        # 0xA2 for a group that ended is refused by the pile
+        assert r.pile.parallel_swiped("D14B0A54") == "asked"
+        r.run(300)
+        grp2 = r.platform.named("parallel_request")[-1].fields["group"]
+        _a2(r, serial(25, "01"), "01", grp2, ok=0, reason=1)
+        _a2(r, serial(26, "02"), "02", grp)
+        assert g1.state == S.PLUGGED and g2.state == S.PLUGGED and not r.pile.groups
+        assert g2.refusal == S.START_GROUP
+        assert r.pile.parallel_swiped("D14B0A54", guns=("01", "01")) == "refused"
+        r.run(30000)
+        _bills(r, {a: "01", b: "02"})
+    finally:
+        rmtree(r.root)
