@@ -58,7 +58,8 @@ def remote_start(p, f):
 def parallel_start(p, f):
     # One 0xA4 per gun of a parallel group (docs/guns.md), answered 0xA3.
     v = f.fields
-    res, why, role = p.parallel_start(v)
+    from firmware.parallel import start
+    res, why, role = start(p, v)
     return {"serial": v["serial"], "pile": p.pile, "gun": v["gun"], "result": res,
             "reason": why, "role": role, "group": v["group"]}
 
@@ -67,7 +68,8 @@ def parallel_start(p, f):
 def parallel_auth(p, f):
     # The platform's answer to one gun's 0xA1 (Pile.parallel_swiped).
     v = f.fields
-    res, why, role = p.parallel_authorised(v)
+    from firmware.parallel import authorised
+    res, why, role = authorised(p, v)
     p.log("0xA2 %s gun %s ok=%d -> %d/%d role %d" % (v["serial"], v["gun"], v["ok"], res, why,
                                                       role))
     return None

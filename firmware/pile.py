@@ -312,112 +312,12 @@ class Pile:
                                               "gun": gun, "result": result,
                                               "reason": reason})
 
-    # --- parallel charging (0xA4 / 0xA3; docs/guns.md) -------------------------
-
-    def parallel_start(self, v):
-        """0xA4 for one gun of a group (its own trade serial). Returns the
-        0xA3 (result, reason, role): role 1 main for the group's first gun,
-        2 auxiliary for its second; a refusal executes nothing."""
-        g = self.gun_named(v["gun"])
-        grp = v["group"]
-        if g is None or len(self.guns) < 2:
-            return 0, S.START_FAULT, 0
-        rep = g._known(v["serial"])   # the same 0xA4 again: the same answer
-        if rep is not None:
-            return rep[0], rep[1], g.role if rep[0] and g.group == grp else 0
-        if self._group_refusal(grp):
-            return 0, S.START_GROUP, 0
-        if g.faults:
-            return 0, S.START_FAULT, 0
-        if not g.vehicle.plugged:     # refused, not held for the plug as a 0x34 is
-            return 0, S.START_NOT_PLUGGED, 0
-        # a busy gun: remote_start's 0x33 reason 2
-        res, why = g.remote_start(v["serial"], v["card"], v["logical_card"], v["balance"],
-                                  pile=v["pile"])
-        if not res:
-            return 0, why, 0
-        return self._join(g, grp)
+    # --- parallel charging (firmware/parallel.py, loaded when first used) ------
 
     def parallel_swiped(self, card, guns=("01", "02"), vin=None):
-        """A card (or a VIN start) for one vehicle on two guns: 0xA1 for
-        each gun, under one group id the pile makes (its clock,
-        YYMMDDhhmmss), roles 1 and 2; each gun starts on its 0xA2. Returns
-        "asked", or "refused" (offline, a gun missing or not ready)."""
-        gs = [self.gun_named(x) for x in guns]
-        if not self.link.online or len(self.guns) < 2 or len(gs) != 2 or None in gs \
-                or gs[0] is gs[1]:
-            return "refused"
-        for g in gs:
-            if g.state not in (S.PLUGGED, S.FINISHED) or not g.vehicle.plugged or g.faults:
-                return "refused"
-        grp = "%012d" % self._stamp()
-        for i in range(2):
-            v = gs[i].request_start(card, vin)
-            v["role"] = i + 1
-            v["group"] = grp
-            self.link.send("parallel_request", v)
-        return "asked"
-
-    def parallel_authorised(self, v):
-        """0xA2: the platform's answer to one gun's 0xA1. Returns (result,
-        reason, role); the gun starts in the group, or goes back to plugged."""
-        g = self.gun_named(v["gun"])
-        if g is None:
-            return 0, S.START_FAULT, 0
-        grp = v["group"]
-        ok = v["ok"] == 1
-        if ok and g.state == S.AUTHORISING and self._group_refusal(grp):
-            g.authorised(v["serial"], False, S.START_GROUP)
-            return 0, S.START_GROUP, 0
-        res, why = g.authorised(v["serial"], ok, v["reason"], v["balance"], v["logical_card"])
-        if res and g.group is None:
-            return self._join(g, grp)
-        return res, why, g.role
-
-    def _group_refusal(self, grp):
-        # True: a start in group grp does not fit (its main no longer
-        # charging, two guns in it already, or it ended).
-        ms = self.groups.get(grp)
-        if ms is None:
-            return grp in self._ended
-        return len(ms) > 1 or ms[0].state != S.CHARGING
-
-    def _join(self, g, grp):
-        # g's session, just started, joins group grp: the 0xA3 values.
-        ms = self.groups.get(grp)
-        g.group = grp
-        g.role = 1 if ms is None else 2
-        if ms is None:
-            self.groups[grp] = [g]
-        else:
-            ms.append(g)
-        self.event("parallel_start", "%s gun %s role %d" % (grp, g.gun, g.role))
-        self._send_realtime(g)
-        return 1, S.START_NONE, g.role
-
-    def _group_sync(self):
-        # One vehicle on a group's guns: when one gun's session ends (a
-        # platform stop, the vehicle full, a fault), the others stop at once
-        # with its stop reason; each gun seals its own bill.
-        for grp in list(self.groups):
-            ms = self.groups[grp]
-            end = None
-            for g in ms:
-                if g.state != S.CHARGING:
-                    end = g
-            if end is None:
-                continue
-            why = end.bill["stop_reason"] if end.bill else S.STOP_UNKNOWN
-            for g in ms:
-                if g.state == S.CHARGING:
-                    self.event("parallel_stop", "%s gun %s 0x%02X" % (grp, g.gun, why))
-                    g.abort(why)
-                g.group = None
-                g.role = 0
-            del self.groups[grp]
-            self._ended.append(grp)
-            if len(self._ended) > 4:
-                self._ended.pop(0)
+        """A card for one vehicle on two guns: 0xA1 for each (docs/guns.md)."""
+        from firmware.parallel import swiped
+        return swiped(self, card, guns, vin)
 
     # --- card swipe at the pile (0x31 / 0x32, offline list) ------------------
 
@@ -616,7 +516,8 @@ class Pile:
                 if w < wait:
                     wait = w
         if self.groups:
-            self._group_sync()
+            from firmware.parallel import sync
+            sync(self)
         if share < wait:
             wait = share
         if self.link.online:
