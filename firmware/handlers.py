@@ -54,6 +54,27 @@ def remote_start(p, f):
     return {"serial": v["serial"], "pile": p.pile, "gun": gun.gun, "result": res, "reason": why}
 
 
+@on(HANDLERS, 0xA4)
+def parallel_start(p, f):
+    # One 0xA4 per gun of a parallel group (docs/guns.md), answered 0xA3.
+    v = f.fields
+    from firmware.parallel import start
+    res, why, role = start(p, v)
+    return {"serial": v["serial"], "pile": p.pile, "gun": v["gun"], "result": res,
+            "reason": why, "role": role, "group": v["group"]}
+
+
+@on(HANDLERS, 0xA2)
+def parallel_auth(p, f):
+    # The platform's answer to one gun's 0xA1 (Pile.parallel_swiped).
+    v = f.fields
+    from firmware.parallel import authorised
+    res, why, role = authorised(p, v)
+    p.log("0xA2 %s gun %s ok=%d -> %d/%d role %d" % (v["serial"], v["gun"], v["ok"], res, why,
+                                                      role))
+    return None
+
+
 @on(HANDLERS, 0x32)
 def start_auth(p, f):
     # The platform's answer to our 0x31 (a card or VIN at the pile).

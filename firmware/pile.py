@@ -136,6 +136,8 @@ class Pile:
         self.link = Link(uart, clock, login, self._handle, on_online=self._online,
                          on_offline=self._offline, log=lambda *a: self.log(" ".join(a)),
                          beats=self._beats if n > 1 else None)
+        self.groups = {}              # parallel charging: group id -> its guns, main first
+        self._ended = []              # the last groups ended (an 0xA4 for one is refused)
         self.cadences = [Cadence(diff=diff_of(clock)) for _ in range(n)]
         self.cadence = self.cadences[0]
         self._clamped = []            # 0x13 fields last sent clamped (logged on change)
@@ -224,9 +226,12 @@ class Pile:
         # back) past it, so the start is never refused as SerialTooOld. The
         # gun's number is in the serial, and the counter is the journal's
         # one, so two guns never issue the same serial.
+        return self.journal.issue_serial(self.pile, gun, self._stamp())
+
+    def _stamp(self):
+        # the clock as the number YYMMDDhhmmss
         y, mo, d, h, mi, s, _ = F.to_civil(self.clock.now())
-        stamp = ((((y % 100 * 100 + mo) * 100 + d) * 100 + h) * 100 + mi) * 100 + s
-        return self.journal.issue_serial(self.pile, gun, stamp)
+        return ((((y % 100 * 100 + mo) * 100 + d) * 100 + h) * 100 + mi) * 100 + s
 
     def gun_named(self, gun):
         """The Gun numbered `gun` ("01".."04"), or None. A single-gun pile
@@ -306,6 +311,13 @@ class Pile:
         self.link.send("remote_start_reply", {"serial": serial, "pile": self.pile,
                                               "gun": gun, "result": result,
                                               "reason": reason})
+
+    # --- parallel charging (firmware/parallel.py, loaded when first used) ------
+
+    def parallel_swiped(self, card, guns=("01", "02"), vin=None):
+        """A card for one vehicle on two guns: 0xA1 for each (docs/guns.md)."""
+        from firmware.parallel import swiped
+        return swiped(self, card, guns, vin)
 
     # --- card swipe at the pile (0x31 / 0x32, offline list) ------------------
 
@@ -503,6 +515,9 @@ class Pile:
                 w = g.tick()
                 if w < wait:
                     wait = w
+        if self.groups:
+            from firmware.parallel import sync
+            sync(self)
         if share < wait:
             wait = share
         if self.link.online:

@@ -119,6 +119,9 @@ START_JOURNAL_FULL = const(0x0A)
 # later than the newest serial the journal forgot (docs/journal.md): a
 # repeated start, refused so that no serial ever gets a second bill.
 START_SERIAL_USED = const(0x0C)
+# Ours (0xA3, parallel charging): the 0xA4's group does not fit the pile's
+# groups (its first gun no longer charging, the group ended, or full).
+START_GROUP = const(0x0D)
 # 0x35 (remote stop reply) reasons
 STOPR_NONE = const(0)
 STOPR_UNKNOWN_PILE = const(1)
@@ -357,6 +360,10 @@ class Gun:
         # W this gun's output may deliver, None: unshared. Set with the
         # trade's prediction by firmware/sharing.py (set_gun_limit).
         self.power_limit = None
+        # Parallel charging (0xA4, firmware/pile.py): the group id of the
+        # running session, its role (1 main, 2 auxiliary); None / 0 alone.
+        self.group = None
+        self.role = 0
         self._diff = diff_of(clock)
         self._at = clock.ticks_ms()  # the next sample is due _wait ms after _at
         self._wait = 0

@@ -179,6 +179,36 @@ class Sharing:
             self._log("power modules: %d of %d out of service" % (faulted, self.modules))
         self.faulted = faulted
 
+    def _most(self, i):
+        g = self.guns[i]
+        top = g.max_power_w or _UNKNOWN_W
+        gc = self.gun_cap[i]
+        return gc if gc and gc < top else top
+
+    def _group(self, i):
+        # Parallel charging: gun i (main) and its auxiliary feed one vehicle.
+        # The group's demand (the vehicle's, on the main gun) is split
+        # between the two, each within its own rating and cap; allocate()
+        # then shares the cap as for any guns, so never over it.
+        guns = self.guns
+        dem = self.demand
+        g = guns[i]
+        for j in range(len(guns)):
+            if j != i and guns[j].group == g.group and dem[j]:
+                d = getattr(g.vehicle, "demand", None)
+                total = dem[i] + dem[j] if d is None else d
+                a, b = self._most(i), self._most(j)
+                x = total - total // 2
+                y = total // 2
+                if x > a:
+                    y += x - a
+                    x = a
+                if y > b:
+                    x += y - b
+                    y = b
+                dem[i] = x if x < a else a
+                dem[j] = y
+
     def tick(self):
         """Divide the cap and command every output: decreases first."""
         guns = self.guns
@@ -189,6 +219,9 @@ class Sharing:
             d = gun_demand(g) if g.state == CHARGING else 0
             gc = self.gun_cap[i]
             dem[i] = gc if gc and d > gc else d
+        for i in range(n):
+            if guns[i].role == 1 and dem[i]:
+                self._group(i)
         new = self._new
         allocate(self.cap(), dem, self.prios, new)
         old = self.share

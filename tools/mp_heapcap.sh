@@ -36,6 +36,7 @@ test_pile 352K
 test_pile_faults 304K
 test_guns 352K
 test_sharing 400K
+test_parallel 384K
 test_journal 160K
 test_session 152K
 test_tariff 96K

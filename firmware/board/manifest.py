@@ -27,6 +27,7 @@ package(
         "link.py",
         "ocmfsign.py",
         "outbox.py",
+        "parallel.py",
         "pile.py",
         "realtime.py",
         "remote.py",
