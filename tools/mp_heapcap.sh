@@ -30,11 +30,11 @@ done <<'LIST'
 test_codec 104K
 test_lenient 96K
 test_gbt27930 64K
-test_bms 416K
+test_bms 432K
 test_link 96K
-test_pile 352K
-test_pile_faults 304K
-test_guns 352K
+test_pile 368K
+test_pile_faults 320K
+test_guns 368K
 test_sharing 400K
 test_parallel 384K
 test_journal 160K
@@ -44,6 +44,6 @@ test_dlt645 96K
 test_auth 96K
 test_upgrade 128K
 test_ocmf 64K
-test_ocmf_pile 336K
+test_ocmf_pile 352K
 LIST
 exit $fail
