@@ -70,7 +70,8 @@ class Consumer(Background):
 
 def BridgeProc(tmp, broker, **over):
     """The bridge as a child process (sim/bridge_child.py) with the benchmark's
-    config; BENCH_BRIDGE_PROFILE=PATH profiles it with cProfile."""
+    config; BENCH_BRIDGE_PROFILE=PATH profiles it with cProfile (into PATH.1,
+    PATH.2, ... one file a bridge, in the order they start)."""
     cfg = {"site": SITE, "database": os.path.join(tmp, "bridge.db"), "log_level": "warning",
            "mqtt": {"url": "mqtt://%s:%d" % (broker.host, broker.port), "reconnect_min_s": 0.05,
                     "reconnect_max_s": 0.5},
@@ -80,7 +81,12 @@ def BridgeProc(tmp, broker, **over):
     for k, v in over.items():
         cfg[k].update(v)
     prof = os.environ.get("BENCH_BRIDGE_PROFILE")
+    _started.append(tmp)
+    prof = prof and "%s.%d" % (prof, len(_started))
     return BridgeChild(tmp, cfg, ["-m", "cProfile", "-o", prof] if prof else [])
+
+
+_started = []
 
 
 async def _pile(port, code, transport=None):
