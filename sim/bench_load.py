@@ -177,10 +177,12 @@ class RealtimeCounter(Background):
 
 
 async def _stops(piles, rng, rate, until):
+    # Ends with the window: the next stop past its end is not waited for.
     while True:
-        await asyncio.sleep(rng.expovariate(rate))
-        if time.monotonic() >= until:
+        at = time.monotonic() + rng.expovariate(rate)
+        if at >= until:
             return
+        await asyncio.sleep(at - time.monotonic())
         rng.choice(piles).stop_session()
 
 
