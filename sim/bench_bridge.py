@@ -70,7 +70,8 @@ class Consumer(Background):
 
 def BridgeProc(tmp, broker, **over):
     """The bridge as a child process (sim/bridge_child.py) with the benchmark's
-    config; BENCH_BRIDGE_PROFILE=PATH profiles it with cProfile."""
+    config; BENCH_BRIDGE_PROFILE=PATH profiles it with cProfile (into PATH.1,
+    PATH.2, ... one file a bridge, in the order they start)."""
     cfg = {"site": SITE, "database": os.path.join(tmp, "bridge.db"), "log_level": "warning",
            "mqtt": {"url": "mqtt://%s:%d" % (broker.host, broker.port), "reconnect_min_s": 0.05,
                     "reconnect_max_s": 0.5},
@@ -80,7 +81,12 @@ def BridgeProc(tmp, broker, **over):
     for k, v in over.items():
         cfg[k].update(v)
     prof = os.environ.get("BENCH_BRIDGE_PROFILE")
+    _started.append(tmp)
+    prof = prof and "%s.%d" % (prof, len(_started))
     return BridgeChild(tmp, cfg, ["-m", "cProfile", "-o", prof] if prof else [])
+
+
+_started = []
 
 
 async def _pile(port, code, transport=None):
@@ -100,6 +106,35 @@ async def _send_pipelined(pile, bills, window):
     await asyncio.gather(*[one(b) for b in bills])
 
 
+async def bench_custody(tmp, n, piles, window):
+    """Custody alone (pile -> SQLite -> 0x40), no MQTT: the bridge's broker
+    URL names a port nobody listens on, so bills stay in the store."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    dead = s.getsockname()[1]
+    s.close()
+    bp = BridgeProc(tmp, _NoBroker(dead))
+    await bp.start()
+    try:
+        ps = [await _pile(bp.tcp_port, _pile_code(i)) for i in range(piles)]
+        per = [[make_bill(p.code, k) for k in range(i, n, piles)] for i, p in enumerate(ps)]
+        t0 = time.monotonic()
+        await asyncio.gather(*[_send_pipelined(p, b, window) for p, b in zip(ps, per)])
+        t1 = time.monotonic()
+        for p in ps:
+            await p.close()
+    finally:
+        await bp.stop()
+    return n / (t1 - t0)
+
+
+class _NoBroker:
+    host = "127.0.0.1"
+
+    def __init__(self, port):
+        self.port = port
+
+
 def _payloads(n):
     # The bridge's own JSON for n bills, for the raw-publish baseline.
     out = []
@@ -115,6 +150,7 @@ def _payloads(n):
 
 
 async def bench_throughput(broker, tmp, n, piles, window):
+    load = os.getloadavg()[0]
     bp = BridgeProc(tmp, broker)
     await bp.start()
     try:
@@ -132,6 +168,8 @@ async def bench_throughput(broker, tmp, n, piles, window):
                 await p.close()
     finally:
         await bp.stop()
+    os.makedirs(os.path.join(tmp, "custody"), exist_ok=True)
+    custody_alone = await bench_custody(os.path.join(tmp, "custody"), n, piles, window)
     # Raw baseline: the same payloads, one aiomqtt client, QoS 1, PUBACK awaited.
     payloads = _payloads(n)
     topics = Topics(SITE + "-raw")
@@ -143,8 +181,9 @@ async def bench_throughput(broker, tmp, n, piles, window):
         t3 = time.monotonic()
     size = sum(len(p) for _, p in payloads) // n
     return {"bills": n, "piles": piles, "window": window, "payload_bytes": size,
-            "custody_per_s": n / (t_custody - t0), "relayed_per_s": n / (t1 - t0),
-            "raw_per_s": n / (t3 - t2)}
+            "custody_per_s": n / (t_custody - t0), "custody_alone_per_s": custody_alone,
+            "relayed_per_s": n / (t1 - t0),
+            "raw_per_s": n / (t3 - t2), "load": load}
 
 
 async def bench_latency(broker, tmp, samples):

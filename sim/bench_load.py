@@ -8,12 +8,14 @@ import random
 import resource
 import shutil
 import socket
+import sys
 import tempfile
 import time
 
 from host.mqtt import Background
 from protocol import codec
 from protocol.router import on, route
+from sim.testkit import make_bill
 from sim.bridge_child import BridgeChild, bridge_config, proc_cpu_s
 
 
@@ -22,6 +24,7 @@ SITE = "load"
 HEARTBEAT_S = 10.0          # YKC: every 10 s
 REALTIME_S = 15.0           # YKC: every 15 s while charging
 _CONNECT_BATCH = 50         # piles dialling in at once (the listen backlog is 100)
+SESSION_S = 600.0           # each pile ends a session (sends its bill) every 10 min on average
 
 
 def pile_code(i):
@@ -37,6 +40,7 @@ class Stats:
         self.time_syncs = 0
         self.frame_errors = 0
         self.lost = 0
+        self.stop_ack_s = []    # bill (0x3B) sent -> its 0x40 back, in the window
 
 
 # What a load pile does with each frame from the bridge (LoadPile methods).
@@ -55,6 +59,8 @@ class LoadPile(asyncio.Protocol):
         self.logged_in = asyncio.get_running_loop().create_future()
         self.closing = False
         self.energy = 0
+        self.bills = 0
+        self.bill_sent = {}     # serial -> loop time the 0x3B went out
 
     def connection_made(self, transport):
         self.transport = transport
@@ -88,6 +94,19 @@ class LoadPile(asyncio.Protocol):
     @on(HANDLERS, 0x04)
     def _heartbeat_reply(self, f):
         self.stats.heartbeat_replies += 1
+
+    @on(HANDLERS, 0x40)
+    def _bill_ack(self, f):
+        t = self.bill_sent.pop(f.fields["serial"], None)
+        if t is not None:
+            self.stats.stop_ack_s.append(asyncio.get_running_loop().time() - t)
+
+    def stop_session(self):
+        """The session ends: its bill (0x3B) goes out; _bill_ack times its 0x40."""
+        self.bills += 1
+        b = make_bill(self.code, self.bills)
+        self.bill_sent[b["serial"]] = asyncio.get_running_loop().time()
+        self.send(0x3B, b)
 
     @on(HANDLERS, 0x56)
     def _time_sync(self, f):
@@ -157,6 +176,22 @@ class RealtimeCounter(Background):
                 await asyncio.sleep(0.1)
 
 
+async def _stops(piles, rng, rate, until):
+    # Ends with the window: the next stop past its end is not waited for.
+    while True:
+        at = time.monotonic() + rng.expovariate(rate)
+        if at >= until:
+            return
+        await asyncio.sleep(at - time.monotonic())
+        rng.choice(piles).stop_session()
+
+
+def _pcts(xs):
+    xs = sorted(xs)
+    q = lambda f: round(1000 * xs[min(len(xs) - 1, int(round(f * (len(xs) - 1))))], 1) if xs else None
+    return {"stop_ack_p50_ms": q(0.5), "stop_ack_p99_ms": q(0.99), "stop_ack_max_ms": q(1.0)}
+
+
 def raise_nofile(need):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft >= need:
@@ -214,9 +249,13 @@ async def run_load(broker, n, window_s, seed=1):
             t0 = time.monotonic()
             own0 = resource.getrusage(resource.RUSAGE_SELF)
             mq0 = proc_cpu_s(broker.pid)
+            # Sessions end at random piles, n / SESSION_S bills a second (Poisson).
+            stops = asyncio.ensure_future(_stops(piles, rng, n / SESSION_S, t0 + window_s))
+            stats.stop_ack_s.clear()
             while time.monotonic() - t0 < window_s:
                 rss_samples.append(bridge.rss_kb())
                 await asyncio.sleep(1.0)
+            await stops
             dt = time.monotonic() - t0
             cpu = bridge.cpu_s() - c0
             own1 = resource.getrusage(resource.RUSAGE_SELF)
@@ -241,7 +280,13 @@ async def run_load(broker, n, window_s, seed=1):
                 "broker_cpu_pct": round(100 * (proc_cpu_s(broker.pid) - mq0) / dt, 1),
                 "links_lost": stats.lost, "frame_errors": stats.frame_errors,
                 "time_syncs_answered": stats.time_syncs,
+                "bills_sent": sum(p.bills for p in piles), "bills_acked": len(stats.stop_ack_s),
+                **_pcts(stats.stop_ack_s),
             }
+            if stats.lost or len(stats.stop_ack_s) < res["bills_sent"]:
+                # Something gave way: the bridge's own words on it.
+                print("bench_load: %d piles: bridge log tail:\n%s" % (n, bridge.log_tail(3000)),
+                      file=sys.stderr, flush=True)
     finally:
         for p in piles:
             p.close()

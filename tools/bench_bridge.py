@@ -59,19 +59,26 @@ def report(r):
         "| path | bills/s |",
         "|---|---|",
         "| pile -> SQLite -> 0x40 (custody) | %.0f |" % t["custody_per_s"],
+        "| pile -> SQLite -> 0x40, no MQTT (custody alone: the broker URL unreachable) | %.0f |"
+        % t["custody_alone_per_s"],
         "| pile -> SQLite -> MQTT QoS 1 -> platform -> confirmation -> 0xE4 on the pile | %.0f |"
         % t["relayed_per_s"],
         "| raw aiomqtt QoS 1 publish of the same payloads | %.0f |" % t["raw_per_s"],
         "| ratio relayed / raw (median of the per-run ratios) | %.2f |" % t["ratio"],
+        "| ratio custody alone / raw (median of the per-run ratios) | %.2f |" % t["custody_ratio"],
         "",
-        "Medians of %d runs; relayed per run: %s; raw per run: %s. The relayed path does "
+        "Medians of %d runs, each run measuring the three paths back to back; relayed per "
+        "run: %s; custody alone per run: %s; raw per run: %s; machine load (1-minute load "
+        "average at each run's start, 2 cores shared with other work): %s. The relayed path does "
         "per bill what the raw one does (one QoS 1 publish of the same JSON) plus two "
         "frames in, three out and three back on the pile link, the bill and its fee split "
         "committed with fsync (commits grouped across piles and frames), the bookkeeping "
         "marks, the platform's confirmation "
         "round trip and the 0xE4 / 0xE3 exchange; bench, bridge and broker share the "
         "machine's CPUs." % (t["runs"], ", ".join(map(str, t["relayed_all"])),
-                             ", ".join(map(str, t["raw_all"]))),
+                             ", ".join(map(str, t["custody_alone_all"])),
+                             ", ".join(map(str, t["raw_all"])),
+                             ", ".join("%.1f" % x for x in t["load_all"])),
         "",
         "### Session stop -> platform confirmation",
         "",
@@ -157,6 +164,8 @@ async def _main(args):
             runs.append(await bench_throughput(broker, _sub(tmp, "t%d" % i), args.bills,
                                                args.piles, args.window))
         r["throughput"] = _median_run(runs)
+        if args.throughput_only:
+            return r
         for name, coro in (
                            ("latency", bench_latency(broker, _sub(tmp, "l"), args.samples)),
                            ("drain", bench_drain(broker, _sub(tmp, "d"), args.backlog)),
@@ -174,12 +183,15 @@ def _median_run(runs):
     """Median of each rate over the runs; the ratio is the median of the
     per-run ratios (each run measures both sides back to back)."""
     out = dict(runs[0])
-    for k in ("custody_per_s", "relayed_per_s", "raw_per_s"):
+    for k in ("custody_per_s", "custody_alone_per_s", "relayed_per_s", "raw_per_s"):
         out[k] = statistics.median(r[k] for r in runs)
     out["ratio"] = statistics.median(r["relayed_per_s"] / r["raw_per_s"] for r in runs)
+    out["custody_ratio"] = statistics.median(r["custody_alone_per_s"] / r["raw_per_s"] for r in runs)
     out["runs"] = len(runs)
     out["relayed_all"] = [round(r["relayed_per_s"]) for r in runs]
     out["raw_all"] = [round(r["raw_per_s"]) for r in runs]
+    out["custody_alone_all"] = [round(r["custody_alone_per_s"]) for r in runs]
+    out["load_all"] = [r["load"] for r in runs]
     return out
 
 
@@ -197,11 +209,16 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=3, help="throughput runs (medians reported)")
     ap.add_argument("--samples", type=int, default=200, help="latency samples")
     ap.add_argument("--backlog", type=int, default=100, help="bills in the paced drain")
+    ap.add_argument("--throughput-only", action="store_true",
+                    help="only the throughput runs, printed as JSON (no --write)")
     ap.add_argument("--json", action="store_true", help="print the raw figures as JSON")
     ap.add_argument("--write", action="store_true", help="update docs/benchmarks.md (## Bridge)")
     args = ap.parse_args(argv)
     with cli.progress("bench_bridge", enabled=cli.progress_enabled(args.json)):
         r = asyncio.run(_main(args))
+    if args.throughput_only:
+        print(json.dumps(r["throughput"], indent=2))
+        return 0
     text = report(r)
     print(json.dumps(r, indent=2) if args.json else text)
     if args.write:
