@@ -12,38 +12,24 @@ import sys
 import vfs
 
 sys.path.insert(0, ".")
+sys.path.insert(0, "tools")
+import board_fsimage  # noqa: E402
 from firmware.journal import Journal  # noqa: E402
 
-_B = 4096
 
+class Blocks(board_fsimage.Blocks):
+    """tools/board_fsimage.py's RAM blocks, counting erases per block."""
 
-class Blocks:
     def __init__(self, n):
-        self.n = n
-        self.m = bytearray(b"\xff" * (n * _B))
+        super().__init__(n)
         self.wear = [0] * n
         self.erases = 0
-
-    def readblocks(self, b, buf, off=0):
-        a = b * _B + off
-        buf[:] = self.m[a:a + len(buf)]
-
-    def writeblocks(self, b, buf, off=0):
-        a = b * _B + off
-        self.m[a:a + len(buf)] = buf
 
     def ioctl(self, op, arg):
         if op == 6:
             self.erases += 1
             self.wear[arg] += 1
-            a = arg * _B
-            self.m[a:a + _B] = b"\xff" * _B
-            return 0
-        if op == 4:
-            return self.n
-        if op == 5:
-            return _B
-        return 0
+        return super().ioctl(op, arg)
 
 
 def main(sessions, nblocks=256):
