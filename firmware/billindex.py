@@ -11,6 +11,8 @@
 import binascii
 import struct
 
+from firmware.fsio import load_atomic, save_atomic
+
 try:
     from micropython import const
 except ImportError:  # CPython
@@ -293,3 +295,70 @@ class BillIndex:
         _zero(self._bloom)
         for r in self._entries():
             self._maybe(r[0], True)
+
+
+_MAGIC = const(0xA5)    # a journal record: magic, kind, length, serial (16 B),
+_CHECKPOINT = const(2)  # payload, CRC-32 (firmware/journal.py)
+_HEAD = const(20)
+
+
+def _ck_rec(raw):
+    n = len(raw) - _OVERHEAD
+    if n < 0 or raw[0] != _MAGIC or raw[1] != _CHECKPOINT:
+        return False
+    if struct.unpack_from("<H", raw, 2)[0] != n:
+        return False
+    crc = binascii.crc32(raw[0:_HEAD + n]) & 0xFFFFFFFF
+    return struct.unpack_from("<I", raw, _HEAD + n)[0] == crc
+
+
+class SideCheckpoints:
+    """The last checkpoint of an open session, out of the journal (flash
+    wear): on littlefs an append to the journal costs one block erase (its
+    last block is copied on write) while a small file rewritten whole lives
+    inline in its folder's metadata log. One side file per gun,
+    <path>.c<gun byte, hex>, one journal record (CHECKPOINT) written
+    atomically (fsio.save_atomic). A gun's file belongs to one open
+    session; another open session on that gun appends to the journal.
+    Needs the Journal's _oe, _opens, _ck, _build, _mv, _payload, fs, path;
+    _sck (key -> payload) and _side (gun -> key) are reset by its _clear."""
+
+    def _side_ck(self, key, payload):
+        """Write the checkpoint to the gun's side file; False: the file is
+        another open session's (the caller appends to the journal)."""
+        g = key[7]
+        o = self._side.get(g)
+        if o is not None and o != key and o in self._oe:
+            return False
+        size = self._build(_CHECKPOINT, key, payload)
+        try:
+            save_atomic(self.fs, "%s.c%02x" % (self.path, g), bytes(self._mv[0:size]))
+        except:  # noqa: E722
+            self._ready = False
+            raise
+        self.written += size
+        self._side[g] = key
+        self._sck[key] = bytes(payload)
+        return True
+
+    def _load_side(self):
+        # After the journal: a side file's checkpoint is the newest of the
+        # session it names, if that session is still open.
+        for k in self._opens:
+            g = k[7]
+            if g in self._side:
+                continue
+            raw = load_atomic(self.fs, "%s.c%02x" % (self.path, g), _ck_rec)
+            if raw is None:
+                continue
+            key = bytes(raw[4:_HEAD])
+            if key in self._oe:
+                self._side[g] = key
+                self._sck[key] = bytes(raw[_HEAD:len(raw) - 4])
+
+    def _last_ck(self, k):
+        ck = self._sck.get(k)
+        c = self._ck.get(k)
+        if ck is None and c is not None:
+            ck = self._payload(c >> 12, (c >> 3) & 0x1FF)
+        return ck

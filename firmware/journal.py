@@ -80,7 +80,7 @@ SerialTooOld, ValueError (malformed serial).
 import binascii
 import struct
 
-from firmware.billindex import SUSPECTS, BillIndex, INDEX_ENTRY_BYTES, _put
+from firmware.billindex import SUSPECTS, BillIndex, INDEX_ENTRY_BYTES, SideCheckpoints, _put
 from firmware.fsio import RealFS
 
 try:
@@ -316,7 +316,7 @@ class Report:
                     self.corrupt, self.records, self.counter, self.temp))
 
 
-class Journal(BillIndex):
+class Journal(BillIndex, SideCheckpoints):
     def __init__(self, path, fs=None, limit_bytes=_JOURNAL_BYTES, on_event=None):
         if limit_bytes < MIN_LIMIT:
             raise ValueError("limit_bytes below %d" % MIN_LIMIT)
@@ -349,6 +349,7 @@ class Journal(BillIndex):
         # journal order): key, offset, length, state, 0xE4 result.
         self._oe = {}
         self._ck = {}
+        self._sck, self._side = {}, {}     # SideCheckpoints
         self._opens = []
         self._index_clear()
         self._size = 0
@@ -450,6 +451,7 @@ class Journal(BillIndex):
                 self._opens.remove(key)
                 del oe[key]
                 self._ck.pop(key, None)
+                self._sck.pop(key, None)
                 self._iadd(key, off, n, _PENDING)
             elif self._ix is not None:
                 if not self._maybe(key):
@@ -566,6 +568,7 @@ class Journal(BillIndex):
             self._ix = None
             ix.close()
         self._size = size if size > 0 else 0
+        self._load_side()
         if rep.corrupt:
             self._damage = rep.corrupt[:]
             self._counter += _COUNTER_SKIP
@@ -680,7 +683,8 @@ class Journal(BillIndex):
         _fits(payload, _MAX_CHECKPOINT, "checkpoint")
         if key not in self._oe:
             return "no_session"
-        self._append(CHECKPOINT, key, payload)
+        if not self._side_ck(key, payload):
+            self._append(CHECKPOINT, key, payload)
         return "ok"
 
     def seal(self, serial, bill_body):
@@ -816,11 +820,7 @@ class Journal(BillIndex):
         out = []
         for k in self._opens:
             v = self._oe[k]
-            c = self._ck.get(k)
-            hdr = self._payload(_off(v), _len(v))
-            ck = self._payload(_off(c), _len(c)) if c is not None else None
-            out.append((unpack_serial(k), hdr, ck))
-        return out
+            out.append((unpack_serial(k), self._payload(_off(v), _len(v)), self._last_ck(k)))
         return out
 
     def close_interrupted(self, make_bill):

@@ -81,6 +81,7 @@ class Model:
         self.st = {}          # serial -> open/pending/confirmed/illegal/settled/gone
         self.hdr = {}
         self.ck = {}
+        self.ck_cut = {}   # a checkpoint whose call was cut: it may be kept
         self.body = {}
         self.opened = []      # open order
         self.sealed = []      # seal order
@@ -195,7 +196,9 @@ class Harness:
                     # second session (nor bill) for one serial
                     assert r == "exists" and j.bytes_used() == used, (s, cur, r)
             elif kind == "ck":
+                m.ck_cut[s] = ck(i, op[2])
                 r = j.checkpoint(s, ck(i, op[2]))
+                del m.ck_cut[s]
                 assert r == ("ok" if cur == "open" else "no_session")
                 if r == "ok":
                     m.ck[s] = ck(i, op[2])
@@ -262,6 +265,12 @@ class Harness:
         assert rep.pending == [s for s in m.sealed if m.st[s] == "pending"]
         assert rep.illegal == [s for s in m.sealed if m.st[s] == "illegal"]
         assert rep.confirmed == [s for s in m.sealed if m.st[s] == "confirmed"]
+        # A checkpoint cut before its "ok" may be kept (its side file
+        # renamed in, the folder not yet synced); then it is the last one.
+        for s, c in m.ck_cut.items():
+            if m.st.get(s) == "open" and (s, m.hdr[s], c) in rep.open_sessions:
+                m.ck[s] = c
+        m.ck_cut.clear()
         assert rep.open_sessions == [(s, m.hdr[s], m.ck[s]) for s in m.opened
                                      if m.st[s] == "open"]
         for s, cur in m.st.items():
@@ -299,7 +308,7 @@ def _quick(i, *after):
 
 
 # A small journal: confirmed bills pile up until compaction must drop some
-# (settled ones go first), a long session compacts its checkpoints, and the
+# (settled ones go first), a long session rewrites its side-file checkpoint, and the
 # last start is refused while pending bills fill the journal.
 PRESSED = (
     _quick(1, "confirm", "settle") + _quick(2)
@@ -339,8 +348,9 @@ def test_pressed_script_drops_settled_then_confirmed_and_refuses_starts():
     h = Harness(PRESSURE_LIMIT)
     assert h.run(PRESSED)
     st = h.m.st
-    assert h.j.compactions >= 2
-    assert st[serial(1)] == st[serial(11)] == "gone"          # settled: dropped
+    assert h.j.compactions >= 1    # session 12's checkpoints go to its gun's side file
+    assert st[serial(1)] == "gone"                            # settled: dropped
+    assert st[serial(11)] in ("gone", "settled")
     gone = [i for i in range(3, 11) if st[serial(i)] == "gone"]
     assert gone and gone == list(range(3, 3 + len(gone)))    # confirmed: oldest first
     assert st[serial(2)] == st[serial(12)] == st[serial(13)] == "pending"
@@ -499,7 +509,7 @@ def test_power_cut_during_boot_recovery_heal_and_temp_file_handling():
     h = base.clone()
     h.fs.cut_after = (start + probe.fs.units) // 2
     assert not h.run([SMALL[5]])
-    assert _recovery_sweep(h) > 150
+    assert _recovery_sweep(h) > 120     # checkpoints sit in side files: a shorter journal
     # a compaction cut after its temp file was written: recovery removes it
     assert base.run(SMALL[5:13])
     probe = base.clone()

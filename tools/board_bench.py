@@ -4,6 +4,7 @@ real littlefs (4 KB blocks) over a RAM block device that counts erases.
 
     python3 tools/board_bench.py wear --sessions 10      # 1 MB partition, every bill settled
     python3 tools/board_bench.py wear --backlog 1000     # 1,000 pending bills kept, platform silent
+    python3 tools/board_bench.py wear-journal --sessions 1000   # the journal alone, unix port's littlefs
     python3 tools/board_bench.py ticks                   # qemu -icount shift=0: instructions per poll
     python3 tools/board_bench.py ocmf                    # the same clock: instructions per OCMF signing step
 
@@ -70,6 +71,22 @@ def wear(elf, sessions, backlog, blocks=256):
     return r
 
 
+def wear_journal(sessions, blocks=256):
+    """The journal alone on the unix port's littlefs (tests/board/wearjournal.py):
+    long enough for littlefs's metadata-pair relocation (block_cycles 100)."""
+    mp = shutil.which("micropython") or os.path.join(ROOT, ".venv", "bin", "micropython")
+    out = subprocess.run([mp, "-X", "heapsize=8M", "tests/board/wearjournal.py", str(sessions),
+                          str(blocks)], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    line = [ln for ln in out.splitlines() if ln.startswith("ok ")][-1]
+    r = dict(kv.split("=") for kv in line.split()[1:])
+    per = int(r["max_block"]) / float(sessions)
+    years = 100000 / (per * 20 * 365) if per else float("inf")
+    avg = int(r["erases"]) / float(sessions) / blocks
+    print("| the journal alone, unix port | %d KB | %s | %s | %.2f | %.3f | %.0f |" % (
+        blocks * 4, sessions, r["erases"], per, avg, years))
+    return r
+
+
 def ticks(elf, minutes):
     code = ("import boardfs\nbd = boardfs.mount(512)\nimport boardbench\nboardbench.ticks(bd, %d)\n" % minutes)
     r = _run(elf, code, icount=0)
@@ -101,10 +118,17 @@ def main(argv=None):
     w = sub.add_parser("wear")
     w.add_argument("--sessions", type=int, default=10)
     w.add_argument("--backlog", type=int, default=0)
+    wj = sub.add_parser("wear-journal")
+    wj.add_argument("--sessions", type=int, default=1000)
     t = sub.add_parser("ticks")
     t.add_argument("--minutes", type=int, default=10)
     sub.add_parser("ocmf")
     a = p.parse_args(argv)
+    if a.what == "wear-journal":
+        print("| case | partition | sessions | erases | most-erased block, erases / session "
+              "| mean erases / block / session | years at 20 sessions/day, 100k cycles |")
+        wear_journal(a.sessions)
+        return 0
     elf = board_test.build()
     if a.what == "wear":
         print("| case | partition | sessions | erases | most-erased block, erases / session "

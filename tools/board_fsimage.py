@@ -94,4 +94,5 @@ def main(out, blocks, pending, build_blocks=0):
     print("ok pending=%d journal=%d used=%d blocks=%d" % (pending, size, used, blocks))
 
 
-main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]) if len(sys.argv) > 4 else 0)
+if __name__ == "__main__":    # tests/board/wearjournal.py imports Blocks
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]) if len(sys.argv) > 4 else 0)

@@ -197,8 +197,9 @@ def test_compaction_keeps_pending_drops_settled_and_keeps_open_session_tail():
         r = Journal(j.path).recover()
         assert r.pending == [c] and r.confirmed == [b] and r.settled == 0
         assert r.open_sessions == [(o, b"hdr4", b"ck4-4")]
-        # bill b + CONFIRMED, bill c, open hdr + last ck, FORGOTTEN (a's serial)
-        assert r.records == 2 + 1 + 2 + 1 and r.remembered == 1 and r.floor is None
+        # bill b + CONFIRMED, bill c, open hdr, FORGOTTEN (a's serial); the
+        # last checkpoint is in the gun's side file, not the journal
+        assert r.records == 2 + 1 + 1 + 1 and r.remembered == 1 and r.floor is None
         assert not r.damaged and r.temp is None
         assert Journal(j.path).bill(c) == body(3)
     finally:
@@ -239,13 +240,32 @@ def test_checkpoints_of_a_long_session_never_overflow_the_limit():
     try:
         s = serial(1)
         j.open_session(s, b"h" * 40)
+        used = j.bytes_used()
         for i in range(300):
             j.checkpoint(s, b"%040d" % i)
-            assert j.bytes_used() <= j.limit
+            # the last checkpoint is rewritten in the gun's side file: the
+            # journal does not grow (flash wear: docs/board.md)
+            assert j.bytes_used() == used
+        assert Journal(j.path).recover().open_sessions == [(s, b"h" * 40, b"%040d" % 299)]
         assert j.seal(s, body(1, 174)) == "sealed"
-        assert j.compactions > 0
         r = Journal(j.path).recover()
         assert r.pending == [s] and r.open_sessions == []
+        # a second open session on the same gun appends its checkpoints to
+        # the journal (the side file is the first one's): they compact
+    finally:
+        rmtree(d)
+    d, j = _fresh("long2", limit_bytes=J.MIN_LIMIT * 4)
+    try:
+        a, b = serial(2), serial(3)
+        j.open_session(a, b"ha")
+        j.open_session(b, b"hb")
+        for i in range(300):
+            j.checkpoint(a, b"%040d" % i)
+            j.checkpoint(b, b"%040d" % (i + 1000))
+            assert j.bytes_used() <= j.limit
+        assert j.compactions > 0
+        r = Journal(j.path).recover()
+        assert r.open_sessions == [(a, b"ha", b"%040d" % 299), (b, b"hb", b"%040d" % 1299)]
     finally:
         rmtree(d)
 
@@ -744,8 +764,11 @@ def test_power_cut_at_every_byte_of_a_seal_and_a_compaction_on_strict_flash():
         elif "seal" in done:
             assert st == "pending" and j.bill(s) == bill
         elif "open" in done:
-            hdr_ck = b"ck1" if "ck" in done else None
-            assert r.open_sessions == [(s, b"hdr", hdr_ck)], (cut, r.open_sessions)
+            # a checkpoint cut before its acknowledgement may be kept (its
+            # side file renamed, the folder not yet synced)
+            cks = (b"ck1",) if "ck" in done else (None, b"ck1")
+            assert len(r.open_sessions) == 1 and r.open_sessions[0][:2] == (s, b"hdr"), cut
+            assert r.open_sessions[0][2] in cks, (cut, r.open_sessions)
         else:
             assert st in (None, "open")
         # whatever happened, a repeated start never makes a second bill

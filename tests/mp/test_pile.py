@@ -644,7 +644,7 @@ def test_bill_the_platform_refused_stays_on_the_pile_never_resent_nor_reclaimed(
         assert [f.fields["serial"] for f in r.platform.bills()] == [serial(20)]
         r.platform.settle_result = 0
         n0 = j.compactions
-        for k in range(21, 26):                # settled bills press the small journal
+        for k in range(21, 36):                # settled bills press the small journal
             r.platform.frames = []             # (what the test keeps under a heap cap)
             _bill_session(r, serial(k))
             assert j.status(serial(k)) == "settled"
