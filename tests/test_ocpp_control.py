@@ -298,6 +298,28 @@ def _profile_16(pid, limit, unit="A", purpose="ChargePointMaxProfile", stack=0):
                 "charging_schedule_period": [{"start_period": 0, "limit": limit, "number_phases": 3}]}}
 
 
+async def _remote_start(cp, call, version, evse):
+    # RemoteStartTransaction (1.6) / RequestStartTransaction (2.0.1) on `evse`.
+    if version == "1.6":
+        return await cp.call(call.RemoteStartTransaction(id_tag="D14B0A54", connector_id=evse))
+    return await cp.call(call.RequestStartTransaction(
+        id_token={"id_token": "D14B0A54", "type": "ISO14443"}, remote_start_id=evse, evse_id=evse))
+
+
+async def _tx_default(cp, call, version, evse, pid, watts):
+    # A TxDefaultProfile of `watts` on `evse`, in either version.
+    if version == "1.6":
+        return await cp.call(call.SetChargingProfile(
+            connector_id=evse, cs_charging_profiles=_profile_16(pid, watts, "W", "TxDefaultProfile")))
+    return await cp.call(call.SetChargingProfile(
+        evse_id=evse, charging_profile=_profile_201(pid, watts, purpose="TxDefaultProfile")))
+
+
+async def _clear(cp, call, version, pid):
+    return await cp.call(call.ClearChargingProfile(id=pid) if version == "1.6" else
+                         call.ClearChargingProfile(charging_profile_id=pid))
+
+
 def test_K01_K10_charging_profiles_cap_the_power_the_firmware_commands_201_and_16():
     # The real firmware with power sharing behind the bridge: a profile on
     # EVSE 0 becomes the pile's cap (0xDE) and the power its output is
@@ -330,31 +352,16 @@ def test_K01_K10_charging_profiles_cap_the_power_the_firmware_commands_201_and_1
                     await fw.wait_for(lambda: fw.pile.sharing.site_cap == cap, 15)
                     # A start from the CSMS (0x34 with no balance limit): the gun
                     # draws the capped power, no more.
-                    if version == "1.6":
-                        r = await cp.call(call.RemoteStartTransaction(id_tag="D14B0A54", connector_id=1))
-                    else:
-                        r = await cp.call(call.RequestStartTransaction(
-                            id_token={"id_token": "D14B0A54", "type": "ISO14443"}, remote_start_id=1,
-                            evse_id=1))
+                    r = await _remote_start(cp, call, version, 1)
                     assert r.status == "Accepted"
                     await fw.wait_for(lambda: fw.world.vehicle.power == cap, 15)
                     assert fw.outputs[0].limit == cap
                     # A lower TxDefault profile on EVSE 1 (a one-gun pile: the pile).
-                    if version == "1.6":
-                        r = await cp.call(call.SetChargingProfile(connector_id=1, cs_charging_profiles=
-                                                                  _profile_16(6, 10000, "W",
-                                                                              "TxDefaultProfile")))
-                    else:
-                        r = await cp.call(call.SetChargingProfile(evse_id=1, charging_profile=
-                                                                  _profile_201(6, 10000,
-                                                                               purpose="TxDefaultProfile")))
+                    r = await _tx_default(cp, call, version, 1, 6, 10000)
                     assert r.status == "Accepted"
                     await fw.wait_for(lambda: fw.world.vehicle.power == 10000, 15)
                     # Cleared: back to the station maximum, then no cap at all.
-                    if version == "1.6":
-                        r = await cp.call(call.ClearChargingProfile(id=6))
-                    else:
-                        r = await cp.call(call.ClearChargingProfile(charging_profile_id=6))
+                    r = await _clear(cp, call, version, 6)
                     assert r.status == "Accepted"
                     await fw.wait_for(lambda: fw.world.vehicle.power == cap, 15)
                     if version == "1.6":
@@ -366,8 +373,7 @@ def test_K01_K10_charging_profiles_cap_the_power_the_firmware_commands_201_and_1
                     assert r.status == "Accepted"
                     await fw.wait_for(lambda: fw.pile.sharing.site_cap == 0, 15)
                     await fw.wait_for(lambda: fw.world.vehicle.power > cap, 15)
-                    r = await cp.call(call.ClearChargingProfile(id=99) if version == "1.6" else
-                                      call.ClearChargingProfile(charging_profile_id=99))
+                    r = await _clear(cp, call, version, 99)
                     assert r.status == "Unknown"
                 finally:
                     await fw.close()
@@ -400,42 +406,21 @@ def test_K01_a_profile_on_one_evse_of_a_two_gun_pile_caps_that_gun_only_201_and_
                     await up(csms)
                     cp = csms.stations[PILE_A]
                     for evse in (1, 2):
-                        if version == "1.6":
-                            r = await cp.call(call.RemoteStartTransaction(id_tag="D14B0A54",
-                                                                          connector_id=evse))
-                        else:
-                            r = await cp.call(call.RequestStartTransaction(
-                                id_token={"id_token": "D14B0A54", "type": "ISO14443"},
-                                remote_start_id=evse, evse_id=evse))
+                        r = await _remote_start(cp, call, version, evse)
                         assert r.status == "Accepted"
                     powers = lambda: [w.vehicle.power for w in fw.worlds]   # noqa: E731
                     await fw.wait_for(lambda: powers() == [30000, 30000], 15)
-                    if version == "1.6":
-                        r = await cp.call(call.SetChargingProfile(connector_id=2, cs_charging_profiles=
-                                                                  _profile_16(7, 7000, "W",
-                                                                              "TxDefaultProfile")))
-                    else:
-                        r = await cp.call(call.SetChargingProfile(evse_id=2, charging_profile=
-                                                                  _profile_201(7, 7000,
-                                                                               purpose="TxDefaultProfile")))
+                    r = await _tx_default(cp, call, version, 2, 7, 7000)
                     assert r.status == "Accepted", r
                     await fw.wait_for(lambda: powers() == [53000, 7000], 15)
                     assert fw.pile.sharing.gun_cap == [0, 7000] and fw.pile.sharing.site_cap == 0
-                    r = await cp.call(call.ClearChargingProfile(id=7) if version == "1.6" else
-                                      call.ClearChargingProfile(charging_profile_id=7))
+                    r = await _clear(cp, call, version, 7)
                     assert r.status == "Accepted"
                     await fw.wait_for(lambda: powers() == [30000, 30000], 15)
                     assert fw.pile.sharing.gun_cap == [0, 0]
                     # The pile keeps a gun's cap in RAM: after a restart the
                     # bridge sends it again at login.
-                    if version == "1.6":
-                        r = await cp.call(call.SetChargingProfile(connector_id=2, cs_charging_profiles=
-                                                                  _profile_16(8, 9000, "W",
-                                                                              "TxDefaultProfile")))
-                    else:
-                        r = await cp.call(call.SetChargingProfile(evse_id=2, charging_profile=
-                                                                  _profile_201(8, 9000,
-                                                                               purpose="TxDefaultProfile")))
+                    r = await _tx_default(cp, call, version, 2, 8, 9000)
                     assert r.status == "Accepted", r
                     await fw.wait_for(lambda: fw.pile.sharing.gun_cap == [0, 9000], 15)
                     first = fw.pile
