@@ -39,7 +39,7 @@ STOP_NAMES = {
 # 0x33 refusal reasons by name: YKC's 0..5 and ours (firmware/session.py
 # START_JOURNAL_FULL 0x0A, START_SERIAL_USED 0x0C); docs/scenarios.md.
 START_REASONS = {0: "none", 1: "wrong_pile", 2: "busy", 3: "fault", 4: "offline", 5: "not_plugged",
-                 0x0A: "journal_full", 0x0C: "serial_used"}
+                 0x0A: "journal_full", 0x0C: "serial_used", 0x0D: "parallel_group"}
 
 
 class ScenarioError(ValueError):
