@@ -54,6 +54,23 @@ async def stop_tasks(tasks, grace_s=STOP_GRACE_S):
     return list(pending)
 
 
+async def wait_event(ev, timeout):
+    """True once the asyncio.Event `ev` is set, False after `timeout` s.
+    Instead of asyncio.wait_for(ev.wait(), timeout): on Python 3.11 that
+    returns normally when a cancel arrives as the event is set, so a task's
+    loop runs on after its cancel and its owner's stop waits for it forever
+    (a bridge stop hung that way in CI, its outbox kicked as it stopped).
+    asyncio.wait never swallows the cancel."""
+    if ev.is_set():
+        return True
+    w = asyncio.ensure_future(ev.wait())
+    try:
+        done, _ = await asyncio.wait((w,), timeout=timeout)
+    finally:
+        w.cancel()
+    return bool(done)
+
+
 class Background:
     """An MQTT client task between `async with` enter and exit: enter starts
     self._run() and returns once self.ready (an asyncio.Event the subclass

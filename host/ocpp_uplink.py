@@ -25,6 +25,7 @@ from protocol import fields as F
 
 from host import config as configmod
 from host import schema
+from host.mqtt import wait_event
 from host.ocpp_control import Control, card_token, id_tag_16
 from host.ocpp_handlers import make_charge_point
 
@@ -457,11 +458,8 @@ class Station:
     async def _heartbeats(self, cp):
         while True:
             self._hb_changed.clear()
-            try:
-                await asyncio.wait_for(self._hb_changed.wait(), self.heartbeat_s)
+            if await wait_event(self._hb_changed, self.heartbeat_s):
                 continue        # a new interval: counted from now
-            except asyncio.TimeoutError:
-                pass
             try:
                 await self.beat(cp)
             except Exception:
@@ -552,10 +550,7 @@ class Station:
             # Idle: woken by new work, the backoff's end, or the link closing
             # (the reader's done callback: `connected` and the offline rules
             # see an outage at once).
-            try:
-                await asyncio.wait_for(self._wake.wait(), wait)
-            except asyncio.TimeoutError:
-                pass
+            await wait_event(self._wake, wait)
             if self._reader.done():
                 raise _Lost("the CSMS link closed")
 

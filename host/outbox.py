@@ -15,7 +15,7 @@ import logging
 import time
 
 from host import schema
-from host.mqtt import NotConnected
+from host.mqtt import NotConnected, stop_tasks, wait_event
 
 log = logging.getLogger("host.outbox")
 
@@ -66,10 +66,7 @@ class Outbox:
         self._events_task = asyncio.ensure_future(self._run_events())
 
     async def stop(self):
-        tasks = list(self._tasks.values()) + ([self._events_task] if self._events_task else [])
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await stop_tasks(list(self._tasks.values()) + [self._events_task])
 
     def _backoff(self, attempts):
         return min(self.cfg["retry_max_s"], self.cfg["retry_initial_s"] * 2 ** (attempts - 1))
@@ -160,12 +157,9 @@ class Outbox:
                     raise lost
                 if published:
                     await b.store.mark_published(published)
-                try:
-                    # A sweep now and then even when idle: a wake-up lost to a
-                    # bug must not strand a bill.
-                    await asyncio.wait_for(ev.wait(), _SWEEP_S if wait is None else min(wait, _SWEEP_S))
-                except asyncio.TimeoutError:
-                    pass
+                # A sweep now and then even when idle: a wake-up lost to a
+                # bug must not strand a bill.
+                await wait_event(ev, _SWEEP_S if wait is None else min(wait, _SWEEP_S))
             except NotConnected:
                 continue                 # wait for the reconnect, publish again
             except asyncio.CancelledError:

@@ -32,6 +32,7 @@ from protocol.image import FW_NO_KEY, FW_NO_REBOOT
 from protocol.sign import upgrade_mac
 
 from host import commands as C
+from host.mqtt import wait_event
 from host import config as configmod
 from host.links import LinkClosed
 from host.piles import CommandTimeout, SignedReject
@@ -152,10 +153,7 @@ class Push:
                                  "offset %d (a new push resumes there)"
                                  % (self.code, self.u["reconnect_wait_s"],
                                     self.pile.upgrade.get("offset", 0)))
-            try:
-                await asyncio.wait_for(ev.wait(), left)
-            except asyncio.TimeoutError:
-                pass
+            await wait_event(ev, left)
         return self.pile.conn
 
     async def _control(self, op):
@@ -269,9 +267,7 @@ class Push:
             if f["result"] or stage_name(f["stage"]) != U.INSTALLED:
                 self._refused("the activation", f)
             self._state("installed")
-            try:
-                await asyncio.wait_for(ev.wait(), self.u["reboot_wait_s"])
-            except asyncio.TimeoutError:
+            if not await wait_event(ev, self.u["reboot_wait_s"]):
                 raise PushFailed("timeout", "firmware %s installed on pile %s, but the pile did not "
                                  "log in again within %g s" % (self.version, self.code,
                                                                self.u["reboot_wait_s"]))

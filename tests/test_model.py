@@ -99,6 +99,17 @@ def test_replay_takes_a_bill_through_the_chain(replayer):
     assert replayer.replay(GOOD[:3] + [(3.5, "bridge", "resent")] + GOOD[3:]) is None
 
 
+def test_replay_orders_the_bridge_log_against_its_store_only_within_a_millisecond(replayer):
+    # The store stamps the first confirmation at 6.0004 s; the duplicate's
+    # log line, cut to the millisecond, reads 6.000: taken (the field case
+    # a loaded CI run showed), but the same line a full 5 ms early is not.
+    ev = GOOD[:5] + [(6.0004, "bridge", "confirmed"), (6.0, "bridge", "confirm_again", "log"),
+                     (6.1, "pile", "settled"), (6.2, "bridge", "settled")]
+    assert MR.replay_all({"b": ev}, replayer)["refused"] == []
+    early = ev[:5] + [(5.995, "bridge", "confirm_again", "log")] + ev[6:]
+    assert len(MR.replay_all({"b": early}, replayer)["refused"]) == 1
+
+
 @pytest.mark.parametrize("events,step,names", [
     # the pile settles before the bridge had the platform's confirmation
     (GOOD[:4] + [(4.5, "pile", "settled")], (4.5, "pile", "settled"), "T_P_settle"),
