@@ -5,6 +5,8 @@ real littlefs (4 KB blocks) over a RAM block device that counts erases.
     python3 tools/board_bench.py wear --sessions 10      # 1 MB partition, every bill settled
     python3 tools/board_bench.py wear --backlog 1000     # 1,000 pending bills kept, platform silent
     python3 tools/board_bench.py wear-journal --sessions 1000   # the journal alone, unix port's littlefs
+    python3 tools/board_bench.py wear-pile --sessions 1000      # the whole pile, unix port's littlefs
+    python3 tools/board_bench.py wear-pile --sessions 50 --sites  # and erases per firmware call site
     python3 tools/board_bench.py ticks                   # qemu -icount shift=0: instructions per poll
     python3 tools/board_bench.py ocmf                    # the same clock: instructions per OCMF signing step
 
@@ -71,20 +73,36 @@ def wear(elf, sessions, backlog, blocks=256):
     return r
 
 
-def wear_journal(sessions, blocks=256):
-    """The journal alone on the unix port's littlefs (tests/board/wearjournal.py):
-    long enough for littlefs's metadata-pair relocation (block_cycles 100)."""
+def _unix(script, args, case, sessions, blocks):
+    """A wear script under the unix port's littlefs; prints the table row
+    (and the script's other lines: most-erased blocks, call sites)."""
     mp = shutil.which("micropython") or os.path.join(ROOT, ".venv", "bin", "micropython")
-    out = subprocess.run([mp, "-X", "heapsize=8M", "tests/board/wearjournal.py", str(sessions),
-                          str(blocks)], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    out = subprocess.run([mp, "-X", "heapsize=8M", script, str(sessions), str(blocks)] + list(args),
+                         cwd=ROOT, check=True, capture_output=True, text=True).stdout
     line = [ln for ln in out.splitlines() if ln.startswith("ok ")][-1]
     r = dict(kv.split("=") for kv in line.split()[1:])
     per = int(r["max_block"]) / float(sessions)
     years = 100000 / (per * 20 * 365) if per else float("inf")
     avg = int(r["erases"]) / float(sessions) / blocks
-    print("| the journal alone, unix port | %d KB | %s | %s | %.2f | %.3f | %.0f |" % (
-        blocks * 4, sessions, r["erases"], per, avg, years))
+    print("| %s | %d KB | %s | %s | %.2f | %.3f | %.0f |" % (
+        case, blocks * 4, sessions, r["erases"], per, avg, years))
+    for ln in out.splitlines():
+        if ln.startswith(("block ", "site ")):
+            print(ln)
     return r
+
+
+def wear_journal(sessions, blocks=256):
+    """The journal alone on the unix port's littlefs (tests/board/wearjournal.py):
+    long enough for littlefs's metadata-pair relocation (block_cycles 100)."""
+    return _unix("tests/board/wearjournal.py", (), "the journal alone, unix port", sessions, blocks)
+
+
+def wear_pile(sessions, blocks=256, sites=False):
+    """The whole pile, as `wear` runs it on the board, on the unix port's
+    littlefs (tests/board/wearpile.py): hundreds of sessions in minutes."""
+    return _unix("tests/board/wearpile.py", ("--sites",) if sites else (),
+                 "the whole pile, every bill settled, unix port", sessions, blocks)
 
 
 def ticks(elf, minutes):
@@ -120,19 +138,25 @@ def main(argv=None):
     w.add_argument("--backlog", type=int, default=0)
     wj = sub.add_parser("wear-journal")
     wj.add_argument("--sessions", type=int, default=1000)
+    wp = sub.add_parser("wear-pile")
+    wp.add_argument("--sessions", type=int, default=1000)
+    wp.add_argument("--sites", action="store_true", help="erases per firmware call site")
     t = sub.add_parser("ticks")
     t.add_argument("--minutes", type=int, default=10)
     sub.add_parser("ocmf")
     a = p.parse_args(argv)
-    if a.what == "wear-journal":
-        print("| case | partition | sessions | erases | most-erased block, erases / session "
-              "| mean erases / block / session | years at 20 sessions/day, 100k cycles |")
-        wear_journal(a.sessions)
+    head = ("| case | partition | sessions | erases | most-erased block, erases / session "
+            "| mean erases / block / session | years at 20 sessions/day, 100k cycles |")
+    if a.what in ("wear-journal", "wear-pile"):
+        print(head)
+        if a.what == "wear-pile":
+            wear_pile(a.sessions, sites=a.sites)
+        else:
+            wear_journal(a.sessions)
         return 0
     elf = board_test.build()
     if a.what == "wear":
-        print("| case | partition | sessions | erases | most-erased block, erases / session "
-              "| mean erases / block / session | years at 20 sessions/day, 100k cycles |")
+        print(head)
         wear(elf, a.sessions, a.backlog)
     elif a.what == "ocmf":
         print("| work | steps (polls) | instructions / step, mean | worst step | worst step, ms at "

@@ -2,6 +2,7 @@
 # runs) on a RAM block device outside the Python heap, so that heap figures
 # taken on the emulated board are the firmware's alone. MPS2-AN385 has
 # 4 MB of SSRAM at 0x20000000 that the qemu port's image does not use.
+import array
 import time
 import uctypes
 import vfs
@@ -19,7 +20,7 @@ class RamBlocks:
         self.mem = memoryview(uctypes.bytearray_at(base, nblocks * _BLOCK))
         self.reads = self.progs = self.erases = 0
         self.us = 0     # emulated time spent in this Python driver (a board's is C)
-        self.wear = bytearray(nblocks)   # erases per block, saturating at 255
+        self.wear = array.array("H", bytes(2 * nblocks))   # erases per block (to 65,535)
 
     def readblocks(self, block, buf, off=0):
         t = time.ticks_us()
@@ -60,7 +61,7 @@ class RamBlocks:
         for i in range(a, a + _BLOCK, 256):
             m[i:i + 256] = _FF
         self.erases += 1
-        if self.wear[block] < 255:
+        if self.wear[block] < 65535:
             self.wear[block] += 1
 
 

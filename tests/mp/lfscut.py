@@ -6,9 +6,9 @@
 #   python3 tools/board_cutsweep.py [--step N] [--twice] [--unix]
 #
 # Not a dual-interpreter suite (CPython has no littlefs): the board lane
-# runs it by name (tools/board_test.py "lfscut": every 16th cut point,
-# test_power_cuts_every_16th below), tests/test_board_lane.py on the unix
-# port.
+# runs it by name (tools/board_test.py "lfscut": every 16th cut point, and
+# a sample of --twice, the test_* functions below), tests/test_board_lane.py
+# on the unix port.
 # A block device that counts every program and erase "loses power" at
 # operation N: that operation and every one after it fail (EIO) and change
 # nothing, so nothing after N reaches flash; with odd N the cut operation
@@ -23,8 +23,11 @@
 # power cut may have gone either way), never two bill records for one
 # serial, an open session back with its header; then the pile's next steps
 # (the open session closed as a 0x83 bill, everything confirmed and
-# settled, compacted) and a second boot, checked again. With --twice, each
-# boot's recovery is cut too, at every block operation it makes.
+# settled, compacted) and a second boot, checked again. With --twice, the
+# next boot's recovery (the journal's and the updater's, from the image
+# the first cut left) is cut too, at each block operation it makes in
+# turn, and every such cut is followed by the same boot, checks, next
+# steps and second boot.
 # Closing line: "N passed, N failed" (one per cut point), as the suites.
 import struct
 import sys
@@ -290,9 +293,10 @@ def _raw_bills(path):
     return seen
 
 
-def _check(j, model, cut_op):
+def _check(j, model, cut_op, closing=False):
     """The recovered journal against the model; returns the total amount of
-    the bills it holds unsettled (pending, confirmed, refused)."""
+    the bills it holds unsettled (pending, confirmed, refused). closing: a
+    cut boot may have sealed open sessions (close_interrupted)."""
     rep = j.report
     assert not rep.corrupt, rep
     for k, c in _raw_bills(j.path).items():
@@ -310,6 +314,8 @@ def _check(j, model, cut_op):
             ok.append(_NEXT[cut_op[0]][1])
         if "settled" in ok:
             ok.append(None)   # compacted away
+        if closing and "open" in ok:
+            ok.append("pending")
         got = j.status(s)
         assert got in ok, (s, st, got, cut_op)
         if got == "open":
@@ -319,7 +325,7 @@ def _check(j, model, cut_op):
             assert b == body(n), s
             total += amount(b)
     if cut_op is not None and cut_op[0] == "open" and cut_op[1] not in model:
-        assert j.status(serial(cut_op[1])) in (None, "open")
+        assert j.status(serial(cut_op[1])) in (None, "open", "pending" if closing else "open")
     return total
 
 
@@ -331,11 +337,15 @@ def _expected_total(j, model):
     return t
 
 
+def _close(serial, header, ck):
+    return body(int(serial[-4:]))
+
+
 def _finish(j):
     """What the pile does next: open sessions closed as 0x83 bills, every
     bill confirmed and settled, a compaction."""
-    for s, h, c in j.open_sessions():
-        assert j.seal(s, body(int(s[-4:]))) == "sealed"
+    j.close_interrupted(_close)
+    assert not j.open_sessions()
     for s in j.pending():
         assert j.confirm(s) == "ok"
     for s in j.pending() + j.confirmed() + j.illegal_bills():
@@ -350,10 +360,49 @@ def _boot(mem, cut=None):
     return j
 
 
+def _next_boot(mem, cut):
+    """The next boot's recovery as firmware/pile.py does it (the journal
+    recovered, its open sessions sealed as bills, close_interrupted), then
+    the updater's, with the power going at block operation `cut`; True:
+    the cut landed."""
+    bd = _mount(mem, cut)
+    try:
+        j = Journal("/cut/journal", limit_bytes=LIMIT)
+        j.recover()
+        j.close_interrupted(_close)
+        _updater()
+    except Exception as e:  # noqa: BLE001 - a write refused by the cut
+        if not bd.gone:
+            raise
+        del e
+    _umount()
+    return bd.gone
+
+
+def _after(mem, model, cut_op, closing=False):
+    """A boot after the cut(s), checked against what the API acknowledged;
+    then the pile's next steps and a second boot, checked again."""
+    j = _boot(mem)
+    total = _check(j, model, cut_op, closing)
+    _check_fw(model, cut_op)
+    assert total == _expected_total(j, model)
+    _finish(j)
+    _umount()
+    j = _boot(mem)
+    assert j.count("pending") == j.count("confirmed") == j.count("illegal") == 0
+    assert not j.open_sessions()
+    for k, c in _raw_bills(j.path).items():
+        assert c == 1
+    _umount()
+
+
 def one(mem, spare, cut, twice):
     """One cut point: run the life with the power going at block operation
-    `cut`, then boot(s) and checks. Returns (ops the life took, whether the
-    cut landed, recovery cut points tried)."""
+    `cut`, then boot(s) and checks. With `twice`, first the next boot's
+    recovery is cut at each of its block operations k = 1, 2, ... in turn
+    (from the same image), each followed by a boot and the same checks.
+    Returns (ops the life took, whether the cut landed, recovery cut
+    points tried)."""
     _umount()
     bd = _mount(mem, None, True)
     base = bd.ops
@@ -374,35 +423,17 @@ def one(mem, spare, cut, twice):
         spare[:] = mem
         k = 1
         while True:
-            _umount()
             mem[:] = spare
-            try:
-                rb = _mount(mem, k)
-                Journal("/cut/journal", limit_bytes=LIMIT).recover()
-                gone = rb.gone
-            except OSError:
-                gone = True
-            _umount()
-            if not gone:
+            if not _next_boot(mem, k):
                 break
             tried += 1
-            j = _boot(mem)
-            _check(j, model, cut_op)
-            _umount()
+            try:
+                _after(mem, model, cut_op, True)
+            except Exception as e:  # noqa: BLE001
+                raise AssertionError("recovery cut %d: %s %s" % (k, type(e).__name__, e))
             k += 1
         mem[:] = spare
-    j = _boot(mem)
-    total = _check(j, model, cut_op)
-    _check_fw(model, cut_op)
-    assert total == _expected_total(j, model)
-    _finish(j)
-    _umount()
-    j = _boot(mem)
-    assert j.count("pending") == j.count("confirmed") == j.count("illegal") == 0
-    assert not j.open_sessions()
-    for k, c in _raw_bills(j.path).items():
-        assert c == 1
-    _umount()
+    _after(mem, model, cut_op)
     return ops, landed, tried
 
 
@@ -452,6 +483,13 @@ def main(step=1, offset=0, twice=False, board=None):
 def test_power_cuts_every_16th():
     # the board lane's sample (tools/board_test.py "lfscut")
     assert main(16) == 0
+
+
+def test_power_cuts_in_the_next_boots_recovery():
+    # the board lane's sample of --twice: every 97th cut point of the life
+    # (3), and at each of them every block operation of the next boot's
+    # recovery (16 more cut points), each followed by a boot and the checks
+    assert main(200, 90, True) == 0
 
 
 if __name__ == "__main__":
