@@ -438,6 +438,7 @@ class Driver:
 class ChaosFleet(FLEET.SimFleet):
     """SimFleet's loop (simulated time, one thread) over ChaosUnits, with a
     Driver per pile in place of the built-in session mix."""
+    unit_class = None          # ChaosUnit (sim/chaos_inproc.py: its in-process pile)
 
     def __init__(self, h, piles, sessions, speed, root, seed):
         FLEET.SimFleet.__init__(self, h.bridge_addr, piles=0, speed=speed, mix="idle", root=root,
@@ -451,7 +452,7 @@ class ChaosFleet(FLEET.SimFleet):
             veh = {"capacity_wh": rnd.choice((40000, 60000, 80000)), "soc": rnd.randrange(10, 60),
                    "vin": None, "max_power_w": 250000}
             prnd = random.Random("%d/%d" % (seed, i))
-            u = ChaosUnit(h, code, os.path.join(self.root, code), start, tariff, veh,
+            u = (self.unit_class or ChaosUnit)(h, code, os.path.join(self.root, code), start, tariff, veh,
                           rnd.randrange(0, 5000000, 100), prnd)
             self.units.append(u)
             self.drivers.append(Driver(h, u, random.Random("%d/%d/d" % (seed, i)), sessions))
