@@ -1,11 +1,10 @@
 """pile-chaos --inproc (sim/chaos_inproc.py, docs/chaos.md "In one process"): the
 real firmware, bridge and platform in one process in simulated time, under
 the in-process fault plan, lose, duplicate and misreconcile nothing; and its
-verdict fails when the bridge settles a bill the platform never got, or a
-pile forgets a bill."""
+verdict fails when the bridge settles a bill the platform never got (the
+socket harness's tests/test_chaos.py plants a forgetful journal)."""
 import json
 
-from firmware import journal as J
 from host import store as store_mod
 from tools import chaos
 
@@ -55,22 +54,6 @@ def test_the_verdict_fails_when_the_bridge_settles_a_bill_the_platform_never_got
     # The pile let it go (settled), so nothing is left open: only the count finds it.
     assert rc == 1 and s["unconfirmed"] == 0 and s["unsettled_on_piles"] == 0
     assert s["lost"] == 1 and s["examples"]["lost"] == early
-
-
-def test_the_verdict_fails_when_a_pile_forgets_a_bill(capsys, monkeypatch):
-    # A firmware bug: the first bill is reported sealed but never written.
-    seal = J.Journal.seal
-    dropped = []
-
-    def forgetful(self, serial, body):
-        if not dropped:
-            dropped.append(serial)
-            return "sealed"
-        return seal(self, serial, body)
-    monkeypatch.setattr(J.Journal, "seal", forgetful)
-    rc, s = _run(capsys, "--piles", "2", "--sessions", "2", "--seed", "3", "--faults", "none")
-    assert rc == 1 and not s["recovered"]
-    assert s["lost"] == 1 and s["examples"]["lost"] == dropped
 
 
 def test_socket_only_faults_are_refused_in_process(capsys):
