@@ -185,7 +185,6 @@ _TEMPLATE = Frame(0, "", 0, 0, b"", None)
 _MORE_SLOTS = tuple(k for k in Frame.__slots__ if k not in _SET and hasattr(_TEMPLATE, k))
 _MORE_VALUES = tuple(getattr(_TEMPLATE, k) for k in _MORE_SLOTS)
 
-_PRINTABLE = bytes(range(32, 127))
 _LITERAL_MAX = 12   # fields dicts up to this size as a display, longer ones by copy
 _CRC2 = struct.Struct("<H")
 _UPARTS = {1: ("B",), 2: ("H",), 4: ("I",), 8: ("Q",), 3: ("H", "B"), 5: ("I", "B"),
@@ -199,18 +198,17 @@ stats = {"fallback": 0}  # calls passed on to the shared codec (benchmark, tests
 
 def _compile_decoder(layout):
     """def dec(buf, lenient): the Frame of the plain frame `buf` (bytes, one
-    whole frame whose start byte, length byte, code and enc byte 0 the
-    caller has checked), or None. A plain frame reads the same strictly and
+    whole frame of this layout's code and length), or None. A plain frame reads the same strictly and
     leniently (but for Frame.problems: None, or [] when lenient)."""
     names, kinds, sizes = layout.names, layout.kinds, layout.sizes
     variable = layout.variable
-    fmt = "<2xH2x"  # v[0]: seq
+    fmt = "<BBHBx"  # start, length, seq, enc (the caller found the code)
     src = []
     vals = []       # (name, expression)
     ascii_parts = []
     edge_checks = []
     times = []
-    j = 1           # index in the unpacked tuple
+    j = 4           # index in the unpacked tuple
     off = 6         # offset in the frame
     need_hex = False
     bcd_locals = []  # (local, expression) of the "b" fields
@@ -244,14 +242,15 @@ def _compile_decoder(layout):
             # stripped from its padding end when no NUL is left inside it,
             # which the printable check below makes sure of.
             if k == "a":
-                src.append("%s = v[%d].rstrip(b'\\0')" % (p, j))
+                src.append("%s = v[%d].rstrip(b'\\0'); s%d = %s.decode()" % (p, j, idx, p))
             else:
-                src.append("%s = v[%d][::-1].strip(b'\\0')" % (p, j))
-            ascii_parts.append(p)
+                src.append("%s = v[%d][::-1].strip(b'\\0'); s%d = %s.decode()" % (p, j, idx, p))
+            # printable ASCII (no NUL left inside)
+            ascii_parts.append("s%d.isascii() and s%d.isprintable()" % (idx, idx))
             # A lenient reading (protocol/lenient.py) also takes spaces at
             # either end for padding: the same text when it has no edge space.
             edge_checks.append("%s[:1] != b' ' and %s[-1:] != b' '" % (p, p))
-            vals.append((name, "%s.decode()" % p))
+            vals.append((name, "s%d" % idx))
             j += 1
         elif k == "t":
             # ms | minute << 16 | hour << 24, day | month << 8, year
@@ -271,28 +270,31 @@ def _compile_decoder(layout):
         off += n
     S = struct.Struct(fmt)
     body = []
-    if variable:
-        body.append("if _crc(buf, _I[buf[1]]%s): return None" % _CARGS)
-    else:
-        body.append("if _crc(buf, %d%s): return None" % (_INIT[layout.size + 4], _CARGS))
     body.append("v = _S.unpack_from(buf)")
+    if variable:
+        body.append("if v[0] != 104 or v[1] + 4 != len(buf) or v[3] or _crc(buf, _I[v[1]]%s): "
+                    "return None" % _CARGS)
+    else:
+        body.append("if v[0] != 104 or v[1] != %d or v[3] or _crc(buf, %d%s): return None"
+                    % (layout.size + 4, _INIT[layout.size + 4], _CARGS))
     if need_hex:
         body.append("hx = buf.hex()")
         if bcd_locals:
             body.extend("%s = %s" % bl for bl in bcd_locals)
             # BCD: its hex digits are all digits
-            body.append("if not (%s): return None"
-                        % " and ".join("%s.isdigit()" % bl[0] for bl in bcd_locals))
+            # (bytes.isdigit: str.isdigit looks each character up)
+            body.append("if not (%s).encode().isdigit(): return None"
+                        % " + ".join(bl[0] for bl in bcd_locals))
     body.extend(src)
     if ascii_parts:
-        body.append("if (%s).translate(None, _PR): return None" % " + ".join(ascii_parts))
+        body.append("if not (%s): return None" % " and ".join(ascii_parts))
         body.append("if lenient and not (%s): return None" % " and ".join(edge_checks))
     if times:
         body.append("if %s: return None" % " or ".join("%s < 0" % t for t in times))
     # The Frame without a call to its __init__: its slots set here, as
     # protocol.codec.Frame.__init__ sets them.
     body.append("f = _new(_Frame)")
-    body.append("f.code = %d; f.name = %r; f.seq = v[0]; f.enc = 0; f.crc_swapped = False"
+    body.append("f.code = %d; f.name = %r; f.seq = v[2]; f.enc = 0; f.crc_swapped = False"
                 % (layout.code, layout.name))
     body.append("f.body = buf[6:-2]")
     fields = None
@@ -311,7 +313,7 @@ def _compile_decoder(layout):
         body.append("f.problems = [] if lenient else None")
     body.append("return f")
     code = "def dec(buf, lenient):\n" + "".join("    %s\n" % line for line in body)
-    env = {"_S": S, "_crc": _CFN, "_I": _INIT, "_PR": _PRINTABLE, "_new": Frame.__new__,
+    env = {"_S": S, "_crc": _CFN, "_I": _INIT, "_new": Frame.__new__,
            "_Frame": Frame, "_more": _MORE_VALUES, "_F": fields}
     if times:
         tt = time_tables()
@@ -331,7 +333,6 @@ def _compile_encoder(layout):
     hexs = []       # order of their bytes in B (one unhexlify for them all)
     where = {}      # field index -> offset of its bytes in B
     pre = []
-    texts = []      # locals of the encoded "a" and "r" fields
     items = []      # struct items in frame order: (fmt, arg, index or None)
     vfield = None
     hoff = 0
@@ -374,11 +375,11 @@ def _compile_encoder(layout):
             else:
                 items.append(["s", None, [where[idx], where[idx] + n]])
         elif k == "a" or k == "r":
-            r = "r%d" % idx
-            pre.append("%s = %s.encode()" % (r, x))
-            texts.append(r)
-            checks.append("len(%s) <= %d" % (r, n))
-            items.append(["%ds" % n, r if k == "a" else "%s[::-1].rjust(%d, b'\\0')" % (r, n), None])
+            # printable ASCII (a bytes value has no isprintable: the shared
+            # codec then answers)
+            checks.append("%s.isascii() and %s.isprintable() and len(%s) <= %d" % (x, x, x, n))
+            items.append(["%ds" % n, "%s.encode()" % x if k == "a"
+                          else "%s.encode()[::-1].rjust(%d, b'\\0')" % (x, n), None])
         elif k == "t":
             checks.append("0 <= %s < %d" % (x, _END))
             items.append(["H", "%s %% 60 * 1000" % x, None])
@@ -408,8 +409,6 @@ def _compile_encoder(layout):
         body.append("B = _unhex(%s)" % " + ".join(["D"] + hexs))
     elif hexs:
         body.append("B = _unhex('' + %s)" % " + ".join(hexs))
-    if texts:
-        body.append("if (%s).translate(None, _PR): return None" % " + ".join(texts))
     n0 = layout.size + 4
     if vfield:
         body.insert(0, "vv = values[%r]" % vfield[0])
@@ -423,7 +422,7 @@ def _compile_encoder(layout):
                                                   % (n0, layout.code)] + args))
         body.append("return p + _C2(_crc(p, %d%s))" % (_INIT[n0], _CARGS))
     code = "def enc(values, seq, enc):\n" + "".join("    %s\n" % line for line in body)
-    env = {"_S": S, "_crc": _CFN, "_I": _INIT, "_PR": _PRINTABLE, "_unhex": unhexlify,
+    env = {"_S": S, "_crc": _CFN, "_I": _INIT, "_unhex": unhexlify,
            "_C2": _CRC2.pack}
     if "t" in kinds.decode():
         tt = time_tables()
@@ -517,7 +516,7 @@ def decode_at(buf, i, n, tolerant=False, lenient=False):
     bytes checked by the caller), through the fast path when it is plain."""
     key = buf[i + 5] << 9 | n
     d = _DEC.get(key) or _decoder(key)
-    if d is not None and not buf[i + 4]:
+    if d is not None:
         try:
             f = d(bytes(buf[i:i + n]), lenient)
         except Exception:
@@ -535,7 +534,7 @@ def decode(frame, tolerant=False, lenient=False):
         n = len(frame)
         if n > 7:
             d = _DEC.get(frame[5] << 9 | n) or _decoder(frame[5] << 9 | n)
-            if d is not None and frame[0] == 0x68 and frame[1] + 4 == n and not frame[4]:
+            if d is not None:
                 try:
                     f = d(frame if t is bytes else bytes(frame), lenient)
                 except Exception:
