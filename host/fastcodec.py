@@ -496,9 +496,8 @@ def _encoder(code):
             return None
     else:
         c = code
-    if c in _done:
-        return None
-    _compile_code(c)
+    if c not in _done:
+        _compile_code(c)
     return _ENC.get(code)
 
 
@@ -529,33 +528,47 @@ def decode_at(buf, i, n, tolerant=False, lenient=False):
 
 def decode(frame, tolerant=False, lenient=False):
     """As protocol.codec.decode (same Frame, same errors)."""
-    t = type(frame)
-    if t is bytes or t is bytearray:
-        n = len(frame)
-        if n > 7:
-            d = _DEC.get(frame[5] << 9 | n) or _decoder(frame[5] << 9 | n)
-            if d is not None:
-                try:
-                    f = d(frame if t is bytes else bytes(frame), lenient)
-                except Exception:
-                    f = None
-                if f is not None:
-                    return f
+    if type(frame) is bytes:
+        try:
+            f = _DEC[frame[5] << 9 | len(frame)](frame, lenient)
+        except Exception:       # no decoder (yet) for that code and length, or not plain
+            f = _first(frame, lenient)
+        if f is not None:
+            return f
+    elif type(frame) is bytearray:
+        return decode(bytes(frame), tolerant, lenient)
     stats["fallback"] += 1
     return codec.decode(frame, tolerant, lenient)
+
+
+def _first(frame, lenient):
+    # decode() when the table had no decoder: the code compiled on first
+    # use, and the frame decoded if it then has one
+    if len(frame) < 8:
+        return None
+    d = _decoder(frame[5] << 9 | len(frame))
+    if d is None:
+        return None
+    try:
+        return d(frame, lenient)
+    except Exception:
+        return None
 
 
 def encode(code, values, seq=0, enc=0):
     """As protocol.codec.encode (same bytes, same errors)."""
     t = type(code)
-    # Only an int or a str is looked up (True or 1.0 would find 1): anything
-    # else goes to the shared codec, which says what is wrong with it.
-    e = (_ENC.get(code) or _encoder(code)) if t is int or t is str else None
-    if e is not None:
+    # Only an int or a str is looked up (1.0 would find 1): anything else
+    # goes to the shared codec, which says what is wrong with it.
+    if t is int or t is str:
         try:
-            out = e(values, seq, enc)
-        except Exception:
-            out = None
+            out = _ENC[code](values, seq, enc)
+        except Exception:       # not compiled yet, no such frame, or not plain
+            e = _encoder(code)
+            try:
+                out = None if e is None else e(values, seq, enc)
+            except Exception:
+                out = None
         if out is not None:
             return out
     stats["fallback"] += 1
