@@ -6,7 +6,8 @@ module is not a second one. It compiles each layout of the one frame table
 `struct.Struct` over the whole frame and a generated function per layout
 and direction, so that decoding or encoding a frame is one `unpack_from` /
 `pack`, one hex conversion, a C CRC and straight-line code: no Python call
-per field (a few C string methods for the ASCII fields remain).
+per field (a few C string methods for the BCD and ASCII fields remain;
+CP56Time2a by table lookups).
 
 It handles only the plain, strict case: a frame with a good CRC, no
 encryption, a body one layout fits, BCD digits, printable ASCII then NULs,
@@ -24,8 +25,10 @@ really handled the plain cases (no silent fallback).
     FrameReader(tolerant=False, lenient=False)    protocol.codec.FrameReader
                                                   on this decoder
 
-CRC: crcmod's C extension (a dependency already) when it is there and agrees
-with the table CRC of protocol.crc on the check vectors; else protocol.crc.
+CRC: fastcrc's CRC-16/MODBUS, else crcmod's C extension, whichever is here
+and agrees with the table CRC of protocol.crc on the check vectors (from
+several start registers); else protocol.crc. It runs over the whole frame
+from a start register that absorbs the 68 LEN prefix (see _INIT): no slice.
 """
 import struct
 from binascii import unhexlify
@@ -198,8 +201,9 @@ stats = {"fallback": 0}  # calls passed on to the shared codec (benchmark, tests
 
 def _compile_decoder(layout):
     """def dec(buf, lenient): the Frame of the plain frame `buf` (bytes, one
-    whole frame of this layout's code and length), or None. A plain frame reads the same strictly and
-    leniently (but for Frame.problems: None, or [] when lenient)."""
+    whole frame of this layout's code and length), or None. A plain frame
+    reads the same strictly and leniently (but for Frame.problems: None, or
+    [] when lenient)."""
     names, kinds, sizes = layout.names, layout.kinds, layout.sizes
     variable = layout.variable
     fmt = "<BBHBx"  # start, length, seq, enc (the caller found the code)
@@ -414,8 +418,8 @@ def _compile_encoder(layout):
         body.insert(0, "vv = values[%r]" % vfield[0])
         body.insert(1, "if type(vv) is not bytes or len(vv) > %d: return None" % vfield[1])
         body.insert(2, "L = %d + len(vv)" % n0)
-        body.append("p = _S.pack(%s) + vv" % ", ".join(["0x68, L, seq & 0xFFFF, enc, %d" % layout.code]
-                                                       + args))
+        head = "0x68, L, seq & 0xFFFF, enc, %d" % layout.code
+        body.append("p = _S.pack(%s) + vv" % ", ".join([head] + args))
         body.append("return p + _C2(_crc(p, _I[L]%s))" % _CARGS)
     else:
         body.append("p = _S.pack(%s)" % ", ".join(["0x68, %d, seq & 0xFFFF, enc, %d"

@@ -47,13 +47,9 @@ def _bill():
     return codec.encode(0x3B, sample_bill(), seq=0x0180)
 
 
-# The bench's own CPU time (not the wall clock): on a machine shared with
-# other work, the time the OS gives to other processes is not counted.
-_clock = time.thread_time
-
-
-def _once(fn, seconds):
-    """Calls per second of fn over about `seconds` of this thread's CPU time."""
+def _once(fn, seconds, _clock=time.thread_time):
+    """Calls per second of fn over about `seconds` of this thread's CPU time
+    (on a shared machine, the time other processes get is not counted)."""
     n = 0
     t0 = _clock()
     end = t0 + seconds
@@ -79,10 +75,8 @@ def side_by_side(fns, seconds, turn=0.02):
 
 
 def _key(raw):
-    """What to encode the frame's fields by: its type code, or its layout's
-    name when the code picks another layout for those fields (0x3B's
-    pre-V1.5 bill156 has the V1.5 bill's field names: by code, the bridge
-    writes V1.5)."""
+    """The frame's type code, or its layout's name when the code picks another
+    layout for its fields (bill156 has the names of the bill, which wins)."""
     f = codec.decode(raw)
     return raw[5] if codec.encode(raw[5], f.fields, f.seq) == raw else f.name
 
@@ -134,31 +128,26 @@ def frame_rates(seconds):
     return rows
 
 
-def micropython_frame_rates(seconds):
-    """{name: decode+encode per second} under `micropython`, or None."""
+def _micropython_bench(*args):
+    """{name: rounds/s} from `micropython tests/mp/bench_codec_mp.py *args` (or None)."""
     mp = find_program("micropython")
     if not mp:
         return None
-    r = subprocess.run([mp, os.path.join(ROOT, "tests", "mp", "bench_codec_mp.py"), "all",
-                        str(seconds)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    r = subprocess.run([mp, os.path.join(ROOT, "tests", "mp", "bench_codec_mp.py")] + list(args),
+                       capture_output=True, text=True, timeout=600, cwd=ROOT)
     if r.returncode:
         raise RuntimeError("micropython bench failed: " + r.stderr.strip()[-300:])
-    out = {}
-    for line in r.stdout.splitlines():
-        name, rest = line.split(" decode+encode: ")
-        out[name] = int(rest.split()[0])
-    return out
+    lines = [line.split(" decode+encode: ") for line in r.stdout.splitlines()]
+    return dict((name, int(rest.split()[0])) for name, rest in lines)
+
+
+def micropython_frame_rates(seconds):
+    return _micropython_bench("all", str(seconds))
 
 
 def micropython_rate(seconds):
-    mp = find_program("micropython")
-    if not mp:
-        return None
-    r = subprocess.run([mp, os.path.join(ROOT, "tests", "mp", "bench_codec_mp.py"),
-                        str(seconds)], capture_output=True, text=True, timeout=120, cwd=ROOT)
-    if r.returncode:
-        raise RuntimeError("micropython bench failed: " + r.stderr.strip()[-300:])
-    return int(r.stdout.split(":")[1].split()[0])
+    out = _micropython_bench(str(seconds))
+    return None if out is None else out["bill"]
 
 
 _PROBE = """
@@ -298,10 +287,10 @@ def main(argv=None):
         if "retained_mpy" in heap:
             print("| `import protocol.codec` retains, from .mpy (mpy-cross) | %.1f |"
                   % (heap["retained_mpy"] / 1024))
-        print("| smallest heap to import protocol.codec, from .py | %s |" % heap["import_py"])
-        if "import_mpy" in heap:
-            print("| smallest heap to import protocol.codec, from .mpy | %s |"
-                  % heap["import_mpy"])
+        for k in ("py", "mpy"):
+            if "import_" + k in heap:
+                print("| smallest heap to import protocol.codec, from .%s | %s |"
+                      % (k, heap["import_" + k]))
         print("| smallest heap for `micropython tests/mp/run.py test_codec` | %s |"
               % heap["run_test_codec"])
     return 0
