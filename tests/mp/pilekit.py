@@ -7,6 +7,7 @@ from sim.hardware import SimOutput, SimWorld
 from sim.platform import ScriptedPlatform
 from firmware.tariff import Tariff
 from protocol import fields as F
+from tests.mp.util import rmtree
 
 PILE = "55031412782305"
 T0 = F.to_secs(2026, 11, 24, 10, 0, 0)
@@ -36,6 +37,13 @@ class Rig:
         # sharing: one power output per gun (firmware/sharing.py), cfg power_w
         self.outputs = [SimOutput(x.vehicle) for x in self.worlds] if sharing else None
         self.setup(guns, cfg, confirm, settle)
+
+    # `with _rig() as r:` removes the pile's flash folder however the test ends.
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        rmtree(self.root)
 
     def setup(self, guns, cfg, confirm, settle):
         """The pile's cfg (guns, extra cfg) and its first boot."""

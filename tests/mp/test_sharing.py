@@ -7,7 +7,7 @@ from firmware import session as S
 from firmware.sharing import TICK_MS, allocate
 from protocol.reconcile import reconcile
 from tests.mp.pilekit import PILE, Rig, serial
-from tests.mp.util import rmtree, tmpdir
+from tests.mp.util import tmpdir
 
 
 def _alloc(cap, demands, prios=None):
@@ -92,8 +92,7 @@ def _bills_reconcile(r, n):
 
 
 def test_a_second_gun_halves_the_first_within_one_tick_and_the_cap_is_never_exceeded():
-    r = _rig()
-    try:
+    with _rig() as r:
         r.online()
         r.start(serial(1, "01"), gun="01")
         top, over = _watch(r, 30000)
@@ -114,13 +113,10 @@ def test_a_second_gun_halves_the_first_within_one_tick_and_the_cap_is_never_exce
         r.stop("01")
         r.run(20000)
         _bills_reconcile(r, 2)
-    finally:
-        rmtree(r.root)
 
 
 def test_0x52_percentage_lowers_every_share_within_one_tick_and_is_answered():
-    r = _rig()
-    try:
+    with _rig() as r:
         r.online()
         r.start(serial(3, "01"), gun="01")
         r.start(serial(4, "02"), gun="02")
@@ -139,13 +135,10 @@ def test_0x52_percentage_lowers_every_share_within_one_tick_and_is_answered():
         r.stop("02")
         r.run(20000)
         _bills_reconcile(r, 2)
-    finally:
-        rmtree(r.root)
 
 
 def test_site_cap_lowers_the_pile_within_one_tick():
-    r = _rig()
-    try:
+    with _rig() as r:
         r.online()
         r.start(serial(5, "01"), gun="01")
         r.run(30000)
@@ -156,13 +149,10 @@ def test_site_cap_lowers_the_pile_within_one_tick():
         r.pile.set_site_cap(0)                       # lifted
         r.run(5000)
         assert _powers(r) == [60000, 0]
-    finally:
-        rmtree(r.root)
 
 
 def test_module_faults_lower_power_and_never_end_a_session():
-    r = _rig(cfg={"modules": 4, "module_w": 15000})
-    try:
+    with _rig(cfg={"modules": 4, "module_w": 15000}) as r:
         r.online()
         r.start(serial(6, "01"), gun="01")
         r.start(serial(7, "02"), gun="02")
@@ -184,27 +174,21 @@ def test_module_faults_lower_power_and_never_end_a_session():
         r.run(20000)
         _bills_reconcile(r, 2)
         assert [b.fields["stop_reason"] for b in r.platform.bills()] == [0x40, 0x40]
-    finally:
-        rmtree(r.root)
 
 
 def test_priority_gun_served_first():
-    r = _rig(cfg={"prios": [0, 1]})
-    try:
+    with _rig(cfg={"prios": [0, 1]}) as r:
         r.online()
         r.start(serial(8, "01"), gun="01")
         r.start(serial(9, "02"), gun="02")
         r.run(30000)
         assert _powers(r) == [0, 60000]   # gun 2 first; the vehicle takes all of it
-    finally:
-        rmtree(r.root)
 
 
 def _amount_run(stop_gun2_at):
     # Gun 1 charges toward 10 yuan at half of a 240 kW pile; gun 2 stops at
     # stop_gun2_at ms (None: never), doubling gun 1's share.
-    r = _rig(power_w=240000)
-    try:
+    with _rig(power_w=240000) as r:
         r.online()
         r.start(serial(10, "02"), gun="02")
         r.start(serial(20, "01"), gun="01", amount=100000)
@@ -226,8 +210,6 @@ def _amount_run(stop_gun2_at):
         b = [f.fields for f in r.platform.bills() if f.fields["serial"] == serial(20, "01")]
         assert len(b) == 1 and b[0]["stop_reason"] == 0x43, b
         return took, b[0]["total_amount"]
-    finally:
-        rmtree(r.root)
 
 
 def test_an_amount_target_is_not_crossed_when_the_share_rises_between_samples():
@@ -242,8 +224,7 @@ def test_an_amount_target_is_not_crossed_when_the_share_rises_between_samples():
 
 
 def test_site_cap_frame_from_the_bridge_is_applied_within_one_tick_and_answered():
-    r = _rig()
-    try:
+    with _rig() as r:
         r.online()
         r.start(serial(30, "01"), gun="01")
         r.start(serial(31, "02"), gun="02")
@@ -258,28 +239,22 @@ def test_site_cap_frame_from_the_bridge_is_applied_within_one_tick_and_answered(
         r.platform.send("site_cap", {"pile": PILE, "cap": 0})     # lifted
         r.run(5000)
         assert _powers(r) == [30000, 30000]
-    finally:
-        rmtree(r.root)
 
 
 def test_site_cap_frame_to_a_pile_without_power_sharing_is_answered_0():
-    r = Rig(tmpdir("share"))
-    try:
+    with Rig(tmpdir("share")) as r:
         r.online()
         r.platform.send("site_cap", {"pile": PILE, "cap": 40000})
         r.run(2000)
         rep = r.platform.named("site_cap_reply")
         assert [(f.fields["cap"], f.fields["result"]) for f in rep] == [(0, 0)]
-    finally:
-        rmtree(r.root)
 
 
 def test_gun_cap_frame_caps_that_gun_only_and_the_other_takes_the_rest():
     # An OCPP charging profile on EVSE 2 (docs/ocpp.md) reaches the pile as
     # 0xDC: gun 02 is held under its cap, gun 01 gets what is left of the
     # pile's power; lifted, both share equally again; bills still reconcile.
-    r = _rig()
-    try:
+    with _rig() as r:
         r.online()
         r.start(serial(40, "01"), gun="01")
         r.start(serial(41, "02"), gun="02")
@@ -303,5 +278,3 @@ def test_gun_cap_frame_caps_that_gun_only_and_the_other_takes_the_rest():
         r.stop("02")
         r.run(20000)
         _bills_reconcile(r, 2)
-    finally:
-        rmtree(r.root)

@@ -8,7 +8,7 @@ from firmware.tariff import Tariff
 from firmware.vinauth import (ALLOW, CARD_FLEET, CARD_SITE_ADMIN, STOP_VIN_DENIED,
                               STOP_VIN_MISSING, VinPolicy)
 from protocol import fields as F
-from tests.mp.util import raises, rmtree, tmpdir
+from tests.mp.util import raises, TempDir
 
 PILE = "55031412782305"
 ADMIN = "00000000A0000001"      # site-admin card, department "site" (check per test)
@@ -152,8 +152,7 @@ def test_vin_codes_are_in_the_abnormal_stop_range():
 
 
 def test_policy_survives_a_reboot_offline():
-    d = tmpdir("vin")
-    try:
+    with TempDir("vin") as d:
         p = policy(True)
         p.set_card(FLEET, CARD_FLEET, "bus", nameplate=PLATE)
         p.save(d + "/vins.txt")
@@ -163,8 +162,6 @@ def test_policy_survives_a_reboot_offline():
             for vin in (None, BUS_VIN, TAXI_VIN, STRANGER):
                 assert q.decide(card, vin) == p.decide(card, vin), (card, vin)
         assert q.nameplate(FLEET) == PLATE
-    finally:
-        rmtree(d)
 
 
 def test_policy_input_is_checked():

@@ -33,6 +33,24 @@ def tmpdir(tag="t"):
             pass
 
 
+class TempDir:
+    """`with TempDir("tag") as d:` a fresh directory (tmpdir), removed with
+    all it holds however the block ends. With `make`, the block gets
+    (d, make(d)): the directory and what the test keeps in it."""
+
+    def __init__(self, tag="t", make=None):
+        self.path = tmpdir(tag)
+        self.make = make
+
+    def __enter__(self):
+        if self.make is None:
+            return self.path
+        return self.path, self.make(self.path)
+
+    def __exit__(self, *exc):
+        rmtree(self.path)
+
+
 def rmtree(path):
     try:
         entries = [e[0] for e in os.ilistdir(path)]
