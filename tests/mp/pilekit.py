@@ -117,6 +117,21 @@ class Rig:
     def stop(self, gun="01"):
         self.platform.send("remote_stop", {"pile": PILE, "gun": gun})
 
+    def charge(self, serial, ms, after_ms):
+        """A session on gun 01: started, `ms` of charging, stopped, then
+        `after_ms` more (its bill's round trip)."""
+        self.start(serial)
+        self.run(ms)
+        self.stop()
+        self.run(after_ms)
+
+    def status(self):
+        """The fields of the pile's answer to a status_query."""
+        k = len(self.platform.named("status_reply"))
+        self.platform.send("status_query", {"pile": self.pile.pile})
+        self.run(2000, lambda: len(self.platform.named("status_reply")) > k)
+        return self.platform.named("status_reply")[-1].fields
+
 
 def serial(n, gun="01"):
     return PILE + gun + "261124100000" + "%04d" % n

@@ -51,18 +51,8 @@ def _rig(**kw):
 
 def _unconfirmed_bill(r, n=1):
     r.online()
-    r.start(serial(n))
-    r.run(120000)
-    r.stop()
-    r.run(5000)
+    r.charge(serial(n), 120000, 5000)
     assert r.pile.journal.status(serial(n)) == "pending"
-
-
-def _status(r):
-    k = len(r.platform.named("status_reply"))
-    r.platform.send("status_query", {"pile": r.pile.pile})
-    r.run(2000, lambda: len(r.platform.named("status_reply")) > k)
-    return r.platform.named("status_reply")[-1].fields
 
 
 def test_status_shows_state_link_boot_reason_and_journal_counts():
@@ -147,7 +137,7 @@ def test_write_commands_need_the_pin():
         assert t.js("versions")["hmi"] == "104"
         # what the pile says on the wire agrees with the console
         r.online()
-        st = _status(r)
+        st = r.status()
         v = t.js("versions")
         assert (st["hmi_version"], st["fw_version"]) == ("104", v["fw"])
         assert r.platform.named("login")[-1].fields["sw_version"] == v["fw"]
@@ -157,7 +147,7 @@ def test_write_commands_need_the_pin():
         t = Term(r)
         assert r.pile.gun.period_ms == 500 and r.pile.cfg["hmi_version"] == "104"
         r.online()
-        assert t.js("versions")["hmi"] == _status(r)["hmi_version"] == "104"
+        assert t.js("versions")["hmi"] == r.status()["hmi_version"] == "104"
         t = Term(r)
         t.ask("lock")
         assert "locked" in t.ask("reboot now")

@@ -2,7 +2,7 @@
 # MicroPython alike (micropython tests/mp/run.py test_journal).
 import os
 
-from tests.mp.util import raises, rmtree, TempDir, tmpdir
+from tests.mp.util import raises, rmtree, TempDir, TickClock, tmpdir
 from firmware import journal as J
 from firmware.journal import Journal, JournalFull, RecordTooLong
 from firmware.outbox import Outbox
@@ -20,17 +20,6 @@ def body(n, size=158):
     for i in range(size):
         b[i] = (n * 7 + i) & 0xFF
     return bytes(b)
-
-
-class Clock:
-    def __init__(self):
-        self.t = 1000
-
-    def ticks_ms(self):
-        return self.t
-
-    def ticks_diff(self, a, b):
-        return a - b
 
 
 class Events:
@@ -342,7 +331,7 @@ def test_illegal_bill_is_kept_listed_and_never_resent():
     with _fresh("ill", on_event=ev) as (d, j):
         a = _session(j, 1)
         b = _session(j, 2)
-        clock = Clock()
+        clock = TickClock()
         ob = Outbox(j, clock)
         ob.on_login()
         assert ob.due()[0] == a
@@ -375,7 +364,7 @@ def test_bill_the_platform_refused_is_kept_with_its_result_until_released():
         assert j.status(a) == "illegal" and j.platform_result(a) == 1
         assert j.platform_result(b) == 2
         assert j.illegal_bills() == [a, b] and j.confirmed() == []
-        clock = Clock()
+        clock = TickClock()
         ob = Outbox(j, clock)
         ob.on_login()
         clock.t += 10 * 3600 * 1000
@@ -447,7 +436,7 @@ def test_refusals_that_no_longer_fit_write_nothing_and_say_full():
 def test_outbox_backoff_30_60_120_up_to_600_s_forever_same_bytes():
     with _fresh("bo") as (d, j):
         s = _session(j, 7, size=174)
-        clock = Clock()
+        clock = TickClock()
         ob = Outbox(j, clock)
         assert ob.due() is None  # not logged in
         ob.on_login()
@@ -474,7 +463,7 @@ def test_login_replays_stored_bills_in_journal_order_then_new_ones():
     with _fresh("login") as (d, j):
         ss = [_session(j, n) for n in (5, 3, 9)]
         j2 = Journal(j.path)
-        clock = Clock()
+        clock = TickClock()
         ob = Outbox(j2, clock)
         ob.on_login()
         got = []
@@ -494,7 +483,7 @@ def test_unanswered_bill_does_not_hold_back_the_next_one_past_answer_window():
     with _fresh("hol") as (d, j):
         a = _session(j, 1)
         b = _session(j, 2)
-        clock = Clock()
+        clock = TickClock()
         ob = Outbox(j, clock, answer_ms=10000)
         ob.on_login()
         assert ob.due()[0] == a
@@ -526,7 +515,7 @@ def test_unanswered_backlog_all_leaves_the_pile_in_turn():
     n, cap_ms = (200, 600000) if heap is None or heap > 512 * 1024 else (50, 150000)
     with _fresh("starve", limit_bytes=120000) as (d, j):
         ss = [_session(j, k, ckpts=0, size=40) for k in range(1, n + 1)]
-        clock = Clock()
+        clock = TickClock()
         ob = Outbox(j, clock, cap_ms=cap_ms, answer_ms=10000)
         ob.on_login()
         sends = {}
@@ -547,7 +536,7 @@ def test_unanswered_backlog_all_leaves_the_pile_in_turn():
 def test_confirmed_but_unsettled_bill_is_offered_again_after_an_hour():
     with _fresh("reset") as (d, j):
         s = _session(j, 4)
-        clock = Clock()
+        clock = TickClock()
         ob = Outbox(j, clock)
         ob.on_login()
         ob.sent(ob.due()[0])

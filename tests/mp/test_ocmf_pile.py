@@ -154,10 +154,7 @@ def test_no_entropy_no_key_bills_as_before():
         assert r.pile.ocmf.pub is None and not r.pile.ocmf.busy()
         assert any(e[1] == "ocmf_no_key" for e in r.pile.events)
         r.online()
-        r.start(serial(6))
-        r.run(60000)
-        r.stop()
-        r.run(10000)
+        r.charge(serial(6), 60000, 10000)
         assert len(r.platform.bills()) == 1 and not r.platform.named("bill_sig")
         assert not r.platform.named("pile_key")
         assert r.pile.journal.status(serial(6)) == "settled"

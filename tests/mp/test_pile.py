@@ -47,10 +47,7 @@ def test_stop_after_auto_stop_yields_one_bill():
 def test_unconfirmed_bill_is_resent_with_the_same_bytes_until_confirmed():
     with _rig(confirm=False) as r:
         r.online()
-        r.start(serial(3))
-        r.run(60000)
-        r.stop()
-        r.run(200000)
+        r.charge(serial(3), 60000, 200000)
         bills = r.platform.bills()
         assert len(bills) >= 3
         assert len(set([f.body for f in bills])) == 1
@@ -115,12 +112,18 @@ def test_three_stored_bills_each_get_their_0x40_before_the_tariff_check():
         assert r.pile.journal.pending() == []
 
 
+def _reboot_asked_while_charging(r, n, ms, when):
+    # session serial(n) charging for `ms`, then a reboot asked for `when`
+    # (1 now, 2 when idle)
+    r.online()
+    r.start(serial(n))
+    r.run(ms)
+    r.platform.send("reboot", {"pile": r.pile.pile, "when": when})
+
+
 def test_reboot_now_seals_the_running_session_first_and_reports_boot_reason():
     with _rig() as r:
-        r.online()
-        r.start(serial(6))
-        r.run(60000)
-        r.platform.send("reboot", {"pile": r.pile.pile, "when": 1})
+        _reboot_asked_while_charging(r, 6, 60000, 1)
         r.run(5000, lambda: r.reboots == 1)
         assert r.reboots == 1
         assert r.platform.named("reboot_reply")[0].fields["result"] == 1
@@ -143,10 +146,7 @@ def test_an_11_byte_reboot_from_a_platform_is_acted_on_too():
 
 def test_reboot_when_idle_waits_for_the_session_to_end():
     with _rig() as r:
-        r.online()
-        r.start(serial(7))
-        r.run(30000)
-        r.platform.send("reboot", {"pile": r.pile.pile, "when": 2})
+        _reboot_asked_while_charging(r, 7, 30000, 2)
         r.run(60000)
         assert r.reboots == 0 and r.pile.gun.state == S.CHARGING
         r.stop()
@@ -202,10 +202,7 @@ def test_checkpoint_bounds_come_from_the_pile_config():
 def test_status_query_reports_journal_and_versions():
     with _rig(confirm=False) as r:
         r.online()
-        r.start(serial(8))
-        r.run(30000)
-        r.stop()
-        r.run(5000)
+        r.charge(serial(8), 30000, 5000)
         r.platform.send("status_query", {"pile": r.pile.pile})
         r.run(2000)
         st = r.platform.named("status_reply")[-1].fields
@@ -232,29 +229,22 @@ def _fill_journal(r, first):
         assert n < first + 50, "the journal never filled"
 
 
-def _status(r):
-    k = len(r.platform.named("status_reply"))
-    r.platform.send("status_query", {"pile": r.pile.pile})
-    r.run(2000, lambda: len(r.platform.named("status_reply")) > k)
-    return r.platform.named("status_reply")[-1].fields
-
-
 def test_journal_full_of_unconfirmed_bills_refuses_starts_with_reason_0x0a_and_says_so_in_0xe5():
     from firmware.journal import MIN_LIMIT
     with _rig(confirm=False, cfg={"journal_bytes": MIN_LIMIT + 1200}) as r:
         r.online()
-        assert _status(r)["refusing_starts"] == 0
+        assert r.status()["refusing_starts"] == 0
         billed, refused, reason = _fill_journal(r, 40)
         assert billed and reason == S.START_JOURNAL_FULL == 0x0A
         assert r.pile.gun.state != S.CHARGING and r.pile.journal.status(refused) is None
-        st = _status(r)
+        st = r.status()
         assert st["refusing_starts"] == 1 and st["pending"] == len(billed)
         assert st["journal_used"] < st["journal_limit"]   # refused well before the limit
         assert r.pile.journal.pending() == billed         # not one bill given up
         # the platform confirms: the flag drops and the same start is accepted
         r.platform.confirm = True
         r.run(700000, lambda: r.pile.journal.pending() == [])
-        assert _status(r)["refusing_starts"] == 0
+        assert r.status()["refusing_starts"] == 0
         r.start(refused)
         r.run(3000)
         assert r.platform.named("remote_start_reply")[-1].fields["result"] == 1
@@ -264,10 +254,7 @@ def test_journal_full_of_unconfirmed_bills_refuses_starts_with_reason_0x0a_and_s
 def test_repeated_start_after_reboot_neither_restarts_nor_bills_again():
     with _rig() as r:
         r.online()
-        r.start(serial(9))
-        r.run(60000)
-        r.stop()
-        r.run(30000)
+        r.charge(serial(9), 60000, 30000)
         r.boot()  # the gun's in-RAM memory of recent serials is gone
         r.online()
         r.start(serial(9))
@@ -306,10 +293,7 @@ def test_a_fee_split_lost_on_the_way_goes_again_alone_until_the_host_acknowledge
     with _rig(settle=False) as r:
         r.online()
         r.platform.ack_extra = False
-        r.start(serial(31))
-        r.run(60000)
-        r.stop()
-        r.run(5000)
+        r.charge(serial(31), 60000, 5000)
         assert r.pile.journal.status(serial(31)) == "confirmed"
         assert len(_extras(r, serial(31))) == 1
         r.run(12000)                                      # answer_ms (10 s) later

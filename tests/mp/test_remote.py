@@ -502,10 +502,7 @@ def test_vin_list_push_then_fleet_starts_are_refused_or_allowed_per_the_table():
 def test_bill_mac_lets_the_platform_detect_a_changed_bill():
     with _rig(mac_key=BILL_KEY) as r:
         r.online()
-        r.start(serial(16))
-        r.run(60000)
-        r.stop()
-        r.run(30000)
+        r.charge(serial(16), 60000, 30000)
         bill = r.platform.bills()[0]
         mac = r.platform.named("bill_extra")[0].fields["mac"]
         assert mac != "0" * 64

@@ -60,6 +60,21 @@ def _rig(guns=2, power_w=60000, cfg=None, **kw):
     return Rig(tmpdir("share"), guns=guns, power_w=power_w, cfg=c, sharing=True, **kw)
 
 
+def _both_charging(r, a, b):
+    """Gun 01 started as serial(a), gun 02 as serial(b); 30 s run."""
+    r.start(serial(a, "01"), gun="01")
+    r.start(serial(b, "02"), gun="02")
+    r.run(30000)
+
+
+def _stop_both_and_reconcile(r):
+    """Both guns stopped: their two bills each add up."""
+    r.stop("01")
+    r.stop("02")
+    r.run(20000)
+    _bills_reconcile(r, 2)
+
+
 def _watch(r, ms, cap_of=None):
     """Run ms; returns (the most the vehicles drew together at any poll, the
     number of polls it was over the pile's cap then)."""
@@ -118,9 +133,7 @@ def test_a_second_gun_halves_the_first_within_one_tick_and_the_cap_is_never_exce
 def test_0x52_percentage_lowers_every_share_within_one_tick_and_is_answered():
     with _rig() as r:
         r.online()
-        r.start(serial(3, "01"), gun="01")
-        r.start(serial(4, "02"), gun="02")
-        r.run(30000)
+        _both_charging(r, 3, 4)
         assert _powers(r) == [30000, 30000]
         r.platform.send("work_params", {"pile": PILE, "locked": 0, "max_power": 50})
         r.run(TICK_MS + 20)
@@ -131,10 +144,7 @@ def test_0x52_percentage_lowers_every_share_within_one_tick_and_is_answered():
         r.run(2000)
         assert [f.fields["result"] for f in r.platform.named("work_params_reply")] == [1, 0]
         assert r.pile.sharing.cap() == 30000
-        r.stop("01")
-        r.stop("02")
-        r.run(20000)
-        _bills_reconcile(r, 2)
+        _stop_both_and_reconcile(r)
 
 
 def test_site_cap_lowers_the_pile_within_one_tick():
@@ -154,9 +164,7 @@ def test_site_cap_lowers_the_pile_within_one_tick():
 def test_module_faults_lower_power_and_never_end_a_session():
     with _rig(cfg={"modules": 4, "module_w": 15000}) as r:
         r.online()
-        r.start(serial(6, "01"), gun="01")
-        r.start(serial(7, "02"), gun="02")
-        r.run(30000)
+        _both_charging(r, 6, 7)
         assert _powers(r) == [30000, 30000]
         r.pile.sharing.module_fault(3)
         r.run(TICK_MS + 20)
@@ -169,19 +177,14 @@ def test_module_faults_lower_power_and_never_end_a_session():
         r.pile.sharing.module_fault(0)               # repaired
         r.run(10000)
         assert _powers(r) == [30000, 30000]
-        r.stop("01")
-        r.stop("02")
-        r.run(20000)
-        _bills_reconcile(r, 2)
+        _stop_both_and_reconcile(r)
         assert [b.fields["stop_reason"] for b in r.platform.bills()] == [0x40, 0x40]
 
 
 def test_priority_gun_served_first():
     with _rig(cfg={"prios": [0, 1]}) as r:
         r.online()
-        r.start(serial(8, "01"), gun="01")
-        r.start(serial(9, "02"), gun="02")
-        r.run(30000)
+        _both_charging(r, 8, 9)
         assert _powers(r) == [0, 60000]   # gun 2 first; the vehicle takes all of it
 
 
@@ -226,9 +229,7 @@ def test_an_amount_target_is_not_crossed_when_the_share_rises_between_samples():
 def test_site_cap_frame_from_the_bridge_is_applied_within_one_tick_and_answered():
     with _rig() as r:
         r.online()
-        r.start(serial(30, "01"), gun="01")
-        r.start(serial(31, "02"), gun="02")
-        r.run(30000)
+        _both_charging(r, 30, 31)
         r.platform.send("site_cap", {"pile": PILE, "cap": 40000})
         r.run(TICK_MS + 20)
         assert r.pile.sharing.share == [20000, 20000]
@@ -256,9 +257,7 @@ def test_gun_cap_frame_caps_that_gun_only_and_the_other_takes_the_rest():
     # pile's power; lifted, both share equally again; bills still reconcile.
     with _rig() as r:
         r.online()
-        r.start(serial(40, "01"), gun="01")
-        r.start(serial(41, "02"), gun="02")
-        r.run(30000)
+        _both_charging(r, 40, 41)
         assert _powers(r) == [30000, 30000]
         r.platform.send("gun_cap", {"pile": PILE, "gun": "02", "cap": 7000})
         r.run(TICK_MS + 20)
@@ -274,7 +273,4 @@ def test_gun_cap_frame_caps_that_gun_only_and_the_other_takes_the_rest():
         r.run(2000)
         assert [(f.fields["gun"], f.fields["result"]) for f in r.platform.named("gun_cap_reply")][-1] == ("04", 0)
         assert _powers(r) == [30000, 30000]
-        r.stop("01")
-        r.stop("02")
-        r.run(20000)
-        _bills_reconcile(r, 2)
+        _stop_both_and_reconcile(r)

@@ -51,6 +51,19 @@ class TempDir:
         rmtree(self.path)
 
 
+class TickClock:
+    """A tick source the test moves by hand (`clock.t += ms`)."""
+
+    def __init__(self, t=1000):
+        self.t = t
+
+    def ticks_ms(self):
+        return self.t
+
+    def ticks_diff(self, a, b):
+        return a - b
+
+
 def rmtree(path):
     try:
         entries = [e[0] for e in os.ilistdir(path)]
