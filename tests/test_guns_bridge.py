@@ -6,7 +6,8 @@ import os
 from sim.hardware import SimWorld
 from tests.test_bridge_commands import TARIFF
 from tests.test_bridge_helpers import (
-    PILE_A, FirmwarePile, Platform, bridge_running, fast_config, pty_pair, run, tempdir, url_of)
+    PILE_A, FirmwarePile, Platform, bridge_running, fast_config, in_tempdir, pty_pair, run,
+    tempdir, url_of)
 
 
 class TwoGunPile(FirmwarePile):
@@ -34,8 +35,7 @@ def test_two_gun_firmware_pile_shows_each_gun_and_gun_2_bills_alone(mosquitto):
         root = os.path.join(tmp, "flash")
         os.mkdir(root)
         async with bridge_running(cfg), Platform(url_of(mosquitto)) as plat:
-            fw = TwoGunPile(root, master, PILE_A, speed=60).start()
-            try:
+            async with TwoGunPile(root, master, PILE_A, speed=60) as fw:
                 st = await plat.wait_for(lambda: _gun_status(plat, "02", "idle"), 15)
                 assert st["login"]["guns"] == 2 and st["guns"]["01"]["status"] == "idle"
                 r = await plat.command(PILE_A, {"id": "g2", "cmd": "start", "gun": "02",
@@ -54,10 +54,7 @@ def test_two_gun_firmware_pile_shows_each_gun_and_gun_2_bills_alone(mosquitto):
                 assert doc["raw"]["gun"] == "02" and doc["checks"]["ok"], doc["checks"]
                 await fw.wait_for(lambda: fw.pile.journal.status(serial) == "settled")
                 await plat.wait_for(lambda: _gun_status(plat, "02", "idle"), 15)
-            finally:
-                await fw.close()
-    with tempdir("guns2") as tmp, pty_pair() as (master, path):
-        run(scenario(tmp, master, path), timeout=90)
+    in_tempdir("guns2", scenario, timeout=90, pty=True)
 
 
 class SharingTwoGunPile(TwoGunPile):
@@ -86,8 +83,7 @@ def test_the_bridge_pushes_the_site_cap_after_login_and_a_pile_without_sharing_r
         root = os.path.join(tmp, "flash")
         os.mkdir(root)
         async with bridge_running(cfg), Platform(url_of(mosquitto)) as plat:
-            fw = cls(root, master, PILE_A, speed=60).start()
-            try:
+            async with cls(root, master, PILE_A, speed=60) as fw:
                 if event:
                     ev = await plat.wait_for(
                         lambda: [e for e in plat.events if e["type"] == "site_cap_refused"], 15)
@@ -99,8 +95,6 @@ def test_the_bridge_pushes_the_site_cap_after_login_and_a_pile_without_sharing_r
                     assert r["ok"], r
                     await fw.wait_for(lambda: fw.worlds[0].vehicle.power == 22500, 15)
                     assert [e for e in plat.events if e["type"] == "site_cap_refused"] == []
-            finally:
-                await fw.close()
     for cls, event in ((SharingTwoGunPile, False), (TwoGunPile, True)):
         with tempdir("sitecap") as tmp, pty_pair() as (master, path):
             run(scenario(tmp, master, path, cls, event), timeout=90)

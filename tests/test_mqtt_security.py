@@ -110,14 +110,28 @@ async def refused(make):
     raise AssertionError("connection was accepted")
 
 
-async def take_until(c, topic, into):
-    """Append (topic, payload) from c to into until a message on topic arrives."""
+async def take_until(c, topic, into, bound=_BOUND):
+    """Append (topic, payload) from c to into until a message on topic
+    arrives; fails naming what came if none does within `bound` s."""
     async def run():
         async for m in c.messages:
             into.append((m.topic.value, m.payload.decode()))
             if m.topic.value == topic:
                 return
-    await asyncio.wait_for(run(), _BOUND)
+    try:
+        await asyncio.wait_for(run(), bound)
+    except asyncio.TimeoutError:
+        raise AssertionError("no %s within %g s; got %r" % (topic, bound, into)) from None
+
+
+async def taken_until(topic, *clients):
+    """What each client received, in turn, up to its first message on
+    `topic` (take_until): one list per client."""
+    got = []
+    for c in clients:
+        got.append([])
+        await take_until(c, topic, got[-1])
+    return got
 
 
 def run(coro):
@@ -211,10 +225,7 @@ def test_site_subscribing_to_another_sites_topics_receives_nothing(broker, pki):
             # Control: sent after B's message, to a topic A may read. The
             # broker routes in order, so B's message would be ahead of it.
             await plat.publish("pc/A/cmd/site", b"control", qos=1)
-            got_a, got_plat = [], []
-            await take_until(a, "pc/A/cmd/site", got_a)
-            await take_until(plat, "pc/A/cmd/site", got_plat)
-            return got_a, got_plat
+            return await taken_until("pc/A/cmd/site", a, plat)
 
     got_a, got_plat = run(scenario())
     assert ("pc/B/events/bridge", "secret of B") in got_plat  # it was published and delivered
@@ -230,10 +241,7 @@ def test_site_publishing_into_another_site_is_dropped(broker, pki):
             await a.publish("pc/B/cmd/stop", b"forged by A", qos=1)  # acknowledged, dropped
             await a.publish("pc/A/events/bridge", b"after the forgery", qos=1)
             await plat.publish("pc/B/cmd/site", b"control", qos=1)
-            got_plat, got_b = [], []
-            await take_until(plat, "pc/B/cmd/site", got_plat)
-            await take_until(b, "pc/B/cmd/site", got_b)
-            return got_plat, got_b
+            return await taken_until("pc/B/cmd/site", plat, b)
 
     got_plat, got_b = run(scenario())
     assert ("pc/A/events/bridge", "after the forgery") in got_plat  # A's publishes do get through
@@ -338,12 +346,9 @@ def test_a_site_user_can_neither_confirm_bills_nor_send_commands_even_on_its_own
             await a.publish("pc/A/cmd/55031412782305", b"forged command", qos=1)
             await a.publish("pc/A/bills/55031412782305", b"a bill", qos=1)
             await plat.publish("pc/A/confirm/55031412782305", b"real confirmation", qos=1)
-            got_plat, got_a = [], []
-            await take_until(a, "pc/A/confirm/55031412782305", got_a)
-            await take_until(plat, "pc/A/confirm/55031412782305", got_plat)
-            return got_plat, got_a
+            return await taken_until("pc/A/confirm/55031412782305", a, plat)
 
-    got_plat, got_a = run(scenario())
+    got_a, got_plat = run(scenario())
     assert ("pc/A/bills/55031412782305", "a bill") in got_plat       # what a bridge says goes
     everything = got_plat + got_a
     assert not [m for m in everything if m[1] in ("forged confirmation", "forged command")]
