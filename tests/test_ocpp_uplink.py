@@ -7,6 +7,7 @@
 # (no (transactionId, seqNo) missing, no two different Ended for a serial),
 # and a pile is settled only when every configured uplink acknowledged.
 import asyncio
+import contextlib
 import os
 
 import pytest
@@ -34,6 +35,19 @@ def ocpp_config(tmp, csms, mqtt_url=None, over=None, **ocpp):
 
 
 
+@contextlib.asynccontextmanager
+async def bridge_on_csms(tmp, csms, **ocpp):
+    """An OCPP-only bridge on ocpp_config(tmp, csms, **ocpp) and pile A
+    logged in over TCP: yields (cfg, bridge, pile); the pile is closed after."""
+    cfg = ocpp_config(tmp, csms, **ocpp)
+    async with bridge_running(cfg, mqtt_up=False) as b:
+        p = await connect_pile(PILE_A, b.tcp_port)
+        try:
+            yield cfg, b, p
+        finally:
+            await p.close()
+
+
 def check_exactly_once(csms, serials, version="2.0.1"):
     """Every serial ended exactly once at the CSMS, its seqNos 0..n-1 with
     none missing, received in order."""
@@ -59,9 +73,7 @@ def check_exactly_once(csms, serials, version="2.0.1"):
 def test_B01_E01_E02_E06_a_charge_on_the_pile_reaches_the_csms_once_and_settles_after_its_ack():
     async def scenario(tmp):
         async with Csms() as csms:
-            cfg = ocpp_config(tmp, csms)
-            async with bridge_running(cfg, mqtt_up=False) as b:
-                p = await connect_pile(PILE_A, b.tcp_port)
+            async with bridge_on_csms(tmp, csms) as (cfg, b, p):
                 await csms.wait_for(lambda: csms.boots[PILE_A] >= 1, what="BootNotification")
                 await csms.wait_for(lambda: (PILE_A, 1, "Available") in csms.statuses,
                                     what="StatusNotification Available")
@@ -81,16 +93,13 @@ def test_B01_E01_E02_E06_a_charge_on_the_pile_reaches_the_csms_once_and_settles_
                 await until(lambda: db_rows(cfg["database"], "SELECT ocpp_acked_at IS NOT NULL, "
                                            "settled_at IS NOT NULL FROM bills WHERE serial=?",
                                            bill["serial"]) == [(1, 1)], what="acked and settled")
-                await p.close()
     in_tempdir("ocpp-e06", scenario)
 
 
 def test_E04_E13_csms_down_for_a_while_every_bill_arrives_once_with_offline_true_and_no_settle_before():
     async def scenario(tmp):
         csms = await Csms().start()
-        cfg = ocpp_config(tmp, csms)
-        async with bridge_running(cfg, mqtt_up=False) as b:
-            p = await connect_pile(PILE_A, b.tcp_port)
+        async with bridge_on_csms(tmp, csms) as (cfg, b, p):
             await csms.wait_for(lambda: csms.boots[PILE_A] >= 1, what="boot")
             await csms.stop()
             bills = [make_bill(PILE_A, i) for i in range(12)]
@@ -107,7 +116,6 @@ def test_E04_E13_csms_down_for_a_while_every_bill_arrives_once_with_offline_true
             offline = [csms.unique[(s, 1)][2].get("offline") for s in serials]
             assert offline == [True] * 12
             assert all(p.settled_count[s] >= 1 for s in serials)
-            await p.close()
         await csms.stop()
     in_tempdir("ocpp-down", scenario)
 
@@ -138,9 +146,7 @@ def test_a_csms_that_answers_slowly_gets_every_transaction_once_in_order():
 def test_an_ended_event_is_sent_once_when_the_pile_sends_its_bill_twice():
     async def scenario(tmp):
         async with Csms() as csms:
-            cfg = ocpp_config(tmp, csms)
-            async with bridge_running(cfg, mqtt_up=False) as b:
-                p = await connect_pile(PILE_A, b.tcp_port)
+            async with bridge_on_csms(tmp, csms) as (cfg, b, p):
                 bill = make_bill(PILE_A, 7)
                 assert await p.send_bill(bill, make_extra(bill)) == 0
                 await p.wait_for(lambda: bill["serial"] in p.settled, timeout=10)
@@ -148,7 +154,6 @@ def test_an_ended_event_is_sent_once_when_the_pile_sends_its_bill_twice():
                 await p.wait_for(lambda: p.settled_count[bill["serial"]] >= 2, timeout=10)
                 check_exactly_once(csms, [bill["serial"]])
                 assert len([e for e in csms.events if e[3] == "Ended"]) == 1
-                await p.close()
     in_tempdir("ocpp-twice", scenario)
 
 
@@ -236,9 +241,7 @@ def test_F01_F03_E14_K01_csms_commands_reach_the_pile_and_an_unknown_transaction
 
     async def scenario(tmp):
         async with Csms() as csms:
-            cfg = ocpp_config(tmp, csms)
-            async with bridge_running(cfg, mqtt_up=False) as b:
-                p = await connect_pile(PILE_A, b.tcp_port)
+            async with bridge_on_csms(tmp, csms) as (cfg, b, p):
                 await csms.wait_for(lambda: PILE_A in csms.stations and csms.boots[PILE_A], what="boot")
                 cp = csms.stations[PILE_A]
                 # F01/F02: RequestStartTransaction -> 0x34 on gun 1, the trade serial back.
@@ -279,7 +282,6 @@ def test_F01_F03_E14_K01_csms_commands_reach_the_pile_and_an_unknown_transaction
                 # B11/B12: Reset -> 0x92.
                 r = await cp.call(call.Reset(type="OnIdle"))
                 assert r.status == "Accepted" and p.received("reboot")[-1].fields["when"] == 2
-                await p.close()
     in_tempdir("ocpp-cmds", scenario)
 
 
@@ -287,9 +289,7 @@ def test_E13_strict_mode_stops_retrying_but_never_deletes_nor_settles():
     async def scenario(tmp):
         async with Csms() as csms:
             csms.refuse = True
-            cfg = ocpp_config(tmp, csms, mode="strict", message_attempts=2)
-            async with bridge_running(cfg, mqtt_up=False) as b:
-                p = await connect_pile(PILE_A, b.tcp_port)
+            async with bridge_on_csms(tmp, csms, mode="strict", message_attempts=2) as (cfg, b, p):
                 bill = make_bill(PILE_A, 9)
                 assert await p.send_bill(bill, make_extra(bill)) == 0
                 await until(lambda: db_rows(cfg["database"], "SELECT COUNT(*) FROM ocpp_out WHERE "
@@ -300,7 +300,6 @@ def test_E13_strict_mode_stops_retrying_but_never_deletes_nor_settles():
                 assert db_rows(cfg["database"], "SELECT COUNT(*), MAX(settled_at) FROM bills") == [(1, None)]
                 assert bill["serial"] not in p.settled
                 assert csms.refused == 2 and csms.events == []
-                await p.close()
     in_tempdir("ocpp-strict", scenario)
 
 
@@ -308,9 +307,7 @@ def test_never_drop_mode_retries_a_refused_message_until_the_csms_takes_it():
     async def scenario(tmp):
         async with Csms() as csms:
             csms.refuse = True
-            cfg = ocpp_config(tmp, csms, message_attempts=2)
-            async with bridge_running(cfg, mqtt_up=False) as b:
-                p = await connect_pile(PILE_A, b.tcp_port)
+            async with bridge_on_csms(tmp, csms, message_attempts=2) as (cfg, b, p):
                 bill = make_bill(PILE_A, 10)
                 assert await p.send_bill(bill, make_extra(bill)) == 0
                 await csms.wait_for(lambda: csms.refused >= 5, what="5 refused tries")
@@ -318,16 +315,13 @@ def test_never_drop_mode_retries_a_refused_message_until_the_csms_takes_it():
                 await p.wait_for(lambda: bill["serial"] in p.settled, timeout=10)
                 assert db_rows(cfg["database"], "SELECT COUNT(*) FROM ocpp_out WHERE gave_up_at IS NOT NULL") \
                     == [(0,)]
-                await p.close()
     in_tempdir("ocpp-neverdrop", scenario)
 
 
 def test_16_start_meter_values_stop_with_a_persisted_transaction_id_map():
     async def scenario(tmp):
         async with Csms(version="1.6") as csms:
-            cfg = ocpp_config(tmp, csms, version="1.6")
-            async with bridge_running(cfg, mqtt_up=False) as b:
-                p = await connect_pile(PILE_A, b.tcp_port)
+            async with bridge_on_csms(tmp, csms, version="1.6") as (cfg, b, p):
                 await csms.wait_for(lambda: (PILE_A, 1, "Available") in csms.statuses, what="status")
                 # Distinct start times: a 1.6 CSMS knows a repeated start by them.
                 bills = [make_bill(PILE_A, i, when=F.to_secs(2024, 5, 1, 8 + i)) for i in range(3)]
@@ -345,7 +339,6 @@ def test_16_start_meter_values_stop_with_a_persisted_transaction_id_map():
                 # StopTransaction carried the id the CSMS gave at the start.
                 stops = [(t, k) for (_, t, q, k) in csms.events if k == "Ended"]
                 assert sorted(t for t, _ in stops) == sorted(t for _, t in ids)
-                await p.close()
     in_tempdir("ocpp-16", scenario)
 
 
@@ -358,12 +351,9 @@ def test_security_profile_1_basic_auth_wrong_password_is_refused_right_one_deliv
                 with open(path, "w") as f:
                     f.write(pw + "\n")
                 os.chmod(path, 0o600)
-            cfg = ocpp_config(tmp, csms, security_profile=1, password_file=bad)
-            async with bridge_running(cfg, mqtt_up=False) as b:
-                p = await connect_pile(PILE_A, b.tcp_port)
+            async with bridge_on_csms(tmp, csms, security_profile=1, password_file=bad) as (cfg, b, p):
                 await csms.wait_for(lambda: csms.auth_refused >= 2, what="refused twice")
                 assert csms.boots[PILE_A] == 0
-                await p.close()
             cfg["ocpp"]["password_file"] = good
             async with bridge_running(cfg, mqtt_up=False) as b:
                 p = await connect_pile(PILE_A, b.tcp_port)
