@@ -8,6 +8,7 @@ tested by what gets delivered, always beside a positive control that shows
 the same path does deliver when it is allowed.
 """
 import asyncio
+import contextlib
 import os
 import shutil
 import ssl
@@ -124,6 +125,17 @@ async def take_until(c, topic, into, bound=_BOUND):
         raise AssertionError("no %s within %g s; got %r" % (topic, bound, into)) from None
 
 
+@contextlib.asynccontextmanager
+async def platform_and_sites(broker, pki, *sites):
+    """The platform's client, subscribed to pc/#, and one client per site
+    user in `sites`: yields (platform, *site clients)."""
+    async with contextlib.AsyncExitStack() as stack:
+        plat = await stack.enter_async_context(client(broker, pki, "platform"))
+        others = [await stack.enter_async_context(client(broker, pki, u)) for u in sites]
+        await plat.subscribe("pc/#", qos=1)
+        yield (plat,) + tuple(others)
+
+
 async def taken_until(topic, *clients):
     """What each client received, in turn, up to its first message on
     `topic` (take_until): one list per client."""
@@ -142,8 +154,7 @@ def run(coro):
 
 def test_site_bridge_with_its_certificate_and_password_reaches_the_platform(broker, pki):
     async def scenario():
-        async with client(broker, pki, "platform") as plat, client(broker, pki, "A") as a:
-            await plat.subscribe("pc/#", qos=1)
+        async with platform_and_sites(broker, pki, "A") as (plat, a):
             await a.subscribe("pc/A/cmd/#", qos=1)
             await a.publish("pc/A/bridge", b"online", qos=1)
             from_a = []
@@ -216,9 +227,7 @@ def test_client_certificate_from_another_ca_is_refused(broker, pki, rogue):
 
 def test_site_subscribing_to_another_sites_topics_receives_nothing(broker, pki):
     async def scenario():
-        async with client(broker, pki, "platform") as plat, \
-                client(broker, pki, "A") as a, client(broker, pki, "B") as b:
-            await plat.subscribe("pc/#", qos=1)
+        async with platform_and_sites(broker, pki, "A", "B") as (plat, a, b):
             for f in ("pc/B/#", "pc/+/status", "pc/#", "#", "pc/A/#"):
                 await a.subscribe(f, qos=1)
             await b.publish("pc/B/events/bridge", b"secret of B", qos=1)
@@ -234,9 +243,7 @@ def test_site_subscribing_to_another_sites_topics_receives_nothing(broker, pki):
 
 def test_site_publishing_into_another_site_is_dropped(broker, pki):
     async def scenario():
-        async with client(broker, pki, "platform") as plat, \
-                client(broker, pki, "A") as a, client(broker, pki, "B") as b:
-            await plat.subscribe("pc/#", qos=1)
+        async with platform_and_sites(broker, pki, "A", "B") as (plat, a, b):
             await b.subscribe("pc/B/#", qos=1)
             await a.publish("pc/B/cmd/stop", b"forged by A", qos=1)  # acknowledged, dropped
             await a.publish("pc/A/events/bridge", b"after the forgery", qos=1)
@@ -339,8 +346,7 @@ def test_a_site_user_can_neither_confirm_bills_nor_send_commands_even_on_its_own
     # got. A site's user writes only what a bridge says, reads only what is
     # addressed to it; confirmations and commands come from the platform.
     async def scenario():
-        async with client(broker, pki, "platform") as plat, client(broker, pki, "A") as a:
-            await plat.subscribe("pc/#", qos=1)
+        async with platform_and_sites(broker, pki, "A") as (plat, a):
             await a.subscribe("pc/A/#", qos=1)
             await a.publish("pc/A/confirm/55031412782305", b"forged confirmation", qos=1)
             await a.publish("pc/A/cmd/55031412782305", b"forged command", qos=1)
