@@ -25,11 +25,7 @@ from protocol import codec
 from protocol.bill import split as split_payload
 from protocol.fields import iso
 
-try:
-    from micropython import const
-except ImportError:
-    def const(x):
-        return x
+from protocol import const
 
 _MAX_LINE = const(96)          # bytes of one command line; more is refused whole
 _MAX_TRIES = const(5)          # wrong PINs before the lockout

@@ -83,10 +83,7 @@ import struct
 from firmware.billindex import SUSPECTS, BillIndex, INDEX_ENTRY_BYTES, SideCheckpoints, _put
 from firmware.fsio import RealFS
 
-try:
-    from micropython import const
-except ImportError:  # CPython
-    const = lambda x: x  # noqa: E731
+from protocol import const
 
 SESSION_OPEN = const(1)
 CHECKPOINT = const(2)

@@ -9,11 +9,7 @@ from firmware.ticks import diff_of
 from protocol import codec
 from protocol.errors import FrameError
 
-try:
-    from micropython import const
-except ImportError:
-    def const(x):
-        return x
+from protocol import const
 
 _HEARTBEAT_MS = const(10000)
 _LOGIN_RETRY_MS = const(10000)
