@@ -24,9 +24,9 @@ import tempfile
 from sim import journal_bench as core
 from sim.programs import find_program
 from host import cli
+from sim import benchdoc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOC = os.path.join(ROOT, "docs", "benchmarks.md")
 HEADING = "## Journal"
 CI_CAP = "160K"      # test_journal's line in tools/mp_heapcap.sh
 # What the dual-interpreter journal tests import, precompiled for heap runs.
@@ -208,27 +208,6 @@ def _cpu():
     return platform.machine()
 
 
-def write_section(text, path=DOC):
-    """Replace (or add) the "## Journal" section, leaving the others alone."""
-    try:
-        with open(path) as f:
-            doc = f.read()
-    except FileNotFoundError:
-        doc = "# Benchmarks\n"
-    lines = doc.split("\n")
-    start = next((i for i, l in enumerate(lines) if l.strip() == HEADING), None)
-    if start is None:
-        doc = doc.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n"
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
-                   len(lines))
-        tail = lines[end:]
-        doc = "\n".join(lines[:start] + text.rstrip("\n").split("\n")
-                        + ([""] + tail if tail else [""]))
-    with open(path, "w") as f:
-        f.write(doc)
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="bench_journal", description=__doc__.split("\n")[0])
     ap.add_argument("--bills", type=int, default=1000)
@@ -251,9 +230,7 @@ def main(argv=None):
                 if not a.no_heap:
                     heap = heap_figures(a.micropython, work, a.bills)
         text = table(rows_cp, rows_mp, heap, a.micropython, a.bills)
-        print(text)
-        if a.write:
-            write_section(text)
+        benchdoc.show(text, a.write)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
