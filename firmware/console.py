@@ -24,6 +24,7 @@ from firmware.ticks import diff_of
 from protocol import codec
 from protocol.bill import split as split_payload
 from protocol.fields import iso
+from protocol import units
 
 from protocol import const
 
@@ -55,59 +56,18 @@ _STATE_LABEL = {"pending": "unconfirmed", "confirmed": "unsettled", "illegal": "
 _RESULTS = {1: "MAC", 2: "unsigned"}
 
 
-# Stop reason names for a person (0x3B stop_reason; host/schema.py has the
-# same names): 0x40..0x45 by index, a few others by code; the rest by range.
-_STOPS = ("remote_stop", "soc_full", "energy_target", "amount_target", "time_target",
-          "manual_stop")
-_STOPS_MORE = {0x4D: "start_failed_meter_comms", 0x4E: "start_failed_balance_too_low",
-               0x6D: "meter_comms_lost", 0x6E: "balance_exhausted", 0x76: "no_current",
-               0x83: "power_lost", 0x8A: "vin_not_authorised", 0x8B: "vin_missing",
-               0x90: "unknown"}
-
-
-def _stop(v):
-    if 0x40 <= v <= 0x45:
-        n = _STOPS[v - 0x40]
-    elif v in _STOPS_MORE:
-        n = _STOPS_MORE[v]
-    elif 0x4A <= v <= 0x69:
-        n = "start_failed"
-    elif 0x6A <= v <= 0x8F:
-        n = "abnormal_stop"
-    else:
-        n = "unknown"
-    return "0x%02X %s" % (v, n)
-
-
 class CommandError(Exception):
     """A command that cannot be done; the message is shown as "error: ..."."""
 
 
 def _dec(v, places):
     # Integer units shown as decimals without floats: 123456, 4 -> "12.3456".
-    if not isinstance(v, int):
-        return str(v)
-    p = 10 ** places
-    s = "-" if v < 0 else ""
-    v = -v if v < 0 else v
-    return "%s%d.%0*d" % (s, v // p, places, v % p) if places else str(v)
+    return units.text(v, places) if isinstance(v, int) else str(v)
 
 
 def _show(name, v):
     # How a bill / session field reads for a person (JSON keeps raw integers).
-    if not isinstance(v, int):
-        return str(v)
-    if name.endswith("_time") or name == "time":
-        return "%s (%d)" % (iso(v), v)
-    if name.endswith("price"):
-        return _dec(v, 5) + " yuan/kWh"
-    if name.endswith("energy") or name.endswith("loss") or name.startswith("meter_"):
-        return _dec(v, 4) + " kWh"
-    if name.endswith("amount") or name.endswith("fee"):
-        return _dec(v, 4) + " yuan"
-    if name == "stop_reason":
-        return _stop(v)
-    return str(v)
+    return units.field_text(name, v, secs=True)
 
 
 def _result(res):
@@ -440,7 +400,7 @@ class Console:
                 rows.append([r["serial"], r["state"], "-", "-", "-", "error: " + r["error"], res])
             else:
                 rows.append([r["serial"], r["state"], _dec(r["energy"], 4), _dec(r["amount"], 4),
-                             _stop(r["stop_reason"]), iso(r["end_time"]), res])
+                             units.stop_text(r["stop_reason"]), iso(r["end_time"]), res])
         lines = _table(["serial", "state", "kWh", "yuan", "stop", "ended", "result"], rows)
         lines.append("%d bill(s)" % len(out))
         return {"bills": out}, lines
