@@ -70,6 +70,16 @@ def _show(name, v):
     return units.field_text(name, v, secs=True)
 
 
+def _serial_arg(cmd, args):
+    # The one argument of `bill` and `release`: a trade serial, 32 digits.
+    if len(args) != 1:
+        raise CommandError("usage: %s SERIAL (32 digits)" % cmd)
+    serial = args[0]
+    if len(serial) != 32 or not serial.isdigit():
+        raise CommandError("trade serial must be 32 digits, got %r" % serial)
+    return serial
+
+
 def _result(res):
     # The platform's 0xE4 result as a technician reads it.
     if res is None:
@@ -406,11 +416,7 @@ class Console:
         return {"bills": out}, lines
 
     def cmd_bill(self, args):
-        if len(args) != 1:
-            raise CommandError("usage: bill SERIAL (32 digits)")
-        serial = args[0]
-        if len(serial) != 32 or not serial.isdigit():
-            raise CommandError("trade serial must be 32 digits, got %r" % serial)
+        serial = _serial_arg("bill", args)
         b, x, lay = self._decode(serial)
         label, res = self._label(serial, self.pile.journal.status(serial))
         d = {"serial": serial, "state": label, "bill": b, "extra": x}
@@ -593,11 +599,7 @@ class Console:
         # After the case of a refused (0xE4 result) or illegal (0x40) bill was
         # resolved with the operator: settled, so compaction may reclaim it.
         # Only those: a pending or unsettled bill is still on its way.
-        if len(args) != 1:
-            raise CommandError("usage: release SERIAL (32 digits)")
-        serial = args[0]
-        if len(serial) != 32 or not serial.isdigit():
-            raise CommandError("trade serial must be 32 digits, got %r" % serial)
+        serial = _serial_arg("release", args)
         self._need_unlock()
         j = self.pile.journal
         st = j.status(serial)
