@@ -131,9 +131,7 @@ def table(rows_cp, rows_mp, heap, mp, bills):
     lines.append("| session | minutes | checkpoints | bytes written / session | "
                  "of which compaction | write amplification (bytes / bill bytes) |")
     lines.append("|---|---|---|---|---|---|")
-    for r in rows_cp:
-        if r["figure"] != "session":
-            continue
+    for r in _of(rows_cp, "session"):
         lines.append("| %.0f kWh at %.1f kW, bill %d B | %d | %d | %d | %d | %.0fx |" % (
             r["kwh"], r["power_w"] / 1000, r["bill_bytes"], r["minutes"], r["checkpoints"],
             r["bytes_per_session"], r["bytes_per_session"] - r["record_bytes"],
@@ -148,10 +146,8 @@ def table(rows_cp, rows_mp, heap, mp, bills):
     lines.append("| journal | file | CPython | MicroPython (unix) | RAM kept, CPython | "
                  "RAM kept, MicroPython |")
     lines.append("|---|---|---|---|---|---|")
-    for r in rows_cp:
-        if r["figure"] != "recovery":
-            continue
-        m = [x for x in rows_mp if x["figure"] == "recovery" and x["compacted"] == r["compacted"]]
+    for r in _of(rows_cp, "recovery"):
+        m = [x for x in _of(rows_mp, "recovery") if x["compacted"] == r["compacted"]]
         m = m[0] if m else None
         lines.append("| %s | %d B | %.1f ms | %s | %d KB | %s |" % (
             "compacted (bill records)" if r["compacted"] else
@@ -191,10 +187,14 @@ def table(rows_cp, rows_mp, heap, mp, bills):
     return "\n".join(lines)
 
 
+def _of(rows, figure):
+    # The rows of one figure ("session", "recovery") of sim/journal_bench.py.
+    return [r for r in rows if r["figure"] == figure]
+
+
 def _same_sessions(a, b):
     key = lambda r: (r["power_w"], r["bill_bytes"], r["bytes_per_session"])  # noqa: E731
-    return sorted(key(r) for r in a if r["figure"] == "session") == \
-        sorted(key(r) for r in b if r["figure"] == "session")
+    return sorted(map(key, _of(a, "session"))) == sorted(map(key, _of(b, "session")))
 
 
 def _cpu():
