@@ -61,16 +61,27 @@ STOP_REASONS = {
 }
 
 
-def stop_name(code):
-    """0x43 -> "amount_target"; a code not named: its range's name."""
-    name = STOP_REASONS.get(code)
-    if name is not None:
-        return name
+def stop_class(code):
+    """The range a stop reason is in (V1.6 appendix 13.1): "finished"
+    (0x40..0x49), "start_failed" (0x4A..0x69), "abnormal_stop" (0x6A..0x8F),
+    or None."""
+    if 0x40 <= code <= 0x49:
+        return "finished"
     if 0x4A <= code <= 0x69:
         return "start_failed"
     if 0x6A <= code <= 0x8F:
         return "abnormal_stop"
-    return "unknown"
+    return None
+
+
+def stop_name(code):
+    """0x43 -> "amount_target"; a code not named: its range's name
+    (an unnamed "finished" one is "unknown")."""
+    name = STOP_REASONS.get(code)
+    if name is not None:
+        return name
+    c = stop_class(code)
+    return c if c in ("start_failed", "abnormal_stop") else "unknown"
 
 
 def stop_text(code):
