@@ -133,6 +133,12 @@ def _table(head, rows, out):
         out.write("  ".join(c.ljust(w[i]) for i, c in enumerate(r)).rstrip() + "\n")
 
 
+def field_pair(k, v):
+    """A decoded field as `pile-console spy` and docs/protocol.md's examples
+    (tools/gen_protocol_doc.py) show it: name=value, times in ISO 8601."""
+    return "%s=%s" % (k, F.iso(v) if k.endswith("time") and isinstance(v, int) else v)
+
+
 def show_status(d, out):
     pct = d["journal_used"] * 100 // d["journal_limit"] if d["journal_limit"] else 0
     _pairs([("pile", d["pile"]), ("state", d["state"]),
@@ -298,9 +304,7 @@ def describe(item):
     if item.fields is None:
         lines.append("  (encrypted body)")
     else:
-        lines.append("  " + " ".join("%s=%s" % (k, F.iso(v) if k.endswith("time") and
-                                              isinstance(v, int) else v)
-                                     for k, v in item.fields.items()))
+        lines.append("  " + " ".join(field_pair(k, v) for k, v in item.fields.items()))
     return lines
 
 
