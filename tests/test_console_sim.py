@@ -14,9 +14,9 @@ import tty
 import pytest
 import serial
 
-from firmware import console as fw_console
 from host.schema import stop_reason
 from protocol import codec
+from protocol.units import stop_text
 from tests.mp.pilekit import PILE
 from host import cli
 from tools import console as tool
@@ -194,4 +194,4 @@ def test_the_old_spy_order_and_usage_errors(capsys):
 
 def test_stop_reason_names_are_the_same_on_the_pile_and_the_laptop():
     for code in range(256):
-        assert fw_console._stop(code) == "0x%02X %s" % (code, stop_reason(code)["name"]), code
+        assert stop_text(code) == "0x%02X %s" % (code, stop_reason(code)["name"]), code
