@@ -20,7 +20,7 @@ from host import bridge as bridgemod
 from host import config as configmod
 from sim.testkit import ScriptedPile
 from sim.links import FdTransport, FdUart, TcpTransport
-from sim.bridge_child import BridgeChild as BridgeProcess, write_toml  # noqa: F401
+from sim.bridge_child import BridgeChild as BridgeProcess, with_overrides, write_toml  # noqa: F401
 from sim.mqtt_platform import MqttPlatform as Platform  # noqa: F401 (the suites' platform)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,16 +70,7 @@ def fast_config(tmp, broker_url, site="t1", **over):
         "piles": {"heartbeat_s": 5.0, "command_timeout_s": 2.0, "time_sync_s": 3600.0},
         "tcp": {"listen": "127.0.0.1:0", "ext": True},
     }
-    return merged(cfg, over)
-
-
-def merged(cfg, over):
-    """`cfg` with the sections of `over` laid on it: a dict is merged into
-    the section of that name, anything else replaces it."""
-    for k, v in over.items():
-        both = isinstance(v, dict) and isinstance(cfg.get(k), dict)
-        cfg[k] = dict(cfg[k], **v) if both else v
-    return cfg
+    return with_overrides(cfg, over)
 
 
 @contextlib.asynccontextmanager

@@ -16,9 +16,10 @@ from firmware import session as S
 from host import config as configmod
 from protocol import image as fwimage
 from sim.links import TcpUart
+from sim.bridge_child import with_overrides
 from tests.test_bridge_helpers import (
     PILE_A, ROOT, FirmwarePile, Platform, bridge_running, charging, fast_config, in_tempdir,
-    merged, url_of)
+    url_of)
 
 CMD_KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
@@ -88,7 +89,7 @@ def online_status(plat, pile=PILE_A, pred=lambda s: True):
 def remote_config(tmp, broker, **over):
     cfg = fast_config(tmp, url_of(broker), tcp={"listen": None},
                       piles={"heartbeat_s": 1.0, "command_timeout_s": 3.0})
-    return merged(cfg, over)
+    return with_overrides(cfg, over)
 
 
 def pty_setup(tmp, path, broker, bridge_key=CMD_KEY, **over):
