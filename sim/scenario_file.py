@@ -302,9 +302,10 @@ def _action(a, i, piles):
             raise ScenarioError("%s.flags: a list of flag names is needed" % what)
         out["flags"] = flags
         st = a.get("stage")
-        if st is not None and (f != "stop" or st not in ("BHM", "BRM", "BCP", "BRO", "BCL")):
-            raise ScenarioError("%s.stage: only for \"stop\", one of BHM, BRM, BCP, BRO, BCL"
-                                % what)
+        if st is not None and (f not in ("stop", "silent") or
+                               st not in ("BHM", "BRM", "BCP", "BRO", "BCL")):
+            raise ScenarioError("%s.stage: only for \"stop\" and \"silent\", one of BHM, BRM, "
+                                "BCP, BRO, BCL" % what)
         out["stage"] = st
     if do == "start":
         if "serial" in a:
