@@ -339,10 +339,11 @@ class SimUnit:
         return not j.pending() and (not self._settle or not j.confirmed())
 
 
-def set_vehicle(v, capacity_wh=None, soc=None, vin=None, max_power_w=None):
-    """A different vehicle arrives at the gun (the sim's vehicle is reused)."""
+def set_vehicle(v, capacity_wh=None, soc=None, vin=None, max_power_w=None, bms=None):
+    """A different vehicle arrives at the gun (the sim's vehicle is reused);
+    bms: a BMS car's battery profile (voltage_dv, max_dv, ...)."""
     if hasattr(v, "stage"):      # a simulated BMS (sim/bms.py SimBms)
-        v.arrive(capacity_wh, soc, vin, max_power_w)
+        v.arrive(capacity_wh, soc, vin, max_power_w, **(bms or {}))
         return
     if capacity_wh is not None:
         v._cap = capacity_wh * 3600000
