@@ -23,6 +23,7 @@ from host import cli
 from host import commands as C
 from host import config as configmod
 from host import ocmf_check
+from host import parallel
 from host import push as pushmod
 from host import schema
 from host import tariff as T
@@ -1118,11 +1119,11 @@ class Bridge:
             r = await conn.request("read_realtime", {"pile": code, "gun": a["gun"]})
             return self._ok(code, req_id, cmd, "realtime data", schema.realtime_json(self.site, r))
         if cmd == "authorize":
-            seq = pile.start_requests.pop(a["gun"], None)
-            await conn.send("start_auth", {"serial": a["serial"], "pile": code, "gun": a["gun"],
-                                           "logical_card": a["logical_card"], "balance": a["balance"],
-                                           "ok": 1 if a["ok"] else 0, "reason": a["reason"]}, seq)
-            return self._ok(code, req_id, cmd, "authorization sent (0x32)")
+            name, values, seq = C.auth_frame(pile, a)
+            await conn.send(name, values, seq)   # 0x32 for a 0x31, 0xA2 for an 0xA1
+            return self._ok(code, req_id, cmd, "authorization sent (%s)" % name)
+        if cmd == "parallel_start":
+            return await parallel.start(self, pile, conn, req_id, a)
         if cmd == "vin_list":
             if not pile.ext:
                 raise C.CommandError("unsupported", "VIN lists need our firmware (ext: false)")
@@ -1187,11 +1188,8 @@ class Bridge:
         raise C.CommandError("bad_request", "%s needs a pile: publish on %s" % (cmd, self.topics.command("<pile>")))
 
     def _new_serial(self, code, gun):
-        # YKC: pile (14) + gun (2) + YYMMDDhhmmss + counter (4).
         self._serial_counter = (self._serial_counter + 1) % 10000
-        lt = time.localtime()
-        return "%s%s%02d%02d%02d%02d%02d%02d%04d" % (code, gun, lt.tm_year % 100, lt.tm_mon, lt.tm_mday,
-                                                    lt.tm_hour, lt.tm_min, lt.tm_sec, self._serial_counter)
+        return C.new_serial(code, gun, self._serial_counter)
 
 
 # --- entry point ------------------------------------------------------------------------

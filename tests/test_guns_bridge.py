@@ -104,3 +104,77 @@ def test_the_bridge_pushes_the_site_cap_after_login_and_a_pile_without_sharing_r
     for cls, event in ((SharingTwoGunPile, False), (TwoGunPile, True)):
         with tempdir("sitecap") as tmp, pty_pair() as (master, path):
             run(scenario(tmp, master, path, cls, event), timeout=90)
+
+
+def test_parallel_charging_through_the_bridge_start_group_stop_and_card_requests(mosquitto):
+    # One vehicle on both guns (YKC 0xA1..0xA4) started from MQTT: one 0xA4
+    # per gun, the main first; a stop of either gun ends both; one bill per
+    # gun, each reconciling and settled. Then a card for two guns at the pile:
+    # two parallel_request events, answered by `authorize` with the group.
+    async def scenario(tmp, master, path):
+        cfg = fast_config(tmp, url_of(mosquitto), tcp={"listen": None},
+                          serial=[{"url": path, "baudrate": 115200, "ext": True}],
+                          piles={"heartbeat_s": 1.0, "command_timeout_s": 3.0}, tariff=TARIFF)
+        root = os.path.join(tmp, "flash")
+        os.mkdir(root)
+        async with bridge_running(cfg), Platform(url_of(mosquitto)) as plat:
+            fw = TwoGunPile(root, master, PILE_A, speed=60).start()
+            try:
+                await plat.wait_for(lambda: _gun_status(plat, "02", "idle"), 15)
+                bad = await plat.command(PILE_A, {"id": "p0", "cmd": "parallel_start",
+                                                  "guns": ["02", "02"]})
+                assert bad["code"] == "bad_request" and "two different guns" in bad["message"]
+                r = await plat.command(PILE_A, {"id": "p1", "cmd": "parallel_start",
+                                                "balance": 100000, "card": "D14B0A54",
+                                                "group": "261207120000"})
+                assert r["ok"], r
+                s1, s2 = r["serials"]
+                assert [(g["gun"], g["role"]) for g in r["reply"]["guns"]] == [("01", 1), ("02", 2)]
+                g1, g2 = fw.pile.guns
+                assert g1.group == g2.group == "261207120000" and (g1.role, g2.role) == (1, 2)
+                await plat.wait_for(lambda: _gun_status(plat, "01", "charging") and
+                                    _gun_status(plat, "02", "charging"), 15)
+                await fw.wait_for(lambda: min(w.meter.read_energy() for w in fw.worlds) > 2000)
+                # The same group again while it runs: the main is busy, nothing starts.
+                again = await plat.command(PILE_A, {"id": "p2", "cmd": "parallel_start",
+                                                    "balance": 100000, "group": "261207120000"})
+                assert again["code"] == "refused" and len(again["reply"]["guns"]) == 1, again
+                # A stop for the auxiliary ends both guns: two bills.
+                st = await plat.command(PILE_A, {"id": "s2", "cmd": "stop", "gun": "02"})
+                assert st["ok"], st
+                for s, gun in ((s1, "01"), (s2, "02")):
+                    doc = await plat.wait_for(lambda: plat.bills.get(s), 15)
+                    assert doc["raw"]["gun"] == gun and doc["checks"]["ok"], doc["checks"]
+                    assert doc["raw"]["total_energy"] > 0
+                    await fw.wait_for(lambda: fw.pile.journal.status(s) == "settled")
+                await plat.wait_for(lambda: _gun_status(plat, "01", "idle") and
+                                    _gun_status(plat, "02", "idle"), 15)
+                # A card for both guns at the pile: 0xA1 per gun -> events.
+                assert fw.pile.parallel_swiped("D14B0A55") == "asked"
+                evs = await plat.wait_for(lambda: (lambda e: e if len(e) == 2 else None)(
+                    [e for e in plat.events if e["type"] == "parallel_request"]), 15)
+                reqs = sorted((e["request"] for e in evs), key=lambda q: q["role"])
+                assert [q["gun"] for q in reqs] == ["01", "02"]
+                grp = reqs[0]["group"]
+                assert reqs[1]["group"] == grp
+                new = []
+                for q in reqs:
+                    serial = "%s%s%s0001" % (PILE_A, q["gun"], grp)
+                    a = await plat.command(PILE_A, {"id": "a" + q["gun"], "cmd": "authorize",
+                                                    "gun": q["gun"], "serial": serial,
+                                                    "balance": 100000, "group": grp})
+                    assert a["ok"] and "parallel_auth" in a["message"], a
+                    new.append(serial)
+                await fw.wait_for(lambda: g1.group == g2.group == grp and (g1.role, g2.role) == (1, 2))
+                await plat.wait_for(lambda: _gun_status(plat, "01", "charging") and
+                                    _gun_status(plat, "02", "charging"), 15)
+                st = await plat.command(PILE_A, {"id": "s1", "cmd": "stop", "gun": "01"})
+                assert st["ok"], st
+                for s in new:
+                    doc = await plat.wait_for(lambda: plat.bills.get(s), 15)
+                    assert doc["checks"]["ok"], doc["checks"]
+                    await fw.wait_for(lambda: fw.pile.journal.status(s) == "settled")
+            finally:
+                await fw.close()
+    with tempdir("parallel") as tmp, pty_pair() as (master, path):
+        run(scenario(tmp, master, path), timeout=120)
