@@ -4,31 +4,18 @@ virtual bus (sim/bms.py; a new car with a random battery every session),
 with the BMS's faults (a BST, a BSM alarm, a BEM, silence, an abort before
 charging) among the others; the same custody verdict as tests/test_chaos.py,
 and proof that it still counts a lost bill."""
-import json
-
 import pytest
 
 from firmware import bms as B
-from firmware import journal as J
-from sim.brokers import mosquitto_available
 from sim.scenario_file import STOP_NAMES
-from tools import chaos
+from tests.test_chaos import VERDICT, _run, needs_mosquitto, plant_forgotten_bill
 
-needs_mosquitto = pytest.mark.skipif(not mosquitto_available(),
-                                     reason="mosquitto not installed (tools/setup.sh installs it)")
-
-VERDICT = ("lost", "duplicated", "unreconciled", "phantom", "mismatched", "unconfirmed")
 # the YKC stop reasons only the BMS dialogue gives (firmware/bms.py, docs/bms.md)
 BMS_STOPS = set(STOP_NAMES.get(c, "0x%02X" % c) for c in (
     B.YKC_FAIL_BMS, B.YKC_FAIL_TEMP, B.YKC_FAIL_INSULATION, B.YKC_FAIL_BRM, B.YKC_FAIL_BCP,
     B.YKC_FAIL_BRO, B.YKC_FAIL_BCS, B.YKC_FAIL_BCL, B.YKC_FAIL_BRO_BACK, B.YKC_FAIL_CONTROL,
     B.YKC_TEMP, B.YKC_VOLTAGE, B.YKC_CURRENT, B.YKC_CELL, B.YKC_PACK_TEMP, B.YKC_BATTERY,
     B.YKC_FORBIDDEN, B.YKC_BCS, B.YKC_BCL, B.YKC_BSM, B.YKC_CCS))
-
-
-def _run(capsys, *args):
-    rc = chaos.main(list(args) + ["--json"])
-    return rc, json.loads(capsys.readouterr().out)
 
 
 @pytest.mark.slow
@@ -55,16 +42,7 @@ def test_piles_charging_cars_over_their_bms_lose_duplicate_and_misreconcile_noth
 @pytest.mark.slow
 @needs_mosquitto
 def test_the_bms_run_counts_a_bill_a_pile_forgets(capsys, monkeypatch):
-    # A firmware bug: the first bill is reported sealed but never written.
-    seal = J.Journal.seal
-    dropped = []
-
-    def forgetful(self, serial, body):
-        if not dropped:
-            dropped.append(serial)
-            return "sealed"
-        return seal(self, serial, body)
-    monkeypatch.setattr(J.Journal, "seal", forgetful)
+    dropped = plant_forgotten_bill(monkeypatch)   # sealed, never written
     rc, s = _run(capsys, "--piles", "2", "--sessions", "2", "--seed", "3", "--bms",
                  "--faults", "none", "--recovery", "8")
     assert s["bms"] is True and s["faults"].get("bms_cars", 0) > 0
