@@ -673,34 +673,33 @@ class Bridge:
         fut = self.store.add_extra(f.fields["serial"], raw, pile=pile.code)
         self._spawn(self._extra_stored(conn, pile, f, raw, fut))
 
-    def _foreign(self, conn, pile, serial, what, frame_type, raw):
-        # A frame completing another pile's bill: kept in quarantine (the
-        # store did), never joined to it.
-        self.stats["bills_quarantined"] += 1
-        self.event(pile.code, "bill_quarantined", "%s for bill %s, which is not pile %s's: "
-                   "quarantined" % (what, serial, pile.code), serial=serial, link=conn.link.name,
-                   frame_type=frame_type, decoded=True, error=None, frame=schema.hexs(raw))
-
-    async def _extra_stored(self, conn, pile, f, raw, fut):
-        serial = f.fields["serial"]
+    async def _completion(self, conn, pile, serial, fut, what, frame_type, raw):
+        # A bill's 0xEB / 0xDB as stored: (kind, bill), kind None if not stored (resent) or foreign.
         try:
             kind, bill = await fut
         except Exception as e:
-            log.error("pile %s: bill_extra %s NOT stored (%s)", pile.code, serial, e)
-            return
-        if kind == "foreign":
-            # Another pile's bill: kept in quarantine, no 0xEC, never joined to it.
-            self._foreign(conn, pile, serial, "fee split (0xEB)", "bill_extra", raw)
-            return
-        if C.has_frame("bill_extra_ack"):
+            log.error("pile %s: %s of %s NOT stored (%s)", pile.code, what, serial, e)
+            return None, None
+        if kind == "foreign":   # kept by the store in quarantine, never joined to the bill
+            self.stats["bills_quarantined"] += 1
+            self.event(pile.code, "bill_quarantined", "%s for bill %s, which is not pile %s's: "
+                       "quarantined" % (what, serial, pile.code), serial=serial, link=conn.link.name,
+                       frame_type=frame_type, decoded=True, error=None, frame=schema.hexs(raw))
+            return None, None
+        if kind == "conflict":
+            self.event(pile.code, "serial_conflict", "%s of %s received again with different content; "
+                       "the first copy is kept" % (what, serial), serial=serial, frame_type=frame_type)
+        return kind, bill
+
+    async def _extra_stored(self, conn, pile, f, raw, fut):
+        serial = f.fields["serial"]
+        kind, bill = await self._completion(conn, pile, serial, fut, "fee split (0xEB)", "bill_extra", raw)
+        if kind is not None and C.has_frame("bill_extra_ack"):   # None: no answer, nothing joined
             try:
                 await conn.send("bill_extra_ack", {"serial": serial, "result": 0}, codec.reply_seq(f))
             except LinkClosed:
                 pass
-        if kind == "conflict":
-            self.event(pile.code, "serial_conflict", "bill_extra %s received again with different "
-                       "content; the first copy is kept" % serial, serial=serial, frame_type="bill_extra")
-        elif kind == "new" and bill is not None:
+        if kind == "new" and bill is not None:
             if bill.confirmed_at is not None:
                 # The platform already took the bill without it: say so.
                 self.event(pile.code, "bill_extra_late",

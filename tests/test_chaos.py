@@ -62,10 +62,9 @@ def test_a_thousand_sessions_under_every_fault_lose_duplicate_and_misreconcile_n
     assert s["stop_reasons"].get("power_loss", 0) > 0
 
 
-@pytest.mark.slow
-@needs_mosquitto
-def test_the_verdict_fails_when_a_pile_forgets_a_bill(capsys, monkeypatch):
-    # A firmware bug: the first bill is reported sealed but never written.
+def plant_forgotten_bill(monkeypatch):
+    """A firmware bug: the first bill is reported sealed but never written.
+    Returns the list that gets its serial."""
     seal = J.Journal.seal
     dropped = []
 
@@ -75,6 +74,13 @@ def test_the_verdict_fails_when_a_pile_forgets_a_bill(capsys, monkeypatch):
             return "sealed"
         return seal(self, serial, body)
     monkeypatch.setattr(J.Journal, "seal", forgetful)
+    return dropped
+
+
+@pytest.mark.slow
+@needs_mosquitto
+def test_the_verdict_fails_when_a_pile_forgets_a_bill(capsys, monkeypatch):
+    dropped = plant_forgotten_bill(monkeypatch)
     rc, s = _run(capsys, "--piles", "2", "--sessions", "2", "--seed", "3", "--faults", "none",
                  "--recovery", "8")
     assert rc == 1 and not s["recovered"]

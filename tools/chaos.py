@@ -23,6 +23,9 @@ reference platform (host/platform.py), with seeded random faults:
                    answer the login challenge) and sends a bill under it
   forged_confirm   an intruder on the broker confirms every bill it sees, with
                    the right content hash but without the platform's `auth`
+  bms_fault        (--bms) in 15 % of sessions the car's BMS stops (a BST),
+                   alarms (BSM), reports a timeout (BEM), falls silent, or
+                   aborts or falls silent in a stage before charging
 and in every session 2 or 3 stop commands, often after an automatic stop.
 The piles are keyed (one site key: login proof, signed commands, bill MAC)
 and the platform signs its commands and confirmations (a platform key).
@@ -52,6 +55,10 @@ are reported apart ("third_party"): none of them counts as phantom or
 unreconciled against ours; "lost" there is a bill the pile got a 0x40 for
 that the platform does not hold; bills the pile gave up without a 0x40 are
 counted, by YKC's rule not ours.
+
+With --bms each pile's gun talks GB/T 27930 to a simulated car's BMS over
+python-can's virtual bus (sim/bms.py, docs/bms.md): a new car with a random
+battery (capacity, start SOC, pack voltage and limits, taper) every session.
 
     pile-chaos --piles 20 --sessions 50 --seed 1 --json
     pile-chaos --piles 4 --sessions 20 --third-party 2
@@ -96,8 +103,8 @@ def _kinds(text):
 
 
 def _inproc(ap, args):
-    if args.cluster or args.third_party or args.events:
-        ap.error("--inproc runs without sockets: no --cluster, --third-party or --events")
+    if args.cluster or args.third_party or args.events or args.bms:
+        ap.error("--inproc runs without sockets: no --cluster, --third-party, --events or --bms")
     faults = inproc.KINDS if args.faults == "all" else args.faults
     bad = [k for k in faults if k not in inproc.KINDS]
     if bad:
@@ -146,6 +153,9 @@ def main(argv=None):
                     help="a 3-node NATS cluster (MQTT listeners, JetStream replicas 3) instead of "
                     "one Mosquitto; adds the node_kill fault, and broker_restart is a rolling "
                     "restart (docs/scaling.md)")
+    ap.add_argument("--bms", action="store_true",
+                    help="each gun charges a simulated car over GB/T 27930 (python-can's virtual "
+                    "bus): random batteries, and the bms_fault kind")
     ap.add_argument("--third-party", type=int, default=0, metavar="N",
                     help="vendor piles beside ours, their bills reported apart (default 0)")
     ap.add_argument("--inproc", action="store_true",
@@ -177,7 +187,7 @@ def main(argv=None):
     c = Chaos(args.piles, args.sessions, args.seed, args.speed, args.minutes, args.faults,
               args.intensity, args.keep, args.recovery, quiet=not args.verbose,
               keyed=not args.unkeyed, third_party=args.third_party, cluster=args.cluster,
-              events=args.events)
+              events=args.events, bms=args.bms)
     try:
         with cli.progress("pile-chaos sessions", total=args.piles * args.sessions,
                           enabled=cli.progress_enabled(args.json)) as tick:

@@ -22,8 +22,9 @@ def keep_bills(r):
     r.platform.frames = r.platform.bills()
 
 
-def _session(r, n, minutes, settle=True):
-    new_car(r)
+def charge(r, n, minutes):
+    """Remote start serial(n), `minutes` of charging (the platform end
+    keeping only the bills), remote stop."""
     r.start(serial(n), balance=BALANCE)
     t = 0
     while t < minutes * 60000:
@@ -32,6 +33,11 @@ def _session(r, n, minutes, settle=True):
         t += 10000
     assert not r.platform.bills(), "the session ended before the stop"
     r.stop()
+
+
+def _session(r, n, minutes, settle=True):
+    new_car(r)
+    charge(r, n, minutes)
     j = r.pile.journal
     if settle:
         r.run(120000, lambda: bool(r.platform.bills()) and not j.pending() and not j.confirmed()
