@@ -5,6 +5,8 @@ verdict fails when the bridge settles a bill the platform never got (the
 socket harness's tests/test_chaos.py plants a forgetful journal)."""
 import json
 
+import pytest
+
 from host import store as store_mod
 from tools import chaos
 
@@ -16,6 +18,7 @@ def _run(capsys, *args):
     return rc, json.loads(capsys.readouterr().out)
 
 
+@pytest.mark.slow
 def test_a_thousand_sessions_in_one_process_under_every_fault_lose_nothing(capsys):
     rc, s = _run(capsys, "--piles", "40", "--sessions", "25", "--seed", "5", "--minutes", "2",
                  "--intensity", "2")
