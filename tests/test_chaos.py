@@ -38,7 +38,9 @@ def test_a_thousand_sessions_under_every_fault_lose_duplicate_and_misreconcile_n
     for c in ("meter_absent", "segments_missing", "not_bcd", "time_blank", "extra_bytes",
               "undecodable"):
         assert tp["by_class"].get(c, 0) >= 1, (c, tp["by_class"])
-    assert rc == 0 and s["recovered"] and not s["stalled"] and s["tap_missed"] == 0
+    assert rc == 0 and s["recovered"] and not s["stalled"] and s["tap_missed"] == 0, \
+        {k: s.get(k) for k in ("recovered", "stalled", "tap_missed", "seconds", "executed",
+                               "unsettled_on_piles", "examples")}
     assert s["sessions"] >= 1000 and s["bills"] == s["sessions"]
     # Every kind of fault really happened in this run, or it proved nothing.
     f = s["faults"]
