@@ -13,10 +13,7 @@ import struct
 
 from firmware.fsio import load_atomic, save_atomic
 
-try:
-    from micropython import const
-except ImportError:  # CPython
-    const = lambda x: x  # noqa: E731
+from protocol import const
 
 # 24 bytes an entry; entries read _IX_CHUNK at a time; the key filter's
 # largest size in bytes; bill records checked for repeats in bulk at

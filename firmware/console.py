@@ -24,12 +24,9 @@ from firmware.ticks import diff_of
 from protocol import codec
 from protocol.bill import split as split_payload
 from protocol.fields import iso
+from protocol import units
 
-try:
-    from micropython import const
-except ImportError:
-    def const(x):
-        return x
+from protocol import const
 
 _MAX_LINE = const(96)          # bytes of one command line; more is refused whole
 _MAX_TRIES = const(5)          # wrong PINs before the lockout
@@ -59,59 +56,28 @@ _STATE_LABEL = {"pending": "unconfirmed", "confirmed": "unsettled", "illegal": "
 _RESULTS = {1: "MAC", 2: "unsigned"}
 
 
-# Stop reason names for a person (0x3B stop_reason; host/schema.py has the
-# same names): 0x40..0x45 by index, a few others by code; the rest by range.
-_STOPS = ("remote_stop", "soc_full", "energy_target", "amount_target", "time_target",
-          "manual_stop")
-_STOPS_MORE = {0x4D: "start_failed_meter_comms", 0x4E: "start_failed_balance_too_low",
-               0x6D: "meter_comms_lost", 0x6E: "balance_exhausted", 0x76: "no_current",
-               0x83: "power_lost", 0x8A: "vin_not_authorised", 0x8B: "vin_missing",
-               0x90: "unknown"}
-
-
-def _stop(v):
-    if 0x40 <= v <= 0x45:
-        n = _STOPS[v - 0x40]
-    elif v in _STOPS_MORE:
-        n = _STOPS_MORE[v]
-    elif 0x4A <= v <= 0x69:
-        n = "start_failed"
-    elif 0x6A <= v <= 0x8F:
-        n = "abnormal_stop"
-    else:
-        n = "unknown"
-    return "0x%02X %s" % (v, n)
-
-
 class CommandError(Exception):
     """A command that cannot be done; the message is shown as "error: ..."."""
 
 
 def _dec(v, places):
     # Integer units shown as decimals without floats: 123456, 4 -> "12.3456".
-    if not isinstance(v, int):
-        return str(v)
-    p = 10 ** places
-    s = "-" if v < 0 else ""
-    v = -v if v < 0 else v
-    return "%s%d.%0*d" % (s, v // p, places, v % p) if places else str(v)
+    return units.text(v, places) if isinstance(v, int) else str(v)
 
 
 def _show(name, v):
     # How a bill / session field reads for a person (JSON keeps raw integers).
-    if not isinstance(v, int):
-        return str(v)
-    if name.endswith("_time") or name == "time":
-        return "%s (%d)" % (iso(v), v)
-    if name.endswith("price"):
-        return _dec(v, 5) + " yuan/kWh"
-    if name.endswith("energy") or name.endswith("loss") or name.startswith("meter_"):
-        return _dec(v, 4) + " kWh"
-    if name.endswith("amount") or name.endswith("fee"):
-        return _dec(v, 4) + " yuan"
-    if name == "stop_reason":
-        return _stop(v)
-    return str(v)
+    return units.field_text(name, v, secs=True)
+
+
+def _serial_arg(cmd, args):
+    # The one argument of `bill` and `release`: a trade serial, 32 digits.
+    if len(args) != 1:
+        raise CommandError("usage: %s SERIAL (32 digits)" % cmd)
+    serial = args[0]
+    if len(serial) != 32 or not serial.isdigit():
+        raise CommandError("trade serial must be 32 digits, got %r" % serial)
+    return serial
 
 
 def _result(res):
@@ -444,17 +410,13 @@ class Console:
                 rows.append([r["serial"], r["state"], "-", "-", "-", "error: " + r["error"], res])
             else:
                 rows.append([r["serial"], r["state"], _dec(r["energy"], 4), _dec(r["amount"], 4),
-                             _stop(r["stop_reason"]), iso(r["end_time"]), res])
+                             units.stop_text(r["stop_reason"]), iso(r["end_time"]), res])
         lines = _table(["serial", "state", "kWh", "yuan", "stop", "ended", "result"], rows)
         lines.append("%d bill(s)" % len(out))
         return {"bills": out}, lines
 
     def cmd_bill(self, args):
-        if len(args) != 1:
-            raise CommandError("usage: bill SERIAL (32 digits)")
-        serial = args[0]
-        if len(serial) != 32 or not serial.isdigit():
-            raise CommandError("trade serial must be 32 digits, got %r" % serial)
+        serial = _serial_arg("bill", args)
         b, x, lay = self._decode(serial)
         label, res = self._label(serial, self.pile.journal.status(serial))
         d = {"serial": serial, "state": label, "bill": b, "extra": x}
@@ -637,11 +599,7 @@ class Console:
         # After the case of a refused (0xE4 result) or illegal (0x40) bill was
         # resolved with the operator: settled, so compaction may reclaim it.
         # Only those: a pending or unsettled bill is still on its way.
-        if len(args) != 1:
-            raise CommandError("usage: release SERIAL (32 digits)")
-        serial = args[0]
-        if len(serial) != 32 or not serial.isdigit():
-            raise CommandError("trade serial must be 32 digits, got %r" % serial)
+        serial = _serial_arg("release", args)
         self._need_unlock()
         j = self.pile.journal
         st = j.status(serial)

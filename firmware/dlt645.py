@@ -12,10 +12,7 @@
 # follow-up frames remain.
 from firmware.errors import MeterError, MeterTimeout
 
-try:
-    from micropython import const
-except ImportError:  # CPython
-    const = lambda x: x  # noqa: E731
+from protocol import const
 
 _START = const(0x68)
 _END = const(0x16)

@@ -83,10 +83,7 @@ import struct
 from firmware.billindex import SUSPECTS, BillIndex, INDEX_ENTRY_BYTES, SideCheckpoints, _put
 from firmware.fsio import RealFS
 
-try:
-    from micropython import const
-except ImportError:  # CPython
-    const = lambda x: x  # noqa: E731
+from protocol import const
 
 SESSION_OPEN = const(1)
 CHECKPOINT = const(2)
@@ -662,10 +659,16 @@ class Journal(BillIndex, SideCheckpoints):
         r = self._find(key)
         return _NAMES[r[4]] if r is not None else None
 
-    # ---- public API ---------------------------------------------------------
-    def open_session(self, serial, header):
+    def _key(self, serial):
+        # Every call by serial: the serial packed (ValueError if it is not 32
+        # digits), then the journal recovered if it was not yet.
         key = pack_serial(serial)
         self._ensure()
+        return key
+
+    # ---- public API ---------------------------------------------------------
+    def open_session(self, serial, header):
+        key = self._key(serial)
         _fits(header, _MAX_HEADER, "session header")
         if self._state(key) is not None or self._remembered(key):
             return "exists"
@@ -678,8 +681,7 @@ class Journal(BillIndex, SideCheckpoints):
         return "opened"
 
     def checkpoint(self, serial, payload):
-        key = pack_serial(serial)
-        self._ensure()
+        key = self._key(serial)
         _fits(payload, _MAX_CHECKPOINT, "checkpoint")
         if key not in self._oe:
             return "no_session"
@@ -688,8 +690,7 @@ class Journal(BillIndex, SideCheckpoints):
         return "ok"
 
     def seal(self, serial, bill_body):
-        key = pack_serial(serial)
-        self._ensure()
+        key = self._key(serial)
         _fits(bill_body, _MAX_BILL, "bill")
         st = self._state(key)
         if st is None:
@@ -700,8 +701,7 @@ class Journal(BillIndex, SideCheckpoints):
         return "sealed"
 
     def _mark(self, serial, kind, target, allowed, payload=b""):
-        key = pack_serial(serial)
-        self._ensure()
+        key = self._key(serial)
         st = self._state(key)
         if st is None or st == S_OPEN:
             return "unknown"
@@ -742,16 +742,14 @@ class Journal(BillIndex, SideCheckpoints):
     def platform_result(self, serial):
         """The 0xE4 result a refused bill was kept with; None for any other
         bill (a 0x40 illegal one included)."""
-        key = pack_serial(serial)
-        self._ensure()
+        key = self._key(serial)
         r = self._find(key) if key not in self._oe else None
         if r is None or r[4] != _ILLEGAL or not r[5]:
             return None
         return r[5]
 
     def status(self, serial):
-        key = pack_serial(serial)
-        self._ensure()
+        key = self._key(serial)
         return self._state(key)
 
     def each(self, state):
@@ -802,8 +800,7 @@ class Journal(BillIndex, SideCheckpoints):
 
     def bill(self, serial):
         """The sealed bill body, byte for byte (None: no bill or damaged)."""
-        key = pack_serial(serial)
-        self._ensure()
+        key = self._key(serial)
         if key in self._oe:
             return None
         r = self._find(key)

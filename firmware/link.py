@@ -9,11 +9,7 @@ from firmware.ticks import diff_of
 from protocol import codec
 from protocol.errors import FrameError
 
-try:
-    from micropython import const
-except ImportError:
-    def const(x):
-        return x
+from protocol import const
 
 _HEARTBEAT_MS = const(10000)
 _LOGIN_RETRY_MS = const(10000)
@@ -59,17 +55,17 @@ class Link:
 
     def send(self, name, values, seq=None):
         """Encode and write one frame; returns the sequence used."""
-        if seq is None:
-            seq = self.next_seq()
-        self.uart.write(codec.encode(name, values, seq))
-        self.sent += 1
-        return seq
+        return self._write(codec.encode, name, values, seq)
 
     def send_raw(self, code, body, seq=None):
         """Send an already encoded body (a bill read back from the journal)."""
+        return self._write(codec.wrap, code, body, seq)
+
+    def _write(self, frame, what, data, seq):
+        # frame(what, data, seq): codec.encode by name, or codec.wrap of a body
         if seq is None:
             seq = self.next_seq()
-        self.uart.write(codec.wrap(code, body, seq))
+        self.uart.write(frame(what, data, seq))
         self.sent += 1
         return seq
 

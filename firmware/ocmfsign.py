@@ -26,11 +26,7 @@ from protocol import codec
 from protocol import ocmf
 from protocol import p256
 
-try:
-    from micropython import const
-except ImportError:
-    def const(x):
-        return x
+from protocol import const
 
 _MAGIC = b"PK1"
 _MAX_JOBS = const(8)        # bills waiting for a signature; more are signed when resent

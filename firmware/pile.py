@@ -33,11 +33,7 @@ from protocol import codec
 from protocol import fields as F
 from protocol.router import route
 
-try:
-    from micropython import const
-except ImportError:
-    def const(x):
-        return x
+from protocol import const
 
 FW_VERSION = "pc0.1.0"
 _FAULT_RETRY_MS = const(100)    # poll() again this soon after a caught fault

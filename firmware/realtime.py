@@ -13,11 +13,7 @@
 # keeps going across a board's tick wrap.
 from firmware.ticks import diff_of
 
-try:
-    from micropython import const
-except ImportError:  # CPython
-    def const(x):
-        return x
+from protocol import const
 
 CHARGING_MS = const(15000)
 IDLE_MS = const(300000)

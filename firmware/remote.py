@@ -25,11 +25,7 @@ from firmware import fsio
 from firmware.vinauth import VinPolicy, norm_vin
 from protocol import fields as F
 
-try:
-    from micropython import const
-except ImportError:
-    def const(x):
-        return x
+from protocol import const
 
 _VIN_MAX = const(500)         # a VIN costs ~100 bytes of heap on a board
 _VIN_FILE = "/vinlist"

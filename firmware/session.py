@@ -67,11 +67,7 @@ from firmware.vinauth import norm_card, norm_vin
 from firmware.vinauth import STOP_VIN_DENIED, STOP_VIN_MISSING  # noqa: F401 (re-exported)
 from protocol import fields as F
 
-try:
-    from micropython import const
-except ImportError:  # CPython
-    def const(x):
-        return x
+from protocol import const
 
 # --- states ----------------------------------------------------------------
 IDLE = const(0)

@@ -22,11 +22,7 @@
 # current").
 from firmware.session import CHARGING
 
-try:
-    from micropython import const
-except ImportError:  # CPython
-    def const(x):
-        return x
+from protocol import const
 
 TICK_MS = const(100)        # the control tick: every change applied within one
 _MIN_PCT = const(30)        # YKC 0x52: 30..100 % of rated power

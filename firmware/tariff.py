@@ -18,11 +18,7 @@ import struct
 
 from protocol.fields import PERIODS5
 
-try:
-    from micropython import const
-except ImportError:  # CPython
-    def const(x):
-        return x
+from protocol import const
 
 SHARP = const(0)
 PEAK = const(1)

@@ -37,11 +37,7 @@ from firmware import fsio
 from protocol import image as I
 from protocol import sign
 
-try:
-    from micropython import const
-except ImportError:
-    def const(x):
-        return x
+from protocol import const
 
 _BUF = const(512)
 _MAX_SIZE = const(1048576)   # refuse an announced image larger than this

@@ -42,11 +42,7 @@
 # VIN and vin_mismatch=True, so the difference is visible, never dropped.
 from firmware import fsio
 
-try:
-    from micropython import const
-except ImportError:  # CPython
-    def const(x):
-        return x
+from protocol import const
 
 ALLOW = const(0)
 STOP_VIN_DENIED = const(0x8A)

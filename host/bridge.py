@@ -23,6 +23,7 @@ from host import cli
 from host import commands as C
 from host import config as configmod
 from host import ocmf_check
+from host import parallel
 from host import push as pushmod
 from host import schema
 from host import tariff as T
@@ -672,34 +673,33 @@ class Bridge:
         fut = self.store.add_extra(f.fields["serial"], raw, pile=pile.code)
         self._spawn(self._extra_stored(conn, pile, f, raw, fut))
 
-    def _foreign(self, conn, pile, serial, what, frame_type, raw):
-        # A frame completing another pile's bill: kept in quarantine (the
-        # store did), never joined to it.
-        self.stats["bills_quarantined"] += 1
-        self.event(pile.code, "bill_quarantined", "%s for bill %s, which is not pile %s's: "
-                   "quarantined" % (what, serial, pile.code), serial=serial, link=conn.link.name,
-                   frame_type=frame_type, decoded=True, error=None, frame=schema.hexs(raw))
-
-    async def _extra_stored(self, conn, pile, f, raw, fut):
-        serial = f.fields["serial"]
+    async def _completion(self, conn, pile, serial, fut, what, frame_type, raw):
+        # A bill's 0xEB / 0xDB as stored: (kind, bill), kind None if not stored (resent) or foreign.
         try:
             kind, bill = await fut
         except Exception as e:
-            log.error("pile %s: bill_extra %s NOT stored (%s)", pile.code, serial, e)
-            return
-        if kind == "foreign":
-            # Another pile's bill: kept in quarantine, no 0xEC, never joined to it.
-            self._foreign(conn, pile, serial, "fee split (0xEB)", "bill_extra", raw)
-            return
-        if C.has_frame("bill_extra_ack"):
+            log.error("pile %s: %s of %s NOT stored (%s)", pile.code, what, serial, e)
+            return None, None
+        if kind == "foreign":   # kept by the store in quarantine, never joined to the bill
+            self.stats["bills_quarantined"] += 1
+            self.event(pile.code, "bill_quarantined", "%s for bill %s, which is not pile %s's: "
+                       "quarantined" % (what, serial, pile.code), serial=serial, link=conn.link.name,
+                       frame_type=frame_type, decoded=True, error=None, frame=schema.hexs(raw))
+            return None, None
+        if kind == "conflict":
+            self.event(pile.code, "serial_conflict", "%s of %s received again with different content; "
+                       "the first copy is kept" % (what, serial), serial=serial, frame_type=frame_type)
+        return kind, bill
+
+    async def _extra_stored(self, conn, pile, f, raw, fut):
+        serial = f.fields["serial"]
+        kind, bill = await self._completion(conn, pile, serial, fut, "fee split (0xEB)", "bill_extra", raw)
+        if kind is not None and C.has_frame("bill_extra_ack"):   # None: no answer, nothing joined
             try:
                 await conn.send("bill_extra_ack", {"serial": serial, "result": 0}, codec.reply_seq(f))
             except LinkClosed:
                 pass
-        if kind == "conflict":
-            self.event(pile.code, "serial_conflict", "bill_extra %s received again with different "
-                       "content; the first copy is kept" % serial, serial=serial, frame_type="bill_extra")
-        elif kind == "new" and bill is not None:
+        if kind == "new" and bill is not None:
             if bill.confirmed_at is not None:
                 # The platform already took the bill without it: say so.
                 self.event(pile.code, "bill_extra_late",
@@ -1118,11 +1118,11 @@ class Bridge:
             r = await conn.request("read_realtime", {"pile": code, "gun": a["gun"]})
             return self._ok(code, req_id, cmd, "realtime data", schema.realtime_json(self.site, r))
         if cmd == "authorize":
-            seq = pile.start_requests.pop(a["gun"], None)
-            await conn.send("start_auth", {"serial": a["serial"], "pile": code, "gun": a["gun"],
-                                           "logical_card": a["logical_card"], "balance": a["balance"],
-                                           "ok": 1 if a["ok"] else 0, "reason": a["reason"]}, seq)
-            return self._ok(code, req_id, cmd, "authorization sent (0x32)")
+            name, values, seq = C.auth_frame(pile, a)
+            await conn.send(name, values, seq)   # 0x32 for a 0x31, 0xA2 for an 0xA1
+            return self._ok(code, req_id, cmd, "authorization sent (%s)" % name)
+        if cmd == "parallel_start":
+            return await parallel.start(self, pile, conn, req_id, a)
         if cmd == "vin_list":
             if not pile.ext:
                 raise C.CommandError("unsupported", "VIN lists need our firmware (ext: false)")
@@ -1187,11 +1187,8 @@ class Bridge:
         raise C.CommandError("bad_request", "%s needs a pile: publish on %s" % (cmd, self.topics.command("<pile>")))
 
     def _new_serial(self, code, gun):
-        # YKC: pile (14) + gun (2) + YYMMDDhhmmss + counter (4).
         self._serial_counter = (self._serial_counter + 1) % 10000
-        lt = time.localtime()
-        return "%s%s%02d%02d%02d%02d%02d%02d%04d" % (code, gun, lt.tm_year % 100, lt.tm_mon, lt.tm_mday,
-                                                    lt.tm_hour, lt.tm_min, lt.tm_sec, self._serial_counter)
+        return C.new_serial(code, gun, self._serial_counter)
 
 
 # --- entry point ------------------------------------------------------------------------

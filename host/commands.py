@@ -141,8 +141,10 @@ SPEC = {
     "journal_status": (set(), True),
     "read_realtime": ({"gun"}, True),
     "status": (set(), False),
-    "authorize": ({"gun", "serial", "logical_card", "balance", "balance_e2", "ok", "reason"},
-                  True),
+    "authorize": ({"gun", "serial", "logical_card", "balance", "balance_e2", "ok", "reason",
+                   "group"}, True),
+    "parallel_start": ({"guns", "serials", "logical_card", "card", "balance", "balance_e2",
+                        "group"}, True),
     "vin_list": ({"vins", "version"}, True),
     "upgrade": ({"image", "image_b64", "version", "activate"}, True),
 }
@@ -298,7 +300,10 @@ def _check_args(cmd, d):
         return {"gun": _gun(d), "serial": _digits(d, "serial", 32, required=True),
                 "logical_card": _digits(d, "logical_card", 16, default="0"),
                 "balance": _quantity(d, "balance", 2, "yuan"),
-                "ok": bool(d.get("ok", True)), "reason": _int(d, "reason", 0, 255, default=0)}
+                "ok": bool(d.get("ok", True)), "reason": _int(d, "reason", 0, 255, default=0),
+                "group": _digits(d, "group", 12)}     # an 0xA1's: answered by 0xA2
+    if cmd == "parallel_start":
+        return _parallel_args(d)
     if cmd == "vin_list":
         vins = d.get("vins")
         if not isinstance(vins, list) or len(vins) > MAX_VINS:
@@ -319,6 +324,39 @@ def _check_args(cmd, d):
     if cmd == "upgrade":
         return _upgrade_args(d)
     return {}
+
+
+def _parallel_args(d):
+    guns = d.get("guns", ["01", "02"])
+    if not isinstance(guns, list) or len(guns) != 2:
+        raise CommandError("bad_request", "guns must be a list of two guns, the main first "
+                           "(default [\"01\", \"02\"])")
+    guns = [_gun({"gun": g}) for g in guns]
+    if guns[0] == guns[1]:
+        raise CommandError("bad_request", "guns must be two different guns, got %s twice" % guns[0])
+    serials = d.get("serials")
+    if serials is not None:
+        if not isinstance(serials, list) or len(serials) != 2:
+            raise CommandError("bad_request", "serials must be a list of two trade serials, "
+                               "one per gun")
+        serials = [_digits({"serials": s}, "serials", 32, required=True) for s in serials]
+        if serials[0] == serials[1]:
+            raise CommandError("bad_request", "serials: each gun needs its own trade serial")
+    return {"guns": guns, "serials": serials, "group": _digits(d, "group", 12),
+            "logical_card": _digits(d, "logical_card", 16, default="0"),
+            "card": _hex(d, "card", 8), "balance": _quantity(d, "balance", 2, "yuan")}
+
+
+def auth_frame(pile, a):
+    """(frame name, values, sequence) answering a pile's start request:
+    0xA2 for an 0xA1 (the answer names its group), else 0x32 for a 0x31."""
+    v = {"serial": a["serial"], "pile": pile.code, "gun": a["gun"],
+         "logical_card": a["logical_card"], "balance": a["balance"],
+         "ok": 1 if a["ok"] else 0, "reason": a["reason"]}
+    if a.get("group") is not None:
+        v["group"] = a["group"]
+        return "parallel_auth", v, pile.parallel_requests.pop(a["gun"], None)
+    return "start_auth", v, pile.start_requests.pop(a["gun"], None)
 
 
 def _upgrade_args(d):
@@ -352,6 +390,17 @@ def _upgrade_args(d):
         raise CommandError("bad_request", "activate must be true or false")
     a["activate"] = act
     return a
+
+
+def local_stamp():
+    """YYMMDDhhmmss, local time: the time part of trade serials and group ids."""
+    return time.strftime("%y%m%d%H%M%S")
+
+
+def new_serial(code, gun, n):
+    """A trade serial the bridge makes: pile (14) + gun (2) + YYMMDDhhmmss +
+    a counter (4)."""
+    return "%s%s%s%04d" % (code, gun, local_stamp(), n)
 
 
 def start_frame(pile, ext, a, serial):

@@ -7,9 +7,9 @@ import json
 import threading
 import time
 
-from host.schema import stop_reason as _stop_name
 from protocol import codec
 from protocol import fields as F
+from protocol import units
 
 PROMPT = b"pile> "
 _BAUD = 115200
@@ -115,10 +115,7 @@ class ConsoleClient:
 def _dec(v, places):
     if not isinstance(v, int):
         return "-" if v is None else str(v)
-    s = "-" if v < 0 else ""
-    v = abs(v)
-    p = 10 ** places
-    return "%s%d.%0*d" % (s, v // p, places, v % p)
+    return units.text(v, places)
 
 
 def _pairs(rows, out):
@@ -136,27 +133,10 @@ def _table(head, rows, out):
         out.write("  ".join(c.ljust(w[i]) for i, c in enumerate(r)).rstrip() + "\n")
 
 
-def stop_text(code):
-    """0x43 amount_target: the code as on the wire and its name."""
-    if not isinstance(code, int):
-        return "-"
-    return "0x%02X %s" % (code, _stop_name(code)["name"])
-
-
-def _field(name, v):
-    if not isinstance(v, int):
-        return str(v)
-    if name.endswith("_time") or name == "time":
-        return F.iso(v)
-    if name.endswith("price"):
-        return _dec(v, 5) + " yuan/kWh"
-    if name.endswith("energy") or name.endswith("loss") or name.startswith("meter_"):
-        return _dec(v, 4) + " kWh"
-    if name.endswith("amount") or name.endswith("fee"):
-        return _dec(v, 4) + " yuan"
-    if name == "stop_reason":
-        return stop_text(v)
-    return str(v)
+def field_pair(k, v):
+    """A decoded field as `pile-console spy` and docs/protocol.md's examples
+    (tools/gen_protocol_doc.py) show it: name=value, times in ISO 8601."""
+    return "%s=%s" % (k, F.iso(v) if k.endswith("time") and isinstance(v, int) else v)
 
 
 def show_status(d, out):
@@ -182,7 +162,7 @@ def _result(res):
 
 def show_bills(d, out):
     rows = [[b["serial"], b["state"], _dec(b.get("energy"), 4), _dec(b.get("amount"), 4),
-             stop_text(b.get("stop_reason")),
+             units.stop_text(b.get("stop_reason")),
              F.iso(b["end_time"]) if "end_time" in b else "error: " + b.get("error", ""),
              _result(b.get("result"))]
             for b in d["bills"]]
@@ -193,8 +173,8 @@ def show_bills(d, out):
 
 def show_bill(d, out):
     rows = [("journal state", d["state"])]
-    rows += [(k, _field(k, v)) for k, v in d["bill"].items()]
-    rows += [(k, _field(k, v)) for k, v in d["extra"].items() if k != "serial"]
+    rows += [(k, units.field_text(k, v)) for k, v in d["bill"].items()]
+    rows += [(k, units.field_text(k, v)) for k, v in d["extra"].items() if k != "serial"]
     _pairs(rows, out)
 
 
@@ -244,7 +224,7 @@ def _session_value(k, v):
     if k in _SESSION_UNITS and isinstance(v, int):
         places, unit = _SESSION_UNITS[k]
         return "%s %s" % (_dec(v, places) if places else v, unit)
-    return _field(k, v)
+    return units.field_text(k, v)
 
 
 def show_session(d, out):
@@ -324,9 +304,7 @@ def describe(item):
     if item.fields is None:
         lines.append("  (encrypted body)")
     else:
-        lines.append("  " + " ".join("%s=%s" % (k, F.iso(v) if k.endswith("time") and
-                                              isinstance(v, int) else v)
-                                     for k, v in item.fields.items()))
+        lines.append("  " + " ".join(field_pair(k, v) for k, v in item.fields.items()))
     return lines
 
 

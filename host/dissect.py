@@ -23,6 +23,7 @@ import construct as C
 import crcmod.predefined
 
 from protocol import frames as T
+from protocol import units
 
 __all__ = ["FRAME", "FRAME_UNCHECKED", "STRUCTS", "FIELDS", "CODES", "DissectError",
            "parse", "build", "display", "iso"]
@@ -344,17 +345,16 @@ STOP_REASONS = {
 }
 
 
+_RESERVED = {"finished": "finished: other (reserved)",
+             "start_failed": "start failed: other (reserved)",
+             "abnormal_stop": "abnormal stop: other (reserved)"}
+
+
 def stop_reason(code):
     """The meaning of a bill stop reason (reserved ranges named as such)."""
     if code in STOP_REASONS:
         return STOP_REASONS[code]
-    if 0x46 <= code <= 0x49:
-        return "finished: other (reserved)"
-    if 0x4A <= code <= 0x69:
-        return "start failed: other (reserved)"
-    if 0x6A <= code <= 0x8F:
-        return "abnormal stop: other (reserved)"
-    return "not a V1.6 stop reason"
+    return _RESERVED.get(units.stop_class(code), "not a V1.6 stop reason")
 
 
 def iso(secs):

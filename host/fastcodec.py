@@ -6,7 +6,8 @@ module is not a second one. It compiles each layout of the one frame table
 `struct.Struct` over the whole frame and a generated function per layout
 and direction, so that decoding or encoding a frame is one `unpack_from` /
 `pack`, one hex conversion, a C CRC and straight-line code: no Python call
-per field (a few C string methods for the ASCII fields remain).
+per field (a few C string methods for the BCD and ASCII fields remain;
+CP56Time2a by table lookups).
 
 It handles only the plain, strict case: a frame with a good CRC, no
 encryption, a body one layout fits, BCD digits, printable ASCII then NULs,
@@ -24,8 +25,10 @@ really handled the plain cases (no silent fallback).
     FrameReader(tolerant=False, lenient=False)    protocol.codec.FrameReader
                                                   on this decoder
 
-CRC: crcmod's C extension (a dependency already) when it is there and agrees
-with the table CRC of protocol.crc on the check vectors; else protocol.crc.
+CRC: fastcrc's CRC-16/MODBUS, else crcmod's C extension, whichever is here
+and agrees with the table CRC of protocol.crc on the check vectors (from
+several start registers); else protocol.crc. It runs over the whole frame
+from a start register that absorbs the 68 LEN prefix (see _INIT): no slice.
 """
 import struct
 from binascii import unhexlify
@@ -42,63 +45,139 @@ __all__ = ["decode", "encode", "FrameReader", "crc16", "C_CRC", "stats"]
 
 # --- CRC ------------------------------------------------------------------------
 
-def _c_crc():
-    # (C function, table) of crcmod's CRC-16/MODBUS, called as fn(data,
-    # 0xFFFF, table) without crcmod's Python wrapper; None when crcmod has no
-    # C extension here or its result differs from the table CRC of
-    # protocol.crc on any check vector.
+_CHECKS = (b"", b"123456789", bytes(range(256)), b"\x68" * 7, b"\x00\xff" * 33)
+
+
+def _agrees(fn, extra):
+    # fn(data, register, *extra) is CRC-16/MODBUS from any starting register:
+    # the table CRC of protocol.crc on the check vectors, from 0xFFFF and others.
     from protocol.crc import _crc16_bytewise as table
+    try:
+        for v in _CHECKS:
+            for init in (0xFFFF, 0, 0x1234, 0xA001):
+                if fn(v, init, *extra) != table(v, init):
+                    return False
+    except Exception:
+        return False
+    return True
+
+
+def _native_crc():
+    """(name, fn, extra args) of the fastest native CRC-16/MODBUS here that
+    agrees with the table CRC, called as fn(data, register, *extra); None
+    when there is none. fastcrc (Rust) first: about half the cost of
+    crcmod's C extension on a frame (its call takes no table and its loop is
+    faster); crcmod's C function is called without its Python wrapper."""
+    try:
+        from fastcrc import crc16 as fc
+        if _agrees(fc.modbus, ()):
+            return "fastcrc", fc.modbus, ()
+    except ImportError:
+        pass
     try:
         import crcmod
         from crcmod import _crcfunext  # noqa: F401  (the C extension, not the pure-Python one)
-    except ImportError:
-        return None
-    f = crcmod.mkCrcFun(0x18005, initCrc=0xFFFF, rev=True, xorOut=0)
-    try:
+        f = crcmod.mkCrcFun(0x18005, initCrc=0xFFFF, rev=True, xorOut=0)
         init, tab, fn = f.__defaults__      # crcfun(data, crc=init, table=..., fun=...)
-    except (TypeError, ValueError):
+    except (ImportError, TypeError, ValueError):
         return None
-    if init != 0xFFFF or getattr(fn, "__module__", None) != "crcmod._crcfunext":
-        return None
-    for v in (b"", b"123456789", bytes(range(256)), b"\x68" * 7, b"\x00\xff" * 33):
-        if fn(v, 0xFFFF, tab) != table(v) or f(v) != table(v):
-            return None
-    return fn, tab
+    if init == 0xFFFF and getattr(fn, "__module__", None) == "crcmod._crcfunext" \
+            and _agrees(fn, (tab,)):
+        return "crcmod", fn, (tab,)
+    return None
 
 
-_cfun = _c_crc()
-C_CRC = _cfun is not None
+_native = _native_crc()
+C_CRC = _native is not None       # a native CRC is in use (else protocol.crc's table)
 if C_CRC:
-    _CFN, _CTAB = _cfun
-
-    def crc16(data, crc=0xFFFF):
-        """CRC-16/MODBUS (crcmod's C extension)."""
-        return _CFN(data, crc, _CTAB)
+    CRC_NAME, _CFN, _CEXTRA = _native
 else:
-    crc16 = table_crc16
-    _CFN, _CTAB = (lambda data, crc, tab: table_crc16(data, crc)), None
+    CRC_NAME, _CFN, _CEXTRA = "table", table_crc16, ()
+# the extra arguments as generated code passes them (crcmod's table)
+_CARGS = "".join(", _C%d" % k for k in range(len(_CEXTRA)))
+_CENV = dict(("_C%d" % k, _CEXTRA[k]) for k in range(len(_CEXTRA)))
+
+
+def crc16(data, crc=0xFFFF):
+    """CRC-16/MODBUS of data from register `crc` (CRC_NAME says whose)."""
+    return _CFN(data, crc, *_CEXTRA)
 
 
 # --- tables for CP56Time2a --------------------------------------------------------
 
-# Indexed by (year byte & 0x7F) << 4 | (month byte & 0x0F), as the shared
-# codec masks them: the days in that month (0: no such month / year past 99),
-# and the days from 2000-01-01 to the day before its first.
-_ML = [0] * 2048
-_D0 = [0] * 2048
-for _y in range(100):
-    for _m in range(1, 13):
-        _ML[_y << 4 | _m] = F._MDAYS[_m - 1] + (1 if _m == 2 and _y % 4 == 0 else 0)
-        _D0[_y << 4 | _m] = F.to_secs(2000 + _y, _m, 1) // 86400 - 1
-_ML = tuple(_ML)
-_D0 = tuple(_D0)
+# CP56Time2a: ms (2 bytes), minute, hour, day, month, year - 2000; the shared
+# codec masks minute & 0x3F, hour & 0x1F, day & 0x1F, month & 0x0F and year &
+# 0x7F and refuses a time that is not one. Here a time is a few table
+# lookups each way (built on first use, about 3.5 MB; checked against
+# protocol.fields by tests/test_fastcodec.py). Reading:
+#   DAY[(year & 0x7F) << 9 | (month & 0x0F) << 5 | day & 0x1F]  seconds from
+#       2000-01-01 to that day, BAD for no such day
+#   HM[(hour & 0x1F) << 8 | minute & 0x3F]  seconds from midnight, or BAD
+#   SEC[ms]                                 ms // 1000, or BAD from 60000
+# so a time read is their sum, negative when any part is not a time. Writing:
+#   DMY[day number since 2000-01-01]  its day, month, year - 2000 (3 bytes)
+#   HMB[minute of the day]            its minute, hour (2 bytes)
 _END = F._END
-# Day number since 2000-01-01 -> its day, month and year - 2000 as 3 bytes
-# (110 KB), in calendar order; checked against protocol.fields.to_civil by
-# tests/test_fastcodec.py.
-_CIV = b"".join([bytes((_d, _m, _y)) for _y in range(100) for _m in range(1, 13)
-                 for _d in range(1, _ML[_y << 4 | _m] + 1)])
-del _y, _m
+BAD = -(1 << 40)    # any sum holding one is negative
+
+
+class _TimeTables:
+    __slots__ = ("DAY", "HM", "SEC", "DMY", "HMB")
+
+
+_TT = None
+
+
+def time_tables():
+    """The CP56Time2a tables above (built on the first call)."""
+    global _TT
+    if _TT is None:
+        t = _TimeTables()
+        day = [BAD] * 65536
+        dmy = []
+        for y in range(100):
+            for m in range(1, 13):
+                for d in range(1, F._MDAYS[m - 1] + (1 if m == 2 and y % 4 == 0 else 0) + 1):
+                    day[y << 9 | m << 5 | d] = len(dmy) * 86400
+                    dmy.append(bytes((d, m, y)))
+        t.DAY = tuple(day)
+        t.DMY = tuple(dmy)
+        t.HM = tuple([h * 3600 + m * 60 if h < 24 and m < 60 else BAD
+                      for h in range(32) for m in range(256)][:0x1F40])
+        t.SEC = tuple([ms // 1000 for ms in range(60000)] + [BAD] * (65536 - 60000))
+        t.HMB = tuple([bytes((m, h)) for h in range(24) for m in range(60)])
+        _TT = t
+    return _TT
+
+
+# CRC over the whole frame. CRC-16/MODBUS is a byte-at-a-time register
+# update that can be run backwards: _INIT[n] is the register that becomes
+# 0xFFFF after the two bytes 68 n, so the CRC of 68 n seq..body from _INIT[n]
+# is the frame's CRC (seq..body from 0xFFFF), with no slice of the frame.
+# And a frame whose two last bytes are that CRC, low byte first, leaves the
+# register at 0 (the CRC's residue): a good frame is `crc(frame, _INIT[n])
+# == 0`. Both checked at import against the table CRC (below) and by
+# tests/test_fastcodec.py on any bytes.
+def _inits():
+    from protocol.crc import _TABLE as t
+    top = {}
+    for i in range(256):
+        top[t[i] >> 8] = i      # the table's high bytes are all different
+
+    def back(c, b):             # the register before byte b, given the one after
+        i = top[c >> 8]
+        return ((c ^ t[i]) & 0xFF) << 8 | (i ^ b)
+    return tuple([back(back(0xFFFF, n), 0x68) for n in range(256)])
+
+
+_INIT = _inits()
+for _n in (4, 13, 17, 162, 255):
+    _v = b"\x68" + bytes((_n,)) + bytes(range(_n))
+    _c = table_crc16(_v[2:])
+    if (crc16(_v, _INIT[_n]) != _c or table_crc16(_v, _INIT[_n]) != _c
+            or crc16(_v + _c.to_bytes(2, "little"), _INIT[_n])):
+        raise ImportError("host.fastcodec: the whole-frame CRC does not agree with protocol.crc")
+del _n, _v, _c
 
 # Any slot of protocol.codec.Frame besides the seven set by the decoders
 # below gets the value Frame.__init__ gives it by default (a slot added to
@@ -109,7 +188,7 @@ _TEMPLATE = Frame(0, "", 0, 0, b"", None)
 _MORE_SLOTS = tuple(k for k in Frame.__slots__ if k not in _SET and hasattr(_TEMPLATE, k))
 _MORE_VALUES = tuple(getattr(_TEMPLATE, k) for k in _MORE_SLOTS)
 
-_PRINTABLE = bytes(range(32, 127))
+_LITERAL_MAX = 12   # fields dicts up to this size as a display, longer ones by copy
 _CRC2 = struct.Struct("<H")
 _UPARTS = {1: ("B",), 2: ("H",), 4: ("I",), 8: ("Q",), 3: ("H", "B"), 5: ("I", "B"),
            6: ("I", "H"), 7: ("I", "H", "B")}
@@ -120,42 +199,25 @@ stats = {"fallback": 0}  # calls passed on to the shared codec (benchmark, tests
 
 # --- code generation ----------------------------------------------------------------
 
-def _runs(layout, kinds):
-    # Contiguous runs (start offset, end offset) of fields of the given kinds.
-    out = []
-    off = 0
-    for i in range(len(layout.names)):
-        k = chr(layout.kinds[i])
-        n = layout.sizes[i]
-        if k == "v":
-            break
-        if k in kinds:
-            if out and out[-1][1] == off:
-                out[-1][1] = off + n
-            else:
-                out.append([off, off + n])
-        off += n
-    return out
-
-
 def _compile_decoder(layout):
-    """def dec(buf, i, lenient): the Frame of the plain frame at buf[i:], or
-    None. A plain frame reads the same strictly and leniently (but for
-    Frame.problems: None, or [] when lenient)."""
+    """def dec(buf, lenient): the Frame of the plain frame `buf` (bytes, one
+    whole frame of this layout's code and length), or None. A plain frame
+    reads the same strictly and leniently (but for Frame.problems: None, or
+    [] when lenient)."""
     names, kinds, sizes = layout.names, layout.kinds, layout.sizes
     variable = layout.variable
-    fmt = "<BBHBB"
+    fmt = "<BBHBx"  # start, length, seq, enc (the caller found the code)
     src = []
     vals = []       # (name, expression)
     ascii_parts = []
-    lenient_checks = []
+    edge_checks = []
     times = []
-    j = 5           # index in the unpacked tuple
-    off = 0         # offset in the body
-    need_hex = need_upper = False
+    j = 4           # index in the unpacked tuple
+    off = 6         # offset in the frame
+    need_hex = False
+    bcd_locals = []  # (local, expression) of the "b" fields
     for idx in range(len(names)):
         name, k, n = names[idx], chr(kinds[idx]), sizes[idx]
-        a = 2 * (6 + off)
         if k == "u":
             parts = _UPARTS[n]
             fmt += "".join(parts)
@@ -170,88 +232,97 @@ def _compile_decoder(layout):
         elif k == "b":
             fmt += "%dx" % n
             need_hex = True
-            vals.append((name, "hx[%d:%d]" % (a, a + 2 * n)))
+            bcd_locals.append(("b%d" % idx, "hx[%d:%d]" % (2 * off, 2 * (off + n))))
+            vals.append((name, "b%d" % idx))
         elif k == "h":
             fmt += "%dx" % n
-            need_hex = need_upper = True
-            vals.append((name, "HX[%d:%d]" % (a, a + 2 * n)))
+            need_hex = True
+            vals.append((name, "hx[%d:%d].upper()" % (2 * off, 2 * (off + n))))
         elif k == "a" or k == "r":
             fmt += "%ds" % n
             p = "p%d" % idx
-            w = "w%d" % idx
+            # Strictly, the text runs to the first NUL (a reversed field may
+            # carry its padding first): the same as the text with the NULs
+            # stripped from its padding end when no NUL is left inside it,
+            # which the printable check below makes sure of.
             if k == "a":
-                src.append("%s = v[%d]; %s = %s.split(b'\\0', 1)[0]" % (w, j, p, w))
+                src.append("%s = v[%d].rstrip(b'\\0'); s%d = %s.decode()" % (p, j, idx, p))
             else:
-                src.append("%s = v[%d][::-1]; %s = %s.lstrip(b'\\0').split(b'\\0', 1)[0]"
-                           % (w, j, p, w))
-            ascii_parts.append(p)
-            # A lenient reading (protocol/lenient.py) also skips padding at
-            # the front and spaces at either end: the same text only when the
-            # field is the text, then NULs, and the text has no edge space.
-            lenient_checks.append("%s.strip(b'\\0') == %s and %s[:1] != b' ' and %s[-1:] != b' '"
-                                  % (w, p, p, p))
-            vals.append((name, "%s.decode()" % p))
+                src.append("%s = v[%d][::-1].strip(b'\\0'); s%d = %s.decode()" % (p, j, idx, p))
+            # printable ASCII (no NUL left inside)
+            ascii_parts.append("s%d.isascii() and s%d.isprintable()" % (idx, idx))
+            # A lenient reading (protocol/lenient.py) also takes spaces at
+            # either end for padding: the same text when it has no edge space.
+            edge_checks.append("%s[:1] != b' ' and %s[-1:] != b' '" % (p, p))
+            vals.append((name, "s%d" % idx))
             j += 1
         elif k == "t":
-            fmt += "HBBBBB"
+            # ms | minute << 16 | hour << 24, day | month << 8, year
+            fmt += "IHB"
             t = "t%d" % idx
-            src.append("%sm = v[%d]; %si = v[%d] & 63; %sh = v[%d] & 31; %sd = v[%d] & 31; "
-                       "%sk = (v[%d] & 127) << 4 | v[%d] & 15"
-                       % (t, j, t, j + 1, t, j + 2, t, j + 3, t, j + 5, j + 4))
+            src.append("%s = _DAY[(v[%d] & 127) << 9 | v[%d] >> 3 & 480 | v[%d] & 31] "
+                       "+ _HM[v[%d] >> 16 & 7999] + _SEC[v[%d] & 65535]"
+                       % (t, j + 2, j + 1, j + 1, j, j))
             times.append(t)
-            vals.append((name, "(((_D0[%sk] + %sd) * 24 + %sh) * 60 + %si) * 60 + %sm // 1000"
-                         % (t, t, t, t, t)))
-            j += 6
+            vals.append((name, t))
+            j += 3
         elif k == "v":
-            vals.append((name, "bytes(buf[i + %d:i + N - 2])" % (6 + off)))
+            vals.append((name, "buf[%d:-2]" % off))
             break
         else:
             raise ValueError("%s: unknown kind %r" % (layout.name, k))
         off += n
-    if not variable:
-        fmt += "H"
     S = struct.Struct(fmt)
     body = []
+    body.append("v = _S.unpack_from(buf)")
     if variable:
-        body.append("N = buf[i + 1] + 4")
-        body.append("v = _S.unpack_from(buf, i)")
-        body.append("if v[3] or buf[i + N - 2] | buf[i + N - 1] << 8 != _crc(buf[i + 2:i + N - 2], 65535, _T): return None")
+        body.append("if v[0] != 104 or v[1] + 4 != len(buf) or v[3] or _crc(buf, _I[v[1]]%s): "
+                    "return None" % _CARGS)
     else:
-        body.append("N = %d" % (layout.size + 8))
-        body.append("v = _S.unpack_from(buf, i)")
-        body.append("if v[3] or v[-1] != _crc(buf[i + 2:i + %d], 65535, _T): return None" % (layout.size + 6))
+        body.append("if v[0] != 104 or v[1] != %d or v[3] or _crc(buf, %d%s): return None"
+                    % (layout.size + 4, _INIT[layout.size + 4], _CARGS))
     if need_hex:
-        body.append("hx = buf[i:i + N].hex()")
-        if need_upper:
-            body.append("HX = hx.upper()")
-        digits = " and ".join("hx[%d:%d].isdigit()" % (2 * (6 + s), 2 * (6 + e))
-                              for s, e in _runs(layout, "b"))
-        if digits:
-            body.append("if not (%s): return None" % digits)
+        body.append("hx = buf.hex()")
+        if bcd_locals:
+            body.extend("%s = %s" % bl for bl in bcd_locals)
+            # BCD: its hex digits are all digits
+            # (bytes.isdigit: str.isdigit looks each character up)
+            body.append("if not (%s).encode().isdigit(): return None"
+                        % " + ".join(bl[0] for bl in bcd_locals))
     body.extend(src)
     if ascii_parts:
-        body.append("if (%s).translate(None, _PR): return None" % " + ".join(ascii_parts))
-    if lenient_checks:
-        body.append("if lenient and not (%s): return None" % " and ".join(lenient_checks))
-    for t in times:
-        body.append("if not (%sm < 60000 and %si < 60 and %sh < 24 and 0 < %sd <= _ML[%sk]): return None"
-                    % (t, t, t, t, t))
+        body.append("if not (%s): return None" % " and ".join(ascii_parts))
+        body.append("if lenient and not (%s): return None" % " and ".join(edge_checks))
+    if times:
+        body.append("if %s: return None" % " or ".join("%s < 0" % t for t in times))
     # The Frame without a call to its __init__: its slots set here, as
     # protocol.codec.Frame.__init__ sets them.
     body.append("f = _new(_Frame)")
     body.append("f.code = %d; f.name = %r; f.seq = v[2]; f.enc = 0; f.crc_swapped = False"
                 % (layout.code, layout.name))
-    body.append("f.body = bytes(buf[i + 6:i + N - 2])")
-    body.append("f.fields = {%s}" % ", ".join("%r: %s" % nv for nv in vals))
+    body.append("f.body = buf[6:-2]")
+    fields = None
+    if len(vals) <= _LITERAL_MAX:
+        body.append("f.fields = {%s}" % ", ".join("%r: %s" % nv for nv in vals))
+    else:
+        # A dict display this long is built item by item, growing as it
+        # goes; a copy of a dict of the same keys, then the values, is faster.
+        fields = dict.fromkeys([nv[0] for nv in vals])
+        body.append("f.fields = d = _F.copy()")
+        body.extend("d[%r] = %s" % nv for nv in vals)
     for k in range(len(_MORE_SLOTS)):
         body.append("f.%s = _more[%d]" % (_MORE_SLOTS[k], k))
     if _PROBLEMS:
         # what a lenient reading gave way on: nothing, for a plain frame
         body.append("f.problems = [] if lenient else None")
     body.append("return f")
-    code = "def dec(buf, i, lenient):\n" + "".join("    %s\n" % line for line in body)
-    env = {"_S": S, "_crc": _CFN, "_T": _CTAB, "_PR": _PRINTABLE, "_ML": _ML, "_D0": _D0,
-           "_new": Frame.__new__, "_Frame": Frame, "_more": _MORE_VALUES}
+    code = "def dec(buf, lenient):\n" + "".join("    %s\n" % line for line in body)
+    env = {"_S": S, "_crc": _CFN, "_I": _INIT, "_new": Frame.__new__,
+           "_Frame": Frame, "_more": _MORE_VALUES, "_F": fields}
+    if times:
+        tt = time_tables()
+        env.update(_DAY=tt.DAY, _HM=tt.HM, _SEC=tt.SEC)
+    env.update(_CENV)
     exec(compile(code, "<fastcodec %s decode>" % layout.name, "exec"), env)
     return env["dec"]
 
@@ -262,13 +333,21 @@ def _compile_encoder(layout):
     fmt = "<BBHBB"
     get = []
     checks = []
-    hexparts = []   # (local, size) of "b" and "h" fields, in order
-    bcd = []
-    ascii_parts = []
-    args = []
+    bcd = []        # locals of the "b" fields, then of the "h" ones: the
+    hexs = []       # order of their bytes in B (one unhexlify for them all)
+    where = {}      # field index -> offset of its bytes in B
     pre = []
+    items = []      # struct items in frame order: (fmt, arg, index or None)
     vfield = None
     hoff = 0
+    for idx in range(len(names)):
+        if chr(kinds[idx]) == "b":
+            where[idx] = hoff
+            hoff += sizes[idx]
+    for idx in range(len(names)):
+        if chr(kinds[idx]) == "h":
+            where[idx] = hoff
+            hoff += sizes[idx]
     for idx in range(len(names)):
         name, k, n = names[idx], chr(kinds[idx]), sizes[idx]
         x = "x%d" % idx
@@ -278,68 +357,81 @@ def _compile_encoder(layout):
         get.append("%s = values[%r]" % (x, name))
         if k == "u":
             parts = _UPARTS[n]
-            fmt += "".join(parts)
             # The last part takes the high bits unmasked: a value too large
             # (or negative) makes struct refuse it, and the shared codec answers.
             shift = 0
             for q in range(len(parts)):
                 bits = _USHIFT[parts[q]]
                 if q == len(parts) - 1:
-                    args.append("%s >> %d" % (x, shift) if shift else x)
+                    arg = "%s >> %d" % (x, shift) if shift else x
                 else:
-                    args.append("%s >> %d & %d" % (x, shift, (1 << bits) - 1)
-                                if shift else "%s & %d" % (x, (1 << bits) - 1))
+                    arg = ("%s >> %d & %d" % (x, shift, (1 << bits) - 1)
+                           if shift else "%s & %d" % (x, (1 << bits) - 1))
+                items.append([parts[q], arg, None])
                 shift += bits
         elif k == "b" or k == "h":
-            fmt += "%ds" % n
             checks.append("len(%s) == %d" % (x, 2 * n))
-            hexparts.append(x)
-            if k == "b":
-                bcd.append(x)
-            args.append("B[%d:%d]" % (hoff, hoff + n))
-            hoff += n
+            (bcd if k == "b" else hexs).append(x)
+            # fields whose bytes follow each other in the frame and in B
+            # are packed as one item
+            if items and items[-1][2] is not None and items[-1][2][1] == where[idx]:
+                items[-1][2][1] = where[idx] + n
+            else:
+                items.append(["s", None, [where[idx], where[idx] + n]])
         elif k == "a" or k == "r":
-            fmt += "%ds" % n
-            r = "r%d" % idx
-            pre.append("%s = %s.encode()" % (r, x))
-            checks.append("len(%s) <= %d" % (r, n))
-            ascii_parts.append(r)
-            args.append(r if k == "a" else "%s[::-1].rjust(%d, b'\\0')" % (r, n))
+            # printable ASCII (a bytes value has no isprintable: the shared
+            # codec then answers)
+            checks.append("%s.isascii() and %s.isprintable() and len(%s) <= %d" % (x, x, x, n))
+            items.append(["%ds" % n, "%s.encode()" % x if k == "a"
+                          else "%s.encode()[::-1].rjust(%d, b'\\0')" % (x, n), None])
         elif k == "t":
-            fmt += "HBB3s"
             checks.append("0 <= %s < %d" % (x, _END))
-            args.append("%s %% 60 * 1000" % x)
-            args.append("%s // 60 %% 60" % x)
-            args.append("%s // 3600 %% 24" % x)
-            args.append("_CIV[%s // 86400 * 3:%s // 86400 * 3 + 3]" % (x, x))
+            items.append(["H", "%s %% 60 * 1000" % x, None])
+            items.append(["2s", "_HMB[%s // 60 %% 1440]" % x, None])
+            items.append(["3s", "_DMY[%s // 86400]" % x, None])
         else:
             raise ValueError("%s: unknown kind %r" % (layout.name, k))
+    args = []
+    for f_, a_, span in items:
+        if span is None:
+            fmt += f_
+            args.append(a_)
+        else:
+            fmt += "%ds" % (span[1] - span[0])
+            args.append("B" if span == [0, hoff] else "B[%d:%d]" % tuple(span))
     S = struct.Struct(fmt)
     body = list(get)
     body.extend(pre)
     if checks:
         body.append("if not (%s): return None" % " and ".join(checks))
-    # '' + ...: a bytes value is not a digit string (nor hex) for the shared codec
+    # '' + ...: a bytes value is not a digit string (nor hex) for the shared
+    # codec. BCD: ASCII digits (bytes.isdigit: str.isdigit looks each
+    # character up, and takes digits that are not ASCII).
     if bcd:
         body.append("D = '' + %s" % " + ".join(bcd))
-        body.append("if not D.isdigit(): return None")
-    if hexparts:
-        body.append("B = _unhex(%s)" % ("D" if bcd == hexparts else "'' + " + " + ".join(hexparts)))
-    if ascii_parts:
-        body.append("if (%s).translate(None, _PR): return None" % " + ".join(ascii_parts))
-    head = "0x68, %s, seq & 0xFFFF, enc, %d" % ("%d + w" % (layout.size + 4) if vfield
-                                                else "%d" % (layout.size + 4), layout.code)
+        body.append("if not D.encode().isdigit(): return None")
+        body.append("B = _unhex(%s)" % " + ".join(["D"] + hexs))
+    elif hexs:
+        body.append("B = _unhex('' + %s)" % " + ".join(hexs))
+    n0 = layout.size + 4
     if vfield:
         body.insert(0, "vv = values[%r]" % vfield[0])
         body.insert(1, "if type(vv) is not bytes or len(vv) > %d: return None" % vfield[1])
-        body.insert(2, "w = len(vv)")
+        body.insert(2, "L = %d + len(vv)" % n0)
+        head = "0x68, L, seq & 0xFFFF, enc, %d" % layout.code
         body.append("p = _S.pack(%s) + vv" % ", ".join([head] + args))
+        body.append("return p + _C2(_crc(p, _I[L]%s))" % _CARGS)
     else:
-        body.append("p = _S.pack(%s)" % ", ".join([head] + args))
-    body.append("return p + _C2(_crc(p[2:], 65535, _T))")
+        body.append("p = _S.pack(%s)" % ", ".join(["0x68, %d, seq & 0xFFFF, enc, %d"
+                                                  % (n0, layout.code)] + args))
+        body.append("return p + _C2(_crc(p, %d%s))" % (_INIT[n0], _CARGS))
     code = "def enc(values, seq, enc):\n" + "".join("    %s\n" % line for line in body)
-    env = {"_S": S, "_crc": _CFN, "_T": _CTAB, "_PR": _PRINTABLE, "_CIV": _CIV, "_unhex": unhexlify,
+    env = {"_S": S, "_crc": _CFN, "_I": _INIT, "_unhex": unhexlify,
            "_C2": _CRC2.pack}
+    if "t" in kinds.decode():
+        tt = time_tables()
+        env.update(_DMY=tt.DMY, _HMB=tt.HMB)
+    env.update(_CENV)
     exec(compile(code, "<fastcodec %s encode>" % layout.name, "exec"), env)
     return env["enc"]
 
@@ -408,9 +500,8 @@ def _encoder(code):
             return None
     else:
         c = code
-    if c in _done:
-        return None
-    _compile_code(c)
+    if c not in _done:
+        _compile_code(c)
     return _ENC.get(code)
 
 
@@ -424,13 +515,13 @@ def compile_all():
 # --- the API -------------------------------------------------------------------------
 
 def decode_at(buf, i, n, tolerant=False, lenient=False):
-    """As protocol.codec._decode: the frame buf[i:i+n] (envelope length
-    checked by the caller), through the fast path when it is plain."""
+    """As protocol.codec._decode: the frame buf[i:i+n] (its start and length
+    bytes checked by the caller), through the fast path when it is plain."""
     key = buf[i + 5] << 9 | n
     d = _DEC.get(key) or _decoder(key)
     if d is not None:
         try:
-            f = d(buf, i, lenient)
+            f = d(bytes(buf[i:i + n]), lenient)
         except Exception:
             f = None
         if f is not None:
@@ -441,32 +532,47 @@ def decode_at(buf, i, n, tolerant=False, lenient=False):
 
 def decode(frame, tolerant=False, lenient=False):
     """As protocol.codec.decode (same Frame, same errors)."""
-    n = len(frame)
-    if n >= 8 and frame[0] == 0x68 and frame[1] + 4 == n:
-        key = frame[5] << 9 | n
-        d = _DEC.get(key) or _decoder(key)
-        if d is not None:
-            try:
-                f = d(frame, 0, lenient)
-            except Exception:
-                f = None
-            if f is not None:
-                return f
+    if type(frame) is bytes:
+        try:
+            f = _DEC[frame[5] << 9 | len(frame)](frame, lenient)
+        except Exception:       # no decoder (yet) for that code and length, or not plain
+            f = _first(frame, lenient)
+        if f is not None:
+            return f
+    elif type(frame) is bytearray:
+        return decode(bytes(frame), tolerant, lenient)
     stats["fallback"] += 1
     return codec.decode(frame, tolerant, lenient)
+
+
+def _first(frame, lenient):
+    # decode() when the table had no decoder: the code compiled on first
+    # use, and the frame decoded if it then has one
+    if len(frame) < 8:
+        return None
+    d = _decoder(frame[5] << 9 | len(frame))
+    if d is None:
+        return None
+    try:
+        return d(frame, lenient)
+    except Exception:
+        return None
 
 
 def encode(code, values, seq=0, enc=0):
     """As protocol.codec.encode (same bytes, same errors)."""
     t = type(code)
-    # Only an int or a str is looked up (True or 1.0 would find 1): anything
-    # else goes to the shared codec, which says what is wrong with it.
-    e = (_ENC.get(code) or _encoder(code)) if t is int or t is str else None
-    if e is not None:
+    # Only an int or a str is looked up (1.0 would find 1): anything else
+    # goes to the shared codec, which says what is wrong with it.
+    if t is int or t is str:
         try:
-            out = e(values, seq, enc)
-        except Exception:
-            out = None
+            out = _ENC[code](values, seq, enc)
+        except Exception:       # not compiled yet, no such frame, or not plain
+            e = _encoder(code)
+            try:
+                out = None if e is None else e(values, seq, enc)
+            except Exception:
+                out = None
         if out is not None:
             return out
     stats["fallback"] += 1

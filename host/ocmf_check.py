@@ -4,7 +4,6 @@
 # registered key (pile.<code>.ocmf_key) and the verdict: check() is pure;
 # on_pile_key() and on_bill_sig() are the Bridge's methods of the same names
 # (host/bridge.py binds them; kept here, beside the rules they apply).
-import logging
 
 from protocol import ocmf
 from protocol import p256
@@ -12,7 +11,6 @@ from protocol import p256
 from host import fastcodec
 from host import schema
 
-log = logging.getLogger("host.bridge")
 
 VERIFIED = schema.OCMF_VERIFIED
 BAD_SIGNATURE = "bad_signature"       # does not verify with the registered key
@@ -83,21 +81,10 @@ async def on_bill_sig(self, conn, f):
     frame = bill.frame if bill is not None and bill.pile == pile.code else None
     key = self.ocmf_key(pile.code)
     record, verdict = check(v, frame, key)
-    try:
-        kind, b = await self.store.add_sig(pile.code, serial, raw, record,
-                                           spki_hex(key) if key else None, verdict)
-    except Exception as e:
-        log.error("pile %s: OCMF signature of %s NOT stored (%s)", pile.code, serial, e)
-        return
-    if kind == "foreign":
-        self._foreign(conn, pile, serial, "OCMF signature (0xDB)", "bill_sig", raw)
-        return
-    if kind == "conflict":
-        self.event(pile.code, "serial_conflict", "OCMF signature of %s received again with "
-                   "different content; the first copy is kept" % serial, serial=serial,
-                   frame_type="bill_sig")
-        return
-    if kind == "same":
+    kind, b = await self._completion(conn, pile, serial, self.store.add_sig(
+        pile.code, serial, raw, record, spki_hex(key) if key else None, verdict),
+        "OCMF signature (0xDB)", "bill_sig", raw)
+    if kind in (None, "conflict", "same"):
         return
     self.stats["ocmf_" + verdict] = self.stats.get("ocmf_" + verdict, 0) + 1
     if verdict == BAD_SIGNATURE:

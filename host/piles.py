@@ -20,6 +20,7 @@ from protocol.frames import BILL_CODES
 from protocol.router import on, reply
 
 from host import config as configmod
+from host import parallel
 from host import schema
 from host import tariff as T
 from host.fastcodec import FrameReader
@@ -27,15 +28,9 @@ from host.links import LinkClosed
 
 log = logging.getLogger("host.piles")
 
-def _names():
-    """code -> frame name (a code's first layout: status_reply, not its older form)."""
-    first = {}
-    for code, name, _spec in frames.lines():
-        first.setdefault(code, name)
-    return first
-
-
-NAMES = _names()
+NAMES = {}     # code -> frame name (a code's first layout: status_reply, not its older form)
+for _code, _name, _spec in frames.lines():
+    NAMES.setdefault(_code, _name)
 # Which reply answers which request the bridge sends, and the field that
 # tells concurrent requests apart (YKC replies echo the sequence bytes, but
 # third-party piles do not all do so: the key is the fallback): the frame
@@ -123,6 +118,7 @@ class Pile:
         self.frame_errors = 0
         self.logins = 0
         self.start_requests = {}  # gun -> seq of the last 0x31, for the 0x32 answer
+        self.parallel_requests = {}   # gun -> seq of the last 0xA1, for the 0xA2 answer
         self.sessions = {}        # gun -> [serial, monotonic end seen or None, overdue reported]
         self.sign_lock = asyncio.Lock()   # one signed command in flight (docs/security.md)
         self.login_event = asyncio.Event()   # set (and replaced) at every login
@@ -774,7 +770,7 @@ class PileConn:
         if v["result"] == 1:
             self.bridge.session_stopped(self.pile, v["gun"])
 
-    @on(HANDLERS, 0x33)
+    @on(HANDLERS, 0x33, 0xA3)       # a start's answer, alone or in a parallel group
     async def _on_remote_start_reply(self, f):
         v = f.fields
         if v["result"] == 1:
@@ -787,6 +783,10 @@ class PileConn:
                               % (v["serial"], v["gun"], schema.start_refusal(v["reason"]),
                                  v["reason"]),
                               gun=v["gun"], serial=v["serial"], reason=v["reason"])
+
+    @on(HANDLERS, 0xA1)
+    async def _on_parallel_request(self, f):
+        parallel.request_event(self.bridge, self.pile, f)
 
     @on(HANDLERS, 0x31)
     async def _on_start_request(self, f):

@@ -8,6 +8,7 @@ import time
 from host import fastcodec
 from protocol import codec
 from protocol import fields as F
+from protocol import units
 from protocol.frames import FRAMES
 from protocol.reconcile import bill_problems, periods_of, undecodable
 
@@ -40,17 +41,6 @@ def encode(name, values, seq=0):
 def has_frame(name):
     return name in CODES
 
-# YKC V1.6 stop reasons (shared/context/ykc-v16.md); ranges get a generic name.
-STOP_REASONS = {
-    0x40: "remote_stop", 0x41: "soc_full", 0x42: "energy_target", 0x43: "amount_target",
-    0x44: "time_target", 0x45: "manual_stop",
-    0x4D: "start_failed_meter_comms", 0x4E: "start_failed_balance_too_low",
-    0x6D: "meter_comms_lost", 0x6E: "balance_exhausted", 0x76: "no_current",
-    0x83: "power_lost", 0x90: "unknown",
-    # Ours, in V1.6's reserved 0x8A..0x8F (firmware/vinauth.py): a platform
-    # that knows only the range still sees an abnormal stop.
-    0x8A: "vin_not_authorised", 0x8B: "vin_missing",
-}
 
 # 0x33 start refusal reasons: YKC V1.6 0..5; 0x0A and 0x0C ours (docs/protocol.md).
 START_REFUSALS = {1: "pile number mismatch", 2: "gun already charging", 3: "fault",
@@ -68,15 +58,7 @@ GUN_STATUS = {0: "offline", 1: "fault", 2: "idle", 3: "charging"}
 
 
 def stop_reason(code):
-    name = STOP_REASONS.get(code)
-    if name is None:
-        if 0x4A <= code <= 0x69:
-            name = "start_failed"
-        elif 0x6A <= code <= 0x8F:
-            name = "abnormal_stop"
-        else:
-            name = "unknown"
-    return {"code": code, "name": name}
+    return {"code": code, "name": units.stop_name(code)}
 
 
 def dec(value, scale):

@@ -310,23 +310,29 @@ class Store:
 
     # --- plumbing -------------------------------------------------------------
 
+    def _open_db(self):
+        """Open, check and migrate the database: the connection the calls
+        run on (the store thread's; sim/chaos_inproc.py runs them inline)."""
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        self._sync = "FULL"
+        db.execute("PRAGMA busy_timeout=5000")
+        bad = [r[0] for r in db.execute("PRAGMA integrity_check(20)")]
+        if bad != ["ok"]:
+            raise StoreError("the database fails its integrity check (%s); restore it from a "
+                             "backup or move it aside (the piles keep their unconfirmed "
+                             "bills and send them again to a new store)" % "; ".join(bad))
+        self.schema_version = _migrate(db)
+        self.stale_held = _quarantine_stale_held(db, time.time())
+        if self.path != ":memory:":
+            st = os.stat(self.path)
+            self._identity = (st.st_dev, st.st_ino)
+        return db
+
     def _serve(self):
         try:
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            self._sync = "FULL"
-            db.execute("PRAGMA busy_timeout=5000")
-            bad = [r[0] for r in db.execute("PRAGMA integrity_check(20)")]
-            if bad != ["ok"]:
-                raise StoreError("the database fails its integrity check (%s); restore it from a "
-                                 "backup or move it aside (the piles keep their unconfirmed "
-                                 "bills and send them again to a new store)" % "; ".join(bad))
-            self.schema_version = _migrate(db)
-            self.stale_held = _quarantine_stale_held(db, time.time())
-            if self.path != ":memory:":
-                st = os.stat(self.path)
-                self._identity = (st.st_dev, st.st_ino)
+            db = self._open_db()
         except Exception as e:  # reported to the constructor
             self._open_error = e
             self._ready.set()

@@ -17,34 +17,29 @@ SITE_TARGET = "site"
 BRIDGE_SOURCE = "bridge"
 
 
+def _per_pile(path):
+    # A method topic(pile) -> pc/<site>/<path with the pile's code>.
+    def topic(self, pile):
+        return "%s/%s" % (self.base, path % pile)
+    return topic
+
+
 class Topics:
+    # The per-pile topics of the tree above, one line each.
+    status = _per_pile("pile/%s/status")
+    realtime = _per_pile("pile/%s/realtime")
+    bills = _per_pile("bills/%s")
+    confirm = _per_pile("confirm/%s")
+    events = _per_pile("events/%s")
+    command = _per_pile("cmd/%s")
+    result = _per_pile("result/%s")
+
     def __init__(self, site):
         self.site = site
         self.base = "%s/%s" % (ROOT, site)
         self.bridge = self.base + "/bridge"
         self.commands = self.base + "/cmd/+"
         self.confirms = self.base + "/confirm/+"
-
-    def status(self, pile):
-        return "%s/pile/%s/status" % (self.base, pile)
-
-    def realtime(self, pile):
-        return "%s/pile/%s/realtime" % (self.base, pile)
-
-    def bills(self, pile):
-        return "%s/bills/%s" % (self.base, pile)
-
-    def confirm(self, pile):
-        return "%s/confirm/%s" % (self.base, pile)
-
-    def events(self, pile):
-        return "%s/events/%s" % (self.base, pile)
-
-    def command(self, pile):
-        return "%s/cmd/%s" % (self.base, pile)
-
-    def result(self, pile):
-        return "%s/result/%s" % (self.base, pile)
 
     def parse(self, topic):
         """(kind, pile) for a topic under this site, e.g. ("cmd", "550..."),

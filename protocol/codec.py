@@ -18,11 +18,7 @@ from protocol import fields as F
 from protocol import layout as L
 from protocol.layout import Layout, layout_for, layout_named, layouts  # noqa: F401
 
-try:
-    from micropython import const
-except ImportError:
-    def const(x):
-        return x
+from protocol import const
 
 START = const(0x68)
 MAX_BODY = const(251)          # length byte 255 - seq(2) - enc - type

@@ -11,11 +11,7 @@
 # Current: 0.1 A/bit with a -400 A offset, charging current negative:
 # raw = (400 - I) x 10, i.e. raw = 4000 - dA for a charging current of dA
 # tenths of an ampere (the standard's trap: the sign).
-try:
-    from micropython import const
-except ImportError:  # CPython
-    def const(x):
-        return x
+from protocol import const
 
 CHARGER = const(0x56)
 BMS = const(0xF4)

@@ -6,11 +6,7 @@ import struct
 
 from protocol.gbt27930 import current_da, current_raw
 
-try:
-    from micropython import const
-except ImportError:  # CPython
-    def const(x):
-        return x
+from protocol import const
 
 
 # --- the other messages: fixed layouts, declared once -----------------------------

@@ -10,11 +10,7 @@
 # parts, backslashes, spaces or non-ASCII.
 import struct
 
-try:
-    from micropython import const
-except ImportError:
-    def const(x):
-        return x
+from protocol import const
 
 MAGIC = b"PCFW\x01"
 MANIFEST = "slot.json"

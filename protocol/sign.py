@@ -40,11 +40,7 @@ except ImportError:  # pragma: no cover
 
 from protocol.frames import TABLE
 
-try:
-    from micropython import const
-except ImportError:
-    def const(x):
-        return x
+from protocol import const
 
 _BLOCK = const(64)
 MAC_LEN = const(32)

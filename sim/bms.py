@@ -41,6 +41,26 @@ _SILENT_AT = {"BHM": HANDSHAKE, "BRM": RECOGNITION, "BCP": PARAMETERS, "BRO": RE
               "BCL": CHARGING, "charging": CHARGING, "BSD": STATS}
 
 
+# what a battery profile may set besides capacity, SOC, VIN and power (SimBms.arrive)
+_PROFILE = ("voltage_dv", "max_dv", "max_da", "taper_soc", "stop_soc")
+
+
+def random_profile(rnd, cml_dv=7500):
+    """A car drawn with rnd (random.Random): capacity 30..100 kWh, start
+    SOC 5..89 %, a 350..650 V pack with its BCP limits (the highest
+    voltage at most the charger's CML, cml_dv), 125..400 A, 30..250 kW,
+    the taper from 60..94 % SOC; one in five ends the charge itself
+    (BST "soc") at 80..99 %. SimBms.arrive's arguments (pile-chaos --bms)."""
+    v = rnd.choice((3500, 4000, 4500, 5500, 6500))
+    return {"capacity_wh": rnd.choice((30000, 45000, 60000, 75000, 100000)),
+            "soc": rnd.randrange(5, 90), "vin": "LSIM%013d" % rnd.randrange(10 ** 13),
+            "max_power": rnd.choice((30000, 60000, 120000, 250000)),
+            "voltage_dv": v, "max_dv": min(cml_dv, v * 115 // 100),
+            "max_da": rnd.choice((1250, 2000, 2500, 4000)),
+            "taper_soc": rnd.randrange(60, 95),
+            "stop_soc": rnd.randrange(80, 100) if rnd.random() < 0.2 else 100}
+
+
 class _Port:
     """One end of a QueueBus: pyb.CAN-shaped."""
 
@@ -92,6 +112,11 @@ class _CanPort:
 
     def any(self, fifo=0):
         if self._peek is None:
+            # The virtual bus's inbox (a queue.Queue): an empty one needs no
+            # recv(), whose locks and filter pass cost most of an idle poll.
+            q = getattr(self.bus, "queue", None)
+            if q is not None and q.empty():
+                return False
             self._peek = self.bus.recv(timeout=0)
         return self._peek is not None
 
@@ -187,6 +212,24 @@ class SimBms:
         self._ccs_t = None
 
     # --- the battery -------------------------------------------------------------
+
+    def arrive(self, capacity_wh=None, soc=None, vin=None, max_power=None, **limits):
+        """Another car takes the gun's place: its battery (capacity, start
+        SOC), VIN ("" none; given a SOC without one: none) and profile
+        (voltage_dv, max_dv, max_da, taper_soc, stop_soc: SimBms's
+        arguments). What is not given stays as it was."""
+        if capacity_wh is not None:
+            self._cap = capacity_wh * _WMS_PER_WH
+        if soc is not None:
+            self._e = self._cap * soc // 100
+        if vin is not None or soc is not None:
+            self.vin = vin or ""
+        if max_power is not None:
+            self.max_power = max_power
+        for k, v in limits.items():
+            if k not in _PROFILE:
+                raise ValueError("battery profile: unknown %r (%s)" % (k, ", ".join(_PROFILE)))
+            setattr(self, "voltage_x10" if k == "voltage_dv" else k, v)
 
     @property
     def soc(self):

@@ -201,6 +201,13 @@ def bridge_config(tmp, broker, site, **over):
         "tcp": {"listen": "127.0.0.1:0", "ext": True, "max_unauthenticated": 4096,
                 "max_per_address": 4096},
     }
+    return with_overrides(cfg, over)
+
+
+def with_overrides(cfg, over):
+    """A test bridge's config dict with `over` laid on it: a table (dict)
+    updates the table of the same name, one level deep; any other value
+    replaces. Returns cfg (changed in place)."""
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(cfg.get(k), dict):
             cfg[k].update(v)

@@ -595,19 +595,25 @@ def _in_use(text):
     return "already in use" in text.lower()
 
 
+def stop_process(proc, sig=signal.SIGTERM, timeout=_STOP_TIMEOUT):
+    """Stop a child (subprocess.Popen) by its pid: `sig`, then SIGKILL if it
+    has not ended within `timeout` s. Nothing if it has ended already."""
+    if proc.poll() is None:
+        try:
+            os.kill(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 def _stop_child(state, kill=False, timeout=_STOP_TIMEOUT):
     proc, state["proc"] = state["proc"], None
     if proc is not None:
-        if proc.poll() is None:
-            try:
-                os.kill(proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_process(proc, signal.SIGKILL if kill else signal.SIGTERM, timeout)
     log, state["log"] = state["log"], None
     if log is not None:
         log.close()

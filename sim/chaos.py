@@ -25,15 +25,18 @@ from protocol.bill import split as split_payload
 from sim.scenario_file import STOP_NAMES
 from sim import stack
 from sim.chaos_fleet import (ChaosFleet, INTRUDER, KINDS, SITE, THIRD_PARTY_FIRST, ThirdPartyFleet,
-                             _CMD_TIMEOUT_S, _ClusterBroker, _PER_1000, _P_CORRUPT, _P_DUPLICATE,
-                             _P_FLASH_CUT, _P_POWER_CUT, _P_REBOOT, _STALL_S, parse_records)
+                             _CMD_TIMEOUT_S, _ClusterBroker, _PER_1000, _P_BMS_FAULT, _P_CORRUPT,
+                             _P_DUPLICATE, _P_FLASH_CUT, _P_POWER_CUT, _P_REBOOT, _STALL_S,
+                             parse_records)
 
 
 class Chaos:
     def __init__(self, piles=20, sessions=50, seed=1, speed=600.0, minutes=6, faults=KINDS,
                  intensity=1.0, workdir=None, recovery_s=180.0, quiet=True, keyed=True,
-                 third_party=0, cluster=False, events=None):
+                 third_party=0, cluster=False, events=None, bms=False):
         self.third_party = third_party
+        self.bms = bms            # each gun charges a simulated car over GB/T 27930
+
         self.tp = None
         self.piles = piles
         self.sessions = sessions
@@ -61,6 +64,8 @@ class Chaos:
         self.cluster = cluster        # a 3-node NATS cluster instead of one Mosquitto
         if not cluster:
             self.kinds.discard("node_kill")
+        if not bms:
+            self.kinds.discard("bms_fault")
         self.bridge_addr = None
         self.loop = None
         # One site key (every pile's key derived from it) and the platform's
@@ -97,7 +102,8 @@ class Chaos:
         return sign.pile_key(self.site_key, code) if self.keyed else None
 
     def p(self, kind):
-        base = {"power_cut": _P_POWER_CUT, "flash_cut": _P_FLASH_CUT, "reboot": _P_REBOOT}[kind]
+        base = {"power_cut": _P_POWER_CUT, "flash_cut": _P_FLASH_CUT, "reboot": _P_REBOOT,
+                "bms_fault": _P_BMS_FAULT}[kind]
         return min(1.0, base * self.intensity)
 
     def count(self, key, n=1):
@@ -364,7 +370,7 @@ class Chaos:
                 return new, problems
             self.platform.take_bill = traced
         self.fleet = ChaosFleet(self, self.piles, self.sessions, self.speed,
-                                os.path.join(self.dir, "piles"), self.seed)
+                                os.path.join(self.dir, "piles"), self.seed, bms=self.bms)
         self.say("%d piles x %d sessions, seed %d, bridge pid %d, broker port %d, dir %s"
                  % (self.piles, self.sessions, self.seed, self.bridge.pid, self.broker.port,
                     self.dir))
@@ -552,6 +558,7 @@ class Chaos:
             "sessions_per_pile": self.sessions,
             "seed": self.seed,
             "broker": "nats cluster, 3 nodes" if self.cluster else "mosquitto",
+            "bms": self.bms,
             "executed_starts_by": dict(sorted(flags.items())),
             "start_attempts": dict(self.starts),
             "commands": dict(sorted(self.commands.items())),
@@ -658,8 +665,9 @@ def failed(s):
 
 
 def table(s):
-    out = ["", "pile-chaos: %d piles x %d sessions, seed %d, %.1f s (%.1f simulated hours)"
-           % (s["piles"], s["sessions_per_pile"], s["seed"], s["seconds"], s["sim_hours"]),
+    out = ["", "pile-chaos: %d piles x %d sessions%s, seed %d, %.1f s (%.1f simulated hours)"
+           % (s["piles"], s["sessions_per_pile"], ", a BMS per gun" if s.get("bms") else "",
+              s["seed"], s["seconds"], s["sim_hours"]),
            "-" * 60]
     for k in ("sessions", "bills", "lost", "duplicated", "unreconciled", "phantom", "mismatched",
               "unconfirmed", "recovered", "intruder_wins"):

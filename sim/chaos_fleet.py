@@ -10,6 +10,7 @@ import struct
 
 from firmware import journal as J
 from firmware import session as S
+from sim.bms import random_profile
 from sim.flash import FlashSim, PowerCut, SimFile
 from sim.testkit import ThirdPartyPile, third_party_corpus
 from sim.links import TcpTransport
@@ -22,13 +23,24 @@ SITE = "chaos"
 
 KINDS = ("power_cut", "flash_cut", "reboot", "bridge_kill", "broker_restart",
          "platform_outage", "corrupt", "duplicate", "forge_bill", "fake_login", "forged_confirm",
-         "node_kill")
+         "node_kill", "bms_fault")
 INTRUDER = "55031499999999"     # the code a forge_bill intruder logs in with
 
 # Pile faults: chance per session (times --intensity, at most 1).
 _P_POWER_CUT = 0.03
 _P_FLASH_CUT = 0.03
 _P_REBOOT = 0.03
+_P_BMS_FAULT = 0.15        # --bms: the car's BMS stops, alarms, aborts or falls silent
+# --bms: what the car's BMS does wrong (sim/bms.py SimBms; docs/bms.md maps each
+# to its YKC stop reason): (kind, flags, stage); no stage: at a random moment
+# of the session, mostly while it charges; a stage: on reaching it (an abort
+# or silence before charging, a start failure with a zero-energy bill).
+_BMS_FAULTS = (("silent", (), None), ("silent", (), "BRM"), ("silent", (), "BCL"),
+               ("stop", ("insulation",), None), ("stop", ("battery_temp",), None),
+               ("stop", ("connector_temp",), None), ("stop", ("overcurrent",), None),
+               ("stop", ("voltage_error",), None), ("stop", ("insulation",), "BCP"),
+               ("stop", ("battery_temp",), "BRO"), ("alarm", ("overtemp",), None),
+               ("alarm", ("cell_high",), None), ("bem", ("CCS",), None))
 _P_FLICKER = 0.25          # a flash cut hits again during the next boot's recovery
 # Frame faults: chance per frame, each direction of each pile link.
 _P_CORRUPT = 0.01
@@ -194,7 +206,7 @@ class ChaosUnit(SIM.SimUnit):
     """A simulated pile whose journal lives on a TapFlash and whose link is a
     ChaosUart; a PowerCut from the flash powers the whole pile down."""
 
-    def __init__(self, h, code, root, start, tariff, vehicle, meter_start, rnd):
+    def __init__(self, h, code, root, start, tariff, vehicle, meter_start, rnd, bms=False):
         self.h = h
         self.rnd = rnd
         self.flash = TapFlash(root + "/journal")
@@ -202,7 +214,13 @@ class ChaosUnit(SIM.SimUnit):
             self.flash.trace = lambda kind, serial: h.trace("pile", kind, serial)
         self.flash_cuts = 0
         SIM.SimUnit.__init__(self, code, root, start, tariff, 60000, vehicle, meter_start,
-                             True, None, "tcp", tcp=h.bridge_addr, fs=self.flash)
+                             True, None, "tcp", tcp=h.bridge_addr, fs=self.flash, bms=bms)
+
+    @property
+    def car(self):
+        """What is plugged into the gun: the plain simulated vehicle, or
+        with --bms the car's simulated BMS (GB/T 27930 over python-can)."""
+        return self.worlds[0].bms if self.bms else self.world.vehicle
 
     def new_uart(self):
         return ChaosUart(self, self.tcp[0], self.tcp[1], self._link_changed)
@@ -226,7 +244,8 @@ class ChaosUnit(SIM.SimUnit):
         # 0x92 accepted: the board resets (the session was billed first).
         self.reboots += 1
         self.h.count("reboots")
-        self.world.contactor.open()
+        for w in self.worlds:
+            w.contactor.open()
         self.boot()
 
     def arm_flash_cut(self, k):
@@ -239,7 +258,8 @@ class ChaosUnit(SIM.SimUnit):
             if self.pile is not None and self.pile.gun.state == S.CHARGING:
                 self.h.count("power_cuts_mid_session")
         self.power_cuts += 1
-        self.world.contactor.open()      # the relay drops with the power
+        for w in self.worlds:
+            w.contactor.open()           # the relay drops with the power
         if isinstance(self.uart, ChaosUart):
             self.uart.cut()
         self.pile = None
@@ -309,6 +329,9 @@ class Driver:
         self.stop_rounds = 0
         self.counter = 0
         self.done = False
+        self.bms_at = None       # --bms: when this session's BMS fault comes, and what
+        self.bms_do = None
+        self.bms_next = False    # a fault to time when the session runs
 
     def step(self):
         u = self.u
@@ -319,6 +342,12 @@ class Driver:
             if p is not None and not self.h.recovering:
                 u.power_down(self.rnd.randrange(*_POWER_OFF_S) * 1000)
                 return
+        if self.bms_at is not None and t >= self.bms_at:
+            self.bms_at = None
+            if not self.h.recovering:
+                if p is not None and p.gun.state == S.CHARGING:
+                    self.h.count("bms_faults_mid_charge")
+                u.act(self.bms_do)
         charging = p is not None and p.gun.state == S.CHARGING
         ph = self.phase
         if ph == "gap" or ph == "done":
@@ -367,7 +396,9 @@ class Driver:
                 self.phase = "running"
                 return
             self.stop_rounds = 0
-            if p is not None and self.rnd.random() < 0.3:
+            # With --bms every session has a car of its own (a DC pile's
+            # customers drive off): a BMS fault does not outlast it.
+            if p is not None and (u.bms or self.rnd.random() < 0.3):
                 u.act({"do": "unplug"})
             self._gap(t, 10000, 90000)
 
@@ -380,6 +411,11 @@ class Driver:
         self.phase = "running"
         self.done = False
         self.stop_at = t + self.rnd.randrange(20000, self.h.max_ms)
+        if self.bms_next:
+            self.bms_next = False
+            # before the planned stop: mostly mid-charge (the dialogue
+            # reaches charging ~3 s after the start), sometimes before
+            self.bms_at = t + self.rnd.randrange(1000, self.stop_at - t)
 
     def _targets(self):
         r = self.rnd
@@ -395,6 +431,19 @@ class Driver:
             return {"soc": r.randrange(30, 101)}
         return {}
 
+    def _plan_bms_fault(self, t):
+        r = self.rnd
+        kind, flags, stage = r.choice(_BMS_FAULTS)
+        self.bms_do = {"do": "bms", "gun": "01", "fault": kind, "flags": list(flags),
+                       "stage": stage}
+        name = "bms_%s_%s" % (kind, "_".join(flags) or "now") if stage is None else \
+            "bms_%s_at_%s" % (kind, stage)
+        self.h.count(name)
+        if stage is not None:
+            self.u.act(self.bms_do)      # armed now: it acts on reaching the stage
+        else:
+            self.bms_next = True         # timed once the session runs (_running)
+
     def _begin(self, t, p):
         u = self.u
         r = self.rnd
@@ -402,8 +451,13 @@ class Driver:
         if p.gun.state in (S.AUTHORISING, S.STOPPING):
             self._gap(t, 1000, 3000)
             return
-        if not u.world.vehicle.plugged:
-            u.act({"do": "plug", "vehicle": {"soc": r.randrange(10, 90)}})
+        if not u.car.plugged:
+            if u.bms:
+                u.car.arrive(**random_profile(r))       # a car of its own
+                u.act({"do": "plug"})
+                h.count("bms_cars")
+            else:
+                u.act({"do": "plug", "vehicle": {"soc": r.randrange(10, 90)}})
             self._gap(t, 1000, 5000)
             return
         # This session's pile faults.
@@ -415,6 +469,10 @@ class Driver:
             u.arm_flash_cut(r.randrange(1, _FLASH_SPAN))
         if h.on("reboot") and r.random() < h.p("reboot"):
             self.reboot_at = t + r.randrange(5000, h.max_ms)
+        self.bms_at = None
+        self.bms_next = False
+        if u.bms and h.on("bms_fault") and r.random() < h.p("bms_fault"):
+            self._plan_bms_fault(t)
         targets = self._targets()
         if r.random() < _P_CARD:
             u.act({"do": "card", "card": "%08X" % r.randrange(1 << 32), "targets": targets})
@@ -437,9 +495,11 @@ class Driver:
 
 class ChaosFleet(FLEET.SimFleet):
     """SimFleet's loop (simulated time, one thread) over ChaosUnits, with a
-    Driver per pile in place of the built-in session mix."""
+    Driver per pile in place of the built-in session mix. bms: each pile's
+    gun talks GB/T 27930 to a simulated car's BMS (python-can's virtual bus)."""
+    unit_class = None          # ChaosUnit (sim/chaos_inproc.py: its in-process pile)
 
-    def __init__(self, h, piles, sessions, speed, root, seed):
+    def __init__(self, h, piles, sessions, speed, root, seed, bms=False):
         FLEET.SimFleet.__init__(self, h.bridge_addr, piles=0, speed=speed, mix="idle", root=root,
                               seed=seed)
         start = FLEET._local_now()
@@ -451,8 +511,11 @@ class ChaosFleet(FLEET.SimFleet):
             veh = {"capacity_wh": rnd.choice((40000, 60000, 80000)), "soc": rnd.randrange(10, 60),
                    "vin": None, "max_power_w": 250000}
             prnd = random.Random("%d/%d" % (seed, i))
-            u = ChaosUnit(h, code, os.path.join(self.root, code), start, tariff, veh,
-                          rnd.randrange(0, 5000000, 100), prnd)
+            if bms:
+                veh["bms"] = random_profile(random.Random("%d/%d/car" % (seed, i)))
+            u = (self.unit_class or ChaosUnit)(h, code, os.path.join(self.root, code), start,
+                                               tariff, veh, rnd.randrange(0, 5000000, 100), prnd,
+                                               bms=bms)
             self.units.append(u)
             self.drivers.append(Driver(h, u, random.Random("%d/%d/d" % (seed, i)), sessions))
         self._plans = self.drivers

@@ -1,7 +1,8 @@
 # pile-demo's driver (docs/demo.md): a broker, the bridge as a child process,
-# the reference platform and six simulated piles running the real firmware,
-# in simulated time; the field cases replayed through MQTT commands, then the
-# summary. The command line is tools/demo.py.
+# the reference platform and seven simulated piles running the real firmware
+# (pile 7 a two-gun DC pile, a simulated BMS on each gun), in simulated time;
+# the field cases replayed through MQTT commands, then the summary. The
+# command line is tools/demo.py.
 import asyncio
 import json
 import os
@@ -10,40 +11,58 @@ import sys
 import tempfile
 import time
 
+from firmware.bms import YKC_PACK_TEMP, YKC_SOC
 from firmware.vinauth import STOP_VIN_DENIED
 from host import cli
 from host.mqtt import stop_tasks
 from protocol.fields import PERIODS5
+from sim.bms import CHARGING as BMS_CHARGING
 from sim.fleet import SimFleet
 from sim.scenario import sim_ocmf_key
-from sim.scenario_file import parse_scenario
+from sim.scenario_file import STOP_NAMES, parse_scenario
 from sim import stack
 
 SITE = "demo"
 _SCENARIOS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "scenarios")
 _END_MIN = 110           # the script's last step, simulated minutes after 05:45
 
-# The field cases: (key, pile index, title, what should happen). Checked
+# The field cases: (key, pile index, gun, title, what should happen). Checked
 # from the bills the platform stored (Demo.cases()).
 CASES = (
-    ("triple_stop", 0, "triple stop", "one start, three stop commands: exactly one bill"),
-    ("amount_target", 1, "charge to 1 yuan",
+    ("triple_stop", 0, "01", "triple stop", "one start, three stop commands: exactly one bill"),
+    ("amount_target", 1, "01", "charge to 1 yuan",
      "60 kW, amount target 1.00 yuan: the pile stops at or below it (amount_target), "
      "a stop after the automatic stop changes nothing"),
-    ("power_cut", 2, "power cut mid-session",
+    ("power_cut", 2, "01", "power cut mid-session",
      "the bill comes back after boot, stopped power_lost (0x83)"),
-    ("vin_refusal", 3, "VIN refusal",
+    ("vin_refusal", 3, "01", "VIN refusal",
      "a fleet card, a bus whose VIN is not the fleet's: stopped vin_not_authorised (0x8A)"),
-    ("five_classes", 4, "five tariff classes",
+    ("five_classes", 4, "01", "five tariff classes",
      "05:46 .. 07:35, deep valley to sharp: energy in all five classes, totals add up"),
-    ("outage", 5, "platform outage", "a bill made while the platform is away is delivered "
+    ("outage", 5, "01", "platform outage", "a bill made while the platform is away is delivered "
      "and confirmed when it is back"),
+    # Pile 7: a two-gun DC pile talking GB/T 27930 over CAN to each car's
+    # BMS (sim/bms.py on python-can's virtual bus; docs/bms.md).
+    ("bms_soc", 6, "01", "charge to SOC 80 % (BMS)",
+     "DC gun 1, the car's BMS over CAN: SOC target 80 %, the pile stops on the SOC the BMS "
+     "reports (soc, 0x41), the bill reconciles"),
+    ("bms_fault", 6, "02", "BMS fault mid-charge",
+     "DC gun 2: at 05:49, mid-charge, the car's BMS stops it for battery over-temperature "
+     "(BST): stopped bms_battery_temp (0x7C), the bill sealed and confirmed"),
 )
+_CASE = dict((c[0], c) for c in CASES)
 _TARGET_E4 = 10000       # "charge to 1 yuan": x10^4 yuan
+_TARGET_SOC = 80         # "charge to SOC 80 %"
 
 
 def _yuan(e4):
     return "%s%d.%04d" % ("-" if e4 < 0 else "", abs(e4) // 10000, abs(e4) % 10000)
+
+
+def _stop_name(raw):
+    # the simulator's names (sim/scenario_file.py), finer than the platform's for the BMS's
+    r = raw.get("stop_reason", 0)
+    return STOP_NAMES.get(r, "0x%02X" % r)
 
 
 def _say(quiet, msg):
@@ -70,7 +89,7 @@ class Demo:
         self.targets = {}      # serial -> amount target (x10^4 yuan)
         self.started = []      # serials the piles accepted (executed starts)
         self.refused = []      # (pile, reply) of starts the piles refused
-        self.serial_of = {}    # pile index -> the serial of its start
+        self.serial_of = {}    # case key -> the serial of its start
         self.stops = {}        # pile index -> [result codes of its stop commands]
         self._tick = None      # progress: advance(n, note) or None
         self._shown_min = 0
@@ -157,28 +176,33 @@ class Demo:
                 return
 
     def case(self, key):
-        n = [c[0] for c in CASES].index(key)
-        _, i, title, what = CASES[n]
-        _say(self.quiet, "case %d/%d  %s (pile %d): %s" % (n + 1, len(CASES), title, i + 1, what))
+        n = CASES.index(_CASE[key])
+        _, i, gun, title, what = CASES[n]
+        _say(self.quiet, "case %d/%d  %s (pile %d%s): %s" % (
+            n + 1, len(CASES), title, i + 1, "" if gun == "01" else " gun %d" % int(gun), what))
 
     async def cmd(self, i, cmd, **args):
         res = await self.platform.command(SITE, self.codes[i], cmd, timeout=30, **args)
         return res
 
-    async def start(self, i, card="D14B0A54", amount=0):
-        args = {"gun": "01", "balance": 100000, "card": card, "logical_card": "1000000573"}
+    async def start(self, key, card="D14B0A54", amount=0, soc=0):
+        _, i, gun = _CASE[key][:3]
+        args = {"gun": gun, "balance": 100000, "card": card, "logical_card": "1000000573"}
         if amount:
             args["targets"] = {"amount": amount}
+        if soc:
+            args["targets"] = {"soc": soc}
         res = await self.cmd(i, "start", **args)
         serial = res.get("serial") or (res.get("reply") or {}).get("serial")
         if res.get("ok"):
             self.started.append(serial)
-            self.serial_of[i] = serial
+            self.serial_of[key] = serial
             if amount:
                 self.targets[serial] = amount
         else:
             self.refused.append((self.codes[i], res.get("message")))
-        _say(self.quiet, "  pile %d start: %s" % (i + 1, res.get("message")))
+        _say(self.quiet, "  pile %d%s start: %s" % (i + 1, "" if gun == "01" else " gun %d" % int(gun),
+                                                   res.get("message")))
         return serial
 
     async def stop_gun(self, i, ended=False):
@@ -196,6 +220,22 @@ class Demo:
         _say(self.quiet, "  pile %d stop: %s" % (i + 1, msg))
         return res
 
+    async def bms_fault(self, key, flags):
+        """The car's BMS on the case's gun stops the charge with a BST of
+        these flags, once it charges (a BST before charging would be a start
+        failure, another case)."""
+        bms = self._bms(key)
+        charging = await asyncio.to_thread(
+            self.fleet.wait, lambda f: bms.stage == BMS_CHARGING and bms.power > 0, 60)
+        _, i, gun = _CASE[key][:3]
+        unit = self.fleet.units[i]
+        self.fleet.call(lambda: unit.act({"do": "bms", "gun": gun, "fault": "stop",
+                                          "flags": flags}))
+        _say(self.quiet, "pile %d gun %d: the car's BMS sends BST %s at %s%s" % (
+            i + 1, int(gun), ", ".join(flags),
+            self._clock(self.fleet.sim_ms // 60000),
+            "" if charging else " (it never charged)"))
+
     async def wait_online(self):
         await asyncio.to_thread(self.fleet.wait,
                                 lambda f: f.stats()["online"] == len(self.codes), 60)
@@ -206,17 +246,23 @@ class Demo:
              % self._clock(0))
         await self.at(1)
         self.case("triple_stop")
-        await self.start(0)
+        await self.start("triple_stop")
         self.case("amount_target")
-        await self.start(1, amount=_TARGET_E4)             # "charge to 1 yuan"
+        await self.start("amount_target", amount=_TARGET_E4)   # "charge to 1 yuan"
         self.case("power_cut")
-        await self.start(2)                                # the power cut comes at 12 min
+        await self.start("power_cut")                      # the power cut comes at 12 min
         self.case("vin_refusal")
-        await self.start(3, card="B0B0B0B0")               # fleet card, foreign bus
+        await self.start("vin_refusal", card="B0B0B0B0")   # fleet card, foreign bus
         self.case("five_classes")
-        await self.start(4)
+        await self.start("five_classes")
         self.case("outage")
-        await self.start(5)
+        await self.start("outage")
+        self.case("bms_soc")
+        await self.start("bms_soc", soc=_TARGET_SOC)
+        self.case("bms_fault")
+        await self.start("bms_fault")
+        await self.at(4)
+        await self.bms_fault("bms_fault", ["battery_temp"])
         await self.at(6)
         _say(self.quiet, "triple stop on pile 1:")
         await self.stop_gun(0)
@@ -266,8 +312,8 @@ class Demo:
         return [(b["serial"],) for b in self.fleet.bills()]
 
     def _charging(self):
-        return any(p["state"] in ("charging", "stopping", "authorising")
-                   for p in self.fleet.stats()["per_pile"])
+        return any(s in ("charging", "stopping", "authorising")
+                   for p in self.fleet.stats()["per_pile"] for s in p.get("guns", [p["state"]]))
 
     def summary(self):
         sealed = self.fleet.bills()
@@ -319,7 +365,7 @@ class Demo:
             "amount_yuan": st["amount_yuan"],
             "platform_copies_received_again": st["duplicates_received"],
             "limit_cases": limits,
-            "cases": self.cases(got, bills_per_start),
+            "cases": self.cases(got, bills_per_start, sealed),
             "bills_detail": [self._bill_row(b) for b in got.values()],
             # OCMF (docs/ocmf.md): bills whose record checks with the pile's registered key
             "ocmf_verified": len([b for b in got.values()
@@ -345,8 +391,7 @@ class Demo:
                 "csms_messages_received_again": len(self.csms.events) - len(self.csms.unique)}
 
     def _bill_row(self, b):
-        pile = self.codes.index(b["pile"]) if b.get("pile") in self.codes else None
-        case = [c[0] for c in CASES if c[1] == pile]
+        case = [k for k, s in self.serial_of.items() if s == b["serial"]]
         sr = b.get("stop_reason") if isinstance(b.get("stop_reason"), dict) else {}
         row = self.platform.bill(b["serial"]) or {}
         return {"serial": b["serial"], "pile": b.get("pile"), "case": case[0] if case else None,
@@ -358,11 +403,19 @@ class Demo:
                 "ocmf": b.get("ocmf"),
                 "confirm_result": row.get("confirm_result") if isinstance(row, dict) else None}
 
-    def cases(self, got, per_start):
-        """[{case, title, pile, expected, result, pass}] from the stored bills."""
+    def _bms(self, key):
+        """The simulated car on a BMS case's gun (sim/bms.py SimBms)."""
+        _, i, gun = _CASE[key][:3]
+        return self.fleet.units[i].worlds[int(gun) - 1].bms
+
+    def cases(self, got, per_start, sealed=()):
+        """[{case, title, pile, gun, expected, result, pass}] from the stored
+        bills (the BMS cases also from the simulated car and the pile's
+        journal: sealed is fleet.bills())."""
+        status = dict((b["serial"], b.get("journal_status")) for b in sealed)
         out = []
-        for key, i, title, what in CASES:
-            serial = self.serial_of.get(i)
+        for key, i, gun, title, what in CASES:
+            serial = self.serial_of.get(key)
             b = got.get(serial)
             sr = (b or {}).get("stop_reason") or {}
             name = sr.get("name") if isinstance(sr, dict) else None
@@ -393,10 +446,27 @@ class Demo:
                 ok = ok and five
                 result = "energy in %d of 5 classes, reconciled" % len(
                     [c for c in PERIODS5 if raw.get(c + "_energy", 0) > 0])
+            elif key == "bms_soc":
+                # The SOC the car's BMS holds now (nothing charges it after
+                # the session): the target, not full (a BMS full stop is
+                # 0x41 too, so the stop reason alone proves nothing).
+                with self.fleet._lock:
+                    soc = self._bms(key).soc
+                ok = ok and raw.get("stop_reason") == YKC_SOC and \
+                    _TARGET_SOC <= soc <= _TARGET_SOC + 1
+                result = "SOC %d %% at the BMS (target %d %%), stopped %s (0x%02X), %s kWh" % (
+                    soc, _TARGET_SOC, _stop_name(raw), raw.get("stop_reason", 0),
+                    b.get("total_energy"))
+            elif key == "bms_fault":
+                conf = status.get(serial)
+                ok = ok and raw.get("stop_reason") == YKC_PACK_TEMP and \
+                    raw.get("total_energy", 0) > 0 and conf in ("confirmed", "settled")
+                result = "stopped %s (0x%02X) after %s kWh, bill %s on the pile" % (
+                    _stop_name(raw), raw.get("stop_reason", 0), b.get("total_energy"), conf)
             else:
                 result = "delivered and confirmed after the outage (%s)" % name
-            out.append({"case": key, "title": title, "pile": self.codes[i], "serial": serial,
-                        "expected": what, "result": result, "pass": bool(ok)})
+            out.append({"case": key, "title": title, "pile": self.codes[i], "gun": gun,
+                        "serial": serial, "expected": what, "result": result, "pass": bool(ok)})
         return out
 
     async def run(self):

@@ -92,7 +92,7 @@ class SimFleet:
                                       p["plugged"], parse_vin_policy(pol), link,
                                       tcp=self.bridge, record=self._rec,
                                       console=(link == "pty") if console is None else console,
-                                      pin=pin))
+                                      pin=pin, guns=p.get("guns", 1), bms=p.get("bms", False)))
         self._plans = [_CardMix(u, random.Random(seed * 7919 + i))
                        for i, u in enumerate(self.units)] if self.mix == "cards" else []
 
@@ -136,6 +136,7 @@ class SimFleet:
                 u.uart.close()
             if u.console_uart is not None:
                 u.console_uart.close()
+            u.close()                  # a simulated BMS's CAN bus
         if self._own_root:
             shutil.rmtree(self.root, ignore_errors=True)
         return st
@@ -178,7 +179,9 @@ class SimFleet:
         for u in self.units:
             p = u.pile
             st = {"pile": u.code, "online": bool(p and p.link.online),
-                  "state": S.STATE_NAMES[p.gun.state] if p else "off", "bills": len(u.bills),
+                  "state": S.STATE_NAMES[p.gun.state] if p else "off",
+                  "guns": [S.STATE_NAMES[g.state] for g in p.guns] if p else ["off"],
+                  "bills": len(u.bills),
                   "executed_starts": len(u.executed), "power_cuts": u.power_cuts,
                   "reboots": u.reboots,
                   "connects": u.uart.connects if isinstance(u.uart, TcpUart) else 0}
@@ -242,11 +245,11 @@ class SimFleet:
                 while ti < len(tl) and tl[ti]["at"] <= target:
                     a = tl[ti]
                     if a["at"] > self.sim_ms:
-                        self.sim_ms = _advance(self.units, a["at"], self.sim_ms)
+                        self.sim_ms = _advance(self.units, a["at"], self.sim_ms, lazy=True)
                     by_code[a["pile"]].act(a)
                     ti += 1
                 if target > self.sim_ms:
-                    self.sim_ms = _advance(self.units, target, self.sim_ms)
+                    self.sim_ms = _advance(self.units, target, self.sim_ms, lazy=True)
                 else:
                     for u in self.units:
                         u.poll()

@@ -126,67 +126,53 @@ class TcpFuzz:
 
     # One method per kind: (inputs, outcome class).
 
-    async def _random_bytes(self, rng):
+    async def _exchange(self, rng, kind, chunks, wait=0.01):
+        # One connection: `chunks` sent in turn, the bridge's answers read for
+        # `wait` s, then closed (cleanly or reset): (1, "kind:open" or ":eof").
         r, w = await self._connect()
-        await self._send(w, garbage(rng, self.pool, 4000))
-        st = await self._drain_reads(r, 0.01)
+        for c in chunks:
+            await self._send(w, c)
+        st = await self._drain_reads(r, wait)
         await self._close(rng, w)
-        return 1, "random_bytes:" + st
+        return 1, kind + ":" + st
+
+    def _login_maybe(self, rng, p):
+        # The login first, with probability p.
+        return [self.login_frame(rng)] if rng.random() < p else []
+
+    async def _random_bytes(self, rng):
+        return await self._exchange(rng, "random_bytes", [garbage(rng, self.pool, 4000)])
 
     async def _mutated_frames(self, rng):
-        r, w = await self._connect()
         data = b"".join(mutate(rng, rng.choice(self.pool)[0], self.pool)
                         for _ in range(rng.randint(1, 12)))
-        for c in chunks(rng, data):
-            await self._send(w, c)
-        st = await self._drain_reads(r, 0.01)
-        await self._close(rng, w)
-        return 1, "mutated_frames:" + st
+        return await self._exchange(rng, "mutated_frames", chunks(rng, data))
 
     async def _frames_before_login(self, rng):
-        r, w = await self._connect()
         frames = [p[0] for p in (rng.choice(self.pool) for _ in range(rng.randint(1, 10)))
                   if p[1] != 0x01]
-        await self._send(w, b"".join(frames))
-        st = await self._drain_reads(r, 0.01)
-        await self._close(rng, w)
-        return 1, "frames_before_login:" + st
+        return await self._exchange(rng, "frames_before_login", [b"".join(frames)])
 
     async def _login_then_garbage(self, rng):
-        r, w = await self._connect()
-        await self._send(w, self.login_frame(rng))
-        tail = [garbage(rng, self.pool, 2000) if rng.random() < 0.5 else
+        out = [self.login_frame(rng)]
+        out += [garbage(rng, self.pool, 2000) if rng.random() < 0.5 else
                 mutate(rng, rng.choice(self.pool)[0], self.pool) for _ in range(rng.randint(1, 8))]
-        for t in tail:
-            await self._send(w, t)
         if rng.random() < 0.3:   # then something well-formed: still answered?
-            await self._send(w, rng.choice(self.pool)[0])
-        st = await self._drain_reads(r, 0.02)
-        await self._close(rng, w)
-        return 1, "login_then_garbage:" + st
+            out.append(rng.choice(self.pool)[0])
+        return await self._exchange(rng, "login_then_garbage", out, 0.02)
 
     async def _valid_crc_random_bodies(self, rng):
-        r, w = await self._connect()
-        if rng.random() < 0.6:
-            await self._send(w, self.login_frame(rng))
-        data = b"".join(valid_crc_frame(rng) for _ in range(rng.randint(1, 16)))
-        await self._send(w, data)
-        st = await self._drain_reads(r, 0.01)
-        await self._close(rng, w)
-        return 1, "valid_crc_random_bodies:" + st
+        out = self._login_maybe(rng, 0.6)
+        out.append(b"".join(valid_crc_frame(rng) for _ in range(rng.randint(1, 16))))
+        return await self._exchange(rng, "valid_crc_random_bodies", out)
 
     async def _oversized_length(self, rng):
-        r, w = await self._connect()
-        if rng.random() < 0.5:
-            await self._send(w, self.login_frame(rng))
+        out = self._login_maybe(rng, 0.5)
         ln = rng.choice((0xFF, 0xFE, 0, 1, 2, 3, rng.getrandbits(8)))
-        body = bytes((codec.START, ln)) + rng.randbytes(rng.randint(0, 300))
-        await self._send(w, body)
+        out.append(bytes((codec.START, ln)) + rng.randbytes(rng.randint(0, 300)))
         if rng.random() < 0.5:   # and a good frame behind it
-            await self._send(w, rng.choice(self.pool)[0])
-        st = await self._drain_reads(r, 0.01)
-        await self._close(rng, w)
-        return 1, "oversized_length:" + st
+            out.append(rng.choice(self.pool)[0])
+        return await self._exchange(rng, "oversized_length", out)
 
     async def _slowloris(self, rng):
         # One byte every slow_s: a frame that takes seconds to arrive (or never ends).

@@ -12,11 +12,7 @@
 # 0.01 kWh register, as a DL/T 645 meter does.
 from firmware.errors import MeterTimeout
 
-try:
-    from micropython import const
-except ImportError:  # CPython
-    def const(x):
-        return x
+from protocol import const
 
 WMS_PER_E4KWH = const(360000)
 _REGISTER_STEP = const(100)  # 0.01 kWh in e4kwh

@@ -69,6 +69,19 @@ def checkpoints_for(kwh_e4, power_w):
     return n, t // 1000
 
 
+def _session(j, i, hdr, ck, checkpoints, bill):
+    """Session i written as the charge control writes one: opened,
+    `checkpoints` checkpoints (ck, a bytearray, counting), sealed with
+    `bill`. Returns its trade serial."""
+    s = serial(i + 1)
+    j.open_session(s, hdr)
+    for k in range(checkpoints):
+        ck[0] = k & 0xFF
+        j.checkpoint(s, ck)
+    j.seal(s, bill)
+    return s
+
+
 def session_bytes(kwh_e4, power_w, sessions=20, bill_bytes=BILL_BYTES,
                   limit=65536):
     """Bytes handed to the filesystem per session in steady state: open,
@@ -82,12 +95,7 @@ def session_bytes(kwh_e4, power_w, sessions=20, bill_bytes=BILL_BYTES,
     ck = bytearray(CHECKPOINT_BYTES)
     bill = bytes(bill_bytes)
     for i in range(sessions):
-        s = serial(i + 1)
-        j.open_session(s, hdr)
-        for k in range(ncp):
-            ck[0] = k & 0xFF
-            j.checkpoint(s, ck)
-        j.seal(s, bill)
+        s = _session(j, i, hdr, ck, ncp, bill)
         j.confirm(s)
         j.settle(s)
     per = fs.bytes_written // sessions
@@ -111,15 +119,11 @@ def build_journal(path, bills, compacted):
     j = Journal(path, _NoSync(), 4 * 1024 * 1024)
     j.recover()
     hdr = bytes(HEADER_BYTES)
-    ck = bytes(CHECKPOINT_BYTES)
+    ck = bytearray(CHECKPOINT_BYTES)
     bill = bytearray(BILL_BYTES)
     for i in range(bills):
-        s = serial(i + 1)
-        j.open_session(s, hdr)
-        for _ in range(3):
-            j.checkpoint(s, ck)
         bill[0] = i & 0xFF
-        j.seal(s, bill)
+        _session(j, i, hdr, ck, 3, bill)
     if compacted:
         j.compact()
     return j.bytes_used()

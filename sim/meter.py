@@ -8,10 +8,7 @@ from firmware.dlt645 import (CTRL_ERROR, CTRL_MORE, CTRL_READ, CTRL_READ_ADDRESS
                              bcd_encode, encode_frame)
 from firmware.errors import MeterError
 
-try:
-    from micropython import const
-except ImportError:  # CPython
-    const = lambda x: x  # noqa: E731
+from protocol import const
 
 # firmware/dlt645.py's limits (its const names are private to it on MicroPython).
 _MAX_DATA = const(200)  # DL/T 645-2007: L <= 200 on a read reply

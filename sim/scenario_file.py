@@ -302,9 +302,10 @@ def _action(a, i, piles):
             raise ScenarioError("%s.flags: a list of flag names is needed" % what)
         out["flags"] = flags
         st = a.get("stage")
-        if st is not None and (f != "stop" or st not in ("BHM", "BRM", "BCP", "BRO", "BCL")):
-            raise ScenarioError("%s.stage: only for \"stop\", one of BHM, BRM, BCP, BRO, BCL"
-                                % what)
+        if st is not None and (f not in ("stop", "silent") or
+                               st not in ("BHM", "BRM", "BCP", "BRO", "BCL")):
+            raise ScenarioError("%s.stage: only for \"stop\" and \"silent\", one of BHM, BRM, "
+                                "BCP, BRO, BCL" % what)
         out["stage"] = st
     if do == "start":
         if "serial" in a:
@@ -344,6 +345,9 @@ def _action(a, i, piles):
         out["for"] = parse_duration_ms(a.get("for"), what + ".for")
     elif do == "plug" and "vehicle" in a:
         out["vehicle"] = _vehicle(a["vehicle"], what + ".vehicle")
+        if "bms" in out["vehicle"] and not pile["bms"]:
+            raise ScenarioError('%s.vehicle.bms: a battery profile needs a pile with "bms": true'
+                                % what)
     return out
 
 
@@ -362,6 +366,25 @@ def _vehicle(v, what):
         out["vin"] = vin
     if "max_power_w" in v:
         out["max_power_w"] = parse_int(v["max_power_w"], what + ".max_power_w", 1)
+    if "bms" in v:
+        out["bms"] = _battery(v["bms"], what + ".bms")
+    return out
+
+
+# A BMS car's battery profile beyond capacity and SOC (sim/bms.py SimBms):
+# name -> (lowest, highest); voltages 0.1 V, currents 0.1 A, SOC %.
+_BATTERY = {"voltage_dv": (1000, 10000), "max_dv": (1000, 10000), "max_da": (10, 10000),
+            "taper_soc": (1, 100), "stop_soc": (1, 100)}
+
+
+def _battery(b, what):
+    if not isinstance(b, dict):
+        raise ScenarioError("%s: an object is needed (%s)" % (what, ", ".join(_BATTERY)))
+    out = {}
+    for k, x in b.items():
+        if k not in _BATTERY:
+            raise ScenarioError("%s: unknown key %r (known: %s)" % (what, k, ", ".join(_BATTERY)))
+        out[k] = parse_int(x, what + "." + k, *_BATTERY[k])
     return out
 
 
@@ -390,6 +413,8 @@ def parse_scenario(d, name="scenario"):
                        14, what + ".code")
         veh = {"capacity_wh": 60000, "soc": 20, "vin": None, "max_power_w": 250000}
         veh.update(_vehicle(p.get("vehicle", {}), what + ".vehicle"))
+        if "bms" in veh and not p.get("bms"):
+            raise ScenarioError('%s.vehicle.bms: a battery profile needs "bms": true' % what)
         piles.append({"code": code,
                       "guns": parse_int(p.get("guns", 1), what + ".guns", 1, 4),
                       "bms": bool(p.get("bms", False)),

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 
-from sim.brokers import make_broker
+from sim.brokers import make_broker, stop_process
 from host.platform import Platform
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -170,16 +170,7 @@ class BridgeProcess:
         p, self.proc = self.proc, None
         if p is None:
             return
-        if p.poll() is None:
-            try:
-                os.kill(p.pid, sig)
-            except ProcessLookupError:
-                pass
-            try:
-                p.wait(_STOP_S)
-            except subprocess.TimeoutExpired:
-                os.kill(p.pid, signal.SIGKILL)
-                p.wait()
+        stop_process(p, sig, _STOP_S)
         if p.stdout:
             p.stdout.close()
 

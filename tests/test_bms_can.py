@@ -146,3 +146,57 @@ def test_a_bms_action_needs_a_bms_pile_and_a_known_fault():
         raise AssertionError("accepted fault melt")
     except ScenarioError as e:
         assert "fault" in str(e)
+
+
+_FLAT = {"model": "0001", "prices": {"flat": [70000, 40000]},
+         "slots": [{"from": "00:00", "to": "24:00", "class": "flat"}]}
+
+
+def test_a_scenario_car_brings_its_battery_profile_and_a_bms_silent_in_a_stage():
+    # gun 1: a 20 kWh car at 60 % whose BMS ends the charge itself at 70 %
+    # (BST "soc", 0x41 with no target); gun 2's car falls silent on reaching
+    # recognition (no BRM: CEM, start failure 0x5A, nothing flowed); its next
+    # car (the battery profile of a plug action) charges
+    car = {"capacity": "20", "soc": 60, "vin": "LSVAU2180N2183294",
+           "bms": {"voltage_dv": 6500, "max_dv": 7500, "max_da": 2000, "taper_soc": 65,
+                   "stop_soc": 70}}
+    sc = parse_scenario({"tariff": _FLAT, "piles": [{"guns": 2, "bms": True, "vehicle": car}],
+                         "timeline": [
+                             {"at": "0s", "do": "plug", "gun": 1},
+                             {"at": "0s", "do": "plug", "gun": 2},
+                             {"at": "1s", "do": "bms", "gun": 2, "fault": "silent",
+                              "stage": "BRM"},
+                             {"at": "5s", "do": "start", "gun": 1},
+                             {"at": "5s", "do": "start", "gun": 2},
+                             {"at": "1m", "do": "unplug", "gun": 2},
+                             {"at": "70s", "do": "plug", "gun": 2,
+                              "vehicle": {"soc": 50, "bms": {"stop_soc": 52}}},
+                             {"at": "80s", "do": "start", "gun": 2}]})
+    res = run_scenario(sc)
+    assert res["ok"], res["problems"]
+    got = [(b["gun"], b["stop_reason_hex"]) for b in res["bills"]]
+    assert sorted(got) == [("01", "0x41"), ("02", "0x41"), ("02", "0x5A")], got
+    one = [b for b in res["bills"] if b["gun"] == "01"][0]
+    # 60 % -> 70 % of 20 kWh through the meter (its 0.01 kWh steps)
+    assert 19500 <= one["total_energy"] <= 20500, one["total_energy"]
+    silent = [b for b in res["bills"] if b["stop_reason_hex"] == "0x5A"][0]
+    assert silent["total_energy"] == 0
+    assert all(b["reconcile"]["ok"] for b in res["bills"])
+
+
+def test_a_battery_profile_is_checked():
+    for veh, pile, msg in (({"bms": {"volts": 1}}, {"bms": True}, "unknown key 'volts'"),
+                           ({"bms": {"max_da": 0}}, {"bms": True}, "max_da"),
+                           ({"bms": {"stop_soc": 80}}, {}, 'needs "bms": true')):
+        try:
+            parse_scenario({"tariff": _FLAT, "piles": [dict(pile, vehicle=veh)]})
+        except ScenarioError as e:
+            assert msg in str(e) and "piles[0].vehicle.bms" in str(e), e
+        else:
+            raise AssertionError("accepted %r" % veh)
+    tl = [{"do": "plug", "vehicle": {"bms": {"taper_soc": 70}}}]
+    try:
+        parse_scenario({"tariff": _FLAT, "piles": [{}], "timeline": tl})
+        raise AssertionError("accepted a battery profile on a pile without a BMS")
+    except ScenarioError as e:
+        assert "timeline[0].vehicle.bms" in str(e), e

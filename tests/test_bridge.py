@@ -1,28 +1,17 @@
 # The bill's life through the bridge, end to end, with a real Mosquitto:
 # pile -> bridge (SQLite) -> broker -> platform -> confirmation -> settled.
 import asyncio
-import sqlite3
 
 from protocol import codec
 from sim.testkit import make_bill, make_extra
 from tests.test_bridge_helpers import (
-    PILE_A, Platform, bridge_running, connect_pile, fast_config, login_when_open, pty_pair,
-    pty_pile, run, tempdir, until, url_of)
-
-
-def db_rows(path, sql, args=()):
-    db = sqlite3.connect(path)
-    try:
-        return db.execute(sql, args).fetchall()
-    finally:
-        db.close()
+    PILE_A, Platform, bridge_running, bridge_with_pile, db_rows, fast_config, in_tempdir,
+    login_when_open, pty_pile, until, url_of)
 
 
 def test_bill_goes_pile_to_platform_and_settled_comes_back(mosquitto):
     async def scenario(tmp):
-        cfg = fast_config(tmp, url_of(mosquitto))
-        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
-            pile = await connect_pile(PILE_A, b.tcp_port)
+        async with bridge_with_pile(tmp, mosquitto) as (cfg, b, plat, pile):
             bill = make_bill(PILE_A, 1)
             extra = make_extra(bill)
             assert await pile.send_bill(bill, extra) == 0
@@ -48,9 +37,7 @@ def test_bill_goes_pile_to_platform_and_settled_comes_back(mosquitto):
             assert doc["energy_fee"] == "%d.%04d" % divmod(fee_e, 10000)
             assert doc["service_fee"] == "%d.%04d" % divmod(fee_s, 10000)
             assert doc["checks"] == {"ok": True, "problems": []}
-            await pile.close()
-    with tempdir("flow") as tmp:
-        run(scenario(tmp))
+    in_tempdir("flow", scenario)
 
 
 def test_bill_over_pty_serial_link(mosquitto):
@@ -65,8 +52,7 @@ def test_bill_over_pty_serial_link(mosquitto):
             await pile.wait_for(lambda: bill["serial"] in pile.settled)
             assert plat.bills[bill["serial"]]["serial"] == bill["serial"]
             await pile.close()
-    with tempdir("pty") as tmp, pty_pair() as (master, path):
-        run(scenario(tmp, master, path))
+    in_tempdir("pty", scenario, pty=True)
 
 
 def test_bill_over_a_socket_url_serial_link(mosquitto):
@@ -108,5 +94,4 @@ def test_bill_over_a_socket_url_serial_link(mosquitto):
         finally:
             server.close()
             await server.wait_closed()
-    with tempdir("socketurl") as tmp:
-        run(scenario(tmp))
+    in_tempdir("socketurl", scenario)

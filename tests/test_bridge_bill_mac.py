@@ -13,9 +13,9 @@ import sqlite3
 from host import store as S
 from sim.testkit import make_bill, make_extra
 from protocol import codec, sign
-from tests.test_bridge_custody import RawPile, _LOGIN, _events, _rows
-from tests.test_bridge_helpers import (PILE_A, PILE_B, Platform, bridge_running, fast_config, run,
-                                       tempdir, until, url_of)
+from tests.test_bridge_custody import RawPile, _LOGIN, _events
+from tests.test_bridge_helpers import (
+    PILE_A, PILE_B, bridge_and_platform, db_rows, in_tempdir, tempdir)
 
 KEY = bytes(range(32))
 
@@ -56,8 +56,8 @@ def _extra_acks(p):
 
 def test_a_keyed_piles_bill_is_acknowledged_only_once_its_mac_checks(mosquitto):
     async def scenario(tmp):
-        cfg = fast_config(tmp, url_of(mosquitto), keys=_keys(tmp), bills={"mac_wait_s": 0.5})
-        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
+        async with bridge_and_platform(tmp, mosquitto,
+                                       keys=_keys(tmp), bills={"mac_wait_s": 0.5}) as (cfg, b, plat):
             p = await RawPile.connect(b.tcp_port)
             await _keyed_login(p, PILE_A, KEY)
             # 1. A bill and its fee split with the right MAC: the normal path.
@@ -79,7 +79,7 @@ def test_a_keyed_piles_bill_is_acknowledged_only_once_its_mac_checks(mosquitto):
             ev = await _events(plat, "bill_quarantined", 1)
             assert ev[0]["serial"] == true["serial"] and ev[0]["reason"] == "bad_mac"
             assert "MAC does not match" in ev[0]["message"]
-            rows = _rows(cfg["database"], "SELECT kind, frame FROM rejected WHERE serial = ? "
+            rows = db_rows(cfg["database"], "SELECT kind, frame FROM rejected WHERE serial = ? "
                          "ORDER BY id", true["serial"])
             assert [(k, bytes(fr)) for k, fr in rows] == [("quarantine", f_raw),
                                                           ("extra_quarantine", f_extra)]
@@ -98,7 +98,7 @@ def test_a_keyed_piles_bill_is_acknowledged_only_once_its_mac_checks(mosquitto):
             await p.write(lone_raw)
             ev = await _events(plat, "bill_quarantined", 2)
             assert ev[1]["serial"] == lone["serial"] and "no fee split" in ev[1]["message"]
-            assert _rows(cfg["database"], "SELECT COUNT(*) FROM held_bills") == [(0,)]
+            assert db_rows(cfg["database"], "SELECT COUNT(*) FROM held_bills") == [(0,)]
             assert (bytes.fromhex(lone["serial"]), 0) not in p.confirms()
 
             # 5. A fee split alone whose MAC does not match the bill held:
@@ -118,20 +118,18 @@ def test_a_keyed_piles_bill_is_acknowledged_only_once_its_mac_checks(mosquitto):
             ev = await _events(plat, "bill_quarantined", 4)
             assert ev[3]["serial"] == zero["serial"]
             assert set(plat.bills) == {good["serial"], true["serial"]}
-            assert _rows(cfg["database"], "SELECT serial FROM bills ORDER BY id") == \
+            assert db_rows(cfg["database"], "SELECT serial FROM bills ORDER BY id") == \
                 [(good["serial"],), (true["serial"],)]
             await p.close()
 
             # An unkeyed pile (no key on the bridge) is acknowledged at once,
             # as before: there is nothing to check its bill against.
-            q = await RawPile.connect(b.tcp_port)
-            await q.login(PILE_B)
+            q = await RawPile.connect(b.tcp_port, login=PILE_B)
             other = make_bill(PILE_B, 1)
             await q.write(codec.encode("bill", other, 5))
             await q.wait(lambda: q.confirms() == [(bytes.fromhex(other["serial"]), 0)])
             await q.close()
-    with tempdir("billmac") as tmp:
-        run(scenario(tmp))
+    in_tempdir("billmac", scenario)
 
 
 def test_a_bill_held_for_its_mac_when_the_bridge_stops_is_quarantined_at_the_next_start():

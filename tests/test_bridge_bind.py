@@ -11,8 +11,8 @@ from host import config as configmod
 from protocol import codec
 from tests.test_bridge_custody import RawPile
 from tests.test_bridge_custody import _LOGIN
-from tests.test_bridge_helpers import (PILE_A, PILE_B, Platform, bridge_running, fast_config, run,
-                                       tempdir, url_of)
+from tests.test_bridge_helpers import (
+    PILE_A, PILE_B, Platform, bridge_running, fast_config, in_tempdir, url_of)
 
 PILE_C = "55031412782307"
 
@@ -34,10 +34,8 @@ def test_a_bound_pile_logs_in_only_on_its_links_and_the_status_says_how_it_is_tr
             await imp.wait(lambda: imp._task.done())
             assert len(imp.got) == 1
             # Pile B on a bound network, pile C with no binding and no key.
-            pb = await RawPile.connect(b.tcp_port)
-            await pb.login(PILE_B)
-            pc = await RawPile.connect(b.tcp_port)
-            await pc.login(PILE_C)
+            pb = await RawPile.connect(b.tcp_port, login=PILE_B)
+            pc = await RawPile.connect(b.tcp_port, login=PILE_C)
 
             def trust(code):
                 doc = plat.status.get("pc/t1/pile/%s/status" % code)
@@ -47,8 +45,7 @@ def test_a_bound_pile_logs_in_only_on_its_links_and_the_status_says_how_it_is_tr
             await imp.close()
             await pb.close()
             await pc.close()
-    with tempdir("bind") as tmp:
-        run(scenario(tmp))
+    in_tempdir("bind", scenario)
 
 
 def test_bind_entries_are_checked_at_start_and_matched_by_address_and_port_name():

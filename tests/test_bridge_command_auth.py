@@ -14,8 +14,8 @@ import time
 
 from host import commands as C
 from host import platform as P
-from tests.test_bridge_helpers import (PILE_A, PILE_B, Platform, bridge_running, fast_config, run,
-                                       tempdir, until, url_of)
+from tests.test_bridge_helpers import (
+    PILE_A, PILE_B, Platform, bridge_running, fast_config, in_tempdir, until, url_of)
 
 KEY = bytes(range(100, 132))
 
@@ -95,8 +95,7 @@ def test_a_command_runs_only_with_its_auth_and_never_twice(mosquitto):
             finally:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-    with tempdir("cmdauth") as tmp:
-        run(scenario(tmp))
+    in_tempdir("cmdauth", scenario)
 
 
 def test_without_a_platform_key_commands_run_unsigned_as_before(mosquitto):
@@ -105,8 +104,7 @@ def test_without_a_platform_key_commands_run_unsigned_as_before(mosquitto):
         async with bridge_running(cfg), Platform(url_of(mosquitto)) as plat:
             r = await plat.command(PILE_A, {"id": "n-1", "cmd": "status"})
             assert r["ok"] is True
-    with tempdir("cmdauth-off") as tmp:
-        run(scenario(tmp))
+    in_tempdir("cmdauth-off", scenario)
 
 
 def test_the_command_mac_covers_every_field_the_site_and_the_pile():
@@ -143,8 +141,7 @@ def test_with_a_platform_key_only_a_signed_confirmation_confirms_a_bill(mosquitt
     async def scenario(tmp):
         cfg = _cfg(tmp, mosquitto)
         async with bridge_running(cfg) as b, Platform(url_of(mosquitto), confirm=False) as plat:
-            p = await RawPile.connect(b.tcp_port)
-            await p.login(PILE_B)
+            p = await RawPile.connect(b.tcp_port, login=PILE_B)
             bill = make_bill(PILE_B, 1)
             await p.write(codec.encode("bill", bill, 3))
             doc = await plat.wait_for(lambda: plat.bills.get(bill["serial"]))
@@ -175,5 +172,4 @@ def test_with_a_platform_key_only_a_signed_confirmation_confirms_a_bill(mosquitt
                                       qos=1)
             await until(confirmed, what="the signed confirmation taken")
             await p.close()
-    with tempdir("confauth") as tmp:
-        run(scenario(tmp))
+    in_tempdir("confauth", scenario)

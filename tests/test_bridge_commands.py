@@ -3,8 +3,8 @@
 import json
 
 from tests.test_bridge_helpers import (
-    PILE_A, PILE_B, PILE_C, Platform, bridge_running, connect_pile, fast_config, run, tempdir,
-    until, url_of)
+    PILE_A, PILE_B, PILE_C, Platform, bridge_and_platform, bridge_running, bridge_with_pile,
+    connect_pile, fast_config, in_tempdir, run, tempdir, until, url_of)
 
 TARIFF = {"model": "0007",
           "rates": {"sharp": {"energy": 120000, "service": 40000},
@@ -16,8 +16,8 @@ TARIFF = {"model": "0007",
 
 def test_command_for_offline_pile_gets_an_offline_result_at_once(mosquitto):
     async def scenario(tmp):
-        cfg = fast_config(tmp, url_of(mosquitto), pile={PILE_B: {"ext": True}})
-        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
+        async with bridge_and_platform(tmp, mosquitto,
+                                       pile={PILE_B: {"ext": True}}) as (cfg, b, plat):
             # Configured but never logged in.
             r = await plat.command(PILE_B, {"id": "c1", "cmd": "stop", "gun": "01"})
             assert (r["ok"], r["code"]) == (False, "offline")
@@ -32,15 +32,12 @@ def test_command_for_offline_pile_gets_an_offline_result_at_once(mosquitto):
             # A pile the bridge has never heard of.
             r = await plat.command(PILE_C, {"id": "c3", "cmd": "reboot"})
             assert (r["ok"], r["code"]) == (False, "unknown_pile")
-    with tempdir("offline") as tmp:
-        run(scenario(tmp))
+    in_tempdir("offline", scenario)
 
 
 def test_malformed_commands_get_clear_errors_and_the_bridge_keeps_serving(mosquitto):
     async def scenario(tmp):
-        cfg = fast_config(tmp, url_of(mosquitto))
-        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
-            pile = await connect_pile(PILE_A, b.tcp_port)
+        async with bridge_with_pile(tmp, mosquitto) as (cfg, b, plat, pile):
             bad = [
                 (b"{not json", "bad_request", None),
                 (b"[1, 2]", "bad_request", None),
@@ -70,16 +67,12 @@ def test_malformed_commands_get_clear_errors_and_the_bridge_keeps_serving(mosqui
             # Still serving: a good command works.
             r = await plat.command(PILE_A, {"id": "ok1", "cmd": "stop", "gun": "01"})
             assert r["ok"] and r["code"] == "ok"
-            await pile.close()
-    with tempdir("malformed") as tmp:
-        run(scenario(tmp))
+    in_tempdir("malformed", scenario)
 
 
 def test_every_command_translates_to_its_frame_and_reports_the_answer(mosquitto):
     async def scenario(tmp):
-        cfg = fast_config(tmp, url_of(mosquitto))
-        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
-            pile = await connect_pile(PILE_A, b.tcp_port)
+        async with bridge_with_pile(tmp, mosquitto) as (cfg, b, plat, pile):
             serial = PILE_A + "01" + "240501080000" + "0042"
             r = await plat.command(PILE_A, {"id": "s1", "cmd": "start", "gun": "01", "serial": serial,
                                             "balance": 10000, "card": "D14B0A54",
@@ -139,16 +132,13 @@ def test_every_command_translates_to_its_frame_and_reports_the_answer(mosquitto)
             assert [x["vin"] for x in pile.vins] == vins and pile.vins[-1]["department"] == 9
             r = await plat.command("site", {"id": "site1", "cmd": "status"})
             assert r["ok"] and r["reply"]["piles"] == {PILE_A: True}
-            await pile.close()
-    with tempdir("commands") as tmp:
-        run(scenario(tmp))
+    in_tempdir("commands", scenario)
 
 
 def test_command_timeout_then_late_and_duplicate_replies_are_ignored(mosquitto):
     async def scenario(tmp):
-        cfg = fast_config(tmp, url_of(mosquitto), piles={"command_timeout_s": 0.3})
-        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
-            pile = await connect_pile(PILE_A, b.tcp_port)
+        async with bridge_with_pile(tmp, mosquitto,
+                                    piles={"command_timeout_s": 0.3}) as (cfg, b, plat, pile):
             pile.silent.add("remote_stop")
             r = await plat.command(PILE_A, {"id": "late", "cmd": "stop"})
             assert (r["ok"], r["code"]) == (False, "timeout")
@@ -169,16 +159,12 @@ def test_command_timeout_then_late_and_duplicate_replies_are_ignored(mosquitto):
             r = await plat.command(PILE_A, {"id": "after", "cmd": "versions"})
             assert r["ok"]
             assert len([x for x in plat.result_list if x["id"] in ("late", "next", "after")]) == 3
-            await pile.close()
-    with tempdir("late") as tmp:
-        run(scenario(tmp))
+    in_tempdir("late", scenario)
 
 
 def test_concurrent_commands_are_matched_by_sequence_not_by_order(mosquitto):
     async def scenario(tmp):
-        cfg = fast_config(tmp, url_of(mosquitto))
-        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
-            pile = await connect_pile(PILE_A, b.tcp_port, guns=2)
+        async with bridge_with_pile(tmp, mosquitto, pile_kw={"guns": 2}) as (cfg, b, plat, pile):
             pile.silent.add("remote_stop")
             await plat.client.publish(plat.topics.command(PILE_A),
                                       json.dumps({"id": "g1", "cmd": "stop", "gun": "01"}), qos=1)
@@ -195,18 +181,14 @@ def test_concurrent_commands_are_matched_by_sequence_not_by_order(mosquitto):
             r1 = await plat.wait_for(lambda: plat.results.get("g1"))
             r2 = await plat.wait_for(lambda: plat.results.get("g2"))
             assert r1["ok"] and not r2["ok"] and r2["code"] == "refused"
-            await pile.close()
-    with tempdir("concurrent") as tmp:
-        run(scenario(tmp))
+    in_tempdir("concurrent", scenario)
 
 
 def test_repeated_stop_request_id_is_not_sent_twice(mosquitto):
     # The field's lost bills came from a stop sent two or three times: a
     # command redelivered with the same id reaches the pile once.
     async def scenario(tmp):
-        cfg = fast_config(tmp, url_of(mosquitto))
-        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
-            pile = await connect_pile(PILE_A, b.tcp_port)
+        async with bridge_with_pile(tmp, mosquitto) as (cfg, b, plat, pile):
             cmd = {"id": "stop-order-77", "cmd": "stop", "gun": "01"}
             for _ in range(3):
                 await plat.client.publish(plat.topics.command(PILE_A), json.dumps(cmd), qos=1)
@@ -216,16 +198,13 @@ def test_repeated_stop_request_id_is_not_sent_twice(mosquitto):
             assert all(r["ok"] for r in rs)
             assert sum(1 for r in rs if r.get("duplicate")) == 2
             assert len(pile.received("remote_stop")) == 1
-            await pile.close()
-    with tempdir("dupid") as tmp:
-        run(scenario(tmp))
+    in_tempdir("dupid", scenario)
 
 
 def test_start_targets_are_refused_for_a_third_party_pile(mosquitto):
     async def scenario(tmp):
-        cfg = fast_config(tmp, url_of(mosquitto), tcp={"ext": False})
-        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
-            pile = await connect_pile(PILE_A, b.tcp_port, ext=False)
+        async with bridge_with_pile(tmp, mosquitto, pile_kw={"ext": False},
+                                    tcp={"ext": False}) as (cfg, b, plat, pile):
             r = await plat.command(PILE_A, {"id": "x1", "cmd": "start", "targets": {"amount": 10000}})
             assert (r["ok"], r["code"]) == (False, "unsupported")
             assert pile.received("ext_start") == [] and pile.received("remote_start") == []
@@ -234,16 +213,12 @@ def test_start_targets_are_refused_for_a_third_party_pile(mosquitto):
             r = await plat.command(PILE_A, {"id": "x3", "cmd": "versions"})
             assert r["ok"] and r["reply"] == {"sw": "PC-0.1"}
             assert pile.received("status_query") == []
-            await pile.close()
-    with tempdir("thirdparty") as tmp:
-        run(scenario(tmp))
+    in_tempdir("thirdparty", scenario)
 
 
 def test_a_start_refused_for_a_full_journal_raises_journal_full(mosquitto):
     async def scenario(tmp):
-        cfg = fast_config(tmp, url_of(mosquitto))
-        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
-            pile = await connect_pile(PILE_A, b.tcp_port)
+        async with bridge_with_pile(tmp, mosquitto) as (cfg, b, plat, pile):
             await pile.wait_for(lambda: pile.received("status_query"))
             pile.status["journal_used"] = 65536          # full of unconfirmed bills
             pile.start_result = (0, 3)
@@ -256,9 +231,7 @@ def test_a_start_refused_for_a_full_journal_raises_journal_full(mosquitto):
                                               s["journal"]["journal_used"] == 65536 else None)(
                 plat.status.get(plat.topics.status(PILE_A))))
             assert st["journal"]["journal_limit"] == 65536
-            await pile.close()
-    with tempdir("journalfull") as tmp:
-        run(scenario(tmp))
+    in_tempdir("journalfull", scenario)
 
 
 def test_a_pile_on_firmware_before_refusing_starts_is_read_and_its_journal_judged_by_size(mosquitto):
@@ -266,9 +239,8 @@ def test_a_pile_on_firmware_before_refusing_starts_is_read_and_its_journal_judge
     # refusing_starts. Its status is published, journal_status answers, and a
     # full journal is still seen (journal_used at journal_limit).
     async def scenario(tmp):
-        cfg = fast_config(tmp, url_of(mosquitto))
-        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
-            pile = await connect_pile(PILE_A, b.tcp_port, status_frame="status_reply55")
+        async with bridge_with_pile(tmp, mosquitto,
+                                    pile_kw={"status_frame": "status_reply55"}) as (cfg, b, plat, pile):
             pile.status["journal_used"] = 1024
             r = await plat.command(PILE_A, {"id": "old1", "cmd": "journal_status"})
             assert r["ok"] and r["reply"]["journal_limit"] == 65536, r
@@ -285,9 +257,7 @@ def test_a_pile_on_firmware_before_refusing_starts_is_read_and_its_journal_judge
             assert r["ok"] and r["reply"]["journal_used"] == 65536
             ev = await plat.wait_for(lambda: [e for e in plat.events if e["type"] == "journal_full"])
             assert ev[0]["journal_used"] == ev[0]["journal_limit"] == 65536
-            await pile.close()
-    with tempdir("oldstatus") as tmp:
-        run(scenario(tmp))
+    in_tempdir("oldstatus", scenario)
 
 
 def test_a_command_id_seen_before_a_bridge_restart_is_never_executed_again(mosquitto):

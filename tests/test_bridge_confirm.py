@@ -8,8 +8,7 @@ import json
 import sqlite3
 
 from sim.testkit import make_bill, make_extra
-from tests.test_bridge_helpers import (PILE_A, Platform, bridge_running, connect_pile, fast_config,
-                                       run, tempdir, until, url_of)
+from tests.test_bridge_helpers import PILE_A, bridge_with_pile, in_tempdir, until
 
 
 def _confirmed(db, serial):
@@ -23,9 +22,7 @@ def _confirmed(db, serial):
 
 def test_a_confirmation_without_the_bills_content_hash_settles_nothing(mosquitto):
     async def scenario(tmp):
-        cfg = fast_config(tmp, url_of(mosquitto))
-        async with bridge_running(cfg) as b, Platform(url_of(mosquitto), confirm=False) as plat:
-            pile = await connect_pile(PILE_A, b.tcp_port)
+        async with bridge_with_pile(tmp, mosquitto, confirm=False) as (cfg, b, plat, pile):
             bills = [make_bill(PILE_A, n) for n in range(3)]
             for v in bills:
                 assert await pile.send_bill(v, make_extra(v)) == 0
@@ -52,6 +49,4 @@ def test_a_confirmation_without_the_bills_content_hash_settles_nothing(mosquitto
             await pile.wait_for(lambda: all(s in pile.settled for s in (s0, s1, s2)), 10)
             await until(lambda: all(_confirmed(cfg["database"], s) == (1, 1) for s in (s0, s1, s2)),
                         what="three bills confirmed and settled")
-            await pile.close()
-    with tempdir("forged-confirm") as tmp:
-        run(scenario(tmp))
+    in_tempdir("forged-confirm", scenario)

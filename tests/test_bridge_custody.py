@@ -6,13 +6,12 @@
 # another pile is quarantined: stored with its reason, an event, no 0x40.
 # Real bridge (in this process), Mosquitto, a raw TCP pile.
 import asyncio
-import sqlite3
 
 from sim.testkit import make_bill, make_extra
 from protocol import codec
 from protocol.codec import FrameReader
-from tests.test_bridge_helpers import (PILE_A, PILE_B, Platform, bridge_running, fast_config, run,
-                                       tempdir, until, url_of)
+from tests.test_bridge_helpers import (
+    PILE_A, PILE_B, bridge_and_platform, db_rows, in_tempdir, until)
 
 _LOGIN = {"pile_type": 0, "guns": 1, "proto_version": 0x10, "sw_version": "V1.5",
           "net_type": 3, "sim": "0" * 20, "carrier": 4}
@@ -30,9 +29,13 @@ class RawPile:
         self._changed = asyncio.Event()
 
     @classmethod
-    async def connect(cls, port):
+    async def connect(cls, port, login=None):
+        """Connected to the bridge's TCP `port`; logged in as pile `login` if given."""
         r, w = await asyncio.open_connection("127.0.0.1", port)
-        return cls(r, w)
+        p = cls(r, w)
+        if login is not None:
+            await p.login(login)
+        return p
 
     async def _read(self):
         while True:
@@ -97,14 +100,6 @@ def _not_bcd(raw):
     return codec.wrap(raw[5], body, raw[2] | raw[3] << 8)
 
 
-def _rows(db, sql, *args):
-    c = sqlite3.connect(db)
-    try:
-        return c.execute(sql, args).fetchall()
-    finally:
-        c.close()
-
-
 def _bad_month(raw):
     """The frame with its end time's month made 13 (no valid CP56), CRC right."""
     body = bytearray(raw[6:-2])
@@ -114,10 +109,9 @@ def _bad_month(raw):
 
 def test_bills_we_cannot_decode_are_kept_raw_published_and_confirmed(mosquitto):
     async def scenario(tmp):
-        cfg = fast_config(tmp, url_of(mosquitto), tcp={"listen": "127.0.0.1:0", "ext": False})
-        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
-            p = await RawPile.connect(b.tcp_port)
-            await p.login(PILE_A)
+        async with bridge_and_platform(tmp, mosquitto,
+                                       tcp={"listen": "127.0.0.1:0", "ext": False}) as (cfg, b, plat):
+            p = await RawPile.connect(b.tcp_port, login=PILE_A)
             # Read leniently, with their problems named (protocol/lenient.py):
             # 1. a serial that is not BCD; 2. two bytes more than the table's
             # 158. Not readable at all: 3. a 0x3D shorter than V1.7's 201
@@ -150,9 +144,9 @@ def test_bills_we_cannot_decode_are_kept_raw_published_and_confirmed(mosquitto):
             ev = await _events(plat, "undecodable_bill", 2)
             assert sorted(e["serial"] for e in ev) == sorted(hexserials[2:])
             # Stored as received, and confirmed by the platform.
-            await until(lambda: _rows(cfg["database"], "SELECT COUNT(*) FROM bills WHERE "
+            await until(lambda: db_rows(cfg["database"], "SELECT COUNT(*) FROM bills WHERE "
                                       "confirmed_at IS NOT NULL")[0][0] == 4, what="4 confirmed")
-            stored = _rows(cfg["database"], "SELECT serial, frame FROM bills ORDER BY id")
+            stored = db_rows(cfg["database"], "SELECT serial, frame FROM bills ORDER BY id")
             assert [(s, bytes(f)) for s, f in stored] == list(zip(hexserials, frames))
             # A bill that decodes still takes the normal path beside them.
             good = make_bill(PILE_A, 5)
@@ -160,22 +154,19 @@ def test_bills_we_cannot_decode_are_kept_raw_published_and_confirmed(mosquitto):
             doc = await plat.wait_for(lambda: plat.bills.get(good["serial"]))
             assert doc["decoded"] is True and doc["checks"]["ok"]
             await p.close()
-    with tempdir("undecodable") as tmp:
-        run(scenario(tmp))
+    in_tempdir("undecodable", scenario)
 
 
 def test_bills_from_no_login_or_for_another_pile_are_quarantined_never_acknowledged(mosquitto):
     async def scenario(tmp):
-        cfg = fast_config(tmp, url_of(mosquitto))
-        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
+        async with bridge_and_platform(tmp, mosquitto) as (cfg, b, plat):
             # A bill on a link that never logged in.
             stranger = await RawPile.connect(b.tcp_port)
             early = make_bill(PILE_B, 1)
             early_raw = _bill_frame(early, 3)
             await stranger.write(early_raw)
             # A logged-in pile sending another pile's bill (decodable, and not).
-            p = await RawPile.connect(b.tcp_port)
-            await p.login(PILE_A)
+            p = await RawPile.connect(b.tcp_port, login=PILE_A)
             foreign = make_bill(PILE_B, 2)
             foreign_raw = _bill_frame(foreign, 4)
             await p.write(foreign_raw)
@@ -186,7 +177,7 @@ def test_bills_from_no_login_or_for_another_pile_are_quarantined_never_acknowled
             assert any("no login" in e["message"] for e in ev)
             assert sum("names pile %s but came from pile %s" % (PILE_B, PILE_A) in e["message"]
                        for e in ev) == 2
-            rows = _rows(cfg["database"], "SELECT kind, frame FROM rejected ORDER BY id")
+            rows = db_rows(cfg["database"], "SELECT kind, frame FROM rejected ORDER BY id")
             assert sorted(bytes(f) for k, f in rows if k == "quarantine") == \
                 sorted((early_raw, foreign_raw, foreign_bad))
             # No 0x40 to anyone, nothing published as a bill, nothing in custody.
@@ -196,7 +187,7 @@ def test_bills_from_no_login_or_for_another_pile_are_quarantined_never_acknowled
             assert [c for c in p.confirms() if c[0] != bytes.fromhex(good["serial"])] == []
             assert stranger.confirms() == []
             assert set(plat.bills) == {good["serial"]}
-            assert _rows(cfg["database"], "SELECT serial FROM bills") == [(good["serial"],)]
+            assert db_rows(cfg["database"], "SELECT serial FROM bills") == [(good["serial"],)]
             # The true pile sends its bill after its login: the normal path.
             await stranger.login(PILE_B)
             await stranger.write(early_raw)
@@ -206,8 +197,7 @@ def test_bills_from_no_login_or_for_another_pile_are_quarantined_never_acknowled
             assert stranger.confirms() == [(bytes.fromhex(early["serial"]), 0)]
             await p.close()
             await stranger.close()
-    with tempdir("quarantine") as tmp:
-        run(scenario(tmp))
+    in_tempdir("quarantine", scenario)
 
 
 def test_a_pile_whose_login_carries_a_hex_iccid_logs_in_and_its_bill_goes_through(mosquitto):
@@ -215,8 +205,8 @@ def test_a_pile_whose_login_carries_a_hex_iccid_logs_in_and_its_bill_goes_throug
     # included; the table declared it BCD, the login was refused and every
     # later frame ignored ("bill before login ignored"). It is hex now.
     async def scenario(tmp):
-        cfg = fast_config(tmp, url_of(mosquitto), tcp={"listen": "127.0.0.1:0", "ext": False})
-        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
+        async with bridge_and_platform(tmp, mosquitto,
+                                       tcp={"listen": "127.0.0.1:0", "ext": False}) as (cfg, b, plat):
             p = await RawPile.connect(b.tcp_port)
             login = codec.encode("login", dict(_LOGIN, pile=PILE_A, sim="89860B1F2C3D4E5F6A7B"), 1)
             await p.write(login)
@@ -228,16 +218,13 @@ def test_a_pile_whose_login_carries_a_hex_iccid_logs_in_and_its_bill_goes_throug
             assert doc["decoded"] is True
             assert p.confirms() == [(bytes.fromhex(bill["serial"]), 0)]
             await p.close()
-    with tempdir("iccid") as tmp:
-        run(scenario(tmp))
+    in_tempdir("iccid", scenario)
 
 
 def test_frames_with_a_bad_crc_are_kept_for_diagnosis_with_an_event(mosquitto):
     async def scenario(tmp):
-        cfg = fast_config(tmp, url_of(mosquitto))
-        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
-            p = await RawPile.connect(b.tcp_port)
-            await p.login(PILE_A)
+        async with bridge_and_platform(tmp, mosquitto) as (cfg, b, plat):
+            p = await RawPile.connect(b.tcp_port, login=PILE_A)
             bill = make_bill(PILE_A, 1)
             raw = bytearray(_bill_frame(bill, 2))
             raw[-1] ^= 0x5A                              # the CRC no longer matches
@@ -251,20 +238,16 @@ def test_frames_with_a_bad_crc_are_kept_for_diagnosis_with_an_event(mosquitto):
             assert all(r[2] in bytes(raw) for r in rows)
             assert p.confirms() == [] and bill["serial"] not in plat.bills   # no 0x40, no bill
             await p.close()
-    with tempdir("badcrc") as tmp:
-        run(scenario(tmp))
+    in_tempdir("badcrc", scenario)
 
 
 def test_a_fee_split_for_another_piles_bill_is_quarantined_never_joined_to_it(mosquitto):
     # Issue 17: the fee split (0xEB) had no owner check: any logged-in pile
     # could complete (or pre-empt) another pile's bill with its own split.
     async def scenario(tmp):
-        cfg = fast_config(tmp, url_of(mosquitto))
-        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
-            a = await RawPile.connect(b.tcp_port)
-            await a.login(PILE_A)
-            bpile = await RawPile.connect(b.tcp_port)
-            await bpile.login(PILE_B)
+        async with bridge_and_platform(tmp, mosquitto) as (cfg, b, plat):
+            a = await RawPile.connect(b.tcp_port, login=PILE_A)
+            bpile = await RawPile.connect(b.tcp_port, login=PILE_B)
             bill = make_bill(PILE_B, 1)
             forged = make_extra(bill, service_share=90)
             # Before the true bill arrives (its serial says pile B) ...
@@ -282,9 +265,8 @@ def test_a_fee_split_for_another_piles_bill_is_quarantined_never_joined_to_it(mo
             doc = await plat.wait_for(lambda: (plat.bills.get(bill["serial"]) or {}).get("extra_frame")
                                       and plat.bills[bill["serial"]])
             assert doc["extra_frame"] == codec.encode("bill_extra", true, 3).hex().upper()
-            rows = _rows(cfg["database"], "SELECT kind, pile FROM rejected")
+            rows = db_rows(cfg["database"], "SELECT kind, pile FROM rejected")
             assert rows == [("extra_quarantine", PILE_A)] * 2
             await a.close()
             await bpile.close()
-    with tempdir("extraowner") as tmp:
-        run(scenario(tmp))
+    in_tempdir("extraowner", scenario)

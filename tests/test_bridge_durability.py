@@ -14,16 +14,8 @@ from host import store as storemod
 from sim.testkit import ScriptedPile, make_bill, make_extra
 from sim.links import TcpTransport
 from tests.test_bridge_helpers import (
-    PILE_A, PILE_B, BridgeProcess, Platform, bridge_running, connect_pile, fast_config, fees_yuan,
-    run, tempdir, until, url_of)
-
-
-def db_all(path, sql, args=()):
-    db = sqlite3.connect(path)
-    try:
-        return db.execute(sql, args).fetchall()
-    finally:
-        db.close()
+    PILE_A, PILE_B, BridgeProcess, Platform, bridge_running, bridge_with_pile, connect_pile,
+    db_rows, fast_config, fees_yuan, in_tempdir, run, tempdir, until, url_of)
 
 
 def test_broker_restart_mid_stream_loses_no_bill(mosquitto):
@@ -48,7 +40,7 @@ def test_broker_restart_mid_stream_loses_no_bill(mosquitto):
             await plat.wait_for(lambda: serials <= set(plat.bills), timeout=20)
             await pa.wait_for(lambda: {s for s in serials if s.startswith(PILE_A)} <= set(pa.settled),
                               timeout=20)
-            await until(lambda: db_all(cfg["database"], "SELECT COUNT(*) FROM bills "
+            await until(lambda: db_rows(cfg["database"], "SELECT COUNT(*) FROM bills "
                                        "WHERE confirmed_at IS NOT NULL AND settled_at IS NOT NULL")
                         == [(20,)], timeout=20, what="all 20 confirmed and settled")
             assert b.mqtt.connects >= 2
@@ -56,8 +48,7 @@ def test_broker_restart_mid_stream_loses_no_bill(mosquitto):
             assert pb.received("settled") == []
             await pa.close()
             await pb.close()
-    with tempdir("brokerrestart") as tmp:
-        run(scenario(tmp))
+    in_tempdir("brokerrestart", scenario)
 
 
 def test_a_bridge_child_that_crashes_at_start_up_fails_the_test_naming_it():
@@ -135,17 +126,17 @@ def test_bridge_sigkill_mid_flight_loses_and_duplicates_nothing(mosquitto):
             await plat.wait_for(lambda: set(serials) <= set(plat.bills), timeout=30)
             await pile.wait_for(lambda: set(serials) <= set(pile.settled), timeout=30)
             # The pile's 0xE3 answers reach the bridge's store.
-            await until(lambda: db_all(cfg["database"], "SELECT COUNT(*) FROM bills WHERE "
+            await until(lambda: db_rows(cfg["database"], "SELECT COUNT(*) FROM bills WHERE "
                                        "settled_at IS NOT NULL") == [(12,)], what="12 settled")
             await proc.stop()
-            rows = db_all(cfg["database"], "SELECT serial, pile_seq, confirmed_at IS NOT NULL, "
+            rows = db_rows(cfg["database"], "SELECT serial, pile_seq, confirmed_at IS NOT NULL, "
                           "settled_at IS NOT NULL FROM bills ORDER BY id")
             assert [r[0] for r in rows] == serials          # each once, in the pile's order
             assert [r[1] for r in rows] == list(range(1, 13))
             assert all(r[2] and r[3] for r in rows)
             # Every fee split (0xEB) is held too, and reached the platform:
             # in the bill, or (when it came after the confirmation) as an event.
-            assert db_all(cfg["database"], "SELECT COUNT(*) FROM extras") == [(11,)]
+            assert db_rows(cfg["database"], "SELECT COUNT(*) FROM extras") == [(11,)]
             late = {e["serial"] for e in plat.events if e["type"] == "bill_extra_late"}
             assert all(plat.bills[s]["energy_fee"] is not None or s in late for s in serials
                        if s != bills[6]["serial"])
@@ -155,8 +146,7 @@ def test_bridge_sigkill_mid_flight_loses_and_duplicates_nothing(mosquitto):
                 await pile.close()
             await plat.__aexit__(None, None, None)
             await proc.stop()
-    with tempdir("sigkill") as tmp:
-        run(scenario(tmp), timeout=90)
+    in_tempdir("sigkill", scenario, timeout=90)
 
 
 def test_platform_silent_then_back_bills_republished_with_backoff(mosquitto):
@@ -186,15 +176,12 @@ def test_platform_silent_then_back_bills_republished_with_backoff(mosquitto):
             await pile.wait_for(lambda: extra_bill["serial"] in pile.settled, 10)
             assert all(plat.bill_count[s] == counts[s] for s in serials)
             await pile.close()
-    with tempdir("silent") as tmp:
-        run(scenario(tmp))
+    in_tempdir("silent", scenario)
 
 
 def test_duplicate_confirmations_settle_once(mosquitto):
     async def scenario(tmp):
-        cfg = fast_config(tmp, url_of(mosquitto))
-        async with bridge_running(cfg) as b, Platform(url_of(mosquitto), confirm=False) as plat:
-            pile = await connect_pile(PILE_A, b.tcp_port)
+        async with bridge_with_pile(tmp, mosquitto, confirm=False) as (cfg, b, plat, pile):
             bill = make_bill(PILE_A, 1)
             await pile.send_bill(bill, make_extra(bill))
             s = bill["serial"]
@@ -207,16 +194,12 @@ def test_duplicate_confirmations_settle_once(mosquitto):
                         what="duplicate and unknown confirmations counted")
             assert b.stats["confirms"] == 1
             assert pile.settled_count[s] == 1
-            await pile.close()
-    with tempdir("dupconfirm") as tmp:
-        run(scenario(tmp))
+    in_tempdir("dupconfirm", scenario)
 
 
 def test_pile_resending_a_held_bill_is_stored_once_and_confirmed_again(mosquitto):
     async def scenario(tmp):
-        cfg = fast_config(tmp, url_of(mosquitto))
-        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
-            pile = await connect_pile(PILE_A, b.tcp_port)
+        async with bridge_with_pile(tmp, mosquitto) as (cfg, b, plat, pile):
             bill = make_bill(PILE_A, 1)
             s = bill["serial"]
             assert await pile.send_bill(bill, make_extra(bill)) == 0
@@ -227,7 +210,7 @@ def test_pile_resending_a_held_bill_is_stored_once_and_confirmed_again(mosquitto
             # record): 0x40 again and the settlement repeated.
             assert await pile.resend_bill(bill) == 0
             await pile.wait_for(lambda: pile.settled_count[s] == 2)
-            rows = db_all(cfg["database"], "SELECT serial, resends, conflicts FROM bills")
+            rows = db_rows(cfg["database"], "SELECT serial, resends, conflicts FROM bills")
             assert rows == [(s, 2, 0)]
             # Same serial, different bytes: first copy kept, the other kept
             # for audit, an event raised, the pile still gets its 0x40.
@@ -236,13 +219,11 @@ def test_pile_resending_a_held_bill_is_stored_once_and_confirmed_again(mosquitto
             ev = await plat.wait_for(lambda: next((e for e in plat.events
                                                    if e["type"] == "serial_conflict"), None))
             assert ev["serial"] == s and ev["pile"] == PILE_A
-            rows = db_all(cfg["database"], "SELECT frame FROM bills")
+            rows = db_rows(cfg["database"], "SELECT frame FROM bills")
             assert len(rows) == 1 and rows[0][0][-2 - 8 - 1] == 0x40   # the stop reason kept
-            assert db_all(cfg["database"], "SELECT kind, serial FROM rejected") == [("conflict", s)]
+            assert db_rows(cfg["database"], "SELECT kind, serial FROM rejected") == [("conflict", s)]
             assert plat.bills[s]["stop_reason"]["code"] == 0x40
-            await pile.close()
-    with tempdir("resend") as tmp:
-        run(scenario(tmp))
+    in_tempdir("resend", scenario)
 
 
 def test_bills_wait_in_sqlite_while_the_broker_is_down(mosquitto):
@@ -254,7 +235,7 @@ def test_bills_wait_in_sqlite_while_the_broker_is_down(mosquitto):
             bills = [make_bill(PILE_A, i) for i in range(5)]
             for bill in bills:
                 assert await pile.send_bill(bill, make_extra(bill)) == 0
-            assert db_all(cfg["database"], "SELECT COUNT(*) FROM bills WHERE published_at IS NULL") \
+            assert db_rows(cfg["database"], "SELECT COUNT(*) FROM bills WHERE published_at IS NULL") \
                 == [(5,)]
             await asyncio.get_running_loop().run_in_executor(None, mosquitto.start)
             async with Platform(url_of(mosquitto)) as plat:
@@ -262,8 +243,7 @@ def test_bills_wait_in_sqlite_while_the_broker_is_down(mosquitto):
                 await pile.wait_for(lambda: serials <= set(pile.settled), 15)
                 assert serials <= set(plat.bills)
             await pile.close()
-    with tempdir("brokerdown") as tmp:
-        run(scenario(tmp))
+    in_tempdir("brokerdown", scenario)
 
 
 # --- the store's commit fails or hangs -----------------------------------------------
@@ -328,9 +308,7 @@ async def in_thread(fn, *args):
 def test_a_bill_whose_commit_fails_gets_no_0x40_and_its_resend_is_taken_once(
         mosquitto, monkeypatch, error):
     async def scenario(tmp, disk):
-        cfg = fast_config(tmp, url_of(mosquitto))
-        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
-            pile = await connect_pile(PILE_A, b.tcp_port)
+        async with bridge_with_pile(tmp, mosquitto) as (cfg, b, plat, pile):
             lost, later = make_bill(PILE_A, 1), make_bill(PILE_A, 2)
             s = lost["serial"]
             disk.fault = error
@@ -348,14 +326,14 @@ def test_a_bill_whose_commit_fails_gets_no_0x40_and_its_resend_is_taken_once(
             # batch, once the disk was back (then it has its 0xEC; the bill
             # itself still has no 0x40): only the later bill's ack is sure.
             assert later["serial"] in [f.fields["serial"] for f in pile.received("bill_extra_ack")]
-            assert db_all(cfg["database"], "SELECT serial FROM bills") == [(later["serial"],)]
+            assert db_rows(cfg["database"], "SELECT serial FROM bills") == [(later["serial"],)]
             # The pile sends its unanswered bill again: taken, confirmed once.
             await pile.flush_journal()
             assert pile.confirmed[s] == [0]
             await pile.wait_for(lambda: s in pile.settled and later["serial"] in pile.settled, 10)
-            await until(lambda: db_all(cfg["database"], "SELECT COUNT(*) FROM bills WHERE "
+            await until(lambda: db_rows(cfg["database"], "SELECT COUNT(*) FROM bills WHERE "
                                        "settled_at IS NOT NULL") == [(2,)], what="both settled")
-            assert db_all(cfg["database"], "SELECT serial, resends, conflicts FROM bills ORDER BY id") \
+            assert db_rows(cfg["database"], "SELECT serial, resends, conflicts FROM bills ORDER BY id") \
                 == [(later["serial"], 0, 0), (s, 0, 0)]
             assert plat.bills[s]["complete"]
             assert (plat.bills[s]["energy_fee"], plat.bills[s]["service_fee"]) \
@@ -363,7 +341,6 @@ def test_a_bill_whose_commit_fails_gets_no_0x40_and_its_resend_is_taken_once(
             assert b.stats["confirms"] == 2 and b.stats["confirms_duplicate"] == 0
             assert pile.settled_count[s] == 1
             assert disk.failed >= 1
-            await pile.close()
     with tempdir("commitfail") as tmp:
         with faulty_disk(monkeypatch, fast_config(tmp, "")["database"]) as disk:
             run(scenario(tmp, disk))
@@ -371,9 +348,7 @@ def test_a_bill_whose_commit_fails_gets_no_0x40_and_its_resend_is_taken_once(
 
 def test_a_commit_that_hangs_holds_the_0x40_back_until_it_completes(mosquitto, monkeypatch):
     async def scenario(tmp, disk):
-        cfg = fast_config(tmp, url_of(mosquitto))
-        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
-            pile = await connect_pile(PILE_A, b.tcp_port)
+        async with bridge_with_pile(tmp, mosquitto) as (cfg, b, plat, pile):
             bill = make_bill(PILE_A, 1)
             s = bill["serial"]
             disk.fault = "hang"
@@ -389,9 +364,8 @@ def test_a_commit_that_hangs_holds_the_0x40_back_until_it_completes(mosquitto, m
             disk.fault = None
             disk.release.set()
             await pile.wait_for(lambda: pile.confirmed[s] == [0], 10)
-            assert db_all(cfg["database"], "SELECT serial FROM bills") == [(s,)]
+            assert db_rows(cfg["database"], "SELECT serial FROM bills") == [(s,)]
             await plat.wait_for(lambda: s in plat.bills, 10)
-            await pile.close()
     with tempdir("commithang") as tmp:
         with faulty_disk(monkeypatch, fast_config(tmp, "")["database"]) as disk:
             run(scenario(tmp, disk))
@@ -419,6 +393,6 @@ def test_a_broker_that_never_acknowledges_the_disconnect_does_not_hang_the_bridg
             await pile.close()
         # bridge_running's exit is b.stop(): it came back, within the run's bound
         assert exits and b.store is not None
-        assert db_all(cfg["database"], "SELECT serial FROM bills") == [(bill["serial"],)]
+        assert db_rows(cfg["database"], "SELECT serial FROM bills") == [(bill["serial"],)]
     with tempdir("stop-hang") as tmp:
         run(scenario(tmp), 30)

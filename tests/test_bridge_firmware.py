@@ -6,7 +6,7 @@ import os
 
 from tests.test_bridge_commands import TARIFF
 from tests.test_bridge_helpers import (
-    PILE_A, FirmwarePile, Platform, bridge_running, fast_config, pty_pair, run, tempdir, url_of)
+    PILE_A, FirmwarePile, Platform, bridge_running, fast_config, in_tempdir, url_of)
 
 
 def _pty_site(tmp, path, broker):
@@ -25,8 +25,7 @@ def test_real_firmware_session_bill_settles_through_the_bridge(mosquitto):
     async def scenario(tmp, master, path):
         cfg, root = _pty_site(tmp, path, mosquitto)
         async with bridge_running(cfg), Platform(url_of(mosquitto)) as plat:
-            fw = FirmwarePile(root, master, PILE_A, speed=60).start()
-            try:
+            async with FirmwarePile(root, master, PILE_A, speed=60) as fw:
                 online = lambda: (lambda s: s if s and s["online"] else None)(
                     plat.status.get(plat.topics.status(PILE_A)))
                 await plat.wait_for(online, 15)
@@ -71,10 +70,7 @@ def test_real_firmware_session_bill_settles_through_the_bridge(mosquitto):
                 this_boot = [s for s in plat.status_log if s.get("pile") == PILE_A
                              and s.get("online") and s.get("since") == st["since"]]
                 assert {s["boot_reason"] for s in this_boot} <= {None, 2}, this_boot
-            finally:
-                await fw.close()
-    with tempdir("firmware") as tmp, pty_pair() as (master, path):
-        run(scenario(tmp, master, path), timeout=90)
+    in_tempdir("firmware", scenario, timeout=90, pty=True)
 
 
 def _journal_full_of_refused_bills(root, limit):
@@ -115,8 +111,7 @@ def test_real_firmware_journal_full_of_unconfirmed_bills_makes_the_bridge_publis
         cfg, root = _pty_site(tmp, path, mosquitto)
         held = _journal_full_of_refused_bills(root, limit)
         async with bridge_running(cfg), Platform(url_of(mosquitto)) as plat:
-            fw = SmallJournalPile(root, master, PILE_A, speed=60).start()
-            try:
+            async with SmallJournalPile(root, master, PILE_A, speed=60) as fw:
                 # the status poll after login: refusing_starts, far below the limit
                 ev = await plat.wait_for(
                     lambda: [e for e in plat.events if e["type"] == "journal_full"], 15)
@@ -133,7 +128,4 @@ def test_real_firmware_journal_full_of_unconfirmed_bills_makes_the_bridge_publis
                 assert fw.pile.gun.state != 3 and fw.pile.journal.illegal_bills() == held
                 # one event for one full journal, however often the bridge looks
                 assert [e["type"] for e in plat.events].count("journal_full") == 1
-            finally:
-                await fw.close()
-    with tempdir("fwfull") as tmp, pty_pair() as (master, path):
-        run(scenario(tmp, master, path), timeout=90)
+    in_tempdir("fwfull", scenario, timeout=90, pty=True)

@@ -10,6 +10,7 @@ import contextlib
 import os
 import pty
 import shutil
+import sqlite3
 import tempfile
 import time
 import tty
@@ -19,7 +20,7 @@ from host import bridge as bridgemod
 from host import config as configmod
 from sim.testkit import ScriptedPile
 from sim.links import FdTransport, FdUart, TcpTransport
-from sim.bridge_child import BridgeChild as BridgeProcess, write_toml  # noqa: F401
+from sim.bridge_child import BridgeChild as BridgeProcess, with_overrides, write_toml  # noqa: F401
 from sim.mqtt_platform import MqttPlatform as Platform  # noqa: F401 (the suites' platform)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,12 +70,7 @@ def fast_config(tmp, broker_url, site="t1", **over):
         "piles": {"heartbeat_s": 5.0, "command_timeout_s": 2.0, "time_sync_s": 3600.0},
         "tcp": {"listen": "127.0.0.1:0", "ext": True},
     }
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(cfg.get(k), dict):
-            cfg[k].update(v)
-        else:
-            cfg[k] = v
-    return cfg
+    return with_overrides(cfg, over)
 
 
 @contextlib.asynccontextmanager
@@ -104,6 +100,39 @@ async def connect_pile(code, bridge_port, ext=True, **kw):
     p = ScriptedPile(code, t, ext=ext, **kw)
     assert await p.login() == 0
     return p
+
+
+@contextlib.asynccontextmanager
+async def bridge_and_platform(tmp, broker, confirm=True, **over):
+    """fast_config(tmp, broker, **over), a bridge started on it and the
+    platform double (`confirm`: it confirms bills): yields (cfg, bridge,
+    platform)."""
+    cfg = fast_config(tmp, url_of(broker), **over)
+    async with bridge_running(cfg) as b, Platform(url_of(broker), confirm=confirm) as plat:
+        yield cfg, b, plat
+
+
+@contextlib.asynccontextmanager
+async def bridge_with_pile(tmp, broker, code=PILE_A, pile_kw=None, confirm=True, **over):
+    """The suites' usual site: bridge_and_platform and a pile `code` logged
+    in over TCP (`pile_kw` for ScriptedPile). Yields (cfg, bridge, platform,
+    pile); the pile is closed after the block."""
+    async with bridge_and_platform(tmp, broker, confirm, **over) as (cfg, b, plat):
+        pile = await connect_pile(code, b.tcp_port, **(pile_kw or {}))
+        try:
+            yield cfg, b, plat, pile
+        finally:
+            await pile.close()
+
+
+def in_tempdir(tag, scenario, timeout=60, pty=False):
+    """Run the coroutine function `scenario(tmp)` in a temp dir (bounded);
+    with `pty`, scenario(tmp, master, path) on a fresh pty_pair too."""
+    with tempdir(tag) as tmp:
+        if not pty:
+            return run(scenario(tmp), timeout)
+        with pty_pair() as (master, path):
+            return run(scenario(tmp, master, path), timeout)
 
 
 @contextlib.contextmanager
@@ -149,8 +178,28 @@ def fees_yuan(extra):
                  for kind in ("_energy_fee", "_service_fee"))
 
 
+def db_rows(path, sql, *args):
+    """The rows of one query on the bridge's SQLite store at `path`."""
+    db = sqlite3.connect(path)
+    try:
+        return db.execute(sql, args).fetchall()
+    finally:
+        db.close()
+
+
 def url_of(broker):
     return "mqtt://%s:%d" % (broker.host, broker.port)
+
+
+async def charging(plat, fw, energy):
+    """The platform starts gun 01 of the firmware pile `fw` (card D14B0A54,
+    balance 100000); once its meter has passed `energy` (x10^4 kWh), the
+    session's trade serial."""
+    r = await plat.command(fw.code, {"id": "go", "cmd": "start", "gun": "01",
+                                     "balance": 100000, "card": "D14B0A54"})
+    assert r["ok"], r
+    await fw.wait_for(lambda: fw.world.meter.read_energy() > energy)
+    return r["serial"]
 
 
 class FirmwarePile:
@@ -206,12 +255,12 @@ class FirmwarePile:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
+    # `async with FirmwarePile(...) as fw:` runs it for the block.
+    async def __aenter__(self):
+        return self.start()
+
+    async def __aexit__(self, *exc):
+        await self.close()
+
     async def wait_for(self, pred, timeout=10.0):
-        deadline = time.monotonic() + timeout
-        while True:
-            r = pred()
-            if r:
-                return r
-            if time.monotonic() > deadline:
-                raise AssertionError("firmware pile %s: condition not met in %g s" % (self.code, timeout))
-            await asyncio.sleep(0.01)
+        return await until(pred, timeout, "a condition on firmware pile %s" % self.code)

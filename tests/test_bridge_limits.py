@@ -8,8 +8,8 @@ import socket
 
 from sim.testkit import make_bill, make_extra
 from protocol import codec
-from tests.test_bridge_helpers import (PILE_A, Platform, bridge_running, connect_pile, fast_config,
-                                       run, tempdir, until, url_of)
+from tests.test_bridge_helpers import (
+    PILE_A, Platform, bridge_running, connect_pile, fast_config, in_tempdir, until, url_of)
 
 
 async def _dial(port, src):
@@ -65,7 +65,6 @@ def test_connections_that_never_log_in_are_capped_and_closed_and_a_real_pile_sti
             await pile.close()
             for s in mine + [other]:
                 s.close()
-    with tempdir("limits") as tmp:
-        run(scenario(tmp))
+    in_tempdir("limits", scenario)
     refusals = [r for r in caplog.records if "refused:" in r.getMessage()]
     assert len(refusals) == 8 and not any(r.exc_info for r in caplog.records if r.levelno >= logging.WARNING)

@@ -9,15 +9,14 @@ from protocol.reader import FrameReader
 from sim.testkit import ScriptedPile, make_bill, make_extra
 from sim.links import TcpTransport
 from tests.test_bridge_helpers import (
-    PILE_A, PILE_B, BridgeProcess, Platform, bridge_running, connect_pile, fast_config, run,
-    tempdir, until, url_of)
+    PILE_A, PILE_B, BridgeProcess, Platform, bridge_and_platform, bridge_running,
+    bridge_with_pile, connect_pile, fast_config, in_tempdir, until, url_of)
 
 
 def test_third_party_pile_with_byte_swapped_crcs_over_tcp(mosquitto):
     async def scenario(tmp):
-        cfg = fast_config(tmp, url_of(mosquitto), tcp={"ext": False})
-        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
-            pile = await connect_pile(PILE_A, b.tcp_port, ext=False, swap_crc=True)
+        async with bridge_with_pile(tmp, mosquitto, pile_kw={"ext": False, "swap_crc": True},
+                                    tcp={"ext": False}) as (cfg, b, plat, pile):
             bill = make_bill(PILE_A, 3)
             assert await pile.send_bill(bill) == 0
             doc = await plat.wait_for(lambda: plat.bills.get(bill["serial"]))
@@ -33,9 +32,7 @@ def test_third_party_pile_with_byte_swapped_crcs_over_tcp(mosquitto):
             # Settled is never sent to a third-party pile; the bill still closes.
             await until(lambda: b.store.path and _settled(cfg["database"]) == 1, what="closed")
             assert pile.received("settled") == []
-            await pile.close()
-    with tempdir("swapcrc") as tmp:
-        run(scenario(tmp))
+    in_tempdir("swapcrc", scenario)
 
 
 def _settled(db_path):
@@ -49,9 +46,9 @@ def _settled(db_path):
 
 def test_three_missed_heartbeats_mark_the_pile_offline(mosquitto):
     async def scenario(tmp):
-        cfg = fast_config(tmp, url_of(mosquitto), piles={"heartbeat_s": 0.2, "missed_heartbeats": 3})
-        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
-            pile = await connect_pile(PILE_A, b.tcp_port, heartbeat_s=0.1)
+        async with bridge_with_pile(tmp, mosquitto, pile_kw={"heartbeat_s": 0.1},
+                                    piles={"heartbeat_s": 0.2,
+                                           "missed_heartbeats": 3}) as (cfg, b, plat, pile):
             # Alive while it beats (and every heartbeat gets its 0x04).
             await pile.wait_for(lambda: len(pile.received("heartbeat_reply")) >= 8)
             assert b.piles[PILE_A].online
@@ -63,15 +60,12 @@ def test_three_missed_heartbeats_mark_the_pile_offline(mosquitto):
                 plat.status.get(plat.topics.status(PILE_A))))
             assert "3 heartbeats missed" in st["offline_reason"]
             await pile.wait_for(lambda: not pile.connected)
-            await pile.close()
-    with tempdir("heartbeat") as tmp:
-        run(scenario(tmp))
+    in_tempdir("heartbeat", scenario)
 
 
 def test_allow_list_refuses_unknown_piles(mosquitto):
     async def scenario(tmp):
-        cfg = fast_config(tmp, url_of(mosquitto), allow=[PILE_A])
-        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
+        async with bridge_and_platform(tmp, mosquitto, allow=[PILE_A]) as (cfg, b, plat):
             stranger = ScriptedPile(PILE_B, await TcpTransport.connect("127.0.0.1", b.tcp_port))
             assert await stranger.login() == 1
             await stranger.wait_for(lambda: not stranger.connected)
@@ -82,8 +76,7 @@ def test_allow_list_refuses_unknown_piles(mosquitto):
             assert b.piles[PILE_A].online
             await friend.close()
             await stranger.close()
-    with tempdir("allow") as tmp:
-        run(scenario(tmp))
+    in_tempdir("allow", scenario)
 
 
 def test_status_is_retained_and_the_last_will_marks_a_killed_bridge_offline(mosquitto):
@@ -120,15 +113,12 @@ def test_status_is_retained_and_the_last_will_marks_a_killed_bridge_offline(mosq
             if pile is not None:
                 await pile.close()
             await proc.stop()
-    with tempdir("lwt") as tmp:
-        run(scenario(tmp))
+    in_tempdir("lwt", scenario)
 
 
 def test_realtime_is_relayed_and_faults_raise_events(mosquitto):
     async def scenario(tmp):
-        cfg = fast_config(tmp, url_of(mosquitto))
-        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
-            pile = await connect_pile(PILE_A, b.tcp_port)
+        async with bridge_with_pile(tmp, mosquitto) as (cfg, b, plat, pile):
             serial = PILE_A + "01" + "240501080000" + "0001"
             await pile.realtime(status=3, serial=serial, energy=12345, amount=20000)
             rt = await plat.wait_for(lambda: plat.realtime and plat.realtime[-1])
@@ -142,15 +132,12 @@ def test_realtime_is_relayed_and_faults_raise_events(mosquitto):
             assert ev[0]["faults"] == 4 and ev[0]["gun"] == "01"
             await pile.realtime(status=2, faults=0)
             await plat.wait_for(lambda: [e for e in plat.events if e["type"] == "fault_cleared"])
-            await pile.close()
-    with tempdir("realtime") as tmp:
-        run(scenario(tmp))
+    in_tempdir("realtime", scenario)
 
 
 def test_a_pile_sending_garbage_or_stalling_does_not_affect_another(mosquitto):
     async def scenario(tmp):
-        cfg = fast_config(tmp, url_of(mosquitto))
-        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
+        async with bridge_and_platform(tmp, mosquitto) as (cfg, b, plat):
             bad = await connect_pile(PILE_B, b.tcp_port)
             good = await connect_pile(PILE_A, b.tcp_port)
             # Garbage, a frame with a bad CRC, an unknown type, and half a bill
@@ -174,8 +161,7 @@ def test_a_pile_sending_garbage_or_stalling_does_not_affect_another(mosquitto):
             w.close()
             await bad.close()
             await good.close()
-    with tempdir("isolation") as tmp:
-        run(scenario(tmp))
+    in_tempdir("isolation", scenario)
 
 
 def _bill_count(db_path, pile):
@@ -200,8 +186,7 @@ def test_a_second_login_replaces_the_old_link(mosquitto):
             await new.wait_for(lambda: bill["serial"] in new.settled)
             await old.close()
             await new.close()
-    with tempdir("relogin") as tmp:
-        run(scenario(tmp))
+    in_tempdir("relogin", scenario)
 
 
 def test_login_is_followed_by_time_sync_and_the_configured_tariff_model(mosquitto):
@@ -219,8 +204,7 @@ def test_login_is_followed_by_time_sync_and_the_configured_tariff_model(mosquitt
             model = await pile.request("tariff_request", {"pile": PILE_A}, "tariff_model")
             assert model.fields["model"] == "0007"
             await pile.close()
-    with tempdir("tariff") as tmp:
-        run(scenario(tmp))
+    in_tempdir("tariff", scenario)
 
 
 def test_time_sync_0_leaves_the_piles_clock_alone(mosquitto):
@@ -234,15 +218,12 @@ def test_time_sync_0_leaves_the_piles_clock_alone(mosquitto):
             await pile.wait_for(lambda: pile.received("status_query"))
             assert not pile.received("time_sync")
             await pile.close()
-    with tempdir("nosync") as tmp:
-        run(scenario(tmp))
+    in_tempdir("nosync", scenario)
 
 
 def test_bills_that_do_not_belong_or_do_not_add_up(mosquitto):
     async def scenario(tmp):
-        cfg = fast_config(tmp, url_of(mosquitto))
-        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
-            pile = await connect_pile(PILE_A, b.tcp_port)
+        async with bridge_with_pile(tmp, mosquitto) as (cfg, b, plat, pile):
             # Another pile's bill on this link: quarantined (no 0x40: the pile
             # it names sends it itself), kept with its reason and an event
             # (tests/test_bridge_custody.py has the whole rule).
@@ -272,9 +253,7 @@ def test_bills_that_do_not_belong_or_do_not_add_up(mosquitto):
             assert await pile.send_bill(five, make_extra(five)) == 0
             doc = await plat.wait_for(lambda: plat.bills.get(five["serial"]))
             assert [p["period"] for p in doc["periods"]][-1] == "deep"
-            await pile.close()
-    with tempdir("illegal") as tmp:
-        run(scenario(tmp))
+    in_tempdir("illegal", scenario)
 
 
 def test_a_pile_on_a_loop_url_serial_line_that_echoes_the_bridges_own_frames(mosquitto):
@@ -282,8 +261,8 @@ def test_a_pile_on_a_loop_url_serial_line_that_echoes_the_bridges_own_frames(mos
     # that echoes its own transmission: the bridge must take the pile's frames
     # (written into the line here) and ignore its own frames coming back.
     async def scenario(tmp):
-        cfg = fast_config(tmp, url_of(mosquitto), tcp={"listen": None}, serial=[{"url": "loop://"}])
-        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
+        async with bridge_and_platform(tmp, mosquitto,
+                                       tcp={"listen": None}, serial=[{"url": "loop://"}]) as (cfg, b, plat):
             conn = await until(lambda: next(iter(b.conns), None), what="the loop:// link open")
             assert conn.link.name == "serial:loop://"
             port = conn.link._port
@@ -316,8 +295,7 @@ def test_a_pile_on_a_loop_url_serial_line_that_echoes_the_bridges_own_frames(mos
             assert b.stats["bills_new"] == 1 and b.stats["bills_illegal"] == 0
             assert list(b.piles) == [PILE_A] and b.piles[PILE_A].online
             assert [e for e in plat.events if e["type"] in ("illegal_bill", "unreconciled_bill")] == []
-    with tempdir("loopurl") as tmp:
-        run(scenario(tmp))
+    in_tempdir("loopurl", scenario)
 
 
 def test_a_serial_adapter_unplugged_and_plugged_in_again_is_reopened(mosquitto):
@@ -330,24 +308,25 @@ def test_a_serial_adapter_unplugged_and_plugged_in_again_is_reopened(mosquitto):
         link = os.path.join(tmp, "ttyUSB-pile")
         cfg = fast_config(tmp, url_of(mosquitto), tcp={"listen": None},
                           serial=[{"url": link, "baudrate": 115200}])
+        async def plugged_in_sends_bill(master, path, n):
+            # The tty `path` behind the link; the pile on `master` logs in
+            # once the bridge has opened it and sends bill n.
+            os.symlink(path, link)
+            pile = pty_pile(PILE_A, master)
+            await login_when_open(pile)
+            bill = make_bill(PILE_A, n)
+            assert await pile.send_bill(bill, make_extra(bill)) == 0
+            return pile, bill
+
         async with bridge_running(cfg), Platform(url_of(mosquitto)) as plat:
             with pty_pair() as (master, path):
-                os.symlink(path, link)
-                pile = pty_pile(PILE_A, master)
-                await login_when_open(pile)
-                first = make_bill(PILE_A, 1)
-                assert await pile.send_bill(first, make_extra(first)) == 0
+                pile, first = await plugged_in_sends_bill(master, path, 1)
                 await pile.close()
                 os.remove(link)
             # Unplugged: both ends of that tty are gone. Plugged in again:
             with pty_pair() as (master, path):
-                os.symlink(path, link)
-                pile = pty_pile(PILE_A, master)
-                await login_when_open(pile)
-                second = make_bill(PILE_A, 2)
-                assert await pile.send_bill(second, make_extra(second)) == 0
+                pile, second = await plugged_in_sends_bill(master, path, 2)
                 await pile.wait_for(lambda: second["serial"] in pile.settled)
                 await plat.wait_for(lambda: first["serial"] in plat.bills and second["serial"] in plat.bills)
                 await pile.close()
-    with tempdir("reopen") as tmp:
-        run(scenario(tmp), 60)
+    in_tempdir("reopen", scenario)

@@ -15,7 +15,7 @@ from host import ocmf_check
 from protocol import p256
 from tests.test_bridge_commands import TARIFF
 from tests.test_bridge_helpers import (
-    PILE_A, FirmwarePile, Platform, bridge_running, fast_config, pty_pair, run, tempdir, url_of)
+    PILE_A, FirmwarePile, Platform, bridge_running, fast_config, in_tempdir, url_of)
 
 
 def _verifies(record, key_hex):
@@ -99,8 +99,7 @@ def test_a_signed_bill_is_published_with_its_ocmf_record_that_pyocmf_verifies(mo
                 assert "OCMF record" in page and "ocmf/" in page
             finally:
                 await fw.close()
-    with tempdir("ocmf") as tmp, pty_pair() as (master, path):
-        run(scenario(tmp, master, path), timeout=90)
+    in_tempdir("ocmf", scenario, timeout=90, pty=True)
 
 
 @pytest.mark.parametrize("registered", ["none", "other"])
@@ -134,8 +133,7 @@ def test_an_unregistered_or_other_key_raises_an_event_and_the_bill_is_still_rela
                     assert doc["ocmf"] is None or doc["ocmf"]["verdict"] == "bad_signature"
             finally:
                 await fw.close()
-    with tempdir("ocmfk") as tmp, pty_pair() as (master, path):
-        run(scenario(tmp, master, path), timeout=90)
+    in_tempdir("ocmfk", scenario, timeout=90, pty=True)
 
 
 def test_the_site_config_takes_the_key_as_the_console_shows_it_and_names_a_bad_one():
@@ -175,8 +173,7 @@ def test_a_late_signature_republishes_an_unconfirmed_bill_and_is_an_event_for_a_
         cfg = fast_config(tmp, url_of(mosquitto), bills={"sig_wait_s": 0.0},
                           pile={PILE_A: {"ocmf_key": key}})
         async with bridge_running(cfg) as b, Platform(url_of(mosquitto), confirm=False) as plat:
-            p = await RawPile.connect(b.tcp_port)
-            await p.login(PILE_A)
+            p = await RawPile.connect(b.tcp_port, login=PILE_A)
             f1 = codec.encode("bill", make_bill(PILE_A, 1), 3)
             s1 = make_bill(PILE_A, 1)["serial"]
             await p.write(f1)
@@ -213,5 +210,4 @@ def test_a_late_signature_republishes_an_unconfirmed_bill_and_is_an_event_for_a_
             doc = await plat.wait_for(lambda: (plat.bills.get(s3) or {}).get("ocmf"))
             assert doc["verdict"] == "verified"
             await p.close()
-    with tempdir("ocmf-late") as tmp:
-        run(scenario(tmp))
+    in_tempdir("ocmf-late", scenario)

@@ -5,16 +5,13 @@
 import asyncio
 
 from sim.testkit import make_bill, make_extra
-from tests.test_bridge_helpers import (PILE_A, Platform, bridge_running, connect_pile, fast_config,
-                                       run, tempdir, url_of)
+from tests.test_bridge_helpers import PILE_A, bridge_with_pile, in_tempdir
 
 
 def test_a_session_that_ended_without_a_bill_is_reported_overdue_once(mosquitto):
     async def scenario(tmp):
-        cfg = fast_config(tmp, url_of(mosquitto))
-        cfg["bills"]["overdue_s"] = 0.5
-        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
-            pile = await connect_pile(PILE_A, b.tcp_port)
+        async with bridge_with_pile(tmp, mosquitto,
+                                    bills={"overdue_s": 0.5}) as (cfg, b, plat, pile):
             lost = make_bill(PILE_A, 1)
             billed = make_bill(PILE_A, 2, gun="02")
             await pile.realtime(gun="01", status=3, serial=lost["serial"])
@@ -29,17 +26,13 @@ def test_a_session_that_ended_without_a_bill_is_reported_overdue_once(mosquitto)
             # overdue_s / 4; absence can only be shown by letting it run).
             await asyncio.sleep(1.5)
             assert len([e for e in plat.events if e["type"] == "bill_overdue"]) == 1
-            await pile.close()
-    with tempdir("overdue") as tmp:
-        run(scenario(tmp))
+    in_tempdir("overdue", scenario)
 
 
 def test_a_stopped_gun_stops_saying_charging_and_its_bill_is_awaited(mosquitto):
     async def scenario(tmp):
-        cfg = fast_config(tmp, url_of(mosquitto))
-        cfg["bills"]["overdue_s"] = 0.5
-        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
-            pile = await connect_pile(PILE_A, b.tcp_port)
+        async with bridge_with_pile(tmp, mosquitto,
+                                    bills={"overdue_s": 0.5}) as (cfg, b, plat, pile):
             bill = make_bill(PILE_A, 3)
             await pile.realtime(gun="01", status=3, serial=bill["serial"])
             topic = plat.topics.status(PILE_A)
@@ -54,6 +47,4 @@ def test_a_stopped_gun_stops_saying_charging_and_its_bill_is_awaited(mosquitto):
             assert st["guns"]["01"]["status"] == "idle" and st["guns"]["01"]["serial"] is None
             ev = await plat.wait_for(lambda: [e for e in plat.events if e["type"] == "bill_overdue"])
             assert ev[0]["serial"] == bill["serial"]
-            await pile.close()
-    with tempdir("stopped") as tmp:
-        run(scenario(tmp))
+    in_tempdir("stopped", scenario)

@@ -9,7 +9,7 @@ import os
 
 from firmware.outbox import Outbox
 from tests.test_bridge_helpers import (
-    PILE_A, FirmwarePile, Platform, bridge_running, fast_config, pty_pair, run, tempdir, url_of)
+    PILE_A, FirmwarePile, Platform, bridge_running, charging, fast_config, in_tempdir, url_of)
 
 # The pile's re-offer interval for a bill confirmed by the host (0x40) but
 # not settled by the platform (0xE4): Outbox's default, which pile.py uses.
@@ -58,11 +58,7 @@ def test_a_bill_in_custody_of_a_bridge_that_lost_its_disk_comes_back_from_the_pi
                     Platform(url_of(mosquitto), name="silent", confirm=False) as silent:
                 fw.start()
                 await silent.wait_for(online_status(silent), 15)
-                r = await silent.command(PILE_A, {"id": "go", "cmd": "start", "gun": "01",
-                                                  "balance": 100000, "card": "D14B0A54"})
-                assert r["ok"], r
-                serial = r["serial"]
-                await fw.wait_for(lambda: fw.world.meter.read_energy() > 2000)
+                serial = await charging(silent, fw, 2000)
                 assert (await silent.command(PILE_A, {"id": "halt", "cmd": "stop"}))["ok"]
                 first = await silent.wait_for(lambda: silent.bills.get(serial), 15)
                 await fw.wait_for(lambda: fw.pile.journal.status(serial) == "confirmed")
@@ -96,5 +92,4 @@ def test_a_bill_in_custody_of_a_bridge_that_lost_its_disk_comes_back_from_the_pi
                 assert fw.pile.journal.pending() == [] and fw.pile.journal.confirmed() == []
         finally:
             await fw.close()
-    with tempdir("lostdisk") as tmp, pty_pair() as (master, path):
-        run(scenario(tmp, master, path), timeout=60)
+    in_tempdir("lostdisk", scenario, timeout=60, pty=True)

@@ -16,8 +16,9 @@ from firmware import session as S
 from host import config as configmod
 from protocol import image as fwimage
 from sim.links import TcpUart
+from sim.bridge_child import with_overrides
 from tests.test_bridge_helpers import (
-    PILE_A, ROOT, FirmwarePile, Platform, bridge_running, fast_config, pty_pair, run, tempdir,
+    PILE_A, ROOT, FirmwarePile, Platform, bridge_running, charging, fast_config, in_tempdir,
     url_of)
 
 CMD_KEY = bytes(range(32))
@@ -88,12 +89,7 @@ def online_status(plat, pile=PILE_A, pred=lambda s: True):
 def remote_config(tmp, broker, **over):
     cfg = fast_config(tmp, url_of(broker), tcp={"listen": None},
                       piles={"heartbeat_s": 1.0, "command_timeout_s": 3.0})
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(cfg.get(k), dict):
-            cfg[k].update(v)
-        else:
-            cfg[k] = v
-    return cfg
+    return with_overrides(cfg, over)
 
 
 def pty_setup(tmp, path, broker, bridge_key=CMD_KEY, **over):
@@ -115,12 +111,9 @@ def pile_counter(root):
 async def keyed_pile_online(root, master, plat):
     """A KeyedPile with cmd_key CMD_KEY started on the pty and online at the
     platform; closed on the way out."""
-    fw = KeyedPile(root, master, PILE_A, {"cmd_key": CMD_KEY}).start()
-    try:
+    async with KeyedPile(root, master, PILE_A, {"cmd_key": CMD_KEY}) as fw:
         await plat.wait_for(online_status(plat), 15)
         yield fw
-    finally:
-        await fw.close()
 
 
 # --- signed commands ----------------------------------------------------------------------
@@ -130,11 +123,7 @@ def test_signed_start_stop_and_reboot_to_a_keyed_pile_succeed_through_mqtt(mosqu
         cfg, root = pty_setup(tmp, path, mosquitto)
         async with bridge_running(cfg) as bridge, Platform(url_of(mosquitto)) as plat:
             async with keyed_pile_online(root, master, plat) as fw:
-                r = await plat.command(PILE_A, {"id": "go", "cmd": "start", "gun": "01",
-                                                "balance": 100000, "card": "D14B0A54"})
-                assert r["ok"], r
-                serial = r["serial"]
-                await fw.wait_for(lambda: fw.world.meter.read_energy() > 1000)
+                serial = await charging(plat, fw, 1000)
                 r = await plat.command(PILE_A, {"id": "halt", "cmd": "stop"})
                 assert r["ok"], r
                 assert (await plat.wait_for(lambda: plat.bills.get(serial), 15))["checks"]["ok"]
@@ -148,8 +137,7 @@ def test_signed_start_stop_and_reboot_to_a_keyed_pile_succeed_through_mqtt(mosqu
                 assert last is not None and last >= configmod.counter_floor() - 120
                 assert pile_counter(root) == last
                 assert not [e for e in plat.events if e["type"] == "signed_reject"]
-    with tempdir("remote-signed") as tmp, pty_pair() as (master, path):
-        run(scenario(tmp, master, path), timeout=90)
+    in_tempdir("remote-signed", scenario, timeout=90, pty=True)
 
 
 def test_a_pile_with_another_key_cannot_log_in_and_nothing_reaches_it(mosquitto):
@@ -161,8 +149,7 @@ def test_a_pile_with_another_key_cannot_log_in_and_nothing_reaches_it(mosquitto)
         cfg, root = pty_setup(tmp, path, mosquitto, bridge_key=OTHER_KEY,
                               piles={"command_timeout_s": 2.0})
         async with bridge_running(cfg) as bridge, Platform(url_of(mosquitto)) as plat:
-            fw = KeyedPile(root, master, PILE_A, {"cmd_key": CMD_KEY}).start()
-            try:
+            async with KeyedPile(root, master, PILE_A, {"cmd_key": CMD_KEY}) as fw:
                 ev = await plat.wait_for(lambda: [e for e in plat.events
                                                   if e["type"] == "login_refused"], 15)
                 assert "does not verify" in ev[0]["message"]
@@ -171,10 +158,7 @@ def test_a_pile_with_another_key_cannot_log_in_and_nothing_reaches_it(mosquitto)
                 assert r["code"] in ("offline", "unknown_pile"), r
                 assert fw.pile.gun.state != S.CHARGING and not fw.world.contactor.closed
                 assert PILE_A not in bridge.piles or not bridge.piles[PILE_A].online
-            finally:
-                await fw.close()
-    with tempdir("remote-otherkey") as tmp, pty_pair() as (master, path):
-        run(scenario(tmp, master, path), timeout=60)
+    in_tempdir("remote-otherkey", scenario, timeout=60, pty=True)
 
 
 def test_restart_pile_without_the_bridge_knowing_its_key_fails_at_once_as_unsigned(mosquitto):
@@ -189,8 +173,7 @@ def test_restart_pile_without_the_bridge_knowing_its_key_fails_at_once_as_unsign
                 assert r["code"] == "signed_reject" and r["reply"]["reason"] == "unsigned", r
                 assert "configure this pile's key" in r["message"]
                 assert fw.reboots == 0
-    with tempdir("remote-unsigned") as tmp, pty_pair() as (master, path):
-        run(scenario(tmp, master, path), timeout=60)
+    in_tempdir("remote-unsigned", scenario, timeout=60, pty=True)
 
 
 def test_the_counter_keeps_going_up_across_a_bridge_restart_even_if_the_clock_went_back(
@@ -220,8 +203,7 @@ def test_the_counter_keeps_going_up_across_a_bridge_restart_even_if_the_clock_we
                 assert pile_counter(root) == 1002
         finally:
             await fw.close()
-    with tempdir("remote-counter") as tmp, pty_pair() as (master, path):
-        run(scenario(tmp, master, path), timeout=90)
+    in_tempdir("remote-counter", scenario, timeout=90, pty=True)
 
 
 # --- firmware push --------------------------------------------------------------------------
@@ -259,8 +241,7 @@ def test_an_image_pushed_by_mqtt_installs_and_the_pile_reports_the_new_version(m
                 assert st["boot_reason"] == 4
             finally:
                 await fw.close()
-    with tempdir("remote-push") as tmp, pty_pair() as (master, path):
-        run(scenario(tmp, master, path), timeout=120)
+    in_tempdir("remote-push", scenario, timeout=120, pty=True)
 
 
 def test_a_push_from_the_cli_resumes_from_the_offset_the_pile_reports_after_a_dropped_link(
@@ -315,8 +296,7 @@ def test_a_push_from_the_cli_resumes_from_the_offset_the_pile_reports_after_a_dr
                     cli.kill()
                     await cli.wait()
                 await fw.close()
-    with tempdir("remote-resume") as tmp:
-        run(scenario(tmp), timeout=120)
+    in_tempdir("remote-resume", scenario, timeout=120)
 
 
 def firmware_events(plat, req_id):
@@ -347,11 +327,7 @@ def test_an_upgrade_requested_while_charging_waits_for_the_session_then_activate
             fw.pile.reboot_hook = watched_reboot
             try:
                 await plat.wait_for(online_status(plat), 15)
-                r = await plat.command(PILE_A, {"id": "go", "cmd": "start", "gun": "01",
-                                                "balance": 100000, "card": "D14B0A54"})
-                assert r["ok"], r
-                serial = r["serial"]
-                await fw.wait_for(lambda: fw.world.meter.read_energy() > 1000)
+                serial = await charging(plat, fw, 1000)
                 fw.pile.send_log = []
                 await plat.client.publish(plat.topics.command(PILE_A), json.dumps(
                     {"id": "up", "cmd": "upgrade", "version": NEW,
@@ -391,8 +367,7 @@ def test_an_upgrade_requested_while_charging_waits_for_the_session_then_activate
                 assert st["upgrade"]["stage"] == "running" and st["boot_reason"] == 4
             finally:
                 await fw.close()
-    with tempdir("remote-busy") as tmp, pty_pair() as (master, path):
-        run(scenario(tmp, master, path), timeout=90)
+    in_tempdir("remote-busy", scenario, timeout=90, pty=True)
 
 
 class NeverHealthyPile(KeyedPile):
@@ -474,8 +449,7 @@ def test_an_image_that_never_comes_up_healthy_rolls_back_and_the_bridge_says_rol
                 assert st["versions"]["fw"] == st["versions"]["sw"] == OLD
             finally:
                 await fw.close()
-    with tempdir("remote-rollback") as tmp, pty_pair() as (master, path):
-        run(scenario(tmp, master, path), timeout=90)
+    in_tempdir("remote-rollback", scenario, timeout=90, pty=True)
 
 
 # --- minimum versions -----------------------------------------------------------------------
@@ -486,8 +460,7 @@ def test_a_pile_below_the_minimum_version_is_flagged_in_its_status_and_by_an_eve
                               versions={"min_board": {"*": "209.04.00", "ac": "1.0"},
                                         "min_hmi": {"*": "104"}})
         async with bridge_running(cfg), Platform(url_of(mosquitto)) as plat:
-            fw = KeyedPile(root, master, PILE_A, {"sw_version": "209.3.12"}).start()
-            try:
+            async with KeyedPile(root, master, PILE_A, {"sw_version": "209.3.12"}):
                 st = await plat.wait_for(online_status(plat, pred=lambda s: s["versions"]["hmi"]), 15)
                 assert st["upgrade_required"] is True
                 assert st["versions"]["min_board"] == "209.04.00"       # a DC pile: "*"
@@ -498,10 +471,7 @@ def test_a_pile_below_the_minimum_version_is_flagged_in_its_status_and_by_an_eve
                                                if e["type"] == "version_below_minimum"])
                 got = {e["part"]: (e["version"], e["minimum"]) for e in evs}
                 assert got == {"board": ("209.3.12", "209.04.00"), "hmi": ("103", "104")}
-            finally:
-                await fw.close()
-    with tempdir("remote-versions") as tmp, pty_pair() as (master, path):
-        run(scenario(tmp, master, path), timeout=60)
+    in_tempdir("remote-versions", scenario, timeout=60, pty=True)
 
 
 # --- login proof (issue 17 item 2) -------------------------------------------------------
@@ -531,5 +501,4 @@ def test_an_impostor_with_a_keyed_piles_code_neither_logs_in_nor_displaces_it(mo
                 assert r["code"] == "refused", r       # reached the real pile: nothing charging
                 assert not imp.received("remote_stop")
                 await imp.close()
-    with tempdir("remote-impostor") as tmp, pty_pair() as (master, path):
-        run(scenario(tmp, master, path), timeout=60)
+    in_tempdir("remote-impostor", scenario, timeout=60, pty=True)

@@ -6,8 +6,8 @@ import pytest
 from sim.testkit import make_bill, make_extra
 from host.topics import shared_bills
 from tests.test_bridge_helpers import (
-    PILE_A, PILE_B, PILE_C, Platform, bridge_running, connect_pile, fast_config, fees_yuan, run,
-    tempdir, url_of)
+    PILE_A, PILE_B, PILE_C, Platform, bridge_and_platform, bridge_running, connect_pile,
+    fast_config, fees_yuan, in_tempdir, url_of)
 
 
 def test_two_shared_subscription_consumers_handle_every_bill_once(mosquitto):
@@ -37,8 +37,7 @@ def test_two_shared_subscription_consumers_handle_every_bill_once(mosquitto):
             assert shared_bills("billing", "t1") == "$share/billing/pc/t1/bills/+"
             for p in piles:
                 await p.close()
-    with tempdir("shared") as tmp:
-        run(scenario(tmp))
+    in_tempdir("shared", scenario)
 
 
 def test_bridge_works_against_an_embedded_amqtt_broker():
@@ -61,8 +60,7 @@ def test_bridge_works_against_an_embedded_amqtt_broker():
         await broker.start()
         try:
             _Url.port = broker._servers["default"].instance.sockets[0].getsockname()[1]
-            cfg = fast_config(tmp, url_of(_Url))
-            async with bridge_running(cfg) as b, Platform(url_of(_Url)) as plat:
+            async with bridge_and_platform(tmp, _Url) as (cfg, b, plat):
                 pile = await connect_pile(PILE_A, b.tcp_port)
                 bill = make_bill(PILE_A, 1)
                 extra = make_extra(bill)
@@ -75,5 +73,4 @@ def test_bridge_works_against_an_embedded_amqtt_broker():
                 await pile.close()
         finally:
             await broker.shutdown()
-    with tempdir("amqtt") as tmp:
-        run(scenario(tmp))
+    in_tempdir("amqtt", scenario)

@@ -11,8 +11,7 @@ from host import commands as C
 from host import platform as P
 from host import tariff as T
 from protocol import units
-from tests.test_bridge_helpers import (PILE_A, PILE_B, Platform, bridge_running, connect_pile,
-                                       fast_config, run, tempdir, url_of)
+from tests.test_bridge_helpers import PILE_A, PILE_B, bridge_and_platform, connect_pile, in_tempdir
 
 
 def _start(**kw):
@@ -88,8 +87,7 @@ def test_cmd_usage_error_is_exit_2(capsys):
 
 def test_a_command_without_gun_is_refused_on_a_two_gun_pile_and_01_on_a_one_gun_pile(mosquitto):
     async def scenario(tmp):
-        cfg = fast_config(tmp, url_of(mosquitto))
-        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
+        async with bridge_and_platform(tmp, mosquitto) as (cfg, b, plat):
             one = await connect_pile(PILE_A, b.tcp_port)
             two = await connect_pile(PILE_B, b.tcp_port, guns=2)
             r = await plat.command(PILE_B, {"id": "g1", "cmd": "stop"})
@@ -105,5 +103,4 @@ def test_a_command_without_gun_is_refused_on_a_two_gun_pile_and_01_on_a_one_gun_
             assert r["ok"] and r["serial"].startswith(PILE_A + "01")
             f = one.received("ext_start")[-1].fields
             assert (f["balance"], f["target_amount"]) == (5000, 10000)
-    with tempdir("gun") as tmp:
-        run(scenario(tmp))
+    in_tempdir("gun", scenario)

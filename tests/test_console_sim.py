@@ -14,9 +14,9 @@ import tty
 import pytest
 import serial
 
-from firmware import console as fw_console
 from host.schema import stop_reason
 from protocol import codec
+from protocol.units import stop_text
 from tests.mp.pilekit import PILE
 from host import cli
 from tools import console as tool
@@ -100,10 +100,33 @@ def test_fleet_reboot_from_the_console_keeps_the_console_pty(fleet):
     assert rc == 0 and json.loads(text)["boot_reason"] != "power-on"
 
 
-def _pty():
-    master, slave = pty.openpty()
-    tty.setraw(slave)
-    return master, slave, os.ttyname(slave)
+class _Cable:
+    """A raw pty: the tool opens `path`, the test is the pile on `master`;
+    pull() closes the pile's end (the cable is pulled). Both ends are
+    closed after the block."""
+
+    def __enter__(self):
+        self.master, self.slave = pty.openpty()
+        tty.setraw(self.slave)
+        self.path = os.ttyname(self.slave)
+        return self
+
+    def pull(self):
+        os.close(self.master)
+        self.master = None
+
+    def __exit__(self, *exc):
+        if self.master is not None:
+            os.close(self.master)
+        os.close(self.slave)
+
+
+def _lost_link_line(p, err):
+    """The tool ended with exit 3 and one line on stderr, no traceback: that line."""
+    lines = err.decode().splitlines()
+    assert p.returncode == cli.UNREACHABLE, err
+    assert len(lines) == 1 and "Traceback" not in err.decode(), err
+    return lines[0]
 
 
 def _tool(args, **kw):
@@ -112,68 +135,49 @@ def _tool(args, **kw):
 
 
 def test_pulled_cable_mid_spy_is_one_line_and_exit_3():
-    master, slave, path = _pty()
-    try:
+    with _Cable() as c:
         # flags after the URL (README's order) work
-        p = _tool([path, "spy", "--idle", "60"])
-        assert p.stderr.readline().decode().startswith("pile-console: spying on " + path)
+        p = _tool([c.path, "spy", "--idle", "60"])
+        assert p.stderr.readline().decode().startswith("pile-console: spying on " + c.path)
         hb = codec.encode("heartbeat", {"pile": PILE, "gun": "01", "gun_status": 0}, 7)
-        os.write(master, hb)
+        os.write(c.master, hb)
         first = p.stdout.readline().decode()        # spy is reading: the frame shows
         assert "0x03 heartbeat seq=7" in first
-        os.close(master)                             # the cable is pulled
-        master = None
+        c.pull()
         out, err = p.communicate(timeout=30)
-    finally:
-        if master is not None:
-            os.close(master)
-        os.close(slave)
-    lines = err.decode().splitlines()
-    assert p.returncode == cli.UNREACHABLE, err
-    assert len(lines) == 1 and "Traceback" not in err.decode(), err   # after "spying on"
-    assert lines[0].startswith("pile-console: lost the link to " + path)
+    # one line after "spying on"
+    assert _lost_link_line(p, err).startswith("pile-console: lost the link to " + c.path)
 
 
 def test_pulled_cable_mid_shell_is_one_line_and_exit_3():
-    master, slave, path = _pty()
-    try:
-        p = _tool([path, "shell"], stdin=subprocess.PIPE)
+    with _Cable() as c:
+        p = _tool([c.path, "shell"], stdin=subprocess.PIPE)
         # the fake console answers the first CR with a prompt, then the
         # technician has not typed yet: the stdin pipe stays open
         got = b""
         while b"\r" not in got:
-            got += os.read(master, 64)
-        os.write(master, b"pile> ")
+            got += os.read(c.master, 64)
+        os.write(c.master, b"pile> ")
         assert p.stdout.read(6) == b"pile> "
-        os.close(master)
-        master = None
+        c.pull()
         # The technician still has the shell open (stdin not closed): an
         # end of input at the same moment would be a normal end (exit 0).
         p.wait(timeout=30)
         err = p.stderr.read()
         p.stdin.close()
-    finally:
-        if master is not None:
-            os.close(master)
-        os.close(slave)
-    lines = err.decode().splitlines()
-    assert p.returncode == cli.UNREACHABLE, err
-    assert len(lines) == 1 and "Traceback" not in err.decode(), err
-    assert "lost the link" in lines[0]
+    assert "lost the link" in _lost_link_line(p, err)
 
 
 def test_busy_port_is_one_line_and_exit_3(capsys):
-    master, slave, path = _pty()
-    held = serial.Serial(path, exclusive=True)       # a terminal already on the cable
-    try:
-        rc = tool.main([path, "status", "--timeout", "0.3"], out=io.StringIO())
-    finally:
-        held.close()
-        os.close(slave)
-        os.close(master)
+    with _Cable() as c:
+        held = serial.Serial(c.path, exclusive=True)       # a terminal already on the cable
+        try:
+            rc = tool.main([c.path, "status", "--timeout", "0.3"], out=io.StringIO())
+        finally:
+            held.close()
     err = capsys.readouterr().err
     assert rc == cli.UNREACHABLE
-    assert err.count("\n") == 1 and "busy" in err and path in err
+    assert err.count("\n") == 1 and "busy" in err and c.path in err
 
 
 def test_the_old_spy_order_and_usage_errors(capsys):
@@ -190,4 +194,4 @@ def test_the_old_spy_order_and_usage_errors(capsys):
 
 def test_stop_reason_names_are_the_same_on_the_pile_and_the_laptop():
     for code in range(256):
-        assert fw_console._stop(code) == "0x%02X %s" % (code, stop_reason(code)["name"]), code
+        assert stop_text(code) == "0x%02X %s" % (code, stop_reason(code)["name"]), code

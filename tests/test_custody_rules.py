@@ -15,21 +15,10 @@ from host.store import Store
 from sim.testkit import make_bill, make_extra
 from protocol import codec
 from protocol import fields as F
-from tests.test_bridge_helpers import (
-    PILE_A, Platform, bridge_running, connect_pile, fast_config, run, tempdir, url_of)
+from tests.mp.util import TickClock
+from tests.test_bridge_helpers import PILE_A, bridge_with_pile, in_tempdir
 
 SERIAL = "32010200000001" + "01" + "240101120000" + "0001"
-
-
-class Clock:
-    def __init__(self):
-        self.t = 1000
-
-    def ticks_ms(self):
-        return self.t
-
-    def ticks_diff(self, a, b):
-        return a - b
 
 
 def five_period_bill():
@@ -66,7 +55,7 @@ def test_a_0x40_with_an_unknown_result_leaves_the_bill_pending_and_resent(tmp_pa
     body = bytes(range(158))
     assert j.open_session(SERIAL, b"hdr") == "opened"
     assert j.seal(SERIAL, body) == "sealed"
-    clock = Clock()
+    clock = TickClock()
     ob = Outbox(j, clock)
     ob.on_login()
     assert ob.due() == (SERIAL, body)
@@ -109,9 +98,7 @@ def test_a_bill_the_platform_never_confirmed_is_never_marked_settled_nor_pruned(
 
 def test_a_resent_bill_the_platform_has_not_confirmed_gets_no_settled(mosquitto):
     async def scenario(tmp):
-        cfg = fast_config(tmp, url_of(mosquitto))
-        async with bridge_running(cfg) as b, Platform(url_of(mosquitto), confirm=False) as plat:
-            pile = await connect_pile(PILE_A, b.tcp_port)
+        async with bridge_with_pile(tmp, mosquitto, confirm=False) as (cfg, b, plat, pile):
             bill = make_bill(PILE_A, 1)
             s = bill["serial"]
             assert await pile.send_bill(bill, make_extra(bill)) == 0
@@ -126,9 +113,7 @@ def test_a_resent_bill_the_platform_has_not_confirmed_gets_no_settled(mosquitto)
             # Once the platform confirms, the settlement follows.
             await plat.confirm_bill(PILE_A, s)
             await pile.wait_for(lambda: s in pile.settled)
-            await pile.close()
-    with tempdir("unconfirmed-resend") as tmp:
-        run(scenario(tmp))
+    in_tempdir("unconfirmed-resend", scenario)
 
 
 # --- every period, the fifth included, adds up to the totals ------------------------------

@@ -262,11 +262,42 @@ def test_the_c_crc_is_the_one_in_use():
     assert X.C_CRC and X.crc16(b"123456789") == 0x4B37
 
 
-def test_the_day_table_is_the_calendar():
-    for day in list(range(0, 800)) + list(range(36000, F._END // 86400)):
-        d, mo, y = X._CIV[3 * day:3 * day + 3]
+def test_the_time_tables_are_the_calendar():
+    t = X.time_tables()
+    assert len(t.DMY) == F._END // 86400 and len(t.HMB) == 1440
+    for day in range(len(t.DMY)):
+        d, mo, y = t.DMY[day]
         assert (y + 2000, mo, d) == F.to_civil(day * 86400)[:3]
-    assert len(X._CIV) == 3 * (F._END // 86400)
+        assert t.DAY[y << 9 | mo << 5 | d] == day * 86400
+    for m in range(1440):
+        assert t.HMB[m] == _cp56(m * 60)[2:4]
+    # every masked day / hour-minute / ms the shared codec reads, the same
+    # seconds or (BAD: negative) the same refusal
+    for key in range(65536):
+        y, mo, d = key >> 9, key >> 5 & 15, key & 31
+        hi = (key * 40503) >> 3 & 7     # and the bits the codec masks, set now and then
+        raw = bytes((0, 0, 0, 0, d | (0xE0 if hi & 1 else 0), mo | (0x30 if hi & 2 else 0),
+                     y | (0x80 if hi & 4 else 0)))
+        same = outcome(F.cp56_decode, raw, 0)
+        assert (t.DAY[key] >= 0) == (same[0] == "ok")
+        if same[0] == "ok":
+            assert t.DAY[key] == same[1]
+    for mi in range(256):
+        for h in range(256):
+            key = (h << 8 | mi) & 0x1F3F      # as host/fastcodec.py indexes HM
+            same = outcome(F.cp56_decode, bytes((0, 0, mi, h, 1, 1, 0)), 0)
+            assert (t.HM[key] >= 0) == (same[0] == "ok")
+            assert same[0] != "ok" or t.HM[key] == same[1]
+    for ms in range(0, 65536, 13):
+        same = outcome(F.cp56_decode, bytes((ms & 0xFF, ms >> 8, 0, 0, 1, 1, 0)), 0)
+        assert (t.SEC[ms] >= 0) == (same[0] == "ok") and (same[0] != "ok" or t.SEC[ms] == same[1])
+    assert 3 * X.BAD + F._END < 0
+
+
+def _cp56(secs):
+    buf = bytearray(7)
+    F.cp56_encode(buf, 0, secs)
+    return buf
 
 
 def test_the_bridges_reader_and_encoder_are_the_fast_ones():

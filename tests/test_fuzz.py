@@ -143,13 +143,10 @@ def test_the_outbox_forgets_the_payloads_of_confirmed_bills(mosquitto):
     # but pruned by bill id alone: every bill a pile ever sent stayed in
     # memory (~3 KB each), the bridge's RSS grew for ever (fuzz bridge-tcp).
     from sim.testkit import make_bill, make_extra
-    from tests.test_bridge_helpers import (PILE_A, Platform, bridge_running, connect_pile,
-                                           fast_config, tempdir, until, url_of)
+    from tests.test_bridge_helpers import PILE_A, bridge_with_pile, tempdir, until
 
     async def scenario(tmp):
-        cfg = fast_config(tmp, url_of(mosquitto))
-        async with bridge_running(cfg) as b, Platform(url_of(mosquitto)) as plat:
-            pile = await connect_pile(PILE_A, b.tcp_port)
+        async with bridge_with_pile(tmp, mosquitto) as (cfg, b, plat, pile):
             bills = [make_bill(PILE_A, n) for n in range(30)]
             for v in bills:
                 assert await pile.send_bill(v, make_extra(v)) == 0
@@ -157,7 +154,6 @@ def test_the_outbox_forgets_the_payloads_of_confirmed_bills(mosquitto):
             await pile.wait_for(lambda: all(v["serial"] in pile.settled for v in bills), 30)
             await until(lambda: not _outbox_cache(b, PILE_A), timeout=10,
                         what="the outbox cache emptied once every bill is confirmed")
-            await pile.close()
     with tempdir("outbox-cache") as tmp:
         _run(scenario(tmp), 90)
 

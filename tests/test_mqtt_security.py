@@ -8,6 +8,7 @@ tested by what gets delivered, always beside a positive control that shows
 the same path does deliver when it is allowed.
 """
 import asyncio
+import contextlib
 import os
 import shutil
 import ssl
@@ -110,14 +111,39 @@ async def refused(make):
     raise AssertionError("connection was accepted")
 
 
-async def take_until(c, topic, into):
-    """Append (topic, payload) from c to into until a message on topic arrives."""
+async def take_until(c, topic, into, bound=_BOUND):
+    """Append (topic, payload) from c to into until a message on topic
+    arrives; fails naming what came if none does within `bound` s."""
     async def run():
         async for m in c.messages:
             into.append((m.topic.value, m.payload.decode()))
             if m.topic.value == topic:
                 return
-    await asyncio.wait_for(run(), _BOUND)
+    try:
+        await asyncio.wait_for(run(), bound)
+    except asyncio.TimeoutError:
+        raise AssertionError("no %s within %g s; got %r" % (topic, bound, into)) from None
+
+
+@contextlib.asynccontextmanager
+async def platform_and_sites(broker, pki, *sites):
+    """The platform's client, subscribed to pc/#, and one client per site
+    user in `sites`: yields (platform, *site clients)."""
+    async with contextlib.AsyncExitStack() as stack:
+        plat = await stack.enter_async_context(client(broker, pki, "platform"))
+        others = [await stack.enter_async_context(client(broker, pki, u)) for u in sites]
+        await plat.subscribe("pc/#", qos=1)
+        yield (plat,) + tuple(others)
+
+
+async def taken_until(topic, *clients):
+    """What each client received, in turn, up to its first message on
+    `topic` (take_until): one list per client."""
+    got = []
+    for c in clients:
+        got.append([])
+        await take_until(c, topic, got[-1])
+    return got
 
 
 def run(coro):
@@ -128,8 +154,7 @@ def run(coro):
 
 def test_site_bridge_with_its_certificate_and_password_reaches_the_platform(broker, pki):
     async def scenario():
-        async with client(broker, pki, "platform") as plat, client(broker, pki, "A") as a:
-            await plat.subscribe("pc/#", qos=1)
+        async with platform_and_sites(broker, pki, "A") as (plat, a):
             await a.subscribe("pc/A/cmd/#", qos=1)
             await a.publish("pc/A/bridge", b"online", qos=1)
             from_a = []
@@ -202,19 +227,14 @@ def test_client_certificate_from_another_ca_is_refused(broker, pki, rogue):
 
 def test_site_subscribing_to_another_sites_topics_receives_nothing(broker, pki):
     async def scenario():
-        async with client(broker, pki, "platform") as plat, \
-                client(broker, pki, "A") as a, client(broker, pki, "B") as b:
-            await plat.subscribe("pc/#", qos=1)
+        async with platform_and_sites(broker, pki, "A", "B") as (plat, a, b):
             for f in ("pc/B/#", "pc/+/status", "pc/#", "#", "pc/A/#"):
                 await a.subscribe(f, qos=1)
             await b.publish("pc/B/events/bridge", b"secret of B", qos=1)
             # Control: sent after B's message, to a topic A may read. The
             # broker routes in order, so B's message would be ahead of it.
             await plat.publish("pc/A/cmd/site", b"control", qos=1)
-            got_a, got_plat = [], []
-            await take_until(a, "pc/A/cmd/site", got_a)
-            await take_until(plat, "pc/A/cmd/site", got_plat)
-            return got_a, got_plat
+            return await taken_until("pc/A/cmd/site", a, plat)
 
     got_a, got_plat = run(scenario())
     assert ("pc/B/events/bridge", "secret of B") in got_plat  # it was published and delivered
@@ -223,17 +243,12 @@ def test_site_subscribing_to_another_sites_topics_receives_nothing(broker, pki):
 
 def test_site_publishing_into_another_site_is_dropped(broker, pki):
     async def scenario():
-        async with client(broker, pki, "platform") as plat, \
-                client(broker, pki, "A") as a, client(broker, pki, "B") as b:
-            await plat.subscribe("pc/#", qos=1)
+        async with platform_and_sites(broker, pki, "A", "B") as (plat, a, b):
             await b.subscribe("pc/B/#", qos=1)
             await a.publish("pc/B/cmd/stop", b"forged by A", qos=1)  # acknowledged, dropped
             await a.publish("pc/A/events/bridge", b"after the forgery", qos=1)
             await plat.publish("pc/B/cmd/site", b"control", qos=1)
-            got_plat, got_b = [], []
-            await take_until(plat, "pc/B/cmd/site", got_plat)
-            await take_until(b, "pc/B/cmd/site", got_b)
-            return got_plat, got_b
+            return await taken_until("pc/B/cmd/site", plat, b)
 
     got_plat, got_b = run(scenario())
     assert ("pc/A/events/bridge", "after the forgery") in got_plat  # A's publishes do get through
@@ -331,19 +346,15 @@ def test_a_site_user_can_neither_confirm_bills_nor_send_commands_even_on_its_own
     # got. A site's user writes only what a bridge says, reads only what is
     # addressed to it; confirmations and commands come from the platform.
     async def scenario():
-        async with client(broker, pki, "platform") as plat, client(broker, pki, "A") as a:
-            await plat.subscribe("pc/#", qos=1)
+        async with platform_and_sites(broker, pki, "A") as (plat, a):
             await a.subscribe("pc/A/#", qos=1)
             await a.publish("pc/A/confirm/55031412782305", b"forged confirmation", qos=1)
             await a.publish("pc/A/cmd/55031412782305", b"forged command", qos=1)
             await a.publish("pc/A/bills/55031412782305", b"a bill", qos=1)
             await plat.publish("pc/A/confirm/55031412782305", b"real confirmation", qos=1)
-            got_plat, got_a = [], []
-            await take_until(a, "pc/A/confirm/55031412782305", got_a)
-            await take_until(plat, "pc/A/confirm/55031412782305", got_plat)
-            return got_plat, got_a
+            return await taken_until("pc/A/confirm/55031412782305", a, plat)
 
-    got_plat, got_a = run(scenario())
+    got_a, got_plat = run(scenario())
     assert ("pc/A/bills/55031412782305", "a bill") in got_plat       # what a bridge says goes
     everything = got_plat + got_a
     assert not [m for m in everything if m[1] in ("forged confirmation", "forged command")]

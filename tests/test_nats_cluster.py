@@ -17,8 +17,10 @@ from host import platform as P
 from sim.nats import NatsCluster
 from sim.testkit import make_bill
 from protocol import codec
-from tests.test_bridge_custody import RawPile, _rows
-from tests.test_bridge_helpers import PILE_A, PILE_B, bridge_running, fast_config, run, tempdir
+from tests.test_bridge_custody import RawPile
+from tests.test_mqtt_security import take_until
+from tests.test_bridge_helpers import (
+    PILE_A, PILE_B, bridge_running, db_rows, fast_config, run, tempdir)
 
 
 def test_every_bill_is_stored_once_and_confirmed_while_broker_nodes_are_killed():
@@ -76,11 +78,11 @@ def test_every_bill_is_stored_once_and_confirmed_while_broker_nodes_are_killed()
                 # Every bill confirmed at the bridge (and, third-party style,
                 # settled there); each one stored once at the platform.
                 end = asyncio.get_running_loop().time() + 60
-                while _rows(cfg["database"], "SELECT COUNT(*) FROM bills WHERE confirmed_at "
+                while db_rows(cfg["database"], "SELECT COUNT(*) FROM bills WHERE confirmed_at "
                             "IS NULL")[0][0]:
                     assert asyncio.get_running_loop().time() < end, "bills left unconfirmed"
                     await asyncio.sleep(0.05)
-                assert _rows(cfg["database"], "SELECT COUNT(*) FROM bills")[0][0] == 60
+                assert db_rows(cfg["database"], "SELECT COUNT(*) FROM bills")[0][0] == 60
                 rows = plat.db.execute("SELECT serial FROM bills").fetchall()
                 assert sorted(r[0] for r in rows) == sorted(sent) and len(rows) == 60
                 for p in piles:
@@ -115,8 +117,7 @@ def test_two_platform_workers_on_the_cluster_lose_no_bill_when_the_owners_node_d
                 tasks.append(asyncio.ensure_future(w.run(ready)))
                 await asyncio.wait_for(ready.wait(), 30)
             async with bridge_running(cfg) as b:
-                pile = await RawPile.connect(b.tcp_port)
-                await pile.login(PILE_A)
+                pile = await RawPile.connect(b.tcp_port, login=PILE_A)
                 sent = []
 
                 async def send(n0, n):
@@ -127,7 +128,7 @@ def test_two_platform_workers_on_the_cluster_lose_no_bill_when_the_owners_node_d
 
                 async def all_confirmed():
                     end = asyncio.get_running_loop().time() + 90
-                    while _rows(cfg["database"], "SELECT COUNT(*) FROM bills WHERE confirmed_at "
+                    while db_rows(cfg["database"], "SELECT COUNT(*) FROM bills WHERE confirmed_at "
                                 "IS NOT NULL")[0][0] < len(sent):
                         assert asyncio.get_running_loop().time() < end, "bills left unconfirmed"
                         await asyncio.sleep(0.05)
@@ -177,18 +178,6 @@ def _client(c, user, node=0, **kw):
                           identifier=kw.pop("identifier", "t-%s-%d" % (user, node)), **kw)
 
 
-async def _take_until(cl, topic, into):
-    async def go():
-        async for m in cl.messages:
-            into.append((m.topic.value, m.payload.decode()))
-            if m.topic.value == topic:
-                return
-    try:
-        await asyncio.wait_for(go(), 30)
-    except asyncio.TimeoutError:
-        raise AssertionError("no %s within 30 s; got %r" % (topic, into)) from None
-
-
 def _nats_port(node):
     # nats-server logs the (random) port of its NATS-protocol listener.
     for line in node.log_text().splitlines():
@@ -235,9 +224,9 @@ def test_on_the_cluster_a_site_reads_and_writes_only_its_own_topics_and_forges_n
             await plat.publish("pc/B/confirm/55031412782306", b"platform to B", qos=1)
             await plat.publish("pc/A/confirm/55031412782305", b"platform to A", qos=1)
             got_plat, got_a, got_b = [], [], []
-            await _take_until(plat, "pc/A/events/bridge", got_plat)
-            await _take_until(b, "pc/B/confirm/55031412782306", got_b)
-            await _take_until(a, "pc/A/confirm/55031412782305", got_a)
+            await take_until(plat, "pc/A/events/bridge", got_plat, 30)
+            await take_until(b, "pc/B/confirm/55031412782306", got_b, 30)
+            await take_until(a, "pc/A/confirm/55031412782305", got_a, 30)
             return got_plat, got_a, got_b
 
     async def refused(**kw):
@@ -280,12 +269,11 @@ def test_a_site_bridge_and_the_platform_work_as_their_own_users_on_the_cluster(s
         try:
             await asyncio.wait_for(ready.wait(), 30)
             async with bridge_running(cfg) as b:
-                pile = await RawPile.connect(b.tcp_port)
-                await pile.login(PILE_A)
+                pile = await RawPile.connect(b.tcp_port, login=PILE_A)
                 bill = make_bill(PILE_A, 1)
                 await pile.write(codec.encode("bill", bill, 1))
                 end = asyncio.get_running_loop().time() + 60
-                while not _rows(cfg["database"], "SELECT COUNT(*) FROM bills WHERE confirmed_at "
+                while not db_rows(cfg["database"], "SELECT COUNT(*) FROM bills WHERE confirmed_at "
                                 "IS NOT NULL")[0][0]:
                     assert asyncio.get_running_loop().time() < end, "bill not confirmed"
                     await asyncio.sleep(0.05)

@@ -14,7 +14,8 @@ from sim.links import TcpTransport
 from sim.testkit import ScriptedPile, make_bill, make_extra
 from tools.ocpp_csms import Csms
 from tests.test_bridge_helpers import (
-    PILE_A, FirmwarePile, bridge_running, connect_pile, pty_pair, run, tempdir, until)
+    PILE_A, FirmwarePile, bridge_running, connect_pile, in_tempdir, pty_pair, run, tempdir,
+    until)
 from tests.test_ocpp_uplink import ocpp_config
 
 CARD = "00000000D14B0A54"       # the card number in 0x31 and the bill (8 bytes)
@@ -86,8 +87,7 @@ def test_C01_a_card_and_a_vin_start_at_the_pile_are_authorised_by_the_csms():
             a = await ask(p, card="0" * 16, vin=VIN, start_type=3)
             assert (a["ok"], a["reason"]) == (0, 2)
             assert csms.authorized[-1] == (PILE_A, VIN, "Local", "Blocked")
-    with tempdir("ocpp-auth-card") as tmp:
-        run(scenario(tmp))
+    in_tempdir("ocpp-auth-card", scenario)
 
 
 def test_C01_offline_the_local_list_decides_and_unknown_ids_only_when_allowed():
@@ -133,8 +133,7 @@ def test_C01_offline_the_local_list_decides_and_unknown_ids_only_when_allowed():
                 await p.close()
         finally:
             await csms.stop()
-    with tempdir("ocpp-auth-offline") as tmp:
-        run(scenario(tmp))
+    in_tempdir("ocpp-auth-offline", scenario)
 
 
 def test_C01_16_authorize_and_D01_local_list_on_16():
@@ -163,8 +162,7 @@ def test_C01_16_authorize_and_D01_local_list_on_16():
             assert r.status == "VersionMismatch"
             r = await cp.call(call.GetLocalListVersion())
             assert r.list_version == 1
-    with tempdir("ocpp-auth-16") as tmp:
-        run(scenario(tmp))
+    in_tempdir("ocpp-auth-16", scenario)
 
 
 def test_B05_B06_get_and_set_variables_change_the_heartbeat_and_unknown_ones_are_named():
@@ -197,8 +195,7 @@ def test_B05_B06_get_and_set_variables_change_the_heartbeat_and_unknown_ones_are
                 "Accepted", "Rejected", "Rejected", "UnknownVariable"]
             # The new interval is used at once (the CSMS gave 300 s at boot).
             await csms.wait_for(lambda: csms.heartbeats[PILE_A] >= 2, what="heartbeats")
-    with tempdir("ocpp-vars") as tmp:
-        run(scenario(tmp))
+    in_tempdir("ocpp-vars", scenario)
 
 
 def test_16_get_and_change_configuration_the_sample_interval_and_unknown_keys():
@@ -233,8 +230,7 @@ def test_16_get_and_change_configuration_the_sample_interval_and_unknown_keys():
         # Kept across a restart.
         async with bridge_running(cfg, mqtt_up=False) as b:
             assert b.ocpp.var(PILE_A, "MeterValueSampleInterval") == 3600
-    with tempdir("ocpp-conf16") as tmp:
-        run(scenario(tmp))
+    in_tempdir("ocpp-conf16", scenario)
 
 
 def test_B02_B03_boot_pending_then_rejected_no_transaction_message_before_accepted():
@@ -264,8 +260,39 @@ def test_B02_B03_boot_pending_then_rejected_no_transaction_message_before_accept
                 await p.wait_for(lambda: bill["serial"] in p.settled, timeout=15)
                 assert [e[3] for e in csms.events] == ["Started", "Ended"]
                 await p.close()
-    with tempdir("ocpp-boot") as tmp:
-        run(scenario(tmp))
+    in_tempdir("ocpp-boot", scenario)
+
+
+@contextlib.asynccontextmanager
+async def firmware_station_up(tmp, master, path, version, pile_cls, id_tokens=None):
+    """A CSMS of `version` (knowing `id_tokens`), an OCPP-only bridge on the
+    serial link `path` and our firmware (`pile_cls`, a FirmwarePile) on
+    `master`, its station accepted: yields (the ocpp `call` module of that
+    version, the CSMS, its side of the station, the pile)."""
+    if version == "1.6":
+        from ocpp.v16 import call
+    else:
+        from ocpp.v201 import call
+    async with Csms(version=version) as csms:
+        if id_tokens:
+            csms.id_tokens = id_tokens
+        cfg = control_config(tmp, csms, {"version": version}, tcp={"listen": None},
+                             serial=[{"url": path, "baudrate": 115200, "ext": True}],
+                             piles={"heartbeat_s": 1.0, "command_timeout_s": 3.0})
+        root = os.path.join(tmp, "flash")
+        os.mkdir(root)
+        async with bridge_running(cfg, mqtt_up=False):
+            async with pile_cls(root, master, PILE_A, speed=60) as fw:
+                await up(csms)
+                yield call, csms, csms.stations[PILE_A], fw
+
+
+def in_both_versions(tag, scenario, timeout=90):
+    """scenario(tmp, master, path, version) for OCPP 2.0.1 then 1.6, each on
+    a fresh temp dir and pty."""
+    for version in ("2.0.1", "1.6"):
+        with tempdir(tag) as tmp, pty_pair() as (master, path):
+            run(scenario(tmp, master, path, version), timeout=timeout)
 
 
 class SharingPile(FirmwarePile):
@@ -325,61 +352,44 @@ def test_K01_K10_charging_profiles_cap_the_power_the_firmware_commands_201_and_1
     # EVSE 0 becomes the pile's cap (0xDE) and the power its output is
     # commanded; clearing it lifts the cap. 2.0.1 in W, 1.6 in A (x 230 V x 3).
     async def scenario(tmp, master, path, version):
-        if version == "1.6":
-            from ocpp.v16 import call
-        else:
-            from ocpp.v201 import call
-        async with Csms(version=version) as csms:
-            cfg = control_config(tmp, csms, {"version": version}, tcp={"listen": None},
-                                 serial=[{"url": path, "baudrate": 115200, "ext": True}],
-                                 piles={"heartbeat_s": 1.0, "command_timeout_s": 3.0})
-            root = os.path.join(tmp, "flash")
-            os.mkdir(root)
-            async with bridge_running(cfg, mqtt_up=False) as b:
-                fw = SharingPile(root, master, PILE_A, speed=60).start()
-                try:
-                    await up(csms)
-                    cp = csms.stations[PILE_A]
-                    if version == "1.6":
-                        cap = 32 * 230 * 3          # 22080 W
-                        r = await cp.call(call.SetChargingProfile(
-                            connector_id=0, cs_charging_profiles=_profile_16(5, 32)))
-                    else:
-                        cap = 22000
-                        r = await cp.call(call.SetChargingProfile(
-                            evse_id=0, charging_profile=_profile_201(5, cap)))
-                    assert r.status == "Accepted"
-                    await fw.wait_for(lambda: fw.pile.sharing.site_cap == cap, 15)
-                    # A start from the CSMS (0x34 with no balance limit): the gun
-                    # draws the capped power, no more.
-                    r = await _remote_start(cp, call, version, 1)
-                    assert r.status == "Accepted"
-                    await fw.wait_for(lambda: fw.world.vehicle.power == cap, 15)
-                    assert fw.outputs[0].limit == cap
-                    # A lower TxDefault profile on EVSE 1 (a one-gun pile: the pile).
-                    r = await _tx_default(cp, call, version, 1, 6, 10000)
-                    assert r.status == "Accepted"
-                    await fw.wait_for(lambda: fw.world.vehicle.power == 10000, 15)
-                    # Cleared: back to the station maximum, then no cap at all.
-                    r = await _clear(cp, call, version, 6)
-                    assert r.status == "Accepted"
-                    await fw.wait_for(lambda: fw.world.vehicle.power == cap, 15)
-                    if version == "1.6":
-                        r = await cp.call(call.ClearChargingProfile())
-                    else:
-                        r = await cp.call(call.ClearChargingProfile(
-                            charging_profile_criteria={"charging_profile_purpose":
-                                                       "ChargingStationMaxProfile"}))
-                    assert r.status == "Accepted"
-                    await fw.wait_for(lambda: fw.pile.sharing.site_cap == 0, 15)
-                    await fw.wait_for(lambda: fw.world.vehicle.power > cap, 15)
-                    r = await _clear(cp, call, version, 99)
-                    assert r.status == "Unknown"
-                finally:
-                    await fw.close()
-    for version in ("2.0.1", "1.6"):
-        with tempdir("ocpp-cap") as tmp, pty_pair() as (master, path):
-            run(scenario(tmp, master, path, version), timeout=90)
+        async with firmware_station_up(tmp, master, path, version,
+                                       SharingPile) as (call, _, cp, fw):
+            if version == "1.6":
+                cap = 32 * 230 * 3          # 22080 W
+                r = await cp.call(call.SetChargingProfile(
+                    connector_id=0, cs_charging_profiles=_profile_16(5, 32)))
+            else:
+                cap = 22000
+                r = await cp.call(call.SetChargingProfile(
+                    evse_id=0, charging_profile=_profile_201(5, cap)))
+            assert r.status == "Accepted"
+            await fw.wait_for(lambda: fw.pile.sharing.site_cap == cap, 15)
+            # A start from the CSMS (0x34 with no balance limit): the gun
+            # draws the capped power, no more.
+            r = await _remote_start(cp, call, version, 1)
+            assert r.status == "Accepted"
+            await fw.wait_for(lambda: fw.world.vehicle.power == cap, 15)
+            assert fw.outputs[0].limit == cap
+            # A lower TxDefault profile on EVSE 1 (a one-gun pile: the pile).
+            r = await _tx_default(cp, call, version, 1, 6, 10000)
+            assert r.status == "Accepted"
+            await fw.wait_for(lambda: fw.world.vehicle.power == 10000, 15)
+            # Cleared: back to the station maximum, then no cap at all.
+            r = await _clear(cp, call, version, 6)
+            assert r.status == "Accepted"
+            await fw.wait_for(lambda: fw.world.vehicle.power == cap, 15)
+            if version == "1.6":
+                r = await cp.call(call.ClearChargingProfile())
+            else:
+                r = await cp.call(call.ClearChargingProfile(
+                    charging_profile_criteria={"charging_profile_purpose":
+                                               "ChargingStationMaxProfile"}))
+            assert r.status == "Accepted"
+            await fw.wait_for(lambda: fw.pile.sharing.site_cap == 0, 15)
+            await fw.wait_for(lambda: fw.world.vehicle.power > cap, 15)
+            r = await _clear(cp, call, version, 99)
+            assert r.status == "Unknown"
+    in_both_versions("ocpp-cap", scenario)
 
 
 def test_K01_a_profile_on_one_evse_of_a_two_gun_pile_caps_that_gun_only_201_and_16():
@@ -390,48 +400,31 @@ def test_K01_a_profile_on_one_evse_of_a_two_gun_pile_caps_that_gun_only_201_and_
     from tests.test_guns_bridge import SharingTwoGunPile
 
     async def scenario(tmp, master, path, version):
-        if version == "1.6":
-            from ocpp.v16 import call
-        else:
-            from ocpp.v201 import call
-        async with Csms(version=version) as csms:
-            cfg = control_config(tmp, csms, {"version": version}, tcp={"listen": None},
-                                 serial=[{"url": path, "baudrate": 115200, "ext": True}],
-                                 piles={"heartbeat_s": 1.0, "command_timeout_s": 3.0})
-            root = os.path.join(tmp, "flash")
-            os.mkdir(root)
-            async with bridge_running(cfg, mqtt_up=False) as b:
-                fw = SharingTwoGunPile(root, master, PILE_A, speed=60).start()
-                try:
-                    await up(csms)
-                    cp = csms.stations[PILE_A]
-                    for evse in (1, 2):
-                        r = await _remote_start(cp, call, version, evse)
-                        assert r.status == "Accepted"
-                    powers = lambda: [w.vehicle.power for w in fw.worlds]   # noqa: E731
-                    await fw.wait_for(lambda: powers() == [30000, 30000], 15)
-                    r = await _tx_default(cp, call, version, 2, 7, 7000)
-                    assert r.status == "Accepted", r
-                    await fw.wait_for(lambda: powers() == [53000, 7000], 15)
-                    assert fw.pile.sharing.gun_cap == [0, 7000] and fw.pile.sharing.site_cap == 0
-                    r = await _clear(cp, call, version, 7)
-                    assert r.status == "Accepted"
-                    await fw.wait_for(lambda: powers() == [30000, 30000], 15)
-                    assert fw.pile.sharing.gun_cap == [0, 0]
-                    # The pile keeps a gun's cap in RAM: after a restart the
-                    # bridge sends it again at login.
-                    r = await _tx_default(cp, call, version, 2, 8, 9000)
-                    assert r.status == "Accepted", r
-                    await fw.wait_for(lambda: fw.pile.sharing.gun_cap == [0, 9000], 15)
-                    first = fw.pile
-                    fw._reboot()
-                    assert fw.pile is not first and fw.pile.sharing.gun_cap == [0, 0]
-                    await fw.wait_for(lambda: fw.pile.sharing.gun_cap == [0, 9000], 15)
-                finally:
-                    await fw.close()
-    for version in ("2.0.1", "1.6"):
-        with tempdir("ocpp-guncap") as tmp, pty_pair() as (master, path):
-            run(scenario(tmp, master, path, version), timeout=90)
+        async with firmware_station_up(tmp, master, path, version,
+                                       SharingTwoGunPile) as (call, _, cp, fw):
+            for evse in (1, 2):
+                r = await _remote_start(cp, call, version, evse)
+                assert r.status == "Accepted"
+            powers = lambda: [w.vehicle.power for w in fw.worlds]   # noqa: E731
+            await fw.wait_for(lambda: powers() == [30000, 30000], 15)
+            r = await _tx_default(cp, call, version, 2, 7, 7000)
+            assert r.status == "Accepted", r
+            await fw.wait_for(lambda: powers() == [53000, 7000], 15)
+            assert fw.pile.sharing.gun_cap == [0, 7000] and fw.pile.sharing.site_cap == 0
+            r = await _clear(cp, call, version, 7)
+            assert r.status == "Accepted"
+            await fw.wait_for(lambda: powers() == [30000, 30000], 15)
+            assert fw.pile.sharing.gun_cap == [0, 0]
+            # The pile keeps a gun's cap in RAM: after a restart the
+            # bridge sends it again at login.
+            r = await _tx_default(cp, call, version, 2, 8, 9000)
+            assert r.status == "Accepted", r
+            await fw.wait_for(lambda: fw.pile.sharing.gun_cap == [0, 9000], 15)
+            first = fw.pile
+            fw._reboot()
+            assert fw.pile is not first and fw.pile.sharing.gun_cap == [0, 0]
+            await fw.wait_for(lambda: fw.pile.sharing.gun_cap == [0, 9000], 15)
+    in_both_versions("ocpp-guncap", scenario)
 
 
 _CAP_HANDLERS = {}      # protocol/router.py: the frames CapPile adds to ScriptedPile's
@@ -496,8 +489,7 @@ def test_K01_16_a_third_party_pile_is_capped_by_0x52_as_a_percentage_of_its_rati
                 assert (await cp.call(call.ClearChargingProfile())).status == "Accepted"
                 assert p.percents == [75, 100] and p.caps == []
                 await p.close()
-    with tempdir("ocpp-cap-52") as tmp:
-        run(scenario(tmp))
+    in_tempdir("ocpp-cap-52", scenario)
 
 
 def test_K01_profiles_are_kept_across_a_restart_and_sent_at_login_and_bad_ones_refused():
@@ -532,8 +524,7 @@ def test_K01_profiles_are_kept_across_a_restart_and_sent_at_login_and_bad_ones_r
                 # The profile came back from the store: the lower of the two at login.
                 await p.wait_for(lambda: p.caps == [11040])
                 await p.close()
-    with tempdir("ocpp-cap-keep") as tmp:
-        run(scenario(tmp))
+    in_tempdir("ocpp-cap-keep", scenario)
 
 
 def test_L01_update_firmware_runs_the_signed_push_and_reports_each_stage_201_and_16():
@@ -591,9 +582,7 @@ def test_L01_update_firmware_runs_the_signed_push_and_reports_each_stage_201_and
                     assert fw.pile.remote.board_version() == NEW
                 finally:
                     await fw.close()
-    for version in ("2.0.1", "1.6"):
-        with tempdir("ocpp-fw") as tmp, pty_pair() as (master, path):
-            run(scenario(tmp, master, path, version), timeout=120)
+    in_both_versions("ocpp-fw", scenario, timeout=120)
 
 
 def test_never_drop_a_full_queue_refuses_new_starts_until_the_csms_takes_it():
@@ -625,8 +614,7 @@ def test_never_drop_a_full_queue_refuses_new_starts_until_the_csms_takes_it():
             assert r.status == "Accepted"
             a = await ask(p)
             assert a["ok"] == 1
-    with tempdir("ocpp-full") as tmp:
-        run(scenario(tmp))
+    in_tempdir("ocpp-full", scenario)
 
 
 def test_the_ocpp_control_settings_are_checked_with_a_clear_error():
@@ -697,8 +685,7 @@ def test_K01_a_schedule_with_a_later_period_changes_the_cap_when_that_period_sta
             assert r.status == "Accepted"
             await p.wait_for(lambda: p.caps and p.caps[-1] == 8000, timeout=10)
             assert p.caps == [5000, 8000]
-    with tempdir("ocpp-cap-sched") as tmp:
-        run(scenario(tmp))
+    in_tempdir("ocpp-cap-sched", scenario)
 
 
 def test_C01_a_card_swiped_at_our_firmware_charges_once_the_csms_authorised_it():
@@ -708,32 +695,20 @@ def test_C01_a_card_swiped_at_our_firmware_charges_once_the_csms_authorised_it()
     from firmware import session as S
 
     async def scenario(tmp, master, path):
-        async with Csms() as csms:
-            csms.id_tokens = {UID: "Accepted"}
-            cfg = control_config(tmp, csms, tcp={"listen": None},
-                                 serial=[{"url": path, "baudrate": 115200, "ext": True}],
-                                 piles={"heartbeat_s": 1.0, "command_timeout_s": 3.0})
-            root = os.path.join(tmp, "flash")
-            os.mkdir(root)
-            async with bridge_running(cfg, mqtt_up=False):
-                fw = FirmwarePile(root, master, PILE_A, speed=60).start()
-                try:
-                    await up(csms)
-                    gun = fw.pile.gun
-                    await fw.wait_for(lambda: fw.pile.link.online and gun.state == S.PLUGGED, 15)
-                    assert fw.pile.card_swiped("0000000011223344") == "asked"
-                    await fw.wait_for(lambda: gun.state == S.PLUGGED and gun.refusal == 1, 15)
-                    assert csms.authorized[-1][1:] == ("11223344", "ISO14443", "Invalid")
-                    assert fw.pile.card_swiped(CARD) == "asked"
-                    started = await csms.wait_for(lambda: [v for v in csms.unique.values()
-                                                           if v[1] == "Started"], what="Started")
-                    assert started[0][2]["id_token"] == {"id_token": UID, "type": "ISO14443"}
-                    await fw.wait_for(lambda: fw.world.meter.read_energy() > 1000, 15)
-                    assert gun.state == S.CHARGING
-                finally:
-                    await fw.close()
-    with tempdir("ocpp-swipe") as tmp, pty_pair() as (master, path):
-        run(scenario(tmp, master, path), timeout=90)
+        async with firmware_station_up(tmp, master, path, "2.0.1", FirmwarePile,
+                                       id_tokens={UID: "Accepted"}) as (_, csms, _, fw):
+            gun = fw.pile.gun
+            await fw.wait_for(lambda: fw.pile.link.online and gun.state == S.PLUGGED, 15)
+            assert fw.pile.card_swiped("0000000011223344") == "asked"
+            await fw.wait_for(lambda: gun.state == S.PLUGGED and gun.refusal == 1, 15)
+            assert csms.authorized[-1][1:] == ("11223344", "ISO14443", "Invalid")
+            assert fw.pile.card_swiped(CARD) == "asked"
+            started = await csms.wait_for(lambda: [v for v in csms.unique.values()
+                                                   if v[1] == "Started"], what="Started")
+            assert started[0][2]["id_token"] == {"id_token": UID, "type": "ISO14443"}
+            await fw.wait_for(lambda: fw.world.meter.read_energy() > 1000, 15)
+            assert gun.state == S.CHARGING
+    in_tempdir("ocpp-swipe", scenario, timeout=90, pty=True)
 
 
 def test_K01_a_tx_profile_caps_its_transaction_and_goes_with_its_bill():
@@ -751,8 +726,7 @@ def test_K01_a_tx_profile_caps_its_transaction_and_goes_with_its_bill():
             assert await p.send_bill(bill, make_extra(bill)) == 0
             await p.wait_for(lambda: p.caps == [6000, 0])      # the transaction ended: lifted
             assert s.bridge.ocpp.cap_w(PILE_A) is None
-    with tempdir("ocpp-cap-tx") as tmp:
-        run(scenario(tmp))
+    in_tempdir("ocpp-cap-tx", scenario)
 
 
 def test_F06_trigger_message_heartbeat_status_and_firmware_status_201_and_16():

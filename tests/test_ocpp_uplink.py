@@ -7,6 +7,7 @@
 # (no (transactionId, seqNo) missing, no two different Ended for a serial),
 # and a pile is settled only when every configured uplink acknowledged.
 import asyncio
+import contextlib
 import os
 
 import pytest
@@ -14,10 +15,9 @@ import pytest
 from sim.testkit import make_bill, make_extra
 from protocol import fields as F
 from tools.ocpp_csms import Csms
-from tests.test_bridge_durability import db_all
 from tests.test_bridge_helpers import (
-    PILE_A, PILE_B, BridgeProcess, Platform, bridge_running, connect_pile, fast_config, run,
-    tempdir, until, url_of)
+    PILE_A, PILE_B, BridgeProcess, Platform, bridge_running, connect_pile, db_rows, fast_config,
+    in_tempdir, until, url_of)
 
 
 
@@ -33,6 +33,19 @@ def ocpp_config(tmp, csms, mqtt_url=None, over=None, **ocpp):
     return cfg
 
 
+
+
+@contextlib.asynccontextmanager
+async def bridge_on_csms(tmp, csms, **ocpp):
+    """An OCPP-only bridge on ocpp_config(tmp, csms, **ocpp) and pile A
+    logged in over TCP: yields (cfg, bridge, pile); the pile is closed after."""
+    cfg = ocpp_config(tmp, csms, **ocpp)
+    async with bridge_running(cfg, mqtt_up=False) as b:
+        p = await connect_pile(PILE_A, b.tcp_port)
+        try:
+            yield cfg, b, p
+        finally:
+            await p.close()
 
 
 def check_exactly_once(csms, serials, version="2.0.1"):
@@ -60,9 +73,7 @@ def check_exactly_once(csms, serials, version="2.0.1"):
 def test_B01_E01_E02_E06_a_charge_on_the_pile_reaches_the_csms_once_and_settles_after_its_ack():
     async def scenario(tmp):
         async with Csms() as csms:
-            cfg = ocpp_config(tmp, csms)
-            async with bridge_running(cfg, mqtt_up=False) as b:
-                p = await connect_pile(PILE_A, b.tcp_port)
+            async with bridge_on_csms(tmp, csms) as (cfg, b, p):
                 await csms.wait_for(lambda: csms.boots[PILE_A] >= 1, what="BootNotification")
                 await csms.wait_for(lambda: (PILE_A, 1, "Available") in csms.statuses,
                                     what="StatusNotification Available")
@@ -79,27 +90,23 @@ def test_B01_E01_E02_E06_a_charge_on_the_pile_reaches_the_csms_once_and_settles_
                 # Units: YKC 10^-4 kWh -> Wh; the money exact in customData.
                 assert ended["meter_value"][0]["sampled_value"][0]["value"] == bill["meter_stop"] / 10
                 assert ended["custom_data"]["amount"] == "%d.%04d" % divmod(bill["total_amount"], 10000)
-                await until(lambda: db_all(cfg["database"], "SELECT ocpp_acked_at IS NOT NULL, "
+                await until(lambda: db_rows(cfg["database"], "SELECT ocpp_acked_at IS NOT NULL, "
                                            "settled_at IS NOT NULL FROM bills WHERE serial=?",
-                                           (bill["serial"],)) == [(1, 1)], what="acked and settled")
-                await p.close()
-    with tempdir("ocpp-e06") as tmp:
-        run(scenario(tmp))
+                                           bill["serial"]) == [(1, 1)], what="acked and settled")
+    in_tempdir("ocpp-e06", scenario)
 
 
 def test_E04_E13_csms_down_for_a_while_every_bill_arrives_once_with_offline_true_and_no_settle_before():
     async def scenario(tmp):
         csms = await Csms().start()
-        cfg = ocpp_config(tmp, csms)
-        async with bridge_running(cfg, mqtt_up=False) as b:
-            p = await connect_pile(PILE_A, b.tcp_port)
+        async with bridge_on_csms(tmp, csms) as (cfg, b, p):
             await csms.wait_for(lambda: csms.boots[PILE_A] >= 1, what="boot")
             await csms.stop()
             bills = [make_bill(PILE_A, i) for i in range(12)]
             for bill in bills:
                 # The CSMS is away: custody still passes (0x40), no 0xE4.
                 assert await p.send_bill(bill, make_extra(bill)) == 0
-            await until(lambda: db_all(cfg["database"], "SELECT COUNT(*) FROM ocpp_out "
+            await until(lambda: db_rows(cfg["database"], "SELECT COUNT(*) FROM ocpp_out "
                                        "WHERE kind='ended'") == [(12,)], what="12 Ended queued")
             assert p.settled == {}
             await csms.start()                    # back, on the same port
@@ -109,10 +116,8 @@ def test_E04_E13_csms_down_for_a_while_every_bill_arrives_once_with_offline_true
             offline = [csms.unique[(s, 1)][2].get("offline") for s in serials]
             assert offline == [True] * 12
             assert all(p.settled_count[s] >= 1 for s in serials)
-            await p.close()
         await csms.stop()
-    with tempdir("ocpp-down") as tmp:
-        run(scenario(tmp))
+    in_tempdir("ocpp-down", scenario)
 
 
 def test_a_csms_that_answers_slowly_gets_every_transaction_once_in_order():
@@ -135,16 +140,13 @@ def test_a_csms_that_answers_slowly_gets_every_transaction_once_in_order():
                 assert ends == serials[:8]
                 await pa.close()
                 await pb.close()
-    with tempdir("ocpp-slow") as tmp:
-        run(scenario(tmp))
+    in_tempdir("ocpp-slow", scenario)
 
 
 def test_an_ended_event_is_sent_once_when_the_pile_sends_its_bill_twice():
     async def scenario(tmp):
         async with Csms() as csms:
-            cfg = ocpp_config(tmp, csms)
-            async with bridge_running(cfg, mqtt_up=False) as b:
-                p = await connect_pile(PILE_A, b.tcp_port)
+            async with bridge_on_csms(tmp, csms) as (cfg, b, p):
                 bill = make_bill(PILE_A, 7)
                 assert await p.send_bill(bill, make_extra(bill)) == 0
                 await p.wait_for(lambda: bill["serial"] in p.settled, timeout=10)
@@ -152,9 +154,7 @@ def test_an_ended_event_is_sent_once_when_the_pile_sends_its_bill_twice():
                 await p.wait_for(lambda: p.settled_count[bill["serial"]] >= 2, timeout=10)
                 check_exactly_once(csms, [bill["serial"]])
                 assert len([e for e in csms.events if e[3] == "Ended"]) == 1
-                await p.close()
-    with tempdir("ocpp-twice") as tmp:
-        run(scenario(tmp))
+    in_tempdir("ocpp-twice", scenario)
 
 
 def test_E13_a_bridge_sigkilled_mid_transaction_and_while_the_csms_is_down_loses_nothing():
@@ -185,7 +185,7 @@ def test_E13_a_bridge_sigkilled_mid_transaction_and_while_the_csms_is_down_loses
             for bill in later:
                 assert await p.send_bill(bill, make_extra(bill)) == 0
             db = os.path.join(tmp, "bridge.db")
-            await until(lambda: db_all(db, "SELECT COUNT(*) FROM ocpp_out WHERE kind='ended' AND "
+            await until(lambda: db_rows(db, "SELECT COUNT(*) FROM ocpp_out WHERE kind='ended' AND "
                                        "acked_at IS NULL") == [(5,)], what="5 Ended queued")
             bp.kill()
             await bp.wait()
@@ -203,8 +203,7 @@ def test_E13_a_bridge_sigkilled_mid_transaction_and_while_the_csms_is_down_loses
         finally:
             await bp.stop()
             await csms.stop()
-    with tempdir("ocpp-kill") as tmp:
-        run(scenario(tmp), timeout=120)
+    in_tempdir("ocpp-kill", scenario, timeout=120)
 
 
 def test_settlement_waits_for_both_the_mqtt_platform_and_the_csms(mosquitto):
@@ -220,7 +219,7 @@ def test_settlement_waits_for_both_the_mqtt_platform_and_the_csms(mosquitto):
             bill = make_bill(PILE_A, 3)
             assert await p.send_bill(bill, make_extra(bill)) == 0
             await plat.wait_for(lambda: bill["serial"] in plat.bills)
-            await until(lambda: db_all(cfg["database"], "SELECT confirmed_at IS NOT NULL FROM bills")
+            await until(lambda: db_rows(cfg["database"], "SELECT confirmed_at IS NOT NULL FROM bills")
                         == [(1,)], what="the platform's confirmation")
             await until(lambda: b.stats["confirms"] >= 1, what="the confirmation handled")
             # Confirmed by MQTT, the CSMS unreachable: not settled. A resend
@@ -228,14 +227,13 @@ def test_settlement_waits_for_both_the_mqtt_platform_and_the_csms(mosquitto):
             # gets its 0x40 and still no 0xE4.
             assert await p.resend_bill(bill) == 0
             assert p.received("settled") == []
-            assert db_all(cfg["database"], "SELECT settled_at FROM bills") == [(None,)]
+            assert db_rows(cfg["database"], "SELECT settled_at FROM bills") == [(None,)]
             await csms.start()
             await p.wait_for(lambda: bill["serial"] in p.settled, timeout=20)
             check_exactly_once(csms, [bill["serial"]])
             await p.close()
         await csms.stop()
-    with tempdir("ocpp-both") as tmp:
-        run(scenario(tmp))
+    in_tempdir("ocpp-both", scenario)
 
 
 def test_F01_F03_E14_K01_csms_commands_reach_the_pile_and_an_unknown_transaction_is_refused():
@@ -243,9 +241,7 @@ def test_F01_F03_E14_K01_csms_commands_reach_the_pile_and_an_unknown_transaction
 
     async def scenario(tmp):
         async with Csms() as csms:
-            cfg = ocpp_config(tmp, csms)
-            async with bridge_running(cfg, mqtt_up=False) as b:
-                p = await connect_pile(PILE_A, b.tcp_port)
+            async with bridge_on_csms(tmp, csms) as (cfg, b, p):
                 await csms.wait_for(lambda: PILE_A in csms.stations and csms.boots[PILE_A], what="boot")
                 cp = csms.stations[PILE_A]
                 # F01/F02: RequestStartTransaction -> 0x34 on gun 1, the trade serial back.
@@ -256,7 +252,7 @@ def test_F01_F03_E14_K01_csms_commands_reach_the_pile_and_an_unknown_transaction
                 assert start["gun"] == "01" and start["serial"] == r.transaction_id
                 serial = r.transaction_id
                 await p.realtime(status=3, serial=serial, energy=100)
-                await until(lambda: db_all(cfg["database"], "SELECT acked_at IS NOT NULL FROM ocpp_out")
+                await until(lambda: db_rows(cfg["database"], "SELECT acked_at IS NOT NULL FROM ocpp_out")
                             == [(1,)], what="the Started acknowledged")
                 # E14: GetTransactionStatus from the store: ongoing.
                 st = await cp.call(call.GetTransactionStatus(transaction_id=serial))
@@ -286,58 +282,46 @@ def test_F01_F03_E14_K01_csms_commands_reach_the_pile_and_an_unknown_transaction
                 # B11/B12: Reset -> 0x92.
                 r = await cp.call(call.Reset(type="OnIdle"))
                 assert r.status == "Accepted" and p.received("reboot")[-1].fields["when"] == 2
-                await p.close()
-    with tempdir("ocpp-cmds") as tmp:
-        run(scenario(tmp))
+    in_tempdir("ocpp-cmds", scenario)
 
 
 def test_E13_strict_mode_stops_retrying_but_never_deletes_nor_settles():
     async def scenario(tmp):
         async with Csms() as csms:
             csms.refuse = True
-            cfg = ocpp_config(tmp, csms, mode="strict", message_attempts=2)
-            async with bridge_running(cfg, mqtt_up=False) as b:
-                p = await connect_pile(PILE_A, b.tcp_port)
+            async with bridge_on_csms(tmp, csms, mode="strict", message_attempts=2) as (cfg, b, p):
                 bill = make_bill(PILE_A, 9)
                 assert await p.send_bill(bill, make_extra(bill)) == 0
-                await until(lambda: db_all(cfg["database"], "SELECT COUNT(*) FROM ocpp_out WHERE "
+                await until(lambda: db_rows(cfg["database"], "SELECT COUNT(*) FROM ocpp_out WHERE "
                                            "gave_up_at IS NOT NULL") == [(1,)], what="given up")
                 # The Started was refused twice; nothing after it went (order).
-                assert db_all(cfg["database"], "SELECT kind, attempts, acked_at FROM ocpp_out "
+                assert db_rows(cfg["database"], "SELECT kind, attempts, acked_at FROM ocpp_out "
                               "ORDER BY id") == [("started", 2, None), ("ended", 0, None)]
-                assert db_all(cfg["database"], "SELECT COUNT(*), MAX(settled_at) FROM bills") == [(1, None)]
+                assert db_rows(cfg["database"], "SELECT COUNT(*), MAX(settled_at) FROM bills") == [(1, None)]
                 assert bill["serial"] not in p.settled
                 assert csms.refused == 2 and csms.events == []
-                await p.close()
-    with tempdir("ocpp-strict") as tmp:
-        run(scenario(tmp))
+    in_tempdir("ocpp-strict", scenario)
 
 
 def test_never_drop_mode_retries_a_refused_message_until_the_csms_takes_it():
     async def scenario(tmp):
         async with Csms() as csms:
             csms.refuse = True
-            cfg = ocpp_config(tmp, csms, message_attempts=2)
-            async with bridge_running(cfg, mqtt_up=False) as b:
-                p = await connect_pile(PILE_A, b.tcp_port)
+            async with bridge_on_csms(tmp, csms, message_attempts=2) as (cfg, b, p):
                 bill = make_bill(PILE_A, 10)
                 assert await p.send_bill(bill, make_extra(bill)) == 0
                 await csms.wait_for(lambda: csms.refused >= 5, what="5 refused tries")
                 csms.refuse = False
                 await p.wait_for(lambda: bill["serial"] in p.settled, timeout=10)
-                assert db_all(cfg["database"], "SELECT COUNT(*) FROM ocpp_out WHERE gave_up_at IS NOT NULL") \
+                assert db_rows(cfg["database"], "SELECT COUNT(*) FROM ocpp_out WHERE gave_up_at IS NOT NULL") \
                     == [(0,)]
-                await p.close()
-    with tempdir("ocpp-neverdrop") as tmp:
-        run(scenario(tmp))
+    in_tempdir("ocpp-neverdrop", scenario)
 
 
 def test_16_start_meter_values_stop_with_a_persisted_transaction_id_map():
     async def scenario(tmp):
         async with Csms(version="1.6") as csms:
-            cfg = ocpp_config(tmp, csms, version="1.6")
-            async with bridge_running(cfg, mqtt_up=False) as b:
-                p = await connect_pile(PILE_A, b.tcp_port)
+            async with bridge_on_csms(tmp, csms, version="1.6") as (cfg, b, p):
                 await csms.wait_for(lambda: (PILE_A, 1, "Available") in csms.statuses, what="status")
                 # Distinct start times: a 1.6 CSMS knows a repeated start by them.
                 bills = [make_bill(PILE_A, i, when=F.to_secs(2024, 5, 1, 8 + i)) for i in range(3)]
@@ -350,14 +334,12 @@ def test_16_start_meter_values_stop_with_a_persisted_transaction_id_map():
                 serials = [x["serial"] for x in bills]
                 await p.wait_for(lambda: set(serials) <= set(p.settled), timeout=20)
                 check_exactly_once(csms, serials, version="1.6")
-                ids = db_all(cfg["database"], "SELECT serial, tx_id FROM ocpp_tx ORDER BY serial")
+                ids = db_rows(cfg["database"], "SELECT serial, tx_id FROM ocpp_tx ORDER BY serial")
                 assert [s for s, _ in ids] == sorted(serials) and all(t for _, t in ids)
                 # StopTransaction carried the id the CSMS gave at the start.
                 stops = [(t, k) for (_, t, q, k) in csms.events if k == "Ended"]
                 assert sorted(t for t, _ in stops) == sorted(t for _, t in ids)
-                await p.close()
-    with tempdir("ocpp-16") as tmp:
-        run(scenario(tmp))
+    in_tempdir("ocpp-16", scenario)
 
 
 def test_security_profile_1_basic_auth_wrong_password_is_refused_right_one_delivers(tmp_path=None):
@@ -369,12 +351,9 @@ def test_security_profile_1_basic_auth_wrong_password_is_refused_right_one_deliv
                 with open(path, "w") as f:
                     f.write(pw + "\n")
                 os.chmod(path, 0o600)
-            cfg = ocpp_config(tmp, csms, security_profile=1, password_file=bad)
-            async with bridge_running(cfg, mqtt_up=False) as b:
-                p = await connect_pile(PILE_A, b.tcp_port)
+            async with bridge_on_csms(tmp, csms, security_profile=1, password_file=bad) as (cfg, b, p):
                 await csms.wait_for(lambda: csms.auth_refused >= 2, what="refused twice")
                 assert csms.boots[PILE_A] == 0
-                await p.close()
             cfg["ocpp"]["password_file"] = good
             async with bridge_running(cfg, mqtt_up=False) as b:
                 p = await connect_pile(PILE_A, b.tcp_port)
@@ -383,8 +362,7 @@ def test_security_profile_1_basic_auth_wrong_password_is_refused_right_one_deliv
                 await p.wait_for(lambda: bill["serial"] in p.settled, timeout=10)
                 check_exactly_once(csms, [bill["serial"]])
                 await p.close()
-    with tempdir("ocpp-auth") as tmp:
-        run(scenario(tmp))
+    in_tempdir("ocpp-auth", scenario)
 
 
 def test_A00_security_profiles_2_and_3_tls_with_the_site_ca_and_a_client_certificate():
@@ -426,5 +404,4 @@ def test_A00_security_profiles_2_and_3_tls_with_the_site_ca_and_a_client_certifi
                     await p.wait_for(lambda: bill["serial"] in p.settled, timeout=10)
                     check_exactly_once(csms, [bill["serial"]])
                     await p.close()
-    with tempdir("ocpp-tls") as tmp:
-        run(scenario(tmp))
+    in_tempdir("ocpp-tls", scenario)

@@ -3,6 +3,7 @@
 # holds, confirms every copy (refusing tampered ones), completes incomplete
 # copies, and says clearly what is wrong with its options and database.
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -314,8 +315,7 @@ def test_a_fee_split_that_comes_after_the_confirmation_completes_the_bill(mosqui
     async def scenario(tmp):
         cfg = fast_config(tmp, url_of(mosquitto), site="s1", bills={"extra_wait_s": 0.05})
         p = Platform(url_of(mosquitto))
-        task = await started(p)
-        try:
+        async with running(p):
             async with bridge_running(cfg) as b:
                 pile = await connect_pile(PILE_A, b.tcp_port)
                 bill = make_bill(PILE_A, 1)
@@ -338,8 +338,6 @@ def test_a_fee_split_that_comes_after_the_confirmation_completes_the_bill(mosqui
                 await pile.close()
             assert [r[0] for r in p.db.execute("SELECT kind FROM events")] == ["bill_extra_late"]
             return p.bill(s), p.summary(), x
-        finally:
-            await stopped(task)
     with tempdir("lateextra") as tmp:
         b, s, x = run(scenario(tmp))
     assert b["doc"]["extra_frame"]
@@ -423,6 +421,17 @@ async def stopped(task):
     await asyncio.gather(task, return_exceptions=True)
 
 
+@contextlib.asynccontextmanager
+async def running(p):
+    """The platform p's run() as a task: subscribed before the block,
+    stopped after it."""
+    task = await started(p)
+    try:
+        yield task
+    finally:
+        await stopped(task)
+
+
 def test_platform_confirms_every_copy_over_real_mosquitto(mosquitto):
     async def scenario():
         p = Platform("mqtt://%s:%d" % (mosquitto.host, mosquitto.port))
@@ -482,8 +491,7 @@ def test_through_the_bridge_a_refused_bill_is_closed_with_the_refusal_and_kept(m
     async def scenario(tmp):
         cfg = fast_config(tmp, url_of(mosquitto), site="s1")
         p = keyed(url=url_of(mosquitto), db=os.path.join(tmp, "platform.db"))
-        task = await started(p)
-        try:
+        async with running(p):
             async with bridge_running(cfg) as b:
                 pile = await connect_pile(PILE_A, b.tcp_port)
                 good = make_bill(PILE_A, 1)
@@ -498,8 +506,6 @@ def test_through_the_bridge_a_refused_bill_is_closed_with_the_refusal_and_kept(m
                 row = await b.store.bill(bad["serial"])
                 await pile.close()
             return pile.settled, row
-        finally:
-            await stopped(task)
     with tempdir("platmac") as tmp:
         settled, row = run(scenario(tmp))
         p = Platform(db=os.path.join(tmp, "platform.db"))
@@ -531,8 +537,7 @@ def test_a_platform_whose_database_fills_up_once_retries_and_stores_the_bill_onc
         p = Platform(url_of(mosquitto), db=path)
         pages = p.db.execute("PRAGMA page_count").fetchone()[0]
         p.db.execute("PRAGMA max_page_count=%d" % pages)      # full from here on
-        task = await started(p)
-        try:
+        async with running(p) as task:
             async with bridge_running(cfg) as b:
                 pile = await connect_pile(PILE_A, b.tcp_port)
                 bill = make_bill(PILE_A, 1)
@@ -547,8 +552,6 @@ def test_a_platform_whose_database_fills_up_once_retries_and_stores_the_bill_onc
                 await pile.close()
             assert not task.done()                  # run() went on through the failure
             return s, pile.settled, row
-        finally:
-            await stopped(task)
     with tempdir("platfull") as tmp:
         s, settled, row = run(scenario(tmp))
         p = Platform(db=os.path.join(tmp, "platform.db"))
@@ -612,9 +615,8 @@ def test_pile_platform_over_tls_sends_a_command_and_takes_a_bill(site_broker, ca
         p = Platform("mqtts://127.0.0.1:%d" % broker.tls_port, username="platform", password=pw,
                      client_id="platform",
                      tls_context=P.tls_context(pki.ca_crt, f["cert"], f["key"]))
-        task = await started(p)
         loop = asyncio.get_running_loop()
-        try:
+        async with running(p):
             async with bridge_running(cfg) as b:
                 pile = await connect_pile(PILE_A, b.tcp_port)
                 bill = make_bill(PILE_A, 1)
@@ -624,8 +626,6 @@ def test_pile_platform_over_tls_sends_a_command_and_takes_a_bill(site_broker, ca
                 rc = await loop.run_in_executor(None, P.main, tls_args(pki, broker) + [
                     "--cmd", "s1", PILE_A, "query_versions"])
                 await pile.close()
-        finally:
-            await stopped(task)
         return rc, p.summary()
     rc, s = run(scenario())
     out = capsys.readouterr().out

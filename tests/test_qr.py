@@ -172,42 +172,32 @@ def test_operator_check_character_follows_gb11714():
 
 # --- validation errors
 
-@pytest.mark.parametrize("prefix, words", [
-    ("ftp://h.example/c", "http:// or https://"),
-    ("qr.example.com/c", "http:// or https://"),
-    ("https:///c", "no host"),
-    ("https://h.example/c#top", "fragment"),
-    ("https://h.example/c?did=1", "did="),
-    ("https://h.example/c d", "without spaces"),
-    ("", "URL"),
+@pytest.mark.parametrize("arg, bad, words", [
+    ("prefix", "ftp://h.example/c", "http:// or https://"),
+    ("prefix", "qr.example.com/c", "http:// or https://"),
+    ("prefix", "https:///c", "no host"),
+    ("prefix", "https://h.example/c#top", "fragment"),
+    ("prefix", "https://h.example/c?did=1", "did="),
+    ("prefix", "https://h.example/c d", "without spaces"),
+    ("prefix", "", "URL"),
+    ("pile", "440304000300000", "15 digits"),
+    ("pile", "440304000300000033", "18 digits"),
+    ("pile", "4403-0400-0300-0003", "digits only"),
+    ("pile", "44O3040003000003", "digits only"),
+    ("pile", "", "digits only"),
+    ("op", "MA4UJLL5", "9 characters"),
+    ("op", "MA4UJLL577", "9 characters"),
+    ("op", "ma4ujll57", "use uppercase"),
+    ("op", "MA4UJ-L57", "9 characters"),
+    ("op", "MA4UJLL58", "check character should be '7'"),
 ])
-def test_bad_prefix_is_refused(prefix, words):
+def test_a_bad_prefix_pile_number_or_operator_id_is_refused(arg, bad, words):
+    # One argument of qr.payload bad, the others good: refused, in words
+    # that name the fault.
+    args = {"prefix": PREFIX, "pile": "4403040003000003", "op": OP}
+    args[arg] = bad
     with pytest.raises(qr.QRError, match=re.escape(words)):
-        qr.payload(prefix, "4403040003000003", OP)
-
-
-@pytest.mark.parametrize("number, words", [
-    ("440304000300000", "15 digits"),
-    ("440304000300000033", "18 digits"),
-    ("4403-0400-0300-0003", "digits only"),
-    ("44O3040003000003", "digits only"),
-    ("", "digits only"),
-])
-def test_bad_pile_number_is_refused(number, words):
-    with pytest.raises(qr.QRError, match=words):
-        qr.payload(PREFIX, number, OP)
-
-
-@pytest.mark.parametrize("op, words", [
-    ("MA4UJLL5", "9 characters"),
-    ("MA4UJLL577", "9 characters"),
-    ("ma4ujll57", "use uppercase"),
-    ("MA4UJ-L57", "9 characters"),
-    ("MA4UJLL58", "check character should be '7'"),
-])
-def test_bad_operator_id_is_refused(op, words):
-    with pytest.raises(qr.QRError, match=re.escape(words)):
-        qr.payload(PREFIX, "4403040003000003", op)
+        qr.payload(**args)
 
 
 def test_operator_check_can_be_skipped_for_ids_outside_gb11714():

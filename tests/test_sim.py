@@ -288,10 +288,13 @@ def peer():
     p.close()
 
 
+# The scenario tariff's four (energy, service) prices, x10^5 yuan per kWh.
+_PRICES = [[120000, 40000], [100000, 40000], [70000, 40000], [30000, 40000]]
+
+
 def test_fleet_attaches_over_tcp_and_its_bills_are_confirmed(peer):
     sc = scen_file.parse_scenario({
-        "tariff": {"prices": [[120000, 40000], [100000, 40000], [70000, 40000],
-                              [30000, 40000]], "slots": [2] * 48},
+        "tariff": {"prices": _PRICES, "slots": [2] * 48},
         "piles": [{"code": "55031412780101"}, {"code": "55031412780102", "power_w": 7000}],
         "timeline": [{"at": "0s", "pile": 0, "do": "plug"}, {"at": "0s", "pile": 1, "do": "plug"},
                      {"at": "20s", "pile": 0, "do": "card", "minutes": 2},
@@ -401,17 +404,25 @@ def _bridge_child(tmp_path, extra=""):
             br.stop()
 
 
+def _two_piles(code, slot, *events):
+    """A parsed scenario: piles code+"01" and code+"02" plugged in, the
+    four-price tariff at price `slot` all day, the timeline `events`."""
+    return scen_file.parse_scenario({
+        "tariff": {"prices": _PRICES, "slots": [slot] * 48},
+        "piles": [{"code": code + "01", "plugged": True}, {"code": code + "02", "plugged": True}],
+        "timeline": list(events)})
+
+
+# Two card sessions on _two_piles: one to an amount (2 yuan), one to a time (3 minutes).
+_CARD_TARGETS = ({"at": "1m", "pile": 0, "do": "card", "amount": "2.00"},
+                 {"at": "1m", "pile": 1, "do": "card", "minutes": 3})
+
+
 def test_fleet_against_the_real_bridge_gets_its_bills_confirmed(tmp_path):
     fleet = None
     with _bridge_child(tmp_path) as br:
         try:
-            sc = scen_file.parse_scenario({
-                "tariff": {"prices": [[120000, 40000], [100000, 40000], [70000, 40000],
-                                      [30000, 40000]], "slots": [1] * 48},
-                "piles": [{"code": "55031412780201", "plugged": True},
-                          {"code": "55031412780202", "plugged": True}],
-                "timeline": [{"at": "1m", "pile": 0, "do": "card", "amount": "2.00"},
-                             {"at": "1m", "pile": 1, "do": "card", "minutes": 3}]})
+            sc = _two_piles("550314127802", 1, *_CARD_TARGETS)
             fleet = sim_fleet.SimFleet(("127.0.0.1", br.tcp_port), speed=600, scenario=sc)
             fleet.start()
             assert fleet.wait(lambda f: f.stats()["confirmed"] == 2, timeout=30), fleet.stats()
@@ -441,14 +452,8 @@ def test_a_bridge_that_crashes_at_start_up_fails_the_test_naming_it(tmp_path):
 def test_fleet_on_ptys_gets_its_bills_confirmed_by_the_real_bridge_on_serial_links(tmp_path):
     # Each simulated pile's UART is a pty; the bridge opens the other ends as
     # [[serial]] links, as it would /dev/ttyUSB0 on a site gateway.
-    sc = scen_file.parse_scenario({
-        "tariff": {"prices": [[120000, 40000], [100000, 40000], [70000, 40000],
-                              [30000, 40000]], "slots": [1] * 48},
-        "piles": [{"code": "55031412780301", "plugged": True},
-                  {"code": "55031412780302", "plugged": True}],
-        "timeline": [{"at": "1m", "pile": 0, "do": "card", "amount": "2.00"},
-                     {"at": "1m", "pile": 1, "do": "card", "minutes": 3},
-                     {"at": "2m", "pile": 1, "do": "power_cut", "off": "30s"}]})
+    sc = _two_piles("550314127803", 1, *_CARD_TARGETS + (
+        {"at": "2m", "pile": 1, "do": "power_cut", "off": "30s"},))
     fleet = sim_fleet.SimFleet(None, speed=600, scenario=sc, link="pty",
                          root=str(tmp_path / "piles"))
     try:
@@ -516,21 +521,18 @@ def test_run_needs_a_bridge_or_ptys_and_not_both(capsys):
     assert "not allowed with" in capsys.readouterr().err
 
 
-def _tariff_flat():
-    return {"prices": [[120000, 40000], [100000, 40000], [70000, 40000], [30000, 40000]],
-            "slots": [2] * 48}
+def _two_piles_charging(code, *events):
+    """The scenario run: both piles of _two_piles(code) started at 10 s on a
+    flat tariff, then the timeline `events`."""
+    return sim.run_scenario(_two_piles(code, 2, {"at": "10s", "pile": 0, "do": "start"},
+                                       {"at": "10s", "pile": 1, "do": "start"}, *events))
 
 
 def test_silent_meter_stops_the_session_and_a_backwards_meter_is_not_billed():
-    res = sim.run_scenario(scen_file.parse_scenario({
-        "tariff": _tariff_flat(),
-        "piles": [{"code": "55031412780301", "plugged": True},
-                  {"code": "55031412780302", "plugged": True}],
-        "timeline": [{"at": "10s", "pile": 0, "do": "start"},
-                     {"at": "10s", "pile": 1, "do": "start"},
-                     {"at": "3m", "pile": 0, "do": "meter_fault", "silent_reads": 10},
-                     {"at": "3m", "pile": 1, "do": "meter_fault", "backwards": "0.5"},
-                     {"at": "6m", "pile": 1, "do": "stop"}]}))
+    res = _two_piles_charging("550314127803",
+                              {"at": "3m", "pile": 0, "do": "meter_fault", "silent_reads": 10},
+                              {"at": "3m", "pile": 1, "do": "meter_fault", "backwards": "0.5"},
+                              {"at": "6m", "pile": 1, "do": "stop"})
     assert res["ok"], res["problems"]
     assert [b["stop_reason_name"] for b in res["bills"]] == ["meter_lost", "remote"]
     for b in res["bills"]:
@@ -538,15 +540,10 @@ def test_silent_meter_stops_the_session_and_a_backwards_meter_is_not_billed():
 
 
 def test_reboot_now_and_when_idle_each_leave_exactly_one_bill():
-    res = sim.run_scenario(scen_file.parse_scenario({
-        "tariff": _tariff_flat(),
-        "piles": [{"code": "55031412780401", "plugged": True},
-                  {"code": "55031412780402", "plugged": True}],
-        "timeline": [{"at": "10s", "pile": 0, "do": "start"},
-                     {"at": "10s", "pile": 1, "do": "start"},
-                     {"at": "2m", "pile": 0, "do": "reboot", "when": "now"},
-                     {"at": "2m", "pile": 1, "do": "reboot", "when": "idle"},
-                     {"at": "5m", "pile": 1, "do": "stop"}]}))
+    res = _two_piles_charging("550314127804",
+                              {"at": "2m", "pile": 0, "do": "reboot", "when": "now"},
+                              {"at": "2m", "pile": 1, "do": "reboot", "when": "idle"},
+                              {"at": "5m", "pile": 1, "do": "stop"})
     assert res["ok"], res["problems"]
     assert [b["stop_reason_name"] for b in res["bills"]] == ["remote", "remote"]
     assert [p["reboots"] for p in res["piles"]] == [1, 1]

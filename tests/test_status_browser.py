@@ -15,8 +15,8 @@ import pytest
 from sim.testkit import make_bill
 from protocol import codec
 from tests.test_bridge_custody import RawPile
-from tests.test_bridge_helpers import (PILE_A, Platform, bridge_running, fast_config, run, tempdir,
-                                       url_of)
+from tests.test_bridge_helpers import (
+    PILE_A, bridge_running, fast_config, in_tempdir, tempdir, url_of)
 from sim import stack
 
 CHROMIUM = "/usr/bin/chromium"
@@ -60,8 +60,7 @@ def _wait(driver, js, timeout=20.0):
 
 def test_the_page_follows_a_bill_survives_a_bridge_sigkill_and_comes_back(mosquitto, browser):
     async def pile_sends(port, bill):
-        p = await RawPile.connect(port)
-        await p.login(PILE_A)
+        p = await RawPile.connect(port, login=PILE_A)
         await p.write(codec.encode("bill", bill, 3))
         await p.wait(lambda: p.confirms())
         return p
@@ -113,8 +112,7 @@ def test_the_page_renders_500_piles(mosquitto, browser):
         async with bridge_running(cfg) as b:
             for c in codes:
                 b.pile(c)                       # known to the bridge, offline
-            p = await RawPile.connect(b.tcp_port)
-            await p.login(codes[7])
+            p = await RawPile.connect(b.tcp_port, login=codes[7])
             url = "http://127.0.0.1:%d/" % b.status_port
             t0 = time.monotonic()
             await asyncio.to_thread(browser.get, url)
@@ -129,8 +127,7 @@ def test_the_page_renders_500_piles(mosquitto, browser):
             print("500 piles rendered in %.2f s (page load to first full table)"
                   % (time.monotonic() - t0))
             await p.close()
-    with tempdir("status-500") as tmp:
-        run(scenario(tmp))
+    in_tempdir("status-500", scenario)
 
 
 def test_the_page_shows_a_bill_signed_and_verified_and_gives_its_ocmf_record_to_copy(mosquitto,
@@ -150,8 +147,7 @@ def test_the_page_shows_a_bill_signed_and_verified_and_gives_its_ocmf_record_to_
         cfg = fast_config(tmp, url_of(mosquitto), status={"listen": "127.0.0.1:0"},
                           pile={PILE_A: {"ocmf_key": key}})
         async with bridge_running(cfg) as b:
-            p = await RawPile.connect(b.tcp_port)
-            await p.login(PILE_A)
+            p = await RawPile.connect(b.tcp_port, login=PILE_A)
             bill = make_bill(PILE_A, 1)
             frame = codec.encode("bill", bill, 3)
             await p.write(frame)
@@ -175,5 +171,4 @@ def test_the_page_shows_a_bill_signed_and_verified_and_gives_its_ocmf_record_to_
             assert got[1] == "signed, verified"
             assert OCMF.from_string(got[0], strict=True).verify_signature(key) is True
             await p.close()
-    with tempdir("status-ocmf") as tmp:
-        run(scenario(tmp))
+    in_tempdir("status-ocmf", scenario)

@@ -14,8 +14,8 @@ from host import config as configmod
 from sim.testkit import make_bill
 from protocol import codec
 from tests.test_bridge_custody import RawPile
-from tests.test_bridge_helpers import (PILE_A, Platform, bridge_running, fast_config, run, tempdir,
-                                       url_of)
+from tests.test_bridge_helpers import (
+    PILE_A, Platform, bridge_running, fast_config, in_tempdir, url_of)
 
 
 def _pw_file(tmp, pw="s3cret"):
@@ -64,8 +64,7 @@ def test_a_bill_is_followed_through_its_custody_states_on_the_page_and_in_metric
             assert st == 200 and "status.json" in page and h["Content-Type"].startswith("text/html")
 
             import json
-            p = await RawPile.connect(b.tcp_port)
-            await p.login(PILE_A)
+            p = await RawPile.connect(b.tcp_port, login=PILE_A)
             bill = make_bill(PILE_A, 1)
             await p.write(codec.encode("bill", bill, 3))
             await plat.wait_for(lambda: plat.bills.get(bill["serial"]))
@@ -102,8 +101,7 @@ def test_a_bill_is_followed_through_its_custody_states_on_the_page_and_in_metric
             assert s["piles"][0]["offline_reason"]
             st, metrics, _ = await _get(port, "/metrics", "s3cret")
             assert "pc_piles_online 0.0" in metrics and 'pc_bills{state="confirmed"} 1.0' in metrics
-    with tempdir("status") as tmp:
-        run(scenario(tmp))
+    in_tempdir("status", scenario)
 
 
 def test_a_status_page_reachable_beyond_loopback_needs_a_password_or_client_certificates(tmp_path):

@@ -13,8 +13,9 @@ import pytest
 from host import store as S
 from sim.testkit import make_bill
 from protocol import codec
-from tests.test_bridge_helpers import (PILE_A, ROOT, bridge_running, connect_pile, fast_config, run,
-                                       tempdir, url_of, write_toml)
+from tests.test_bridge_helpers import (
+    PILE_A, ROOT, bridge_running, connect_pile, fast_config, in_tempdir, run, tempdir, url_of,
+    write_toml)
 
 
 @pytest.fixture
@@ -90,8 +91,7 @@ def test_a_database_deleted_underneath_a_running_bridge_stops_the_0x40s(mosquitt
                 await pile.send_bill(make_bill(PILE_A, 2))
             assert "deleted or replaced" in (b.store.unsound or "")
             await pile.close()
-    with tempdir("deleted") as tmp:
-        run(scenario(tmp))
+    in_tempdir("deleted", scenario)
 
 
 def test_a_store_is_bound_to_its_site_and_moves_only_by_migrate_site(mosquitto):

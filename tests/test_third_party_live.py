@@ -13,9 +13,8 @@ import sys
 from sim.testkit import ThirdPartyPile, third_party_corpus
 from sim.links import TcpTransport
 from protocol.reconcile import problem_classes
-from tests.test_bridge_custody import _rows
-from tests.test_bridge_helpers import (ROOT, BridgeProcess, Platform, fast_config, run, tempdir,
-                                       until, url_of)
+from tests.test_bridge_helpers import (
+    ROOT, BridgeProcess, Platform, db_rows, fast_config, in_tempdir, until, url_of)
 
 PILE = "55031412782399"
 
@@ -86,10 +85,10 @@ def test_every_third_party_bill_variant_is_kept_published_once_and_confirmed(mos
                 assert all(pile.confirmed[b["serial"]] == [0] for b in good)
                 serials = [b["serial"] for b in good]
                 # Confirmed by the real platform, in the bridge's store.
-                await until(lambda: _rows(cfg["database"], "SELECT COUNT(*) FROM bills WHERE "
+                await until(lambda: db_rows(cfg["database"], "SELECT COUNT(*) FROM bills WHERE "
                                           "confirmed_at IS NOT NULL")[0][0] == len(good),
                             timeout=30, what="every good bill confirmed")
-                stored = _rows(cfg["database"], "SELECT serial, frame FROM bills ORDER BY id")
+                stored = db_rows(cfg["database"], "SELECT serial, frame FROM bills ORDER BY id")
                 assert [(s, bytes(f)) for s, f in stored] == [
                     (b["serial"], pile.frame_sent[b["serial"]]) for b in good]
                 # Published once each (the observer sees every publication).
@@ -97,13 +96,13 @@ def test_every_third_party_bill_variant_is_kept_published_once_and_confirmed(mos
                 assert [seen.bill_count[s] for s in serials] == [1] * len(good)
                 # The bad-CRC bill: recorded for diagnosis, with an event.
                 bad = [b for b in corpus if b["bad_crc"]][0]
-                frames = [bytes(r[0]) for r in _rows(cfg["database"], "SELECT frame FROM bad_frames")]
+                frames = [bytes(r[0]) for r in db_rows(cfg["database"], "SELECT frame FROM bad_frames")]
                 assert pile.frame_sent[bad["serial"]] in frames
                 ev = await seen.wait_for(lambda: [e for e in seen.events if e["type"] == "bad_frames"])
                 assert ev[0]["pile"] == PILE
                 # Bridge and platform: the same problem list for every bill,
                 # and the classes this variant is about.
-                held = dict((s, json.loads(p)) for s, p in _rows(
+                held = dict((s, json.loads(p)) for s, p in db_rows(
                     platform.db, "SELECT serial, problems FROM bills"))
                 assert sorted(held) == sorted(serials)       # 0 lost
                 for b in good:
@@ -143,8 +142,7 @@ def test_every_third_party_bill_variant_is_kept_published_once_and_confirmed(mos
                 await pile.close()
             await platform.stop()
             await bridge.stop()
-    with tempdir("thirdparty") as tmp:
-        run(scenario(tmp), timeout=120)
+    in_tempdir("thirdparty", scenario, timeout=120)
 
 
 def test_pile_sim_third_party_sends_the_variants_and_gives_up_the_bad_crc_bill(mosquitto):
@@ -165,9 +163,8 @@ def test_pile_sim_third_party_sends_the_variants_and_gives_up_the_bad_crc_bill(m
                 ("bill17", 1, "confirmed (0x40)"), ("not_bcd_gun", 1, "confirmed (0x40)"),
                 ("bad_crc", 4, "given up after 3 resends")]
             assert lines[3] == {"done": True, "bills": 3, "confirmed": 2, "given_up": 1}
-            stored = [s for (s,) in _rows(cfg["database"], "SELECT serial FROM bills ORDER BY id")]
+            stored = [s for (s,) in db_rows(cfg["database"], "SELECT serial FROM bills ORDER BY id")]
             assert stored == [x["serial"] for x in lines[:2]]
         finally:
             await bridge.stop()
-    with tempdir("thirdpartycli") as tmp:
-        run(scenario(tmp), timeout=90)
+    in_tempdir("thirdpartycli", scenario, timeout=90)

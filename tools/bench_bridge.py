@@ -31,7 +31,8 @@ import tempfile
 
 from sim.brokers import Mosquitto
 from host import cli
-from sim.bench_bridge import (BAUD, ROOT, bench_broker_backlog, bench_drain, bench_latency,
+from sim import benchdoc
+from sim.bench_bridge import (BAUD, bench_broker_backlog, bench_drain, bench_latency,
                               bench_throughput)
 
 
@@ -131,22 +132,6 @@ def report(r):
     return "\n".join(lines)
 
 
-def write_section(text, path=os.path.join(ROOT, "docs", "benchmarks.md")):
-    try:
-        with open(path) as f:
-            doc = f.read()
-    except OSError:
-        doc = "# Benchmarks\n"
-    start = doc.find("\n## Bridge\n")
-    if start < 0:
-        doc = doc.rstrip("\n") + "\n\n" + text
-    else:
-        end = doc.find("\n## ", start + 1)
-        doc = doc[:start + 1] + text + ("" if end < 0 else doc[end:])
-    with open(path, "w") as f:
-        f.write(doc.rstrip("\n") + "\n")
-
-
 async def _main(args):
     tmp = tempfile.mkdtemp(prefix="pc-bench-bridge-")
     # set_tcp_nodelay: the broker's own small packets are not held by Nagle
@@ -222,7 +207,7 @@ def main(argv=None):
     text = report(r)
     print(json.dumps(r, indent=2) if args.json else text)
     if args.write:
-        write_section(text)
+        benchdoc.write_section(text)
     return 0
 
 

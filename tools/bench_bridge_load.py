@@ -17,11 +17,11 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import sys
 
 from host import cli
-from sim.bench_load import HEARTBEAT_S, REALTIME_S, ROOT, raise_nofile, run_load
+from sim import benchdoc
+from sim.bench_load import HEARTBEAT_S, REALTIME_S, raise_nofile, run_load
 
 
 def _machine():
@@ -90,19 +90,6 @@ def format_section(runs, window_s, command):
     return "\n".join(out) + "\n"
 
 
-def write_section(path, text):
-    """Replace (or append) the "## Bridge load" section of docs/benchmarks.md, nothing else."""
-    with open(path) as f:
-        doc = f.read()
-    m = re.search(r"^## Bridge load\n.*?(?=^## |\Z)", doc, re.M | re.S)
-    if m:
-        doc = doc[:m.start()] + text + ("\n" if doc[m.end():] else "") + doc[m.end():]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + text
-    with open(path, "w") as f:
-        f.write(doc)
-
-
 async def _main(args):
     from sim.brokers import Mosquitto
     sizes = sorted({args.compare, args.piles}) if args.compare else [args.piles]
@@ -136,10 +123,7 @@ def main(argv=None):
     if len(runs) > 1:
         cmd = "python3 -m tools.bench_bridge_load --piles %d --compare %d --window %g --write" % (
             a.piles, a.compare, a.window)
-        text = format_section(runs, a.window, cmd)
-        print(text)
-        if a.write:
-            write_section(os.path.join(ROOT, "docs", "benchmarks.md"), text)
+        return benchdoc.show(format_section(runs, a.window, cmd), a.write)
     return 0
 
 

@@ -24,9 +24,9 @@ import tempfile
 from sim import journal_bench as core
 from sim.programs import find_program
 from host import cli
+from sim import benchdoc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOC = os.path.join(ROOT, "docs", "benchmarks.md")
 HEADING = "## Journal"
 CI_CAP = "160K"      # test_journal's line in tools/mp_heapcap.sh
 # What the dual-interpreter journal tests import, precompiled for heap runs.
@@ -131,9 +131,7 @@ def table(rows_cp, rows_mp, heap, mp, bills):
     lines.append("| session | minutes | checkpoints | bytes written / session | "
                  "of which compaction | write amplification (bytes / bill bytes) |")
     lines.append("|---|---|---|---|---|---|")
-    for r in rows_cp:
-        if r["figure"] != "session":
-            continue
+    for r in _of(rows_cp, "session"):
         lines.append("| %.0f kWh at %.1f kW, bill %d B | %d | %d | %d | %d | %.0fx |" % (
             r["kwh"], r["power_w"] / 1000, r["bill_bytes"], r["minutes"], r["checkpoints"],
             r["bytes_per_session"], r["bytes_per_session"] - r["record_bytes"],
@@ -148,10 +146,8 @@ def table(rows_cp, rows_mp, heap, mp, bills):
     lines.append("| journal | file | CPython | MicroPython (unix) | RAM kept, CPython | "
                  "RAM kept, MicroPython |")
     lines.append("|---|---|---|---|---|---|")
-    for r in rows_cp:
-        if r["figure"] != "recovery":
-            continue
-        m = [x for x in rows_mp if x["figure"] == "recovery" and x["compacted"] == r["compacted"]]
+    for r in _of(rows_cp, "recovery"):
+        m = [x for x in _of(rows_mp, "recovery") if x["compacted"] == r["compacted"]]
         m = m[0] if m else None
         lines.append("| %s | %d B | %.1f ms | %s | %d KB | %s |" % (
             "compacted (bill records)" if r["compacted"] else
@@ -191,10 +187,14 @@ def table(rows_cp, rows_mp, heap, mp, bills):
     return "\n".join(lines)
 
 
+def _of(rows, figure):
+    # The rows of one figure ("session", "recovery") of sim/journal_bench.py.
+    return [r for r in rows if r["figure"] == figure]
+
+
 def _same_sessions(a, b):
     key = lambda r: (r["power_w"], r["bill_bytes"], r["bytes_per_session"])  # noqa: E731
-    return sorted(key(r) for r in a if r["figure"] == "session") == \
-        sorted(key(r) for r in b if r["figure"] == "session")
+    return sorted(map(key, _of(a, "session"))) == sorted(map(key, _of(b, "session")))
 
 
 def _cpu():
@@ -206,27 +206,6 @@ def _cpu():
     except OSError:
         pass
     return platform.machine()
-
-
-def write_section(text, path=DOC):
-    """Replace (or add) the "## Journal" section, leaving the others alone."""
-    try:
-        with open(path) as f:
-            doc = f.read()
-    except FileNotFoundError:
-        doc = "# Benchmarks\n"
-    lines = doc.split("\n")
-    start = next((i for i, l in enumerate(lines) if l.strip() == HEADING), None)
-    if start is None:
-        doc = doc.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n"
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")),
-                   len(lines))
-        tail = lines[end:]
-        doc = "\n".join(lines[:start] + text.rstrip("\n").split("\n")
-                        + ([""] + tail if tail else [""]))
-    with open(path, "w") as f:
-        f.write(doc)
 
 
 def main(argv=None):
@@ -251,9 +230,7 @@ def main(argv=None):
                 if not a.no_heap:
                     heap = heap_figures(a.micropython, work, a.bills)
         text = table(rows_cp, rows_mp, heap, a.micropython, a.bills)
-        print(text)
-        if a.write:
-            write_section(text)
+        benchdoc.show(text, a.write)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

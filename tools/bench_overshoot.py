@@ -39,6 +39,7 @@ from firmware.tariff import Tariff
 from protocol import fields as F
 from sim.programs import find_program
 from host import cli
+from sim import benchdoc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PILE = "55031412782305"
@@ -231,26 +232,6 @@ def report(heap=True):
     return "\n".join(out)
 
 
-def write_section(path, section):
-    """Replace (or append) the "## Charge control" section of `path` only."""
-    try:
-        with open(path) as f:
-            text = f.read()
-    except FileNotFoundError:
-        text = "# Benchmarks\n"
-    start = text.find("## Charge control")
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
-    else:
-        nxt = re.search(r"^## ", text[start + 3:], re.M)
-        end = start + 3 + nxt.start() if nxt else len(text)
-        text = text[:start] + section.rstrip("\n") + "\n" + ("\n" + text[end:] if nxt else "")
-    tmp = path + ".tmp%d" % os.getpid()
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="bench_overshoot", description=__doc__.split("\n")[0])
     ap.add_argument("--write", action="store_true", help="update docs/benchmarks.md")
@@ -258,10 +239,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     with cli.progress("bench_overshoot", enabled=cli.progress_enabled()):
         text = report(heap=not a.no_heap)
-    print(text)
-    if a.write:
-        write_section(os.path.join(ROOT, "docs", "benchmarks.md"), text)
-    return 0
+    return benchdoc.show(text, a.write)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,9 @@ reference platform (host/platform.py), with seeded random faults:
                    answer the login challenge) and sends a bill under it
   forged_confirm   an intruder on the broker confirms every bill it sees, with
                    the right content hash but without the platform's `auth`
+  bms_fault        (--bms) in 15 % of sessions the car's BMS stops (a BST),
+                   alarms (BSM), reports a timeout (BEM), falls silent, or
+                   aborts or falls silent in a stage before charging
 and in every session 2 or 3 stop commands, often after an automatic stop.
 The piles are keyed (one site key: login proof, signed commands, bill MAC)
 and the platform signs its commands and confirmations (a platform key).
@@ -53,8 +56,21 @@ unreconciled against ours; "lost" there is a bill the pile got a 0x40 for
 that the platform does not hold; bills the pile gave up without a 0x40 are
 counted, by YKC's rule not ours.
 
+With --bms each pile's gun talks GB/T 27930 to a simulated car's BMS over
+python-can's virtual bus (sim/bms.py, docs/bms.md): a new car with a random
+battery (capacity, start SOC, pack voltage and limits, taper) every session.
+
     pile-chaos --piles 20 --sessions 50 --seed 1 --json
     pile-chaos --piles 4 --sessions 20 --third-party 2
+    pile-chaos --inproc --piles 200 --sessions 50 --json
+
+--inproc runs the same parts in one process in simulated time, no sockets
+(sim/chaos_inproc.py): the real firmware piles, the real bridge (its store on
+SQLite) and the real platform, with an in-process broker; its faults are
+power_cut, flash_cut, reboot, bridge_kill (a crash: RAM lost, store kept),
+broker_restart, platform_outage, corrupt, duplicate and platform_duplicate (the
+broker delivers a bill or confirmation to the platform twice). It prints
+sessions/s beside the verdict.
 
 exits 1 when any of lost .. unconfirmed is not 0 (or recovery timed out).
 """
@@ -68,19 +84,45 @@ import sys
 from host import cli
 from sim.chaos import Chaos, failed, table
 from sim.chaos_fleet import KINDS
+from sim import chaos_inproc as inproc
+
+_ALL = KINDS + tuple(k for k in inproc.KINDS if k not in KINDS)
 
 
 def _kinds(text):
     if text in ("all", ""):
-        return KINDS
+        return "all"
     if text == "none":
         return ()
     kinds = tuple(k.strip() for k in text.split(",") if k.strip())
-    bad = [k for k in kinds if k not in KINDS]
+    bad = [k for k in kinds if k not in _ALL]
     if bad:
         raise argparse.ArgumentTypeError("unknown fault kind %r (known: %s)"
-                                         % (bad[0], ", ".join(KINDS)))
+                                         % (bad[0], ", ".join(_ALL)))
     return kinds
+
+
+def _inproc(ap, args):
+    if args.cluster or args.third_party or args.events or args.bms:
+        ap.error("--inproc runs without sockets: no --cluster, --third-party, --events or --bms")
+    faults = inproc.KINDS if args.faults == "all" else args.faults
+    bad = [k for k in faults if k not in inproc.KINDS]
+    if bad:
+        ap.error("fault kind %s needs the socket harness (in-process: %s)"
+                 % (bad[0], ", ".join(inproc.KINDS)))
+    h = inproc.InprocChaos(args.piles, args.sessions, args.seed, args.minutes, faults,
+                           args.intensity, args.keep, quiet=not args.verbose,
+                           keyed=not args.unkeyed, ocmf=args.ocmf)
+    try:
+        with cli.progress("pile-chaos sessions", total=args.piles * args.sessions,
+                          enabled=cli.progress_enabled(args.json)) as tick:
+            if cli.progress_enabled(args.json):
+                h.progress = tick
+            s = inproc.run(h)
+    finally:
+        h.close()
+    print(json.dumps(s, indent=2) if args.json else table(s) + "\n" + inproc.rate_line(s))
+    return 1 if failed(s) else 0
 
 
 def main(argv=None):
@@ -95,9 +137,9 @@ def main(argv=None):
                     help="simulated seconds per real second, at most (default 600)")
     ap.add_argument("--minutes", type=int, default=6,
                     help="longest planned session, simulated minutes (default 6)")
-    ap.add_argument("--faults", type=_kinds, default=KINDS, metavar="KIND,...",
+    ap.add_argument("--faults", type=_kinds, default="all", metavar="KIND,...",
                     help="fault kinds to inject: all (default), none, or a list of "
-                    + ", ".join(KINDS))
+                    + ", ".join(_ALL))
     ap.add_argument("--intensity", type=float, default=1.0,
                     help="multiply the pile and process fault rates (default 1)")
     ap.add_argument("--recovery", type=float, default=180.0, metavar="S",
@@ -111,8 +153,17 @@ def main(argv=None):
                     help="a 3-node NATS cluster (MQTT listeners, JetStream replicas 3) instead of "
                     "one Mosquitto; adds the node_kill fault, and broker_restart is a rolling "
                     "restart (docs/scaling.md)")
+    ap.add_argument("--bms", action="store_true",
+                    help="each gun charges a simulated car over GB/T 27930 (python-can's virtual "
+                    "bus): random batteries, and the bms_fault kind")
     ap.add_argument("--third-party", type=int, default=0, metavar="N",
                     help="vendor piles beside ours, their bills reported apart (default 0)")
+    ap.add_argument("--inproc", action="store_true",
+                    help="everything in this process in simulated time, no sockets "
+                    "(sim/chaos_inproc.py; docs/chaos.md \"In one process\")")
+    ap.add_argument("--ocmf", action="store_true",
+                    help="--inproc: the piles sign every bill (OCMF, P-256 in Python after each "
+                    "session; off by default in --inproc, always on in the socket harness)")
     ap.add_argument("--events", metavar="FILE", help="write custody events (JSON lines) to FILE "
                     "and the bridge's log to FILE.bridge.log, for tools/model_replay.py")
     cli.common(ap, log_level="warning")
@@ -126,10 +177,17 @@ def main(argv=None):
         ap.error("--piles and --sessions must be at least 1")
     if args.keep:
         os.makedirs(args.keep, exist_ok=True)
+    if args.inproc:
+        return _inproc(ap, args)
+    if args.faults == "all":
+        args.faults = KINDS
+    bad = [k for k in args.faults if k not in KINDS]
+    if bad:
+        ap.error("fault kind %s is for --inproc only" % bad[0])
     c = Chaos(args.piles, args.sessions, args.seed, args.speed, args.minutes, args.faults,
               args.intensity, args.keep, args.recovery, quiet=not args.verbose,
               keyed=not args.unkeyed, third_party=args.third_party, cluster=args.cluster,
-              events=args.events)
+              events=args.events, bms=args.bms)
     try:
         with cli.progress("pile-chaos sessions", total=args.piles * args.sessions,
                           enabled=cli.progress_enabled(args.json)) as tick:

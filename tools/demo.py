@@ -1,7 +1,7 @@
 """pile-demo: the whole product on one machine, in about a minute.
 
 Starts a broker (Mosquitto when installed, else the embedded amqtt), the
-bridge (`pile-bridge`, a child process), the reference platform and six
+bridge (`pile-bridge`, a child process), the reference platform and seven
 simulated piles running the real firmware over TCP, in simulated time. Then
 it replays the field cases through MQTT commands, as a platform would:
 
@@ -11,6 +11,11 @@ it replays the field cases through MQTT commands, as a platform would:
   pile 4  VIN refusal: a fleet card, a bus whose VIN is not the fleet's (0x8A)
   pile 5  a session across five tariff classes (deep valley .. sharp)
   pile 6  a bill made during a platform outage (delivered when it is back)
+  pile 7  a two-gun DC pile talking GB/T 27930 over CAN (python-can's virtual
+          bus) to a simulated BMS per gun (docs/bms.md): gun 1 charges to
+          SOC 80 % and stops on the SOC the BMS reports (0x41); on gun 2 the
+          BMS stops mid-charge for battery over-temperature (0x7C), the bill
+          sealed and confirmed
 
 Each case is announced as it begins; stop commands the piles refuse
 because the session had already ended are shown as expected. It ends with a

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one demo command: sets up (tools/setup.sh), then runs pile-demo:
-# broker, bridge, reference platform and six simulated piles running the
+# broker, bridge, reference platform and seven simulated piles running the
 # real firmware, replaying the field cases. Extra arguments go to pile-demo
 # (--json, --speed N, --keep DIR).
 set -euo pipefail

@@ -24,6 +24,7 @@ from protocol import codec
 from protocol import frames as T
 from protocol.crc import crc16
 from host import dissect as D
+from host.console import field_pair as field_text  # a field as the examples and pile-console spy show it
 
 DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
                    "protocol.md")
@@ -663,14 +664,6 @@ EXAMPLES = (
                          for k in ("price", "energy", "loss", "amount")})),
     ("bill_confirm", 21, {"serial": _SERIAL, "result": 0}),
 )
-
-
-def field_text(k, v):
-    """How an example (and pile-console spy) shows a decoded field."""
-    if k.endswith("time") and isinstance(v, int):
-        from protocol.fields import iso
-        return "%s=%s" % (k, iso(v))
-    return "%s=%s" % (k, v)
 
 
 def examples_block():

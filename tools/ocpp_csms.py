@@ -160,30 +160,38 @@ class Csms:
 
     # --- per version ---------------------------------------------------------------------------
 
-    def _cp201(self, station, ws):
-        from ocpp.v201 import ChargePoint, call_result
+    def _common(self, station, call_result):
+        # The handlers alike in 1.6 and 2.0.1 (the library checks each
+        # version's fields against its schema before it calls them).
         csms = self
 
-        class CP(ChargePoint):
+        class Common:
             @on("BootNotification")
-            async def boot(self, charging_station, reason, **kw):
+            async def boot(self, **kw):
                 return call_result.BootNotification(**csms._boot(station))
 
             @on("FirmwareStatusNotification")
             async def firmware_status(self, status, request_id=None, **kw):
-                csms._firmware(station, status, request_id)
+                csms._firmware(station, status, request_id)   # 1.6: no request id
                 return call_result.FirmwareStatusNotification()
-
-            @on("Authorize")
-            async def authorize(self, id_token, **kw):
-                st = csms._authorize(station, id_token["id_token"], id_token["type"])
-                return call_result.Authorize(id_token_info={"status": st})
 
             @on("Heartbeat")
             async def heartbeat(self, **kw):
                 csms.heartbeats[station] += 1
                 csms._notify()
                 return call_result.Heartbeat(current_time=_now())
+
+        return Common
+
+    def _cp201(self, station, ws):
+        from ocpp.v201 import ChargePoint, call_result
+        csms = self
+
+        class CP(self._common(station, call_result), ChargePoint):
+            @on("Authorize")
+            async def authorize(self, id_token, **kw):
+                st = csms._authorize(station, id_token["id_token"], id_token["type"])
+                return call_result.Authorize(id_token_info={"status": st})
 
             @on("StatusNotification")
             async def status(self, timestamp, connector_status, evse_id, connector_id, **kw):
@@ -206,25 +214,10 @@ class Csms:
         from ocpp.v16 import ChargePoint, call_result
         csms = self
 
-        class CP(ChargePoint):
-            @on("BootNotification")
-            async def boot(self, charge_point_model, charge_point_vendor, **kw):
-                return call_result.BootNotification(**csms._boot(station))
-
-            @on("FirmwareStatusNotification")
-            async def firmware_status(self, status, **kw):
-                csms._firmware(station, status, None)
-                return call_result.FirmwareStatusNotification()
-
+        class CP(self._common(station, call_result), ChargePoint):
             @on("Authorize")
             async def authorize(self, id_tag, **kw):
                 return call_result.Authorize(id_tag_info={"status": csms._authorize(station, id_tag)})
-
-            @on("Heartbeat")
-            async def heartbeat(self, **kw):
-                csms.heartbeats[station] += 1
-                csms._notify()
-                return call_result.Heartbeat(current_time=_now())
 
             @on("StatusNotification")
             async def status(self, connector_id, error_code, status, **kw):

@@ -31,9 +31,11 @@ def _serial(r, n):
     return PILE + "01" + "%02d%02d%02d%02d%02d%02d" % (y % 100, mo, d, h, mi, s) + "%04d" % (n % 10000)
 
 
-def _session(r, n, minutes, settle=True):
-    new_car(r)
-    r.start(_serial(r, n), balance=BALANCE)
+def charge(r, n, minutes, stamped=False):
+    """Remote start serial(n) (stamped: with the start's time, _serial),
+    `minutes` of charging (the platform end keeping only the bills),
+    remote stop."""
+    r.start(_serial(r, n) if stamped else serial(n), balance=BALANCE)
     t = 0
     while t < minutes * 60000:
         r.run(10000)
@@ -41,6 +43,11 @@ def _session(r, n, minutes, settle=True):
         t += 10000
     assert not r.platform.bills(), "the session ended before the stop"
     r.stop()
+
+
+def _session(r, n, minutes, settle=True):
+    new_car(r)
+    charge(r, n, minutes, stamped=True)
     j = r.pile.journal
     if settle:
         r.run(120000, lambda: bool(r.platform.bills()) and not j.pending() and not j.confirmed()

@@ -48,21 +48,13 @@ def session(minutes=30):
     remote stop, bill sent, confirmed and settled. The scripted platform
     keeps no frames (it is not part of the pile)."""
     import os
-    from tests.mp.pilekit import serial
-    from boardbench import BALANCE, keep_bills
+    from boardbench import charge
     before = _used()
     os.mkdir("/p")
     r = _rig("/p")
     r.online()
     after_boot = _used() - before
-    r.start(serial(1), balance=BALANCE)
-    t = 0
-    while t < minutes * 60000:
-        r.run(10000)
-        keep_bills(r)
-        t += 10000
-    assert not r.platform.bills(), "the session ended before the stop"
-    r.stop()
+    charge(r, 1, minutes)
     r.run(60000, lambda: bool(r.platform.bills()) and not r.pile.journal.confirmed()
           and not r.pile.journal.pending())
     done = not r.pile.journal.pending() and not r.pile.journal.confirmed()

@@ -7,6 +7,7 @@ from sim.hardware import SimOutput, SimWorld
 from sim.platform import ScriptedPlatform
 from firmware.tariff import Tariff
 from protocol import fields as F
+from tests.mp.util import rmtree
 
 PILE = "55031412782305"
 T0 = F.to_secs(2026, 11, 24, 10, 0, 0)
@@ -36,6 +37,13 @@ class Rig:
         # sharing: one power output per gun (firmware/sharing.py), cfg power_w
         self.outputs = [SimOutput(x.vehicle) for x in self.worlds] if sharing else None
         self.setup(guns, cfg, confirm, settle)
+
+    # `with _rig() as r:` removes the pile's flash folder however the test ends.
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        rmtree(self.root)
 
     def setup(self, guns, cfg, confirm, settle):
         """The pile's cfg (guns, extra cfg) and its first boot."""
@@ -108,6 +116,21 @@ class Rig:
 
     def stop(self, gun="01"):
         self.platform.send("remote_stop", {"pile": PILE, "gun": gun})
+
+    def charge(self, serial, ms, after_ms):
+        """A session on gun 01: started, `ms` of charging, stopped, then
+        `after_ms` more (its bill's round trip)."""
+        self.start(serial)
+        self.run(ms)
+        self.stop()
+        self.run(after_ms)
+
+    def status(self):
+        """The fields of the pile's answer to a status_query."""
+        k = len(self.platform.named("status_reply"))
+        self.platform.send("status_query", {"pile": self.pile.pile})
+        self.run(2000, lambda: len(self.platform.named("status_reply")) > k)
+        return self.platform.named("status_reply")[-1].fields
 
 
 def serial(n, gun="01"):

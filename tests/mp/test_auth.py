@@ -8,7 +8,7 @@ from firmware import auth
 from firmware.auth import CommandAuth, CounterStore
 from sim.flash import FlashSim, PowerCut
 from protocol import sign
-from tests.mp.util import tmpdir, rmtree
+from tests.mp.util import TempDir
 
 PILE = "55031412782305"
 KEY = b"\x11" * 32
@@ -41,8 +41,8 @@ def hx(b):
 
 
 def fresh(tag="auth"):
-    d = tmpdir(tag)
-    return d, d + "/cmd.ctr"
+    """`with fresh() as (d, path):` a temp dir and the counter file in it."""
+    return TempDir(tag, lambda d: d + "/cmd.ctr")
 
 
 def test_hmac_sha256_matches_rfc4231_vectors():
@@ -58,41 +58,31 @@ def test_hmac_sha256_accepts_bytearray_and_empty_inputs():
 
 
 def test_signed_stop_accepted_once_then_replay_rejected():
-    d, path = fresh()
-    try:
+    with fresh() as (d, path):
         a = CommandAuth(KEY, path)
         mac = a.sign(PILE, 1, STOP, STOP_BODY)
         assert a.verify(PILE, 1, STOP, STOP_BODY, mac) == (True, None)
         assert a.verify(PILE, 1, STOP, STOP_BODY, mac) == (False, "replay")
         assert a.rejected == 1
-    finally:
-        rmtree(d)
 
 
 def test_older_counter_rejected_as_replay_even_if_never_seen():
-    d, path = fresh()
-    try:
+    with fresh() as (d, path):
         a = CommandAuth(KEY, path)
         assert a.verify(PILE, 10, STOP, STOP_BODY, a.sign(PILE, 10, STOP, STOP_BODY))[0]
         assert a.verify(PILE, 7, STOP, STOP_BODY, a.sign(PILE, 7, STOP, STOP_BODY)) == (False, "replay")
         assert a.verify(PILE, 11, STOP, STOP_BODY, a.sign(PILE, 11, STOP, STOP_BODY)) == (True, None)
         assert a.last == 11
-    finally:
-        rmtree(d)
 
 
 def test_counter_zero_is_never_accepted():
-    d, path = fresh()
-    try:
+    with fresh() as (d, path):
         a = CommandAuth(KEY, path)
         assert a.verify(PILE, 0, STOP, STOP_BODY, a.sign(PILE, 0, STOP, STOP_BODY)) == (False, "replay")
-    finally:
-        rmtree(d)
 
 
 def test_forged_commands_rejected_bad_mac():
-    d, path = fresh()
-    try:
+    with fresh() as (d, path):
         a = CommandAuth(KEY, path)
         good = a.sign(PILE, 5, STOP, STOP_BODY)
         forged = CommandAuth(OTHER_KEY).sign(PILE, 5, STOP, STOP_BODY)
@@ -109,13 +99,10 @@ def test_forged_commands_rejected_bad_mac():
         # none of the forgeries moved the counter: the genuine command still runs
         assert a.last == 0
         assert a.verify(PILE, 5, STOP, STOP_BODY, good) == (True, None)
-    finally:
-        rmtree(d)
 
 
 def test_counter_survives_reboot_so_replay_stays_closed():
-    d, path = fresh()
-    try:
+    with fresh() as (d, path):
         a = CommandAuth(KEY, path)
         mac = a.sign(PILE, 42, STOP, STOP_BODY)
         assert a.verify(PILE, 42, STOP, STOP_BODY, mac)[0]
@@ -123,21 +110,16 @@ def test_counter_survives_reboot_so_replay_stays_closed():
         assert rebooted.last == 42
         assert rebooted.verify(PILE, 42, STOP, STOP_BODY, mac) == (False, "replay")
         assert rebooted.verify(PILE, 43, STOP, STOP_BODY, rebooted.sign(PILE, 43, STOP, STOP_BODY))[0]
-    finally:
-        rmtree(d)
 
 
 def test_counter_is_on_flash_before_the_command_is_accepted():
-    d, path = fresh()
-    try:
+    with fresh() as (d, path):
         a = CommandAuth(KEY, path)
         assert a.verify(PILE, 9, STOP, STOP_BODY, a.sign(PILE, 9, STOP, STOP_BODY))[0]
         with open(path, "rb") as f:
             rec = f.read()
         assert struct.unpack("<I", rec[:4])[0] == 9
         assert CounterStore(path).load() == 9
-    finally:
-        rmtree(d)
 
 
 class _NoRename:
@@ -151,60 +133,45 @@ class _NoRename:
 
 
 def test_counter_that_cannot_be_written_rejects_the_command():
-    d, path = fresh()
-    try:
+    with fresh() as (d, path):
         a = CommandAuth(KEY, CounterStore(path, _NoRename()))
         assert a.verify(PILE, 3, STOP, STOP_BODY, a.sign(PILE, 3, STOP, STOP_BODY)) == (False, "store")
         assert a.last == 0
-    finally:
-        rmtree(d)
 
 
 def test_unreadable_counter_record_fails_closed():
-    d, path = fresh()
-    try:
+    with fresh() as (d, path):
         with open(path, "wb") as f:
             f.write(b"\x05\x00\x00\x00garb")   # CRC does not match
         a = CommandAuth(KEY, path)
         assert a.last is None
         assert a.verify(PILE, 99, STOP, STOP_BODY, a.sign(PILE, 99, STOP, STOP_BODY)) == (False, "store")
-    finally:
-        rmtree(d)
 
 
 def test_torn_first_counter_write_reads_as_fresh_pile():
-    d, path = fresh()
-    try:
+    with fresh() as (d, path):
         with open(path + ".tmp", "wb") as f:
             f.write(b"\x07\x00")          # power cut while writing the first record
         assert CounterStore(path).load() == 0
         assert path.rsplit("/", 1)[1] + ".tmp" not in os.listdir(d)
-    finally:
-        rmtree(d)
 
 
 def test_counter_rename_cut_short_is_completed_at_load():
-    d, path = fresh()
-    try:
+    with fresh() as (d, path):
         CounterStore(path).save(17)
         os.rename(path, path + ".tmp")    # FAT renames by delete + rename
         assert CounterStore(path).load() == 17
         assert CounterStore(path).load() == 17
         a = CommandAuth(KEY, path)
         assert a.verify(PILE, 17, STOP, STOP_BODY, a.sign(PILE, 17, STOP, STOP_BODY)) == (False, "replay")
-    finally:
-        rmtree(d)
 
 
 def test_stale_tmp_beside_a_good_record_is_dropped():
-    d, path = fresh()
-    try:
+    with fresh() as (d, path):
         CounterStore(path).save(4)
         with open(path + ".tmp", "wb") as f:
             f.write(b"\x09\x00\x00")
         assert CounterStore(path).load() == 4
-    finally:
-        rmtree(d)
 
 
 def test_envelope_bytes_follow_the_documented_layout():
@@ -226,8 +193,7 @@ def test_mac_input_is_pile_counter_code_body_under_the_command_subkey():
 
 
 def test_open_checks_a_whole_envelope():
-    d, path = fresh()
-    try:
+    with fresh() as (d, path):
         a = CommandAuth(KEY, path)
         env = sign.seal(KEY, PILE, 3, STOP, STOP_BODY)
         assert a.open(PILE, env) == (True, None, 3, STOP, STOP_BODY)
@@ -236,8 +202,6 @@ def test_open_checks_a_whole_envelope():
         tampered = bytearray(sign.seal(KEY, PILE, 4, STOP, STOP_BODY))
         tampered[-1] ^= 0x03
         assert a.open(PILE, bytes(tampered))[:3] == (False, "bad mac", 4)
-    finally:
-        rmtree(d)
 
 
 def test_reason_codes_are_stable():
@@ -286,12 +250,9 @@ def test_bill_mac_cannot_pass_as_a_command_mac():
     body = _bill_body()
     mac = sign.bill_mac(KEY, body)
     counter = struct.unpack("<I", body[7:11])[0]
-    d, path = fresh()
-    try:
+    with fresh() as (d, path):
         a = CommandAuth(KEY, path)
         assert a.verify(body[:7], counter, body[11], body[12:], mac) == (False, "bad mac")
-    finally:
-        rmtree(d)
 
 
 def test_pile_keys_derived_from_a_site_key_differ_per_pile():
@@ -303,8 +264,7 @@ def test_pile_keys_derived_from_a_site_key_differ_per_pile():
 
 
 def test_key_file_in_hex_or_raw():
-    d = tmpdir("key")
-    try:
+    with TempDir("key") as d:
         with open(d + "/hex.key", "w") as f:
             f.write(hx(KEY) + "\n")
         with open(d + "/raw.key", "wb") as f:
@@ -318,8 +278,6 @@ def test_key_file_in_hex_or_raw():
             assert False, "short key accepted"
         except ValueError:
             pass
-    finally:
-        rmtree(d)
 
 
 def test_power_cut_after_every_byte_of_a_counter_write_never_reopens_a_replay():

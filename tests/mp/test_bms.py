@@ -49,8 +49,7 @@ def scenario_full_dialogue_to_charging_to_a_full_battery(bus=None):
     BCP/CML, BRO/CRO, charging (BCL demand, BCS SOC, CCS), the BMS full (BST
     soc) -> CST, BSD, CSD; the bill sealed with stop reason 0x41 (SOC),
     its energy the battery's, reconciled."""
-    r = _rig(bus, profile={"capacity_wh": 2000, "soc": 50, "vin": BUS_VIN})
-    try:
+    with _rig(bus, profile={"capacity_wh": 2000, "soc": 50, "vin": BUS_VIN}) as r:
         r.online()
         r.start(serial(1))
         ch = _charging(r)
@@ -80,16 +79,13 @@ def scenario_full_dialogue_to_charging_to_a_full_battery(bus=None):
         assert r.platform.named("bms_abort")[0].fields["abort_reason"] == 0x01     # BST: SOC
         assert r.platform.named("bms_end")[0].fields["soc"] == 100
         return r, ch, b
-    finally:
-        rmtree(r.root)
 
 
 def scenario_a_silent_bms_ends_the_session_with_the_cem_and_a_bill(bus=None):
     """Charging, then the BMS stops answering: BCL lost for 1 s -> CEM
     (BCL timeout) on the bus, the session ended with YKC 0x85 within one
     BCL timeout (+ one CCS period), the energy delivered billed, reconciled."""
-    r = _rig(bus, profile={"capacity_wh": 20000, "soc": 20})
-    try:
+    with _rig(bus, profile={"capacity_wh": 20000, "soc": 20}) as r:
         r.online()
         r.start(serial(2))
         ch = _charging(r)
@@ -109,15 +105,12 @@ def scenario_a_silent_bms_ends_the_session_with_the_cem_and_a_bill(bus=None):
         err = r.platform.named("bms_error")[0].fields                  # YKC 0x1B
         assert err["cem_bcs_bcl_bst"] == cem[2] == 0xC4    # BCL (bits 3-4) 01 and err["cem_brm"] == cem[0]
         return r, cem
-    finally:
-        rmtree(r.root)
 
 
 def scenario_the_soc_target_stops_on_the_bms_soc(bus=None):
     """A start with an SOC target of 60 %: the session stops on the SOC the
     BMS reports in BCS (not on a fake), the charger sends CST."""
-    r = _rig(bus, profile={"capacity_wh": 20000, "soc": 50})
-    try:
+    with _rig(bus, profile={"capacity_wh": 20000, "soc": 50}) as r:
         r.online()
         r.start(serial(3), soc=60)
         ch = _charging(r)
@@ -128,8 +121,6 @@ def scenario_the_soc_target_stops_on_the_bms_soc(bus=None):
         assert r.run(15000, lambda: ch.stage == C.DONE)
         assert ch.cst == ("condition",) and ch.stop_reason == 0   # the pile stopped, not the BMS
         return r
-    finally:
-        rmtree(r.root)
 
 
 def scenario_a_vin_rule_refuses_on_the_vin_from_brm(bus=None):
@@ -138,8 +129,7 @@ def scenario_a_vin_rule_refuses_on_the_vin_from_brm(bus=None):
     p = VinPolicy()
     p.set_vins([(BUS_VIN, "bus"), (TAXI_VIN, "taxi")])
     p.set_card(norm_card("D14B0A54"), CARD_FLEET, "bus", nameplate=BUS_VIN)
-    r = _rig(bus, profile={"vin": TAXI_VIN}, cfg={"vin_policy": p})
-    try:
+    with _rig(bus, profile={"vin": TAXI_VIN}, cfg={"vin_policy": p}) as r:
         r.online()
         r.start(serial(4))
         assert r.run(30000, lambda: r.platform.bills())
@@ -147,8 +137,6 @@ def scenario_a_vin_rule_refuses_on_the_vin_from_brm(bus=None):
         assert v["stop_reason"] == STOP_VIN_DENIED and v["vin"] == TAXI_VIN
         assert r.charger().brm["vin"] == TAXI_VIN
         return r
-    finally:
-        rmtree(r.root)
 
 
 # --- the queue bus -----------------------------------------------------------------
@@ -175,8 +163,7 @@ def test_a_vin_rule_refuses_on_the_vin_from_brm():
 
 
 def _ends_with(profile, fault, reason, stage=None):
-    r = _rig(profile=profile)
-    try:
+    with _rig(profile=profile) as r:
         r.online()
         r.start(serial(5))
         if stage is None:
@@ -190,8 +177,6 @@ def _ends_with(profile, fault, reason, stage=None):
         v = _one_bill(r, serial(5))
         assert v["stop_reason"] == reason, hex(v["stop_reason"])
         return r, v
-    finally:
-        rmtree(r.root)
 
 
 def test_every_bms_stop_and_timeout_maps_to_its_ykc_stop_reason():
@@ -233,8 +218,7 @@ def test_every_bms_stop_and_timeout_maps_to_its_ykc_stop_reason():
 
 
 def test_an_insulation_fault_fails_the_start_before_recognition():
-    r = _rig()
-    try:
+    with _rig() as r:
         r.world.imd.fault = True
         r.online()
         r.start(serial(15))
@@ -244,13 +228,10 @@ def test_an_insulation_fault_fails_the_start_before_recognition():
         ch = r.charger()
         assert ch.brm is None and r.world.imd.checks == 1     # no CRM was sent
         assert "recognition" not in [e for _, e in r.bms().log]
-    finally:
-        rmtree(r.root)
 
 
 def test_a_bms_stop_is_acted_on_within_one_poll():
-    r = _rig()
-    try:
+    with _rig() as r:
         r.online()
         r.start(serial(6))
         ch = _charging(r)
@@ -259,13 +240,10 @@ def test_a_bms_stop_is_acted_on_within_one_poll():
         assert r.run(2000, lambda: r.pile.gun.state == S.FINISHED)
         assert r.clock.ticks_ms() - t0 <= 150    # the BST's period (10 ms) + one CCS poll
         assert not r.world.contactor.closed and ch.stop_reason == C.YKC_BATTERY
-    finally:
-        rmtree(r.root)
 
 
 def test_a_remote_stop_sends_cst_and_the_dialogue_ends_with_the_statistics():
-    r = _rig()
-    try:
+    with _rig() as r:
         r.online()
         r.start(serial(7))
         ch = _charging(r)
@@ -279,8 +257,6 @@ def test_a_remote_stop_sends_cst_and_the_dialogue_ends_with_the_statistics():
         r.start(serial(8))
         _charging(r)
         assert ch.stages == 2
-    finally:
-        rmtree(r.root)
 
 
 def test_the_bcl_is_the_demand_power_sharing_divides():
@@ -329,8 +305,7 @@ def test_the_bms_side_answers_a_scripted_charger():
 
 
 def test_a_power_cut_while_charging_bills_0x83_and_the_next_start_has_a_new_dialogue():
-    r = _rig(profile={"capacity_wh": 20000})
-    try:
+    with _rig(profile={"capacity_wh": 20000}) as r:
         r.online()
         r.start(serial(11))
         ch = _charging(r)
@@ -345,13 +320,10 @@ def test_a_power_cut_while_charging_bills_0x83_and_the_next_start_has_a_new_dial
         r.start(serial(12))
         _charging(r)
         assert ch.stages == 2 and ch.stop_reason == 0
-    finally:
-        rmtree(r.root)
 
 
 def test_unplugging_ends_the_dialogue_and_the_session():
-    r = _rig()
-    try:
+    with _rig() as r:
         r.online()
         r.start(serial(13))
         ch = _charging(r)
@@ -359,13 +331,10 @@ def test_unplugging_ends_the_dialogue_and_the_session():
         assert r.run(5000, lambda: r.platform.bills())
         assert _one_bill(r, serial(13))["stop_reason"] == S.ABORT_PILOT
         assert ch.stage == C.IDLE and r.bms().power == 0
-    finally:
-        rmtree(r.root)
 
 
 def test_a_bms_pause_holds_the_power_at_zero_and_ten_minutes_of_it_end_the_charge():
-    r = _rig(profile={"capacity_wh": 200000})
-    try:
+    with _rig(profile={"capacity_wh": 200000}) as r:
         r.online()
         r.start(serial(14))
         ch = _charging(r)
@@ -386,16 +355,13 @@ def test_a_bms_pause_holds_the_power_at_zero_and_ten_minutes_of_it_end_the_charg
         v = _one_bill(r, serial(14))
         assert v["stop_reason"] == C.YKC_FORBIDDEN
         assert r.clock.ticks_ms() - ch._pause_t >= 600000
-    finally:
-        rmtree(r.root)
 
 
 def test_garbage_on_the_bus_never_faults_the_pile():
     # random frames from the BMS's address (every PGN of the table, TP, short
     # and empty payloads) and a meter reading out of CCS's range: the pile's
     # main loop never faults (a fault would seal the session with 0x90)
-    r = _rig(profile={"capacity_wh": 200000})
-    try:
+    with _rig(profile={"capacity_wh": 200000}) as r:
         r.online()
         r.start(serial(16))
         ch = _charging(r)
@@ -416,13 +382,10 @@ def test_garbage_on_the_bus_never_faults_the_pile():
         assert r.run(60000, lambda: r.platform.bills())    # whatever it ended with
         v = _one_bill(r, serial(16))
         assert v["stop_reason"] != 0x90
-    finally:
-        rmtree(r.root)
 
 
 def test_one_bem_before_charging_restarts_recognition_and_the_charge_goes_on():
-    r = _rig(profile={"bro_wait_ms": 3000})
-    try:
+    with _rig(profile={"bro_wait_ms": 3000}) as r:
         r.online()
         r.start(serial(17))
         ch = r.charger()
@@ -438,13 +401,10 @@ def test_one_bem_before_charging_restarts_recognition_and_the_charge_goes_on():
         assert _one_bill(r, serial(17))["stop_reason"] == S.STOP_REMOTE
         # the BMS data of the restart went up too (0x1B)
         assert r.platform.named("bms_error")
-    finally:
-        rmtree(r.root)
 
 
 def test_a_bem_that_keeps_coming_ends_the_start_after_three_recognitions():
-    r = _rig(profile={"bro_wait_ms": 3000})
-    try:
+    with _rig(profile={"bro_wait_ms": 3000}) as r:
         r.online()
         r.start(serial(18))
         b = r.bms()
@@ -454,5 +414,3 @@ def test_a_bem_that_keeps_coming_ends_the_start_after_three_recognitions():
         v = _one_bill(r, serial(18))
         assert v["stop_reason"] == C.YKC_FAIL_CONTROL and v["total_energy"] == 0
         assert r.charger()._restarts == 3
-    finally:
-        rmtree(r.root)

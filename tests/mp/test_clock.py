@@ -5,7 +5,7 @@
 from protocol import fields as F
 from tests.mp.pilekit import PILE, T0, Rig
 from tests.mp.test_console import PIN, Term
-from tests.mp.util import rmtree, tmpdir
+from tests.mp.util import tmpdir
 
 _YEAR = 365 * 86400
 
@@ -18,8 +18,7 @@ def _sync(r, t):
 
 
 def test_a_time_sync_a_year_away_is_refused_a_small_step_is_taken():
-    r = Rig(tmpdir("clock"), cfg={"pin": PIN})
-    try:
+    with Rig(tmpdir("clock"), cfg={"pin": PIN}) as r:
         r.online()
         before = r.pile.clock.now()
         got = _sync(r, before + _YEAR)
@@ -36,16 +35,11 @@ def test_a_time_sync_a_year_away_is_refused_a_small_step_is_taken():
         assert "clock set to 2027-06-01T08:00:00" in t.ask("clock set 2027-06-01 08:00:00")
         assert r.pile.clock.now() - F.to_secs(2027, 6, 1, 8, 0, 0) < 5
         assert "usage" in t.ask("clock set tomorrow")
-    finally:
-        rmtree(r.root)
 
 
 def test_a_clock_that_is_not_valid_yet_takes_any_sync():
-    r = Rig(tmpdir("clock0"))
-    try:
+    with Rig(tmpdir("clock0")) as r:
         r.pile.clock.set_now(3600)                          # 2000-01-01: the RTC lost power
         r.online()
         got = _sync(r, T0)
         assert abs(got - T0) < 60
-    finally:
-        rmtree(r.root)

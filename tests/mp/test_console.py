@@ -6,7 +6,7 @@ from firmware import session as S
 from firmware.console import Console
 from sim.loopuart import LoopUart
 from tests.mp.pilekit import Rig, serial
-from tests.mp.util import rmtree, tmpdir
+from tests.mp.util import tmpdir
 
 PIN = "4711"
 
@@ -51,23 +51,12 @@ def _rig(**kw):
 
 def _unconfirmed_bill(r, n=1):
     r.online()
-    r.start(serial(n))
-    r.run(120000)
-    r.stop()
-    r.run(5000)
+    r.charge(serial(n), 120000, 5000)
     assert r.pile.journal.status(serial(n)) == "pending"
 
 
-def _status(r):
-    k = len(r.platform.named("status_reply"))
-    r.platform.send("status_query", {"pile": r.pile.pile})
-    r.run(2000, lambda: len(r.platform.named("status_reply")) > k)
-    return r.platform.named("status_reply")[-1].fields
-
-
 def test_status_shows_state_link_boot_reason_and_journal_counts():
-    r = _rig(confirm=False)
-    try:
+    with _rig(confirm=False) as r:
         t = Term(r)
         r.online()
         text = t.ask("status")
@@ -78,13 +67,10 @@ def test_status_shows_state_link_boot_reason_and_journal_counts():
         assert d["boot_reason"] == "power-on"
         assert d["pending"] == 0 and d["unsettled"] == 0 and d["illegal"] == 0
         assert 0 <= d["journal_used"] <= d["journal_limit"] == 65536
-    finally:
-        rmtree(r.root)
 
 
 def test_bills_lists_an_unconfirmed_session_and_bill_decodes_every_field():
-    r = _rig(confirm=False)
-    try:
+    with _rig(confirm=False) as r:
         t = Term(r)
         _unconfirmed_bill(r)
         d = t.js("bills")
@@ -106,13 +92,10 @@ def test_bills_lists_an_unconfirmed_session_and_bill_decodes_every_field():
         assert "0x40" in text and "kWh" in text and "yuan" in text
         assert "no bill" in t.ask("bill " + serial(9))
         assert t.js("bill 12")["error"].startswith("trade serial must be 32 digits")
-    finally:
-        rmtree(r.root)
 
 
 def test_session_shows_the_running_trade_and_its_targets():
-    r = _rig()
-    try:
+    with _rig() as r:
         t = Term(r)
         assert t.js("session")["active"] is False
         r.online()
@@ -123,13 +106,10 @@ def test_session_shows_the_running_trade_and_its_targets():
         assert d["energy"] > 0 and d["amount"] > 0
         assert d["target_amount"] == 500000 and d["target_energy"] == 300000
         assert serial(2) in t.ask("session")
-    finally:
-        rmtree(r.root)
 
 
 def test_meter_errors_are_shown_never_a_crash():
-    r = _rig()
-    try:
+    with _rig() as r:
         t = Term(r)
         d = t.js("meter")
         assert d["energy"] == 0 and d["power"] == 0
@@ -139,13 +119,10 @@ def test_meter_errors_are_shown_never_a_crash():
         text = t.ask("meter")
         assert text.count("error:") == 4
         assert "pile" in t.ask("status")   # the console carries on
-    finally:
-        rmtree(r.root)
 
 
 def test_write_commands_need_the_pin():
-    r = _rig()
-    try:
+    with _rig() as r:
         t = Term(r)
         assert "locked" in t.ask("config set period_ms 500")
         assert "locked" in t.ask("reboot idle")
@@ -160,7 +137,7 @@ def test_write_commands_need_the_pin():
         assert t.js("versions")["hmi"] == "104"
         # what the pile says on the wire agrees with the console
         r.online()
-        st = _status(r)
+        st = r.status()
         v = t.js("versions")
         assert (st["hmi_version"], st["fw_version"]) == ("104", v["fw"])
         assert r.platform.named("login")[-1].fields["sw_version"] == v["fw"]
@@ -170,7 +147,7 @@ def test_write_commands_need_the_pin():
         t = Term(r)
         assert r.pile.gun.period_ms == 500 and r.pile.cfg["hmi_version"] == "104"
         r.online()
-        assert t.js("versions")["hmi"] == _status(r)["hmi_version"] == "104"
+        assert t.js("versions")["hmi"] == r.status()["hmi_version"] == "104"
         t = Term(r)
         t.ask("lock")
         assert "locked" in t.ask("reboot now")
@@ -178,13 +155,10 @@ def test_write_commands_need_the_pin():
         assert "rebooting" in t.ask("reboot now")
         r.run(2000)
         assert r.reboots == 1 and r.pile.boot_reason == 1
-    finally:
-        rmtree(r.root)
 
 
 def test_five_wrong_pins_lock_out_for_five_minutes_even_across_a_reboot():
-    r = _rig()
-    try:
+    with _rig() as r:
         t = Term(r)
         for i in range(4):
             assert "wrong PIN" in t.ask("unlock 0000")
@@ -199,16 +173,13 @@ def test_five_wrong_pins_lock_out_for_five_minutes_even_across_a_reboot():
         r.run(2000)
         assert "unlocked" in t.ask("unlock " + PIN)
         assert "wrong PIN (4 of 5" in t.ask("unlock 1234") # the count starts again
-    finally:
-        rmtree(r.root)
 
 
 def test_each_lockout_before_a_right_pin_lasts_twice_as_long_up_to_a_day():
     # 5 tries every 5 minutes was 1,440 guesses a day (issue 17). Now each
     # lockout doubles (5, 10, 20 ... minutes, at most a day), also across a
     # reboot, and only a right PIN starts the count again.
-    r = _rig()
-    try:
+    with _rig() as r:
         t = Term(r)
         for minutes in (5, 10, 20, 40):
             for i in range(4):
@@ -224,33 +195,24 @@ def test_each_lockout_before_a_right_pin_lasts_twice_as_long_up_to_a_day():
         for i in range(4):
             assert "wrong PIN" in t.ask("unlock 0000")
         assert "locked out for 5 minutes" in t.ask("unlock 0000")   # back to the first
-    finally:
-        rmtree(r.root)
 
 
 def test_no_pin_configured_refuses_unlock():
-    r = Rig(tmpdir("con"))
-    try:
+    with Rig(tmpdir("con")) as r:
         t = Term(r)
         assert "no technician PIN" in t.ask("unlock 1234")
-    finally:
-        rmtree(r.root)
 
 
 def test_over_long_line_is_refused_whole_with_a_clear_error():
-    r = _rig()
-    try:
+    with _rig() as r:
         t = Term(r)
         out = t.raw(b"x" * 200 + b"\r")
         assert "error: line longer than 96 bytes" in out and out.endswith("pile> ")
         assert "pile" in t.ask("status")
-    finally:
-        rmtree(r.root)
 
 
 def test_terminal_editing_backspace_crlf_and_arrow_keys():
-    r = _rig()
-    try:
+    with _rig() as r:
         t = Term(r)
         out = t.raw(b"statux\x7fs\r\n")
         assert "boot reason" in out and out.count("pile> ") == 1
@@ -262,13 +224,10 @@ def test_terminal_editing_backspace_crlf_and_arrow_keys():
         assert out.partition("\r\n")[2][:-len("pile> ")] == t.ask("log")
         assert "unknown command" in t.ask("frobnicate")
         assert t.ask("") == ""
-    finally:
-        rmtree(r.root)
 
 
 def test_json_answers_parse_for_every_reading_command():
-    r = _rig(confirm=False)
-    try:
+    with _rig(confirm=False) as r:
         t = Term(r)
         _unconfirmed_bill(r, 3)
         for cmd in ("help", "status", "meter", "session", "bills", "tariff", "versions", "log",
@@ -282,8 +241,6 @@ def test_json_answers_parse_for_every_reading_command():
         assert ev[-1]["kind"] == "console_bad_pin" and ev[-1]["time"] > 0
         assert "console_bad_pin" in t.ask("log")
         assert "error" in t.js("nonsense")
-    finally:
-        rmtree(r.root)
 
 
 def _refused_bill(r, n, result):
@@ -297,8 +254,7 @@ def _refused_bill(r, n, result):
 
 
 def test_bills_show_a_refused_bill_with_the_platform_result_and_release_needs_the_pin():
-    r = _rig()
-    try:
+    with _rig() as r:
         t = Term(r)
         _refused_bill(r, 1, 1)              # MAC does not verify
         d = t.js("bills")
@@ -331,13 +287,10 @@ def test_bills_show_a_refused_bill_with_the_platform_result_and_release_needs_th
         r.start(serial(1))                  # a repeated start: no second session
         r.run(3000)
         assert r.pile.gun.state != S.CHARGING and r.pile.journal.status(serial(1)) is None
-    finally:
-        rmtree(r.root)
 
 
 def test_release_refuses_a_bill_still_on_its_way_and_takes_a_0x40_illegal_one():
-    r = _rig(confirm=False)
-    try:
+    with _rig(confirm=False) as r:
         t = Term(r)
         _unconfirmed_bill(r, 2)
         t.ask("unlock " + PIN)
@@ -351,5 +304,3 @@ def test_release_refuses_a_bill_still_on_its_way_and_takes_a_0x40_illegal_one():
         assert row["state"] == "illegal" and "result" not in row
         assert t.js("release " + serial(2))["result"] is None
         assert r.pile.journal.status(serial(2)) == "settled"
-    finally:
-        rmtree(r.root)

@@ -6,7 +6,7 @@ from firmware import session as S
 from firmware.pile import Pile
 from protocol.reconcile import reconcile
 from tests.mp.pilekit import PILE, Rig, serial
-from tests.mp.util import raises, rmtree, tmpdir
+from tests.mp.util import raises, rmtree, TempDir, tmpdir
 
 
 def _rig(guns=2, **kw):
@@ -41,8 +41,7 @@ def _check_bills(r, started):
 
 
 def test_login_reports_the_gun_count_and_every_gun_beats():
-    r = _rig(guns=3, soc=20)
-    try:
+    with _rig(guns=3, soc=20) as r:
         r.online()
         assert r.platform.named("login")[0].fields["guns"] == 3
         r.run(25000)
@@ -50,23 +49,17 @@ def test_login_reports_the_gun_count_and_every_gun_beats():
         assert guns[:6] == ["01", "02", "03", "01", "02", "03"]
         # every gun's idle 0x13 at login
         assert sorted(f.fields["gun"] for f in r.platform.named("realtime")) == ["01", "02", "03"]
-    finally:
-        rmtree(r.root)
 
 
 def test_guns_out_of_range_refused_at_boot():
-    root = tmpdir("guns")
-    try:
+    with TempDir("guns") as root:
         for n in (0, 5):
             e = raises(ValueError, Rig, root, guns=1, cfg={"guns": n})
             assert "guns" in str(e)
-    finally:
-        rmtree(root)
 
 
 def test_two_guns_charge_at_once_and_a_stop_for_gun_2_never_touches_gun_1():
-    r = _rig()
-    try:
+    with _rig() as r:
         r.online()
         a, b = serial(1, "01"), serial(2, "02")
         r.start(a, gun="01")
@@ -98,13 +91,10 @@ def test_two_guns_charge_at_once_and_a_stop_for_gun_2_never_touches_gun_1():
         # each gun's meter bills its own energy
         assert bills[b]["meter_stop"] == r.worlds[1].meter.read_energy()
         assert r.pile.journal.status(a) == "settled" and r.pile.journal.status(b) == "settled"
-    finally:
-        rmtree(r.root)
 
 
 def test_a_start_for_a_gun_the_pile_does_not_have_is_refused_and_runs_nothing():
-    r = _rig()
-    try:
+    with _rig() as r:
         r.online()
         s = serial(3, "03")
         r.start(s, gun="03")
@@ -114,13 +104,10 @@ def test_a_start_for_a_gun_the_pile_does_not_have_is_refused_and_runs_nothing():
         assert _replies(r, "remote_stop_reply") == [(None, "03", 0, S.STOPR_OTHER)]
         assert [g.state for g in r.pile.guns] == [S.PLUGGED, S.PLUGGED]
         assert r.pile.journal.open_sessions() == []
-    finally:
-        rmtree(r.root)
 
 
 def test_power_cut_with_two_guns_charging_bills_both_at_their_checkpoints():
-    r = _rig()
-    try:
+    with _rig() as r:
         r.online()
         a, b = serial(4, "01"), serial(5, "02")
         r.start(a, gun="01")
@@ -133,13 +120,10 @@ def test_power_cut_with_two_guns_charging_bills_both_at_their_checkpoints():
         bills = _check_bills(r, {a: "01", b: "02"})
         assert bills[a]["stop_reason"] == 0x83 and bills[b]["stop_reason"] == 0x83
         assert bills[a]["total_energy"] > 0 and bills[b]["total_energy"] > 0
-    finally:
-        rmtree(r.root)
 
 
 def test_offline_starts_on_two_guns_get_distinct_serials_naming_their_gun():
-    r = _rig()
-    try:
+    with _rig() as r:
         r.platform.answer_login = False
         g1, g2 = r.pile.guns
         assert r.pile.card_swiped("D14B0A54", gun="01") == "started"
@@ -154,21 +138,16 @@ def test_offline_starts_on_two_guns_get_distinct_serials_naming_their_gun():
         r.online()
         r.run(30000)
         _check_bills(r, {s1: "01", s2: "02"})
-    finally:
-        rmtree(r.root)
 
 
 def test_status_reports_the_busiest_gun():
-    r = _rig()
-    try:
+    with _rig() as r:
         r.online()
         assert r.pile.status_fields()["state"] == S.PLUGGED
         r.start(serial(6, "02"), gun="02")
         r.run(3000)
         assert r.pile.status_fields()["state"] == S.CHARGING
         assert not r.pile.idle()
-    finally:
-        rmtree(r.root)
 
 
 _KEEP = ("remote_start_reply", "bill", "bill5", "bill_extra")
@@ -244,8 +223,7 @@ def test_two_guns_stops_and_power_cuts_at_odd_instants_one_reconciling_bill_per_
 
 def test_console_shows_each_gun_and_its_session():
     from tests.mp.test_console import Term
-    r = _rig()
-    try:
+    with _rig() as r:
         r.online()
         s = serial(7, "02")
         r.start(s, gun="02")
@@ -260,5 +238,3 @@ def test_console_shows_each_gun_and_its_session():
         assert t.js("session")["active"] is False          # gun 1 by default
         assert t.js("meter 02")["energy"] == r.worlds[1].meter.read_energy()
         assert "no gun 05" in t.ask("session 05")
-    finally:
-        rmtree(r.root)

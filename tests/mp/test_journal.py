@@ -2,7 +2,7 @@
 # MicroPython alike (micropython tests/mp/run.py test_journal).
 import os
 
-from tests.mp.util import raises, tmpdir, rmtree
+from tests.mp.util import raises, rmtree, TempDir, TickClock, tmpdir
 from firmware import journal as J
 from firmware.journal import Journal, JournalFull, RecordTooLong
 from firmware.outbox import Outbox
@@ -22,17 +22,6 @@ def body(n, size=158):
     return bytes(b)
 
 
-class Clock:
-    def __init__(self):
-        self.t = 1000
-
-    def ticks_ms(self):
-        return self.t
-
-    def ticks_diff(self, a, b):
-        return a - b
-
-
 class Events:
     def __init__(self):
         self.seen = []
@@ -45,8 +34,8 @@ class Events:
 
 
 def _fresh(tag, **kw):
-    d = tmpdir(tag)
-    return d, Journal(d + "/bills.j", **kw)
+    """`with _fresh(tag) as (d, j):` a temp dir and a journal in it."""
+    return TempDir(tag, lambda d: Journal(d + "/bills.j", **kw))
 
 
 def _session(j, n, ckpts=2, size=158):
@@ -69,8 +58,7 @@ def _write(path, data):
 
 
 def test_seal_confirm_settle_lifecycle():
-    d, j = _fresh("life")
-    try:
+    with _fresh("life") as (d, j):
         s = serial(1)
         assert j.status(s) is None
         assert j.open_session(s, b"hdr") == "opened"
@@ -87,13 +75,10 @@ def test_seal_confirm_settle_lifecycle():
         assert j.checkpoint(s, b"late") == "no_session"
         r = Journal(j.path).recover()
         assert r.settled == 1 and r.pending == [] and not r.damaged
-    finally:
-        rmtree(d)
 
 
 def test_second_seal_is_refused_and_never_a_second_bill():
-    d, j = _fresh("dbl")
-    try:
+    with _fresh("dbl") as (d, j):
         s = _session(j, 2)
         used = j.bytes_used()
         assert j.seal(s, body(99)) == "already_sealed"
@@ -107,13 +92,10 @@ def test_second_seal_is_refused_and_never_a_second_bill():
         assert j.seal(s, body(99)) == "no_session"
         assert j.pending() == [] and j.bill(s) is None
         assert j.seal(serial(3), body(3)) == "no_session"
-    finally:
-        rmtree(d)
 
 
 def test_open_session_after_reboot_is_reported_and_closed_with_stop_reason_0x83():
-    d, j = _fresh("open")
-    try:
+    with _fresh("open") as (d, j):
         done = _session(j, 1)
         s = serial(2)
         j.open_session(s, b"header-2")
@@ -132,23 +114,17 @@ def test_open_session_after_reboot_is_reported_and_closed_with_stop_reason_0x83(
         assert j2.bill(s) == b"header-2|ck-b|\x83"
         r3 = Journal(j.path).recover()
         assert r3.open_sessions == [] and r3.pending == [done, s]
-    finally:
-        rmtree(d)
 
 
 def test_open_session_without_checkpoint_reports_none():
-    d, j = _fresh("open0")
-    try:
+    with _fresh("open0") as (d, j):
         j.open_session(serial(5), b"h")
         r = Journal(j.path).recover()
         assert r.open_sessions == [(serial(5), b"h", None)]
-    finally:
-        rmtree(d)
 
 
 def test_serial_counter_is_unique_across_reboots():
-    d, j = _fresh("ctr")
-    try:
+    with _fresh("ctr") as (d, j):
         seen = []
         for boot in range(4):
             j = Journal(j.path)
@@ -161,24 +137,18 @@ def test_serial_counter_is_unique_across_reboots():
         s1 = j.issue_serial(32010200000001, 1, 240101120000)
         s2 = j.issue_serial(32010200000001, 1, 240101120000)
         assert s1 != s2 and s1.endswith("0013") and s2.endswith("0014")
-    finally:
-        rmtree(d)
 
 
 def test_issued_serial_skips_one_already_in_the_journal():
-    d, j = _fresh("iss")
-    try:
+    with _fresh("iss") as (d, j):
         taken = J.make_serial(32010200000001, 1, 240101120000, 1)
         j.open_session(taken, b"h")
         s = j.issue_serial(32010200000001, 1, 240101120000)
         assert s != taken and s.endswith("0002")
-    finally:
-        rmtree(d)
 
 
 def test_compaction_keeps_pending_drops_settled_and_keeps_open_session_tail():
-    d, j = _fresh("cmp")
-    try:
+    with _fresh("cmp") as (d, j):
         a = _session(j, 1)
         b = _session(j, 2)
         c = _session(j, 3)
@@ -202,14 +172,11 @@ def test_compaction_keeps_pending_drops_settled_and_keeps_open_session_tail():
         assert r.records == 2 + 1 + 1 + 1 and r.remembered == 1 and r.floor is None
         assert not r.damaged and r.temp is None
         assert Journal(j.path).bill(c) == body(3)
-    finally:
-        rmtree(d)
 
 
 def test_journal_full_of_unconfirmed_bills_refuses_starts_and_keeps_every_bill():
     ev = Events()
-    d, j = _fresh("full", limit_bytes=J.MIN_LIMIT + 1200, on_event=ev)
-    try:
+    with _fresh("full", limit_bytes=J.MIN_LIMIT + 1200, on_event=ev) as (d, j):
         sealed = []
         n = 0
         while j.can_start():
@@ -231,13 +198,10 @@ def test_journal_full_of_unconfirmed_bills_refuses_starts_and_keeps_every_bill()
         assert j.can_start() and j.refusal is None
         _session(j, 500, ckpts=40)
         assert j.bytes_used() <= j.limit
-    finally:
-        rmtree(d)
 
 
 def test_checkpoints_of_a_long_session_never_overflow_the_limit():
-    d, j = _fresh("long", limit_bytes=J.MIN_LIMIT)
-    try:
+    with _fresh("long", limit_bytes=J.MIN_LIMIT) as (d, j):
         s = serial(1)
         j.open_session(s, b"h" * 40)
         used = j.bytes_used()
@@ -252,10 +216,7 @@ def test_checkpoints_of_a_long_session_never_overflow_the_limit():
         assert r.pending == [s] and r.open_sessions == []
         # a second open session on the same gun appends its checkpoints to
         # the journal (the side file is the first one's): they compact
-    finally:
-        rmtree(d)
-    d, j = _fresh("long2", limit_bytes=J.MIN_LIMIT * 4)
-    try:
+    with _fresh("long2", limit_bytes=J.MIN_LIMIT * 4) as (d, j):
         a, b = serial(2), serial(3)
         j.open_session(a, b"ha")
         j.open_session(b, b"hb")
@@ -266,13 +227,10 @@ def test_checkpoints_of_a_long_session_never_overflow_the_limit():
         assert j.compactions > 0
         r = Journal(j.path).recover()
         assert r.open_sessions == [(a, b"ha", b"%040d" % 299), (b, b"hb", b"%040d" % 1299)]
-    finally:
-        rmtree(d)
 
 
 def test_record_too_long_is_refused_and_nothing_written():
-    d, j = _fresh("long2")
-    try:
+    with _fresh("long2") as (d, j):
         s = serial(1)
         raises(RecordTooLong, j.open_session, s, bytes(J.MAX_HEADER + 1))
         assert j.bytes_used() == 0 and j.status(s) is None
@@ -282,14 +240,11 @@ def test_record_too_long_is_refused_and_nothing_written():
         assert j.status(s) == "open" and j.bytes_used() == 24 + 1
         assert j.seal(s, bytes(J.MAX_BILL)) == "sealed"
         raises(ValueError, j.status, "12ab")
-    finally:
-        rmtree(d)
 
 
 def test_corrupted_middle_record_is_skipped_and_reported_neighbours_survive():
     ev = Events()
-    d, j = _fresh("bad")
-    try:
+    with _fresh("bad") as (d, j):
         a = _session(j, 1, ckpts=0)
         mid_start = j.bytes_used()
         b = _session(j, 2, ckpts=0)
@@ -317,13 +272,10 @@ def test_corrupted_middle_record_is_skipped_and_reported_neighbours_survive():
         assert len(_read(j.path + ".bad")) == hi - lo
         r2 = Journal(j.path).recover()
         assert not r2.damaged and r2.pending == [a, c]
-    finally:
-        rmtree(d)
 
 
 def test_corrupted_length_field_resyncs_on_the_next_record():
-    d, j = _fresh("len")
-    try:
+    with _fresh("len") as (d, j):
         a = _session(j, 1, ckpts=0)
         off = j.bytes_used()
         b = _session(j, 2, ckpts=0)
@@ -334,14 +286,11 @@ def test_corrupted_length_field_resyncs_on_the_next_record():
         r = Journal(j.path).recover()
         assert r.pending == [a, b]
         assert len(r.corrupt) == 1 and r.corrupt[0][0] == off
-    finally:
-        rmtree(d)
 
 
 def test_torn_tail_is_ignored_reported_and_cut_off():
     ev = Events()
-    d, j = _fresh("torn")
-    try:
+    with _fresh("torn") as (d, j):
         a = _session(j, 1)
         good = j.bytes_used()
         s = serial(2)
@@ -361,13 +310,10 @@ def test_torn_tail_is_ignored_reported_and_cut_off():
         _session(j2, 3)
         r2 = Journal(j.path).recover()
         assert not r2.damaged and r2.pending == [a, serial(3)]
-    finally:
-        rmtree(d)
 
 
 def test_left_over_compaction_temp_file_at_boot():
-    d, j = _fresh("tmp")
-    try:
+    with _fresh("tmp") as (d, j):
         a = _session(j, 1)
         # cut before the rename: the old file rules, the temp file goes
         _write(j.path + ".tmp", b"half a compaction")
@@ -378,17 +324,14 @@ def test_left_over_compaction_temp_file_at_boot():
         os.rename(j.path, j.path + ".tmp")
         r = Journal(j.path).recover()
         assert r.temp == "adopted" and r.pending == [a]
-    finally:
-        rmtree(d)
 
 
 def test_illegal_bill_is_kept_listed_and_never_resent():
     ev = Events()
-    d, j = _fresh("ill", on_event=ev)
-    try:
+    with _fresh("ill", on_event=ev) as (d, j):
         a = _session(j, 1)
         b = _session(j, 2)
-        clock = Clock()
+        clock = TickClock()
         ob = Outbox(j, clock)
         ob.on_login()
         assert ob.due()[0] == a
@@ -405,16 +348,13 @@ def test_illegal_bill_is_kept_listed_and_never_resent():
         r = Journal(j.path).recover()
         assert r.illegal == [a] and Journal(j.path).bill(a) == body(1)
         assert j.confirm(a) == "refused"
-    finally:
-        rmtree(d)
 
 
 def test_bill_the_platform_refused_is_kept_with_its_result_until_released():
     # 0xE4 result 1 (MAC does not verify): the confirmed bill turns illegal
     # with the result, on flash; it survives compaction under pressure and
     # reboots, is never re-offered, and goes only once settled (released).
-    d, j = _fresh("refuse", limit_bytes=J.MIN_LIMIT + 600)
-    try:
+    with _fresh("refuse", limit_bytes=J.MIN_LIMIT + 600) as (d, j):
         a = _session(j, 1)
         b = _session(j, 2)
         assert j.confirm(a) == "ok" and j.confirm(b) == "ok"
@@ -424,7 +364,7 @@ def test_bill_the_platform_refused_is_kept_with_its_result_until_released():
         assert j.status(a) == "illegal" and j.platform_result(a) == 1
         assert j.platform_result(b) == 2
         assert j.illegal_bills() == [a, b] and j.confirmed() == []
-        clock = Clock()
+        clock = TickClock()
         ob = Outbox(j, clock)
         ob.on_login()
         clock.t += 10 * 3600 * 1000
@@ -445,22 +385,17 @@ def test_bill_the_platform_refused_is_kept_with_its_result_until_released():
         assert j3.recover().illegal == [b] and j3.status(a) is None
         assert j3.platform_result(b) == 2
         assert j3.open_session(a, b"again") == "exists"  # remembered, not re-billed
-    finally:
-        rmtree(d)
 
 
 def test_refusal_of_a_bill_0x40_called_illegal_keeps_no_result():
     # An ILLEGAL record with no payload (0x40 result 1, or older firmware)
     # reads as before: illegal, no platform result.
-    d, j = _fresh("refuse0")
-    try:
+    with _fresh("refuse0") as (d, j):
         a = _session(j, 1)
         assert j.illegal(a) == "ok" and j.platform_result(a) is None
         assert j.refuse(a, 1) == "duplicate" and j.platform_result(a) is None
         assert j.refuse(serial(9), 1) == "unknown"
         assert raises(ValueError, j.refuse, a, 0)
-    finally:
-        rmtree(d)
 
 
 def test_refusals_that_no_longer_fit_write_nothing_and_say_full():
@@ -469,8 +404,7 @@ def test_refusals_that_no_longer_fit_write_nothing_and_say_full():
     # still fits the limit. Past that, "full": nothing written, the bill
     # stays confirmed (the pile does not answer, the bridge sends 0xE4 again).
     ev = Events()
-    d, j = _fresh("refull", limit_bytes=4096, on_event=ev)
-    try:
+    with _fresh("refull", limit_bytes=4096, on_event=ev) as (d, j):
         for n in range(1, 150):     # tiny bills: the most a refusal adds per byte held
             s = _session(j, n, ckpts=0, size=1)
             assert j.confirm(s) == "ok"
@@ -497,15 +431,12 @@ def test_refusals_that_no_longer_fit_write_nothing_and_say_full():
         assert j.refuse(last, 2) == "ok" and j.platform_result(last) == 2
         r = Journal(j.path, limit_bytes=4096).recover()
         assert r.illegal == refused[2:] + [last]
-    finally:
-        rmtree(d)
 
 
 def test_outbox_backoff_30_60_120_up_to_600_s_forever_same_bytes():
-    d, j = _fresh("bo")
-    try:
+    with _fresh("bo") as (d, j):
         s = _session(j, 7, size=174)
-        clock = Clock()
+        clock = TickClock()
         ob = Outbox(j, clock)
         assert ob.due() is None  # not logged in
         ob.on_login()
@@ -526,16 +457,13 @@ def test_outbox_backoff_30_60_120_up_to_600_s_forever_same_bytes():
             ob.sent(s)
         assert gaps == [30, 60, 120, 240, 480, 600, 600, 600]
         assert j.status(s) == "pending"
-    finally:
-        rmtree(d)
 
 
 def test_login_replays_stored_bills_in_journal_order_then_new_ones():
-    d, j = _fresh("login")
-    try:
+    with _fresh("login") as (d, j):
         ss = [_session(j, n) for n in (5, 3, 9)]
         j2 = Journal(j.path)
-        clock = Clock()
+        clock = TickClock()
         ob = Outbox(j2, clock)
         ob.on_login()
         got = []
@@ -549,16 +477,13 @@ def test_login_replays_stored_bills_in_journal_order_then_new_ones():
         assert ob.due() is None
         new = _session(j2, 11)
         assert ob.due() == (new, body(11))
-    finally:
-        rmtree(d)
 
 
 def test_unanswered_bill_does_not_hold_back_the_next_one_past_answer_window():
-    d, j = _fresh("hol")
-    try:
+    with _fresh("hol") as (d, j):
         a = _session(j, 1)
         b = _session(j, 2)
-        clock = Clock()
+        clock = TickClock()
         ob = Outbox(j, clock, answer_ms=10000)
         ob.on_login()
         assert ob.due()[0] == a
@@ -567,8 +492,6 @@ def test_unanswered_bill_does_not_hold_back_the_next_one_past_answer_window():
         assert ob.due() is None
         clock.t += 1
         assert ob.due()[0] == b
-    finally:
-        rmtree(d)
 
 
 def _heap_bytes():
@@ -590,10 +513,9 @@ def test_unanswered_backlog_all_leaves_the_pile_in_turn():
     # which starved all but 15 before.
     heap = _heap_bytes()
     n, cap_ms = (200, 600000) if heap is None or heap > 512 * 1024 else (50, 150000)
-    d, j = _fresh("starve", limit_bytes=120000)
-    try:
+    with _fresh("starve", limit_bytes=120000) as (d, j):
         ss = [_session(j, k, ckpts=0, size=40) for k in range(1, n + 1)]
-        clock = Clock()
+        clock = TickClock()
         ob = Outbox(j, clock, cap_ms=cap_ms, answer_ms=10000)
         ob.on_login()
         sends = {}
@@ -609,15 +531,12 @@ def test_unanswered_backlog_all_leaves_the_pile_in_turn():
         assert never == [], "%d of %d bills never sent" % (len(never), n)
         counts = [sends[s] for s in ss]
         assert min(counts) >= 2 and max(counts) - min(counts) <= 1, (min(counts), max(counts))
-    finally:
-        rmtree(d)
 
 
 def test_confirmed_but_unsettled_bill_is_offered_again_after_an_hour():
-    d, j = _fresh("reset")
-    try:
+    with _fresh("reset") as (d, j):
         s = _session(j, 4)
-        clock = Clock()
+        clock = TickClock()
         ob = Outbox(j, clock)
         ob.on_login()
         ob.sent(ob.due()[0])
@@ -633,8 +552,6 @@ def test_confirmed_but_unsettled_bill_is_offered_again_after_an_hour():
         assert ob.settled(s) == "ok"
         clock.t += 10 * 3600 * 1000
         assert ob.due() is None and ob.next_in(s) is None
-    finally:
-        rmtree(d)
 
 
 def test_power_cut_mid_seal_on_simulated_flash_leaves_session_open():
@@ -664,8 +581,7 @@ def _settled(j, n):
 
 
 def test_settled_bill_compacted_away_then_repeated_start_is_not_a_second_bill():
-    d, j = _fresh("again")
-    try:
+    with _fresh("again") as (d, j):
         s = _settled(j, 1)
         j.compact()
         assert j.status(s) is None   # the bill is gone from flash
@@ -682,13 +598,10 @@ def test_settled_bill_compacted_away_then_repeated_start_is_not_a_second_bill():
         j = Journal(j.path)
         assert j.recover().remembered == 2
         assert j.open_session(s, b"h") == "exists" and j.open_session(t, b"h") == "exists"
-    finally:
-        rmtree(d)
 
 
 def test_serials_forgotten_past_the_ring_are_refused_by_their_stamp():
-    d, j = _fresh("ring")
-    try:
+    with _fresh("ring") as (d, j):
         n = J.RING_KEYS + 5
         ss = [_settled(j, i) for i in range(1, n + 1)]
         j.compact()
@@ -708,8 +621,6 @@ def test_serials_forgotten_past_the_ring_are_refused_by_their_stamp():
             j.compact()
         fresh = serial(n + 1)
         assert j.open_session(fresh, b"h") == "opened"
-    finally:
-        rmtree(d)
 
 
 def _sweep_units(script):
@@ -862,8 +773,7 @@ def test_a_repeated_bill_record_on_flash_is_never_a_second_bill():
     # Bill 1 sealed, 40 others, then a second bill record for serial 1 and a
     # confirm: the second record is ignored (the index checks repeats in
     # bulk at boot), the confirm applies to the first bill.
-    d = tmpdir()
-    try:
+    with TempDir() as d:
         f = open(d + "/bills.j", "wb")
         f.write(_raw(J.BILL_SEALED, serial(1), body(1)))
         for n in range(2, 42):
@@ -880,8 +790,6 @@ def test_a_repeated_bill_record_on_flash_is_never_a_second_bill():
         j.compact()
         r = Journal(d + "/bills.j").recover()
         assert r.confirmed == [serial(1)] and r.ignored == 0 and len(r.pending) == 40
-    finally:
-        rmtree(d)
 
 
 def _states(j):
@@ -892,8 +800,7 @@ def _states(j):
 def test_a_journal_without_its_index_or_with_a_stale_one_loses_nothing():
     # A journal written before the index existed has no <path>.idx; a cut
     # can leave a stale one. Either way boot rebuilds it from the journal.
-    d = tmpdir()
-    try:
+    with TempDir() as d:
         p = d + "/bills.j"
         j = Journal(p)
         for n in range(1, 9):
@@ -918,8 +825,6 @@ def test_a_journal_without_its_index_or_with_a_stale_one_loses_nothing():
         assert _states(j) == want
         assert j.seal(serial(9), body(9)) == "sealed" and j.confirm(serial(1)) == "ok"
         assert Journal(p).recover().pending == [serial(6), serial(7), serial(8), serial(9)]
-    finally:
-        rmtree(d)
 
 
 def _heap_now():

@@ -7,7 +7,7 @@ from firmware.console import Console
 from sim.loopuart import LoopUart
 from protocol import ocmf, p256
 from tests.mp.pilekit import Rig, serial
-from tests.mp.util import rmtree, tmpdir
+from tests.mp.util import tmpdir
 
 
 def _entropy(n):
@@ -44,8 +44,7 @@ def _verify(bill_frame, sig_frame, pub):
 
 
 def test_the_key_is_made_at_first_boot_kept_across_restarts_and_sent_after_each_login():
-    r = _rig()
-    try:
+    with _rig() as r:
         o = r.pile.ocmf
         assert o.pub is None and o.busy()          # the point is computed in steps
         r.online()
@@ -63,13 +62,10 @@ def test_the_key_is_made_at_first_boot_kept_across_restarts_and_sent_after_each_
         r.online()
         r.run(1000, lambda: len(r.platform.named("pile_key")) == 2)
         assert r.platform.named("pile_key")[1].fields["key"] == _hex(_pub())
-    finally:
-        rmtree(r.root)
 
 
 def test_a_cut_before_the_point_was_written_recomputes_it_from_the_kept_scalar():
-    r = _rig()
-    try:
+    with _rig() as r:
         r.run(3)                  # a few steps of the point, not all
         assert r.pile.ocmf.pub is None
         r.cfg["ocmf_entropy"] = lambda n: bytes(n)    # a new scalar would show
@@ -77,13 +73,10 @@ def test_a_cut_before_the_point_was_written_recomputes_it_from_the_kept_scalar()
         r.online()
         r.run(2000, lambda: r.pile.ocmf.pub is not None)
         assert r.pile.ocmf.pub == _pub()
-    finally:
-        rmtree(r.root)
 
 
 def test_each_bill_is_confirmed_as_before_and_its_signature_follows_it():
-    r = _rig()
-    try:
+    with _rig() as r:
         r.online()
         _session(r, 1)
         names = [f.name for f in r.platform.frames]
@@ -101,13 +94,10 @@ def test_each_bill_is_confirmed_as_before_and_its_signature_follows_it():
         assert [s.fields["serial"] for s in sigs] == [serial(1), serial(2)]
         assert _verify(r.platform.bills()[1], sigs[1], _pub())
         assert not _verify(r.platform.bills()[0], sigs[1], _pub())
-    finally:
-        rmtree(r.root)
 
 
 def test_signing_runs_one_step_per_poll_and_the_bill_does_not_wait_for_it():
-    r = _rig(confirm=False)
-    try:
+    with _rig(confirm=False) as r:
         r.online()
         r.run(2000, lambda: not r.pile.ocmf.busy())
         r.start(serial(3))
@@ -135,13 +125,10 @@ def test_signing_runs_one_step_per_poll_and_the_bill_does_not_wait_for_it():
         # went once (after a reconnect it goes again: the next test).
         r.run(70000, lambda: len(r.platform.bills()) >= 2)
         assert len(r.platform.bills()) >= 2 and len(r.platform.named("bill_sig")) == 1
-    finally:
-        rmtree(r.root)
 
 
 def test_a_resent_bill_after_a_reboot_is_signed_again_the_same():
-    r = _rig(confirm=False)
-    try:
+    with _rig(confirm=False) as r:
         r.online()
         _session(r, 4)
         first = r.platform.named("bill_sig")[0].fields
@@ -151,42 +138,30 @@ def test_a_resent_bill_after_a_reboot_is_signed_again_the_same():
         again = r.platform.named("bill_sig")[1].fields
         assert again == first                          # RFC 6979: the same signature
         assert len(r.platform.bills()) == 2
-    finally:
-        rmtree(r.root)
 
 
 def test_card_ids_only_when_configured():
-    r = _rig(cfg={"ocmf_ids": True})
-    try:
+    with _rig(cfg={"ocmf_ids": True}) as r:
         r.online()
         _session(r, 5)
         sig = r.platform.named("bill_sig")[0]
         assert sig.fields["flags"] == 1
         assert _verify(r.platform.bills()[0], sig, _pub())
-    finally:
-        rmtree(r.root)
 
 
 def test_no_entropy_no_key_bills_as_before():
-    r = _rig(cfg={"ocmf_entropy": lambda n: None})
-    try:
+    with _rig(cfg={"ocmf_entropy": lambda n: None}) as r:
         assert r.pile.ocmf.pub is None and not r.pile.ocmf.busy()
         assert any(e[1] == "ocmf_no_key" for e in r.pile.events)
         r.online()
-        r.start(serial(6))
-        r.run(60000)
-        r.stop()
-        r.run(10000)
+        r.charge(serial(6), 60000, 10000)
         assert len(r.platform.bills()) == 1 and not r.platform.named("bill_sig")
         assert not r.platform.named("pile_key")
         assert r.pile.journal.status(serial(6)) == "settled"
-    finally:
-        rmtree(r.root)
 
 
 def test_the_console_shows_the_public_key():
-    r = _rig()
-    try:
+    with _rig() as r:
         a, end = LoopUart.pair()
         con = Console(r.pile, a)
         end.read(4096)
@@ -200,13 +175,10 @@ def test_the_console_shows_the_public_key():
         out = end.read(4096).decode()
         assert _hex(p256.spki_der(_pub())) in out, out
         assert "pile." + r.pile.pile + ".ocmf_key" in out
-    finally:
-        rmtree(r.root)
 
 
 def test_a_signing_fault_leaves_the_bill_unsigned_and_the_session_untouched():
-    r = _rig()
-    try:
+    with _rig() as r:
         r.online()
         r.run(2000, lambda: not r.pile.ocmf.busy())
 
@@ -218,5 +190,3 @@ def test_a_signing_fault_leaves_the_bill_unsigned_and_the_session_untouched():
         assert not r.platform.named("bill_sig") and r.pile.loop_faults == 0
         assert any(e[1] == "ocmf_error" for e in r.pile.events)
         assert not r.pile.ocmf.busy()
-    finally:
-        rmtree(r.root)

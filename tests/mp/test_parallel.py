@@ -6,7 +6,7 @@
 from firmware import session as S
 from protocol.reconcile import reconcile
 from tests.mp.pilekit import PILE, Rig, serial
-from tests.mp.util import rmtree, tmpdir
+from tests.mp.util import tmpdir
 
 GROUP = "260001000042"
 
@@ -59,8 +59,7 @@ def _pair(r, a, b):
 
 def test_a4_on_two_guns_answers_main_then_auxiliary_and_a_stop_of_either_stops_both():
     for stopped in ("01", "02"):
-        r = _rig()
-        try:
+        with _rig() as r:
             a, b = serial(1, "01"), serial(2, "02")
             g1, g2 = _pair(r, a, b)
             r.run(61337)
@@ -74,13 +73,10 @@ def test_a4_on_two_guns_answers_main_then_auxiliary_and_a_stop_of_either_stops_b
             assert bills[a]["stop_reason"] == 0x40 and bills[b]["stop_reason"] == 0x40
             assert bills[a]["total_energy"] > 0 and bills[b]["total_energy"] > 0
             assert r.platform.named("remote_stop_reply")[-1].fields["reason"] == S.STOPR_NOT_CHARGING
-        finally:
-            rmtree(r.root)
 
 
 def test_a_fault_or_unplug_on_the_main_gun_stops_the_auxiliary_with_its_reason():
-    r = _rig()
-    try:
+    with _rig() as r:
         a, b = serial(3, "01"), serial(4, "02")
         g1, g2 = _pair(r, a, b)
         r.run(23417)
@@ -90,13 +86,10 @@ def test_a_fault_or_unplug_on_the_main_gun_stops_the_auxiliary_with_its_reason()
         r.run(30000)
         bills = _bills(r, {a: "01", b: "02"})
         assert bills[a]["stop_reason"] == bills[b]["stop_reason"] == S.ABORT_PILOT
-    finally:
-        rmtree(r.root)
 
 
 def test_power_sharing_splits_the_group_demand_between_its_guns_never_over_the_cap():
-    r = _rig()
-    try:
+    with _rig() as r:
         r.worlds[0].vehicle.max_power = 40000      # the vehicle's BCL, on the main gun
         g1, g2 = _pair(r, serial(5, "01"), serial(6, "02"))
         sh = r.pile.sharing
@@ -112,13 +105,10 @@ def test_power_sharing_splits_the_group_demand_between_its_guns_never_over_the_c
             assert d <= 60000
             top = max(top, d)
         assert sh.share == [30000, 30000], sh.share
-    finally:
-        rmtree(r.root)
 
 
 def test_refusals_busy_faulted_unplugged_and_inconsistent_groups_execute_nothing():
-    r = _rig(guns=3)
-    try:
+    with _rig(guns=3) as r:
         r.online()
         g1, g2, g3 = r.pile.guns
         r.start(serial(7, "01"), gun="01")          # gun 1 busy with its own session
@@ -154,13 +144,10 @@ def test_refusals_busy_faulted_unplugged_and_inconsistent_groups_execute_nothing
         r.run(30000)
         _bills(r, {serial(7, "01"): "01", serial(12, "02"): "02", serial(13, "03"): "03",
                    serial(16, "01"): "01"})
-    finally:
-        rmtree(r.root)
 
 
 def test_a_power_cut_mid_group_ends_both_guns_one_bill_each():
-    r = _rig()
-    try:
+    with _rig() as r:
         a, b = serial(18, "01"), serial(19, "02")
         _pair(r, a, b)
         r.run(97123)
@@ -181,13 +168,10 @@ def test_a_power_cut_mid_group_ends_both_guns_one_bill_each():
         r.online()
         r.run(30000)
         _bills(r, {a: "01", b: "02", c: "01", d: "02"})
-    finally:
-        rmtree(r.root)
 
 
 def test_a_power_cut_between_the_two_a4_bills_the_main_alone():
-    r = _rig()
-    try:
+    with _rig() as r:
         r.online()
         a = serial(22, "01")
         assert _a4(r, a, "01") == (1, 0, 1)
@@ -197,8 +181,6 @@ def test_a_power_cut_between_the_two_a4_bills_the_main_alone():
         r.run(30000)
         bills = _bills(r, {a: "01"})
         assert bills[a]["stop_reason"] == S.ABORT_POWER_LOSS
-    finally:
-        rmtree(r.root)
 
 
 def _a2(r, s, gun, group, ok=1, reason=0):
@@ -209,8 +191,7 @@ def _a2(r, s, gun, group, ok=1, reason=0):
 
 
 def test_a_card_for_two_guns_asks_with_0xa1_and_each_0xa2_starts_its_gun_in_the_group():
-    r = _rig()
-    try:
+    with _rig() as r:
         r.online()
         g1, g2 = r.pile.guns
         assert r.pile.parallel_swiped("D14B0A54") == "asked"
@@ -245,5 +226,3 @@ def test_a_card_for_two_guns_asks_with_0xa1_and_each_0xa2_starts_its_gun_in_the_
         assert r.pile.parallel_swiped("D14B0A54", guns=("01", "01")) == "refused"
         r.run(30000)
         _bills(r, {a: "01", b: "02"})
-    finally:
-        rmtree(r.root)

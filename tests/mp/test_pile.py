@@ -11,8 +11,7 @@ def _rig(**kw):
 
 
 def test_triple_stop_yields_one_bill_confirmed_and_settled():
-    r = _rig()
-    try:
+    with _rig() as r:
         r.online()
         r.start(serial(1))
         r.run(120000)
@@ -29,13 +28,10 @@ def test_triple_stop_yields_one_bill_confirmed_and_settled():
         assert b["total_energy"] == b["meter_stop"] - b["meter_start"]
         assert r.pile.journal.status(serial(1)) == "settled"
         assert len(r.platform.named("bill_extra")) == 1
-    finally:
-        rmtree(r.root)
 
 
 def test_stop_after_auto_stop_yields_one_bill():
-    r = _rig()
-    try:
+    with _rig() as r:
         r.online()
         r.start(serial(2), amount=10000)  # 1 yuan target
         r.run(300000, lambda: r.pile.gun.state == S.FINISHED)
@@ -46,31 +42,22 @@ def test_stop_after_auto_stop_yields_one_bill():
         assert bills[0].fields["stop_reason"] == 0x43
         assert bills[0].fields["total_amount"] <= 10000
         assert r.platform.named("remote_stop_reply")[-1].fields["reason"] == 2
-    finally:
-        rmtree(r.root)
 
 
 def test_unconfirmed_bill_is_resent_with_the_same_bytes_until_confirmed():
-    r = _rig(confirm=False)
-    try:
+    with _rig(confirm=False) as r:
         r.online()
-        r.start(serial(3))
-        r.run(60000)
-        r.stop()
-        r.run(200000)
+        r.charge(serial(3), 60000, 200000)
         bills = r.platform.bills()
         assert len(bills) >= 3
         assert len(set([f.body for f in bills])) == 1
         r.platform.confirm = True
         r.run(700000)
         assert r.pile.journal.status(serial(3)) == "settled"
-    finally:
-        rmtree(r.root)
 
 
 def test_power_cut_mid_session_bills_at_last_checkpoint_after_boot():
-    r = _rig()
-    try:
+    with _rig() as r:
         r.online()
         r.start(serial(4))
         r.run(300000)   # 5 minutes at 60 kW: checkpoints written
@@ -83,13 +70,10 @@ def test_power_cut_mid_session_bills_at_last_checkpoint_after_boot():
         bills = r.platform.bills()
         assert len(bills) == 1 and bills[0].fields["stop_reason"] == 0x83
         assert bills[0].fields["total_energy"] > 0
-    finally:
-        rmtree(r.root)
 
 
 def test_bills_wait_for_the_link_and_go_first_after_login():
-    r = _rig()
-    try:
+    with _rig() as r:
         r.platform.answer_login = False  # the platform is unreachable
         r.pile.gun.offline_start("D14B0A54")
         r.run(60000)
@@ -103,13 +87,10 @@ def test_bills_wait_for_the_link_and_go_first_after_login():
         i = names.index("login_reply") if "login_reply" in names else 0
         after = [n for n in names[i:] if n in ("bill", "tariff_check")]
         assert after[0] == "bill" and "tariff_check" in after
-    finally:
-        rmtree(r.root)
 
 
 def test_three_stored_bills_each_get_their_0x40_before_the_tariff_check():
-    r = _rig()
-    try:
+    with _rig() as r:
         r.platform.answer_login = False  # the platform is unreachable
         r.run(1000)
         stored = []
@@ -129,17 +110,20 @@ def test_three_stored_bills_each_get_their_0x40_before_the_tariff_check():
         assert [f.fields["serial"] for f in after[:3]] == stored
         # each was answered before the check went out: none pending by then
         assert r.pile.journal.pending() == []
-    finally:
-        rmtree(r.root)
+
+
+def _reboot_asked_while_charging(r, n, ms, when):
+    # session serial(n) charging for `ms`, then a reboot asked for `when`
+    # (1 now, 2 when idle)
+    r.online()
+    r.start(serial(n))
+    r.run(ms)
+    r.platform.send("reboot", {"pile": r.pile.pile, "when": when})
 
 
 def test_reboot_now_seals_the_running_session_first_and_reports_boot_reason():
-    r = _rig()
-    try:
-        r.online()
-        r.start(serial(6))
-        r.run(60000)
-        r.platform.send("reboot", {"pile": r.pile.pile, "when": 1})
+    with _rig() as r:
+        _reboot_asked_while_charging(r, 6, 60000, 1)
         r.run(5000, lambda: r.reboots == 1)
         assert r.reboots == 1
         assert r.platform.named("reboot_reply")[0].fields["result"] == 1
@@ -148,42 +132,30 @@ def test_reboot_now_seals_the_running_session_first_and_reports_boot_reason():
         r.run(30000)
         bills = r.platform.bills()
         assert len(bills) == 1 and bills[0].fields["stop_reason"] == 0x40
-    finally:
-        rmtree(r.root)
 
 
 def test_an_11_byte_reboot_from_a_platform_is_acted_on_too():
     # 0x92 with 3 bytes past the documented 8 (docs/protocol.md): its `when`.
-    r = _rig()
-    try:
+    with _rig() as r:
         r.online()
         body = codec.encode("reboot", {"pile": r.pile.pile, "when": 1})[6:-2] + b"\x00\x00\x01"
         r.platform.uart.write(codec.wrap(0x92, body, 0x0301))
         r.run(5000, lambda: r.reboots == 1)
         assert r.reboots == 1 and r.platform.named("reboot_reply")[0].fields["result"] == 1
-    finally:
-        rmtree(r.root)
 
 
 def test_reboot_when_idle_waits_for_the_session_to_end():
-    r = _rig()
-    try:
-        r.online()
-        r.start(serial(7))
-        r.run(30000)
-        r.platform.send("reboot", {"pile": r.pile.pile, "when": 2})
+    with _rig() as r:
+        _reboot_asked_while_charging(r, 7, 30000, 2)
         r.run(60000)
         assert r.reboots == 0 and r.pile.gun.state == S.CHARGING
         r.stop()
         r.run(5000, lambda: r.reboots == 1)
         assert r.reboots == 1 and r.pile.boot_reason == 2
-    finally:
-        rmtree(r.root)
 
 
 def test_reboot_when_idle_waits_while_a_card_start_is_authorising():
-    r = _rig()
-    try:
+    with _rig() as r:
         r.online()
         assert r.pile.card_swiped("D14B0A54") == "asked"   # the platform never answers
         assert r.pile.gun.state == S.AUTHORISING
@@ -192,13 +164,10 @@ def test_reboot_when_idle_waits_while_a_card_start_is_authorising():
         assert r.reboots == 0 and r.pile.gun.state == S.AUTHORISING
         r.run(20000, lambda: r.reboots == 1)   # the 0x31 timed out: idle, then reboot
         assert r.reboots == 1 and r.pile.boot_reason == 2
-    finally:
-        rmtree(r.root)
 
 
 def test_reboot_when_idle_waits_while_a_session_is_stopping():
-    r = _rig()
-    try:
+    with _rig() as r:
         r.online()
         r.start(serial(14))
         r.run(10000)
@@ -210,14 +179,11 @@ def test_reboot_when_idle_waits_while_a_session_is_stopping():
         r.pile.gun.state = S.FINISHED
         r.run(2000, lambda: r.reboots == 1)
         assert r.reboots == 1
-    finally:
-        rmtree(r.root)
 
 
 def test_checkpoint_bounds_come_from_the_pile_config():
     # every 10 s and never by energy: a power cut at 25 s bills up to the 20 s checkpoint
-    r = _rig(cfg={"ckpt_ms": 10000, "ckpt_energy": 10 ** 7})
-    try:
+    with _rig(cfg={"ckpt_ms": 10000, "ckpt_energy": 10 ** 7}) as r:
         assert (r.pile.gun.ckpt_ms, r.pile.gun.ckpt_energy) == (10000, 10 ** 7)
         r.online()
         r.start(serial(15))
@@ -231,25 +197,17 @@ def test_checkpoint_bounds_come_from_the_pile_config():
         b = r.platform.bills()[0].fields
         assert b["stop_reason"] == 0x83 and b["total_energy"] > 0
         assert b["end_time"] - b["start_time"] in (20, 21)
-    finally:
-        rmtree(r.root)
 
 
 def test_status_query_reports_journal_and_versions():
-    r = _rig(confirm=False)
-    try:
+    with _rig(confirm=False) as r:
         r.online()
-        r.start(serial(8))
-        r.run(30000)
-        r.stop()
-        r.run(5000)
+        r.charge(serial(8), 30000, 5000)
         r.platform.send("status_query", {"pile": r.pile.pile})
         r.run(2000)
         st = r.platform.named("status_reply")[-1].fields
         assert st["pending"] == 1 and st["oldest_pending"] == serial(8)
         assert st["hmi_version"] == "103" and st["fw_version"].startswith("pc")
-    finally:
-        rmtree(r.root)
 
 
 def _fill_journal(r, first):
@@ -271,46 +229,32 @@ def _fill_journal(r, first):
         assert n < first + 50, "the journal never filled"
 
 
-def _status(r):
-    k = len(r.platform.named("status_reply"))
-    r.platform.send("status_query", {"pile": r.pile.pile})
-    r.run(2000, lambda: len(r.platform.named("status_reply")) > k)
-    return r.platform.named("status_reply")[-1].fields
-
-
 def test_journal_full_of_unconfirmed_bills_refuses_starts_with_reason_0x0a_and_says_so_in_0xe5():
     from firmware.journal import MIN_LIMIT
-    r = _rig(confirm=False, cfg={"journal_bytes": MIN_LIMIT + 1200})
-    try:
+    with _rig(confirm=False, cfg={"journal_bytes": MIN_LIMIT + 1200}) as r:
         r.online()
-        assert _status(r)["refusing_starts"] == 0
+        assert r.status()["refusing_starts"] == 0
         billed, refused, reason = _fill_journal(r, 40)
         assert billed and reason == S.START_JOURNAL_FULL == 0x0A
         assert r.pile.gun.state != S.CHARGING and r.pile.journal.status(refused) is None
-        st = _status(r)
+        st = r.status()
         assert st["refusing_starts"] == 1 and st["pending"] == len(billed)
         assert st["journal_used"] < st["journal_limit"]   # refused well before the limit
         assert r.pile.journal.pending() == billed         # not one bill given up
         # the platform confirms: the flag drops and the same start is accepted
         r.platform.confirm = True
         r.run(700000, lambda: r.pile.journal.pending() == [])
-        assert _status(r)["refusing_starts"] == 0
+        assert r.status()["refusing_starts"] == 0
         r.start(refused)
         r.run(3000)
         assert r.platform.named("remote_start_reply")[-1].fields["result"] == 1
         assert r.pile.gun.state == S.CHARGING
-    finally:
-        rmtree(r.root)
 
 
 def test_repeated_start_after_reboot_neither_restarts_nor_bills_again():
-    r = _rig()
-    try:
+    with _rig() as r:
         r.online()
-        r.start(serial(9))
-        r.run(60000)
-        r.stop()
-        r.run(30000)
+        r.charge(serial(9), 60000, 30000)
         r.boot()  # the gun's in-RAM memory of recent serials is gone
         r.online()
         r.start(serial(9))
@@ -321,14 +265,11 @@ def test_repeated_start_after_reboot_neither_restarts_nor_bills_again():
         assert r.pile.gun.state != S.CHARGING
         assert [f.fields["serial"] for f in r.platform.bills()] == [serial(9)]
         assert [e for e in r.pile.events if e[1] == "start_serial_used"]
-    finally:
-        rmtree(r.root)
 
 
 def test_a_start_stamped_before_what_the_journal_forgot_is_refused_0x0c_and_not_billed():
     from firmware.journal import SerialTooOld
-    r = _rig()
-    try:
+    with _rig() as r:
         r.online()
 
         def too_old(serial_, header):
@@ -340,8 +281,6 @@ def test_a_start_stamped_before_what_the_journal_forgot_is_refused_0x0c_and_not_
         assert reply["result"] == 0 and reply["reason"] == S.START_SERIAL_USED
         assert r.pile.gun.state != S.CHARGING and r.platform.bills() == []
         assert [e for e in r.pile.events if e[1] == "start_serial_used"]
-    finally:
-        rmtree(r.root)
 
 
 def _extras(r, serial_):
@@ -351,14 +290,10 @@ def _extras(r, serial_):
 def test_a_fee_split_lost_on_the_way_goes_again_alone_until_the_host_acknowledges_it():
     # The 0x3B arrived and was confirmed (0x40); its 0xEB did not (a corrupted
     # frame: no 0xEC). The pile sends the 0xEB again, not the bill.
-    r = _rig(settle=False)
-    try:
+    with _rig(settle=False) as r:
         r.online()
         r.platform.ack_extra = False
-        r.start(serial(31))
-        r.run(60000)
-        r.stop()
-        r.run(5000)
+        r.charge(serial(31), 60000, 5000)
         assert r.pile.journal.status(serial(31)) == "confirmed"
         assert len(_extras(r, serial(31))) == 1
         r.run(12000)                                      # answer_ms (10 s) later
@@ -371,14 +306,11 @@ def test_a_fee_split_lost_on_the_way_goes_again_alone_until_the_host_acknowledge
         assert len(_extras(r, serial(31))) == n           # nothing more once 0xEC came
         assert [f.fields["serial"] for f in r.platform.bills()] == [serial(31)]
         assert _extras(r, serial(31))[-1].body == _extras(r, serial(31))[0].body  # same bytes
-    finally:
-        rmtree(r.root)
 
 
 def test_a_host_that_never_acknowledges_fee_splits_gets_a_bounded_number_of_them():
     from firmware.outbox import EXTRA_TRIES
-    r = _rig(settle=False)
-    try:
+    with _rig(settle=False) as r:
         r.online()
         r.platform.ack_extra = False                      # a host without our 0xEC
         r.start(serial(32))
@@ -391,16 +323,13 @@ def test_a_host_that_never_acknowledges_fee_splits_gets_a_bounded_number_of_them
             bills += len(r.platform.bills())
             r.platform.frames = []                        # the test's record: a small heap
         assert extras == 1 + EXTRA_TRIES and bills == 1
-    finally:
-        rmtree(r.root)
 
 
 def test_one_yuan_session_across_the_tick_wrap_stops_at_the_target_with_the_link_alive():
     # A board's 30-bit tick wraps 20 s into this session: sampling, the 0x13
     # cadence and the heartbeats all keep going.
     wrap = 2 ** 30
-    r = _rig(ticks=wrap - 30000, wrap=wrap)
-    try:
+    with _rig(ticks=wrap - 30000, wrap=wrap) as r:
         r.online()
         clock = r.world.clock
         n0 = len(r.platform.frames)
@@ -420,13 +349,10 @@ def test_one_yuan_session_across_the_tick_wrap_stops_at_the_target_with_the_link
         charging = [f for f in after if f.name == "realtime" and f.fields["status"] == 3]
         assert len(charging) >= 3                        # every 15 s while charging
         assert r.pile.link.online and r.pile.journal.status(serial(13)) == "settled"
-    finally:
-        rmtree(r.root)
 
 
 def test_realtime_every_15s_charging_5min_idle_and_at_once_on_change():
-    r = _rig()
-    try:
+    with _rig() as r:
         r.online()
         r.run(600000)                       # 10 idle minutes
         idle = [f for f in r.platform.named("realtime") if f.fields["status"] == 2]
@@ -440,13 +366,10 @@ def test_realtime_every_15s_charging_5min_idle_and_at_once_on_change():
         r.run(150000)
         charging = [f for f in r.platform.named("realtime")[n0:] if f.fields["status"] == 3]
         assert 10 <= len(charging) <= 12
-    finally:
-        rmtree(r.root)
 
 
 def test_balance_update_mid_session_is_enforced_on_the_pile():
-    r = _rig()
-    try:
+    with _rig() as r:
         r.online()
         r.start(serial(11), balance=100000)       # 1000.00 yuan
         r.run(30000)
@@ -457,13 +380,10 @@ def test_balance_update_mid_session_is_enforced_on_the_pile():
         r.run(30000)
         b = r.platform.bills()[-1].fields
         assert b["stop_reason"] == 0x6E and b["total_amount"] <= 20000
-    finally:
-        rmtree(r.root)
 
 
 def test_card_swipe_online_asks_the_platform_and_its_serial_bills():
-    r = _rig()
-    try:
+    with _rig() as r:
         r.online()
         assert r.pile.card_swiped("D14B0A54") == "asked"
         r.run(2000)
@@ -478,13 +398,10 @@ def test_card_swipe_online_asks_the_platform_and_its_serial_bills():
         r.run(30000)
         b = r.platform.bills()[-1].fields
         assert b["serial"] == serial(12) and b["trade_flag"] == 2
-    finally:
-        rmtree(r.root)
 
 
 def test_card_refused_by_the_platform_starts_and_bills_nothing():
-    r = _rig()
-    try:
+    with _rig() as r:
         r.online()
         r.pile.card_swiped("D14B0A54")
         r.run(2000)
@@ -494,13 +411,10 @@ def test_card_refused_by_the_platform_starts_and_bills_nothing():
         r.run(30000)
         assert r.pile.gun.state != S.CHARGING and r.platform.bills() == []
         assert r.pile.gun.refusal == 2
-    finally:
-        rmtree(r.root)
 
 
 def test_offline_card_start_only_for_listed_cards_and_bills_with_a_pile_serial():
-    r = _rig(cfg={"offline_cards": ["D14B0A54"]})
-    try:
+    with _rig(cfg={"offline_cards": ["D14B0A54"]}) as r:
         assert not r.pile.link.online
         assert r.pile.card_swiped("DEADBEEF") == "refused"
         assert r.pile.card_swiped("D14B0A54") == "started"
@@ -508,8 +422,6 @@ def test_offline_card_start_only_for_listed_cards_and_bills_with_a_pile_serial()
         r.pile.gun.manual_stop()
         pend = r.pile.journal.pending()
         assert len(pend) == 1 and pend[0].startswith(r.pile.pile + "01")
-    finally:
-        rmtree(r.root)
 
 
 # ---- pile-issued serials: Journal.issue_serial, a clock set back -------------
@@ -631,8 +543,7 @@ def _bill_session(r, s):
 
 
 def test_bill_the_platform_refused_stays_on_the_pile_never_resent_nor_reclaimed():
-    r = _rig(cfg={"journal_bytes": 4096})
-    try:
+    with _rig(cfg={"journal_bytes": 4096}) as r:
         r.online()
         r.platform.settle_result = 1           # its MAC does not verify
         _bill_session(r, serial(20))
@@ -660,13 +571,10 @@ def test_bill_the_platform_refused_stays_on_the_pile_never_resent_nor_reclaimed(
         j = r.pile.journal
         assert j.status(serial(20)) == "illegal" and j.platform_result(serial(20)) == 1
         assert r.pile.status_fields()["illegal"] == 1
-    finally:
-        rmtree(r.root)
 
 
 def test_refused_bill_unsigned_from_a_keyed_pile_keeps_result_2_across_a_power_cut():
-    r = _rig()
-    try:
+    with _rig() as r:
         r.online()
         r.platform.settle_result = 2
         _bill_session(r, serial(30))
@@ -674,6 +582,4 @@ def test_refused_bill_unsigned_from_a_keyed_pile_keeps_result_2_across_a_power_c
         r.boot()                               # a power cut
         assert r.pile.journal.platform_result(serial(30)) == 2
         assert r.pile.journal.illegal_bills() == [serial(30)]
-    finally:
-        rmtree(r.root)
 

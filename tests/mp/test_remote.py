@@ -17,7 +17,7 @@ from protocol import image as U
 from protocol import sign
 from protocol.fields import wire_version
 from tests.mp.pilekit import PILE, Rig, serial
-from tests.mp.util import rmtree, tmpdir
+from tests.mp.util import tmpdir
 
 CMD_KEY = bytes(range(32))
 UP_KEY = bytes(range(32, 64))
@@ -94,8 +94,7 @@ def _rejects(r):
 # --- signed commands ------------------------------------------------------------------
 
 def test_signed_start_is_executed_and_answered_with_the_envelope_sequence():
-    r = _rig(cmd_key=CMD_KEY)
-    try:
+    with _rig(cmd_key=CMD_KEY) as r:
         r.online()
         s = Signer(r)
         seq = s.send("remote_start", _start_values(1))
@@ -109,13 +108,10 @@ def test_signed_start_is_executed_and_answered_with_the_envelope_sequence():
         r.run(30000)
         assert [f.fields["serial"] for f in r.platform.bills()] == [serial(1)]
         assert _rejects(r) == []
-    finally:
-        rmtree(r.root)
 
 
 def test_forged_mac_is_rejected_reported_and_starts_nothing():
-    r = _rig(cmd_key=CMD_KEY)
-    try:
+    with _rig(cmd_key=CMD_KEY) as r:
         r.online()
         s = Signer(r)
         seq = s.send("remote_start", _start_values(2), counter=7, key=bytes(32))   # wrong key
@@ -134,13 +130,10 @@ def test_forged_mac_is_rejected_reported_and_starts_nothing():
         # a forged command never moves the counter: 7 is still fresh
         s.send("remote_start", _start_values(2), counter=7)
         assert _wait(r, "remote_start_reply", 1).fields["result"] == 1
-    finally:
-        rmtree(r.root)
 
 
 def test_replayed_envelope_is_rejected_and_not_executed_twice():
-    r = _rig(cmd_key=CMD_KEY)
-    try:
+    with _rig(cmd_key=CMD_KEY) as r:
         r.online()
         s = Signer(r)
         stop = s.envelope("remote_stop", _stop_values(), counter=20)
@@ -159,13 +152,10 @@ def test_replayed_envelope_is_rejected_and_not_executed_twice():
         assert _rejects(r) == [(20, 2), (25, 2)]
         assert r.pile.gun.state == S.CHARGING                       # the replay stopped nothing
         assert len(r.platform.named("remote_stop_reply")) == 1
-    finally:
-        rmtree(r.root)
 
 
 def test_unsigned_protected_commands_are_refused_when_the_pile_has_a_key():
-    r = _rig(cmd_key=CMD_KEY)
-    try:
+    with _rig(cmd_key=CMD_KEY) as r:
         r.online()
         r.start(serial(6))                                          # bare 0x34
         r.platform.send("reboot", {"pile": PILE, "when": 1})
@@ -181,26 +171,20 @@ def test_unsigned_protected_commands_are_refused_when_the_pile_has_a_key():
         assert r.platform.named("remote_start_reply") == []
         assert r.platform.named("vin_list_reply") == [] and r.platform.named("tariff_set_reply") == []
         assert len(r.platform.named("status_reply")) == 1
-    finally:
-        rmtree(r.root)
 
 
 def test_pile_without_a_key_takes_bare_commands_and_refuses_envelopes():
-    r = _rig()
-    try:
+    with _rig() as r:
         r.online()
         s = Signer(r)
         s.send("remote_start", _start_values(7), counter=3)
         assert _wait(r, "signed_reject", 1).fields["reason"] == 6
         r.start(serial(7))
         assert _wait(r, "remote_start_reply", 1).fields["result"] == 1
-    finally:
-        rmtree(r.root)
 
 
 def test_counter_survives_a_reboot_so_a_replay_after_it_is_still_rejected():
-    r = _rig(cmd_key=CMD_KEY)
-    try:
+    with _rig(cmd_key=CMD_KEY) as r:
         r.online()
         s = Signer(r)
         s.send("remote_start", _start_values(8), counter=100)
@@ -218,8 +202,6 @@ def test_counter_survives_a_reboot_so_a_replay_after_it_is_still_rejected():
         assert _rejects(r) == [(101, 2), (101, 2)]
         s.send("remote_start", _start_values(9), counter=102)
         assert _wait(r, "remote_start_reply", 2).fields["result"] == 1
-    finally:
-        rmtree(r.root)
 
 
 # --- firmware upgrade over the link ----------------------------------------------------
@@ -293,8 +275,7 @@ def _status(r):
 
 
 def test_upgrade_over_the_link_resumes_after_a_reboot_and_runs_the_new_version():
-    r = _upgrade_rig()
-    try:
+    with _upgrade_rig() as r:
         r.online()
         assert _logins(r)[-1] == "209.4.0"           # "209.04.00" shortened by the rule
         s = Signer(r)
@@ -343,13 +324,10 @@ def test_upgrade_over_the_link_resumes_after_a_reboot_and_runs_the_new_version()
         assert r.pile.journal.status(serial(11)) == "settled"
         assert [b.fields["serial"] for b in r.platform.bills()] == [serial(11)]
         assert _rejects(r) == []
-    finally:
-        rmtree(r.root)
 
 
 def test_activate_is_refused_while_charging_and_done_once_idle():
-    r = _upgrade_rig()
-    try:
+    with _upgrade_rig() as r:
         r.online()
         s = Signer(r)
         image = _image()
@@ -373,13 +351,10 @@ def test_activate_is_refused_while_charging_and_done_once_idle():
         r.online()
         assert _logins(r)[-1] == NEW
         assert [b.fields["serial"] for b in r.platform.bills()] == [serial(12)]
-    finally:
-        rmtree(r.root)
 
 
 def test_new_firmware_that_never_gets_healthy_is_rolled_back_and_the_boot_says_so():
-    r = _upgrade_rig()
-    try:
+    with _upgrade_rig() as r:
         r.online()
         s = Signer(r)
         image = _image(b"broken")
@@ -407,8 +382,6 @@ def test_new_firmware_that_never_gets_healthy_is_rolled_back_and_the_boot_says_s
         assert _status(r)["boot_reason"] == 3
         f = p.control(5)
         assert (f["result"], f["stage"]) == (12, 6)  # not healthy, rolled back
-    finally:
-        rmtree(r.root)
 
 
 def test_wire_versions_fit_eight_bytes_by_one_rule():
@@ -439,8 +412,7 @@ def _tariff5(model="0201"):
 
 
 def test_five_class_tariff_via_d4_gives_a_five_period_bill_that_reconciles():
-    r = _rig(cmd_key=CMD_KEY)
-    try:
+    with _rig(cmd_key=CMD_KEY) as r:
         r.online()
         s = Signer(r)
         t = _tariff5()
@@ -471,8 +443,6 @@ def test_five_class_tariff_via_d4_gives_a_five_period_bill_that_reconciles():
         # the tariff survives a reboot (it is on flash)
         r.boot()
         assert r.pile.gun.tariff.deep and r.pile.gun.tariff.model == "0201"
-    finally:
-        rmtree(r.root)
 
 
 def _fleet_policy():
@@ -488,8 +458,7 @@ def _vin_frame(version, pairs):
 
 
 def test_vin_list_push_then_fleet_starts_are_refused_or_allowed_per_the_table():
-    r = RemoteRig(tmpdir("remote"), vin=VIN_C, cfg={"vin_policy": _fleet_policy()})
-    try:
+    with RemoteRig(tmpdir("remote"), vin=VIN_C, cfg={"vin_policy": _fleet_policy()}) as r:
         r.online()
         # one list (version 3) in two frames: they accumulate
         r.platform.send("vin_list", _vin_frame(3, [(VIN_A, 7), (VIN_B, 8)]))
@@ -528,18 +497,12 @@ def test_vin_list_push_then_fleet_starts_are_refused_or_allowed_per_the_table():
         f = _wait(r, "vin_list_reply", 4).fields
         assert (f["version"], f["result"], f["stored"]) == (4, 0, 1)
         assert r.pile.remote.vins.department_of(VIN_C) is None
-    finally:
-        rmtree(r.root)
 
 
 def test_bill_mac_lets_the_platform_detect_a_changed_bill():
-    r = _rig(mac_key=BILL_KEY)
-    try:
+    with _rig(mac_key=BILL_KEY) as r:
         r.online()
-        r.start(serial(16))
-        r.run(60000)
-        r.stop()
-        r.run(30000)
+        r.charge(serial(16), 60000, 30000)
         bill = r.platform.bills()[0]
         mac = r.platform.named("bill_extra")[0].fields["mac"]
         assert mac != "0" * 64
@@ -548,5 +511,3 @@ def test_bill_mac_lets_the_platform_detect_a_changed_bill():
         forged[-20] ^= 1
         assert not sign.verify_bill_mac(BILL_KEY, bytes(forged), mac)
         assert not sign.verify_bill_mac(bytes(32), bill.body, mac)
-    finally:
-        rmtree(r.root)

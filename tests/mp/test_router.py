@@ -5,7 +5,7 @@ from firmware.auth import CommandAuth, CounterStore
 from protocol import codec
 from protocol import sign
 from protocol.router import on, reply, route
-from tests.mp.util import raises, rmtree, tmpdir
+from tests.mp.util import raises, TempDir
 
 PILE = "55031412782305"
 KEY = bytes(range(32))
@@ -110,27 +110,21 @@ def _signed(name, values, counter, key=KEY, seq=0x0A0B):
 
 
 def test_a_signed_frame_is_handled_as_if_bare_and_answered_with_the_envelopes_sequence():
-    root = tmpdir("router")
-    try:
+    with TempDir("router") as root:
         ctx = Ctx()
         r = _router(_auth(root))
         code, values, seq = r.route(ctx, _signed("remote_stop", {"pile": PILE, "gun": "01"}, 5))
         assert (code, seq) == (0x35, 0x0A0B)
         assert ctx.seen[0].code == 0x36 and ctx.seen[0].fields["gun"] == "01"
         assert ctx.rejects == []
-    finally:
-        rmtree(root)
 
 
 def test_a_protected_frame_arriving_bare_at_a_keyed_end_is_refused_and_never_handled():
-    root = tmpdir("router")
-    try:
+    with TempDir("router") as root:
         ctx = Ctx()
         out = _router(_auth(root)).route(ctx, _stop(0x0102))
         assert out == (0xD1, {"counter": 0, "reason": 5}, 0x0102)   # 5 unsigned
         assert ctx.seen == [] and ctx.rejects == [(0x36, 0, 5)]
-    finally:
-        rmtree(root)
 
 
 def test_without_a_key_bare_frames_are_handled_and_envelopes_refused_no_key():
@@ -143,8 +137,7 @@ def test_without_a_key_bare_frames_are_handled_and_envelopes_refused_no_key():
 
 
 def test_forged_replayed_and_malformed_envelopes_are_refused_with_their_reasons():
-    root = tmpdir("router")
-    try:
+    with TempDir("router") as root:
         ctx = Ctx()
         r = _router(_auth(root))
         stop = {"pile": PILE, "gun": "01"}
@@ -162,5 +155,3 @@ def test_forged_replayed_and_malformed_envelopes_are_refused_with_their_reasons(
         assert r.route(ctx, _signed("remote_stop", stop, 4))[0] == 0x35
         assert len(ctx.seen) == 2
         assert [x[2] for x in ctx.rejects] == [1, 2, 3, 3]
-    finally:
-        rmtree(root)

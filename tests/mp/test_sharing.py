@@ -7,7 +7,7 @@ from firmware import session as S
 from firmware.sharing import TICK_MS, allocate
 from protocol.reconcile import reconcile
 from tests.mp.pilekit import PILE, Rig, serial
-from tests.mp.util import rmtree, tmpdir
+from tests.mp.util import tmpdir
 
 
 def _alloc(cap, demands, prios=None):
@@ -60,6 +60,21 @@ def _rig(guns=2, power_w=60000, cfg=None, **kw):
     return Rig(tmpdir("share"), guns=guns, power_w=power_w, cfg=c, sharing=True, **kw)
 
 
+def _both_charging(r, a, b):
+    """Gun 01 started as serial(a), gun 02 as serial(b); 30 s run."""
+    r.start(serial(a, "01"), gun="01")
+    r.start(serial(b, "02"), gun="02")
+    r.run(30000)
+
+
+def _stop_both_and_reconcile(r):
+    """Both guns stopped: their two bills each add up."""
+    r.stop("01")
+    r.stop("02")
+    r.run(20000)
+    _bills_reconcile(r, 2)
+
+
 def _watch(r, ms, cap_of=None):
     """Run ms; returns (the most the vehicles drew together at any poll, the
     number of polls it was over the pile's cap then)."""
@@ -92,8 +107,7 @@ def _bills_reconcile(r, n):
 
 
 def test_a_second_gun_halves_the_first_within_one_tick_and_the_cap_is_never_exceeded():
-    r = _rig()
-    try:
+    with _rig() as r:
         r.online()
         r.start(serial(1, "01"), gun="01")
         top, over = _watch(r, 30000)
@@ -114,17 +128,12 @@ def test_a_second_gun_halves_the_first_within_one_tick_and_the_cap_is_never_exce
         r.stop("01")
         r.run(20000)
         _bills_reconcile(r, 2)
-    finally:
-        rmtree(r.root)
 
 
 def test_0x52_percentage_lowers_every_share_within_one_tick_and_is_answered():
-    r = _rig()
-    try:
+    with _rig() as r:
         r.online()
-        r.start(serial(3, "01"), gun="01")
-        r.start(serial(4, "02"), gun="02")
-        r.run(30000)
+        _both_charging(r, 3, 4)
         assert _powers(r) == [30000, 30000]
         r.platform.send("work_params", {"pile": PILE, "locked": 0, "max_power": 50})
         r.run(TICK_MS + 20)
@@ -135,17 +144,11 @@ def test_0x52_percentage_lowers_every_share_within_one_tick_and_is_answered():
         r.run(2000)
         assert [f.fields["result"] for f in r.platform.named("work_params_reply")] == [1, 0]
         assert r.pile.sharing.cap() == 30000
-        r.stop("01")
-        r.stop("02")
-        r.run(20000)
-        _bills_reconcile(r, 2)
-    finally:
-        rmtree(r.root)
+        _stop_both_and_reconcile(r)
 
 
 def test_site_cap_lowers_the_pile_within_one_tick():
-    r = _rig()
-    try:
+    with _rig() as r:
         r.online()
         r.start(serial(5, "01"), gun="01")
         r.run(30000)
@@ -156,17 +159,12 @@ def test_site_cap_lowers_the_pile_within_one_tick():
         r.pile.set_site_cap(0)                       # lifted
         r.run(5000)
         assert _powers(r) == [60000, 0]
-    finally:
-        rmtree(r.root)
 
 
 def test_module_faults_lower_power_and_never_end_a_session():
-    r = _rig(cfg={"modules": 4, "module_w": 15000})
-    try:
+    with _rig(cfg={"modules": 4, "module_w": 15000}) as r:
         r.online()
-        r.start(serial(6, "01"), gun="01")
-        r.start(serial(7, "02"), gun="02")
-        r.run(30000)
+        _both_charging(r, 6, 7)
         assert _powers(r) == [30000, 30000]
         r.pile.sharing.module_fault(3)
         r.run(TICK_MS + 20)
@@ -179,32 +177,21 @@ def test_module_faults_lower_power_and_never_end_a_session():
         r.pile.sharing.module_fault(0)               # repaired
         r.run(10000)
         assert _powers(r) == [30000, 30000]
-        r.stop("01")
-        r.stop("02")
-        r.run(20000)
-        _bills_reconcile(r, 2)
+        _stop_both_and_reconcile(r)
         assert [b.fields["stop_reason"] for b in r.platform.bills()] == [0x40, 0x40]
-    finally:
-        rmtree(r.root)
 
 
 def test_priority_gun_served_first():
-    r = _rig(cfg={"prios": [0, 1]})
-    try:
+    with _rig(cfg={"prios": [0, 1]}) as r:
         r.online()
-        r.start(serial(8, "01"), gun="01")
-        r.start(serial(9, "02"), gun="02")
-        r.run(30000)
+        _both_charging(r, 8, 9)
         assert _powers(r) == [0, 60000]   # gun 2 first; the vehicle takes all of it
-    finally:
-        rmtree(r.root)
 
 
 def _amount_run(stop_gun2_at):
     # Gun 1 charges toward 10 yuan at half of a 240 kW pile; gun 2 stops at
     # stop_gun2_at ms (None: never), doubling gun 1's share.
-    r = _rig(power_w=240000)
-    try:
+    with _rig(power_w=240000) as r:
         r.online()
         r.start(serial(10, "02"), gun="02")
         r.start(serial(20, "01"), gun="01", amount=100000)
@@ -226,8 +213,6 @@ def _amount_run(stop_gun2_at):
         b = [f.fields for f in r.platform.bills() if f.fields["serial"] == serial(20, "01")]
         assert len(b) == 1 and b[0]["stop_reason"] == 0x43, b
         return took, b[0]["total_amount"]
-    finally:
-        rmtree(r.root)
 
 
 def test_an_amount_target_is_not_crossed_when_the_share_rises_between_samples():
@@ -242,12 +227,9 @@ def test_an_amount_target_is_not_crossed_when_the_share_rises_between_samples():
 
 
 def test_site_cap_frame_from_the_bridge_is_applied_within_one_tick_and_answered():
-    r = _rig()
-    try:
+    with _rig() as r:
         r.online()
-        r.start(serial(30, "01"), gun="01")
-        r.start(serial(31, "02"), gun="02")
-        r.run(30000)
+        _both_charging(r, 30, 31)
         r.platform.send("site_cap", {"pile": PILE, "cap": 40000})
         r.run(TICK_MS + 20)
         assert r.pile.sharing.share == [20000, 20000]
@@ -258,32 +240,24 @@ def test_site_cap_frame_from_the_bridge_is_applied_within_one_tick_and_answered(
         r.platform.send("site_cap", {"pile": PILE, "cap": 0})     # lifted
         r.run(5000)
         assert _powers(r) == [30000, 30000]
-    finally:
-        rmtree(r.root)
 
 
 def test_site_cap_frame_to_a_pile_without_power_sharing_is_answered_0():
-    r = Rig(tmpdir("share"))
-    try:
+    with Rig(tmpdir("share")) as r:
         r.online()
         r.platform.send("site_cap", {"pile": PILE, "cap": 40000})
         r.run(2000)
         rep = r.platform.named("site_cap_reply")
         assert [(f.fields["cap"], f.fields["result"]) for f in rep] == [(0, 0)]
-    finally:
-        rmtree(r.root)
 
 
 def test_gun_cap_frame_caps_that_gun_only_and_the_other_takes_the_rest():
     # An OCPP charging profile on EVSE 2 (docs/ocpp.md) reaches the pile as
     # 0xDC: gun 02 is held under its cap, gun 01 gets what is left of the
     # pile's power; lifted, both share equally again; bills still reconcile.
-    r = _rig()
-    try:
+    with _rig() as r:
         r.online()
-        r.start(serial(40, "01"), gun="01")
-        r.start(serial(41, "02"), gun="02")
-        r.run(30000)
+        _both_charging(r, 40, 41)
         assert _powers(r) == [30000, 30000]
         r.platform.send("gun_cap", {"pile": PILE, "gun": "02", "cap": 7000})
         r.run(TICK_MS + 20)
@@ -299,9 +273,4 @@ def test_gun_cap_frame_caps_that_gun_only_and_the_other_takes_the_rest():
         r.run(2000)
         assert [(f.fields["gun"], f.fields["result"]) for f in r.platform.named("gun_cap_reply")][-1] == ("04", 0)
         assert _powers(r) == [30000, 30000]
-        r.stop("01")
-        r.stop("02")
-        r.run(20000)
-        _bills_reconcile(r, 2)
-    finally:
-        rmtree(r.root)
+        _stop_both_and_reconcile(r)

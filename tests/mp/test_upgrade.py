@@ -16,7 +16,7 @@ from firmware.upgrade import Updater
 from protocol import image as U
 from protocol import sign
 from protocol.image import UpgradeError
-from tests.mp.util import tmpdir, rmtree
+from tests.mp.util import TempDir
 
 KEY = b"\x5a" * 32
 CHUNK = 200          # fw_chunk carries at most 200 bytes
@@ -78,8 +78,7 @@ def upgraded(d, version, idle=True):
 
 
 def test_happy_path_download_verify_activate_boot_healthy():
-    d = tmpdir("up")
-    try:
+    with TempDir("up") as d:
         up = boot(d, factory_version="1.0", hmi_version="103")
         assert up.status()["stage"] == "idle"
         assert up.versions() == {"board": "1.0", "hmi": "103", "slot": "a", "previous": None}
@@ -102,13 +101,10 @@ def test_happy_path_download_verify_activate_boot_healthy():
             up = boot(d)
             assert up.boot_select() == "b"
         assert up.status()["stage"] == "installed" and not up.status()["pending"]
-    finally:
-        rmtree(d)
 
 
 def test_resume_after_broken_link_at_several_offsets():
-    d = tmpdir("up")
-    try:
+    with TempDir("up") as d:
         up = boot(d)
         img = image("2.0")
         ann = announce(img, "2.0")
@@ -120,13 +116,10 @@ def test_resume_after_broken_link_at_several_offsets():
             assert up.begin(*ann) == cut           # same image announced again: resume
         assert send(up, img, off) == len(img)
         assert up.verify() == (True, None)
-    finally:
-        rmtree(d)
 
 
 def test_resume_across_reboots_keeps_staged_bytes():
-    d = tmpdir("up")
-    try:
+    with TempDir("up") as d:
         img = image("2.0")
         ann = announce(img, "2.0")
         up = boot(d)
@@ -142,13 +135,10 @@ def test_resume_across_reboots_keeps_staged_bytes():
         assert send(up, img, off) == len(img)
         assert up.verify() == (True, None)
         assert up.activate(True) == (True, None)
-    finally:
-        rmtree(d)
 
 
 def test_wrong_offset_gets_the_expected_offset_back():
-    d = tmpdir("up")
-    try:
+    with TempDir("up") as d:
         up = boot(d)
         img = image("2.0")
         up.begin(*announce(img, "2.0"))
@@ -164,13 +154,10 @@ def test_wrong_offset_gets_the_expected_offset_back():
             e = x
         assert e is not None and e.reason == "past end"
         assert up.status()["offset"] == 300 and up.status()["stage"] == "downloading"
-    finally:
-        rmtree(d)
 
 
 def test_new_image_announced_mid_transfer_restarts_from_zero():
-    d = tmpdir("up")
-    try:
+    with TempDir("up") as d:
         up = boot(d)
         img = image("2.0")
         up.begin(*announce(img, "2.0"))
@@ -181,13 +168,10 @@ def test_new_image_announced_mid_transfer_restarts_from_zero():
         assert up.verify() == (True, None)
         assert up.activate(True) == (True, None)
         assert installed(d, "b", "3.0")
-    finally:
-        rmtree(d)
 
 
 def test_wrong_sha256_fails_verification():
-    d = tmpdir("up")
-    try:
+    with TempDir("up") as d:
         up = boot(d)
         img = image("2.0")
         wrong = hashlib.sha256(img + b"x").digest()     # signed, but not this image
@@ -198,13 +182,10 @@ def test_wrong_sha256_fails_verification():
         assert (st["stage"], st["reason"]) == ("failed", "bad sha256")
         assert up.activate(True) == (False, "stage")
         assert boot(d).boot_select() == "a"
-    finally:
-        rmtree(d)
 
 
 def test_byte_changed_on_flash_after_download_fails_verification():
-    d = tmpdir("up")
-    try:
+    with TempDir("up") as d:
         up = boot(d)
         img = download(up, "2.0")
         with open(d + "/fw/stage.img", "r+b") as f:
@@ -212,13 +193,10 @@ def test_byte_changed_on_flash_after_download_fails_verification():
             f.write(b"\xff")
         assert up.verify() == (False, "bad sha256")
         assert up.status()["stage"] == "failed"
-    finally:
-        rmtree(d)
 
 
 def test_wrong_mac_fails_before_any_byte_is_staged():
-    d = tmpdir("up")
-    try:
+    with TempDir("up") as d:
         up = boot(d)
         img = image("2.0")
         forged = announce(img, "2.0", b"\x00" * 32)
@@ -239,16 +217,13 @@ def test_wrong_mac_fails_before_any_byte_is_staged():
         assert "stage.img" not in os.listdir(d + "/fw")
         # a genuine announcement afterwards works
         assert up.begin(*announce(img, "2.0")) == 0
-    finally:
-        rmtree(d)
 
 
 def test_a_validly_signed_older_image_is_refused_as_a_downgrade():
     # Issue 17: any image signed with the upgrade key was taken, an old one
     # with a known flaw too. Now older than the running version is refused
     # before a byte is staged; the same or a newer version is taken.
-    d = tmpdir("up")
-    try:
+    with TempDir("up") as d:
         up = upgraded(d, "2.1")
         up = boot(d)
         up.boot_select()
@@ -268,8 +243,6 @@ def test_a_validly_signed_older_image_is_refused_as_a_downgrade():
             assert up.begin(*announce(image(ok), ok)) == 0, ok
         assert U.older("2.0", "2.1") and not U.older("2.1.0", "2.1") and not U.older("x", "2.1")
         assert U.reason_code("downgrade") == 15
-    finally:
-        rmtree(d)
 
 
 def test_mac_binds_version_and_size():
@@ -277,8 +250,7 @@ def test_mac_binds_version_and_size():
     v, n, sha, mac = announce(img, "2.0")
     assert sign.upgrade_mac(KEY, "2.1", n, sha) != mac
     assert sign.upgrade_mac(KEY, v, n + 1, sha) != mac
-    d = tmpdir("up")
-    try:
+    with TempDir("up") as d:
         up = boot(d)
         try:
             up.begin("2.1", n, sha, mac)
@@ -287,13 +259,10 @@ def test_mac_binds_version_and_size():
             assert e.reason == "bad mac"
         assert up.begin(v, n, binascii.hexlify(sha).decode().upper(),
                         binascii.hexlify(mac).decode().upper()) == 0   # hex, as fw_control decodes
-    finally:
-        rmtree(d)
 
 
 def test_malformed_announcements_refused_as_bad_request():
-    d = tmpdir("up")
-    try:
+    with TempDir("up") as d:
         up = boot(d)
         v, n, sha, mac = announce(image("2.0"), "2.0")
         for args in (("", n, sha, mac), (v, -1, sha, mac), (v, 1 << 32, sha, mac),
@@ -304,13 +273,10 @@ def test_malformed_announcements_refused_as_bad_request():
             except UpgradeError as e:
                 assert e.reason == "bad request", (args, e.reason)
         assert up.status()["stage"] == "idle"
-    finally:
-        rmtree(d)
 
 
 def test_oversized_announcement_refused():
-    d = tmpdir("up")
-    try:
+    with TempDir("up") as d:
         up = boot(d, max_size=1000)
         img = image("2.0", 8)
         try:
@@ -318,13 +284,10 @@ def test_oversized_announcement_refused():
             assert False, "too big accepted"
         except UpgradeError as e:
             assert e.reason == "too big"
-    finally:
-        rmtree(d)
 
 
 def test_image_with_unsafe_path_fails_verification():
-    d = tmpdir("up")
-    try:
+    with TempDir("up") as d:
         bad = bytearray(U.MAGIC)
         for name in (b"../boot.py",):
             bad.append(len(name))
@@ -337,13 +300,10 @@ def test_image_with_unsafe_path_fails_verification():
         send(up, img, 0)
         assert up.verify() == (False, "bad image")
         assert "boot.py" not in os.listdir(d)
-    finally:
-        rmtree(d)
 
 
 def test_activate_refused_while_charging_then_done_when_idle():
-    d = tmpdir("up")
-    try:
+    with TempDir("up") as d:
         up = boot(d)
         download(up, "2.0")
         assert up.verify() == (True, None)
@@ -354,13 +314,10 @@ def test_activate_refused_while_charging_then_done_when_idle():
         up = boot(d)                                # still verified after a reboot
         assert up.activate(True) == (True, None)
         assert up.status()["active"] == "b"
-    finally:
-        rmtree(d)
 
 
 def test_activate_before_verify_refused():
-    d = tmpdir("up")
-    try:
+    with TempDir("up") as d:
         up = boot(d)
         img = image("2.0")
         up.begin(*announce(img, "2.0"))
@@ -368,13 +325,10 @@ def test_activate_before_verify_refused():
         send(up, img, 0, 100)
         assert up.verify() == (False, "incomplete")
         assert up.status()["stage"] == "downloading"
-    finally:
-        rmtree(d)
 
 
 def test_new_slot_never_healthy_rolls_back_after_the_limit():
-    d = tmpdir("up")
-    try:
+    with TempDir("up") as d:
         upgraded(d, "2.0")
         for n in (1, 2, 3):
             up = boot(d)
@@ -390,23 +344,17 @@ def test_new_slot_never_healthy_rolls_back_after_the_limit():
         for _ in range(3):
             assert boot(d).boot_select() == "a"
         assert boot(d).status()["stage"] == "rolled_back"
-    finally:
-        rmtree(d)
 
 
 def test_rollback_limit_is_configurable():
-    d = tmpdir("up")
-    try:
+    with TempDir("up") as d:
         upgraded(d, "2.0")
         assert boot(d, limit=1).boot_select() == "b"
         assert boot(d, limit=1).boot_select() == "a"
-    finally:
-        rmtree(d)
 
 
 def test_healthy_slot_stays_and_old_one_is_next_target():
-    d = tmpdir("up")
-    try:
+    with TempDir("up") as d:
         upgraded(d, "2.0")
         up = boot(d)
         assert up.boot_select() == "b"
@@ -419,13 +367,10 @@ def test_healthy_slot_stays_and_old_one_is_next_target():
         assert up.activate(True) == (True, None)
         assert installed(d, "a", "3.0") and installed(d, "b", "2.0")
         assert up.versions()["previous"] == "2.0"
-    finally:
-        rmtree(d)
 
 
 def test_new_upgrade_refused_until_the_last_one_is_healthy():
-    d = tmpdir("up")
-    try:
+    with TempDir("up") as d:
         upgraded(d, "2.0")
         up = boot(d)
         up.boot_select()
@@ -437,13 +382,10 @@ def test_new_upgrade_refused_until_the_last_one_is_healthy():
             assert e.reason == "pending"
         up.mark_healthy()
         assert up.begin(*announce(img, "3.0")) == 0
-    finally:
-        rmtree(d)
 
 
 def test_abort_drops_the_transfer():
-    d = tmpdir("up")
-    try:
+    with TempDir("up") as d:
         up = boot(d, factory_version="1.0")
         img = image("2.0")
         up.begin(*announce(img, "2.0"))
@@ -453,8 +395,6 @@ def test_abort_drops_the_transfer():
         assert (st["stage"], st["version"], st["offset"], st["size"]) == ("idle", "1.0", 0, 0)
         assert "stage.img" not in os.listdir(d + "/fw")
         assert boot(d).begin(*announce(img, "2.0")) == 0
-    finally:
-        rmtree(d)
 
 
 def test_stage_and_reason_codes_are_stable():
@@ -482,21 +422,17 @@ class FullFs:
 
 
 def test_boot_that_cannot_be_counted_runs_the_proven_slot():
-    d = tmpdir("up")
-    try:
+    with TempDir("up") as d:
         upgraded(d, "2.0")
         up = Updater(d, KEY, fs=FullFs())
         assert up.boot_select() == "a"
         assert not up.mark_healthy()                 # slot b never ran
         up = boot(d)
         assert up.boot_select() == "b" and up.status()["boots"] == 1
-    finally:
-        rmtree(d)
 
 
 def test_activation_whose_commit_cannot_be_written_reports_io_and_can_be_retried():
-    d = tmpdir("up")
-    try:
+    with TempDir("up") as d:
         up = boot(d)
         download(up, "2.0")
         up.verify()
@@ -509,8 +445,6 @@ def test_activation_whose_commit_cannot_be_written_reports_io_and_can_be_retried
         assert up.boot_select() == "a" and up.status()["stage"] == "verified"
         assert up.activate(True) == (True, None)
         assert boot(d).boot_select() == "b"
-    finally:
-        rmtree(d)
 
 
 # --- power cuts ---------------------------------------------------------------
@@ -521,33 +455,26 @@ def _write(path, data):
 
 
 def test_torn_temp_state_beside_a_good_one_is_ignored():
-    d = tmpdir("up")
-    try:
+    with TempDir("up") as d:
         upgraded(d, "2.0")
         _write(d + "/fw/state.json.tmp", b'{"fmt": 1, "active": "a", "pend')
         up = boot(d)
         assert up.boot_select() == "b"
         assert up.status()["boots"] == 1
         assert "state.json.tmp" not in os.listdir(d + "/fw")
-    finally:
-        rmtree(d)
 
 
 def test_state_rename_cut_short_is_completed():
-    d = tmpdir("up")
-    try:
+    with TempDir("up") as d:
         upgraded(d, "2.0")
         os.rename(d + "/fw/state.json", d + "/fw/state.json.tmp")   # FAT: deleted, not yet renamed
         up = boot(d)
         assert up.boot_select() == "b"
         assert "state.json" in os.listdir(d + "/fw")
-    finally:
-        rmtree(d)
 
 
 def test_truncated_state_is_rebuilt_and_new_slot_put_on_probation():
-    d = tmpdir("up")
-    try:
+    with TempDir("up") as d:
         upgraded(d, "2.0")
         with open(d + "/fw/state.json", "rb") as f:
             raw = f.read()
@@ -558,20 +485,15 @@ def test_truncated_state_is_rebuilt_and_new_slot_put_on_probation():
         for _ in range(3):
             assert boot(d).boot_select() == "b"
         assert boot(d).boot_select() == "a"          # it never came up: rolled back
-    finally:
-        rmtree(d)
 
 
 def test_missing_state_on_a_factory_board_runs_slot_a():
-    d = tmpdir("up")
-    try:
+    with TempDir("up") as d:
         up = boot(d, factory_version="1.0")
         assert up.boot_select() == "a"
         assert up.versions()["board"] == "1.0"
         _write(d + "/fw/state.json", b"\x00" * 40)      # erased flash page
         assert boot(d, factory_version="1.0").boot_select() == "a"
-    finally:
-        rmtree(d)
 
 
 class PowerCut(Exception):
@@ -639,8 +561,7 @@ def test_power_cut_at_every_write_of_an_activation_leaves_a_bootable_pile():
     n = 0
     while True:
         n += 1
-        d = tmpdir("cut")
-        try:
+        with TempDir("cut") as d:
             up = boot(d, factory_version="1.0")
             download(up, "2.0")
             up.verify()
@@ -654,8 +575,6 @@ def test_power_cut_at_every_write_of_an_activation_leaves_a_bootable_pile():
                 assert up.activate(True) == (True, None)   # and it can simply be retried
                 assert installed(d, "b", "2.0")
                 assert boot(d).boot_select() == "b"
-        finally:
-            rmtree(d)
         if not cut:
             break
         assert n < 1000, "the activation never completed"
@@ -666,8 +585,7 @@ def test_power_cut_at_every_write_of_a_boot_count_keeps_the_rollback():
     n = 0
     while True:
         n += 1
-        d = tmpdir("cut")
-        try:
+        with TempDir("cut") as d:
             upgraded(d, "2.0")
             for _ in range(3):
                 boot(d).boot_select()
@@ -675,8 +593,6 @@ def test_power_cut_at_every_write_of_a_boot_count_keeps_the_rollback():
             slots = [boot(d).boot_select() for _ in range(2)]
             assert slots == ["a", "a"], (n, slots)
             assert boot(d).status()["stage"] == "rolled_back"
-        finally:
-            rmtree(d)
         if not cut:
             break
         assert n < 1000, "the 4th boot never completed"

@@ -8,7 +8,7 @@ from firmware.tariff import Tariff
 from firmware.vinauth import (ALLOW, CARD_FLEET, CARD_SITE_ADMIN, STOP_VIN_DENIED,
                               STOP_VIN_MISSING, VinPolicy)
 from protocol import fields as F
-from tests.mp.util import raises, rmtree, tmpdir
+from tests.mp.util import raises, TempDir
 
 PILE = "55031412782305"
 ADMIN = "00000000A0000001"      # site-admin card, department "site" (check per test)
@@ -61,16 +61,24 @@ def kept_charging(p, card, vin):
     return bills[0]
 
 
+def decided(check, card, vin, want):
+    """One row of a table: the policy (department check `check`) decides
+    `want` for `card` and `vin` alone, and a session does as it says:
+    stopped with that reason, or kept charging (ALLOW). Returns the bill."""
+    assert policy(check).decide(card, vin) == want
+    if want == ALLOW:
+        return kept_charging(policy(check), card, vin)
+    return stopped_with(policy(check), card, vin, want)
+
+
 # --- table 1: site-admin card, department VIN check on / off -------------------
 
 def test_site_admin_check_off_no_vin_allows():
-    assert policy(False).decide(ADMIN, None) == ALLOW
-    kept_charging(policy(False), ADMIN, None)
+    decided(False, ADMIN, None, ALLOW)
 
 
 def test_site_admin_check_off_unknown_vin_allows():
-    assert policy(False).decide(ADMIN, STRANGER) == ALLOW
-    kept_charging(policy(False), ADMIN, STRANGER)
+    decided(False, ADMIN, STRANGER, ALLOW)
 
 
 def test_site_admin_check_off_does_not_wait_for_a_vin():
@@ -94,39 +102,34 @@ def test_site_admin_check_on_vin_in_a_department_allows():
 
 
 def test_site_admin_check_on_unknown_vin_stops():
-    assert policy(True).decide(ADMIN, STRANGER) == STOP_VIN_DENIED
-    b = stopped_with(policy(True), ADMIN, STRANGER, STOP_VIN_DENIED)
+    b = decided(True, ADMIN, STRANGER, STOP_VIN_DENIED)
     assert b["end_time"] - b["start_time"] <= 3  # stopped as soon as the VIN came
 
 
 # --- table 2: fleet card bound to department D ("bus") -----------------------------
 
 def test_fleet_card_no_vin_read_stops():
-    assert policy(False).decide(FLEET, None) == STOP_VIN_MISSING
-    stopped_with(policy(False), FLEET, None, STOP_VIN_MISSING)
+    decided(False, FLEET, None, STOP_VIN_MISSING)
 
 
 def test_fleet_card_vin_of_another_department_stops():
-    assert policy(False).decide(FLEET, TAXI_VIN) == STOP_VIN_DENIED
-    stopped_with(policy(False), FLEET, TAXI_VIN, STOP_VIN_DENIED)
+    decided(False, FLEET, TAXI_VIN, STOP_VIN_DENIED)
 
 
 def test_fleet_card_vin_of_its_department_allows():
-    assert policy(False).decide(FLEET, BUS_VIN) == ALLOW
-    b = kept_charging(policy(False), FLEET, BUS_VIN)
+    b = decided(False, FLEET, BUS_VIN, ALLOW)
     assert not b["vin_mismatch"] and b["nameplate_vin"] == BUS_VIN
 
 
 def test_fleet_card_unknown_vin_stops():
-    assert policy(True).decide(FLEET, STRANGER) == STOP_VIN_DENIED
-    stopped_with(policy(True), FLEET, STRANGER, STOP_VIN_DENIED)
+    decided(True, FLEET, STRANGER, STOP_VIN_DENIED)
 
 
 # --- beyond the tables ------------------------------------------------------------
 
 def test_card_without_a_vin_rule_is_allowed_and_its_vin_still_billed():
     assert policy(True).decide(USER, None) == ALLOW
-    b = kept_charging(policy(True), USER, STRANGER)
+    b = decided(True, USER, STRANGER, ALLOW)
     assert b["vin"] == STRANGER and not b["vin_mismatch"] and b["nameplate_vin"] == ""
 
 
@@ -152,8 +155,7 @@ def test_vin_codes_are_in_the_abnormal_stop_range():
 
 
 def test_policy_survives_a_reboot_offline():
-    d = tmpdir("vin")
-    try:
+    with TempDir("vin") as d:
         p = policy(True)
         p.set_card(FLEET, CARD_FLEET, "bus", nameplate=PLATE)
         p.save(d + "/vins.txt")
@@ -163,8 +165,6 @@ def test_policy_survives_a_reboot_offline():
             for vin in (None, BUS_VIN, TAXI_VIN, STRANGER):
                 assert q.decide(card, vin) == p.decide(card, vin), (card, vin)
         assert q.nameplate(FLEET) == PLATE
-    finally:
-        rmtree(d)
 
 
 def test_policy_input_is_checked():

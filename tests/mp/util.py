@@ -33,6 +33,37 @@ def tmpdir(tag="t"):
             pass
 
 
+class TempDir:
+    """`with TempDir("tag") as d:` a fresh directory (tmpdir), removed with
+    all it holds however the block ends. With `make`, the block gets
+    (d, make(d)): the directory and what the test keeps in it."""
+
+    def __init__(self, tag="t", make=None):
+        self.path = tmpdir(tag)
+        self.make = make
+
+    def __enter__(self):
+        if self.make is None:
+            return self.path
+        return self.path, self.make(self.path)
+
+    def __exit__(self, *exc):
+        rmtree(self.path)
+
+
+class TickClock:
+    """A tick source the test moves by hand (`clock.t += ms`)."""
+
+    def __init__(self, t=1000):
+        self.t = t
+
+    def ticks_ms(self):
+        return self.t
+
+    def ticks_diff(self, a, b):
+        return a - b
+
+
 def rmtree(path):
     try:
         entries = [e[0] for e in os.ilistdir(path)]
