@@ -210,8 +210,8 @@ class TcpFuzz:
 
     async def _forge(self, rng, code):
         from sim.testkit import make_bill
-        r, w = await self._connect()
-        await self._send(w, self.login_frame(rng, code))
+        login = self.login_frame(rng, code)
+        r, w = await self._logged_in(rng, login)
         v = make_bill(GOOD_PILE, rng.randrange(10000), when=1 + rng.randrange(10 ** 8))
         v["serial"] = "9" * 16 + v["serial"][16:]     # never one of the good pile's serials
         await self._send(w, codec.encode("bill", v, seq=rng.getrandbits(16)))
@@ -250,6 +250,31 @@ class TcpFuzz:
                              % (GOOD_PILE, code, confirms, "" if answered else ": " + why, took))
         self.forged.add(v["serial"])
         return 1, "bill_for_another_pile:quarantined" if not confirms else "bill_for_another_pile:%r" % confirms
+
+    async def _logged_in(self, rng, login, bound_s=30.0):
+        """A connection whose login the bridge answered. A connection the
+        bridge closes before answering is its door limit at work (at most
+        tcp.max_per_address unauthenticated links from one address, and the
+        other cases hold many): the bridge defending itself, not a verdict
+        on the forged bill, so it is tried again (bounded)."""
+        deadline = time.monotonic() + bound_s
+        while True:
+            r, w = await self._connect()
+            await self._send(w, login)
+            reader = codec.FrameReader()
+            while time.monotonic() < deadline:
+                try:
+                    data = await asyncio.wait_for(r.read(4096), max(0.01, deadline - time.monotonic()))
+                except (asyncio.TimeoutError, ConnectionError, OSError):
+                    break
+                if not data:
+                    break
+                if any(isinstance(f, codec.Frame) and f.name == "login_reply" for f in reader.push(data)):
+                    return r, w
+            _abort(w)                          # no draw from rng: a seed replays alike
+            if time.monotonic() >= deadline:
+                return await self._connect()   # the check below reports it
+            await asyncio.sleep(0.1)
 
     async def _many_connections(self, rng):
         n = rng.randint(20, 150)
