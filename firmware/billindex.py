@@ -11,7 +11,7 @@
 import binascii
 import struct
 
-from firmware.fsio import load_atomic, save_atomic
+from firmware.fsio import exists, load_atomic, try_remove
 
 from protocol import const
 
@@ -297,6 +297,8 @@ class BillIndex:
 _MAGIC = const(0xA5)    # a journal record: magic, kind, length, serial (16 B),
 _CHECKPOINT = const(2)  # payload, CRC-32 (firmware/journal.py)
 _HEAD = const(20)
+_SEQ_HALF = const(0x80000000)   # slot sequence numbers compare modulo 2**32
+_LEGACY = const(4)      # _sst flag: the old single side file is on flash
 
 
 def _ck_rec(raw):
@@ -309,49 +311,164 @@ def _ck_rec(raw):
     return struct.unpack_from("<I", raw, _HEAD + n)[0] == crc
 
 
+def slot_seq(b, size):
+    """The sequence number of the side-file slot held in b[0:size], or -1
+    if it is not one whole, valid slot. A slot is a CHECKPOINT record whose
+    CRC-32 field holds the sequence number (u32), followed by the CRC-32 of
+    everything before it: 28 + n bytes, n the payload length."""
+    if size < _OVERHEAD + 4 or b[0] != _MAGIC or b[1] != _CHECKPOINT:
+        return -1
+    n = b[2] | (b[3] << 8)
+    if size != _OVERHEAD + 4 + n:
+        return -1
+    crc = binascii.crc32(memoryview(b)[0:_OVERHEAD + n]) & 0xFFFFFFFF
+    if struct.unpack_from("<I", b, _OVERHEAD + n)[0] != crc:
+        return -1
+    return struct.unpack_from("<I", b, _HEAD + n)[0]
+
+
+def seq_newer(a, b):
+    """True if sequence number a comes after b (modulo 2**32, so the
+    counter may wrap: two slots differ by one)."""
+    return a != b and ((a - b) & 0xFFFFFFFF) < _SEQ_HALF
+
+
 class SideCheckpoints:
     """The last checkpoint of an open session, out of the journal (flash
     wear): on littlefs an append to the journal costs one block erase (its
     last block is copied on write) while a small file rewritten whole lives
-    inline in its folder's metadata log. One side file per gun,
-    <path>.c<gun byte, hex>, one journal record (CHECKPOINT) written
-    atomically (fsio.save_atomic). A gun's file belongs to one open
-    session; another open session on that gun appends to the journal.
-    Needs the Journal's _oe, _opens, _ck, _build, _mv, _payload, fs, path;
-    _sck (key -> payload) and _side (gun -> key) are reset by its _clear."""
+    inline in its folder's metadata log. Two slot files per gun,
+    <path>.c<gun byte, hex>.0 and .1, written in place by turns (one
+    littlefs commit each): a slot is a CHECKPOINT record carrying a
+    sequence number and a CRC over all of it (slot_seq). A write always
+    goes to the slot that does not hold the newest valid record, so a cut
+    write (torn, on FAT) leaves the other one; at boot the newest valid slot
+    wins. The side file of earlier firmware (<path>.c<gun>, one record by
+    fsio.save_atomic) is read when neither slot is valid and removed after
+    the first slot write. A gun's slots belong to one open session; another
+    open session on that gun appends to the journal. Needs the Journal's
+    _oe, _opens, _ck, _build, _buf, _mv, _payload, fs, path; _sck (key ->
+    payload), _side (gun -> key) and _sst (gun -> [newest slot or -1, its
+    sequence number, flags: 1 << slot for a slot file on flash, _LEGACY])
+    are reset by its _clear."""
+
+    def _slot_path(self, g, slot):
+        return "%s.c%02x.%d" % (self.path, g, slot)
+
+    def _read_slot(self, path):
+        """The slot file at path into _buf: its sequence number, or -1
+        (absent, torn, corrupt); -2 if there is no such file."""
+        try:
+            f = self.fs.open(path, "rb")
+        except OSError:
+            return -2
+        mv = self._mv
+        want = len(mv)      # more than any slot: a slot is read to its end
+        got = 0
+        try:
+            while got < want:
+                k = f.readinto(mv[got:want])
+                if not k:
+                    break
+                got += k
+        except OSError:
+            return -1
+        finally:
+            f.close()
+        return slot_seq(self._buf, got)
+
+    def _slots(self, g):
+        """Read gun g's slots (once a boot): the newest valid checkpoint
+        record is left in _buf; its payload length, or -1 if there is none.
+        With no valid slot, the old side file (migration)."""
+        st = [-1, 0, 0]
+        self._sst[g] = st
+        seqs = []
+        for slot in (0, 1):
+            q = self._read_slot(self._slot_path(g, slot))
+            if q != -2:
+                st[2] |= 1 << slot
+            seqs.append(q)
+        best = -1
+        for slot in (0, 1):
+            q = seqs[slot]
+            if q >= 0 and (best < 0 or seq_newer(q, seqs[best])):
+                best = slot
+        old = "%s.c%02x" % (self.path, g)
+        if best < 0:
+            raw = load_atomic(self.fs, old, _ck_rec)
+            if raw is None or len(raw) > len(self._buf):
+                return -1
+            st[2] |= _LEGACY
+            self._buf[0:len(raw)] = raw
+            return len(raw) - _OVERHEAD
+        if exists(self.fs, old) or exists(self.fs, old + ".tmp"):
+            st[2] |= _LEGACY
+        st[0] = best
+        st[1] = seqs[best]
+        if best == 0 and seqs[1] != -2:
+            self._read_slot(self._slot_path(g, 0))   # slot 1's bytes were read last
+        return self._buf[2] | (self._buf[3] << 8)
 
     def _side_ck(self, key, payload):
-        """Write the checkpoint to the gun's side file; False: the file is
-        another open session's (the caller appends to the journal)."""
+        """Write the checkpoint to the gun's older slot; False: the slots
+        are another open session's (the caller appends to the journal)."""
         g = key[7]
         o = self._side.get(g)
         if o is not None and o != key and o in self._oe:
             return False
+        st = self._sst.get(g)
+        if st is None:
+            self._slots(g)
+            st = self._sst[g]
+        slot = 1 - st[0] if st[0] >= 0 else 0
+        seq = (st[1] + 1) & 0xFFFFFFFF
         size = self._build(_CHECKPOINT, key, payload)
+        b = self._buf
+        struct.pack_into("<I", b, size - 4, seq)
+        struct.pack_into("<I", b, size, binascii.crc32(self._mv[0:size]) & 0xFFFFFFFF)
+        path = self._slot_path(g, slot)
+        fs = self.fs
         try:
-            save_atomic(self.fs, "%s.c%02x" % (self.path, g), bytes(self._mv[0:size]))
+            f = fs.open(path, "wb")
+            try:
+                _put(f, self._mv[0:size + 4])
+                fs.sync(f)
+            finally:
+                f.close()
+            if not st[2] & (1 << slot):
+                fs.sync(None, path)     # a new file: its folder entry too
+                st[2] |= 1 << slot
+            st[0] = slot
+            st[1] = seq
+            if st[2] & _LEGACY:
+                # the old side file, now older than this slot
+                old = "%s.c%02x" % (self.path, g)
+                try_remove(fs, old + ".tmp")
+                try_remove(fs, old)
+                st[2] &= ~_LEGACY
         except:  # noqa: E722
             self._ready = False
             raise
-        self.written += size
+        self.written += size + 4
         self._side[g] = key
         self._sck[key] = bytes(payload)
         return True
 
     def _load_side(self):
-        # After the journal: a side file's checkpoint is the newest of the
-        # session it names, if that session is still open.
+        # After the journal: the newest valid slot's checkpoint is the newest
+        # of the session it names, if that session is still open.
         for k in self._opens:
             g = k[7]
-            if g in self._side:
+            if g in self._sst:
                 continue
-            raw = load_atomic(self.fs, "%s.c%02x" % (self.path, g), _ck_rec)
-            if raw is None:
+            n = self._slots(g)
+            if n < 0:
                 continue
-            key = bytes(raw[4:_HEAD])
+            key = bytes(self._mv[4:_HEAD])
             if key in self._oe:
                 self._side[g] = key
-                self._sck[key] = bytes(raw[_HEAD:len(raw) - 4])
+                self._sck[key] = bytes(self._mv[_HEAD:_HEAD + n])
 
     def _last_ck(self, k):
         ck = self._sck.get(k)

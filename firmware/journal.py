@@ -346,7 +346,7 @@ class Journal(BillIndex, SideCheckpoints):
         # journal order): key, offset, length, state, 0xE4 result.
         self._oe = {}
         self._ck = {}
-        self._sck, self._side = {}, {}     # SideCheckpoints
+        self._sck, self._side, self._sst = {}, {}, {}     # SideCheckpoints
         self._opens = []
         self._index_clear()
         self._size = 0

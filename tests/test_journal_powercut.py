@@ -265,8 +265,8 @@ class Harness:
         assert rep.pending == [s for s in m.sealed if m.st[s] == "pending"]
         assert rep.illegal == [s for s in m.sealed if m.st[s] == "illegal"]
         assert rep.confirmed == [s for s in m.sealed if m.st[s] == "confirmed"]
-        # A checkpoint cut before its "ok" may be kept (its side file
-        # renamed in, the folder not yet synced); then it is the last one.
+        # A checkpoint cut before its "ok" may be kept (its side-file slot
+        # written whole, the folder not yet synced); then it is the last one.
         for s, c in m.ck_cut.items():
             if m.st.get(s) == "open" and (s, m.hdr[s], c) in rep.open_sessions:
                 m.ck[s] = c

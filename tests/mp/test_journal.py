@@ -676,7 +676,7 @@ def test_power_cut_at_every_byte_of_a_seal_and_a_compaction_on_strict_flash():
             assert st == "pending" and j.bill(s) == bill
         elif "open" in done:
             # a checkpoint cut before its acknowledgement may be kept (its
-            # side file renamed, the folder not yet synced)
+            # side-file slot written whole, the folder not yet synced)
             cks = (b"ck1",) if "ck" in done else (None, b"ck1")
             assert len(r.open_sessions) == 1 and r.open_sessions[0][:2] == (s, b"hdr"), cut
             assert r.open_sessions[0][2] in cks, (cut, r.open_sessions)
@@ -872,3 +872,190 @@ def test_boot_ram_does_not_grow_with_the_backlog():
         rmtree(d)
         if tracemalloc is not None:
             tracemalloc.stop()
+
+
+# ---- the last checkpoint in two side-file slots per gun (A/B) ---------------
+
+P = "/f/bills.j"
+SLOTS = (P + ".c01.0", P + ".c01.1")
+OLD = P + ".c01"      # the single side file of earlier firmware
+
+
+def _slot(s, payload, seq):
+    # a side-file slot, byte for byte as docs/journal.md gives it: the
+    # CHECKPOINT record with its CRC field holding the sequence number, then
+    # a CRC-32 of all of it
+    import binascii
+    import struct
+    r = _raw(J.CHECKPOINT, s, payload)[:-4] + struct.pack("<I", seq)
+    return r + struct.pack("<I", binascii.crc32(r) & 0xFFFFFFFF)
+
+
+def _put_file(fs, path, data):
+    f = fs.open(path, "wb")
+    f.write(data)
+    fs.sync(f)
+    f.close()
+
+
+def _booted(fs):
+    j = Journal(P, fs.reboot())
+    return j, j.recover().open_sessions
+
+
+def _one_open(fs, s):
+    j = Journal(P, fs)
+    assert j.open_session(s, b"hdr") == "opened"
+    return j
+
+
+def test_checkpoints_alternate_between_two_slots_and_the_newest_valid_one_wins():
+    fs = FlashSim(strict=True)
+    s = serial(1)
+    j = _one_open(fs, s)
+    used = j.bytes_used()
+    for i in range(1, 6):
+        assert j.checkpoint(s, b"ck%d" % i) == "ok"
+        # write i: slot (i - 1) % 2, sequence number i; the other keeps i - 1
+        assert bytes(fs.files[SLOTS[(i - 1) % 2]]) == _slot(s, b"ck%d" % i, i)
+        if i > 1:
+            assert bytes(fs.files[SLOTS[i % 2]]) == _slot(s, b"ck%d" % (i - 1), i - 1)
+        j, opens = _booted(fs)
+        assert opens == [(serial(1), b"hdr", b"ck%d" % i)]
+    assert j.bytes_used() == used and OLD not in fs.files
+    # the newest is found by sequence number, not by slot: slot 1 at 7
+    # beats slot 0 at 6, and the next write goes to slot 0 as 8
+    _put_file(fs, SLOTS[0], _slot(s, b"six", 6))
+    _put_file(fs, SLOTS[1], _slot(s, b"seven", 7))
+    j, opens = _booted(fs)
+    assert opens[0][2] == b"seven"
+    assert j.checkpoint(s, b"eight") == "ok"
+    assert bytes(fs.files[SLOTS[0]]) == _slot(s, b"eight", 8)
+    assert bytes(fs.files[SLOTS[1]]) == _slot(s, b"seven", 7)
+
+
+def test_a_slot_write_cut_at_any_byte_leaves_the_other_slot():
+    # The write of checkpoint n (n = 1: slot 0, the first ever; 2: slot 1;
+    # 3: slot 0 again) cut at each of its units, with the uncommitted bytes
+    # lost, halved or kept: the boot finds checkpoint n if it was
+    # acknowledged, else n - 1 (none for n = 1); never neither.
+    s = serial(1)
+
+    def script(fs, n):
+        j = _one_open(fs, s)
+        for i in range(1, n + 1):
+            assert j.checkpoint(s, b"ck%d" % i) == "ok"
+
+    for n in (1, 2, 3):
+        fs = FlashSim(strict=True)
+        script(fs, n - 1)
+        base = fs.units
+        fs = FlashSim(strict=True)
+        script(fs, n)
+        total = fs.units
+        assert total - base > 30          # the truncation and every byte
+        for cut in range(base, total + 1):
+            for keep in ("none", "half", "all"):
+                fs = FlashSim(cut_after=cut, strict=True, keep=keep)
+                try:
+                    script(fs, n)
+                    done = True
+                except PowerCut:
+                    done = False
+                j, opens = _booted(fs)
+                want = b"ck%d" % n if done else (b"ck%d" % (n - 1) if n > 1 else None)
+                assert opens == [(s, b"hdr", want)], (n, cut, keep, opens)
+                # and the pile goes on: the next checkpoint is the newest
+                assert j.checkpoint(s, b"next") == "ok"
+                assert _booted(fs)[1][0][2] == b"next", (n, cut, keep)
+
+
+def test_a_corrupt_slot_falls_back_to_the_other_and_two_to_the_journal():
+    fs = FlashSim(strict=True)
+    a, b = serial(1), serial(2)      # both on gun 1
+    j = _one_open(fs, a)
+    assert j.checkpoint(a, b"a1") == "ok" and j.checkpoint(a, b"a2") == "ok"
+    # b's checkpoints go to the journal: the slots are a's
+    assert j.open_session(b, b"hb") == "opened" and j.checkpoint(b, b"b1") == "ok"
+    for i in range(len(fs.files[SLOTS[1]])):
+        fs.corrupt(SLOTS[1], i, 1)
+        assert _booted(fs)[1] == [(a, b"hdr", b"a1"), (b, b"hb", b"b1")], i
+        fs.corrupt(SLOTS[1], i, 1)        # back as it was
+    assert _booted(fs)[1][0][2] == b"a2"
+    fs.corrupt(SLOTS[0], 22, 1)
+    fs.corrupt(SLOTS[1], 5, 1)
+    # no valid slot: recovery from the journal alone, which has a's session
+    # (no checkpoint of it) and b's session with its checkpoint
+    j, opens = _booted(fs)
+    assert opens == [(a, b"hdr", None), (b, b"hb", b"b1")]
+    assert j.checkpoint(a, b"a3") == "ok"
+    assert _booted(fs)[1][0] == (a, b"hdr", b"a3")
+    j = Journal(P, fs.reboot())
+    assert j.close_interrupted(lambda s, h, ck: b"bill:" + (ck or b"-")) == [a, b]
+    assert j.bill(a) == b"bill:a3" and j.bill(b) == b"bill:b1"
+
+
+def test_an_old_single_side_file_is_read_once_then_the_slots_take_over():
+    s = serial(1)
+
+    def field(cut=None, tmp=False):
+        # a pile upgraded in the field: its session open, the checkpoint in
+        # the old side file (or only in its temp file: the rename was cut)
+        fs = FlashSim(strict=True)
+        _one_open(fs, s)
+        _put_file(fs, OLD + ".tmp" if tmp else OLD, _raw(J.CHECKPOINT, s, b"old"))
+        fs.reboot(cut_after=None if cut is None else fs.units + cut)
+        return fs
+
+    for tmp in (False, True):
+        fs = field(tmp=tmp)
+        j = Journal(P, fs)
+        assert j.recover().open_sessions == [(s, b"hdr", b"old")]
+        assert j.checkpoint(s, b"new") == "ok"
+        assert OLD not in fs.files and OLD + ".tmp" not in fs.files
+        assert bytes(fs.files[SLOTS[0]]) == _slot(s, b"new", 1) and SLOTS[1] not in fs.files
+        assert _booted(fs)[1] == [(s, b"hdr", b"new")]
+    # the first slot write cut anywhere: the old checkpoint or the new one
+    n = 0
+    while True:
+        fs = field(cut=n)
+        try:
+            Journal(P, fs).checkpoint(s, b"new")
+            done = True
+        except PowerCut:
+            done = False
+        opens = _booted(fs)[1]
+        assert opens[0][2] == b"new" if done else opens[0][2] in (b"old", b"new"), (n, opens)
+        if done:
+            break
+        n += 1
+    assert n > 30
+    # a stale old file beside valid slots is ignored, and removed by the next write
+    fs = field()
+    _put_file(fs, SLOTS[1], _slot(s, b"slot", 1))
+    j, opens = _booted(fs)
+    assert opens[0][2] == b"slot" and OLD in fs.files
+    assert j.checkpoint(s, b"next") == "ok"
+    assert OLD not in fs.files and bytes(fs.files[SLOTS[0]]) == _slot(s, b"next", 2)
+
+
+def test_slot_sequence_numbers_wrap_after_2_to_the_32():
+    from firmware.billindex import seq_newer, slot_seq
+    assert seq_newer(0, 0xFFFFFFFF) and not seq_newer(0xFFFFFFFF, 0)
+    assert seq_newer(8, 7) and not seq_newer(7, 8) and not seq_newer(7, 7)
+    s = serial(1)
+    x = _slot(s, b"x", 0xFFFFFFFF)
+    assert slot_seq(x, len(x)) == 0xFFFFFFFF and slot_seq(x, len(x) - 1) == -1
+    fs = FlashSim(strict=True)
+    _one_open(fs, s)
+    _put_file(fs, SLOTS[0], _slot(s, b"last", 0xFFFFFFFF))
+    _put_file(fs, SLOTS[1], _slot(s, b"before", 0xFFFFFFFE))
+    j, opens = _booted(fs)
+    assert opens[0][2] == b"last"
+    assert j.checkpoint(s, b"wrapped") == "ok"
+    assert bytes(fs.files[SLOTS[1]]) == _slot(s, b"wrapped", 0)
+    j, opens = _booted(fs)
+    assert opens[0][2] == b"wrapped"
+    assert j.checkpoint(s, b"one") == "ok"
+    assert bytes(fs.files[SLOTS[0]]) == _slot(s, b"one", 1)
+    assert _booted(fs)[1][0][2] == b"one"
