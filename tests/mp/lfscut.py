@@ -236,6 +236,7 @@ def _run(j, model, ops):
                 model[n] = "open"
             elif name == "ck":
                 assert j.checkpoint(s, ck(n, arg)) == "ok"
+                model["ck%d" % n] = ck(n, arg)
             elif name == "seal":
                 assert j.seal(s, body(n)) == "sealed"
                 model[n] = "pending"
@@ -304,6 +305,14 @@ def _check(j, model, cut_op, closing=False):
     held = j.pending() + j.confirmed() + j.illegal_bills()
     assert len(held) == len(set(held)), "a bill listed twice"
     opens = [s for s, h, c in rep.open_sessions]
+    for s, h, c in rep.open_sessions:
+        # the last acknowledged checkpoint (side-file slots: the newest
+        # valid one), or the one the power went in
+        n = int(s[-4:])
+        want = [model.get("ck%d" % n)]
+        if cut_op is not None and cut_op[0] == "ck" and cut_op[1] == n:
+            want.append(ck(n, cut_op[2]))
+        assert c in want, (s, c, want, cut_op)
     total = 0
     for n, st in model.items():
         if not isinstance(n, int):
