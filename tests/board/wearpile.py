@@ -58,8 +58,8 @@ def _label(bd, fn, name):
 
 def _sites(bd):
     """Erases per call site: the journal's calls, the index and side-file
-    writes inside them, and every atomic file save (by file name)."""
-    from firmware import billindex, fsio, journal
+    slot writes inside them, and every atomic file save (by file name)."""
+    from firmware import fsio, journal
     J = journal.Journal
     for m in ("recover", "open_session", "checkpoint", "seal", "confirm", "settle", "refuse",
               "illegal", "compact", "issue_serial", "close_interrupted"):
@@ -72,7 +72,6 @@ def _sites(bd):
         return _label(bd, save, "save:" + path.split("/")[-1])(fs, path, data)
     from firmware import auth
     fsio.save_atomic = save_atomic
-    billindex.save_atomic = save_atomic
     auth.save_atomic = save_atomic
     bd.sites = {}
 
