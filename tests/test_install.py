@@ -32,6 +32,7 @@ per_file = {}
 for n, m in ours:
     per_file.setdefault(m.__file__, set()).add(id(m))
 print(json.dumps({"same": alias is host.bridge, "names": sorted(n for n, _ in ours),
+                  "path": sys.path, "finders": [repr(f) for f in sys.meta_path],
                   "files": sorted(per_file),
                   "copies": sorted(f for f, ids in per_file.items() if len(ids) > 1)}))
 """
@@ -77,8 +78,9 @@ def venv(work, wheel):
     _run([sys.executable, "-m", "venv", "--without-pip", str(env_dir)])
     py = str(env_dir / "bin" / "python")
     site = _run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip()
+    here = sysconfig.get_paths()
     with open(os.path.join(site, "dev_deps.pth"), "w") as f:
-        f.write(sysconfig.get_paths()["purelib"] + "\n")
+        f.write("".join(p + "\n" for p in sorted({here["purelib"], here["platlib"]})))
     _run([sys.executable, "-m", "pip", "--python", py, "install", "--no-deps", "--no-index",
           "-q", str(wheel)])
     return env_dir, site
@@ -128,6 +130,10 @@ def test_installed_wheel_runs_from_outside_the_repo(venv, work):
     assert outside == [], "loaded from outside the installed package: %s" % outside
     assert {"host.bridge", "protocol.codec", "firmware.journal",
             "pile_companion.host.bridge"} <= set(got["names"])
+    # nothing could have come from the checkout: not on the path, and its
+    # editable install's finder not loaded
+    assert os.path.realpath(ROOT) not in [os.path.realpath(p) for p in got["path"] if p], got["path"]
+    assert not [f for f in got["finders"] if "editable" in f.lower()], got["finders"]
 
 
 def test_short_and_long_names_are_one_module_in_the_checkout():
