@@ -903,6 +903,20 @@ def _booted(fs):
     return j, j.recover().open_sessions
 
 
+def _slots_set(fs, s, a, b):
+    """Slots 0 and 1 written as (payload, sequence number) a and b, then a
+    boot: the journal and the checkpoint it found."""
+    _put_file(fs, SLOTS[0], _slot(s, a[0], a[1]))
+    _put_file(fs, SLOTS[1], _slot(s, b[0], b[1]))
+    j, opens = _booted(fs)
+    return j, opens[0][2]
+
+
+def _ck_goes_to(fs, j, s, payload, slot, seq):
+    assert j.checkpoint(s, payload) == "ok"
+    assert bytes(fs.files[SLOTS[slot]]) == _slot(s, payload, seq)
+
+
 def _one_open(fs, s):
     j = Journal(P, fs)
     assert j.open_session(s, b"hdr") == "opened"
@@ -925,12 +939,9 @@ def test_checkpoints_alternate_between_two_slots_and_the_newest_valid_one_wins()
     assert j.bytes_used() == used and OLD not in fs.files
     # the newest is found by sequence number, not by slot: slot 1 at 7
     # beats slot 0 at 6, and the next write goes to slot 0 as 8
-    _put_file(fs, SLOTS[0], _slot(s, b"six", 6))
-    _put_file(fs, SLOTS[1], _slot(s, b"seven", 7))
-    j, opens = _booted(fs)
-    assert opens[0][2] == b"seven"
-    assert j.checkpoint(s, b"eight") == "ok"
-    assert bytes(fs.files[SLOTS[0]]) == _slot(s, b"eight", 8)
+    j, got = _slots_set(fs, s, (b"six", 6), (b"seven", 7))
+    assert got == b"seven"
+    _ck_goes_to(fs, j, s, b"eight", 0, 8)
     assert bytes(fs.files[SLOTS[1]]) == _slot(s, b"seven", 7)
 
 
@@ -1048,14 +1059,10 @@ def test_slot_sequence_numbers_wrap_after_2_to_the_32():
     assert slot_seq(x, len(x)) == 0xFFFFFFFF and slot_seq(x, len(x) - 1) == -1
     fs = FlashSim(strict=True)
     _one_open(fs, s)
-    _put_file(fs, SLOTS[0], _slot(s, b"last", 0xFFFFFFFF))
-    _put_file(fs, SLOTS[1], _slot(s, b"before", 0xFFFFFFFE))
-    j, opens = _booted(fs)
-    assert opens[0][2] == b"last"
-    assert j.checkpoint(s, b"wrapped") == "ok"
-    assert bytes(fs.files[SLOTS[1]]) == _slot(s, b"wrapped", 0)
+    j, got = _slots_set(fs, s, (b"last", 0xFFFFFFFF), (b"before", 0xFFFFFFFE))
+    assert got == b"last"
+    _ck_goes_to(fs, j, s, b"wrapped", 1, 0)
     j, opens = _booted(fs)
     assert opens[0][2] == b"wrapped"
-    assert j.checkpoint(s, b"one") == "ok"
-    assert bytes(fs.files[SLOTS[0]]) == _slot(s, b"one", 1)
+    _ck_goes_to(fs, j, s, b"one", 0, 1)
     assert _booted(fs)[1][0][2] == b"one"
