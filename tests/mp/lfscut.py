@@ -495,10 +495,11 @@ def test_power_cuts_every_16th():
 
 
 def test_power_cuts_in_the_next_boots_recovery():
-    # the board lane's sample of --twice: every 97th cut point of the life
-    # (3), and at each of them every block operation of the next boot's
-    # recovery (16 more cut points), each followed by a boot and the checks
-    assert main(200, 90, True) == 0
+    # the board lane's sample of --twice: every 150th cut point of the
+    # life from the 11th (3 of 311), and at each of them every block
+    # operation of the next boot's recovery (35 more cut points), each
+    # followed by a boot and the checks
+    assert main(150, 10, True) == 0
 
 
 if __name__ == "__main__":
