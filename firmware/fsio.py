@@ -108,6 +108,22 @@ def load_atomic(fs, path, valid):
     return None
 
 
+def close_all(*files):
+    """Close every file given (None: skipped), also when an earlier close
+    fails (EIO at a power cut): none is left open for the GC's finaliser
+    to close, and report, later. The first failure is raised."""
+    err = None
+    for f in files:
+        if f is not None:
+            try:
+                f.close()
+            except Exception as e:  # noqa: BLE001 - raised below
+                if err is None:
+                    err = e
+    if err is not None:
+        raise err
+
+
 def read(fs, path):
     try:
         f = fs.open(path, "rb")

@@ -81,7 +81,7 @@ import binascii
 import struct
 
 from firmware.billindex import SUSPECTS, BillIndex, INDEX_ENTRY_BYTES, SideCheckpoints, _put
-from firmware.fsio import RealFS
+from firmware.fsio import RealFS, close_all
 
 from protocol import const
 
@@ -977,8 +977,9 @@ class Journal(BillIndex, SideCheckpoints):
             if self._file_size(self.tmp) >= 0:
                 fs.remove(self.tmp)
             t = fs.open(self.tmp, "wb")
-            x = fs.open(self.inew, "wb")
+            x = None
             try:
+                x = fs.open(self.inew, "wb")
                 w = 0
                 if self._counter:
                     w += self._copy_new(t, SERIAL_COUNTER, _NOKEY, struct.pack("<I", self._counter))
@@ -1056,8 +1057,7 @@ class Journal(BillIndex, SideCheckpoints):
                 t.flush()
                 fs.sync(t)
             finally:
-                t.close()
-                x.close()
+                close_all(t, x)
         finally:
             if old is not None:
                 old.close()

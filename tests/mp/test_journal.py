@@ -1066,3 +1066,23 @@ def test_slot_sequence_numbers_wrap_after_2_to_the_32():
     assert opens[0][2] == b"wrapped"
     _ck_goes_to(fs, j, s, b"one", 0, 1)
     assert _booted(fs)[1][0][2] == b"one"
+
+
+def test_a_failed_close_still_closes_the_other_file_and_is_raised():
+    # compaction closes its journal and index files with fsio.close_all: a
+    # close refused at a power cut (EIO) must not leave the other one open
+    from firmware.fsio import close_all
+
+    class F:
+        def __init__(self, fail):
+            self.fail, self.closed = fail, False
+
+        def close(self):
+            self.closed = True
+            if self.fail:
+                raise OSError(5)
+
+    a, b = F(True), F(False)
+    e = raises(OSError, close_all, a, None, b)
+    assert e.args[0] == 5 and a.closed and b.closed
+    close_all(F(False), None)
