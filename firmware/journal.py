@@ -4,7 +4,8 @@ The journal is the pile's only store of sessions and bills, and the retry
 queue (firmware/outbox.py is a view over it). Every change is one appended
 record that carries its own length and CRC-32, so a power cut after any byte
 leaves at worst one torn record at the tail, which recovery ignores and
-reports. Files are replaced only by writing a new file and renaming it.
+reports. Files are replaced only by writing a new file and renaming it,
+but for the last checkpoint's two slots, rewritten in place by turns.
 Format, write ordering, limits and figures: docs/journal.md. RAM holds
 nothing per bill: each bill is a 24-byte entry of the index file
 <path>.idx, a cache rebuilt from the journal at every boot.
