@@ -21,6 +21,7 @@ from protocol import const
 _IX = const(24)
 _IX_CHUNK = const(16)
 _BLOOM_MAX = const(8192)
+_BLOOM_PART = const(512)    # the filter in parts: no 8 KB block needed in a fragmented heap
 _SUSPECTS = const(32)
 _OVERHEAD = const(24)   # a journal record's head + CRC (firmware/journal.py)
 _ILLEGAL = const(4)     # the journal's state numbers
@@ -33,6 +34,11 @@ _Z = bytes(256)
 def _zero(b):
     for i in range(0, len(b), 256):
         b[i:i + 256] = _Z
+
+
+def _zero_all(parts):
+    for b in parts:
+        _zero(b)
 
 
 def _put(f, data):
@@ -61,7 +67,11 @@ class BillIndex:
         nb = 256
         while nb < _BLOOM_MAX and nb * 128 < limit:
             nb *= 2
-        self._bloom = bytearray(nb)
+        parts = []
+        while len(parts) * _BLOOM_PART < nb:
+            parts.append(bytearray(nb if nb < _BLOOM_PART else _BLOOM_PART))
+        self._bloom = parts
+        self._bloomn = nb
         self._ix = None
         self._wb = None        # the walks' chunk buffer (each(), compaction), made once
         self._wown = 0         # which walk last filled it
@@ -77,7 +87,7 @@ class BillIndex:
         self._sus = []         # entries that may repeat a bill (recovery)
         self._dups = 0         # repeated bill records found by _verify
         self._gen += 1
-        _zero(self._bloom)
+        _zero_all(self._bloom)
 
     def _iwrite(self, pos, data):
         f = self._ix
@@ -102,15 +112,18 @@ class BillIndex:
 
     def _maybe(self, key, add=False):
         """The key filter: False means the index holds no entry for key."""
-        b = self._bloom
-        m = len(b) * 8 - 1
+        bb = self._bloom
+        m = self._bloomn * 8 - 1
         h = binascii.crc32(key)
         g = binascii.crc32(key, 0x2545F49)
         for x in (h & m, (h >> 16) & m, g & m, (g >> 16) & m):
             bit = 1 << (x & 7)
+            y = x >> 3
+            b = bb[y // _BLOOM_PART]
+            y %= _BLOOM_PART
             if add:
-                b[x >> 3] |= bit
-            elif not b[x >> 3] & bit:
+                b[y] |= bit
+            elif not b[y] & bit:
                 return False
         return True
 
@@ -289,7 +302,7 @@ class BillIndex:
                 self._dups += 1
 
     def _rebloom(self):
-        _zero(self._bloom)
+        _zero_all(self._bloom)
         for r in self._entries():
             self._maybe(r[0], True)
 

@@ -135,7 +135,7 @@ def unix(pending, limit=LIMIT):
                 sys.stdout.flush()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return 0
+    return 1 if failed else 0       # --at: any case that does not run fails the command
 
 
 def main(argv=None):
@@ -149,7 +149,8 @@ def main(argv=None):
                         "(default: all but those)")
     p.add_argument("--unix", action="store_true", help="on the unix port (micropython -X heapsize)")
     p.add_argument("--at", type=int, metavar="KB",
-                   help="run each case once under a heap of KB (pass / fail), no bisection")
+                   help="run each case once under a heap of KB (pass / fail), no bisection; "
+                        "exit status 1 if any case fails")
     a = p.parse_args(argv)
     if a.unix:
         return unix(a.pending)
@@ -157,6 +158,7 @@ def main(argv=None):
     tmp = tempfile.mkdtemp(prefix="pc-board-heap-")
     try:
         images = {}
+        failed = 0
         mp = shutil.which("micropython") or os.path.join(ROOT, ".venv", "bin", "micropython")
         for n in a.pending:
             path = os.path.join(tmp, "j%d.img" % n)
@@ -177,6 +179,7 @@ def main(argv=None):
                 print("| %s | %s under a %d KB heap | %s |" % (
                     case, "runs" if ok else "FAILS", a.at, line[-1] if ok and line else out[-300:]))
                 sys.stdout.flush()
+                failed += not ok
                 continue
             ok, out = run(elf, case, None, images)
             line = [ln for ln in out.splitlines() if ln.startswith("ok ")]
@@ -186,7 +189,7 @@ def main(argv=None):
             sys.stdout.flush()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return 0
+    return 1 if failed else 0       # --at: any case that does not run fails the command
 
 
 if __name__ == "__main__":

@@ -67,6 +67,8 @@ firmware() {  # every step runs; the lane fails if any did
   # --- board lane (issue 14): the suites inside qemu, from frozen bytecode ---
   echo "-- Board: every dual-interpreter suite on an emulated Cortex-M3 (tools/board_test.py; docs/board.md)"
   python tools/board_test.py || rc=1
+  echo "-- Board heap: one session and boot with 0 and 10,000 pending bills, each in a 64 KB heap (docs/benchmarks.md)"
+  python tools/board_heap.py --pending 0 10000 --cases session boot0 boot10000 --at 64 || rc=1
   # --- end board lane ---
   return $rc
 }
