@@ -6,6 +6,7 @@
 # bridge and platform onto them is sim/chaos_inproc.py.
 import asyncio
 import contextvars
+import os
 import selectors
 import time as _time
 
@@ -52,19 +53,147 @@ class _Owner:
         t.add_done_callback(self.tasks.discard)
 
 
+class SimStall(RuntimeError):
+    """The simulated loop gave up: its clock stood still for too many turns
+    (something reschedules itself at once, forever), or the run outlasted
+    its wall-clock bound. The message names what kept running, or what was
+    pending."""
+
+
+_SAMPLE = 2000      # the last turns before a stall verdict, whose callbacks it names
+
+
+_ASYNCIO = os.path.dirname(asyncio.__file__)
+
+
+def _where(coro):
+    """Where a coroutine is suspended (or running): its innermost frame
+    outside asyncio itself, as "file:line in function"."""
+    frame = None
+    seen = 0
+    while coro is not None and seen < 50:
+        f = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if f is not None and not f.f_code.co_filename.startswith(_ASYNCIO):
+            frame = f
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+        seen += 1
+    if frame is None:
+        return "(done)"
+    return "%s:%d in %s" % (_path(frame.f_code.co_filename), frame.f_lineno, frame.f_code.co_name)
+
+
+def _path(filename):
+    rel = os.path.relpath(filename)
+    return filename if rel.startswith("..") else rel
+
+
+def describe_task(t):
+    """A task as its name, coroutine and where it is suspended."""
+    coro = t.get_coro()
+    return "task %s %s at %s" % (t.get_name(), getattr(coro, "__qualname__", coro), _where(coro))
+
+
+def describe_handle(h):
+    """What a loop handle runs: the task it steps or wakes, or the function
+    (its qualified name and where it is defined)."""
+    cb = h._callback
+    owner = getattr(cb, "__self__", None)
+    if isinstance(owner, asyncio.Task):
+        return describe_task(owner)
+    fn = getattr(cb, "__func__", cb)
+    code = getattr(fn, "__code__", None)
+    name = getattr(fn, "__qualname__", None) or repr(cb)
+    if code is None:
+        return "callback %s" % name
+    return "callback %s (%s:%d)" % (name, _path(code.co_filename), code.co_firstlineno)
+
+
 class SimLoop(asyncio.SelectorEventLoop):
     """An event loop in simulated time: when nothing is ready, its clock
     jumps to the next timer. Executor calls run inline (no threads: the
-    clock must not move while one runs)."""
+    clock must not move while one runs).
 
-    def __init__(self):
+    Its guard: when the clock has not moved for `stall_turns` loop turns
+    (a callback or task that reschedules itself at once, forever: on a real
+    clock a busy loop, here a hang at 100 % CPU), it raises SimStall
+    naming the callbacks and tasks that ran in the last turns; after
+    `wall_limit_s` real seconds (None: no bound) it raises SimStall naming
+    the pending tasks."""
+
+    def __init__(self, stall_turns=200_000, wall_limit_s=None):
         asyncio.SelectorEventLoop.__init__(self, selectors.SelectSelector())
         self.vt = 0.0
         self._selector = _Jump(self._selector, self)
         self.set_task_factory(_task_factory)
+        self.stall_turns = stall_turns
+        self.stalled = None          # the SimStall raised, if one was
+        self._still = 0              # turns since the clock last moved
+        self._seen = None            # what ran in the last turns before a stall verdict
+        self._turns = 0
+        self.arm(wall_limit_s)
+
+    def arm(self, wall_limit_s):
+        """(Re)start the guard: the wall-clock bound from now, the stall count from 0."""
+        self.wall_limit_s = wall_limit_s
+        self._wall_end = None if wall_limit_s is None else _time.monotonic() + wall_limit_s
+        self._still = 0
+        self._seen = None
 
     def time(self):
         return self.vt
+
+    def _run_once(self):
+        vt = self.vt
+        if self._seen is not None:
+            for h in self._ready:
+                self._note(h)
+            for h in self._scheduled:
+                if h._when <= vt and not h._cancelled:
+                    self._note(h)
+        asyncio.SelectorEventLoop._run_once(self)
+        self._turns += 1
+        if self.vt != vt:
+            self._still = 0
+            self._seen = None
+        else:
+            self._still += 1
+            if self._still >= self.stall_turns:
+                self._stall()
+            elif self._still >= self.stall_turns - _SAMPLE and self._seen is None:
+                self._seen = {}
+        if self._wall_end is not None and not self._turns & 1023 and \
+                _time.monotonic() > self._wall_end:
+            self._fail("chaos-inproc: the run outlasted its wall-clock bound of %d s at "
+                       "simulated %.1f s; pending: %s"
+                       % (self.wall_limit_s, self.vt, self._pending_tasks()))
+
+    def _note(self, h):
+        if not h._cancelled:
+            d = describe_handle(h)
+            self._seen[d] = self._seen.get(d, 0) + 1
+
+    def _stall(self):
+        seen = sorted((self._seen or {}).items(), key=lambda kv: -kv[1])
+        ran = "; ".join("%s (%d times)" % kv for kv in seen[:12]) or "nothing recorded"
+        self._fail("chaos-inproc: the simulated clock stood still at %.3f s for %d loop turns "
+                   "(something reschedules itself at once, forever); in the last %d turns ran: "
+                   "%s; pending: %s" % (self.vt, self._still, _SAMPLE, ran, self._pending_tasks()))
+
+    def _pending_tasks(self):
+        n = {}
+        for t in asyncio.all_tasks(self):
+            coro = t.get_coro()
+            d = "%s at %s" % (getattr(coro, "__qualname__", coro), _where(coro))
+            n[d] = n.get(d, 0) + 1
+        return "; ".join("%d x %s" % (c, d) for d, c in sorted(n.items(), key=lambda kv: -kv[1])) \
+            or "no task"
+
+    def _fail(self, msg):
+        self.stalled = SimStall(msg)
+        self._wall_end = None
+        self._still = 0
+        self._seen = None
+        raise self.stalled
 
     def run_in_executor(self, executor, fn, *args):
         fut = self.create_future()
