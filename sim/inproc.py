@@ -69,14 +69,17 @@ _ASYNCIO = os.path.dirname(asyncio.__file__)
 def _where(coro):
     """Where a coroutine is suspended (or running): its innermost frame
     outside asyncio itself, as "file:line in function"."""
-    frame = None
+    frame = inner = None
     seen = 0
     while coro is not None and seen < 50:
         f = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
-        if f is not None and not f.f_code.co_filename.startswith(_ASYNCIO):
-            frame = f
+        if f is not None:
+            inner = f
+            if not f.f_code.co_filename.startswith(_ASYNCIO):
+                frame = f
         coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
         seen += 1
+    frame = frame or inner
     if frame is None:
         return "(done)"
     return "%s:%d in %s" % (_path(frame.f_code.co_filename), frame.f_lineno, frame.f_code.co_name)
