@@ -379,13 +379,8 @@ class InprocChaos(Chaos):
         await asyncio.gather(*[self._faults_of(items) for items in kinds.values()])
 
     async def _faults_of(self, plan):
-        goal = self.piles * self.sessions
         for frac, kind, x in plan:
-            while self.executed() < frac * goal:
-                if self.recovering:
-                    return
-                await asyncio.sleep(10)
-            if self.recovering:
+            if not await self.reached(frac, 10):
                 return
             if kind == "bridge_kill":
                 self.say("bridge killed at %d sessions" % self.executed())
