@@ -73,11 +73,17 @@ class Outbox:
         self._extra = {}     # serial -> [tick sent, wait ms, resends]: no 0xEC yet
         self._login = 0
         self._damaged = {}   # serials whose stored bill does not read back (until login)
+        self._quiet = None   # [journal counts, tick, ms]: nothing due for ms after tick
 
     def _now(self):
         return self.clock.ticks_ms()
 
+    def _counts(self):
+        j = self.j
+        return (j.count("pending"), j.count("confirmed"))
+
     def on_login(self):
+        self._quiet = None
         self.online = True
         self._login = self._now()
         self._sched = {}
@@ -85,6 +91,7 @@ class Outbox:
         self._damaged = {}
 
     def on_logout(self):
+        self._quiet = None
         self.online = False
         self._flight = {}
 
@@ -113,6 +120,15 @@ class Outbox:
         now = self._now()
         if self._in_flight(now) >= self.window:
             return None
+        # A walk that found nothing due says how long nothing can be: until
+        # the soonest wait or answer ends, or the journal's counts change
+        # (a bill sealed), or this outbox is told anything (each method that
+        # changes a bill's schedule or state forgets it). The walk reads the
+        # index on flash, so a pile polling every few ms skips it.
+        q = self._quiet
+        if q is not None and q[0] == self._counts() and self._diff(now, q[1]) < q[2]:
+            return None
+        soonest = self.resettle_ms
         for confirmed in (False, True):
             # Of the bills due now, the one sent longest ago (never sent
             # since login first, then journal order): a host that answers
@@ -121,7 +137,18 @@ class Outbox:
             best = None
             best_age = -1
             for s in self.j.each("confirmed" if confirmed else "pending"):
-                if s in self._flight or s in self._damaged or self._wait_left(s, now, confirmed):
+                if s in self._damaged:
+                    continue
+                f = self._flight.get(s)
+                if f is not None:
+                    left = self.answer_ms - self._diff(now, f)
+                    if left < soonest:
+                        soonest = left
+                    continue
+                left = self._wait_left(s, now, confirmed)
+                if left:
+                    if left < soonest:
+                        soonest = left
                     continue
                 e = self._sched.get(s)
                 age = _NEVER if e is None else self._diff(now, e[0])
@@ -135,6 +162,7 @@ class Outbox:
                     self._damaged[best] = 1
                     return self.due()
                 return (best, body)
+        self._quiet = [self._counts(), now, soonest]
         return None
 
     def next_in(self, serial):
@@ -146,6 +174,7 @@ class Outbox:
         return None
 
     def sent(self, serial):
+        self._quiet = None
         now = self._now()
         st = self.j.status(serial)
         if st == "pending":
@@ -168,6 +197,7 @@ class Outbox:
     def confirmed(self, serial, result):
         """0x40 from the host: result 0 = received, 1 = illegal bill.
         Other results leave the bill pending (it is resent)."""
+        self._quiet = None
         self._flight.pop(serial, None)
         if result == 0:
             r = self.j.confirm(serial)
@@ -181,6 +211,7 @@ class Outbox:
         return "ignored"
 
     def settled(self, serial):
+        self._quiet = None
         self._flight.pop(serial, None)
         self._sched.pop(serial, None)
         return self.j.settle(serial)
@@ -188,6 +219,7 @@ class Outbox:
     def refused(self, serial, result):
         """0xE4 with a non-zero result: the platform refused the bill. Kept
         on flash as refused (never resent, never reclaimed), no answer due."""
+        self._quiet = None
         self._flight.pop(serial, None)
         return self.j.refuse(serial, result)
 

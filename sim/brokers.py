@@ -573,6 +573,15 @@ class Amqtt(_ChildBroker):
     def reload(self):
         raise BrokerUnsupported("amqtt has no reload (and SIGHUP would end it)")
 
+    def _env(self):
+        # The child runs in the broker's folder: it finds `sim` through
+        # PYTHONPATH, the folder holding it (a checkout, or inside the
+        # installed pile_companion: docs/ARCHITECTURE.md), not the parent's.
+        env = dict(os.environ)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        return env
+
     def _command(self):
         # -m, not the file path: run as a script from host/, host/platform.py
         # would shadow the standard library's `platform` in the child.

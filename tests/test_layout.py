@@ -611,3 +611,67 @@ def test_no_frame_code_if_chains_in_tools():
              for path, tree in sources("tools")
              for line, subject, n in frame_chains(tree, codes, names)]
     assert found == [], "dispatch frames through protocol/router.py:\n" + "\n".join(found)
+
+
+# --- installed as one name: pile_companion (setup.cfg) -------------------------
+
+INSTALLED = "pile_companion"
+
+
+def install_problems(cfg_text, package_dirs):
+    """What in a setup.cfg would install a name other than pile_companion
+    or leave one of our packages out of it. package_dirs: every folder of
+    the five packages holding an __init__.py ('tools/mutants')."""
+    import configparser
+    cfg = configparser.ConfigParser(interpolation=None)
+    cfg.read_string(cfg_text)
+    opts = cfg["options"] if cfg.has_section("options") else {}
+    packages = [p for p in opts.get("packages", "").split() if not p.startswith("find")]
+    mapped = dict(line.replace(" ", "").split("=", 1)
+                  for line in opts.get("package_dir", "").splitlines() if "=" in line)
+    out = []
+    if opts.get("packages", "").strip().startswith("find"):
+        out.append("packages = %s (list each under %s)" % (opts["packages"].strip(), INSTALLED))
+    out += ["package %s installs the top-level name %s" % (p, p.split(".")[0])
+            for p in packages if p.split(".")[0] != INSTALLED]
+    out += ["package_dir maps %s, outside %s" % (k, INSTALLED)
+            for k in mapped if k.split(".")[0] != INSTALLED]
+    for d in package_dirs:
+        name = INSTALLED + "." + d.replace("/", ".")
+        if name not in packages:
+            out.append("%s/ is not installed (add %s to packages)" % (d, name))
+    for top in PACKAGES:
+        if mapped.get(INSTALLED + "." + top) != top:
+            out.append("package_dir does not map %s.%s to %s/" % (INSTALLED, top, top))
+    scripts = cfg.get("options.entry_points", "console_scripts", fallback="")
+    out += ["console script %s does not start in %s" % (line.strip(), INSTALLED)
+            for line in scripts.splitlines()
+            if "=" in line and not line.split("=", 1)[1].strip().startswith(INSTALLED + ".")]
+    return out
+
+
+def test_setup_cfg_installs_one_top_level_name():
+    # A wheel must not put `host`, `tools` or `protocol` into site-packages
+    # (tests/test_install.py builds one and looks).
+    dirs = [os.path.relpath(d, ROOT) for top in PACKAGES
+            for d, _sub, files in os.walk(os.path.join(ROOT, top)) if "__init__.py" in files]
+    with open(os.path.join(ROOT, "setup.cfg"), encoding="utf-8") as f:
+        assert install_problems(f.read(), dirs) == []
+
+
+def test_the_install_check_finds_yesterdays_setup_cfg():
+    old = ("[options]\npackages = find:\n[options.packages.find]\n"
+           "include = protocol*, firmware*, host*, sim*, tools*\n"
+           "[options.entry_points]\nconsole_scripts =\n    pile-bridge = host.bridge:main\n")
+    assert install_problems(old, ["host"]) == [
+        "packages = find: (list each under pile_companion)",
+        "host/ is not installed (add pile_companion.host to packages)"] + [
+        "package_dir does not map pile_companion.%s to %s/" % (p, p) for p in PACKAGES] + [
+        "console script pile-bridge = host.bridge:main does not start in pile_companion"]
+    listed = ("[options]\npackages =\n    pile_companion\n    host\n"
+              "package_dir =\n    pile_companion.host = host\n    tools = tools\n")
+    assert install_problems(listed, ["host", "tools/mutants"])[:4] == [
+        "package host installs the top-level name host",
+        "package_dir maps tools, outside pile_companion",
+        "host/ is not installed (add pile_companion.host to packages)",
+        "tools/mutants/ is not installed (add pile_companion.tools.mutants to packages)"]

@@ -4,6 +4,11 @@
 # own ticks_diff (wrapping ticks), a resend of one bill's fee split not held
 # back by another's pending bill. Killers of cosmic-ray survivors
 # (docs/testing.md).
+import os
+import tempfile
+
+from hypothesis import example, given, settings, strategies as st
+
 from firmware.journal import Journal
 from firmware.outbox import Outbox
 
@@ -303,3 +308,109 @@ def test_a_damaged_bills_fee_split_does_not_hold_back_another_bills(tmp_path):
     _damage(j, 1)
     c.t += 1000
     assert ob.extra_due() == (serial(2), body(2))
+
+
+# --- the quiet spell: due() skips the walk over the index while nothing can be due ---------
+
+class _Uncached(Outbox):
+    """The same rules with the quiet spell forgotten before every call."""
+
+    def due(self):
+        self._quiet = None
+        return Outbox.due(self)
+
+
+_STEP_MS = st.one_of(st.sampled_from((1, 999, 1000, 4999, 5000, 9999, 10000, 20000, 29999,
+                                      30000, 60000, 600000, 3600000)),
+                     st.integers(0, 4000000))
+_OPS = st.lists(st.tuples(st.sampled_from("tttsddcCxSRlLw"), _STEP_MS), max_size=60)
+
+
+@settings(max_examples=300, deadline=None)
+# A 0x40 with an unknown result ends the answer wait of a bill whose resend
+# wait (5 s) is shorter than it (10 s): due at 5 s, not at the end of a spell
+# measured from the answer wait.
+@example(ops=[("s", 0), ("d", 0), ("x", 0), ("t", 5000)], window=2, first_ms=5000,
+         answer_ms=10000)
+# A bill in flight when the spell began is due when its answer wait ends.
+@example(ops=[("s", 0), ("d", 0), ("t", 10000)], window=2, first_ms=5000, answer_ms=10000)
+@given(ops=_OPS, window=st.integers(1, 3), first_ms=st.sampled_from((5000, 30000)),
+       answer_ms=st.sampled_from((10000, 40000)))
+def test_the_quiet_spell_never_changes_what_is_due(ops, window, first_ms, answer_ms):
+    """Two piles' outboxes, one remembering its quiet spell and one walking
+    the index at every call, driven by the same steps on two journals: they
+    offer the same bill (or none) at every step. Steps: t advance the clock,
+    s seal a bill, d send what is due, c/C a 0x40 (received / illegal), x
+    another result, S a settle, R a refusal, l login, L logout, w ask twice.
+    Both start logged in."""
+    with tempfile.TemporaryDirectory() as d:
+        jj = [Journal(os.path.join(d, "a.j")), Journal(os.path.join(d, "b.j"))]
+        cc = [Clock(), Clock()]
+        obs = [cls(j, c, first_ms=first_ms, cap_ms=600000, resettle_ms=3600000,
+                   window=window, answer_ms=answer_ms)
+               for cls, j, c in ((Outbox, jj[0], cc[0]), (_Uncached, jj[1], cc[1]))]
+        sealed = []
+        for ob in obs:
+            ob.on_login()
+        for op, n in ops:
+            if op == "t":
+                for c in cc:
+                    c.t += n
+            elif op == "s":
+                k = len(sealed) + 1
+                for j in jj:
+                    assert j.open_session(serial(k), b"h") == "opened"
+                    assert j.seal(serial(k), body(k)) == "sealed"
+                sealed.append(serial(k))
+            elif op in "dw":
+                got = [ob.due() for ob in obs]
+                assert got[0] == got[1], (op, n)
+                if op == "w":
+                    assert [ob.due() for ob in obs] == got
+                elif got[0] is not None:
+                    for ob in obs:
+                        ob.sent(got[0][0])
+            elif sealed and op in "cCxSR":
+                s = sealed[n % len(sealed)]
+                if op in "cCx":
+                    r = [ob.confirmed(s, {"c": 0, "C": 1, "x": 2}[op]) for ob in obs]
+                elif op == "S":
+                    r = [ob.settled(s) for ob in obs]
+                else:
+                    r = [ob.refused(s, 3) for ob in obs]
+                assert r[0] == r[1]
+            elif op == "l":
+                for ob in obs:
+                    ob.on_login()
+            elif op == "L":
+                for ob in obs:
+                    ob.on_logout()
+            assert obs[0].due() == obs[1].due()
+            assert obs[0].idle() == obs[1].idle()
+
+
+def test_a_quiet_outbox_offers_a_bill_sealed_meanwhile_at_once(tmp_path):
+    j = journal(tmp_path, 1)
+    c = Clock()
+    ob = Outbox(j, c, window=1, answer_ms=1000)
+    ob.on_login()
+    assert ob.due() == (serial(1), body(1))
+    ob.sent(serial(1))
+    c.t += 1000                            # the answer window ran out
+    assert ob.due() is None                # waits first_ms: quiet from here
+    assert j.open_session(serial(2), b"h") == "opened" and j.seal(serial(2), body(2)) == "sealed"
+    assert ob.due() == (serial(2), body(2))
+
+
+def test_a_quiet_outbox_offers_the_bill_again_when_its_wait_ends(tmp_path):
+    j = journal(tmp_path, 1)
+    c = Clock()
+    ob = Outbox(j, c, window=1, answer_ms=1000, first_ms=30000)
+    ob.on_login()
+    ob.sent(serial(1))
+    c.t += 1000
+    assert ob.due() is None
+    c.t += 28999
+    assert ob.due() is None
+    c.t += 1
+    assert ob.due() == (serial(1), body(1))
