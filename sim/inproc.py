@@ -28,6 +28,7 @@ class _Jump:
             raise RuntimeError("chaos-inproc: nothing scheduled and nothing to wait for")
         if timeout > 0:
             self._loop.vt += timeout
+        self._loop._reach_due()
         return self._sel.select(0)
 
     def __getattr__(self, name):
@@ -60,29 +61,33 @@ class SimStall(RuntimeError):
     pending."""
 
 
-_SAMPLE = 2000      # the last turns before a stall verdict, whose callbacks it names
+_STILL_S = 0.001    # the clock "stands still" while it moves less than this
+_SUSPECT = 5000     # turns standing still that look stuck: from here the guard notes what runs
 
 
 _ASYNCIO = os.path.dirname(asyncio.__file__)
 
 
 def _where(coro):
-    """Where a coroutine is suspended (or running): its innermost frame
-    outside asyncio itself, as "file:line in function"."""
-    frame = inner = None
+    """Where a coroutine is suspended (or running): its chain of frames
+    outside asyncio itself (the innermost three), "file:line in function"
+    each; asyncio's innermost frame when there is no other."""
+    frames = []
+    inner = None
     seen = 0
     while coro is not None and seen < 50:
         f = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
         if f is not None:
             inner = f
             if not f.f_code.co_filename.startswith(_ASYNCIO):
-                frame = f
+                frames.append(f)
         coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
         seen += 1
-    frame = frame or inner
-    if frame is None:
+    frames = frames[-3:] or ([inner] if inner is not None else [])
+    if not frames:
         return "(done)"
-    return "%s:%d in %s" % (_path(frame.f_code.co_filename), frame.f_lineno, frame.f_code.co_name)
+    return " > ".join("%s:%d in %s" % (_path(f.f_code.co_filename), f.f_lineno, f.f_code.co_name)
+                      for f in frames)
 
 
 def _path(filename):
@@ -91,9 +96,12 @@ def _path(filename):
 
 
 def describe_task(t):
-    """A task as its name, coroutine and where it is suspended."""
+    """A task as its coroutine, where it is suspended, and its name if it
+    was given one."""
     coro = t.get_coro()
-    return "task %s %s at %s" % (t.get_name(), getattr(coro, "__qualname__", coro), _where(coro))
+    name = t.get_name()
+    return "task %s%s at %s" % ("" if name.startswith("Task-") else name + " ",
+                                getattr(coro, "__qualname__", coro), _where(coro))
 
 
 def describe_handle(h):
@@ -116,54 +124,86 @@ class SimLoop(asyncio.SelectorEventLoop):
     jumps to the next timer. Executor calls run inline (no threads: the
     clock must not move while one runs).
 
-    Its guard: when the clock has not moved for `stall_turns` loop turns
-    (a callback or task that reschedules itself at once, forever: on a real
-    clock a busy loop, here a hang at 100 % CPU), it raises SimStall
-    naming the callbacks and tasks that ran in the last turns; after
-    `wall_limit_s` real seconds (None: no bound) it raises SimStall naming
-    the pending tasks."""
+    Its guard: when the clock stands still (moves less than 1 ms) for
+    `stall_turns` loop turns, or for `stall_wall_s` real seconds once past
+    a tenth of them, something reschedules itself at once, forever (on a
+    real clock a busy loop, here a hang at 100 % CPU): it raises SimStall
+    naming the callbacks and tasks that ran meanwhile and the pending
+    tasks. After `wall_limit_s` real seconds (None: no bound) it raises
+    SimStall naming the pending tasks."""
 
-    def __init__(self, stall_turns=200_000, wall_limit_s=None):
+    def __init__(self, stall_turns=50_000, stall_wall_s=60.0, wall_limit_s=None):
         asyncio.SelectorEventLoop.__init__(self, selectors.SelectSelector())
         self.vt = 0.0
         self._selector = _Jump(self._selector, self)
         self.set_task_factory(_task_factory)
         self.stall_turns = stall_turns
+        self.stall_wall_s = stall_wall_s
+        self._suspect = max(1, min(_SUSPECT, stall_turns // 10))
         self.stalled = None          # the SimStall raised, if one was
-        self._still = 0              # turns since the clock last moved
-        self._seen = None            # what ran in the last turns before a stall verdict
         self._turns = 0
+        self.max_still = 0           # the most turns the clock stood still (a run's figure)
         self.arm(wall_limit_s)
 
     def arm(self, wall_limit_s):
         """(Re)start the guard: the wall-clock bound from now, the stall count from 0."""
         self.wall_limit_s = wall_limit_s
         self._wall_end = None if wall_limit_s is None else _time.monotonic() + wall_limit_s
-        self._still = 0
-        self._seen = None
+        self._moved()
+
+    def _moved(self):
+        self._mark = self.vt         # where the clock was when it last moved 1 ms
+        self._still = 0              # turns since
+        self._seen = None            # what ran since it looked stuck
+        self._still_since = None     # real time since it looked stuck
 
     def time(self):
         return self.vt
 
+    def _reach_due(self):
+        # asyncio runs every timer due within its clock resolution (1 ns) of
+        # now, as reached. A real clock then moves on by itself; this one
+        # must be moved to that time, or whoever waits for exactly that
+        # moment (an outbox waiting 1e-10 s, its deadline computed on
+        # SimTime.monotonic's coarser float) finds it not reached, waits
+        # again as long, and the clock never moves: the hang of
+        # docs/chaos.md "In one process".
+        h = self._scheduled
+        end = self.vt + self._clock_resolution
+        top = self.vt
+        todo = [0]
+        while todo:
+            i = todo.pop()
+            if i < len(h) and h[i]._when < end:     # a heap: children only if this one is due
+                if h[i]._when > top and not h[i]._cancelled:
+                    top = h[i]._when
+                todo.append(2 * i + 1)
+                todo.append(2 * i + 2)
+        self.vt = top
+
     def _run_once(self):
-        vt = self.vt
         if self._seen is not None:
             for h in self._ready:
                 self._note(h)
             for h in self._scheduled:
-                if h._when <= vt and not h._cancelled:
+                if h._when <= self.vt and not h._cancelled:
                     self._note(h)
         asyncio.SelectorEventLoop._run_once(self)
         self._turns += 1
-        if self.vt != vt:
-            self._still = 0
-            self._seen = None
+        if self.vt - self._mark >= _STILL_S:
+            self._moved()
         else:
             self._still += 1
-            if self._still >= self.stall_turns:
-                self._stall()
-            elif self._still >= self.stall_turns - _SAMPLE and self._seen is None:
+            if self._still > self.max_still:
+                self.max_still = self._still
+            if self._still == self._suspect:
                 self._seen = {}
+                self._still_since = _time.monotonic()
+            elif self._still > self._suspect and (
+                    self._still >= self.stall_turns
+                    or not self._still & 255
+                    and _time.monotonic() - self._still_since > self.stall_wall_s):
+                self._stall()
         if self._wall_end is not None and not self._turns & 1023 and \
                 _time.monotonic() > self._wall_end:
             self._fail("chaos-inproc: the run outlasted its wall-clock bound of %d s at "
@@ -176,11 +216,13 @@ class SimLoop(asyncio.SelectorEventLoop):
             self._seen[d] = self._seen.get(d, 0) + 1
 
     def _stall(self):
-        seen = sorted((self._seen or {}).items(), key=lambda kv: -kv[1])
-        ran = "; ".join("%s (%d times)" % kv for kv in seen[:12]) or "nothing recorded"
-        self._fail("chaos-inproc: the simulated clock stood still at %.3f s for %d loop turns "
-                   "(something reschedules itself at once, forever); in the last %d turns ran: "
-                   "%s; pending: %s" % (self.vt, self._still, _SAMPLE, ran, self._pending_tasks()))
+        seen = sorted(self._seen.items(), key=lambda kv: -kv[1])
+        ran = "; ".join("%s (%d times)" % kv for kv in seen[:12])
+        self._fail("chaos-inproc: the simulated clock stood still at %.3f s (moved less than "
+                   "%g s) for %d loop turns, %.0f s of wall time (something reschedules itself "
+                   "at once, forever); in its last %d turns ran: %s; pending: %s"
+                   % (self.vt, _STILL_S, self._still, _time.monotonic() - self._still_since,
+                      self._still - self._suspect, ran, self._pending_tasks()))
 
     def _pending_tasks(self):
         n = {}
@@ -194,8 +236,7 @@ class SimLoop(asyncio.SelectorEventLoop):
     def _fail(self, msg):
         self.stalled = SimStall(msg)
         self._wall_end = None
-        self._still = 0
-        self._seen = None
+        self._moved()
         raise self.stalled
 
     def run_in_executor(self, executor, fn, *args):

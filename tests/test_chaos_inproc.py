@@ -7,17 +7,22 @@ socket-only faults are refused. And it cannot hang: the harness's commands
 are no bridge's tasks (a bridge kill cancelled them, and the pile that
 waited for one stopped for good: the run waited forever at 100 % CPU); a
 pile loop that raises fails the run; a pile that never finishes stalls it,
-named; the simulated loop fails on a clock that stands still (naming what
-keeps running) and on its wall-clock bound (naming what is pending)."""
+named; a timer due within asyncio's clock resolution moves the simulated
+clock to it (the other hang: an outbox waiting 1e-10 s forever, the clock
+never moving); the simulated loop fails on a clock that stands still
+(naming what keeps running) and on its wall-clock bound (naming what is
+pending)."""
 import asyncio
 import json
+import math
 
 import pytest
 
 from host import store as store_mod
 from sim import chaos_fleet
 from sim import chaos_inproc as inproc
-from sim.inproc import OWNER, SimStall
+from host.mqtt import wait_event
+from sim.inproc import OWNER, SimLoop, SimStall, SimTime
 from tools import chaos
 
 VERDICT = ("lost", "duplicated", "unreconciled", "phantom", "mismatched", "unconfirmed")
@@ -141,10 +146,36 @@ def test_the_sim_loop_names_a_task_that_keeps_the_clock_standing_still(capsys, m
     with pytest.raises(SimStall) as e:
         _run(capsys, "--piles", "2", "--sessions", "3", "--seed", "3", "--faults", "none")
     msg = str(e.value)
-    assert "stood still" in msg and "for 200000 loop turns" in msg
-    # What ran in the last turns before the verdict: the planted task, where it loops.
+    assert "stood still" in msg and "for 50000 loop turns" in msg
+    # What ran in the turns before the verdict: the planted task, where it loops, most.
     ran = msg.split("ran: ")[1].split("; pending: ")[0]
-    assert ran.startswith("task ") and "planted_busy_loop at tests/test_chaos_inproc.py:" in ran
+    assert ran.startswith("task planted_busy_loop at tests/test_chaos_inproc.py:%d in "
+                          "planted_busy_loop (" % (planted_busy_loop.__code__.co_firstlineno + 3))
+
+
+def test_a_timer_due_within_the_clock_resolution_moves_the_clock_to_it():
+    # The hang of a 1,000-session run (seed 4): the bridge's outbox waited
+    # for a deadline on SimTime.monotonic (1e6 + the loop's clock: a float
+    # with a coarser last bit, 1.16e-10 s), found it one bit away, and
+    # waited 1.16e-10 s; asyncio runs a timer due within its clock
+    # resolution (1 ns) at once, and the clock, never moved to it, stood
+    # still while the outbox waited again, forever.
+    loop = SimLoop()
+    clock = SimTime(loop, 1.7e9)
+
+    async def outbox_like():
+        await asyncio.sleep(4282.903244977177)      # where the run was
+        now = clock.monotonic()
+        due = math.nextafter(now, math.inf)
+        waits = 0
+        while clock.monotonic() < due:
+            waits += 1
+            await wait_event(asyncio.Event(), due - clock.monotonic())
+        return waits, due - now
+    try:
+        assert loop.run_until_complete(outbox_like()) == (1, 2 ** -33)
+    finally:
+        loop.close()
 
 
 def test_the_wall_clock_bound_fails_the_run_naming_the_pending_tasks():
