@@ -351,6 +351,7 @@ class InprocChaos(Chaos):
         self.perf = {}
         self.stuck = []              # the unfinished drivers of a stalled run
         self.failure = None          # the first pile loop that raised, as an exception
+        self.unrecovered = None      # what a run that did not recover left open
         # The run's wall-clock bound (SimLoop's guard): generous, 1 s a session
         # and 10 minutes more (a 1,000-session run takes 1 to 3 minutes).
         self.wall_limit_s = wall_limit_s if wall_limit_s is not None else \
@@ -450,6 +451,8 @@ class InprocChaos(Chaos):
         s["stalled"] = stalled
         if stalled:
             s["stuck_piles"] = self.stuck
+        if not ok:
+            s["left_open"] = self.unrecovered
         s["broker"] = "in-process (FakeBroker)"
         s["faults"]["platform_duplicate_deliveries"] = self.broker.duplicated
         s["faults"]["bridge_starts"] = self.bridge.starts
@@ -503,7 +506,29 @@ class InprocChaos(Chaos):
             if self._piles_quiet(self.fleet) and self._platform_has_all() and \
                     self._bridge_open() == (0, 0):
                 return True
+        self.unrecovered = self._left_open()
         return False
+
+    def _left_open(self):
+        """What a run that did not recover left open: the bridge's open
+        bills, and each pile with bills it still holds or that the platform
+        lacks."""
+        have = self.platform.serials()
+        piles = []
+        for d in self.fleet.drivers:
+            u = d.u
+            p = u.pile
+            missing = [sr for sr in u.flash.opened if sr not in have]
+            held = None if p is None else len(p.journal.pending()) + len(p.journal.confirmed())
+            if missing or held or p is None or not p.link.online:
+                st = self._driver_state(d)
+                st.update(missing_at_platform=len(missing), held_on_pile=held,
+                          online=p is not None and p.link.online)
+                piles.append(st)
+        unconfirmed, unsettled = self._bridge_open()
+        return {"bridge_unconfirmed": unconfirmed, "bridge_unsettled": unsettled,
+                "bridge_running": self.bridge.running, "broker_up": self.broker.up,
+                "piles": piles}
 
     def close(self):
         if self.bridge is not None and self.bridge.bridge is not None:
