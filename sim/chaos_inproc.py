@@ -546,7 +546,9 @@ def run(h):
     import host.bridge
     import host.mqtt
     import host.platform
-    loop = SimLoop(wall_limit_s=h.wall_limit_s)
+    # A whole run stands still at most ~2,000 turns (its start: 1,664 with
+    # 40 piles, 2,336 with 100); the guard allows 20 times that and more.
+    loop = SimLoop(stall_turns=max(50_000, 500 * h.piles), wall_limit_s=h.wall_limit_s)
     h.simtime = SimTime(loop, _time.time())
     h.broker = FakeBroker(random.Random("%d/broker" % h.seed),
                           _P_PLATFORM_DUP if h.platform_dup else 0.0)

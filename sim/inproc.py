@@ -62,7 +62,6 @@ class SimStall(RuntimeError):
 
 
 _STILL_S = 0.001    # the clock "stands still" while it moves less than this
-_SUSPECT = 5000     # turns standing still that look stuck: from here the guard notes what runs
 
 
 _ASYNCIO = os.path.dirname(asyncio.__file__)
@@ -126,7 +125,7 @@ class SimLoop(asyncio.SelectorEventLoop):
 
     Its guard: when the clock stands still (moves less than 1 ms) for
     `stall_turns` loop turns, or for `stall_wall_s` real seconds once past
-    a tenth of them, something reschedules itself at once, forever (on a
+    a tenth of them (from there it notes what runs), something reschedules itself at once, forever (on a
     real clock a busy loop, here a hang at 100 % CPU): it raises SimStall
     naming the callbacks and tasks that ran meanwhile and the pending
     tasks. After `wall_limit_s` real seconds (None: no bound) it raises
@@ -139,7 +138,7 @@ class SimLoop(asyncio.SelectorEventLoop):
         self.set_task_factory(_task_factory)
         self.stall_turns = stall_turns
         self.stall_wall_s = stall_wall_s
-        self._suspect = max(1, min(_SUSPECT, stall_turns // 10))
+        self._suspect = max(1, stall_turns // 10)
         self.stalled = None          # the SimStall raised, if one was
         self._turns = 0
         self.max_still = 0           # the most turns the clock stood still (a run's figure)
