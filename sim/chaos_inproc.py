@@ -507,6 +507,8 @@ class InprocChaos(Chaos):
                     self._bridge_open() == (0, 0):
                 return True
         self.unrecovered = self._left_open()
+        print("pile-chaos --inproc: not recovered in %d simulated hours; left open: %s"
+              % (self.recovery_s // 3600, json.dumps(self.unrecovered)), file=sys.stderr, flush=True)
         return False
 
     def _left_open(self):
