@@ -62,8 +62,6 @@ class SimStall(RuntimeError):
 
 
 _STILL_S = 0.001    # the clock "stands still" while it moves less than this
-
-
 _ASYNCIO = os.path.dirname(asyncio.__file__)
 
 
@@ -125,11 +123,11 @@ class SimLoop(asyncio.SelectorEventLoop):
 
     Its guard: when the clock stands still (moves less than 1 ms) for
     `stall_turns` loop turns, or for `stall_wall_s` real seconds once past
-    a tenth of them (from there it notes what runs), something reschedules itself at once, forever (on a
-    real clock a busy loop, here a hang at 100 % CPU): it raises SimStall
-    naming the callbacks and tasks that ran meanwhile and the pending
-    tasks. After `wall_limit_s` real seconds (None: no bound) it raises
-    SimStall naming the pending tasks."""
+    a tenth of them (from there it notes what runs), something reschedules
+    itself at once, forever (on a real clock a busy loop, here a hang at
+    100 % CPU): it raises SimStall naming the callbacks and tasks that ran
+    meanwhile and the pending tasks. After `wall_limit_s` real seconds
+    (None: no bound) it raises SimStall naming the pending tasks."""
 
     def __init__(self, stall_turns=50_000, stall_wall_s=60.0, wall_limit_s=None):
         asyncio.SelectorEventLoop.__init__(self, selectors.SelectSelector())
