@@ -33,17 +33,17 @@ test_gbt27930 64K
 test_bms 432K
 test_link 96K
 test_pile 368K
-test_pile_faults 320K
-test_guns 368K
+test_pile_faults 336K
+test_guns 400K
 test_sharing 400K
 test_parallel 384K
 test_journal 160K
-test_session 152K
+test_session 168K
 test_tariff 96K
 test_dlt645 96K
 test_auth 96K
 test_upgrade 128K
 test_ocmf 64K
-test_ocmf_pile 352K
+test_ocmf_pile 368K
 LIST
 exit $fail

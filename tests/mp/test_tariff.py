@@ -171,3 +171,101 @@ def test_tariff_snapshot_and_frame_round_trip():
 def test_accumulator_refuses_negative_energy():
     acc = Accumulator(five_class())
     raises(ValueError, acc.add, -100, DAY)
+
+
+# --- killers of cosmic-ray survivors (docs/testing.md, firmware/tariff.py) -------------
+
+def test_loss_energy_rounds_half_up_at_exactly_one_half():
+    # 1 e4kWh at 50 %: 0.5 of loss rounds up; at 49 % it does not.
+    assert T.loss_energy(1, 50) == 2 and T.loss_energy(1, 49) == 1
+    assert T.loss_energy(3, 50) == 5             # 1.5 -> 2
+    assert T.loss_energy(12345, 0) == 12345
+
+
+def test_a_tariff_built_without_a_loss_ratio_has_none():
+    t = Tariff("0100", [(1, 1)] * 4, [0] * 48)
+    assert t.loss_ratio == 0
+    acc = Accumulator(t)
+    acc.add(10000, DAY)
+    assert acc.total_loss() == 10000 and acc.loss(0) == 10000
+
+
+def test_total_loss_adds_every_class():
+    t = five_class()
+    acc = Accumulator(t, [100, 200, 300, 400, 500])
+    assert acc.total_loss() == 1500
+    t5 = Tariff("0105", [(1, 1)] * 5, [0] * 48, loss_ratio=10)
+    assert Accumulator(t5, [100, 200, 300, 400, 500]).total_loss() == 1650
+
+
+def test_an_integer_model_is_written_with_four_digits():
+    assert Tariff(7, [(1, 1)] * 4, [0] * 48).model == "0007"
+    assert repr(Tariff(7, [(1, 1)] * 4, [0] * 48)) == "Tariff(0007, 4 classes)"
+
+
+def test_each_refusal_names_what_is_wrong():
+    p4 = [(1, 1)] * 4
+    e = raises(TariffError, Tariff, "0100", p4, [0] * 47)
+    assert str(e) == "slots: 47 given, 48 half-hour slots expected"
+    e = raises(TariffError, Tariff, "0100", p4, [0] * 47 + [4])
+    assert str(e) == "slots[47] (23:30): class 4 has no prices (classes 0..3)"
+    e = raises(TariffError, Tariff, "0100", p4, [0] * 3 + [-1] + [0] * 44)
+    assert str(e) == "slots[3] (01:30): class -1 has no prices (classes 0..3)"
+    e = raises(TariffError, Tariff, "0100", p4, [0] * 5 + [7] + [0] * 42)
+    assert str(e) == "slots[5] (02:30): class 7 has no prices (classes 0..3)"
+    for bad in (-1, 101, "5"):
+        e = raises(TariffError, Tariff, "0100", p4, [0] * 48, loss_ratio=bad)
+        assert str(e) == "loss_ratio: %r is not a percentage 0..100" % (bad,)
+    f = Tariff.flat("0100", 1, 1).to_frame()
+    f["slots"] = "zz" * 48
+    e = raises(TariffError, Tariff.from_frame, f)
+    assert str(e) == "slots: %r is not hex" % ("zz" * 48,)
+
+
+def test_the_deep_valley_is_the_fifth_class_only():
+    assert five_class().deep
+    assert not Tariff.flat("0100", 1, 1).deep
+
+
+def test_tariffs_are_equal_only_field_for_field():
+    t = five_class()
+    p = [(123457, 80003), (101111, 60007), (70001, 40009), (33333, 20001), (21111, 10003)]
+    slots = list(t.slots)
+    assert t == Tariff("0105", p, slots) and not (t != Tariff("0105", p, slots))
+    assert t != Tariff("0106", p, slots) and t != Tariff("0104", p, slots)
+    assert t != Tariff("0105", p, slots, loss_ratio=1)
+    assert Tariff("0105", p, slots, loss_ratio=1) != t
+    other = list(slots)
+    other[0] = T.VALLEY
+    assert t != Tariff("0105", p, other)
+    assert t != "0105"
+
+
+def test_a_four_class_frame_stops_at_the_valley():
+    f = Tariff.flat("0100", 80000, 40000).to_frame()
+    assert Tariff.from_frame(f).n == 4
+    assert "deep_energy_price" not in f
+    f["deep_service_price"] = 5                 # half a pair: still four classes
+    assert Tariff.from_frame(f).n == 4
+
+
+def test_a_snapshot_packs_to_its_end_and_refuses_what_is_not_one():
+    t = five_class()
+    buf = bytearray(3 + t.packed_size() + 4)
+    assert t.pack_into(buf, 3) == 3 + t.packed_size()
+    raw = t.pack()
+    for n in (3, 6, 0):
+        bad = bytearray(raw)
+        bad[2] = n
+        e = raises(TariffError, Tariff.unpack_from, bytes(bad))
+        assert str(e) == "snapshot: %d classes" % n
+    e = raises(TariffError, Tariff.unpack_from, raw[:-1])
+    assert str(e) == "snapshot: truncated slots"
+    assert Tariff.unpack_from(raw + b"\x00")[0] == t         # longer: the rest is not ours
+    four = Tariff.flat("0100", 1, 1)
+    assert Tariff.unpack_from(four.pack())[0] == four
+
+
+def test_an_accumulator_refuses_energies_for_another_tariff():
+    e = raises(TariffError, Accumulator, five_class(), [0, 0, 0, 0])
+    assert str(e) == "accumulator: 4 class energies for a 5-class tariff"
