@@ -18,6 +18,8 @@
 #     (SimBridge.kill); a new Bridge then starts on the same database.
 import asyncio
 import contextvars
+import faulthandler
+import io
 import json
 import logging
 import os
@@ -41,6 +43,7 @@ _REAL_TO_SIM = 600.0        # the socket harness's default speed: its fault dura
 _TICK_CAP_MS = 1000         # a pile's loop runs at least this often (its driver's steps)
 _RECOVERY_SIM_S = 6 * 3600  # recovery bound, simulated seconds
 _STALL_SIM_S = 2 * 3600     # no session executed for this long (simulated): the run stalled
+_LAST_RESORT_S = 120        # real seconds past the wall-clock bound: stacks dumped, process ended
 _HOST_MODULES = ("host.bridge", "host.piles", "host.outbox", "host.store", "host.platform",
                  "host.leases", "host.schema", "host.commands", "sim.chaos")
 
@@ -541,6 +544,16 @@ class InprocChaos(Chaos):
         Chaos.close(self)
 
 
+def _last_resort(after_s):
+    # What SimLoop's guard cannot see, as no loop turn ends (a callback that
+    # never returns): after `after_s` real seconds every thread's stack goes
+    # to stderr and the process ends, exit status 1.
+    try:
+        faulthandler.dump_traceback_later(after_s, exit=True, file=sys.__stderr__)
+    except (AttributeError, ValueError, io.UnsupportedOperation):
+        pass        # no stderr with a file descriptor
+
+
 def run(h):
     """Run the InprocChaos `h` on a SimLoop, with the host modules on its
     clock, its broker and the inline store; returns its summary."""
@@ -567,6 +580,7 @@ def run(h):
         for lg in quiet:
             lg.setLevel(logging.CRITICAL)
         asyncio.set_event_loop(loop)
+        _last_resort(h.wall_limit_s + _LAST_RESORT_S)
         try:
             return loop.run_until_complete(h.run())
         finally:
@@ -588,6 +602,7 @@ def run(h):
                 if first is None:
                     raise
     finally:
+        faulthandler.cancel_dump_traceback_later()
         for m, name, v in reversed(saved):
             setattr(m, name, v)
         for lg, lv in zip(quiet, levels):

@@ -15,6 +15,10 @@ pending)."""
 import asyncio
 import json
 import math
+import os
+import re
+import subprocess
+import sys
 
 import pytest
 
@@ -188,3 +192,22 @@ def test_the_wall_clock_bound_fails_the_run_naming_the_pending_tasks():
     pending = str(e.value).split("pending: ")[1]
     assert "Platform.run at " in pending and "MqttLink.run at " in pending
     assert "InprocChaos.run at sim/chaos_inproc.py:" in pending
+
+
+def test_a_callback_that_never_returns_ends_the_process_with_its_stack():
+    # No loop turn ends, so SimLoop's guard never looks: the last resort,
+    # past the wall-clock bound (here 1 s, and 0 s more), dumps every
+    # thread's stack on stderr and ends the process.
+    code = "\n".join((
+        "from sim import chaos_fleet, chaos_inproc as inproc",
+        "inproc._LAST_RESORT_S = 0",
+        "def planted_endless_step(d):",
+        "    while True:",
+        "        pass",
+        "chaos_fleet.Driver.step = planted_endless_step",
+        "inproc.run(inproc.InprocChaos(1, 1, 3, faults=(), wall_limit_s=1))"))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert r.returncode == 1
+    assert re.search(r'File "<string>", line [45] in planted_endless_step', r.stderr), r.stderr
+    assert 'sim/chaos_inproc.py", line' in r.stderr.split("planted_endless_step")[1]
