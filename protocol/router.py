@@ -21,11 +21,12 @@
 # Runs on MicroPython: nothing is built per frame beyond the reply tuple, the
 # reply column is read from the table string when needed, and protocol/sign.py
 # is imported only by an end that holds a key or meets an envelope.
+from protocol import const
 from protocol.frames import TABLE
 from protocol.layout import _FIRST, _POS
 
-_SIGNED = 0xD2      # protocol/frames.py `signed` (= sign.CODE_SIGNED)
-_REJECT = 0xD1      # `signed_reject` (= sign.CODE_REJECT)
+_SIGNED = const(0xD2)   # protocol/frames.py `signed` (= sign.CODE_SIGNED)
+_REJECT = const(0xD1)   # `signed_reject` (= sign.CODE_REJECT)
 
 
 def on(handlers, *codes):
