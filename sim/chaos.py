@@ -179,14 +179,20 @@ class Chaos:
         plan.sort()
         return plan
 
-    async def process_faults(self, plan):
+    async def reached(self, frac, poll_s):
+        """Wait until `frac` of the planned sessions have executed, looking
+        every `poll_s` seconds: True then, False once the run is recovering
+        (the fault plan ends there). The in-process harness uses it too."""
         goal = self.piles * self.sessions
-        for frac, kind, x in plan:
-            while self.executed() < frac * goal:
-                if self.recovering:
-                    return
-                await asyncio.sleep(0.05)
+        while self.executed() < frac * goal:
             if self.recovering:
+                return False
+            await asyncio.sleep(poll_s)
+        return not self.recovering
+
+    async def process_faults(self, plan):
+        for frac, kind, x in plan:
+            if not await self.reached(frac, 0.05):
                 return
             if kind == "bridge_kill":
                 self.say("SIGKILL bridge pid %d at %d sessions" % (self.bridge.pid, self.executed()))

@@ -18,16 +18,21 @@
 #     (SimBridge.kill); a new Bridge then starts on the same database.
 import asyncio
 import contextvars
+import faulthandler
+import io
+import json
 import logging
 import os
 import random
+import sys
 import threading
 import time as _time
 
 from host import config as configmod
 from sim.chaos import Chaos
 from sim.chaos_fleet import ChaosFleet, ChaosUart, ChaosUnit, SITE
-from sim.inproc import OWNER, FakeBroker, InlineStore, SimLoop, SimTime, _Owner, fake_aiomqtt
+from sim.inproc import (OWNER, FakeBroker, InlineStore, SimLoop, SimStall, SimTime, _Owner,
+                        fake_aiomqtt)
 
 # The fault kinds this mode plays (the intruders and the NATS cluster stay
 # with the socket harness: they attack sockets and processes).
@@ -37,6 +42,8 @@ _P_PLATFORM_DUP = 0.01      # a bill or confirmation delivered twice by the brok
 _REAL_TO_SIM = 600.0        # the socket harness's default speed: its fault durations, in sim s
 _TICK_CAP_MS = 1000         # a pile's loop runs at least this often (its driver's steps)
 _RECOVERY_SIM_S = 6 * 3600  # recovery bound, simulated seconds
+_STALL_SIM_S = 2 * 3600     # no session executed for this long (simulated): the run stalled
+_LAST_RESORT_S = 120        # real seconds past the wall-clock bound: stacks dumped, process ended
 _HOST_MODULES = ("host.bridge", "host.piles", "host.outbox", "host.store", "host.platform",
                  "host.leases", "host.schema", "host.commands", "sim.chaos")
 
@@ -175,8 +182,15 @@ class InprocUnit(ChaosUnit):
     def schedule(self, loop, driver):
         self.loop = loop
         self.driver = driver
+        # The pile's own context, no bridge's: a callback runs in the context
+        # it was scheduled from, and wake() is called from the bridge's
+        # tasks. Without it the pile's timers ran on in the bridge's context
+        # and the driver's commands became that bridge's tasks, cancelled by
+        # its next kill (docs/chaos.md "In one process").
+        self.ctx = contextvars.copy_context()
+        self.ctx.run(OWNER.set, None)
         self.at_ms = int(round(loop.vt * 1000))
-        self.handle = loop.call_soon(self.tick)
+        self.handle = loop.call_soon(self.tick, context=self.ctx)
         self.due = loop.vt
         self.polls = 0
 
@@ -185,7 +199,7 @@ class InprocUnit(ChaosUnit):
         if h is not None and self.due > self.loop.vt + 0.0005:
             h.cancel()
             self.due = self.loop.vt
-            self.handle = self.loop.call_soon(self.tick)
+            self.handle = self.loop.call_soon(self.tick, context=self.ctx)
 
     stopped = False
 
@@ -194,21 +208,28 @@ class InprocUnit(ChaosUnit):
         if self.stopped:
             return
         now = int(round(self.loop.vt * 1000))
-        if now > self.at_ms:
-            self.clock.sleep_ms(now - self.at_ms)
-            self.at_ms = now
-        self.uart.service()
-        d = self.poll()
-        self.polls += 1
-        self.driver.step()
-        self.uart.service()
+        try:
+            if now > self.at_ms:
+                self.clock.sleep_ms(now - self.at_ms)
+                self.at_ms = now
+            self.uart.service()
+            d = self.poll()
+            self.polls += 1
+            self.driver.step()
+            self.uart.service()
+        except (Exception, asyncio.CancelledError) as e:
+            # A pile whose loop fails is never run again: fail the run with
+            # it (InprocChaos.run), not wait for its sessions forever.
+            self.stopped = True
+            self.h.pile_failed(self, e)
+            return
         if d < 1:
             d = 1
         elif d > _TICK_CAP_MS:
             d = _TICK_CAP_MS
         if self.handle is None:
             self.due = (now + d) / 1000.0
-            self.handle = self.loop.call_at(self.due, self.tick)
+            self.handle = self.loop.call_at(self.due, self.tick, context=self.ctx)
 
 
 class InprocFleet(ChaosFleet):
@@ -308,7 +329,8 @@ class InprocChaos(Chaos):
     in-process parts above, in simulated time."""
 
     def __init__(self, piles=20, sessions=50, seed=1, minutes=6, faults=KINDS, intensity=1.0,
-                 workdir=None, quiet=True, keyed=True, recovery_s=_RECOVERY_SIM_S, ocmf=False):
+                 workdir=None, quiet=True, keyed=True, recovery_s=_RECOVERY_SIM_S, ocmf=False,
+                 wall_limit_s=None):
         faults = tuple(faults)
         bad = set(faults) - set(KINDS)
         if bad:
@@ -330,6 +352,13 @@ class InprocChaos(Chaos):
         self.simtime = None
         self.bridge_addr = ("inproc", 0)
         self.perf = {}
+        self.stuck = []              # the unfinished drivers of a stalled run
+        self.failure = None          # the first pile loop that raised, as an exception
+        self.unrecovered = None      # what a run that did not recover left open
+        # The run's wall-clock bound (SimLoop's guard): generous, 1 s a session
+        # and 10 minutes more (a 1,000-session run takes 1 to 3 minutes).
+        self.wall_limit_s = wall_limit_s if wall_limit_s is not None else \
+            600 + piles * sessions
 
     def submit(self, coro):
         return asyncio.ensure_future(coro)
@@ -356,13 +385,8 @@ class InprocChaos(Chaos):
         await asyncio.gather(*[self._faults_of(items) for items in kinds.values()])
 
     async def _faults_of(self, plan):
-        goal = self.piles * self.sessions
         for frac, kind, x in plan:
-            while self.executed() < frac * goal:
-                if self.recovering:
-                    return
-                await asyncio.sleep(10)
-            if self.recovering:
+            if not await self.reached(frac, 10):
                 return
             if kind == "bridge_kill":
                 self.say("bridge killed at %d sessions" % self.executed())
@@ -402,21 +426,36 @@ class InprocChaos(Chaos):
                                  self.seed)
         self.fleet.start_on(loop)
         ftask = asyncio.ensure_future(self.process_faults(self._plan_process_faults()))
-        last = -1
+        last, moved = -1, loop.vt
+        stalled = False
         while not all(d.done for d in self.fleet.drivers):
             if ftask.done() and ftask.exception():
                 raise ftask.exception()
+            if self.failure is not None:
+                raise self.failure
             n = self.executed()
-            if n != last and self.progress is not None:
-                self.progress(n - max(last, 0), "sim %.1f h" % (loop.vt / 3600))
-            last = n
+            if n != last:
+                if self.progress is not None:
+                    self.progress(n - max(last, 0), "sim %.1f h" % (loop.vt / 3600))
+                last, moved = n, loop.vt
+            elif loop.vt - moved > _STALL_SIM_S:
+                stalled = True       # no session started for this long: give up
+                self.stuck = [self._driver_state(d) for d in self.fleet.drivers if not d.done]
+                # Said even when quiet: the verdict's table shows only "not recovered".
+                print("pile-chaos --inproc: no session for %d simulated hours; unfinished: %s"
+                      % (_STALL_SIM_S // 3600, json.dumps(self.stuck)), file=sys.stderr, flush=True)
+                break
             await asyncio.sleep(10)
         run_s = _time.perf_counter() - t0
         run_cpu = _time.process_time() - cpu0
         ok = await self.recover(ftask)
         self.fleet.sim_ms = int(loop.vt * 1000)
-        s = self.summary(ok)
-        s["stalled"] = False
+        s = self.summary(ok and not stalled)
+        s["stalled"] = stalled
+        if stalled:
+            s["stuck_piles"] = self.stuck
+        if not ok:
+            s["left_open"] = self.unrecovered
         s["broker"] = "in-process (FakeBroker)"
         s["faults"]["platform_duplicate_deliveries"] = self.broker.duplicated
         s["faults"]["bridge_starts"] = self.bridge.starts
@@ -428,6 +467,26 @@ class InprocChaos(Chaos):
         s["sessions_per_cpu_s"] = round(s["sessions"] / run_cpu, 1) if run_cpu else None
         s["firmware_polls"] = self.fleet.polls
         return s
+
+    def pile_failed(self, unit, e):
+        """A pile's loop (its firmware poll or its session driver) raised:
+        the run fails with it."""
+        if self.failure is None:
+            self.failure = RuntimeError("chaos-inproc: pile %s: its loop raised %s: %s"
+                                        % (unit.code, type(e).__name__, e))
+            self.failure.__cause__ = e
+
+    def _driver_state(self, d):
+        u = d.u
+        p = u.pile
+        t = u.clock.ticks_ms()
+        return {"pile": u.code, "phase": d.phase, "executed": len(u.flash.opened), "goal": d.goal,
+                "in_ms": d.at - t if d.phase in ("gap", "done") else d.stop_at - t,
+                "fut": None if d.fut is None else ("done" if d.fut.done() else "pending"),
+                "stop_rounds": d.stop_rounds, "powered": p is not None,
+                "gun": None if p is None else p.gun.state, "plugged": bool(u.car.plugged),
+                "linked": u.uart.connected, "connects": u.uart.connects, "drops": u.uart.drops,
+                "pending_bills": None if p is None else len(p.journal.pending())}
 
     async def recover(self, ftask):
         self.recovering = True
@@ -445,10 +504,36 @@ class InprocChaos(Chaos):
         end = self.loop.vt + self.recovery_s
         while self.loop.vt < end:
             await asyncio.sleep(5)
+            if self.failure is not None:
+                raise self.failure
             if self._piles_quiet(self.fleet) and self._platform_has_all() and \
                     self._bridge_open() == (0, 0):
                 return True
+        self.unrecovered = self._left_open()
+        print("pile-chaos --inproc: not recovered in %d simulated hours; left open: %s"
+              % (self.recovery_s // 3600, json.dumps(self.unrecovered)), file=sys.stderr, flush=True)
         return False
+
+    def _left_open(self):
+        """What a run that did not recover left open: the bridge's open
+        bills, and each pile with bills it still holds or that the platform
+        lacks."""
+        have = self.platform.serials()
+        piles = []
+        for d in self.fleet.drivers:
+            u = d.u
+            p = u.pile
+            missing = [sr for sr in u.flash.opened if sr not in have]
+            held = None if p is None else len(p.journal.pending()) + len(p.journal.confirmed())
+            if missing or held or p is None or not p.link.online:
+                st = self._driver_state(d)
+                st.update(missing_at_platform=len(missing), held_on_pile=held,
+                          online=p is not None and p.link.online)
+                piles.append(st)
+        unconfirmed, unsettled = self._bridge_open()
+        return {"bridge_unconfirmed": unconfirmed, "bridge_unsettled": unsettled,
+                "bridge_running": self.bridge.running, "broker_up": self.broker.up,
+                "piles": piles}
 
     def close(self):
         if self.bridge is not None and self.bridge.bridge is not None:
@@ -459,6 +544,16 @@ class InprocChaos(Chaos):
         Chaos.close(self)
 
 
+def _last_resort(after_s):
+    # What SimLoop's guard cannot see, as no loop turn ends (a callback that
+    # never returns): after `after_s` real seconds every thread's stack goes
+    # to stderr and the process ends, exit status 1.
+    try:
+        faulthandler.dump_traceback_later(after_s, exit=True, file=sys.__stderr__)
+    except (AttributeError, ValueError, io.UnsupportedOperation):
+        pass        # no stderr with a file descriptor
+
+
 def run(h):
     """Run the InprocChaos `h` on a SimLoop, with the host modules on its
     clock, its broker and the inline store; returns its summary."""
@@ -466,7 +561,9 @@ def run(h):
     import host.bridge
     import host.mqtt
     import host.platform
-    loop = SimLoop()
+    # A whole run stands still at most ~2,000 turns (its start: 1,664 with
+    # 40 piles, 2,336 with 100); the guard allows 20 times that and more.
+    loop = SimLoop(stall_turns=max(50_000, 500 * h.piles), wall_limit_s=h.wall_limit_s)
     h.simtime = SimTime(loop, _time.time())
     h.broker = FakeBroker(random.Random("%d/broker" % h.seed),
                           _P_PLATFORM_DUP if h.platform_dup else 0.0)
@@ -483,6 +580,7 @@ def run(h):
         for lg in quiet:
             lg.setLevel(logging.CRITICAL)
         asyncio.set_event_loop(loop)
+        _last_resort(h.wall_limit_s + _LAST_RESORT_S)
         try:
             return loop.run_until_complete(h.run())
         finally:
@@ -494,8 +592,17 @@ def run(h):
             left = asyncio.all_tasks(loop)
             for t in left:
                 t.cancel()
-            loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+            # Bounded too: after a stall the cleanup may stall the same way;
+            # the first verdict is the one that counts.
+            first = loop.stalled
+            loop.arm(60)
+            try:
+                loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+            except SimStall:
+                if first is None:
+                    raise
     finally:
+        faulthandler.cancel_dump_traceback_later()
         for m, name, v in reversed(saved):
             setattr(m, name, v)
         for lg, lv in zip(quiet, levels):

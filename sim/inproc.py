@@ -6,6 +6,7 @@
 # bridge and platform onto them is sim/chaos_inproc.py.
 import asyncio
 import contextvars
+import os
 import selectors
 import time as _time
 
@@ -27,6 +28,7 @@ class _Jump:
             raise RuntimeError("chaos-inproc: nothing scheduled and nothing to wait for")
         if timeout > 0:
             self._loop.vt += timeout
+        self._loop._reach_due()
         return self._sel.select(0)
 
     def __getattr__(self, name):
@@ -52,19 +54,187 @@ class _Owner:
         t.add_done_callback(self.tasks.discard)
 
 
+class SimStall(RuntimeError):
+    """The simulated loop gave up: its clock stood still for too many turns
+    (something reschedules itself at once, forever), or the run outlasted
+    its wall-clock bound. The message names what kept running, or what was
+    pending."""
+
+
+_STILL_S = 0.001    # the clock "stands still" while it moves less than this
+_ASYNCIO = os.path.dirname(asyncio.__file__)
+
+
+def _where(coro):
+    """Where a coroutine is suspended (or running): its chain of frames
+    outside asyncio itself (the innermost three), "file:line in function"
+    each; asyncio's innermost frame when there is no other."""
+    frames = []
+    inner = None
+    seen = 0
+    while coro is not None and seen < 50:
+        f = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if f is not None:
+            inner = f
+            if not f.f_code.co_filename.startswith(_ASYNCIO):
+                frames.append(f)
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+        seen += 1
+    frames = frames[-3:] or ([inner] if inner is not None else [])
+    if not frames:
+        return "(done)"
+    return " > ".join("%s:%d in %s" % (_path(f.f_code.co_filename), f.f_lineno, f.f_code.co_name)
+                      for f in frames)
+
+
+def _path(filename):
+    rel = os.path.relpath(filename)
+    return filename if rel.startswith("..") else rel
+
+
+def describe_task(t):
+    """A task as its coroutine, where it is suspended, and its name if it
+    was given one."""
+    coro = t.get_coro()
+    name = t.get_name()
+    return "task %s%s at %s" % ("" if name.startswith("Task-") else name + " ",
+                                getattr(coro, "__qualname__", coro), _where(coro))
+
+
+def describe_handle(h):
+    """What a loop handle runs: the task it steps or wakes, or the function
+    (its qualified name and where it is defined)."""
+    cb = h._callback
+    owner = getattr(cb, "__self__", None)
+    if isinstance(owner, asyncio.Task):
+        return describe_task(owner)
+    fn = getattr(cb, "__func__", cb)
+    code = getattr(fn, "__code__", None)
+    name = getattr(fn, "__qualname__", None) or repr(cb)
+    if code is None:
+        return "callback %s" % name
+    return "callback %s (%s:%d)" % (name, _path(code.co_filename), code.co_firstlineno)
+
+
 class SimLoop(asyncio.SelectorEventLoop):
     """An event loop in simulated time: when nothing is ready, its clock
     jumps to the next timer. Executor calls run inline (no threads: the
-    clock must not move while one runs)."""
+    clock must not move while one runs).
 
-    def __init__(self):
+    Its guard: when the clock stands still (moves less than 1 ms) for
+    `stall_turns` loop turns, or for `stall_wall_s` real seconds once past
+    a tenth of them (from there it notes what runs), something reschedules
+    itself at once, forever (on a real clock a busy loop, here a hang at
+    100 % CPU): it raises SimStall naming the callbacks and tasks that ran
+    meanwhile and the pending tasks. After `wall_limit_s` real seconds
+    (None: no bound) it raises SimStall naming the pending tasks."""
+
+    def __init__(self, stall_turns=50_000, stall_wall_s=60.0, wall_limit_s=None):
         asyncio.SelectorEventLoop.__init__(self, selectors.SelectSelector())
         self.vt = 0.0
         self._selector = _Jump(self._selector, self)
         self.set_task_factory(_task_factory)
+        self.stall_turns = stall_turns
+        self.stall_wall_s = stall_wall_s
+        self._suspect = max(1, stall_turns // 10)
+        self.stalled = None          # the SimStall raised, if one was
+        self._turns = 0
+        self.max_still = 0           # the most turns the clock stood still (a run's figure)
+        self.arm(wall_limit_s)
+
+    def arm(self, wall_limit_s):
+        """(Re)start the guard: the wall-clock bound from now, the stall count from 0."""
+        self.wall_limit_s = wall_limit_s
+        self._wall_end = None if wall_limit_s is None else _time.monotonic() + wall_limit_s
+        self._moved()
+
+    def _moved(self):
+        self._mark = self.vt         # where the clock was when it last moved 1 ms
+        self._still = 0              # turns since
+        self._seen = None            # what ran since it looked stuck
+        self._still_since = None     # real time since it looked stuck
 
     def time(self):
         return self.vt
+
+    def _reach_due(self):
+        # asyncio runs every timer due within its clock resolution (1 ns) of
+        # now, as reached. A real clock then moves on by itself; this one
+        # must be moved to that time, or whoever waits for exactly that
+        # moment (an outbox waiting 1e-10 s, its deadline computed on
+        # SimTime.monotonic's coarser float) finds it not reached, waits
+        # again as long, and the clock never moves: the hang of
+        # docs/chaos.md "In one process".
+        h = self._scheduled
+        end = self.vt + self._clock_resolution
+        top = self.vt
+        todo = [0]
+        while todo:
+            i = todo.pop()
+            if i < len(h) and h[i]._when < end:     # a heap: children only if this one is due
+                if h[i]._when > top and not h[i]._cancelled:
+                    top = h[i]._when
+                todo.append(2 * i + 1)
+                todo.append(2 * i + 2)
+        self.vt = top
+
+    def _run_once(self):
+        if self._seen is not None:
+            for h in self._ready:
+                self._note(h)
+            for h in self._scheduled:
+                if h._when <= self.vt and not h._cancelled:
+                    self._note(h)
+        asyncio.SelectorEventLoop._run_once(self)
+        self._turns += 1
+        if self.vt - self._mark >= _STILL_S:
+            self._moved()
+        else:
+            self._still += 1
+            if self._still > self.max_still:
+                self.max_still = self._still
+            if self._still == self._suspect:
+                self._seen = {}
+                self._still_since = _time.monotonic()
+            elif self._still > self._suspect and (
+                    self._still >= self.stall_turns
+                    or not self._still & 255
+                    and _time.monotonic() - self._still_since > self.stall_wall_s):
+                self._stall()
+        if self._wall_end is not None and not self._turns & 1023 and \
+                _time.monotonic() > self._wall_end:
+            self._fail("chaos-inproc: the run outlasted its wall-clock bound of %d s at "
+                       "simulated %.1f s; pending: %s"
+                       % (self.wall_limit_s, self.vt, self._pending_tasks()))
+
+    def _note(self, h):
+        if not h._cancelled:
+            d = describe_handle(h)
+            self._seen[d] = self._seen.get(d, 0) + 1
+
+    def _stall(self):
+        seen = sorted(self._seen.items(), key=lambda kv: -kv[1])
+        ran = "; ".join("%s (%d times)" % kv for kv in seen[:12])
+        self._fail("chaos-inproc: the simulated clock stood still at %.3f s (moved less than "
+                   "%g s) for %d loop turns, %.0f s of wall time (something reschedules itself "
+                   "at once, forever); in its last %d turns ran: %s; pending: %s"
+                   % (self.vt, _STILL_S, self._still, _time.monotonic() - self._still_since,
+                      self._still - self._suspect, ran, self._pending_tasks()))
+
+    def _pending_tasks(self):
+        n = {}
+        for t in asyncio.all_tasks(self):
+            coro = t.get_coro()
+            d = "%s at %s" % (getattr(coro, "__qualname__", coro), _where(coro))
+            n[d] = n.get(d, 0) + 1
+        return "; ".join("%d x %s" % (c, d) for d, c in sorted(n.items(), key=lambda kv: -kv[1])) \
+            or "no task"
+
+    def _fail(self, msg):
+        self.stalled = SimStall(msg)
+        self._wall_end = None
+        self._moved()
+        raise self.stalled
 
     def run_in_executor(self, executor, fn, *args):
         fut = self.create_future()
