@@ -269,3 +269,74 @@ def test_a_snapshot_packs_to_its_end_and_refuses_what_is_not_one():
 def test_an_accumulator_refuses_energies_for_another_tariff():
     e = raises(TariffError, Accumulator, five_class(), [0, 0, 0, 0])
     assert str(e) == "accumulator: 4 class energies for a 5-class tariff"
+
+
+def test_prices_are_unsigned_32_bit_integers_up_to_the_last_value():
+    top = 0xFFFFFFFF
+    t = Tariff("0100", [(top, top)] * 4, [0] * 48)
+    assert t.energy[0] == top and t.unit_price(0) == 2 * top
+    for bad in (top + 1, -1):
+        e = raises(TariffError, Tariff, "0100", [(bad, 1)] * 4, [0] * 48)
+        assert str(e) == "sharp energy price: %r is not an unsigned 32-bit integer" % (bad,)
+    e = raises(TariffError, Tariff, "0100", [(1, top + 1)] * 4, [0] * 48)
+    assert str(e) == "sharp service price: %r is not an unsigned 32-bit integer" % (top + 1,)
+
+
+def test_the_unit_price_is_energy_plus_service():
+    t = five_class()
+    assert [t.unit_price(c) for c in range(5)] == [203460, 161118, 110010, 53334, 31114]
+
+
+def test_a_model_is_exactly_four_digits():
+    p4 = [(1, 1)] * 4
+    for bad in ("010", "01000", "01a0", "0/00", ":100", "010:"):
+        e = raises(TariffError, Tariff, bad, p4, [0] * 48)
+        assert str(e) == "model: %r is not a 4-digit number" % (bad,)
+    assert Tariff("0919", p4, [0] * 48).model == "0919"
+
+
+def test_four_or_five_classes_and_48_slots_nothing_else():
+    for n in (3, 6):
+        e = raises(TariffError, Tariff, "0100", [(1, 1)] * n, [0] * 48)
+        assert str(e) == "prices: %d classes given, 4 or 5 (with deep valley) expected" % n
+    e = raises(TariffError, Tariff, "0100", [(1, 1)] * 4, [0] * 49)
+    assert str(e) == "slots: 49 given, 48 half-hour slots expected"
+
+
+def test_a_class_without_prices_is_refused_when_used_and_zero_when_not():
+    e = raises(TariffError, Tariff, "0100", [None, (1, 1), (1, 1), (1, 1)], [0] * 48)
+    assert str(e) == "sharp: used by a slot but has no prices"
+    t = Tariff.flat("0100", 7, 3)
+    assert t.energy == (0, 0, 7, 0) and t.service == (0, 0, 3, 0)
+    e = raises(TariffError, Tariff, "0100", [(0, 5)] * 4, [1] * 48)
+    assert str(e) == ("peak: energy price 0 in a used class; pass free=True if "
+                      "charging is meant to be free")
+    assert Tariff("0100", [(0, 5)] * 4, [1] * 48, free=True).free
+
+
+def test_a_frame_without_a_loss_ratio_has_none():
+    f = Tariff.flat("0100", 80000, 40000, loss_ratio=3).to_frame()
+    assert Tariff.from_frame(f).loss_ratio == 3
+    del f["loss_ratio"]
+    assert Tariff.from_frame(f).loss_ratio == 0
+
+
+def test_a_snapshot_writes_its_own_bytes_only():
+    t = Tariff.flat("0101", 0, 0, free=True)
+    raw = t.pack()
+    assert raw[4] == 1 and raw[-48:] == t.slots
+    buf = bytearray(b"\xAA" * 200)
+    end = t.pack_into(buf, 100)
+    assert len(buf) == 200 and end == 100 + len(raw)
+    assert buf[100:end] == raw and buf[:100] == b"\xAA" * 100 and buf[end:] == b"\xAA" * (200 - end)
+    u, off = Tariff.unpack_from(bytes(buf), 100)
+    assert u == t and off == end
+
+
+def test_energy_never_goes_backwards_by_even_one():
+    acc = Accumulator(five_class())
+    e = raises(ValueError, acc.add, -1, DAY)
+    assert str(e) == "energy delta -1 < 0: a bill never goes backwards"
+    acc.add(0, DAY)
+    acc.add(7, DAY)
+    assert acc.total() == 7 and Accumulator(five_class()).total() == 0
